@@ -1,0 +1,56 @@
+//! Mechanisms: an open type number plus a typed parameter.
+//!
+//! The type stays an open `u64` (like rust-cryptoki's `MechanismType`) so that an unknown
+//! mechanism reaches the HSM and is refused there with `CKR_MECHANISM_INVALID`. The parameter is
+//! decoded from C once, in the PKCS#11 module, into [`MechanismParameter`].
+
+use serde::{Deserialize, Serialize};
+
+/// A mechanism with its parameter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mechanism {
+    /// The `CKM_*` value.
+    pub ty: u64,
+    /// The decoded parameter.
+    pub parameter: MechanismParameter,
+}
+
+impl Mechanism {
+    /// A mechanism without parameter.
+    pub fn plain(ty: u64) -> Self {
+        Self {
+            ty,
+            parameter: MechanismParameter::None,
+        }
+    }
+}
+
+/// The parameter of a mechanism, decoded from its C structure.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MechanismParameter {
+    /// No parameter (`pParameter` NULL, length 0).
+    None,
+    /// A byte string parameter (an IV for CBC modes, for instance).
+    Bytes(Vec<u8>),
+    /// `CK_GCM_PARAMS`.
+    Gcm {
+        /// The IV.
+        iv: Vec<u8>,
+        /// Additional authenticated data.
+        aad: Vec<u8>,
+        /// Tag length in bits.
+        tag_bits: u64,
+    },
+    /// `CK_RSA_PKCS_PSS_PARAMS`.
+    Pss {
+        /// The hash mechanism (`CKM_SHA256`, ...).
+        hash: u64,
+        /// The mask generation function (`CKG_MGF1_SHA256`, ...).
+        mgf: u64,
+        /// Salt length in bytes.
+        salt_len: u64,
+    },
+    /// A parameter structure that the module does not decode, passed as raw bytes; the HSM
+    /// refuses it with `CKR_MECHANISM_PARAM_INVALID` for every mechanism it knows.
+    Unknown(Vec<u8>),
+}

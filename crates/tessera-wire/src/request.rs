@@ -1,0 +1,304 @@
+//! The calls: one `Request` variant per Cryptoki call that reaches the HSM, and the `Reply`
+//! shapes they answer with.
+//!
+//! Handles are the device's own: slot numbers of this device, session handles it issued,
+//! object handles it issued. The PKCS#11 module maps its global slot and session numbers onto
+//! them. Secret inputs (PINs, key values inside templates) are `SecretBytes` or zeroizing
+//! attributes, so they are wiped once decoded and used.
+
+use serde::{Deserialize, Serialize};
+use tessera_core::info::{DeviceInfo, MechanismInfo, SessionInfo, SlotInfo, TokenInfo};
+use tessera_core::{Mechanism, SecretBytes, Template};
+
+/// One Cryptoki call.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Device facts (serial, model, versions, slot count). Never needs a session.
+    DeviceInfo,
+    /// `C_GetSlotInfo`.
+    SlotInfo {
+        /// Slot.
+        slot: u64,
+    },
+    /// `C_GetTokenInfo`.
+    TokenInfo {
+        /// Slot.
+        slot: u64,
+    },
+    /// `C_GetMechanismList`.
+    MechanismList {
+        /// Slot.
+        slot: u64,
+    },
+    /// `C_GetMechanismInfo`.
+    MechanismInfo {
+        /// Slot.
+        slot: u64,
+        /// Mechanism type.
+        mechanism: u64,
+    },
+    /// `C_InitToken`.
+    InitToken {
+        /// Slot.
+        slot: u64,
+        /// The new SO PIN.
+        so_pin: SecretBytes,
+        /// 32-byte blank-padded label.
+        label: Vec<u8>,
+    },
+    /// `C_OpenSession`.
+    OpenSession {
+        /// Slot.
+        slot: u64,
+        /// `CKF_SERIAL_SESSION` and optionally `CKF_RW_SESSION`.
+        flags: u64,
+    },
+    /// `C_CloseSession`.
+    CloseSession {
+        /// Session.
+        session: u64,
+    },
+    /// `C_CloseAllSessions` (this connection's sessions on the slot).
+    CloseAllSessions {
+        /// Slot.
+        slot: u64,
+    },
+    /// `C_GetSessionInfo`.
+    SessionInfo {
+        /// Session.
+        session: u64,
+    },
+    /// `C_Login`.
+    Login {
+        /// Session.
+        session: u64,
+        /// `CKU_SO`, `CKU_USER` or `CKU_CONTEXT_SPECIFIC`.
+        user_type: u64,
+        /// PIN.
+        pin: SecretBytes,
+    },
+    /// `C_Logout`.
+    Logout {
+        /// Session.
+        session: u64,
+    },
+    /// `C_InitPIN`.
+    InitPin {
+        /// Session (SO logged in).
+        session: u64,
+        /// The new user PIN.
+        pin: SecretBytes,
+    },
+    /// `C_SetPIN`.
+    SetPin {
+        /// Session.
+        session: u64,
+        /// Current PIN.
+        old_pin: SecretBytes,
+        /// New PIN.
+        new_pin: SecretBytes,
+    },
+    /// `C_CreateObject`.
+    CreateObject {
+        /// Session.
+        session: u64,
+        /// Template.
+        template: Template,
+    },
+    /// `C_CopyObject`.
+    CopyObject {
+        /// Session.
+        session: u64,
+        /// Source object.
+        object: u64,
+        /// Attributes to change in the copy.
+        template: Template,
+    },
+    /// `C_DestroyObject`.
+    DestroyObject {
+        /// Session.
+        session: u64,
+        /// Object.
+        object: u64,
+    },
+    /// `C_GetObjectSize`.
+    ObjectSize {
+        /// Session.
+        session: u64,
+        /// Object.
+        object: u64,
+    },
+    /// `C_GetAttributeValue`: the answer per type lets the module apply the buffer rules.
+    GetAttributes {
+        /// Session.
+        session: u64,
+        /// Object.
+        object: u64,
+        /// The types asked for, in order.
+        types: Vec<u64>,
+    },
+    /// `C_SetAttributeValue`.
+    SetAttributes {
+        /// Session.
+        session: u64,
+        /// Object.
+        object: u64,
+        /// New values.
+        template: Template,
+    },
+    /// `C_FindObjectsInit`.
+    FindObjectsInit {
+        /// Session.
+        session: u64,
+        /// Match template.
+        template: Template,
+    },
+    /// `C_FindObjects`.
+    FindObjects {
+        /// Session.
+        session: u64,
+        /// Maximum handles to return.
+        max: u64,
+    },
+    /// `C_FindObjectsFinal`.
+    FindObjectsFinal {
+        /// Session.
+        session: u64,
+    },
+    /// `C_EncryptInit`, `C_DecryptInit`, `C_DigestInit`, `C_SignInit`, `C_VerifyInit`.
+    OperationInit {
+        /// Session.
+        session: u64,
+        /// Which operation.
+        operation: Operation,
+        /// Mechanism.
+        mechanism: Mechanism,
+        /// Key (ignored for digests).
+        key: u64,
+    },
+    /// A single-part call (`C_Encrypt`, `C_Decrypt`, `C_Digest`, `C_Sign`, `C_Verify`): the
+    /// operation ends whatever the outcome.
+    OperationSingle {
+        /// Session.
+        session: u64,
+        /// Which operation.
+        operation: Operation,
+        /// Input data.
+        data: Vec<u8>,
+        /// The signature, for `C_Verify`.
+        signature: Vec<u8>,
+    },
+    /// A multi-part update (`C_EncryptUpdate`, `C_DigestUpdate`, ...).
+    OperationUpdate {
+        /// Session.
+        session: u64,
+        /// Which operation.
+        operation: Operation,
+        /// Input data.
+        data: Vec<u8>,
+    },
+    /// A multi-part final (`C_EncryptFinal`, `C_SignFinal`, `C_VerifyFinal`, ...).
+    OperationFinal {
+        /// Session.
+        session: u64,
+        /// Which operation.
+        operation: Operation,
+        /// The signature, for `C_VerifyFinal`.
+        signature: Vec<u8>,
+    },
+    /// `C_GenerateKey`.
+    GenerateKey {
+        /// Session.
+        session: u64,
+        /// Mechanism.
+        mechanism: Mechanism,
+        /// Template.
+        template: Template,
+    },
+    /// `C_GenerateKeyPair`.
+    GenerateKeyPair {
+        /// Session.
+        session: u64,
+        /// Mechanism.
+        mechanism: Mechanism,
+        /// Public key template.
+        public_template: Template,
+        /// Private key template.
+        private_template: Template,
+    },
+    /// `C_GenerateRandom`.
+    GenerateRandom {
+        /// Session.
+        session: u64,
+        /// Bytes wanted.
+        len: u64,
+    },
+    /// `C_SeedRandom`.
+    SeedRandom {
+        /// Session.
+        session: u64,
+        /// Seed.
+        seed: SecretBytes,
+    },
+}
+
+/// The cryptographic operation a session runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Operation {
+    /// Encryption.
+    Encrypt,
+    /// Decryption.
+    Decrypt,
+    /// Digesting.
+    Digest,
+    /// Signing.
+    Sign,
+    /// Verification.
+    Verify,
+}
+
+/// One attribute in a `C_GetAttributeValue` answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum AttributeAnswer {
+    /// The value (wire form).
+    Value(Vec<u8>),
+    /// The attribute is sensitive or unextractable (`CKR_ATTRIBUTE_SENSITIVE`).
+    Sensitive,
+    /// The object has no such attribute (`CKR_ATTRIBUTE_TYPE_INVALID`).
+    Invalid,
+}
+
+/// A successful answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    /// Nothing to return.
+    Done,
+    /// A handle (session or object).
+    Handle(u64),
+    /// Two handles (public and private key).
+    HandlePair(u64, u64),
+    /// Object handles.
+    Handles(Vec<u64>),
+    /// Output bytes (ciphertext, signature, digest, random).
+    Bytes(Vec<u8>),
+    /// Secret output bytes (plaintext of a decryption).
+    Secret(SecretBytes),
+    /// A number (object size).
+    Number(u64),
+    /// A verification that failed is an error code; this says it passed.
+    Verified,
+    /// Device facts.
+    Device(DeviceInfo),
+    /// Slot info.
+    Slot(SlotInfo),
+    /// Token info.
+    Token(TokenInfo),
+    /// Session info.
+    Session(SessionInfo),
+    /// Mechanism list.
+    Mechanisms(Vec<u64>),
+    /// Mechanism info.
+    Mechanism(MechanismInfo),
+    /// Attribute values, in the order asked.
+    Attributes(Vec<AttributeAnswer>),
+}
