@@ -27,6 +27,11 @@ impl SecretBytes {
         &self.0
     }
 
+    /// The secret bytes, for in-place transformation (decryption into the buffer).
+    pub fn expose_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+
     /// Number of bytes.
     pub fn len(&self) -> usize {
         self.0.len()

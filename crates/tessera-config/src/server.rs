@@ -1,0 +1,95 @@
+//! Server addresses of the server list, and the default local socket.
+
+use std::path::PathBuf;
+
+/// The TCP port of the network mode when a server entry names none.
+pub const DEFAULT_TCP_PORT: u16 = 12396;
+
+/// One entry of `ET_HSM_NETCLIENT_SERVERLIST`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerAddress {
+    /// A local Unix socket (entries that start with `/` or `.`).
+    Unix(PathBuf),
+    /// A network server: `HOST`, `HOST:PORT`, or `[V6]:PORT`.
+    Tcp {
+        /// Host name or address.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+}
+
+impl ServerAddress {
+    /// Parses one entry; the error says what is wrong with it.
+    pub fn parse(entry: &str) -> Result<ServerAddress, String> {
+        if entry.starts_with('/') || entry.starts_with('.') {
+            return Ok(ServerAddress::Unix(PathBuf::from(entry)));
+        }
+        let bad_port =
+            |port: &str| format!("entry {entry:?}: port {port:?} is not a number 1-65535");
+        let parse_port = |port: &str| {
+            port.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| bad_port(port))
+        };
+        if let Some(rest) = entry.strip_prefix('[') {
+            let (host, tail) = rest
+                .split_once(']')
+                .ok_or_else(|| format!("entry {entry:?}: missing ']' after an IPv6 address"))?;
+            let port = match tail.strip_prefix(':') {
+                Some(port) => parse_port(port)?,
+                None if tail.is_empty() => DEFAULT_TCP_PORT,
+                None => return Err(format!("entry {entry:?}: unexpected {tail:?} after ']'")),
+            };
+            return Ok(ServerAddress::Tcp {
+                host: host.into(),
+                port,
+            });
+        }
+        match entry.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') => {
+                if host.is_empty() {
+                    return Err(format!("entry {entry:?}: host is empty"));
+                }
+                Ok(ServerAddress::Tcp {
+                    host: host.into(),
+                    port: parse_port(port)?,
+                })
+            }
+            Some(_) => Ok(ServerAddress::Tcp {
+                host: entry.into(),
+                port: DEFAULT_TCP_PORT,
+            }),
+            None => Ok(ServerAddress::Tcp {
+                host: entry.into(),
+                port: DEFAULT_TCP_PORT,
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for ServerAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerAddress::Unix(path) => write!(f, "unix:{}", path.display()),
+            ServerAddress::Tcp { host, port } if host.contains(':') => {
+                write!(f, "tcp:[{host}]:{port}")
+            }
+            ServerAddress::Tcp { host, port } => write!(f, "tcp:{host}:{port}"),
+        }
+    }
+}
+
+/// The local socket that the daemon listens on and the library dials when nothing else is
+/// configured: `$XDG_RUNTIME_DIR/tessera/tesserad.sock`, else `/tmp/tessera-<uid>/tesserad.sock`.
+pub fn default_socket_path() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("tessera").join("tesserad.sock");
+    }
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0);
+    PathBuf::from(format!("/tmp/tessera-{uid}")).join("tesserad.sock")
+}

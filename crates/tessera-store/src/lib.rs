@@ -1,0 +1,265 @@
+//! The embedded token store: one `redb` file per device holding the device record, one record
+//! per token (label, flags, PIN records) and the token objects.
+//!
+//! Every change is one write transaction that is durable when it returns, so an object whose
+//! creation returned `CKR_OK` survives a `kill -9`, and a half-written object is never visible.
+//! Secret attributes are sealed by the HSM engine with [`MasterKey`] before they get here: the
+//! store never sees key material in the clear.
+#![forbid(unsafe_code)]
+
+mod records;
+mod seal;
+
+pub use records::{DeviceRecord, PinRecord, StoredObject, TokenRecord};
+pub use seal::{MasterKey, SealError, DEFAULT_KDF_ITERATIONS};
+
+use std::path::Path;
+
+use redb::{Database, ReadableTable, TableDefinition};
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const TOKENS: TableDefinition<u64, &[u8]> = TableDefinition::new("tokens");
+const OBJECTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("objects");
+const DEVICE_KEY: &str = "device";
+const NEXT_ID_KEY: &str = "next_object_id";
+
+/// Why the store failed. These are ours (or the disk's), never the caller's.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file could not be opened (held by another process, unreadable, ...).
+    #[error("cannot open the token store {path}: {reason}")]
+    Open {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A storage operation failed.
+    #[error("token store: {0}")]
+    Storage(String),
+    /// A stored record does not decode: the file is damaged or from an incompatible version.
+    #[error("token store record {0} is damaged or from an incompatible version")]
+    Corrupt(String),
+}
+
+fn storage(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Storage(e.to_string())
+}
+
+/// An open token store.
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Opens (or creates) the store file.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Database::create(path).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            txn.open_table(META).map_err(storage)?;
+            txn.open_table(TOKENS).map_err(storage)?;
+            txn.open_table(OBJECTS).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        Ok(Store { db })
+    }
+
+    /// The device record, if the device was created.
+    pub fn device(&self) -> Result<Option<DeviceRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(META).map_err(storage)?;
+        let value = table.get(DEVICE_KEY).map_err(storage)?;
+        value.map(|v| decode(v.value(), "device")).transpose()
+    }
+
+    /// Writes the device record.
+    pub fn put_device(&self, device: &DeviceRecord) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(META)?;
+            table.insert(DEVICE_KEY, encode(device).as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Every token record, by slot.
+    pub fn tokens(&self) -> Result<Vec<(u64, TokenRecord)>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(TOKENS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(storage)? {
+            let (slot, value) = entry.map_err(storage)?;
+            let slot = slot.value();
+            out.push((slot, decode(value.value(), &format!("token {slot}"))?));
+        }
+        Ok(out)
+    }
+
+    /// Writes a token record.
+    pub fn put_token(&self, slot: u64, token: &TokenRecord) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(TOKENS)?;
+            table.insert(slot, encode(token).as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Replaces a token record and erases all its objects, in one transaction (token init).
+    pub fn reset_token(&self, slot: u64, token: &TokenRecord) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut tokens = txn.open_table(TOKENS)?;
+            tokens.insert(slot, encode(token).as_slice())?;
+            let mut objects = txn.open_table(OBJECTS)?;
+            objects.retain_in((slot, 0)..=(slot, u64::MAX), |_, _| false)?;
+            Ok(())
+        })
+    }
+
+    /// Every object of a token, by id.
+    pub fn objects(&self, slot: u64) -> Result<Vec<(u64, StoredObject)>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(OBJECTS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in table.range((slot, 0)..=(slot, u64::MAX)).map_err(storage)? {
+            let (key, value) = entry.map_err(storage)?;
+            let (_, id) = key.value();
+            out.push((id, decode(value.value(), &format!("object {id}"))?));
+        }
+        Ok(out)
+    }
+
+    /// Allocates an object id and stores the object that `build` makes for it, in one
+    /// transaction. `build` seals secrets with the id as associated data.
+    pub fn insert_object(
+        &self,
+        slot: u64,
+        build: impl FnOnce(u64) -> Result<StoredObject, StoreError>,
+    ) -> Result<u64, StoreError> {
+        let mut build = Some(build);
+        let mut allocated = 0;
+        self.write(|txn| {
+            let mut meta = txn.open_table(META)?;
+            let next = match meta.get(NEXT_ID_KEY)? {
+                Some(v) => <[u8; 8]>::try_from(v.value())
+                    .map(u64::from_le_bytes)
+                    .unwrap_or(1),
+                None => 1,
+            };
+            meta.insert(NEXT_ID_KEY, next.saturating_add(1).to_le_bytes().as_slice())?;
+            let object = match build.take() {
+                Some(build) => build(next)?,
+                None => return Err(StoreError::Storage("object builder used twice".into()).into()),
+            };
+            let mut objects = txn.open_table(OBJECTS)?;
+            objects.insert((slot, next), encode(&object).as_slice())?;
+            allocated = next;
+            Ok(())
+        })?;
+        Ok(allocated)
+    }
+
+    /// Replaces an existing object.
+    pub fn replace_object(
+        &self,
+        slot: u64,
+        id: u64,
+        object: &StoredObject,
+    ) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut objects = txn.open_table(OBJECTS)?;
+            objects.insert((slot, id), encode(object).as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Removes an object.
+    pub fn remove_object(&self, slot: u64, id: u64) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut objects = txn.open_table(OBJECTS)?;
+            objects.remove((slot, id))?;
+            Ok(())
+        })
+    }
+
+    fn write(
+        &self,
+        change: impl FnOnce(&redb::WriteTransaction) -> Result<(), WriteError>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        // An error drops the transaction, which aborts it: nothing half-written is visible.
+        change(&txn).map_err(|e| e.0)?;
+        txn.commit().map_err(storage)
+    }
+}
+
+/// Any error inside a write transaction.
+struct WriteError(StoreError);
+
+impl<E: Into<redb::Error>> From<E> for WriteError {
+    fn from(e: E) -> Self {
+        WriteError(storage(e.into()))
+    }
+}
+
+impl From<StoreError> for WriteError {
+    fn from(e: StoreError) -> Self {
+        WriteError(e)
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).unwrap_or_default()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|_| StoreError::Corrupt(what.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::{Attribute, Template};
+
+    fn object(label: &str) -> StoredObject {
+        StoredObject {
+            public: Template(vec![Attribute::bytes(
+                tessera_core::ck::CKA_LABEL,
+                label.as_bytes(),
+            )]),
+            sealed: None,
+        }
+    }
+
+    #[test]
+    fn objects_persist_across_reopen_and_reset_erases_one_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            let a = store.insert_object(0, |_| Ok(object("a"))).unwrap();
+            let b = store.insert_object(1, |_| Ok(object("b"))).unwrap();
+            assert_ne!(a, b);
+            store.put_token(0, &TokenRecord::default()).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.objects(0).unwrap().len(), 1);
+        assert_eq!(store.tokens().unwrap().len(), 1);
+        store.reset_token(0, &TokenRecord::default()).unwrap();
+        assert!(store.objects(0).unwrap().is_empty());
+        assert_eq!(store.objects(1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_failed_builder_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s")).unwrap();
+        let failed = store.insert_object(0, |_| Err(StoreError::Storage("no".into())));
+        assert!(failed.is_err());
+        assert!(store.objects(0).unwrap().is_empty());
+        let id = store.insert_object(0, |_| Ok(object("x"))).unwrap();
+        assert_eq!(id, 1, "the aborted transaction did not consume an id");
+    }
+}
