@@ -157,6 +157,10 @@ return_values! {
     RandomSeedNotSupported = ck::CKR_RANDOM_SEED_NOT_SUPPORTED => "CKR_RANDOM_SEED_NOT_SUPPORTED",
     /// The operation cannot be done in this state.
     StateUnsaveable = ck::CKR_STATE_UNSAVEABLE => "CKR_STATE_UNSAVEABLE",
+    /// The curve is not supported.
+    CurveNotSupported = ck::CKR_CURVE_NOT_SUPPORTED => "CKR_CURVE_NOT_SUPPORTED",
+    /// The operation is not supported in parallel (`C_GetFunctionStatus`).
+    FunctionNotParallel = ck::CKR_FUNCTION_NOT_PARALLEL => "CKR_FUNCTION_NOT_PARALLEL",
     /// The key cannot be wrapped.
     KeyUnextractable = ck::CKR_KEY_UNEXTRACTABLE => "CKR_KEY_UNEXTRACTABLE",
     /// Channel key establishment failed (brief §2.6).

@@ -46,7 +46,7 @@ pub fn body_len(header: [u8; FRAME_HEADER_LEN]) -> Result<usize, FrameError> {
 }
 
 /// Reads one frame body from a blocking reader.
-pub fn read_frame(reader: &mut impl Read) -> Result<Vec<u8>, FrameError> {
+pub fn read_frame(reader: &mut (impl Read + ?Sized)) -> Result<Vec<u8>, FrameError> {
     let mut header = [0u8; FRAME_HEADER_LEN];
     reader.read_exact(&mut header)?;
     let len = body_len(header)?;
@@ -56,7 +56,7 @@ pub fn read_frame(reader: &mut impl Read) -> Result<Vec<u8>, FrameError> {
 }
 
 /// Writes one frame (header and body) to a blocking writer.
-pub fn write_frame(writer: &mut impl Write, frame: &[u8]) -> Result<(), FrameError> {
+pub fn write_frame(writer: &mut (impl Write + ?Sized), frame: &[u8]) -> Result<(), FrameError> {
     writer.write_all(frame)?;
     writer.flush()?;
     Ok(())

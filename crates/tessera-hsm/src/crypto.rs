@@ -1,0 +1,633 @@
+//! Mechanisms: key generation and the state machines of encrypt, decrypt, digest, sign and
+//! verify, all on `aws-lc-rs`.
+//!
+//! Signing mechanisms that hash (`CKM_ECDSA_SHA256`, `CKM_SHA256_RSA_PKCS`, ...) hash
+//! incrementally and sign the digest; the raw ones (`CKM_ECDSA`, `CKM_RSA_PKCS`) take the digest
+//! (or `DigestInfo`) from the caller. Ciphers accumulate their input and produce all output at
+//! the final call, which PKCS#11 allows (an update may return zero bytes).
+
+use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::cipher::{
+    DecryptionContext, EncryptionContext, PaddedBlockDecryptingKey, PaddedBlockEncryptingKey,
+    UnboundCipherKey, AES_128, AES_192, AES_256,
+};
+use aws_lc_rs::digest::{self, Context, Digest};
+use aws_lc_rs::encoding::{AsBigEndian, AsDer};
+use aws_lc_rs::iv::FixedLength;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair, UnparsedPublicKey};
+use tessera_core::{ck, der, Mechanism, MechanismParameter, Rv, SecretBytes};
+
+use crate::object::Attributes;
+
+/// The result of finishing an operation.
+pub enum Output {
+    /// Public output (ciphertext, signature, digest).
+    Bytes(Vec<u8>),
+    /// Secret output (plaintext).
+    Secret(SecretBytes),
+    /// A verification that passed.
+    Verified,
+}
+
+/// Fills a buffer with random bytes.
+pub fn random(len: usize) -> Result<Vec<u8>, Rv> {
+    let mut out = vec![0u8; len];
+    SystemRandom::new().fill(&mut out).map_err(|_| Rv::FunctionFailed)?;
+    Ok(out)
+}
+
+struct Curve {
+    params: &'static [u8],
+    signing: &'static signature::EcdsaSigningAlgorithm,
+    verifying: &'static signature::EcdsaVerificationAlgorithm,
+    digest: &'static digest::Algorithm,
+    bytes: usize,
+    bits: u64,
+}
+
+const CURVES: &[Curve] = &[
+    Curve {
+        params: der::P256_PARAMS,
+        signing: &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        verifying: &signature::ECDSA_P256_SHA256_FIXED,
+        digest: &digest::SHA256,
+        bytes: 32,
+        bits: 256,
+    },
+    Curve {
+        params: der::P384_PARAMS,
+        signing: &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+        verifying: &signature::ECDSA_P384_SHA384_FIXED,
+        digest: &digest::SHA384,
+        bytes: 48,
+        bits: 384,
+    },
+    Curve {
+        params: der::P521_PARAMS,
+        signing: &signature::ECDSA_P521_SHA512_FIXED_SIGNING,
+        verifying: &signature::ECDSA_P521_SHA512_FIXED,
+        digest: &digest::SHA512,
+        bytes: 66,
+        bits: 521,
+    },
+];
+
+fn curve(params: Option<&[u8]>) -> Result<&'static Curve, Rv> {
+    let params = params.ok_or(Rv::TemplateIncomplete)?;
+    CURVES.iter().find(|c| c.params == params).ok_or(Rv::CurveNotSupported)
+}
+
+/// The curve size in bits of an EC key's `CKA_EC_PARAMS`, if supported.
+pub fn curve_bits(params: &[u8]) -> Option<u64> {
+    CURVES.iter().find(|c| c.params == params).map(|c| c.bits)
+}
+
+/// A generated key pair: (public attributes, private attributes), key material only.
+pub type GeneratedPair = (Vec<(ck::CK_ATTRIBUTE_TYPE, Vec<u8>)>, Vec<(ck::CK_ATTRIBUTE_TYPE, Vec<u8>)>);
+
+/// Generates an EC key pair on the curve named by `params`.
+pub fn generate_ec(params: Option<&[u8]>) -> Result<GeneratedPair, Rv> {
+    let curve = curve(params)?;
+    let pair = EcdsaKeyPair::generate(curve.signing).map_err(|_| Rv::FunctionFailed)?;
+    let point = pair.public_key().as_ref().to_vec();
+    let scalar = pair
+        .private_key()
+        .as_be_bytes()
+        .map_err(|_| Rv::FunctionFailed)?
+        .as_ref()
+        .to_vec();
+    let params = curve.params.to_vec();
+    Ok((
+        vec![
+            (ck::CKA_EC_PARAMS, params.clone()),
+            (ck::CKA_EC_POINT, der::element(der::OCTET_STRING, &point)),
+        ],
+        vec![(ck::CKA_EC_PARAMS, params), (ck::CKA_VALUE, scalar)],
+    ))
+}
+
+const RSA_PRIVATE_PARTS: [ck::CK_ATTRIBUTE_TYPE; 8] = [
+    ck::CKA_MODULUS,
+    ck::CKA_PUBLIC_EXPONENT,
+    ck::CKA_PRIVATE_EXPONENT,
+    ck::CKA_PRIME_1,
+    ck::CKA_PRIME_2,
+    ck::CKA_EXPONENT_1,
+    ck::CKA_EXPONENT_2,
+    ck::CKA_COEFFICIENT,
+];
+
+/// Generates an RSA key pair (`bits` 2048, 3072 or 4096; public exponent 65537).
+pub fn generate_rsa(bits: u64, exponent: Option<&[u8]>) -> Result<GeneratedPair, Rv> {
+    let size = match bits {
+        2048 => KeySize::Rsa2048,
+        3072 => KeySize::Rsa3072,
+        4096 => KeySize::Rsa4096,
+        _ => return Err(Rv::KeySizeRange),
+    };
+    if let Some(e) = exponent {
+        let start = e.iter().position(|b| *b != 0).unwrap_or(e.len());
+        if e[start..] != [0x01, 0x00, 0x01] {
+            return Err(Rv::TemplateInconsistent);
+        }
+    }
+    let pair = RsaKeyPair::generate(size).map_err(|_| Rv::FunctionFailed)?;
+    let pkcs8 = pair.as_der().map_err(|_| Rv::FunctionFailed)?;
+    // PrivateKeyInfo ::= SEQUENCE { version, algorithm, OCTET STRING RSAPrivateKey }
+    let parse = || -> Result<Vec<Vec<u8>>, der::DerError> {
+        let info = der::single(pkcs8.as_ref(), der::SEQUENCE)?;
+        let mut reader = der::Reader::new(info);
+        reader.expect(der::INTEGER)?;
+        reader.expect(der::SEQUENCE)?;
+        let inner = der::single(reader.expect(der::OCTET_STRING)?, der::SEQUENCE)?;
+        let mut reader = der::Reader::new(inner);
+        reader.expect(der::INTEGER)?;
+        (0..8).map(|_| reader.unsigned_integer().map(<[u8]>::to_vec)).collect()
+    };
+    let parts = parse().map_err(|_| Rv::FunctionFailed)?;
+    let public = vec![
+        (ck::CKA_MODULUS, parts[0].clone()),
+        (ck::CKA_PUBLIC_EXPONENT, parts[1].clone()),
+    ];
+    let private = RSA_PRIVATE_PARTS.iter().copied().zip(parts).collect();
+    Ok((public, private))
+}
+
+fn rsa_private_key(key: &Attributes) -> Result<RsaKeyPair, Rv> {
+    let mut parts = vec![der::unsigned_integer(&[0])];
+    for ty in RSA_PRIVATE_PARTS {
+        parts.push(der::unsigned_integer(key.get(ty).ok_or(Rv::KeyTypeInconsistent)?));
+    }
+    let pkcs1 = SecretBytes::new(der::sequence(&parts));
+    RsaKeyPair::from_der(pkcs1.expose()).map_err(|_| Rv::KeyTypeInconsistent)
+}
+
+fn rsa_public_key(key: &Attributes) -> Result<Vec<u8>, Rv> {
+    let modulus = key.get(ck::CKA_MODULUS).ok_or(Rv::KeyTypeInconsistent)?;
+    let exponent = key.get(ck::CKA_PUBLIC_EXPONENT).ok_or(Rv::KeyTypeInconsistent)?;
+    Ok(der::sequence(&[der::unsigned_integer(modulus), der::unsigned_integer(exponent)]))
+}
+
+/// Checks an imported RSA private key and returns its modulus size in bits.
+pub fn check_rsa_private(key: &Attributes) -> Result<u64, Rv> {
+    let pair = rsa_private_key(key).map_err(|_| Rv::AttributeValueInvalid)?;
+    Ok(pair.public_modulus_len() as u64 * 8)
+}
+
+/// Checks an imported EC private key.
+pub fn check_ec_private(key: &Attributes) -> Result<(), Rv> {
+    ec_private_key(key).map(|_| ()).map_err(|_| Rv::AttributeValueInvalid)
+}
+
+/// The bit length of a big-endian magnitude.
+pub fn bit_len(magnitude: &[u8]) -> u64 {
+    let start = magnitude.iter().position(|b| *b != 0).unwrap_or(magnitude.len());
+    match magnitude.get(start) {
+        Some(first) => (magnitude.len() - start) as u64 * 8 - u64::from(first.leading_zeros()),
+        None => 0,
+    }
+}
+
+fn ec_private_key(key: &Attributes) -> Result<(EcdsaKeyPair, &'static Curve), Rv> {
+    let curve = curve(key.get(ck::CKA_EC_PARAMS)).map_err(|_| Rv::KeyTypeInconsistent)?;
+    let scalar = key.get(ck::CKA_VALUE).ok_or(Rv::KeyTypeInconsistent)?;
+    if scalar.len() > curve.bytes {
+        return Err(Rv::KeyTypeInconsistent);
+    }
+    let mut padded = vec![0u8; curve.bytes - scalar.len()];
+    padded.extend_from_slice(scalar);
+    let padded = SecretBytes::new(padded);
+    // RFC 5915 ECPrivateKey { version 1, privateKey, [0] parameters }
+    let rfc5915 = SecretBytes::new(der::sequence(&[
+        der::unsigned_integer(&[1]),
+        der::element(der::OCTET_STRING, padded.expose()),
+        der::element(0xA0, curve.params),
+    ]));
+    let pair = EcdsaKeyPair::from_private_key_der(curve.signing, rfc5915.expose())
+        .map_err(|_| Rv::KeyTypeInconsistent)?;
+    Ok((pair, curve))
+}
+
+fn ec_point(key: &Attributes) -> Result<(Vec<u8>, &'static Curve), Rv> {
+    let curve = curve(key.get(ck::CKA_EC_PARAMS)).map_err(|_| Rv::KeyTypeInconsistent)?;
+    let raw = key.get(ck::CKA_EC_POINT).ok_or(Rv::KeyTypeInconsistent)?;
+    // CKA_EC_POINT is a DER OCTET STRING; accept the bare point too, as many tools send it.
+    let point = der::single(raw, der::OCTET_STRING).unwrap_or(raw);
+    Ok((point.to_vec(), curve))
+}
+
+/// Fits a caller's hash to the curve's order size as ECDSA does: keep the leftmost bytes of a
+/// longer one, left-pad a shorter one with zeros (the same integer).
+fn ecdsa_digest(curve: &Curve, hash: &[u8]) -> Result<Digest, Rv> {
+    let len = curve.digest.output_len();
+    let fitted: Vec<u8> = if hash.len() >= len {
+        if curve.bytes != len && hash.len() > len {
+            return Err(Rv::DataLenRange);
+        }
+        hash[..len].to_vec()
+    } else {
+        let mut padded = vec![0u8; len - hash.len()];
+        padded.extend_from_slice(hash);
+        padded
+    };
+    if hash.is_empty() {
+        return Err(Rv::DataLenRange);
+    }
+    Digest::import_less_safe(&fitted, curve.digest).map_err(|_| Rv::DataLenRange)
+}
+
+fn digest_algorithm(mechanism: u64) -> Option<&'static digest::Algorithm> {
+    match mechanism as ck::CK_MECHANISM_TYPE {
+        ck::CKM_SHA256 => Some(&digest::SHA256),
+        ck::CKM_SHA384 => Some(&digest::SHA384),
+        ck::CKM_SHA512 => Some(&digest::SHA512),
+        _ => None,
+    }
+}
+
+const DIGEST_INFO: &[(&[u8], &digest::Algorithm)] = &[
+    (
+        &[0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20],
+        &digest::SHA256,
+    ),
+    (
+        &[0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00, 0x04, 0x30],
+        &digest::SHA384,
+    ),
+    (
+        &[0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00, 0x04, 0x40],
+        &digest::SHA512,
+    ),
+];
+
+/// Parses the `DigestInfo` that `CKM_RSA_PKCS` signs. Only SHA-2 digests are accepted: raw
+/// PKCS#1 v1.5 signing of arbitrary data is not offered.
+fn parse_digest_info(data: &[u8]) -> Result<Digest, Rv> {
+    DIGEST_INFO
+        .iter()
+        .find_map(|(prefix, algorithm)| {
+            data.strip_prefix(*prefix)
+                .and_then(|hash| Digest::import_less_safe(hash, algorithm).ok())
+        })
+        .ok_or(Rv::DataInvalid)
+}
+
+#[derive(Clone, Copy)]
+enum RsaScheme {
+    Pkcs1,
+    Pss,
+}
+
+fn rsa_encoding(
+    scheme: RsaScheme,
+    algorithm: &'static digest::Algorithm,
+) -> Result<&'static dyn signature::RsaEncoding, Rv> {
+    let id = algorithm.output_len();
+    Ok(match (scheme, id) {
+        (RsaScheme::Pkcs1, 32) => &signature::RSA_PKCS1_SHA256,
+        (RsaScheme::Pkcs1, 48) => &signature::RSA_PKCS1_SHA384,
+        (RsaScheme::Pkcs1, 64) => &signature::RSA_PKCS1_SHA512,
+        (RsaScheme::Pss, 32) => &signature::RSA_PSS_SHA256,
+        (RsaScheme::Pss, 48) => &signature::RSA_PSS_SHA384,
+        (RsaScheme::Pss, 64) => &signature::RSA_PSS_SHA512,
+        _ => return Err(Rv::MechanismInvalid),
+    })
+}
+
+fn rsa_verification(
+    scheme: RsaScheme,
+    algorithm: &'static digest::Algorithm,
+) -> Result<&'static signature::RsaParameters, Rv> {
+    Ok(match (scheme, algorithm.output_len()) {
+        (RsaScheme::Pkcs1, 32) => &signature::RSA_PKCS1_2048_8192_SHA256,
+        (RsaScheme::Pkcs1, 48) => &signature::RSA_PKCS1_2048_8192_SHA384,
+        (RsaScheme::Pkcs1, 64) => &signature::RSA_PKCS1_2048_8192_SHA512,
+        (RsaScheme::Pss, 32) => &signature::RSA_PSS_2048_8192_SHA256,
+        (RsaScheme::Pss, 48) => &signature::RSA_PSS_2048_8192_SHA384,
+        (RsaScheme::Pss, 64) => &signature::RSA_PSS_2048_8192_SHA512,
+        _ => return Err(Rv::MechanismInvalid),
+    })
+}
+
+/// Checks `CK_RSA_PKCS_PSS_PARAMS`: the hash must match, MGF1 with the same hash, salt as
+/// long as the hash (what the underlying library implements).
+fn pss_hash(parameter: &MechanismParameter, expected: Option<u64>) -> Result<&'static digest::Algorithm, Rv> {
+    let MechanismParameter::Pss { hash, mgf, salt_len } = parameter else {
+        return Err(Rv::MechanismParamInvalid);
+    };
+    if expected.is_some_and(|e| e != *hash) {
+        return Err(Rv::MechanismParamInvalid);
+    }
+    let (algorithm, expected_mgf) = match *hash as ck::CK_MECHANISM_TYPE {
+        ck::CKM_SHA256 => (&digest::SHA256, ck::CKG_MGF1_SHA256),
+        ck::CKM_SHA384 => (&digest::SHA384, ck::CKG_MGF1_SHA384),
+        ck::CKM_SHA512 => (&digest::SHA512, ck::CKG_MGF1_SHA512),
+        _ => return Err(Rv::MechanismParamInvalid),
+    };
+    if *mgf != expected_mgf as u64 || *salt_len != algorithm.output_len() as u64 {
+        return Err(Rv::MechanismParamInvalid);
+    }
+    Ok(algorithm)
+}
+
+enum SignKey {
+    Ec(EcdsaKeyPair, &'static Curve),
+    Rsa(RsaKeyPair, RsaScheme),
+    EcPublic(Vec<u8>, &'static Curve),
+    RsaPublic(Vec<u8>, RsaScheme),
+}
+
+/// Accumulated input: a running hash, or the raw bytes for mechanisms that take a digest.
+enum Input {
+    Hashing(Context),
+    Raw(Vec<u8>, Option<&'static digest::Algorithm>),
+}
+
+impl Input {
+    fn update(&mut self, data: &[u8]) -> Result<(), Rv> {
+        match self {
+            Input::Hashing(context) => context.update(data),
+            Input::Raw(buffer, _) => {
+                if buffer.len() + data.len() > 1 << 20 {
+                    return Err(Rv::DataLenRange);
+                }
+                buffer.extend_from_slice(data)
+            }
+        }
+        Ok(())
+    }
+}
+
+enum AesMode {
+    CbcPad([u8; 16]),
+    Gcm { iv: Vec<u8>, aad: Vec<u8> },
+}
+
+enum Inner {
+    Digest(Context),
+    Signature { key: SignKey, input: Input },
+    Aes { key: SecretBytes, mode: AesMode, encrypt: bool, data: SecretBytes },
+}
+
+/// An active operation of a session.
+pub struct Operation {
+    inner: Inner,
+}
+
+/// The largest input a cipher operation accumulates (a 16 MiB frame holds it with room).
+const MAX_CIPHER_INPUT: usize = 8 << 20;
+
+impl Operation {
+    /// Starts a digest.
+    pub fn digest(mechanism: &Mechanism) -> Result<Operation, Rv> {
+        if mechanism.parameter != MechanismParameter::None {
+            return Err(Rv::MechanismParamInvalid);
+        }
+        let algorithm = digest_algorithm(mechanism.ty).ok_or(Rv::MechanismInvalid)?;
+        Ok(Operation { inner: Inner::Digest(Context::new(algorithm)) })
+    }
+
+    /// Starts a signature (`verify` false) or a verification with `key`.
+    pub fn signature(mechanism: &Mechanism, key: &Attributes, verify: bool) -> Result<Operation, Rv> {
+        let m = mechanism.ty as ck::CK_MECHANISM_TYPE;
+        let expected_class = if verify { ck::CKO_PUBLIC_KEY } else { ck::CKO_PRIVATE_KEY };
+        let usage = if verify { ck::CKA_VERIFY } else { ck::CKA_SIGN };
+        let no_parameter = || match mechanism.parameter {
+            MechanismParameter::None => Ok(()),
+            _ => Err(Rv::MechanismParamInvalid),
+        };
+        let (key_type, input, scheme) = match m {
+            ck::CKM_ECDSA => (ck::CKK_EC, Input::Raw(Vec::new(), None), None),
+            ck::CKM_ECDSA_SHA256 => (ck::CKK_EC, Input::Hashing(Context::new(&digest::SHA256)), None),
+            ck::CKM_ECDSA_SHA384 => (ck::CKK_EC, Input::Hashing(Context::new(&digest::SHA384)), None),
+            ck::CKM_ECDSA_SHA512 => (ck::CKK_EC, Input::Hashing(Context::new(&digest::SHA512)), None),
+            ck::CKM_RSA_PKCS => (ck::CKK_RSA, Input::Raw(Vec::new(), None), Some(RsaScheme::Pkcs1)),
+            ck::CKM_SHA256_RSA_PKCS => (ck::CKK_RSA, Input::Hashing(Context::new(&digest::SHA256)), Some(RsaScheme::Pkcs1)),
+            ck::CKM_SHA384_RSA_PKCS => (ck::CKK_RSA, Input::Hashing(Context::new(&digest::SHA384)), Some(RsaScheme::Pkcs1)),
+            ck::CKM_SHA512_RSA_PKCS => (ck::CKK_RSA, Input::Hashing(Context::new(&digest::SHA512)), Some(RsaScheme::Pkcs1)),
+            ck::CKM_RSA_PKCS_PSS => {
+                let algorithm = pss_hash(&mechanism.parameter, None)?;
+                (ck::CKK_RSA, Input::Raw(Vec::new(), Some(algorithm)), Some(RsaScheme::Pss))
+            }
+            ck::CKM_SHA256_RSA_PKCS_PSS | ck::CKM_SHA384_RSA_PKCS_PSS | ck::CKM_SHA512_RSA_PKCS_PSS => {
+                let hash = match m {
+                    ck::CKM_SHA256_RSA_PKCS_PSS => ck::CKM_SHA256,
+                    ck::CKM_SHA384_RSA_PKCS_PSS => ck::CKM_SHA384,
+                    _ => ck::CKM_SHA512,
+                };
+                let algorithm = pss_hash(&mechanism.parameter, Some(hash as u64))?;
+                (ck::CKK_RSA, Input::Hashing(Context::new(algorithm)), Some(RsaScheme::Pss))
+            }
+            _ => return Err(Rv::MechanismInvalid),
+        };
+        if !matches!(m, ck::CKM_RSA_PKCS_PSS | ck::CKM_SHA256_RSA_PKCS_PSS | ck::CKM_SHA384_RSA_PKCS_PSS | ck::CKM_SHA512_RSA_PKCS_PSS) {
+            no_parameter()?;
+        }
+        if key.class() != expected_class as u64 || key.key_type() != key_type as u64 {
+            return Err(Rv::KeyTypeInconsistent);
+        }
+        if !key.flag(usage) {
+            return Err(Rv::KeyFunctionNotPermitted);
+        }
+        let key = match (scheme, verify) {
+            (None, false) => {
+                let (pair, curve) = ec_private_key(key)?;
+                SignKey::Ec(pair, curve)
+            }
+            (None, true) => {
+                let (point, curve) = ec_point(key)?;
+                SignKey::EcPublic(point, curve)
+            }
+            (Some(scheme), false) => SignKey::Rsa(rsa_private_key(key)?, scheme),
+            (Some(scheme), true) => SignKey::RsaPublic(rsa_public_key(key)?, scheme),
+        };
+        Ok(Operation { inner: Inner::Signature { key, input } })
+    }
+
+    /// Starts an encryption or decryption with an AES key.
+    pub fn cipher(mechanism: &Mechanism, key: &Attributes, encrypt: bool) -> Result<Operation, Rv> {
+        let usage = if encrypt { ck::CKA_ENCRYPT } else { ck::CKA_DECRYPT };
+        let mode = match (mechanism.ty as ck::CK_MECHANISM_TYPE, &mechanism.parameter) {
+            (ck::CKM_AES_CBC_PAD, MechanismParameter::Bytes(iv)) => {
+                AesMode::CbcPad(iv.as_slice().try_into().map_err(|_| Rv::MechanismParamInvalid)?)
+            }
+            (ck::CKM_AES_GCM, MechanismParameter::Gcm { iv, aad, tag_bits }) => {
+                if iv.len() != aead::NONCE_LEN || *tag_bits != 128 {
+                    return Err(Rv::MechanismParamInvalid);
+                }
+                AesMode::Gcm { iv: iv.clone(), aad: aad.clone() }
+            }
+            (ck::CKM_AES_CBC_PAD | ck::CKM_AES_GCM, _) => return Err(Rv::MechanismParamInvalid),
+            _ => return Err(Rv::MechanismInvalid),
+        };
+        if key.class() != ck::CKO_SECRET_KEY as u64 || key.key_type() != ck::CKK_AES as u64 {
+            return Err(Rv::KeyTypeInconsistent);
+        }
+        if !key.flag(usage) {
+            return Err(Rv::KeyFunctionNotPermitted);
+        }
+        let value = key.get(ck::CKA_VALUE).ok_or(Rv::KeyTypeInconsistent)?;
+        if !matches!(value.len(), 16 | 24 | 32) {
+            return Err(Rv::KeyTypeInconsistent);
+        }
+        Ok(Operation {
+            inner: Inner::Aes {
+                key: SecretBytes::from_slice(value),
+                mode,
+                encrypt,
+                data: SecretBytes::default(),
+            },
+        })
+    }
+
+    /// Feeds input; ciphers return no output until the final call.
+    pub fn update(&mut self, data: &[u8]) -> Result<(), Rv> {
+        match &mut self.inner {
+            Inner::Digest(context) => {
+                context.update(data);
+                Ok(())
+            }
+            Inner::Signature { input, .. } => input.update(data),
+            Inner::Aes { data: buffer, .. } => {
+                if buffer.len() + data.len() > MAX_CIPHER_INPUT {
+                    return Err(Rv::DataLenRange);
+                }
+                buffer.expose_mut().extend_from_slice(data);
+                Ok(())
+            }
+        }
+    }
+
+    /// Finishes: the digest, signature, cipher output, or the verification result.
+    pub fn finish(self, signature: &[u8]) -> Result<Output, Rv> {
+        match self.inner {
+            Inner::Digest(context) => Ok(Output::Bytes(context.finish().as_ref().to_vec())),
+            Inner::Signature { key, input } => finish_signature(key, input, signature),
+            Inner::Aes { key, mode, encrypt, data } => finish_aes(&key, mode, encrypt, data),
+        }
+    }
+}
+
+fn ec_input_digest(curve: &Curve, input: Input) -> Result<Digest, Rv> {
+    match input {
+        Input::Hashing(context) => ecdsa_digest(curve, context.finish().as_ref()),
+        Input::Raw(data, _) => ecdsa_digest(curve, &data),
+    }
+}
+
+fn rsa_input_digest(input: Input) -> Result<Digest, Rv> {
+    match input {
+        Input::Hashing(context) => Ok(context.finish()),
+        Input::Raw(data, Some(algorithm)) => {
+            Digest::import_less_safe(&data, algorithm).map_err(|_| Rv::DataLenRange)
+        }
+        Input::Raw(data, None) => parse_digest_info(&data),
+    }
+}
+
+fn finish_signature(key: SignKey, input: Input, signature: &[u8]) -> Result<Output, Rv> {
+    match key {
+        SignKey::Ec(pair, curve) => {
+            let digest = ec_input_digest(curve, input)?;
+            let signature = pair.sign_digest(&digest).map_err(|_| Rv::FunctionFailed)?;
+            Ok(Output::Bytes(signature.as_ref().to_vec()))
+        }
+        SignKey::EcPublic(point, curve) => {
+            if signature.len() != 2 * curve.bytes {
+                return Err(Rv::SignatureLenRange);
+            }
+            let digest = ec_input_digest(curve, input)?;
+            UnparsedPublicKey::new(curve.verifying, point)
+                .verify_digest(&digest, signature)
+                .map(|_| Output::Verified)
+                .map_err(|_| Rv::SignatureInvalid)
+        }
+        SignKey::Rsa(pair, scheme) => {
+            let digest = rsa_input_digest(input)?;
+            let encoding = rsa_encoding(scheme, digest.algorithm())?;
+            let mut out = vec![0u8; pair.public_modulus_len()];
+            pair.sign_digest(encoding, &digest, &mut out).map_err(|_| Rv::FunctionFailed)?;
+            Ok(Output::Bytes(out))
+        }
+        SignKey::RsaPublic(public, scheme) => {
+            let digest = rsa_input_digest(input)?;
+            let parameters = rsa_verification(scheme, digest.algorithm())?;
+            let modulus_len = rsa_modulus_len(&public);
+            if modulus_len != 0 && signature.len() != modulus_len {
+                return Err(Rv::SignatureLenRange);
+            }
+            UnparsedPublicKey::new(parameters, public)
+                .verify_digest(&digest, signature)
+                .map(|_| Output::Verified)
+                .map_err(|_| Rv::SignatureInvalid)
+        }
+    }
+}
+
+fn rsa_modulus_len(pkcs1_public: &[u8]) -> usize {
+    der::single(pkcs1_public, der::SEQUENCE)
+        .and_then(|seq| der::Reader::new(seq).unsigned_integer().map(<[u8]>::len))
+        .unwrap_or(0)
+}
+
+fn finish_aes(key: &SecretBytes, mode: AesMode, encrypt: bool, mut data: SecretBytes) -> Result<Output, Rv> {
+    let key_bytes = key.expose();
+    match mode {
+        AesMode::CbcPad(iv) => {
+            let algorithm = match key_bytes.len() {
+                16 => &AES_128,
+                24 => &AES_192,
+                _ => &AES_256,
+            };
+            let unbound = || UnboundCipherKey::new(algorithm, key_bytes).map_err(|_| Rv::KeyTypeInconsistent);
+            if encrypt {
+                let cipher = PaddedBlockEncryptingKey::cbc_pkcs7(unbound()?).map_err(|_| Rv::FunctionFailed)?;
+                let mut out = data.expose().to_vec();
+                cipher
+                    .less_safe_encrypt(&mut out, EncryptionContext::Iv128(FixedLength::from(iv)))
+                    .map_err(|_| Rv::FunctionFailed)?;
+                Ok(Output::Bytes(out))
+            } else {
+                let length = data.len();
+                if length == 0 || length % 16 != 0 {
+                    return Err(Rv::EncryptedDataLenRange);
+                }
+                let cipher = PaddedBlockDecryptingKey::cbc_pkcs7(unbound()?).map_err(|_| Rv::FunctionFailed)?;
+                let plain_len = cipher
+                    .decrypt(data.expose_mut(), DecryptionContext::Iv128(FixedLength::from(iv)))
+                    .map_err(|_| Rv::EncryptedDataInvalid)?
+                    .len();
+                data.expose_mut().truncate(plain_len);
+                Ok(Output::Secret(data))
+            }
+        }
+        AesMode::Gcm { iv, aad } => {
+            let algorithm = match key_bytes.len() {
+                16 => &aead::AES_128_GCM,
+                24 => &aead::AES_192_GCM,
+                _ => &aead::AES_256_GCM,
+            };
+            let aead_key = LessSafeKey::new(UnboundKey::new(algorithm, key_bytes).map_err(|_| Rv::KeyTypeInconsistent)?);
+            let nonce = Nonce::try_assume_unique_for_key(&iv).map_err(|_| Rv::MechanismParamInvalid)?;
+            if encrypt {
+                let mut out = data.expose().to_vec();
+                aead_key
+                    .seal_in_place_append_tag(nonce, Aad::from(aad.as_slice()), &mut out)
+                    .map_err(|_| Rv::FunctionFailed)?;
+                Ok(Output::Bytes(out))
+            } else {
+                if data.len() < aead::MAX_TAG_LEN {
+                    return Err(Rv::EncryptedDataLenRange);
+                }
+                let plain_len = aead_key
+                    .open_in_place(nonce, Aad::from(aad.as_slice()), data.expose_mut())
+                    .map_err(|_| Rv::EncryptedDataInvalid)?
+                    .len();
+                data.expose_mut().truncate(plain_len);
+                Ok(Output::Secret(data))
+            }
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The HSM engine: one device with its slots, tokens, sessions, objects and mechanisms.
+//!
+//! Typed requests in, typed replies out: [`Hsm::handle`] executes one
+//! [`tessera_wire::Request`] for one client and returns the reply or the `CKR_*` error. It does
+//! no network I/O; the daemon owns the sockets. Every change to token state is written to the
+//! token store before the call returns.
+//!
+//! A *client* is one connection of one application: PKCS#11 login state is per application and
+//! token, so it is kept per client and slot; all of a client's sessions end when it disconnects.
+#![forbid(unsafe_code)]
+
+mod crypto;
+mod device;
+mod mechanisms;
+mod object;
+mod objects;
+mod operations;
+mod time;
+mod tokens;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use tessera_core::Rv;
+use tessera_store::{DeviceRecord, MasterKey, Store, TokenRecord};
+use tessera_wire::{Reply, Request};
+
+pub use device::{HsmError, HsmOptions};
+pub use tessera_store::DEFAULT_KDF_ITERATIONS;
+
+/// The most sessions a device holds at once (all clients).
+pub const MAX_SESSIONS: u64 = 4096;
+/// Consecutive wrong PINs after which a PIN is locked.
+pub const MAX_PIN_FAILURES: u32 = 10;
+/// Shortest PIN accepted.
+pub const MIN_PIN_LEN: usize = 4;
+/// Longest PIN accepted.
+pub const MAX_PIN_LEN: usize = 255;
+
+/// Who is logged in, for one client on one token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Login {
+    So,
+    User,
+}
+
+/// An object held by a token.
+pub(crate) struct Object {
+    /// All attributes that are in the clear; for session objects, the secrets too.
+    attributes: object::Attributes,
+    /// Token objects: the sealed secret attributes.
+    sealed: Option<Vec<u8>>,
+    /// Session objects: the client and session that created it.
+    owner: Option<(u64, u64)>,
+}
+
+pub(crate) struct Token {
+    record: TokenRecord,
+    /// The token master key while some client is logged in.
+    master: Option<MasterKey>,
+    logins: HashMap<u64, Login>,
+    objects: BTreeMap<u64, Object>,
+}
+
+pub(crate) struct Session {
+    client: u64,
+    slot: u64,
+    read_write: bool,
+    find: Option<Vec<u64>>,
+    operations: HashMap<tessera_wire::Operation, crypto::Operation>,
+}
+
+pub(crate) struct State {
+    tokens: BTreeMap<u64, Token>,
+    sessions: HashMap<u64, Session>,
+    next_session: u64,
+    next_session_object: u64,
+    next_client: u64,
+}
+
+/// One HSM device backed by its data directory.
+pub struct Hsm {
+    store: Store,
+    device: DeviceRecord,
+    /// Seals the secrets of public token objects (private ones use the token master key).
+    device_key: MasterKey,
+    kdf_iterations: u32,
+    state: Mutex<State>,
+}
+
+/// The first handle given to session objects; token object ids stay below it.
+const SESSION_OBJECT_BASE: u64 = 1 << 40;
+
+impl Hsm {
+    /// Opens the device in `data_dir`, creating it on first use.
+    pub fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmError> {
+        device::open(data_dir, options)
+    }
+
+    /// The device serial number.
+    pub fn serial(&self) -> &str {
+        &self.device.serial
+    }
+
+    /// Registers a new client (a connection) and returns its id.
+    pub fn connect(&self) -> u64 {
+        let mut state = self.lock();
+        state.next_client += 1;
+        state.next_client
+    }
+
+    /// Ends a client: closes its sessions and logs it out everywhere.
+    pub fn disconnect(&self, client: u64) {
+        let mut state = self.lock();
+        let sessions: Vec<u64> = state
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.client == client)
+            .map(|(h, _)| *h)
+            .collect();
+        for handle in sessions {
+            state.close_session(handle);
+        }
+        for token in state.tokens.values_mut() {
+            token.logout(client);
+        }
+    }
+
+    /// The number of sessions open on the device.
+    pub fn session_count(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug of ours; the state is still consistent
+        // because every change is applied after its checks, so carry on.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Executes one request for `client`.
+    pub fn handle(&self, client: u64, request: Request) -> Result<Reply, Rv> {
+        use Request as R;
+        match request {
+            R::DeviceInfo => Ok(Reply::Device(self.device_info())),
+            R::SlotInfo { slot } => self.slot_info(slot).map(Reply::Slot),
+            R::TokenInfo { slot } => self.token_info(slot).map(Reply::Token),
+            R::MechanismList { slot } => {
+                self.check_slot(slot)?;
+                Ok(Reply::Mechanisms(mechanisms::list()))
+            }
+            R::MechanismInfo { slot, mechanism } => {
+                self.check_slot(slot)?;
+                mechanisms::info(mechanism).map(Reply::Mechanism).ok_or(Rv::MechanismInvalid)
+            }
+            R::InitToken { slot, so_pin, label } => self.init_token(slot, &so_pin, &label),
+            R::OpenSession { slot, flags } => self.open_session(client, slot, flags),
+            R::CloseSession { session } => {
+                let mut state = self.lock();
+                state.session(client, session)?;
+                state.close_session(session);
+                Ok(Reply::Done)
+            }
+            R::CloseAllSessions { slot } => {
+                self.check_slot(slot)?;
+                let mut state = self.lock();
+                let handles: Vec<u64> = state
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.client == client && s.slot == slot)
+                    .map(|(h, _)| *h)
+                    .collect();
+                for handle in handles {
+                    state.close_session(handle);
+                }
+                Ok(Reply::Done)
+            }
+            R::SessionInfo { session } => self.session_info(client, session).map(Reply::Session),
+            R::Login { session, user_type, pin } => self.login(client, session, user_type, &pin),
+            R::Logout { session } => self.logout(client, session),
+            R::InitPin { session, pin } => self.init_pin(client, session, &pin),
+            R::SetPin { session, old_pin, new_pin } => {
+                self.set_pin(client, session, &old_pin, &new_pin)
+            }
+            R::CreateObject { session, template } => self.create_object(client, session, &template),
+            R::CopyObject { session, object, template } => {
+                self.copy_object(client, session, object, &template)
+            }
+            R::DestroyObject { session, object } => self.destroy_object(client, session, object),
+            R::ObjectSize { session, object } => self.object_size(client, session, object),
+            R::GetAttributes { session, object, types } => {
+                self.get_attributes(client, session, object, &types)
+            }
+            R::SetAttributes { session, object, template } => {
+                self.set_attributes(client, session, object, &template)
+            }
+            R::FindObjectsInit { session, template } => self.find_init(client, session, &template),
+            R::FindObjects { session, max } => self.find_next(client, session, max),
+            R::FindObjectsFinal { session } => {
+                let mut state = self.lock();
+                let session = state.session_mut(client, session)?;
+                session.find.take().ok_or(Rv::OperationNotInitialized)?;
+                Ok(Reply::Done)
+            }
+            R::OperationInit { session, operation, mechanism, key } => {
+                self.operation_init(client, session, operation, &mechanism, key)
+            }
+            R::OperationSingle { session, operation, data, signature } => {
+                self.operation_single(client, session, operation, &data, &signature)
+            }
+            R::OperationUpdate { session, operation, data } => {
+                self.operation_update(client, session, operation, &data)
+            }
+            R::OperationFinal { session, operation, signature } => {
+                self.operation_final(client, session, operation, &signature)
+            }
+            R::GenerateKey { session, mechanism, template } => {
+                self.generate_key(client, session, &mechanism, &template)
+            }
+            R::GenerateKeyPair { session, mechanism, public_template, private_template } => {
+                self.generate_key_pair(client, session, &mechanism, &public_template, &private_template)
+            }
+            R::GenerateRandom { session, len } => {
+                self.lock().session(client, session)?;
+                if len > (8 << 20) {
+                    return Err(Rv::DataLenRange);
+                }
+                crypto::random(len as usize).map(Reply::Bytes)
+            }
+            R::SeedRandom { session, .. } => {
+                self.lock().session(client, session)?;
+                // The generator is the operating system's; it cannot be seeded from outside.
+                Err(Rv::RandomSeedNotSupported)
+            }
+        }
+    }
+}
+
+impl State {
+    pub(crate) fn session(&self, client: u64, handle: u64) -> Result<&Session, Rv> {
+        self.sessions
+            .get(&handle)
+            .filter(|s| s.client == client)
+            .ok_or(Rv::SessionHandleInvalid)
+    }
+
+    pub(crate) fn session_mut(&mut self, client: u64, handle: u64) -> Result<&mut Session, Rv> {
+        self.sessions
+            .get_mut(&handle)
+            .filter(|s| s.client == client)
+            .ok_or(Rv::SessionHandleInvalid)
+    }
+
+    pub(crate) fn token(&self, slot: u64) -> Result<&Token, Rv> {
+        self.tokens.get(&slot).ok_or(Rv::SlotIdInvalid)
+    }
+
+    pub(crate) fn token_mut(&mut self, slot: u64) -> Result<&mut Token, Rv> {
+        self.tokens.get_mut(&slot).ok_or(Rv::SlotIdInvalid)
+    }
+
+    /// Closes a session and destroys the session objects it created.
+    pub(crate) fn close_session(&mut self, handle: u64) {
+        if let Some(session) = self.sessions.remove(&handle) {
+            if let Some(token) = self.tokens.get_mut(&session.slot) {
+                token.objects.retain(|_, o| o.owner != Some((session.client, handle)));
+                let still_open = self
+                    .sessions
+                    .values()
+                    .any(|s| s.client == session.client && s.slot == session.slot);
+                if !still_open {
+                    // The last session of an application on a token logs it out (§5.6).
+                    token.logout(session.client);
+                }
+            }
+        }
+    }
+}
+
+impl Token {
+    pub(crate) fn login_of(&self, client: u64) -> Option<Login> {
+        self.logins.get(&client).copied()
+    }
+
+    pub(crate) fn logout(&mut self, client: u64) {
+        self.logins.remove(&client);
+        if self.logins.is_empty() {
+            // Nobody is logged in: forget the master key (wiped on drop).
+            self.master = None;
+        }
+    }
+}

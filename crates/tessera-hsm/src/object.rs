@@ -1,0 +1,490 @@
+//! Objects and the attribute rules of PKCS#11 (v3.0 §4): defaults, required and forbidden
+//! attributes per class, which attributes are secret, and which may change and how.
+
+use std::collections::BTreeMap;
+
+use tessera_core::ck;
+use tessera_core::{Attribute, Rv, Template};
+
+/// `CK_UNAVAILABLE_INFORMATION` as a wire `CK_ULONG`.
+pub const UNAVAILABLE: u64 = u64::MAX;
+
+/// An object's attributes, by type. Values are in wire form.
+#[derive(Clone, Default)]
+pub struct Attributes(BTreeMap<u64, Vec<u8>>);
+
+impl Attributes {
+    /// The value of an attribute.
+    pub fn get(&self, ty: ck::CK_ATTRIBUTE_TYPE) -> Option<&[u8]> {
+        self.0.get(&(ty as u64)).map(Vec::as_slice)
+    }
+
+    /// A boolean attribute, `false` when absent.
+    pub fn flag(&self, ty: ck::CK_ATTRIBUTE_TYPE) -> bool {
+        matches!(self.get(ty), Some([b]) if *b != 0)
+    }
+
+    /// A `CK_ULONG` attribute.
+    pub fn ulong(&self, ty: ck::CK_ATTRIBUTE_TYPE) -> Option<u64> {
+        let bytes: [u8; 8] = self.get(ty)?.try_into().ok()?;
+        Some(u64::from_le_bytes(bytes))
+    }
+
+    /// Sets an attribute.
+    pub fn set(&mut self, ty: u64, value: Vec<u8>) {
+        self.0.insert(ty, value);
+    }
+
+    /// Sets a boolean.
+    pub fn set_flag(&mut self, ty: ck::CK_ATTRIBUTE_TYPE, value: bool) {
+        self.set(ty as u64, vec![u8::from(value)]);
+    }
+
+    /// Sets a `CK_ULONG`.
+    pub fn set_ulong(&mut self, ty: ck::CK_ATTRIBUTE_TYPE, value: u64) {
+        self.set(ty as u64, value.to_le_bytes().to_vec());
+    }
+
+    /// Sets a default when absent.
+    fn default_flag(&mut self, ty: ck::CK_ATTRIBUTE_TYPE, value: bool) {
+        self.0.entry(ty as u64).or_insert_with(|| vec![u8::from(value)]);
+    }
+
+    fn default_bytes(&mut self, ty: ck::CK_ATTRIBUTE_TYPE) {
+        self.0.entry(ty as u64).or_default();
+    }
+
+    /// True if the type is present.
+    pub fn has(&self, ty: ck::CK_ATTRIBUTE_TYPE) -> bool {
+        self.0.contains_key(&(ty as u64))
+    }
+
+    /// The object class.
+    pub fn class(&self) -> u64 {
+        self.ulong(ck::CKA_CLASS).unwrap_or(UNAVAILABLE)
+    }
+
+    /// The key type (keys only).
+    pub fn key_type(&self) -> u64 {
+        self.ulong(ck::CKA_KEY_TYPE).unwrap_or(UNAVAILABLE)
+    }
+
+    /// Splits into (public, secret) templates for storage.
+    pub fn split(&self) -> (Template, Template) {
+        let class = self.class();
+        let (secret, public): (Vec<_>, Vec<_>) = self
+            .0
+            .iter()
+            .map(|(ty, value)| Attribute { ty: *ty, value: value.clone() })
+            .partition(|a| is_secret(class, a.ty));
+        (Template(public), Template(secret))
+    }
+
+    /// Joins stored public and secret templates.
+    pub fn join(public: &Template, secret: &Template) -> Attributes {
+        let mut attributes = Attributes::default();
+        for a in public.iter().chain(secret.iter()) {
+            attributes.set(a.ty, a.value.clone());
+        }
+        attributes
+    }
+
+    /// Approximate size in bytes (`C_GetObjectSize`).
+    pub fn size(&self) -> u64 {
+        self.0.values().map(|v| v.len() as u64 + 16).sum()
+    }
+}
+
+impl Drop for Attributes {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        for value in self.0.values_mut() {
+            value.zeroize();
+        }
+    }
+}
+
+/// Attributes that hold key material: sealed at rest, never readable when the key is
+/// sensitive or unextractable.
+pub fn is_secret(class: u64, ty: u64) -> bool {
+    let ty = ty as ck::CK_ATTRIBUTE_TYPE;
+    match class as ck::CK_OBJECT_CLASS {
+        ck::CKO_SECRET_KEY => ty == ck::CKA_VALUE,
+        ck::CKO_PRIVATE_KEY => matches!(
+            ty,
+            ck::CKA_VALUE
+                | ck::CKA_PRIVATE_EXPONENT
+                | ck::CKA_PRIME_1
+                | ck::CKA_PRIME_2
+                | ck::CKA_EXPONENT_1
+                | ck::CKA_EXPONENT_2
+                | ck::CKA_COEFFICIENT
+        ),
+        _ => false,
+    }
+}
+
+const COMMON: &[ck::CK_ATTRIBUTE_TYPE] = &[
+    ck::CKA_CLASS,
+    ck::CKA_TOKEN,
+    ck::CKA_PRIVATE,
+    ck::CKA_MODIFIABLE,
+    ck::CKA_COPYABLE,
+    ck::CKA_DESTROYABLE,
+    ck::CKA_LABEL,
+    ck::CKA_UNIQUE_ID,
+];
+const KEY_COMMON: &[ck::CK_ATTRIBUTE_TYPE] = &[
+    ck::CKA_KEY_TYPE,
+    ck::CKA_ID,
+    ck::CKA_START_DATE,
+    ck::CKA_END_DATE,
+    ck::CKA_DERIVE,
+    ck::CKA_LOCAL,
+    ck::CKA_KEY_GEN_MECHANISM,
+    ck::CKA_ALLOWED_MECHANISMS,
+];
+const SECRET_KEY: &[ck::CK_ATTRIBUTE_TYPE] = &[
+    ck::CKA_SENSITIVE,
+    ck::CKA_ENCRYPT,
+    ck::CKA_DECRYPT,
+    ck::CKA_SIGN,
+    ck::CKA_VERIFY,
+    ck::CKA_WRAP,
+    ck::CKA_UNWRAP,
+    ck::CKA_EXTRACTABLE,
+    ck::CKA_ALWAYS_SENSITIVE,
+    ck::CKA_NEVER_EXTRACTABLE,
+    ck::CKA_CHECK_VALUE,
+    ck::CKA_WRAP_WITH_TRUSTED,
+    ck::CKA_TRUSTED,
+    ck::CKA_VALUE,
+    ck::CKA_VALUE_LEN,
+];
+const PUBLIC_KEY: &[ck::CK_ATTRIBUTE_TYPE] = &[
+    ck::CKA_SUBJECT,
+    ck::CKA_ENCRYPT,
+    ck::CKA_VERIFY,
+    ck::CKA_VERIFY_RECOVER,
+    ck::CKA_WRAP,
+    ck::CKA_TRUSTED,
+    ck::CKA_PUBLIC_KEY_INFO,
+    ck::CKA_MODULUS,
+    ck::CKA_MODULUS_BITS,
+    ck::CKA_PUBLIC_EXPONENT,
+    ck::CKA_EC_PARAMS,
+    ck::CKA_EC_POINT,
+];
+const PRIVATE_KEY: &[ck::CK_ATTRIBUTE_TYPE] = &[
+    ck::CKA_SUBJECT,
+    ck::CKA_SENSITIVE,
+    ck::CKA_DECRYPT,
+    ck::CKA_SIGN,
+    ck::CKA_SIGN_RECOVER,
+    ck::CKA_UNWRAP,
+    ck::CKA_EXTRACTABLE,
+    ck::CKA_ALWAYS_SENSITIVE,
+    ck::CKA_NEVER_EXTRACTABLE,
+    ck::CKA_WRAP_WITH_TRUSTED,
+    ck::CKA_ALWAYS_AUTHENTICATE,
+    ck::CKA_PUBLIC_KEY_INFO,
+    ck::CKA_MODULUS,
+    ck::CKA_PUBLIC_EXPONENT,
+    ck::CKA_PRIVATE_EXPONENT,
+    ck::CKA_PRIME_1,
+    ck::CKA_PRIME_2,
+    ck::CKA_EXPONENT_1,
+    ck::CKA_EXPONENT_2,
+    ck::CKA_COEFFICIENT,
+    ck::CKA_EC_PARAMS,
+    ck::CKA_VALUE,
+];
+const DATA: &[ck::CK_ATTRIBUTE_TYPE] = &[ck::CKA_APPLICATION, ck::CKA_OBJECT_ID, ck::CKA_VALUE];
+const CERTIFICATE: &[ck::CK_ATTRIBUTE_TYPE] = &[
+    ck::CKA_CERTIFICATE_TYPE,
+    ck::CKA_TRUSTED,
+    ck::CKA_CERTIFICATE_CATEGORY,
+    ck::CKA_CHECK_VALUE,
+    ck::CKA_START_DATE,
+    ck::CKA_END_DATE,
+    ck::CKA_PUBLIC_KEY_INFO,
+    ck::CKA_SUBJECT,
+    ck::CKA_ID,
+    ck::CKA_ISSUER,
+    ck::CKA_SERIAL_NUMBER,
+    ck::CKA_VALUE,
+    ck::CKA_URL,
+    ck::CKA_HASH_OF_SUBJECT_PUBLIC_KEY,
+    ck::CKA_HASH_OF_ISSUER_PUBLIC_KEY,
+    ck::CKA_JAVA_MIDP_SECURITY_DOMAIN,
+    ck::CKA_NAME_HASH_ALGORITHM,
+];
+
+/// Whether an attribute type belongs to objects of a class.
+pub fn valid_for_class(class: u64, ty: u64) -> bool {
+    let ty = ty as ck::CK_ATTRIBUTE_TYPE;
+    if COMMON.contains(&ty) {
+        return true;
+    }
+    match class as ck::CK_OBJECT_CLASS {
+        ck::CKO_SECRET_KEY => KEY_COMMON.contains(&ty) || SECRET_KEY.contains(&ty),
+        ck::CKO_PUBLIC_KEY => KEY_COMMON.contains(&ty) || PUBLIC_KEY.contains(&ty),
+        ck::CKO_PRIVATE_KEY => KEY_COMMON.contains(&ty) || PRIVATE_KEY.contains(&ty),
+        ck::CKO_DATA => DATA.contains(&ty),
+        ck::CKO_CERTIFICATE => CERTIFICATE.contains(&ty),
+        _ => false,
+    }
+}
+
+/// Attributes an application may change with `C_SetAttributeValue` (subject to the one-way
+/// rules of [`check_change`]).
+const SETTABLE: &[ck::CK_ATTRIBUTE_TYPE] = &[
+    ck::CKA_LABEL,
+    ck::CKA_ID,
+    ck::CKA_START_DATE,
+    ck::CKA_END_DATE,
+    ck::CKA_SUBJECT,
+    ck::CKA_ENCRYPT,
+    ck::CKA_DECRYPT,
+    ck::CKA_SIGN,
+    ck::CKA_VERIFY,
+    ck::CKA_SIGN_RECOVER,
+    ck::CKA_VERIFY_RECOVER,
+    ck::CKA_WRAP,
+    ck::CKA_UNWRAP,
+    ck::CKA_DERIVE,
+    ck::CKA_SENSITIVE,
+    ck::CKA_EXTRACTABLE,
+    ck::CKA_APPLICATION,
+    ck::CKA_OBJECT_ID,
+    ck::CKA_TRUSTED,
+    ck::CKA_WRAP_WITH_TRUSTED,
+];
+
+/// Attributes that `C_CopyObject` may change in addition to the settable ones.
+const COPY_SETTABLE: &[ck::CK_ATTRIBUTE_TYPE] =
+    &[ck::CKA_TOKEN, ck::CKA_PRIVATE, ck::CKA_MODIFIABLE, ck::CKA_COPYABLE, ck::CKA_DESTROYABLE];
+
+/// Checks one change of an existing object's attribute (`copy`: in `C_CopyObject`).
+pub fn check_change(
+    object: &Attributes,
+    change: &Attribute,
+    copy: bool,
+    so: bool,
+) -> Result<(), Rv> {
+    let ty = change.ty as ck::CK_ATTRIBUTE_TYPE;
+    if !valid_for_class(object.class(), change.ty) {
+        return Err(Rv::AttributeTypeInvalid);
+    }
+    let data_value = object.class() == ck::CKO_DATA as u64 && ty == ck::CKA_VALUE;
+    let allowed = SETTABLE.contains(&ty) || data_value || (copy && COPY_SETTABLE.contains(&ty));
+    if !allowed {
+        // Changing an attribute to the value it already has is not a change.
+        if object.get(ty) == Some(change.value.as_slice()) {
+            return Ok(());
+        }
+        return Err(Rv::AttributeReadOnly);
+    }
+    let new = change.as_bool();
+    let bool_attr = tessera_core::attribute::kind(change.ty) == tessera_core::AttributeKind::Bool;
+    if bool_attr && new.is_none() {
+        return Err(Rv::AttributeValueInvalid);
+    }
+    let old = object.flag(ty);
+    match ty {
+        // One-way attributes (v3.0 §4.9/§4.10 footnote 11): sensitive only to TRUE,
+        // extractable only to FALSE, copyable and modifiable only to FALSE.
+        ck::CKA_SENSITIVE if old && new == Some(false) => Err(Rv::AttributeReadOnly),
+        ck::CKA_EXTRACTABLE if !old && new == Some(true) => Err(Rv::AttributeReadOnly),
+        ck::CKA_COPYABLE | ck::CKA_MODIFIABLE if !old && new == Some(true) => {
+            Err(Rv::AttributeReadOnly)
+        }
+        ck::CKA_TRUSTED if new == Some(true) && !so => Err(Rv::AttributeReadOnly),
+        _ => Ok(()),
+    }
+}
+
+/// Completes a new object's attributes with the defaults of its class and checks what the
+/// class requires. `generated` is the mechanism for keys made inside the HSM.
+pub fn complete(attributes: &mut Attributes, generated: Option<u64>) -> Result<(), Rv> {
+    let class = attributes.class();
+    attributes.default_flag(ck::CKA_TOKEN, false);
+    let private_default = matches!(class as ck::CK_OBJECT_CLASS, ck::CKO_PRIVATE_KEY | ck::CKO_SECRET_KEY);
+    attributes.default_flag(ck::CKA_PRIVATE, private_default);
+    attributes.default_flag(ck::CKA_MODIFIABLE, true);
+    attributes.default_flag(ck::CKA_COPYABLE, true);
+    attributes.default_flag(ck::CKA_DESTROYABLE, true);
+    attributes.default_bytes(ck::CKA_LABEL);
+    match class as ck::CK_OBJECT_CLASS {
+        ck::CKO_DATA => {
+            attributes.default_bytes(ck::CKA_APPLICATION);
+            attributes.default_bytes(ck::CKA_OBJECT_ID);
+            attributes.default_bytes(ck::CKA_VALUE);
+        }
+        ck::CKO_CERTIFICATE => {
+            require(attributes, &[ck::CKA_CERTIFICATE_TYPE])?;
+            attributes.default_flag(ck::CKA_TRUSTED, false);
+            if attributes.ulong(ck::CKA_CERTIFICATE_TYPE) == Some(ck::CKC_X_509 as u64) {
+                require(attributes, &[ck::CKA_SUBJECT, ck::CKA_VALUE])?;
+                attributes.default_bytes(ck::CKA_ID);
+                attributes.default_bytes(ck::CKA_ISSUER);
+                attributes.default_bytes(ck::CKA_SERIAL_NUMBER);
+            }
+        }
+        ck::CKO_SECRET_KEY | ck::CKO_PUBLIC_KEY | ck::CKO_PRIVATE_KEY => {
+            require(attributes, &[ck::CKA_KEY_TYPE])?;
+            attributes.default_bytes(ck::CKA_ID);
+            attributes.default_bytes(ck::CKA_START_DATE);
+            attributes.default_bytes(ck::CKA_END_DATE);
+            attributes.default_flag(ck::CKA_DERIVE, false);
+            attributes.set_flag(ck::CKA_LOCAL, generated.is_some());
+            attributes.set_ulong(ck::CKA_KEY_GEN_MECHANISM, generated.unwrap_or(UNAVAILABLE));
+            attributes.default_bytes(ck::CKA_ALLOWED_MECHANISMS);
+            complete_key(attributes, class, generated.is_some())?;
+        }
+        _ => return Err(Rv::AttributeValueInvalid),
+    }
+    Ok(())
+}
+
+fn complete_key(attributes: &mut Attributes, class: u64, generated: bool) -> Result<(), Rv> {
+    let usage: &[ck::CK_ATTRIBUTE_TYPE] = match class as ck::CK_OBJECT_CLASS {
+        ck::CKO_SECRET_KEY => &[
+            ck::CKA_ENCRYPT,
+            ck::CKA_DECRYPT,
+            ck::CKA_SIGN,
+            ck::CKA_VERIFY,
+            ck::CKA_WRAP,
+            ck::CKA_UNWRAP,
+        ],
+        ck::CKO_PUBLIC_KEY => &[ck::CKA_ENCRYPT, ck::CKA_VERIFY, ck::CKA_WRAP],
+        _ => &[ck::CKA_DECRYPT, ck::CKA_SIGN, ck::CKA_UNWRAP],
+    };
+    for ty in usage {
+        attributes.default_flag(*ty, true);
+    }
+    if class == ck::CKO_PUBLIC_KEY as u64 {
+        attributes.default_flag(ck::CKA_VERIFY_RECOVER, false);
+        attributes.default_flag(ck::CKA_TRUSTED, false);
+        attributes.default_bytes(ck::CKA_SUBJECT);
+    } else {
+        // Keys made or held by an HSM are sensitive unless the application says otherwise.
+        attributes.default_flag(ck::CKA_SENSITIVE, true);
+        attributes.default_flag(ck::CKA_EXTRACTABLE, true);
+        attributes.default_flag(ck::CKA_WRAP_WITH_TRUSTED, false);
+        let sensitive = attributes.flag(ck::CKA_SENSITIVE);
+        let extractable = attributes.flag(ck::CKA_EXTRACTABLE);
+        attributes.set_flag(ck::CKA_ALWAYS_SENSITIVE, generated && sensitive);
+        attributes.set_flag(ck::CKA_NEVER_EXTRACTABLE, generated && !extractable);
+        if class == ck::CKO_PRIVATE_KEY as u64 {
+            attributes.default_flag(ck::CKA_SIGN_RECOVER, false);
+            attributes.default_flag(ck::CKA_ALWAYS_AUTHENTICATE, false);
+            attributes.default_bytes(ck::CKA_SUBJECT);
+        } else {
+            attributes.default_flag(ck::CKA_TRUSTED, false);
+        }
+    }
+    Ok(())
+}
+
+/// Fails with `CKR_TEMPLATE_INCOMPLETE` unless every type is present.
+pub fn require(attributes: &Attributes, types: &[ck::CK_ATTRIBUTE_TYPE]) -> Result<(), Rv> {
+    if types.iter().all(|ty| attributes.has(*ty)) {
+        Ok(())
+    } else {
+        Err(Rv::TemplateIncomplete)
+    }
+}
+
+/// Builds attributes from an application template: unknown or repeated-inconsistent types and
+/// badly shaped values are refused.
+pub fn from_template(template: &Template, class: u64) -> Result<Attributes, Rv> {
+    let mut attributes = Attributes::default();
+    for attribute in template.iter() {
+        if !valid_for_class(class, attribute.ty) {
+            return Err(Rv::AttributeTypeInvalid);
+        }
+        let shape_ok = match tessera_core::attribute::kind(attribute.ty) {
+            tessera_core::AttributeKind::Bool => attribute.as_bool().is_some(),
+            tessera_core::AttributeKind::Ulong => attribute.as_ulong().is_some(),
+            tessera_core::AttributeKind::Date => matches!(attribute.value.len(), 0 | 8),
+            _ => true,
+        };
+        if !shape_ok {
+            return Err(Rv::AttributeValueInvalid);
+        }
+        if let Some(previous) = attributes.get(attribute.ty as ck::CK_ATTRIBUTE_TYPE) {
+            if previous != attribute.value.as_slice() {
+                return Err(Rv::TemplateInconsistent);
+            }
+        }
+        attributes.set(attribute.ty, attribute.value.clone());
+    }
+    if attributes.ulong(ck::CKA_CLASS).is_some_and(|c| c != class) {
+        return Err(Rv::TemplateInconsistent);
+    }
+    attributes.set_ulong(ck::CKA_CLASS, class);
+    Ok(attributes)
+}
+
+/// True if every attribute of the template is present with the same value.
+pub fn matches(attributes: &Attributes, template: &Template, secret_readable: bool) -> bool {
+    let class = attributes.class();
+    template.iter().all(|wanted| {
+        if is_secret(class, wanted.ty) && !secret_readable {
+            return false;
+        }
+        attributes.get(wanted.ty as ck::CK_ATTRIBUTE_TYPE) == Some(wanted.value.as_slice())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret_key(extra: Vec<Attribute>) -> Attributes {
+        let mut template = vec![
+            Attribute::ulong(ck::CKA_KEY_TYPE, ck::CKK_AES),
+            Attribute::bytes(ck::CKA_VALUE, &[0u8; 16]),
+        ];
+        template.extend(extra);
+        let mut attributes = from_template(&Template(template), ck::CKO_SECRET_KEY).unwrap();
+        complete(&mut attributes, None).unwrap();
+        attributes
+    }
+
+    #[test]
+    fn defaults_and_one_way_rules() {
+        let key = secret_key(vec![]);
+        assert!(key.flag(ck::CKA_PRIVATE) && key.flag(ck::CKA_SENSITIVE));
+        assert!(!key.flag(ck::CKA_LOCAL) && !key.flag(ck::CKA_ALWAYS_SENSITIVE));
+        assert_eq!(key.ulong(ck::CKA_KEY_GEN_MECHANISM), Some(UNAVAILABLE));
+        let unsensitive = Attribute::bool(ck::CKA_SENSITIVE, false);
+        assert_eq!(check_change(&key, &unsensitive, false, false), Err(Rv::AttributeReadOnly));
+        let value = Attribute::bytes(ck::CKA_VALUE, &[1u8; 16]);
+        assert_eq!(check_change(&key, &value, false, false), Err(Rv::AttributeReadOnly));
+        let label = Attribute::bytes(ck::CKA_LABEL, b"x");
+        assert_eq!(check_change(&key, &label, false, false), Ok(()));
+        let token = Attribute::bool(ck::CKA_TOKEN, true);
+        assert_eq!(check_change(&key, &token, false, false), Err(Rv::AttributeReadOnly));
+        assert_eq!(check_change(&key, &token, true, false), Ok(()));
+        let plain = secret_key(vec![Attribute::bool(ck::CKA_EXTRACTABLE, false)]);
+        let extract = Attribute::bool(ck::CKA_EXTRACTABLE, true);
+        assert_eq!(check_change(&plain, &extract, false, false), Err(Rv::AttributeReadOnly));
+    }
+
+    #[test]
+    fn templates_are_checked() {
+        let wrong_type = Template(vec![Attribute::bytes(ck::CKA_MODULUS, b"x")]);
+        assert_eq!(from_template(&wrong_type, ck::CKO_SECRET_KEY).err(), Some(Rv::AttributeTypeInvalid));
+        let bad_bool = Template(vec![Attribute::bytes(ck::CKA_TOKEN, &[1, 1])]);
+        assert_eq!(from_template(&bad_bool, ck::CKO_DATA).err(), Some(Rv::AttributeValueInvalid));
+        let conflict = Template(vec![Attribute::bool(ck::CKA_TOKEN, true), Attribute::bool(ck::CKA_TOKEN, false)]);
+        assert_eq!(from_template(&conflict, ck::CKO_DATA).err(), Some(Rv::TemplateInconsistent));
+        let mut no_key_type = from_template(&Template::default(), ck::CKO_SECRET_KEY).unwrap();
+        assert_eq!(complete(&mut no_key_type, None), Err(Rv::TemplateIncomplete));
+        let (public, secret) = secret_key(vec![]).split();
+        assert!(secret.find(ck::CKA_VALUE).is_some());
+        assert!(public.find(ck::CKA_VALUE).is_none());
+    }
+}

@@ -1,0 +1,404 @@
+//! Object calls: create, copy, destroy, size, get/set attributes, find, and key generation.
+//!
+//! Visibility (v3.0 §4.1.3, §5.6): private objects exist for a client only while it is logged
+//! in as the user; session objects only for the client whose session created them.
+
+use tessera_core::ck;
+use tessera_core::{Mechanism, MechanismParameter, Rv, Template};
+use tessera_store::{MasterKey, StoredObject};
+use tessera_wire::{AttributeAnswer, Reply};
+
+use crate::object::{self, Attributes};
+use crate::{crypto, Hsm, Login, Object, State, Token};
+
+fn seal_aad(slot: u64, id: u64) -> Vec<u8> {
+    format!("tessera object {slot}/{id}").into_bytes()
+}
+
+pub(crate) fn visible(token: &Token, client: u64, object: &Object) -> bool {
+    if object.attributes.flag(ck::CKA_PRIVATE) && token.login_of(client) != Some(Login::User) {
+        return false;
+    }
+    match object.owner {
+        Some((owner, _)) => owner == client,
+        None => true,
+    }
+}
+
+impl Hsm {
+    fn sealing_key<'a>(&'a self, token: &'a Token, private: bool) -> Result<&'a MasterKey, Rv> {
+        if private {
+            token.master.as_ref().ok_or(Rv::UserNotLoggedIn)
+        } else {
+            Ok(&self.device_key)
+        }
+    }
+
+    /// All attributes of an object, secrets unsealed.
+    pub(crate) fn full_attributes(&self, token: &Token, slot: u64, id: u64, object: &Object) -> Result<Attributes, Rv> {
+        let mut attributes = object.attributes.clone();
+        if let Some(sealed) = &object.sealed {
+            let key = self.sealing_key(token, object.attributes.flag(ck::CKA_PRIVATE))?;
+            let plain = key.open(&seal_aad(slot, id), sealed).map_err(|_| {
+                tracing::error!(slot, id, "a stored object failed authentication");
+                Rv::DeviceError
+            })?;
+            let secrets: Template = postcard::from_bytes(plain.expose()).map_err(|_| Rv::DeviceError)?;
+            for a in secrets.iter() {
+                attributes.set(a.ty, a.value.clone());
+            }
+        }
+        Ok(attributes)
+    }
+
+    /// Finds a visible object of the session's token.
+    fn object_of<'s>(state: &'s State, client: u64, session: u64, handle: u64) -> Result<(u64, &'s Token, &'s Object), Rv> {
+        let slot = state.session(client, session)?.slot;
+        let token = state.token(slot)?;
+        let object = token
+            .objects
+            .get(&handle)
+            .filter(|o| visible(token, client, o))
+            .ok_or(Rv::ObjectHandleInvalid)?;
+        Ok((slot, token, object))
+    }
+
+    /// Checks that the client may create an object with these attributes in this session.
+    fn check_create(state: &State, client: u64, session: u64, attributes: &Attributes) -> Result<u64, Rv> {
+        let session = state.session(client, session)?;
+        let login = state.token(session.slot)?.login_of(client);
+        if attributes.flag(ck::CKA_TOKEN) && !session.read_write {
+            return Err(Rv::SessionReadOnly);
+        }
+        if attributes.flag(ck::CKA_PRIVATE) && login != Some(Login::User) {
+            return Err(Rv::UserNotLoggedIn);
+        }
+        if attributes.flag(ck::CKA_TRUSTED) && login != Some(Login::So) {
+            return Err(Rv::AttributeReadOnly);
+        }
+        Ok(session.slot)
+    }
+
+    /// Stores a new object (token objects durably) and returns its handle.
+    fn insert(&self, state: &mut State, client: u64, session: u64, slot: u64, attributes: Attributes) -> Result<u64, Rv> {
+        if !attributes.flag(ck::CKA_TOKEN) {
+            state.next_session_object += 1;
+            let handle = state.next_session_object;
+            let token = state.token_mut(slot)?;
+            token.objects.insert(handle, Object { attributes, sealed: None, owner: Some((client, session)) });
+            return Ok(handle);
+        }
+        let token = state.token(slot)?;
+        let key = self.sealing_key(token, attributes.flag(ck::CKA_PRIVATE))?;
+        let (public, secret) = attributes.split();
+        let mut sealed = None;
+        let id = self
+            .store
+            .insert_object(slot, |id| {
+                if !secret.0.is_empty() {
+                    let plain = tessera_core::SecretBytes::new(postcard::to_stdvec(&secret).unwrap_or_default());
+                    let blob = key
+                        .seal(&seal_aad(slot, id), plain.expose())
+                        .map_err(|e| tessera_store::StoreError::Storage(e.to_string()))?;
+                    sealed = Some(blob);
+                }
+                Ok(StoredObject { public: public.clone(), sealed: sealed.clone() })
+            })
+            .map_err(|e| {
+                tracing::error!(slot, error = %e, "cannot store an object");
+                Rv::DeviceError
+            })?;
+        let public_only = Attributes::join(&public, &Template::default());
+        state.token_mut(slot)?.objects.insert(id, Object { attributes: public_only, sealed, owner: None });
+        Ok(id)
+    }
+
+    fn replace(&self, state: &mut State, slot: u64, handle: u64, attributes: Attributes) -> Result<(), Rv> {
+        let token = state.token(slot)?;
+        let object = token.objects.get(&handle).ok_or(Rv::ObjectHandleInvalid)?;
+        if object.owner.is_some() {
+            let owner = object.owner;
+            state.token_mut(slot)?.objects.insert(handle, Object { attributes, sealed: None, owner });
+            return Ok(());
+        }
+        let key = self.sealing_key(token, attributes.flag(ck::CKA_PRIVATE))?;
+        let (public, secret) = attributes.split();
+        let sealed = if secret.0.is_empty() {
+            None
+        } else {
+            let plain = tessera_core::SecretBytes::new(postcard::to_stdvec(&secret).unwrap_or_default());
+            Some(key.seal(&seal_aad(slot, handle), plain.expose()).map_err(|_| Rv::FunctionFailed)?)
+        };
+        let stored = StoredObject { public: public.clone(), sealed: sealed.clone() };
+        self.store.replace_object(slot, handle, &stored).map_err(|_| Rv::DeviceError)?;
+        let public_only = Attributes::join(&public, &Template::default());
+        state.token_mut(slot)?.objects.insert(handle, Object { attributes: public_only, sealed, owner: None });
+        Ok(())
+    }
+
+    pub(crate) fn create_object(&self, client: u64, session: u64, template: &Template) -> Result<Reply, Rv> {
+        let class = template.ulong(ck::CKA_CLASS)?.ok_or(Rv::TemplateIncomplete)?;
+        let mut attributes = object::from_template(template, class)?;
+        object::complete(&mut attributes, None)?;
+        check_imported_key(&mut attributes, template)?;
+        let mut state = self.lock();
+        let slot = Self::check_create(&state, client, session, &attributes)?;
+        self.insert(&mut state, client, session, slot, attributes).map(Reply::Handle)
+    }
+
+    pub(crate) fn copy_object(&self, client: u64, session: u64, handle: u64, template: &Template) -> Result<Reply, Rv> {
+        let mut state = self.lock();
+        let (slot, token, object) = Self::object_of(&state, client, session, handle)?;
+        if !object.attributes.flag(ck::CKA_COPYABLE) {
+            return Err(Rv::ActionProhibited);
+        }
+        let so = token.login_of(client) == Some(Login::So);
+        let mut attributes = self.full_attributes(token, slot, handle, object)?;
+        for change in template.iter() {
+            object::check_change(&attributes, change, true, so)?;
+        }
+        for change in template.iter() {
+            attributes.set(change.ty, change.value.clone());
+        }
+        let slot = Self::check_create(&state, client, session, &attributes)?;
+        self.insert(&mut state, client, session, slot, attributes).map(Reply::Handle)
+    }
+
+    pub(crate) fn destroy_object(&self, client: u64, session: u64, handle: u64) -> Result<Reply, Rv> {
+        let mut state = self.lock();
+        let (slot, _, object) = Self::object_of(&state, client, session, handle)?;
+        if !object.attributes.flag(ck::CKA_DESTROYABLE) {
+            return Err(Rv::ActionProhibited);
+        }
+        let token_object = object.owner.is_none();
+        if token_object {
+            if !state.session(client, session)?.read_write {
+                return Err(Rv::SessionReadOnly);
+            }
+            self.store.remove_object(slot, handle).map_err(|_| Rv::DeviceError)?;
+        }
+        state.token_mut(slot)?.objects.remove(&handle);
+        Ok(Reply::Done)
+    }
+
+    pub(crate) fn object_size(&self, client: u64, session: u64, handle: u64) -> Result<Reply, Rv> {
+        let state = self.lock();
+        let (_, _, object) = Self::object_of(&state, client, session, handle)?;
+        let sealed = object.sealed.as_ref().map_or(0, |s| s.len() as u64);
+        Ok(Reply::Number(object.attributes.size() + sealed))
+    }
+
+    pub(crate) fn get_attributes(&self, client: u64, session: u64, handle: u64, types: &[u64]) -> Result<Reply, Rv> {
+        let state = self.lock();
+        let (slot, token, object) = Self::object_of(&state, client, session, handle)?;
+        let class = object.attributes.class();
+        let hidden = object.attributes.flag(ck::CKA_SENSITIVE) || !object.attributes.flag(ck::CKA_EXTRACTABLE);
+        let needs_secrets = types.iter().any(|ty| object::is_secret(class, *ty)) && !hidden;
+        let full = if needs_secrets { Some(self.full_attributes(token, slot, handle, object)?) } else { None };
+        let attributes = full.as_ref().unwrap_or(&object.attributes);
+        let answers = types
+            .iter()
+            .map(|ty| {
+                if object::is_secret(class, *ty) && hidden {
+                    AttributeAnswer::Sensitive
+                } else {
+                    match attributes.get(*ty as ck::CK_ATTRIBUTE_TYPE) {
+                        Some(value) => AttributeAnswer::Value(value.to_vec()),
+                        None => AttributeAnswer::Invalid,
+                    }
+                }
+            })
+            .collect();
+        Ok(Reply::Attributes(answers))
+    }
+
+    pub(crate) fn set_attributes(&self, client: u64, session: u64, handle: u64, template: &Template) -> Result<Reply, Rv> {
+        let mut state = self.lock();
+        let (slot, token, object) = Self::object_of(&state, client, session, handle)?;
+        if object.owner.is_none() && !state.session(client, session)?.read_write {
+            return Err(Rv::SessionReadOnly);
+        }
+        if !object.attributes.flag(ck::CKA_MODIFIABLE) {
+            return Err(Rv::ActionProhibited);
+        }
+        let so = token.login_of(client) == Some(Login::So);
+        let mut attributes = self.full_attributes(token, slot, handle, object)?;
+        for change in template.iter() {
+            object::check_change(&attributes, change, false, so)?;
+        }
+        for change in template.iter() {
+            attributes.set(change.ty, change.value.clone());
+        }
+        self.replace(&mut state, slot, handle, attributes)?;
+        Ok(Reply::Done)
+    }
+
+    pub(crate) fn find_init(&self, client: u64, session: u64, template: &Template) -> Result<Reply, Rv> {
+        let mut state = self.lock();
+        let current = state.session(client, session)?;
+        if current.find.is_some() {
+            return Err(Rv::OperationActive);
+        }
+        let token = state.token(current.slot)?;
+        let found: Vec<u64> = token
+            .objects
+            .iter()
+            .filter(|(_, o)| visible(token, client, o) && object::matches(&o.attributes, template, false))
+            .map(|(h, _)| *h)
+            .collect();
+        state.session_mut(client, session)?.find = Some(found);
+        Ok(Reply::Done)
+    }
+
+    pub(crate) fn find_next(&self, client: u64, session: u64, max: u64) -> Result<Reply, Rv> {
+        let mut state = self.lock();
+        let found = state.session_mut(client, session)?.find.as_mut().ok_or(Rv::OperationNotInitialized)?;
+        let take = (max as usize).min(found.len());
+        Ok(Reply::Handles(found.drain(..take).collect()))
+    }
+
+    pub(crate) fn generate_key(&self, client: u64, session: u64, mechanism: &Mechanism, template: &Template) -> Result<Reply, Rv> {
+        if mechanism.ty != ck::CKM_AES_KEY_GEN as u64 {
+            return Err(Rv::MechanismInvalid);
+        }
+        if mechanism.parameter != MechanismParameter::None {
+            return Err(Rv::MechanismParamInvalid);
+        }
+        let mut attributes = object::from_template(template, ck::CKO_SECRET_KEY as u64)?;
+        if attributes.ulong(ck::CKA_KEY_TYPE).is_some_and(|t| t != ck::CKK_AES as u64) {
+            return Err(Rv::TemplateInconsistent);
+        }
+        if attributes.has(ck::CKA_VALUE) {
+            return Err(Rv::TemplateInconsistent);
+        }
+        let length = attributes.ulong(ck::CKA_VALUE_LEN).ok_or(Rv::TemplateIncomplete)?;
+        if !matches!(length, 16 | 24 | 32) {
+            return Err(Rv::AttributeValueInvalid);
+        }
+        attributes.set_ulong(ck::CKA_KEY_TYPE, ck::CKK_AES as u64);
+        attributes.set(ck::CKA_VALUE as u64, crypto::random(length as usize)?);
+        object::complete(&mut attributes, Some(mechanism.ty))?;
+        let mut state = self.lock();
+        let slot = Self::check_create(&state, client, session, &attributes)?;
+        self.insert(&mut state, client, session, slot, attributes).map(Reply::Handle)
+    }
+
+    pub(crate) fn generate_key_pair(
+        &self,
+        client: u64,
+        session: u64,
+        mechanism: &Mechanism,
+        public_template: &Template,
+        private_template: &Template,
+    ) -> Result<Reply, Rv> {
+        if mechanism.parameter != MechanismParameter::None {
+            return Err(Rv::MechanismParamInvalid);
+        }
+        let mut public = object::from_template(public_template, ck::CKO_PUBLIC_KEY as u64)?;
+        let mut private = object::from_template(private_template, ck::CKO_PRIVATE_KEY as u64)?;
+        let key_type = match mechanism.ty as ck::CK_MECHANISM_TYPE {
+            ck::CKM_EC_KEY_PAIR_GEN => ck::CKK_EC,
+            ck::CKM_RSA_PKCS_KEY_PAIR_GEN => ck::CKK_RSA,
+            _ => return Err(Rv::MechanismInvalid),
+        };
+        for attributes in [&mut public, &mut private] {
+            if attributes.ulong(ck::CKA_KEY_TYPE).is_some_and(|t| t != key_type as u64) {
+                return Err(Rv::TemplateInconsistent);
+            }
+            attributes.set_ulong(ck::CKA_KEY_TYPE, key_type as u64);
+        }
+        // Check the session and rights before the (possibly slow) generation.
+        {
+            let state = self.lock();
+            Self::check_create(&state, client, session, &public)?;
+            Self::check_create(&state, client, session, &private)?;
+        }
+        let (public_parts, private_parts) = if key_type == ck::CKK_EC {
+            crypto::generate_ec(public.get(ck::CKA_EC_PARAMS))?
+        } else {
+            let bits = public.ulong(ck::CKA_MODULUS_BITS).ok_or(Rv::TemplateIncomplete)?;
+            public.set_ulong(ck::CKA_MODULUS_BITS, bits);
+            crypto::generate_rsa(bits, public.get(ck::CKA_PUBLIC_EXPONENT))?
+        };
+        for (ty, value) in public_parts {
+            public.set(ty as u64, value);
+        }
+        for (ty, value) in private_parts {
+            private.set(ty as u64, value);
+        }
+        object::complete(&mut public, Some(mechanism.ty))?;
+        object::complete(&mut private, Some(mechanism.ty))?;
+        let mut state = self.lock();
+        let slot = Self::check_create(&state, client, session, &public)?;
+        Self::check_create(&state, client, session, &private)?;
+        let public_handle = self.insert(&mut state, client, session, slot, public)?;
+        match self.insert(&mut state, client, session, slot, private) {
+            Ok(private_handle) => Ok(Reply::HandlePair(public_handle, private_handle)),
+            Err(rv) => {
+                // Do not leave half a pair behind.
+                if let Ok(token) = state.token_mut(slot) {
+                    if token.objects.remove(&public_handle).is_some_and(|o| o.owner.is_none()) {
+                        let _ = self.store.remove_object(slot, public_handle);
+                    }
+                }
+                Err(rv)
+            }
+        }
+    }
+}
+
+/// Checks the key material of a key created with `C_CreateObject` and fills derived attributes.
+fn check_imported_key(attributes: &mut Attributes, template: &Template) -> Result<(), Rv> {
+    let class = attributes.class() as ck::CK_OBJECT_CLASS;
+    if !matches!(class, ck::CKO_SECRET_KEY | ck::CKO_PUBLIC_KEY | ck::CKO_PRIVATE_KEY) {
+        return Ok(());
+    }
+    let key_type = attributes.key_type() as ck::CK_KEY_TYPE;
+    match (class, key_type) {
+        (ck::CKO_SECRET_KEY, ck::CKK_AES | ck::CKK_GENERIC_SECRET) => {
+            if template.find(ck::CKA_VALUE_LEN).is_some() {
+                return Err(Rv::TemplateInconsistent);
+            }
+            let length = attributes.get(ck::CKA_VALUE).ok_or(Rv::TemplateIncomplete)?.len();
+            if (key_type == ck::CKK_AES && !matches!(length, 16 | 24 | 32)) || length == 0 {
+                return Err(Rv::AttributeValueInvalid);
+            }
+            attributes.set_ulong(ck::CKA_VALUE_LEN, length as u64);
+        }
+        (ck::CKO_PUBLIC_KEY, ck::CKK_EC) => {
+            object::require(attributes, &[ck::CKA_EC_PARAMS, ck::CKA_EC_POINT])?;
+            crypto::curve_bits(attributes.get(ck::CKA_EC_PARAMS).unwrap_or_default()).ok_or(Rv::CurveNotSupported)?;
+        }
+        (ck::CKO_PRIVATE_KEY, ck::CKK_EC) => {
+            object::require(attributes, &[ck::CKA_EC_PARAMS, ck::CKA_VALUE])?;
+            crypto::curve_bits(attributes.get(ck::CKA_EC_PARAMS).unwrap_or_default()).ok_or(Rv::CurveNotSupported)?;
+            crypto::check_ec_private(attributes)?;
+        }
+        (ck::CKO_PUBLIC_KEY, ck::CKK_RSA) => {
+            object::require(attributes, &[ck::CKA_MODULUS, ck::CKA_PUBLIC_EXPONENT])?;
+            if template.find(ck::CKA_MODULUS_BITS).is_some() {
+                return Err(Rv::TemplateInconsistent);
+            }
+            let bits = crypto::bit_len(attributes.get(ck::CKA_MODULUS).unwrap_or_default());
+            attributes.set_ulong(ck::CKA_MODULUS_BITS, bits);
+        }
+        (ck::CKO_PRIVATE_KEY, ck::CKK_RSA) => {
+            object::require(
+                attributes,
+                &[
+                    ck::CKA_MODULUS,
+                    ck::CKA_PUBLIC_EXPONENT,
+                    ck::CKA_PRIVATE_EXPONENT,
+                    ck::CKA_PRIME_1,
+                    ck::CKA_PRIME_2,
+                    ck::CKA_EXPONENT_1,
+                    ck::CKA_EXPONENT_2,
+                    ck::CKA_COEFFICIENT,
+                ],
+            )?;
+            crypto::check_rsa_private(attributes)?;
+        }
+        _ => return Err(Rv::AttributeValueInvalid),
+    }
+    Ok(())
+}

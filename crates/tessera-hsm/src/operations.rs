@@ -1,0 +1,107 @@
+//! Cryptographic operation calls: init, single-part, update and final for encrypt, decrypt,
+//! digest, sign and verify.
+//!
+//! An active operation is taken out of its session while it computes, so the state lock is
+//! not held during the cryptography; an error ends the operation (v3.0 §5.2).
+
+use tessera_core::ck;
+use tessera_core::{Mechanism, Rv};
+use tessera_wire::{Operation, Reply};
+
+use crate::crypto::{self, Output};
+use crate::objects::visible;
+use crate::Hsm;
+
+fn reply(output: Output) -> Reply {
+    match output {
+        Output::Bytes(bytes) => Reply::Bytes(bytes),
+        Output::Secret(secret) => Reply::Secret(secret),
+        Output::Verified => Reply::Verified,
+    }
+}
+
+impl Hsm {
+    pub(crate) fn operation_init(
+        &self,
+        client: u64,
+        session: u64,
+        operation: Operation,
+        mechanism: &Mechanism,
+        key: u64,
+    ) -> Result<Reply, Rv> {
+        let mut state = self.lock();
+        let current = state.session(client, session)?;
+        if current.operations.contains_key(&operation) {
+            return Err(Rv::OperationActive);
+        }
+        let slot = current.slot;
+        let active = if operation == Operation::Digest {
+            crypto::Operation::digest(mechanism)?
+        } else {
+            let token = state.token(slot)?;
+            let object = token
+                .objects
+                .get(&key)
+                .filter(|o| visible(token, client, o))
+                .ok_or(Rv::KeyHandleInvalid)?;
+            let attributes = self.full_attributes(token, slot, key, object)?;
+            if let Some(allowed) = attributes.get(ck::CKA_ALLOWED_MECHANISMS).filter(|a| !a.is_empty()) {
+                let listed = allowed
+                    .chunks_exact(8)
+                    .any(|m| m.try_into().map(u64::from_le_bytes).ok() == Some(mechanism.ty));
+                if !listed {
+                    return Err(Rv::MechanismInvalid);
+                }
+            }
+            match operation {
+                Operation::Encrypt => crypto::Operation::cipher(mechanism, &attributes, true)?,
+                Operation::Decrypt => crypto::Operation::cipher(mechanism, &attributes, false)?,
+                Operation::Sign => crypto::Operation::signature(mechanism, &attributes, false)?,
+                Operation::Verify => crypto::Operation::signature(mechanism, &attributes, true)?,
+                Operation::Digest => return Err(Rv::GeneralError),
+            }
+        };
+        state.session_mut(client, session)?.operations.insert(operation, active);
+        Ok(Reply::Done)
+    }
+
+    fn take(&self, client: u64, session: u64, operation: Operation) -> Result<crypto::Operation, Rv> {
+        let mut state = self.lock();
+        state
+            .session_mut(client, session)?
+            .operations
+            .remove(&operation)
+            .ok_or(Rv::OperationNotInitialized)
+    }
+
+    pub(crate) fn operation_single(
+        &self,
+        client: u64,
+        session: u64,
+        operation: Operation,
+        data: &[u8],
+        signature: &[u8],
+    ) -> Result<Reply, Rv> {
+        let mut active = self.take(client, session, operation)?;
+        active.update(data)?;
+        active.finish(signature).map(reply)
+    }
+
+    pub(crate) fn operation_update(&self, client: u64, session: u64, operation: Operation, data: &[u8]) -> Result<Reply, Rv> {
+        let mut active = self.take(client, session, operation)?;
+        active.update(data)?;
+        let mut state = self.lock();
+        // The session may have closed meanwhile; then the operation ends with it.
+        let session = state.session_mut(client, session)?;
+        session.operations.insert(operation, active);
+        Ok(match operation {
+            Operation::Encrypt | Operation::Decrypt => Reply::Bytes(Vec::new()),
+            _ => Reply::Done,
+        })
+    }
+
+    pub(crate) fn operation_final(&self, client: u64, session: u64, operation: Operation, signature: &[u8]) -> Result<Reply, Rv> {
+        let active = self.take(client, session, operation)?;
+        active.finish(signature).map(reply)
+    }
+}

@@ -1,0 +1,280 @@
+//! Token life cycle and roles: `C_InitToken`, sessions, `C_Login`/`C_Logout`, `C_InitPIN`,
+//! `C_SetPIN`, and the PIN retry counters.
+
+use tessera_core::ck;
+use tessera_core::info::SessionInfo;
+use tessera_core::{Rv, SecretBytes};
+use tessera_store::{MasterKey, PinRecord};
+use tessera_wire::Reply;
+
+use crate::{Hsm, Login, Session, MAX_PIN_FAILURES, MAX_PIN_LEN, MAX_SESSIONS, MIN_PIN_LEN};
+
+fn check_pin_length(pin: &SecretBytes) -> Result<(), Rv> {
+    if (MIN_PIN_LEN..=MAX_PIN_LEN).contains(&pin.len()) {
+        Ok(())
+    } else {
+        Err(Rv::PinLenRange)
+    }
+}
+
+impl Hsm {
+    fn persist_token(&self, slot: u64, record: &tessera_store::TokenRecord) -> Result<(), Rv> {
+        self.store.put_token(slot, record).map_err(|e| {
+            tracing::error!(slot, error = %e, "cannot write the token record");
+            Rv::DeviceError
+        })
+    }
+
+    /// Checks a PIN against a record outside the state lock (the KDF is slow on purpose),
+    /// then counts the outcome. `so` selects the SO or the user counter.
+    fn verify_pin(&self, slot: u64, so: bool, pin: &SecretBytes) -> Result<MasterKey, Rv> {
+        let record: PinRecord = {
+            let state = self.lock();
+            let token = state.token(slot)?;
+            let (record, failures) = if so {
+                (token.record.so_pin.clone(), token.record.so_failures)
+            } else {
+                (token.record.user_pin.clone(), token.record.user_failures)
+            };
+            if failures >= MAX_PIN_FAILURES {
+                return Err(Rv::PinLocked);
+            }
+            match record {
+                Some(record) => record,
+                None if so => return Err(Rv::TokenNotRecognized),
+                None => return Err(Rv::UserPinNotInitialized),
+            }
+        };
+        let outcome = MasterKey::unwrap(&record, pin.expose());
+        let mut state = self.lock();
+        let token = state.token_mut(slot)?;
+        let counter = if so { &mut token.record.so_failures } else { &mut token.record.user_failures };
+        let before = *counter;
+        let result = match outcome {
+            Ok(key) => {
+                *counter = 0;
+                Ok(key)
+            }
+            Err(_) => {
+                *counter = counter.saturating_add(1);
+                tracing::warn!(slot, so, failures = *counter, "wrong PIN");
+                Err(Rv::PinIncorrect)
+            }
+        };
+        if *counter != before {
+            let record = token.record.clone();
+            self.persist_token(slot, &record)?;
+        }
+        result
+    }
+
+    pub(crate) fn init_token(&self, slot: u64, so_pin: &SecretBytes, label: &[u8]) -> Result<Reply, Rv> {
+        self.check_slot(slot)?;
+        check_pin_length(so_pin)?;
+        if label.len() > 32 {
+            return Err(Rv::ArgumentsBad);
+        }
+        {
+            let state = self.lock();
+            if state.sessions.values().any(|s| s.slot == slot) {
+                return Err(Rv::SessionExists);
+            }
+            if state.token(slot)?.record.so_pin.is_none() {
+                drop(state);
+                return self.reset_token(slot, so_pin, label);
+            }
+        }
+        // A token that was initialised before may only be re-initialised with its SO PIN.
+        self.verify_pin(slot, true, so_pin)?;
+        self.reset_token(slot, so_pin, label)
+    }
+
+    fn reset_token(&self, slot: u64, so_pin: &SecretBytes, label: &[u8]) -> Result<Reply, Rv> {
+        let master = MasterKey::generate().map_err(|_| Rv::FunctionFailed)?;
+        let so_record = master.wrap(so_pin.expose(), self.kdf_iterations).map_err(|_| Rv::FunctionFailed)?;
+        let mut label = label.to_vec();
+        label.resize(32, b' ');
+        let record = tessera_store::TokenRecord {
+            label,
+            so_pin: Some(so_record),
+            user_pin: None,
+            so_failures: 0,
+            user_failures: 0,
+        };
+        let mut state = self.lock();
+        if state.sessions.values().any(|s| s.slot == slot) {
+            return Err(Rv::SessionExists);
+        }
+        self.store.reset_token(slot, &record).map_err(|e| {
+            tracing::error!(slot, error = %e, "cannot reset the token");
+            Rv::DeviceError
+        })?;
+        let token = state.token_mut(slot)?;
+        token.record = record;
+        token.objects.clear();
+        token.logins.clear();
+        token.master = None;
+        tracing::info!(slot, "token initialised");
+        Ok(Reply::Done)
+    }
+
+    pub(crate) fn open_session(&self, client: u64, slot: u64, flags: u64) -> Result<Reply, Rv> {
+        self.check_slot(slot)?;
+        if flags & ck::CKF_SERIAL_SESSION as u64 == 0 {
+            return Err(Rv::SessionParallelNotSupported);
+        }
+        let read_write = flags & ck::CKF_RW_SESSION as u64 != 0;
+        let mut state = self.lock();
+        if state.token(slot)?.record.so_pin.is_none() {
+            return Err(Rv::TokenNotRecognized);
+        }
+        if !read_write && state.token(slot)?.login_of(client) == Some(Login::So) {
+            return Err(Rv::SessionReadWriteSoExists);
+        }
+        if state.sessions.len() as u64 >= MAX_SESSIONS {
+            return Err(Rv::SessionCount);
+        }
+        // Handles stay below 2^32 so the library can put its device number above them.
+        let mut handle = state.next_session;
+        loop {
+            handle = if handle >= u64::from(u32::MAX) { 1 } else { handle + 1 };
+            if !state.sessions.contains_key(&handle) {
+                break;
+            }
+        }
+        state.next_session = handle;
+        state.sessions.insert(
+            handle,
+            Session {
+                client,
+                slot,
+                read_write,
+                find: None,
+                operations: Default::default(),
+            },
+        );
+        Ok(Reply::Handle(handle))
+    }
+
+    pub(crate) fn session_info(&self, client: u64, handle: u64) -> Result<SessionInfo, Rv> {
+        let state = self.lock();
+        let session = state.session(client, handle)?;
+        let login = state.token(session.slot)?.login_of(client);
+        let state_code = match (login, session.read_write) {
+            (Some(Login::So), _) => ck::CKS_RW_SO_FUNCTIONS,
+            (Some(Login::User), true) => ck::CKS_RW_USER_FUNCTIONS,
+            (Some(Login::User), false) => ck::CKS_RO_USER_FUNCTIONS,
+            (None, true) => ck::CKS_RW_PUBLIC_SESSION,
+            (None, false) => ck::CKS_RO_PUBLIC_SESSION,
+        };
+        let mut flags = ck::CKF_SERIAL_SESSION;
+        if session.read_write {
+            flags |= ck::CKF_RW_SESSION;
+        }
+        Ok(SessionInfo { slot: session.slot, state: state_code as u64, flags: flags as u64, device_error: 0 })
+    }
+
+    pub(crate) fn login(&self, client: u64, handle: u64, user_type: u64, pin: &SecretBytes) -> Result<Reply, Rv> {
+        let slot = {
+            let state = self.lock();
+            let session = state.session(client, handle)?;
+            let slot = session.slot;
+            let token = state.token(slot)?;
+            let current = token.login_of(client);
+            match user_type as ck::CK_USER_TYPE {
+                ck::CKU_SO => {
+                    match current {
+                        Some(Login::So) => return Err(Rv::UserAlreadyLoggedIn),
+                        Some(Login::User) => return Err(Rv::UserAnotherAlreadyLoggedIn),
+                        None => {}
+                    }
+                    let read_only = state.sessions.values().any(|s| s.client == client && s.slot == slot && !s.read_write);
+                    if read_only {
+                        return Err(Rv::SessionReadOnlyExists);
+                    }
+                }
+                ck::CKU_USER => match current {
+                    Some(Login::User) => return Err(Rv::UserAlreadyLoggedIn),
+                    Some(Login::So) => return Err(Rv::UserAnotherAlreadyLoggedIn),
+                    None => {}
+                },
+                ck::CKU_CONTEXT_SPECIFIC => {
+                    if current != Some(Login::User) {
+                        return Err(Rv::UserNotLoggedIn);
+                    }
+                }
+                _ => return Err(Rv::UserTypeInvalid),
+            }
+            slot
+        };
+        let so = user_type == ck::CKU_SO as u64;
+        let master = self.verify_pin(slot, so, pin)?;
+        if user_type == ck::CKU_CONTEXT_SPECIFIC as u64 {
+            return Ok(Reply::Done);
+        }
+        let mut state = self.lock();
+        let token = state.token_mut(slot)?;
+        token.logins.insert(client, if so { Login::So } else { Login::User });
+        token.master.get_or_insert(master);
+        Ok(Reply::Done)
+    }
+
+    pub(crate) fn logout(&self, client: u64, handle: u64) -> Result<Reply, Rv> {
+        let mut state = self.lock();
+        let slot = state.session(client, handle)?.slot;
+        let token = state.token_mut(slot)?;
+        if token.login_of(client).is_none() {
+            return Err(Rv::UserNotLoggedIn);
+        }
+        token.logout(client);
+        // Operations on private keys cannot outlive the login.
+        for session in state.sessions.values_mut().filter(|s| s.client == client && s.slot == slot) {
+            session.operations.clear();
+            session.find = None;
+        }
+        Ok(Reply::Done)
+    }
+
+    pub(crate) fn init_pin(&self, client: u64, handle: u64, pin: &SecretBytes) -> Result<Reply, Rv> {
+        check_pin_length(pin)?;
+        let mut state = self.lock();
+        let session = state.session(client, handle)?;
+        let (slot, read_write) = (session.slot, session.read_write);
+        let token = state.token_mut(slot)?;
+        if token.login_of(client) != Some(Login::So) || !read_write {
+            return Err(Rv::UserNotLoggedIn);
+        }
+        let master = token.master.as_ref().ok_or(Rv::UserNotLoggedIn)?;
+        let record = master.wrap(pin.expose(), self.kdf_iterations).map_err(|_| Rv::FunctionFailed)?;
+        token.record.user_pin = Some(record);
+        token.record.user_failures = 0;
+        let record = token.record.clone();
+        self.persist_token(slot, &record)?;
+        Ok(Reply::Done)
+    }
+
+    pub(crate) fn set_pin(&self, client: u64, handle: u64, old: &SecretBytes, new: &SecretBytes) -> Result<Reply, Rv> {
+        check_pin_length(new)?;
+        let (slot, so) = {
+            let state = self.lock();
+            let session = state.session(client, handle)?;
+            if !session.read_write {
+                return Err(Rv::SessionReadOnly);
+            }
+            let so = state.token(session.slot)?.login_of(client) == Some(Login::So);
+            (session.slot, so)
+        };
+        let master = self.verify_pin(slot, so, old)?;
+        let record = master.wrap(new.expose(), self.kdf_iterations).map_err(|_| Rv::FunctionFailed)?;
+        let mut state = self.lock();
+        let token = state.token_mut(slot)?;
+        if so {
+            token.record.so_pin = Some(record);
+        } else {
+            token.record.user_pin = Some(record);
+        }
+        let record = token.record.clone();
+        self.persist_token(slot, &record)?;
+        Ok(Reply::Done)
+    }
+}

@@ -1,0 +1,67 @@
+//! The PKCS#11 (Cryptoki 3.0) library that applications load, `libtessera_pkcs11.so`: it maps
+//! the Tessera devices of the configuration onto slots and forwards each call to its device
+//! over the wire protocol.
+//!
+//! # Numbering
+//!
+//! - **Devices** are numbered by their position in `ET_HSM_NETCLIENT_SERVERLIST`.
+//! - **Slot IDs** are `device_number << 16 | local_slot`, where `local_slot` runs over the
+//!   device's own slots (`0..slot_count`, from the device's `DeviceInfo`). The list is rebuilt on
+//!   every `C_GetSlotList`. A device that cannot be reached shows as one slot
+//!   `device_number << 16` without a token ("Tessera device N unreachable"); it is left out when
+//!   the application asks for slots with a token, and `C_GetTokenInfo` / `C_OpenSession` on it
+//!   give `CKR_TOKEN_NOT_PRESENT`.
+//! - **Session handles** are `device_number << 32 | remote_handle` (a device issues handles
+//!   below 2^32). Each session is bound to the connection (generation) that opened it; when that
+//!   connection is lost the session is gone and its handle becomes invalid.
+//! - **Object handles** pass through unchanged: they are the device's own, and a session belongs
+//!   to one device.
+//!
+//! # Shape
+//!
+//! [`ffi`] is the only module with `unsafe` code: it turns C pointers into owned typed values
+//! once, at the boundary, and writes results back. [`library`] holds all global state (devices,
+//! slot counts, sessions) in one [`library::Library`] and does the work in safe code. The pure
+//! conversions live in [`ids`], [`buffer`] and [`attribute`].
+//!
+//! The library is fork-aware: in a child process, every call answers
+//! `CKR_CRYPTOKI_NOT_INITIALIZED` until the child calls `C_Initialize` itself. It runs no async
+//! runtime and creates no threads. It emits `tracing` events (one per call, at trace level) and
+//! installs no subscriber: a host that has one sees them, others pay nothing.
+//!
+//! # Functions not supported
+//!
+//! These return `CKR_FUNCTION_NOT_SUPPORTED`: `C_GetOperationState`, `C_SetOperationState`,
+//! `C_DigestKey`, `C_SignRecoverInit`, `C_SignRecover`, `C_VerifyRecoverInit`,
+//! `C_VerifyRecover`, `C_DigestEncryptUpdate`, `C_DecryptDigestUpdate`, `C_SignEncryptUpdate`,
+//! `C_DecryptVerifyUpdate`, `C_WrapKey`, `C_UnwrapKey`, `C_DeriveKey`, `C_WaitForSlotEvent`,
+//! and the PKCS#11 3.0 additions `C_LoginUser`, `C_SessionCancel`, `C_MessageEncryptInit`,
+//! `C_EncryptMessage`, `C_EncryptMessageBegin`, `C_EncryptMessageNext`,
+//! `C_MessageEncryptFinal`, `C_MessageDecryptInit`, `C_DecryptMessage`,
+//! `C_DecryptMessageBegin`, `C_DecryptMessageNext`, `C_MessageDecryptFinal`,
+//! `C_MessageSignInit`, `C_SignMessage`, `C_SignMessageBegin`, `C_SignMessageNext`,
+//! `C_MessageSignFinal`, `C_MessageVerifyInit`, `C_VerifyMessage`, `C_VerifyMessageBegin`,
+//! `C_VerifyMessageNext`, `C_MessageVerifyFinal`. `C_GetFunctionStatus` and
+//! `C_CancelFunction` return `CKR_FUNCTION_NOT_PARALLEL`, as the specification asks of every
+//! library. Attributes of `CK_ATTRIBUTE` array type (`CKA_WRAP_TEMPLATE`, ...) are refused with
+//! `CKR_ATTRIBUTE_TYPE_INVALID`.
+//!
+//! # Platform
+//!
+//! Handles pack a device number above 32 bits, so the library needs a 64-bit `CK_ULONG`
+//! (LP64 Unix); the build fails elsewhere.
+#![deny(unsafe_code)]
+
+pub mod attribute;
+pub mod buffer;
+#[allow(unsafe_code)]
+pub mod ffi;
+pub mod ids;
+pub mod library;
+
+/// The outcome of a call: the error is a raw `CK_RV`, an open number, so that codes a device
+/// returns reach the application unchanged.
+pub type CkResult<T = ()> = Result<T, u64>;
+
+// Session and slot numbering put the device number above bit 32; see the crate doc.
+const _: () = assert!(std::mem::size_of::<cryptoki_sys::CK_ULONG>() == 8);

@@ -1,0 +1,565 @@
+//! All global state of the library, in one [`Library`], and the calls that use it.
+//!
+//! The state sits in one `Mutex<Option<Library>>`. A call takes the lock only to read or update
+//! the tables; it clones what it needs (an `Arc` of the device, the remote handle, the
+//! connection generation) and releases the lock before any network I/O, so threads that use
+//! different sessions do not wait for each other here (each device client has its own lock).
+//!
+//! Fork awareness: the state remembers the process id that initialised it. A call that finds a
+//! different process id runs in a forked child: it drops the parent's state (closing the
+//! child's copies of the sockets, which leaves the parent's connections alone) and answers
+//! `CKR_CRYPTOKI_NOT_INITIALIZED` until the child calls `C_Initialize`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use cryptoki_sys as ck;
+use tessera_client::{ClientError, Device};
+use tessera_config::{Config, ConfigError, CONNECT_TIMEOUT, REPLY_TIMEOUT};
+use tessera_core::info::{SessionInfo, SlotInfo, Version};
+use tessera_core::{Mechanism, Rv, SecretBytes};
+use tessera_wire::{Operation, Reply, Request};
+
+use crate::buffer::{fit, Fit};
+use crate::ids::{SessionId, SlotId, MAX_LOCAL_SLOTS};
+use crate::CkResult;
+
+/// The one holder of the library's state (`None` before `C_Initialize`, after `C_Finalize`).
+static LIBRARY: Mutex<Option<Library>> = Mutex::new(None);
+
+/// What the library knows about a device's slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSlots {
+    /// Not asked yet.
+    Unknown,
+    /// Reachable at the last look, with this many slots.
+    Up(u64),
+    /// Unreachable at the last look: shown as one slot without a token.
+    Down,
+}
+
+/// The calls that produce output, as keys of the cache of undelivered output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// `C_Encrypt`, `C_Decrypt`, `C_Digest`, `C_Sign`.
+    Single,
+    /// `C_EncryptUpdate`, `C_DecryptUpdate`.
+    Update,
+    /// `C_EncryptFinal`, `C_DecryptFinal`, `C_DigestFinal`, `C_SignFinal`.
+    Final,
+}
+
+/// One open session.
+struct Session {
+    /// Device and remote handle.
+    id: SessionId,
+    /// The slot it was opened on.
+    slot: SlotId,
+    /// The connection that carries it.
+    generation: u64,
+    /// Output the device produced that the application has not taken yet (it asked for the
+    /// length, or its buffer was too small). Wiped on drop.
+    pending: Vec<((Operation, Stage), SecretBytes)>,
+}
+
+/// What a session call needs, cloned out of the table.
+struct Target {
+    device: Arc<Device>,
+    remote: u64,
+    generation: u64,
+}
+
+/// Where the calls of a slot go.
+enum SlotRoute {
+    /// A slot of a reachable device: the device and its own slot number.
+    Token(Arc<Device>, u64),
+    /// The placeholder slot of a device that is down.
+    Absent,
+}
+
+/// The library's global state.
+pub struct Library {
+    /// The process that initialised the library.
+    pid: u32,
+    /// The devices, by device number.
+    devices: Vec<Arc<Device>>,
+    /// Slot counts, by device number.
+    slots: Vec<DeviceSlots>,
+    /// Open sessions, by global handle.
+    sessions: HashMap<u64, Session>,
+}
+
+impl Library {
+    /// State over these devices (device number = position), owned by this process.
+    pub fn new(devices: Vec<Device>) -> Library {
+        Library {
+            pid: std::process::id(),
+            slots: vec![DeviceSlots::Unknown; devices.len()],
+            devices: devices.into_iter().map(Arc::new).collect(),
+            sessions: HashMap::new(),
+        }
+    }
+
+    /// State over the devices of the configuration (`ET_HSM_NETCLIENT_SERVERLIST`), with its
+    /// connect and reply timeouts.
+    pub fn from_config() -> Result<Library, ConfigError> {
+        let config = Config::load()?;
+        let servers = config.servers()?;
+        let connect = config.seconds(CONNECT_TIMEOUT)?;
+        let reply = config.seconds(REPLY_TIMEOUT)?;
+        let devices = servers
+            .into_iter()
+            .map(|address| Device::new(address, connect, reply))
+            .collect();
+        Ok(Library::new(devices))
+    }
+
+    fn target(&self, handle: u64) -> CkResult<Target> {
+        let session = self
+            .sessions
+            .get(&handle)
+            .ok_or(Rv::SessionHandleInvalid.code())?;
+        let device = self
+            .devices
+            .get(session.id.device)
+            .ok_or(Rv::GeneralError.code())?;
+        Ok(Target {
+            device: Arc::clone(device),
+            remote: session.id.remote,
+            generation: session.generation,
+        })
+    }
+
+    fn session_mut(&mut self, handle: u64) -> CkResult<&mut Session> {
+        self.sessions
+            .get_mut(&handle)
+            .ok_or(Rv::SessionHandleInvalid.code())
+    }
+}
+
+fn lock() -> MutexGuard<'static, Option<Library>> {
+    // A panic in another call (caught at the boundary) must not disable the library.
+    LIBRARY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs `f` on the state of this process.
+fn with<T>(f: impl FnOnce(&mut Library) -> CkResult<T>) -> CkResult<T> {
+    let mut guard = lock();
+    match guard.as_mut() {
+        Some(library) if library.pid == std::process::id() => f(library),
+        Some(_) => {
+            // A forked child: forget the parent's devices and sessions.
+            *guard = None;
+            Err(Rv::CryptokiNotInitialized.code())
+        }
+        None => Err(Rv::CryptokiNotInitialized.code()),
+    }
+}
+
+/// `C_Initialize`: reads the configuration and sets up the devices (nothing is dialled yet).
+/// A configuration error is printed on stderr, naming the item at fault.
+pub fn initialize() -> CkResult {
+    let mut guard = lock();
+    if let Some(library) = guard.as_ref() {
+        if library.pid == std::process::id() {
+            return Err(Rv::CryptokiAlreadyInitialized.code());
+        }
+        *guard = None;
+    }
+    let library = Library::from_config().map_err(|error| {
+        // The application may have no other channel to show this; stderr may be closed.
+        let _ = writeln!(std::io::stderr(), "tessera-pkcs11: {error}");
+        tracing::error!(%error, "C_Initialize: configuration error");
+        Rv::FunctionFailed.code()
+    })?;
+    *guard = Some(library);
+    Ok(())
+}
+
+/// `C_Finalize`: forgets all state and closes the connections (ending their sessions).
+pub fn finalize() -> CkResult {
+    let library = {
+        let mut guard = lock();
+        match guard.take() {
+            Some(library) if library.pid == std::process::id() => library,
+            // A forked child: the parent's state is dropped here.
+            _ => return Err(Rv::CryptokiNotInitialized.code()),
+        }
+    };
+    // Outside the lock: a call in flight on another thread holds its device until it ends.
+    for device in &library.devices {
+        device.disconnect();
+    }
+    Ok(())
+}
+
+/// `CKR_CRYPTOKI_NOT_INITIALIZED` unless this process initialised the library.
+pub fn ensure_initialized() -> CkResult {
+    with(|_| Ok(()))
+}
+
+fn failure(error: ClientError) -> u64 {
+    tracing::debug!(%error, "device call failed");
+    error.rv()
+}
+
+/// Asks a device for its slot count.
+fn probe(number: usize, device: &Device) -> DeviceSlots {
+    match device.call(None, Request::DeviceInfo) {
+        Ok((Reply::Device(info), _)) => {
+            if info.slot_count > MAX_LOCAL_SLOTS {
+                tracing::warn!(
+                    device = number,
+                    slots = info.slot_count,
+                    "only the first {MAX_LOCAL_SLOTS} slots of the device are addressable"
+                );
+            }
+            DeviceSlots::Up(info.slot_count.min(MAX_LOCAL_SLOTS))
+        }
+        Ok((reply, _)) => {
+            tracing::warn!(device = number, reply = shape(&reply), "bad DeviceInfo reply");
+            DeviceSlots::Down
+        }
+        Err(error) => {
+            tracing::debug!(device = number, %error, "device unreachable");
+            DeviceSlots::Down
+        }
+    }
+}
+
+/// The slot IDs of devices in these states, in device order.
+pub fn slot_ids(states: &[DeviceSlots], token_present: bool) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for (device, state) in states.iter().enumerate() {
+        match *state {
+            DeviceSlots::Up(count) => {
+                ids.extend((0..count).filter_map(|local| SlotId::new(device, local)).map(SlotId::raw));
+            }
+            DeviceSlots::Down | DeviceSlots::Unknown if !token_present => {
+                ids.extend(SlotId::new(device, 0).map(SlotId::raw));
+            }
+            DeviceSlots::Down | DeviceSlots::Unknown => {}
+        }
+    }
+    ids
+}
+
+/// `C_GetSlotList`: asks every device for its slot count (a device's slots all hold a token).
+pub fn slot_list(token_present: bool) -> CkResult<Vec<u64>> {
+    let devices = with(|library| Ok(library.devices.clone()))?;
+    let states: Vec<DeviceSlots> = devices
+        .iter()
+        .enumerate()
+        .map(|(number, device)| probe(number, device))
+        .collect();
+    with(|library| {
+        if library.slots.len() == states.len() {
+            library.slots.clone_from(&states);
+        }
+        Ok(())
+    })?;
+    Ok(slot_ids(&states, token_present))
+}
+
+fn route(raw: u64) -> CkResult<SlotRoute> {
+    let slot = SlotId::from_raw(raw);
+    let (device, state) = with(|library| {
+        let device = library
+            .devices
+            .get(slot.device)
+            .ok_or(Rv::SlotIdInvalid.code())?;
+        let state = library
+            .slots
+            .get(slot.device)
+            .copied()
+            .unwrap_or(DeviceSlots::Unknown);
+        Ok((Arc::clone(device), state))
+    })?;
+    let state = match state {
+        DeviceSlots::Unknown => {
+            // The application skipped C_GetSlotList; look now.
+            let state = probe(slot.device, &device);
+            with(|library| {
+                if let Some(known) = library.slots.get_mut(slot.device) {
+                    *known = state;
+                }
+                Ok(())
+            })?;
+            state
+        }
+        known => known,
+    };
+    match state {
+        DeviceSlots::Up(count) if slot.local < count => Ok(SlotRoute::Token(device, slot.local)),
+        DeviceSlots::Down if slot.local == 0 => Ok(SlotRoute::Absent),
+        _ => Err(Rv::SlotIdInvalid.code()),
+    }
+}
+
+/// The slot info of a device that is down.
+pub fn unreachable_slot_info(device: usize) -> SlotInfo {
+    SlotInfo {
+        description: format!("Tessera device {device} unreachable"),
+        manufacturer: "Tessera".into(),
+        flags: (ck::CKF_REMOVABLE_DEVICE | ck::CKF_HW_SLOT) as u64,
+        hardware: Version { major: 0, minor: 0 },
+        firmware: Version { major: 0, minor: 0 },
+    }
+}
+
+/// `C_GetSlotInfo`.
+pub fn slot_info(raw: u64) -> CkResult<SlotInfo> {
+    match route(raw)? {
+        SlotRoute::Token(device, local) => {
+            match device.call(None, Request::SlotInfo { slot: local }) {
+                Ok((Reply::Slot(info), _)) => Ok(info),
+                Ok((reply, _)) => Err(unexpected(&reply)),
+                Err(error) => Err(failure(error)),
+            }
+        }
+        SlotRoute::Absent => Ok(unreachable_slot_info(SlotId::from_raw(raw).device)),
+    }
+}
+
+/// A call about a slot's token (`build` gets the device's own slot number).
+pub fn slot_call(raw: u64, build: impl FnOnce(u64) -> Request) -> CkResult<Reply> {
+    match route(raw)? {
+        SlotRoute::Token(device, local) => device
+            .call(None, build(local))
+            .map(|(reply, _)| reply)
+            .map_err(failure),
+        SlotRoute::Absent => Err(Rv::TokenNotPresent.code()),
+    }
+}
+
+/// `C_OpenSession`: the global handle of the new session.
+pub fn open_session(raw: u64, flags: u64) -> CkResult<u64> {
+    let slot = SlotId::from_raw(raw);
+    let (device, local) = match route(raw)? {
+        SlotRoute::Token(device, local) => (device, local),
+        SlotRoute::Absent => return Err(Rv::TokenNotPresent.code()),
+    };
+    let (reply, generation) = device
+        .call(None, Request::OpenSession { slot: local, flags })
+        .map_err(failure)?;
+    let remote = into_handle(reply)?;
+    let Some(id) = SessionId::new(slot.device, remote) else {
+        tracing::warn!(remote, "device issued a session handle outside 1..2^32");
+        // Best effort: do not leave the session open on the device.
+        let _ = device.call(Some(generation), Request::CloseSession { session: remote });
+        return Err(Rv::DeviceError.code());
+    };
+    let handle = id.raw();
+    with(|library| {
+        let session = Session {
+            id,
+            slot,
+            generation,
+            pending: Vec::new(),
+        };
+        // A stale entry with the same handle belonged to a lost connection: replace it.
+        library.sessions.insert(handle, session);
+        Ok(handle)
+    })
+}
+
+/// A call on a session (`build` gets the device's own session handle). A session whose
+/// connection is gone, or that the device no longer knows, leaves the table.
+pub fn session_call(handle: u64, build: impl FnOnce(u64) -> Request) -> CkResult<Reply> {
+    let target = with(|library| library.target(handle))?;
+    match target
+        .device
+        .call(Some(target.generation), build(target.remote))
+    {
+        Ok((reply, _)) => Ok(reply),
+        Err(error) => {
+            let rv = failure(error);
+            if rv == Rv::SessionHandleInvalid.code() || rv == Rv::SessionClosed.code() {
+                let _ = with(|library| Ok(library.sessions.remove(&handle)));
+            }
+            Err(rv)
+        }
+    }
+}
+
+/// `C_CloseSession`: the handle is gone afterwards, whatever the device says.
+pub fn close_session(handle: u64) -> CkResult {
+    let result = session_call(handle, |session| Request::CloseSession { session });
+    with(|library| Ok(library.sessions.remove(&handle)))?;
+    expect_done(result?)
+}
+
+/// `C_CloseAllSessions`: this process's sessions on the slot.
+pub fn close_all_sessions(raw: u64) -> CkResult {
+    let slot = SlotId::from_raw(raw);
+    let route = route(raw)?;
+    with(|library| {
+        library.sessions.retain(|_, session| session.slot != slot);
+        Ok(())
+    })?;
+    match route {
+        SlotRoute::Token(device, local) => {
+            match device.call(None, Request::CloseAllSessions { slot: local }) {
+                Ok((reply, _)) => expect_done(reply),
+                Err(error) => Err(failure(error)),
+            }
+        }
+        SlotRoute::Absent => Err(Rv::TokenNotPresent.code()),
+    }
+}
+
+/// `C_GetSessionInfo`, with the slot as a global slot ID.
+pub fn session_info(handle: u64) -> CkResult<SessionInfo> {
+    match session_call(handle, |session| Request::SessionInfo { session })? {
+        Reply::Session(mut info) => {
+            let device = SessionId::from_raw(handle).device;
+            info.slot = SlotId::new(device, info.slot)
+                .ok_or(Rv::DeviceError.code())?
+                .raw();
+            Ok(info)
+        }
+        reply => Err(unexpected(&reply)),
+    }
+}
+
+/// `C_*Init` of an operation; forgets undelivered output of an earlier one.
+pub fn operation_init(
+    handle: u64,
+    operation: Operation,
+    mechanism: Mechanism,
+    key: u64,
+) -> CkResult {
+    with(|library| {
+        let session = library.session_mut(handle)?;
+        session.pending.retain(|((kind, _), _)| *kind != operation);
+        Ok(())
+    })?;
+    expect_done(session_call(handle, |session| Request::OperationInit {
+        session,
+        operation,
+        mechanism,
+        key,
+    })?)
+}
+
+/// A call that produces output, asking the device once: when the application's buffer is
+/// NULL or too small (`capacity` is `None` or smaller than the output), the output is kept in
+/// the session and the next call of the same kind gets it without a round trip. The caller
+/// applies the two-call convention to the bytes returned.
+pub fn produce(
+    handle: u64,
+    operation: Operation,
+    stage: Stage,
+    capacity: Option<usize>,
+    build: impl FnOnce(u64) -> Request,
+) -> CkResult<SecretBytes> {
+    let key = (operation, stage);
+    let cached = with(|library| {
+        let session = library.session_mut(handle)?;
+        let Some(index) = session.pending.iter().position(|(k, _)| *k == key) else {
+            return Ok(None);
+        };
+        let kept = &session.pending[index].1;
+        Ok(Some(if fit(kept.len(), capacity) == Fit::Fits {
+            session.pending.swap_remove(index).1
+        } else {
+            kept.duplicate()
+        }))
+    })?;
+    if let Some(output) = cached {
+        return Ok(output);
+    }
+    let output = match session_call(handle, build)? {
+        Reply::Bytes(bytes) => SecretBytes::new(bytes),
+        Reply::Secret(secret) => secret,
+        Reply::Done => SecretBytes::default(),
+        reply => return Err(unexpected(&reply)),
+    };
+    if fit(output.len(), capacity) != Fit::Fits {
+        let kept = output.duplicate();
+        with(|library| {
+            library.session_mut(handle)?.pending.push((key, kept));
+            Ok(())
+        })?;
+    }
+    Ok(output)
+}
+
+/// The name of a reply's shape, for logs (a reply may carry secrets; its shape does not).
+pub fn shape(reply: &Reply) -> &'static str {
+    match reply {
+        Reply::Done => "Done",
+        Reply::Handle(_) => "Handle",
+        Reply::HandlePair(..) => "HandlePair",
+        Reply::Handles(_) => "Handles",
+        Reply::Bytes(_) => "Bytes",
+        Reply::Secret(_) => "Secret",
+        Reply::Number(_) => "Number",
+        Reply::Verified => "Verified",
+        Reply::Device(_) => "Device",
+        Reply::Slot(_) => "Slot",
+        Reply::Token(_) => "Token",
+        Reply::Session(_) => "Session",
+        Reply::Mechanisms(_) => "Mechanisms",
+        Reply::Mechanism(_) => "Mechanism",
+        Reply::Attributes(_) => "Attributes",
+    }
+}
+
+/// A reply of the wrong shape is the device's fault: `CKR_DEVICE_ERROR`.
+pub fn unexpected(reply: &Reply) -> u64 {
+    tracing::warn!(reply = shape(reply), "the device answered with an unexpected reply");
+    Rv::DeviceError.code()
+}
+
+/// `Ok` for `Reply::Done`.
+pub fn expect_done(reply: Reply) -> CkResult {
+    match reply {
+        Reply::Done => Ok(()),
+        reply => Err(unexpected(&reply)),
+    }
+}
+
+/// The handle of `Reply::Handle`.
+pub fn into_handle(reply: Reply) -> CkResult<u64> {
+    match reply {
+        Reply::Handle(handle) => Ok(handle),
+        reply => Err(unexpected(&reply)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_list_shows_down_devices_as_one_empty_slot() {
+        let states = [
+            DeviceSlots::Up(2),
+            DeviceSlots::Down,
+            DeviceSlots::Up(0),
+            DeviceSlots::Up(1),
+        ];
+        assert_eq!(slot_ids(&states, false), vec![0, 1, 0x1_0000, 0x3_0000]);
+        assert_eq!(slot_ids(&states, true), vec![0, 1, 0x3_0000]);
+        assert!(slot_ids(&[], false).is_empty());
+    }
+
+    #[test]
+    fn unreachable_slots_have_no_token() {
+        let info = unreachable_slot_info(4);
+        assert_eq!(info.description, "Tessera device 4 unreachable");
+        assert_eq!(info.flags & ck::CKF_TOKEN_PRESENT as u64, 0);
+        assert_ne!(info.flags & ck::CKF_HW_SLOT as u64, 0);
+    }
+
+    #[test]
+    fn reply_shapes_are_named_without_their_contents() {
+        let secret = Reply::Secret(SecretBytes::from_slice(b"plaintext"));
+        assert_eq!(shape(&secret), "Secret");
+        assert_eq!(expect_done(Reply::Done), Ok(()));
+        assert_eq!(expect_done(secret), Err(Rv::DeviceError.code()));
+        assert_eq!(into_handle(Reply::Handle(5)), Ok(5));
+    }
+}

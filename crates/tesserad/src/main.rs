@@ -1,0 +1,123 @@
+//! `tesserad`, the Tessera HSM daemon: one data directory is one HSM device, served on a local
+//! Unix socket and, when asked, on TCP.
+#![forbid(unsafe_code)]
+
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tessera_config::{default_socket_path, DEFAULT_TCP_PORT};
+
+/// The Tessera HSM daemon.
+///
+/// The first start in an empty data directory creates one HSM device: a random serial number,
+/// user slots (2 unless --slots says otherwise) and the Admin token in the last slot. Later
+/// starts open the same device. Logs go to standard error; set RUST_LOG (for example
+/// `RUST_LOG=debug`) for more detail.
+///
+/// Examples:
+///
+///   tesserad                                      # default data dir and local socket
+///
+///   tesserad --data-dir /var/lib/tessera --listen unix:/run/tessera/tesserad.sock --listen tcp:0.0.0.0:12396
+#[derive(Parser, Debug)]
+#[command(version, verbatim_doc_comment)]
+struct Args {
+    /// Directory holding the device (created if missing). Default: $XDG_DATA_HOME/tessera,
+    /// else ~/.local/share/tessera.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Where to serve, repeatable: `unix:PATH`, or `tcp:HOST:PORT` for network mode (port
+    /// 12396 is the usual one). Default: the local socket that the library dials when
+    /// ET_HSM_NETCLIENT_SERVERLIST is unset ($XDG_RUNTIME_DIR/tessera/tesserad.sock, else
+    /// /tmp/tessera-<uid>/tesserad.sock). TCP is only served when asked.
+    #[arg(long = "listen", value_name = "ADDRESS")]
+    listen: Vec<String>,
+
+    /// User slots of a new device (1-64); the Admin slot is added after them. Ignored when the
+    /// device already exists.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    slots: u64,
+
+    /// Most client connections served at once; more are refused (and logged).
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    max_connections: usize,
+
+    /// PBKDF2-HMAC-SHA256 iterations for new PIN records. Lower only for tests.
+    #[arg(long, default_value_t = tessera_hsm::DEFAULT_KDF_ITERATIONS, value_name = "N")]
+    kdf_iterations: u32,
+}
+
+/// A parsed `--listen` address.
+#[derive(Debug, Clone)]
+pub enum Listen {
+    /// A Unix socket path.
+    Unix(PathBuf),
+    /// A TCP address.
+    Tcp(String),
+}
+
+fn parse_listen(text: &str) -> Result<Listen, String> {
+    if let Some(path) = text.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err("--listen unix: needs a path, e.g. unix:/run/tessera/tesserad.sock".into());
+        }
+        return Ok(Listen::Unix(PathBuf::from(path)));
+    }
+    if let Some(address) = text.strip_prefix("tcp:") {
+        let with_port = if address.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok() && !h.ends_with(':')) {
+            address.to_string()
+        } else {
+            format!("{address}:{DEFAULT_TCP_PORT}")
+        };
+        return Ok(Listen::Tcp(with_port));
+    }
+    Err(format!("--listen {text:?}: expected unix:PATH or tcp:HOST:PORT"))
+}
+
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("tessera")
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let listen: Result<Vec<Listen>, String> = if args.listen.is_empty() {
+        Ok(vec![Listen::Unix(default_socket_path())])
+    } else {
+        args.listen.iter().map(|l| parse_listen(l)).collect()
+    };
+    let listen = match listen {
+        Ok(listen) => listen,
+        Err(message) => {
+            eprintln!("tesserad: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = server::Config {
+        data_dir: args.data_dir.unwrap_or_else(default_data_dir),
+        listen,
+        max_connections: args.max_connections.max(1),
+        options: tessera_hsm::HsmOptions { user_slots: args.slots, kdf_iterations: args.kdf_iterations },
+    };
+    match server::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("tesserad: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

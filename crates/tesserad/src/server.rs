@@ -1,0 +1,238 @@
+//! Listeners, one task per connection, the connection limit and graceful shutdown.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tessera_hsm::{Hsm, HsmOptions};
+use tessera_wire::{
+    decode_request, encode_response, FrameError, ResponseEnvelope, FRAME_HEADER_LEN, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{watch, Semaphore};
+
+use crate::Listen;
+
+/// What the daemon serves.
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: Vec<Listen>,
+    pub max_connections: usize,
+    pub options: HsmOptions,
+}
+
+/// Holds the data directory's lock for the daemon's lifetime.
+fn lock_data_dir(data_dir: &Path) -> Result<File, String> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("cannot create the data directory {}: {e}", data_dir.display()))?;
+    let path = data_dir.join("tesserad.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "the data directory {} is in use by another tesserad (lock {} is held); \
+             stop that daemon or choose another --data-dir",
+            data_dir.display(),
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
+fn bind_unix(path: &Path) -> Result<UnixListener, String> {
+    if let Some(parent) = path.parent() {
+        if !parent.exists() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700));
+        }
+    }
+    // A socket file left by a daemon that died: only ours could be there while we hold the
+    // data directory lock, unless another daemon with another data directory uses this path.
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(format!("{} is already served by another daemon", path.display()));
+        }
+        std::fs::remove_file(path).map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
+    }
+    UnixListener::bind(path).map_err(|e| format!("cannot listen on unix:{}: {e}", path.display()))
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub fn run(config: Config) -> Result<(), String> {
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let hsm = Hsm::open(&config.data_dir, &config.options).map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(serve(Arc::new(hsm), config))
+}
+
+async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
+    let (stop_sender, stop) = watch::channel(false);
+    let limit = Arc::new(Semaphore::new(config.max_connections));
+    let mut sockets = Vec::new();
+    let mut tasks = Vec::new();
+    let mut shown = Vec::new();
+    for listen in &config.listen {
+        match listen {
+            Listen::Unix(path) => {
+                let listener = bind_unix(path)?;
+                sockets.push(path.clone());
+                shown.push(format!("unix:{}", path.display()));
+                tasks.push(tokio::spawn(accept_unix(listener, hsm.clone(), limit.clone(), stop.clone())));
+            }
+            Listen::Tcp(address) => {
+                let listener = TcpListener::bind(address)
+                    .await
+                    .map_err(|e| format!("cannot listen on tcp:{address}: {e}"))?;
+                let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| address.clone());
+                shown.push(format!("tcp:{local}"));
+                tasks.push(tokio::spawn(accept_tcp(listener, hsm.clone(), limit.clone(), stop.clone())));
+            }
+        }
+    }
+    tracing::info!(
+        serial = hsm.serial(),
+        data_dir = %config.data_dir.display(),
+        listen = %shown.join(" "),
+        "tesserad ready"
+    );
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_sender.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    for path in sockets {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let terminate = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    match (terminate, interrupt) {
+        (Ok(mut terminate), Ok(mut interrupt)) => {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+macro_rules! accept_loop {
+    ($name:ident, $listener:ty) => {
+        async fn $name(listener: $listener, hsm: Arc<Hsm>, limit: Arc<Semaphore>, mut stop: watch::Receiver<bool>) {
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = stop.changed() => return,
+                };
+                let (stream, peer) = match accepted {
+                    Ok((stream, peer)) => (stream, format!("{peer:?}")),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let permit = match limit.clone().try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(_) => {
+                        tracing::warn!(peer, "connection refused: the connection limit is reached");
+                        drop(stream);
+                        continue;
+                    }
+                };
+                let hsm = hsm.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    serve_connection(stream, peer, hsm, stop).await;
+                    drop(permit);
+                });
+            }
+        }
+    };
+}
+
+accept_loop!(accept_unix, UnixListener);
+accept_loop!(accept_tcp, TcpListener);
+
+async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    match stream.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    // The length is checked before the body is allocated.
+    let len = tessera_wire::frame_body_len(header)?;
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await?;
+    Ok(Some(body))
+}
+
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    peer: String,
+    hsm: Arc<Hsm>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let client = hsm.connect();
+    tracing::debug!(client, peer, "client connected");
+    loop {
+        let frame = tokio::select! {
+            frame = read_frame(&mut stream) => frame,
+            _ = stop.changed() => break,
+        };
+        let body = match frame {
+            Ok(Some(body)) => body,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(client, peer, reason = %e, "closing connection");
+                break;
+            }
+        };
+        let envelope = match decode_request(&body) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                tracing::warn!(client, peer, reason = %e, "closing connection");
+                break;
+            }
+        };
+        let id = envelope.id;
+        let channel = envelope.channel;
+        let worker = hsm.clone();
+        // The engine is synchronous and may compute for a while (RSA key generation):
+        // run it off the I/O threads.
+        let result = tokio::task::spawn_blocking(move || worker.handle(client, envelope.request)).await;
+        let result = match result {
+            Ok(result) => result.map_err(|rv| rv.code()),
+            Err(e) => {
+                tracing::error!(client, error = %e, "request handler failed");
+                Err(tessera_core::Rv::GeneralError.code())
+            }
+        };
+        let frame = encode_response(&ResponseEnvelope { version: PROTOCOL_VERSION, id, channel, result });
+        if let Err(e) = stream.write_all(&frame).await {
+            tracing::debug!(client, reason = %e, "client went away");
+            break;
+        }
+    }
+    hsm.disconnect(client);
+    tracing::debug!(client, "client disconnected");
+}
