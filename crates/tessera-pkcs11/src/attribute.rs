@@ -87,11 +87,7 @@ pub enum Delivery {
 
 /// Decides the fate of one attribute: `capacity` is `None` when `pValue` is NULL, else
 /// `ulValueLen`. `Err` means the whole call fails (the device sent a malformed value).
-pub fn deliver(
-    ty: u64,
-    answer: &AttributeAnswer,
-    capacity: Option<usize>,
-) -> Result<Delivery, Rv> {
+pub fn deliver(ty: u64, answer: &AttributeAnswer, capacity: Option<usize>) -> Result<Delivery, Rv> {
     let wire = match answer {
         AttributeAnswer::Value(wire) => wire,
         AttributeAnswer::Sensitive => return Ok(Delivery::Unavailable(Rv::AttributeSensitive)),
@@ -180,10 +176,7 @@ mod tests {
     fn get_attribute_value_rules() {
         let class = AttributeAnswer::Value((ck::CKO_DATA as u64).to_le_bytes().to_vec());
         let ty = ck::CKA_CLASS as u64;
-        assert_eq!(
-            deliver(ty, &class, None),
-            Ok(Delivery::Length(ULONG_SIZE))
-        );
+        assert_eq!(deliver(ty, &class, None), Ok(Delivery::Length(ULONG_SIZE)));
         assert_eq!(
             deliver(ty, &class, Some(ULONG_SIZE - 1)),
             Ok(Delivery::Unavailable(Rv::BufferTooSmall))

@@ -55,7 +55,8 @@ impl SessionId {
     /// in 32 bits or the result would be `CK_INVALID_HANDLE` (0).
     pub fn new(device: usize, remote: u64) -> Option<SessionId> {
         let id = SessionId { device, remote };
-        (remote < 1 << REMOTE_HANDLE_BITS && (device as u64) < 1 << REMOTE_HANDLE_BITS
+        (remote < 1 << REMOTE_HANDLE_BITS
+            && (device as u64) < 1 << REMOTE_HANDLE_BITS
             && id.raw() != 0)
             .then_some(id)
     }
@@ -84,7 +85,13 @@ mod tests {
         assert_eq!(slot.raw(), 0x3_0007);
         assert_eq!(SlotId::from_raw(0x3_0007), slot);
         assert_eq!(SlotId::new(0, 0).unwrap().raw(), 0);
-        assert_eq!(SlotId::from_raw(0x2_0000), SlotId { device: 2, local: 0 });
+        assert_eq!(
+            SlotId::from_raw(0x2_0000),
+            SlotId {
+                device: 2,
+                local: 0
+            }
+        );
         assert_eq!(SlotId::new(1, 0xFFFF).unwrap().raw(), 0x1_FFFF);
         assert_eq!(SlotId::new(1, 0x1_0000), None);
     }

@@ -218,7 +218,11 @@ fn probe(number: usize, device: &Device) -> DeviceSlots {
             DeviceSlots::Up(info.slot_count.min(MAX_LOCAL_SLOTS))
         }
         Ok((reply, _)) => {
-            tracing::warn!(device = number, reply = shape(&reply), "bad DeviceInfo reply");
+            tracing::warn!(
+                device = number,
+                reply = shape(&reply),
+                "bad DeviceInfo reply"
+            );
             DeviceSlots::Down
         }
         Err(error) => {
@@ -234,7 +238,11 @@ pub fn slot_ids(states: &[DeviceSlots], token_present: bool) -> Vec<u64> {
     for (device, state) in states.iter().enumerate() {
         match *state {
             DeviceSlots::Up(count) => {
-                ids.extend((0..count).filter_map(|local| SlotId::new(device, local)).map(SlotId::raw));
+                ids.extend(
+                    (0..count)
+                        .filter_map(|local| SlotId::new(device, local))
+                        .map(SlotId::raw),
+                );
             }
             DeviceSlots::Down | DeviceSlots::Unknown if !token_present => {
                 ids.extend(SlotId::new(device, 0).map(SlotId::raw));
@@ -509,7 +517,10 @@ pub fn shape(reply: &Reply) -> &'static str {
 
 /// A reply of the wrong shape is the device's fault: `CKR_DEVICE_ERROR`.
 pub fn unexpected(reply: &Reply) -> u64 {
-    tracing::warn!(reply = shape(reply), "the device answered with an unexpected reply");
+    tracing::warn!(
+        reply = shape(reply),
+        "the device answered with an unexpected reply"
+    );
     Rv::DeviceError.code()
 }
 

@@ -5,8 +5,7 @@ use std::ffi::c_void;
 
 use cryptoki_sys::{
     CK_ATTRIBUTE, CK_GCM_PARAMS, CK_MECHANISM, CK_MECHANISM_INFO, CK_RSA_PKCS_PSS_PARAMS,
-    CK_SESSION_INFO, CK_SLOT_INFO, CK_TOKEN_INFO, CK_ULONG, CK_UNAVAILABLE_INFORMATION,
-    CK_VERSION,
+    CK_SESSION_INFO, CK_SLOT_INFO, CK_TOKEN_INFO, CK_ULONG, CK_UNAVAILABLE_INFORMATION, CK_VERSION,
 };
 use tessera_core::ck;
 use tessera_core::info::{MechanismInfo, SessionInfo, SlotInfo, TokenInfo, Version};
@@ -219,17 +218,13 @@ mod tests {
         );
         let short = with_parameter(ck::CKM_AES_GCM, &mut gcm, size - 8);
         // SAFETY: as above; the length is refused before any read.
-        assert_eq!(
-            unsafe { mechanism(&short) },
-            Err(Rv::MechanismParamInvalid.code())
-        );
+        let outcome = unsafe { mechanism(&short) };
+        assert_eq!(outcome, Err(Rv::MechanismParamInvalid.code()));
         gcm.pIv = std::ptr::null_mut();
         let null_iv = with_parameter(ck::CKM_AES_GCM, &mut gcm, size);
         // SAFETY: as above; the NULL IV with a length is refused.
-        assert_eq!(
-            unsafe { mechanism(&null_iv) },
-            Err(Rv::MechanismParamInvalid.code())
-        );
+        let outcome = unsafe { mechanism(&null_iv) };
+        assert_eq!(outcome, Err(Rv::MechanismParamInvalid.code()));
     }
 
     #[test]
@@ -262,15 +257,11 @@ mod tests {
             ulParameterLen: 0,
         };
         // SAFETY: no parameter.
-        assert_eq!(
-            unsafe { mechanism(&plain) },
-            Ok(Mechanism::plain(ck::CKM_SHA256 as u64))
-        );
+        let outcome = unsafe { mechanism(&plain) };
+        assert_eq!(outcome, Ok(Mechanism::plain(ck::CKM_SHA256 as u64)));
         // SAFETY: NULL is refused before any access.
-        assert_eq!(
-            unsafe { mechanism(std::ptr::null()) },
-            Err(Rv::ArgumentsBad.code())
-        );
+        let outcome = unsafe { mechanism(std::ptr::null()) };
+        assert_eq!(outcome, Err(Rv::ArgumentsBad.code()));
     }
 
     #[test]
@@ -290,29 +281,25 @@ mod tests {
             },
         ];
         // SAFETY: the template and its values are live locals of the stated lengths.
-        let template = unsafe { template(attributes.as_ptr(), 2) }.unwrap();
-        assert_eq!(template.ulong(ck::CKA_CLASS), Ok(Some(ck::CKO_SECRET_KEY)));
-        assert_eq!(template.bool(ck::CKA_TOKEN), Ok(Some(true)));
+        let converted = unsafe { template(attributes.as_ptr(), 2) }.unwrap();
+        assert_eq!(converted.ulong(ck::CKA_CLASS), Ok(Some(ck::CKO_SECRET_KEY)));
+        assert_eq!(converted.bool(ck::CKA_TOKEN), Ok(Some(true)));
         let null_value = [CK_ATTRIBUTE {
             type_: ck::CKA_LABEL,
             pValue: std::ptr::null_mut(),
             ulValueLen: 3,
         }];
         // SAFETY: the NULL value with a length is refused before any access.
-        assert_eq!(
-            unsafe { template(null_value.as_ptr(), 1) },
-            Err(Rv::ArgumentsBad.code())
-        );
+        let outcome = unsafe { template(null_value.as_ptr(), 1) };
+        assert_eq!(outcome, Err(Rv::ArgumentsBad.code()));
         let short_ulong = [CK_ATTRIBUTE {
             type_: ck::CKA_CLASS,
             pValue: &token as *const u8 as *mut c_void,
             ulValueLen: 1,
         }];
         // SAFETY: the value is a live local of the stated length.
-        assert_eq!(
-            unsafe { template(short_ulong.as_ptr(), 1) },
-            Err(Rv::AttributeValueInvalid.code())
-        );
+        let outcome = unsafe { template(short_ulong.as_ptr(), 1) };
+        assert_eq!(outcome, Err(Rv::AttributeValueInvalid.code()));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use cryptoki_sys::{
 use tessera_core::Rv;
 
 use super::tables::{FUNCTION_LIST, INTERFACES, INTERFACE_2_40, INTERFACE_3_0};
-use super::{arguments_bad, entry_points, read, Output, Place};
+use super::{arguments_bad, read, Output, Place};
 use crate::buffer::padded;
 use crate::{library, CkResult};
 
@@ -174,7 +174,10 @@ mod tests {
     #[test]
     fn library_info_is_padded_and_versioned() {
         let info = library_info();
-        assert_eq!((info.cryptokiVersion.major, info.cryptokiVersion.minor), (3, 0));
+        assert_eq!(
+            (info.cryptokiVersion.major, info.cryptokiVersion.minor),
+            (3, 0)
+        );
         assert_eq!(&info.manufacturerID[..8], b"Tessera ");
         assert_eq!(info.libraryDescription[31], b' ');
         assert_eq!(
@@ -241,7 +244,8 @@ mod tests {
         let rv = unsafe { C_GetInterface(other.as_mut_ptr(), &mut version, &mut interface, 0) };
         assert_eq!(rv as u64, Rv::ArgumentsBad.code());
         // SAFETY: a NULL place is refused.
-        let rv = unsafe { C_GetInterface(name.as_mut_ptr(), &mut version, std::ptr::null_mut(), 0) };
+        let rv =
+            unsafe { C_GetInterface(name.as_mut_ptr(), &mut version, std::ptr::null_mut(), 0) };
         assert_eq!(rv as u64, Rv::ArgumentsBad.code());
     }
 

@@ -9,7 +9,7 @@ use cryptoki_sys::{
 use tessera_core::{Rv, SecretBytes};
 use tessera_wire::Request;
 
-use super::{bytes, convert, entry_points, Place};
+use super::{bytes, convert, Place};
 use crate::library::{self, expect_done};
 
 entry_points! {

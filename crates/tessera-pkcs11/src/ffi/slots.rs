@@ -7,7 +7,7 @@ use cryptoki_sys::{
 use tessera_core::SecretBytes;
 use tessera_wire::{Reply, Request};
 
-use super::{bytes, convert, entry_points, slice, Output, Place};
+use super::{bytes, convert, slice, Output, Place};
 use crate::library::{self, expect_done, unexpected};
 
 /// Length of a token label (`C_InitToken`).

@@ -12,7 +12,7 @@ use super::slots::*;
 use super::unsupported::*;
 
 macro_rules! function_tables {
-    (version_2_40: [$($base:ident),* $(,)?], added_in_3_0: [$($added:ident),* $(,)?]) => {
+    (version_2_40: [$($base:ident),* $(,)?], added_in_3_0: [$($added:ident),* $(,)?] $(,)?) => {
         /// The version 2.40 function list (`C_GetFunctionList`).
         pub static FUNCTION_LIST: CK_FUNCTION_LIST = CK_FUNCTION_LIST {
             version: CK_VERSION { major: 2, minor: 40 },

@@ -1,0 +1,441 @@
+//! Encryption, decryption, digests, signatures, verification (PKCS#11 3.0 §5.8–5.13), key
+//! generation (§5.14) and random numbers (§5.15).
+//!
+//! Calls that produce output ask the device once: a length query or a too-small buffer keeps
+//! the output in the session ([`library::produce`]) for the next call.
+
+use cryptoki_sys::{
+    CK_ATTRIBUTE, CK_BYTE, CK_MECHANISM, CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CK_ULONG,
+};
+use tessera_core::Rv;
+use tessera_wire::{Operation, Reply, Request};
+
+use super::convert::{mechanism, template};
+use super::{bytes, length, Output, Place};
+use crate::library::{self, expect_done, unexpected, Stage};
+use crate::CkResult;
+
+/// `C_*Init`.
+///
+/// # Safety
+///
+/// `mechanism` must be NULL or a valid `CK_MECHANISM` (see [`mechanism`]).
+unsafe fn init(
+    session: CK_SESSION_HANDLE,
+    operation: Operation,
+    mechanism_pointer: *const CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+) -> CkResult {
+    // SAFETY: forwarded contract.
+    let mechanism = unsafe { mechanism(mechanism_pointer) }?;
+    library::operation_init(session as u64, operation, mechanism, key as u64)
+}
+
+/// A call that produces output: `request` gets the device's session handle.
+///
+/// # Safety
+///
+/// `out` and `out_len` follow the two-call convention (see [`Output::new`]).
+unsafe fn produce(
+    session: CK_SESSION_HANDLE,
+    operation: Operation,
+    stage: Stage,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+    request: impl FnOnce(u64) -> Request,
+) -> CkResult {
+    // SAFETY: forwarded contract.
+    let output = unsafe { Output::new(out, out_len) }?;
+    let produced = library::produce(
+        session as u64,
+        operation,
+        stage,
+        output.capacity()?,
+        request,
+    )?;
+    output.deliver(produced.expose())
+}
+
+/// A single-part call that produces output (`C_Encrypt`, `C_Decrypt`, `C_Digest`, `C_Sign`).
+///
+/// # Safety
+///
+/// `data` holds `data_len` bytes (or is NULL with 0); `out`/`out_len` as for [`produce`].
+unsafe fn single(
+    session: CK_SESSION_HANDLE,
+    operation: Operation,
+    data: *const CK_BYTE,
+    data_len: CK_ULONG,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CkResult {
+    // SAFETY: forwarded contract.
+    let data = unsafe { bytes(data, data_len) }?;
+    let request = |session| Request::OperationSingle {
+        session,
+        operation,
+        data: data.to_vec(),
+        signature: Vec::new(),
+    };
+    // SAFETY: forwarded contract.
+    unsafe { produce(session, operation, Stage::Single, out, out_len, request) }
+}
+
+/// A multi-part update that produces output (`C_EncryptUpdate`, `C_DecryptUpdate`).
+///
+/// # Safety
+///
+/// As for [`single`].
+unsafe fn update_with_output(
+    session: CK_SESSION_HANDLE,
+    operation: Operation,
+    part: *const CK_BYTE,
+    part_len: CK_ULONG,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CkResult {
+    // SAFETY: forwarded contract.
+    let data = unsafe { bytes(part, part_len) }?;
+    let request = |session| Request::OperationUpdate {
+        session,
+        operation,
+        data: data.to_vec(),
+    };
+    // SAFETY: forwarded contract.
+    unsafe { produce(session, operation, Stage::Update, out, out_len, request) }
+}
+
+/// A multi-part update without output (`C_DigestUpdate`, `C_SignUpdate`, `C_VerifyUpdate`).
+///
+/// # Safety
+///
+/// `part` holds `part_len` bytes (or is NULL with 0).
+unsafe fn update(
+    session: CK_SESSION_HANDLE,
+    operation: Operation,
+    part: *const CK_BYTE,
+    part_len: CK_ULONG,
+) -> CkResult {
+    // SAFETY: forwarded contract.
+    let data = unsafe { bytes(part, part_len) }?.to_vec();
+    let request = |session| Request::OperationUpdate {
+        session,
+        operation,
+        data,
+    };
+    match library::session_call(session as u64, request)? {
+        Reply::Done => Ok(()),
+        Reply::Bytes(bytes) if bytes.is_empty() => Ok(()),
+        reply => Err(unexpected(&reply)),
+    }
+}
+
+/// A final call that produces output (`C_EncryptFinal`, `C_DecryptFinal`, `C_DigestFinal`,
+/// `C_SignFinal`).
+///
+/// # Safety
+///
+/// As for [`produce`].
+unsafe fn final_with_output(
+    session: CK_SESSION_HANDLE,
+    operation: Operation,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CkResult {
+    let request = |session| Request::OperationFinal {
+        session,
+        operation,
+        signature: Vec::new(),
+    };
+    // SAFETY: forwarded contract.
+    unsafe { produce(session, operation, Stage::Final, out, out_len, request) }
+}
+
+/// Only `Reply::Verified` means the signature is valid: any other shape is an error, never a
+/// pass.
+fn verified(reply: Reply) -> CkResult {
+    match reply {
+        Reply::Verified => Ok(()),
+        reply => Err(unexpected(&reply)),
+    }
+}
+
+entry_points! {
+    /// `C_EncryptInit` (§5.8.1).
+    fn C_EncryptInit(session: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) {
+        // SAFETY: pMechanism is NULL or a valid CK_MECHANISM (§5.8.1).
+        unsafe { init(session, Operation::Encrypt, mechanism, key) }
+    }
+
+    /// `C_Encrypt` (§5.8.2).
+    fn C_Encrypt(
+        session: CK_SESSION_HANDLE,
+        data: *mut CK_BYTE,
+        data_len: CK_ULONG,
+        encrypted: *mut CK_BYTE,
+        encrypted_len: *mut CK_ULONG,
+    ) {
+        // SAFETY: the buffers follow §5.8.2 and the two-call convention.
+        unsafe { single(session, Operation::Encrypt, data, data_len, encrypted, encrypted_len) }
+    }
+
+    /// `C_EncryptUpdate` (§5.8.3).
+    fn C_EncryptUpdate(
+        session: CK_SESSION_HANDLE,
+        part: *mut CK_BYTE,
+        part_len: CK_ULONG,
+        encrypted: *mut CK_BYTE,
+        encrypted_len: *mut CK_ULONG,
+    ) {
+        // SAFETY: the buffers follow §5.8.3 and the two-call convention.
+        unsafe {
+            update_with_output(session, Operation::Encrypt, part, part_len, encrypted, encrypted_len)
+        }
+    }
+
+    /// `C_EncryptFinal` (§5.8.4).
+    fn C_EncryptFinal(session: CK_SESSION_HANDLE, last: *mut CK_BYTE, last_len: *mut CK_ULONG) {
+        // SAFETY: the buffer follows §5.8.4 and the two-call convention.
+        unsafe { final_with_output(session, Operation::Encrypt, last, last_len) }
+    }
+
+    /// `C_DecryptInit` (§5.9.1).
+    fn C_DecryptInit(session: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) {
+        // SAFETY: pMechanism is NULL or a valid CK_MECHANISM (§5.9.1).
+        unsafe { init(session, Operation::Decrypt, mechanism, key) }
+    }
+
+    /// `C_Decrypt` (§5.9.2).
+    fn C_Decrypt(
+        session: CK_SESSION_HANDLE,
+        encrypted: *mut CK_BYTE,
+        encrypted_len: CK_ULONG,
+        data: *mut CK_BYTE,
+        data_len: *mut CK_ULONG,
+    ) {
+        // SAFETY: the buffers follow §5.9.2 and the two-call convention.
+        unsafe { single(session, Operation::Decrypt, encrypted, encrypted_len, data, data_len) }
+    }
+
+    /// `C_DecryptUpdate` (§5.9.3).
+    fn C_DecryptUpdate(
+        session: CK_SESSION_HANDLE,
+        encrypted: *mut CK_BYTE,
+        encrypted_len: CK_ULONG,
+        part: *mut CK_BYTE,
+        part_len: *mut CK_ULONG,
+    ) {
+        // SAFETY: the buffers follow §5.9.3 and the two-call convention.
+        unsafe {
+            update_with_output(session, Operation::Decrypt, encrypted, encrypted_len, part, part_len)
+        }
+    }
+
+    /// `C_DecryptFinal` (§5.9.4).
+    fn C_DecryptFinal(session: CK_SESSION_HANDLE, last: *mut CK_BYTE, last_len: *mut CK_ULONG) {
+        // SAFETY: the buffer follows §5.9.4 and the two-call convention.
+        unsafe { final_with_output(session, Operation::Decrypt, last, last_len) }
+    }
+
+    /// `C_DigestInit` (§5.10.1).
+    fn C_DigestInit(session: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM) {
+        // SAFETY: pMechanism is NULL or a valid CK_MECHANISM (§5.10.1). Digests use no key.
+        unsafe { init(session, Operation::Digest, mechanism, 0) }
+    }
+
+    /// `C_Digest` (§5.10.2).
+    fn C_Digest(
+        session: CK_SESSION_HANDLE,
+        data: *mut CK_BYTE,
+        data_len: CK_ULONG,
+        digest: *mut CK_BYTE,
+        digest_len: *mut CK_ULONG,
+    ) {
+        // SAFETY: the buffers follow §5.10.2 and the two-call convention.
+        unsafe { single(session, Operation::Digest, data, data_len, digest, digest_len) }
+    }
+
+    /// `C_DigestUpdate` (§5.10.3).
+    fn C_DigestUpdate(session: CK_SESSION_HANDLE, part: *mut CK_BYTE, part_len: CK_ULONG) {
+        // SAFETY: pPart holds ulPartLen bytes (§5.10.3).
+        unsafe { update(session, Operation::Digest, part, part_len) }
+    }
+
+    /// `C_DigestFinal` (§5.10.5).
+    fn C_DigestFinal(session: CK_SESSION_HANDLE, digest: *mut CK_BYTE, digest_len: *mut CK_ULONG) {
+        // SAFETY: the buffer follows §5.10.5 and the two-call convention.
+        unsafe { final_with_output(session, Operation::Digest, digest, digest_len) }
+    }
+
+    /// `C_SignInit` (§5.11.1).
+    fn C_SignInit(session: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) {
+        // SAFETY: pMechanism is NULL or a valid CK_MECHANISM (§5.11.1).
+        unsafe { init(session, Operation::Sign, mechanism, key) }
+    }
+
+    /// `C_Sign` (§5.11.2).
+    fn C_Sign(
+        session: CK_SESSION_HANDLE,
+        data: *mut CK_BYTE,
+        data_len: CK_ULONG,
+        signature: *mut CK_BYTE,
+        signature_len: *mut CK_ULONG,
+    ) {
+        // SAFETY: the buffers follow §5.11.2 and the two-call convention.
+        unsafe { single(session, Operation::Sign, data, data_len, signature, signature_len) }
+    }
+
+    /// `C_SignUpdate` (§5.11.3).
+    fn C_SignUpdate(session: CK_SESSION_HANDLE, part: *mut CK_BYTE, part_len: CK_ULONG) {
+        // SAFETY: pPart holds ulPartLen bytes (§5.11.3).
+        unsafe { update(session, Operation::Sign, part, part_len) }
+    }
+
+    /// `C_SignFinal` (§5.11.4).
+    fn C_SignFinal(session: CK_SESSION_HANDLE, signature: *mut CK_BYTE, signature_len: *mut CK_ULONG) {
+        // SAFETY: the buffer follows §5.11.4 and the two-call convention.
+        unsafe { final_with_output(session, Operation::Sign, signature, signature_len) }
+    }
+
+    /// `C_VerifyInit` (§5.12.1).
+    fn C_VerifyInit(session: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) {
+        // SAFETY: pMechanism is NULL or a valid CK_MECHANISM (§5.12.1).
+        unsafe { init(session, Operation::Verify, mechanism, key) }
+    }
+
+    /// `C_Verify` (§5.12.2): `CKR_OK` only when the device says the signature is valid.
+    fn C_Verify(
+        session: CK_SESSION_HANDLE,
+        data: *mut CK_BYTE,
+        data_len: CK_ULONG,
+        signature: *mut CK_BYTE,
+        signature_len: CK_ULONG,
+    ) {
+        // SAFETY: pData holds ulDataLen bytes (§5.12.2).
+        let data = unsafe { bytes(data, data_len) }?.to_vec();
+        // SAFETY: pSignature holds ulSignatureLen bytes (§5.12.2).
+        let signature = unsafe { bytes(signature, signature_len) }?.to_vec();
+        let request = |session| Request::OperationSingle {
+            session,
+            operation: Operation::Verify,
+            data,
+            signature,
+        };
+        verified(library::session_call(session as u64, request)?)
+    }
+
+    /// `C_VerifyUpdate` (§5.12.3).
+    fn C_VerifyUpdate(session: CK_SESSION_HANDLE, part: *mut CK_BYTE, part_len: CK_ULONG) {
+        // SAFETY: pPart holds ulPartLen bytes (§5.12.3).
+        unsafe { update(session, Operation::Verify, part, part_len) }
+    }
+
+    /// `C_VerifyFinal` (§5.12.4): `CKR_OK` only when the device says the signature is valid.
+    fn C_VerifyFinal(session: CK_SESSION_HANDLE, signature: *mut CK_BYTE, signature_len: CK_ULONG) {
+        // SAFETY: pSignature holds ulSignatureLen bytes (§5.12.4).
+        let signature = unsafe { bytes(signature, signature_len) }?.to_vec();
+        let request = |session| Request::OperationFinal {
+            session,
+            operation: Operation::Verify,
+            signature,
+        };
+        verified(library::session_call(session as u64, request)?)
+    }
+
+    /// `C_GenerateKey` (§5.14.1).
+    fn C_GenerateKey(
+        session: CK_SESSION_HANDLE,
+        mechanism_pointer: *mut CK_MECHANISM,
+        attributes: *mut CK_ATTRIBUTE,
+        count: CK_ULONG,
+        key: *mut CK_OBJECT_HANDLE,
+    ) {
+        // SAFETY: phKey is NULL or points to a handle to fill (§5.14.1).
+        let place = unsafe { Place::new(key) }?;
+        // SAFETY: pMechanism is NULL or a valid CK_MECHANISM (§5.14.1).
+        let mechanism = unsafe { mechanism(mechanism_pointer) }?;
+        // SAFETY: pTemplate is NULL or holds ulCount attributes (§5.14.1).
+        let template = unsafe { template(attributes, count) }?;
+        let request = |session| Request::GenerateKey {
+            session,
+            mechanism,
+            template,
+        };
+        let handle = library::into_handle(library::session_call(session as u64, request)?)?;
+        place.set(handle as CK_OBJECT_HANDLE);
+        Ok(())
+    }
+
+    /// `C_GenerateKeyPair` (§5.14.2).
+    fn C_GenerateKeyPair(
+        session: CK_SESSION_HANDLE,
+        mechanism_pointer: *mut CK_MECHANISM,
+        public_attributes: *mut CK_ATTRIBUTE,
+        public_count: CK_ULONG,
+        private_attributes: *mut CK_ATTRIBUTE,
+        private_count: CK_ULONG,
+        public_key: *mut CK_OBJECT_HANDLE,
+        private_key: *mut CK_OBJECT_HANDLE,
+    ) {
+        // SAFETY: phPublicKey is NULL or points to a handle to fill (§5.14.2).
+        let public_place = unsafe { Place::new(public_key) }?;
+        // SAFETY: phPrivateKey is NULL or points to a handle to fill (§5.14.2).
+        let private_place = unsafe { Place::new(private_key) }?;
+        // SAFETY: pMechanism is NULL or a valid CK_MECHANISM (§5.14.2).
+        let mechanism = unsafe { mechanism(mechanism_pointer) }?;
+        // SAFETY: pPublicKeyTemplate is NULL or holds ulPublicKeyAttributeCount attributes.
+        let public_template = unsafe { template(public_attributes, public_count) }?;
+        // SAFETY: pPrivateKeyTemplate is NULL or holds ulPrivateKeyAttributeCount attributes.
+        let private_template = unsafe { template(private_attributes, private_count) }?;
+        let request = |session| Request::GenerateKeyPair {
+            session,
+            mechanism,
+            public_template,
+            private_template,
+        };
+        match library::session_call(session as u64, request)? {
+            Reply::HandlePair(public, private) => {
+                public_place.set(public as CK_OBJECT_HANDLE);
+                private_place.set(private as CK_OBJECT_HANDLE);
+                Ok(())
+            }
+            reply => Err(unexpected(&reply)),
+        }
+    }
+
+    /// `C_SeedRandom` (§5.15.1).
+    fn C_SeedRandom(session: CK_SESSION_HANDLE, seed: *mut CK_BYTE, seed_len: CK_ULONG) {
+        // SAFETY: pSeed holds ulSeedLen bytes (§5.15.1).
+        let seed = tessera_core::SecretBytes::from_slice(unsafe { bytes(seed, seed_len) }?);
+        expect_done(library::session_call(session as u64, |session| Request::SeedRandom {
+            session,
+            seed,
+        })?)
+    }
+
+    /// `C_GenerateRandom` (§5.15.2).
+    fn C_GenerateRandom(session: CK_SESSION_HANDLE, random: *mut CK_BYTE, random_len: CK_ULONG) {
+        let wanted = length(random_len)?;
+        if random.is_null() && wanted > 0 {
+            return super::arguments_bad();
+        }
+        let request = |session| Request::GenerateRandom {
+            session,
+            len: random_len as u64,
+        };
+        let produced = match library::session_call(session as u64, request)? {
+            Reply::Bytes(bytes) => bytes,
+            reply => return Err(unexpected(&reply)),
+        };
+        if produced.len() != wanted {
+            tracing::warn!("the device returned {} random bytes for {wanted}", produced.len());
+            return Err(Rv::DeviceError.code());
+        }
+        if wanted > 0 {
+            // SAFETY: pRandomData is non-NULL (checked) and holds ulRandomLen bytes (§5.15.2);
+            // we write exactly that many without reading them.
+            unsafe { std::ptr::copy_nonoverlapping(produced.as_ptr(), random, wanted) };
+        }
+        Ok(())
+    }
+}

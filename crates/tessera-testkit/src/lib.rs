@@ -1,0 +1,186 @@
+//! Test kit: every test owns its daemon, socket and temporary directory.
+//!
+//! The binaries under test are the ones `cargo build --workspace` put next to the test
+//! executable (`target/<profile>/tesserad`, `target/<profile>/libtessera_pkcs11.so`).
+#![forbid(unsafe_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How a client reaches the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The local Unix socket.
+    Unix,
+    /// Loopback TCP.
+    Tcp,
+}
+
+/// Both transports, for tests that run over each.
+pub const TRANSPORTS: [Transport; 2] = [Transport::Unix, Transport::Tcp];
+
+/// `target/<profile>`, found from the running test executable.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    // target/<profile>/deps/<test-binary>
+    exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps").to_path_buf()
+}
+
+/// The built PKCS#11 module.
+pub fn pkcs11_module() -> PathBuf {
+    let path = target_dir().join("libtessera_pkcs11.so");
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace` first", path.display());
+    path
+}
+
+/// A built binary of the workspace.
+pub fn binary(name: &str) -> PathBuf {
+    let path = target_dir().join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace` first", path.display());
+    path
+}
+
+/// An external tool that the suite needs; `.ci/run` installs it.
+pub fn tool(name: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let candidate = Path::new(dir).join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("{name} is not installed; .ci/run installs it (apt-get install opensc / pkcs11-provider)");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+}
+
+/// A daemon owned by one test.
+pub struct Daemon {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    port: u16,
+    /// Extra arguments given at every start.
+    extra: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts a daemon in a fresh directory (fast PIN KDF for tests).
+    pub fn start() -> Daemon {
+        Daemon::start_with(&[])
+    }
+
+    /// Starts a daemon with extra command-line arguments.
+    pub fn start_with(extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut daemon = Daemon {
+            dir,
+            child: None,
+            port: free_port(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    /// The temporary directory of this test.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The Unix socket path.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("tesserad.sock")
+    }
+
+    /// The loopback TCP address.
+    pub fn tcp_address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The value of `ET_HSM_NETCLIENT_SERVERLIST` that reaches this daemon.
+    pub fn server_list(&self, transport: Transport) -> String {
+        match transport {
+            Transport::Unix => self.socket().display().to_string(),
+            Transport::Tcp => self.tcp_address(),
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tesserad.log")).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        // Only a "ready" line written by this start counts.
+        let seen = self.log().len();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tesserad.log"))
+            .expect("a log file");
+        let child = Command::new(binary("tesserad"))
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--listen")
+            .arg(format!("unix:{}", self.socket().display()))
+            .arg("--listen")
+            .arg(format!("tcp:{}", self.tcp_address()))
+            .args(["--kdf-iterations", "1000"])
+            .args(&self.extra)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("tesserad starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.log().get(seen..).unwrap_or_default().contains("tesserad ready") {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("tesserad exited with {status} before it was ready:\n{}", self.log());
+                }
+            }
+            assert!(Instant::now() < deadline, "tesserad was not ready in 20 s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the daemon with SIGKILL (`kill -9`) and waits for it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the daemon with SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the daemon is running");
+        let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -TERM failed");
+        child.wait().expect("the daemon exits")
+    }
+
+    /// Starts the daemon again on the same directory, socket and port.
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+        self.spawn();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,73 @@
+//! Shared set-up for the suites that load the built `.so` through the `cryptoki` crate.
+//!
+//! The library's configuration is process-wide (like any PKCS#11 module), so tests that load
+//! it run one at a time, each with its own daemon, and point the library at it through
+//! `ET_HSM_NETCLIENT_SERVERLIST` before `C_Initialize`.
+#![allow(dead_code)]
+
+use std::sync::{Mutex, MutexGuard};
+
+use cryptoki::context::{CInitializeArgs, Pkcs11};
+use cryptoki::error::{Error, RvError};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use tessera_testkit::{pkcs11_module, Daemon, Transport};
+
+pub const SO_PIN: &str = "so-pin-1234";
+pub const USER_PIN: &str = "user-pin-1234";
+
+static LIBRARY: Mutex<()> = Mutex::new(());
+
+/// One test's daemon and loaded library.
+pub struct Fixture {
+    pub daemon: Daemon,
+    pub pkcs11: Pkcs11,
+    pub slot: Slot,
+    pub serial: MutexGuard<'static, ()>,
+}
+
+pub fn load(server_list: &str) -> Pkcs11 {
+    std::env::set_var("ET_HSM_NETCLIENT_SERVERLIST", server_list);
+    let pkcs11 = Pkcs11::new(pkcs11_module()).expect("the module loads");
+    pkcs11.initialize(CInitializeArgs::OsThreads).expect("C_Initialize");
+    pkcs11
+}
+
+pub fn serialise() -> MutexGuard<'static, ()> {
+    LIBRARY.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A daemon with slot 0 initialised (SO and user PINs set), reached over `transport`.
+pub fn fixture(transport: Transport) -> Fixture {
+    let guard = serialise();
+    let daemon = Daemon::start();
+    let pkcs11 = load(&daemon.server_list(transport));
+    let slot = pkcs11.get_slots_with_token().unwrap()[0];
+    let so_pin = AuthPin::new(SO_PIN.into());
+    pkcs11.init_token(slot, &so_pin, "tessera test").unwrap();
+    {
+        let session = pkcs11.open_rw_session(slot).unwrap();
+        session.login(UserType::So, Some(&so_pin)).unwrap();
+        session.init_pin(&AuthPin::new(USER_PIN.into())).unwrap();
+    }
+    Fixture { daemon, pkcs11, slot, serial: guard }
+}
+
+impl Fixture {
+    /// A R/W session logged in as the user.
+    pub fn user_session(&self) -> Session {
+        let session = self.pkcs11.open_rw_session(self.slot).unwrap();
+        session.login(UserType::User, Some(&AuthPin::new(USER_PIN.into()))).unwrap();
+        session
+    }
+
+}
+
+/// The `CKR_*` of a failed call.
+pub fn rv<T: std::fmt::Debug>(result: Result<T, Error>) -> RvError {
+    match result {
+        Err(Error::Pkcs11(rv, _)) => rv,
+        other => panic!("expected a PKCS#11 error, got {other:?}"),
+    }
+}
