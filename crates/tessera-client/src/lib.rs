@@ -108,12 +108,20 @@ pub struct Device {
 
 impl Device {
     /// A device at `address`; nothing is dialled until the first call.
-    pub fn new(address: ServerAddress, connect_timeout: Duration, reply_timeout: Duration) -> Device {
+    pub fn new(
+        address: ServerAddress,
+        connect_timeout: Duration,
+        reply_timeout: Duration,
+    ) -> Device {
         Device {
             address,
             connect_timeout,
             reply_timeout,
-            state: Mutex::new(State { connection: None, generations: 0, next_id: 1 }),
+            state: Mutex::new(State {
+                connection: None,
+                generations: 0,
+                next_id: 1,
+            }),
         }
     }
 
@@ -169,7 +177,10 @@ impl Device {
         session_generation: Option<u64>,
         request: Request,
     ) -> Result<(Reply, u64), ClientError> {
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if state.connection.is_none() {
             if session_generation.is_some() {
                 return Err(ClientError::StaleSession);
@@ -218,7 +229,10 @@ impl Device {
 
     /// Closes the connection (all its sessions end on the device).
     pub fn disconnect(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         state.connection = None;
     }
 }

@@ -34,7 +34,9 @@ pub enum Output {
 /// Fills a buffer with random bytes.
 pub fn random(len: usize) -> Result<Vec<u8>, Rv> {
     let mut out = vec![0u8; len];
-    SystemRandom::new().fill(&mut out).map_err(|_| Rv::FunctionFailed)?;
+    SystemRandom::new()
+        .fill(&mut out)
+        .map_err(|_| Rv::FunctionFailed)?;
     Ok(out)
 }
 
@@ -76,7 +78,10 @@ const CURVES: &[Curve] = &[
 
 fn curve(params: Option<&[u8]>) -> Result<&'static Curve, Rv> {
     let params = params.ok_or(Rv::TemplateIncomplete)?;
-    CURVES.iter().find(|c| c.params == params).ok_or(Rv::CurveNotSupported)
+    CURVES
+        .iter()
+        .find(|c| c.params == params)
+        .ok_or(Rv::CurveNotSupported)
 }
 
 /// The curve size in bits of an EC key's `CKA_EC_PARAMS`, if supported.
@@ -85,7 +90,10 @@ pub fn curve_bits(params: &[u8]) -> Option<u64> {
 }
 
 /// A generated key pair: (public attributes, private attributes), key material only.
-pub type GeneratedPair = (Vec<(ck::CK_ATTRIBUTE_TYPE, Vec<u8>)>, Vec<(ck::CK_ATTRIBUTE_TYPE, Vec<u8>)>);
+pub type GeneratedPair = (
+    Vec<(ck::CK_ATTRIBUTE_TYPE, Vec<u8>)>,
+    Vec<(ck::CK_ATTRIBUTE_TYPE, Vec<u8>)>,
+);
 
 /// Generates an EC key pair on the curve named by `params`.
 pub fn generate_ec(params: Option<&[u8]>) -> Result<GeneratedPair, Rv> {
@@ -144,7 +152,9 @@ pub fn generate_rsa(bits: u64, exponent: Option<&[u8]>) -> Result<GeneratedPair,
         let inner = der::single(reader.expect(der::OCTET_STRING)?, der::SEQUENCE)?;
         let mut reader = der::Reader::new(inner);
         reader.expect(der::INTEGER)?;
-        (0..8).map(|_| reader.unsigned_integer().map(<[u8]>::to_vec)).collect()
+        (0..8)
+            .map(|_| reader.unsigned_integer().map(<[u8]>::to_vec))
+            .collect()
     };
     let parts = parse().map_err(|_| Rv::FunctionFailed)?;
     let public = vec![
@@ -158,7 +168,9 @@ pub fn generate_rsa(bits: u64, exponent: Option<&[u8]>) -> Result<GeneratedPair,
 fn rsa_private_key(key: &Attributes) -> Result<RsaKeyPair, Rv> {
     let mut parts = vec![der::unsigned_integer(&[0])];
     for ty in RSA_PRIVATE_PARTS {
-        parts.push(der::unsigned_integer(key.get(ty).ok_or(Rv::KeyTypeInconsistent)?));
+        parts.push(der::unsigned_integer(
+            key.get(ty).ok_or(Rv::KeyTypeInconsistent)?,
+        ));
     }
     let pkcs1 = SecretBytes::new(der::sequence(&parts));
     RsaKeyPair::from_der(pkcs1.expose()).map_err(|_| Rv::KeyTypeInconsistent)
@@ -166,8 +178,13 @@ fn rsa_private_key(key: &Attributes) -> Result<RsaKeyPair, Rv> {
 
 fn rsa_public_key(key: &Attributes) -> Result<Vec<u8>, Rv> {
     let modulus = key.get(ck::CKA_MODULUS).ok_or(Rv::KeyTypeInconsistent)?;
-    let exponent = key.get(ck::CKA_PUBLIC_EXPONENT).ok_or(Rv::KeyTypeInconsistent)?;
-    Ok(der::sequence(&[der::unsigned_integer(modulus), der::unsigned_integer(exponent)]))
+    let exponent = key
+        .get(ck::CKA_PUBLIC_EXPONENT)
+        .ok_or(Rv::KeyTypeInconsistent)?;
+    Ok(der::sequence(&[
+        der::unsigned_integer(modulus),
+        der::unsigned_integer(exponent),
+    ]))
 }
 
 /// Checks an imported RSA private key and returns its modulus size in bits.
@@ -178,12 +195,17 @@ pub fn check_rsa_private(key: &Attributes) -> Result<u64, Rv> {
 
 /// Checks an imported EC private key.
 pub fn check_ec_private(key: &Attributes) -> Result<(), Rv> {
-    ec_private_key(key).map(|_| ()).map_err(|_| Rv::AttributeValueInvalid)
+    ec_private_key(key)
+        .map(|_| ())
+        .map_err(|_| Rv::AttributeValueInvalid)
 }
 
 /// The bit length of a big-endian magnitude.
 pub fn bit_len(magnitude: &[u8]) -> u64 {
-    let start = magnitude.iter().position(|b| *b != 0).unwrap_or(magnitude.len());
+    let start = magnitude
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(magnitude.len());
     match magnitude.get(start) {
         Some(first) => (magnitude.len() - start) as u64 * 8 - u64::from(first.leading_zeros()),
         None => 0,
@@ -249,15 +271,24 @@ fn digest_algorithm(mechanism: u64) -> Option<&'static digest::Algorithm> {
 
 const DIGEST_INFO: &[(&[u8], &digest::Algorithm)] = &[
     (
-        &[0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20],
+        &[
+            0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+            0x01, 0x05, 0x00, 0x04, 0x20,
+        ],
         &digest::SHA256,
     ),
     (
-        &[0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00, 0x04, 0x30],
+        &[
+            0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+            0x02, 0x05, 0x00, 0x04, 0x30,
+        ],
         &digest::SHA384,
     ),
     (
-        &[0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00, 0x04, 0x40],
+        &[
+            0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+            0x03, 0x05, 0x00, 0x04, 0x40,
+        ],
         &digest::SHA512,
     ),
 ];
@@ -313,8 +344,16 @@ fn rsa_verification(
 
 /// Checks `CK_RSA_PKCS_PSS_PARAMS`: the hash must match, MGF1 with the same hash, salt as
 /// long as the hash (what the underlying library implements).
-fn pss_hash(parameter: &MechanismParameter, expected: Option<u64>) -> Result<&'static digest::Algorithm, Rv> {
-    let MechanismParameter::Pss { hash, mgf, salt_len } = parameter else {
+fn pss_hash(
+    parameter: &MechanismParameter,
+    expected: Option<u64>,
+) -> Result<&'static digest::Algorithm, Rv> {
+    let MechanismParameter::Pss {
+        hash,
+        mgf,
+        salt_len,
+    } = parameter
+    else {
         return Err(Rv::MechanismParamInvalid);
     };
     if expected.is_some_and(|e| e != *hash) {
@@ -367,8 +406,16 @@ enum AesMode {
 
 enum Inner {
     Digest(Context),
-    Signature { key: SignKey, input: Input },
-    Aes { key: SecretBytes, mode: AesMode, encrypt: bool, data: SecretBytes },
+    Signature {
+        key: SignKey,
+        input: Input,
+    },
+    Aes {
+        key: SecretBytes,
+        mode: AesMode,
+        encrypt: bool,
+        data: SecretBytes,
+    },
 }
 
 /// An active operation of a session.
@@ -386,13 +433,23 @@ impl Operation {
             return Err(Rv::MechanismParamInvalid);
         }
         let algorithm = digest_algorithm(mechanism.ty).ok_or(Rv::MechanismInvalid)?;
-        Ok(Operation { inner: Inner::Digest(Context::new(algorithm)) })
+        Ok(Operation {
+            inner: Inner::Digest(Context::new(algorithm)),
+        })
     }
 
     /// Starts a signature (`verify` false) or a verification with `key`.
-    pub fn signature(mechanism: &Mechanism, key: &Attributes, verify: bool) -> Result<Operation, Rv> {
+    pub fn signature(
+        mechanism: &Mechanism,
+        key: &Attributes,
+        verify: bool,
+    ) -> Result<Operation, Rv> {
         let m = mechanism.ty as ck::CK_MECHANISM_TYPE;
-        let expected_class = if verify { ck::CKO_PUBLIC_KEY } else { ck::CKO_PRIVATE_KEY };
+        let expected_class = if verify {
+            ck::CKO_PUBLIC_KEY
+        } else {
+            ck::CKO_PRIVATE_KEY
+        };
         let usage = if verify { ck::CKA_VERIFY } else { ck::CKA_SIGN };
         let no_parameter = || match mechanism.parameter {
             MechanismParameter::None => Ok(()),
@@ -400,29 +457,73 @@ impl Operation {
         };
         let (key_type, input, scheme) = match m {
             ck::CKM_ECDSA => (ck::CKK_EC, Input::Raw(Vec::new(), None), None),
-            ck::CKM_ECDSA_SHA256 => (ck::CKK_EC, Input::Hashing(Context::new(&digest::SHA256)), None),
-            ck::CKM_ECDSA_SHA384 => (ck::CKK_EC, Input::Hashing(Context::new(&digest::SHA384)), None),
-            ck::CKM_ECDSA_SHA512 => (ck::CKK_EC, Input::Hashing(Context::new(&digest::SHA512)), None),
-            ck::CKM_RSA_PKCS => (ck::CKK_RSA, Input::Raw(Vec::new(), None), Some(RsaScheme::Pkcs1)),
-            ck::CKM_SHA256_RSA_PKCS => (ck::CKK_RSA, Input::Hashing(Context::new(&digest::SHA256)), Some(RsaScheme::Pkcs1)),
-            ck::CKM_SHA384_RSA_PKCS => (ck::CKK_RSA, Input::Hashing(Context::new(&digest::SHA384)), Some(RsaScheme::Pkcs1)),
-            ck::CKM_SHA512_RSA_PKCS => (ck::CKK_RSA, Input::Hashing(Context::new(&digest::SHA512)), Some(RsaScheme::Pkcs1)),
+            ck::CKM_ECDSA_SHA256 => (
+                ck::CKK_EC,
+                Input::Hashing(Context::new(&digest::SHA256)),
+                None,
+            ),
+            ck::CKM_ECDSA_SHA384 => (
+                ck::CKK_EC,
+                Input::Hashing(Context::new(&digest::SHA384)),
+                None,
+            ),
+            ck::CKM_ECDSA_SHA512 => (
+                ck::CKK_EC,
+                Input::Hashing(Context::new(&digest::SHA512)),
+                None,
+            ),
+            ck::CKM_RSA_PKCS => (
+                ck::CKK_RSA,
+                Input::Raw(Vec::new(), None),
+                Some(RsaScheme::Pkcs1),
+            ),
+            ck::CKM_SHA256_RSA_PKCS => (
+                ck::CKK_RSA,
+                Input::Hashing(Context::new(&digest::SHA256)),
+                Some(RsaScheme::Pkcs1),
+            ),
+            ck::CKM_SHA384_RSA_PKCS => (
+                ck::CKK_RSA,
+                Input::Hashing(Context::new(&digest::SHA384)),
+                Some(RsaScheme::Pkcs1),
+            ),
+            ck::CKM_SHA512_RSA_PKCS => (
+                ck::CKK_RSA,
+                Input::Hashing(Context::new(&digest::SHA512)),
+                Some(RsaScheme::Pkcs1),
+            ),
             ck::CKM_RSA_PKCS_PSS => {
                 let algorithm = pss_hash(&mechanism.parameter, None)?;
-                (ck::CKK_RSA, Input::Raw(Vec::new(), Some(algorithm)), Some(RsaScheme::Pss))
+                (
+                    ck::CKK_RSA,
+                    Input::Raw(Vec::new(), Some(algorithm)),
+                    Some(RsaScheme::Pss),
+                )
             }
-            ck::CKM_SHA256_RSA_PKCS_PSS | ck::CKM_SHA384_RSA_PKCS_PSS | ck::CKM_SHA512_RSA_PKCS_PSS => {
+            ck::CKM_SHA256_RSA_PKCS_PSS
+            | ck::CKM_SHA384_RSA_PKCS_PSS
+            | ck::CKM_SHA512_RSA_PKCS_PSS => {
                 let hash = match m {
                     ck::CKM_SHA256_RSA_PKCS_PSS => ck::CKM_SHA256,
                     ck::CKM_SHA384_RSA_PKCS_PSS => ck::CKM_SHA384,
                     _ => ck::CKM_SHA512,
                 };
                 let algorithm = pss_hash(&mechanism.parameter, Some(hash as u64))?;
-                (ck::CKK_RSA, Input::Hashing(Context::new(algorithm)), Some(RsaScheme::Pss))
+                (
+                    ck::CKK_RSA,
+                    Input::Hashing(Context::new(algorithm)),
+                    Some(RsaScheme::Pss),
+                )
             }
             _ => return Err(Rv::MechanismInvalid),
         };
-        if !matches!(m, ck::CKM_RSA_PKCS_PSS | ck::CKM_SHA256_RSA_PKCS_PSS | ck::CKM_SHA384_RSA_PKCS_PSS | ck::CKM_SHA512_RSA_PKCS_PSS) {
+        if !matches!(
+            m,
+            ck::CKM_RSA_PKCS_PSS
+                | ck::CKM_SHA256_RSA_PKCS_PSS
+                | ck::CKM_SHA384_RSA_PKCS_PSS
+                | ck::CKM_SHA512_RSA_PKCS_PSS
+        ) {
             no_parameter()?;
         }
         if key.class() != expected_class as u64 || key.key_type() != key_type as u64 {
@@ -443,21 +544,32 @@ impl Operation {
             (Some(scheme), false) => SignKey::Rsa(rsa_private_key(key)?, scheme),
             (Some(scheme), true) => SignKey::RsaPublic(rsa_public_key(key)?, scheme),
         };
-        Ok(Operation { inner: Inner::Signature { key, input } })
+        Ok(Operation {
+            inner: Inner::Signature { key, input },
+        })
     }
 
     /// Starts an encryption or decryption with an AES key.
     pub fn cipher(mechanism: &Mechanism, key: &Attributes, encrypt: bool) -> Result<Operation, Rv> {
-        let usage = if encrypt { ck::CKA_ENCRYPT } else { ck::CKA_DECRYPT };
+        let usage = if encrypt {
+            ck::CKA_ENCRYPT
+        } else {
+            ck::CKA_DECRYPT
+        };
         let mode = match (mechanism.ty as ck::CK_MECHANISM_TYPE, &mechanism.parameter) {
-            (ck::CKM_AES_CBC_PAD, MechanismParameter::Bytes(iv)) => {
-                AesMode::CbcPad(iv.as_slice().try_into().map_err(|_| Rv::MechanismParamInvalid)?)
-            }
+            (ck::CKM_AES_CBC_PAD, MechanismParameter::Bytes(iv)) => AesMode::CbcPad(
+                iv.as_slice()
+                    .try_into()
+                    .map_err(|_| Rv::MechanismParamInvalid)?,
+            ),
             (ck::CKM_AES_GCM, MechanismParameter::Gcm { iv, aad, tag_bits }) => {
                 if iv.len() != aead::NONCE_LEN || *tag_bits != 128 {
                     return Err(Rv::MechanismParamInvalid);
                 }
-                AesMode::Gcm { iv: iv.clone(), aad: aad.clone() }
+                AesMode::Gcm {
+                    iv: iv.clone(),
+                    aad: aad.clone(),
+                }
             }
             (ck::CKM_AES_CBC_PAD | ck::CKM_AES_GCM, _) => return Err(Rv::MechanismParamInvalid),
             _ => return Err(Rv::MechanismInvalid),
@@ -505,7 +617,12 @@ impl Operation {
         match self.inner {
             Inner::Digest(context) => Ok(Output::Bytes(context.finish().as_ref().to_vec())),
             Inner::Signature { key, input } => finish_signature(key, input, signature),
-            Inner::Aes { key, mode, encrypt, data } => finish_aes(&key, mode, encrypt, data),
+            Inner::Aes {
+                key,
+                mode,
+                encrypt,
+                data,
+            } => finish_aes(&key, mode, encrypt, data),
         }
     }
 }
@@ -548,7 +665,8 @@ fn finish_signature(key: SignKey, input: Input, signature: &[u8]) -> Result<Outp
             let digest = rsa_input_digest(input)?;
             let encoding = rsa_encoding(scheme, digest.algorithm())?;
             let mut out = vec![0u8; pair.public_modulus_len()];
-            pair.sign_digest(encoding, &digest, &mut out).map_err(|_| Rv::FunctionFailed)?;
+            pair.sign_digest(encoding, &digest, &mut out)
+                .map_err(|_| Rv::FunctionFailed)?;
             Ok(Output::Bytes(out))
         }
         SignKey::RsaPublic(public, scheme) => {
@@ -572,7 +690,12 @@ fn rsa_modulus_len(pkcs1_public: &[u8]) -> usize {
         .unwrap_or(0)
 }
 
-fn finish_aes(key: &SecretBytes, mode: AesMode, encrypt: bool, mut data: SecretBytes) -> Result<Output, Rv> {
+fn finish_aes(
+    key: &SecretBytes,
+    mode: AesMode,
+    encrypt: bool,
+    mut data: SecretBytes,
+) -> Result<Output, Rv> {
     let key_bytes = key.expose();
     match mode {
         AesMode::CbcPad(iv) => {
@@ -581,9 +704,11 @@ fn finish_aes(key: &SecretBytes, mode: AesMode, encrypt: bool, mut data: SecretB
                 24 => &AES_192,
                 _ => &AES_256,
             };
-            let unbound = || UnboundCipherKey::new(algorithm, key_bytes).map_err(|_| Rv::KeyTypeInconsistent);
+            let unbound =
+                || UnboundCipherKey::new(algorithm, key_bytes).map_err(|_| Rv::KeyTypeInconsistent);
             if encrypt {
-                let cipher = PaddedBlockEncryptingKey::cbc_pkcs7(unbound()?).map_err(|_| Rv::FunctionFailed)?;
+                let cipher = PaddedBlockEncryptingKey::cbc_pkcs7(unbound()?)
+                    .map_err(|_| Rv::FunctionFailed)?;
                 let mut out = data.expose().to_vec();
                 cipher
                     .less_safe_encrypt(&mut out, EncryptionContext::Iv128(FixedLength::from(iv)))
@@ -591,12 +716,16 @@ fn finish_aes(key: &SecretBytes, mode: AesMode, encrypt: bool, mut data: SecretB
                 Ok(Output::Bytes(out))
             } else {
                 let length = data.len();
-                if length == 0 || length % 16 != 0 {
+                if length == 0 || !length.is_multiple_of(16) {
                     return Err(Rv::EncryptedDataLenRange);
                 }
-                let cipher = PaddedBlockDecryptingKey::cbc_pkcs7(unbound()?).map_err(|_| Rv::FunctionFailed)?;
+                let cipher = PaddedBlockDecryptingKey::cbc_pkcs7(unbound()?)
+                    .map_err(|_| Rv::FunctionFailed)?;
                 let plain_len = cipher
-                    .decrypt(data.expose_mut(), DecryptionContext::Iv128(FixedLength::from(iv)))
+                    .decrypt(
+                        data.expose_mut(),
+                        DecryptionContext::Iv128(FixedLength::from(iv)),
+                    )
                     .map_err(|_| Rv::EncryptedDataInvalid)?
                     .len();
                 data.expose_mut().truncate(plain_len);
@@ -609,8 +738,11 @@ fn finish_aes(key: &SecretBytes, mode: AesMode, encrypt: bool, mut data: SecretB
                 24 => &aead::AES_192_GCM,
                 _ => &aead::AES_256_GCM,
             };
-            let aead_key = LessSafeKey::new(UnboundKey::new(algorithm, key_bytes).map_err(|_| Rv::KeyTypeInconsistent)?);
-            let nonce = Nonce::try_assume_unique_for_key(&iv).map_err(|_| Rv::MechanismParamInvalid)?;
+            let aead_key = LessSafeKey::new(
+                UnboundKey::new(algorithm, key_bytes).map_err(|_| Rv::KeyTypeInconsistent)?,
+            );
+            let nonce =
+                Nonce::try_assume_unique_for_key(&iv).map_err(|_| Rv::MechanismParamInvalid)?;
             if encrypt {
                 let mut out = data.expose().to_vec();
                 aead_key

@@ -25,7 +25,10 @@ pub struct HsmOptions {
 
 impl Default for HsmOptions {
     fn default() -> Self {
-        HsmOptions { user_slots: 2, kdf_iterations: tessera_store::DEFAULT_KDF_ITERATIONS }
+        HsmOptions {
+            user_slots: 2,
+            kdf_iterations: tessera_store::DEFAULT_KDF_ITERATIONS,
+        }
     }
 }
 
@@ -49,7 +52,10 @@ pub enum HsmError {
 }
 
 fn file_error(path: &Path, e: impl std::fmt::Display) -> HsmError {
-    HsmError::File { path: path.to_path_buf(), reason: e.to_string() }
+    HsmError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
 }
 
 /// The storage key that seals the secrets of public token objects.
@@ -66,7 +72,9 @@ fn device_key(data_dir: &Path) -> Result<MasterKey, HsmError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = MasterKey::generate().map_err(|e| file_error(&path, e))?;
-            let record = key.wrap(b"tessera device key", iterations).map_err(|e| file_error(&path, e))?;
+            let record = key
+                .wrap(b"tessera device key", iterations)
+                .map_err(|e| file_error(&path, e))?;
             let bytes = postcard::to_stdvec(&record).map_err(|e| file_error(&path, e))?;
             let temporary = data_dir.join("device.key.new");
             let mut file = std::fs::OpenOptions::new()
@@ -76,7 +84,9 @@ fn device_key(data_dir: &Path) -> Result<MasterKey, HsmError> {
                 .mode(0o600)
                 .open(&temporary)
                 .map_err(|e| file_error(&temporary, e))?;
-            file.write_all(&bytes).and_then(|_| file.sync_all()).map_err(|e| file_error(&temporary, e))?;
+            file.write_all(&bytes)
+                .and_then(|_| file.sync_all())
+                .map_err(|e| file_error(&temporary, e))?;
             std::fs::rename(&temporary, &path).map_err(|e| file_error(&path, e))?;
             Ok(key)
         }
@@ -85,7 +95,8 @@ fn device_key(data_dir: &Path) -> Result<MasterKey, HsmError> {
 }
 
 fn random_serial() -> Result<String, HsmError> {
-    let bytes = crate::crypto::random(8).map_err(|_| HsmError::Options("random generator failed".into()))?;
+    let bytes = crate::crypto::random(8)
+        .map_err(|_| HsmError::Options("random generator failed".into()))?;
     let number = u64::from_le_bytes(bytes.try_into().unwrap_or([7; 8]));
     Ok(format!("{}", 1_000_000_000 + number % 9_000_000_000))
 }
@@ -113,7 +124,8 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
             device
         }
     };
-    let mut records: std::collections::BTreeMap<u64, TokenRecord> = store.tokens()?.into_iter().collect();
+    let mut records: std::collections::BTreeMap<u64, TokenRecord> =
+        store.tokens()?.into_iter().collect();
     let mut tokens = std::collections::BTreeMap::new();
     for slot in 0..=device.user_slots {
         let record = match records.remove(&slot) {
@@ -129,13 +141,24 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
             objects.insert(
                 id,
                 crate::Object {
-                    attributes: crate::object::Attributes::join(&stored.public, &tessera_core::Template::default()),
+                    attributes: crate::object::Attributes::join(
+                        &stored.public,
+                        &tessera_core::Template::default(),
+                    ),
                     sealed: stored.sealed,
                     owner: None,
                 },
             );
         }
-        tokens.insert(slot, Token { record, master: None, logins: Default::default(), objects });
+        tokens.insert(
+            slot,
+            Token {
+                record,
+                master: None,
+                logins: Default::default(),
+                objects,
+            },
+        );
     }
     Ok(Hsm {
         store,
@@ -228,9 +251,15 @@ impl Hsm {
         let label = if record.label.is_empty() {
             String::new()
         } else {
-            String::from_utf8_lossy(&record.label).trim_end().to_string()
+            String::from_utf8_lossy(&record.label)
+                .trim_end()
+                .to_string()
         };
-        let model = if slot == self.admin_slot() { "Tessera Admin" } else { MODEL };
+        let model = if slot == self.admin_slot() {
+            "Tessera Admin"
+        } else {
+            MODEL
+        };
         Ok(TokenInfo {
             label,
             manufacturer: MANUFACTURER.into(),
@@ -249,7 +278,12 @@ impl Hsm {
     }
 }
 
-fn pin_count_flags(failures: u32, low: ck::CK_FLAGS, final_try: ck::CK_FLAGS, locked: ck::CK_FLAGS) -> ck::CK_FLAGS {
+fn pin_count_flags(
+    failures: u32,
+    low: ck::CK_FLAGS,
+    final_try: ck::CK_FLAGS,
+    locked: ck::CK_FLAGS,
+) -> ck::CK_FLAGS {
     match failures {
         0 => 0,
         f if f >= MAX_PIN_FAILURES => locked,

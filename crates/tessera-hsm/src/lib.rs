@@ -135,7 +135,9 @@ impl Hsm {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock is a bug of ours; the state is still consistent
         // because every change is applied after its checks, so carry on.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Executes one request for `client`.
@@ -151,9 +153,15 @@ impl Hsm {
             }
             R::MechanismInfo { slot, mechanism } => {
                 self.check_slot(slot)?;
-                mechanisms::info(mechanism).map(Reply::Mechanism).ok_or(Rv::MechanismInvalid)
+                mechanisms::info(mechanism)
+                    .map(Reply::Mechanism)
+                    .ok_or(Rv::MechanismInvalid)
             }
-            R::InitToken { slot, so_pin, label } => self.init_token(slot, &so_pin, &label),
+            R::InitToken {
+                slot,
+                so_pin,
+                label,
+            } => self.init_token(slot, &so_pin, &label),
             R::OpenSession { slot, flags } => self.open_session(client, slot, flags),
             R::CloseSession { session } => {
                 let mut state = self.lock();
@@ -176,24 +184,36 @@ impl Hsm {
                 Ok(Reply::Done)
             }
             R::SessionInfo { session } => self.session_info(client, session).map(Reply::Session),
-            R::Login { session, user_type, pin } => self.login(client, session, user_type, &pin),
+            R::Login {
+                session,
+                user_type,
+                pin,
+            } => self.login(client, session, user_type, &pin),
             R::Logout { session } => self.logout(client, session),
             R::InitPin { session, pin } => self.init_pin(client, session, &pin),
-            R::SetPin { session, old_pin, new_pin } => {
-                self.set_pin(client, session, &old_pin, &new_pin)
-            }
+            R::SetPin {
+                session,
+                old_pin,
+                new_pin,
+            } => self.set_pin(client, session, &old_pin, &new_pin),
             R::CreateObject { session, template } => self.create_object(client, session, &template),
-            R::CopyObject { session, object, template } => {
-                self.copy_object(client, session, object, &template)
-            }
+            R::CopyObject {
+                session,
+                object,
+                template,
+            } => self.copy_object(client, session, object, &template),
             R::DestroyObject { session, object } => self.destroy_object(client, session, object),
             R::ObjectSize { session, object } => self.object_size(client, session, object),
-            R::GetAttributes { session, object, types } => {
-                self.get_attributes(client, session, object, &types)
-            }
-            R::SetAttributes { session, object, template } => {
-                self.set_attributes(client, session, object, &template)
-            }
+            R::GetAttributes {
+                session,
+                object,
+                types,
+            } => self.get_attributes(client, session, object, &types),
+            R::SetAttributes {
+                session,
+                object,
+                template,
+            } => self.set_attributes(client, session, object, &template),
             R::FindObjectsInit { session, template } => self.find_init(client, session, &template),
             R::FindObjects { session, max } => self.find_next(client, session, max),
             R::FindObjectsFinal { session } => {
@@ -202,24 +222,45 @@ impl Hsm {
                 session.find.take().ok_or(Rv::OperationNotInitialized)?;
                 Ok(Reply::Done)
             }
-            R::OperationInit { session, operation, mechanism, key } => {
-                self.operation_init(client, session, operation, &mechanism, key)
-            }
-            R::OperationSingle { session, operation, data, signature } => {
-                self.operation_single(client, session, operation, &data, &signature)
-            }
-            R::OperationUpdate { session, operation, data } => {
-                self.operation_update(client, session, operation, &data)
-            }
-            R::OperationFinal { session, operation, signature } => {
-                self.operation_final(client, session, operation, &signature)
-            }
-            R::GenerateKey { session, mechanism, template } => {
-                self.generate_key(client, session, &mechanism, &template)
-            }
-            R::GenerateKeyPair { session, mechanism, public_template, private_template } => {
-                self.generate_key_pair(client, session, &mechanism, &public_template, &private_template)
-            }
+            R::OperationInit {
+                session,
+                operation,
+                mechanism,
+                key,
+            } => self.operation_init(client, session, operation, &mechanism, key),
+            R::OperationSingle {
+                session,
+                operation,
+                data,
+                signature,
+            } => self.operation_single(client, session, operation, &data, &signature),
+            R::OperationUpdate {
+                session,
+                operation,
+                data,
+            } => self.operation_update(client, session, operation, &data),
+            R::OperationFinal {
+                session,
+                operation,
+                signature,
+            } => self.operation_final(client, session, operation, &signature),
+            R::GenerateKey {
+                session,
+                mechanism,
+                template,
+            } => self.generate_key(client, session, &mechanism, &template),
+            R::GenerateKeyPair {
+                session,
+                mechanism,
+                public_template,
+                private_template,
+            } => self.generate_key_pair(
+                client,
+                session,
+                &mechanism,
+                &public_template,
+                &private_template,
+            ),
             R::GenerateRandom { session, len } => {
                 self.lock().session(client, session)?;
                 if len > (8 << 20) {
@@ -263,7 +304,9 @@ impl State {
     pub(crate) fn close_session(&mut self, handle: u64) {
         if let Some(session) = self.sessions.remove(&handle) {
             if let Some(token) = self.tokens.get_mut(&session.slot) {
-                token.objects.retain(|_, o| o.owner != Some((session.client, handle)));
+                token
+                    .objects
+                    .retain(|_, o| o.owner != Some((session.client, handle)));
                 let still_open = self
                     .sessions
                     .values()

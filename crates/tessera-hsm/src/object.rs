@@ -47,7 +47,9 @@ impl Attributes {
 
     /// Sets a default when absent.
     fn default_flag(&mut self, ty: ck::CK_ATTRIBUTE_TYPE, value: bool) {
-        self.0.entry(ty as u64).or_insert_with(|| vec![u8::from(value)]);
+        self.0
+            .entry(ty as u64)
+            .or_insert_with(|| vec![u8::from(value)]);
     }
 
     fn default_bytes(&mut self, ty: ck::CK_ATTRIBUTE_TYPE) {
@@ -75,7 +77,10 @@ impl Attributes {
         let (secret, public): (Vec<_>, Vec<_>) = self
             .0
             .iter()
-            .map(|(ty, value)| Attribute { ty: *ty, value: value.clone() })
+            .map(|(ty, value)| Attribute {
+                ty: *ty,
+                value: value.clone(),
+            })
             .partition(|a| is_secret(class, a.ty));
         (Template(public), Template(secret))
     }
@@ -262,8 +267,13 @@ const SETTABLE: &[ck::CK_ATTRIBUTE_TYPE] = &[
 ];
 
 /// Attributes that `C_CopyObject` may change in addition to the settable ones.
-const COPY_SETTABLE: &[ck::CK_ATTRIBUTE_TYPE] =
-    &[ck::CKA_TOKEN, ck::CKA_PRIVATE, ck::CKA_MODIFIABLE, ck::CKA_COPYABLE, ck::CKA_DESTROYABLE];
+const COPY_SETTABLE: &[ck::CK_ATTRIBUTE_TYPE] = &[
+    ck::CKA_TOKEN,
+    ck::CKA_PRIVATE,
+    ck::CKA_MODIFIABLE,
+    ck::CKA_COPYABLE,
+    ck::CKA_DESTROYABLE,
+];
 
 /// Checks one change of an existing object's attribute (`copy`: in `C_CopyObject`).
 pub fn check_change(
@@ -309,7 +319,10 @@ pub fn check_change(
 pub fn complete(attributes: &mut Attributes, generated: Option<u64>) -> Result<(), Rv> {
     let class = attributes.class();
     attributes.default_flag(ck::CKA_TOKEN, false);
-    let private_default = matches!(class as ck::CK_OBJECT_CLASS, ck::CKO_PRIVATE_KEY | ck::CKO_SECRET_KEY);
+    let private_default = matches!(
+        class as ck::CK_OBJECT_CLASS,
+        ck::CKO_PRIVATE_KEY | ck::CKO_SECRET_KEY
+    );
     attributes.default_flag(ck::CKA_PRIVATE, private_default);
     attributes.default_flag(ck::CKA_MODIFIABLE, true);
     attributes.default_flag(ck::CKA_COPYABLE, true);
@@ -460,29 +473,56 @@ mod tests {
         assert!(!key.flag(ck::CKA_LOCAL) && !key.flag(ck::CKA_ALWAYS_SENSITIVE));
         assert_eq!(key.ulong(ck::CKA_KEY_GEN_MECHANISM), Some(UNAVAILABLE));
         let unsensitive = Attribute::bool(ck::CKA_SENSITIVE, false);
-        assert_eq!(check_change(&key, &unsensitive, false, false), Err(Rv::AttributeReadOnly));
+        assert_eq!(
+            check_change(&key, &unsensitive, false, false),
+            Err(Rv::AttributeReadOnly)
+        );
         let value = Attribute::bytes(ck::CKA_VALUE, &[1u8; 16]);
-        assert_eq!(check_change(&key, &value, false, false), Err(Rv::AttributeReadOnly));
+        assert_eq!(
+            check_change(&key, &value, false, false),
+            Err(Rv::AttributeReadOnly)
+        );
         let label = Attribute::bytes(ck::CKA_LABEL, b"x");
         assert_eq!(check_change(&key, &label, false, false), Ok(()));
         let token = Attribute::bool(ck::CKA_TOKEN, true);
-        assert_eq!(check_change(&key, &token, false, false), Err(Rv::AttributeReadOnly));
+        assert_eq!(
+            check_change(&key, &token, false, false),
+            Err(Rv::AttributeReadOnly)
+        );
         assert_eq!(check_change(&key, &token, true, false), Ok(()));
         let plain = secret_key(vec![Attribute::bool(ck::CKA_EXTRACTABLE, false)]);
         let extract = Attribute::bool(ck::CKA_EXTRACTABLE, true);
-        assert_eq!(check_change(&plain, &extract, false, false), Err(Rv::AttributeReadOnly));
+        assert_eq!(
+            check_change(&plain, &extract, false, false),
+            Err(Rv::AttributeReadOnly)
+        );
     }
 
     #[test]
     fn templates_are_checked() {
         let wrong_type = Template(vec![Attribute::bytes(ck::CKA_MODULUS, b"x")]);
-        assert_eq!(from_template(&wrong_type, ck::CKO_SECRET_KEY).err(), Some(Rv::AttributeTypeInvalid));
+        assert_eq!(
+            from_template(&wrong_type, ck::CKO_SECRET_KEY).err(),
+            Some(Rv::AttributeTypeInvalid)
+        );
         let bad_bool = Template(vec![Attribute::bytes(ck::CKA_TOKEN, &[1, 1])]);
-        assert_eq!(from_template(&bad_bool, ck::CKO_DATA).err(), Some(Rv::AttributeValueInvalid));
-        let conflict = Template(vec![Attribute::bool(ck::CKA_TOKEN, true), Attribute::bool(ck::CKA_TOKEN, false)]);
-        assert_eq!(from_template(&conflict, ck::CKO_DATA).err(), Some(Rv::TemplateInconsistent));
+        assert_eq!(
+            from_template(&bad_bool, ck::CKO_DATA).err(),
+            Some(Rv::AttributeValueInvalid)
+        );
+        let conflict = Template(vec![
+            Attribute::bool(ck::CKA_TOKEN, true),
+            Attribute::bool(ck::CKA_TOKEN, false),
+        ]);
+        assert_eq!(
+            from_template(&conflict, ck::CKO_DATA).err(),
+            Some(Rv::TemplateInconsistent)
+        );
         let mut no_key_type = from_template(&Template::default(), ck::CKO_SECRET_KEY).unwrap();
-        assert_eq!(complete(&mut no_key_type, None), Err(Rv::TemplateIncomplete));
+        assert_eq!(
+            complete(&mut no_key_type, None),
+            Err(Rv::TemplateIncomplete)
+        );
         let (public, secret) = secret_key(vec![]).split();
         assert!(secret.find(ck::CKA_VALUE).is_some());
         assert!(public.find(ck::CKA_VALUE).is_none());

@@ -35,7 +35,13 @@ impl Hsm {
     }
 
     /// All attributes of an object, secrets unsealed.
-    pub(crate) fn full_attributes(&self, token: &Token, slot: u64, id: u64, object: &Object) -> Result<Attributes, Rv> {
+    pub(crate) fn full_attributes(
+        &self,
+        token: &Token,
+        slot: u64,
+        id: u64,
+        object: &Object,
+    ) -> Result<Attributes, Rv> {
         let mut attributes = object.attributes.clone();
         if let Some(sealed) = &object.sealed {
             let key = self.sealing_key(token, object.attributes.flag(ck::CKA_PRIVATE))?;
@@ -43,7 +49,8 @@ impl Hsm {
                 tracing::error!(slot, id, "a stored object failed authentication");
                 Rv::DeviceError
             })?;
-            let secrets: Template = postcard::from_bytes(plain.expose()).map_err(|_| Rv::DeviceError)?;
+            let secrets: Template =
+                postcard::from_bytes(plain.expose()).map_err(|_| Rv::DeviceError)?;
             for a in secrets.iter() {
                 attributes.set(a.ty, a.value.clone());
             }
@@ -52,7 +59,12 @@ impl Hsm {
     }
 
     /// Finds a visible object of the session's token.
-    fn object_of<'s>(state: &'s State, client: u64, session: u64, handle: u64) -> Result<(u64, &'s Token, &'s Object), Rv> {
+    fn object_of(
+        state: &State,
+        client: u64,
+        session: u64,
+        handle: u64,
+    ) -> Result<(u64, &Token, &Object), Rv> {
         let slot = state.session(client, session)?.slot;
         let token = state.token(slot)?;
         let object = token
@@ -64,7 +76,12 @@ impl Hsm {
     }
 
     /// Checks that the client may create an object with these attributes in this session.
-    fn check_create(state: &State, client: u64, session: u64, attributes: &Attributes) -> Result<u64, Rv> {
+    fn check_create(
+        state: &State,
+        client: u64,
+        session: u64,
+        attributes: &Attributes,
+    ) -> Result<u64, Rv> {
         let session = state.session(client, session)?;
         let login = state.token(session.slot)?.login_of(client);
         if attributes.flag(ck::CKA_TOKEN) && !session.read_write {
@@ -80,12 +97,26 @@ impl Hsm {
     }
 
     /// Stores a new object (token objects durably) and returns its handle.
-    fn insert(&self, state: &mut State, client: u64, session: u64, slot: u64, attributes: Attributes) -> Result<u64, Rv> {
+    fn insert(
+        &self,
+        state: &mut State,
+        client: u64,
+        session: u64,
+        slot: u64,
+        attributes: Attributes,
+    ) -> Result<u64, Rv> {
         if !attributes.flag(ck::CKA_TOKEN) {
             state.next_session_object += 1;
             let handle = state.next_session_object;
             let token = state.token_mut(slot)?;
-            token.objects.insert(handle, Object { attributes, sealed: None, owner: Some((client, session)) });
+            token.objects.insert(
+                handle,
+                Object {
+                    attributes,
+                    sealed: None,
+                    owner: Some((client, session)),
+                },
+            );
             return Ok(handle);
         }
         let token = state.token(slot)?;
@@ -96,29 +127,54 @@ impl Hsm {
             .store
             .insert_object(slot, |id| {
                 if !secret.0.is_empty() {
-                    let plain = tessera_core::SecretBytes::new(postcard::to_stdvec(&secret).unwrap_or_default());
+                    let plain = tessera_core::SecretBytes::new(
+                        postcard::to_stdvec(&secret).unwrap_or_default(),
+                    );
                     let blob = key
                         .seal(&seal_aad(slot, id), plain.expose())
                         .map_err(|e| tessera_store::StoreError::Storage(e.to_string()))?;
                     sealed = Some(blob);
                 }
-                Ok(StoredObject { public: public.clone(), sealed: sealed.clone() })
+                Ok(StoredObject {
+                    public: public.clone(),
+                    sealed: sealed.clone(),
+                })
             })
             .map_err(|e| {
                 tracing::error!(slot, error = %e, "cannot store an object");
                 Rv::DeviceError
             })?;
         let public_only = Attributes::join(&public, &Template::default());
-        state.token_mut(slot)?.objects.insert(id, Object { attributes: public_only, sealed, owner: None });
+        state.token_mut(slot)?.objects.insert(
+            id,
+            Object {
+                attributes: public_only,
+                sealed,
+                owner: None,
+            },
+        );
         Ok(id)
     }
 
-    fn replace(&self, state: &mut State, slot: u64, handle: u64, attributes: Attributes) -> Result<(), Rv> {
+    fn replace(
+        &self,
+        state: &mut State,
+        slot: u64,
+        handle: u64,
+        attributes: Attributes,
+    ) -> Result<(), Rv> {
         let token = state.token(slot)?;
         let object = token.objects.get(&handle).ok_or(Rv::ObjectHandleInvalid)?;
         if object.owner.is_some() {
             let owner = object.owner;
-            state.token_mut(slot)?.objects.insert(handle, Object { attributes, sealed: None, owner });
+            state.token_mut(slot)?.objects.insert(
+                handle,
+                Object {
+                    attributes,
+                    sealed: None,
+                    owner,
+                },
+            );
             return Ok(());
         }
         let key = self.sealing_key(token, attributes.flag(ck::CKA_PRIVATE))?;
@@ -126,27 +182,57 @@ impl Hsm {
         let sealed = if secret.0.is_empty() {
             None
         } else {
-            let plain = tessera_core::SecretBytes::new(postcard::to_stdvec(&secret).unwrap_or_default());
-            Some(key.seal(&seal_aad(slot, handle), plain.expose()).map_err(|_| Rv::FunctionFailed)?)
+            let plain =
+                tessera_core::SecretBytes::new(postcard::to_stdvec(&secret).unwrap_or_default());
+            Some(
+                key.seal(&seal_aad(slot, handle), plain.expose())
+                    .map_err(|_| Rv::FunctionFailed)?,
+            )
         };
-        let stored = StoredObject { public: public.clone(), sealed: sealed.clone() };
-        self.store.replace_object(slot, handle, &stored).map_err(|_| Rv::DeviceError)?;
+        let stored = StoredObject {
+            public: public.clone(),
+            sealed: sealed.clone(),
+        };
+        self.store
+            .replace_object(slot, handle, &stored)
+            .map_err(|_| Rv::DeviceError)?;
         let public_only = Attributes::join(&public, &Template::default());
-        state.token_mut(slot)?.objects.insert(handle, Object { attributes: public_only, sealed, owner: None });
+        state.token_mut(slot)?.objects.insert(
+            handle,
+            Object {
+                attributes: public_only,
+                sealed,
+                owner: None,
+            },
+        );
         Ok(())
     }
 
-    pub(crate) fn create_object(&self, client: u64, session: u64, template: &Template) -> Result<Reply, Rv> {
-        let class = template.ulong(ck::CKA_CLASS)?.ok_or(Rv::TemplateIncomplete)?;
+    pub(crate) fn create_object(
+        &self,
+        client: u64,
+        session: u64,
+        template: &Template,
+    ) -> Result<Reply, Rv> {
+        let class = template
+            .ulong(ck::CKA_CLASS)?
+            .ok_or(Rv::TemplateIncomplete)?;
         let mut attributes = object::from_template(template, class)?;
         object::complete(&mut attributes, None)?;
         check_imported_key(&mut attributes, template)?;
         let mut state = self.lock();
         let slot = Self::check_create(&state, client, session, &attributes)?;
-        self.insert(&mut state, client, session, slot, attributes).map(Reply::Handle)
+        self.insert(&mut state, client, session, slot, attributes)
+            .map(Reply::Handle)
     }
 
-    pub(crate) fn copy_object(&self, client: u64, session: u64, handle: u64, template: &Template) -> Result<Reply, Rv> {
+    pub(crate) fn copy_object(
+        &self,
+        client: u64,
+        session: u64,
+        handle: u64,
+        template: &Template,
+    ) -> Result<Reply, Rv> {
         let mut state = self.lock();
         let (slot, token, object) = Self::object_of(&state, client, session, handle)?;
         if !object.attributes.flag(ck::CKA_COPYABLE) {
@@ -161,10 +247,16 @@ impl Hsm {
             attributes.set(change.ty, change.value.clone());
         }
         let slot = Self::check_create(&state, client, session, &attributes)?;
-        self.insert(&mut state, client, session, slot, attributes).map(Reply::Handle)
+        self.insert(&mut state, client, session, slot, attributes)
+            .map(Reply::Handle)
     }
 
-    pub(crate) fn destroy_object(&self, client: u64, session: u64, handle: u64) -> Result<Reply, Rv> {
+    pub(crate) fn destroy_object(
+        &self,
+        client: u64,
+        session: u64,
+        handle: u64,
+    ) -> Result<Reply, Rv> {
         let mut state = self.lock();
         let (slot, _, object) = Self::object_of(&state, client, session, handle)?;
         if !object.attributes.flag(ck::CKA_DESTROYABLE) {
@@ -175,7 +267,9 @@ impl Hsm {
             if !state.session(client, session)?.read_write {
                 return Err(Rv::SessionReadOnly);
             }
-            self.store.remove_object(slot, handle).map_err(|_| Rv::DeviceError)?;
+            self.store
+                .remove_object(slot, handle)
+                .map_err(|_| Rv::DeviceError)?;
         }
         state.token_mut(slot)?.objects.remove(&handle);
         Ok(Reply::Done)
@@ -188,13 +282,24 @@ impl Hsm {
         Ok(Reply::Number(object.attributes.size() + sealed))
     }
 
-    pub(crate) fn get_attributes(&self, client: u64, session: u64, handle: u64, types: &[u64]) -> Result<Reply, Rv> {
+    pub(crate) fn get_attributes(
+        &self,
+        client: u64,
+        session: u64,
+        handle: u64,
+        types: &[u64],
+    ) -> Result<Reply, Rv> {
         let state = self.lock();
         let (slot, token, object) = Self::object_of(&state, client, session, handle)?;
         let class = object.attributes.class();
-        let hidden = object.attributes.flag(ck::CKA_SENSITIVE) || !object.attributes.flag(ck::CKA_EXTRACTABLE);
+        let hidden = object.attributes.flag(ck::CKA_SENSITIVE)
+            || !object.attributes.flag(ck::CKA_EXTRACTABLE);
         let needs_secrets = types.iter().any(|ty| object::is_secret(class, *ty)) && !hidden;
-        let full = if needs_secrets { Some(self.full_attributes(token, slot, handle, object)?) } else { None };
+        let full = if needs_secrets {
+            Some(self.full_attributes(token, slot, handle, object)?)
+        } else {
+            None
+        };
         let attributes = full.as_ref().unwrap_or(&object.attributes);
         let answers = types
             .iter()
@@ -212,7 +317,13 @@ impl Hsm {
         Ok(Reply::Attributes(answers))
     }
 
-    pub(crate) fn set_attributes(&self, client: u64, session: u64, handle: u64, template: &Template) -> Result<Reply, Rv> {
+    pub(crate) fn set_attributes(
+        &self,
+        client: u64,
+        session: u64,
+        handle: u64,
+        template: &Template,
+    ) -> Result<Reply, Rv> {
         let mut state = self.lock();
         let (slot, token, object) = Self::object_of(&state, client, session, handle)?;
         if object.owner.is_none() && !state.session(client, session)?.read_write {
@@ -233,7 +344,12 @@ impl Hsm {
         Ok(Reply::Done)
     }
 
-    pub(crate) fn find_init(&self, client: u64, session: u64, template: &Template) -> Result<Reply, Rv> {
+    pub(crate) fn find_init(
+        &self,
+        client: u64,
+        session: u64,
+        template: &Template,
+    ) -> Result<Reply, Rv> {
         let mut state = self.lock();
         let current = state.session(client, session)?;
         if current.find.is_some() {
@@ -243,7 +359,9 @@ impl Hsm {
         let found: Vec<u64> = token
             .objects
             .iter()
-            .filter(|(_, o)| visible(token, client, o) && object::matches(&o.attributes, template, false))
+            .filter(|(_, o)| {
+                visible(token, client, o) && object::matches(&o.attributes, template, false)
+            })
             .map(|(h, _)| *h)
             .collect();
         state.session_mut(client, session)?.find = Some(found);
@@ -252,12 +370,22 @@ impl Hsm {
 
     pub(crate) fn find_next(&self, client: u64, session: u64, max: u64) -> Result<Reply, Rv> {
         let mut state = self.lock();
-        let found = state.session_mut(client, session)?.find.as_mut().ok_or(Rv::OperationNotInitialized)?;
+        let found = state
+            .session_mut(client, session)?
+            .find
+            .as_mut()
+            .ok_or(Rv::OperationNotInitialized)?;
         let take = (max as usize).min(found.len());
         Ok(Reply::Handles(found.drain(..take).collect()))
     }
 
-    pub(crate) fn generate_key(&self, client: u64, session: u64, mechanism: &Mechanism, template: &Template) -> Result<Reply, Rv> {
+    pub(crate) fn generate_key(
+        &self,
+        client: u64,
+        session: u64,
+        mechanism: &Mechanism,
+        template: &Template,
+    ) -> Result<Reply, Rv> {
         if mechanism.ty != ck::CKM_AES_KEY_GEN as u64 {
             return Err(Rv::MechanismInvalid);
         }
@@ -265,13 +393,18 @@ impl Hsm {
             return Err(Rv::MechanismParamInvalid);
         }
         let mut attributes = object::from_template(template, ck::CKO_SECRET_KEY as u64)?;
-        if attributes.ulong(ck::CKA_KEY_TYPE).is_some_and(|t| t != ck::CKK_AES as u64) {
+        if attributes
+            .ulong(ck::CKA_KEY_TYPE)
+            .is_some_and(|t| t != ck::CKK_AES as u64)
+        {
             return Err(Rv::TemplateInconsistent);
         }
         if attributes.has(ck::CKA_VALUE) {
             return Err(Rv::TemplateInconsistent);
         }
-        let length = attributes.ulong(ck::CKA_VALUE_LEN).ok_or(Rv::TemplateIncomplete)?;
+        let length = attributes
+            .ulong(ck::CKA_VALUE_LEN)
+            .ok_or(Rv::TemplateIncomplete)?;
         if !matches!(length, 16 | 24 | 32) {
             return Err(Rv::AttributeValueInvalid);
         }
@@ -280,7 +413,8 @@ impl Hsm {
         object::complete(&mut attributes, Some(mechanism.ty))?;
         let mut state = self.lock();
         let slot = Self::check_create(&state, client, session, &attributes)?;
-        self.insert(&mut state, client, session, slot, attributes).map(Reply::Handle)
+        self.insert(&mut state, client, session, slot, attributes)
+            .map(Reply::Handle)
     }
 
     pub(crate) fn generate_key_pair(
@@ -302,7 +436,10 @@ impl Hsm {
             _ => return Err(Rv::MechanismInvalid),
         };
         for attributes in [&mut public, &mut private] {
-            if attributes.ulong(ck::CKA_KEY_TYPE).is_some_and(|t| t != key_type as u64) {
+            if attributes
+                .ulong(ck::CKA_KEY_TYPE)
+                .is_some_and(|t| t != key_type as u64)
+            {
                 return Err(Rv::TemplateInconsistent);
             }
             attributes.set_ulong(ck::CKA_KEY_TYPE, key_type as u64);
@@ -316,7 +453,9 @@ impl Hsm {
         let (public_parts, private_parts) = if key_type == ck::CKK_EC {
             crypto::generate_ec(public.get(ck::CKA_EC_PARAMS))?
         } else {
-            let bits = public.ulong(ck::CKA_MODULUS_BITS).ok_or(Rv::TemplateIncomplete)?;
+            let bits = public
+                .ulong(ck::CKA_MODULUS_BITS)
+                .ok_or(Rv::TemplateIncomplete)?;
             public.set_ulong(ck::CKA_MODULUS_BITS, bits);
             crypto::generate_rsa(bits, public.get(ck::CKA_PUBLIC_EXPONENT))?
         };
@@ -337,7 +476,11 @@ impl Hsm {
             Err(rv) => {
                 // Do not leave half a pair behind.
                 if let Ok(token) = state.token_mut(slot) {
-                    if token.objects.remove(&public_handle).is_some_and(|o| o.owner.is_none()) {
+                    if token
+                        .objects
+                        .remove(&public_handle)
+                        .is_some_and(|o| o.owner.is_none())
+                    {
                         let _ = self.store.remove_object(slot, public_handle);
                     }
                 }
@@ -350,7 +493,10 @@ impl Hsm {
 /// Checks the key material of a key created with `C_CreateObject` and fills derived attributes.
 fn check_imported_key(attributes: &mut Attributes, template: &Template) -> Result<(), Rv> {
     let class = attributes.class() as ck::CK_OBJECT_CLASS;
-    if !matches!(class, ck::CKO_SECRET_KEY | ck::CKO_PUBLIC_KEY | ck::CKO_PRIVATE_KEY) {
+    if !matches!(
+        class,
+        ck::CKO_SECRET_KEY | ck::CKO_PUBLIC_KEY | ck::CKO_PRIVATE_KEY
+    ) {
         return Ok(());
     }
     let key_type = attributes.key_type() as ck::CK_KEY_TYPE;
@@ -359,7 +505,10 @@ fn check_imported_key(attributes: &mut Attributes, template: &Template) -> Resul
             if template.find(ck::CKA_VALUE_LEN).is_some() {
                 return Err(Rv::TemplateInconsistent);
             }
-            let length = attributes.get(ck::CKA_VALUE).ok_or(Rv::TemplateIncomplete)?.len();
+            let length = attributes
+                .get(ck::CKA_VALUE)
+                .ok_or(Rv::TemplateIncomplete)?
+                .len();
             if (key_type == ck::CKK_AES && !matches!(length, 16 | 24 | 32)) || length == 0 {
                 return Err(Rv::AttributeValueInvalid);
             }
@@ -367,11 +516,13 @@ fn check_imported_key(attributes: &mut Attributes, template: &Template) -> Resul
         }
         (ck::CKO_PUBLIC_KEY, ck::CKK_EC) => {
             object::require(attributes, &[ck::CKA_EC_PARAMS, ck::CKA_EC_POINT])?;
-            crypto::curve_bits(attributes.get(ck::CKA_EC_PARAMS).unwrap_or_default()).ok_or(Rv::CurveNotSupported)?;
+            crypto::curve_bits(attributes.get(ck::CKA_EC_PARAMS).unwrap_or_default())
+                .ok_or(Rv::CurveNotSupported)?;
         }
         (ck::CKO_PRIVATE_KEY, ck::CKK_EC) => {
             object::require(attributes, &[ck::CKA_EC_PARAMS, ck::CKA_VALUE])?;
-            crypto::curve_bits(attributes.get(ck::CKA_EC_PARAMS).unwrap_or_default()).ok_or(Rv::CurveNotSupported)?;
+            crypto::curve_bits(attributes.get(ck::CKA_EC_PARAMS).unwrap_or_default())
+                .ok_or(Rv::CurveNotSupported)?;
             crypto::check_ec_private(attributes)?;
         }
         (ck::CKO_PUBLIC_KEY, ck::CKK_RSA) => {

@@ -45,7 +45,10 @@ impl Hsm {
                 .filter(|o| visible(token, client, o))
                 .ok_or(Rv::KeyHandleInvalid)?;
             let attributes = self.full_attributes(token, slot, key, object)?;
-            if let Some(allowed) = attributes.get(ck::CKA_ALLOWED_MECHANISMS).filter(|a| !a.is_empty()) {
+            if let Some(allowed) = attributes
+                .get(ck::CKA_ALLOWED_MECHANISMS)
+                .filter(|a| !a.is_empty())
+            {
                 let listed = allowed
                     .chunks_exact(8)
                     .any(|m| m.try_into().map(u64::from_le_bytes).ok() == Some(mechanism.ty));
@@ -61,11 +64,19 @@ impl Hsm {
                 Operation::Digest => return Err(Rv::GeneralError),
             }
         };
-        state.session_mut(client, session)?.operations.insert(operation, active);
+        state
+            .session_mut(client, session)?
+            .operations
+            .insert(operation, active);
         Ok(Reply::Done)
     }
 
-    fn take(&self, client: u64, session: u64, operation: Operation) -> Result<crypto::Operation, Rv> {
+    fn take(
+        &self,
+        client: u64,
+        session: u64,
+        operation: Operation,
+    ) -> Result<crypto::Operation, Rv> {
         let mut state = self.lock();
         state
             .session_mut(client, session)?
@@ -87,7 +98,13 @@ impl Hsm {
         active.finish(signature).map(reply)
     }
 
-    pub(crate) fn operation_update(&self, client: u64, session: u64, operation: Operation, data: &[u8]) -> Result<Reply, Rv> {
+    pub(crate) fn operation_update(
+        &self,
+        client: u64,
+        session: u64,
+        operation: Operation,
+        data: &[u8],
+    ) -> Result<Reply, Rv> {
         let mut active = self.take(client, session, operation)?;
         active.update(data)?;
         let mut state = self.lock();
@@ -100,7 +117,13 @@ impl Hsm {
         })
     }
 
-    pub(crate) fn operation_final(&self, client: u64, session: u64, operation: Operation, signature: &[u8]) -> Result<Reply, Rv> {
+    pub(crate) fn operation_final(
+        &self,
+        client: u64,
+        session: u64,
+        operation: Operation,
+        signature: &[u8],
+    ) -> Result<Reply, Rv> {
         let active = self.take(client, session, operation)?;
         active.finish(signature).map(reply)
     }

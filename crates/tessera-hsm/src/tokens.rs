@@ -48,7 +48,11 @@ impl Hsm {
         let outcome = MasterKey::unwrap(&record, pin.expose());
         let mut state = self.lock();
         let token = state.token_mut(slot)?;
-        let counter = if so { &mut token.record.so_failures } else { &mut token.record.user_failures };
+        let counter = if so {
+            &mut token.record.so_failures
+        } else {
+            &mut token.record.user_failures
+        };
         let before = *counter;
         let result = match outcome {
             Ok(key) => {
@@ -68,7 +72,12 @@ impl Hsm {
         result
     }
 
-    pub(crate) fn init_token(&self, slot: u64, so_pin: &SecretBytes, label: &[u8]) -> Result<Reply, Rv> {
+    pub(crate) fn init_token(
+        &self,
+        slot: u64,
+        so_pin: &SecretBytes,
+        label: &[u8],
+    ) -> Result<Reply, Rv> {
         self.check_slot(slot)?;
         check_pin_length(so_pin)?;
         if label.len() > 32 {
@@ -91,7 +100,9 @@ impl Hsm {
 
     fn reset_token(&self, slot: u64, so_pin: &SecretBytes, label: &[u8]) -> Result<Reply, Rv> {
         let master = MasterKey::generate().map_err(|_| Rv::FunctionFailed)?;
-        let so_record = master.wrap(so_pin.expose(), self.kdf_iterations).map_err(|_| Rv::FunctionFailed)?;
+        let so_record = master
+            .wrap(so_pin.expose(), self.kdf_iterations)
+            .map_err(|_| Rv::FunctionFailed)?;
         let mut label = label.to_vec();
         label.resize(32, b' ');
         let record = tessera_store::TokenRecord {
@@ -137,7 +148,11 @@ impl Hsm {
         // Handles stay below 2^32 so the library can put its device number above them.
         let mut handle = state.next_session;
         loop {
-            handle = if handle >= u64::from(u32::MAX) { 1 } else { handle + 1 };
+            handle = if handle >= u64::from(u32::MAX) {
+                1
+            } else {
+                handle + 1
+            };
             if !state.sessions.contains_key(&handle) {
                 break;
             }
@@ -171,10 +186,21 @@ impl Hsm {
         if session.read_write {
             flags |= ck::CKF_RW_SESSION;
         }
-        Ok(SessionInfo { slot: session.slot, state: state_code as u64, flags: flags as u64, device_error: 0 })
+        Ok(SessionInfo {
+            slot: session.slot,
+            state: state_code as u64,
+            flags: flags as u64,
+            device_error: 0,
+        })
     }
 
-    pub(crate) fn login(&self, client: u64, handle: u64, user_type: u64, pin: &SecretBytes) -> Result<Reply, Rv> {
+    pub(crate) fn login(
+        &self,
+        client: u64,
+        handle: u64,
+        user_type: u64,
+        pin: &SecretBytes,
+    ) -> Result<Reply, Rv> {
         let slot = {
             let state = self.lock();
             let session = state.session(client, handle)?;
@@ -188,7 +214,10 @@ impl Hsm {
                         Some(Login::User) => return Err(Rv::UserAnotherAlreadyLoggedIn),
                         None => {}
                     }
-                    let read_only = state.sessions.values().any(|s| s.client == client && s.slot == slot && !s.read_write);
+                    let read_only = state
+                        .sessions
+                        .values()
+                        .any(|s| s.client == client && s.slot == slot && !s.read_write);
                     if read_only {
                         return Err(Rv::SessionReadOnlyExists);
                     }
@@ -214,7 +243,9 @@ impl Hsm {
         }
         let mut state = self.lock();
         let token = state.token_mut(slot)?;
-        token.logins.insert(client, if so { Login::So } else { Login::User });
+        token
+            .logins
+            .insert(client, if so { Login::So } else { Login::User });
         token.master.get_or_insert(master);
         Ok(Reply::Done)
     }
@@ -228,14 +259,23 @@ impl Hsm {
         }
         token.logout(client);
         // Operations on private keys cannot outlive the login.
-        for session in state.sessions.values_mut().filter(|s| s.client == client && s.slot == slot) {
+        for session in state
+            .sessions
+            .values_mut()
+            .filter(|s| s.client == client && s.slot == slot)
+        {
             session.operations.clear();
             session.find = None;
         }
         Ok(Reply::Done)
     }
 
-    pub(crate) fn init_pin(&self, client: u64, handle: u64, pin: &SecretBytes) -> Result<Reply, Rv> {
+    pub(crate) fn init_pin(
+        &self,
+        client: u64,
+        handle: u64,
+        pin: &SecretBytes,
+    ) -> Result<Reply, Rv> {
         check_pin_length(pin)?;
         let mut state = self.lock();
         let session = state.session(client, handle)?;
@@ -245,7 +285,9 @@ impl Hsm {
             return Err(Rv::UserNotLoggedIn);
         }
         let master = token.master.as_ref().ok_or(Rv::UserNotLoggedIn)?;
-        let record = master.wrap(pin.expose(), self.kdf_iterations).map_err(|_| Rv::FunctionFailed)?;
+        let record = master
+            .wrap(pin.expose(), self.kdf_iterations)
+            .map_err(|_| Rv::FunctionFailed)?;
         token.record.user_pin = Some(record);
         token.record.user_failures = 0;
         let record = token.record.clone();
@@ -253,7 +295,13 @@ impl Hsm {
         Ok(Reply::Done)
     }
 
-    pub(crate) fn set_pin(&self, client: u64, handle: u64, old: &SecretBytes, new: &SecretBytes) -> Result<Reply, Rv> {
+    pub(crate) fn set_pin(
+        &self,
+        client: u64,
+        handle: u64,
+        old: &SecretBytes,
+        new: &SecretBytes,
+    ) -> Result<Reply, Rv> {
         check_pin_length(new)?;
         let (slot, so) = {
             let state = self.lock();
@@ -265,7 +313,9 @@ impl Hsm {
             (session.slot, so)
         };
         let master = self.verify_pin(slot, so, old)?;
-        let record = master.wrap(new.expose(), self.kdf_iterations).map_err(|_| Rv::FunctionFailed)?;
+        let record = master
+            .wrap(new.expose(), self.kdf_iterations)
+            .map_err(|_| Rv::FunctionFailed)?;
         let mut state = self.lock();
         let token = state.token_mut(slot)?;
         if so {

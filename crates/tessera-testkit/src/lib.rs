@@ -25,20 +25,31 @@ pub const TRANSPORTS: [Transport; 2] = [Transport::Unix, Transport::Tcp];
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable has a path");
     // target/<profile>/deps/<test-binary>
-    exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
 }
 
 /// The built PKCS#11 module.
 pub fn pkcs11_module() -> PathBuf {
     let path = target_dir().join("libtessera_pkcs11.so");
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace` first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        path.display()
+    );
     path
 }
 
 /// A built binary of the workspace.
 pub fn binary(name: &str) -> PathBuf {
     let path = target_dir().join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace` first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        path.display()
+    );
     path
 }
 
@@ -50,11 +61,16 @@ pub fn tool(name: &str) -> PathBuf {
             return candidate;
         }
     }
-    panic!("{name} is not installed; .ci/run installs it (apt-get install opensc / pkcs11-provider)");
+    panic!(
+        "{name} is not installed; .ci/run installs it (apt-get install opensc / pkcs11-provider)"
+    );
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
 
 /// A daemon owned by one test.
@@ -143,13 +159,25 @@ impl Daemon {
             .expect("tesserad starts");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.log().get(seen..).unwrap_or_default().contains("tesserad ready") {
+        while !self
+            .log()
+            .get(seen..)
+            .unwrap_or_default()
+            .contains("tesserad ready")
+        {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("tesserad exited with {status} before it was ready:\n{}", self.log());
+                    panic!(
+                        "tesserad exited with {status} before it was ready:\n{}",
+                        self.log()
+                    );
                 }
             }
-            assert!(Instant::now() < deadline, "tesserad was not ready in 20 s:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "tesserad was not ready in 20 s:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -165,7 +193,10 @@ impl Daemon {
     /// Stops the daemon with SIGTERM and waits for a clean exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("the daemon is running");
-        let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         assert!(status.is_ok_and(|s| s.success()), "kill -TERM failed");
         child.wait().expect("the daemon exits")
     }

@@ -18,7 +18,12 @@ fn kill_9_during_heavy_creation_loses_nothing_that_was_acknowledged() {
     let f = common::fixture(Transport::Unix);
     let acknowledged = Mutex::new(Vec::<String>::new());
     let killed = AtomicBool::new(false);
-    let common::Fixture { mut daemon, pkcs11, slot, serial } = f;
+    let common::Fixture {
+        mut daemon,
+        pkcs11,
+        slot,
+        serial,
+    } = f;
     std::thread::scope(|scope| {
         for thread in 0..4 {
             let pkcs11 = pkcs11.clone();
@@ -33,7 +38,11 @@ fn kill_9_during_heavy_creation_loses_nothing_that_was_acknowledged() {
                     let result = if n % 2 == 0 {
                         session.generate_key(
                             &Mechanism::AesKeyGen,
-                            &[Attribute::ValueLen(Ulong::from(32)), Attribute::Token(true), Attribute::Label(label.clone().into_bytes())],
+                            &[
+                                Attribute::ValueLen(Ulong::from(32)),
+                                Attribute::Token(true),
+                                Attribute::Label(label.clone().into_bytes()),
+                            ],
                         )
                     } else {
                         session.create_object(&[
@@ -46,7 +55,10 @@ fn kill_9_during_heavy_creation_loses_nothing_that_was_acknowledged() {
                     match result {
                         Ok(_) => acknowledged.lock().unwrap().push(label),
                         Err(_) => {
-                            assert!(killed.load(Ordering::SeqCst), "a creation failed before the kill");
+                            assert!(
+                                killed.load(Ordering::SeqCst),
+                                "a creation failed before the kill"
+                            );
                             break;
                         }
                     }
@@ -63,34 +75,56 @@ fn kill_9_during_heavy_creation_loses_nothing_that_was_acknowledged() {
     });
     drop(pkcs11);
     let acknowledged = acknowledged.into_inner().unwrap();
-    assert!(acknowledged.len() > 20, "too little was created before the kill: {}", acknowledged.len());
+    assert!(
+        acknowledged.len() > 20,
+        "too little was created before the kill: {}",
+        acknowledged.len()
+    );
 
     daemon.restart();
     let pkcs11 = common::load(&daemon.server_list(Transport::Unix));
     let session = pkcs11.open_rw_session(slot).unwrap();
-    session.login(UserType::User, Some(&AuthPin::new(common::USER_PIN.into()))).unwrap();
+    session
+        .login(UserType::User, Some(&AuthPin::new(common::USER_PIN.into())))
+        .unwrap();
     let mut found = Vec::new();
     for handle in session.find_objects(&[Attribute::Token(true)]).unwrap() {
-        let attributes = session.get_attributes(handle, &[AttributeType::Label, AttributeType::Class]).unwrap();
-        let Attribute::Label(label) = &attributes[0] else { panic!("no label: {attributes:?}") };
+        let attributes = session
+            .get_attributes(handle, &[AttributeType::Label, AttributeType::Class])
+            .unwrap();
+        let Attribute::Label(label) = &attributes[0] else {
+            panic!("no label: {attributes:?}")
+        };
         let label = String::from_utf8(label.clone()).unwrap();
         if attributes[1] == Attribute::Class(ObjectClass::DATA) {
             // A whole object: its value is what was written with it.
-            let value = session.get_attributes(handle, &[AttributeType::Value]).unwrap();
+            let value = session
+                .get_attributes(handle, &[AttributeType::Value])
+                .unwrap();
             assert_eq!(value, vec![Attribute::Value(label.clone().into_bytes())]);
         } else {
             // A whole key: its sealed secret opens and works.
             let mut iv = [0u8; 16];
             iv[0] = 1;
-            session.encrypt(&Mechanism::AesCbcPad(iv), handle, b"still usable").unwrap();
+            session
+                .encrypt(&Mechanism::AesCbcPad(iv), handle, b"still usable")
+                .unwrap();
         }
         found.push(label);
     }
     for label in &acknowledged {
-        assert!(found.contains(label), "{label} was acknowledged but is gone after kill -9");
+        assert!(
+            found.contains(label),
+            "{label} was acknowledged but is gone after kill -9"
+        );
     }
     // At most one in-flight creation per thread may have landed without its acknowledgement.
-    assert!(found.len() <= acknowledged.len() + 4, "found {} for {} acknowledged", found.len(), acknowledged.len());
+    assert!(
+        found.len() <= acknowledged.len() + 4,
+        "found {} for {} acknowledged",
+        found.len(),
+        acknowledged.len()
+    );
     drop(session);
     drop(pkcs11);
     drop(serial);

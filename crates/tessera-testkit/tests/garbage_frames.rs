@@ -11,7 +11,11 @@ use tessera_testkit::Daemon;
 use tessera_wire::{Reply, Request};
 
 fn good_client(daemon: &Daemon) -> Device {
-    Device::new(ServerAddress::Unix(daemon.socket()), Duration::from_secs(3), Duration::from_secs(10))
+    Device::new(
+        ServerAddress::Unix(daemon.socket()),
+        Duration::from_secs(3),
+        Duration::from_secs(10),
+    )
 }
 
 fn device_info(device: &Device) -> String {
@@ -24,13 +28,17 @@ fn device_info(device: &Device) -> String {
 /// Sends bytes, then expects the daemon to close the connection (read returns 0).
 fn send_and_expect_close(daemon: &Daemon, bytes: &[u8], half_close: bool) {
     let mut stream = UnixStream::connect(daemon.socket()).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     stream.write_all(bytes).unwrap();
     if half_close {
         stream.shutdown(std::net::Shutdown::Write).unwrap();
     }
     let mut buffer = [0u8; 64];
-    let read = stream.read(&mut buffer).expect("the daemon closes rather than hangs");
+    let read = stream
+        .read(&mut buffer)
+        .expect("the daemon closes rather than hangs");
     assert_eq!(read, 0, "the daemon answered garbage instead of closing");
 }
 
@@ -102,7 +110,10 @@ fn a_second_daemon_on_the_same_directory_refuses_with_a_clear_message() {
         .arg("--data-dir")
         .arg(daemon.data_dir())
         .arg("--listen")
-        .arg(format!("unix:{}", daemon.dir().join("other.sock").display()))
+        .arg(format!(
+            "unix:{}",
+            daemon.dir().join("other.sock").display()
+        ))
         .output()
         .unwrap();
     assert!(!output.status.success());

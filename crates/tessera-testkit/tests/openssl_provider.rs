@@ -21,7 +21,10 @@ fn run(command: &mut Command, what: &str) -> Vec<u8> {
 }
 
 fn provider_config(dir: &Path) -> std::path::PathBuf {
-    assert!(Path::new(PROVIDER).exists(), "{PROVIDER} is missing; .ci/run installs pkcs11-provider");
+    assert!(
+        Path::new(PROVIDER).exists(),
+        "{PROVIDER} is missing; .ci/run installs pkcs11-provider"
+    );
     let config = dir.join("openssl.cnf");
     std::fs::write(
         &config,
@@ -55,10 +58,57 @@ fn openssl_signs_through_a_pkcs11_uri_and_plain_openssl_verifies() {
                 "pkcs11-tool",
             )
         };
-        tool_run(&["--slot-index", "0", "--init-token", "--label", "ossl", "--so-pin", "87654321"]);
-        tool_run(&["--token-label", "ossl", "--login", "--login-type", "so", "--so-pin", "87654321", "--init-pin", "--pin", "12345678"]);
-        tool_run(&["--token-label", "ossl", "--login", "--pin", "12345678", "--keypairgen", "--key-type", "EC:prime256v1", "--id", "0a", "--label", "ossl-ec", "--usage-sign"]);
-        tool_run(&["--token-label", "ossl", "--login", "--pin", "12345678", "--keypairgen", "--key-type", "rsa:2048", "--id", "0b", "--label", "ossl-rsa", "--usage-sign"]);
+        tool_run(&[
+            "--slot-index",
+            "0",
+            "--init-token",
+            "--label",
+            "ossl",
+            "--so-pin",
+            "87654321",
+        ]);
+        tool_run(&[
+            "--token-label",
+            "ossl",
+            "--login",
+            "--login-type",
+            "so",
+            "--so-pin",
+            "87654321",
+            "--init-pin",
+            "--pin",
+            "12345678",
+        ]);
+        tool_run(&[
+            "--token-label",
+            "ossl",
+            "--login",
+            "--pin",
+            "12345678",
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--id",
+            "0a",
+            "--label",
+            "ossl-ec",
+            "--usage-sign",
+        ]);
+        tool_run(&[
+            "--token-label",
+            "ossl",
+            "--login",
+            "--pin",
+            "12345678",
+            "--keypairgen",
+            "--key-type",
+            "rsa:2048",
+            "--id",
+            "0b",
+            "--label",
+            "ossl-rsa",
+            "--usage-sign",
+        ]);
 
         let config = provider_config(dir);
         let data = dir.join("document.txt");
@@ -76,21 +126,56 @@ fn openssl_signs_through_a_pkcs11_uri_and_plain_openssl_verifies() {
             };
             let private_uri = format!("pkcs11:token=ossl;object={label};type=private");
             let public_uri = format!("pkcs11:token=ossl;object={label};type=public");
-            with_provider(&["dgst", "-sha256", "-sign", &private_uri, "-out", signature.to_str().unwrap(), data.to_str().unwrap()]);
-            with_provider(&["pkey", "-pubin", "-in", &public_uri, "-pubout", "-out", public.to_str().unwrap()]);
+            with_provider(&[
+                "dgst",
+                "-sha256",
+                "-sign",
+                &private_uri,
+                "-out",
+                signature.to_str().unwrap(),
+                data.to_str().unwrap(),
+            ]);
+            with_provider(&[
+                "pkey",
+                "-pubin",
+                "-in",
+                &public_uri,
+                "-pubout",
+                "-out",
+                public.to_str().unwrap(),
+            ]);
             // Plain OpenSSL, without the provider or the HSM, verifies.
             let verified = run(
                 Command::new(tool("openssl"))
-                    .args(["dgst", "-sha256", "-verify", public.to_str().unwrap(), "-signature", signature.to_str().unwrap(), data.to_str().unwrap()])
+                    .args([
+                        "dgst",
+                        "-sha256",
+                        "-verify",
+                        public.to_str().unwrap(),
+                        "-signature",
+                        signature.to_str().unwrap(),
+                        data.to_str().unwrap(),
+                    ])
                     .env_remove("OPENSSL_CONF"),
                 "openssl dgst -verify",
             );
-            assert!(String::from_utf8_lossy(&verified).contains("Verified OK"), "{transport:?} {label}");
+            assert!(
+                String::from_utf8_lossy(&verified).contains("Verified OK"),
+                "{transport:?} {label}"
+            );
             // And a changed document does not.
             let changed = dir.join("changed.txt");
             std::fs::write(&changed, b"a different document\n").unwrap();
             let rejected = Command::new(tool("openssl"))
-                .args(["dgst", "-sha256", "-verify", public.to_str().unwrap(), "-signature", signature.to_str().unwrap(), changed.to_str().unwrap()])
+                .args([
+                    "dgst",
+                    "-sha256",
+                    "-verify",
+                    public.to_str().unwrap(),
+                    "-signature",
+                    signature.to_str().unwrap(),
+                    changed.to_str().unwrap(),
+                ])
                 .env_remove("OPENSSL_CONF")
                 .output()
                 .unwrap();

@@ -17,7 +17,10 @@ impl Tool<'_> {
             .arg("--module")
             .arg(pkcs11_module())
             .args(args)
-            .env("ET_HSM_NETCLIENT_SERVERLIST", self.daemon.server_list(self.transport))
+            .env(
+                "ET_HSM_NETCLIENT_SERVERLIST",
+                self.daemon.server_list(self.transport),
+            )
             .output()
             .expect("pkcs11-tool runs");
         output
@@ -32,7 +35,13 @@ impl Tool<'_> {
             "pkcs11-tool {args:?} failed ({:?}):\n{stdout}\n{}\ndaemon log tail:\n{}",
             self.transport,
             String::from_utf8_lossy(&output.stderr),
-            self.daemon.log().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+            self.daemon
+                .log()
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         stdout
     }
@@ -56,14 +65,71 @@ fn pkcs11_tool_initialises_generates_signs_encrypts_and_keys_survive_a_restart()
         let data = dir.join("data.txt");
         std::fs::write(&data, b"Tessera signs this with pkcs11-tool.\n").unwrap();
         {
-            let t = Tool { daemon: &daemon, transport };
+            let t = Tool {
+                daemon: &daemon,
+                transport,
+            };
             let slots = t.ok(&["--list-slots"]);
             assert!(slots.contains("Tessera"), "{slots}");
-            t.ok(&["--slot-index", "0", "--init-token", "--label", "tool-test", "--so-pin", "87654321"]);
-            t.ok(&["--token-label", "tool-test", "--login", "--login-type", "so", "--so-pin", "87654321", "--init-pin", "--pin", "12345678"]);
-            t.user(&["--keypairgen", "--key-type", "EC:prime256v1", "--id", "01", "--label", "ec-key", "--usage-sign"]);
-            t.user(&["--keypairgen", "--key-type", "rsa:2048", "--id", "02", "--label", "rsa-key", "--usage-sign"]);
-            t.user(&["--keygen", "--key-type", "AES:32", "--id", "03", "--label", "aes-key", "--usage-decrypt"]);
+            t.ok(&[
+                "--slot-index",
+                "0",
+                "--init-token",
+                "--label",
+                "tool-test",
+                "--so-pin",
+                "87654321",
+            ]);
+            t.ok(&[
+                "--token-label",
+                "tool-test",
+                "--login",
+                "--login-type",
+                "so",
+                "--so-pin",
+                "87654321",
+                "--init-pin",
+                "--pin",
+                "12345678",
+            ]);
+            t.user(&[
+                "--keypairgen",
+                "--key-type",
+                "EC:prime256v1",
+                "--id",
+                "01",
+                "--label",
+                "ec-key",
+                "--usage-sign",
+            ]);
+            t.user(&[
+                "--keypairgen",
+                "--key-type",
+                "rsa:2048",
+                "--id",
+                "02",
+                "--label",
+                "rsa-key",
+                "--usage-sign",
+            ]);
+            t.user(&[
+                "--keygen",
+                "--key-type",
+                "AES:32",
+                "--id",
+                "03",
+                "--label",
+                "aes-key",
+                "--usage-decrypt",
+            ]);
+            // A forked child initialises its own library state and works (fork-awareness).
+            let forked = t.ok(&["--test-fork"]);
+            assert!(forked.contains("forked child"), "{forked}");
+            let mechanisms = t.ok(&["--token-label", "tool-test", "--list-mechanisms"]);
+            assert!(
+                mechanisms.contains("AES-GCM") && mechanisms.contains("ECDSA-SHA256"),
+                "{mechanisms}"
+            );
             let objects = t.user(&["--list-objects"]);
             for label in ["ec-key", "rsa-key", "aes-key"] {
                 assert!(objects.contains(label), "{label} missing from:\n{objects}");
@@ -71,30 +137,103 @@ fn pkcs11_tool_initialises_generates_signs_encrypts_and_keys_survive_a_restart()
         }
         // The keys are still there and usable after the daemon restarts.
         daemon.restart();
-        let t = Tool { daemon: &daemon, transport };
+        let t = Tool {
+            daemon: &daemon,
+            transport,
+        };
         let objects = t.user(&["--list-objects"]);
-        assert!(objects.contains("ec-key") && objects.contains("rsa-key") && objects.contains("aes-key"), "{objects}");
-        for (id, mechanism) in [("01", "ECDSA-SHA256"), ("02", "SHA256-RSA-PKCS"), ("02", "SHA256-RSA-PKCS-PSS")] {
+        assert!(
+            objects.contains("ec-key")
+                && objects.contains("rsa-key")
+                && objects.contains("aes-key"),
+            "{objects}"
+        );
+        for (id, mechanism) in [
+            ("01", "ECDSA-SHA256"),
+            ("02", "SHA256-RSA-PKCS"),
+            ("02", "SHA256-RSA-PKCS-PSS"),
+        ] {
             let signature = dir.join(format!("sig-{id}-{mechanism}"));
-            t.user(&["--sign", "--id", id, "-m", mechanism, "--input-file", path(&data), "--output-file", path(&signature)]);
-            let verified = t.user(&["--verify", "--id", id, "-m", mechanism, "--input-file", path(&data), "--signature-file", path(&signature)]);
+            t.user(&[
+                "--sign",
+                "--id",
+                id,
+                "-m",
+                mechanism,
+                "--input-file",
+                path(&data),
+                "--output-file",
+                path(&signature),
+            ]);
+            let verified = t.user(&[
+                "--verify",
+                "--id",
+                id,
+                "-m",
+                mechanism,
+                "--input-file",
+                path(&data),
+                "--signature-file",
+                path(&signature),
+            ]);
             assert!(verified.contains("Signature is valid"), "{verified}");
             // A changed message does not verify.
             let other = dir.join("other.txt");
             std::fs::write(&other, b"something else").unwrap();
             let mut args = vec!["--token-label", "tool-test", "--login", "--pin", "12345678"];
-            args.extend_from_slice(&["--verify", "--id", id, "-m", mechanism, "--input-file", path(&other), "--signature-file", path(&signature)]);
+            args.extend_from_slice(&[
+                "--verify",
+                "--id",
+                id,
+                "-m",
+                mechanism,
+                "--input-file",
+                path(&other),
+                "--signature-file",
+                path(&signature),
+            ]);
             let rejected = t.run(&args);
-            let text = String::from_utf8_lossy(&rejected.stdout).to_string() + &String::from_utf8_lossy(&rejected.stderr);
+            let text = String::from_utf8_lossy(&rejected.stdout).to_string()
+                + &String::from_utf8_lossy(&rejected.stderr);
             assert!(!text.contains("Signature is valid"), "{text}");
         }
         let encrypted = dir.join("data.enc");
         let decrypted = dir.join("data.dec");
         let iv = "000102030405060708090a0b0c0d0e0f";
-        t.user(&["--encrypt", "--id", "03", "-m", "AES-CBC-PAD", "--iv", iv, "--input-file", path(&data), "--output-file", path(&encrypted)]);
-        t.user(&["--decrypt", "--id", "03", "-m", "AES-CBC-PAD", "--iv", iv, "--input-file", path(&encrypted), "--output-file", path(&decrypted)]);
-        assert_ne!(std::fs::read(&encrypted).unwrap(), std::fs::read(&data).unwrap());
-        assert_eq!(std::fs::read(&decrypted).unwrap(), std::fs::read(&data).unwrap());
+        t.user(&[
+            "--encrypt",
+            "--id",
+            "03",
+            "-m",
+            "AES-CBC-PAD",
+            "--iv",
+            iv,
+            "--input-file",
+            path(&data),
+            "--output-file",
+            path(&encrypted),
+        ]);
+        t.user(&[
+            "--decrypt",
+            "--id",
+            "03",
+            "-m",
+            "AES-CBC-PAD",
+            "--iv",
+            iv,
+            "--input-file",
+            path(&encrypted),
+            "--output-file",
+            path(&decrypted),
+        ]);
+        assert_ne!(
+            std::fs::read(&encrypted).unwrap(),
+            std::fs::read(&data).unwrap()
+        );
+        assert_eq!(
+            std::fs::read(&decrypted).unwrap(),
+            std::fs::read(&data).unwrap()
+        );
         let random = t.ok(&["--token-label", "tool-test", "--generate-random", "32"]);
         assert!(!random.is_empty());
     }

@@ -12,8 +12,7 @@ mod request;
 
 pub use frame::{
     body_len as frame_body_len, decode_request, decode_response, encode_request, encode_response,
-    read_frame, write_frame,
-    FrameError, FRAME_HEADER_LEN, MAX_FRAME_LEN,
+    read_frame, write_frame, FrameError, FRAME_HEADER_LEN, MAX_FRAME_LEN,
 };
 pub use request::{AttributeAnswer, Operation, Reply, Request};
 

@@ -68,14 +68,19 @@ fn parse_listen(text: &str) -> Result<Listen, String> {
         return Ok(Listen::Unix(PathBuf::from(path)));
     }
     if let Some(address) = text.strip_prefix("tcp:") {
-        let with_port = if address.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok() && !h.ends_with(':')) {
+        let with_port = if address
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok() && !h.ends_with(':'))
+        {
             address.to_string()
         } else {
             format!("{address}:{DEFAULT_TCP_PORT}")
         };
         return Ok(Listen::Tcp(with_port));
     }
-    Err(format!("--listen {text:?}: expected unix:PATH or tcp:HOST:PORT"))
+    Err(format!(
+        "--listen {text:?}: expected unix:PATH or tcp:HOST:PORT"
+    ))
 }
 
 fn default_data_dir() -> PathBuf {
@@ -112,7 +117,10 @@ fn main() -> ExitCode {
         data_dir: args.data_dir.unwrap_or_else(default_data_dir),
         listen,
         max_connections: args.max_connections.max(1),
-        options: tessera_hsm::HsmOptions { user_slots: args.slots, kdf_iterations: args.kdf_iterations },
+        options: tessera_hsm::HsmOptions {
+            user_slots: args.slots,
+            kdf_iterations: args.kdf_iterations,
+        },
     };
     match server::run(config) {
         Ok(()) => ExitCode::SUCCESS,

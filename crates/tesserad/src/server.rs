@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use tessera_hsm::{Hsm, HsmOptions};
 use tessera_wire::{
-    decode_request, encode_response, FrameError, ResponseEnvelope, FRAME_HEADER_LEN, PROTOCOL_VERSION,
+    decode_request, encode_response, FrameError, ResponseEnvelope, FRAME_HEADER_LEN,
+    PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
@@ -24,8 +25,12 @@ pub struct Config {
 
 /// Holds the data directory's lock for the daemon's lifetime.
 fn lock_data_dir(data_dir: &Path) -> Result<File, String> {
-    std::fs::create_dir_all(data_dir)
-        .map_err(|e| format!("cannot create the data directory {}: {e}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir).map_err(|e| {
+        format!(
+            "cannot create the data directory {}: {e}",
+            data_dir.display()
+        )
+    })?;
     let path = data_dir.join("tesserad.lock");
     let file = File::options()
         .create(true)
@@ -48,7 +53,8 @@ fn lock_data_dir(data_dir: &Path) -> Result<File, String> {
 fn bind_unix(path: &Path) -> Result<UnixListener, String> {
     if let Some(parent) = path.parent() {
         if !parent.exists() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700));
         }
@@ -57,9 +63,13 @@ fn bind_unix(path: &Path) -> Result<UnixListener, String> {
     // data directory lock, unless another daemon with another data directory uses this path.
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!("{} is already served by another daemon", path.display()));
+            return Err(format!(
+                "{} is already served by another daemon",
+                path.display()
+            ));
         }
-        std::fs::remove_file(path).map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
+        std::fs::remove_file(path)
+            .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
     }
     UnixListener::bind(path).map_err(|e| format!("cannot listen on unix:{}: {e}", path.display()))
 }
@@ -87,15 +97,28 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
                 let listener = bind_unix(path)?;
                 sockets.push(path.clone());
                 shown.push(format!("unix:{}", path.display()));
-                tasks.push(tokio::spawn(accept_unix(listener, hsm.clone(), limit.clone(), stop.clone())));
+                tasks.push(tokio::spawn(accept_unix(
+                    listener,
+                    hsm.clone(),
+                    limit.clone(),
+                    stop.clone(),
+                )));
             }
             Listen::Tcp(address) => {
                 let listener = TcpListener::bind(address)
                     .await
                     .map_err(|e| format!("cannot listen on tcp:{address}: {e}"))?;
-                let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| address.clone());
+                let local = listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|_| address.clone());
                 shown.push(format!("tcp:{local}"));
-                tasks.push(tokio::spawn(accept_tcp(listener, hsm.clone(), limit.clone(), stop.clone())));
+                tasks.push(tokio::spawn(accept_tcp(
+                    listener,
+                    hsm.clone(),
+                    limit.clone(),
+                    stop.clone(),
+                )));
             }
         }
     }
@@ -219,7 +242,8 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         let worker = hsm.clone();
         // The engine is synchronous and may compute for a while (RSA key generation):
         // run it off the I/O threads.
-        let result = tokio::task::spawn_blocking(move || worker.handle(client, envelope.request)).await;
+        let result =
+            tokio::task::spawn_blocking(move || worker.handle(client, envelope.request)).await;
         let result = match result {
             Ok(result) => result.map_err(|rv| rv.code()),
             Err(e) => {
@@ -227,7 +251,12 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 Err(tessera_core::Rv::GeneralError.code())
             }
         };
-        let frame = encode_response(&ResponseEnvelope { version: PROTOCOL_VERSION, id, channel, result });
+        let frame = encode_response(&ResponseEnvelope {
+            version: PROTOCOL_VERSION,
+            id,
+            channel,
+            result,
+        });
         if let Err(e) = stream.write_all(&frame).await {
             tracing::debug!(client, reason = %e, "client went away");
             break;

@@ -162,7 +162,11 @@ fn verified(reply: Reply) -> CkResult {
 
 entry_points! {
     /// `C_EncryptInit` (§5.8.1).
-    fn C_EncryptInit(session: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) {
+    fn C_EncryptInit(
+        session: CK_SESSION_HANDLE,
+        mechanism: *mut CK_MECHANISM,
+        key: CK_OBJECT_HANDLE,
+    ) {
         // SAFETY: pMechanism is NULL or a valid CK_MECHANISM (§5.8.1).
         unsafe { init(session, Operation::Encrypt, mechanism, key) }
     }
@@ -187,10 +191,9 @@ entry_points! {
         encrypted: *mut CK_BYTE,
         encrypted_len: *mut CK_ULONG,
     ) {
+        let operation = Operation::Encrypt;
         // SAFETY: the buffers follow §5.8.3 and the two-call convention.
-        unsafe {
-            update_with_output(session, Operation::Encrypt, part, part_len, encrypted, encrypted_len)
-        }
+        unsafe { update_with_output(session, operation, part, part_len, encrypted, encrypted_len) }
     }
 
     /// `C_EncryptFinal` (§5.8.4).
@@ -200,7 +203,11 @@ entry_points! {
     }
 
     /// `C_DecryptInit` (§5.9.1).
-    fn C_DecryptInit(session: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) {
+    fn C_DecryptInit(
+        session: CK_SESSION_HANDLE,
+        mechanism: *mut CK_MECHANISM,
+        key: CK_OBJECT_HANDLE,
+    ) {
         // SAFETY: pMechanism is NULL or a valid CK_MECHANISM (§5.9.1).
         unsafe { init(session, Operation::Decrypt, mechanism, key) }
     }
@@ -225,10 +232,9 @@ entry_points! {
         part: *mut CK_BYTE,
         part_len: *mut CK_ULONG,
     ) {
+        let operation = Operation::Decrypt;
         // SAFETY: the buffers follow §5.9.3 and the two-call convention.
-        unsafe {
-            update_with_output(session, Operation::Decrypt, encrypted, encrypted_len, part, part_len)
-        }
+        unsafe { update_with_output(session, operation, encrypted, encrypted_len, part, part_len) }
     }
 
     /// `C_DecryptFinal` (§5.9.4).
@@ -292,13 +298,21 @@ entry_points! {
     }
 
     /// `C_SignFinal` (§5.11.4).
-    fn C_SignFinal(session: CK_SESSION_HANDLE, signature: *mut CK_BYTE, signature_len: *mut CK_ULONG) {
+    fn C_SignFinal(
+        session: CK_SESSION_HANDLE,
+        signature: *mut CK_BYTE,
+        signature_len: *mut CK_ULONG,
+    ) {
         // SAFETY: the buffer follows §5.11.4 and the two-call convention.
         unsafe { final_with_output(session, Operation::Sign, signature, signature_len) }
     }
 
     /// `C_VerifyInit` (§5.12.1).
-    fn C_VerifyInit(session: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) {
+    fn C_VerifyInit(
+        session: CK_SESSION_HANDLE,
+        mechanism: *mut CK_MECHANISM,
+        key: CK_OBJECT_HANDLE,
+    ) {
         // SAFETY: pMechanism is NULL or a valid CK_MECHANISM (§5.12.1).
         unsafe { init(session, Operation::Verify, mechanism, key) }
     }

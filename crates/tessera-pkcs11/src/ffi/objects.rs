@@ -161,7 +161,11 @@ entry_points! {
     }
 
     /// `C_FindObjectsInit` (§5.7.7).
-    fn C_FindObjectsInit(session: CK_SESSION_HANDLE, attributes: *mut CK_ATTRIBUTE, count: CK_ULONG) {
+    fn C_FindObjectsInit(
+        session: CK_SESSION_HANDLE,
+        attributes: *mut CK_ATTRIBUTE,
+        count: CK_ULONG,
+    ) {
         // SAFETY: pTemplate is NULL or holds ulCount attributes (§5.7.7).
         let template = unsafe { template(attributes, count) }?;
         expect_done(library::session_call(session as u64, |session| {

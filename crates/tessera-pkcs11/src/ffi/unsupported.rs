@@ -25,7 +25,11 @@ fn not_parallel() -> CkResult {
 
 entry_points! {
     /// `C_GetOperationState` (§5.6.5): not supported.
-    fn C_GetOperationState(_session: CK_SESSION_HANDLE, _state: *mut CK_BYTE, _state_len: *mut CK_ULONG) {
+    fn C_GetOperationState(
+        _session: CK_SESSION_HANDLE,
+        _state: *mut CK_BYTE,
+        _state_len: *mut CK_ULONG,
+    ) {
         not_supported()
     }
 
@@ -46,7 +50,11 @@ entry_points! {
     }
 
     /// `C_SignRecoverInit` (§5.11.5): not supported.
-    fn C_SignRecoverInit(_session: CK_SESSION_HANDLE, _mechanism: *mut CK_MECHANISM, _key: CK_OBJECT_HANDLE) {
+    fn C_SignRecoverInit(
+        _session: CK_SESSION_HANDLE,
+        _mechanism: *mut CK_MECHANISM,
+        _key: CK_OBJECT_HANDLE,
+    ) {
         not_supported()
     }
 
@@ -62,7 +70,11 @@ entry_points! {
     }
 
     /// `C_VerifyRecoverInit` (§5.12.5): not supported.
-    fn C_VerifyRecoverInit(_session: CK_SESSION_HANDLE, _mechanism: *mut CK_MECHANISM, _key: CK_OBJECT_HANDLE) {
+    fn C_VerifyRecoverInit(
+        _session: CK_SESSION_HANDLE,
+        _mechanism: *mut CK_MECHANISM,
+        _key: CK_OBJECT_HANDLE,
+    ) {
         not_supported()
     }
 
@@ -192,7 +204,11 @@ entry_points! {
     }
 
     /// `C_MessageEncryptInit` (§5.8.5): not supported.
-    fn C_MessageEncryptInit(_session: CK_SESSION_HANDLE, _mechanism: *mut CK_MECHANISM, _key: CK_OBJECT_HANDLE) {
+    fn C_MessageEncryptInit(
+        _session: CK_SESSION_HANDLE,
+        _mechanism: *mut CK_MECHANISM,
+        _key: CK_OBJECT_HANDLE,
+    ) {
         not_supported()
     }
 
@@ -242,7 +258,11 @@ entry_points! {
     }
 
     /// `C_MessageDecryptInit` (§5.9.5): not supported.
-    fn C_MessageDecryptInit(_session: CK_SESSION_HANDLE, _mechanism: *mut CK_MECHANISM, _key: CK_OBJECT_HANDLE) {
+    fn C_MessageDecryptInit(
+        _session: CK_SESSION_HANDLE,
+        _mechanism: *mut CK_MECHANISM,
+        _key: CK_OBJECT_HANDLE,
+    ) {
         not_supported()
     }
 
@@ -292,7 +312,11 @@ entry_points! {
     }
 
     /// `C_MessageSignInit` (§5.11.7): not supported.
-    fn C_MessageSignInit(_session: CK_SESSION_HANDLE, _mechanism: *mut CK_MECHANISM, _key: CK_OBJECT_HANDLE) {
+    fn C_MessageSignInit(
+        _session: CK_SESSION_HANDLE,
+        _mechanism: *mut CK_MECHANISM,
+        _key: CK_OBJECT_HANDLE,
+    ) {
         not_supported()
     }
 
@@ -310,7 +334,11 @@ entry_points! {
     }
 
     /// `C_SignMessageBegin` (§5.11.9): not supported.
-    fn C_SignMessageBegin(_session: CK_SESSION_HANDLE, _parameter: *mut c_void, _parameter_len: CK_ULONG) {
+    fn C_SignMessageBegin(
+        _session: CK_SESSION_HANDLE,
+        _parameter: *mut c_void,
+        _parameter_len: CK_ULONG,
+    ) {
         not_supported()
     }
 
@@ -333,7 +361,11 @@ entry_points! {
     }
 
     /// `C_MessageVerifyInit` (§5.12.7): not supported.
-    fn C_MessageVerifyInit(_session: CK_SESSION_HANDLE, _mechanism: *mut CK_MECHANISM, _key: CK_OBJECT_HANDLE) {
+    fn C_MessageVerifyInit(
+        _session: CK_SESSION_HANDLE,
+        _mechanism: *mut CK_MECHANISM,
+        _key: CK_OBJECT_HANDLE,
+    ) {
         not_supported()
     }
 
@@ -351,7 +383,11 @@ entry_points! {
     }
 
     /// `C_VerifyMessageBegin` (§5.12.9): not supported.
-    fn C_VerifyMessageBegin(_session: CK_SESSION_HANDLE, _parameter: *mut c_void, _parameter_len: CK_ULONG) {
+    fn C_VerifyMessageBegin(
+        _session: CK_SESSION_HANDLE,
+        _parameter: *mut c_void,
+        _parameter_len: CK_ULONG,
+    ) {
         not_supported()
     }
 

@@ -30,12 +30,16 @@ pub struct Fixture {
 pub fn load(server_list: &str) -> Pkcs11 {
     std::env::set_var("ET_HSM_NETCLIENT_SERVERLIST", server_list);
     let pkcs11 = Pkcs11::new(pkcs11_module()).expect("the module loads");
-    pkcs11.initialize(CInitializeArgs::OsThreads).expect("C_Initialize");
+    pkcs11
+        .initialize(CInitializeArgs::OsThreads)
+        .expect("C_Initialize");
     pkcs11
 }
 
 pub fn serialise() -> MutexGuard<'static, ()> {
-    LIBRARY.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    LIBRARY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A daemon with slot 0 initialised (SO and user PINs set), reached over `transport`.
@@ -51,17 +55,23 @@ pub fn fixture(transport: Transport) -> Fixture {
         session.login(UserType::So, Some(&so_pin)).unwrap();
         session.init_pin(&AuthPin::new(USER_PIN.into())).unwrap();
     }
-    Fixture { daemon, pkcs11, slot, serial: guard }
+    Fixture {
+        daemon,
+        pkcs11,
+        slot,
+        serial: guard,
+    }
 }
 
 impl Fixture {
     /// A R/W session logged in as the user.
     pub fn user_session(&self) -> Session {
         let session = self.pkcs11.open_rw_session(self.slot).unwrap();
-        session.login(UserType::User, Some(&AuthPin::new(USER_PIN.into()))).unwrap();
+        session
+            .login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
+            .unwrap();
         session
     }
-
 }
 
 /// The `CKR_*` of a failed call.

@@ -1,0 +1,58 @@
+//! Fork-awareness, checked by a C application (the kind that forks): after `fork()` the child
+//! gets `CKR_CRYPTOKI_NOT_INITIALIZED` until it calls `C_Initialize`, then works on its own
+//! connection; the parent's session is untouched.
+
+mod common;
+
+use std::process::Command;
+
+use tessera_testkit::{pkcs11_module, tool, Daemon, Transport};
+
+#[test]
+fn a_forked_child_initialises_its_own_state_and_the_parent_carries_on() {
+    let _serial = common::serialise();
+    let daemon = Daemon::start();
+    // An initialised token, so that sessions can open.
+    let pkcs11 = common::load(&daemon.server_list(Transport::Unix));
+    let slot = pkcs11.get_slots_with_token().unwrap()[0];
+    pkcs11
+        .init_token(
+            slot,
+            &cryptoki::types::AuthPin::new(common::SO_PIN.into()),
+            "fork",
+        )
+        .unwrap();
+    drop(pkcs11);
+
+    let program = daemon.dir().join("fork");
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/fork.c");
+    let compiled = Command::new(tool("cc"))
+        .args(["-O1", "-o"])
+        .arg(&program)
+        .arg(source)
+        .arg("-ldl")
+        .output()
+        .unwrap();
+    assert!(
+        compiled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&compiled.stderr)
+    );
+    for transport in [Transport::Unix, Transport::Tcp] {
+        let output = Command::new(&program)
+            .arg(pkcs11_module())
+            .env("ET_HSM_NETCLIENT_SERVERLIST", daemon.server_list(transport))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{transport:?}: {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            stdout.contains("child ok") && stdout.contains("parent ok"),
+            "{stdout}"
+        );
+    }
+}
