@@ -46,7 +46,7 @@ pub fn from_wire(ty: u64, value: &[u8]) -> Result<Vec<u8>, Rv> {
 }
 
 fn ulongs_to_wire(value: &[u8], exactly_one: bool) -> Result<Vec<u8>, Rv> {
-    let whole = value.len() % ULONG_SIZE == 0;
+    let whole = value.len().is_multiple_of(ULONG_SIZE);
     if !whole || (exactly_one && value.len() != ULONG_SIZE) {
         return Err(Rv::AttributeValueInvalid);
     }
@@ -60,7 +60,7 @@ fn ulongs_to_wire(value: &[u8], exactly_one: bool) -> Result<Vec<u8>, Rv> {
 }
 
 fn ulongs_from_wire(value: &[u8], exactly_one: bool) -> Result<Vec<u8>, Rv> {
-    let whole = value.len() % WIRE_ULONG_SIZE == 0;
+    let whole = value.len().is_multiple_of(WIRE_ULONG_SIZE);
     if !whole || (exactly_one && value.len() != WIRE_ULONG_SIZE) {
         return Err(Rv::DeviceError);
     }
