@@ -373,8 +373,11 @@ fn complete_key(attributes: &mut Attributes, class: u64, generated: bool) -> Res
         ck::CKO_PUBLIC_KEY => &[ck::CKA_ENCRYPT, ck::CKA_VERIFY, ck::CKA_WRAP],
         _ => &[ck::CKA_DECRYPT, ck::CKA_SIGN, ck::CKA_UNWRAP],
     };
+    // EC keys sign and verify; they cannot encrypt or wrap, so those default to false.
+    let signing_only = attributes.key_type() == ck::CKK_EC as u64;
     for ty in usage {
-        attributes.default_flag(*ty, true);
+        let can = !signing_only || matches!(*ty, ck::CKA_SIGN | ck::CKA_VERIFY);
+        attributes.default_flag(*ty, can);
     }
     if class == ck::CKO_PUBLIC_KEY as u64 {
         attributes.default_flag(ck::CKA_VERIFY_RECOVER, false);

@@ -283,3 +283,49 @@ fn bad_requests_get_the_specified_return_values() {
         Err(Rv::UserTypeInvalid)
     ));
 }
+
+#[test]
+fn close_all_sessions_closes_only_this_clients_sessions_on_that_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let hsm = Hsm::open(dir.path(), &options()).unwrap();
+    let (client, first) = ready(&hsm);
+    let flags = ck::CKF_SERIAL_SESSION as u64;
+    let second = handle(hsm.handle(client, Request::OpenSession { slot: 0, flags }));
+    let other_client = hsm.connect();
+    let foreign = handle(hsm.handle(other_client, Request::OpenSession { slot: 0, flags }));
+    hsm.handle(
+        client,
+        Request::InitToken {
+            slot: 1,
+            so_pin: pin("so-pin"),
+            label: vec![],
+        },
+    )
+    .unwrap();
+    let other_slot = handle(hsm.handle(client, Request::OpenSession { slot: 1, flags }));
+    hsm.handle(client, Request::CloseAllSessions { slot: 0 })
+        .unwrap();
+    for gone in [first, second] {
+        assert!(matches!(
+            hsm.handle(client, Request::SessionInfo { session: gone }),
+            Err(Rv::SessionHandleInvalid)
+        ));
+    }
+    assert!(hsm
+        .handle(
+            client,
+            Request::SessionInfo {
+                session: other_slot
+            }
+        )
+        .is_ok());
+    assert!(hsm
+        .handle(other_client, Request::SessionInfo { session: foreign })
+        .is_ok());
+    // Closing the last session on the token logged the application out.
+    let again = handle(hsm.handle(client, Request::OpenSession { slot: 0, flags }));
+    match hsm.handle(client, Request::SessionInfo { session: again }) {
+        Ok(Reply::Session(info)) => assert_eq!(info.state, ck::CKS_RO_PUBLIC_SESSION as u64),
+        other => panic!("{other:?}"),
+    }
+}
