@@ -19,7 +19,7 @@ use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair, UnparsedPublicKey};
 use tessera_core::{ck, der, Mechanism, MechanismParameter, Rv, SecretBytes};
 
-use crate::object::Attributes;
+use crate::object::{Attributes, RSA_PRIVATE_PARTS};
 
 /// The result of finishing an operation.
 pub enum Output {
@@ -115,17 +115,6 @@ pub fn generate_ec(params: Option<&[u8]>) -> Result<GeneratedPair, Rv> {
         vec![(ck::CKA_EC_PARAMS, params), (ck::CKA_VALUE, scalar)],
     ))
 }
-
-const RSA_PRIVATE_PARTS: [ck::CK_ATTRIBUTE_TYPE; 8] = [
-    ck::CKA_MODULUS,
-    ck::CKA_PUBLIC_EXPONENT,
-    ck::CKA_PRIVATE_EXPONENT,
-    ck::CKA_PRIME_1,
-    ck::CKA_PRIME_2,
-    ck::CKA_EXPONENT_1,
-    ck::CKA_EXPONENT_2,
-    ck::CKA_COEFFICIENT,
-];
 
 /// Generates an RSA key pair (`bits` 2048, 3072 or 4096; public exponent 65537).
 pub fn generate_rsa(bits: u64, exponent: Option<&[u8]>) -> Result<GeneratedPair, Rv> {

@@ -138,17 +138,7 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
         };
         let mut objects = std::collections::BTreeMap::new();
         for (id, stored) in store.objects(slot)? {
-            objects.insert(
-                id,
-                crate::Object {
-                    attributes: crate::object::Attributes::join(
-                        &stored.public,
-                        &tessera_core::Template::default(),
-                    ),
-                    sealed: stored.sealed,
-                    owner: None,
-                },
-            );
+            objects.insert(id, crate::objects::in_memory(stored));
         }
         tokens.insert(
             slot,

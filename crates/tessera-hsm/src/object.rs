@@ -109,22 +109,25 @@ impl Drop for Attributes {
     }
 }
 
+/// The components of an RSA private key, in `RSAPrivateKey` order; the first two are public.
+pub const RSA_PRIVATE_PARTS: [ck::CK_ATTRIBUTE_TYPE; 8] = [
+    ck::CKA_MODULUS,
+    ck::CKA_PUBLIC_EXPONENT,
+    ck::CKA_PRIVATE_EXPONENT,
+    ck::CKA_PRIME_1,
+    ck::CKA_PRIME_2,
+    ck::CKA_EXPONENT_1,
+    ck::CKA_EXPONENT_2,
+    ck::CKA_COEFFICIENT,
+];
+
 /// Attributes that hold key material: sealed at rest, never readable when the key is
 /// sensitive or unextractable.
 pub fn is_secret(class: u64, ty: u64) -> bool {
     let ty = ty as ck::CK_ATTRIBUTE_TYPE;
     match class as ck::CK_OBJECT_CLASS {
         ck::CKO_SECRET_KEY => ty == ck::CKA_VALUE,
-        ck::CKO_PRIVATE_KEY => matches!(
-            ty,
-            ck::CKA_VALUE
-                | ck::CKA_PRIVATE_EXPONENT
-                | ck::CKA_PRIME_1
-                | ck::CKA_PRIME_2
-                | ck::CKA_EXPONENT_1
-                | ck::CKA_EXPONENT_2
-                | ck::CKA_COEFFICIENT
-        ),
+        ck::CKO_PRIVATE_KEY => ty == ck::CKA_VALUE || RSA_PRIVATE_PARTS[2..].contains(&ty),
         _ => false,
     }
 }

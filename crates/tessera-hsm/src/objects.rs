@@ -15,6 +15,33 @@ fn seal_aad(slot: u64, id: u64) -> Vec<u8> {
     format!("tessera object {slot}/{id}").into_bytes()
 }
 
+/// The stored form of a token object: public attributes in the clear, secrets sealed under
+/// `key` and bound to the slot and id.
+fn seal(key: &MasterKey, slot: u64, id: u64, attributes: &Attributes) -> Result<StoredObject, Rv> {
+    let (public, secret) = attributes.split();
+    let sealed = if secret.0.is_empty() {
+        None
+    } else {
+        let plain = tessera_core::SecretBytes::new(
+            postcard::to_stdvec(&secret).map_err(|_| Rv::GeneralError)?,
+        );
+        Some(
+            key.seal(&seal_aad(slot, id), plain.expose())
+                .map_err(|_| Rv::FunctionFailed)?,
+        )
+    };
+    Ok(StoredObject { public, sealed })
+}
+
+/// A token object as held in memory: the secrets stay sealed until used.
+pub(crate) fn in_memory(stored: StoredObject) -> Object {
+    Object {
+        attributes: Attributes::join(&stored.public, &Template::default()),
+        sealed: stored.sealed,
+        owner: None,
+    }
+}
+
 pub(crate) fn visible(token: &Token, client: u64, object: &Object) -> bool {
     if object.attributes.flag(ck::CKA_PRIVATE) && token.login_of(client) != Some(Login::User) {
         return false;
@@ -121,38 +148,21 @@ impl Hsm {
         }
         let token = state.token(slot)?;
         let key = self.sealing_key(token, attributes.flag(ck::CKA_PRIVATE))?;
-        let (public, secret) = attributes.split();
-        let mut sealed = None;
+        let mut stored = None;
         let id = self
             .store
             .insert_object(slot, |id| {
-                if !secret.0.is_empty() {
-                    let plain = tessera_core::SecretBytes::new(
-                        postcard::to_stdvec(&secret).unwrap_or_default(),
-                    );
-                    let blob = key
-                        .seal(&seal_aad(slot, id), plain.expose())
-                        .map_err(|e| tessera_store::StoreError::Storage(e.to_string()))?;
-                    sealed = Some(blob);
-                }
-                Ok(StoredObject {
-                    public: public.clone(),
-                    sealed: sealed.clone(),
-                })
+                let object = seal(key, slot, id, &attributes)
+                    .map_err(|_| tessera_store::StoreError::Storage("sealing failed".into()))?;
+                stored = Some(object.clone());
+                Ok(object)
             })
             .map_err(|e| {
                 tracing::error!(slot, error = %e, "cannot store an object");
                 Rv::DeviceError
             })?;
-        let public_only = Attributes::join(&public, &Template::default());
-        state.token_mut(slot)?.objects.insert(
-            id,
-            Object {
-                attributes: public_only,
-                sealed,
-                owner: None,
-            },
-        );
+        let stored = stored.ok_or(Rv::GeneralError)?;
+        state.token_mut(slot)?.objects.insert(id, in_memory(stored));
         Ok(id)
     }
 
@@ -178,33 +188,14 @@ impl Hsm {
             return Ok(());
         }
         let key = self.sealing_key(token, attributes.flag(ck::CKA_PRIVATE))?;
-        let (public, secret) = attributes.split();
-        let sealed = if secret.0.is_empty() {
-            None
-        } else {
-            let plain =
-                tessera_core::SecretBytes::new(postcard::to_stdvec(&secret).unwrap_or_default());
-            Some(
-                key.seal(&seal_aad(slot, handle), plain.expose())
-                    .map_err(|_| Rv::FunctionFailed)?,
-            )
-        };
-        let stored = StoredObject {
-            public: public.clone(),
-            sealed: sealed.clone(),
-        };
+        let stored = seal(key, slot, handle, &attributes)?;
         self.store
             .replace_object(slot, handle, &stored)
             .map_err(|_| Rv::DeviceError)?;
-        let public_only = Attributes::join(&public, &Template::default());
-        state.token_mut(slot)?.objects.insert(
-            handle,
-            Object {
-                attributes: public_only,
-                sealed,
-                owner: None,
-            },
-        );
+        state
+            .token_mut(slot)?
+            .objects
+            .insert(handle, in_memory(stored));
         Ok(())
     }
 
@@ -534,19 +525,7 @@ fn check_imported_key(attributes: &mut Attributes, template: &Template) -> Resul
             attributes.set_ulong(ck::CKA_MODULUS_BITS, bits);
         }
         (ck::CKO_PRIVATE_KEY, ck::CKK_RSA) => {
-            object::require(
-                attributes,
-                &[
-                    ck::CKA_MODULUS,
-                    ck::CKA_PUBLIC_EXPONENT,
-                    ck::CKA_PRIVATE_EXPONENT,
-                    ck::CKA_PRIME_1,
-                    ck::CKA_PRIME_2,
-                    ck::CKA_EXPONENT_1,
-                    ck::CKA_EXPONENT_2,
-                    ck::CKA_COEFFICIENT,
-                ],
-            )?;
+            object::require(attributes, &object::RSA_PRIVATE_PARTS)?;
             crypto::check_rsa_private(attributes)?;
         }
         _ => return Err(Rv::AttributeValueInvalid),
