@@ -7,6 +7,7 @@
 
 pub mod attribute;
 pub mod der;
+pub mod flags;
 pub mod info;
 pub mod mechanism;
 pub mod rv;

@@ -161,6 +161,8 @@ return_values! {
     CurveNotSupported = ck::CKR_CURVE_NOT_SUPPORTED => "CKR_CURVE_NOT_SUPPORTED",
     /// The operation is not supported in parallel (`C_GetFunctionStatus`).
     FunctionNotParallel = ck::CKR_FUNCTION_NOT_PARALLEL => "CKR_FUNCTION_NOT_PARALLEL",
+    /// The domain parameters are invalid or not allowed.
+    DomainParamsInvalid = ck::CKR_DOMAIN_PARAMS_INVALID => "CKR_DOMAIN_PARAMS_INVALID",
     /// The key cannot be wrapped.
     KeyUnextractable = ck::CKR_KEY_UNEXTRACTABLE => "CKR_KEY_UNEXTRACTABLE",
     /// Channel key establishment failed (brief §2.6).
@@ -183,6 +185,14 @@ return_values! {
     AccessDenied = VENDOR_DEFINED + 0x102 => "CKR_ACCESS_DENIED",
     /// A certificate chain does not end in a trusted certificate.
     CertNotValidated = VENDOR_DEFINED + 0x107 => "CKR_CERT_NOT_VALIDATED",
+    /// Tessera: the flags are locked (Mode Locked) until a tamper.
+    ModeLocked = VENDOR_DEFINED + 0x1001 => "CKR_TESSERA_MODE_LOCKED",
+    /// Tessera: the change needs an identity key and certificate on the device.
+    IdentityRequired = VENDOR_DEFINED + 0x1002 => "CKR_TESSERA_IDENTITY_REQUIRED",
+    /// Tessera: the Admin token is already set up.
+    AdminAlreadySetUp = VENDOR_DEFINED + 0x1003 => "CKR_TESSERA_ADMIN_ALREADY_SET_UP",
+    /// Tessera: the Admin token has not been set up yet.
+    AdminNotSetUp = VENDOR_DEFINED + 0x1004 => "CKR_TESSERA_ADMIN_NOT_SET_UP",
 }
 
 impl std::fmt::Display for Rv {

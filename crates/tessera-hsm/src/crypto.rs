@@ -42,51 +42,71 @@ pub fn random(len: usize) -> Result<Vec<u8>, Rv> {
 
 struct Curve {
     params: &'static [u8],
+    /// Explicit ECParameters of the same curve (with and without seed), accepted under `E`.
+    explicit: [&'static [u8]; 2],
     signing: &'static signature::EcdsaSigningAlgorithm,
     verifying: &'static signature::EcdsaVerificationAlgorithm,
     digest: &'static digest::Algorithm,
     bytes: usize,
-    bits: u64,
 }
 
 const CURVES: &[Curve] = &[
     Curve {
         params: der::P256_PARAMS,
+        explicit: [
+            include_bytes!("../curves/p256-explicit.der"),
+            include_bytes!("../curves/p256-explicit-seed.der"),
+        ],
         signing: &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
         verifying: &signature::ECDSA_P256_SHA256_FIXED,
         digest: &digest::SHA256,
         bytes: 32,
-        bits: 256,
     },
     Curve {
         params: der::P384_PARAMS,
+        explicit: [
+            include_bytes!("../curves/p384-explicit.der"),
+            include_bytes!("../curves/p384-explicit-seed.der"),
+        ],
         signing: &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
         verifying: &signature::ECDSA_P384_SHA384_FIXED,
         digest: &digest::SHA384,
         bytes: 48,
-        bits: 384,
     },
     Curve {
         params: der::P521_PARAMS,
+        explicit: [
+            include_bytes!("../curves/p521-explicit.der"),
+            include_bytes!("../curves/p521-explicit-seed.der"),
+        ],
         signing: &signature::ECDSA_P521_SHA512_FIXED_SIGNING,
         verifying: &signature::ECDSA_P521_SHA512_FIXED,
         digest: &digest::SHA512,
         bytes: 66,
-        bits: 521,
     },
 ];
 
-fn curve(params: Option<&[u8]>) -> Result<&'static Curve, Rv> {
+/// The curve named by `CKA_EC_PARAMS`. Explicit parameters are accepted only with
+/// `allow_explicit` (the `E` flag) and only when they describe a supported curve.
+fn curve(params: Option<&[u8]>, allow_explicit: bool) -> Result<&'static Curve, Rv> {
     let params = params.ok_or(Rv::TemplateIncomplete)?;
-    CURVES
-        .iter()
-        .find(|c| c.params == params)
-        .ok_or(Rv::CurveNotSupported)
+    if let Some(curve) = CURVES.iter().find(|c| c.params == params) {
+        return Ok(curve);
+    }
+    if params.first() == Some(&der::SEQUENCE) {
+        let known = CURVES.iter().find(|c| c.explicit.contains(&params));
+        return match known {
+            Some(curve) if allow_explicit => Ok(curve),
+            _ => Err(Rv::DomainParamsInvalid),
+        };
+    }
+    Err(Rv::CurveNotSupported)
 }
 
-/// The curve size in bits of an EC key's `CKA_EC_PARAMS`, if supported.
-pub fn curve_bits(params: &[u8]) -> Option<u64> {
-    CURVES.iter().find(|c| c.params == params).map(|c| c.bits)
+/// Checks `CKA_EC_PARAMS` of a new key: a supported named curve, or (with the `E` flag) the
+/// explicit parameters of one.
+pub fn check_curve(params: Option<&[u8]>, allow_explicit: bool) -> Result<(), Rv> {
+    curve(params, allow_explicit).map(|_| ())
 }
 
 /// A generated key pair: (public attributes, private attributes), key material only.
@@ -96,8 +116,8 @@ pub type GeneratedPair = (
 );
 
 /// Generates an EC key pair on the curve named by `params`.
-pub fn generate_ec(params: Option<&[u8]>) -> Result<GeneratedPair, Rv> {
-    let curve = curve(params)?;
+pub fn generate_ec(params: Option<&[u8]>, allow_explicit: bool) -> Result<GeneratedPair, Rv> {
+    let curve = curve(params, allow_explicit)?;
     let pair = EcdsaKeyPair::generate(curve.signing).map_err(|_| Rv::FunctionFailed)?;
     let point = pair.public_key().as_ref().to_vec();
     let scalar = pair
@@ -106,7 +126,8 @@ pub fn generate_ec(params: Option<&[u8]>) -> Result<GeneratedPair, Rv> {
         .map_err(|_| Rv::FunctionFailed)?
         .as_ref()
         .to_vec();
-    let params = curve.params.to_vec();
+    // Keep the parameters as the application gave them.
+    let params = params.unwrap_or(curve.params).to_vec();
     Ok((
         vec![
             (ck::CKA_EC_PARAMS, params.clone()),
@@ -155,14 +176,70 @@ pub fn generate_rsa(bits: u64, exponent: Option<&[u8]>) -> Result<GeneratedPair,
 }
 
 fn rsa_private_key(key: &Attributes) -> Result<RsaKeyPair, Rv> {
+    let pkcs1 = rsa_private_pkcs1(key)?;
+    RsaKeyPair::from_der(pkcs1.expose()).map_err(|_| Rv::KeyTypeInconsistent)
+}
+
+/// `rsaEncryption` AlgorithmIdentifier.
+const RSA_ALGORITHM: &[u8] = &[
+    0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+];
+
+fn rsa_public_spki(key: &Attributes) -> Result<Vec<u8>, Rv> {
+    let mut bits = vec![0u8];
+    bits.extend(rsa_public_key(key)?);
+    Ok(der::sequence(&[
+        RSA_ALGORITHM.to_vec(),
+        der::element(0x03, &bits),
+    ]))
+}
+
+fn rsa_private_pkcs8(key: &Attributes) -> Result<SecretBytes, Rv> {
+    let pkcs1 = rsa_private_pkcs1(key)?;
+    Ok(SecretBytes::new(der::sequence(&[
+        der::unsigned_integer(&[0]),
+        RSA_ALGORITHM.to_vec(),
+        der::element(der::OCTET_STRING, pkcs1.expose()),
+    ])))
+}
+
+fn rsa_private_pkcs1(key: &Attributes) -> Result<SecretBytes, Rv> {
     let mut parts = vec![der::unsigned_integer(&[0])];
     for ty in RSA_PRIVATE_PARTS {
         parts.push(der::unsigned_integer(
             key.get(ty).ok_or(Rv::KeyTypeInconsistent)?,
         ));
     }
-    let pkcs1 = SecretBytes::new(der::sequence(&parts));
-    RsaKeyPair::from_der(pkcs1.expose()).map_err(|_| Rv::KeyTypeInconsistent)
+    Ok(SecretBytes::new(der::sequence(&parts)))
+}
+
+fn finish_rsa(cipher: RsaCipher, data: &SecretBytes) -> Result<Output, Rv> {
+    match cipher {
+        RsaCipher::Encrypt(key) => {
+            if data.len() > key.max_plaintext_size() {
+                return Err(Rv::DataLenRange);
+            }
+            let mut out = vec![0u8; key.ciphertext_size()];
+            let len = key
+                .encrypt(data.expose(), &mut out)
+                .map_err(|_| Rv::FunctionFailed)?
+                .len();
+            out.truncate(len);
+            Ok(Output::Bytes(out))
+        }
+        RsaCipher::Decrypt(key) => {
+            if data.len() != key.key_size_bytes() {
+                return Err(Rv::EncryptedDataLenRange);
+            }
+            let mut out = SecretBytes::new(vec![0u8; key.min_output_size()]);
+            let len = key
+                .decrypt(data.expose(), out.expose_mut())
+                .map_err(|_| Rv::EncryptedDataInvalid)?
+                .len();
+            out.expose_mut().truncate(len);
+            Ok(Output::Secret(out))
+        }
+    }
 }
 
 fn rsa_public_key(key: &Attributes) -> Result<Vec<u8>, Rv> {
@@ -202,7 +279,7 @@ pub fn bit_len(magnitude: &[u8]) -> u64 {
 }
 
 fn ec_private_key(key: &Attributes) -> Result<(EcdsaKeyPair, &'static Curve), Rv> {
-    let curve = curve(key.get(ck::CKA_EC_PARAMS)).map_err(|_| Rv::KeyTypeInconsistent)?;
+    let curve = curve(key.get(ck::CKA_EC_PARAMS), true).map_err(|_| Rv::KeyTypeInconsistent)?;
     let scalar = key.get(ck::CKA_VALUE).ok_or(Rv::KeyTypeInconsistent)?;
     if scalar.len() > curve.bytes {
         return Err(Rv::KeyTypeInconsistent);
@@ -222,7 +299,7 @@ fn ec_private_key(key: &Attributes) -> Result<(EcdsaKeyPair, &'static Curve), Rv
 }
 
 fn ec_point(key: &Attributes) -> Result<(Vec<u8>, &'static Curve), Rv> {
-    let curve = curve(key.get(ck::CKA_EC_PARAMS)).map_err(|_| Rv::KeyTypeInconsistent)?;
+    let curve = curve(key.get(ck::CKA_EC_PARAMS), true).map_err(|_| Rv::KeyTypeInconsistent)?;
     let raw = key.get(ck::CKA_EC_POINT).ok_or(Rv::KeyTypeInconsistent)?;
     // CKA_EC_POINT is a DER OCTET STRING; accept the bare point too, as many tools send it.
     let point = der::single(raw, der::OCTET_STRING).unwrap_or(raw);
@@ -251,6 +328,7 @@ fn ecdsa_digest(curve: &Curve, hash: &[u8]) -> Result<Digest, Rv> {
 
 fn digest_algorithm(mechanism: u64) -> Option<&'static digest::Algorithm> {
     match mechanism as ck::CK_MECHANISM_TYPE {
+        ck::CKM_SHA_1 => Some(&digest::SHA1_FOR_LEGACY_USE_ONLY),
         ck::CKM_SHA256 => Some(&digest::SHA256),
         ck::CKM_SHA384 => Some(&digest::SHA384),
         ck::CKM_SHA512 => Some(&digest::SHA512),
@@ -393,8 +471,17 @@ enum AesMode {
     Gcm { iv: Vec<u8>, aad: Vec<u8> },
 }
 
+enum RsaCipher {
+    Encrypt(aws_lc_rs::rsa::Pkcs1PublicEncryptingKey),
+    Decrypt(aws_lc_rs::rsa::Pkcs1PrivateDecryptingKey),
+}
+
 enum Inner {
     Digest(Context),
+    Rsa {
+        cipher: RsaCipher,
+        data: SecretBytes,
+    },
     Signature {
         key: SignKey,
         input: Input,
@@ -538,13 +625,22 @@ impl Operation {
         })
     }
 
-    /// Starts an encryption or decryption with an AES key.
-    pub fn cipher(mechanism: &Mechanism, key: &Attributes, encrypt: bool) -> Result<Operation, Rv> {
+    /// Starts an encryption or decryption: AES with a secret key, or RSA PKCS#1 v1.5 with an
+    /// RSA key (decryption only when `weak_allowed`: it is a padding oracle).
+    pub fn cipher(
+        mechanism: &Mechanism,
+        key: &Attributes,
+        encrypt: bool,
+        weak_allowed: bool,
+    ) -> Result<Operation, Rv> {
         let usage = if encrypt {
             ck::CKA_ENCRYPT
         } else {
             ck::CKA_DECRYPT
         };
+        if mechanism.ty == ck::CKM_RSA_PKCS as u64 {
+            return Self::rsa_cipher(mechanism, key, encrypt, weak_allowed, usage);
+        }
         let mode = match (mechanism.ty as ck::CK_MECHANISM_TYPE, &mechanism.parameter) {
             (ck::CKM_AES_CBC_PAD, MechanismParameter::Bytes(iv)) => AesMode::CbcPad(
                 iv.as_slice()
@@ -583,6 +679,52 @@ impl Operation {
         })
     }
 
+    fn rsa_cipher(
+        mechanism: &Mechanism,
+        key: &Attributes,
+        encrypt: bool,
+        weak_allowed: bool,
+        usage: ck::CK_ATTRIBUTE_TYPE,
+    ) -> Result<Operation, Rv> {
+        if mechanism.parameter != MechanismParameter::None {
+            return Err(Rv::MechanismParamInvalid);
+        }
+        if !encrypt && !weak_allowed {
+            return Err(Rv::MechanismInvalid);
+        }
+        let class = if encrypt {
+            ck::CKO_PUBLIC_KEY
+        } else {
+            ck::CKO_PRIVATE_KEY
+        };
+        if key.class() != class as u64 || key.key_type() != ck::CKK_RSA as u64 {
+            return Err(Rv::KeyTypeInconsistent);
+        }
+        if !key.flag(usage) {
+            return Err(Rv::KeyFunctionNotPermitted);
+        }
+        let inconsistent = |_| Rv::KeyTypeInconsistent;
+        let cipher = if encrypt {
+            let spki = rsa_public_spki(key)?;
+            let public = aws_lc_rs::rsa::PublicEncryptingKey::from_der(&spki)
+                .map_err(|_| Rv::KeyTypeInconsistent)?;
+            RsaCipher::Encrypt(
+                aws_lc_rs::rsa::Pkcs1PublicEncryptingKey::new(public).map_err(inconsistent)?,
+            )
+        } else {
+            let pkcs8 = rsa_private_pkcs8(key)?;
+            let private = aws_lc_rs::rsa::PrivateDecryptingKey::from_pkcs8(pkcs8.expose())
+                .map_err(|_| Rv::KeyTypeInconsistent)?;
+            RsaCipher::Decrypt(
+                aws_lc_rs::rsa::Pkcs1PrivateDecryptingKey::new(private).map_err(inconsistent)?,
+            )
+        };
+        let data = SecretBytes::default();
+        Ok(Operation {
+            inner: Inner::Rsa { cipher, data },
+        })
+    }
+
     /// Feeds input; ciphers return no output until the final call.
     pub fn update(&mut self, data: &[u8]) -> Result<(), Rv> {
         match &mut self.inner {
@@ -591,7 +733,7 @@ impl Operation {
                 Ok(())
             }
             Inner::Signature { input, .. } => input.update(data),
-            Inner::Aes { data: buffer, .. } => {
+            Inner::Aes { data: buffer, .. } | Inner::Rsa { data: buffer, .. } => {
                 if buffer.len() + data.len() > MAX_CIPHER_INPUT {
                     return Err(Rv::DataLenRange);
                 }
@@ -612,6 +754,7 @@ impl Operation {
                 encrypt,
                 data,
             } => finish_aes(&key, mode, encrypt, data),
+            Inner::Rsa { cipher, data } => finish_rsa(cipher, &data),
         }
     }
 }

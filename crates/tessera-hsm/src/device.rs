@@ -21,6 +21,8 @@ pub struct HsmOptions {
     pub user_slots: u64,
     /// PBKDF2 iterations for new PIN records.
     pub kdf_iterations: u32,
+    /// Entries the event log keeps; older ones are dropped.
+    pub event_log_size: u64,
 }
 
 impl Default for HsmOptions {
@@ -28,6 +30,7 @@ impl Default for HsmOptions {
         HsmOptions {
             user_slots: 2,
             kdf_iterations: tessera_store::DEFAULT_KDF_ITERATIONS,
+            event_log_size: crate::events::DEFAULT_EVENT_LOG_SIZE,
         }
     }
 }
@@ -113,35 +116,47 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
     let device = match store.device()? {
         Some(device) => device,
         None => {
+            let user_tokens: Vec<u64> = (0..options.user_slots).collect();
             let device = DeviceRecord {
                 serial: random_serial()?,
                 model: MODEL.into(),
-                user_slots: options.user_slots,
                 created: crate::time::now(),
+                admin_token: options.user_slots,
+                next_token: options.user_slots + 1,
+                user_tokens,
+                flags: 0,
+                transport_mode: 0,
+                clock_offset: 0,
             };
-            store.put_device(&device)?;
-            tracing::info!(serial = %device.serial, slots = device.user_slots, "created a new HSM device");
+            let blank = TokenRecord::default();
+            let tokens: Vec<(u64, &TokenRecord)> =
+                (0..=options.user_slots).map(|t| (t, &blank)).collect();
+            store.update_device(&device, &tokens, &[], &[])?;
+            tracing::info!(serial = %device.serial, slots = options.user_slots, "created a new HSM device");
             device
         }
     };
     let mut records: std::collections::BTreeMap<u64, TokenRecord> =
         store.tokens()?.into_iter().collect();
     let mut tokens = std::collections::BTreeMap::new();
-    for slot in 0..=device.user_slots {
-        let record = match records.remove(&slot) {
-            Some(record) => record,
-            None => {
-                let record = TokenRecord::default();
-                store.put_token(slot, &record)?;
-                record
-            }
-        };
+    let token_ids: Vec<u64> = device
+        .user_tokens
+        .iter()
+        .copied()
+        .chain(std::iter::once(device.admin_token))
+        .collect();
+    for token_id in token_ids {
+        let record = records.remove(&token_id).ok_or_else(|| {
+            HsmError::Store(StoreError::Corrupt(format!(
+                "token {token_id} of the slot list"
+            )))
+        })?;
         let mut objects = std::collections::BTreeMap::new();
-        for (id, stored) in store.objects(slot)? {
+        for (id, stored) in store.objects(token_id)? {
             objects.insert(id, crate::objects::in_memory(stored));
         }
         tokens.insert(
-            slot,
+            token_id,
             Token {
                 record,
                 master: None,
@@ -150,19 +165,24 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
             },
         );
     }
-    Ok(Hsm {
+    let events = crate::events::EventLog::open(&store, &device_key, options.event_log_size)?;
+    let hsm = Hsm {
         store,
-        device,
+        serial: device.serial.clone(),
         device_key,
         kdf_iterations: options.kdf_iterations.max(1),
+        events,
         state: std::sync::Mutex::new(State {
+            device,
             tokens,
             sessions: Default::default(),
             next_session: 0,
             next_session_object: crate::SESSION_OBJECT_BASE,
             next_client: 0,
         }),
-    })
+    };
+    hsm.refresh_device_objects(&mut hsm.lock());
+    Ok(hsm)
 }
 
 fn version() -> Version {
@@ -173,35 +193,29 @@ fn version() -> Version {
 
 impl Hsm {
     pub(crate) fn device_info(&self) -> DeviceInfo {
+        let state = self.lock();
         DeviceInfo {
-            serial: self.device.serial.clone(),
-            model: self.device.model.clone(),
+            serial: self.serial.clone(),
+            model: state.device.model.clone(),
             manufacturer: MANUFACTURER.into(),
             firmware: version(),
             hardware: Version { major: 1, minor: 0 },
-            slot_count: self.device.user_slots + 1,
+            slot_count: state.device.user_tokens.len() as u64 + 1,
         }
     }
 
-    /// The Admin slot (the last one).
-    pub fn admin_slot(&self) -> u64 {
-        self.device.user_slots
-    }
-
-    pub(crate) fn check_slot(&self, slot: u64) -> Result<(), Rv> {
-        if slot <= self.device.user_slots {
-            Ok(())
-        } else {
-            Err(Rv::SlotIdInvalid)
-        }
+    /// The device clock: the host clock plus the offset the Administrator set.
+    pub(crate) fn clock(&self, state: &State) -> u64 {
+        crate::time::now().saturating_add_signed(state.device.clock_offset)
     }
 
     pub(crate) fn slot_info(&self, slot: u64) -> Result<SlotInfo, Rv> {
-        self.check_slot(slot)?;
-        let description = if slot == self.admin_slot() {
-            format!("Tessera {} Admin slot", self.device.serial)
+        let state = self.lock();
+        let token_id = state.slot_token(slot)?;
+        let description = if state.is_admin(token_id) {
+            format!("Tessera {} Admin slot", self.serial)
         } else {
-            format!("Tessera {} slot {slot}", self.device.serial)
+            format!("Tessera {} slot {slot}", self.serial)
         };
         Ok(SlotInfo {
             description,
@@ -213,9 +227,9 @@ impl Hsm {
     }
 
     pub(crate) fn token_info(&self, slot: u64) -> Result<TokenInfo, Rv> {
-        self.check_slot(slot)?;
         let state = self.lock();
-        let token = state.token(slot)?;
+        let token_id = state.slot_token(slot)?;
+        let token = state.token(token_id)?;
         let record = &token.record;
         let mut flags = ck::CKF_RNG | ck::CKF_LOGIN_REQUIRED | ck::CKF_RESTORE_KEY_NOT_NEEDED;
         if record.so_pin.is_some() {
@@ -236,16 +250,12 @@ impl Hsm {
             ck::CKF_SO_PIN_FINAL_TRY,
             ck::CKF_SO_PIN_LOCKED,
         );
-        let sessions = state.sessions.values().filter(|s| s.slot == slot);
+        let sessions = state.sessions.values().filter(|s| s.token_id == token_id);
         let (count, rw) = sessions.fold((0, 0), |(c, rw), s| (c + 1, rw + u64::from(s.read_write)));
-        let label = if record.label.is_empty() {
-            String::new()
-        } else {
-            String::from_utf8_lossy(&record.label)
-                .trim_end()
-                .to_string()
-        };
-        let model = if slot == self.admin_slot() {
+        let label = String::from_utf8_lossy(&record.label)
+            .trim_end()
+            .to_string();
+        let model = if state.is_admin(token_id) {
             "Tessera Admin"
         } else {
             MODEL
@@ -254,7 +264,7 @@ impl Hsm {
             label,
             manufacturer: MANUFACTURER.into(),
             model: model.into(),
-            serial: format!("{}{:02}", self.device.serial, slot),
+            serial: format!("{}{:02}", self.serial, token_id),
             flags: flags as u64,
             session_count: count,
             rw_session_count: rw,
@@ -263,7 +273,7 @@ impl Hsm {
             min_pin_len: MIN_PIN_LEN as u64,
             hardware: Version { major: 1, minor: 0 },
             firmware: version(),
-            utc_time: crate::time::utc_time(crate::time::now()),
+            utc_time: crate::time::utc_time(self.clock(&state)),
         })
     }
 }

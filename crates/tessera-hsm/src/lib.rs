@@ -9,8 +9,10 @@
 //! token, so it is kept per client and slot; all of a client's sessions end when it disconnects.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod crypto;
 mod device;
+mod events;
 mod mechanisms;
 mod object;
 mod objects;
@@ -26,7 +28,11 @@ use tessera_core::Rv;
 use tessera_store::{DeviceRecord, MasterKey, Store, TokenRecord};
 use tessera_wire::{Reply, Request};
 
+pub use admin::{
+    CKA_TESSERA_SECURITY_FLAGS, CKA_TESSERA_SERIAL, CKH_TESSERA_DEVICE, DEVICE_OBJECT,
+};
 pub use device::{HsmError, HsmOptions};
+pub use events::DEFAULT_EVENT_LOG_SIZE;
 pub use tessera_store::DEFAULT_KDF_ITERATIONS;
 
 /// The most sessions a device holds at once (all clients).
@@ -65,13 +71,16 @@ pub(crate) struct Token {
 
 pub(crate) struct Session {
     client: u64,
-    slot: u64,
+    token_id: u64,
     read_write: bool,
     find: Option<Vec<u64>>,
     operations: HashMap<tessera_wire::Operation, crypto::Operation>,
 }
 
 pub(crate) struct State {
+    /// The device record (slots, flags, clock, transport mode).
+    device: DeviceRecord,
+    /// Tokens by token id.
     tokens: BTreeMap<u64, Token>,
     sessions: HashMap<u64, Session>,
     next_session: u64,
@@ -82,10 +91,11 @@ pub(crate) struct State {
 /// One HSM device backed by its data directory.
 pub struct Hsm {
     store: Store,
-    device: DeviceRecord,
+    serial: String,
     /// Seals the secrets of public token objects (private ones use the token master key).
     device_key: MasterKey,
     kdf_iterations: u32,
+    events: events::EventLog,
     state: Mutex<State>,
 }
 
@@ -100,7 +110,7 @@ impl Hsm {
 
     /// The device serial number.
     pub fn serial(&self) -> &str {
-        &self.device.serial
+        &self.serial
     }
 
     /// Registers a new client (a connection) and returns its id.
@@ -148,12 +158,14 @@ impl Hsm {
             R::SlotInfo { slot } => self.slot_info(slot).map(Reply::Slot),
             R::TokenInfo { slot } => self.token_info(slot).map(Reply::Token),
             R::MechanismList { slot } => {
-                self.check_slot(slot)?;
-                Ok(Reply::Mechanisms(mechanisms::list()))
+                let state = self.lock();
+                state.slot_token(slot)?;
+                Ok(Reply::Mechanisms(mechanisms::list(state.flags())))
             }
             R::MechanismInfo { slot, mechanism } => {
-                self.check_slot(slot)?;
-                mechanisms::info(mechanism)
+                let state = self.lock();
+                state.slot_token(slot)?;
+                mechanisms::info(mechanism, state.flags())
                     .map(Reply::Mechanism)
                     .ok_or(Rv::MechanismInvalid)
             }
@@ -170,12 +182,12 @@ impl Hsm {
                 Ok(Reply::Done)
             }
             R::CloseAllSessions { slot } => {
-                self.check_slot(slot)?;
                 let mut state = self.lock();
+                let token_id = state.slot_token(slot)?;
                 let handles: Vec<u64> = state
                     .sessions
                     .iter()
-                    .filter(|(_, s)| s.client == client && s.slot == slot)
+                    .filter(|(_, s)| s.client == client && s.token_id == token_id)
                     .map(|(h, _)| *h)
                     .collect();
                 for handle in handles {
@@ -262,12 +274,19 @@ impl Hsm {
                 &private_template,
             ),
             R::GenerateRandom { session, len } => {
-                self.lock().session(client, session)?;
+                {
+                    let state = self.lock();
+                    let token_id = state.session(client, session)?.token_id;
+                    state.check_public_crypto(client, token_id)?;
+                }
                 if len > (8 << 20) {
                     return Err(Rv::DataLenRange);
                 }
                 crypto::random(len as usize).map(Reply::Bytes)
             }
+            R::DeviceStatus => Ok(Reply::Status(self.device_status())),
+            R::AdminSetup { aso_pin, admin_pin } => self.admin_setup(&aso_pin, &admin_pin),
+            R::Admin { session, command } => self.admin(client, session, command),
             R::SeedRandom { session, .. } => {
                 self.lock().session(client, session)?;
                 // The generator is the operating system's; it cannot be seeded from outside.
@@ -292,25 +311,78 @@ impl State {
             .ok_or(Rv::SessionHandleInvalid)
     }
 
-    pub(crate) fn token(&self, slot: u64) -> Result<&Token, Rv> {
-        self.tokens.get(&slot).ok_or(Rv::SlotIdInvalid)
+    pub(crate) fn token(&self, token_id: u64) -> Result<&Token, Rv> {
+        self.tokens.get(&token_id).ok_or(Rv::SlotIdInvalid)
     }
 
-    pub(crate) fn token_mut(&mut self, slot: u64) -> Result<&mut Token, Rv> {
-        self.tokens.get_mut(&slot).ok_or(Rv::SlotIdInvalid)
+    pub(crate) fn token_mut(&mut self, token_id: u64) -> Result<&mut Token, Rv> {
+        self.tokens.get_mut(&token_id).ok_or(Rv::SlotIdInvalid)
+    }
+
+    /// The token ids in slot order: the user slots, then the Admin slot.
+    pub(crate) fn slot_tokens(&self) -> impl Iterator<Item = u64> + '_ {
+        self.device
+            .user_tokens
+            .iter()
+            .copied()
+            .chain(std::iter::once(self.device.admin_token))
+    }
+
+    /// The token id in a slot.
+    pub(crate) fn slot_token(&self, slot: u64) -> Result<u64, Rv> {
+        usize::try_from(slot)
+            .ok()
+            .and_then(|index| self.slot_tokens().nth(index))
+            .ok_or(Rv::SlotIdInvalid)
+    }
+
+    /// The slot a token is in now.
+    pub(crate) fn slot_of(&self, token_id: u64) -> u64 {
+        self.slot_tokens()
+            .position(|t| t == token_id)
+            .unwrap_or(usize::MAX) as u64
+    }
+
+    /// The name of a role on a token, for the event log.
+    pub(crate) fn role(&self, token_id: u64, so: bool) -> &'static str {
+        match (self.is_admin(token_id), so) {
+            (true, true) => "ASO",
+            (true, false) => "Administrator",
+            (false, true) => "SO",
+            (false, false) => "User",
+        }
+    }
+
+    /// The device flags.
+    pub(crate) fn flags(&self) -> u64 {
+        self.device.flags
+    }
+
+    /// With No Public Crypto (`c`), crypto and object writes need a login on the token.
+    pub(crate) fn check_public_crypto(&self, client: u64, token_id: u64) -> Result<(), Rv> {
+        let logged_in = self.token(token_id)?.login_of(client).is_some();
+        if self.device.flags & tessera_core::flags::NO_PUBLIC_CRYPTO != 0 && !logged_in {
+            return Err(Rv::UserNotLoggedIn);
+        }
+        Ok(())
+    }
+
+    /// True for the Admin token.
+    pub(crate) fn is_admin(&self, token_id: u64) -> bool {
+        token_id == self.device.admin_token
     }
 
     /// Closes a session and destroys the session objects it created.
     pub(crate) fn close_session(&mut self, handle: u64) {
         if let Some(session) = self.sessions.remove(&handle) {
-            if let Some(token) = self.tokens.get_mut(&session.slot) {
+            if let Some(token) = self.tokens.get_mut(&session.token_id) {
                 token
                     .objects
                     .retain(|_, o| o.owner != Some((session.client, handle)));
                 let still_open = self
                     .sessions
                     .values()
-                    .any(|s| s.client == session.client && s.slot == session.slot);
+                    .any(|s| s.client == session.client && s.token_id == session.token_id);
                 if !still_open {
                     // The last session of an application on a token logs it out (§5.6).
                     token.logout(session.client);
@@ -321,6 +393,15 @@ impl State {
 }
 
 impl Token {
+    pub(crate) fn blank() -> Token {
+        Token {
+            record: TokenRecord::default(),
+            master: None,
+            logins: HashMap::new(),
+            objects: BTreeMap::new(),
+        }
+    }
+
     pub(crate) fn login_of(&self, client: u64) -> Option<Login> {
         self.logins.get(&client).copied()
     }

@@ -10,6 +10,7 @@ const CIPHER: ck::CK_FLAGS = ck::CKF_ENCRYPT | ck::CKF_DECRYPT;
 /// (mechanism, min key size, max key size, flags). Key sizes are bytes for AES, bits for RSA
 /// and EC, as PKCS#11 specifies per mechanism.
 const TABLE: &[(ck::CK_MECHANISM_TYPE, u64, u64, ck::CK_FLAGS)] = &[
+    (ck::CKM_SHA_1, 0, 0, ck::CKF_DIGEST),
     (ck::CKM_SHA256, 0, 0, ck::CKF_DIGEST),
     (ck::CKM_SHA384, 0, 0, ck::CKF_DIGEST),
     (ck::CKM_SHA512, 0, 0, ck::CKF_DIGEST),
@@ -32,7 +33,7 @@ const TABLE: &[(ck::CK_MECHANISM_TYPE, u64, u64, ck::CK_FLAGS)] = &[
         4096,
         ck::CKF_GENERATE_KEY_PAIR,
     ),
-    (ck::CKM_RSA_PKCS, 2048, 4096, SIGN_VERIFY),
+    (ck::CKM_RSA_PKCS, 2048, 4096, SIGN_VERIFY | CIPHER),
     (ck::CKM_SHA256_RSA_PKCS, 2048, 4096, SIGN_VERIFY),
     (ck::CKM_SHA384_RSA_PKCS, 2048, 4096, SIGN_VERIFY),
     (ck::CKM_SHA512_RSA_PKCS, 2048, 4096, SIGN_VERIFY),
@@ -42,19 +43,44 @@ const TABLE: &[(ck::CK_MECHANISM_TYPE, u64, u64, ck::CK_FLAGS)] = &[
     (ck::CKM_SHA512_RSA_PKCS_PSS, 2048, 4096, SIGN_VERIFY),
 ];
 
-/// Every supported mechanism.
-pub fn list() -> Vec<u64> {
-    TABLE.iter().map(|(m, ..)| *m as u64).collect()
+/// Mechanisms that are not approved: hidden and refused under the `a` flag (FIPS Algorithms
+/// Only). SHA-1 is kept for legacy digests only.
+const NOT_APPROVED: &[ck::CK_MECHANISM_TYPE] = &[ck::CKM_SHA_1];
+
+/// Whether a mechanism may be used under the device flags.
+pub fn allowed(mechanism: u64, flags: u64) -> bool {
+    flags & tessera_core::flags::FIPS_ALGORITHMS == 0
+        || !NOT_APPROVED.iter().any(|m| *m as u64 == mechanism)
 }
 
-/// The info of a mechanism, if supported.
-pub fn info(mechanism: u64) -> Option<MechanismInfo> {
+/// Every mechanism offered under the device flags.
+pub fn list(flags: u64) -> Vec<u64> {
+    TABLE
+        .iter()
+        .map(|(m, ..)| *m as u64)
+        .filter(|m| allowed(*m, flags))
+        .collect()
+}
+
+/// The info of a mechanism, if offered under the device flags. Raw RSA PKCS#1 v1.5
+/// decryption (a padding oracle) is offered only with the `w` flag.
+pub fn info(mechanism: u64, flags: u64) -> Option<MechanismInfo> {
+    if !allowed(mechanism, flags) {
+        return None;
+    }
+    let weak = flags & tessera_core::flags::WEAK_MECHANISMS != 0;
     TABLE
         .iter()
         .find(|(m, ..)| *m as u64 == mechanism)
-        .map(|(_, min, max, flags)| MechanismInfo {
-            min_key_size: *min,
-            max_key_size: *max,
-            flags: *flags as u64 | ck::CKF_HW as u64,
+        .map(|(m, min, max, flags)| {
+            let mut flags = *flags | ck::CKF_HW;
+            if *m == ck::CKM_RSA_PKCS && !weak {
+                flags &= !ck::CKF_DECRYPT;
+            }
+            MechanismInfo {
+                min_key_size: *min,
+                max_key_size: *max,
+                flags: flags as u64,
+            }
         })
 }

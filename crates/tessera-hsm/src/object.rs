@@ -284,6 +284,7 @@ pub fn check_change(
     change: &Attribute,
     copy: bool,
     so: bool,
+    flags: u64,
 ) -> Result<(), Rv> {
     let ty = change.ty as ck::CK_ATTRIBUTE_TYPE;
     if !valid_for_class(object.class(), change.ty) {
@@ -309,7 +310,13 @@ pub fn check_change(
         // extractable only to FALSE, copyable and modifiable only to FALSE.
         ck::CKA_SENSITIVE if old && new == Some(false) => Err(Rv::AttributeReadOnly),
         ck::CKA_EXTRACTABLE if !old && new == Some(true) => Err(Rv::AttributeReadOnly),
-        ck::CKA_COPYABLE | ck::CKA_MODIFIABLE if !old && new == Some(true) => {
+        ck::CKA_COPYABLE if !old && new == Some(true) => Err(Rv::AttributeReadOnly),
+        // A copy may make a read-only object modifiable, except at Increased Security (`i`).
+        ck::CKA_MODIFIABLE
+            if !old
+                && new == Some(true)
+                && flags & tessera_core::flags::INCREASED_SECURITY != 0 =>
+        {
             Err(Rv::AttributeReadOnly)
         }
         ck::CKA_TRUSTED if new == Some(true) && !so => Err(Rv::AttributeReadOnly),
@@ -319,7 +326,7 @@ pub fn check_change(
 
 /// Completes a new object's attributes with the defaults of its class and checks what the
 /// class requires. `generated` is the mechanism for keys made inside the HSM.
-pub fn complete(attributes: &mut Attributes, generated: Option<u64>) -> Result<(), Rv> {
+pub fn complete(attributes: &mut Attributes, generated: Option<u64>, flags: u64) -> Result<(), Rv> {
     let class = attributes.class();
     attributes.default_flag(ck::CKA_TOKEN, false);
     let private_default = matches!(
@@ -356,14 +363,19 @@ pub fn complete(attributes: &mut Attributes, generated: Option<u64>) -> Result<(
             attributes.set_flag(ck::CKA_LOCAL, generated.is_some());
             attributes.set_ulong(ck::CKA_KEY_GEN_MECHANISM, generated.unwrap_or(UNAVAILABLE));
             attributes.default_bytes(ck::CKA_ALLOWED_MECHANISMS);
-            complete_key(attributes, class, generated.is_some())?;
+            complete_key(attributes, class, generated.is_some(), flags)?;
         }
         _ => return Err(Rv::AttributeValueInvalid),
     }
     Ok(())
 }
 
-fn complete_key(attributes: &mut Attributes, class: u64, generated: bool) -> Result<(), Rv> {
+fn complete_key(
+    attributes: &mut Attributes,
+    class: u64,
+    generated: bool,
+    flags: u64,
+) -> Result<(), Rv> {
     let usage: &[ck::CK_ATTRIBUTE_TYPE] = match class as ck::CK_OBJECT_CLASS {
         ck::CKO_SECRET_KEY => &[
             ck::CKA_ENCRYPT,
@@ -389,6 +401,10 @@ fn complete_key(attributes: &mut Attributes, class: u64, generated: bool) -> Res
     } else {
         // Keys made or held by an HSM are sensitive unless the application says otherwise.
         attributes.default_flag(ck::CKA_SENSITIVE, true);
+        if flags & tessera_core::flags::NO_CLEAR_PINS != 0 && !attributes.flag(ck::CKA_SENSITIVE) {
+            // No Clear PINs (`n`): secret and private keys are always sensitive.
+            return Err(Rv::AttributeValueInvalid);
+        }
         attributes.default_flag(ck::CKA_EXTRACTABLE, true);
         attributes.default_flag(ck::CKA_WRAP_WITH_TRUSTED, false);
         let sensitive = attributes.flag(ck::CKA_SENSITIVE);
@@ -468,7 +484,7 @@ mod tests {
         ];
         template.extend(extra);
         let mut attributes = from_template(&Template(template), ck::CKO_SECRET_KEY).unwrap();
-        complete(&mut attributes, None).unwrap();
+        complete(&mut attributes, None, 0).unwrap();
         attributes
     }
 
@@ -480,26 +496,26 @@ mod tests {
         assert_eq!(key.ulong(ck::CKA_KEY_GEN_MECHANISM), Some(UNAVAILABLE));
         let unsensitive = Attribute::bool(ck::CKA_SENSITIVE, false);
         assert_eq!(
-            check_change(&key, &unsensitive, false, false),
+            check_change(&key, &unsensitive, false, false, 0),
             Err(Rv::AttributeReadOnly)
         );
         let value = Attribute::bytes(ck::CKA_VALUE, &[1u8; 16]);
         assert_eq!(
-            check_change(&key, &value, false, false),
+            check_change(&key, &value, false, false, 0),
             Err(Rv::AttributeReadOnly)
         );
         let label = Attribute::bytes(ck::CKA_LABEL, b"x");
-        assert_eq!(check_change(&key, &label, false, false), Ok(()));
+        assert_eq!(check_change(&key, &label, false, false, 0), Ok(()));
         let token = Attribute::bool(ck::CKA_TOKEN, true);
         assert_eq!(
-            check_change(&key, &token, false, false),
+            check_change(&key, &token, false, false, 0),
             Err(Rv::AttributeReadOnly)
         );
-        assert_eq!(check_change(&key, &token, true, false), Ok(()));
+        assert_eq!(check_change(&key, &token, true, false, 0), Ok(()));
         let plain = secret_key(vec![Attribute::bool(ck::CKA_EXTRACTABLE, false)]);
         let extract = Attribute::bool(ck::CKA_EXTRACTABLE, true);
         assert_eq!(
-            check_change(&plain, &extract, false, false),
+            check_change(&plain, &extract, false, false, 0),
             Err(Rv::AttributeReadOnly)
         );
     }
@@ -526,7 +542,7 @@ mod tests {
         );
         let mut no_key_type = from_template(&Template::default(), ck::CKO_SECRET_KEY).unwrap();
         assert_eq!(
-            complete(&mut no_key_type, None),
+            complete(&mut no_key_type, None, 0),
             Err(Rv::TemplateIncomplete)
         );
         let (public, secret) = secret_key(vec![]).split();

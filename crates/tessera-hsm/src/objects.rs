@@ -11,13 +11,18 @@ use tessera_wire::{AttributeAnswer, Reply};
 use crate::object::{self, Attributes};
 use crate::{crypto, Hsm, Login, Object, State, Token};
 
-fn seal_aad(slot: u64, id: u64) -> Vec<u8> {
-    format!("tessera object {slot}/{id}").into_bytes()
+fn seal_aad(token_id: u64, id: u64) -> Vec<u8> {
+    format!("tessera object {token_id}/{id}").into_bytes()
 }
 
 /// The stored form of a token object: public attributes in the clear, secrets sealed under
-/// `key` and bound to the slot and id.
-fn seal(key: &MasterKey, slot: u64, id: u64, attributes: &Attributes) -> Result<StoredObject, Rv> {
+/// `key` and bound to the token_id and id.
+fn seal(
+    key: &MasterKey,
+    token_id: u64,
+    id: u64,
+    attributes: &Attributes,
+) -> Result<StoredObject, Rv> {
     let (public, secret) = attributes.split();
     let sealed = if secret.0.is_empty() {
         None
@@ -26,7 +31,7 @@ fn seal(key: &MasterKey, slot: u64, id: u64, attributes: &Attributes) -> Result<
             postcard::to_stdvec(&secret).map_err(|_| Rv::GeneralError)?,
         );
         Some(
-            key.seal(&seal_aad(slot, id), plain.expose())
+            key.seal(&seal_aad(token_id, id), plain.expose())
                 .map_err(|_| Rv::FunctionFailed)?,
         )
     };
@@ -65,15 +70,15 @@ impl Hsm {
     pub(crate) fn full_attributes(
         &self,
         token: &Token,
-        slot: u64,
+        token_id: u64,
         id: u64,
         object: &Object,
     ) -> Result<Attributes, Rv> {
         let mut attributes = object.attributes.clone();
         if let Some(sealed) = &object.sealed {
             let key = self.sealing_key(token, object.attributes.flag(ck::CKA_PRIVATE))?;
-            let plain = key.open(&seal_aad(slot, id), sealed).map_err(|_| {
-                tracing::error!(slot, id, "a stored object failed authentication");
+            let plain = key.open(&seal_aad(token_id, id), sealed).map_err(|_| {
+                tracing::error!(token_id, id, "a stored object failed authentication");
                 Rv::DeviceError
             })?;
             let secrets: Template =
@@ -92,14 +97,14 @@ impl Hsm {
         session: u64,
         handle: u64,
     ) -> Result<(u64, &Token, &Object), Rv> {
-        let slot = state.session(client, session)?.slot;
-        let token = state.token(slot)?;
+        let token_id = state.session(client, session)?.token_id;
+        let token = state.token(token_id)?;
         let object = token
             .objects
             .get(&handle)
             .filter(|o| visible(token, client, o))
             .ok_or(Rv::ObjectHandleInvalid)?;
-        Ok((slot, token, object))
+        Ok((token_id, token, object))
     }
 
     /// Checks that the client may create an object with these attributes in this session.
@@ -110,7 +115,7 @@ impl Hsm {
         attributes: &Attributes,
     ) -> Result<u64, Rv> {
         let session = state.session(client, session)?;
-        let login = state.token(session.slot)?.login_of(client);
+        let login = state.token(session.token_id)?.login_of(client);
         if attributes.flag(ck::CKA_TOKEN) && !session.read_write {
             return Err(Rv::SessionReadOnly);
         }
@@ -120,7 +125,19 @@ impl Hsm {
         if attributes.flag(ck::CKA_TRUSTED) && login != Some(Login::So) {
             return Err(Rv::AttributeReadOnly);
         }
-        Ok(session.slot)
+        state.check_public_crypto(client, session.token_id)?;
+        // No Clear PINs (`n`): secret and private keys are always sensitive.
+        let key = matches!(
+            attributes.class() as ck::CK_OBJECT_CLASS,
+            ck::CKO_SECRET_KEY | ck::CKO_PRIVATE_KEY
+        );
+        if state.flags() & tessera_core::flags::NO_CLEAR_PINS != 0
+            && key
+            && !attributes.flag(ck::CKA_SENSITIVE)
+        {
+            return Err(Rv::AttributeValueInvalid);
+        }
+        Ok(session.token_id)
     }
 
     /// Stores a new object (token objects durably) and returns its handle.
@@ -129,13 +146,13 @@ impl Hsm {
         state: &mut State,
         client: u64,
         session: u64,
-        slot: u64,
+        token_id: u64,
         attributes: Attributes,
     ) -> Result<u64, Rv> {
         if !attributes.flag(ck::CKA_TOKEN) {
             state.next_session_object += 1;
             let handle = state.next_session_object;
-            let token = state.token_mut(slot)?;
+            let token = state.token_mut(token_id)?;
             token.objects.insert(
                 handle,
                 Object {
@@ -146,38 +163,41 @@ impl Hsm {
             );
             return Ok(handle);
         }
-        let token = state.token(slot)?;
+        let token = state.token(token_id)?;
         let key = self.sealing_key(token, attributes.flag(ck::CKA_PRIVATE))?;
         let mut stored = None;
         let id = self
             .store
-            .insert_object(slot, |id| {
-                let object = seal(key, slot, id, &attributes)
+            .insert_object(token_id, |id| {
+                let object = seal(key, token_id, id, &attributes)
                     .map_err(|_| tessera_store::StoreError::Storage("sealing failed".into()))?;
                 stored = Some(object.clone());
                 Ok(object)
             })
             .map_err(|e| {
-                tracing::error!(slot, error = %e, "cannot store an object");
+                tracing::error!(token_id, error = %e, "cannot store an object");
                 Rv::DeviceError
             })?;
         let stored = stored.ok_or(Rv::GeneralError)?;
-        state.token_mut(slot)?.objects.insert(id, in_memory(stored));
+        state
+            .token_mut(token_id)?
+            .objects
+            .insert(id, in_memory(stored));
         Ok(id)
     }
 
     fn replace(
         &self,
         state: &mut State,
-        slot: u64,
+        token_id: u64,
         handle: u64,
         attributes: Attributes,
     ) -> Result<(), Rv> {
-        let token = state.token(slot)?;
+        let token = state.token(token_id)?;
         let object = token.objects.get(&handle).ok_or(Rv::ObjectHandleInvalid)?;
         if object.owner.is_some() {
             let owner = object.owner;
-            state.token_mut(slot)?.objects.insert(
+            state.token_mut(token_id)?.objects.insert(
                 handle,
                 Object {
                     attributes,
@@ -188,12 +208,12 @@ impl Hsm {
             return Ok(());
         }
         let key = self.sealing_key(token, attributes.flag(ck::CKA_PRIVATE))?;
-        let stored = seal(key, slot, handle, &attributes)?;
+        let stored = seal(key, token_id, handle, &attributes)?;
         self.store
-            .replace_object(slot, handle, &stored)
+            .replace_object(token_id, handle, &stored)
             .map_err(|_| Rv::DeviceError)?;
         state
-            .token_mut(slot)?
+            .token_mut(token_id)?
             .objects
             .insert(handle, in_memory(stored));
         Ok(())
@@ -209,11 +229,11 @@ impl Hsm {
             .ulong(ck::CKA_CLASS)?
             .ok_or(Rv::TemplateIncomplete)?;
         let mut attributes = object::from_template(template, class)?;
-        object::complete(&mut attributes, None)?;
-        check_imported_key(&mut attributes, template)?;
         let mut state = self.lock();
-        let slot = Self::check_create(&state, client, session, &attributes)?;
-        self.insert(&mut state, client, session, slot, attributes)
+        object::complete(&mut attributes, None, state.flags())?;
+        check_imported_key(&mut attributes, template, state.flags())?;
+        let token_id = Self::check_create(&state, client, session, &attributes)?;
+        self.insert(&mut state, client, session, token_id, attributes)
             .map(Reply::Handle)
     }
 
@@ -225,20 +245,20 @@ impl Hsm {
         template: &Template,
     ) -> Result<Reply, Rv> {
         let mut state = self.lock();
-        let (slot, token, object) = Self::object_of(&state, client, session, handle)?;
+        let (token_id, token, object) = Self::object_of(&state, client, session, handle)?;
         if !object.attributes.flag(ck::CKA_COPYABLE) {
             return Err(Rv::ActionProhibited);
         }
         let so = token.login_of(client) == Some(Login::So);
-        let mut attributes = self.full_attributes(token, slot, handle, object)?;
+        let mut attributes = self.full_attributes(token, token_id, handle, object)?;
         for change in template.iter() {
-            object::check_change(&attributes, change, true, so)?;
+            object::check_change(&attributes, change, true, so, state.flags())?;
         }
         for change in template.iter() {
             attributes.set(change.ty, change.value.clone());
         }
-        let slot = Self::check_create(&state, client, session, &attributes)?;
-        self.insert(&mut state, client, session, slot, attributes)
+        let token_id = Self::check_create(&state, client, session, &attributes)?;
+        self.insert(&mut state, client, session, token_id, attributes)
             .map(Reply::Handle)
     }
 
@@ -249,7 +269,7 @@ impl Hsm {
         handle: u64,
     ) -> Result<Reply, Rv> {
         let mut state = self.lock();
-        let (slot, _, object) = Self::object_of(&state, client, session, handle)?;
+        let (token_id, _, object) = Self::object_of(&state, client, session, handle)?;
         if !object.attributes.flag(ck::CKA_DESTROYABLE) {
             return Err(Rv::ActionProhibited);
         }
@@ -259,10 +279,10 @@ impl Hsm {
                 return Err(Rv::SessionReadOnly);
             }
             self.store
-                .remove_object(slot, handle)
+                .remove_object(token_id, handle)
                 .map_err(|_| Rv::DeviceError)?;
         }
-        state.token_mut(slot)?.objects.remove(&handle);
+        state.token_mut(token_id)?.objects.remove(&handle);
         Ok(Reply::Done)
     }
 
@@ -281,13 +301,13 @@ impl Hsm {
         types: &[u64],
     ) -> Result<Reply, Rv> {
         let state = self.lock();
-        let (slot, token, object) = Self::object_of(&state, client, session, handle)?;
+        let (token_id, token, object) = Self::object_of(&state, client, session, handle)?;
         let class = object.attributes.class();
         let hidden = object.attributes.flag(ck::CKA_SENSITIVE)
             || !object.attributes.flag(ck::CKA_EXTRACTABLE);
         let needs_secrets = types.iter().any(|ty| object::is_secret(class, *ty)) && !hidden;
         let full = if needs_secrets {
-            Some(self.full_attributes(token, slot, handle, object)?)
+            Some(self.full_attributes(token, token_id, handle, object)?)
         } else {
             None
         };
@@ -316,22 +336,23 @@ impl Hsm {
         template: &Template,
     ) -> Result<Reply, Rv> {
         let mut state = self.lock();
-        let (slot, token, object) = Self::object_of(&state, client, session, handle)?;
+        let (token_id, token, object) = Self::object_of(&state, client, session, handle)?;
         if object.owner.is_none() && !state.session(client, session)?.read_write {
             return Err(Rv::SessionReadOnly);
         }
         if !object.attributes.flag(ck::CKA_MODIFIABLE) {
             return Err(Rv::ActionProhibited);
         }
+        state.check_public_crypto(client, token_id)?;
         let so = token.login_of(client) == Some(Login::So);
-        let mut attributes = self.full_attributes(token, slot, handle, object)?;
+        let mut attributes = self.full_attributes(token, token_id, handle, object)?;
         for change in template.iter() {
-            object::check_change(&attributes, change, false, so)?;
+            object::check_change(&attributes, change, false, so, state.flags())?;
         }
         for change in template.iter() {
             attributes.set(change.ty, change.value.clone());
         }
-        self.replace(&mut state, slot, handle, attributes)?;
+        self.replace(&mut state, token_id, handle, attributes)?;
         Ok(Reply::Done)
     }
 
@@ -346,7 +367,7 @@ impl Hsm {
         if current.find.is_some() {
             return Err(Rv::OperationActive);
         }
-        let token = state.token(current.slot)?;
+        let token = state.token(current.token_id)?;
         let found: Vec<u64> = token
             .objects
             .iter()
@@ -401,10 +422,10 @@ impl Hsm {
         }
         attributes.set_ulong(ck::CKA_KEY_TYPE, ck::CKK_AES as u64);
         attributes.set(ck::CKA_VALUE as u64, crypto::random(length as usize)?);
-        object::complete(&mut attributes, Some(mechanism.ty))?;
         let mut state = self.lock();
-        let slot = Self::check_create(&state, client, session, &attributes)?;
-        self.insert(&mut state, client, session, slot, attributes)
+        object::complete(&mut attributes, Some(mechanism.ty), state.flags())?;
+        let token_id = Self::check_create(&state, client, session, &attributes)?;
+        self.insert(&mut state, client, session, token_id, attributes)
             .map(Reply::Handle)
     }
 
@@ -441,8 +462,10 @@ impl Hsm {
             Self::check_create(&state, client, session, &public)?;
             Self::check_create(&state, client, session, &private)?;
         }
+        let flags = self.lock().flags();
         let (public_parts, private_parts) = if key_type == ck::CKK_EC {
-            crypto::generate_ec(public.get(ck::CKA_EC_PARAMS))?
+            let explicit = flags & tessera_core::flags::USER_ECC_PARAMETERS != 0;
+            crypto::generate_ec(public.get(ck::CKA_EC_PARAMS), explicit)?
         } else {
             let bits = public
                 .ulong(ck::CKA_MODULUS_BITS)
@@ -456,23 +479,23 @@ impl Hsm {
         for (ty, value) in private_parts {
             private.set(ty as u64, value);
         }
-        object::complete(&mut public, Some(mechanism.ty))?;
-        object::complete(&mut private, Some(mechanism.ty))?;
+        object::complete(&mut public, Some(mechanism.ty), flags)?;
+        object::complete(&mut private, Some(mechanism.ty), flags)?;
         let mut state = self.lock();
-        let slot = Self::check_create(&state, client, session, &public)?;
+        let token_id = Self::check_create(&state, client, session, &public)?;
         Self::check_create(&state, client, session, &private)?;
-        let public_handle = self.insert(&mut state, client, session, slot, public)?;
-        match self.insert(&mut state, client, session, slot, private) {
+        let public_handle = self.insert(&mut state, client, session, token_id, public)?;
+        match self.insert(&mut state, client, session, token_id, private) {
             Ok(private_handle) => Ok(Reply::HandlePair(public_handle, private_handle)),
             Err(rv) => {
                 // Do not leave half a pair behind.
-                if let Ok(token) = state.token_mut(slot) {
+                if let Ok(token) = state.token_mut(token_id) {
                     if token
                         .objects
                         .remove(&public_handle)
                         .is_some_and(|o| o.owner.is_none())
                     {
-                        let _ = self.store.remove_object(slot, public_handle);
+                        let _ = self.store.remove_object(token_id, public_handle);
                     }
                 }
                 Err(rv)
@@ -482,7 +505,12 @@ impl Hsm {
 }
 
 /// Checks the key material of a key created with `C_CreateObject` and fills derived attributes.
-fn check_imported_key(attributes: &mut Attributes, template: &Template) -> Result<(), Rv> {
+fn check_imported_key(
+    attributes: &mut Attributes,
+    template: &Template,
+    flags: u64,
+) -> Result<(), Rv> {
+    let explicit = flags & tessera_core::flags::USER_ECC_PARAMETERS != 0;
     let class = attributes.class() as ck::CK_OBJECT_CLASS;
     if !matches!(
         class,
@@ -507,13 +535,11 @@ fn check_imported_key(attributes: &mut Attributes, template: &Template) -> Resul
         }
         (ck::CKO_PUBLIC_KEY, ck::CKK_EC) => {
             object::require(attributes, &[ck::CKA_EC_PARAMS, ck::CKA_EC_POINT])?;
-            crypto::curve_bits(attributes.get(ck::CKA_EC_PARAMS).unwrap_or_default())
-                .ok_or(Rv::CurveNotSupported)?;
+            crypto::check_curve(attributes.get(ck::CKA_EC_PARAMS), explicit)?;
         }
         (ck::CKO_PRIVATE_KEY, ck::CKK_EC) => {
             object::require(attributes, &[ck::CKA_EC_PARAMS, ck::CKA_VALUE])?;
-            crypto::curve_bits(attributes.get(ck::CKA_EC_PARAMS).unwrap_or_default())
-                .ok_or(Rv::CurveNotSupported)?;
+            crypto::check_curve(attributes.get(ck::CKA_EC_PARAMS), explicit)?;
             crypto::check_ec_private(attributes)?;
         }
         (ck::CKO_PUBLIC_KEY, ck::CKK_RSA) => {

@@ -34,17 +34,23 @@ impl Hsm {
         if current.operations.contains_key(&operation) {
             return Err(Rv::OperationActive);
         }
-        let slot = current.slot;
+        let token_id = current.token_id;
+        state.check_public_crypto(client, token_id)?;
+        let flags = state.flags();
+        if !crate::mechanisms::allowed(mechanism.ty, flags) {
+            return Err(Rv::MechanismInvalid);
+        }
+        let weak = flags & tessera_core::flags::WEAK_MECHANISMS != 0;
         let active = if operation == Operation::Digest {
             crypto::Operation::digest(mechanism)?
         } else {
-            let token = state.token(slot)?;
+            let token = state.token(token_id)?;
             let object = token
                 .objects
                 .get(&key)
                 .filter(|o| visible(token, client, o))
                 .ok_or(Rv::KeyHandleInvalid)?;
-            let attributes = self.full_attributes(token, slot, key, object)?;
+            let attributes = self.full_attributes(token, token_id, key, object)?;
             if let Some(allowed) = attributes
                 .get(ck::CKA_ALLOWED_MECHANISMS)
                 .filter(|a| !a.is_empty())
@@ -57,8 +63,12 @@ impl Hsm {
                 }
             }
             match operation {
-                Operation::Encrypt => crypto::Operation::cipher(mechanism, &attributes, true)?,
-                Operation::Decrypt => crypto::Operation::cipher(mechanism, &attributes, false)?,
+                Operation::Encrypt => {
+                    crypto::Operation::cipher(mechanism, &attributes, true, weak)?
+                }
+                Operation::Decrypt => {
+                    crypto::Operation::cipher(mechanism, &attributes, false, weak)?
+                }
                 Operation::Sign => crypto::Operation::signature(mechanism, &attributes, false)?,
                 Operation::Verify => crypto::Operation::signature(mechanism, &attributes, true)?,
                 Operation::Digest => return Err(Rv::GeneralError),

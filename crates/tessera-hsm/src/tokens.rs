@@ -18,19 +18,19 @@ fn check_pin_length(pin: &SecretBytes) -> Result<(), Rv> {
 }
 
 impl Hsm {
-    fn persist_token(&self, slot: u64, record: &tessera_store::TokenRecord) -> Result<(), Rv> {
-        self.store.put_token(slot, record).map_err(|e| {
-            tracing::error!(slot, error = %e, "cannot write the token record");
+    fn persist_token(&self, token_id: u64, record: &tessera_store::TokenRecord) -> Result<(), Rv> {
+        self.store.put_token(token_id, record).map_err(|e| {
+            tracing::error!(token_id, error = %e, "cannot write the token record");
             Rv::DeviceError
         })
     }
 
     /// Checks a PIN against a record outside the state lock (the KDF is slow on purpose),
     /// then counts the outcome. `so` selects the SO or the user counter.
-    fn verify_pin(&self, slot: u64, so: bool, pin: &SecretBytes) -> Result<MasterKey, Rv> {
+    fn verify_pin(&self, token_id: u64, so: bool, pin: &SecretBytes) -> Result<MasterKey, Rv> {
         let record: PinRecord = {
             let state = self.lock();
-            let token = state.token(slot)?;
+            let token = state.token(token_id)?;
             let (record, failures) = if so {
                 (token.record.so_pin.clone(), token.record.so_failures)
             } else {
@@ -47,7 +47,7 @@ impl Hsm {
         };
         let outcome = MasterKey::unwrap(&record, pin.expose());
         let mut state = self.lock();
-        let token = state.token_mut(slot)?;
+        let token = state.token_mut(token_id)?;
         let counter = if so {
             &mut token.record.so_failures
         } else {
@@ -61,13 +61,26 @@ impl Hsm {
             }
             Err(_) => {
                 *counter = counter.saturating_add(1);
-                tracing::warn!(slot, so, failures = *counter, "wrong PIN");
                 Err(Rv::PinIncorrect)
             }
         };
-        if *counter != before {
+        let failures = *counter;
+        if failures != before {
             let record = token.record.clone();
-            self.persist_token(slot, &record)?;
+            self.persist_token(token_id, &record)?;
+        }
+        if result.is_err() {
+            let role = state.role(token_id, so);
+            let slot = state.slot_of(token_id);
+            self.event(
+                &state,
+                role,
+                "login-failure",
+                format!("slot {slot}, {failures} consecutive"),
+            );
+            if failures == MAX_PIN_FAILURES {
+                self.event(&state, role, "pin-locked", format!("slot {slot}"));
+            }
         }
         result
     }
@@ -78,27 +91,44 @@ impl Hsm {
         so_pin: &SecretBytes,
         label: &[u8],
     ) -> Result<Reply, Rv> {
-        self.check_slot(slot)?;
+        let token_id = {
+            let state = self.lock();
+            let token_id = state.slot_token(slot)?;
+            // The Admin token is set up by `ctconf`; under No Clear PINs a plain C_InitToken
+            // would carry the SO PIN in the clear, so only the admin path may initialise.
+            if state.is_admin(token_id)
+                || state.device.flags & tessera_core::flags::NO_CLEAR_PINS != 0
+            {
+                return Err(Rv::AccessDenied);
+            }
+            token_id
+        };
         check_pin_length(so_pin)?;
         if label.len() > 32 {
             return Err(Rv::ArgumentsBad);
         }
         {
             let state = self.lock();
-            if state.sessions.values().any(|s| s.slot == slot) {
+            if state.sessions.values().any(|s| s.token_id == token_id) {
                 return Err(Rv::SessionExists);
             }
-            if state.token(slot)?.record.so_pin.is_none() {
+            if state.token(token_id)?.record.so_pin.is_none() {
                 drop(state);
-                return self.reset_token(slot, so_pin, label);
+                return self.reset_token(token_id, so_pin, label, "SO");
             }
         }
         // A token that was initialised before may only be re-initialised with its SO PIN.
-        self.verify_pin(slot, true, so_pin)?;
-        self.reset_token(slot, so_pin, label)
+        self.verify_pin(token_id, true, so_pin)?;
+        self.reset_token(token_id, so_pin, label, "SO")
     }
 
-    fn reset_token(&self, slot: u64, so_pin: &SecretBytes, label: &[u8]) -> Result<Reply, Rv> {
+    pub(crate) fn reset_token(
+        &self,
+        token_id: u64,
+        so_pin: &SecretBytes,
+        label: &[u8],
+        role: &str,
+    ) -> Result<Reply, Rv> {
         let master = MasterKey::generate().map_err(|_| Rv::FunctionFailed)?;
         let so_record = master
             .wrap(so_pin.expose(), self.kdf_iterations)
@@ -113,33 +143,35 @@ impl Hsm {
             user_failures: 0,
         };
         let mut state = self.lock();
-        if state.sessions.values().any(|s| s.slot == slot) {
+        if state.sessions.values().any(|s| s.token_id == token_id) {
             return Err(Rv::SessionExists);
         }
-        self.store.reset_token(slot, &record).map_err(|e| {
-            tracing::error!(slot, error = %e, "cannot reset the token");
+        self.store.reset_token(token_id, &record).map_err(|e| {
+            tracing::error!(token_id, error = %e, "cannot reset the token");
             Rv::DeviceError
         })?;
-        let token = state.token_mut(slot)?;
+        let token = state.token_mut(token_id)?;
         token.record = record;
         token.objects.clear();
         token.logins.clear();
         token.master = None;
-        tracing::info!(slot, "token initialised");
+        self.refresh_device_objects(&mut state);
+        let slot = state.slot_of(token_id);
+        self.event(&state, role, "token-initialised", format!("slot {slot}"));
         Ok(Reply::Done)
     }
 
     pub(crate) fn open_session(&self, client: u64, slot: u64, flags: u64) -> Result<Reply, Rv> {
-        self.check_slot(slot)?;
+        let token_id = self.lock().slot_token(slot)?;
         if flags & ck::CKF_SERIAL_SESSION as u64 == 0 {
             return Err(Rv::SessionParallelNotSupported);
         }
         let read_write = flags & ck::CKF_RW_SESSION as u64 != 0;
         let mut state = self.lock();
-        if state.token(slot)?.record.so_pin.is_none() {
+        if state.token(token_id)?.record.so_pin.is_none() {
             return Err(Rv::TokenNotRecognized);
         }
-        if !read_write && state.token(slot)?.login_of(client) == Some(Login::So) {
+        if !read_write && state.token(token_id)?.login_of(client) == Some(Login::So) {
             return Err(Rv::SessionReadWriteSoExists);
         }
         if state.sessions.len() as u64 >= MAX_SESSIONS {
@@ -162,7 +194,7 @@ impl Hsm {
             handle,
             Session {
                 client,
-                slot,
+                token_id,
                 read_write,
                 find: None,
                 operations: Default::default(),
@@ -174,7 +206,7 @@ impl Hsm {
     pub(crate) fn session_info(&self, client: u64, handle: u64) -> Result<SessionInfo, Rv> {
         let state = self.lock();
         let session = state.session(client, handle)?;
-        let login = state.token(session.slot)?.login_of(client);
+        let login = state.token(session.token_id)?.login_of(client);
         let state_code = match (login, session.read_write) {
             (Some(Login::So), _) => ck::CKS_RW_SO_FUNCTIONS,
             (Some(Login::User), true) => ck::CKS_RW_USER_FUNCTIONS,
@@ -187,7 +219,7 @@ impl Hsm {
             flags |= ck::CKF_RW_SESSION;
         }
         Ok(SessionInfo {
-            slot: session.slot,
+            slot: state.slot_of(session.token_id),
             state: state_code as u64,
             flags: flags as u64,
             device_error: 0,
@@ -201,11 +233,11 @@ impl Hsm {
         user_type: u64,
         pin: &SecretBytes,
     ) -> Result<Reply, Rv> {
-        let slot = {
+        let token_id = {
             let state = self.lock();
             let session = state.session(client, handle)?;
-            let slot = session.slot;
-            let token = state.token(slot)?;
+            let token_id = session.token_id;
+            let token = state.token(token_id)?;
             let current = token.login_of(client);
             match user_type as ck::CK_USER_TYPE {
                 ck::CKU_SO => {
@@ -217,7 +249,7 @@ impl Hsm {
                     let read_only = state
                         .sessions
                         .values()
-                        .any(|s| s.client == client && s.slot == slot && !s.read_write);
+                        .any(|s| s.client == client && s.token_id == token_id && !s.read_write);
                     if read_only {
                         return Err(Rv::SessionReadOnlyExists);
                     }
@@ -234,15 +266,15 @@ impl Hsm {
                 }
                 _ => return Err(Rv::UserTypeInvalid),
             }
-            slot
+            token_id
         };
         let so = user_type == ck::CKU_SO as u64;
-        let master = self.verify_pin(slot, so, pin)?;
+        let master = self.verify_pin(token_id, so, pin)?;
         if user_type == ck::CKU_CONTEXT_SPECIFIC as u64 {
             return Ok(Reply::Done);
         }
         let mut state = self.lock();
-        let token = state.token_mut(slot)?;
+        let token = state.token_mut(token_id)?;
         token
             .logins
             .insert(client, if so { Login::So } else { Login::User });
@@ -252,8 +284,8 @@ impl Hsm {
 
     pub(crate) fn logout(&self, client: u64, handle: u64) -> Result<Reply, Rv> {
         let mut state = self.lock();
-        let slot = state.session(client, handle)?.slot;
-        let token = state.token_mut(slot)?;
+        let token_id = state.session(client, handle)?.token_id;
+        let token = state.token_mut(token_id)?;
         if token.login_of(client).is_none() {
             return Err(Rv::UserNotLoggedIn);
         }
@@ -262,7 +294,7 @@ impl Hsm {
         for session in state
             .sessions
             .values_mut()
-            .filter(|s| s.client == client && s.slot == slot)
+            .filter(|s| s.client == client && s.token_id == token_id)
         {
             session.operations.clear();
             session.find = None;
@@ -279,8 +311,8 @@ impl Hsm {
         check_pin_length(pin)?;
         let mut state = self.lock();
         let session = state.session(client, handle)?;
-        let (slot, read_write) = (session.slot, session.read_write);
-        let token = state.token_mut(slot)?;
+        let (token_id, read_write) = (session.token_id, session.read_write);
+        let token = state.token_mut(token_id)?;
         if token.login_of(client) != Some(Login::So) || !read_write {
             return Err(Rv::UserNotLoggedIn);
         }
@@ -291,7 +323,7 @@ impl Hsm {
         token.record.user_pin = Some(record);
         token.record.user_failures = 0;
         let record = token.record.clone();
-        self.persist_token(slot, &record)?;
+        self.persist_token(token_id, &record)?;
         Ok(Reply::Done)
     }
 
@@ -303,28 +335,28 @@ impl Hsm {
         new: &SecretBytes,
     ) -> Result<Reply, Rv> {
         check_pin_length(new)?;
-        let (slot, so) = {
+        let (token_id, so) = {
             let state = self.lock();
             let session = state.session(client, handle)?;
             if !session.read_write {
                 return Err(Rv::SessionReadOnly);
             }
-            let so = state.token(session.slot)?.login_of(client) == Some(Login::So);
-            (session.slot, so)
+            let so = state.token(session.token_id)?.login_of(client) == Some(Login::So);
+            (session.token_id, so)
         };
-        let master = self.verify_pin(slot, so, old)?;
+        let master = self.verify_pin(token_id, so, old)?;
         let record = master
             .wrap(new.expose(), self.kdf_iterations)
             .map_err(|_| Rv::FunctionFailed)?;
         let mut state = self.lock();
-        let token = state.token_mut(slot)?;
+        let token = state.token_mut(token_id)?;
         if so {
             token.record.so_pin = Some(record);
         } else {
             token.record.user_pin = Some(record);
         }
         let record = token.record.clone();
-        self.persist_token(slot, &record)?;
+        self.persist_token(token_id, &record)?;
         Ok(Reply::Done)
     }
 }

@@ -8,6 +8,7 @@ fn options() -> HsmOptions {
     HsmOptions {
         user_slots: 2,
         kdf_iterations: 1000,
+        ..HsmOptions::default()
     }
 }
 

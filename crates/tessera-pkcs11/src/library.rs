@@ -512,6 +512,8 @@ pub fn shape(reply: &Reply) -> &'static str {
         Reply::Mechanisms(_) => "Mechanisms",
         Reply::Mechanism(_) => "Mechanism",
         Reply::Attributes(_) => "Attributes",
+        Reply::Status(_) => "Status",
+        Reply::Events(..) => "Events",
     }
 }
 

@@ -10,7 +10,7 @@
 mod records;
 mod seal;
 
-pub use records::{DeviceRecord, PinRecord, StoredObject, TokenRecord};
+pub use records::{DeviceRecord, EventRecord, PinRecord, StoredObject, TokenRecord};
 pub use seal::{MasterKey, SealError, DEFAULT_KDF_ITERATIONS};
 
 use std::path::Path;
@@ -20,6 +20,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const TOKENS: TableDefinition<u64, &[u8]> = TableDefinition::new("tokens");
 const OBJECTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("objects");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const DEVICE_KEY: &str = "device";
 const NEXT_ID_KEY: &str = "next_object_id";
 
@@ -63,6 +64,7 @@ impl Store {
             txn.open_table(META).map_err(storage)?;
             txn.open_table(TOKENS).map_err(storage)?;
             txn.open_table(OBJECTS).map_err(storage)?;
+            txn.open_table(EVENTS).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
         Ok(Store { db })
@@ -85,45 +87,48 @@ impl Store {
         })
     }
 
-    /// Every token record, by slot.
+    /// Every token record, by token id.
     pub fn tokens(&self) -> Result<Vec<(u64, TokenRecord)>, StoreError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(TOKENS).map_err(storage)?;
         let mut out = Vec::new();
         for entry in table.iter().map_err(storage)? {
-            let (slot, value) = entry.map_err(storage)?;
-            let slot = slot.value();
-            out.push((slot, decode(value.value(), &format!("token {slot}"))?));
+            let (token, value) = entry.map_err(storage)?;
+            let token = token.value();
+            out.push((token, decode(value.value(), &format!("token {token}"))?));
         }
         Ok(out)
     }
 
     /// Writes a token record.
-    pub fn put_token(&self, slot: u64, token: &TokenRecord) -> Result<(), StoreError> {
+    pub fn put_token(&self, token_id: u64, token: &TokenRecord) -> Result<(), StoreError> {
         self.write(|txn| {
             let mut table = txn.open_table(TOKENS)?;
-            table.insert(slot, encode(token).as_slice())?;
+            table.insert(token_id, encode(token).as_slice())?;
             Ok(())
         })
     }
 
     /// Replaces a token record and erases all its objects, in one transaction (token init).
-    pub fn reset_token(&self, slot: u64, token: &TokenRecord) -> Result<(), StoreError> {
+    pub fn reset_token(&self, token_id: u64, token: &TokenRecord) -> Result<(), StoreError> {
         self.write(|txn| {
             let mut tokens = txn.open_table(TOKENS)?;
-            tokens.insert(slot, encode(token).as_slice())?;
+            tokens.insert(token_id, encode(token).as_slice())?;
             let mut objects = txn.open_table(OBJECTS)?;
-            objects.retain_in((slot, 0)..=(slot, u64::MAX), |_, _| false)?;
+            objects.retain_in((token_id, 0)..=(token_id, u64::MAX), |_, _| false)?;
             Ok(())
         })
     }
 
     /// Every object of a token, by id.
-    pub fn objects(&self, slot: u64) -> Result<Vec<(u64, StoredObject)>, StoreError> {
+    pub fn objects(&self, token: u64) -> Result<Vec<(u64, StoredObject)>, StoreError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(OBJECTS).map_err(storage)?;
         let mut out = Vec::new();
-        for entry in table.range((slot, 0)..=(slot, u64::MAX)).map_err(storage)? {
+        for entry in table
+            .range((token, 0)..=(token, u64::MAX))
+            .map_err(storage)?
+        {
             let (key, value) = entry.map_err(storage)?;
             let (_, id) = key.value();
             out.push((id, decode(value.value(), &format!("object {id}"))?));
@@ -135,7 +140,7 @@ impl Store {
     /// transaction. `build` seals secrets with the id as associated data.
     pub fn insert_object(
         &self,
-        slot: u64,
+        token_id: u64,
         build: impl FnOnce(u64) -> Result<StoredObject, StoreError>,
     ) -> Result<u64, StoreError> {
         let mut build = Some(build);
@@ -154,7 +159,7 @@ impl Store {
                 None => return Err(StoreError::Storage("object builder used twice".into()).into()),
             };
             let mut objects = txn.open_table(OBJECTS)?;
-            objects.insert((slot, next), encode(&object).as_slice())?;
+            objects.insert((token_id, next), encode(&object).as_slice())?;
             allocated = next;
             Ok(())
         })?;
@@ -164,22 +169,88 @@ impl Store {
     /// Replaces an existing object.
     pub fn replace_object(
         &self,
-        slot: u64,
+        token_id: u64,
         id: u64,
         object: &StoredObject,
     ) -> Result<(), StoreError> {
         self.write(|txn| {
             let mut objects = txn.open_table(OBJECTS)?;
-            objects.insert((slot, id), encode(object).as_slice())?;
+            objects.insert((token_id, id), encode(object).as_slice())?;
             Ok(())
         })
     }
 
     /// Removes an object.
-    pub fn remove_object(&self, slot: u64, id: u64) -> Result<(), StoreError> {
+    pub fn remove_object(&self, token_id: u64, id: u64) -> Result<(), StoreError> {
         self.write(|txn| {
             let mut objects = txn.open_table(OBJECTS)?;
-            objects.remove((slot, id))?;
+            objects.remove((token_id, id))?;
+            Ok(())
+        })
+    }
+
+    /// Changes the device record and tokens in one transaction: `put` writes token records,
+    /// `erase` deletes the objects of tokens, `remove` deletes token records (slot changes,
+    /// tamper).
+    pub fn update_device(
+        &self,
+        device: &DeviceRecord,
+        put: &[(u64, &TokenRecord)],
+        erase: &[u64],
+        remove: &[u64],
+    ) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(DEVICE_KEY, encode(device).as_slice())?;
+            let mut tokens = txn.open_table(TOKENS)?;
+            for (token, record) in put {
+                tokens.insert(*token, encode(*record).as_slice())?;
+            }
+            for token in remove {
+                tokens.remove(*token)?;
+            }
+            let mut objects = txn.open_table(OBJECTS)?;
+            for token in erase.iter().chain(remove) {
+                objects.retain_in((*token, 0)..=(*token, u64::MAX), |_, _| false)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Every event, oldest first.
+    pub fn events(&self) -> Result<Vec<EventRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(EVENTS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(storage)? {
+            let (sequence, value) = entry.map_err(storage)?;
+            out.push(decode(
+                value.value(),
+                &format!("event {}", sequence.value()),
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// Appends an event and drops the oldest ones beyond `keep`, in one transaction.
+    pub fn append_event(&self, event: &EventRecord, keep: u64) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(EVENTS)?;
+            table.insert(event.sequence, encode(event).as_slice())?;
+            let oldest_kept = event.sequence.saturating_add(1).saturating_sub(keep.max(1));
+            table.retain_in(0..oldest_kept, |_, _| false)?;
+            Ok(())
+        })
+    }
+
+    /// Replaces the whole event log (a purge leaves its own entry behind).
+    pub fn replace_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(EVENTS)?;
+            table.retain(|_, _| false)?;
+            for event in events {
+                table.insert(event.sequence, encode(event).as_slice())?;
+            }
             Ok(())
         })
     }
@@ -250,6 +321,45 @@ mod tests {
         store.reset_token(0, &TokenRecord::default()).unwrap();
         assert!(store.objects(0).unwrap().is_empty());
         assert_eq!(store.objects(1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_event_log_is_bounded_and_update_device_is_atomic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s")).unwrap();
+        for sequence in 1..=10 {
+            let event = EventRecord {
+                sequence,
+                time: 0,
+                role: "Device".into(),
+                kind: "test".into(),
+                detail: String::new(),
+                previous: vec![],
+                mac: vec![],
+            };
+            store.append_event(&event, 4).unwrap();
+        }
+        let kept: Vec<u64> = store.events().unwrap().iter().map(|e| e.sequence).collect();
+        assert_eq!(kept, vec![7, 8, 9, 10]);
+        store.insert_object(5, |_| Ok(object("gone"))).unwrap();
+        store.insert_object(6, |_| Ok(object("stays"))).unwrap();
+        let device = DeviceRecord {
+            serial: "1".into(),
+            model: "m".into(),
+            created: 0,
+            user_tokens: vec![6],
+            admin_token: 7,
+            next_token: 8,
+            flags: 0,
+            transport_mode: 0,
+            clock_offset: 0,
+        };
+        store
+            .update_device(&device, &[(6, &TokenRecord::default())], &[], &[5])
+            .unwrap();
+        assert!(store.objects(5).unwrap().is_empty());
+        assert_eq!(store.objects(6).unwrap().len(), 1);
+        assert_eq!(store.device().unwrap(), Some(device));
     }
 
     #[test]

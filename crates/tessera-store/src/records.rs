@@ -3,17 +3,29 @@
 use serde::{Deserialize, Serialize};
 use tessera_core::Template;
 
-/// The device (adapter) facts fixed at creation.
+/// The device (adapter): identity facts fixed at creation and the settings the Administrator
+/// changes.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeviceRecord {
     /// Serial number (decimal digits).
     pub serial: String,
     /// Model string.
     pub model: String,
-    /// Number of user slots; the Admin slot follows them.
-    pub user_slots: u64,
     /// Creation time, seconds since the Unix epoch.
     pub created: u64,
+    /// The token ids of the user slots, in slot order. Slot numbers are positions here; token
+    /// ids never change, so secrets sealed to a token id stay bound to it when slots move.
+    pub user_tokens: Vec<u64>,
+    /// The token id of the Admin token, always shown in the last slot.
+    pub admin_token: u64,
+    /// The next token id to give out.
+    pub next_token: u64,
+    /// Security flags (brief §2.1 bits).
+    pub flags: u64,
+    /// Transport mode: 0 none, 1 single shot, 2 continuous.
+    pub transport_mode: u8,
+    /// Device clock minus host clock, in seconds.
+    pub clock_offset: i64,
 }
 
 /// A PIN's record: the token master key wrapped under a key derived from the PIN. Unwrapping
@@ -51,4 +63,25 @@ pub struct StoredObject {
     pub public: Template,
     /// Sealed secret attributes (`postcard` of a `Template`), if the object has any.
     pub sealed: Option<Vec<u8>>,
+}
+
+/// One entry of the device's event log. Entries are chained: `mac` authenticates the entry and
+/// the previous entry's `mac`, so an edit, a removal in the middle or a reordering breaks the
+/// chain.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EventRecord {
+    /// Sequence number, one more than the previous entry's.
+    pub sequence: u64,
+    /// Seconds since the Unix epoch (device clock).
+    pub time: u64,
+    /// Who acted: `ASO`, `Administrator`, `SO`, `User`, `Public`, `Device`.
+    pub role: String,
+    /// What happened, e.g. `login-failure`, `flags-changed`.
+    pub kind: String,
+    /// Details (slot, old and new values, ...); never a secret.
+    pub detail: String,
+    /// The previous entry's `mac` (empty for the very first entry).
+    pub previous: Vec<u8>,
+    /// HMAC-SHA256 over every field above.
+    pub mac: Vec<u8>,
 }

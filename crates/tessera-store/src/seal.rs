@@ -128,6 +128,12 @@ impl MasterKey {
         open_with(self.0.expose(), aad, sealed)
     }
 
+    /// A subkey for another purpose: HMAC-SHA256 of the key over `label`.
+    pub fn derive(&self, label: &[u8]) -> SecretBytes {
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, self.0.expose());
+        SecretBytes::from_slice(aws_lc_rs::hmac::sign(&key, label).as_ref())
+    }
+
     /// An explicit copy (a token keeps one while a user is logged in).
     pub fn duplicate(&self) -> MasterKey {
         MasterKey(self.0.duplicate())

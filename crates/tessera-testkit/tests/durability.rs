@@ -96,6 +96,9 @@ fn kill_9_during_heavy_creation_loses_nothing_that_was_acknowledged() {
             panic!("no label: {attributes:?}")
         };
         let label = String::from_utf8(label.clone()).unwrap();
+        if attributes[1] == Attribute::Class(ObjectClass::HARDWARE_FEATURE) {
+            continue; // the device object every token shows
+        }
         if attributes[1] == Attribute::Class(ObjectClass::DATA) {
             // A whole object: its value is what was written with it.
             let value = session

@@ -7,9 +7,11 @@
 //! to a secure-messaging channel (added by a later protocol version without reshaping calls).
 #![forbid(unsafe_code)]
 
+mod admin;
 mod frame;
 mod request;
 
+pub use admin::{AdminCommand, DeviceStatus, Event, SlotStatus};
 pub use frame::{
     body_len as frame_body_len, decode_request, decode_response, encode_request, encode_response,
     read_frame, write_frame, FrameError, FRAME_HEADER_LEN, MAX_FRAME_LEN,

@@ -240,6 +240,23 @@ pub enum Request {
         /// Seed.
         seed: SecretBytes,
     },
+    /// The device status (`ctconf -a`); no login needed.
+    DeviceStatus,
+    /// First-time set-up of the Admin token: ASO PIN and Administrator PIN. Refused once done.
+    AdminSetup {
+        /// The Admin token SO (ASO) PIN.
+        aso_pin: SecretBytes,
+        /// The Administrator (Admin token user) PIN.
+        admin_pin: SecretBytes,
+    },
+    /// A change by the Administrator, through a session on the Admin slot in which the
+    /// Administrator is logged in.
+    Admin {
+        /// Session on the Admin slot.
+        session: u64,
+        /// The change.
+        command: crate::AdminCommand,
+    },
 }
 
 /// The cryptographic operation a session runs.
@@ -301,4 +318,8 @@ pub enum Reply {
     Mechanism(MechanismInfo),
     /// Attribute values, in the order asked.
     Attributes(Vec<AttributeAnswer>),
+    /// Device status.
+    Status(crate::DeviceStatus),
+    /// The event log and what its chain check found (`None`: intact).
+    Events(Vec<crate::Event>, Option<String>),
 }

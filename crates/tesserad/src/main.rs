@@ -46,6 +46,10 @@ struct Args {
     #[arg(long, default_value_t = 256, value_name = "N")]
     max_connections: usize,
 
+    /// Entries the device's event log keeps; the oldest are dropped beyond this.
+    #[arg(long, default_value_t = tessera_hsm::DEFAULT_EVENT_LOG_SIZE, value_name = "N")]
+    event_log_size: u64,
+
     /// PBKDF2-HMAC-SHA256 iterations for new PIN records. Lower only for tests.
     #[arg(long, default_value_t = tessera_hsm::DEFAULT_KDF_ITERATIONS, value_name = "N")]
     kdf_iterations: u32,
@@ -120,6 +124,7 @@ fn main() -> ExitCode {
         options: tessera_hsm::HsmOptions {
             user_slots: args.slots,
             kdf_iterations: args.kdf_iterations,
+            event_log_size: args.event_log_size,
         },
     };
     match server::run(config) {

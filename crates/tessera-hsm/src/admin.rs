@@ -1,0 +1,378 @@
+//! Device administration: status, first-time set-up of the Admin token, and the changes that
+//! need the Administrator (flags, slots, token init, event log, clock, transport mode, tamper).
+//! Also the device object through which applications read the security flags.
+
+use tessera_core::{ck, flags, Rv, SecretBytes};
+use tessera_store::{MasterKey, TokenRecord};
+use tessera_wire::{AdminCommand, DeviceStatus, Event, Reply, SlotStatus};
+
+use crate::object::Attributes;
+use crate::{Hsm, Login, Object, State, MAX_PIN_LEN, MIN_PIN_LEN};
+
+/// The handle of the device object every token shows (class `CKO_HW_FEATURE`).
+pub const DEVICE_OBJECT: u64 = (1 << 40) - 1;
+/// `CKA_HW_FEATURE_TYPE` of the device object.
+pub const CKH_TESSERA_DEVICE: u64 = ck::CKH_VENDOR_DEFINED as u64 + 0x5453;
+/// Vendor attribute of the device object: the security flags (`CK_ULONG`, brief §2.1 bits).
+pub const CKA_TESSERA_SECURITY_FLAGS: u64 = ck::CKA_VENDOR_DEFINED as u64 + 0x5453_0001;
+/// Vendor attribute of the device object: the device serial number (bytes).
+pub const CKA_TESSERA_SERIAL: u64 = ck::CKA_VENDOR_DEFINED as u64 + 0x5453_0002;
+/// Most user slots a device may have.
+pub const MAX_USER_SLOTS: u64 = 64;
+
+fn pin_length(pin: &SecretBytes) -> Result<(), Rv> {
+    if (MIN_PIN_LEN..=MAX_PIN_LEN).contains(&pin.len()) {
+        Ok(())
+    } else {
+        Err(Rv::PinLenRange)
+    }
+}
+
+impl Hsm {
+    /// Records a security event stamped with the device clock.
+    pub(crate) fn event(&self, state: &State, role: &str, kind: &str, detail: String) {
+        self.events
+            .record(&self.store, self.clock(state), role, kind, detail);
+    }
+
+    /// Rebuilds the device object of every token (after the flags change).
+    pub(crate) fn refresh_device_objects(&self, state: &mut State) {
+        let mut attributes = Attributes::default();
+        attributes.set_ulong(ck::CKA_CLASS, ck::CKO_HW_FEATURE as u64);
+        attributes.set_ulong(ck::CKA_HW_FEATURE_TYPE, CKH_TESSERA_DEVICE);
+        attributes.set_flag(ck::CKA_TOKEN, true);
+        attributes.set_flag(ck::CKA_PRIVATE, false);
+        attributes.set_flag(ck::CKA_MODIFIABLE, false);
+        attributes.set_flag(ck::CKA_COPYABLE, false);
+        attributes.set_flag(ck::CKA_DESTROYABLE, false);
+        attributes.set(ck::CKA_LABEL as u64, b"Tessera device".to_vec());
+        attributes.set(
+            CKA_TESSERA_SECURITY_FLAGS,
+            state.device.flags.to_le_bytes().to_vec(),
+        );
+        attributes.set(CKA_TESSERA_SERIAL, self.serial.as_bytes().to_vec());
+        for token in state.tokens.values_mut() {
+            let object = Object {
+                attributes: attributes.clone(),
+                sealed: None,
+                owner: None,
+            };
+            token.objects.insert(DEVICE_OBJECT, object);
+        }
+    }
+
+    pub(crate) fn device_status(&self) -> DeviceStatus {
+        let info = self.device_info();
+        let state = self.lock();
+        let slots = state
+            .device
+            .user_tokens
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, id)| {
+                let token = state.tokens.get(id)?;
+                Some(SlotStatus {
+                    slot: slot as u64,
+                    label: String::from_utf8_lossy(&token.record.label)
+                        .trim_end()
+                        .to_string(),
+                    initialized: token.record.so_pin.is_some(),
+                    user_pin: token.record.user_pin.is_some(),
+                    sessions: state
+                        .sessions
+                        .values()
+                        .filter(|s| s.token_id == *id)
+                        .count() as u64,
+                    objects: token
+                        .objects
+                        .keys()
+                        .filter(|h| **h != DEVICE_OBJECT)
+                        .count() as u64,
+                })
+            })
+            .collect();
+        let admin_ready = state
+            .tokens
+            .get(&state.device.admin_token)
+            .is_some_and(|t| t.record.so_pin.is_some() && t.record.user_pin.is_some());
+        DeviceStatus {
+            info,
+            clock: self.clock(&state),
+            flags: state.device.flags,
+            transport_mode: state.device.transport_mode,
+            sessions: state.sessions.len() as u64,
+            admin_ready,
+            identity: false,
+            events: self.store.events().map(|e| e.len() as u64).unwrap_or(0),
+            slots,
+        }
+    }
+
+    /// First-time set-up: the ASO PIN (Admin token SO) and the Administrator PIN (its user).
+    pub(crate) fn admin_setup(
+        &self,
+        aso_pin: &SecretBytes,
+        admin_pin: &SecretBytes,
+    ) -> Result<Reply, Rv> {
+        pin_length(aso_pin)?;
+        pin_length(admin_pin)?;
+        let master = MasterKey::generate().map_err(|_| Rv::FunctionFailed)?;
+        let so_pin = Some(
+            master
+                .wrap(aso_pin.expose(), self.kdf_iterations)
+                .map_err(|_| Rv::FunctionFailed)?,
+        );
+        let user_pin = Some(
+            master
+                .wrap(admin_pin.expose(), self.kdf_iterations)
+                .map_err(|_| Rv::FunctionFailed)?,
+        );
+        let mut label = b"Admin Token".to_vec();
+        label.resize(32, b' ');
+        let record = TokenRecord {
+            label,
+            so_pin,
+            user_pin,
+            so_failures: 0,
+            user_failures: 0,
+        };
+        let mut state = self.lock();
+        let admin = state.device.admin_token;
+        if state.token(admin)?.record.so_pin.is_some() {
+            return Err(Rv::AdminAlreadySetUp);
+        }
+        self.store
+            .reset_token(admin, &record)
+            .map_err(|_| Rv::DeviceError)?;
+        state.token_mut(admin)?.record = record;
+        self.event(
+            &state,
+            "ASO",
+            "admin-setup",
+            "ASO and Administrator PINs set".into(),
+        );
+        Ok(Reply::Done)
+    }
+
+    /// A change by the Administrator: `session` must be on the Admin slot, logged in as its user.
+    pub(crate) fn admin(
+        &self,
+        client: u64,
+        session: u64,
+        command: AdminCommand,
+    ) -> Result<Reply, Rv> {
+        {
+            let state = self.lock();
+            let current = state.session(client, session)?;
+            if !state.is_admin(current.token_id) {
+                return Err(Rv::AccessDenied);
+            }
+            if state.token(current.token_id)?.login_of(client) != Some(Login::User) {
+                return Err(Rv::UserNotLoggedIn);
+            }
+        }
+        match command {
+            AdminCommand::SetFlags(bits) => self.set_flags(bits),
+            AdminCommand::InitToken {
+                slot,
+                label,
+                so_pin,
+            } => self.admin_init_token(slot, &label, &so_pin),
+            AdminCommand::AddSlots(count) => self.add_slots(count),
+            AdminCommand::DeleteSlot(slot) => self.delete_slot(slot),
+            AdminCommand::Events => {
+                let events = self.store.events().map_err(|_| Rv::DeviceError)?;
+                let verification = self.events.verify(&events);
+                let shown = events
+                    .into_iter()
+                    .map(|e| Event {
+                        sequence: e.sequence,
+                        time: e.time,
+                        role: e.role,
+                        kind: e.kind,
+                        detail: e.detail,
+                    })
+                    .collect();
+                Ok(Reply::Events(shown, verification.problem))
+            }
+            AdminCommand::PurgeEvents => {
+                let state = self.lock();
+                self.events
+                    .purge(&self.store, self.clock(&state), "Administrator")
+                    .map_err(|_| Rv::DeviceError)?;
+                Ok(Reply::Done)
+            }
+            AdminCommand::SetClock(time) => {
+                let mut state = self.lock();
+                let before = self.clock(&state);
+                let mut device = state.device.clone();
+                device.clock_offset = time as i64 - crate::time::now() as i64;
+                self.store
+                    .update_device(&device, &[], &[], &[])
+                    .map_err(|_| Rv::DeviceError)?;
+                state.device = device;
+                let detail = format!(
+                    "{} -> {}",
+                    crate::time::utc_time(before),
+                    crate::time::utc_time(time)
+                );
+                self.event(&state, "Administrator", "clock-changed", detail);
+                Ok(Reply::Done)
+            }
+            AdminCommand::SetTransportMode(mode) => {
+                if mode > 2 {
+                    return Err(Rv::ArgumentsBad);
+                }
+                let mut state = self.lock();
+                let mut device = state.device.clone();
+                let before = device.transport_mode;
+                device.transport_mode = mode;
+                self.store
+                    .update_device(&device, &[], &[], &[])
+                    .map_err(|_| Rv::DeviceError)?;
+                state.device = device;
+                self.event(
+                    &state,
+                    "Administrator",
+                    "transport-mode-changed",
+                    format!("{before} -> {mode}"),
+                );
+                Ok(Reply::Done)
+            }
+            AdminCommand::Tamper => self.tamper("Administrator", "software tamper command"),
+        }
+    }
+
+    fn set_flags(&self, bits: u64) -> Result<Reply, Rv> {
+        let known = flags::FLAGS.iter().fold(0, |all, f| all | f.bit);
+        if bits & !known != 0 {
+            return Err(Rv::ArgumentsBad);
+        }
+        let mut state = self.lock();
+        let before = state.device.flags;
+        if before & flags::MODE_LOCKED != 0 {
+            self.event(
+                &state,
+                "Administrator",
+                "flags-change-refused",
+                "Mode Locked".into(),
+            );
+            return Err(Rv::ModeLocked);
+        }
+        if bits & flags::NEED_IDENTITY != 0 && !self.has_identity() {
+            return Err(Rv::IdentityRequired);
+        }
+        let mut device = state.device.clone();
+        device.flags = bits;
+        self.store
+            .update_device(&device, &[], &[], &[])
+            .map_err(|_| Rv::DeviceError)?;
+        state.device = device;
+        self.refresh_device_objects(&mut state);
+        let detail = format!("{:?} -> {:?}", flags::letters(before), flags::letters(bits));
+        self.event(&state, "Administrator", "flags-changed", detail);
+        Ok(Reply::Done)
+    }
+
+    /// Whether the device has an identity key and certificate (the identity issue adds them).
+    pub(crate) fn has_identity(&self) -> bool {
+        false
+    }
+
+    fn admin_init_token(&self, slot: u64, label: &[u8], so_pin: &SecretBytes) -> Result<Reply, Rv> {
+        pin_length(so_pin)?;
+        if label.len() > 32 {
+            return Err(Rv::ArgumentsBad);
+        }
+        let token_id = {
+            let state = self.lock();
+            let token_id = state.slot_token(slot)?;
+            if state.is_admin(token_id) {
+                return Err(Rv::SlotIdInvalid);
+            }
+            token_id
+        };
+        self.reset_token(token_id, so_pin, label, "Administrator")
+    }
+
+    fn add_slots(&self, count: u64) -> Result<Reply, Rv> {
+        let mut state = self.lock();
+        let total = state.device.user_tokens.len() as u64 + count;
+        if count == 0 || total > MAX_USER_SLOTS {
+            return Err(Rv::ArgumentsBad);
+        }
+        let mut device = state.device.clone();
+        let blank = TokenRecord::default();
+        let new: Vec<u64> = (device.next_token..device.next_token + count).collect();
+        device.next_token += count;
+        device.user_tokens.extend(&new);
+        let put: Vec<(u64, &TokenRecord)> = new.iter().map(|t| (*t, &blank)).collect();
+        self.store
+            .update_device(&device, &put, &new, &[])
+            .map_err(|_| Rv::DeviceError)?;
+        for token_id in &new {
+            state.tokens.insert(*token_id, crate::Token::blank());
+        }
+        state.device = device;
+        self.refresh_device_objects(&mut state);
+        self.event(
+            &state,
+            "Administrator",
+            "slots-added",
+            format!("{count} added, {total} user slots"),
+        );
+        Ok(Reply::Done)
+    }
+
+    fn delete_slot(&self, slot: u64) -> Result<Reply, Rv> {
+        let mut state = self.lock();
+        let token_id = state.slot_token(slot)?;
+        if state.is_admin(token_id) {
+            return Err(Rv::SlotIdInvalid);
+        }
+        if state.device.user_tokens.len() == 1 {
+            return Err(Rv::ArgumentsBad);
+        }
+        if state.sessions.values().any(|s| s.token_id == token_id) {
+            return Err(Rv::SessionExists);
+        }
+        let mut device = state.device.clone();
+        device.user_tokens.retain(|t| *t != token_id);
+        self.store
+            .update_device(&device, &[], &[], &[token_id])
+            .map_err(|_| Rv::DeviceError)?;
+        state.tokens.remove(&token_id);
+        state.device = device;
+        let left = state.device.user_tokens.len();
+        self.event(
+            &state,
+            "Administrator",
+            "slot-deleted",
+            format!("slot {slot} deleted, {left} user slots"),
+        );
+        Ok(Reply::Done)
+    }
+
+    /// What a hardware tamper does: every token (the Admin token too) loses its objects and
+    /// PINs, the flags return to Default Mode (Mode Locked cleared), every session ends.
+    /// Identity keys and certificates are kept.
+    pub(crate) fn tamper(&self, role: &str, cause: &str) -> Result<Reply, Rv> {
+        let mut state = self.lock();
+        let mut device = state.device.clone();
+        device.flags = 0;
+        let all: Vec<u64> = state.slot_tokens().collect();
+        let blank = TokenRecord::default();
+        let put: Vec<(u64, &TokenRecord)> = all.iter().map(|t| (*t, &blank)).collect();
+        self.store
+            .update_device(&device, &put, &all, &[])
+            .map_err(|_| Rv::DeviceError)?;
+        state.sessions.clear();
+        for token_id in &all {
+            state.tokens.insert(*token_id, crate::Token::blank());
+        }
+        state.device = device;
+        self.refresh_device_objects(&mut state);
+        self.event(&state, role, "tamper", cause.into());
+        Ok(Reply::Done)
+    }
+}
