@@ -1,0 +1,297 @@
+//! `ctconf`: device administration with the ProtectToolkit option syntax.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tessera_admin::{pin, status, AdminSession, Failure, Target};
+use tessera_core::flags;
+use tessera_wire::{AdminCommand, Reply, Request};
+
+/// Administer a Tessera HSM device: show it, set its security flags, manage its slots and
+/// tokens, read its event log, set its clock, tamper it.
+///
+/// The device is chosen by its number in ET_HSM_NETCLIENT_SERVERLIST (-a, default 0), local or
+/// on the network. On a device whose Admin token was never set up, ctconf first asks for the ASO
+/// PIN and the Administrator PIN (twice each). Every change needs the Administrator PIN, asked
+/// without echo or read from --pin-file; a PIN is never accepted as an argument.
+///
+/// Examples:
+///
+///   ctconf                         first-time set-up if needed, then the status of device 0
+///
+///   ctconf -a1 -v                  verbose status of device 1
+///
+///   ctconf -fcw --pin-file p.txt   set flags No Public Crypto and Weak mechanisms
+///
+///   ctconf -f0                     clear all flags (Default Mode)
+///
+///   ctconf -n0 --label payments    initialise the token in slot 0 (asks for its SO PIN)
+///
+///   ctconf -c2                     add two user slots; ctconf -d3 --yes deletes slot 3
+///
+///   ctconf -e                      show the event log and check its chain
+///
+///   ctconf --tamper --yes          erase every token, PIN and flag, like a hardware tamper
+#[derive(Parser, Debug)]
+#[command(version, verbatim_doc_comment)]
+struct Args {
+    /// Device number in the server list (position in ET_HSM_NETCLIENT_SERVERLIST); without other
+    /// actions, show that device.
+    #[arg(
+        short = 'a',
+        long = "device",
+        value_name = "DEVICE",
+        default_value_t = 0
+    )]
+    device: usize,
+
+    /// Set the security flags: letters of e n u c t i a N U p d E w b l, or F (= a c l n t u);
+    /// the new set replaces the old; 0 clears all.
+    #[arg(short = 'f', long = "flags", value_name = "LETTERS")]
+    flags: Option<String>,
+
+    /// Verbose status: also flag letters, Admin token, event log size and every slot.
+    #[arg(short = 'v', long)]
+    verbose: bool,
+
+    /// Initialise the token in this slot (label from --label, SO PIN from --so-pin-file or asked).
+    #[arg(short = 'n', long = "init-token", value_name = "SLOT")]
+    init_token: Option<u64>,
+
+    /// Label for -n (up to 32 characters).
+    #[arg(long, value_name = "LABEL")]
+    label: Option<String>,
+
+    /// Add this many user slots.
+    #[arg(short = 'c', long = "add-slots", value_name = "N")]
+    add_slots: Option<u64>,
+
+    /// Delete this user slot and its token (asks for confirmation; --yes for scripts).
+    #[arg(short = 'd', long = "delete-slot", value_name = "SLOT")]
+    delete_slot: Option<u64>,
+
+    /// Show the event log and check its integrity.
+    #[arg(short = 'e', long = "events")]
+    events: bool,
+
+    /// Purge the event log (one entry records the purge).
+    #[arg(short = 'p', long = "purge-events")]
+    purge_events: bool,
+
+    /// Set the device clock from this host's clock.
+    #[arg(short = 't', long = "set-clock")]
+    set_clock: bool,
+
+    /// Set the transport mode: 0 none, 1 single shot, 2 continuous.
+    #[arg(short = 'm', long = "transport-mode", value_name = "0|1|2")]
+    transport_mode: Option<u8>,
+
+    /// Software tamper: erase all tokens, objects, PINs and flags as a hardware tamper does
+    /// (identity keys survive). Asks for confirmation; --yes for scripts.
+    #[arg(long)]
+    tamper: bool,
+
+    /// Answer yes to confirmations (-d, --tamper).
+    #[arg(long)]
+    yes: bool,
+
+    /// File whose first line is the Administrator PIN.
+    #[arg(long, value_name = "PATH")]
+    pin_file: Option<PathBuf>,
+
+    /// First-time set-up: file whose first line is the new ASO PIN.
+    #[arg(long, value_name = "PATH")]
+    aso_pin_file: Option<PathBuf>,
+
+    /// First-time set-up: file whose first line is the new Administrator PIN.
+    #[arg(long, value_name = "PATH")]
+    admin_pin_file: Option<PathBuf>,
+
+    /// For -n: file whose first line is the new token's SO PIN.
+    #[arg(long, value_name = "PATH")]
+    so_pin_file: Option<PathBuf>,
+}
+
+impl Args {
+    fn has_change(&self) -> bool {
+        self.flags.is_some()
+            || self.init_token.is_some()
+            || self.add_slots.is_some()
+            || self.delete_slot.is_some()
+            || self.events
+            || self.purge_events
+            || self.set_clock
+            || self.transport_mode.is_some()
+            || self.tamper
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("ctconf: {failure}");
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<u8, Failure> {
+    // Check what can be checked before touching the device.
+    let new_flags = match &args.flags {
+        Some(letters) => Some(flags::parse(letters).map_err(|bad| {
+            Failure::usage(format!(
+                "unknown flag letter {bad:?}; valid letters are {} (or 0 to clear)",
+                flags::valid_letters()
+            ))
+        })?),
+        None => None,
+    };
+    if let Some(mode) = args.transport_mode {
+        if mode > 2 {
+            return Err(Failure::usage(format!(
+                "transport mode {mode}: use 0 (none), 1 (single shot) or 2 (continuous)"
+            )));
+        }
+    }
+    let target = Target::open(args.device)?;
+    let mut current = target.status()?;
+    if !current.admin_ready {
+        eprintln!(
+            "Device {} (serial {}) has not been set up.",
+            args.device, current.info.serial
+        );
+        let aso = pin::read_new(args.aso_pin_file.as_deref(), "ASO PIN")?;
+        let admin = pin::read_new(args.admin_pin_file.as_deref(), "Administrator PIN")?;
+        target.call(Request::AdminSetup {
+            aso_pin: aso,
+            admin_pin: admin,
+        })?;
+        println!("Admin token set up: ASO and Administrator PINs are set.");
+        current = target.status()?;
+    }
+    if !args.has_change() {
+        print!("{}", status::render(&current, args.verbose));
+        return Ok(0);
+    }
+    let admin_pin = match &args.admin_pin_file {
+        Some(path) if args.pin_file.is_none() => pin::from_file(path, "Administrator PIN")?,
+        _ => pin::read(args.pin_file.as_deref(), "Administrator PIN")?,
+    };
+    if let Some(bits) = new_flags {
+        if current.flags & flags::MODE_LOCKED != 0 {
+            return Err(Failure::new(format!(
+                "device {}: the security flags are locked (Mode Locked is set); only a tamper clears it",
+                args.device
+            )));
+        }
+        if bits & flags::NEED_IDENTITY != 0 && !current.identity {
+            return Err(Failure::new(format!(
+                "device {}: flags u, n, N, U and F need an identity key and certificate; create one with `ctident gen-selfsigned all` first",
+                args.device
+            )));
+        }
+    }
+    let token_so_pin = match args.init_token {
+        Some(_) => Some(pin::read_new(args.so_pin_file.as_deref(), "token SO PIN")?),
+        None => None,
+    };
+    if let Some(slot) = args.delete_slot {
+        pin::confirm(
+            &format!(
+                "Delete slot {slot} of device {} and every object in its token?",
+                args.device
+            ),
+            args.yes,
+        )?;
+    }
+    if args.tamper {
+        pin::confirm(
+            &format!(
+                "Tamper device {}: erase every token, object, PIN and flag?",
+                args.device
+            ),
+            args.yes,
+        )?;
+    }
+    let session = AdminSession::login(&target, &current, &admin_pin)?;
+    let mut code = 0;
+    if let Some(bits) = new_flags {
+        session.run(AdminCommand::SetFlags(bits))?;
+        println!("Security Mode set to: {}", flags::describe(bits));
+    }
+    if let (Some(slot), Some(so_pin)) = (args.init_token, token_so_pin) {
+        let label = args.label.clone().unwrap_or_default();
+        if label.len() > 32 {
+            return Err(Failure::usage(format!(
+                "label {label:?} is longer than 32 bytes"
+            )));
+        }
+        session.run(AdminCommand::InitToken {
+            slot,
+            label: label.into_bytes(),
+            so_pin,
+        })?;
+        println!("Token in slot {slot} initialised.");
+    }
+    if let Some(count) = args.add_slots {
+        session.run(AdminCommand::AddSlots(count))?;
+        println!("{count} slot(s) added.");
+    }
+    if let Some(slot) = args.delete_slot {
+        session.run(AdminCommand::DeleteSlot(slot))?;
+        println!("Slot {slot} deleted.");
+    }
+    if args.set_clock {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        session.run(AdminCommand::SetClock(now))?;
+        println!("Adapter clock set to {}.", status::clock(now));
+    }
+    if let Some(mode) = args.transport_mode {
+        session.run(AdminCommand::SetTransportMode(mode))?;
+        println!("Transport mode set to {}.", status::transport_mode(mode));
+    }
+    if args.events {
+        if let Reply::Events(events, problem) = session.run(AdminCommand::Events)? {
+            for event in &events {
+                println!(
+                    "{:>6}  {}  {:<13}  {:<24}  {}",
+                    event.sequence,
+                    status::clock(event.time),
+                    event.role,
+                    event.kind,
+                    event.detail
+                );
+            }
+            match problem {
+                None => println!("Event log integrity: OK ({} entries)", events.len()),
+                Some(problem) => {
+                    eprintln!("ctconf: event log integrity check FAILED: {problem}");
+                    code = 3;
+                }
+            }
+        }
+    }
+    if args.purge_events {
+        session.run(AdminCommand::PurgeEvents)?;
+        println!("Event log purged.");
+    }
+    if args.tamper {
+        session.run(AdminCommand::Tamper)?;
+        println!(
+            "Device {} tampered: tokens, PINs and flags erased; run ctconf to set it up again.",
+            args.device
+        );
+        return Ok(code);
+    }
+    if args.verbose {
+        print!("{}", status::render(&target.status()?, true));
+    }
+    Ok(code)
+}

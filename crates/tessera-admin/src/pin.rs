@@ -1,0 +1,111 @@
+//! PIN input: a file's first line for scripts, else a prompt without echo on the terminal.
+
+use std::path::Path;
+
+use tessera_core::SecretBytes;
+
+use crate::Failure;
+
+/// Reads the first line of a PIN file.
+pub fn from_file(path: &Path, what: &str) -> Result<SecretBytes, Failure> {
+    let text = std::fs::read(path).map_err(|e| {
+        Failure::new(format!(
+            "cannot read the {what} file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let text = SecretBytes::new(text);
+    let line = text
+        .expose()
+        .split(|b| *b == b'\n')
+        .next()
+        .unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.is_empty() {
+        return Err(Failure::new(format!(
+            "the {what} file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(SecretBytes::from_slice(line))
+}
+
+fn prompt(text: &str) -> Result<SecretBytes, Failure> {
+    rpassword::prompt_password(text)
+        .map(|pin| SecretBytes::new(pin.into_bytes()))
+        .map_err(|e| {
+            Failure::new(format!(
+                "cannot prompt for a PIN ({e}); give it in a file with the --*-pin-file options"
+            ))
+        })
+}
+
+/// A PIN from `file`, else prompted once.
+pub fn read(file: Option<&Path>, what: &str) -> Result<SecretBytes, Failure> {
+    match file {
+        Some(path) => from_file(path, what),
+        None => prompt(&format!("{what}: ")),
+    }
+}
+
+/// A new PIN from `file`, else prompted twice (the two must match).
+pub fn read_new(file: Option<&Path>, what: &str) -> Result<SecretBytes, Failure> {
+    if let Some(path) = file {
+        return from_file(path, what);
+    }
+    let first = prompt(&format!("New {what}: "))?;
+    let second = prompt(&format!("Confirm {what}: "))?;
+    if first != second {
+        return Err(Failure::new(format!(
+            "the two {what}s differ; nothing was changed"
+        )));
+    }
+    Ok(first)
+}
+
+/// Asks the operator to type `yes` (unless `assume_yes`).
+pub fn confirm(question: &str, assume_yes: bool) -> Result<(), Failure> {
+    if assume_yes {
+        return Ok(());
+    }
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::new(format!(
+            "{question} Refusing without confirmation: add --yes"
+        )));
+    }
+    eprint!("{question} Type 'yes' to go on: ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| Failure::new(e.to_string()))?;
+    if answer.trim() == "yes" {
+        Ok(())
+    } else {
+        Err(Failure::new("not confirmed; nothing was changed"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pin_files_give_their_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pin");
+        std::fs::write(&path, "s3cret-pin\r\nignored\n").unwrap();
+        assert_eq!(from_file(&path, "PIN").unwrap().expose(), b"s3cret-pin");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(from_file(&path, "PIN")
+            .unwrap_err()
+            .message
+            .contains("is empty"));
+        assert!(from_file(&dir.path().join("missing"), "PIN")
+            .unwrap_err()
+            .message
+            .contains("cannot read"));
+    }
+}

@@ -1,0 +1,174 @@
+//! Reaching a device of the server list, and the Administrator's session on its Admin slot.
+
+use std::time::Duration;
+
+use tessera_client::{ClientError, Device};
+use tessera_config::{Config, CONNECT_TIMEOUT, REPLY_TIMEOUT};
+use tessera_core::{ck, Rv, SecretBytes};
+use tessera_wire::{AdminCommand, DeviceStatus, Reply, Request};
+
+use crate::Failure;
+
+/// A device chosen by its number in the server list.
+pub struct Target {
+    /// Its number.
+    pub number: usize,
+    /// The client.
+    pub device: Device,
+}
+
+impl Target {
+    /// Device `number` of the configured server list.
+    pub fn open(number: usize) -> Result<Target, Failure> {
+        let config = Config::load().map_err(|e| Failure::new(e.to_string()))?;
+        let servers = config.servers().map_err(|e| Failure::new(e.to_string()))?;
+        let address = servers.get(number).cloned().ok_or_else(|| {
+            let list: Vec<String> = servers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| format!("{i}: {s}"))
+                .collect();
+            Failure::usage(format!(
+                "device {number} is not in the server list ({})",
+                list.join(", ")
+            ))
+        })?;
+        let connect = config
+            .seconds(CONNECT_TIMEOUT)
+            .map_err(|e| Failure::new(e.to_string()))?;
+        let reply = config
+            .seconds(REPLY_TIMEOUT)
+            .map_err(|e| Failure::new(e.to_string()))?;
+        Ok(Target {
+            number,
+            device: Device::new(address, connect, reply.max(Duration::from_secs(1))),
+        })
+    }
+
+    /// Sends a request outside any session.
+    pub fn call(&self, request: Request) -> Result<Reply, Failure> {
+        self.device
+            .call(None, request)
+            .map(|(reply, _)| reply)
+            .map_err(|e| self.explain(e))
+    }
+
+    /// The device status.
+    pub fn status(&self) -> Result<DeviceStatus, Failure> {
+        match self.call(Request::DeviceStatus)? {
+            Reply::Status(status) => Ok(status),
+            other => Err(Failure::new(format!(
+                "device {} answered {other:?} to a status request",
+                self.number
+            ))),
+        }
+    }
+
+    /// One line for a failed call.
+    pub fn explain(&self, error: ClientError) -> Failure {
+        let device = format!("device {} ({})", self.number, self.device.address());
+        match error {
+            ClientError::Unreachable { reason, .. } => {
+                Failure::new(format!("{device} is unreachable: {reason}"))
+            }
+            ClientError::ConnectionLost { reason, .. } => {
+                Failure::new(format!("{device}: connection lost: {reason}"))
+            }
+            ClientError::BadReply { reason, .. } => {
+                Failure::new(format!("{device} sent a bad reply: {reason}"))
+            }
+            ClientError::StaleSession => {
+                Failure::new(format!("{device}: the connection was lost; try again"))
+            }
+            ClientError::Returned(code) => Failure::new(format!("{device}: {}", describe(code))),
+        }
+    }
+}
+
+/// What a return code means to an operator.
+pub fn describe(code: u64) -> String {
+    match Rv::from_code(code) {
+        Some(Rv::PinIncorrect) => "wrong PIN; nothing was changed".into(),
+        Some(Rv::PinLocked) => "the PIN is locked after too many wrong PINs".into(),
+        Some(Rv::PinLenRange) => "a PIN must be 4 to 255 characters".into(),
+        Some(Rv::ModeLocked) => {
+            "the security flags are locked (Mode Locked is set); only a tamper clears it".into()
+        }
+        Some(Rv::IdentityRequired) => "flags u, n, N, U and F need an identity key and certificate on the device; create one with `ctident gen-selfsigned all` first".into(),
+        Some(Rv::AdminNotSetUp) => "the Admin token is not set up; run ctconf without options first".into(),
+        Some(Rv::AdminAlreadySetUp) => "the Admin token is already set up".into(),
+        Some(Rv::SessionExists) => "the slot has open sessions; close them first".into(),
+        Some(Rv::UserNotLoggedIn) => "the Administrator is not logged in".into(),
+        Some(rv) => rv.to_string(),
+        None => format!("error 0x{code:08X}"),
+    }
+}
+
+/// A session on the Admin slot in which the Administrator is logged in.
+pub struct AdminSession<'a> {
+    target: &'a Target,
+    session: u64,
+    generation: u64,
+}
+
+impl<'a> AdminSession<'a> {
+    /// Opens a R/W session on the Admin slot and logs in with the Administrator PIN.
+    pub fn login(
+        target: &'a Target,
+        status: &DeviceStatus,
+        pin: &SecretBytes,
+    ) -> Result<Self, Failure> {
+        if !status.admin_ready {
+            return Err(Failure::new(describe(Rv::AdminNotSetUp.code())));
+        }
+        let admin_slot = status.info.slot_count - 1;
+        let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
+        let (reply, generation) = target
+            .device
+            .call(
+                None,
+                Request::OpenSession {
+                    slot: admin_slot,
+                    flags,
+                },
+            )
+            .map_err(|e| target.explain(e))?;
+        let Reply::Handle(session) = reply else {
+            return Err(Failure::new(
+                "the device answered an open-session request wrongly",
+            ));
+        };
+        let login = Request::Login {
+            session,
+            user_type: ck::CKU_USER as u64,
+            pin: pin.duplicate(),
+        };
+        match target.device.call(Some(generation), login) {
+            Ok(_) => Ok(AdminSession { target, session, generation }),
+            Err(ClientError::Returned(code)) if code == Rv::PinIncorrect.code() => Err(Failure::new(format!(
+                "device {}: wrong Administrator PIN; nothing was changed (wrong PINs count toward the lock-out)",
+                target.number
+            ))),
+            Err(ClientError::Returned(code)) if code == Rv::PinLocked.code() => Err(Failure::new(format!(
+                "device {}: the Administrator PIN is locked after too many wrong PINs",
+                target.number
+            ))),
+            Err(e) => Err(target.explain(e)),
+        }
+    }
+
+    /// Runs an Administrator command.
+    pub fn run(&self, command: AdminCommand) -> Result<Reply, Failure> {
+        self.target
+            .device
+            .call(
+                Some(self.generation),
+                Request::Admin {
+                    session: self.session,
+                    command,
+                },
+            )
+            .map(|(reply, _)| reply)
+            .map_err(|e| self.target.explain(e))
+    }
+}

@@ -1,0 +1,117 @@
+//! The device status view of `ctconf -a` (lines of `Label : value`).
+
+use tessera_core::flags;
+use tessera_wire::DeviceStatus;
+
+/// `YYYY-MM-DD hh:mm:ss UTC` for seconds since the Unix epoch.
+pub fn clock(seconds: u64) -> String {
+    let days = (seconds / 86_400) as i64;
+    let rest = seconds % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// The name of a transport mode.
+pub fn transport_mode(mode: u8) -> &'static str {
+    match mode {
+        0 => "None",
+        1 => "Single Shot",
+        2 => "Continuous",
+        _ => "Unknown",
+    }
+}
+
+fn line(out: &mut String, label: &str, value: impl std::fmt::Display) {
+    out.push_str(&format!("{label:<22}: {value}\n"));
+}
+
+/// The status lines; `verbose` adds the Admin token, identity, event log and every slot.
+pub fn render(status: &DeviceStatus, verbose: bool) -> String {
+    let mut out = String::new();
+    let info = &status.info;
+    line(&mut out, "Model", &info.model);
+    line(&mut out, "Serial Number", &info.serial);
+    line(&mut out, "Manufacturer", &info.manufacturer);
+    line(
+        &mut out,
+        "Firmware Version",
+        format!("{}.{}", info.firmware.major, info.firmware.minor),
+    );
+    line(&mut out, "Adapter Clock", clock(status.clock));
+    line(&mut out, "Security Mode", flags::describe(status.flags));
+    line(
+        &mut out,
+        "Transport Mode",
+        transport_mode(status.transport_mode),
+    );
+    line(&mut out, "Open Session Count", status.sessions);
+    line(&mut out, "Number of Slots", info.slot_count);
+    line(
+        &mut out,
+        "Identity",
+        if status.identity {
+            "present"
+        } else {
+            "none (create one with ctident)"
+        },
+    );
+    if verbose {
+        line(
+            &mut out,
+            "Security Flags",
+            format!("0x{:08X} ({})", status.flags, flags::letters(status.flags)),
+        );
+        line(
+            &mut out,
+            "Admin Token",
+            if status.admin_ready {
+                "set up"
+            } else {
+                "not set up"
+            },
+        );
+        line(&mut out, "Event Log Entries", status.events);
+        for slot in &status.slots {
+            let state = match (slot.initialized, slot.user_pin) {
+                (false, _) => "not initialised".to_string(),
+                (true, false) => format!("\"{}\", user PIN not set", slot.label),
+                (true, true) => format!("\"{}\"", slot.label),
+            };
+            line(
+                &mut out,
+                &format!("Slot {}", slot.slot),
+                format!(
+                    "{state}, {} objects, {} sessions",
+                    slot.objects, slot.sessions
+                ),
+            );
+        }
+        line(
+            &mut out,
+            &format!("Slot {}", info.slot_count - 1),
+            "Admin slot",
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn clock_format() {
+        assert_eq!(super::clock(1_795_740_245), "2026-11-27 00:44:05 UTC");
+    }
+}
