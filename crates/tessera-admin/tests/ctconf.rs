@@ -394,7 +394,6 @@ fn the_event_log_detects_edits_and_removals_and_can_be_purged() {
         bounded.contains("Event log integrity: OK (50 entries)"),
         "{bounded}"
     );
-    drop(ctconf);
 
     // Edit an entry in the middle, with the daemon stopped.
     daemon.stop();
@@ -420,7 +419,6 @@ fn the_event_log_detects_edits_and_removals_and_can_be_purged() {
         stderr.contains("integrity check FAILED") && stderr.contains("was altered"),
         "{stderr}"
     );
-    drop(ctconf);
 
     // Remove an entry in the middle instead.
     daemon.stop();
