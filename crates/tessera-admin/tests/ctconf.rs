@@ -288,6 +288,15 @@ fn flags_are_set_replaced_cleared_refused_and_locked() {
             value(&ctconf.status(false), "Security Mode"),
             "No Public Crypto"
         );
+        let events = ctconf.admin(&["-e"]);
+        for kind in [
+            "flags-changed",
+            "flags-change-refused",
+            "login-failure",
+            "tamper",
+        ] {
+            assert!(events.contains(kind), "{kind} missing from:\n{events}");
+        }
     }
 }
 
@@ -393,6 +402,17 @@ fn the_event_log_detects_edits_and_removals_and_can_be_purged() {
     assert!(
         bounded.contains("Event log integrity: OK (50 entries)"),
         "{bounded}"
+    );
+    // It survives a restart intact.
+    daemon.restart();
+    let ctconf = Ctconf {
+        daemon: &daemon,
+        transport: Transport::Unix,
+    };
+    let restarted = ctconf.admin(&["-e"]);
+    assert!(
+        restarted.contains("Event log integrity: OK (50 entries)"),
+        "{restarted}"
     );
 
     // Edit an entry in the middle, with the daemon stopped.

@@ -225,6 +225,18 @@ fn bad_requests_get_the_specified_return_values() {
             },
         )
     };
+    // The Admin token is set up by ctconf, never by C_InitToken.
+    assert!(matches!(
+        hsm.handle(
+            client,
+            Request::InitToken {
+                slot: 2,
+                so_pin: pin("so-pin"),
+                label: vec![]
+            }
+        ),
+        Err(Rv::AccessDenied)
+    ));
     assert!(matches!(
         hsm.handle(client, Request::SlotInfo { slot: 9 }),
         Err(Rv::SlotIdInvalid)

@@ -210,6 +210,40 @@ impl Daemon {
     }
 }
 
+/// The Administrator PIN that [`Daemon::admin`] sets up.
+pub const ADMIN_PIN: &str = "admin-pin-1234";
+
+impl Daemon {
+    /// Runs the real `ctconf` against this daemon with the Administrator PIN file, setting up
+    /// the Admin token first if needed; panics unless it succeeds. Returns standard output.
+    pub fn admin(&self, transport: Transport, args: &[&str]) -> String {
+        let pin = self.dir().join("admin.pin");
+        if !pin.exists() {
+            std::fs::write(&pin, format!("{ADMIN_PIN}\n")).expect("a PIN file");
+            std::fs::write(self.dir().join("aso.pin"), "aso-pin-1234\n").expect("a PIN file");
+        }
+        let output = Command::new(binary("ctconf"))
+            .args(args)
+            .arg("--pin-file")
+            .arg(&pin)
+            .arg("--aso-pin-file")
+            .arg(self.dir().join("aso.pin"))
+            .arg("--admin-pin-file")
+            .arg(&pin)
+            .env("ET_HSM_NETCLIENT_SERVERLIST", self.server_list(transport))
+            .stdin(Stdio::null())
+            .output()
+            .expect("ctconf runs");
+        assert!(
+            output.status.success(),
+            "ctconf {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();

@@ -181,20 +181,7 @@ fn run(args: &Args) -> Result<u8, Failure> {
         Some(path) if args.pin_file.is_none() => pin::from_file(path, "Administrator PIN")?,
         _ => pin::read(args.pin_file.as_deref(), "Administrator PIN")?,
     };
-    if let Some(bits) = new_flags {
-        if current.flags & flags::MODE_LOCKED != 0 {
-            return Err(Failure::new(format!(
-                "device {}: the security flags are locked (Mode Locked is set); only a tamper clears it",
-                args.device
-            )));
-        }
-        if bits & flags::NEED_IDENTITY != 0 && !current.identity {
-            return Err(Failure::new(format!(
-                "device {}: flags u, n, N, U and F need an identity key and certificate; create one with `ctident gen-selfsigned all` first",
-                args.device
-            )));
-        }
-    }
+    // Mode Locked and the identity requirement are enforced (and logged) by the device.
     let token_so_pin = match args.init_token {
         Some(_) => Some(pin::read_new(args.so_pin_file.as_deref(), "token SO PIN")?),
         None => None,
