@@ -373,6 +373,12 @@ fn slots_tokens_clock_and_transport_mode() {
             assert!(events.contains(kind), "{kind} missing from:\n{events}");
         }
         assert!(events.contains("Event log integrity: OK"));
+        ctconf.admin(&["-p"]);
+        let purged = ctconf.admin(&["-e"]);
+        assert!(
+            purged.contains("log-purged") && !purged.contains("slots-added"),
+            "{purged}"
+        );
     }
 }
 
@@ -475,4 +481,67 @@ fn the_event_log_detects_edits_and_removals_and_can_be_purged() {
 /// exactly is not needed for the removal check, which must fail on its own.
 fn store_events_detail_restored() -> String {
     "restored".into()
+}
+
+/// Runs ctconf on a real pseudo-terminal (`script` allocates one) and types the PINs.
+fn on_terminal(daemon: &Daemon, args: &str, typed: &[&str]) -> String {
+    use std::io::Write;
+    let ctconf = assert_cmd::cargo::cargo_bin("ctconf");
+    let mut child = std::process::Command::new(tessera_testkit::tool("script"))
+        .args(["-qec", &format!("{} {args}", ctconf.display()), "/dev/null"])
+        .env(
+            "ET_HSM_NETCLIENT_SERVERLIST",
+            daemon.server_list(Transport::Unix),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for line in typed {
+        // Each answer after its prompt is up: the prompt reads from the terminal, not a pipe.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn pins_are_asked_on_the_terminal_without_echo() {
+    let daemon = Daemon::start();
+    let screen = on_terminal(
+        &daemon,
+        "",
+        &[
+            "aso-secret-1",
+            "aso-secret-1",
+            "admin-secret-1",
+            "admin-secret-1",
+        ],
+    );
+    for prompt in [
+        "New ASO PIN:",
+        "Confirm ASO PIN:",
+        "New Administrator PIN:",
+        "Confirm Administrator PIN:",
+    ] {
+        assert!(screen.contains(prompt), "{prompt} missing:\n{screen}");
+    }
+    assert!(screen.contains("Admin token set up"), "{screen}");
+    assert!(!screen.contains("secret"), "a PIN was echoed:\n{screen}");
+    let screen = on_terminal(&daemon, "-fc", &["admin-secret-1"]);
+    assert!(
+        screen.contains("Administrator PIN:")
+            && screen.contains("Security Mode set to: No Public Crypto"),
+        "{screen}"
+    );
+    assert!(!screen.contains("secret"), "a PIN was echoed:\n{screen}");
+    // Two different new PINs are refused.
+    let fresh = Daemon::start();
+    let screen = on_terminal(&fresh, "", &["aso-secret-1", "aso-secret-2"]);
+    assert!(screen.contains("the two ASO PINs differ"), "{screen}");
 }
