@@ -54,7 +54,7 @@ pub fn fingerprint_id(der: &[u8]) -> String {
 /// Parses a DER certificate.
 pub fn parse(der: &[u8]) -> Result<X509Certificate<'_>, String> {
     match X509Certificate::from_der(der) {
-        Ok((rest, certificate)) if rest.is_empty() => Ok(certificate),
+        Ok(([], certificate)) => Ok(certificate),
         Ok(_) => Err("trailing bytes after the certificate".into()),
         Err(e) => Err(format!("not an X.509 certificate: {e}")),
     }
