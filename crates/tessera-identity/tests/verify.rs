@@ -1,4 +1,6 @@
 //! Every refusal of the chain verification, with crafted certificates.
+// Chains are written as array literals for readability.
+#![allow(clippy::cloned_ref_to_slice_refs)]
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
