@@ -85,6 +85,42 @@ impl Target {
     }
 }
 
+/// Sets up the Admin token when the device never was (asking for the ASO and Administrator
+/// PINs, or reading them from files), and returns the device status.
+pub fn ensure_admin_ready(
+    target: &Target,
+    aso_file: Option<&std::path::Path>,
+    admin_file: Option<&std::path::Path>,
+) -> Result<DeviceStatus, Failure> {
+    let status = target.status()?;
+    if status.admin_ready {
+        return Ok(status);
+    }
+    eprintln!(
+        "Device {} (serial {}) has not been set up.",
+        target.number, status.info.serial
+    );
+    let aso = crate::pin::read_new(aso_file, "ASO PIN")?;
+    let admin = crate::pin::read_new(admin_file, "Administrator PIN")?;
+    target.call(Request::AdminSetup {
+        aso_pin: aso,
+        admin_pin: admin,
+    })?;
+    println!("Admin token set up: ASO and Administrator PINs are set.");
+    target.status()
+}
+
+/// The Administrator PIN: `--pin-file`, else `--admin-pin-file`, else asked.
+pub fn admin_pin(
+    pin_file: Option<&std::path::Path>,
+    admin_file: Option<&std::path::Path>,
+) -> Result<SecretBytes, Failure> {
+    match (pin_file, admin_file) {
+        (None, Some(path)) => crate::pin::from_file(path, "Administrator PIN"),
+        (file, _) => crate::pin::read(file, "Administrator PIN"),
+    }
+}
+
 /// What a return code means to an operator.
 pub fn describe(code: u64) -> String {
     match Rv::from_code(code) {
@@ -99,6 +135,11 @@ pub fn describe(code: u64) -> String {
         Some(Rv::AdminAlreadySetUp) => "the Admin token is already set up".into(),
         Some(Rv::SessionExists) => "the slot has open sessions; close them first".into(),
         Some(Rv::UserNotLoggedIn) => "the Administrator is not logged in".into(),
+        Some(Rv::OwnerKeyRequired) => "the device has no owner key (POK); make one with `ctident gen-selfsigned poc` or `all`".into(),
+        Some(Rv::CertificateMismatch) => "the certificate does not match this device's identity key or serial number; nothing was imported".into(),
+        Some(Rv::IdentityExists) => "the device already has that key; add --replace to replace it".into(),
+        Some(Rv::CertNotValidated) => "the certificate does not verify with the chain given".into(),
+        Some(Rv::DataInvalid) => "the request or certificate is malformed, or its signature does not verify".into(),
         Some(rv) => rv.to_string(),
         None => format!("error 0x{code:08X}"),
     }

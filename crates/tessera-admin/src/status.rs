@@ -59,15 +59,14 @@ pub fn render(status: &DeviceStatus, verbose: bool) -> String {
     );
     line(&mut out, "Open Session Count", status.sessions);
     line(&mut out, "Number of Slots", info.slot_count);
-    line(
-        &mut out,
-        "Identity",
-        if status.identity {
-            "present"
-        } else {
-            "none (create one with ctident)"
-        },
-    );
+    match &status.identity_fingerprint {
+        Some(fingerprint) => line(
+            &mut out,
+            "Identity",
+            format!("present, PIC SHA-256 {fingerprint}"),
+        ),
+        None => line(&mut out, "Identity", "none (create one with ctident)"),
+    }
     if verbose {
         line(
             &mut out,

@@ -193,6 +193,12 @@ return_values! {
     AdminAlreadySetUp = VENDOR_DEFINED + 0x1003 => "CKR_TESSERA_ADMIN_ALREADY_SET_UP",
     /// Tessera: the Admin token has not been set up yet.
     AdminNotSetUp = VENDOR_DEFINED + 0x1004 => "CKR_TESSERA_ADMIN_NOT_SET_UP",
+    /// Tessera: the device has no owner key (POK) to sign with.
+    OwnerKeyRequired = VENDOR_DEFINED + 0x1005 => "CKR_TESSERA_OWNER_KEY_REQUIRED",
+    /// Tessera: the certificate does not match this device's identity key or serial number.
+    CertificateMismatch = VENDOR_DEFINED + 0x1006 => "CKR_TESSERA_CERTIFICATE_MISMATCH",
+    /// Tessera: the key or certificate exists; replacing it must be asked for.
+    IdentityExists = VENDOR_DEFINED + 0x1007 => "CKR_TESSERA_IDENTITY_EXISTS",
 }
 
 impl std::fmt::Display for Rv {

@@ -102,7 +102,8 @@ impl Hsm {
             transport_mode: state.device.transport_mode,
             sessions: state.sessions.len() as u64,
             admin_ready,
-            identity: false,
+            identity: state.identity.fingerprint().is_some(),
+            identity_fingerprint: state.identity.fingerprint(),
             events: self.store.events().map(|e| e.len() as u64).unwrap_or(0),
             slots,
         }
@@ -240,6 +241,17 @@ impl Hsm {
                 Ok(Reply::Done)
             }
             AdminCommand::Tamper => self.tamper("Administrator", "software tamper command"),
+            AdminCommand::GenerateIdentity {
+                target,
+                curve,
+                replace,
+            } => self.generate_identity(target, &curve, replace),
+            AdminCommand::PikRequest { curve, replace } => self.pik_request(&curve, replace),
+            AdminCommand::SignRequest(request) => self.sign_identity_request(&request),
+            AdminCommand::ImportPic { pic, chain } => self.import_pic(&pic, chain),
+            AdminCommand::AddPeer(certificate) => self.add_peer(&certificate),
+            AdminCommand::RemovePeer(prefix) => self.remove_peer(&prefix),
+            AdminCommand::Peers => Ok(self.peers()),
         }
     }
 
@@ -259,7 +271,7 @@ impl Hsm {
             );
             return Err(Rv::ModeLocked);
         }
-        if bits & flags::NEED_IDENTITY != 0 && !self.has_identity() {
+        if bits & flags::NEED_IDENTITY != 0 && state.identity.fingerprint().is_none() {
             return Err(Rv::IdentityRequired);
         }
         let mut device = state.device.clone();
@@ -272,11 +284,6 @@ impl Hsm {
         let detail = format!("{:?} -> {:?}", flags::letters(before), flags::letters(bits));
         self.event(&state, "Administrator", "flags-changed", detail);
         Ok(Reply::Done)
-    }
-
-    /// Whether the device has an identity key and certificate (the identity issue adds them).
-    pub(crate) fn has_identity(&self) -> bool {
-        false
     }
 
     fn admin_init_token(&self, slot: u64, label: &[u8], so_pin: &SecretBytes) -> Result<Reply, Rv> {

@@ -166,6 +166,8 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
         );
     }
     let events = crate::events::EventLog::open(&store, &device_key, options.event_log_size)?;
+    let store_for_identity = &store;
+    let identity = crate::identity::IdentityRecord::load(store_for_identity)?;
     let hsm = Hsm {
         store,
         serial: device.serial.clone(),
@@ -174,6 +176,7 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
         events,
         state: std::sync::Mutex::new(State {
             device,
+            identity,
             tokens,
             sessions: Default::default(),
             next_session: 0,

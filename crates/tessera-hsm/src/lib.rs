@@ -13,6 +13,7 @@ mod admin;
 mod crypto;
 mod device;
 mod events;
+mod identity;
 mod mechanisms;
 mod object;
 mod objects;
@@ -80,6 +81,8 @@ pub(crate) struct Session {
 pub(crate) struct State {
     /// The device record (slots, flags, clock, transport mode).
     device: DeviceRecord,
+    /// The device identity (kept apart from the tokens: a tamper leaves it).
+    identity: identity::IdentityRecord,
     /// Tokens by token id.
     tokens: BTreeMap<u64, Token>,
     sessions: HashMap<u64, Session>,
@@ -285,6 +288,7 @@ impl Hsm {
                 crypto::random(len as usize).map(Reply::Bytes)
             }
             R::DeviceStatus => Ok(Reply::Status(self.device_status())),
+            R::Identity => Ok(Reply::Identity(self.identity())),
             R::AdminSetup { aso_pin, admin_pin } => self.admin_setup(&aso_pin, &admin_pin),
             R::Admin { session, command } => self.admin(client, session, command),
             R::SeedRandom { session, .. } => {

@@ -514,6 +514,8 @@ pub fn shape(reply: &Reply) -> &'static str {
         Reply::Attributes(_) => "Attributes",
         Reply::Status(_) => "Status",
         Reply::Events(..) => "Events",
+        Reply::Identity(_) => "Identity",
+        Reply::Certificates(_) => "Certificates",
     }
 }
 

@@ -78,6 +78,23 @@ impl Store {
         value.map(|v| decode(v.value(), "device")).transpose()
     }
 
+    /// A named record of the `meta` table (e.g. the device identity), if written.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(META).map_err(storage)?;
+        let value = table.get(key).map_err(storage)?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    /// Writes a named record of the `meta` table.
+    pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(META)?;
+            table.insert(key, value)?;
+            Ok(())
+        })
+    }
+
     /// Writes the device record.
     pub fn put_device(&self, device: &DeviceRecord) -> Result<(), StoreError> {
         self.write(|txn| {

@@ -33,6 +33,82 @@ pub enum AdminCommand {
     SetTransportMode(u8),
     /// Software tamper: erase tokens, PINs and flags.
     Tamper,
+    /// Generate identity keys and certificates.
+    GenerateIdentity {
+        /// What to generate.
+        target: IdentityTarget,
+        /// `P-256`, `P-384` or `P-521`.
+        curve: String,
+        /// Replace what exists (the operator confirmed).
+        replace: bool,
+    },
+    /// Make a new PIK (or reuse a pending one) and return its certificate signing request; the
+    /// PIK stays pending until a signed PIC is imported.
+    PikRequest {
+        /// Curve of a new PIK.
+        curve: String,
+        /// Replace a working identity.
+        replace: bool,
+    },
+    /// Sign another device's identity request with this device's POK; returns the PIC.
+    SignRequest(Vec<u8>),
+    /// Import the PIC signed for this device's pending PIK, with its issuer chain.
+    ImportPic {
+        /// The PIC (DER).
+        pic: Vec<u8>,
+        /// The issuer chain (DER), usually the POC.
+        chain: Vec<Vec<u8>>,
+    },
+    /// Trust another device's PIC or POC (HSM-to-HSM trust).
+    AddPeer(Vec<u8>),
+    /// Stop trusting the peer certificate whose fingerprint starts with this hex prefix.
+    RemovePeer(String),
+    /// The trusted peers.
+    Peers,
+}
+
+/// What `GenerateIdentity` makes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum IdentityTarget {
+    /// A self-signed POC and a PIC signed by it.
+    All,
+    /// A self-signed PIC only.
+    Pic,
+    /// An owner key and self-signed POC only (pending until it signs a PIK).
+    Poc,
+}
+
+/// The state of an identity or owner key.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum KeyState {
+    /// No key.
+    Absent,
+    /// A key whose certificate is not complete: a PIK waiting for its signed PIC, or a POC
+    /// that has not signed any PIK yet.
+    Pending,
+    /// In use.
+    Ready,
+}
+
+/// A device's identity: public parts only (the keys never leave the device).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Identity {
+    /// The device serial number.
+    pub serial: String,
+    /// The identity key's state.
+    pub pik: KeyState,
+    /// Its curve.
+    pub pik_curve: Option<String>,
+    /// The identity certificate (DER).
+    pub pic: Option<Vec<u8>>,
+    /// The PIC's issuer chain (DER), empty for a self-signed PIC.
+    pub chain: Vec<Vec<u8>>,
+    /// The owner key's state.
+    pub pok: KeyState,
+    /// Its curve.
+    pub pok_curve: Option<String>,
+    /// The owner certificate (DER).
+    pub poc: Option<Vec<u8>>,
 }
 
 /// One user slot in the status.
@@ -69,6 +145,8 @@ pub struct DeviceStatus {
     pub admin_ready: bool,
     /// The device has an identity key and certificate.
     pub identity: bool,
+    /// The SHA-256 fingerprint of the PIC.
+    pub identity_fingerprint: Option<String>,
     /// Entries in the event log.
     pub events: u64,
     /// User slots.

@@ -11,7 +11,9 @@ mod admin;
 mod frame;
 mod request;
 
-pub use admin::{AdminCommand, DeviceStatus, Event, SlotStatus};
+pub use admin::{
+    AdminCommand, DeviceStatus, Event, Identity, IdentityTarget, KeyState, SlotStatus,
+};
 pub use frame::{
     body_len as frame_body_len, decode_request, decode_response, encode_request, encode_response,
     read_frame, write_frame, FrameError, FRAME_HEADER_LEN, MAX_FRAME_LEN,

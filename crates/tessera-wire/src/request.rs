@@ -242,6 +242,8 @@ pub enum Request {
     },
     /// The device status (`ctconf -a`); no login needed.
     DeviceStatus,
+    /// The device's identity certificates (public; no login needed).
+    Identity,
     /// First-time set-up of the Admin token: ASO PIN and Administrator PIN. Refused once done.
     AdminSetup {
         /// The Admin token SO (ASO) PIN.
@@ -322,4 +324,8 @@ pub enum Reply {
     Status(crate::DeviceStatus),
     /// The event log and what its chain check found (`None`: intact).
     Events(Vec<crate::Event>, Option<String>),
+    /// A device identity.
+    Identity(crate::Identity),
+    /// Certificates (DER).
+    Certificates(Vec<Vec<u8>>),
 }

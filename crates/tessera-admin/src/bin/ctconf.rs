@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tessera_admin::{pin, status, AdminSession, Failure, Target};
 use tessera_core::flags;
-use tessera_wire::{AdminCommand, Reply, Request};
+use tessera_wire::{AdminCommand, Reply};
 
 /// Administer a Tessera HSM device: show it, set its security flags, manage its slots and
 /// tokens, read its event log, set its clock, tamper it.
@@ -158,29 +158,19 @@ fn run(args: &Args) -> Result<u8, Failure> {
         }
     }
     let target = Target::open(args.device)?;
-    let mut current = target.status()?;
-    if !current.admin_ready {
-        eprintln!(
-            "Device {} (serial {}) has not been set up.",
-            args.device, current.info.serial
-        );
-        let aso = pin::read_new(args.aso_pin_file.as_deref(), "ASO PIN")?;
-        let admin = pin::read_new(args.admin_pin_file.as_deref(), "Administrator PIN")?;
-        target.call(Request::AdminSetup {
-            aso_pin: aso,
-            admin_pin: admin,
-        })?;
-        println!("Admin token set up: ASO and Administrator PINs are set.");
-        current = target.status()?;
-    }
+    let current = tessera_admin::session::ensure_admin_ready(
+        &target,
+        args.aso_pin_file.as_deref(),
+        args.admin_pin_file.as_deref(),
+    )?;
     if !args.has_change() {
         print!("{}", status::render(&current, args.verbose));
         return Ok(0);
     }
-    let admin_pin = match &args.admin_pin_file {
-        Some(path) if args.pin_file.is_none() => pin::from_file(path, "Administrator PIN")?,
-        _ => pin::read(args.pin_file.as_deref(), "Administrator PIN")?,
-    };
+    let admin_pin = tessera_admin::session::admin_pin(
+        args.pin_file.as_deref(),
+        args.admin_pin_file.as_deref(),
+    )?;
     // Mode Locked and the identity requirement are enforced (and logged) by the device.
     let token_so_pin = match args.init_token {
         Some(_) => Some(pin::read_new(args.so_pin_file.as_deref(), "token SO PIN")?),

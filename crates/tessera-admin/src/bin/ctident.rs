@@ -1,0 +1,597 @@
+//! `ctident`: owner and identity keys and certificates of Tessera devices, and the client trust
+//! store.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tessera_admin::session::{admin_pin, ensure_admin_ready};
+use tessera_admin::{pin, status, AdminSession, Failure, Target};
+use tessera_identity::inspect::CertificateInfo;
+use tessera_identity::pem;
+use tessera_identity::trust::{Level, TrustStore};
+use tessera_wire::{AdminCommand, Identity, IdentityTarget, KeyState, Reply, Request};
+
+/// Manage the identity of Tessera devices and the certificates this client trusts.
+///
+/// Every device proves itself with its identity certificate (PIC), signed by itself or by an
+/// owner certificate (POC). Keys are made inside the device and never leave it. Changes need the
+/// Administrator PIN (asked without echo, or --pin-file); show, export and trust do not.
+///
+/// Examples:
+///
+///   ctident gen-selfsigned all              a POC and a PIC signed by it, on device 0
+///
+///   ctident -a1 sign-device 0               device 1's owner key signs device 0's new PIK
+///
+///   ctident request --out pik.csr           offline CA, step 1: the PIK is pending
+///
+///   ctident -a1 sign-request --in pik.csr --out pic.pem     step 2, on the CA device
+///
+///   ctident import --in pic.pem             step 3: the PIC (and its chain) into device 0
+///
+///   ctident export chain --out hsm.pem      the PIC and its chain as PEM
+///
+///   ctident trust add --from-device --owner --yes           trust device 0's owner (POC)
+///
+///   ctident trust list                      what this user and the system trust
+#[derive(Parser, Debug)]
+#[command(version, verbatim_doc_comment)]
+struct Args {
+    /// Device number in the server list (ET_HSM_NETCLIENT_SERVERLIST).
+    #[arg(short = 'a', long = "device", default_value_t = 0, global = true)]
+    device: usize,
+
+    /// File whose first line is the Administrator PIN.
+    #[arg(long, value_name = "PATH", global = true)]
+    pin_file: Option<PathBuf>,
+
+    /// First-time set-up of a device: file with the new ASO PIN.
+    #[arg(long, value_name = "PATH", global = true)]
+    aso_pin_file: Option<PathBuf>,
+
+    /// First-time set-up of a device: file with the new Administrator PIN.
+    #[arg(long, value_name = "PATH", global = true)]
+    admin_pin_file: Option<PathBuf>,
+
+    /// Answer yes to confirmations.
+    #[arg(long, global = true)]
+    yes: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate keys and self-signed certificates: `all` (a POC and a PIC signed by it),
+    /// `pic` (a self-signed PIC), `poc` (an owner key and POC, pending until it signs a PIK).
+    /// Example: ctident gen-selfsigned all --curve p384
+    GenSelfsigned {
+        /// What to generate.
+        what: What,
+        /// Curve: p521 (default), p384, p256.
+        #[arg(long, default_value = "p521")]
+        curve: String,
+        /// Replace existing keys (asks for confirmation; --yes for scripts).
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Offline CA, step 1: make a new PIK and write its certificate signing request; the PIK is
+    /// pending until `import`. Example: ctident request --out pik.csr
+    Request {
+        /// Where to write the request (PEM).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Curve of the new PIK.
+        #[arg(long, default_value = "p521")]
+        curve: String,
+        /// Replace a working identity (asks for confirmation).
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Offline CA, step 2: this device's owner key signs a request; writes the PIC followed by
+    /// this device's POC. Example: ctident -a1 sign-request --in pik.csr --out pic.pem
+    SignRequest {
+        /// The request (PEM or DER).
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+        /// Where to write the PIC and its chain (PEM).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Offline CA, step 3: import the signed PIC for the pending PIK (refused if it does not
+    /// match). The file's first certificate is the PIC, the others its chain.
+    /// Example: ctident import --in pic.pem
+    Import {
+        /// The PIC, optionally followed by its chain (PEM or DER).
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+        /// A separate chain file (PEM).
+        #[arg(long, value_name = "FILE")]
+        chain: Option<PathBuf>,
+    },
+    /// Online CA: this device's owner key signs a new PIK of TARGET (another device of the
+    /// server list). Example: ctident -a1 sign-device 0 --target-pin-file admin0.pin
+    SignDevice {
+        /// The device that gets the new identity.
+        target: usize,
+        /// File with TARGET's Administrator PIN (else asked).
+        #[arg(long, value_name = "PATH")]
+        target_pin_file: Option<PathBuf>,
+        /// Curve of TARGET's new PIK.
+        #[arg(long, default_value = "p521")]
+        curve: String,
+        /// Replace TARGET's working identity (asks for confirmation).
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Show the state of each key and certificate: subject, serial, validity, fingerprints.
+    /// Example: ctident -a1 show
+    Show,
+    /// Write the PIC, the POC, or the chain (PIC and issuers) as PEM.
+    /// Example: ctident export poc --out owner.pem
+    Export {
+        /// What to export.
+        what: Export,
+        /// File to write (standard output if absent).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Devices this device trusts (HSM-to-HSM): add, list, remove.
+    #[command(subcommand)]
+    Peer(Peer),
+    /// The client trust store: add, list, remove.
+    #[command(subcommand)]
+    Trust(Trust),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum What {
+    All,
+    Pic,
+    Poc,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Export {
+    Pic,
+    Poc,
+    Chain,
+}
+
+#[derive(Subcommand, Debug)]
+enum Peer {
+    /// Trust another device's PIC or POC. Example: ctident peer add other-hsm.pem --yes
+    Add {
+        /// The certificate (PEM or DER).
+        file: PathBuf,
+    },
+    /// List the trusted peers. Example: ctident peer list
+    List,
+    /// Stop trusting a peer, by fingerprint prefix. Example: ctident peer remove 3F:A2:9C
+    Remove {
+        /// At least 4 hex digits of the SHA-256 fingerprint.
+        fingerprint: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum Trust {
+    /// Add a certificate (asks for confirmation after showing subject, serial and SHA-256
+    /// fingerprint). Example: ctident trust add owner.pem --system --yes
+    Add {
+        /// The certificate (PEM or DER); omit with --from-device.
+        file: Option<PathBuf>,
+        /// Take the certificate from the device chosen with -a: its PIC, or with --owner the
+        /// owner certificate that signed it.
+        #[arg(long)]
+        from_device: bool,
+        /// With --from-device: the issuer (POC) rather than the PIC.
+        #[arg(long)]
+        owner: bool,
+        /// The system store rather than this user's.
+        #[arg(long)]
+        system: bool,
+    },
+    /// List trusted certificates (both stores unless --user or --system).
+    /// Example: ctident trust list --user
+    List {
+        /// Only this user's store.
+        #[arg(long)]
+        user: bool,
+        /// Only the system store.
+        #[arg(long)]
+        system: bool,
+    },
+    /// Remove a certificate by fingerprint prefix. Example: ctident trust remove 3FA29C
+    Remove {
+        /// At least 4 hex digits of the SHA-256 fingerprint.
+        fingerprint: String,
+        /// From the system store rather than this user's.
+        #[arg(long)]
+        system: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("ctident: {failure}");
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn read_certificates(path: &Path) -> Result<Vec<Vec<u8>>, Failure> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Failure::new(format!("cannot read {}: {e}", path.display())))?;
+    let certificates = pem::decode_all(&bytes, "CERTIFICATE")
+        .map_err(|e| Failure::new(format!("{}: {e}", path.display())))?;
+    for (index, der) in certificates.iter().enumerate() {
+        CertificateInfo::parse(der)
+            .map_err(|e| Failure::new(format!("{} (certificate {index}): {e}", path.display())))?;
+    }
+    Ok(certificates)
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), Failure> {
+    std::fs::write(path, text)
+        .map_err(|e| Failure::new(format!("cannot write {}: {e}", path.display())))
+}
+
+fn describe(der: &[u8]) -> String {
+    match CertificateInfo::parse(der) {
+        Ok(info) => format!(
+            "subject {}\n    issuer {}\n    serial {}, device {}\n    valid {} to {}\n    SHA-256 {}",
+            info.subject,
+            info.issuer,
+            info.certificate_serial,
+            info.serial_number.as_deref().unwrap_or("-"),
+            status::clock(info.not_before.max(0) as u64),
+            status::clock(info.not_after.max(0) as u64),
+            info.fingerprint
+        ),
+        Err(e) => format!("unreadable: {e}"),
+    }
+}
+
+fn key_state(state: KeyState, curve: &Option<String>, pending: &str) -> String {
+    let curve = curve.as_deref().unwrap_or("-");
+    match state {
+        KeyState::Absent => "none".into(),
+        KeyState::Pending => format!("pending ({pending}), {curve}"),
+        KeyState::Ready => format!("ready, {curve}"),
+    }
+}
+
+fn identity(target: &Target) -> Result<Identity, Failure> {
+    match target.call(Request::Identity)? {
+        Reply::Identity(identity) => Ok(identity),
+        other => Err(Failure::new(format!("unexpected answer {other:?}"))),
+    }
+}
+
+fn login<'a>(
+    args: &Args,
+    target: &'a Target,
+    pin_file: Option<&Path>,
+) -> Result<AdminSession<'a>, Failure> {
+    let status = ensure_admin_ready(
+        target,
+        args.aso_pin_file.as_deref(),
+        args.admin_pin_file.as_deref(),
+    )?;
+    let pin = admin_pin(pin_file, args.admin_pin_file.as_deref())?;
+    AdminSession::login(target, &status, &pin)
+}
+
+fn run(args: &Args) -> Result<(), Failure> {
+    if let Command::Trust(trust) = &args.command {
+        return run_trust(args, trust);
+    }
+    let target = Target::open(args.device)?;
+    match &args.command {
+        Command::GenSelfsigned {
+            what,
+            curve,
+            replace,
+        } => {
+            let target_kind = match what {
+                What::All => IdentityTarget::All,
+                What::Pic => IdentityTarget::Pic,
+                What::Poc => IdentityTarget::Poc,
+            };
+            if *replace {
+                pin::confirm(
+                    &format!("Replace the {what:?} keys of device {}?", args.device),
+                    args.yes,
+                )?;
+            }
+            let session = login(args, &target, args.pin_file.as_deref())?;
+            let command = AdminCommand::GenerateIdentity {
+                target: target_kind,
+                curve: curve.clone(),
+                replace: *replace,
+            };
+            session.run(command)?;
+            println!("Generated {what:?} on device {}.", args.device);
+            show(&identity(&target)?);
+        }
+        Command::Request {
+            out,
+            curve,
+            replace,
+        } => {
+            if *replace {
+                pin::confirm(
+                    &format!("Replace the identity of device {}?", args.device),
+                    args.yes,
+                )?;
+            }
+            let session = login(args, &target, args.pin_file.as_deref())?;
+            let Reply::Bytes(request) = session.run(AdminCommand::PikRequest {
+                curve: curve.clone(),
+                replace: *replace,
+            })?
+            else {
+                return Err(Failure::new("unexpected answer to a PIK request"));
+            };
+            write_file(out, &pem::encode("CERTIFICATE REQUEST", &request))?;
+            println!("Wrote the request for device {}'s new PIK to {}; the PIK is pending until `ctident import`.", args.device, out.display());
+        }
+        Command::SignRequest { input, out } => {
+            let bytes = std::fs::read(input)
+                .map_err(|e| Failure::new(format!("cannot read {}: {e}", input.display())))?;
+            let request = pem::decode_all(&bytes, "CERTIFICATE REQUEST")
+                .map_err(|e| Failure::new(format!("{}: {e}", input.display())))?
+                .remove(0);
+            let session = login(args, &target, args.pin_file.as_deref())?;
+            let Reply::Bytes(pic) = session.run(AdminCommand::SignRequest(request))? else {
+                return Err(Failure::new("unexpected answer to a signing request"));
+            };
+            let poc = identity(&target)?.poc.unwrap_or_default();
+            write_file(
+                out,
+                &(pem::encode("CERTIFICATE", &pic) + &pem::encode("CERTIFICATE", &poc)),
+            )?;
+            println!(
+                "Signed:\n  {}\nWrote the PIC and this device's POC to {}.",
+                describe(&pic),
+                out.display()
+            );
+        }
+        Command::Import { input, chain } => {
+            let mut certificates = read_certificates(input)?;
+            if let Some(chain) = chain {
+                certificates.extend(read_certificates(chain)?);
+            }
+            let pic = certificates.remove(0);
+            let session = login(args, &target, args.pin_file.as_deref())?;
+            session.run(AdminCommand::ImportPic {
+                pic,
+                chain: certificates,
+            })?;
+            println!("Imported the PIC into device {}.", args.device);
+            show(&identity(&target)?);
+        }
+        Command::SignDevice {
+            target: other,
+            target_pin_file,
+            curve,
+            replace,
+        } => {
+            if *other == args.device {
+                return Err(Failure::usage("the signing device and the target must differ; use gen-selfsigned all on one device"));
+            }
+            if *replace {
+                pin::confirm(
+                    &format!("Replace the identity of device {other}?"),
+                    args.yes,
+                )?;
+            }
+            let ca = login(args, &target, args.pin_file.as_deref())?;
+            let subject = Target::open(*other)?;
+            let subject_session = login(args, &subject, target_pin_file.as_deref())?;
+            let Reply::Bytes(request) = subject_session.run(AdminCommand::PikRequest {
+                curve: curve.clone(),
+                replace: *replace,
+            })?
+            else {
+                return Err(Failure::new("unexpected answer to a PIK request"));
+            };
+            let Reply::Bytes(pic) = ca.run(AdminCommand::SignRequest(request))? else {
+                return Err(Failure::new("unexpected answer to a signing request"));
+            };
+            let poc = identity(&target)?
+                .poc
+                .ok_or_else(|| Failure::new("the signing device has no POC"))?;
+            subject_session.run(AdminCommand::ImportPic {
+                pic,
+                chain: vec![poc],
+            })?;
+            println!(
+                "Device {}'s owner key signed device {other}'s new identity.",
+                args.device
+            );
+            show(&identity(&subject)?);
+        }
+        Command::Show => show(&identity(&target)?),
+        Command::Export { what, out } => {
+            let identity = identity(&target)?;
+            let missing = |what: &str| {
+                Failure::new(format!(
+                    "device {} has no {what}; create one with `ctident gen-selfsigned`",
+                    args.device
+                ))
+            };
+            let text = match what {
+                Export::Pic => {
+                    pem::encode("CERTIFICATE", &identity.pic.ok_or_else(|| missing("PIC"))?)
+                }
+                Export::Poc => {
+                    pem::encode("CERTIFICATE", &identity.poc.ok_or_else(|| missing("POC"))?)
+                }
+                Export::Chain => {
+                    let mut text =
+                        pem::encode("CERTIFICATE", &identity.pic.ok_or_else(|| missing("PIC"))?);
+                    for der in &identity.chain {
+                        text.push_str(&pem::encode("CERTIFICATE", der));
+                    }
+                    text
+                }
+            };
+            match out {
+                Some(path) => write_file(path, &text)?,
+                None => print!("{text}"),
+            }
+        }
+        Command::Peer(peer) => {
+            let session = login(args, &target, args.pin_file.as_deref())?;
+            match peer {
+                Peer::Add { file } => {
+                    let der = read_certificates(file)?.remove(0);
+                    println!("  {}", describe(&der));
+                    pin::confirm(
+                        &format!("Make device {} trust this certificate?", args.device),
+                        args.yes,
+                    )?;
+                    session.run(AdminCommand::AddPeer(der))?;
+                    println!("Peer added.");
+                }
+                Peer::List => {
+                    if let Reply::Certificates(peers) = session.run(AdminCommand::Peers)? {
+                        if peers.is_empty() {
+                            println!("Device {} trusts no peer.", args.device);
+                        }
+                        for der in peers {
+                            println!("  {}", describe(&der));
+                        }
+                    }
+                }
+                Peer::Remove { fingerprint } => {
+                    session.run(AdminCommand::RemovePeer(fingerprint.clone())).map_err(|f| {
+                        Failure::new(format!("{f} (no single peer has fingerprint {fingerprint}; see `ctident peer list`)"))
+                    })?;
+                    println!("Peer removed.");
+                }
+            }
+        }
+        // Trust store commands need no device; handled before connecting.
+        Command::Trust(_) => {}
+    }
+    Ok(())
+}
+
+fn show(identity: &Identity) {
+    println!("Device serial            : {}", identity.serial);
+    println!(
+        "Identity key (PIK)       : {}",
+        key_state(
+            identity.pik,
+            &identity.pik_curve,
+            "waiting for its signed PIC"
+        )
+    );
+    match &identity.pic {
+        Some(pic) => println!("Identity certificate     : {}", describe(pic)),
+        None => println!("Identity certificate     : none"),
+    }
+    for der in &identity.chain {
+        println!("Issuer                   : {}", describe(der));
+    }
+    println!(
+        "Owner key (POK)          : {}",
+        key_state(
+            identity.pok,
+            &identity.pok_curve,
+            "has not signed a PIK yet"
+        )
+    );
+    match &identity.poc {
+        Some(poc) => println!("Owner certificate        : {}", describe(poc)),
+        None => println!("Owner certificate        : none"),
+    }
+}
+
+fn run_trust(args: &Args, trust: &Trust) -> Result<(), Failure> {
+    let config = tessera_config::Config::load().map_err(|e| Failure::new(e.to_string()))?;
+    let level = |system: bool| if system { Level::System } else { Level::User };
+    match trust {
+        Trust::Add {
+            file,
+            from_device,
+            owner,
+            system,
+        } => {
+            let der = match (file, from_device) {
+                (Some(file), false) => read_certificates(file)?.remove(0),
+                (None, true) => {
+                    let identity = identity(&Target::open(args.device)?)?;
+                    let wanted = if *owner {
+                        identity.chain.first().cloned().or(identity.poc)
+                    } else {
+                        identity.pic
+                    };
+                    wanted.ok_or_else(|| {
+                        Failure::new(format!("device {} has no such certificate", args.device))
+                    })?
+                }
+                _ => {
+                    return Err(Failure::usage(
+                        "give a certificate file or --from-device (not both)",
+                    ))
+                }
+            };
+            let store = TrustStore::open(&config, level(*system));
+            println!("  {}", describe(&der));
+            pin::confirm(
+                &format!(
+                    "Trust this certificate ({:?} store {})?",
+                    store.level,
+                    store.dir.display()
+                ),
+                args.yes,
+            )?;
+            let path = store.add(&der).map_err(|e| Failure::new(e.to_string()))?;
+            println!("Trusted: {}", path.display());
+        }
+        Trust::List { user, system } => {
+            let levels: &[Level] = match (user, system) {
+                (true, false) => &[Level::User],
+                (false, true) => &[Level::System],
+                _ => &[Level::User, Level::System],
+            };
+            for level in levels {
+                let store = TrustStore::open(&config, *level);
+                let entries = store.list().map_err(|e| Failure::new(e.to_string()))?;
+                println!(
+                    "{level:?} trust store {} ({} certificates)",
+                    store.dir.display(),
+                    entries.len()
+                );
+                for (_, der) in entries {
+                    println!("  {}", describe(&der));
+                }
+            }
+        }
+        Trust::Remove {
+            fingerprint,
+            system,
+        } => {
+            let store = TrustStore::open(&config, level(*system));
+            let removed = store
+                .remove(fingerprint)
+                .map_err(|e| Failure::new(e.to_string()))?;
+            println!(
+                "Removed from the {:?} trust store:\n  {}",
+                store.level,
+                describe(&removed)
+            );
+        }
+    }
+    Ok(())
+}
