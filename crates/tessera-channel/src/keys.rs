@@ -1,0 +1,123 @@
+//! The key schedule: HKDF-SHA-384 from the X25519 secret, salted with the transcript hash;
+//! separate encryption and MAC keys for each direction; a new generation of keys for rollover.
+
+use aws_lc_rs::aead::{LessSafeKey, UnboundKey, AES_256_GCM};
+use aws_lc_rs::hkdf::{self, Prk, Salt, HKDF_SHA384};
+use aws_lc_rs::hmac;
+use zeroize::Zeroizing;
+
+/// Which end of the channel this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The PKCS#11 library.
+    Client,
+    /// The HSM.
+    Device,
+}
+
+struct Len(usize);
+
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+fn expand(prk: &Prk, label: &str, len: usize) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(vec![0u8; len]);
+    let info = [label.as_bytes()];
+    // Lengths here are far below HKDF's limit of 255 hash lengths, so expansion cannot fail.
+    if let Ok(okm) = prk.expand(&info, Len(len)) {
+        let _ = okm.fill(&mut out);
+    }
+    out
+}
+
+/// Secrets of a finished key agreement.
+pub(crate) struct HandshakeKeys {
+    pub(crate) client_finished: Zeroizing<Vec<u8>>,
+    pub(crate) device_finished: Zeroizing<Vec<u8>>,
+    pub(crate) traffic: Zeroizing<Vec<u8>>,
+}
+
+/// HKDF-Extract(salt = transcript hash, IKM = shared secret), then the labelled secrets.
+pub(crate) fn handshake(shared: &[u8], transcript: &[u8]) -> HandshakeKeys {
+    let prk = Salt::new(HKDF_SHA384, transcript).extract(shared);
+    HandshakeKeys {
+        client_finished: expand(&prk, "tessera sm v1 client finished", 48),
+        device_finished: expand(&prk, "tessera sm v1 device finished", 48),
+        traffic: expand(&prk, "tessera sm v1 traffic 0", 48),
+    }
+}
+
+/// The keys of one direction.
+pub(crate) struct DirectionKeys {
+    pub(crate) aead: LessSafeKey,
+    pub(crate) mac: hmac::Key,
+}
+
+/// The keys of one generation: what this side sends with and what it receives with.
+pub(crate) struct Generation {
+    pub(crate) send: DirectionKeys,
+    pub(crate) receive: DirectionKeys,
+    /// The traffic secret the next generation is derived from.
+    pub(crate) secret: Zeroizing<Vec<u8>>,
+}
+
+fn direction(prk: &Prk, name: &str) -> DirectionKeys {
+    let enc = expand(prk, &format!("tessera sm v1 {name} enc"), 32);
+    let mac = expand(prk, &format!("tessera sm v1 {name} mac"), 32);
+    // A 32-byte key is always a valid AES-256 key.
+    let aead = UnboundKey::new(&AES_256_GCM, &enc)
+        .map(LessSafeKey::new)
+        .unwrap_or_else(|_| {
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[0u8; 32]).expect("static key"))
+        });
+    DirectionKeys {
+        aead,
+        mac: hmac::Key::new(hmac::HMAC_SHA256, &mac),
+    }
+}
+
+impl Generation {
+    /// The keys of a traffic secret for `side`.
+    pub(crate) fn new(secret: Zeroizing<Vec<u8>>, side: Side) -> Generation {
+        let prk = Prk::new_less_safe(HKDF_SHA384, &secret);
+        let to_device = direction(&prk, "to-device");
+        let to_client = direction(&prk, "to-client");
+        let (send, receive) = match side {
+            Side::Client => (to_device, to_client),
+            Side::Device => (to_client, to_device),
+        };
+        let next = expand(&prk, "tessera sm v1 next generation", 48);
+        Generation {
+            send,
+            receive,
+            secret: next,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sides_mirror_each_other_and_generations_differ() {
+        let keys = handshake(b"shared secret", b"transcript");
+        let client = Generation::new(keys.traffic.clone(), Side::Client);
+        let device = Generation::new(keys.traffic.clone(), Side::Device);
+        let tag = hmac::sign(&client.send.mac, b"m");
+        assert!(hmac::verify(&device.receive.mac, b"m", tag.as_ref()).is_ok());
+        assert!(
+            hmac::verify(&device.send.mac, b"m", tag.as_ref()).is_err(),
+            "directions have separate keys"
+        );
+        let next = Generation::new(client.secret.clone(), Side::Device);
+        assert!(
+            hmac::verify(&next.receive.mac, b"m", tag.as_ref()).is_err(),
+            "a new generation has new keys"
+        );
+        assert_ne!(keys.client_finished, keys.device_finished);
+    }
+}

@@ -1,0 +1,316 @@
+//! Protected records and the channel state.
+//!
+//! Every record carries, in an authenticated header, the channel id, its direction, a 64-bit
+//! sequence number, the key generation and its protection. `Signed` records carry an
+//! HMAC-SHA256 over the header and the body; `Encrypted` records are AES-256-GCM with the header
+//! as associated data (authenticated encryption, so they are signed too). The receiver accepts
+//! only the next sequence number of its direction and channel: a replayed, reordered, dropped,
+//! truncated, redirected or altered record is refused, and the channel dies with its keys.
+
+use aws_lc_rs::aead::{Aad, Nonce, NONCE_LEN};
+use aws_lc_rs::hmac;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::keys::{Generation, Side};
+use crate::Policy;
+
+/// Which way a record travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Direction {
+    /// From the library to the device.
+    ToDevice,
+    /// From the device to the library.
+    ToClient,
+}
+
+/// How a record is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Protection {
+    /// Authenticated (HMAC-SHA256), readable.
+    Signed,
+    /// Authenticated and encrypted (AES-256-GCM).
+    Encrypted,
+}
+
+/// The authenticated header of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordHeader {
+    /// Channel id.
+    pub channel: u64,
+    /// Direction.
+    pub direction: Direction,
+    /// Sequence number in this direction (from 0, never reused).
+    pub sequence: u64,
+    /// Key generation (rollover count).
+    pub generation: u32,
+    /// Protection of the body.
+    pub protection: Protection,
+}
+
+/// A protected message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Header.
+    pub header: RecordHeader,
+    /// Body: the message, or its ciphertext with the GCM tag.
+    pub body: Vec<u8>,
+    /// HMAC of header and body (signed records).
+    pub mac: Vec<u8>,
+}
+
+/// Why a record was refused or could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// The channel was closed or killed before.
+    #[error("the channel is closed")]
+    Closed,
+    /// The record belongs to another channel.
+    #[error("record for channel {got} arrived on channel {expected}")]
+    WrongChannel {
+        /// This channel.
+        expected: u64,
+        /// The record's.
+        got: u64,
+    },
+    /// The record travels the other way.
+    #[error("record in the wrong direction")]
+    WrongDirection,
+    /// Replayed, reordered or after a dropped record.
+    #[error("record {got} arrived when {expected} was expected (replayed, reordered or dropped)")]
+    Sequence {
+        /// The next sequence number.
+        expected: u64,
+        /// The record's.
+        got: u64,
+    },
+    /// Keys of another generation.
+    #[error("record of key generation {got}, expected {expected}")]
+    Generation {
+        /// This channel's.
+        expected: u32,
+        /// The record's.
+        got: u32,
+    },
+    /// The MAC or the AEAD tag does not verify: altered or truncated.
+    #[error("record {0} failed authentication (altered or truncated)")]
+    Authentication(u64),
+    /// Weaker protection than policy requires.
+    #[error("record protected as {got:?}, policy requires {required:?}")]
+    Protection {
+        /// What the policy requires.
+        required: Protection,
+        /// What arrived.
+        got: Protection,
+    },
+}
+
+/// One end of an established channel.
+pub struct Channel {
+    id: u64,
+    side: Side,
+    policy: Policy,
+    generation: u32,
+    keys: Option<Generation>,
+    send_sequence: u64,
+    receive_sequence: u64,
+    messages: u64,
+    bytes: u64,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("id", &self.id)
+            .field("side", &self.side)
+            .field("generation", &self.generation)
+            .field("alive", &self.keys.is_some())
+            .finish()
+    }
+}
+
+fn header_bytes(header: &RecordHeader) -> Vec<u8> {
+    postcard::to_stdvec(header).unwrap_or_default()
+}
+
+fn nonce(sequence: u64) -> Nonce {
+    let mut bytes = [0u8; NONCE_LEN];
+    bytes[NONCE_LEN - 8..].copy_from_slice(&sequence.to_be_bytes());
+    Nonce::assume_unique_for_key(bytes)
+}
+
+impl Channel {
+    pub(crate) fn new(id: u64, side: Side, policy: Policy, traffic: Zeroizing<Vec<u8>>) -> Channel {
+        Channel {
+            id,
+            side,
+            policy,
+            generation: 0,
+            keys: Some(Generation::new(traffic, side)),
+            send_sequence: 0,
+            receive_sequence: 0,
+            messages: 0,
+            bytes: 0,
+        }
+    }
+
+    /// The channel id the device gave.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The effective policy (union of both sides').
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// The key generation.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// Messages and bytes protected with the current generation of keys (both directions).
+    pub fn usage(&self) -> (u64, u64) {
+        (self.messages, self.bytes)
+    }
+
+    /// True until closed or killed.
+    pub fn is_alive(&self) -> bool {
+        self.keys.is_some()
+    }
+
+    /// Closes the channel: its keys are wiped (dropped; aws-lc clears key memory on free).
+    pub fn close(&mut self) {
+        self.keys = None;
+    }
+
+    fn send_direction(&self) -> Direction {
+        match self.side {
+            Side::Client => Direction::ToDevice,
+            Side::Device => Direction::ToClient,
+        }
+    }
+
+    /// Protects a message.
+    pub fn seal(&mut self, message: &[u8], protection: Protection) -> Result<Record, RecordError> {
+        let direction = self.send_direction();
+        let keys = self.keys.as_ref().ok_or(RecordError::Closed)?;
+        let header = RecordHeader {
+            channel: self.id,
+            direction,
+            sequence: self.send_sequence,
+            generation: self.generation,
+            protection,
+        };
+        let aad = header_bytes(&header);
+        let (body, mac) = match protection {
+            Protection::Signed => {
+                let mut signed = aad.clone();
+                signed.extend_from_slice(message);
+                (
+                    message.to_vec(),
+                    hmac::sign(&keys.send.mac, &signed).as_ref().to_vec(),
+                )
+            }
+            Protection::Encrypted => {
+                let mut body = message.to_vec();
+                keys.send
+                    .aead
+                    .seal_in_place_append_tag(nonce(header.sequence), Aad::from(&aad), &mut body)
+                    .map_err(|_| RecordError::Closed)?;
+                (body, Vec::new())
+            }
+        };
+        self.send_sequence += 1;
+        self.messages += 1;
+        self.bytes += message.len() as u64;
+        Ok(Record { header, body, mac })
+    }
+
+    /// Checks and opens a record; any failure kills the channel.
+    pub fn open(
+        &mut self,
+        record: &Record,
+    ) -> Result<(Zeroizing<Vec<u8>>, Protection), RecordError> {
+        let result = self.open_inner(record);
+        if result.is_err() {
+            self.close();
+        }
+        result
+    }
+
+    fn open_inner(
+        &mut self,
+        record: &Record,
+    ) -> Result<(Zeroizing<Vec<u8>>, Protection), RecordError> {
+        let keys = self.keys.as_ref().ok_or(RecordError::Closed)?;
+        let header = record.header;
+        if header.channel != self.id {
+            return Err(RecordError::WrongChannel {
+                expected: self.id,
+                got: header.channel,
+            });
+        }
+        if header.direction == self.send_direction() {
+            return Err(RecordError::WrongDirection);
+        }
+        if header.generation != self.generation {
+            return Err(RecordError::Generation {
+                expected: self.generation,
+                got: header.generation,
+            });
+        }
+        if header.sequence != self.receive_sequence {
+            return Err(RecordError::Sequence {
+                expected: self.receive_sequence,
+                got: header.sequence,
+            });
+        }
+        let aad = header_bytes(&header);
+        let message = match header.protection {
+            Protection::Signed => {
+                let mut signed = aad;
+                signed.extend_from_slice(&record.body);
+                hmac::verify(&keys.receive.mac, &signed, &record.mac)
+                    .map_err(|_| RecordError::Authentication(header.sequence))?;
+                Zeroizing::new(record.body.clone())
+            }
+            Protection::Encrypted => {
+                let mut body = Zeroizing::new(record.body.clone());
+                let len = keys
+                    .receive
+                    .aead
+                    .open_in_place(nonce(header.sequence), Aad::from(&aad), &mut body)
+                    .map_err(|_| RecordError::Authentication(header.sequence))?
+                    .len();
+                body.truncate(len);
+                body
+            }
+        };
+        self.receive_sequence += 1;
+        self.messages += 1;
+        self.bytes += message.len() as u64;
+        Ok((message, header.protection))
+    }
+
+    /// Checks that a message arrived with at least the protection policy requires; if not, the
+    /// channel dies.
+    pub fn require(&mut self, got: Protection, required: Protection) -> Result<(), RecordError> {
+        if got < required {
+            self.close();
+            return Err(RecordError::Protection { required, got });
+        }
+        Ok(())
+    }
+
+    /// Moves both directions to the next generation of keys (rollover). Both ends call it at
+    /// the same point of the conversation: after the rekey request and its reply.
+    pub fn rekey(&mut self) -> Result<(), RecordError> {
+        let keys = self.keys.take().ok_or(RecordError::Closed)?;
+        self.keys = Some(Generation::new(keys.secret.clone(), self.side));
+        self.generation += 1;
+        self.messages = 0;
+        self.bytes = 0;
+        Ok(())
+    }
+}
