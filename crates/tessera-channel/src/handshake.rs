@@ -377,7 +377,8 @@ mod tests {
 
     #[test]
     fn tampering_replay_reordering_and_redirection_kill_the_channel() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Channel, &mut Channel) -> RecordError>)> = vec![
+        type Case = Box<dyn Fn(&mut Channel, &mut Channel) -> RecordError>;
+        let cases: Vec<(&str, Case)> = vec![
             (
                 "flip",
                 Box::new(|c, s| {
