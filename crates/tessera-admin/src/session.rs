@@ -39,10 +39,10 @@ impl Target {
         let reply = config
             .seconds(REPLY_TIMEOUT)
             .map_err(|e| Failure::new(e.to_string()))?;
-        Ok(Target {
-            number,
-            device: Device::new(address, connect, reply.max(Duration::from_secs(1))),
-        })
+        let secure = tessera_client::SecureSettings::from_config(config).map_err(Failure::new)?;
+        let device = Device::new(address, connect, reply.max(Duration::from_secs(1)))
+            .with_security(std::sync::Arc::new(secure));
+        Ok(Target { number, device })
     }
 
     /// Sends a request outside any session.

@@ -482,20 +482,51 @@ fn identity_survives_a_tamper_while_tokens_do_not() {
 
 #[test]
 fn no_clear_pins_rules_once_an_identity_exists() {
+    use std::collections::HashMap;
     use std::time::Duration;
-    use tessera_client::Device;
-    use tessera_config::ServerAddress;
+    use tessera_client::{Device, SecureSettings};
+    use tessera_config::{Config, ServerAddress};
     use tessera_core::{ck, Attribute, Rv, SecretBytes, Template};
     use tessera_wire::{Reply, Request};
     let daemon = Daemon::start();
     let client = Client::new(&[&daemon], Transport::Unix);
     client.ctident(&["gen-selfsigned", "all"]);
+    client.ctident(&["trust", "add", "--from-device", "--yes"]);
     client.ok("ctconf", &["-fn"]);
-    let device = Device::new(
+    // In the clear, every session call is refused now: the device requires a channel.
+    let clear = Device::new(
         ServerAddress::Unix(daemon.socket()),
         Duration::from_secs(3),
         Duration::from_secs(10),
     );
+    let init = || Request::InitToken {
+        slot: 0,
+        so_pin: SecretBytes::from_slice(b"token-so-pin"),
+        label: b"x".to_vec(),
+    };
+    match clear.call(None, init()) {
+        Err(tessera_client::ClientError::Returned(code)) => {
+            assert_eq!(code, Rv::BadProtection.code())
+        }
+        other => panic!("{other:?}"),
+    }
+    let environment: HashMap<String, String> = [(
+        "ET_PTKC_TRUSTSTORE_USER".to_string(),
+        client.path("user-trust").display().to_string(),
+    )]
+    .into();
+    let settings = SecureSettings::from_config(Config::from_levels(
+        environment,
+        HashMap::new(),
+        HashMap::new(),
+    ))
+    .unwrap();
+    let device = Device::new(
+        ServerAddress::Unix(daemon.socket()),
+        Duration::from_secs(3),
+        Duration::from_secs(10),
+    )
+    .with_security(std::sync::Arc::new(settings));
     // Plain C_InitToken is refused with the vendor code CKR_ACCESS_DENIED...
     let init = Request::InitToken {
         slot: 0,

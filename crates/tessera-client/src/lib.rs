@@ -1,22 +1,31 @@
-//! A blocking client of one Tessera device.
+//! A blocking client of one Tessera device, with the client end of secure messaging.
 //!
 //! The PKCS#11 module runs inside the host application, so this crate uses plain blocking
 //! sockets (no async runtime), connects on demand, bounds every connect and reply with a
-//! timeout, and counts connections in *generations*: sessions live on one connection, so when a
-//! connection is lost, every session opened on it is gone and the next call reconnects.
+//! timeout, and counts *generations*: sessions live on one connection and, with secure
+//! messaging, on one channel; when either is lost or replaced, every session of the old one is
+//! gone and the next call starts afresh.
+//!
+//! A channel is made on demand, when the first call that needs one is sent: when the device's
+//! flags require it (the device refuses the call in the clear with `CKR_BAD_PROTECTION`, and
+//! the call is retried inside a new channel) or the client's SMPR for the device's serial asks
+//! for it (brief §2.2).
 #![forbid(unsafe_code)]
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::os::unix::net::UnixStream;
+mod secure;
+mod stream;
+
+pub use secure::{LogTarget, SecureSettings};
+
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tessera_config::ServerAddress;
 use tessera_core::Rv;
-use tessera_wire::{
-    decode_response, encode_request, read_frame, Reply, Request, RequestEnvelope, PROTOCOL_VERSION,
-};
+use tessera_wire::{Reply, Request};
+
+use secure::ChannelState;
+use stream::{Failure, Stream};
 
 /// Why a call did not produce a reply.
 #[derive(Debug, thiserror::Error)]
@@ -45,10 +54,10 @@ pub enum ClientError {
         /// What was wrong.
         reason: String,
     },
-    /// The session belongs to an earlier connection that was lost.
-    #[error("the session was opened on a connection that has since been lost")]
+    /// The session belongs to an earlier connection or channel that is gone.
+    #[error("the session was opened on a connection or channel that has since ended")]
     StaleSession,
-    /// The device executed the call and returned this `CK_RV`.
+    /// The device executed the call (or the channel refused it) with this `CK_RV`.
     #[error("device returned 0x{0:08X}")]
     Returned(u64),
 }
@@ -60,42 +69,22 @@ impl ClientError {
             ClientError::Unreachable { .. } => Rv::DeviceRemoved.code(),
             ClientError::ConnectionLost { .. } => Rv::DeviceError.code(),
             ClientError::BadReply { .. } => Rv::DeviceError.code(),
-            ClientError::StaleSession => Rv::SessionHandleInvalid.code(),
+            ClientError::StaleSession => Rv::SessionClosed.code(),
             ClientError::Returned(code) => *code,
         }
     }
 }
 
-enum Stream {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-}
-
-impl Stream {
-    fn reader(&mut self) -> &mut dyn Read {
-        match self {
-            Stream::Unix(s) => s,
-            Stream::Tcp(s) => s,
-        }
-    }
-
-    fn writer(&mut self) -> &mut dyn Write {
-        match self {
-            Stream::Unix(s) => s,
-            Stream::Tcp(s) => s,
-        }
-    }
-}
-
-struct Connection {
-    stream: Stream,
-    generation: u64,
-}
-
 struct State {
-    connection: Option<Connection>,
+    stream: Option<Stream>,
+    channel: Option<ChannelState>,
     generations: u64,
+    generation: u64,
     next_id: u64,
+    /// The device refused a call in the clear: it requires secure messaging.
+    requires_channel: bool,
+    /// The device's serial number, learnt once.
+    serial: Option<String>,
 }
 
 /// One device of the server list.
@@ -103,11 +92,13 @@ pub struct Device {
     address: ServerAddress,
     connect_timeout: Duration,
     reply_timeout: Duration,
+    secure: Option<std::sync::Arc<SecureSettings>>,
     state: Mutex<State>,
 }
 
 impl Device {
-    /// A device at `address`; nothing is dialled until the first call.
+    /// A device at `address`; nothing is dialled until the first call. Without
+    /// [`Device::with_security`] it never opens a channel.
     pub fn new(
         address: ServerAddress,
         connect_timeout: Duration,
@@ -117,12 +108,23 @@ impl Device {
             address,
             connect_timeout,
             reply_timeout,
+            secure: None,
             state: Mutex::new(State {
-                connection: None,
+                stream: None,
+                channel: None,
                 generations: 0,
+                generation: 0,
                 next_id: 1,
+                requires_channel: false,
+                serial: None,
             }),
         }
+    }
+
+    /// Enables secure messaging with these settings (trust store, SMPR, limits, log).
+    pub fn with_security(mut self, settings: std::sync::Arc<SecureSettings>) -> Device {
+        self.secure = Some(settings);
+        self
     }
 
     /// The server address.
@@ -130,133 +132,114 @@ impl Device {
         &self.address
     }
 
-    fn connect(&self) -> Result<Stream, ClientError> {
-        let unreachable = |reason: String| ClientError::Unreachable {
-            address: self.address.to_string(),
-            reason,
-        };
-        let stream = match &self.address {
-            ServerAddress::Unix(path) => {
-                let stream = UnixStream::connect(path).map_err(|e| unreachable(e.to_string()))?;
-                stream.set_read_timeout(Some(self.reply_timeout)).ok();
-                stream.set_write_timeout(Some(self.reply_timeout)).ok();
-                Stream::Unix(stream)
-            }
-            ServerAddress::Tcp { host, port } => {
-                let addresses = (host.as_str(), *port)
-                    .to_socket_addrs()
-                    .map_err(|e| unreachable(format!("cannot resolve {host}: {e}")))?;
-                let mut last = format!("{host} resolved to no address");
-                let mut connected = None;
-                for address in addresses {
-                    match TcpStream::connect_timeout(&address, self.connect_timeout) {
-                        Ok(stream) => {
-                            connected = Some(stream);
-                            break;
-                        }
-                        Err(e) => last = format!("{address}: {e}"),
-                    }
-                }
-                let stream = connected.ok_or_else(|| unreachable(last))?;
-                stream.set_nodelay(true).ok();
-                stream.set_read_timeout(Some(self.reply_timeout)).ok();
-                stream.set_write_timeout(Some(self.reply_timeout)).ok();
-                Stream::Tcp(stream)
-            }
-        };
-        Ok(stream)
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Sends `request` and waits for its reply.
+    fn failure(&self, failure: Failure) -> ClientError {
+        match failure {
+            Failure::Io(reason) => ClientError::ConnectionLost {
+                address: self.address.to_string(),
+                reason,
+            },
+            Failure::Bad(reason) => ClientError::BadReply {
+                address: self.address.to_string(),
+                reason,
+            },
+        }
+    }
+
+    /// Makes sure there is a connection; a new one starts a new generation.
+    fn connected(&self, state: &mut State) -> Result<(), ClientError> {
+        if state.stream.is_none() {
+            let stream = Stream::connect(&self.address, self.connect_timeout, self.reply_timeout)
+                .map_err(|reason| ClientError::Unreachable {
+                address: self.address.to_string(),
+                reason,
+            })?;
+            state.stream = Some(stream);
+            state.channel = None;
+            state.generations += 1;
+            state.generation = state.generations;
+        }
+        Ok(())
+    }
+
+    /// One request and its reply in the clear; a broken connection is forgotten.
+    fn exchange(&self, state: &mut State, request: Request) -> Result<Reply, ClientError> {
+        self.connected(state)?;
+        let id = state.next_id;
+        state.next_id = state.next_id.wrapping_add(1);
+        let Some(stream) = state.stream.as_mut() else {
+            return Err(ClientError::StaleSession);
+        };
+        match stream.exchange(id, None, request) {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(code)) => Err(ClientError::Returned(code)),
+            Err(failure) => {
+                state.stream = None;
+                state.channel = None;
+                Err(self.failure(failure))
+            }
+        }
+    }
+
+    /// Sends `request` and waits for its reply, inside a channel when one is needed.
     ///
     /// With `session_generation` set, the call is refused with [`ClientError::StaleSession`]
-    /// unless the current connection is the one of that generation (the session's own). The
-    /// reply comes with the generation of the connection that carried it.
+    /// unless the current connection and channel are the session's own. The reply comes with
+    /// the current generation.
     pub fn call(
         &self,
         session_generation: Option<u64>,
         request: Request,
     ) -> Result<(Reply, u64), ClientError> {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if state.connection.is_none() {
-            if session_generation.is_some() {
-                return Err(ClientError::StaleSession);
-            }
-            let stream = self.connect()?;
-            state.generations += 1;
-            let generation = state.generations;
-            state.connection = Some(Connection { stream, generation });
-        }
-        let id = state.next_id;
-        state.next_id = state.next_id.wrapping_add(1);
-        let connection = match state.connection.as_mut() {
-            Some(connection) => connection,
-            None => return Err(ClientError::StaleSession),
-        };
-        let generation = connection.generation;
-        if session_generation.is_some_and(|g| g != generation) {
+        let mut state = self.lock();
+        if session_generation.is_some() && state.stream.is_none() {
             return Err(ClientError::StaleSession);
         }
-        let frame = encode_request(&RequestEnvelope {
-            version: PROTOCOL_VERSION,
-            id,
-            channel: None,
-            request,
-        });
-        let outcome = exchange(&mut connection.stream, &frame, id);
-        match outcome {
-            Ok(Ok(reply)) => Ok((reply, generation)),
-            Ok(Err(code)) => Err(ClientError::Returned(code)),
-            Err(failure) => {
-                // The connection is unusable: forget it (and with it, its sessions).
-                state.connection = None;
-                Err(match failure {
-                    Failure::Io(reason) => ClientError::ConnectionLost {
-                        address: self.address.to_string(),
-                        reason,
-                    },
-                    Failure::Bad(reason) => ClientError::BadReply {
-                        address: self.address.to_string(),
-                        reason,
-                    },
-                })
+        let public = request.is_public();
+        if !public && self.wants_channel(&mut state)? {
+            return self.call_protected(&mut state, session_generation, request);
+        }
+        if session_generation.is_some_and(|g| g != state.generation) {
+            return Err(ClientError::StaleSession);
+        }
+        let retry = if public {
+            None
+        } else {
+            Some(postcard::to_stdvec(&request).ok())
+        };
+        match self.exchange(&mut state, request) {
+            Ok(reply) => Ok((reply, state.generation)),
+            Err(ClientError::Returned(code))
+                if code == Rv::BadProtection.code() && self.secure.is_some() =>
+            {
+                // The device requires secure messaging: from now on, use a channel. A call
+                // that opens something new is retried inside one; a call on an old session
+                // cannot be (its session is bound to the clear connection).
+                state.requires_channel = true;
+                let request = retry
+                    .flatten()
+                    .and_then(|bytes| postcard::from_bytes::<Request>(&bytes).ok());
+                match (session_generation, request) {
+                    (None, Some(request)) => self.call_protected(&mut state, None, request),
+                    _ => Err(ClientError::Returned(code)),
+                }
             }
+            Err(e) => Err(e),
         }
     }
 
-    /// Closes the connection (all its sessions end on the device).
+    /// Closes the connection (all its sessions and its channel end on the device).
     pub fn disconnect(&self) {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        state.connection = None;
+        let mut state = self.lock();
+        if let Some(channel) = state.channel.as_mut() {
+            channel.close();
+        }
+        state.channel = None;
+        state.stream = None;
     }
-}
-
-enum Failure {
-    Io(String),
-    Bad(String),
-}
-
-fn exchange(stream: &mut Stream, frame: &[u8], id: u64) -> Result<Result<Reply, u64>, Failure> {
-    stream
-        .writer()
-        .write_all(frame)
-        .map_err(|e| Failure::Io(e.to_string()))?;
-    let body = read_frame(stream.reader()).map_err(|e| match e {
-        tessera_wire::FrameError::Io(e) => Failure::Io(e.to_string()),
-        other => Failure::Bad(other.to_string()),
-    })?;
-    let envelope = decode_response(&body).map_err(|e| Failure::Bad(e.to_string()))?;
-    if envelope.id != id {
-        return Err(Failure::Bad(format!(
-            "reply to request {} arrived for request {id}",
-            envelope.id
-        )));
-    }
-    Ok(envelope.result)
 }

@@ -60,6 +60,9 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
+    /// A problem described in full by its message (it names the item).
+    #[error("{0}")]
+    Message(String),
     /// An item's value is invalid.
     #[error("configuration item {item} (from the {level:?} level): {reason}")]
     Invalid {
@@ -128,6 +131,20 @@ impl Config {
             .into_iter()
             .find_map(|(map, level)| map.get(name).map(|v| (v.clone(), level)))
             .or_else(|| default_value(name).map(|v| (v, Level::Default)))
+    }
+
+    /// The names of every item set at the stored levels (environment, user, system).
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .temporary
+            .keys()
+            .chain(self.user.keys())
+            .chain(self.system.keys())
+            .cloned()
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// The devices, in device-number order.

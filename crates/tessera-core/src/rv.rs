@@ -199,6 +199,8 @@ return_values! {
     CertificateMismatch = VENDOR_DEFINED + 0x1006 => "CKR_TESSERA_CERTIFICATE_MISMATCH",
     /// Tessera: the key or certificate exists; replacing it must be asked for.
     IdentityExists = VENDOR_DEFINED + 0x1007 => "CKR_TESSERA_IDENTITY_EXISTS",
+    /// Tessera: the device holds as many secure-messaging channels as it may.
+    ChannelLimit = VENDOR_DEFINED + 0x1008 => "CKR_TESSERA_CHANNEL_LIMIT",
 }
 
 impl std::fmt::Display for Rv {

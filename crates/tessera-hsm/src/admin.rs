@@ -173,7 +173,7 @@ impl Hsm {
             }
         }
         match command {
-            AdminCommand::SetFlags(bits) => self.set_flags(bits),
+            AdminCommand::SetFlags(bits) => self.set_flags(bits, client),
             AdminCommand::InitToken {
                 slot,
                 label,
@@ -252,10 +252,25 @@ impl Hsm {
             AdminCommand::AddPeer(certificate) => self.add_peer(&certificate),
             AdminCommand::RemovePeer(prefix) => self.remove_peer(&prefix),
             AdminCommand::Peers => Ok(self.peers()),
+            AdminCommand::Channels => Ok(self.channel_list()),
+            AdminCommand::TerminateChannels(which) => {
+                let count = self.terminate_channels(which, "terminated by the Administrator");
+                if which.is_some() && count == 0 {
+                    return Err(Rv::ArgumentsBad);
+                }
+                let state = self.lock();
+                self.event(
+                    &state,
+                    "Administrator",
+                    "channels-terminated",
+                    format!("{count} channel(s)"),
+                );
+                Ok(Reply::Number(count as u64))
+            }
         }
     }
 
-    fn set_flags(&self, bits: u64) -> Result<Reply, Rv> {
+    fn set_flags(&self, bits: u64, client: u64) -> Result<Reply, Rv> {
         let known = flags::FLAGS.iter().fold(0, |all, f| all | f.bit);
         if bits & !known != 0 {
             return Err(Rv::ArgumentsBad);
@@ -283,6 +298,9 @@ impl Hsm {
         self.refresh_device_objects(&mut state);
         let detail = format!("{:?} -> {:?}", flags::letters(before), flags::letters(bits));
         self.event(&state, "Administrator", "flags-changed", detail);
+        drop(state);
+        // Channels were agreed under the old policy (the Administrator's own carries on).
+        self.terminate_channels_except(None, Some(client), "the security flags changed");
         Ok(Reply::Done)
     }
 
@@ -380,6 +398,8 @@ impl Hsm {
         state.device = device;
         self.refresh_device_objects(&mut state);
         self.event(&state, role, "tamper", cause.into());
+        drop(state);
+        self.terminate_channels(None, "tamper");
         Ok(Reply::Done)
     }
 }

@@ -23,6 +23,8 @@ pub struct HsmOptions {
     pub kdf_iterations: u32,
     /// Entries the event log keeps; older ones are dropped.
     pub event_log_size: u64,
+    /// Secure-messaging channels held at once.
+    pub max_channels: usize,
 }
 
 impl Default for HsmOptions {
@@ -31,6 +33,7 @@ impl Default for HsmOptions {
             user_slots: 2,
             kdf_iterations: tessera_store::DEFAULT_KDF_ITERATIONS,
             event_log_size: crate::events::DEFAULT_EVENT_LOG_SIZE,
+            max_channels: crate::channels::DEFAULT_MAX_CHANNELS,
         }
     }
 }
@@ -174,6 +177,7 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
         device_key,
         kdf_iterations: options.kdf_iterations.max(1),
         events,
+        channels: crate::channels::Channels::new(options.max_channels),
         state: std::sync::Mutex::new(State {
             device,
             identity,

@@ -297,6 +297,23 @@ impl Hsm {
         Ok(Reply::Done)
     }
 
+    /// The PIC followed by its issuer chain.
+    pub(crate) fn identity_chain(&self) -> Result<Vec<Vec<u8>>, Rv> {
+        let state = self.lock();
+        let pic = state.identity.pic.clone().ok_or(Rv::NoSessionKeys)?;
+        let mut chain = vec![pic];
+        chain.extend(state.identity.chain.iter().cloned());
+        Ok(chain)
+    }
+
+    /// The PIK's signature over `message`.
+    pub(crate) fn identity_signature(&self, message: &[u8]) -> Result<Vec<u8>, Rv> {
+        let state = self.lock();
+        let key = state.identity.pik.as_ref().ok_or(Rv::NoSessionKeys)?;
+        let pik = self.open_key(key, "pik")?;
+        issue::sign(&pik, key.curve, message).map_err(failed)
+    }
+
     pub(crate) fn peers(&self) -> Reply {
         Reply::Certificates(self.lock().identity.peers.clone())
     }

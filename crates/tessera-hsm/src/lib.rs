@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod channels;
 mod crypto;
 mod device;
 mod events;
@@ -32,6 +33,7 @@ use tessera_wire::{Reply, Request};
 pub use admin::{
     CKA_TESSERA_SECURITY_FLAGS, CKA_TESSERA_SERIAL, CKH_TESSERA_DEVICE, DEVICE_OBJECT,
 };
+pub use channels::{ChannelInfo, DEFAULT_MAX_CHANNELS};
 pub use device::{HsmError, HsmOptions};
 pub use events::DEFAULT_EVENT_LOG_SIZE;
 pub use tessera_store::DEFAULT_KDF_ITERATIONS;
@@ -99,6 +101,7 @@ pub struct Hsm {
     device_key: MasterKey,
     kdf_iterations: u32,
     events: events::EventLog,
+    channels: channels::Channels,
     state: Mutex<State>,
 }
 
@@ -153,9 +156,19 @@ impl Hsm {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Executes one request for `client`.
-    pub fn handle(&self, client: u64, request: Request) -> Result<Reply, Rv> {
+    /// Executes one request for `client`; `protected` when it arrived inside a secure-messaging
+    /// channel. A device whose flags require secure messaging refuses every call but the public
+    /// ones in the clear (`CKR_BAD_PROTECTION`).
+    pub fn handle(&self, client: u64, protected: bool, request: Request) -> Result<Reply, Rv> {
         use Request as R;
+        if !protected && !request.is_public() && self.device_policy().requires_channel() {
+            self.channel_event(
+                "Public",
+                "policy-refusal",
+                "a session call arrived without a channel".into(),
+            );
+            return Err(Rv::BadProtection);
+        }
         match request {
             R::DeviceInfo => Ok(Reply::Device(self.device_info())),
             R::SlotInfo { slot } => self.slot_info(slot).map(Reply::Slot),
@@ -291,6 +304,10 @@ impl Hsm {
             R::Identity => Ok(Reply::Identity(self.identity())),
             R::AdminSetup { aso_pin, admin_pin } => self.admin_setup(&aso_pin, &admin_pin),
             R::Admin { session, command } => self.admin(client, session, command),
+            // Secure-messaging frames are the daemon's; they never reach the engine.
+            R::Handshake(_) | R::HandshakeFinish(_) | R::Protected(_) | R::Rekey => {
+                Err(Rv::FunctionNotSupported)
+            }
             R::SeedRandom { session, .. } => {
                 self.lock().session(client, session)?;
                 // The generator is the operating system's; it cannot be seeded from outside.

@@ -28,6 +28,7 @@ fn ready(hsm: &Hsm) -> (u64, u64) {
     let client = hsm.connect();
     hsm.handle(
         client,
+        false,
         Request::InitToken {
             slot: 0,
             so_pin: pin("so-pin"),
@@ -36,9 +37,10 @@ fn ready(hsm: &Hsm) -> (u64, u64) {
     )
     .unwrap();
     let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
-    let session = handle(hsm.handle(client, Request::OpenSession { slot: 0, flags }));
+    let session = handle(hsm.handle(client, false, Request::OpenSession { slot: 0, flags }));
     hsm.handle(
         client,
+        false,
         Request::Login {
             session,
             user_type: ck::CKU_SO as u64,
@@ -48,15 +50,18 @@ fn ready(hsm: &Hsm) -> (u64, u64) {
     .unwrap();
     hsm.handle(
         client,
+        false,
         Request::InitPin {
             session,
             pin: pin("user-pin"),
         },
     )
     .unwrap();
-    hsm.handle(client, Request::Logout { session }).unwrap();
+    hsm.handle(client, false, Request::Logout { session })
+        .unwrap();
     hsm.handle(
         client,
+        false,
         Request::Login {
             session,
             user_type: ck::CKU_USER as u64,
@@ -96,6 +101,7 @@ fn secrets_are_sealed_at_rest_and_reopen_after_a_restart() {
         let (client, session) = ready(&hsm);
         private_key = handle(hsm.handle(
             client,
+            false,
             Request::CreateObject {
                 session,
                 template: aes_template(&private_value, true),
@@ -103,6 +109,7 @@ fn secrets_are_sealed_at_rest_and_reopen_after_a_restart() {
         ));
         public_key = handle(hsm.handle(
             client,
+            false,
             Request::CreateObject {
                 session,
                 template: aes_template(&public_value, false),
@@ -126,6 +133,7 @@ fn secrets_are_sealed_at_rest_and_reopen_after_a_restart() {
     let client = hsm.connect();
     let session = handle(hsm.handle(
         client,
+        false,
         Request::OpenSession {
             slot: 0,
             flags: ck::CKF_SERIAL_SESSION as u64,
@@ -133,6 +141,7 @@ fn secrets_are_sealed_at_rest_and_reopen_after_a_restart() {
     ));
     let value = |object| match hsm.handle(
         client,
+        false,
         Request::GetAttributes {
             session,
             object,
@@ -146,6 +155,7 @@ fn secrets_are_sealed_at_rest_and_reopen_after_a_restart() {
     assert!(matches!(
         hsm.handle(
             client,
+            false,
             Request::GetAttributes {
                 session,
                 object: private_key,
@@ -157,6 +167,7 @@ fn secrets_are_sealed_at_rest_and_reopen_after_a_restart() {
     assert!(matches!(value(public_key), AttributeAnswer::Value(v) if v == public_value));
     hsm.handle(
         client,
+        false,
         Request::Login {
             session,
             user_type: ck::CKU_USER as u64,
@@ -173,11 +184,11 @@ fn a_disconnecting_client_loses_its_sessions_logins_and_session_objects() {
     let hsm = Hsm::open(dir.path(), &options()).unwrap();
     let (client, session) = ready(&hsm);
     let template = Template(vec![Attribute::ulong(ck::CKA_CLASS, ck::CKO_DATA)]);
-    let object = handle(hsm.handle(client, Request::CreateObject { session, template }));
+    let object = handle(hsm.handle(client, false, Request::CreateObject { session, template }));
     let other = hsm.connect();
     // Another client sees neither the session nor the session object.
     assert!(matches!(
-        hsm.handle(other, Request::SessionInfo { session }),
+        hsm.handle(other, false, Request::SessionInfo { session }),
         Err(Rv::SessionHandleInvalid)
     ));
     assert_eq!(hsm.session_count(), 1);
@@ -186,6 +197,7 @@ fn a_disconnecting_client_loses_its_sessions_logins_and_session_objects() {
     let again = hsm.connect();
     let session = handle(hsm.handle(
         again,
+        false,
         Request::OpenSession {
             slot: 0,
             flags: ck::CKF_SERIAL_SESSION as u64,
@@ -194,6 +206,7 @@ fn a_disconnecting_client_loses_its_sessions_logins_and_session_objects() {
     assert!(matches!(
         hsm.handle(
             again,
+            false,
             Request::GetAttributes {
                 session,
                 object,
@@ -204,7 +217,7 @@ fn a_disconnecting_client_loses_its_sessions_logins_and_session_objects() {
     ));
     // Not logged in any more.
     assert!(matches!(
-        hsm.handle(again, Request::Logout { session }),
+        hsm.handle(again, false, Request::Logout { session }),
         Err(Rv::UserNotLoggedIn)
     ));
 }
@@ -217,6 +230,7 @@ fn bad_requests_get_the_specified_return_values() {
     let init = |mechanism: Mechanism, key| {
         hsm.handle(
             client,
+            false,
             Request::OperationInit {
                 session,
                 operation: tessera_wire::Operation::Sign,
@@ -229,6 +243,7 @@ fn bad_requests_get_the_specified_return_values() {
     assert!(matches!(
         hsm.handle(
             client,
+            false,
             Request::InitToken {
                 slot: 2,
                 so_pin: pin("so-pin"),
@@ -238,11 +253,11 @@ fn bad_requests_get_the_specified_return_values() {
         Err(Rv::AccessDenied)
     ));
     assert!(matches!(
-        hsm.handle(client, Request::SlotInfo { slot: 9 }),
+        hsm.handle(client, false, Request::SlotInfo { slot: 9 }),
         Err(Rv::SlotIdInvalid)
     ));
     assert!(matches!(
-        hsm.handle(client, Request::OpenSession { slot: 0, flags: 0 }),
+        hsm.handle(client, false, Request::OpenSession { slot: 0, flags: 0 }),
         Err(Rv::SessionParallelNotSupported)
     ));
     assert!(matches!(
@@ -252,6 +267,7 @@ fn bad_requests_get_the_specified_return_values() {
     assert!(matches!(
         hsm.handle(
             client,
+            false,
             Request::GenerateKey {
                 session,
                 mechanism: Mechanism::plain(0x8000_1234),
@@ -261,12 +277,13 @@ fn bad_requests_get_the_specified_return_values() {
         Err(Rv::MechanismInvalid)
     ));
     assert!(matches!(
-        hsm.handle(client, Request::FindObjects { session, max: 5 }),
+        hsm.handle(client, false, Request::FindObjects { session, max: 5 }),
         Err(Rv::OperationNotInitialized)
     ));
     assert!(matches!(
         hsm.handle(
             client,
+            false,
             Request::GenerateRandom {
                 session: 999,
                 len: 1
@@ -277,6 +294,7 @@ fn bad_requests_get_the_specified_return_values() {
     assert!(matches!(
         hsm.handle(
             client,
+            false,
             Request::SeedRandom {
                 session,
                 seed: pin("x")
@@ -287,6 +305,7 @@ fn bad_requests_get_the_specified_return_values() {
     assert!(matches!(
         hsm.handle(
             client,
+            false,
             Request::Login {
                 session,
                 user_type: 7,
@@ -303,11 +322,12 @@ fn close_all_sessions_closes_only_this_clients_sessions_on_that_slot() {
     let hsm = Hsm::open(dir.path(), &options()).unwrap();
     let (client, first) = ready(&hsm);
     let flags = ck::CKF_SERIAL_SESSION as u64;
-    let second = handle(hsm.handle(client, Request::OpenSession { slot: 0, flags }));
+    let second = handle(hsm.handle(client, false, Request::OpenSession { slot: 0, flags }));
     let other_client = hsm.connect();
-    let foreign = handle(hsm.handle(other_client, Request::OpenSession { slot: 0, flags }));
+    let foreign = handle(hsm.handle(other_client, false, Request::OpenSession { slot: 0, flags }));
     hsm.handle(
         client,
+        false,
         Request::InitToken {
             slot: 1,
             so_pin: pin("so-pin"),
@@ -315,29 +335,34 @@ fn close_all_sessions_closes_only_this_clients_sessions_on_that_slot() {
         },
     )
     .unwrap();
-    let other_slot = handle(hsm.handle(client, Request::OpenSession { slot: 1, flags }));
-    hsm.handle(client, Request::CloseAllSessions { slot: 0 })
+    let other_slot = handle(hsm.handle(client, false, Request::OpenSession { slot: 1, flags }));
+    hsm.handle(client, false, Request::CloseAllSessions { slot: 0 })
         .unwrap();
     for gone in [first, second] {
         assert!(matches!(
-            hsm.handle(client, Request::SessionInfo { session: gone }),
+            hsm.handle(client, false, Request::SessionInfo { session: gone }),
             Err(Rv::SessionHandleInvalid)
         ));
     }
     assert!(hsm
         .handle(
             client,
+            false,
             Request::SessionInfo {
                 session: other_slot
             }
         )
         .is_ok());
     assert!(hsm
-        .handle(other_client, Request::SessionInfo { session: foreign })
+        .handle(
+            other_client,
+            false,
+            Request::SessionInfo { session: foreign }
+        )
         .is_ok());
     // Closing the last session on the token logged the application out.
-    let again = handle(hsm.handle(client, Request::OpenSession { slot: 0, flags }));
-    match hsm.handle(client, Request::SessionInfo { session: again }) {
+    let again = handle(hsm.handle(client, false, Request::OpenSession { slot: 0, flags }));
+    match hsm.handle(client, false, Request::SessionInfo { session: again }) {
         Ok(Reply::Session(info)) => assert_eq!(info.state, ck::CKS_RO_PUBLIC_SESSION as u64),
         other => panic!("{other:?}"),
     }

@@ -264,3 +264,41 @@ mod tests {
         );
     }
 }
+
+/// Signs `message` with a private key (the PIK signing a handshake transcript): ECDSA with the
+/// hash that goes with the curve, ASN.1 signature.
+pub fn sign(pkcs8: &[u8], curve: Curve, message: &[u8]) -> Result<Vec<u8>, IdentityError> {
+    use aws_lc_rs::signature::{self, EcdsaKeyPair};
+    let algorithm = match curve {
+        Curve::P256 => &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        Curve::P384 => &signature::ECDSA_P384_SHA384_ASN1_SIGNING,
+        Curve::P521 => &signature::ECDSA_P521_SHA512_ASN1_SIGNING,
+    };
+    let key = EcdsaKeyPair::from_pkcs8(algorithm, pkcs8)
+        .map_err(|e| IdentityError::Generation(e.to_string()))?;
+    key.sign(&aws_lc_rs::rand::SystemRandom::new(), message)
+        .map(|s| s.as_ref().to_vec())
+        .map_err(|e| IdentityError::Generation(e.to_string()))
+}
+
+#[cfg(test)]
+mod signing_tests {
+    use super::*;
+
+    #[test]
+    fn handshake_signatures_verify_with_the_certificate() {
+        for curve in [Curve::P256, Curve::P384, Curve::P521] {
+            let pik = generate_key(curve).unwrap();
+            let pic = self_signed_identity(&pik, curve, "1").unwrap();
+            let signature = sign(&pik, curve, b"transcript").unwrap();
+            assert!(crate::verify::verify_with_certificate(
+                &pic,
+                b"transcript",
+                &signature
+            ));
+            assert!(!crate::verify::verify_with_certificate(
+                &pic, b"other", &signature
+            ));
+        }
+    }
+}

@@ -230,3 +230,24 @@ pub fn verify_chain(
         anchor: issuer.fingerprint.clone(),
     })
 }
+
+/// Verifies a signature made by the key of certificate `der` (the handshake signature of a
+/// device's PIK): ECDSA with the hash that goes with the key's curve.
+pub fn verify_with_certificate(der: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    let Ok(certificate) = inspect::parse(der) else {
+        return false;
+    };
+    let spki = &certificate.tbs_certificate.subject_pki;
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok());
+    let hash = match curve {
+        Some(c) if c == oids::OID_EC_P256 => oids::OID_SIG_ECDSA_WITH_SHA256,
+        Some(c) if c == oids::OID_NIST_EC_P384 => oids::OID_SIG_ECDSA_WITH_SHA384,
+        Some(c) if c == oids::OID_NIST_EC_P521 => oids::OID_SIG_ECDSA_WITH_SHA512,
+        _ => return false,
+    };
+    ecdsa_verify(spki, &hash, message, signature)
+}

@@ -108,9 +108,13 @@ impl Library {
         let servers = config.servers()?;
         let connect = config.seconds(CONNECT_TIMEOUT)?;
         let reply = config.seconds(REPLY_TIMEOUT)?;
+        // Secure messaging settings: trust store, SMPR per serial (checked here), limits, log.
+        let secure = Arc::new(
+            tessera_client::SecureSettings::from_config(config).map_err(ConfigError::Message)?,
+        );
         let devices = servers
             .into_iter()
-            .map(|address| Device::new(address, connect, reply))
+            .map(|address| Device::new(address, connect, reply).with_security(secure.clone()))
             .collect();
         Ok(Library::new(devices))
     }
@@ -516,6 +520,9 @@ pub fn shape(reply: &Reply) -> &'static str {
         Reply::Events(..) => "Events",
         Reply::Identity(_) => "Identity",
         Reply::Certificates(_) => "Certificates",
+        Reply::ServerHello(_) => "ServerHello",
+        Reply::Protected(_) => "Protected",
+        Reply::Channels(_) => "Channels",
     }
 }
 

@@ -65,6 +65,27 @@ pub enum AdminCommand {
     RemovePeer(String),
     /// The trusted peers.
     Peers,
+    /// The secure-messaging channels.
+    Channels,
+    /// Terminate one channel, or all of them.
+    TerminateChannels(Option<u64>),
+}
+
+/// One secure-messaging channel, as the Administrator sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelSummary {
+    /// Channel id.
+    pub id: u64,
+    /// The peer (socket address or Unix peer).
+    pub peer: String,
+    /// Seconds since it opened.
+    pub age: u64,
+    /// Messages carried.
+    pub messages: u64,
+    /// Key generation (rollovers).
+    pub generation: u32,
+    /// Effective policy letters (SMPR style).
+    pub policy: String,
 }
 
 /// What `GenerateIdentity` makes.

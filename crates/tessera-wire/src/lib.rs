@@ -12,7 +12,8 @@ mod frame;
 mod request;
 
 pub use admin::{
-    AdminCommand, DeviceStatus, Event, Identity, IdentityTarget, KeyState, SlotStatus,
+    AdminCommand, ChannelSummary, DeviceStatus, Event, Identity, IdentityTarget, KeyState,
+    SlotStatus,
 };
 pub use frame::{
     body_len as frame_body_len, decode_request, decode_response, encode_request, encode_response,

@@ -244,6 +244,14 @@ pub enum Request {
     DeviceStatus,
     /// The device's identity certificates (public; no login needed).
     Identity,
+    /// Secure messaging: open a channel.
+    Handshake(tessera_channel::ClientHello),
+    /// Secure messaging: confirm the channel keys.
+    HandshakeFinish(tessera_channel::ClientFinished),
+    /// Secure messaging: a protected request (its payload is a `Request`).
+    Protected(tessera_channel::Record),
+    /// Secure messaging, inside a channel: move to the next generation of keys.
+    Rekey,
     /// First-time set-up of the Admin token: ASO PIN and Administrator PIN. Refused once done.
     AdminSetup {
         /// The Admin token SO (ASO) PIN.
@@ -328,4 +336,53 @@ pub enum Reply {
     Identity(crate::Identity),
     /// Certificates (DER).
     Certificates(Vec<Vec<u8>>),
+    /// Secure messaging: the device's handshake answer.
+    ServerHello(tessera_channel::ServerHello),
+    /// Secure messaging: a protected reply (its payload is a `Result<Reply, u64>`).
+    Protected(tessera_channel::Record),
+    /// The device's secure-messaging channels.
+    Channels(Vec<crate::ChannelSummary>),
+}
+
+impl Request {
+    /// Calls that work in the clear even when the device requires secure messaging: they let
+    /// applications discover devices and set up channels.
+    pub fn is_public(&self) -> bool {
+        matches!(
+            self,
+            Request::DeviceInfo
+                | Request::SlotInfo { .. }
+                | Request::TokenInfo { .. }
+                | Request::MechanismList { .. }
+                | Request::MechanismInfo { .. }
+                | Request::DeviceStatus
+                | Request::Identity
+                | Request::Handshake(_)
+                | Request::HandshakeFinish(_)
+                | Request::Protected(_)
+        )
+    }
+
+    /// Calls that carry PINs or secret values (brief §2.1, flag `n`).
+    pub fn carries_secret(&self) -> bool {
+        matches!(
+            self,
+            Request::Login { .. }
+                | Request::InitPin { .. }
+                | Request::SetPin { .. }
+                | Request::InitToken { .. }
+                | Request::CreateObject { .. }
+                | Request::GenerateKey { .. }
+                | Request::SeedRandom { .. }
+                | Request::AdminSetup { .. }
+                | Request::Admin { .. }
+        )
+    }
+}
+
+impl Reply {
+    /// Replies that may carry secret values (plaintexts, readable key values).
+    pub fn carries_secret(&self) -> bool {
+        matches!(self, Reply::Secret(_) | Reply::Attributes(_))
+    }
 }

@@ -2,6 +2,7 @@
 //! Unix socket and, when asked, on TCP.
 #![forbid(unsafe_code)]
 
+mod secure;
 mod server;
 
 use std::path::PathBuf;
@@ -49,6 +50,19 @@ struct Args {
     /// Entries the device's event log keeps; the oldest are dropped beyond this.
     #[arg(long, default_value_t = tessera_hsm::DEFAULT_EVENT_LOG_SIZE, value_name = "N")]
     event_log_size: u64,
+
+    /// Secure-messaging channels held at once; more are refused with CKR_TESSERA_CHANNEL_LIMIT.
+    #[arg(long, default_value_t = tessera_hsm::DEFAULT_MAX_CHANNELS, value_name = "N")]
+    max_channels: usize,
+
+    /// Messages one generation of channel keys may protect before the device ends the channel
+    /// (the library renews keys well before; see ET_PTKC_SMS_MAX_MESSAGES).
+    #[arg(long, default_value_t = 1 << 32, value_name = "N")]
+    sm_max_messages: u64,
+
+    /// Bytes one generation of channel keys may protect before the device ends the channel.
+    #[arg(long, default_value_t = 1 << 40, value_name = "N")]
+    sm_max_bytes: u64,
 
     /// PBKDF2-HMAC-SHA256 iterations for new PIN records. Lower only for tests.
     #[arg(long, default_value_t = tessera_hsm::DEFAULT_KDF_ITERATIONS, value_name = "N")]
@@ -125,6 +139,11 @@ fn main() -> ExitCode {
             user_slots: args.slots,
             kdf_iterations: args.kdf_iterations,
             event_log_size: args.event_log_size,
+            max_channels: args.max_channels,
+        },
+        key_limits: secure::KeyLimits {
+            messages: args.sm_max_messages,
+            bytes: args.sm_max_bytes,
         },
     };
     match server::run(config) {

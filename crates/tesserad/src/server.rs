@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use tessera_hsm::{Hsm, HsmOptions};
 use tessera_wire::{
-    decode_request, encode_response, FrameError, ResponseEnvelope, FRAME_HEADER_LEN,
-    PROTOCOL_VERSION,
+    decode_request, encode_response, FrameError, Reply, Request, ResponseEnvelope,
+    FRAME_HEADER_LEN, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Semaphore};
 
+use crate::secure::{KeyLimits, Secure};
 use crate::Listen;
 
 /// What the daemon serves.
@@ -21,6 +22,7 @@ pub struct Config {
     pub listen: Vec<Listen>,
     pub max_connections: usize,
     pub options: HsmOptions,
+    pub key_limits: KeyLimits,
 }
 
 /// Holds the data directory's lock for the daemon's lifetime.
@@ -102,6 +104,7 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
                     hsm.clone(),
                     limit.clone(),
                     stop.clone(),
+                    config.key_limits,
                 )));
             }
             Listen::Tcp(address) => {
@@ -118,6 +121,7 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
                     hsm.clone(),
                     limit.clone(),
                     stop.clone(),
+                    config.key_limits,
                 )));
             }
         }
@@ -159,7 +163,13 @@ async fn wait_for_signal() {
 
 macro_rules! accept_loop {
     ($name:ident, $listener:ty) => {
-        async fn $name(listener: $listener, hsm: Arc<Hsm>, limit: Arc<Semaphore>, mut stop: watch::Receiver<bool>) {
+        async fn $name(
+            listener: $listener,
+            hsm: Arc<Hsm>,
+            limit: Arc<Semaphore>,
+            mut stop: watch::Receiver<bool>,
+            key_limits: KeyLimits,
+        ) {
             loop {
                 let accepted = tokio::select! {
                     accepted = listener.accept() => accepted,
@@ -184,7 +194,7 @@ macro_rules! accept_loop {
                 let hsm = hsm.clone();
                 let stop = stop.clone();
                 tokio::spawn(async move {
-                    serve_connection(stream, peer, hsm, stop).await;
+                    serve_connection(stream, peer, hsm, stop, key_limits).await;
                     drop(permit);
                 });
             }
@@ -214,8 +224,10 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     peer: String,
     hsm: Arc<Hsm>,
     mut stop: watch::Receiver<bool>,
+    limits: KeyLimits,
 ) {
     let client = hsm.connect();
+    let mut secure = Secure::new(hsm.clone(), peer.clone(), limits);
     tracing::debug!(client, peer, "client connected");
     loop {
         let frame = tokio::select! {
@@ -238,18 +250,23 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         let id = envelope.id;
-        let channel = envelope.channel;
-        let worker = hsm.clone();
-        // The engine is synchronous and may compute for a while (RSA key generation):
-        // run it off the I/O threads.
-        let result =
-            tokio::task::spawn_blocking(move || worker.handle(client, envelope.request)).await;
-        let result = match result {
-            Ok(result) => result.map_err(|rv| rv.code()),
-            Err(e) => {
-                tracing::error!(client, error = %e, "request handler failed");
-                Err(tessera_core::Rv::GeneralError.code())
-            }
+        let (result, channel) = match envelope.request {
+            Request::Handshake(hello) => (secure.handshake(&hello), None),
+            Request::HandshakeFinish(finished) => (secure.finish(&finished), None),
+            Request::Protected(record) => match secure.open(&record) {
+                Ok((Request::Rekey, _)) => {
+                    let sealed = secure.seal(&Ok(Reply::Done));
+                    secure.rekey();
+                    (sealed, secure.channel_id())
+                }
+                Ok((request, channel_client)) => {
+                    let result = execute(&hsm, channel_client, true, request).await;
+                    (secure.seal(&result), secure.channel_id())
+                }
+                // The channel is gone: the error travels in the clear.
+                Err(code) => (Err(code), None),
+            },
+            request => (execute(&hsm, client, false, request).await, None),
         };
         let frame = encode_response(&ResponseEnvelope {
             version: PROTOCOL_VERSION,
@@ -262,6 +279,24 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             break;
         }
     }
+    secure.close();
     hsm.disconnect(client);
     tracing::debug!(client, "client disconnected");
+}
+
+/// Runs the (synchronous, possibly slow) engine off the I/O threads.
+async fn execute(
+    hsm: &Arc<Hsm>,
+    client: u64,
+    protected: bool,
+    request: Request,
+) -> Result<Reply, u64> {
+    let worker = hsm.clone();
+    match tokio::task::spawn_blocking(move || worker.handle(client, protected, request)).await {
+        Ok(result) => result.map_err(|rv| rv.code()),
+        Err(e) => {
+            tracing::error!(client, error = %e, "request handler failed");
+            Err(tessera_core::Rv::GeneralError.code())
+        }
+    }
 }

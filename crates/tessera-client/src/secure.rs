@@ -1,0 +1,393 @@
+//! The client end of secure messaging: when a channel is needed, the handshake with the trust
+//! store and the dialled serial, protected calls, rollover before the key limits, and the log
+//! line that names the reason of every refusal.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tessera_channel::{Channel, ExpectServerHello, HandshakeError, Policy};
+use tessera_config::Config;
+use tessera_core::Rv;
+use tessera_wire::{Reply, Request};
+use zeroize::Zeroizing;
+
+use crate::{ClientError, Device, State};
+
+/// Item: where the library writes its one-line reports (`stderr`, or a file path).
+pub const LOG_ITEM: &str = "ET_PTKC_GENERAL_LOG";
+/// Item: messages one generation of channel keys protects before the library renews them.
+pub const MAX_MESSAGES_ITEM: &str = "ET_PTKC_SMS_MAX_MESSAGES";
+/// Item: payload bytes one generation of channel keys protects before renewal.
+pub const MAX_BYTES_ITEM: &str = "ET_PTKC_SMS_MAX_BYTES";
+/// Item: seconds one generation of channel keys lives before renewal.
+pub const MAX_SECONDS_ITEM: &str = "ET_PTKC_SMS_MAX_SECONDS";
+
+/// Where reports go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Standard error.
+    Stderr,
+    /// Appended to a file.
+    File(PathBuf),
+}
+
+/// Secure-messaging settings of the client, from its configuration.
+#[derive(Debug)]
+pub struct SecureSettings {
+    config: Config,
+    log: LogTarget,
+    max_messages: u64,
+    max_bytes: u64,
+    max_age: Duration,
+}
+
+fn number(config: &Config, item: &str, default: u64) -> Result<u64, String> {
+    match config.item(item) {
+        None => Ok(default),
+        Some((value, level)) => value
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("configuration item {item} (from the {level:?} level): {value:?} is not a positive number")),
+    }
+}
+
+impl SecureSettings {
+    /// Reads the settings, checking every `ET_PTKC_<serial>_SMPR` item; the error names the
+    /// item and the letter at fault.
+    pub fn from_config(config: Config) -> Result<SecureSettings, String> {
+        for name in config.names() {
+            if name.starts_with("ET_PTKC_") && name.ends_with("_SMPR") {
+                let Some((value, level)) = config.item(&name) else {
+                    continue;
+                };
+                Policy::from_smpr(&value).map_err(|e| {
+                    format!("configuration item {name} (from the {level:?} level): {e}")
+                })?;
+            }
+        }
+        let log = match config.item(LOG_ITEM).map(|(v, _)| v) {
+            None => LogTarget::Stderr,
+            Some(v) if v.trim().is_empty() || v.trim() == "stderr" => LogTarget::Stderr,
+            Some(v) => LogTarget::File(PathBuf::from(v.trim())),
+        };
+        Ok(SecureSettings {
+            max_messages: number(&config, MAX_MESSAGES_ITEM, 1 << 24)?,
+            max_bytes: number(&config, MAX_BYTES_ITEM, 1 << 34)?,
+            max_age: Duration::from_secs(number(&config, MAX_SECONDS_ITEM, 3600)?),
+            log,
+            config,
+        })
+    }
+
+    /// The client's policy for the device with `serial` (SMPR).
+    pub fn smpr(&self, serial: &str) -> Policy {
+        self.config
+            .item(&format!("ET_PTKC_{serial}_SMPR"))
+            .and_then(|(value, _)| Policy::from_smpr(&value).ok())
+            .unwrap_or_default()
+    }
+
+    /// Writes one report line.
+    pub fn log(&self, line: &str) {
+        let line = format!("tessera-pkcs11: {line}\n");
+        match &self.log {
+            LogTarget::Stderr => {
+                let _ = std::io::stderr().write_all(line.as_bytes());
+            }
+            LogTarget::File(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path);
+                if let Ok(mut file) = file {
+                    let _ = file.write_all(line.as_bytes());
+                }
+            }
+        }
+    }
+}
+
+/// A threshold a little below the limit, so that channels do not all renew at once.
+fn jitter(limit: u64) -> u64 {
+    use aws_lc_rs::rand::SecureRandom;
+    let mut byte = [0u8; 8];
+    let _ = aws_lc_rs::rand::SystemRandom::new().fill(&mut byte);
+    let spread = limit / 10;
+    (limit - u64::from_le_bytes(byte) % (spread + 1)).max(1)
+}
+
+pub(crate) struct ChannelState {
+    channel: Channel,
+    since: Instant,
+    rekey_messages: u64,
+    rekey_bytes: u64,
+}
+
+impl ChannelState {
+    fn new(channel: Channel, settings: &SecureSettings) -> ChannelState {
+        ChannelState {
+            channel,
+            since: Instant::now(),
+            rekey_messages: jitter(settings.max_messages),
+            rekey_bytes: jitter(settings.max_bytes),
+        }
+    }
+
+    fn due(&self, settings: &SecureSettings) -> bool {
+        let (messages, bytes) = self.channel.usage();
+        // The rekey request and its reply count too.
+        messages + 2 >= self.rekey_messages
+            || bytes >= self.rekey_bytes
+            || self.since.elapsed() >= settings.max_age
+    }
+
+    pub(crate) fn close(&mut self) {
+        self.channel.close();
+    }
+}
+
+impl Device {
+    fn settings(&self) -> Result<&SecureSettings, ClientError> {
+        self.secure
+            .as_deref()
+            .ok_or(ClientError::Returned(Rv::SmsError.code()))
+    }
+
+    /// The device's serial number (asked once, in the clear).
+    fn serial(&self, state: &mut State) -> Result<String, ClientError> {
+        if let Some(serial) = &state.serial {
+            return Ok(serial.clone());
+        }
+        match self.exchange(state, Request::DeviceInfo)? {
+            Reply::Device(info) => {
+                state.serial = Some(info.serial.clone());
+                Ok(info.serial)
+            }
+            _ => Err(ClientError::BadReply {
+                address: self.address.to_string(),
+                reason: "no device info".into(),
+            }),
+        }
+    }
+
+    pub(crate) fn wants_channel(&self, state: &mut State) -> Result<bool, ClientError> {
+        let Some(settings) = self.secure.as_deref() else {
+            return Ok(false);
+        };
+        if state.requires_channel || state.channel.is_some() {
+            return Ok(true);
+        }
+        let serial = self.serial(state)?;
+        Ok(settings.smpr(&serial).requires_channel())
+    }
+
+    fn kill(&self, state: &mut State, drop_connection: bool) {
+        if let Some(channel) = state.channel.as_mut() {
+            channel.close();
+        }
+        state.channel = None;
+        if drop_connection {
+            state.stream = None;
+        }
+    }
+
+    fn report(&self, serial: &str, what: &str) {
+        if let Some(settings) = self.secure.as_deref() {
+            settings.log(&format!(
+                "device {} (serial {serial}): {what}",
+                self.address
+            ));
+        }
+    }
+
+    /// Opens a channel on the current connection.
+    fn handshake(&self, state: &mut State) -> Result<(), ClientError> {
+        let settings = self.settings()?;
+        let serial = self.serial(state)?;
+        let (expect, hello) = ExpectServerHello::start(&serial, settings.smpr(&serial))
+            .map_err(|_| ClientError::Returned(Rv::CannotDeriveKeys.code()))?;
+        let answer = match self.exchange(state, Request::Handshake(hello)) {
+            Ok(Reply::ServerHello(answer)) => answer,
+            Ok(_) => return Err(ClientError::Returned(Rv::BadReply.code())),
+            Err(ClientError::Returned(code)) => {
+                let reason =
+                    Rv::from_code(code).map_or(format!("0x{code:08X}"), |rv| rv.name().to_string());
+                self.report(
+                    &serial,
+                    &format!("the device refused a secure channel: {reason}"),
+                );
+                return Err(ClientError::Returned(code));
+            }
+            Err(e) => return Err(e),
+        };
+        let anchors = tessera_identity::trust::anchors(&settings.config).unwrap_or_else(|e| {
+            self.report(&serial, &format!("cannot read the trust store: {e}"));
+            Vec::new()
+        });
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let verify_chain = |chain: &[Vec<u8>]| {
+            tessera_identity::verify_chain(chain, &anchors, &serial, now)
+                .map(|_| ())
+                .map_err(|r| r.to_string())
+        };
+        let verified = expect.handle(
+            &answer,
+            verify_chain,
+            tessera_identity::verify::verify_with_certificate,
+        );
+        let (channel, finished) = match verified {
+            Ok(done) => done,
+            Err(HandshakeError::Untrusted(reason)) => {
+                self.report(
+                    &serial,
+                    &format!("secure channel refused: certificate not trusted: {reason}"),
+                );
+                return Err(ClientError::Returned(Rv::CertNotValidated.code()));
+            }
+            Err(e) => {
+                self.report(&serial, &format!("secure channel refused: {e}"));
+                self.kill(state, true);
+                return Err(ClientError::Returned(Rv::CannotDeriveKeys.code()));
+            }
+        };
+        match self.exchange(state, Request::HandshakeFinish(finished)) {
+            Ok(Reply::Done) => {}
+            Ok(_) => return Err(ClientError::Returned(Rv::BadReply.code())),
+            Err(ClientError::Returned(code)) => {
+                self.report(&serial, "the device refused the key confirmation (the handshake was altered in transit)");
+                return Err(ClientError::Returned(code));
+            }
+            Err(e) => return Err(e),
+        }
+        state.channel = Some(ChannelState::new(channel, settings));
+        state.generations += 1;
+        state.generation = state.generations;
+        Ok(())
+    }
+
+    /// Sends one call through the channel and opens the answer.
+    fn protected_exchange(
+        &self,
+        state: &mut State,
+        request: &Request,
+    ) -> Result<Result<Reply, u64>, ClientError> {
+        let Some(current) = state.channel.as_mut() else {
+            return Err(ClientError::StaleSession);
+        };
+        let protection = current
+            .channel
+            .policy()
+            .request_protection(request.carries_secret());
+        let plain = Zeroizing::new(
+            postcard::to_stdvec(request)
+                .map_err(|_| ClientError::Returned(Rv::GeneralError.code()))?,
+        );
+        let record = current
+            .channel
+            .seal(&plain, protection)
+            .map_err(|_| ClientError::StaleSession)?;
+        let channel_id = current.channel.id();
+        let id = state.next_id;
+        state.next_id = state.next_id.wrapping_add(1);
+        let Some(stream) = state.stream.as_mut() else {
+            return Err(ClientError::StaleSession);
+        };
+        let answer = match stream.exchange(id, Some(channel_id), Request::Protected(record)) {
+            Ok(answer) => answer,
+            Err(failure) => {
+                self.kill(state, true);
+                return Err(self.failure(failure));
+            }
+        };
+        let serial = state.serial.clone().unwrap_or_default();
+        let record = match answer {
+            Ok(Reply::Protected(record)) => record,
+            // The device ended the channel and says why, in the clear.
+            Err(code) => {
+                self.kill(state, false);
+                return Err(ClientError::Returned(code));
+            }
+            Ok(_) => {
+                self.report(&serial, "the device answered a protected call in the clear");
+                self.kill(state, true);
+                return Err(ClientError::Returned(Rv::BadReply.code()));
+            }
+        };
+        let Some(current) = state.channel.as_mut() else {
+            return Err(ClientError::StaleSession);
+        };
+        let opened = current.channel.open(&record);
+        let (plain, protection) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                self.report(&serial, &format!("reply refused, channel closed: {e}"));
+                self.kill(state, true);
+                return Err(ClientError::Returned(Rv::BadReplySignature.code()));
+            }
+        };
+        let result: Result<Reply, u64> = match postcard::from_bytes(&plain) {
+            Ok(result) => result,
+            Err(_) => {
+                self.kill(state, true);
+                return Err(ClientError::Returned(Rv::BadReply.code()));
+            }
+        };
+        let secret = matches!(&result, Ok(reply) if reply.carries_secret());
+        let required = current.channel.policy().reply_protection(secret);
+        if let Err(e) = current.channel.require(protection, required) {
+            self.report(&serial, &format!("reply refused: {e}"));
+            self.kill(state, true);
+            return Err(ClientError::Returned(Rv::BadProtection.code()));
+        }
+        Ok(result)
+    }
+
+    /// A call that needs a channel: made on demand, renewed before its key limits.
+    pub(crate) fn call_protected(
+        &self,
+        state: &mut State,
+        session_generation: Option<u64>,
+        request: Request,
+    ) -> Result<(Reply, u64), ClientError> {
+        let settings = self.settings()?;
+        self.connected(state)?;
+        if state.channel.is_none() {
+            if session_generation.is_some() {
+                return Err(ClientError::StaleSession);
+            }
+            self.handshake(state)?;
+        }
+        if session_generation.is_some_and(|g| g != state.generation) {
+            return Err(ClientError::StaleSession);
+        }
+        if state.channel.as_ref().is_some_and(|c| c.due(settings)) {
+            match self.protected_exchange(state, &Request::Rekey) {
+                Ok(Ok(Reply::Done)) => {
+                    if let Some(current) = state.channel.as_mut() {
+                        let renewed = current.channel.rekey();
+                        current.since = Instant::now();
+                        current.rekey_messages = jitter(settings.max_messages);
+                        current.rekey_bytes = jitter(settings.max_bytes);
+                        renewed.map_err(|_| ClientError::Returned(Rv::KeyRollover.code()))?;
+                    }
+                }
+                _ => {
+                    let serial = state.serial.clone().unwrap_or_default();
+                    self.report(&serial, "key rollover failed; the channel is closed");
+                    self.kill(state, true);
+                    return Err(ClientError::Returned(Rv::KeyRollover.code()));
+                }
+            }
+        }
+        match self.protected_exchange(state, &request)? {
+            Ok(reply) => Ok((reply, state.generation)),
+            Err(code) => Err(ClientError::Returned(code)),
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The device's register of secure-messaging channels: what the Administrator lists and
+//! terminates, bounded by a limit. The channel keys themselves live with each connection in the
+//! daemon; this register holds what may be shown and the termination flag the connection checks
+//! before every message.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tessera_channel::Policy;
+use tessera_core::Rv;
+use tessera_wire::{ChannelSummary, Reply};
+
+use crate::Hsm;
+
+/// Channels a device holds by default.
+pub const DEFAULT_MAX_CHANNELS: usize = 4096;
+
+/// What the device knows of one channel.
+pub struct ChannelInfo {
+    /// Channel id.
+    pub id: u64,
+    /// The engine client that owns the channel's sessions.
+    pub client: u64,
+    peer: String,
+    opened: Instant,
+    policy: Mutex<Policy>,
+    messages: AtomicU64,
+    generation: AtomicU32,
+    terminated: Mutex<Option<String>>,
+}
+
+impl ChannelInfo {
+    /// Why the device terminated the channel, if it did.
+    pub fn terminated(&self) -> Option<String> {
+        self.terminated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Counts a message.
+    pub fn count(&self) {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records the key generation after a rollover.
+    pub fn set_generation(&self, generation: u32) {
+        self.generation.store(generation, Ordering::Relaxed);
+    }
+
+    /// Records the effective policy once the handshake is done.
+    pub fn set_policy(&self, policy: Policy) {
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
+}
+
+pub(crate) struct Channels {
+    map: Mutex<HashMap<u64, Arc<ChannelInfo>>>,
+    next: AtomicU64,
+    limit: usize,
+}
+
+impl Channels {
+    pub(crate) fn new(limit: usize) -> Channels {
+        Channels {
+            map: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            limit: limit.max(1),
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ChannelInfo>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Hsm {
+    /// The secure-messaging policy the device's flags demand.
+    pub fn device_policy(&self) -> Policy {
+        Policy::from_device_flags(self.lock().flags())
+    }
+
+    /// Registers a new channel for `peer`; refused when the device holds its limit.
+    pub fn open_channel(&self, peer: &str) -> Result<Arc<ChannelInfo>, Rv> {
+        let mut map = self.channels.map();
+        if map.len() >= self.channels.limit {
+            drop(map);
+            let state = self.lock();
+            self.event(
+                &state,
+                "Device",
+                "channel-refused",
+                format!("limit of {} channels reached ({peer})", self.channels.limit),
+            );
+            return Err(Rv::ChannelLimit);
+        }
+        let id = self.channels.next.fetch_add(1, Ordering::Relaxed);
+        let info = Arc::new(ChannelInfo {
+            id,
+            client: self.connect(),
+            peer: peer.into(),
+            opened: Instant::now(),
+            policy: Mutex::new(Policy::default()),
+            messages: AtomicU64::new(0),
+            generation: AtomicU32::new(0),
+            terminated: Mutex::new(None),
+        });
+        map.insert(id, info.clone());
+        Ok(info)
+    }
+
+    /// Forgets a channel: its sessions and logins end. `by` and `why` go to the event log.
+    pub fn close_channel(&self, info: &ChannelInfo, by: &str, why: &str) {
+        if self.channels.map().remove(&info.id).is_some() {
+            self.disconnect(info.client);
+            let state = self.lock();
+            self.event(
+                &state,
+                by,
+                "channel-closed",
+                format!("channel {} ({}): {why}", info.id, info.peer),
+            );
+        }
+    }
+
+    /// Records a channel event (open, rollover, integrity failure, policy refusal).
+    pub fn channel_event(&self, role: &str, kind: &str, detail: String) {
+        let state = self.lock();
+        self.event(&state, role, kind, detail);
+    }
+
+    /// Marks channels terminated (all when `which` is `None`); each connection notices before
+    /// its next message, tells its client, and closes the channel.
+    pub(crate) fn terminate_channels(&self, which: Option<u64>, reason: &str) -> usize {
+        self.terminate_channels_except(which, None, reason)
+    }
+
+    /// As [`Hsm::terminate_channels`], sparing the channel of engine client `spare` (the
+    /// Administrator's own, when a flag change is made through it).
+    pub(crate) fn terminate_channels_except(
+        &self,
+        which: Option<u64>,
+        spare: Option<u64>,
+        reason: &str,
+    ) -> usize {
+        let map = self.channels.map();
+        let mut count = 0;
+        let chosen =
+            |i: &&Arc<ChannelInfo>| which.is_none_or(|id| id == i.id) && Some(i.client) != spare;
+        for info in map.values().filter(chosen) {
+            *info.terminated.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.into());
+            // The sessions end now, not at the next message.
+            self.disconnect(info.client);
+            count += 1;
+        }
+        count
+    }
+
+    pub(crate) fn channel_list(&self) -> Reply {
+        let map = self.channels.map();
+        let mut list: Vec<ChannelSummary> = map
+            .values()
+            .filter(|i| i.terminated().is_none())
+            .map(|i| ChannelSummary {
+                id: i.id,
+                peer: i.peer.clone(),
+                age: i.opened.elapsed().as_secs(),
+                messages: i.messages.load(Ordering::Relaxed),
+                generation: i.generation.load(Ordering::Relaxed),
+                policy: i.policy.lock().unwrap_or_else(|p| p.into_inner()).letters(),
+            })
+            .collect();
+        list.sort_by_key(|c| c.id);
+        Reply::Channels(list)
+    }
+
+    /// The device's PIC and its issuers, as a handshake presents them.
+    pub fn handshake_chain(&self) -> Result<Vec<Vec<u8>>, Rv> {
+        self.identity_chain()
+    }
+
+    /// The PIK's signature over `message` (a handshake transcript hash).
+    pub fn sign_handshake(&self, message: &[u8]) -> Result<Vec<u8>, Rv> {
+        self.identity_signature(message)
+    }
+}

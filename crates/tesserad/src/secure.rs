@@ -1,0 +1,216 @@
+//! The device end of secure messaging on one connection: the handshake, protected records,
+//! rollover, and the termination checks (brief §2).
+
+use std::sync::Arc;
+
+use tessera_channel::{Channel, ExpectClientFinished, Record, ServerStart};
+use tessera_core::Rv;
+use tessera_hsm::{ChannelInfo, Hsm};
+use tessera_wire::{Reply, Request};
+
+/// Hard limits on one generation of channel keys; past them the device ends the channel (the
+/// library renews its keys well before, at its own, lower limits).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyLimits {
+    /// Messages (both directions).
+    pub messages: u64,
+    /// Bytes of payload (both directions).
+    pub bytes: u64,
+}
+
+struct Active {
+    channel: Channel,
+    info: Arc<ChannelInfo>,
+}
+
+struct Pending {
+    state: ExpectClientFinished,
+    info: Arc<ChannelInfo>,
+}
+
+/// A connection's secure-messaging state.
+pub struct Secure {
+    hsm: Arc<Hsm>,
+    peer: String,
+    limits: KeyLimits,
+    active: Option<Active>,
+    pending: Option<Pending>,
+}
+
+impl Secure {
+    /// No channel yet.
+    pub fn new(hsm: Arc<Hsm>, peer: String, limits: KeyLimits) -> Secure {
+        Secure {
+            hsm,
+            peer,
+            limits,
+            active: None,
+            pending: None,
+        }
+    }
+
+    /// The active channel's id.
+    pub fn channel_id(&self) -> Option<u64> {
+        self.active.as_ref().map(|a| a.channel.id())
+    }
+
+    fn end(&mut self, by: &str, why: &str) {
+        if let Some(mut active) = self.active.take() {
+            active.channel.close();
+            self.hsm.close_channel(&active.info, by, why);
+        }
+    }
+
+    /// Answers a client hello; a previous channel of this connection is replaced.
+    pub fn handshake(&mut self, hello: &tessera_channel::ClientHello) -> Result<Reply, u64> {
+        self.end("Library", "replaced by a new channel");
+        if let Some(pending) = self.pending.take() {
+            self.hsm
+                .close_channel(&pending.info, "Library", "handshake abandoned");
+        }
+        let info = self.hsm.open_channel(&self.peer).map_err(Rv::code)?;
+        let policy = self.hsm.device_policy();
+        let answer = match self.hsm.handshake_chain() {
+            Ok(chain) => ServerStart::respond(hello, info.id, policy, chain, |hash| {
+                self.hsm.sign_handshake(hash).map_err(|rv| rv.to_string())
+            }),
+            Err(_) => Err(tessera_channel::HandshakeError::Signing(
+                "the device has no identity certificate (ctident gen-selfsigned)".into(),
+            )),
+        };
+        match answer {
+            Ok((state, server_hello)) => {
+                self.pending = Some(Pending { state, info });
+                Ok(Reply::ServerHello(server_hello))
+            }
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, error = %e, "handshake refused");
+                self.hsm
+                    .close_channel(&info, "Device", &format!("handshake failed: {e}"));
+                Err(Rv::NoSessionKeys.code())
+            }
+        }
+    }
+
+    /// Checks the library's key confirmation.
+    pub fn finish(&mut self, finished: &tessera_channel::ClientFinished) -> Result<Reply, u64> {
+        let pending = self.pending.take().ok_or(Rv::CannotDeriveKeys.code())?;
+        match pending.state.handle(finished) {
+            Ok(channel) => {
+                pending.info.set_policy(channel.policy());
+                let detail = format!(
+                    "channel {} ({}), policy {}",
+                    channel.id(),
+                    self.peer,
+                    channel.policy().letters()
+                );
+                self.hsm.channel_event("Library", "channel-opened", detail);
+                self.active = Some(Active {
+                    channel,
+                    info: pending.info,
+                });
+                Ok(Reply::Done)
+            }
+            Err(e) => {
+                self.hsm.channel_event(
+                    "Library",
+                    "channel-integrity-failure",
+                    format!("handshake: {e}"),
+                );
+                self.hsm
+                    .close_channel(&pending.info, "Device", "key confirmation failed");
+                Err(Rv::CannotDeriveKeys.code())
+            }
+        }
+    }
+
+    /// Opens a protected request. `Ok` gives the request and the engine client of the channel;
+    /// `Err` is the clear error to answer with (the channel is gone by then).
+    pub fn open(&mut self, record: &Record) -> Result<(Request, u64), u64> {
+        let Some(active) = self.active.as_mut() else {
+            return Err(Rv::SessionClosed.code());
+        };
+        if let Some(reason) = active.info.terminated() {
+            self.end("Device", &reason);
+            return Err(Rv::SessionClosed.code());
+        }
+        let (usage_messages, usage_bytes) = active.channel.usage();
+        if usage_messages >= self.limits.messages || usage_bytes >= self.limits.bytes {
+            self.end("Device", "key-use limits reached without a rollover");
+            return Err(Rv::SessionClosed.code());
+        }
+        let opened = active.channel.open(record);
+        let (plain, protection) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                self.hsm
+                    .channel_event("Library", "channel-integrity-failure", e.to_string());
+                self.end("Device", &format!("integrity failure: {e}"));
+                return Err(Rv::BadRequestSignature.code());
+            }
+        };
+        let request: Request = match postcard::from_bytes(&plain) {
+            Ok(request) => request,
+            Err(_) => {
+                self.end("Device", "a protected request did not decode");
+                return Err(Rv::BadRequestSignature.code());
+            }
+        };
+        let required = active
+            .channel
+            .policy()
+            .request_protection(request.carries_secret());
+        if let Err(e) = active.channel.require(protection, required) {
+            self.hsm
+                .channel_event("Library", "policy-refusal", e.to_string());
+            self.end("Device", "a request lacked the protection policy requires");
+            return Err(Rv::BadProtection.code());
+        }
+        active.info.count();
+        Ok((request, active.info.client))
+    }
+
+    /// Renews the channel keys after the rekey request's reply has been sealed.
+    pub fn rekey(&mut self) {
+        if let Some(active) = self.active.as_mut() {
+            if active.channel.rekey().is_ok() {
+                active.info.set_generation(active.channel.generation());
+                let detail = format!(
+                    "channel {} now at key generation {}",
+                    active.channel.id(),
+                    active.channel.generation()
+                );
+                self.hsm.channel_event("Library", "channel-rekey", detail);
+            }
+        }
+    }
+
+    /// Seals a reply.
+    pub fn seal(&mut self, result: &Result<Reply, u64>) -> Result<Reply, u64> {
+        let Some(active) = self.active.as_mut() else {
+            return Err(Rv::SessionClosed.code());
+        };
+        let secret = matches!(result, Ok(reply) if reply.carries_secret());
+        let protection = active.channel.policy().reply_protection(secret);
+        let bytes = zeroize::Zeroizing::new(
+            postcard::to_stdvec(result).map_err(|_| Rv::GeneralError.code())?,
+        );
+        let record = active
+            .channel
+            .seal(&bytes, protection)
+            .map_err(|_| Rv::SessionClosed.code())?;
+        Ok(Reply::Protected(record))
+    }
+
+    /// The connection ends: so does its channel.
+    pub fn close(&mut self) {
+        self.end("Library", "connection closed");
+        if let Some(pending) = self.pending.take() {
+            self.hsm.close_channel(
+                &pending.info,
+                "Library",
+                "connection closed during the handshake",
+            );
+        }
+    }
+}
