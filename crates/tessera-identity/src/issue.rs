@@ -180,6 +180,24 @@ pub fn sign_request(
     pok_curve: Curve,
     poc: &[u8],
 ) -> Result<(Vec<u8>, String), IdentityError> {
+    sign_request_with_validity(
+        request,
+        pok,
+        pok_curve,
+        poc,
+        std::time::Duration::from_secs(10 * 365 * 86_400),
+    )
+}
+
+/// As [`sign_request`], with the PIC valid from a minute ago for `valid_for` (a CA outside the
+/// device may choose a shorter life).
+pub fn sign_request_with_validity(
+    request: &[u8],
+    pok: &[u8],
+    pok_curve: Curve,
+    poc: &[u8],
+    valid_for: std::time::Duration,
+) -> Result<(Vec<u8>, String), IdentityError> {
     use x509_parser::prelude::FromDer;
     let malformed = |reason: String| IdentityError::Malformed {
         what: "certificate request",
@@ -212,6 +230,7 @@ pub fn sign_request(
     let public = rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw)
         .map_err(|e| malformed(e.to_string()))?;
     let mut params = params(false, 10)?;
+    params.not_after = time::OffsetDateTime::now_utc() + valid_for;
     params.distinguished_name = subject("HSM", &serial);
     params.use_authority_key_identifier_extension = true;
     let key = key_pair(pok, pok_curve)?;

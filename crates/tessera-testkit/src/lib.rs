@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod relay;
+
 /// How a client reaches the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -210,6 +212,69 @@ impl Daemon {
     }
 }
 
+/// The user-level trust store of this test's clients, and where the library reports.
+impl Daemon {
+    /// The trust store directory that this test's clients use.
+    pub fn trust_dir(&self) -> PathBuf {
+        self.dir.path().join("trust")
+    }
+
+    /// The library's report file (`ET_PTKC_GENERAL_LOG`).
+    pub fn client_log(&self) -> PathBuf {
+        self.dir.path().join("client.log")
+    }
+
+    /// Environment for this test's clients: its own trust stores and report file.
+    pub fn trust_env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "ET_PTKC_TRUSTSTORE_USER".into(),
+                self.trust_dir().display().to_string(),
+            ),
+            (
+                "ET_PTKC_TRUSTSTORE_SYSTEM".into(),
+                self.dir.path().join("trust-system").display().to_string(),
+            ),
+            (
+                "ET_PTKC_GENERAL_LOG".into(),
+                self.client_log().display().to_string(),
+            ),
+        ]
+    }
+
+    /// Runs the real `ctident` with the Administrator PIN; panics unless it succeeds.
+    pub fn ctident(&self, transport: Transport, args: &[&str]) -> String {
+        let pin = self.dir().join("admin.pin");
+        if !pin.exists() {
+            self.admin(transport, &[]);
+        }
+        let output = Command::new(binary("ctident"))
+            .envs(self.trust_env())
+            .args(args)
+            .arg("--pin-file")
+            .arg(&pin)
+            .env("ET_HSM_NETCLIENT_SERVERLIST", self.server_list(transport))
+            .stdin(Stdio::null())
+            .output()
+            .expect("ctident runs");
+        assert!(
+            output.status.success(),
+            "ctident {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Gives the device an identity (a POC and a PIC signed by it) and puts the PIC in this
+    /// test's trust store, then sets `flags` (e.g. `nuNU`).
+    pub fn secure(&self, transport: Transport, flags: &str) {
+        self.ctident(transport, &["gen-selfsigned", "all"]);
+        self.ctident(transport, &["trust", "add", "--from-device", "--yes"]);
+        self.admin(transport, &[&format!("-f{flags}")]);
+    }
+}
+
 /// The Administrator PIN that [`Daemon::admin`] sets up.
 pub const ADMIN_PIN: &str = "admin-pin-1234";
 
@@ -223,6 +288,7 @@ impl Daemon {
             std::fs::write(self.dir().join("aso.pin"), "aso-pin-1234\n").expect("a PIN file");
         }
         let output = Command::new(binary("ctconf"))
+            .envs(self.trust_env())
             .args(args)
             .arg("--pin-file")
             .arg(&pin)

@@ -33,6 +33,8 @@ use tessera_wire::{AdminCommand, Reply};
 ///
 ///   ctconf -e                      show the event log and check its chain
 ///
+///   ctconf --channels              list secure-messaging channels; --terminate-channel 7 ends one
+///
 ///   ctconf --tamper --yes          erase every token, PIN and flag, like a hardware tamper
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
@@ -88,6 +90,15 @@ struct Args {
     #[arg(short = 'm', long = "transport-mode", value_name = "0|1|2")]
     transport_mode: Option<u8>,
 
+    /// List the secure-messaging channels: id, peer, age, messages, key generation, policy.
+    #[arg(long)]
+    channels: bool,
+
+    /// Terminate a secure-messaging channel by id, or `all`; its application gets
+    /// CKR_SESSION_CLOSED and its next C_OpenSession makes a new channel.
+    #[arg(long, value_name = "ID|all")]
+    terminate_channel: Option<String>,
+
     /// Software tamper: erase all tokens, objects, PINs and flags as a hardware tamper does
     /// (identity keys survive). Asks for confirmation; --yes for scripts.
     #[arg(long)]
@@ -125,6 +136,8 @@ impl Args {
             || self.set_clock
             || self.transport_mode.is_some()
             || self.tamper
+            || self.channels
+            || self.terminate_channel.is_some()
     }
 }
 
@@ -172,6 +185,15 @@ fn run(args: &Args) -> Result<u8, Failure> {
         args.admin_pin_file.as_deref(),
     )?;
     // Mode Locked and the identity requirement are enforced (and logged) by the device.
+    let terminate = match args.terminate_channel.as_deref() {
+        None => None,
+        Some("all") => Some(None),
+        Some(id) => Some(Some(id.parse::<u64>().map_err(|_| {
+            Failure::usage(format!(
+                "--terminate-channel {id:?}: give a channel id (see --channels) or all"
+            ))
+        })?)),
+    };
     let token_so_pin = match args.init_token {
         Some(_) => Some(pin::read_new(args.so_pin_file.as_deref(), "token SO PIN")?),
         None => None,
@@ -253,6 +275,26 @@ fn run(args: &Args) -> Result<u8, Failure> {
                     code = 3;
                 }
             }
+        }
+    }
+    if args.channels {
+        if let Reply::Channels(channels) = session.run(AdminCommand::Channels)? {
+            println!(
+                "{:>8}  {:<28}  {:>8}  {:>9}  {:>10}  policy",
+                "channel", "peer", "age (s)", "messages", "generation"
+            );
+            for c in &channels {
+                println!(
+                    "{:>8}  {:<28}  {:>8}  {:>9}  {:>10}  {}",
+                    c.id, c.peer, c.age, c.messages, c.generation, c.policy
+                );
+            }
+            println!("{} channel(s)", channels.len());
+        }
+    }
+    if let Some(which) = terminate {
+        if let Reply::Number(count) = session.run(AdminCommand::TerminateChannels(which))? {
+            println!("{count} channel(s) terminated.");
         }
     }
     if args.purge_events {

@@ -1,0 +1,293 @@
+//! Secure messaging seen from outside: a relay between client and daemon records and attacks
+//! the traffic; the client is the same `tessera-client` code the PKCS#11 library runs.
+
+mod sm_common;
+
+use std::sync::Arc;
+
+use sm_common::*;
+use tessera_channel::Policy;
+use tessera_core::{ck, Rv};
+use tessera_testkit::relay::{Frame, Recorder, Relay, Way};
+use tessera_testkit::{Daemon, Transport, TRANSPORTS};
+use tessera_wire::{Reply, Request};
+
+const KEY: &[u8] = b"KEY-VALUE-THAT-MUST-NOT-LEAK-32b";
+const PLAINTEXT: &[u8] = b"PLAINTEXT-OF-C_ENCRYPT-0123456789";
+
+/// Index of this frame among the protected requests of its connection, if it is one.
+fn protected_index(frame: &Frame, recorder: &Recorder) -> Option<usize> {
+    if !is_protected(&frame.body) {
+        return None;
+    }
+    Some(
+        recorder
+            .frames(frame.connection, Way::ToDevice)
+            .iter()
+            .filter(|b| is_protected(b))
+            .count()
+            - 1,
+    )
+}
+
+#[test]
+fn what_the_wire_shows_under_each_policy() {
+    for transport in TRANSPORTS {
+        for (flags, pin_visible, key_visible, plaintext_visible) in [
+            ("", true, true, true),
+            ("n", false, false, true),
+            ("N", false, false, false),
+            ("nuNU", false, false, false),
+        ] {
+            let daemon = Daemon::start();
+            prepare(&daemon, transport, flags);
+            let relay = Relay::transparent(&daemon, transport);
+            let device = secured(&daemon, &relay.address, &[]);
+            let (session, g) = user(&device);
+            let Reply::Handle(key) = call(&device, g, aes_key(session, KEY)) else {
+                panic!()
+            };
+            let ciphertext = encrypt(&device, g, session, key, PLAINTEXT);
+            assert_ne!(ciphertext, PLAINTEXT);
+            let seen = &relay.recorder;
+            assert_eq!(
+                seen.contains(USER_PIN.as_bytes()),
+                pin_visible,
+                "PIN, flags {flags:?} {transport:?}"
+            );
+            assert_eq!(
+                seen.contains(KEY),
+                key_visible,
+                "key value, flags {flags:?} {transport:?}"
+            );
+            assert_eq!(
+                seen.contains(PLAINTEXT),
+                plaintext_visible,
+                "plaintext, flags {flags:?} {transport:?}"
+            );
+        }
+    }
+}
+
+/// Sets up a daemon with `nuNU`, then runs a client through a relay whose request hook acts
+/// on the protected request number `target`; returns the daemon, the device and the outcome
+/// of creating object "victim" at that point.
+fn attacked(
+    transport: Transport,
+    hook: impl Fn(&Frame, &Recorder, usize) -> Vec<Vec<u8>> + Send + Sync + 'static,
+) -> (Daemon, u64, Relay) {
+    let daemon = Daemon::start();
+    prepare(&daemon, transport, "nuNU");
+    let relay = Relay::start(
+        &daemon,
+        transport,
+        Arc::new(move |frame: &Frame, recorder: &Recorder| {
+            match protected_index(frame, recorder) {
+                Some(index) => hook(frame, recorder, index),
+                None => vec![frame.body.clone()],
+            }
+        }),
+        Arc::new(|frame: &Frame, _: &Recorder| frame.body.clone()),
+    );
+    let device = secured(&daemon, &relay.address, &[]);
+    // Protected requests: 0 OpenSession, 1 Login, 2 CreateObject "victim".
+    let (session, g) = user(&device);
+    let outcome = code(device.call(Some(g), data_object(session, "victim")));
+    // After the attack the session is gone, and a new session makes a new channel.
+    assert_eq!(
+        code(device.call(Some(g), Request::SessionInfo { session })),
+        Rv::SessionClosed.code()
+    );
+    (daemon, outcome, relay)
+}
+
+#[test]
+fn altered_replayed_truncated_dropped_and_moved_requests_fail_closed() {
+    for transport in TRANSPORTS {
+        // A flipped bit.
+        let (daemon, outcome, _) = attacked(transport, |frame, _, index| {
+            let mut body = frame.body.clone();
+            if index == 2 {
+                let last = body.len() - 40;
+                body[last] ^= 0x01;
+            }
+            vec![body]
+        });
+        assert_eq!(
+            outcome,
+            Rv::BadRequestSignature.code(),
+            "flip {transport:?}"
+        );
+        assert_eq!(count(&daemon, transport, "victim"), 0);
+
+        // A truncated record.
+        let (daemon, outcome, _) = attacked(transport, |frame, _, index| {
+            let mut envelope = request(&frame.body);
+            if index == 2 {
+                if let Request::Protected(record) = &mut envelope.request {
+                    let keep = record.body.len() - 5;
+                    record.body.truncate(keep);
+                }
+            }
+            vec![body(&envelope)]
+        });
+        assert_eq!(
+            outcome,
+            Rv::BadRequestSignature.code(),
+            "truncate {transport:?}"
+        );
+        assert_eq!(count(&daemon, transport, "victim"), 0);
+
+        // A replayed request: the login's record is sent again in place of the creation's.
+        let (daemon, outcome, _) = attacked(transport, |frame, recorder, index| {
+            if index == 2 {
+                let earlier = recorder
+                    .frames(frame.connection, Way::ToDevice)
+                    .into_iter()
+                    .filter(|b| is_protected(b))
+                    .nth(1)
+                    .unwrap();
+                let mut envelope = request(&frame.body);
+                envelope.request = request(&earlier).request;
+                return vec![body(&envelope)];
+            }
+            vec![frame.body.clone()]
+        });
+        assert_eq!(
+            outcome,
+            Rv::BadRequestSignature.code(),
+            "replay {transport:?}"
+        );
+        assert_eq!(count(&daemon, transport, "victim"), 0);
+
+        // A dropped request: the client times out; nothing happens on the device.
+        let (daemon, outcome, _) = attacked(transport, |frame, _, index| {
+            if index == 2 {
+                vec![]
+            } else {
+                vec![frame.body.clone()]
+            }
+        });
+        assert_eq!(outcome, Rv::DeviceError.code(), "drop {transport:?}");
+        assert_eq!(count(&daemon, transport, "victim"), 0);
+    }
+}
+
+#[test]
+fn replies_replayed_or_reordered_are_refused_by_the_client() {
+    for transport in TRANSPORTS {
+        let daemon = Daemon::start();
+        prepare(&daemon, transport, "U");
+        let relay = Relay::start(
+            &daemon,
+            transport,
+            Arc::new(|frame: &Frame, _: &Recorder| vec![frame.body.clone()]),
+            Arc::new(|frame: &Frame, recorder: &Recorder| {
+                // The reply to the 4th request is swapped for the reply to the 3rd.
+                let replies = recorder.frames(frame.connection, Way::ToClient);
+                if replies.len() == 6 {
+                    let mut envelope = response(&frame.body);
+                    envelope.result = response(&replies[4]).result;
+                    return response_body(&envelope);
+                }
+                frame.body.clone()
+            }),
+        );
+        let device = secured(&daemon, &relay.address, &[]);
+        let mut outcomes = Vec::new();
+        let (session, g) = open(&device);
+        for _ in 0..4 {
+            outcomes.push(
+                device
+                    .call(Some(g), Request::SessionInfo { session })
+                    .map(|_| ())
+                    .map_err(|e| e.rv()),
+            );
+        }
+        assert!(
+            outcomes.contains(&Err(Rv::BadReplySignature.code())),
+            "{outcomes:?} {transport:?}"
+        );
+        let log = std::fs::read_to_string(daemon.client_log()).unwrap_or_default();
+        assert!(log.contains("reply refused"), "{log}");
+    }
+}
+
+#[test]
+fn a_record_moved_to_another_channel_is_refused() {
+    for transport in TRANSPORTS {
+        let daemon = Daemon::start();
+        prepare(&daemon, transport, "u");
+        // Connection 1's third protected request is replaced by connection 0's latest one.
+        let relay = Relay::start(
+            &daemon,
+            transport,
+            Arc::new(|frame: &Frame, recorder: &Recorder| {
+                if frame.connection == 1 && protected_index(frame, recorder) == Some(2) {
+                    let other = recorder
+                        .frames(0, Way::ToDevice)
+                        .into_iter()
+                        .filter(|b| is_protected(b))
+                        .last()
+                        .unwrap();
+                    let mut envelope = request(&frame.body);
+                    envelope.request = request(&other).request;
+                    return vec![body(&envelope)];
+                }
+                vec![frame.body.clone()]
+            }),
+            Arc::new(|frame: &Frame, _: &Recorder| frame.body.clone()),
+        );
+        let first = secured(&daemon, &relay.address, &[]);
+        let (s1, g1) = user(&first);
+        call(&first, g1, data_object(s1, "first"));
+        let second = secured(&daemon, &relay.address, &[]);
+        let (s2, g2) = user(&second);
+        let outcome = code(second.call(Some(g2), data_object(s2, "victim")));
+        assert_eq!(outcome, Rv::BadRequestSignature.code(), "{transport:?}");
+        assert_eq!(count(&daemon, transport, "victim"), 0);
+        assert_eq!(
+            count(&daemon, transport, "first"),
+            1,
+            "the other channel's request ran once only"
+        );
+    }
+}
+
+#[test]
+fn a_downgraded_handshake_is_detected() {
+    for transport in TRANSPORTS {
+        let daemon = Daemon::start();
+        prepare(&daemon, transport, "u");
+        // The relay lowers the client's offered policy (SMPR E = encrypt all requests).
+        let relay = Relay::start(
+            &daemon,
+            transport,
+            Arc::new(|frame: &Frame, _: &Recorder| {
+                let mut envelope = request(&frame.body);
+                if let Request::Handshake(hello) = &mut envelope.request {
+                    hello.policy = Policy(0);
+                }
+                vec![body(&envelope)]
+            }),
+            Arc::new(|frame: &Frame, _: &Recorder| frame.body.clone()),
+        );
+        let serial = daemon
+            .admin(transport, &[])
+            .lines()
+            .find(|l| l.starts_with("Serial Number"))
+            .unwrap()
+            .split(": ")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .to_string();
+        let item = format!("ET_PTKC_{serial}_SMPR");
+        let device = secured(&daemon, &relay.address, &[(&item, "E")]);
+        let flags = (ck::CKF_SERIAL_SESSION) as u64;
+        let outcome = code(device.call(None, Request::OpenSession { slot: 0, flags }));
+        assert_eq!(outcome, Rv::CannotDeriveKeys.code(), "{transport:?}");
+        let log = std::fs::read_to_string(daemon.client_log()).unwrap();
+        assert!(log.contains("altered in transit"), "{log}");
+    }
+}
