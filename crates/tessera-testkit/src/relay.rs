@@ -36,7 +36,10 @@ pub type ReplyHook = dyn Fn(&Frame, &Recorder) -> Vec<u8> + Send + Sync;
 
 /// Everything that crossed the relay, in order.
 #[derive(Default, Clone)]
-pub struct Recorder(Arc<Mutex<Vec<(usize, Way, Vec<u8>)>>>);
+pub struct Recorder(Arc<Mutex<Vec<Recorded>>>);
+
+/// One recorded frame: connection, direction, body.
+type Recorded = (usize, Way, Vec<u8>);
 
 impl Recorder {
     fn push(&self, connection: usize, way: Way, body: &[u8]) {
