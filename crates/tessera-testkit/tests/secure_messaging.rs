@@ -227,8 +227,8 @@ fn a_record_moved_to_another_channel_is_refused() {
                     let other = recorder
                         .frames(0, Way::ToDevice)
                         .into_iter()
-                        .filter(|b| is_protected(b))
-                        .last()
+                        .rev()
+                        .find(|b| is_protected(b))
                         .unwrap();
                     let mut envelope = request(&frame.body);
                     envelope.request = request(&other).request;
