@@ -401,9 +401,10 @@ fn complete_key(
     } else {
         // Keys made or held by an HSM are sensitive unless the application says otherwise.
         attributes.default_flag(ck::CKA_SENSITIVE, true);
-        if flags & tessera_core::flags::NO_CLEAR_PINS != 0 && !attributes.flag(ck::CKA_SENSITIVE) {
-            // No Clear PINs (`n`): secret and private keys are always sensitive.
-            return Err(Rv::AttributeValueInvalid);
+        if flags & tessera_core::flags::NO_CLEAR_PINS != 0 {
+            // No Clear PINs (`n`): secret and private keys are always sensitive, whatever the
+            // template asks.
+            attributes.set_flag(ck::CKA_SENSITIVE, true);
         }
         attributes.default_flag(ck::CKA_EXTRACTABLE, true);
         attributes.default_flag(ck::CKA_WRAP_WITH_TRUSTED, false);

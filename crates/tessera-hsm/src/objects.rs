@@ -126,17 +126,6 @@ impl Hsm {
             return Err(Rv::AttributeReadOnly);
         }
         state.check_public_crypto(client, session.token_id)?;
-        // No Clear PINs (`n`): secret and private keys are always sensitive.
-        let key = matches!(
-            attributes.class() as ck::CK_OBJECT_CLASS,
-            ck::CKO_SECRET_KEY | ck::CKO_PRIVATE_KEY
-        );
-        if state.flags() & tessera_core::flags::NO_CLEAR_PINS != 0
-            && key
-            && !attributes.flag(ck::CKA_SENSITIVE)
-        {
-            return Err(Rv::AttributeValueInvalid);
-        }
         Ok(session.token_id)
     }
 

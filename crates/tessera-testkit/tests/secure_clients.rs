@@ -1,0 +1,612 @@
+//! Secure messaging with real clients: pkcs11-tool and the cryptoki crate under every
+//! protection flag, the refusals an application sees (raw vendor codes from a C host), the
+//! Administrator ending channels, many channels at once, the channel limit, and key rollover.
+
+mod common;
+mod sm_common;
+
+use std::process::Command;
+use std::sync::Arc;
+
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectClass};
+use cryptoki::session::UserType;
+use cryptoki::types::{AuthPin, Ulong};
+use sm_common::{call, code, open, prepare, secured, user, SO_PIN, USER_PIN};
+use tessera_core::Rv;
+use tessera_testkit::relay::{Frame, Recorder, Relay};
+use tessera_testkit::{pkcs11_module, tool, Daemon, Transport, TRANSPORTS};
+use tessera_wire::{Reply, Request};
+
+const FLAG_SETS: [&str; 5] = ["n", "u", "N", "U", "nuNU"];
+
+fn pkcs11_tool(daemon: &Daemon, transport: Transport, args: &[&str]) -> String {
+    let output = Command::new(tool("pkcs11-tool"))
+        .arg("--module")
+        .arg(pkcs11_module())
+        .args(args)
+        .envs(daemon.trust_env())
+        .env("ET_HSM_NETCLIENT_SERVERLIST", daemon.server_list(transport))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "pkcs11-tool {args:?}: {stdout}{}\nclient log: {}",
+        String::from_utf8_lossy(&output.stderr),
+        std::fs::read_to_string(daemon.client_log()).unwrap_or_default()
+    );
+    stdout
+}
+
+#[test]
+fn pkcs11_tool_works_unchanged_under_every_protection_flag() {
+    for transport in TRANSPORTS {
+        for flags in FLAG_SETS {
+            let daemon = Daemon::start();
+            prepare(&daemon, transport, flags);
+            let dir = daemon.dir();
+            let data = dir.join("payload");
+            std::fs::write(&data, b"signed over a trusted channel").unwrap();
+            let p = |name: &str| dir.join(name).display().to_string();
+            let login = ["--token-label", "sm", "--login", "--pin", USER_PIN];
+            fn with<'a>(login: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+                [login, extra].concat()
+            }
+            pkcs11_tool(
+                &daemon,
+                transport,
+                &with(
+                    &login,
+                    &[
+                        "--keypairgen",
+                        "--key-type",
+                        "EC:prime256v1",
+                        "--id",
+                        "01",
+                        "--label",
+                        "ec",
+                    ],
+                ),
+            );
+            pkcs11_tool(
+                &daemon,
+                transport,
+                &with(
+                    &login,
+                    &[
+                        "--keygen",
+                        "--key-type",
+                        "AES:32",
+                        "--id",
+                        "02",
+                        "--label",
+                        "aes",
+                    ],
+                ),
+            );
+            pkcs11_tool(
+                &daemon,
+                transport,
+                &with(
+                    &login,
+                    &[
+                        "--sign",
+                        "--id",
+                        "01",
+                        "-m",
+                        "ECDSA-SHA256",
+                        "--input-file",
+                        &p("payload"),
+                        "--output-file",
+                        &p("sig"),
+                    ],
+                ),
+            );
+            let verified = pkcs11_tool(
+                &daemon,
+                transport,
+                &with(
+                    &login,
+                    &[
+                        "--verify",
+                        "--id",
+                        "01",
+                        "-m",
+                        "ECDSA-SHA256",
+                        "--input-file",
+                        &p("payload"),
+                        "--signature-file",
+                        &p("sig"),
+                    ],
+                ),
+            );
+            assert!(
+                verified.contains("Signature is valid"),
+                "{flags} {transport:?}"
+            );
+            let iv = "00112233445566778899aabbccddeeff";
+            pkcs11_tool(
+                &daemon,
+                transport,
+                &with(
+                    &login,
+                    &[
+                        "--encrypt",
+                        "--id",
+                        "02",
+                        "-m",
+                        "AES-CBC-PAD",
+                        "--iv",
+                        iv,
+                        "--input-file",
+                        &p("payload"),
+                        "--output-file",
+                        &p("enc"),
+                    ],
+                ),
+            );
+            pkcs11_tool(
+                &daemon,
+                transport,
+                &with(
+                    &login,
+                    &[
+                        "--decrypt",
+                        "--id",
+                        "02",
+                        "-m",
+                        "AES-CBC-PAD",
+                        "--iv",
+                        iv,
+                        "--input-file",
+                        &p("enc"),
+                        "--output-file",
+                        &p("dec"),
+                    ],
+                ),
+            );
+            assert_eq!(
+                std::fs::read(dir.join("dec")).unwrap(),
+                std::fs::read(&data).unwrap()
+            );
+            let objects = pkcs11_tool(&daemon, transport, &with(&login, &["--list-objects"]));
+            assert!(
+                objects.contains("ec") && objects.contains("aes"),
+                "{objects}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_cryptoki_crate_works_unchanged_under_every_protection_flag() {
+    for transport in TRANSPORTS {
+        for flags in FLAG_SETS {
+            let _serial = common::serialise();
+            let daemon = Daemon::start();
+            prepare(&daemon, transport, flags);
+            for (key, value) in daemon.trust_env() {
+                std::env::set_var(key, value);
+            }
+            let pkcs11 = common::load(&daemon.server_list(transport));
+            let slot = pkcs11.get_slots_with_token().unwrap()[0];
+            let session = pkcs11.open_rw_session(slot).unwrap();
+            session
+                .login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
+                .unwrap();
+            let p256 = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+            let (public, private) = session
+                .generate_key_pair(
+                    &Mechanism::EccKeyPairGen,
+                    &[Attribute::EcParams(p256)],
+                    &[Attribute::Sign(true)],
+                )
+                .unwrap();
+            let signature = session
+                .sign(&Mechanism::EcdsaSha256, private, b"m")
+                .unwrap();
+            session
+                .verify(&Mechanism::EcdsaSha256, public, b"m", &signature)
+                .unwrap();
+            let key = session
+                .generate_key(
+                    &Mechanism::AesKeyGen,
+                    &[Attribute::ValueLen(Ulong::from(32))],
+                )
+                .unwrap();
+            let mut iv = vec![7u8; 12];
+            let sealed = session
+                .encrypt(
+                    &Mechanism::AesGcm(GcmParams::new(&mut iv, b"", Ulong::from(128)).unwrap()),
+                    key,
+                    b"secret",
+                )
+                .unwrap();
+            let mut iv = vec![7u8; 12];
+            let plain = session
+                .decrypt(
+                    &Mechanism::AesGcm(GcmParams::new(&mut iv, b"", Ulong::from(128)).unwrap()),
+                    key,
+                    &sealed,
+                )
+                .unwrap();
+            assert_eq!(plain, b"secret");
+            assert_eq!(
+                session.digest(&Mechanism::Sha256, b"abc").unwrap().len(),
+                32
+            );
+            assert_eq!(session.generate_random_vec(16).unwrap().len(), 16);
+            assert_eq!(
+                session
+                    .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
+                    .unwrap(),
+                vec![private]
+            );
+            // Discovery works in the clear, and the token is there.
+            assert_eq!(pkcs11.get_token_info(slot).unwrap().label(), "sm");
+        }
+    }
+}
+
+/// Runs the C probe (raw CK_RV values) through the library against `servers`.
+fn probe(daemon: &Daemon, servers: &str, trust: Option<&std::path::Path>) -> String {
+    let program = daemon.dir().join("probe");
+    if !program.exists() {
+        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/probe.c");
+        let built = Command::new(tool("cc"))
+            .args(["-o"])
+            .arg(&program)
+            .arg(source)
+            .arg("-ldl")
+            .output()
+            .unwrap();
+        assert!(
+            built.status.success(),
+            "{}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+    }
+    let mut command = Command::new(&program);
+    command
+        .arg(pkcs11_module())
+        .arg(USER_PIN)
+        .envs(daemon.trust_env())
+        .env("ET_HSM_NETCLIENT_SERVERLIST", servers);
+    if let Some(dir) = trust {
+        command.env("ET_PTKC_TRUSTSTORE_USER", dir);
+    }
+    String::from_utf8_lossy(&command.output().unwrap().stdout).into_owned()
+}
+
+#[test]
+fn untrusted_wrong_serial_and_expired_devices_are_refused_with_the_reason_logged() {
+    for transport in TRANSPORTS {
+        let daemon = Daemon::start();
+        prepare(&daemon, transport, "u");
+        let servers = daemon.server_list(transport);
+        assert!(
+            probe(&daemon, &servers, None).contains("login=0x0"),
+            "trusted: works"
+        );
+        // The trust store lacks the chain.
+        let empty = daemon.dir().join("empty-trust");
+        let out = probe(&daemon, &servers, Some(&empty));
+        assert!(
+            out.contains("slots=0x0"),
+            "discovery works in the clear: {out}"
+        );
+        assert!(
+            out.contains("open=0x80000107"),
+            "CKR_CERT_NOT_VALIDATED expected: {out}"
+        );
+        let log = std::fs::read_to_string(daemon.client_log()).unwrap();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("certificate not trusted") && l.contains("not trusted")),
+            "{log}"
+        );
+
+        // The device presents a trusted certificate that names another serial: a relay sends
+        // the client to device B while telling it that it reached device A.
+        let other = Daemon::start();
+        prepare(&other, transport, "u");
+        let trusted_other = other.ctident(transport, &["export", "pic"]);
+        std::fs::write(daemon.dir().join("other.pem"), trusted_other).unwrap();
+        daemon.ctident(
+            transport,
+            &[
+                "trust",
+                "add",
+                daemon.dir().join("other.pem").to_str().unwrap(),
+                "--yes",
+            ],
+        );
+        let serial_a = daemon
+            .admin(transport, &[])
+            .lines()
+            .find(|l| l.starts_with("Serial Number"))
+            .unwrap()
+            .split(": ")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .to_string();
+        let serial_for_hook = serial_a.clone();
+        let relay = Relay::start(
+            &other,
+            transport,
+            Arc::new(|frame: &Frame, _: &Recorder| vec![frame.body.clone()]),
+            Arc::new(move |frame: &Frame, _: &Recorder| {
+                let mut envelope = sm_common::response(&frame.body);
+                if let Ok(Reply::Device(info)) = &mut envelope.result {
+                    info.serial = serial_for_hook.clone();
+                }
+                sm_common::response_body(&envelope)
+            }),
+        );
+        let out = probe(&daemon, &relay.address, None);
+        assert!(out.contains("open=0x80000107"), "{out}");
+        let log = std::fs::read_to_string(daemon.client_log()).unwrap();
+        assert!(
+            log.contains(&format!("but device {serial_a} was dialled")),
+            "{log}"
+        );
+    }
+}
+
+#[test]
+fn an_expired_identity_certificate_is_refused() {
+    use tessera_identity::issue::{self, Curve};
+    let daemon = Daemon::start();
+    let transport = Transport::Unix;
+    daemon.admin(transport, &[]);
+    // An outside CA signs the device's request with a certificate valid for 3 seconds.
+    let csr = daemon.dir().join("pik.csr");
+    daemon.ctident(transport, &["request", "--out", csr.to_str().unwrap()]);
+    let request =
+        tessera_identity::pem::decode_all(&std::fs::read(&csr).unwrap(), "CERTIFICATE REQUEST")
+            .unwrap()
+            .remove(0);
+    let pok = issue::generate_key(Curve::P256).unwrap();
+    let poc = issue::owner_certificate(&pok, Curve::P256, "9999999999").unwrap();
+    let (pic, _) = issue::sign_request_with_validity(
+        &request,
+        &pok,
+        Curve::P256,
+        &poc,
+        std::time::Duration::from_secs(3),
+    )
+    .unwrap();
+    let file = daemon.dir().join("pic.pem");
+    std::fs::write(
+        &file,
+        tessera_identity::pem::encode("CERTIFICATE", &pic)
+            + &tessera_identity::pem::encode("CERTIFICATE", &poc),
+    )
+    .unwrap();
+    daemon.ctident(transport, &["import", "--in", file.to_str().unwrap()]);
+    let owner = daemon.dir().join("poc.pem");
+    std::fs::write(&owner, tessera_identity::pem::encode("CERTIFICATE", &poc)).unwrap();
+    daemon.ctident(
+        transport,
+        &["trust", "add", owner.to_str().unwrap(), "--yes"],
+    );
+    daemon.admin(transport, &["-fu"]);
+    std::fs::write(daemon.dir().join("so.pin"), format!("{SO_PIN}\n")).unwrap();
+    daemon.admin(
+        transport,
+        &[
+            "-n0",
+            "--label",
+            "x",
+            "--so-pin-file",
+            daemon.dir().join("so.pin").to_str().unwrap(),
+        ],
+    );
+    let servers = daemon.server_list(transport);
+    let now = probe(&daemon, &servers, None);
+    assert!(now.contains("open=0x0"), "valid for now: {now}");
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let out = probe(&daemon, &servers, None);
+    assert!(out.contains("open=0x80000107"), "{out}");
+    let log = std::fs::read_to_string(daemon.client_log()).unwrap();
+    assert!(log.contains("expired"), "{log}");
+}
+
+#[test]
+fn the_administrator_ends_channels_and_applications_carry_on() {
+    for transport in TRANSPORTS {
+        let _serial = common::serialise();
+        let daemon = Daemon::start();
+        prepare(&daemon, transport, "nu");
+        for (key, value) in daemon.trust_env() {
+            std::env::set_var(key, value);
+        }
+        let pkcs11 = common::load(&daemon.server_list(transport));
+        let slot = pkcs11.get_slots_with_token().unwrap()[0];
+        let session = pkcs11.open_ro_session(slot).unwrap();
+        session.generate_random_vec(4).unwrap();
+        let listed = daemon.admin(transport, &["--channels"]);
+        assert!(
+            listed.contains("2 channel(s)"),
+            "the application's and ctconf's own: {listed}"
+        );
+        assert!(listed.contains("SPT"), "policy letters shown: {listed}");
+        daemon.admin(transport, &["--terminate-channel", "all"]);
+        assert_eq!(
+            common::rv(session.get_session_info()),
+            cryptoki::error::RvError::SessionClosed
+        );
+        drop(session);
+        // No C_Finalize/C_Initialize needed: a new session makes a new channel.
+        let again = pkcs11.open_rw_session(slot).unwrap();
+        again
+            .login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
+            .unwrap();
+        again.generate_random_vec(4).unwrap();
+        let events = daemon.admin(transport, &["-e"]);
+        for kind in [
+            "channel-opened",
+            "channel-closed",
+            "channels-terminated",
+            "policy-refusal",
+        ] {
+            assert!(events.contains(kind), "{kind} missing:\n{events}");
+        }
+    }
+}
+
+#[test]
+fn a_thousand_channels_at_once_and_a_clear_error_past_the_limit() {
+    let daemon = Daemon::start_with(&["--max-connections", "1100", "--max-channels", "1050"]);
+    let transport = Transport::Tcp;
+    prepare(&daemon, transport, "u");
+    let servers = daemon.server_list(transport);
+    let devices: Vec<tessera_client::Device> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    (0..125)
+                        .map(|_| {
+                            let device = secured(&daemon, &servers, &[]);
+                            open(&device);
+                            device
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    assert_eq!(devices.len(), 1000);
+    let listed = daemon.admin(transport, &["--channels"]);
+    assert!(
+        listed.contains("1001 channel(s)"),
+        "{}",
+        listed.lines().last().unwrap_or_default()
+    );
+    // Past the limit, the handshake is refused with a clear code and a logged reason.
+    let more: Vec<_> = (0..60).map(|_| secured(&daemon, &servers, &[])).collect();
+    let refused = more
+        .iter()
+        .map(|d| d.call(None, Request::OpenSession { slot: 0, flags: 4 }))
+        .filter(|r| r.is_err())
+        .count();
+    assert!(refused >= 10, "{refused} refused");
+    let failure = more
+        .iter()
+        .find_map(|d| {
+            d.call(None, Request::OpenSession { slot: 0, flags: 4 })
+                .err()
+        })
+        .unwrap();
+    assert_eq!(failure.rv(), Rv::ChannelLimit.code());
+    let log = std::fs::read_to_string(daemon.client_log()).unwrap();
+    assert!(log.contains("CKR_TESSERA_CHANNEL_LIMIT"), "{log}");
+    drop(devices);
+}
+
+#[test]
+fn keys_roll_over_transparently_and_limits_are_enforced() {
+    for transport in TRANSPORTS {
+        let daemon = Daemon::start_with(&["--sm-max-messages", "40"]);
+        prepare(&daemon, transport, "nu");
+        let servers = daemon.server_list(transport);
+        // The library renews keys every few messages; the application notices nothing.
+        let device = secured(&daemon, &servers, &[("ET_PTKC_SMS_MAX_MESSAGES", "6")]);
+        let (session, g) = user(&device);
+        for round in 0..30 {
+            if let Err(e) = device.call(Some(g), Request::GenerateRandom { session, len: 8 }) {
+                panic!("round {round}: {e}\n{}", daemon.admin(transport, &["-e"]));
+            }
+        }
+        let listed = daemon.admin(transport, &["--channels"]);
+        let generation: u32 = listed
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).and_then(|g| g.parse().ok()))
+            .max()
+            .unwrap_or(0);
+        assert!(generation >= 5, "{listed}");
+        assert!(daemon.admin(transport, &["-e"]).contains("channel-rekey"));
+        drop(device);
+
+        // A client that never renews meets the device's hard limit: the channel ends, and the
+        // application opens a new session.
+        let lazy = secured(&daemon, &servers, &[]);
+        let (session, g) = user(&lazy);
+        let mut ended = None;
+        for _ in 0..40 {
+            if let Err(e) = lazy.call(Some(g), Request::GenerateRandom { session, len: 8 }) {
+                ended = Some(e.rv());
+                break;
+            }
+        }
+        assert_eq!(ended, Some(Rv::SessionClosed.code()), "{transport:?}");
+        let (session, g) = user(&lazy);
+        call(&lazy, g, Request::GenerateRandom { session, len: 8 });
+        assert!(daemon.admin(transport, &["-e"]).contains("key-use limits"));
+
+        // A rollover that fails (the relay corrupts the rekey request) gives CKR_KEY_ROLLOVER.
+        let relay = Relay::start(
+            &daemon,
+            transport,
+            Arc::new(|frame: &Frame, recorder: &Recorder| {
+                let protected = recorder
+                    .frames(frame.connection, tessera_testkit::relay::Way::ToDevice)
+                    .iter()
+                    .filter(|b| sm_common::is_protected(b))
+                    .count();
+                let mut body = frame.body.clone();
+                // Protected requests: 1 OpenSession, then (4 messages used) 2 the rekey.
+                if sm_common::is_protected(&body) && protected == 2 {
+                    let at = body.len() - 10;
+                    body[at] ^= 1;
+                }
+                vec![body]
+            }),
+            Arc::new(|frame: &Frame, _: &Recorder| frame.body.clone()),
+        );
+        let through = secured(
+            &daemon,
+            &relay.address,
+            &[("ET_PTKC_SMS_MAX_MESSAGES", "4")],
+        );
+        let (session, g) = open(&through);
+        let login = Request::Login {
+            session,
+            user_type: 1,
+            pin: sm_common::pin(USER_PIN),
+        };
+        let outcome = code(through.call(Some(g), login));
+        assert_eq!(outcome, Rv::KeyRollover.code(), "{transport:?}");
+        let events = daemon.admin(transport, &["-e"]);
+        assert!(events.contains("channel-integrity-failure"), "{events}");
+    }
+}
+
+#[test]
+fn invalid_smpr_values_are_a_clear_configuration_error() {
+    let daemon = Daemon::start();
+    let output = Command::new(tool("pkcs11-tool"))
+        .arg("--module")
+        .arg(pkcs11_module())
+        .arg("--list-slots")
+        .env(
+            "ET_HSM_NETCLIENT_SERVERLIST",
+            daemon.server_list(Transport::Unix),
+        )
+        .env("ET_PTKC_1234567890_SMPR", "SX")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("ET_PTKC_1234567890_SMPR") && stderr.contains("'X'"),
+        "{stderr}"
+    );
+}
