@@ -22,6 +22,8 @@ pub const MAX_MESSAGES_ITEM: &str = "ET_PTKC_SMS_MAX_MESSAGES";
 pub const MAX_BYTES_ITEM: &str = "ET_PTKC_SMS_MAX_BYTES";
 /// Item: seconds one generation of channel keys lives before renewal.
 pub const MAX_SECONDS_ITEM: &str = "ET_PTKC_SMS_MAX_SECONDS";
+/// Item: seconds a channel may stay unused before the library closes it (0: never).
+pub const IDLE_SECONDS_ITEM: &str = "ET_PTKC_SMS_IDLE_SECONDS";
 
 /// Where reports go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +42,7 @@ pub struct SecureSettings {
     max_messages: u64,
     max_bytes: u64,
     max_age: Duration,
+    idle: Option<Duration>,
 }
 
 fn number(config: &Config, item: &str, default: u64) -> Result<u64, String> {
@@ -77,6 +80,11 @@ impl SecureSettings {
             max_messages: number(&config, MAX_MESSAGES_ITEM, 1 << 24)?,
             max_bytes: number(&config, MAX_BYTES_ITEM, 1 << 34)?,
             max_age: Duration::from_secs(number(&config, MAX_SECONDS_ITEM, 3600)?),
+            idle: match config.item(IDLE_SECONDS_ITEM) {
+                Some((value, _)) if value.trim() == "0" => None,
+                Some(_) => Some(Duration::from_secs(number(&config, IDLE_SECONDS_ITEM, 0)?)),
+                None => None,
+            },
             log,
             config,
         })
@@ -122,6 +130,7 @@ fn jitter(limit: u64) -> u64 {
 pub(crate) struct ChannelState {
     channel: Channel,
     since: Instant,
+    last_used: Instant,
     rekey_messages: u64,
     rekey_bytes: u64,
 }
@@ -131,6 +140,7 @@ impl ChannelState {
         ChannelState {
             channel,
             since: Instant::now(),
+            last_used: Instant::now(),
             rekey_messages: jitter(settings.max_messages),
             rekey_bytes: jitter(settings.max_bytes),
         }
@@ -356,6 +366,16 @@ impl Device {
         request: Request,
     ) -> Result<(Reply, u64), ClientError> {
         let settings = self.settings()?;
+        // An idle channel is closed (with its connection, so the device forgets it too); its
+        // sessions are gone and the next C_OpenSession makes a new one.
+        let idle = state
+            .channel
+            .as_ref()
+            .zip(settings.idle)
+            .is_some_and(|(c, limit)| c.last_used.elapsed() >= limit);
+        if idle {
+            self.kill(state, true);
+        }
         self.connected(state)?;
         if state.channel.is_none() {
             if session_generation.is_some() {
@@ -384,6 +404,9 @@ impl Device {
                     return Err(ClientError::Returned(Rv::KeyRollover.code()));
                 }
             }
+        }
+        if let Some(current) = state.channel.as_mut() {
+            current.last_used = Instant::now();
         }
         match self.protected_exchange(state, &request)? {
             Ok(reply) => Ok((reply, state.generation)),

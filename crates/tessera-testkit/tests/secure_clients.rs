@@ -610,3 +610,28 @@ fn invalid_smpr_values_are_a_clear_configuration_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_idle_channel_is_closed_by_the_library_and_a_new_session_opens_a_new_one() {
+    let daemon = Daemon::start();
+    let transport = Transport::Unix;
+    prepare(&daemon, transport, "u");
+    let device = secured(
+        &daemon,
+        &daemon.server_list(transport),
+        &[("ET_PTKC_SMS_IDLE_SECONDS", "1")],
+    );
+    let (session, g) = user(&device);
+    call(&device, g, Request::GenerateRandom { session, len: 8 });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(
+        code(device.call(Some(g), Request::GenerateRandom { session, len: 8 })),
+        Rv::SessionClosed.code()
+    );
+    let (session, g) = user(&device);
+    call(&device, g, Request::GenerateRandom { session, len: 8 });
+    // The device saw the old channel close with its connection.
+    assert!(daemon
+        .admin(transport, &["-e"])
+        .contains("connection closed"));
+}
