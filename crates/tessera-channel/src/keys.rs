@@ -3,7 +3,6 @@
 
 use aws_lc_rs::aead::{LessSafeKey, UnboundKey, AES_256_GCM};
 use aws_lc_rs::hkdf::{self, Prk, Salt, HKDF_SHA384};
-use aws_lc_rs::hmac;
 use zeroize::Zeroizing;
 
 /// Which end of the channel this is.
@@ -50,10 +49,12 @@ pub(crate) fn handshake(shared: &[u8], transcript: &[u8]) -> HandshakeKeys {
     }
 }
 
-/// The keys of one direction.
+/// The keys of one direction: AES-256-GCM for encryption, and a separate AES-256 key for
+/// signing-only records (GMAC: GCM with the message as associated data, a standard MAC that
+/// runs at AES-GCM speed).
 pub(crate) struct DirectionKeys {
     pub(crate) aead: LessSafeKey,
-    pub(crate) mac: hmac::Key,
+    pub(crate) mac: LessSafeKey,
 }
 
 /// The keys of one generation: what this side sends with and what it receives with.
@@ -65,17 +66,18 @@ pub(crate) struct Generation {
 }
 
 fn direction(prk: &Prk, name: &str) -> DirectionKeys {
-    let enc = expand(prk, &format!("tessera sm v1 {name} enc"), 32);
-    let mac = expand(prk, &format!("tessera sm v1 {name} mac"), 32);
-    // A 32-byte key is always a valid AES-256 key.
-    let aead = UnboundKey::new(&AES_256_GCM, &enc)
-        .map(LessSafeKey::new)
-        .unwrap_or_else(|_| {
-            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[0u8; 32]).expect("static key"))
-        });
+    let key = |label: &str| {
+        let bytes = expand(prk, &format!("tessera sm v1 {name} {label}"), 32);
+        // A 32-byte key is always a valid AES-256 key.
+        UnboundKey::new(&AES_256_GCM, &bytes)
+            .map(LessSafeKey::new)
+            .unwrap_or_else(|_| {
+                LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[0u8; 32]).expect("static key"))
+            })
+    };
     DirectionKeys {
-        aead,
-        mac: hmac::Key::new(hmac::HMAC_SHA256, &mac),
+        aead: key("enc"),
+        mac: key("mac"),
     }
 }
 
@@ -107,17 +109,26 @@ mod tests {
         let keys = handshake(b"shared secret", b"transcript");
         let client = Generation::new(keys.traffic.clone(), Side::Client);
         let device = Generation::new(keys.traffic.clone(), Side::Device);
-        let tag = hmac::sign(&client.send.mac, b"m");
-        assert!(hmac::verify(&device.receive.mac, b"m", tag.as_ref()).is_ok());
+        use aws_lc_rs::aead::{Aad, Nonce};
+        let nonce = || Nonce::assume_unique_for_key([0u8; 12]);
+        let tag = client
+            .send
+            .mac
+            .seal_in_place_separate_tag(nonce(), Aad::from(b"m"), &mut [])
+            .unwrap();
+        let opens = |key: &LessSafeKey| {
+            let mut tagged = tag.as_ref().to_vec();
+            key.open_in_place(nonce(), Aad::from(b"m"), &mut tagged)
+                .is_ok()
+        };
+        assert!(opens(&device.receive.mac));
+        assert!(!opens(&device.send.mac), "directions have separate keys");
         assert!(
-            hmac::verify(&device.send.mac, b"m", tag.as_ref()).is_err(),
-            "directions have separate keys"
+            !opens(&device.receive.aead),
+            "signing and encryption have separate keys"
         );
         let next = Generation::new(client.secret.clone(), Side::Device);
-        assert!(
-            hmac::verify(&next.receive.mac, b"m", tag.as_ref()).is_err(),
-            "a new generation has new keys"
-        );
+        assert!(!opens(&next.receive.mac), "a new generation has new keys");
         assert_ne!(keys.client_finished, keys.device_finished);
     }
 }

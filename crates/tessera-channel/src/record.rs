@@ -1,14 +1,14 @@
 //! Protected records and the channel state.
 //!
 //! Every record carries, in an authenticated header, the channel id, its direction, a 64-bit
-//! sequence number, the key generation and its protection. `Signed` records carry an
-//! HMAC-SHA256 over the header and the body; `Encrypted` records are AES-256-GCM with the header
+//! sequence number, the key generation and its protection. `Signed` records carry a
+//! GMAC (AES-256-GCM over no plaintext, header and body as associated data) under the
+//! direction's signing key; `Encrypted` records are AES-256-GCM with the header
 //! as associated data (authenticated encryption, so they are signed too). The receiver accepts
 //! only the next sequence number of its direction and channel: a replayed, reordered, dropped,
 //! truncated, redirected or altered record is refused, and the channel dies with its keys.
 
 use aws_lc_rs::aead::{Aad, Nonce, NONCE_LEN};
-use aws_lc_rs::hmac;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -27,7 +27,7 @@ pub enum Direction {
 /// How a record is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Protection {
-    /// Authenticated (HMAC-SHA256), readable.
+    /// Authenticated (GMAC under the signing key), readable.
     Signed,
     /// Authenticated and encrypted (AES-256-GCM).
     Encrypted,
@@ -55,7 +55,7 @@ pub struct Record {
     pub header: RecordHeader,
     /// Body: the message, or its ciphertext with the GCM tag.
     pub body: Vec<u8>,
-    /// HMAC of header and body (signed records).
+    /// The GMAC tag of header and body (signed records).
     pub mac: Vec<u8>,
 }
 
@@ -207,10 +207,12 @@ impl Channel {
             Protection::Signed => {
                 let mut signed = aad.clone();
                 signed.extend_from_slice(message);
-                (
-                    message.to_vec(),
-                    hmac::sign(&keys.send.mac, &signed).as_ref().to_vec(),
-                )
+                let tag = keys
+                    .send
+                    .mac
+                    .seal_in_place_separate_tag(nonce(header.sequence), Aad::from(&signed), &mut [])
+                    .map_err(|_| RecordError::Closed)?;
+                (message.to_vec(), tag.as_ref().to_vec())
             }
             Protection::Encrypted => {
                 let mut body = message.to_vec();
@@ -271,7 +273,10 @@ impl Channel {
             Protection::Signed => {
                 let mut signed = aad;
                 signed.extend_from_slice(&record.body);
-                hmac::verify(&keys.receive.mac, &signed, &record.mac)
+                let mut tag = record.mac.clone();
+                keys.receive
+                    .mac
+                    .open_in_place(nonce(header.sequence), Aad::from(&signed), &mut tag)
                     .map_err(|_| RecordError::Authentication(header.sequence))?;
                 Zeroizing::new(record.body.clone())
             }

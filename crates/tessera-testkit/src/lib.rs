@@ -25,12 +25,14 @@ pub const TRANSPORTS: [Transport; 2] = [Transport::Unix, Transport::Tcp];
 
 /// `target/<profile>`, found from the running test executable.
 pub fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable has a path");
-    // target/<profile>/deps/<test-binary>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps")
-        .to_path_buf()
+    let exe = std::env::current_exe().expect("the executable has a path");
+    // Test binaries live in target/<profile>/deps, tools (sm-bench) in target/<profile>.
+    let dir = exe.parent().expect("the executable is in a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("deps has a parent").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// The built PKCS#11 module.

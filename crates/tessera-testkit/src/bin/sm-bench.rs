@@ -1,0 +1,293 @@
+//! `sm-bench`: what secure messaging costs. For each protection level (plain, `n`, `u`, `U`,
+//! `N`, `nuNU`) it measures, through the same client code the PKCS#11 library runs, a small
+//! call (32 random bytes) and an AES-GCM encryption of 4 KiB, and the handshake rate; it prints
+//! ops/s, p50 and p99 latency, and the channel's cost per message against plain.
+//!
+//! Run: `cargo build --release --workspace && ./target/release/sm-bench [--seconds S] [--tcp]`
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera_client::{Device, SecureSettings};
+use tessera_config::{Config, ServerAddress};
+use tessera_core::{ck, Attribute, Mechanism, MechanismParameter, SecretBytes, Template};
+use tessera_testkit::{Daemon, Transport};
+use tessera_wire::{Operation, Reply, Request};
+
+const USER_PIN: &str = "user-pin-1234";
+
+fn device(daemon: &Daemon, transport: Transport) -> Device {
+    let environment: HashMap<String, String> = daemon.trust_env().into_iter().collect();
+    let settings = SecureSettings::from_config(Config::from_levels(
+        environment,
+        HashMap::new(),
+        HashMap::new(),
+    ))
+    .expect("settings");
+    let address = ServerAddress::parse(&daemon.server_list(transport)).expect("address");
+    Device::new(address, Duration::from_secs(3), Duration::from_secs(30))
+        .with_security(Arc::new(settings))
+}
+
+fn call(device: &Device, generation: u64, request: Request) -> Reply {
+    device
+        .call(Some(generation), request)
+        .map(|(r, _)| r)
+        .expect("call")
+}
+
+fn session(device: &Device) -> (u64, u64) {
+    let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
+    let (Reply::Handle(session), g) = device
+        .call(None, Request::OpenSession { slot: 0, flags })
+        .expect("open")
+    else {
+        panic!("no session")
+    };
+    (session, g)
+}
+
+fn prepare(daemon: &Daemon, transport: Transport, flags: &str) {
+    if flags.is_empty() {
+        daemon.admin(transport, &[]);
+    } else {
+        daemon.secure(transport, flags);
+    }
+    std::fs::write(daemon.dir().join("so.pin"), "token-so-pin\n").expect("pin file");
+    let so = daemon.dir().join("so.pin").display().to_string();
+    daemon.admin(
+        transport,
+        &["-n0", "--label", "bench", "--so-pin-file", &so],
+    );
+    let d = device(daemon, transport);
+    let (s, g) = session(&d);
+    call(
+        &d,
+        g,
+        Request::Login {
+            session: s,
+            user_type: ck::CKU_SO as u64,
+            pin: SecretBytes::from_slice(b"token-so-pin"),
+        },
+    );
+    call(
+        &d,
+        g,
+        Request::InitPin {
+            session: s,
+            pin: SecretBytes::from_slice(USER_PIN.as_bytes()),
+        },
+    );
+}
+
+struct Stats {
+    ops: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn measure(seconds: f64, mut operation: impl FnMut()) -> Stats {
+    for _ in 0..20 {
+        operation();
+    }
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < seconds && samples.len() < 200_000 {
+        let t = Instant::now();
+        operation();
+        samples.push(t.elapsed());
+    }
+    let total = start.elapsed().as_secs_f64();
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    Stats {
+        ops: samples.len() as f64 / total,
+        p50: at(0.5),
+        p99: at(0.99),
+    }
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e6)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let seconds = args
+        .iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let transport = if args.iter().any(|a| a == "--tcp") {
+        Transport::Tcp
+    } else {
+        Transport::Unix
+    };
+    println!("sm-bench: {transport:?} transport, {seconds} s per case, one client thread");
+    println!(
+        "{:<8} {:>12} {:>10} {:>10} {:>12} {:>14} {:>10} {:>14}",
+        "policy",
+        "random ops/s",
+        "p50 us",
+        "p99 us",
+        "cost/msg us",
+        "gcm4k ops/s",
+        "p50 us",
+        "handshakes/s"
+    );
+    let mut plain_p50 = None;
+    for (name, flags) in [
+        ("plain", ""),
+        ("n", "n"),
+        ("u", "u"),
+        ("U", "U"),
+        ("N", "N"),
+        ("nuNU", "nuNU"),
+    ] {
+        let daemon = Daemon::start();
+        prepare(&daemon, transport, flags);
+        let d = device(&daemon, transport);
+        let (s, g) = session(&d);
+        call(
+            &d,
+            g,
+            Request::Login {
+                session: s,
+                user_type: ck::CKU_USER as u64,
+                pin: SecretBytes::from_slice(USER_PIN.as_bytes()),
+            },
+        );
+        let random = measure(seconds, || {
+            call(
+                &d,
+                g,
+                Request::GenerateRandom {
+                    session: s,
+                    len: 32,
+                },
+            );
+        });
+        let template = Template(vec![Attribute::ulong(ck::CKA_VALUE_LEN, 32)]);
+        let Reply::Handle(key) = call(
+            &d,
+            g,
+            Request::GenerateKey {
+                session: s,
+                mechanism: Mechanism::plain(ck::CKM_AES_KEY_GEN as u64),
+                template,
+            },
+        ) else {
+            panic!("no key")
+        };
+        let data = vec![0x5Au8; 4096];
+        let gcm = measure(seconds, || {
+            let mechanism = Mechanism {
+                ty: ck::CKM_AES_GCM as u64,
+                parameter: MechanismParameter::Gcm {
+                    iv: vec![1; 12],
+                    aad: vec![],
+                    tag_bits: 128,
+                },
+            };
+            call(
+                &d,
+                g,
+                Request::OperationInit {
+                    session: s,
+                    operation: Operation::Encrypt,
+                    mechanism,
+                    key,
+                },
+            );
+            call(
+                &d,
+                g,
+                Request::OperationSingle {
+                    session: s,
+                    operation: Operation::Encrypt,
+                    data: data.clone(),
+                    signature: vec![],
+                },
+            );
+        });
+        let handshakes = if flags.is_empty() {
+            "-".to_string()
+        } else {
+            let rate = measure(seconds, || {
+                let fresh = device(&daemon, transport);
+                session(&fresh);
+            });
+            format!("{:.0}", rate.ops)
+        };
+        let cost = match plain_p50 {
+            None => {
+                plain_p50 = Some(random.p50);
+                "-".to_string()
+            }
+            Some(base) => format!(
+                "{:.1}",
+                (random.p50.as_secs_f64() - Duration::as_secs_f64(&base)) * 1e6 / 2.0
+            ),
+        };
+        println!(
+            "{:<8} {:>12.0} {:>10} {:>10} {:>12} {:>14.0} {:>10} {:>14}",
+            name,
+            random.ops,
+            micros(random.p50),
+            micros(random.p99),
+            cost,
+            gcm.ops,
+            micros(gcm.p50),
+            handshakes
+        );
+    }
+    println!("cost/msg: (p50 of the small call with the channel - p50 plain) / 2 messages; handshakes/s include a new connection and C_OpenSession.");
+    record_cost();
+}
+
+/// The channel's own cost, without the network: seal and open of one record, in process.
+fn record_cost() {
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{
+        EcdsaKeyPair, KeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_ASN1,
+        ECDSA_P256_SHA256_ASN1_SIGNING,
+    };
+    use tessera_channel::{ExpectServerHello, Policy, Protection, ServerStart};
+    let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).expect("key");
+    let chain = vec![key.public_key().as_ref().to_vec()];
+    let (state, hello) = ExpectServerHello::start("1", Policy(0)).expect("hello");
+    let (waiting, answer) = ServerStart::respond(&hello, 1, Policy(0), chain, |h| {
+        key.sign(&SystemRandom::new(), h)
+            .map(|s| s.as_ref().to_vec())
+            .map_err(|e| e.to_string())
+    })
+    .expect("answer");
+    let verify = |pic: &[u8], m: &[u8], s: &[u8]| {
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, pic)
+            .verify(m, s)
+            .is_ok()
+    };
+    let (mut client, finished) = state.handle(&answer, |_| Ok(()), verify).expect("client");
+    let mut device = waiting.handle(&finished).expect("device");
+    println!("\nrecord cost in process (seal + open, one message):");
+    for (size, label) in [(32usize, "32 B"), (4096, "4 KiB"), (1 << 20, "1 MiB")] {
+        for protection in [Protection::Signed, Protection::Encrypted] {
+            let message = vec![0x42u8; size];
+            let rounds = if size > 100_000 { 50 } else { 20_000 };
+            let start = Instant::now();
+            for _ in 0..rounds {
+                let record = client.seal(&message, protection).expect("seal");
+                device.open(&record).expect("open");
+            }
+            let each = start.elapsed() / rounds;
+            let rate = size as f64 / each.as_secs_f64() / 1e6;
+            println!(
+                "  {label:>6} {protection:<10?} {:>9.2} us  {rate:>9.1} MB/s",
+                each.as_secs_f64() * 1e6
+            );
+        }
+    }
+}
