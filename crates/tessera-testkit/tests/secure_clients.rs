@@ -358,9 +358,14 @@ fn untrusted_wrong_serial_and_expired_devices_are_refused_with_the_reason_logged
 
 #[test]
 fn an_expired_identity_certificate_is_refused() {
+    for transport in TRANSPORTS {
+        expired_over(transport);
+    }
+}
+
+fn expired_over(transport: Transport) {
     use tessera_identity::issue::{self, Curve};
     let daemon = Daemon::start();
-    let transport = Transport::Unix;
     daemon.admin(transport, &[]);
     // An outside CA signs the device's request with a certificate valid for 3 seconds.
     let csr = daemon.dir().join("pik.csr");
@@ -446,12 +451,24 @@ fn the_administrator_ends_channels_and_applications_carry_on() {
             .login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
             .unwrap();
         again.generate_random_vec(4).unwrap();
+        // A change of the security flags ends the channels agreed under the old policy too.
+        daemon.admin(transport, &["-fnuN"]);
+        assert_eq!(
+            common::rv(again.get_session_info()),
+            cryptoki::error::RvError::SessionClosed
+        );
+        let third = pkcs11.open_ro_session(slot).unwrap();
+        third
+            .login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
+            .unwrap();
+        third.generate_random_vec(4).unwrap();
         let events = daemon.admin(transport, &["-e"]);
         for kind in [
             "channel-opened",
             "channel-closed",
             "channels-terminated",
             "policy-refusal",
+            "the security flags changed",
         ] {
             assert!(events.contains(kind), "{kind} missing:\n{events}");
         }
@@ -634,4 +651,66 @@ fn an_idle_channel_is_closed_by_the_library_and_a_new_session_opens_a_new_one() 
     assert!(daemon
         .admin(transport, &["-e"])
         .contains("connection closed"));
+}
+
+#[test]
+fn an_smpr_uses_a_channel_where_the_device_does_not_require_one_and_t_refuses_to_run_without() {
+    for transport in TRANSPORTS {
+        let daemon = Daemon::start();
+        prepare(&daemon, transport, "");
+        let serial = daemon
+            .admin(transport, &[])
+            .lines()
+            .find(|l| l.starts_with("Serial Number"))
+            .unwrap()
+            .split(": ")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .to_string();
+        let item = format!("ET_PTKC_{serial}_SMPR");
+        // T, and the device has no identity: the library refuses rather than run in the clear.
+        let strict = secured(&daemon, &daemon.server_list(transport), &[(&item, "T")]);
+        assert_eq!(
+            code(strict.call(None, Request::OpenSession { slot: 0, flags: 4 })),
+            Rv::NoSessionKeys.code()
+        );
+        // With an identity the library uses a channel; the device itself requires none.
+        daemon.ctident(transport, &["gen-selfsigned", "all"]);
+        daemon.ctident(transport, &["trust", "add", "--from-device", "--yes"]);
+        let relay = Relay::transparent(&daemon, transport);
+        let careful = secured(&daemon, &relay.address, &[(&item, "PT")]);
+        let (session, g) = user(&careful);
+        call(&careful, g, Request::GenerateRandom { session, len: 8 });
+        assert!(
+            !relay.recorder.contains(USER_PIN.as_bytes()),
+            "P encrypts the PIN"
+        );
+        let listed = daemon.admin(transport, &["--channels"]);
+        assert!(listed.contains("PT"), "{listed}");
+        // Without SMPR, the same device is used in the clear.
+        let plain_relay = Relay::transparent(&daemon, transport);
+        let plain = secured(&daemon, &plain_relay.address, &[]);
+        user(&plain);
+        assert!(plain_relay.recorder.contains(USER_PIN.as_bytes()));
+    }
+}
+
+#[test]
+fn keys_also_roll_over_on_time() {
+    let daemon = Daemon::start();
+    let transport = Transport::Unix;
+    prepare(&daemon, transport, "u");
+    let device = secured(
+        &daemon,
+        &daemon.server_list(transport),
+        &[("ET_PTKC_SMS_MAX_SECONDS", "1")],
+    );
+    let (session, g) = user(&device);
+    for _ in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        call(&device, g, Request::GenerateRandom { session, len: 8 });
+    }
+    let events = daemon.admin(transport, &["-e"]);
+    assert!(events.matches("channel-rekey").count() >= 3, "{events}");
 }
