@@ -12,6 +12,7 @@ pub mod info;
 pub mod mechanism;
 pub mod rv;
 pub mod secret;
+pub mod time;
 
 pub use attribute::{Attribute, AttributeKind, Template};
 pub use mechanism::{Mechanism, MechanismParameter};

@@ -12,14 +12,22 @@ use aws_lc_rs::cipher::{
     UnboundCipherKey, AES_128, AES_192, AES_256,
 };
 use aws_lc_rs::digest::{self, Context, Digest};
-use aws_lc_rs::encoding::{AsBigEndian, AsDer};
 use aws_lc_rs::iv::FixedLength;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use aws_lc_rs::rsa::KeySize;
-use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair, UnparsedPublicKey};
+use aws_lc_rs::signature::{self, EcdsaKeyPair, RsaKeyPair, UnparsedPublicKey};
 use tessera_core::{ck, der, Mechanism, MechanismParameter, Rv, SecretBytes};
 
-use crate::object::{Attributes, RSA_PRIVATE_PARTS};
+use crate::object::Attributes;
+
+mod keys;
+
+pub use keys::{
+    bit_len, check_curve, check_ec_private, check_rsa_private, generate_ec, generate_rsa,
+};
+use keys::{
+    ec_point, ec_private_key, finish_rsa, rsa_private_key, rsa_private_pkcs8, rsa_public_key,
+    rsa_public_spki, Curve,
+};
 
 /// The result of finishing an operation.
 pub enum Output {
@@ -38,272 +46,6 @@ pub fn random(len: usize) -> Result<Vec<u8>, Rv> {
         .fill(&mut out)
         .map_err(|_| Rv::FunctionFailed)?;
     Ok(out)
-}
-
-struct Curve {
-    params: &'static [u8],
-    /// Explicit ECParameters of the same curve (with and without seed), accepted under `E`.
-    explicit: [&'static [u8]; 2],
-    signing: &'static signature::EcdsaSigningAlgorithm,
-    verifying: &'static signature::EcdsaVerificationAlgorithm,
-    digest: &'static digest::Algorithm,
-    bytes: usize,
-}
-
-const CURVES: &[Curve] = &[
-    Curve {
-        params: der::P256_PARAMS,
-        explicit: [
-            include_bytes!("../curves/p256-explicit.der"),
-            include_bytes!("../curves/p256-explicit-seed.der"),
-        ],
-        signing: &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-        verifying: &signature::ECDSA_P256_SHA256_FIXED,
-        digest: &digest::SHA256,
-        bytes: 32,
-    },
-    Curve {
-        params: der::P384_PARAMS,
-        explicit: [
-            include_bytes!("../curves/p384-explicit.der"),
-            include_bytes!("../curves/p384-explicit-seed.der"),
-        ],
-        signing: &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
-        verifying: &signature::ECDSA_P384_SHA384_FIXED,
-        digest: &digest::SHA384,
-        bytes: 48,
-    },
-    Curve {
-        params: der::P521_PARAMS,
-        explicit: [
-            include_bytes!("../curves/p521-explicit.der"),
-            include_bytes!("../curves/p521-explicit-seed.der"),
-        ],
-        signing: &signature::ECDSA_P521_SHA512_FIXED_SIGNING,
-        verifying: &signature::ECDSA_P521_SHA512_FIXED,
-        digest: &digest::SHA512,
-        bytes: 66,
-    },
-];
-
-/// The curve named by `CKA_EC_PARAMS`. Explicit parameters are accepted only with
-/// `allow_explicit` (the `E` flag) and only when they describe a supported curve.
-fn curve(params: Option<&[u8]>, allow_explicit: bool) -> Result<&'static Curve, Rv> {
-    let params = params.ok_or(Rv::TemplateIncomplete)?;
-    if let Some(curve) = CURVES.iter().find(|c| c.params == params) {
-        return Ok(curve);
-    }
-    if params.first() == Some(&der::SEQUENCE) {
-        let known = CURVES.iter().find(|c| c.explicit.contains(&params));
-        return match known {
-            Some(curve) if allow_explicit => Ok(curve),
-            _ => Err(Rv::DomainParamsInvalid),
-        };
-    }
-    Err(Rv::CurveNotSupported)
-}
-
-/// Checks `CKA_EC_PARAMS` of a new key: a supported named curve, or (with the `E` flag) the
-/// explicit parameters of one.
-pub fn check_curve(params: Option<&[u8]>, allow_explicit: bool) -> Result<(), Rv> {
-    curve(params, allow_explicit).map(|_| ())
-}
-
-/// A generated key pair: (public attributes, private attributes), key material only.
-pub type GeneratedPair = (
-    Vec<(ck::CK_ATTRIBUTE_TYPE, Vec<u8>)>,
-    Vec<(ck::CK_ATTRIBUTE_TYPE, Vec<u8>)>,
-);
-
-/// Generates an EC key pair on the curve named by `params`.
-pub fn generate_ec(params: Option<&[u8]>, allow_explicit: bool) -> Result<GeneratedPair, Rv> {
-    let curve = curve(params, allow_explicit)?;
-    let pair = EcdsaKeyPair::generate(curve.signing).map_err(|_| Rv::FunctionFailed)?;
-    let point = pair.public_key().as_ref().to_vec();
-    let scalar = pair
-        .private_key()
-        .as_be_bytes()
-        .map_err(|_| Rv::FunctionFailed)?
-        .as_ref()
-        .to_vec();
-    // Keep the parameters as the application gave them.
-    let params = params.unwrap_or(curve.params).to_vec();
-    Ok((
-        vec![
-            (ck::CKA_EC_PARAMS, params.clone()),
-            (ck::CKA_EC_POINT, der::element(der::OCTET_STRING, &point)),
-        ],
-        vec![(ck::CKA_EC_PARAMS, params), (ck::CKA_VALUE, scalar)],
-    ))
-}
-
-/// Generates an RSA key pair (`bits` 2048, 3072 or 4096; public exponent 65537).
-pub fn generate_rsa(bits: u64, exponent: Option<&[u8]>) -> Result<GeneratedPair, Rv> {
-    let size = match bits {
-        2048 => KeySize::Rsa2048,
-        3072 => KeySize::Rsa3072,
-        4096 => KeySize::Rsa4096,
-        _ => return Err(Rv::KeySizeRange),
-    };
-    if let Some(e) = exponent {
-        let start = e.iter().position(|b| *b != 0).unwrap_or(e.len());
-        if e[start..] != [0x01, 0x00, 0x01] {
-            return Err(Rv::TemplateInconsistent);
-        }
-    }
-    let pair = RsaKeyPair::generate(size).map_err(|_| Rv::FunctionFailed)?;
-    let pkcs8 = pair.as_der().map_err(|_| Rv::FunctionFailed)?;
-    // PrivateKeyInfo ::= SEQUENCE { version, algorithm, OCTET STRING RSAPrivateKey }
-    let parse = || -> Result<Vec<Vec<u8>>, der::DerError> {
-        let info = der::single(pkcs8.as_ref(), der::SEQUENCE)?;
-        let mut reader = der::Reader::new(info);
-        reader.expect(der::INTEGER)?;
-        reader.expect(der::SEQUENCE)?;
-        let inner = der::single(reader.expect(der::OCTET_STRING)?, der::SEQUENCE)?;
-        let mut reader = der::Reader::new(inner);
-        reader.expect(der::INTEGER)?;
-        (0..8)
-            .map(|_| reader.unsigned_integer().map(<[u8]>::to_vec))
-            .collect()
-    };
-    let parts = parse().map_err(|_| Rv::FunctionFailed)?;
-    let public = vec![
-        (ck::CKA_MODULUS, parts[0].clone()),
-        (ck::CKA_PUBLIC_EXPONENT, parts[1].clone()),
-    ];
-    let private = RSA_PRIVATE_PARTS.iter().copied().zip(parts).collect();
-    Ok((public, private))
-}
-
-fn rsa_private_key(key: &Attributes) -> Result<RsaKeyPair, Rv> {
-    let pkcs1 = rsa_private_pkcs1(key)?;
-    RsaKeyPair::from_der(pkcs1.expose()).map_err(|_| Rv::KeyTypeInconsistent)
-}
-
-/// `rsaEncryption` AlgorithmIdentifier.
-const RSA_ALGORITHM: &[u8] = &[
-    0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
-];
-
-fn rsa_public_spki(key: &Attributes) -> Result<Vec<u8>, Rv> {
-    let mut bits = vec![0u8];
-    bits.extend(rsa_public_key(key)?);
-    Ok(der::sequence(&[
-        RSA_ALGORITHM.to_vec(),
-        der::element(0x03, &bits),
-    ]))
-}
-
-fn rsa_private_pkcs8(key: &Attributes) -> Result<SecretBytes, Rv> {
-    let pkcs1 = rsa_private_pkcs1(key)?;
-    Ok(SecretBytes::new(der::sequence(&[
-        der::unsigned_integer(&[0]),
-        RSA_ALGORITHM.to_vec(),
-        der::element(der::OCTET_STRING, pkcs1.expose()),
-    ])))
-}
-
-fn rsa_private_pkcs1(key: &Attributes) -> Result<SecretBytes, Rv> {
-    let mut parts = vec![der::unsigned_integer(&[0])];
-    for ty in RSA_PRIVATE_PARTS {
-        parts.push(der::unsigned_integer(
-            key.get(ty).ok_or(Rv::KeyTypeInconsistent)?,
-        ));
-    }
-    Ok(SecretBytes::new(der::sequence(&parts)))
-}
-
-fn finish_rsa(cipher: RsaCipher, data: &SecretBytes) -> Result<Output, Rv> {
-    match cipher {
-        RsaCipher::Encrypt(key) => {
-            if data.len() > key.max_plaintext_size() {
-                return Err(Rv::DataLenRange);
-            }
-            let mut out = vec![0u8; key.ciphertext_size()];
-            let len = key
-                .encrypt(data.expose(), &mut out)
-                .map_err(|_| Rv::FunctionFailed)?
-                .len();
-            out.truncate(len);
-            Ok(Output::Bytes(out))
-        }
-        RsaCipher::Decrypt(key) => {
-            if data.len() != key.key_size_bytes() {
-                return Err(Rv::EncryptedDataLenRange);
-            }
-            let mut out = SecretBytes::new(vec![0u8; key.min_output_size()]);
-            let len = key
-                .decrypt(data.expose(), out.expose_mut())
-                .map_err(|_| Rv::EncryptedDataInvalid)?
-                .len();
-            out.expose_mut().truncate(len);
-            Ok(Output::Secret(out))
-        }
-    }
-}
-
-fn rsa_public_key(key: &Attributes) -> Result<Vec<u8>, Rv> {
-    let modulus = key.get(ck::CKA_MODULUS).ok_or(Rv::KeyTypeInconsistent)?;
-    let exponent = key
-        .get(ck::CKA_PUBLIC_EXPONENT)
-        .ok_or(Rv::KeyTypeInconsistent)?;
-    Ok(der::sequence(&[
-        der::unsigned_integer(modulus),
-        der::unsigned_integer(exponent),
-    ]))
-}
-
-/// Checks an imported RSA private key and returns its modulus size in bits.
-pub fn check_rsa_private(key: &Attributes) -> Result<u64, Rv> {
-    let pair = rsa_private_key(key).map_err(|_| Rv::AttributeValueInvalid)?;
-    Ok(pair.public_modulus_len() as u64 * 8)
-}
-
-/// Checks an imported EC private key.
-pub fn check_ec_private(key: &Attributes) -> Result<(), Rv> {
-    ec_private_key(key)
-        .map(|_| ())
-        .map_err(|_| Rv::AttributeValueInvalid)
-}
-
-/// The bit length of a big-endian magnitude.
-pub fn bit_len(magnitude: &[u8]) -> u64 {
-    let start = magnitude
-        .iter()
-        .position(|b| *b != 0)
-        .unwrap_or(magnitude.len());
-    match magnitude.get(start) {
-        Some(first) => (magnitude.len() - start) as u64 * 8 - u64::from(first.leading_zeros()),
-        None => 0,
-    }
-}
-
-fn ec_private_key(key: &Attributes) -> Result<(EcdsaKeyPair, &'static Curve), Rv> {
-    let curve = curve(key.get(ck::CKA_EC_PARAMS), true).map_err(|_| Rv::KeyTypeInconsistent)?;
-    let scalar = key.get(ck::CKA_VALUE).ok_or(Rv::KeyTypeInconsistent)?;
-    if scalar.len() > curve.bytes {
-        return Err(Rv::KeyTypeInconsistent);
-    }
-    let mut padded = vec![0u8; curve.bytes - scalar.len()];
-    padded.extend_from_slice(scalar);
-    let padded = SecretBytes::new(padded);
-    // RFC 5915 ECPrivateKey { version 1, privateKey, [0] parameters }
-    let rfc5915 = SecretBytes::new(der::sequence(&[
-        der::unsigned_integer(&[1]),
-        der::element(der::OCTET_STRING, padded.expose()),
-        der::element(0xA0, curve.params),
-    ]));
-    let pair = EcdsaKeyPair::from_private_key_der(curve.signing, rfc5915.expose())
-        .map_err(|_| Rv::KeyTypeInconsistent)?;
-    Ok((pair, curve))
-}
-
-fn ec_point(key: &Attributes) -> Result<(Vec<u8>, &'static Curve), Rv> {
-    let curve = curve(key.get(ck::CKA_EC_PARAMS), true).map_err(|_| Rv::KeyTypeInconsistent)?;
-    let raw = key.get(ck::CKA_EC_POINT).ok_or(Rv::KeyTypeInconsistent)?;
-    // CKA_EC_POINT is a DER OCTET STRING; accept the bare point too, as many tools send it.
-    let point = der::single(raw, der::OCTET_STRING).unwrap_or(raw);
-    Ok((point.to_vec(), curve))
 }
 
 /// Fits a caller's hash to the curve's order size as ECDSA does: keep the leftmost bytes of a
