@@ -50,6 +50,57 @@ pub enum MechanismParameter {
         /// Salt length in bytes.
         salt_len: u64,
     },
+    /// `CK_RSA_PKCS_OAEP_PARAMS`.
+    Oaep {
+        /// The hash mechanism.
+        hash: u64,
+        /// The mask generation function.
+        mgf: u64,
+        /// The label (`CKZ_DATA_SPECIFIED` source data), empty for none.
+        label: Vec<u8>,
+    },
+    /// `CK_AES_CTR_PARAMS`.
+    Ctr {
+        /// Bits of the counter block that form the counter.
+        counter_bits: u64,
+        /// The initial counter block.
+        block: Vec<u8>,
+    },
+    /// A `CK_MAC_GENERAL_PARAMS` length (HMAC_GENERAL, CMAC_GENERAL).
+    MacLength(u64),
+    /// `CK_ECDH1_DERIVE_PARAMS`.
+    Ecdh {
+        /// The KDF (`CKD_NULL`, `CKD_SHA256_KDF`, ...).
+        kdf: u64,
+        /// Shared data for the KDF.
+        shared_data: Vec<u8>,
+        /// The other party's public value (EC point, or X25519 key).
+        public_data: Vec<u8>,
+    },
+    /// `CK_HKDF_PARAMS`.
+    Hkdf {
+        /// Run the extract step.
+        extract: bool,
+        /// Run the expand step.
+        expand: bool,
+        /// The PRF hash mechanism (`CKM_SHA256`, ...).
+        prf: u64,
+        /// `CKF_HKDF_SALT_NULL`, `_DATA` or `_KEY`.
+        salt_type: u64,
+        /// Salt bytes (`_DATA`).
+        salt: Vec<u8>,
+        /// Salt key handle (`_KEY`).
+        salt_key: u64,
+        /// Info for the expand step.
+        info: Vec<u8>,
+    },
+    /// `CK_EDDSA_PARAMS`.
+    Eddsa {
+        /// Pre-hashed variant (Ed25519ph).
+        prehash: bool,
+        /// Context string.
+        context: Vec<u8>,
+    },
     /// A parameter structure that the module does not decode, passed as raw bytes; the HSM
     /// refuses it with `CKR_MECHANISM_PARAM_INVALID` for every mechanism it knows.
     Unknown(Vec<u8>),

@@ -163,7 +163,27 @@ return_values! {
     FunctionNotParallel = ck::CKR_FUNCTION_NOT_PARALLEL => "CKR_FUNCTION_NOT_PARALLEL",
     /// The domain parameters are invalid or not allowed.
     DomainParamsInvalid = ck::CKR_DOMAIN_PARAMS_INVALID => "CKR_DOMAIN_PARAMS_INVALID",
+    /// The key cannot be digested (`C_DigestKey`).
+    KeyIndigestible = ck::CKR_KEY_INDIGESTIBLE => "CKR_KEY_INDIGESTIBLE",
     /// The key cannot be wrapped.
+    KeyNotWrappable = ck::CKR_KEY_NOT_WRAPPABLE => "CKR_KEY_NOT_WRAPPABLE",
+    /// The wrapping key handle is invalid.
+    WrappingKeyHandleInvalid = ck::CKR_WRAPPING_KEY_HANDLE_INVALID => "CKR_WRAPPING_KEY_HANDLE_INVALID",
+    /// The wrapping key has the wrong size.
+    WrappingKeySizeRange = ck::CKR_WRAPPING_KEY_SIZE_RANGE => "CKR_WRAPPING_KEY_SIZE_RANGE",
+    /// The wrapping key has the wrong type.
+    WrappingKeyTypeInconsistent = ck::CKR_WRAPPING_KEY_TYPE_INCONSISTENT => "CKR_WRAPPING_KEY_TYPE_INCONSISTENT",
+    /// The unwrapping key handle is invalid.
+    UnwrappingKeyHandleInvalid = ck::CKR_UNWRAPPING_KEY_HANDLE_INVALID => "CKR_UNWRAPPING_KEY_HANDLE_INVALID",
+    /// The unwrapping key has the wrong size.
+    UnwrappingKeySizeRange = ck::CKR_UNWRAPPING_KEY_SIZE_RANGE => "CKR_UNWRAPPING_KEY_SIZE_RANGE",
+    /// The unwrapping key has the wrong type.
+    UnwrappingKeyTypeInconsistent = ck::CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT => "CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT",
+    /// The wrapped key is invalid.
+    WrappedKeyInvalid = ck::CKR_WRAPPED_KEY_INVALID => "CKR_WRAPPED_KEY_INVALID",
+    /// The wrapped key has a bad length.
+    WrappedKeyLenRange = ck::CKR_WRAPPED_KEY_LEN_RANGE => "CKR_WRAPPED_KEY_LEN_RANGE",
+    /// The key cannot be wrapped (unextractable).
     KeyUnextractable = ck::CKR_KEY_UNEXTRACTABLE => "CKR_KEY_UNEXTRACTABLE",
     /// Channel key establishment failed (brief §2.6).
     CannotDeriveKeys = VENDOR_DEFINED + 0x381 => "CKR_CANNOT_DERIVE_KEYS",

@@ -12,15 +12,18 @@
 mod admin;
 mod channels;
 mod crypto;
+mod derive;
 mod device;
 mod events;
 mod identity;
+mod keys;
 mod mechanisms;
 mod object;
 mod objects;
 mod operations;
 mod time;
 mod tokens;
+mod wrap;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -300,6 +303,34 @@ impl Hsm {
                 }
                 crypto::random(len as usize).map(Reply::Bytes)
             }
+            R::WrapKey {
+                session,
+                mechanism,
+                wrapping_key,
+                key,
+            } => self.wrap_key(client, session, &mechanism, wrapping_key, key),
+            R::UnwrapKey {
+                session,
+                mechanism,
+                unwrapping_key,
+                wrapped,
+                template,
+            } => self.unwrap_key(
+                client,
+                session,
+                &mechanism,
+                unwrapping_key,
+                &wrapped,
+                &template,
+            ),
+            R::DeriveKey {
+                session,
+                mechanism,
+                base_key,
+                template,
+            } => self.derive_key(client, session, &mechanism, base_key, &template),
+            R::DigestKey { session, key } => self.digest_key(client, session, key),
+            R::SessionCancel { session, flags } => self.session_cancel(client, session, flags),
             R::DeviceStatus => Ok(Reply::Status(self.device_status())),
             R::Identity => Ok(Reply::Identity(self.identity())),
             R::AdminSetup { aso_pin, admin_pin } => self.admin_setup(&aso_pin, &admin_pin),

@@ -6,14 +6,57 @@ use tessera_core::info::MechanismInfo;
 const EC_FLAGS: ck::CK_FLAGS = ck::CKF_EC_F_P | ck::CKF_EC_NAMEDCURVE | ck::CKF_EC_UNCOMPRESS;
 const SIGN_VERIFY: ck::CK_FLAGS = ck::CKF_SIGN | ck::CKF_VERIFY;
 const CIPHER: ck::CK_FLAGS = ck::CKF_ENCRYPT | ck::CKF_DECRYPT;
+const WRAP: ck::CK_FLAGS = ck::CKF_WRAP | ck::CKF_UNWRAP;
 
 /// (mechanism, min key size, max key size, flags). Key sizes are bytes for AES, bits for RSA
 /// and EC, as PKCS#11 specifies per mechanism.
 const TABLE: &[(ck::CK_MECHANISM_TYPE, u64, u64, ck::CK_FLAGS)] = &[
     (ck::CKM_SHA_1, 0, 0, ck::CKF_DIGEST),
+    (ck::CKM_SHA224, 0, 0, ck::CKF_DIGEST),
     (ck::CKM_SHA256, 0, 0, ck::CKF_DIGEST),
     (ck::CKM_SHA384, 0, 0, ck::CKF_DIGEST),
     (ck::CKM_SHA512, 0, 0, ck::CKF_DIGEST),
+    (ck::CKM_SHA3_256, 0, 0, ck::CKF_DIGEST),
+    (ck::CKM_SHA3_384, 0, 0, ck::CKF_DIGEST),
+    (ck::CKM_SHA3_512, 0, 0, ck::CKF_DIGEST),
+    (ck::CKM_GENERIC_SECRET_KEY_GEN, 1, 512, ck::CKF_GENERATE),
+    (ck::CKM_SHA256_HMAC, 1, 512, SIGN_VERIFY),
+    (ck::CKM_SHA384_HMAC, 1, 512, SIGN_VERIFY),
+    (ck::CKM_SHA512_HMAC, 1, 512, SIGN_VERIFY),
+    (ck::CKM_SHA256_HMAC_GENERAL, 1, 512, SIGN_VERIFY),
+    (ck::CKM_SHA384_HMAC_GENERAL, 1, 512, SIGN_VERIFY),
+    (ck::CKM_SHA512_HMAC_GENERAL, 1, 512, SIGN_VERIFY),
+    (ck::CKM_AES_ECB, 16, 32, CIPHER),
+    (ck::CKM_AES_CBC, 16, 32, CIPHER),
+    (ck::CKM_AES_CTR, 16, 32, CIPHER),
+    (ck::CKM_AES_CMAC, 16, 32, SIGN_VERIFY),
+    (ck::CKM_AES_CMAC_GENERAL, 16, 32, SIGN_VERIFY),
+    (ck::CKM_AES_KEY_WRAP, 16, 32, WRAP),
+    (ck::CKM_AES_KEY_WRAP_PAD, 16, 32, WRAP),
+    (ck::CKM_AES_KEY_WRAP_KWP, 16, 32, WRAP),
+    (ck::CKM_RSA_PKCS_OAEP, 2048, 4096, CIPHER | WRAP),
+    (
+        ck::CKM_EC_EDWARDS_KEY_PAIR_GEN,
+        255,
+        255,
+        ck::CKF_GENERATE_KEY_PAIR,
+    ),
+    (ck::CKM_EDDSA, 255, 255, SIGN_VERIFY),
+    (
+        ck::CKM_EC_MONTGOMERY_KEY_PAIR_GEN,
+        255,
+        255,
+        ck::CKF_GENERATE_KEY_PAIR,
+    ),
+    (ck::CKM_ECDH1_DERIVE, 255, 521, ck::CKF_DERIVE | EC_FLAGS),
+    (
+        ck::CKM_ECDH1_COFACTOR_DERIVE,
+        256,
+        521,
+        ck::CKF_DERIVE | EC_FLAGS,
+    ),
+    (ck::CKM_HKDF_DERIVE, 1, 512, ck::CKF_DERIVE),
+    (ck::CKM_HKDF_DATA, 1, 512, ck::CKF_DERIVE),
     (ck::CKM_AES_KEY_GEN, 16, 32, ck::CKF_GENERATE),
     (ck::CKM_AES_CBC_PAD, 16, 32, CIPHER),
     (ck::CKM_AES_GCM, 16, 32, CIPHER),

@@ -359,7 +359,8 @@ pub fn complete(attributes: &mut Attributes, generated: Option<u64>, flags: u64)
             attributes.default_bytes(ck::CKA_ID);
             attributes.default_bytes(ck::CKA_START_DATE);
             attributes.default_bytes(ck::CKA_END_DATE);
-            attributes.default_flag(ck::CKA_DERIVE, false);
+            let montgomery = attributes.key_type() == ck::CKK_EC_MONTGOMERY as u64;
+            attributes.default_flag(ck::CKA_DERIVE, montgomery);
             attributes.set_flag(ck::CKA_LOCAL, generated.is_some());
             attributes.set_ulong(ck::CKA_KEY_GEN_MECHANISM, generated.unwrap_or(UNAVAILABLE));
             attributes.default_bytes(ck::CKA_ALLOWED_MECHANISMS);
@@ -388,12 +389,16 @@ fn complete_key(
         ck::CKO_PUBLIC_KEY => &[ck::CKA_ENCRYPT, ck::CKA_VERIFY, ck::CKA_WRAP],
         _ => &[ck::CKA_DECRYPT, ck::CKA_SIGN, ck::CKA_UNWRAP],
     };
-    // EC keys sign and verify; they cannot encrypt or wrap, so those default to false.
-    let signing_only = attributes.key_type() == ck::CKK_EC as u64;
+    // EC and Edwards keys sign and verify; Montgomery keys only derive. Neither encrypts or
+    // wraps, so those default to false.
+    let key_type = attributes.key_type() as ck::CK_KEY_TYPE;
+    let signing_only = matches!(key_type, ck::CKK_EC | ck::CKK_EC_EDWARDS);
+    let derive_only = key_type == ck::CKK_EC_MONTGOMERY;
     for ty in usage {
-        let can = !signing_only || matches!(*ty, ck::CKA_SIGN | ck::CKA_VERIFY);
+        let can = !derive_only && (!signing_only || matches!(*ty, ck::CKA_SIGN | ck::CKA_VERIFY));
         attributes.default_flag(*ty, can);
     }
+
     if class == ck::CKO_PUBLIC_KEY as u64 {
         attributes.default_flag(ck::CKA_VERIFY_RECOVER, false);
         attributes.default_flag(ck::CKA_TRUSTED, false);

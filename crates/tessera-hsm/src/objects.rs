@@ -58,6 +58,51 @@ pub(crate) fn visible(token: &Token, client: u64, object: &Object) -> bool {
 }
 
 impl Hsm {
+    /// Creates a secret key holding `value` (from `C_UnwrapKey` or `C_DeriveKey`) with the
+    /// application's template.
+    pub(crate) fn create_secret_key(
+        &self,
+        client: u64,
+        session: u64,
+        template: &Template,
+        value: &[u8],
+        mechanism: u64,
+        derived: bool,
+    ) -> Result<Reply, Rv> {
+        let mut attributes = object::from_template(template, ck::CKO_SECRET_KEY as u64)?;
+        let key_type = attributes
+            .ulong(ck::CKA_KEY_TYPE)
+            .ok_or(Rv::TemplateIncomplete)?;
+        if attributes.has(ck::CKA_VALUE) {
+            return Err(Rv::TemplateInconsistent);
+        }
+        if attributes
+            .ulong(ck::CKA_VALUE_LEN)
+            .is_some_and(|n| n != value.len() as u64)
+        {
+            return Err(if derived {
+                Rv::TemplateInconsistent
+            } else {
+                Rv::WrappedKeyInvalid
+            });
+        }
+        if key_type == ck::CKK_AES as u64 && !matches!(value.len(), 16 | 24 | 32) {
+            return Err(if derived {
+                Rv::TemplateInconsistent
+            } else {
+                Rv::WrappedKeyInvalid
+            });
+        }
+        attributes.set(ck::CKA_VALUE as u64, value.to_vec());
+        attributes.set_ulong(ck::CKA_VALUE_LEN, value.len() as u64);
+        let mut state = self.lock();
+        object::complete(&mut attributes, None, state.flags())?;
+        let _ = mechanism;
+        let token_id = Self::check_create(&state, client, session, &attributes)?;
+        self.insert(&mut state, client, session, token_id, attributes)
+            .map(Reply::Handle)
+    }
+
     fn sealing_key<'a>(&'a self, token: &'a Token, private: bool) -> Result<&'a MasterKey, Rv> {
         if private {
             token.master.as_ref().ok_or(Rv::UserNotLoggedIn)
@@ -387,17 +432,30 @@ impl Hsm {
         mechanism: &Mechanism,
         template: &Template,
     ) -> Result<Reply, Rv> {
-        if mechanism.ty != ck::CKM_AES_KEY_GEN as u64 {
-            return Err(Rv::MechanismInvalid);
-        }
+        let key_type = match mechanism.ty as ck::CK_MECHANISM_TYPE {
+            ck::CKM_AES_KEY_GEN => ck::CKK_AES,
+            ck::CKM_GENERIC_SECRET_KEY_GEN => ck::CKK_GENERIC_SECRET,
+            _ => return Err(Rv::MechanismInvalid),
+        };
         if mechanism.parameter != MechanismParameter::None {
             return Err(Rv::MechanismParamInvalid);
         }
         let mut attributes = object::from_template(template, ck::CKO_SECRET_KEY as u64)?;
-        if attributes
+        // A generic secret may be typed for HMAC use.
+        let allowed_types: &[ck::CK_KEY_TYPE] = if key_type == ck::CKK_AES {
+            &[ck::CKK_AES]
+        } else {
+            &[
+                ck::CKK_GENERIC_SECRET,
+                ck::CKK_SHA256_HMAC,
+                ck::CKK_SHA384_HMAC,
+                ck::CKK_SHA512_HMAC,
+            ]
+        };
+        let chosen = attributes
             .ulong(ck::CKA_KEY_TYPE)
-            .is_some_and(|t| t != ck::CKK_AES as u64)
-        {
+            .unwrap_or(key_type as u64);
+        if !allowed_types.iter().any(|t| *t as u64 == chosen) {
             return Err(Rv::TemplateInconsistent);
         }
         if attributes.has(ck::CKA_VALUE) {
@@ -406,10 +464,15 @@ impl Hsm {
         let length = attributes
             .ulong(ck::CKA_VALUE_LEN)
             .ok_or(Rv::TemplateIncomplete)?;
-        if !matches!(length, 16 | 24 | 32) {
+        let valid = if key_type == ck::CKK_AES {
+            matches!(length, 16 | 24 | 32)
+        } else {
+            (1..=512).contains(&length)
+        };
+        if !valid {
             return Err(Rv::AttributeValueInvalid);
         }
-        attributes.set_ulong(ck::CKA_KEY_TYPE, ck::CKK_AES as u64);
+        attributes.set_ulong(ck::CKA_KEY_TYPE, chosen);
         attributes.set(ck::CKA_VALUE as u64, crypto::random(length as usize)?);
         let mut state = self.lock();
         object::complete(&mut attributes, Some(mechanism.ty), state.flags())?;
@@ -434,6 +497,8 @@ impl Hsm {
         let key_type = match mechanism.ty as ck::CK_MECHANISM_TYPE {
             ck::CKM_EC_KEY_PAIR_GEN => ck::CKK_EC,
             ck::CKM_RSA_PKCS_KEY_PAIR_GEN => ck::CKK_RSA,
+            ck::CKM_EC_EDWARDS_KEY_PAIR_GEN => ck::CKK_EC_EDWARDS,
+            ck::CKM_EC_MONTGOMERY_KEY_PAIR_GEN => ck::CKK_EC_MONTGOMERY,
             _ => return Err(Rv::MechanismInvalid),
         };
         for attributes in [&mut public, &mut private] {
@@ -452,7 +517,26 @@ impl Hsm {
             Self::check_create(&state, client, session, &private)?;
         }
         let flags = self.lock().flags();
-        let (public_parts, private_parts) = if key_type == ck::CKK_EC {
+        let params = public.get(ck::CKA_EC_PARAMS).map(<[u8]>::to_vec);
+        let (public_parts, private_parts) = if key_type == ck::CKK_EC_EDWARDS {
+            if !crypto::edwards::is_ed25519(params.as_deref()) {
+                return Err(if params.is_none() {
+                    Rv::TemplateIncomplete
+                } else {
+                    Rv::CurveNotSupported
+                });
+            }
+            crypto::edwards::generate_ed25519(params.as_deref().unwrap_or_default())?
+        } else if key_type == ck::CKK_EC_MONTGOMERY {
+            if !crypto::edwards::is_x25519(params.as_deref()) {
+                return Err(if params.is_none() {
+                    Rv::TemplateIncomplete
+                } else {
+                    Rv::CurveNotSupported
+                });
+            }
+            crypto::edwards::generate_x25519(params.as_deref().unwrap_or_default())?
+        } else if key_type == ck::CKK_EC {
             let explicit = flags & tessera_core::flags::USER_ECC_PARAMETERS != 0;
             crypto::generate_ec(public.get(ck::CKA_EC_PARAMS), explicit)?
         } else {
@@ -509,7 +593,7 @@ fn check_imported_key(
     }
     let key_type = attributes.key_type() as ck::CK_KEY_TYPE;
     match (class, key_type) {
-        (ck::CKO_SECRET_KEY, ck::CKK_AES | ck::CKK_GENERIC_SECRET) => {
+        (ck::CKO_SECRET_KEY, ck::CKK_AES | ck::CKK_GENERIC_SECRET | ck::CKK_HKDF) => {
             if template.find(ck::CKA_VALUE_LEN).is_some() {
                 return Err(Rv::TemplateInconsistent);
             }
@@ -530,6 +614,40 @@ fn check_imported_key(
             object::require(attributes, &[ck::CKA_EC_PARAMS, ck::CKA_VALUE])?;
             crypto::check_curve(attributes.get(ck::CKA_EC_PARAMS), explicit)?;
             crypto::check_ec_private(attributes)?;
+        }
+        (ck::CKO_PUBLIC_KEY | ck::CKO_PRIVATE_KEY, ck::CKK_EC_EDWARDS | ck::CKK_EC_MONTGOMERY) => {
+            let needed = if class == ck::CKO_PUBLIC_KEY {
+                ck::CKA_EC_POINT
+            } else {
+                ck::CKA_VALUE
+            };
+            object::require(attributes, &[ck::CKA_EC_PARAMS, needed])?;
+            let params = attributes.get(ck::CKA_EC_PARAMS);
+            let known = if key_type == ck::CKK_EC_EDWARDS {
+                crypto::edwards::is_ed25519(params)
+            } else {
+                crypto::edwards::is_x25519(params)
+            };
+            if !known {
+                return Err(Rv::CurveNotSupported);
+            }
+            let material = attributes
+                .get(needed)
+                .map(crypto::edwards::raw_point)
+                .unwrap_or_default();
+            if material.len() != 32 {
+                return Err(Rv::AttributeValueInvalid);
+            }
+        }
+        (ck::CKO_SECRET_KEY, ck::CKK_SHA256_HMAC | ck::CKK_SHA384_HMAC | ck::CKK_SHA512_HMAC) => {
+            if template.find(ck::CKA_VALUE_LEN).is_some() {
+                return Err(Rv::TemplateInconsistent);
+            }
+            let length = attributes
+                .get(ck::CKA_VALUE)
+                .ok_or(Rv::TemplateIncomplete)?
+                .len();
+            attributes.set_ulong(ck::CKA_VALUE_LEN, length as u64);
         }
         (ck::CKO_PUBLIC_KEY, ck::CKK_RSA) => {
             object::require(attributes, &[ck::CKA_MODULUS, ck::CKA_PUBLIC_EXPONENT])?;

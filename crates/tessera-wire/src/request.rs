@@ -226,6 +226,55 @@ pub enum Request {
         /// Private key template.
         private_template: Template,
     },
+    /// `C_WrapKey`.
+    WrapKey {
+        /// Session.
+        session: u64,
+        /// Mechanism.
+        mechanism: Mechanism,
+        /// The wrapping key.
+        wrapping_key: u64,
+        /// The key to wrap.
+        key: u64,
+    },
+    /// `C_UnwrapKey`.
+    UnwrapKey {
+        /// Session.
+        session: u64,
+        /// Mechanism.
+        mechanism: Mechanism,
+        /// The unwrapping key.
+        unwrapping_key: u64,
+        /// The wrapped key.
+        wrapped: Vec<u8>,
+        /// Template of the new key.
+        template: Template,
+    },
+    /// `C_DeriveKey`.
+    DeriveKey {
+        /// Session.
+        session: u64,
+        /// Mechanism.
+        mechanism: Mechanism,
+        /// The base key.
+        base_key: u64,
+        /// Template of the new key.
+        template: Template,
+    },
+    /// `C_DigestKey`: the value of a secret key goes into the active digest.
+    DigestKey {
+        /// Session.
+        session: u64,
+        /// The key.
+        key: u64,
+    },
+    /// `C_SessionCancel`: ends the operations named by `flags` (`CKF_ENCRYPT`, ...).
+    SessionCancel {
+        /// Session.
+        session: u64,
+        /// Which operations.
+        flags: u64,
+    },
     /// `C_GenerateRandom`.
     GenerateRandom {
         /// Session.
@@ -373,6 +422,7 @@ impl Request {
                 | Request::InitToken { .. }
                 | Request::CreateObject { .. }
                 | Request::GenerateKey { .. }
+                | Request::UnwrapKey { .. }
                 | Request::SeedRandom { .. }
                 | Request::AdminSetup { .. }
                 | Request::Admin { .. }

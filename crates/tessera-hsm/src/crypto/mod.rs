@@ -19,7 +19,9 @@ use tessera_core::{ck, der, Mechanism, MechanismParameter, Rv, SecretBytes};
 
 use crate::object::Attributes;
 
+pub(crate) mod edwards;
 mod keys;
+mod mac;
 
 pub use keys::{
     bit_len, check_curve, check_ec_private, check_rsa_private, generate_ec, generate_rsa,
@@ -71,6 +73,10 @@ fn ecdsa_digest(curve: &Curve, hash: &[u8]) -> Result<Digest, Rv> {
 fn digest_algorithm(mechanism: u64) -> Option<&'static digest::Algorithm> {
     match mechanism as ck::CK_MECHANISM_TYPE {
         ck::CKM_SHA_1 => Some(&digest::SHA1_FOR_LEGACY_USE_ONLY),
+        ck::CKM_SHA224 => Some(&digest::SHA224),
+        ck::CKM_SHA3_256 => Some(&digest::SHA3_256),
+        ck::CKM_SHA3_384 => Some(&digest::SHA3_384),
+        ck::CKM_SHA3_512 => Some(&digest::SHA3_512),
         ck::CKM_SHA256 => Some(&digest::SHA256),
         ck::CKM_SHA384 => Some(&digest::SHA384),
         ck::CKM_SHA512 => Some(&digest::SHA512),
@@ -210,7 +216,15 @@ impl Input {
 
 enum AesMode {
     CbcPad([u8; 16]),
+    Ecb,
+    Cbc([u8; 16]),
+    Ctr([u8; 16]),
     Gcm { iv: Vec<u8>, aad: Vec<u8> },
+}
+
+enum OaepCipher {
+    Encrypt(aws_lc_rs::rsa::OaepPublicEncryptingKey),
+    Decrypt(aws_lc_rs::rsa::OaepPrivateDecryptingKey),
 }
 
 enum RsaCipher {
@@ -220,6 +234,21 @@ enum RsaCipher {
 
 enum Inner {
     Digest(Context),
+    Mac {
+        mac: mac::Mac,
+        verify: bool,
+    },
+    Eddsa {
+        key: Attributes,
+        data: Vec<u8>,
+        verify: bool,
+    },
+    Oaep {
+        cipher: OaepCipher,
+        algorithm: &'static aws_lc_rs::rsa::OaepAlgorithm,
+        label: Vec<u8>,
+        data: SecretBytes,
+    },
     Rsa {
         cipher: RsaCipher,
         data: SecretBytes,
@@ -263,6 +292,47 @@ impl Operation {
         verify: bool,
     ) -> Result<Operation, Rv> {
         let m = mechanism.ty as ck::CK_MECHANISM_TYPE;
+        if mac::is_mac(mechanism.ty) {
+            let usage = if verify { ck::CKA_VERIFY } else { ck::CKA_SIGN };
+            let mac = mac::Mac::new(mechanism, key)?;
+            if !key.flag(usage) {
+                return Err(Rv::KeyFunctionNotPermitted);
+            }
+            return Ok(Operation {
+                inner: Inner::Mac { mac, verify },
+            });
+        }
+        if m == ck::CKM_EDDSA {
+            match &mechanism.parameter {
+                MechanismParameter::None => {}
+                MechanismParameter::Eddsa {
+                    prehash: false,
+                    context,
+                } if context.is_empty() => {}
+                _ => return Err(Rv::MechanismParamInvalid),
+            }
+            let class = if verify {
+                ck::CKO_PUBLIC_KEY
+            } else {
+                ck::CKO_PRIVATE_KEY
+            };
+            if key.class() != class as u64
+                || key.key_type() != ck::CKK_EC_EDWARDS as u64
+                || !edwards::is_ed25519(key.get(ck::CKA_EC_PARAMS))
+            {
+                return Err(Rv::KeyTypeInconsistent);
+            }
+            if !key.flag(if verify { ck::CKA_VERIFY } else { ck::CKA_SIGN }) {
+                return Err(Rv::KeyFunctionNotPermitted);
+            }
+            return Ok(Operation {
+                inner: Inner::Eddsa {
+                    key: key.clone(),
+                    data: Vec::new(),
+                    verify,
+                },
+            });
+        }
         let expected_class = if verify {
             ck::CKO_PUBLIC_KEY
         } else {
@@ -383,6 +453,15 @@ impl Operation {
         if mechanism.ty == ck::CKM_RSA_PKCS as u64 {
             return Self::rsa_cipher(mechanism, key, encrypt, weak_allowed, usage);
         }
+        if mechanism.ty == ck::CKM_RSA_PKCS_OAEP as u64 {
+            return Self::oaep(mechanism, key, encrypt, usage);
+        }
+        let block = |bytes: &Vec<u8>| -> Result<[u8; 16], Rv> {
+            bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| Rv::MechanismParamInvalid)
+        };
         let mode = match (mechanism.ty as ck::CK_MECHANISM_TYPE, &mechanism.parameter) {
             (ck::CKM_AES_CBC_PAD, MechanismParameter::Bytes(iv)) => AesMode::CbcPad(
                 iv.as_slice()
@@ -398,7 +477,29 @@ impl Operation {
                     aad: aad.clone(),
                 }
             }
-            (ck::CKM_AES_CBC_PAD | ck::CKM_AES_GCM, _) => return Err(Rv::MechanismParamInvalid),
+            (ck::CKM_AES_ECB, MechanismParameter::None) => AesMode::Ecb,
+            (ck::CKM_AES_CBC, MechanismParameter::Bytes(iv)) => AesMode::Cbc(block(iv)?),
+            // The whole 16-byte block counts (a counter of fewer bits must not wrap).
+            (
+                ck::CKM_AES_CTR,
+                MechanismParameter::Ctr {
+                    counter_bits,
+                    block: counter,
+                },
+            ) => {
+                if !(1..=128).contains(counter_bits) {
+                    return Err(Rv::MechanismParamInvalid);
+                }
+                AesMode::Ctr(block(counter)?)
+            }
+            (
+                ck::CKM_AES_CBC_PAD
+                | ck::CKM_AES_GCM
+                | ck::CKM_AES_ECB
+                | ck::CKM_AES_CBC
+                | ck::CKM_AES_CTR,
+                _,
+            ) => return Err(Rv::MechanismParamInvalid),
             _ => return Err(Rv::MechanismInvalid),
         };
         if key.class() != ck::CKO_SECRET_KEY as u64 || key.key_type() != ck::CKK_AES as u64 {
@@ -417,6 +518,65 @@ impl Operation {
                 mode,
                 encrypt,
                 data: SecretBytes::default(),
+            },
+        })
+    }
+
+    fn oaep(
+        mechanism: &Mechanism,
+        key: &Attributes,
+        encrypt: bool,
+        usage: ck::CK_ATTRIBUTE_TYPE,
+    ) -> Result<Operation, Rv> {
+        use aws_lc_rs::rsa;
+        let MechanismParameter::Oaep { hash, mgf, label } = &mechanism.parameter else {
+            return Err(Rv::MechanismParamInvalid);
+        };
+        let algorithm = match (
+            *hash as ck::CK_MECHANISM_TYPE,
+            *mgf as ck::CK_RSA_PKCS_MGF_TYPE,
+        ) {
+            (ck::CKM_SHA_1, ck::CKG_MGF1_SHA1) => &rsa::OAEP_SHA1_MGF1SHA1,
+            (ck::CKM_SHA256, ck::CKG_MGF1_SHA256) => &rsa::OAEP_SHA256_MGF1SHA256,
+            (ck::CKM_SHA384, ck::CKG_MGF1_SHA384) => &rsa::OAEP_SHA384_MGF1SHA384,
+            (ck::CKM_SHA512, ck::CKG_MGF1_SHA512) => &rsa::OAEP_SHA512_MGF1SHA512,
+            _ => return Err(Rv::MechanismParamInvalid),
+        };
+        let class = if encrypt {
+            ck::CKO_PUBLIC_KEY
+        } else {
+            ck::CKO_PRIVATE_KEY
+        };
+        if key.class() != class as u64 || key.key_type() != ck::CKK_RSA as u64 {
+            return Err(Rv::KeyTypeInconsistent);
+        }
+        if !key.flag(usage)
+            && !key.flag(if encrypt {
+                ck::CKA_WRAP
+            } else {
+                ck::CKA_UNWRAP
+            })
+        {
+            return Err(Rv::KeyFunctionNotPermitted);
+        }
+        let inconsistent = |_| Rv::KeyTypeInconsistent;
+        let cipher = if encrypt {
+            let public = rsa::PublicEncryptingKey::from_der(&rsa_public_spki(key)?)
+                .map_err(|_| Rv::KeyTypeInconsistent)?;
+            OaepCipher::Encrypt(rsa::OaepPublicEncryptingKey::new(public).map_err(inconsistent)?)
+        } else {
+            let pkcs8 = rsa_private_pkcs8(key)?;
+            let private = rsa::PrivateDecryptingKey::from_pkcs8(pkcs8.expose())
+                .map_err(|_| Rv::KeyTypeInconsistent)?;
+            OaepCipher::Decrypt(rsa::OaepPrivateDecryptingKey::new(private).map_err(inconsistent)?)
+        };
+        let data = SecretBytes::default();
+        Ok(Operation {
+            inner: Inner::Oaep {
+                cipher,
+                algorithm,
+                label: label.clone(),
+                data,
             },
         })
     }
@@ -475,7 +635,17 @@ impl Operation {
                 Ok(())
             }
             Inner::Signature { input, .. } => input.update(data),
-            Inner::Aes { data: buffer, .. } | Inner::Rsa { data: buffer, .. } => {
+            Inner::Mac { mac, .. } => mac.update(data),
+            Inner::Eddsa { data: buffer, .. } => {
+                if buffer.len() + data.len() > MAX_CIPHER_INPUT {
+                    return Err(Rv::DataLenRange);
+                }
+                buffer.extend_from_slice(data);
+                Ok(())
+            }
+            Inner::Aes { data: buffer, .. }
+            | Inner::Rsa { data: buffer, .. }
+            | Inner::Oaep { data: buffer, .. } => {
                 if buffer.len() + data.len() > MAX_CIPHER_INPUT {
                     return Err(Rv::DataLenRange);
                 }
@@ -497,6 +667,24 @@ impl Operation {
                 data,
             } => finish_aes(&key, mode, encrypt, data),
             Inner::Rsa { cipher, data } => finish_rsa(cipher, &data),
+            Inner::Mac { mac, verify: false } => mac.sign().map(Output::Bytes),
+            Inner::Mac { mac, verify: true } => mac.verify(signature).map(|_| Output::Verified),
+            Inner::Eddsa {
+                key,
+                data,
+                verify: false,
+            } => edwards::sign(&key, &data).map(Output::Bytes),
+            Inner::Eddsa {
+                key,
+                data,
+                verify: true,
+            } => edwards::verify(&key, &data, signature).map(|_| Output::Verified),
+            Inner::Oaep {
+                cipher,
+                algorithm,
+                label,
+                data,
+            } => finish_oaep(cipher, algorithm, &label, &data),
         }
     }
 }
@@ -564,6 +752,99 @@ fn rsa_modulus_len(pkcs1_public: &[u8]) -> usize {
         .unwrap_or(0)
 }
 
+fn finish_oaep(
+    cipher: OaepCipher,
+    algorithm: &'static aws_lc_rs::rsa::OaepAlgorithm,
+    label: &[u8],
+    data: &SecretBytes,
+) -> Result<Output, Rv> {
+    let label = (!label.is_empty()).then_some(label);
+    match cipher {
+        OaepCipher::Encrypt(key) => {
+            if data.len() > key.max_plaintext_size(algorithm) {
+                return Err(Rv::DataLenRange);
+            }
+            let mut out = vec![0u8; key.ciphertext_size()];
+            let len = key
+                .encrypt(algorithm, data.expose(), &mut out, label)
+                .map_err(|_| Rv::FunctionFailed)?
+                .len();
+            out.truncate(len);
+            Ok(Output::Bytes(out))
+        }
+        OaepCipher::Decrypt(key) => {
+            if data.len() != key.key_size_bytes() {
+                return Err(Rv::EncryptedDataLenRange);
+            }
+            let mut out = SecretBytes::new(vec![0u8; key.min_output_size()]);
+            let len = key
+                .decrypt(algorithm, data.expose(), out.expose_mut(), label)
+                .map_err(|_| Rv::EncryptedDataInvalid)?
+                .len();
+            out.expose_mut().truncate(len);
+            Ok(Output::Secret(out))
+        }
+    }
+}
+
+fn finish_block_mode(
+    key: &[u8],
+    mode: &AesMode,
+    encrypt: bool,
+    mut data: SecretBytes,
+) -> Result<Output, Rv> {
+    use aws_lc_rs::cipher::{DecryptingKey, EncryptingKey};
+    let algorithm = match key.len() {
+        16 => &AES_128,
+        24 => &AES_192,
+        _ => &AES_256,
+    };
+    let unbound = || UnboundCipherKey::new(algorithm, key).map_err(|_| Rv::KeyTypeInconsistent);
+    let (iv, whole_blocks) = match mode {
+        AesMode::Ecb => (None, true),
+        AesMode::Cbc(iv) => (Some(*iv), true),
+        AesMode::Ctr(block) => (Some(*block), false),
+        _ => return Err(Rv::GeneralError),
+    };
+    if whole_blocks && !data.len().is_multiple_of(16) {
+        return Err(if encrypt {
+            Rv::DataLenRange
+        } else {
+            Rv::EncryptedDataLenRange
+        });
+    }
+    if encrypt {
+        let cipher = match mode {
+            AesMode::Ecb => EncryptingKey::ecb(unbound()?),
+            AesMode::Cbc(_) => EncryptingKey::cbc(unbound()?),
+            _ => EncryptingKey::ctr(unbound()?),
+        }
+        .map_err(|_| Rv::FunctionFailed)?;
+        let context = iv.map_or(EncryptionContext::None, |iv| {
+            EncryptionContext::Iv128(FixedLength::from(iv))
+        });
+        let mut out = data.expose().to_vec();
+        cipher
+            .less_safe_encrypt(&mut out, context)
+            .map_err(|_| Rv::FunctionFailed)?;
+        Ok(Output::Bytes(out))
+    } else {
+        let cipher = match mode {
+            AesMode::Ecb => DecryptingKey::ecb(unbound()?),
+            AesMode::Cbc(_) => DecryptingKey::cbc(unbound()?),
+            _ => DecryptingKey::ctr(unbound()?),
+        }
+        .map_err(|_| Rv::FunctionFailed)?;
+        let context = iv.map_or(DecryptionContext::None, |iv| {
+            DecryptionContext::Iv128(FixedLength::from(iv))
+        });
+        cipher
+            .decrypt(data.expose_mut(), context)
+            .map_err(|_| Rv::EncryptedDataInvalid)?;
+        Ok(Output::Secret(data))
+    }
+}
+
 fn finish_aes(
     key: &SecretBytes,
     mode: AesMode,
@@ -571,6 +852,9 @@ fn finish_aes(
     mut data: SecretBytes,
 ) -> Result<Output, Rv> {
     let key_bytes = key.expose();
+    if matches!(mode, AesMode::Ecb | AesMode::Cbc(_) | AesMode::Ctr(_)) {
+        return finish_block_mode(key_bytes, &mode, encrypt, data);
+    }
     match mode {
         AesMode::CbcPad(iv) => {
             let algorithm = match key_bytes.len() {
@@ -606,6 +890,7 @@ fn finish_aes(
                 Ok(Output::Secret(data))
             }
         }
+        AesMode::Ecb | AesMode::Cbc(_) | AesMode::Ctr(_) => Err(Rv::GeneralError),
         AesMode::Gcm { iv, aad } => {
             let algorithm = match key_bytes.len() {
                 16 => &aead::AES_128_GCM,

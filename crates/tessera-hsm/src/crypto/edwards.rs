@@ -1,0 +1,99 @@
+//! Curve25519 keys: Ed25519 (`CKK_EC_EDWARDS`, `CKM_EDDSA`) and X25519 (`CKK_EC_MONTGOMERY`,
+//! derivation with `CKM_ECDH1_DERIVE`), as PKCS#11 3.0 defines them: `CKA_EC_PARAMS` names the
+//! curve (OID or printable string), `CKA_EC_POINT` is the raw public key in a DER OCTET STRING,
+//! and the private `CKA_VALUE` is the 32-byte private key.
+
+use aws_lc_rs::agreement;
+use aws_lc_rs::encoding::AsBigEndian;
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
+use tessera_core::{ck, der, Rv, SecretBytes};
+
+use super::keys::GeneratedPair;
+use crate::object::Attributes;
+
+/// `id-Ed25519`, 1.3.101.112.
+pub(crate) const ED25519_OID: &[u8] = &[0x06, 0x03, 0x2B, 0x65, 0x70];
+/// `id-X25519`, 1.3.101.110.
+pub(crate) const X25519_OID: &[u8] = &[0x06, 0x03, 0x2B, 0x65, 0x6E];
+
+fn printable(name: &str) -> Vec<u8> {
+    der::element(0x13, name.as_bytes())
+}
+
+/// Whether `CKA_EC_PARAMS` names Ed25519.
+pub(crate) fn is_ed25519(params: Option<&[u8]>) -> bool {
+    params.is_some_and(|p| p == ED25519_OID || p == printable("edwards25519"))
+}
+
+/// Whether `CKA_EC_PARAMS` names X25519.
+pub(crate) fn is_x25519(params: Option<&[u8]>) -> bool {
+    params.is_some_and(|p| p == X25519_OID || p == printable("curve25519"))
+}
+
+/// The raw public key of `CKA_EC_POINT` (a DER OCTET STRING, or the bare 32 bytes).
+pub(crate) fn raw_point(value: &[u8]) -> &[u8] {
+    der::single(value, der::OCTET_STRING).unwrap_or(value)
+}
+
+/// A new Ed25519 key pair.
+pub(crate) fn generate_ed25519(params: &[u8]) -> Result<GeneratedPair, Rv> {
+    let pair = Ed25519KeyPair::generate().map_err(|_| Rv::FunctionFailed)?;
+    let seed = pair
+        .seed()
+        .and_then(|s| s.as_be_bytes())
+        .map_err(|_| Rv::FunctionFailed)?;
+    let point = der::element(der::OCTET_STRING, pair.public_key().as_ref());
+    Ok((
+        vec![
+            (ck::CKA_EC_PARAMS, params.to_vec()),
+            (ck::CKA_EC_POINT, point),
+        ],
+        vec![
+            (ck::CKA_EC_PARAMS, params.to_vec()),
+            (ck::CKA_VALUE, seed.as_ref().to_vec()),
+        ],
+    ))
+}
+
+/// A new X25519 key pair.
+pub(crate) fn generate_x25519(params: &[u8]) -> Result<GeneratedPair, Rv> {
+    let private =
+        agreement::PrivateKey::generate(&agreement::X25519).map_err(|_| Rv::FunctionFailed)?;
+    let public = private
+        .compute_public_key()
+        .map_err(|_| Rv::FunctionFailed)?;
+    let bytes: aws_lc_rs::encoding::Curve25519SeedBin<'_> =
+        private.as_be_bytes().map_err(|_| Rv::FunctionFailed)?;
+    Ok((
+        vec![
+            (ck::CKA_EC_PARAMS, params.to_vec()),
+            (
+                ck::CKA_EC_POINT,
+                der::element(der::OCTET_STRING, public.as_ref()),
+            ),
+        ],
+        vec![
+            (ck::CKA_EC_PARAMS, params.to_vec()),
+            (ck::CKA_VALUE, bytes.as_ref().to_vec()),
+        ],
+    ))
+}
+
+/// Signs with an Ed25519 private key.
+pub(crate) fn sign(key: &Attributes, message: &[u8]) -> Result<Vec<u8>, Rv> {
+    let seed = SecretBytes::from_slice(key.get(ck::CKA_VALUE).ok_or(Rv::KeyTypeInconsistent)?);
+    let pair =
+        Ed25519KeyPair::from_seed_unchecked(seed.expose()).map_err(|_| Rv::KeyTypeInconsistent)?;
+    Ok(pair.sign(message).as_ref().to_vec())
+}
+
+/// Verifies with an Ed25519 public key.
+pub(crate) fn verify(key: &Attributes, message: &[u8], signature: &[u8]) -> Result<(), Rv> {
+    if signature.len() != 64 {
+        return Err(Rv::SignatureLenRange);
+    }
+    let point = raw_point(key.get(ck::CKA_EC_POINT).ok_or(Rv::KeyTypeInconsistent)?);
+    UnparsedPublicKey::new(&ED25519, point)
+        .verify(message, signature)
+        .map_err(|_| Rv::SignatureInvalid)
+}

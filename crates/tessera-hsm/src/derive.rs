@@ -1,0 +1,175 @@
+//! Key derivation: ECDH (`CKM_ECDH1_DERIVE`, `CKM_ECDH1_COFACTOR_DERIVE`) on P-256/384/521 and
+//! X25519 keys with the null KDF, and HKDF (`CKM_HKDF_DERIVE`, `CKM_HKDF_DATA`, RFC 5869).
+
+use aws_lc_rs::{agreement, hmac};
+use tessera_core::{ck, der, Mechanism, MechanismParameter, Rv, SecretBytes};
+
+use crate::crypto::edwards;
+use crate::object::Attributes;
+use crate::Hsm;
+
+fn fit(secret: SecretBytes, length: Option<u64>) -> Result<SecretBytes, Rv> {
+    match length {
+        None => Ok(secret),
+        Some(n) if n as usize <= secret.len() && n > 0 => {
+            Ok(SecretBytes::from_slice(&secret.expose()[..n as usize]))
+        }
+        Some(_) => Err(Rv::TemplateInconsistent),
+    }
+}
+
+fn ecdh(
+    parameter: &MechanismParameter,
+    base: &Attributes,
+    length: Option<u64>,
+) -> Result<SecretBytes, Rv> {
+    let MechanismParameter::Ecdh {
+        kdf,
+        shared_data,
+        public_data,
+    } = parameter
+    else {
+        return Err(Rv::MechanismParamInvalid);
+    };
+    if *kdf != ck::CKD_NULL as u64 || !shared_data.is_empty() {
+        return Err(Rv::MechanismParamInvalid);
+    }
+    if base.class() != ck::CKO_PRIVATE_KEY as u64 {
+        return Err(Rv::KeyTypeInconsistent);
+    }
+    let params = base.get(ck::CKA_EC_PARAMS);
+    let value = base.get(ck::CKA_VALUE).ok_or(Rv::KeyTypeInconsistent)?;
+    let peer = der::single(public_data, der::OCTET_STRING).unwrap_or(public_data);
+    let (algorithm, size): (&agreement::Algorithm, usize) =
+        if base.key_type() == ck::CKK_EC_MONTGOMERY as u64 && edwards::is_x25519(params) {
+            (&agreement::X25519, 32)
+        } else if base.key_type() == ck::CKK_EC as u64 {
+            match params {
+                Some(p) if p == der::P256_PARAMS => (&agreement::ECDH_P256, 32),
+                Some(p) if p == der::P384_PARAMS => (&agreement::ECDH_P384, 48),
+                Some(p) if p == der::P521_PARAMS => (&agreement::ECDH_P521, 66),
+                _ => return Err(Rv::CurveNotSupported),
+            }
+        } else {
+            return Err(Rv::KeyTypeInconsistent);
+        };
+    let mut scalar = vec![0u8; size.saturating_sub(value.len())];
+    scalar.extend_from_slice(value);
+    let scalar = SecretBytes::new(scalar);
+    let private = agreement::PrivateKey::from_private_key(algorithm, scalar.expose())
+        .map_err(|_| Rv::KeyTypeInconsistent)?;
+    let shared = agreement::agree(
+        &private,
+        agreement::UnparsedPublicKey::new(algorithm, peer),
+        Rv::MechanismParamInvalid,
+        |s| Ok(SecretBytes::from_slice(s)),
+    )?;
+    fit(shared, length)
+}
+
+fn prf(mechanism: u64) -> Result<(hmac::Algorithm, usize), Rv> {
+    match mechanism as ck::CK_MECHANISM_TYPE {
+        ck::CKM_SHA256 => Ok((hmac::HMAC_SHA256, 32)),
+        ck::CKM_SHA384 => Ok((hmac::HMAC_SHA384, 48)),
+        ck::CKM_SHA512 => Ok((hmac::HMAC_SHA512, 64)),
+        _ => Err(Rv::MechanismParamInvalid),
+    }
+}
+
+impl Hsm {
+    fn hkdf(
+        &self,
+        client: u64,
+        session: u64,
+        parameter: &MechanismParameter,
+        ikm: &[u8],
+        length: Option<u64>,
+    ) -> Result<SecretBytes, Rv> {
+        let MechanismParameter::Hkdf {
+            extract,
+            expand,
+            prf: hash,
+            salt_type,
+            salt,
+            salt_key,
+            info,
+        } = parameter
+        else {
+            return Err(Rv::MechanismParamInvalid);
+        };
+        if !extract && !expand {
+            return Err(Rv::MechanismParamInvalid);
+        }
+        let (algorithm, hash_len) = prf(*hash)?;
+        let prk = if *extract {
+            let salt = match *salt_type as ck::CK_FLAGS {
+                ck::CKF_HKDF_SALT_NULL => SecretBytes::new(vec![0u8; hash_len]),
+                ck::CKF_HKDF_SALT_DATA => SecretBytes::from_slice(salt),
+                ck::CKF_HKDF_SALT_KEY => {
+                    let key = self.usable_key(client, session, *salt_key)?;
+                    SecretBytes::from_slice(
+                        key.get(ck::CKA_VALUE).ok_or(Rv::MechanismParamInvalid)?,
+                    )
+                }
+                _ => return Err(Rv::MechanismParamInvalid),
+            };
+            let tag = hmac::sign(&hmac::Key::new(algorithm, salt.expose()), ikm);
+            SecretBytes::from_slice(tag.as_ref())
+        } else {
+            SecretBytes::from_slice(ikm)
+        };
+        if !expand {
+            return fit(prk, length);
+        }
+        let wanted = length.ok_or(Rv::TemplateIncomplete)? as usize;
+        if wanted == 0 || wanted > 255 * hash_len {
+            return Err(Rv::TemplateInconsistent);
+        }
+        let key = hmac::Key::new(algorithm, prk.expose());
+        let mut okm = SecretBytes::default();
+        let mut previous: Vec<u8> = Vec::new();
+        let mut counter = 1u8;
+        while okm.len() < wanted {
+            let mut context = hmac::Context::with_key(&key);
+            context.update(&previous);
+            context.update(info);
+            context.update(&[counter]);
+            previous = context.sign().as_ref().to_vec();
+            okm.expose_mut().extend_from_slice(&previous);
+            counter = counter.wrapping_add(1);
+        }
+        okm.expose_mut().truncate(wanted);
+        Ok(okm)
+    }
+}
+
+/// Derives the value of a new secret key from `base`.
+pub(crate) fn derive(
+    hsm: &Hsm,
+    client: u64,
+    session: u64,
+    mechanism: &Mechanism,
+    base: &Attributes,
+    length: Option<u64>,
+) -> Result<SecretBytes, Rv> {
+    match mechanism.ty as ck::CK_MECHANISM_TYPE {
+        ck::CKM_ECDH1_DERIVE | ck::CKM_ECDH1_COFACTOR_DERIVE => {
+            ecdh(&mechanism.parameter, base, length)
+        }
+        ck::CKM_HKDF_DERIVE => {
+            if base.class() != ck::CKO_SECRET_KEY as u64 {
+                return Err(Rv::KeyTypeInconsistent);
+            }
+            let ikm = base.get(ck::CKA_VALUE).ok_or(Rv::KeyTypeInconsistent)?;
+            hsm.hkdf(client, session, &mechanism.parameter, ikm, length)
+        }
+        ck::CKM_HKDF_DATA => {
+            if base.class() != ck::CKO_DATA as u64 {
+                return Err(Rv::KeyTypeInconsistent);
+            }
+            let ikm = base.get(ck::CKA_VALUE).unwrap_or_default();
+            hsm.hkdf(client, session, &mechanism.parameter, ikm, length)
+        }
+        _ => Err(Rv::MechanismInvalid),
+    }
+}

@@ -1,0 +1,557 @@
+//! The mechanism set against published known answers (FIPS 180-4/202, RFC 4231, RFC 4493,
+//! SP 800-38A, RFC 3394, RFC 8032, RFC 7748, RFC 5869) and round trips where no vector
+//! applies, through the same client code the PKCS#11 library runs.
+
+mod sm_common;
+
+use sm_common::{call, code, prepare, secured, user};
+use tessera_core::{ck, Attribute, Mechanism, MechanismParameter, Rv, Template};
+use tessera_testkit::{Daemon, Transport, TRANSPORTS};
+use tessera_wire::{AttributeAnswer, Operation, Reply, Request};
+
+fn hex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+struct Token {
+    device: tessera_client::Device,
+    session: u64,
+    g: u64,
+}
+
+impl Token {
+    fn new(daemon: &Daemon, transport: Transport) -> Token {
+        let device = secured(daemon, &daemon.server_list(transport), &[]);
+        let (session, g) = user(&device);
+        Token { device, session, g }
+    }
+
+    fn call(&self, request: Request) -> Reply {
+        call(&self.device, self.g, request)
+    }
+
+    fn create(&self, attributes: Vec<Attribute>) -> u64 {
+        match self.call(Request::CreateObject {
+            session: self.session,
+            template: Template(attributes),
+        }) {
+            Reply::Handle(h) => h,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn secret(&self, key_type: ck::CK_KEY_TYPE, value: &[u8]) -> u64 {
+        self.create(vec![
+            Attribute::ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY),
+            Attribute::ulong(ck::CKA_KEY_TYPE, key_type),
+            Attribute::bool(ck::CKA_SENSITIVE, false),
+            Attribute::bool(ck::CKA_DERIVE, true),
+            Attribute::bytes(ck::CKA_VALUE, value),
+        ])
+    }
+
+    fn single(
+        &self,
+        operation: Operation,
+        mechanism: Mechanism,
+        key: u64,
+        data: &[u8],
+        signature: &[u8],
+    ) -> Result<Vec<u8>, u64> {
+        self.call(Request::OperationInit {
+            session: self.session,
+            operation,
+            mechanism,
+            key,
+        });
+        match self.device.call(
+            Some(self.g),
+            Request::OperationSingle {
+                session: self.session,
+                operation,
+                data: data.to_vec(),
+                signature: signature.to_vec(),
+            },
+        ) {
+            Ok((Reply::Bytes(b), _)) => Ok(b),
+            Ok((Reply::Secret(s), _)) => Ok(s.expose().to_vec()),
+            Ok((Reply::Verified, _)) => Ok(Vec::new()),
+            Ok((other, _)) => panic!("{other:?}"),
+            Err(e) => Err(e.rv()),
+        }
+    }
+
+    fn value(&self, key: u64) -> Vec<u8> {
+        match self.call(Request::GetAttributes {
+            session: self.session,
+            object: key,
+            types: vec![ck::CKA_VALUE as u64],
+        }) {
+            Reply::Attributes(mut a) => match a.remove(0) {
+                AttributeAnswer::Value(v) => v,
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn derive(&self, mechanism: Mechanism, base: u64, length: u64) -> Result<u64, u64> {
+        let template = Template(vec![
+            Attribute::ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY),
+            Attribute::ulong(ck::CKA_KEY_TYPE, ck::CKK_GENERIC_SECRET),
+            Attribute::ulong(ck::CKA_VALUE_LEN, length),
+            Attribute::bool(ck::CKA_SENSITIVE, false),
+        ]);
+        match self.device.call(
+            Some(self.g),
+            Request::DeriveKey {
+                session: self.session,
+                mechanism,
+                base_key: base,
+                template,
+            },
+        ) {
+            Ok((Reply::Handle(h), _)) => Ok(h),
+            Ok((other, _)) => panic!("{other:?}"),
+            Err(e) => Err(e.rv()),
+        }
+    }
+}
+
+fn plain(ty: ck::CK_MECHANISM_TYPE) -> Mechanism {
+    Mechanism::plain(ty as u64)
+}
+
+#[test]
+fn digests_macs_and_aes_modes_match_published_vectors() {
+    for transport in TRANSPORTS {
+        let daemon = Daemon::start();
+        prepare(&daemon, transport, "");
+        let t = Token::new(&daemon, transport);
+        let digest = |m| {
+            t.single(Operation::Digest, plain(m), 0, b"abc", &[])
+                .unwrap()
+        };
+        assert_eq!(
+            digest(ck::CKM_SHA224),
+            hex("23097d223405d8228642a477bda255b32aadbce4bda0b3f7e36c9da7")
+        );
+        assert_eq!(
+            digest(ck::CKM_SHA3_256),
+            hex("3a985da74fe225b2045c172d6bd390bd855f086e3e9d525b46bfe24511431532")
+        );
+        assert_eq!(digest(ck::CKM_SHA3_384), hex("ec01498288516fc926459f58e2c6ad8df9b473cb0fc08c2596da7cf0e49be4b298d88cea927ac7f539f1edf228376d25"));
+        assert_eq!(digest(ck::CKM_SHA3_512), hex("b751850b1a57168a5693cd924b6b096e08f621827444f70d884f5d0240d2712e10e116e9192af3c91a7ec57647e3934057340b4cf408d5a56592f8274eec53f0"));
+        // RFC 4231 test case 2.
+        let jefe = t.secret(ck::CKK_GENERIC_SECRET, b"Jefe");
+        let data = b"what do ya want for nothing?";
+        let mac = t
+            .single(Operation::Sign, plain(ck::CKM_SHA256_HMAC), jefe, data, &[])
+            .unwrap();
+        assert_eq!(
+            mac,
+            hex("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+        );
+        t.single(
+            Operation::Verify,
+            plain(ck::CKM_SHA256_HMAC),
+            jefe,
+            data,
+            &mac,
+        )
+        .unwrap();
+        assert_eq!(
+            t.single(
+                Operation::Verify,
+                plain(ck::CKM_SHA256_HMAC),
+                jefe,
+                b"x",
+                &mac
+            ),
+            Err(Rv::SignatureInvalid.code())
+        );
+        let general = Mechanism {
+            ty: ck::CKM_SHA256_HMAC_GENERAL as u64,
+            parameter: MechanismParameter::MacLength(16),
+        };
+        assert_eq!(
+            t.single(Operation::Sign, general, jefe, data, &[]).unwrap(),
+            mac[..16]
+        );
+        // RFC 4493 example 2 and SP 800-38A F.1.1, F.2.1, F.5.1.
+        let aes = t.secret(ck::CKK_AES, &hex("2b7e151628aed2a6abf7158809cf4f3c"));
+        let block = hex("6bc1bee22e409f96e93d7e117393172a");
+        assert_eq!(
+            t.single(Operation::Sign, plain(ck::CKM_AES_CMAC), aes, &block, &[])
+                .unwrap(),
+            hex("070a16b46b4d4144f79bdd9dd04a287c")
+        );
+        assert_eq!(
+            t.single(Operation::Encrypt, plain(ck::CKM_AES_ECB), aes, &block, &[])
+                .unwrap(),
+            hex("3ad77bb40d7a3660a89ecaf32466ef97")
+        );
+        let cbc = Mechanism {
+            ty: ck::CKM_AES_CBC as u64,
+            parameter: MechanismParameter::Bytes(hex("000102030405060708090a0b0c0d0e0f")),
+        };
+        let sealed = t
+            .single(Operation::Encrypt, cbc.clone(), aes, &block, &[])
+            .unwrap();
+        assert_eq!(sealed, hex("7649abac8119b246cee98e9b12e9197d"));
+        assert_eq!(
+            t.single(Operation::Decrypt, cbc.clone(), aes, &sealed, &[])
+                .unwrap(),
+            block
+        );
+        assert_eq!(
+            t.single(Operation::Encrypt, cbc, aes, b"not a block", &[]),
+            Err(Rv::DataLenRange.code())
+        );
+        let ctr = Mechanism {
+            ty: ck::CKM_AES_CTR as u64,
+            parameter: MechanismParameter::Ctr {
+                counter_bits: 128,
+                block: hex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff"),
+            },
+        };
+        assert_eq!(
+            t.single(Operation::Encrypt, ctr, aes, &block, &[]).unwrap(),
+            hex("874d6191b620e3261bef6864990db6ce")
+        );
+        // Key generation for generic secrets.
+        let template = Template(vec![Attribute::ulong(ck::CKA_VALUE_LEN, 48)]);
+        let Reply::Handle(generated) = t.call(Request::GenerateKey {
+            session: t.session,
+            mechanism: plain(ck::CKM_GENERIC_SECRET_KEY_GEN),
+            template,
+        }) else {
+            panic!()
+        };
+        t.single(
+            Operation::Sign,
+            plain(ck::CKM_SHA384_HMAC),
+            generated,
+            b"m",
+            &[],
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn key_wrap_unwrap_with_aes_and_oaep() {
+    for transport in TRANSPORTS {
+        let daemon = Daemon::start();
+        prepare(&daemon, transport, "");
+        let t = Token::new(&daemon, transport);
+        // RFC 3394 section 4.1.
+        let kek = t.create(vec![
+            Attribute::ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY),
+            Attribute::ulong(ck::CKA_KEY_TYPE, ck::CKK_AES),
+            Attribute::bytes(ck::CKA_VALUE, &hex("000102030405060708090A0B0C0D0E0F")),
+        ]);
+        let target = t.secret(ck::CKK_AES, &hex("00112233445566778899AABBCCDDEEFF"));
+        let wrap = |mechanism: ck::CK_MECHANISM_TYPE, wrapping: u64, key: u64| match t.device.call(
+            Some(t.g),
+            Request::WrapKey {
+                session: t.session,
+                mechanism: plain(mechanism),
+                wrapping_key: wrapping,
+                key,
+            },
+        ) {
+            Ok((Reply::Bytes(b), _)) => Ok(b),
+            Ok((other, _)) => panic!("{other:?}"),
+            Err(e) => Err(e.rv()),
+        };
+        let wrapped = wrap(ck::CKM_AES_KEY_WRAP, kek, target).unwrap();
+        assert_eq!(
+            wrapped,
+            hex("1FA68B0A8112B447AEF34BD8FB5A7B829D3E862371D2CFE5")
+        );
+        let unwrap = |mechanism: ck::CK_MECHANISM_TYPE, unwrapping: u64, wrapped: Vec<u8>| {
+            let template = Template(vec![
+                Attribute::ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY),
+                Attribute::ulong(ck::CKA_KEY_TYPE, ck::CKK_AES),
+                Attribute::bool(ck::CKA_SENSITIVE, false),
+            ]);
+            match t.device.call(
+                Some(t.g),
+                Request::UnwrapKey {
+                    session: t.session,
+                    mechanism: plain(mechanism),
+                    unwrapping_key: unwrapping,
+                    wrapped,
+                    template,
+                },
+            ) {
+                Ok((Reply::Handle(h), _)) => Ok(h),
+                Ok((other, _)) => panic!("{other:?}"),
+                Err(e) => Err(e.rv()),
+            }
+        };
+        let restored = unwrap(ck::CKM_AES_KEY_WRAP, kek, wrapped.clone()).unwrap();
+        assert_eq!(t.value(restored), hex("00112233445566778899AABBCCDDEEFF"));
+        let mut altered = wrapped;
+        altered[3] ^= 1;
+        assert_eq!(
+            unwrap(ck::CKM_AES_KEY_WRAP, kek, altered),
+            Err(Rv::WrappedKeyInvalid.code())
+        );
+        for mechanism in [ck::CKM_AES_KEY_WRAP_PAD, ck::CKM_AES_KEY_WRAP_KWP] {
+            let odd = t.secret(ck::CKK_GENERIC_SECRET, b"twenty-one bytes long");
+            let wrapped = wrap(mechanism, kek, odd).unwrap();
+            let template = Template(vec![
+                Attribute::ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY),
+                Attribute::ulong(ck::CKA_KEY_TYPE, ck::CKK_GENERIC_SECRET),
+                Attribute::bool(ck::CKA_SENSITIVE, false),
+            ]);
+            let Ok((Reply::Handle(back), _)) = t.device.call(
+                Some(t.g),
+                Request::UnwrapKey {
+                    session: t.session,
+                    mechanism: plain(mechanism),
+                    unwrapping_key: kek,
+                    wrapped,
+                    template,
+                },
+            ) else {
+                panic!("unwrap {mechanism:#x}")
+            };
+            assert_eq!(t.value(back), b"twenty-one bytes long");
+        }
+        // Unextractable keys cannot be wrapped.
+        let locked = t.create(vec![
+            Attribute::ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY),
+            Attribute::ulong(ck::CKA_KEY_TYPE, ck::CKK_AES),
+            Attribute::bool(ck::CKA_EXTRACTABLE, false),
+            Attribute::bytes(ck::CKA_VALUE, &[9u8; 16]),
+        ]);
+        assert_eq!(
+            wrap(ck::CKM_AES_KEY_WRAP, kek, locked),
+            Err(Rv::KeyUnextractable.code())
+        );
+        // RSA-OAEP: encrypt/decrypt and wrap/unwrap.
+        let template = Template(vec![Attribute::ulong(ck::CKA_MODULUS_BITS, 2048)]);
+        let Reply::HandlePair(public, private) = t.call(Request::GenerateKeyPair {
+            session: t.session,
+            mechanism: plain(ck::CKM_RSA_PKCS_KEY_PAIR_GEN),
+            public_template: template,
+            private_template: Template::default(),
+        }) else {
+            panic!()
+        };
+        let oaep = Mechanism {
+            ty: ck::CKM_RSA_PKCS_OAEP as u64,
+            parameter: MechanismParameter::Oaep {
+                hash: ck::CKM_SHA256 as u64,
+                mgf: ck::CKG_MGF1_SHA256 as u64,
+                label: b"label".to_vec(),
+            },
+        };
+        let sealed = t
+            .single(Operation::Encrypt, oaep.clone(), public, b"secret", &[])
+            .unwrap();
+        assert_eq!(sealed.len(), 256);
+        assert_eq!(
+            t.single(Operation::Decrypt, oaep.clone(), private, &sealed, &[])
+                .unwrap(),
+            b"secret"
+        );
+        let wrapped = match t.call(Request::WrapKey {
+            session: t.session,
+            mechanism: oaep.clone(),
+            wrapping_key: public,
+            key: target,
+        }) {
+            Reply::Bytes(b) => b,
+            other => panic!("{other:?}"),
+        };
+        let template = Template(vec![
+            Attribute::ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY),
+            Attribute::ulong(ck::CKA_KEY_TYPE, ck::CKK_AES),
+            Attribute::bool(ck::CKA_SENSITIVE, false),
+        ]);
+        let Reply::Handle(back) = t.call(Request::UnwrapKey {
+            session: t.session,
+            mechanism: oaep,
+            unwrapping_key: private,
+            wrapped,
+            template,
+        }) else {
+            panic!()
+        };
+        assert_eq!(t.value(back), hex("00112233445566778899AABBCCDDEEFF"));
+    }
+}
+
+#[test]
+fn ed25519_x25519_ecdh_and_hkdf_match_published_vectors() {
+    for transport in TRANSPORTS {
+        let daemon = Daemon::start();
+        prepare(&daemon, transport, "");
+        let t = Token::new(&daemon, transport);
+        let ed_oid = hex("06032b6570");
+        // RFC 8032 section 7.1, test 1 (empty message).
+        let private = t.create(vec![
+            Attribute::ulong(ck::CKA_CLASS, ck::CKO_PRIVATE_KEY),
+            Attribute::ulong(ck::CKA_KEY_TYPE, ck::CKK_EC_EDWARDS),
+            Attribute::bytes(ck::CKA_EC_PARAMS, &ed_oid),
+            Attribute::bytes(
+                ck::CKA_VALUE,
+                &hex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"),
+            ),
+        ]);
+        let signature = t
+            .single(Operation::Sign, plain(ck::CKM_EDDSA), private, b"", &[])
+            .unwrap();
+        assert_eq!(signature, hex("e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"));
+        let public = t.create(vec![
+            Attribute::ulong(ck::CKA_CLASS, ck::CKO_PUBLIC_KEY),
+            Attribute::ulong(ck::CKA_KEY_TYPE, ck::CKK_EC_EDWARDS),
+            Attribute::bytes(ck::CKA_EC_PARAMS, &ed_oid),
+            Attribute::bytes(
+                ck::CKA_EC_POINT,
+                &hex("0420d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"),
+            ),
+        ]);
+        t.single(
+            Operation::Verify,
+            plain(ck::CKM_EDDSA),
+            public,
+            b"",
+            &signature,
+        )
+        .unwrap();
+        assert_eq!(
+            t.single(
+                Operation::Verify,
+                plain(ck::CKM_EDDSA),
+                public,
+                b"x",
+                &signature
+            ),
+            Err(Rv::SignatureInvalid.code())
+        );
+        // Generated Ed25519 pairs sign and verify.
+        let Reply::HandlePair(gp, gs) = t.call(Request::GenerateKeyPair {
+            session: t.session,
+            mechanism: plain(ck::CKM_EC_EDWARDS_KEY_PAIR_GEN),
+            public_template: Template(vec![Attribute::bytes(ck::CKA_EC_PARAMS, &ed_oid)]),
+            private_template: Template::default(),
+        }) else {
+            panic!()
+        };
+        let s = t
+            .single(Operation::Sign, plain(ck::CKM_EDDSA), gs, b"hello", &[])
+            .unwrap();
+        t.single(Operation::Verify, plain(ck::CKM_EDDSA), gp, b"hello", &s)
+            .unwrap();
+
+        // RFC 7748 section 6.1: Alice's private key with Bob's public key.
+        let alice = t.create(vec![
+            Attribute::ulong(ck::CKA_CLASS, ck::CKO_PRIVATE_KEY),
+            Attribute::ulong(ck::CKA_KEY_TYPE, ck::CKK_EC_MONTGOMERY),
+            Attribute::bytes(ck::CKA_EC_PARAMS, &hex("06032b656e")),
+            Attribute::bytes(
+                ck::CKA_VALUE,
+                &hex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"),
+            ),
+        ]);
+        let ecdh = |public: Vec<u8>| Mechanism {
+            ty: ck::CKM_ECDH1_DERIVE as u64,
+            parameter: MechanismParameter::Ecdh {
+                kdf: ck::CKD_NULL as u64,
+                shared_data: vec![],
+                public_data: public,
+            },
+        };
+        let shared = t
+            .derive(
+                ecdh(hex(
+                    "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f",
+                )),
+                alice,
+                32,
+            )
+            .unwrap();
+        assert_eq!(
+            t.value(shared),
+            hex("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742")
+        );
+
+        // ECDH on P-256 between two generated pairs agrees.
+        let pair = || {
+            let Reply::HandlePair(p, s) = t.call(Request::GenerateKeyPair {
+                session: t.session,
+                mechanism: plain(ck::CKM_EC_KEY_PAIR_GEN),
+                public_template: Template(vec![Attribute::bytes(
+                    ck::CKA_EC_PARAMS,
+                    &hex("06082a8648ce3d030107"),
+                )]),
+                private_template: Template(vec![Attribute::bool(ck::CKA_DERIVE, true)]),
+            }) else {
+                panic!()
+            };
+            let point = match t.call(Request::GetAttributes {
+                session: t.session,
+                object: p,
+                types: vec![ck::CKA_EC_POINT as u64],
+            }) {
+                Reply::Attributes(mut a) => match a.remove(0) {
+                    AttributeAnswer::Value(v) => v,
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            };
+            (s, point)
+        };
+        let (a, a_point) = pair();
+        let (b, b_point) = pair();
+        let ab = t.derive(ecdh(a_point.clone()), b, 32).unwrap();
+        let ba = t.derive(ecdh(b_point), a, 32).unwrap();
+        assert_eq!(t.value(ab), t.value(ba));
+        assert_eq!(
+            t.derive(ecdh(vec![4, 1, 2]), a, 32),
+            Err(Rv::MechanismParamInvalid.code())
+        );
+
+        // RFC 5869 test case 1.
+        let ikm = t.secret(ck::CKK_GENERIC_SECRET, &[0x0b; 22]);
+        let hkdf = Mechanism {
+            ty: ck::CKM_HKDF_DERIVE as u64,
+            parameter: MechanismParameter::Hkdf {
+                extract: true,
+                expand: true,
+                prf: ck::CKM_SHA256 as u64,
+                salt_type: ck::CKF_HKDF_SALT_DATA as u64,
+                salt: hex("000102030405060708090a0b0c"),
+                salt_key: 0,
+                info: hex("f0f1f2f3f4f5f6f7f8f9"),
+            },
+        };
+        let okm = t.derive(hkdf, ikm, 42).unwrap();
+        assert_eq!(t.value(okm), hex("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"));
+        // A base key without CKA_DERIVE cannot derive.
+        let no_derive = t.create(vec![
+            Attribute::ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY),
+            Attribute::ulong(ck::CKA_KEY_TYPE, ck::CKK_GENERIC_SECRET),
+            Attribute::bytes(ck::CKA_VALUE, &[1; 16]),
+        ]);
+        let _ = code(t.device.call(
+            Some(t.g),
+            Request::DigestKey {
+                session: t.session,
+                key: no_derive,
+            },
+        ));
+        assert_eq!(
+            t.derive(plain(ck::CKM_HKDF_DERIVE), no_derive, 16),
+            Err(Rv::KeyFunctionNotPermitted.code())
+        );
+    }
+}
