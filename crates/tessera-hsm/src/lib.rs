@@ -81,6 +81,8 @@ pub(crate) struct Session {
     read_write: bool,
     find: Option<Vec<u64>>,
     operations: HashMap<tessera_wire::Operation, crypto::Operation>,
+    /// An operation on a `CKA_ALWAYS_AUTHENTICATE` key that waits for a context-specific login.
+    authenticate: Option<tessera_wire::Operation>,
 }
 
 pub(crate) struct State {

@@ -328,6 +328,11 @@ pub fn check_change(
 /// class requires. `generated` is the mechanism for keys made inside the HSM.
 pub fn complete(attributes: &mut Attributes, generated: Option<u64>, flags: u64) -> Result<(), Rv> {
     let class = attributes.class();
+    // CKA_UNIQUE_ID is the token's to give (v3.0 §4.4.1).
+    if attributes.has(ck::CKA_UNIQUE_ID) {
+        return Err(Rv::AttributeReadOnly);
+    }
+    fresh_unique_id(attributes);
     attributes.default_flag(ck::CKA_TOKEN, false);
     let private_default = matches!(
         class as ck::CK_OBJECT_CLASS,
@@ -426,6 +431,13 @@ fn complete_key(
         }
     }
     Ok(())
+}
+
+/// Gives an object a new `CKA_UNIQUE_ID` (128 random bits as hex).
+pub fn fresh_unique_id(attributes: &mut Attributes) {
+    let bytes = crate::crypto::random(16).unwrap_or_default();
+    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    attributes.set(ck::CKA_UNIQUE_ID as u64, id.into_bytes());
 }
 
 /// Fails with `CKR_TEMPLATE_INCOMPLETE` unless every type is present.

@@ -291,6 +291,7 @@ impl Hsm {
         for change in template.iter() {
             attributes.set(change.ty, change.value.clone());
         }
+        object::fresh_unique_id(&mut attributes);
         let token_id = Self::check_create(&state, client, session, &attributes)?;
         self.insert(&mut state, client, session, token_id, attributes)
             .map(Reply::Handle)
@@ -548,6 +549,11 @@ impl Hsm {
         };
         for (ty, value) in public_parts {
             public.set(ty as u64, value);
+        }
+        // Both halves carry the public key as SubjectPublicKeyInfo (v3.0 CKA_PUBLIC_KEY_INFO).
+        if let Some(info) = crypto::public_key_info(&public) {
+            public.set(ck::CKA_PUBLIC_KEY_INFO as u64, info.clone());
+            private.set(ck::CKA_PUBLIC_KEY_INFO as u64, info);
         }
         for (ty, value) in private_parts {
             private.set(ty as u64, value);

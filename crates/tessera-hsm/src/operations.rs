@@ -21,6 +21,23 @@ fn reply(output: Output) -> Reply {
 }
 
 impl Hsm {
+    fn key_always_authenticates(
+        &self,
+        state: &crate::State,
+        client: u64,
+        session: u64,
+        key: u64,
+    ) -> bool {
+        let Ok(current) = state.session(client, session) else {
+            return false;
+        };
+        state
+            .token(current.token_id)
+            .ok()
+            .and_then(|token| token.objects.get(&key))
+            .is_some_and(|object| object.attributes.flag(ck::CKA_ALWAYS_AUTHENTICATE))
+    }
+
     pub(crate) fn operation_init(
         &self,
         client: u64,
@@ -74,10 +91,11 @@ impl Hsm {
                 Operation::Digest => return Err(Rv::GeneralError),
             }
         };
-        state
-            .session_mut(client, session)?
-            .operations
-            .insert(operation, active);
+        let key_needs_login = operation != Operation::Digest
+            && self.key_always_authenticates(&state, client, session, key);
+        let current = state.session_mut(client, session)?;
+        current.operations.insert(operation, active);
+        current.authenticate = key_needs_login.then_some(operation);
         Ok(Reply::Done)
     }
 
@@ -88,8 +106,11 @@ impl Hsm {
         operation: Operation,
     ) -> Result<crypto::Operation, Rv> {
         let mut state = self.lock();
-        state
-            .session_mut(client, session)?
+        let current = state.session_mut(client, session)?;
+        if current.authenticate == Some(operation) && current.operations.contains_key(&operation) {
+            return Err(Rv::UserNotLoggedIn);
+        }
+        current
             .operations
             .remove(&operation)
             .ok_or(Rv::OperationNotInitialized)

@@ -198,6 +198,7 @@ impl Hsm {
                 read_write,
                 find: None,
                 operations: Default::default(),
+                authenticate: None,
             },
         );
         Ok(Reply::Handle(handle))
@@ -271,6 +272,8 @@ impl Hsm {
         let so = user_type == ck::CKU_SO as u64;
         let master = self.verify_pin(token_id, so, pin)?;
         if user_type == ck::CKU_CONTEXT_SPECIFIC as u64 {
+            // The waiting operation may go on (v3.0 §5.11, CKA_ALWAYS_AUTHENTICATE).
+            self.lock().session_mut(client, handle)?.authenticate = None;
             return Ok(Reply::Done);
         }
         let mut state = self.lock();

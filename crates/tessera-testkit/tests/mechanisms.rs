@@ -555,3 +555,90 @@ fn ed25519_x25519_ecdh_and_hkdf_match_published_vectors() {
         );
     }
 }
+
+#[test]
+fn always_authenticate_unique_ids_and_public_key_info() {
+    let daemon = Daemon::start();
+    let transport = Transport::Unix;
+    prepare(&daemon, transport, "");
+    let t = Token::new(&daemon, transport);
+    let Reply::HandlePair(public, private) = t.call(Request::GenerateKeyPair {
+        session: t.session,
+        mechanism: plain(ck::CKM_EC_KEY_PAIR_GEN),
+        public_template: Template(vec![Attribute::bytes(
+            ck::CKA_EC_PARAMS,
+            &hex("06082a8648ce3d030107"),
+        )]),
+        private_template: Template(vec![Attribute::bool(ck::CKA_ALWAYS_AUTHENTICATE, true)]),
+    }) else {
+        panic!()
+    };
+    // Each use of the key needs a context-specific login.
+    let init = Request::OperationInit {
+        session: t.session,
+        operation: Operation::Sign,
+        mechanism: plain(ck::CKM_ECDSA_SHA256),
+        key: private,
+    };
+    t.call(init);
+    let sign = || Request::OperationSingle {
+        session: t.session,
+        operation: Operation::Sign,
+        data: b"m".to_vec(),
+        signature: vec![],
+    };
+    assert_eq!(
+        code(t.device.call(Some(t.g), sign())),
+        Rv::UserNotLoggedIn.code()
+    );
+    let login = Request::Login {
+        session: t.session,
+        user_type: ck::CKU_CONTEXT_SPECIFIC as u64,
+        pin: sm_common::pin(sm_common::USER_PIN),
+    };
+    t.call(login);
+    assert!(matches!(t.call(sign()), Reply::Bytes(s) if s.len() == 64));
+    // Unique ids: given by the token, distinct, read-only.
+    let ids = |object| match t.call(Request::GetAttributes {
+        session: t.session,
+        object,
+        types: vec![ck::CKA_UNIQUE_ID as u64, ck::CKA_PUBLIC_KEY_INFO as u64],
+    }) {
+        Reply::Attributes(answers) => answers
+            .into_iter()
+            .map(|a| match a {
+                AttributeAnswer::Value(v) => v,
+                other => panic!("{other:?}"),
+            })
+            .collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    let (a, b) = (ids(public), ids(private));
+    assert_eq!(a[0].len(), 32);
+    assert_ne!(a[0], b[0]);
+    // The public key info is the same DER on both halves, and OpenSSL reads it.
+    assert_eq!(a[1], b[1]);
+    let file = daemon.dir().join("spki.der");
+    std::fs::write(&file, &a[1]).unwrap();
+    let parsed = std::process::Command::new(tessera_testkit::tool("openssl"))
+        .args(["pkey", "-pubin", "-inform", "DER", "-noout", "-text", "-in"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&parsed.stdout).contains("prime256v1"),
+        "{}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let with_id = Request::CreateObject {
+        session: t.session,
+        template: Template(vec![
+            Attribute::ulong(ck::CKA_CLASS, ck::CKO_DATA),
+            Attribute::bytes(ck::CKA_UNIQUE_ID, b"mine"),
+        ]),
+    };
+    assert_eq!(
+        code(t.device.call(Some(t.g), with_id)),
+        Rv::AttributeReadOnly.code()
+    );
+}

@@ -275,3 +275,40 @@ pub(crate) fn ec_point(key: &Attributes) -> Result<(Vec<u8>, &'static Curve), Rv
     let point = der::single(raw, der::OCTET_STRING).unwrap_or(raw);
     Ok((point.to_vec(), curve))
 }
+
+/// The SubjectPublicKeyInfo DER of a public key object (RSA, EC, Ed25519, X25519).
+pub fn public_key_info(key: &Attributes) -> Option<Vec<u8>> {
+    let bit_string = |bytes: &[u8]| {
+        let mut content = vec![0u8];
+        content.extend_from_slice(bytes);
+        der::element(0x03, &content)
+    };
+    let algorithm: Vec<u8>;
+    let key_bits: Vec<u8>;
+    match key.key_type() as ck::CK_KEY_TYPE {
+        ck::CKK_RSA => {
+            algorithm = RSA_ALGORITHM.to_vec();
+            key_bits = rsa_public_key(key).ok()?;
+        }
+        ck::CKK_EC => {
+            let params = key.get(ck::CKA_EC_PARAMS)?;
+            let ec_public_key = [0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01];
+            algorithm = der::sequence(&[ec_public_key.to_vec(), params.to_vec()]);
+            let point = key.get(ck::CKA_EC_POINT)?;
+            key_bits = der::single(point, der::OCTET_STRING)
+                .unwrap_or(point)
+                .to_vec();
+        }
+        ck::CKK_EC_EDWARDS | ck::CKK_EC_MONTGOMERY => {
+            let oid = if key.key_type() == ck::CKK_EC_EDWARDS as u64 {
+                super::edwards::ED25519_OID
+            } else {
+                super::edwards::X25519_OID
+            };
+            algorithm = der::sequence(&[oid.to_vec()]);
+            key_bits = super::edwards::raw_point(key.get(ck::CKA_EC_POINT)?).to_vec();
+        }
+        _ => return None,
+    }
+    Some(der::sequence(&[algorithm, bit_string(&key_bits)]))
+}

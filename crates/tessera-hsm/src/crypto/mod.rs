@@ -25,6 +25,7 @@ mod mac;
 
 pub use keys::{
     bit_len, check_curve, check_ec_private, check_rsa_private, generate_ec, generate_rsa,
+    public_key_info,
 };
 use keys::{
     ec_point, ec_private_key, finish_rsa, rsa_private_key, rsa_private_pkcs8, rsa_public_key,
