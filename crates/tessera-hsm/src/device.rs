@@ -154,7 +154,7 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
                 "token {token_id} of the slot list"
             )))
         })?;
-        let mut objects = std::collections::BTreeMap::new();
+        let mut objects = crate::object_set::ObjectSet::default();
         for (id, stored) in store.objects(token_id)? {
             objects.insert(id, crate::objects::in_memory(stored));
         }

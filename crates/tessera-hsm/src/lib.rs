@@ -19,6 +19,7 @@ mod identity;
 mod keys;
 mod mechanisms;
 mod object;
+mod object_set;
 mod objects;
 mod operations;
 mod time;
@@ -72,7 +73,7 @@ pub(crate) struct Token {
     /// The token master key while some client is logged in.
     master: Option<MasterKey>,
     logins: HashMap<u64, Login>,
-    objects: BTreeMap<u64, Object>,
+    objects: object_set::ObjectSet,
 }
 
 pub(crate) struct Session {
@@ -452,7 +453,7 @@ impl Token {
             record: TokenRecord::default(),
             master: None,
             logins: HashMap::new(),
-            objects: BTreeMap::new(),
+            objects: Default::default(),
         }
     }
 

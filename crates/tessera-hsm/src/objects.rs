@@ -405,7 +405,7 @@ impl Hsm {
         let token = state.token(current.token_id)?;
         let found: Vec<u64> = token
             .objects
-            .iter()
+            .candidates(template)
             .filter(|(_, o)| {
                 visible(token, client, o) && object::matches(&o.attributes, template, false)
             })

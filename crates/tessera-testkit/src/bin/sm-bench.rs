@@ -246,6 +246,85 @@ fn main() {
     }
     println!("cost/msg: (p50 of the small call with the channel - p50 plain) / 2 messages; handshakes/s include a new connection and C_OpenSession.");
     record_cost();
+    find_objects(transport);
+}
+
+/// `C_FindObjects` by label on a token holding 100 000 objects.
+fn find_objects(transport: Transport) {
+    let daemon = Daemon::start();
+    prepare(&daemon, transport, "");
+    let d = device(&daemon, transport);
+    let (s, g) = session(&d);
+    let count = 100_000;
+    let started = Instant::now();
+    for n in 0..count {
+        let template = Template(vec![
+            Attribute::ulong(ck::CKA_CLASS, ck::CKO_DATA),
+            Attribute::bytes(ck::CKA_LABEL, format!("object-{n}").as_bytes()),
+        ]);
+        call(
+            &d,
+            g,
+            Request::CreateObject {
+                session: s,
+                template,
+            },
+        );
+    }
+    let created = started.elapsed();
+    let find = |label: &str| {
+        let template = Template(vec![Attribute::bytes(ck::CKA_LABEL, label.as_bytes())]);
+        call(
+            &d,
+            g,
+            Request::FindObjectsInit {
+                session: s,
+                template,
+            },
+        );
+        let Reply::Handles(found) = call(
+            &d,
+            g,
+            Request::FindObjects {
+                session: s,
+                max: 10,
+            },
+        ) else {
+            panic!("find")
+        };
+        call(&d, g, Request::FindObjectsFinal { session: s });
+        found.len()
+    };
+    assert_eq!(find("object-77777"), 1);
+    let by_label = measure(1.0, || {
+        find("object-54321");
+    });
+    let by_class = measure(1.0, || {
+        let template = Template(vec![Attribute::ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY)]);
+        call(
+            &d,
+            g,
+            Request::FindObjectsInit {
+                session: s,
+                template,
+            },
+        );
+        call(&d, g, Request::FindObjectsFinal { session: s });
+    });
+    println!(
+        "\nfind objects on a token with {count} objects (created in {:.1} s):",
+        created.as_secs_f64()
+    );
+    println!(
+        "  by label (indexed), 3 round trips: p50 {} us, p99 {} us",
+        micros(by_label.p50),
+        micros(by_label.p99)
+    );
+    println!(
+        "  by class (full scan), 2 round trips: p50 {} us, p99 {} us",
+        micros(by_class.p50),
+        micros(by_class.p99)
+    );
 }
 
 /// The channel's own cost, without the network: seal and open of one record, in process.

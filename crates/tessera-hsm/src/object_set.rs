@@ -1,0 +1,101 @@
+//! A token's objects with an index on the attributes applications search by (`CKA_LABEL`,
+//! `CKA_ID`, `CKA_UNIQUE_ID`), so that `C_FindObjectsInit` with one of them does not scan every
+//! object (a token may hold 100 000).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use tessera_core::{ck, Template};
+
+use crate::Object;
+
+const INDEXED: [ck::CK_ATTRIBUTE_TYPE; 3] = [ck::CKA_LABEL, ck::CKA_ID, ck::CKA_UNIQUE_ID];
+
+/// Objects by handle, with the index kept in step by every change.
+#[derive(Default)]
+pub(crate) struct ObjectSet {
+    objects: BTreeMap<u64, Object>,
+    index: HashMap<(ck::CK_ATTRIBUTE_TYPE, Vec<u8>), BTreeSet<u64>>,
+}
+
+impl ObjectSet {
+    fn unindex(&mut self, handle: u64, object: &Object) {
+        for ty in INDEXED {
+            if let Some(value) = object.attributes.get(ty) {
+                let key = (ty, value.to_vec());
+                if let Some(set) = self.index.get_mut(&key) {
+                    set.remove(&handle);
+                    if set.is_empty() {
+                        self.index.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn insert(&mut self, handle: u64, object: Object) {
+        if let Some(old) = self.objects.remove(&handle) {
+            self.unindex(handle, &old);
+        }
+        for ty in INDEXED {
+            if let Some(value) = object.attributes.get(ty) {
+                self.index
+                    .entry((ty, value.to_vec()))
+                    .or_default()
+                    .insert(handle);
+            }
+        }
+        self.objects.insert(handle, object);
+    }
+
+    pub(crate) fn remove(&mut self, handle: &u64) -> Option<Object> {
+        let object = self.objects.remove(handle)?;
+        self.unindex(*handle, &object);
+        Some(object)
+    }
+
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&u64, &Object) -> bool) {
+        let gone: Vec<u64> = self
+            .objects
+            .iter()
+            .filter(|(h, o)| !keep(h, o))
+            .map(|(h, _)| *h)
+            .collect();
+        for handle in gone {
+            self.remove(&handle);
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.objects.clear();
+        self.index.clear();
+    }
+
+    pub(crate) fn get(&self, handle: &u64) -> Option<&Object> {
+        self.objects.get(handle)
+    }
+
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &u64> {
+        self.objects.keys()
+    }
+
+    /// The objects that may match `template`: through the index when the template names an
+    /// indexed attribute, else all of them. Callers still check the whole template.
+    pub(crate) fn candidates<'a>(
+        &'a self,
+        template: &Template,
+    ) -> Box<dyn Iterator<Item = (&'a u64, &'a Object)> + 'a> {
+        let narrowest = INDEXED
+            .iter()
+            .filter_map(|ty| {
+                template
+                    .bytes(*ty)
+                    .map(|value| self.index.get(&(*ty, value.to_vec())))
+            })
+            .min_by_key(|set| set.map_or(0, BTreeSet::len));
+        match narrowest {
+            Some(None) => Box::new(std::iter::empty()),
+            Some(Some(set)) => Box::new(set.iter().filter_map(|h| self.objects.get_key_value(h))),
+            None => Box::new(self.objects.iter()),
+        }
+    }
+}
