@@ -552,6 +552,14 @@ impl Hsm {
         }
         // Both halves carry the public key as SubjectPublicKeyInfo (v3.0 CKA_PUBLIC_KEY_INFO).
         if let Some(info) = crypto::public_key_info(&public) {
+            // Without an application CKA_ID, both halves get the same one (the first 20 bytes
+            // of the SHA-256 of the public key), so that tools can pair them.
+            let no_id = |a: &Attributes| a.get(ck::CKA_ID).is_none_or(<[u8]>::is_empty);
+            if no_id(&public) && no_id(&private) {
+                let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &info);
+                public.set(ck::CKA_ID as u64, digest.as_ref()[..20].to_vec());
+                private.set(ck::CKA_ID as u64, digest.as_ref()[..20].to_vec());
+            }
             public.set(ck::CKA_PUBLIC_KEY_INFO as u64, info.clone());
             private.set(ck::CKA_PUBLIC_KEY_INFO as u64, info);
         }
