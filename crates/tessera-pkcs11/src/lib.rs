@@ -22,7 +22,7 @@
 //! [`ffi`] is the only module with `unsafe` code: it turns C pointers into owned typed values
 //! once, at the boundary, and writes results back. [`library`] holds all global state (devices,
 //! slot counts, sessions) in one [`library::Library`] and does the work in safe code. The pure
-//! conversions live in [`ids`], [`buffer`] and [`attribute`].
+//! conversions live in [`ids`], [`buffer`], [`attribute`] and [`message`].
 //!
 //! The library is fork-aware: in a child process, every call answers
 //! `CKR_CRYPTOKI_NOT_INITIALIZED` until the child calls `C_Initialize` itself. It runs no async
@@ -31,20 +31,30 @@
 //!
 //! # Functions not supported
 //!
-//! These return `CKR_FUNCTION_NOT_SUPPORTED`: `C_GetOperationState`, `C_SetOperationState`,
-//! `C_DigestKey`, `C_SignRecoverInit`, `C_SignRecover`, `C_VerifyRecoverInit`,
-//! `C_VerifyRecover`, `C_DigestEncryptUpdate`, `C_DecryptDigestUpdate`, `C_SignEncryptUpdate`,
-//! `C_DecryptVerifyUpdate`, `C_WrapKey`, `C_UnwrapKey`, `C_DeriveKey`, `C_WaitForSlotEvent`,
-//! and the PKCS#11 3.0 additions `C_LoginUser`, `C_SessionCancel`, `C_MessageEncryptInit`,
-//! `C_EncryptMessage`, `C_EncryptMessageBegin`, `C_EncryptMessageNext`,
-//! `C_MessageEncryptFinal`, `C_MessageDecryptInit`, `C_DecryptMessage`,
-//! `C_DecryptMessageBegin`, `C_DecryptMessageNext`, `C_MessageDecryptFinal`,
-//! `C_MessageSignInit`, `C_SignMessage`, `C_SignMessageBegin`, `C_SignMessageNext`,
-//! `C_MessageSignFinal`, `C_MessageVerifyInit`, `C_VerifyMessage`, `C_VerifyMessageBegin`,
-//! `C_VerifyMessageNext`, `C_MessageVerifyFinal`. `C_GetFunctionStatus` and
+//! These return `CKR_FUNCTION_NOT_SUPPORTED`: `C_GetOperationState` and
+//! `C_SetOperationState` (an operation's state stays in the device); `C_SignRecoverInit`,
+//! `C_SignRecover`, `C_VerifyRecoverInit` and `C_VerifyRecover` (no supported mechanism offers
+//! signatures with message recovery); `C_WaitForSlotEvent`; and the multi-part message calls
+//! of PKCS#11 3.0, `C_EncryptMessageBegin`, `C_EncryptMessageNext`, `C_DecryptMessageBegin`,
+//! `C_DecryptMessageNext`, `C_SignMessageBegin`, `C_SignMessageNext`, `C_VerifyMessageBegin`,
+//! `C_VerifyMessageNext` (messages are processed whole). `C_GetFunctionStatus` and
 //! `C_CancelFunction` return `CKR_FUNCTION_NOT_PARALLEL`, as the specification asks of every
 //! library. Attributes of `CK_ATTRIBUTE` array type (`CKA_WRAP_TEMPLATE`, ...) are refused with
 //! `CKR_ATTRIBUTE_TYPE_INVALID`.
+//!
+//! # Composed and library-side functions
+//!
+//! - `C_LoginUser` behaves like `C_Login`; the user name is ignored, because Tessera tokens
+//!   have no named users (one SO and one user per token).
+//! - The dual-function updates (`C_DigestEncryptUpdate`, `C_DecryptDigestUpdate`,
+//!   `C_SignEncryptUpdate`, `C_DecryptVerifyUpdate`) are two updates of the session's
+//!   operations, in the order the specification gives.
+//! - The message-based functions keep their context (mechanism and key) in the library; each
+//!   message is one whole operation on the device. Encryption and decryption are AES-GCM
+//!   (`CK_GCM_MESSAGE_PARAMS`; IVs generated with `CKG_GENERATE_RANDOM` come from the device's
+//!   random generator); signature messages take no parameter. While a classic operation of
+//!   the same kind is active in the session (say after `C_SignInit`), the device refuses a
+//!   message with `CKR_OPERATION_ACTIVE`.
 //!
 //! # Platform
 //!
@@ -58,6 +68,7 @@ pub mod buffer;
 pub mod ffi;
 pub mod ids;
 pub mod library;
+pub mod message;
 
 /// The outcome of a call: the error is a raw `CK_RV`, an open number, so that codes a device
 /// returns reach the application unchanged.

@@ -1,4 +1,7 @@
-//! All global state of the library, in one [`Library`], and the calls that use it.
+//! All global state of the library, in one [`Library`], and the calls that use it. The calls
+//! of the session's operations that compose several requests or keep output in the session
+//! entry are in the submodules `operations` (kept output, dual-function updates, key wrapping,
+//! cancellation) and `messages` (the message-based functions), re-exported here.
 //!
 //! The state sits in one `Mutex<Option<Library>>`. A call takes the lock only to read or update
 //! the tables; it clones what it needs (an `Arc` of the device, the remote handle, the
@@ -18,12 +21,25 @@ use cryptoki_sys as ck;
 use tessera_client::{ClientError, Device};
 use tessera_config::{Config, ConfigError, CONNECT_TIMEOUT, REPLY_TIMEOUT};
 use tessera_core::info::{SessionInfo, SlotInfo, Version};
-use tessera_core::{Mechanism, Rv, SecretBytes};
+use tessera_core::Rv;
 use tessera_wire::{Operation, Reply, Request};
 
-use crate::buffer::{fit, Fit};
 use crate::ids::{SessionId, SlotId, MAX_LOCAL_SLOTS};
 use crate::CkResult;
+
+mod messages;
+mod operations;
+mod pending;
+
+pub use messages::{
+    message_context, message_final, message_init, open, seal, sign_message, verify_message, Context,
+};
+pub use operations::{
+    absorb, dual_update, operation_init, output, output_of, produce, random, session_cancel,
+    wrap_key, Dual,
+};
+use pending::Pending;
+pub use pending::{Call, Stage};
 
 /// The one holder of the library's state (`None` before `C_Initialize`, after `C_Finalize`).
 static LIBRARY: Mutex<Option<Library>> = Mutex::new(None);
@@ -39,17 +55,6 @@ pub enum DeviceSlots {
     Down,
 }
 
-/// The calls that produce output, as keys of the cache of undelivered output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// `C_Encrypt`, `C_Decrypt`, `C_Digest`, `C_Sign`.
-    Single,
-    /// `C_EncryptUpdate`, `C_DecryptUpdate`.
-    Update,
-    /// `C_EncryptFinal`, `C_DecryptFinal`, `C_DigestFinal`, `C_SignFinal`.
-    Final,
-}
-
 /// One open session.
 struct Session {
     /// Device and remote handle.
@@ -60,7 +65,10 @@ struct Session {
     generation: u64,
     /// Output the device produced that the application has not taken yet (it asked for the
     /// length, or its buffer was too small). Wiped on drop.
-    pending: Vec<((Operation, Stage), SecretBytes)>,
+    pending: Pending,
+    /// The message-based operations in progress (`C_MessageEncryptInit`, ...), at most one
+    /// per operation. They live here only: each message is one operation on the device.
+    messages: Vec<(Operation, Context)>,
 }
 
 /// What a session call needs, cloned out of the table.
@@ -368,7 +376,8 @@ pub fn open_session(raw: u64, flags: u64) -> CkResult<u64> {
             id,
             slot,
             generation,
-            pending: Vec::new(),
+            pending: Pending::default(),
+            messages: Vec::new(),
         };
         // A stale entry with the same handle belonged to a lost connection: replace it.
         library.sessions.insert(handle, session);
@@ -435,69 +444,6 @@ pub fn session_info(handle: u64) -> CkResult<SessionInfo> {
     }
 }
 
-/// `C_*Init` of an operation; forgets undelivered output of an earlier one.
-pub fn operation_init(
-    handle: u64,
-    operation: Operation,
-    mechanism: Mechanism,
-    key: u64,
-) -> CkResult {
-    with(|library| {
-        let session = library.session_mut(handle)?;
-        session.pending.retain(|((kind, _), _)| *kind != operation);
-        Ok(())
-    })?;
-    expect_done(session_call(handle, |session| Request::OperationInit {
-        session,
-        operation,
-        mechanism,
-        key,
-    })?)
-}
-
-/// A call that produces output, asking the device once: when the application's buffer is
-/// NULL or too small (`capacity` is `None` or smaller than the output), the output is kept in
-/// the session and the next call of the same kind gets it without a round trip. The caller
-/// applies the two-call convention to the bytes returned.
-pub fn produce(
-    handle: u64,
-    operation: Operation,
-    stage: Stage,
-    capacity: Option<usize>,
-    build: impl FnOnce(u64) -> Request,
-) -> CkResult<SecretBytes> {
-    let key = (operation, stage);
-    let cached = with(|library| {
-        let session = library.session_mut(handle)?;
-        let Some(index) = session.pending.iter().position(|(k, _)| *k == key) else {
-            return Ok(None);
-        };
-        let kept = &session.pending[index].1;
-        Ok(Some(if fit(kept.len(), capacity) == Fit::Fits {
-            session.pending.swap_remove(index).1
-        } else {
-            kept.duplicate()
-        }))
-    })?;
-    if let Some(output) = cached {
-        return Ok(output);
-    }
-    let output = match session_call(handle, build)? {
-        Reply::Bytes(bytes) => SecretBytes::new(bytes),
-        Reply::Secret(secret) => secret,
-        Reply::Done => SecretBytes::default(),
-        reply => return Err(unexpected(&reply)),
-    };
-    if fit(output.len(), capacity) != Fit::Fits {
-        let kept = output.duplicate();
-        with(|library| {
-            library.session_mut(handle)?.pending.push((key, kept));
-            Ok(())
-        })?;
-    }
-    Ok(output)
-}
-
 /// The name of a reply's shape, for logs (a reply may carry secrets; its shape does not).
 pub fn shape(reply: &Reply) -> &'static str {
     match reply {
@@ -543,6 +489,15 @@ pub fn expect_done(reply: Reply) -> CkResult {
     }
 }
 
+/// Only `Reply::Verified` means the signature is valid: any other shape is an error, never a
+/// pass.
+pub fn verified(reply: Reply) -> CkResult {
+    match reply {
+        Reply::Verified => Ok(()),
+        reply => Err(unexpected(&reply)),
+    }
+}
+
 /// The handle of `Reply::Handle`.
 pub fn into_handle(reply: Reply) -> CkResult<u64> {
     match reply {
@@ -554,6 +509,7 @@ pub fn into_handle(reply: Reply) -> CkResult<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tessera_core::SecretBytes;
 
     #[test]
     fn slot_list_shows_down_devices_as_one_empty_slot() {
@@ -583,5 +539,13 @@ mod tests {
         assert_eq!(expect_done(Reply::Done), Ok(()));
         assert_eq!(expect_done(secret), Err(Rv::DeviceError.code()));
         assert_eq!(into_handle(Reply::Handle(5)), Ok(5));
+        assert_eq!(verified(Reply::Verified), Ok(()));
+        assert_eq!(verified(Reply::Done), Err(Rv::DeviceError.code()));
+        assert_eq!(
+            output(Reply::Bytes(vec![1])),
+            Ok(SecretBytes::from_slice(&[1]))
+        );
+        assert_eq!(output(Reply::Done), Ok(SecretBytes::default()));
+        assert_eq!(output(Reply::Verified), Err(Rv::DeviceError.code()));
     }
 }

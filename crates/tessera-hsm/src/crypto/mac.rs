@@ -8,7 +8,7 @@ use tessera_core::{ck, Mechanism, MechanismParameter, Rv};
 use crate::object::Attributes;
 
 enum Context {
-    Hmac(hmac::Context),
+    Hmac(Box<hmac::Context>),
     Cmac(Box<cmac::Context>),
 }
 
@@ -87,7 +87,7 @@ impl Mac {
                 48 => hmac::HMAC_SHA384,
                 _ => hmac::HMAC_SHA512,
             };
-            Context::Hmac(hmac::Context::with_key(&hmac::Key::new(algorithm, value)))
+            Context::Hmac(Box::new(hmac::Context::with_key(&hmac::Key::new(algorithm, value))))
         };
         Ok(Mac { context, length })
     }

@@ -236,7 +236,7 @@ enum RsaCipher {
 enum Inner {
     Digest(Context),
     Mac {
-        mac: mac::Mac,
+        mac: Box<mac::Mac>,
         verify: bool,
     },
     Eddsa {
@@ -300,7 +300,7 @@ impl Operation {
                 return Err(Rv::KeyFunctionNotPermitted);
             }
             return Ok(Operation {
-                inner: Inner::Mac { mac, verify },
+                inner: Inner::Mac { mac: Box::new(mac), verify },
             });
         }
         if m == ck::CKM_EDDSA {

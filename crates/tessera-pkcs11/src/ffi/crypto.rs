@@ -1,18 +1,15 @@
-//! Encryption, decryption, digests, signatures, verification (PKCS#11 3.0 §5.8–5.13), key
-//! generation (§5.14) and random numbers (§5.15).
+//! Encryption, decryption, digests, signatures, verification and the dual-function updates
+//! (PKCS#11 3.0 §5.8–5.13), and random numbers (§5.15).
 //!
 //! Calls that produce output ask the device once: a length query or a too-small buffer keeps
 //! the output in the session ([`library::produce`]) for the next call.
 
-use cryptoki_sys::{
-    CK_ATTRIBUTE, CK_BYTE, CK_MECHANISM, CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CK_ULONG,
-};
-use tessera_core::Rv;
-use tessera_wire::{Operation, Reply, Request};
+use cryptoki_sys::{CK_BYTE, CK_MECHANISM, CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CK_ULONG};
+use tessera_wire::{Operation, Request};
 
-use super::convert::{mechanism, template};
-use super::{bytes, length, Output, Place};
-use crate::library::{self, expect_done, unexpected, Stage};
+use super::mechanism::mechanism;
+use super::{bytes, length, Output};
+use crate::library::{self, expect_done, verified, Call, Dual, Stage};
 use crate::CkResult;
 
 /// `C_*Init`.
@@ -46,13 +43,11 @@ unsafe fn produce(
 ) -> CkResult {
     // SAFETY: forwarded contract.
     let output = unsafe { Output::new(out, out_len) }?;
-    let produced = library::produce(
-        session as u64,
-        operation,
-        stage,
-        output.capacity()?,
-        request,
-    )?;
+    let handle = session as u64;
+    let call = Call::Operation(operation, stage);
+    let produced = library::produce(handle, call, output.capacity()?, || {
+        library::output_of(handle, request)
+    })?;
     output.deliver(produced.expose())
 }
 
@@ -118,16 +113,7 @@ unsafe fn update(
 ) -> CkResult {
     // SAFETY: forwarded contract.
     let data = unsafe { bytes(part, part_len) }?.to_vec();
-    let request = |session| Request::OperationUpdate {
-        session,
-        operation,
-        data,
-    };
-    match library::session_call(session as u64, request)? {
-        Reply::Done => Ok(()),
-        Reply::Bytes(bytes) if bytes.is_empty() => Ok(()),
-        reply => Err(unexpected(&reply)),
-    }
+    library::absorb(session as u64, operation, data)
 }
 
 /// A final call that produces output (`C_EncryptFinal`, `C_DecryptFinal`, `C_DigestFinal`,
@@ -151,13 +137,25 @@ unsafe fn final_with_output(
     unsafe { produce(session, operation, Stage::Final, out, out_len, request) }
 }
 
-/// Only `Reply::Verified` means the signature is valid: any other shape is an error, never a
-/// pass.
-fn verified(reply: Reply) -> CkResult {
-    match reply {
-        Reply::Verified => Ok(()),
-        reply => Err(unexpected(&reply)),
-    }
+/// A dual-function update (§5.13): the cipher's output follows the two-call convention.
+///
+/// # Safety
+///
+/// As for [`single`].
+unsafe fn dual(
+    session: CK_SESSION_HANDLE,
+    dual: Dual,
+    part: *const CK_BYTE,
+    part_len: CK_ULONG,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CkResult {
+    // SAFETY: forwarded contract.
+    let data = unsafe { bytes(part, part_len) }?;
+    // SAFETY: forwarded contract.
+    let output = unsafe { Output::new(out, out_len) }?;
+    let produced = library::dual_update(session as u64, dual, data, output.capacity()?)?;
+    output.deliver(produced.expose())
 }
 
 entry_points! {
@@ -267,6 +265,14 @@ entry_points! {
         unsafe { update(session, Operation::Digest, part, part_len) }
     }
 
+    /// `C_DigestKey` (§5.10.4): the device adds the secret key's value to the digest.
+    fn C_DigestKey(session: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) {
+        expect_done(library::session_call(session as u64, |session| Request::DigestKey {
+            session,
+            key: key as u64,
+        })?)
+    }
+
     /// `C_DigestFinal` (§5.10.5).
     fn C_DigestFinal(session: CK_SESSION_HANDLE, digest: *mut CK_BYTE, digest_len: *mut CK_ULONG) {
         // SAFETY: the buffer follows §5.10.5 and the two-call convention.
@@ -356,65 +362,60 @@ entry_points! {
         verified(library::session_call(session as u64, request)?)
     }
 
-    /// `C_GenerateKey` (§5.14.1).
-    fn C_GenerateKey(
+    /// `C_DigestEncryptUpdate` (§5.13.1): a digest update with the input, then an encryption
+    /// update.
+    fn C_DigestEncryptUpdate(
         session: CK_SESSION_HANDLE,
-        mechanism_pointer: *mut CK_MECHANISM,
-        attributes: *mut CK_ATTRIBUTE,
-        count: CK_ULONG,
-        key: *mut CK_OBJECT_HANDLE,
+        part: *mut CK_BYTE,
+        part_len: CK_ULONG,
+        encrypted: *mut CK_BYTE,
+        encrypted_len: *mut CK_ULONG,
     ) {
-        // SAFETY: phKey is NULL or points to a handle to fill (§5.14.1).
-        let place = unsafe { Place::new(key) }?;
-        // SAFETY: pMechanism is NULL or a valid CK_MECHANISM (§5.14.1).
-        let mechanism = unsafe { mechanism(mechanism_pointer) }?;
-        // SAFETY: pTemplate is NULL or holds ulCount attributes (§5.14.1).
-        let template = unsafe { template(attributes, count) }?;
-        let request = |session| Request::GenerateKey {
-            session,
-            mechanism,
-            template,
-        };
-        let handle = library::into_handle(library::session_call(session as u64, request)?)?;
-        place.set(handle as CK_OBJECT_HANDLE);
-        Ok(())
+        let kind = Dual::DigestEncrypt;
+        // SAFETY: the buffers follow §5.13.1 and the two-call convention.
+        unsafe { dual(session, kind, part, part_len, encrypted, encrypted_len) }
     }
 
-    /// `C_GenerateKeyPair` (§5.14.2).
-    fn C_GenerateKeyPair(
+    /// `C_DecryptDigestUpdate` (§5.13.2): a decryption update, then a digest update with the
+    /// plaintext.
+    fn C_DecryptDigestUpdate(
         session: CK_SESSION_HANDLE,
-        mechanism_pointer: *mut CK_MECHANISM,
-        public_attributes: *mut CK_ATTRIBUTE,
-        public_count: CK_ULONG,
-        private_attributes: *mut CK_ATTRIBUTE,
-        private_count: CK_ULONG,
-        public_key: *mut CK_OBJECT_HANDLE,
-        private_key: *mut CK_OBJECT_HANDLE,
+        encrypted: *mut CK_BYTE,
+        encrypted_len: CK_ULONG,
+        part: *mut CK_BYTE,
+        part_len: *mut CK_ULONG,
     ) {
-        // SAFETY: phPublicKey is NULL or points to a handle to fill (§5.14.2).
-        let public_place = unsafe { Place::new(public_key) }?;
-        // SAFETY: phPrivateKey is NULL or points to a handle to fill (§5.14.2).
-        let private_place = unsafe { Place::new(private_key) }?;
-        // SAFETY: pMechanism is NULL or a valid CK_MECHANISM (§5.14.2).
-        let mechanism = unsafe { mechanism(mechanism_pointer) }?;
-        // SAFETY: pPublicKeyTemplate is NULL or holds ulPublicKeyAttributeCount attributes.
-        let public_template = unsafe { template(public_attributes, public_count) }?;
-        // SAFETY: pPrivateKeyTemplate is NULL or holds ulPrivateKeyAttributeCount attributes.
-        let private_template = unsafe { template(private_attributes, private_count) }?;
-        let request = |session| Request::GenerateKeyPair {
-            session,
-            mechanism,
-            public_template,
-            private_template,
-        };
-        match library::session_call(session as u64, request)? {
-            Reply::HandlePair(public, private) => {
-                public_place.set(public as CK_OBJECT_HANDLE);
-                private_place.set(private as CK_OBJECT_HANDLE);
-                Ok(())
-            }
-            reply => Err(unexpected(&reply)),
-        }
+        let kind = Dual::DecryptDigest;
+        // SAFETY: the buffers follow §5.13.2 and the two-call convention.
+        unsafe { dual(session, kind, encrypted, encrypted_len, part, part_len) }
+    }
+
+    /// `C_SignEncryptUpdate` (§5.13.3): a signature update with the input, then an
+    /// encryption update.
+    fn C_SignEncryptUpdate(
+        session: CK_SESSION_HANDLE,
+        part: *mut CK_BYTE,
+        part_len: CK_ULONG,
+        encrypted: *mut CK_BYTE,
+        encrypted_len: *mut CK_ULONG,
+    ) {
+        let kind = Dual::SignEncrypt;
+        // SAFETY: the buffers follow §5.13.3 and the two-call convention.
+        unsafe { dual(session, kind, part, part_len, encrypted, encrypted_len) }
+    }
+
+    /// `C_DecryptVerifyUpdate` (§5.13.4): a decryption update, then a verification update
+    /// with the plaintext.
+    fn C_DecryptVerifyUpdate(
+        session: CK_SESSION_HANDLE,
+        encrypted: *mut CK_BYTE,
+        encrypted_len: CK_ULONG,
+        part: *mut CK_BYTE,
+        part_len: *mut CK_ULONG,
+    ) {
+        let kind = Dual::DecryptVerify;
+        // SAFETY: the buffers follow §5.13.4 and the two-call convention.
+        unsafe { dual(session, kind, encrypted, encrypted_len, part, part_len) }
     }
 
     /// `C_SeedRandom` (§5.15.1).
@@ -433,18 +434,7 @@ entry_points! {
         if random.is_null() && wanted > 0 {
             return super::arguments_bad();
         }
-        let request = |session| Request::GenerateRandom {
-            session,
-            len: random_len as u64,
-        };
-        let produced = match library::session_call(session as u64, request)? {
-            Reply::Bytes(bytes) => bytes,
-            reply => return Err(unexpected(&reply)),
-        };
-        if produced.len() != wanted {
-            tracing::warn!("the device returned {} random bytes for {wanted}", produced.len());
-            return Err(Rv::DeviceError.code());
-        }
+        let produced = library::random(session as u64, wanted)?;
         if wanted > 0 {
             // SAFETY: pRandomData is non-NULL (checked) and holds ulRandomLen bytes (§5.15.2);
             // we write exactly that many without reading them.

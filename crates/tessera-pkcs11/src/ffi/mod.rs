@@ -40,6 +40,9 @@ macro_rules! entry_points {
 mod convert;
 pub mod crypto;
 pub mod general;
+pub mod keys;
+mod mechanism;
+pub mod messages;
 pub mod objects;
 pub mod sessions;
 pub mod slots;
@@ -163,6 +166,54 @@ pub(crate) unsafe fn read<'a, T>(value: *const T) -> CkResult<&'a T> {
     unsafe { value.as_ref() }.ok_or(Rv::ArgumentsBad.code())
 }
 
+/// A buffer of a length fixed in advance that the function fills (the IV and tag of
+/// `CK_GCM_MESSAGE_PARAMS`).
+///
+/// Invariant: when `len` is not 0, `data` points to `len` writable bytes for `'a`. The memory
+/// may be uninitialised, so it is written, never read.
+pub(crate) struct Fill<'a> {
+    data: *mut u8,
+    len: usize,
+    lifetime: PhantomData<&'a mut [u8]>,
+}
+
+impl<'a> Fill<'a> {
+    /// Checks the pointer (`CKR_ARGUMENTS_BAD` when NULL with a non-zero length).
+    ///
+    /// # Safety
+    ///
+    /// A non-NULL `data` must point to `len` writable bytes that nothing else accesses while
+    /// the function runs, for `'a`.
+    pub(crate) unsafe fn new(data: *mut u8, len: usize) -> CkResult<Fill<'a>> {
+        if data.is_null() && len > 0 {
+            return arguments_bad();
+        }
+        Ok(Fill {
+            data,
+            len,
+            lifetime: PhantomData,
+        })
+    }
+
+    /// Writes exactly the buffer's length (anything else is our error).
+    pub(crate) fn fill(self, bytes: &[u8]) -> CkResult {
+        if bytes.len() != self.len {
+            tracing::error!(
+                have = bytes.len(),
+                want = self.len,
+                "fixed-size output mismatch"
+            );
+            return Err(Rv::GeneralError.code());
+        }
+        if self.len > 0 {
+            // SAFETY: non-NULL (checked in `new` since len > 0) and valid for `len` writable
+            // bytes by the type's invariant; `bytes` is our own memory, so they do not overlap.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.data, self.len) };
+        }
+        Ok(())
+    }
+}
+
 /// An output buffer that follows the two-call convention (PKCS#11 3.0 §5.2): a data pointer,
 /// possibly NULL, and a length pointer that must not be NULL.
 ///
@@ -199,6 +250,23 @@ impl<'a, T: Copy> Output<'a, T> {
         }
         // SAFETY: `len` is valid by the type's invariant.
         length(unsafe { *self.len }).map(Some)
+    }
+
+    /// The two-call convention for an output whose length is known before it is produced
+    /// (the ciphertext of an AES-GCM message): `Ok(true)` when the buffer has room (produce the
+    /// output, then [`Output::deliver`] it); otherwise sets the length and answers `Ok(false)`
+    /// for a length query, `CKR_BUFFER_TOO_SMALL` for a buffer that is too small.
+    pub(crate) fn has_room(&self, needed: usize) -> CkResult<bool> {
+        let fits = fit(needed, self.capacity()?);
+        if fits != Fit::Fits {
+            // SAFETY: `len` is valid by the type's invariant.
+            unsafe { *self.len = needed as CK_ULONG };
+        }
+        match fits {
+            Fit::Fits => Ok(true),
+            Fit::Query => Ok(false),
+            Fit::TooSmall => Err(Rv::BufferTooSmall.code()),
+        }
     }
 
     /// The one implementation of the two-call convention: NULL buffer → set the length,
@@ -258,6 +326,49 @@ mod tests {
         // SAFETY: a NULL length pointer is refused before any access.
         let refused = unsafe { Output::<u8>::new(big.as_mut_ptr(), std::ptr::null_mut()) };
         assert!(refused.is_err());
+    }
+
+    #[test]
+    fn outputs_of_known_length() {
+        let mut len: CK_ULONG = 0;
+        // SAFETY: `len` is a valid local; the data pointer is NULL.
+        let query = unsafe { Output::<u8>::new(std::ptr::null_mut(), &mut len) }.unwrap();
+        assert_eq!(query.has_room(7), Ok(false));
+        assert_eq!(len, 7);
+
+        let mut small = [0u8; 6];
+        len = small.len() as CK_ULONG;
+        // SAFETY: `small` holds `len` bytes.
+        let output = unsafe { Output::new(small.as_mut_ptr(), &mut len) }.unwrap();
+        assert_eq!(output.has_room(7), Err(Rv::BufferTooSmall.code()));
+        assert_eq!(len, 7);
+
+        let mut big = [0u8; 8];
+        len = big.len() as CK_ULONG;
+        // SAFETY: `big` holds `len` bytes.
+        let output = unsafe { Output::new(big.as_mut_ptr(), &mut len) }.unwrap();
+        assert_eq!(output.has_room(7), Ok(true));
+        assert_eq!(len, 8, "untouched until the output is delivered");
+        assert_eq!(output.deliver(&[5; 7]), Ok(()));
+        assert_eq!((len, big), (7, [5, 5, 5, 5, 5, 5, 5, 0]));
+    }
+
+    #[test]
+    fn fixed_size_outputs() {
+        let mut tag = [0u8; 4];
+        // SAFETY: `tag` holds 4 writable bytes.
+        let place = unsafe { Fill::new(tag.as_mut_ptr(), 4) }.unwrap();
+        assert_eq!(place.fill(&[1, 2, 3, 4]), Ok(()));
+        assert_eq!(tag, [1, 2, 3, 4]);
+        // SAFETY: as above.
+        let place = unsafe { Fill::new(tag.as_mut_ptr(), 4) }.unwrap();
+        assert_eq!(place.fill(&[1, 2, 3]), Err(Rv::GeneralError.code()));
+        // SAFETY: NULL with a length is refused; NULL with none is never written.
+        let refused = unsafe { Fill::new(std::ptr::null_mut(), 4) };
+        assert!(refused.is_err());
+        // SAFETY: as above.
+        let empty = unsafe { Fill::new(std::ptr::null_mut(), 0) }.unwrap();
+        assert_eq!(empty.fill(&[]), Ok(()));
     }
 
     #[test]

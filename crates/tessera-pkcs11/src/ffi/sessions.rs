@@ -11,6 +11,29 @@ use tessera_wire::Request;
 
 use super::{bytes, convert, Place};
 use crate::library::{self, expect_done};
+use crate::CkResult;
+
+/// `C_Login` and `C_LoginUser`.
+///
+/// # Safety
+///
+/// `pin` must be NULL or hold `pin_len` bytes.
+unsafe fn login(
+    session: CK_SESSION_HANDLE,
+    user_type: CK_USER_TYPE,
+    pin: *const CK_UTF8CHAR,
+    pin_len: CK_ULONG,
+) -> CkResult {
+    // SAFETY: forwarded contract.
+    let pin = SecretBytes::from_slice(unsafe { bytes(pin, pin_len) }?);
+    expect_done(library::session_call(session as u64, |session| {
+        Request::Login {
+            session,
+            user_type: user_type as u64,
+            pin,
+        }
+    })?)
+}
 
 entry_points! {
     /// `C_InitPIN` (§5.5.8).
@@ -87,12 +110,21 @@ entry_points! {
         pin_len: CK_ULONG,
     ) {
         // SAFETY: pPin is NULL or holds ulPinLen bytes (§5.6.8).
-        let pin = SecretBytes::from_slice(unsafe { bytes(pin, pin_len) }?);
-        expect_done(library::session_call(session as u64, |session| Request::Login {
-            session,
-            user_type: user_type as u64,
-            pin,
-        })?)
+        unsafe { login(session, user_type, pin, pin_len) }
+    }
+
+    /// `C_LoginUser` (§5.6.9): `C_Login` with a user name, which is ignored: Tessera tokens
+    /// have one user and one SO, without names.
+    fn C_LoginUser(
+        session: CK_SESSION_HANDLE,
+        user_type: CK_USER_TYPE,
+        pin: *mut CK_UTF8CHAR,
+        pin_len: CK_ULONG,
+        _username: *mut CK_UTF8CHAR,
+        _username_len: CK_ULONG,
+    ) {
+        // SAFETY: pPin is NULL or holds ulPinLen bytes (§5.6.9).
+        unsafe { login(session, user_type, pin, pin_len) }
     }
 
     /// `C_Logout` (§5.6.10).
@@ -100,5 +132,11 @@ entry_points! {
         expect_done(library::session_call(session as u64, |session| Request::Logout {
             session,
         })?)
+    }
+
+    /// `C_SessionCancel` (§5.6.11): ends the operations that `flags` names (`CKF_ENCRYPT`,
+    /// `CKF_MESSAGE_SIGN`, ...), with any output the library kept for them.
+    fn C_SessionCancel(session: CK_SESSION_HANDLE, flags: CK_FLAGS) {
+        library::session_cancel(session as u64, flags as u64)
     }
 }

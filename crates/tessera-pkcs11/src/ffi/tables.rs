@@ -6,6 +6,8 @@ use cryptoki_sys::{CK_CHAR, CK_FUNCTION_LIST, CK_FUNCTION_LIST_3_0, CK_INTERFACE
 
 use super::crypto::*;
 use super::general::*;
+use super::keys::*;
+use super::messages::*;
 use super::objects::*;
 use super::sessions::*;
 use super::slots::*;

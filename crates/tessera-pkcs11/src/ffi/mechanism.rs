@@ -1,0 +1,553 @@
+//! `CK_MECHANISM` to [`Mechanism`]: the one place where mechanism parameters are decoded from
+//! their C structures (PKCS#11 3.0 §5.2 and the mechanism sections of the current mechanisms
+//! specification), and the parameter structure of the message-based functions.
+//!
+//! A structure is read only when `ulParameterLen` is exactly its size; anything else is
+//! `CKR_MECHANISM_PARAM_INVALID`, as is an embedded pointer that is NULL with a non-zero length.
+//! Mechanisms whose parameter is a byte string (CBC IVs, the optional IV of the AES key wraps)
+//! and those the module does not know pass their parameter on as bytes.
+
+use std::ffi::c_void;
+
+use cryptoki_sys::{
+    CK_AES_CTR_PARAMS, CK_ECDH1_DERIVE_PARAMS, CK_EDDSA_PARAMS, CK_FALSE, CK_GCM_PARAMS,
+    CK_HKDF_PARAMS, CK_MAC_GENERAL_PARAMS, CK_MECHANISM, CK_RSA_PKCS_OAEP_PARAMS,
+    CK_RSA_PKCS_PSS_PARAMS, CK_ULONG,
+};
+use tessera_core::ck;
+use tessera_core::{Mechanism, MechanismParameter, Rv};
+
+use super::bytes;
+use crate::CkResult;
+
+/// Mechanisms whose parameter is a `CK_RSA_PKCS_PSS_PARAMS`.
+const PSS: &[ck::CK_MECHANISM_TYPE] = &[
+    ck::CKM_RSA_PKCS_PSS,
+    ck::CKM_SHA1_RSA_PKCS_PSS,
+    ck::CKM_SHA224_RSA_PKCS_PSS,
+    ck::CKM_SHA256_RSA_PKCS_PSS,
+    ck::CKM_SHA384_RSA_PKCS_PSS,
+    ck::CKM_SHA512_RSA_PKCS_PSS,
+    ck::CKM_SHA3_224_RSA_PKCS_PSS,
+    ck::CKM_SHA3_256_RSA_PKCS_PSS,
+    ck::CKM_SHA3_384_RSA_PKCS_PSS,
+    ck::CKM_SHA3_512_RSA_PKCS_PSS,
+];
+
+/// Mechanisms whose parameter is a `CK_MAC_GENERAL_PARAMS` (the MAC length in bytes).
+const MAC_GENERAL: &[ck::CK_MECHANISM_TYPE] = &[
+    ck::CKM_SHA256_HMAC_GENERAL,
+    ck::CKM_SHA384_HMAC_GENERAL,
+    ck::CKM_SHA512_HMAC_GENERAL,
+    ck::CKM_AES_CMAC_GENERAL,
+];
+
+fn invalid() -> u64 {
+    Rv::MechanismParamInvalid.code()
+}
+
+/// A `CK_MECHANISM` as a [`Mechanism`] with its decoded parameter. A NULL `pParameter` (with
+/// length 0) is [`MechanismParameter::None`] for every mechanism (`CKM_EDDSA` without
+/// parameters, the key wraps with their default IV, ...).
+///
+/// # Safety
+///
+/// A non-NULL `mechanism` must point to a valid `CK_MECHANISM` whose `pParameter` is NULL or
+/// valid for `ulParameterLen` bytes, and whose embedded pointers (IV, AAD, label, public data,
+/// ...) are NULL or valid for their lengths, for the duration of the call.
+pub(crate) unsafe fn mechanism(mechanism: *const CK_MECHANISM) -> CkResult<Mechanism> {
+    // SAFETY: forwarded contract; NULL is refused.
+    let mechanism = unsafe { super::read(mechanism) }?;
+    let parameter = if mechanism.pParameter.is_null() {
+        if mechanism.ulParameterLen != 0 {
+            return Err(invalid());
+        }
+        MechanismParameter::None
+    } else {
+        // SAFETY: forwarded contract; `pParameter` is not NULL.
+        unsafe { decode(mechanism) }?
+    };
+    Ok(Mechanism {
+        ty: mechanism.mechanism as u64,
+        parameter,
+    })
+}
+
+/// Decodes the parameter of a mechanism: its pointer and length.
+type Decoder = unsafe fn(*const c_void, CK_ULONG) -> CkResult<MechanismParameter>;
+
+/// The parameter of a mechanism whose `pParameter` is not NULL.
+///
+/// # Safety
+///
+/// As for [`mechanism`].
+unsafe fn decode(mechanism: &CK_MECHANISM) -> CkResult<MechanismParameter> {
+    let ty = mechanism.mechanism;
+    let decoder: Decoder = match ty {
+        ck::CKM_AES_GCM => gcm,
+        _ if PSS.contains(&ty) => pss,
+        ck::CKM_RSA_PKCS_OAEP => oaep,
+        ck::CKM_AES_CTR => ctr,
+        _ if MAC_GENERAL.contains(&ty) => mac_length,
+        ck::CKM_ECDH1_DERIVE | ck::CKM_ECDH1_COFACTOR_DERIVE => ecdh,
+        ck::CKM_HKDF_DERIVE | ck::CKM_HKDF_DATA => hkdf,
+        ck::CKM_EDDSA => eddsa,
+        // CKM_AES_CBC, CKM_AES_CBC_PAD, CKM_AES_KEY_WRAP, CKM_AES_KEY_WRAP_PAD (the IV), and
+        // mechanisms unknown here, which the device judges.
+        _ => raw,
+    };
+    // SAFETY: `pParameter` is valid for `ulParameterLen` bytes and the pointers embedded in it
+    // for their lengths (caller's contract), which is what every decoder requires.
+    unsafe { decoder(mechanism.pParameter, mechanism.ulParameterLen) }
+}
+
+/// The parameter structure `T` at `pointer`: `len` must be its size
+/// (`CKR_MECHANISM_PARAM_INVALID` otherwise, and for NULL).
+///
+/// # Safety
+///
+/// `pointer` must be NULL or valid for `len` bytes.
+pub(crate) unsafe fn structure<T: Copy>(pointer: *const c_void, len: CK_ULONG) -> CkResult<T> {
+    if pointer.is_null() || len as u64 != std::mem::size_of::<T>() as u64 {
+        return Err(invalid());
+    }
+    // SAFETY: non-NULL and valid for size_of::<T>() bytes (checked length, caller's contract);
+    // the application need not align it, so read it unaligned. `T` is a plain C structure for
+    // which any bit pattern is valid.
+    Ok(unsafe { std::ptr::read_unaligned(pointer as *const T) })
+}
+
+/// Bytes behind a pointer embedded in a parameter structure: NULL with a non-zero length is
+/// `CKR_MECHANISM_PARAM_INVALID`.
+///
+/// # Safety
+///
+/// `data` must be NULL or valid for `len` bytes.
+pub(crate) unsafe fn embedded(data: *const u8, len: CK_ULONG) -> CkResult<Vec<u8>> {
+    // SAFETY: forwarded contract.
+    unsafe { bytes(data, len) }
+        .map(<[u8]>::to_vec)
+        .map_err(|_| invalid())
+}
+
+// The decoders. Safety contract of each: `pointer` is NULL or valid for `len` bytes, and when
+// it holds the decoder's structure, the pointers embedded in it are NULL or valid for their
+// lengths.
+
+/// A byte string (an IV), or a structure the module does not decode.
+///
+/// # Safety
+///
+/// See above.
+unsafe fn raw(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismParameter> {
+    // SAFETY: forwarded contract.
+    let raw = unsafe { bytes(pointer as *const u8, len) }?;
+    Ok(MechanismParameter::Bytes(raw.to_vec()))
+}
+
+/// `CK_GCM_PARAMS`.
+///
+/// # Safety
+///
+/// See above.
+unsafe fn gcm(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismParameter> {
+    // SAFETY: forwarded contract.
+    let gcm: CK_GCM_PARAMS = unsafe { structure(pointer, len) }?;
+    Ok(MechanismParameter::Gcm {
+        // SAFETY: forwarded contract.
+        iv: unsafe { embedded(gcm.pIv, gcm.ulIvLen) }?,
+        // SAFETY: forwarded contract.
+        aad: unsafe { embedded(gcm.pAAD, gcm.ulAADLen) }?,
+        tag_bits: gcm.ulTagBits as u64,
+    })
+}
+
+/// `CK_RSA_PKCS_PSS_PARAMS`.
+///
+/// # Safety
+///
+/// See above.
+unsafe fn pss(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismParameter> {
+    // SAFETY: forwarded contract.
+    let pss: CK_RSA_PKCS_PSS_PARAMS = unsafe { structure(pointer, len) }?;
+    Ok(MechanismParameter::Pss {
+        hash: pss.hashAlg as u64,
+        mgf: pss.mgf as u64,
+        salt_len: pss.sLen as u64,
+    })
+}
+
+/// `CK_RSA_PKCS_OAEP_PARAMS`: the source is `CKZ_DATA_SPECIFIED` (or 0, as some applications
+/// leave it when they have no label); a NULL `pSourceData` is an empty label.
+///
+/// # Safety
+///
+/// See above.
+unsafe fn oaep(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismParameter> {
+    // SAFETY: forwarded contract.
+    let oaep: CK_RSA_PKCS_OAEP_PARAMS = unsafe { structure(pointer, len) }?;
+    if oaep.source != ck::CKZ_DATA_SPECIFIED && oaep.source != 0 {
+        return Err(invalid());
+    }
+    let label = if oaep.pSourceData.is_null() {
+        Vec::new()
+    } else {
+        // SAFETY: forwarded contract.
+        unsafe { embedded(oaep.pSourceData as *const u8, oaep.ulSourceDataLen) }?
+    };
+    Ok(MechanismParameter::Oaep {
+        hash: oaep.hashAlg as u64,
+        mgf: oaep.mgf as u64,
+        label,
+    })
+}
+
+/// `CK_AES_CTR_PARAMS`.
+///
+/// # Safety
+///
+/// See above.
+unsafe fn ctr(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismParameter> {
+    // SAFETY: forwarded contract.
+    let ctr: CK_AES_CTR_PARAMS = unsafe { structure(pointer, len) }?;
+    Ok(MechanismParameter::Ctr {
+        counter_bits: ctr.ulCounterBits as u64,
+        block: ctr.cb.to_vec(),
+    })
+}
+
+/// `CK_MAC_GENERAL_PARAMS`: a `CK_ULONG`, the MAC length in bytes.
+///
+/// # Safety
+///
+/// See above.
+unsafe fn mac_length(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismParameter> {
+    // SAFETY: forwarded contract.
+    let length: CK_MAC_GENERAL_PARAMS = unsafe { structure(pointer, len) }?;
+    Ok(MechanismParameter::MacLength(length as u64))
+}
+
+/// `CK_ECDH1_DERIVE_PARAMS`.
+///
+/// # Safety
+///
+/// See above.
+unsafe fn ecdh(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismParameter> {
+    // SAFETY: forwarded contract.
+    let ecdh: CK_ECDH1_DERIVE_PARAMS = unsafe { structure(pointer, len) }?;
+    Ok(MechanismParameter::Ecdh {
+        kdf: ecdh.kdf as u64,
+        // SAFETY: forwarded contract.
+        shared_data: unsafe { embedded(ecdh.pSharedData, ecdh.ulSharedDataLen) }?,
+        // SAFETY: forwarded contract.
+        public_data: unsafe { embedded(ecdh.pPublicData, ecdh.ulPublicDataLen) }?,
+    })
+}
+
+/// `CK_HKDF_PARAMS`.
+///
+/// # Safety
+///
+/// See above.
+unsafe fn hkdf(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismParameter> {
+    // SAFETY: forwarded contract.
+    let hkdf: CK_HKDF_PARAMS = unsafe { structure(pointer, len) }?;
+    Ok(MechanismParameter::Hkdf {
+        extract: hkdf.bExtract != CK_FALSE,
+        expand: hkdf.bExpand != CK_FALSE,
+        prf: hkdf.prfHashMechanism as u64,
+        salt_type: hkdf.ulSaltType as u64,
+        // SAFETY: forwarded contract.
+        salt: unsafe { embedded(hkdf.pSalt, hkdf.ulSaltLen) }?,
+        salt_key: hkdf.hSaltKey as u64,
+        // SAFETY: forwarded contract.
+        info: unsafe { embedded(hkdf.pInfo, hkdf.ulInfoLen) }?,
+    })
+}
+
+/// `CK_EDDSA_PARAMS` (a NULL `pParameter` never gets here: it is
+/// [`MechanismParameter::None`]).
+///
+/// # Safety
+///
+/// See above.
+unsafe fn eddsa(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismParameter> {
+    // SAFETY: forwarded contract.
+    let eddsa: CK_EDDSA_PARAMS = unsafe { structure(pointer, len) }?;
+    Ok(MechanismParameter::Eddsa {
+        prehash: eddsa.phFlag != CK_FALSE,
+        // SAFETY: forwarded contract.
+        context: unsafe { embedded(eddsa.pContextData, eddsa.ulContextDataLen) }?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cryptoki_sys::CK_TRUE;
+
+    fn with_parameter<T>(ty: ck::CK_MECHANISM_TYPE, parameter: &mut T, len: usize) -> CK_MECHANISM {
+        CK_MECHANISM {
+            mechanism: ty,
+            pParameter: parameter as *mut T as *mut c_void,
+            ulParameterLen: len as CK_ULONG,
+        }
+    }
+
+    /// Decodes `parameter` as the parameter of `ty`, with its exact size and with a size one
+    /// word short (which must be refused before any read).
+    fn decode_both_sizes<T>(ty: ck::CK_MECHANISM_TYPE, parameter: &mut T) -> CkResult<Mechanism> {
+        let size = std::mem::size_of::<T>();
+        let short = with_parameter(ty, parameter, size - std::mem::size_of::<CK_ULONG>());
+        // SAFETY: the parameter is a live local; the short length is refused before any read.
+        let outcome = unsafe { mechanism(&short) };
+        assert_eq!(outcome, Err(invalid()), "short parameter of 0x{ty:x}");
+        let long = with_parameter(ty, parameter, size + 1);
+        // SAFETY: as above; the long length is refused before any read.
+        let outcome = unsafe { mechanism(&long) };
+        assert_eq!(outcome, Err(invalid()), "long parameter of 0x{ty:x}");
+        let exact = with_parameter(ty, parameter, size);
+        // SAFETY: the parameter and everything it points to are live locals of the stated
+        // lengths.
+        unsafe { mechanism(&exact) }
+    }
+
+    #[test]
+    fn gcm_parameters_are_decoded_and_checked() {
+        let mut iv = [7u8; 12];
+        let mut aad = *b"header";
+        let mut gcm = CK_GCM_PARAMS {
+            pIv: iv.as_mut_ptr(),
+            ulIvLen: 12,
+            ulIvBits: 96,
+            pAAD: aad.as_mut_ptr(),
+            ulAADLen: 6,
+            ulTagBits: 128,
+        };
+        let decoded = decode_both_sizes(ck::CKM_AES_GCM, &mut gcm).unwrap();
+        assert_eq!(
+            decoded,
+            Mechanism {
+                ty: ck::CKM_AES_GCM as u64,
+                parameter: MechanismParameter::Gcm {
+                    iv: vec![7; 12],
+                    aad: b"header".to_vec(),
+                    tag_bits: 128
+                }
+            }
+        );
+        gcm.pIv = std::ptr::null_mut();
+        let outcome = decode_both_sizes(ck::CKM_AES_GCM, &mut gcm);
+        assert_eq!(outcome, Err(invalid()), "a NULL IV with a length");
+    }
+
+    #[test]
+    fn pss_parameters() {
+        let mut pss = CK_RSA_PKCS_PSS_PARAMS {
+            hashAlg: ck::CKM_SHA256,
+            mgf: ck::CKG_MGF1_SHA256,
+            sLen: 32,
+        };
+        let decoded = decode_both_sizes(ck::CKM_SHA256_RSA_PKCS_PSS, &mut pss).unwrap();
+        assert_eq!(
+            decoded.parameter,
+            MechanismParameter::Pss {
+                hash: ck::CKM_SHA256 as u64,
+                mgf: ck::CKG_MGF1_SHA256 as u64,
+                salt_len: 32
+            }
+        );
+    }
+
+    #[test]
+    fn oaep_parameters_with_and_without_label() {
+        let mut label = *b"label";
+        let mut oaep = CK_RSA_PKCS_OAEP_PARAMS {
+            hashAlg: ck::CKM_SHA256,
+            mgf: ck::CKG_MGF1_SHA256,
+            source: ck::CKZ_DATA_SPECIFIED,
+            pSourceData: label.as_mut_ptr() as *mut c_void,
+            ulSourceDataLen: 5,
+        };
+        let decoded = decode_both_sizes(ck::CKM_RSA_PKCS_OAEP, &mut oaep).unwrap();
+        assert_eq!(
+            decoded.parameter,
+            MechanismParameter::Oaep {
+                hash: ck::CKM_SHA256 as u64,
+                mgf: ck::CKG_MGF1_SHA256 as u64,
+                label: b"label".to_vec()
+            }
+        );
+        oaep.pSourceData = std::ptr::null_mut();
+        oaep.ulSourceDataLen = 0;
+        oaep.source = 0;
+        let decoded = decode_both_sizes(ck::CKM_RSA_PKCS_OAEP, &mut oaep).unwrap();
+        assert_eq!(
+            decoded.parameter,
+            MechanismParameter::Oaep {
+                hash: ck::CKM_SHA256 as u64,
+                mgf: ck::CKG_MGF1_SHA256 as u64,
+                label: Vec::new()
+            }
+        );
+        oaep.source = 2;
+        let outcome = decode_both_sizes(ck::CKM_RSA_PKCS_OAEP, &mut oaep);
+        assert_eq!(outcome, Err(invalid()), "an unknown source");
+    }
+
+    #[test]
+    fn ctr_parameters() {
+        let mut block = [0u8; 16];
+        block[15] = 1;
+        let mut ctr = CK_AES_CTR_PARAMS {
+            ulCounterBits: 32,
+            cb: block,
+        };
+        let decoded = decode_both_sizes(ck::CKM_AES_CTR, &mut ctr).unwrap();
+        assert_eq!(
+            decoded.parameter,
+            MechanismParameter::Ctr {
+                counter_bits: 32,
+                block: block.to_vec()
+            }
+        );
+    }
+
+    #[test]
+    fn mac_general_lengths() {
+        for ty in MAC_GENERAL {
+            let mut length: CK_MAC_GENERAL_PARAMS = 16;
+            let size = std::mem::size_of::<CK_MAC_GENERAL_PARAMS>();
+            let good = with_parameter(*ty, &mut length, size);
+            // SAFETY: the parameter is a live local of the stated length.
+            let decoded = unsafe { mechanism(&good) }.unwrap();
+            assert_eq!(decoded.parameter, MechanismParameter::MacLength(16));
+            let short = with_parameter(*ty, &mut length, 4);
+            // SAFETY: as above; the length is refused before any read.
+            let outcome = unsafe { mechanism(&short) };
+            assert_eq!(outcome, Err(invalid()));
+        }
+    }
+
+    #[test]
+    fn ecdh_parameters() {
+        let mut point = [4u8; 65];
+        let mut ecdh = CK_ECDH1_DERIVE_PARAMS {
+            kdf: ck::CKD_NULL,
+            ulSharedDataLen: 0,
+            pSharedData: std::ptr::null_mut(),
+            ulPublicDataLen: 65,
+            pPublicData: point.as_mut_ptr(),
+        };
+        for ty in [ck::CKM_ECDH1_DERIVE, ck::CKM_ECDH1_COFACTOR_DERIVE] {
+            let decoded = decode_both_sizes(ty, &mut ecdh).unwrap();
+            assert_eq!(
+                decoded.parameter,
+                MechanismParameter::Ecdh {
+                    kdf: ck::CKD_NULL as u64,
+                    shared_data: Vec::new(),
+                    public_data: vec![4; 65]
+                }
+            );
+        }
+        ecdh.ulSharedDataLen = 3;
+        let outcome = decode_both_sizes(ck::CKM_ECDH1_DERIVE, &mut ecdh);
+        assert_eq!(outcome, Err(invalid()), "NULL shared data with a length");
+    }
+
+    #[test]
+    fn hkdf_parameters() {
+        let mut salt = *b"salt";
+        let mut info = *b"info";
+        let mut hkdf = CK_HKDF_PARAMS {
+            bExtract: CK_TRUE,
+            bExpand: CK_FALSE,
+            prfHashMechanism: ck::CKM_SHA384,
+            ulSaltType: ck::CKF_HKDF_SALT_DATA,
+            pSalt: salt.as_mut_ptr(),
+            ulSaltLen: 4,
+            hSaltKey: 9,
+            pInfo: info.as_mut_ptr(),
+            ulInfoLen: 4,
+        };
+        for ty in [ck::CKM_HKDF_DERIVE, ck::CKM_HKDF_DATA] {
+            let decoded = decode_both_sizes(ty, &mut hkdf).unwrap();
+            assert_eq!(
+                decoded.parameter,
+                MechanismParameter::Hkdf {
+                    extract: true,
+                    expand: false,
+                    prf: ck::CKM_SHA384 as u64,
+                    salt_type: ck::CKF_HKDF_SALT_DATA as u64,
+                    salt: b"salt".to_vec(),
+                    salt_key: 9,
+                    info: b"info".to_vec()
+                }
+            );
+        }
+        hkdf.pInfo = std::ptr::null_mut();
+        let outcome = decode_both_sizes(ck::CKM_HKDF_DERIVE, &mut hkdf);
+        assert_eq!(outcome, Err(invalid()), "NULL info with a length");
+    }
+
+    #[test]
+    fn eddsa_parameters_or_none() {
+        let mut context = *b"ctx";
+        let mut eddsa = CK_EDDSA_PARAMS {
+            phFlag: CK_TRUE,
+            ulContextDataLen: 3,
+            pContextData: context.as_mut_ptr(),
+        };
+        let decoded = decode_both_sizes(ck::CKM_EDDSA, &mut eddsa).unwrap();
+        assert_eq!(
+            decoded.parameter,
+            MechanismParameter::Eddsa {
+                prehash: true,
+                context: b"ctx".to_vec()
+            }
+        );
+        let plain = CK_MECHANISM {
+            mechanism: ck::CKM_EDDSA,
+            pParameter: std::ptr::null_mut(),
+            ulParameterLen: 0,
+        };
+        // SAFETY: no parameter.
+        let outcome = unsafe { mechanism(&plain) };
+        assert_eq!(outcome, Ok(Mechanism::plain(ck::CKM_EDDSA as u64)));
+    }
+
+    #[test]
+    fn byte_parameters_and_absent_ones() {
+        for ty in [
+            ck::CKM_AES_CBC,
+            ck::CKM_AES_CBC_PAD,
+            ck::CKM_AES_KEY_WRAP,
+            ck::CKM_AES_KEY_WRAP_PAD,
+        ] {
+            let mut iv = [1u8; 16];
+            let with_iv = with_parameter(ty, &mut iv, 16);
+            // SAFETY: the IV is a live local of the stated length.
+            let decoded = unsafe { mechanism(&with_iv) }.unwrap();
+            assert_eq!(decoded.parameter, MechanismParameter::Bytes(vec![1; 16]));
+            let without = CK_MECHANISM {
+                mechanism: ty,
+                pParameter: std::ptr::null_mut(),
+                ulParameterLen: 0,
+            };
+            // SAFETY: no parameter.
+            let decoded = unsafe { mechanism(&without) }.unwrap();
+            assert_eq!(decoded.parameter, MechanismParameter::None);
+        }
+        let null_with_length = CK_MECHANISM {
+            mechanism: ck::CKM_SHA256,
+            pParameter: std::ptr::null_mut(),
+            ulParameterLen: 8,
+        };
+        // SAFETY: NULL with a length is refused before any access.
+        let outcome = unsafe { mechanism(&null_with_length) };
+        assert_eq!(outcome, Err(invalid()));
+        // SAFETY: NULL is refused before any access.
+        let outcome = unsafe { mechanism(std::ptr::null()) };
+        assert_eq!(outcome, Err(Rv::ArgumentsBad.code()));
+    }
+}

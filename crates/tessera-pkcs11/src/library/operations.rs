@@ -1,0 +1,259 @@
+//! The calls of the session's operations (PKCS#11 3.0 §5.8–5.14) that need more than one
+//! request or keep output in the session entry: the two-call convention's kept output
+//! ([`produce`]), the dual-function updates, `C_WrapKey`, `C_SessionCancel`, random bytes.
+
+use tessera_core::{Mechanism, Rv, SecretBytes};
+use tessera_wire::{Operation, Reply, Request};
+
+use super::pending::{self, MESSAGE_FLAGS};
+use super::{expect_done, session_call, unexpected, with, Call, Stage};
+use crate::CkResult;
+
+/// `C_*Init` of an operation; forgets undelivered output of an earlier one.
+pub fn operation_init(
+    handle: u64,
+    operation: Operation,
+    mechanism: Mechanism,
+    key: u64,
+) -> CkResult {
+    with(|library| {
+        let session = library.session_mut(handle)?;
+        session
+            .pending
+            .forget(|call| call.operation() == Some(operation));
+        Ok(())
+    })?;
+    expect_done(session_call(handle, |session| Request::OperationInit {
+        session,
+        operation,
+        mechanism,
+        key,
+    })?)
+}
+
+/// A call that produces output, asking the device once: when the application's buffer is
+/// NULL or too small (`capacity` is `None` or smaller than the output), the output is kept in
+/// the session and the next call that equals `call` gets it without running `run` again. The
+/// caller applies the two-call convention to the bytes returned.
+pub fn produce(
+    handle: u64,
+    call: Call,
+    capacity: Option<usize>,
+    run: impl FnOnce() -> CkResult<SecretBytes>,
+) -> CkResult<SecretBytes> {
+    let kept = with(|library| Ok(library.session_mut(handle)?.pending.take(&call, capacity)))?;
+    if let Some(output) = kept {
+        return Ok(output);
+    }
+    let output = run()?;
+    with(|library| {
+        let session = library.session_mut(handle)?;
+        session.pending.keep(call, &output, capacity);
+        Ok(())
+    })?;
+    Ok(output)
+}
+
+/// The output bytes of a reply (`Done`: none, as updates may answer).
+pub fn output(reply: Reply) -> CkResult<SecretBytes> {
+    match reply {
+        Reply::Bytes(bytes) => Ok(SecretBytes::new(bytes)),
+        Reply::Secret(secret) => Ok(secret),
+        Reply::Done => Ok(SecretBytes::default()),
+        reply => Err(unexpected(&reply)),
+    }
+}
+
+/// A session call that produces output bytes.
+pub fn output_of(handle: u64, build: impl FnOnce(u64) -> Request) -> CkResult<SecretBytes> {
+    output(session_call(handle, build)?)
+}
+
+/// A multi-part update without output (`C_DigestUpdate`, `C_SignUpdate`, `C_VerifyUpdate`).
+pub fn absorb(handle: u64, operation: Operation, data: Vec<u8>) -> CkResult {
+    let request = |session| Request::OperationUpdate {
+        session,
+        operation,
+        data,
+    };
+    match session_call(handle, request)? {
+        Reply::Done => Ok(()),
+        Reply::Bytes(bytes) if bytes.is_empty() => Ok(()),
+        reply => Err(unexpected(&reply)),
+    }
+}
+
+/// The dual-function updates (PKCS#11 3.0 §5.13), each two updates of the session's
+/// operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dual {
+    /// `C_DigestEncryptUpdate`: digest the input, then encrypt it.
+    DigestEncrypt,
+    /// `C_DecryptDigestUpdate`: decrypt the input, then digest the plaintext.
+    DecryptDigest,
+    /// `C_SignEncryptUpdate`: sign the input, then encrypt it.
+    SignEncrypt,
+    /// `C_DecryptVerifyUpdate`: decrypt the input, then verify the plaintext.
+    DecryptVerify,
+}
+
+impl Dual {
+    /// The cipher operation, whose output the call returns.
+    pub fn cipher(self) -> Operation {
+        match self {
+            Dual::DigestEncrypt | Dual::SignEncrypt => Operation::Encrypt,
+            Dual::DecryptDigest | Dual::DecryptVerify => Operation::Decrypt,
+        }
+    }
+
+    /// The operation that takes the plaintext without output.
+    pub fn absorber(self) -> Operation {
+        match self {
+            Dual::DigestEncrypt | Dual::DecryptDigest => Operation::Digest,
+            Dual::SignEncrypt => Operation::Sign,
+            Dual::DecryptVerify => Operation::Verify,
+        }
+    }
+
+    /// Whether the plaintext is the call's input (encryption), rather than the cipher's
+    /// output (decryption).
+    pub fn plaintext_is_input(self) -> bool {
+        self.cipher() == Operation::Encrypt
+    }
+}
+
+/// A dual-function update. The cipher's output follows the two-call convention like that of
+/// `C_EncryptUpdate` / `C_DecryptUpdate`; both updates run once, on the first call, so a
+/// length query does not feed the input to the digest or signature twice. Tessera's cipher
+/// updates may return no output (the input is processed at the final call): then the
+/// plaintext comes from `C_DecryptFinal`, and the application digests or verifies it itself,
+/// as the specification describes for outputs held back until the final call.
+pub fn dual_update(
+    handle: u64,
+    dual: Dual,
+    data: &[u8],
+    capacity: Option<usize>,
+) -> CkResult<SecretBytes> {
+    let call = Call::Operation(dual.cipher(), Stage::Update);
+    produce(handle, call, capacity, || {
+        if dual.plaintext_is_input() {
+            absorb(handle, dual.absorber(), data.to_vec())?;
+        }
+        let output = output_of(handle, |session| Request::OperationUpdate {
+            session,
+            operation: dual.cipher(),
+            data: data.to_vec(),
+        })?;
+        if !dual.plaintext_is_input() {
+            absorb(handle, dual.absorber(), output.expose().to_vec())?;
+        }
+        Ok(output)
+    })
+}
+
+/// `C_WrapKey`: the wrapped key, asked of the device once for a length query and the call
+/// that takes it.
+pub fn wrap_key(
+    handle: u64,
+    mechanism: Mechanism,
+    wrapping_key: u64,
+    key: u64,
+    capacity: Option<usize>,
+) -> CkResult<SecretBytes> {
+    let call = Call::WrapKey {
+        mechanism: mechanism.clone(),
+        wrapping_key,
+        key,
+    };
+    produce(handle, call, capacity, || {
+        let request = |session| Request::WrapKey {
+            session,
+            mechanism,
+            wrapping_key,
+            key,
+        };
+        match session_call(handle, request)? {
+            Reply::Bytes(wrapped) => Ok(SecretBytes::new(wrapped)),
+            reply => Err(unexpected(&reply)),
+        }
+    })
+}
+
+/// `C_SessionCancel`: forgets the kept outputs and message-based operations that `flags`
+/// names, then asks the device to end its operations. The message flags stay here (the
+/// device runs each message as a whole operation and has nothing to cancel for them).
+pub fn session_cancel(handle: u64, flags: u64) -> CkResult {
+    with(|library| {
+        let session = library.session_mut(handle)?;
+        session.pending.forget(|call| call.cancelled_by(flags));
+        session
+            .messages
+            .retain(|(operation, _)| flags & pending::message_flag(*operation) == 0);
+        Ok(())
+    })?;
+    let flags = flags & !MESSAGE_FLAGS;
+    if flags == 0 {
+        return Ok(());
+    }
+    expect_done(session_call(handle, |session| Request::SessionCancel {
+        session,
+        flags,
+    })?)
+}
+
+/// `len` random bytes from the device (`C_GenerateRandom`, generated IVs).
+pub fn random(handle: u64, len: usize) -> CkResult<Vec<u8>> {
+    let request = |session| Request::GenerateRandom {
+        session,
+        len: len as u64,
+    };
+    let produced = match session_call(handle, request)? {
+        Reply::Bytes(bytes) => bytes,
+        reply => return Err(unexpected(&reply)),
+    };
+    if produced.len() != len {
+        tracing::warn!(
+            "the device returned {} random bytes for {len}",
+            produced.len()
+        );
+        return Err(Rv::DeviceError.code());
+    }
+    Ok(produced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dual_functions_compose_a_cipher_and_an_absorber() {
+        let cases = [
+            (
+                Dual::DigestEncrypt,
+                Operation::Encrypt,
+                Operation::Digest,
+                true,
+            ),
+            (
+                Dual::DecryptDigest,
+                Operation::Decrypt,
+                Operation::Digest,
+                false,
+            ),
+            (Dual::SignEncrypt, Operation::Encrypt, Operation::Sign, true),
+            (
+                Dual::DecryptVerify,
+                Operation::Decrypt,
+                Operation::Verify,
+                false,
+            ),
+        ];
+        for (dual, cipher, absorber, input) in cases {
+            assert_eq!(
+                (dual.cipher(), dual.absorber(), dual.plaintext_is_input()),
+                (cipher, absorber, input),
+                "{dual:?}"
+            );
+        }
+    }
+}
