@@ -227,7 +227,8 @@ impl Hsm {
         Ok(SlotInfo {
             description,
             manufacturer: MANUFACTURER.into(),
-            flags: (ck::CKF_TOKEN_PRESENT | ck::CKF_HW_SLOT) as u64,
+            // A software device: no CKF_HW_SLOT, whatever it runs on.
+            flags: ck::CKF_TOKEN_PRESENT as u64,
             hardware: Version { major: 1, minor: 0 },
             firmware: version(),
         })

@@ -436,22 +436,22 @@ impl Hsm {
         let key_type = match mechanism.ty as ck::CK_MECHANISM_TYPE {
             ck::CKM_AES_KEY_GEN => ck::CKK_AES,
             ck::CKM_GENERIC_SECRET_KEY_GEN => ck::CKK_GENERIC_SECRET,
+            ck::CKM_SHA_1_KEY_GEN => ck::CKK_SHA_1_HMAC,
+            ck::CKM_SHA224_KEY_GEN => ck::CKK_SHA224_HMAC,
+            ck::CKM_SHA256_KEY_GEN => ck::CKK_SHA256_HMAC,
+            ck::CKM_SHA384_KEY_GEN => ck::CKK_SHA384_HMAC,
+            ck::CKM_SHA512_KEY_GEN => ck::CKK_SHA512_HMAC,
             _ => return Err(Rv::MechanismInvalid),
         };
         if mechanism.parameter != MechanismParameter::None {
             return Err(Rv::MechanismParamInvalid);
         }
         let mut attributes = object::from_template(template, ck::CKO_SECRET_KEY as u64)?;
-        // A generic secret may be typed for HMAC use.
-        let allowed_types: &[ck::CK_KEY_TYPE] = if key_type == ck::CKK_AES {
-            &[ck::CKK_AES]
-        } else {
-            &[
-                ck::CKK_GENERIC_SECRET,
-                ck::CKK_SHA256_HMAC,
-                ck::CKK_SHA384_HMAC,
-                ck::CKK_SHA512_HMAC,
-            ]
+        // A generic secret may be typed for HMAC use; the SHA key generators make their own type.
+        let allowed_types: &[ck::CK_KEY_TYPE] = match key_type {
+            ck::CKK_AES => &[ck::CKK_AES],
+            ck::CKK_GENERIC_SECRET => &crypto::mac::HMAC_KEY_TYPES,
+            _ => std::slice::from_ref(&key_type),
         };
         let chosen = attributes
             .ulong(ck::CKA_KEY_TYPE)
@@ -653,7 +653,14 @@ fn check_imported_key(
                 return Err(Rv::AttributeValueInvalid);
             }
         }
-        (ck::CKO_SECRET_KEY, ck::CKK_SHA256_HMAC | ck::CKK_SHA384_HMAC | ck::CKK_SHA512_HMAC) => {
+        (
+            ck::CKO_SECRET_KEY,
+            ck::CKK_SHA_1_HMAC
+            | ck::CKK_SHA224_HMAC
+            | ck::CKK_SHA256_HMAC
+            | ck::CKK_SHA384_HMAC
+            | ck::CKK_SHA512_HMAC,
+        ) => {
             if template.find(ck::CKA_VALUE_LEN).is_some() {
                 return Err(Rv::TemplateInconsistent);
             }

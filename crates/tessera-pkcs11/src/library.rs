@@ -322,7 +322,7 @@ pub fn unreachable_slot_info(device: usize) -> SlotInfo {
     SlotInfo {
         description: format!("Tessera device {device} unreachable"),
         manufacturer: "Tessera".into(),
-        flags: (ck::CKF_REMOVABLE_DEVICE | ck::CKF_HW_SLOT) as u64,
+        flags: ck::CKF_REMOVABLE_DEVICE as u64,
         hardware: Version { major: 0, minor: 0 },
         firmware: Version { major: 0, minor: 0 },
     }
@@ -529,7 +529,8 @@ mod tests {
         let info = unreachable_slot_info(4);
         assert_eq!(info.description, "Tessera device 4 unreachable");
         assert_eq!(info.flags & ck::CKF_TOKEN_PRESENT as u64, 0);
-        assert_ne!(info.flags & ck::CKF_HW_SLOT as u64, 0);
+        assert_ne!(info.flags & ck::CKF_REMOVABLE_DEVICE as u64, 0);
+        assert_eq!(info.flags & ck::CKF_HW_SLOT as u64, 0);
     }
 
     #[test]

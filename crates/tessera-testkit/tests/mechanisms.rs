@@ -173,6 +173,23 @@ fn digests_macs_and_aes_modes_match_published_vectors() {
             ),
             Err(Rv::SignatureInvalid.code())
         );
+        // RFC 2202 §3 and RFC 4231 test case 2 for the shorter hashes.
+        for (mechanism, expected) in [
+            (
+                ck::CKM_SHA_1_HMAC,
+                "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79",
+            ),
+            (
+                ck::CKM_SHA224_HMAC,
+                "a30e01098bc6dbbf45690f3a7e9e6d0f8bbea2a39e6148008fd05e44",
+            ),
+        ] {
+            assert_eq!(
+                t.single(Operation::Sign, plain(mechanism), jefe, data, &[])
+                    .unwrap(),
+                hex(expected)
+            );
+        }
         let general = Mechanism {
             ty: ck::CKM_SHA256_HMAC_GENERAL as u64,
             parameter: MechanismParameter::MacLength(16),
@@ -222,6 +239,56 @@ fn digests_macs_and_aes_modes_match_published_vectors() {
             t.single(Operation::Encrypt, ctr, aes, &block, &[]).unwrap(),
             hex("874d6191b620e3261bef6864990db6ce")
         );
+        // GCM test case 4 (McGrew and Viega), with the full tag and one truncated to 96 bits.
+        let gcm_key = t.secret(ck::CKK_AES, &hex("feffe9928665731c6d6a8f9467308308"));
+        let gcm = |tag_bits| Mechanism {
+            ty: ck::CKM_AES_GCM as u64,
+            parameter: MechanismParameter::Gcm {
+                iv: hex("cafebabefacedbaddecaf888"),
+                aad: hex("feedfacedeadbeeffeedfacedeadbeefabaddad2"),
+                tag_bits,
+            },
+        };
+        let plaintext = hex("d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39");
+        let ciphertext = hex("42831ec2217774244b7221b784d0d49ce3aa212f2c02a4e035c17e2329aca12e21d514b25466931c7d8f6a5aac84aa051ba30b396a0aac973d58e091");
+        let tag = hex("5bc94fbc3221a5db94fae95ae7121a47");
+        for tag_bits in [128u64, 96] {
+            let expected = [ciphertext.as_slice(), &tag[..tag_bits as usize / 8]].concat();
+            let sealed = t
+                .single(Operation::Encrypt, gcm(tag_bits), gcm_key, &plaintext, &[])
+                .unwrap();
+            assert_eq!(sealed, expected, "{tag_bits}-bit tag");
+            assert_eq!(
+                t.single(Operation::Decrypt, gcm(tag_bits), gcm_key, &sealed, &[])
+                    .unwrap(),
+                plaintext
+            );
+            for flip in [0, sealed.len() - 1] {
+                let mut forged = sealed.clone();
+                forged[flip] ^= 1;
+                assert_eq!(
+                    t.single(Operation::Decrypt, gcm(tag_bits), gcm_key, &forged, &[]),
+                    Err(Rv::EncryptedDataInvalid.code()),
+                    "{tag_bits}-bit tag, byte {flip} flipped"
+                );
+            }
+        }
+        for tag_bits in [64u64, 100, 136] {
+            let init = t.device.call(
+                Some(t.g),
+                Request::OperationInit {
+                    session: t.session,
+                    operation: Operation::Encrypt,
+                    mechanism: gcm(tag_bits),
+                    key: gcm_key,
+                },
+            );
+            assert_eq!(
+                init.err().map(|e| e.rv()),
+                Some(Rv::MechanismParamInvalid.code()),
+                "{tag_bits}-bit tag"
+            );
+        }
         // Key generation for generic secrets.
         let template = Template(vec![Attribute::ulong(ck::CKA_VALUE_LEN, 48)]);
         let Reply::Handle(generated) = t.call(Request::GenerateKey {
@@ -235,6 +302,35 @@ fn digests_macs_and_aes_modes_match_published_vectors() {
             Operation::Sign,
             plain(ck::CKM_SHA384_HMAC),
             generated,
+            b"m",
+            &[],
+        )
+        .unwrap();
+        // The SHA key generators make keys typed for their HMAC.
+        let template = Template(vec![Attribute::ulong(ck::CKA_VALUE_LEN, 32)]);
+        let Reply::Handle(typed) = t.call(Request::GenerateKey {
+            session: t.session,
+            mechanism: plain(ck::CKM_SHA256_KEY_GEN),
+            template,
+        }) else {
+            panic!()
+        };
+        let Reply::Attributes(answers) = t.call(Request::GetAttributes {
+            session: t.session,
+            object: typed,
+            types: vec![ck::CKA_KEY_TYPE as u64],
+        }) else {
+            panic!()
+        };
+        let key_type = (ck::CKK_SHA256_HMAC as u64).to_ne_bytes();
+        assert!(
+            matches!(&answers[..], [AttributeAnswer::Value(v)] if v[..] == key_type[..]),
+            "{answers:?}"
+        );
+        t.single(
+            Operation::Sign,
+            plain(ck::CKM_SHA256_HMAC),
+            typed,
             b"m",
             &[],
         )

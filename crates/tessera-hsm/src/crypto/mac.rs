@@ -1,4 +1,4 @@
-//! MACs as signatures with secret keys: HMAC-SHA-256/384/512 (and `_GENERAL` with a shorter
+//! MACs as signatures with secret keys: HMAC-SHA-1/224/256/384/512 (and `_GENERAL` with a shorter
 //! length) and AES-CMAC (and `CMAC_GENERAL`).
 
 use aws_lc_rs::{cmac, hmac};
@@ -18,35 +18,48 @@ pub(crate) struct Mac {
     length: usize,
 }
 
+/// The key types an HMAC accepts: a generic secret, or one typed for any HMAC.
+pub(crate) const HMAC_KEY_TYPES: [ck::CK_KEY_TYPE; 6] = [
+    ck::CKK_GENERIC_SECRET,
+    ck::CKK_SHA_1_HMAC,
+    ck::CKK_SHA224_HMAC,
+    ck::CKK_SHA256_HMAC,
+    ck::CKK_SHA384_HMAC,
+    ck::CKK_SHA512_HMAC,
+];
+
+/// An HMAC mechanism's algorithm, its full length, and whether it is the `_GENERAL` form.
+fn hmac_of(mechanism: ck::CK_MECHANISM_TYPE) -> Option<(hmac::Algorithm, usize, bool)> {
+    Some(match mechanism {
+        ck::CKM_SHA_1_HMAC => (hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, 20, false),
+        ck::CKM_SHA_1_HMAC_GENERAL => (hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, 20, true),
+        ck::CKM_SHA224_HMAC => (hmac::HMAC_SHA224, 28, false),
+        ck::CKM_SHA224_HMAC_GENERAL => (hmac::HMAC_SHA224, 28, true),
+        ck::CKM_SHA256_HMAC => (hmac::HMAC_SHA256, 32, false),
+        ck::CKM_SHA256_HMAC_GENERAL => (hmac::HMAC_SHA256, 32, true),
+        ck::CKM_SHA384_HMAC => (hmac::HMAC_SHA384, 48, false),
+        ck::CKM_SHA384_HMAC_GENERAL => (hmac::HMAC_SHA384, 48, true),
+        ck::CKM_SHA512_HMAC => (hmac::HMAC_SHA512, 64, false),
+        ck::CKM_SHA512_HMAC_GENERAL => (hmac::HMAC_SHA512, 64, true),
+        _ => return None,
+    })
+}
+
 /// Whether a mechanism is a MAC this module serves.
 pub(crate) fn is_mac(mechanism: u64) -> bool {
-    matches!(
-        mechanism as ck::CK_MECHANISM_TYPE,
-        ck::CKM_SHA256_HMAC
-            | ck::CKM_SHA384_HMAC
-            | ck::CKM_SHA512_HMAC
-            | ck::CKM_SHA256_HMAC_GENERAL
-            | ck::CKM_SHA384_HMAC_GENERAL
-            | ck::CKM_SHA512_HMAC_GENERAL
-            | ck::CKM_AES_CMAC
-            | ck::CKM_AES_CMAC_GENERAL
-    )
+    let m = mechanism as ck::CK_MECHANISM_TYPE;
+    hmac_of(m).is_some() || matches!(m, ck::CKM_AES_CMAC | ck::CKM_AES_CMAC_GENERAL)
 }
 
 impl Mac {
     pub(crate) fn new(mechanism: &Mechanism, key: &Attributes) -> Result<Mac, Rv> {
         let m = mechanism.ty as ck::CK_MECHANISM_TYPE;
-        let (full, general) = match m {
-            ck::CKM_SHA256_HMAC | ck::CKM_SHA256_HMAC_GENERAL => {
-                (32, m == ck::CKM_SHA256_HMAC_GENERAL)
+        let hmac = hmac_of(m);
+        let (full, general) = match (m, hmac) {
+            (_, Some((_, full, general))) => (full, general),
+            (ck::CKM_AES_CMAC | ck::CKM_AES_CMAC_GENERAL, None) => {
+                (16, m == ck::CKM_AES_CMAC_GENERAL)
             }
-            ck::CKM_SHA384_HMAC | ck::CKM_SHA384_HMAC_GENERAL => {
-                (48, m == ck::CKM_SHA384_HMAC_GENERAL)
-            }
-            ck::CKM_SHA512_HMAC | ck::CKM_SHA512_HMAC_GENERAL => {
-                (64, m == ck::CKM_SHA512_HMAC_GENERAL)
-            }
-            ck::CKM_AES_CMAC | ck::CKM_AES_CMAC_GENERAL => (16, m == ck::CKM_AES_CMAC_GENERAL),
             _ => return Err(Rv::MechanismInvalid),
         };
         let length = match (&mechanism.parameter, general) {
@@ -60,7 +73,12 @@ impl Mac {
             return Err(Rv::KeyTypeInconsistent);
         }
         let value = key.get(ck::CKA_VALUE).ok_or(Rv::KeyTypeInconsistent)?;
-        let context = if matches!(m, ck::CKM_AES_CMAC | ck::CKM_AES_CMAC_GENERAL) {
+        let context = if let Some((algorithm, _, _)) = hmac {
+            if !HMAC_KEY_TYPES.iter().any(|t| *t as u64 == key.key_type()) {
+                return Err(Rv::KeyTypeInconsistent);
+            }
+            Context::Hmac(Box::new(hmac::Context::with_key(&hmac::Key::new(algorithm, value))))
+        } else {
             if key.key_type() != ck::CKK_AES as u64 {
                 return Err(Rv::KeyTypeInconsistent);
             }
@@ -72,22 +90,6 @@ impl Mac {
             };
             let key = cmac::Key::new(algorithm, value).map_err(|_| Rv::KeyTypeInconsistent)?;
             Context::Cmac(Box::new(cmac::Context::with_key(&key)))
-        } else {
-            let generic = [
-                ck::CKK_GENERIC_SECRET,
-                ck::CKK_SHA256_HMAC,
-                ck::CKK_SHA384_HMAC,
-                ck::CKK_SHA512_HMAC,
-            ];
-            if !generic.iter().any(|t| *t as u64 == key.key_type()) {
-                return Err(Rv::KeyTypeInconsistent);
-            }
-            let algorithm = match full {
-                32 => hmac::HMAC_SHA256,
-                48 => hmac::HMAC_SHA384,
-                _ => hmac::HMAC_SHA512,
-            };
-            Context::Hmac(Box::new(hmac::Context::with_key(&hmac::Key::new(algorithm, value))))
         };
         Ok(Mac { context, length })
     }

@@ -21,7 +21,7 @@ use crate::object::Attributes;
 
 pub(crate) mod edwards;
 mod keys;
-mod mac;
+pub(crate) mod mac;
 
 pub use keys::{
     bit_len, check_curve, check_ec_private, check_rsa_private, generate_ec, generate_rsa,
@@ -220,7 +220,11 @@ enum AesMode {
     Ecb,
     Cbc([u8; 16]),
     Ctr([u8; 16]),
-    Gcm { iv: Vec<u8>, aad: Vec<u8> },
+    Gcm {
+        iv: Vec<u8>,
+        aad: Vec<u8>,
+        tag_len: usize,
+    },
 }
 
 enum OaepCipher {
@@ -470,12 +474,18 @@ impl Operation {
                     .map_err(|_| Rv::MechanismParamInvalid)?,
             ),
             (ck::CKM_AES_GCM, MechanismParameter::Gcm { iv, aad, tag_bits }) => {
-                if iv.len() != aead::NONCE_LEN || *tag_bits != 128 {
+                // 96-bit IVs only (the GHASH-derived counter of other lengths is not offered);
+                // tags of 96 to 128 bits in whole bytes (SP 800-38D §5.2.1.2).
+                if iv.len() != aead::NONCE_LEN
+                    || !(96..=128).contains(tag_bits)
+                    || !tag_bits.is_multiple_of(8)
+                {
                     return Err(Rv::MechanismParamInvalid);
                 }
                 AesMode::Gcm {
                     iv: iv.clone(),
                     aad: aad.clone(),
+                    tag_len: (*tag_bits / 8) as usize,
                 }
             }
             (ck::CKM_AES_ECB, MechanismParameter::None) => AesMode::Ecb,
@@ -892,34 +902,70 @@ fn finish_aes(
             }
         }
         AesMode::Ecb | AesMode::Cbc(_) | AesMode::Ctr(_) => Err(Rv::GeneralError),
-        AesMode::Gcm { iv, aad } => {
-            let algorithm = match key_bytes.len() {
-                16 => &aead::AES_128_GCM,
-                24 => &aead::AES_192_GCM,
-                _ => &aead::AES_256_GCM,
-            };
-            let aead_key = LessSafeKey::new(
-                UnboundKey::new(algorithm, key_bytes).map_err(|_| Rv::KeyTypeInconsistent)?,
-            );
-            let nonce =
-                Nonce::try_assume_unique_for_key(&iv).map_err(|_| Rv::MechanismParamInvalid)?;
-            if encrypt {
-                let mut out = data.expose().to_vec();
-                aead_key
-                    .seal_in_place_append_tag(nonce, Aad::from(aad.as_slice()), &mut out)
-                    .map_err(|_| Rv::FunctionFailed)?;
-                Ok(Output::Bytes(out))
-            } else {
-                if data.len() < aead::MAX_TAG_LEN {
-                    return Err(Rv::EncryptedDataLenRange);
-                }
-                let plain_len = aead_key
-                    .open_in_place(nonce, Aad::from(aad.as_slice()), data.expose_mut())
-                    .map_err(|_| Rv::EncryptedDataInvalid)?
-                    .len();
-                data.expose_mut().truncate(plain_len);
-                Ok(Output::Secret(data))
-            }
-        }
+        AesMode::Gcm { iv, aad, tag_len } => gcm(key_bytes, &iv, &aad, tag_len, encrypt, data),
+    }
+}
+
+/// AES-GCM with a tag of `tag_len` bytes. Encryption truncates the full tag. Decryption with a
+/// full tag is aws-lc's; with a truncated one the plaintext comes from the GCM counter stream
+/// (CTR from `IV || 00000002`), the tag is recomputed over it, and the first `tag_len` bytes are
+/// compared in constant time before any plaintext is released.
+fn gcm(
+    key: &[u8],
+    iv: &[u8],
+    aad: &[u8],
+    tag_len: usize,
+    encrypt: bool,
+    mut data: SecretBytes,
+) -> Result<Output, Rv> {
+    use subtle::ConstantTimeEq;
+    use zeroize::Zeroize;
+    let algorithm = match key.len() {
+        16 => &aead::AES_128_GCM,
+        24 => &aead::AES_192_GCM,
+        _ => &aead::AES_256_GCM,
+    };
+    let aead_key =
+        LessSafeKey::new(UnboundKey::new(algorithm, key).map_err(|_| Rv::KeyTypeInconsistent)?);
+    let nonce = || Nonce::try_assume_unique_for_key(iv).map_err(|_| Rv::MechanismParamInvalid);
+    if encrypt {
+        let mut out = data.expose().to_vec();
+        aead_key
+            .seal_in_place_append_tag(nonce()?, Aad::from(aad), &mut out)
+            .map_err(|_| Rv::FunctionFailed)?;
+        out.truncate(data.len() + tag_len);
+        return Ok(Output::Bytes(out));
+    }
+    let Some(cipher_len) = data.len().checked_sub(tag_len) else {
+        return Err(Rv::EncryptedDataLenRange);
+    };
+    if tag_len == aead::MAX_TAG_LEN {
+        let plain_len = aead_key
+            .open_in_place(nonce()?, Aad::from(aad), data.expose_mut())
+            .map_err(|_| Rv::EncryptedDataInvalid)?
+            .len();
+        data.expose_mut().truncate(plain_len);
+        return Ok(Output::Secret(data));
+    }
+    let mut counter = [0u8; 16];
+    counter[..aead::NONCE_LEN].copy_from_slice(iv);
+    counter[15] = 2;
+    let ciphertext = SecretBytes::new(data.expose()[..cipher_len].to_vec());
+    let Output::Secret(plain) = finish_block_mode(key, &AesMode::Ctr(counter), false, ciphertext)?
+    else {
+        return Err(Rv::GeneralError);
+    };
+    let mut resealed = plain.expose().to_vec();
+    aead_key
+        .seal_in_place_append_tag(nonce()?, Aad::from(aad), &mut resealed)
+        .map_err(|_| Rv::FunctionFailed)?;
+    let expected = &resealed[cipher_len..cipher_len + tag_len];
+    let given = &data.expose()[cipher_len..];
+    let matches: bool = expected.ct_eq(given).into();
+    resealed.zeroize();
+    if matches {
+        Ok(Output::Secret(plain))
+    } else {
+        Err(Rv::EncryptedDataInvalid)
     }
 }

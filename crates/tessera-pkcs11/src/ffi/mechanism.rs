@@ -36,6 +36,8 @@ const PSS: &[ck::CK_MECHANISM_TYPE] = &[
 
 /// Mechanisms whose parameter is a `CK_MAC_GENERAL_PARAMS` (the MAC length in bytes).
 const MAC_GENERAL: &[ck::CK_MECHANISM_TYPE] = &[
+    ck::CKM_SHA_1_HMAC_GENERAL,
+    ck::CKM_SHA224_HMAC_GENERAL,
     ck::CKM_SHA256_HMAC_GENERAL,
     ck::CKM_SHA384_HMAC_GENERAL,
     ck::CKM_SHA512_HMAC_GENERAL,
