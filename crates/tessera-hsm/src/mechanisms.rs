@@ -76,6 +76,8 @@ const TABLE: &[(ck::CK_MECHANISM_TYPE, u64, u64, ck::CK_FLAGS)] = &[
         ck::CKF_GENERATE_KEY_PAIR | EC_FLAGS,
     ),
     (ck::CKM_ECDSA, 256, 521, SIGN_VERIFY | EC_FLAGS),
+    (ck::CKM_ECDSA_SHA1, 256, 521, SIGN_VERIFY | EC_FLAGS),
+    (ck::CKM_ECDSA_SHA224, 256, 521, SIGN_VERIFY | EC_FLAGS),
     (ck::CKM_ECDSA_SHA256, 256, 521, SIGN_VERIFY | EC_FLAGS),
     (ck::CKM_ECDSA_SHA384, 256, 521, SIGN_VERIFY | EC_FLAGS),
     (ck::CKM_ECDSA_SHA512, 256, 521, SIGN_VERIFY | EC_FLAGS),
@@ -96,8 +98,8 @@ const TABLE: &[(ck::CK_MECHANISM_TYPE, u64, u64, ck::CK_FLAGS)] = &[
 ];
 
 /// Mechanisms that are not approved: hidden and refused under the `a` flag (FIPS Algorithms
-/// Only). SHA-1 is kept for legacy digests only.
-const NOT_APPROVED: &[ck::CK_MECHANISM_TYPE] = &[ck::CKM_SHA_1];
+/// Only). SHA-1 is kept for legacy digests and legacy ECDSA verification.
+const NOT_APPROVED: &[ck::CK_MECHANISM_TYPE] = &[ck::CKM_SHA_1, ck::CKM_ECDSA_SHA1];
 
 /// Whether a mechanism may be used under the device flags.
 pub fn allowed(mechanism: u64, flags: u64) -> bool {

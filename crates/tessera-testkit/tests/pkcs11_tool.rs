@@ -111,6 +111,16 @@ fn pkcs11_tool_initialises_generates_signs_encrypts_and_keys_survive_a_restart()
                 "--label",
                 "rsa-key",
                 "--usage-sign",
+                "--usage-decrypt",
+            ]);
+            t.user(&[
+                "--keypairgen",
+                "--key-type",
+                "EC:edwards25519",
+                "--id",
+                "04",
+                "--label",
+                "ed25519-key",
             ]);
             t.user(&[
                 "--keygen",
@@ -152,6 +162,7 @@ fn pkcs11_tool_initialises_generates_signs_encrypts_and_keys_survive_a_restart()
             ("01", "ECDSA-SHA256"),
             ("02", "SHA256-RSA-PKCS"),
             ("02", "SHA256-RSA-PKCS-PSS"),
+            ("04", "EDDSA"),
         ] {
             let signature = dir.join(format!("sig-{id}-{mechanism}"));
             t.user(&[
@@ -234,6 +245,66 @@ fn pkcs11_tool_initialises_generates_signs_encrypts_and_keys_survive_a_restart()
             std::fs::read(&decrypted).unwrap(),
             std::fs::read(&data).unwrap()
         );
+        // RSA-OAEP: OpenSSL encrypts to the public key read off the token, the token decrypts.
+        let public = dir.join("rsa-pub.der");
+        t.user(&[
+            "--read-object",
+            "--type",
+            "pubkey",
+            "--id",
+            "02",
+            "--output-file",
+            path(&public),
+        ]);
+        let sealed = dir.join("data.oaep");
+        let openssl = Command::new(tool("openssl"))
+            .args(["pkeyutl", "-encrypt", "-pubin", "-keyform", "DER", "-inkey"])
+            .arg(&public)
+            .args([
+                "-pkeyopt",
+                "rsa_padding_mode:oaep",
+                "-pkeyopt",
+                "rsa_oaep_md:sha256",
+                "-pkeyopt",
+                "rsa_mgf1_md:sha256",
+                "-in",
+            ])
+            .arg(&data)
+            .arg("-out")
+            .arg(&sealed)
+            .output()
+            .unwrap();
+        assert!(openssl.status.success(), "{openssl:?}");
+        let opened = dir.join("data.opened");
+        t.user(&[
+            "--decrypt",
+            "--id",
+            "02",
+            "-m",
+            "RSA-PKCS-OAEP",
+            "--hash-algorithm",
+            "SHA256",
+            "--mgf",
+            "MGF1-SHA256",
+            "--input-file",
+            path(&sealed),
+            "--output-file",
+            path(&opened),
+        ]);
+        assert_eq!(
+            std::fs::read(&opened).unwrap(),
+            std::fs::read(&data).unwrap()
+        );
+        // OpenSC's own EC self-test: generate, sign, verify, change attributes, delete.
+        let ec_test = t.user(&[
+            "--session-rw",
+            "--test-ec",
+            "--id",
+            "0e",
+            "--key-type",
+            "EC:prime256v1",
+        ]);
+        assert!(ec_test.contains("==> OK"), "{ec_test}");
         let random = t.ok(&["--token-label", "tool-test", "--generate-random", "32"]);
         assert!(!random.is_empty());
     }

@@ -350,6 +350,16 @@ impl Operation {
         };
         let (key_type, input, scheme) = match m {
             ck::CKM_ECDSA => (ck::CKK_EC, Input::Raw(Vec::new(), None), None),
+            ck::CKM_ECDSA_SHA1 => (
+                ck::CKK_EC,
+                Input::Hashing(Context::new(&digest::SHA1_FOR_LEGACY_USE_ONLY)),
+                None,
+            ),
+            ck::CKM_ECDSA_SHA224 => (
+                ck::CKK_EC,
+                Input::Hashing(Context::new(&digest::SHA224)),
+                None,
+            ),
             ck::CKM_ECDSA_SHA256 => (
                 ck::CKK_EC,
                 Input::Hashing(Context::new(&digest::SHA256)),
