@@ -99,3 +99,35 @@ mod tests {
         assert_eq!(super::clock(1_795_740_245), "2026-11-27 00:44:05 UTC");
     }
 }
+
+/// The event log, one line per entry: sequence, time, role, kind, detail.
+pub fn render_events(events: &[tessera_wire::Event]) -> String {
+    events
+        .iter()
+        .map(|event| {
+            format!(
+                "{:>6}  {}  {:<13}  {:<24}  {}\n",
+                event.sequence,
+                clock(event.time),
+                event.role,
+                event.kind,
+                event.detail
+            )
+        })
+        .collect()
+}
+
+/// The secure-messaging channels as a table, with a count line.
+pub fn render_channels(channels: &[tessera_wire::ChannelSummary]) -> String {
+    let mut out = format!(
+        "{:>8}  {:<28}  {:>8}  {:>9}  {:>10}  policy\n",
+        "channel", "peer", "age (s)", "messages", "generation"
+    );
+    for c in channels {
+        out += &format!(
+            "{:>8}  {:<28}  {:>8}  {:>9}  {:>10}  {}\n",
+            c.id, c.peer, c.age, c.messages, c.generation, c.policy
+        );
+    }
+    out + &format!("{} channel(s)\n", channels.len())
+}

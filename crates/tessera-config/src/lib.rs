@@ -12,9 +12,10 @@
 //! Files hold `NAME=value` lines; `#` starts a comment line; a value may be quoted with `"`.
 #![forbid(unsafe_code)]
 
+pub mod access;
 mod server;
 
-pub use server::{default_socket_path, ServerAddress, DEFAULT_TCP_PORT};
+pub use server::{default_data_dir, default_socket_path, ServerAddress, DEFAULT_TCP_PORT};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

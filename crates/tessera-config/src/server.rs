@@ -93,3 +93,14 @@ pub fn default_socket_path() -> PathBuf {
         .unwrap_or(0);
     PathBuf::from(format!("/tmp/tessera-{uid}")).join("tesserad.sock")
 }
+
+/// The daemon's data directory when none is given: `$XDG_DATA_HOME/tessera`, else
+/// `~/.local/share/tessera`. `psesh` finds the appliance state under it too.
+pub fn default_data_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("tessera")
+}

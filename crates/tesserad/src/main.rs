@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tessera_config::{default_socket_path, DEFAULT_TCP_PORT};
+use tessera_config::{default_data_dir, default_socket_path, DEFAULT_TCP_PORT};
 
 /// The Tessera HSM daemon.
 ///
@@ -64,6 +64,13 @@ struct Args {
     #[arg(long, default_value_t = 1 << 40, value_name = "N")]
     sm_max_bytes: u64,
 
+    /// Appliance mode: serve network clients (default listen: the local socket and
+    /// tcp:0.0.0.0:12396) and keep the appliance's state in DIR/appliance: its users and their
+    /// trust stores (managed with psesh), its audit log, and the client access list `clients`
+    /// that every network connection is checked against.
+    #[arg(long)]
+    appliance: bool,
+
     /// PBKDF2-HMAC-SHA256 iterations for new PIN records. Lower only for tests.
     #[arg(long, default_value_t = tessera_hsm::DEFAULT_KDF_ITERATIONS, value_name = "N")]
     kdf_iterations: u32,
@@ -101,14 +108,6 @@ fn parse_listen(text: &str) -> Result<Listen, String> {
     ))
 }
 
-fn default_data_dir() -> PathBuf {
-    std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("tessera")
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
@@ -120,7 +119,11 @@ fn main() -> ExitCode {
         )
         .init();
     let listen: Result<Vec<Listen>, String> = if args.listen.is_empty() {
-        Ok(vec![Listen::Unix(default_socket_path())])
+        let mut listen = vec![Listen::Unix(default_socket_path())];
+        if args.appliance {
+            listen.push(Listen::Tcp(format!("0.0.0.0:{}", DEFAULT_TCP_PORT)));
+        }
+        Ok(listen)
     } else {
         args.listen.iter().map(|l| parse_listen(l)).collect()
     };
@@ -131,8 +134,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    let client_access = if args.appliance {
+        let state = data_dir.join("appliance");
+        if let Err(e) = std::fs::create_dir_all(&state) {
+            eprintln!("tesserad: cannot create {}: {e}", state.display());
+            return ExitCode::FAILURE;
+        }
+        Some(state.join("clients"))
+    } else {
+        None
+    };
     let config = server::Config {
-        data_dir: args.data_dir.unwrap_or_else(default_data_dir),
+        data_dir,
         listen,
         max_connections: args.max_connections.max(1),
         options: tessera_hsm::HsmOptions {
@@ -145,6 +159,7 @@ fn main() -> ExitCode {
             messages: args.sm_max_messages,
             bytes: args.sm_max_bytes,
         },
+        client_access,
     };
     match server::run(config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -23,6 +23,46 @@ pub struct Config {
     pub max_connections: usize,
     pub options: HsmOptions,
     pub key_limits: KeyLimits,
+    /// The appliance's client access list, read at every network connection; `None` outside
+    /// appliance mode.
+    pub client_access: Option<PathBuf>,
+}
+
+/// Where a connection comes from, for the client access list.
+trait PeerAddress: std::fmt::Debug {
+    /// The network address, or `None` for a local socket (never filtered).
+    fn ip(&self) -> Option<std::net::IpAddr>;
+}
+
+impl PeerAddress for std::net::SocketAddr {
+    fn ip(&self) -> Option<std::net::IpAddr> {
+        Some(std::net::SocketAddr::ip(self))
+    }
+}
+
+impl PeerAddress for tokio::net::unix::SocketAddr {
+    fn ip(&self) -> Option<std::net::IpAddr> {
+        None
+    }
+}
+
+/// Whether the access list admits this peer. The list is read on every connection so that a
+/// change made in `psesh` applies to the next one; an unreadable list admits nobody.
+fn admitted(list: Option<&Path>, peer: &dyn PeerAddress) -> bool {
+    let (Some(list), Some(ip)) = (list, peer.ip()) else {
+        return true;
+    };
+    match tessera_config::access::ClientAccess::read(list) {
+        Ok(access) if access.admits(ip) => true,
+        Ok(_) => {
+            tracing::warn!(peer = %ip, "connection refused: not in the client access list");
+            false
+        }
+        Err(e) => {
+            tracing::error!(peer = %ip, error = %e, "connection refused: the client access list is unreadable");
+            false
+        }
+    }
 }
 
 /// Holds the data directory's lock for the daemon's lifetime.
@@ -105,6 +145,7 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
                     limit.clone(),
                     stop.clone(),
                     config.key_limits,
+                    config.client_access.clone(),
                 )));
             }
             Listen::Tcp(address) => {
@@ -122,14 +163,23 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
                     limit.clone(),
                     stop.clone(),
                     config.key_limits,
+                    config.client_access.clone(),
                 )));
             }
+        }
+    }
+    if let Some(list) = &config.client_access {
+        // What `psesh network show` reports.
+        let listening = list.with_file_name("listening");
+        if let Err(e) = std::fs::write(&listening, shown.join("\n") + "\n") {
+            tracing::warn!(file = %listening.display(), error = %e, "cannot record the listen addresses");
         }
     }
     tracing::info!(
         serial = hsm.serial(),
         data_dir = %config.data_dir.display(),
         listen = %shown.join(" "),
+        appliance = config.client_access.is_some(),
         "tesserad ready"
     );
     wait_for_signal().await;
@@ -169,6 +219,7 @@ macro_rules! accept_loop {
             limit: Arc<Semaphore>,
             mut stop: watch::Receiver<bool>,
             key_limits: KeyLimits,
+            client_access: Option<PathBuf>,
         ) {
             loop {
                 let accepted = tokio::select! {
@@ -176,7 +227,13 @@ macro_rules! accept_loop {
                     _ = stop.changed() => return,
                 };
                 let (stream, peer) = match accepted {
-                    Ok((stream, peer)) => (stream, format!("{peer:?}")),
+                    Ok((stream, peer)) => {
+                        if !admitted(client_access.as_deref(), &peer) {
+                            drop(stream);
+                            continue;
+                        }
+                        (stream, format!("{peer:?}"))
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

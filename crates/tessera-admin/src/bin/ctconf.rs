@@ -258,16 +258,7 @@ fn run(args: &Args) -> Result<u8, Failure> {
     }
     if args.events {
         if let Reply::Events(events, problem) = session.run(AdminCommand::Events)? {
-            for event in &events {
-                println!(
-                    "{:>6}  {}  {:<13}  {:<24}  {}",
-                    event.sequence,
-                    status::clock(event.time),
-                    event.role,
-                    event.kind,
-                    event.detail
-                );
-            }
+            print!("{}", status::render_events(&events));
             match problem {
                 None => println!("Event log integrity: OK ({} entries)", events.len()),
                 Some(problem) => {
@@ -279,17 +270,7 @@ fn run(args: &Args) -> Result<u8, Failure> {
     }
     if args.channels {
         if let Reply::Channels(channels) = session.run(AdminCommand::Channels)? {
-            println!(
-                "{:>8}  {:<28}  {:>8}  {:>9}  {:>10}  policy",
-                "channel", "peer", "age (s)", "messages", "generation"
-            );
-            for c in &channels {
-                println!(
-                    "{:>8}  {:<28}  {:>8}  {:>9}  {:>10}  {}",
-                    c.id, c.peer, c.age, c.messages, c.generation, c.policy
-                );
-            }
-            println!("{} channel(s)", channels.len());
+            print!("{}", status::render_channels(&channels));
         }
     }
     if let Some(which) = terminate {

@@ -77,7 +77,9 @@ impl Mac {
             if !HMAC_KEY_TYPES.iter().any(|t| *t as u64 == key.key_type()) {
                 return Err(Rv::KeyTypeInconsistent);
             }
-            Context::Hmac(Box::new(hmac::Context::with_key(&hmac::Key::new(algorithm, value))))
+            Context::Hmac(Box::new(hmac::Context::with_key(&hmac::Key::new(
+                algorithm, value,
+            ))))
         } else {
             if key.key_type() != ck::CKK_AES as u64 {
                 return Err(Rv::KeyTypeInconsistent);

@@ -304,7 +304,10 @@ impl Operation {
                 return Err(Rv::KeyFunctionNotPermitted);
             }
             return Ok(Operation {
-                inner: Inner::Mac { mac: Box::new(mac), verify },
+                inner: Inner::Mac {
+                    mac: Box::new(mac),
+                    verify,
+                },
             });
         }
         if m == ck::CKM_EDDSA {

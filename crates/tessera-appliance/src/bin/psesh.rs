@@ -1,0 +1,335 @@
+//! `psesh`, the appliance shell.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tessera_appliance::audit::AuditLog;
+use tessera_appliance::shell::{Console, Outcome, Shell};
+use tessera_appliance::users::{Role, Users, DEFAULT_ITERATIONS};
+use zeroize::Zeroizing;
+
+/// The Tessera appliance shell, for the appliance users admin, pseoperator and audit.
+///
+/// Run on the appliance's console, or as the ForceCommand of its SSH accounts (see
+/// docs/appliance.md). Commands are case-insensitive and may be shortened to any unique prefix
+/// ("he" is help; "h" alone is ambiguous because of hsm). Type help inside for the commands
+/// your user may run.
+///
+/// Examples:
+///
+///   psesh setup                          first time: passwords for admin, pseoperator, audit
+///
+///   psesh --user pseoperator             log in and get the psesh:> prompt
+///
+///   psesh --user pseoperator -c "hsm cert; hsm show"     run commands and leave
+///
+///   printf 'hsm show\n' | psesh --user pseoperator --password-file pw     scripted
+///
+/// In scripted mode (-c, or standard input not a terminal) each command is echoed after the
+/// prompt, questions (confirmations, PINs) are answered by the next input line, and the exit
+/// status is 1 if any command failed.
+#[derive(Parser, Debug)]
+#[command(version, verbatim_doc_comment)]
+struct Args {
+    /// The HSM daemon's data directory (the appliance state is its `appliance` subdirectory).
+    /// Default: $XDG_DATA_HOME/tessera, else ~/.local/share/tessera.
+    #[arg(long, value_name = "DIR", global = true)]
+    data_dir: Option<PathBuf>,
+
+    /// The appliance user: admin, pseoperator or audit. Default: the login name ($USER), as
+    /// under an SSH ForceCommand.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+
+    /// File whose first line is the password (else asked without echo, or, in scripted mode,
+    /// the first line of standard input).
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+
+    /// Commands to run, separated by ';', instead of a prompt.
+    #[arg(short = 'c', value_name = "COMMANDS")]
+    commands: Option<String>,
+
+    #[command(subcommand)]
+    action: Option<Action>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Action {
+    /// First-time set-up: a password for each of admin, pseoperator and audit.
+    /// Example: psesh setup --passwords-file initial.txt
+    Setup {
+        /// File with lines `admin=PASSWORD`, `pseoperator=PASSWORD`, `audit=PASSWORD` (else
+        /// each is asked twice without echo).
+        #[arg(long, value_name = "FILE")]
+        passwords_file: Option<PathBuf>,
+        /// PBKDF2 iterations of the password records. Lower only for tests.
+        #[arg(long, default_value_t = DEFAULT_ITERATIONS, value_name = "N")]
+        kdf_iterations: u32,
+    },
+}
+
+/// Input from a terminal: line editing and history, secrets without echo.
+struct Terminal {
+    editor: rustyline::DefaultEditor,
+    history: PathBuf,
+}
+
+impl Console for Terminal {
+    fn line(&mut self, prompt: &str) -> Option<String> {
+        loop {
+            match self.editor.readline(prompt) {
+                Ok(line) => return Some(line),
+                Err(rustyline::error::ReadlineError::Interrupted) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    fn secret(&mut self, prompt: &str) -> Option<Zeroizing<String>> {
+        rpassword::prompt_password(prompt).ok().map(Zeroizing::new)
+    }
+}
+
+/// Input from a script: `-c` commands, then standard input; questions take the next line.
+struct Script {
+    lines: std::collections::VecDeque<String>,
+    stdin: Option<std::io::Lines<std::io::StdinLock<'static>>>,
+}
+
+impl Script {
+    fn next(&mut self) -> Option<String> {
+        if let Some(line) = self.lines.pop_front() {
+            return Some(line);
+        }
+        self.stdin.as_mut()?.next()?.ok()
+    }
+}
+
+impl Console for Script {
+    fn line(&mut self, prompt: &str) -> Option<String> {
+        let line = self.next()?;
+        println!("{prompt}{line}");
+        Some(line)
+    }
+
+    fn secret(&mut self, prompt: &str) -> Option<Zeroizing<String>> {
+        let line = Zeroizing::new(self.next()?);
+        println!("{prompt}");
+        Some(line)
+    }
+}
+
+fn first_line(path: &Path, what: &str) -> Result<Zeroizing<String>, String> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the {what} file {}: {e}", path.display()))?,
+    );
+    let line = text.lines().next().unwrap_or("");
+    if line.is_empty() {
+        return Err(format!("the {what} file {} is empty", path.display()));
+    }
+    Ok(Zeroizing::new(line.to_string()))
+}
+
+fn setup(state: &Path, passwords_file: Option<&Path>, iterations: u32) -> Result<(), String> {
+    let users = Users::new(state);
+    if users.is_set_up()? {
+        return Err("the appliance users are already set up; admin sets the others' passwords with \"user password NAME\", and each user changes their own with passwd".into());
+    }
+    let given: Vec<(String, Zeroizing<String>)> = match passwords_file {
+        Some(path) => {
+            let text = Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+            );
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| {
+                    l.split_once('=')
+                        .map(|(n, p)| (n.trim().to_string(), Zeroizing::new(p.to_string())))
+                        .ok_or_else(|| format!("{}: lines must be NAME=PASSWORD", path.display()))
+                })
+                .collect::<Result<_, _>>()?
+        }
+        None => Vec::new(),
+    };
+    let mut chosen = Vec::new();
+    for role in Role::ALL {
+        let password = match passwords_file {
+            Some(path) => given
+                .iter()
+                .find(|(n, _)| n == role.name())
+                .map(|(_, p)| p.clone())
+                .ok_or_else(|| format!("{} has no line for {role}", path.display()))?,
+            None => {
+                let first = Zeroizing::new(
+                    rpassword::prompt_password(format!("Password for {role}: "))
+                        .map_err(|e| format!("cannot read a password: {e}"))?,
+                );
+                let again = Zeroizing::new(
+                    rpassword::prompt_password(format!("Password for {role} again: "))
+                        .map_err(|e| format!("cannot read a password: {e}"))?,
+                );
+                if *first != *again {
+                    return Err(format!(
+                        "the two passwords for {role} differ; nothing was set"
+                    ));
+                }
+                first
+            }
+        };
+        if password.len() < tessera_appliance::users::MIN_PASSWORD {
+            return Err(format!(
+                "the password for {role} needs at least {} characters; nothing was set",
+                tessera_appliance::users::MIN_PASSWORD
+            ));
+        }
+        chosen.push((role, password));
+    }
+    for (role, password) in &chosen {
+        users.set_password(*role, password.as_bytes(), iterations)?;
+    }
+    AuditLog::new(state).record(
+        "-",
+        "first-time set-up: passwords set for admin, pseoperator, audit",
+    )?;
+    println!("Appliance users set up: admin, pseoperator, audit.");
+    Ok(())
+}
+
+fn run(args: Args) -> Result<u8, String> {
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(tessera_config::default_data_dir);
+    let state = tessera_appliance::state_dir(&data_dir);
+    std::fs::create_dir_all(&state)
+        .map_err(|e| format!("cannot create {}: {e}", state.display()))?;
+    if let Some(Action::Setup {
+        passwords_file,
+        kdf_iterations,
+    }) = &args.action
+    {
+        setup(&state, passwords_file.as_deref(), *kdf_iterations)?;
+        return Ok(0);
+    }
+    let users = Users::new(&state);
+    if !users.is_set_up()? {
+        return Err(format!(
+            "the appliance users are not set up yet: run \"psesh setup\" (state {})",
+            state.display()
+        ));
+    }
+    let name = args
+        .user
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .ok_or("no user: give --user NAME")?;
+    let role = Role::from_name(&name)?;
+    let audit = AuditLog::new(&state);
+    let scripted = args.commands.is_some() || !std::io::stdin().is_terminal();
+    let mut script = Script {
+        lines: args
+            .commands
+            .iter()
+            .flat_map(|c| c.split(';'))
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect(),
+        stdin: (!std::io::stdin().is_terminal()).then(|| std::io::stdin().lock().lines()),
+    };
+    let password = match &args.password_file {
+        Some(path) => first_line(path, "password")?,
+        None if std::io::stdin().is_terminal() => Zeroizing::new(
+            rpassword::prompt_password(format!("Password for {role}: "))
+                .map_err(|e| format!("cannot read the password: {e}"))?,
+        ),
+        None => Zeroizing::new(
+            script
+                .stdin
+                .as_mut()
+                .and_then(|l| l.next())
+                .and_then(|l| l.ok())
+                .ok_or("no password on standard input")?,
+        ),
+    };
+    if !users.verify(role, password.as_bytes())? {
+        audit.record(role.name(), "login failed")?;
+        // Slow down guessing.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        return Err("login incorrect".into());
+    }
+    drop(password);
+    audit.record(
+        role.name(),
+        if scripted {
+            "login (scripted)"
+        } else {
+            "login"
+        },
+    )?;
+    // Every HSM call of this shell uses this user's appliance trust store, and the library's
+    // reports go to a file rather than between the shell's lines. (Single-threaded here.)
+    let trust = state.join("trust");
+    std::env::set_var("ET_PTKC_TRUSTSTORE_USER", trust.join(role.name()));
+    std::env::set_var("ET_PTKC_TRUSTSTORE_SYSTEM", trust.join(".system"));
+    if std::env::var_os("ET_PTKC_GENERAL_LOG").is_none() {
+        std::env::set_var("ET_PTKC_GENERAL_LOG", state.join("client.log"));
+    }
+    let mut failed = false;
+    if scripted {
+        let mut shell = Shell {
+            state: state.clone(),
+            role,
+            console: &mut script,
+            iterations: DEFAULT_ITERATIONS,
+        };
+        while let Some(line) = shell.console.line("psesh:> ") {
+            match shell.run_line(&line) {
+                Outcome::Exit => break,
+                Outcome::Failed => failed = true,
+                Outcome::Done => {}
+            }
+        }
+    } else {
+        let history = state.join("history").join(role.name());
+        let _ = std::fs::create_dir_all(state.join("history"));
+        let mut editor = rustyline::DefaultEditor::new()
+            .map_err(|e| format!("cannot start line editing: {e}"))?;
+        let _ = editor.load_history(&history);
+        let mut terminal = Terminal { editor, history };
+        println!(
+            "Tessera appliance shell. You are {role}; type help for your commands, exit to leave."
+        );
+        while let Some(line) = terminal.line("psesh:> ") {
+            if !line.trim().is_empty() {
+                let _ = terminal.editor.add_history_entry(line.as_str());
+            }
+            let mut shell = Shell {
+                state: state.clone(),
+                role,
+                console: &mut terminal,
+                iterations: DEFAULT_ITERATIONS,
+            };
+            if shell.run_line(&line) == Outcome::Exit {
+                break;
+            }
+        }
+        let _ = terminal.editor.save_history(&terminal.history);
+    }
+    audit.record(role.name(), "logout")?;
+    Ok(u8::from(failed))
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(code) => ExitCode::from(code),
+        Err(message) => {
+            eprintln!("psesh: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,756 @@
+//! The commands of `psesh`: their table, name resolution (case-insensitive, unique prefixes),
+//! role rules, help, and what each does.
+
+use std::path::PathBuf;
+
+use tessera_admin::session::{AdminSession, Target};
+use tessera_admin::status;
+use tessera_client::ClientError;
+use tessera_config::access::{AccessEntry, ClientAccess};
+use tessera_core::{ck, Rv, SecretBytes};
+use tessera_identity::inspect::CertificateInfo;
+use tessera_identity::trust::{Level, TrustStore};
+use tessera_wire::{AdminCommand, DeviceStatus, Reply, Request};
+use zeroize::Zeroizing;
+
+use crate::audit::AuditLog;
+use crate::users::{Role, Users};
+
+/// Where the shell reads command lines and answers to its questions.
+pub trait Console {
+    /// A line (a command, or the answer to `prompt`); `None` at the end of input.
+    fn line(&mut self, prompt: &str) -> Option<String>;
+    /// A secret (password or PIN), not echoed where there is a terminal.
+    fn secret(&mut self, prompt: &str) -> Option<Zeroizing<String>>;
+}
+
+/// One command of the table.
+struct Spec {
+    name: &'static str,
+    /// Its subcommands; the first is the default when none is given.
+    subcommands: &'static [&'static str],
+    roles: &'static [Role],
+    summary: &'static str,
+    help: &'static str,
+    /// Whether the command needs the HSM and logs in to nothing (see `needs_channel`).
+    hsm: bool,
+}
+
+const EVERYONE: &[Role] = &[Role::Admin, Role::Operator, Role::Audit];
+const OPERATORS: &[Role] = &[Role::Admin, Role::Operator];
+
+const COMMANDS: &[Spec] = &[
+    Spec {
+        name: "help",
+        subcommands: &[],
+        roles: EVERYONE,
+        summary: "list the commands you may run, or explain one",
+        help: "help            the commands you may run\nhelp COMMAND    what COMMAND does (abbreviations work: help cl)",
+        hsm: false,
+    },
+    Spec {
+        name: "exit",
+        subcommands: &[],
+        roles: EVERYONE,
+        summary: "leave psesh (also: quit, or Ctrl-D)",
+        help: "exit            leave psesh",
+        hsm: false,
+    },
+    Spec {
+        name: "quit",
+        subcommands: &[],
+        roles: EVERYONE,
+        summary: "leave psesh",
+        help: "quit            leave psesh",
+        hsm: false,
+    },
+    Spec {
+        name: "whoami",
+        subcommands: &[],
+        roles: EVERYONE,
+        summary: "show your appliance user",
+        help: "whoami          your appliance user and what it may do",
+        hsm: false,
+    },
+    Spec {
+        name: "passwd",
+        subcommands: &[],
+        roles: EVERYONE,
+        summary: "change your own password",
+        help: "passwd          asks for your current password, then the new one twice",
+        hsm: false,
+    },
+    Spec {
+        name: "hsm",
+        subcommands: &["show", "cert", "channels", "events"],
+        roles: OPERATORS,
+        summary: "the housed HSM: status, identity chain, channels, event log",
+        help: "hsm show        the HSM's status (what ctconf -v shows)\n\
+               hsm cert        fetch the HSM's identity certificate chain into YOUR appliance trust\n                store (shows subject, serial and fingerprint, and asks before adding);\n                with secure messaging required, hsm commands work only after this\n\
+               hsm cert show   the certificates in your appliance trust store\n\
+               hsm cert clear  empty your appliance trust store\n\
+               hsm channels    the HSM's secure-messaging channels (asks the HSM Administrator PIN)\n\
+               hsm events      the HSM's event log and its integrity (asks the HSM Administrator PIN)",
+        hsm: true,
+    },
+    Spec {
+        name: "clients",
+        subcommands: &["show", "add", "remove", "clear"],
+        roles: OPERATORS,
+        summary: "which client addresses may connect to the HSM (enforced by the daemon)",
+        help: "clients show            the client access list\n\
+               clients add ADDRESS     allow an address or network (192.0.2.7, 192.0.2.0/24, any)\n\
+               clients remove ADDRESS  take one out\n\
+               clients clear           no network client at all (the local socket stays open)\n\
+               A fresh appliance has no list: every address may connect until one is added.\n\
+               The daemon reads the list at every new connection.",
+        hsm: false,
+    },
+    Spec {
+        name: "date",
+        subcommands: &["show", "sync"],
+        roles: OPERATORS,
+        summary: "the appliance's and the HSM's clocks",
+        help: "date show       the appliance's time and the HSM's clock\n\
+               date sync       set the HSM's clock from the appliance's (asks the HSM Administrator PIN)",
+        hsm: false,
+    },
+    Spec {
+        name: "network",
+        subcommands: &["show"],
+        roles: OPERATORS,
+        summary: "the addresses the HSM daemon serves",
+        help: "network show    where the daemon listens, and the server list psesh uses",
+        hsm: false,
+    },
+    Spec {
+        name: "user",
+        subcommands: &["list", "password"],
+        roles: &[Role::Admin],
+        summary: "appliance users and their passwords",
+        help: "user list            the appliance users and their roles\n\
+               user password NAME   set a new password for pseoperator or audit",
+        hsm: false,
+    },
+    Spec {
+        name: "audit",
+        subcommands: &["show", "rotate"],
+        roles: &[Role::Audit],
+        summary: "the appliance audit log",
+        help: "audit show [N]  the audit log (its last N lines)\n\
+               audit rotate    move the log aside (kept as audit.log.<time>) and start a new one",
+        hsm: false,
+    },
+];
+
+fn role_summary(role: Role) -> &'static str {
+    match role {
+        Role::Admin => "everything pseoperator may, plus appliance users",
+        Role::Operator => "the HSM, client access, date and time, network settings",
+        Role::Audit => "the appliance audit log",
+    }
+}
+
+/// Resolves `word` among `names`: case-insensitive, an exact name or a unique prefix.
+pub fn resolve(word: &str, names: &[&'static str], what: &str) -> Result<&'static str> {
+    let word = word.to_ascii_lowercase();
+    if let Some(exact) = names.iter().find(|n| **n == word) {
+        return Ok(exact);
+    }
+    let matches: Vec<&'static str> = names
+        .iter()
+        .copied()
+        .filter(|n| n.starts_with(&word))
+        .collect();
+    match matches[..] {
+        [one] => Ok(one),
+        [] => Err(format!(
+            "unknown {what} \"{word}\"; the {what}s are: {}",
+            names.join(", ")
+        )),
+        _ => Err(format!(
+            "\"{word}\" is ambiguous: it could be {}; type more letters",
+            matches.join(" or ")
+        )),
+    }
+}
+
+/// Return codes that mean no channel could be had.
+const CHANNEL_FAILURES: [Rv; 5] = [
+    Rv::CannotDeriveKeys,
+    Rv::BadProtection,
+    Rv::SmsError,
+    Rv::NoSessionKeys,
+    Rv::BadReply,
+];
+
+/// What the shell does after a line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The command worked (or the line was empty).
+    Done,
+    /// The command failed; the message was shown.
+    Failed,
+    /// The user leaves.
+    Exit,
+}
+
+/// A logged-in appliance user's shell.
+pub struct Shell<'a> {
+    /// The appliance state directory.
+    pub state: PathBuf,
+    /// Who is logged in.
+    pub role: Role,
+    /// Where input comes from.
+    pub console: &'a mut dyn Console,
+    /// PBKDF2 iterations for passwords set in this shell.
+    pub iterations: u32,
+}
+
+/// A result whose error is the line to show.
+pub type Result<T> = std::result::Result<T, String>;
+
+fn yes(answer: Option<String>) -> bool {
+    answer.is_some_and(|a| matches!(a.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Shell<'_> {
+    fn audit(&self) -> AuditLog {
+        AuditLog::new(&self.state)
+    }
+
+    fn users(&self) -> Users {
+        Users::new(&self.state)
+    }
+
+    /// Records a state change in the audit log (a failure to record is shown, not hidden).
+    fn record(&self, event: &str) {
+        if let Err(e) = self.audit().record(self.role.name(), event) {
+            eprintln!("psesh: {e}");
+        }
+    }
+
+    /// Runs one command line.
+    pub fn run_line(&mut self, line: &str) -> Outcome {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.is_empty() || words[0].starts_with('#') {
+            return Outcome::Done;
+        }
+        match self.run(&words) {
+            Ok(exit) if exit => Outcome::Exit,
+            Ok(_) => Outcome::Done,
+            Err(message) => {
+                eprintln!("psesh: {message}");
+                Outcome::Failed
+            }
+        }
+    }
+
+    fn run(&mut self, words: &[&str]) -> Result<bool> {
+        let names: Vec<&'static str> = COMMANDS.iter().map(|c| c.name).collect();
+        let name = resolve(words[0], &names, "command")?;
+        let spec = COMMANDS
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or("the command table is inconsistent")?;
+        if !spec.roles.contains(&self.role) {
+            let allowed: Vec<&str> = spec.roles.iter().map(|r| r.name()).collect();
+            self.record(&format!("refused: {}", words.join(" ")));
+            return Err(format!(
+                "\"{name}\" is for {}; you are {} ({})",
+                allowed.join(" and "),
+                self.role,
+                role_summary(self.role)
+            ));
+        }
+        let sub = match (spec.subcommands.first(), words.get(1)) {
+            (None, _) => "",
+            (Some(first), None) => first,
+            (Some(_), Some(word)) => {
+                resolve(word, spec.subcommands, &format!("{name} subcommand"))?
+            }
+        };
+        let rest = words.get(2..).unwrap_or_default();
+        if spec.hsm {
+            return self.hsm(sub, rest).map(|()| false);
+        }
+        match (name, sub) {
+            ("help", _) => self.help(words.get(1).copied())?,
+            ("exit" | "quit", _) => return Ok(true),
+            ("whoami", _) => println!("{}: {}", self.role, role_summary(self.role)),
+            ("passwd", _) => self.passwd()?,
+            ("clients", sub) => self.clients(sub, rest)?,
+            ("date", sub) => self.date(sub)?,
+            ("network", _) => self.network()?,
+            ("user", sub) => self.user(sub, rest)?,
+            ("audit", sub) => self.audit_command(sub, rest)?,
+            _ => return Err(format!("\"{name} {sub}\" is not implemented")),
+        }
+        Ok(false)
+    }
+
+    fn help(&self, topic: Option<&str>) -> Result<()> {
+        let mine: Vec<&Spec> = COMMANDS
+            .iter()
+            .filter(|c| c.roles.contains(&self.role))
+            .collect();
+        match topic {
+            None => {
+                println!(
+                    "Commands for {} (abbreviate to any unique prefix; case does not matter):",
+                    self.role
+                );
+                for c in &mine {
+                    println!("  {:<9} {}", c.name, c.summary);
+                }
+                println!("Type help COMMAND for its subcommands.");
+            }
+            Some(word) => {
+                let names: Vec<&'static str> = COMMANDS.iter().map(|c| c.name).collect();
+                let name = resolve(word, &names, "command")?;
+                let spec = COMMANDS
+                    .iter()
+                    .find(|c| c.name == name)
+                    .ok_or("no such command")?;
+                println!("{}: {}", spec.name, spec.summary);
+                for line in spec.help.lines() {
+                    println!("  {}", line.trim_start_matches(' '));
+                }
+                if !spec.roles.contains(&self.role) {
+                    let allowed: Vec<&str> = spec.roles.iter().map(|r| r.name()).collect();
+                    println!("  (for {}; not for {})", allowed.join(" and "), self.role);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn new_password(&mut self, whose: &str) -> Result<Zeroizing<String>> {
+        let first = self
+            .console
+            .secret(&format!("New password for {whose}: "))
+            .ok_or("no password given")?;
+        let again = self
+            .console
+            .secret(&format!("New password for {whose} again: "))
+            .ok_or("no password given")?;
+        if *first != *again {
+            return Err("the two passwords differ; nothing was changed".into());
+        }
+        Ok(first)
+    }
+
+    fn passwd(&mut self) -> Result<()> {
+        let current = self
+            .console
+            .secret("Current password: ")
+            .ok_or("no password given")?;
+        if !self.users().verify(self.role, current.as_bytes())? {
+            self.record("passwd failed: wrong current password");
+            return Err("wrong current password; nothing was changed".into());
+        }
+        let new = self.new_password(self.role.name())?;
+        self.users()
+            .set_password(self.role, new.as_bytes(), self.iterations)?;
+        self.record("changed own password");
+        println!("Password changed.");
+        Ok(())
+    }
+
+    fn user(&mut self, sub: &str, rest: &[&str]) -> Result<()> {
+        match sub {
+            "list" => {
+                for (role, iterations) in self.users().list()? {
+                    println!(
+                        "  {:<12} {}  (PBKDF2-HMAC-SHA256, {iterations} iterations)",
+                        role.name(),
+                        role_summary(role)
+                    );
+                }
+                Ok(())
+            }
+            _ => {
+                let name = rest.first().ok_or("usage: user password NAME")?;
+                let role = Role::from_name(&name.to_ascii_lowercase())?;
+                if role == self.role {
+                    return Err("to change your own password use passwd".into());
+                }
+                let new = self.new_password(role.name())?;
+                self.users()
+                    .set_password(role, new.as_bytes(), self.iterations)?;
+                self.record(&format!("reset the password of {role}"));
+                println!("Password of {role} set.");
+                Ok(())
+            }
+        }
+    }
+
+    fn audit_command(&mut self, sub: &str, rest: &[&str]) -> Result<()> {
+        let log = self.audit();
+        match sub {
+            "show" => {
+                let text = log.read()?;
+                let lines: Vec<&str> = text.lines().collect();
+                let count = match rest.first() {
+                    Some(n) => n
+                        .parse::<usize>()
+                        .map_err(|_| format!("\"{n}\" is not a number of lines"))?,
+                    None => lines.len(),
+                };
+                for line in &lines[lines.len().saturating_sub(count)..] {
+                    println!("{line}");
+                }
+                Ok(())
+            }
+            _ => {
+                let kept = log.rotate(self.role.name())?;
+                println!("Audit log rotated; the previous log is {}.", kept.display());
+                Ok(())
+            }
+        }
+    }
+
+    fn access_path(&self) -> PathBuf {
+        self.state.join("clients")
+    }
+
+    fn clients(&mut self, sub: &str, rest: &[&str]) -> Result<()> {
+        let path = self.access_path();
+        let exists = path.exists();
+        let mut list = ClientAccess::read(&path)?;
+        match sub {
+            "show" => {
+                if !exists {
+                    println!("No client access list: every address may connect (clients add ADDRESS restricts).");
+                } else if list.entries.is_empty() {
+                    println!("The list is empty: no network client may connect (the local socket is open).");
+                } else {
+                    println!("Clients that may connect:");
+                    for entry in &list.entries {
+                        println!("  {entry}");
+                    }
+                }
+                Ok(())
+            }
+            "add" | "remove" => {
+                let text = rest
+                    .first()
+                    .ok_or_else(|| format!("usage: clients {sub} ADDRESS (an address, a network like 192.0.2.0/24, or any)"))?;
+                let entry = AccessEntry::parse(text)?;
+                if !exists {
+                    list.entries.clear();
+                }
+                if sub == "add" {
+                    if list.entries.contains(&entry) {
+                        return Err(format!("{entry} is already in the list"));
+                    }
+                    list.entries.push(entry);
+                } else {
+                    let before = list.entries.len();
+                    list.entries.retain(|e| *e != entry);
+                    if list.entries.len() == before {
+                        return Err(format!(
+                            "{entry} is not in the list (clients show lists it)"
+                        ));
+                    }
+                }
+                list.write(&path)?;
+                self.record(&format!("clients {sub} {entry}"));
+                println!(
+                    "Client access list: {}",
+                    if list.entries.is_empty() {
+                        "empty (no network client may connect)".to_string()
+                    } else {
+                        list.entries
+                            .iter()
+                            .map(|e| e.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                );
+                if sub == "add"
+                    && entry != AccessEntry::Any
+                    && list.entries.contains(&AccessEntry::Any)
+                {
+                    println!("Note: \"any\" is in the list, so every address still may connect (clients remove any).");
+                }
+                Ok(())
+            }
+            _ => {
+                let answer = self
+                    .console
+                    .line("No network client will be able to connect. Clear the list? [y/N] ");
+                if !yes(answer) {
+                    return Err("not cleared".into());
+                }
+                ClientAccess {
+                    entries: Vec::new(),
+                }
+                .write(&path)?;
+                self.record("clients clear");
+                println!("Client access list cleared: only the local socket is served.");
+                Ok(())
+            }
+        }
+    }
+
+    fn network(&mut self) -> Result<()> {
+        match std::fs::read_to_string(self.state.join("listening")) {
+            Ok(text) => {
+                println!("The HSM daemon serves:");
+                for line in text.lines() {
+                    println!("  {line}");
+                }
+            }
+            Err(_) => println!("The HSM daemon has not recorded where it listens (is it running with --appliance?)."),
+        }
+        let target = Target::open(0).map_err(|f| f.message)?;
+        println!("psesh reaches the HSM at {}.", target.device.address());
+        Ok(())
+    }
+
+    fn date(&mut self, sub: &str) -> Result<()> {
+        let target = Target::open(0).map_err(|f| f.message)?;
+        let status = target.status().map_err(|f| f.message)?;
+        match sub {
+            "show" => {
+                println!("Appliance time: {}", status::clock(now()));
+                println!("HSM clock:      {}", status::clock(status.clock));
+                Ok(())
+            }
+            _ => {
+                self.ready_channel(&target, &status)?;
+                let session = self.admin_session(&target, &status)?;
+                let time = now();
+                session
+                    .run(AdminCommand::SetClock(time))
+                    .map_err(|f| f.message)?;
+                self.record(&format!("set the HSM clock to {}", status::clock(time)));
+                println!("HSM clock set to {}.", status::clock(time));
+                Ok(())
+            }
+        }
+    }
+
+    fn trust_store(&self) -> TrustStore {
+        TrustStore {
+            level: Level::User,
+            dir: self.state.join("trust").join(self.role.name()),
+        }
+    }
+
+    /// The message every HSM command gives while this user lacks the HSM's chain.
+    fn missing_chain(&self) -> String {
+        format!(
+            "the HSM requires secure messaging, and the trust store of appliance user {} does not hold its certificate chain, so no trusted channel can be made; run \"hsm cert\" to fetch the chain",
+            self.role
+        )
+    }
+
+    /// Makes sure a trusted channel can be had when the HSM requires one: a session is opened
+    /// and closed on the Admin slot (which needs the channel under secure messaging).
+    fn ready_channel(&self, target: &Target, status: &DeviceStatus) -> Result<()> {
+        let slot = status.info.slot_count.saturating_sub(1);
+        let open = Request::OpenSession {
+            slot,
+            flags: ck::CKF_SERIAL_SESSION as u64,
+        };
+        match target.device.call(None, open) {
+            Ok((Reply::Handle(session), generation)) => {
+                let _ = target
+                    .device
+                    .call(Some(generation), Request::CloseSession { session });
+                Ok(())
+            }
+            Ok(_) => Err("the HSM answered an open-session request wrongly".into()),
+            Err(ClientError::Returned(code)) if code == Rv::CertNotValidated.code() => {
+                Err(self.missing_chain())
+            }
+            // Any other answer of the device came through whatever protection it requires
+            // (an Admin token not set up yet, for one); channel failures are shown.
+            Err(ClientError::Returned(code))
+                if !CHANNEL_FAILURES.iter().any(|rv| rv.code() == code) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(target.explain(e).message),
+        }
+    }
+
+    fn admin_session<'t>(
+        &mut self,
+        target: &'t Target,
+        status: &DeviceStatus,
+    ) -> Result<AdminSession<'t>> {
+        let pin = self
+            .console
+            .secret("HSM Administrator PIN: ")
+            .ok_or("no PIN given")?;
+        let pin = SecretBytes::from_slice(pin.trim_end_matches(['\r', '\n']).as_bytes());
+        AdminSession::login(target, status, &pin).map_err(|f| f.message)
+    }
+
+    fn hsm(&mut self, sub: &str, rest: &[&str]) -> Result<()> {
+        if sub == "cert" {
+            let action = match rest.first() {
+                None => "fetch",
+                Some(word) => resolve(word, &["show", "clear"], "hsm cert subcommand")?,
+            };
+            return self.cert(action);
+        }
+        let target = Target::open(0).map_err(|f| f.message)?;
+        let status = target.status().map_err(|f| f.message)?;
+        self.ready_channel(&target, &status)?;
+        match sub {
+            "show" => print!("{}", status::render(&status, true)),
+            "channels" => {
+                let session = self.admin_session(&target, &status)?;
+                if let Reply::Channels(channels) =
+                    session.run(AdminCommand::Channels).map_err(|f| f.message)?
+                {
+                    print!("{}", status::render_channels(&channels));
+                }
+            }
+            _ => {
+                let session = self.admin_session(&target, &status)?;
+                if let Reply::Events(events, problem) =
+                    session.run(AdminCommand::Events).map_err(|f| f.message)?
+                {
+                    print!("{}", status::render_events(&events));
+                    match problem {
+                        None => println!("Event log integrity: OK ({} entries)", events.len()),
+                        Some(problem) => {
+                            return Err(format!("event log integrity check FAILED: {problem}"))
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn cert(&mut self, action: &str) -> Result<()> {
+        let store = self.trust_store();
+        match action {
+            "show" => {
+                let certificates = store.list().map_err(|e| e.to_string())?;
+                if certificates.is_empty() {
+                    println!(
+                        "The trust store of {} is empty (hsm cert fills it).",
+                        self.role
+                    );
+                }
+                for (_, der) in certificates {
+                    println!("{}", describe_certificate(&der));
+                }
+                Ok(())
+            }
+            "clear" => {
+                let certificates = store.list().map_err(|e| e.to_string())?;
+                let answer = self.console.line(&format!(
+                    "Remove the {} certificate(s) from the trust store of {}? [y/N] ",
+                    certificates.len(),
+                    self.role
+                ));
+                if !yes(answer) {
+                    return Err("nothing removed".into());
+                }
+                for (path, _) in &certificates {
+                    std::fs::remove_file(path)
+                        .map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+                }
+                self.record(&format!(
+                    "hsm cert clear ({} certificate(s))",
+                    certificates.len()
+                ));
+                println!("Trust store of {} cleared.", self.role);
+                Ok(())
+            }
+            _ => {
+                let target = Target::open(0).map_err(|f| f.message)?;
+                let identity = match target.call(Request::Identity).map_err(|f| f.message)? {
+                    Reply::Identity(identity) => identity,
+                    other => {
+                        return Err(format!("the HSM answered {other:?} to an identity request"))
+                    }
+                };
+                let Some(pic) = identity.pic else {
+                    return Err("the HSM has no identity certificate yet (an HSM administrator makes one with ctident gen-selfsigned)".into());
+                };
+                let chain: Vec<Vec<u8>> = std::iter::once(pic).chain(identity.chain).collect();
+                println!(
+                    "The HSM at {} presents this certificate chain:",
+                    target.device.address()
+                );
+                for der in &chain {
+                    println!("{}", describe_certificate(der));
+                }
+                let answer = self.console.line(&format!(
+                    "Do the fingerprints match what the HSM administrator gave you? Add the chain to the trust store of {}? [y/N] ",
+                    self.role
+                ));
+                if !yes(answer) {
+                    return Err("the chain was not added".into());
+                }
+                let mut fingerprints = Vec::new();
+                for der in &chain {
+                    store.add(der).map_err(|e| e.to_string())?;
+                    fingerprints.push(tessera_identity::inspect::fingerprint(der));
+                }
+                self.record(&format!("hsm cert: trusted {}", fingerprints.join(", ")));
+                println!(
+                    "{} certificate(s) added to the trust store of {}.",
+                    chain.len(),
+                    self.role
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Subject, serial and fingerprint of a certificate, for the user to compare.
+fn describe_certificate(der: &[u8]) -> String {
+    match CertificateInfo::parse(der) {
+        Ok(info) => format!(
+            "  subject     {}\n  issuer      {}\n  serial      {}\n  valid until {}\n  SHA-256     {}",
+            info.subject,
+            info.issuer,
+            info.certificate_serial,
+            status::clock(info.not_after.max(0) as u64),
+            info.fingerprint
+        ),
+        Err(e) => format!("  (unreadable certificate: {e})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_resolve_by_unique_prefix_in_any_case() {
+        let names: Vec<&'static str> = COMMANDS.iter().map(|c| c.name).collect();
+        assert_eq!(resolve("he", &names, "command"), Ok("help"));
+        assert_eq!(resolve("HSM", &names, "command"), Ok("hsm"));
+        assert_eq!(resolve("Cl", &names, "command"), Ok("clients"));
+        assert_eq!(
+            resolve("h", &names, "command").unwrap_err(),
+            "\"h\" is ambiguous: it could be help or hsm; type more letters"
+        );
+        assert!(resolve("reboot", &names, "command")
+            .unwrap_err()
+            .starts_with("unknown command \"reboot\""));
+        assert_eq!(
+            resolve("ce", &["show", "cert", "channels", "events"], "x"),
+            Ok("cert")
+        );
+    }
+}

@@ -1,0 +1,328 @@
+//! `psesh` as each appliance user against a real `tesserad --appliance`: scripted and in a real
+//! pseudo-terminal (util-linux `script`), the missing-chain failure and its cure per user, the
+//! abbreviation rules, the role refusals, the audit log, and the client access list enforced by
+//! the daemon on loopback TCP.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use tessera_client::{ClientError, Device};
+use tessera_config::ServerAddress;
+use tessera_testkit::{binary, tool, Daemon, Transport, ADMIN_PIN};
+use tessera_wire::{Reply, Request};
+
+const PASSWORDS: [(&str, &str); 3] = [
+    ("admin", "admin-password-1"),
+    ("pseoperator", "operator-password-1"),
+    ("audit", "audit-password-1"),
+];
+
+fn password(user: &str) -> &'static str {
+    PASSWORDS.iter().find(|(u, _)| *u == user).unwrap().1
+}
+
+struct Appliance {
+    daemon: Daemon,
+}
+
+impl Appliance {
+    fn start() -> Appliance {
+        let daemon = Daemon::start_with(&["--appliance"]);
+        let file = daemon.dir().join("passwords");
+        let text: String = PASSWORDS
+            .iter()
+            .map(|(u, p)| format!("{u}={p}\n"))
+            .collect();
+        std::fs::write(&file, text).unwrap();
+        let setup = Command::new(binary("psesh"))
+            .arg("--data-dir")
+            .arg(daemon.data_dir())
+            .args(["setup", "--kdf-iterations", "1000", "--passwords-file"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(setup.status.success(), "{setup:?}");
+        Appliance { daemon }
+    }
+
+    fn command(&self, user: &str) -> Command {
+        let mut command = Command::new(binary("psesh"));
+        command
+            .arg("--data-dir")
+            .arg(self.daemon.data_dir())
+            .args(["--user", user])
+            .env(
+                "ET_HSM_NETCLIENT_SERVERLIST",
+                self.daemon.server_list(Transport::Unix),
+            )
+            .env_remove("ET_PTKC_GENERAL_LOG");
+        command
+    }
+
+    /// Scripted mode: the password, then `input`, on standard input.
+    fn script(&self, user: &str, password: &str, input: &str) -> Output {
+        let mut child = self
+            .command(user)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(format!("{password}\n{input}").as_bytes())
+            .unwrap();
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    }
+
+    /// Scripted mode with the right password; returns (exit ok, stdout, stderr).
+    fn run(&self, user: &str, input: &str) -> (bool, String, String) {
+        let output = self.script(user, password(user), input);
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    fn audit_log(&self) -> String {
+        std::fs::read_to_string(self.daemon.data_dir().join("appliance/audit.log")).unwrap()
+    }
+}
+
+#[test]
+fn each_user_needs_hsm_cert_before_hsm_commands_under_secure_messaging() {
+    let appliance = Appliance::start();
+    // The HSM gets an identity and requires secure messaging for everything.
+    appliance.daemon.secure(Transport::Unix, "nuNU");
+    for user in ["pseoperator", "admin"] {
+        for command in [
+            "hsm show\n",
+            "hsm channels\n",
+            "hsm events\n",
+            "date sync\n",
+        ] {
+            let (ok, _, err) = appliance.run(user, command);
+            assert!(!ok, "{user}: {command}");
+            assert!(
+                err.contains(&format!(
+                    "the trust store of appliance user {user} does not hold its certificate chain"
+                )) && err.contains("run \"hsm cert\""),
+                "{user} {command}: {err}"
+            );
+        }
+        // Declining keeps the store empty.
+        let (ok, out, _) = appliance.run(user, "hsm cert\nn\nhsm cert show\n");
+        assert!(!ok);
+        assert!(out.contains("is empty"), "{out}");
+        let (ok, out, err) = appliance.run(
+            user,
+            &format!("hsm cert\ny\nhsm show\nhsm channels\n{ADMIN_PIN}\nhsm events\n{ADMIN_PIN}\n"),
+        );
+        assert!(ok, "{user}: {out}\n{err}");
+        assert!(out.contains("subject") && out.contains("SHA-256") && out.contains("serial"));
+        assert!(
+            out.contains("2 certificate(s) added to the trust store of"),
+            "{out}"
+        );
+        assert!(
+            out.contains("Security Flags        : 0x00000186 (nuNU)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("channel(s)") && out.contains("SRPEDT"),
+            "{out}"
+        );
+        assert!(out.contains("Event log integrity: OK"), "{out}");
+    }
+    // Each user's store is its own: clearing pseoperator's leaves admin's working.
+    let (ok, out, _) = appliance.run("pseoperator", "hsm cert clear\ny\nhsm show\n");
+    assert!(!ok);
+    assert!(out.contains("Trust store of pseoperator cleared."), "{out}");
+    let (ok, _, err) = appliance.run("admin", "hsm show\n");
+    assert!(ok, "{err}");
+    let log = appliance.audit_log();
+    for needle in [
+        "pseoperator  hsm cert: trusted",
+        "admin        hsm cert: trusted",
+        "pseoperator  hsm cert clear (2 certificate(s))",
+        "admin        login (scripted)",
+    ] {
+        assert!(log.contains(needle), "{needle} missing from:\n{log}");
+    }
+}
+
+#[test]
+fn abbreviations_roles_passwords_and_the_audit_log() {
+    let appliance = Appliance::start();
+    // Abbreviations, case, and the ambiguous "h".
+    let (ok, out, err) = appliance.run("pseoperator", "he\nh\nHSM SH\nwho\nhelp cl\n");
+    assert!(!ok);
+    assert!(out.contains("Commands for pseoperator"), "{out}");
+    assert!(
+        err.contains("\"h\" is ambiguous: it could be help or hsm; type more letters"),
+        "{err}"
+    );
+    assert!(out.contains("Model                 : Tessera HSM"), "{out}");
+    assert!(out.contains("pseoperator: the HSM, client access"), "{out}");
+    assert!(out.contains("clients add ADDRESS"), "{out}");
+    let (_, _, err) = appliance.run("pseoperator", "reboot\nhsm c\n");
+    assert!(err.contains("unknown command \"reboot\""), "{err}");
+    assert!(
+        err.contains("\"c\" is ambiguous: it could be cert or channels"),
+        "{err}"
+    );
+    // Role refusals.
+    for (user, command, owner) in [
+        ("pseoperator", "user list", "admin"),
+        ("audit", "hsm show", "admin and pseoperator"),
+        ("audit", "clients show", "admin and pseoperator"),
+        ("admin", "audit show", "audit"),
+        ("pseoperator", "audit rotate", "audit"),
+    ] {
+        let (ok, _, err) = appliance.run(user, &format!("{command}\n"));
+        assert!(!ok, "{user} {command}");
+        let name = command.split(' ').next().unwrap();
+        assert!(
+            err.contains(&format!("\"{name}\" is for {owner}; you are {user}")),
+            "{user} {command}: {err}"
+        );
+    }
+    // admin may do what pseoperator may, and manages users.
+    let (ok, out, err) = appliance.run("admin", "clients show\nuser list\ndate show\n");
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("every address may connect") && out.contains("audit "),
+        "{out}"
+    );
+    // admin resets audit's password; audit logs in with the new one, not the old one.
+    let (ok, _, err) = appliance.run(
+        "admin",
+        "user password audit\nfresh-audit-pw-2\nfresh-audit-pw-2\n",
+    );
+    assert!(ok, "{err}");
+    let refused = appliance.script("audit", password("audit"), "audit show\n");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("login incorrect"));
+    let accepted = appliance.script(
+        "audit",
+        "fresh-audit-pw-2",
+        "audit show\naudit rotate\naudit show\n",
+    );
+    let out = String::from_utf8_lossy(&accepted.stdout);
+    assert!(accepted.status.success(), "{accepted:?}");
+    for needle in [
+        "audit        login failed",
+        "admin        reset the password of audit",
+        "pseoperator  refused: user list",
+        "Audit log rotated; the previous log is",
+        "audit log rotated; the previous log is",
+    ] {
+        assert!(out.contains(needle), "{needle} missing from:\n{out}");
+    }
+    // Own password, wrong current password.
+    let (ok, _, err) = appliance.run("pseoperator", "passwd\nnot-my-password\n");
+    assert!(!ok);
+    assert!(
+        err.contains("wrong current password; nothing was changed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_client_access_list_is_enforced_by_the_daemon() {
+    let appliance = Appliance::start();
+    let address = ServerAddress::parse(&appliance.daemon.tcp_address()).unwrap();
+    let reach = || {
+        let device = Device::new(
+            address.clone(),
+            Duration::from_secs(2),
+            Duration::from_secs(2),
+        );
+        device.call(None, Request::DeviceInfo)
+    };
+    assert!(matches!(reach(), Ok((Reply::Device(_), _))));
+    let (ok, out, err) = appliance.run("pseoperator", "clients add 192.0.2.0/24\nclients show\n");
+    assert!(ok, "{err}");
+    assert!(out.contains("192.0.2.0/24"), "{out}");
+    match reach() {
+        Err(ClientError::Unreachable { .. } | ClientError::ConnectionLost { .. }) => {}
+        other => panic!("a loopback client outside the list got {other:?}"),
+    }
+    assert!(appliance
+        .daemon
+        .log()
+        .contains("connection refused: not in the client access list"));
+    let (ok, _, err) = appliance.run("pseoperator", "clients add 127.0.0.1\n");
+    assert!(ok, "{err}");
+    assert!(matches!(reach(), Ok((Reply::Device(_), _))));
+    let (ok, _, err) = appliance.run(
+        "pseoperator",
+        "clients add 10.0.0.1/8\nclients remove 127.0.0.1\n",
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("host bits are set below the /8 prefix"),
+        "{err}"
+    );
+    assert!(matches!(reach(), Err(_)));
+    // The local socket is never filtered: psesh itself still reaches the HSM.
+    let (ok, _, err) = appliance.run("pseoperator", "clients clear\ny\nhsm show\n");
+    assert!(ok, "{err}");
+    assert!(matches!(reach(), Err(_)));
+    assert!(appliance
+        .audit_log()
+        .contains("pseoperator  clients add 127.0.0.1"));
+}
+
+#[test]
+fn an_interactive_session_in_a_pseudo_terminal_has_history_and_no_echoed_password() {
+    let appliance = Appliance::start();
+    let psesh = appliance.command("pseoperator");
+    let line: Vec<String> = std::iter::once(psesh.get_program())
+        .chain(psesh.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    // util-linux `script` runs psesh on a new pseudo-terminal and relays our input to it.
+    let mut child = Command::new(tool("script"))
+        .args(["-qec", &line.join(" "), "/dev/null"])
+        .envs(psesh.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let pause = || std::thread::sleep(Duration::from_millis(400));
+    for input in [
+        format!("{}\n", password("pseoperator")),
+        "whoami\n".into(),
+        // Up arrow: the previous line again.
+        "\x1b[A\n".into(),
+        "H\n".into(),
+        "exit\n".into(),
+    ] {
+        pause();
+        stdin.write_all(input.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+    pause();
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(!screen.contains(password("pseoperator")), "{screen}");
+    assert!(screen.contains("Password for pseoperator:"), "{screen}");
+    assert!(screen.contains("psesh:> "), "{screen}");
+    assert_eq!(
+        screen
+            .matches("pseoperator: the HSM, client access")
+            .count(),
+        2,
+        "the up arrow did not repeat whoami:\n{screen}"
+    );
+    assert!(screen.contains("\"h\" is ambiguous"), "{screen}");
+    let log = appliance.audit_log();
+    assert!(log.contains("pseoperator  login\n"), "{log}");
+    assert!(log.contains("pseoperator  logout"), "{log}");
+}
