@@ -92,14 +92,6 @@ pub fn render(status: &DeviceStatus, verbose: bool) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn clock_format() {
-        assert_eq!(super::clock(1_795_740_245), "2026-11-27 00:44:05 UTC");
-    }
-}
-
 /// The event log, one line per entry: sequence, time, role, kind, detail.
 pub fn render_events(events: &[tessera_wire::Event]) -> String {
     events
@@ -130,4 +122,12 @@ pub fn render_channels(channels: &[tessera_wire::ChannelSummary]) -> String {
         );
     }
     out + &format!("{} channel(s)\n", channels.len())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn clock_format() {
+        assert_eq!(super::clock(1_795_740_245), "2026-11-27 00:44:05 UTC");
+    }
 }

@@ -48,7 +48,8 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
 
-    /// Commands to run, separated by ';', instead of a prompt.
+    /// Commands to run, separated by ';', instead of a prompt (under an SSH ForceCommand, the
+    /// command given to ssh, SSH_ORIGINAL_COMMAND, is used the same way).
     #[arg(short = 'c', value_name = "COMMANDS")]
     commands: Option<String>,
 
@@ -230,10 +231,15 @@ fn run(args: Args) -> Result<u8, String> {
         .ok_or("no user: give --user NAME")?;
     let role = Role::from_name(&name)?;
     let audit = AuditLog::new(&state);
-    let scripted = args.commands.is_some() || !std::io::stdin().is_terminal();
+    // Under an SSH ForceCommand, `ssh user@appliance 'hsm show'` arrives here.
+    let commands = args.commands.clone().or_else(|| {
+        std::env::var("SSH_ORIGINAL_COMMAND")
+            .ok()
+            .filter(|c| !c.trim().is_empty())
+    });
+    let scripted = commands.is_some() || !std::io::stdin().is_terminal();
     let mut script = Script {
-        lines: args
-            .commands
+        lines: commands
             .iter()
             .flat_map(|c| c.split(';'))
             .map(|c| c.trim().to_string())
