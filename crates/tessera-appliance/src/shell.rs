@@ -7,6 +7,7 @@ use tessera_admin::session::{AdminSession, Target};
 use tessera_admin::status;
 use tessera_client::ClientError;
 use tessera_config::access::{AccessEntry, ClientAccess};
+use tessera_config::listen::{self, Listen};
 use tessera_core::{ck, Rv, SecretBytes};
 use tessera_identity::inspect::CertificateInfo;
 use tessera_identity::trust::{Level, TrustStore};
@@ -117,10 +118,13 @@ const COMMANDS: &[Spec] = &[
     },
     Spec {
         name: "network",
-        subcommands: &["show"],
+        subcommands: &["show", "add", "remove"],
         roles: OPERATORS,
         summary: "the addresses the HSM daemon serves",
-        help: "network show    where the daemon listens, and the server list psesh uses",
+        help: "network show            where the daemon listens now, what it will listen on\n                        after a restart, and the address psesh uses\n\
+               network add ADDRESS     also serve ADDRESS (tcp:HOST:PORT or unix:PATH)\n\
+               network remove ADDRESS  stop serving ADDRESS\n\
+               Changes take effect when the daemon restarts.",
         hsm: false,
     },
     Spec {
@@ -288,7 +292,7 @@ impl Shell<'_> {
             ("passwd", _) => self.passwd()?,
             ("clients", sub) => self.clients(sub, rest)?,
             ("date", sub) => self.date(sub)?,
-            ("network", _) => self.network()?,
+            ("network", sub) => self.network(sub, rest)?,
             ("user", sub) => self.user(sub, rest)?,
             ("audit", sub) => self.audit_command(sub, rest)?,
             _ => return Err(format!("\"{name} {sub}\" is not implemented")),
@@ -501,18 +505,79 @@ impl Shell<'_> {
         }
     }
 
-    fn network(&mut self) -> Result<()> {
-        match std::fs::read_to_string(self.state.join("listening")) {
-            Ok(text) => {
-                println!("The HSM daemon serves:");
-                for line in text.lines() {
-                    println!("  {line}");
+    fn network(&mut self, sub: &str, rest: &[&str]) -> Result<()> {
+        let file = self.state.join("listen");
+        let configured = listen::read_file(&file)?;
+        let mut addresses = configured.clone().unwrap_or_else(|| {
+            vec![
+                Listen::Unix(tessera_config::default_socket_path()),
+                Listen::Tcp(format!("0.0.0.0:{}", tessera_config::DEFAULT_TCP_PORT)),
+            ]
+        });
+        if sub == "show" {
+            match std::fs::read_to_string(self.state.join("listening")) {
+                Ok(text) => {
+                    println!("The HSM daemon serves now:");
+                    for line in text.lines() {
+                        println!("  {line}");
+                    }
                 }
+                Err(_) => println!("The HSM daemon has not recorded where it listens (is it running with --appliance?)."),
             }
-            Err(_) => println!("The HSM daemon has not recorded where it listens (is it running with --appliance?)."),
+            println!(
+                "After a restart it serves ({}):",
+                if configured.is_some() {
+                    "set with network add/remove"
+                } else {
+                    "the defaults"
+                }
+            );
+            for address in &addresses {
+                println!("  {address}");
+            }
+            let target = Target::open(0).map_err(|f| f.message)?;
+            println!("psesh reaches the HSM at {}.", target.device.address());
+            return Ok(());
         }
-        let target = Target::open(0).map_err(|f| f.message)?;
-        println!("psesh reaches the HSM at {}.", target.device.address());
+        let text = rest
+            .first()
+            .ok_or_else(|| format!("usage: network {sub} ADDRESS (tcp:HOST:PORT or unix:PATH)"))?;
+        let address = listen::parse(text)?;
+        if sub == "add" {
+            if addresses.contains(&address) {
+                return Err(format!("{address} is already served"));
+            }
+            addresses.push(address.clone());
+        } else {
+            let before = addresses.len();
+            addresses.retain(|a| *a != address);
+            if addresses.len() == before {
+                return Err(format!(
+                    "{address} is not served (network show lists the addresses)"
+                ));
+            }
+            if addresses.is_empty() {
+                return Err("the daemon must serve at least one address".into());
+            }
+        }
+        let mut text =
+            String::from("# Addresses tesserad --appliance serves (set with psesh network).\n");
+        for a in &addresses {
+            text += &format!("{a}\n");
+        }
+        let temporary = file.with_extension("new");
+        std::fs::write(&temporary, text)
+            .and_then(|()| std::fs::rename(&temporary, &file))
+            .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        self.record(&format!("network {sub} {address}"));
+        println!(
+            "The daemon will serve {} after its next restart.",
+            addresses
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         Ok(())
     }
 

@@ -298,49 +298,152 @@ fn the_client_access_list_is_enforced_by_the_daemon() {
 #[test]
 fn an_interactive_session_in_a_pseudo_terminal_has_history_and_no_echoed_password() {
     let appliance = Appliance::start();
-    let psesh = appliance.command("pseoperator");
-    let line: Vec<String> = std::iter::once(psesh.get_program())
-        .chain(psesh.get_args())
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    // util-linux `script` runs psesh on a new pseudo-terminal and relays our input to it.
-    let mut child = Command::new(tool("script"))
-        .args(["-qec", &line.join(" "), "/dev/null"])
-        .envs(psesh.get_envs().filter_map(|(k, v)| Some((k, v?))))
+    for user in ["admin", "pseoperator", "audit"] {
+        let psesh = appliance.command(user);
+        let line: Vec<String> = std::iter::once(psesh.get_program())
+            .chain(psesh.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        // util-linux `script` runs psesh on a new pseudo-terminal and relays our input to it.
+        let mut child = Command::new(tool("script"))
+            .args(["-qec", &line.join(" "), "/dev/null"])
+            .envs(psesh.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let pause = || std::thread::sleep(Duration::from_millis(300));
+        for input in [
+            format!("{}\n", password(user)),
+            "whoami\n".into(),
+            // Up arrow: the previous line again.
+            "\x1b[A\n".into(),
+            "H\n".into(),
+            "user list\n".into(),
+            "exit\n".into(),
+        ] {
+            pause();
+            stdin.write_all(input.as_bytes()).unwrap();
+            stdin.flush().unwrap();
+        }
+        pause();
+        drop(stdin);
+        let output = child.wait_with_output().unwrap();
+        let screen = String::from_utf8_lossy(&output.stdout);
+        assert!(!screen.contains(password(user)), "{screen}");
+        assert!(
+            screen.contains(&format!("Password for {user}:")),
+            "{screen}"
+        );
+        assert!(screen.contains("psesh:> "), "{screen}");
+        assert_eq!(
+            screen.matches(&format!("\n{user}: ")).count(),
+            2,
+            "the up arrow did not repeat whoami:\n{screen}"
+        );
+        assert!(screen.contains("\"h\" is ambiguous"), "{screen}");
+        if user == "admin" {
+            assert!(
+                screen.contains("pseoperator  the HSM, client access"),
+                "{screen}"
+            );
+        } else {
+            assert!(
+                screen.contains(&format!("\"user\" is for admin; you are {user}")),
+                "{screen}"
+            );
+        }
+        let log = appliance.audit_log();
+        assert!(log.contains(&format!("{user:<11}  login\n")), "{log}");
+        assert!(log.contains(&format!("{user:<11}  logout")), "{log}");
+    }
+}
+
+#[test]
+fn network_settings_apply_when_the_daemon_next_starts() {
+    let mut appliance = Appliance::start();
+    let runtime = appliance.daemon.dir().join("runtime");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let socket = appliance.daemon.dir().join("second.sock");
+    let default_socket = runtime.join("tessera/tesserad.sock");
+    let input = format!(
+        "network show\nnetwork add tcp:127.0.0.1:{port}\nnetwork add unix:{}\nnetwork remove tcp:0.0.0.0:12396\nnetwork remove unix:{}\nnetwork add tcp:0.0.0.0:12396:7\nnetwork show\n",
+        socket.display(),
+        default_socket.display()
+    );
+    let mut command = appliance.command("pseoperator");
+    let output = command
+        .env("XDG_RUNTIME_DIR", &runtime)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            let mut stdin = child.stdin.take().unwrap();
+            writeln!(stdin, "{}", password("pseoperator"))?;
+            stdin.write_all(input.as_bytes())?;
+            drop(stdin);
+            child.wait_with_output()
+        })
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        out.contains("After a restart it serves (the defaults):"),
+        "{out}"
+    );
+    assert!(
+        err.contains("\"tcp:0.0.0.0:12396:7\": an IPv6 host goes in brackets"),
+        "{err}"
+    );
+    assert!(
+        out.contains(&format!("After a restart it serves (set with network add/remove):\n  tcp:127.0.0.1:{port}\n  unix:{}\n", socket.display())),
+        "{out}"
+    );
+    // The daemon, restarted in appliance mode without --listen, serves what was set.
+    appliance.daemon.stop();
+    let mut daemon = Command::new(binary("tesserad"))
+        .args(["--appliance", "--kdf-iterations", "1000", "--data-dir"])
+        .arg(appliance.daemon.data_dir())
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let pause = || std::thread::sleep(Duration::from_millis(400));
-    for input in [
-        format!("{}\n", password("pseoperator")),
-        "whoami\n".into(),
-        // Up arrow: the previous line again.
-        "\x1b[A\n".into(),
-        "H\n".into(),
-        "exit\n".into(),
-    ] {
-        pause();
-        stdin.write_all(input.as_bytes()).unwrap();
-        stdin.flush().unwrap();
+    let address = ServerAddress::parse(&format!("127.0.0.1:{port}")).unwrap();
+    let mut reached = false;
+    for _ in 0..50 {
+        let device = Device::new(
+            address.clone(),
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+        );
+        if matches!(
+            device.call(None, Request::DeviceInfo),
+            Ok((Reply::Device(_), _))
+        ) {
+            reached = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
-    pause();
-    drop(stdin);
-    let output = child.wait_with_output().unwrap();
-    let screen = String::from_utf8_lossy(&output.stdout);
-    assert!(!screen.contains(password("pseoperator")), "{screen}");
-    assert!(screen.contains("Password for pseoperator:"), "{screen}");
-    assert!(screen.contains("psesh:> "), "{screen}");
+    let listening =
+        std::fs::read_to_string(appliance.daemon.data_dir().join("appliance/listening"))
+            .unwrap_or_default();
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    assert!(reached, "the restarted daemon does not serve port {port}");
     assert_eq!(
-        screen
-            .matches("pseoperator: the HSM, client access")
-            .count(),
-        2,
-        "the up arrow did not repeat whoami:\n{screen}"
+        listening,
+        format!("tcp:127.0.0.1:{port}\nunix:{}\n", socket.display())
     );
-    assert!(screen.contains("\"h\" is ambiguous"), "{screen}");
-    let log = appliance.audit_log();
-    assert!(log.contains("pseoperator  login\n"), "{log}");
-    assert!(log.contains("pseoperator  logout"), "{log}");
+    assert!(!default_socket.exists());
+    assert!(appliance
+        .audit_log()
+        .contains(&format!("pseoperator  network add tcp:127.0.0.1:{port}")));
 }

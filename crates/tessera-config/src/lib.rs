@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod listen;
 mod server;
 
 pub use server::{default_data_dir, default_socket_path, ServerAddress, DEFAULT_TCP_PORT};

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tessera_config::listen::Listen;
 use tessera_config::{default_data_dir, default_socket_path, DEFAULT_TCP_PORT};
 
 /// The Tessera HSM daemon.
@@ -64,8 +65,8 @@ struct Args {
     #[arg(long, default_value_t = 1 << 40, value_name = "N")]
     sm_max_bytes: u64,
 
-    /// Appliance mode: serve network clients (default listen: the local socket and
-    /// tcp:0.0.0.0:12396) and keep the appliance's state in DIR/appliance: its users and their
+    /// Appliance mode: serve network clients (default listen: the addresses set with psesh's
+    /// `network` command, else the local socket and tcp:0.0.0.0:12396) and keep the appliance's state in DIR/appliance: its users and their
     /// trust stores (managed with psesh), its audit log, and the client access list `clients`
     /// that every network connection is checked against.
     #[arg(long)]
@@ -74,38 +75,6 @@ struct Args {
     /// PBKDF2-HMAC-SHA256 iterations for new PIN records. Lower only for tests.
     #[arg(long, default_value_t = tessera_hsm::DEFAULT_KDF_ITERATIONS, value_name = "N")]
     kdf_iterations: u32,
-}
-
-/// A parsed `--listen` address.
-#[derive(Debug, Clone)]
-pub enum Listen {
-    /// A Unix socket path.
-    Unix(PathBuf),
-    /// A TCP address.
-    Tcp(String),
-}
-
-fn parse_listen(text: &str) -> Result<Listen, String> {
-    if let Some(path) = text.strip_prefix("unix:") {
-        if path.is_empty() {
-            return Err("--listen unix: needs a path, e.g. unix:/run/tessera/tesserad.sock".into());
-        }
-        return Ok(Listen::Unix(PathBuf::from(path)));
-    }
-    if let Some(address) = text.strip_prefix("tcp:") {
-        let with_port = if address
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok() && !h.ends_with(':'))
-        {
-            address.to_string()
-        } else {
-            format!("{address}:{DEFAULT_TCP_PORT}")
-        };
-        return Ok(Listen::Tcp(with_port));
-    }
-    Err(format!(
-        "--listen {text:?}: expected unix:PATH or tcp:HOST:PORT"
-    ))
 }
 
 fn main() -> ExitCode {
@@ -118,33 +87,44 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let listen: Result<Vec<Listen>, String> = if args.listen.is_empty() {
-        let mut listen = vec![Listen::Unix(default_socket_path())];
-        if args.appliance {
-            listen.push(Listen::Tcp(format!("0.0.0.0:{}", DEFAULT_TCP_PORT)));
+    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    let state = data_dir.join("appliance");
+    if args.appliance {
+        if let Err(e) = std::fs::create_dir_all(&state) {
+            eprintln!("tesserad: cannot create {}: {e}", state.display());
+            return ExitCode::FAILURE;
         }
-        Ok(listen)
+    }
+    let listen = if !args.listen.is_empty() {
+        args.listen
+            .iter()
+            .map(|l| tessera_config::listen::parse(l).map_err(|e| format!("--listen {e}")))
+            .collect()
+    } else if args.appliance {
+        // The addresses set with `psesh network`, else the local socket and every interface.
+        tessera_config::listen::read_file(&state.join("listen")).map(|configured| {
+            configured.unwrap_or_else(|| {
+                vec![
+                    Listen::Unix(default_socket_path()),
+                    Listen::Tcp(format!("0.0.0.0:{DEFAULT_TCP_PORT}")),
+                ]
+            })
+        })
     } else {
-        args.listen.iter().map(|l| parse_listen(l)).collect()
+        Ok(vec![Listen::Unix(default_socket_path())])
     };
-    let listen = match listen {
+    let listen: Vec<Listen> = match listen {
+        Ok(listen) if listen.is_empty() => {
+            eprintln!("tesserad: no address to listen on");
+            return ExitCode::from(2);
+        }
         Ok(listen) => listen,
         Err(message) => {
             eprintln!("tesserad: {message}");
             return ExitCode::from(2);
         }
     };
-    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
-    let client_access = if args.appliance {
-        let state = data_dir.join("appliance");
-        if let Err(e) = std::fs::create_dir_all(&state) {
-            eprintln!("tesserad: cannot create {}: {e}", state.display());
-            return ExitCode::FAILURE;
-        }
-        Some(state.join("clients"))
-    } else {
-        None
-    };
+    let client_access = args.appliance.then(|| state.join("clients"));
     let config = server::Config {
         data_dir,
         listen,

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Semaphore};
 
 use crate::secure::{KeyLimits, Secure};
-use crate::Listen;
+use tessera_config::listen::Listen;
 
 /// What the daemon serves.
 pub struct Config {
