@@ -137,6 +137,15 @@ const COMMANDS: &[Spec] = &[
         hsm: false,
     },
     Spec {
+        name: "log",
+        subcommands: &["show", "rotate"],
+        roles: &[Role::Admin],
+        summary: "the HSM daemon's log on the appliance",
+        help: "log show [N]    the daemon's log (its last N lines)\n\
+               log rotate      move it aside (kept as tesserad.log.<time>); the daemon starts a new one",
+        hsm: false,
+    },
+    Spec {
         name: "audit",
         subcommands: &["show", "rotate"],
         roles: &[Role::Audit],
@@ -149,7 +158,7 @@ const COMMANDS: &[Spec] = &[
 
 fn role_summary(role: Role) -> &'static str {
     match role {
-        Role::Admin => "everything pseoperator may, plus appliance users",
+        Role::Admin => "everything pseoperator may, plus appliance users and the daemon log",
         Role::Operator => "the HSM, client access, date and time, network settings",
         Role::Audit => "the appliance audit log",
     }
@@ -295,6 +304,7 @@ impl Shell<'_> {
             ("network", sub) => self.network(sub, rest)?,
             ("user", sub) => self.user(sub, rest)?,
             ("audit", sub) => self.audit_command(sub, rest)?,
+            ("log", sub) => self.daemon_log(sub, rest)?,
             _ => return Err(format!("\"{name} {sub}\" is not implemented")),
         }
         Ok(false)
@@ -400,17 +410,7 @@ impl Shell<'_> {
         let log = self.audit();
         match sub {
             "show" => {
-                let text = log.read()?;
-                let lines: Vec<&str> = text.lines().collect();
-                let count = match rest.first() {
-                    Some(n) => n
-                        .parse::<usize>()
-                        .map_err(|_| format!("\"{n}\" is not a number of lines"))?,
-                    None => lines.len(),
-                };
-                for line in &lines[lines.len().saturating_sub(count)..] {
-                    println!("{line}");
-                }
+                print!("{}", last_lines(&log.read()?, rest.first().copied())?);
                 Ok(())
             }
             _ => {
@@ -419,6 +419,31 @@ impl Shell<'_> {
                 Ok(())
             }
         }
+    }
+
+    fn daemon_log(&mut self, sub: &str, rest: &[&str]) -> Result<()> {
+        let path = self.state.join("tesserad.log");
+        if sub == "show" {
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            };
+            print!("{}", last_lines(&text, rest.first().copied())?);
+            return Ok(());
+        }
+        let kept = path.with_extension(format!("log.{}", now()));
+        std::fs::rename(&path, &kept)
+            .map_err(|e| format!("cannot rotate {}: {e}", path.display()))?;
+        self.record(&format!(
+            "log rotate: the daemon log is now {}",
+            kept.display()
+        ));
+        println!(
+            "Daemon log rotated; the previous log is {}.",
+            kept.display()
+        );
+        Ok(())
     }
 
     fn access_path(&self) -> PathBuf {
@@ -779,6 +804,21 @@ impl Shell<'_> {
             }
         }
     }
+}
+
+/// The last `count` lines of `text` (all without a count), each ending in a newline.
+fn last_lines(text: &str, count: Option<&str>) -> Result<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let count = match count {
+        Some(n) => n
+            .parse::<usize>()
+            .map_err(|_| format!("\"{n}\" is not a number of lines"))?,
+        None => lines.len(),
+    };
+    Ok(lines[lines.len().saturating_sub(count)..]
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect())
 }
 
 /// Subject, serial and fingerprint of a certificate, for the user to compare.

@@ -181,6 +181,7 @@ fn abbreviations_roles_passwords_and_the_audit_log() {
         ("audit", "clients show", "admin and pseoperator"),
         ("admin", "audit show", "audit"),
         ("pseoperator", "audit rotate", "audit"),
+        ("pseoperator", "log show", "admin"),
     ] {
         let (ok, _, err) = appliance.run(user, &format!("{command}\n"));
         assert!(!ok, "{user} {command}");
@@ -197,6 +198,22 @@ fn abbreviations_roles_passwords_and_the_audit_log() {
         out.contains("every address may connect") && out.contains("audit "),
         "{out}"
     );
+    // admin reads and rotates the daemon's log.
+    let (ok, out, err) = appliance.run("admin", "log show 50\nlog rotate\n");
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("tesserad ready") && out.contains("appliance=true"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Daemon log rotated; the previous log is"),
+        "{out}"
+    );
+    assert!(!appliance
+        .daemon
+        .data_dir()
+        .join("appliance/tesserad.log")
+        .exists());
     // admin resets audit's password; audit logs in with the new one, not the old one.
     let (ok, _, err) = appliance.run(
         "admin",
@@ -217,6 +234,7 @@ fn abbreviations_roles_passwords_and_the_audit_log() {
         "audit        login failed",
         "admin        reset the password of audit",
         "pseoperator  refused: user list",
+        "admin        log rotate: the daemon log is now",
         "Audit log rotated; the previous log is",
         "audit log rotated; the previous log is",
     ] {

@@ -2,6 +2,7 @@
 //! Unix socket and, when asked, on TCP.
 #![forbid(unsafe_code)]
 
+mod logfile;
 mod secure;
 mod server;
 
@@ -79,15 +80,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let state = data_dir.join("appliance");
     if args.appliance {
         if let Err(e) = std::fs::create_dir_all(&state) {
@@ -95,6 +88,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    // In appliance mode the log also goes to appliance/tesserad.log (psesh `log`).
+    let log_file = args.appliance.then(|| state.join("tesserad.log"));
+    tracing_subscriber::fmt()
+        .with_ansi(log_file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(logfile::Tee { file: log_file })
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     let listen = if !args.listen.is_empty() {
         args.listen
             .iter()
