@@ -1,0 +1,631 @@
+//! `p11-bench`: the same PKCS#11 caller (the `cryptoki` crate, through the C function list)
+//! against the systems users would pick instead, back to back in one run:
+//!
+//! (a) SoftHSM2 in-process, (b) SoftHSM2 behind p11-kit's remote RPC (`p11-kit server` on a
+//! Unix socket, `p11-kit-client.so`), (c) Tessera over a Unix socket without a channel,
+//! (d) Tessera over a Unix socket with full secure messaging (`nuNU`), (e) the same over
+//! loopback TCP. Plus the bare Unix-socket round trip between two processes.
+//!
+//! Each system runs in a worker process of this binary (so that every module gets a clean
+//! process and environment); the parent sets the systems up, collects the workers' lines and
+//! prints one table with ratios to (b) and (a).
+//!
+//! Usage: `cargo build --release --workspace && ./target/release/p11-bench [--seconds S]
+//! [--threads 1,2,16] [--ops random,gcm4k,...]`
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use cryptoki::context::{CInitializeArgs, Pkcs11};
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use tessera_testkit::{binary, pkcs11_module, Daemon, Transport};
+
+const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const P11KIT_CLIENT: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so";
+const SO_PIN: &str = "87654321";
+const USER_PIN: &str = "12345678";
+const LABEL: &str = "bench";
+
+/// Every operation, in table order.
+const OPERATIONS: &[&str] = &[
+    "open-close",
+    "random32",
+    "gcm64",
+    "gcm4k",
+    "gcm1m",
+    "ecdsa-p256",
+    "rsa2048",
+    "aes-keygen",
+    "find",
+];
+
+struct Options {
+    seconds: f64,
+    threads: Vec<usize>,
+    operations: Vec<String>,
+}
+
+fn parse_options(args: &[String]) -> Result<Options, String> {
+    let mut options = Options {
+        seconds: 1.0,
+        threads: vec![1, 2, 16],
+        operations: OPERATIONS.iter().map(|s| s.to_string()).collect(),
+    };
+    let mut i = 0;
+    while i < args.len() {
+        let value = args
+            .get(i + 1)
+            .ok_or_else(|| format!("{} needs a value", args[i]))?;
+        match args[i].as_str() {
+            "--seconds" => {
+                options.seconds = value
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| *s > 0.0 && *s <= 60.0)
+                    .ok_or("--seconds takes a number of seconds, at most 60")?
+            }
+            "--threads" => {
+                options.threads = value
+                    .split(',')
+                    .map(|t| t.parse().ok().filter(|t| (1..=64).contains(t)))
+                    .collect::<Option<_>>()
+                    .ok_or("--threads takes counts 1-64 separated by commas")?
+            }
+            "--ops" => {
+                options.operations = value
+                    .split(',')
+                    .filter(|o| !o.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                if let Some(bad) = options
+                    .operations
+                    .iter()
+                    .find(|o| !OPERATIONS.contains(&o.as_str()))
+                {
+                    return Err(format!(
+                        "unknown operation {bad:?}; the operations are {}",
+                        OPERATIONS.join(",")
+                    ));
+                }
+            }
+            other => {
+                return Err(format!(
+                    "unknown option {other:?}; see the top of p11-bench.rs"
+                ))
+            }
+        }
+        i += 2;
+    }
+    Ok(options)
+}
+
+/// One result line: operation, threads, ops/s, p50 µs, p99 µs.
+struct Measured {
+    ops_per_second: f64,
+    p50: f64,
+    p99: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worker: one module, every operation and thread count.
+
+struct Keys {
+    aes: ObjectHandle,
+    ec: ObjectHandle,
+    rsa: ObjectHandle,
+}
+
+fn find_one(session: &Session, label: &str, class: ObjectClass) -> Option<ObjectHandle> {
+    session
+        .find_objects(&[Attribute::Label(label.into()), Attribute::Class(class)])
+        .ok()?
+        .first()
+        .copied()
+}
+
+/// The slot with the bench token, initialising the first empty token slot if there is none.
+fn bench_slot(pkcs11: &Pkcs11) -> Result<Slot, String> {
+    let slots = pkcs11.get_slots_with_token().map_err(|e| e.to_string())?;
+    for slot in &slots {
+        let info = pkcs11.get_token_info(*slot).map_err(|e| e.to_string())?;
+        if info.label() == LABEL {
+            return Ok(*slot);
+        }
+    }
+    let slot = *slots
+        .iter()
+        .find(|s| {
+            pkcs11
+                .get_token_info(**s)
+                .is_ok_and(|t| !t.token_initialized())
+        })
+        .ok_or("no uninitialised token to use")?;
+    pkcs11
+        .init_token(slot, &AuthPin::new(SO_PIN.into()), LABEL)
+        .map_err(|e| format!("init token: {e}"))?;
+    let session = pkcs11.open_rw_session(slot).map_err(|e| e.to_string())?;
+    session
+        .login(UserType::So, Some(&AuthPin::new(SO_PIN.into())))
+        .map_err(|e| format!("SO login: {e}"))?;
+    session
+        .init_pin(&AuthPin::new(USER_PIN.into()))
+        .map_err(|e| format!("init PIN: {e}"))?;
+    Ok(slot)
+}
+
+/// The bench keys on the token, made the first time.
+fn keys(session: &Session) -> Result<Keys, String> {
+    let aes = match find_one(session, "bench-aes", ObjectClass::SECRET_KEY) {
+        Some(key) => key,
+        None => session
+            .generate_key(
+                &Mechanism::AesKeyGen,
+                &[
+                    Attribute::Token(true),
+                    Attribute::Label("bench-aes".into()),
+                    Attribute::ValueLen(32.into()),
+                    Attribute::Encrypt(true),
+                    Attribute::Decrypt(true),
+                ],
+            )
+            .map_err(|e| format!("AES key: {e}"))?,
+    };
+    let ec = match find_one(session, "bench-ec", ObjectClass::PRIVATE_KEY) {
+        Some(key) => key,
+        None => {
+            let p256 = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+            session
+                .generate_key_pair(
+                    &Mechanism::EccKeyPairGen,
+                    &[
+                        Attribute::Token(true),
+                        Attribute::EcParams(p256),
+                        Attribute::Label("bench-ec".into()),
+                        Attribute::Verify(true),
+                    ],
+                    &[
+                        Attribute::Token(true),
+                        Attribute::Label("bench-ec".into()),
+                        Attribute::Sign(true),
+                        Attribute::Private(true),
+                    ],
+                )
+                .map_err(|e| format!("EC key pair: {e}"))?
+                .1
+        }
+    };
+    let rsa = match find_one(session, "bench-rsa", ObjectClass::PRIVATE_KEY) {
+        Some(key) => key,
+        None => {
+            session
+                .generate_key_pair(
+                    &Mechanism::RsaPkcsKeyPairGen,
+                    &[
+                        Attribute::Token(true),
+                        Attribute::ModulusBits(2048.into()),
+                        Attribute::PublicExponent(vec![1, 0, 1]),
+                        Attribute::Label("bench-rsa".into()),
+                        Attribute::Verify(true),
+                    ],
+                    &[
+                        Attribute::Token(true),
+                        Attribute::Label("bench-rsa".into()),
+                        Attribute::Sign(true),
+                        Attribute::Private(true),
+                    ],
+                )
+                .map_err(|e| format!("RSA key pair: {e}"))?
+                .1
+        }
+    };
+    Ok(Keys { aes, ec, rsa })
+}
+
+/// Runs `operation` once.
+fn run_once(
+    pkcs11: &Pkcs11,
+    slot: Slot,
+    session: &Session,
+    keys: &Keys,
+    operation: &str,
+    payload: &[u8],
+) -> Result<(), String> {
+    let gcm = |data: &[u8]| {
+        let mut iv = [7u8; 12];
+        let params = GcmParams::new(&mut iv, b"aad", 128.into()).map_err(|e| e.to_string())?;
+        session
+            .encrypt(&Mechanism::AesGcm(params), keys.aes, data)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    match operation {
+        "open-close" => pkcs11
+            .open_ro_session(slot)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        "random32" => session
+            .generate_random_vec(32)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        "gcm64" => gcm(&payload[..64]),
+        "gcm4k" => gcm(&payload[..4096]),
+        "gcm1m" => gcm(payload),
+        "ecdsa-p256" => session
+            .sign(&Mechanism::Ecdsa, keys.ec, &payload[..32])
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        "rsa2048" => session
+            .sign(&Mechanism::Sha256RsaPkcs, keys.rsa, &payload[..64])
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        "aes-keygen" => session
+            .generate_key(
+                &Mechanism::AesKeyGen,
+                &[Attribute::Token(false), Attribute::ValueLen(32.into())],
+            )
+            .and_then(|key| session.destroy_object(key))
+            .map_err(|e| e.to_string()),
+        "find" => match session.find_objects(&[Attribute::Label("bench-aes".into())]) {
+            Ok(found) if found.len() == 1 => Ok(()),
+            Ok(found) => Err(format!("found {} objects", found.len())),
+            Err(e) => Err(e.to_string()),
+        },
+        other => Err(format!("unknown operation {other}")),
+    }
+}
+
+fn worker(module: &str, options: &Options) -> Result<(), String> {
+    let pkcs11 = Arc::new(Pkcs11::new(module).map_err(|e| format!("{module}: {e}"))?);
+    pkcs11
+        .initialize(CInitializeArgs::OsThreads)
+        .map_err(|e| format!("C_Initialize: {e}"))?;
+    let slot = bench_slot(&pkcs11)?;
+    let setup = pkcs11.open_rw_session(slot).map_err(|e| e.to_string())?;
+    setup
+        .login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
+        .map_err(|e| format!("login: {e}"))?;
+    keys(&setup)?;
+    if options.operations.is_empty() {
+        // --setup-only: the token and keys are made; nothing is measured.
+        return Ok(());
+    }
+    let payload: Arc<Vec<u8>> = Arc::new((0..1 << 20).map(|i| i as u8).collect());
+    for operation in &options.operations {
+        for &threads in &options.threads {
+            let barrier = Arc::new(Barrier::new(threads));
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    let pkcs11 = pkcs11.clone();
+                    let barrier = barrier.clone();
+                    let payload = payload.clone();
+                    let operation = operation.clone();
+                    let seconds = options.seconds;
+                    std::thread::spawn(move || -> Result<Vec<f64>, String> {
+                        let session = pkcs11.open_ro_session(slot).map_err(|e| e.to_string())?;
+                        let keys = keys(&session)?;
+                        // Warm up (connection, channel, caches).
+                        run_once(&pkcs11, slot, &session, &keys, &operation, &payload)?;
+                        barrier.wait();
+                        let mut latencies = Vec::new();
+                        let start = Instant::now();
+                        let budget = Duration::from_secs_f64(seconds);
+                        while start.elapsed() < budget && latencies.len() < 1_000_000 {
+                            let t = Instant::now();
+                            run_once(&pkcs11, slot, &session, &keys, &operation, &payload)?;
+                            latencies.push(t.elapsed().as_secs_f64() * 1e6);
+                        }
+                        Ok(latencies)
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            let started = Instant::now();
+            for handle in handles {
+                all.extend(handle.join().map_err(|_| "a thread panicked")??);
+            }
+            let elapsed = started.elapsed().as_secs_f64().max(options.seconds);
+            all.sort_by(f64::total_cmp);
+            println!(
+                "RESULT {operation} {threads} {:.1} {:.1} {:.1}",
+                all.len() as f64 / elapsed,
+                percentile(&all, 0.5),
+                percentile(&all, 0.99)
+            );
+        }
+    }
+    drop(setup);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parent: the systems, the bare round trip, the table.
+
+/// The bare Unix-socket round trip between two processes (32-byte ping-pong), p50 in µs.
+fn bare_round_trip(dir: &Path) -> Result<f64, String> {
+    let path = dir.join("echo.sock");
+    let mut echo = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .args(["--echo".as_ref(), path.as_os_str()])
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut stream = None;
+    for _ in 0..100 {
+        if let Ok(s) = UnixStream::connect(&path) {
+            stream = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut stream = stream.ok_or("the echo process did not start")?;
+    let mut buffer = [0u8; 32];
+    let mut latencies = Vec::new();
+    for _ in 0..20_000 {
+        let t = Instant::now();
+        stream.write_all(&buffer).map_err(|e| e.to_string())?;
+        stream.read_exact(&mut buffer).map_err(|e| e.to_string())?;
+        latencies.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(stream);
+    let _ = echo.wait();
+    latencies.sort_by(f64::total_cmp);
+    Ok(percentile(&latencies, 0.5))
+}
+
+fn echo_server(path: &str) {
+    let _ = std::fs::remove_file(path);
+    let Ok(listener) = UnixListener::bind(path) else {
+        return;
+    };
+    if let Ok((mut stream, _)) = listener.accept() {
+        let mut buffer = [0u8; 32];
+        while stream.read_exact(&mut buffer).is_ok() {
+            if stream.write_all(&buffer).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// A system under test: its module and environment.
+struct System {
+    key: &'static str,
+    name: &'static str,
+    module: String,
+    env: Vec<(String, String)>,
+}
+
+fn run_worker(
+    system: &System,
+    args: &[String],
+) -> Result<BTreeMap<(String, usize), Measured>, String> {
+    eprintln!("p11-bench: measuring {} ...", system.name);
+    let mut child: Child = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .arg("--worker")
+        .arg(&system.module)
+        .args(args)
+        .envs(system.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut results = BTreeMap::new();
+    for line in BufReader::new(child.stdout.take().ok_or("no worker output")?).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if let ["RESULT", operation, threads, ops, p50, p99] = fields[..] {
+            results.insert(
+                (operation.to_string(), threads.parse().unwrap_or(0)),
+                Measured {
+                    ops_per_second: ops.parse().unwrap_or(f64::NAN),
+                    p50: p50.parse().unwrap_or(f64::NAN),
+                    p99: p99.parse().unwrap_or(f64::NAN),
+                },
+            );
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("the {} worker failed ({status})", system.name));
+    }
+    Ok(results)
+}
+
+fn softhsm_setup(dir: &Path) -> Result<PathBuf, String> {
+    let tokens = dir.join("softhsm-tokens");
+    std::fs::create_dir_all(&tokens).map_err(|e| e.to_string())?;
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let init = Command::new("softhsm2-util")
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            LABEL,
+            "--so-pin",
+            SO_PIN,
+            "--pin",
+            USER_PIN,
+        ])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .map_err(|e| format!("softhsm2-util: {e} (apt-get install softhsm2)"))?;
+    if !init.status.success() {
+        return Err(format!(
+            "softhsm2-util failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        ));
+    }
+    Ok(conf)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--echo") {
+        echo_server(args.get(1).map(String::as_str).unwrap_or("echo.sock"));
+        return;
+    }
+    if args.first().map(String::as_str) == Some("--worker") {
+        let module = args.get(1).cloned().unwrap_or_default();
+        let result = parse_options(&args[2..]).and_then(|o| worker(&module, &o));
+        if let Err(e) = result {
+            eprintln!("p11-bench worker ({module}): {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if let Err(e) = run(&args) {
+        eprintln!("p11-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let options = parse_options(args)?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let conf = softhsm_setup(dir.path())?;
+    let softhsm_env = vec![("SOFTHSM2_CONF".to_string(), conf.display().to_string())];
+    let p11kit_socket = dir.path().join("p11-kit.sock");
+    let mut p11kit = Command::new("p11-kit")
+        .args(["server", "-f", "--provider", SOFTHSM, "-n"])
+        .arg(&p11kit_socket)
+        .arg(format!("pkcs11:token={LABEL}"))
+        .env("SOFTHSM2_CONF", &conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("p11-kit server: {e}"))?;
+    for _ in 0..100 {
+        if p11kit_socket.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let plain = Daemon::start();
+    let secure = Daemon::start();
+    let tessera_env = |daemon: &Daemon, transport: Transport| {
+        let mut env = daemon.trust_env();
+        env.push((
+            "ET_HSM_NETCLIENT_SERVERLIST".into(),
+            daemon.server_list(transport),
+        ));
+        env
+    };
+    // The token and keys are made before the flags forbid C_InitToken (`n`).
+    let prepared = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .args(["--worker", &pkcs11_module().display().to_string(), "--ops", ""])
+        .envs(tessera_env(&secure, Transport::Unix))
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !prepared.success() {
+        return Err("could not prepare the token of the secure daemon".into());
+    }
+    secure.secure(Transport::Unix, "nuNU");
+    let module = pkcs11_module().display().to_string();
+    let _ = binary("tesserad");
+    let systems = [
+        System {
+            key: "a",
+            name: "SoftHSM2 in-process",
+            module: SOFTHSM.into(),
+            env: softhsm_env,
+        },
+        System {
+            key: "b",
+            name: "SoftHSM2 via p11-kit remote",
+            module: P11KIT_CLIENT.into(),
+            env: vec![(
+                "P11_KIT_SERVER_ADDRESS".into(),
+                format!("unix:path={}", p11kit_socket.display()),
+            )],
+        },
+        System {
+            key: "c",
+            name: "Tessera Unix, no channel",
+            module: module.clone(),
+            env: tessera_env(&plain, Transport::Unix),
+        },
+        System {
+            key: "d",
+            name: "Tessera Unix, nuNU channel",
+            module: module.clone(),
+            env: tessera_env(&secure, Transport::Unix),
+        },
+        System {
+            key: "e",
+            name: "Tessera TCP, nuNU channel",
+            module,
+            env: tessera_env(&secure, Transport::Tcp),
+        },
+    ];
+    let rtt = bare_round_trip(dir.path())?;
+    let mut results = Vec::new();
+    for system in &systems {
+        results.push(run_worker(system, args)?);
+    }
+    let _ = p11kit.kill();
+    let _ = p11kit.wait();
+    println!(
+        "p11-bench: {} s per case; bare Unix-socket round trip between two processes: p50 {rtt:.1} us",
+        options.seconds
+    );
+    for (system, _) in systems.iter().zip(&results) {
+        println!("  ({}) {}", system.key, system.name);
+    }
+    println!(
+        "{:<11} {:>3} {:>4}  {:>10} {:>9} {:>9}  {:>7} {:>7}",
+        "operation", "thr", "sys", "ops/s", "p50 us", "p99 us", "vs (b)", "vs (a)"
+    );
+    for operation in &options.operations {
+        for &threads in &options.threads {
+            let key = (operation.clone(), threads);
+            let ops = |i: usize| results[i].get(&key).map_or(f64::NAN, |m| m.ops_per_second);
+            for (i, system) in systems.iter().enumerate() {
+                let Some(m) = results[i].get(&key) else {
+                    continue;
+                };
+                println!(
+                    "{:<11} {:>3} {:>4}  {:>10.0} {:>9.1} {:>9.1}  {:>6.2}x {:>6.2}x",
+                    operation,
+                    threads,
+                    format!("({})", system.key),
+                    m.ops_per_second,
+                    m.p50,
+                    m.p99,
+                    m.ops_per_second / ops(1),
+                    m.ops_per_second / ops(0)
+                );
+            }
+        }
+    }
+    println!("vs (b), vs (a): throughput ratio to SoftHSM2 via p11-kit and to SoftHSM2 in-process (higher is better).");
+    println!(
+        "p50 of random32 with one thread over (d) / bare round trip: {:.2}",
+        results[3]
+            .get(&("random32".into(), 1))
+            .map_or(f64::NAN, |m| m.p50)
+            / rtt
+    );
+    Ok(())
+}
