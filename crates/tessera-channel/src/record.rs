@@ -54,8 +54,10 @@ pub struct Record {
     /// Header.
     pub header: RecordHeader,
     /// Body: the message, or its ciphertext with the GCM tag.
+    #[serde(with = "tessera_core::bytes")]
     pub body: Vec<u8>,
     /// The GMAC tag of header and body (signed records).
+    #[serde(with = "tessera_core::bytes")]
     pub mac: Vec<u8>,
 }
 

@@ -91,6 +91,7 @@ pub struct Attribute {
     /// The `CKA_*` type.
     pub ty: u64,
     /// The value in wire form.
+    #[serde(with = "crate::bytes")]
     pub value: Vec<u8>,
 }
 

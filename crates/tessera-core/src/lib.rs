@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attribute;
+pub mod bytes;
 pub mod der;
 pub mod flags;
 pub mod info;

@@ -9,7 +9,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 /// [`SecretBytes::duplicate`].
 #[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop, Default, PartialEq, Eq)]
 #[serde(transparent)]
-pub struct SecretBytes(Vec<u8>);
+pub struct SecretBytes(#[serde(with = "crate::bytes")] Vec<u8>);
 
 impl SecretBytes {
     /// Wraps bytes (taking ownership; the caller's buffer moves in).

@@ -44,6 +44,7 @@ pub enum Request {
         /// The new SO PIN.
         so_pin: SecretBytes,
         /// 32-byte blank-padded label.
+        #[serde(with = "tessera_core::bytes")]
         label: Vec<u8>,
     },
     /// `C_OpenSession`.
@@ -184,8 +185,10 @@ pub enum Request {
         /// Which operation.
         operation: Operation,
         /// Input data.
+        #[serde(with = "tessera_core::bytes")]
         data: Vec<u8>,
         /// The signature, for `C_Verify`.
+        #[serde(with = "tessera_core::bytes")]
         signature: Vec<u8>,
     },
     /// A multi-part update (`C_EncryptUpdate`, `C_DigestUpdate`, ...).
@@ -195,6 +198,7 @@ pub enum Request {
         /// Which operation.
         operation: Operation,
         /// Input data.
+        #[serde(with = "tessera_core::bytes")]
         data: Vec<u8>,
     },
     /// A multi-part final (`C_EncryptFinal`, `C_SignFinal`, `C_VerifyFinal`, ...).
@@ -204,6 +208,7 @@ pub enum Request {
         /// Which operation.
         operation: Operation,
         /// The signature, for `C_VerifyFinal`.
+        #[serde(with = "tessera_core::bytes")]
         signature: Vec<u8>,
     },
     /// `C_GenerateKey`.
@@ -246,6 +251,7 @@ pub enum Request {
         /// The unwrapping key.
         unwrapping_key: u64,
         /// The wrapped key.
+        #[serde(with = "tessera_core::bytes")]
         wrapped: Vec<u8>,
         /// Template of the new key.
         template: Template,
@@ -337,7 +343,7 @@ pub enum Operation {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum AttributeAnswer {
     /// The value (wire form).
-    Value(Vec<u8>),
+    Value(#[serde(with = "tessera_core::bytes")] Vec<u8>),
     /// The attribute is sensitive or unextractable (`CKR_ATTRIBUTE_SENSITIVE`).
     Sensitive,
     /// The object has no such attribute (`CKR_ATTRIBUTE_TYPE_INVALID`).
@@ -356,7 +362,7 @@ pub enum Reply {
     /// Object handles.
     Handles(Vec<u64>),
     /// Output bytes (ciphertext, signature, digest, random).
-    Bytes(Vec<u8>),
+    Bytes(#[serde(with = "tessera_core::bytes")] Vec<u8>),
     /// Secret output bytes (plaintext of a decryption).
     Secret(SecretBytes),
     /// A number (object size).

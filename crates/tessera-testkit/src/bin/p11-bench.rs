@@ -308,6 +308,11 @@ fn worker(module: &str, options: &Options) -> Result<(), String> {
     }
     let payload: Arc<Vec<u8>> = Arc::new((0..1 << 20).map(|i| i as u8).collect());
     for operation in &options.operations {
+        // An operation the module cannot do is reported, not measured.
+        if let Err(e) = run_once(&pkcs11, slot, &setup, &keys(&setup)?, operation, &payload) {
+            println!("SKIP {operation} {e}");
+            continue;
+        }
         for &threads in &options.threads {
             let barrier = Arc::new(Barrier::new(threads));
             let handles: Vec<_> = (0..threads)
@@ -410,10 +415,13 @@ struct System {
     env: Vec<(String, String)>,
 }
 
-fn run_worker(
-    system: &System,
-    args: &[String],
-) -> Result<BTreeMap<(String, usize), Measured>, String> {
+/// A worker's results, and the operations it could not do (with the module's reason).
+type Results = (
+    BTreeMap<(String, usize), Measured>,
+    BTreeMap<String, String>,
+);
+
+fn run_worker(system: &System, args: &[String]) -> Result<Results, String> {
     eprintln!("p11-bench: measuring {} ...", system.name);
     let mut child: Child = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
         .arg("--worker")
@@ -424,8 +432,14 @@ fn run_worker(
         .spawn()
         .map_err(|e| e.to_string())?;
     let mut results = BTreeMap::new();
+    let mut skipped = BTreeMap::new();
     for line in BufReader::new(child.stdout.take().ok_or("no worker output")?).lines() {
         let line = line.map_err(|e| e.to_string())?;
+        if let Some(rest) = line.strip_prefix("SKIP ") {
+            let (operation, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+            skipped.insert(operation.to_string(), reason.to_string());
+            continue;
+        }
         let fields: Vec<&str> = line.split_whitespace().collect();
         if let ["RESULT", operation, threads, ops, p50, p99] = fields[..] {
             results.insert(
@@ -442,7 +456,7 @@ fn run_worker(
     if !status.success() {
         return Err(format!("the {} worker failed ({status})", system.name));
     }
-    Ok(results)
+    Ok((results, skipped))
 }
 
 fn softhsm_setup(dir: &Path) -> Result<PathBuf, String> {
@@ -534,7 +548,12 @@ fn run(args: &[String]) -> Result<(), String> {
     };
     // The token and keys are made before the flags forbid C_InitToken (`n`).
     let prepared = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
-        .args(["--worker", &pkcs11_module().display().to_string(), "--ops", ""])
+        .args([
+            "--worker",
+            &pkcs11_module().display().to_string(),
+            "--ops",
+            "",
+        ])
         .envs(tessera_env(&secure, Transport::Unix))
         .status()
         .map_err(|e| e.to_string())?;
@@ -600,9 +619,22 @@ fn run(args: &[String]) -> Result<(), String> {
     for operation in &options.operations {
         for &threads in &options.threads {
             let key = (operation.clone(), threads);
-            let ops = |i: usize| results[i].get(&key).map_or(f64::NAN, |m| m.ops_per_second);
+            let ops = |i: usize| {
+                results[i]
+                    .0
+                    .get(&key)
+                    .map_or(f64::NAN, |m| m.ops_per_second)
+            };
             for (i, system) in systems.iter().enumerate() {
-                let Some(m) = results[i].get(&key) else {
+                let Some(m) = results[i].0.get(&key) else {
+                    if let Some(reason) = results[i].1.get(operation) {
+                        let reason = reason.rsplit(": ").next().unwrap_or(reason);
+                        let reason: String = reason.chars().take(70).collect();
+                        println!(
+                            "{operation:<11} {threads:>3} {:>4}  n/a: {reason}",
+                            format!("({})", system.key)
+                        );
+                    }
                     continue;
                 };
                 println!(
@@ -623,6 +655,7 @@ fn run(args: &[String]) -> Result<(), String> {
     println!(
         "p50 of random32 with one thread over (d) / bare round trip: {:.2}",
         results[3]
+            .0
             .get(&("random32".into(), 1))
             .map_or(f64::NAN, |m| m.p50)
             / rtt
