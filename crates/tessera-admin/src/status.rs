@@ -124,6 +124,24 @@ pub fn render_channels(channels: &[tessera_wire::ChannelSummary]) -> String {
     out + &format!("{} channel(s)\n", channels.len())
 }
 
+/// A certificate for the operator to compare: subject, issuer, serial, device serial,
+/// validity and SHA-256 fingerprint, on indented lines after the first.
+pub fn describe_certificate(der: &[u8]) -> String {
+    match tessera_identity::inspect::CertificateInfo::parse(der) {
+        Ok(info) => format!(
+            "subject {}\n    issuer {}\n    serial {}, device {}\n    valid {} to {}\n    SHA-256 {}",
+            info.subject,
+            info.issuer,
+            info.certificate_serial,
+            info.serial_number.as_deref().unwrap_or("-"),
+            clock(info.not_before.max(0) as u64),
+            clock(info.not_after.max(0) as u64),
+            info.fingerprint
+        ),
+        Err(e) => format!("unreadable: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -9,7 +9,6 @@ use tessera_client::ClientError;
 use tessera_config::access::{AccessEntry, ClientAccess};
 use tessera_config::listen::{self, Listen};
 use tessera_core::{ck, Rv, SecretBytes};
-use tessera_identity::inspect::CertificateInfo;
 use tessera_identity::trust::{Level, TrustStore};
 use tessera_wire::{AdminCommand, DeviceStatus, Reply, Request};
 use zeroize::Zeroizing;
@@ -738,7 +737,7 @@ impl Shell<'_> {
                     );
                 }
                 for (_, der) in certificates {
-                    println!("{}", describe_certificate(&der));
+                    println!("  {}", status::describe_certificate(&der));
                 }
                 Ok(())
             }
@@ -780,7 +779,7 @@ impl Shell<'_> {
                     target.device.address()
                 );
                 for der in &chain {
-                    println!("{}", describe_certificate(der));
+                    println!("  {}", status::describe_certificate(der));
                 }
                 let answer = self.console.line(&format!(
                     "Do the fingerprints match what the HSM administrator gave you? Add the chain to the trust store of {}? [y/N] ",
@@ -819,21 +818,6 @@ fn last_lines(text: &str, count: Option<&str>) -> Result<String> {
         .iter()
         .map(|l| format!("{l}\n"))
         .collect())
-}
-
-/// Subject, serial and fingerprint of a certificate, for the user to compare.
-fn describe_certificate(der: &[u8]) -> String {
-    match CertificateInfo::parse(der) {
-        Ok(info) => format!(
-            "  subject     {}\n  issuer      {}\n  serial      {}\n  valid until {}\n  SHA-256     {}",
-            info.subject,
-            info.issuer,
-            info.certificate_serial,
-            status::clock(info.not_after.max(0) as u64),
-            info.fingerprint
-        ),
-        Err(e) => format!("  (unreadable certificate: {e})"),
-    }
 }
 
 #[cfg(test)]

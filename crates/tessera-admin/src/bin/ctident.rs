@@ -243,22 +243,6 @@ fn write_file(path: &Path, text: &str) -> Result<(), Failure> {
         .map_err(|e| Failure::new(format!("cannot write {}: {e}", path.display())))
 }
 
-fn describe(der: &[u8]) -> String {
-    match CertificateInfo::parse(der) {
-        Ok(info) => format!(
-            "subject {}\n    issuer {}\n    serial {}, device {}\n    valid {} to {}\n    SHA-256 {}",
-            info.subject,
-            info.issuer,
-            info.certificate_serial,
-            info.serial_number.as_deref().unwrap_or("-"),
-            status::clock(info.not_before.max(0) as u64),
-            status::clock(info.not_after.max(0) as u64),
-            info.fingerprint
-        ),
-        Err(e) => format!("unreadable: {e}"),
-    }
-}
-
 fn key_state(state: KeyState, curve: &Option<String>, pending: &str) -> String {
     let curve = curve.as_deref().unwrap_or("-");
     match state {
@@ -360,7 +344,7 @@ fn run(args: &Args) -> Result<(), Failure> {
             )?;
             println!(
                 "Signed:\n  {}\nWrote the PIC and this device's POC to {}.",
-                describe(&pic),
+                status::describe_certificate(&pic),
                 out.display()
             );
         }
@@ -454,7 +438,7 @@ fn run(args: &Args) -> Result<(), Failure> {
             match peer {
                 Peer::Add { file } => {
                     let der = read_certificates(file)?.remove(0);
-                    println!("  {}", describe(&der));
+                    println!("  {}", status::describe_certificate(&der));
                     pin::confirm(
                         &format!("Make device {} trust this certificate?", args.device),
                         args.yes,
@@ -468,7 +452,7 @@ fn run(args: &Args) -> Result<(), Failure> {
                             println!("Device {} trusts no peer.", args.device);
                         }
                         for der in peers {
-                            println!("  {}", describe(&der));
+                            println!("  {}", status::describe_certificate(&der));
                         }
                     }
                 }
@@ -497,11 +481,17 @@ fn show(identity: &Identity) {
         )
     );
     match &identity.pic {
-        Some(pic) => println!("Identity certificate     : {}", describe(pic)),
+        Some(pic) => println!(
+            "Identity certificate     : {}",
+            status::describe_certificate(pic)
+        ),
         None => println!("Identity certificate     : none"),
     }
     for der in &identity.chain {
-        println!("Issuer                   : {}", describe(der));
+        println!(
+            "Issuer                   : {}",
+            status::describe_certificate(der)
+        );
     }
     println!(
         "Owner key (POK)          : {}",
@@ -512,7 +502,10 @@ fn show(identity: &Identity) {
         )
     );
     match &identity.poc {
-        Some(poc) => println!("Owner certificate        : {}", describe(poc)),
+        Some(poc) => println!(
+            "Owner certificate        : {}",
+            status::describe_certificate(poc)
+        ),
         None => println!("Owner certificate        : none"),
     }
 }
@@ -547,7 +540,7 @@ fn run_trust(args: &Args, trust: &Trust) -> Result<(), Failure> {
                 }
             };
             let store = TrustStore::open(&config, level(*system));
-            println!("  {}", describe(&der));
+            println!("  {}", status::describe_certificate(&der));
             pin::confirm(
                 &format!(
                     "Trust this certificate ({:?} store {})?",
@@ -574,7 +567,7 @@ fn run_trust(args: &Args, trust: &Trust) -> Result<(), Failure> {
                     entries.len()
                 );
                 for (_, der) in entries {
-                    println!("  {}", describe(&der));
+                    println!("  {}", status::describe_certificate(&der));
                 }
             }
         }
@@ -589,7 +582,7 @@ fn run_trust(args: &Args, trust: &Trust) -> Result<(), Failure> {
             println!(
                 "Removed from the {:?} trust store:\n  {}",
                 store.level,
-                describe(&removed)
+                status::describe_certificate(&removed)
             );
         }
     }
