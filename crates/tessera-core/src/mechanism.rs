@@ -104,4 +104,12 @@ pub enum MechanismParameter {
     /// A parameter structure that the module does not decode, passed as raw bytes; the HSM
     /// refuses it with `CKR_MECHANISM_PARAM_INVALID` for every mechanism it knows.
     Unknown(Vec<u8>),
+    /// `CK_KEY_DERIVATION_STRING_DATA` (`CKM_AES_ECB_ENCRYPT_DATA`, `iv` empty) or
+    /// `CK_AES_CBC_ENCRYPT_DATA_PARAMS` (`CKM_AES_CBC_ENCRYPT_DATA`).
+    EncryptData {
+        /// The CBC IV (16 bytes), empty for ECB.
+        iv: Vec<u8>,
+        /// The data to encrypt; the ciphertext is the new key's value.
+        data: Vec<u8>,
+    },
 }

@@ -170,6 +170,37 @@ pub(crate) fn derive(
             let ikm = base.get(ck::CKA_VALUE).unwrap_or_default();
             hsm.hkdf(client, session, &mechanism.parameter, ikm, length)
         }
+        ck::CKM_AES_ECB_ENCRYPT_DATA | ck::CKM_AES_CBC_ENCRYPT_DATA => {
+            encrypt_data(mechanism, base, length)
+        }
         _ => Err(Rv::MechanismInvalid),
     }
+}
+
+/// `CKM_AES_ECB_ENCRYPT_DATA` and `CKM_AES_CBC_ENCRYPT_DATA`: the new key's value is the
+/// encryption of the parameter's data (whole blocks) under the base AES key, cut to
+/// `CKA_VALUE_LEN`.
+fn encrypt_data(
+    mechanism: &Mechanism,
+    base: &Attributes,
+    length: Option<u64>,
+) -> Result<SecretBytes, Rv> {
+    let MechanismParameter::EncryptData { iv, data } = &mechanism.parameter else {
+        return Err(Rv::MechanismParamInvalid);
+    };
+    let cbc = mechanism.ty == ck::CKM_AES_CBC_ENCRYPT_DATA as u64;
+    if cbc != (iv.len() == 16) || data.is_empty() || !data.len().is_multiple_of(16) {
+        return Err(Rv::MechanismParamInvalid);
+    }
+    if base.class() != ck::CKO_SECRET_KEY as u64 || base.key_type() != ck::CKK_AES as u64 {
+        return Err(Rv::KeyTypeInconsistent);
+    }
+    let key = base.get(ck::CKA_VALUE).ok_or(Rv::KeyTypeInconsistent)?;
+    let iv = if cbc {
+        Some(<[u8; 16]>::try_from(iv.as_slice()).map_err(|_| Rv::MechanismParamInvalid)?)
+    } else {
+        None
+    };
+    let value = crate::crypto::aes_encrypt_blocks(key, iv, data)?;
+    fit(SecretBytes::new(value), length)
 }

@@ -65,6 +65,8 @@ const TABLE: &[(ck::CK_MECHANISM_TYPE, u64, u64, ck::CK_FLAGS)] = &[
         ck::CKF_DERIVE | EC_FLAGS,
     ),
     (ck::CKM_HKDF_DERIVE, 1, 512, ck::CKF_DERIVE),
+    (ck::CKM_AES_ECB_ENCRYPT_DATA, 16, 32, ck::CKF_DERIVE),
+    (ck::CKM_AES_CBC_ENCRYPT_DATA, 16, 32, ck::CKF_DERIVE),
     (ck::CKM_HKDF_DATA, 1, 512, ck::CKF_DERIVE),
     (ck::CKM_AES_KEY_GEN, 16, 32, ck::CKF_GENERATE),
     (ck::CKM_AES_CBC_PAD, 16, 32, CIPHER),

@@ -239,6 +239,44 @@ fn digests_macs_and_aes_modes_match_published_vectors() {
             t.single(Operation::Encrypt, ctr, aes, &block, &[]).unwrap(),
             hex("874d6191b620e3261bef6864990db6ce")
         );
+        // Key derivation by encryption: the new value is the SP 800-38A F.1.1 / F.2.1 block.
+        for (iv, expected) in [
+            (Vec::new(), "3ad77bb40d7a3660a89ecaf32466ef97"),
+            (
+                hex("000102030405060708090a0b0c0d0e0f"),
+                "7649abac8119b246cee98e9b12e9197d",
+            ),
+        ] {
+            let ty = if iv.is_empty() {
+                ck::CKM_AES_ECB_ENCRYPT_DATA
+            } else {
+                ck::CKM_AES_CBC_ENCRYPT_DATA
+            };
+            let mechanism = Mechanism {
+                ty: ty as u64,
+                parameter: MechanismParameter::EncryptData {
+                    iv,
+                    data: block.clone(),
+                },
+            };
+            let derived = t.derive(mechanism.clone(), aes, 16).unwrap();
+            assert_eq!(t.value(derived), hex(expected));
+            // Only whole blocks.
+            let MechanismParameter::EncryptData { iv, .. } = mechanism.parameter else {
+                unreachable!()
+            };
+            let partial = Mechanism {
+                ty: ty as u64,
+                parameter: MechanismParameter::EncryptData {
+                    iv,
+                    data: block[..15].to_vec(),
+                },
+            };
+            assert_eq!(
+                t.derive(partial, aes, 15),
+                Err(Rv::MechanismParamInvalid.code())
+            );
+        }
         // GCM test case 4 (McGrew and Viega), with the full tag and one truncated to 96 bits.
         let gcm_key = t.secret(ck::CKK_AES, &hex("feffe9928665731c6d6a8f9467308308"));
         let gcm = |tag_bits| Mechanism {

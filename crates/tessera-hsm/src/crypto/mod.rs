@@ -811,6 +811,19 @@ fn finish_oaep(
     }
 }
 
+/// AES-ECB (no IV) or AES-CBC encryption of whole blocks, for key derivation.
+pub(crate) fn aes_encrypt_blocks(
+    key: &[u8],
+    iv: Option<[u8; 16]>,
+    data: &[u8],
+) -> Result<Vec<u8>, Rv> {
+    let mode = iv.map_or(AesMode::Ecb, AesMode::Cbc);
+    match finish_block_mode(key, &mode, true, SecretBytes::from_slice(data))? {
+        Output::Bytes(out) => Ok(out),
+        _ => Err(Rv::GeneralError),
+    }
+}
+
 fn finish_block_mode(
     key: &[u8],
     mode: &AesMode,

@@ -10,9 +10,9 @@
 use std::ffi::c_void;
 
 use cryptoki_sys::{
-    CK_AES_CTR_PARAMS, CK_ECDH1_DERIVE_PARAMS, CK_EDDSA_PARAMS, CK_FALSE, CK_GCM_PARAMS,
-    CK_HKDF_PARAMS, CK_MAC_GENERAL_PARAMS, CK_MECHANISM, CK_RSA_PKCS_OAEP_PARAMS,
-    CK_RSA_PKCS_PSS_PARAMS, CK_ULONG,
+    CK_AES_CBC_ENCRYPT_DATA_PARAMS, CK_AES_CTR_PARAMS, CK_ECDH1_DERIVE_PARAMS, CK_EDDSA_PARAMS,
+    CK_FALSE, CK_GCM_PARAMS, CK_HKDF_PARAMS, CK_KEY_DERIVATION_STRING_DATA, CK_MAC_GENERAL_PARAMS,
+    CK_MECHANISM, CK_RSA_PKCS_OAEP_PARAMS, CK_RSA_PKCS_PSS_PARAMS, CK_ULONG,
 };
 use tessera_core::ck;
 use tessera_core::{Mechanism, MechanismParameter, Rv};
@@ -94,6 +94,8 @@ unsafe fn decode(mechanism: &CK_MECHANISM) -> CkResult<MechanismParameter> {
         ck::CKM_ECDH1_DERIVE | ck::CKM_ECDH1_COFACTOR_DERIVE => ecdh,
         ck::CKM_HKDF_DERIVE | ck::CKM_HKDF_DATA => hkdf,
         ck::CKM_EDDSA => eddsa,
+        ck::CKM_AES_ECB_ENCRYPT_DATA => ecb_encrypt_data,
+        ck::CKM_AES_CBC_ENCRYPT_DATA => cbc_encrypt_data,
         // CKM_AES_CBC, CKM_AES_CBC_PAD, CKM_AES_KEY_WRAP, CKM_AES_KEY_WRAP_PAD (the IV), and
         // mechanisms unknown here, which the device judges.
         _ => raw,
@@ -243,6 +245,36 @@ unsafe fn ecdh(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismParam
         shared_data: unsafe { embedded(ecdh.pSharedData, ecdh.ulSharedDataLen) }?,
         // SAFETY: forwarded contract.
         public_data: unsafe { embedded(ecdh.pPublicData, ecdh.ulPublicDataLen) }?,
+    })
+}
+
+/// `CK_KEY_DERIVATION_STRING_DATA` of `CKM_AES_ECB_ENCRYPT_DATA`.
+///
+/// # Safety
+///
+/// As for [`decode`].
+unsafe fn ecb_encrypt_data(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismParameter> {
+    // SAFETY: forwarded contract.
+    let string: CK_KEY_DERIVATION_STRING_DATA = unsafe { structure(pointer, len) }?;
+    Ok(MechanismParameter::EncryptData {
+        iv: Vec::new(),
+        // SAFETY: forwarded contract.
+        data: unsafe { embedded(string.pData, string.ulLen) }?,
+    })
+}
+
+/// `CK_AES_CBC_ENCRYPT_DATA_PARAMS` of `CKM_AES_CBC_ENCRYPT_DATA`.
+///
+/// # Safety
+///
+/// As for [`decode`].
+unsafe fn cbc_encrypt_data(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismParameter> {
+    // SAFETY: forwarded contract.
+    let cbc: CK_AES_CBC_ENCRYPT_DATA_PARAMS = unsafe { structure(pointer, len) }?;
+    Ok(MechanismParameter::EncryptData {
+        iv: cbc.iv.to_vec(),
+        // SAFETY: forwarded contract.
+        data: unsafe { embedded(cbc.pData, cbc.length) }?,
     })
 }
 
