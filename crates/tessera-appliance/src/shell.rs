@@ -7,7 +7,7 @@ use tessera_admin::session::{AdminSession, Target};
 use tessera_admin::status;
 use tessera_client::ClientError;
 use tessera_config::access::{AccessEntry, ClientAccess};
-use tessera_config::listen::{self, Listen};
+use tessera_config::listen;
 use tessera_core::{ck, Rv, SecretBytes};
 use tessera_identity::trust::{Level, TrustStore};
 use tessera_wire::{AdminCommand, DeviceStatus, Reply, Request};
@@ -242,11 +242,9 @@ impl Shell<'_> {
         Users::new(&self.state)
     }
 
-    /// Records a state change in the audit log (a failure to record is shown, not hidden).
-    fn record(&self, event: &str) {
-        if let Err(e) = self.audit().record(self.role.name(), event) {
-            eprintln!("psesh: {e}");
-        }
+    /// Records a state change in the audit log; a failure to record fails the command.
+    fn record(&self, event: &str) -> Result<()> {
+        self.audit().record(self.role.name(), event)
     }
 
     /// Runs one command line.
@@ -274,7 +272,7 @@ impl Shell<'_> {
             .ok_or("the command table is inconsistent")?;
         if !spec.roles.contains(&self.role) {
             let allowed: Vec<&str> = spec.roles.iter().map(|r| r.name()).collect();
-            self.record(&format!("refused: {}", words.join(" ")));
+            self.record(&format!("refused: {}", words.join(" ")))?;
             return Err(format!(
                 "\"{name}\" is for {}; you are {} ({})",
                 allowed.join(" and "),
@@ -366,13 +364,13 @@ impl Shell<'_> {
             .secret("Current password: ")
             .ok_or("no password given")?;
         if !self.users().verify(self.role, current.as_bytes())? {
-            self.record("passwd failed: wrong current password");
+            self.record("passwd failed: wrong current password")?;
             return Err("wrong current password; nothing was changed".into());
         }
         let new = self.new_password(self.role.name())?;
         self.users()
             .set_password(self.role, new.as_bytes(), self.iterations)?;
-        self.record("changed own password");
+        self.record("changed own password")?;
         println!("Password changed.");
         Ok(())
     }
@@ -398,7 +396,7 @@ impl Shell<'_> {
                 let new = self.new_password(role.name())?;
                 self.users()
                     .set_password(role, new.as_bytes(), self.iterations)?;
-                self.record(&format!("reset the password of {role}"));
+                self.record(&format!("reset the password of {role}"))?;
                 println!("Password of {role} set.");
                 Ok(())
             }
@@ -437,7 +435,7 @@ impl Shell<'_> {
         self.record(&format!(
             "log rotate: the daemon log is now {}",
             kept.display()
-        ));
+        ))?;
         println!(
             "Daemon log rotated; the previous log is {}.",
             kept.display()
@@ -490,7 +488,7 @@ impl Shell<'_> {
                     }
                 }
                 list.write(&path)?;
-                self.record(&format!("clients {sub} {entry}"));
+                self.record(&format!("clients {sub} {entry}"))?;
                 println!(
                     "Client access list: {}",
                     if list.entries.is_empty() {
@@ -522,7 +520,7 @@ impl Shell<'_> {
                     entries: Vec::new(),
                 }
                 .write(&path)?;
-                self.record("clients clear");
+                self.record("clients clear")?;
                 println!("Client access list cleared: only the local socket is served.");
                 Ok(())
             }
@@ -532,12 +530,22 @@ impl Shell<'_> {
     fn network(&mut self, sub: &str, rest: &[&str]) -> Result<()> {
         let file = self.state.join("listen");
         let configured = listen::read_file(&file)?;
-        let mut addresses = configured.clone().unwrap_or_else(|| {
-            vec![
-                Listen::Unix(tessera_config::default_socket_path()),
-                Listen::Tcp(format!("0.0.0.0:{}", tessera_config::DEFAULT_TCP_PORT)),
-            ]
-        });
+        // Without a `listen` file the daemon serves its defaults; what it serves now (the
+        // daemon's own default socket path, not this user's) is where changes start from.
+        let serving = listen::read_file(&self.state.join("listening"))
+            .ok()
+            .flatten();
+        let mut addresses = match (&configured, serving) {
+            (Some(configured), _) => configured.clone(),
+            (None, Some(serving)) => serving,
+            (None, None) => {
+                return Err(if sub == "show" {
+                    "the HSM daemon has not recorded where it listens (is it running with --appliance?)".into()
+                } else {
+                    "start the daemon with --appliance once before changing its addresses".into()
+                })
+            }
+        };
         if sub == "show" {
             match std::fs::read_to_string(self.state.join("listening")) {
                 Ok(text) => {
@@ -549,11 +557,11 @@ impl Shell<'_> {
                 Err(_) => println!("The HSM daemon has not recorded where it listens (is it running with --appliance?)."),
             }
             println!(
-                "After a restart it serves ({}):",
+                "After a restart without --listen it serves ({}):",
                 if configured.is_some() {
                     "set with network add/remove"
                 } else {
-                    "the defaults"
+                    "its defaults"
                 }
             );
             for address in &addresses {
@@ -593,9 +601,9 @@ impl Shell<'_> {
         std::fs::write(&temporary, text)
             .and_then(|()| std::fs::rename(&temporary, &file))
             .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
-        self.record(&format!("network {sub} {address}"));
+        self.record(&format!("network {sub} {address}"))?;
         println!(
-            "The daemon will serve {} after its next restart.",
+            "The daemon will serve {} after its next restart (unless it is started with --listen).",
             addresses
                 .iter()
                 .map(|a| a.to_string())
@@ -621,7 +629,7 @@ impl Shell<'_> {
                 session
                     .run(AdminCommand::SetClock(time))
                     .map_err(|f| f.message)?;
-                self.record(&format!("set the HSM clock to {}", status::clock(time)));
+                self.record(&format!("set the HSM clock to {}", status::clock(time)))?;
                 println!("HSM clock set to {}.", status::clock(time));
                 Ok(())
             }
@@ -758,7 +766,7 @@ impl Shell<'_> {
                 self.record(&format!(
                     "hsm cert clear ({} certificate(s))",
                     certificates.len()
-                ));
+                ))?;
                 println!("Trust store of {} cleared.", self.role);
                 Ok(())
             }
@@ -793,7 +801,7 @@ impl Shell<'_> {
                     store.add(der).map_err(|e| e.to_string())?;
                     fingerprints.push(tessera_identity::inspect::fingerprint(der));
                 }
-                self.record(&format!("hsm cert: trusted {}", fingerprints.join(", ")));
+                self.record(&format!("hsm cert: trusted {}", fingerprints.join(", ")))?;
                 println!(
                     "{} certificate(s) added to the trust store of {}.",
                     chain.len(),

@@ -114,8 +114,16 @@ fn each_user_needs_hsm_cert_before_hsm_commands_under_secure_messaging() {
             );
         }
         // Declining keeps the store empty.
-        let (ok, out, _) = appliance.run(user, "hsm cert\nn\nhsm cert show\n");
+        let (ok, _, err) = appliance.run(user, "hsm cert\nn\nhsm cert show\n");
         assert!(!ok);
+        assert!(err.contains("the chain was not added"), "{err}");
+        // The script stopped at the failure: the line after it did not run.
+        assert!(
+            err.contains("stopping the script at the failed command"),
+            "{err}"
+        );
+        let (ok, out, _) = appliance.run(user, "hsm cert show\n");
+        assert!(ok);
         assert!(out.contains("is empty"), "{out}");
         let (ok, out, err) = appliance.run(
             user,
@@ -158,7 +166,7 @@ fn each_user_needs_hsm_cert_before_hsm_commands_under_secure_messaging() {
 fn abbreviations_roles_passwords_and_the_audit_log() {
     let appliance = Appliance::start();
     // Abbreviations, case, and the ambiguous "h".
-    let (ok, out, err) = appliance.run("pseoperator", "he\nh\nHSM SH\nwho\nhelp cl\n");
+    let (ok, out, err) = appliance.run("pseoperator", "he\nHSM SH\nwho\nhelp cl\nh\nwhoami\n");
     assert!(!ok);
     assert!(out.contains("Commands for pseoperator"), "{out}");
     assert!(
@@ -168,8 +176,9 @@ fn abbreviations_roles_passwords_and_the_audit_log() {
     assert!(out.contains("Model                 : Tessera HSM"), "{out}");
     assert!(out.contains("pseoperator: the HSM, client access"), "{out}");
     assert!(out.contains("clients add ADDRESS"), "{out}");
-    let (_, _, err) = appliance.run("pseoperator", "reboot\nhsm c\n");
+    let (_, _, err) = appliance.run("pseoperator", "reboot\n");
     assert!(err.contains("unknown command \"reboot\""), "{err}");
+    let (_, _, err) = appliance.run("pseoperator", "hsm c\n");
     assert!(
         err.contains("\"c\" is ambiguous: it could be cert or channels"),
         "{err}"
@@ -296,7 +305,7 @@ fn the_client_access_list_is_enforced_by_the_daemon() {
     assert!(matches!(reach(), Ok((Reply::Device(_), _))));
     let (ok, _, err) = appliance.run(
         "pseoperator",
-        "clients add 10.0.0.1/8\nclients remove 127.0.0.1\n",
+        "clients remove 127.0.0.1\nclients add 10.0.0.1/8\n",
     );
     assert!(!ok);
     assert!(
@@ -391,9 +400,10 @@ fn network_settings_apply_when_the_daemon_next_starts() {
     let socket = appliance.daemon.dir().join("second.sock");
     let default_socket = runtime.join("tessera/tesserad.sock");
     let input = format!(
-        "network show\nnetwork add tcp:127.0.0.1:{port}\nnetwork add unix:{}\nnetwork remove tcp:0.0.0.0:12396\nnetwork remove unix:{}\nnetwork add tcp:0.0.0.0:12396:7\nnetwork show\n",
+        "network show\nnetwork add tcp:127.0.0.1:{port}\nnetwork add unix:{}\nnetwork remove unix:{}\nnetwork remove tcp:{}\nnetwork show\nnetwork add tcp:0.0.0.0:12396:7\n",
         socket.display(),
-        default_socket.display()
+        appliance.daemon.socket().display(),
+        appliance.daemon.tcp_address()
     );
     let mut command = appliance.command("pseoperator");
     let output = command
@@ -413,7 +423,7 @@ fn network_settings_apply_when_the_daemon_next_starts() {
     let out = String::from_utf8_lossy(&output.stdout);
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(
-        out.contains("After a restart it serves (the defaults):"),
+        out.contains("After a restart without --listen it serves (its defaults):"),
         "{out}"
     );
     assert!(
@@ -421,7 +431,7 @@ fn network_settings_apply_when_the_daemon_next_starts() {
         "{err}"
     );
     assert!(
-        out.contains(&format!("After a restart it serves (set with network add/remove):\n  tcp:127.0.0.1:{port}\n  unix:{}\n", socket.display())),
+        out.contains(&format!("After a restart without --listen it serves (set with network add/remove):\n  tcp:127.0.0.1:{port}\n  unix:{}\n", socket.display())),
         "{out}"
     );
     // The daemon, restarted in appliance mode without --listen, serves what was set.

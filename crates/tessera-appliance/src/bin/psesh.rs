@@ -28,8 +28,8 @@ use zeroize::Zeroizing;
 ///   printf 'hsm show\n' | psesh --user pseoperator --password-file pw     scripted
 ///
 /// In scripted mode (-c, or standard input not a terminal) each command is echoed after the
-/// prompt, questions (confirmations, PINs) are answered by the next input line, and the exit
-/// status is 1 if any command failed.
+/// prompt, questions (confirmations, PINs) are answered by the next input line, and the script
+/// stops at the first command that fails, with exit status 1.
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 struct Args {
@@ -296,7 +296,13 @@ fn run(args: Args) -> Result<u8, String> {
         while let Some(line) = shell.console.line("psesh:> ") {
             match shell.run_line(&line) {
                 Outcome::Exit => break,
-                Outcome::Failed => failed = true,
+                // Stop at the first failure: the lines after it may be answers (PINs,
+                // passwords) that the failed command never read, and must not run as commands.
+                Outcome::Failed => {
+                    failed = true;
+                    eprintln!("psesh: stopping the script at the failed command");
+                    break;
+                }
                 Outcome::Done => {}
             }
         }
