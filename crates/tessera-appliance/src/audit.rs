@@ -29,13 +29,22 @@ impl AuditLog {
 
     /// Appends one entry and flushes it to disk.
     pub fn record(&self, user: &str, event: &str) -> Result<(), String> {
-        let line = format!(
-            "{}  {:<11}  {}\n",
-            clock(now()),
-            user,
-            event.replace('\n', " ")
-        );
+        // Control characters (a terminal escape typed into a command) are stored escaped, so
+        // that `audit show` prints exactly what was recorded.
+        let event: String = event
+            .chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect();
+        let line = format!("{}  {:<11}  {}\n", clock(now()), user, event);
+        use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
+            .mode(crate::FILE_MODE)
             .create(true)
             .append(true)
             .open(&self.path)
@@ -60,17 +69,7 @@ impl AuditLog {
 
     /// Moves the current log aside and starts a new one; returns where the old one went.
     pub fn rotate(&self, user: &str) -> Result<PathBuf, String> {
-        let mut kept = self.path.with_extension(format!("log.{}", now()));
-        let mut n = 1;
-        while kept.exists() {
-            kept = self.path.with_extension(format!("log.{}-{n}", now()));
-            n += 1;
-        }
-        match std::fs::rename(&self.path, &kept) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot rotate the audit log: {e}")),
-        }
+        let kept = crate::move_aside(&self.path)?;
         self.record(
             user,
             &format!("audit log rotated; the previous log is {}", kept.display()),
@@ -97,9 +96,15 @@ mod tests {
             .unwrap()
             .contains("audit        login failed"));
         let kept = log.rotate("audit").unwrap();
-        assert_eq!(std::fs::read_to_string(kept).unwrap(), text);
+        assert_eq!(std::fs::read_to_string(&kept).unwrap(), text);
         let fresh = log.read().unwrap();
         assert_eq!(fresh.lines().count(), 1);
         assert!(fresh.contains("audit log rotated"));
+        // A second rotation in the same second keeps both old logs.
+        let again = log.rotate("audit").unwrap();
+        assert_ne!(again, kept);
+        assert!(again.exists() && kept.exists());
+        log.record("audit", "user \u{1b}[2K erased?").unwrap();
+        assert!(log.read().unwrap().contains("user \\u{1b}[2K erased?"));
     }
 }

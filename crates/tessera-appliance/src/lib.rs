@@ -9,7 +9,10 @@
 //! | `trust/<user>/` | each user's appliance trust store (what `hsm cert` fetched) |
 //! | `audit.log` | the appliance audit log ([`audit`]) |
 //! | `clients` | the client access list the daemon enforces ([`tessera_config::access`]) |
+//! | `listen` | the addresses to serve, set with `network add/remove` |
 //! | `listening` | the addresses the daemon serves (written by the daemon) |
+//! | `tesserad.log` | the daemon's log |
+//! | `client.log` | the reports of the client library psesh uses |
 //! | `history/<user>` | each user's shell history |
 #![forbid(unsafe_code)]
 
@@ -22,4 +25,81 @@ use std::path::{Path, PathBuf};
 /// The appliance state directory of a daemon data directory.
 pub fn state_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("appliance")
+}
+
+/// Files of the appliance state are shared by the appliance accounts through their group:
+/// read and write for owner and group, nothing for others, whatever the umask.
+pub const FILE_MODE: u32 = 0o660;
+
+/// Directories of the appliance state: the group's, set-group-ID so new files stay in it.
+pub const DIR_MODE: u32 = 0o2770;
+
+/// Creates `dir` (and missing parents) with [`DIR_MODE`].
+pub fn create_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+}
+
+/// Replaces `path` with `text`: written to a temporary file of this process beside it (mode
+/// [`FILE_MODE`]), flushed to disk, then renamed over it, so a crash leaves the old or the new.
+pub fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let temporary = path.with_extension(format!("new.{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(&temporary)
+        .and_then(|mut file| {
+            file.write_all(text.as_bytes())?;
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&temporary);
+            format!("cannot write {}: {e}", path.display())
+        })
+}
+
+/// Moves a log aside as `<name>.<unix time>` (or `.<time>-<n>` if taken: the link fails
+/// rather than overwrite) and returns where it went.
+pub fn move_aside(path: &Path) -> Result<PathBuf, String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for n in 0..1000 {
+        let suffix = if n == 0 {
+            format!("{now}")
+        } else {
+            format!("{now}-{n}")
+        };
+        let kept = path.with_file_name(format!("{name}.{suffix}"));
+        match std::fs::hard_link(path, &kept) {
+            Ok(()) => {
+                std::fs::remove_file(path)
+                    .map_err(|e| format!("cannot rotate {}: {e}", path.display()))?;
+                return Ok(kept);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(format!("there is no {} to rotate", path.display()))
+            }
+            Err(e) => return Err(format!("cannot rotate {}: {e}", path.display())),
+        }
+    }
+    Err(format!(
+        "cannot find a free name to rotate {}",
+        path.display()
+    ))
 }

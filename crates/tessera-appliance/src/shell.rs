@@ -86,7 +86,7 @@ const COMMANDS: &[Spec] = &[
         roles: OPERATORS,
         summary: "the housed HSM: status, identity chain, channels, event log",
         help: "hsm show        the HSM's status (what ctconf -v shows)\n\
-               hsm cert        fetch the HSM's identity certificate chain into YOUR appliance trust\n                store (shows subject, serial and fingerprint, and asks before adding);\n                with secure messaging required, hsm commands work only after this\n\
+               hsm cert        fetch the HSM's identity certificate chain into YOUR appliance trust\n                store (shows subject, issuer, serial, validity and SHA-256 fingerprint,\n                and asks before adding);\n                with secure messaging required, hsm commands work only after this\n\
                hsm cert show   the certificates in your appliance trust store\n\
                hsm cert clear  empty your appliance trust store\n\
                hsm channels    the HSM's secure-messaging channels (asks the HSM Administrator PIN)\n\
@@ -429,9 +429,7 @@ impl Shell<'_> {
             print!("{}", last_lines(&text, rest.first().copied())?);
             return Ok(());
         }
-        let kept = path.with_extension(format!("log.{}", now()));
-        std::fs::rename(&path, &kept)
-            .map_err(|e| format!("cannot rotate {}: {e}", path.display()))?;
+        let kept = crate::move_aside(&path)?;
         self.record(&format!(
             "log rotate: the daemon log is now {}",
             kept.display()
@@ -597,10 +595,7 @@ impl Shell<'_> {
         for a in &addresses {
             text += &format!("{a}\n");
         }
-        let temporary = file.with_extension("new");
-        std::fs::write(&temporary, text)
-            .and_then(|()| std::fs::rename(&temporary, &file))
-            .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        crate::write_atomically(&file, &text)?;
         self.record(&format!("network {sub} {address}"))?;
         println!(
             "The daemon will serve {} after its next restart (unless it is started with --listen).",
@@ -709,25 +704,27 @@ impl Shell<'_> {
             "show" => print!("{}", status::render(&status, true)),
             "channels" => {
                 let session = self.admin_session(&target, &status)?;
-                if let Reply::Channels(channels) =
-                    session.run(AdminCommand::Channels).map_err(|f| f.message)?
-                {
-                    print!("{}", status::render_channels(&channels));
+                match session.run(AdminCommand::Channels).map_err(|f| f.message)? {
+                    Reply::Channels(channels) => print!("{}", status::render_channels(&channels)),
+                    other => {
+                        return Err(format!(
+                            "the HSM answered {other:?} to a channel list request"
+                        ))
+                    }
                 }
             }
             _ => {
                 let session = self.admin_session(&target, &status)?;
-                if let Reply::Events(events, problem) =
+                let Reply::Events(events, problem) =
                     session.run(AdminCommand::Events).map_err(|f| f.message)?
-                {
-                    print!("{}", status::render_events(&events));
-                    match problem {
-                        None => println!("Event log integrity: OK ({} entries)", events.len()),
-                        Some(problem) => {
-                            return Err(format!("event log integrity check FAILED: {problem}"))
-                        }
-                    }
+                else {
+                    return Err("the HSM answered an event log request wrongly".into());
+                };
+                print!("{}", status::render_events(&events));
+                if let Some(problem) = problem {
+                    return Err(format!("event log integrity check FAILED: {problem}"));
                 }
+                println!("Event log integrity: OK ({} entries)", events.len());
             }
         }
         Ok(())

@@ -174,10 +174,7 @@ impl Users {
                 )
             })
             .collect();
-        let temporary = self.path.with_extension("new");
-        std::fs::write(&temporary, text)
-            .and_then(|()| std::fs::rename(&temporary, &self.path))
-            .map_err(|e| format!("cannot write {}: {e}", self.path.display()))
+        crate::write_atomically(&self.path, &text)
     }
 
     /// Whether `password` is `role`'s (false for a user without one).

@@ -83,7 +83,15 @@ fn main() -> ExitCode {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let state = data_dir.join("appliance");
     if args.appliance {
-        if let Err(e) = std::fs::create_dir_all(&state) {
+        // Shared by the appliance accounts through their group (set-group-ID directory).
+        let created = {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o2770)
+                .create(&state)
+        };
+        if let Err(e) = created {
             eprintln!("tesserad: cannot create {}: {e}", state.display());
             return ExitCode::FAILURE;
         }

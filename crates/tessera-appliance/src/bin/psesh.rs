@@ -207,8 +207,7 @@ fn run(args: Args) -> Result<u8, String> {
         .clone()
         .unwrap_or_else(tessera_config::default_data_dir);
     let state = tessera_appliance::state_dir(&data_dir);
-    std::fs::create_dir_all(&state)
-        .map_err(|e| format!("cannot create {}: {e}", state.display()))?;
+    tessera_appliance::create_dir(&state)?;
     if let Some(Action::Setup {
         passwords_file,
         kdf_iterations,
@@ -308,7 +307,7 @@ fn run(args: Args) -> Result<u8, String> {
         }
     } else {
         let history = state.join("history").join(role.name());
-        let _ = std::fs::create_dir_all(state.join("history"));
+        let _ = tessera_appliance::create_dir(&state.join("history"));
         let mut editor = rustyline::DefaultEditor::new()
             .map_err(|e| format!("cannot start line editing: {e}"))?;
         let _ = editor.load_history(&history);
