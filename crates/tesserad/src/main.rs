@@ -17,7 +17,8 @@ use tessera_config::{default_data_dir, default_socket_path, DEFAULT_TCP_PORT};
 ///
 /// The first start in an empty data directory creates one HSM device: a random serial number,
 /// user slots (2 unless --slots says otherwise) and the Admin token in the last slot. Later
-/// starts open the same device. Logs go to standard error; set RUST_LOG (for example
+/// starts open the same device. Logs go to standard error (in appliance mode also to
+/// DIR/appliance/tesserad.log); set RUST_LOG (for example
 /// `RUST_LOG=debug`) for more detail.
 ///
 /// Examples:

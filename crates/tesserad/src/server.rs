@@ -149,9 +149,16 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
                 )));
             }
             Listen::Tcp(address) => {
-                let listener = TcpListener::bind(address)
-                    .await
-                    .map_err(|e| format!("cannot listen on tcp:{address}: {e}"))?;
+                let listener = match TcpListener::bind(address).await {
+                    Ok(listener) => listener,
+                    // An appliance keeps serving its other addresses (a bad one set with
+                    // `psesh network` must not take the HSM off the air); otherwise it is fatal.
+                    Err(e) if config.client_access.is_some() && config.listen.len() > 1 => {
+                        tracing::error!(address = %address, error = %e, "cannot listen on this address; serving the others");
+                        continue;
+                    }
+                    Err(e) => return Err(format!("cannot listen on tcp:{address}: {e}")),
+                };
                 let local = listener
                     .local_addr()
                     .map(|a| a.to_string())

@@ -117,9 +117,18 @@ impl Console for Script {
     }
 
     fn secret(&mut self, prompt: &str) -> Option<Zeroizing<String>> {
-        let line = Zeroizing::new(self.next()?);
-        println!("{prompt}");
-        Some(line)
+        match self.next() {
+            Some(line) => {
+                println!("{prompt}");
+                Some(Zeroizing::new(line))
+            }
+            // `-c` typed at a terminal: ask there, without echo, rather than want the secret
+            // on the command line.
+            None if std::io::stdin().is_terminal() => {
+                rpassword::prompt_password(prompt).ok().map(Zeroizing::new)
+            }
+            None => None,
+        }
     }
 }
 
@@ -228,7 +237,13 @@ fn run(args: Args) -> Result<u8, String> {
         .clone()
         .or_else(|| std::env::var("USER").ok())
         .ok_or("no user: give --user NAME")?;
-    let role = Role::from_name(&name)?;
+    let role = match Role::from_name(&name) {
+        Ok(role) => role,
+        Err(e) => {
+            AuditLog::new(&state).record("-", &format!("login failed: unknown user {name:?}"))?;
+            return Err(e);
+        }
+    };
     let audit = AuditLog::new(&state);
     // Under an SSH ForceCommand, `ssh user@appliance 'hsm show'` arrives here.
     let commands = args.commands.clone().or_else(|| {
