@@ -46,13 +46,45 @@ impl PeerAddress for tokio::net::unix::SocketAddr {
     }
 }
 
-/// Whether the access list admits this peer. The list is read on every connection so that a
-/// change made in `psesh` applies to the next one; an unreadable list admits nobody.
+/// What identifies one version of the access list file: inode, modification time and size
+/// (`None`: no file). `psesh` replaces the file by a rename, which changes the inode.
+type Stamp = Option<(u64, i64, i64, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.ino(), m.mtime(), m.mtime_nsec(), m.size()))
+}
+
+/// The list last read, and the version it was read from.
+static ACCESS_CACHE: std::sync::Mutex<
+    Option<(PathBuf, Stamp, tessera_config::access::ClientAccess)>,
+> = std::sync::Mutex::new(None);
+
+/// The access list at `path`: read again only when the file changed (a `stat` per connection,
+/// not a read), so a change made in `psesh` applies to the next connection.
+fn access_list(path: &Path) -> Result<tessera_config::access::ClientAccess, String> {
+    let current = stamp(path);
+    let mut cache = ACCESS_CACHE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((cached_path, cached_stamp, list)) = cache.as_ref() {
+        if cached_path == path && *cached_stamp == current {
+            return Ok(list.clone());
+        }
+    }
+    let list = tessera_config::access::ClientAccess::read(path)?;
+    *cache = Some((path.to_path_buf(), current, list.clone()));
+    Ok(list)
+}
+
+/// Whether the access list admits this peer; an unreadable list admits nobody.
 fn admitted(list: Option<&Path>, peer: &dyn PeerAddress) -> bool {
     let (Some(list), Some(ip)) = (list, peer.ip()) else {
         return true;
     };
-    match tessera_config::access::ClientAccess::read(list) {
+    match access_list(list) {
         Ok(access) if access.admits(ip) => true,
         Ok(_) => {
             tracing::warn!(peer = %ip, "connection refused: not in the client access list");
