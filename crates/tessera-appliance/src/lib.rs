@@ -44,27 +44,9 @@ pub fn create_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot create {}: {e}", dir.display()))
 }
 
-/// Replaces `path` with `text`: written to a temporary file of this process beside it (mode
-/// [`FILE_MODE`]), flushed to disk, then renamed over it, so a crash leaves the old or the new.
+/// Replaces `path` with `text` atomically, group-shared ([`FILE_MODE`]).
 pub fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let temporary = path.with_extension(format!("new.{}", std::process::id()));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(FILE_MODE)
-        .open(&temporary)
-        .and_then(|mut file| {
-            file.write_all(text.as_bytes())?;
-            file.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&temporary, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&temporary);
-            format!("cannot write {}: {e}", path.display())
-        })
+    tessera_config::write_atomically(path, text, FILE_MODE)
 }
 
 /// Moves a log aside as `<name>.<unix time>` (or `.<time>-<n>` if taken: the link fails

@@ -163,26 +163,8 @@ impl ClientAccess {
         for entry in &self.entries {
             text += &format!("{entry}\n");
         }
-        // A temporary file of this process, flushed, then renamed: a crash or a second writer
-        // leaves a whole list. Group-writable whatever the umask: the appliance accounts share it.
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let temporary = path.with_extension(format!("new.{}", std::process::id()));
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o660)
-            .open(&temporary)
-            .and_then(|mut file| {
-                file.write_all(text.as_bytes())?;
-                file.sync_all()
-            })
-            .and_then(|()| std::fs::rename(&temporary, path))
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&temporary);
-                format!("cannot write {}: {e}", path.display())
-            })
+        // Group-writable whatever the umask: the appliance accounts share it.
+        crate::write_atomically(path, &text, 0o660)
     }
 
     /// Whether `peer` may connect.

@@ -258,6 +258,30 @@ pub fn parse(file: &str, text: &str) -> Result<HashMap<String, String>, ConfigEr
     Ok(items)
 }
 
+/// Replaces `path` with `text`: written to a temporary file of this process beside it (with
+/// `mode`, whatever the umask), flushed to disk, then renamed over it, so a crash or a second
+/// writer leaves a whole file, old or new.
+pub fn write_atomically(path: &Path, text: &str, mode: u32) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let temporary = path.with_extension(format!("new.{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&temporary)
+        .and_then(|mut file| {
+            file.write_all(text.as_bytes())?;
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&temporary);
+            format!("cannot write {}: {e}", path.display())
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
