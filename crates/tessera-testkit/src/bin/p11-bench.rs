@@ -521,7 +521,15 @@ fn run(args: &[String]) -> Result<(), String> {
     let conf = softhsm_setup(dir.path())?;
     let softhsm_env = vec![("SOFTHSM2_CONF".to_string(), conf.display().to_string())];
     let p11kit_socket = dir.path().join("p11-kit.sock");
-    let mut p11kit = Command::new("p11-kit")
+    // Stopped when `run` returns, whichever way.
+    struct Server(Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let p11kit = Command::new("p11-kit")
         .args(["server", "-f", "--provider", SOFTHSM, "-n"])
         .arg(&p11kit_socket)
         .arg(format!("pkcs11:token={LABEL}"))
@@ -530,6 +538,7 @@ fn run(args: &[String]) -> Result<(), String> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("p11-kit server: {e}"))?;
+    let _p11kit = Server(p11kit);
     for _ in 0..100 {
         if p11kit_socket.exists() {
             break;
@@ -603,8 +612,6 @@ fn run(args: &[String]) -> Result<(), String> {
     for system in &systems {
         results.push(run_worker(system, args)?);
     }
-    let _ = p11kit.kill();
-    let _ = p11kit.wait();
     println!(
         "p11-bench: {} s per case; bare Unix-socket round trip between two processes: p50 {rtt:.1} us",
         options.seconds
