@@ -6,17 +6,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use tessera_admin::status::clock;
+use tessera_core::time::now;
 
 /// The audit log of an appliance state directory.
 pub struct AuditLog {
     path: PathBuf,
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl AuditLog {

@@ -52,10 +52,7 @@ pub fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
 /// Moves a log aside as `<name>.<unix time>` (or `.<time>-<n>` if taken: the link fails
 /// rather than overwrite) and returns where it went.
 pub fn move_aside(path: &Path) -> Result<PathBuf, String> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = tessera_core::time::now();
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -8,6 +8,7 @@ use tessera_admin::status;
 use tessera_client::ClientError;
 use tessera_config::access::{AccessEntry, ClientAccess};
 use tessera_config::listen;
+use tessera_core::time::now;
 use tessera_core::{ck, Rv, SecretBytes};
 use tessera_identity::trust::{Level, TrustStore};
 use tessera_wire::{AdminCommand, DeviceStatus, Reply, Request};
@@ -224,13 +225,6 @@ pub type Result<T> = std::result::Result<T, String>;
 
 fn yes(answer: Option<String>) -> bool {
     answer.is_some_and(|a| matches!(a.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl Shell<'_> {

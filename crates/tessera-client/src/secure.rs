@@ -237,10 +237,7 @@ impl Device {
             self.report(&serial, &format!("cannot read the trust store: {e}"));
             Vec::new()
         });
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = tessera_core::time::now() as i64;
         let verify_chain = |chain: &[Vec<u8>]| {
             tessera_identity::verify_chain(chain, &anchors, &serial, now)
                 .map(|_| ())

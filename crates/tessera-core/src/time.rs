@@ -1,4 +1,12 @@
-//! Civil UTC time from Unix seconds, without a calendar dependency.
+//! The clock, and civil UTC time from Unix seconds without a calendar dependency.
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 /// `(year, month, day, hour, minute, second)` of a Unix time, UTC (Howard Hinnant's
 /// days-to-civil algorithm).

@@ -1,12 +1,6 @@
 //! Civil UTC time without a calendar dependency.
 
-/// Seconds since the Unix epoch.
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use tessera_core::time::now;
 
 /// `YYYYMMDDhhmmss00`, the `utcTime` of `CK_TOKEN_INFO`.
 pub fn utc_time(seconds: u64) -> String {

@@ -70,6 +70,13 @@ pub fn tool(name: &str) -> PathBuf {
     );
 }
 
+/// The `q` quantile (0 to 1) of sorted samples, nearest rank; `None` without samples. The
+/// benchmarks' p50 and p99.
+pub fn quantile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+    let last = sorted.len().checked_sub(1)?;
+    Some(sorted[((sorted.len() as f64 * q) as usize).min(last)])
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -245,10 +245,7 @@ fn run(args: &Args) -> Result<u8, Failure> {
         println!("Slot {slot} deleted.");
     }
     if args.set_clock {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = tessera_core::time::now();
         session.run(AdminCommand::SetClock(now))?;
         println!("Adapter clock set to {}.", status::clock(now));
     }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tessera_appliance::audit::AuditLog;
 use tessera_appliance::shell::{Console, Outcome, Shell};
 use tessera_appliance::users::{Role, Users, DEFAULT_ITERATIONS};
+use tessera_core::SecretBytes;
 use zeroize::Zeroizing;
 
 /// The Tessera appliance shell, for the appliance users admin, pseoperator and audit.
@@ -132,18 +133,6 @@ impl Console for Script {
     }
 }
 
-fn first_line(path: &Path, what: &str) -> Result<Zeroizing<String>, String> {
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the {what} file {}: {e}", path.display()))?,
-    );
-    let line = text.lines().next().unwrap_or("");
-    if line.is_empty() {
-        return Err(format!("the {what} file {} is empty", path.display()));
-    }
-    Ok(Zeroizing::new(line.to_string()))
-}
-
 fn setup(state: &Path, passwords_file: Option<&Path>, iterations: u32) -> Result<(), String> {
     let users = Users::new(state);
     if users.is_set_up()? {
@@ -262,21 +251,23 @@ fn run(args: Args) -> Result<u8, String> {
         stdin: (!std::io::stdin().is_terminal()).then(|| std::io::stdin().lock().lines()),
     };
     let password = match &args.password_file {
-        Some(path) => first_line(path, "password")?,
-        None if std::io::stdin().is_terminal() => Zeroizing::new(
+        Some(path) => tessera_admin::pin::from_file(path, "password").map_err(|f| f.message)?,
+        None if std::io::stdin().is_terminal() => SecretBytes::new(
             rpassword::prompt_password(format!("Password for {role}: "))
-                .map_err(|e| format!("cannot read the password: {e}"))?,
+                .map_err(|e| format!("cannot read the password: {e}"))?
+                .into_bytes(),
         ),
-        None => Zeroizing::new(
+        None => SecretBytes::new(
             script
                 .stdin
                 .as_mut()
                 .and_then(|l| l.next())
                 .and_then(|l| l.ok())
-                .ok_or("no password on standard input")?,
+                .ok_or("no password on standard input")?
+                .into_bytes(),
         ),
     };
-    if !users.verify(role, password.as_bytes())? {
+    if !users.verify(role, password.expose())? {
         audit.record(role.name(), "login failed")?;
         // Slow down guessing.
         std::thread::sleep(std::time::Duration::from_millis(500));

@@ -117,10 +117,7 @@ struct Measured {
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+    tessera_testkit::quantile(sorted, p).unwrap_or(f64::NAN)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -101,7 +101,7 @@ fn measure(seconds: f64, mut operation: impl FnMut()) -> Stats {
     }
     let total = start.elapsed().as_secs_f64();
     samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    let at = |q: f64| tessera_testkit::quantile(&samples, q).unwrap_or_default();
     Stats {
         ops: samples.len() as f64 / total,
         p50: at(0.5),
