@@ -16,7 +16,7 @@ pub mod secret;
 pub mod time;
 
 pub use attribute::{Attribute, AttributeKind, Template};
-pub use mechanism::{Mechanism, MechanismParameter};
+pub use mechanism::{KbkdfData, KbkdfFormat, Mechanism, MechanismParameter};
 pub use rv::Rv;
 pub use secret::SecretBytes;
 

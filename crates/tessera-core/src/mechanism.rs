@@ -112,4 +112,45 @@ pub enum MechanismParameter {
         /// The data to encrypt; the ciphertext is the new key's value.
         data: Vec<u8>,
     },
+    /// `CK_SP800_108_KDF_PARAMS` (counter and double-pipeline modes) or
+    /// `CK_SP800_108_FEEDBACK_KDF_PARAMS` (feedback mode, with its IV).
+    Kbkdf {
+        /// The PRF mechanism (`CKM_SHA256_HMAC`, `CKM_AES_CMAC`, ...).
+        prf: u64,
+        /// The segments of the PRF input, in order.
+        data: Vec<KbkdfData>,
+        /// Feedback mode's IV (empty for none, and in the other modes).
+        iv: Vec<u8>,
+        /// Templates of the additional keys, derived from the key material after the first.
+        additional: Vec<crate::Template>,
+    },
+}
+
+/// How a counter or a length is written into the PRF input of SP 800-108
+/// (`CK_SP800_108_COUNTER_FORMAT`, `CK_SP800_108_DKM_LENGTH_FORMAT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KbkdfFormat {
+    /// Little-endian rather than big-endian.
+    pub little_endian: bool,
+    /// Width in bits.
+    pub bits: u64,
+}
+
+/// One segment of the PRF input of SP 800-108 (`CK_PRF_DATA_PARAM`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KbkdfData {
+    /// `CK_SP800_108_ITERATION_VARIABLE`: the counter (counter mode, which needs its format) or
+    /// the chaining value (feedback and double-pipeline modes, no format).
+    Iteration(Option<KbkdfFormat>),
+    /// `CK_SP800_108_OPTIONAL_COUNTER` (feedback and double-pipeline modes).
+    Counter(KbkdfFormat),
+    /// `CK_SP800_108_DKM_LENGTH`: the length in bits of the derived key material.
+    DkmLength {
+        /// `CK_SP800_108_DKM_LENGTH_SUM_OF_KEYS` or `_SUM_OF_SEGMENTS`.
+        method: u64,
+        /// How it is written.
+        format: KbkdfFormat,
+    },
+    /// `CK_SP800_108_BYTE_ARRAY`: fixed bytes (label, separator, context).
+    Bytes(Vec<u8>),
 }

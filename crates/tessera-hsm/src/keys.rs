@@ -2,11 +2,15 @@
 //! and `C_SessionCancel`.
 
 use tessera_core::ck;
-use tessera_core::{Mechanism, Rv, Template};
+use tessera_core::{Mechanism, MechanismParameter, Rv, Template};
 use tessera_wire::{Operation, Reply};
 
+use crate::object::Attributes;
 use crate::objects::visible;
 use crate::Hsm;
+
+/// The longest key `C_DeriveKey` makes with SP 800-108 (a generic secret's largest value).
+const MAX_DERIVED_LENGTH: u64 = 512;
 
 impl Hsm {
     /// The full attributes of a key the session may use.
@@ -78,6 +82,9 @@ impl Hsm {
         if !base.flag(ck::CKA_DERIVE) {
             return Err(Rv::KeyFunctionNotPermitted);
         }
+        if crate::kbkdf::is_kbkdf(mechanism.ty) {
+            return self.derive_keys(client, session, mechanism, &base, template);
+        }
         let length = template.ulong(ck::CKA_VALUE_LEN)?;
         let value = crate::derive::derive(self, client, session, mechanism, &base, length)?;
         self.create_secret_key(
@@ -88,6 +95,55 @@ impl Hsm {
             mechanism.ty,
             true,
         )
+    }
+
+    /// SP 800-108: the template's key and the parameter's additional keys, all or none.
+    fn derive_keys(
+        &self,
+        client: u64,
+        session: u64,
+        mechanism: &Mechanism,
+        base: &Attributes,
+        template: &Template,
+    ) -> Result<Reply, Rv> {
+        let MechanismParameter::Kbkdf { additional, .. } = &mechanism.parameter else {
+            return Err(Rv::MechanismParamInvalid);
+        };
+        let templates: Vec<&Template> = std::iter::once(template).chain(additional).collect();
+        let lengths = templates
+            .iter()
+            .map(|t| match t.ulong(ck::CKA_VALUE_LEN)? {
+                Some(n) if n > 0 && n <= MAX_DERIVED_LENGTH => Ok(n as usize),
+                Some(_) => Err(Rv::TemplateInconsistent),
+                None => Err(Rv::TemplateIncomplete),
+            })
+            .collect::<Result<Vec<_>, Rv>>()?;
+        let values = crate::kbkdf::derive(mechanism, base, &lengths)?;
+        let mut handles = Vec::with_capacity(values.len());
+        for (template, value) in templates.iter().zip(&values) {
+            let made = self.create_secret_key(
+                client,
+                session,
+                template,
+                value.expose(),
+                mechanism.ty,
+                true,
+            );
+            match made {
+                Ok(Reply::Handle(handle)) => handles.push(handle),
+                failed => {
+                    for handle in handles {
+                        let _ = self.destroy_object(client, session, handle);
+                    }
+                    return Err(failed.err().unwrap_or(Rv::GeneralError));
+                }
+            }
+        }
+        Ok(if additional.is_empty() {
+            Reply::Handle(handles[0])
+        } else {
+            Reply::Handles(handles)
+        })
     }
 
     pub(crate) fn digest_key(&self, client: u64, session: u64, key: u64) -> Result<Reply, Rv> {

@@ -16,12 +16,14 @@ mod derive;
 mod device;
 mod events;
 mod identity;
+mod kbkdf;
 mod keys;
 mod mechanisms;
 mod object;
 mod object_set;
 mod objects;
 mod operations;
+mod random;
 mod time;
 mod tokens;
 mod wrap;
@@ -108,6 +110,7 @@ pub struct Hsm {
     kdf_iterations: u32,
     events: events::EventLog,
     channels: channels::Channels,
+    random: random::Mixer,
     state: Mutex<State>,
 }
 
@@ -304,7 +307,7 @@ impl Hsm {
                 if len > (8 << 20) {
                     return Err(Rv::DataLenRange);
                 }
-                crypto::random(len as usize).map(Reply::Bytes)
+                self.random.generate(len as usize).map(Reply::Bytes)
             }
             R::WrapKey {
                 session,
@@ -342,10 +345,10 @@ impl Hsm {
             R::Handshake(_) | R::HandshakeFinish(_) | R::Protected(_) | R::Rekey => {
                 Err(Rv::FunctionNotSupported)
             }
-            R::SeedRandom { session, .. } => {
+            R::SeedRandom { session, seed } => {
                 self.lock().session(client, session)?;
-                // The generator is the operating system's; it cannot be seeded from outside.
-                Err(Rv::RandomSeedNotSupported)
+                self.random.seed(seed.expose());
+                Ok(Reply::Done)
             }
         }
     }

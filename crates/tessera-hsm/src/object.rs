@@ -46,7 +46,7 @@ impl Attributes {
     }
 
     /// Sets a default when absent.
-    fn default_flag(&mut self, ty: ck::CK_ATTRIBUTE_TYPE, value: bool) {
+    pub(crate) fn default_flag(&mut self, ty: ck::CK_ATTRIBUTE_TYPE, value: bool) {
         self.0
             .entry(ty as u64)
             .or_insert_with(|| vec![u8::from(value)]);

@@ -7,7 +7,7 @@ use cryptoki_sys::{
 use tessera_wire::{Reply, Request};
 
 use super::convert::template;
-use super::mechanism::mechanism;
+use super::mechanism::{derived_key_places, mechanism};
 use super::{bytes, Output, Place};
 use crate::library::{self, into_handle, unexpected};
 
@@ -129,8 +129,8 @@ entry_points! {
         Ok(())
     }
 
-    /// `C_DeriveKey` (§5.14.5): every supported mechanism makes one key, so phKey must not be
-    /// NULL.
+    /// `C_DeriveKey` (§5.14.5): phKey must not be NULL. The SP 800-108 mechanisms also make
+    /// the additional keys of their parameter, whose handles go to their own `phKey`s.
     fn C_DeriveKey(
         session: CK_SESSION_HANDLE,
         mechanism_pointer: *mut CK_MECHANISM,
@@ -143,6 +143,9 @@ entry_points! {
         let place = unsafe { Place::new(key) }?;
         // SAFETY: pMechanism is NULL or a valid CK_MECHANISM (§5.14.5).
         let mechanism = unsafe { mechanism(mechanism_pointer) }?;
+        // SAFETY: the mechanism was just decoded; the phKey of each additional derived key
+        // points to a handle to fill (PKCS#11 3.0 mechanisms §2.42, CK_DERIVED_KEY).
+        let additional = unsafe { derived_key_places(mechanism_pointer) }?;
         // SAFETY: pTemplate is NULL or holds ulAttributeCount attributes (§5.14.5).
         let template = unsafe { template(attributes, count) }?;
         let request = |session| Request::DeriveKey {
@@ -151,8 +154,16 @@ entry_points! {
             base_key: base_key as u64,
             template,
         };
-        let handle = into_handle(library::session_call(session as u64, request)?)?;
-        place.set(handle as CK_OBJECT_HANDLE);
+        match library::session_call(session as u64, request)? {
+            Reply::Handle(handle) if additional.is_empty() => place.set(handle as CK_OBJECT_HANDLE),
+            Reply::Handles(handles) if handles.len() == additional.len() + 1 => {
+                place.set(handles[0] as CK_OBJECT_HANDLE);
+                for (place, handle) in additional.into_iter().zip(&handles[1..]) {
+                    place.set(*handle as CK_OBJECT_HANDLE);
+                }
+            }
+            reply => return Err(unexpected(&reply)),
+        }
         Ok(())
     }
 }

@@ -10,14 +10,18 @@
 use std::ffi::c_void;
 
 use cryptoki_sys::{
-    CK_AES_CBC_ENCRYPT_DATA_PARAMS, CK_AES_CTR_PARAMS, CK_ECDH1_DERIVE_PARAMS, CK_EDDSA_PARAMS,
-    CK_FALSE, CK_GCM_PARAMS, CK_HKDF_PARAMS, CK_KEY_DERIVATION_STRING_DATA, CK_MAC_GENERAL_PARAMS,
-    CK_MECHANISM, CK_RSA_PKCS_OAEP_PARAMS, CK_RSA_PKCS_PSS_PARAMS, CK_ULONG,
+    CK_AES_CBC_ENCRYPT_DATA_PARAMS, CK_AES_CTR_PARAMS, CK_DERIVED_KEY, CK_ECDH1_DERIVE_PARAMS,
+    CK_EDDSA_PARAMS, CK_FALSE, CK_GCM_PARAMS, CK_HKDF_PARAMS, CK_KEY_DERIVATION_STRING_DATA,
+    CK_MAC_GENERAL_PARAMS, CK_MECHANISM, CK_OBJECT_HANDLE, CK_PRF_DATA_PARAM,
+    CK_RSA_PKCS_OAEP_PARAMS, CK_RSA_PKCS_PSS_PARAMS, CK_SP800_108_COUNTER_FORMAT,
+    CK_SP800_108_DKM_LENGTH_FORMAT, CK_SP800_108_FEEDBACK_KDF_PARAMS, CK_SP800_108_KDF_PARAMS,
+    CK_ULONG,
 };
 use tessera_core::ck;
-use tessera_core::{Mechanism, MechanismParameter, Rv};
+use tessera_core::{KbkdfData, KbkdfFormat, Mechanism, MechanismParameter, Rv};
 
-use super::bytes;
+use super::convert::template;
+use super::{bytes, slice, Place};
 use crate::CkResult;
 
 /// Mechanisms whose parameter is a `CK_RSA_PKCS_PSS_PARAMS`.
@@ -96,6 +100,8 @@ unsafe fn decode(mechanism: &CK_MECHANISM) -> CkResult<MechanismParameter> {
         ck::CKM_EDDSA => eddsa,
         ck::CKM_AES_ECB_ENCRYPT_DATA => ecb_encrypt_data,
         ck::CKM_AES_CBC_ENCRYPT_DATA => cbc_encrypt_data,
+        ck::CKM_SP800_108_COUNTER_KDF | ck::CKM_SP800_108_DOUBLE_PIPELINE_KDF => kbkdf,
+        ck::CKM_SP800_108_FEEDBACK_KDF => kbkdf_feedback,
         // CKM_AES_CBC, CKM_AES_CBC_PAD, CKM_AES_KEY_WRAP, CKM_AES_KEY_WRAP_PAD (the IV), and
         // mechanisms unknown here, which the device judges.
         _ => raw,
@@ -313,6 +319,167 @@ unsafe fn eddsa(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismPara
         // SAFETY: forwarded contract.
         context: unsafe { embedded(eddsa.pContextData, eddsa.ulContextDataLen) }?,
     })
+}
+
+/// The common part of `CK_SP800_108_KDF_PARAMS` and `CK_SP800_108_FEEDBACK_KDF_PARAMS`.
+struct Sp800108 {
+    prf: CK_ULONG,
+    data: (*const CK_PRF_DATA_PARAM, CK_ULONG),
+    iv: (*const u8, CK_ULONG),
+    additional: (*const CK_DERIVED_KEY, CK_ULONG),
+}
+
+/// The SP 800-108 structure of a KBKDF mechanism (`None` for other mechanisms).
+///
+/// # Safety
+///
+/// See above; `mechanism` names the structure at `pointer`.
+unsafe fn sp800_108(
+    mechanism: CK_ULONG,
+    pointer: *const c_void,
+    len: CK_ULONG,
+) -> CkResult<Option<Sp800108>> {
+    Ok(Some(match mechanism {
+        ck::CKM_SP800_108_COUNTER_KDF | ck::CKM_SP800_108_DOUBLE_PIPELINE_KDF => {
+            // SAFETY: forwarded contract.
+            let p: CK_SP800_108_KDF_PARAMS = unsafe { structure(pointer, len) }?;
+            Sp800108 {
+                prf: p.prfType,
+                data: (p.pDataParams, p.ulNumberOfDataParams),
+                iv: (std::ptr::null(), 0),
+                additional: (p.pAdditionalDerivedKeys, p.ulAdditionalDerivedKeys),
+            }
+        }
+        ck::CKM_SP800_108_FEEDBACK_KDF => {
+            // SAFETY: forwarded contract.
+            let p: CK_SP800_108_FEEDBACK_KDF_PARAMS = unsafe { structure(pointer, len) }?;
+            Sp800108 {
+                prf: p.prfType,
+                data: (p.pDataParams, p.ulNumberOfDataParams),
+                iv: (p.pIV, p.ulIVLen),
+                additional: (p.pAdditionalDerivedKeys, p.ulAdditionalDerivedKeys),
+            }
+        }
+        _ => return Ok(None),
+    }))
+}
+
+/// `CK_SP800_108_KDF_PARAMS` (counter and double-pipeline modes).
+///
+/// # Safety
+///
+/// See above.
+unsafe fn kbkdf(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismParameter> {
+    // SAFETY: forwarded contract.
+    unsafe { kbkdf_parameter(ck::CKM_SP800_108_COUNTER_KDF, pointer, len) }
+}
+
+/// `CK_SP800_108_FEEDBACK_KDF_PARAMS`.
+///
+/// # Safety
+///
+/// See above.
+unsafe fn kbkdf_feedback(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismParameter> {
+    // SAFETY: forwarded contract.
+    unsafe { kbkdf_parameter(ck::CKM_SP800_108_FEEDBACK_KDF, pointer, len) }
+}
+
+/// # Safety
+///
+/// See above.
+unsafe fn kbkdf_parameter(
+    mechanism: CK_ULONG,
+    pointer: *const c_void,
+    len: CK_ULONG,
+) -> CkResult<MechanismParameter> {
+    // SAFETY: forwarded contract.
+    let Some(p) = unsafe { sp800_108(mechanism, pointer, len) }? else {
+        return Err(invalid());
+    };
+    // SAFETY: forwarded contract: the arrays hold their counts of elements.
+    let segments = unsafe { slice(p.data.0, p.data.1) }.map_err(|_| invalid())?;
+    let mut data = Vec::with_capacity(segments.len());
+    for segment in segments {
+        // SAFETY: forwarded contract: each segment's value is valid for its length.
+        data.push(unsafe { prf_data(segment) }?);
+    }
+    // SAFETY: forwarded contract.
+    let keys = unsafe { slice(p.additional.0, p.additional.1) }.map_err(|_| invalid())?;
+    let mut additional = Vec::with_capacity(keys.len());
+    for key in keys {
+        // SAFETY: forwarded contract: each template holds its count of attributes.
+        additional.push(unsafe { template(key.pTemplate, key.ulAttributeCount) }?);
+    }
+    Ok(MechanismParameter::Kbkdf {
+        prf: p.prf as u64,
+        data,
+        // SAFETY: forwarded contract.
+        iv: unsafe { embedded(p.iv.0, p.iv.1) }?,
+        additional,
+    })
+}
+
+/// One `CK_PRF_DATA_PARAM`.
+///
+/// # Safety
+///
+/// `segment.pValue` is NULL or valid for `ulValueLen` bytes.
+unsafe fn prf_data(segment: &CK_PRF_DATA_PARAM) -> CkResult<KbkdfData> {
+    let (value, len) = (segment.pValue as *const c_void, segment.ulValueLen);
+    // SAFETY (each structure read): forwarded contract.
+    let counter = || -> CkResult<KbkdfFormat> {
+        let f: CK_SP800_108_COUNTER_FORMAT = unsafe { structure(value, len) }?;
+        Ok(KbkdfFormat {
+            little_endian: f.bLittleEndian != CK_FALSE,
+            bits: f.ulWidthInBits as u64,
+        })
+    };
+    Ok(match segment.type_ {
+        ck::CK_SP800_108_ITERATION_VARIABLE if value.is_null() && len == 0 => {
+            KbkdfData::Iteration(None)
+        }
+        ck::CK_SP800_108_ITERATION_VARIABLE => KbkdfData::Iteration(Some(counter()?)),
+        ck::CK_SP800_108_OPTIONAL_COUNTER => KbkdfData::Counter(counter()?),
+        ck::CK_SP800_108_DKM_LENGTH => {
+            // SAFETY: forwarded contract.
+            let f: CK_SP800_108_DKM_LENGTH_FORMAT = unsafe { structure(value, len) }?;
+            KbkdfData::DkmLength {
+                method: f.dkmLengthMethod as u64,
+                format: KbkdfFormat {
+                    little_endian: f.bLittleEndian != CK_FALSE,
+                    bits: f.ulWidthInBits as u64,
+                },
+            }
+        }
+        // SAFETY: forwarded contract.
+        ck::CK_SP800_108_BYTE_ARRAY => KbkdfData::Bytes(unsafe { embedded(value as _, len) }?),
+        _ => return Err(invalid()),
+    })
+}
+
+/// Where `C_DeriveKey` stores the handles of the additional keys of an SP 800-108 mechanism
+/// (`pAdditionalDerivedKeys[i].phKey`), in order; empty for every other mechanism. A NULL
+/// `phKey` is `CKR_MECHANISM_PARAM_INVALID`.
+///
+/// # Safety
+///
+/// `mechanism` must have been accepted by [`mechanism`] and still be valid, and each `phKey`
+/// must point to a writable handle that nothing else accesses for `'a`.
+pub(crate) unsafe fn derived_key_places<'a>(
+    mechanism: *const CK_MECHANISM,
+) -> CkResult<Vec<Place<'a, CK_OBJECT_HANDLE>>> {
+    // SAFETY: forwarded contract.
+    let m = unsafe { super::read(mechanism) }?;
+    // SAFETY: forwarded contract (`mechanism` decoded it already).
+    let Some(p) = unsafe { sp800_108(m.mechanism, m.pParameter, m.ulParameterLen) }? else {
+        return Ok(Vec::new());
+    };
+    // SAFETY: forwarded contract.
+    let keys = unsafe { slice(p.additional.0, p.additional.1) }.map_err(|_| invalid())?;
+    keys.iter()
+        // SAFETY: forwarded contract.
+        .map(|key| unsafe { Place::new(key.phKey) }.map_err(|_| invalid()))
+        .collect()
 }
 
 #[cfg(test)]
