@@ -426,8 +426,8 @@ unsafe fn kbkdf_parameter(
 /// `segment.pValue` is NULL or valid for `ulValueLen` bytes.
 unsafe fn prf_data(segment: &CK_PRF_DATA_PARAM) -> CkResult<KbkdfData> {
     let (value, len) = (segment.pValue as *const c_void, segment.ulValueLen);
-    // SAFETY (each structure read): forwarded contract.
     let counter = || -> CkResult<KbkdfFormat> {
+        // SAFETY: forwarded contract.
         let f: CK_SP800_108_COUNTER_FORMAT = unsafe { structure(value, len) }?;
         Ok(KbkdfFormat {
             little_endian: f.bLittleEndian != CK_FALSE,
