@@ -181,6 +181,42 @@ impl Template {
     pub fn iter(&self) -> impl Iterator<Item = &Attribute> {
         self.0.iter()
     }
+
+    /// The wire value of an attribute-array attribute (`CKA_WRAP_TEMPLATE`,
+    /// `CKA_UNWRAP_TEMPLATE`, `CKA_DERIVE_TEMPLATE`): for each attribute, its type and its
+    /// value's length (8 bytes little-endian each), then the value in wire form.
+    pub fn to_nested(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for a in &self.0 {
+            out.extend_from_slice(&a.ty.to_le_bytes());
+            out.extend_from_slice(&(a.value.len() as u64).to_le_bytes());
+            out.extend_from_slice(&a.value);
+        }
+        out
+    }
+
+    /// Reads [`Template::to_nested`]'s form; nested arrays inside are refused
+    /// (`CKR_ATTRIBUTE_VALUE_INVALID`), as is anything malformed.
+    pub fn from_nested(mut bytes: &[u8]) -> Result<Template, crate::Rv> {
+        let invalid = crate::Rv::AttributeValueInvalid;
+        let mut attributes = Vec::new();
+        let word = |bytes: &mut &[u8]| -> Result<u64, crate::Rv> {
+            let (head, rest) = bytes.split_first_chunk::<8>().ok_or(invalid)?;
+            *bytes = rest;
+            Ok(u64::from_le_bytes(*head))
+        };
+        while !bytes.is_empty() {
+            let ty = word(&mut bytes)?;
+            let len = usize::try_from(word(&mut bytes)?).map_err(|_| invalid)?;
+            if len > bytes.len() || kind(ty) == AttributeKind::AttributeArray {
+                return Err(invalid);
+            }
+            let (value, rest) = bytes.split_at(len);
+            attributes.push(Attribute::bytes(ty as ck::CK_ATTRIBUTE_TYPE, value));
+            bytes = rest;
+        }
+        Ok(Template(attributes))
+    }
 }
 
 #[cfg(test)]
@@ -203,5 +239,22 @@ mod tests {
         assert_eq!(template.bool(ck::CKA_SENSITIVE), Ok(None));
         assert_eq!(kind(ck::CKA_VALUE_LEN), AttributeKind::Ulong);
         assert_eq!(kind(ck::CKA_LABEL), AttributeKind::Bytes);
+    }
+
+    #[test]
+    fn nested_templates_round_trip_and_refuse_bad_shapes() {
+        let template = Template(vec![
+            Attribute::bool(ck::CKA_EXTRACTABLE, true),
+            Attribute::ulong(ck::CKA_KEY_TYPE, ck::CKK_AES),
+            Attribute::bytes(ck::CKA_LABEL, b""),
+        ]);
+        let bytes = template.to_nested();
+        assert_eq!(Template::from_nested(&bytes), Ok(template));
+        assert_eq!(Template::from_nested(&[]), Ok(Template::default()));
+        let bad = crate::Rv::AttributeValueInvalid;
+        assert_eq!(Template::from_nested(&bytes[..bytes.len() - 1]), Err(bad));
+        assert_eq!(Template::from_nested(&bytes[..5]), Err(bad));
+        let nested = Template(vec![Attribute::bytes(ck::CKA_WRAP_TEMPLATE, &[])]);
+        assert_eq!(Template::from_nested(&nested.to_nested()), Err(bad));
     }
 }

@@ -5,7 +5,7 @@ use tessera_core::ck;
 use tessera_core::{Mechanism, MechanismParameter, Rv, Template};
 use tessera_wire::{Operation, Reply};
 
-use crate::object::Attributes;
+use crate::object::{constrained, Attributes};
 use crate::objects::visible;
 use crate::Hsm;
 
@@ -59,11 +59,12 @@ impl Hsm {
         let unwrapping = self
             .usable_key(client, session, unwrapping_key)
             .map_err(|_| Rv::UnwrappingKeyHandleInvalid)?;
+        let template = constrained(template, &unwrapping, ck::CKA_UNWRAP_TEMPLATE)?;
         let value = crate::wrap::unwrap(mechanism, &unwrapping, wrapped)?;
         self.create_secret_key(
             client,
             session,
-            template,
+            &template,
             value.expose(),
             mechanism.ty,
             false,
@@ -85,12 +86,13 @@ impl Hsm {
         if crate::kbkdf::is_kbkdf(mechanism.ty) {
             return self.derive_keys(client, session, mechanism, &base, template);
         }
+        let template = constrained(template, &base, ck::CKA_DERIVE_TEMPLATE)?;
         let length = template.ulong(ck::CKA_VALUE_LEN)?;
         let value = crate::derive::derive(self, client, session, mechanism, &base, length)?;
         self.create_secret_key(
             client,
             session,
-            template,
+            &template,
             value.expose(),
             mechanism.ty,
             true,
@@ -109,7 +111,10 @@ impl Hsm {
         let MechanismParameter::Kbkdf { additional, .. } = &mechanism.parameter else {
             return Err(Rv::MechanismParamInvalid);
         };
-        let templates: Vec<&Template> = std::iter::once(template).chain(additional).collect();
+        let templates = std::iter::once(template)
+            .chain(additional)
+            .map(|t| constrained(t, base, ck::CKA_DERIVE_TEMPLATE))
+            .collect::<Result<Vec<Template>, Rv>>()?;
         let lengths = templates
             .iter()
             .map(|t| match t.ulong(ck::CKA_VALUE_LEN)? {

@@ -151,6 +151,7 @@ const KEY_COMMON: &[ck::CK_ATTRIBUTE_TYPE] = &[
     ck::CKA_LOCAL,
     ck::CKA_KEY_GEN_MECHANISM,
     ck::CKA_ALLOWED_MECHANISMS,
+    ck::CKA_DERIVE_TEMPLATE,
 ];
 const SECRET_KEY: &[ck::CK_ATTRIBUTE_TYPE] = &[
     ck::CKA_SENSITIVE,
@@ -168,6 +169,8 @@ const SECRET_KEY: &[ck::CK_ATTRIBUTE_TYPE] = &[
     ck::CKA_TRUSTED,
     ck::CKA_VALUE,
     ck::CKA_VALUE_LEN,
+    ck::CKA_WRAP_TEMPLATE,
+    ck::CKA_UNWRAP_TEMPLATE,
 ];
 const PUBLIC_KEY: &[ck::CK_ATTRIBUTE_TYPE] = &[
     ck::CKA_SUBJECT,
@@ -182,6 +185,7 @@ const PUBLIC_KEY: &[ck::CK_ATTRIBUTE_TYPE] = &[
     ck::CKA_PUBLIC_EXPONENT,
     ck::CKA_EC_PARAMS,
     ck::CKA_EC_POINT,
+    ck::CKA_WRAP_TEMPLATE,
 ];
 const PRIVATE_KEY: &[ck::CK_ATTRIBUTE_TYPE] = &[
     ck::CKA_SUBJECT,
@@ -206,6 +210,7 @@ const PRIVATE_KEY: &[ck::CK_ATTRIBUTE_TYPE] = &[
     ck::CKA_COEFFICIENT,
     ck::CKA_EC_PARAMS,
     ck::CKA_VALUE,
+    ck::CKA_UNWRAP_TEMPLATE,
 ];
 const DATA: &[ck::CK_ATTRIBUTE_TYPE] = &[ck::CKA_APPLICATION, ck::CKA_OBJECT_ID, ck::CKA_VALUE];
 const CERTIFICATE: &[ck::CK_ATTRIBUTE_TYPE] = &[
@@ -326,6 +331,51 @@ pub fn check_change(
 
 /// Completes a new object's attributes with the defaults of its class and checks what the
 /// class requires. `generated` is the mechanism for keys made inside the HSM.
+/// The attributes that hold templates (PKCS#11 3.0 §4.8: wrap, unwrap, derive).
+const TEMPLATES: [ck::CK_ATTRIBUTE_TYPE; 3] = [
+    ck::CKA_WRAP_TEMPLATE,
+    ck::CKA_UNWRAP_TEMPLATE,
+    ck::CKA_DERIVE_TEMPLATE,
+];
+
+/// The template of a new key made with `key` (unwrapping or derivation): the application's,
+/// plus what `key`'s `rule` attribute (`CKA_UNWRAP_TEMPLATE`, `CKA_DERIVE_TEMPLATE`) demands;
+/// an application attribute that contradicts the rule is `CKR_TEMPLATE_INCONSISTENT`.
+pub fn constrained(
+    template: &Template,
+    key: &Attributes,
+    rule: ck::CK_ATTRIBUTE_TYPE,
+) -> Result<Template, Rv> {
+    let Some(value) = key.get(rule) else {
+        return Ok(template.clone());
+    };
+    let mut out = template.clone();
+    for demanded in Template::from_nested(value)
+        .map_err(|_| Rv::DeviceError)?
+        .iter()
+    {
+        match template.find(demanded.ty as ck::CK_ATTRIBUTE_TYPE) {
+            Some(given) if given.value != demanded.value => return Err(Rv::TemplateInconsistent),
+            Some(_) => {}
+            None => out.0.push(demanded.clone()),
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `target` has every attribute of `wrapping`'s `CKA_WRAP_TEMPLATE` with the same value
+/// (no template: any key).
+pub fn matches_wrap_template(wrapping: &Attributes, target: &Attributes) -> Result<bool, Rv> {
+    let Some(value) = wrapping.get(ck::CKA_WRAP_TEMPLATE) else {
+        return Ok(true);
+    };
+    let template = Template::from_nested(value).map_err(|_| Rv::DeviceError)?;
+    let matches = template
+        .iter()
+        .all(|a| target.get(a.ty as ck::CK_ATTRIBUTE_TYPE) == Some(a.value.as_slice()));
+    Ok(matches)
+}
+
 pub fn complete(attributes: &mut Attributes, generated: Option<u64>, flags: u64) -> Result<(), Rv> {
     let class = attributes.class();
     // CKA_UNIQUE_ID is the token's to give (v3.0 §4.4.1).
@@ -333,6 +383,11 @@ pub fn complete(attributes: &mut Attributes, generated: Option<u64>, flags: u64)
         return Err(Rv::AttributeReadOnly);
     }
     fresh_unique_id(attributes);
+    for ty in TEMPLATES {
+        if let Some(value) = attributes.get(ty) {
+            Template::from_nested(value)?;
+        }
+    }
     attributes.default_flag(ck::CKA_TOKEN, false);
     let private_default = matches!(
         class as ck::CK_OBJECT_CLASS,

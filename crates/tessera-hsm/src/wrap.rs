@@ -60,6 +60,9 @@ pub(crate) fn wrap(
     if target.flag(ck::CKA_WRAP_WITH_TRUSTED) && !wrapping.flag(ck::CKA_TRUSTED) {
         return Err(Rv::KeyNotWrappable);
     }
+    if !crate::object::matches_wrap_template(wrapping, target)? {
+        return Err(Rv::KeyNotWrappable);
+    }
     let value = target.get(ck::CKA_VALUE).ok_or(Rv::KeyNotWrappable)?;
     match mechanism.ty as ck::CK_MECHANISM_TYPE {
         ck::CKM_AES_KEY_WRAP | ck::CKM_AES_KEY_WRAP_PAD => {

@@ -1,6 +1,7 @@
-//! Fork-awareness, checked by a C application (the kind that forks): after `fork()` the child
+//! C applications. Fork-awareness (the kind that forks): after `fork()` the child
 //! gets `CKR_CRYPTOKI_NOT_INITIALIZED` until it calls `C_Initialize`, then works on its own
-//! connection; the parent's session is untouched.
+//! connection; the parent's session is untouched. Attribute arrays (wrap and unwrap templates) as C
+//! passes them.
 
 mod common;
 
@@ -55,4 +56,44 @@ fn a_forked_child_initialises_its_own_state_and_the_parent_carries_on() {
             "{stdout}"
         );
     }
+}
+
+/// Wrap and unwrap templates from a C application: a key outside the wrapping key's
+/// `CKA_WRAP_TEMPLATE` is `CKR_KEY_NOT_WRAPPABLE`, the `CKA_UNWRAP_TEMPLATE` is imposed on
+/// unwrapped keys (a contradicting template is `CKR_TEMPLATE_INCONSISTENT`), and the array
+/// reads back through `C_GetAttributeValue`'s steps for arrays.
+#[test]
+fn a_c_application_uses_wrap_and_unwrap_templates() {
+    let f = common::fixture(Transport::Unix);
+    let program = f.daemon.dir().join("templates");
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/templates.c");
+    let compiled = Command::new(tool("cc"))
+        .args(["-O1", "-o"])
+        .arg(&program)
+        .arg(source)
+        .arg("-ldl")
+        .output()
+        .unwrap();
+    assert!(
+        compiled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&compiled.stderr)
+    );
+    let output = Command::new(&program)
+        .arg(pkcs11_module())
+        .arg(f.slot.id().to_string())
+        .arg(common::USER_PIN)
+        .env(
+            "ET_HSM_NETCLIENT_SERVERLIST",
+            f.daemon.server_list(Transport::Unix),
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("templates ok"),
+        "{:?}: {stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -6,6 +6,7 @@ use cryptoki_sys::{
     CK_ATTRIBUTE, CK_MECHANISM_INFO, CK_SESSION_INFO, CK_SLOT_INFO, CK_TOKEN_INFO, CK_ULONG,
     CK_UNAVAILABLE_INFORMATION, CK_VERSION,
 };
+use tessera_core::attribute::{kind, AttributeKind};
 use tessera_core::info::{MechanismInfo, SessionInfo, SlotInfo, TokenInfo, Version};
 use tessera_core::{Attribute, Rv, Template};
 
@@ -25,14 +26,38 @@ pub(crate) unsafe fn template(
     count: CK_ULONG,
 ) -> CkResult<Template> {
     // SAFETY: forwarded contract.
+    unsafe { converted(attributes, count, true) }
+}
+
+/// # Safety
+///
+/// As for [`template`]; an attribute array's `pValue` holds `ulValueLen` bytes of
+/// `CK_ATTRIBUTE`s, each valid as above.
+unsafe fn converted(
+    attributes: *const CK_ATTRIBUTE,
+    count: CK_ULONG,
+    outer: bool,
+) -> CkResult<Template> {
+    // SAFETY: forwarded contract.
     let attributes = unsafe { slice(attributes, count) }?;
     let mut template = Vec::with_capacity(attributes.len());
     for attribute in attributes {
-        // SAFETY: `pValue` is NULL or valid for `ulValueLen` bytes (caller's contract); a NULL
-        // with a non-zero length is refused with CKR_ARGUMENTS_BAD.
-        let value = unsafe { bytes(attribute.pValue as *const u8, attribute.ulValueLen) }?;
         let ty = attribute.type_ as u64;
-        let value = to_wire(ty, value).map_err(Rv::code)?;
+        let value = if kind(ty) == AttributeKind::AttributeArray {
+            // A template in a template (CKA_WRAP_TEMPLATE, ...): one level only.
+            let size = std::mem::size_of::<CK_ATTRIBUTE>() as CK_ULONG;
+            if !outer || attribute.ulValueLen % size != 0 {
+                return Err(Rv::AttributeValueInvalid.code());
+            }
+            let inner = attribute.pValue as *const CK_ATTRIBUTE;
+            // SAFETY: forwarded contract: the array holds ulValueLen / size attributes.
+            unsafe { converted(inner, attribute.ulValueLen / size, false) }?.to_nested()
+        } else {
+            // SAFETY: `pValue` is NULL or valid for `ulValueLen` bytes (caller's contract); a
+            // NULL with a non-zero length is refused with CKR_ARGUMENTS_BAD.
+            let value = unsafe { bytes(attribute.pValue as *const u8, attribute.ulValueLen) }?;
+            to_wire(ty, value).map_err(Rv::code)?
+        };
         template.push(Attribute { ty, value });
     }
     Ok(Template(template))

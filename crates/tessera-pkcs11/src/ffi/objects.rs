@@ -3,8 +3,9 @@
 use cryptoki_sys::{
     CK_ATTRIBUTE, CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CK_ULONG, CK_UNAVAILABLE_INFORMATION,
 };
-use tessera_core::Rv;
-use tessera_wire::{Reply, Request};
+use tessera_core::attribute::{kind, AttributeKind};
+use tessera_core::{Rv, Template};
+use tessera_wire::{AttributeAnswer, Reply, Request};
 
 use super::convert::template;
 use super::{length, slice_mut, Place};
@@ -14,42 +15,87 @@ use crate::CkResult;
 
 /// Fills the application's `C_GetAttributeValue` template from the device's answers, by the
 /// rules of §5.7.5: every attribute is processed, and the first soft error is returned.
-fn fill(attributes: &mut [CK_ATTRIBUTE], answers: &[tessera_wire::AttributeAnswer]) -> CkResult {
+fn fill(attributes: &mut [CK_ATTRIBUTE], answers: &[AttributeAnswer]) -> CkResult {
     if answers.len() != attributes.len() {
         tracing::warn!("the device answered for a different number of attributes");
         return Err(Rv::DeviceError.code());
     }
     let mut result = Ok(());
     for (attribute, answer) in attributes.iter_mut().zip(answers) {
-        let capacity = if attribute.pValue.is_null() {
-            None
-        } else {
-            Some(length(attribute.ulValueLen)?)
-        };
-        match deliver(attribute.type_ as u64, answer, capacity).map_err(Rv::code)? {
-            Delivery::Value(value) => {
-                // SAFETY: `Value` only comes with a non-NULL pValue whose ulValueLen is at
-                // least the value's length; the application guarantees pValue holds
-                // ulValueLen bytes (§5.7.5), and our value does not overlap its memory.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        value.expose().as_ptr(),
-                        attribute.pValue as *mut u8,
-                        value.len(),
-                    )
-                };
-                attribute.ulValueLen = value.len() as CK_ULONG;
-            }
-            Delivery::Length(len) => attribute.ulValueLen = len as CK_ULONG,
-            Delivery::Unavailable(rv) => {
-                attribute.ulValueLen = CK_UNAVAILABLE_INFORMATION;
-                if result.is_ok() {
-                    result = Err(rv.code());
-                }
+        if let Some(rv) = fill_one(attribute, answer, true)? {
+            if result.is_ok() {
+                result = Err(rv.code());
             }
         }
     }
     result
+}
+
+/// Fills one attribute; `Some` is a soft error (the value is unavailable). An attribute array
+/// (`CKA_WRAP_TEMPLATE`, ...) fills the application's array of `CK_ATTRIBUTE`s: its length is
+/// the array's size in bytes, and each element gets its type and, as any attribute, its value
+/// or length.
+fn fill_one(
+    attribute: &mut CK_ATTRIBUTE,
+    answer: &AttributeAnswer,
+    outer: bool,
+) -> CkResult<Option<Rv>> {
+    let ty = attribute.type_ as u64;
+    if let (AttributeKind::AttributeArray, AttributeAnswer::Value(wire), true) =
+        (kind(ty), answer, outer)
+    {
+        let nested = Template::from_nested(wire).map_err(|_| Rv::DeviceError.code())?;
+        let size = nested.0.len() * std::mem::size_of::<CK_ATTRIBUTE>();
+        if attribute.pValue.is_null() {
+            attribute.ulValueLen = size as CK_ULONG;
+            return Ok(None);
+        }
+        if length(attribute.ulValueLen)? < size {
+            attribute.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+            return Ok(Some(Rv::BufferTooSmall));
+        }
+        // SAFETY: pValue of an attribute array points to ulValueLen bytes holding an array of
+        // CK_ATTRIBUTE (§5.7.5), of which the first `nested.len()` fit (checked above).
+        let elements =
+            unsafe { slice_mut(attribute.pValue as *mut CK_ATTRIBUTE, nested.0.len() as _) }?;
+        let mut soft = None;
+        for (element, a) in elements.iter_mut().zip(nested.iter()) {
+            element.type_ = a.ty as CK_ULONG;
+            let answer = AttributeAnswer::Value(a.value.clone());
+            soft = soft.or(fill_one(element, &answer, false)?);
+        }
+        attribute.ulValueLen = size as CK_ULONG;
+        return Ok(soft);
+    }
+    let capacity = if attribute.pValue.is_null() {
+        None
+    } else {
+        Some(length(attribute.ulValueLen)?)
+    };
+    match deliver(ty, answer, capacity).map_err(Rv::code)? {
+        Delivery::Value(value) => {
+            // SAFETY: `Value` only comes with a non-NULL pValue whose ulValueLen is at least
+            // the value's length; the application guarantees pValue holds ulValueLen bytes
+            // (§5.7.5), and our value does not overlap its memory.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    value.expose().as_ptr(),
+                    attribute.pValue as *mut u8,
+                    value.len(),
+                )
+            };
+            attribute.ulValueLen = value.len() as CK_ULONG;
+            Ok(None)
+        }
+        Delivery::Length(len) => {
+            attribute.ulValueLen = len as CK_ULONG;
+            Ok(None)
+        }
+        Delivery::Unavailable(rv) => {
+            attribute.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+            Ok(Some(rv))
+        }
+    }
 }
 
 entry_points! {
