@@ -221,6 +221,9 @@ return_values! {
     IdentityExists = VENDOR_DEFINED + 0x1007 => "CKR_TESSERA_IDENTITY_EXISTS",
     /// Tessera: the device holds as many secure-messaging channels as it may.
     ChannelLimit = VENDOR_DEFINED + 0x1008 => "CKR_TESSERA_CHANNEL_LIMIT",
+    /// Tessera: too many failed or abandoned handshakes from this network address lately; its
+    /// handshakes are refused for a while.
+    HandshakeRateLimited = VENDOR_DEFINED + 0x1009 => "CKR_TESSERA_HANDSHAKE_RATE_LIMITED",
 }
 
 impl std::fmt::Display for Rv {

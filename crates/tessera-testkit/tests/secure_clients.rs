@@ -477,7 +477,14 @@ fn the_administrator_ends_channels_and_applications_carry_on() {
 
 #[test]
 fn a_thousand_channels_at_once_and_a_clear_error_past_the_limit() {
-    let daemon = Daemon::start_with(&["--max-connections", "1100", "--max-channels", "1050"]);
+    let daemon = Daemon::start_with(&[
+        "--max-connections",
+        "1100",
+        "--max-connections-per-peer",
+        "1100",
+        "--max-channels",
+        "1050",
+    ]);
     let transport = Transport::Tcp;
     prepare(&daemon, transport, "u");
     let servers = daemon.server_list(transport);

@@ -2,6 +2,7 @@
 //! Unix socket and, when asked, on TCP.
 #![forbid(unsafe_code)]
 
+mod guard;
 mod logfile;
 mod secure;
 mod server;
@@ -49,6 +50,27 @@ struct Args {
     /// Most client connections served at once; more are refused (and logged).
     #[arg(long, default_value_t = 256, value_name = "N")]
     max_connections: usize,
+
+    /// Connections one network address may hold at once (local-socket clients are not
+    /// counted); more from it are refused, so that no single host can take every connection.
+    /// Default: half of --max-connections.
+    #[arg(long, value_name = "N")]
+    max_connections_per_peer: Option<usize>,
+
+    /// Failed or abandoned secure-messaging handshakes one network address may make within
+    /// --handshake-window before its handshakes are refused (CKR_TESSERA_HANDSHAKE_RATE_LIMITED)
+    /// for that long; logged once per block.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    handshake_failure_limit: u32,
+
+    /// The window of --handshake-failure-limit, in seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    handshake_window: u64,
+
+    /// Seconds a frame may take to arrive once its first byte is in, and a client to finish a
+    /// handshake the device answered; slower peers are disconnected.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    frame_timeout: u64,
 
     /// Entries the device's event log keeps; the oldest are dropped beyond this.
     #[arg(long, default_value_t = tessera_hsm::DEFAULT_EVENT_LOG_SIZE, value_name = "N")]
@@ -151,6 +173,15 @@ fn main() -> ExitCode {
             messages: args.sm_max_messages,
             bytes: args.sm_max_bytes,
         },
+        peer_limits: guard::Limits {
+            connections_per_peer: args
+                .max_connections_per_peer
+                .unwrap_or(args.max_connections / 2)
+                .max(1),
+            failure_limit: args.handshake_failure_limit.max(1),
+            window: std::time::Duration::from_secs(args.handshake_window.max(1)),
+        },
+        frame_timeout: std::time::Duration::from_secs(args.frame_timeout.max(1)),
         client_access,
     };
     match server::run(config) {

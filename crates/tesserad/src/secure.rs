@@ -49,6 +49,11 @@ impl Secure {
         }
     }
 
+    /// Whether a handshake was answered and its key confirmation is awaited.
+    pub fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
     /// The active channel's id.
     pub fn channel_id(&self) -> Option<u64> {
         self.active.as_ref().map(|a| a.channel.id())

@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tessera_hsm::{Hsm, HsmOptions};
 use tessera_wire::{
@@ -13,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Semaphore};
 
+use crate::guard::Guard;
 use crate::secure::{KeyLimits, Secure};
 use tessera_config::listen::Listen;
 
@@ -23,6 +25,11 @@ pub struct Config {
     pub max_connections: usize,
     pub options: HsmOptions,
     pub key_limits: KeyLimits,
+    /// Limits for network peers.
+    pub peer_limits: crate::guard::Limits,
+    /// How long a frame may take to arrive once it has begun, and a handshake to be finished
+    /// once answered.
+    pub frame_timeout: Duration,
     /// The appliance's client access list, read at every network connection; `None` outside
     /// appliance mode.
     pub client_access: Option<PathBuf>,
@@ -162,6 +169,12 @@ pub fn run(config: Config) -> Result<(), String> {
 async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
     let (stop_sender, stop) = watch::channel(false);
     let limit = Arc::new(Semaphore::new(config.max_connections));
+    let shared = Shared {
+        hsm: hsm.clone(),
+        guard: Arc::new(Guard::new(config.peer_limits)),
+        key_limits: config.key_limits,
+        frame_timeout: config.frame_timeout,
+    };
     let mut sockets = Vec::new();
     let mut tasks = Vec::new();
     let mut shown = Vec::new();
@@ -173,10 +186,9 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
                 shown.push(format!("unix:{}", path.display()));
                 tasks.push(tokio::spawn(accept_unix(
                     listener,
-                    hsm.clone(),
+                    shared.clone(),
                     limit.clone(),
                     stop.clone(),
-                    config.key_limits,
                     config.client_access.clone(),
                 )));
             }
@@ -198,10 +210,9 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
                 shown.push(format!("tcp:{local}"));
                 tasks.push(tokio::spawn(accept_tcp(
                     listener,
-                    hsm.clone(),
+                    shared.clone(),
                     limit.clone(),
                     stop.clone(),
-                    config.key_limits,
                     config.client_access.clone(),
                 )));
             }
@@ -250,14 +261,22 @@ async fn wait_for_signal() {
     }
 }
 
+/// What every connection task shares.
+#[derive(Clone)]
+struct Shared {
+    hsm: Arc<Hsm>,
+    guard: Arc<Guard>,
+    key_limits: KeyLimits,
+    frame_timeout: Duration,
+}
+
 macro_rules! accept_loop {
     ($name:ident, $listener:ty) => {
         async fn $name(
             listener: $listener,
-            hsm: Arc<Hsm>,
+            shared: Shared,
             limit: Arc<Semaphore>,
             mut stop: watch::Receiver<bool>,
-            key_limits: KeyLimits,
             client_access: Option<PathBuf>,
         ) {
             loop {
@@ -265,19 +284,23 @@ macro_rules! accept_loop {
                     accepted = listener.accept() => accepted,
                     _ = stop.changed() => return,
                 };
-                let (stream, peer) = match accepted {
+                let (stream, peer, ip) = match accepted {
                     Ok((stream, peer)) => {
                         if !admitted(client_access.as_deref(), &peer) {
                             drop(stream);
                             continue;
                         }
-                        (stream, format!("{peer:?}"))
+                        (stream, format!("{peer:?}"), PeerAddress::ip(&peer))
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         continue;
                     }
+                };
+                let Some(slot) = shared.guard.connect(ip) else {
+                    drop(stream);
+                    continue;
                 };
                 let permit = match limit.clone().try_acquire_owned() {
                     Ok(permit) => permit,
@@ -287,10 +310,11 @@ macro_rules! accept_loop {
                         continue;
                     }
                 };
-                let hsm = hsm.clone();
+                let shared = shared.clone();
                 let stop = stop.clone();
                 tokio::spawn(async move {
-                    serve_connection(stream, peer, hsm, stop, key_limits).await;
+                    serve_connection(stream, peer, ip, shared, stop).await;
+                    drop(slot);
                     drop(permit);
                 });
             }
@@ -301,40 +325,79 @@ macro_rules! accept_loop {
 accept_loop!(accept_unix, UnixListener);
 accept_loop!(accept_tcp, TcpListener);
 
-async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<Vec<u8>>, FrameError> {
+/// Reads one frame. Waiting for a frame to begin is not limited (clients keep idle
+/// connections), but once its first byte is in, the rest must come within `timeout`: a client
+/// that trickles bytes (slowloris) is cut off.
+async fn read_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    timeout: Duration,
+) -> Result<Option<Vec<u8>>, FrameError> {
     let mut header = [0u8; FRAME_HEADER_LEN];
-    match stream.read_exact(&mut header).await {
+    match stream.read_exact(&mut header[..1]).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    // The length is checked before the body is allocated.
-    let len = tessera_wire::frame_body_len(header)?;
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).await?;
-    Ok(Some(body))
+    let rest = async {
+        stream.read_exact(&mut header[1..]).await?;
+        // The length is checked before the body is allocated.
+        let len = tessera_wire::frame_body_len(header)?;
+        let mut body = vec![0u8; len];
+        stream.read_exact(&mut body).await?;
+        Ok(body)
+    };
+    match tokio::time::timeout(timeout, rest).await {
+        Ok(body) => body.map(Some),
+        Err(_) => Err(FrameError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "a frame took longer than {} s to arrive",
+                timeout.as_secs_f32()
+            ),
+        ))),
+    }
 }
 
 async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     peer: String,
-    hsm: Arc<Hsm>,
+    ip: Option<std::net::IpAddr>,
+    shared: Shared,
     mut stop: watch::Receiver<bool>,
-    limits: KeyLimits,
 ) {
+    let Shared {
+        hsm,
+        guard,
+        key_limits: limits,
+        frame_timeout,
+    } = shared;
     let client = hsm.connect();
     let mut secure = Secure::new(hsm.clone(), peer.clone(), limits);
     tracing::debug!(client, peer, "client connected");
     loop {
+        // An answered handshake must be finished in time.
+        let deadline = if secure.is_pending() {
+            frame_timeout
+        } else {
+            Duration::MAX
+        };
         let frame = tokio::select! {
-            frame = read_frame(&mut stream) => frame,
+            frame = tokio::time::timeout(deadline, read_frame(&mut stream, frame_timeout)) => frame,
             _ = stop.changed() => break,
         };
         let body = match frame {
-            Ok(Some(body)) => body,
-            Ok(None) => break,
-            Err(e) => {
+            Ok(Ok(Some(body))) => body,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
                 tracing::warn!(client, peer, reason = %e, "closing connection");
+                break;
+            }
+            Err(_) => {
+                tracing::debug!(
+                    client,
+                    peer,
+                    "closing connection: handshake not finished in time"
+                );
                 break;
             }
         };
@@ -347,8 +410,26 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let id = envelope.id;
         let (result, channel) = match envelope.request {
-            Request::Handshake(hello) => (secure.handshake(&hello), None),
-            Request::HandshakeFinish(finished) => (secure.finish(&finished), None),
+            Request::Handshake(_) if !guard.may_handshake(ip) => {
+                (Err(tessera_core::Rv::HandshakeRateLimited.code()), None)
+            }
+            Request::Handshake(hello) => {
+                if secure.is_pending() {
+                    guard.failed(ip, "a handshake was abandoned for another");
+                }
+                let answer = secure.handshake(&hello);
+                if answer.is_err() {
+                    guard.failed(ip, "the handshake was refused");
+                }
+                (answer, None)
+            }
+            Request::HandshakeFinish(finished) => {
+                let answer = secure.finish(&finished);
+                if answer.is_err() {
+                    guard.failed(ip, "the key confirmation failed");
+                }
+                (answer, None)
+            }
             Request::Protected(record) => match secure.open(&record) {
                 Ok((Request::Rekey, _)) => {
                     let sealed = secure.seal(&Ok(Reply::Done));
@@ -374,6 +455,9 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             tracing::debug!(client, reason = %e, "client went away");
             break;
         }
+    }
+    if secure.is_pending() {
+        guard.failed(ip, "the handshake was abandoned");
     }
     secure.close();
     hsm.disconnect(client);
