@@ -4,6 +4,9 @@
 //! Nothing may panic, and a changed certificate is trusted only if what its issuer signed is
 //! unchanged.
 
+// Chains are written as array literals for readability.
+#![allow(clippy::cloned_ref_to_slice_refs)]
+
 use proptest::prelude::*;
 use tessera_identity::inspect::{self, CertificateInfo};
 use tessera_identity::issue::{self, Curve};
