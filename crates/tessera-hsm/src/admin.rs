@@ -144,7 +144,7 @@ impl Hsm {
         }
         self.store
             .reset_token(admin, &record)
-            .map_err(|_| Rv::DeviceError)?;
+            .map_err(crate::store_failure)?;
         state.token_mut(admin)?.record = record;
         self.event(
             &state,
@@ -182,7 +182,7 @@ impl Hsm {
             AdminCommand::AddSlots(count) => self.add_slots(count),
             AdminCommand::DeleteSlot(slot) => self.delete_slot(slot),
             AdminCommand::Events => {
-                let events = self.store.events().map_err(|_| Rv::DeviceError)?;
+                let events = self.store.events().map_err(crate::store_failure)?;
                 let verification = self.events.verify(&events);
                 let shown = events
                     .into_iter()
@@ -200,7 +200,7 @@ impl Hsm {
                 let state = self.lock();
                 self.events
                     .purge(&self.store, self.clock(&state), "Administrator")
-                    .map_err(|_| Rv::DeviceError)?;
+                    .map_err(crate::store_failure)?;
                 Ok(Reply::Done)
             }
             AdminCommand::SetClock(time) => {
@@ -210,7 +210,7 @@ impl Hsm {
                 device.clock_offset = time as i64 - crate::time::now() as i64;
                 self.store
                     .update_device(&device, &[], &[], &[])
-                    .map_err(|_| Rv::DeviceError)?;
+                    .map_err(crate::store_failure)?;
                 state.device = device;
                 let detail = format!(
                     "{} -> {}",
@@ -230,7 +230,7 @@ impl Hsm {
                 device.transport_mode = mode;
                 self.store
                     .update_device(&device, &[], &[], &[])
-                    .map_err(|_| Rv::DeviceError)?;
+                    .map_err(crate::store_failure)?;
                 state.device = device;
                 self.event(
                     &state,
@@ -293,7 +293,7 @@ impl Hsm {
         device.flags = bits;
         self.store
             .update_device(&device, &[], &[], &[])
-            .map_err(|_| Rv::DeviceError)?;
+            .map_err(crate::store_failure)?;
         state.device = device;
         self.refresh_device_objects(&mut state);
         let detail = format!("{:?} -> {:?}", flags::letters(before), flags::letters(bits));
@@ -334,7 +334,7 @@ impl Hsm {
         let put: Vec<(u64, &TokenRecord)> = new.iter().map(|t| (*t, &blank)).collect();
         self.store
             .update_device(&device, &put, &new, &[])
-            .map_err(|_| Rv::DeviceError)?;
+            .map_err(crate::store_failure)?;
         for token_id in &new {
             state.tokens.insert(*token_id, crate::Token::blank());
         }
@@ -365,7 +365,7 @@ impl Hsm {
         device.user_tokens.retain(|t| *t != token_id);
         self.store
             .update_device(&device, &[], &[], &[token_id])
-            .map_err(|_| Rv::DeviceError)?;
+            .map_err(crate::store_failure)?;
         state.tokens.remove(&token_id);
         state.device = device;
         let left = state.device.user_tokens.len();
@@ -390,7 +390,7 @@ impl Hsm {
         let put: Vec<(u64, &TokenRecord)> = all.iter().map(|t| (*t, &blank)).collect();
         self.store
             .update_device(&device, &put, &all, &[])
-            .map_err(|_| Rv::DeviceError)?;
+            .map_err(crate::store_failure)?;
         state.sessions.clear();
         for token_id in &all {
             state.tokens.insert(*token_id, crate::Token::blank());

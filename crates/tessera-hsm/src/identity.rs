@@ -102,7 +102,7 @@ impl Hsm {
         let bytes = postcard::to_stdvec(&record).map_err(failed)?;
         self.store
             .put_meta(RECORD_KEY, &bytes)
-            .map_err(|_| Rv::DeviceError)?;
+            .map_err(crate::store_failure)?;
         state.identity = record;
         Ok(())
     }

@@ -114,6 +114,18 @@ pub struct Hsm {
     state: Mutex<State>,
 }
 
+/// The code for a failed store operation, logged: `CKR_DEVICE_MEMORY` when the disk is full
+/// (or the file may grow no more), `CKR_DEVICE_ERROR` otherwise. The failed write changed
+/// nothing (its transaction was aborted).
+pub(crate) fn store_failure(e: tessera_store::StoreError) -> Rv {
+    if let tessera_store::StoreError::Full(reason) = &e {
+        tracing::error!(reason = %reason, "the token store is full: the write was refused and nothing changed");
+        return Rv::DeviceMemory;
+    }
+    tracing::error!(error = %e, "a token store operation failed");
+    Rv::DeviceError
+}
+
 /// The first handle given to session objects; token object ids stay below it.
 const SESSION_OBJECT_BASE: u64 = 1 << 40;
 

@@ -225,10 +225,7 @@ impl Hsm {
                 stored = Some(object.clone());
                 Ok(object)
             })
-            .map_err(|e| {
-                tracing::error!(token_id, error = %e, "cannot store an object");
-                Rv::DeviceError
-            })?;
+            .map_err(crate::store_failure)?;
         let stored = stored.ok_or(Rv::GeneralError)?;
         state
             .token_mut(token_id)?
@@ -262,7 +259,7 @@ impl Hsm {
         let stored = seal(key, token_id, handle, &attributes)?;
         self.store
             .replace_object(token_id, handle, &stored)
-            .map_err(|_| Rv::DeviceError)?;
+            .map_err(crate::store_failure)?;
         state
             .token_mut(token_id)?
             .objects
@@ -332,7 +329,7 @@ impl Hsm {
             }
             self.store
                 .remove_object(token_id, handle)
-                .map_err(|_| Rv::DeviceError)?;
+                .map_err(crate::store_failure)?;
         }
         state.token_mut(token_id)?.objects.remove(&handle);
         Ok(Reply::Done)

@@ -19,10 +19,9 @@ fn check_pin_length(pin: &SecretBytes) -> Result<(), Rv> {
 
 impl Hsm {
     fn persist_token(&self, token_id: u64, record: &tessera_store::TokenRecord) -> Result<(), Rv> {
-        self.store.put_token(token_id, record).map_err(|e| {
-            tracing::error!(token_id, error = %e, "cannot write the token record");
-            Rv::DeviceError
-        })
+        self.store
+            .put_token(token_id, record)
+            .map_err(crate::store_failure)
     }
 
     /// Checks a PIN against a record outside the state lock (the KDF is slow on purpose),

@@ -13,9 +13,11 @@ mod seal;
 pub use records::{DeviceRecord, EventRecord, PinRecord, StoredObject, TokenRecord};
 pub use seal::{MasterKey, SealError, DEFAULT_KDF_ITERATIONS};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const TOKENS: TableDefinition<u64, &[u8]> = TableDefinition::new("tokens");
@@ -38,27 +40,54 @@ pub enum StoreError {
     /// A storage operation failed.
     #[error("token store: {0}")]
     Storage(String),
+    /// The disk is full, or the store file may not grow (`ENOSPC`, `EFBIG`).
+    #[error("token store: no room to write: {0}")]
+    Full(String),
     /// A stored record does not decode: the file is damaged or from an incompatible version.
     #[error("token store record {0} is damaged or from an incompatible version")]
     Corrupt(String),
 }
 
-fn storage(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Storage(e.to_string())
+fn storage(e: impl Into<redb::Error>) -> StoreError {
+    let e: redb::Error = e.into();
+    let full = match &e {
+        redb::Error::Io(io) => matches!(io.raw_os_error(), Some(ENOSPC | EFBIG)),
+        _ => false,
+    };
+    if full {
+        StoreError::Full(e.to_string())
+    } else {
+        StoreError::Storage(e.to_string())
+    }
 }
 
+/// `errno` values of a full disk and of a file that may not grow (Linux).
+const ENOSPC: i32 = 28;
+const EFBIG: i32 = 27;
+
 /// An open token store.
+///
+/// After a failed write (a full disk, an I/O error) redb refuses every later operation until
+/// the database is opened again; the store then reopens it at its next use, so writes work
+/// again as soon as there is room, without a daemon restart. The failed write itself changed
+/// nothing.
 pub struct Store {
-    db: Database,
+    db: RwLock<Option<Database>>,
+    path: PathBuf,
+    reopen: AtomicBool,
+}
+
+fn open_database(path: &Path) -> Result<Database, StoreError> {
+    Database::create(path).map_err(|e| StoreError::Open {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
 }
 
 impl Store {
     /// Opens (or creates) the store file.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path).map_err(|e| StoreError::Open {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let db = open_database(path)?;
         let txn = db.begin_write().map_err(storage)?;
         {
             txn.open_table(META).map_err(storage)?;
@@ -67,12 +96,52 @@ impl Store {
             txn.open_table(EVENTS).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
-        Ok(Store { db })
+        Ok(Store {
+            db: RwLock::new(Some(db)),
+            path: path.to_path_buf(),
+            reopen: AtomicBool::new(false),
+        })
+    }
+
+    /// Opens the database again if a failed write left it unusable.
+    fn recover(&self) -> Result<(), StoreError> {
+        if !self.reopen.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        if !self.reopen.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // The old handle must be gone (it holds the file lock) before the file is opened again.
+        db.take();
+        *db = Some(open_database(&self.path)?);
+        self.reopen.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    fn with_database<T>(
+        &self,
+        use_it: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.recover()?;
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        let db = db
+            .as_ref()
+            .ok_or_else(|| StoreError::Storage("the token store could not be reopened".into()))?;
+        use_it(db)
+    }
+
+    fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
+        self.with_database(|db| db.begin_read().map_err(storage))
+    }
+
+    fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
+        self.with_database(|db| db.begin_write().map_err(storage))
     }
 
     /// The device record, if the device was created.
     pub fn device(&self) -> Result<Option<DeviceRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(META).map_err(storage)?;
         let value = table.get(DEVICE_KEY).map_err(storage)?;
         value.map(|v| decode(v.value(), "device")).transpose()
@@ -80,7 +149,7 @@ impl Store {
 
     /// A named record of the `meta` table (e.g. the device identity), if written.
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(META).map_err(storage)?;
         let value = table.get(key).map_err(storage)?;
         Ok(value.map(|v| v.value().to_vec()))
@@ -106,7 +175,7 @@ impl Store {
 
     /// Every token record, by token id.
     pub fn tokens(&self) -> Result<Vec<(u64, TokenRecord)>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(TOKENS).map_err(storage)?;
         let mut out = Vec::new();
         for entry in table.iter().map_err(storage)? {
@@ -139,7 +208,7 @@ impl Store {
 
     /// Every object of a token, by id.
     pub fn objects(&self, token: u64) -> Result<Vec<(u64, StoredObject)>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(OBJECTS).map_err(storage)?;
         let mut out = Vec::new();
         for entry in table
@@ -236,7 +305,7 @@ impl Store {
 
     /// Every event, oldest first.
     pub fn events(&self) -> Result<Vec<EventRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(EVENTS).map_err(storage)?;
         let mut out = Vec::new();
         for entry in table.iter().map_err(storage)? {
@@ -276,10 +345,16 @@ impl Store {
         &self,
         change: impl FnOnce(&redb::WriteTransaction) -> Result<(), WriteError>,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.begin_write()?;
         // An error drops the transaction, which aborts it: nothing half-written is visible.
-        change(&txn).map_err(|e| e.0)?;
-        txn.commit().map_err(storage)
+        let result = change(&txn)
+            .map_err(|e| e.0)
+            .and_then(|()| txn.commit().map_err(storage));
+        if let Err(StoreError::Full(_) | StoreError::Storage(_)) = &result {
+            // redb refuses everything after an I/O error until it is opened again.
+            self.reopen.store(true, Ordering::Release);
+        }
+        result
     }
 }
 

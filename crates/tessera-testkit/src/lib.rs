@@ -207,6 +207,24 @@ impl Daemon {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
+    /// Limits the size of every file the running daemon writes (`prlimit --fsize`, the soft
+    /// limit): a full disk, as the daemon's writes see it. `u64::MAX` lifts the limit.
+    pub fn limit_file_size(&self, bytes: u64) {
+        let pid = self.pid().expect("the daemon is running");
+        let status = Command::new("prlimit")
+            .arg("--pid")
+            .arg(pid.to_string())
+            // The soft limit only: it can be lifted again without privileges.
+            .arg(if bytes == u64::MAX {
+                "--fsize=unlimited:".to_string()
+            } else {
+                format!("--fsize={bytes}:")
+            })
+            .status()
+            .expect("prlimit runs");
+        assert!(status.success(), "prlimit failed");
+    }
+
     /// Kills the daemon with SIGKILL (`kill -9`) and waits for it.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

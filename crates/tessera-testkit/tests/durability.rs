@@ -1,5 +1,5 @@
 //! A `kill -9` during heavy object creation loses no object whose creation returned `CKR_OK`
-//! and leaves no half-written object behind.
+//! and leaves no half-written object behind; a full disk fails writes cleanly.
 
 mod common;
 
@@ -130,5 +130,94 @@ fn kill_9_during_heavy_creation_loses_nothing_that_was_acknowledged() {
     );
     drop(session);
     drop(pkcs11);
+    drop(serial);
+}
+
+/// A full disk (the daemon's files may grow no more: `prlimit --fsize`) fails the write with
+/// `CKR_DEVICE_MEMORY` and a log line that says why; the daemon stays up, the store stays
+/// readable, and after a restart with room again every acknowledged object is intact.
+#[test]
+fn a_full_disk_fails_the_write_cleanly_and_the_store_stays_readable() {
+    let f = common::fixture(Transport::Unix);
+    let common::Fixture {
+        mut daemon,
+        pkcs11,
+        slot,
+        serial,
+    } = f;
+    let session = pkcs11.open_rw_session(slot).unwrap();
+    session
+        .login(UserType::User, Some(&AuthPin::new(common::USER_PIN.into())))
+        .unwrap();
+    let store = std::fs::read_dir(daemon.data_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .max_by_key(|p| p.metadata().map(|m| m.len()).unwrap_or(0))
+        .unwrap();
+    let size = store.metadata().unwrap().len();
+    // Room for a little more than what is there.
+    daemon.limit_file_size(size + 256 * 1024);
+    let object = |i: usize| {
+        vec![
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Label(format!("big-{i}").into_bytes()),
+            Attribute::Value(vec![i as u8; 32 * 1024]),
+        ]
+    };
+    let mut acknowledged = Vec::new();
+    let mut refused = None;
+    for i in 0..200 {
+        match session.create_object(&object(i)) {
+            Ok(_) => acknowledged.push(i),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("the limit was reached within 200 objects of 32 KiB");
+    assert_eq!(
+        common::rv::<()>(Err(refused)),
+        cryptoki::error::RvError::DeviceMemory
+    );
+    assert!(
+        daemon.log().contains("the token store is full"),
+        "{}",
+        daemon.log()
+    );
+    // Still up and readable: what was acknowledged reads back, session objects still work.
+    for i in &acknowledged {
+        let found = session
+            .find_objects(&[Attribute::Label(format!("big-{i}").into_bytes())])
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        let value = session
+            .get_attributes(found[0], &[AttributeType::Value])
+            .unwrap();
+        assert_eq!(value, vec![Attribute::Value(vec![*i as u8; 32 * 1024])]);
+    }
+    session.generate_random_vec(16).unwrap();
+    // Room again (the limit lifted) without a restart: writes work again.
+    daemon.limit_file_size(u64::MAX);
+    session.create_object(&object(500)).unwrap();
+    acknowledged.push(500);
+    drop(session);
+    drop(pkcs11);
+    // Room again: after a restart everything acknowledged is there and writes work.
+    daemon.restart();
+    let pkcs11 = common::load(&daemon.server_list(Transport::Unix));
+    let session = pkcs11.open_rw_session(slot).unwrap();
+    session
+        .login(UserType::User, Some(&AuthPin::new(common::USER_PIN.into())))
+        .unwrap();
+    let all = session
+        .find_objects(&[Attribute::Class(ObjectClass::DATA)])
+        .unwrap();
+    assert_eq!(all.len(), acknowledged.len());
+    session.create_object(&object(999)).unwrap();
     drop(serial);
 }

@@ -69,7 +69,9 @@ fn start_work(pkcs11: &Pkcs11, slot: Slot) -> Result<Work, Error> {
         &Mechanism::EccKeyPairGen,
         &[
             // P-256.
-            Attribute::EcParams(vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]),
+            Attribute::EcParams(vec![
+                0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+            ]),
             Attribute::Verify(true),
         ],
         &[Attribute::Sign(true)],
@@ -126,7 +128,12 @@ fn round(
         return Ok(false);
     }
     let signature = s.sign(&Mechanism::EcdsaSha256, work.ec_private, &message)?;
-    s.verify(&Mechanism::EcdsaSha256, work.ec_public, &message, &signature)?;
+    s.verify(
+        &Mechanism::EcdsaSha256,
+        work.ec_public,
+        &message,
+        &signature,
+    )?;
     let found = s.find_objects(&[
         Attribute::Class(ObjectClass::DATA),
         Attribute::Label(label.into_bytes()),
@@ -194,7 +201,10 @@ fn load_then_kill_9_under_load_loses_nothing_acknowledged_and_clients_recover() 
                             wrong.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(e) if phase.load(Ordering::Relaxed) == STEADY => {
-                            steady_errors.lock().unwrap().push(format!("worker {w}: {e}"));
+                            steady_errors
+                                .lock()
+                                .unwrap()
+                                .push(format!("worker {w}: {e}"));
                             return;
                         }
                         // Under faults: a clean error, then new sessions.

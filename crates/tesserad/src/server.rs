@@ -18,6 +18,9 @@ use crate::guard::Guard;
 use crate::secure::{KeyLimits, Secure};
 use tessera_config::listen::Listen;
 
+/// The signal a process gets when a file would grow past its size limit (Linux).
+const SIGXFSZ: i32 = 25;
+
 /// What the daemon serves.
 pub struct Config {
     pub data_dir: PathBuf,
@@ -167,6 +170,10 @@ pub fn run(config: Config) -> Result<(), String> {
 }
 
 async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
+    // A store file that may grow no more (RLIMIT_FSIZE) must fail the write, not kill the
+    // daemon: with a handler installed, SIGXFSZ no longer terminates and the write gives EFBIG.
+    let _file_size_signal =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ));
     let (stop_sender, stop) = watch::channel(false);
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let shared = Shared {
