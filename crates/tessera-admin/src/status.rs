@@ -43,6 +43,7 @@ pub fn render(status: &DeviceStatus, verbose: bool) -> String {
         transport_mode(status.transport_mode),
     );
     line(&mut out, "Open Session Count", status.sessions);
+    line(&mut out, "Requests Served", status.requests);
     line(&mut out, "Number of Slots", info.slot_count);
     match &status.identity_fingerprint {
         Some(fingerprint) => line(

@@ -106,6 +106,7 @@ impl Hsm {
             identity_fingerprint: state.identity.fingerprint(),
             events: self.store.events().map(|e| e.len() as u64).unwrap_or(0),
             slots,
+            requests: self.requests.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

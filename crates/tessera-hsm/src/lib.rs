@@ -111,6 +111,8 @@ pub struct Hsm {
     events: events::EventLog,
     channels: channels::Channels,
     random: random::Mixer,
+    /// Requests served since the device started.
+    requests: std::sync::atomic::AtomicU64,
     state: Mutex<State>,
 }
 
@@ -182,6 +184,8 @@ impl Hsm {
     /// ones in the clear (`CKR_BAD_PROTECTION`).
     pub fn handle(&self, client: u64, protected: bool, request: Request) -> Result<Reply, Rv> {
         use Request as R;
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if !protected && !request.is_public() && self.device_policy().requires_channel() {
             self.channel_event(
                 "Public",
@@ -265,6 +269,25 @@ impl Hsm {
             } => self.set_attributes(client, session, object, &template),
             R::FindObjectsInit { session, template } => self.find_init(client, session, &template),
             R::FindObjects { session, max } => self.find_next(client, session, max),
+            R::FindObjectsFirst {
+                session,
+                template,
+                max,
+            } => {
+                self.find_init(client, session, &template)?;
+                self.find_first(client, session, max)
+            }
+            R::OperationOnce {
+                session,
+                operation,
+                mechanism,
+                key,
+                data,
+                signature,
+            } => {
+                self.operation_init(client, session, operation, &mechanism, key)?;
+                self.operation_single(client, session, operation, &data, &signature)
+            }
             R::FindObjectsFinal { session } => {
                 let mut state = self.lock();
                 let session = state.session_mut(client, session)?;

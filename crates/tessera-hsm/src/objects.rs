@@ -440,6 +440,20 @@ impl Hsm {
         Ok(Reply::Handles(found.drain(..take).collect()))
     }
 
+    /// The first `max` results of the search just begun; a search with nothing left is closed.
+    pub(crate) fn find_first(&self, client: u64, session: u64, max: u64) -> Result<Reply, Rv> {
+        let mut state = self.lock();
+        let current = state.session_mut(client, session)?;
+        let found = current.find.as_mut().ok_or(Rv::OperationNotInitialized)?;
+        let take = (max as usize).min(found.len());
+        let handles: Vec<u64> = found.drain(..take).collect();
+        let exhausted = found.is_empty();
+        if exhausted {
+            current.find = None;
+        }
+        Ok(Reply::Found { handles, exhausted })
+    }
+
     pub(crate) fn generate_key(
         &self,
         client: u64,

@@ -27,16 +27,18 @@ use tessera_wire::{Operation, Reply, Request};
 use crate::ids::{SessionId, SlotId, MAX_LOCAL_SLOTS};
 use crate::CkResult;
 
+mod deferred;
 mod messages;
 mod operations;
 mod pending;
 
+pub use deferred::{find, find_final, find_init};
 pub use messages::{
     message_context, message_final, message_init, open, seal, sign_message, verify_message, Context,
 };
 pub use operations::{
-    absorb, dual_update, operation_init, output, output_of, produce, random, session_cancel,
-    wrap_key, Dual,
+    absorb, digest_key, dual_update, final_call, operation_init, output, output_of, produce,
+    random, session_cancel, single, update_output, wrap_key, Dual,
 };
 use pending::Pending;
 pub use pending::{Call, Stage};
@@ -69,6 +71,8 @@ struct Session {
     /// The message-based operations in progress (`C_MessageEncryptInit`, ...), at most one
     /// per operation. They live here only: each message is one operation on the device.
     messages: Vec<(Operation, Context)>,
+    /// Inits held for the call that follows, and the session's search.
+    deferred: deferred::Deferred,
 }
 
 /// What a session call needs, cloned out of the table.
@@ -378,6 +382,7 @@ pub fn open_session(raw: u64, flags: u64) -> CkResult<u64> {
             generation,
             pending: Pending::default(),
             messages: Vec::new(),
+            deferred: deferred::Deferred::default(),
         };
         // A stale entry with the same handle belonged to a lost connection: replace it.
         library.sessions.insert(handle, session);
@@ -469,6 +474,7 @@ pub fn shape(reply: &Reply) -> &'static str {
         Reply::ServerHello(_) => "ServerHello",
         Reply::Protected(_) => "Protected",
         Reply::Channels(_) => "Channels",
+        Reply::Found { .. } => "Found",
     }
 }
 

@@ -26,6 +26,10 @@ fn steps(requests: &[Request]) -> Vec<String> {
             Request::OperationInit { operation, .. } => format!("{operation:?} init"),
             Request::OperationUpdate { operation, .. } => format!("{operation:?} update"),
             Request::OperationSingle { operation, .. } => format!("{operation:?} single"),
+            Request::OperationOnce { operation, .. } => format!("{operation:?} once"),
+            Request::FindObjectsFirst { max, .. } => format!("find first {max}"),
+            Request::FindObjects { max, .. } => format!("find {max}"),
+            Request::FindObjectsFinal { .. } => "find final".to_string(),
             Request::OperationFinal { operation, .. } => format!("{operation:?} final"),
             Request::GenerateRandom { len, .. } => format!("random {len}"),
             Request::WrapKey { key, .. } => format!("wrap {key}"),
@@ -44,6 +48,7 @@ fn composed_calls() {
         .expect("a session on the fake device");
     device.take();
 
+    one_round_trip_per_single_part_call(&device, session);
     dual_function_updates(&device, session);
     wrapped_keys_are_asked_for_once(&device, session);
     gcm_messages(&device, session);
@@ -51,6 +56,76 @@ fn composed_calls() {
     session_cancel(&device, session);
 
     library::finalize().unwrap();
+}
+
+fn one_round_trip_per_single_part_call(device: &FakeDevice, session: u64) {
+    let mechanism = || Mechanism::plain(ck::CKM_ECDSA_SHA256 as u64);
+    // Init and call travel together; the init alone sends nothing.
+    library::operation_init(session, Operation::Sign, mechanism(), 5).unwrap();
+    assert!(device.take().is_empty(), "the init is held");
+    let signature = library::single(session, Operation::Sign, b"m".to_vec(), Vec::new()).unwrap();
+    assert!(matches!(signature, tessera_wire::Reply::Bytes(_)));
+    assert_eq!(steps(&device.take()), ["Sign once"]);
+    // A length query and the call that takes the output: still one round trip.
+    library::operation_init(session, Operation::Sign, mechanism(), 5).unwrap();
+    let call = library::Call::Operation(Operation::Sign, library::Stage::Single);
+    let run = || {
+        library::output(library::single(
+            session,
+            Operation::Sign,
+            b"m".to_vec(),
+            Vec::new(),
+        )?)
+    };
+    let query = library::produce(session, call, None, run).unwrap();
+    let call = library::Call::Operation(Operation::Sign, library::Stage::Single);
+    let taken = library::produce(session, call, Some(64), run).unwrap();
+    assert_eq!(query, taken);
+    assert_eq!(steps(&device.take()), ["Sign once"]);
+    // A multi-part operation sends its init before the first update, once.
+    library::operation_init(session, Operation::Sign, mechanism(), 5).unwrap();
+    library::absorb(session, Operation::Sign, b"a".to_vec()).unwrap();
+    library::absorb(session, Operation::Sign, b"b".to_vec()).unwrap();
+    assert_eq!(
+        steps(&device.take()),
+        ["Sign init", "Sign update", "Sign update"]
+    );
+    // While it runs, a new init goes to the device at once (which answers
+    // CKR_OPERATION_ACTIVE); after its final call, inits are held again.
+    library::operation_init(session, Operation::Sign, mechanism(), 5).unwrap();
+    assert_eq!(steps(&device.take()), ["Sign init"]);
+    library::final_call(session, Operation::Sign, Vec::new()).unwrap();
+    library::operation_init(session, Operation::Sign, mechanism(), 5).unwrap();
+    assert_eq!(steps(&device.take()), ["Sign final"]);
+    // Two inits in a row: the held one goes first, then the second, for the device to judge.
+    library::operation_init(session, Operation::Sign, mechanism(), 6).unwrap();
+    assert_eq!(steps(&device.take()), ["Sign init", "Sign init"]);
+    library::final_call(session, Operation::Sign, Vec::new()).unwrap();
+    device.take();
+
+    // A small search: one round trip for init, objects and final.
+    library::find_init(session, tessera_core::Template::default()).unwrap();
+    assert_eq!(
+        library::find_init(session, tessera_core::Template::default()),
+        Err(code(Rv::OperationActive))
+    );
+    assert_eq!(library::find(session, 10).unwrap(), [1, 2]);
+    assert_eq!(library::find(session, 10).unwrap(), Vec::<u64>::new());
+    library::find_final(session).unwrap();
+    assert_eq!(steps(&device.take()), ["find first 10"]);
+    assert_eq!(
+        library::find_final(session),
+        Err(code(Rv::OperationNotInitialized))
+    );
+    // A search with more results than asked for stays on the device until its final call.
+    library::find_init(session, tessera_core::Template::default()).unwrap();
+    assert_eq!(library::find(session, 1).unwrap(), [1]);
+    assert_eq!(library::find(session, 1).unwrap(), Vec::<u64>::new());
+    library::find_final(session).unwrap();
+    assert_eq!(
+        steps(&device.take()),
+        ["find first 1", "find 1", "find final"]
+    );
 }
 
 fn dual_function_updates(device: &FakeDevice, session: u64) {
@@ -137,10 +212,7 @@ fn gcm_messages(device: &FakeDevice, session: u64) {
     assert_eq!(sealed.ciphertext, b"secret".map(|b| !b));
     assert_eq!(sealed.tag, TAG);
     let requests = device.take();
-    assert_eq!(
-        steps(&requests),
-        ["random 12", "Encrypt init", "Encrypt single"]
-    );
+    assert_eq!(steps(&requests), ["random 12", "Encrypt once"]);
     let expected = Mechanism {
         ty: ck::CKM_AES_GCM as u64,
         parameter: MechanismParameter::Gcm {
@@ -150,7 +222,7 @@ fn gcm_messages(device: &FakeDevice, session: u64) {
         },
     };
     assert!(
-        matches!(&requests[1], Request::OperationInit { mechanism, key: 42, .. } if *mechanism == expected),
+        matches!(&requests[1], Request::OperationOnce { mechanism, key: 42, .. } if *mechanism == expected),
         "{requests:?}"
     );
     // A tag length that does not match the device's output is the device's fault.
@@ -174,7 +246,7 @@ fn gcm_messages(device: &FakeDevice, session: u64) {
     assert_eq!(opened, SecretBytes::from_slice(b"secret"));
     let requests = device.take();
     assert!(
-        matches!(&requests[1], Request::OperationSingle { data, .. } if data.ends_with(&TAG)),
+        matches!(&requests[0], Request::OperationOnce { data, .. } if data.ends_with(&TAG)),
         "ciphertext || tag: {requests:?}"
     );
     let outcome = library::open(session, &context, message(), &sealed.ciphertext, &[0; 16]);
@@ -206,10 +278,7 @@ fn signature_messages(device: &FakeDevice, session: u64) {
     );
     let two = library::sign_message(session, &sign, b"two", Some(64)).unwrap();
     assert_eq!(two.expose(), b"sig:two");
-    assert_eq!(
-        steps(&device.take()),
-        ["Sign init", "Sign single", "Sign init", "Sign single"]
-    );
+    assert_eq!(steps(&device.take()), ["Sign once", "Sign once"]);
 
     assert_eq!(
         library::verify_message(session, &verify, b"two", b"sig:two"),
@@ -219,15 +288,7 @@ fn signature_messages(device: &FakeDevice, session: u64) {
         library::verify_message(session, &verify, b"two", b"sig:one"),
         Err(ck::CKR_SIGNATURE_INVALID as u64)
     );
-    assert_eq!(
-        steps(&device.take()),
-        [
-            "Verify init",
-            "Verify single",
-            "Verify init",
-            "Verify single"
-        ]
-    );
+    assert_eq!(steps(&device.take()), ["Verify once", "Verify once"]);
 }
 
 fn session_cancel(device: &FakeDevice, session: u64) {

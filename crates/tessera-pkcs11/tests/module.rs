@@ -141,8 +141,7 @@ fn new_entry_points_through_the_module() {
             &requests[..],
             [
                 Request::GenerateRandom { len: 12, .. },
-                Request::OperationInit { key, .. },
-                Request::OperationSingle { .. }
+                Request::OperationOnce { key, .. },
             ] if *key == 101
         ),
         "one encryption for the length query and the call: {requests:?}"

@@ -172,6 +172,8 @@ pub struct DeviceStatus {
     pub events: u64,
     /// User slots.
     pub slots: Vec<SlotStatus>,
+    /// Requests the device has served since it started (every round trip that reached it).
+    pub requests: u64,
 }
 
 /// One event log entry as shown.

@@ -322,6 +322,34 @@ pub enum Request {
         /// The change.
         command: crate::AdminCommand,
     },
+    /// `C_*Init` and the single-part call (`C_Encrypt`, `C_Sign`, `C_Verify`, ...) in one round
+    /// trip: the library holds the init until the call. An init that fails ends it there.
+    OperationOnce {
+        /// Session.
+        session: u64,
+        /// Which operation.
+        operation: Operation,
+        /// Mechanism.
+        mechanism: Mechanism,
+        /// Key handle (ignored for digests).
+        key: u64,
+        /// Input data.
+        #[serde(with = "tessera_core::bytes")]
+        data: Vec<u8>,
+        /// The signature, for `C_Verify`.
+        #[serde(with = "tessera_core::bytes")]
+        signature: Vec<u8>,
+    },
+    /// `C_FindObjectsInit` and the first `C_FindObjects` in one round trip; answered with
+    /// [`Reply::Found`]. A search whose results all fit is closed on the device at once.
+    FindObjectsFirst {
+        /// Session.
+        session: u64,
+        /// Attributes to match.
+        template: Template,
+        /// Most handles to return.
+        max: u64,
+    },
 }
 
 /// The cryptographic operation a session runs.
@@ -397,6 +425,13 @@ pub enum Reply {
     Protected(tessera_channel::Record),
     /// The device's secure-messaging channels.
     Channels(Vec<crate::ChannelSummary>),
+    /// The first objects of a search, and whether that was all (the search is then closed).
+    Found {
+        /// Object handles.
+        handles: Vec<u64>,
+        /// No more objects: the device closed the search.
+        exhausted: bool,
+    },
 }
 
 impl Request {

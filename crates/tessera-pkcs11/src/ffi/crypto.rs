@@ -5,6 +5,7 @@
 //! the output in the session ([`library::produce`]) for the next call.
 
 use cryptoki_sys::{CK_BYTE, CK_MECHANISM, CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CK_ULONG};
+use tessera_core::SecretBytes;
 use tessera_wire::{Operation, Request};
 
 use super::mechanism::mechanism;
@@ -28,7 +29,8 @@ unsafe fn init(
     library::operation_init(session as u64, operation, mechanism, key as u64)
 }
 
-/// A call that produces output: `request` gets the device's session handle.
+/// A call that produces output: `run` asks the device, given the session's handle, unless the
+/// output is kept from an earlier call.
 ///
 /// # Safety
 ///
@@ -39,15 +41,13 @@ unsafe fn produce(
     stage: Stage,
     out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
-    request: impl FnOnce(u64) -> Request,
+    run: impl FnOnce(u64) -> CkResult<SecretBytes>,
 ) -> CkResult {
     // SAFETY: forwarded contract.
     let output = unsafe { Output::new(out, out_len) }?;
     let handle = session as u64;
     let call = Call::Operation(operation, stage);
-    let produced = library::produce(handle, call, output.capacity()?, || {
-        library::output_of(handle, request)
-    })?;
+    let produced = library::produce(handle, call, output.capacity()?, || run(handle))?;
     output.deliver(produced.expose())
 }
 
@@ -66,14 +66,16 @@ unsafe fn single(
 ) -> CkResult {
     // SAFETY: forwarded contract.
     let data = unsafe { bytes(data, data_len) }?;
-    let request = |session| Request::OperationSingle {
-        session,
-        operation,
-        data: data.to_vec(),
-        signature: Vec::new(),
+    let run = |handle| {
+        library::output(library::single(
+            handle,
+            operation,
+            data.to_vec(),
+            Vec::new(),
+        )?)
     };
     // SAFETY: forwarded contract.
-    unsafe { produce(session, operation, Stage::Single, out, out_len, request) }
+    unsafe { produce(session, operation, Stage::Single, out, out_len, run) }
 }
 
 /// A multi-part update that produces output (`C_EncryptUpdate`, `C_DecryptUpdate`).
@@ -91,13 +93,9 @@ unsafe fn update_with_output(
 ) -> CkResult {
     // SAFETY: forwarded contract.
     let data = unsafe { bytes(part, part_len) }?;
-    let request = |session| Request::OperationUpdate {
-        session,
-        operation,
-        data: data.to_vec(),
-    };
+    let run = |handle| library::update_output(handle, operation, data.to_vec());
     // SAFETY: forwarded contract.
-    unsafe { produce(session, operation, Stage::Update, out, out_len, request) }
+    unsafe { produce(session, operation, Stage::Update, out, out_len, run) }
 }
 
 /// A multi-part update without output (`C_DigestUpdate`, `C_SignUpdate`, `C_VerifyUpdate`).
@@ -128,13 +126,9 @@ unsafe fn final_with_output(
     out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> CkResult {
-    let request = |session| Request::OperationFinal {
-        session,
-        operation,
-        signature: Vec::new(),
-    };
+    let run = |handle| library::output(library::final_call(handle, operation, Vec::new())?);
     // SAFETY: forwarded contract.
-    unsafe { produce(session, operation, Stage::Final, out, out_len, request) }
+    unsafe { produce(session, operation, Stage::Final, out, out_len, run) }
 }
 
 /// A dual-function update (§5.13): the cipher's output follows the two-call convention.
@@ -267,10 +261,7 @@ entry_points! {
 
     /// `C_DigestKey` (§5.10.4): the device adds the secret key's value to the digest.
     fn C_DigestKey(session: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) {
-        expect_done(library::session_call(session as u64, |session| Request::DigestKey {
-            session,
-            key: key as u64,
-        })?)
+        library::digest_key(session as u64, key as u64)
     }
 
     /// `C_DigestFinal` (§5.10.5).
@@ -335,13 +326,7 @@ entry_points! {
         let data = unsafe { bytes(data, data_len) }?.to_vec();
         // SAFETY: pSignature holds ulSignatureLen bytes (§5.12.2).
         let signature = unsafe { bytes(signature, signature_len) }?.to_vec();
-        let request = |session| Request::OperationSingle {
-            session,
-            operation: Operation::Verify,
-            data,
-            signature,
-        };
-        verified(library::session_call(session as u64, request)?)
+        verified(library::single(session as u64, Operation::Verify, data, signature)?)
     }
 
     /// `C_VerifyUpdate` (§5.12.3).
@@ -354,12 +339,7 @@ entry_points! {
     fn C_VerifyFinal(session: CK_SESSION_HANDLE, signature: *mut CK_BYTE, signature_len: CK_ULONG) {
         // SAFETY: pSignature holds ulSignatureLen bytes (§5.12.4).
         let signature = unsafe { bytes(signature, signature_len) }?.to_vec();
-        let request = |session| Request::OperationFinal {
-            session,
-            operation: Operation::Verify,
-            signature,
-        };
-        verified(library::session_call(session as u64, request)?)
+        verified(library::final_call(session as u64, Operation::Verify, signature)?)
     }
 
     /// `C_DigestEncryptUpdate` (§5.13.1): a digest update with the input, then an encryption

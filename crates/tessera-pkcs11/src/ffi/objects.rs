@@ -214,9 +214,7 @@ entry_points! {
     ) {
         // SAFETY: pTemplate is NULL or holds ulCount attributes (§5.7.7).
         let template = unsafe { template(attributes, count) }?;
-        expect_done(library::session_call(session as u64, |session| {
-            Request::FindObjectsInit { session, template }
-        })?)
+        library::find_init(session as u64, template)
     }
 
     /// `C_FindObjects` (§5.7.8).
@@ -232,14 +230,10 @@ entry_points! {
         if objects.is_null() && max_len > 0 {
             return super::arguments_bad();
         }
-        let request = |session| Request::FindObjects {
-            session,
-            max: max as u64,
-        };
-        let handles: Vec<CK_OBJECT_HANDLE> = match library::session_call(session as u64, request)? {
-            Reply::Handles(handles) => handles.into_iter().map(|h| h as CK_OBJECT_HANDLE).collect(),
-            reply => return Err(unexpected(&reply)),
-        };
+        let handles: Vec<CK_OBJECT_HANDLE> = library::find(session as u64, max as u64)?
+            .into_iter()
+            .map(|h| h as CK_OBJECT_HANDLE)
+            .collect();
         if handles.len() > max_len {
             tracing::warn!("the device returned more objects than asked for");
             return Err(Rv::DeviceError.code());
@@ -256,9 +250,7 @@ entry_points! {
 
     /// `C_FindObjectsFinal` (§5.7.9).
     fn C_FindObjectsFinal(session: CK_SESSION_HANDLE) {
-        expect_done(library::session_call(session as u64, |session| {
-            Request::FindObjectsFinal { session }
-        })?)
+        library::find_final(session as u64)
     }
 }
 

@@ -11,7 +11,7 @@ use cryptoki_sys as ck;
 use tessera_core::{Mechanism, MechanismParameter, Rv, SecretBytes};
 use tessera_wire::{Operation, Reply, Request};
 
-use super::{expect_done, output, produce, random, session_call, verified, with, Call};
+use super::{output, produce, random, session_call, verified, with, Call};
 use crate::message::{generated_iv, join_tag, split_tag, tag_len, GcmMessage, Iv, Sealed};
 use crate::CkResult;
 
@@ -87,7 +87,7 @@ pub fn message_final(handle: u64, operation: Operation) -> CkResult {
     })
 }
 
-/// One message as a whole operation on the device.
+/// One message as a whole operation on the device, in one round trip.
 fn one_shot(
     handle: u64,
     operation: Operation,
@@ -96,15 +96,11 @@ fn one_shot(
     data: Vec<u8>,
     signature: Vec<u8>,
 ) -> CkResult<Reply> {
-    expect_done(session_call(handle, |session| Request::OperationInit {
+    session_call(handle, |session| Request::OperationOnce {
         session,
         operation,
         mechanism,
         key,
-    })?)?;
-    session_call(handle, |session| Request::OperationSingle {
-        session,
-        operation,
         data,
         signature,
     })

@@ -5,11 +5,13 @@
 use tessera_core::{Mechanism, Rv, SecretBytes};
 use tessera_wire::{Operation, Reply, Request};
 
+use super::deferred;
 use super::pending::{self, MESSAGE_FLAGS};
 use super::{expect_done, session_call, unexpected, with, Call, Stage};
 use crate::CkResult;
 
-/// `C_*Init` of an operation; forgets undelivered output of an earlier one.
+/// `C_*Init` of an operation; forgets undelivered output of an earlier one. The init is held
+/// for the call that follows ([`super::deferred`]).
 pub fn operation_init(
     handle: u64,
     operation: Operation,
@@ -23,12 +25,57 @@ pub fn operation_init(
             .forget(|call| call.operation() == Some(operation));
         Ok(())
     })?;
-    expect_done(session_call(handle, |session| Request::OperationInit {
+    deferred::init(handle, operation, mechanism, key)
+}
+
+/// A single-part call (`C_Encrypt`, `C_Decrypt`, `C_Digest`, `C_Sign`, `C_Verify`), with the
+/// held init in the same request.
+pub fn single(
+    handle: u64,
+    operation: Operation,
+    data: Vec<u8>,
+    signature: Vec<u8>,
+) -> CkResult<Reply> {
+    deferred::single(handle, operation, data, signature)
+}
+
+/// A multi-part update that produces output (`C_EncryptUpdate`, `C_DecryptUpdate`).
+pub fn update_output(handle: u64, operation: Operation, data: Vec<u8>) -> CkResult<SecretBytes> {
+    deferred::flush(handle, operation)?;
+    let result = output_of(handle, |session| Request::OperationUpdate {
         session,
         operation,
-        mechanism,
+        data,
+    });
+    if result.is_err() {
+        deferred::ended(handle, operation);
+    }
+    result
+}
+
+/// A final call (`C_EncryptFinal`, `C_SignFinal`, `C_VerifyFinal`, ...): the operation ends.
+pub fn final_call(handle: u64, operation: Operation, signature: Vec<u8>) -> CkResult<Reply> {
+    deferred::flush(handle, operation)?;
+    let result = session_call(handle, |session| Request::OperationFinal {
+        session,
+        operation,
+        signature,
+    });
+    deferred::ended(handle, operation);
+    result
+}
+
+/// `C_DigestKey`: the held digest init goes first.
+pub fn digest_key(handle: u64, key: u64) -> CkResult {
+    deferred::flush(handle, Operation::Digest)?;
+    let result = expect_done(session_call(handle, |session| Request::DigestKey {
+        session,
         key,
-    })?)
+    })?);
+    if result.is_err() {
+        deferred::ended(handle, Operation::Digest);
+    }
+    result
 }
 
 /// A call that produces output, asking the device once: when the application's buffer is
@@ -71,16 +118,22 @@ pub fn output_of(handle: u64, build: impl FnOnce(u64) -> Request) -> CkResult<Se
 
 /// A multi-part update without output (`C_DigestUpdate`, `C_SignUpdate`, `C_VerifyUpdate`).
 pub fn absorb(handle: u64, operation: Operation, data: Vec<u8>) -> CkResult {
+    deferred::flush(handle, operation)?;
     let request = |session| Request::OperationUpdate {
         session,
         operation,
         data,
     };
-    match session_call(handle, request)? {
-        Reply::Done => Ok(()),
-        Reply::Bytes(bytes) if bytes.is_empty() => Ok(()),
-        reply => Err(unexpected(&reply)),
+    let result = match session_call(handle, request) {
+        Ok(Reply::Done) => Ok(()),
+        Ok(Reply::Bytes(bytes)) if bytes.is_empty() => Ok(()),
+        Ok(reply) => Err(unexpected(&reply)),
+        Err(code) => Err(code),
+    };
+    if result.is_err() {
+        deferred::ended(handle, operation);
     }
+    result
 }
 
 /// The dual-function updates (PKCS#11 3.0 §5.13), each two updates of the session's
@@ -139,11 +192,7 @@ pub fn dual_update(
         if dual.plaintext_is_input() {
             absorb(handle, dual.absorber(), data.to_vec())?;
         }
-        let output = output_of(handle, |session| Request::OperationUpdate {
-            session,
-            operation: dual.cipher(),
-            data: data.to_vec(),
-        })?;
+        let output = update_output(handle, dual.cipher(), data.to_vec())?;
         if !dual.plaintext_is_input() {
             absorb(handle, dual.absorber(), output.expose().to_vec())?;
         }
@@ -186,6 +235,9 @@ pub fn session_cancel(handle: u64, flags: u64) -> CkResult {
     with(|library| {
         let session = library.session_mut(handle)?;
         session.pending.forget(|call| call.cancelled_by(flags));
+        session
+            .deferred
+            .cancel(|operation| flags & pending::operation_flag(operation) != 0);
         session
             .messages
             .retain(|(operation, _)| flags & pending::message_flag(*operation) == 0);

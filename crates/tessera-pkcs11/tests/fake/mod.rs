@@ -109,7 +109,30 @@ fn signature(data: &[u8]) -> Vec<u8> {
 }
 
 fn answer(request: &Request, counters: &Counters) -> Result<Reply, u64> {
+    if let Request::OperationOnce {
+        session,
+        operation,
+        data,
+        signature,
+        ..
+    } = request
+    {
+        // Init and single-part call in one: the call's answer.
+        let single = Request::OperationSingle {
+            session: *session,
+            operation: *operation,
+            data: data.clone(),
+            signature: signature.clone(),
+        };
+        return answer(&single, counters);
+    }
     Ok(match request {
+        Request::FindObjectsFirst { max, .. } => Reply::Found {
+            handles: (1..=(*max).min(2)).collect(),
+            exhausted: *max >= 2,
+        },
+        Request::FindObjects { .. } => Reply::Handles(Vec::new()),
+        Request::OperationFinal { .. } => Reply::Bytes(b"final".to_vec()),
         Request::DeviceInfo => Reply::Device(DeviceInfo {
             serial: "1".into(),
             model: "fake".into(),
@@ -177,7 +200,8 @@ fn answer(request: &Request, counters: &Counters) -> Result<Reply, u64> {
         | Request::Login { .. }
         | Request::Logout { .. }
         | Request::CloseSession { .. }
-        | Request::CloseAllSessions { .. } => Reply::Done,
+        | Request::CloseAllSessions { .. }
+        | Request::FindObjectsFinal { .. } => Reply::Done,
         _ => return Err(ck::CKR_FUNCTION_NOT_SUPPORTED as u64),
     })
 }

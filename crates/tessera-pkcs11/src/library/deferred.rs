@@ -1,0 +1,202 @@
+//! One round trip per single-part operation and per small search: `C_*Init` and
+//! `C_FindObjectsInit` are held in the session entry and travel with the call that follows.
+//!
+//! - `C_EncryptInit` + `C_Encrypt` (and decrypt, digest, sign, verify) is one request,
+//!   [`Request::OperationOnce`]; a multi-part call (`C_*Update`, `C_*Final`, the dual-function
+//!   updates, `C_DigestKey`) first sends the held init on its own.
+//! - `C_FindObjectsInit` + `C_FindObjects` is one request, [`Request::FindObjectsFirst`]; when
+//!   every result fits, the device closes the search and `C_FindObjectsFinal` is answered here.
+//!
+//! What PKCS#11 lets the library check, it checks at the init (the session handle, the
+//! mechanism's parameter, a search already active); what only the device knows (the key handle
+//! and what the key may do) is reported by the call that carries the init. A second init of an
+//! operation whose init was held sends the first one, then the second, so the device answers
+//! `CKR_OPERATION_ACTIVE` at the second init as the standard says; so does an init of an
+//! operation the device may still be running (its init went to the device and the library has
+//! not seen it end).
+
+use tessera_core::{Mechanism, Rv, Template};
+use tessera_wire::{Operation, Reply, Request};
+
+use super::{expect_done, session_call, unexpected, with};
+use crate::CkResult;
+
+/// The search of a session, as far as the library knows.
+#[derive(Debug, Default)]
+pub enum Find {
+    /// No search.
+    #[default]
+    Idle,
+    /// `C_FindObjectsInit` was called; the template goes with the first `C_FindObjects`.
+    Held(Template),
+    /// The search runs on the device.
+    Remote,
+    /// The device gave every result and closed the search.
+    Exhausted,
+}
+
+/// Inits held in a session entry, and the operations whose init reached the device.
+#[derive(Debug, Default)]
+pub struct Deferred {
+    held: Vec<(Operation, Mechanism, u64)>,
+    live: Vec<Operation>,
+    /// The session's search.
+    pub find: Find,
+}
+
+impl Deferred {
+    fn take(&mut self, operation: Operation) -> Option<(Mechanism, u64)> {
+        let at = self.held.iter().position(|(o, ..)| *o == operation)?;
+        let (_, mechanism, key) = self.held.swap_remove(at);
+        Some((mechanism, key))
+    }
+
+    fn ended(&mut self, operation: Operation) {
+        self.live.retain(|o| *o != operation);
+    }
+
+    /// Forgets the held inits and live operations of the operations `cancelled` names.
+    pub fn cancel(&mut self, cancelled: impl Fn(Operation) -> bool) {
+        self.held.retain(|(o, ..)| !cancelled(*o));
+        self.live.retain(|o| !cancelled(*o));
+    }
+}
+
+fn deferred<T>(handle: u64, f: impl FnOnce(&mut Deferred) -> T) -> CkResult<T> {
+    with(|library| Ok(f(&mut library.session_mut(handle)?.deferred)))
+}
+
+/// Sends an init to the device now.
+fn send_init(handle: u64, operation: Operation, mechanism: Mechanism, key: u64) -> CkResult {
+    expect_done(session_call(handle, |session| Request::OperationInit {
+        session,
+        operation,
+        mechanism,
+        key,
+    })?)?;
+    deferred(handle, |d| d.live.push(operation))
+}
+
+/// `C_*Init`: held for the call that follows, unless the device may still run this operation.
+pub fn init(handle: u64, operation: Operation, mechanism: Mechanism, key: u64) -> CkResult {
+    let (earlier, live) = deferred(handle, |d| (d.take(operation), d.live.contains(&operation)))?;
+    if let Some((earlier_mechanism, earlier_key)) = earlier {
+        // The earlier init was answered CKR_OK; it reaches the device now, so that this one
+        // gets the device's answer (CKR_OPERATION_ACTIVE when the earlier one took).
+        let _ = send_init(handle, operation, earlier_mechanism, earlier_key);
+        return send_init(handle, operation, mechanism, key);
+    }
+    if live {
+        return send_init(handle, operation, mechanism, key);
+    }
+    deferred(handle, |d| d.held.push((operation, mechanism, key)))
+}
+
+/// Before a multi-part call of `operation`: the held init goes to the device first.
+pub fn flush(handle: u64, operation: Operation) -> CkResult {
+    match deferred(handle, |d| d.take(operation))? {
+        Some((mechanism, key)) => send_init(handle, operation, mechanism, key),
+        None => Ok(()),
+    }
+}
+
+/// After a call that ends `operation` on the device (a single-part or final call, whatever its
+/// outcome, or a failed update).
+pub fn ended(handle: u64, operation: Operation) {
+    let _ = deferred(handle, |d| d.ended(operation));
+}
+
+/// A single-part call (`C_Encrypt`, `C_Sign`, `C_Verify`, ...): with the held init when there
+/// is one, in the same request. The operation ends with it.
+pub fn single(
+    handle: u64,
+    operation: Operation,
+    data: Vec<u8>,
+    signature: Vec<u8>,
+) -> CkResult<Reply> {
+    let held = deferred(handle, |d| d.take(operation))?;
+    let result = session_call(handle, |session| match held {
+        Some((mechanism, key)) => Request::OperationOnce {
+            session,
+            operation,
+            mechanism,
+            key,
+            data,
+            signature,
+        },
+        None => Request::OperationSingle {
+            session,
+            operation,
+            data,
+            signature,
+        },
+    });
+    ended(handle, operation);
+    result
+}
+
+/// `C_FindObjectsInit`: held for the first `C_FindObjects`.
+pub fn find_init(handle: u64, template: Template) -> CkResult {
+    with(|library| {
+        let session = library.session_mut(handle)?;
+        if !matches!(session.deferred.find, Find::Idle) {
+            return Err(Rv::OperationActive.code());
+        }
+        session.deferred.find = Find::Held(template);
+        Ok(())
+    })
+}
+
+/// `C_FindObjects`: the first call carries the template.
+pub fn find(handle: u64, max: u64) -> CkResult<Vec<u64>> {
+    let find = deferred(handle, |d| std::mem::take(&mut d.find))?;
+    let (handles, next) = match find {
+        Find::Idle => return Err(Rv::OperationNotInitialized.code()),
+        Find::Exhausted => (Vec::new(), Find::Exhausted),
+        Find::Held(template) => {
+            let reply = session_call(handle, |session| Request::FindObjectsFirst {
+                session,
+                template,
+                max,
+            })?;
+            match reply {
+                Reply::Found { handles, exhausted } => {
+                    let next = if exhausted {
+                        Find::Exhausted
+                    } else {
+                        Find::Remote
+                    };
+                    (handles, next)
+                }
+                reply => return Err(unexpected(&reply)),
+            }
+        }
+        Find::Remote => {
+            let reply = session_call(handle, |session| Request::FindObjects { session, max });
+            let reply = match reply {
+                Ok(reply) => reply,
+                Err(code) => {
+                    deferred(handle, |d| d.find = Find::Remote)?;
+                    return Err(code);
+                }
+            };
+            match reply {
+                Reply::Handles(handles) => (handles, Find::Remote),
+                reply => return Err(unexpected(&reply)),
+            }
+        }
+    };
+    deferred(handle, |d| d.find = next)?;
+    Ok(handles)
+}
+
+/// `C_FindObjectsFinal`: a round trip only if the search still runs on the device.
+pub fn find_final(handle: u64) -> CkResult {
+    match deferred(handle, |d| std::mem::take(&mut d.find))? {
+        Find::Idle => Err(Rv::OperationNotInitialized.code()),
+        Find::Held(_) | Find::Exhausted => Ok(()),
+        Find::Remote => expect_done(session_call(handle, |session| Request::FindObjectsFinal {
+            session,
+        })?),
+    }
+}

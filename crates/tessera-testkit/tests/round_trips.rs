@@ -1,0 +1,151 @@
+//! Round trips per PKCS#11 call, counted by the device (`Requests Served` in `ctconf -a`),
+//! through the real library and `cryptoki`'s calls as an application makes them: a single-part
+//! operation is one round trip (its init travels with it, and the length query of the two-call
+//! convention costs nothing more), a small search is one, random is one. Over the plain socket
+//! and over full secure messaging.
+
+mod common;
+mod sm_common;
+
+use std::time::Duration;
+
+use cryptoki::context::{CInitializeArgs, Pkcs11};
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectClass};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+use tessera_client::Device;
+use tessera_config::ServerAddress;
+use tessera_testkit::{pkcs11_module, Daemon, Transport};
+use tessera_wire::{Reply, Request};
+
+/// Requests the device has served.
+fn served(daemon: &Daemon) -> u64 {
+    let address = ServerAddress::parse(&daemon.server_list(Transport::Unix)).unwrap();
+    let device = Device::new(address, Duration::from_secs(3), Duration::from_secs(3));
+    match device.call(None, Request::DeviceStatus) {
+        Ok((Reply::Status(status), _)) => status.requests,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The round trips `action` made (the status request that reads the counter is one).
+fn round_trips(daemon: &Daemon, action: impl FnOnce()) -> u64 {
+    let before = served(daemon);
+    action();
+    served(daemon) - before - 1
+}
+
+fn check(daemon: &Daemon, session: &Session) {
+    let key = session
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::ValueLen(32.into()),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+            ],
+        )
+        .unwrap();
+    let (public, private) = session
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[Attribute::EcParams(vec![
+                0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+            ])],
+            &[Attribute::Sign(true)],
+        )
+        .unwrap();
+    session
+        .create_object(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Label(b"needle".to_vec()),
+            Attribute::Value(b"x".to_vec()),
+        ])
+        .unwrap();
+    let mut iv = [7u8; 12];
+    let mut sealed = Vec::new();
+    let cases: Vec<(&str, u64, Box<dyn FnOnce() + '_>)> = vec![
+        (
+            "C_GenerateRandom",
+            1,
+            Box::new(|| drop(session.generate_random_vec(32).unwrap())),
+        ),
+        (
+            "C_EncryptInit + C_Encrypt (length query, then the call)",
+            1,
+            Box::new(|| {
+                let gcm = Mechanism::AesGcm(GcmParams::new(&mut iv, b"", 128.into()).unwrap());
+                sealed = session.encrypt(&gcm, key, &[1u8; 64]).unwrap();
+            }),
+        ),
+        (
+            "C_DigestInit + C_Digest",
+            1,
+            Box::new(|| drop(session.digest(&Mechanism::Sha256, b"abc").unwrap())),
+        ),
+        (
+            "C_SignInit + C_Sign + C_VerifyInit + C_Verify",
+            2,
+            Box::new(|| {
+                let signature = session
+                    .sign(&Mechanism::EcdsaSha256, private, b"m")
+                    .unwrap();
+                session
+                    .verify(&Mechanism::EcdsaSha256, public, b"m", &signature)
+                    .unwrap();
+            }),
+        ),
+        (
+            "C_FindObjectsInit + C_FindObjects + C_FindObjectsFinal (one match)",
+            1,
+            Box::new(|| {
+                let found = session
+                    .find_objects(&[Attribute::Label(b"needle".to_vec())])
+                    .unwrap();
+                assert_eq!(found.len(), 1);
+            }),
+        ),
+    ];
+    for (name, expected, action) in cases {
+        assert_eq!(round_trips(daemon, action), expected, "{name}");
+    }
+    // The ciphertext was right: decrypting it (one round trip more) gives the plaintext back.
+    let mut iv = [7u8; 12];
+    let gcm = Mechanism::AesGcm(GcmParams::new(&mut iv, b"", 128.into()).unwrap());
+    assert_eq!(session.decrypt(&gcm, key, &sealed).unwrap(), [1u8; 64]);
+}
+
+#[test]
+fn single_part_calls_and_small_searches_take_one_round_trip() {
+    // Plain local socket.
+    let f = common::fixture(Transport::Unix);
+    let session = f.user_session();
+    check(&f.daemon, &session);
+    drop(session);
+    drop(f);
+
+    // Full secure messaging (nuNU), over the same socket.
+    let _serial = common::serialise();
+    let daemon = Daemon::start();
+    sm_common::prepare(&daemon, Transport::Unix, "nuNU");
+    std::env::set_var(
+        "ET_HSM_NETCLIENT_SERVERLIST",
+        daemon.server_list(Transport::Unix),
+    );
+    for (key, value) in daemon.trust_env() {
+        std::env::set_var(key, value);
+    }
+    let pkcs11 = Pkcs11::new(pkcs11_module()).unwrap();
+    pkcs11.initialize(CInitializeArgs::OsThreads).unwrap();
+    let slot = pkcs11.get_slots_with_token().unwrap()[0];
+    let session = pkcs11.open_rw_session(slot).unwrap();
+    session
+        .login(
+            UserType::User,
+            Some(&AuthPin::new(sm_common::USER_PIN.into())),
+        )
+        .unwrap();
+    check(&daemon, &session);
+}
