@@ -37,6 +37,9 @@ fn round_trips(daemon: &Daemon, action: impl FnOnce()) -> u64 {
     served(daemon) - before - 1
 }
 
+/// A call sequence: its name, the round trips it should take, and the calls.
+type Case<'a> = (&'static str, u64, Box<dyn FnOnce() + 'a>);
+
 fn check(daemon: &Daemon, session: &Session) {
     let key = session
         .generate_key(
@@ -66,7 +69,7 @@ fn check(daemon: &Daemon, session: &Session) {
         .unwrap();
     let mut iv = [7u8; 12];
     let mut sealed = Vec::new();
-    let cases: Vec<(&str, u64, Box<dyn FnOnce() + '_>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "C_GenerateRandom",
             1,
