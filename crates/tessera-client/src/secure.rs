@@ -43,7 +43,22 @@ pub struct SecureSettings {
     max_bytes: u64,
     max_age: Duration,
     idle: Option<Duration>,
+    /// The last chain the trust store accepted (see [`SecureSettings::check_chain`]).
+    verified: std::sync::Mutex<Option<Verified>>,
 }
+
+/// A chain found trusted: for which serial, against which anchors, when.
+#[derive(Debug)]
+struct Verified {
+    serial: String,
+    chain: Vec<Vec<u8>>,
+    anchors: Vec<Vec<u8>>,
+    at: i64,
+}
+
+/// How long a verified chain is taken as verified (it is checked again after, which also
+/// catches a certificate that expired meanwhile).
+const VERIFIED_SECONDS: i64 = 60;
 
 fn number(config: &Config, item: &str, default: u64) -> Result<u64, String> {
     match config.item(item) {
@@ -87,7 +102,36 @@ impl SecureSettings {
             },
             log,
             config,
+            verified: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Whether `chain` is trusted for `serial` given `anchors` (the trust store as read for
+    /// this handshake). The same chain against the same anchors within a minute is not verified
+    /// again: new connections to a device spare a signature verification and the parsing.
+    /// Any change of the trust store or of the chain verifies afresh.
+    pub(crate) fn check_chain(
+        &self,
+        chain: &[Vec<u8>],
+        anchors: &[Vec<u8>],
+        serial: &str,
+        now: i64,
+    ) -> Result<(), String> {
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = verified.as_ref() {
+            let fresh = now >= v.at && now - v.at < VERIFIED_SECONDS;
+            if fresh && v.serial == serial && v.chain == chain && v.anchors == anchors {
+                return Ok(());
+            }
+        }
+        tessera_identity::verify_chain(chain, anchors, serial, now).map_err(|r| r.to_string())?;
+        *verified = Some(Verified {
+            serial: serial.into(),
+            chain: chain.to_vec(),
+            anchors: anchors.to_vec(),
+            at: now,
+        });
+        Ok(())
     }
 
     /// The client's policy for the device with `serial` (SMPR).
@@ -238,11 +282,7 @@ impl Device {
             Vec::new()
         });
         let now = tessera_core::time::now() as i64;
-        let verify_chain = |chain: &[Vec<u8>]| {
-            tessera_identity::verify_chain(chain, &anchors, &serial, now)
-                .map(|_| ())
-                .map_err(|r| r.to_string())
-        };
+        let verify_chain = |chain: &[Vec<u8>]| settings.check_chain(chain, &anchors, &serial, now);
         let verified = expect.handle(
             &answer,
             verify_chain,

@@ -35,6 +35,13 @@ impl Hsm {
             .record(&self.store, self.clock(state), role, kind, detail);
     }
 
+    /// Records a security event without holding the device's state lock while the log is
+    /// written (the write is durable, so it waits for the disk): other calls go on meanwhile.
+    pub(crate) fn event_now(&self, role: &str, kind: &str, detail: String) {
+        let time = self.clock(&self.lock());
+        self.events.record(&self.store, time, role, kind, detail);
+    }
+
     /// Rebuilds the device object of every token (after the flags change).
     pub(crate) fn refresh_device_objects(&self, state: &mut State) {
         let mut attributes = Attributes::default();

@@ -87,9 +87,7 @@ impl Hsm {
         let mut map = self.channels.map();
         if map.len() >= self.channels.limit {
             drop(map);
-            let state = self.lock();
-            self.event(
-                &state,
+            self.event_now(
                 "Device",
                 "channel-refused",
                 format!("limit of {} channels reached ({peer})", self.channels.limit),
@@ -115,9 +113,7 @@ impl Hsm {
     pub fn close_channel(&self, info: &ChannelInfo, by: &str, why: &str) {
         if self.channels.map().remove(&info.id).is_some() {
             self.disconnect(info.client);
-            let state = self.lock();
-            self.event(
-                &state,
+            self.event_now(
                 by,
                 "channel-closed",
                 format!("channel {} ({}): {why}", info.id, info.peer),
@@ -127,8 +123,7 @@ impl Hsm {
 
     /// Records a channel event (open, rollover, integrity failure, policy refusal).
     pub fn channel_event(&self, role: &str, kind: &str, detail: String) {
-        let state = self.lock();
-        self.event(&state, role, kind, detail);
+        self.event_now(role, kind, detail);
     }
 
     /// Marks channels terminated (all when `which` is `None`); each connection notices before

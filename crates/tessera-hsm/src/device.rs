@@ -177,6 +177,7 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
         device_key,
         random: Default::default(),
         requests: Default::default(),
+        pik_cache: Default::default(),
         kdf_iterations: options.kdf_iterations.max(1),
         events,
         channels: crate::channels::Channels::new(options.max_channels),

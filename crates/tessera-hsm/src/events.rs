@@ -74,7 +74,11 @@ impl EventLog {
             mac: Vec::new(),
         });
         tracing::info!(role, kind, detail = %record.detail, "security event");
-        match store.append_event(&record, self.size) {
+        // Channels open and close at the rate of handshakes: those entries reach the disk with
+        // the next durable write instead of one disk flush each. Every other event (flags,
+        // tamper, integrity failures, refusals, logins, ...) is on disk when this returns.
+        let durable = !matches!(kind, "channel-opened" | "channel-closed");
+        match store.append_event(&record, self.size, durable) {
             Ok(()) => *last = (record.sequence, record.mac),
             Err(e) => tracing::error!(error = %e, kind, "cannot write the event log"),
         }

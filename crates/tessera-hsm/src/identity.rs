@@ -307,11 +307,40 @@ impl Hsm {
     }
 
     /// The PIK's signature over `message`.
+    ///
+    /// The PIK is unsealed and parsed once and kept (as long as the stored key is the same), and
+    /// the signature is made outside the device's state lock: handshakes neither wait for each
+    /// other here nor hold up the other calls.
     pub(crate) fn identity_signature(&self, message: &[u8]) -> Result<Vec<u8>, Rv> {
-        let state = self.lock();
-        let key = state.identity.pik.as_ref().ok_or(Rv::NoSessionKeys)?;
-        let pik = self.open_key(key, "pik")?;
-        issue::sign(&pik, key.curve, message).map_err(failed)
+        let (sealed, curve) = {
+            let state = self.lock();
+            let key = state.identity.pik.as_ref().ok_or(Rv::NoSessionKeys)?;
+            (key.sealed.clone(), key.curve)
+        };
+        let cached = {
+            let cache = self.pik_cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache
+                .as_ref()
+                .filter(|(for_sealed, _)| *for_sealed == sealed)
+                .map(|(_, key)| key.clone())
+        };
+        let key = match cached {
+            Some(key) => key,
+            None => {
+                let pkcs8 = self.open_key(
+                    &SealedKey {
+                        curve,
+                        sealed: sealed.clone(),
+                    },
+                    "pik",
+                )?;
+                let key = std::sync::Arc::new(issue::signing_key(&pkcs8, curve).map_err(failed)?);
+                *self.pik_cache.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((sealed, key.clone()));
+                key
+            }
+        };
+        issue::sign_with(&key, message).map_err(failed)
     }
 
     pub(crate) fn peers(&self) -> Reply {

@@ -113,6 +113,8 @@ pub struct Hsm {
     random: random::Mixer,
     /// Requests served since the device started.
     requests: std::sync::atomic::AtomicU64,
+    /// The PIK, parsed, with the sealed record it came from (see `identity_signature`).
+    pik_cache: PikCache,
     state: Mutex<State>,
 }
 
@@ -127,6 +129,9 @@ pub(crate) fn store_failure(e: tessera_store::StoreError) -> Rv {
     tracing::error!(error = %e, "a token store operation failed");
     Rv::DeviceError
 }
+
+/// The device's identity key ready to sign, and the sealed form it was opened from.
+type PikCache = Mutex<Option<(Vec<u8>, std::sync::Arc<aws_lc_rs::signature::EcdsaKeyPair>)>>;
 
 /// The first handle given to session objects; token object ids stay below it.
 const SESSION_OBJECT_BASE: u64 = 1 << 40;

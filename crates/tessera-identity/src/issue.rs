@@ -287,14 +287,29 @@ mod tests {
 /// Signs `message` with a private key (the PIK signing a handshake transcript): ECDSA with the
 /// hash that goes with the curve, ASN.1 signature.
 pub fn sign(pkcs8: &[u8], curve: Curve, message: &[u8]) -> Result<Vec<u8>, IdentityError> {
+    sign_with(&signing_key(pkcs8, curve)?, message)
+}
+
+/// A key (PKCS#8) ready to sign many messages: parsing and checking it is costly, so a signer
+/// that signs often (the device's PIK, at every handshake) keeps it.
+pub fn signing_key(
+    pkcs8: &[u8],
+    curve: Curve,
+) -> Result<aws_lc_rs::signature::EcdsaKeyPair, IdentityError> {
     use aws_lc_rs::signature::{self, EcdsaKeyPair};
     let algorithm = match curve {
         Curve::P256 => &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
         Curve::P384 => &signature::ECDSA_P384_SHA384_ASN1_SIGNING,
         Curve::P521 => &signature::ECDSA_P521_SHA512_ASN1_SIGNING,
     };
-    let key = EcdsaKeyPair::from_pkcs8(algorithm, pkcs8)
-        .map_err(|e| IdentityError::Generation(e.to_string()))?;
+    EcdsaKeyPair::from_pkcs8(algorithm, pkcs8).map_err(|e| IdentityError::Generation(e.to_string()))
+}
+
+/// Signs `message` (ECDSA, DER) with a key from [`signing_key`].
+pub fn sign_with(
+    key: &aws_lc_rs::signature::EcdsaKeyPair,
+    message: &[u8],
+) -> Result<Vec<u8>, IdentityError> {
     key.sign(&aws_lc_rs::rand::SystemRandom::new(), message)
         .map(|s| s.as_ref().to_vec())
         .map_err(|e| IdentityError::Generation(e.to_string()))

@@ -319,8 +319,21 @@ impl Store {
     }
 
     /// Appends an event and drops the oldest ones beyond `keep`, in one transaction.
-    pub fn append_event(&self, event: &EventRecord, keep: u64) -> Result<(), StoreError> {
-        self.write(|txn| {
+    ///
+    /// A `durable` entry is on disk when this returns; one that is not is written with the
+    /// next durable change (a crash may lose it, and only it: the chain stays whole).
+    pub fn append_event(
+        &self,
+        event: &EventRecord,
+        keep: u64,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let durability = if durable {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::Eventual
+        };
+        self.write_with(durability, |txn| {
             let mut table = txn.open_table(EVENTS)?;
             table.insert(event.sequence, encode(event).as_slice())?;
             let oldest_kept = event.sequence.saturating_add(1).saturating_sub(keep.max(1));
@@ -345,7 +358,16 @@ impl Store {
         &self,
         change: impl FnOnce(&redb::WriteTransaction) -> Result<(), WriteError>,
     ) -> Result<(), StoreError> {
-        let txn = self.begin_write()?;
+        self.write_with(redb::Durability::Immediate, change)
+    }
+
+    fn write_with(
+        &self,
+        durability: redb::Durability,
+        change: impl FnOnce(&redb::WriteTransaction) -> Result<(), WriteError>,
+    ) -> Result<(), StoreError> {
+        let mut txn = self.begin_write()?;
+        txn.set_durability(durability);
         // An error drops the transaction, which aborts it: nothing half-written is visible.
         let result = change(&txn)
             .map_err(|e| e.0)
@@ -429,7 +451,7 @@ mod tests {
                 previous: vec![],
                 mac: vec![],
             };
-            store.append_event(&event, 4).unwrap();
+            store.append_event(&event, 4, true).unwrap();
         }
         let kept: Vec<u64> = store.events().unwrap().iter().map(|e| e.sequence).collect();
         assert_eq!(kept, vec![7, 8, 9, 10]);

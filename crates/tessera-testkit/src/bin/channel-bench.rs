@@ -1,0 +1,191 @@
+//! `channel-bench`: secure-messaging channels at scale, against a daemon whose identity key is
+//! P-521 and whose flags require full secure messaging (`nuNU`):
+//!
+//! - handshakes per second with 1, 2 and 4 client threads, each handshake a new connection, a
+//!   full handshake (chain and signature checked against the trust store) and a
+//!   `C_OpenSession` inside the new channel;
+//! - the daemon's memory per idle channel: its resident memory before and after opening N
+//!   channels that then stay idle.
+//!
+//! Client and daemon share this machine's cores, as the issue asks.
+//!
+//! Run: `cargo build --release --workspace && ./target/release/channel-bench [--seconds S]
+//! [--idle N]` (defaults: 2 s per thread count, 10 000 idle channels).
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera_client::{Device, SecureSettings};
+use tessera_config::{Config, ServerAddress};
+use tessera_core::ck;
+use tessera_testkit::{Daemon, Transport};
+use tessera_wire::{Reply, Request};
+
+fn settings(daemon: &Daemon) -> Arc<SecureSettings> {
+    let environment: HashMap<String, String> = daemon.trust_env().into_iter().collect();
+    Arc::new(
+        SecureSettings::from_config(Config::from_levels(
+            environment,
+            HashMap::new(),
+            HashMap::new(),
+        ))
+        .expect("settings"),
+    )
+}
+
+/// A new connection with a new channel, in which a session is opened (and, for an idle
+/// channel, closed again: a token has a session limit, channels do not).
+fn channel(daemon: &Daemon, settings: &Arc<SecureSettings>, keep_session: bool) -> Device {
+    let address = ServerAddress::parse(&daemon.server_list(Transport::Unix)).expect("address");
+    let device = Device::new(address, Duration::from_secs(5), Duration::from_secs(30))
+        .with_security(settings.clone());
+    let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
+    let (session, generation) = match device.call(None, Request::OpenSession { slot: 0, flags }) {
+        Ok((Reply::Handle(session), generation)) => (session, generation),
+        other => panic!("no channel: {other:?}"),
+    };
+    if !keep_session {
+        device
+            .call(Some(generation), Request::CloseSession { session })
+            .expect("the session closes");
+    }
+    device
+}
+
+fn arguments() -> Result<(f64, usize), String> {
+    let mut seconds = 2.0;
+    let mut idle = 10_000;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
+        match arg.as_str() {
+            "--seconds" => {
+                seconds = value
+                    .parse()
+                    .ok()
+                    .filter(|s| (0.1..=60.0).contains(s))
+                    .ok_or("--seconds takes a number of seconds from 0.1 to 60")?
+            }
+            "--idle" => {
+                idle = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=15_000).contains(n))
+                    .ok_or("--idle takes a number of channels from 1 to 15000")?
+            }
+            _ => return Err(format!("unknown argument {arg} (known: --seconds, --idle)")),
+        }
+    }
+    Ok((seconds, idle))
+}
+
+fn main() {
+    let (seconds, idle) = match arguments() {
+        Ok(parsed) => parsed,
+        Err(message) => {
+            eprintln!("channel-bench: {message}");
+            std::process::exit(2);
+        }
+    };
+    let limit = (idle + 200).to_string();
+    let daemon = Daemon::start_with(&[
+        "--max-connections",
+        &limit,
+        "--max-connections-per-peer",
+        &limit,
+        "--max-channels",
+        &limit,
+    ]);
+    let transport = Transport::Unix;
+    daemon.ctident(transport, &["gen-selfsigned", "all", "--curve", "p521"]);
+    daemon.ctident(transport, &["trust", "add", "--from-device", "--yes"]);
+    daemon.admin(transport, &["-fnuNU"]);
+    std::fs::write(daemon.dir().join("so.pin"), "token-so-pin\n").expect("pin file");
+    let so = daemon.dir().join("so.pin").display().to_string();
+    daemon.admin(
+        transport,
+        &["-n0", "--label", "bench", "--so-pin-file", &so],
+    );
+    let settings = settings(&daemon);
+    drop(channel(&daemon, &settings, true));
+
+    println!("channel-bench: P-521 identity, flags nuNU, Unix socket, {seconds} s per case");
+    println!("{:<10} {:>14} {:>10}", "threads", "handshakes/s", "p50 ms");
+    for threads in [1usize, 2, 4] {
+        let done = AtomicU64::new(0);
+        let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+        let started = Instant::now();
+        let mut samples: Vec<Duration> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut samples = Vec::new();
+                        while Instant::now() < deadline {
+                            let t = Instant::now();
+                            drop(channel(&daemon, &settings, true));
+                            samples.push(t.elapsed());
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        samples
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("a worker"))
+                .collect()
+        });
+        let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+        samples.sort();
+        let p50 = tessera_testkit::quantile(&samples, 0.5).unwrap_or_default();
+        println!(
+            "{:<10} {:>14.0} {:>10.2}",
+            threads,
+            rate,
+            p50.as_secs_f64() * 1e3
+        );
+    }
+
+    // Idle channels: opened by 4 threads, then held.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = daemon.rss_kib().expect("daemon memory");
+    let started = Instant::now();
+    let held: Vec<Device> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                let (daemon, settings) = (&daemon, &settings);
+                scope.spawn(move || {
+                    (0..idle)
+                        .filter(|i| i % 4 == w)
+                        .map(|_| channel(daemon, settings, false))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a worker"))
+            .collect()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let after = daemon.rss_kib().expect("daemon memory");
+    let listed = daemon.admin(transport, &["--channels"]);
+    let count = listed
+        .lines()
+        .rev()
+        .find_map(|l| l.split(" channel(s)").next()?.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    println!(
+        "{} idle channels (device lists {count}) opened in {:.1} s: daemon RSS {:.1} MiB -> {:.1} MiB, {:.1} KiB per channel, {:.1} MiB for 10 000",
+        held.len(),
+        started.elapsed().as_secs_f64(),
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        (after.saturating_sub(before)) as f64 / held.len() as f64,
+        (after.saturating_sub(before)) as f64 / held.len() as f64 * 10_000.0 / 1024.0
+    );
+    drop(held);
+}
