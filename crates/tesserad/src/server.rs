@@ -365,8 +365,44 @@ async fn read_frame<S: AsyncRead + Unpin>(
     }
 }
 
-async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
+/// Requests of one connection that may run at once; the connection's next request waits for
+/// one of them to be answered (and written), which also bounds the replies queued for a client
+/// that does not read.
+const IN_FLIGHT: u32 = 32;
+
+/// A reply frame on its way to the writer, with the slot it frees once written.
+type Outgoing = (Vec<u8>, Option<tokio::sync::OwnedSemaphorePermit>);
+
+fn lock_secure(secure: &std::sync::Mutex<Secure>) -> std::sync::MutexGuard<'_, Secure> {
+    secure
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Queues one response.
+fn respond(
+    out: &tokio::sync::mpsc::UnboundedSender<Outgoing>,
+    id: u64,
+    channel: Option<u64>,
+    result: Result<Reply, u64>,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let frame = encode_response(&ResponseEnvelope {
+        version: PROTOCOL_VERSION,
+        id,
+        channel,
+        result,
+    });
+    let _ = out.send((frame, slot));
+}
+
+/// Serves one connection. Requests are read in order and run concurrently (up to
+/// [`IN_FLIGHT`]); each reply carries its request's id and goes out when ready. Inside a
+/// channel, records are opened in the order they arrive and replies sealed in the order they
+/// are written, which is all the record layer needs. A handshake or a key rollover waits until
+/// nothing else runs on the connection.
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
     peer: String,
     ip: Option<std::net::IpAddr>,
     shared: Shared,
@@ -379,17 +415,34 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         frame_timeout,
     } = shared;
     let client = hsm.connect();
-    let mut secure = Secure::new(hsm.clone(), peer.clone(), limits);
+    let secure = Arc::new(std::sync::Mutex::new(Secure::new(
+        hsm.clone(),
+        peer.clone(),
+        limits,
+    )));
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (out, mut outbox) = tokio::sync::mpsc::unbounded_channel::<Outgoing>();
+    let writing = tokio::spawn(async move {
+        while let Some((frame, slot)) = outbox.recv().await {
+            let written = writer.write_all(&frame).await;
+            drop(slot);
+            if let Err(e) = written {
+                tracing::debug!(client, reason = %e, "client went away");
+                break;
+            }
+        }
+    });
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT as usize));
     tracing::debug!(client, peer, "client connected");
     loop {
         // An answered handshake must be finished in time.
-        let deadline = if secure.is_pending() {
+        let deadline = if lock_secure(&secure).is_pending() {
             frame_timeout
         } else {
             Duration::MAX
         };
         let frame = tokio::select! {
-            frame = tokio::time::timeout(deadline, read_frame(&mut stream, frame_timeout)) => frame,
+            frame = tokio::time::timeout(deadline, read_frame(&mut reader, frame_timeout)) => frame,
             _ = stop.changed() => break,
         };
         let body = match frame {
@@ -416,57 +469,90 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         let id = envelope.id;
-        let (result, channel) = match envelope.request {
-            Request::Handshake(_) if !guard.may_handshake(ip) => {
-                (Err(tessera_core::Rv::HandshakeRateLimited.code()), None)
-            }
+        // A slot for this request: one, or all of them for what must run alone.
+        let alone = matches!(
+            envelope.request,
+            Request::Handshake(_) | Request::HandshakeFinish(_)
+        );
+        let wanted = if alone { IN_FLIGHT } else { 1 };
+        let Ok(slot) = slots.clone().acquire_many_owned(wanted).await else {
+            break;
+        };
+        match envelope.request {
+            Request::Handshake(_) if !guard.may_handshake(ip) => respond(
+                &out,
+                id,
+                None,
+                Err(tessera_core::Rv::HandshakeRateLimited.code()),
+                Some(slot),
+            ),
             Request::Handshake(hello) => {
-                if secure.is_pending() {
+                let mut current = lock_secure(&secure);
+                if current.is_pending() {
                     guard.failed(ip, "a handshake was abandoned for another");
                 }
-                let answer = secure.handshake(&hello);
+                let answer = current.handshake(&hello);
+                drop(current);
                 if answer.is_err() {
                     guard.failed(ip, "the handshake was refused");
                 }
-                (answer, None)
+                respond(&out, id, None, answer, Some(slot));
             }
             Request::HandshakeFinish(finished) => {
-                let answer = secure.finish(&finished);
+                let answer = lock_secure(&secure).finish(&finished);
                 if answer.is_err() {
                     guard.failed(ip, "the key confirmation failed");
                 }
-                (answer, None)
+                respond(&out, id, None, answer, Some(slot));
             }
-            Request::Protected(record) => match secure.open(&record) {
-                Ok((Request::Rekey, _)) => {
-                    let sealed = secure.seal(&Ok(Reply::Done));
-                    secure.rekey();
-                    (sealed, secure.channel_id())
+            Request::Protected(record) => {
+                let opened = lock_secure(&secure).open(&record);
+                match opened {
+                    Ok((Request::Rekey, _)) => {
+                        // Every earlier reply is sealed and queued before the keys change.
+                        drop(slot);
+                        let Ok(all) = slots.clone().acquire_many_owned(IN_FLIGHT).await else {
+                            break;
+                        };
+                        let mut current = lock_secure(&secure);
+                        let sealed = current.seal(&Ok(Reply::Done));
+                        respond(&out, id, current.channel_id(), sealed, Some(all));
+                        current.rekey();
+                    }
+                    Ok((request, channel_client)) => {
+                        let (hsm, secure, out) = (hsm.clone(), secure.clone(), out.clone());
+                        tokio::spawn(async move {
+                            let result = execute(&hsm, channel_client, true, request).await;
+                            // Sealed and queued under one lock: replies are written in the
+                            // order of their sequence numbers.
+                            let mut current = lock_secure(&secure);
+                            let sealed = current.seal(&result);
+                            respond(&out, id, current.channel_id(), sealed, Some(slot));
+                        });
+                    }
+                    // The channel is gone: the error travels in the clear.
+                    Err(code) => respond(&out, id, None, Err(code), Some(slot)),
                 }
-                Ok((request, channel_client)) => {
-                    let result = execute(&hsm, channel_client, true, request).await;
-                    (secure.seal(&result), secure.channel_id())
-                }
-                // The channel is gone: the error travels in the clear.
-                Err(code) => (Err(code), None),
-            },
-            request => (execute(&hsm, client, false, request).await, None),
-        };
-        let frame = encode_response(&ResponseEnvelope {
-            version: PROTOCOL_VERSION,
-            id,
-            channel,
-            result,
-        });
-        if let Err(e) = stream.write_all(&frame).await {
-            tracing::debug!(client, reason = %e, "client went away");
-            break;
+            }
+            request => {
+                let (hsm, out) = (hsm.clone(), out.clone());
+                tokio::spawn(async move {
+                    let result = execute(&hsm, client, false, request).await;
+                    respond(&out, id, None, result, Some(slot));
+                });
+            }
         }
     }
-    if secure.is_pending() {
+    // What runs finishes (its replies may no longer reach anyone), then the connection ends.
+    let _all = slots.acquire_many(IN_FLIGHT).await;
+    drop(out);
+    let _ = writing.await;
+    let mut current = lock_secure(&secure);
+    if current.is_pending() {
         guard.failed(ip, "the handshake was abandoned");
     }
-    secure.close();
+    current.close();
+    drop(current);
     hsm.disconnect(client);
     tracing::debug!(client, "client disconnected");
 }
