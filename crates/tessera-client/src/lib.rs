@@ -17,7 +17,9 @@ mod stream;
 
 pub use secure::{LogTarget, SecureSettings};
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use tessera_config::ServerAddress;
@@ -28,7 +30,7 @@ use secure::ChannelState;
 use stream::{Failure, Stream};
 
 /// Why a call did not produce a reply.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
     /// The device did not accept a connection.
     #[error("device {address} is unreachable: {reason}")]
@@ -75,25 +77,75 @@ impl ClientError {
     }
 }
 
-struct State {
-    stream: Option<Stream>,
-    channel: Option<ChannelState>,
-    generations: u64,
-    generation: u64,
-    next_id: u64,
+pub(crate) struct State {
+    pub(crate) stream: Option<Stream>,
+    pub(crate) channel: Option<Mutex<ChannelState>>,
+    pub(crate) generations: u64,
+    pub(crate) generation: u64,
+    next_id: AtomicU64,
     /// The device refused a call in the clear: it requires secure messaging.
-    requires_channel: bool,
+    pub(crate) requires_channel: bool,
     /// The device's serial number, learnt once.
-    serial: Option<String>,
+    pub(crate) serial: Option<String>,
+    /// A pipelined call found the connection or channel failed: the next call cleans up.
+    broken: AtomicBool,
+}
+
+impl State {
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The channel, for a caller that holds the state exclusively.
+    pub(crate) fn channel_mut(&mut self) -> Option<&mut ChannelState> {
+        self.channel
+            .as_mut()
+            .map(|c| c.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    fn channel_lock(&self) -> Option<MutexGuard<'_, ChannelState>> {
+        self.channel
+            .as_ref()
+            .map(|c| c.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+}
+
+/// Replies read by whichever waiting thread read them, for the thread that waits for each.
+#[derive(Default)]
+struct Inbox {
+    /// Replies by request id (protected ones already opened).
+    replies: HashMap<u64, Result<Result<Reply, u64>, ClientError>>,
+    /// Requests sent and not answered yet: whether each went through the channel.
+    waiting: HashMap<u64, bool>,
+    /// A thread is reading.
+    reading: bool,
+    /// The connection failed: every waiter gets this.
+    failed: Option<ClientError>,
 }
 
 /// One device of the server list.
+///
+/// Calls are pipelined: many threads may have a request in flight on the one connection (and
+/// channel) at once; each sends its request and waits for the reply with its id, which any of
+/// the waiting threads may read from the socket (one at a time) and hand over. No thread is
+/// started for it. Making a connection or a channel, renewing the channel's keys and closing
+/// them wait until no call is in flight.
 pub struct Device {
     address: ServerAddress,
     connect_timeout: Duration,
     reply_timeout: Duration,
     secure: Option<std::sync::Arc<SecureSettings>>,
-    state: Mutex<State>,
+    state: RwLock<State>,
+    inbox: Mutex<Inbox>,
+    arrived: Condvar,
+}
+
+/// How a call can go without waiting for the connection to itself.
+enum Route {
+    /// In the clear.
+    Clear,
+    /// Through the channel.
+    Channel,
 }
 
 impl Device {
@@ -109,15 +161,18 @@ impl Device {
             connect_timeout,
             reply_timeout,
             secure: None,
-            state: Mutex::new(State {
+            state: RwLock::new(State {
                 stream: None,
                 channel: None,
                 generations: 0,
                 generation: 0,
-                next_id: 1,
+                next_id: AtomicU64::new(1),
                 requires_channel: false,
                 serial: None,
+                broken: AtomicBool::new(false),
             }),
+            inbox: Mutex::new(Inbox::default()),
+            arrived: Condvar::new(),
         }
     }
 
@@ -132,13 +187,25 @@ impl Device {
         &self.address
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn exclusive(&self) -> RwLockWriteGuard<'_, State> {
         self.state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn shared(&self) -> RwLockReadGuard<'_, State> {
+        self.state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn inbox(&self) -> MutexGuard<'_, Inbox> {
+        self.inbox
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn failure(&self, failure: Failure) -> ClientError {
+    pub(crate) fn failure(&self, failure: Failure) -> ClientError {
         match failure {
             Failure::Io(reason) => ClientError::ConnectionLost {
                 address: self.address.to_string(),
@@ -152,7 +219,10 @@ impl Device {
     }
 
     /// Makes sure there is a connection; a new one starts a new generation.
-    fn connected(&self, state: &mut State) -> Result<(), ClientError> {
+    pub(crate) fn connected(&self, state: &mut State) -> Result<(), ClientError> {
+        if state.broken.swap(false, Ordering::Relaxed) {
+            self.kill(state, true);
+        }
         if state.stream.is_none() {
             let stream = Stream::connect(&self.address, self.connect_timeout, self.reply_timeout)
                 .map_err(|reason| ClientError::Unreachable {
@@ -161,18 +231,23 @@ impl Device {
             })?;
             state.stream = Some(stream);
             state.channel = None;
+            *self.inbox() = Inbox::default();
             state.generations += 1;
             state.generation = state.generations;
         }
         Ok(())
     }
 
-    /// One request and its reply in the clear; a broken connection is forgotten.
-    fn exchange(&self, state: &mut State, request: Request) -> Result<Reply, ClientError> {
+    /// One request and its reply in the clear, with nothing else in flight; a broken
+    /// connection is forgotten.
+    pub(crate) fn exchange(
+        &self,
+        state: &mut State,
+        request: Request,
+    ) -> Result<Reply, ClientError> {
         self.connected(state)?;
-        let id = state.next_id;
-        state.next_id = state.next_id.wrapping_add(1);
-        let Some(stream) = state.stream.as_mut() else {
+        let id = state.next_id();
+        let Some(stream) = state.stream.as_ref() else {
             return Err(ClientError::StaleSession);
         };
         match stream.exchange(id, None, request) {
@@ -186,6 +261,28 @@ impl Device {
         }
     }
 
+    /// Whether a call can be pipelined on the connection as it is, and how.
+    fn route(&self, state: &State, public: bool) -> Option<Route> {
+        if state.stream.is_none() || state.broken.load(Ordering::Relaxed) {
+            return None;
+        }
+        if public {
+            return Some(Route::Clear);
+        }
+        if let Some(channel) = state.channel_lock() {
+            let settings = self.secure.as_deref()?;
+            return (!channel.needs_care(settings)).then_some(Route::Channel);
+        }
+        let Some(settings) = self.secure.as_deref() else {
+            return Some(Route::Clear);
+        };
+        if state.requires_channel {
+            return None;
+        }
+        let serial = state.serial.as_deref()?;
+        (!settings.smpr(serial).requires_channel()).then_some(Route::Clear)
+    }
+
     /// Sends `request` and waits for its reply, inside a channel when one is needed.
     ///
     /// With `session_generation` set, the call is refused with [`ClientError::StaleSession`]
@@ -196,13 +293,60 @@ impl Device {
         session_generation: Option<u64>,
         request: Request,
     ) -> Result<(Reply, u64), ClientError> {
-        let mut state = self.lock();
+        let public = request.is_public();
+        {
+            let state = self.shared();
+            if let Some(route) = self.route(&state, public) {
+                if session_generation.is_some_and(|g| g != state.generation) {
+                    return Err(ClientError::StaleSession);
+                }
+                // A call that opens something may have to be made again inside a channel.
+                let retry = (matches!(route, Route::Clear)
+                    && !public
+                    && session_generation.is_none()
+                    && self.secure.is_some())
+                .then(|| postcard::to_stdvec(&request).ok())
+                .flatten();
+                let generation = state.generation;
+                match self.pipelined(&state, route, request) {
+                    Err(ClientError::Returned(code))
+                        if code == Rv::BadProtection.code() && self.secure.is_some() =>
+                    {
+                        drop(state);
+                        let mut state = self.exclusive();
+                        state.requires_channel = true;
+                        let request =
+                            retry.and_then(|bytes| postcard::from_bytes::<Request>(&bytes).ok());
+                        return match (session_generation, request) {
+                            (None, Some(request)) => self.call_protected(&mut state, None, request),
+                            _ => Err(ClientError::Returned(code)),
+                        };
+                    }
+                    outcome => return outcome.map(|reply| (reply, generation)),
+                }
+            }
+        }
+        self.call_alone(session_generation, request)
+    }
+
+    /// A call that needs the connection to itself first (to connect, to make or renew a
+    /// channel).
+    fn call_alone(
+        &self,
+        session_generation: Option<u64>,
+        request: Request,
+    ) -> Result<(Reply, u64), ClientError> {
+        let mut state = self.exclusive();
+        let state = &mut *state;
+        if state.broken.swap(false, Ordering::Relaxed) {
+            self.kill(state, true);
+        }
         if session_generation.is_some() && state.stream.is_none() {
             return Err(ClientError::StaleSession);
         }
         let public = request.is_public();
-        if !public && self.wants_channel(&mut state)? {
-            return self.call_protected(&mut state, session_generation, request);
+        if !public && self.wants_channel(state)? {
+            return self.call_protected(state, session_generation, request);
         }
         if session_generation.is_some_and(|g| g != state.generation) {
             return Err(ClientError::StaleSession);
@@ -212,7 +356,7 @@ impl Device {
         } else {
             Some(postcard::to_stdvec(&request).ok())
         };
-        match self.exchange(&mut state, request) {
+        match self.exchange(state, request) {
             Ok(reply) => Ok((reply, state.generation)),
             Err(ClientError::Returned(code))
                 if code == Rv::BadProtection.code() && self.secure.is_some() =>
@@ -225,7 +369,7 @@ impl Device {
                     .flatten()
                     .and_then(|bytes| postcard::from_bytes::<Request>(&bytes).ok());
                 match (session_generation, request) {
-                    (None, Some(request)) => self.call_protected(&mut state, None, request),
+                    (None, Some(request)) => self.call_protected(state, None, request),
                     _ => Err(ClientError::Returned(code)),
                 }
             }
@@ -233,13 +377,139 @@ impl Device {
         }
     }
 
+    /// Sends a request on the shared connection and waits for its reply.
+    fn pipelined(
+        &self,
+        state: &State,
+        route: Route,
+        request: Request,
+    ) -> Result<Reply, ClientError> {
+        let Some(stream) = state.stream.as_ref() else {
+            return Err(ClientError::StaleSession);
+        };
+        let id = state.next_id();
+        let sent = match route {
+            Route::Clear => {
+                self.inbox().waiting.insert(id, false);
+                stream.send(id, None, request)
+            }
+            Route::Channel => {
+                // Sealed and written under the channel's lock: the device opens records in the
+                // order of their sequence numbers.
+                let Some(mut channel) = state.channel_lock() else {
+                    return Err(ClientError::StaleSession);
+                };
+                let (record, channel_id) = channel.seal(&request)?;
+                self.inbox().waiting.insert(id, true);
+                stream.send(id, Some(channel_id), Request::Protected(record))
+            }
+        };
+        if let Err(failure) = sent {
+            let error = self.failure(failure);
+            self.fail(state, error.clone());
+            self.inbox().waiting.remove(&id);
+            return Err(error);
+        }
+        self.wait(state, id)?.map_err(ClientError::Returned)
+    }
+
+    /// Marks the connection failed for every waiter; the next call cleans up.
+    fn fail(&self, state: &State, error: ClientError) {
+        state.broken.store(true, Ordering::Relaxed);
+        let mut inbox = self.inbox();
+        if inbox.failed.is_none() {
+            inbox.failed = Some(error);
+        }
+        drop(inbox);
+        self.arrived.notify_all();
+    }
+
+    /// Waits for the reply to request `id`, reading replies (for whoever waits for them) while
+    /// no other thread does.
+    fn wait(&self, state: &State, id: u64) -> Result<Result<Reply, u64>, ClientError> {
+        let mut inbox = self.inbox();
+        loop {
+            if let Some(reply) = inbox.replies.remove(&id) {
+                return reply;
+            }
+            if let Some(error) = inbox.failed.clone() {
+                inbox.waiting.remove(&id);
+                return Err(error);
+            }
+            if inbox.reading {
+                inbox = self
+                    .arrived
+                    .wait(inbox)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                continue;
+            }
+            inbox.reading = true;
+            drop(inbox);
+            let read = self.read_reply(state);
+            inbox = self.inbox();
+            inbox.reading = false;
+            match read {
+                Ok((for_id, reply)) => {
+                    inbox.replies.insert(for_id, reply);
+                }
+                Err(error) => {
+                    state.broken.store(true, Ordering::Relaxed);
+                    if inbox.failed.is_none() {
+                        inbox.failed = Some(error);
+                    }
+                }
+            }
+            self.arrived.notify_all();
+        }
+    }
+
+    /// Reads one reply from the shared connection, opening it if it came through the channel.
+    /// `Err` is a failure of the connection or channel, for every waiter.
+    #[allow(clippy::type_complexity)]
+    fn read_reply(
+        &self,
+        state: &State,
+    ) -> Result<(u64, Result<Result<Reply, u64>, ClientError>), ClientError> {
+        let Some(stream) = state.stream.as_ref() else {
+            return Err(ClientError::StaleSession);
+        };
+        let envelope = stream.receive().map_err(|f| self.failure(f))?;
+        let Some(protected) = self.inbox().waiting.remove(&envelope.id) else {
+            return Err(ClientError::BadReply {
+                address: self.address.to_string(),
+                reason: format!(
+                    "a reply arrived for request {}, which is not waiting",
+                    envelope.id
+                ),
+            });
+        };
+        if !protected {
+            return Ok((envelope.id, Ok(envelope.result)));
+        }
+        let Some(mut channel) = state.channel_lock() else {
+            return Err(ClientError::StaleSession);
+        };
+        match channel.open_reply(envelope.result, self, state.serial.as_deref()) {
+            Ok(result) => Ok((envelope.id, Ok(result))),
+            // The device ended the channel and said why: this call gets the reason, the
+            // others that it is gone.
+            Err((error, false)) => {
+                state.broken.store(true, Ordering::Relaxed);
+                Ok((envelope.id, Err(error)))
+            }
+            Err((error, true)) => Err(error),
+        }
+    }
+
     /// Closes the connection (all its sessions and its channel end on the device).
     pub fn disconnect(&self) {
-        let mut state = self.lock();
-        if let Some(channel) = state.channel.as_mut() {
+        let mut state = self.exclusive();
+        if let Some(channel) = state.channel_mut() {
             channel.close();
         }
         state.channel = None;
         state.stream = None;
+        state.broken.store(false, Ordering::Relaxed);
+        *self.inbox() = Inbox::default();
     }
 }

@@ -201,6 +201,74 @@ impl ChannelState {
     pub(crate) fn close(&mut self) {
         self.channel.close();
     }
+
+    /// Whether the channel must be looked after before the next call (closed when idle too
+    /// long, renewed before its limits), which needs the connection to itself.
+    pub(crate) fn needs_care(&self, settings: &SecureSettings) -> bool {
+        let idle = settings
+            .idle
+            .is_some_and(|limit| self.last_used.elapsed() >= limit);
+        idle || self.due(settings)
+    }
+
+    /// Protects a request: the record and the channel id.
+    pub(crate) fn seal(
+        &mut self,
+        request: &Request,
+    ) -> Result<(tessera_channel::Record, u64), ClientError> {
+        let protection = self
+            .channel
+            .policy()
+            .request_protection(request.carries_secret());
+        let plain = Zeroizing::new(
+            postcard::to_stdvec(request)
+                .map_err(|_| ClientError::Returned(Rv::GeneralError.code()))?,
+        );
+        let record = self
+            .channel
+            .seal(&plain, protection)
+            .map_err(|_| ClientError::StaleSession)?;
+        self.last_used = Instant::now();
+        Ok((record, self.channel.id()))
+    }
+
+    /// Opens the device's answer to a protected request. `Err` says what the call gets and
+    /// whether the connection must go too (`false`: the device ended the channel and said why,
+    /// in the clear).
+    pub(crate) fn open_reply(
+        &mut self,
+        answer: Result<Reply, u64>,
+        device: &Device,
+        serial: Option<&str>,
+    ) -> Result<Result<Reply, u64>, (ClientError, bool)> {
+        let serial = serial.unwrap_or_default();
+        let record = match answer {
+            Ok(Reply::Protected(record)) => record,
+            Err(code) => return Err((ClientError::Returned(code), false)),
+            Ok(_) => {
+                device.report(serial, "the device answered a protected call in the clear");
+                return Err((ClientError::Returned(Rv::BadReply.code()), true));
+            }
+        };
+        let (plain, protection) = match self.channel.open(&record) {
+            Ok(opened) => opened,
+            Err(e) => {
+                device.report(serial, &format!("reply refused, channel closed: {e}"));
+                return Err((ClientError::Returned(Rv::BadReplySignature.code()), true));
+            }
+        };
+        let result: Result<Reply, u64> = match postcard::from_bytes(&plain) {
+            Ok(result) => result,
+            Err(_) => return Err((ClientError::Returned(Rv::BadReply.code()), true)),
+        };
+        let secret = matches!(&result, Ok(reply) if reply.carries_secret());
+        let required = self.channel.policy().reply_protection(secret);
+        if let Err(e) = self.channel.require(protection, required) {
+            device.report(serial, &format!("reply refused: {e}"));
+            return Err((ClientError::Returned(Rv::BadProtection.code()), true));
+        }
+        Ok(result)
+    }
 }
 
 impl Device {
@@ -238,8 +306,8 @@ impl Device {
         Ok(settings.smpr(&serial).requires_channel())
     }
 
-    fn kill(&self, state: &mut State, drop_connection: bool) {
-        if let Some(channel) = state.channel.as_mut() {
+    pub(crate) fn kill(&self, state: &mut State, drop_connection: bool) {
+        if let Some(channel) = state.channel_mut() {
             channel.close();
         }
         state.channel = None;
@@ -248,7 +316,7 @@ impl Device {
         }
     }
 
-    fn report(&self, serial: &str, what: &str) {
+    pub(crate) fn report(&self, serial: &str, what: &str) {
         if let Some(settings) = self.secure.as_deref() {
             settings.log(&format!(
                 "device {} (serial {serial}): {what}",
@@ -312,37 +380,24 @@ impl Device {
             }
             Err(e) => return Err(e),
         }
-        state.channel = Some(ChannelState::new(channel, settings));
+        state.channel = Some(std::sync::Mutex::new(ChannelState::new(channel, settings)));
         state.generations += 1;
         state.generation = state.generations;
         Ok(())
     }
 
-    /// Sends one call through the channel and opens the answer.
+    /// Sends one call through the channel and opens the answer (nothing else in flight).
     fn protected_exchange(
         &self,
         state: &mut State,
         request: &Request,
     ) -> Result<Result<Reply, u64>, ClientError> {
-        let Some(current) = state.channel.as_mut() else {
+        let id = state.next_id();
+        let Some(current) = state.channel_mut() else {
             return Err(ClientError::StaleSession);
         };
-        let protection = current
-            .channel
-            .policy()
-            .request_protection(request.carries_secret());
-        let plain = Zeroizing::new(
-            postcard::to_stdvec(request)
-                .map_err(|_| ClientError::Returned(Rv::GeneralError.code()))?,
-        );
-        let record = current
-            .channel
-            .seal(&plain, protection)
-            .map_err(|_| ClientError::StaleSession)?;
-        let channel_id = current.channel.id();
-        let id = state.next_id;
-        state.next_id = state.next_id.wrapping_add(1);
-        let Some(stream) = state.stream.as_mut() else {
+        let (record, channel_id) = current.seal(request)?;
+        let Some(stream) = state.stream.as_ref() else {
             return Err(ClientError::StaleSession);
         };
         let answer = match stream.exchange(id, Some(channel_id), Request::Protected(record)) {
@@ -352,47 +407,17 @@ impl Device {
                 return Err(self.failure(failure));
             }
         };
-        let serial = state.serial.clone().unwrap_or_default();
-        let record = match answer {
-            Ok(Reply::Protected(record)) => record,
-            // The device ended the channel and says why, in the clear.
-            Err(code) => {
-                self.kill(state, false);
-                return Err(ClientError::Returned(code));
-            }
-            Ok(_) => {
-                self.report(&serial, "the device answered a protected call in the clear");
-                self.kill(state, true);
-                return Err(ClientError::Returned(Rv::BadReply.code()));
-            }
-        };
-        let Some(current) = state.channel.as_mut() else {
+        let serial = state.serial.clone();
+        let Some(current) = state.channel_mut() else {
             return Err(ClientError::StaleSession);
         };
-        let opened = current.channel.open(&record);
-        let (plain, protection) = match opened {
-            Ok(opened) => opened,
-            Err(e) => {
-                self.report(&serial, &format!("reply refused, channel closed: {e}"));
-                self.kill(state, true);
-                return Err(ClientError::Returned(Rv::BadReplySignature.code()));
+        match current.open_reply(answer, self, serial.as_deref()) {
+            Ok(result) => Ok(result),
+            Err((error, drop_connection)) => {
+                self.kill(state, drop_connection);
+                Err(error)
             }
-        };
-        let result: Result<Reply, u64> = match postcard::from_bytes(&plain) {
-            Ok(result) => result,
-            Err(_) => {
-                self.kill(state, true);
-                return Err(ClientError::Returned(Rv::BadReply.code()));
-            }
-        };
-        let secret = matches!(&result, Ok(reply) if reply.carries_secret());
-        let required = current.channel.policy().reply_protection(secret);
-        if let Err(e) = current.channel.require(protection, required) {
-            self.report(&serial, &format!("reply refused: {e}"));
-            self.kill(state, true);
-            return Err(ClientError::Returned(Rv::BadProtection.code()));
         }
-        Ok(result)
     }
 
     /// A call that needs a channel: made on demand, renewed before its key limits.
@@ -405,11 +430,11 @@ impl Device {
         let settings = self.settings()?;
         // An idle channel is closed (with its connection, so the device forgets it too); its
         // sessions are gone and the next C_OpenSession makes a new one.
-        let idle = state
-            .channel
-            .as_ref()
-            .zip(settings.idle)
-            .is_some_and(|(c, limit)| c.last_used.elapsed() >= limit);
+        let idle = settings.idle.is_some_and(|limit| {
+            state
+                .channel_mut()
+                .is_some_and(|c| c.last_used.elapsed() >= limit)
+        });
         if idle {
             self.kill(state, true);
         }
@@ -423,10 +448,10 @@ impl Device {
         if session_generation.is_some_and(|g| g != state.generation) {
             return Err(ClientError::StaleSession);
         }
-        if state.channel.as_ref().is_some_and(|c| c.due(settings)) {
+        if state.channel_mut().is_some_and(|c| c.due(settings)) {
             match self.protected_exchange(state, &Request::Rekey) {
                 Ok(Ok(Reply::Done)) => {
-                    if let Some(current) = state.channel.as_mut() {
+                    if let Some(current) = state.channel_mut() {
                         let renewed = current.channel.rekey();
                         current.since = Instant::now();
                         current.rekey_messages = jitter(settings.max_messages);
@@ -442,7 +467,7 @@ impl Device {
                 }
             }
         }
-        if let Some(current) = state.channel.as_mut() {
+        if let Some(current) = state.channel_mut() {
             current.last_used = Instant::now();
         }
         match self.protected_exchange(state, &request)? {

@@ -1,13 +1,15 @@
-//! The socket to a device: Unix or TCP, blocking, with timeouts, one request at a time.
+//! The socket to a device: Unix or TCP, blocking, with timeouts.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tessera_config::ServerAddress;
 use tessera_wire::{
-    decode_response, encode_request, read_frame, Reply, Request, RequestEnvelope, PROTOCOL_VERSION,
+    decode_response, encode_request, read_frame, Reply, Request, RequestEnvelope, ResponseEnvelope,
+    PROTOCOL_VERSION,
 };
 
 /// A failed exchange.
@@ -18,9 +20,17 @@ pub(crate) enum Failure {
     Bad(String),
 }
 
-pub(crate) enum Stream {
-    Unix(UnixStream),
-    Tcp(TcpStream),
+/// A connection, with its reading and writing ends apart: one thread writes a request while
+/// another reads replies (requests are pipelined; see the crate documentation).
+pub(crate) struct Stream {
+    read: Mutex<Box<dyn Read + Send>>,
+    write: Mutex<Box<dyn Write + Send>>,
+}
+
+fn locked<T: ?Sized>(mutex: &Mutex<Box<T>>) -> std::sync::MutexGuard<'_, Box<T>> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Stream {
@@ -34,7 +44,8 @@ impl Stream {
                 let stream = UnixStream::connect(path).map_err(|e| e.to_string())?;
                 stream.set_read_timeout(Some(reply)).ok();
                 stream.set_write_timeout(Some(reply)).ok();
-                Ok(Stream::Unix(stream))
+                let reading = stream.try_clone().map_err(|e| e.to_string())?;
+                Ok(Stream::new(Box::new(reading), Box::new(stream)))
             }
             ServerAddress::Tcp { host, port } => {
                 let addresses = (host.as_str(), *port)
@@ -47,7 +58,8 @@ impl Stream {
                             stream.set_nodelay(true).ok();
                             stream.set_read_timeout(Some(reply)).ok();
                             stream.set_write_timeout(Some(reply)).ok();
-                            return Ok(Stream::Tcp(stream));
+                            let reading = stream.try_clone().map_err(|e| e.to_string())?;
+                            return Ok(Stream::new(Box::new(reading), Box::new(stream)));
                         }
                         Err(e) => last = format!("{address}: {e}"),
                     }
@@ -57,41 +69,49 @@ impl Stream {
         }
     }
 
-    fn reader(&mut self) -> &mut dyn Read {
-        match self {
-            Stream::Unix(s) => s,
-            Stream::Tcp(s) => s,
+    fn new(read: Box<dyn Read + Send>, write: Box<dyn Write + Send>) -> Stream {
+        Stream {
+            read: Mutex::new(read),
+            write: Mutex::new(write),
         }
     }
 
-    fn writer(&mut self) -> &mut dyn Write {
-        match self {
-            Stream::Unix(s) => s,
-            Stream::Tcp(s) => s,
-        }
-    }
-
-    /// Sends one request and reads its response.
-    pub(crate) fn exchange(
-        &mut self,
+    /// Sends one request.
+    pub(crate) fn send(
+        &self,
         id: u64,
         channel: Option<u64>,
         request: Request,
-    ) -> Result<Result<Reply, u64>, Failure> {
+    ) -> Result<(), Failure> {
         let frame = encode_request(&RequestEnvelope {
             version: PROTOCOL_VERSION,
             id,
             channel,
             request,
         });
-        self.writer()
+        locked(&self.write)
             .write_all(&frame)
-            .map_err(|e| Failure::Io(e.to_string()))?;
-        let body = read_frame(self.reader()).map_err(|e| match e {
+            .map_err(|e| Failure::Io(e.to_string()))
+    }
+
+    /// Reads the next response, whichever request it answers.
+    pub(crate) fn receive(&self) -> Result<ResponseEnvelope, Failure> {
+        let body = read_frame(&mut **locked(&self.read)).map_err(|e| match e {
             tessera_wire::FrameError::Io(e) => Failure::Io(e.to_string()),
             other => Failure::Bad(other.to_string()),
         })?;
-        let envelope = decode_response(&body).map_err(|e| Failure::Bad(e.to_string()))?;
+        decode_response(&body).map_err(|e| Failure::Bad(e.to_string()))
+    }
+
+    /// Sends one request and reads its response (with nothing else in flight).
+    pub(crate) fn exchange(
+        &self,
+        id: u64,
+        channel: Option<u64>,
+        request: Request,
+    ) -> Result<Result<Reply, u64>, Failure> {
+        self.send(id, channel, request)?;
+        let envelope = self.receive()?;
         if envelope.id != id {
             return Err(Failure::Bad(format!(
                 "reply to request {} arrived for request {id}",

@@ -1,6 +1,9 @@
 //! Key material: the supported curves, key generation, and the conversions between PKCS#11
 //! attributes and the key structures of `aws-lc-rs` (PKCS#1, PKCS#8, RFC 5915, SPKI).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use aws_lc_rs::digest;
 use aws_lc_rs::encoding::{AsBigEndian, AsDer};
 use aws_lc_rs::rsa::KeySize;
@@ -145,9 +148,45 @@ pub fn generate_rsa(bits: u64, exponent: Option<&[u8]>) -> Result<GeneratedPair,
     Ok((public, private))
 }
 
-pub(crate) fn rsa_private_key(key: &Attributes) -> Result<RsaKeyPair, Rv> {
+/// Parsed private keys, by the SHA-256 of their encoding. Parsing a key costs about as much
+/// as a signature (RSA: the key is checked and its Montgomery constants computed; EC: the
+/// public point is derived), so signing keys are parsed once while they are in use. At most
+/// [`KEY_CACHE_LIMIT`] of each kind are kept (the cache starts afresh when full); aws-lc wipes
+/// a key's memory when it is freed.
+type KeyCache<T> = std::sync::OnceLock<std::sync::Mutex<HashMap<[u8; 32], Arc<T>>>>;
+
+const KEY_CACHE_LIMIT: usize = 512;
+
+static RSA_KEYS: KeyCache<RsaKeyPair> = std::sync::OnceLock::new();
+static EC_KEYS: KeyCache<EcdsaKeyPair> = std::sync::OnceLock::new();
+
+fn cached<T>(
+    cache: &'static KeyCache<T>,
+    material: &[u8],
+    parse: impl FnOnce() -> Result<T, Rv>,
+) -> Result<Arc<T>, Rv> {
+    let id: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, material)
+        .as_ref()
+        .try_into()
+        .map_err(|_| Rv::GeneralError)?;
+    let map = cache.get_or_init(Default::default);
+    if let Some(key) = map.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
+        return Ok(key.clone());
+    }
+    let key = Arc::new(parse()?);
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    if map.len() >= KEY_CACHE_LIMIT {
+        map.clear();
+    }
+    map.insert(id, key.clone());
+    Ok(key)
+}
+
+pub(crate) fn rsa_private_key(key: &Attributes) -> Result<Arc<RsaKeyPair>, Rv> {
     let pkcs1 = rsa_private_pkcs1(key)?;
-    RsaKeyPair::from_der(pkcs1.expose()).map_err(|_| Rv::KeyTypeInconsistent)
+    cached(&RSA_KEYS, pkcs1.expose(), || {
+        RsaKeyPair::from_der(pkcs1.expose()).map_err(|_| Rv::KeyTypeInconsistent)
+    })
 }
 
 /// `rsaEncryption` AlgorithmIdentifier.
@@ -248,7 +287,7 @@ pub fn bit_len(magnitude: &[u8]) -> u64 {
     }
 }
 
-pub(crate) fn ec_private_key(key: &Attributes) -> Result<(EcdsaKeyPair, &'static Curve), Rv> {
+pub(crate) fn ec_private_key(key: &Attributes) -> Result<(Arc<EcdsaKeyPair>, &'static Curve), Rv> {
     let curve = curve(key.get(ck::CKA_EC_PARAMS), true).map_err(|_| Rv::KeyTypeInconsistent)?;
     let scalar = key.get(ck::CKA_VALUE).ok_or(Rv::KeyTypeInconsistent)?;
     if scalar.len() > curve.bytes {
@@ -263,8 +302,10 @@ pub(crate) fn ec_private_key(key: &Attributes) -> Result<(EcdsaKeyPair, &'static
         der::element(der::OCTET_STRING, padded.expose()),
         der::element(0xA0, curve.params),
     ]));
-    let pair = EcdsaKeyPair::from_private_key_der(curve.signing, rfc5915.expose())
-        .map_err(|_| Rv::KeyTypeInconsistent)?;
+    let pair = cached(&EC_KEYS, rfc5915.expose(), || {
+        EcdsaKeyPair::from_private_key_der(curve.signing, rfc5915.expose())
+            .map_err(|_| Rv::KeyTypeInconsistent)
+    })?;
     Ok((pair, curve))
 }
 

@@ -188,8 +188,8 @@ fn pss_hash(
 }
 
 enum SignKey {
-    Ec(EcdsaKeyPair, &'static Curve),
-    Rsa(RsaKeyPair, RsaScheme),
+    Ec(std::sync::Arc<EcdsaKeyPair>, &'static Curve),
+    Rsa(std::sync::Arc<RsaKeyPair>, RsaScheme),
     EcPublic(Vec<u8>, &'static Curve),
     RsaPublic(Vec<u8>, RsaScheme),
 }
