@@ -519,6 +519,14 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                         respond(&out, id, current.channel_id(), sealed, Some(all));
                         current.rekey();
                     }
+                    Ok((request, channel_client)) if quick(&request) => {
+                        let result = hsm
+                            .handle(channel_client, true, request)
+                            .map_err(|rv| rv.code());
+                        let mut current = lock_secure(&secure);
+                        let sealed = current.seal(&result);
+                        respond(&out, id, current.channel_id(), sealed, Some(slot));
+                    }
                     Ok((request, channel_client)) => {
                         let (hsm, secure, out) = (hsm.clone(), secure.clone(), out.clone());
                         tokio::spawn(async move {
@@ -533,6 +541,10 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                     // The channel is gone: the error travels in the clear.
                     Err(code) => respond(&out, id, None, Err(code), Some(slot)),
                 }
+            }
+            request if quick(&request) => {
+                let result = hsm.handle(client, false, request).map_err(|rv| rv.code());
+                respond(&out, id, None, result, Some(slot));
             }
             request => {
                 let (hsm, out) = (hsm.clone(), out.clone());
@@ -555,6 +567,57 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     drop(current);
     hsm.disconnect(client);
     tracing::debug!(client, "client disconnected");
+}
+
+/// Whether a request is answered at once, on the connection's own task: calls that only touch
+/// memory and do little work. The others run on the blocking pool (PIN checks, disk writes,
+/// RSA, key generation, large data), where a slow one holds up nothing else.
+fn quick(request: &Request) -> bool {
+    const SMALL: usize = 16 * 1024;
+    match request {
+        Request::DeviceInfo
+        | Request::SlotInfo { .. }
+        | Request::TokenInfo { .. }
+        | Request::MechanismList { .. }
+        | Request::MechanismInfo { .. }
+        | Request::OpenSession { .. }
+        | Request::CloseSession { .. }
+        | Request::SessionInfo { .. }
+        | Request::ObjectSize { .. }
+        | Request::GetAttributes { .. }
+        | Request::FindObjectsInit { .. }
+        | Request::FindObjects { .. }
+        | Request::FindObjectsFinal { .. }
+        | Request::FindObjectsFirst { .. } => true,
+        Request::GenerateRandom { len, .. } => *len as usize <= SMALL,
+        Request::OperationOnce {
+            mechanism, data, ..
+        } => data.len() <= SMALL && !is_rsa(mechanism.ty),
+        _ => false,
+    }
+}
+
+/// RSA mechanisms, whose private-key operations take a millisecond or more.
+fn is_rsa(mechanism: u64) -> bool {
+    use tessera_core::ck;
+    let m = mechanism as ck::CK_MECHANISM_TYPE;
+    matches!(
+        m,
+        ck::CKM_RSA_PKCS
+            | ck::CKM_RSA_PKCS_OAEP
+            | ck::CKM_RSA_PKCS_PSS
+            | ck::CKM_RSA_X_509
+            | ck::CKM_SHA1_RSA_PKCS
+            | ck::CKM_SHA224_RSA_PKCS
+            | ck::CKM_SHA256_RSA_PKCS
+            | ck::CKM_SHA384_RSA_PKCS
+            | ck::CKM_SHA512_RSA_PKCS
+            | ck::CKM_SHA1_RSA_PKCS_PSS
+            | ck::CKM_SHA224_RSA_PKCS_PSS
+            | ck::CKM_SHA256_RSA_PKCS_PSS
+            | ck::CKM_SHA384_RSA_PKCS_PSS
+            | ck::CKM_SHA512_RSA_PKCS_PSS
+    )
 }
 
 /// Runs the (synchronous, possibly slow) engine off the I/O threads.
