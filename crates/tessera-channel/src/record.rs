@@ -195,8 +195,22 @@ impl Channel {
 
     /// Protects a message.
     pub fn seal(&mut self, message: &[u8], protection: Protection) -> Result<Record, RecordError> {
+        self.seal_vec(message.to_vec(), protection)
+    }
+
+    /// Protects a message given by value: an encrypted record is encrypted in place (no copy of
+    /// a large message, and no plaintext left behind); a signed one carries it as it is.
+    pub fn seal_vec(
+        &mut self,
+        message: Vec<u8>,
+        protection: Protection,
+    ) -> Result<Record, RecordError> {
         let direction = self.send_direction();
-        let keys = self.keys.as_ref().ok_or(RecordError::Closed)?;
+        let Some(keys) = self.keys.as_ref() else {
+            let mut message = message;
+            zeroize::Zeroize::zeroize(&mut message);
+            return Err(RecordError::Closed);
+        };
         let header = RecordHeader {
             channel: self.id,
             direction,
@@ -205,19 +219,20 @@ impl Channel {
             protection,
         };
         let aad = header_bytes(&header);
+        let length = message.len() as u64;
         let (body, mac) = match protection {
             Protection::Signed => {
                 let mut signed = aad.clone();
-                signed.extend_from_slice(message);
+                signed.extend_from_slice(&message);
                 let tag = keys
                     .send
                     .mac
                     .seal_in_place_separate_tag(nonce(header.sequence), Aad::from(&signed), &mut [])
                     .map_err(|_| RecordError::Closed)?;
-                (message.to_vec(), tag.as_ref().to_vec())
+                (message, tag.as_ref().to_vec())
             }
             Protection::Encrypted => {
-                let mut body = message.to_vec();
+                let mut body = message;
                 keys.send
                     .aead
                     .seal_in_place_append_tag(nonce(header.sequence), Aad::from(&aad), &mut body)
@@ -227,7 +242,7 @@ impl Channel {
         };
         self.send_sequence += 1;
         self.messages += 1;
-        self.bytes += message.len() as u64;
+        self.bytes += length;
         Ok(Record { header, body, mac })
     }
 
@@ -235,6 +250,15 @@ impl Channel {
     pub fn open(
         &mut self,
         record: &Record,
+    ) -> Result<(Zeroizing<Vec<u8>>, Protection), RecordError> {
+        self.open_record(record.clone())
+    }
+
+    /// As [`Channel::open`], taking the record by value: an encrypted body is decrypted in
+    /// place.
+    pub fn open_record(
+        &mut self,
+        record: Record,
     ) -> Result<(Zeroizing<Vec<u8>>, Protection), RecordError> {
         let result = self.open_inner(record);
         if result.is_err() {
@@ -245,7 +269,7 @@ impl Channel {
 
     fn open_inner(
         &mut self,
-        record: &Record,
+        record: Record,
     ) -> Result<(Zeroizing<Vec<u8>>, Protection), RecordError> {
         let keys = self.keys.as_ref().ok_or(RecordError::Closed)?;
         let header = record.header;
@@ -280,10 +304,10 @@ impl Channel {
                     .mac
                     .open_in_place(nonce(header.sequence), Aad::from(&signed), &mut tag)
                     .map_err(|_| RecordError::Authentication(header.sequence))?;
-                Zeroizing::new(record.body.clone())
+                Zeroizing::new(record.body)
             }
             Protection::Encrypted => {
-                let mut body = Zeroizing::new(record.body.clone());
+                let mut body = Zeroizing::new(record.body);
                 let len = keys
                     .receive
                     .aead

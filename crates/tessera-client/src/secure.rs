@@ -10,7 +10,6 @@ use tessera_channel::{Channel, ExpectServerHello, HandshakeError, Policy};
 use tessera_config::Config;
 use tessera_core::Rv;
 use tessera_wire::{Reply, Request};
-use zeroize::Zeroizing;
 
 use crate::{ClientError, Device, State};
 
@@ -220,13 +219,12 @@ impl ChannelState {
             .channel
             .policy()
             .request_protection(request.carries_secret());
-        let plain = Zeroizing::new(
-            postcard::to_stdvec(request)
-                .map_err(|_| ClientError::Returned(Rv::GeneralError.code()))?,
-        );
+        // Encrypted in place when the policy says so: no plaintext copy is left behind.
+        let plain = postcard::to_stdvec(request)
+            .map_err(|_| ClientError::Returned(Rv::GeneralError.code()))?;
         let record = self
             .channel
-            .seal(&plain, protection)
+            .seal_vec(plain, protection)
             .map_err(|_| ClientError::StaleSession)?;
         self.last_used = Instant::now();
         Ok((record, self.channel.id()))
@@ -250,7 +248,7 @@ impl ChannelState {
                 return Err((ClientError::Returned(Rv::BadReply.code()), true));
             }
         };
-        let (plain, protection) = match self.channel.open(&record) {
+        let (mut plain, protection) = match self.channel.open_record(record) {
             Ok(opened) => opened,
             Err(e) => {
                 device.report(serial, &format!("reply refused, channel closed: {e}"));
@@ -262,6 +260,11 @@ impl ChannelState {
             Err(_) => return Err((ClientError::Returned(Rv::BadReply.code()), true)),
         };
         let secret = matches!(&result, Ok(reply) if reply.carries_secret());
+        if !secret {
+            // Nothing secret in it (a ciphertext, a signature): no need to wipe a large buffer
+            // byte by byte.
+            drop(std::mem::take(&mut *plain));
+        }
         let required = self.channel.policy().reply_protection(secret);
         if let Err(e) = self.channel.require(protection, required) {
             device.report(serial, &format!("reply refused: {e}"));

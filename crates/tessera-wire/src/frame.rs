@@ -50,8 +50,12 @@ pub fn read_frame(reader: &mut (impl Read + ?Sized)) -> Result<Vec<u8>, FrameErr
     let mut header = [0u8; FRAME_HEADER_LEN];
     reader.read_exact(&mut header)?;
     let len = body_len(header)?;
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body)?;
+    // Read into fresh capacity (no zeroing pass over a large body first).
+    let mut body = Vec::with_capacity(len);
+    (&mut *reader).take(len as u64).read_to_end(&mut body)?;
+    if body.len() != len {
+        return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
     Ok(body)
 }
 
@@ -62,16 +66,15 @@ pub fn write_frame(writer: &mut (impl Write + ?Sized), frame: &[u8]) -> Result<(
     Ok(())
 }
 
-fn framed(body: Vec<u8>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
-}
-
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Serialised straight after room for the header (no second copy of a large body).
     // Serialising owned, in-memory values into a Vec cannot fail.
-    framed(postcard::to_stdvec(value).unwrap_or_default())
+    let mut out = postcard::to_extend(value, vec![0u8; FRAME_HEADER_LEN]).unwrap_or_default();
+    let len = out.len().saturating_sub(FRAME_HEADER_LEN) as u32;
+    if let Some(header) = out.get_mut(..FRAME_HEADER_LEN) {
+        header.copy_from_slice(&len.to_be_bytes());
+    }
+    out
 }
 
 /// Encodes a request envelope as a complete frame (header included).

@@ -131,7 +131,7 @@ impl Secure {
 
     /// Opens a protected request. `Ok` gives the request and the engine client of the channel;
     /// `Err` is the clear error to answer with (the channel is gone by then).
-    pub fn open(&mut self, record: &Record) -> Result<(Request, u64), u64> {
+    pub fn open(&mut self, record: Record) -> Result<(Request, u64), u64> {
         let Some(active) = self.active.as_mut() else {
             return Err(Rv::SessionClosed.code());
         };
@@ -144,8 +144,8 @@ impl Secure {
             self.end("Device", "key-use limits reached without a rollover");
             return Err(Rv::SessionClosed.code());
         }
-        let opened = active.channel.open(record);
-        let (plain, protection) = match opened {
+        let opened = active.channel.open_record(record);
+        let (mut plain, protection) = match opened {
             Ok(opened) => opened,
             Err(e) => {
                 self.hsm
@@ -161,6 +161,11 @@ impl Secure {
                 return Err(Rv::BadRequestSignature.code());
             }
         };
+        if !request.carries_secret() {
+            // No PIN or key value in it (its secrets, if any, are in wiping types of their
+            // own): a large buffer need not be wiped byte by byte.
+            drop(std::mem::take(&mut *plain));
+        }
         let required = active
             .channel
             .policy()
@@ -197,12 +202,11 @@ impl Secure {
         };
         let secret = matches!(result, Ok(reply) if reply.carries_secret());
         let protection = active.channel.policy().reply_protection(secret);
-        let bytes = zeroize::Zeroizing::new(
-            postcard::to_stdvec(result).map_err(|_| Rv::GeneralError.code())?,
-        );
+        // Encrypted in place when the policy says so: no plaintext copy is left behind.
+        let bytes = postcard::to_stdvec(result).map_err(|_| Rv::GeneralError.code())?;
         let record = active
             .channel
-            .seal(&bytes, protection)
+            .seal_vec(bytes, protection)
             .map_err(|_| Rv::SessionClosed.code())?;
         Ok(Reply::Protected(record))
     }

@@ -347,10 +347,17 @@ async fn read_frame<S: AsyncRead + Unpin>(
     }
     let rest = async {
         stream.read_exact(&mut header[1..]).await?;
-        // The length is checked before the body is allocated.
+        // The length is checked before the body is allocated; the body is read into fresh
+        // capacity (no zeroing pass first).
         let len = tessera_wire::frame_body_len(header)?;
-        let mut body = vec![0u8; len];
-        stream.read_exact(&mut body).await?;
+        let mut body = Vec::with_capacity(len);
+        (&mut *stream)
+            .take(len as u64)
+            .read_to_end(&mut body)
+            .await?;
+        if body.len() != len {
+            return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
         Ok(body)
     };
     match tokio::time::timeout(timeout, rest).await {
@@ -506,7 +513,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 respond(&out, id, None, answer, Some(slot));
             }
             Request::Protected(record) => {
-                let opened = lock_secure(&secure).open(&record);
+                let opened = lock_secure(&secure).open(record);
                 match opened {
                     Ok((Request::Rekey, _)) => {
                         // Every earlier reply is sealed and queued before the keys change.

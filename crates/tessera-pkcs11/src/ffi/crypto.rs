@@ -47,8 +47,14 @@ unsafe fn produce(
     let output = unsafe { Output::new(out, out_len) }?;
     let handle = session as u64;
     let call = Call::Operation(operation, stage);
-    let produced = library::produce(handle, call, output.capacity()?, || run(handle))?;
-    output.deliver(produced.expose())
+    let mut produced = library::produce(handle, call, output.capacity()?, || run(handle))?;
+    let delivered = output.deliver(produced.expose());
+    if operation != Operation::Decrypt {
+        // Ciphertexts, signatures and digests are not secret: a large one need not be wiped
+        // byte by byte.
+        drop(std::mem::take(produced.expose_mut()));
+    }
+    delivered
 }
 
 /// A single-part call that produces output (`C_Encrypt`, `C_Decrypt`, `C_Digest`, `C_Sign`).
