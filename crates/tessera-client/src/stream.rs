@@ -1,6 +1,6 @@
 //! The socket to a device: Unix or TCP, blocking, with timeouts.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
@@ -20,14 +20,21 @@ pub(crate) enum Failure {
     Bad(String),
 }
 
-/// A connection, with its reading and writing ends apart: one thread writes a request while
-/// another reads replies (requests are pipelined; see the crate documentation).
+/// A connection. One thread may write a request while another reads replies (requests are
+/// pipelined; see the crate documentation): reads and writes each take their own lock, on the
+/// one socket (no second descriptor).
 pub(crate) struct Stream {
-    read: Mutex<Box<dyn Read + Send>>,
-    write: Mutex<Box<dyn Write + Send>>,
+    socket: Socket,
+    reading: Mutex<()>,
+    writing: Mutex<()>,
 }
 
-fn locked<T: ?Sized>(mutex: &Mutex<Box<T>>) -> std::sync::MutexGuard<'_, Box<T>> {
+enum Socket {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+fn locked(mutex: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -39,41 +46,39 @@ impl Stream {
         connect: Duration,
         reply: Duration,
     ) -> Result<Stream, String> {
-        match address {
+        let socket = match address {
             ServerAddress::Unix(path) => {
                 let stream = UnixStream::connect(path).map_err(|e| e.to_string())?;
                 stream.set_read_timeout(Some(reply)).ok();
                 stream.set_write_timeout(Some(reply)).ok();
-                let reading = stream.try_clone().map_err(|e| e.to_string())?;
-                Ok(Stream::new(Box::new(reading), Box::new(stream)))
+                Socket::Unix(stream)
             }
             ServerAddress::Tcp { host, port } => {
                 let addresses = (host.as_str(), *port)
                     .to_socket_addrs()
                     .map_err(|e| format!("cannot resolve {host}: {e}"))?;
                 let mut last = format!("{host} resolved to no address");
+                let mut connected = None;
                 for address in addresses {
                     match TcpStream::connect_timeout(&address, connect) {
                         Ok(stream) => {
                             stream.set_nodelay(true).ok();
                             stream.set_read_timeout(Some(reply)).ok();
                             stream.set_write_timeout(Some(reply)).ok();
-                            let reading = stream.try_clone().map_err(|e| e.to_string())?;
-                            return Ok(Stream::new(Box::new(reading), Box::new(stream)));
+                            connected = Some(stream);
+                            break;
                         }
                         Err(e) => last = format!("{address}: {e}"),
                     }
                 }
-                Err(last)
+                Socket::Tcp(connected.ok_or(last)?)
             }
-        }
-    }
-
-    fn new(read: Box<dyn Read + Send>, write: Box<dyn Write + Send>) -> Stream {
-        Stream {
-            read: Mutex::new(read),
-            write: Mutex::new(write),
-        }
+        };
+        Ok(Stream {
+            socket,
+            reading: Mutex::new(()),
+            writing: Mutex::new(()),
+        })
     }
 
     /// Sends one request.
@@ -89,14 +94,22 @@ impl Stream {
             channel,
             request,
         });
-        locked(&self.write)
-            .write_all(&frame)
-            .map_err(|e| Failure::Io(e.to_string()))
+        let _writing = locked(&self.writing);
+        let written = match &self.socket {
+            Socket::Unix(s) => (&mut &*s).write_all(&frame),
+            Socket::Tcp(s) => (&mut &*s).write_all(&frame),
+        };
+        written.map_err(|e| Failure::Io(e.to_string()))
     }
 
     /// Reads the next response, whichever request it answers.
     pub(crate) fn receive(&self) -> Result<ResponseEnvelope, Failure> {
-        let body = read_frame(&mut **locked(&self.read)).map_err(|e| match e {
+        let _reading = locked(&self.reading);
+        let body = match &self.socket {
+            Socket::Unix(s) => read_frame(&mut &*s),
+            Socket::Tcp(s) => read_frame(&mut &*s),
+        };
+        let body = body.map_err(|e| match e {
             tessera_wire::FrameError::Io(e) => Failure::Io(e.to_string()),
             other => Failure::Bad(other.to_string()),
         })?;
