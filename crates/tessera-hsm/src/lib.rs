@@ -134,7 +134,7 @@ pub(crate) fn store_failure(e: tessera_store::StoreError) -> Rv {
 type PikCache = Mutex<Option<(Vec<u8>, std::sync::Arc<aws_lc_rs::signature::EcdsaKeyPair>)>>;
 
 /// The first handle given to session objects; token object ids stay below it.
-const SESSION_OBJECT_BASE: u64 = 1 << 40;
+pub const SESSION_OBJECT_BASE: u64 = 1 << 40;
 
 impl Hsm {
     /// Opens the device in `data_dir`, creating it on first use.

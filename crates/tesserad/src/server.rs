@@ -597,6 +597,11 @@ fn quick(request: &Request) -> bool {
         | Request::FindObjectsFinal { .. }
         | Request::FindObjectsFirst { .. } => true,
         Request::GenerateRandom { len, .. } => *len as usize <= SMALL,
+        // Session objects live in memory only; token objects are written to disk.
+        Request::GenerateKey { template, .. } | Request::CreateObject { template, .. } => {
+            !matches!(template.bool(tessera_core::ck::CKA_TOKEN), Ok(Some(true)))
+        }
+        Request::DestroyObject { object, .. } => *object >= tessera_hsm::SESSION_OBJECT_BASE,
         Request::OperationOnce {
             mechanism, data, ..
         } => data.len() <= SMALL && !is_rsa(mechanism.ty),
