@@ -444,8 +444,9 @@ impl Device {
                 continue;
             }
             inbox.reading = true;
+            let alone = inbox.waiting.len() <= 1;
             drop(inbox);
-            let read = self.read_reply(state);
+            let read = self.read_reply(state, alone);
             inbox = self.inbox();
             inbox.reading = false;
             match read {
@@ -469,11 +470,12 @@ impl Device {
     fn read_reply(
         &self,
         state: &State,
+        spin: bool,
     ) -> Result<(u64, Result<Result<Reply, u64>, ClientError>), ClientError> {
         let Some(stream) = state.stream.as_ref() else {
             return Err(ClientError::StaleSession);
         };
-        let envelope = stream.receive().map_err(|f| self.failure(f))?;
+        let envelope = stream.receive(spin).map_err(|f| self.failure(f))?;
         let Some(protected) = self.inbox().waiting.remove(&envelope.id) else {
             return Err(ClientError::BadReply {
                 address: self.address.to_string(),
