@@ -69,6 +69,7 @@ impl Hsm {
     }
 
     pub(crate) fn device_status(&self) -> DeviceStatus {
+        self.events.flush(&self.store);
         let info = self.device_info();
         let state = self.lock();
         let slots = state
@@ -190,6 +191,7 @@ impl Hsm {
             AdminCommand::AddSlots(count) => self.add_slots(count),
             AdminCommand::DeleteSlot(slot) => self.delete_slot(slot),
             AdminCommand::Events => {
+                self.events.flush(&self.store);
                 let events = self.store.events().map_err(crate::store_failure)?;
                 let verification = self.events.verify(&events);
                 let shown = events

@@ -22,7 +22,12 @@ pub(crate) struct EventLog {
     size: u64,
     /// (last sequence, last mac) as written by this daemon.
     last: Mutex<(u64, Vec<u8>)>,
+    /// Sealed entries not yet written (channel openings and closings; see [`EventLog::record`]).
+    pending: Mutex<Vec<EventRecord>>,
 }
+
+/// Entries held before they are written anyway.
+const PENDING_LIMIT: usize = 64;
 
 fn fields(record: &EventRecord) -> Vec<u8> {
     let fields = (
@@ -53,6 +58,7 @@ impl EventLog {
             key,
             size: size.max(1),
             last: Mutex::new(last),
+            pending: Mutex::new(Vec::new()),
         })
     }
 
@@ -62,31 +68,57 @@ impl EventLog {
     }
 
     /// Appends an event. A failure to write is logged: the operation it describes has happened.
+    ///
+    /// Channels open and close at the rate of handshakes: those entries are sealed into the
+    /// chain at once but written in batches — with the next other event, when 64 are waiting,
+    /// or by [`EventLog::flush`] (the daemon calls it every quarter of a second, and before the
+    /// log is read or the daemon stops). A crash may lose the last of them, never the chain.
+    /// Every other event (flags, tamper, integrity failures, refusals, logins, ...) is on disk,
+    /// with all entries before it, when this returns.
     pub(crate) fn record(&self, store: &Store, time: u64, role: &str, kind: &str, detail: String) {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        let record = self.seal(EventRecord {
-            sequence: last.0 + 1,
-            time,
-            role: role.into(),
-            kind: kind.into(),
-            detail,
-            previous: last.1.clone(),
-            mac: Vec::new(),
-        });
-        tracing::info!(role, kind, detail = %record.detail, "security event");
-        // Channels open and close at the rate of handshakes: those entries reach the disk with
-        // the next durable write instead of one disk flush each. Every other event (flags,
-        // tamper, integrity failures, refusals, logins, ...) is on disk when this returns.
-        let durable = !matches!(kind, "channel-opened" | "channel-closed");
-        match store.append_event(&record, self.size, durable) {
-            Ok(()) => *last = (record.sequence, record.mac),
-            Err(e) => tracing::error!(error = %e, kind, "cannot write the event log"),
+        let batched = matches!(kind, "channel-opened" | "channel-closed");
+        let batch = {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            let record = self.seal(EventRecord {
+                sequence: last.0 + 1,
+                time,
+                role: role.into(),
+                kind: kind.into(),
+                detail,
+                previous: last.1.clone(),
+                mac: Vec::new(),
+            });
+            tracing::info!(role, kind, detail = %record.detail, "security event");
+            *last = (record.sequence, record.mac.clone());
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.push(record);
+            if batched && pending.len() < PENDING_LIMIT {
+                return;
+            }
+            std::mem::take(&mut *pending)
+        };
+        self.write(store, &batch, !batched);
+    }
+
+    /// Writes the entries held back.
+    pub(crate) fn flush(&self, store: &Store) {
+        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        self.write(store, &batch, false);
+    }
+
+    fn write(&self, store: &Store, batch: &[EventRecord], durable: bool) {
+        if let Err(e) = store.append_events(batch, self.size, durable) {
+            tracing::error!(error = %e, entries = batch.len(), "cannot write the event log");
         }
     }
 
     /// Replaces the log with one entry saying it was purged.
     pub(crate) fn purge(&self, store: &Store, time: u64, role: &str) -> Result<(), StoreError> {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         let record = self.seal(EventRecord {
             sequence: last.0 + 1,
             time,
@@ -134,5 +166,47 @@ impl EventLog {
             }
         }
         Verification { problem }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_entries_are_batched_and_a_crash_loses_only_them_never_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let key = MasterKey::generate().unwrap();
+        let log = EventLog::open(&store, &key, 100).unwrap();
+        log.record(&store, 1, "Administrator", "flags-changed", "a".into());
+        log.record(&store, 2, "Library", "channel-opened", "b".into());
+        log.record(&store, 3, "Library", "channel-closed", "c".into());
+        // The channel entries wait; the first one is on disk.
+        assert_eq!(store.events().unwrap().len(), 1);
+        // Another kind of event writes them too, in order.
+        log.record(&store, 4, "Device", "tamper", "d".into());
+        let written = store.events().unwrap();
+        assert_eq!(
+            written.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        assert_eq!(log.verify(&written).problem, None);
+        // A flush writes what waits.
+        log.record(&store, 5, "Library", "channel-opened", "e".into());
+        log.flush(&store);
+        assert_eq!(store.events().unwrap().len(), 5);
+        // A crash with entries waiting: they are lost, the chain read back is whole.
+        log.record(&store, 6, "Library", "channel-closed", "f".into());
+        drop(log);
+        let reopened = EventLog::open(&store, &key, 100).unwrap();
+        let after = store.events().unwrap();
+        assert_eq!(after.len(), 5);
+        assert_eq!(reopened.verify(&after).problem, None);
+        // 64 waiting entries are written without a flush.
+        for i in 0..64 {
+            reopened.record(&store, 10 + i, "Library", "channel-opened", String::new());
+        }
+        assert_eq!(store.events().unwrap().len(), 69);
     }
 }

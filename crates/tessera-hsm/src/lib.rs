@@ -154,6 +154,12 @@ impl Hsm {
         state.next_client
     }
 
+    /// Writes the event-log entries held back (channel openings and closings); the daemon
+    /// calls it periodically and when it stops.
+    pub fn flush_events(&self) {
+        self.events.flush(&self.store);
+    }
+
     /// Ends a client: closes its sessions and logs it out everywhere.
     pub fn disconnect(&self, client: u64) {
         let mut state = self.lock();

@@ -328,6 +328,19 @@ impl Store {
         keep: u64,
         durable: bool,
     ) -> Result<(), StoreError> {
+        self.append_events(std::slice::from_ref(event), keep, durable)
+    }
+
+    /// Appends events (in sequence order) in one write; see [`Store::append_event`].
+    pub fn append_events(
+        &self,
+        events: &[EventRecord],
+        keep: u64,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let Some(newest) = events.last().map(|e| e.sequence) else {
+            return Ok(());
+        };
         let durability = if durable {
             redb::Durability::Immediate
         } else {
@@ -335,8 +348,10 @@ impl Store {
         };
         self.write_with(durability, |txn| {
             let mut table = txn.open_table(EVENTS)?;
-            table.insert(event.sequence, encode(event).as_slice())?;
-            let oldest_kept = event.sequence.saturating_add(1).saturating_sub(keep.max(1));
+            for event in events {
+                table.insert(event.sequence, encode(event).as_slice())?;
+            }
+            let oldest_kept = newest.saturating_add(1).saturating_sub(keep.max(1));
             table.retain_in(0..oldest_kept, |_, _| false)?;
             Ok(())
         })

@@ -239,12 +239,27 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
         appliance = config.client_access.is_some(),
         "tesserad ready"
     );
+    // Channel openings and closings reach the event log in batches (tessera-hsm's EventLog).
+    let flusher = {
+        let hsm = hsm.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                every.tick().await;
+                let hsm = hsm.clone();
+                let _ = tokio::task::spawn_blocking(move || hsm.flush_events()).await;
+            }
+        })
+    };
     wait_for_signal().await;
     tracing::info!("shutting down");
     let _ = stop_sender.send(true);
     for task in tasks {
         let _ = task.await;
     }
+    flusher.abort();
+    let last = hsm.clone();
+    let _ = tokio::task::spawn_blocking(move || last.flush_events()).await;
     for path in sockets {
         let _ = std::fs::remove_file(path);
     }
