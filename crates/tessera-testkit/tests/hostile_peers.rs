@@ -216,3 +216,41 @@ fn failed_handshakes_are_rate_limited_per_address_and_logged_once() {
     // The honest client, from 127.0.0.1, still makes channels.
     honest_calls(&daemon, 5);
 }
+
+/// PIN guessing through a channel hits the lockout like any other: after the allowed wrong
+/// PINs the PIN is locked, and even the right PIN is refused.
+#[test]
+fn pin_guessing_through_the_channel_hits_the_lockout() {
+    let daemon = Daemon::start();
+    prepare(&daemon, Transport::Tcp, "nuNU");
+    let device = secured(&daemon, &daemon.server_list(Transport::Tcp), &[]);
+    let (session, generation) = sm_common::open(&device);
+    let login = |pin: &str| {
+        device
+            .call(
+                Some(generation),
+                Request::Login {
+                    session,
+                    user_type: tessera_core::ck::CKU_USER as u64,
+                    pin: sm_common::pin(pin),
+                },
+            )
+            .map(|_| ())
+            .map_err(|e| e.rv())
+    };
+    let mut answers = Vec::new();
+    for guess in 0..12 {
+        answers.push(login(&format!("guess-{guess:04}")));
+    }
+    let locked = answers
+        .iter()
+        .position(|a| *a == Err(Rv::PinLocked.code()))
+        .expect("the lockout is reached");
+    assert!(
+        answers[..locked]
+            .iter()
+            .all(|a| *a == Err(Rv::PinIncorrect.code())),
+        "{answers:?}"
+    );
+    assert_eq!(login(sm_common::USER_PIN), Err(Rv::PinLocked.code()));
+}
