@@ -70,6 +70,32 @@ pub fn tool(name: &str) -> PathBuf {
     );
 }
 
+/// Compiles the C test program `tests/c/<name>.c` (a C application that dlopens the module)
+/// into `dir`, once; panics with the compiler's message if it fails. Returns the program.
+pub fn compile_c(name: &str, dir: &Path) -> PathBuf {
+    let program = dir.join(name);
+    if program.exists() {
+        return program;
+    }
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/c")
+        .join(format!("{name}.c"));
+    let compiled = Command::new(tool("cc"))
+        .args(["-O1", "-o"])
+        .arg(&program)
+        .arg(&source)
+        .arg("-ldl")
+        .output()
+        .expect("the C compiler runs");
+    assert!(
+        compiled.status.success(),
+        "{} does not compile: {}",
+        source.display(),
+        String::from_utf8_lossy(&compiled.stderr)
+    );
+    program
+}
+
 /// The `q` quantile (0 to 1) of sorted samples, nearest rank; `None` without samples. The
 /// benchmarks' p50 and p99.
 pub fn quantile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {

@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use tessera_testkit::{pkcs11_module, tool, Daemon, Transport};
+use tessera_testkit::{compile_c, pkcs11_module, Daemon, Transport};
 
 #[test]
 fn a_forked_child_initialises_its_own_state_and_the_parent_carries_on() {
@@ -25,20 +25,7 @@ fn a_forked_child_initialises_its_own_state_and_the_parent_carries_on() {
         .unwrap();
     drop(pkcs11);
 
-    let program = daemon.dir().join("fork");
-    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/fork.c");
-    let compiled = Command::new(tool("cc"))
-        .args(["-O1", "-o"])
-        .arg(&program)
-        .arg(source)
-        .arg("-ldl")
-        .output()
-        .unwrap();
-    assert!(
-        compiled.status.success(),
-        "{}",
-        String::from_utf8_lossy(&compiled.stderr)
-    );
+    let program = compile_c("fork", daemon.dir());
     for transport in [Transport::Unix, Transport::Tcp] {
         let output = Command::new(&program)
             .arg(pkcs11_module())
@@ -65,20 +52,7 @@ fn a_forked_child_initialises_its_own_state_and_the_parent_carries_on() {
 #[test]
 fn a_c_application_uses_wrap_and_unwrap_templates() {
     let f = common::fixture(Transport::Unix);
-    let program = f.daemon.dir().join("templates");
-    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/templates.c");
-    let compiled = Command::new(tool("cc"))
-        .args(["-O1", "-o"])
-        .arg(&program)
-        .arg(source)
-        .arg("-ldl")
-        .output()
-        .unwrap();
-    assert!(
-        compiled.status.success(),
-        "{}",
-        String::from_utf8_lossy(&compiled.stderr)
-    );
+    let program = compile_c("templates", f.daemon.dir());
     let output = Command::new(&program)
         .arg(pkcs11_module())
         .arg(f.slot.id().to_string())

@@ -11,13 +11,14 @@
 //! issue's full run is `TESSERA_LOAD_THREADS=64 TESSERA_LOAD_SECONDS=60 cargo test --release -p
 //! tessera-testkit --test load_and_faults` (after `cargo build --release --workspace`).
 
+mod common;
 mod sm_common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cryptoki::context::{CInitializeArgs, Pkcs11};
+use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
@@ -154,12 +155,8 @@ fn load_then_kill_9_under_load_loses_nothing_acknowledged_and_clients_recover() 
     let mut daemon = Daemon::start();
     let transport = Transport::Tcp;
     prepare(&daemon, transport, "nuNU");
-    std::env::set_var("ET_HSM_NETCLIENT_SERVERLIST", daemon.server_list(transport));
-    for (key, value) in daemon.trust_env() {
-        std::env::set_var(key, value);
-    }
-    let pkcs11 = Pkcs11::new(pkcs11_module()).unwrap();
-    pkcs11.initialize(CInitializeArgs::OsThreads).unwrap();
+    let _serial = common::serialise();
+    let pkcs11 = common::load_secured(&daemon, transport);
     let slot = pkcs11.get_slots_with_token().unwrap()[0];
 
     let phase = Arc::new(AtomicU8::new(STEADY));
@@ -289,15 +286,7 @@ fn a_client_killed_mid_call_leaves_no_session_or_channel() {
     let daemon = Daemon::start();
     let transport = Transport::Tcp;
     prepare(&daemon, transport, "nuNU");
-    let program = daemon.dir().join("busy");
-    let compiled = Command::new(tessera_testkit::tool("cc"))
-        .args(["-O1", "-o"])
-        .arg(&program)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/busy.c"))
-        .arg("-ldl")
-        .output()
-        .unwrap();
-    assert!(compiled.status.success(), "{compiled:?}");
+    let program = tessera_testkit::compile_c("busy", daemon.dir());
     let channels = || daemon.admin(transport, &["--channels"]);
     for _ in 0..3 {
         let mut child = Command::new(&program)

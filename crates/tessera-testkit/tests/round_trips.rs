@@ -9,7 +9,6 @@ mod sm_common;
 
 use std::time::Duration;
 
-use cryptoki::context::{CInitializeArgs, Pkcs11};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectClass};
@@ -17,7 +16,7 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use tessera_client::Device;
 use tessera_config::ServerAddress;
-use tessera_testkit::{pkcs11_module, Daemon, Transport};
+use tessera_testkit::{Daemon, Transport};
 use tessera_wire::{Reply, Request};
 
 /// Requests the device has served.
@@ -133,15 +132,7 @@ fn single_part_calls_and_small_searches_take_one_round_trip() {
     let _serial = common::serialise();
     let daemon = Daemon::start();
     sm_common::prepare(&daemon, Transport::Unix, "nuNU");
-    std::env::set_var(
-        "ET_HSM_NETCLIENT_SERVERLIST",
-        daemon.server_list(Transport::Unix),
-    );
-    for (key, value) in daemon.trust_env() {
-        std::env::set_var(key, value);
-    }
-    let pkcs11 = Pkcs11::new(pkcs11_module()).unwrap();
-    pkcs11.initialize(CInitializeArgs::OsThreads).unwrap();
+    let pkcs11 = common::load_secured(&daemon, Transport::Unix);
     let slot = pkcs11.get_slots_with_token().unwrap()[0];
     let session = pkcs11.open_rw_session(slot).unwrap();
     session

@@ -187,10 +187,7 @@ fn the_cryptoki_crate_works_unchanged_under_every_protection_flag() {
             let _serial = common::serialise();
             let daemon = Daemon::start();
             prepare(&daemon, transport, flags);
-            for (key, value) in daemon.trust_env() {
-                std::env::set_var(key, value);
-            }
-            let pkcs11 = common::load(&daemon.server_list(transport));
+            let pkcs11 = common::load_secured(&daemon, transport);
             let slot = pkcs11.get_slots_with_token().unwrap()[0];
             let session = pkcs11.open_rw_session(slot).unwrap();
             session
@@ -252,22 +249,7 @@ fn the_cryptoki_crate_works_unchanged_under_every_protection_flag() {
 
 /// Runs the C probe (raw CK_RV values) through the library against `servers`.
 fn probe(daemon: &Daemon, servers: &str, trust: Option<&std::path::Path>) -> String {
-    let program = daemon.dir().join("probe");
-    if !program.exists() {
-        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/probe.c");
-        let built = Command::new(tool("cc"))
-            .args(["-o"])
-            .arg(&program)
-            .arg(source)
-            .arg("-ldl")
-            .output()
-            .unwrap();
-        assert!(
-            built.status.success(),
-            "{}",
-            String::from_utf8_lossy(&built.stderr)
-        );
-    }
+    let program = tessera_testkit::compile_c("probe", daemon.dir());
     let mut command = Command::new(&program);
     command
         .arg(pkcs11_module())

@@ -115,24 +115,37 @@ pub fn single(
     signature: Vec<u8>,
 ) -> CkResult<Reply> {
     let held = deferred(handle, |d| d.take(operation))?;
-    let result = session_call(handle, |session| match held {
-        Some((mechanism, key)) => Request::OperationOnce {
-            session,
-            operation,
-            mechanism,
-            key,
-            data,
-            signature,
-        },
-        None => Request::OperationSingle {
+    let result = match held {
+        Some((mechanism, key)) => once(handle, operation, mechanism, key, data, signature),
+        None => session_call(handle, |session| Request::OperationSingle {
             session,
             operation,
             data,
             signature,
-        },
-    });
+        }),
+    };
     ended(handle, operation);
     result
+}
+
+/// An init and its single-part call as one request (also each message of the message-based
+/// functions, which is a whole operation on the device).
+pub(super) fn once(
+    handle: u64,
+    operation: Operation,
+    mechanism: Mechanism,
+    key: u64,
+    data: Vec<u8>,
+    signature: Vec<u8>,
+) -> CkResult<Reply> {
+    session_call(handle, |session| Request::OperationOnce {
+        session,
+        operation,
+        mechanism,
+        key,
+        data,
+        signature,
+    })
 }
 
 /// `C_FindObjectsInit`: held for the first `C_FindObjects`.

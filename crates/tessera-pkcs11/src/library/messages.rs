@@ -9,9 +9,9 @@
 
 use cryptoki_sys as ck;
 use tessera_core::{Mechanism, MechanismParameter, Rv, SecretBytes};
-use tessera_wire::{Operation, Reply, Request};
+use tessera_wire::Operation;
 
-use super::{output, produce, random, session_call, verified, with, Call};
+use super::{output, produce, random, verified, with, Call};
 use crate::message::{generated_iv, join_tag, split_tag, tag_len, GcmMessage, Iv, Sealed};
 use crate::CkResult;
 
@@ -87,25 +87,6 @@ pub fn message_final(handle: u64, operation: Operation) -> CkResult {
     })
 }
 
-/// One message as a whole operation on the device, in one round trip.
-fn one_shot(
-    handle: u64,
-    operation: Operation,
-    mechanism: Mechanism,
-    key: u64,
-    data: Vec<u8>,
-    signature: Vec<u8>,
-) -> CkResult<Reply> {
-    session_call(handle, |session| Request::OperationOnce {
-        session,
-        operation,
-        mechanism,
-        key,
-        data,
-        signature,
-    })
-}
-
 /// The GCM mechanism of one message.
 fn gcm(context: &Context, iv: Vec<u8>, message: GcmMessage) -> Mechanism {
     Mechanism {
@@ -136,7 +117,7 @@ pub fn seal(
         } => generated_iv(fixed, *fixed_bits, &random(handle, *len)?).map_err(Rv::code)?,
     };
     let mechanism = gcm(context, iv.clone(), message);
-    let reply = one_shot(
+    let reply = super::deferred::once(
         handle,
         Operation::Encrypt,
         mechanism,
@@ -173,7 +154,7 @@ pub fn open(
         return Err(Rv::MechanismParamInvalid.code());
     };
     let mechanism = gcm(context, iv, message);
-    let reply = one_shot(
+    let reply = super::deferred::once(
         handle,
         Operation::Decrypt,
         mechanism,
@@ -204,7 +185,7 @@ pub fn sign_message(
     let call = Call::SignMessage(SecretBytes::from_slice(data));
     produce(handle, call, capacity, || {
         let mechanism = context.mechanism.clone();
-        let reply = one_shot(
+        let reply = super::deferred::once(
             handle,
             Operation::Sign,
             mechanism,
@@ -219,7 +200,7 @@ pub fn sign_message(
 /// `C_VerifyMessage`: `Ok` only when the device says the signature is valid.
 pub fn verify_message(handle: u64, context: &Context, data: &[u8], signature: &[u8]) -> CkResult {
     let mechanism = context.mechanism.clone();
-    verified(one_shot(
+    verified(super::deferred::once(
         handle,
         Operation::Verify,
         mechanism,

@@ -36,6 +36,14 @@ pub fn load(server_list: &str) -> Pkcs11 {
     pkcs11
 }
 
+/// Loads the library for `daemon` with this test's trust stores (for secure messaging).
+pub fn load_secured(daemon: &Daemon, transport: Transport) -> Pkcs11 {
+    for (key, value) in daemon.trust_env() {
+        std::env::set_var(key, value);
+    }
+    load(&daemon.server_list(transport))
+}
+
 pub fn serialise() -> MutexGuard<'static, ()> {
     LIBRARY
         .lock()
