@@ -19,7 +19,7 @@ pub use secure::{LogTarget, SecureSettings};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use tessera_config::ServerAddress;
@@ -119,6 +119,8 @@ struct Inbox {
     waiting: HashMap<u64, bool>,
     /// A thread is reading.
     reading: bool,
+    /// How to wake each waiting thread, by request id.
+    wakers: HashMap<u64, Arc<Condvar>>,
     /// The connection failed: every waiter gets this.
     failed: Option<ClientError>,
 }
@@ -137,7 +139,6 @@ pub struct Device {
     secure: Option<std::sync::Arc<SecureSettings>>,
     state: RwLock<State>,
     inbox: Mutex<Inbox>,
-    arrived: Condvar,
 }
 
 /// How a call can go without waiting for the connection to itself.
@@ -172,7 +173,6 @@ impl Device {
                 broken: AtomicBool::new(false),
             }),
             inbox: Mutex::new(Inbox::default()),
-            arrived: Condvar::new(),
         }
     }
 
@@ -420,48 +420,71 @@ impl Device {
         if inbox.failed.is_none() {
             inbox.failed = Some(error);
         }
-        drop(inbox);
-        self.arrived.notify_all();
+        for owner in inbox.wakers.values() {
+            owner.notify_one();
+        }
     }
 
-    /// Waits for the reply to request `id`, reading replies (for whoever waits for them) while
-    /// no other thread does.
+    /// Waits for the reply to request `id`. When no thread is reading, this one reads — every
+    /// reply, handing each to the thread that waits for it (waking that thread only) — until
+    /// its own comes, then hands the reading over to another waiting thread.
     fn wait(&self, state: &State, id: u64) -> Result<Result<Reply, u64>, ClientError> {
+        let waker = Arc::new(Condvar::new());
         let mut inbox = self.inbox();
-        loop {
+        inbox.wakers.insert(id, waker.clone());
+        let result = 'waiting: loop {
             if let Some(reply) = inbox.replies.remove(&id) {
-                return reply;
+                break reply;
             }
             if let Some(error) = inbox.failed.clone() {
                 inbox.waiting.remove(&id);
-                return Err(error);
+                break Err(error);
             }
             if inbox.reading {
-                inbox = self
-                    .arrived
+                inbox = waker
                     .wait(inbox)
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
                 continue;
             }
             inbox.reading = true;
-            let alone = inbox.waiting.len() <= 1;
-            drop(inbox);
-            let read = self.read_reply(state, alone);
-            inbox = self.inbox();
-            inbox.reading = false;
-            match read {
-                Ok((for_id, reply)) => {
-                    inbox.replies.insert(for_id, reply);
-                }
-                Err(error) => {
-                    state.broken.store(true, Ordering::Relaxed);
-                    if inbox.failed.is_none() {
-                        inbox.failed = Some(error);
+            loop {
+                let alone = inbox.waiting.len() <= 1;
+                drop(inbox);
+                let read = self.read_reply(state, alone);
+                inbox = self.inbox();
+                match read {
+                    Ok((for_id, reply)) if for_id == id => {
+                        inbox.reading = false;
+                        break 'waiting reply;
+                    }
+                    Ok((for_id, reply)) => {
+                        inbox.replies.insert(for_id, reply);
+                        if let Some(owner) = inbox.wakers.get(&for_id) {
+                            owner.notify_one();
+                        }
+                    }
+                    Err(error) => {
+                        state.broken.store(true, Ordering::Relaxed);
+                        inbox.reading = false;
+                        if inbox.failed.is_none() {
+                            inbox.failed = Some(error);
+                        }
+                        for owner in inbox.wakers.values() {
+                            owner.notify_one();
+                        }
+                        continue 'waiting;
                     }
                 }
             }
-            self.arrived.notify_all();
+        };
+        inbox.wakers.remove(&id);
+        if !inbox.reading {
+            // Someone else may still be waiting for a reply: it reads now.
+            if let Some(next) = inbox.wakers.values().next() {
+                next.notify_one();
+            }
         }
+        result
     }
 
     /// Reads one reply from the shared connection, opening it if it came through the channel.
