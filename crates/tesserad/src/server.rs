@@ -56,6 +56,23 @@ impl PeerAddress for tokio::net::unix::SocketAddr {
     }
 }
 
+/// Socket settings of an accepted connection.
+trait Tune {
+    fn tune(&self);
+}
+
+impl Tune for tokio::net::TcpStream {
+    /// Replies go out at once: with several calls in flight, Nagle's algorithm would hold a
+    /// small reply back until the previous one is acknowledged.
+    fn tune(&self) {
+        let _ = self.set_nodelay(true);
+    }
+}
+
+impl Tune for tokio::net::UnixStream {
+    fn tune(&self) {}
+}
+
 /// What identifies one version of the access list file: inode, modification time and size
 /// (`None`: no file). `psesh` replaces the file by a rename, which changes the inode.
 type Stamp = Option<(u64, i64, i64, u64)>;
@@ -312,6 +329,7 @@ macro_rules! accept_loop {
                             drop(stream);
                             continue;
                         }
+                        stream.tune();
                         (stream, format!("{peer:?}"), PeerAddress::ip(&peer))
                     }
                     Err(e) => {
