@@ -35,6 +35,8 @@ pub(crate) struct Stream {
     socket: Socket,
     reading: Mutex<()>,
     writing: Mutex<()>,
+    /// Frames sent and not written yet.
+    outbox: Mutex<Vec<Vec<u8>>>,
 }
 
 enum Socket {
@@ -86,6 +88,7 @@ impl Stream {
             socket,
             reading: Mutex::new(()),
             writing: Mutex::new(()),
+            outbox: Mutex::new(Vec::new()),
         })
     }
 
@@ -102,12 +105,52 @@ impl Stream {
             channel,
             request,
         });
-        let _writing = locked(&self.writing);
-        let written = match &self.socket {
-            Socket::Unix(s) => (&mut &*s).write_all(&frame),
-            Socket::Tcp(s) => (&mut &*s).write_all(&frame),
-        };
-        written.map_err(|e| Failure::Io(e.to_string()))
+        // Queued in the caller's order (which, for the channel, is the records' order), then
+        // written by whichever sender holds the writing turn: a sender never waits for another
+        // one's write, and frames queued meanwhile go out together in one write.
+        self.outbox
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(frame);
+        self.flush()
+    }
+
+    /// Writes what is queued, unless another sender is writing (it will write it).
+    fn flush(&self) -> Result<(), Failure> {
+        loop {
+            let Ok(writing) = self.writing.try_lock() else {
+                return Ok(());
+            };
+            let frames = std::mem::take(
+                &mut *self
+                    .outbox
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            );
+            if frames.is_empty() {
+                drop(writing);
+                // A frame queued while this sender held the turn: write it too.
+                let queued = !self
+                    .outbox
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .is_empty();
+                if queued {
+                    continue;
+                }
+                return Ok(());
+            }
+            let batch = if frames.len() == 1 {
+                frames.into_iter().next().unwrap_or_default()
+            } else {
+                frames.concat()
+            };
+            let written = match &self.socket {
+                Socket::Unix(s) => (&mut &*s).write_all(&batch),
+                Socket::Tcp(s) => (&mut &*s).write_all(&batch),
+            };
+            written.map_err(|e| Failure::Io(e.to_string()))?;
+        }
     }
 
     /// Reads the next response, whichever request it answers; `spin`: poll briefly first (when

@@ -463,9 +463,21 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let (mut reader, mut writer) = tokio::io::split(stream);
     let (out, mut outbox) = tokio::sync::mpsc::unbounded_channel::<Outgoing>();
     let writing = tokio::spawn(async move {
-        while let Some((frame, slot)) = outbox.recv().await {
+        while let Some((mut frame, slot)) = outbox.recv().await {
+            // Replies that are ready together go out in one write (small ones only; a large
+            // one is written as it is).
+            let mut slots = vec![slot];
+            while frame.len() < 64 * 1024 {
+                match outbox.try_recv() {
+                    Ok((more, slot)) => {
+                        frame.extend_from_slice(&more);
+                        slots.push(slot);
+                    }
+                    Err(_) => break,
+                }
+            }
             let written = writer.write_all(&frame).await;
-            drop(slot);
+            drop(slots);
             if let Err(e) = written {
                 tracing::debug!(client, reason = %e, "client went away");
                 break;
