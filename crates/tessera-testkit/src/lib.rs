@@ -134,8 +134,16 @@ impl Daemon {
             port: free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        daemon.spawn();
-        daemon
+        // The free port may be taken by another test between its choice and the bind: then
+        // another port.
+        for _ in 0..5 {
+            match daemon.try_spawn() {
+                Ok(()) => return daemon,
+                Err(log) if log.contains("cannot listen on tcp:") => daemon.port = free_port(),
+                Err(log) => panic!("{log}"),
+            }
+        }
+        panic!("no free loopback port for tesserad:\n{}", daemon.log())
     }
 
     /// The temporary directory of this test.
@@ -172,6 +180,13 @@ impl Daemon {
     }
 
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("{log}");
+        }
+    }
+
+    /// Starts the daemon and waits until it is ready; `Err` is why it was not (with its log).
+    fn try_spawn(&mut self) -> Result<(), String> {
         // Only a "ready" line written by this start counts.
         let seen = self.log().len();
         let log = std::fs::OpenOptions::new()
@@ -204,19 +219,19 @@ impl Daemon {
         {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!(
+                    self.child = None;
+                    return Err(format!(
                         "tesserad exited with {status} before it was ready:\n{}",
                         self.log()
-                    );
+                    ));
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "tesserad was not ready in 20 s:\n{}",
-                self.log()
-            );
+            if Instant::now() >= deadline {
+                return Err(format!("tesserad was not ready in 20 s:\n{}", self.log()));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     /// The daemon's process id, while it runs.
