@@ -198,6 +198,20 @@ impl Channel {
         self.seal_vec(message.to_vec(), protection)
     }
 
+    /// Protects the postcard encoding of `value`, written straight into a buffer with room for
+    /// the tag (a large message is neither copied nor moved).
+    pub fn seal_value<T: serde::Serialize>(
+        &mut self,
+        value: &T,
+        protection: Protection,
+    ) -> Result<Record, RecordError> {
+        let size =
+            postcard::experimental::serialized_size(value).map_err(|_| RecordError::Closed)?;
+        let message = postcard::to_extend(value, Vec::with_capacity(size + 16))
+            .map_err(|_| RecordError::Closed)?;
+        self.seal_vec(message, protection)
+    }
+
     /// Protects a message given by value: an encrypted record is encrypted in place (no copy of
     /// a large message, and no plaintext left behind); a signed one carries it as it is.
     pub fn seal_vec(

@@ -220,11 +220,9 @@ impl ChannelState {
             .policy()
             .request_protection(request.carries_secret());
         // Encrypted in place when the policy says so: no plaintext copy is left behind.
-        let plain = postcard::to_stdvec(request)
-            .map_err(|_| ClientError::Returned(Rv::GeneralError.code()))?;
         let record = self
             .channel
-            .seal_vec(plain, protection)
+            .seal_value(request, protection)
             .map_err(|_| ClientError::StaleSession)?;
         self.last_used = Instant::now();
         Ok((record, self.channel.id()))

@@ -203,10 +203,9 @@ impl Secure {
         let secret = matches!(result, Ok(reply) if reply.carries_secret());
         let protection = active.channel.policy().reply_protection(secret);
         // Encrypted in place when the policy says so: no plaintext copy is left behind.
-        let bytes = postcard::to_stdvec(result).map_err(|_| Rv::GeneralError.code())?;
         let record = active
             .channel
-            .seal_vec(bytes, protection)
+            .seal_value(result, protection)
             .map_err(|_| Rv::SessionClosed.code())?;
         Ok(Reply::Protected(record))
     }

@@ -673,6 +673,9 @@ impl Operation {
                 if buffer.len() + data.len() > MAX_CIPHER_INPUT {
                     return Err(Rv::DataLenRange);
                 }
+                // Room for a block of padding or a tag too, so that the buffer is not moved
+                // (leaving a copy behind) when the operation finishes in place.
+                buffer.expose_mut().reserve(data.len() + 16);
                 buffer.expose_mut().extend_from_slice(data);
                 Ok(())
             }
@@ -955,11 +958,14 @@ fn gcm(
         LessSafeKey::new(UnboundKey::new(algorithm, key).map_err(|_| Rv::KeyTypeInconsistent)?);
     let nonce = || Nonce::try_assume_unique_for_key(iv).map_err(|_| Rv::MechanismParamInvalid);
     if encrypt {
-        let mut out = data.expose().to_vec();
+        // Encrypted in its own buffer (room for the tag was reserved when the data came in):
+        // the plaintext is overwritten, not copied.
+        let mut out = std::mem::take(data.expose_mut());
+        let plain_len = out.len();
         aead_key
             .seal_in_place_append_tag(nonce()?, Aad::from(aad), &mut out)
             .map_err(|_| Rv::FunctionFailed)?;
-        out.truncate(data.len() + tag_len);
+        out.truncate(plain_len + tag_len);
         return Ok(Output::Bytes(out));
     }
     let Some(cipher_len) = data.len().checked_sub(tag_len) else {
