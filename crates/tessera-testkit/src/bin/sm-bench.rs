@@ -1,6 +1,7 @@
 //! `sm-bench`: what secure messaging costs. For each protection level (plain, `n`, `u`, `U`,
 //! `N`, `nuNU`) it measures, through the same client code the PKCS#11 library runs, a small
-//! call (32 random bytes) and an AES-GCM encryption of 4 KiB, and the handshake rate; it prints
+//! call (32 random bytes) and an AES-GCM encryption of 4 KiB (init and call in one request, as
+//! the library sends them), and the handshake rate; it prints
 //! ops/s, p50 and p99 latency, and the channel's cost per message against plain.
 //!
 //! Run: `cargo build --release --workspace && ./target/release/sm-bench [--seconds S] [--tcp]`
@@ -195,19 +196,11 @@ fn main() {
             call(
                 &d,
                 g,
-                Request::OperationInit {
+                Request::OperationOnce {
                     session: s,
                     operation: Operation::Encrypt,
                     mechanism,
                     key,
-                },
-            );
-            call(
-                &d,
-                g,
-                Request::OperationSingle {
-                    session: s,
-                    operation: Operation::Encrypt,
                     data: data.clone(),
                     signature: vec![],
                 },
