@@ -239,6 +239,36 @@ fn digests_macs_and_aes_modes_match_published_vectors() {
             t.single(Operation::Encrypt, ctr, aes, &block, &[]).unwrap(),
             hex("874d6191b620e3261bef6864990db6ce")
         );
+        // An 8-bit counter at 0xff has one block before it wraps: that block is the same, a
+        // second one (which would repeat the key stream) is refused.
+        let short = |counter_bits| Mechanism {
+            ty: ck::CKM_AES_CTR as u64,
+            parameter: MechanismParameter::Ctr {
+                counter_bits,
+                block: hex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff"),
+            },
+        };
+        assert_eq!(
+            t.single(Operation::Encrypt, short(8), aes, &block, &[])
+                .unwrap(),
+            hex("874d6191b620e3261bef6864990db6ce")
+        );
+        assert_eq!(
+            t.single(Operation::Encrypt, short(8), aes, &[0; 17], &[]),
+            Err(Rv::DataLenRange.code())
+        );
+        assert_eq!(
+            t.single(Operation::Decrypt, short(8), aes, &[0; 17], &[]),
+            Err(Rv::EncryptedDataLenRange.code())
+        );
+        // A 16-bit counter at 0xfeff has 257 blocks.
+        assert!(t
+            .single(Operation::Encrypt, short(16), aes, &[0; 257 * 16], &[])
+            .is_ok());
+        assert_eq!(
+            t.single(Operation::Encrypt, short(16), aes, &[0; 257 * 16 + 1], &[]),
+            Err(Rv::DataLenRange.code())
+        );
         // Key derivation by encryption: the new value is the SP 800-38A F.1.1 / F.2.1 block.
         for (iv, expected) in [
             (Vec::new(), "3ad77bb40d7a3660a89ecaf32466ef97"),

@@ -219,7 +219,8 @@ enum AesMode {
     CbcPad([u8; 16]),
     Ecb,
     Cbc([u8; 16]),
-    Ctr([u8; 16]),
+    /// The initial counter block and how many of its low bits are the counter.
+    Ctr([u8; 16], u32),
     Gcm {
         iv: Vec<u8>,
         aad: Vec<u8>,
@@ -503,7 +504,8 @@ impl Operation {
             }
             (ck::CKM_AES_ECB, MechanismParameter::None) => AesMode::Ecb,
             (ck::CKM_AES_CBC, MechanismParameter::Bytes(iv)) => AesMode::Cbc(block(iv)?),
-            // The whole 16-byte block counts (a counter of fewer bits must not wrap).
+            // The low `counter_bits` bits of the block are the counter; data that would make it
+            // wrap (and so repeat the key stream) is refused when the operation finishes.
             (
                 ck::CKM_AES_CTR,
                 MechanismParameter::Ctr {
@@ -514,7 +516,7 @@ impl Operation {
                 if !(1..=128).contains(counter_bits) {
                     return Err(Rv::MechanismParamInvalid);
                 }
-                AesMode::Ctr(block(counter)?)
+                AesMode::Ctr(block(counter)?, *counter_bits as u32)
             }
             (
                 ck::CKM_AES_CBC_PAD
@@ -827,6 +829,17 @@ pub(crate) fn aes_encrypt_blocks(
     }
 }
 
+/// Whether `len` bytes of CTR key stream fit before the low `bits` bits of `block` (the
+/// counter, big-endian) wrap around.
+fn ctr_fits(block: &[u8; 16], bits: u32, len: usize) -> bool {
+    if bits >= 128 {
+        return true;
+    }
+    let counter = u128::from_be_bytes(*block) & ((1u128 << bits) - 1);
+    let available = (1u128 << bits) - counter;
+    (len as u128).div_ceil(16) <= available
+}
+
 fn finish_block_mode(
     key: &[u8],
     mode: &AesMode,
@@ -843,7 +856,16 @@ fn finish_block_mode(
     let (iv, whole_blocks) = match mode {
         AesMode::Ecb => (None, true),
         AesMode::Cbc(iv) => (Some(*iv), true),
-        AesMode::Ctr(block) => (Some(*block), false),
+        AesMode::Ctr(block, bits) => {
+            if !ctr_fits(block, *bits, data.len()) {
+                return Err(if encrypt {
+                    Rv::DataLenRange
+                } else {
+                    Rv::EncryptedDataLenRange
+                });
+            }
+            (Some(*block), false)
+        }
         _ => return Err(Rv::GeneralError),
     };
     if whole_blocks && !data.len().is_multiple_of(16) {
@@ -892,7 +914,7 @@ fn finish_aes(
     mut data: SecretBytes,
 ) -> Result<Output, Rv> {
     let key_bytes = key.expose();
-    if matches!(mode, AesMode::Ecb | AesMode::Cbc(_) | AesMode::Ctr(_)) {
+    if matches!(mode, AesMode::Ecb | AesMode::Cbc(_) | AesMode::Ctr(..)) {
         return finish_block_mode(key_bytes, &mode, encrypt, data);
     }
     match mode {
@@ -930,7 +952,7 @@ fn finish_aes(
                 Ok(Output::Secret(data))
             }
         }
-        AesMode::Ecb | AesMode::Cbc(_) | AesMode::Ctr(_) => Err(Rv::GeneralError),
+        AesMode::Ecb | AesMode::Cbc(_) | AesMode::Ctr(..) => Err(Rv::GeneralError),
         AesMode::Gcm { iv, aad, tag_len } => gcm(key_bytes, &iv, &aad, tag_len, encrypt, data),
     }
 }
@@ -983,7 +1005,8 @@ fn gcm(
     counter[..aead::NONCE_LEN].copy_from_slice(iv);
     counter[15] = 2;
     let ciphertext = SecretBytes::new(data.expose()[..cipher_len].to_vec());
-    let Output::Secret(plain) = finish_block_mode(key, &AesMode::Ctr(counter), false, ciphertext)?
+    let Output::Secret(plain) =
+        finish_block_mode(key, &AesMode::Ctr(counter, 32), false, ciphertext)?
     else {
         return Err(Rv::GeneralError);
     };
