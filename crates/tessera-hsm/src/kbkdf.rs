@@ -31,19 +31,6 @@ enum Mode {
     DoublePipeline,
 }
 
-/// The PRF's output length, for the PRFs served.
-fn prf_length(prf: u64) -> Result<usize, Rv> {
-    Ok(match prf as ck::CK_MECHANISM_TYPE {
-        ck::CKM_SHA_1_HMAC => 20,
-        ck::CKM_SHA224_HMAC => 28,
-        ck::CKM_SHA256_HMAC => 32,
-        ck::CKM_SHA384_HMAC => 48,
-        ck::CKM_SHA512_HMAC => 64,
-        ck::CKM_AES_CMAC => 16,
-        _ => return Err(Rv::MechanismParamInvalid),
-    })
-}
-
 /// `value` written in `format`; `None` when it does not fit.
 fn encode(value: u64, format: KbkdfFormat) -> Option<Vec<u8>> {
     let bytes = (format.bits / 8) as usize;
@@ -139,7 +126,7 @@ pub(crate) fn derive(
     let MechanismParameter::Kbkdf { prf, data, iv, .. } = &mechanism.parameter else {
         return Err(Rv::MechanismParamInvalid);
     };
-    let h = prf_length(*prf)?;
+    let h = crate::crypto::mac::prf_length(*prf).ok_or(Rv::MechanismParamInvalid)?;
     check_segments(mode, data)?;
     if mode != Mode::Feedback && !iv.is_empty() {
         return Err(Rv::MechanismParamInvalid);

@@ -431,6 +431,16 @@ pub fn complete(attributes: &mut Attributes, generated: Option<u64>, flags: u64)
     Ok(())
 }
 
+/// The usage attributes of a secret key (`CKA_DERIVE` is common to all keys).
+pub(crate) const SECRET_KEY_USAGE: [ck::CK_ATTRIBUTE_TYPE; 6] = [
+    ck::CKA_ENCRYPT,
+    ck::CKA_DECRYPT,
+    ck::CKA_SIGN,
+    ck::CKA_VERIFY,
+    ck::CKA_WRAP,
+    ck::CKA_UNWRAP,
+];
+
 fn complete_key(
     attributes: &mut Attributes,
     class: u64,
@@ -438,14 +448,7 @@ fn complete_key(
     flags: u64,
 ) -> Result<(), Rv> {
     let usage: &[ck::CK_ATTRIBUTE_TYPE] = match class as ck::CK_OBJECT_CLASS {
-        ck::CKO_SECRET_KEY => &[
-            ck::CKA_ENCRYPT,
-            ck::CKA_DECRYPT,
-            ck::CKA_SIGN,
-            ck::CKA_VERIFY,
-            ck::CKA_WRAP,
-            ck::CKA_UNWRAP,
-        ],
+        ck::CKO_SECRET_KEY => &SECRET_KEY_USAGE,
         ck::CKO_PUBLIC_KEY => &[ck::CKA_ENCRYPT, ck::CKA_VERIFY, ck::CKA_WRAP],
         _ => &[ck::CKA_DECRYPT, ck::CKA_SIGN, ck::CKA_UNWRAP],
     };

@@ -57,17 +57,6 @@ pub(crate) fn visible(token: &Token, client: u64, object: &Object) -> bool {
     }
 }
 
-/// The usage attributes that default to false on a key made by `C_DeriveKey`.
-const DERIVED_KEY_USAGE: [ck::CK_ATTRIBUTE_TYPE; 7] = [
-    ck::CKA_ENCRYPT,
-    ck::CKA_DECRYPT,
-    ck::CKA_SIGN,
-    ck::CKA_VERIFY,
-    ck::CKA_WRAP,
-    ck::CKA_UNWRAP,
-    ck::CKA_DERIVE,
-];
-
 impl Hsm {
     /// Creates a secret key holding `value` (from `C_UnwrapKey` or `C_DeriveKey`) with the
     /// application's template.
@@ -107,8 +96,9 @@ impl Hsm {
         attributes.set(ck::CKA_VALUE as u64, value.to_vec());
         attributes.set_ulong(ck::CKA_VALUE_LEN, value.len() as u64);
         if derived {
-            // A derived key does what its template says and nothing more.
-            for usage in DERIVED_KEY_USAGE {
+            // A derived key does what its template says and nothing more (`CKA_DERIVE`
+            // defaults to false for every secret key already).
+            for usage in object::SECRET_KEY_USAGE {
                 attributes.default_flag(usage, false);
             }
         }

@@ -45,6 +45,16 @@ fn hmac_of(mechanism: ck::CK_MECHANISM_TYPE) -> Option<(hmac::Algorithm, usize, 
     })
 }
 
+/// The full output length of a MAC mechanism that takes no parameter (HMAC, AES-CMAC), as a
+/// PRF: `None` for the `_GENERAL` forms and everything else.
+pub(crate) fn prf_length(mechanism: u64) -> Option<usize> {
+    match hmac_of(mechanism as ck::CK_MECHANISM_TYPE) {
+        Some((_, full, false)) => Some(full),
+        Some(_) => None,
+        None => (mechanism == ck::CKM_AES_CMAC as u64).then_some(16),
+    }
+}
+
 /// Whether a mechanism is a MAC this module serves.
 pub(crate) fn is_mac(mechanism: u64) -> bool {
     let m = mechanism as ck::CK_MECHANISM_TYPE;
