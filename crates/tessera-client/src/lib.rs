@@ -300,27 +300,15 @@ impl Device {
                 if session_generation.is_some_and(|g| g != state.generation) {
                     return Err(ClientError::StaleSession);
                 }
-                // A call that opens something may have to be made again inside a channel.
-                let retry = (matches!(route, Route::Clear)
-                    && !public
-                    && session_generation.is_none()
-                    && self.secure.is_some())
-                .then(|| postcard::to_stdvec(&request).ok())
-                .flatten();
+                let clear = matches!(route, Route::Clear);
+                let retry = self.retry_copy(clear, session_generation, &request);
                 let generation = state.generation;
                 match self.pipelined(&state, route, request) {
                     Err(ClientError::Returned(code))
                         if code == Rv::BadProtection.code() && self.secure.is_some() =>
                     {
                         drop(state);
-                        let mut state = self.exclusive();
-                        state.requires_channel = true;
-                        let request =
-                            retry.and_then(|bytes| postcard::from_bytes::<Request>(&bytes).ok());
-                        return match (session_generation, request) {
-                            (None, Some(request)) => self.call_protected(&mut state, None, request),
-                            _ => Err(ClientError::Returned(code)),
-                        };
+                        return self.retry_in_channel(&mut self.exclusive(), code, retry);
                     }
                     outcome => return outcome.map(|reply| (reply, generation)),
                 }
@@ -351,29 +339,47 @@ impl Device {
         if session_generation.is_some_and(|g| g != state.generation) {
             return Err(ClientError::StaleSession);
         }
-        let retry = if public {
-            None
-        } else {
-            Some(postcard::to_stdvec(&request).ok())
-        };
+        let retry = self.retry_copy(true, session_generation, &request);
         match self.exchange(state, request) {
             Ok(reply) => Ok((reply, state.generation)),
             Err(ClientError::Returned(code))
                 if code == Rv::BadProtection.code() && self.secure.is_some() =>
             {
-                // The device requires secure messaging: from now on, use a channel. A call
-                // that opens something new is retried inside one; a call on an old session
-                // cannot be (its session is bound to the clear connection).
-                state.requires_channel = true;
-                let request = retry
-                    .flatten()
-                    .and_then(|bytes| postcard::from_bytes::<Request>(&bytes).ok());
-                match (session_generation, request) {
-                    (None, Some(request)) => self.call_protected(state, None, request),
-                    _ => Err(ClientError::Returned(code)),
-                }
+                self.retry_in_channel(state, code, retry)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// A copy of a call sent in the `clear` that may have to be made again inside a channel:
+    /// one that opens something (no session yet), when this client can make channels.
+    fn retry_copy(
+        &self,
+        clear: bool,
+        session_generation: Option<u64>,
+        request: &Request,
+    ) -> Option<Vec<u8>> {
+        let may_retry =
+            clear && !request.is_public() && session_generation.is_none() && self.secure.is_some();
+        may_retry
+            .then(|| postcard::to_stdvec(request).ok())
+            .flatten()
+    }
+
+    /// The device refused a call in the clear (`CKR_BAD_PROTECTION`): it requires secure
+    /// messaging, so from now on calls use a channel. A call that opens something new (its
+    /// `retry` copy) is made again inside one; a call on an old session cannot be (its session
+    /// is bound to the clear connection) and gets the refusal.
+    fn retry_in_channel(
+        &self,
+        state: &mut State,
+        code: u64,
+        retry: Option<Vec<u8>>,
+    ) -> Result<(Reply, u64), ClientError> {
+        state.requires_channel = true;
+        match retry.and_then(|bytes| postcard::from_bytes::<Request>(&bytes).ok()) {
+            Some(request) => self.call_protected(state, None, request),
+            None => Err(ClientError::Returned(code)),
         }
     }
 

@@ -204,10 +204,14 @@ impl ChannelState {
     /// Whether the channel must be looked after before the next call (closed when idle too
     /// long, renewed before its limits), which needs the connection to itself.
     pub(crate) fn needs_care(&self, settings: &SecureSettings) -> bool {
-        let idle = settings
+        self.idle(settings) || self.due(settings)
+    }
+
+    /// Unused for longer than `ET_PTKC_SMS_IDLE_SECONDS` allows.
+    fn idle(&self, settings: &SecureSettings) -> bool {
+        settings
             .idle
-            .is_some_and(|limit| self.last_used.elapsed() >= limit);
-        idle || self.due(settings)
+            .is_some_and(|limit| self.last_used.elapsed() >= limit)
     }
 
     /// Protects a request: the record and the channel id.
@@ -431,12 +435,7 @@ impl Device {
         let settings = self.settings()?;
         // An idle channel is closed (with its connection, so the device forgets it too); its
         // sessions are gone and the next C_OpenSession makes a new one.
-        let idle = settings.idle.is_some_and(|limit| {
-            state
-                .channel_mut()
-                .is_some_and(|c| c.last_used.elapsed() >= limit)
-        });
-        if idle {
+        if state.channel_mut().is_some_and(|c| c.idle(settings)) {
             self.kill(state, true);
         }
         self.connected(state)?;

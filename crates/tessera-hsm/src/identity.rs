@@ -14,7 +14,7 @@ use crate::{Hsm, State};
 
 const RECORD_KEY: &str = "identity";
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct SealedKey {
     curve: Curve,
     sealed: Vec<u8>,
@@ -312,31 +312,22 @@ impl Hsm {
     /// the signature is made outside the device's state lock: handshakes neither wait for each
     /// other here nor hold up the other calls.
     pub(crate) fn identity_signature(&self, message: &[u8]) -> Result<Vec<u8>, Rv> {
-        let (sealed, curve) = {
-            let state = self.lock();
-            let key = state.identity.pik.as_ref().ok_or(Rv::NoSessionKeys)?;
-            (key.sealed.clone(), key.curve)
-        };
+        let pik = self.lock().identity.pik.clone().ok_or(Rv::NoSessionKeys)?;
         let cached = {
             let cache = self.pik_cache.lock().unwrap_or_else(|e| e.into_inner());
             cache
                 .as_ref()
-                .filter(|(for_sealed, _)| *for_sealed == sealed)
+                .filter(|(for_sealed, _)| *for_sealed == pik.sealed)
                 .map(|(_, key)| key.clone())
         };
         let key = match cached {
             Some(key) => key,
             None => {
-                let pkcs8 = self.open_key(
-                    &SealedKey {
-                        curve,
-                        sealed: sealed.clone(),
-                    },
-                    "pik",
-                )?;
-                let key = std::sync::Arc::new(issue::signing_key(&pkcs8, curve).map_err(failed)?);
+                let pkcs8 = self.open_key(&pik, "pik")?;
+                let key =
+                    std::sync::Arc::new(issue::signing_key(&pkcs8, pik.curve).map_err(failed)?);
                 *self.pik_cache.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some((sealed, key.clone()));
+                    Some((pik.sealed, key.clone()));
                 key
             }
         };
