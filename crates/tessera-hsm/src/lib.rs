@@ -42,6 +42,7 @@ pub use admin::{
 pub use channels::{ChannelInfo, DEFAULT_MAX_CHANNELS};
 pub use device::{HsmError, HsmOptions};
 pub use events::DEFAULT_EVENT_LOG_SIZE;
+pub use mechanisms::uses_rsa;
 pub use tessera_store::DEFAULT_KDF_ITERATIONS;
 
 /// The most sessions a device holds at once (all clients).

@@ -117,6 +117,14 @@ pub fn allowed(mechanism: u64, flags: u64) -> bool {
         || !NOT_APPROVED.iter().any(|m| *m as u64 == mechanism)
 }
 
+/// Whether a mechanism works with RSA keys, whose private-key operations take a millisecond or
+/// more (the table's rows with modulus sizes: RSA is the only family sized from 2048).
+pub fn uses_rsa(mechanism: u64) -> bool {
+    TABLE
+        .iter()
+        .any(|(m, min, ..)| *m as u64 == mechanism && *min >= 2048)
+}
+
 /// Every mechanism offered under the device flags.
 pub fn list(flags: u64) -> Vec<u64> {
     TABLE
@@ -147,4 +155,29 @@ pub fn info(mechanism: u64, flags: u64) -> Option<MechanismInfo> {
                 flags: flags as u64,
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rsa_mechanisms_are_told_apart() {
+        for m in [
+            ck::CKM_RSA_PKCS,
+            ck::CKM_RSA_PKCS_OAEP,
+            ck::CKM_SHA256_RSA_PKCS_PSS,
+            ck::CKM_RSA_PKCS_KEY_PAIR_GEN,
+        ] {
+            assert!(uses_rsa(m as u64), "{m:#x}");
+        }
+        for m in [
+            ck::CKM_ECDSA_SHA256,
+            ck::CKM_AES_GCM,
+            ck::CKM_SHA256_HMAC,
+            ck::CKM_EDDSA,
+        ] {
+            assert!(!uses_rsa(m as u64), "{m:#x}");
+        }
+    }
 }

@@ -649,32 +649,9 @@ fn quick(request: &Request) -> bool {
         Request::DestroyObject { object, .. } => *object >= tessera_hsm::SESSION_OBJECT_BASE,
         Request::OperationOnce {
             mechanism, data, ..
-        } => data.len() <= SMALL && !is_rsa(mechanism.ty),
+        } => data.len() <= SMALL && !tessera_hsm::uses_rsa(mechanism.ty),
         _ => false,
     }
-}
-
-/// RSA mechanisms, whose private-key operations take a millisecond or more.
-fn is_rsa(mechanism: u64) -> bool {
-    use tessera_core::ck;
-    let m = mechanism as ck::CK_MECHANISM_TYPE;
-    matches!(
-        m,
-        ck::CKM_RSA_PKCS
-            | ck::CKM_RSA_PKCS_OAEP
-            | ck::CKM_RSA_PKCS_PSS
-            | ck::CKM_RSA_X_509
-            | ck::CKM_SHA1_RSA_PKCS
-            | ck::CKM_SHA224_RSA_PKCS
-            | ck::CKM_SHA256_RSA_PKCS
-            | ck::CKM_SHA384_RSA_PKCS
-            | ck::CKM_SHA512_RSA_PKCS
-            | ck::CKM_SHA1_RSA_PKCS_PSS
-            | ck::CKM_SHA224_RSA_PKCS_PSS
-            | ck::CKM_SHA256_RSA_PKCS_PSS
-            | ck::CKM_SHA384_RSA_PKCS_PSS
-            | ck::CKM_SHA512_RSA_PKCS_PSS
-    )
 }
 
 /// Runs the (synchronous, possibly slow) engine off the I/O threads.

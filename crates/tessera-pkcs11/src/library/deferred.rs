@@ -100,6 +100,21 @@ pub fn flush(handle: u64, operation: Operation) -> CkResult {
     }
 }
 
+/// A multi-part call of `operation` (an update, `C_DigestKey`): the held init goes first, and
+/// a failed call ends the operation.
+pub fn continuing<T>(
+    handle: u64,
+    operation: Operation,
+    call: impl FnOnce() -> CkResult<T>,
+) -> CkResult<T> {
+    flush(handle, operation)?;
+    let result = call();
+    if result.is_err() {
+        ended(handle, operation);
+    }
+    result
+}
+
 /// After a call that ends `operation` on the device (a single-part or final call, whatever its
 /// outcome, or a failed update).
 pub fn ended(handle: u64, operation: Operation) {

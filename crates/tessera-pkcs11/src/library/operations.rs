@@ -28,29 +28,15 @@ pub fn operation_init(
     deferred::init(handle, operation, mechanism, key)
 }
 
-/// A single-part call (`C_Encrypt`, `C_Decrypt`, `C_Digest`, `C_Sign`, `C_Verify`), with the
-/// held init in the same request.
-pub fn single(
-    handle: u64,
-    operation: Operation,
-    data: Vec<u8>,
-    signature: Vec<u8>,
-) -> CkResult<Reply> {
-    deferred::single(handle, operation, data, signature)
-}
-
 /// A multi-part update that produces output (`C_EncryptUpdate`, `C_DecryptUpdate`).
 pub fn update_output(handle: u64, operation: Operation, data: Vec<u8>) -> CkResult<SecretBytes> {
-    deferred::flush(handle, operation)?;
-    let result = output_of(handle, |session| Request::OperationUpdate {
-        session,
-        operation,
-        data,
-    });
-    if result.is_err() {
-        deferred::ended(handle, operation);
-    }
-    result
+    deferred::continuing(handle, operation, || {
+        output_of(handle, |session| Request::OperationUpdate {
+            session,
+            operation,
+            data,
+        })
+    })
 }
 
 /// A final call (`C_EncryptFinal`, `C_SignFinal`, `C_VerifyFinal`, ...): the operation ends.
@@ -67,15 +53,12 @@ pub fn final_call(handle: u64, operation: Operation, signature: Vec<u8>) -> CkRe
 
 /// `C_DigestKey`: the held digest init goes first.
 pub fn digest_key(handle: u64, key: u64) -> CkResult {
-    deferred::flush(handle, Operation::Digest)?;
-    let result = expect_done(session_call(handle, |session| Request::DigestKey {
-        session,
-        key,
-    })?);
-    if result.is_err() {
-        deferred::ended(handle, Operation::Digest);
-    }
-    result
+    deferred::continuing(handle, Operation::Digest, || {
+        expect_done(session_call(handle, |session| Request::DigestKey {
+            session,
+            key,
+        })?)
+    })
 }
 
 /// A call that produces output, asking the device once: when the application's buffer is
@@ -118,22 +101,18 @@ pub fn output_of(handle: u64, build: impl FnOnce(u64) -> Request) -> CkResult<Se
 
 /// A multi-part update without output (`C_DigestUpdate`, `C_SignUpdate`, `C_VerifyUpdate`).
 pub fn absorb(handle: u64, operation: Operation, data: Vec<u8>) -> CkResult {
-    deferred::flush(handle, operation)?;
-    let request = |session| Request::OperationUpdate {
-        session,
-        operation,
-        data,
-    };
-    let result = match session_call(handle, request) {
-        Ok(Reply::Done) => Ok(()),
-        Ok(Reply::Bytes(bytes)) if bytes.is_empty() => Ok(()),
-        Ok(reply) => Err(unexpected(&reply)),
-        Err(code) => Err(code),
-    };
-    if result.is_err() {
-        deferred::ended(handle, operation);
-    }
-    result
+    deferred::continuing(handle, operation, || {
+        let request = |session| Request::OperationUpdate {
+            session,
+            operation,
+            data,
+        };
+        match session_call(handle, request)? {
+            Reply::Done => Ok(()),
+            Reply::Bytes(bytes) if bytes.is_empty() => Ok(()),
+            reply => Err(unexpected(&reply)),
+        }
+    })
 }
 
 /// The dual-function updates (PKCS#11 3.0 §5.13), each two updates of the session's
