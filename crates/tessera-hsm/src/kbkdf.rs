@@ -101,12 +101,9 @@ struct Prf<'a> {
 }
 
 impl Prf<'_> {
-    fn run(&self, parts: &[&[u8]]) -> Result<Vec<u8>, Rv> {
-        let mut mac = Mac::new(&self.mechanism, self.key)?;
-        for part in parts {
-            mac.update(part)?;
-        }
-        mac.sign()
+    /// A PRF computation keyed by the base key.
+    fn start(&self) -> Result<Mac, Rv> {
+        Mac::new(&self.mechanism, self.key)
     }
 }
 
@@ -165,18 +162,20 @@ pub(crate) fn derive(
             KbkdfData::Iteration(None) => Vec::new(),
         });
     }
-    // Round i's input, with `chain` as the iteration variable where it is not the counter.
-    let input = |i: u64, chain: &[u8]| -> Vec<Vec<u8>> {
-        data.iter()
-            .zip(&fixed)
-            .map(|(segment, fixed)| match segment {
+    // Round i: the PRF over the segments, with `chain` as the iteration variable where it is
+    // not the counter.
+    let round = |i: u64, chain: &[u8]| -> Result<Vec<u8>, Rv> {
+        let mut mac = prf.start()?;
+        for (segment, fixed) in data.iter().zip(&fixed) {
+            match segment {
                 KbkdfData::Iteration(Some(format)) | KbkdfData::Counter(format) => {
-                    encode(i, *format).unwrap_or_default()
+                    mac.update(&encode(i, *format).unwrap_or_default())?
                 }
-                KbkdfData::Iteration(None) => chain.to_vec(),
-                _ => fixed.clone(),
-            })
-            .collect()
+                KbkdfData::Iteration(None) => mac.update(chain)?,
+                _ => mac.update(fixed)?,
+            }
+        }
+        mac.sign()
     };
     let mut material = SecretBytes::new(Vec::with_capacity(rounds * h));
     let mut chain = match mode {
@@ -193,11 +192,11 @@ pub(crate) fn derive(
     };
     for i in 1..=rounds as u64 {
         if mode == Mode::DoublePipeline {
-            chain = prf.run(&[&chain])?;
+            let mut mac = prf.start()?;
+            mac.update(&chain)?;
+            chain = mac.sign()?;
         }
-        let parts = input(i, &chain);
-        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-        let block = prf.run(&refs)?;
+        let block = round(i, &chain)?;
         material.expose_mut().extend_from_slice(&block);
         if mode == Mode::Feedback {
             chain = block;
