@@ -191,9 +191,10 @@ impl Hsm {
             AdminCommand::AddSlots(count) => self.add_slots(count),
             AdminCommand::DeleteSlot(slot) => self.delete_slot(slot),
             AdminCommand::Events => {
-                self.events.flush(&self.store);
-                let events = self.store.events().map_err(crate::store_failure)?;
-                let verification = self.events.verify(&events);
+                let (events, verification) = self
+                    .events
+                    .read(&self.store)
+                    .map_err(crate::store_failure)?;
                 let shown = events
                     .into_iter()
                     .map(|e| Event {

@@ -24,6 +24,9 @@ pub(crate) struct EventLog {
     last: Mutex<(u64, Vec<u8>)>,
     /// Sealed entries not yet written (channel openings and closings; see [`EventLog::record`]).
     pending: Mutex<Vec<EventRecord>>,
+    /// Held while a batch is written, taken while `last` is held: batches reach the store in
+    /// the chain's order, and a reader sees every entry sealed before it looked.
+    writing: Mutex<()>,
 }
 
 /// Entries held before they are written anyway.
@@ -59,6 +62,7 @@ impl EventLog {
             size: size.max(1),
             last: Mutex::new(last),
             pending: Mutex::new(Vec::new()),
+            writing: Mutex::new(()),
         })
     }
 
@@ -95,15 +99,40 @@ impl EventLog {
             if batched && pending.len() < PENDING_LIMIT {
                 return;
             }
-            std::mem::take(&mut *pending)
+            // The batch leaves with the writing turn, before another entry can be sealed.
+            (std::mem::take(&mut *pending), self.writing())
         };
-        self.write(store, &batch, !batched);
+        self.write(store, &batch.0, !batched);
+    }
+
+    fn writing(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Writes the entries held back.
     pub(crate) fn flush(&self, store: &Store) {
+        let _last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        self.write_pending(store);
+    }
+
+    /// Writes the entries held back; the caller holds `last`.
+    fn write_pending(&self, store: &Store) {
         let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let _writing = self.writing();
         self.write(store, &batch, false);
+    }
+
+    /// The whole log as stored, with every entry sealed so far written first, and its check
+    /// ([`EventLog::verify`]); no entry is sealed meanwhile.
+    pub(crate) fn read(
+        &self,
+        store: &Store,
+    ) -> Result<(Vec<EventRecord>, Verification), StoreError> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        self.write_pending(store);
+        let events = store.events()?;
+        let verification = Self::check(&self.key, &events, last.0);
+        Ok((events, verification))
     }
 
     fn write(&self, store: &Store, batch: &[EventRecord], durable: bool) {
@@ -119,6 +148,7 @@ impl EventLog {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        let _writing = self.writing();
         let record = self.seal(EventRecord {
             sequence: last.0 + 1,
             time,
@@ -135,10 +165,17 @@ impl EventLog {
 
     /// Checks every entry's MAC, the links between entries, and that the newest entry is the
     /// one this daemon last wrote.
+    #[cfg(test)]
     pub(crate) fn verify(&self, events: &[EventRecord]) -> Verification {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).0;
+        Self::check(&self.key, events, last)
+    }
+
+    /// [`EventLog::verify`] against `last`, the sequence number this daemon last sealed.
+    fn check(key: &hmac::Key, events: &[EventRecord], last: u64) -> Verification {
         let mut problem = None;
         for (index, event) in events.iter().enumerate() {
-            if hmac::verify(&self.key, &fields(event), &event.mac).is_err() {
+            if hmac::verify(key, &fields(event), &event.mac).is_err() {
                 problem = Some(format!(
                     "entry {} was altered (its MAC does not match)",
                     event.sequence
@@ -156,12 +193,10 @@ impl EventLog {
             }
         }
         if problem.is_none() {
-            let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
             let newest = events.last().map_or(0, |e| e.sequence);
-            if newest != last.0 {
+            if newest != last {
                 problem = Some(format!(
-                    "the log ends at entry {newest} but entry {} was written",
-                    last.0
+                    "the log ends at entry {newest} but entry {last} was written"
                 ));
             }
         }
@@ -208,5 +243,36 @@ mod tests {
             reopened.record(&store, 10 + i, "Library", "channel-opened", String::new());
         }
         assert_eq!(store.events().unwrap().len(), 69);
+    }
+
+    #[test]
+    fn a_reader_sees_every_entry_sealed_before_it_looked_while_others_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let key = MasterKey::generate().unwrap();
+        let log = EventLog::open(&store, &key, 10_000).unwrap();
+        std::thread::scope(|scope| {
+            for writer in 0..3 {
+                let (log, store) = (&log, &store);
+                scope.spawn(move || {
+                    for i in 0..40 {
+                        // Durable entries and batched ones, from several threads at once.
+                        let kind = if i % 2 == 0 {
+                            "login"
+                        } else {
+                            "channel-opened"
+                        };
+                        log.record(store, i, "Library", kind, format!("{writer}/{i}"));
+                    }
+                });
+            }
+            for _ in 0..40 {
+                let (events, verification) = log.read(&store).unwrap();
+                assert_eq!(verification.problem, None, "after {} entries", events.len());
+            }
+        });
+        let (events, verification) = log.read(&store).unwrap();
+        assert_eq!(verification.problem, None);
+        assert_eq!(events.len(), 120);
     }
 }

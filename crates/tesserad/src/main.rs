@@ -72,6 +72,22 @@ struct Args {
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     frame_timeout: u64,
 
+    /// Threads that serve connections: they read and write every connection, run the channel
+    /// and answer quick calls (slow ones — PIN checks, disk writes, RSA, key pairs, large data —
+    /// run on a pool of their own). One thread (the default) answers a busy client fastest, as
+    /// it can poll for the next request (--busy-poll); more spread quick calls over more cores
+    /// on a large machine, without busy polling.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    io_threads: usize,
+
+    /// Microseconds a connection keeps polling for its client's next request after answering
+    /// one, before it sleeps (one connection at a time). Waking a sleeping daemon costs tens of
+    /// microseconds on a virtual machine, more than a small call; polling keeps that cost off
+    /// a busy client's calls, for at most this much CPU per answered request. 0: never poll.
+    /// Only with --io-threads 1.
+    #[arg(long, default_value_t = 50, value_name = "MICROS")]
+    busy_poll: u64,
+
     /// Entries the device's event log keeps; the oldest are dropped beyond this.
     #[arg(long, default_value_t = tessera_hsm::DEFAULT_EVENT_LOG_SIZE, value_name = "N")]
     event_log_size: u64,
@@ -182,6 +198,8 @@ fn main() -> ExitCode {
             window: std::time::Duration::from_secs(args.handshake_window.max(1)),
         },
         frame_timeout: std::time::Duration::from_secs(args.frame_timeout.max(1)),
+        io_threads: args.io_threads.clamp(1, 256),
+        busy_poll: std::time::Duration::from_micros(args.busy_poll.min(10_000)),
         client_access,
     };
     match server::run(config) {

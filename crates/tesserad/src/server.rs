@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,11 @@ pub struct Config {
     /// How long a frame may take to arrive once it has begun, and a handshake to be finished
     /// once answered.
     pub frame_timeout: Duration,
+    /// Threads that serve connections (`--io-threads`).
+    pub io_threads: usize,
+    /// How long a connection polls for the next request after answering one (`--busy-poll`;
+    /// with one I/O thread only).
+    pub busy_poll: Duration,
     /// The appliance's client access list, read at every network connection; `None` outside
     /// appliance mode.
     pub client_access: Option<PathBuf>,
@@ -179,7 +185,17 @@ fn bind_unix(path: &Path) -> Result<UnixListener, String> {
 pub fn run(config: Config) -> Result<(), String> {
     let _lock = lock_data_dir(&config.data_dir)?;
     let hsm = Hsm::open(&config.data_dir, &config.options).map_err(|e| e.to_string())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One I/O thread owns the runtime's event loop, so a connection that polls for its next
+    // request (`Poller`) sees it as soon as it arrives; with several, readiness reaches the
+    // thread that waits for events, and polling would only wake the others.
+    let mut builder = if config.io_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(config.io_threads);
+        builder
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
@@ -198,6 +214,14 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
         guard: Arc::new(Guard::new(config.peer_limits)),
         key_limits: config.key_limits,
         frame_timeout: config.frame_timeout,
+        poller: Arc::new(Poller {
+            window: if config.io_threads <= 1 {
+                config.busy_poll
+            } else {
+                Duration::ZERO
+            },
+            busy: AtomicBool::new(false),
+        }),
     };
     let mut sockets = Vec::new();
     let mut tasks = Vec::new();
@@ -307,6 +331,57 @@ struct Shared {
     guard: Arc<Guard>,
     key_limits: KeyLimits,
     frame_timeout: Duration,
+    poller: Arc<Poller>,
+}
+
+/// Busy polling (`--busy-poll`): after answering a request, a connection may poll for its
+/// client's next one for a short window instead of sleeping at once. A sleeping daemon is woken
+/// by an interrupt to an idle (halted) CPU, which on a virtual machine takes longer than a small
+/// call; a polling one sees the request at once. One connection polls at a time, so polling
+/// never takes both cores, and it yields the CPU to other threads between polls.
+struct Poller {
+    window: Duration,
+    busy: AtomicBool,
+}
+
+impl Poller {
+    /// Waits for `future`, polling it (and yielding) for up to the window first when no other
+    /// connection is polling.
+    async fn promptly<F: std::future::Future>(&self, future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        if self.window.is_zero()
+            || self
+                .busy
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            return future.await;
+        }
+        struct Turn<'a>(&'a AtomicBool);
+        impl Drop for Turn<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let turn = Turn(&self.busy);
+        let start = std::time::Instant::now();
+        loop {
+            let polled =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(future.as_mut().poll(cx))).await;
+            if let std::task::Poll::Ready(output) = polled {
+                return output;
+            }
+            if start.elapsed() >= self.window {
+                break;
+            }
+            // Other threads of this CPU first, then the runtime's other tasks and its I/O
+            // readiness (a yielded task runs again after the runtime polls for events).
+            std::thread::yield_now();
+            tokio::task::yield_now().await;
+        }
+        drop(turn);
+        future.await
+    }
 }
 
 macro_rules! accept_loop {
@@ -383,13 +458,13 @@ async fn read_frame<S: AsyncRead + Unpin>(
         // The length is checked before the body is allocated; the body is read into fresh
         // capacity (no zeroing pass first).
         let len = tessera_wire::frame_body_len(header)?;
+        // (read_to_end would grow a full buffer once more before seeing the end.)
         let mut body = Vec::with_capacity(len);
-        (&mut *stream)
-            .take(len as u64)
-            .read_to_end(&mut body)
-            .await?;
-        if body.len() != len {
-            return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        while body.len() < len {
+            let wanted = (len - body.len()) as u64;
+            if (&mut *stream).take(wanted).read_buf(&mut body).await? == 0 {
+                return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
         }
         Ok(body)
     };
@@ -453,6 +528,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         guard,
         key_limits: limits,
         frame_timeout,
+        poller,
     } = shared;
     let client = hsm.connect();
     let secure = Arc::new(std::sync::Mutex::new(Secure::new(
@@ -460,7 +536,9 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         peer.clone(),
         limits,
     )));
-    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (reader, mut writer) = tokio::io::split(stream);
+    // Buffered: a frame usually arrives whole, and is then taken in one read.
+    let mut reader = tokio::io::BufReader::with_capacity(16 * 1024, reader);
     let (out, mut outbox) = tokio::sync::mpsc::unbounded_channel::<Outgoing>();
     let writing = tokio::spawn(async move {
         while let Some((mut frame, slot)) = outbox.recv().await {
@@ -488,23 +566,28 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     tracing::debug!(client, peer, "client connected");
     loop {
         // An answered handshake must be finished in time.
-        let deadline = if lock_secure(&secure).is_pending() {
-            frame_timeout
-        } else {
-            Duration::MAX
+        let pending = lock_secure(&secure).is_pending();
+        let next = async {
+            if pending {
+                tokio::time::timeout(frame_timeout, read_frame(&mut reader, frame_timeout))
+                    .await
+                    .ok()
+            } else {
+                Some(read_frame(&mut reader, frame_timeout).await)
+            }
         };
         let frame = tokio::select! {
-            frame = tokio::time::timeout(deadline, read_frame(&mut reader, frame_timeout)) => frame,
+            frame = poller.promptly(next) => frame,
             _ = stop.changed() => break,
         };
         let body = match frame {
-            Ok(Ok(Some(body))) => body,
-            Ok(Ok(None)) => break,
-            Ok(Err(e)) => {
+            Some(Ok(Some(body))) => body,
+            Some(Ok(None)) => break,
+            Some(Err(e)) => {
                 tracing::warn!(client, peer, reason = %e, "closing connection");
                 break;
             }
-            Err(_) => {
+            None => {
                 tracing::debug!(
                     client,
                     peer,
