@@ -641,7 +641,16 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 respond(&out, id, None, answer, Some(slot));
             }
             Request::Protected(record) => {
-                let opened = lock_secure(&secure).open(record);
+                // A large record is opened on the blocking pool (the I/O thread serves the
+                // other connections meanwhile), still before this connection's next one.
+                let opened = if record.body.len() > SMALL {
+                    let secure = secure.clone();
+                    tokio::task::spawn_blocking(move || lock_secure(&secure).open(record))
+                        .await
+                        .unwrap_or(Err(tessera_core::Rv::GeneralError.code()))
+                } else {
+                    lock_secure(&secure).open(record)
+                };
                 match opened {
                     Ok((Request::Rekey, _)) => {
                         // Every earlier reply is sealed and queued before the keys change.
@@ -654,39 +663,29 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                         respond(&out, id, current.channel_id(), sealed, Some(all));
                         current.rekey();
                     }
-                    Ok((request, channel_client)) if quick(&request) => {
-                        let result = hsm
-                            .handle(channel_client, true, request)
-                            .map_err(|rv| rv.code());
-                        let mut current = lock_secure(&secure);
-                        let sealed = current.seal(&result);
-                        respond(&out, id, current.channel_id(), sealed, Some(slot));
-                    }
                     Ok((request, channel_client)) => {
-                        let (hsm, secure, out) = (hsm.clone(), secure.clone(), out.clone());
-                        tokio::spawn(async move {
-                            let result = execute(&hsm, channel_client, true, request).await;
-                            // Sealed and queued under one lock: replies are written in the
-                            // order of their sequence numbers.
-                            let mut current = lock_secure(&secure);
-                            let sealed = current.seal(&result);
-                            respond(&out, id, current.channel_id(), sealed, Some(slot));
-                        });
+                        let call = Call {
+                            hsm: &hsm,
+                            channel: Some(&secure),
+                            out: &out,
+                            client: channel_client,
+                            id,
+                        };
+                        call.run(request, slot);
                     }
                     // The channel is gone: the error travels in the clear.
                     Err(code) => respond(&out, id, None, Err(code), Some(slot)),
                 }
             }
-            request if quick(&request) => {
-                let result = hsm.handle(client, false, request).map_err(|rv| rv.code());
-                respond(&out, id, None, result, Some(slot));
-            }
             request => {
-                let (hsm, out) = (hsm.clone(), out.clone());
-                tokio::spawn(async move {
-                    let result = execute(&hsm, client, false, request).await;
-                    respond(&out, id, None, result, Some(slot));
-                });
+                let call = Call {
+                    hsm: &hsm,
+                    channel: None,
+                    out: &out,
+                    client,
+                    id,
+                };
+                call.run(request, slot);
             }
         }
     }
@@ -704,11 +703,13 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     tracing::debug!(client, "client disconnected");
 }
 
+/// Data up to this size is handled on the I/O thread; larger runs on the blocking pool.
+const SMALL: usize = 16 * 1024;
+
 /// Whether a request is answered at once, on the connection's own task: calls that only touch
 /// memory and do little work. The others run on the blocking pool (PIN checks, disk writes,
 /// RSA, key generation, large data), where a slow one holds up nothing else.
 fn quick(request: &Request) -> bool {
-    const SMALL: usize = 16 * 1024;
     match request {
         Request::DeviceInfo
         | Request::SlotInfo { .. }
@@ -737,19 +738,56 @@ fn quick(request: &Request) -> bool {
     }
 }
 
-/// Runs the (synchronous, possibly slow) engine off the I/O threads.
-async fn execute(
-    hsm: &Arc<Hsm>,
+/// One request to answer, in the clear or inside a channel.
+struct Call<'a> {
+    hsm: &'a Arc<Hsm>,
+    channel: Option<&'a Arc<std::sync::Mutex<Secure>>>,
+    out: &'a tokio::sync::mpsc::UnboundedSender<Outgoing>,
     client: u64,
-    protected: bool,
-    request: Request,
-) -> Result<Reply, u64> {
-    let worker = hsm.clone();
-    match tokio::task::spawn_blocking(move || worker.handle(client, protected, request)).await {
-        Ok(result) => result.map_err(|rv| rv.code()),
-        Err(e) => {
-            tracing::error!(client, error = %e, "request handler failed");
-            Err(tessera_core::Rv::GeneralError.code())
+    id: u64,
+}
+
+impl Call<'_> {
+    /// Answers a quick request at once; runs any other on the blocking pool, where a slow one
+    /// holds up nothing else and its reply is sealed and queued (large ones off the I/O thread).
+    fn run(self, request: Request, slot: tokio::sync::OwnedSemaphorePermit) {
+        let protected = self.channel.is_some();
+        if quick(&request) {
+            let result = self.hsm.handle(self.client, protected, request);
+            answer(self.out, self.channel.map(|c| &**c), self.id, result, slot);
+            return;
         }
+        let (hsm, channel, out) = (self.hsm.clone(), self.channel.cloned(), self.out.clone());
+        let (client, id) = (self.client, self.id);
+        tokio::task::spawn_blocking(move || {
+            let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                hsm.handle(client, protected, request)
+            }));
+            let result = handled.unwrap_or_else(|_| {
+                tracing::error!(client, "request handler failed");
+                Err(tessera_core::Rv::GeneralError)
+            });
+            answer(&out, channel.as_deref(), id, result, slot);
+        });
+    }
+}
+
+/// Queues the reply to request `id`, sealed when it came through the channel: sealed and
+/// queued under the channel's lock, replies are written in the order of their sequence numbers.
+fn answer(
+    out: &tokio::sync::mpsc::UnboundedSender<Outgoing>,
+    channel: Option<&std::sync::Mutex<Secure>>,
+    id: u64,
+    result: Result<Reply, tessera_core::Rv>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    let result = result.map_err(|rv| rv.code());
+    match channel {
+        Some(channel) => {
+            let mut current = lock_secure(channel);
+            let sealed = current.seal(&result);
+            respond(out, id, current.channel_id(), sealed, Some(slot));
+        }
+        None => respond(out, id, None, result, Some(slot)),
     }
 }
