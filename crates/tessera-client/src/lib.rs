@@ -400,14 +400,17 @@ impl Device {
                 stream.send(id, None, request)
             }
             Route::Channel => {
-                // Sealed and written under the channel's lock: the device opens records in the
-                // order of their sequence numbers.
+                // Sealed and queued under the channel's lock: the device opens records in the
+                // order of their sequence numbers. Written after it is released (by this
+                // thread, or by one writing already), so that others seal meanwhile.
                 let Some(mut channel) = state.channel_lock() else {
                     return Err(ClientError::StaleSession);
                 };
                 let (record, channel_id) = channel.seal(&request)?;
                 self.inbox().waiting.insert(id, true);
-                stream.send(id, Some(channel_id), Request::Protected(record))
+                stream.queue(id, Some(channel_id), Request::Protected(record));
+                drop(channel);
+                stream.flush()
             }
         };
         if let Err(failure) = sent {
@@ -453,9 +456,15 @@ impl Device {
                 continue;
             }
             inbox.reading = true;
+            // The owner of the reply read last, woken once the inbox is unlocked (so that it
+            // does not wake only to wait for the lock).
+            let mut wake: Option<Arc<Condvar>> = None;
             loop {
                 let alone = inbox.waiting.len() <= 1;
                 drop(inbox);
+                if let Some(owner) = wake.take() {
+                    owner.notify_one();
+                }
                 let read = self.read_reply(state, alone);
                 inbox = self.inbox();
                 match read {
@@ -465,9 +474,7 @@ impl Device {
                     }
                     Ok((for_id, reply)) => {
                         inbox.replies.insert(for_id, reply);
-                        if let Some(owner) = inbox.wakers.get(&for_id) {
-                            owner.notify_one();
-                        }
+                        wake = inbox.wakers.get(&for_id).cloned();
                     }
                     Err(error) => {
                         state.broken.store(true, Ordering::Relaxed);
@@ -484,11 +491,15 @@ impl Device {
             }
         };
         inbox.wakers.remove(&id);
-        if !inbox.reading {
-            // Someone else may still be waiting for a reply: it reads now.
-            if let Some(next) = inbox.wakers.values().next() {
-                next.notify_one();
-            }
+        // Someone else may still be waiting for a reply: it reads now.
+        let next = if inbox.reading {
+            None
+        } else {
+            inbox.wakers.values().next().cloned()
+        };
+        drop(inbox);
+        if let Some(next) = next {
+            next.notify_one();
         }
         result
     }

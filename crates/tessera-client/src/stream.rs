@@ -1,6 +1,6 @@
 //! The socket to a device: Unix or TCP, blocking, with timeouts.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
@@ -33,7 +33,9 @@ const MSG_DONTWAIT: i32 = 0x40;
 /// one socket (no second descriptor).
 pub(crate) struct Stream {
     socket: Socket,
-    reading: Mutex<()>,
+    /// The reading turn, with what was read and not taken yet: replies written together by
+    /// the device are read together.
+    reading: Mutex<ReadBuffer>,
     writing: Mutex<()>,
     /// Frames sent and not written yet.
     outbox: Mutex<Vec<Vec<u8>>>,
@@ -44,10 +46,58 @@ enum Socket {
     Tcp(TcpStream),
 }
 
-fn locked(mutex: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Bytes read from the socket and not taken yet.
+struct ReadBuffer {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl ReadBuffer {
+    const SIZE: usize = 16 * 1024;
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+}
+
+/// The socket read through a [`ReadBuffer`]: small reads are served from one larger one; a
+/// read as large as the buffer (bulk data) goes to the socket directly.
+struct Buffered<'a> {
+    socket: &'a Socket,
+    buffer: &'a mut ReadBuffer,
+}
+
+impl Read for Buffered<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let buffer = &mut *self.buffer;
+        if buffer.is_empty() {
+            if out.len() >= buffer.data.len() {
+                return self.socket.read(out);
+            }
+            buffer.end = self.socket.read(&mut buffer.data)?;
+            buffer.start = 0;
+        }
+        let n = out.len().min(buffer.end - buffer.start);
+        out[..n].copy_from_slice(&buffer.data[buffer.start..buffer.start + n]);
+        buffer.start += n;
+        Ok(n)
+    }
+}
+
+impl Socket {
+    fn read(&self, out: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Socket::Unix(s) => (&mut &*s).read(out),
+            Socket::Tcp(s) => (&mut &*s).read(out),
+        }
+    }
 }
 
 impl Stream {
@@ -86,7 +136,11 @@ impl Stream {
         };
         Ok(Stream {
             socket,
-            reading: Mutex::new(()),
+            reading: Mutex::new(ReadBuffer {
+                data: vec![0; ReadBuffer::SIZE],
+                start: 0,
+                end: 0,
+            }),
             writing: Mutex::new(()),
             outbox: Mutex::new(Vec::new()),
         })
@@ -99,6 +153,13 @@ impl Stream {
         channel: Option<u64>,
         request: Request,
     ) -> Result<(), Failure> {
+        self.queue(id, channel, request);
+        self.flush()
+    }
+
+    /// Queues one request for the next [`Stream::flush`]: frames go out in the order they were
+    /// queued.
+    pub(crate) fn queue(&self, id: u64, channel: Option<u64>, request: Request) {
         let frame = encode_request(&RequestEnvelope {
             version: PROTOCOL_VERSION,
             id,
@@ -112,11 +173,10 @@ impl Stream {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .push(frame);
-        self.flush()
     }
 
     /// Writes what is queued, unless another sender is writing (it will write it).
-    fn flush(&self) -> Result<(), Failure> {
+    pub(crate) fn flush(&self) -> Result<(), Failure> {
         loop {
             let Ok(writing) = self.writing.try_lock() else {
                 return Ok(());
@@ -157,14 +217,14 @@ impl Stream {
     /// this is the only call waiting: with many in flight replies come often, and polling
     /// would only take a core from the device).
     pub(crate) fn receive(&self, spin: bool) -> Result<ResponseEnvelope, Failure> {
-        let _reading = locked(&self.reading);
-        if spin {
+        let mut buffer = locked(&self.reading);
+        if spin && buffer.is_empty() {
             self.spin_for_data();
         }
-        let body = match &self.socket {
-            Socket::Unix(s) => read_frame(&mut &*s),
-            Socket::Tcp(s) => read_frame(&mut &*s),
-        };
+        let body = read_frame(&mut Buffered {
+            socket: &self.socket,
+            buffer: &mut buffer,
+        });
         let body = body.map_err(|e| match e {
             tessera_wire::FrameError::Io(e) => Failure::Io(e.to_string()),
             other => Failure::Bad(other.to_string()),
