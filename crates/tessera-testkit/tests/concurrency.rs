@@ -1,7 +1,9 @@
 //! Independent sessions never wait behind one another: one application thread generates
 //! RSA-4096 key pairs (seconds each) while another thread of the same process, in its own
 //! session, completes calls during that generation — through the real library, whose threads
-//! share one connection to the device with many requests in flight.
+//! share one connection to the device with many requests in flight. And many threads get
+//! their own answers whichever way the daemon serves connections (`--io-threads`,
+//! `--busy-poll`).
 
 mod common;
 
@@ -60,5 +62,38 @@ fn a_slow_call_does_not_hold_up_other_sessions() {
             overlapped >= 20,
             "{transport:?}: only {overlapped} calls of the other session completed during RSA-4096 generations"
         );
+    }
+}
+
+/// Threads of one process, each with its own session and data, pipelined on one connection:
+/// each digest answered is the digest of that thread's own data, with one I/O thread that polls
+/// (the default), one that does not, and several.
+#[test]
+fn every_thread_gets_its_own_answers_however_the_daemon_serves() {
+    for args in [&[][..], &["--busy-poll", "0"], &["--io-threads", "3"]] {
+        let f = common::fixture_with(tessera_testkit::Transport::Unix, args);
+        std::thread::scope(|scope| {
+            for thread in 0..8u8 {
+                let session = f.pkcs11.open_ro_session(f.slot).unwrap();
+                scope.spawn(move || {
+                    for round in 0..200u32 {
+                        let data: Vec<u8> = [thread]
+                            .iter()
+                            .chain(&round.to_be_bytes())
+                            .copied()
+                            .cycle()
+                            .take(100 + round as usize)
+                            .collect();
+                        let digest = session.digest(&Mechanism::Sha256, &data).unwrap();
+                        let expected = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &data);
+                        assert_eq!(
+                            digest,
+                            expected.as_ref(),
+                            "daemon {args:?}, thread {thread}"
+                        );
+                    }
+                });
+            }
+        });
     }
 }

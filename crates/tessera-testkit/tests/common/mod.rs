@@ -52,8 +52,13 @@ pub fn serialise() -> MutexGuard<'static, ()> {
 
 /// A daemon with slot 0 initialised (SO and user PINs set), reached over `transport`.
 pub fn fixture(transport: Transport) -> Fixture {
+    fixture_with(transport, &[])
+}
+
+/// [`fixture`] with a daemon started with extra command-line arguments.
+pub fn fixture_with(transport: Transport, daemon_args: &[&str]) -> Fixture {
     let guard = serialise();
-    let daemon = Daemon::start();
+    let daemon = Daemon::start_with(daemon_args);
     let pkcs11 = load(&daemon.server_list(transport));
     let slot = pkcs11.get_slots_with_token().unwrap()[0];
     let so_pin = AuthPin::new(SO_PIN.into());
