@@ -480,6 +480,10 @@ async fn read_frame<S: AsyncRead + Unpin>(
     }
 }
 
+/// The read buffer of a connection: a small request arrives whole in one read; a larger one is
+/// read past it, straight into its own buffer. Kept small, as every idle connection holds one.
+const READ_BUFFER: usize = 1024;
+
 /// Requests of one connection that may run at once; the connection's next request waits for
 /// one of them to be answered (and written), which also bounds the replies queued for a client
 /// that does not read.
@@ -538,7 +542,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     )));
     let (reader, mut writer) = tokio::io::split(stream);
     // Buffered: a frame usually arrives whole, and is then taken in one read.
-    let mut reader = tokio::io::BufReader::with_capacity(16 * 1024, reader);
+    let mut reader = tokio::io::BufReader::with_capacity(READ_BUFFER, reader);
     let (out, mut outbox) = tokio::sync::mpsc::unbounded_channel::<Outgoing>();
     let writing = tokio::spawn(async move {
         while let Some((mut frame, slot)) = outbox.recv().await {
@@ -622,12 +626,17 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 Some(slot),
             ),
             Request::Handshake(hello) => {
-                let mut current = lock_secure(&secure);
-                if current.is_pending() {
+                if lock_secure(&secure).is_pending() {
                     guard.failed(ip, "a handshake was abandoned for another");
                 }
-                let answer = current.handshake(&hello);
-                drop(current);
+                // The key agreement and the identity signature run on the blocking pool: a
+                // flood of handshakes does not hold up the calls of other connections.
+                let handshaking = secure.clone();
+                let answer = tokio::task::spawn_blocking(move || {
+                    lock_secure(&handshaking).handshake(&hello)
+                })
+                .await
+                .unwrap_or(Err(tessera_core::Rv::GeneralError.code()));
                 if answer.is_err() {
                     guard.failed(ip, "the handshake was refused");
                 }
