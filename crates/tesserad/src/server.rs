@@ -490,12 +490,24 @@ const READ_BUFFER: usize = 1024;
 const IN_FLIGHT: u32 = 32;
 
 /// A reply frame on its way to the writer, with the slot it frees once written.
-type Outgoing = (Vec<u8>, Option<tokio::sync::OwnedSemaphorePermit>);
+type Outgoing = (Vec<u8>, tokio::sync::OwnedSemaphorePermit);
 
 fn lock_secure(secure: &std::sync::Mutex<Secure>) -> std::sync::MutexGuard<'_, Secure> {
     secure
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs `work` on the connection's channel state on the blocking pool and waits for it, so that
+/// the I/O thread serves other connections meanwhile (a panic answers CKR_GENERAL_ERROR).
+async fn off_thread<T: Send + 'static>(
+    secure: &Arc<std::sync::Mutex<Secure>>,
+    work: impl FnOnce(&mut Secure) -> Result<T, u64> + Send + 'static,
+) -> Result<T, u64> {
+    let secure = secure.clone();
+    tokio::task::spawn_blocking(move || work(&mut lock_secure(&secure)))
+        .await
+        .unwrap_or(Err(tessera_core::Rv::GeneralError.code()))
 }
 
 /// Queues one response.
@@ -504,7 +516,7 @@ fn respond(
     id: u64,
     channel: Option<u64>,
     result: Result<Reply, u64>,
-    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) {
     let frame = encode_response(&ResponseEnvelope {
         version: PROTOCOL_VERSION,
@@ -623,7 +635,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 id,
                 None,
                 Err(tessera_core::Rv::HandshakeRateLimited.code()),
-                Some(slot),
+                slot,
             ),
             Request::Handshake(hello) => {
                 if lock_secure(&secure).is_pending() {
@@ -631,32 +643,24 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 }
                 // The key agreement and the identity signature run on the blocking pool: a
                 // flood of handshakes does not hold up the calls of other connections.
-                let handshaking = secure.clone();
-                let answer = tokio::task::spawn_blocking(move || {
-                    lock_secure(&handshaking).handshake(&hello)
-                })
-                .await
-                .unwrap_or(Err(tessera_core::Rv::GeneralError.code()));
+                let answer = off_thread(&secure, move |current| current.handshake(&hello)).await;
                 if answer.is_err() {
                     guard.failed(ip, "the handshake was refused");
                 }
-                respond(&out, id, None, answer, Some(slot));
+                respond(&out, id, None, answer, slot);
             }
             Request::HandshakeFinish(finished) => {
                 let answer = lock_secure(&secure).finish(&finished);
                 if answer.is_err() {
                     guard.failed(ip, "the key confirmation failed");
                 }
-                respond(&out, id, None, answer, Some(slot));
+                respond(&out, id, None, answer, slot);
             }
             Request::Protected(record) => {
                 // A large record is opened on the blocking pool (the I/O thread serves the
                 // other connections meanwhile), still before this connection's next one.
                 let opened = if record.body.len() > SMALL {
-                    let secure = secure.clone();
-                    tokio::task::spawn_blocking(move || lock_secure(&secure).open(record))
-                        .await
-                        .unwrap_or(Err(tessera_core::Rv::GeneralError.code()))
+                    off_thread(&secure, move |current| current.open(record)).await
                 } else {
                     lock_secure(&secure).open(record)
                 };
@@ -669,7 +673,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                         };
                         let mut current = lock_secure(&secure);
                         let sealed = current.seal(&Ok(Reply::Done));
-                        respond(&out, id, current.channel_id(), sealed, Some(all));
+                        respond(&out, id, current.channel_id(), sealed, all);
                         current.rekey();
                     }
                     Ok((request, channel_client)) => {
@@ -683,7 +687,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                         call.run(request, slot);
                     }
                     // The channel is gone: the error travels in the clear.
-                    Err(code) => respond(&out, id, None, Err(code), Some(slot)),
+                    Err(code) => respond(&out, id, None, Err(code), slot),
                 }
             }
             request => {
@@ -795,8 +799,8 @@ fn answer(
         Some(channel) => {
             let mut current = lock_secure(channel);
             let sealed = current.seal(&result);
-            respond(out, id, current.channel_id(), sealed, Some(slot));
+            respond(out, id, current.channel_id(), sealed, slot);
         }
-        None => respond(out, id, None, result, Some(slot)),
+        None => respond(out, id, None, result, slot),
     }
 }
