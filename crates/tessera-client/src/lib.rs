@@ -125,6 +125,18 @@ struct Inbox {
     failed: Option<ClientError>,
 }
 
+impl Inbox {
+    /// The connection failed: every waiter gets the first error, and is woken to see it.
+    fn fail(&mut self, error: ClientError) {
+        if self.failed.is_none() {
+            self.failed = Some(error);
+        }
+        for owner in self.wakers.values() {
+            owner.notify_one();
+        }
+    }
+}
+
 /// One device of the server list.
 ///
 /// Calls are pipelined: many threads may have a request in flight on the one connection (and
@@ -425,13 +437,7 @@ impl Device {
     /// Marks the connection failed for every waiter; the next call cleans up.
     fn fail(&self, state: &State, error: ClientError) {
         state.broken.store(true, Ordering::Relaxed);
-        let mut inbox = self.inbox();
-        if inbox.failed.is_none() {
-            inbox.failed = Some(error);
-        }
-        for owner in inbox.wakers.values() {
-            owner.notify_one();
-        }
+        self.inbox().fail(error);
     }
 
     /// Waits for the reply to request `id`. When no thread is reading, this one reads — every
@@ -479,12 +485,7 @@ impl Device {
                     Err(error) => {
                         state.broken.store(true, Ordering::Relaxed);
                         inbox.reading = false;
-                        if inbox.failed.is_none() {
-                            inbox.failed = Some(error);
-                        }
-                        for owner in inbox.wakers.values() {
-                            owner.notify_one();
-                        }
+                        inbox.fail(error);
                         continue 'waiting;
                     }
                 }
