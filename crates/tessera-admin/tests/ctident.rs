@@ -564,22 +564,17 @@ fn no_clear_pins_rules_once_an_identity_exists() {
     };
     device.call(Some(generation), so_login).unwrap();
     // Secret keys are always sensitive, even when the template asks otherwise.
-    let key = |sensitive: Option<bool>| {
-        let mut template = vec![
+    let key = Request::CreateObject {
+        session,
+        template: Template(vec![
             Attribute::ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY),
             Attribute::ulong(ck::CKA_KEY_TYPE, ck::CKK_AES),
             Attribute::bool(ck::CKA_PRIVATE, false),
             Attribute::bytes(ck::CKA_VALUE, &[3u8; 16]),
-        ];
-        if let Some(sensitive) = sensitive {
-            template.push(Attribute::bool(ck::CKA_SENSITIVE, sensitive));
-        }
-        Request::CreateObject {
-            session,
-            template: Template(template),
-        }
+            Attribute::bool(ck::CKA_SENSITIVE, false),
+        ]),
     };
-    let Ok((Reply::Handle(object), _)) = device.call(Some(generation), key(Some(false))) else {
+    let Ok((Reply::Handle(object), _)) = device.call(Some(generation), key) else {
         panic!("create failed")
     };
     let get = Request::GetAttributes {

@@ -4,6 +4,7 @@
 //! executable (`target/<profile>/tesserad`, `target/<profile>/libtessera_pkcs11.so`).
 #![forbid(unsafe_code)]
 
+use std::ffi::OsStr;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -330,18 +331,30 @@ impl Daemon {
         if !pin.exists() {
             self.admin(transport, &[]);
         }
-        let output = Command::new(binary("ctident"))
+        let pin_args = [OsStr::new("--pin-file"), pin.as_os_str()];
+        self.run_tool("ctident", transport, args, &pin_args)
+    }
+
+    /// Runs an administration tool against this daemon with its trust store, asserting success;
+    /// returns what it printed.
+    fn run_tool(
+        &self,
+        program: &str,
+        transport: Transport,
+        args: &[&str],
+        pin_args: &[&OsStr],
+    ) -> String {
+        let output = Command::new(binary(program))
             .envs(self.trust_env())
             .args(args)
-            .arg("--pin-file")
-            .arg(&pin)
+            .args(pin_args)
             .env("ET_HSM_NETCLIENT_SERVERLIST", self.server_list(transport))
             .stdin(Stdio::null())
             .output()
-            .expect("ctident runs");
+            .unwrap_or_else(|e| panic!("{program} runs: {e}"));
         assert!(
             output.status.success(),
-            "ctident {args:?} failed: {}{}",
+            "{program} {args:?} failed: {}{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
@@ -369,26 +382,27 @@ impl Daemon {
             std::fs::write(&pin, format!("{ADMIN_PIN}\n")).expect("a PIN file");
             std::fs::write(self.dir().join("aso.pin"), "aso-pin-1234\n").expect("a PIN file");
         }
-        let output = Command::new(binary("ctconf"))
-            .envs(self.trust_env())
-            .args(args)
-            .arg("--pin-file")
-            .arg(&pin)
-            .arg("--aso-pin-file")
-            .arg(self.dir().join("aso.pin"))
-            .arg("--admin-pin-file")
-            .arg(&pin)
-            .env("ET_HSM_NETCLIENT_SERVERLIST", self.server_list(transport))
-            .stdin(Stdio::null())
-            .output()
-            .expect("ctconf runs");
-        assert!(
-            output.status.success(),
-            "ctconf {args:?} failed: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        let aso = self.dir().join("aso.pin");
+        let pin_args = [
+            OsStr::new("--pin-file"),
+            pin.as_os_str(),
+            OsStr::new("--aso-pin-file"),
+            aso.as_os_str(),
+            OsStr::new("--admin-pin-file"),
+            pin.as_os_str(),
+        ];
+        self.run_tool("ctconf", transport, args, &pin_args)
+    }
+
+    /// The device's serial number, as `ctconf` shows it.
+    pub fn serial(&self, transport: Transport) -> String {
+        self.admin(transport, &[])
+            .lines()
+            .find(|l| l.starts_with("Serial Number"))
+            .and_then(|l| l.split(": ").nth(1))
+            .expect("ctconf shows the serial number")
+            .trim()
+            .to_string()
     }
 }
 

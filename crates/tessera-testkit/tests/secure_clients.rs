@@ -305,16 +305,7 @@ fn untrusted_wrong_serial_and_expired_devices_are_refused_with_the_reason_logged
                 "--yes",
             ],
         );
-        let serial_a = daemon
-            .admin(transport, &[])
-            .lines()
-            .find(|l| l.starts_with("Serial Number"))
-            .unwrap()
-            .split(": ")
-            .nth(1)
-            .unwrap()
-            .trim()
-            .to_string();
+        let serial_a = daemon.serial(transport);
         let serial_for_hook = serial_a.clone();
         let relay = Relay::start(
             &other,
@@ -408,10 +399,7 @@ fn the_administrator_ends_channels_and_applications_carry_on() {
         let _serial = common::serialise();
         let daemon = Daemon::start();
         prepare(&daemon, transport, "nu");
-        for (key, value) in daemon.trust_env() {
-            std::env::set_var(key, value);
-        }
-        let pkcs11 = common::load(&daemon.server_list(transport));
+        let pkcs11 = common::load_secured(&daemon, transport);
         let slot = pkcs11.get_slots_with_token().unwrap()[0];
         let session = pkcs11.open_ro_session(slot).unwrap();
         session.generate_random_vec(4).unwrap();
@@ -647,16 +635,7 @@ fn an_smpr_uses_a_channel_where_the_device_does_not_require_one_and_t_refuses_to
     for transport in TRANSPORTS {
         let daemon = Daemon::start();
         prepare(&daemon, transport, "");
-        let serial = daemon
-            .admin(transport, &[])
-            .lines()
-            .find(|l| l.starts_with("Serial Number"))
-            .unwrap()
-            .split(": ")
-            .nth(1)
-            .unwrap()
-            .trim()
-            .to_string();
+        let serial = daemon.serial(transport);
         let item = format!("ET_PTKC_{serial}_SMPR");
         // T, and the device has no identity: the library refuses rather than run in the clear.
         let strict = secured(&daemon, &daemon.server_list(transport), &[(&item, "T")]);

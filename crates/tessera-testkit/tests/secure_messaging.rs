@@ -272,16 +272,7 @@ fn a_downgraded_handshake_is_detected() {
             }),
             Arc::new(|frame: &Frame, _: &Recorder| frame.body.clone()),
         );
-        let serial = daemon
-            .admin(transport, &[])
-            .lines()
-            .find(|l| l.starts_with("Serial Number"))
-            .unwrap()
-            .split(": ")
-            .nth(1)
-            .unwrap()
-            .trim()
-            .to_string();
+        let serial = daemon.serial(transport);
         let item = format!("ET_PTKC_{serial}_SMPR");
         let device = secured(&daemon, &relay.address, &[(&item, "E")]);
         let flags = (ck::CKF_SERIAL_SESSION) as u64;
