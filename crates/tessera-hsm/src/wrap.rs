@@ -98,7 +98,7 @@ pub(crate) fn wrap(
             if !wrapping.flag(ck::CKA_WRAP) {
                 return Err(Rv::KeyFunctionNotPermitted);
             }
-            let mut operation = Operation::cipher(mechanism, wrapping, true, false)?;
+            let mut operation = Operation::oaep(mechanism, wrapping, true, ck::CKA_WRAP)?;
             operation.update(value)?;
             match operation.finish(&[])? {
                 Output::Bytes(bytes) => Ok(bytes),
@@ -160,7 +160,7 @@ pub(crate) fn unwrap(
             if !unwrapping.flag(ck::CKA_UNWRAP) {
                 return Err(Rv::KeyFunctionNotPermitted);
             }
-            let mut operation = Operation::cipher(mechanism, unwrapping, false, false)?;
+            let mut operation = Operation::oaep(mechanism, unwrapping, false, ck::CKA_UNWRAP)?;
             operation.update(wrapped)?;
             match operation.finish(&[]) {
                 Ok(Output::Secret(secret)) => Ok(secret),

@@ -548,7 +548,9 @@ impl Operation {
         })
     }
 
-    fn oaep(
+    /// RSA-OAEP with `key`, which must allow `usage` (CKA_ENCRYPT / CKA_DECRYPT for C_Encrypt /
+    /// C_Decrypt, CKA_WRAP / CKA_UNWRAP for wrapping).
+    pub(crate) fn oaep(
         mechanism: &Mechanism,
         key: &Attributes,
         encrypt: bool,
@@ -576,13 +578,7 @@ impl Operation {
         if key.class() != class as u64 || key.key_type() != ck::CKK_RSA as u64 {
             return Err(Rv::KeyTypeInconsistent);
         }
-        if !key.flag(usage)
-            && !key.flag(if encrypt {
-                ck::CKA_WRAP
-            } else {
-                ck::CKA_UNWRAP
-            })
-        {
+        if !key.flag(usage) {
             return Err(Rv::KeyFunctionNotPermitted);
         }
         let inconsistent = |_| Rv::KeyTypeInconsistent;
