@@ -85,8 +85,9 @@ pub(crate) struct Session {
     read_write: bool,
     find: Option<Vec<u64>>,
     operations: HashMap<tessera_wire::Operation, crypto::Operation>,
-    /// An operation on a `CKA_ALWAYS_AUTHENTICATE` key that waits for a context-specific login.
-    authenticate: Option<tessera_wire::Operation>,
+    /// Operations on a `CKA_ALWAYS_AUTHENTICATE` key that wait for a context-specific login,
+    /// the most recently initialised last (a context-specific login is for that one).
+    authenticate: Vec<tessera_wire::Operation>,
 }
 
 pub(crate) struct State {

@@ -95,7 +95,11 @@ impl Hsm {
             && self.key_always_authenticates(&state, client, session, key);
         let current = state.session_mut(client, session)?;
         current.operations.insert(operation, active);
-        current.authenticate = key_needs_login.then_some(operation);
+        // Another operation's wait for its login is left as it is.
+        current.authenticate.retain(|waiting| *waiting != operation);
+        if key_needs_login {
+            current.authenticate.push(operation);
+        }
         Ok(Reply::Done)
     }
 
@@ -107,7 +111,8 @@ impl Hsm {
     ) -> Result<crypto::Operation, Rv> {
         let mut state = self.lock();
         let current = state.session_mut(client, session)?;
-        if current.authenticate == Some(operation) && current.operations.contains_key(&operation) {
+        if current.authenticate.contains(&operation) && current.operations.contains_key(&operation)
+        {
             return Err(Rv::UserNotLoggedIn);
         }
         current

@@ -197,7 +197,7 @@ impl Hsm {
                 read_write,
                 find: None,
                 operations: Default::default(),
-                authenticate: None,
+                authenticate: Vec::new(),
             },
         );
         Ok(Reply::Handle(handle))
@@ -272,7 +272,7 @@ impl Hsm {
         let master = self.verify_pin(token_id, so, pin)?;
         if user_type == ck::CKU_CONTEXT_SPECIFIC as u64 {
             // The waiting operation may go on (v3.0 §5.11, CKA_ALWAYS_AUTHENTICATE).
-            self.lock().session_mut(client, handle)?.authenticate = None;
+            self.lock().session_mut(client, handle)?.authenticate.pop();
             return Ok(Reply::Done);
         }
         let mut state = self.lock();

@@ -542,7 +542,7 @@ fn key_wrap_unwrap_with_aes_and_oaep() {
         ]);
         let Reply::Handle(back) = t.call(Request::UnwrapKey {
             session: t.session,
-            mechanism: oaep,
+            mechanism: oaep.clone(),
             unwrapping_key: private,
             wrapped,
             template,
@@ -550,6 +550,39 @@ fn key_wrap_unwrap_with_aes_and_oaep() {
             panic!()
         };
         assert_eq!(t.value(back), hex("00112233445566778899AABBCCDDEEFF"));
+        // A key for wrapping only does not encrypt or decrypt: C_Decrypt would hand out the
+        // value of every key wrapped for it.
+        let Reply::HandlePair(wrap_only, unwrap_only) = t.call(Request::GenerateKeyPair {
+            session: t.session,
+            mechanism: plain(ck::CKM_RSA_PKCS_KEY_PAIR_GEN),
+            public_template: Template(vec![
+                Attribute::ulong(ck::CKA_MODULUS_BITS, 2048),
+                Attribute::bool(ck::CKA_ENCRYPT, false),
+                Attribute::bool(ck::CKA_WRAP, true),
+            ]),
+            private_template: Template(vec![
+                Attribute::bool(ck::CKA_DECRYPT, false),
+                Attribute::bool(ck::CKA_UNWRAP, true),
+            ]),
+        }) else {
+            panic!()
+        };
+        for (operation, key) in [
+            (Operation::Encrypt, wrap_only),
+            (Operation::Decrypt, unwrap_only),
+        ] {
+            let init = Request::OperationInit {
+                session: t.session,
+                operation,
+                mechanism: oaep.clone(),
+                key,
+            };
+            assert_eq!(
+                code(t.device.call(Some(t.g), init)),
+                Rv::KeyFunctionNotPermitted.code(),
+                "{operation:?}"
+            );
+        }
     }
 }
 
@@ -751,6 +784,17 @@ fn always_authenticate_unique_ids_and_public_key_info() {
         data: b"m".to_vec(),
         signature: vec![],
     };
+    assert_eq!(
+        code(t.device.call(Some(t.g), sign())),
+        Rv::UserNotLoggedIn.code()
+    );
+    // Starting another operation in the session does not lift the wait.
+    t.call(Request::OperationInit {
+        session: t.session,
+        operation: Operation::Digest,
+        mechanism: plain(ck::CKM_SHA256),
+        key: 0,
+    });
     assert_eq!(
         code(t.device.call(Some(t.g), sign())),
         Rv::UserNotLoggedIn.code()
