@@ -6,7 +6,6 @@ use tessera_core::{Mechanism, MechanismParameter, Rv, Template};
 use tessera_wire::{Operation, Reply};
 
 use crate::object::{constrained, Attributes};
-use crate::objects::visible;
 use crate::Hsm;
 
 /// The longest key `C_DeriveKey` makes with SP 800-108 (a generic secret's largest value).
@@ -23,13 +22,7 @@ impl Hsm {
         let state = self.lock();
         let token_id = state.session(client, session)?.token_id;
         state.check_public_crypto(client, token_id)?;
-        let token = state.token(token_id)?;
-        let object = token
-            .objects
-            .get(&key)
-            .filter(|o| visible(token, client, o))
-            .ok_or(Rv::KeyHandleInvalid)?;
-        self.full_attributes(token, token_id, key, object)
+        self.key_attributes(&state, client, session, key)
     }
 
     pub(crate) fn wrap_key(
@@ -61,14 +54,7 @@ impl Hsm {
             .map_err(|_| Rv::UnwrappingKeyHandleInvalid)?;
         let template = constrained(template, &unwrapping, ck::CKA_UNWRAP_TEMPLATE)?;
         let value = crate::wrap::unwrap(mechanism, &unwrapping, wrapped)?;
-        self.create_secret_key(
-            client,
-            session,
-            &template,
-            value.expose(),
-            mechanism.ty,
-            false,
-        )
+        self.create_secret_key(client, session, &template, value.expose(), false)
     }
 
     pub(crate) fn derive_key(
@@ -89,14 +75,7 @@ impl Hsm {
         let template = constrained(template, &base, ck::CKA_DERIVE_TEMPLATE)?;
         let length = template.ulong(ck::CKA_VALUE_LEN)?;
         let value = crate::derive::derive(self, client, session, mechanism, &base, length)?;
-        self.create_secret_key(
-            client,
-            session,
-            &template,
-            value.expose(),
-            mechanism.ty,
-            true,
-        )
+        self.create_secret_key(client, session, &template, value.expose(), true)
     }
 
     /// SP 800-108: the template's key and the parameter's additional keys, all or none.
@@ -126,14 +105,7 @@ impl Hsm {
         let values = crate::kbkdf::derive(mechanism, base, &lengths)?;
         let mut handles = Vec::with_capacity(values.len());
         for (template, value) in templates.iter().zip(&values) {
-            let made = self.create_secret_key(
-                client,
-                session,
-                template,
-                value.expose(),
-                mechanism.ty,
-                true,
-            );
+            let made = self.create_secret_key(client, session, template, value.expose(), true);
             match made {
                 Ok(Reply::Handle(handle)) => handles.push(handle),
                 failed => {

@@ -66,7 +66,6 @@ impl Hsm {
         session: u64,
         template: &Template,
         value: &[u8],
-        mechanism: u64,
         derived: bool,
     ) -> Result<Reply, Rv> {
         let mut attributes = object::from_template(template, ck::CKO_SECRET_KEY as u64)?;
@@ -76,17 +75,11 @@ impl Hsm {
         if attributes.has(ck::CKA_VALUE) {
             return Err(Rv::TemplateInconsistent);
         }
-        if attributes
+        let length_differs = attributes
             .ulong(ck::CKA_VALUE_LEN)
-            .is_some_and(|n| n != value.len() as u64)
-        {
-            return Err(if derived {
-                Rv::TemplateInconsistent
-            } else {
-                Rv::WrappedKeyInvalid
-            });
-        }
-        if key_type == ck::CKK_AES as u64 && !matches!(value.len(), 16 | 24 | 32) {
+            .is_some_and(|n| n != value.len() as u64);
+        let not_aes = key_type == ck::CKK_AES as u64 && !matches!(value.len(), 16 | 24 | 32);
+        if length_differs || not_aes {
             return Err(if derived {
                 Rv::TemplateInconsistent
             } else {
@@ -104,7 +97,6 @@ impl Hsm {
         }
         let mut state = self.lock();
         object::complete(&mut attributes, None, state.flags())?;
-        let _ = mechanism;
         let token_id = Self::check_create(&state, client, session, &attributes)?;
         self.insert(&mut state, client, session, token_id, attributes)
             .map(Reply::Handle)
@@ -157,6 +149,23 @@ impl Hsm {
             .filter(|o| visible(token, client, o))
             .ok_or(Rv::ObjectHandleInvalid)?;
         Ok((token_id, token, object))
+    }
+
+    /// The full attributes of a key the client sees in this session (`CKR_KEY_HANDLE_INVALID`
+    /// when it sees none of that handle).
+    pub(crate) fn key_attributes(
+        &self,
+        state: &State,
+        client: u64,
+        session: u64,
+        key: u64,
+    ) -> Result<Attributes, Rv> {
+        let (token_id, token, object) =
+            Self::object_of(state, client, session, key).map_err(|rv| match rv {
+                Rv::ObjectHandleInvalid => Rv::KeyHandleInvalid,
+                other => other,
+            })?;
+        self.full_attributes(token, token_id, key, object)
     }
 
     /// Checks that the client may create an object with these attributes in this session.
@@ -536,35 +545,29 @@ impl Hsm {
             Self::check_create(&state, client, session, &private)?;
         }
         let flags = self.lock().flags();
-        let params = public.get(ck::CKA_EC_PARAMS).map(<[u8]>::to_vec);
-        let (public_parts, private_parts) = if key_type == ck::CKK_EC_EDWARDS {
-            if !crypto::edwards::is_ed25519(params.as_deref()) {
-                return Err(if params.is_none() {
-                    Rv::TemplateIncomplete
+        let (public_parts, private_parts) =
+            if matches!(key_type, ck::CKK_EC_EDWARDS | ck::CKK_EC_MONTGOMERY) {
+                let params = public
+                    .get(ck::CKA_EC_PARAMS)
+                    .ok_or(Rv::TemplateIncomplete)?;
+                if !crypto::edwards::names_curve(key_type, Some(params)) {
+                    return Err(Rv::CurveNotSupported);
+                }
+                if key_type == ck::CKK_EC_EDWARDS {
+                    crypto::edwards::generate_ed25519(params)?
                 } else {
-                    Rv::CurveNotSupported
-                });
-            }
-            crypto::edwards::generate_ed25519(params.as_deref().unwrap_or_default())?
-        } else if key_type == ck::CKK_EC_MONTGOMERY {
-            if !crypto::edwards::is_x25519(params.as_deref()) {
-                return Err(if params.is_none() {
-                    Rv::TemplateIncomplete
-                } else {
-                    Rv::CurveNotSupported
-                });
-            }
-            crypto::edwards::generate_x25519(params.as_deref().unwrap_or_default())?
-        } else if key_type == ck::CKK_EC {
-            let explicit = flags & tessera_core::flags::USER_ECC_PARAMETERS != 0;
-            crypto::generate_ec(public.get(ck::CKA_EC_PARAMS), explicit)?
-        } else {
-            let bits = public
-                .ulong(ck::CKA_MODULUS_BITS)
-                .ok_or(Rv::TemplateIncomplete)?;
-            public.set_ulong(ck::CKA_MODULUS_BITS, bits);
-            crypto::generate_rsa(bits, public.get(ck::CKA_PUBLIC_EXPONENT))?
-        };
+                    crypto::edwards::generate_x25519(params)?
+                }
+            } else if key_type == ck::CKK_EC {
+                let explicit = flags & tessera_core::flags::USER_ECC_PARAMETERS != 0;
+                crypto::generate_ec(public.get(ck::CKA_EC_PARAMS), explicit)?
+            } else {
+                let bits = public
+                    .ulong(ck::CKA_MODULUS_BITS)
+                    .ok_or(Rv::TemplateIncomplete)?;
+                public.set_ulong(ck::CKA_MODULUS_BITS, bits);
+                crypto::generate_rsa(bits, public.get(ck::CKA_PUBLIC_EXPONENT))?
+            };
         for (ty, value) in public_parts {
             public.set(ty as u64, value);
         }
@@ -654,13 +657,7 @@ fn check_imported_key(
                 ck::CKA_VALUE
             };
             object::require(attributes, &[ck::CKA_EC_PARAMS, needed])?;
-            let params = attributes.get(ck::CKA_EC_PARAMS);
-            let known = if key_type == ck::CKK_EC_EDWARDS {
-                crypto::edwards::is_ed25519(params)
-            } else {
-                crypto::edwards::is_x25519(params)
-            };
-            if !known {
+            if !crypto::edwards::names_curve(key_type, attributes.get(ck::CKA_EC_PARAMS)) {
                 return Err(Rv::CurveNotSupported);
             }
             let material = attributes

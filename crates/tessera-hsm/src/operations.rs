@@ -9,7 +9,6 @@ use tessera_core::{Mechanism, Rv};
 use tessera_wire::{Operation, Reply};
 
 use crate::crypto::{self, Output};
-use crate::objects::visible;
 use crate::Hsm;
 
 fn reply(output: Output) -> Reply {
@@ -21,23 +20,6 @@ fn reply(output: Output) -> Reply {
 }
 
 impl Hsm {
-    fn key_always_authenticates(
-        &self,
-        state: &crate::State,
-        client: u64,
-        session: u64,
-        key: u64,
-    ) -> bool {
-        let Ok(current) = state.session(client, session) else {
-            return false;
-        };
-        state
-            .token(current.token_id)
-            .ok()
-            .and_then(|token| token.objects.get(&key))
-            .is_some_and(|object| object.attributes.flag(ck::CKA_ALWAYS_AUTHENTICATE))
-    }
-
     pub(crate) fn operation_init(
         &self,
         client: u64,
@@ -58,16 +40,10 @@ impl Hsm {
             return Err(Rv::MechanismInvalid);
         }
         let weak = flags & tessera_core::flags::WEAK_MECHANISMS != 0;
-        let active = if operation == Operation::Digest {
-            crypto::Operation::digest(mechanism)?
+        let (active, key_needs_login) = if operation == Operation::Digest {
+            (crypto::Operation::digest(mechanism)?, false)
         } else {
-            let token = state.token(token_id)?;
-            let object = token
-                .objects
-                .get(&key)
-                .filter(|o| visible(token, client, o))
-                .ok_or(Rv::KeyHandleInvalid)?;
-            let attributes = self.full_attributes(token, token_id, key, object)?;
+            let attributes = self.key_attributes(&state, client, session, key)?;
             if let Some(allowed) = attributes
                 .get(ck::CKA_ALLOWED_MECHANISMS)
                 .filter(|a| !a.is_empty())
@@ -79,7 +55,7 @@ impl Hsm {
                     return Err(Rv::MechanismInvalid);
                 }
             }
-            match operation {
+            let active = match operation {
                 Operation::Encrypt => {
                     crypto::Operation::cipher(mechanism, &attributes, true, weak)?
                 }
@@ -89,10 +65,9 @@ impl Hsm {
                 Operation::Sign => crypto::Operation::signature(mechanism, &attributes, false)?,
                 Operation::Verify => crypto::Operation::signature(mechanism, &attributes, true)?,
                 Operation::Digest => return Err(Rv::GeneralError),
-            }
+            };
+            (active, attributes.flag(ck::CKA_ALWAYS_AUTHENTICATE))
         };
-        let key_needs_login = operation != Operation::Digest
-            && self.key_always_authenticates(&state, client, session, key);
         let current = state.session_mut(client, session)?;
         current.operations.insert(operation, active);
         // Another operation's wait for its login is left as it is.

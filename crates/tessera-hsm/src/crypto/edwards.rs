@@ -30,6 +30,16 @@ pub(crate) fn is_x25519(params: Option<&[u8]>) -> bool {
     params.is_some_and(|p| p == X25519_OID || p == printable("curve25519"))
 }
 
+/// Whether `CKA_EC_PARAMS` names the curve of this Edwards (Ed25519) or Montgomery (X25519)
+/// key type; false for any other key type.
+pub(crate) fn names_curve(key_type: ck::CK_KEY_TYPE, params: Option<&[u8]>) -> bool {
+    match key_type {
+        ck::CKK_EC_EDWARDS => is_ed25519(params),
+        ck::CKK_EC_MONTGOMERY => is_x25519(params),
+        _ => false,
+    }
+}
+
 /// The raw public key of `CKA_EC_POINT` (a DER OCTET STRING, or the bare 32 bytes).
 pub(crate) fn raw_point(value: &[u8]) -> &[u8] {
     der::single(value, der::OCTET_STRING).unwrap_or(value)

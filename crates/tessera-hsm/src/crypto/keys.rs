@@ -195,12 +195,14 @@ const RSA_ALGORITHM: &[u8] = &[
 ];
 
 pub(crate) fn rsa_public_spki(key: &Attributes) -> Result<Vec<u8>, Rv> {
+    Ok(spki(RSA_ALGORITHM.to_vec(), &rsa_public_key(key)?))
+}
+
+/// A SubjectPublicKeyInfo: the algorithm identifier and the key as a BIT STRING.
+fn spki(algorithm: Vec<u8>, key_bits: &[u8]) -> Vec<u8> {
     let mut bits = vec![0u8];
-    bits.extend(rsa_public_key(key)?);
-    Ok(der::sequence(&[
-        RSA_ALGORITHM.to_vec(),
-        der::element(0x03, &bits),
-    ]))
+    bits.extend_from_slice(key_bits);
+    der::sequence(&[algorithm, der::element(0x03, &bits)])
 }
 
 pub(crate) fn rsa_private_pkcs8(key: &Attributes) -> Result<SecretBytes, Rv> {
@@ -319,18 +321,10 @@ pub(crate) fn ec_point(key: &Attributes) -> Result<(Vec<u8>, &'static Curve), Rv
 
 /// The SubjectPublicKeyInfo DER of a public key object (RSA, EC, Ed25519, X25519).
 pub fn public_key_info(key: &Attributes) -> Option<Vec<u8>> {
-    let bit_string = |bytes: &[u8]| {
-        let mut content = vec![0u8];
-        content.extend_from_slice(bytes);
-        der::element(0x03, &content)
-    };
     let algorithm: Vec<u8>;
     let key_bits: Vec<u8>;
     match key.key_type() as ck::CK_KEY_TYPE {
-        ck::CKK_RSA => {
-            algorithm = RSA_ALGORITHM.to_vec();
-            key_bits = rsa_public_key(key).ok()?;
-        }
+        ck::CKK_RSA => return rsa_public_spki(key).ok(),
         ck::CKK_EC => {
             let params = key.get(ck::CKA_EC_PARAMS)?;
             let ec_public_key = [0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01];
@@ -351,5 +345,5 @@ pub fn public_key_info(key: &Attributes) -> Option<Vec<u8>> {
         }
         _ => return None,
     }
-    Some(der::sequence(&[algorithm, bit_string(&key_bits)]))
+    Some(spki(algorithm, &key_bits))
 }
