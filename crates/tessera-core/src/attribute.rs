@@ -19,7 +19,7 @@ pub enum AttributeKind {
     Bytes,
     /// `CK_DATE`: eight ASCII digits.
     Date,
-    /// An array of `CK_ATTRIBUTE` (wrap/unwrap templates): not supported by Tessera yet.
+    /// An array of `CK_ATTRIBUTE` (wrap, unwrap and derive templates).
     AttributeArray,
     /// An array of `CK_MECHANISM_TYPE`.
     MechanismArray,

@@ -329,8 +329,6 @@ pub fn check_change(
     }
 }
 
-/// Completes a new object's attributes with the defaults of its class and checks what the
-/// class requires. `generated` is the mechanism for keys made inside the HSM.
 /// The attributes that hold templates (PKCS#11 3.0 §4.8: wrap, unwrap, derive).
 const TEMPLATES: [ck::CK_ATTRIBUTE_TYPE; 3] = [
     ck::CKA_WRAP_TEMPLATE,
@@ -376,6 +374,8 @@ pub fn matches_wrap_template(wrapping: &Attributes, target: &Attributes) -> Resu
     Ok(matches)
 }
 
+/// Completes a new object's attributes with the defaults of its class and checks what the
+/// class requires. `generated` is the mechanism for keys made inside the HSM.
 pub fn complete(attributes: &mut Attributes, generated: Option<u64>, flags: u64) -> Result<(), Rv> {
     let class = attributes.class();
     // CKA_UNIQUE_ID is the token's to give (v3.0 §4.4.1).

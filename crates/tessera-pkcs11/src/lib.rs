@@ -39,8 +39,7 @@
 //! `C_DecryptMessageNext`, `C_SignMessageBegin`, `C_SignMessageNext`, `C_VerifyMessageBegin`,
 //! `C_VerifyMessageNext` (messages are processed whole). `C_GetFunctionStatus` and
 //! `C_CancelFunction` return `CKR_FUNCTION_NOT_PARALLEL`, as the specification asks of every
-//! library. Attributes of `CK_ATTRIBUTE` array type (`CKA_WRAP_TEMPLATE`, ...) are refused with
-//! `CKR_ATTRIBUTE_TYPE_INVALID`.
+//! library.
 //!
 //! # Composed and library-side functions
 //!

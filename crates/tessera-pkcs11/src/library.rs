@@ -32,13 +32,13 @@ mod messages;
 mod operations;
 mod pending;
 
-pub use deferred::{find, find_final, find_init, single};
+pub use deferred::{find, find_final, find_init, operation_init, single};
 pub use messages::{
     message_context, message_final, message_init, open, seal, sign_message, verify_message, Context,
 };
 pub use operations::{
-    absorb, digest_key, dual_update, final_call, operation_init, output, output_of, produce,
-    random, session_cancel, update_output, wrap_key, Dual,
+    absorb, digest_key, dual_update, final_call, output, output_of, produce, random,
+    session_cancel, update_output, wrap_key, Dual,
 };
 use pending::Pending;
 pub use pending::{Call, Stage};

@@ -417,15 +417,8 @@ entry_points! {
     /// `C_GenerateRandom` (§5.15.2).
     fn C_GenerateRandom(session: CK_SESSION_HANDLE, random: *mut CK_BYTE, random_len: CK_ULONG) {
         let wanted = length(random_len)?;
-        if random.is_null() && wanted > 0 {
-            return super::arguments_bad();
-        }
-        let produced = library::random(session as u64, wanted)?;
-        if wanted > 0 {
-            // SAFETY: pRandomData is non-NULL (checked) and holds ulRandomLen bytes (§5.15.2);
-            // we write exactly that many without reading them.
-            unsafe { std::ptr::copy_nonoverlapping(produced.as_ptr(), random, wanted) };
-        }
-        Ok(())
+        // SAFETY: pRandomData is NULL or holds ulRandomLen writable bytes (§5.15.2).
+        let place = unsafe { super::Fill::new(random, wanted) }?;
+        place.fill(&library::random(session as u64, wanted)?)
     }
 }

@@ -329,6 +329,28 @@ struct Sp800108 {
     additional: (*const CK_DERIVED_KEY, CK_ULONG),
 }
 
+impl From<CK_SP800_108_KDF_PARAMS> for Sp800108 {
+    fn from(p: CK_SP800_108_KDF_PARAMS) -> Sp800108 {
+        Sp800108 {
+            prf: p.prfType,
+            data: (p.pDataParams, p.ulNumberOfDataParams),
+            iv: (std::ptr::null(), 0),
+            additional: (p.pAdditionalDerivedKeys, p.ulAdditionalDerivedKeys),
+        }
+    }
+}
+
+impl From<CK_SP800_108_FEEDBACK_KDF_PARAMS> for Sp800108 {
+    fn from(p: CK_SP800_108_FEEDBACK_KDF_PARAMS) -> Sp800108 {
+        Sp800108 {
+            prf: p.prfType,
+            data: (p.pDataParams, p.ulNumberOfDataParams),
+            iv: (p.pIV, p.ulIVLen),
+            additional: (p.pAdditionalDerivedKeys, p.ulAdditionalDerivedKeys),
+        }
+    }
+}
+
 /// The SP 800-108 structure of a KBKDF mechanism (`None` for other mechanisms).
 ///
 /// # Safety
@@ -342,23 +364,11 @@ unsafe fn sp800_108(
     Ok(Some(match mechanism {
         ck::CKM_SP800_108_COUNTER_KDF | ck::CKM_SP800_108_DOUBLE_PIPELINE_KDF => {
             // SAFETY: forwarded contract.
-            let p: CK_SP800_108_KDF_PARAMS = unsafe { structure(pointer, len) }?;
-            Sp800108 {
-                prf: p.prfType,
-                data: (p.pDataParams, p.ulNumberOfDataParams),
-                iv: (std::ptr::null(), 0),
-                additional: (p.pAdditionalDerivedKeys, p.ulAdditionalDerivedKeys),
-            }
+            unsafe { structure::<CK_SP800_108_KDF_PARAMS>(pointer, len) }?.into()
         }
         ck::CKM_SP800_108_FEEDBACK_KDF => {
             // SAFETY: forwarded contract.
-            let p: CK_SP800_108_FEEDBACK_KDF_PARAMS = unsafe { structure(pointer, len) }?;
-            Sp800108 {
-                prf: p.prfType,
-                data: (p.pDataParams, p.ulNumberOfDataParams),
-                iv: (p.pIV, p.ulIVLen),
-                additional: (p.pAdditionalDerivedKeys, p.ulAdditionalDerivedKeys),
-            }
+            unsafe { structure::<CK_SP800_108_FEEDBACK_KDF_PARAMS>(pointer, len) }?.into()
         }
         _ => return Ok(None),
     }))
@@ -371,7 +381,9 @@ unsafe fn sp800_108(
 /// See above.
 unsafe fn kbkdf(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismParameter> {
     // SAFETY: forwarded contract.
-    unsafe { kbkdf_parameter(ck::CKM_SP800_108_COUNTER_KDF, pointer, len) }
+    let p: CK_SP800_108_KDF_PARAMS = unsafe { structure(pointer, len) }?;
+    // SAFETY: forwarded contract.
+    unsafe { kbkdf_parameter(p.into()) }
 }
 
 /// `CK_SP800_108_FEEDBACK_KDF_PARAMS`.
@@ -381,21 +393,15 @@ unsafe fn kbkdf(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismPara
 /// See above.
 unsafe fn kbkdf_feedback(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismParameter> {
     // SAFETY: forwarded contract.
-    unsafe { kbkdf_parameter(ck::CKM_SP800_108_FEEDBACK_KDF, pointer, len) }
+    let p: CK_SP800_108_FEEDBACK_KDF_PARAMS = unsafe { structure(pointer, len) }?;
+    // SAFETY: forwarded contract.
+    unsafe { kbkdf_parameter(p.into()) }
 }
 
 /// # Safety
 ///
-/// See above.
-unsafe fn kbkdf_parameter(
-    mechanism: CK_ULONG,
-    pointer: *const c_void,
-    len: CK_ULONG,
-) -> CkResult<MechanismParameter> {
-    // SAFETY: forwarded contract.
-    let Some(p) = unsafe { sp800_108(mechanism, pointer, len) }? else {
-        return Err(invalid());
-    };
+/// The arrays, IV and templates `p` points to are valid for their lengths (see above).
+unsafe fn kbkdf_parameter(p: Sp800108) -> CkResult<MechanismParameter> {
     // SAFETY: forwarded contract: the arrays hold their counts of elements.
     let segments = unsafe { slice(p.data.0, p.data.1) }.map_err(|_| invalid())?;
     let mut data = Vec::with_capacity(segments.len());

@@ -167,7 +167,7 @@ pub(crate) unsafe fn read<'a, T>(value: *const T) -> CkResult<&'a T> {
 }
 
 /// A buffer of a length fixed in advance that the function fills (the IV and tag of
-/// `CK_GCM_MESSAGE_PARAMS`).
+/// `CK_GCM_MESSAGE_PARAMS`, the output of `C_GenerateRandom`).
 ///
 /// Invariant: when `len` is not 0, `data` points to `len` writable bytes for `'a`. The memory
 /// may be uninitialised, so it is written, never read.

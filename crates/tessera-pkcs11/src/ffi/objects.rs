@@ -10,6 +10,7 @@ use tessera_wire::{AttributeAnswer, Reply, Request};
 use super::convert::template;
 use super::{length, slice_mut, Place};
 use crate::attribute::{deliver, Delivery};
+use crate::buffer::{fit, Fit};
 use crate::library::{self, expect_done, into_handle, unexpected};
 use crate::CkResult;
 
@@ -20,58 +21,51 @@ fn fill(attributes: &mut [CK_ATTRIBUTE], answers: &[AttributeAnswer]) -> CkResul
         tracing::warn!("the device answered for a different number of attributes");
         return Err(Rv::DeviceError.code());
     }
-    let mut result = Ok(());
+    let mut soft = None;
     for (attribute, answer) in attributes.iter_mut().zip(answers) {
-        if let Some(rv) = fill_one(attribute, answer, true)? {
-            if result.is_ok() {
-                result = Err(rv.code());
-            }
-        }
+        soft = soft.or(fill_one(attribute, answer)?);
     }
-    result
+    soft.map_or(Ok(()), |rv| Err(rv.code()))
 }
 
 /// Fills one attribute; `Some` is a soft error (the value is unavailable). An attribute array
 /// (`CKA_WRAP_TEMPLATE`, ...) fills the application's array of `CK_ATTRIBUTE`s: its length is
 /// the array's size in bytes, and each element gets its type and, as any attribute, its value
-/// or length.
-fn fill_one(
-    attribute: &mut CK_ATTRIBUTE,
-    answer: &AttributeAnswer,
-    outer: bool,
-) -> CkResult<Option<Rv>> {
+/// or length (one level deep: `Template::from_nested` refuses arrays inside arrays).
+fn fill_one(attribute: &mut CK_ATTRIBUTE, answer: &AttributeAnswer) -> CkResult<Option<Rv>> {
     let ty = attribute.type_ as u64;
-    if let (AttributeKind::AttributeArray, AttributeAnswer::Value(wire), true) =
-        (kind(ty), answer, outer)
-    {
-        let nested = Template::from_nested(wire).map_err(|_| Rv::DeviceError.code())?;
-        let size = nested.0.len() * std::mem::size_of::<CK_ATTRIBUTE>();
-        if attribute.pValue.is_null() {
-            attribute.ulValueLen = size as CK_ULONG;
-            return Ok(None);
-        }
-        if length(attribute.ulValueLen)? < size {
-            attribute.ulValueLen = CK_UNAVAILABLE_INFORMATION;
-            return Ok(Some(Rv::BufferTooSmall));
-        }
-        // SAFETY: pValue of an attribute array points to ulValueLen bytes holding an array of
-        // CK_ATTRIBUTE (§5.7.5), of which the first `nested.len()` fit (checked above).
-        let elements =
-            unsafe { slice_mut(attribute.pValue as *mut CK_ATTRIBUTE, nested.0.len() as _) }?;
-        let mut soft = None;
-        for (element, a) in elements.iter_mut().zip(nested.iter()) {
-            element.type_ = a.ty as CK_ULONG;
-            let answer = AttributeAnswer::Value(a.value.clone());
-            soft = soft.or(fill_one(element, &answer, false)?);
-        }
-        attribute.ulValueLen = size as CK_ULONG;
-        return Ok(soft);
-    }
     let capacity = if attribute.pValue.is_null() {
         None
     } else {
         Some(length(attribute.ulValueLen)?)
     };
+    if let (AttributeKind::AttributeArray, AttributeAnswer::Value(wire)) = (kind(ty), answer) {
+        let nested = Template::from_nested(wire).map_err(|_| Rv::DeviceError.code())?;
+        let count = nested.0.len();
+        let size = count * std::mem::size_of::<CK_ATTRIBUTE>();
+        match fit(size, capacity) {
+            Fit::Query => {
+                attribute.ulValueLen = size as CK_ULONG;
+                return Ok(None);
+            }
+            Fit::TooSmall => {
+                attribute.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                return Ok(Some(Rv::BufferTooSmall));
+            }
+            Fit::Fits => {}
+        }
+        // SAFETY: pValue of an attribute array points to ulValueLen bytes holding an array of
+        // CK_ATTRIBUTE (§5.7.5), of which the first `count` fit (checked above).
+        let elements = unsafe { slice_mut(attribute.pValue as *mut CK_ATTRIBUTE, count as _) }?;
+        let mut soft = None;
+        for (element, mut a) in elements.iter_mut().zip(nested.0) {
+            element.type_ = a.ty as CK_ULONG;
+            let answer = AttributeAnswer::Value(std::mem::take(&mut a.value));
+            soft = soft.or(fill_one(element, &answer)?);
+        }
+        attribute.ulValueLen = size as CK_ULONG;
+        return Ok(soft);
+    }
     match deliver(ty, answer, capacity).map_err(Rv::code)? {
         Delivery::Value(value) => {
             // SAFETY: `Value` only comes with a non-NULL pValue whose ulValueLen is at least

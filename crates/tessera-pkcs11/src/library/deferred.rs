@@ -77,19 +77,37 @@ fn send_init(handle: u64, operation: Operation, mechanism: Mechanism, key: u64) 
     deferred(handle, |d| d.live.push(operation))
 }
 
-/// `C_*Init`: held for the call that follows, unless the device may still run this operation.
-pub fn init(handle: u64, operation: Operation, mechanism: Mechanism, key: u64) -> CkResult {
-    let (earlier, live) = deferred(handle, |d| (d.take(operation), d.live.contains(&operation)))?;
+/// `C_*Init` of an operation: forgets undelivered output of an earlier one, and is held for
+/// the call that follows, unless the device may still run this operation (all in one turn of
+/// the library's lock).
+pub fn operation_init(
+    handle: u64,
+    operation: Operation,
+    mechanism: Mechanism,
+    key: u64,
+) -> CkResult {
+    let not_held = with(|library| {
+        let session = library.session_mut(handle)?;
+        session
+            .pending
+            .forget(|call| call.operation() == Some(operation));
+        let deferred = &mut session.deferred;
+        let earlier = deferred.take(operation);
+        if earlier.is_none() && !deferred.live.contains(&operation) {
+            deferred.held.push((operation, mechanism, key));
+            return Ok(None);
+        }
+        Ok(Some((earlier, mechanism)))
+    })?;
+    let Some((earlier, mechanism)) = not_held else {
+        return Ok(());
+    };
     if let Some((earlier_mechanism, earlier_key)) = earlier {
         // The earlier init was answered CKR_OK; it reaches the device now, so that this one
         // gets the device's answer (CKR_OPERATION_ACTIVE when the earlier one took).
         let _ = send_init(handle, operation, earlier_mechanism, earlier_key);
-        return send_init(handle, operation, mechanism, key);
     }
-    if live {
-        return send_init(handle, operation, mechanism, key);
-    }
-    deferred(handle, |d| d.held.push((operation, mechanism, key)))
+    send_init(handle, operation, mechanism, key)
 }
 
 /// Before a multi-part call of `operation`: the held init goes to the device first.

@@ -2,7 +2,7 @@
 //! §5.12.7–5.12.11), composed from the single-part operations of the wire protocol.
 //!
 //! `C_Message*Init` only records the mechanism and key in the session entry; each message is then
-//! a whole operation on the device (`OperationInit` + `OperationSingle`), so messages need no
+//! a whole operation on the device (one `OperationOnce` request), so messages need no
 //! device state between them and `C_Message*Final` only forgets the record. Encryption and
 //! decryption are AES-GCM, whose per-message parameters (`CK_GCM_MESSAGE_PARAMS`) the FFI layer
 //! decodes into a [`GcmMessage`].

@@ -10,24 +10,6 @@ use super::pending::{self, MESSAGE_FLAGS};
 use super::{expect_done, session_call, unexpected, with, Call, Stage};
 use crate::CkResult;
 
-/// `C_*Init` of an operation; forgets undelivered output of an earlier one. The init is held
-/// for the call that follows ([`super::deferred`]).
-pub fn operation_init(
-    handle: u64,
-    operation: Operation,
-    mechanism: Mechanism,
-    key: u64,
-) -> CkResult {
-    with(|library| {
-        let session = library.session_mut(handle)?;
-        session
-            .pending
-            .forget(|call| call.operation() == Some(operation));
-        Ok(())
-    })?;
-    deferred::init(handle, operation, mechanism, key)
-}
-
 /// A multi-part update that produces output (`C_EncryptUpdate`, `C_DecryptUpdate`).
 pub fn update_output(handle: u64, operation: Operation, data: Vec<u8>) -> CkResult<SecretBytes> {
     deferred::continuing(handle, operation, || {
