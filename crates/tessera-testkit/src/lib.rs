@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod relay;
+pub mod sm;
 
 /// How a client reaches the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,9 +365,20 @@ impl Daemon {
     /// Gives the device an identity (a POC and a PIC signed by it) and puts the PIC in this
     /// test's trust store, then sets `flags` (e.g. `nuNU`).
     pub fn secure(&self, transport: Transport, flags: &str) {
-        self.ctident(transport, &["gen-selfsigned", "all"]);
-        self.ctident(transport, &["trust", "add", "--from-device", "--yes"]);
+        self.identify(transport, &[]);
         self.admin(transport, &[&format!("-f{flags}")]);
+    }
+
+    /// Gives the device a self-signed identity (`ctident gen-selfsigned all` with `options`,
+    /// such as `--curve p521`) and trusts it.
+    pub fn identify(&self, transport: Transport, options: &[&str]) {
+        let generate: Vec<&str> = ["gen-selfsigned", "all"]
+            .iter()
+            .chain(options)
+            .copied()
+            .collect();
+        self.ctident(transport, &generate);
+        self.ctident(transport, &["trust", "add", "--from-device", "--yes"]);
     }
 }
 

@@ -644,8 +644,7 @@ fn an_smpr_uses_a_channel_where_the_device_does_not_require_one_and_t_refuses_to
             Rv::NoSessionKeys.code()
         );
         // With an identity the library uses a channel; the device itself requires none.
-        daemon.ctident(transport, &["gen-selfsigned", "all"]);
-        daemon.ctident(transport, &["trust", "add", "--from-device", "--yes"]);
+        daemon.identify(transport, &[]);
         let relay = Relay::transparent(&daemon, transport);
         let careful = secured(&daemon, &relay.address, &[(&item, "PT")]);
         let (session, g) = user(&careful);

@@ -13,28 +13,15 @@
 //! [--idle N]` (defaults: 2 s per thread count, 10 000 idle channels).
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tessera_client::{Device, SecureSettings};
-use tessera_config::{Config, ServerAddress};
+use tessera_config::ServerAddress;
 use tessera_core::ck;
 use tessera_testkit::{Daemon, Transport};
 use tessera_wire::{Reply, Request};
-
-fn settings(daemon: &Daemon) -> Arc<SecureSettings> {
-    let environment: HashMap<String, String> = daemon.trust_env().into_iter().collect();
-    Arc::new(
-        SecureSettings::from_config(Config::from_levels(
-            environment,
-            HashMap::new(),
-            HashMap::new(),
-        ))
-        .expect("settings"),
-    )
-}
 
 /// A new connection with a new channel, in which a session is opened (and, for an idle
 /// channel, closed again: a token has a session limit, channels do not).
@@ -100,16 +87,10 @@ fn main() {
         &limit,
     ]);
     let transport = Transport::Unix;
-    daemon.ctident(transport, &["gen-selfsigned", "all", "--curve", "p521"]);
-    daemon.ctident(transport, &["trust", "add", "--from-device", "--yes"]);
+    daemon.identify(transport, &["--curve", "p521"]);
     daemon.admin(transport, &["-fnuNU"]);
-    std::fs::write(daemon.dir().join("so.pin"), "token-so-pin\n").expect("pin file");
-    let so = daemon.dir().join("so.pin").display().to_string();
-    daemon.admin(
-        transport,
-        &["-n0", "--label", "bench", "--so-pin-file", &so],
-    );
-    let settings = settings(&daemon);
+    tessera_testkit::sm::init_token(&daemon, transport);
+    let settings = tessera_testkit::sm::settings(&daemon, &[]);
     drop(channel(&daemon, &settings, true));
 
     println!("channel-bench: P-521 identity, flags nuNU, Unix socket, {seconds} s per case");

@@ -7,80 +7,21 @@
 //! Run: `cargo build --release --workspace && ./target/release/sm-bench [--seconds S] [--tcp]`
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tessera_client::{Device, SecureSettings};
-use tessera_config::{Config, ServerAddress};
-use tessera_core::{ck, Attribute, Mechanism, MechanismParameter, SecretBytes, Template};
+use tessera_client::Device;
+use tessera_config::ServerAddress;
+use tessera_core::{ck, Attribute, Mechanism, MechanismParameter, Template};
+use tessera_testkit::sm::{call, open as session, prepare, settings, user};
 use tessera_testkit::{Daemon, Transport};
 use tessera_wire::{Operation, Reply, Request};
 
-const USER_PIN: &str = "user-pin-1234";
-
+/// A client of `daemon` with its trust store (generous reply timeout: 1 MiB calls on a busy
+/// machine).
 fn device(daemon: &Daemon, transport: Transport) -> Device {
-    let environment: HashMap<String, String> = daemon.trust_env().into_iter().collect();
-    let settings = SecureSettings::from_config(Config::from_levels(
-        environment,
-        HashMap::new(),
-        HashMap::new(),
-    ))
-    .expect("settings");
     let address = ServerAddress::parse(&daemon.server_list(transport)).expect("address");
     Device::new(address, Duration::from_secs(3), Duration::from_secs(30))
-        .with_security(Arc::new(settings))
-}
-
-fn call(device: &Device, generation: u64, request: Request) -> Reply {
-    device
-        .call(Some(generation), request)
-        .map(|(r, _)| r)
-        .expect("call")
-}
-
-fn session(device: &Device) -> (u64, u64) {
-    let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
-    let (Reply::Handle(session), g) = device
-        .call(None, Request::OpenSession { slot: 0, flags })
-        .expect("open")
-    else {
-        panic!("no session")
-    };
-    (session, g)
-}
-
-fn prepare(daemon: &Daemon, transport: Transport, flags: &str) {
-    if flags.is_empty() {
-        daemon.admin(transport, &[]);
-    } else {
-        daemon.secure(transport, flags);
-    }
-    std::fs::write(daemon.dir().join("so.pin"), "token-so-pin\n").expect("pin file");
-    let so = daemon.dir().join("so.pin").display().to_string();
-    daemon.admin(
-        transport,
-        &["-n0", "--label", "bench", "--so-pin-file", &so],
-    );
-    let d = device(daemon, transport);
-    let (s, g) = session(&d);
-    call(
-        &d,
-        g,
-        Request::Login {
-            session: s,
-            user_type: ck::CKU_SO as u64,
-            pin: SecretBytes::from_slice(b"token-so-pin"),
-        },
-    );
-    call(
-        &d,
-        g,
-        Request::InitPin {
-            session: s,
-            pin: SecretBytes::from_slice(USER_PIN.as_bytes()),
-        },
-    );
+        .with_security(settings(daemon, &[]))
 }
 
 struct Stats {
@@ -151,16 +92,7 @@ fn main() {
         let daemon = Daemon::start();
         prepare(&daemon, transport, flags);
         let d = device(&daemon, transport);
-        let (s, g) = session(&d);
-        call(
-            &d,
-            g,
-            Request::Login {
-                session: s,
-                user_type: ck::CKU_USER as u64,
-                pin: SecretBytes::from_slice(USER_PIN.as_bytes()),
-            },
-        );
+        let (s, g) = user(&d);
         let random = measure(seconds, || {
             call(
                 &d,

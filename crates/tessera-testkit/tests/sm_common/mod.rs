@@ -1,102 +1,12 @@
 //! Shared pieces of the secure-messaging suites: secured clients, token set-up, frame surgery.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
-
-use tessera_client::{ClientError, Device, SecureSettings};
-use tessera_config::{Config, ServerAddress};
-use tessera_core::{ck, Attribute, Mechanism, MechanismParameter, SecretBytes, Template};
+use tessera_client::{ClientError, Device};
+use tessera_core::{ck, Attribute, Mechanism, MechanismParameter, Template};
 use tessera_testkit::{Daemon, Transport};
 use tessera_wire::{Operation, Reply, Request, RequestEnvelope};
 
-pub const SO_PIN: &str = "token-so-pin";
-pub const USER_PIN: &str = "user-pin-1234";
-
-/// Initialises slot 0 with ctconf (works under every flag) and sets the user PIN.
-pub fn prepare(daemon: &Daemon, transport: Transport, flags: &str) {
-    if flags.is_empty() {
-        daemon.admin(transport, &[]);
-    } else {
-        daemon.secure(transport, flags);
-    }
-    std::fs::write(daemon.dir().join("so.pin"), format!("{SO_PIN}\n")).unwrap();
-    let so = daemon.dir().join("so.pin").display().to_string();
-    daemon.admin(transport, &["-n0", "--label", "sm", "--so-pin-file", &so]);
-    let device = secured(daemon, &daemon.server_list(transport), &[]);
-    let (session, g) = open(&device);
-    call(
-        &device,
-        g,
-        Request::Login {
-            session,
-            user_type: ck::CKU_SO as u64,
-            pin: pin(SO_PIN),
-        },
-    );
-    call(
-        &device,
-        g,
-        Request::InitPin {
-            session,
-            pin: pin(USER_PIN),
-        },
-    );
-    device.disconnect();
-}
-
-/// A client with secure messaging, this test's trust store, and extra configuration items.
-pub fn secured(daemon: &Daemon, server: &str, extra: &[(&str, &str)]) -> Device {
-    let mut environment: HashMap<String, String> = daemon.trust_env().into_iter().collect();
-    for (k, v) in extra {
-        environment.insert(k.to_string(), v.to_string());
-    }
-    let settings = SecureSettings::from_config(Config::from_levels(
-        environment,
-        HashMap::new(),
-        HashMap::new(),
-    ))
-    .unwrap();
-    let address = ServerAddress::parse(server).unwrap();
-    Device::new(address, Duration::from_secs(3), Duration::from_secs(3))
-        .with_security(Arc::new(settings))
-}
-
-pub fn pin(text: &str) -> SecretBytes {
-    SecretBytes::from_slice(text.as_bytes())
-}
-
-pub fn call(device: &Device, generation: u64, request: Request) -> Reply {
-    match device.call(Some(generation), request) {
-        Ok((reply, _)) => reply,
-        Err(e) => panic!("call failed: {e} (0x{:08X})", e.rv()),
-    }
-}
-
-/// A R/W session: (handle, generation).
-pub fn open(device: &Device) -> (u64, u64) {
-    let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
-    match device.call(None, Request::OpenSession { slot: 0, flags }) {
-        Ok((Reply::Handle(h), g)) => (h, g),
-        other => panic!("open session: {other:?}"),
-    }
-}
-
-/// A user session.
-pub fn user(device: &Device) -> (u64, u64) {
-    let (session, g) = open(device);
-    call(
-        device,
-        g,
-        Request::Login {
-            session,
-            user_type: ck::CKU_USER as u64,
-            pin: pin(USER_PIN),
-        },
-    );
-    (session, g)
-}
+pub use tessera_testkit::sm::*;
 
 pub fn data_object(session: u64, label: &str) -> Request {
     Request::CreateObject {
