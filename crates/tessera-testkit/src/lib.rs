@@ -418,6 +418,33 @@ impl Daemon {
     }
 }
 
+/// OpenSSL's pkcs11-provider (Debian's path).
+pub const OPENSSL_PROVIDER: &str = "/usr/lib/x86_64-linux-gnu/ossl-modules/pkcs11.so";
+
+/// Writes `dir/openssl.cnf`, which loads the default provider and pkcs11-provider over this
+/// build's PKCS#11 module with the user PIN 12345678, and returns its path.
+pub fn openssl_provider_config(dir: &Path) -> PathBuf {
+    assert!(
+        Path::new(OPENSSL_PROVIDER).exists(),
+        "{OPENSSL_PROVIDER} is missing; .ci/run installs pkcs11-provider"
+    );
+    let config = dir.join("openssl.cnf");
+    std::fs::write(
+        &config,
+        format!(
+            "openssl_conf = openssl_init\n\
+             [openssl_init]\nproviders = provider_sect\n\
+             [provider_sect]\ndefault = default_sect\npkcs11 = pkcs11_sect\n\
+             [default_sect]\nactivate = 1\n\
+             [pkcs11_sect]\nmodule = {OPENSSL_PROVIDER}\npkcs11-module-path = {}\n\
+             pkcs11-module-token-pin = 12345678\nactivate = 1\n",
+            pkcs11_module().display()
+        ),
+    )
+    .expect("an OpenSSL configuration");
+    config
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();

@@ -2,12 +2,9 @@
 //! (RFC 7512) through the built `.so`; plain `openssl` verifies the signature with the exported
 //! public key.
 
-use std::path::Path;
 use std::process::Command;
 
 use tessera_testkit::{pkcs11_module, tool, Daemon, TRANSPORTS};
-
-const PROVIDER: &str = "/usr/lib/x86_64-linux-gnu/ossl-modules/pkcs11.so";
 
 fn run(command: &mut Command, what: &str) -> Vec<u8> {
     let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -18,28 +15,6 @@ fn run(command: &mut Command, what: &str) -> Vec<u8> {
         String::from_utf8_lossy(&output.stderr)
     );
     output.stdout
-}
-
-fn provider_config(dir: &Path) -> std::path::PathBuf {
-    assert!(
-        Path::new(PROVIDER).exists(),
-        "{PROVIDER} is missing; .ci/run installs pkcs11-provider"
-    );
-    let config = dir.join("openssl.cnf");
-    std::fs::write(
-        &config,
-        format!(
-            "openssl_conf = openssl_init\n\
-             [openssl_init]\nproviders = provider_sect\n\
-             [provider_sect]\ndefault = default_sect\npkcs11 = pkcs11_sect\n\
-             [default_sect]\nactivate = 1\n\
-             [pkcs11_sect]\nmodule = {PROVIDER}\npkcs11-module-path = {}\n\
-             pkcs11-module-token-pin = 12345678\nactivate = 1\n",
-            pkcs11_module().display()
-        ),
-    )
-    .unwrap();
-    config
 }
 
 #[test]
@@ -110,7 +85,7 @@ fn openssl_signs_through_a_pkcs11_uri_and_plain_openssl_verifies() {
             "--usage-sign",
         ]);
 
-        let config = provider_config(dir);
+        let config = tessera_testkit::openssl_provider_config(dir);
         let data = dir.join("document.txt");
         std::fs::write(&data, b"signed by a key that never left the HSM\n").unwrap();
         for label in ["ossl-ec", "ossl-rsa"] {

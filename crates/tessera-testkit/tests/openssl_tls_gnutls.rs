@@ -19,20 +19,8 @@ impl Setup<'_> {
         let setup = Setup {
             daemon,
             transport,
-            config: daemon.dir().join("openssl.cnf"),
+            config: tessera_testkit::openssl_provider_config(daemon.dir()),
         };
-        std::fs::write(
-            &setup.config,
-            format!(
-                "openssl_conf = openssl_init\n[openssl_init]\nproviders = provider_sect\n\
-                 [provider_sect]\ndefault = default_sect\npkcs11 = pkcs11_sect\n\
-                 [default_sect]\nactivate = 1\n[pkcs11_sect]\n\
-                 module = /usr/lib/x86_64-linux-gnu/ossl-modules/pkcs11.so\n\
-                 pkcs11-module-path = {}\npkcs11-module-token-pin = 12345678\nactivate = 1\n",
-                pkcs11_module().display()
-            ),
-        )
-        .unwrap();
         setup.tool(&[
             "--slot-index",
             "0",
