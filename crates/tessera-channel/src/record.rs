@@ -207,7 +207,7 @@ impl Channel {
     ) -> Result<Record, RecordError> {
         let size =
             postcard::experimental::serialized_size(value).map_err(|_| RecordError::Closed)?;
-        let message = postcard::to_extend(value, Vec::with_capacity(size + 16))
+        let message = postcard::to_extend(value, tessera_core::bytes::take(size + 16))
             .map_err(|_| RecordError::Closed)?;
         self.seal_vec(message, protection)
     }

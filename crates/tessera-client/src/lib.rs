@@ -419,6 +419,7 @@ impl Device {
                     return Err(ClientError::StaleSession);
                 };
                 let (record, channel_id) = channel.seal(&request)?;
+                request.recycle();
                 self.inbox().waiting.insert(id, true);
                 stream.queue(id, Some(channel_id), Request::Protected(record));
                 drop(channel);

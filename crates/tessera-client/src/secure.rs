@@ -262,11 +262,13 @@ impl ChannelState {
             Err(_) => return Err((ClientError::Returned(Rv::BadReply.code()), true)),
         };
         let secret = matches!(&result, Ok(reply) if reply.carries_secret());
-        if !secret {
-            // Nothing secret in it (a ciphertext, a signature): no need to wipe a large buffer
-            // byte by byte.
-            drop(std::mem::take(&mut *plain));
+        // The spent plaintext buffer goes back to the pool; one that held a secret is wiped
+        // first (one with nothing secret in it, a ciphertext or a signature, needs no pass).
+        let mut spent = std::mem::take(&mut *plain);
+        if secret {
+            zeroize::Zeroize::zeroize(&mut spent);
         }
+        tessera_core::bytes::give(spent);
         let required = self.channel.policy().reply_protection(secret);
         if let Err(e) = self.channel.require(protection, required) {
             device.report(serial, &format!("reply refused: {e}"));

@@ -160,12 +160,14 @@ impl Stream {
     /// Queues one request for the next [`Stream::flush`]: frames go out in the order they were
     /// queued.
     pub(crate) fn queue(&self, id: u64, channel: Option<u64>, request: Request) {
-        let frame = encode_request(&RequestEnvelope {
+        let envelope = RequestEnvelope {
             version: PROTOCOL_VERSION,
             id,
             channel,
             request,
-        });
+        };
+        let frame = encode_request(&envelope);
+        envelope.request.recycle();
         // Queued in the caller's order (which, for the channel, is the records' order), then
         // written by whichever sender holds the writing turn: a sender never waits for another
         // one's write, and frames queued meanwhile go out together in one write.
@@ -210,6 +212,7 @@ impl Stream {
                 Socket::Tcp(s) => (&mut &*s).write_all(&batch),
             };
             written.map_err(|e| Failure::Io(e.to_string()))?;
+            tessera_core::bytes::give(batch);
         }
     }
 
@@ -229,7 +232,9 @@ impl Stream {
             tessera_wire::FrameError::Io(e) => Failure::Io(e.to_string()),
             other => Failure::Bad(other.to_string()),
         })?;
-        decode_response(&body).map_err(|e| Failure::Bad(e.to_string()))
+        let envelope = decode_response(&body).map_err(|e| Failure::Bad(e.to_string()));
+        tessera_core::bytes::give(body);
+        envelope
     }
 
     /// Polls for a reply for a few microseconds before the caller sleeps in `read` (see

@@ -2,8 +2,15 @@
 //! string rather than a sequence of `u8` elements. In postcard both are a varint length and the
 //! raw bytes, so the wire format is unchanged; only the per-byte serde calls go (a 1 MiB
 //! payload was costing about a millisecond per encode or decode).
+//!
+//! Large byte strings are decoded into buffers from a small pool ([`take`], [`give`]) that the
+//! code moving bulk data hands its buffers back to once they are spent: a freed megabyte may go
+//! back to the system (glibc trims the top of its heap) and the next call's buffer then costs a
+//! page fault per 4 KiB as it is filled, which halved 1 MiB AES-GCM through a channel. The
+//! PKCS#11 library runs under its host's allocator, so it keeps its own bulk buffers instead.
 
 use std::fmt;
+use std::sync::Mutex;
 
 use serde::de::{Error, SeqAccess, Visitor};
 use serde::{Deserializer, Serializer};
@@ -23,7 +30,7 @@ impl<'de> Visitor<'de> for BytesVisitor {
     }
 
     fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-        Ok(v.to_vec())
+        Ok(copy(v))
     }
 
     fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
@@ -44,6 +51,79 @@ pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>
     deserializer.deserialize_byte_buf(BytesVisitor)
 }
 
+/// Buffers smaller than this are left to the allocator (they come from its free lists).
+const POOLED: usize = 64 * 1024;
+/// The most the pool keeps, in bytes of capacity: a few 1 MiB calls in flight.
+const POOL_BYTES: usize = 8 * 1024 * 1024;
+
+/// Spent bulk buffers, kept for the next ones.
+struct Pool(Mutex<Vec<Vec<u8>>>);
+
+static POOL: Pool = Pool::new();
+
+impl Pool {
+    const fn new() -> Pool {
+        Pool(Mutex::new(Vec::new()))
+    }
+
+    fn buffers(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn take(&self, len: usize) -> Vec<u8> {
+        if len >= POOLED {
+            let mut buffers = self.buffers();
+            let best = (buffers.iter().enumerate())
+                .filter(|(_, buffer)| buffer.capacity() >= len)
+                .min_by_key(|(_, buffer)| buffer.capacity())
+                .map(|(i, _)| i);
+            if let Some(i) = best {
+                let mut buffer = buffers.swap_remove(i);
+                buffer.clear();
+                return buffer;
+            }
+        }
+        Vec::with_capacity(len)
+    }
+
+    fn give(&self, buffer: Vec<u8>) {
+        if buffer.capacity() < POOLED || buffer.capacity() > POOL_BYTES / 2 {
+            return;
+        }
+        let mut buffers = self.buffers();
+        buffers.push(buffer);
+        while buffers.iter().map(Vec::capacity).sum::<usize>() > POOL_BYTES {
+            let smallest = (buffers.iter().enumerate())
+                .min_by_key(|(_, buffer)| buffer.capacity())
+                .map(|(i, _)| i);
+            let Some(i) = smallest else { break };
+            drop(buffers.swap_remove(i));
+        }
+    }
+}
+
+/// An empty buffer with room for `len` bytes: for a large one, the smallest pooled buffer that
+/// is large enough, if there is one.
+pub fn take(len: usize) -> Vec<u8> {
+    POOL.take(len)
+}
+
+/// `bytes` copied into a buffer from [`take`].
+pub fn copy(bytes: &[u8]) -> Vec<u8> {
+    let mut buffer = take(bytes.len());
+    buffer.extend_from_slice(bytes);
+    buffer
+}
+
+/// Hands a spent buffer back for reuse (a small one is simply freed). Its contents stay as
+/// they are: a buffer that held a secret must be zeroized first, as it would be before a drop.
+/// When the pool is full, the smallest buffers go.
+pub fn give(buffer: Vec<u8>) {
+    POOL.give(buffer)
+}
+
 #[cfg(test)]
 mod tests {
     #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
@@ -61,5 +141,41 @@ mod tests {
             assert_eq!(fast, plain, "length {len}");
             assert_eq!(postcard::from_bytes::<Fast>(&plain).unwrap(), Fast(data));
         }
+    }
+
+    #[test]
+    fn large_buffers_are_reused_and_the_pool_stays_bounded() {
+        use super::{Pool, POOLED, POOL_BYTES};
+        let pool = Pool::new();
+        let mut buffer = pool.take(200_000);
+        buffer.extend_from_slice(&[7; 200_000]);
+        let address = buffer.as_ptr();
+        pool.give(buffer);
+        // Too large for it: a fresh buffer, and the pooled one stays.
+        assert_eq!(pool.take(300_000).capacity(), 300_000);
+        let again = pool.take(150_000);
+        assert!(again.is_empty(), "a reused buffer comes back empty");
+        assert_eq!(again.as_ptr(), address, "the spent buffer is reused");
+        // The smallest buffer that fits is chosen.
+        pool.give(Vec::with_capacity(1024 * 1024));
+        pool.give(again);
+        let smallest = pool.take(100_000);
+        assert_eq!(smallest.as_ptr(), address);
+        // Bounded: small buffers and ones over half the pool are never kept, and the total
+        // stays under the cap however many are given.
+        pool.give(Vec::with_capacity(1000));
+        pool.give(Vec::with_capacity(POOL_BYTES));
+        for _ in 0..20 {
+            pool.give(Vec::with_capacity(3 * 1024 * 1024));
+        }
+        let buffers = pool.buffers();
+        let kept: usize = buffers.iter().map(Vec::capacity).sum();
+        assert!(kept <= POOL_BYTES, "the pool keeps {kept} bytes");
+        assert!(buffers.iter().all(|b| b.capacity() >= POOLED));
+        assert_eq!(
+            buffers.len(),
+            2,
+            "two 3 MiB buffers fit under the 8 MiB cap"
+        );
     }
 }

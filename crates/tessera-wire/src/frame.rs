@@ -50,8 +50,9 @@ pub fn read_frame(reader: &mut (impl Read + ?Sized)) -> Result<Vec<u8>, FrameErr
     let mut header = [0u8; FRAME_HEADER_LEN];
     reader.read_exact(&mut header)?;
     let len = body_len(header)?;
-    // Read into fresh capacity (no zeroing pass over a large body first).
-    let mut body = Vec::with_capacity(len);
+    // Read into capacity (no zeroing pass over a large body first), pooled for a large body
+    // (see `tessera_core::bytes::take`).
+    let mut body = tessera_core::bytes::take(len);
     (&mut *reader).take(len as u64).read_to_end(&mut body)?;
     if body.len() != len {
         return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
@@ -67,9 +68,13 @@ pub fn write_frame(writer: &mut (impl Write + ?Sized), frame: &[u8]) -> Result<(
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    // Serialised straight after room for the header (no second copy of a large body).
-    // Serialising owned, in-memory values into a Vec cannot fail.
-    let mut out = postcard::to_extend(value, vec![0u8; FRAME_HEADER_LEN]).unwrap_or_default();
+    // Serialised straight after room for the header, into a buffer sized first (pooled when
+    // large, see `tessera_core::bytes::take`): a large body is neither copied a second time nor
+    // grown by doubling. Serialising owned, in-memory values into a Vec cannot fail.
+    let size = postcard::experimental::serialized_size(value).unwrap_or(0);
+    let mut out = tessera_core::bytes::take(FRAME_HEADER_LEN + size);
+    out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+    let mut out = postcard::to_extend(value, out).unwrap_or_default();
     let len = out.len().saturating_sub(FRAME_HEADER_LEN) as u32;
     if let Some(header) = out.get_mut(..FRAME_HEADER_LEN) {
         header.copy_from_slice(&len.to_be_bytes());

@@ -453,6 +453,18 @@ impl Request {
         )
     }
 
+    /// Hands the request's bulk buffers (input data, a record's body) to the pool of
+    /// `tessera_core::bytes` once the request is encoded or sealed.
+    pub fn recycle(self) {
+        match self {
+            Request::OperationSingle { data, .. }
+            | Request::OperationUpdate { data, .. }
+            | Request::OperationOnce { data, .. } => tessera_core::bytes::give(data),
+            Request::Protected(record) => tessera_core::bytes::give(record.body),
+            _ => {}
+        }
+    }
+
     /// Calls that carry PINs or secret values (brief §2.1, flag `n`).
     pub fn carries_secret(&self) -> bool {
         matches!(
@@ -475,5 +487,15 @@ impl Reply {
     /// Replies that may carry secret values (plaintexts, readable key values).
     pub fn carries_secret(&self) -> bool {
         matches!(self, Reply::Secret(_) | Reply::Attributes(_))
+    }
+
+    /// Hands the reply's bulk buffer (output bytes, a record's body) to the pool of
+    /// `tessera_core::bytes` once it has been read.
+    pub fn recycle(self) {
+        match self {
+            Reply::Bytes(data) => tessera_core::bytes::give(data),
+            Reply::Protected(record) => tessera_core::bytes::give(record.body),
+            _ => {}
+        }
     }
 }

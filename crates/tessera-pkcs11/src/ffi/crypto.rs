@@ -49,11 +49,13 @@ unsafe fn produce(
     let call = Call::Operation(operation, stage);
     let mut produced = library::produce(handle, call, output.capacity()?, || run(handle))?;
     let delivered = output.deliver(produced.expose());
-    if operation != Operation::Decrypt {
-        // Ciphertexts, signatures and digests are not secret: a large one need not be wiped
-        // byte by byte.
-        drop(std::mem::take(produced.expose_mut()));
+    // The spent buffer goes back to the pool for the next bulk call. Ciphertexts, signatures
+    // and digests are not secret: a large one need not be wiped byte by byte first.
+    let mut spent = std::mem::take(produced.expose_mut());
+    if operation == Operation::Decrypt {
+        zeroize::Zeroize::zeroize(&mut spent);
     }
+    tessera_core::bytes::give(spent);
     delivered
 }
 
@@ -76,7 +78,7 @@ unsafe fn single(
         library::output(library::single(
             handle,
             operation,
-            data.to_vec(),
+            tessera_core::bytes::copy(data),
             Vec::new(),
         )?)
     };
@@ -99,7 +101,7 @@ unsafe fn update_with_output(
 ) -> CkResult {
     // SAFETY: forwarded contract.
     let data = unsafe { bytes(part, part_len) }?;
-    let run = |handle| library::update_output(handle, operation, data.to_vec());
+    let run = |handle| library::update_output(handle, operation, tessera_core::bytes::copy(data));
     // SAFETY: forwarded contract.
     unsafe { produce(session, operation, Stage::Update, out, out_len, run) }
 }
@@ -116,7 +118,7 @@ unsafe fn update(
     part_len: CK_ULONG,
 ) -> CkResult {
     // SAFETY: forwarded contract.
-    let data = unsafe { bytes(part, part_len) }?.to_vec();
+    let data = tessera_core::bytes::copy(unsafe { bytes(part, part_len) }?);
     library::absorb(session as u64, operation, data)
 }
 
