@@ -3,6 +3,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -24,6 +25,11 @@ pub(crate) enum Failure {
 /// costs tens of microseconds on a virtual machine's idle CPU, more than most calls take.
 const SPIN: Duration = Duration::from_micros(60);
 
+/// After a poll that saw nothing for all of [`SPIN`], this many reads sleep at once: replies
+/// that come late (the device and another client thread share the CPUs) would only lose the
+/// poller's CPU to them. Adaptive, as a spinning mutex is.
+const SPIN_BACKOFF: u32 = 8;
+
 /// `recv` flags (Linux): look without taking, and without waiting.
 const MSG_PEEK: i32 = 0x2;
 const MSG_DONTWAIT: i32 = 0x40;
@@ -39,6 +45,8 @@ pub(crate) struct Stream {
     writing: Mutex<()>,
     /// Frames sent and not written yet.
     outbox: Mutex<Vec<Vec<u8>>>,
+    /// Reads left that sleep at once, after a poll that timed out (see [`SPIN_BACKOFF`]).
+    no_spin: AtomicU32,
 }
 
 enum Socket {
@@ -143,6 +151,7 @@ impl Stream {
             }),
             writing: Mutex::new(()),
             outbox: Mutex::new(Vec::new()),
+            no_spin: AtomicU32::new(0),
         })
     }
 
@@ -247,6 +256,13 @@ impl Stream {
         };
         let start = std::time::Instant::now();
         let mut byte = [std::mem::MaybeUninit::new(0u8); 1];
+        if self
+            .no_spin
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return;
+        }
         while start.elapsed() < SPIN {
             match socket.recv_with_flags(&mut byte, MSG_PEEK | MSG_DONTWAIT) {
                 // Yield rather than spin: the device may be waiting for this very CPU.
@@ -255,6 +271,7 @@ impl Stream {
                 _ => return,
             }
         }
+        self.no_spin.store(SPIN_BACKOFF, Ordering::Relaxed);
     }
 
     /// Sends one request and reads its response (with nothing else in flight).
