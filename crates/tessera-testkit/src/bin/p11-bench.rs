@@ -4,7 +4,8 @@
 //! (a) SoftHSM2 in-process, (b) SoftHSM2 behind p11-kit's remote RPC (`p11-kit server` on a
 //! Unix socket, `p11-kit-client.so`), (c) Tessera over a Unix socket without a channel,
 //! (d) Tessera over a Unix socket with full secure messaging (`nuNU`), (e) the same over
-//! loopback TCP. Plus the bare Unix-socket round trip between two processes.
+//! loopback TCP. Plus the bare round trip between two processes over a Unix socket and over
+//! loopback TCP, each with both sides sleeping in `read` and with both polling.
 //!
 //! Each system runs in a worker process of this binary (so that every module gets a clean
 //! process and environment); the parent sets the systems up, collects the workers' lines and
@@ -15,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -370,46 +372,135 @@ fn worker(module: &str, options: &Options) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------------
 // Parent: the systems, the bare round trip, the table.
 
-/// The bare Unix-socket round trip between two processes (32-byte ping-pong), p50 in µs.
-fn bare_round_trip(dir: &Path) -> Result<f64, String> {
-    let path = dir.join("echo.sock");
-    let mut echo = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
-        .args(["--echo".as_ref(), path.as_os_str()])
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let mut stream = None;
-    for _ in 0..100 {
-        if let Ok(s) = UnixStream::connect(&path) {
-            stream = Some(s);
+/// The bare round trips between two processes (32-byte ping-pong), p50 in µs.
+struct RoundTrips {
+    /// Unix socket, each side sleeping in `read` (what the targets call the bare round trip).
+    unix: f64,
+    /// Loopback TCP (`TCP_NODELAY`), sleeping.
+    tcp: f64,
+    /// Unix socket, each side polling a non-blocking socket: the floor of a design that polls.
+    unix_polling: f64,
+    /// Loopback TCP, polling.
+    tcp_polling: f64,
+}
+
+/// Runs each ping-pong against an echo process of this binary.
+fn bare_round_trips() -> Result<RoundTrips, String> {
+    Ok(RoundTrips {
+        unix: ping_pong("unix", false)?,
+        tcp: ping_pong("tcp", false)?,
+        unix_polling: ping_pong("unix", true)?,
+        tcp_polling: ping_pong("tcp", true)?,
+    })
+}
+
+/// A socket to the echo process.
+trait Link: Read + Write {
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()>;
+}
+
+impl Link for UnixStream {
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        UnixStream::set_nonblocking(self, on)
+    }
+}
+
+impl Link for TcpStream {
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        TcpStream::set_nonblocking(self, on)
+    }
+}
+
+/// Reads exactly `buffer.len()` bytes; `polling`: the socket is non-blocking and is polled.
+fn read_all(link: &mut dyn Link, buffer: &mut [u8]) -> std::io::Result<()> {
+    let mut got = 0;
+    while got < buffer.len() {
+        match link.read(&mut buffer[got..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Echoes 32-byte messages until the peer leaves.
+fn echo(link: &mut dyn Link, polling: bool) {
+    let mut buffer = [0u8; 32];
+    if link.set_nonblocking(polling).is_err() {
+        return;
+    }
+    while read_all(link, &mut buffer).is_ok() {
+        if link.write_all(&buffer).is_err() {
             break;
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    let mut stream = stream.ok_or("the echo process did not start")?;
+}
+
+/// The p50 of 20 000 round trips through `transport` ("unix" or "tcp") to an echo process.
+fn ping_pong(transport: &str, polling: bool) -> Result<f64, String> {
+    let mut echo = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .args(["--echo", transport, if polling { "poll" } else { "sleep" }])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    // The echo process says where it listens.
+    let mut address = String::new();
+    BufReader::new(echo.stdout.take().ok_or("no echo output")?)
+        .read_line(&mut address)
+        .map_err(|e| e.to_string())?;
+    let address = address.trim();
+    let mut link: Box<dyn Link> = match transport {
+        "unix" => Box::new(UnixStream::connect(address).map_err(|e| format!("{address}: {e}"))?),
+        _ => {
+            let stream = TcpStream::connect(address).map_err(|e| format!("{address}: {e}"))?;
+            stream.set_nodelay(true).map_err(|e| e.to_string())?;
+            Box::new(stream)
+        }
+    };
+    link.set_nonblocking(polling).map_err(|e| e.to_string())?;
     let mut buffer = [0u8; 32];
     let mut latencies = Vec::new();
     for _ in 0..20_000 {
         let t = Instant::now();
-        stream.write_all(&buffer).map_err(|e| e.to_string())?;
-        stream.read_exact(&mut buffer).map_err(|e| e.to_string())?;
+        link.write_all(&buffer).map_err(|e| e.to_string())?;
+        read_all(&mut *link, &mut buffer).map_err(|e| e.to_string())?;
         latencies.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    drop(stream);
+    drop(link);
     let _ = echo.wait();
     latencies.sort_by(f64::total_cmp);
     Ok(percentile(&latencies, 0.5))
 }
 
-fn echo_server(path: &str) {
-    let _ = std::fs::remove_file(path);
-    let Ok(listener) = UnixListener::bind(path) else {
-        return;
-    };
-    if let Ok((mut stream, _)) = listener.accept() {
-        let mut buffer = [0u8; 32];
-        while stream.read_exact(&mut buffer).is_ok() {
-            if stream.write_all(&buffer).is_err() {
-                break;
+/// `--echo unix|tcp sleep|poll`: listens (a Unix socket in a fresh directory, or loopback TCP
+/// on a free port), prints the address, and echoes one connection.
+fn echo_server(transport: &str, polling: bool) {
+    match transport {
+        "unix" => {
+            let Ok(dir) = tempfile::tempdir() else { return };
+            let path = dir.path().join("echo.sock");
+            let Ok(listener) = UnixListener::bind(&path) else {
+                return;
+            };
+            println!("{}", path.display());
+            if let Ok((mut stream, _)) = listener.accept() {
+                echo(&mut stream, polling);
+            }
+        }
+        _ => {
+            let Ok(listener) = TcpListener::bind("127.0.0.1:0") else {
+                return;
+            };
+            let Ok(address) = listener.local_addr() else {
+                return;
+            };
+            println!("{address}");
+            if let Ok((mut stream, _)) = listener.accept() {
+                let _ = stream.set_nodelay(true);
+                echo(&mut stream, polling);
             }
         }
     }
@@ -505,7 +596,8 @@ fn softhsm_setup(dir: &Path) -> Result<PathBuf, String> {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--echo") {
-        echo_server(args.get(1).map(String::as_str).unwrap_or("echo.sock"));
+        let transport = args.get(1).map(String::as_str).unwrap_or("unix");
+        echo_server(transport, args.get(2).map(String::as_str) == Some("poll"));
         return;
     }
     if args.first().map(String::as_str) == Some("--worker") {
@@ -615,7 +707,8 @@ fn run(args: &[String]) -> Result<(), String> {
             env: tessera_env(&secure, Transport::Tcp),
         },
     ];
-    let rtt = bare_round_trip(dir.path())?;
+    let bare = bare_round_trips()?;
+    let rtt = bare.unix;
     let mut results = Vec::new();
     for system in &systems {
         if options.systems.contains(system.key) {
@@ -671,6 +764,16 @@ fn run(args: &[String]) -> Result<(), String> {
         }
     }
     println!("vs (b), vs (a): throughput ratio to SoftHSM2 via p11-kit and to SoftHSM2 in-process (higher is better).");
+    println!(
+        "bare round trips, p50: Unix {:.1} us, TCP {:.1} us (each side sleeping in read); \
+         Unix {:.1} us, TCP {:.1} us (each side polling): TCP/Unix {:.2}x and {:.2}x",
+        bare.unix,
+        bare.tcp,
+        bare.unix_polling,
+        bare.tcp_polling,
+        bare.tcp / bare.unix,
+        bare.tcp_polling / bare.unix_polling
+    );
     println!(
         "p50 of random32 with one thread over (d) / bare round trip: {:.2}",
         results[3]
