@@ -488,14 +488,4 @@ impl Reply {
     pub fn carries_secret(&self) -> bool {
         matches!(self, Reply::Secret(_) | Reply::Attributes(_))
     }
-
-    /// Hands the reply's bulk buffer (output bytes, a record's body) to the pool of
-    /// `tessera_core::bytes` once it has been read.
-    pub fn recycle(self) {
-        match self {
-            Reply::Bytes(data) => tessera_core::bytes::give(data),
-            Reply::Protected(record) => tessera_core::bytes::give(record.body),
-            _ => {}
-        }
-    }
 }

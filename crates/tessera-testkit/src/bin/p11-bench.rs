@@ -411,7 +411,7 @@ impl Link for TcpStream {
     }
 }
 
-/// Reads exactly `buffer.len()` bytes; `polling`: the socket is non-blocking and is polled.
+/// Reads exactly `buffer.len()` bytes, polling while a non-blocking socket has nothing.
 fn read_all(link: &mut dyn Link, buffer: &mut [u8]) -> std::io::Result<()> {
     let mut got = 0;
     while got < buffer.len() {
