@@ -446,6 +446,17 @@ fn ping_pong(transport: &str, polling: bool) -> Result<f64, String> {
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| e.to_string())?;
+    let measured = measure_echo(&mut echo, transport, polling);
+    // Gone once its peer leaves; killed if the measurement failed before connecting.
+    if measured.is_err() {
+        let _ = echo.kill();
+    }
+    let _ = echo.wait();
+    measured
+}
+
+/// The ping-pong itself, against a started echo process.
+fn measure_echo(echo: &mut Child, transport: &str, polling: bool) -> Result<f64, String> {
     // The echo process says where it listens.
     let mut address = String::new();
     BufReader::new(echo.stdout.take().ok_or("no echo output")?)
@@ -469,8 +480,6 @@ fn ping_pong(transport: &str, polling: bool) -> Result<f64, String> {
         read_all(&mut *link, &mut buffer).map_err(|e| e.to_string())?;
         latencies.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    drop(link);
-    let _ = echo.wait();
     latencies.sort_by(f64::total_cmp);
     Ok(percentile(&latencies, 0.5))
 }
