@@ -12,7 +12,10 @@
 //! prints one table with ratios to (b) and (a).
 //!
 //! Usage: `cargo build --release --workspace && ./target/release/p11-bench [--seconds S]
-//! [--threads 1,2,16] [--ops random32,gcm4k,...] [--systems a,b,d]`
+//! [--threads 1,2,16] [--ops random32,gcm4k,...] [--systems a,b,d] [--rounds 3]`
+//!
+//! `--rounds N` measures every system in turn N times and reports, for each row, the median of
+//! the rounds: this machine's noise comes in spells, which then fall on all systems alike.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -57,6 +60,9 @@ struct Options {
     operations: Vec<String>,
     /// The systems to measure, by letter (all by default).
     systems: String,
+    /// Rounds of every system in turn; each row is the median of its rounds (the parent's
+    /// option: a worker measures one round).
+    rounds: usize,
 }
 
 fn parse_options(args: &[String]) -> Result<Options, String> {
@@ -65,6 +71,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         threads: vec![1, 2, 16],
         operations: OPERATIONS.iter().map(|s| s.to_string()).collect(),
         systems: "abcde".into(),
+        rounds: 1,
     };
     let mut i = 0;
     while i < args.len() {
@@ -111,9 +118,17 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
                     ));
                 }
             }
+            "--rounds" => {
+                options.rounds = value
+                    .parse()
+                    .ok()
+                    .filter(|r| (1..=9).contains(r))
+                    .ok_or("--rounds takes a count from 1 to 9")?
+            }
             other => {
                 return Err(format!(
-                    "unknown option {other:?}; the options are --seconds, --threads, --ops and --systems"
+                    "unknown option {other:?}; the options are --seconds, --threads, --ops, \
+                     --systems and --rounds"
                 ))
             }
         }
@@ -567,6 +582,36 @@ fn run_worker(system: &System, args: &[String]) -> Result<Results, String> {
     Ok((results, skipped))
 }
 
+/// One system's rounds as one: each figure of each row is the median of its rounds (the upper
+/// one of an even count); an operation skipped in any round is skipped.
+fn median_of_rounds(rounds: Vec<Results>) -> Results {
+    let mut merged = Results::default();
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let keys: std::collections::BTreeSet<_> = rounds.iter().flat_map(|r| r.0.keys()).collect();
+    for key in keys {
+        let each: Vec<&Measured> = rounds.iter().filter_map(|r| r.0.get(key)).collect();
+        let figure = |f: fn(&Measured) -> f64| median(each.iter().map(|m| f(m)).collect());
+        merged.0.insert(
+            key.clone(),
+            Measured {
+                ops_per_second: figure(|m| m.ops_per_second),
+                p50: figure(|m| m.p50),
+                p99: figure(|m| m.p99),
+            },
+        );
+    }
+    for round in &rounds {
+        for (operation, reason) in &round.1 {
+            merged.0.retain(|(o, _), _| o != operation);
+            merged.1.insert(operation.clone(), reason.clone());
+        }
+    }
+    merged
+}
+
 fn softhsm_setup(dir: &Path) -> Result<PathBuf, String> {
     let tokens = dir.join("softhsm-tokens");
     std::fs::create_dir_all(&tokens).map_err(|e| e.to_string())?;
@@ -718,16 +763,26 @@ fn run(args: &[String]) -> Result<(), String> {
     ];
     let bare = bare_round_trips()?;
     let rtt = bare.unix;
-    let mut results = Vec::new();
-    for system in &systems {
-        if options.systems.contains(system.key) {
-            results.push(run_worker(system, args)?);
-        } else {
-            results.push(Default::default());
+    // Round after round, every system in turn: a noisy spell of the machine falls on all of
+    // them instead of on one.
+    let mut rounds: Vec<Vec<Results>> = systems.iter().map(|_| Vec::new()).collect();
+    for round in 1..=options.rounds {
+        if options.rounds > 1 {
+            eprintln!("p11-bench: round {round} of {}", options.rounds);
+        }
+        for (i, system) in systems.iter().enumerate() {
+            if options.systems.contains(system.key) {
+                rounds[i].push(run_worker(system, args)?);
+            }
         }
     }
+    let results: Vec<Results> = rounds.into_iter().map(median_of_rounds).collect();
+    let rounds = match options.rounds {
+        1 => String::new(),
+        n => format!(", median of {n} rounds"),
+    };
     println!(
-        "p11-bench: {} s per case; bare Unix-socket round trip between two processes: p50 {rtt:.1} us",
+        "p11-bench: {} s per case{rounds}; bare Unix-socket round trip between two processes: p50 {rtt:.1} us",
         options.seconds
     );
     for system in systems.iter().filter(|s| options.systems.contains(s.key)) {
