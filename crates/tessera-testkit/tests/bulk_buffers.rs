@@ -50,7 +50,7 @@ fn one_mib_calls_through_the_channel_reuse_their_buffers() {
         )
         .unwrap();
     let data: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
-    let mut round = || {
+    let round = || {
         let mut iv = [9u8; 12];
         let gcm = Mechanism::AesGcm(GcmParams::new(&mut iv, b"", 128.into()).unwrap());
         let sealed = session.encrypt(&gcm, key, &data).unwrap();
