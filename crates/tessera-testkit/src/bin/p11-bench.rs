@@ -828,6 +828,32 @@ fn run(args: &[String]) -> Result<(), String> {
         }
     }
     println!("vs (b), vs (a): throughput ratio to SoftHSM2 via p11-kit and to SoftHSM2 in-process (higher is better).");
+    // The channel's cost and TCP's, as ratios of throughput: (d)/(c) and (e)/(d).
+    let ratio = |operation: &str, threads: usize, over: usize, under: usize| {
+        let key = (operation.to_string(), threads);
+        let ops = |i: usize| results[i].0.get(&key).map(|m| m.ops_per_second);
+        match (ops(over), ops(under)) {
+            (Some(over), Some(under)) => format!("{:>5.2}", over / under),
+            _ => format!("{:>5}", "-"),
+        }
+    };
+    println!(
+        "(d)/(c) full secure messaging against no channel, (e)/(d) TCP against Unix, by threads {}:",
+        options.threads.iter().map(|t| t.to_string()).collect::<Vec<_>>().join("/")
+    );
+    for operation in &options.operations {
+        let row = |over, under| {
+            (options.threads.iter())
+                .map(|&t| ratio(operation, t, over, under))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!(
+            "  {operation:<11} (d)/(c) {}   (e)/(d) {}",
+            row(3, 2),
+            row(4, 3)
+        );
+    }
     println!(
         "bare round trips, p50: Unix {:.1} us, TCP {:.1} us (each side sleeping in read); \
          Unix {:.1} us, TCP {:.1} us (each side polling): TCP/Unix {:.2}x and {:.2}x",
