@@ -66,15 +66,22 @@ impl Pool {
         Pool(Mutex::new(Vec::new()))
     }
 
-    fn buffers(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The buffers, unless another thread holds them: the pool never makes anyone wait (nor
+    /// deadlocks a forked child whose parent held the lock at the fork); without it a buffer
+    /// is simply allocated, or freed.
+    fn buffers(&self) -> Option<std::sync::MutexGuard<'_, Vec<Vec<u8>>>> {
+        match self.0.try_lock() {
+            Ok(buffers) => Some(buffers),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     fn take(&self, len: usize) -> Vec<u8> {
         if len >= POOLED {
-            let mut buffers = self.buffers();
+            let Some(mut buffers) = self.buffers() else {
+                return Vec::with_capacity(len);
+            };
             let best = (buffers.iter().enumerate())
                 .filter(|(_, buffer)| buffer.capacity() >= len)
                 .min_by_key(|(_, buffer)| buffer.capacity())
@@ -92,7 +99,9 @@ impl Pool {
         if buffer.capacity() < POOLED || buffer.capacity() > POOL_BYTES / 2 {
             return;
         }
-        let mut buffers = self.buffers();
+        let Some(mut buffers) = self.buffers() else {
+            return;
+        };
         buffers.push(buffer);
         while buffers.iter().map(Vec::capacity).sum::<usize>() > POOL_BYTES {
             let smallest = (buffers.iter().enumerate())
@@ -168,7 +177,7 @@ mod tests {
         for _ in 0..20 {
             pool.give(Vec::with_capacity(3 * 1024 * 1024));
         }
-        let buffers = pool.buffers();
+        let buffers = pool.buffers().unwrap();
         let kept: usize = buffers.iter().map(Vec::capacity).sum();
         assert!(kept <= POOL_BYTES, "the pool keeps {kept} bytes");
         assert!(buffers.iter().all(|b| b.capacity() >= POOLED));
@@ -177,5 +186,24 @@ mod tests {
             2,
             "two 3 MiB buffers fit under the 8 MiB cap"
         );
+    }
+
+    #[test]
+    fn a_held_pool_makes_no_one_wait() {
+        use super::Pool;
+        let pool = Pool::new();
+        pool.give(Vec::with_capacity(100_000));
+        let held = pool.buffers().unwrap();
+        // Another thread holds the buffers: a fresh buffer comes at once, a spent one is freed.
+        assert_eq!(pool.take(100_000).capacity(), 100_000);
+        pool.give(Vec::with_capacity(200_000));
+        drop(held);
+        let buffers = pool.buffers().unwrap();
+        assert_eq!(
+            buffers.len(),
+            1,
+            "only the buffer given while the pool was free is kept"
+        );
+        assert_eq!(buffers[0].capacity(), 100_000);
     }
 }
