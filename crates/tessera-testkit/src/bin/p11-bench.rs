@@ -48,6 +48,7 @@ const OPERATIONS: &[&str] = &[
     "gcm64",
     "gcm4k",
     "gcm1m",
+    "ecb4k",
     "ecdsa-p256",
     "rsa2048",
     "aes-keygen",
@@ -292,6 +293,12 @@ fn run_once(
         "gcm64" => gcm(&payload[..64]),
         "gcm4k" => gcm(&payload[..4096]),
         "gcm1m" => gcm(payload),
+        // AES-ECB: an encryption without a mechanism parameter, which p11-kit's RPC carries
+        // (it carries neither GCM's nor CBC's IV), so that encryption has a ratio to (b).
+        "ecb4k" => session
+            .encrypt(&Mechanism::AesEcb, keys.aes, &payload[..4096])
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
         "ecdsa-p256" => session
             .sign(&Mechanism::Ecdsa, keys.ec, &payload[..32])
             .map(|_| ())
