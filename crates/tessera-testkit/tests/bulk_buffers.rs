@@ -8,14 +8,10 @@
 //! loaded in it) over 1 MiB encryptions and decryptions, read from `/proc/self/stat`.
 
 mod common;
-mod sm_common;
 
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::Attribute;
-use cryptoki::session::UserType;
-use cryptoki::types::AuthPin;
-use tessera_testkit::{Daemon, Transport};
+use tessera_testkit::Transport;
 
 /// Minor page faults of this process so far (`minflt`, field 10 of `/proc/self/stat`).
 fn minor_faults() -> u64 {
@@ -27,28 +23,9 @@ fn minor_faults() -> u64 {
 
 #[test]
 fn one_mib_calls_through_the_channel_reuse_their_buffers() {
-    let _serial = common::serialise();
-    let daemon = Daemon::start();
-    sm_common::prepare(&daemon, Transport::Unix, "nuNU");
-    let pkcs11 = common::load_secured(&daemon, Transport::Unix);
-    let slot = pkcs11.get_slots_with_token().unwrap()[0];
-    let session = pkcs11.open_rw_session(slot).unwrap();
-    session
-        .login(
-            UserType::User,
-            Some(&AuthPin::new(sm_common::USER_PIN.into())),
-        )
-        .unwrap();
-    let key = session
-        .generate_key(
-            &Mechanism::AesKeyGen,
-            &[
-                Attribute::ValueLen(32.into()),
-                Attribute::Encrypt(true),
-                Attribute::Decrypt(true),
-            ],
-        )
-        .unwrap();
+    let f = common::secured_fixture(Transport::Unix, "nuNU");
+    let session = f.user_session();
+    let key = common::aes_key(&session).unwrap();
     let data: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
     let round = || {
         let mut iv = [9u8; 12];

@@ -58,14 +58,7 @@ fn login(session: &Session) -> Result<(), Error> {
 fn start_work(pkcs11: &Pkcs11, slot: Slot) -> Result<Work, Error> {
     let session = pkcs11.open_rw_session(slot)?;
     login(&session)?;
-    let aes = session.generate_key(
-        &Mechanism::AesKeyGen,
-        &[
-            Attribute::ValueLen(32.into()),
-            Attribute::Encrypt(true),
-            Attribute::Decrypt(true),
-        ],
-    )?;
+    let aes = common::aes_key(&session)?;
     let (ec_public, ec_private) = session.generate_key_pair(
         &Mechanism::EccKeyPairGen,
         &[

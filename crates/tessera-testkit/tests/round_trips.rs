@@ -5,15 +5,13 @@
 //! and over full secure messaging.
 
 mod common;
-mod sm_common;
 
 use std::time::Duration;
 
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectClass};
-use cryptoki::session::{Session, UserType};
-use cryptoki::types::AuthPin;
+use cryptoki::session::Session;
 use tessera_client::Device;
 use tessera_config::ServerAddress;
 use tessera_testkit::{Daemon, Transport};
@@ -40,16 +38,7 @@ fn round_trips(daemon: &Daemon, action: impl FnOnce()) -> u64 {
 type Case<'a> = (&'static str, u64, Box<dyn FnOnce() + 'a>);
 
 fn check(daemon: &Daemon, session: &Session) {
-    let key = session
-        .generate_key(
-            &Mechanism::AesKeyGen,
-            &[
-                Attribute::ValueLen(32.into()),
-                Attribute::Encrypt(true),
-                Attribute::Decrypt(true),
-            ],
-        )
-        .unwrap();
+    let key = common::aes_key(session).unwrap();
     let (public, private) = session
         .generate_key_pair(
             &Mechanism::EccKeyPairGen,
@@ -129,17 +118,6 @@ fn single_part_calls_and_small_searches_take_one_round_trip() {
     drop(f);
 
     // Full secure messaging (nuNU), over the same socket.
-    let _serial = common::serialise();
-    let daemon = Daemon::start();
-    sm_common::prepare(&daemon, Transport::Unix, "nuNU");
-    let pkcs11 = common::load_secured(&daemon, Transport::Unix);
-    let slot = pkcs11.get_slots_with_token().unwrap()[0];
-    let session = pkcs11.open_rw_session(slot).unwrap();
-    session
-        .login(
-            UserType::User,
-            Some(&AuthPin::new(sm_common::USER_PIN.into())),
-        )
-        .unwrap();
-    check(&daemon, &session);
+    let f = common::secured_fixture(Transport::Unix, "nuNU");
+    check(&f.daemon, &f.user_session());
 }

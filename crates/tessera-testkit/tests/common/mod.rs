@@ -9,6 +9,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use cryptoki::context::{CInitializeArgs, Pkcs11};
 use cryptoki::error::{Error, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
@@ -55,6 +57,22 @@ pub fn fixture(transport: Transport) -> Fixture {
     fixture_with(transport, &[])
 }
 
+/// A daemon whose device requires the secure-messaging `flags` (`"nuNU"`: full), slot 0
+/// initialised, and the library loaded with its trust store, reached over `transport`.
+pub fn secured_fixture(transport: Transport, flags: &str) -> Fixture {
+    let serial = serialise();
+    let daemon = Daemon::start();
+    tessera_testkit::sm::prepare(&daemon, transport, flags);
+    let pkcs11 = load_secured(&daemon, transport);
+    let slot = pkcs11.get_slots_with_token().unwrap()[0];
+    Fixture {
+        daemon,
+        pkcs11,
+        slot,
+        serial,
+    }
+}
+
 /// [`fixture`] with a daemon started with extra command-line arguments.
 pub fn fixture_with(transport: Transport, daemon_args: &[&str]) -> Fixture {
     let guard = serialise();
@@ -85,6 +103,18 @@ impl Fixture {
             .unwrap();
         session
     }
+}
+
+/// A new AES-256 session key for encryption and decryption.
+pub fn aes_key(session: &Session) -> Result<ObjectHandle, Error> {
+    session.generate_key(
+        &Mechanism::AesKeyGen,
+        &[
+            Attribute::ValueLen(32.into()),
+            Attribute::Encrypt(true),
+            Attribute::Decrypt(true),
+        ],
+    )
 }
 
 /// The `CKR_*` of a failed call.
