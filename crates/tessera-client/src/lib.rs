@@ -230,11 +230,16 @@ impl Device {
         }
     }
 
-    /// Makes sure there is a connection; a new one starts a new generation.
-    pub(crate) fn connected(&self, state: &mut State) -> Result<(), ClientError> {
+    /// A connection a pipelined call found failed is closed (its sessions and channel end).
+    fn forget_if_broken(&self, state: &mut State) {
         if state.broken.swap(false, Ordering::Relaxed) {
             self.kill(state, true);
         }
+    }
+
+    /// Makes sure there is a connection; a new one starts a new generation.
+    pub(crate) fn connected(&self, state: &mut State) -> Result<(), ClientError> {
+        self.forget_if_broken(state);
         if state.stream.is_none() {
             let stream = Stream::connect(&self.address, self.connect_timeout, self.reply_timeout)
                 .map_err(|reason| ClientError::Unreachable {
@@ -338,9 +343,7 @@ impl Device {
     ) -> Result<(Reply, u64), ClientError> {
         let mut state = self.exclusive();
         let state = &mut *state;
-        if state.broken.swap(false, Ordering::Relaxed) {
-            self.kill(state, true);
-        }
+        self.forget_if_broken(state);
         if session_generation.is_some() && state.stream.is_none() {
             return Err(ClientError::StaleSession);
         }

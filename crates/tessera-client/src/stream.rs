@@ -180,10 +180,7 @@ impl Stream {
         // Queued in the caller's order (which, for the channel, is the records' order), then
         // written by whichever sender holds the writing turn: a sender never waits for another
         // one's write, and frames queued meanwhile go out together in one write.
-        self.outbox
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(frame);
+        locked(&self.outbox).push(frame);
     }
 
     /// Writes what is queued, unless another sender is writing (it will write it).
@@ -192,20 +189,11 @@ impl Stream {
             let Ok(writing) = self.writing.try_lock() else {
                 return Ok(());
             };
-            let frames = std::mem::take(
-                &mut *self
-                    .outbox
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
-            );
+            let frames = std::mem::take(&mut *locked(&self.outbox));
             if frames.is_empty() {
                 drop(writing);
                 // A frame queued while this sender held the turn: write it too.
-                let queued = !self
-                    .outbox
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .is_empty();
+                let queued = !locked(&self.outbox).is_empty();
                 if queued {
                     continue;
                 }
@@ -254,8 +242,6 @@ impl Stream {
             Socket::Unix(s) => socket2::SockRef::from(s),
             Socket::Tcp(s) => socket2::SockRef::from(s),
         };
-        let start = std::time::Instant::now();
-        let mut byte = [std::mem::MaybeUninit::new(0u8); 1];
         if self
             .no_spin
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
@@ -263,6 +249,8 @@ impl Stream {
         {
             return;
         }
+        let start = std::time::Instant::now();
+        let mut byte = [std::mem::MaybeUninit::new(0u8); 1];
         while start.elapsed() < SPIN {
             match socket.recv_with_flags(&mut byte, MSG_PEEK | MSG_DONTWAIT) {
                 // Yield rather than spin: the device may be waiting for this very CPU.
