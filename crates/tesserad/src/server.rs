@@ -182,13 +182,20 @@ fn bind_unix(path: &Path) -> Result<UnixListener, String> {
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
+impl Config {
+    /// One thread owns the event loop, and connections may busy-poll (see [`Poller`]).
+    fn one_io_thread(&self) -> bool {
+        self.io_threads <= 1
+    }
+}
+
 pub fn run(config: Config) -> Result<(), String> {
     let _lock = lock_data_dir(&config.data_dir)?;
     let hsm = Hsm::open(&config.data_dir, &config.options).map_err(|e| e.to_string())?;
     // One I/O thread owns the runtime's event loop, so a connection that polls for its next
     // request (`Poller`) sees it as soon as it arrives; with several, readiness reaches the
     // thread that waits for events, and polling would only wake the others.
-    let mut builder = if config.io_threads <= 1 {
+    let mut builder = if config.one_io_thread() {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -215,7 +222,7 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
         key_limits: config.key_limits,
         frame_timeout: config.frame_timeout,
         poller: Arc::new(Poller {
-            window: if config.io_threads <= 1 {
+            window: if config.one_io_thread() {
                 config.busy_poll
             } else {
                 Duration::ZERO
