@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use rustix::net::RecvFlags;
 use tessera_config::ServerAddress;
 use tessera_wire::{
     decode_response, encode_request, read_frame, Reply, Request, RequestEnvelope, ResponseEnvelope,
@@ -29,10 +30,6 @@ const SPIN: Duration = Duration::from_micros(60);
 /// that come late (the device and another client thread share the CPUs) would only lose the
 /// poller's CPU to them. Adaptive, as a spinning mutex is.
 const SPIN_BACKOFF: u32 = 8;
-
-/// `recv` flags (Linux): look without taking, and without waiting.
-const MSG_PEEK: i32 = 0x2;
-const MSG_DONTWAIT: i32 = 0x40;
 
 /// A connection. One thread may write a request while another reads replies (requests are
 /// pipelined; see the crate documentation): reads and writes each take their own lock, on the
@@ -219,7 +216,7 @@ impl Stream {
     pub(crate) fn receive(&self, spin: bool) -> Result<ResponseEnvelope, Failure> {
         let mut buffer = locked(&self.reading);
         if spin && buffer.is_empty() {
-            self.spin_for_data();
+            self.spin_for_data(&mut buffer);
         }
         let body = read_frame(&mut Buffered {
             socket: &self.socket,
@@ -235,13 +232,10 @@ impl Stream {
     }
 
     /// Polls for a reply for a few microseconds before the caller sleeps in `read` (see
-    /// [`SPIN`]). The poll peeks without waiting (`MSG_PEEK | MSG_DONTWAIT`), leaving the
-    /// socket's own flags alone: another thread may be writing on it.
-    fn spin_for_data(&self) {
-        let socket = match &self.socket {
-            Socket::Unix(s) => socket2::SockRef::from(s),
-            Socket::Tcp(s) => socket2::SockRef::from(s),
-        };
+    /// [`SPIN`]). Each poll is a read that does not wait (`MSG_DONTWAIT`, leaving the socket's
+    /// own flags alone: another thread may be writing on it) into the read buffer, so the
+    /// reply that ends the poll is already read: one system call, not a peek and a read.
+    fn spin_for_data(&self, buffer: &mut ReadBuffer) {
         if self
             .no_spin
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
@@ -250,12 +244,22 @@ impl Stream {
             return;
         }
         let start = std::time::Instant::now();
-        let mut byte = [std::mem::MaybeUninit::new(0u8); 1];
         while start.elapsed() < SPIN {
-            match socket.recv_with_flags(&mut byte, MSG_PEEK | MSG_DONTWAIT) {
+            let read = match &self.socket {
+                Socket::Unix(s) => rustix::net::recv(s, &mut buffer.data, RecvFlags::DONTWAIT),
+                Socket::Tcp(s) => rustix::net::recv(s, &mut buffer.data, RecvFlags::DONTWAIT),
+            };
+            match read {
+                Ok((n, _)) if n > 0 => {
+                    buffer.start = 0;
+                    buffer.end = n;
+                    return;
+                }
                 // Yield rather than spin: the device may be waiting for this very CPU.
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
-                // Data, the end of the stream or an error: the blocking read takes it from here.
+                Err(rustix::io::Errno::AGAIN) => std::thread::yield_now(),
+                Err(rustix::io::Errno::INTR) => {}
+                // The end of the stream or an error: the blocking read sees it (again) and
+                // reports it.
                 _ => return,
             }
         }

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use cryptoki_sys as ck;
@@ -45,6 +46,50 @@ pub use pending::{Call, Stage};
 
 /// The one holder of the library's state (`None` before `C_Initialize`, after `C_Finalize`).
 static LIBRARY: Mutex<Option<Library>> = Mutex::new(None);
+
+/// Forks of this process image, counted in the child by a `pthread_atfork` handler that the
+/// FFI layer registers before the first `C_Initialize` (see [`forked`]).
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+/// Whether that handler is registered; without it (the library used as a Rust crate) the
+/// process id tells a forked child.
+static FORKS_COUNTED: AtomicBool = AtomicBool::new(false);
+
+/// Counts a fork; called in the child (only an atomic increment: async-signal-safe).
+pub fn forked() {
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Says that [`forked`] is called in every child from now on.
+pub fn forks_counted() {
+    FORKS_COUNTED.store(true, Ordering::Release);
+}
+
+/// The process that initialised the library: a child made by `fork` afterwards must not use
+/// the parent's connections. Known by the fork count when forks are counted (an atomic load
+/// per call), else by the process id (a system call per call).
+#[derive(Debug, Clone, Copy)]
+enum Owner {
+    Forks(u64),
+    Pid(u32),
+}
+
+impl Owner {
+    fn this_process() -> Owner {
+        if FORKS_COUNTED.load(Ordering::Acquire) {
+            Owner::Forks(FORKS.load(Ordering::Relaxed))
+        } else {
+            Owner::Pid(std::process::id())
+        }
+    }
+
+    fn is_this_process(self) -> bool {
+        match self {
+            Owner::Forks(forks) => FORKS.load(Ordering::Relaxed) == forks,
+            Owner::Pid(pid) => pid == std::process::id(),
+        }
+    }
+}
 
 /// What the library knows about a device's slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +138,7 @@ enum SlotRoute {
 /// The library's global state.
 pub struct Library {
     /// The process that initialised the library.
-    pid: u32,
+    owner: Owner,
     /// The devices, by device number.
     devices: Vec<Arc<Device>>,
     /// Slot counts, by device number.
@@ -106,7 +151,7 @@ impl Library {
     /// State over these devices (device number = position), owned by this process.
     pub fn new(devices: Vec<Device>) -> Library {
         Library {
-            pid: std::process::id(),
+            owner: Owner::this_process(),
             slots: vec![DeviceSlots::Unknown; devices.len()],
             devices: devices.into_iter().map(Arc::new).collect(),
             sessions: HashMap::new(),
@@ -163,7 +208,7 @@ fn lock() -> MutexGuard<'static, Option<Library>> {
 fn with<T>(f: impl FnOnce(&mut Library) -> CkResult<T>) -> CkResult<T> {
     let mut guard = lock();
     match guard.as_mut() {
-        Some(library) if library.pid == std::process::id() => f(library),
+        Some(library) if library.owner.is_this_process() => f(library),
         Some(_) => {
             // A forked child: forget the parent's devices and sessions.
             *guard = None;
@@ -178,7 +223,7 @@ fn with<T>(f: impl FnOnce(&mut Library) -> CkResult<T>) -> CkResult<T> {
 pub fn initialize() -> CkResult {
     let mut guard = lock();
     if let Some(library) = guard.as_ref() {
-        if library.pid == std::process::id() {
+        if library.owner.is_this_process() {
             return Err(Rv::CryptokiAlreadyInitialized.code());
         }
         *guard = None;
@@ -198,7 +243,7 @@ pub fn finalize() -> CkResult {
     let library = {
         let mut guard = lock();
         match guard.take() {
-            Some(library) if library.pid == std::process::id() => library,
+            Some(library) if library.owner.is_this_process() => library,
             // A forked child: the parent's state is dropped here.
             _ => return Err(Rv::CryptokiNotInitialized.code()),
         }

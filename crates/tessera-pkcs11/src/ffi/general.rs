@@ -36,6 +36,25 @@ pub(crate) fn check_initialize_args(
     }
 }
 
+/// Runs in the child after every `fork` of the process.
+extern "C" fn after_fork_in_child() {
+    library::forked();
+}
+
+/// Registers [`after_fork_in_child`] once, so that the library tells a forked child by an
+/// atomic counter instead of asking the kernel for the process id on every call.
+fn count_forks() {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: `pthread_atfork` only records the three handlers; the child handler only
+        // increments an atomic (async-signal-safe, cannot panic), and this library is never
+        // unloaded (linked with `-z nodelete`), so the function stays where it is.
+        if unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) } == 0 {
+            library::forks_counted();
+        }
+    });
+}
+
 /// `CK_INFO` of this library.
 pub(crate) fn library_info() -> CK_INFO {
     CK_INFO {
@@ -81,6 +100,7 @@ entry_points! {
             let given = callbacks.iter().filter(|given| **given).count();
             check_initialize_args(given, args.flags, args.pReserved.is_null())?;
         }
+        count_forks();
         library::initialize()
     }
 

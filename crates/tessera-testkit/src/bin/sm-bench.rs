@@ -302,6 +302,7 @@ fn record_cost() {
 /// A small call's two messages as the library and the daemon make and read them (envelope,
 /// frame, request and reply encodings), in the clear and through the channel, in process: the
 /// CPU that secure messaging adds to a call, without the sockets.
+#[inline(never)] // a frame of its own in a profile
 fn message_cost(client: &mut tessera_channel::Channel, device: &mut tessera_channel::Channel) {
     use tessera_channel::Protection::Encrypted;
     use tessera_wire::{
