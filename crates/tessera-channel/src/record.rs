@@ -8,7 +8,7 @@
 //! only the next sequence number of its direction and channel: a replayed, reordered, dropped,
 //! truncated, redirected or altered record is refused, and the channel dies with its keys.
 
-use aws_lc_rs::aead::{Aad, Nonce, NONCE_LEN};
+use aws_lc_rs::aead::{Aad, Nonce, Tag, NONCE_LEN};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -151,6 +151,19 @@ fn header_bytes(header: &RecordHeader) -> HeaderBytes {
     HeaderBytes { bytes, len }
 }
 
+/// Bytes of an AES-GCM tag (and of a GMAC).
+const TAG: usize = 16;
+
+/// Appends `value` as postcard writes a length: LEB128, seven bits a byte.
+fn push_varint(out: &mut Vec<u8>, value: usize) {
+    let mut value = value as u64;
+    while value >= 0x80 {
+        out.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
 fn nonce(sequence: u64) -> Nonce {
     let mut bytes = [0u8; NONCE_LEN];
     bytes[NONCE_LEN - 8..].copy_from_slice(&sequence.to_be_bytes());
@@ -235,45 +248,118 @@ impl Channel {
         message: Vec<u8>,
         protection: Protection,
     ) -> Result<Record, RecordError> {
-        let direction = self.send_direction();
-        let Some(keys) = self.keys.as_ref() else {
-            let mut message = message;
+        let mut message = message;
+        let Some(header) = self.next_header(protection) else {
             zeroize::Zeroize::zeroize(&mut message);
             return Err(RecordError::Closed);
         };
-        let header = RecordHeader {
-            channel: self.id,
-            direction,
-            sequence: self.send_sequence,
-            generation: self.generation,
-            protection,
-        };
-        let aad = header_bytes(&header);
         let length = message.len() as u64;
         let (body, mac) = match protection {
             Protection::Signed => {
-                let mut signed = aad.as_ref().to_vec();
-                signed.extend_from_slice(&message);
-                let tag = keys
-                    .send
-                    .mac
-                    .seal_in_place_separate_tag(nonce(header.sequence), Aad::from(&signed), &mut [])
-                    .map_err(|_| RecordError::Closed)?;
+                let tag = self.sign(&header, &message)?;
                 (message, tag.as_ref().to_vec())
             }
             Protection::Encrypted => {
-                let mut body = message;
-                keys.send
-                    .aead
-                    .seal_in_place_append_tag(nonce(header.sequence), Aad::from(&aad), &mut body)
-                    .map_err(|_| RecordError::Closed)?;
-                (body, Vec::new())
+                let tag = self.encrypt(&header, &mut message)?;
+                message.extend_from_slice(tag.as_ref());
+                (message, Vec::new())
             }
         };
+        self.sent(length);
+        Ok(Record { header, body, mac })
+    }
+
+    /// Seals the postcard encoding of `value` into a frame: returns `prefix` followed by the
+    /// encoding of the record that [`Channel::seal_value`] would make (the bytes
+    /// `postcard::to_extend(&record, ..)` appends), with the message written straight into
+    /// the frame and encrypted there — no message buffer, no record, no second copy.
+    /// `prefix` is what precedes the record in the frame (length placeholder, envelope fields).
+    pub fn seal_value_framed<T: serde::Serialize>(
+        &mut self,
+        value: &T,
+        protection: Protection,
+        prefix: &[u8],
+    ) -> Result<Vec<u8>, RecordError> {
+        let size =
+            postcard::experimental::serialized_size(value).map_err(|_| RecordError::Closed)?;
+        let header = self.next_header(protection).ok_or(RecordError::Closed)?;
+        let aad = header_bytes(&header);
+        // Prefix, header, body length, body (message and, encrypted, its tag), MAC length and
+        // MAC: varints take at most 10 bytes.
+        let mut frame = tessera_core::bytes::take(prefix.len() + aad.len + size + 2 * (10 + TAG));
+        frame.extend_from_slice(prefix);
+        frame.extend_from_slice(aad.as_ref());
+        let body_len = match protection {
+            Protection::Signed => size,
+            Protection::Encrypted => size + TAG,
+        };
+        push_varint(&mut frame, body_len);
+        let start = frame.len();
+        let mut frame = postcard::to_extend(value, frame).map_err(|_| RecordError::Closed)?;
+        if frame.len() - start != size {
+            // The length written before the message would be wrong.
+            zeroize::Zeroize::zeroize(&mut frame);
+            return Err(RecordError::Closed);
+        }
+        match protection {
+            Protection::Signed => {
+                let tag = self.sign(&header, &frame[start..])?;
+                push_varint(&mut frame, tag.as_ref().len());
+                frame.extend_from_slice(tag.as_ref());
+            }
+            Protection::Encrypted => {
+                let sealed = self.encrypt(&header, &mut frame[start..]);
+                let Ok(tag) = sealed else {
+                    zeroize::Zeroize::zeroize(&mut frame);
+                    return Err(RecordError::Closed);
+                };
+                frame.extend_from_slice(tag.as_ref());
+                push_varint(&mut frame, 0);
+            }
+        }
+        self.sent(size as u64);
+        Ok(frame)
+    }
+
+    /// The header of the next record sent, or `None` when the channel is closed.
+    fn next_header(&self, protection: Protection) -> Option<RecordHeader> {
+        self.keys.as_ref()?;
+        Some(RecordHeader {
+            channel: self.id,
+            direction: self.send_direction(),
+            sequence: self.send_sequence,
+            generation: self.generation,
+            protection,
+        })
+    }
+
+    /// The GMAC of a signed record: header and message as associated data.
+    fn sign(&self, header: &RecordHeader, message: &[u8]) -> Result<Tag, RecordError> {
+        let keys = self.keys.as_ref().ok_or(RecordError::Closed)?;
+        let aad = header_bytes(header);
+        let mut signed = aad.as_ref().to_vec();
+        signed.extend_from_slice(message);
+        keys.send
+            .mac
+            .seal_in_place_separate_tag(nonce(header.sequence), Aad::from(&signed), &mut [])
+            .map_err(|_| RecordError::Closed)
+    }
+
+    /// Encrypts a message in place (header as associated data) and returns its tag.
+    fn encrypt(&self, header: &RecordHeader, message: &mut [u8]) -> Result<Tag, RecordError> {
+        let keys = self.keys.as_ref().ok_or(RecordError::Closed)?;
+        let aad = header_bytes(header);
+        keys.send
+            .aead
+            .seal_in_place_separate_tag(nonce(header.sequence), Aad::from(&aad), message)
+            .map_err(|_| RecordError::Closed)
+    }
+
+    /// Counts a record sent with a message of `length` bytes.
+    fn sent(&mut self, length: u64) {
         self.send_sequence += 1;
         self.messages += 1;
         self.bytes += length;
-        Ok(Record { header, body, mac })
     }
 
     /// Checks and opens a record; any failure kills the channel.
@@ -404,5 +490,60 @@ mod tests {
             let decoded: RecordHeader = postcard::from_bytes(encoded.as_ref()).unwrap();
             assert_eq!(decoded, header);
         }
+    }
+
+    /// Two library ends with the same keys (records sealed in the same order are the same
+    /// bytes) and the device end.
+    fn twins() -> (Channel, Channel, Channel) {
+        let secret = || Zeroizing::new(vec![0x5a; 48]);
+        let client = || Channel::new(9, Side::Client, Policy(0), secret());
+        (
+            client(),
+            client(),
+            Channel::new(9, Side::Device, Policy(0), secret()),
+        )
+    }
+
+    proptest::proptest! {
+        /// Sealing into a frame writes the prefix and then exactly the encoding of the record
+        /// `seal_value` makes, which the other end opens.
+        #[test]
+        fn a_record_sealed_into_a_frame_is_the_record_sealed_alone(
+            messages in proptest::collection::vec(
+                (proptest::collection::vec(0u8..=255, 0..300), proptest::bool::ANY),
+                1..6,
+            ),
+            large in proptest::bool::ANY,
+            prefix in proptest::collection::vec(0u8..=255, 0..40),
+        ) {
+            let (mut framed, mut alone, mut device) = twins();
+            for (mut message, encrypted) in messages {
+                if large {
+                    // Lengths over 16 KiB take three varint bytes.
+                    message.resize(20_000 + message.len(), 0x33);
+                }
+                let protection = if encrypted { Protection::Encrypted } else { Protection::Signed };
+                let frame = framed.seal_value_framed(&message, protection, &prefix).unwrap();
+                let record = alone.seal_value(&message, protection).unwrap();
+                let mut expected = prefix.clone();
+                expected.extend(postcard::to_stdvec(&record).unwrap());
+                proptest::prop_assert_eq!(&frame, &expected);
+                let (opened, got) = device.open_record(record).unwrap();
+                proptest::prop_assert_eq!(got, protection);
+                let decoded: Vec<u8> = postcard::from_bytes(&opened).unwrap();
+                proptest::prop_assert_eq!(decoded, message);
+            }
+            proptest::prop_assert_eq!(framed.usage(), alone.usage());
+        }
+    }
+
+    #[test]
+    fn a_closed_channel_seals_nothing_into_a_frame() {
+        let (mut framed, _, _) = twins();
+        framed.close();
+        assert_eq!(
+            framed.seal_value_framed(&7u32, Protection::Encrypted, b"prefix"),
+            Err(RecordError::Closed)
+        );
     }
 }

@@ -267,7 +267,7 @@ impl Device {
         let Some(stream) = state.stream.as_ref() else {
             return Err(ClientError::StaleSession);
         };
-        match stream.exchange(id, None, request) {
+        match stream.exchange(id, Stream::clear_frame(id, request)) {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(code)) => Err(ClientError::Returned(code)),
             Err(failure) => {
@@ -412,7 +412,7 @@ impl Device {
         let sent = match route {
             Route::Clear => {
                 self.inbox().waiting.insert(id, false);
-                stream.send(id, None, request)
+                stream.send(id, request)
             }
             Route::Channel => {
                 // Sealed and queued under the channel's lock: the device opens records in the
@@ -421,10 +421,10 @@ impl Device {
                 let Some(mut channel) = state.channel_lock() else {
                     return Err(ClientError::StaleSession);
                 };
-                let (record, channel_id) = channel.seal(&request)?;
+                let frame = channel.seal(id, &request)?;
                 request.recycle();
                 self.inbox().waiting.insert(id, true);
-                stream.queue(id, Some(channel_id), Request::Protected(record));
+                stream.queue(frame);
                 drop(channel);
                 stream.flush()
             }

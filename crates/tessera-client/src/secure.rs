@@ -214,22 +214,21 @@ impl ChannelState {
             .is_some_and(|limit| self.last_used.elapsed() >= limit)
     }
 
-    /// Protects a request: the record and the channel id.
-    pub(crate) fn seal(
-        &mut self,
-        request: &Request,
-    ) -> Result<(tessera_channel::Record, u64), ClientError> {
+    /// Protects request `id`: its frame, the request sealed straight into it.
+    pub(crate) fn seal(&mut self, id: u64, request: &Request) -> Result<Vec<u8>, ClientError> {
         let protection = self
             .channel
             .policy()
             .request_protection(request.carries_secret());
-        // Encrypted in place when the policy says so: no plaintext copy is left behind.
-        let record = self
+        let prefix = tessera_wire::protected_request_prefix(id, self.channel.id());
+        // Encrypted in the frame when the policy says so: no plaintext copy is left behind.
+        let mut frame = self
             .channel
-            .seal_value(request, protection)
+            .seal_value_framed(request, protection, prefix.as_ref())
             .map_err(|_| ClientError::StaleSession)?;
+        tessera_wire::finish_frame(&mut frame);
         self.last_used = Instant::now();
-        Ok((record, self.channel.id()))
+        Ok(frame)
     }
 
     /// Opens the device's answer to a protected request. `Err` says what the call gets and
@@ -403,11 +402,11 @@ impl Device {
         let Some(current) = state.channel_mut() else {
             return Err(ClientError::StaleSession);
         };
-        let (record, channel_id) = current.seal(request)?;
+        let frame = current.seal(id, request)?;
         let Some(stream) = state.stream.as_ref() else {
             return Err(ClientError::StaleSession);
         };
-        let answer = match stream.exchange(id, Some(channel_id), Request::Protected(record)) {
+        let answer = match stream.exchange(id, frame) {
             Ok(answer) => answer,
             Err(failure) => {
                 self.kill(state, true);

@@ -152,28 +152,28 @@ impl Stream {
         })
     }
 
-    /// Sends one request.
-    pub(crate) fn send(
-        &self,
-        id: u64,
-        channel: Option<u64>,
-        request: Request,
-    ) -> Result<(), Failure> {
-        self.queue(id, channel, request);
+    /// Sends one request in the clear.
+    pub(crate) fn send(&self, id: u64, request: Request) -> Result<(), Failure> {
+        self.queue(Self::clear_frame(id, request));
         self.flush()
     }
 
-    /// Queues one request for the next [`Stream::flush`]: frames go out in the order they were
-    /// queued.
-    pub(crate) fn queue(&self, id: u64, channel: Option<u64>, request: Request) {
+    /// The frame of a request in the clear; its spent bulk buffers go back to the pool.
+    pub(crate) fn clear_frame(id: u64, request: Request) -> Vec<u8> {
         let envelope = RequestEnvelope {
             version: PROTOCOL_VERSION,
             id,
-            channel,
+            channel: None,
             request,
         };
         let frame = encode_request(&envelope);
         envelope.request.recycle();
+        frame
+    }
+
+    /// Queues one frame for the next [`Stream::flush`]: frames go out in the order they were
+    /// queued.
+    pub(crate) fn queue(&self, frame: Vec<u8>) {
         // Queued in the caller's order (which, for the channel, is the records' order), then
         // written by whichever sender holds the writing turn: a sender never waits for another
         // one's write, and frames queued meanwhile go out together in one write.
@@ -266,14 +266,10 @@ impl Stream {
         self.no_spin.store(SPIN_BACKOFF, Ordering::Relaxed);
     }
 
-    /// Sends one request and reads its response (with nothing else in flight).
-    pub(crate) fn exchange(
-        &self,
-        id: u64,
-        channel: Option<u64>,
-        request: Request,
-    ) -> Result<Result<Reply, u64>, Failure> {
-        self.send(id, channel, request)?;
+    /// Sends one request's frame and reads its response (with nothing else in flight).
+    pub(crate) fn exchange(&self, id: u64, frame: Vec<u8>) -> Result<Result<Reply, u64>, Failure> {
+        self.queue(frame);
+        self.flush()?;
         let envelope = self.receive(true)?;
         if envelope.id != id {
             return Err(Failure::Bad(format!(

@@ -21,7 +21,10 @@ fn help_lists_every_option() {
             env!("CARGO_BIN_EXE_p11-bench"),
             &["--seconds", "--threads", "--ops", "--systems", "--rounds"][..],
         ),
-        (env!("CARGO_BIN_EXE_sm-bench"), &["--seconds", "--tcp"][..]),
+        (
+            env!("CARGO_BIN_EXE_sm-bench"),
+            &["--seconds", "--tcp", "--messages"][..],
+        ),
         (
             env!("CARGO_BIN_EXE_channel-bench"),
             &["--seconds", "--idle"][..],

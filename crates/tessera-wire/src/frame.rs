@@ -2,7 +2,11 @@
 
 use std::io::{Read, Write};
 
-use crate::{RequestEnvelope, ResponseEnvelope, PROTOCOL_VERSION};
+use std::sync::OnceLock;
+
+use tessera_channel::{Direction, Protection, Record, RecordHeader};
+
+use crate::{Reply, Request, RequestEnvelope, ResponseEnvelope, PROTOCOL_VERSION};
 
 /// Bytes of the length prefix.
 pub const FRAME_HEADER_LEN: usize = 4;
@@ -75,11 +79,88 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     let mut out = tessera_core::bytes::take(FRAME_HEADER_LEN + size);
     out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
     let mut out = postcard::to_extend(value, out).unwrap_or_default();
-    let len = out.len().saturating_sub(FRAME_HEADER_LEN) as u32;
-    if let Some(header) = out.get_mut(..FRAME_HEADER_LEN) {
+    finish_frame(&mut out);
+    out
+}
+
+/// Writes a frame's length into its header (the first [`FRAME_HEADER_LEN`] bytes), once the
+/// body after it is complete.
+pub fn finish_frame(frame: &mut [u8]) {
+    let len = frame.len().saturating_sub(FRAME_HEADER_LEN) as u32;
+    if let Some(header) = frame.get_mut(..FRAME_HEADER_LEN) {
         header.copy_from_slice(&len.to_be_bytes());
     }
-    out
+}
+
+/// The start of a frame that carries a sealed record: room for the length, then the envelope's
+/// fields up to the record — which the channel appends, sealing its message in the frame
+/// itself (`Channel::seal_value_framed`); [`finish_frame`] then writes the length. The bytes
+/// are those [`encode_request`] or [`encode_response`] would write before the record.
+pub struct FramePrefix {
+    bytes: [u8; 48],
+    len: usize,
+}
+
+impl AsRef<[u8]> for FramePrefix {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// The encoding of the enum variants that wrap a record, `Request::Protected` and
+/// `Ok(Reply::Protected)`: what the derived encoding writes before the record itself (learnt
+/// once from the encoder, so that it follows the enums' declarations).
+fn record_tag(wrapped: fn(Record) -> Vec<u8>) -> Vec<u8> {
+    let record = Record {
+        header: RecordHeader {
+            channel: 0,
+            direction: Direction::ToDevice,
+            sequence: 0,
+            generation: 0,
+            protection: Protection::Signed,
+        },
+        body: Vec::new(),
+        mac: Vec::new(),
+    };
+    let alone = postcard::to_stdvec(&record).unwrap_or_default().len();
+    let mut whole = wrapped(record);
+    whole.truncate(whole.len().saturating_sub(alone));
+    whole
+}
+
+fn frame_prefix(id: u64, channel: u64, tag: &[u8]) -> FramePrefix {
+    let mut bytes = [0u8; 48];
+    // Version, id and channel as the envelope encodes its first three fields: at most 24 bytes,
+    // and a variant tag at most 10 more, so the buffer holds them.
+    let fields = (PROTOCOL_VERSION, id, Some(channel));
+    let written =
+        postcard::to_slice(&fields, &mut bytes[FRAME_HEADER_LEN..]).map_or(0, |w| w.len());
+    let len = FRAME_HEADER_LEN + written;
+    bytes[len..len + tag.len()].copy_from_slice(tag);
+    FramePrefix {
+        bytes,
+        len: len + tag.len(),
+    }
+}
+
+/// The start of a request frame carrying the sealed record of request `id` on `channel`.
+pub fn protected_request_prefix(id: u64, channel: u64) -> FramePrefix {
+    static TAG: OnceLock<Vec<u8>> = OnceLock::new();
+    let tag = TAG.get_or_init(|| {
+        record_tag(|record| postcard::to_stdvec(&Request::Protected(record)).unwrap_or_default())
+    });
+    frame_prefix(id, channel, tag)
+}
+
+/// The start of a response frame carrying the sealed reply to request `id` on `channel`.
+pub fn protected_response_prefix(id: u64, channel: u64) -> FramePrefix {
+    static TAG: OnceLock<Vec<u8>> = OnceLock::new();
+    let tag = TAG.get_or_init(|| {
+        record_tag(|record| {
+            postcard::to_stdvec(&Ok::<Reply, u64>(Reply::Protected(record))).unwrap_or_default()
+        })
+    });
+    frame_prefix(id, channel, tag)
 }
 
 /// Encodes a request envelope as a complete frame (header included).
@@ -175,6 +256,70 @@ mod tests {
             decode_response(&body),
             Err(FrameError::Trailing(1))
         ));
+    }
+
+    fn record(
+        sequence: u64,
+        encrypted: bool,
+        body: Vec<u8>,
+        mac: Vec<u8>,
+    ) -> tessera_channel::Record {
+        tessera_channel::Record {
+            header: tessera_channel::RecordHeader {
+                channel: sequence.rotate_left(17),
+                direction: tessera_channel::Direction::ToClient,
+                sequence,
+                generation: (sequence % 7) as u32,
+                protection: if encrypted {
+                    tessera_channel::Protection::Encrypted
+                } else {
+                    tessera_channel::Protection::Signed
+                },
+            },
+            body,
+            mac,
+        }
+    }
+
+    proptest! {
+        /// A frame built from a prefix and a record's encoding (as the channel seals into a
+        /// frame) is the frame the envelope's own encoding makes, and decodes to that record.
+        #[test]
+        fn a_prefixed_record_is_the_envelope_encoding(
+            id in any::<u64>(),
+            channel in any::<u64>(),
+            sequence in any::<u64>(),
+            encrypted in any::<bool>(),
+            body in proptest::collection::vec(any::<u8>(), 0..400),
+            mac in proptest::collection::vec(any::<u8>(), 0..20),
+        ) {
+            let sealed = record(sequence, encrypted, body, mac);
+            let mut frame = protected_request_prefix(id, channel).as_ref().to_vec();
+            frame.extend(postcard::to_stdvec(&sealed).unwrap());
+            finish_frame(&mut frame);
+            let whole = encode_request(&RequestEnvelope {
+                version: PROTOCOL_VERSION,
+                id,
+                channel: Some(channel),
+                request: Request::Protected(sealed.clone()),
+            });
+            prop_assert_eq!(&frame, &whole);
+            let decoded = decode_request(&read_frame(&mut frame.as_slice()).unwrap()).unwrap();
+            prop_assert!(matches!(decoded.request, Request::Protected(r) if r == sealed));
+
+            let mut frame = protected_response_prefix(id, channel).as_ref().to_vec();
+            frame.extend(postcard::to_stdvec(&sealed).unwrap());
+            finish_frame(&mut frame);
+            let whole = encode_response(&ResponseEnvelope {
+                version: PROTOCOL_VERSION,
+                id,
+                channel: Some(channel),
+                result: Ok(Reply::Protected(sealed.clone())),
+            });
+            prop_assert_eq!(&frame, &whole);
+            let decoded = decode_response(&read_frame(&mut frame.as_slice()).unwrap()).unwrap();
+            prop_assert!(matches!(decoded.result, Ok(Reply::Protected(r)) if r == sealed));
+        }
     }
 
     proptest! {

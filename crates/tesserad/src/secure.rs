@@ -195,22 +195,24 @@ impl Secure {
         }
     }
 
-    /// Seals a reply.
-    pub fn seal(&mut self, result: &Result<Reply, u64>) -> Result<Reply, u64> {
+    /// Seals the reply to request `id` into its frame, or says why it cannot (the channel is
+    /// gone: the error then travels in the clear).
+    pub fn seal(&mut self, id: u64, result: &Result<Reply, u64>) -> Result<Vec<u8>, u64> {
         let Some(active) = self.active.as_mut() else {
             return Err(Rv::SessionClosed.code());
         };
         let secret = matches!(result, Ok(reply) if reply.carries_secret());
         let protection = active.channel.policy().reply_protection(secret);
-        // Encrypted in place when the policy says so: no plaintext copy is left behind.
-        let record = active
+        let prefix = tessera_wire::protected_response_prefix(id, active.channel.id());
+        // Encrypted in the frame when the policy says so: no plaintext copy is left behind.
+        let mut frame = active
             .channel
-            .seal_value(result, protection)
+            .seal_value_framed(result, protection, prefix.as_ref())
             .map_err(|_| Rv::SessionClosed.code())?;
-        Ok(Reply::Protected(record))
+        tessera_wire::finish_frame(&mut frame);
+        Ok(frame)
     }
 
-    /// The connection ends: so does its channel.
     pub fn close(&mut self) {
         self.end("Library", "connection closed");
         if let Some(pending) = self.pending.take() {

@@ -534,6 +534,24 @@ fn respond(
     let _ = out.send((frame, slot));
 }
 
+/// Queues the reply to request `id` sealed in the connection's channel, under its lock (so
+/// that replies are written in the order of their sequence numbers); when the channel is gone,
+/// the error in the clear.
+fn respond_sealed(
+    out: &tokio::sync::mpsc::UnboundedSender<Outgoing>,
+    id: u64,
+    current: &mut Secure,
+    result: &Result<Reply, u64>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    match current.seal(id, result) {
+        Ok(frame) => {
+            let _ = out.send((frame, slot));
+        }
+        Err(code) => respond(out, id, current.channel_id(), Err(code), slot),
+    }
+}
+
 /// Serves one connection. Requests are read in order and run concurrently (up to
 /// [`IN_FLIGHT`]); each reply carries its request's id and goes out when ready. Inside a
 /// channel, records are opened in the order they arrive and replies sealed in the order they
@@ -679,8 +697,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                             break;
                         };
                         let mut current = lock_secure(&secure);
-                        let sealed = current.seal(&Ok(Reply::Done));
-                        respond(&out, id, current.channel_id(), sealed, all);
+                        respond_sealed(&out, id, &mut current, &Ok(Reply::Done), all);
                         current.rekey();
                     }
                     Ok((request, channel_client)) => {
@@ -803,11 +820,7 @@ fn answer(
 ) {
     let result = result.map_err(|rv| rv.code());
     match channel {
-        Some(channel) => {
-            let mut current = lock_secure(channel);
-            let sealed = current.seal(&result);
-            respond(out, id, current.channel_id(), sealed, slot);
-        }
+        Some(channel) => respond_sealed(out, id, &mut lock_secure(channel), &result, slot),
         None => respond(out, id, None, result, slot),
     }
 }

@@ -70,13 +70,16 @@ the channel, the record layer alone, and find-objects on a token with 100 000 ob
 Options:
   --seconds S   time per case (default 1, from 0.05 to 60)
   --tcp         use loopback TCP instead of the Unix socket
+  --messages    only a small call's two messages in process, eleven times (to profile them:
+                perf record ./target/release/sm-bench --messages)
   --help        this text
 ";
 
-/// Seconds per case and the transport, from the command line.
-fn arguments() -> Result<(f64, Transport), String> {
+/// Seconds per case, the transport and `--messages`, from the command line.
+fn arguments() -> Result<(f64, Transport, bool), String> {
     let mut seconds = 1.0;
     let mut transport = Transport::Unix;
+    let mut messages_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -85,6 +88,7 @@ fn arguments() -> Result<(f64, Transport), String> {
                 std::process::exit(0);
             }
             "--tcp" => transport = Transport::Tcp,
+            "--messages" => messages_only = true,
             "--seconds" => {
                 seconds = args
                     .next()
@@ -94,22 +98,26 @@ fn arguments() -> Result<(f64, Transport), String> {
             }
             _ => {
                 return Err(format!(
-                    "unknown argument {arg} (known: --seconds, --tcp, --help)"
+                    "unknown argument {arg} (known: --seconds, --tcp, --messages, --help)"
                 ))
             }
         }
     }
-    Ok((seconds, transport))
+    Ok((seconds, transport, messages_only))
 }
 
 fn main() {
-    let (seconds, transport) = match arguments() {
+    let (seconds, transport, messages_only) = match arguments() {
         Ok(parsed) => parsed,
         Err(message) => {
             eprintln!("sm-bench: {message}");
             std::process::exit(2);
         }
     };
+    if messages_only {
+        record_cost(true);
+        return;
+    }
     println!("sm-bench: {transport:?} transport, {seconds} s per case, one client thread");
     println!(
         "{:<8} {:>12} {:>10} {:>10} {:>12} {:>14} {:>10} {:>14}",
@@ -212,7 +220,7 @@ fn main() {
         );
     }
     println!("cost/msg: (p50 of the small call with the channel - p50 plain) / 2 messages; handshakes/s include a new connection and C_OpenSession.");
-    record_cost();
+    record_cost(false);
     find_objects(transport);
 }
 
@@ -295,7 +303,7 @@ fn find_objects(transport: Transport) {
 }
 
 /// The channel's own cost, without the network: seal and open of one record, in process.
-fn record_cost() {
+fn record_cost(messages_only: bool) {
     use aws_lc_rs::rand::SystemRandom;
     use aws_lc_rs::signature::{
         EcdsaKeyPair, KeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_ASN1,
@@ -319,6 +327,12 @@ fn record_cost() {
     let (mut client, finished) = state.handle(&answer, |_| Ok(()), verify).expect("client");
     let mut device = waiting.handle(&finished).expect("device");
     message_cost(&mut client, &mut device);
+    if messages_only {
+        for _ in 0..10 {
+            message_cost(&mut client, &mut device);
+        }
+        return;
+    }
     println!("\nrecord cost in process (seal + open, one message):");
     for (size, label) in [(32usize, "32 B"), (4096, "4 KiB"), (1 << 20, "1 MiB")] {
         for protection in [Protection::Signed, Protection::Encrypted] {
@@ -383,8 +397,11 @@ fn message_cost(client: &mut tessera_channel::Channel, device: &mut tessera_chan
     let plain = start.elapsed() / rounds;
     let start = Instant::now();
     for _ in 0..rounds {
-        let record = client.seal_value(&request(), Encrypted).expect("seal");
-        let frame = send(Request::Protected(record), Some(client.id()));
+        let prefix = tessera_wire::protected_request_prefix(7, client.id());
+        let mut frame = client
+            .seal_value_framed(&request(), Encrypted, prefix.as_ref())
+            .expect("seal");
+        tessera_wire::finish_frame(&mut frame);
         let Request::Protected(record) = decode_request(&frame[4..]).expect("request").request
         else {
             panic!("not a record")
@@ -392,8 +409,15 @@ fn message_cost(client: &mut tessera_channel::Channel, device: &mut tessera_chan
         let (opened, _) = device.open_record(record).expect("open");
         let received: Request = postcard::from_bytes(&opened).expect("decode");
         std::hint::black_box(received);
-        let record = device.seal_value(&reply(), Encrypted).expect("seal");
-        let frame = answer(Ok(Reply::Protected(record)), Some(device.id()));
+        let prefix = tessera_wire::protected_response_prefix(7, device.id());
+        let mut frame = device
+            .seal_value_framed(
+                &Ok::<Reply, u64>(reply().expect("reply")),
+                Encrypted,
+                prefix.as_ref(),
+            )
+            .expect("seal");
+        tessera_wire::finish_frame(&mut frame);
         let Ok(Reply::Protected(record)) = decode_response(&frame[4..]).expect("response").result
         else {
             panic!("not a record")
