@@ -256,11 +256,11 @@ impl Channel {
         let length = message.len() as u64;
         let (body, mac) = match protection {
             Protection::Signed => {
-                let tag = self.sign(&header, &message)?;
+                let tag = self.sign(header.sequence, &header_bytes(&header), &message)?;
                 (message, tag.as_ref().to_vec())
             }
             Protection::Encrypted => {
-                let tag = self.encrypt(&header, &mut message)?;
+                let tag = self.encrypt(header.sequence, &header_bytes(&header), &mut message)?;
                 message.extend_from_slice(tag.as_ref());
                 (message, Vec::new())
             }
@@ -303,12 +303,12 @@ impl Channel {
         }
         match protection {
             Protection::Signed => {
-                let tag = self.sign(&header, &frame[start..])?;
+                let tag = self.sign(header.sequence, &aad, &frame[start..])?;
                 push_varint(&mut frame, tag.as_ref().len());
                 frame.extend_from_slice(tag.as_ref());
             }
             Protection::Encrypted => {
-                let sealed = self.encrypt(&header, &mut frame[start..]);
+                let sealed = self.encrypt(header.sequence, &aad, &mut frame[start..]);
                 let Ok(tag) = sealed else {
                     zeroize::Zeroize::zeroize(&mut frame);
                     return Err(RecordError::Closed);
@@ -333,25 +333,30 @@ impl Channel {
         })
     }
 
-    /// The GMAC of a signed record: header and message as associated data.
-    fn sign(&self, header: &RecordHeader, message: &[u8]) -> Result<Tag, RecordError> {
+    /// The GMAC of a signed record: header (`aad`, its encoding) and message as associated
+    /// data.
+    fn sign(&self, sequence: u64, aad: &HeaderBytes, message: &[u8]) -> Result<Tag, RecordError> {
         let keys = self.keys.as_ref().ok_or(RecordError::Closed)?;
-        let aad = header_bytes(header);
         let mut signed = aad.as_ref().to_vec();
         signed.extend_from_slice(message);
         keys.send
             .mac
-            .seal_in_place_separate_tag(nonce(header.sequence), Aad::from(&signed), &mut [])
+            .seal_in_place_separate_tag(nonce(sequence), Aad::from(&signed), &mut [])
             .map_err(|_| RecordError::Closed)
     }
 
-    /// Encrypts a message in place (header as associated data) and returns its tag.
-    fn encrypt(&self, header: &RecordHeader, message: &mut [u8]) -> Result<Tag, RecordError> {
+    /// Encrypts a message in place (the header's encoding `aad` as associated data) and
+    /// returns its tag.
+    fn encrypt(
+        &self,
+        sequence: u64,
+        aad: &HeaderBytes,
+        message: &mut [u8],
+    ) -> Result<Tag, RecordError> {
         let keys = self.keys.as_ref().ok_or(RecordError::Closed)?;
-        let aad = header_bytes(header);
         keys.send
             .aead
-            .seal_in_place_separate_tag(nonce(header.sequence), Aad::from(&aad), message)
+            .seal_in_place_separate_tag(nonce(sequence), Aad::from(aad), message)
             .map_err(|_| RecordError::Closed)
     }
 
@@ -376,7 +381,23 @@ impl Channel {
         &mut self,
         record: Record,
     ) -> Result<(Zeroizing<Vec<u8>>, Protection), RecordError> {
-        let result = self.open_inner(record);
+        let Record { header, body, mac } = record;
+        let mut body = Zeroizing::new(body);
+        let (len, protection) = self.open_in_place(header, &mut body, &mac)?;
+        body.truncate(len);
+        Ok((body, protection))
+    }
+
+    /// Checks and opens a record whose body and MAC lie where they arrived (in the frame
+    /// that carried them): an encrypted body is decrypted there. Returns the length of the
+    /// message, which starts where the body does. Any failure kills the channel.
+    pub fn open_in_place(
+        &mut self,
+        header: RecordHeader,
+        body: &mut [u8],
+        mac: &[u8],
+    ) -> Result<(usize, Protection), RecordError> {
+        let result = self.open_inner(header, body, mac);
         if result.is_err() {
             self.close();
         }
@@ -385,10 +406,11 @@ impl Channel {
 
     fn open_inner(
         &mut self,
-        record: Record,
-    ) -> Result<(Zeroizing<Vec<u8>>, Protection), RecordError> {
+        header: RecordHeader,
+        body: &mut [u8],
+        mac: &[u8],
+    ) -> Result<(usize, Protection), RecordError> {
         let keys = self.keys.as_ref().ok_or(RecordError::Closed)?;
-        let header = record.header;
         if header.channel != self.id {
             return Err(RecordError::WrongChannel {
                 expected: self.id,
@@ -411,33 +433,28 @@ impl Channel {
             });
         }
         let aad = header_bytes(&header);
-        let message = match header.protection {
+        let len = match header.protection {
             Protection::Signed => {
                 let mut signed = aad.as_ref().to_vec();
-                signed.extend_from_slice(&record.body);
-                let mut tag = record.mac.clone();
+                signed.extend_from_slice(body);
+                let mut tag = mac.to_vec();
                 keys.receive
                     .mac
                     .open_in_place(nonce(header.sequence), Aad::from(&signed), &mut tag)
                     .map_err(|_| RecordError::Authentication(header.sequence))?;
-                Zeroizing::new(record.body)
+                body.len()
             }
-            Protection::Encrypted => {
-                let mut body = Zeroizing::new(record.body);
-                let len = keys
-                    .receive
-                    .aead
-                    .open_in_place(nonce(header.sequence), Aad::from(&aad), &mut body)
-                    .map_err(|_| RecordError::Authentication(header.sequence))?
-                    .len();
-                body.truncate(len);
-                body
-            }
+            Protection::Encrypted => keys
+                .receive
+                .aead
+                .open_in_place(nonce(header.sequence), Aad::from(&aad), body)
+                .map_err(|_| RecordError::Authentication(header.sequence))?
+                .len(),
         };
         self.receive_sequence += 1;
         self.messages += 1;
-        self.bytes += message.len() as u64;
-        Ok((message, header.protection))
+        self.bytes += len as u64;
+        Ok((len, header.protection))
     }
 
     /// Checks that a message arrived with at least the protection policy requires; if not, the

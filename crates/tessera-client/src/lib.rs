@@ -27,7 +27,7 @@ use tessera_core::Rv;
 use tessera_wire::{Reply, Request};
 
 use secure::ChannelState;
-use stream::{Failure, Stream};
+use stream::{Answer, Failure, Stream};
 
 /// Why a call did not produce a reply.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -267,7 +267,10 @@ impl Device {
         let Some(stream) = state.stream.as_ref() else {
             return Err(ClientError::StaleSession);
         };
-        match stream.exchange(id, Stream::clear_frame(id, request)) {
+        match stream
+            .exchange(id, Stream::clear_frame(id, request))
+            .map(Answer::into_clear)
+        {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(code)) => Err(ClientError::Returned(code)),
             Err(failure) => {
@@ -520,29 +523,28 @@ impl Device {
         let Some(stream) = state.stream.as_ref() else {
             return Err(ClientError::StaleSession);
         };
-        let envelope = stream.receive(spin).map_err(|f| self.failure(f))?;
-        let Some(protected) = self.inbox().waiting.remove(&envelope.id) else {
+        let (id, answer) = stream.receive(spin).map_err(|f| self.failure(f))?;
+        let Some(protected) = self.inbox().waiting.remove(&id) else {
+            answer.discard();
             return Err(ClientError::BadReply {
                 address: self.address.to_string(),
-                reason: format!(
-                    "a reply arrived for request {}, which is not waiting",
-                    envelope.id
-                ),
+                reason: format!("a reply arrived for request {id}, which is not waiting"),
             });
         };
         if !protected {
-            return Ok((envelope.id, Ok(envelope.result)));
+            return Ok((id, Ok(answer.into_clear())));
         }
         let Some(mut channel) = state.channel_lock() else {
+            answer.discard();
             return Err(ClientError::StaleSession);
         };
-        match channel.open_reply(envelope.result, self, state.serial.as_deref()) {
-            Ok(result) => Ok((envelope.id, Ok(result))),
+        match channel.open_reply(answer, self, state.serial.as_deref()) {
+            Ok(result) => Ok((id, Ok(result))),
             // The device ended the channel and said why: this call gets the reason, the
             // others that it is gone.
             Err((error, false)) => {
                 state.broken.store(true, Ordering::Relaxed);
-                Ok((envelope.id, Err(error)))
+                Ok((id, Err(error)))
             }
             Err((error, true)) => Err(error),
         }

@@ -11,6 +11,7 @@ use tessera_config::Config;
 use tessera_core::Rv;
 use tessera_wire::{Reply, Request};
 
+use crate::stream::Answer;
 use crate::{ClientError, Device, State};
 
 /// Item: where the library writes its one-line reports (`stderr`, or a file path).
@@ -236,38 +237,68 @@ impl ChannelState {
     /// in the clear).
     pub(crate) fn open_reply(
         &mut self,
-        answer: Result<Reply, u64>,
+        answer: Answer,
         device: &Device,
         serial: Option<&str>,
     ) -> Result<Result<Reply, u64>, (ClientError, bool)> {
         let serial = serial.unwrap_or_default();
-        let record = match answer {
-            Ok(Reply::Protected(record)) => record,
-            Err(code) => return Err((ClientError::Returned(code), false)),
-            Ok(_) => {
+        // The opened message: a buffer and where the message lies in it.
+        let opened = match answer {
+            Answer::Sealed(sealed, mut frame) => {
+                // The MAC follows the body.
+                let (front, back) = frame.split_at_mut(sealed.mac.start);
+                let parts = (
+                    front.get_mut(sealed.body.clone()),
+                    back.get(..sealed.mac.len()),
+                );
+                let (Some(body), Some(mac)) = parts else {
+                    return Err((ClientError::Returned(Rv::BadReply.code()), true));
+                };
+                let opened = self.channel.open_in_place(sealed.header, body, mac);
+                opened.map(|(len, protection)| {
+                    (
+                        frame,
+                        sealed.body.start..sealed.body.start + len,
+                        protection,
+                    )
+                })
+            }
+            Answer::Clear(Ok(Reply::Protected(record))) => {
+                self.channel
+                    .open_record(record)
+                    .map(|(mut plain, protection)| {
+                        let len = plain.len();
+                        (std::mem::take(&mut *plain), 0..len, protection)
+                    })
+            }
+            Answer::Clear(Err(code)) => return Err((ClientError::Returned(code), false)),
+            Answer::Clear(Ok(_)) => {
                 device.report(serial, "the device answered a protected call in the clear");
                 return Err((ClientError::Returned(Rv::BadReply.code()), true));
             }
         };
-        let (mut plain, protection) = match self.channel.open_record(record) {
+        let (mut buffer, plain, protection) = match opened {
             Ok(opened) => opened,
             Err(e) => {
                 device.report(serial, &format!("reply refused, channel closed: {e}"));
                 return Err((ClientError::Returned(Rv::BadReplySignature.code()), true));
             }
         };
-        let result: Result<Reply, u64> = match postcard::from_bytes(&plain) {
-            Ok(result) => result,
-            Err(_) => return Err((ClientError::Returned(Rv::BadReply.code()), true)),
+        let decoded = postcard::from_bytes::<Result<Reply, u64>>(&buffer[plain.clone()]);
+        // The spent buffer goes back to the pool; the message is wiped first when it held a
+        // secret (or did not decode): one with nothing secret in it, a ciphertext or a
+        // signature, needs no pass.
+        let secret = match &decoded {
+            Ok(result) => matches!(result, Ok(reply) if reply.carries_secret()),
+            Err(_) => true,
         };
-        let secret = matches!(&result, Ok(reply) if reply.carries_secret());
-        // The spent plaintext buffer goes back to the pool; one that held a secret is wiped
-        // first (one with nothing secret in it, a ciphertext or a signature, needs no pass).
-        let mut spent = std::mem::take(&mut *plain);
         if secret {
-            zeroize::Zeroize::zeroize(&mut spent);
+            zeroize::Zeroize::zeroize(&mut buffer[plain]);
         }
-        tessera_core::bytes::give(spent);
+        tessera_core::bytes::give(buffer);
+        let Ok(result) = decoded else {
+            return Err((ClientError::Returned(Rv::BadReply.code()), true));
+        };
         let required = self.channel.policy().reply_protection(secret);
         if let Err(e) = self.channel.require(protection, required) {
             device.report(serial, &format!("reply refused: {e}"));

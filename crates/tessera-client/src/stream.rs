@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use rustix::net::RecvFlags;
 use tessera_config::ServerAddress;
+use tessera_core::Rv;
 use tessera_wire::{
-    decode_response, encode_request, read_frame, Reply, Request, RequestEnvelope, ResponseEnvelope,
-    PROTOCOL_VERSION,
+    decode_response, encode_request, find_sealed_response, read_frame, Reply, Request,
+    RequestEnvelope, SealedFrame, PROTOCOL_VERSION,
 };
 
 /// A failed exchange.
@@ -210,10 +211,11 @@ impl Stream {
         }
     }
 
-    /// Reads the next response, whichever request it answers; `spin`: poll briefly first (when
-    /// this is the only call waiting: with many in flight replies come often, and polling
-    /// would only take a core from the device).
-    pub(crate) fn receive(&self, spin: bool) -> Result<ResponseEnvelope, Failure> {
+    /// Reads the next response, whichever request it answers, with that request's id;
+    /// `spin`: poll briefly first (when this is the only call waiting: with many in flight
+    /// replies come often, and polling would only take a core from the device). A sealed
+    /// reply stays in its frame, for the channel to open it there.
+    pub(crate) fn receive(&self, spin: bool) -> Result<(u64, Answer), Failure> {
         let mut buffer = locked(&self.reading);
         if spin && buffer.is_empty() {
             self.spin_for_data(&mut buffer);
@@ -222,13 +224,17 @@ impl Stream {
             socket: &self.socket,
             buffer: &mut buffer,
         });
+        drop(buffer);
         let body = body.map_err(|e| match e {
             tessera_wire::FrameError::Io(e) => Failure::Io(e.to_string()),
             other => Failure::Bad(other.to_string()),
         })?;
+        if let Some(sealed) = find_sealed_response(&body) {
+            return Ok((sealed.id, Answer::Sealed(sealed, body)));
+        }
         let envelope = decode_response(&body).map_err(|e| Failure::Bad(e.to_string()));
         tessera_core::bytes::give(body);
-        envelope
+        envelope.map(|envelope| (envelope.id, Answer::Clear(envelope.result)))
     }
 
     /// Polls for a reply for a few microseconds before the caller sleeps in `read` (see
@@ -267,16 +273,43 @@ impl Stream {
     }
 
     /// Sends one request's frame and reads its response (with nothing else in flight).
-    pub(crate) fn exchange(&self, id: u64, frame: Vec<u8>) -> Result<Result<Reply, u64>, Failure> {
+    pub(crate) fn exchange(&self, id: u64, frame: Vec<u8>) -> Result<Answer, Failure> {
         self.queue(frame);
         self.flush()?;
-        let envelope = self.receive(true)?;
-        if envelope.id != id {
+        let (for_id, answer) = self.receive(true)?;
+        if for_id != id {
+            answer.discard();
             return Err(Failure::Bad(format!(
-                "reply to request {} arrived for request {id}",
-                envelope.id
+                "reply to request {for_id} arrived for request {id}"
             )));
         }
-        Ok(envelope.result)
+        Ok(answer)
+    }
+}
+
+/// A response: in the clear, or a sealed reply still in its frame body (see
+/// [`tessera_wire::find_sealed_response`]).
+pub(crate) enum Answer {
+    Clear(Result<Reply, u64>),
+    Sealed(SealedFrame, Vec<u8>),
+}
+
+impl Answer {
+    /// The answer to a request sent in the clear: a sealed one is not an answer to it.
+    pub(crate) fn into_clear(self) -> Result<Reply, u64> {
+        match self {
+            Answer::Clear(result) => result,
+            sealed => {
+                sealed.discard();
+                Err(Rv::BadReply.code())
+            }
+        }
+    }
+
+    /// Drops an answer that will not be opened; its frame goes back to the pool.
+    pub(crate) fn discard(self) {
+        if let Answer::Sealed(_, frame) = self {
+            tessera_core::bytes::give(frame);
+        }
     }
 }

@@ -78,21 +78,26 @@ impl Pool {
     }
 
     fn take(&self, len: usize) -> Vec<u8> {
-        if len >= POOLED {
-            let Some(mut buffers) = self.buffers() else {
-                return Vec::with_capacity(len);
-            };
-            let best = (buffers.iter().enumerate())
-                .filter(|(_, buffer)| buffer.capacity() >= len)
-                .min_by_key(|(_, buffer)| buffer.capacity())
-                .map(|(i, _)| i);
-            if let Some(i) = best {
-                let mut buffer = buffers.swap_remove(i);
-                buffer.clear();
-                return buffer;
-            }
+        if len < POOLED {
+            return Vec::with_capacity(len);
         }
-        Vec::with_capacity(len)
+        // A new bulk buffer's capacity is rounded up to a whole number of pool units, so that a
+        // later call whose frame is a few bytes longer (another id, another header) still
+        // finds it large enough.
+        let capacity = len.div_ceil(POOLED) * POOLED;
+        let Some(mut buffers) = self.buffers() else {
+            return Vec::with_capacity(capacity);
+        };
+        let best = (buffers.iter().enumerate())
+            .filter(|(_, buffer)| buffer.capacity() >= len)
+            .min_by_key(|(_, buffer)| buffer.capacity())
+            .map(|(i, _)| i);
+        if let Some(i) = best {
+            let mut buffer = buffers.swap_remove(i);
+            buffer.clear();
+            return buffer;
+        }
+        Vec::with_capacity(capacity)
     }
 
     fn give(&self, buffer: Vec<u8>) {
@@ -160,9 +165,11 @@ mod tests {
         buffer.extend_from_slice(&[7; 200_000]);
         let address = buffer.as_ptr();
         pool.give(buffer);
-        // Too large for it: a fresh buffer, and the pooled one stays.
-        assert_eq!(pool.take(300_000).capacity(), 300_000);
-        let again = pool.take(150_000);
+        // Too large for it: a fresh buffer, its capacity rounded up to whole pool units, and
+        // the pooled one stays.
+        assert_eq!(pool.take(300_000).capacity(), 5 * POOLED);
+        // A little longer than the spent one (its capacity was rounded up too): it is reused.
+        let again = pool.take(200_100);
         assert!(again.is_empty(), "a reused buffer comes back empty");
         assert_eq!(again.as_ptr(), address, "the spent buffer is reused");
         // The smallest buffer that fits is chosen.
@@ -195,7 +202,7 @@ mod tests {
         pool.give(Vec::with_capacity(100_000));
         let held = pool.buffers().unwrap();
         // Another thread holds the buffers: a fresh buffer comes at once, a spent one is freed.
-        assert_eq!(pool.take(100_000).capacity(), 100_000);
+        assert!(pool.take(100_000).capacity() >= 100_000);
         pool.give(Vec::with_capacity(200_000));
         drop(held);
         let buffers = pool.buffers().unwrap();

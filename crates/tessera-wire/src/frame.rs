@@ -143,24 +143,30 @@ fn frame_prefix(id: u64, channel: u64, tag: &[u8]) -> FramePrefix {
     }
 }
 
+fn request_record_tag() -> &'static [u8] {
+    static TAG: OnceLock<Vec<u8>> = OnceLock::new();
+    TAG.get_or_init(|| {
+        record_tag(|record| postcard::to_stdvec(&Request::Protected(record)).unwrap_or_default())
+    })
+}
+
+fn response_record_tag() -> &'static [u8] {
+    static TAG: OnceLock<Vec<u8>> = OnceLock::new();
+    TAG.get_or_init(|| {
+        record_tag(|record| {
+            postcard::to_stdvec(&Ok::<Reply, u64>(Reply::Protected(record))).unwrap_or_default()
+        })
+    })
+}
+
 /// The start of a request frame carrying the sealed record of request `id` on `channel`.
 pub fn protected_request_prefix(id: u64, channel: u64) -> FramePrefix {
-    static TAG: OnceLock<Vec<u8>> = OnceLock::new();
-    let tag = TAG.get_or_init(|| {
-        record_tag(|record| postcard::to_stdvec(&Request::Protected(record)).unwrap_or_default())
-    });
-    frame_prefix(id, channel, tag)
+    frame_prefix(id, channel, request_record_tag())
 }
 
 /// The start of a response frame carrying the sealed reply to request `id` on `channel`.
 pub fn protected_response_prefix(id: u64, channel: u64) -> FramePrefix {
-    static TAG: OnceLock<Vec<u8>> = OnceLock::new();
-    let tag = TAG.get_or_init(|| {
-        record_tag(|record| {
-            postcard::to_stdvec(&Ok::<Reply, u64>(Reply::Protected(record))).unwrap_or_default()
-        })
-    });
-    frame_prefix(id, channel, tag)
+    frame_prefix(id, channel, response_record_tag())
 }
 
 /// Encodes a request envelope as a complete frame (header included).
@@ -171,6 +177,62 @@ pub fn encode_request(envelope: &RequestEnvelope) -> Vec<u8> {
 /// Encodes a response envelope as a complete frame (header included).
 pub fn encode_response(envelope: &ResponseEnvelope) -> Vec<u8> {
     encode(envelope)
+}
+
+/// A frame body that carries a sealed record, found where it lies: the envelope's id and
+/// channel, the record's header, and where its body and MAC are in the frame body — so that
+/// the channel opens the record there (`Channel::open_in_place`), without a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedFrame {
+    /// The request's id.
+    pub id: u64,
+    /// The channel the envelope names.
+    pub channel: u64,
+    /// The record's header.
+    pub header: RecordHeader,
+    /// The record's body, as a range of the frame body.
+    pub body: std::ops::Range<usize>,
+    /// The record's MAC, as a range of the frame body.
+    pub mac: std::ops::Range<usize>,
+}
+
+/// Finds the sealed record in a request frame body: `None` unless the body is a valid
+/// envelope of this protocol version whose request is `Request::Protected`, which is then
+/// decoded exactly as [`decode_request`] would (the same bytes, nothing after the record).
+pub fn find_sealed_request(body: &[u8]) -> Option<SealedFrame> {
+    find_sealed(body, request_record_tag())
+}
+
+/// As [`find_sealed_request`], for a response carrying `Ok(Reply::Protected)`.
+pub fn find_sealed_response(body: &[u8]) -> Option<SealedFrame> {
+    find_sealed(body, response_record_tag())
+}
+
+fn find_sealed(frame: &[u8], tag: &[u8]) -> Option<SealedFrame> {
+    let ((version, id, channel), rest) =
+        postcard::take_from_bytes::<(u16, u64, Option<u64>)>(frame).ok()?;
+    if version != PROTOCOL_VERSION {
+        return None;
+    }
+    let channel = channel?;
+    let rest = rest.strip_prefix(tag)?;
+    let (header, rest) = postcard::take_from_bytes::<RecordHeader>(rest).ok()?;
+    let (body_len, rest) = postcard::take_from_bytes::<usize>(rest).ok()?;
+    let body_start = frame.len() - rest.len();
+    let rest = rest.get(body_len..)?;
+    let (mac_len, rest) = postcard::take_from_bytes::<usize>(rest).ok()?;
+    let mac_start = frame.len() - rest.len();
+    // Nothing may follow the MAC, as nothing may follow an envelope.
+    if rest.len() != mac_len {
+        return None;
+    }
+    Some(SealedFrame {
+        id,
+        channel,
+        header,
+        body: body_start..body_start + body_len,
+        mac: mac_start..frame.len(),
+    })
 }
 
 fn decode<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, FrameError> {
@@ -305,7 +367,12 @@ mod tests {
             });
             prop_assert_eq!(&frame, &whole);
             let decoded = decode_request(&read_frame(&mut frame.as_slice()).unwrap()).unwrap();
-            prop_assert!(matches!(decoded.request, Request::Protected(r) if r == sealed));
+            prop_assert!(matches!(decoded.request, Request::Protected(ref r) if *r == sealed));
+            let found = find_sealed_request(&frame[FRAME_HEADER_LEN..]).unwrap();
+            prop_assert_eq!((found.id, found.channel, found.header), (id, channel, sealed.header));
+            prop_assert_eq!(&frame[FRAME_HEADER_LEN..][found.body], &sealed.body[..]);
+            prop_assert_eq!(&frame[FRAME_HEADER_LEN..][found.mac], &sealed.mac[..]);
+            prop_assert_eq!(find_sealed_response(&frame[FRAME_HEADER_LEN..]), None);
 
             let mut frame = protected_response_prefix(id, channel).as_ref().to_vec();
             frame.extend(postcard::to_stdvec(&sealed).unwrap());
@@ -318,7 +385,65 @@ mod tests {
             });
             prop_assert_eq!(&frame, &whole);
             let decoded = decode_response(&read_frame(&mut frame.as_slice()).unwrap()).unwrap();
-            prop_assert!(matches!(decoded.result, Ok(Reply::Protected(r)) if r == sealed));
+            prop_assert!(matches!(decoded.result, Ok(Reply::Protected(ref r)) if *r == sealed));
+            let found = find_sealed_response(&frame[FRAME_HEADER_LEN..]).unwrap();
+            prop_assert_eq!((found.id, found.channel, found.header), (id, channel, sealed.header));
+            prop_assert_eq!(&frame[FRAME_HEADER_LEN..][found.body], &sealed.body[..]);
+            prop_assert_eq!(&frame[FRAME_HEADER_LEN..][found.mac], &sealed.mac[..]);
+            prop_assert_eq!(find_sealed_request(&frame[FRAME_HEADER_LEN..]), None);
+        }
+
+        /// On any bytes — damaged sealed frames above all — a sealed record found is the one
+        /// the full decoder reads (same id, channel, header, body and MAC). Not finding one is
+        /// always safe: the caller then decodes the frame in full.
+        #[test]
+        fn finding_a_sealed_record_agrees_with_decoding(
+            id in any::<u64>(),
+            sequence in any::<u64>(),
+            body in proptest::collection::vec(any::<u8>(), 0..64),
+            damage in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..3),
+            cut in any::<usize>(),
+            garbage in proptest::collection::vec(any::<u8>(), 0..80),
+            use_garbage in any::<bool>(),
+        ) {
+            let sealed = record(sequence, true, body, Vec::new());
+            let mut frames = Vec::new();
+            for prefix in [protected_request_prefix(id, 3), protected_response_prefix(id, 3)] {
+                let mut frame = prefix.as_ref()[FRAME_HEADER_LEN..].to_vec();
+                frame.extend(postcard::to_stdvec(&sealed).unwrap());
+                for (at, byte) in &damage {
+                    let at = at % frame.len();
+                    frame[at] ^= byte;
+                }
+                if cut % 3 == 0 {
+                    frame.truncate(cut % (frame.len() + 1));
+                }
+                frames.push(if use_garbage { garbage.clone() } else { frame });
+            }
+            for frame in &frames {
+                let decoded = decode_request(frame).ok().and_then(|e| match e.request {
+                    Request::Protected(r) => e.channel.map(|c| (e.id, c, r)),
+                    _ => None,
+                });
+                let found = find_sealed_request(frame);
+                prop_assert!(found.is_none() || decoded.is_some());
+                if let (Some(found), Some((id, channel, r))) = (found, decoded) {
+                    prop_assert_eq!((found.id, found.channel, found.header), (id, channel, r.header));
+                    prop_assert_eq!(&frame[found.body], &r.body[..]);
+                    prop_assert_eq!(&frame[found.mac], &r.mac[..]);
+                }
+                let decoded = decode_response(frame).ok().and_then(|e| match e.result {
+                    Ok(Reply::Protected(r)) => e.channel.map(|c| (e.id, c, r)),
+                    _ => None,
+                });
+                let found = find_sealed_response(frame);
+                prop_assert!(found.is_none() || decoded.is_some());
+                if let (Some(found), Some((id, channel, r))) = (found, decoded) {
+                    prop_assert_eq!((found.id, found.channel, found.header), (id, channel, r.header));
+                    prop_assert_eq!(&frame[found.body], &r.body[..]);
+                    prop_assert_eq!(&frame[found.mac], &r.mac[..]);
+                }
+            }
         }
     }
 

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use tessera_channel::{Channel, ExpectClientFinished, Record, ServerStart};
+use tessera_channel::{Channel, ExpectClientFinished, Record, RecordHeader, ServerStart};
 use tessera_core::Rv;
 use tessera_hsm::{ChannelInfo, Hsm};
-use tessera_wire::{Reply, Request};
+use tessera_wire::{Reply, Request, SealedFrame};
 
 /// Hard limits on one generation of channel keys; past them the device ends the channel (the
 /// library renews its keys well before, at its own, lower limits).
@@ -129,9 +129,38 @@ impl Secure {
         }
     }
 
-    /// Opens a protected request. `Ok` gives the request and the engine client of the channel;
-    /// `Err` is the clear error to answer with (the channel is gone by then).
-    pub fn open(&mut self, record: Record) -> Result<(Request, u64), u64> {
+    /// Opens a protected request where it arrived, in its frame body (`sealed` says where the
+    /// record lies in it). `Ok` gives the request and the engine client of the channel; `Err`
+    /// is the clear error to answer with (the channel is gone by then).
+    pub fn open_framed(
+        &mut self,
+        sealed: &SealedFrame,
+        frame: &mut [u8],
+    ) -> Result<(Request, u64), u64> {
+        // The MAC follows the body.
+        let (front, back) = frame.split_at_mut(sealed.mac.start);
+        let (Some(body), Some(mac)) = (
+            front.get_mut(sealed.body.clone()),
+            back.get(..sealed.mac.len()),
+        ) else {
+            return Err(Rv::BadRequestSignature.code());
+        };
+        self.open(sealed.header, body, mac)
+    }
+
+    /// As [`Secure::open_framed`], for a record decoded on its own.
+    pub fn open_record(&mut self, record: Record) -> Result<(Request, u64), u64> {
+        let Record { header, body, mac } = record;
+        let mut body = zeroize::Zeroizing::new(body);
+        self.open(header, &mut body, &mac)
+    }
+
+    fn open(
+        &mut self,
+        header: RecordHeader,
+        body: &mut [u8],
+        mac: &[u8],
+    ) -> Result<(Request, u64), u64> {
         let Some(active) = self.active.as_mut() else {
             return Err(Rv::SessionClosed.code());
         };
@@ -144,8 +173,7 @@ impl Secure {
             self.end("Device", "key-use limits reached without a rollover");
             return Err(Rv::SessionClosed.code());
         }
-        let opened = active.channel.open_record(record);
-        let (mut plain, protection) = match opened {
+        let (len, protection) = match active.channel.open_in_place(header, body, mac) {
             Ok(opened) => opened,
             Err(e) => {
                 self.hsm
@@ -154,18 +182,18 @@ impl Secure {
                 return Err(Rv::BadRequestSignature.code());
             }
         };
-        let request: Request = match postcard::from_bytes(&plain) {
-            Ok(request) => request,
-            Err(_) => {
-                self.end("Device", "a protected request did not decode");
-                return Err(Rv::BadRequestSignature.code());
-            }
-        };
-        if !request.carries_secret() {
-            // No PIN or key value in it (its secrets, if any, are in wiping types of their
-            // own): a large buffer need not be wiped byte by byte.
-            drop(std::mem::take(&mut *plain));
+        let plain = &mut body[..len];
+        let decoded = postcard::from_bytes::<Request>(plain);
+        // The plaintext is wiped where it lies when it held a PIN or a key value (a request
+        // without one — its other secrets are in wiping types of their own — need not be
+        // wiped byte by byte), or when it did not decode.
+        if decoded.as_ref().map_or(true, Request::carries_secret) {
+            zeroize::Zeroize::zeroize(plain);
         }
+        let Ok(request) = decoded else {
+            self.end("Device", "a protected request did not decode");
+            return Err(Rv::BadRequestSignature.code());
+        };
         let required = active
             .channel
             .policy()

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tessera_hsm::{Hsm, HsmOptions};
 use tessera_wire::{
-    decode_request, encode_response, FrameError, Reply, Request, ResponseEnvelope,
-    FRAME_HEADER_LEN, PROTOCOL_VERSION,
+    decode_request, encode_response, find_sealed_request, FrameError, Reply, Request,
+    ResponseEnvelope, SealedFrame, FRAME_HEADER_LEN, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
@@ -637,32 +637,55 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 break;
             }
         };
-        let envelope = match decode_request(&body) {
-            Ok(envelope) => envelope,
-            Err(e) => {
-                tracing::warn!(client, peer, reason = %e, "closing connection");
-                break;
-            }
+        // A sealed request is opened where it lies in the frame; anything else is decoded.
+        let (id, request) = match find_sealed_request(&body) {
+            Some(sealed) => (sealed.id, Incoming::Sealed(sealed, body)),
+            None => match decode_request(&body) {
+                Ok(envelope) => (envelope.id, Incoming::Decoded(envelope.request)),
+                Err(e) => {
+                    tracing::warn!(client, peer, reason = %e, "closing connection");
+                    break;
+                }
+            },
         };
-        let id = envelope.id;
         // A slot for this request: one, or all of them for what must run alone.
         let alone = matches!(
-            envelope.request,
-            Request::Handshake(_) | Request::HandshakeFinish(_)
+            request,
+            Incoming::Decoded(Request::Handshake(_) | Request::HandshakeFinish(_))
         );
         let wanted = if alone { IN_FLIGHT } else { 1 };
         let Ok(slot) = slots.clone().acquire_many_owned(wanted).await else {
             break;
         };
-        match envelope.request {
-            Request::Handshake(_) if !guard.may_handshake(ip) => respond(
+        // A record is opened before this connection's next request is read; a large one on
+        // the blocking pool (the I/O thread serves the other connections meanwhile).
+        let next = match request {
+            Incoming::Sealed(sealed, mut frame) => Next::Opened(if sealed.body.len() > SMALL {
+                off_thread(&secure, move |current| {
+                    current.open_framed(&sealed, &mut frame)
+                })
+                .await
+            } else {
+                lock_secure(&secure).open_framed(&sealed, &mut frame)
+            }),
+            Incoming::Decoded(Request::Protected(record)) => {
+                Next::Opened(if record.body.len() > SMALL {
+                    off_thread(&secure, move |current| current.open_record(record)).await
+                } else {
+                    lock_secure(&secure).open_record(record)
+                })
+            }
+            Incoming::Decoded(request) => Next::Clear(request),
+        };
+        match next {
+            Next::Clear(Request::Handshake(_)) if !guard.may_handshake(ip) => respond(
                 &out,
                 id,
                 None,
                 Err(tessera_core::Rv::HandshakeRateLimited.code()),
                 slot,
             ),
-            Request::Handshake(hello) => {
+            Next::Clear(Request::Handshake(hello)) => {
                 if lock_secure(&secure).is_pending() {
                     guard.failed(ip, "a handshake was abandoned for another");
                 }
@@ -674,21 +697,14 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 }
                 respond(&out, id, None, answer, slot);
             }
-            Request::HandshakeFinish(finished) => {
+            Next::Clear(Request::HandshakeFinish(finished)) => {
                 let answer = lock_secure(&secure).finish(&finished);
                 if answer.is_err() {
                     guard.failed(ip, "the key confirmation failed");
                 }
                 respond(&out, id, None, answer, slot);
             }
-            Request::Protected(record) => {
-                // A large record is opened on the blocking pool (the I/O thread serves the
-                // other connections meanwhile), still before this connection's next one.
-                let opened = if record.body.len() > SMALL {
-                    off_thread(&secure, move |current| current.open(record)).await
-                } else {
-                    lock_secure(&secure).open(record)
-                };
+            Next::Opened(opened) => {
                 match opened {
                     Ok((Request::Rekey, _)) => {
                         // Every earlier reply is sealed and queued before the keys change.
@@ -714,7 +730,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                     Err(code) => respond(&out, id, None, Err(code), slot),
                 }
             }
-            request => {
+            Next::Clear(request) => {
                 let call = Call {
                     hsm: &hsm,
                     channel: None,
@@ -738,6 +754,19 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     drop(current);
     hsm.disconnect(client);
     tracing::debug!(client, "client disconnected");
+}
+
+/// A request as read: a sealed record found in its frame, or a decoded envelope's request.
+enum Incoming {
+    Sealed(SealedFrame, Vec<u8>),
+    Decoded(Request),
+}
+
+/// What to do with a request: answer it in the clear, or run what a record held (or answer
+/// why it could not be opened).
+enum Next {
+    Clear(Request),
+    Opened(Result<(Request, u64), u64>),
 }
 
 /// Data up to this size is handled on the I/O thread; larger runs on the blocking pool.
