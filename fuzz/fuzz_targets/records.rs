@@ -1,5 +1,6 @@
-//! The record layer given any record, and the record and handshake decoders given any bytes:
-//! nothing opens that the peer did not seal, a refused record ends the channel, nothing panics.
+//! The record layer given any record (decoded alone or lying in its frame), and the record and
+//! handshake decoders given any bytes: nothing opens that the peer did not seal, a refused
+//! record ends the channel, nothing panics.
 #![no_main]
 
 use aws_lc_rs::rand::SystemRandom;
@@ -40,6 +41,11 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(record) = postcard::from_bytes::<Record>(data) {
         let (_client, mut device) = pair();
         assert!(device.open(&record).is_err());
+        assert!(!device.is_alive());
+        // The same record where it would lie in a frame, opened there.
+        let (_client, mut device) = pair();
+        let mut body = record.body.clone();
+        assert!(device.open_in_place(record.header, &mut body, &record.mac).is_err());
         assert!(!device.is_alive());
     }
 });
