@@ -8,15 +8,16 @@
 //! connection generation) and releases the lock before any network I/O, so threads that use
 //! different sessions do not wait for each other here (each device client has its own lock).
 //!
-//! Fork awareness: the state remembers the process id that initialised it. A call that finds a
-//! different process id runs in a forked child: it drops the parent's state (closing the
+//! Fork awareness: the state remembers the process that initialised it, by a byte the kernel
+//! wipes in every child (`MADV_WIPEONFORK`; by process id where the kernel lacks it). A call
+//! that finds the byte wiped runs in a forked child: it drops the parent's state (closing the
 //! child's copies of the sockets, which leaves the parent's connections alone) and answers
 //! `CKR_CRYPTOKI_NOT_INITIALIZED` until the child calls `C_Initialize`.
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use cryptoki_sys as ck;
 use tessera_client::{ClientError, Device};
@@ -47,45 +48,41 @@ pub use pending::{Call, Stage};
 /// The one holder of the library's state (`None` before `C_Initialize`, after `C_Finalize`).
 static LIBRARY: Mutex<Option<Library>> = Mutex::new(None);
 
-/// Forks of this process image, counted in the child by a `pthread_atfork` handler that the
-/// FFI layer registers before the first `C_Initialize` (see [`forked`]).
-static FORKS: AtomicU64 = AtomicU64::new(0);
+/// A byte of a page the kernel wipes in every child process (`MADV_WIPEONFORK`, mapped by the
+/// FFI layer before the first `C_Initialize`): `C_Initialize` sets it, and it reads 0 in any
+/// process forked since, however the child was made.
+static FORK_MARKER: OnceLock<&'static AtomicU8> = OnceLock::new();
 
-/// Whether that handler is registered; without it (the library used as a Rust crate) the
-/// process id tells a forked child.
-static FORKS_COUNTED: AtomicBool = AtomicBool::new(false);
-
-/// Counts a fork; called in the child (only an atomic increment: async-signal-safe).
-pub fn forked() {
-    FORKS.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Says that [`forked`] is called in every child from now on.
-pub fn forks_counted() {
-    FORKS_COUNTED.store(true, Ordering::Release);
+/// Tells forked children by `marker` from now on (see [`FORK_MARKER`]).
+pub fn use_fork_marker(marker: &'static AtomicU8) {
+    let _ = FORK_MARKER.set(marker);
 }
 
 /// The process that initialised the library: a child made by `fork` afterwards must not use
-/// the parent's connections. Known by the fork count when forks are counted (an atomic load
-/// per call), else by the process id (a system call per call).
+/// the parent's connections (nor its channel's keys and sequence numbers: two processes
+/// sealing under one nonce would break AES-GCM). Known by the fork marker when there is one (a
+/// memory read per call), else by the process id (a system call per call).
 #[derive(Debug, Clone, Copy)]
 enum Owner {
-    Forks(u64),
+    Marked(&'static AtomicU8),
     Pid(u32),
 }
 
 impl Owner {
+    /// This process, which is initialising the library (the marker is set for it).
     fn this_process() -> Owner {
-        if FORKS_COUNTED.load(Ordering::Acquire) {
-            Owner::Forks(FORKS.load(Ordering::Relaxed))
-        } else {
-            Owner::Pid(std::process::id())
+        match FORK_MARKER.get() {
+            Some(marker) => {
+                marker.store(1, Ordering::Relaxed);
+                Owner::Marked(marker)
+            }
+            None => Owner::Pid(std::process::id()),
         }
     }
 
     fn is_this_process(self) -> bool {
         match self {
-            Owner::Forks(forks) => FORKS.load(Ordering::Relaxed) == forks,
+            Owner::Marked(marker) => marker.load(Ordering::Relaxed) == 1,
             Owner::Pid(pid) => pid == std::process::id(),
         }
     }

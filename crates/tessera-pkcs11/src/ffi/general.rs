@@ -36,22 +36,42 @@ pub(crate) fn check_initialize_args(
     }
 }
 
-/// Runs in the child after every `fork` of the process.
-extern "C" fn after_fork_in_child() {
-    library::forked();
-}
-
-/// Registers [`after_fork_in_child`] once, so that the library tells a forked child by an
-/// atomic counter instead of asking the kernel for the process id on every call.
-fn count_forks() {
-    static REGISTER: std::sync::Once = std::sync::Once::new();
-    REGISTER.call_once(|| {
-        // SAFETY: `pthread_atfork` only records the three handlers; the child handler only
-        // increments an atomic (async-signal-safe, cannot panic), and this library is never
-        // unloaded (linked with `-z nodelete`), so the function stays where it is.
-        if unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) } == 0 {
-            library::forks_counted();
+/// Maps, once, a page the kernel wipes in every child (`MADV_WIPEONFORK`) and gives it to the
+/// library as its fork marker (see `library::use_fork_marker`). The kernel wipes it however
+/// the child was made — `fork`, `_Fork`, a raw `clone` — where `pthread_atfork` handlers run
+/// for `fork` alone. On a kernel without `MADV_WIPEONFORK` (before 4.14) nothing is given and
+/// the library compares process ids.
+fn map_fork_marker() {
+    static MAP: std::sync::Once = std::sync::Once::new();
+    MAP.call_once(|| {
+        const LEN: usize = 4096;
+        // SAFETY: an anonymous private mapping at an address the kernel picks touches no
+        // existing memory; the result is checked before use.
+        let page = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if page == libc::MAP_FAILED {
+            return;
         }
+        // SAFETY: `page` is the start of the page-aligned mapping of LEN bytes made above.
+        if unsafe { libc::madvise(page, LEN, libc::MADV_WIPEONFORK) } != 0 {
+            // SAFETY: the same mapping, not shared with anything yet.
+            unsafe { libc::munmap(page, LEN) };
+            return;
+        }
+        // SAFETY: the mapping is readable and writable, zero-filled, page-aligned (so aligned
+        // for `AtomicU8`, which has the layout of `u8`), never unmapped (this library is never
+        // unloaded: `-z nodelete`), and only ever accessed through this atomic.
+        let marker: &'static std::sync::atomic::AtomicU8 =
+            unsafe { &*page.cast::<std::sync::atomic::AtomicU8>() };
+        library::use_fork_marker(marker);
     });
 }
 
@@ -100,7 +120,7 @@ entry_points! {
             let given = callbacks.iter().filter(|given| **given).count();
             check_initialize_args(given, args.flags, args.pReserved.is_null())?;
         }
-        count_forks();
+        map_fork_marker();
         library::initialize()
     }
 

@@ -1,8 +1,12 @@
 /* A C application that loads the module, forks, and checks that the child must (and can)
- * initialise its own library state while the parent's session keeps working. */
+ * initialise its own library state while the parent's session keeps working. It forks twice:
+ * with fork(), and with the raw system call, which runs no pthread_atfork handlers (as glibc's
+ * _Fork() and clone-based helpers do not either). */
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -39,26 +43,39 @@ int main(int argc, char **argv) {
     if ((rv = open_session(list[0], CKF_SERIAL_SESSION, NULL, NULL, &session)) != 0) {
         fprintf(stderr, "parent C_OpenSession 0x%lx\n", rv); return 6;
     }
-    pid_t child = fork();
-    if (child == 0) {
-        count = 8;
-        rv = slots(1, list, &count);
-        if (rv != CKR_CRYPTOKI_NOT_INITIALIZED) { fprintf(stderr, "child before init: 0x%lx\n", rv); _exit(20); }
-        if ((rv = initialize(NULL)) != 0) { fprintf(stderr, "child C_Initialize 0x%lx\n", rv); _exit(21); }
-        CK_ULONG own = 0;
-        count = 8;
-        if ((rv = slots(1, list, &count)) != 0) { fprintf(stderr, "child slots 0x%lx\n", rv); _exit(22); }
-        if ((rv = open_session(list[0], CKF_SERIAL_SESSION, NULL, NULL, &own)) != 0) { fprintf(stderr, "child open 0x%lx\n", rv); _exit(23); }
-        if ((rv = random(own, buffer, sizeof buffer)) != 0) { fprintf(stderr, "child random 0x%lx\n", rv); _exit(24); }
-        printf("child ok\n");
-        fflush(stdout);
-        _exit(0);
+    for (int kind = 0; kind < 2; kind++) {
+        const char *how = kind == 0 ? "fork()" : "the raw fork system call";
+        pid_t child;
+        if (kind == 0) {
+            child = fork();
+        } else {
+#ifdef SYS_fork
+            child = (pid_t)syscall(SYS_fork);
+#else
+            child = (pid_t)syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+#endif
+        }
+        if (child < 0) { fprintf(stderr, "%s failed\n", how); return 9; }
+        if (child == 0) {
+            count = 8;
+            rv = slots(1, list, &count);
+            if (rv != CKR_CRYPTOKI_NOT_INITIALIZED) { fprintf(stderr, "child of %s before init: 0x%lx\n", how, rv); _exit(20); }
+            if ((rv = initialize(NULL)) != 0) { fprintf(stderr, "child C_Initialize 0x%lx\n", rv); _exit(21); }
+            CK_ULONG own = 0;
+            count = 8;
+            if ((rv = slots(1, list, &count)) != 0) { fprintf(stderr, "child slots 0x%lx\n", rv); _exit(22); }
+            if ((rv = open_session(list[0], CKF_SERIAL_SESSION, NULL, NULL, &own)) != 0) { fprintf(stderr, "child open 0x%lx\n", rv); _exit(23); }
+            if ((rv = random(own, buffer, sizeof buffer)) != 0) { fprintf(stderr, "child random 0x%lx\n", rv); _exit(24); }
+            printf("child of %s ok\n", how);
+            fflush(stdout);
+            _exit(0);
+        }
+        int status = 0;
+        waitpid(child, &status, 0);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) { fprintf(stderr, "child of %s failed: %d\n", how, status); return 7; }
+        /* The parent's session and connection are untouched by the child. */
+        if ((rv = random(session, buffer, sizeof buffer)) != 0) { fprintf(stderr, "parent random after %s 0x%lx\n", how, rv); return 8; }
     }
-    int status = 0;
-    waitpid(child, &status, 0);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) { fprintf(stderr, "child failed: %d\n", status); return 7; }
-    /* The parent's session and connection are untouched by the child. */
-    if ((rv = random(session, buffer, sizeof buffer)) != 0) { fprintf(stderr, "parent random after fork 0x%lx\n", rv); return 8; }
     printf("parent ok\n");
     return 0;
 }
