@@ -272,7 +272,9 @@ impl Channel {
     /// Seals the postcard encoding of `value` into a frame: returns `prefix` followed by the
     /// encoding of the record that [`Channel::seal_value`] would make (the bytes
     /// `postcard::to_extend(&record, ..)` appends), with the message written straight into
-    /// the frame and encrypted there — no message buffer, no record, no second copy.
+    /// the frame — no message buffer, no record. An encrypted message is encrypted there (no
+    /// plaintext copy anywhere); a signed one is sent as it is, and its GMAC is computed over
+    /// a copy of header and message, as for [`Channel::seal_vec`].
     /// `prefix` is what precedes the record in the frame (length placeholder, envelope fields).
     pub fn seal_value_framed<T: serde::Serialize>(
         &mut self,

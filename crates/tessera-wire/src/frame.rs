@@ -209,6 +209,12 @@ pub fn find_sealed_response(body: &[u8]) -> Option<SealedFrame> {
 }
 
 fn find_sealed(frame: &[u8], tag: &[u8]) -> Option<SealedFrame> {
+    // Lengths are read as 64-bit varints below, as the decoder reads byte-string lengths where
+    // `usize` has 64 bits; elsewhere the two could differ on padded lengths, so the full
+    // decoder decides.
+    if usize::BITS != 64 {
+        return None;
+    }
     let ((version, id, channel), rest) =
         postcard::take_from_bytes::<(u16, u64, Option<u64>)>(frame).ok()?;
     if version != PROTOCOL_VERSION {
