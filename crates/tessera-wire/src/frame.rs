@@ -349,6 +349,24 @@ mod tests {
         }
     }
 
+    /// A frame the finder does not recognise — here the variant tag of `Request::Protected`
+    /// padded to two bytes, which the decoder still reads — is left to the decoder (the
+    /// daemon and the library then open the decoded record).
+    #[test]
+    fn a_padded_variant_tag_is_left_to_the_decoder() {
+        let sealed = record(5, true, vec![1, 2, 3], Vec::new());
+        let prefix = protected_request_prefix(9, 4);
+        let fields = &prefix.as_ref()[FRAME_HEADER_LEN..];
+        let tag = request_record_tag();
+        assert_eq!(tag.len(), 1, "the tag is one byte");
+        let mut body = fields[..fields.len() - 1].to_vec();
+        body.extend([tag[0] | 0x80, 0x00]);
+        body.extend(postcard::to_stdvec(&sealed).unwrap());
+        assert_eq!(find_sealed_request(&body), None);
+        let decoded = decode_request(&body).unwrap();
+        assert!(matches!(decoded.request, Request::Protected(r) if r == sealed));
+    }
+
     proptest! {
         /// A frame built from a prefix and a record's encoding (as the channel seals into a
         /// frame) is the frame the envelope's own encoding makes, and decodes to that record.
