@@ -341,8 +341,7 @@ impl Channel {
         let keys = self.keys.as_ref().ok_or(RecordError::Closed)?;
         let mut signed = aad.as_ref().to_vec();
         signed.extend_from_slice(message);
-        keys.send
-            .mac
+        keys.send_mac()
             .seal_in_place_separate_tag(nonce(sequence), Aad::from(&signed), &mut [])
             .map_err(|_| RecordError::Closed)
     }
@@ -440,8 +439,7 @@ impl Channel {
                 let mut signed = aad.as_ref().to_vec();
                 signed.extend_from_slice(body);
                 let mut tag = mac.to_vec();
-                keys.receive
-                    .mac
+                keys.receive_mac()
                     .open_in_place(nonce(header.sequence), Aad::from(&signed), &mut tag)
                     .map_err(|_| RecordError::Authentication(header.sequence))?;
                 body.len()
