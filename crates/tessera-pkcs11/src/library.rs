@@ -53,7 +53,8 @@ static LIBRARY: Mutex<Option<Library>> = Mutex::new(None);
 /// process forked since, however the child was made.
 static FORK_MARKER: OnceLock<&'static AtomicU8> = OnceLock::new();
 
-/// Tells forked children by `marker` from now on (see [`FORK_MARKER`]).
+/// Tells forked children by `marker` from now on: a byte of a page the kernel wipes in every
+/// child (`MADV_WIPEONFORK`), which `C_Initialize` sets.
 pub fn use_fork_marker(marker: &'static AtomicU8) {
     let _ = FORK_MARKER.set(marker);
 }
