@@ -245,13 +245,7 @@ impl ChannelState {
         // The opened message: a buffer and where the message lies in it.
         let opened = match answer {
             Answer::Sealed(sealed, mut frame) => {
-                // The MAC follows the body.
-                let (front, back) = frame.split_at_mut(sealed.mac.start);
-                let parts = (
-                    front.get_mut(sealed.body.clone()),
-                    back.get(..sealed.mac.len()),
-                );
-                let (Some(body), Some(mac)) = parts else {
+                let Some((body, mac)) = sealed.parts(&mut frame) else {
                     return Err((ClientError::Returned(Rv::BadReply.code()), true));
                 };
                 let opened = self.channel.open_in_place(sealed.header, body, mac);

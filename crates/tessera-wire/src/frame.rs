@@ -196,6 +196,19 @@ pub struct SealedFrame {
     pub mac: std::ops::Range<usize>,
 }
 
+impl SealedFrame {
+    /// The record's body (to open where it lies) and its MAC, in `frame`, the frame body it
+    /// was found in; `None` if `frame` is too short for them (another frame).
+    pub fn parts<'a>(&self, frame: &'a mut [u8]) -> Option<(&'a mut [u8], &'a [u8])> {
+        // The MAC follows the body.
+        let (front, back) = frame.split_at_mut_checked(self.mac.start)?;
+        Some((
+            front.get_mut(self.body.clone())?,
+            back.get(..self.mac.len())?,
+        ))
+    }
+}
+
 /// Finds the sealed record in a request frame body: `None` unless the body is a valid
 /// envelope of this protocol version whose request is `Request::Protected`, which is then
 /// decoded exactly as [`decode_request`] would (the same bytes, nothing after the record).
@@ -374,6 +387,21 @@ mod tests {
             body,
             mac,
         }
+    }
+
+    /// A found record's parts are its body and MAC in the frame it was found in; a shorter
+    /// frame has none.
+    #[test]
+    fn a_found_record_s_parts_lie_in_its_frame() {
+        let sealed = record(2, false, vec![7; 40], vec![9; 16]);
+        let mut body = protected_response_prefix(1, 2).as_ref()[FRAME_HEADER_LEN..].to_vec();
+        body.extend(postcard::to_stdvec(&sealed).unwrap());
+        let found = find_sealed_response(&body).unwrap();
+        let (record_body, mac) = found.parts(&mut body).unwrap();
+        assert_eq!((&*record_body, mac), (&sealed.body[..], &sealed.mac[..]));
+        let short = body.len() - 1;
+        assert!(found.parts(&mut body[..short]).is_none());
+        assert!(found.parts(&mut []).is_none());
     }
 
     /// A frame the finder does not recognise — here the variant tag of `Request::Protected`

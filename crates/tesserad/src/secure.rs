@@ -137,12 +137,7 @@ impl Secure {
         sealed: &SealedFrame,
         frame: &mut [u8],
     ) -> Result<(Request, u64), u64> {
-        // The MAC follows the body.
-        let (front, back) = frame.split_at_mut(sealed.mac.start);
-        let (Some(body), Some(mac)) = (
-            front.get_mut(sealed.body.clone()),
-            back.get(..sealed.mac.len()),
-        ) else {
+        let Some((body, mac)) = sealed.parts(frame) else {
             return Err(Rv::BadRequestSignature.code());
         };
         self.open(sealed.header, body, mac)

@@ -517,6 +517,20 @@ async fn off_thread<T: Send + 'static>(
         .unwrap_or(Err(tessera_core::Rv::GeneralError.code()))
 }
 
+/// Runs `work` on the connection's channel state: on the blocking pool when it is `large`
+/// (see [`off_thread`]), else at once on the I/O thread.
+async fn on_channel<T: Send + 'static>(
+    secure: &Arc<std::sync::Mutex<Secure>>,
+    large: bool,
+    work: impl FnOnce(&mut Secure) -> Result<T, u64> + Send + 'static,
+) -> Result<T, u64> {
+    if large {
+        off_thread(secure, work).await
+    } else {
+        work(&mut lock_secure(secure))
+    }
+}
+
 /// Queues one response.
 fn respond(
     out: &tokio::sync::mpsc::UnboundedSender<Outgoing>,
@@ -660,20 +674,20 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         // A record is opened before this connection's next request is read; a large one on
         // the blocking pool (the I/O thread serves the other connections meanwhile).
         let next = match request {
-            Incoming::Sealed(sealed, mut frame) => Next::Opened(if sealed.body.len() > SMALL {
-                off_thread(&secure, move |current| {
-                    current.open_framed(&sealed, &mut frame)
-                })
-                .await
-            } else {
-                lock_secure(&secure).open_framed(&sealed, &mut frame)
-            }),
+            Incoming::Sealed(sealed, mut frame) => {
+                let large = sealed.body.len() > SMALL;
+                Next::Opened(
+                    on_channel(&secure, large, move |current| {
+                        current.open_framed(&sealed, &mut frame)
+                    })
+                    .await,
+                )
+            }
             Incoming::Decoded(Request::Protected(record)) => {
-                Next::Opened(if record.body.len() > SMALL {
-                    off_thread(&secure, move |current| current.open_record(record)).await
-                } else {
-                    lock_secure(&secure).open_record(record)
-                })
+                let large = record.body.len() > SMALL;
+                Next::Opened(
+                    on_channel(&secure, large, move |current| current.open_record(record)).await,
+                )
             }
             Incoming::Decoded(request) => Next::Clear(request),
         };

@@ -360,11 +360,11 @@ fn open_framed<'a>(
     sealed: tessera_wire::SealedFrame,
     frame: &'a mut [u8],
 ) -> &'a [u8] {
-    let (front, back) = frame.split_at_mut(sealed.mac.start);
+    let (body, mac) = sealed.parts(frame).expect("the record's parts");
     let (len, _) = channel
-        .open_in_place(sealed.header, &mut front[sealed.body.clone()], back)
+        .open_in_place(sealed.header, body, mac)
         .expect("open");
-    &front[sealed.body.start..sealed.body.start + len]
+    &frame[sealed.body.start..sealed.body.start + len]
 }
 
 /// A small call's two messages as the library and the daemon make and read them (envelope,
