@@ -204,6 +204,8 @@ impl Daemon {
             .arg("--listen")
             .arg(format!("tcp:{}", self.tcp_address()))
             .args(["--kdf-iterations", "1000"])
+            // No daemon outlives a test run that is killed before its `Drop` runs.
+            .arg("--exit-with-parent")
             .args(&self.extra)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())

@@ -221,3 +221,93 @@ fn a_full_disk_fails_the_write_cleanly_and_the_store_stays_readable() {
     session.create_object(&object(999)).unwrap();
     drop(serial);
 }
+
+/// A daemon started with `--exit-with-parent` by a process that is then killed (`kill -9`, so
+/// nothing of the parent's runs) shuts down cleanly on its own: no daemon is left behind a
+/// killed test harness.
+#[test]
+fn a_daemon_started_with_exit_with_parent_ends_with_its_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("tesserad.sock");
+    let log = dir.path().join("tesserad.log");
+    // The parent: a shell that starts the daemon, says its pid, and waits.
+    let mut parent = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#""$0" "$@" 2>"$TESSERA_TEST_LOG" & echo $!; exec sleep 60"#)
+        .arg(tessera_testkit::binary("tesserad"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--listen")
+        .arg(format!("unix:{}", socket.display()))
+        .args(["--kdf-iterations", "1000", "--exit-with-parent"])
+        .env("TESSERA_TEST_LOG", &log)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(parent.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let daemon: u32 = line.trim().parse().expect("the daemon's pid");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let ready = wait_until(Duration::from_secs(20), || {
+        read_log().contains("tesserad ready")
+    });
+    assert!(ready, "the daemon did not start:\n{}", read_log());
+
+    // The daemon outlives a second of its parent's life: it watches, it does not just exit.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        running(daemon),
+        "the daemon ended while its parent ran:\n{}",
+        read_log()
+    );
+
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    let ended = wait_until(Duration::from_secs(10), || !running(daemon));
+    assert!(
+        ended,
+        "the daemon outlived its parent by 10 s:\n{}",
+        read_log()
+    );
+    assert!(
+        read_log().contains("the process that started tesserad has ended"),
+        "{}",
+        read_log()
+    );
+    assert!(!socket.exists(), "a clean shutdown removes the socket");
+}
+
+/// Whether process `pid` still runs (a zombie, ended but not yet reaped, does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the command name's closing parenthesis.
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_string();
+            Some(state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
+/// Polls `done` every 50 ms until it holds or `limit` has passed; whether it held.
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -122,10 +122,20 @@ struct Args {
     /// PBKDF2-HMAC-SHA256 iterations for new PIN records. Lower only for tests.
     #[arg(long, default_value_t = tessera_hsm::DEFAULT_KDF_ITERATIONS, value_name = "N")]
     kdf_iterations: u32,
+
+    /// Shut down (as on SIGTERM) within about a second of the process that started tesserad
+    /// exiting, however it ended: for a test harness or a script that owns the daemon and may
+    /// itself be killed. A service manager does not need it.
+    #[arg(long)]
+    exit_with_parent: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Read first: the parent may not live long.
+    let parent = args
+        .exit_with_parent
+        .then(std::os::unix::process::parent_id);
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let state = data_dir.join("appliance");
     if args.appliance {
@@ -208,6 +218,7 @@ fn main() -> ExitCode {
         io_threads: args.io_threads.clamp(1, 256),
         busy_poll: std::time::Duration::from_micros(args.busy_poll.min(10_000)),
         client_access,
+        parent,
     };
     match server::run(config) {
         Ok(()) => ExitCode::SUCCESS,

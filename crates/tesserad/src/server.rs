@@ -42,6 +42,9 @@ pub struct Config {
     /// The appliance's client access list, read at every network connection; `None` outside
     /// appliance mode.
     pub client_access: Option<PathBuf>,
+    /// With `--exit-with-parent`: the process id of tesserad's parent at start; the daemon
+    /// shuts down once it has another.
+    pub parent: Option<u32>,
 }
 
 /// Where a connection comes from, for the client access list.
@@ -181,7 +184,6 @@ fn bind_unix(path: &Path) -> Result<UnixListener, String> {
     UnixListener::bind(path).map_err(|e| format!("cannot listen on unix:{}: {e}", path.display()))
 }
 
-/// Runs the daemon until SIGINT or SIGTERM.
 impl Config {
     /// One thread owns the event loop, and connections may busy-poll (see [`Poller`]).
     fn one_io_thread(&self) -> bool {
@@ -189,6 +191,7 @@ impl Config {
     }
 }
 
+/// Runs the daemon until SIGINT or SIGTERM (or, with `--exit-with-parent`, its parent's end).
 pub fn run(config: Config) -> Result<(), String> {
     let _lock = lock_data_dir(&config.data_dir)?;
     let hsm = Hsm::open(&config.data_dir, &config.options).map_err(|e| e.to_string())?;
@@ -299,8 +302,12 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
             }
         })
     };
-    wait_for_signal().await;
-    tracing::info!("shutting down");
+    tokio::select! {
+        _ = wait_for_signal() => tracing::info!("shutting down"),
+        parent = parent_gone(config.parent) => {
+            tracing::info!(parent, "shutting down: the process that started tesserad has ended");
+        }
+    }
     let _ = stop_sender.send(true);
     for task in tasks {
         let _ = task.await;
@@ -312,6 +319,21 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+/// Returns once the process is no longer `parent`'s child (it ended, and the process was given
+/// to another); never without a parent to watch. Checked once a second.
+async fn parent_gone(parent: Option<u32>) -> u32 {
+    let Some(parent) = parent else {
+        return std::future::pending().await;
+    };
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        if std::os::unix::process::parent_id() != parent {
+            return parent;
+        }
+    }
 }
 
 async fn wait_for_signal() {
