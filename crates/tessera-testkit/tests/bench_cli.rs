@@ -19,7 +19,14 @@ fn help_lists_every_option() {
     for (binary, options) in [
         (
             env!("CARGO_BIN_EXE_p11-bench"),
-            &["--seconds", "--threads", "--ops", "--systems", "--rounds"][..],
+            &[
+                "--seconds",
+                "--threads",
+                "--ops",
+                "--systems",
+                "--rounds",
+                "--busy-poll",
+            ][..],
         ),
         (
             env!("CARGO_BIN_EXE_sm-bench"),
@@ -59,6 +66,11 @@ fn a_wrong_argument_is_named_and_nothing_runs() {
             env!("CARGO_BIN_EXE_p11-bench"),
             &["--rounds", "0"][..],
             "--rounds",
+        ),
+        (
+            env!("CARGO_BIN_EXE_p11-bench"),
+            &["--busy-poll", "-1"][..],
+            "--busy-poll",
         ),
         (env!("CARGO_BIN_EXE_sm-bench"), &["--bogus"][..], "--bogus"),
         (

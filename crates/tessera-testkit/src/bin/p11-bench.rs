@@ -64,6 +64,8 @@ struct Options {
     /// Rounds of every system in turn; each row is the median of its rounds (the parent's
     /// option: a worker measures one round).
     rounds: usize,
+    /// The Tessera daemons' `--busy-poll` (their default when `None`; the parent's option).
+    busy_poll: Option<u64>,
 }
 
 fn parse_options(args: &[String]) -> Result<Options, String> {
@@ -73,6 +75,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         operations: OPERATIONS.iter().map(|s| s.to_string()).collect(),
         systems: "abcde".into(),
         rounds: 1,
+        busy_poll: None,
     };
     let mut i = 0;
     while i < args.len() {
@@ -126,10 +129,19 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
                     .filter(|r| (1..=9).contains(r))
                     .ok_or("--rounds takes a count from 1 to 9")?
             }
+            "--busy-poll" => {
+                options.busy_poll = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|m| *m <= 10_000)
+                        .ok_or("--busy-poll takes microseconds from 0 to 10000")?,
+                )
+            }
             other => {
                 return Err(format!(
                     "unknown option {other:?}; the options are --seconds, --threads, --ops, \
-                     --systems and --rounds"
+                     --systems, --rounds and --busy-poll"
                 ))
             }
         }
@@ -695,6 +707,9 @@ Options:
                      open-close,random32,gcm64,gcm4k,gcm1m,ecb4k,ecdsa-p256,rsa2048,aes-keygen,find
   --systems LIST     systems by letter, e.g. c,d,e
   --rounds N         measure every system in turn N times (1-9) and print each row's median
+  --busy-poll MICROS start the Tessera daemons with this --busy-poll (default: theirs, 50);
+                     0: the daemons sleep while they wait for a request (the library
+                     still polls briefly for each reply)
   --help             this text
 
 Prints ops/s, p50 and p99 latency, throughput ratios to (b) and (a) (\"-\" when that system
@@ -736,8 +751,13 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let plain = Daemon::start();
-    let secure = Daemon::start();
+    let daemon_options = options
+        .busy_poll
+        .map(|micros| vec!["--busy-poll".to_string(), micros.to_string()])
+        .unwrap_or_default();
+    let daemon_options: Vec<&str> = daemon_options.iter().map(String::as_str).collect();
+    let plain = Daemon::start_with(&daemon_options);
+    let secure = Daemon::start_with(&daemon_options);
     let tessera_env = |daemon: &Daemon, transport: Transport| {
         let mut env = daemon.trust_env();
         env.push((
@@ -817,6 +837,10 @@ fn run(args: &[String]) -> Result<(), String> {
     let rounds = match options.rounds {
         1 => String::new(),
         n => format!(", median of {n} rounds"),
+    };
+    let rounds = match options.busy_poll {
+        Some(micros) => format!("{rounds}, Tessera daemons with --busy-poll {micros}"),
+        None => rounds,
     };
     println!(
         "p11-bench: {} s per case{rounds}; bare Unix-socket round trip between two processes: p50 {rtt:.1} us",
