@@ -1,8 +1,9 @@
 //! Round trips per PKCS#11 call, counted by the device (`Requests Served` in `ctconf -a`),
 //! through the real library and `cryptoki`'s calls as an application makes them: a single-part
 //! operation is one round trip (its init travels with it, and the length query of the two-call
-//! convention costs nothing more), a small search is one, random is one. Over the plain socket
-//! and over full secure messaging.
+//! convention costs nothing more), a small search is one, random is one; opening and closing a
+//! session, or making and destroying a key, is two. Over the plain socket and over full secure
+//! messaging.
 
 mod common;
 
@@ -89,6 +90,19 @@ fn check(daemon: &Daemon, session: &Session) {
             }),
         ),
         (
+            "C_GenerateKey + C_DestroyObject (a session key)",
+            2,
+            Box::new(|| {
+                let made = session
+                    .generate_key(
+                        &Mechanism::AesKeyGen,
+                        &[Attribute::Token(false), Attribute::ValueLen(32.into())],
+                    )
+                    .unwrap();
+                session.destroy_object(made).unwrap();
+            }),
+        ),
+        (
             "C_FindObjectsInit + C_FindObjects + C_FindObjectsFinal (one match)",
             1,
             Box::new(|| {
@@ -114,10 +128,21 @@ fn single_part_calls_and_small_searches_take_one_round_trip() {
     let f = common::fixture(Transport::Unix);
     let session = f.user_session();
     check(&f.daemon, &session);
+    check_open_close(&f);
     drop(session);
     drop(f);
 
     // Full secure messaging (nuNU), over the same socket.
     let f = common::secured_fixture(Transport::Unix, "nuNU");
     check(&f.daemon, &f.user_session());
+    check_open_close(&f);
+}
+
+/// C_OpenSession + C_CloseSession: two round trips (the device makes the session).
+fn check_open_close(f: &common::Fixture) {
+    let opened = round_trips(&f.daemon, || {
+        let session = f.pkcs11.open_ro_session(f.slot).unwrap();
+        session.close();
+    });
+    assert_eq!(opened, 2, "C_OpenSession + C_CloseSession");
 }

@@ -688,6 +688,16 @@ fn main() {
     }
 }
 
+/// Round trips to the device of one operation as the worker makes it (counted for Tessera in
+/// `--test round_trips`): a session is opened and closed, a key made and destroyed; everything
+/// else is one.
+fn round_trips(operation: &str) -> u32 {
+    match operation {
+        "open-close" | "aes-keygen" => 2,
+        _ => 1,
+    }
+}
+
 /// What `--help` prints.
 const HELP: &str = "\
 p11-bench: PKCS#11 throughput and latency of Tessera against SoftHSM2, back to back
@@ -713,7 +723,8 @@ Options:
   --help             this text
 
 Prints ops/s, p50 and p99 latency, throughput ratios to (b) and (a) (\"-\" when that system
-was not measured), and the (d)/(c) and (e)/(d) ratios. Needs softhsm2 and p11-kit installed.
+was not measured), the (d)/(c) and (e)/(d) ratios, and what TCP adds to a round trip against
+what it adds to a bare one. Needs softhsm2 and p11-kit installed.
 Example: ./target/release/p11-bench --seconds 0.5 --rounds 5 --threads 1 --systems c,d,e
 ";
 
@@ -934,6 +945,22 @@ fn run(args: &[String]) -> Result<(), String> {
         bare.tcp / bare.unix,
         bare.tcp_polling / bare.unix_polling
     );
+    // What TCP adds to a call, against what it adds to a bare round trip: the kernel's part.
+    let bare_extra = bare.tcp_polling - bare.unix_polling;
+    let extra: Vec<String> = (options.operations.iter())
+        .filter_map(|operation| {
+            let p50 = |i: usize| results[i].0.get(&(operation.clone(), 1)).map(|m| m.p50);
+            let added = (p50(4)? - p50(3)?) / round_trips(operation) as f64;
+            Some(format!("{operation} {added:+.1}"))
+        })
+        .collect();
+    if !extra.is_empty() {
+        println!(
+            "TCP's extra p50 per round trip with one thread, (e) - (d), in us: {}; \
+             a bare round trip's, polling: {bare_extra:+.1}",
+            extra.join(", ")
+        );
+    }
     println!(
         "p50 of random32 with one thread over (d) / bare round trip: {:.2}",
         results[3]
