@@ -11,7 +11,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::{AuthPin, Ulong};
-use tessera_testkit::Transport;
+use tessera_testkit::{wait_until, Transport};
 
 #[test]
 fn kill_9_during_heavy_creation_loses_nothing_that_was_acknowledged() {
@@ -296,18 +296,4 @@ fn running(pid: u32) -> bool {
             Some(state != "Z" && state != "X")
         })
         .unwrap_or(false)
-}
-
-/// Polls `done` every 50 ms until it holds or `limit` has passed; whether it held.
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if done() {
-            return true;
-        }
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tessera_client::Device;
 use tessera_config::ServerAddress;
-use tessera_testkit::Daemon;
+use tessera_testkit::{wait_until, Daemon};
 use tessera_wire::{Reply, Request};
 
 fn good_client(daemon: &Daemon) -> Device {
@@ -43,13 +43,11 @@ fn send_and_expect_close(daemon: &Daemon, bytes: &[u8], half_close: bool) {
 }
 
 fn wait_for_log(daemon: &Daemon, needle: &str) {
-    for _ in 0..100 {
-        if daemon.log().contains(needle) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("the log never said {needle:?}:\n{}", daemon.log());
+    assert!(
+        wait_until(Duration::from_secs(2), || daemon.log().contains(needle)),
+        "the log never said {needle:?}:\n{}",
+        daemon.log()
+    );
 }
 
 #[test]

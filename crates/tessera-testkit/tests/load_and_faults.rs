@@ -27,7 +27,7 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use sm_common::{prepare, USER_PIN};
-use tessera_testkit::{pkcs11_module, Daemon, Transport};
+use tessera_testkit::{pkcs11_module, wait_until, Daemon, Transport};
 
 fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -299,15 +299,12 @@ fn a_client_killed_mid_call_leaves_no_session_or_channel() {
         std::thread::sleep(Duration::from_millis(200));
         child.kill().unwrap();
         child.wait().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !channels().contains("1 channel(s)") {
-            assert!(
-                Instant::now() < deadline,
-                "the killed client's channel is still there: {}",
-                channels()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert!(
+            wait_until(Duration::from_secs(5), || channels()
+                .contains("1 channel(s)")),
+            "the killed client's channel is still there: {}",
+            channels()
+        );
     }
     let status = daemon.admin(transport, &[]);
     assert!(

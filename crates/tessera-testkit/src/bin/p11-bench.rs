@@ -762,11 +762,11 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let daemon_options = options
-        .busy_poll
-        .map(|micros| vec!["--busy-poll".to_string(), micros.to_string()])
-        .unwrap_or_default();
-    let daemon_options: Vec<&str> = daemon_options.iter().map(String::as_str).collect();
+    let busy_poll = options.busy_poll.map(|micros| micros.to_string());
+    let daemon_options = match &busy_poll {
+        Some(micros) => vec!["--busy-poll", micros.as_str()],
+        None => vec![],
+    };
     let plain = Daemon::start_with(&daemon_options);
     let secure = Daemon::start_with(&daemon_options);
     let tessera_env = |daemon: &Daemon, transport: Transport| {
@@ -849,12 +849,12 @@ fn run(args: &[String]) -> Result<(), String> {
         1 => String::new(),
         n => format!(", median of {n} rounds"),
     };
-    let rounds = match options.busy_poll {
-        Some(micros) => format!("{rounds}, Tessera daemons with --busy-poll {micros}"),
-        None => rounds,
+    let busy_poll = match &busy_poll {
+        Some(micros) => format!(", Tessera daemons with --busy-poll {micros}"),
+        None => String::new(),
     };
     println!(
-        "p11-bench: {} s per case{rounds}; bare Unix-socket round trip between two processes: p50 {rtt:.1} us",
+        "p11-bench: {} s per case{rounds}{busy_poll}; bare Unix-socket round trip between two processes: p50 {rtt:.1} us",
         options.seconds
     );
     for system in systems.iter().filter(|s| options.systems.contains(s.key)) {
