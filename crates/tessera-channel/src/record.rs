@@ -114,6 +114,9 @@ pub struct Channel {
     policy: Policy,
     generation: u32,
     keys: Option<Generation>,
+    /// A record failed to open: nothing more is opened, and only one last record may be
+    /// sealed ([`Channel::seal_last`]) before the keys go.
+    failed: bool,
     send_sequence: u64,
     receive_sequence: u64,
     messages: u64,
@@ -178,6 +181,7 @@ impl Channel {
             policy,
             generation: 0,
             keys: Some(Generation::new(traffic, side)),
+            failed: false,
             send_sequence: 0,
             receive_sequence: 0,
             messages: 0,
@@ -207,7 +211,24 @@ impl Channel {
 
     /// True until closed or killed.
     pub fn is_alive(&self) -> bool {
-        self.keys.is_some()
+        self.keys.is_some() && !self.failed
+    }
+
+    /// Seals `value` as the channel's last record, then closes it. The device answers the
+    /// request that ended its channel this way (a failed record, a policy refusal, a
+    /// termination), so that the library hears of the end from the channel itself: records
+    /// of the other direction failing leaves this direction's keys sound. Works once after a
+    /// failed open, when nothing else may be sealed.
+    pub fn seal_last<T: serde::Serialize>(
+        &mut self,
+        value: &T,
+        protection: Protection,
+        prefix: &[u8],
+    ) -> Result<Vec<u8>, RecordError> {
+        self.failed = false;
+        let sealed = self.seal_value_framed(value, protection, prefix);
+        self.close();
+        sealed
     }
 
     /// Closes the channel: its keys are wiped (dropped; aws-lc clears key memory on free).
@@ -326,6 +347,9 @@ impl Channel {
     /// The header of the next record sent, or `None` when the channel is closed.
     fn next_header(&self, protection: Protection) -> Option<RecordHeader> {
         self.keys.as_ref()?;
+        if self.failed {
+            return None;
+        }
         Some(RecordHeader {
             channel: self.id,
             direction: self.send_direction(),
@@ -398,9 +422,13 @@ impl Channel {
         body: &mut [u8],
         mac: &[u8],
     ) -> Result<(usize, Protection), RecordError> {
+        if self.failed {
+            return Err(RecordError::Closed);
+        }
         let result = self.open_inner(header, body, mac);
         if result.is_err() {
-            self.close();
+            // Dead for both directions, but for one last record: see `seal_last`.
+            self.failed = true;
         }
         result
     }
@@ -470,6 +498,9 @@ impl Channel {
     /// Moves both directions to the next generation of keys (rollover). Both ends call it at
     /// the same point of the conversation: after the rekey request and its reply.
     pub fn rekey(&mut self) -> Result<(), RecordError> {
+        if self.failed {
+            return Err(RecordError::Closed);
+        }
         let keys = self.keys.take().ok_or(RecordError::Closed)?;
         self.keys = Some(Generation::new(keys.secret.clone(), self.side));
         self.generation += 1;

@@ -12,6 +12,7 @@
 //! for it (brief §2.2).
 #![forbid(unsafe_code)]
 
+pub mod known;
 mod secure;
 mod stream;
 
@@ -26,7 +27,7 @@ use tessera_config::ServerAddress;
 use tessera_core::Rv;
 use tessera_wire::{Reply, Request};
 
-use secure::ChannelState;
+use secure::{ChannelState, Opened};
 use stream::{Answer, Failure, Stream};
 
 /// Why a call did not produce a reply.
@@ -85,8 +86,11 @@ pub(crate) struct State {
     next_id: AtomicU64,
     /// The device refused a call in the clear: it requires secure messaging.
     pub(crate) requires_channel: bool,
-    /// The device's serial number, learnt once.
+    /// The device's serial number: as claimed in the clear until a handshake proves it.
     pub(crate) serial: Option<String>,
+    /// This connection may carry session calls in the clear (decided once per connection by
+    /// `Device::wants_channel`).
+    pub(crate) clear_ok: bool,
     /// A pipelined call found the connection or channel failed: the next call cleans up.
     broken: AtomicBool,
 }
@@ -182,6 +186,7 @@ impl Device {
                 next_id: AtomicU64::new(1),
                 requires_channel: false,
                 serial: None,
+                clear_ok: false,
                 broken: AtomicBool::new(false),
             }),
             inbox: Mutex::new(Inbox::default()),
@@ -248,6 +253,7 @@ impl Device {
             })?;
             state.stream = Some(stream);
             state.channel = None;
+            state.clear_ok = false;
             *self.inbox() = Inbox::default();
             state.generations += 1;
             state.generation = state.generations;
@@ -293,14 +299,10 @@ impl Device {
             let settings = self.secure.as_deref()?;
             return (!channel.needs_care(settings)).then_some(Route::Channel);
         }
-        let Some(settings) = self.secure.as_deref() else {
+        if self.secure.is_none() {
             return Some(Route::Clear);
-        };
-        if state.requires_channel {
-            return None;
         }
-        let serial = state.serial.as_deref()?;
-        (!settings.smpr(serial).requires_channel()).then_some(Route::Clear)
+        (state.clear_ok && !state.requires_channel).then_some(Route::Clear)
     }
 
     /// Sends `request` and waits for its reply, inside a channel when one is needed.
@@ -394,7 +396,9 @@ impl Device {
         code: u64,
         retry: Option<Vec<u8>>,
     ) -> Result<(Reply, u64), ClientError> {
+        // A clear refusal may only raise protection, never lower it.
         state.requires_channel = true;
+        state.clear_ok = false;
         match retry.and_then(|bytes| postcard::from_bytes::<Request>(&bytes).ok()) {
             Some(request) => self.call_protected(state, None, request),
             None => Err(ClientError::Returned(code)),
@@ -538,15 +542,20 @@ impl Device {
             answer.discard();
             return Err(ClientError::StaleSession);
         };
-        match channel.open_reply(answer, self, state.serial.as_deref()) {
-            Ok(result) => Ok((id, Ok(result))),
-            // The device ended the channel and said why: this call gets the reason, the
-            // others that it is gone.
-            Err((error, false)) => {
+        let serial = state.serial.as_deref().unwrap_or_default();
+        match channel.open_reply(answer, self, serial) {
+            Ok(Opened::Answer(result)) => Ok((id, Ok(result))),
+            // The device ended the channel and said why, in its last record: this call gets
+            // the reason, later ones that the channel is gone.
+            Ok(Opened::Ended(code)) => {
                 state.broken.store(true, Ordering::Relaxed);
-                Ok((id, Err(error)))
+                Ok((id, Err(ClientError::Returned(code))))
             }
-            Err((error, true)) => Err(error),
+            Err(ClientError::StaleSession) => {
+                state.broken.store(true, Ordering::Relaxed);
+                Ok((id, Err(ClientError::StaleSession)))
+            }
+            Err(error) => Err(error),
         }
     }
 

@@ -11,7 +11,8 @@ use tessera_config::Config;
 use tessera_core::Rv;
 use tessera_wire::{Reply, Request};
 
-use crate::stream::Answer;
+use crate::known::{ChannelUse, KnownDevice, KnownDevices};
+use crate::stream::{Answer, SealedReply};
 use crate::{ClientError, Device, State};
 
 /// Item: where the library writes its one-line reports (`stderr`, or a file path).
@@ -45,6 +46,11 @@ pub struct SecureSettings {
     idle: Option<Duration>,
     /// The last chain the trust store accepted (see [`SecureSettings::check_chain`]).
     verified: std::sync::Mutex<Option<Verified>>,
+    /// What earlier channels taught of the device at each entry.
+    known: KnownDevices,
+    /// Some SMPR item asks for a channel: until a handshake has authenticated which device an
+    /// entry is, the library cannot tell whether that SMPR is the entry's.
+    channel_anywhere: bool,
 }
 
 /// A chain found trusted: for which serial, against which anchors, when.
@@ -76,14 +82,16 @@ impl SecureSettings {
     /// Reads the settings, checking every `ET_PTKC_<serial>_SMPR` item; the error names the
     /// item and the letter at fault.
     pub fn from_config(config: Config) -> Result<SecureSettings, String> {
+        let mut channel_anywhere = false;
         for name in config.names() {
             if name.starts_with("ET_PTKC_") && name.ends_with("_SMPR") {
                 let Some((value, level)) = config.item(&name) else {
                     continue;
                 };
-                Policy::from_smpr(&value).map_err(|e| {
+                let policy = Policy::from_smpr(&value).map_err(|e| {
                     format!("configuration item {name} (from the {level:?} level): {e}")
                 })?;
+                channel_anywhere |= policy.requires_channel();
             }
         }
         let log = match config.item(LOG_ITEM).map(|(v, _)| v) {
@@ -101,6 +109,8 @@ impl SecureSettings {
                 None => None,
             },
             log,
+            known: KnownDevices::from_config(&config),
+            channel_anywhere,
             config,
             verified: std::sync::Mutex::new(None),
         })
@@ -177,6 +187,8 @@ pub(crate) struct ChannelState {
     last_used: Instant,
     rekey_messages: u64,
     rekey_bytes: u64,
+    /// The device ended the channel, in a record of the channel (see [`Opened::Ended`]).
+    ended: bool,
 }
 
 impl ChannelState {
@@ -187,6 +199,7 @@ impl ChannelState {
             last_used: Instant::now(),
             rekey_messages: jitter(settings.max_messages),
             rekey_bytes: jitter(settings.max_bytes),
+            ended: false,
         }
     }
 
@@ -232,21 +245,39 @@ impl ChannelState {
         Ok(frame)
     }
 
-    /// Opens the device's answer to a protected request. `Err` says what the call gets and
-    /// whether the connection must go too (`false`: the device ended the channel and said why,
-    /// in the clear).
+    /// Opens the device's answer to a protected request: only a record of this channel that
+    /// opens is an answer (rule 1 of docs/secure-messaging.md, "Threats"). `Err` says what the
+    /// call gets; the channel is dead then, and the connection must go too unless the device
+    /// ended the channel itself, in its last record ([`Opened::Ended`] is not an error).
     pub(crate) fn open_reply(
         &mut self,
         answer: Answer,
         device: &Device,
-        serial: Option<&str>,
-    ) -> Result<Result<Reply, u64>, (ClientError, bool)> {
-        let serial = serial.unwrap_or_default();
+        serial: &str,
+    ) -> Result<Opened, ClientError> {
+        if self.ended {
+            // The device ended this channel in an authenticated record: nothing that arrives
+            // for it later (in the clear, necessarily) is believed; the call is simply gone.
+            answer.discard();
+            return Err(ClientError::StaleSession);
+        }
+        let sealed = match answer.into_sealed() {
+            Ok(sealed) => sealed,
+            Err(what) => {
+                self.channel.close();
+                device.report(
+                    serial,
+                    &format!("a protected call was answered with {what}, outside the channel: refused as forged, channel closed"),
+                );
+                return Err(ClientError::Returned(Rv::BadReplySignature.code()));
+            }
+        };
         // The opened message: a buffer and where the message lies in it.
-        let opened = match answer {
-            Answer::Sealed(sealed, mut frame) => {
+        let opened = match sealed {
+            SealedReply::Framed(sealed, mut frame) => {
                 let Some((body, mac)) = sealed.parts(&mut frame) else {
-                    return Err((ClientError::Returned(Rv::BadReply.code()), true));
+                    self.channel.close();
+                    return Err(ClientError::Returned(Rv::BadReply.code()));
                 };
                 let opened = self.channel.open_in_place(sealed.header, body, mac);
                 opened.map(|(len, protection)| {
@@ -257,7 +288,7 @@ impl ChannelState {
                     )
                 })
             }
-            Answer::Clear(Ok(Reply::Protected(record))) => {
+            SealedReply::Decoded(record) => {
                 self.channel
                     .open_record(record)
                     .map(|(mut plain, protection)| {
@@ -265,41 +296,59 @@ impl ChannelState {
                         (std::mem::take(&mut *plain), 0..len, protection)
                     })
             }
-            Answer::Clear(Err(code)) => return Err((ClientError::Returned(code), false)),
-            Answer::Clear(Ok(_)) => {
-                device.report(serial, "the device answered a protected call in the clear");
-                return Err((ClientError::Returned(Rv::BadReply.code()), true));
-            }
         };
         let (mut buffer, plain, protection) = match opened {
             Ok(opened) => opened,
             Err(e) => {
+                self.channel.close();
                 device.report(serial, &format!("reply refused, channel closed: {e}"));
-                return Err((ClientError::Returned(Rv::BadReplySignature.code()), true));
+                return Err(ClientError::Returned(Rv::BadReplySignature.code()));
             }
         };
-        let decoded = postcard::from_bytes::<Result<Reply, u64>>(&buffer[plain.clone()]);
+        let decoded = postcard::from_bytes::<tessera_wire::Outcome>(&buffer[plain.clone()]);
         // The spent buffer goes back to the pool; the message is wiped first when it held a
         // secret (or did not decode): one with nothing secret in it, a ciphertext or a
         // signature, needs no pass.
         let secret = match &decoded {
-            Ok(result) => matches!(result, Ok(reply) if reply.carries_secret()),
+            Ok(result) => matches!(&result.0, Ok(reply) if reply.carries_secret()),
             Err(_) => true,
         };
         if secret {
             zeroize::Zeroize::zeroize(&mut buffer[plain]);
         }
         tessera_core::bytes::give(buffer);
-        let Ok(result) = decoded else {
-            return Err((ClientError::Returned(Rv::BadReply.code()), true));
+        let Ok(tessera_wire::Outcome(result)) = decoded else {
+            self.channel.close();
+            device.report(serial, "a reply record did not decode; channel closed");
+            return Err(ClientError::Returned(Rv::BadReply.code()));
         };
         let required = self.channel.policy().reply_protection(secret);
         if let Err(e) = self.channel.require(protection, required) {
+            self.channel.close();
             device.report(serial, &format!("reply refused: {e}"));
-            return Err((ClientError::Returned(Rv::BadProtection.code()), true));
+            return Err(ClientError::Returned(Rv::BadProtection.code()));
         }
-        Ok(result)
+        if let Ok(Reply::ChannelEnded(code)) = result {
+            self.ended = true;
+            self.channel.close();
+            let reason =
+                Rv::from_code(code).map_or(format!("0x{code:08X}"), |rv| rv.name().to_string());
+            device.report(
+                serial,
+                &format!("the device ended the secure channel: {reason}"),
+            );
+            return Ok(Opened::Ended(code));
+        }
+        Ok(Opened::Answer(result))
     }
+}
+
+/// An opened reply record.
+pub(crate) enum Opened {
+    /// The call's outcome.
+    Answer(Result<Reply, u64>),
+    /// The device ended the channel without running the call, for this reason (`CK_RV`).
+    Ended(u64),
 }
 
 impl Device {
@@ -309,8 +358,10 @@ impl Device {
             .ok_or(ClientError::Returned(Rv::SmsError.code()))
     }
 
-    /// The device's serial number (asked once, in the clear).
-    fn serial(&self, state: &mut State) -> Result<String, ClientError> {
+    /// The serial number the device claims in the clear: a hint that names the device in a
+    /// handshake (which then proves it) or checks a provisioned record, and never decides
+    /// protection by itself.
+    fn claimed_serial(&self, state: &mut State) -> Result<String, ClientError> {
         if let Some(serial) = &state.serial {
             return Ok(serial.clone());
         }
@@ -326,6 +377,23 @@ impl Device {
         }
     }
 
+    /// What the known-devices files say of this entry; an unreadable file refuses the call.
+    fn known(&self, settings: &SecureSettings) -> Result<Option<KnownDevice>, ClientError> {
+        settings
+            .known
+            .lookup(&self.address.entry())
+            .map(|found| found.map(|(record, _)| record))
+            .map_err(|e| {
+                self.report("unknown", &format!("known devices: {e}"));
+                ClientError::Returned(Rv::GeneralError.code())
+            })
+    }
+
+    /// Whether the next session call must go through a channel. Nothing here trusts the
+    /// device's clear answers to lower protection: a recorded entry always uses a channel to
+    /// the recorded device; with an SMPR anywhere, an unrecorded entry is authenticated before
+    /// any session call (a relay could rename the device to dodge its SMPR); only a client
+    /// that requires nothing of anyone talks to an unrecorded entry in the clear.
     pub(crate) fn wants_channel(&self, state: &mut State) -> Result<bool, ClientError> {
         let Some(settings) = self.secure.as_deref() else {
             return Ok(false);
@@ -333,8 +401,29 @@ impl Device {
         if state.requires_channel || state.channel.is_some() {
             return Ok(true);
         }
-        let serial = self.serial(state)?;
-        Ok(settings.smpr(&serial).requires_channel())
+        if state.clear_ok {
+            return Ok(false);
+        }
+        let clear = match self.known(settings)? {
+            Some(record) if record.allows_clear() => {
+                let claimed = self.claimed_serial(state)?;
+                if claimed != record.serial {
+                    let message = format!(
+                        "entry {} is recorded as {}, but the device there now says serial {claimed}; if the change is legitimate, run `ctident known-devices forget {}`",
+                        self.address.entry(),
+                        record.describe(),
+                        self.address.entry()
+                    );
+                    self.report(&claimed, &message);
+                    return Err(ClientError::Returned(Rv::DeviceError.code()));
+                }
+                !settings.smpr(&record.serial).requires_channel()
+            }
+            Some(_) => false,
+            None => !settings.channel_anywhere,
+        };
+        state.clear_ok = clear;
+        Ok(!clear)
     }
 
     pub(crate) fn kill(&self, state: &mut State, drop_connection: bool) {
@@ -356,21 +445,48 @@ impl Device {
         }
     }
 
-    /// Opens a channel on the current connection.
+    /// Opens a channel on the current connection, to the device recorded for this entry or,
+    /// for an entry never authenticated, to the device whose serial the clear phase named; the
+    /// chain proves the serial either way. The first channel to an entry records it.
     fn handshake(&self, state: &mut State) -> Result<(), ClientError> {
         let settings = self.settings()?;
-        let serial = self.serial(state)?;
+        let known = self.known(settings)?;
+        let serial = match &known {
+            Some(record) if !record.allows_clear() => record.serial.clone(),
+            _ => self.claimed_serial(state)?,
+        };
+        let entry = self.address.entry();
+        let recorded = |now: &str| {
+            known.as_ref().map_or(String::new(), |record| {
+                format!(
+                    "; entry {entry} is recorded as {}, {now}. A recorded entry is only talked to through a channel to that device; if the change is legitimate, run `ctident known-devices forget {entry}`",
+                    record.describe()
+                )
+            })
+        };
         let (expect, hello) = ExpectServerHello::start(&serial, settings.smpr(&serial))
             .map_err(|_| ClientError::Returned(Rv::CannotDeriveKeys.code()))?;
         let answer = match self.exchange(state, Request::Handshake(hello)) {
             Ok(Reply::ServerHello(answer)) => answer,
-            Ok(_) => return Err(ClientError::Returned(Rv::BadReply.code())),
+            Ok(_) => {
+                self.report(
+                    &serial,
+                    &format!(
+                        "the device answered the handshake with something else{}",
+                        recorded("and the device there offers no secure channel now")
+                    ),
+                );
+                return Err(ClientError::Returned(Rv::BadReply.code()));
+            }
             Err(ClientError::Returned(code)) => {
                 let reason =
                     Rv::from_code(code).map_or(format!("0x{code:08X}"), |rv| rv.name().to_string());
                 self.report(
                     &serial,
-                    &format!("the device refused a secure channel: {reason}"),
+                    &format!(
+                        "the device refused a secure channel: {reason}{}",
+                        recorded("and the device there offers no secure channel now")
+                    ),
                 );
                 return Err(ClientError::Returned(code));
             }
@@ -381,7 +497,27 @@ impl Device {
             Vec::new()
         });
         let now = tessera_core::time::now() as i64;
-        let verify_chain = |chain: &[Vec<u8>]| settings.check_chain(chain, &anchors, &serial, now);
+        let identity = answer
+            .chain
+            .first()
+            .map(|pic| crate::known::identity_of(pic));
+        let verify_chain = |chain: &[Vec<u8>]| {
+            if let Some(record) = known.as_ref().filter(|r| !r.allows_clear()) {
+                if record.identity != identity {
+                    let shown = chain
+                        .first()
+                        .and_then(|pic| tessera_identity::inspect::CertificateInfo::parse(pic).ok())
+                        .and_then(|info| info.serial_number)
+                        .unwrap_or_else(|| "unknown".into());
+                    let seen = format!(
+                        "the device there now presents serial {shown}, identity sha256:{}",
+                        identity.as_deref().unwrap_or("none")
+                    );
+                    return Err(format!("another device or identity{}", recorded(&seen)));
+                }
+            }
+            settings.check_chain(chain, &anchors, &serial, now)
+        };
         let verified = expect.handle(
             &answer,
             verify_chain,
@@ -411,6 +547,32 @@ impl Device {
             }
             Err(e) => return Err(e),
         }
+        // The serial is proven now (the chain names it), and so is the device's own
+        // requirement (its policy is in the signed transcript).
+        state.serial = Some(serial.clone());
+        if answer.policy.requires_channel() {
+            state.requires_channel = true;
+        }
+        let channel_use = if answer.policy.requires_channel() {
+            ChannelUse::Required
+        } else {
+            ChannelUse::Used
+        };
+        let stale = known.as_ref().is_none_or(|record| {
+            record.allows_clear()
+                || (record.channel == ChannelUse::Used && channel_use == ChannelUse::Required)
+        });
+        if let (true, Some(identity)) = (stale, identity) {
+            let record = KnownDevice {
+                entry,
+                serial: serial.clone(),
+                identity: Some(identity),
+                channel: channel_use,
+            };
+            if let Err(e) = settings.known.record(crate::known::Level::User, &record) {
+                self.report(&serial, &format!("cannot record the known device: {e}"));
+            }
+        }
         state.channel = Some(std::sync::Mutex::new(ChannelState::new(channel, settings)));
         state.generations += 1;
         state.generation = state.generations;
@@ -438,14 +600,19 @@ impl Device {
                 return Err(self.failure(failure));
             }
         };
-        let serial = state.serial.clone();
+        let serial = state.serial.clone().unwrap_or_default();
         let Some(current) = state.channel_mut() else {
             return Err(ClientError::StaleSession);
         };
-        match current.open_reply(answer, self, serial.as_deref()) {
-            Ok(result) => Ok(result),
-            Err((error, drop_connection)) => {
-                self.kill(state, drop_connection);
+        match current.open_reply(answer, self, &serial) {
+            Ok(Opened::Answer(result)) => Ok(result),
+            // The device ended the channel (the connection stays): the call gets the reason.
+            Ok(Opened::Ended(code)) => {
+                self.kill(state, false);
+                Err(ClientError::Returned(code))
+            }
+            Err(error) => {
+                self.kill(state, true);
                 Err(error)
             }
         }

@@ -294,7 +294,28 @@ pub(crate) enum Answer {
     Sealed(SealedFrame, Vec<u8>),
 }
 
+/// A reply record of the channel, as it arrived: the only answer a protected call accepts
+/// (rule: once a call is sent in a channel, nothing but a record of that channel that opens
+/// answers it).
+pub(crate) enum SealedReply {
+    /// Still in its frame body, where it will be opened.
+    Framed(SealedFrame, Vec<u8>),
+    /// Decoded with its envelope (a frame the finder did not recognise).
+    Decoded(tessera_channel::Record),
+}
+
 impl Answer {
+    /// The answer to a request sent through the channel: a sealed record, or what arrived
+    /// instead (a clear reply or error code: a forgery, never a result).
+    pub(crate) fn into_sealed(self) -> Result<SealedReply, String> {
+        match self {
+            Answer::Sealed(sealed, frame) => Ok(SealedReply::Framed(sealed, frame)),
+            Answer::Clear(Ok(Reply::Protected(record))) => Ok(SealedReply::Decoded(record)),
+            Answer::Clear(Ok(_)) => Err("a reply in the clear".into()),
+            Answer::Clear(Err(code)) => Err(format!("a clear error code 0x{code:08X}")),
+        }
+    }
+
     /// The answer to a request sent in the clear: a sealed one is not an answer to it.
     pub(crate) fn into_clear(self) -> Result<Reply, u64> {
         match self {

@@ -69,6 +69,18 @@ impl ServerAddress {
     }
 }
 
+impl ServerAddress {
+    /// The entry as the server list writes it (`/path`, `host:port`, `[v6]:port`): the key
+    /// of the known-devices records.
+    pub fn entry(&self) -> String {
+        match self {
+            ServerAddress::Unix(path) => path.display().to_string(),
+            ServerAddress::Tcp { host, port } if host.contains(':') => format!("[{host}]:{port}"),
+            ServerAddress::Tcp { host, port } => format!("{host}:{port}"),
+        }
+    }
+}
+
 impl std::fmt::Display for ServerAddress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -518,6 +518,7 @@ pub fn shape(reply: &Reply) -> &'static str {
         Reply::Protected(_) => "Protected",
         Reply::Channels(_) => "Channels",
         Reply::Found { .. } => "Found",
+        Reply::ChannelEnded(_) => "ChannelEnded",
     }
 }
 

@@ -320,12 +320,18 @@ impl Daemon {
         self.dir.path().join("trust")
     }
 
+    /// The known-devices file of this test's clients (`ET_PTKC_KNOWN_DEVICES_USER`).
+    pub fn known_devices(&self) -> PathBuf {
+        self.dir.path().join("known_devices")
+    }
+
     /// The library's report file (`ET_PTKC_GENERAL_LOG`).
     pub fn client_log(&self) -> PathBuf {
         self.dir.path().join("client.log")
     }
 
-    /// Environment for this test's clients: its own trust stores and report file.
+    /// Environment for this test's clients: its own trust stores, known devices and report
+    /// file.
     pub fn trust_env(&self) -> Vec<(String, String)> {
         vec![
             (
@@ -339,6 +345,14 @@ impl Daemon {
             (
                 "ET_PTKC_GENERAL_LOG".into(),
                 self.client_log().display().to_string(),
+            ),
+            (
+                "ET_PTKC_KNOWN_DEVICES_USER".into(),
+                self.known_devices().display().to_string(),
+            ),
+            (
+                "ET_PTKC_KNOWN_DEVICES_SYSTEM".into(),
+                self.dir.path().join("known-system").display().to_string(),
             ),
         ]
     }

@@ -50,6 +50,27 @@ pub struct ResponseEnvelope {
     pub id: u64,
     /// The secure-messaging channel, or `None` in the clear.
     pub channel: Option<u64>,
-    /// The reply, or a `CK_RV` error code (an open number: unknown codes pass through).
+    /// The reply, or a `CK_RV` error code (an open number: unknown codes pass through, but
+    /// `0`, `CKR_OK`, is never an error: a frame carrying `Err(0)` does not decode).
+    #[serde(deserialize_with = "nonzero_error")]
     pub result: Result<Reply, u64>,
+}
+
+/// What a reply record carries, as the library opens it: the reply or a `CK_RV` error code,
+/// never `Err(0)` (see [`ResponseEnvelope::result`]).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Outcome(#[serde(deserialize_with = "nonzero_error")] pub Result<Reply, u64>);
+
+/// Decodes a reply's result, refusing `Err(0)`: an error code of `CKR_OK` would let a forger
+/// turn any refusal into a success where a caller maps codes to outcomes.
+fn nonzero_error<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Result<Reply, u64>, D::Error> {
+    match Result::<Reply, u64>::deserialize(deserializer)? {
+        Err(0) => Err(serde::de::Error::custom(
+            "error code 0 (CKR_OK) is not an error",
+        )),
+        result => Ok(result),
+    }
 }

@@ -432,6 +432,11 @@ pub enum Reply {
         /// No more objects: the device closed the search.
         exhausted: bool,
     },
+    /// Secure messaging, sealed only: the device ended this channel and did not run the call;
+    /// the `CK_RV` says why (`CKR_SESSION_CLOSED`, `CKR_BAD_REQ_SIGNATURE`,
+    /// `CKR_BAD_PROTECTION`). It is the channel's last record: the library believes an end of
+    /// its channel only from the channel itself.
+    ChannelEnded(u64),
 }
 
 impl Request {

@@ -35,6 +35,10 @@ pub struct Secure {
     limits: KeyLimits,
     active: Option<Active>,
     pending: Option<Pending>,
+    /// A channel the device has just ended while refusing a request, kept only to seal that
+    /// refusal as its last record ([`Secure::seal_end`]): the library believes the end of a
+    /// channel, and any error answering a protected call, only from the channel itself.
+    ended: Option<Channel>,
 }
 
 impl Secure {
@@ -46,6 +50,7 @@ impl Secure {
             limits,
             active: None,
             pending: None,
+            ended: None,
         }
     }
 
@@ -64,6 +69,38 @@ impl Secure {
             active.channel.close();
             self.hsm.close_channel(&active.info, by, why);
         }
+    }
+
+    /// Ends the channel while refusing the request being opened: its keys stay only until
+    /// the refusal is sealed into the channel's last record ([`Secure::seal_end`]).
+    fn end_refusing(&mut self, by: &str, why: &str) {
+        if let Some(active) = self.active.take() {
+            self.hsm.close_channel(&active.info, by, why);
+            self.ended = Some(active.channel);
+        }
+    }
+
+    /// The frame answering request `id` with `code` after [`Secure::open_framed`] or
+    /// [`Secure::open_record`] refused it: sealed as `Reply::ChannelEnded` under the keys of
+    /// the channel that was just ended (then gone), or in the clear when there was no channel
+    /// left to seal with — which the library takes as a forgery, as it should.
+    pub fn seal_end(&mut self, id: u64, code: u64) -> Vec<u8> {
+        if let Some(mut channel) = self.ended.take() {
+            let prefix = tessera_wire::protected_response_prefix(id, channel.id());
+            let ended: Result<Reply, u64> = Ok(Reply::ChannelEnded(code));
+            let protection = channel.policy().reply_protection(false);
+            let sealed = channel.seal_last(&ended, protection, prefix.as_ref());
+            if let Ok(mut frame) = sealed {
+                tessera_wire::finish_frame(&mut frame);
+                return frame;
+            }
+        }
+        tessera_wire::encode_response(&tessera_wire::ResponseEnvelope {
+            version: tessera_wire::PROTOCOL_VERSION,
+            id,
+            channel: None,
+            result: Err(code),
+        })
     }
 
     /// Answers a client hello; a previous channel of this connection is replaced.
@@ -160,12 +197,12 @@ impl Secure {
             return Err(Rv::SessionClosed.code());
         };
         if let Some(reason) = active.info.terminated() {
-            self.end("Device", &reason);
+            self.end_refusing("Device", &reason);
             return Err(Rv::SessionClosed.code());
         }
         let (usage_messages, usage_bytes) = active.channel.usage();
         if usage_messages >= self.limits.messages || usage_bytes >= self.limits.bytes {
-            self.end("Device", "key-use limits reached without a rollover");
+            self.end_refusing("Device", "key-use limits reached without a rollover");
             return Err(Rv::SessionClosed.code());
         }
         let (len, protection) = match active.channel.open_in_place(header, body, mac) {
@@ -173,7 +210,7 @@ impl Secure {
             Err(e) => {
                 self.hsm
                     .channel_event("Library", "channel-integrity-failure", e.to_string());
-                self.end("Device", &format!("integrity failure: {e}"));
+                self.end_refusing("Device", &format!("integrity failure: {e}"));
                 return Err(Rv::BadRequestSignature.code());
             }
         };
@@ -186,7 +223,7 @@ impl Secure {
             zeroize::Zeroize::zeroize(plain);
         }
         let Ok(request) = decoded else {
-            self.end("Device", "a protected request did not decode");
+            self.end_refusing("Device", "a protected request did not decode");
             return Err(Rv::BadRequestSignature.code());
         };
         let required = active
@@ -196,7 +233,7 @@ impl Secure {
         if let Err(e) = active.channel.require(protection, required) {
             self.hsm
                 .channel_event("Library", "policy-refusal", e.to_string());
-            self.end("Device", "a request lacked the protection policy requires");
+            self.end_refusing("Device", "a request lacked the protection policy requires");
             return Err(Rv::BadProtection.code());
         }
         active.info.count();
@@ -221,15 +258,18 @@ impl Secure {
     /// Seals the reply to request `id` into its frame, or says why it cannot (the channel is
     /// gone: the error then travels in the clear).
     pub fn seal(&mut self, id: u64, result: &Result<Reply, u64>) -> Result<Vec<u8>, u64> {
-        let Some(active) = self.active.as_mut() else {
-            return Err(Rv::SessionClosed.code());
+        // A call that was running when the channel was ended by a refusal is still answered
+        // under its keys, before the refusal's last record (see [`Secure::seal_end`]).
+        let channel = match (self.active.as_mut(), self.ended.as_mut()) {
+            (Some(active), _) => &mut active.channel,
+            (None, Some(ended)) => ended,
+            (None, None) => return Err(Rv::SessionClosed.code()),
         };
         let secret = matches!(result, Ok(reply) if reply.carries_secret());
-        let protection = active.channel.policy().reply_protection(secret);
-        let prefix = tessera_wire::protected_response_prefix(id, active.channel.id());
+        let protection = channel.policy().reply_protection(secret);
+        let prefix = tessera_wire::protected_response_prefix(id, channel.id());
         // Encrypted in the frame when the policy says so: no plaintext copy is left behind.
-        let mut frame = active
-            .channel
+        let mut frame = channel
             .seal_value_framed(result, protection, prefix.as_ref())
             .map_err(|_| Rv::SessionClosed.code())?;
         tessera_wire::finish_frame(&mut frame);
@@ -237,6 +277,9 @@ impl Secure {
     }
 
     pub fn close(&mut self) {
+        if let Some(mut ended) = self.ended.take() {
+            ended.close();
+        }
         self.end("Library", "connection closed");
         if let Some(pending) = self.pending.take() {
             self.hsm.close_channel(

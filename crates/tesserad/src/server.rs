@@ -762,8 +762,14 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                         };
                         call.run(request, slot);
                     }
-                    // The channel is gone: the error travels in the clear.
-                    Err(code) => respond(&out, id, None, Err(code), slot),
+                    // The channel was ended refusing the request: the refusal is its last
+                    // record, sealed and queued under the lock like any reply.
+                    Err(code) => {
+                        let mut current = lock_secure(&secure);
+                        let frame = current.seal_end(id, code);
+                        let _ = out.send((frame, slot));
+                        drop(current);
+                    }
                 }
             }
             Next::Clear(request) => {
