@@ -235,6 +235,22 @@ impl Device {
         }
     }
 
+    /// As [`Device::failure`]; on a connection with a channel, a frame that is no valid
+    /// response is a forged reply (`CKR_BAD_REPLY_SIGNATURE`): no clear frame answers a call
+    /// in a channel.
+    pub(crate) fn failure_in_channel(&self, in_channel: bool, failure: Failure) -> ClientError {
+        match failure {
+            Failure::Bad(reason) if in_channel => {
+                self.report(
+                    "unknown",
+                    &format!("a malformed frame arrived on a connection with a secure channel ({reason}): refused as forged, channel closed"),
+                );
+                ClientError::Returned(Rv::BadReplySignature.code())
+            }
+            other => self.failure(other),
+        }
+    }
+
     /// A connection a pipelined call found failed is closed (its sessions and channel end).
     fn forget_if_broken(&self, state: &mut State) {
         if state.broken.swap(false, Ordering::Relaxed) {
@@ -280,7 +296,7 @@ impl Device {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(code)) => Err(ClientError::Returned(code)),
             Err(failure) => {
-                state.stream = None;
+                self.drop_stream(state);
                 state.channel = None;
                 Err(self.failure(failure))
             }
@@ -323,6 +339,15 @@ impl Device {
                     return Err(ClientError::StaleSession);
                 }
                 let clear = matches!(route, Route::Clear);
+                if clear && request.carries_secret() && self.device_left(&state) {
+                    // Not sent: the next call cleans up (and reads the device's notice).
+                    state.broken.store(true, Ordering::Relaxed);
+                    if session_generation.is_some() {
+                        return Err(ClientError::StaleSession);
+                    }
+                    drop(state);
+                    return self.call_alone(None, request);
+                }
                 let retry = self.retry_copy(clear, session_generation, &request);
                 let generation = state.generation;
                 match self.pipelined(&state, route, request) {
@@ -353,6 +378,12 @@ impl Device {
             return Err(ClientError::StaleSession);
         }
         let public = request.is_public();
+        if request.carries_secret() && self.device_left(state) {
+            self.kill(state, true);
+            if session_generation.is_some() {
+                return Err(ClientError::StaleSession);
+            }
+        }
         if !public && self.wants_channel(state)? {
             return self.call_protected(state, session_generation, request);
         }
@@ -403,6 +434,15 @@ impl Device {
             Some(request) => self.call_protected(state, None, request),
             None => Err(ClientError::Returned(code)),
         }
+    }
+
+    /// Whether the device closed the connection while it was idle in the clear (looked at
+    /// before a PIN or key value would leave in the clear; see `Stream::closed_by_device`).
+    fn device_left(&self, state: &State) -> bool {
+        state.channel.is_none()
+            && self.secure.is_some()
+            && self.inbox().waiting.is_empty()
+            && state.stream.as_ref().is_some_and(|s| s.closed_by_device())
     }
 
     /// Sends a request on the shared connection and waits for its reply.
@@ -527,7 +567,9 @@ impl Device {
         let Some(stream) = state.stream.as_ref() else {
             return Err(ClientError::StaleSession);
         };
-        let (id, answer) = stream.receive(spin).map_err(|f| self.failure(f))?;
+        let (id, answer) = stream
+            .receive(spin)
+            .map_err(|f| self.failure_in_channel(state.channel.is_some(), f))?;
         let Some(protected) = self.inbox().waiting.remove(&id) else {
             answer.discard();
             return Err(ClientError::BadReply {

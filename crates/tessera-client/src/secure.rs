@@ -432,7 +432,22 @@ impl Device {
         }
         state.channel = None;
         if drop_connection {
-            state.stream = None;
+            self.drop_stream(state);
+        }
+    }
+
+    /// Forgets the connection; when the device closed it with its notice that its flags now
+    /// require a channel, every later session call goes through one.
+    pub(crate) fn drop_stream(&self, state: &mut State) {
+        if let Some(stream) = state.stream.take() {
+            if stream.noticed() {
+                self.report(
+                    state.serial.as_deref().unwrap_or("unknown"),
+                    "the device closed the clear connection: its flags now require a secure channel; PINs and key values go through one from now on",
+                );
+                state.requires_channel = true;
+                state.clear_ok = false;
+            }
         }
     }
 
@@ -597,7 +612,7 @@ impl Device {
             Ok(answer) => answer,
             Err(failure) => {
                 self.kill(state, true);
-                return Err(self.failure(failure));
+                return Err(self.failure_in_channel(true, failure));
             }
         };
         let serial = state.serial.clone().unwrap_or_default();

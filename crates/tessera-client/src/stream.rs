@@ -3,9 +3,9 @@
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::net::RecvFlags;
 use tessera_config::ServerAddress;
@@ -45,7 +45,16 @@ pub(crate) struct Stream {
     outbox: Mutex<Vec<Vec<u8>>>,
     /// Reads left that sleep at once, after a poll that timed out (see [`SPIN_BACKOFF`]).
     no_spin: AtomicU32,
+    /// The device closed the connection with its notice that a channel is now required.
+    notice: AtomicBool,
+    /// When the connection was made, and when a frame last arrived (nanoseconds after it).
+    born: Instant,
+    last_frame: AtomicU64,
 }
+
+/// A connection this long without a frame from the device is looked at before a PIN or a key
+/// value leaves on it in the clear (see [`Stream::closed_by_device`]).
+const IDLE_BEFORE_SECRET: Duration = Duration::from_millis(1);
 
 enum Socket {
     Unix(UnixStream),
@@ -150,6 +159,9 @@ impl Stream {
             writing: Mutex::new(()),
             outbox: Mutex::new(Vec::new()),
             no_spin: AtomicU32::new(0),
+            notice: AtomicBool::new(false),
+            born: Instant::now(),
+            last_frame: AtomicU64::new(0),
         })
     }
 
@@ -229,12 +241,57 @@ impl Stream {
             tessera_wire::FrameError::Io(e) => Failure::Io(e.to_string()),
             other => Failure::Bad(other.to_string()),
         })?;
+        self.last_frame
+            .store(self.born.elapsed().as_nanos() as u64, Ordering::Relaxed);
         if let Some(sealed) = find_sealed_response(&body) {
             return Ok((sealed.id, Answer::Sealed(sealed, body)));
         }
         let envelope = decode_response(&body).map_err(|e| Failure::Bad(e.to_string()));
         tessera_core::bytes::give(body);
-        envelope.map(|envelope| (envelope.id, Answer::Clear(envelope.result)))
+        let envelope = envelope?;
+        if envelope.id == 0 && envelope.result.as_ref().err() == Some(&Rv::BadProtection.code()) {
+            // The device's notice before it closes a clear connection: its flags now require
+            // a channel. Unauthenticated, so it may only raise protection (see `Device`).
+            self.notice.store(true, Ordering::Relaxed);
+            return Err(Failure::Io(
+                "the device closed the connection: its flags now require a secure channel".into(),
+            ));
+        }
+        Ok((envelope.id, Answer::Clear(envelope.result)))
+    }
+
+    /// Whether the device sent its closing notice (see [`Stream::receive`]).
+    pub(crate) fn noticed(&self) -> bool {
+        self.notice.load(Ordering::Relaxed)
+    }
+
+    /// Whether the device has closed this idle connection (or said something while nothing
+    /// was asked: its closing notice, which is read): called with nothing in flight, before
+    /// a PIN or a key value would leave in the clear. A connection that had a frame within
+    /// [`IDLE_BEFORE_SECRET`] is not looked at (one system call spared on busy connections;
+    /// a flag change that races a call in flight is refused by the device, after the fact).
+    pub(crate) fn closed_by_device(&self) -> bool {
+        let now = self.born.elapsed().as_nanos() as u64;
+        let idle = now.saturating_sub(self.last_frame.load(Ordering::Relaxed));
+        if idle < IDLE_BEFORE_SECRET.as_nanos() as u64 {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+        let peek = match &self.socket {
+            Socket::Unix(s) => rustix::net::recv(s, &mut byte, flags),
+            Socket::Tcp(s) => rustix::net::recv(s, &mut byte, flags),
+        };
+        match peek {
+            Err(rustix::io::Errno::AGAIN) => false,
+            Ok((n, _)) if n > 0 => {
+                if let Ok((_, answer)) = self.receive(false) {
+                    answer.discard();
+                }
+                true
+            }
+            _ => true,
+        }
     }
 
     /// Polls for a reply for a few microseconds before the caller sleeps in `read` (see

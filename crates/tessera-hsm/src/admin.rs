@@ -312,6 +312,18 @@ impl Hsm {
         drop(state);
         // Channels were agreed under the old policy (the Administrator's own carries on).
         self.terminate_channels_except(None, Some(client), "the security flags changed");
+        // Sessions opened in the clear end too when a channel is now required: a library
+        // must not go on to send a PIN on one (its connection is closed with a notice).
+        if tessera_channel::Policy::from_device_flags(bits).requires_channel() {
+            let ended = self.end_clear_sessions();
+            let state = self.lock();
+            self.event(
+                &state,
+                "Administrator",
+                "clear-sessions-ended",
+                format!("{ended} sessions opened without a channel, and their connections"),
+            );
+        }
         Ok(Reply::Done)
     }
 

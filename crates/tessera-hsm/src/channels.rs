@@ -60,6 +60,10 @@ pub(crate) struct Channels {
     map: Mutex<HashMap<u64, Arc<ChannelInfo>>>,
     next: AtomicU64,
     limit: usize,
+    /// Told when the flags come to require a channel and the clear sessions end (the daemon
+    /// then closes its clear connections, with a notice, so that no library sends a PIN on
+    /// them in the clear).
+    clear_ended: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl Channels {
@@ -68,6 +72,7 @@ impl Channels {
             map: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             limit: limit.max(1),
+            clear_ended: std::sync::OnceLock::new(),
         }
     }
 
@@ -119,6 +124,42 @@ impl Hsm {
                 format!("channel {} ({}): {why}", info.id, info.peer),
             );
         }
+    }
+
+    /// Calls `notify` whenever the flags come to require a channel and the device ends the
+    /// sessions opened in the clear (the daemon closes its clear connections then). Set once.
+    pub fn on_clear_sessions_ended(&self, notify: impl Fn() + Send + Sync + 'static) {
+        let _ = self.channels.clear_ended.set(Box::new(notify));
+    }
+
+    /// Ends every session opened outside a channel, and its clients' logins, then tells the
+    /// daemon: the flags now require a channel, so those sessions may not carry on (brief §2:
+    /// the device never executes a request that lacks the protection its flags require).
+    pub(crate) fn end_clear_sessions(&self) -> usize {
+        let in_channels: std::collections::HashSet<u64> = self
+            .channels
+            .map()
+            .values()
+            .map(|info| info.client)
+            .collect();
+        let mut state = self.lock();
+        let clear: Vec<(u64, u64)> = state
+            .sessions
+            .iter()
+            .filter(|(_, session)| !in_channels.contains(&session.client))
+            .map(|(handle, session)| (*handle, session.client))
+            .collect();
+        for (handle, client) in &clear {
+            state.close_session(*handle);
+            for token in state.tokens.values_mut() {
+                token.logout(*client);
+            }
+        }
+        drop(state);
+        if let Some(notify) = self.channels.clear_ended.get() {
+            notify();
+        }
+        clear.len()
     }
 
     /// Records a channel event (open, rollover, integrity failure, policy refusal).

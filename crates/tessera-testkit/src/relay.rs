@@ -31,7 +31,8 @@ pub struct Frame {
 /// Decides what goes to the device for one client request: the bodies to send (each gets a
 /// response; the last response goes back to the client). Empty drops the request.
 pub type RequestHook = dyn Fn(&Frame, &Recorder) -> Vec<Vec<u8>> + Send + Sync;
-/// Decides what goes back to the client.
+/// Decides what goes back to the client; for a request the request hook dropped it sees an
+/// empty body, and may forge an answer (an empty one sends nothing).
 pub type ReplyHook = dyn Fn(&Frame, &Recorder) -> Vec<u8> + Send + Sync;
 
 /// Everything that crossed the relay, in order.
@@ -142,7 +143,25 @@ impl Relay {
                                 return;
                             }
                         }
-                        let Some(answer) = last else { continue };
+                        let Some(answer) = last else {
+                            // The request was dropped: the reply hook may answer it itself
+                            // (it sees an empty body; an empty answer sends nothing).
+                            let forged = reply(
+                                &Frame {
+                                    connection,
+                                    index,
+                                    body: Vec::new(),
+                                },
+                                &rec,
+                            );
+                            if !forged.is_empty() {
+                                rec.push(connection, Way::ToClient, &forged);
+                                if !write_frame(&mut client, &forged) {
+                                    return;
+                                }
+                            }
+                            continue;
+                        };
                         rec.push(connection, Way::ToClient, &answer);
                         let answer = reply(
                             &Frame {

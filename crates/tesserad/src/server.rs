@@ -218,8 +218,11 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
     let _file_size_signal =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ));
     let (stop_sender, stop) = watch::channel(false);
+    let (clear_sender, clear_ended) = watch::channel(0u64);
+    hsm.on_clear_sessions_ended(move || clear_sender.send_modify(|count| *count += 1));
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let shared = Shared {
+        clear_ended,
         hsm: hsm.clone(),
         guard: Arc::new(Guard::new(config.peer_limits)),
         key_limits: config.key_limits,
@@ -361,6 +364,9 @@ struct Shared {
     key_limits: KeyLimits,
     frame_timeout: Duration,
     poller: Arc<Poller>,
+    /// Changes when the flags come to require a channel: connections without one close (see
+    /// `serve_connection`).
+    clear_ended: watch::Receiver<u64>,
 }
 
 /// Busy polling (`--busy-poll`): after answering a request, a connection may poll for its
@@ -606,7 +612,12 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         key_limits: limits,
         frame_timeout,
         poller,
+        mut clear_ended,
     } = shared;
+    clear_ended.mark_unchanged();
+    // Set when the flags came to require a channel while this connection had none: it closes
+    // once what runs has answered, with a notice the library reads before it would send a PIN.
+    let mut notice = false;
     let client = hsm.connect();
     let secure = Arc::new(std::sync::Mutex::new(Secure::new(
         hsm.clone(),
@@ -653,9 +664,16 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 Some(read_frame(&mut reader, frame_timeout).await)
             }
         };
+        // Only a connection without a channel listens for the end of clear sessions: it
+        // closes then, so a read cut short here is never resumed.
+        let clear = !pending && lock_secure(&secure).channel_id().is_none();
         let frame = tokio::select! {
             frame = poller.promptly(next) => frame,
             _ = stop.changed() => break,
+            _ = clear_ended.changed(), if clear => {
+                notice = true;
+                break;
+            }
         };
         let body = match frame {
             Some(Ok(Some(body))) => body,
@@ -786,6 +804,25 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     }
     // What runs finishes (its replies may no longer reach anyone), then the connection ends.
     let _all = slots.acquire_many(IN_FLIGHT).await;
+    if notice {
+        // The connection's last frame, after every reply: request id 0 (never a request's),
+        // `CKR_BAD_PROTECTION`. Unauthenticated, so the library only ever raises protection
+        // on it.
+        tracing::info!(
+            client,
+            peer,
+            "closing a clear connection: the flags now require a secure channel"
+        );
+        let frame = encode_response(&ResponseEnvelope {
+            version: PROTOCOL_VERSION,
+            id: 0,
+            channel: None,
+            result: Err(tessera_core::Rv::BadProtection.code()),
+        });
+        if let Ok(permit) = Arc::new(Semaphore::new(1)).acquire_owned().await {
+            let _ = out.send((frame, permit));
+        }
+    }
     drop(out);
     let _ = writing.await;
     let mut current = lock_secure(&secure);

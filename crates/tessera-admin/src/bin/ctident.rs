@@ -145,6 +145,50 @@ enum Command {
     /// The client trust store: add, list, remove.
     #[command(subcommand)]
     Trust(Trust),
+    /// Known devices: what the library recorded of the device at each server-list entry after
+    /// its first authenticated channel (serial, identity, whether it required a channel). A
+    /// recorded entry is only talked to through a channel to that device; after a legitimate
+    /// change (new identity, another device at the address), forget the entry.
+    #[command(subcommand, name = "known-devices")]
+    KnownDevices(Known),
+}
+
+#[derive(Subcommand, Debug)]
+enum Known {
+    /// List the records of both levels. Example: ctident known-devices list
+    List,
+    /// Forget an entry, so that the next channel records it afresh.
+    /// Example: ctident known-devices forget 10.0.0.5:12396
+    Forget {
+        /// The server-list entry, as ET_HSM_NETCLIENT_SERVERLIST writes it.
+        entry: String,
+        /// The system's file rather than this user's.
+        #[arg(long)]
+        system: bool,
+    },
+    /// Provision a record before first contact, so that even the first contact is
+    /// authenticated. Example:
+    /// ctident known-devices add 10.0.0.5:12396 --serial 5711537307 --identity sha256:9f86…
+    /// (--identity none --clear for a device without identity, allowed in the clear).
+    Add {
+        /// The server-list entry.
+        entry: String,
+        /// The device's serial number.
+        #[arg(long)]
+        serial: String,
+        /// sha256:HEX of its PIC (`ctident show` prints the fingerprint), or none.
+        #[arg(long)]
+        identity: String,
+        /// The device requires a channel (recorded as `required` rather than `used`).
+        #[arg(long, conflicts_with = "clear")]
+        required: bool,
+        /// A device without identity, talked to in the clear (needs --identity none).
+        #[arg(long)]
+        clear: bool,
+        /// The system's file rather than this user's.
+        #[arg(long)]
+        system: bool,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -276,6 +320,9 @@ fn login<'a>(
 fn run(args: &Args) -> Result<(), Failure> {
     if let Command::Trust(trust) = &args.command {
         return run_trust(args, trust);
+    }
+    if let Command::KnownDevices(known) = &args.command {
+        return run_known(known);
     }
     let target = Target::open(args.device)?;
     match &args.command {
@@ -464,8 +511,8 @@ fn run(args: &Args) -> Result<(), Failure> {
                 }
             }
         }
-        // Trust store commands need no device; handled before connecting.
-        Command::Trust(_) => {}
+        // Trust store and known-devices commands need no device; handled before connecting.
+        Command::Trust(_) | Command::KnownDevices(_) => {}
     }
     Ok(())
 }
@@ -508,6 +555,81 @@ fn show(identity: &Identity) {
         ),
         None => println!("Owner certificate        : none"),
     }
+}
+
+fn run_known(known: &Known) -> Result<(), Failure> {
+    use tessera_client::known::{ChannelUse, KnownDevice, KnownDevices, Level as KnownLevel};
+    let config = tessera_config::Config::load().map_err(|e| Failure::new(e.to_string()))?;
+    let files = KnownDevices::from_config(&config);
+    let level = |system: bool| {
+        if system {
+            KnownLevel::System
+        } else {
+            KnownLevel::User
+        }
+    };
+    match known {
+        Known::List => {
+            for (level, name) in [(KnownLevel::User, "user"), (KnownLevel::System, "system")] {
+                println!("{name}: {}", files.path(level).display());
+                for record in files.list(level).map_err(Failure::new)? {
+                    println!("  {}", record.line());
+                }
+            }
+        }
+        Known::Forget { entry, system } => {
+            let level = level(*system);
+            if !files.forget(level, entry).map_err(Failure::new)? {
+                return Err(Failure::new(format!(
+                    "{} has no record of {entry:?}; `ctident known-devices list` shows the entries",
+                    files.path(level).display()
+                )));
+            }
+            println!("forgot {entry} in {}", files.path(level).display());
+        }
+        Known::Add {
+            entry,
+            serial,
+            identity,
+            required,
+            clear,
+            system,
+        } => {
+            let identity = match identity.as_str() {
+                "none" => None,
+                text => Some(
+                    text.strip_prefix("sha256:")
+                        .unwrap_or(text)
+                        .replace(':', "")
+                        .to_ascii_lowercase(),
+                ),
+            };
+            let channel = match (*clear, *required) {
+                (true, _) => ChannelUse::Clear,
+                (false, true) => ChannelUse::Required,
+                (false, false) => ChannelUse::Used,
+            };
+            let record = KnownDevice {
+                entry: entry.clone(),
+                serial: serial.clone(),
+                identity,
+                channel,
+            };
+            // Written, then read back: the file's own checks judge the record.
+            let level = level(*system);
+            files.record(level, &record).map_err(Failure::new)?;
+            if let Err(e) = files.list(level) {
+                files.forget(level, entry).map_err(Failure::new)?;
+                return Err(Failure::new(format!("not recorded: {e}")));
+            }
+            println!(
+                "recorded {} in {}",
+                record.line(),
+                files.path(level).display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn run_trust(args: &Args, trust: &Trust) -> Result<(), Failure> {

@@ -1,0 +1,469 @@
+//! Ways around the trusted channel, each performed by a man in the middle on loopback TCP:
+//! a clear answer forged for a protected call, a device renamed in the clear phase, a device
+//! that stops offering a channel or is another device, and a flag change that would let a PIN
+//! leave on a clear session. Each must end in a refusal, with nothing secret on the wire and no
+//! side effect on the device.
+
+mod sm_common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sm_common::*;
+use tessera_core::{ck, Attribute, Mechanism, MechanismParameter, Rv, Template};
+use tessera_testkit::relay::{Frame, Recorder, Relay, Way};
+use tessera_testkit::{Daemon, Transport, TRANSPORTS};
+use tessera_wire::{Operation, Reply, Request, ResponseEnvelope, PROTOCOL_VERSION};
+
+const HMAC_KEY: &[u8] = b"HMAC-KEY-THAT-MUST-NOT-LEAK-0123";
+
+fn protected_count(recorder: &Recorder, connection: usize) -> usize {
+    (recorder.frames(connection, Way::ToDevice).iter())
+        .filter(|b| is_protected(b))
+        .count()
+}
+
+/// The id of the request the relay saw last on `connection`.
+fn last_request_id(recorder: &Recorder, connection: usize) -> u64 {
+    let frames = recorder.frames(connection, Way::ToDevice);
+    request(frames.last().expect("a request")).id
+}
+
+/// A forged clear frame answering request `id`.
+fn forged(id: u64, result: Result<Reply, u64>) -> Vec<u8> {
+    response_body(&ResponseEnvelope {
+        version: PROTOCOL_VERSION,
+        id,
+        channel: None,
+        result,
+    })
+}
+
+/// Every request that reached the device in the clear is public (no session call, PIN or key
+/// value left outside a channel).
+fn only_public_in_the_clear(recorder: &Recorder, connection: usize) {
+    for body in recorder.frames(connection, Way::ToDevice) {
+        let envelope = request(&body);
+        assert!(
+            envelope.request.is_public(),
+            "a session call went out in the clear: {:?}",
+            envelope.request
+        );
+    }
+}
+
+fn hmac_key(session: u64) -> Request {
+    Request::CreateObject {
+        session,
+        template: Template(vec![
+            Attribute::ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY),
+            Attribute::ulong(ck::CKA_KEY_TYPE, ck::CKK_GENERIC_SECRET),
+            Attribute::bool(ck::CKA_TOKEN, true),
+            Attribute::bool(ck::CKA_SIGN, true),
+            Attribute::bool(ck::CKA_VERIFY, true),
+            Attribute::bytes(ck::CKA_LABEL, b"victim-key"),
+            Attribute::bytes(ck::CKA_VALUE, HMAC_KEY),
+        ]),
+    }
+}
+
+/// Rule 1: a relay drops the protected request (or the sealed reply) and answers the call in
+/// the clear. `C_DestroyObject` must not report success for a key that still exists, and
+/// `C_Verify` of a wrong MAC must not pass.
+#[test]
+fn a_clear_answer_to_a_protected_call_is_refused_as_forged() {
+    let forgeries: Vec<(&str, Result<Reply, u64>)> = vec![
+        ("Err(0)", Err(0)),
+        ("Ok(Done)", Ok(Reply::Done)),
+        ("Ok(Verified)", Ok(Reply::Verified)),
+        ("Err(CKR_SESSION_CLOSED)", Err(Rv::SessionClosed.code())),
+    ];
+    for transport in TRANSPORTS {
+        let daemon = Daemon::start();
+        prepare(&daemon, transport, "nuNU");
+        for (name, forgery) in &forgeries {
+            // Protected requests of connection 0: 1 OpenSession, 2 Login, 3 CreateObject,
+            // 4 VerifyInit, 5 Verify (its sealed reply is replaced); of connection 1 (after
+            // the first channel died): 1 OpenSession, 2 Login, 3 DestroyObject (dropped, and
+            // answered by the relay).
+            let forgery = Arc::new(Mutex::new(Some(forged(0, clone(forgery)))));
+            let replace = forgery.clone();
+            let relay = Relay::start(
+                &daemon,
+                transport,
+                Arc::new(|frame: &Frame, recorder: &Recorder| {
+                    let index = protected_count(recorder, frame.connection);
+                    if is_protected(&frame.body) && frame.connection == 1 && index == 3 {
+                        return vec![]; // DestroyObject never reaches the device.
+                    }
+                    vec![frame.body.clone()]
+                }),
+                Arc::new(move |frame: &Frame, recorder: &Recorder| {
+                    let index = protected_count(recorder, frame.connection);
+                    let id = last_request_id(recorder, frame.connection);
+                    if frame.body.is_empty() || (frame.connection == 0 && index == 5) {
+                        let template = replace.lock().unwrap().clone().unwrap();
+                        let mut envelope: ResponseEnvelope = match postcard::from_bytes(&template) {
+                            Ok(envelope) => envelope,
+                            // Err(0) does not decode: patch the id into its encoding.
+                            Err(_) => return forged_err0(id),
+                        };
+                        envelope.id = id;
+                        return response_body(&envelope);
+                    }
+                    frame.body.clone()
+                }),
+            );
+            let device = secured(&daemon, &relay.address, &[]);
+            let (session, g) = user(&device);
+            let Reply::Handle(key) = call(&device, g, hmac_key(session)) else {
+                panic!("no key")
+            };
+            let init = Request::OperationInit {
+                session,
+                operation: Operation::Verify,
+                mechanism: Mechanism {
+                    ty: ck::CKM_SHA256_HMAC as u64,
+                    parameter: MechanismParameter::None,
+                },
+                key,
+            };
+            call(&device, g, init);
+            let verify = Request::OperationSingle {
+                session,
+                operation: Operation::Verify,
+                data: b"message".to_vec(),
+                signature: vec![0x55; 32],
+            };
+            let outcome = code(device.call(Some(g), verify));
+            assert_eq!(
+                outcome,
+                Rv::BadReplySignature.code(),
+                "verify answered with {name} ({transport:?})"
+            );
+            // The channel is gone with its sessions.
+            assert_eq!(
+                code(device.call(Some(g), Request::SessionInfo { session })),
+                Rv::SessionClosed.code()
+            );
+            // A second attempt on a fresh channel: DestroyObject dropped and answered in the
+            // clear.
+            let (session, g) = user(&device);
+            let outcome = code(device.call(
+                Some(g),
+                Request::DestroyObject {
+                    session,
+                    object: key,
+                },
+            ));
+            assert!(
+                outcome == Rv::BadReplySignature.code()
+                    || outcome == Rv::ObjectHandleInvalid.code(),
+                "destroy answered with {name} ({transport:?}): 0x{outcome:08X}"
+            );
+            assert_eq!(
+                count(&daemon, transport, "victim-key"),
+                1,
+                "the key still exists"
+            );
+            let log = std::fs::read_to_string(daemon.client_log()).unwrap_or_default();
+            assert!(
+                log.contains("refused as forged"),
+                "the library's log names the forgery: {log}"
+            );
+            assert!(!relay.recorder.contains(HMAC_KEY));
+            assert!(!relay.recorder.contains(USER_PIN.as_bytes()));
+            drop(forgery);
+            // Clean up for the next forgery: the key is destroyed through a clean client.
+            destroy_all(&daemon, transport, "victim-key");
+        }
+    }
+}
+
+fn clone(result: &Result<Reply, u64>) -> Result<Reply, u64> {
+    match result {
+        Ok(Reply::Done) => Ok(Reply::Done),
+        Ok(Reply::Verified) => Ok(Reply::Verified),
+        Ok(_) => unreachable!(),
+        Err(code) => Err(*code),
+    }
+}
+
+/// `ResponseEnvelope { id, channel: None, result: Err(0) }` as an encoder would write it (it
+/// does not decode, on purpose).
+fn forged_err0(id: u64) -> Vec<u8> {
+    let mut body = postcard::to_stdvec(&(PROTOCOL_VERSION, id, None::<u64>)).unwrap();
+    body.extend(postcard::to_stdvec(&Err::<(), u64>(0)).unwrap());
+    body
+}
+
+fn destroy_all(daemon: &Daemon, transport: Transport, label: &str) {
+    let device = secured(daemon, &daemon.server_list(transport), &[]);
+    let (session, g) = user(&device);
+    let template = Template(vec![Attribute::bytes(ck::CKA_LABEL, label.as_bytes())]);
+    call(&device, g, Request::FindObjectsInit { session, template });
+    if let Reply::Handles(handles) = call(&device, g, Request::FindObjects { session, max: 100 }) {
+        for object in handles {
+            call(&device, g, Request::DestroyObject { session, object });
+        }
+    }
+}
+
+/// Rewrites the serial in clear `DeviceInfo` replies; with `refuse`, also answers every
+/// handshake itself with `CKR_NO_SESSION_KEYS` (a device "without identity").
+fn renaming_relay(daemon: &Daemon, transport: Transport, refuse: bool) -> Relay {
+    Relay::start(
+        daemon,
+        transport,
+        Arc::new(move |frame: &Frame, _: &Recorder| {
+            let envelope = request(&frame.body);
+            if refuse && matches!(envelope.request, Request::Handshake(_)) {
+                return vec![];
+            }
+            vec![frame.body.clone()]
+        }),
+        Arc::new(|frame: &Frame, recorder: &Recorder| {
+            if frame.body.is_empty() {
+                let id = last_request_id(recorder, frame.connection);
+                return forged(id, Err(Rv::NoSessionKeys.code()));
+            }
+            let mut envelope = response(&frame.body);
+            if let Ok(Reply::Device(info)) = &mut envelope.result {
+                info.serial = "0000000001".into();
+            }
+            response_body(&envelope)
+        }),
+    )
+}
+
+/// Rule 2: the clear phase is rewritten (another serial, and optionally "no identity") so that
+/// the client's SMPR would not apply. The client authenticates before any session call: it
+/// refuses, and neither the PIN nor any session call leaves in the clear.
+#[test]
+fn a_device_renamed_in_the_clear_phase_gets_no_session_call() {
+    let transport = Transport::Tcp;
+    let daemon = Daemon::start();
+    // The device requires nothing; the client requires everything of it.
+    prepare(&daemon, transport, "");
+    daemon.identify(transport, &[]);
+    let serial = daemon.serial(transport);
+    let item = format!("ET_PTKC_{serial}_SMPR");
+    for refuse in [false, true] {
+        let relay = renaming_relay(&daemon, transport, refuse);
+        let device = secured(&daemon, &relay.address, &[(&item, "SRPEDT")]);
+        let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
+        let outcome = code(device.call(None, Request::OpenSession { slot: 0, flags }));
+        let expected = if refuse {
+            Rv::NoSessionKeys.code()
+        } else {
+            Rv::CertNotValidated.code()
+        };
+        assert_eq!(outcome, expected, "refuse={refuse}");
+        only_public_in_the_clear(&relay.recorder, 0);
+        assert!(!relay.recorder.contains(USER_PIN.as_bytes()));
+        assert_eq!(
+            daemon_sessions(&daemon, transport),
+            0,
+            "no session was opened"
+        );
+    }
+}
+
+/// Sessions open on the device, as `ctconf -v` counts them (0 when it shows none).
+fn daemon_sessions(daemon: &Daemon, transport: Transport) -> usize {
+    let shown = daemon.admin(transport, &["-v"]);
+    shown
+        .lines()
+        .find(|l| l.to_ascii_lowercase().contains("sessions"))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|v| v.trim().split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn ctident(daemon: &Daemon, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(tessera_testkit::binary("ctident"))
+        .envs(daemon.trust_env())
+        .args(args)
+        .output()
+        .expect("ctident runs")
+}
+
+/// Known devices: after a first channel through entry R1, a device at a recorded entry that
+/// offers no channel, or that is another (trusted) device, is refused with the record named;
+/// `ctident known-devices forget` accepts a legitimate change.
+#[test]
+fn a_known_device_is_only_talked_to_through_a_channel_to_that_device() {
+    let transport = Transport::Tcp;
+    let daemon = Daemon::start();
+    prepare(&daemon, transport, "nuNU");
+    let serial = daemon.serial(transport);
+
+    // First contact records the entry.
+    let first = Relay::transparent(&daemon, transport);
+    let device = secured(&daemon, &first.address, &[]);
+    user(&device);
+    device.disconnect();
+    let known = std::fs::read_to_string(daemon.known_devices()).expect("a known-devices file");
+    let line = known
+        .lines()
+        .find(|l| l.starts_with(&first.address))
+        .unwrap_or_else(|| panic!("entry recorded: {known}"));
+    assert!(
+        line.contains(&serial) && line.ends_with(" required"),
+        "{line}"
+    );
+    let identity = line.split_whitespace().nth(2).unwrap().to_string();
+
+    // The same device, provisioned at a second entry whose relay strips the channel.
+    let stripping = renaming_relay(&daemon, transport, true);
+    let added = ctident(
+        &daemon,
+        &[
+            "known-devices",
+            "add",
+            &stripping.address,
+            "--serial",
+            &serial,
+            "--identity",
+            &identity,
+            "--required",
+        ],
+    );
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let device = secured(&daemon, &stripping.address, &[]);
+    let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
+    let outcome = code(device.call(None, Request::OpenSession { slot: 0, flags }));
+    assert_eq!(outcome, Rv::NoSessionKeys.code());
+    only_public_in_the_clear(&stripping.recorder, 0);
+    let log = std::fs::read_to_string(daemon.client_log()).unwrap();
+    assert!(
+        log.contains(&format!(
+            "entry {} is recorded as serial {serial}",
+            stripping.address
+        )) && log.contains("known-devices forget"),
+        "{log}"
+    );
+
+    // Another device, trusted by the same client, behind an entry recorded for the first.
+    let other = Daemon::start();
+    prepare(&other, transport, "nuNU");
+    let other_pic = other.trust_dir();
+    for entry in std::fs::read_dir(&other_pic).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), daemon.trust_dir().join(entry.file_name())).unwrap();
+    }
+    let impostor = Relay::transparent(&other, transport);
+    let added = ctident(
+        &daemon,
+        &[
+            "known-devices",
+            "add",
+            &impostor.address,
+            "--serial",
+            &serial,
+            "--identity",
+            &identity,
+            "--required",
+        ],
+    );
+    assert!(added.status.success());
+    let device = secured(&daemon, &impostor.address, &[]);
+    let outcome = code(device.call(None, Request::OpenSession { slot: 0, flags }));
+    assert_eq!(outcome, Rv::CertNotValidated.code());
+    assert!(!impostor.recorder.contains(USER_PIN.as_bytes()));
+    only_public_in_the_clear(&impostor.recorder, 0);
+    let log = std::fs::read_to_string(daemon.client_log()).unwrap();
+    assert!(log.contains("another device or identity"), "{log}");
+
+    // The operator accepts the change: the entry is recorded afresh, for the other device.
+    let forgot = ctident(&daemon, &["known-devices", "forget", &impostor.address]);
+    assert!(forgot.status.success());
+    let device = secured(&daemon, &impostor.address, &[]);
+    assert!(device
+        .call(None, Request::OpenSession { slot: 0, flags })
+        .is_ok());
+    let other_serial = other.serial(transport);
+    let known = std::fs::read_to_string(daemon.known_devices()).unwrap();
+    assert!(
+        known
+            .lines()
+            .any(|l| l.starts_with(&impostor.address) && l.contains(&other_serial)),
+        "{known}"
+    );
+}
+
+/// A byte pipe between a client and a daemon's TCP port that records what the client sent
+/// (unlike the frame relay, it passes the device's unsolicited frames and its close on).
+fn pipe(daemon: &Daemon) -> (String, Arc<Mutex<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let upstream = daemon.server_list(Transport::Tcp);
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let record = sent.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let mut device = TcpStream::connect(&upstream).unwrap();
+            let (mut client_in, mut device_out) =
+                (client.try_clone().unwrap(), device.try_clone().unwrap());
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 65536];
+                while let Ok(n) = client_in.read(&mut buffer) {
+                    if n == 0 || device_out.write_all(&buffer[..n]).is_err() {
+                        break;
+                    }
+                    record.lock().unwrap().extend_from_slice(&buffer[..n]);
+                }
+                let _ = device_out.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut device, &mut client);
+                let _ = client.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (address, sent)
+}
+
+/// Rule 5: an application opens a session with no flags set; the Administrator sets `-fN`;
+/// the next `C_Login` must not send the PIN in the clear. The device ends the clear sessions
+/// and closes their connections with a notice; the library reads it before the PIN would
+/// leave, and the next session goes through a channel.
+#[test]
+fn a_flag_change_ends_clear_sessions_before_a_pin_leaves() {
+    let transport = Transport::Tcp;
+    let daemon = Daemon::start();
+    prepare(&daemon, transport, "");
+    daemon.identify(transport, &[]);
+    let (address, sent) = pipe(&daemon);
+    let device = secured(&daemon, &address, &[]);
+    let (session, g) = open(&device);
+    daemon.admin(transport, &["-fN"]);
+    // The device closes the clear connections as soon as the flags change; give the close a
+    // moment to cross the pipe (bounded).
+    std::thread::sleep(Duration::from_millis(300));
+    let login = Request::Login {
+        session,
+        user_type: ck::CKU_USER as u64,
+        pin: pin(USER_PIN),
+    };
+    assert_eq!(code(device.call(Some(g), login)), Rv::SessionClosed.code());
+    let contains = |needle: &[u8]| {
+        let bytes = sent.lock().unwrap();
+        bytes.windows(needle.len()).any(|w| w == needle)
+    };
+    assert!(!contains(USER_PIN.as_bytes()), "the PIN left in the clear");
+    // A new session works, through a channel: the PIN still never crosses in the clear.
+    let (_, g) = user(&device);
+    assert!(g > 1);
+    assert!(!contains(USER_PIN.as_bytes()), "the PIN left in the clear");
+    let events = daemon.admin(transport, &["-e"]);
+    assert!(events.contains("clear-sessions-ended"), "{events}");
+}
