@@ -12,6 +12,7 @@
 //! for it (brief §2.2).
 #![forbid(unsafe_code)]
 
+mod peer;
 mod secure;
 mod stream;
 
@@ -241,8 +242,13 @@ impl Device {
     pub(crate) fn connected(&self, state: &mut State) -> Result<(), ClientError> {
         self.forget_if_broken(state);
         if state.stream.is_none() {
-            let stream = Stream::connect(&self.address, self.connect_timeout, self.reply_timeout)
-                .map_err(|reason| ClientError::Unreachable {
+            let stream = Stream::connect(
+                &self.address,
+                self.connect_timeout,
+                self.reply_timeout,
+                self.secure.as_deref(),
+            )
+            .map_err(|reason| ClientError::Unreachable {
                 address: self.address.to_string(),
                 reason,
             })?;
