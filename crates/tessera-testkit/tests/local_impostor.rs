@@ -202,10 +202,14 @@ fn the_daemon_refuses_the_tmp_default_directory_that_another_user_made() {
         .status()
         .unwrap();
     assert!(made.success());
+    // A data directory it may use: only the socket directory is wrong.
+    let data = base.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::os::unix::fs::chown(&data, Some(uid), Some(uid)).unwrap();
     let mut command = as_user(uid, binary("tesserad"));
     command
         .arg("--data-dir")
-        .arg(base.path().join("data"))
+        .arg(&data)
         .env_remove("XDG_RUNTIME_DIR");
     let (status, stderr) = run_daemon(command, base.path());
     let outcome = std::panic::catch_unwind(|| assert_refused_directory(status, &stderr, &dir));
