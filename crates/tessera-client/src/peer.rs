@@ -156,7 +156,10 @@ mod tests {
         let refused = check_peer(OTHER, ALONE).unwrap_err();
         assert!(refused.contains("uid 65534"), "{refused}");
         assert!(refused.contains("uid 1000"), "{refused}");
-        assert!(refused.contains(&format!("{SERVER_USER}=65534")), "{refused}");
+        assert!(
+            refused.contains(&format!("{SERVER_USER}=65534")),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rustix::net::RecvFlags;
 use crate::SecureSettings;
+use rustix::net::RecvFlags;
 use tessera_config::ServerAddress;
 use tessera_core::Rv;
 use tessera_wire::{

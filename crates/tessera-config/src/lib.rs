@@ -426,7 +426,10 @@ mod tests {
         assert_eq!(with("").server_user_in(passwd), Ok(None));
         assert_eq!(with("tessera").server_user_in(passwd), Ok(Some(998)));
         assert_eq!(with("65534").server_user_in(passwd), Ok(Some(65534)));
-        let error = with("mallory").server_user_in(passwd).unwrap_err().to_string();
+        let error = with("mallory")
+            .server_user_in(passwd)
+            .unwrap_err()
+            .to_string();
         assert!(
             error.contains(SERVER_USER) && error.contains("mallory"),
             "{error}"

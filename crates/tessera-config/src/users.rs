@@ -69,7 +69,10 @@ mod tests {
         assert_eq!(resolve_in(PASSWD_TEXT, "4242"), Ok(4242));
         assert_eq!(resolve_in(PASSWD_TEXT, "0"), Ok(0));
         let unknown = resolve_in(PASSWD_TEXT, "mallory").unwrap_err();
-        assert!(unknown.contains("\"mallory\"") && unknown.contains(PASSWD), "{unknown}");
+        assert!(
+            unknown.contains("\"mallory\"") && unknown.contains(PASSWD),
+            "{unknown}"
+        );
         assert_eq!(name_in(PASSWD_TEXT, 998).as_deref(), Some("tessera"));
         assert_eq!(name_in(PASSWD_TEXT, 7), None);
         assert_eq!(describe(0), "uid 0 (root)");

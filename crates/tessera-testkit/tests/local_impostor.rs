@@ -31,7 +31,9 @@ const MARKER_PIN: &str = "marker-pin-7Qx9";
 const CKU_USER: u64 = 1;
 
 fn need_root() {
-    let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX);
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX);
     assert_eq!(
         uid, 0,
         "this test needs root: it runs the attacker as uid {NOBODY} with setpriv (CI runs as root)"
@@ -154,7 +156,10 @@ fn assert_refused_directory(status: Option<ExitStatus>, stderr: &str, dir: &Path
         "mode 0777".to_string(),
         "another --listen path".to_string(),
     ] {
-        assert!(stderr.contains(&needle), "{needle:?} missing from:\n{stderr}");
+        assert!(
+            stderr.contains(&needle),
+            "{needle:?} missing from:\n{stderr}"
+        );
     }
     let left: Vec<_> = std::fs::read_dir(dir).unwrap().collect();
     assert!(left.is_empty(), "tesserad bound something: {left:?}");

@@ -31,7 +31,9 @@ pub fn prepare_directory(path: &Path) -> Result<(), String> {
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .map_err(|e| format!("cannot create the socket directory {}: {e}", dir.display()))?;
+                .map_err(|e| {
+                    format!("cannot create the socket directory {}: {e}", dir.display())
+                })?;
             // Whoever made it (this daemon, or someone faster), it is checked like any other.
             std::fs::metadata(dir)
         }
