@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod known;
+mod peer;
 mod secure;
 mod stream;
 
@@ -262,8 +263,13 @@ impl Device {
     pub(crate) fn connected(&self, state: &mut State) -> Result<(), ClientError> {
         self.forget_if_broken(state);
         if state.stream.is_none() {
-            let stream = Stream::connect(&self.address, self.connect_timeout, self.reply_timeout)
-                .map_err(|reason| ClientError::Unreachable {
+            let stream = Stream::connect(
+                &self.address,
+                self.connect_timeout,
+                self.reply_timeout,
+                self.secure.as_deref(),
+            )
+            .map_err(|reason| ClientError::Unreachable {
                 address: self.address.to_string(),
                 reason,
             })?;

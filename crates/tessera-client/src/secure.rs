@@ -152,6 +152,11 @@ impl SecureSettings {
             .unwrap_or_default()
     }
 
+    /// The configuration these settings were read from.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Writes one report line.
     pub fn log(&self, line: &str) {
         let line = format!("tessera-pkcs11: {line}\n");

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::SecureSettings;
 use rustix::net::RecvFlags;
 use tessera_config::ServerAddress;
 use tessera_core::Rv;
@@ -116,14 +117,19 @@ impl Socket {
 }
 
 impl Stream {
+    /// Connects to `address`; a Unix socket is used only if the checks of [`crate::peer`]
+    /// pass (with `secure`'s configuration and log, when the device has them).
     pub(crate) fn connect(
         address: &ServerAddress,
         connect: Duration,
         reply: Duration,
+        secure: Option<&SecureSettings>,
     ) -> Result<Stream, String> {
         let socket = match address {
             ServerAddress::Unix(path) => {
                 let stream = UnixStream::connect(path).map_err(|e| e.to_string())?;
+                // Who serves it, before anything is sent (see the `peer` module).
+                crate::peer::verify(&stream, path, secure)?;
                 stream.set_read_timeout(Some(reply)).ok();
                 stream.set_write_timeout(Some(reply)).ok();
                 Socket::Unix(stream)

@@ -15,6 +15,7 @@
 pub mod access;
 pub mod listen;
 mod server;
+pub mod users;
 
 pub use server::{default_data_dir, default_socket_path, ServerAddress, DEFAULT_TCP_PORT};
 
@@ -27,6 +28,10 @@ pub const SERVER_LIST: &str = "ET_HSM_NETCLIENT_SERVERLIST";
 pub const CONNECT_TIMEOUT: &str = "ET_HSM_NETCLIENT_CONNECT_TIMEOUT";
 /// Seconds to wait for a device's reply before declaring it down.
 pub const REPLY_TIMEOUT: &str = "ET_HSM_NETCLIENT_REPLY_TIMEOUT";
+/// The user (a name or a uid) that may serve a local socket besides the client's own user and
+/// root: the library refuses a Unix socket served by anyone else, or in a directory that anyone
+/// else can write.
+pub const SERVER_USER: &str = "ET_HSM_NETCLIENT_SERVER_USER";
 
 /// Where an item's value came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +174,32 @@ impl Config {
             });
         }
         Ok(servers)
+    }
+
+    /// The uid named by [`SERVER_USER`] (a number, or a name looked up in `/etc/passwd`);
+    /// `None` when the item is unset or empty. An unknown name is an error naming the item.
+    pub fn server_user(&self) -> Result<Option<u32>, ConfigError> {
+        match self.item(SERVER_USER) {
+            None => Ok(None),
+            Some(_) => {
+                self.server_user_in(&std::fs::read_to_string(users::PASSWD).unwrap_or_default())
+            }
+        }
+    }
+
+    /// [`Config::server_user`] against the text of a password file.
+    pub fn server_user_in(&self, passwd: &str) -> Result<Option<u32>, ConfigError> {
+        match self.item(SERVER_USER) {
+            Some((value, _)) if value.trim().is_empty() => Ok(None),
+            Some((value, level)) => users::resolve_in(passwd, &value)
+                .map(Some)
+                .map_err(|reason| ConfigError::Invalid {
+                    item: SERVER_USER.into(),
+                    level,
+                    reason,
+                }),
+            None => Ok(None),
+        }
     }
 
     /// A duration item in seconds (whole or fractional).
@@ -383,6 +414,26 @@ mod tests {
         let path = dir.path().join("et_hsm");
         std::fs::write(&path, "ET_HSM_NETCLIENT_SERVERLIST=/tmp/x.sock\n").unwrap();
         assert_eq!(read_file(&path).unwrap()[SERVER_LIST], "/tmp/x.sock");
+    }
+
+    #[test]
+    fn the_server_user_is_a_number_or_a_known_name() {
+        let passwd = "root:x:0:0::/root:/bin/sh\ntessera:x:998:998::/:/bin/false\n";
+        let with = |value: &str| {
+            Config::from_levels(level(&[(SERVER_USER, value)]), level(&[]), level(&[]))
+        };
+        assert_eq!(Config::default().server_user_in(passwd), Ok(None));
+        assert_eq!(with("").server_user_in(passwd), Ok(None));
+        assert_eq!(with("tessera").server_user_in(passwd), Ok(Some(998)));
+        assert_eq!(with("65534").server_user_in(passwd), Ok(Some(65534)));
+        let error = with("mallory")
+            .server_user_in(passwd)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(SERVER_USER) && error.contains("mallory"),
+            "{error}"
+        );
     }
 
     #[test]

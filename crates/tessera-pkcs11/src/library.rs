@@ -163,6 +163,9 @@ impl Library {
         let servers = config.servers()?;
         let connect = config.seconds(CONNECT_TIMEOUT)?;
         let reply = config.seconds(REPLY_TIMEOUT)?;
+        // Checked at every local connection (tessera-client's `peer`); a name that is no user
+        // fails C_Initialize here, naming the item.
+        config.server_user()?;
         // Secure messaging settings: trust store, SMPR per serial (checked here), limits, log.
         let secure = Arc::new(
             tessera_client::SecureSettings::from_config(config).map_err(ConfigError::Message)?,

@@ -10,6 +10,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod guard;
+mod local;
 mod logfile;
 mod secure;
 mod server;
@@ -45,7 +46,9 @@ struct Args {
     /// Where to serve, repeatable: `unix:PATH`, or `tcp:HOST:PORT` for network mode (port
     /// 12396 is the usual one). Default: the local socket that the library dials when
     /// ET_HSM_NETCLIENT_SERVERLIST is unset ($XDG_RUNTIME_DIR/tessera/tesserad.sock, else
-    /// /tmp/tessera-<uid>/tesserad.sock). TCP is only served when asked.
+    /// /tmp/tessera-<uid>/tesserad.sock). TCP is only served when asked. A Unix socket's
+    /// directory must be tesserad's user's own and not writable by group or others (a
+    /// missing one is created with mode 0700).
     #[arg(long = "listen", value_name = "ADDRESS")]
     listen: Vec<String>,
 

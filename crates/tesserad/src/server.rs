@@ -161,17 +161,11 @@ fn lock_data_dir(data_dir: &Path) -> Result<File, String> {
 }
 
 fn bind_unix(path: &Path) -> Result<UnixListener, String> {
-    if let Some(parent) = path.parent() {
-        if !parent.exists() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700));
-        }
-    }
-    // A socket file left by a daemon that died: only ours could be there while we hold the
-    // data directory lock, unless another daemon with another data directory uses this path.
-    if path.exists() {
+    crate::local::prepare_directory(path)?;
+    // A socket of this user left by a daemon that died: only ours could be there while we
+    // hold the data directory lock, unless another daemon with another data directory uses
+    // this path. Anything else there is refused, not removed (see `local`).
+    if crate::local::existing(path)? == crate::local::Existing::OwnSocket {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(format!(
                 "{} is already served by another daemon",
@@ -193,6 +187,12 @@ impl Config {
 
 /// Runs the daemon until SIGINT or SIGTERM (or, with `--exit-with-parent`, its parent's end).
 pub fn run(config: Config) -> Result<(), String> {
+    // Socket directories first: a refused one stops the daemon before it touches the data.
+    for listen in &config.listen {
+        if let Listen::Unix(path) = listen {
+            crate::local::prepare_directory(path)?;
+        }
+    }
     let _lock = lock_data_dir(&config.data_dir)?;
     let hsm = Hsm::open(&config.data_dir, &config.options).map_err(|e| e.to_string())?;
     // One I/O thread owns the runtime's event loop, so a connection that polls for its next
