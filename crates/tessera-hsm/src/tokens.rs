@@ -35,6 +35,27 @@ fn failure_counter(record: &mut TokenRecord, so: bool) -> &mut u32 {
     }
 }
 
+/// A counted PIN guess being checked (token id, SO). However the check ends, dropping this
+/// takes it out of the checks in flight and wakes the guesses waiting for it.
+struct PinCheck<'a> {
+    hsm: &'a Hsm,
+    key: (u64, bool),
+}
+
+impl Drop for PinCheck<'_> {
+    fn drop(&mut self) {
+        let mut state = self.hsm.lock();
+        if let Some(checks) = state.pin_checks.get_mut(&self.key) {
+            *checks -= 1;
+            if *checks == 0 {
+                state.pin_checks.remove(&self.key);
+            }
+        }
+        drop(state);
+        self.hsm.pin_checked.notify_all();
+    }
+}
+
 impl Hsm {
     fn persist_token(&self, token_id: u64, record: &TokenRecord) -> Result<(), Rv> {
         self.store
@@ -44,16 +65,17 @@ impl Hsm {
 
     /// Checks a PIN against the SO (`so`) or user PIN record of a token.
     ///
-    /// The guess is counted before it is checked. Under the state lock: a locked PIN is refused
-    /// without running the KDF; otherwise the counter is raised and written to the store, and
-    /// only then is the lock released for the KDF (slow on purpose). A right PIN puts the
-    /// counter back to 0; a wrong one leaves it, as it was counted already. Checking the counter
-    /// first and raising it after the KDF would split the check from its effect by a lock
-    /// release: guesses sent at once would all pass the check before the first was counted.
-    /// And as the count is durable before the KDF starts, no answer (nor a crash, nor a dropped
-    /// connection) comes before the guess is on disk.
+    /// The guess is counted before it is checked. Under the state lock it is refused
+    /// (`CKR_PIN_LOCKED`, no KDF) when the count is full, else the count is raised and written
+    /// to the store, and only then is the lock released for the KDF (slow on purpose). A right
+    /// PIN puts the count back to 0; a wrong one leaves it, as it was counted already. Checking
+    /// the count first and raising it after the KDF would split the check from its effect by a
+    /// lock release: guesses sent at once would all pass the check before the first was
+    /// counted. And as the count is durable before the KDF starts, no answer (nor a crash, nor
+    /// a dropped connection) comes before the guess is on disk.
     fn verify_pin(&self, token_id: u64, so: bool, pin: &SecretBytes) -> Result<MasterKey, Rv> {
-        let (record, ordinal) = self.count_pin_guess(token_id, so)?;
+        let (record, ordinal, _check) = self.count_pin_guess(token_id, so)?;
+        // `_check` ends after the count is settled below, then wakes the guesses waiting.
         match MasterKey::unwrap(&record, pin.expose()) {
             // A right PIN ends the lockout cycle (the guesses counted in it, this one too, are
             // forgotten); if that cannot be written the login is refused and the count stays.
@@ -69,11 +91,32 @@ impl Hsm {
     }
 
     /// Counts one guess at a PIN, durably, before it is checked: returns the PIN record to
-    /// check it against and the guess's place in the count (1 to `MAX_PIN_FAILURES`). Refused
-    /// (`CKR_PIN_LOCKED`) once `MAX_PIN_FAILURES` guesses were counted since the last right PIN,
-    /// and refused when the count cannot be written: a guess that is not on disk is not checked.
-    fn count_pin_guess(&self, token_id: u64, so: bool) -> Result<(PinRecord, u32), Rv> {
+    /// check it against, the guess's place in the count (1 to `MAX_PIN_FAILURES`) and the
+    /// check in flight. Refused (`CKR_PIN_LOCKED`) when `MAX_PIN_FAILURES` guesses were counted
+    /// since the last right PIN and none of them is still being checked, and refused when the
+    /// count cannot be written: a guess that is not on disk is not checked.
+    fn count_pin_guess(
+        &self,
+        token_id: u64,
+        so: bool,
+    ) -> Result<(PinRecord, u32, PinCheck<'_>), Rv> {
         let mut state = self.lock();
+        while failures(&state.token(token_id)?.record, so) >= MAX_PIN_FAILURES {
+            if !state.pin_checks.contains_key(&(token_id, so)) {
+                let (role, slot) = (state.role(token_id, so), state.slot_of(token_id));
+                drop(state);
+                self.event_now(role, "login-refused", format!("slot {slot}, PIN locked"));
+                return Err(Rv::PinLocked);
+            }
+            // The count is full, but a guess still being checked may be the right PIN, which
+            // ends the cycle: wait for the answers rather than refuse a right PIN (say, one of
+            // many applications logging in at once) for guesses not known to be wrong. No
+            // guess is counted while the count is full, so this waits one KDF at most.
+            state = self
+                .pin_checked
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
         let token = state.token(token_id)?;
         let pin_record = if so {
             &token.record.so_pin
@@ -85,20 +128,18 @@ impl Hsm {
             None if so => return Err(Rv::TokenNotRecognized),
             None => return Err(Rv::UserPinNotInitialized),
         };
-        let failures = failures(&token.record, so);
-        if failures >= MAX_PIN_FAILURES {
-            let (role, slot) = (state.role(token_id, so), state.slot_of(token_id));
-            drop(state);
-            self.event_now(role, "login-refused", format!("slot {slot}, PIN locked"));
-            return Err(Rv::PinLocked);
-        }
-        let ordinal = failures + 1;
+        let ordinal = failures(&token.record, so) + 1;
         // Written before the state changes: a failed write leaves the count as it was.
         let mut record = token.record.clone();
         *failure_counter(&mut record, so) = ordinal;
         self.persist_token(token_id, &record)?;
         state.token_mut(token_id)?.record = record;
-        Ok((pin_record, ordinal))
+        *state.pin_checks.entry((token_id, so)).or_default() += 1;
+        let check = PinCheck {
+            hsm: self,
+            key: (token_id, so),
+        };
+        Ok((pin_record, ordinal, check))
     }
 
     /// Sets a PIN's failure count and writes it.
