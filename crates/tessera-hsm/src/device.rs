@@ -178,6 +178,7 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
         random: Default::default(),
         requests: Default::default(),
         pik_cache: Default::default(),
+        pin_checked: Default::default(),
         kdf_iterations: options.kdf_iterations.max(1),
         events,
         channels: crate::channels::Channels::new(options.max_channels),
@@ -189,6 +190,7 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
             next_session: 0,
             next_session_object: crate::SESSION_OBJECT_BASE,
             next_client: 0,
+            pin_checks: Default::default(),
         }),
     };
     hsm.refresh_device_objects(&mut hsm.lock());

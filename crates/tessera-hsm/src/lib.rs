@@ -30,7 +30,7 @@ mod wrap;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use tessera_core::Rv;
 use tessera_store::{DeviceRecord, MasterKey, Store, TokenRecord};
@@ -101,6 +101,8 @@ pub(crate) struct State {
     next_session: u64,
     next_session_object: u64,
     next_client: u64,
+    /// PIN guesses counted and still being checked, by token id and role (`true`: SO).
+    pin_checks: HashMap<(u64, bool), u32>,
 }
 
 /// One HSM device backed by its data directory.
@@ -118,6 +120,9 @@ pub struct Hsm {
     /// The PIK, parsed, with the sealed record it came from (see `identity_signature`).
     pik_cache: PikCache,
     state: Mutex<State>,
+    /// Signalled (with `state`) when a PIN check ends: a guess at a PIN whose count is full
+    /// waits for the checks in flight, one of which may be the right PIN (see `verify_pin`).
+    pin_checked: Condvar,
 }
 
 /// The code for a failed store operation, logged: `CKR_DEVICE_MEMORY` when the disk is full

@@ -4,7 +4,7 @@
 use tessera_core::ck;
 use tessera_core::info::SessionInfo;
 use tessera_core::{Rv, SecretBytes};
-use tessera_store::{MasterKey, PinRecord};
+use tessera_store::{MasterKey, PinRecord, TokenRecord};
 use tessera_wire::Reply;
 
 use crate::{Hsm, Login, Session, MAX_PIN_FAILURES, MAX_PIN_LEN, MAX_SESSIONS, MIN_PIN_LEN};
@@ -17,71 +17,159 @@ fn check_pin_length(pin: &SecretBytes) -> Result<(), Rv> {
     }
 }
 
+/// The count of wrong PINs of the SO (`so`) or the user of a token since its last right PIN.
+fn failures(record: &TokenRecord, so: bool) -> u32 {
+    if so {
+        record.so_failures
+    } else {
+        record.user_failures
+    }
+}
+
+/// The SO (`so`) or user PIN failure counter of a token record, to change.
+fn failure_counter(record: &mut TokenRecord, so: bool) -> &mut u32 {
+    if so {
+        &mut record.so_failures
+    } else {
+        &mut record.user_failures
+    }
+}
+
+/// A counted PIN guess being checked (token id, SO). However the check ends, dropping this
+/// takes it out of the checks in flight and wakes the guesses waiting for it.
+struct PinCheck<'a> {
+    hsm: &'a Hsm,
+    key: (u64, bool),
+}
+
+impl Drop for PinCheck<'_> {
+    fn drop(&mut self) {
+        let mut state = self.hsm.lock();
+        if let Some(checks) = state.pin_checks.get_mut(&self.key) {
+            *checks -= 1;
+            if *checks == 0 {
+                state.pin_checks.remove(&self.key);
+            }
+        }
+        drop(state);
+        self.hsm.pin_checked.notify_all();
+    }
+}
+
 impl Hsm {
-    fn persist_token(&self, token_id: u64, record: &tessera_store::TokenRecord) -> Result<(), Rv> {
+    fn persist_token(&self, token_id: u64, record: &TokenRecord) -> Result<(), Rv> {
         self.store
             .put_token(token_id, record)
             .map_err(crate::store_failure)
     }
 
-    /// Checks a PIN against a record outside the state lock (the KDF is slow on purpose),
-    /// then counts the outcome. `so` selects the SO or the user counter.
+    /// Checks a PIN against the SO (`so`) or user PIN record of a token.
+    ///
+    /// The guess is counted before it is checked. Under the state lock it is refused
+    /// (`CKR_PIN_LOCKED`, no KDF) when the count is full, else the count is raised and written
+    /// to the store, and only then is the lock released for the KDF (slow on purpose). A right
+    /// PIN puts the count back to 0; a wrong one leaves it, as it was counted already. Checking
+    /// the count first and raising it after the KDF would split the check from its effect by a
+    /// lock release: guesses sent at once would all pass the check before the first was
+    /// counted. And as the count is durable before the KDF starts, no answer (nor a crash, nor
+    /// a dropped connection) comes before the guess is on disk.
     fn verify_pin(&self, token_id: u64, so: bool, pin: &SecretBytes) -> Result<MasterKey, Rv> {
-        let record: PinRecord = {
-            let state = self.lock();
-            let token = state.token(token_id)?;
-            let (record, failures) = if so {
-                (token.record.so_pin.clone(), token.record.so_failures)
-            } else {
-                (token.record.user_pin.clone(), token.record.user_failures)
-            };
-            if failures >= MAX_PIN_FAILURES {
-                return Err(Rv::PinLocked);
-            }
-            match record {
-                Some(record) => record,
-                None if so => return Err(Rv::TokenNotRecognized),
-                None => return Err(Rv::UserPinNotInitialized),
-            }
-        };
-        let outcome = MasterKey::unwrap(&record, pin.expose());
-        let mut state = self.lock();
-        let token = state.token_mut(token_id)?;
-        let counter = if so {
-            &mut token.record.so_failures
-        } else {
-            &mut token.record.user_failures
-        };
-        let before = *counter;
-        let result = match outcome {
+        let (record, ordinal, _check) = self.count_pin_guess(token_id, so)?;
+        // `_check` ends after the count is settled below, then wakes the guesses waiting.
+        match MasterKey::unwrap(&record, pin.expose()) {
+            // A right PIN ends the lockout cycle (the guesses counted in it, this one too, are
+            // forgotten); if that cannot be written the login is refused and the count stays.
             Ok(key) => {
-                *counter = 0;
+                self.set_pin_failures(token_id, so, 0)?;
                 Ok(key)
             }
             Err(_) => {
-                *counter = counter.saturating_add(1);
+                self.pin_failure_events(token_id, so, ordinal);
                 Err(Rv::PinIncorrect)
             }
-        };
-        let failures = *counter;
-        if failures != before {
-            let record = token.record.clone();
-            self.persist_token(token_id, &record)?;
         }
-        if result.is_err() {
-            let role = state.role(token_id, so);
-            let slot = state.slot_of(token_id);
-            self.event(
-                &state,
-                role,
-                "login-failure",
-                format!("slot {slot}, {failures} consecutive"),
-            );
-            if failures == MAX_PIN_FAILURES {
-                self.event(&state, role, "pin-locked", format!("slot {slot}"));
+    }
+
+    /// Counts one guess at a PIN, durably, before it is checked: returns the PIN record to
+    /// check it against, the guess's place in the count (1 to `MAX_PIN_FAILURES`) and the
+    /// check in flight. Refused (`CKR_PIN_LOCKED`) when `MAX_PIN_FAILURES` guesses were counted
+    /// since the last right PIN and none of them is still being checked, and refused when the
+    /// count cannot be written: a guess that is not on disk is not checked.
+    fn count_pin_guess(
+        &self,
+        token_id: u64,
+        so: bool,
+    ) -> Result<(PinRecord, u32, PinCheck<'_>), Rv> {
+        let mut state = self.lock();
+        while failures(&state.token(token_id)?.record, so) >= MAX_PIN_FAILURES {
+            if !state.pin_checks.contains_key(&(token_id, so)) {
+                let (role, slot) = (state.role(token_id, so), state.slot_of(token_id));
+                drop(state);
+                self.event_now(role, "login-refused", format!("slot {slot}, PIN locked"));
+                return Err(Rv::PinLocked);
             }
+            // The count is full, but a guess still being checked may be the right PIN, which
+            // ends the cycle: wait for the answers rather than refuse a right PIN (say, one of
+            // many applications logging in at once) for guesses not known to be wrong. No
+            // guess is counted while the count is full, so this waits one KDF at most.
+            state = self
+                .pin_checked
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
-        result
+        let token = state.token(token_id)?;
+        let pin_record = if so {
+            &token.record.so_pin
+        } else {
+            &token.record.user_pin
+        };
+        let pin_record = match pin_record {
+            Some(pin_record) => pin_record.clone(),
+            None if so => return Err(Rv::TokenNotRecognized),
+            None => return Err(Rv::UserPinNotInitialized),
+        };
+        let ordinal = failures(&token.record, so) + 1;
+        // Written before the state changes: a failed write leaves the count as it was.
+        let mut record = token.record.clone();
+        *failure_counter(&mut record, so) = ordinal;
+        self.persist_token(token_id, &record)?;
+        state.token_mut(token_id)?.record = record;
+        *state.pin_checks.entry((token_id, so)).or_default() += 1;
+        let check = PinCheck {
+            hsm: self,
+            key: (token_id, so),
+        };
+        Ok((pin_record, ordinal, check))
+    }
+
+    /// Sets a PIN's failure count and writes it.
+    fn set_pin_failures(&self, token_id: u64, so: bool, failures: u32) -> Result<(), Rv> {
+        let mut state = self.lock();
+        let mut record = state.token(token_id)?.record.clone();
+        *failure_counter(&mut record, so) = failures;
+        self.persist_token(token_id, &record)?;
+        state.token_mut(token_id)?.record = record;
+        Ok(())
+    }
+
+    /// Logs a wrong PIN that was the `ordinal`-th guess counted, and the lock when it was the
+    /// last one allowed (unless a right PIN checked meanwhile has put the count back to 0).
+    fn pin_failure_events(&self, token_id: u64, so: bool, ordinal: u32) {
+        let state = self.lock();
+        let role = state.role(token_id, so);
+        let slot = state.slot_of(token_id);
+        let locked = state
+            .token(token_id)
+            .is_ok_and(|token| failures(&token.record, so) >= MAX_PIN_FAILURES);
+        self.event(
+            &state,
+            role,
+            "login-failure",
+            format!("slot {slot}, {ordinal} consecutive"),
+        );
+        if ordinal == MAX_PIN_FAILURES && locked {
+            self.event(&state, role, "pin-locked", format!("slot {slot}"));
+        }
     }
 
     pub(crate) fn init_token(
@@ -134,7 +222,7 @@ impl Hsm {
             .map_err(|_| Rv::FunctionFailed)?;
         let mut label = label.to_vec();
         label.resize(32, b' ');
-        let record = tessera_store::TokenRecord {
+        let record = TokenRecord {
             label,
             so_pin: Some(so_record),
             user_pin: None,

@@ -1,7 +1,7 @@
 //! The engine through its API: requests in, replies out, over a real data directory.
 
 use tessera_core::{ck, Attribute, Mechanism, Rv, SecretBytes, Template};
-use tessera_hsm::{Hsm, HsmOptions};
+use tessera_hsm::{Hsm, HsmOptions, MAX_PIN_FAILURES};
 use tessera_wire::{AttributeAnswer, Reply, Request};
 
 fn options() -> HsmOptions {
@@ -366,4 +366,252 @@ fn close_all_sessions_closes_only_this_clients_sessions_on_that_slot() {
         Ok(Reply::Session(info)) => assert_eq!(info.state, ck::CKS_RO_PUBLIC_SESSION as u64),
         other => panic!("{other:?}"),
     }
+}
+
+// PIN guessing raced from many clients at once. Each guess runs PBKDF2 outside the state lock,
+// so a counter checked before the KDF and raised after it let every guess of a burst through.
+// The KDF is made slow enough here (tens of milliseconds) that a burst is in flight together.
+
+/// PBKDF2 iterations for the race tests: enough that one check takes tens of milliseconds and
+/// all guesses of a burst overlap, few enough that the burst stays short.
+const RACE_KDF_ITERATIONS: u32 = 100_000;
+/// Guesses in a burst: many more than the lockout allows.
+const BURST: usize = 32;
+/// The Admin slot with [`options`] (two user slots).
+const ADMIN_SLOT: u64 = 2;
+
+/// A start line for threads: `wait` returns once all `threads` have reached it, so that their
+/// next calls are sent together (a thread that never arrives fails the test in 60 s rather
+/// than hanging it, unlike `std::sync::Barrier`).
+struct StartLine {
+    arrived: std::sync::Mutex<usize>,
+    all_here: std::sync::Condvar,
+    threads: usize,
+}
+
+impl StartLine {
+    fn new(threads: usize) -> StartLine {
+        StartLine {
+            arrived: std::sync::Mutex::new(0),
+            all_here: std::sync::Condvar::new(),
+            threads,
+        }
+    }
+
+    fn wait(&self) {
+        let mut arrived = self.arrived.lock().unwrap();
+        *arrived += 1;
+        if *arrived == self.threads {
+            self.all_here.notify_all();
+            return;
+        }
+        let limit = std::time::Duration::from_secs(60);
+        let (arrived, wait) = self
+            .all_here
+            .wait_timeout_while(arrived, limit, |a| *a < self.threads)
+            .unwrap();
+        assert!(
+            !wait.timed_out(),
+            "{} of {} threads ready",
+            *arrived,
+            self.threads
+        );
+    }
+}
+
+fn race_options() -> HsmOptions {
+    HsmOptions {
+        kdf_iterations: RACE_KDF_ITERATIONS,
+        ..options()
+    }
+}
+
+/// Slot 0 with its SO and user PINs, and the Admin token with its ASO and Administrator PINs
+/// ("aso-pin", "admin-pin"); nobody logged in.
+fn ready_for_guessing(hsm: &Hsm) {
+    let (client, _) = ready(hsm);
+    hsm.disconnect(client);
+    let client = hsm.connect();
+    hsm.handle(
+        client,
+        false,
+        Request::AdminSetup {
+            aso_pin: pin("aso-pin"),
+            admin_pin: pin("admin-pin"),
+        },
+    )
+    .unwrap();
+    hsm.disconnect(client);
+}
+
+/// `BURST` clients, each with a R/W session of its own on `slot`, send `guess(session)` at once
+/// (released together); their answers. `before` runs first in each client (such
+/// as a login that a guess needs).
+fn burst(
+    hsm: &Hsm,
+    slot: u64,
+    before: impl Fn(u64, u64) + Sync,
+    guess: impl Fn(u64) -> Request + Sync,
+) -> Vec<Result<Reply, Rv>> {
+    let start = StartLine::new(BURST);
+    let (before, guess, start) = (&before, &guess, &start);
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..BURST)
+            .map(|_| {
+                scope.spawn(move || {
+                    let client = hsm.connect();
+                    let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
+                    let session =
+                        handle(hsm.handle(client, false, Request::OpenSession { slot, flags }));
+                    before(client, session);
+                    start.wait();
+                    let answer = hsm.handle(client, false, guess(session));
+                    hsm.disconnect(client);
+                    answer
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    })
+}
+
+/// The lockout held against a burst: exactly `MAX_PIN_FAILURES` guesses were checked (and
+/// found wrong), every other one was refused without a check.
+fn assert_lockout_held(answers: &[Result<Reply, Rv>]) {
+    let wrong = answers
+        .iter()
+        .filter(|a| matches!(a, Err(Rv::PinIncorrect)))
+        .count();
+    let locked = answers
+        .iter()
+        .filter(|a| matches!(a, Err(Rv::PinLocked)))
+        .count();
+    assert_eq!(
+        (wrong, locked),
+        (MAX_PIN_FAILURES as usize, BURST - MAX_PIN_FAILURES as usize),
+        "{answers:?}"
+    );
+}
+
+fn login(session: u64, user_type: ck::CK_USER_TYPE, text: &str) -> Request {
+    Request::Login {
+        session,
+        user_type: user_type as u64,
+        pin: pin(text),
+    }
+}
+
+/// A right PIN for `user_type` on `slot`, from a new client.
+fn right_login(hsm: &Hsm, slot: u64, user_type: ck::CK_USER_TYPE, right: &str) -> Result<(), Rv> {
+    let client = hsm.connect();
+    let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
+    let session = handle(hsm.handle(client, false, Request::OpenSession { slot, flags }));
+    let answer = hsm
+        .handle(client, false, login(session, user_type, right))
+        .map(|_| ());
+    hsm.disconnect(client);
+    answer
+}
+
+/// A burst of wrong logins for one role: at most `MAX_PIN_FAILURES` are checked, then the
+/// right PIN is refused too, and still after the device restarts (the count is on disk).
+fn wrong_login_burst_locks(slot: u64, user_type: ck::CK_USER_TYPE, right: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let hsm = Hsm::open(dir.path(), &race_options()).unwrap();
+        ready_for_guessing(&hsm);
+        let answers = burst(&hsm, slot, |_, _| {}, |s| login(s, user_type, "wrong-pin"));
+        assert_lockout_held(&answers);
+        assert_eq!(
+            right_login(&hsm, slot, user_type, right),
+            Err(Rv::PinLocked)
+        );
+    }
+    let hsm = Hsm::open(dir.path(), &race_options()).unwrap();
+    assert_eq!(
+        right_login(&hsm, slot, user_type, right),
+        Err(Rv::PinLocked)
+    );
+}
+
+#[test]
+fn a_burst_of_wrong_user_pins_is_held_to_the_lockout() {
+    wrong_login_burst_locks(0, ck::CKU_USER, "user-pin");
+}
+
+#[test]
+fn a_burst_of_wrong_so_pins_is_held_to_the_lockout() {
+    wrong_login_burst_locks(0, ck::CKU_SO, "so-pin");
+}
+
+#[test]
+fn a_burst_of_wrong_administrator_pins_is_held_to_the_lockout() {
+    wrong_login_burst_locks(ADMIN_SLOT, ck::CKU_USER, "admin-pin");
+}
+
+#[test]
+fn a_burst_of_wrong_aso_pins_is_held_to_the_lockout() {
+    wrong_login_burst_locks(ADMIN_SLOT, ck::CKU_SO, "aso-pin");
+}
+
+/// The other PIN checks count on the same counters: wrong old PINs in `C_SetPIN` (the user
+/// logged in each client first) and wrong SO PINs re-initialising a token.
+#[test]
+fn bursts_of_wrong_pins_in_set_pin_and_init_token_are_held_to_the_lockout() {
+    let dir = tempfile::tempdir().unwrap();
+    let hsm = Hsm::open(dir.path(), &race_options()).unwrap();
+    ready_for_guessing(&hsm);
+    let log_in = |client, session| {
+        hsm.handle(client, false, login(session, ck::CKU_USER, "user-pin"))
+            .unwrap();
+    };
+    let set_pin = |session| Request::SetPin {
+        session,
+        old_pin: pin("wrong-pin"),
+        new_pin: pin("new-user-pin"),
+    };
+    assert_lockout_held(&burst(&hsm, 0, log_in, set_pin));
+    assert_eq!(
+        right_login(&hsm, 0, ck::CKU_USER, "user-pin"),
+        Err(Rv::PinLocked)
+    );
+
+    // C_InitToken needs no session open on the token: the guesses go to slot 0 from sessions
+    // on slot 1.
+    let client = hsm.connect();
+    hsm.handle(
+        client,
+        false,
+        Request::InitToken {
+            slot: 1,
+            so_pin: pin("so-pin"),
+            label: vec![],
+        },
+    )
+    .unwrap();
+    hsm.disconnect(client);
+    let init_token = |_| Request::InitToken {
+        slot: 0,
+        so_pin: pin("wrong-pin"),
+        label: b"taken".to_vec(),
+    };
+    assert_lockout_held(&burst(&hsm, 1, |_, _| {}, init_token));
+    assert_eq!(
+        right_login(&hsm, 0, ck::CKU_SO, "so-pin"),
+        Err(Rv::PinLocked)
+    );
+}
+
+/// Counting a guess before it is checked must not refuse honest users: many applications
+/// logging in at once with the right PIN (more than the lockout allows in flight) all get in.
+#[test]
+fn many_right_pins_at_once_all_log_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let hsm = Hsm::open(dir.path(), &race_options()).unwrap();
+    ready_for_guessing(&hsm);
+    let answers = burst(&hsm, 0, |_, _| {}, |s| login(s, ck::CKU_USER, "user-pin"));
+    assert!(
+        answers.iter().all(|a| matches!(a, Ok(Reply::Done))),
+        "{answers:?}"
+    );
 }

@@ -142,7 +142,8 @@ impl Daemon {
         Daemon::start_with(&[])
     }
 
-    /// Starts a daemon with extra command-line arguments.
+    /// Starts a daemon with extra command-line arguments (`--kdf-iterations` among them
+    /// replaces the tests' fast default).
     pub fn start_with(extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut daemon = Daemon {
@@ -218,7 +219,13 @@ impl Daemon {
             .arg(format!("unix:{}", self.socket().display()))
             .arg("--listen")
             .arg(format!("tcp:{}", self.tcp_address()))
-            .args(["--kdf-iterations", "1000"])
+            // A fast PIN KDF, unless the test chose its own.
+            .args(
+                (!self.extra.iter().any(|a| a == "--kdf-iterations"))
+                    .then_some(["--kdf-iterations", "1000"])
+                    .into_iter()
+                    .flatten(),
+            )
             // No daemon outlives a test run that is killed before its `Drop` runs.
             .arg("--exit-with-parent")
             .args(&self.extra)
