@@ -10,11 +10,14 @@
 //!
 //! | level | file |
 //! | --- | --- |
-//! | user | `ET_PTKC_KNOWN_DEVICES_USER`, else `$XDG_CONFIG_HOME/tessera/known_devices`, else `~/.config/tessera/known_devices` |
+//! | user | `ET_PTKC_KNOWN_DEVICES_USER`, else `$XDG_CONFIG_HOME/tessera/known_devices`, else `~/.config/tessera/known_devices`; none without any of them |
 //! | system | `ET_PTKC_KNOWN_DEVICES_SYSTEM`, else `/etc/tessera/known_devices` |
 //!
 //! The user's record of an entry wins over the system's. The library writes the user's file
-//! only (mode 0600, replaced atomically); the system's is provisioned by an administrator.
+//! only (mode 0600, replaced atomically, under an exclusive `flock` of `FILE.lock` so that
+//! processes recording at once keep each other's records); the system's is provisioned by an
+//! administrator. A file (or its directory) that another user owns or that group or others
+//! can write is refused, as a planted record could let a device be talked to in the clear.
 //! One line per entry, `#` starts a comment:
 //!
 //! ```text
@@ -168,10 +171,50 @@ fn parse_line(file: &Path, number: usize, line: &str) -> Result<Option<KnownDevi
     }))
 }
 
+/// Parses one record as the file writes it (`ENTRY SERIAL IDENTITY CHANNEL`); the error
+/// says what is wrong.
+pub fn parse_record(line: &str) -> Result<KnownDevice, String> {
+    parse_line(Path::new("record"), 1, line)?.ok_or_else(|| "an empty record".to_string())
+}
+
+/// Refuses a file or directory that another user than this process's (or root) owns, or that
+/// group or others can write.
+fn owned_safely(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let own = rustix::process::geteuid().as_raw();
+    for (what, place) in [("file", Some(path)), ("directory", path.parent())] {
+        let Some(place) = place.filter(|p| !p.as_os_str().is_empty()) else {
+            continue;
+        };
+        let Ok(meta) = std::fs::metadata(place) else {
+            continue;
+        };
+        let (owner, mode) = (meta.uid(), meta.mode() & 0o7777);
+        if owner != own && owner != 0 {
+            return Err(format!(
+                "known-devices {what} {} belongs to uid {owner}, not to this user (uid {own}) or root: a record planted there could let a device be talked to in the clear; remove it or give it to its user",
+                place.display()
+            ));
+        }
+        // A sticky directory others can write (such as /tmp) still lets nobody replace the
+        // file of its owner; any other group- or world-writable place does.
+        let sticky = what == "directory" && mode & 0o1000 != 0;
+        if mode & 0o022 != 0 && !sticky {
+            return Err(format!(
+                "known-devices {what} {} can be written by group or others (mode {mode:04o}): a record planted there could let a device be talked to in the clear; chmod go-w it",
+                place.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The known-devices files of this process's configuration.
 #[derive(Debug, Clone)]
 pub struct KnownDevices {
-    user: PathBuf,
+    /// `None` when neither the item, `XDG_CONFIG_HOME` nor `HOME` names a place: never the
+    /// working directory, which another user might control.
+    user: Option<PathBuf>,
     system: PathBuf,
 }
 
@@ -181,13 +224,16 @@ impl KnownDevices {
         let user = config
             .item(USER_ITEM)
             .map(|(v, _)| PathBuf::from(v.trim()))
-            .unwrap_or_else(|| {
+            .or_else(|| {
                 std::env::var_os("XDG_CONFIG_HOME")
+                    .filter(|d| !d.is_empty())
                     .map(PathBuf::from)
-                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-                    .unwrap_or_else(|| PathBuf::from("."))
-                    .join("tessera")
-                    .join("known_devices")
+                    .or_else(|| {
+                        std::env::var_os("HOME")
+                            .filter(|h| !h.is_empty())
+                            .map(|h| PathBuf::from(h).join(".config"))
+                    })
+                    .map(|config| config.join("tessera").join("known_devices"))
             });
         let system = config
             .item(SYSTEM_ITEM)
@@ -196,17 +242,28 @@ impl KnownDevices {
         KnownDevices { user, system }
     }
 
-    /// The file of `level`.
-    pub fn path(&self, level: Level) -> &Path {
+    /// The file of `level` (`None`: this process has no user-level file).
+    pub fn path(&self, level: Level) -> Option<&Path> {
         match level {
-            Level::User => &self.user,
-            Level::System => &self.system,
+            Level::User => self.user.as_deref(),
+            Level::System => Some(&self.system),
         }
+    }
+
+    /// The file of `level`, for a message.
+    pub fn shown(&self, level: Level) -> String {
+        self.path(level).map_or(
+            format!("(no user-level file: set {USER_ITEM} or HOME)"),
+            |p| p.display().to_string(),
+        )
     }
 
     /// Every record of `level` (a missing file has none).
     pub fn list(&self, level: Level) -> Result<Vec<KnownDevice>, String> {
-        let path = self.path(level);
+        let Some(path) = self.path(level) else {
+            return Ok(Vec::new());
+        };
+        owned_safely(path)?;
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -231,28 +288,42 @@ impl KnownDevices {
         Ok(None)
     }
 
-    /// Records (or replaces) the record of its entry at `level`.
+    /// Records (or replaces) the record of its entry at `level`. The record must read back
+    /// as itself: nothing is written that would make the file unreadable.
     pub fn record(&self, level: Level, device: &KnownDevice) -> Result<(), String> {
-        let mut records = self.list(level)?;
-        records.retain(|r| r.entry != device.entry);
-        records.push(device.clone());
-        self.write(level, &records)
+        if parse_record(&device.line()).as_ref() != Ok(device) {
+            return Err(format!(
+                "not a valid record: {:?} (an entry or serial with spaces, an identity that is not 64 hex digits, or an identity with `clear`)",
+                device.line()
+            ));
+        }
+        self.change(level, |records| {
+            records.retain(|r| r.entry != device.entry);
+            records.push(device.clone());
+            true
+        })
     }
 
     /// Removes the record of `entry` at `level`; whether there was one.
     pub fn forget(&self, level: Level, entry: &str) -> Result<bool, String> {
-        let mut records = self.list(level)?;
-        let before = records.len();
-        records.retain(|r| r.entry != entry);
-        if records.len() == before {
-            return Ok(false);
-        }
-        self.write(level, &records)?;
-        Ok(true)
+        let mut found = false;
+        self.change(level, |records| {
+            let before = records.len();
+            records.retain(|r| r.entry != entry);
+            found = records.len() != before;
+            found
+        })?;
+        Ok(found)
     }
 
-    fn write(&self, level: Level, records: &[KnownDevice]) -> Result<(), String> {
-        let path = self.path(level);
+    /// Reads, changes and rewrites the file of `level` under an exclusive lock of its
+    /// `.lock` file (`change` says whether anything changed).
+    fn change(
+        &self,
+        level: Level,
+        change: impl FnOnce(&mut Vec<KnownDevice>) -> bool,
+    ) -> Result<(), String> {
+        let path = self.path(level).ok_or_else(|| self.shown(level))?;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
@@ -261,13 +332,31 @@ impl KnownDevices {
                 .create(parent)
                 .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }
+        let lock_path = path.with_extension("lock");
+        let lock = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&lock_path)
+                .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?
+        };
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
+        let mut records = self.list(level)?;
+        if !change(&mut records) {
+            return Ok(());
+        }
         let mut text = String::from(
             "# Tessera known devices (see docs/secure-messaging.md): ENTRY SERIAL IDENTITY CHANNEL\n",
         );
-        for record in records {
+        for record in &records {
             text.push_str(&record.line());
             text.push('\n');
         }
+        // The lock is released when `lock` closes, after the rename.
         tessera_config::write_atomically(path, &text, 0o600)
     }
 }
@@ -278,7 +367,7 @@ mod tests {
 
     fn files(dir: &Path) -> KnownDevices {
         KnownDevices {
-            user: dir.join("user").join("known_devices"),
+            user: Some(dir.join("user").join("known_devices")),
             system: dir.join("system"),
         }
     }
@@ -312,7 +401,7 @@ mod tests {
         assert!(known.forget(Level::User, "127.0.0.1:1").unwrap());
         assert!(!known.forget(Level::User, "127.0.0.1:1").unwrap());
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(known.path(Level::User))
+            &std::fs::metadata(known.path(Level::User).unwrap())
                 .unwrap()
                 .permissions(),
         );
@@ -346,5 +435,57 @@ mod tests {
         }
         std::fs::write(dir.path().join("system"), "h:1 123 none clear\n").unwrap();
         assert!(known.lookup("h:1").unwrap().unwrap().0.allows_clear());
+    }
+
+    #[test]
+    fn a_record_that_would_not_read_back_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let known = files(dir.path());
+        let mut bad = device("h:1", "12 34");
+        assert!(known.record(Level::User, &bad).is_err());
+        bad.serial = "1234".into();
+        bad.identity = Some("abc".into());
+        assert!(known.record(Level::User, &bad).is_err());
+        bad.identity = None;
+        assert!(
+            known.record(Level::User, &bad).is_err(),
+            "a channel needs an identity"
+        );
+        assert!(!known.path(Level::User).unwrap().exists());
+    }
+
+    #[test]
+    fn a_file_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let known = files(dir.path());
+        known.record(Level::User, &device("h:1", "1")).unwrap();
+        let path = known.path(Level::User).unwrap().to_path_buf();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let error = known.lookup("h:1").unwrap_err();
+        assert!(error.contains("chmod go-w"), "{error}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let parent = path.parent().unwrap();
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(known.lookup("h:1").is_err(), "a world-writable directory");
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(known.lookup("h:1").is_ok());
+    }
+
+    #[test]
+    fn records_made_at_once_are_all_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let known = files(dir.path());
+        std::thread::scope(|scope| {
+            for n in 0..16 {
+                let known = known.clone();
+                scope.spawn(move || {
+                    known
+                        .record(Level::User, &device(&format!("h:{n}"), "1"))
+                        .unwrap()
+                });
+            }
+        });
+        assert_eq!(known.list(Level::User).unwrap().len(), 16);
     }
 }

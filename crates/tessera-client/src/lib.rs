@@ -89,6 +89,9 @@ pub(crate) struct State {
     pub(crate) requires_channel: bool,
     /// The device's serial number: as claimed in the clear until a handshake proves it.
     pub(crate) serial: Option<String>,
+    /// `serial` was proven by a handshake (a serial only claimed in the clear is forgotten
+    /// with its connection: one forged answer must not stick).
+    pub(crate) serial_proven: bool,
     /// This connection may carry session calls in the clear (decided once per connection by
     /// `Device::wants_channel`).
     pub(crate) clear_ok: bool,
@@ -187,6 +190,7 @@ impl Device {
                 next_id: AtomicU64::new(1),
                 requires_channel: false,
                 serial: None,
+                serial_proven: false,
                 clear_ok: false,
                 broken: AtomicBool::new(false),
             }),
@@ -276,6 +280,9 @@ impl Device {
             state.stream = Some(stream);
             state.channel = None;
             state.clear_ok = false;
+            if !state.serial_proven {
+                state.serial = None;
+            }
             *self.inbox() = Inbox::default();
             state.generations += 1;
             state.generation = state.generations;
@@ -591,7 +598,7 @@ impl Device {
             return Err(ClientError::StaleSession);
         };
         let serial = state.serial.as_deref().unwrap_or_default();
-        match channel.open_reply(answer, self, serial) {
+        match channel.open_reply(id, answer, self, serial) {
             Ok(Opened::Answer(result)) => Ok((id, Ok(result))),
             // The device ended the channel and said why, in its last record: this call gets
             // the reason, later ones that the channel is gone.

@@ -11,7 +11,7 @@ use tessera_config::Config;
 use tessera_core::Rv;
 use tessera_wire::{Reply, Request};
 
-use crate::known::{ChannelUse, KnownDevice, KnownDevices};
+use crate::known::{ChannelUse, KnownDevice, KnownDevices, Level as KnownLevel};
 use crate::stream::{Answer, SealedReply};
 use crate::{ClientError, Device, State};
 
@@ -159,6 +159,19 @@ impl SecureSettings {
 
     /// Writes one report line.
     pub fn log(&self, line: &str) {
+        // Serials and certificate names come from the peer: no control character of theirs
+        // may forge or hide a line of the log.
+        let line: String = line
+            .chars()
+            .flat_map(|c| {
+                let escaped: Vec<char> = if c.is_control() {
+                    c.escape_default().collect()
+                } else {
+                    vec![c]
+                };
+                escaped
+            })
+            .collect();
         let line = format!("tessera-pkcs11: {line}\n");
         match &self.log {
             LogTarget::Stderr => {
@@ -243,7 +256,14 @@ impl ChannelState {
         // Encrypted in the frame when the policy says so: no plaintext copy is left behind.
         let mut frame = self
             .channel
-            .seal_value_framed(request, protection, prefix.as_ref())
+            .seal_value_framed(
+                &tessera_wire::Bound {
+                    id,
+                    message: request,
+                },
+                protection,
+                prefix.as_ref(),
+            )
             .map_err(|_| ClientError::StaleSession)?;
         tessera_wire::finish_frame(&mut frame);
         self.last_used = Instant::now();
@@ -256,6 +276,7 @@ impl ChannelState {
     /// ended the channel itself, in its last record ([`Opened::Ended`] is not an error).
     pub(crate) fn open_reply(
         &mut self,
+        id: u64,
         answer: Answer,
         device: &Device,
         serial: &str,
@@ -310,28 +331,51 @@ impl ChannelState {
                 return Err(ClientError::Returned(Rv::BadReplySignature.code()));
             }
         };
-        let decoded = postcard::from_bytes::<tessera_wire::Outcome>(&buffer[plain.clone()]);
+        let decoded = postcard::from_bytes::<tessera_wire::Bound<tessera_wire::Outcome>>(
+            &buffer[plain.clone()],
+        );
         // The spent buffer goes back to the pool; the message is wiped first when it held a
         // secret (or did not decode): one with nothing secret in it, a ciphertext or a
         // signature, needs no pass.
         let secret = match &decoded {
-            Ok(result) => matches!(&result.0, Ok(reply) if reply.carries_secret()),
+            Ok(bound) => matches!(&bound.message.0, Ok(reply) if reply.carries_secret()),
             Err(_) => true,
         };
         if secret {
             zeroize::Zeroize::zeroize(&mut buffer[plain]);
         }
         tessera_core::bytes::give(buffer);
-        let Ok(tessera_wire::Outcome(result)) = decoded else {
+        let Ok(bound) = decoded else {
             self.channel.close();
             device.report(serial, "a reply record did not decode; channel closed");
             return Err(ClientError::Returned(Rv::BadReply.code()));
         };
+        if bound.id != id {
+            // The record is this channel's, but another call's: a relay swapped envelope ids.
+            self.channel.close();
+            device.report(
+                serial,
+                &format!(
+                    "the reply sealed for request {} arrived as the reply to request {id}: refused as forged, channel closed",
+                    bound.id
+                ),
+            );
+            return Err(ClientError::Returned(Rv::BadReplySignature.code()));
+        }
+        let tessera_wire::Outcome(result) = bound.message;
         let required = self.channel.policy().reply_protection(secret);
         if let Err(e) = self.channel.require(protection, required) {
             self.channel.close();
             device.report(serial, &format!("reply refused: {e}"));
             return Err(ClientError::Returned(Rv::BadProtection.code()));
+        }
+        if let Ok(Reply::ChannelEnded(0)) = result {
+            self.channel.close();
+            device.report(
+                serial,
+                "the device ended the channel with code 0; channel closed",
+            );
+            return Err(ClientError::Returned(Rv::BadReply.code()));
         }
         if let Ok(Reply::ChannelEnded(code)) = result {
             self.ended = true;
@@ -382,16 +426,30 @@ impl Device {
         }
     }
 
+    /// How an operator accepts a legitimate change of the device recorded at this entry.
+    fn accept_hint(&self, settings: &SecureSettings, level: KnownLevel) -> String {
+        let system = if level == KnownLevel::System {
+            " --system"
+        } else {
+            ""
+        };
+        format!(
+            "if the change is legitimate, run `ctident known-devices forget {}{system}` ({}){}",
+            self.address.entry(),
+            settings.known.shown(level),
+            " and trust the new identity (`ctident trust add`) if it is not trusted yet"
+        )
+    }
+
     /// What the known-devices files say of this entry; an unreadable file refuses the call.
-    fn known(&self, settings: &SecureSettings) -> Result<Option<KnownDevice>, ClientError> {
-        settings
-            .known
-            .lookup(&self.address.entry())
-            .map(|found| found.map(|(record, _)| record))
-            .map_err(|e| {
-                self.report("unknown", &format!("known devices: {e}"));
-                ClientError::Returned(Rv::GeneralError.code())
-            })
+    fn known(
+        &self,
+        settings: &SecureSettings,
+    ) -> Result<Option<(KnownDevice, KnownLevel)>, ClientError> {
+        settings.known.lookup(&self.address.entry()).map_err(|e| {
+            self.report("unknown", &format!("known devices: {e}"));
+            ClientError::Returned(Rv::GeneralError.code())
+        })
     }
 
     /// Whether the next session call must go through a channel. Nothing here trusts the
@@ -410,14 +468,14 @@ impl Device {
             return Ok(false);
         }
         let clear = match self.known(settings)? {
-            Some(record) if record.allows_clear() => {
+            Some((record, level)) if record.allows_clear() => {
                 let claimed = self.claimed_serial(state)?;
                 if claimed != record.serial {
                     let message = format!(
-                        "entry {} is recorded as {}, but the device there now says serial {claimed}; if the change is legitimate, run `ctident known-devices forget {}`",
+                        "entry {} is recorded as {}, but the device there now says serial {claimed}; {}",
                         self.address.entry(),
                         record.describe(),
-                        self.address.entry()
+                        self.accept_hint(settings, level)
                     );
                     self.report(&claimed, &message);
                     return Err(ClientError::Returned(Rv::DeviceError.code()));
@@ -470,17 +528,19 @@ impl Device {
     /// chain proves the serial either way. The first channel to an entry records it.
     fn handshake(&self, state: &mut State) -> Result<(), ClientError> {
         let settings = self.settings()?;
-        let known = self.known(settings)?;
-        let serial = match &known {
+        let found = self.known(settings)?;
+        let known = found.as_ref().map(|(record, _)| record);
+        let serial = match known {
             Some(record) if !record.allows_clear() => record.serial.clone(),
             _ => self.claimed_serial(state)?,
         };
         let entry = self.address.entry();
         let recorded = |now: &str| {
-            known.as_ref().map_or(String::new(), |record| {
+            found.as_ref().map_or(String::new(), |(record, level)| {
                 format!(
-                    "; entry {entry} is recorded as {}, {now}. A recorded entry is only talked to through a channel to that device; if the change is legitimate, run `ctident known-devices forget {entry}`",
-                    record.describe()
+                    "; entry {entry} is recorded as {}, {now}. A recorded entry is only talked to through a channel to that device; {}",
+                    record.describe(),
+                    self.accept_hint(settings, *level)
                 )
             })
         };
@@ -522,7 +582,19 @@ impl Device {
             .first()
             .map(|pic| crate::known::identity_of(pic));
         let verify_chain = |chain: &[Vec<u8>]| {
-            if let Some(record) = known.as_ref().filter(|r| !r.allows_clear()) {
+            if known.is_none()
+                && settings.channel_anywhere
+                && !settings.smpr(&serial).requires_channel()
+            {
+                // The clear phase named a device this client has no policy for, while it has
+                // policies for others: a relay may have sent this entry's connection to another
+                // device it also trusts (which would then get this entry's PINs).
+                return Err(format!(
+                    "entry {entry} is not recorded, and the device there is serial {serial}, which no SMPR of this client names while others are named: it may not be the device this entry was meant for. If it is, record it: `ctident known-devices add {entry} --serial {serial} --identity sha256:{}`, or set ET_PTKC_{serial}_SMPR",
+                    identity.as_deref().unwrap_or("none")
+                ));
+            }
+            if let Some(record) = known.filter(|r| !r.allows_clear()) {
                 if record.identity != identity {
                     let shown = chain
                         .first()
@@ -570,6 +642,7 @@ impl Device {
         // The serial is proven now (the chain names it), and so is the device's own
         // requirement (its policy is in the signed transcript).
         state.serial = Some(serial.clone());
+        state.serial_proven = true;
         if answer.policy.requires_channel() {
             state.requires_channel = true;
         }
@@ -578,7 +651,7 @@ impl Device {
         } else {
             ChannelUse::Used
         };
-        let stale = known.as_ref().is_none_or(|record| {
+        let stale = known.is_none_or(|record| {
             record.allows_clear()
                 || (record.channel == ChannelUse::Used && channel_use == ChannelUse::Required)
         });
@@ -624,7 +697,7 @@ impl Device {
         let Some(current) = state.channel_mut() else {
             return Err(ClientError::StaleSession);
         };
-        match current.open_reply(answer, self, &serial) {
+        match current.open_reply(id, answer, self, &serial) {
             Ok(Opened::Answer(result)) => Ok(result),
             // The device ended the channel (the connection stays): the call gets the reason.
             Ok(Opened::Ended(code)) => {

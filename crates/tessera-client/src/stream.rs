@@ -3,9 +3,9 @@
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::SecureSettings;
 use rustix::net::RecvFlags;
@@ -48,14 +48,7 @@ pub(crate) struct Stream {
     no_spin: AtomicU32,
     /// The device closed the connection with its notice that a channel is now required.
     notice: AtomicBool,
-    /// When the connection was made, and when a frame last arrived (nanoseconds after it).
-    born: Instant,
-    last_frame: AtomicU64,
 }
-
-/// A connection this long without a frame from the device is looked at before a PIN or a key
-/// value leaves on it in the clear (see [`Stream::closed_by_device`]).
-const IDLE_BEFORE_SECRET: Duration = Duration::from_millis(1);
 
 enum Socket {
     Unix(UnixStream),
@@ -166,8 +159,6 @@ impl Stream {
             outbox: Mutex::new(Vec::new()),
             no_spin: AtomicU32::new(0),
             notice: AtomicBool::new(false),
-            born: Instant::now(),
-            last_frame: AtomicU64::new(0),
         })
     }
 
@@ -247,8 +238,6 @@ impl Stream {
             tessera_wire::FrameError::Io(e) => Failure::Io(e.to_string()),
             other => Failure::Bad(other.to_string()),
         })?;
-        self.last_frame
-            .store(self.born.elapsed().as_nanos() as u64, Ordering::Relaxed);
         if let Some(sealed) = find_sealed_response(&body) {
             return Ok((sealed.id, Answer::Sealed(sealed, body)));
         }
@@ -271,33 +260,32 @@ impl Stream {
         self.notice.load(Ordering::Relaxed)
     }
 
-    /// Whether the device has closed this idle connection (or said something while nothing
-    /// was asked: its closing notice, which is read): called with nothing in flight, before
-    /// a PIN or a key value would leave in the clear. A connection that had a frame within
-    /// [`IDLE_BEFORE_SECRET`] is not looked at (one system call spared on busy connections;
-    /// a flag change that races a call in flight is refused by the device, after the fact).
+    /// Whether the device has closed this connection, or said something while nothing was
+    /// asked (its closing notice, which is then read): called with nothing in flight, before a
+    /// PIN or a key value would leave in the clear. Frames already read into the buffer are
+    /// looked at first, then the socket (one `recv(MSG_PEEK | MSG_DONTWAIT)`). A flag change
+    /// that races the call itself is refused by the device, after the fact.
     pub(crate) fn closed_by_device(&self) -> bool {
-        let now = self.born.elapsed().as_nanos() as u64;
-        let idle = now.saturating_sub(self.last_frame.load(Ordering::Relaxed));
-        if idle < IDLE_BEFORE_SECRET.as_nanos() as u64 {
-            return false;
-        }
-        let mut byte = [0u8; 1];
-        let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
-        let peek = match &self.socket {
-            Socket::Unix(s) => rustix::net::recv(s, &mut byte, flags),
-            Socket::Tcp(s) => rustix::net::recv(s, &mut byte, flags),
-        };
-        match peek {
-            Err(rustix::io::Errno::AGAIN) => false,
-            Ok((n, _)) if n > 0 => {
-                if let Ok((_, answer)) = self.receive(false) {
-                    answer.discard();
-                }
-                true
+        let buffered = !locked(&self.reading).is_empty();
+        if !buffered {
+            let mut byte = [0u8; 1];
+            let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+            let peek = match &self.socket {
+                Socket::Unix(s) => rustix::net::recv(s, &mut byte, flags),
+                Socket::Tcp(s) => rustix::net::recv(s, &mut byte, flags),
+            };
+            match peek {
+                Err(rustix::io::Errno::AGAIN) => return false,
+                Ok((n, _)) if n > 0 => {}
+                // The end of the stream, or an error: the connection is gone.
+                _ => return true,
             }
-            _ => true,
         }
+        // Something arrived unasked: read it (the notice sets `notice`).
+        if let Ok((_, answer)) = self.receive(false) {
+            answer.discard();
+        }
+        true
     }
 
     /// Polls for a reply for a few microseconds before the caller sleeps in `read` (see

@@ -158,7 +158,11 @@ fn a_clear_answer_to_a_protected_call_is_refused_as_forged() {
                     object: key,
                 },
             ));
-            assert_eq!(outcome, Rv::BadReplySignature.code(), "destroy answered with {name} ({transport:?})");
+            assert_eq!(
+                outcome,
+                Rv::BadReplySignature.code(),
+                "destroy answered with {name} ({transport:?})"
+            );
             assert_eq!(
                 count(&daemon, transport, "victim-key"),
                 1,
@@ -260,7 +264,11 @@ fn a_device_renamed_in_the_clear_phase_gets_no_session_call() {
         assert_eq!(outcome, expected, "refuse={refuse}");
         only_public_in_the_clear(&relay.recorder, 0);
         assert!(!relay.recorder.contains(USER_PIN.as_bytes()));
-        assert_eq!(daemon_sessions(&daemon, transport), before, "no session was opened");
+        assert_eq!(
+            daemon_sessions(&daemon, transport),
+            before,
+            "no session was opened"
+        );
     }
 }
 
@@ -391,9 +399,17 @@ fn a_known_device_is_only_talked_to_through_a_channel_to_that_device() {
     );
 }
 
-/// A byte pipe between a client and a daemon's TCP port that records what the client sent
-/// (unlike the frame relay, it passes the device's unsolicited frames and its close on).
-fn pipe(daemon: &Daemon) -> (String, Arc<Mutex<Vec<u8>>>) {
+/// What the pipe does with each frame the device sends: the frames to pass on now (written
+/// together, in one write), possibly held ones.
+type Shaper = Box<dyn FnMut(Vec<u8>) -> Vec<Vec<u8>> + Send>;
+
+/// A pipe between a client and a daemon's TCP port that records every byte the client sent
+/// and passes the device's frames through `shaper` (unlike the request/reply relay, it passes
+/// on frames the device sends unasked, and its close).
+fn pipe(
+    daemon: &Daemon,
+    shaper: impl Fn() -> Shaper + Send + 'static,
+) -> (String, Arc<Mutex<Vec<u8>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let upstream = daemon.server_list(Transport::Tcp);
@@ -416,13 +432,336 @@ fn pipe(daemon: &Daemon) -> (String, Arc<Mutex<Vec<u8>>>) {
                 }
                 let _ = device_out.shutdown(std::net::Shutdown::Write);
             });
+            let mut shape = shaper();
             std::thread::spawn(move || {
-                let _ = std::io::copy(&mut device, &mut client);
+                let _ = device.set_read_timeout(Some(Duration::from_secs(30)));
+                loop {
+                    let mut header = [0u8; 4];
+                    if device.read_exact(&mut header).is_err() {
+                        break;
+                    }
+                    let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
+                    if device.read_exact(&mut body).is_err() {
+                        break;
+                    }
+                    let mut out = Vec::new();
+                    for frame in shape(body) {
+                        out.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+                        out.extend_from_slice(&frame);
+                    }
+                    if !out.is_empty() && client.write_all(&out).is_err() {
+                        break;
+                    }
+                }
                 let _ = client.shutdown(std::net::Shutdown::Both);
             });
         }
     });
     (address, sent)
+}
+
+fn passes_all() -> Shaper {
+    Box::new(|frame| vec![frame])
+}
+
+/// Once `armed`, holds the device's frames until it has `count` of them (those that
+/// `wanted`), then passes them on together after `change`.
+fn holding(
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    count: usize,
+    wanted: fn(&[u8]) -> bool,
+    change: fn(&mut Vec<Vec<u8>>),
+) -> impl Fn() -> Shaper + Send + 'static {
+    move || {
+        let armed = armed.clone();
+        let mut held: Vec<Vec<u8>> = Vec::new();
+        Box::new(move |frame| {
+            if !armed.load(std::sync::atomic::Ordering::SeqCst) || !wanted(&frame) {
+                return vec![frame];
+            }
+            held.push(frame);
+            if held.len() < count {
+                return vec![];
+            }
+            armed.store(false, std::sync::atomic::Ordering::SeqCst);
+            let mut out = std::mem::take(&mut held);
+            change(&mut out);
+            out
+        })
+    }
+}
+
+fn contains(bytes: &Mutex<Vec<u8>>, needle: &[u8]) -> bool {
+    let bytes = bytes.lock().unwrap();
+    bytes.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Rule 1, pipelined: two calls in flight on one channel; the relay keeps the two sealed
+/// replies in order (their records open) but swaps their envelope ids, so that each would
+/// reach the other call. The id sealed inside each record gives it away.
+#[test]
+fn sealed_replies_swapped_between_calls_in_flight_are_refused() {
+    let transport = Transport::Tcp;
+    let daemon = Daemon::start();
+    prepare(&daemon, transport, "nuNU");
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (address, _) = pipe(
+        &daemon,
+        holding(
+            armed.clone(),
+            2,
+            |frame| tessera_wire::find_sealed_response(frame).is_some(),
+            |frames| {
+                let (mut first, mut second) = (response(&frames[0]), response(&frames[1]));
+                std::mem::swap(&mut first.id, &mut second.id);
+                *frames = vec![response_body(&first), response_body(&second)];
+            },
+        ),
+    );
+    let device = Arc::new(secured(&daemon, &address, &[]));
+    let (session, g) = user(&device);
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let outcomes: Vec<Result<Reply, u64>> = std::thread::scope(|scope| {
+        let calls = [
+            Request::GenerateRandom { session, len: 16 },
+            Request::SessionInfo { session },
+        ];
+        let handles: Vec<_> = calls
+            .into_iter()
+            .map(|request| {
+                let device = device.clone();
+                let handle = scope.spawn(move || {
+                    device
+                        .call(Some(g), request)
+                        .map(|(r, _)| r)
+                        .map_err(|e| e.rv())
+                });
+                // The second call is sent while the first waits (its reply is held).
+                std::thread::sleep(Duration::from_millis(100));
+                handle
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        outcomes.iter().all(Result::is_err),
+        "a call took a reply that was not its own: {outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| matches!(o, Err(code) if *code == Rv::BadReplySignature.code())),
+        "{outcomes:?}"
+    );
+    let log = std::fs::read_to_string(daemon.client_log()).unwrap_or_default();
+    assert!(log.contains("arrived as the reply to request"), "{log}");
+}
+
+/// A protected request's record moved to another envelope id (its reply would then be
+/// routed to another call) is refused by the device: not executed, channel ended.
+#[test]
+fn a_request_record_moved_to_another_id_is_not_executed() {
+    for transport in TRANSPORTS {
+        let daemon = Daemon::start();
+        prepare(&daemon, transport, "nuNU");
+        let relay = Relay::start(
+            &daemon,
+            transport,
+            Arc::new(|frame: &Frame, recorder: &Recorder| {
+                let index = protected_count(recorder, frame.connection);
+                let mut envelope = request(&frame.body);
+                if is_protected(&frame.body) && index == 3 {
+                    envelope.id += 1000;
+                }
+                vec![body(&envelope)]
+            }),
+            // The reply goes back under the id the client waits for.
+            Arc::new(|frame: &Frame, _: &Recorder| {
+                let mut envelope = response(&frame.body);
+                if envelope.id > 1000 {
+                    envelope.id -= 1000;
+                }
+                response_body(&envelope)
+            }),
+        );
+        let device = secured(&daemon, &relay.address, &[]);
+        let (session, g) = user(&device);
+        let outcome = code(device.call(Some(g), data_object(session, "moved")));
+        assert_eq!(outcome, Rv::BadReplySignature.code(), "{transport:?}");
+        assert_eq!(count(&daemon, transport, "moved"), 0, "the request ran");
+        let events = daemon.admin(transport, &["-e"]);
+        assert!(events.contains("arrived as request"), "{events}");
+    }
+}
+
+/// Rule 2 on first contact: the client has an SMPR for device A; the relay sends its
+/// connection for A's (unrecorded) entry to device B, which the client also trusts and
+/// which answers honestly as itself. B proves its serial — but no SMPR names B while others
+/// are named, so the client does not take B for the entry: A's PIN never reaches B.
+#[test]
+fn another_trusted_device_is_not_taken_for_an_unrecorded_entry() {
+    let transport = Transport::Tcp;
+    let a = Daemon::start();
+    prepare(&a, transport, "");
+    a.identify(transport, &[]);
+    let b = Daemon::start();
+    prepare(&b, transport, "");
+    b.identify(transport, &[]);
+    // The client trusts both.
+    for entry in std::fs::read_dir(b.trust_dir()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), a.trust_dir().join(entry.file_name())).unwrap();
+    }
+    let item = format!("ET_PTKC_{}_SMPR", a.serial(transport));
+    let relay = Relay::transparent(&b, transport);
+    let device = secured(&a, &relay.address, &[(&item, "SRPEDT")]);
+    let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
+    let outcome = code(device.call(None, Request::OpenSession { slot: 0, flags }));
+    assert_eq!(outcome, Rv::CertNotValidated.code());
+    only_public_in_the_clear(&relay.recorder, 0);
+    assert!(!relay.recorder.contains(USER_PIN.as_bytes()));
+    let log = std::fs::read_to_string(a.client_log()).unwrap();
+    assert!(log.contains("which no SMPR of this client names"), "{log}");
+    assert!(
+        !a.known_devices().exists()
+            || !std::fs::read_to_string(a.known_devices())
+                .unwrap()
+                .contains(&relay.address)
+    );
+    // The operator who means it records the entry; then it works.
+    // Trust-store files are named by the certificate's SHA-256 (the PIC here).
+    let identity = std::fs::read_dir(b.trust_dir())
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .next()
+        .unwrap();
+    let added = ctident(
+        &a,
+        &[
+            "known-devices",
+            "add",
+            &relay.address,
+            "--serial",
+            &b.serial(transport),
+            "--identity",
+            &format!("sha256:{identity}"),
+        ],
+    );
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let device = secured(&a, &relay.address, &[(&item, "SRPEDT")]);
+    assert!(device
+        .call(None, Request::OpenSession { slot: 0, flags })
+        .is_ok());
+}
+
+/// `ctident known-devices add` refuses a record that would not read back (so a typo cannot
+/// make every later call fail), and a process with neither HOME nor XDG_CONFIG_HOME has no
+/// user-level file — never one in its working directory, which another user might control.
+#[test]
+fn known_devices_are_never_read_from_an_untrusted_place() {
+    let daemon = Daemon::start();
+    let bad = ctident(
+        &daemon,
+        &[
+            "known-devices",
+            "add",
+            "h:1",
+            "--serial",
+            "1",
+            "--identity",
+            "none",
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not recorded"));
+    let list = ctident(&daemon, &["known-devices", "list"]);
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(cwd.path().join("tessera")).unwrap();
+    std::fs::write(
+        cwd.path().join("tessera/known_devices"),
+        "planted:1 9 none clear\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(tessera_testkit::binary("ctident"))
+        .args(["known-devices", "list"])
+        .env_remove("HOME")
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("ET_PTKC_KNOWN_DEVICES_USER")
+        .env("ET_PTKC_KNOWN_DEVICES_SYSTEM", cwd.path().join("none"))
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        shown.contains("no user-level file") && !shown.contains("planted"),
+        "{shown}"
+    );
+}
+
+/// Rule 5 with the notice already read: it arrived in the same read as the reply before it
+/// (the pipe holds that reply back until the notice comes, then sends both at once), so it
+/// lies in the library's read buffer, not in the socket. The next `C_Login` still sees it.
+#[test]
+fn a_notice_read_with_the_last_reply_still_stops_the_pin() {
+    let transport = Transport::Tcp;
+    let daemon = Daemon::start();
+    prepare(&daemon, transport, "");
+    daemon.identify(transport, &[]);
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (address, sent) = pipe(&daemon, holding(armed.clone(), 2, |_| true, |_| {}));
+    let device = Arc::new(secured(&daemon, &address, &[]));
+    let (session, g) = open(&device);
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let waiting = {
+        let device = device.clone();
+        std::thread::spawn(move || {
+            device
+                .call(Some(g), Request::SessionInfo { session })
+                .map(|_| ())
+                .map_err(|e| e.rv())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    daemon.admin(transport, &["-fN"]);
+    // The held reply and the notice come together.
+    assert!(waiting.join().unwrap().is_ok());
+    let login = Request::Login {
+        session,
+        user_type: ck::CKU_USER as u64,
+        pin: pin(USER_PIN),
+    };
+    assert_eq!(code(device.call(Some(g), login)), Rv::SessionClosed.code());
+    assert!(
+        !contains(&sent, USER_PIN.as_bytes()),
+        "the PIN left in the clear"
+    );
+    let (_, _) = user(&device);
+    assert!(
+        !contains(&sent, USER_PIN.as_bytes()),
+        "the PIN left in the clear"
+    );
 }
 
 /// Rule 5: an application opens a session with no flags set; the Administrator sets `-fN`;
@@ -435,7 +774,7 @@ fn a_flag_change_ends_clear_sessions_before_a_pin_leaves() {
     let daemon = Daemon::start();
     prepare(&daemon, transport, "");
     daemon.identify(transport, &[]);
-    let (address, sent) = pipe(&daemon);
+    let (address, sent) = pipe(&daemon, passes_all);
     let device = secured(&daemon, &address, &[]);
     let (session, g) = open(&device);
     daemon.admin(transport, &["-fN"]);
@@ -448,15 +787,17 @@ fn a_flag_change_ends_clear_sessions_before_a_pin_leaves() {
         pin: pin(USER_PIN),
     };
     assert_eq!(code(device.call(Some(g), login)), Rv::SessionClosed.code());
-    let contains = |needle: &[u8]| {
-        let bytes = sent.lock().unwrap();
-        bytes.windows(needle.len()).any(|w| w == needle)
-    };
-    assert!(!contains(USER_PIN.as_bytes()), "the PIN left in the clear");
+    assert!(
+        !contains(&sent, USER_PIN.as_bytes()),
+        "the PIN left in the clear"
+    );
     // A new session works, through a channel: the PIN still never crosses in the clear.
     let (_, g) = user(&device);
     assert!(g > 1);
-    assert!(!contains(USER_PIN.as_bytes()), "the PIN left in the clear");
+    assert!(
+        !contains(&sent, USER_PIN.as_bytes()),
+        "the PIN left in the clear"
+    );
     let events = daemon.admin(transport, &["-e"]);
     assert!(events.contains("clear-sessions-ended"), "{events}");
 }

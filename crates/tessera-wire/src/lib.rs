@@ -62,6 +62,19 @@ pub struct ResponseEnvelope {
 #[serde(transparent)]
 pub struct Outcome(#[serde(deserialize_with = "nonzero_error")] pub Result<Reply, u64>);
 
+/// The message inside a record: the id of the request it belongs to, then the request or the
+/// reply. The envelope's id (which routes a reply to the thread that waits for it) is outside
+/// the record's protection; this copy is inside it, and the receiver checks that the two
+/// agree, so that nobody in the middle can hand one call's sealed reply to another call, or
+/// one request's record to another id. Encoded as the pair `(id, message)`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Bound<T> {
+    /// The request id, as the envelope carries it.
+    pub id: u64,
+    /// The request, or the reply's [`Outcome`].
+    pub message: T,
+}
+
 /// Decodes a reply's result, refusing `Err(0)`: an error code of `CKR_OK` would let a forger
 /// turn any refusal into a success where a caller maps codes to outcomes.
 fn nonzero_error<'de, D: serde::Deserializer<'de>>(

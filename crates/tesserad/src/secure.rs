@@ -87,7 +87,10 @@ impl Secure {
     pub fn seal_end(&mut self, id: u64, code: u64) -> Vec<u8> {
         if let Some(mut channel) = self.ended.take() {
             let prefix = tessera_wire::protected_response_prefix(id, channel.id());
-            let ended: Result<Reply, u64> = Ok(Reply::ChannelEnded(code));
+            let ended = tessera_wire::Bound {
+                id,
+                message: Ok::<Reply, u64>(Reply::ChannelEnded(code)),
+            };
             let protection = channel.policy().reply_protection(false);
             let sealed = channel.seal_last(&ended, protection, prefix.as_ref());
             if let Ok(mut frame) = sealed {
@@ -177,18 +180,20 @@ impl Secure {
         let Some((body, mac)) = sealed.parts(frame) else {
             return Err(Rv::BadRequestSignature.code());
         };
-        self.open(sealed.header, body, mac)
+        self.open(sealed.id, sealed.header, body, mac)
     }
 
     /// As [`Secure::open_framed`], for a record decoded on its own.
-    pub fn open_record(&mut self, record: Record) -> Result<(Request, u64), u64> {
+    /// `id` is the envelope's request id.
+    pub fn open_record(&mut self, id: u64, record: Record) -> Result<(Request, u64), u64> {
         let Record { header, body, mac } = record;
         let mut body = zeroize::Zeroizing::new(body);
-        self.open(header, &mut body, &mac)
+        self.open(id, header, &mut body, &mac)
     }
 
     fn open(
         &mut self,
+        id: u64,
         header: RecordHeader,
         body: &mut [u8],
         mac: &[u8],
@@ -215,17 +220,29 @@ impl Secure {
             }
         };
         let plain = &mut body[..len];
-        let decoded = postcard::from_bytes::<Request>(plain);
+        let decoded = postcard::from_bytes::<tessera_wire::Bound<Request>>(plain);
         // The plaintext is wiped where it lies when it held a PIN or a key value (a request
         // without one — its other secrets are in wiping types of their own — need not be
         // wiped byte by byte), or when it did not decode.
-        if decoded.as_ref().map_or(true, Request::carries_secret) {
+        if decoded
+            .as_ref()
+            .map_or(true, |bound| bound.message.carries_secret())
+        {
             zeroize::Zeroize::zeroize(plain);
         }
-        let Ok(request) = decoded else {
+        let Ok(bound) = decoded else {
             self.end_refusing("Device", "a protected request did not decode");
             return Err(Rv::BadRequestSignature.code());
         };
+        if bound.id != id {
+            // A record moved to another envelope id: its reply would reach another call.
+            let why = format!("record of request {} arrived as request {id}", bound.id);
+            self.hsm
+                .channel_event("Library", "channel-integrity-failure", why.clone());
+            self.end_refusing("Device", &format!("integrity failure: {why}"));
+            return Err(Rv::BadRequestSignature.code());
+        }
+        let request = bound.message;
         let required = active
             .channel
             .policy()
@@ -269,8 +286,12 @@ impl Secure {
         let protection = channel.policy().reply_protection(secret);
         let prefix = tessera_wire::protected_response_prefix(id, channel.id());
         // Encrypted in the frame when the policy says so: no plaintext copy is left behind.
+        let bound = tessera_wire::Bound {
+            id,
+            message: result,
+        };
         let mut frame = channel
-            .seal_value_framed(result, protection, prefix.as_ref())
+            .seal_value_framed(&bound, protection, prefix.as_ref())
             .map_err(|_| Rv::SessionClosed.code())?;
         tessera_wire::finish_frame(&mut frame);
         Ok(frame)

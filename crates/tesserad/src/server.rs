@@ -667,6 +667,11 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         // Only a connection without a channel listens for the end of clear sessions: it
         // closes then, so a read cut short here is never resumed.
         let clear = !pending && lock_secure(&secure).channel_id().is_none();
+        if !clear {
+            // A change seen while the connection has a channel is not this connection's
+            // business (its channel was ended on its own): it must not fire once it has none.
+            clear_ended.mark_unchanged();
+        }
         let frame = tokio::select! {
             frame = poller.promptly(next) => frame,
             _ = stop.changed() => break,
@@ -726,7 +731,10 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             Incoming::Decoded(Request::Protected(record)) => {
                 let large = record.body.len() > SMALL;
                 Next::Opened(
-                    on_channel(&secure, large, move |current| current.open_record(record)).await,
+                    on_channel(&secure, large, move |current| {
+                        current.open_record(id, record)
+                    })
+                    .await,
                 )
             }
             Incoming::Decoded(request) => Next::Clear(request),

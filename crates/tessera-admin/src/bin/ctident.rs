@@ -350,6 +350,9 @@ fn run(args: &Args) -> Result<(), Failure> {
             };
             session.run(command)?;
             println!("Generated {what:?} on device {}.", args.device);
+            if !matches!(what, What::Poc) {
+                identity_changed(&target)?;
+            }
             show(&identity(&target)?);
         }
         Command::Request {
@@ -407,6 +410,7 @@ fn run(args: &Args) -> Result<(), Failure> {
                 chain: certificates,
             })?;
             println!("Imported the PIC into device {}.", args.device);
+            identity_changed(&target)?;
             show(&identity(&target)?);
         }
         Command::SignDevice {
@@ -448,6 +452,7 @@ fn run(args: &Args) -> Result<(), Failure> {
                 "Device {}'s owner key signed device {other}'s new identity.",
                 args.device
             );
+            identity_changed(&subject)?;
             show(&identity(&subject)?);
         }
         Command::Show => show(&identity(&target)?),
@@ -557,6 +562,23 @@ fn show(identity: &Identity) {
     }
 }
 
+/// The device's PIC was replaced by this command: this user's known-devices record of its
+/// entry (made with the old identity) is forgotten, so that the next channel records the new
+/// one; other users and machines that recorded it must do the same.
+fn identity_changed(target: &Target) -> Result<(), Failure> {
+    let config = tessera_config::Config::load().map_err(|e| Failure::new(e.to_string()))?;
+    let files = tessera_client::known::KnownDevices::from_config(&config);
+    let entry = target.device.address().entry();
+    let level = tessera_client::known::Level::User;
+    if files.forget(level, &entry).map_err(Failure::new)? {
+        println!(
+            "The identity changed: forgot the known-devices record of {entry} in {}. Other users and machines that talk to it must run `ctident known-devices forget {entry}` (and trust the new identity if needed).",
+            files.shown(level)
+        );
+    }
+    Ok(())
+}
+
 fn run_known(known: &Known) -> Result<(), Failure> {
     use tessera_client::known::{ChannelUse, KnownDevice, KnownDevices, Level as KnownLevel};
     let config = tessera_config::Config::load().map_err(|e| Failure::new(e.to_string()))?;
@@ -571,7 +593,7 @@ fn run_known(known: &Known) -> Result<(), Failure> {
     match known {
         Known::List => {
             for (level, name) in [(KnownLevel::User, "user"), (KnownLevel::System, "system")] {
-                println!("{name}: {}", files.path(level).display());
+                println!("{name}: {}", files.shown(level));
                 for record in files.list(level).map_err(Failure::new)? {
                     println!("  {}", record.line());
                 }
@@ -582,10 +604,10 @@ fn run_known(known: &Known) -> Result<(), Failure> {
             if !files.forget(level, entry).map_err(Failure::new)? {
                 return Err(Failure::new(format!(
                     "{} has no record of {entry:?}; `ctident known-devices list` shows the entries",
-                    files.path(level).display()
+                    files.shown(level)
                 )));
             }
-            println!("forgot {entry} in {}", files.path(level).display());
+            println!("forgot {entry} in {}", files.shown(level));
         }
         Known::Add {
             entry,
@@ -615,18 +637,12 @@ fn run_known(known: &Known) -> Result<(), Failure> {
                 identity,
                 channel,
             };
-            // Written, then read back: the file's own checks judge the record.
+            // The file's own rules judge the record before anything is written.
             let level = level(*system);
-            files.record(level, &record).map_err(Failure::new)?;
-            if let Err(e) = files.list(level) {
-                files.forget(level, entry).map_err(Failure::new)?;
-                return Err(Failure::new(format!("not recorded: {e}")));
-            }
-            println!(
-                "recorded {} in {}",
-                record.line(),
-                files.path(level).display()
-            );
+            files
+                .record(level, &record)
+                .map_err(|e| Failure::new(format!("not recorded: {e}")))?;
+            println!("recorded {} in {}", record.line(), files.shown(level));
         }
     }
     Ok(())

@@ -413,10 +413,17 @@ fn message_cost(client: &mut tessera_channel::Channel, device: &mut tessera_chan
     for _ in 0..rounds {
         let prefix = tessera_wire::protected_request_prefix(7, client.id());
         let mut frame = client
-            .seal_value_framed(&request(), Encrypted, prefix.as_ref())
+            .seal_value_framed(
+                &tessera_wire::Bound {
+                    id: 7,
+                    message: request(),
+                },
+                Encrypted,
+                prefix.as_ref(),
+            )
             .expect("seal");
         tessera_wire::finish_frame(&mut frame);
-        let received: Request = postcard::from_bytes(open_framed(
+        let received: tessera_wire::Bound<Request> = postcard::from_bytes(open_framed(
             device,
             tessera_wire::find_sealed_request(&frame[4..]).expect("a sealed request"),
             &mut frame[4..],
@@ -426,18 +433,22 @@ fn message_cost(client: &mut tessera_channel::Channel, device: &mut tessera_chan
         let prefix = tessera_wire::protected_response_prefix(7, device.id());
         let mut frame = device
             .seal_value_framed(
-                &Ok::<Reply, u64>(reply().expect("reply")),
+                &tessera_wire::Bound {
+                    id: 7,
+                    message: Ok::<Reply, u64>(reply().expect("reply")),
+                },
                 Encrypted,
                 prefix.as_ref(),
             )
             .expect("seal");
         tessera_wire::finish_frame(&mut frame);
-        let received: Result<Reply, u64> = postcard::from_bytes(open_framed(
-            client,
-            tessera_wire::find_sealed_response(&frame[4..]).expect("a sealed reply"),
-            &mut frame[4..],
-        ))
-        .expect("decode");
+        let received: tessera_wire::Bound<tessera_wire::Outcome> =
+            postcard::from_bytes(open_framed(
+                client,
+                tessera_wire::find_sealed_response(&frame[4..]).expect("a sealed reply"),
+                &mut frame[4..],
+            ))
+            .expect("decode");
         let _ = std::hint::black_box(received);
     }
     let sealed = start.elapsed() / rounds;
