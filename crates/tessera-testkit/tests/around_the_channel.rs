@@ -757,10 +757,23 @@ fn a_notice_read_with_the_last_reply_still_stops_the_pin() {
         !contains(&sent, USER_PIN.as_bytes()),
         "the PIN left in the clear"
     );
-    let (_, _) = user(&device);
+    // The notice was read, not only the close: a call with a PIN and no session (which a
+    // new connection would otherwise carry in the clear first) goes through a channel.
+    const NEW_SO_PIN: &str = "new-so-pin-5678";
+    let init = Request::InitToken {
+        slot: 0,
+        so_pin: pin(NEW_SO_PIN),
+        label: [b"renewed".as_slice(), &[b' '; 25]].concat(),
+    };
+    let _ = device.call(None, init);
     assert!(
-        !contains(&sent, USER_PIN.as_bytes()),
-        "the PIN left in the clear"
+        !contains(&sent, NEW_SO_PIN.as_bytes()),
+        "the SO PIN left in the clear"
+    );
+    let log = std::fs::read_to_string(daemon.client_log()).unwrap_or_default();
+    assert!(
+        log.contains("its flags now require a secure channel"),
+        "{log}"
     );
 }
 
