@@ -42,6 +42,7 @@ impl Client {
             .arg(self.path("admin.pin"))
             .env("ET_HSM_NETCLIENT_SERVERLIST", &self.servers)
             .env("ET_PTKC_TRUSTSTORE_USER", self.path("user-trust"))
+            .env("ET_PTKC_KNOWN_DEVICES_USER", self.path("known_devices"))
             .env("ET_PTKC_TRUSTSTORE_SYSTEM", self.path("system-trust"))
             .write_stdin("")
             .assert()
@@ -408,6 +409,7 @@ fn trust_store_add_list_remove_at_both_levels() {
         .unwrap()
         .args(["trust", "list", "--user"])
         .env("TESSERA_USER_CONFIG", &config)
+        .env("ET_PTKC_KNOWN_DEVICES_USER", client.path("known_devices"))
         .env_remove("ET_PTKC_TRUSTSTORE_USER")
         .assert()
         .success()
@@ -510,10 +512,16 @@ fn no_clear_pins_rules_once_an_identity_exists() {
         }
         other => panic!("{other:?}"),
     }
-    let environment: HashMap<String, String> = [(
-        "ET_PTKC_TRUSTSTORE_USER".to_string(),
-        client.path("user-trust").display().to_string(),
-    )]
+    let environment: HashMap<String, String> = [
+        (
+            "ET_PTKC_TRUSTSTORE_USER".to_string(),
+            client.path("user-trust").display().to_string(),
+        ),
+        (
+            "ET_PTKC_KNOWN_DEVICES_USER".to_string(),
+            client.path("known_devices").display().to_string(),
+        ),
+    ]
     .into();
     let settings = SecureSettings::from_config(Config::from_levels(
         environment,

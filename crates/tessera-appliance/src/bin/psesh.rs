@@ -282,11 +282,18 @@ fn run(args: Args) -> Result<u8, String> {
             "login"
         },
     )?;
-    // Every HSM call of this shell uses this user's appliance trust store, and the library's
-    // reports go to a file rather than between the shell's lines. (Single-threaded here.)
+    // Every HSM call of this shell uses this user's appliance trust store and known devices,
+    // and the library's reports go to a file rather than between the shell's lines.
+    // (Single-threaded here.)
     let trust = state.join("trust");
     std::env::set_var("ET_PTKC_TRUSTSTORE_USER", trust.join(role.name()));
     std::env::set_var("ET_PTKC_TRUSTSTORE_SYSTEM", trust.join(".system"));
+    // And its own known devices, beside its trust store: what one appliance user's channels
+    // recorded must not decide for another's.
+    std::env::set_var(
+        "ET_PTKC_KNOWN_DEVICES_USER",
+        state.join("known").join(role.name()),
+    );
     if std::env::var_os("ET_PTKC_GENERAL_LOG").is_none() {
         std::env::set_var("ET_PTKC_GENERAL_LOG", state.join("client.log"));
     }
