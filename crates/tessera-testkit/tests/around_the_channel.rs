@@ -41,6 +41,23 @@ fn forged(id: u64, result: Result<Reply, u64>) -> Vec<u8> {
     })
 }
 
+/// The library's report file (`ET_PTKC_GENERAL_LOG`) holds `needle`.
+fn assert_logged(daemon: &Daemon, needle: &str) {
+    let log = std::fs::read_to_string(daemon.client_log()).unwrap_or_default();
+    assert!(
+        log.contains(needle),
+        "the library's log lacks {needle:?}: {log}"
+    );
+}
+
+/// A device with an identity its clients trust, and no security flags.
+fn identified_without_flags(transport: Transport) -> Daemon {
+    let daemon = Daemon::start();
+    prepare(&daemon, transport, "");
+    daemon.identify(transport, &[]);
+    daemon
+}
+
 /// Every request that reached the device in the clear is public (no session call, PIN or key
 /// value left outside a channel).
 fn only_public_in_the_clear(recorder: &Recorder, connection: usize) {
@@ -168,11 +185,7 @@ fn a_clear_answer_to_a_protected_call_is_refused_as_forged() {
                 1,
                 "the key still exists"
             );
-            let log = std::fs::read_to_string(daemon.client_log()).unwrap_or_default();
-            assert!(
-                log.contains("refused as forged"),
-                "the library's log names the forgery: {log}"
-            );
+            assert_logged(&daemon, "refused as forged");
             assert!(!relay.recorder.contains(HMAC_KEY));
             assert!(!relay.recorder.contains(USER_PIN.as_bytes()));
             drop(forgery);
@@ -342,14 +355,11 @@ fn a_known_device_is_only_talked_to_through_a_channel_to_that_device() {
     let outcome = code(device.call(None, Request::OpenSession { slot: 0, flags }));
     assert_eq!(outcome, Rv::NoSessionKeys.code());
     only_public_in_the_clear(&stripping.recorder, 0);
-    let log = std::fs::read_to_string(daemon.client_log()).unwrap();
-    assert!(
-        log.contains(&format!(
-            "entry {} is recorded as serial {serial}",
-            stripping.address
-        )) && log.contains("known-devices forget"),
-        "{log}"
+    assert_logged(
+        &daemon,
+        &format!("entry {} is recorded as serial {serial}", stripping.address),
     );
+    assert_logged(&daemon, "known-devices forget");
 
     // Another device, trusted by the same client, behind an entry recorded for the first.
     let other = Daemon::start();
@@ -379,8 +389,7 @@ fn a_known_device_is_only_talked_to_through_a_channel_to_that_device() {
     assert_eq!(outcome, Rv::CertNotValidated.code());
     assert!(!impostor.recorder.contains(USER_PIN.as_bytes()));
     only_public_in_the_clear(&impostor.recorder, 0);
-    let log = std::fs::read_to_string(daemon.client_log()).unwrap();
-    assert!(log.contains("another device or identity"), "{log}");
+    assert_logged(&daemon, "another device or identity");
 
     // The operator accepts the change: the entry is recorded afresh, for the other device.
     let forgot = ctident(&daemon, &["known-devices", "forget", &impostor.address]);
@@ -553,8 +562,7 @@ fn sealed_replies_swapped_between_calls_in_flight_are_refused() {
             .any(|o| matches!(o, Err(code) if *code == Rv::BadReplySignature.code())),
         "{outcomes:?}"
     );
-    let log = std::fs::read_to_string(daemon.client_log()).unwrap_or_default();
-    assert!(log.contains("arrived as the reply to request"), "{log}");
+    assert_logged(&daemon, "arrived as the reply to request");
 }
 
 /// A protected request's record moved to another envelope id (its reply would then be
@@ -601,12 +609,8 @@ fn a_request_record_moved_to_another_id_is_not_executed() {
 #[test]
 fn another_trusted_device_is_not_taken_for_an_unrecorded_entry() {
     let transport = Transport::Tcp;
-    let a = Daemon::start();
-    prepare(&a, transport, "");
-    a.identify(transport, &[]);
-    let b = Daemon::start();
-    prepare(&b, transport, "");
-    b.identify(transport, &[]);
+    let a = identified_without_flags(transport);
+    let b = identified_without_flags(transport);
     // The client trusts both.
     for entry in std::fs::read_dir(b.trust_dir()).unwrap() {
         let entry = entry.unwrap();
@@ -620,8 +624,7 @@ fn another_trusted_device_is_not_taken_for_an_unrecorded_entry() {
     assert_eq!(outcome, Rv::CertNotValidated.code());
     only_public_in_the_clear(&relay.recorder, 0);
     assert!(!relay.recorder.contains(USER_PIN.as_bytes()));
-    let log = std::fs::read_to_string(a.client_log()).unwrap();
-    assert!(log.contains("which no SMPR of this client names"), "{log}");
+    assert_logged(&a, "which no SMPR of this client names");
     assert!(
         !a.known_devices().exists()
             || !std::fs::read_to_string(a.known_devices())
@@ -726,9 +729,7 @@ fn known_devices_are_never_read_from_an_untrusted_place() {
 #[test]
 fn a_notice_read_with_the_last_reply_still_stops_the_pin() {
     let transport = Transport::Tcp;
-    let daemon = Daemon::start();
-    prepare(&daemon, transport, "");
-    daemon.identify(transport, &[]);
+    let daemon = identified_without_flags(transport);
     let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (address, sent) = pipe(&daemon, holding(armed.clone(), 2, |_| true, |_| {}));
     let device = Arc::new(secured(&daemon, &address, &[]));
@@ -770,11 +771,7 @@ fn a_notice_read_with_the_last_reply_still_stops_the_pin() {
         !contains(&sent, NEW_SO_PIN.as_bytes()),
         "the SO PIN left in the clear"
     );
-    let log = std::fs::read_to_string(daemon.client_log()).unwrap_or_default();
-    assert!(
-        log.contains("its flags now require a secure channel"),
-        "{log}"
-    );
+    assert_logged(&daemon, "its flags now require a secure channel");
 }
 
 /// Rule 5: an application opens a session with no flags set; the Administrator sets `-fN`;
@@ -784,9 +781,7 @@ fn a_notice_read_with_the_last_reply_still_stops_the_pin() {
 #[test]
 fn a_flag_change_ends_clear_sessions_before_a_pin_leaves() {
     let transport = Transport::Tcp;
-    let daemon = Daemon::start();
-    prepare(&daemon, transport, "");
-    daemon.identify(transport, &[]);
+    let daemon = identified_without_flags(transport);
     let (address, sent) = pipe(&daemon, passes_all);
     let device = secured(&daemon, &address, &[]);
     let (session, g) = open(&device);
