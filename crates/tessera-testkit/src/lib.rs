@@ -134,6 +134,9 @@ pub struct Daemon {
     port: u16,
     /// Extra arguments given at every start.
     extra: Vec<String>,
+    /// The umask the daemon is started with (`sh -c 'umask …; exec tesserad …'`), if not the
+    /// test's own.
+    umask: Option<u32>,
 }
 
 impl Daemon {
@@ -145,23 +148,39 @@ impl Daemon {
     /// Starts a daemon with extra command-line arguments (`--kdf-iterations` among them
     /// replaces the tests' fast default).
     pub fn start_with(extra: &[&str]) -> Daemon {
+        Daemon::start_prepared(None, |_| {}, extra).unwrap_or_else(|log| panic!("{log}"))
+    }
+
+    /// Starts a daemon under `umask` (when given) after `prepare` has run on the test's
+    /// directory (where the data directory `data` is to be); `Err` is the daemon's log when it
+    /// exits before it is ready.
+    pub fn start_prepared(
+        umask: Option<u32>,
+        prepare: impl FnOnce(&Path),
+        extra: &[&str],
+    ) -> Result<Daemon, String> {
         let dir = tempfile::tempdir().expect("a temporary directory");
+        prepare(dir.path());
         let mut daemon = Daemon {
             dir,
             child: None,
             port: free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            umask,
         };
         // The free port may be taken by another test between its choice and the bind: then
         // another port.
         for _ in 0..5 {
             match daemon.try_spawn() {
-                Ok(()) => return daemon,
+                Ok(()) => return Ok(daemon),
                 Err(log) if log.contains("cannot listen on tcp:") => daemon.port = free_port(),
-                Err(log) => panic!("{log}"),
+                Err(log) => return Err(log),
             }
         }
-        panic!("no free loopback port for tesserad:\n{}", daemon.log())
+        Err(format!(
+            "no free loopback port for tesserad:\n{}",
+            daemon.log()
+        ))
     }
 
     /// The temporary directory of this test.
@@ -212,7 +231,18 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("tesserad.log"))
             .expect("a log file");
-        let child = Command::new(binary("tesserad"))
+        let mut command = match self.umask {
+            Some(umask) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("umask {umask:03o}; exec \"$@\""))
+                    .arg("sh")
+                    .arg(binary("tesserad"));
+                sh
+            }
+            None => Command::new(binary("tesserad")),
+        };
+        let child = command
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--listen")

@@ -45,6 +45,9 @@ pub struct Config {
     /// With `--exit-with-parent`: the process id of tesserad's parent at start; the daemon
     /// shuts down once it has another.
     pub parent: Option<u32>,
+    /// `--allow-group-access` (or `--appliance`): the data directory and the Unix sockets are
+    /// open to the group.
+    pub allow_group_access: bool,
 }
 
 /// Where a connection comes from, for the client access list.
@@ -134,13 +137,8 @@ fn admitted(list: Option<&Path>, peer: &dyn PeerAddress) -> bool {
 }
 
 /// Holds the data directory's lock for the daemon's lifetime.
-fn lock_data_dir(data_dir: &Path) -> Result<File, String> {
-    std::fs::create_dir_all(data_dir).map_err(|e| {
-        format!(
-            "cannot create the data directory {}: {e}",
-            data_dir.display()
-        )
-    })?;
+fn lock_data_dir(data_dir: &Path, allow_group: bool) -> Result<File, String> {
+    crate::datadir::prepare(data_dir, allow_group)?;
     let path = data_dir.join("tesserad.lock");
     let file = File::options()
         .create(true)
@@ -160,7 +158,17 @@ fn lock_data_dir(data_dir: &Path) -> Result<File, String> {
     }
 }
 
-fn bind_unix(path: &Path) -> Result<UnixListener, String> {
+/// The mode of the daemon's Unix sockets: its user's (connecting needs write permission), and
+/// its group's with `--allow-group-access`; never others'.
+pub fn socket_mode(allow_group: bool) -> u32 {
+    if allow_group {
+        0o660
+    } else {
+        0o600
+    }
+}
+
+fn bind_unix(path: &Path, allow_group: bool) -> Result<UnixListener, String> {
     crate::local::prepare_directory(path)?;
     // A socket of this user left by a daemon that died: only ours could be there while we
     // hold the data directory lock, unless another daemon with another data directory uses
@@ -175,7 +183,17 @@ fn bind_unix(path: &Path) -> Result<UnixListener, String> {
         std::fs::remove_file(path)
             .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
     }
-    UnixListener::bind(path).map_err(|e| format!("cannot listen on unix:{}: {e}", path.display()))
+    let listener = UnixListener::bind(path)
+        .map_err(|e| format!("cannot listen on unix:{}: {e}", path.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            path,
+            std::fs::Permissions::from_mode(socket_mode(allow_group)),
+        )
+        .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
+    }
+    Ok(listener)
 }
 
 impl Config {
@@ -193,7 +211,7 @@ pub fn run(config: Config) -> Result<(), String> {
             crate::local::prepare_directory(path)?;
         }
     }
-    let _lock = lock_data_dir(&config.data_dir)?;
+    let _lock = lock_data_dir(&config.data_dir, config.allow_group_access)?;
     let hsm = Hsm::open(&config.data_dir, &config.options).map_err(|e| e.to_string())?;
     // One I/O thread owns the runtime's event loop, so a connection that polls for its next
     // request (`Poller`) sees it as soon as it arrives; with several, readiness reaches the
@@ -242,7 +260,7 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
     for listen in &config.listen {
         match listen {
             Listen::Unix(path) => {
-                let listener = bind_unix(path)?;
+                let listener = bind_unix(path, config.allow_group_access)?;
                 sockets.push(path.clone());
                 shown.push(format!("unix:{}", path.display()));
                 tasks.push(tokio::spawn(accept_unix(
@@ -282,7 +300,10 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
     if let Some(list) = &config.client_access {
         // What `psesh network show` reports.
         let listening = list.with_file_name("listening");
-        if let Err(e) = std::fs::write(&listening, shown.join("\n") + "\n") {
+        // Group-readable (psesh runs as the appliance's accounts).
+        if let Err(e) =
+            tessera_config::write_atomically(&listening, &(shown.join("\n") + "\n"), 0o660)
+        {
             tracing::warn!(file = %listening.display(), error = %e, "cannot record the listen addresses");
         }
     }
