@@ -134,9 +134,9 @@ pub struct Daemon {
     port: u16,
     /// Extra arguments given at every start.
     extra: Vec<String>,
-    /// The umask the daemon is started with (`sh -c 'umask …; exec tesserad …'`), if not the
-    /// test's own.
-    umask: Option<u32>,
+    /// A shell command line that ends with what runs tesserad (`sh -c '<launcher> "$@"' sh
+    /// tesserad ARGS…`, for example `umask 022; exec` or `ulimit -c unlimited; exec`), if any.
+    launcher: Option<String>,
 }
 
 impl Daemon {
@@ -151,11 +151,12 @@ impl Daemon {
         Daemon::start_prepared(None, |_| {}, extra).unwrap_or_else(|log| panic!("{log}"))
     }
 
-    /// Starts a daemon under `umask` (when given) after `prepare` has run on the test's
-    /// directory (where the data directory `data` is to be); `Err` is the daemon's log when it
-    /// exits before it is ready.
+    /// Starts a daemon through `launcher` (see [`Daemon`]'s field; `None`: directly) after
+    /// `prepare` has run on the test's directory (where the data directory `data` is to be);
+    /// `Err` is the daemon's log when it exits before it is ready. The daemon's working
+    /// directory is always the test's directory (where a core file would go).
     pub fn start_prepared(
-        umask: Option<u32>,
+        launcher: Option<&str>,
         prepare: impl FnOnce(&Path),
         extra: &[&str],
     ) -> Result<Daemon, String> {
@@ -166,7 +167,7 @@ impl Daemon {
             child: None,
             port: free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            umask,
+            launcher: launcher.map(str::to_string),
         };
         // The free port may be taken by another test between its choice and the bind: then
         // another port.
@@ -231,11 +232,11 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("tesserad.log"))
             .expect("a log file");
-        let mut command = match self.umask {
-            Some(umask) => {
+        let mut command = match &self.launcher {
+            Some(launcher) => {
                 let mut sh = Command::new("sh");
                 sh.arg("-c")
-                    .arg(format!("umask {umask:03o}; exec \"$@\""))
+                    .arg(format!("{launcher} \"$@\""))
                     .arg("sh")
                     .arg(binary("tesserad"));
                 sh
@@ -243,6 +244,7 @@ impl Daemon {
             None => Command::new(binary("tesserad")),
         };
         let child = command
+            .current_dir(self.dir.path())
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--listen")
@@ -320,6 +322,12 @@ impl Daemon {
             .status()
             .expect("prlimit runs");
         assert!(status.success(), "prlimit failed");
+    }
+
+    /// Waits for the daemon to exit (after a signal the test sent); its exit status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the daemon is running");
+        child.wait().expect("the daemon exits")
     }
 
     /// Kills the daemon with SIGKILL (`kill -9`) and waits for it.

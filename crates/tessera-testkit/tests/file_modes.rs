@@ -61,7 +61,7 @@ fn open_to_others(dir: &Path) {
 #[test]
 fn another_user_cannot_read_the_store_or_the_keys_under_umask_022() {
     require_root();
-    let daemon = Daemon::start_prepared(Some(0o022), open_to_others, &[]).unwrap();
+    let daemon = Daemon::start_prepared(Some("umask 022; exec"), open_to_others, &[]).unwrap();
     let data = daemon.data_dir();
     // The attacker can reach the test directory: the check below is the data directory's.
     assert!(nobody_reads(&daemon.dir().join("tesserad.log")).is_ok());
@@ -79,7 +79,7 @@ fn another_user_cannot_read_the_store_or_the_keys_under_umask_022() {
 #[test]
 fn wide_files_in_the_data_directory_are_tightened_at_start() {
     require_root();
-    let mut daemon = Daemon::start_prepared(Some(0o022), open_to_others, &[]).unwrap();
+    let mut daemon = Daemon::start_prepared(Some("umask 022; exec"), open_to_others, &[]).unwrap();
     daemon.stop();
     let store = daemon.data_dir().join("tessera.redb");
     std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o644)).unwrap();
