@@ -171,3 +171,129 @@ fn the_library_makes_its_host_not_dumpable_unless_told() {
         "{output:?}"
     );
 }
+
+/// Where `markers` occur in the readable memory of process `pid` (read as root through
+/// `/proc/PID/mem`, at most 8 GiB in all): (marker index, mapping line, count).
+fn scan(pid: u32, markers: &[&[u8]]) -> Vec<(usize, String, usize)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut found = Vec::new();
+    let mut budget: u64 = 8 << 30;
+    let mut chunk = vec![0u8; 1 << 20];
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !perms.starts_with('r') || line.contains("[vvar]") || line.contains("[vsyscall]") {
+            continue;
+        }
+        let (start, end) = range.split_once('-').unwrap();
+        let (start, end) = (
+            u64::from_str_radix(start, 16).unwrap(),
+            u64::from_str_radix(end, 16).unwrap(),
+        );
+        let mut at = start;
+        // Overlap between chunks so a marker across a boundary is seen.
+        let mut carry: Vec<u8> = Vec::new();
+        let mut counts = vec![0usize; markers.len()];
+        while at < end && budget > 0 {
+            let len = ((end - at) as usize).min(chunk.len());
+            if mem.seek(SeekFrom::Start(at)).is_err() {
+                break;
+            }
+            let Ok(n) = mem.read(&mut chunk[..len]) else {
+                break;
+            };
+            if n == 0 {
+                break;
+            }
+            let mut window = std::mem::take(&mut carry);
+            window.extend_from_slice(&chunk[..n]);
+            // The markers are ASCII, which lossy decoding keeps; std's optimised search
+            // keeps a debug build's scan of a GiB of heap to a few seconds.
+            let text = String::from_utf8_lossy(&window);
+            for (i, marker) in markers.iter().enumerate() {
+                let marker = std::str::from_utf8(marker).expect("ASCII markers");
+                counts[i] += text.matches(marker).count();
+            }
+            carry = window[window.len().saturating_sub(63)..].to_vec();
+            at += n as u64;
+            budget = budget.saturating_sub(n as u64);
+        }
+        for (i, count) in counts.into_iter().enumerate() {
+            if count > 0 {
+                found.push((i, line.to_string(), count));
+            }
+        }
+    }
+    found
+}
+
+/// A clear-mode workload with marker PINs and a marker key value; then nothing of them may be
+/// left in the daemon's memory once the object is destroyed and the sessions logged out and
+/// closed.
+#[test]
+fn no_pin_or_key_value_is_left_in_the_daemons_memory_after_the_session() {
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+
+    const SO: &str = "SOPIN-marker-4f1c9e";
+    const USER: &str = "USERPIN-marker-8a2d7b";
+    const VALUE: &[u8; 32] = b"KEYVALUE-marker-0123456789abcdef";
+    let _serial = common::serialise();
+    let daemon = Daemon::start();
+    let pkcs11 = common::load(&daemon.server_list(tessera_testkit::Transport::Unix));
+    let slot = pkcs11.get_slots_with_token().unwrap()[0];
+    let so_pin = AuthPin::new(SO.into());
+    pkcs11.init_token(slot, &so_pin, "markers").unwrap();
+    {
+        let session = pkcs11.open_rw_session(slot).unwrap();
+        session.login(UserType::So, Some(&so_pin)).unwrap();
+        session.init_pin(&AuthPin::new(USER.into())).unwrap();
+        session.logout().unwrap();
+        session
+            .login(UserType::User, Some(&AuthPin::new(USER.into())))
+            .unwrap();
+        for token in [false, true] {
+            let key = session
+                .create_object(&[
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(KeyType::AES),
+                    Attribute::Token(token),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Encrypt(true),
+                    Attribute::Value(VALUE.to_vec()),
+                ])
+                .unwrap();
+            session
+                .encrypt(&Mechanism::AesEcb, key, &[7u8; 32])
+                .unwrap();
+            session.destroy_object(key).unwrap();
+        }
+        session.logout().unwrap();
+    }
+    // Last on the connection: a login and a logout (a short frame after the PIN's).
+    {
+        let session = pkcs11.open_ro_session(slot).unwrap();
+        session
+            .login(UserType::User, Some(&AuthPin::new(USER.into())))
+            .unwrap();
+        session.logout().unwrap();
+    }
+    pkcs11.finalize();
+    // The daemon sees the connection end.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let markers: [&[u8]; 3] = [SO.as_bytes(), USER.as_bytes(), VALUE];
+    let found = scan(daemon.pid().unwrap(), &markers);
+    let names = ["the SO PIN", "the user PIN", "the key value"];
+    let report: Vec<String> = found
+        .iter()
+        .map(|(i, region, count)| format!("{} x{count} in {region}", names[*i]))
+        .collect();
+    assert!(report.is_empty(), "left in the daemon's memory:\n{}", report.join("\n"));
+}
