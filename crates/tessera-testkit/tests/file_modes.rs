@@ -101,7 +101,10 @@ fn start_on(base: &Path, data: &Path, extra: &[&str]) -> (bool, String) {
         .arg("--data-dir")
         .arg(data)
         .arg("--listen")
-        .arg(format!("unix:{}", base.join("sock/tesserad.sock").display()))
+        .arg(format!(
+            "unix:{}",
+            base.join("sock/tesserad.sock").display()
+        ))
         .args(["--kdf-iterations", "1000", "--exit-with-parent"])
         .args(extra)
         .stdin(Stdio::null())

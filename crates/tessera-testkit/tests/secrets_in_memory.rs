@@ -30,7 +30,11 @@ fn nobody_reads_memory(pid: u32) -> Result<(), String> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     let start = maps
         .lines()
-        .find(|l| l.split_whitespace().nth(1).is_some_and(|p| p.starts_with('r')))
+        .find(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|p| p.starts_with('r'))
+        })
         .and_then(|l| l.split('-').next())
         .map(|s| u64::from_str_radix(s, 16).unwrap())
         .unwrap();
@@ -56,7 +60,9 @@ fn core_limit(pid: u32) -> (String, String) {
         .find(|l| l.starts_with("Max core file size"))
         .unwrap()
         .to_string();
-    let fields: Vec<&str> = line["Max core file size".len()..].split_whitespace().collect();
+    let fields: Vec<&str> = line["Max core file size".len()..]
+        .split_whitespace()
+        .collect();
     (fields[0].to_string(), fields[1].to_string())
 }
 
@@ -75,10 +81,15 @@ fn the_daemon_is_not_dumpable_and_its_own_user_cannot_read_its_memory() {
     let debug =
         Daemon::start_prepared(Some(&launcher), for_nobody, &["--allow-core-dumps"]).unwrap();
     let pid = debug.pid().unwrap();
-    assert!(nobody_reads_memory(pid).is_ok(), "the override did not keep it dumpable");
+    assert!(
+        nobody_reads_memory(pid).is_ok(),
+        "the override did not keep it dumpable"
+    );
     assert_ne!(core_limit(pid).0, "0");
     assert!(
-        debug.log().contains("--allow-core-dumps: core dumps stay on"),
+        debug
+            .log()
+            .contains("--allow-core-dumps: core dumps stay on"),
         "{}",
         debug.log()
     );
@@ -107,7 +118,10 @@ fn an_aborted_daemon_leaves_no_core_file() {
             // the override really dumps; elsewhere the exit status says it tried.
             let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
             if pattern.trim().starts_with("core") {
-                assert!(status.core_dumped() && !cores.is_empty(), "{extra:?}: {status:?}");
+                assert!(
+                    status.core_dumped() && !cores.is_empty(),
+                    "{extra:?}: {status:?}"
+                );
             }
         } else {
             assert!(!status.core_dumped(), "a core was dumped");
@@ -153,7 +167,9 @@ fn the_library_makes_its_host_not_dumpable_unless_told() {
     );
     let log = std::fs::read_to_string(dir.path().join("client.log")).unwrap_or_default();
     assert!(
-        log.contains("ET_PTKC_GENERAL_ALLOW_CORE_DUMPS=YES: core dumps of this application stay on"),
+        log.contains(
+            "ET_PTKC_GENERAL_ALLOW_CORE_DUMPS=YES: core dumps of this application stay on"
+        ),
         "{log}"
     );
     // A value that is neither fails C_Initialize, naming the item.
@@ -295,5 +311,9 @@ fn no_pin_or_key_value_is_left_in_the_daemons_memory_after_the_session() {
         .iter()
         .map(|(i, region, count)| format!("{} x{count} in {region}", names[*i]))
         .collect();
-    assert!(report.is_empty(), "left in the daemon's memory:\n{}", report.join("\n"));
+    assert!(
+        report.is_empty(),
+        "left in the daemon's memory:\n{}",
+        report.join("\n")
+    );
 }

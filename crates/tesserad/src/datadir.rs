@@ -47,7 +47,13 @@ pub fn prepare(dir: &Path, allow_group: bool) -> Result<(), String> {
             dir.display()
         ));
     }
-    check(dir, meta.uid(), meta.mode(), crate::local::own_uid(), allow_group)?;
+    check(
+        dir,
+        meta.uid(),
+        meta.mode(),
+        crate::local::own_uid(),
+        allow_group,
+    )?;
     tighten_files(dir);
     Ok(())
 }
@@ -129,7 +135,10 @@ mod tests {
     fn others_and_group_are_refused_with_the_fix() {
         let dir = Path::new("/srv/hsm");
         let e = check(dir, 7, 0o40755, 7, false).unwrap_err();
-        assert!(e.contains("mode 0755") && e.contains("chmod 700 /srv/hsm"), "{e}");
+        assert!(
+            e.contains("mode 0755") && e.contains("chmod 700 /srv/hsm"),
+            "{e}"
+        );
         let e = check(dir, 7, 0o40750, 7, false).unwrap_err();
         assert!(e.contains("--allow-group-access"), "{e}");
         assert!(check(dir, 7, 0o40750, 7, true).is_ok());

@@ -38,10 +38,7 @@ impl<'a> MakeWriter<'a> for Tee {
 
     fn make_writer(&'a self) -> TeeWriter {
         TeeWriter {
-            file: self
-                .file
-                .as_ref()
-                .and_then(|path| open_shared(path).ok()),
+            file: self.file.as_ref().and_then(|path| open_shared(path).ok()),
         }
     }
 }

@@ -178,10 +178,9 @@ fn main() -> ExitCode {
                 .create(&state)
                 .and_then(|()| match fresh {
                     // The umask (077) took the group's bits off.
-                    true => std::fs::set_permissions(
-                        &state,
-                        std::fs::Permissions::from_mode(0o2770),
-                    ),
+                    true => {
+                        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o2770))
+                    }
                     false => Ok(()),
                 })
         };

@@ -11,10 +11,10 @@ use tessera_wire::{
     decode_request, encode_response, find_sealed_request, FrameError, Reply, Request,
     ResponseEnvelope, SealedFrame, FRAME_HEADER_LEN, PROTOCOL_VERSION,
 };
-use zeroize::Zeroize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Semaphore};
+use zeroize::Zeroize;
 
 use crate::guard::Guard;
 use crate::secure::{KeyLimits, Secure};
