@@ -12,6 +12,7 @@
 //! for it (brief §2.2).
 #![forbid(unsafe_code)]
 
+pub mod dumps;
 pub mod known;
 mod peer;
 mod secure;

@@ -303,6 +303,9 @@ pub fn write_atomically(path: &Path, text: &str, mode: u32) -> Result<(), String
         .mode(mode)
         .open(&temporary)
         .and_then(|mut file| {
+            // `mode` whatever the umask (tesserad runs with 077).
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
             file.write_all(text.as_bytes())?;
             file.sync_all()
         })

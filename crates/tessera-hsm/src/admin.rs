@@ -420,6 +420,7 @@ impl Hsm {
         }
         state.device = device;
         self.refresh_device_objects(&mut state);
+        crate::crypto::forget_parsed_keys();
         self.event(&state, role, "tamper", cause.into());
         drop(state);
         self.terminate_channels(None, "tamper");

@@ -520,8 +520,11 @@ impl Token {
     pub(crate) fn logout(&mut self, client: u64) {
         self.logins.remove(&client);
         if self.logins.is_empty() {
-            // Nobody is logged in: forget the master key (wiped on drop).
-            self.master = None;
+            // Nobody is logged in: forget the master key (wiped on drop), and the parsed
+            // private keys (its token's among them).
+            if self.master.take().is_some() {
+                crate::crypto::forget_parsed_keys();
+            }
         }
     }
 }

@@ -330,7 +330,12 @@ impl Hsm {
                 .remove_object(token_id, handle)
                 .map_err(crate::store_failure)?;
         }
+        let private_key = object.attributes.ulong(ck::CKA_CLASS) == Some(ck::CKO_PRIVATE_KEY);
         state.token_mut(token_id)?.objects.remove(&handle);
+        if private_key {
+            // Its parsed form must not outlive it.
+            crate::crypto::forget_parsed_keys();
+        }
         Ok(Reply::Done)
     }
 

@@ -167,9 +167,21 @@ impl Library {
         // fails C_Initialize here, naming the item.
         config.server_user()?;
         // Secure messaging settings: trust store, SMPR per serial (checked here), limits, log.
+        let allow_dumps = tessera_client::dumps::allowed(&config)?;
         let secure = Arc::new(
             tessera_client::SecureSettings::from_config(config).map_err(ConfigError::Message)?,
         );
+        // Before any PIN or key passes through: a crash must not write them to a core file.
+        if allow_dumps {
+            secure.log(&format!(
+                "{}=YES: core dumps of this application stay on; a crash may write PINs and keys to disk (for debugging only)",
+                tessera_client::dumps::ALLOW_CORE_DUMPS_ITEM
+            ));
+        } else if let Err(e) = tessera_client::dumps::disable() {
+            secure.log(&format!(
+                "cannot turn core dumps off ({e}); a crash may write PINs and keys to disk"
+            ));
+        }
         let devices = servers
             .into_iter()
             .map(|address| Device::new(address, connect, reply).with_security(secure.clone()))

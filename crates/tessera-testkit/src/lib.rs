@@ -134,6 +134,9 @@ pub struct Daemon {
     port: u16,
     /// Extra arguments given at every start.
     extra: Vec<String>,
+    /// A shell command line that ends with what runs tesserad (`sh -c '<launcher> "$@"' sh
+    /// tesserad ARGS…`, for example `umask 022; exec` or `ulimit -c unlimited; exec`), if any.
+    launcher: Option<String>,
 }
 
 impl Daemon {
@@ -145,23 +148,40 @@ impl Daemon {
     /// Starts a daemon with extra command-line arguments (`--kdf-iterations` among them
     /// replaces the tests' fast default).
     pub fn start_with(extra: &[&str]) -> Daemon {
+        Daemon::start_prepared(None, |_| {}, extra).unwrap_or_else(|log| panic!("{log}"))
+    }
+
+    /// Starts a daemon through `launcher` (see [`Daemon`]'s field; `None`: directly) after
+    /// `prepare` has run on the test's directory (where the data directory `data` is to be);
+    /// `Err` is the daemon's log when it exits before it is ready. The daemon's working
+    /// directory is always the test's directory (where a core file would go).
+    pub fn start_prepared(
+        launcher: Option<&str>,
+        prepare: impl FnOnce(&Path),
+        extra: &[&str],
+    ) -> Result<Daemon, String> {
         let dir = tempfile::tempdir().expect("a temporary directory");
+        prepare(dir.path());
         let mut daemon = Daemon {
             dir,
             child: None,
             port: free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            launcher: launcher.map(str::to_string),
         };
         // The free port may be taken by another test between its choice and the bind: then
         // another port.
         for _ in 0..5 {
             match daemon.try_spawn() {
-                Ok(()) => return daemon,
+                Ok(()) => return Ok(daemon),
                 Err(log) if log.contains("cannot listen on tcp:") => daemon.port = free_port(),
-                Err(log) => panic!("{log}"),
+                Err(log) => return Err(log),
             }
         }
-        panic!("no free loopback port for tesserad:\n{}", daemon.log())
+        Err(format!(
+            "no free loopback port for tesserad:\n{}",
+            daemon.log()
+        ))
     }
 
     /// The temporary directory of this test.
@@ -212,7 +232,19 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("tesserad.log"))
             .expect("a log file");
-        let child = Command::new(binary("tesserad"))
+        let mut command = match &self.launcher {
+            Some(launcher) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("{launcher} \"$@\""))
+                    .arg("sh")
+                    .arg(binary("tesserad"));
+                sh
+            }
+            None => Command::new(binary("tesserad")),
+        };
+        let child = command
+            .current_dir(self.dir.path())
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--listen")
@@ -290,6 +322,12 @@ impl Daemon {
             .status()
             .expect("prlimit runs");
         assert!(status.success(), "prlimit failed");
+    }
+
+    /// Waits for the daemon to exit (after a signal the test sent); its exit status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the daemon is running");
+        child.wait().expect("the daemon exits")
     }
 
     /// Kills the daemon with SIGKILL (`kill -9`) and waits for it.

@@ -38,10 +38,25 @@ impl<'a> MakeWriter<'a> for Tee {
 
     fn make_writer(&'a self) -> TeeWriter {
         TeeWriter {
-            file: self
-                .file
-                .as_ref()
-                .and_then(|path| OpenOptions::new().create(true).append(true).open(path).ok()),
+            file: self.file.as_ref().and_then(|path| open_shared(path).ok()),
         }
+    }
+}
+
+/// Opens the appliance log for appending; a new one is made group-readable and writable
+/// (0660, psesh reads and rotates it), whatever the daemon's umask (077).
+fn open_shared(path: &std::path::Path) -> io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match OpenOptions::new().append(true).open(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o660)
+                .open(path)?;
+            file.set_permissions(std::fs::Permissions::from_mode(0o660))?;
+            Ok(file)
+        }
+        other => other,
     }
 }

@@ -9,9 +9,11 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod datadir;
 mod guard;
 mod local;
 mod logfile;
+mod memory;
 mod secure;
 mod server;
 
@@ -131,10 +133,29 @@ struct Args {
     /// itself be killed. A service manager does not need it.
     #[arg(long)]
     exit_with_parent: bool,
+
+    /// Let the group of the data directory read and enter it (mode up to 0770, set-group-ID
+    /// allowed), for a group that shares it; implied by --appliance. Without it tesserad
+    /// refuses a data directory its group can read (others never may). The store and key files
+    /// stay 0600 either way.
+    #[arg(long)]
+    allow_group_access: bool,
+
+    /// Leave core dumps on, for debugging only: by default tesserad makes itself non-dumpable
+    /// (prctl PR_SET_DUMPABLE 0) and sets RLIMIT_CORE to 0 at start, so that a crash does not
+    /// write keys and PINs to disk. Logged as a warning.
+    #[arg(long)]
+    allow_core_dumps: bool,
 }
 
 fn main() -> ExitCode {
+    // Whatever the daemon creates (store, key files, lock, socket) is its user's alone,
+    // whatever umask it was started with; the appliance's shared files set their modes
+    // explicitly.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let args = Args::parse();
+    // Before anything holds a secret; logged once logging is set up.
+    let dumps = memory::protect_process(args.allow_core_dumps);
     // Read first: the parent may not live long.
     let parent = args
         .exit_with_parent
@@ -142,13 +163,26 @@ fn main() -> ExitCode {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let state = data_dir.join("appliance");
     if args.appliance {
+        // The data directory first, with its own mode (see `datadir`); checked again below.
+        if let Err(message) = datadir::create(&data_dir, true) {
+            eprintln!("tesserad: {message}");
+            return ExitCode::FAILURE;
+        }
         // Shared by the appliance accounts through their group (set-group-ID directory).
         let created = {
-            use std::os::unix::fs::DirBuilderExt;
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            let fresh = !state.exists();
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o2770)
                 .create(&state)
+                .and_then(|()| match fresh {
+                    // The umask (077) took the group's bits off.
+                    true => {
+                        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o2770))
+                    }
+                    false => Ok(()),
+                })
         };
         if let Err(e) = created {
             eprintln!("tesserad: cannot create {}: {e}", state.display());
@@ -165,6 +199,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    dumps.log();
     let listen = if !args.listen.is_empty() {
         args.listen
             .iter()
@@ -222,6 +257,7 @@ fn main() -> ExitCode {
         busy_poll: std::time::Duration::from_micros(args.busy_poll.min(10_000)),
         client_access,
         parent,
+        allow_group_access: args.allow_group_access || args.appliance,
     };
     match server::run(config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,6 +14,7 @@ use tessera_wire::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Semaphore};
+use zeroize::Zeroize;
 
 use crate::guard::Guard;
 use crate::secure::{KeyLimits, Secure};
@@ -45,6 +46,9 @@ pub struct Config {
     /// With `--exit-with-parent`: the process id of tesserad's parent at start; the daemon
     /// shuts down once it has another.
     pub parent: Option<u32>,
+    /// `--allow-group-access` (or `--appliance`): the data directory and the Unix sockets are
+    /// open to the group.
+    pub allow_group_access: bool,
 }
 
 /// Where a connection comes from, for the client access list.
@@ -134,13 +138,8 @@ fn admitted(list: Option<&Path>, peer: &dyn PeerAddress) -> bool {
 }
 
 /// Holds the data directory's lock for the daemon's lifetime.
-fn lock_data_dir(data_dir: &Path) -> Result<File, String> {
-    std::fs::create_dir_all(data_dir).map_err(|e| {
-        format!(
-            "cannot create the data directory {}: {e}",
-            data_dir.display()
-        )
-    })?;
+fn lock_data_dir(data_dir: &Path, allow_group: bool) -> Result<File, String> {
+    crate::datadir::prepare(data_dir, allow_group)?;
     let path = data_dir.join("tesserad.lock");
     let file = File::options()
         .create(true)
@@ -160,7 +159,17 @@ fn lock_data_dir(data_dir: &Path) -> Result<File, String> {
     }
 }
 
-fn bind_unix(path: &Path) -> Result<UnixListener, String> {
+/// The mode of the daemon's Unix sockets: its user's (connecting needs write permission), and
+/// its group's with `--allow-group-access`; never others'.
+pub fn socket_mode(allow_group: bool) -> u32 {
+    if allow_group {
+        0o660
+    } else {
+        0o600
+    }
+}
+
+fn bind_unix(path: &Path, allow_group: bool) -> Result<UnixListener, String> {
     crate::local::prepare_directory(path)?;
     // A socket of this user left by a daemon that died: only ours could be there while we
     // hold the data directory lock, unless another daemon with another data directory uses
@@ -175,7 +184,17 @@ fn bind_unix(path: &Path) -> Result<UnixListener, String> {
         std::fs::remove_file(path)
             .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
     }
-    UnixListener::bind(path).map_err(|e| format!("cannot listen on unix:{}: {e}", path.display()))
+    let listener = UnixListener::bind(path)
+        .map_err(|e| format!("cannot listen on unix:{}: {e}", path.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            path,
+            std::fs::Permissions::from_mode(socket_mode(allow_group)),
+        )
+        .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
+    }
+    Ok(listener)
 }
 
 impl Config {
@@ -193,7 +212,7 @@ pub fn run(config: Config) -> Result<(), String> {
             crate::local::prepare_directory(path)?;
         }
     }
-    let _lock = lock_data_dir(&config.data_dir)?;
+    let _lock = lock_data_dir(&config.data_dir, config.allow_group_access)?;
     let hsm = Hsm::open(&config.data_dir, &config.options).map_err(|e| e.to_string())?;
     // One I/O thread owns the runtime's event loop, so a connection that polls for its next
     // request (`Poller`) sees it as soon as it arrives; with several, readiness reaches the
@@ -242,7 +261,7 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
     for listen in &config.listen {
         match listen {
             Listen::Unix(path) => {
-                let listener = bind_unix(path)?;
+                let listener = bind_unix(path, config.allow_group_access)?;
                 sockets.push(path.clone());
                 shown.push(format!("unix:{}", path.display()));
                 tasks.push(tokio::spawn(accept_unix(
@@ -282,7 +301,10 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
     if let Some(list) = &config.client_access {
         // What `psesh network show` reports.
         let listening = list.with_file_name("listening");
-        if let Err(e) = std::fs::write(&listening, shown.join("\n") + "\n") {
+        // Group-readable (psesh runs as the appliance's accounts).
+        if let Err(e) =
+            tessera_config::write_atomically(&listening, &(shown.join("\n") + "\n"), 0o660)
+        {
             tracing::warn!(file = %listening.display(), error = %e, "cannot record the listen addresses");
         }
     }
@@ -524,8 +546,10 @@ const READ_BUFFER: usize = 1024;
 /// that does not read.
 const IN_FLIGHT: u32 = 32;
 
-/// A reply frame on its way to the writer, with the slot it frees once written.
-type Outgoing = (Vec<u8>, tokio::sync::OwnedSemaphorePermit);
+/// A reply frame on its way to the writer, with the slot it frees once written and whether it
+/// carries a secret in the clear ([`Reply::carries_secret`]): such a frame is wiped once
+/// written.
+type Outgoing = (Vec<u8>, tokio::sync::OwnedSemaphorePermit, bool);
 
 fn lock_secure(secure: &std::sync::Mutex<Secure>) -> std::sync::MutexGuard<'_, Secure> {
     secure
@@ -567,13 +591,14 @@ fn respond(
     result: Result<Reply, u64>,
     slot: tokio::sync::OwnedSemaphorePermit,
 ) {
+    let secret = matches!(&result, Ok(reply) if reply.carries_secret());
     let frame = encode_response(&ResponseEnvelope {
         version: PROTOCOL_VERSION,
         id,
         channel,
         result,
     });
-    let _ = out.send((frame, slot));
+    let _ = out.send((frame, slot, secret));
 }
 
 /// Queues the reply to request `id` sealed in the connection's channel, under its lock (so
@@ -588,7 +613,7 @@ fn respond_sealed(
 ) {
     match current.seal(id, result) {
         Ok(frame) => {
-            let _ = out.send((frame, slot));
+            let _ = out.send((frame, slot, false));
         }
         Err(code) => respond(out, id, current.channel_id(), Err(code), slot),
     }
@@ -626,23 +651,31 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     )));
     let (reader, mut writer) = tokio::io::split(stream);
     // Buffered: a frame usually arrives whole, and is then taken in one read.
-    let mut reader = tokio::io::BufReader::with_capacity(READ_BUFFER, reader);
+    let mut reader = WipingReader::new(reader);
     let (out, mut outbox) = tokio::sync::mpsc::unbounded_channel::<Outgoing>();
     let writing = tokio::spawn(async move {
-        while let Some((mut frame, slot)) = outbox.recv().await {
+        while let Some((mut frame, slot, mut secret)) = outbox.recv().await {
             // Replies that are ready together go out in one write (small ones only; a large
             // one is written as it is).
             let mut slots = vec![slot];
             while frame.len() < 64 * 1024 {
                 match outbox.try_recv() {
-                    Ok((more, slot)) => {
+                    Ok((mut more, slot, more_secret)) => {
                         frame.extend_from_slice(&more);
+                        if more_secret {
+                            more.zeroize();
+                        }
+                        secret |= more_secret;
                         slots.push(slot);
                     }
                     Err(_) => break,
                 }
             }
             let written = writer.write_all(&frame).await;
+            if secret {
+                // Its whole capacity: growing it may have left earlier copies nowhere else.
+                frame.zeroize();
+            }
             drop(slots);
             if let Err(e) = written {
                 tracing::debug!(client, reason = %e, "client went away");
@@ -699,13 +732,26 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         // A sealed request is opened where it lies in the frame; anything else is decoded.
         let (id, request) = match find_sealed_request(&body) {
             Some(sealed) => (sealed.id, Incoming::Sealed(sealed, body)),
-            None => match decode_request(&body) {
-                Ok(envelope) => (envelope.id, Incoming::Decoded(envelope.request)),
-                Err(e) => {
-                    tracing::warn!(client, peer, reason = %e, "closing connection");
-                    break;
+            None => {
+                let mut body = body;
+                let decoded = decode_request(&body);
+                // A PIN or key value sent in the clear: the frame and what the read buffer
+                // still holds of it are wiped now (the decoded request wipes itself).
+                if decoded
+                    .as_ref()
+                    .map_or(true, |envelope| envelope.request.carries_secret())
+                {
+                    body.zeroize();
+                    reader.wipe_consumed();
                 }
-            },
+                match decoded {
+                    Ok(envelope) => (envelope.id, Incoming::Decoded(envelope.request)),
+                    Err(e) => {
+                        tracing::warn!(client, peer, reason = %e, "closing connection");
+                        break;
+                    }
+                }
+            }
         };
         // A slot for this request: one, or all of them for what must run alone.
         let alone = matches!(
@@ -793,7 +839,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                     Err(code) => {
                         let mut current = lock_secure(&secure);
                         let frame = current.seal_end(id, code);
-                        let _ = out.send((frame, slot));
+                        let _ = out.send((frame, slot, false));
                         drop(current);
                     }
                 }
@@ -828,7 +874,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             result: Err(tessera_core::Rv::BadProtection.code()),
         });
         if let Ok(permit) = Arc::new(Semaphore::new(1)).acquire_owned().await {
-            let _ = out.send((frame, permit));
+            let _ = out.send((frame, permit, false));
         }
     }
     drop(out);
@@ -840,6 +886,8 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     current.close();
     drop(current);
     hsm.disconnect(client);
+    // The connection's sessions are gone: so is what their calls left on this thread's stack.
+    scrub_stack();
     tracing::debug!(client, "client disconnected");
 }
 
@@ -905,9 +953,24 @@ impl Call<'_> {
     /// holds up nothing else and its reply is sealed and queued (large ones off the I/O thread).
     fn run(self, request: Request, slot: tokio::sync::OwnedSemaphorePermit) {
         let protected = self.channel.is_some();
+        // Calls that end the use of keys and PINs also scrub the thread's stack: the key
+        // schedules and copies that crypto calls left there (on the I/O thread, for the quick
+        // ones) go with the key, at the cost of one 128 KiB memset per such call.
+        let secret = request.carries_secret()
+            || matches!(
+                request,
+                Request::Logout { .. }
+                    | Request::DestroyObject { .. }
+                    | Request::CloseSession { .. }
+                    | Request::CloseAllSessions { .. }
+            );
         if quick(&request) {
             let result = self.hsm.handle(self.client, protected, request);
+            let scrub = secret || matches!(&result, Ok(reply) if reply.carries_secret());
             answer(self.out, self.channel.map(|c| &**c), self.id, result, slot);
+            if scrub {
+                scrub_stack();
+            }
             return;
         }
         let (hsm, channel, out) = (self.hsm.clone(), self.channel.cloned(), self.out.clone());
@@ -920,8 +983,75 @@ impl Call<'_> {
                 tracing::error!(client, "request handler failed");
                 Err(tessera_core::Rv::GeneralError)
             });
+            let scrub = secret || matches!(&result, Ok(reply) if reply.carries_secret());
             answer(&out, channel.as_deref(), id, result, slot);
+            if scrub {
+                scrub_stack();
+            }
         });
+    }
+}
+
+/// Overwrites the stack below the caller with zeros: what a call that handled a PIN or a key
+/// left in the frames of the functions it ran (key schedules, copies made on the way) is
+/// overwritten before the thread serves anything else.
+#[inline(never)]
+fn scrub_stack() {
+    let mut area = [0u8; 128 * 1024];
+    // The compiler must write the zeros: the area escapes.
+    std::hint::black_box(&mut area);
+}
+
+/// The connection's read buffer: a small request arrives whole in one read and is taken from
+/// here; a read at least as large as the buffer goes straight to its destination. Unlike
+/// tokio's `BufReader`, what it has handed out can be wiped ([`WipingReader::wipe_consumed`]):
+/// a PIN sent in the clear does not stay in the buffer until later requests overwrite it.
+struct WipingReader<R> {
+    inner: R,
+    buffer: Box<[u8]>,
+    /// Handed out up to here.
+    position: usize,
+    /// Read from the peer up to here.
+    filled: usize,
+}
+
+impl<R> WipingReader<R> {
+    fn new(inner: R) -> Self {
+        WipingReader {
+            inner,
+            buffer: vec![0; READ_BUFFER].into_boxed_slice(),
+            position: 0,
+            filled: 0,
+        }
+    }
+
+    /// Zeroes everything in the buffer but the bytes not yet handed out.
+    fn wipe_consumed(&mut self) {
+        self.buffer[..self.position].zeroize();
+        self.buffer[self.filled..].zeroize();
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for WipingReader<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.position == this.filled {
+            if out.remaining() >= this.buffer.len() {
+                return std::pin::Pin::new(&mut this.inner).poll_read(cx, out);
+            }
+            let mut fill = tokio::io::ReadBuf::new(&mut this.buffer);
+            std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut fill))?;
+            this.filled = fill.filled().len();
+            this.position = 0;
+        }
+        let n = (this.filled - this.position).min(out.remaining());
+        out.put_slice(&this.buffer[this.position..this.position + n]);
+        this.position += n;
+        std::task::Poll::Ready(Ok(()))
     }
 }
 

@@ -182,6 +182,21 @@ fn cached<T>(
     Ok(key)
 }
 
+/// Drops every parsed private key (aws-lc wipes each as it is freed, once no operation in
+/// flight holds it): called when a private key object is destroyed, when a token's last login
+/// ends (its master key goes too) and on tamper. The caches are keyed by a hash of the key, not
+/// by object, so they are emptied whole; a key still in use is parsed again at its next use.
+pub(crate) fn forget_parsed_keys() {
+    {
+        if let Some(map) = RSA_KEYS.get() {
+            map.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+    }
+    if let Some(map) = EC_KEYS.get() {
+        map.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
 pub(crate) fn rsa_private_key(key: &Attributes) -> Result<Arc<RsaKeyPair>, Rv> {
     let pkcs1 = rsa_private_pkcs1(key)?;
     cached(&RSA_KEYS, pkcs1.expose(), || {
@@ -346,4 +361,21 @@ pub fn public_key_info(key: &Attributes) -> Option<Vec<u8>> {
         _ => return None,
     }
     Some(spki(algorithm, &key_bits))
+}
+
+#[cfg(test)]
+mod forget_tests {
+    use super::*;
+
+    #[test]
+    fn forgetting_empties_both_caches() {
+        let pair = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let der = pair.as_der().unwrap();
+        let material = der.as_ref().to_vec();
+        cached(&RSA_KEYS, &material, || Ok(pair)).unwrap();
+        let count = || RSA_KEYS.get().map_or(0, |m| m.lock().unwrap().len());
+        assert!(count() >= 1);
+        forget_parsed_keys();
+        assert_eq!(count(), 0);
+    }
 }

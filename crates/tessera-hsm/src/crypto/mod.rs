@@ -21,6 +21,7 @@ use crate::object::Attributes;
 
 pub(crate) mod edwards;
 mod keys;
+pub(crate) use keys::forget_parsed_keys;
 pub(crate) mod mac;
 
 pub use keys::{

@@ -1,0 +1,319 @@
+//! Keys and PINs of the daemon and of the application reaching a disk or another process
+//! through a core file or `/proc/PID/mem`.
+//!
+//! The daemon: not dumpable and `RLIMIT_CORE` 0 unless `--allow-core-dumps` (a process of the
+//! daemon's own user cannot read its memory; SIGABRT leaves no core file). The library: its host
+//! application is not dumpable after `C_Initialize` unless `ET_PTKC_GENERAL_ALLOW_CORE_DUMPS`.
+//! Some tests need root (CI runs as root): the daemon runs as uid 65534 there.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::Command;
+
+use tessera_testkit::{compile_c, pkcs11_module, Daemon};
+
+const NOBODY: u32 = 65534;
+
+/// The test directory handed to uid 65534, who runs the daemon in it.
+fn for_nobody(dir: &Path) {
+    std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).expect("chown (needs root)");
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+const AS_NOBODY: &str = "exec setpriv --reuid=65534 --regid=65534 --clear-groups";
+
+/// Whether uid 65534 can read the first readable mapping of process `pid`'s memory.
+fn nobody_reads_memory(pid: u32) -> Result<(), String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let start = maps
+        .lines()
+        .find(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|p| p.starts_with('r'))
+        })
+        .and_then(|l| l.split('-').next())
+        .map(|s| u64::from_str_radix(s, 16).unwrap())
+        .unwrap();
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "dd"])
+        .arg(format!("if=/proc/{pid}/mem"))
+        .args(["bs=4096", "count=1", "iflag=skip_bytes", "of=/dev/null"])
+        .arg(format!("skip={start}"))
+        .output()
+        .unwrap();
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// `Max core file size` of process `pid`: (soft, hard).
+fn core_limit(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap()
+        .to_string();
+    let fields: Vec<&str> = line["Max core file size".len()..]
+        .split_whitespace()
+        .collect();
+    (fields[0].to_string(), fields[1].to_string())
+}
+
+#[test]
+fn the_daemon_is_not_dumpable_and_its_own_user_cannot_read_its_memory() {
+    let launcher = format!("ulimit -c unlimited; {AS_NOBODY}");
+    let daemon = Daemon::start_prepared(Some(&launcher), for_nobody, &[]).unwrap();
+    let pid = daemon.pid().unwrap();
+    // Not dumpable: /proc/PID belongs to root, and the daemon's own uid cannot read its memory.
+    let refused = nobody_reads_memory(pid).expect_err("uid 65534 read the daemon's memory");
+    assert!(refused.contains("Permission denied"), "{refused}");
+    assert_eq!(core_limit(pid), ("0".into(), "0".into()));
+
+    // Under `ulimit -c unlimited`, as a debugging session would be.
+    let launcher = format!("ulimit -c unlimited; {AS_NOBODY}");
+    let debug =
+        Daemon::start_prepared(Some(&launcher), for_nobody, &["--allow-core-dumps"]).unwrap();
+    let pid = debug.pid().unwrap();
+    assert!(
+        nobody_reads_memory(pid).is_ok(),
+        "the override did not keep it dumpable"
+    );
+    assert_ne!(core_limit(pid).0, "0");
+    assert!(
+        debug
+            .log()
+            .contains("--allow-core-dumps: core dumps stay on"),
+        "{}",
+        debug.log()
+    );
+}
+
+#[test]
+fn an_aborted_daemon_leaves_no_core_file() {
+    for (extra, dumps) in [(&[][..], false), (&["--allow-core-dumps"][..], true)] {
+        let mut daemon =
+            Daemon::start_prepared(Some("ulimit -c unlimited; exec"), |_| {}, extra).unwrap();
+        let pid = daemon.pid().unwrap();
+        assert!(Command::new("kill")
+            .args(["-ABRT", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+        let status = daemon.wait_exit();
+        assert_eq!(status.signal(), Some(6), "{extra:?}: {status:?}");
+        let cores: Vec<_> = std::fs::read_dir(daemon.dir())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("core"))
+            .collect();
+        if dumps {
+            // Where the kernel writes cores to the working directory (core_pattern `core`),
+            // the override really dumps; elsewhere the exit status says it tried.
+            let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+            if pattern.trim().starts_with("core") {
+                assert!(
+                    status.core_dumped() && !cores.is_empty(),
+                    "{extra:?}: {status:?}"
+                );
+            }
+        } else {
+            assert!(!status.core_dumped(), "a core was dumped");
+            assert!(cores.is_empty(), "core files: {cores:?}");
+        }
+        for core in cores {
+            let _ = std::fs::remove_file(core.path());
+        }
+    }
+}
+
+/// The host's dumpable flag and soft core limit after `C_Initialize`, from `tests/c/dumpable.c`.
+fn host_after_initialize(dir: &Path, allow: Option<&str>) -> String {
+    let program = compile_c("dumpable", dir);
+    let mut command = Command::new(&program);
+    command
+        .arg(pkcs11_module())
+        .env("ET_HSM_NETCLIENT_SERVERLIST", dir.join("none.sock"))
+        .env("ET_PTKC_GENERAL_LOG", dir.join("client.log"))
+        .env_remove("ET_PTKC_GENERAL_ALLOW_CORE_DUMPS");
+    if let Some(allow) = allow {
+        command.env("ET_PTKC_GENERAL_ALLOW_CORE_DUMPS", allow);
+    }
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn the_library_makes_its_host_not_dumpable_unless_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = host_after_initialize(dir.path(), None);
+    assert!(
+        out.contains("before dumpable=1 core=nonzero")
+            && out.contains("initialize=0x0")
+            && out.contains("after dumpable=0 core=0"),
+        "{out}"
+    );
+    let out = host_after_initialize(dir.path(), Some("YES"));
+    assert!(
+        out.contains("initialize=0x0") && out.contains("after dumpable=1 core=nonzero"),
+        "{out}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("client.log")).unwrap_or_default();
+    assert!(
+        log.contains(
+            "ET_PTKC_GENERAL_ALLOW_CORE_DUMPS=YES: core dumps of this application stay on"
+        ),
+        "{log}"
+    );
+    // A value that is neither fails C_Initialize, naming the item.
+    let program = compile_c("dumpable", dir.path());
+    let output = Command::new(&program)
+        .arg(pkcs11_module())
+        .env("ET_HSM_NETCLIENT_SERVERLIST", dir.path().join("none.sock"))
+        .env("ET_PTKC_GENERAL_ALLOW_CORE_DUMPS", "maybe")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(out.contains("initialize=0x6"), "{out}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("ET_PTKC_GENERAL_ALLOW_CORE_DUMPS"),
+        "{output:?}"
+    );
+}
+
+/// Where `markers` occur in the readable memory of process `pid` (read as root through
+/// `/proc/PID/mem`, at most 8 GiB in all): (marker index, mapping line, count).
+fn scan(pid: u32, markers: &[&[u8]]) -> Vec<(usize, String, usize)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut found = Vec::new();
+    let mut budget: u64 = 8 << 30;
+    let mut chunk = vec![0u8; 1 << 20];
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !perms.starts_with('r') || line.contains("[vvar]") || line.contains("[vsyscall]") {
+            continue;
+        }
+        let (start, end) = range.split_once('-').unwrap();
+        let (start, end) = (
+            u64::from_str_radix(start, 16).unwrap(),
+            u64::from_str_radix(end, 16).unwrap(),
+        );
+        let mut at = start;
+        // Overlap between chunks so a marker across a boundary is seen.
+        let mut carry: Vec<u8> = Vec::new();
+        let mut counts = vec![0usize; markers.len()];
+        while at < end && budget > 0 {
+            let len = ((end - at) as usize).min(chunk.len());
+            if mem.seek(SeekFrom::Start(at)).is_err() {
+                break;
+            }
+            let Ok(n) = mem.read(&mut chunk[..len]) else {
+                break;
+            };
+            if n == 0 {
+                break;
+            }
+            let mut window = std::mem::take(&mut carry);
+            window.extend_from_slice(&chunk[..n]);
+            // The markers are ASCII, which lossy decoding keeps; std's optimised search
+            // keeps a debug build's scan of a GiB of heap to a few seconds.
+            let text = String::from_utf8_lossy(&window);
+            for (i, marker) in markers.iter().enumerate() {
+                let marker = std::str::from_utf8(marker).expect("ASCII markers");
+                counts[i] += text.matches(marker).count();
+            }
+            carry = window[window.len().saturating_sub(63)..].to_vec();
+            at += n as u64;
+            budget = budget.saturating_sub(n as u64);
+        }
+        for (i, count) in counts.into_iter().enumerate() {
+            if count > 0 {
+                found.push((i, line.to_string(), count));
+            }
+        }
+    }
+    found
+}
+
+/// A clear-mode workload with marker PINs and a marker key value; then nothing of them may be
+/// left in the daemon's memory once the object is destroyed and the sessions logged out and
+/// closed.
+#[test]
+fn no_pin_or_key_value_is_left_in_the_daemons_memory_after_the_session() {
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+
+    const SO: &str = "SOPIN-marker-4f1c9e";
+    const USER: &str = "USERPIN-marker-8a2d7b";
+    const VALUE: &[u8; 32] = b"KEYVALUE-marker-0123456789abcdef";
+    let _serial = common::serialise();
+    let daemon = Daemon::start();
+    let pkcs11 = common::load(&daemon.server_list(tessera_testkit::Transport::Unix));
+    let slot = pkcs11.get_slots_with_token().unwrap()[0];
+    let so_pin = AuthPin::new(SO.into());
+    pkcs11.init_token(slot, &so_pin, "markers").unwrap();
+    {
+        let session = pkcs11.open_rw_session(slot).unwrap();
+        session.login(UserType::So, Some(&so_pin)).unwrap();
+        session.init_pin(&AuthPin::new(USER.into())).unwrap();
+        session.logout().unwrap();
+        session
+            .login(UserType::User, Some(&AuthPin::new(USER.into())))
+            .unwrap();
+        for token in [false, true] {
+            let key = session
+                .create_object(&[
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(KeyType::AES),
+                    Attribute::Token(token),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Encrypt(true),
+                    Attribute::Value(VALUE.to_vec()),
+                ])
+                .unwrap();
+            session
+                .encrypt(&Mechanism::AesEcb, key, &[7u8; 32])
+                .unwrap();
+            session.destroy_object(key).unwrap();
+        }
+        session.logout().unwrap();
+    }
+    // Last on the connection: a login and a logout (a short frame after the PIN's).
+    {
+        let session = pkcs11.open_ro_session(slot).unwrap();
+        session
+            .login(UserType::User, Some(&AuthPin::new(USER.into())))
+            .unwrap();
+        session.logout().unwrap();
+    }
+    pkcs11.finalize();
+    // The daemon sees the connection end.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let markers: [&[u8]; 3] = [SO.as_bytes(), USER.as_bytes(), VALUE];
+    let found = scan(daemon.pid().unwrap(), &markers);
+    let names = ["the SO PIN", "the user PIN", "the key value"];
+    let report: Vec<String> = found
+        .iter()
+        .map(|(i, region, count)| format!("{} x{count} in {region}", names[*i]))
+        .collect();
+    assert!(
+        report.is_empty(),
+        "left in the daemon's memory:\n{}",
+        report.join("\n")
+    );
+}
