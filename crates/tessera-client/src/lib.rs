@@ -344,6 +344,19 @@ impl Device {
         session_generation: Option<u64>,
         request: Request,
     ) -> Result<(Reply, u64), ClientError> {
+        // Too large for a frame: refused here, so that the connection (and the application's
+        // other sessions on it) stays.
+        if let Some(rv) = request.oversized() {
+            self.report(
+                "?",
+                &format!(
+                    "a call was refused without sending it ({}): its request is larger than the protocol's frame limit of {} bytes",
+                    rv.name(),
+                    tessera_wire::MAX_FRAME_LEN
+                ),
+            );
+            return Err(ClientError::Returned(rv.code()));
+        }
         let public = request.is_public();
         {
             let state = self.shared();
