@@ -10,6 +10,18 @@ use crate::Object;
 
 const INDEXED: [ck::CK_ATTRIBUTE_TYPE; 3] = [ck::CKA_LABEL, ck::CKA_ID, ck::CKA_UNIQUE_ID];
 
+/// The attributes of `template` that the index knows (what [`ObjectSet::candidates`] looks
+/// at), taken out before the device is locked.
+pub(crate) fn index_keys(template: &Template) -> Template {
+    Template(
+        template
+            .iter()
+            .filter(|a| INDEXED.contains(&(a.ty as ck::CK_ATTRIBUTE_TYPE)))
+            .cloned()
+            .collect(),
+    )
+}
+
 /// Objects by handle, with the index kept in step by every change.
 #[derive(Default)]
 pub(crate) struct ObjectSet {

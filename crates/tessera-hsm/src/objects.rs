@@ -460,20 +460,27 @@ impl Hsm {
         session: u64,
         template: &Template,
     ) -> Result<Reply, Rv> {
+        // The client's template is sorted and its duplicates dropped before the lock (see
+        // `object::normalise`).
+        let wanted = object::normalise(template);
+        let keys = wanted.as_ref().map(crate::object_set::index_keys);
         let mut state = self.lock();
         let current = state.session(client, session)?;
         if current.find.is_some() {
             return Err(Rv::OperationActive);
         }
         let token = state.token(current.token_id)?;
-        let found: Vec<u64> = token
-            .objects
-            .candidates(template)
-            .filter(|(_, o)| {
-                visible(token, client, o) && object::matches(&o.attributes, template, false)
-            })
-            .map(|(h, _)| *h)
-            .collect();
+        let found: Vec<u64> = match (&wanted, &keys) {
+            (Some(wanted), Some(keys)) => token
+                .objects
+                .candidates(keys)
+                .filter(|(_, o)| {
+                    visible(token, client, o) && object::matches(&o.attributes, wanted, false)
+                })
+                .map(|(h, _)| *h)
+                .collect(),
+            _ => Vec::new(),
+        };
         state.session_mut(client, session)?.find = Some(found);
         Ok(Reply::Done)
     }
