@@ -895,6 +895,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                     || hsm.has_sessions(client)
                     || channel_client.is_some_and(|c| hsm.has_sessions(c));
                 if busy {
+                    tracing::debug!(client, peer, "idle, kept: it has sessions or calls running");
                     continue;
                 }
                 Tally::count(&tally.idle);
