@@ -23,7 +23,9 @@ fn the_library_outlives_the_idle_timeout_and_sessions_keep_their_connection() {
         session.get_session_info().unwrap();
         session.generate_random_vec(16).unwrap();
         assert!(
-            f.daemon.log().contains("idle connections without sessions closed"),
+            f.daemon
+                .log()
+                .contains("idle connections without sessions closed"),
             "{transport:?}: {}",
             f.daemon.log()
         );

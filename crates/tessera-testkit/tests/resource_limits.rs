@@ -152,7 +152,10 @@ fn idle_network_connections_leave_local_room_and_time_out_unless_they_hold_sessi
     let mut late = connect_from(&daemon, "127.0.0.3");
     late.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let _ = late.write_all(&frame(Request::DeviceInfo));
-    assert!(closed(&mut late), "a network client got past the network's share");
+    assert!(
+        closed(&mut late),
+        "a network client got past the network's share"
+    );
     // ...while local applications still connect and work (two of them).
     let mut locals: Vec<UnixStream> = (0..2)
         .map(|_| UnixStream::connect(daemon.socket()).unwrap())
@@ -169,7 +172,10 @@ fn idle_network_connections_leave_local_room_and_time_out_unless_they_hold_sessi
         assert!(closed(stream), "an idle connection was kept");
     }
     let took = start.elapsed();
-    assert!(took < Duration::from_secs(6), "idle connections closed after {took:?}");
+    assert!(
+        took < Duration::from_secs(6),
+        "idle connections closed after {took:?}"
+    );
     // ...the one with a session is kept and still works...
     assert!(matches!(
         call(&mut holder, Request::SessionInfo { session }),
@@ -250,8 +256,14 @@ fn session_object_bytes_are_limited_per_connection_and_the_others_go_on() {
             break;
         }
     }
-    assert!(refused, "the device's cap on session-object bytes did not hold");
-    wait_for_log(&daemon, "session-object bytes per connection (CKR_DEVICE_MEMORY)");
+    assert!(
+        refused,
+        "the device's cap on session-object bytes did not hold"
+    );
+    wait_for_log(
+        &daemon,
+        "session-object bytes per connection (CKR_DEVICE_MEMORY)",
+    );
 }
 
 #[test]
@@ -329,7 +341,10 @@ fn frames_that_never_finish_keep_the_daemon_memory_bounded() {
         peak < before + 96 * 1024,
         "the daemon grew from {before} KiB to {peak} KiB"
     );
-    assert!(slowest < Duration::from_secs(1), "an honest call took {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "an honest call took {slowest:?}"
+    );
     wait_for_log(&daemon, "memory for unfinished frames is taken");
 }
 
@@ -385,7 +400,10 @@ fn a_search_with_a_huge_template_does_not_stall_other_clients() {
         quantile(&samples, 0.5).unwrap(),
         samples.last().unwrap()
     );
-    assert!(rounds >= 2, "the attacker's searches did not run ({rounds})");
+    assert!(
+        rounds >= 2,
+        "the attacker's searches did not run ({rounds})"
+    );
     assert!(
         p99 < Duration::from_millis(50),
         "small calls stalled behind huge searches: p99 {p99:?}"

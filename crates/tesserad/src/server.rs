@@ -232,7 +232,10 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
     hsm.on_clear_sessions_ended(move || clear_sender.send_modify(|count| *count += 1));
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let network = Arc::new(Semaphore::new(
-        config.max_connections.saturating_sub(config.local_reserve).max(1),
+        config
+            .max_connections
+            .saturating_sub(config.local_reserve)
+            .max(1),
     ));
     let tally = Arc::new(Tally::default());
     let shared = Shared {
@@ -330,7 +333,7 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
                 ticks += 1;
                 let hsm = hsm.clone();
                 let tally = tally.clone();
-                let report = ticks % 4 == 0;
+                let report = ticks.is_multiple_of(4);
                 let _ = tokio::task::spawn_blocking(move || {
                     if report {
                         tally.report(&hsm);
@@ -1095,7 +1098,11 @@ async fn decode(body: Vec<u8>) -> Result<tessera_wire::RequestEnvelope, FrameErr
     }
     tokio::task::spawn_blocking(move || decode_request(&body))
         .await
-        .unwrap_or_else(|_| Err(FrameError::Io(std::io::Error::other("decoding the request failed"))))
+        .unwrap_or_else(|_| {
+            Err(FrameError::Io(std::io::Error::other(
+                "decoding the request failed",
+            )))
+        })
 }
 
 /// Whether a template is small enough to be handled on the I/O thread.
