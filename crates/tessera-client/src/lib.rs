@@ -345,9 +345,27 @@ impl Device {
         session_generation: Option<u64>,
         request: Request,
     ) -> Result<(Reply, u64), ClientError> {
+        // Too large for a frame: refused here, so that the connection (and the application's
+        // other sessions on it) stays.
+        if let Some(rv) = request.oversized() {
+            self.report(
+                "?",
+                &format!(
+                    "a call was refused without sending it ({}): its request is larger than the protocol's frame limit of {} bytes",
+                    rv.name(),
+                    tessera_wire::MAX_FRAME_LEN
+                ),
+            );
+            return Err(ClientError::Returned(rv.code()));
+        }
         let public = request.is_public();
         {
             let state = self.shared();
+            if session_generation.is_none() && self.closed_while_quiet(&state) {
+                // The device closed a connection without sessions after its idle timeout: a
+                // call without a session goes on a new one (see `call_alone`).
+                state.broken.store(true, Ordering::Relaxed);
+            }
             if let Some(route) = self.route(&state, public) {
                 if session_generation.is_some_and(|g| g != state.generation) {
                     return Err(ClientError::StaleSession);
@@ -457,6 +475,16 @@ impl Device {
             && self.secure.is_some()
             && self.inbox().waiting.is_empty()
             && state.stream.as_ref().is_some_and(|s| s.closed_by_device())
+    }
+
+    /// Whether the connection, quiet for a while with nothing in flight, was closed by the
+    /// device (one `recv(MSG_PEEK | MSG_DONTWAIT)`, only after [`stream::QUIET`]).
+    fn closed_while_quiet(&self, state: &State) -> bool {
+        state.stream.as_ref().is_some_and(|s| {
+            s.quiet_for() >= stream::QUIET
+                && self.inbox().waiting.is_empty()
+                && s.closed_by_device()
+        })
     }
 
     /// Sends a request on the shared connection and waits for its reply.

@@ -48,7 +48,15 @@ pub(crate) struct Stream {
     no_spin: AtomicU32,
     /// The device closed the connection with its notice that a channel is now required.
     notice: AtomicBool,
+    /// When the connection was made, and milliseconds after it that the last reply came (see
+    /// [`Stream::quiet_for`]).
+    opened: std::time::Instant,
+    last_reply: std::sync::atomic::AtomicU64,
 }
+
+/// A connection quiet for this long is checked before a call without a session is sent on it:
+/// the device closes connections without sessions after its idle timeout (at least 1 s).
+pub(crate) const QUIET: Duration = Duration::from_millis(500);
 
 enum Socket {
     Unix(UnixStream),
@@ -159,6 +167,8 @@ impl Stream {
             outbox: Mutex::new(Vec::new()),
             no_spin: AtomicU32::new(0),
             notice: AtomicBool::new(false),
+            opened: std::time::Instant::now(),
+            last_reply: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -234,6 +244,10 @@ impl Stream {
             buffer: &mut buffer,
         });
         drop(buffer);
+        if body.is_ok() {
+            let now = self.opened.elapsed().as_millis() as u64;
+            self.last_reply.store(now, Ordering::Relaxed);
+        }
         let body = body.map_err(|e| match e {
             tessera_wire::FrameError::Io(e) => Failure::Io(e.to_string()),
             other => Failure::Bad(other.to_string()),
@@ -253,6 +267,12 @@ impl Stream {
             ));
         }
         Ok((envelope.id, Answer::Clear(envelope.result)))
+    }
+
+    /// How long since the last reply came (or the connection was made).
+    pub(crate) fn quiet_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_reply.load(Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(last)
     }
 
     /// Whether the device sent its closing notice (see [`Stream::receive`]).

@@ -25,6 +25,8 @@ pub struct HsmOptions {
     pub event_log_size: u64,
     /// Secure-messaging channels held at once.
     pub max_channels: usize,
+    /// Limits on what one client (connection) and the device hold in memory.
+    pub limits: crate::Limits,
 }
 
 impl Default for HsmOptions {
@@ -34,6 +36,7 @@ impl Default for HsmOptions {
             kdf_iterations: tessera_store::DEFAULT_KDF_ITERATIONS,
             event_log_size: crate::events::DEFAULT_EVENT_LOG_SIZE,
             max_channels: crate::channels::DEFAULT_MAX_CHANNELS,
+            limits: crate::Limits::default(),
         }
     }
 }
@@ -182,6 +185,7 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
         kdf_iterations: options.kdf_iterations.max(1),
         events,
         channels: crate::channels::Channels::new(options.max_channels),
+        limits: options.limits,
         state: std::sync::Mutex::new(State {
             device,
             identity,
@@ -191,6 +195,8 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
             next_session_object: crate::SESSION_OBJECT_BASE,
             next_client: 0,
             pin_checks: Default::default(),
+            client_sessions: Default::default(),
+            limits_reported: Default::default(),
         }),
     };
     hsm.refresh_device_objects(&mut hsm.lock());

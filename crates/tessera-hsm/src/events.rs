@@ -80,7 +80,7 @@ impl EventLog {
     /// Every other event (flags, tamper, integrity failures, refusals, logins, ...) is on disk,
     /// with all entries before it, when this returns.
     pub(crate) fn record(&self, store: &Store, time: u64, role: &str, kind: &str, detail: String) {
-        let batched = matches!(kind, "channel-opened" | "channel-closed");
+        let batched = matches!(kind, "channel-opened" | "channel-closed" | "limit-reached");
         let batch = {
             let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
             let record = self.seal(EventRecord {

@@ -47,6 +47,43 @@ pub use tessera_store::DEFAULT_KDF_ITERATIONS;
 
 /// The most sessions a device holds at once (all clients).
 pub const MAX_SESSIONS: u64 = 4096;
+/// What one client (one connection of one application) and the device may hold in memory
+/// (tesserad's `--max-sessions-per-connection`, `--max-session-object-bytes-per-connection`,
+/// `--max-session-object-bytes`, `--max-public-objects`). A client at its limit is refused
+/// (`CKR_SESSION_COUNT`, `CKR_DEVICE_MEMORY`); other clients are not affected. Each refusal is
+/// recorded in the event log as `limit-reached`, once per client and limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Sessions one client may hold open at once.
+    pub sessions_per_client: u64,
+    /// Bytes of session objects (their attributes) one client may hold.
+    pub session_object_bytes_per_client: u64,
+    /// Bytes of session objects the device holds for all clients together.
+    pub session_object_bytes: u64,
+    /// Public token objects a token may hold that were created without a login.
+    pub public_objects_per_token: u64,
+}
+
+/// Default of [`Limits::sessions_per_client`].
+pub const DEFAULT_SESSIONS_PER_CLIENT: u64 = 1024;
+/// Default of [`Limits::session_object_bytes_per_client`]: 64 MiB.
+pub const DEFAULT_SESSION_OBJECT_BYTES_PER_CLIENT: u64 = 64 << 20;
+/// Default of [`Limits::session_object_bytes`]: 512 MiB.
+pub const DEFAULT_SESSION_OBJECT_BYTES: u64 = 512 << 20;
+/// Default of [`Limits::public_objects_per_token`].
+pub const DEFAULT_PUBLIC_OBJECTS_PER_TOKEN: u64 = 10_000;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            sessions_per_client: DEFAULT_SESSIONS_PER_CLIENT,
+            session_object_bytes_per_client: DEFAULT_SESSION_OBJECT_BYTES_PER_CLIENT,
+            session_object_bytes: DEFAULT_SESSION_OBJECT_BYTES,
+            public_objects_per_token: DEFAULT_PUBLIC_OBJECTS_PER_TOKEN,
+        }
+    }
+}
+
 /// Consecutive wrong PINs after which a PIN is locked.
 pub const MAX_PIN_FAILURES: u32 = 10;
 /// Shortest PIN accepted.
@@ -103,6 +140,10 @@ pub(crate) struct State {
     next_client: u64,
     /// PIN guesses counted and still being checked, by token id and role (`true`: SO).
     pin_checks: HashMap<(u64, bool), u32>,
+    /// Open sessions by client.
+    client_sessions: HashMap<u64, u64>,
+    /// Limits a client has reached and that are in the event log (once per client and limit).
+    limits_reported: std::collections::HashSet<(u64, &'static str)>,
 }
 
 /// One HSM device backed by its data directory.
@@ -114,6 +155,7 @@ pub struct Hsm {
     kdf_iterations: u32,
     events: events::EventLog,
     channels: channels::Channels,
+    limits: Limits,
     random: random::Mixer,
     /// Requests served since the device started.
     requests: std::sync::atomic::AtomicU64,
@@ -182,6 +224,40 @@ impl Hsm {
         for token in state.tokens.values_mut() {
             token.logout(client);
         }
+        state.limits_reported.retain(|(c, _)| *c != client);
+    }
+
+    /// Refuses a call with `rv` because `client` reached `limit`; the first time for this
+    /// client and limit, records a `limit-reached` event (written with the next batch: a flood
+    /// of refusals never becomes a flood of disk writes).
+    pub(crate) fn limit_reached(
+        &self,
+        state: &mut State,
+        client: u64,
+        limit: &'static str,
+        rv: Rv,
+    ) -> Rv {
+        if state.limits_reported.insert((client, limit)) {
+            tracing::warn!(client, limit, code = rv.name(), "a client reached a limit");
+            self.event(
+                state,
+                "Public",
+                "limit-reached",
+                format!("client {client}: {limit} ({})", rv.name()),
+            );
+        }
+        rv
+    }
+
+    /// Records a `limit-reached` event for a limit of the daemon's (connections, frame memory,
+    /// idle time); batched like channel events.
+    pub fn limit_event(&self, detail: String) {
+        self.event_now("Public", "limit-reached", detail);
+    }
+
+    /// Whether `client` has a session open.
+    pub fn has_sessions(&self, client: u64) -> bool {
+        self.lock().client_sessions.contains_key(&client)
     }
 
     /// The number of sessions open on the device.
@@ -486,6 +562,12 @@ impl State {
     /// Closes a session and destroys the session objects it created.
     pub(crate) fn close_session(&mut self, handle: u64) {
         if let Some(session) = self.sessions.remove(&handle) {
+            if let Some(count) = self.client_sessions.get_mut(&session.client) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.client_sessions.remove(&session.client);
+                }
+            }
             if let Some(token) = self.tokens.get_mut(&session.token_id) {
                 token
                     .objects

@@ -539,6 +539,28 @@ pub fn from_template(template: &Template, class: u64) -> Result<Attributes, Rv> 
 }
 
 /// True if every attribute of the template is present with the same value.
+/// A search template with each type once, sorted by type (`None`: it names a type twice with
+/// different values, which nothing matches). Made before the device is locked: matching the
+/// result against an object stops at the first type the object lacks, so the work under the
+/// lock is bounded by the object's attributes, not by the length of the client's template.
+pub fn normalise(template: &Template) -> Option<Template> {
+    let mut sorted: Vec<&tessera_core::Attribute> = template.iter().collect();
+    sorted.sort_by_key(|a| a.ty);
+    let mut out: Vec<tessera_core::Attribute> = Vec::with_capacity(sorted.len().min(64));
+    for attribute in sorted {
+        if let Some(last) = out.last() {
+            if last.ty == attribute.ty {
+                if last.value != attribute.value {
+                    return None;
+                }
+                continue;
+            }
+        }
+        out.push(attribute.clone());
+    }
+    Some(Template(out))
+}
+
 pub fn matches(attributes: &Attributes, template: &Template, secret_readable: bool) -> bool {
     let class = attributes.class();
     template.iter().all(|wanted| {

@@ -10,15 +10,77 @@ use crate::Object;
 
 const INDEXED: [ck::CK_ATTRIBUTE_TYPE; 3] = [ck::CKA_LABEL, ck::CKA_ID, ck::CKA_UNIQUE_ID];
 
+/// The attributes of `template` that the index knows (what [`ObjectSet::candidates`] looks
+/// at), taken out before the device is locked.
+pub(crate) fn index_keys(template: &Template) -> Template {
+    Template(
+        template
+            .iter()
+            .filter(|a| INDEXED.contains(&(a.ty as ck::CK_ATTRIBUTE_TYPE)))
+            .cloned()
+            .collect(),
+    )
+}
+
 /// Objects by handle, with the index kept in step by every change.
 #[derive(Default)]
 pub(crate) struct ObjectSet {
     objects: BTreeMap<u64, Object>,
     index: HashMap<(ck::CK_ATTRIBUTE_TYPE, Vec<u8>), BTreeSet<u64>>,
+    /// Bytes of session objects by the client that owns them.
+    session_bytes: HashMap<u64, u64>,
+    /// Public token objects (the device object aside).
+    public: u64,
+}
+
+/// What an object counts against: its owner's session-object bytes, or the public objects.
+fn charge(handle: u64, object: &Object) -> Option<Result<(u64, u64), ()>> {
+    match object.owner {
+        Some((client, _)) => Some(Ok((client, object.attributes.size()))),
+        None if handle != crate::DEVICE_OBJECT && !object.attributes.flag(ck::CKA_PRIVATE) => {
+            Some(Err(()))
+        }
+        None => None,
+    }
 }
 
 impl ObjectSet {
+    /// Bytes of session objects `client` holds here.
+    pub(crate) fn session_bytes_of(&self, client: u64) -> u64 {
+        self.session_bytes.get(&client).copied().unwrap_or(0)
+    }
+
+    /// Bytes of session objects held here, all clients.
+    pub(crate) fn session_bytes(&self) -> u64 {
+        self.session_bytes.values().sum()
+    }
+
+    /// Public token objects held here.
+    pub(crate) fn public_count(&self) -> u64 {
+        self.public
+    }
+
+    fn count(&mut self, handle: u64, object: &Object, add: bool) {
+        match charge(handle, object) {
+            Some(Ok((client, bytes))) => {
+                let held = self.session_bytes.entry(client).or_default();
+                if add {
+                    *held += bytes;
+                } else {
+                    *held = held.saturating_sub(bytes);
+                    if *held == 0 {
+                        self.session_bytes.remove(&client);
+                    }
+                }
+            }
+            Some(Err(())) if add => self.public += 1,
+            Some(Err(())) => self.public = self.public.saturating_sub(1),
+            None => {}
+        }
+    }
+
     fn unindex(&mut self, handle: u64, object: &Object) {
+        self.count(handle, object, false);
         for ty in INDEXED {
             if let Some(value) = object.attributes.get(ty) {
                 let key = (ty, value.to_vec());
@@ -36,6 +98,7 @@ impl ObjectSet {
         if let Some(old) = self.objects.remove(&handle) {
             self.unindex(handle, &old);
         }
+        self.count(handle, &object, true);
         for ty in INDEXED {
             if let Some(value) = object.attributes.get(ty) {
                 self.index
@@ -68,6 +131,8 @@ impl ObjectSet {
     pub(crate) fn clear(&mut self) {
         self.objects.clear();
         self.index.clear();
+        self.session_bytes.clear();
+        self.public = 0;
     }
 
     pub(crate) fn get(&self, handle: &u64) -> Option<&Object> {

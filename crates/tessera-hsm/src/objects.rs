@@ -190,6 +190,41 @@ impl Hsm {
         Ok(session.token_id)
     }
 
+    /// Refuses (`CKR_DEVICE_MEMORY`) a session object of `bytes` for `client`, in place of one
+    /// of `replaced` bytes, past the client's or the device's limit on session-object memory.
+    fn check_session_bytes(
+        &self,
+        state: &mut State,
+        client: u64,
+        bytes: u64,
+        replaced: u64,
+    ) -> Result<(), Rv> {
+        let (mine, all) = state.tokens.values().fold((0u64, 0u64), |(mine, all), t| {
+            (
+                mine + t.objects.session_bytes_of(client),
+                all + t.objects.session_bytes(),
+            )
+        });
+        let growth = bytes.saturating_sub(replaced);
+        if mine.saturating_sub(replaced) + bytes > self.limits.session_object_bytes_per_client {
+            return Err(self.limit_reached(
+                state,
+                client,
+                "session-object bytes per connection",
+                Rv::DeviceMemory,
+            ));
+        }
+        if all + growth > self.limits.session_object_bytes {
+            return Err(self.limit_reached(
+                state,
+                client,
+                "session-object bytes of the device",
+                Rv::DeviceMemory,
+            ));
+        }
+        Ok(())
+    }
+
     /// Stores a new object (token objects durably) and returns its handle.
     fn insert(
         &self,
@@ -200,6 +235,7 @@ impl Hsm {
         attributes: Attributes,
     ) -> Result<u64, Rv> {
         if !attributes.flag(ck::CKA_TOKEN) {
+            self.check_session_bytes(state, client, attributes.size(), 0)?;
             state.next_session_object += 1;
             let handle = state.next_session_object;
             let token = state.token_mut(token_id)?;
@@ -212,6 +248,18 @@ impl Hsm {
                 },
             );
             return Ok(handle);
+        }
+        let token = state.token(token_id)?;
+        if !attributes.flag(ck::CKA_PRIVATE)
+            && token.login_of(client).is_none()
+            && token.objects.public_count() >= self.limits.public_objects_per_token
+        {
+            return Err(self.limit_reached(
+                state,
+                client,
+                "public token objects created without a login",
+                Rv::DeviceMemory,
+            ));
         }
         let token = state.token(token_id)?;
         let key = self.sealing_key(token, attributes.flag(ck::CKA_PRIVATE))?;
@@ -242,8 +290,10 @@ impl Hsm {
     ) -> Result<(), Rv> {
         let token = state.token(token_id)?;
         let object = token.objects.get(&handle).ok_or(Rv::ObjectHandleInvalid)?;
-        if object.owner.is_some() {
+        if let Some((client, _)) = object.owner {
             let owner = object.owner;
+            let old = object.attributes.size();
+            self.check_session_bytes(state, client, attributes.size(), old)?;
             state.token_mut(token_id)?.objects.insert(
                 handle,
                 Object {
@@ -415,20 +465,27 @@ impl Hsm {
         session: u64,
         template: &Template,
     ) -> Result<Reply, Rv> {
+        // The client's template is sorted and its duplicates dropped before the lock (see
+        // `object::normalise`).
+        let wanted = object::normalise(template);
+        let keys = wanted.as_ref().map(crate::object_set::index_keys);
         let mut state = self.lock();
         let current = state.session(client, session)?;
         if current.find.is_some() {
             return Err(Rv::OperationActive);
         }
         let token = state.token(current.token_id)?;
-        let found: Vec<u64> = token
-            .objects
-            .candidates(template)
-            .filter(|(_, o)| {
-                visible(token, client, o) && object::matches(&o.attributes, template, false)
-            })
-            .map(|(h, _)| *h)
-            .collect();
+        let found: Vec<u64> = match (&wanted, &keys) {
+            (Some(wanted), Some(keys)) => token
+                .objects
+                .candidates(keys)
+                .filter(|(_, o)| {
+                    visible(token, client, o) && object::matches(&o.attributes, wanted, false)
+                })
+                .map(|(h, _)| *h)
+                .collect(),
+            _ => Vec::new(),
+        };
         state.session_mut(client, session)?.find = Some(found);
         Ok(Reply::Done)
     }

@@ -264,6 +264,16 @@ impl Hsm {
         if state.sessions.len() as u64 >= MAX_SESSIONS {
             return Err(Rv::SessionCount);
         }
+        let held = state.client_sessions.get(&client).copied().unwrap_or(0);
+        if held >= self.limits.sessions_per_client {
+            return Err(self.limit_reached(
+                &mut state,
+                client,
+                "sessions per connection",
+                Rv::SessionCount,
+            ));
+        }
+        *state.client_sessions.entry(client).or_default() += 1;
         // Handles stay below 2^32 so the library can put its device number above them.
         let mut handle = state.next_session;
         loop {

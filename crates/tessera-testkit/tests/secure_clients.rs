@@ -452,6 +452,9 @@ fn a_thousand_channels_at_once_and_a_clear_error_past_the_limit() {
         "1100",
         "--max-connections-per-peer",
         "1100",
+        // Every connection is a network one here: none kept for local applications.
+        "--local-connections",
+        "0",
         "--max-channels",
         "1050",
     ]);

@@ -21,7 +21,7 @@ pub use frame::{
     protected_request_prefix, protected_response_prefix, read_frame, write_frame, FrameError,
     FramePrefix, SealedFrame, FRAME_HEADER_LEN, MAX_FRAME_LEN,
 };
-pub use request::{AttributeAnswer, Operation, Reply, Request};
+pub use request::{AttributeAnswer, Operation, Reply, Request, ENVELOPE_ROOM};
 
 use serde::{Deserialize, Serialize};
 

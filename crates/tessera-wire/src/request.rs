@@ -439,7 +439,55 @@ pub enum Reply {
     ChannelEnded(u64),
 }
 
+/// Room the envelope, and a channel's record around it, may add to a request's own encoding
+/// (generous: a few dozen bytes in fact).
+pub const ENVELOPE_ROOM: usize = 1024;
+
 impl Request {
+    /// Whether this request is too large for one frame ([`crate::MAX_FRAME_LEN`]) and with what
+    /// code the library refuses it without sending it (a frame over the limit would cost the
+    /// connection, and with it every session of the application):
+    /// `CKR_ATTRIBUTE_VALUE_INVALID` when its templates are what is too large,
+    /// `CKR_DATA_LEN_RANGE` otherwise.
+    pub fn oversized(&self) -> Option<tessera_core::Rv> {
+        let size = postcard::experimental::serialized_size(self).unwrap_or(usize::MAX);
+        if size.saturating_add(ENVELOPE_ROOM) <= crate::MAX_FRAME_LEN {
+            return None;
+        }
+        let templates: usize = self
+            .templates()
+            .iter()
+            .flat_map(|t| t.iter())
+            .map(|a| a.value.len() + 16)
+            .sum();
+        Some(if templates * 2 >= size {
+            tessera_core::Rv::AttributeValueInvalid
+        } else {
+            tessera_core::Rv::DataLenRange
+        })
+    }
+
+    /// The templates this request carries.
+    fn templates(&self) -> Vec<&Template> {
+        use Request as R;
+        match self {
+            R::CreateObject { template, .. }
+            | R::CopyObject { template, .. }
+            | R::SetAttributes { template, .. }
+            | R::FindObjectsInit { template, .. }
+            | R::GenerateKey { template, .. }
+            | R::UnwrapKey { template, .. }
+            | R::DeriveKey { template, .. }
+            | R::FindObjectsFirst { template, .. } => vec![template],
+            R::GenerateKeyPair {
+                public_template,
+                private_template,
+                ..
+            } => vec![public_template, private_template],
+            _ => Vec::new(),
+        }
+    }
+
     /// Calls that work in the clear even when the device requires secure messaging: they let
     /// applications discover devices and set up channels.
     pub fn is_public(&self) -> bool {

@@ -69,6 +69,48 @@ struct Args {
     #[arg(long, value_name = "N")]
     max_connections_per_peer: Option<usize>,
 
+    /// Connections kept for local (Unix-socket) applications: network clients together may
+    /// hold at most --max-connections minus this many, so a network flood never locks local
+    /// applications out. Default: a quarter of --max-connections.
+    #[arg(long, value_name = "N")]
+    local_connections: Option<usize>,
+
+    /// Seconds a connection without sessions (its own or its channel's) may stay idle between
+    /// requests before the daemon closes it; connections with sessions are kept. 0: never.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    idle_timeout: u64,
+
+    /// Sessions one connection may hold open at once; more are refused with CKR_SESSION_COUNT
+    /// for that connection only (the device holds 4096 in all).
+    #[arg(long, default_value_t = tessera_hsm::DEFAULT_SESSIONS_PER_CLIENT, value_name = "N")]
+    max_sessions_per_connection: u64,
+
+    /// Bytes of session objects one connection may hold; more are refused with
+    /// CKR_DEVICE_MEMORY for that connection only.
+    #[arg(long, default_value_t = tessera_hsm::DEFAULT_SESSION_OBJECT_BYTES_PER_CLIENT, value_name = "BYTES")]
+    max_session_object_bytes_per_connection: u64,
+
+    /// Bytes of session objects the device holds for all connections together; past it new
+    /// session objects are refused with CKR_DEVICE_MEMORY.
+    #[arg(long, default_value_t = tessera_hsm::DEFAULT_SESSION_OBJECT_BYTES, value_name = "BYTES")]
+    max_session_object_bytes: u64,
+
+    /// Public token objects a token may hold before a client that is not logged in may create
+    /// no more (CKR_DEVICE_MEMORY); logged-in users are not limited by it.
+    #[arg(long, default_value_t = tessera_hsm::DEFAULT_PUBLIC_OBJECTS_PER_TOKEN, value_name = "N")]
+    max_public_objects: u64,
+
+    /// The largest frame (request) one connection may send, in bytes (at most 16 MiB, the
+    /// protocol's limit); a larger one closes the connection.
+    #[arg(long, default_value_t = tessera_wire::MAX_FRAME_LEN, value_name = "BYTES")]
+    max_frame_len: usize,
+
+    /// Bytes the daemon buffers for frames still arriving, all connections together (frames
+    /// over 64 KiB count, as their bytes arrive); past it, large frames wait for room (and
+    /// must still arrive within --frame-timeout). At least --max-frame-len.
+    #[arg(long, default_value_t = 256 << 20, value_name = "BYTES")]
+    max_frame_memory: usize,
+
     /// Failed or abandoned secure-messaging handshakes one network address may make within
     /// --handshake-window before its handshakes are refused (CKR_TESSERA_HANDSHAKE_RATE_LIMITED)
     /// for that long; logged once per block.
@@ -230,6 +272,15 @@ fn main() -> ExitCode {
         }
     };
     let client_access = args.appliance.then(|| state.join("clients"));
+    if args.max_frame_len == 0 || args.max_frame_len > tessera_wire::MAX_FRAME_LEN {
+        eprintln!(
+            "tesserad: --max-frame-len {} is out of range: give 1 to {} bytes",
+            args.max_frame_len,
+            tessera_wire::MAX_FRAME_LEN
+        );
+        return ExitCode::from(2);
+    }
+    let max_frame_len = args.max_frame_len;
     let config = server::Config {
         data_dir,
         listen,
@@ -239,6 +290,12 @@ fn main() -> ExitCode {
             kdf_iterations: args.kdf_iterations,
             event_log_size: args.event_log_size,
             max_channels: args.max_channels,
+            limits: tessera_hsm::Limits {
+                sessions_per_client: args.max_sessions_per_connection.max(1),
+                session_object_bytes_per_client: args.max_session_object_bytes_per_connection,
+                session_object_bytes: args.max_session_object_bytes,
+                public_objects_per_token: args.max_public_objects,
+            },
         },
         key_limits: secure::KeyLimits {
             messages: args.sm_max_messages,
@@ -253,6 +310,13 @@ fn main() -> ExitCode {
             window: std::time::Duration::from_secs(args.handshake_window.max(1)),
         },
         frame_timeout: std::time::Duration::from_secs(args.frame_timeout.max(1)),
+        idle_timeout: std::time::Duration::from_secs(args.idle_timeout),
+        local_reserve: args
+            .local_connections
+            .unwrap_or(args.max_connections / 4)
+            .min(args.max_connections.saturating_sub(1)),
+        max_frame_len,
+        frame_memory: args.max_frame_memory.max(max_frame_len),
         io_threads: args.io_threads.clamp(1, 256),
         busy_poll: std::time::Duration::from_micros(args.busy_poll.min(10_000)),
         client_access,

@@ -59,6 +59,11 @@ impl Secure {
         self.pending.is_some()
     }
 
+    /// The engine client of the active channel (its sessions are the channel's).
+    pub fn channel_client(&self) -> Option<u64> {
+        self.active.as_ref().map(|a| a.info.client)
+    }
+
     /// The active channel's id.
     pub fn channel_id(&self) -> Option<u64> {
         self.active.as_ref().map(|a| a.channel.id())

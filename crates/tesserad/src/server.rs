@@ -35,6 +35,16 @@ pub struct Config {
     /// How long a frame may take to arrive once it has begun, and a handshake to be finished
     /// once answered.
     pub frame_timeout: Duration,
+    /// How long a connection without sessions may wait for its next request
+    /// (`--idle-timeout`; zero: without limit).
+    pub idle_timeout: Duration,
+    /// Connections only local-socket clients may take (`--local-connections`): network
+    /// clients may hold `max_connections - local_reserve`.
+    pub local_reserve: usize,
+    /// The largest frame one connection may send (`--max-frame-len`).
+    pub max_frame_len: usize,
+    /// Bytes buffered for unfinished frames, all connections together (`--max-frame-memory`).
+    pub frame_memory: usize,
     /// Threads that serve connections (`--io-threads`).
     pub io_threads: usize,
     /// How long a connection polls for the next request after answering one (`--busy-poll`;
@@ -240,7 +250,22 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
     let (clear_sender, clear_ended) = watch::channel(0u64);
     hsm.on_clear_sessions_ended(move || clear_sender.send_modify(|count| *count += 1));
     let limit = Arc::new(Semaphore::new(config.max_connections));
+    let network = Arc::new(Semaphore::new(
+        config
+            .max_connections
+            .saturating_sub(config.local_reserve)
+            .max(1),
+    ));
+    let tally = Arc::new(Tally::default());
     let shared = Shared {
+        idle_timeout: config.idle_timeout,
+        max_frame_len: config.max_frame_len,
+        frames: Arc::new(FrameMemory {
+            bytes: Arc::new(Semaphore::new(config.frame_memory)),
+            exhausted: AtomicBool::new(false),
+            tally: tally.clone(),
+        }),
+        tally: tally.clone(),
         clear_ended,
         hsm: hsm.clone(),
         guard: Arc::new(Guard::new(config.peer_limits)),
@@ -268,6 +293,7 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
                     listener,
                     shared.clone(),
                     limit.clone(),
+                    None,
                     stop.clone(),
                     config.client_access.clone(),
                 )));
@@ -292,6 +318,7 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
                     listener,
                     shared.clone(),
                     limit.clone(),
+                    Some(network.clone()),
                     stop.clone(),
                     config.client_access.clone(),
                 )));
@@ -316,14 +343,26 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
         "tesserad ready"
     );
     // Channel openings and closings reach the event log in batches (tessera-hsm's EventLog).
+    // So do the daemon's limits, counted and reported once a second at most.
     let flusher = {
         let hsm = hsm.clone();
+        let tally = tally.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(250));
+            let mut ticks = 0u64;
             loop {
                 every.tick().await;
+                ticks += 1;
                 let hsm = hsm.clone();
-                let _ = tokio::task::spawn_blocking(move || hsm.flush_events()).await;
+                let tally = tally.clone();
+                let report = ticks.is_multiple_of(4);
+                let _ = tokio::task::spawn_blocking(move || {
+                    if report {
+                        tally.report(&hsm);
+                    }
+                    hsm.flush_events()
+                })
+                .await;
             }
         })
     };
@@ -339,7 +378,11 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
     }
     flusher.abort();
     let last = hsm.clone();
-    let _ = tokio::task::spawn_blocking(move || last.flush_events()).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        tally.report(&last);
+        last.flush_events()
+    })
+    .await;
     for path in sockets {
         let _ = std::fs::remove_file(path);
     }
@@ -389,6 +432,93 @@ struct Shared {
     /// Changes when the flags come to require a channel: connections without one close (see
     /// `serve_connection`).
     clear_ended: watch::Receiver<u64>,
+    idle_timeout: Duration,
+    max_frame_len: usize,
+    frames: Arc<FrameMemory>,
+    tally: Arc<Tally>,
+}
+
+/// What the daemon's own limits refused or cut off since the last report: one `limit-reached`
+/// event per limit and second at most, with the count, so that a flood never floods the log.
+#[derive(Default)]
+struct Tally {
+    idle: std::sync::atomic::AtomicU64,
+    network_full: std::sync::atomic::AtomicU64,
+    all_full: std::sync::atomic::AtomicU64,
+    frame_memory: std::sync::atomic::AtomicU64,
+}
+
+impl Tally {
+    fn count(counter: &std::sync::atomic::AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn report(&self, hsm: &Hsm) {
+        let kinds = [
+            (&self.idle, "idle connections without sessions closed (--idle-timeout)"),
+            (
+                &self.network_full,
+                "network connections refused: the network share of the connections is taken (--max-connections, --local-connections)",
+            ),
+            (
+                &self.all_full,
+                "connections refused: every connection is taken (--max-connections)",
+            ),
+            (
+                &self.frame_memory,
+                "frames held back: the memory for unfinished frames is taken (--max-frame-memory)",
+            ),
+        ];
+        for (counter, what) in kinds {
+            let count = counter.swap(0, Ordering::Relaxed);
+            if count > 0 {
+                hsm.limit_event(format!("{count} {what}"));
+            }
+        }
+    }
+}
+
+/// The memory for unfinished frames, all connections together (`--max-frame-memory`): a frame
+/// over [`UNCOUNTED`] bytes is read into a buffer that grows as its bytes arrive, each growth
+/// taken from here and given back once the frame is complete. A connection that finds none
+/// waits (its frame must still arrive within `--frame-timeout`); the others go on.
+struct FrameMemory {
+    bytes: Arc<Semaphore>,
+    exhausted: AtomicBool,
+    tally: Arc<Tally>,
+}
+
+/// Frames up to this size are read without counting against [`FrameMemory`] (every connection
+/// may hold one).
+const UNCOUNTED: usize = 64 * 1024;
+
+impl FrameMemory {
+    async fn take(&self, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit, FrameError> {
+        let closed = || FrameError::Io(std::io::ErrorKind::BrokenPipe.into());
+        let n = u32::try_from(bytes).map_err(|_| FrameError::TooLarge(bytes))?;
+        match self.bytes.clone().try_acquire_many_owned(n) {
+            Ok(permit) => {
+                if self.exhausted.swap(false, Ordering::Relaxed) {
+                    tracing::info!("memory for unfinished frames is available again");
+                }
+                Ok(permit)
+            }
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                Tally::count(&self.tally.frame_memory);
+                if !self.exhausted.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "the memory for unfinished frames is taken (--max-frame-memory): large frames wait"
+                    );
+                }
+                self.bytes
+                    .clone()
+                    .acquire_many_owned(n)
+                    .await
+                    .map_err(|_| closed())
+            }
+            Err(tokio::sync::TryAcquireError::Closed) => Err(closed()),
+        }
+    }
 }
 
 /// Busy polling (`--busy-poll`): after answering a request, a connection may poll for its
@@ -447,9 +577,12 @@ macro_rules! accept_loop {
             listener: $listener,
             shared: Shared,
             limit: Arc<Semaphore>,
+            network: Option<Arc<Semaphore>>,
             mut stop: watch::Receiver<bool>,
             client_access: Option<PathBuf>,
         ) {
+            // Whether the last connection was refused (logged once per episode).
+            let mut refusing = false;
             loop {
                 let accepted = tokio::select! {
                     accepted = listener.accept() => accepted,
@@ -474,20 +607,43 @@ macro_rules! accept_loop {
                     drop(stream);
                     continue;
                 };
+                // A network connection takes one of the network's share first: the rest of
+                // the connections stay for local applications.
+                let share = match &network {
+                    None => None,
+                    Some(network) => match network.clone().try_acquire_owned() {
+                        Ok(permit) => Some(permit),
+                        Err(_) => {
+                            Tally::count(&shared.tally.network_full);
+                            if !refusing {
+                                tracing::warn!(peer, "network connection refused: the network share of the connections is taken (--max-connections minus --local-connections)");
+                                refusing = true;
+                            }
+                            drop(stream);
+                            continue;
+                        }
+                    },
+                };
                 let permit = match limit.clone().try_acquire_owned() {
                     Ok(permit) => permit,
                     Err(_) => {
-                        tracing::warn!(peer, "connection refused: the connection limit is reached");
+                        Tally::count(&shared.tally.all_full);
+                        if !refusing {
+                            tracing::warn!(peer, "connection refused: the connection limit is reached (--max-connections)");
+                            refusing = true;
+                        }
                         drop(stream);
                         continue;
                     }
                 };
+                refusing = false;
                 let shared = shared.clone();
                 let stop = stop.clone();
                 tokio::spawn(async move {
                     serve_connection(stream, peer, ip, shared, stop).await;
                     drop(slot);
                     drop(permit);
+                    drop(share);
                 });
             }
         }
@@ -497,36 +653,80 @@ macro_rules! accept_loop {
 accept_loop!(accept_unix, UnixListener);
 accept_loop!(accept_tcp, TcpListener);
 
-/// Reads one frame. Waiting for a frame to begin is not limited (clients keep idle
+/// What waiting for the next frame gave.
+enum Read {
+    Frame(Vec<u8>),
+    /// The peer closed the connection between frames.
+    Closed,
+    /// No frame began within the idle timeout.
+    Idle,
+}
+
+/// Reads one frame. Waiting for a frame to begin is limited by `idle` only (clients keep idle
 /// connections), but once its first byte is in, the rest must come within `timeout`: a client
-/// that trickles bytes (slowloris) is cut off.
+/// that trickles bytes (slowloris) is cut off. A frame over `max_len` bytes is refused, and the
+/// body of a large one is read into a buffer that grows as its bytes arrive, its memory taken
+/// from `memory` until the frame is complete: a declared length allocates nothing by itself.
 async fn read_frame<S: AsyncRead + Unpin>(
     stream: &mut S,
     timeout: Duration,
-) -> Result<Option<Vec<u8>>, FrameError> {
+    idle: Option<Duration>,
+    max_len: usize,
+    memory: &FrameMemory,
+) -> Result<Read, FrameError> {
     let mut header = [0u8; FRAME_HEADER_LEN];
-    match stream.read_exact(&mut header[..1]).await {
+    let first = stream.read_exact(&mut header[..1]);
+    let first = match idle {
+        // Cancelled while waiting, the read has taken nothing.
+        Some(idle) => match tokio::time::timeout(idle, first).await {
+            Ok(first) => first,
+            Err(_) => return Ok(Read::Idle),
+        },
+        None => first.await,
+    };
+    match first {
         Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Read::Closed),
         Err(e) => return Err(e.into()),
     }
     let rest = async {
         stream.read_exact(&mut header[1..]).await?;
-        // The length is checked before the body is allocated; the body is read into fresh
-        // capacity (no zeroing pass first).
         let len = tessera_wire::frame_body_len(header)?;
-        // (read_to_end would grow a full buffer once more before seeing the end.)
-        let mut body = Vec::with_capacity(len);
+        if len > max_len {
+            return Err(FrameError::TooLarge(len));
+        }
+        // A small body is read into fresh capacity (no zeroing pass first); a large one into
+        // capacity taken as the bytes come (from 1 MiB, doubling: a few copies at most).
+        let mut taken: Option<tokio::sync::OwnedSemaphorePermit> = None;
+        let mut body = if len <= UNCOUNTED {
+            Vec::with_capacity(len)
+        } else {
+            let first = len.min(1 << 20);
+            taken = Some(memory.take(first).await?);
+            Vec::with_capacity(first)
+        };
+        let mut room = body.capacity().min(len);
         while body.len() < len {
-            let wanted = (len - body.len()) as u64;
+            if body.len() == room {
+                let more = len.min(room * 2) - room;
+                let permit = memory.take(more).await?;
+                match taken.as_mut() {
+                    Some(taken) => taken.merge(permit),
+                    None => taken = Some(permit),
+                }
+                body.reserve_exact(room + more - body.len());
+                room += more;
+            }
+            let wanted = (room - body.len()) as u64;
             if (&mut *stream).take(wanted).read_buf(&mut body).await? == 0 {
                 return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
             }
         }
+        drop(taken);
         Ok(body)
     };
     match tokio::time::timeout(timeout, rest).await {
-        Ok(body) => body.map(Some),
+        Ok(body) => body.map(Read::Frame),
         Err(_) => Err(FrameError::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!(
@@ -638,7 +838,12 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         frame_timeout,
         poller,
         mut clear_ended,
+        idle_timeout,
+        max_frame_len,
+        frames,
+        tally,
     } = shared;
+    let idle = (!idle_timeout.is_zero()).then_some(idle_timeout);
     clear_ended.mark_unchanged();
     // Set when the flags came to require a channel while this connection had none: it closes
     // once what runs has answered, with a notice the library reads before it would send a PIN.
@@ -690,11 +895,14 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         let pending = lock_secure(&secure).is_pending();
         let next = async {
             if pending {
-                tokio::time::timeout(frame_timeout, read_frame(&mut reader, frame_timeout))
-                    .await
-                    .ok()
+                tokio::time::timeout(
+                    frame_timeout,
+                    read_frame(&mut reader, frame_timeout, None, max_frame_len, &frames),
+                )
+                .await
+                .ok()
             } else {
-                Some(read_frame(&mut reader, frame_timeout).await)
+                Some(read_frame(&mut reader, frame_timeout, idle, max_frame_len, &frames).await)
             }
         };
         // Only a connection without a channel listens for the end of clear sessions: it
@@ -714,8 +922,27 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             }
         };
         let body = match frame {
-            Some(Ok(Some(body))) => body,
-            Some(Ok(None)) => break,
+            Some(Ok(Read::Frame(body))) => body,
+            Some(Ok(Read::Closed)) => break,
+            Some(Ok(Read::Idle)) => {
+                // Kept while it has sessions (its own or its channel's) or calls running.
+                let channel_client = lock_secure(&secure).channel_client();
+                let busy = slots.available_permits() < IN_FLIGHT as usize
+                    || hsm.has_sessions(client)
+                    || channel_client.is_some_and(|c| hsm.has_sessions(c));
+                if busy {
+                    tracing::debug!(client, peer, "idle, kept: it has sessions or calls running");
+                    continue;
+                }
+                Tally::count(&tally.idle);
+                tracing::debug!(
+                    client,
+                    peer,
+                    "closing connection: idle without sessions for {} s (--idle-timeout)",
+                    idle_timeout.as_secs_f32()
+                );
+                break;
+            }
             Some(Err(e)) => {
                 tracing::warn!(client, peer, reason = %e, "closing connection");
                 break;
@@ -733,8 +960,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         let (id, request) = match find_sealed_request(&body) {
             Some(sealed) => (sealed.id, Incoming::Sealed(sealed, body)),
             None => {
-                let mut body = body;
-                let decoded = decode_request(&body);
+                let (mut body, decoded) = decode(body).await;
                 // A PIN or key value sent in the clear: the frame and what the read buffer
                 // still holds of it are wiped now (the decoded request wipes itself).
                 if decoded
@@ -907,6 +1133,38 @@ enum Next {
 /// Data up to this size is handled on the I/O thread; larger runs on the blocking pool.
 const SMALL: usize = 16 * 1024;
 
+/// Templates and attribute lists up to this many entries are handled on the I/O thread; work
+/// on longer ones (matching every object against every attribute) runs on the blocking pool.
+const FEW: usize = 64;
+
+/// Decodes a request frame: a large one on the blocking pool (decoding a template of 500 000
+/// attributes takes tens of milliseconds, which the I/O thread spends on other connections).
+/// The frame is handed back with the result, for the caller to wipe when it carried a secret.
+async fn decode(body: Vec<u8>) -> (Vec<u8>, Result<tessera_wire::RequestEnvelope, FrameError>) {
+    if body.len() <= SMALL {
+        let decoded = decode_request(&body);
+        return (body, decoded);
+    }
+    tokio::task::spawn_blocking(move || {
+        let decoded = decode_request(&body);
+        (body, decoded)
+    })
+    .await
+    .unwrap_or_else(|_| {
+        (
+            Vec::new(),
+            Err(FrameError::Io(std::io::Error::other(
+                "decoding the request failed",
+            ))),
+        )
+    })
+}
+
+/// Whether a template is small enough to be handled on the I/O thread.
+fn small_template(template: &tessera_core::Template) -> bool {
+    template.0.len() <= FEW && template.iter().map(|a| a.value.len()).sum::<usize>() <= SMALL
+}
+
 /// Whether a request is answered at once, on the connection's own task: calls that only touch
 /// memory and do little work. The others run on the blocking pool (PIN checks, disk writes,
 /// RSA, key generation, large data), where a slow one holds up nothing else.
@@ -921,15 +1179,18 @@ fn quick(request: &Request) -> bool {
         | Request::CloseSession { .. }
         | Request::SessionInfo { .. }
         | Request::ObjectSize { .. }
-        | Request::GetAttributes { .. }
-        | Request::FindObjectsInit { .. }
         | Request::FindObjects { .. }
-        | Request::FindObjectsFinal { .. }
-        | Request::FindObjectsFirst { .. } => true,
+        | Request::FindObjectsFinal { .. } => true,
+        // Work in proportion to the client's input: quick only when that is small.
+        Request::GetAttributes { types, .. } => types.len() <= FEW,
+        Request::FindObjectsInit { template, .. } | Request::FindObjectsFirst { template, .. } => {
+            small_template(template)
+        }
         Request::GenerateRandom { len, .. } => *len as usize <= SMALL,
         // Session objects live in memory only; token objects are written to disk.
         Request::GenerateKey { template, .. } | Request::CreateObject { template, .. } => {
             !matches!(template.bool(tessera_core::ck::CKA_TOKEN), Ok(Some(true)))
+                && small_template(template)
         }
         Request::DestroyObject { object, .. } => *object >= tessera_hsm::SESSION_OBJECT_BASE,
         Request::OperationOnce {

@@ -104,6 +104,9 @@ fn main() {
         &limit,
         "--max-channels",
         &limit,
+        // Idle channels are what is measured: kept however long the run.
+        "--idle-timeout",
+        "0",
     ]);
     let transport = Transport::Unix;
     daemon.identify(transport, &["--curve", "p521"]);
