@@ -709,12 +709,15 @@ impl Shell<'_> {
             }
             _ => {
                 let session = self.admin_session(&target, &status)?;
-                let Reply::Events(events, problem) =
+                let Reply::Events(events, problem, checked) =
                     session.run(AdminCommand::Events).map_err(|f| f.message)?
                 else {
                     return Err("the HSM answered an event log request wrongly".into());
                 };
                 print!("{}", status::render_events(&events));
+                for line in &checked {
+                    println!("Checked: {line}");
+                }
                 if let Some(problem) = problem {
                     return Err(format!("event log integrity check FAILED: {problem}"));
                 }

@@ -129,12 +129,12 @@ impl Hsm {
         let master = MasterKey::generate().map_err(|_| Rv::FunctionFailed)?;
         let so_pin = Some(
             master
-                .wrap(aso_pin.expose(), self.kdf_iterations)
+                .wrap_peppered(aso_pin.expose(), self.kdf_iterations, &self.pepper)
                 .map_err(|_| Rv::FunctionFailed)?,
         );
         let user_pin = Some(
             master
-                .wrap(admin_pin.expose(), self.kdf_iterations)
+                .wrap_peppered(admin_pin.expose(), self.kdf_iterations, &self.pepper)
                 .map_err(|_| Rv::FunctionFailed)?,
         );
         let mut label = b"Admin Token".to_vec();
@@ -195,6 +195,7 @@ impl Hsm {
                     .events
                     .read(&self.store)
                     .map_err(crate::store_failure)?;
+                let events_for_check = events.clone();
                 let shown = events
                     .into_iter()
                     .map(|e| Event {
@@ -205,7 +206,23 @@ impl Hsm {
                         detail: e.detail,
                     })
                     .collect();
-                Ok(Reply::Events(shown, verification.problem))
+                let mut checked = vec![format!(
+                    "chain: every entry's MAC and its link to the one before (device key protection: {})",
+                    self.protection
+                )];
+                let mut problem = verification.problem;
+                match crate::rollback::check(
+                    self.store.generation().map_err(crate::store_failure)?,
+                    &events_for_check,
+                    &self.witness.recorded(),
+                    self.witness.path(),
+                ) {
+                    Ok(lines) => checked.extend(lines),
+                    Err(rollback) => {
+                        problem.get_or_insert(rollback);
+                    }
+                }
+                Ok(Reply::Events(shown, problem, checked))
             }
             AdminCommand::PurgeEvents => {
                 let state = self.lock();

@@ -7,6 +7,7 @@ use tessera_core::info::{DeviceInfo, SlotInfo, TokenInfo, Version};
 use tessera_core::Rv;
 use tessera_store::{DeviceRecord, MasterKey, Store, StoreError, TokenRecord};
 
+pub use crate::protection::DeviceKeyProtection;
 use crate::{Hsm, State, Token, MAX_PIN_FAILURES, MAX_PIN_LEN, MAX_SESSIONS, MIN_PIN_LEN};
 
 /// Model string of every Tessera device.
@@ -27,6 +28,11 @@ pub struct HsmOptions {
     pub max_channels: usize,
     /// Limits on what one client (connection) and the device hold in memory.
     pub limits: crate::Limits,
+    /// What protects `device.key` (see [`DeviceKeyProtection`]).
+    pub device_key: DeviceKeyProtection,
+    /// Serve a store older than the recorded rollback state (or one whose state file is
+    /// missing), recording the acceptance as an event, and record the store as it is.
+    pub accept_rollback: bool,
 }
 
 impl Default for HsmOptions {
@@ -37,6 +43,8 @@ impl Default for HsmOptions {
             event_log_size: crate::events::DEFAULT_EVENT_LOG_SIZE,
             max_channels: crate::channels::DEFAULT_MAX_CHANNELS,
             limits: crate::Limits::default(),
+            device_key: DeviceKeyProtection::Embedded,
+            accept_rollback: false,
         }
     }
 }
@@ -58,49 +66,103 @@ pub enum HsmError {
     /// The options are invalid.
     #[error("{0}")]
     Options(String),
+    /// The store is older than the recorded state: it was rolled back.
+    #[error(
+        "refusing to serve: {0}. Put back the newest tessera.redb; to serve this one \
+             anyway (its older PIN counters, flags and events become current), start once with \
+             --accept-rollback"
+    )]
+    Rollback(String),
 }
 
-fn file_error(path: &Path, e: impl std::fmt::Display) -> HsmError {
-    HsmError::File {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
+/// Migrates a format-1 store: PIN records are peppered (without the PINs: the wrapped key is
+/// sealed once more), and public objects' values that were stored in the clear are sealed
+/// under the device key — in one transaction. Private objects' clear values are sealed at the
+/// user's next login (their key, the token master key, needs the PIN).
+fn migrate(store: &Store, device_key: &MasterKey, pepper: &MasterKey) -> Result<(), HsmError> {
+    let pepper_of = |record: Option<tessera_store::PinRecord>| {
+        record
+            .map(|r| tessera_store::pepper_record(r, pepper))
+            .transpose()
+            .map_err(|e| HsmError::Options(format!("cannot pepper a PIN record: {e}")))
+    };
+    let mut tokens = Vec::new();
+    let mut objects = Vec::new();
+    for (token_id, mut record) in store.tokens()? {
+        record.so_pin = pepper_of(record.so_pin.take())?;
+        record.user_pin = pepper_of(record.user_pin.take())?;
+        for (id, stored) in store.objects(token_id)? {
+            if let Some(resealed) = crate::objects::reseal_public(device_key, token_id, id, &stored)
+            {
+                objects.push((token_id, id, resealed));
+            }
+        }
+        tokens.push((token_id, record));
     }
+    let put: Vec<(u64, &TokenRecord)> = tokens.iter().map(|(t, r)| (*t, r)).collect();
+    let objects_ref: Vec<(u64, u64, &tessera_store::StoredObject)> =
+        objects.iter().map(|(t, i, o)| (*t, *i, o)).collect();
+    store.migrate(&put, &objects_ref, tessera_store::FORMAT)?;
+    tracing::warn!(
+        tokens = put.len(),
+        sealed = objects_ref.len(),
+        "migrated the token store to format {}: PIN records peppered, public objects' values sealed",
+        tessera_store::FORMAT
+    );
+    Ok(())
 }
 
-/// The storage key that seals the secrets of public token objects.
-fn device_key(data_dir: &Path) -> Result<MasterKey, HsmError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = data_dir.join("device.key");
-    let iterations = 1;
-    let record_of = |bytes: &[u8]| postcard::from_bytes::<tessera_store::PinRecord>(bytes);
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let record = record_of(&bytes).map_err(|e| file_error(&path, e))?;
-            MasterKey::unwrap(&record, b"tessera device key").map_err(|e| file_error(&path, e))
+/// Checks the store against the recorded rollback state, and returns the witness that records
+/// every later commit.
+fn rollback_check(
+    data_dir: &Path,
+    options: &HsmOptions,
+    store: &Store,
+    device_key: &MasterKey,
+    events: &crate::events::EventLog,
+    fresh: bool,
+) -> Result<std::sync::Arc<crate::rollback::Witness>, HsmError> {
+    use crate::rollback::{Recorded, Witness};
+    let path = crate::protection::state_path(data_dir, &options.device_key);
+    let recorded = Witness::read(&path, device_key)?;
+    let stored_events = store.events()?;
+    let current = Recorded {
+        generation: store.generation()?,
+        event_sequence: stored_events.last().map_or(0, |e| e.sequence),
+        event_mac: stored_events.last().map_or(Vec::new(), |e| e.mac.clone()),
+    };
+    let problem = match &recorded {
+        None if fresh => None,
+        None => Some(format!(
+            "the rollback state {} is missing, so the store's age cannot be checked",
+            path.display()
+        )),
+        Some(recorded) => {
+            crate::rollback::check(current.generation, &stored_events, recorded, &path).err()
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = MasterKey::generate().map_err(|e| file_error(&path, e))?;
-            let record = key
-                .wrap(b"tessera device key", iterations)
-                .map_err(|e| file_error(&path, e))?;
-            let bytes = postcard::to_stdvec(&record).map_err(|e| file_error(&path, e))?;
-            let temporary = data_dir.join("device.key.new");
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&temporary)
-                .map_err(|e| file_error(&temporary, e))?;
-            file.write_all(&bytes)
-                .and_then(|_| file.sync_all())
-                .map_err(|e| file_error(&temporary, e))?;
-            std::fs::rename(&temporary, &path).map_err(|e| file_error(&path, e))?;
-            Ok(key)
+    };
+    if let Some(problem) = problem {
+        let time = crate::time::now();
+        if options.accept_rollback {
+            tracing::warn!(problem = %problem, "serving the store anyway (--accept-rollback)");
+            events.record(store, time, "Device", "rollback-accepted", problem);
+        } else {
+            tracing::error!(problem = %problem, "refusing a rolled-back store");
+            events.record_uncounted(store, time, "Device", "rollback-refused", problem.clone());
+            return Err(HsmError::Rollback(problem));
         }
-        Err(e) => Err(file_error(&path, e)),
     }
+    // After an accepted rollback the event above moved the store on: record it as it is now.
+    let stored_events = store.events()?;
+    let current = Recorded {
+        generation: store.generation()?,
+        event_sequence: stored_events.last().map_or(0, |e| e.sequence),
+        event_mac: stored_events.last().map_or(Vec::new(), |e| e.mac.clone()),
+    };
+    let witness = std::sync::Arc::new(Witness::new(path, device_key, current)?);
+    let for_store = witness.clone();
+    store.set_witness(Box::new(move |commit| for_store.commit(commit)));
+    Ok(witness)
 }
 
 fn random_serial() -> Result<String, HsmError> {
@@ -118,9 +180,21 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
         )));
     }
     let store = Store::open(&data_dir.join("tessera.redb"))?;
-    let device_key = device_key(data_dir)?;
+    let opened =
+        crate::protection::open_device_key(data_dir, &options.device_key, options.kdf_iterations)?;
+    tracing::info!("device key protection: {}", opened.description);
+    let device_key = opened.key;
+    let pepper = MasterKey::from_secret(device_key.derive(b"tessera PIN pepper v1"))
+        .map_err(|e| HsmError::Options(e.to_string()))?;
+    let mut fresh = opened.changed;
     let device = match store.device()? {
-        Some(device) => device,
+        Some(device) => {
+            if store.format()? < tessera_store::FORMAT {
+                migrate(&store, &device_key, &pepper)?;
+                fresh = true;
+            }
+            device
+        }
         None => {
             let user_tokens: Vec<u64> = (0..options.user_slots).collect();
             let device = DeviceRecord {
@@ -138,6 +212,8 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
             let tokens: Vec<(u64, &TokenRecord)> =
                 (0..=options.user_slots).map(|t| (t, &blank)).collect();
             store.update_device(&device, &tokens, &[], &[])?;
+            store.migrate(&[], &[], tessera_store::FORMAT)?;
+            fresh = true;
             tracing::info!(serial = %device.serial, slots = options.user_slots, "created a new HSM device");
             device
         }
@@ -172,12 +248,16 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
         );
     }
     let events = crate::events::EventLog::open(&store, &device_key, options.event_log_size)?;
+    let witness = rollback_check(data_dir, options, &store, &device_key, &events, fresh)?;
     let store_for_identity = &store;
     let identity = crate::identity::IdentityRecord::load(store_for_identity)?;
     let hsm = Hsm {
         store,
         serial: device.serial.clone(),
         device_key,
+        pepper,
+        witness,
+        protection: opened.description,
         random: Default::default(),
         requests: Default::default(),
         pik_cache: Default::default(),

@@ -105,6 +105,33 @@ impl EventLog {
         self.write(store, &batch.0, !batched);
     }
 
+    /// Appends an event durably without moving the store's generation on (the entry saying a
+    /// rolled-back store was refused: the store must stay as old as it was).
+    pub(crate) fn record_uncounted(
+        &self,
+        store: &Store,
+        time: u64,
+        role: &str,
+        kind: &str,
+        detail: String,
+    ) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let record = self.seal(EventRecord {
+            sequence: last.0 + 1,
+            time,
+            role: role.into(),
+            kind: kind.into(),
+            detail,
+            previous: last.1.clone(),
+            mac: Vec::new(),
+        });
+        tracing::info!(role, kind, detail = %record.detail, "security event");
+        *last = (record.sequence, record.mac.clone());
+        if let Err(e) = store.append_events_uncounted(std::slice::from_ref(&record)) {
+            tracing::error!(error = %e, "cannot write the event log");
+        }
+    }
+
     fn writing(&self) -> std::sync::MutexGuard<'_, ()> {
         self.writing.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -23,7 +23,9 @@ mod object;
 mod object_set;
 mod objects;
 mod operations;
+mod protection;
 mod random;
+mod rollback;
 mod time;
 mod tokens;
 mod wrap;
@@ -40,7 +42,7 @@ pub use admin::{
     CKA_TESSERA_SECURITY_FLAGS, CKA_TESSERA_SERIAL, CKH_TESSERA_DEVICE, DEVICE_OBJECT,
 };
 pub use channels::{ChannelInfo, DEFAULT_MAX_CHANNELS};
-pub use device::{HsmError, HsmOptions};
+pub use device::{DeviceKeyProtection, HsmError, HsmOptions};
 pub use events::DEFAULT_EVENT_LOG_SIZE;
 pub use mechanisms::uses_rsa;
 pub use tessera_store::DEFAULT_KDF_ITERATIONS;
@@ -152,6 +154,12 @@ pub struct Hsm {
     serial: String,
     /// Seals the secrets of public token objects (private ones use the token master key).
     device_key: MasterKey,
+    /// Seals PIN records once more, so that the store file alone cannot test a PIN guess.
+    pepper: MasterKey,
+    /// Records every durable commit outside the store (rollback detection).
+    witness: std::sync::Arc<rollback::Witness>,
+    /// How the device key is protected (for the log and `ctconf -e`).
+    protection: String,
     kdf_iterations: u32,
     events: events::EventLog,
     channels: channels::Channels,

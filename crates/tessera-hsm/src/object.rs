@@ -71,6 +71,13 @@ impl Attributes {
         self.ulong(ck::CKA_KEY_TYPE).unwrap_or(UNAVAILABLE)
     }
 
+    /// True if some attribute held here is one stored sealed (in memory, a format-1 store's
+    /// clear value).
+    pub fn holds_sealed_at_rest(&self) -> bool {
+        let class = self.class();
+        self.0.keys().any(|ty| sealed_at_rest(class, *ty))
+    }
+
     /// Splits into (public, secret) templates for storage.
     pub fn split(&self) -> (Template, Template) {
         let class = self.class();
@@ -81,7 +88,7 @@ impl Attributes {
                 ty: *ty,
                 value: value.clone(),
             })
-            .partition(|a| is_secret(class, a.ty));
+            .partition(|a| sealed_at_rest(class, a.ty));
         (Template(public), Template(secret))
     }
 
@@ -130,6 +137,19 @@ pub fn is_secret(class: u64, ty: u64) -> bool {
         ck::CKO_PRIVATE_KEY => ty == ck::CKA_VALUE || RSA_PRIVATE_PARTS[2..].contains(&ty),
         _ => false,
     }
+}
+
+/// Attributes stored sealed (under the token master key for a private object, the device key
+/// for a public one): key material ([`is_secret`]) and the values of data objects and
+/// certificates. The others (class, label, id, public key, ...) are stored in the clear so that
+/// objects can be found before login.
+pub fn sealed_at_rest(class: u64, ty: u64) -> bool {
+    is_secret(class, ty)
+        || (ty as ck::CK_ATTRIBUTE_TYPE == ck::CKA_VALUE
+            && matches!(
+                class as ck::CK_OBJECT_CLASS,
+                ck::CKO_DATA | ck::CKO_CERTIFICATE
+            ))
 }
 
 const COMMON: &[ck::CK_ATTRIBUTE_TYPE] = &[

@@ -38,6 +38,55 @@ fn seal(
     Ok(StoredObject { public, sealed })
 }
 
+/// The object sealed again if it holds values in the clear that are now sealed at rest (a
+/// format-1 store kept data objects' and certificates' values in the clear).
+pub(crate) fn reseal(
+    key: &MasterKey,
+    token_id: u64,
+    id: u64,
+    stored: &StoredObject,
+) -> Option<StoredObject> {
+    let public = Attributes::join(&stored.public, &Template::default());
+    let class = public.class();
+    if !stored
+        .public
+        .iter()
+        .any(|a| object::sealed_at_rest(class, a.ty))
+    {
+        return None;
+    }
+    let mut attributes = public;
+    if let Some(sealed) = &stored.sealed {
+        let plain = key.open(&seal_aad(token_id, id), sealed).ok()?;
+        let secrets: Template = postcard::from_bytes(plain.expose()).ok()?;
+        for a in secrets.iter() {
+            attributes.set(a.ty, a.value.clone());
+        }
+    }
+    seal(key, token_id, id, &attributes).ok()
+}
+
+/// [`reseal`] for a public object (sealed under the device key); `None` for a private one.
+pub(crate) fn reseal_public(
+    device_key: &MasterKey,
+    token_id: u64,
+    id: u64,
+    stored: &StoredObject,
+) -> Option<StoredObject> {
+    let private = Attributes::join(&stored.public, &Template::default()).flag(ck::CKA_PRIVATE);
+    if private {
+        return None;
+    }
+    reseal(device_key, token_id, id, stored)
+}
+
+/// True if the template asks for an attribute that is stored sealed but readable.
+fn asks_sealed(class: u64, template: &Template) -> bool {
+    template
+        .iter()
+        .any(|a| object::sealed_at_rest(class, a.ty) && !object::is_secret(class, a.ty))
+}
+
 /// A token object as held in memory: the secrets stay sealed until used.
 pub(crate) fn in_memory(stored: StoredObject) -> Object {
     Object {
@@ -107,6 +156,52 @@ impl Hsm {
             token.master.as_ref().ok_or(Rv::UserNotLoggedIn)
         } else {
             Ok(&self.device_key)
+        }
+    }
+
+    /// Seals the values that a format-1 store kept in the clear in the token's private objects,
+    /// now that the user's login has brought the token master key (see `device::migrate`).
+    pub(crate) fn reseal_private_objects(&self, state: &mut State, token_id: u64) {
+        let Ok(token) = state.token(token_id) else {
+            return;
+        };
+        let Some(master) = token.master.as_ref() else {
+            return;
+        };
+        let mut resealed = Vec::new();
+        for id in token.objects.keys() {
+            let Some(object) = token.objects.get(id) else {
+                continue;
+            };
+            let clear = object.attributes.holds_sealed_at_rest();
+            if object.owner.is_some() || !object.attributes.flag(ck::CKA_PRIVATE) || !clear {
+                continue;
+            }
+            let Ok(full) = self.full_attributes(token, token_id, *id, object) else {
+                continue;
+            };
+            if let Ok(stored) = seal(master, token_id, *id, &full) {
+                resealed.push((*id, stored));
+            }
+        }
+        if resealed.is_empty() {
+            return;
+        }
+        let list: Vec<(u64, u64, &StoredObject)> =
+            resealed.iter().map(|(id, o)| (token_id, *id, o)).collect();
+        if let Err(e) = self.store.replace_objects(&list) {
+            tracing::error!(error = %e, "cannot seal the private objects' values of an older store");
+            return;
+        }
+        tracing::info!(
+            token_id,
+            objects = list.len(),
+            "sealed private objects' values kept in the clear by an older store"
+        );
+        if let Ok(token) = state.token_mut(token_id) {
+            for (id, stored) in resealed {
+                token.objects.insert(id, in_memory(stored));
+            }
         }
     }
 
@@ -408,7 +503,9 @@ impl Hsm {
         let class = object.attributes.class();
         let hidden = object.attributes.flag(ck::CKA_SENSITIVE)
             || !object.attributes.flag(ck::CKA_EXTRACTABLE);
-        let needs_secrets = types.iter().any(|ty| object::is_secret(class, *ty)) && !hidden;
+        let needs_secrets = types.iter().any(|ty| {
+            object::sealed_at_rest(class, *ty) && !(object::is_secret(class, *ty) && hidden)
+        });
         let full = if needs_secrets {
             Some(self.full_attributes(token, token_id, handle, object)?)
         } else {
@@ -479,8 +576,19 @@ impl Hsm {
             (Some(wanted), Some(keys)) => token
                 .objects
                 .candidates(keys)
-                .filter(|(_, o)| {
-                    visible(token, client, o) && object::matches(&o.attributes, wanted, false)
+                .filter(|(h, o)| {
+                    if !visible(token, client, o) {
+                        return false;
+                    }
+                    let class = o.attributes.class();
+                    if o.sealed.is_some() && asks_sealed(class, wanted) {
+                        // A data object's or certificate's value is sealed at rest: match on
+                        // it unsealed.
+                        return self
+                            .full_attributes(token, current.token_id, **h, o)
+                            .is_ok_and(|full| object::matches(&full, wanted, false));
+                    }
+                    object::matches(&o.attributes, wanted, false)
                 })
                 .map(|(h, _)| *h)
                 .collect(),

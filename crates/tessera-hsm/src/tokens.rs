@@ -76,7 +76,7 @@ impl Hsm {
     fn verify_pin(&self, token_id: u64, so: bool, pin: &SecretBytes) -> Result<MasterKey, Rv> {
         let (record, ordinal, _check) = self.count_pin_guess(token_id, so)?;
         // `_check` ends after the count is settled below, then wakes the guesses waiting.
-        match MasterKey::unwrap(&record, pin.expose()) {
+        match MasterKey::unwrap_peppered(&record, pin.expose(), &self.pepper) {
             // A right PIN ends the lockout cycle (the guesses counted in it, this one too, are
             // forgotten); if that cannot be written the login is refused and the count stays.
             Ok(key) => {
@@ -218,7 +218,7 @@ impl Hsm {
     ) -> Result<Reply, Rv> {
         let master = MasterKey::generate().map_err(|_| Rv::FunctionFailed)?;
         let so_record = master
-            .wrap(so_pin.expose(), self.kdf_iterations)
+            .wrap_peppered(so_pin.expose(), self.kdf_iterations, &self.pepper)
             .map_err(|_| Rv::FunctionFailed)?;
         let mut label = label.to_vec();
         label.resize(32, b' ');
@@ -379,6 +379,7 @@ impl Hsm {
             .logins
             .insert(client, if so { Login::So } else { Login::User });
         token.master.get_or_insert(master);
+        self.reseal_private_objects(&mut state, token_id);
         Ok(Reply::Done)
     }
 
@@ -418,7 +419,7 @@ impl Hsm {
         }
         let master = token.master.as_ref().ok_or(Rv::UserNotLoggedIn)?;
         let record = master
-            .wrap(pin.expose(), self.kdf_iterations)
+            .wrap_peppered(pin.expose(), self.kdf_iterations, &self.pepper)
             .map_err(|_| Rv::FunctionFailed)?;
         token.record.user_pin = Some(record);
         token.record.user_failures = 0;
@@ -446,7 +447,7 @@ impl Hsm {
         };
         let master = self.verify_pin(token_id, so, old)?;
         let record = master
-            .wrap(new.expose(), self.kdf_iterations)
+            .wrap_peppered(new.expose(), self.kdf_iterations, &self.pepper)
             .map_err(|_| Rv::FunctionFailed)?;
         let mut state = self.lock();
         let token = state.token_mut(token_id)?;

@@ -11,7 +11,7 @@ mod records;
 mod seal;
 
 pub use records::{DeviceRecord, EventRecord, PinRecord, StoredObject, TokenRecord};
-pub use seal::{MasterKey, SealError, DEFAULT_KDF_ITERATIONS};
+pub use seal::{pepper_record, MasterKey, SealError, DEFAULT_KDF_ITERATIONS};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +25,24 @@ const OBJECTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("object
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const DEVICE_KEY: &str = "device";
 const NEXT_ID_KEY: &str = "next_object_id";
+const GENERATION_KEY: &str = "generation";
+/// The `meta` record holding the store format (absent in format 1).
+pub const FORMAT_KEY: &str = "format";
+/// The store format this code writes: 2 peppers PIN records (see [`MasterKey::wrap_peppered`])
+/// and keeps a generation counter.
+pub const FORMAT: u32 = 2;
+
+/// A durable commit, as told to the witness (see [`Store::set_witness`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    /// The store's generation after the commit: one more per durable write.
+    pub generation: u64,
+    /// The newest event entry the commit wrote (sequence, MAC), if it wrote events.
+    pub event_head: Option<(u64, Vec<u8>)>,
+}
+
+/// Told of every durable commit, after it is on disk.
+pub type Witness = Box<dyn Fn(&Commit) + Send + Sync>;
 
 /// Why the store failed. These are ours (or the disk's), never the caller's.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +93,7 @@ pub struct Store {
     db: RwLock<Option<Database>>,
     path: PathBuf,
     reopen: AtomicBool,
+    witness: std::sync::OnceLock<Witness>,
 }
 
 fn open_database(path: &Path) -> Result<Database, StoreError> {
@@ -100,6 +119,63 @@ impl Store {
             db: RwLock::new(Some(db)),
             path: path.to_path_buf(),
             reopen: AtomicBool::new(false),
+            witness: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Sets the function told of every later durable commit (the engine records the
+    /// generation outside the store, to detect a rollback). Set once.
+    pub fn set_witness(&self, witness: Witness) {
+        let _ = self.witness.set(witness);
+    }
+
+    /// The store's generation: the number of durable writes since format 2 began counting.
+    pub fn generation(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .meta(GENERATION_KEY)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_le_bytes))
+    }
+
+    /// The store format (1 when the record is absent: a store from before format 2).
+    pub fn format(&self) -> Result<u32, StoreError> {
+        Ok(self
+            .meta(FORMAT_KEY)?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok())
+            .map_or(1, u32::from_le_bytes))
+    }
+
+    /// Writes token records, replaces objects and sets the format, in one transaction (the
+    /// migration of an older store).
+    pub fn migrate(
+        &self,
+        put: &[(u64, &TokenRecord)],
+        objects: &[(u64, u64, &StoredObject)],
+        format: u32,
+    ) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut tokens = txn.open_table(TOKENS)?;
+            for (token, record) in put {
+                tokens.insert(*token, encode(*record).as_slice())?;
+            }
+            let mut table = txn.open_table(OBJECTS)?;
+            for (token, id, object) in objects {
+                table.insert((*token, *id), encode(*object).as_slice())?;
+            }
+            let mut meta = txn.open_table(META)?;
+            meta.insert(FORMAT_KEY, format.to_le_bytes().as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Replaces objects in one transaction (secrets sealed again).
+    pub fn replace_objects(&self, objects: &[(u64, u64, &StoredObject)]) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(OBJECTS)?;
+            for (token, id, object) in objects {
+                table.insert((*token, *id), encode(*object).as_slice())?;
+            }
+            Ok(())
         })
     }
 
@@ -346,7 +422,8 @@ impl Store {
         } else {
             redb::Durability::Eventual
         };
-        self.write_with(durability, |txn| {
+        let head = events.last().map(|e| (e.sequence, e.mac.clone()));
+        self.write_inner(durability, durable, head, |txn| {
             let mut table = txn.open_table(EVENTS)?;
             for event in events {
                 table.insert(event.sequence, encode(event).as_slice())?;
@@ -357,9 +434,23 @@ impl Store {
         })
     }
 
+    /// Appends events durably without counting a generation and without telling the witness:
+    /// for the entry that says a rolled-back store was refused (the store stays as old as it
+    /// was, so it is refused again).
+    pub fn append_events_uncounted(&self, events: &[EventRecord]) -> Result<(), StoreError> {
+        self.write_inner(redb::Durability::Immediate, false, None, |txn| {
+            let mut table = txn.open_table(EVENTS)?;
+            for event in events {
+                table.insert(event.sequence, encode(event).as_slice())?;
+            }
+            Ok(())
+        })
+    }
+
     /// Replaces the whole event log (a purge leaves its own entry behind).
     pub fn replace_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
-        self.write(|txn| {
+        let head = events.last().map(|e| (e.sequence, e.mac.clone()));
+        self.write_inner(redb::Durability::Immediate, true, head, |txn| {
             let mut table = txn.open_table(EVENTS)?;
             table.retain(|_, _| false)?;
             for event in events {
@@ -373,23 +464,48 @@ impl Store {
         &self,
         change: impl FnOnce(&redb::WriteTransaction) -> Result<(), WriteError>,
     ) -> Result<(), StoreError> {
-        self.write_with(redb::Durability::Immediate, change)
+        self.write_inner(redb::Durability::Immediate, true, None, change)
     }
 
-    fn write_with(
+    /// A write transaction. A `counted` one (always durable) adds one to the generation and
+    /// tells the witness once it is on disk.
+    fn write_inner(
         &self,
         durability: redb::Durability,
+        counted: bool,
+        event_head: Option<(u64, Vec<u8>)>,
         change: impl FnOnce(&redb::WriteTransaction) -> Result<(), WriteError>,
     ) -> Result<(), StoreError> {
         let mut txn = self.begin_write()?;
         txn.set_durability(durability);
+        let mut generation = 0;
         // An error drops the transaction, which aborts it: nothing half-written is visible.
         let result = change(&txn)
+            .and_then(|()| {
+                if counted {
+                    let mut meta = txn.open_table(META)?;
+                    let current = meta
+                        .get(GENERATION_KEY)?
+                        .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+                        .map_or(0, u64::from_le_bytes);
+                    generation = current.saturating_add(1);
+                    meta.insert(GENERATION_KEY, generation.to_le_bytes().as_slice())?;
+                }
+                Ok(())
+            })
             .map_err(|e| e.0)
             .and_then(|()| txn.commit().map_err(storage));
         if let Err(StoreError::Full(_) | StoreError::Storage(_)) = &result {
             // redb refuses everything after an I/O error until it is opened again.
             self.reopen.store(true, Ordering::Release);
+        }
+        if result.is_ok() && counted {
+            if let Some(witness) = self.witness.get() {
+                witness(&Commit {
+                    generation,
+                    event_head,
+                });
+            }
         }
         result
     }

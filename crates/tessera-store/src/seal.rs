@@ -13,6 +13,7 @@ pub const DEFAULT_KDF_ITERATIONS: u32 = 600_000;
 const KEY_LEN: usize = 32;
 const SALT_LEN: usize = 16;
 const TMK_AAD: &[u8] = b"tessera token master key v1";
+const PEPPER_AAD: &[u8] = b"tessera peppered PIN record v2";
 
 /// A sealing or unwrapping failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -118,6 +119,51 @@ impl MasterKey {
         Ok(MasterKey(key))
     }
 
+    /// A key from 32 or more bytes of key material (an external key file, a credential):
+    /// HMAC-SHA256 of the material over `label`.
+    pub fn from_material(material: &[u8], label: &[u8]) -> MasterKey {
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, material);
+        MasterKey(SecretBytes::from_slice(
+            aws_lc_rs::hmac::sign(&key, label).as_ref(),
+        ))
+    }
+
+    /// A key made from a derived secret (see [`MasterKey::derive`]).
+    pub fn from_secret(secret: SecretBytes) -> Result<MasterKey, SealError> {
+        if secret.len() != KEY_LEN {
+            return Err(SealError::Authentication);
+        }
+        Ok(MasterKey(secret))
+    }
+
+    /// Wraps this key under a key derived from `pin`, then seals the wrapped key under
+    /// `pepper` (a device secret kept outside the store): the record alone does not let anyone
+    /// test a PIN guess.
+    pub fn wrap_peppered(
+        &self,
+        pin: &[u8],
+        iterations: u32,
+        pepper: &MasterKey,
+    ) -> Result<PinRecord, SealError> {
+        pepper_record(self.wrap(pin, iterations)?, pepper)
+    }
+
+    /// Unwraps a record made by [`MasterKey::wrap_peppered`] (or peppered by
+    /// [`pepper_record`]); fails on a wrong PIN or a wrong pepper.
+    pub fn unwrap_peppered(
+        record: &PinRecord,
+        pin: &[u8],
+        pepper: &MasterKey,
+    ) -> Result<MasterKey, SealError> {
+        let inner = pepper.open(&pepper_aad(&record.salt), &record.wrapped)?;
+        let inner = PinRecord {
+            salt: record.salt.clone(),
+            iterations: record.iterations,
+            wrapped: inner.expose().to_vec(),
+        };
+        MasterKey::unwrap(&inner, pin)
+    }
+
     /// Seals `plaintext`, bound to `aad` (the object's slot and id).
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
         seal_with(self.0.expose(), aad, plaintext)
@@ -140,8 +186,46 @@ impl MasterKey {
     }
 }
 
+fn pepper_aad(salt: &[u8]) -> Vec<u8> {
+    [PEPPER_AAD, salt].concat()
+}
+
+/// Peppers an existing (format 1) PIN record without knowing the PIN: its wrapped master key is
+/// sealed once more under `pepper`. Used when an older store is migrated.
+pub fn pepper_record(record: PinRecord, pepper: &MasterKey) -> Result<PinRecord, SealError> {
+    let wrapped = pepper.seal(&pepper_aad(&record.salt), &record.wrapped)?;
+    Ok(PinRecord {
+        salt: record.salt,
+        iterations: record.iterations,
+        wrapped,
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_peppered_pin_record_does_not_open_without_the_pepper() {
+        let tmk = MasterKey::generate().unwrap();
+        let pepper = MasterKey::generate().unwrap();
+        let record = tmk.wrap_peppered(b"1234", 1000, &pepper).unwrap();
+        // The store file alone: the right PIN does not open the record, so no guess can be
+        // checked offline.
+        assert_eq!(
+            MasterKey::unwrap(&record, b"1234").unwrap_err(),
+            SealError::Authentication
+        );
+        let other = MasterKey::generate().unwrap();
+        assert!(MasterKey::unwrap_peppered(&record, b"1234", &other).is_err());
+        assert!(MasterKey::unwrap_peppered(&record, b"4321", &pepper).is_err());
+        let opened = MasterKey::unwrap_peppered(&record, b"1234", &pepper).unwrap();
+        assert_eq!(opened.0.expose(), tmk.0.expose());
+        // An old record peppered in place opens with the same PIN.
+        let old = tmk.wrap(b"5678", 1000).unwrap();
+        let migrated = pepper_record(old, &pepper).unwrap();
+        assert!(MasterKey::unwrap(&migrated, b"5678").is_err());
+        assert!(MasterKey::unwrap_peppered(&migrated, b"5678", &pepper).is_ok());
+    }
+
     use super::*;
 
     #[test]

@@ -349,6 +349,14 @@ impl Daemon {
         child.wait().expect("the daemon exits")
     }
 
+    /// Starts the daemon again, as [`Daemon::restart`]; `Err` is why it did not start (its log).
+    pub fn try_restart(&mut self) -> Result<(), String> {
+        if self.child.is_some() {
+            self.stop();
+        }
+        self.try_spawn()
+    }
+
     /// Starts the daemon again on the same directory, socket and port.
     pub fn restart(&mut self) {
         if self.child.is_some() {

@@ -414,7 +414,8 @@ pub enum Reply {
     /// Device status.
     Status(crate::DeviceStatus),
     /// The event log and what its chain check found (`None`: intact).
-    Events(Vec<crate::Event>, Option<String>),
+    /// The log, the problem its check found (if any), and what was checked.
+    Events(Vec<crate::Event>, Option<String>, Vec<String>),
     /// A device identity.
     Identity(crate::Identity),
     /// Certificates (DER).

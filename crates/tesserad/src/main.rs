@@ -170,6 +170,32 @@ struct Args {
     #[arg(long, default_value_t = tessera_hsm::DEFAULT_KDF_ITERATIONS, value_name = "N")]
     kdf_iterations: u32,
 
+    /// Protect the device key (device.key) with this key file, kept outside the data directory
+    /// and readable only by tesserad's user (mode 0600 or 0400; refused otherwise). Created with
+    /// 32 random bytes if missing when the device is set up (or moved from the embedded
+    /// default). Without it and the data directory's copy of device.key cannot be opened. The
+    /// rollback state is kept beside it (PATH.state). See docs/operations.md.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["device_key_passphrase_file", "device_key_credential"])]
+    device_key_file: Option<PathBuf>,
+
+    /// Protect the device key with a passphrase read from FILE at every start (`-`: standard
+    /// input, e.g. `systemd-ask-password | tesserad --device-key-passphrase-file -`). The
+    /// device does not start unattended.
+    #[arg(long, value_name = "FILE", conflicts_with = "device_key_credential")]
+    device_key_passphrase_file: Option<PathBuf>,
+
+    /// Protect the device key with the systemd credential NAME, read from
+    /// $CREDENTIALS_DIRECTORY/NAME (a unit's `LoadCredentialEncrypted=NAME:...`; sealed by the
+    /// TPM2 where there is one). It must hold 32 or more random bytes.
+    #[arg(long, value_name = "NAME")]
+    device_key_credential: Option<String>,
+
+    /// Serve a token store that is older than the recorded rollback state (or whose state file
+    /// is missing): an older copy of tessera.redb was put back on purpose. The acceptance is
+    /// recorded in the event log, and the store becomes the recorded state.
+    #[arg(long)]
+    accept_rollback: bool,
+
     /// Shut down (as on SIGTERM) within about a second of the process that started tesserad
     /// exiting, however it ended: for a test harness or a script that owns the daemon and may
     /// itself be killed. A service manager does not need it.
@@ -296,6 +322,16 @@ fn main() -> ExitCode {
                 session_object_bytes: args.max_session_object_bytes,
                 public_objects_per_token: args.max_public_objects,
             },
+            device_key: if let Some(path) = args.device_key_file.clone() {
+                tessera_hsm::DeviceKeyProtection::KeyFile(path)
+            } else if let Some(path) = args.device_key_passphrase_file.clone() {
+                tessera_hsm::DeviceKeyProtection::PassphraseFile(path)
+            } else if let Some(name) = args.device_key_credential.clone() {
+                tessera_hsm::DeviceKeyProtection::Credential(name)
+            } else {
+                tessera_hsm::DeviceKeyProtection::Embedded
+            },
+            accept_rollback: args.accept_rollback,
         },
         key_limits: secure::KeyLimits {
             messages: args.sm_max_messages,

@@ -254,8 +254,11 @@ fn run(args: &Args) -> Result<u8, Failure> {
         println!("Transport mode set to {}.", status::transport_mode(mode));
     }
     if args.events {
-        if let Reply::Events(events, problem) = session.run(AdminCommand::Events)? {
+        if let Reply::Events(events, problem, checked) = session.run(AdminCommand::Events)? {
             print!("{}", status::render_events(&events));
+            for line in &checked {
+                println!("Checked: {line}");
+            }
             match problem {
                 None => println!("Event log integrity: OK ({} entries)", events.len()),
                 Some(problem) => {
