@@ -1214,24 +1214,12 @@ impl Call<'_> {
     /// holds up nothing else and its reply is sealed and queued (large ones off the I/O thread).
     fn run(self, request: Request, slot: tokio::sync::OwnedSemaphorePermit) {
         let protected = self.channel.is_some();
-        // Calls that end the use of keys and PINs also scrub the thread's stack: the key
-        // schedules and copies that crypto calls left there (on the I/O thread, for the quick
-        // ones) go with the key, at the cost of one 128 KiB memset per such call.
-        let secret = request.carries_secret()
-            || matches!(
-                request,
-                Request::Logout { .. }
-                    | Request::DestroyObject { .. }
-                    | Request::CloseSession { .. }
-                    | Request::CloseAllSessions { .. }
-            );
+        let stack = StackUse::of(&request);
         if quick(&request) {
             let result = self.hsm.handle(self.client, protected, request);
-            let scrub = secret || matches!(&result, Ok(reply) if reply.carries_secret());
+            let secret_reply = matches!(&result, Ok(reply) if reply.carries_secret());
             answer(self.out, self.channel.map(|c| &**c), self.id, result, slot);
-            if scrub {
-                scrub_stack();
-            }
+            stack.after(secret_reply);
             return;
         }
         let (hsm, channel, out) = (self.hsm.clone(), self.channel.cloned(), self.out.clone());
@@ -1244,12 +1232,82 @@ impl Call<'_> {
                 tracing::error!(client, "request handler failed");
                 Err(tessera_core::Rv::GeneralError)
             });
-            let scrub = secret || matches!(&result, Ok(reply) if reply.carries_secret());
+            let secret_reply = matches!(&result, Ok(reply) if reply.carries_secret());
             answer(&out, channel.as_deref(), id, result, slot);
-            if scrub {
-                scrub_stack();
-            }
+            stack.after(secret_reply);
         });
+    }
+}
+
+/// What a call leaves on the stack of the thread that runs it, and when that is overwritten
+/// ([`scrub_stack`], a 128 KiB memset: several microseconds and the caches' contents, so not
+/// after every call).
+#[derive(Clone, Copy)]
+enum StackUse {
+    /// A PIN or a key value came in the request: scrubbed as soon as it is answered.
+    Secret,
+    /// Keys were used or made (key schedules, generated values): the stack is marked, and
+    /// scrubbed when the use of keys or PINs ends (the next `Ending` call on this thread).
+    Keys,
+    /// The end of a use of keys or PINs (logout, destroy, session close): scrubs a marked
+    /// stack.
+    Ending,
+    /// Nothing of the kind.
+    Plain,
+}
+
+thread_local! {
+    /// Keys were used on this thread since its stack was last scrubbed.
+    static KEYS_ON_STACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl StackUse {
+    fn of(request: &Request) -> StackUse {
+        use Request as R;
+        match request {
+            R::Login { .. }
+            | R::InitPin { .. }
+            | R::SetPin { .. }
+            | R::InitToken { .. }
+            | R::CreateObject { .. }
+            | R::UnwrapKey { .. }
+            | R::AdminSetup { .. }
+            | R::Admin { .. } => StackUse::Secret,
+            R::OperationInit { .. }
+            | R::OperationSingle { .. }
+            | R::OperationUpdate { .. }
+            | R::OperationFinal { .. }
+            | R::OperationOnce { .. }
+            | R::GenerateKey { .. }
+            | R::GenerateKeyPair { .. }
+            | R::WrapKey { .. }
+            | R::DeriveKey { .. }
+            | R::DigestKey { .. }
+            | R::CopyObject { .. }
+            | R::GetAttributes { .. }
+            | R::SeedRandom { .. } => StackUse::Keys,
+            R::Logout { .. }
+            | R::DestroyObject { .. }
+            | R::CloseSession { .. }
+            | R::CloseAllSessions { .. } => StackUse::Ending,
+            _ => StackUse::Plain,
+        }
+    }
+
+    /// After the call has been answered (`secret_reply`: its reply carried a secret).
+    fn after(self, secret_reply: bool) {
+        let marked = KEYS_ON_STACK.with(|k| k.get());
+        let scrub = match self {
+            StackUse::Secret => true,
+            StackUse::Ending => marked,
+            StackUse::Keys | StackUse::Plain => secret_reply,
+        };
+        if scrub {
+            scrub_stack();
+            KEYS_ON_STACK.with(|k| k.set(false));
+        } else if matches!(self, StackUse::Keys) {
+            KEYS_ON_STACK.with(|k| k.set(true));
+        }
     }
 }
 
