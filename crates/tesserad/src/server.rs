@@ -1222,6 +1222,11 @@ impl Call<'_> {
             stack.after(secret_reply);
             return;
         }
+        // The I/O thread decoded this request (a PIN or key value passed through its stack) or
+        // may hold the marks of key use that this call ends: it scrubs its own stack too.
+        if matches!(stack, StackUse::Secret | StackUse::Ending) {
+            stack.after(false);
+        }
         let (hsm, channel, out) = (self.hsm.clone(), self.channel.cloned(), self.out.clone());
         let (client, id) = (self.client, self.id);
         tokio::task::spawn_blocking(move || {
