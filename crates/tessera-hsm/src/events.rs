@@ -83,17 +83,7 @@ impl EventLog {
         let batched = matches!(kind, "channel-opened" | "channel-closed" | "limit-reached");
         let batch = {
             let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-            let record = self.seal(EventRecord {
-                sequence: last.0 + 1,
-                time,
-                role: role.into(),
-                kind: kind.into(),
-                detail,
-                previous: last.1.clone(),
-                mac: Vec::new(),
-            });
-            tracing::info!(role, kind, detail = %record.detail, "security event");
-            *last = (record.sequence, record.mac.clone());
+            let record = self.chain(&mut last, time, role, kind, detail);
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             pending.push(record);
             if batched && pending.len() < PENDING_LIMIT {
@@ -116,6 +106,22 @@ impl EventLog {
         detail: String,
     ) {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let record = self.chain(&mut last, time, role, kind, detail);
+        if let Err(e) = store.append_events_uncounted(std::slice::from_ref(&record)) {
+            tracing::error!(error = %e, "cannot write the event log");
+        }
+    }
+
+    /// The next entry of the chain after `last` (its sequence and MAC), sealed and logged;
+    /// `last` moves on to it.
+    fn chain(
+        &self,
+        last: &mut (u64, Vec<u8>),
+        time: u64,
+        role: &str,
+        kind: &str,
+        detail: String,
+    ) -> EventRecord {
         let record = self.seal(EventRecord {
             sequence: last.0 + 1,
             time,
@@ -127,9 +133,7 @@ impl EventLog {
         });
         tracing::info!(role, kind, detail = %record.detail, "security event");
         *last = (record.sequence, record.mac.clone());
-        if let Err(e) = store.append_events_uncounted(std::slice::from_ref(&record)) {
-            tracing::error!(error = %e, "cannot write the event log");
-        }
+        record
     }
 
     fn writing(&self) -> std::sync::MutexGuard<'_, ()> {

@@ -5,53 +5,20 @@
 //! daemon cuts the slow and the half-open off, caps the crowd, and rate-limits the failures,
 //! logging the block once.
 
+mod raw;
+
 mod sm_common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use raw::{connect_from, receive, send};
 use sm_common::{prepare, secured};
-use socket2::{Domain, Socket, Type};
 use tessera_channel::{ClientFinished, ExpectServerHello, Policy};
 use tessera_core::Rv;
 use tessera_testkit::{Daemon, Transport};
-use tessera_wire::{
-    encode_request, Reply, Request, RequestEnvelope, ResponseEnvelope, PROTOCOL_VERSION,
-};
-
-/// A TCP connection to the daemon from loopback address `from`.
-fn connect_from(daemon: &Daemon, from: &str) -> TcpStream {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    let local: SocketAddr = format!("{from}:0").parse().unwrap();
-    socket.bind(&local.into()).unwrap();
-    let remote: SocketAddr = daemon.tcp_address().parse().unwrap();
-    socket.connect(&remote.into()).unwrap();
-    let stream: TcpStream = socket.into();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-}
-
-fn send(stream: &mut TcpStream, request: Request) {
-    let frame = encode_request(&RequestEnvelope {
-        version: PROTOCOL_VERSION,
-        id: 1,
-        channel: None,
-        request,
-    });
-    stream.write_all(&frame).unwrap();
-}
-
-fn receive(stream: &mut TcpStream) -> Result<Reply, u64> {
-    let mut header = [0u8; 4];
-    stream.read_exact(&mut header).unwrap();
-    let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
-    stream.read_exact(&mut body).unwrap();
-    let envelope: ResponseEnvelope = tessera_wire::decode_response(&body).unwrap();
-    envelope.result
-}
+use tessera_wire::{Reply, Request};
 
 /// Waits until the daemon closes `stream`; returns how long that took.
 fn closed_within(stream: &mut TcpStream) -> Duration {

@@ -9,55 +9,18 @@
 //! - public token objects created without a login are limited per token;
 //! - a search with a huge template does not stall other clients.
 
+mod raw;
+
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Socket, Type};
+use raw::{call, connect_from, frame, receive};
 use tessera_core::{ck, Attribute, Rv, Template};
 use tessera_testkit::{quantile, wait_until, Daemon};
-use tessera_wire::{
-    encode_request, Reply, Request, RequestEnvelope, ResponseEnvelope, PROTOCOL_VERSION,
-};
-
-/// A TCP connection to the daemon from loopback address `from`.
-fn connect_from(daemon: &Daemon, from: &str) -> TcpStream {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    let local: SocketAddr = format!("{from}:0").parse().unwrap();
-    socket.bind(&local.into()).unwrap();
-    let remote: SocketAddr = daemon.tcp_address().parse().unwrap();
-    socket.connect(&remote.into()).unwrap();
-    let stream: TcpStream = socket.into();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-}
-
-fn frame(request: Request) -> Vec<u8> {
-    encode_request(&RequestEnvelope {
-        version: PROTOCOL_VERSION,
-        id: 1,
-        channel: None,
-        request,
-    })
-}
-
-fn call<S: Read + Write>(stream: &mut S, request: Request) -> Result<Reply, u64> {
-    stream.write_all(&frame(request)).unwrap();
-    receive(stream)
-}
-
-fn receive<S: Read>(stream: &mut S) -> Result<Reply, u64> {
-    let mut header = [0u8; 4];
-    stream.read_exact(&mut header).expect("a reply");
-    let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
-    stream.read_exact(&mut body).unwrap();
-    let envelope: ResponseEnvelope = tessera_wire::decode_response(&body).unwrap();
-    envelope.result
-}
+use tessera_wire::{Reply, Request};
 
 fn works<S: Read + Write>(stream: &mut S) {
     match call(stream, Request::DeviceInfo) {
