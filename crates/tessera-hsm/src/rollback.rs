@@ -98,7 +98,9 @@ impl Witness {
         let mut next = recorded.clone();
         next.generation = next.generation.max(commit.generation);
         if let Some((sequence, mac)) = &commit.event_head {
-            if *sequence >= next.event_sequence || commit.generation >= next.generation {
+            // Sequence numbers only grow (a purge continues them), so the newest head wins
+            // whatever order two committing threads report in.
+            if *sequence >= next.event_sequence {
                 next.event_sequence = *sequence;
                 next.event_mac = mac.clone();
             }
