@@ -2,9 +2,13 @@
 //! outside the data directory, PIN records peppered, rollback of the store detected, and a
 //! format-1 data directory migrated with nothing lost.
 
+mod common;
+
+use common::{handle, login, ready, session};
+
 use std::path::{Path, PathBuf};
 
-use tessera_core::{ck, Attribute, Mechanism, Rv, SecretBytes, Template};
+use tessera_core::{ck, Attribute, Mechanism, Rv, Template};
 use tessera_hsm::{DeviceKeyProtection, Hsm, HsmError, HsmOptions};
 use tessera_store::{DeviceRecord, MasterKey, PinRecord, Store, StoredObject, TokenRecord};
 use tessera_wire::{AttributeAnswer, Reply, Request};
@@ -22,70 +26,6 @@ fn with_key_file(path: &Path) -> HsmOptions {
         device_key: DeviceKeyProtection::KeyFile(path.to_path_buf()),
         ..options()
     }
-}
-
-fn handle(reply: Result<Reply, Rv>) -> u64 {
-    match reply {
-        Ok(Reply::Handle(h)) => h,
-        other => panic!("{other:?}"),
-    }
-}
-
-fn pin(text: &str) -> SecretBytes {
-    SecretBytes::from_slice(text.as_bytes())
-}
-
-fn session(hsm: &Hsm, client: u64) -> u64 {
-    let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
-    handle(hsm.handle(client, false, Request::OpenSession { slot: 0, flags }))
-}
-
-fn login(
-    hsm: &Hsm,
-    client: u64,
-    session: u64,
-    user_type: ck::CK_USER_TYPE,
-    text: &str,
-) -> Result<Reply, Rv> {
-    hsm.handle(
-        client,
-        false,
-        Request::Login {
-            session,
-            user_type: user_type as u64,
-            pin: pin(text),
-        },
-    )
-}
-
-/// Initialises slot 0 (SO PIN `so-pin`, user PIN `user-pin`); returns (client, user session).
-fn ready(hsm: &Hsm) -> (u64, u64) {
-    let client = hsm.connect();
-    hsm.handle(
-        client,
-        false,
-        Request::InitToken {
-            slot: 0,
-            so_pin: pin("so-pin"),
-            label: b"t".to_vec(),
-        },
-    )
-    .unwrap();
-    let session = session(hsm, client);
-    login(hsm, client, session, ck::CKU_SO, "so-pin").unwrap();
-    hsm.handle(
-        client,
-        false,
-        Request::InitPin {
-            session,
-            pin: pin("user-pin"),
-        },
-    )
-    .unwrap();
-    hsm.handle(client, false, Request::Logout { session })
-        .unwrap();
-    login(hsm, client, session, ck::CKU_USER, "user-pin").unwrap();
-    (client, session)
 }
 
 fn get(hsm: &Hsm, client: u64, session: u64, object: u64, ty: ck::CK_ATTRIBUTE_TYPE) -> Vec<u8> {

@@ -1,6 +1,10 @@
 //! The engine through its API: requests in, replies out, over a real data directory.
 
-use tessera_core::{ck, Attribute, Mechanism, Rv, SecretBytes, Template};
+mod common;
+
+use common::{handle, pin, ready};
+
+use tessera_core::{ck, Attribute, Mechanism, Rv, Template};
 use tessera_hsm::{Hsm, HsmOptions, MAX_PIN_FAILURES};
 use tessera_wire::{AttributeAnswer, Reply, Request};
 
@@ -10,66 +14,6 @@ fn options() -> HsmOptions {
         kdf_iterations: 1000,
         ..HsmOptions::default()
     }
-}
-
-fn handle(reply: Result<Reply, Rv>) -> u64 {
-    match reply {
-        Ok(Reply::Handle(h)) => h,
-        other => panic!("{other:?}"),
-    }
-}
-
-fn pin(text: &str) -> SecretBytes {
-    SecretBytes::from_slice(text.as_bytes())
-}
-
-/// Initialises slot 0 and returns (client, R/W user session).
-fn ready(hsm: &Hsm) -> (u64, u64) {
-    let client = hsm.connect();
-    hsm.handle(
-        client,
-        false,
-        Request::InitToken {
-            slot: 0,
-            so_pin: pin("so-pin"),
-            label: b"t".to_vec(),
-        },
-    )
-    .unwrap();
-    let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
-    let session = handle(hsm.handle(client, false, Request::OpenSession { slot: 0, flags }));
-    hsm.handle(
-        client,
-        false,
-        Request::Login {
-            session,
-            user_type: ck::CKU_SO as u64,
-            pin: pin("so-pin"),
-        },
-    )
-    .unwrap();
-    hsm.handle(
-        client,
-        false,
-        Request::InitPin {
-            session,
-            pin: pin("user-pin"),
-        },
-    )
-    .unwrap();
-    hsm.handle(client, false, Request::Logout { session })
-        .unwrap();
-    hsm.handle(
-        client,
-        false,
-        Request::Login {
-            session,
-            user_type: ck::CKU_USER as u64,
-            pin: pin("user-pin"),
-        },
-    )
-    .unwrap();
-    (client, session)
 }
 
 fn aes_template(value: &[u8], private: bool) -> Template {

@@ -723,6 +723,29 @@ fn known_devices_are_never_read_from_an_untrusted_place() {
     );
 }
 
+/// After a flag change that requires a channel, `C_Login` on the session opened in the clear
+/// is refused as closed, and the user PIN is not among the bytes the client sent (`sent`).
+fn login_on_the_clear_session_is_stopped(
+    device: &tessera_client::Device,
+    session: u64,
+    generation: u64,
+    sent: &Mutex<Vec<u8>>,
+) {
+    let login = Request::Login {
+        session,
+        user_type: ck::CKU_USER as u64,
+        pin: pin(USER_PIN),
+    };
+    assert_eq!(
+        code(device.call(Some(generation), login)),
+        Rv::SessionClosed.code()
+    );
+    assert!(
+        !contains(sent, USER_PIN.as_bytes()),
+        "the PIN left in the clear"
+    );
+}
+
 /// Rule 5 with the notice already read: it arrived in the same read as the reply before it
 /// (the pipe holds that reply back until the notice comes, then sends both at once), so it
 /// lies in the library's read buffer, not in the socket. The next `C_Login` still sees it.
@@ -748,16 +771,7 @@ fn a_notice_read_with_the_last_reply_still_stops_the_pin() {
     daemon.admin(transport, &["-fN"]);
     // The held reply and the notice come together.
     assert!(waiting.join().unwrap().is_ok());
-    let login = Request::Login {
-        session,
-        user_type: ck::CKU_USER as u64,
-        pin: pin(USER_PIN),
-    };
-    assert_eq!(code(device.call(Some(g), login)), Rv::SessionClosed.code());
-    assert!(
-        !contains(&sent, USER_PIN.as_bytes()),
-        "the PIN left in the clear"
-    );
+    login_on_the_clear_session_is_stopped(&device, session, g, &sent);
     // The notice was read, not only the close: a call with a PIN and no session (which a
     // new connection would otherwise carry in the clear first) goes through a channel.
     const NEW_SO_PIN: &str = "new-so-pin-5678";
@@ -789,16 +803,7 @@ fn a_flag_change_ends_clear_sessions_before_a_pin_leaves() {
     // The device closes the clear connections as soon as the flags change; give the close a
     // moment to cross the pipe (bounded).
     std::thread::sleep(Duration::from_millis(300));
-    let login = Request::Login {
-        session,
-        user_type: ck::CKU_USER as u64,
-        pin: pin(USER_PIN),
-    };
-    assert_eq!(code(device.call(Some(g), login)), Rv::SessionClosed.code());
-    assert!(
-        !contains(&sent, USER_PIN.as_bytes()),
-        "the PIN left in the clear"
-    );
+    login_on_the_clear_session_is_stopped(&device, session, g, &sent);
     // A new session works, through a channel: the PIN still never crosses in the clear.
     let (_, g) = user(&device);
     assert!(g > 1);

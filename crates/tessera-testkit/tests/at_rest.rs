@@ -8,8 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use cryptoki::object::{Attribute, AttributeType, CertificateType, KeyType, ObjectClass};
-use cryptoki::session::{Session, UserType};
-use cryptoki::types::AuthPin;
+use cryptoki::session::Session;
 use tessera_testkit::{Daemon, Transport};
 
 fn files(dir: &Path) -> Vec<PathBuf> {
@@ -126,10 +125,7 @@ fn no_secret_value_reaches_the_disk_after_a_clean_stop_or_a_kill_9() {
     assert_eq!(on_disk(&daemon.data_dir(), &markers), Vec::<String>::new());
     daemon.restart();
     let pkcs11 = common::load(&daemon.server_list(Transport::Unix));
-    let session = pkcs11.open_rw_session(slot).unwrap();
-    session
-        .login(UserType::User, Some(&AuthPin::new(common::USER_PIN.into())))
-        .unwrap();
+    let session = common::user_session(&pkcs11, slot);
     markers.extend(create(&session, "second"));
     drop(session);
     drop(pkcs11);
@@ -137,10 +133,7 @@ fn no_secret_value_reaches_the_disk_after_a_clean_stop_or_a_kill_9() {
     assert_eq!(on_disk(&daemon.data_dir(), &markers), Vec::<String>::new());
     daemon.restart();
     let pkcs11 = common::load(&daemon.server_list(Transport::Unix));
-    let session = pkcs11.open_rw_session(slot).unwrap();
-    session
-        .login(UserType::User, Some(&AuthPin::new(common::USER_PIN.into())))
-        .unwrap();
+    let session = common::user_session(&pkcs11, slot);
     markers.sort();
     assert_eq!(values(&session), markers, "every object reads back");
     drop(serial);

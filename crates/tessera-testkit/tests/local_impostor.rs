@@ -58,6 +58,20 @@ fn base() -> tempfile::TempDir {
     dir
 }
 
+/// The attacker (uid 65534) makes `dir`, open to everyone (mode 0777), before the daemon.
+fn attacker_mkdir(dir: &Path) {
+    let made = as_user(NOBODY, "mkdir")
+        .arg("-m0777")
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(
+        made.success(),
+        "the attacker could not make {}",
+        dir.display()
+    );
+}
+
 fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
@@ -174,12 +188,7 @@ fn the_daemon_refuses_a_default_socket_directory_that_another_user_made() {
     std::fs::create_dir(&runtime).unwrap();
     chmod(&runtime, 0o1777);
     let dir = runtime.join("tessera");
-    let made = as_user(NOBODY, "mkdir")
-        .arg("-m0777")
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    attacker_mkdir(&dir);
     let mut command = Command::new(binary("tesserad"));
     command
         .arg("--data-dir")
@@ -201,12 +210,7 @@ fn the_daemon_refuses_the_tmp_default_directory_that_another_user_made() {
     let uid = 3_000_000_000 + std::process::id();
     let dir = PathBuf::from(format!("/tmp/tessera-{uid}"));
     let _ = std::fs::remove_dir_all(&dir);
-    let made = as_user(NOBODY, "mkdir")
-        .arg("-m0777")
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    attacker_mkdir(&dir);
     // A data directory it may use: only the socket directory is wrong.
     let data = base.path().join("data");
     std::fs::create_dir(&data).unwrap();

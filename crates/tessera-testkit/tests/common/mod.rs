@@ -97,12 +97,17 @@ pub fn fixture_with(transport: Transport, daemon_args: &[&str]) -> Fixture {
 impl Fixture {
     /// A R/W session logged in as the user.
     pub fn user_session(&self) -> Session {
-        let session = self.pkcs11.open_rw_session(self.slot).unwrap();
-        session
-            .login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
-            .unwrap();
-        session
+        user_session(&self.pkcs11, self.slot)
     }
+}
+
+/// A R/W session of `slot` logged in as the user ([`USER_PIN`]).
+pub fn user_session(pkcs11: &Pkcs11, slot: Slot) -> Session {
+    let session = pkcs11.open_rw_session(slot).unwrap();
+    session
+        .login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
+        .unwrap();
+    session
 }
 
 /// A new AES-256 session key for encryption and decryption.
