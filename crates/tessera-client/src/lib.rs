@@ -361,25 +361,19 @@ impl Device {
         let public = request.is_public();
         {
             let state = self.shared();
-            if session_generation.is_none() && self.closed_while_quiet(&state) {
-                // The device closed a connection without sessions after its idle timeout: a
-                // call without a session goes on a new one (see `call_alone`).
+            if self.device_left(&state, &request, session_generation.is_none()) {
+                // Not sent: the call goes on a new connection (`call_alone` cleans up and reads
+                // the device's notice), unless its session was on this one.
                 state.broken.store(true, Ordering::Relaxed);
+                if session_generation.is_some() {
+                    return Err(ClientError::StaleSession);
+                }
             }
             if let Some(route) = self.route(&state, public) {
                 if session_generation.is_some_and(|g| g != state.generation) {
                     return Err(ClientError::StaleSession);
                 }
                 let clear = matches!(route, Route::Clear);
-                if clear && request.carries_secret() && self.device_left(&state) {
-                    // Not sent: the next call cleans up (and reads the device's notice).
-                    state.broken.store(true, Ordering::Relaxed);
-                    if session_generation.is_some() {
-                        return Err(ClientError::StaleSession);
-                    }
-                    drop(state);
-                    return self.call_alone(None, request);
-                }
                 let retry = self.retry_copy(clear, session_generation, &request);
                 let generation = state.generation;
                 match self.pipelined(&state, route, request) {
@@ -410,7 +404,7 @@ impl Device {
             return Err(ClientError::StaleSession);
         }
         let public = request.is_public();
-        if request.carries_secret() && self.device_left(state) {
+        if self.device_left(state, &request, session_generation.is_none()) {
             self.kill(state, true);
             if session_generation.is_some() {
                 return Err(ClientError::StaleSession);
@@ -468,23 +462,20 @@ impl Device {
         }
     }
 
-    /// Whether the device closed the connection while it was idle in the clear (looked at
-    /// before a PIN or key value would leave in the clear; see `Stream::closed_by_device`).
-    fn device_left(&self, state: &State) -> bool {
-        state.channel.is_none()
-            && self.secure.is_some()
-            && self.inbox().waiting.is_empty()
-            && state.stream.as_ref().is_some_and(|s| s.closed_by_device())
-    }
-
-    /// Whether the connection, quiet for a while with nothing in flight, was closed by the
-    /// device (one `recv(MSG_PEEK | MSG_DONTWAIT)`, only after [`stream::QUIET`]).
-    fn closed_while_quiet(&self, state: &State) -> bool {
-        state.stream.as_ref().is_some_and(|s| {
-            s.quiet_for() >= stream::QUIET
-                && self.inbox().waiting.is_empty()
-                && s.closed_by_device()
-        })
+    /// Whether the device closed this connection (or sent its closing notice, which is then
+    /// read) while nothing was in flight: looked at, with one `recv(MSG_PEEK | MSG_DONTWAIT)`,
+    /// only before a call that must not go on it unaware — a PIN or key value about to leave in
+    /// the clear (the device may now require a channel: `Stream::closed_by_device`), or a call
+    /// without a session after a quiet spell of [`stream::QUIET`] (the device closes idle
+    /// connections without sessions).
+    fn device_left(&self, state: &State, request: &Request, sessionless: bool) -> bool {
+        let Some(stream) = state.stream.as_ref() else {
+            return false;
+        };
+        let secret_in_clear =
+            request.carries_secret() && state.channel.is_none() && self.secure.is_some();
+        let quiet = sessionless && stream.quiet_for() >= stream::QUIET;
+        (secret_in_clear || quiet) && self.inbox().waiting.is_empty() && stream.closed_by_device()
     }
 
     /// Sends a request on the shared connection and waits for its reply.
