@@ -10,6 +10,7 @@ pub mod bytes;
 pub mod der;
 pub mod flags;
 pub mod info;
+pub mod locked;
 pub mod mechanism;
 pub mod rv;
 pub mod secret;

@@ -135,10 +135,10 @@ impl Hsm {
             context.update(info);
             context.update(&[counter]);
             previous = context.sign().as_ref().to_vec();
-            okm.expose_mut().extend_from_slice(&previous);
+            okm.extend_from_slice(&previous);
             counter = counter.wrapping_add(1);
         }
-        okm.expose_mut().truncate(wanted);
+        okm.truncate(wanted);
         Ok(okm)
     }
 }

@@ -255,6 +255,8 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
         store,
         serial: device.serial.clone(),
         device_key,
+        session_key: MasterKey::generate()
+            .map_err(|_| HsmError::Options("random generator failed".into()))?,
         pepper,
         witness,
         protection: opened.description,

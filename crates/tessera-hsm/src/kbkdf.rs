@@ -197,7 +197,7 @@ pub(crate) fn derive(
             chain = mac.sign()?;
         }
         let block = round(i, &chain)?;
-        material.expose_mut().extend_from_slice(&block);
+        material.extend_from_slice(&block);
         if mode == Mode::Feedback {
             chain = block;
         }

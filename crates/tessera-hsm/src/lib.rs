@@ -102,12 +102,20 @@ pub(crate) enum Login {
 
 /// An object held by a token.
 pub(crate) struct Object {
-    /// All attributes that are in the clear; for session objects, the secrets too.
+    /// All attributes that are in the clear.
     attributes: object::Attributes,
-    /// Token objects: the sealed secret attributes.
+    /// The secret attributes, sealed (token objects: under the token master key or the device
+    /// key, as stored; session objects: under the device's session key).
     sealed: Option<Vec<u8>>,
     /// Session objects: the client and session that created it.
     owner: Option<(u64, u64)>,
+}
+
+impl Object {
+    /// Bytes the object holds: its attributes in the clear and its sealed secrets.
+    pub(crate) fn held_bytes(&self) -> u64 {
+        self.attributes.size() + self.sealed.as_ref().map_or(0, |s| s.len() as u64)
+    }
 }
 
 pub(crate) struct Token {
@@ -154,6 +162,9 @@ pub struct Hsm {
     serial: String,
     /// Seals the secrets of public token objects (private ones use the token master key).
     device_key: MasterKey,
+    /// Seals the secrets of session objects while they are held: a fresh key per start, in
+    /// locked memory, so that a session key's value is in the clear only while it is used.
+    session_key: MasterKey,
     /// Seals PIN records once more, so that the store file alone cannot test a PIN guess.
     pepper: MasterKey,
     /// Records every durable commit outside the store (rollback detection).

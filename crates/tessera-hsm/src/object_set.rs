@@ -36,7 +36,7 @@ pub(crate) struct ObjectSet {
 /// What an object counts against: its owner's session-object bytes, or the public objects.
 fn charge(handle: u64, object: &Object) -> Option<Result<(u64, u64), ()>> {
     match object.owner {
-        Some((client, _)) => Some(Ok((client, object.attributes.size()))),
+        Some((client, _)) => Some(Ok((client, object.held_bytes()))),
         None if handle != crate::DEVICE_OBJECT && !object.attributes.flag(ck::CKA_PRIVATE) => {
             Some(Err(()))
         }

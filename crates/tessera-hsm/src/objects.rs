@@ -96,6 +96,11 @@ pub(crate) fn in_memory(stored: StoredObject) -> Object {
     }
 }
 
+/// The additional data that binds a session object's sealed secrets to its token and handle.
+fn session_aad(token_id: u64, handle: u64) -> Vec<u8> {
+    format!("tessera session object {token_id}/{handle}").into_bytes()
+}
+
 pub(crate) fn visible(token: &Token, client: u64, object: &Object) -> bool {
     if object.attributes.flag(ck::CKA_PRIVATE) && token.login_of(client) != Some(Login::User) {
         return false;
@@ -215,8 +220,14 @@ impl Hsm {
     ) -> Result<Attributes, Rv> {
         let mut attributes = object.attributes.clone();
         if let Some(sealed) = &object.sealed {
-            let key = self.sealing_key(token, object.attributes.flag(ck::CKA_PRIVATE))?;
-            let plain = key.open(&seal_aad(token_id, id), sealed).map_err(|_| {
+            let (key, aad) = match object.owner {
+                Some(_) => (&self.session_key, session_aad(token_id, id)),
+                None => (
+                    self.sealing_key(token, object.attributes.flag(ck::CKA_PRIVATE))?,
+                    seal_aad(token_id, id),
+                ),
+            };
+            let plain = key.open(&aad, sealed).map_err(|_| {
                 tracing::error!(token_id, id, "a stored object failed authentication");
                 Rv::DeviceError
             })?;
@@ -320,6 +331,34 @@ impl Hsm {
         Ok(())
     }
 
+    /// A session object as held: its secrets sealed under the session key (see [`Hsm`]).
+    fn session_object(
+        &self,
+        token_id: u64,
+        handle: u64,
+        attributes: &Attributes,
+        owner: (u64, u64),
+    ) -> Result<Object, Rv> {
+        let (public, secret) = attributes.split();
+        let sealed = if secret.0.is_empty() {
+            None
+        } else {
+            let plain = tessera_core::SecretBytes::new(
+                postcard::to_stdvec(&secret).map_err(|_| Rv::GeneralError)?,
+            );
+            let sealed = self
+                .session_key
+                .seal(&session_aad(token_id, handle), plain.expose())
+                .map_err(|_| Rv::FunctionFailed)?;
+            Some(sealed)
+        };
+        Ok(Object {
+            attributes: Attributes::join(&public, &Template::default()),
+            sealed,
+            owner: Some(owner),
+        })
+    }
+
     /// Stores a new object (token objects durably) and returns its handle.
     fn insert(
         &self,
@@ -333,15 +372,8 @@ impl Hsm {
             self.check_session_bytes(state, client, attributes.size(), 0)?;
             state.next_session_object += 1;
             let handle = state.next_session_object;
-            let token = state.token_mut(token_id)?;
-            token.objects.insert(
-                handle,
-                Object {
-                    attributes,
-                    sealed: None,
-                    owner: Some((client, session)),
-                },
-            );
+            let object = self.session_object(token_id, handle, &attributes, (client, session))?;
+            state.token_mut(token_id)?.objects.insert(handle, object);
             return Ok(handle);
         }
         let token = state.token(token_id)?;
@@ -385,18 +417,11 @@ impl Hsm {
     ) -> Result<(), Rv> {
         let token = state.token(token_id)?;
         let object = token.objects.get(&handle).ok_or(Rv::ObjectHandleInvalid)?;
-        if let Some((client, _)) = object.owner {
-            let owner = object.owner;
-            let old = object.attributes.size();
-            self.check_session_bytes(state, client, attributes.size(), old)?;
-            state.token_mut(token_id)?.objects.insert(
-                handle,
-                Object {
-                    attributes,
-                    sealed: None,
-                    owner,
-                },
-            );
+        if let Some(owner) = object.owner {
+            let old = object.held_bytes();
+            self.check_session_bytes(state, owner.0, attributes.size(), old)?;
+            let object = self.session_object(token_id, handle, &attributes, owner)?;
+            state.token_mut(token_id)?.objects.insert(handle, object);
             return Ok(());
         }
         let key = self.sealing_key(token, attributes.flag(ck::CKA_PRIVATE))?;
@@ -487,8 +512,7 @@ impl Hsm {
     pub(crate) fn object_size(&self, client: u64, session: u64, handle: u64) -> Result<Reply, Rv> {
         let state = self.lock();
         let (_, _, object) = Self::object_of(&state, client, session, handle)?;
-        let sealed = object.sealed.as_ref().map_or(0, |s| s.len() as u64);
-        Ok(Reply::Number(object.attributes.size() + sealed))
+        Ok(Reply::Number(object.held_bytes()))
     }
 
     pub(crate) fn get_attributes(

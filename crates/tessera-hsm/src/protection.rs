@@ -216,7 +216,7 @@ fn unlock_secret(
                 .last()
                 .is_some_and(|b| *b == b'\n' || *b == b'\r')
             {
-                bytes.expose_mut().pop();
+                bytes.pop();
             }
             if bytes.len() < 8 {
                 return Err(error(

@@ -70,9 +70,7 @@ pub(crate) fn wrap(
             let mut input = SecretBytes::from_slice(value);
             if mechanism.ty == ck::CKM_AES_KEY_WRAP_PAD as u64 {
                 let pad = 8 - input.len() % 8;
-                input
-                    .expose_mut()
-                    .extend(std::iter::repeat_n(pad as u8, pad));
+                input.extend_from_slice(&[pad as u8; 8][..pad]);
             } else if !input.len().is_multiple_of(8) || input.len() < 16 {
                 return Err(Rv::KeySizeRange);
             }
@@ -126,7 +124,7 @@ pub(crate) fn unwrap(
                 .unwrap(wrapped, out.expose_mut())
                 .map_err(|_| Rv::WrappedKeyInvalid)?
                 .len();
-            out.expose_mut().truncate(len);
+            out.truncate(len);
             if mechanism.ty == ck::CKM_AES_KEY_WRAP_PAD as u64 {
                 let pad = usize::from(*out.expose().last().ok_or(Rv::WrappedKeyInvalid)?);
                 let bytes = out.expose();
@@ -139,7 +137,7 @@ pub(crate) fn unwrap(
                     return Err(Rv::WrappedKeyInvalid);
                 }
                 let keep = bytes.len() - pad;
-                out.expose_mut().truncate(keep);
+                out.truncate(keep);
             }
             Ok(out)
         }
@@ -153,7 +151,7 @@ pub(crate) fn unwrap(
                 .unwrap_with_padding(wrapped, out.expose_mut())
                 .map_err(|_| Rv::WrappedKeyInvalid)?
                 .len();
-            out.expose_mut().truncate(len);
+            out.truncate(len);
             Ok(out)
         }
         ck::CKM_RSA_PKCS_OAEP => {

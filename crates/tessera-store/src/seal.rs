@@ -74,7 +74,7 @@ fn open_with(key: &[u8], aad: &[u8], sealed: &[u8]) -> Result<SecretBytes, SealE
         .open_in_place(nonce, Aad::from(aad), plain.expose_mut())
         .map_err(|_| SealError::Authentication)?
         .len();
-    plain.expose_mut().truncate(len);
+    plain.truncate(len);
     Ok(plain)
 }
 

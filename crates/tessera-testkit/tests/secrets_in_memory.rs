@@ -324,3 +324,117 @@ fn no_pin_or_key_value_is_left_in_the_daemons_memory_after_the_session() {
         report.join("\n")
     );
 }
+
+/// The `VmFlags` of the mapping of process `pid` that starts at the start of `maps_line`.
+fn vm_flags(pid: u32, maps_line: &str) -> String {
+    let start = maps_line.split_whitespace().next().unwrap_or_default();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut inside = false;
+    for line in smaps.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if inside {
+                return flags.trim().to_string();
+            }
+        } else if line.split_whitespace().next().is_some_and(|r| r.contains('-')) {
+            inside = line.split_whitespace().next() == Some(start);
+        }
+    }
+    String::new()
+}
+
+/// While an application holds a key, the daemon holds its value: then only in pages that are
+/// locked in RAM (never written to swap) and left out of core dumps, whatever a scan of the
+/// daemon's memory finds. The PIN is not held at all after the login.
+#[test]
+fn a_key_in_use_is_held_only_in_locked_memory_left_out_of_dumps() {
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+
+    const SO: &str = "SOPIN-marker-77c1d0";
+    const USER: &str = "USERPIN-marker-3e9b51";
+    const VALUE: &[u8; 32] = b"KEYVALUE-marker-held-0123456789a";
+    let _serial = common::serialise();
+    let daemon = Daemon::start();
+    let pid = daemon.pid().unwrap();
+    let pkcs11 = common::load(&daemon.server_list(tessera_testkit::Transport::Unix));
+    let slot = pkcs11.get_slots_with_token().unwrap()[0];
+    let so_pin = AuthPin::new(SO.into());
+    pkcs11.init_token(slot, &so_pin, "held").unwrap();
+    let session = pkcs11.open_rw_session(slot).unwrap();
+    session.login(UserType::So, Some(&so_pin)).unwrap();
+    session.init_pin(&AuthPin::new(USER.into())).unwrap();
+    session.logout().unwrap();
+    session
+        .login(UserType::User, Some(&AuthPin::new(USER.into())))
+        .unwrap();
+    let mut keys = Vec::new();
+    for token in [false, true] {
+        let key = session
+            .create_object(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::Token(token),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+                Attribute::Value(VALUE.to_vec()),
+            ])
+            .unwrap();
+        let iv = [3u8; 16];
+        let cipher = session
+            .encrypt(&Mechanism::AesCbcPad(iv), key, b"some plaintext")
+            .unwrap();
+        session.decrypt(&Mechanism::AesCbcPad(iv), key, &cipher).unwrap();
+        keys.push(key);
+    }
+
+    // Frames and stacks are wiped soon after each call: scanned until only held copies are
+    // left, for at most 5 s.
+    let markers: [&[u8]; 3] = [SO.as_bytes(), USER.as_bytes(), VALUE];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let exposed = loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let exposed: Vec<String> = scan(pid, &markers)
+            .into_iter()
+            .filter_map(|(i, region, count)| {
+                let flags = vm_flags(pid, &region);
+                let protected = |f| flags.split(' ').any(|x| x == f);
+                let held = i == 2 && protected("lo") && protected("dd");
+                let name = ["the SO PIN", "the user PIN", "the key value"][i];
+                (!held).then(|| format!("{name} x{count} in {region} (VmFlags: {flags})"))
+            })
+            .collect();
+        if exposed.is_empty() || std::time::Instant::now() >= deadline {
+            break exposed;
+        }
+    };
+    assert!(
+        exposed.is_empty(),
+        "outside locked, non-dumpable memory of the daemon:\n{}",
+        exposed.join("\n")
+    );
+    for key in keys {
+        session.destroy_object(key).unwrap();
+    }
+}
+
+/// Without `CAP_IPC_LOCK` and with `RLIMIT_MEMLOCK` 0 the daemon cannot lock the pages for
+/// secrets: it still serves, and says so at start with the limit and how to raise it.
+#[test]
+fn a_daemon_that_cannot_lock_memory_says_so_and_how_to_fix_it() {
+    let _serial = common::serialise();
+    let launcher = "exec prlimit --memlock=0:0 setpriv --inh-caps=-ipc_lock --bounding-set=-ipc_lock";
+    let daemon = Daemon::start_prepared(Some(launcher), |_| {}, &[]).unwrap();
+    let pkcs11 = common::load(&daemon.server_list(tessera_testkit::Transport::Unix));
+    assert!(!pkcs11.get_slots_with_token().unwrap().is_empty());
+    let log = daemon.log();
+    assert!(
+        log.contains("cannot lock the memory that holds PINs and key values")
+            && log.contains("rlimit_memlock=0 KiB")
+            && log.contains("LimitMEMLOCK="),
+        "{log}"
+    );
+}

@@ -262,7 +262,7 @@ pub(crate) fn finish_rsa(cipher: RsaCipher, data: &SecretBytes) -> Result<Output
                 .decrypt(data.expose(), out.expose_mut())
                 .map_err(|_| Rv::EncryptedDataInvalid)?
                 .len();
-            out.expose_mut().truncate(len);
+            out.truncate(len);
             Ok(Output::Secret(out))
         }
     }

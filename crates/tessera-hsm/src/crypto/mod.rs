@@ -674,8 +674,8 @@ impl Operation {
                 }
                 // Room for a block of padding or a tag too, so that the buffer is not moved
                 // (leaving a copy behind) when the operation finishes in place.
-                buffer.expose_mut().reserve(data.len() + 16);
-                buffer.expose_mut().extend_from_slice(data);
+                buffer.reserve(data.len() + 16);
+                buffer.extend_from_slice(data);
                 Ok(())
             }
         }
@@ -807,7 +807,7 @@ fn finish_oaep(
                 .decrypt(algorithm, data.expose(), out.expose_mut(), label)
                 .map_err(|_| Rv::EncryptedDataInvalid)?
                 .len();
-            out.expose_mut().truncate(len);
+            out.truncate(len);
             Ok(Output::Secret(out))
         }
     }
@@ -945,7 +945,7 @@ fn finish_aes(
                     )
                     .map_err(|_| Rv::EncryptedDataInvalid)?
                     .len();
-                data.expose_mut().truncate(plain_len);
+                data.truncate(plain_len);
                 Ok(Output::Secret(data))
             }
         }
@@ -979,7 +979,7 @@ fn gcm(
     if encrypt {
         // Encrypted in its own buffer (room for the tag was reserved when the data came in):
         // the plaintext is overwritten, not copied.
-        let mut out = std::mem::take(data.expose_mut());
+        let mut out = data.take_bytes();
         let plain_len = out.len();
         aead_key
             .seal_in_place_append_tag(nonce()?, Aad::from(aad), &mut out)
@@ -995,7 +995,7 @@ fn gcm(
             .open_in_place(nonce()?, Aad::from(aad), data.expose_mut())
             .map_err(|_| Rv::EncryptedDataInvalid)?
             .len();
-        data.expose_mut().truncate(plain_len);
+        data.truncate(plain_len);
         return Ok(Output::Secret(data));
     }
     let mut counter = [0u8; 16];

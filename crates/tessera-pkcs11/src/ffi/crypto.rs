@@ -51,7 +51,7 @@ unsafe fn produce(
     let delivered = output.deliver(produced.expose());
     // The spent buffer goes back to the pool for the next bulk call. Ciphertexts, signatures
     // and digests are not secret: a large one need not be wiped byte by byte first.
-    let mut spent = std::mem::take(produced.expose_mut());
+    let mut spent = produced.take_bytes();
     if operation == Operation::Decrypt {
         zeroize::Zeroize::zeroize(&mut spent);
     }

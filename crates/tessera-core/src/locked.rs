@@ -1,0 +1,206 @@
+//! Pages for small secrets: locked in RAM (`mlock`, so they are never written to swap) and left
+//! out of core dumps (`MADV_DONTDUMP`).
+//!
+//! Every PIN and every key value fits in a slot of at most [`LARGEST`] bytes. Slots come in
+//! power-of-two sizes carved out of 64 KiB anonymous mappings; a spent slot is wiped and kept for
+//! the next secret of its size, so the mappings are made once and live as long as the process.
+//! Locking may fail (`RLIMIT_MEMLOCK` too small): the slot is then still excluded from dumps,
+//! and [`report`] says what could not be locked and why, for the daemon to warn about.
+//!
+//! Nothing here blocks for long or can deadlock a forked child: the pool is taken with a
+//! bounded number of `try_lock` attempts, and a caller that does not get it (or a failed
+//! mapping) falls back to the heap, where the secret is still wiped when dropped.
+
+use std::sync::{Mutex, MutexGuard, TryLockError};
+
+use memmap2::{Advice, MmapMut, MmapOptions};
+use zeroize::Zeroize;
+
+/// Slot sizes, smallest first.
+const CLASSES: [usize; 10] = [32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384];
+
+/// The largest secret kept in locked pages: an RSA-8192 private key in PKCS#8 is about 4.8 KiB.
+pub const LARGEST: usize = CLASSES[CLASSES.len() - 1];
+
+/// Bytes mapped at a time for one slot size.
+const CHUNK: usize = 64 * 1024;
+
+/// Attempts at the pool's lock before falling back to the heap.
+const ATTEMPTS: usize = 64;
+
+/// One slot of locked memory, owned by one secret.
+pub struct Slot(&'static mut [u8]);
+
+impl Slot {
+    /// The slot's bytes (its whole capacity).
+    pub fn bytes(&self) -> &[u8] {
+        self.0
+    }
+
+    /// The slot's bytes, writable.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        self.0
+    }
+
+    /// How many bytes the slot holds.
+    pub fn capacity(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// How much of the memory holding secrets is locked, and why the rest is not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Bytes mapped for secrets and locked in RAM.
+    pub locked: usize,
+    /// Bytes mapped for secrets that could not be locked.
+    pub unlocked: usize,
+    /// The first error from `mlock` or `madvise`, if any.
+    pub error: Option<String>,
+}
+
+struct Pool {
+    free: [Vec<&'static mut [u8]>; CLASSES.len()],
+    report: Report,
+}
+
+static POOL: Mutex<Pool> = Mutex::new(Pool {
+    free: [const { Vec::new() }; CLASSES.len()],
+    report: Report {
+        locked: 0,
+        unlocked: 0,
+        error: None,
+    },
+});
+
+fn pool() -> Option<MutexGuard<'static, Pool>> {
+    for _ in 0..ATTEMPTS {
+        match POOL.try_lock() {
+            Ok(pool) => return Some(pool),
+            Err(TryLockError::Poisoned(poisoned)) => return Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => std::thread::yield_now(),
+        }
+    }
+    None
+}
+
+fn class_of(capacity: usize) -> Option<usize> {
+    CLASSES.iter().position(|&size| size >= capacity)
+}
+
+/// A slot of at least `capacity` bytes, or `None` when the secret is too large for one or no
+/// locked memory could be had (the caller then uses the heap).
+pub fn take(capacity: usize) -> Option<Slot> {
+    let class = class_of(capacity)?;
+    let mut pool = pool()?;
+    if pool.free[class].is_empty() {
+        pool.refill(class)?;
+    }
+    pool.free[class].pop().map(Slot)
+}
+
+/// Wipes a slot and keeps it for the next secret of its size.
+pub fn give(slot: Slot) {
+    slot.0.zeroize();
+    let Some(class) = class_of(slot.capacity()) else {
+        return;
+    };
+    // Without the pool's lock (a forked child, or a long wait) the wiped slot is left unused.
+    if let Some(mut pool) = pool() {
+        pool.free[class].push(slot.0);
+    }
+}
+
+/// What the memory holding secrets is like so far. Takes one slot first, so that a process
+/// that has not yet held a secret learns now whether locking works.
+pub fn report() -> Report {
+    if let Some(slot) = take(1) {
+        give(slot);
+    }
+    pool().map(|pool| pool.report.clone()).unwrap_or_default()
+}
+
+impl Pool {
+    /// Maps, locks and marks one more chunk of slots of size `CLASSES[class]`.
+    fn refill(&mut self, class: usize) -> Option<()> {
+        let map: MmapMut = MmapOptions::new().len(CHUNK).map_anon().ok()?;
+        let dump = map.advise(Advice::DontDump);
+        let lock = map.lock();
+        match (&lock, &dump) {
+            (Ok(()), _) => self.report.locked += CHUNK,
+            (Err(_), _) => self.report.unlocked += CHUNK,
+        }
+        if self.report.error.is_none() {
+            self.report.error = match (lock, dump) {
+                (Err(e), _) => Some(format!("mlock: {e}")),
+                (_, Err(e)) => Some(format!("madvise(MADV_DONTDUMP): {e}")),
+                _ => None,
+            };
+        }
+        // The chunk lives as long as the process: its slots are handed out and taken back.
+        let chunk: &'static mut MmapMut = Box::leak(Box::new(map));
+        let slots = chunk.chunks_exact_mut(CLASSES[class]);
+        self.free[class].extend(slots);
+        Some(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The `VmFlags` line of the mapping in `/proc/self/smaps` that holds `address`.
+    pub(crate) fn vm_flags(address: usize) -> String {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("read /proc/self/smaps");
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some(flags) = line.strip_prefix("VmFlags:") {
+                if inside {
+                    return flags.trim().to_owned();
+                }
+                continue;
+            }
+            let range = line.split_whitespace().next().and_then(|r| r.split_once('-'));
+            if let Some((start, end)) = range {
+                let parse = |hex| usize::from_str_radix(hex, 16);
+                if let (Ok(start), Ok(end)) = (parse(start), parse(end)) {
+                    inside = (start..end).contains(&address);
+                }
+            }
+        }
+        panic!("no mapping holds {address:#x}")
+    }
+
+    #[test]
+    fn slots_are_locked_and_left_out_of_core_dumps() {
+        let slot = take(20).expect("a slot");
+        assert_eq!(slot.capacity(), 32);
+        let flags = vm_flags(slot.bytes().as_ptr() as usize);
+        let report = report();
+        assert!(flags.split(' ').any(|f| f == "dd"), "not MADV_DONTDUMP: {flags}");
+        assert!(
+            flags.split(' ').any(|f| f == "lo"),
+            "not locked: {flags} ({report:?}; RLIMIT_MEMLOCK too small for this test?)"
+        );
+        assert!(report.locked >= CHUNK && report.error.is_none(), "{report:?}");
+        give(slot);
+    }
+
+    #[test]
+    fn a_spent_slot_is_wiped_before_reuse() {
+        let mut slot = take(1000).expect("a slot");
+        slot.bytes_mut().fill(0xA5);
+        let address = slot.bytes().as_ptr();
+        give(slot);
+        // Another test may take the same slot meanwhile; any slot handed out is clean.
+        let again = take(1000).expect("a slot");
+        assert!(again.bytes().iter().all(|&b| b == 0), "slot at {address:?} not wiped");
+        give(again);
+    }
+
+    #[test]
+    fn too_large_secrets_get_no_slot() {
+        give(take(LARGEST).expect("a slot of the largest size"));
+        assert!(take(LARGEST + 1).is_none());
+    }
+}
