@@ -26,6 +26,9 @@ pub enum DeviceKeyProtection {
     KeyFile(PathBuf),
     /// A passphrase read from this file (`-`: standard input) at every start.
     PassphraseFile(PathBuf),
+    /// A passphrase given at this start (asked on the terminal); the same protection as
+    /// [`DeviceKeyProtection::PassphraseFile`].
+    Passphrase(std::sync::Arc<SecretBytes>),
     /// A systemd credential: `$CREDENTIALS_DIRECTORY/NAME` (32 or more bytes).
     Credential(String),
 }
@@ -48,7 +51,7 @@ fn kind_of(protection: &DeviceKeyProtection) -> u8 {
     match protection {
         DeviceKeyProtection::Embedded => 0,
         DeviceKeyProtection::KeyFile(_) => 1,
-        DeviceKeyProtection::PassphraseFile(_) => 2,
+        DeviceKeyProtection::PassphraseFile(_) | DeviceKeyProtection::Passphrase(_) => 2,
         DeviceKeyProtection::Credential(_) => 3,
     }
 }
@@ -209,24 +212,30 @@ fn unlock_secret(
                 check_private(path)?;
                 std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes).map(|_| ()))
             };
-            let mut bytes = SecretBytes::new(bytes);
+            let bytes = SecretBytes::new(bytes);
             read.map_err(|e| error(path, e))?;
-            while bytes
-                .expose()
-                .last()
-                .is_some_and(|b| *b == b'\n' || *b == b'\r')
-            {
-                bytes.pop();
-            }
-            if bytes.len() < 8 {
-                return Err(error(
-                    path,
-                    "the device key passphrase is empty or shorter than 8 characters",
-                ));
-            }
+            Ok((passphrase(bytes).map_err(|e| error(path, e))?, iterations.max(1)))
+        }
+        DeviceKeyProtection::Passphrase(given) => {
+            let bytes = passphrase(given.duplicate()).map_err(|e| error(Path::new("the terminal"), e))?;
             Ok((bytes, iterations.max(1)))
         }
     }
+}
+
+/// A passphrase without its line end; at least 8 bytes.
+fn passphrase(mut bytes: SecretBytes) -> Result<SecretBytes, &'static str> {
+    while bytes
+        .expose()
+        .last()
+        .is_some_and(|b| *b == b'\n' || *b == b'\r')
+    {
+        bytes.pop();
+    }
+    if bytes.len() < 8 {
+        return Err("the device key passphrase is empty or shorter than 8 characters");
+    }
+    Ok(bytes)
 }
 
 /// The opened device key, how it is protected, and whether this start set up or changed that

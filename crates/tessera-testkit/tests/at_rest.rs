@@ -200,3 +200,79 @@ fn a_copied_data_directory_does_not_start_without_its_key_file() {
         "{log}"
     );
 }
+
+/// `--device-key-passphrase-file -` on a terminal asks for the passphrase with the terminal's
+/// echo off: what an operator types at start is not shown on the screen nor kept in a
+/// terminal log (`script` records everything the terminal displays). The daemon then starts
+/// with that passphrase, and refuses the wrong one at the next start.
+#[test]
+fn a_passphrase_asked_on_the_terminal_is_not_echoed() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+
+    const PASSPHRASE: &str = "typed-marker-passphrase-5c2e";
+    let dir = tempfile::tempdir().unwrap();
+    let start = |typed: &str| -> (String, bool) {
+        let command = format!(
+            "exec {} --data-dir {} --listen unix:{} --kdf-iterations 1 --device-key-passphrase-file -",
+            tessera_testkit::binary("tesserad").display(),
+            dir.path().join("data").display(),
+            dir.path().join("tesserad.sock").display(),
+        );
+        // `script` runs the daemon on a new pseudo-terminal and copies what it displays.
+        let mut script = Command::new("script")
+            .args(["-qfec", &command, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("script (bsdutils)");
+        let mut out = script.stdout.take().unwrap();
+        let mut shown = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut typed_yet = false;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut ready = false;
+        // Typed only once the prompt is up (as a person would): echo is off by then.
+        while std::time::Instant::now() < deadline {
+            let n = out.read(&mut buf).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            shown.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&shown);
+            if !typed_yet && text.contains("Tessera device key passphrase:") {
+                let stdin = script.stdin.as_mut().unwrap();
+                stdin.write_all(format!("{typed}\n").as_bytes()).unwrap();
+                stdin.flush().unwrap();
+                typed_yet = true;
+            }
+            if text.contains("tesserad ready") {
+                ready = true;
+                break;
+            }
+        }
+        let _ = script.kill();
+        let _ = Command::new("pkill").args(["-f", &dir.path().display().to_string()]).status();
+        let _ = script.wait();
+        (String::from_utf8_lossy(&shown).into_owned(), ready)
+    };
+
+    let (shown, ready) = start(PASSPHRASE);
+    assert!(ready, "the daemon did not start:\n{shown}");
+    assert!(shown.contains("Tessera device key passphrase:"), "{shown}");
+    assert!(
+        !shown.contains(PASSPHRASE) && !shown.contains("typed-marker"),
+        "the passphrase was echoed:\n{shown}"
+    );
+    // Wait for the first daemon to be gone before the next start on the same directory.
+    assert!(tessera_testkit::wait_until(std::time::Duration::from_secs(10), || {
+        Command::new("pgrep")
+            .args(["-f", &dir.path().display().to_string()])
+            .status()
+            .is_ok_and(|s| !s.success())
+    }));
+    let (shown, ready) = start("another-wrong-passphrase");
+    assert!(!ready, "started with the wrong passphrase:\n{shown}");
+    assert!(!shown.contains("another-wrong"), "echoed:\n{shown}");
+}

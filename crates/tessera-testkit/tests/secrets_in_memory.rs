@@ -252,6 +252,17 @@ fn scan(pid: u32, markers: &[&[u8]]) -> Vec<(usize, String, usize)> {
 /// closed.
 #[test]
 fn no_pin_or_key_value_is_left_in_the_daemons_memory_after_the_session() {
+    nothing_left_after_the_session(false);
+}
+
+/// The same workload through a full secure-messaging channel (`nuNU`): the PINs and the key
+/// value arrive sealed and are opened in the daemon's frame buffers, which must be wiped too.
+#[test]
+fn no_pin_or_key_value_is_left_in_the_daemons_memory_after_a_session_on_a_channel() {
+    nothing_left_after_the_session(true);
+}
+
+fn nothing_left_after_the_session(channel: bool) {
     use cryptoki::mechanism::Mechanism;
     use cryptoki::object::{Attribute, KeyType, ObjectClass};
     use cryptoki::session::UserType;
@@ -262,10 +273,25 @@ fn no_pin_or_key_value_is_left_in_the_daemons_memory_after_the_session() {
     const VALUE: &[u8; 32] = b"KEYVALUE-marker-0123456789abcdef";
     let _serial = common::serialise();
     let daemon = Daemon::start();
-    let pkcs11 = common::load(&daemon.server_list(tessera_testkit::Transport::Unix));
+    let transport = tessera_testkit::Transport::Unix;
+    let pkcs11 = if channel {
+        daemon.secure(transport, "nuNU");
+        common::load_secured(&daemon, transport)
+    } else {
+        common::load(&daemon.server_list(transport))
+    };
     let slot = pkcs11.get_slots_with_token().unwrap()[0];
     let so_pin = AuthPin::new(SO.into());
-    pkcs11.init_token(slot, &so_pin, "markers").unwrap();
+    if channel {
+        // Under nuNU the token is set up with the administration tool, through the channel.
+        let file = daemon.dir().join("so.pin");
+        std::fs::write(&file, format!("{SO}\n")).unwrap();
+        let file = file.display().to_string();
+        daemon.admin(transport, &["-n0", "--label", "markers", "--so-pin-file", &file]);
+        std::fs::remove_file(&file).unwrap();
+    } else {
+        pkcs11.init_token(slot, &so_pin, "markers").unwrap();
+    }
     {
         let session = pkcs11.open_rw_session(slot).unwrap();
         session.login(UserType::So, Some(&so_pin)).unwrap();

@@ -14,6 +14,7 @@ mod guard;
 mod local;
 mod logfile;
 mod memory;
+mod prompt;
 mod secure;
 mod server;
 
@@ -179,8 +180,9 @@ struct Args {
     device_key_file: Option<PathBuf>,
 
     /// Protect the device key with a passphrase read from FILE at every start (`-`: standard
-    /// input, e.g. `systemd-ask-password | tesserad --device-key-passphrase-file -`). The
-    /// device does not start unattended.
+    /// input: asked with the terminal's echo off when it is a terminal, else read from it, e.g.
+    /// `systemd-ask-password | tesserad --device-key-passphrase-file -`). The device does not
+    /// start unattended.
     #[arg(long, value_name = "FILE", conflicts_with = "device_key_credential")]
     device_key_passphrase_file: Option<PathBuf>,
 
@@ -325,7 +327,17 @@ fn main() -> ExitCode {
             device_key: if let Some(path) = args.device_key_file.clone() {
                 tessera_hsm::DeviceKeyProtection::KeyFile(path)
             } else if let Some(path) = args.device_key_passphrase_file.clone() {
-                tessera_hsm::DeviceKeyProtection::PassphraseFile(path)
+                if path.as_os_str() == "-" && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                    match prompt::ask_passphrase() {
+                        Ok(given) => tessera_hsm::DeviceKeyProtection::Passphrase(given.into()),
+                        Err(e) => {
+                            eprintln!("tesserad: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                } else {
+                    tessera_hsm::DeviceKeyProtection::PassphraseFile(path)
+                }
             } else if let Some(name) = args.device_key_credential.clone() {
                 tessera_hsm::DeviceKeyProtection::Credential(name)
             } else {
