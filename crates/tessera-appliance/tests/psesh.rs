@@ -97,13 +97,19 @@ fn each_user_needs_hsm_cert_before_hsm_commands_under_secure_messaging() {
     let appliance = Appliance::start();
     // The HSM gets an identity and requires secure messaging for everything.
     appliance.daemon.secure(Transport::Unix, "nuNU");
-    for user in ["pseoperator", "admin"] {
-        for command in [
-            "hsm show\n",
-            "hsm channels\n",
-            "hsm events\n",
-            "date sync\n",
-        ] {
+    for user in ["pseoperator", "admin", "audit"] {
+        // audit's hsm commands are the chain and the event log.
+        let commands: &[&str] = if user == "audit" {
+            &["hsm events\n"]
+        } else {
+            &[
+                "hsm show\n",
+                "hsm channels\n",
+                "hsm events\n",
+                "date sync\n",
+            ]
+        };
+        for command in commands {
             let (ok, _, err) = appliance.run(user, command);
             assert!(!ok, "{user}: {command}");
             assert!(
@@ -125,25 +131,34 @@ fn each_user_needs_hsm_cert_before_hsm_commands_under_secure_messaging() {
         let (ok, out, _) = appliance.run(user, "hsm cert show\n");
         assert!(ok);
         assert!(out.contains("is empty"), "{out}");
-        let (ok, out, err) = appliance.run(
-            user,
-            &format!("hsm cert\ny\nhsm show\nhsm channels\n{ADMIN_PIN}\nhsm events\n{ADMIN_PIN}\n"),
-        );
+        let input = if user == "audit" {
+            format!("hsm cert\ny\nhsm cert show\nhsm events\n{ADMIN_PIN}\n")
+        } else {
+            format!("hsm cert\ny\nhsm show\nhsm channels\n{ADMIN_PIN}\nhsm events\n{ADMIN_PIN}\n")
+        };
+        let (ok, out, err) = appliance.run(user, &input);
         assert!(ok, "{user}: {out}\n{err}");
         assert!(out.contains("subject") && out.contains("SHA-256") && out.contains("serial"));
         assert!(
-            out.contains("2 certificate(s) added to the trust store of"),
-            "{out}"
-        );
-        assert!(
-            out.contains("Security Flags        : 0x00000186 (nuNU)"),
-            "{out}"
-        );
-        assert!(
-            out.contains("channel(s)") && out.contains("SRPEDT"),
+            out.contains(&format!(
+                "2 certificate(s) added to the trust store of {user}"
+            )),
             "{out}"
         );
         assert!(out.contains("Event log integrity: OK"), "{out}");
+        if user == "audit" {
+            // hsm cert show lists what was just added.
+            assert_eq!(out.matches("\n  subject").count(), 4, "{out}");
+        } else {
+            assert!(
+                out.contains("Security Flags        : 0x00000186 (nuNU)"),
+                "{out}"
+            );
+            assert!(
+                out.contains("channel(s)") && out.contains("SRPEDT"),
+                "{out}"
+            );
+        }
     }
     // Each user's store is its own: clearing pseoperator's leaves admin's working.
     let (ok, out, _) = appliance.run("pseoperator", "hsm cert clear\ny\nhsm show\n");
@@ -155,6 +170,7 @@ fn each_user_needs_hsm_cert_before_hsm_commands_under_secure_messaging() {
     for needle in [
         "pseoperator  hsm cert: trusted",
         "admin        hsm cert: trusted",
+        "audit        hsm cert: trusted",
         "pseoperator  hsm cert clear (2 certificate(s))",
         "admin        login (scripted)",
     ] {
@@ -183,23 +199,56 @@ fn abbreviations_roles_passwords_and_the_audit_log() {
         err.contains("\"c\" is ambiguous: it could be cert or channels"),
         "{err}"
     );
-    // Role refusals.
-    for (user, command, owner) in [
-        ("pseoperator", "user list", "admin"),
-        ("audit", "hsm show", "admin and pseoperator"),
-        ("audit", "clients show", "admin and pseoperator"),
-        ("admin", "audit show", "audit"),
-        ("pseoperator", "audit rotate", "audit"),
-        ("pseoperator", "log show", "admin"),
+    // Role refusals: audit has of hsm only the chain and the event log.
+    for (user, command, refused, owner) in [
+        ("pseoperator", "user list", "user", "admin"),
+        ("audit", "hsm show", "hsm show", "admin and pseoperator"),
+        ("audit", "hsm", "hsm show", "admin and pseoperator"),
+        ("audit", "HSM SH", "hsm show", "admin and pseoperator"),
+        (
+            "audit",
+            "hsm channels",
+            "hsm channels",
+            "admin and pseoperator",
+        ),
+        ("audit", "hsm ch", "hsm channels", "admin and pseoperator"),
+        ("audit", "clients show", "clients", "admin and pseoperator"),
+        ("audit", "date show", "date", "admin and pseoperator"),
+        ("audit", "date sync", "date", "admin and pseoperator"),
+        ("audit", "network show", "network", "admin and pseoperator"),
+        ("audit", "user list", "user", "admin"),
+        ("audit", "log show", "log", "admin"),
+        ("admin", "audit show", "audit", "audit"),
+        ("pseoperator", "audit rotate", "audit", "audit"),
+        ("pseoperator", "log show", "log", "admin"),
     ] {
         let (ok, _, err) = appliance.run(user, &format!("{command}\n"));
         assert!(!ok, "{user} {command}");
-        let name = command.split(' ').next().unwrap();
         assert!(
-            err.contains(&format!("\"{name}\" is for {owner}; you are {user}")),
+            err.contains(&format!("\"{refused}\" is for {owner}; you are {user}")),
             "{user} {command}: {err}"
         );
+        assert!(
+            appliance
+                .audit_log()
+                .contains(&format!("{user:<11}  refused: {command}\n")),
+            "{user} {command}"
+        );
     }
+    // audit's help says which hsm commands are not its own; its hsm commands are not refused.
+    let (ok, out, err) = appliance.run("audit", "help\nhelp hsm\nwhoami\nhsm cert show\n");
+    assert!(ok, "{err}");
+    assert!(out.contains("  hsm       the housed HSM"), "{out}");
+    assert!(
+        out.contains("(hsm show: for admin and pseoperator; not for audit)")
+            && out.contains("(hsm channels: for admin and pseoperator; not for audit)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("audit: the appliance audit log, the HSM's event log"),
+        "{out}"
+    );
+    assert!(out.contains("The trust store of audit is empty"), "{out}");
     // admin may do what pseoperator may, and manages users.
     let (ok, out, err) = appliance.run("admin", "clients show\nuser list\ndate show\n");
     assert!(ok, "{err}");
