@@ -7,6 +7,7 @@
 //! | --- | --- |
 //! | `users` | the users' salted password hashes ([`users`]) |
 //! | `trust/<user>/` | each user's appliance trust store (what `hsm cert` fetched) |
+//! | `known/<user>/known_devices` | each user's known devices (`known/<user>/` is its alone) |
 //! | `audit.log` | the appliance audit log ([`audit`]) |
 //! | `clients` | the client access list the daemon enforces ([`tessera_config::access`]) |
 //! | `listen` | the addresses to serve, set with `network add/remove` |
@@ -14,6 +15,9 @@
 //! | `tesserad.log` | the daemon's log |
 //! | `client.log` | the reports of the client library psesh uses |
 //! | `history/<user>` | each user's shell history |
+//!
+//! Directories are [`DIR_MODE`] and files [`FILE_MODE`], set explicitly whatever the umask, so
+//! that the daemon's account and the three appliance accounts share them through one group.
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -34,14 +38,90 @@ pub const FILE_MODE: u32 = 0o660;
 /// Directories of the appliance state: the group's, set-group-ID so new files stay in it.
 pub const DIR_MODE: u32 = 0o2770;
 
-/// Creates `dir` (and missing parents) with [`DIR_MODE`].
+/// A directory of one appliance user (`known/<user>`): the client library refuses a
+/// known-devices file in a directory that group or others can write.
+pub const PRIVATE_DIR_MODE: u32 = 0o2700;
+
+/// Creates `dir` and its missing parents with [`DIR_MODE`].
 pub fn create_dir(dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+    create_dir_with(dir, DIR_MODE, DIR_MODE)
+}
+
+/// Creates `dir` (in missing parents of [`DIR_MODE`]) with [`PRIVATE_DIR_MODE`].
+pub fn create_private_dir(dir: &Path) -> Result<(), String> {
+    create_dir_with(dir, PRIVATE_DIR_MODE, DIR_MODE)
+}
+
+/// Creates `dir` with `mode` and its missing parents with `parents_mode`, each set explicitly:
+/// `mkdir` takes the umask's bits off (022 leaves the group unable to write) and ignores the
+/// set-group-ID bit. Directories that exist are left as they are (another account's may not
+/// be changed); one made by another process at the same moment is taken as it is.
+fn create_dir_with(dir: &Path, mode: u32, parents_mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && std::fs::symlink_metadata(d).is_err())
+        .collect();
+    for (index, created) in missing.iter().enumerate().rev() {
+        let wanted = if index == 0 { mode } else { parents_mode };
+        match std::fs::DirBuilder::new()
+            .mode(wanted & 0o777)
+            .create(created)
+        {
+            Ok(()) => std::fs::set_permissions(created, std::fs::Permissions::from_mode(wanted))
+                .map_err(|e| format!("cannot set the mode of {}: {e}", created.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("cannot create {}: {e}", created.display())),
+        }
+    }
+    if !dir.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    Ok(())
+}
+
+/// Opens `path` for appending; a new file is made with [`FILE_MODE`], set explicitly (the
+/// umask would take the group's write bit off, and the next account could not append).
+pub fn open_shared(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .mode(FILE_MODE)
+        .open(path)
+    {
+        Ok(file) => {
+            file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+            Ok(file)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::OpenOptions::new().append(true).open(path)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// What to run when an appliance account may not write `path` of the state: give it to the
+/// state directory's group with [`FILE_MODE`] (a file made before the modes were set
+/// explicitly, or by hand).
+pub fn sharing_fix(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let group = path
+        .parent()
+        .and_then(|dir| std::fs::metadata(dir).ok())
+        .map_or("GROUP".to_string(), |m| m.gid().to_string());
+    format!(
+        "; the appliance accounts share it through the state directory's group: as root, run `chgrp {group} {0} && chmod {FILE_MODE:o} {0}`",
+        path.display()
+    )
+}
+
+/// Sets [`FILE_MODE`] on a file this process has just made in the state (through a library
+/// that applies the umask).
+pub fn share_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(FILE_MODE))
+        .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))
 }
 
 /// Replaces `path` with `text` atomically, group-shared ([`FILE_MODE`]).

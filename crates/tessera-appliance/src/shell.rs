@@ -830,9 +830,13 @@ impl Shell<'_> {
                 if !yes(answer) {
                     return Err("the chain was not added".into());
                 }
+                // The store is made here, group-shared like all the state (the trust store
+                // would make it with the umask's modes).
+                crate::create_dir(&store.dir)?;
                 let mut fingerprints = Vec::new();
                 for der in &chain {
-                    store.add(der).map_err(|e| e.to_string())?;
+                    let file = store.add(der).map_err(|e| e.to_string())?;
+                    crate::share_file(&file)?;
                     fingerprints.push(tessera_identity::inspect::fingerprint(der));
                 }
                 self.record(&format!("hsm cert: trusted {}", fingerprints.join(", ")))?;

@@ -199,6 +199,35 @@ fn setup(state: &Path, passwords_file: Option<&Path>, iterations: u32) -> Result
     Ok(())
 }
 
+/// The known-devices file of `role`: `known/<user>/known_devices`, in a directory of its own
+/// (the client library refuses a file in a directory that others own or can write, and
+/// `known/` is shared by the accounts). A file `known/<user>`, where earlier versions kept
+/// it, is moved there.
+fn known_devices(state: &Path, role: Role) -> Result<PathBuf, String> {
+    let known = state.join("known");
+    tessera_appliance::create_dir(&known)?;
+    let dir = known.join(role.name());
+    let file = dir.join("known_devices");
+    // Moved aside first (the directory takes its name), then in: a run stopped between the
+    // two is finished by the next.
+    let moving = known.join(format!(".{}.moving", role.name()));
+    if dir.is_file() {
+        std::fs::rename(&dir, &moving)
+            .map_err(|e| format!("cannot move {} aside: {e}", dir.display()))?;
+    }
+    tessera_appliance::create_private_dir(&dir)?;
+    if moving.is_file() && !file.exists() {
+        std::fs::rename(&moving, &file).map_err(|e| {
+            format!(
+                "cannot move {} to {}: {e}",
+                moving.display(),
+                file.display()
+            )
+        })?;
+    }
+    Ok(file)
+}
+
 fn run(args: Args) -> Result<u8, String> {
     let data_dir = args
         .data_dir
@@ -290,12 +319,23 @@ fn run(args: Args) -> Result<u8, String> {
     std::env::set_var("ET_PTKC_TRUSTSTORE_SYSTEM", trust.join(".system"));
     // And its own known devices, beside its trust store: what one appliance user's channels
     // recorded must not decide for another's.
-    std::env::set_var(
-        "ET_PTKC_KNOWN_DEVICES_USER",
-        state.join("known").join(role.name()),
-    );
+    std::env::set_var("ET_PTKC_KNOWN_DEVICES_USER", known_devices(&state, role)?);
     if std::env::var_os("ET_PTKC_GENERAL_LOG").is_none() {
-        std::env::set_var("ET_PTKC_GENERAL_LOG", state.join("client.log"));
+        // Shared by the accounts: made here with the state's file mode, as the library
+        // would make it with the umask's (and then only its first account could append).
+        let log = state.join("client.log");
+        if let Err(e) = tessera_appliance::open_shared(&log) {
+            let fix = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                tessera_appliance::sharing_fix(&log)
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "psesh: warning: the client library cannot report to {}: {e}{fix}",
+                log.display()
+            );
+        }
+        std::env::set_var("ET_PTKC_GENERAL_LOG", log);
     }
     let mut failed = false;
     if scripted {
@@ -320,7 +360,9 @@ fn run(args: Args) -> Result<u8, String> {
         }
     } else {
         let history = state.join("history").join(role.name());
-        let _ = tessera_appliance::create_dir(&state.join("history"));
+        if let Err(e) = tessera_appliance::create_dir(&state.join("history")) {
+            eprintln!("psesh: warning: no history will be kept: {e}");
+        }
         let mut editor = rustyline::DefaultEditor::new()
             .map_err(|e| format!("cannot start line editing: {e}"))?;
         let _ = editor.load_history(&history);
