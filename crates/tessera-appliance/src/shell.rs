@@ -134,7 +134,7 @@ const COMMANDS: &[Spec] = &[
         roles: OPERATORS,
         narrower: &[],
         summary: "the addresses the HSM daemon serves",
-        help: "network show            where the daemon listens now, what it will listen on\n                        after a restart, and the address psesh uses\n\
+        help: "network show            where the daemon listens now (or that it is not running),\n                        what it will listen on after a restart, and the address\n                        psesh uses\n\
                network add ADDRESS     also serve ADDRESS (tcp:HOST:PORT or unix:PATH)\n\
                network remove ADDRESS  stop serving ADDRESS\n\
                Changes take effect when the daemon restarts.",
@@ -579,14 +579,29 @@ impl Shell<'_> {
             }
         };
         if sub == "show" {
-            match std::fs::read_to_string(self.state.join("listening")) {
-                Ok(text) => {
-                    println!("The HSM daemon serves now:");
-                    for line in text.lines() {
-                        println!("  {line}");
+            // `listening` is what the daemon served when it last started: it stays when the
+            // daemon stops, so each address is tried.
+            match listen::read_file(&self.state.join("listening")).ok().flatten() {
+                Some(recorded) => {
+                    let answering: Vec<bool> = recorded.iter().map(answers).collect();
+                    if answering.iter().any(|a| *a) {
+                        println!("The HSM daemon serves now:");
+                        for (address, answers) in recorded.iter().zip(&answering) {
+                            let note = if *answers { "" } else { " (not answering)" };
+                            println!("  {address}{note}");
+                        }
+                    } else {
+                        println!(
+                            "The HSM daemon is not running: nothing answers at the addresses it served when it last ran ({}). Start it (for example systemctl start tessera-appliance).",
+                            recorded
+                                .iter()
+                                .map(|a| a.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
                     }
                 }
-                Err(_) => println!("The HSM daemon has not recorded where it listens (is it running with --appliance?)."),
+                None => println!("The HSM daemon has not recorded where it listens (is it running with --appliance?)."),
             }
             println!(
                 "After a restart without --listen it serves ({}):",
@@ -848,6 +863,33 @@ impl Shell<'_> {
                 Ok(())
             }
         }
+    }
+}
+
+/// Whether something accepts connections at `address` (a daemon that stopped leaves its
+/// socket file behind, and nothing listens on its port). A TCP address on every interface is
+/// tried on the loopback interface.
+fn answers(address: &listen::Listen) -> bool {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+    match address {
+        listen::Listen::Unix(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
+        listen::Listen::Tcp(text) => text
+            .to_socket_addrs()
+            .map(|found| {
+                found.into_iter().any(|a| {
+                    let ip = match a.ip() {
+                        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                        ip => ip,
+                    };
+                    std::net::TcpStream::connect_timeout(
+                        &SocketAddr::new(ip, a.port()),
+                        std::time::Duration::from_secs(2),
+                    )
+                    .is_ok()
+                })
+            })
+            .unwrap_or(false),
     }
 }
 

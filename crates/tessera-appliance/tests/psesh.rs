@@ -483,8 +483,38 @@ fn network_settings_apply_when_the_daemon_next_starts() {
         out.contains(&format!("After a restart without --listen it serves (set with network add/remove):\n  tcp:127.0.0.1:{port}\n  unix:{}\n", socket.display())),
         "{out}"
     );
+    assert!(
+        out.contains(&format!(
+            "The HSM daemon serves now:\n  unix:{}\n  tcp:{}\n",
+            appliance.daemon.socket().display(),
+            appliance.daemon.tcp_address()
+        )),
+        "{out}"
+    );
+    // Killed, the daemon leaves its socket file and its record of what it served; network
+    // show says that it is not running instead of listing them as served.
+    appliance.daemon.kill9();
+    assert!(appliance.daemon.socket().exists());
+    let (ok, out, err) = appliance.run("pseoperator", "network show\n");
+    assert!(ok, "{err}");
+    assert!(!out.contains("serves now"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "The HSM daemon is not running: nothing answers at the addresses it served when it last ran (unix:{}, tcp:{}). Start it",
+            appliance.daemon.socket().display(),
+            appliance.daemon.tcp_address()
+        )),
+        "{out}"
+    );
+    // What it will serve is still shown.
+    assert!(
+        out.contains(&format!(
+            "  tcp:127.0.0.1:{port}\n  unix:{}\n",
+            socket.display()
+        )),
+        "{out}"
+    );
     // The daemon, restarted in appliance mode without --listen, serves what was set.
-    appliance.daemon.stop();
     let mut daemon = Command::new(binary("tesserad"))
         .args(["--appliance", "--kdf-iterations", "1000", "--data-dir"])
         .arg(appliance.daemon.data_dir())
