@@ -554,3 +554,79 @@ fn network_settings_apply_when_the_daemon_next_starts() {
         .audit_log()
         .contains(&format!("pseoperator  network add tcp:127.0.0.1:{port}")));
 }
+
+#[test]
+fn setup_from_a_passwords_file_sets_all_three_or_nothing() {
+    let daemon = Daemon::start_with(&["--appliance"]);
+    let file = daemon.dir().join("passwords");
+    let data_dir = daemon.data_dir();
+    let setup = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        let output = Command::new(binary("psesh"))
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["setup", "--kdf-iterations", "1000", "--passwords-file"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let users = data_dir.join("appliance/users");
+    let shown = file.display().to_string();
+    for (text, message) in [
+        (
+            "admin=admin-password-1\naudit=audit-password-1\n",
+            format!("{shown} has no line for pseoperator (add pseoperator=PASSWORD); nothing was set"),
+        ),
+        (
+            "admin=admin-password-1\npseoperator=operator-password-1\n\nauditor=audit-password-1\n",
+            format!("{shown} line 4: \"auditor\" is not an appliance user (they are admin, pseoperator, audit); nothing was set"),
+        ),
+        (
+            "admin=admin-password-1\npseoperator=operator-password-1\nadmin=other-password-1\naudit=audit-password-1\n",
+            format!("{shown} line 3: a second line for admin; keep one; nothing was set"),
+        ),
+        (
+            "admin=admin-password-1\npseoperator operator-password-1\naudit=audit-password-1\n",
+            format!("{shown} line 2: not NAME=PASSWORD (admin=..., pseoperator=..., audit=...); nothing was set"),
+        ),
+        (
+            "admin=admin-password-1\npseoperator=short\naudit=audit-password-1\n",
+            "the password for pseoperator needs at least 8 characters; nothing was set".into(),
+        ),
+    ] {
+        let (ok, _, err) = setup(text);
+        assert!(!ok, "{text}");
+        assert!(err.contains(&message), "{text}: {err}");
+        // No password is ever shown.
+        assert!(!err.contains("password-1"), "{err}");
+        assert!(!users.exists(), "{text} set something");
+    }
+    // Spaces around the name and the password are not theirs, and all after the first "=" is
+    // the password.
+    let (ok, out, err) = setup(
+        " admin = admin = password 1\npseoperator=operator-password-1\naudit=audit-password-1\n",
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("Appliance users set up: admin, pseoperator, audit."),
+        "{out}"
+    );
+    let appliance = Appliance { daemon };
+    let (ok, _, err) = appliance.run("pseoperator", "whoami\n");
+    assert!(ok, "{err}");
+    let login = appliance.script("admin", "admin = password 1", "whoami\n");
+    assert!(login.status.success(), "{login:?}");
+    // Once only.
+    let (ok, _, err) =
+        setup("admin=admin-password-1\npseoperator=operator-password-1\naudit=audit-password-1\n");
+    assert!(!ok);
+    assert!(
+        err.contains("the appliance users are already set up"),
+        "{err}"
+    );
+}

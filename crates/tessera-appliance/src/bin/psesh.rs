@@ -133,26 +133,46 @@ impl Console for Script {
     }
 }
 
+/// The lines `NAME=PASSWORD` of a passwords file (blank lines skipped; the password is all
+/// after the first `=`, without the spaces around it: `admin = secret` means `secret`). A line that is not one, or names no user or one already named, is an
+/// error naming the line but never showing it (it may hold a password).
+fn passwords_from(path: &Path) -> Result<Vec<(Role, Zeroizing<String>)>, String> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+    );
+    let mut given: Vec<(Role, Zeroizing<String>)> = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{} line {}", path.display(), index + 1);
+        let (name, password) = line.split_once('=').ok_or_else(|| {
+            format!(
+                "{}: not NAME=PASSWORD (admin=..., pseoperator=..., audit=...); nothing was set",
+                at()
+            )
+        })?;
+        let role =
+            Role::from_name(name.trim()).map_err(|e| format!("{}: {e}; nothing was set", at()))?;
+        if given.iter().any(|(r, _)| *r == role) {
+            return Err(format!(
+                "{}: a second line for {role}; keep one; nothing was set",
+                at()
+            ));
+        }
+        given.push((role, Zeroizing::new(password.trim().to_string())));
+    }
+    Ok(given)
+}
+
 fn setup(state: &Path, passwords_file: Option<&Path>, iterations: u32) -> Result<(), String> {
     let users = Users::new(state);
     if users.is_set_up()? {
         return Err("the appliance users are already set up; admin sets the others' passwords with \"user password NAME\", and each user changes their own with passwd".into());
     }
-    let given: Vec<(String, Zeroizing<String>)> = match passwords_file {
-        Some(path) => {
-            let text = Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-            );
-            text.lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(|l| {
-                    l.split_once('=')
-                        .map(|(n, p)| (n.trim().to_string(), Zeroizing::new(p.to_string())))
-                        .ok_or_else(|| format!("{}: lines must be NAME=PASSWORD", path.display()))
-                })
-                .collect::<Result<_, _>>()?
-        }
+    let given = match passwords_file {
+        Some(path) => passwords_from(path)?,
         None => Vec::new(),
     };
     let mut chosen = Vec::new();
@@ -160,9 +180,14 @@ fn setup(state: &Path, passwords_file: Option<&Path>, iterations: u32) -> Result
         let password = match passwords_file {
             Some(path) => given
                 .iter()
-                .find(|(n, _)| n == role.name())
+                .find(|(r, _)| *r == role)
                 .map(|(_, p)| p.clone())
-                .ok_or_else(|| format!("{} has no line for {role}", path.display()))?,
+                .ok_or_else(|| {
+                    format!(
+                        "{} has no line for {role} (add {role}=PASSWORD); nothing was set",
+                        path.display()
+                    )
+                })?,
             None => {
                 let first = Zeroizing::new(
                     rpassword::prompt_password(format!("Password for {role}: "))
