@@ -71,7 +71,17 @@ fn create_dir_with(dir: &Path, mode: u32, parents_mode: u32) -> Result<(), Strin
             Ok(()) => std::fs::set_permissions(created, std::fs::Permissions::from_mode(wanted))
                 .map_err(|e| format!("cannot set the mode of {}: {e}", created.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(format!("cannot create {}: {e}", created.display())),
+            Err(e) => {
+                // The directory to make it in is not the group's (made by hand, or by an
+                // earlier version).
+                let fix = match created.parent() {
+                    Some(parent) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                        fix_mode(parent, DIR_MODE)
+                    }
+                    _ => String::new(),
+                };
+                return Err(format!("cannot create {}: {e}{fix}", created.display()));
+            }
         }
     }
     if !dir.is_dir() {
@@ -101,17 +111,22 @@ pub fn open_shared(path: &Path) -> std::io::Result<std::fs::File> {
     }
 }
 
-/// What to run when an appliance account may not write `path` of the state: give it to the
-/// state directory's group with [`FILE_MODE`] (a file made before the modes were set
+/// What to run when an appliance account may not write the file `path` of the state: give
+/// it to the group of its directory with [`FILE_MODE`] (a file made before the modes were set
 /// explicitly, or by hand).
 pub fn sharing_fix(path: &Path) -> String {
+    fix_mode(path, FILE_MODE)
+}
+
+/// The advice of [`sharing_fix`] for `path` and `mode` (the group is its directory's).
+fn fix_mode(path: &Path, mode: u32) -> String {
     use std::os::unix::fs::MetadataExt;
     let group = path
         .parent()
         .and_then(|dir| std::fs::metadata(dir).ok())
         .map_or("GROUP".to_string(), |m| m.gid().to_string());
     format!(
-        "; the appliance accounts share it through the state directory's group: as root, run `chgrp {group} {0} && chmod {FILE_MODE:o} {0}`",
+        "; the appliance accounts share it through the state's group: as root, run `chgrp {group} {0} && chmod {mode:o} {0}`",
         path.display()
     )
 }
@@ -161,4 +176,52 @@ pub fn move_aside(path: &Path) -> Result<PathBuf, String> {
         "cannot find a free name to rotate {}",
         path.display()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn the_state_gets_its_modes_whatever_the_umask() {
+        // The modes are set after creation, so whatever the umask of the test run (022 in
+        // a login shell, 077 under some services) they end the same.
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("state/trust/admin");
+        create_dir(&deep).unwrap();
+        assert_eq!(mode(&dir.path().join("state")), 0o2770);
+        assert_eq!(mode(&dir.path().join("state/trust")), 0o2770);
+        assert_eq!(mode(&deep), 0o2770);
+        let private = dir.path().join("state/known/admin");
+        create_private_dir(&private).unwrap();
+        assert_eq!(mode(&dir.path().join("state/known")), 0o2770);
+        assert_eq!(mode(&private), 0o2700);
+        // Existing directories are left as they are.
+        std::fs::set_permissions(&deep, std::fs::Permissions::from_mode(0o750)).unwrap();
+        create_dir(&deep).unwrap();
+        assert_eq!(mode(&deep), 0o750);
+        let file = dir.path().join("state/audit.log");
+        open_shared(&file).unwrap();
+        assert_eq!(mode(&file), 0o660);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        open_shared(&file).unwrap();
+        assert_eq!(mode(&file), 0o600);
+        let gid = std::fs::metadata(dir.path().join("state")).unwrap().gid();
+        assert_eq!(
+            sharing_fix(&file),
+            format!(
+                "; the appliance accounts share it through the state's group: as root, run `chgrp {gid} {0} && chmod 660 {0}`",
+                file.display()
+            )
+        );
+        // A file where a directory should be.
+        assert!(create_dir(&file)
+            .unwrap_err()
+            .ends_with("audit.log is not a directory"));
+    }
 }

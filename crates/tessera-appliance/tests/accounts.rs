@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tessera_testkit::{binary, Daemon, Transport, ADMIN_PIN};
+use tessera_testkit::{binary, tool, Daemon, Transport, ADMIN_PIN};
 
 /// The system accounts and group of one test run; removed when dropped, also after a failure.
 struct Accounts {
@@ -131,17 +131,15 @@ impl Appliance<'_> {
         &self.accounts.users[index]
     }
 
-    /// `psesh ARGS` run by `role`'s account with umask 022, `input` on standard input;
-    /// (exit ok, stdout, stderr).
-    fn psesh_as(&self, role: &str, args: &[&str], input: &str) -> (bool, String, String) {
+    /// `program` run by `role`'s account with umask 022, in the environment of the
+    /// documented set-up.
+    fn command_as(&self, role: &str, program: &Path) -> Command {
         let [setpriv, setpriv_args @ ..] = Accounts::setpriv(self.account(role));
-        let mut child = Command::new(setpriv)
+        let mut command = Command::new(setpriv);
+        command
             .args(setpriv_args)
             .args(["sh", "-c", "umask 022 && exec \"$0\" \"$@\""])
-            .arg(binary("psesh"))
-            .arg("--data-dir")
-            .arg(self.daemon.data_dir())
-            .args(args)
+            .arg(program)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("HOME", "/nonexistent")
@@ -152,7 +150,18 @@ impl Appliance<'_> {
                 self.daemon.server_list(Transport::Unix),
             )
             // The daemon's account serves the socket, as in the documented set-up.
-            .env("ET_HSM_NETCLIENT_SERVER_USER", &self.accounts.users[0])
+            .env("ET_HSM_NETCLIENT_SERVER_USER", &self.accounts.users[0]);
+        command
+    }
+
+    /// `psesh ARGS` run by `role`'s account, `input` on standard input; (exit ok, stdout,
+    /// stderr).
+    fn psesh_as(&self, role: &str, args: &[&str], input: &str) -> (bool, String, String) {
+        let mut child = self
+            .command_as(role, &binary("psesh"))
+            .arg("--data-dir")
+            .arg(self.daemon.data_dir())
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -183,6 +192,34 @@ impl Appliance<'_> {
             self.account(role)
         );
         out
+    }
+
+    /// An interactive login of `role` on a pseudo-terminal (util-linux `script`), typing
+    /// `lines` after the password; what the terminal showed.
+    fn interactive(&self, role: &str, lines: &[&str]) -> String {
+        let psesh = format!(
+            "{} --data-dir {} --user {role}",
+            binary("psesh").display(),
+            self.daemon.data_dir().display()
+        );
+        let mut child = self
+            .command_as(role, &tool("script"))
+            .args(["-qec", &psesh, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        for line in std::iter::once(password(role).as_str()).chain(lines.iter().copied()) {
+            std::thread::sleep(Duration::from_millis(300));
+            writeln!(stdin, "{line}").unwrap();
+            stdin.flush().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        drop(stdin);
+        let output = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
     fn state(&self) -> PathBuf {
@@ -292,6 +329,19 @@ fn three_accounts_share_the_state_whatever_their_umask() {
         "new-operator-pw-2\nwhoami\nclients show\n",
     );
     assert!(ok, "{err}");
+    // At the prompt: admin's login makes the history directory, where audit's history goes
+    // too.
+    for role in ["admin", "audit"] {
+        let screen = appliance.interactive(role, &["whoami", "exit"]);
+        assert!(screen.contains(&format!("{role}: ")), "{screen}");
+        assert!(!screen.contains("warning"), "{screen}");
+        let history = appliance.state().join("history").join(role);
+        assert!(
+            std::fs::read_to_string(&history).is_ok_and(|h| h.contains("whoami")),
+            "{} was not kept:\n{screen}",
+            history.display()
+        );
+    }
 
     // Who made what: the steps above really ran as the different accounts.
     let state = appliance.state();
@@ -309,7 +359,8 @@ fn three_accounts_share_the_state_whatever_their_umask() {
         assert!(text.contains(" required"), "{text}");
     }
     // Every mode, whatever the umask: directories 2770 and files 0660 in the shared group;
-    // each user's known devices are its own (the library refuses them anywhere else).
+    // each user's known devices are its own (the library refuses them anywhere else), and
+    // so is its history (the line editor's 0600).
     let mut seen = 0;
     let mut pending = vec![state.clone()];
     while let Some(dir) = pending.pop() {
@@ -317,7 +368,9 @@ fn three_accounts_share_the_state_whatever_their_umask() {
             let path = entry.unwrap().path();
             let meta = std::fs::symlink_metadata(&path).unwrap();
             let mode = meta.mode() & 0o7777;
-            let private = path.parent().and_then(Path::file_name) == Some("known".as_ref())
+            let parent = path.parent().and_then(Path::file_name);
+            let private = parent == Some("known".as_ref())
+                || (parent == Some("history".as_ref()) && meta.is_file())
                 || path
                     .parent()
                     .and_then(Path::parent)
@@ -344,6 +397,6 @@ fn three_accounts_share_the_state_whatever_their_umask() {
     }
     // users, audit.log and its predecessor, clients, listen, listening, tesserad.log and its
     // predecessor, client.log, trust/ with 3 stores of 2 certificates, known/ with 3 files
-    // and their locks.
-    assert!(seen >= 25, "only {seen} entries in {}", state.display());
+    // and their locks, history/ with 2 files.
+    assert!(seen >= 32, "only {seen} entries in {}", state.display());
 }

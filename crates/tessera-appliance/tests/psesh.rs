@@ -630,3 +630,26 @@ fn setup_from_a_passwords_file_sets_all_three_or_nothing() {
         "{err}"
     );
 }
+
+#[test]
+fn known_devices_kept_by_an_earlier_version_move_into_the_users_directory() {
+    use std::os::unix::fs::MetadataExt;
+    let appliance = Appliance::start();
+    // Earlier versions kept them in the file known/<user>.
+    let known = appliance.daemon.data_dir().join("appliance/known");
+    std::fs::create_dir_all(&known).unwrap();
+    let record = "127.0.0.9:12396 5711537307 none clear\n";
+    std::fs::write(known.join("admin"), record).unwrap();
+    let (ok, _, err) = appliance.run("admin", "whoami\n");
+    assert!(ok, "{err}");
+    let moved = known.join("admin/known_devices");
+    assert_eq!(std::fs::read_to_string(&moved).unwrap(), record);
+    assert_eq!(
+        std::fs::metadata(known.join("admin")).unwrap().mode() & 0o7777,
+        0o2700
+    );
+    // The next login finds it in place.
+    let (ok, _, err) = appliance.run("admin", "whoami\n");
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read_to_string(&moved).unwrap(), record);
+}
