@@ -134,8 +134,9 @@ impl Console for Script {
 }
 
 /// The lines `NAME=PASSWORD` of a passwords file (blank lines skipped; the password is all
-/// after the first `=`, without the spaces around it: `admin = secret` means `secret`). A line that is not one, or names no user or one already named, is an
-/// error naming the line but never showing it (it may hold a password).
+/// after the first `=`, without the spaces around it: `admin = secret` means `secret`). A
+/// line that is not one, or names no user or one already named, is an error naming the line
+/// but never showing it (it may hold a password).
 fn passwords_from(path: &Path) -> Result<Vec<(Role, Zeroizing<String>)>, String> {
     let text = Zeroizing::new(
         std::fs::read_to_string(path)
