@@ -36,17 +36,22 @@ impl AuditLog {
             })
             .collect();
         let line = format!("{}  {:<11}  {}\n", clock(now()), user, event);
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .mode(crate::FILE_MODE)
-            .create(true)
-            .append(true)
-            .open(&self.path)
+        crate::open_shared(&self.path)
             .and_then(|mut file| {
                 file.write_all(line.as_bytes())?;
                 file.sync_data()
             })
-            .map_err(|e| format!("cannot write the audit log {}: {e}", self.path.display()))
+            .map_err(|e| {
+                let fix = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    crate::sharing_fix(&self.path)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "cannot write the audit log {}: {e}{fix}",
+                    self.path.display()
+                )
+            })
     }
 
     /// The current log.

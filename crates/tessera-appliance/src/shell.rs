@@ -31,6 +31,8 @@ struct Spec {
     /// Its subcommands; the first is the default when none is given.
     subcommands: &'static [&'static str],
     roles: &'static [Role],
+    /// Subcommands open to fewer roles than the command (the others are open to `roles`).
+    narrower: &'static [(&'static str, &'static [Role])],
     summary: &'static str,
     help: &'static str,
     /// Whether the command needs the HSM and logs in to nothing (see `needs_channel`).
@@ -45,6 +47,7 @@ const COMMANDS: &[Spec] = &[
         name: "help",
         subcommands: &[],
         roles: EVERYONE,
+        narrower: &[],
         summary: "list the commands you may run, or explain one",
         help: "help            the commands you may run\nhelp COMMAND    what COMMAND does (abbreviations work: help cl)",
         hsm: false,
@@ -53,6 +56,7 @@ const COMMANDS: &[Spec] = &[
         name: "exit",
         subcommands: &[],
         roles: EVERYONE,
+        narrower: &[],
         summary: "leave psesh (also: quit, or Ctrl-D)",
         help: "exit            leave psesh",
         hsm: false,
@@ -61,6 +65,7 @@ const COMMANDS: &[Spec] = &[
         name: "quit",
         subcommands: &[],
         roles: EVERYONE,
+        narrower: &[],
         summary: "leave psesh",
         help: "quit            leave psesh",
         hsm: false,
@@ -69,6 +74,7 @@ const COMMANDS: &[Spec] = &[
         name: "whoami",
         subcommands: &[],
         roles: EVERYONE,
+        narrower: &[],
         summary: "show your appliance user",
         help: "whoami          your appliance user and what it may do",
         hsm: false,
@@ -77,6 +83,7 @@ const COMMANDS: &[Spec] = &[
         name: "passwd",
         subcommands: &[],
         roles: EVERYONE,
+        narrower: &[],
         summary: "change your own password",
         help: "passwd          asks for your current password, then the new one twice",
         hsm: false,
@@ -84,13 +91,16 @@ const COMMANDS: &[Spec] = &[
     Spec {
         name: "hsm",
         subcommands: &["show", "cert", "channels", "events"],
-        roles: OPERATORS,
+        roles: EVERYONE,
+        // audit fetches the chain and reads the event log, as every user runs `hsm cert`;
+        // the HSM's status and its channels (who is connected) are the operators'.
+        narrower: &[("show", OPERATORS), ("channels", OPERATORS)],
         summary: "the housed HSM: status, identity chain, channels, event log",
-        help: "hsm show        the HSM's status (what ctconf -v shows)\n\
+        help: "hsm show        the HSM's status (what ctconf -v shows; admin and pseoperator)\n\
                hsm cert        fetch the HSM's identity certificate chain into YOUR appliance trust\n                store (shows subject, issuer, serial, validity and SHA-256 fingerprint,\n                and asks before adding);\n                with secure messaging required, hsm commands work only after this\n\
                hsm cert show   the certificates in your appliance trust store\n\
                hsm cert clear  empty your appliance trust store\n\
-               hsm channels    the HSM's secure-messaging channels (asks the HSM Administrator PIN)\n\
+               hsm channels    the HSM's secure-messaging channels (asks the HSM Administrator PIN;\n                admin and pseoperator)\n\
                hsm events      the HSM's event log and its integrity (asks the HSM Administrator PIN)",
         hsm: true,
     },
@@ -98,6 +108,7 @@ const COMMANDS: &[Spec] = &[
         name: "clients",
         subcommands: &["show", "add", "remove", "clear"],
         roles: OPERATORS,
+        narrower: &[],
         summary: "which client addresses may connect to the HSM (enforced by the daemon)",
         help: "clients show            the client access list\n\
                clients add ADDRESS     allow an address or network (192.0.2.7, 192.0.2.0/24, any)\n\
@@ -111,6 +122,7 @@ const COMMANDS: &[Spec] = &[
         name: "date",
         subcommands: &["show", "sync"],
         roles: OPERATORS,
+        narrower: &[],
         summary: "the appliance's and the HSM's clocks",
         help: "date show       the appliance's time and the HSM's clock\n\
                date sync       set the HSM's clock from the appliance's (asks the HSM Administrator PIN)",
@@ -120,8 +132,9 @@ const COMMANDS: &[Spec] = &[
         name: "network",
         subcommands: &["show", "add", "remove"],
         roles: OPERATORS,
+        narrower: &[],
         summary: "the addresses the HSM daemon serves",
-        help: "network show            where the daemon listens now, what it will listen on\n                        after a restart, and the address psesh uses\n\
+        help: "network show            where the daemon listens now (or that it is not running),\n                        what it will listen on after a restart, and the address\n                        psesh uses\n\
                network add ADDRESS     also serve ADDRESS (tcp:HOST:PORT or unix:PATH)\n\
                network remove ADDRESS  stop serving ADDRESS\n\
                Changes take effect when the daemon restarts.",
@@ -131,6 +144,7 @@ const COMMANDS: &[Spec] = &[
         name: "user",
         subcommands: &["list", "password"],
         roles: &[Role::Admin],
+        narrower: &[],
         summary: "appliance users and their passwords",
         help: "user list            the appliance users and their roles\n\
                user password NAME   set a new password for pseoperator or audit",
@@ -140,6 +154,7 @@ const COMMANDS: &[Spec] = &[
         name: "log",
         subcommands: &["show", "rotate"],
         roles: &[Role::Admin],
+        narrower: &[],
         summary: "the HSM daemon's log on the appliance",
         help: "log show [N]    the daemon's log (its last N lines)\n\
                log rotate      move it aside (kept as tesserad.log.<time>); the daemon starts a new one",
@@ -149,6 +164,7 @@ const COMMANDS: &[Spec] = &[
         name: "audit",
         subcommands: &["show", "rotate"],
         roles: &[Role::Audit],
+        narrower: &[],
         summary: "the appliance audit log",
         help: "audit show [N]  the audit log (its last N lines)\n\
                audit rotate    move the log aside (kept as audit.log.<time>) and start a new one",
@@ -160,7 +176,9 @@ fn role_summary(role: Role) -> &'static str {
     match role {
         Role::Admin => "everything pseoperator may, plus appliance users and the daemon log",
         Role::Operator => "the HSM, client access, date and time, network settings",
-        Role::Audit => "the appliance audit log",
+        Role::Audit => {
+            "the appliance audit log, the HSM's event log, your HSM trust store (hsm cert)"
+        }
     }
 }
 
@@ -265,14 +283,7 @@ impl Shell<'_> {
             .find(|c| c.name == name)
             .ok_or("the command table is inconsistent")?;
         if !spec.roles.contains(&self.role) {
-            let allowed: Vec<&str> = spec.roles.iter().map(|r| r.name()).collect();
-            self.record(&format!("refused: {}", words.join(" ")))?;
-            return Err(format!(
-                "\"{name}\" is for {}; you are {} ({})",
-                allowed.join(" and "),
-                self.role,
-                role_summary(self.role)
-            ));
+            return self.refuse(words, name, spec.roles);
         }
         let sub = match (spec.subcommands.first(), words.get(1)) {
             (None, _) => "",
@@ -281,6 +292,11 @@ impl Shell<'_> {
                 resolve(word, spec.subcommands, &format!("{name} subcommand"))?
             }
         };
+        if let Some((_, roles)) = spec.narrower.iter().find(|(s, _)| *s == sub) {
+            if !roles.contains(&self.role) {
+                return self.refuse(words, &format!("{name} {sub}"), roles);
+            }
+        }
         let rest = words.get(2..).unwrap_or_default();
         if spec.hsm {
             return self.hsm(sub, rest).map(|()| false);
@@ -299,6 +315,19 @@ impl Shell<'_> {
             _ => return Err(format!("\"{name} {sub}\" is not implemented")),
         }
         Ok(false)
+    }
+
+    /// Refuses `command` (what `words` resolved to) to this user, who is not in `roles`; the
+    /// refusal is audited.
+    fn refuse(&self, words: &[&str], command: &str, roles: &[Role]) -> Result<bool> {
+        let allowed: Vec<&str> = roles.iter().map(|r| r.name()).collect();
+        self.record(&format!("refused: {}", words.join(" ")))?;
+        Err(format!(
+            "\"{command}\" is for {}; you are {} ({})",
+            allowed.join(" and "),
+            self.role,
+            role_summary(self.role)
+        ))
     }
 
     fn help(&self, topic: Option<&str>) -> Result<()> {
@@ -328,9 +357,20 @@ impl Shell<'_> {
                 for line in spec.help.lines() {
                     println!("  {}", line.trim_start_matches(' '));
                 }
-                if !spec.roles.contains(&self.role) {
-                    let allowed: Vec<&str> = spec.roles.iter().map(|r| r.name()).collect();
-                    println!("  (for {}; not for {})", allowed.join(" and "), self.role);
+                let closed = std::iter::once((spec.name.to_string(), spec.roles)).chain(
+                    spec.narrower
+                        .iter()
+                        .map(|(sub, roles)| (format!("{} {sub}", spec.name), *roles)),
+                );
+                for (command, roles) in closed {
+                    if !roles.contains(&self.role) {
+                        let allowed: Vec<&str> = roles.iter().map(|r| r.name()).collect();
+                        println!(
+                            "  ({command}: for {}; not for {})",
+                            allowed.join(" and "),
+                            self.role
+                        );
+                    }
                 }
             }
         }
@@ -539,14 +579,29 @@ impl Shell<'_> {
             }
         };
         if sub == "show" {
-            match std::fs::read_to_string(self.state.join("listening")) {
-                Ok(text) => {
-                    println!("The HSM daemon serves now:");
-                    for line in text.lines() {
-                        println!("  {line}");
+            // `listening` is what the daemon served when it last started: it stays when the
+            // daemon stops, so each address is tried.
+            match listen::read_file(&self.state.join("listening")).ok().flatten() {
+                Some(recorded) => {
+                    let answering: Vec<bool> = recorded.iter().map(answers).collect();
+                    if answering.iter().any(|a| *a) {
+                        println!("The HSM daemon serves now:");
+                        for (address, answers) in recorded.iter().zip(&answering) {
+                            let note = if *answers { "" } else { " (not answering)" };
+                            println!("  {address}{note}");
+                        }
+                    } else {
+                        println!(
+                            "The HSM daemon is not running: nothing answers at the addresses it served when it last ran ({}). Start it (for example systemctl start tessera-appliance).",
+                            recorded
+                                .iter()
+                                .map(|a| a.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
                     }
                 }
-                Err(_) => println!("The HSM daemon has not recorded where it listens (is it running with --appliance?)."),
+                None => println!("The HSM daemon has not recorded where it listens (is it running with --appliance?)."),
             }
             println!(
                 "After a restart without --listen it serves ({}):",
@@ -790,9 +845,13 @@ impl Shell<'_> {
                 if !yes(answer) {
                     return Err("the chain was not added".into());
                 }
+                // The store is made here, group-shared like all the state (the trust store
+                // would make it with the umask's modes).
+                crate::create_dir(&store.dir)?;
                 let mut fingerprints = Vec::new();
                 for der in &chain {
-                    store.add(der).map_err(|e| e.to_string())?;
+                    let file = store.add(der).map_err(|e| e.to_string())?;
+                    crate::share_file(&file)?;
                     fingerprints.push(tessera_identity::inspect::fingerprint(der));
                 }
                 self.record(&format!("hsm cert: trusted {}", fingerprints.join(", ")))?;
@@ -804,6 +863,33 @@ impl Shell<'_> {
                 Ok(())
             }
         }
+    }
+}
+
+/// Whether something accepts connections at `address` (a daemon that stopped leaves its
+/// socket file behind, and nothing listens on its port). A TCP address on every interface is
+/// tried on the loopback interface.
+fn answers(address: &listen::Listen) -> bool {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+    match address {
+        listen::Listen::Unix(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
+        listen::Listen::Tcp(text) => text
+            .to_socket_addrs()
+            .map(|found| {
+                found.into_iter().any(|a| {
+                    let ip = match a.ip() {
+                        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                        ip => ip,
+                    };
+                    std::net::TcpStream::connect_timeout(
+                        &SocketAddr::new(ip, a.port()),
+                        std::time::Duration::from_secs(2),
+                    )
+                    .is_ok()
+                })
+            })
+            .unwrap_or(false),
     }
 }
 

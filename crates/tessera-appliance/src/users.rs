@@ -25,7 +25,7 @@ pub enum Role {
     Admin,
     /// Client access, date and time, network settings, and the housed HSM.
     Operator,
-    /// The appliance audit log.
+    /// The appliance audit log, the HSM's event log, and its own trust store (`hsm cert`).
     Audit,
 }
 

@@ -97,13 +97,19 @@ fn each_user_needs_hsm_cert_before_hsm_commands_under_secure_messaging() {
     let appliance = Appliance::start();
     // The HSM gets an identity and requires secure messaging for everything.
     appliance.daemon.secure(Transport::Unix, "nuNU");
-    for user in ["pseoperator", "admin"] {
-        for command in [
-            "hsm show\n",
-            "hsm channels\n",
-            "hsm events\n",
-            "date sync\n",
-        ] {
+    for user in ["pseoperator", "admin", "audit"] {
+        // audit's hsm commands are the chain and the event log.
+        let commands: &[&str] = if user == "audit" {
+            &["hsm events\n"]
+        } else {
+            &[
+                "hsm show\n",
+                "hsm channels\n",
+                "hsm events\n",
+                "date sync\n",
+            ]
+        };
+        for command in commands {
             let (ok, _, err) = appliance.run(user, command);
             assert!(!ok, "{user}: {command}");
             assert!(
@@ -125,25 +131,34 @@ fn each_user_needs_hsm_cert_before_hsm_commands_under_secure_messaging() {
         let (ok, out, _) = appliance.run(user, "hsm cert show\n");
         assert!(ok);
         assert!(out.contains("is empty"), "{out}");
-        let (ok, out, err) = appliance.run(
-            user,
-            &format!("hsm cert\ny\nhsm show\nhsm channels\n{ADMIN_PIN}\nhsm events\n{ADMIN_PIN}\n"),
-        );
+        let input = if user == "audit" {
+            format!("hsm cert\ny\nhsm cert show\nhsm events\n{ADMIN_PIN}\n")
+        } else {
+            format!("hsm cert\ny\nhsm show\nhsm channels\n{ADMIN_PIN}\nhsm events\n{ADMIN_PIN}\n")
+        };
+        let (ok, out, err) = appliance.run(user, &input);
         assert!(ok, "{user}: {out}\n{err}");
         assert!(out.contains("subject") && out.contains("SHA-256") && out.contains("serial"));
         assert!(
-            out.contains("2 certificate(s) added to the trust store of"),
-            "{out}"
-        );
-        assert!(
-            out.contains("Security Flags        : 0x00000186 (nuNU)"),
-            "{out}"
-        );
-        assert!(
-            out.contains("channel(s)") && out.contains("SRPEDT"),
+            out.contains(&format!(
+                "2 certificate(s) added to the trust store of {user}"
+            )),
             "{out}"
         );
         assert!(out.contains("Event log integrity: OK"), "{out}");
+        if user == "audit" {
+            // hsm cert show lists what was just added.
+            assert_eq!(out.matches("\n  subject").count(), 4, "{out}");
+        } else {
+            assert!(
+                out.contains("Security Flags        : 0x00000186 (nuNU)"),
+                "{out}"
+            );
+            assert!(
+                out.contains("channel(s)") && out.contains("SRPEDT"),
+                "{out}"
+            );
+        }
     }
     // Each user's store is its own: clearing pseoperator's leaves admin's working.
     let (ok, out, _) = appliance.run("pseoperator", "hsm cert clear\ny\nhsm show\n");
@@ -155,6 +170,7 @@ fn each_user_needs_hsm_cert_before_hsm_commands_under_secure_messaging() {
     for needle in [
         "pseoperator  hsm cert: trusted",
         "admin        hsm cert: trusted",
+        "audit        hsm cert: trusted",
         "pseoperator  hsm cert clear (2 certificate(s))",
         "admin        login (scripted)",
     ] {
@@ -183,23 +199,56 @@ fn abbreviations_roles_passwords_and_the_audit_log() {
         err.contains("\"c\" is ambiguous: it could be cert or channels"),
         "{err}"
     );
-    // Role refusals.
-    for (user, command, owner) in [
-        ("pseoperator", "user list", "admin"),
-        ("audit", "hsm show", "admin and pseoperator"),
-        ("audit", "clients show", "admin and pseoperator"),
-        ("admin", "audit show", "audit"),
-        ("pseoperator", "audit rotate", "audit"),
-        ("pseoperator", "log show", "admin"),
+    // Role refusals: audit has of hsm only the chain and the event log.
+    for (user, command, refused, owner) in [
+        ("pseoperator", "user list", "user", "admin"),
+        ("audit", "hsm show", "hsm show", "admin and pseoperator"),
+        ("audit", "hsm", "hsm show", "admin and pseoperator"),
+        ("audit", "HSM SH", "hsm show", "admin and pseoperator"),
+        (
+            "audit",
+            "hsm channels",
+            "hsm channels",
+            "admin and pseoperator",
+        ),
+        ("audit", "hsm ch", "hsm channels", "admin and pseoperator"),
+        ("audit", "clients show", "clients", "admin and pseoperator"),
+        ("audit", "date show", "date", "admin and pseoperator"),
+        ("audit", "date sync", "date", "admin and pseoperator"),
+        ("audit", "network show", "network", "admin and pseoperator"),
+        ("audit", "user list", "user", "admin"),
+        ("audit", "log show", "log", "admin"),
+        ("admin", "audit show", "audit", "audit"),
+        ("pseoperator", "audit rotate", "audit", "audit"),
+        ("pseoperator", "log show", "log", "admin"),
     ] {
         let (ok, _, err) = appliance.run(user, &format!("{command}\n"));
         assert!(!ok, "{user} {command}");
-        let name = command.split(' ').next().unwrap();
         assert!(
-            err.contains(&format!("\"{name}\" is for {owner}; you are {user}")),
+            err.contains(&format!("\"{refused}\" is for {owner}; you are {user}")),
             "{user} {command}: {err}"
         );
+        assert!(
+            appliance
+                .audit_log()
+                .contains(&format!("{user:<11}  refused: {command}\n")),
+            "{user} {command}"
+        );
     }
+    // audit's help says which hsm commands are not its own; its hsm commands are not refused.
+    let (ok, out, err) = appliance.run("audit", "help\nhelp hsm\nwhoami\nhsm cert show\n");
+    assert!(ok, "{err}");
+    assert!(out.contains("  hsm       the housed HSM"), "{out}");
+    assert!(
+        out.contains("(hsm show: for admin and pseoperator; not for audit)")
+            && out.contains("(hsm channels: for admin and pseoperator; not for audit)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("audit: the appliance audit log, the HSM's event log"),
+        "{out}"
+    );
+    assert!(out.contains("The trust store of audit is empty"), "{out}");
     // admin may do what pseoperator may, and manages users.
     let (ok, out, err) = appliance.run("admin", "clients show\nuser list\ndate show\n");
     assert!(ok, "{err}");
@@ -434,8 +483,38 @@ fn network_settings_apply_when_the_daemon_next_starts() {
         out.contains(&format!("After a restart without --listen it serves (set with network add/remove):\n  tcp:127.0.0.1:{port}\n  unix:{}\n", socket.display())),
         "{out}"
     );
+    assert!(
+        out.contains(&format!(
+            "The HSM daemon serves now:\n  unix:{}\n  tcp:{}\n",
+            appliance.daemon.socket().display(),
+            appliance.daemon.tcp_address()
+        )),
+        "{out}"
+    );
+    // Killed, the daemon leaves its socket file and its record of what it served; network
+    // show says that it is not running instead of listing them as served.
+    appliance.daemon.kill9();
+    assert!(appliance.daemon.socket().exists());
+    let (ok, out, err) = appliance.run("pseoperator", "network show\n");
+    assert!(ok, "{err}");
+    assert!(!out.contains("serves now"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "The HSM daemon is not running: nothing answers at the addresses it served when it last ran (unix:{}, tcp:{}). Start it",
+            appliance.daemon.socket().display(),
+            appliance.daemon.tcp_address()
+        )),
+        "{out}"
+    );
+    // What it will serve is still shown.
+    assert!(
+        out.contains(&format!(
+            "  tcp:127.0.0.1:{port}\n  unix:{}\n",
+            socket.display()
+        )),
+        "{out}"
+    );
     // The daemon, restarted in appliance mode without --listen, serves what was set.
-    appliance.daemon.stop();
     let mut daemon = Command::new(binary("tesserad"))
         .args(["--appliance", "--kdf-iterations", "1000", "--data-dir"])
         .arg(appliance.daemon.data_dir())
@@ -474,4 +553,103 @@ fn network_settings_apply_when_the_daemon_next_starts() {
     assert!(appliance
         .audit_log()
         .contains(&format!("pseoperator  network add tcp:127.0.0.1:{port}")));
+}
+
+#[test]
+fn setup_from_a_passwords_file_sets_all_three_or_nothing() {
+    let daemon = Daemon::start_with(&["--appliance"]);
+    let file = daemon.dir().join("passwords");
+    let data_dir = daemon.data_dir();
+    let setup = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        let output = Command::new(binary("psesh"))
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["setup", "--kdf-iterations", "1000", "--passwords-file"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let users = data_dir.join("appliance/users");
+    let shown = file.display().to_string();
+    for (text, message) in [
+        (
+            "admin=admin-password-1\naudit=audit-password-1\n",
+            format!("{shown} has no line for pseoperator (add pseoperator=PASSWORD); nothing was set"),
+        ),
+        (
+            "admin=admin-password-1\npseoperator=operator-password-1\n\nauditor=audit-password-1\n",
+            format!("{shown} line 4: \"auditor\" is not an appliance user (they are admin, pseoperator, audit); nothing was set"),
+        ),
+        (
+            "admin=admin-password-1\npseoperator=operator-password-1\nadmin=other-password-1\naudit=audit-password-1\n",
+            format!("{shown} line 3: a second line for admin; keep one; nothing was set"),
+        ),
+        (
+            "admin=admin-password-1\npseoperator operator-password-1\naudit=audit-password-1\n",
+            format!("{shown} line 2: not NAME=PASSWORD (admin=..., pseoperator=..., audit=...); nothing was set"),
+        ),
+        (
+            "admin=admin-password-1\npseoperator=short\naudit=audit-password-1\n",
+            "the password for pseoperator needs at least 8 characters; nothing was set".into(),
+        ),
+    ] {
+        let (ok, _, err) = setup(text);
+        assert!(!ok, "{text}");
+        assert!(err.contains(&message), "{text}: {err}");
+        // No password is ever shown.
+        assert!(!err.contains("password-1"), "{err}");
+        assert!(!users.exists(), "{text} set something");
+    }
+    // Spaces around the name and the password are not theirs, and all after the first "=" is
+    // the password.
+    let (ok, out, err) = setup(
+        " admin = admin = password 1\npseoperator=operator-password-1\naudit=audit-password-1\n",
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("Appliance users set up: admin, pseoperator, audit."),
+        "{out}"
+    );
+    let appliance = Appliance { daemon };
+    let (ok, _, err) = appliance.run("pseoperator", "whoami\n");
+    assert!(ok, "{err}");
+    let login = appliance.script("admin", "admin = password 1", "whoami\n");
+    assert!(login.status.success(), "{login:?}");
+    // Once only.
+    let (ok, _, err) =
+        setup("admin=admin-password-1\npseoperator=operator-password-1\naudit=audit-password-1\n");
+    assert!(!ok);
+    assert!(
+        err.contains("the appliance users are already set up"),
+        "{err}"
+    );
+}
+
+#[test]
+fn known_devices_kept_by_an_earlier_version_move_into_the_users_directory() {
+    use std::os::unix::fs::MetadataExt;
+    let appliance = Appliance::start();
+    // Earlier versions kept them in the file known/<user>.
+    let known = appliance.daemon.data_dir().join("appliance/known");
+    std::fs::create_dir_all(&known).unwrap();
+    let record = "127.0.0.9:12396 5711537307 none clear\n";
+    std::fs::write(known.join("admin"), record).unwrap();
+    let (ok, _, err) = appliance.run("admin", "whoami\n");
+    assert!(ok, "{err}");
+    let moved = known.join("admin/known_devices");
+    assert_eq!(std::fs::read_to_string(&moved).unwrap(), record);
+    assert_eq!(
+        std::fs::metadata(known.join("admin")).unwrap().mode() & 0o7777,
+        0o2700
+    );
+    // The next login finds it in place.
+    let (ok, _, err) = appliance.run("admin", "whoami\n");
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read_to_string(&moved).unwrap(), record);
 }

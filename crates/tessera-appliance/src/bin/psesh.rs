@@ -133,26 +133,47 @@ impl Console for Script {
     }
 }
 
+/// The lines `NAME=PASSWORD` of a passwords file (blank lines skipped; the password is all
+/// after the first `=`, without the spaces around it: `admin = secret` means `secret`). A
+/// line that is not one, or names no user or one already named, is an error naming the line
+/// but never showing it (it may hold a password).
+fn passwords_from(path: &Path) -> Result<Vec<(Role, Zeroizing<String>)>, String> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+    );
+    let mut given: Vec<(Role, Zeroizing<String>)> = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{} line {}", path.display(), index + 1);
+        let (name, password) = line.split_once('=').ok_or_else(|| {
+            format!(
+                "{}: not NAME=PASSWORD (admin=..., pseoperator=..., audit=...); nothing was set",
+                at()
+            )
+        })?;
+        let role =
+            Role::from_name(name.trim()).map_err(|e| format!("{}: {e}; nothing was set", at()))?;
+        if given.iter().any(|(r, _)| *r == role) {
+            return Err(format!(
+                "{}: a second line for {role}; keep one; nothing was set",
+                at()
+            ));
+        }
+        given.push((role, Zeroizing::new(password.trim().to_string())));
+    }
+    Ok(given)
+}
+
 fn setup(state: &Path, passwords_file: Option<&Path>, iterations: u32) -> Result<(), String> {
     let users = Users::new(state);
     if users.is_set_up()? {
         return Err("the appliance users are already set up; admin sets the others' passwords with \"user password NAME\", and each user changes their own with passwd".into());
     }
-    let given: Vec<(String, Zeroizing<String>)> = match passwords_file {
-        Some(path) => {
-            let text = Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-            );
-            text.lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(|l| {
-                    l.split_once('=')
-                        .map(|(n, p)| (n.trim().to_string(), Zeroizing::new(p.to_string())))
-                        .ok_or_else(|| format!("{}: lines must be NAME=PASSWORD", path.display()))
-                })
-                .collect::<Result<_, _>>()?
-        }
+    let given = match passwords_file {
+        Some(path) => passwords_from(path)?,
         None => Vec::new(),
     };
     let mut chosen = Vec::new();
@@ -160,9 +181,14 @@ fn setup(state: &Path, passwords_file: Option<&Path>, iterations: u32) -> Result
         let password = match passwords_file {
             Some(path) => given
                 .iter()
-                .find(|(n, _)| n == role.name())
+                .find(|(r, _)| *r == role)
                 .map(|(_, p)| p.clone())
-                .ok_or_else(|| format!("{} has no line for {role}", path.display()))?,
+                .ok_or_else(|| {
+                    format!(
+                        "{} has no line for {role} (add {role}=PASSWORD); nothing was set",
+                        path.display()
+                    )
+                })?,
             None => {
                 let first = Zeroizing::new(
                     rpassword::prompt_password(format!("Password for {role}: "))
@@ -197,6 +223,35 @@ fn setup(state: &Path, passwords_file: Option<&Path>, iterations: u32) -> Result
     )?;
     println!("Appliance users set up: admin, pseoperator, audit.");
     Ok(())
+}
+
+/// The known-devices file of `role`: `known/<user>/known_devices`, in a directory of its own
+/// (the client library refuses a file in a directory that others own or can write, and
+/// `known/` is shared by the accounts). A file `known/<user>`, where earlier versions kept
+/// it, is moved there.
+fn known_devices(state: &Path, role: Role) -> Result<PathBuf, String> {
+    let known = state.join("known");
+    tessera_appliance::create_dir(&known)?;
+    let dir = known.join(role.name());
+    let file = dir.join("known_devices");
+    // Moved aside first (the directory takes its name), then in: a run stopped between the
+    // two is finished by the next.
+    let moving = known.join(format!(".{}.moving", role.name()));
+    if dir.is_file() {
+        std::fs::rename(&dir, &moving)
+            .map_err(|e| format!("cannot move {} aside: {e}", dir.display()))?;
+    }
+    tessera_appliance::create_private_dir(&dir)?;
+    if moving.is_file() && !file.exists() {
+        std::fs::rename(&moving, &file).map_err(|e| {
+            format!(
+                "cannot move {} to {}: {e}",
+                moving.display(),
+                file.display()
+            )
+        })?;
+    }
+    Ok(file)
 }
 
 fn run(args: Args) -> Result<u8, String> {
@@ -290,12 +345,23 @@ fn run(args: Args) -> Result<u8, String> {
     std::env::set_var("ET_PTKC_TRUSTSTORE_SYSTEM", trust.join(".system"));
     // And its own known devices, beside its trust store: what one appliance user's channels
     // recorded must not decide for another's.
-    std::env::set_var(
-        "ET_PTKC_KNOWN_DEVICES_USER",
-        state.join("known").join(role.name()),
-    );
+    std::env::set_var("ET_PTKC_KNOWN_DEVICES_USER", known_devices(&state, role)?);
     if std::env::var_os("ET_PTKC_GENERAL_LOG").is_none() {
-        std::env::set_var("ET_PTKC_GENERAL_LOG", state.join("client.log"));
+        // Shared by the accounts: made here with the state's file mode, as the library
+        // would make it with the umask's (and then only its first account could append).
+        let log = state.join("client.log");
+        if let Err(e) = tessera_appliance::open_shared(&log) {
+            let fix = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                tessera_appliance::sharing_fix(&log)
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "psesh: warning: the client library cannot report to {}: {e}{fix}",
+                log.display()
+            );
+        }
+        std::env::set_var("ET_PTKC_GENERAL_LOG", log);
     }
     let mut failed = false;
     if scripted {
@@ -320,7 +386,9 @@ fn run(args: Args) -> Result<u8, String> {
         }
     } else {
         let history = state.join("history").join(role.name());
-        let _ = tessera_appliance::create_dir(&state.join("history"));
+        if let Err(e) = tessera_appliance::create_dir(&state.join("history")) {
+            eprintln!("psesh: warning: no history will be kept: {e}");
+        }
         let mut editor = rustyline::DefaultEditor::new()
             .map_err(|e| format!("cannot start line editing: {e}"))?;
         let _ = editor.load_history(&history);
