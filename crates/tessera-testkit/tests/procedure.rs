@@ -57,6 +57,17 @@ struct StepFailed {
     screen: String,
 }
 
+impl StepFailed {
+    /// A block that is wrong before anything runs.
+    fn at(block: &Block, message: String) -> StepFailed {
+        StepFailed {
+            line: block.line,
+            message,
+            screen: String::new(),
+        }
+    }
+}
+
 /// One machine of the procedure: its home, runtime directory and working directory.
 struct Host {
     runtime: PathBuf,
@@ -142,23 +153,19 @@ fn run_procedure(
 
     // The site's values, for the variables the env blocks set on each host.
     for block in blocks.iter().filter(|b| b.kind == Kind::Env) {
-        let names = markdown::assignments(&block.text).map_err(|message| StepFailed {
-            line: block.line,
-            message,
-            screen: String::new(),
-        })?;
+        let names = markdown::assignments(&block.text).map_err(|e| StepFailed::at(block, e))?;
         for host in block.hosts.iter().map(|h| host_of(h)) {
             let host = hosts.get_mut(&host).expect("a host of this procedure");
             for name in &names {
-                let value =
-                    site_value(name, procedure, &daemon, host).ok_or_else(|| StepFailed {
-                        line: block.line,
-                        message: format!(
-                        "the docs set {name}, which the test does not know how to give a value \
-                         (it gives PATH, M, ET_HSM_NETCLIENT_SERVERLIST): teach site_value"
-                    ),
-                        screen: String::new(),
-                    })?;
+                let value = site_value(name, procedure, &daemon, host).ok_or_else(|| {
+                    StepFailed::at(
+                        block,
+                        format!(
+                            "the docs set {name}, which the test cannot give a value (it gives \
+                             PATH, M, ET_HSM_NETCLIENT_SERVERLIST): teach site_value"
+                        ),
+                    )
+                })?;
                 host.env.retain(|(k, _)| k != name);
                 host.env.push((name.clone(), value));
             }
@@ -170,60 +177,28 @@ fn run_procedure(
         let mut on: Vec<String> = block.hosts.iter().map(|h| host_of(h)).collect();
         on.dedup();
         for name in on {
-            let host = &hosts[&name];
             let script = sandbox.path().join(format!("step-{index}-{name}.sh"));
             std::fs::write(&script, &block.text).unwrap();
-            let failed = |message: String, screen: &str| StepFailed {
-                line: block.line,
-                message: format!(
-                    "{file} line {}, on the {name} host:\n{}\n{message}; the screen:\n{screen}",
-                    block.line, block.text
-                ),
-                screen: screen.to_string(),
-            };
-            let (mut refusal, mut compared) = (None, 0);
-            let screen = terminal::run(
-                &script,
-                &host.work,
-                &host.env,
-                &PROMPTS,
-                |prompt, screen| {
-                    compared += usize::from(prompt == CONFIRM);
-                    answer(prompt, screen, fingerprint.as_deref(), &mut refusal)
-                },
-                STEP_LIMIT,
-            )
-            .map_err(|e| failed(e, ""))?;
-            if let Some(refusal) = refusal {
-                return Err(failed(refusal, &screen.text));
-            }
-            // Trust is given after the operator compared the fingerprint, never blindly.
-            let trusts = block.text.matches("ctident trust add").count();
-            if compared < trusts {
-                return Err(failed(
-                    format!(
-                        "ctident trust add did not ask to confirm ({compared} of {trusts}): the \
-                         docs must not skip the fingerprint comparison (--yes)"
-                    ),
-                    &screen.text,
-                ));
-            }
-            if !screen.status.success() {
-                return Err(failed(
-                    format!(
-                        "it failed ({}); the daemon's log ends:\n{}",
-                        screen.status,
+            let screen = run_step(&script, &hosts[&name], fingerprint.as_deref())
+                .and_then(|screen| {
+                    let check = block.expect.as_deref().unwrap_or_default();
+                    markdown::check(&screen, check).map_err(|e| (e, screen.clone()))?;
+                    Ok(screen)
+                })
+                .map_err(|(message, screen)| StepFailed {
+                    line: block.line,
+                    message: format!(
+                        "{file} line {}, on the {name} host:\n{}\n{message}; the screen:\n{screen}\n\
+                         the daemon's log ends:\n{}",
+                        block.line,
+                        block.text,
                         tail(&daemon.log(), 15)
                     ),
-                    &screen.text,
-                ));
-            }
-            if let Some(expect) = &block.expect {
-                markdown::check(&screen.text, expect).map_err(|e| failed(e, &screen.text))?;
-            }
+                    screen,
+                })?;
             // What the HSM host shows is the operator's reference for the fingerprint.
             if name == "hsm" {
-                if let Some(shown) = pic_fingerprint(&screen.text) {
+                if let Some(shown) = pic_fingerprint(&screen) {
                     fingerprint = Some(shown);
                 }
             }
@@ -233,6 +208,47 @@ fn run_procedure(
         _daemon: daemon,
         sandbox,
     })
+}
+
+/// Runs one step's script on `host`'s terminal, answering the prompts; its screen, or why it
+/// failed with the screen so far.
+fn run_step(
+    script: &Path,
+    host: &Host,
+    fingerprint: Option<&str>,
+) -> Result<String, (String, String)> {
+    let (mut refusal, mut compared) = (None, 0);
+    let screen = terminal::run(
+        script,
+        &host.work,
+        &host.env,
+        &PROMPTS,
+        |prompt, screen| {
+            compared += usize::from(prompt == CONFIRM);
+            answer(prompt, screen, fingerprint, &mut refusal)
+        },
+        STEP_LIMIT,
+    )
+    .map_err(|e| (e, String::new()))?;
+    if let Some(refusal) = refusal {
+        return Err((refusal, screen.text));
+    }
+    if !screen.status.success() {
+        return Err((format!("it failed ({})", screen.status), screen.text));
+    }
+    // Trust is given after the operator compared the fingerprint, never blindly.
+    let text = std::fs::read_to_string(script).unwrap_or_default();
+    let trusts = text.matches("ctident trust add").count();
+    if compared < trusts {
+        return Err((
+            format!(
+                "ctident trust add did not ask to confirm ({compared} of {trusts}): the docs \
+                 must not skip the comparison of the fingerprint (--yes)"
+            ),
+            screen.text,
+        ));
+    }
+    Ok(screen.text)
 }
 
 fn new_host(sandbox: &Path, name: &str, system: &Path) -> Host {
@@ -285,11 +301,7 @@ fn default_socket(host: &Host) -> PathBuf {
 /// does (today any `--listen` replaces the default socket; if tesserad comes to keep it beside
 /// `--listen tcp:`, this rule follows).
 fn daemon_arguments(block: &Block, hsm: &Host, network: bool) -> Result<Vec<String>, StepFailed> {
-    let failed = |message: String| StepFailed {
-        line: block.line,
-        message,
-        screen: String::new(),
-    };
+    let failed = |message: String| StepFailed::at(block, message);
     // The command as written, expanded by the shell on the HSM host; `tesserad` only prints
     // its arguments.
     let script = format!(
