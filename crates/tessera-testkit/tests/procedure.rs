@@ -68,7 +68,8 @@ impl StepFailed {
     }
 }
 
-/// One machine of the procedure: its home, runtime directory and working directory.
+/// One machine of the procedure: its runtime directory, working directory and environment
+/// (its own `HOME` among the variables).
 struct Host {
     runtime: PathBuf,
     work: PathBuf,
