@@ -513,8 +513,12 @@ fn complete_key(
 
 /// Gives an object a new `CKA_UNIQUE_ID` (128 random bits as hex).
 pub fn fresh_unique_id(attributes: &mut Attributes) {
+    use std::fmt::Write;
     let bytes = crate::crypto::random(16).unwrap_or_default();
-    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut id = String::with_capacity(2 * bytes.len());
+    for b in &bytes {
+        let _ = write!(id, "{b:02x}");
+    }
     attributes.set(ck::CKA_UNIQUE_ID as u64, id.into_bytes());
 }
 
