@@ -241,9 +241,9 @@ impl Hsm {
                     .map_err(crate::store_failure)?;
                 state.device = device;
                 let detail = format!(
-                    "{} -> {}",
-                    crate::time::utc_time(before),
-                    crate::time::utc_time(time)
+                    "from {} to {}",
+                    tessera_core::time::readable(before),
+                    tessera_core::time::readable(time)
                 );
                 self.event(&state, "Administrator", "clock-changed", detail);
                 Ok(Reply::Done)
@@ -338,7 +338,10 @@ impl Hsm {
                 &state,
                 "Administrator",
                 "clear-sessions-ended",
-                format!("{ended} sessions opened without a channel, and their connections"),
+                format!(
+                    "{ended} {} opened without a channel, and their connections",
+                    if ended == 1 { "session" } else { "sessions" }
+                ),
             );
         }
         Ok(Reply::Done)
