@@ -31,6 +31,7 @@ macro_rules! eprintln {
     };
 }
 
+pub mod check;
 pub mod output;
 pub mod pin;
 pub mod session;

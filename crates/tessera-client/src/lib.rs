@@ -335,6 +335,14 @@ impl Device {
         (state.clear_ok && !state.requires_channel).then_some(Route::Clear)
     }
 
+    /// Tells the configuration check which serial the device at this entry gave (see
+    /// [`SecureSettings::saw_serial`]).
+    pub fn saw_serial(&self, serial: &str) {
+        if let Some(settings) = self.secure.as_deref() {
+            settings.saw_serial(&self.address.entry(), serial);
+        }
+    }
+
     /// Sends `request` and waits for its reply, inside a channel when one is needed.
     ///
     /// With `session_generation` set, the call is refused with [`ClientError::StaleSession`]

@@ -36,6 +36,8 @@ use tessera_wire::{AdminCommand, Reply};
 ///   ctconf --channels              list secure-messaging channels; --terminate-channel 7 ends one
 ///
 ///   ctconf --tamper --yes          erase every token, PIN and flag, like a hardware tamper
+///
+///   ctconf --check-config          every configuration item, where it comes from, and mistakes
 #[derive(Parser, Debug)]
 #[command(name = "ctconf", version, verbatim_doc_comment)]
 struct Args {
@@ -103,6 +105,14 @@ struct Args {
     /// (identity keys survive). Asks for confirmation; --yes for scripts.
     #[arg(long)]
     tamper: bool,
+
+    /// Check the configuration without changing anything: every item with its value and the
+    /// level it came from (environment, user file, system file, default), each device of the
+    /// server list with its serial and SMPR, and the mistakes that are otherwise ignored
+    /// (unknown or malformed item names, an SMPR for a serial no device has). Exit code 1 if
+    /// there is a mistake.
+    #[arg(long)]
+    check_config: bool,
 
     /// Answer yes to confirmations (-d, --tamper, and -f with l or F: Mode Locked, which only
     /// a tamper undoes).
@@ -172,6 +182,9 @@ fn command_line() -> String {
 }
 
 fn run(args: &Args) -> Result<u8, Failure> {
+    if args.check_config {
+        return tessera_admin::check::run();
+    }
     // Check what can be checked before touching the device.
     let new_flags = match &args.flags {
         Some(letters) => Some(flags::parse(letters).map_err(|bad| {
