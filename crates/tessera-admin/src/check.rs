@@ -28,7 +28,11 @@ pub fn run() -> Result<u8, Failure> {
         let state = if path.exists() { "" } else { " (absent)" };
         out.push_str(&format!(
             "  {:<6} {}{state}\n",
-            if level == Level::User { "user" } else { "system" },
+            if level == Level::User {
+                "user"
+            } else {
+                "system"
+            },
             path.display()
         ));
     }
@@ -36,10 +40,9 @@ pub fn run() -> Result<u8, Failure> {
     for item in ITEMS {
         match config.item(item.name) {
             Some((value, level)) => value_line(&mut out, item.name, &value, level),
-            None if item.used && !item.name.contains('<') => out.push_str(&format!(
-                "  {} = {}  (default)\n",
-                item.name, item.default
-            )),
+            None if item.used && !item.name.contains('<') => {
+                out.push_str(&format!("  {} = {}  (default)\n", item.name, item.default))
+            }
             None => {}
         }
     }
@@ -97,10 +100,7 @@ pub fn run() -> Result<u8, Failure> {
         let smpr = format!("ET_PTKC_{serial}_SMPR");
         match config.item(&smpr) {
             Some((value, level)) => value_line(&mut out, &smpr, &value, level),
-            None => out.push_str(&format!(
-                "  {smpr} = {}  (default)\n",
-                items::SMPR.default
-            )),
+            None => out.push_str(&format!("  {smpr} = {}  (default)\n", items::SMPR.default)),
         }
         serials.push(serial);
     }

@@ -141,10 +141,16 @@ mod tests {
         for short in ["1", "123", "12\n3456"] {
             std::fs::write(&path, short).unwrap();
             let error = from_file(&path, "Administrator PIN").unwrap_err().message;
-            assert!(error.contains("is malformed") && error.contains("4 to 255"), "{error}");
+            assert!(
+                error.contains("is malformed") && error.contains("4 to 255"),
+                "{error}"
+            );
         }
         std::fs::write(&path, "x".repeat(256)).unwrap();
-        assert!(from_file(&path, "PIN").unwrap_err().message.contains("malformed"));
+        assert!(from_file(&path, "PIN")
+            .unwrap_err()
+            .message
+            .contains("malformed"));
         std::fs::write(&path, "1234").unwrap();
         assert_eq!(from_file(&path, "PIN").unwrap().expose(), b"1234");
         assert!(from_file(&dir.path().join("missing"), "PIN")

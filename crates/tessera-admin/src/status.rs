@@ -166,7 +166,8 @@ mod tests {
 
     #[test]
     fn counts_take_the_singular_for_one_only() {
-        let certificates = |n: usize| format!("{n} {}", super::plural(n, "certificate", "certificates"));
+        let certificates =
+            |n: usize| format!("{n} {}", super::plural(n, "certificate", "certificates"));
         assert_eq!(certificates(0), "0 certificates");
         assert_eq!(certificates(1), "1 certificate");
         assert_eq!(certificates(2), "2 certificates");

@@ -175,7 +175,10 @@ fn no_tool_panics_when_its_reader_has_gone() {
 fn counts_labels_and_names_read_as_sentences() {
     let daemon = Daemon::start();
     for program in ["ctconf", "ctident", "psesh"] {
-        let out = Command::new(binary(program)).arg("--version").output().unwrap();
+        let out = Command::new(binary(program))
+            .arg("--version")
+            .output()
+            .unwrap();
         assert!(
             text(&out.stdout).starts_with(&format!("{program} ")),
             "{}",
@@ -200,7 +203,11 @@ fn counts_labels_and_names_read_as_sentences() {
     // from YYYY-MM-DD hh:mm:ss UTC to YYYY-MM-DD hh:mm:ss UTC
     let words: Vec<&str> = detail.split(' ').collect();
     assert_eq!(words.len(), 8, "{detail}");
-    assert_eq!((words[0], words[3], words[4], words[7]), ("from", "UTC", "to", "UTC"), "{detail}");
+    assert_eq!(
+        (words[0], words[3], words[4], words[7]),
+        ("from", "UTC", "to", "UTC"),
+        "{detail}"
+    );
     assert!(events.contains(" (unnamed), policy S"), "{events}");
     assert!(!events.contains("((unnamed))"), "{events}");
 }

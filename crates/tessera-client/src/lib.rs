@@ -9,7 +9,7 @@
 //! A channel is made on demand, when the first call that needs one is sent: when the device's
 //! flags require it (the device refuses the call in the clear with `CKR_BAD_PROTECTION`, and
 //! the call is retried inside a new channel) or the client's SMPR for the device's serial asks
-//! for it (brief §2.2).
+//! for it (docs/reference.md, "SMPR letters").
 #![forbid(unsafe_code)]
 
 pub mod dumps;

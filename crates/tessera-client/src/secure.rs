@@ -188,7 +188,9 @@ impl SecureSettings {
             if serials.checked {
                 return;
             }
-            serials.by_entry.insert(entry.to_string(), serial.to_string());
+            serials
+                .by_entry
+                .insert(entry.to_string(), serial.to_string());
             let all: Option<Vec<String>> = self
                 .entries
                 .iter()

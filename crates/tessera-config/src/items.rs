@@ -38,7 +38,10 @@ pub const ITEMS: &[Item] = &[
     item("ET_PTKC_SMS_MAX_BYTES", "17179869184"),
     item("ET_PTKC_SMS_MAX_SECONDS", "3600"),
     item("ET_PTKC_SMS_IDLE_SECONDS", "0 (never)"),
-    item("ET_PTKC_TRUSTSTORE_USER", "$XDG_CONFIG_HOME/tessera/trust, else ~/.config/tessera/trust"),
+    item(
+        "ET_PTKC_TRUSTSTORE_USER",
+        "$XDG_CONFIG_HOME/tessera/trust, else ~/.config/tessera/trust",
+    ),
     item("ET_PTKC_TRUSTSTORE_SYSTEM", "/etc/tessera/trust"),
     item(
         "ET_PTKC_KNOWN_DEVICES_USER",
@@ -68,14 +71,7 @@ const fn reserved(name: &'static str) -> Item {
 }
 
 /// Components of `ET_PTKC_<component>_...` names that are not serial numbers.
-const COMPONENTS: &[&str] = &[
-    "GENERAL",
-    "SMS",
-    "TRUSTSTORE",
-    "KNOWN",
-    "WLD",
-    "HA",
-];
+const COMPONENTS: &[&str] = &["GENERAL", "SMS", "TRUSTSTORE", "KNOWN", "WLD", "HA"];
 
 /// What a name is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +121,8 @@ pub fn classify(name: &str) -> Name {
             );
         }
         let serial = parts[2];
-        let names_a_serial = !COMPONENTS.contains(&serial) && serial.chars().any(|c| c.is_ascii_digit());
+        let names_a_serial =
+            !COMPONENTS.contains(&serial) && serial.chars().any(|c| c.is_ascii_digit());
         if names_a_serial {
             if parts.len() == 4 && parts[3] == "SMPR" {
                 return Name::Smpr(serial.to_string());
@@ -186,7 +183,11 @@ pub struct Problem {
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "configuration item {} ({}): {}", self.item, self.place, self.message)
+        write!(
+            f,
+            "configuration item {} ({}): {}",
+            self.item, self.place, self.message
+        )
     }
 }
 
@@ -303,7 +304,10 @@ mod tests {
     #[test]
     fn names_are_known_smprs_malformed_or_unknown() {
         assert!(matches!(classify("ET_HSM_NETCLIENT_SERVERLIST"), Name::Known(i) if i.used));
-        assert_eq!(classify("ET_PTKC_1234567890_SMPR"), Name::Smpr("1234567890".into()));
+        assert_eq!(
+            classify("ET_PTKC_1234567890_SMPR"),
+            Name::Smpr("1234567890".into())
+        );
         assert!(matches!(classify("ET_PTKC_WLD_SLOT_3"), Name::Known(i) if !i.used));
         // A typo in the item of an SMPR.
         assert_eq!(
@@ -311,7 +315,9 @@ mod tests {
             Name::Unknown(Some("ET_PTKC_1234567890_SMPR".into()))
         );
         // An SMPR without its serial.
-        assert!(matches!(classify("ET_PTKC_SMPR"), Name::Malformed(m) if m.contains("ET_PTKC_<serial>_SMPR")));
+        assert!(
+            matches!(classify("ET_PTKC_SMPR"), Name::Malformed(m) if m.contains("ET_PTKC_<serial>_SMPR"))
+        );
         assert!(matches!(classify("ET_PTKC_SMRP"), Name::Malformed(_)));
         assert!(matches!(classify("ET_HSM__SERVERLIST"), Name::Malformed(_)));
         assert!(matches!(classify("ET_X"), Name::Malformed(_)));
@@ -338,10 +344,16 @@ mod tests {
         let items: Vec<&str> = problems.iter().map(|p| p.item.as_str()).collect();
         assert_eq!(
             items,
-            ["ET_PTKC_1234567890_SMRP", "ET_PTKC_HA_RECOVER_WAIT", "ET_PTKC_SMPR"]
+            [
+                "ET_PTKC_1234567890_SMRP",
+                "ET_PTKC_HA_RECOVER_WAIT",
+                "ET_PTKC_SMPR"
+            ]
         );
         assert!(problems.iter().all(|p| p.place == "environment"));
-        assert!(problems[0].to_string().contains("did you mean ET_PTKC_1234567890_SMPR?"));
+        assert!(problems[0]
+            .to_string()
+            .contains("did you mean ET_PTKC_1234567890_SMPR?"));
         assert!(problems[1].message.contains("no effect"));
         assert!(problems[2].message.contains("serial"));
         assert!(env(&[("ET_PTKC_1_SMPR", "T")]).problems().is_empty());
@@ -349,13 +361,20 @@ mod tests {
 
     #[test]
     fn an_smpr_for_a_serial_no_device_has_is_reported() {
-        let config = env(&[("ET_PTKC_1111111111_SMPR", "SR"), ("ET_PTKC_2222222222_SMPR", "T")]);
+        let config = env(&[
+            ("ET_PTKC_1111111111_SMPR", "SR"),
+            ("ET_PTKC_2222222222_SMPR", "T"),
+        ]);
         let problems = config.unmatched_smpr(&["2222222222".to_string()]);
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].item, "ET_PTKC_1111111111_SMPR");
         assert!(
-            problems[0].message.contains("no device of the server list has serial 1111111111")
-                && problems[0].message.contains("answered are serial 2222222222"),
+            problems[0]
+                .message
+                .contains("no device of the server list has serial 1111111111")
+                && problems[0]
+                    .message
+                    .contains("answered are serial 2222222222"),
             "{}",
             problems[0]
         );

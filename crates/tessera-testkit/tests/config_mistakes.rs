@@ -117,7 +117,10 @@ fn check_config_shows_every_value_with_its_level_and_the_mistakes() {
         "  ET_PTKC_SMS_MAX_SECONDS = 3600  (default)\n".to_string(),
         format!("Device 0: unix:{}", daemon.socket().display()),
         format!("  Serial Number = {serial}  (the device)\n"),
-        format!("  ET_PTKC_{serial}_SMPR = SR  (user file {})\n", user.display()),
+        format!(
+            "  ET_PTKC_{serial}_SMPR = SR  (user file {})\n",
+            user.display()
+        ),
         "No problems found.\n".to_string(),
     ] {
         assert!(stdout.contains(&line), "{line:?} missing from:\n{stdout}");
