@@ -12,10 +12,9 @@ use tessera_testkit::{binary, wait_until};
 /// The daemon's arguments in the README's "serve the network too" command, with `port` for
 /// 12396 (another test or daemon may hold that one).
 fn readme_network_arguments(port: u16) -> Vec<String> {
-    let readme = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"),
-    )
-    .unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
     let at = readme
         .find("./target/release/tesserad --listen")
         .expect("the README shows how to serve the network");
