@@ -38,6 +38,7 @@ fn mistakes(serial: &str) -> Vec<(String, String)> {
         (format!("ET_PTKC_{WRONG_SERIAL}_SMPR"), "SR".into()),
         (format!("ET_PTKC_{serial}_SMRP"), "SR".into()),
         ("ET_PTKC_SMPR".into(), "SR".into()),
+        ("ET_HSM_NETCLIENT_SERVERLST".into(), "/nowhere".into()),
     ]
 }
 
@@ -74,6 +75,11 @@ fn the_library_reports_each_mistake_once_in_its_log() {
     );
     assert_eq!(
         lines(&format!("configuration item ET_PTKC_{WRONG_SERIAL}_SMPR (environment): no device of the server list has serial {WRONG_SERIAL} (the devices that answered are serial {serial})")),
+        2,
+        "{log}"
+    );
+    assert_eq!(
+        lines("configuration item ET_HSM_NETCLIENT_SERVERLST (environment): no such item, ignored; did you mean ET_HSM_NETCLIENT_SERVERLIST?"),
         2,
         "{log}"
     );
@@ -125,15 +131,16 @@ fn check_config_shows_every_value_with_its_level_and_the_mistakes() {
     ] {
         assert!(stdout.contains(&line), "{line:?} missing from:\n{stdout}");
     }
-    // The three mistakes: exit 1, each named with where it is set.
+    // The four mistakes: exit 1, each named with where it is set.
     let out = client(&daemon, &ctconf, &["--check-config"], &mistakes(&serial));
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
-    assert!(stdout.contains("3 problems:\n"), "{stdout}");
+    assert!(stdout.contains("4 problems:\n"), "{stdout}");
     for needle in [
         format!("ET_PTKC_{serial}_SMRP (environment): no such item, ignored; did you mean ET_PTKC_{serial}_SMPR?"),
         "ET_PTKC_SMPR (environment): not an item name".to_string(),
         format!("ET_PTKC_{WRONG_SERIAL}_SMPR (environment): no device of the server list has serial {WRONG_SERIAL}"),
+        "ET_HSM_NETCLIENT_SERVERLST (environment): no such item, ignored; did you mean ET_HSM_NETCLIENT_SERVERLIST?".to_string(),
     ] {
         assert!(stdout.contains(&needle), "{needle:?} missing from:\n{stdout}");
     }
