@@ -81,7 +81,7 @@ fn mode_locked_is_set_only_when_confirmed_and_says_that_only_a_tamper_undoes_it(
         assert_eq!(out.status.code(), Some(1), "{letters}: {stderr}");
         assert!(
             stderr.contains("Set Mode Locked on device 0")
-                && stderr.contains("until a tamper")
+                && stderr.contains("Only a tamper undoes it")
                 && stderr.contains(&format!("run `ctconf {letters} --pin-file {pin} --yes`")),
             "{letters}: {stderr}"
         );

@@ -264,7 +264,7 @@ fn run(args: &Args) -> Result<u8, Failure> {
     if locking {
         pin::confirm_or(
             &format!(
-                "Set Mode Locked on device {} (serial {})? Then no flag can change, -f0 included, until a tamper, and a tamper (ctconf --tamper) erases every token, PIN and flag.",
+                "Set Mode Locked on device {} (serial {})? Only a tamper undoes it: until then no flag can change, -f0 included, and a tamper (ctconf --tamper) erases every token, PIN and flag.",
                 args.device, current.info.serial
             ),
             args.yes,
