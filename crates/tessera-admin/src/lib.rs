@@ -26,6 +26,9 @@ macro_rules! println {
 /// `eprintln!` for the tools: see [`output`].
 #[macro_export]
 macro_rules! eprintln {
+    () => {
+        $crate::output::stderr(format_args!("\n"))
+    };
     ($($arg:tt)*) => {
         $crate::output::stderr(format_args!("{}\n", format_args!($($arg)*)))
     };
