@@ -219,3 +219,42 @@ fn no_file_links_a_document_outside_the_repository() {
         found.join("\n")
     );
 }
+
+#[test]
+fn the_reference_gives_the_smpr_letters_and_the_flags_that_require_the_same() {
+    use tessera_channel::Policy;
+    let reference = read("docs/reference.md");
+    let section = reference
+        .split("\n## ")
+        .find(|s| s.starts_with("SMPR letters"))
+        .expect("docs/reference.md has an SMPR letters section");
+    let mut letters = String::new();
+    for row in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let letter = cells[1].trim_matches('`');
+        let policy =
+            Policy::from_smpr(letter).unwrap_or_else(|e| panic!("{letter} is no SMPR letter: {e}"));
+        letters.push_str(letter);
+        // Every device flag named in the last column requires at least what the letter does.
+        let flags: Vec<char> = cells[3]
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .flat_map(|code| code.split(' '))
+            .filter_map(|f| f.chars().next())
+            .collect();
+        assert!(!flags.is_empty(), "{row}");
+        for flag in flags {
+            let bits = tessera_core::flags::parse(&flag.to_string()).unwrap();
+            let device = Policy::from_device_flags(bits);
+            assert_eq!(
+                device.union(policy),
+                device,
+                "flag {flag} does not require what SMPR {letter} does ({row})"
+            );
+        }
+    }
+    // All the letters, and only those: any other is refused.
+    assert_eq!(letters, "SRPEDT");
+    assert!(Policy::from_smpr("X").is_err());
+}
