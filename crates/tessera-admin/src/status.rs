@@ -89,8 +89,11 @@ pub fn render(status: &DeviceStatus, verbose: bool) -> String {
                 &mut out,
                 &format!("Slot {}", slot.slot),
                 format!(
-                    "{state}, {} objects, {} sessions",
-                    slot.objects, slot.sessions
+                    "{state}, {} {}, {} {}",
+                    slot.objects,
+                    plural(slot.objects, "object", "objects"),
+                    slot.sessions,
+                    plural(slot.sessions, "session", "sessions")
                 ),
             );
         }
