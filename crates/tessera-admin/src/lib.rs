@@ -3,6 +3,39 @@
 //! session on the Admin slot, and turning return codes into one clear line.
 #![forbid(unsafe_code)]
 
+/// `print!` for the tools: see [`output`]. Imported over the standard macro
+/// (`use tessera_admin::print;`); defined before the modules so that they use it too.
+#[macro_export]
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::output::stdout(format_args!($($arg)*))
+    };
+}
+
+/// `println!` for the tools: see [`output`].
+#[macro_export]
+macro_rules! println {
+    () => {
+        $crate::output::stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `eprintln!` for the tools: see [`output`].
+#[macro_export]
+macro_rules! eprintln {
+    () => {
+        $crate::output::stderr(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::stderr(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+pub mod check;
+pub mod output;
 pub mod pin;
 pub mod session;
 pub mod status;

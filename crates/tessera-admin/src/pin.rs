@@ -6,7 +6,14 @@ use tessera_core::SecretBytes;
 
 use crate::Failure;
 
-/// Reads the first line of a PIN file.
+/// The shortest PIN a device takes.
+pub const MIN_LEN: usize = 4;
+/// The longest PIN a device takes.
+pub const MAX_LEN: usize = 255;
+
+/// Reads the first line of a PIN file. A line that cannot be a PIN (shorter than 4 or longer
+/// than 255 bytes) is refused here as a malformed file: sent to the device, it would be
+/// counted as a wrong guess toward the lock-out.
 pub fn from_file(path: &Path, what: &str) -> Result<SecretBytes, Failure> {
     let text = std::fs::read(path).map_err(|e| {
         Failure::new(format!(
@@ -27,17 +34,40 @@ pub fn from_file(path: &Path, what: &str) -> Result<SecretBytes, Failure> {
             path.display()
         )));
     }
+    if !(MIN_LEN..=MAX_LEN).contains(&line.len()) {
+        return Err(Failure::new(format!(
+            "the {what} file {} is malformed: its first line has {} bytes, and a PIN has {MIN_LEN} to {MAX_LEN}; nothing was sent to the device (a wrong PIN would count toward the lock-out). Put the PIN alone on the file's first line",
+            path.display(),
+            line.len()
+        )));
+    }
     Ok(SecretBytes::from_slice(line))
 }
 
 fn prompt(text: &str) -> Result<SecretBytes, Failure> {
-    rpassword::prompt_password(text)
+    let pin = rpassword::prompt_password(text)
         .map(|pin| SecretBytes::new(pin.into_bytes()))
         .map_err(|e| {
             Failure::new(format!(
                 "cannot prompt for a PIN ({e}); give it in a file with the --*-pin-file options"
             ))
-        })
+        })?;
+    if !(MIN_LEN..=MAX_LEN).contains(&pin.len()) {
+        return Err(Failure::new(format!(
+            "a PIN has {MIN_LEN} to {MAX_LEN} characters; that one has {}, and was not sent to the device",
+            pin.len()
+        )));
+    }
+    Ok(pin)
+}
+
+/// Whether PINs can be asked on a terminal (the prompts use `/dev/tty`).
+pub fn can_prompt() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .is_ok()
 }
 
 /// A PIN from `file`, else prompted once.
@@ -65,13 +95,18 @@ pub fn read_new(file: Option<&Path>, what: &str) -> Result<SecretBytes, Failure>
 
 /// Asks the operator to type `yes` (unless `assume_yes`).
 pub fn confirm(question: &str, assume_yes: bool) -> Result<(), Failure> {
+    confirm_or(question, assume_yes, "add --yes")
+}
+
+/// [`confirm`], whose refusal without a terminal ends with `instead` (what to run to go on).
+pub fn confirm_or(question: &str, assume_yes: bool, instead: &str) -> Result<(), Failure> {
     if assume_yes {
         return Ok(());
     }
     use std::io::{BufRead, IsTerminal, Write};
     if !std::io::stdin().is_terminal() {
         return Err(Failure::new(format!(
-            "{question} Refusing without confirmation: add --yes"
+            "{question} Refusing without confirmation: {instead}"
         )));
     }
     eprint!("{question} Type 'yes' to go on: ");
@@ -103,6 +138,21 @@ mod tests {
             .unwrap_err()
             .message
             .contains("is empty"));
+        for short in ["1", "123", "12\n3456"] {
+            std::fs::write(&path, short).unwrap();
+            let error = from_file(&path, "Administrator PIN").unwrap_err().message;
+            assert!(
+                error.contains("is malformed") && error.contains("4 to 255"),
+                "{error}"
+            );
+        }
+        std::fs::write(&path, "x".repeat(256)).unwrap();
+        assert!(from_file(&path, "PIN")
+            .unwrap_err()
+            .message
+            .contains("malformed"));
+        std::fs::write(&path, "1234").unwrap();
+        assert_eq!(from_file(&path, "PIN").unwrap().expose(), b"1234");
         assert!(from_file(&dir.path().join("missing"), "PIN")
             .unwrap_err()
             .message

@@ -5,8 +5,7 @@ use tessera_wire::DeviceStatus;
 
 /// `YYYY-MM-DD hh:mm:ss UTC` for seconds since the Unix epoch.
 pub fn clock(seconds: u64) -> String {
-    let (year, month, day, hour, minute, second) = tessera_core::time::civil(seconds);
-    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02} UTC")
+    tessera_core::time::readable(seconds)
 }
 
 /// The name of a transport mode.
@@ -16,6 +15,14 @@ pub fn transport_mode(mode: u8) -> &'static str {
         1 => "Single Shot",
         2 => "Continuous",
         _ => "Unknown",
+    }
+}
+
+/// `one` or `many` as `count` asks: `1 certificate`, `2 certificates`, `0 channels`.
+pub fn plural<'a>(count: impl TryInto<u64>, one: &'a str, many: &'a str) -> &'a str {
+    match count.try_into() {
+        Ok(1) => one,
+        _ => many,
     }
 }
 
@@ -53,6 +60,9 @@ pub fn render(status: &DeviceStatus, verbose: bool) -> String {
         ),
         None => line(&mut out, "Identity", "none (create one with ctident)"),
     }
+    if !verbose && !status.admin_ready {
+        line(&mut out, "Admin Token", "not set up");
+    }
     if verbose {
         line(
             &mut out,
@@ -79,8 +89,11 @@ pub fn render(status: &DeviceStatus, verbose: bool) -> String {
                 &mut out,
                 &format!("Slot {}", slot.slot),
                 format!(
-                    "{state}, {} objects, {} sessions",
-                    slot.objects, slot.sessions
+                    "{state}, {} {}, {} {}",
+                    slot.objects,
+                    plural(slot.objects, "object", "objects"),
+                    slot.sessions,
+                    plural(slot.sessions, "session", "sessions")
                 ),
             );
         }
@@ -122,7 +135,11 @@ pub fn render_channels(channels: &[tessera_wire::ChannelSummary]) -> String {
             c.id, c.peer, c.age, c.messages, c.generation, c.policy
         );
     }
-    out + &format!("{} channel(s)\n", channels.len())
+    out + &format!(
+        "{} {}\n",
+        channels.len(),
+        plural(channels.len(), "channel", "channels")
+    )
 }
 
 /// A certificate for the operator to compare: subject, issuer, serial, device serial,
@@ -148,5 +165,16 @@ mod tests {
     #[test]
     fn clock_format() {
         assert_eq!(super::clock(1_795_740_245), "2026-11-27 00:44:05 UTC");
+    }
+
+    #[test]
+    fn counts_take_the_singular_for_one_only() {
+        let certificates =
+            |n: usize| format!("{n} {}", super::plural(n, "certificate", "certificates"));
+        assert_eq!(certificates(0), "0 certificates");
+        assert_eq!(certificates(1), "1 certificate");
+        assert_eq!(certificates(2), "2 certificates");
+        let channels = super::render_channels(&[]);
+        assert!(channels.ends_with("\n0 channels\n"), "{channels}");
     }
 }

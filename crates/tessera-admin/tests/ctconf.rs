@@ -239,7 +239,8 @@ fn flags_are_set_replaced_cleared_refused_and_locked() {
             "{unknown}"
         );
         for needs_identity in ["-fu", "-fn", "-fN", "-fU", "-fF"] {
-            let refused = ctconf.refused(&[needs_identity], 1);
+            // --yes: -fF sets Mode Locked, which is confirmed first.
+            let refused = ctconf.refused(&[needs_identity, "--yes"], 1);
             assert!(
                 refused.contains("identity") && refused.contains("ctident gen-selfsigned all"),
                 "{refused}"
@@ -265,7 +266,7 @@ fn flags_are_set_replaced_cleared_refused_and_locked() {
             "Default (No flags set)"
         );
         // Mode Locked: every later -f is refused until a tamper.
-        ctconf.admin(&["-fcl"]);
+        ctconf.admin(&["-fcl", "--yes"]);
         let locked = ctconf.refused(&["-f0"], 1);
         assert!(locked.contains("Mode Locked"), "{locked}");
         assert_eq!(
@@ -273,12 +274,15 @@ fn flags_are_set_replaced_cleared_refused_and_locked() {
             "No Public Crypto, Mode Locked"
         );
         ctconf.admin(&["--tamper", "--yes"]);
-        // The device needs first-time set-up again (here without a terminal, so it stops).
-        let out = ctconf.command(&["-v"]).code(1).get_output().clone();
-        let stderr = String::from_utf8(out.stderr).unwrap();
+        // The device needs first-time set-up again: without a terminal, ctconf shows it and
+        // says so.
+        let out = ctconf.command(&["-v"]).success().get_output().clone();
+        let stdout = String::from_utf8(out.stdout).unwrap();
         assert!(
-            stderr.contains("has not been set up") && stderr.contains("--*-pin-file"),
-            "{stderr}"
+            value(&stdout, "Admin Token") == "not set up"
+                && stdout.contains("Device 0 needs set-up: run `ctconf -a0` on a terminal")
+                && stdout.contains("--aso-pin-file FILE --admin-pin-file FILE"),
+            "{stdout}"
         );
         ctconf.set_up();
         let after = ctconf.status(true);

@@ -346,11 +346,11 @@ fn trust_store_add_list_remove_at_both_levels() {
         "{listed}"
     );
     assert!(
-        line(&listed, "User trust store").contains("(1 certificates)"),
+        line(&listed, "User trust store").contains("(1 certificate)"),
         "{listed}"
     );
     assert!(
-        line(&listed, "System trust store").contains("(1 certificates)"),
+        line(&listed, "System trust store").contains("(1 certificate)"),
         "{listed}"
     );
     assert!(client

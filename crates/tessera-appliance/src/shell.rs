@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use tessera_admin::session::{AdminSession, Target};
-use tessera_admin::status;
+use tessera_admin::{eprintln, print, println, status};
 use tessera_client::ClientError;
 use tessera_config::access::{AccessEntry, ClientAccess};
 use tessera_config::listen;
@@ -801,8 +801,9 @@ impl Shell<'_> {
             "clear" => {
                 let certificates = store.list().map_err(|e| e.to_string())?;
                 let answer = self.console.line(&format!(
-                    "Remove the {} certificate(s) from the trust store of {}? [y/N] ",
+                    "Remove the {} {} from the trust store of {}? [y/N] ",
                     certificates.len(),
+                    status::plural(certificates.len(), "certificate", "certificates"),
                     self.role
                 ));
                 if !yes(answer) {
@@ -813,8 +814,9 @@ impl Shell<'_> {
                         .map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
                 }
                 self.record(&format!(
-                    "hsm cert clear ({} certificate(s))",
-                    certificates.len()
+                    "hsm cert clear ({} {})",
+                    certificates.len(),
+                    status::plural(certificates.len(), "certificate", "certificates")
                 ))?;
                 println!("Trust store of {} cleared.", self.role);
                 Ok(())
@@ -856,8 +858,9 @@ impl Shell<'_> {
                 }
                 self.record(&format!("hsm cert: trusted {}", fingerprints.join(", ")))?;
                 println!(
-                    "{} certificate(s) added to the trust store of {}.",
+                    "{} {} added to the trust store of {}.",
                     chain.len(),
+                    status::plural(chain.len(), "certificate", "certificates"),
                     self.role
                 );
                 Ok(())

@@ -1,5 +1,5 @@
 //! Secure messaging policy: what each direction must carry, from the device's security flags
-//! and the client's SMPR letters (brief §2.1, §2.2). The effective policy of a channel is the
+//! and the client's SMPR letters (docs/reference.md, "Security flags", "SMPR letters"). The effective policy of a channel is the
 //! union of both, and it is part of the handshake transcript.
 
 use serde::{Deserialize, Serialize};

@@ -9,7 +9,7 @@
 //! A channel is made on demand, when the first call that needs one is sent: when the device's
 //! flags require it (the device refuses the call in the clear with `CKR_BAD_PROTECTION`, and
 //! the call is retried inside a new channel) or the client's SMPR for the device's serial asks
-//! for it (brief §2.2).
+//! for it (docs/reference.md, "SMPR letters").
 #![forbid(unsafe_code)]
 
 pub mod dumps;
@@ -333,6 +333,14 @@ impl Device {
             return Some(Route::Clear);
         }
         (state.clear_ok && !state.requires_channel).then_some(Route::Clear)
+    }
+
+    /// Tells the configuration check which serial the device at this entry gave (see
+    /// [`SecureSettings::saw_serial`]).
+    pub fn saw_serial(&self, serial: &str) {
+        if let Some(settings) = self.secure.as_deref() {
+            settings.saw_serial(&self.address.entry(), serial);
+        }
     }
 
     /// Sends `request` and waits for its reply, inside a channel when one is needed.

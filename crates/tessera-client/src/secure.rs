@@ -51,6 +51,18 @@ pub struct SecureSettings {
     /// Some SMPR item asks for a channel: until a handshake has authenticated which device an
     /// entry is, the library cannot tell whether that SMPR is the entry's.
     channel_anywhere: bool,
+    /// The server-list entries, and the serial each one's device gave (see
+    /// [`SecureSettings::saw_serial`]).
+    entries: Vec<String>,
+    serials: std::sync::Mutex<Serials>,
+}
+
+/// The serials the devices of the server list gave, until each has given one.
+#[derive(Debug, Default)]
+struct Serials {
+    by_entry: std::collections::HashMap<String, String>,
+    /// The SMPR items were checked against them (once).
+    checked: bool,
 }
 
 /// A chain found trusted: for which serial, against which anchors, when.
@@ -111,6 +123,11 @@ impl SecureSettings {
             log,
             known: KnownDevices::from_config(&config),
             channel_anywhere,
+            entries: config
+                .servers()
+                .map(|servers| servers.iter().map(|s| s.entry()).collect())
+                .unwrap_or_default(),
+            serials: std::sync::Mutex::new(Serials::default()),
             config,
             verified: std::sync::Mutex::new(None),
         })
@@ -150,6 +167,44 @@ impl SecureSettings {
             .item(&format!("ET_PTKC_{serial}_SMPR"))
             .and_then(|(value, _)| Policy::from_smpr(&value).ok())
             .unwrap_or_default()
+    }
+
+    /// Writes the configuration's mistakes to the log, one line each: item names that no part
+    /// of Tessera reads (`ET_PTKC_<serial>_SMRP`), that are no item name (`ET_PTKC_SMPR`), or
+    /// that belong to a mode Tessera does not have. The library does it when it is initialised.
+    pub fn report_configuration(&self) {
+        for problem in self.config.problems() {
+            self.log(&problem.to_string());
+        }
+    }
+
+    /// Records the serial that the device at `entry` gave (in the clear: this only checks the
+    /// configuration, it decides nothing). Once every entry of the server list has given one,
+    /// an SMPR item whose serial none of them has is written to the log, once: it protects no
+    /// device, and the device it was meant for runs without it.
+    pub fn saw_serial(&self, entry: &str, serial: &str) {
+        let unmatched = {
+            let mut serials = self.serials.lock().unwrap_or_else(|e| e.into_inner());
+            if serials.checked {
+                return;
+            }
+            serials
+                .by_entry
+                .insert(entry.to_string(), serial.to_string());
+            let all: Option<Vec<String>> = self
+                .entries
+                .iter()
+                .map(|e| serials.by_entry.get(e).cloned())
+                .collect();
+            let Some(all) = all else {
+                return;
+            };
+            serials.checked = true;
+            self.config.unmatched_smpr(&all)
+        };
+        for problem in unmatched {
+            self.log(&problem.to_string());
+        }
     }
 
     /// The configuration these settings were read from.

@@ -1,6 +1,7 @@
 //! Client configuration items, resolved once here for every client-side tool.
 //!
-//! Item names follow `ET_<class>_<component>_<item>` (brief §2.3). Four levels, first match wins:
+//! Item names follow `ET_<class>_<component>_<item>`; [`items`] lists every one, and
+//! docs/operations.md describes them for operators. Four levels, first match wins:
 //!
 //! | level | where |
 //! | --- | --- |
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod items;
 pub mod listen;
 mod server;
 pub mod users;

@@ -1,4 +1,5 @@
-//! Security flags of a device (brief §2.1): letters, bits and names, in one table.
+//! Security flags of a device: letters, bits and names, in one table (docs/reference.md,
+//! "Security flags", which a test holds to it).
 
 /// One security flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

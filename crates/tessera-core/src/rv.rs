@@ -6,7 +6,8 @@
 
 use cryptoki_sys as ck;
 
-/// `CKR_VENDOR_DEFINED`, the base of the vendor return codes of brief §2.6.
+/// `CKR_VENDOR_DEFINED`, the base of the vendor return codes (docs/reference.md, "Vendor
+/// return codes").
 pub const VENDOR_DEFINED: u64 = ck::CKR_VENDOR_DEFINED as u64;
 
 macro_rules! return_values {
@@ -19,6 +20,9 @@ macro_rules! return_values {
         }
 
         impl Rv {
+            /// Every value, in the order of the table.
+            pub const ALL: &'static [Rv] = &[ $( Rv::$name, )* ];
+
             /// The numeric `CK_RV`.
             pub const fn code(self) -> u64 {
                 self as u64
@@ -185,7 +189,7 @@ return_values! {
     WrappedKeyLenRange = ck::CKR_WRAPPED_KEY_LEN_RANGE => "CKR_WRAPPED_KEY_LEN_RANGE",
     /// The key cannot be wrapped (unextractable).
     KeyUnextractable = ck::CKR_KEY_UNEXTRACTABLE => "CKR_KEY_UNEXTRACTABLE",
-    /// Channel key establishment failed (brief §2.6).
+    /// Channel key establishment failed.
     CannotDeriveKeys = VENDOR_DEFINED + 0x381 => "CKR_CANNOT_DERIVE_KEYS",
     /// A request failed verification.
     BadRequestSignature = VENDOR_DEFINED + 0x382 => "CKR_BAD_REQ_SIGNATURE",
@@ -237,7 +241,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn codes_round_trip_and_vendor_values_match_the_brief() {
+    fn codes_round_trip_and_vendor_values_match_the_reference() {
         assert_eq!(Rv::from_code(0), Some(Rv::Ok));
         assert_eq!(Rv::BadReply.code(), 0x8000_0388);
         assert_eq!(Rv::AccessDenied.code(), 0x8000_0102);

@@ -25,8 +25,19 @@ pub fn civil(seconds: u64) -> (i64, u32, u32, u32, u32, u32) {
     (year, month, day, rest / 3600, rest % 3600 / 60, rest % 60)
 }
 
+/// `YYYY-MM-DD hh:mm:ss UTC` of a Unix time, as the tools and the event log show times.
+pub fn readable(seconds: u64) -> String {
+    let (year, month, day, hour, minute, second) = civil(seconds);
+    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02} UTC")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn readable_times() {
+        assert_eq!(super::readable(1_795_740_245), "2026-11-27 00:44:05 UTC");
+    }
+
     #[test]
     fn known_dates() {
         assert_eq!(super::civil(0), (1970, 1, 1, 0, 0, 0));

@@ -13,7 +13,8 @@ use crate::{Hsm, Login, Object, State, MAX_PIN_LEN, MIN_PIN_LEN};
 pub const DEVICE_OBJECT: u64 = (1 << 40) - 1;
 /// `CKA_HW_FEATURE_TYPE` of the device object.
 pub const CKH_TESSERA_DEVICE: u64 = ck::CKH_VENDOR_DEFINED as u64 + 0x5453;
-/// Vendor attribute of the device object: the security flags (`CK_ULONG`, brief §2.1 bits).
+/// Vendor attribute of the device object: the security flags (`CK_ULONG`, the bits of
+/// docs/reference.md).
 pub const CKA_TESSERA_SECURITY_FLAGS: u64 = ck::CKA_VENDOR_DEFINED as u64 + 0x5453_0001;
 /// Vendor attribute of the device object: the device serial number (bytes).
 pub const CKA_TESSERA_SERIAL: u64 = ck::CKA_VENDOR_DEFINED as u64 + 0x5453_0002;
@@ -241,9 +242,9 @@ impl Hsm {
                     .map_err(crate::store_failure)?;
                 state.device = device;
                 let detail = format!(
-                    "{} -> {}",
-                    crate::time::utc_time(before),
-                    crate::time::utc_time(time)
+                    "from {} to {}",
+                    tessera_core::time::readable(before),
+                    tessera_core::time::readable(time)
                 );
                 self.event(&state, "Administrator", "clock-changed", detail);
                 Ok(Reply::Done)
@@ -338,7 +339,10 @@ impl Hsm {
                 &state,
                 "Administrator",
                 "clear-sessions-ended",
-                format!("{ended} sessions opened without a channel, and their connections"),
+                format!(
+                    "{ended} {} opened without a channel, and their connections",
+                    if ended == 1 { "session" } else { "sessions" }
+                ),
             );
         }
         Ok(Reply::Done)

@@ -133,8 +133,8 @@ impl Hsm {
     }
 
     /// Ends every session opened outside a channel, and its clients' logins, then tells the
-    /// daemon: the flags now require a channel, so those sessions may not carry on (brief §2:
-    /// the device never executes a request that lacks the protection its flags require).
+    /// daemon: the flags now require a channel, so those sessions may not carry on
+    /// (docs/secure-messaging.md, "Policy": the device never executes a request that lacks the protection its flags require).
     pub(crate) fn end_clear_sessions(&self) -> usize {
         let in_channels: std::collections::HashSet<u64> = self
             .channels

@@ -1,6 +1,6 @@
 //! The device's event log: bounded, persistent, and chained with HMAC-SHA256 under a key
 //! derived from the device storage key, so that an edited, removed or reordered entry is
-//! detected (brief §3: every security event goes to a tamper-evident log).
+//! detected (docs/ctconf.md, "Event log": every security event goes to a tamper-evident log).
 
 use std::sync::Mutex;
 

@@ -1,4 +1,4 @@
-//! The device identity (brief §2.4): the identity key and certificate (PIK/PIC), the owner key
+//! The device identity (docs/ctident.md): the identity key and certificate (PIK/PIC), the owner key
 //! and certificate (POK/POC), and the peers this device trusts. The private keys are generated
 //! here, sealed under the device storage key, and never leave the daemon. The identity is kept
 //! apart from the tokens, so a tamper leaves it in place; only the Administrator changes it.

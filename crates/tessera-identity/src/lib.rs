@@ -1,4 +1,4 @@
-//! Device identities (brief §2.4): the owner key and certificate (POK/POC) that let one device
+//! Device identities (docs/ctident.md): the owner key and certificate (POK/POC) that let one device
 //! act as CA for an organisation's devices, the identity key and certificate (PIK/PIC) of each
 //! device, the verification of the chain a device presents, and the client trust store.
 //!

@@ -1,6 +1,6 @@
 //! Deciding whether the chain a device presents is trusted for the serial number dialled.
 //!
-//! The rules (brief §2, "Trust"): the device's identity certificate (PIC) must name the dialled
+//! The rules (docs/ctident.md, "Verification"): the device's identity certificate (PIC) must name the dialled
 //! serial, be within its validity and allow digital signatures; it is trusted if it is itself
 //! in the trust store (that device alone), or if it was signed by an owner certificate (POC) in
 //! the trust store that is within its validity and allowed to sign certificates. Nothing is

@@ -171,6 +171,7 @@ impl Library {
         let secure = Arc::new(
             tessera_client::SecureSettings::from_config(config).map_err(ConfigError::Message)?,
         );
+        secure.report_configuration();
         // Before any PIN or key passes through: a crash must not write them to a core file.
         if allow_dumps {
             secure.log(&format!(
@@ -282,6 +283,7 @@ fn failure(error: ClientError) -> u64 {
 fn probe(number: usize, device: &Device) -> DeviceSlots {
     match device.call(None, Request::DeviceInfo) {
         Ok((Reply::Device(info), _)) => {
+            device.saw_serial(&info.serial);
             if info.slot_count > MAX_LOCAL_SLOTS {
                 tracing::warn!(
                     device = number,

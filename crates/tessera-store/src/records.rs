@@ -20,7 +20,7 @@ pub struct DeviceRecord {
     pub admin_token: u64,
     /// The next token id to give out.
     pub next_token: u64,
-    /// Security flags (brief §2.1 bits).
+    /// Security flags (the bits of docs/reference.md).
     pub flags: u64,
     /// Transport mode: 0 none, 1 single shot, 2 continuous.
     pub transport_mode: u8,

@@ -155,7 +155,7 @@ fn a_rolled_back_store_is_refused_and_ctconf_e_reports_the_check() {
     std::fs::copy(&store, &old).unwrap();
     daemon.restart();
     // Mode Locked, which the old store does not have.
-    daemon.admin(Transport::Unix, &["-fcl"]);
+    daemon.admin(Transport::Unix, &["-fcl", "--yes"]);
     daemon.stop();
     std::fs::copy(&old, &store).unwrap();
     let log = daemon

@@ -1,5 +1,5 @@
 //! The security flags that do not depend on secure messaging, set with the real `ctconf` and
-//! observed by an application through the `.so` (brief §2.1).
+//! observed by an application through the `.so` (docs/reference.md, "Security flags").
 
 mod common;
 

@@ -298,9 +298,9 @@ fn default_socket(host: &Host) -> PathBuf {
 
 /// The test kit's extra arguments for the documented daemon command: its `unix:` sockets and
 /// its other options; its `tcp:` addresses are the kit's own loopback port, and its data
-/// directory the kit's. A command without `--listen` gets the default socket, as tesserad
-/// does (today any `--listen` replaces the default socket; if tesserad comes to keep it beside
-/// `--listen tcp:`, this rule follows).
+/// directory the kit's. A command without a `unix:` address gets the default socket, as
+/// tesserad does (`--listen tcp:...` serves beside the default socket; a `unix:` address
+/// replaces it).
 fn daemon_arguments(block: &Block, hsm: &Host, network: bool) -> Result<Vec<String>, StepFailed> {
     let failed = |message: String| StepFailed::at(block, message);
     // The command as written, expanded by the shell on the HSM host; `tesserad` only prints
@@ -356,7 +356,7 @@ fn daemon_arguments(block: &Block, hsm: &Host, network: bool) -> Result<Vec<Stri
             _ => extra.push(word),
         }
     }
-    if sockets == 0 && !tcp {
+    if sockets == 0 {
         extra.extend([
             "--listen".to_string(),
             format!("unix:{}", default_socket(hsm).display()),

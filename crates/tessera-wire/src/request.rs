@@ -519,7 +519,7 @@ impl Request {
         }
     }
 
-    /// Calls that carry PINs or secret values (brief §2.1, flag `n`).
+    /// Calls that carry PINs or secret values (flag `n`, docs/reference.md).
     pub fn carries_secret(&self) -> bool {
         matches!(
             self,

@@ -47,11 +47,12 @@ struct Args {
     data_dir: Option<PathBuf>,
 
     /// Where to serve, repeatable: `unix:PATH`, or `tcp:HOST:PORT` for network mode (port
-    /// 12396 is the usual one). Default: the local socket that the library dials when
-    /// ET_HSM_NETCLIENT_SERVERLIST is unset ($XDG_RUNTIME_DIR/tessera/tesserad.sock, else
-    /// /tmp/tessera-<uid>/tesserad.sock). TCP is only served when asked. A Unix socket's
-    /// directory must be tesserad's user's own and not writable by group or others (a
-    /// missing one is created with mode 0700).
+    /// 12396 is the usual one). The default local socket, which the library and the tools dial
+    /// when ET_HSM_NETCLIENT_SERVERLIST is unset ($XDG_RUNTIME_DIR/tessera/tesserad.sock, else
+    /// /tmp/tessera-<uid>/tesserad.sock), is always served unless a `unix:` address is given:
+    /// `--listen tcp:0.0.0.0:12396` serves the network in addition to it. TCP is only served
+    /// when asked. A Unix socket's directory must be tesserad's user's own and not writable by
+    /// group or others (a missing one is created with mode 0700).
     #[arg(long = "listen", value_name = "ADDRESS")]
     listen: Vec<String>,
 
@@ -218,6 +219,16 @@ struct Args {
     allow_core_dumps: bool,
 }
 
+/// `listen`, with the default local socket first unless it names a Unix socket: serving the
+/// network too must not take the local socket away from `ctconf` and the local applications,
+/// which dial it when no server list is configured.
+fn with_local_socket(mut listen: Vec<Listen>) -> Vec<Listen> {
+    if !listen.iter().any(|l| matches!(l, Listen::Unix(_))) {
+        listen.insert(0, Listen::Unix(default_socket_path()));
+    }
+    listen
+}
+
 fn main() -> ExitCode {
     // Whatever the daemon creates (store, key files, lock, socket) is its user's alone,
     // whatever umask it was started with; the appliance's shared files set their modes
@@ -274,7 +285,8 @@ fn main() -> ExitCode {
         args.listen
             .iter()
             .map(|l| tessera_config::listen::parse(l).map_err(|e| format!("--listen {e}")))
-            .collect()
+            .collect::<Result<Vec<Listen>, String>>()
+            .map(with_local_socket)
     } else if args.appliance {
         // The addresses set with `psesh network`, else the local socket and every interface.
         tessera_config::listen::read_file(&state.join("listen")).map(|configured| {

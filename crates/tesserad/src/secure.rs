@@ -1,5 +1,5 @@
 //! The device end of secure messaging on one connection: the handshake, protected records,
-//! rollover, and the termination checks (brief §2).
+//! rollover, and the termination checks (docs/secure-messaging.md).
 
 use std::sync::Arc;
 

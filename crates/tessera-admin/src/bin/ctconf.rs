@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tessera_admin::{pin, status, AdminSession, Failure, Target};
+use tessera_admin::{eprintln, pin, print, println, status, AdminSession, Failure, Target};
 use tessera_core::flags;
 use tessera_wire::{AdminCommand, Reply};
 
@@ -36,8 +36,10 @@ use tessera_wire::{AdminCommand, Reply};
 ///   ctconf --channels              list secure-messaging channels; --terminate-channel 7 ends one
 ///
 ///   ctconf --tamper --yes          erase every token, PIN and flag, like a hardware tamper
+///
+///   ctconf --check-config          every configuration item, where it comes from, and mistakes
 #[derive(Parser, Debug)]
-#[command(version, verbatim_doc_comment)]
+#[command(name = "ctconf", version, verbatim_doc_comment)]
 struct Args {
     /// Device number in the server list (position in ET_HSM_NETCLIENT_SERVERLIST); without other
     /// actions, show that device.
@@ -104,7 +106,16 @@ struct Args {
     #[arg(long)]
     tamper: bool,
 
-    /// Answer yes to confirmations (-d, --tamper).
+    /// Check the configuration without changing anything: every item with its value and the
+    /// level it came from (environment, user file, system file, default), each device of the
+    /// server list with its serial and SMPR, and the mistakes that are otherwise ignored
+    /// (unknown or malformed item names, an SMPR for a serial no device has). Exit code 1 if
+    /// there is a mistake.
+    #[arg(long)]
+    check_config: bool,
+
+    /// Answer yes to confirmations (-d, --tamper, and -f with l or F: Mode Locked, which only
+    /// a tamper undoes).
     #[arg(long)]
     yes: bool,
 
@@ -152,7 +163,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// This command line, as the operator could type it again (arguments quoted where needed).
+fn command_line() -> String {
+    let quoted = std::env::args().skip(1).map(|arg| {
+        let plain = !arg.is_empty()
+            && arg
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_=./:,@%+".contains(c));
+        match plain {
+            true => arg,
+            false => format!("'{}'", arg.replace('\'', r"'\''")),
+        }
+    });
+    std::iter::once("ctconf".to_string())
+        .chain(quoted)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn run(args: &Args) -> Result<u8, Failure> {
+    if args.check_config {
+        return tessera_admin::check::run();
+    }
     // Check what can be checked before touching the device.
     let new_flags = match &args.flags {
         Some(letters) => Some(flags::parse(letters).map_err(|bad| {
@@ -171,6 +203,18 @@ fn run(args: &Args) -> Result<u8, Failure> {
         }
     }
     let target = Target::open(args.device)?;
+    if !args.has_change() && args.aso_pin_file.is_none() && !pin::can_prompt() {
+        // A look at a device that was never set up needs no set-up: nothing can be asked here.
+        let current = target.status()?;
+        if !current.admin_ready {
+            print!("{}", status::render(&current, args.verbose));
+            println!(
+                "Device {} needs set-up: run `ctconf -a{}` on a terminal (it asks for the ASO and Administrator PINs), or add --aso-pin-file FILE --admin-pin-file FILE",
+                args.device, args.device
+            );
+            return Ok(0);
+        }
+    }
     let current = tessera_admin::session::ensure_admin_ready(
         &target,
         args.aso_pin_file.as_deref(),
@@ -216,11 +260,25 @@ fn run(args: &Args) -> Result<u8, Failure> {
             args.yes,
         )?;
     }
+    let locking = new_flags.is_some_and(|bits| bits & flags::MODE_LOCKED != 0);
+    if locking {
+        pin::confirm_or(
+            &format!(
+                "Set Mode Locked on device {} (serial {})? Only a tamper undoes it: until then no flag can change, -f0 included, and a tamper (ctconf --tamper) erases every token, PIN and flag.",
+                args.device, current.info.serial
+            ),
+            args.yes,
+            &format!("if that is what you want, run `{} --yes`", command_line()),
+        )?;
+    }
     let session = AdminSession::login(&target, &current, &admin_pin)?;
     let mut code = 0;
     if let Some(bits) = new_flags {
         session.run(AdminCommand::SetFlags(bits))?;
         println!("Security Mode set to: {}", flags::describe(bits));
+        if locking {
+            println!("Mode Locked: only a tamper (ctconf --tamper) can change the flags now.");
+        }
     }
     if let (Some(slot), Some(so_pin)) = (args.init_token, token_so_pin) {
         let label = args.label.clone().unwrap_or_default();
@@ -238,7 +296,7 @@ fn run(args: &Args) -> Result<u8, Failure> {
     }
     if let Some(count) = args.add_slots {
         session.run(AdminCommand::AddSlots(count))?;
-        println!("{count} slot(s) added.");
+        println!("{count} {} added.", status::plural(count, "slot", "slots"));
     }
     if let Some(slot) = args.delete_slot {
         session.run(AdminCommand::DeleteSlot(slot))?;

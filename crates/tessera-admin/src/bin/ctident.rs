@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tessera_admin::session::{admin_pin, ensure_admin_ready};
-use tessera_admin::{pin, status, AdminSession, Failure, Target};
+use tessera_admin::{eprintln, pin, print, println, status, AdminSession, Failure, Target};
 use tessera_identity::inspect::CertificateInfo;
 use tessera_identity::pem;
 use tessera_identity::trust::{Level, TrustStore};
@@ -37,7 +37,7 @@ use tessera_wire::{AdminCommand, Identity, IdentityTarget, KeyState, Reply, Requ
 ///
 ///   ctident trust list                      what this user and the system trust
 #[derive(Parser, Debug)]
-#[command(version, verbatim_doc_comment)]
+#[command(name = "ctident", version, verbatim_doc_comment)]
 struct Args {
     /// Device number in the server list (ET_HSM_NETCLIENT_SERVERLIST).
     #[arg(short = 'a', long = "device", default_value_t = 0, global = true)]
@@ -700,9 +700,10 @@ fn run_trust(args: &Args, trust: &Trust) -> Result<(), Failure> {
                 let store = TrustStore::open(&config, *level);
                 let entries = store.list().map_err(|e| Failure::new(e.to_string()))?;
                 println!(
-                    "{level:?} trust store {} ({} certificates)",
+                    "{level:?} trust store {} ({} {})",
                     store.dir.display(),
-                    entries.len()
+                    entries.len(),
+                    status::plural(entries.len(), "certificate", "certificates")
                 );
                 for (_, der) in entries {
                     println!("  {}", status::describe_certificate(&der));

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tessera_admin::{eprintln, println};
 use tessera_appliance::audit::AuditLog;
 use tessera_appliance::shell::{Console, Outcome, Shell};
 use tessera_appliance::users::{Role, Users, DEFAULT_ITERATIONS};
@@ -32,7 +33,7 @@ use zeroize::Zeroizing;
 /// prompt, questions (confirmations, PINs) are answered by the next input line, and the script
 /// stops at the first command that fails, with exit status 1.
 #[derive(Parser, Debug)]
-#[command(version, verbatim_doc_comment)]
+#[command(name = "psesh", version, verbatim_doc_comment)]
 struct Args {
     /// The HSM daemon's data directory (the appliance state is its `appliance` subdirectory).
     /// Default: $XDG_DATA_HOME/tessera, else ~/.local/share/tessera.
