@@ -140,7 +140,9 @@ fn each_user_needs_hsm_cert_before_hsm_commands_under_secure_messaging() {
         assert!(ok, "{user}: {out}\n{err}");
         assert!(out.contains("subject") && out.contains("SHA-256") && out.contains("serial"));
         assert!(
-            out.contains(&format!("2 certificates added to the trust store of {user}")),
+            out.contains(&format!(
+                "2 certificates added to the trust store of {user}"
+            )),
             "{out}"
         );
         assert!(out.contains("Event log integrity: OK"), "{out}");

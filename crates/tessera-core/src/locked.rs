@@ -160,7 +160,10 @@ pub(crate) mod tests {
                 }
                 continue;
             }
-            let range = line.split_whitespace().next().and_then(|r| r.split_once('-'));
+            let range = line
+                .split_whitespace()
+                .next()
+                .and_then(|r| r.split_once('-'));
             if let Some((start, end)) = range {
                 let parse = |hex| usize::from_str_radix(hex, 16);
                 if let (Ok(start), Ok(end)) = (parse(start), parse(end)) {
@@ -177,12 +180,18 @@ pub(crate) mod tests {
         assert_eq!(slot.capacity(), 32);
         let flags = vm_flags(slot.bytes().as_ptr() as usize);
         let report = report();
-        assert!(flags.split(' ').any(|f| f == "dd"), "not MADV_DONTDUMP: {flags}");
+        assert!(
+            flags.split(' ').any(|f| f == "dd"),
+            "not MADV_DONTDUMP: {flags}"
+        );
         assert!(
             flags.split(' ').any(|f| f == "lo"),
             "not locked: {flags} ({report:?}; RLIMIT_MEMLOCK too small for this test?)"
         );
-        assert!(report.locked >= CHUNK && report.error.is_none(), "{report:?}");
+        assert!(
+            report.locked >= CHUNK && report.error.is_none(),
+            "{report:?}"
+        );
         give(slot);
     }
 
@@ -194,7 +203,10 @@ pub(crate) mod tests {
         give(slot);
         // Another test may take the same slot meanwhile; any slot handed out is clean.
         let again = take(1000).expect("a slot");
-        assert!(again.bytes().iter().all(|&b| b == 0), "slot at {address:?} not wiped");
+        assert!(
+            again.bytes().iter().all(|&b| b == 0),
+            "slot at {address:?} not wiped"
+        );
         give(again);
     }
 

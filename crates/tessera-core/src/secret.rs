@@ -328,7 +328,8 @@ mod tests {
         let back: SecretBytes = postcard::from_bytes(&wire).unwrap();
         assert_eq!(back, a);
         let big = SecretBytes::from_slice(&vec![1; 100_000]);
-        let back: SecretBytes = postcard::from_bytes(&postcard::to_allocvec(&big).unwrap()).unwrap();
+        let back: SecretBytes =
+            postcard::from_bytes(&postcard::to_allocvec(&big).unwrap()).unwrap();
         assert_eq!(back, big);
     }
 }

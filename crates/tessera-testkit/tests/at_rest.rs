@@ -253,7 +253,9 @@ fn a_passphrase_asked_on_the_terminal_is_not_echoed() {
             }
         }
         let _ = script.kill();
-        let _ = Command::new("pkill").args(["-f", &dir.path().display().to_string()]).status();
+        let _ = Command::new("pkill")
+            .args(["-f", &dir.path().display().to_string()])
+            .status();
         let _ = script.wait();
         (String::from_utf8_lossy(&shown).into_owned(), ready)
     };
@@ -266,12 +268,15 @@ fn a_passphrase_asked_on_the_terminal_is_not_echoed() {
         "the passphrase was echoed:\n{shown}"
     );
     // Wait for the first daemon to be gone before the next start on the same directory.
-    assert!(tessera_testkit::wait_until(std::time::Duration::from_secs(10), || {
-        Command::new("pgrep")
-            .args(["-f", &dir.path().display().to_string()])
-            .status()
-            .is_ok_and(|s| !s.success())
-    }));
+    assert!(tessera_testkit::wait_until(
+        std::time::Duration::from_secs(10),
+        || {
+            Command::new("pgrep")
+                .args(["-f", &dir.path().display().to_string()])
+                .status()
+                .is_ok_and(|s| !s.success())
+        }
+    ));
     let (shown, ready) = start("another-wrong-passphrase");
     assert!(!ready, "started with the wrong passphrase:\n{shown}");
     assert!(!shown.contains("another-wrong"), "echoed:\n{shown}");

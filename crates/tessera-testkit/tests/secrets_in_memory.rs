@@ -287,7 +287,10 @@ fn nothing_left_after_the_session(channel: bool) {
         let file = daemon.dir().join("so.pin");
         std::fs::write(&file, format!("{SO}\n")).unwrap();
         let file = file.display().to_string();
-        daemon.admin(transport, &["-n0", "--label", "markers", "--so-pin-file", &file]);
+        daemon.admin(
+            transport,
+            &["-n0", "--label", "markers", "--so-pin-file", &file],
+        );
         std::fs::remove_file(&file).unwrap();
     } else {
         pkcs11.init_token(slot, &so_pin, "markers").unwrap();
@@ -361,7 +364,11 @@ fn vm_flags(pid: u32, maps_line: &str) -> String {
             if inside {
                 return flags.trim().to_string();
             }
-        } else if line.split_whitespace().next().is_some_and(|r| r.contains('-')) {
+        } else if line
+            .split_whitespace()
+            .next()
+            .is_some_and(|r| r.contains('-'))
+        {
             inside = line.split_whitespace().next() == Some(start);
         }
     }
@@ -413,7 +420,9 @@ fn a_key_in_use_is_held_only_in_locked_memory_left_out_of_dumps() {
         let cipher = session
             .encrypt(&Mechanism::AesCbcPad(iv), key, b"some plaintext")
             .unwrap();
-        session.decrypt(&Mechanism::AesCbcPad(iv), key, &cipher).unwrap();
+        session
+            .decrypt(&Mechanism::AesCbcPad(iv), key, &cipher)
+            .unwrap();
         keys.push(key);
     }
 
@@ -452,7 +461,8 @@ fn a_key_in_use_is_held_only_in_locked_memory_left_out_of_dumps() {
 #[test]
 fn a_daemon_that_cannot_lock_memory_says_so_and_how_to_fix_it() {
     let _serial = common::serialise();
-    let launcher = "exec prlimit --memlock=0:0 setpriv --inh-caps=-ipc_lock --bounding-set=-ipc_lock";
+    let launcher =
+        "exec prlimit --memlock=0:0 setpriv --inh-caps=-ipc_lock --bounding-set=-ipc_lock";
     let daemon = Daemon::start_prepared(Some(launcher), |_| {}, &[]).unwrap();
     let pkcs11 = common::load(&daemon.server_list(tessera_testkit::Transport::Unix));
     assert!(!pkcs11.get_slots_with_token().unwrap().is_empty());
