@@ -1,6 +1,6 @@
 //! Secret byte strings: PINs and key material.
 //!
-//! A secret of up to [`locked::LARGEST`](crate::locked::LARGEST) bytes — every PIN and every key
+//! A secret of up to [`LARGEST`](crate::locked::LARGEST) bytes — every PIN and every key
 //! value — lives in a slot of locked, non-dumpable memory ([`crate::locked`]); a larger one (bulk
 //! data that a call marks secret, such as a big plaintext) lives on the heap. Either way its
 //! bytes are wiped when it is dropped, and when it moves from one buffer to a larger one.

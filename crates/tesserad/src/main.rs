@@ -49,7 +49,7 @@ struct Args {
     /// Where to serve, repeatable: `unix:PATH`, or `tcp:HOST:PORT` for network mode (port
     /// 12396 is the usual one). The default local socket, which the library and the tools dial
     /// when ET_HSM_NETCLIENT_SERVERLIST is unset ($XDG_RUNTIME_DIR/tessera/tesserad.sock, else
-    /// /tmp/tessera-<uid>/tesserad.sock), is always served unless a `unix:` address is given:
+    /// /tmp/tessera-UID/tesserad.sock), is always served unless a `unix:` address is given:
     /// `--listen tcp:0.0.0.0:12396` serves the network in addition to it. TCP is only served
     /// when asked. A Unix socket's directory must be tesserad's user's own and not writable by
     /// group or others (a missing one is created with mode 0700).
