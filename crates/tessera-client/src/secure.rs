@@ -33,6 +33,9 @@ pub enum LogTarget {
     Stderr,
     /// Appended to a file.
     File(PathBuf),
+    /// Nowhere: an administration tool, which shows the reason of a failure itself (see
+    /// [`SecureSettings::for_tool`]).
+    Quiet,
 }
 
 /// Secure-messaging settings of the client, from its configuration.
@@ -126,7 +129,7 @@ impl SecureSettings {
         anchors: &[Vec<u8>],
         serial: &str,
         now: i64,
-    ) -> Result<(), String> {
+    ) -> Result<(), tessera_identity::Refusal> {
         let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(v) = verified.as_ref() {
             let fresh = now >= v.at && now - v.at < VERIFIED_SECONDS;
@@ -134,7 +137,7 @@ impl SecureSettings {
                 return Ok(());
             }
         }
-        tessera_identity::verify_chain(chain, anchors, serial, now).map_err(|r| r.to_string())?;
+        tessera_identity::verify_chain(chain, anchors, serial, now)?;
         *verified = Some(Verified {
             serial: serial.into(),
             chain: chain.to_vec(),
@@ -142,6 +145,16 @@ impl SecureSettings {
             at: now,
         });
         Ok(())
+    }
+
+    /// Settings for an administration tool: the reports the library would write to standard
+    /// error are left out (the tool prints the reason of its failure in its one line, from
+    /// [`crate::Device::take_refusal`] or the error); a log file still gets them.
+    pub fn for_tool(mut self) -> SecureSettings {
+        if self.log == LogTarget::Stderr {
+            self.log = LogTarget::Quiet;
+        }
+        self
     }
 
     /// The client's policy for the device with `serial` (SMPR).
@@ -186,6 +199,7 @@ impl SecureSettings {
                     let _ = file.write_all(line.as_bytes());
                 }
             }
+            LogTarget::Quiet => {}
         }
     }
 }
@@ -417,6 +431,7 @@ impl Device {
         match self.exchange(state, Request::DeviceInfo)? {
             Reply::Device(info) => {
                 state.serial = Some(info.serial.clone());
+                state.claimed_required = info.channel_required;
                 Ok(info.serial)
             }
             _ => Err(ClientError::BadReply {
@@ -447,7 +462,7 @@ impl Device {
         settings: &SecureSettings,
     ) -> Result<Option<(KnownDevice, KnownLevel)>, ClientError> {
         settings.known.lookup(&self.address.entry()).map_err(|e| {
-            self.report("unknown", &format!("known devices: {e}"));
+            self.refuse("unknown", &format!("known devices: {e}"));
             ClientError::Returned(Rv::GeneralError.code())
         })
     }
@@ -477,13 +492,21 @@ impl Device {
                         record.describe(),
                         self.accept_hint(settings, level)
                     );
-                    self.report(&claimed, &message);
+                    self.refuse(&claimed, &message);
                     return Err(ClientError::Returned(Rv::DeviceError.code()));
                 }
-                !settings.smpr(&record.serial).requires_channel()
+                !settings.smpr(&record.serial).requires_channel() && !state.claimed_required
             }
             Some(_) => false,
-            None => !settings.channel_anywhere,
+            None if settings.channel_anywhere => false,
+            // Nothing of this client asks for a channel: the device's own word that its flags
+            // require one is heard (it may only make this client stricter). Without it, the
+            // first session call would go in the clear only to be refused, and a legitimate
+            // client would leave a `policy-refusal` in the device's event log.
+            None => {
+                self.claimed_serial(state)?;
+                !state.claimed_required
+            }
         };
         state.clear_ok = clear;
         Ok(!clear)
@@ -515,18 +538,71 @@ impl Device {
     }
 
     pub(crate) fn report(&self, serial: &str, what: &str) {
-        if let Some(settings) = self.secure.as_deref() {
-            settings.log(&format!(
-                "device {} (serial {serial}): {what}",
-                self.address
-            ));
-        }
+        self.log(&format!("{}: {what}", self.named(Some(serial))));
+    }
+
+    /// Reports why a channel was refused, and keeps the line for [`Device::take_refusal`].
+    fn refuse(&self, serial: &str, what: &str) {
+        self.report(serial, what);
+        *self
+            .refusal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(format!(
+            "{}: {what}",
+            self.named(Some(serial))
+        ));
+    }
+
+    /// Why the device's chain is not trusted, where this client looked, and the command that
+    /// fixes it (the same words in the library's log and in every tool).
+    fn untrusted(
+        &self,
+        settings: &SecureSettings,
+        chain: &[Vec<u8>],
+        refusal: &tessera_identity::Refusal,
+    ) -> String {
+        use tessera_identity::trust::{Level, TrustStore};
+        use tessera_identity::Refusal;
+        let a = self.tool_option();
+        let stores = format!(
+            "trust stores searched: {} (user, ET_PTKC_TRUSTSTORE_USER), {} (system, ET_PTKC_TRUSTSTORE_SYSTEM)",
+            TrustStore::open(settings.config(), Level::User).dir.display(),
+            TrustStore::open(settings.config(), Level::System).dir.display()
+        );
+        let fingerprint = |index: usize| {
+            chain
+                .get(index)
+                .map(|der| tessera_identity::inspect::fingerprint(der))
+        };
+        let renew = format!(
+            "give the device a new identity (`ctident{a} gen-selfsigned all --replace`), then trust it here (`ctident{a} trust add --from-device`)"
+        );
+        let fix = match refusal {
+            Refusal::Expired { .. } | Refusal::NotYetValid { .. } => {
+                format!("if this host's clock is right, {renew}")
+            }
+            Refusal::WrongSerial { .. } | Refusal::WrongKeyUsage { .. } => {
+                format!("the certificate is not one for this device: {renew}")
+            }
+            _ => {
+                let owner = fingerprint(1).map_or(String::new(), |f| {
+                    format!(", or its owner certificate, SHA-256 {f}, with `ctident{a} trust add --from-device --owner`")
+                });
+                format!(
+                    "compare the device's certificate fingerprint SHA-256 {} with the one `ctident{a} show` prints on the device's own host (out of band), then trust it: `ctident{a} trust add --from-device`{owner}",
+                    fingerprint(0).unwrap_or_else(|| "(none presented)".into())
+                )
+            }
+        };
+        format!(
+            "secure channel refused (CKR_CERT_NOT_VALIDATED), the device's certificate: {refusal}; {stores}; {fix}"
+        )
     }
 
     /// Opens a channel on the current connection, to the device recorded for this entry or,
     /// for an entry never authenticated, to the device whose serial the clear phase named; the
     /// chain proves the serial either way. The first channel to an entry records it.
-    fn handshake(&self, state: &mut State) -> Result<(), ClientError> {
+    pub(crate) fn handshake(&self, state: &mut State) -> Result<(), ClientError> {
         let settings = self.settings()?;
         let found = self.known(settings)?;
         let known = found.as_ref().map(|(record, _)| record);
@@ -559,9 +635,17 @@ impl Device {
                 return Err(ClientError::Returned(Rv::BadReply.code()));
             }
             Err(ClientError::Returned(code)) => {
-                let reason =
-                    Rv::from_code(code).map_or(format!("0x{code:08X}"), |rv| rv.name().to_string());
-                self.report(
+                let a = self.tool_option();
+                let reason = match Rv::from_code(code) {
+                    Some(Rv::NoSessionKeys) => format!(
+                        "CKR_NO_SESSION_KEYS: the device has no identity (key and certificate), so it cannot make one; run `ctident{a} gen-selfsigned all`, then trust it here with `ctident{a} trust add --from-device`"
+                    ),
+                    Some(Rv::ChannelLimit) => "CKR_TESSERA_CHANNEL_LIMIT: the device holds as many channels as it may (tesserad --max-channels); try again when others have closed, or raise the limit".into(),
+                    Some(Rv::HandshakeRateLimited) => "CKR_TESSERA_HANDSHAKE_RATE_LIMITED: too many failed handshakes from this address; wait, and fix what made them fail".into(),
+                    Some(rv) => rv.name().to_string(),
+                    None => format!("0x{code:08X}"),
+                };
+                self.refuse(
                     &serial,
                     &format!(
                         "the device refused a secure channel: {reason}{}",
@@ -581,6 +665,9 @@ impl Device {
             .chain
             .first()
             .map(|pic| crate::known::identity_of(pic));
+        // Why the trust store did not vouch for the chain (as opposed to the checks of the
+        // known devices and SMPR before it, whose reasons carry their own fix).
+        let distrust: std::cell::RefCell<Option<tessera_identity::Refusal>> = Default::default();
         let verify_chain = |chain: &[Vec<u8>]| {
             if known.is_none()
                 && settings.channel_anywhere
@@ -608,7 +695,13 @@ impl Device {
                     return Err(format!("another device or identity{}", recorded(&seen)));
                 }
             }
-            settings.check_chain(chain, &anchors, &serial, now)
+            settings
+                .check_chain(chain, &anchors, &serial, now)
+                .map_err(|refusal| {
+                    let shown = refusal.to_string();
+                    *distrust.borrow_mut() = Some(refusal);
+                    shown
+                })
         };
         let verified = expect.handle(
             &answer,
@@ -618,14 +711,15 @@ impl Device {
         let (channel, finished) = match verified {
             Ok(done) => done,
             Err(HandshakeError::Untrusted(reason)) => {
-                self.report(
-                    &serial,
-                    &format!("secure channel refused: certificate not trusted: {reason}"),
-                );
+                let line = match distrust.take() {
+                    Some(refusal) => self.untrusted(settings, &answer.chain, &refusal),
+                    None => format!("secure channel refused (CKR_CERT_NOT_VALIDATED): {reason}"),
+                };
+                self.refuse(&serial, &line);
                 return Err(ClientError::Returned(Rv::CertNotValidated.code()));
             }
             Err(e) => {
-                self.report(&serial, &format!("secure channel refused: {e}"));
+                self.refuse(&serial, &format!("secure channel refused: {e}"));
                 self.kill(state, true);
                 return Err(ClientError::Returned(Rv::CannotDeriveKeys.code()));
             }

@@ -283,10 +283,16 @@ fn untrusted_wrong_serial_and_expired_devices_are_refused_with_the_reason_logged
             out.contains("open=0x80000107"),
             "CKR_CERT_NOT_VALIDATED expected: {out}"
         );
+        // The log names the device, the trust stores searched and the command that fixes it.
         let log = std::fs::read_to_string(daemon.client_log()).unwrap();
+        let empty = empty.display().to_string();
         assert!(
-            log.lines()
-                .any(|l| l.contains("certificate not trusted") && l.contains("not trusted")),
+            log.lines().any(|l| l.contains("device 0 (")
+                && l.contains("CKR_CERT_NOT_VALIDATED")
+                && l.contains("is not trusted")
+                && l.contains(&format!("trust stores searched: {empty} (user"))
+                && l.contains("`ctident trust add --from-device`")
+                && l.contains("SHA-256 ")),
             "{log}"
         );
 
