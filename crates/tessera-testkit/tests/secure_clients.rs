@@ -415,6 +415,27 @@ fn the_administrator_ends_channels_and_applications_carry_on() {
             "the application's and ctconf's own: {listed}"
         );
         assert!(listed.contains("SPT"), "policy letters shown: {listed}");
+        if transport == Transport::Unix {
+            // A local peer is shown by its process id and program name.
+            let ours = format!("pid={}(secure_clients-)", std::process::id());
+            assert!(listed.contains(&ours), "{ours} missing: {listed}");
+            assert!(listed.contains("(ctconf)"), "ctconf's own: {listed}");
+        }
+        // An id no channel has is said so, not "0 channel(s) terminated".
+        let pin = daemon.dir().join("admin.pin");
+        let unknown = Command::new(tessera_testkit::binary("ctconf"))
+            .envs(daemon.trust_env())
+            .env("ET_HSM_NETCLIENT_SERVERLIST", daemon.server_list(transport))
+            .args(["--terminate-channel", "99999", "--pin-file"])
+            .arg(&pin)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&unknown.stderr);
+        assert_eq!(unknown.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("no channel has id 99999") && stderr.contains("ctconf --channels"),
+            "{stderr}"
+        );
         daemon.admin(transport, &["--terminate-channel", "all"]);
         assert_eq!(
             common::rv(session.get_session_info()),
@@ -440,14 +461,56 @@ fn the_administrator_ends_channels_and_applications_carry_on() {
         third.generate_random_vec(4).unwrap();
         let events = daemon.admin(transport, &["-e"]);
         for kind in [
-            "channel-opened",
+            "channel-count",
             "channel-closed",
             "channels-terminated",
-            "policy-refusal",
             "the security flags changed",
         ] {
             assert!(events.contains(kind), "{kind} missing:\n{events}");
         }
+        // Legitimate clients under flags never try a session call in the clear (a policy
+        // refusal means a misconfigured or hostile client), and channels opened and closed
+        // by their clients are counted, not logged one by one.
+        for kind in ["policy-refusal", "channel-opened", ": connection closed"] {
+            assert!(!events.contains(kind), "{kind} logged:\n{events}");
+        }
+    }
+}
+
+#[test]
+fn a_policy_refusal_in_the_event_log_means_a_client_that_tried_in_the_clear() {
+    for transport in TRANSPORTS {
+        let daemon = Daemon::start();
+        prepare(&daemon, transport, "nu");
+        let servers = daemon.server_list(transport);
+        // A legitimate client that never met this device (no known-devices record, no SMPR):
+        // the device's word that its flags require a channel sends every session call
+        // through one, none in the clear first.
+        for round in 0..3 {
+            let fresh = daemon.dir().join(format!("fresh-known-{round}"));
+            let device = secured(
+                &daemon,
+                &servers,
+                &[("ET_PTKC_KNOWN_DEVICES_USER", fresh.to_str().unwrap())],
+            );
+            let (session, g) = user(&device);
+            call(&device, g, Request::GenerateRandom { session, len: 8 });
+        }
+        let events = daemon.admin(transport, &["-e"]);
+        assert!(!events.contains("policy-refusal"), "{events}");
+        // A client that sends a session call in the clear is what the entry means.
+        let clear = tessera_client::Device::new(
+            tessera_config::ServerAddress::parse(&servers).unwrap(),
+            std::time::Duration::from_secs(3),
+            std::time::Duration::from_secs(3),
+        );
+        let flags = tessera_core::ck::CKF_SERIAL_SESSION as u64;
+        assert_eq!(
+            code(clear.call(None, Request::OpenSession { slot: 0, flags })),
+            Rv::BadProtection.code()
+        );
+        let events = daemon.admin(transport, &["-e"]);
+        assert_eq!(events.matches("policy-refusal").count(), 1, "{events}");
     }
 }
 
@@ -633,10 +696,13 @@ fn an_idle_channel_is_closed_by_the_library_and_a_new_session_opens_a_new_one() 
     );
     let (session, g) = user(&device);
     call(&device, g, Request::GenerateRandom { session, len: 8 });
-    // The device saw the old channel close with its connection.
-    assert!(daemon
-        .admin(transport, &["-e"])
-        .contains("connection closed"));
+    // The device saw the old channel close with its connection (counted, not logged one by
+    // one: see the event log's `channel-count`).
+    let events = daemon.admin(transport, &["-e"]);
+    assert!(
+        events.contains("channel-count") && !events.contains(", 0 closed by their clients"),
+        "{events}"
+    );
 }
 
 #[test]

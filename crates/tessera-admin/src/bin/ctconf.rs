@@ -299,13 +299,18 @@ fn run(args: &Args) -> Result<u8, Failure> {
         }
     }
     if let Some(which) = terminate {
-        if let Reply::Number(count) = session.run(AdminCommand::TerminateChannels(which))? {
-            if let (Some(id), 0) = (which, count) {
+        if let Some(id) = which {
+            // The device refuses an id it does not know with CKR_ARGUMENTS_BAD: say which.
+            let listed = session.run(AdminCommand::Channels)?;
+            let known = matches!(&listed, Reply::Channels(list) if list.iter().any(|c| c.id == id));
+            if !known {
                 return Err(Failure::new(format!(
                     "no channel has id {id} on device {}; `ctconf --channels` lists them",
                     args.device
                 )));
             }
+        }
+        if let Reply::Number(count) = session.run(AdminCommand::TerminateChannels(which))? {
             println!("{count} channel(s) terminated.");
         }
     }
