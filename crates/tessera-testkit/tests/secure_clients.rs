@@ -396,7 +396,42 @@ fn expired_over(transport: Transport) {
     let out = probe(&daemon, &servers, None);
     assert!(out.contains("open=0x80000107"), "{out}");
     let log = std::fs::read_to_string(daemon.client_log()).unwrap();
-    assert!(log.contains("expired"), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("expired on "))
+        .unwrap_or_else(|| panic!("{log}"));
+    // A date, not seconds since 1970, and what to do.
+    assert!(
+        line.contains(" UTC") && !line.contains("seconds") && line.contains("gen-selfsigned all --replace"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_device_without_identity_says_so_and_what_to_run() {
+    let daemon = Daemon::start();
+    let transport = Transport::Unix;
+    prepare(&daemon, transport, "");
+    let serial = daemon.serial(transport);
+    // This client asks for a channel to the device (its SMPR), which has no identity.
+    let item = format!("ET_PTKC_{serial}_SMPR");
+    let device =
+        secured(&daemon, &daemon.server_list(transport), &[(&item, "T")]).with_position(0);
+    let flags = tessera_core::ck::CKF_SERIAL_SESSION as u64;
+    assert_eq!(
+        code(device.call(None, Request::OpenSession { slot: 0, flags })),
+        Rv::NoSessionKeys.code()
+    );
+    let log = std::fs::read_to_string(daemon.client_log()).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("CKR_NO_SESSION_KEYS")
+            && l.contains("has no identity")
+            && l.contains("`ctident gen-selfsigned all`")),
+        "{log}"
+    );
+    // The tools say the same, in their one line.
+    let refusal = device.take_refusal().unwrap_or_default();
+    assert!(refusal.contains("ctident gen-selfsigned all"), "{refusal}");
 }
 
 #[test]
