@@ -221,9 +221,7 @@ fn flags_that_require_a_channel_wait_until_this_client_can_make_one() {
         let daemon = Daemon::start();
         let client = Client::new(&[&daemon], transport);
         let shown = client.ctident(&["gen-selfsigned", "all"]);
-        let fingerprint = line(&shown, "Identity certificate")
-            .to_string()
-            .clone();
+        let fingerprint = line(&shown, "Identity certificate").to_string().clone();
         let pic = client.ctident(&["export", "pic"]);
         std::fs::write(client.path("pic.pem"), &pic).unwrap();
         let sha = openssl(&[
@@ -284,7 +282,10 @@ fn flags_that_require_a_channel_wait_until_this_client_can_make_one() {
         );
         client.ok("ctconf", &["-f0"]);
         let status = client.ok("ctconf", &[]);
-        assert!(line(&status, "Security Mode").contains("Default"), "{status}");
+        assert!(
+            line(&status, "Security Mode").contains("Default"),
+            "{status}"
+        );
     }
 }
 

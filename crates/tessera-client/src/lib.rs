@@ -7,9 +7,11 @@
 //! gone and the next call starts afresh.
 //!
 //! A channel is made on demand, when the first call that needs one is sent: when the device's
-//! flags require it (the device refuses the call in the clear with `CKR_BAD_PROTECTION`, and
-//! the call is retried inside a new channel) or the client's SMPR for the device's serial asks
-//! for it (brief §2.2).
+//! flags require it (its device info says so, in the clear: that only ever makes the client
+//! stricter; should a call still go in the clear, the device refuses it with
+//! `CKR_BAD_PROTECTION` and the call is retried inside a new channel) or the client's SMPR for
+//! the device's serial asks for it (brief §2.2). Every failure to reach or use the device goes
+//! to the library's log with what to do (`Device::unreachable`, `Device::refuse`).
 #![forbid(unsafe_code)]
 
 pub mod dumps;

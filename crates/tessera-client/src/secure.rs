@@ -547,10 +547,8 @@ impl Device {
         *self
             .refusal
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(format!(
-            "{}: {what}",
-            self.named(Some(serial))
-        ));
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            Some(format!("{}: {what}", self.named(Some(serial))));
     }
 
     /// Why the device's chain is not trusted, where this client looked, and the command that

@@ -180,7 +180,8 @@ impl Stream {
         };
         let socket = match address {
             ServerAddress::Unix(path) => {
-                let stream = UnixStream::connect(path).map_err(|e| unlogged(unix_failure(path, &e)))?;
+                let stream =
+                    UnixStream::connect(path).map_err(|e| unlogged(unix_failure(path, &e)))?;
                 // Who serves it, before anything is sent (see the `peer` module).
                 crate::peer::verify(&stream, path, secure).map_err(|reason| ConnectFailure {
                     reason,
@@ -196,7 +197,9 @@ impl Stream {
                         "cannot resolve {host}: {e}; fix the entry in ET_HSM_NETCLIENT_SERVERLIST or this host's name service"
                     ))
                 })?;
-                let mut last = format!("{host} resolved to no address; fix the entry in ET_HSM_NETCLIENT_SERVERLIST");
+                let mut last = format!(
+                    "{host} resolved to no address; fix the entry in ET_HSM_NETCLIENT_SERVERLIST"
+                );
                 let mut connected = None;
                 for address in addresses {
                     match TcpStream::connect_timeout(&address, connect) {

@@ -112,7 +112,12 @@ impl EventLog {
     /// all entries before it, when this returns.
     pub(crate) fn record(&self, store: &Store, time: u64, role: &str, kind: &str, detail: String) {
         if counted(role, kind) {
-            tracing::debug!(role, kind, detail, "channel event (counted in the event log)");
+            tracing::debug!(
+                role,
+                kind,
+                detail,
+                "channel event (counted in the event log)"
+            );
             let mut counts = self.counted.lock().unwrap_or_else(|p| p.into_inner());
             if kind == "channel-opened" {
                 counts.opened += 1;
@@ -350,15 +355,32 @@ mod tests {
         let log = EventLog::open(&store, &key, 100).unwrap();
         log.record(&store, 1, "Administrator", "flags-changed", "u".into());
         for i in 0..1000 {
-            log.record(&store, 2, "Library", "channel-opened", format!("channel {i}"));
-            log.record(&store, 2, "Library", "channel-closed", format!("channel {i}"));
+            log.record(
+                &store,
+                2,
+                "Library",
+                "channel-opened",
+                format!("channel {i}"),
+            );
+            log.record(
+                &store,
+                2,
+                "Library",
+                "channel-closed",
+                format!("channel {i}"),
+            );
         }
         // The device's own closings stay entries.
         log.record(&store, 3, "Device", "channel-closed", "terminated".into());
         // Within the period, nothing is counted into the log yet.
         log.count_channels(&store, 4, false);
         log.flush(&store);
-        let kinds: Vec<String> = store.events().unwrap().into_iter().map(|e| e.kind).collect();
+        let kinds: Vec<String> = store
+            .events()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
         assert_eq!(kinds, ["flags-changed", "channel-closed"]);
         // Reading the log (or stopping) writes the counts: the first entry is still there.
         log.count_channels(&store, 5, true);
@@ -389,11 +411,7 @@ mod tests {
                 scope.spawn(move || {
                     for i in 0..40 {
                         // Durable entries and batched ones, from several threads at once.
-                        let kind = if i % 2 == 0 {
-                            "login"
-                        } else {
-                            "limit-reached"
-                        };
+                        let kind = if i % 2 == 0 { "login" } else { "limit-reached" };
                         log.record(store, i, "Library", kind, format!("{writer}/{i}"));
                     }
                 });

@@ -116,7 +116,9 @@ fn expired_and_not_yet_valid() {
     assert!(matches!(expired, Refusal::Expired { .. }), "{expired}");
     // The date as a date, not seconds since 1970.
     let shown = expired.to_string();
-    let year = (time::OffsetDateTime::now_utc() - days(10)).year().to_string();
+    let year = (time::OffsetDateTime::now_utc() - days(10))
+        .year()
+        .to_string();
     assert!(
         shown.contains(&format!("expired on {year}-")) && shown.ends_with(" UTC"),
         "{shown}"

@@ -402,7 +402,9 @@ fn expired_over(transport: Transport) {
         .unwrap_or_else(|| panic!("{log}"));
     // A date, not seconds since 1970, and what to do.
     assert!(
-        line.contains(" UTC") && !line.contains("seconds") && line.contains("gen-selfsigned all --replace"),
+        line.contains(" UTC")
+            && !line.contains("seconds")
+            && line.contains("gen-selfsigned all --replace"),
         "{line}"
     );
 }
@@ -415,8 +417,7 @@ fn a_device_without_identity_says_so_and_what_to_run() {
     let serial = daemon.serial(transport);
     // This client asks for a channel to the device (its SMPR), which has no identity.
     let item = format!("ET_PTKC_{serial}_SMPR");
-    let device =
-        secured(&daemon, &daemon.server_list(transport), &[(&item, "T")]).with_position(0);
+    let device = secured(&daemon, &daemon.server_list(transport), &[(&item, "T")]).with_position(0);
     let flags = tessera_core::ck::CKF_SERIAL_SESSION as u64;
     assert_eq!(
         code(device.call(None, Request::OpenSession { slot: 0, flags })),

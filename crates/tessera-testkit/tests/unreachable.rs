@@ -42,7 +42,11 @@ fn a_stopped_daemon_is_a_slot_without_a_token_and_the_log_says_why() {
     let tcp = daemon.server_list(Transport::Tcp);
     let up = list_slots(&daemon, &unix);
     assert!(up.contains("token state"), "reachable: {up}");
-    assert_eq!(client_log(&daemon), "", "nothing to say while it is reachable");
+    assert_eq!(
+        client_log(&daemon),
+        "",
+        "nothing to say while it is reachable"
+    );
     daemon.stop();
 
     // The local socket is gone with the daemon.
@@ -55,9 +59,10 @@ fn a_stopped_daemon_is_a_slot_without_a_token_and_the_log_says_why() {
     let log = client_log(&daemon);
     let socket = daemon.socket().display().to_string();
     assert!(
-        log.lines().any(|l| l.starts_with("tessera-pkcs11: device 0 (")
-            && l.contains(&format!("no such socket {socket}"))
-            && l.contains("start tesserad")),
+        log.lines()
+            .any(|l| l.starts_with("tessera-pkcs11: device 0 (")
+                && l.contains(&format!("no such socket {socket}"))
+                && l.contains("start tesserad")),
         "{log}"
     );
     // A socket left behind, nobody listening: connection refused.
@@ -76,7 +81,10 @@ fn a_stopped_daemon_is_a_slot_without_a_token_and_the_log_says_why() {
     // Over TCP: nobody listens on the port.
     std::fs::remove_file(daemon.client_log()).unwrap();
     let down = list_slots(&daemon, &tcp);
-    assert!(down.contains("Tessera device 0 unreachable") && !down.contains("token state"), "{down}");
+    assert!(
+        down.contains("Tessera device 0 unreachable") && !down.contains("token state"),
+        "{down}"
+    );
     let log = client_log(&daemon);
     assert!(
         log.lines().any(|l| l.contains("connection refused by")
@@ -116,9 +124,10 @@ fn a_client_the_access_list_refuses_is_told_so_in_the_log() {
     );
     let log = client_log(&daemon);
     assert!(
-        log.lines().any(|l| l.starts_with("tessera-pkcs11: device 0 (")
-            && l.contains("refused by the access list")
-            && l.contains("clients add")),
+        log.lines()
+            .any(|l| l.starts_with("tessera-pkcs11: device 0 (")
+                && l.contains("refused by the access list")
+                && l.contains("clients add")),
         "{log}"
     );
     // Admitted again: the token is there.
