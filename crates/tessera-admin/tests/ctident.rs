@@ -280,6 +280,12 @@ fn flags_that_require_a_channel_wait_until_this_client_can_make_one() {
             !refused.contains("does not verify with the chain given"),
             "{refused}"
         );
+        // ctident says the same.
+        let refused = stranger.refused("ctident", &["peer", "list"]);
+        assert!(
+            refused.contains("`ctident trust add --from-device`") && refused.contains(&sha),
+            "{refused}"
+        );
         client.ok("ctconf", &["-f0"]);
         let status = client.ok("ctconf", &[]);
         assert!(
