@@ -17,6 +17,7 @@
 pub mod dumps;
 pub mod known;
 mod peer;
+mod report;
 mod secure;
 mod stream;
 
@@ -294,61 +295,6 @@ impl Device {
                     reason,
                 }
             }
-        }
-    }
-
-    /// Says in the library's log why the device cannot be reached or used (once while the
-    /// reason stays the same: an application that polls the slot list does not fill the log).
-    fn unreachable(&self, why: &str) {
-        let mut last = self
-            .unreachable
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if last.as_deref() == Some(why) {
-            return;
-        }
-        *last = Some(why.to_string());
-        drop(last);
-        self.log(&format!("{}: {why}", self.named(None)));
-    }
-
-    /// The device as messages name it: its position in the server list when known (the `-a`
-    /// of the tools), its address, and its serial when known.
-    pub(crate) fn named(&self, serial: Option<&str>) -> String {
-        let serial = serial.map(|s| format!(", serial {s}")).unwrap_or_default();
-        match self.position {
-            Some(n) => format!("device {n} ({}{serial})", self.address),
-            None if serial.is_empty() => format!("device {}", self.address),
-            None => format!("device {} ({})", self.address, &serial[2..]),
-        }
-    }
-
-    /// The `-a` option that names this device in a tool's command, with its leading space
-    /// (`ctident -a1 ...`; nothing for device 0, the tools' default).
-    pub(crate) fn tool_option(&self) -> String {
-        match self.position {
-            Some(0) => String::new(),
-            Some(n) => format!(" -a{n}"),
-            None => " -aN".into(),
-        }
-    }
-
-    /// Writes one line to the library's log (`ET_PTKC_GENERAL_LOG`).
-    pub(crate) fn log(&self, line: &str) {
-        if let Some(settings) = self.secure.as_deref() {
-            settings.log(line);
-        }
-    }
-
-    /// A connection was made: a device that could not be reached is said to be back.
-    fn reachable(&self) {
-        let was = self
-            .unreachable
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        if was.is_some() {
-            self.log(&format!("{}: reachable again", self.named(None)));
         }
     }
 

@@ -537,66 +537,6 @@ impl Device {
         }
     }
 
-    pub(crate) fn report(&self, serial: &str, what: &str) {
-        self.log(&format!("{}: {what}", self.named(Some(serial))));
-    }
-
-    /// Reports why a channel was refused, and keeps the line for [`Device::take_refusal`].
-    fn refuse(&self, serial: &str, what: &str) {
-        self.report(serial, what);
-        *self
-            .refusal
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) =
-            Some(format!("{}: {what}", self.named(Some(serial))));
-    }
-
-    /// Why the device's chain is not trusted, where this client looked, and the command that
-    /// fixes it (the same words in the library's log and in every tool).
-    fn untrusted(
-        &self,
-        settings: &SecureSettings,
-        chain: &[Vec<u8>],
-        refusal: &tessera_identity::Refusal,
-    ) -> String {
-        use tessera_identity::trust::{Level, TrustStore};
-        use tessera_identity::Refusal;
-        let a = self.tool_option();
-        let stores = format!(
-            "trust stores searched: {} (user, ET_PTKC_TRUSTSTORE_USER), {} (system, ET_PTKC_TRUSTSTORE_SYSTEM)",
-            TrustStore::open(settings.config(), Level::User).dir.display(),
-            TrustStore::open(settings.config(), Level::System).dir.display()
-        );
-        let fingerprint = |index: usize| {
-            chain
-                .get(index)
-                .map(|der| tessera_identity::inspect::fingerprint(der))
-        };
-        let renew = format!(
-            "give the device a new identity (`ctident{a} gen-selfsigned all --replace`), then trust it here (`ctident{a} trust add --from-device`)"
-        );
-        let fix = match refusal {
-            Refusal::Expired { .. } | Refusal::NotYetValid { .. } => {
-                format!("if this host's clock is right, {renew}")
-            }
-            Refusal::WrongSerial { .. } | Refusal::WrongKeyUsage { .. } => {
-                format!("the certificate is not one for this device: {renew}")
-            }
-            _ => {
-                let owner = fingerprint(1).map_or(String::new(), |f| {
-                    format!(", or its owner certificate, SHA-256 {f}, with `ctident{a} trust add --from-device --owner`")
-                });
-                format!(
-                    "compare the device's certificate fingerprint SHA-256 {} with the one `ctident{a} show` prints on the device's own host (out of band), then trust it: `ctident{a} trust add --from-device`{owner}",
-                    fingerprint(0).unwrap_or_else(|| "(none presented)".into())
-                )
-            }
-        };
-        format!(
-            "secure channel refused (CKR_CERT_NOT_VALIDATED), the device's certificate: {refusal}; {stores}; {fix}"
-        )
-    }
-
     /// Opens a channel on the current connection, to the device recorded for this entry or,
     /// for an entry never authenticated, to the device whose serial the clear phase named; the
     /// chain proves the serial either way. The first channel to an entry records it.
@@ -633,16 +573,7 @@ impl Device {
                 return Err(ClientError::Returned(Rv::BadReply.code()));
             }
             Err(ClientError::Returned(code)) => {
-                let a = self.tool_option();
-                let reason = match Rv::from_code(code) {
-                    Some(Rv::NoSessionKeys) => format!(
-                        "CKR_NO_SESSION_KEYS: the device has no identity (key and certificate), so it cannot make one; run `ctident{a} gen-selfsigned all`, then trust it here with `ctident{a} trust add --from-device`"
-                    ),
-                    Some(Rv::ChannelLimit) => "CKR_TESSERA_CHANNEL_LIMIT: the device holds as many channels as it may (tesserad --max-channels); try again when others have closed, or raise the limit".into(),
-                    Some(Rv::HandshakeRateLimited) => "CKR_TESSERA_HANDSHAKE_RATE_LIMITED: too many failed handshakes from this address; wait, and fix what made them fail".into(),
-                    Some(rv) => rv.name().to_string(),
-                    None => format!("0x{code:08X}"),
-                };
+                let reason = self.hello_refused(code);
                 self.refuse(
                     &serial,
                     &format!(
