@@ -26,7 +26,11 @@ impl Device {
     /// The device as messages name it: its position in the server list when known (the `-a`
     /// of the tools), its address, and its serial when known.
     pub(crate) fn named(&self, serial: Option<&str>) -> String {
-        let serial = serial.map(|s| format!(", serial {s}")).unwrap_or_default();
+        // A serial not known yet is left out rather than shown as a placeholder.
+        let serial = serial
+            .filter(|s| !matches!(*s, "" | "?" | "unknown"))
+            .map(|s| format!(", serial {s}"))
+            .unwrap_or_default();
         match self.position {
             Some(n) => format!("device {n} ({}{serial})", self.address),
             None if serial.is_empty() => format!("device {}", self.address),
@@ -136,5 +140,52 @@ impl Device {
             Some(rv) => rv.name().to_string(),
             None => format!("0x{code:08X}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tessera_config::ServerAddress;
+
+    fn device(position: Option<usize>) -> Device {
+        let address = ServerAddress::parse("127.0.0.1:1").unwrap();
+        let device = Device::new(address, Duration::from_secs(1), Duration::from_secs(1));
+        match position {
+            Some(n) => device.with_position(n),
+            None => device,
+        }
+    }
+
+    #[test]
+    fn a_device_is_named_by_its_position_address_and_serial_and_commands_by_its_option() {
+        let second = device(Some(1));
+        assert_eq!(
+            second.named(Some("42")),
+            "device 1 (tcp:127.0.0.1:1, serial 42)"
+        );
+        assert_eq!(second.named(Some("?")), "device 1 (tcp:127.0.0.1:1)");
+        assert_eq!(second.tool_option(), " -a1");
+        assert_eq!(device(Some(0)).tool_option(), "");
+        let unnumbered = device(None);
+        assert_eq!(
+            unnumbered.named(Some("42")),
+            "device tcp:127.0.0.1:1 (serial 42)"
+        );
+        assert_eq!(unnumbered.named(None), "device tcp:127.0.0.1:1");
+        assert_eq!(unnumbered.tool_option(), " -aN");
+    }
+
+    #[test]
+    fn the_hello_refusal_says_what_to_run() {
+        let line = device(Some(2)).hello_refused(Rv::NoSessionKeys.code());
+        assert!(
+            line.contains("no identity") && line.contains("`ctident -a2 gen-selfsigned all`"),
+            "{line}"
+        );
+        assert!(device(Some(0))
+            .hello_refused(Rv::ChannelLimit.code())
+            .contains("--max-channels"));
     }
 }
