@@ -206,7 +206,7 @@ impl EventLog {
             time,
             "Device",
             "channel-count",
-            format!("{opened} opened, {closed} closed by their clients since the last count (each is in the daemon's log at the debug level)"),
+            format!("{opened} opened, {closed} closed by their clients (unfinished handshakes included) since the last count; each is in the daemon's log at the debug level"),
         );
     }
 
