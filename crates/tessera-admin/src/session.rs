@@ -39,8 +39,11 @@ impl Target {
         let reply = config
             .seconds(REPLY_TIMEOUT)
             .map_err(|e| Failure::new(e.to_string()))?;
-        let secure = tessera_client::SecureSettings::from_config(config).map_err(Failure::new)?;
+        let secure = tessera_client::SecureSettings::from_config(config)
+            .map_err(Failure::new)?
+            .for_tool();
         let device = Device::new(address, connect, reply.max(Duration::from_secs(1)))
+            .with_position(number)
             .with_security(std::sync::Arc::new(secure));
         Ok(Target { number, device })
     }
@@ -64,9 +67,21 @@ impl Target {
         }
     }
 
+    /// Checks that this client can make a secure channel to the device (it has an identity,
+    /// and this client's trust store vouches for it), by making one: what a change that will
+    /// make the device require channels checks first, so that the operator is not locked out
+    /// by the order of the steps. The channel stays for the calls that follow.
+    pub fn check_channel(&self) -> Result<(), Failure> {
+        self.device.open_channel().map_err(|e| self.explain(e))
+    }
+
     /// One line for a failed call.
     pub fn explain(&self, error: ClientError) -> Failure {
         let device = format!("device {} ({})", self.number, self.device.address());
+        // A refused channel: the library said why, and what fixes it.
+        if let Some(refusal) = self.device.take_refusal() {
+            return Failure::new(refusal);
+        }
         match error {
             ClientError::Unreachable { reason, .. } => {
                 Failure::new(format!("{device} is unreachable: {reason}"))
@@ -138,7 +153,10 @@ pub fn describe(code: u64) -> String {
         Some(Rv::OwnerKeyRequired) => "the device has no owner key (POK); make one with `ctident gen-selfsigned poc` or `all`".into(),
         Some(Rv::CertificateMismatch) => "the certificate does not match this device's identity key or serial number; nothing was imported".into(),
         Some(Rv::IdentityExists) => "the device already has that key; add --replace to replace it".into(),
+        // A channel refusal is explained by the library (`Target::explain`); this is the
+        // device's refusal of a certificate given to it (`ctident import`, `peer add`).
         Some(Rv::CertNotValidated) => "the certificate does not verify with the chain given".into(),
+        Some(Rv::NoSessionKeys) => "the device has no identity (key and certificate), so it cannot make a secure channel; run `ctident gen-selfsigned all` first".into(),
         Some(Rv::DataInvalid) => "the request or certificate is malformed, or its signature does not verify".into(),
         Some(rv) => rv.to_string(),
         None => format!("error 0x{code:08X}"),

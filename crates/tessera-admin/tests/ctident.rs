@@ -207,8 +207,92 @@ fn self_signed_pic_only_and_owner_only_pending() {
         p(&client.path("pic.pem"))
     ])
     .contains("OK"));
+    // Flags that require a channel wait until this client trusts the device.
+    let refused = client.refused("ctconf", &["-fnuNU"]);
+    assert!(refused.contains("trust add --from-device"), "{refused}");
+    client.ctident(&["trust", "add", "--from-device", "--yes"]);
     client.ok("ctconf", &["-fnuNU"]);
     assert!(line(&client.ok("ctconf", &[]), "Security Mode").contains("No Clear PINs"));
+}
+
+#[test]
+fn flags_that_require_a_channel_wait_until_this_client_can_make_one() {
+    for transport in TRANSPORTS {
+        let daemon = Daemon::start();
+        let client = Client::new(&[&daemon], transport);
+        let shown = client.ctident(&["gen-selfsigned", "all"]);
+        let fingerprint = line(&shown, "Identity certificate").to_string().clone();
+        let pic = client.ctident(&["export", "pic"]);
+        std::fs::write(client.path("pic.pem"), &pic).unwrap();
+        let sha = openssl(&[
+            "x509",
+            "-in",
+            p(&client.path("pic.pem")),
+            "-noout",
+            "-fingerprint",
+            "-sha256",
+        ]);
+        let sha = sha.trim().rsplit('=').next().unwrap().to_string();
+        assert!(!fingerprint.is_empty());
+        // This client does not trust the device yet: every flag that makes the device
+        // require a channel is refused before anything changes, with the way out.
+        for letters in ["-fu", "-fn", "-fN", "-fU", "-fF"] {
+            let refused = client.refused("ctconf", &[letters]);
+            for part in [
+                "not setting the flags",
+                "device 0",
+                "not trusted",
+                p(&client.path("user-trust")),
+                p(&client.path("system-trust")),
+                "`ctident trust add --from-device`",
+                "ctident show",
+                &sha,
+            ] {
+                assert!(refused.contains(part), "{part:?} missing: {refused}");
+            }
+            assert!(
+                !refused.contains("does not verify with the chain given"),
+                "{refused}"
+            );
+        }
+        let status = client.ok("ctconf", &[]);
+        assert!(
+            line(&status, "Security Mode").contains("Default"),
+            "nothing changed: {status}"
+        );
+        // Once trusted, the flags are set, and cleared again: no lock-out.
+        client.ctident(&["trust", "add", "--from-device", "--yes"]);
+        client.ok("ctconf", &["-fnu"]);
+        // Another client that does not trust the device is told what to run, not the
+        // message of `ctident import`.
+        let stranger = Client::new(&[&daemon], transport);
+        let refused = stranger.refused("ctconf", &["-f0"]);
+        for part in [
+            "device 0",
+            "not trusted",
+            p(&stranger.path("user-trust")),
+            "`ctident trust add --from-device`",
+            &sha,
+        ] {
+            assert!(refused.contains(part), "{part:?} missing: {refused}");
+        }
+        assert!(
+            !refused.contains("does not verify with the chain given"),
+            "{refused}"
+        );
+        // ctident says the same.
+        let refused = stranger.refused("ctident", &["peer", "list"]);
+        assert!(
+            refused.contains("`ctident trust add --from-device`") && refused.contains(&sha),
+            "{refused}"
+        );
+        client.ok("ctconf", &["-f0"]);
+        let status = client.ok("ctconf", &[]);
+        assert!(
+            line(&status, "Security Mode").contains("Default"),
+            "{status}"
+        );
+    }
 }
 
 #[test]

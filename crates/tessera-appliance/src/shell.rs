@@ -690,8 +690,9 @@ impl Shell<'_> {
     /// The message every HSM command gives while this user lacks the HSM's chain.
     fn missing_chain(&self) -> String {
         format!(
-            "the HSM requires secure messaging, and the trust store of appliance user {} does not hold its certificate chain, so no trusted channel can be made; run \"hsm cert\" to fetch the chain",
-            self.role
+            "the HSM requires secure messaging, and the trust store of appliance user {} does not hold its certificate chain (searched: {}), so no trusted channel can be made; run \"hsm cert\" to fetch the chain",
+            self.role,
+            self.trust_store().dir.display()
         )
     }
 

@@ -115,7 +115,17 @@ fn each_user_needs_hsm_cert_before_hsm_commands_under_secure_messaging() {
             assert!(
                 err.contains(&format!(
                     "the trust store of appliance user {user} does not hold its certificate chain"
-                )) && err.contains("run \"hsm cert\""),
+                )) && err.contains("run \"hsm cert\"")
+                    && err.contains(&format!(
+                        "(searched: {}",
+                        appliance
+                            .daemon
+                            .data_dir()
+                            .join("appliance")
+                            .join("trust")
+                            .join(user)
+                            .display()
+                    )),
                 "{user} {command}: {err}"
             );
         }

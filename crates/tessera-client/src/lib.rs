@@ -7,14 +7,17 @@
 //! gone and the next call starts afresh.
 //!
 //! A channel is made on demand, when the first call that needs one is sent: when the device's
-//! flags require it (the device refuses the call in the clear with `CKR_BAD_PROTECTION`, and
-//! the call is retried inside a new channel) or the client's SMPR for the device's serial asks
-//! for it (docs/reference.md, "SMPR letters").
+//! flags require it (its device info says so, in the clear: that only ever makes the client
+//! stricter; should a call still go in the clear, the device refuses it with
+//! `CKR_BAD_PROTECTION` and the call is retried inside a new channel) or the client's SMPR for
+//! the device's serial asks for it (docs/reference.md, "SMPR letters"). Every failure to reach or use the device goes
+//! to the library's log with what to do (`Device::unreachable`, `Device::refuse`).
 #![forbid(unsafe_code)]
 
 pub mod dumps;
 pub mod known;
 mod peer;
+mod report;
 mod secure;
 mod stream;
 
@@ -90,6 +93,10 @@ pub(crate) struct State {
     pub(crate) requires_channel: bool,
     /// The device's serial number: as claimed in the clear until a handshake proves it.
     pub(crate) serial: Option<String>,
+    /// The device said in the clear, on this connection, that its flags require a channel:
+    /// unauthenticated, so it may only make this client stricter (a channel at once rather
+    /// than a call in the clear that the device would refuse), never looser.
+    pub(crate) claimed_required: bool,
     /// `serial` was proven by a handshake (a serial only claimed in the clear is forgotten
     /// with its connection: one forged answer must not stick).
     pub(crate) serial_proven: bool,
@@ -155,6 +162,12 @@ impl Inbox {
 /// them wait until no call is in flight.
 pub struct Device {
     address: ServerAddress,
+    /// Its position in the server list (`ctconf -aN`), for the commands messages give.
+    position: Option<usize>,
+    /// Why the last channel to it was refused, with the fix (see [`Device::take_refusal`]).
+    refusal: Mutex<Option<String>>,
+    /// The last reason it could not be reached that went to the log (said once per episode).
+    unreachable: Mutex<Option<String>>,
     connect_timeout: Duration,
     reply_timeout: Duration,
     secure: Option<std::sync::Arc<SecureSettings>>,
@@ -180,6 +193,9 @@ impl Device {
     ) -> Device {
         Device {
             address,
+            position: None,
+            refusal: Mutex::new(None),
+            unreachable: Mutex::new(None),
             connect_timeout,
             reply_timeout,
             secure: None,
@@ -190,6 +206,7 @@ impl Device {
                 generation: 0,
                 next_id: AtomicU64::new(1),
                 requires_channel: false,
+                claimed_required: false,
                 serial: None,
                 serial_proven: false,
                 clear_ok: false,
@@ -205,9 +222,39 @@ impl Device {
         self
     }
 
+    /// Numbers the device by its position in the server list (`ctconf -aN`): the messages
+    /// of the library's log then give commands that name it.
+    pub fn with_position(mut self, position: usize) -> Device {
+        self.position = Some(position);
+        self
+    }
+
     /// The server address.
     pub fn address(&self) -> &ServerAddress {
         &self.address
+    }
+
+    /// Why the last secure channel to this device was refused, and what fixes it (the line
+    /// the library's log got), once: a tool shows it rather than the bare `CK_RV`.
+    pub fn take_refusal(&self) -> Option<String> {
+        self.refusal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+
+    /// Makes a secure channel to the device now, unless the connection has one: what a tool
+    /// checks before it sets flags that will require one (a refusal then is the one every
+    /// later call would meet; [`Device::take_refusal`] says why).
+    pub fn open_channel(&self) -> Result<(), ClientError> {
+        let mut state = self.exclusive();
+        let state = &mut *state;
+        self.forget_if_broken(state);
+        self.connected(state)?;
+        if state.channel.is_none() {
+            self.handshake(state)?;
+        }
+        Ok(())
     }
 
     fn exclusive(&self) -> RwLockWriteGuard<'_, State> {
@@ -230,14 +277,24 @@ impl Device {
 
     pub(crate) fn failure(&self, failure: Failure) -> ClientError {
         match failure {
-            Failure::Io(reason) => ClientError::ConnectionLost {
-                address: self.address.to_string(),
-                reason,
-            },
-            Failure::Bad(reason) => ClientError::BadReply {
-                address: self.address.to_string(),
-                reason,
-            },
+            Failure::Io(reason) => {
+                // The device's notice that its flags now require a channel is no failure to
+                // reach it (`drop_stream` says what it means).
+                if reason != stream::NOTICE {
+                    self.unreachable(&format!("connection lost: {reason}"));
+                }
+                ClientError::ConnectionLost {
+                    address: self.address.to_string(),
+                    reason,
+                }
+            }
+            Failure::Bad(reason) => {
+                self.unreachable(&format!("bad reply: {reason}"));
+                ClientError::BadReply {
+                    address: self.address.to_string(),
+                    reason,
+                }
+            }
         }
     }
 
@@ -274,13 +331,20 @@ impl Device {
                 self.reply_timeout,
                 self.secure.as_deref(),
             )
-            .map_err(|reason| ClientError::Unreachable {
-                address: self.address.to_string(),
-                reason,
+            .map_err(|failure| {
+                if !failure.logged {
+                    self.unreachable(&format!("cannot connect: {}", failure.reason));
+                }
+                ClientError::Unreachable {
+                    address: self.address.to_string(),
+                    reason: failure.reason,
+                }
             })?;
+            self.reachable();
             state.stream = Some(stream);
             state.channel = None;
             state.clear_ok = false;
+            state.claimed_required = false;
             if !state.serial_proven {
                 state.serial = None;
             }

@@ -33,6 +33,9 @@ pub enum LogTarget {
     Stderr,
     /// Appended to a file.
     File(PathBuf),
+    /// Nowhere: an administration tool, which shows the reason of a failure itself (see
+    /// [`SecureSettings::for_tool`]).
+    Quiet,
 }
 
 /// Secure-messaging settings of the client, from its configuration.
@@ -143,7 +146,7 @@ impl SecureSettings {
         anchors: &[Vec<u8>],
         serial: &str,
         now: i64,
-    ) -> Result<(), String> {
+    ) -> Result<(), tessera_identity::Refusal> {
         let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(v) = verified.as_ref() {
             let fresh = now >= v.at && now - v.at < VERIFIED_SECONDS;
@@ -151,7 +154,7 @@ impl SecureSettings {
                 return Ok(());
             }
         }
-        tessera_identity::verify_chain(chain, anchors, serial, now).map_err(|r| r.to_string())?;
+        tessera_identity::verify_chain(chain, anchors, serial, now)?;
         *verified = Some(Verified {
             serial: serial.into(),
             chain: chain.to_vec(),
@@ -159,6 +162,16 @@ impl SecureSettings {
             at: now,
         });
         Ok(())
+    }
+
+    /// Settings for an administration tool: the reports the library would write to standard
+    /// error are left out (the tool prints the reason of its failure in its one line, from
+    /// [`crate::Device::take_refusal`] or the error); a log file still gets them.
+    pub fn for_tool(mut self) -> SecureSettings {
+        if self.log == LogTarget::Stderr {
+            self.log = LogTarget::Quiet;
+        }
+        self
     }
 
     /// The client's policy for the device with `serial` (SMPR).
@@ -241,6 +254,7 @@ impl SecureSettings {
                     let _ = file.write_all(line.as_bytes());
                 }
             }
+            LogTarget::Quiet => {}
         }
     }
 }
@@ -472,6 +486,7 @@ impl Device {
         match self.exchange(state, Request::DeviceInfo)? {
             Reply::Device(info) => {
                 state.serial = Some(info.serial.clone());
+                state.claimed_required = info.channel_required;
                 Ok(info.serial)
             }
             _ => Err(ClientError::BadReply {
@@ -502,7 +517,7 @@ impl Device {
         settings: &SecureSettings,
     ) -> Result<Option<(KnownDevice, KnownLevel)>, ClientError> {
         settings.known.lookup(&self.address.entry()).map_err(|e| {
-            self.report("unknown", &format!("known devices: {e}"));
+            self.refuse("unknown", &format!("known devices: {e}"));
             ClientError::Returned(Rv::GeneralError.code())
         })
     }
@@ -532,13 +547,21 @@ impl Device {
                         record.describe(),
                         self.accept_hint(settings, level)
                     );
-                    self.report(&claimed, &message);
+                    self.refuse(&claimed, &message);
                     return Err(ClientError::Returned(Rv::DeviceError.code()));
                 }
-                !settings.smpr(&record.serial).requires_channel()
+                !settings.smpr(&record.serial).requires_channel() && !state.claimed_required
             }
             Some(_) => false,
-            None => !settings.channel_anywhere,
+            None if settings.channel_anywhere => false,
+            // Nothing of this client asks for a channel: the device's own word that its flags
+            // require one is heard (it may only make this client stricter). Without it, the
+            // first session call would go in the clear only to be refused, and a legitimate
+            // client would leave a `policy-refusal` in the device's event log.
+            None => {
+                self.claimed_serial(state)?;
+                !state.claimed_required
+            }
         };
         state.clear_ok = clear;
         Ok(!clear)
@@ -569,19 +592,10 @@ impl Device {
         }
     }
 
-    pub(crate) fn report(&self, serial: &str, what: &str) {
-        if let Some(settings) = self.secure.as_deref() {
-            settings.log(&format!(
-                "device {} (serial {serial}): {what}",
-                self.address
-            ));
-        }
-    }
-
     /// Opens a channel on the current connection, to the device recorded for this entry or,
     /// for an entry never authenticated, to the device whose serial the clear phase named; the
     /// chain proves the serial either way. The first channel to an entry records it.
-    fn handshake(&self, state: &mut State) -> Result<(), ClientError> {
+    pub(crate) fn handshake(&self, state: &mut State) -> Result<(), ClientError> {
         let settings = self.settings()?;
         let found = self.known(settings)?;
         let known = found.as_ref().map(|(record, _)| record);
@@ -614,9 +628,8 @@ impl Device {
                 return Err(ClientError::Returned(Rv::BadReply.code()));
             }
             Err(ClientError::Returned(code)) => {
-                let reason =
-                    Rv::from_code(code).map_or(format!("0x{code:08X}"), |rv| rv.name().to_string());
-                self.report(
+                let reason = self.hello_refused(code);
+                self.refuse(
                     &serial,
                     &format!(
                         "the device refused a secure channel: {reason}{}",
@@ -636,6 +649,9 @@ impl Device {
             .chain
             .first()
             .map(|pic| crate::known::identity_of(pic));
+        // Why the trust store did not vouch for the chain (as opposed to the checks of the
+        // known devices and SMPR before it, whose reasons carry their own fix).
+        let distrust: std::cell::RefCell<Option<tessera_identity::Refusal>> = Default::default();
         let verify_chain = |chain: &[Vec<u8>]| {
             if known.is_none()
                 && settings.channel_anywhere
@@ -663,7 +679,13 @@ impl Device {
                     return Err(format!("another device or identity{}", recorded(&seen)));
                 }
             }
-            settings.check_chain(chain, &anchors, &serial, now)
+            settings
+                .check_chain(chain, &anchors, &serial, now)
+                .map_err(|refusal| {
+                    let shown = refusal.to_string();
+                    *distrust.borrow_mut() = Some(refusal);
+                    shown
+                })
         };
         let verified = expect.handle(
             &answer,
@@ -673,14 +695,15 @@ impl Device {
         let (channel, finished) = match verified {
             Ok(done) => done,
             Err(HandshakeError::Untrusted(reason)) => {
-                self.report(
-                    &serial,
-                    &format!("secure channel refused: certificate not trusted: {reason}"),
-                );
+                let line = match distrust.take() {
+                    Some(refusal) => self.untrusted(settings, &answer.chain, &refusal),
+                    None => format!("secure channel refused (CKR_CERT_NOT_VALIDATED): {reason}"),
+                };
+                self.refuse(&serial, &line);
                 return Err(ClientError::Returned(Rv::CertNotValidated.code()));
             }
             Err(e) => {
-                self.report(&serial, &format!("secure channel refused: {e}"));
+                self.refuse(&serial, &format!("secure channel refused: {e}"));
                 self.kill(state, true);
                 return Err(ClientError::Returned(Rv::CannotDeriveKeys.code()));
             }

@@ -16,6 +16,54 @@ use tessera_wire::{
     RequestEnvelope, SealedFrame, PROTOCOL_VERSION,
 };
 
+/// What a connection lost on the device's notice that its flags now require a channel says.
+pub(crate) const NOTICE: &str =
+    "the device closed the connection: its flags now require a secure channel";
+
+/// What a connection the device's client access list refused says.
+pub(crate) const ACCESS_DENIED: &str = "refused by the access list: the appliance's client access list does not admit this host's address; ask an appliance operator to run `clients add ADDRESS` in psesh (`clients show` lists it)";
+
+/// A connection that could not be made.
+pub(crate) struct ConnectFailure {
+    /// Why, and what to do.
+    pub(crate) reason: String,
+    /// Already written to the library's log (the local-socket checks say why themselves).
+    pub(crate) logged: bool,
+}
+
+/// Why a local socket could not be connected to, and what to do.
+fn unix_failure(path: &std::path::Path, error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let path = path.display();
+    match error.kind() {
+        ErrorKind::NotFound => format!(
+            "no such socket {path}: tesserad is not running (or listens on another socket); start tesserad, or fix the entry in ET_HSM_NETCLIENT_SERVERLIST"
+        ),
+        ErrorKind::ConnectionRefused => format!(
+            "connection refused on {path}: nothing listens on the socket (tesserad stopped and left it behind); start tesserad"
+        ),
+        ErrorKind::PermissionDenied => format!(
+            "permission denied on {path}: this user may not open the socket or its directory; see docs/operations.md (the daemon's socket directory and group)"
+        ),
+        _ => format!("{path}: {error}"),
+    }
+}
+
+/// Why a TCP connection could not be made, and what to do.
+fn tcp_failure(address: std::net::SocketAddr, timeout: Duration, error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match error.kind() {
+        ErrorKind::ConnectionRefused => format!(
+            "connection refused by {address}: nothing listens on that port (tesserad stopped, or its --listen is another address); start tesserad or fix ET_HSM_NETCLIENT_SERVERLIST"
+        ),
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => format!(
+            "no answer from {address} within {} s: the host is down or a firewall drops the connection (ET_HSM_NETCLIENT_CONNECT_TIMEOUT sets the wait)",
+            timeout.as_secs_f32()
+        ),
+        _ => format!("{address}: {error}"),
+    }
+}
+
 /// A failed exchange.
 pub(crate) enum Failure {
     /// The connection broke or timed out.
@@ -125,21 +173,33 @@ impl Stream {
         connect: Duration,
         reply: Duration,
         secure: Option<&SecureSettings>,
-    ) -> Result<Stream, String> {
+    ) -> Result<Stream, ConnectFailure> {
+        let unlogged = |reason: String| ConnectFailure {
+            reason,
+            logged: false,
+        };
         let socket = match address {
             ServerAddress::Unix(path) => {
-                let stream = UnixStream::connect(path).map_err(|e| e.to_string())?;
+                let stream =
+                    UnixStream::connect(path).map_err(|e| unlogged(unix_failure(path, &e)))?;
                 // Who serves it, before anything is sent (see the `peer` module).
-                crate::peer::verify(&stream, path, secure)?;
+                crate::peer::verify(&stream, path, secure).map_err(|reason| ConnectFailure {
+                    reason,
+                    logged: true,
+                })?;
                 stream.set_read_timeout(Some(reply)).ok();
                 stream.set_write_timeout(Some(reply)).ok();
                 Socket::Unix(stream)
             }
             ServerAddress::Tcp { host, port } => {
-                let addresses = (host.as_str(), *port)
-                    .to_socket_addrs()
-                    .map_err(|e| format!("cannot resolve {host}: {e}"))?;
-                let mut last = format!("{host} resolved to no address");
+                let addresses = (host.as_str(), *port).to_socket_addrs().map_err(|e| {
+                    unlogged(format!(
+                        "cannot resolve {host}: {e}; fix the entry in ET_HSM_NETCLIENT_SERVERLIST or this host's name service"
+                    ))
+                })?;
+                let mut last = format!(
+                    "{host} resolved to no address; fix the entry in ET_HSM_NETCLIENT_SERVERLIST"
+                );
                 let mut connected = None;
                 for address in addresses {
                     match TcpStream::connect_timeout(&address, connect) {
@@ -150,10 +210,10 @@ impl Stream {
                             connected = Some(stream);
                             break;
                         }
-                        Err(e) => last = format!("{address}: {e}"),
+                        Err(e) => last = tcp_failure(address, connect, &e),
                     }
                 }
-                Socket::Tcp(connected.ok_or(last)?)
+                Socket::Tcp(connected.ok_or_else(|| unlogged(last))?)
             }
         };
         Ok(Stream {
@@ -262,9 +322,13 @@ impl Stream {
             // The device's notice before it closes a clear connection: its flags now require
             // a channel. Unauthenticated, so it may only raise protection (see `Device`).
             self.notice.store(true, Ordering::Relaxed);
-            return Err(Failure::Io(
-                "the device closed the connection: its flags now require a secure channel".into(),
-            ));
+            return Err(Failure::Io(NOTICE.into()));
+        }
+        if envelope.id == 0 && envelope.result.as_ref().err() == Some(&Rv::AccessDenied.code()) {
+            // The device's notice before it closes a connection its client access list does
+            // not admit (unauthenticated: it only ever ends the connection, which the device
+            // does anyway).
+            return Err(Failure::Io(ACCESS_DENIED.into()));
         }
         Ok((envelope.id, Answer::Clear(envelope.result)))
     }

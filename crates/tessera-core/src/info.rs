@@ -27,6 +27,9 @@ pub struct DeviceInfo {
     pub hardware: Version,
     /// Number of slots, the Admin slot included (it is the last one).
     pub slot_count: u64,
+    /// The device's flags require a secure channel for session calls. Said in the clear: a
+    /// client may become stricter on it (make a channel at once), never looser.
+    pub channel_required: bool,
 }
 
 /// `CK_SLOT_INFO` in wire form.

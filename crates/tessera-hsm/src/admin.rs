@@ -192,6 +192,8 @@ impl Hsm {
             AdminCommand::AddSlots(count) => self.add_slots(count),
             AdminCommand::DeleteSlot(slot) => self.delete_slot(slot),
             AdminCommand::Events => {
+                let time = self.clock(&self.lock());
+                self.events.count_channels(&self.store, time, true);
                 let (events, verification) = self
                     .events
                     .read(&self.store)

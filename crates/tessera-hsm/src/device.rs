@@ -301,6 +301,8 @@ impl Hsm {
             firmware: version(),
             hardware: Version { major: 1, minor: 0 },
             slot_count: state.device.user_tokens.len() as u64 + 1,
+            channel_required: tessera_channel::Policy::from_device_flags(state.flags())
+                .requires_channel(),
         }
     }
 

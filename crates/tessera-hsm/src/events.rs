@@ -27,6 +27,28 @@ pub(crate) struct EventLog {
     /// Held while a batch is written, taken while `last` is held: batches reach the store in
     /// the chain's order, and a reader sees every entry sealed before it looked.
     writing: Mutex<()>,
+    /// Channels opened, and closed by their clients, since the last `channel-count` entry.
+    counted: Mutex<Counted>,
+}
+
+/// Channel openings and ordinary closings: counted rather than logged one by one, so that a
+/// busy device's fixed-size log keeps its security events (see [`EventLog::record`]).
+struct Counted {
+    opened: u64,
+    closed: u64,
+    /// When the last `channel-count` entry was written (or the log opened).
+    last: std::time::Instant,
+}
+
+/// How often at most the counts of channels become a `channel-count` entry, besides when the
+/// log is read and when the daemon stops.
+pub const COUNT_PERIOD: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Whether an event is one of those counted rather than logged: every channel opening, and
+/// the closings its client made (the connection closed, a new channel replaced it). Closings
+/// the device made (termination, tamper, integrity failure, limits) stay entries.
+fn counted(role: &str, kind: &str) -> bool {
+    kind == "channel-opened" || (kind == "channel-closed" && role == "Library")
 }
 
 /// Entries held before they are written anyway.
@@ -63,6 +85,11 @@ impl EventLog {
             last: Mutex::new(last),
             pending: Mutex::new(Vec::new()),
             writing: Mutex::new(()),
+            counted: Mutex::new(Counted {
+                opened: 0,
+                closed: 0,
+                last: std::time::Instant::now(),
+            }),
         })
     }
 
@@ -73,14 +100,33 @@ impl EventLog {
 
     /// Appends an event. A failure to write is logged: the operation it describes has happened.
     ///
-    /// Channels open and close at the rate of handshakes: those entries are sealed into the
-    /// chain at once but written in batches — with the next other event, when 64 are waiting,
-    /// or by [`EventLog::flush`] (the daemon calls it every quarter of a second, and before the
-    /// log is read or the daemon stops). A crash may lose the last of them, never the chain.
-    /// Every other event (flags, tamper, integrity failures, refusals, logins, ...) is on disk,
-    /// with all entries before it, when this returns.
+    /// Channels open and close at the rate of handshakes: openings, and closings by their
+    /// clients, are counted (and go to the daemon's own log, at the `debug` level), and the
+    /// counts become one `channel-count` entry when the log is read, when the daemon stops,
+    /// and at most once per [`COUNT_PERIOD`] otherwise ([`EventLog::count_channels`]).
+    /// `limit-reached` entries and the closings the device made are sealed into the chain at
+    /// once but written in batches — with the next other event, when 64 are waiting, or by
+    /// [`EventLog::flush`] (the daemon calls it every quarter of a second, and before the log
+    /// is read or the daemon stops). A crash may lose the last of them, never the chain. Every
+    /// other event (flags, tamper, integrity failures, refusals, logins, ...) is on disk, with
+    /// all entries before it, when this returns.
     pub(crate) fn record(&self, store: &Store, time: u64, role: &str, kind: &str, detail: String) {
-        let batched = matches!(kind, "channel-opened" | "channel-closed" | "limit-reached");
+        if counted(role, kind) {
+            tracing::debug!(
+                role,
+                kind,
+                detail,
+                "channel event (counted in the event log)"
+            );
+            let mut counts = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+            if kind == "channel-opened" {
+                counts.opened += 1;
+            } else {
+                counts.closed += 1;
+            }
+            return;
+        }
+        let batched = matches!(kind, "channel-closed" | "limit-reached");
         let batch = {
             let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
             let record = self.chain(&mut last, time, role, kind, detail);
@@ -138,6 +184,30 @@ impl EventLog {
 
     fn writing(&self) -> std::sync::MutexGuard<'_, ()> {
         self.writing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the counts of channels as one `channel-count` entry, if there are any and
+    /// `always` or [`COUNT_PERIOD`] has passed since the last one.
+    pub(crate) fn count_channels(&self, store: &Store, time: u64, always: bool) {
+        let (opened, closed) = {
+            let mut counts = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+            let due = always || counts.last.elapsed() >= COUNT_PERIOD;
+            if !due || (counts.opened == 0 && counts.closed == 0) {
+                return;
+            }
+            counts.last = std::time::Instant::now();
+            (
+                std::mem::take(&mut counts.opened),
+                std::mem::take(&mut counts.closed),
+            )
+        };
+        self.record(
+            store,
+            time,
+            "Device",
+            "channel-count",
+            format!("{opened} opened, {closed} closed by their clients (unfinished handshakes included) since the last count; each is in the daemon's log at the debug level"),
+        );
     }
 
     /// Writes the entries held back.
@@ -246,8 +316,8 @@ mod tests {
         let key = MasterKey::generate().unwrap();
         let log = EventLog::open(&store, &key, 100).unwrap();
         log.record(&store, 1, "Administrator", "flags-changed", "a".into());
-        log.record(&store, 2, "Library", "channel-opened", "b".into());
-        log.record(&store, 3, "Library", "channel-closed", "c".into());
+        log.record(&store, 2, "Public", "limit-reached", "b".into());
+        log.record(&store, 3, "Device", "channel-closed", "c".into());
         // The channel entries wait; the first one is on disk.
         assert_eq!(store.events().unwrap().len(), 1);
         // Another kind of event writes them too, in order.
@@ -259,11 +329,11 @@ mod tests {
         );
         assert_eq!(log.verify(&written).problem, None);
         // A flush writes what waits.
-        log.record(&store, 5, "Library", "channel-opened", "e".into());
+        log.record(&store, 5, "Public", "limit-reached", "e".into());
         log.flush(&store);
         assert_eq!(store.events().unwrap().len(), 5);
         // A crash with entries waiting: they are lost, the chain read back is whole.
-        log.record(&store, 6, "Library", "channel-closed", "f".into());
+        log.record(&store, 6, "Device", "channel-closed", "f".into());
         drop(log);
         let reopened = EventLog::open(&store, &key, 100).unwrap();
         let after = store.events().unwrap();
@@ -271,9 +341,62 @@ mod tests {
         assert_eq!(reopened.verify(&after).problem, None);
         // 64 waiting entries are written without a flush.
         for i in 0..64 {
-            reopened.record(&store, 10 + i, "Library", "channel-opened", String::new());
+            reopened.record(&store, 10 + i, "Public", "limit-reached", String::new());
         }
         assert_eq!(store.events().unwrap().len(), 69);
+    }
+
+    #[test]
+    fn channel_openings_and_client_closings_are_counted_not_logged_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let key = MasterKey::generate().unwrap();
+        // A log of 100 entries, and a thousand channels.
+        let log = EventLog::open(&store, &key, 100).unwrap();
+        log.record(&store, 1, "Administrator", "flags-changed", "u".into());
+        for i in 0..1000 {
+            log.record(
+                &store,
+                2,
+                "Library",
+                "channel-opened",
+                format!("channel {i}"),
+            );
+            log.record(
+                &store,
+                2,
+                "Library",
+                "channel-closed",
+                format!("channel {i}"),
+            );
+        }
+        // The device's own closings stay entries.
+        log.record(&store, 3, "Device", "channel-closed", "terminated".into());
+        // Within the period, nothing is counted into the log yet.
+        log.count_channels(&store, 4, false);
+        log.flush(&store);
+        let kinds: Vec<String> = store
+            .events()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["flags-changed", "channel-closed"]);
+        // Reading the log (or stopping) writes the counts: the first entry is still there.
+        log.count_channels(&store, 5, true);
+        let (events, verification) = log.read(&store).unwrap();
+        assert_eq!(verification.problem, None);
+        assert_eq!(events.len(), 3);
+        assert_eq!(events[0].kind, "flags-changed");
+        assert_eq!(events[2].kind, "channel-count");
+        assert!(
+            events[2].detail.starts_with("1000 opened, 1000 closed"),
+            "{}",
+            events[2].detail
+        );
+        // Nothing new: no entry.
+        log.count_channels(&store, 6, true);
+        assert_eq!(store.events().unwrap().len(), 3);
     }
 
     #[test]
@@ -288,11 +411,7 @@ mod tests {
                 scope.spawn(move || {
                     for i in 0..40 {
                         // Durable entries and batched ones, from several threads at once.
-                        let kind = if i % 2 == 0 {
-                            "login"
-                        } else {
-                            "channel-opened"
-                        };
+                        let kind = if i % 2 == 0 { "login" } else { "limit-reached" };
                         log.record(store, i, "Library", kind, format!("{writer}/{i}"));
                     }
                 });

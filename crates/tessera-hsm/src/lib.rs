@@ -225,6 +225,16 @@ impl Hsm {
     /// Writes the event-log entries held back (channel openings and closings); the daemon
     /// calls it periodically and when it stops.
     pub fn flush_events(&self) {
+        let time = self.clock(&self.lock());
+        self.events.count_channels(&self.store, time, false);
+        self.events.flush(&self.store);
+    }
+
+    /// Writes what the event log holds back, the counts of channels included: the daemon
+    /// calls it when it stops.
+    pub fn close_events(&self) {
+        let time = self.clock(&self.lock());
+        self.events.count_channels(&self.store, time, true);
         self.events.flush(&self.store);
     }
 

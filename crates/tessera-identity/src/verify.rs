@@ -34,7 +34,7 @@ pub enum Refusal {
         issuer: String,
     },
     /// A certificate has expired.
-    #[error("{subject} expired at {not_after} (seconds since 1970)")]
+    #[error("{subject} expired on {}", utc(*not_after))]
     Expired {
         /// The certificate's subject.
         subject: String,
@@ -42,7 +42,7 @@ pub enum Refusal {
         not_after: i64,
     },
     /// A certificate is not valid yet.
-    #[error("{subject} is not valid before {not_before} (seconds since 1970)")]
+    #[error("{subject} is not valid before {}", utc(*not_before))]
     NotYetValid {
         /// The certificate's subject.
         subject: String,
@@ -73,6 +73,22 @@ pub enum Refusal {
         /// The trusted issuer.
         issuer: String,
     },
+}
+
+/// A certificate's date as the operator reads it: `2026-12-02 01:19:44 UTC`.
+pub fn utc(seconds: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(seconds) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        Err(_) => format!("{seconds} seconds after 1970 (out of the calendar's range)"),
+    }
 }
 
 /// How a trusted chain was trusted.

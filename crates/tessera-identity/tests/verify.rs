@@ -112,16 +112,29 @@ fn expired_and_not_yet_valid() {
         p.not_before = time::OffsetDateTime::now_utc() - days(20);
         p.not_after = time::OffsetDateTime::now_utc() - days(10);
     });
-    assert!(matches!(
-        verify_chain(&[old], &[owner.der.clone()], SERIAL, now()),
-        Err(Refusal::Expired { .. })
-    ));
+    let expired = verify_chain(&[old], &[owner.der.clone()], SERIAL, now()).unwrap_err();
+    assert!(matches!(expired, Refusal::Expired { .. }), "{expired}");
+    // The date as a date, not seconds since 1970.
+    let shown = expired.to_string();
+    let year = (time::OffsetDateTime::now_utc() - days(10))
+        .year()
+        .to_string();
+    assert!(
+        shown.contains(&format!("expired on {year}-")) && shown.ends_with(" UTC"),
+        "{shown}"
+    );
+    assert!(!shown.contains("seconds"), "{shown}");
+    assert_eq!(
+        tessera_identity::verify::utc(1_795_740_245),
+        "2026-11-27 00:44:05 UTC"
+    );
     let future = pic(&owner, SERIAL, |p| {
         p.not_before = time::OffsetDateTime::now_utc() + days(10);
         p.not_after = time::OffsetDateTime::now_utc() + days(20);
     });
     let refusal = verify_chain(&[future], &[owner.der.clone()], SERIAL, now()).unwrap_err();
     assert!(matches!(refusal, Refusal::NotYetValid { .. }), "{refusal}");
+    assert!(refusal.to_string().contains(" UTC"), "{refusal}");
     // An expired owner certificate fails the chain too.
     let device = pic(&owner, SERIAL, |_| {});
     let later = now() + 7 * 365 * 86_400;

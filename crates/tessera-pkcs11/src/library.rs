@@ -185,7 +185,12 @@ impl Library {
         }
         let devices = servers
             .into_iter()
-            .map(|address| Device::new(address, connect, reply).with_security(secure.clone()))
+            .enumerate()
+            .map(|(position, address)| {
+                Device::new(address, connect, reply)
+                    .with_position(position)
+                    .with_security(secure.clone())
+            })
             .collect();
         Ok(Library::new(devices))
     }

@@ -283,10 +283,16 @@ fn untrusted_wrong_serial_and_expired_devices_are_refused_with_the_reason_logged
             out.contains("open=0x80000107"),
             "CKR_CERT_NOT_VALIDATED expected: {out}"
         );
+        // The log names the device, the trust stores searched and the command that fixes it.
         let log = std::fs::read_to_string(daemon.client_log()).unwrap();
+        let empty = empty.display().to_string();
         assert!(
-            log.lines()
-                .any(|l| l.contains("certificate not trusted") && l.contains("not trusted")),
+            log.lines().any(|l| l.contains("device 0 (")
+                && l.contains("CKR_CERT_NOT_VALIDATED")
+                && l.contains("is not trusted")
+                && l.contains(&format!("trust stores searched: {empty} (user"))
+                && l.contains("`ctident trust add --from-device`")
+                && l.contains("SHA-256 ")),
             "{log}"
         );
 
@@ -390,7 +396,43 @@ fn expired_over(transport: Transport) {
     let out = probe(&daemon, &servers, None);
     assert!(out.contains("open=0x80000107"), "{out}");
     let log = std::fs::read_to_string(daemon.client_log()).unwrap();
-    assert!(log.contains("expired"), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("expired on "))
+        .unwrap_or_else(|| panic!("{log}"));
+    // A date, not seconds since 1970, and what to do.
+    assert!(
+        line.contains(" UTC")
+            && !line.contains("seconds")
+            && line.contains("gen-selfsigned all --replace"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_device_without_identity_says_so_and_what_to_run() {
+    let daemon = Daemon::start();
+    let transport = Transport::Unix;
+    prepare(&daemon, transport, "");
+    let serial = daemon.serial(transport);
+    // This client asks for a channel to the device (its SMPR), which has no identity.
+    let item = format!("ET_PTKC_{serial}_SMPR");
+    let device = secured(&daemon, &daemon.server_list(transport), &[(&item, "T")]).with_position(0);
+    let flags = tessera_core::ck::CKF_SERIAL_SESSION as u64;
+    assert_eq!(
+        code(device.call(None, Request::OpenSession { slot: 0, flags })),
+        Rv::NoSessionKeys.code()
+    );
+    let log = std::fs::read_to_string(daemon.client_log()).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("CKR_NO_SESSION_KEYS")
+            && l.contains("has no identity")
+            && l.contains("`ctident gen-selfsigned all`")),
+        "{log}"
+    );
+    // The tools say the same, in their one line.
+    let refusal = device.take_refusal().unwrap_or_default();
+    assert!(refusal.contains("ctident gen-selfsigned all"), "{refusal}");
 }
 
 #[test]
@@ -409,6 +451,27 @@ fn the_administrator_ends_channels_and_applications_carry_on() {
             "the application's and ctconf's own: {listed}"
         );
         assert!(listed.contains("SPT"), "policy letters shown: {listed}");
+        if transport == Transport::Unix {
+            // A local peer is shown by its process id and program name.
+            let ours = format!("pid={}(secure_clients-)", std::process::id());
+            assert!(listed.contains(&ours), "{ours} missing: {listed}");
+            assert!(listed.contains("(ctconf)"), "ctconf's own: {listed}");
+        }
+        // An id no channel has is said so, not "0 channel(s) terminated".
+        let pin = daemon.dir().join("admin.pin");
+        let unknown = Command::new(tessera_testkit::binary("ctconf"))
+            .envs(daemon.trust_env())
+            .env("ET_HSM_NETCLIENT_SERVERLIST", daemon.server_list(transport))
+            .args(["--terminate-channel", "99999", "--pin-file"])
+            .arg(&pin)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&unknown.stderr);
+        assert_eq!(unknown.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("no channel has id 99999") && stderr.contains("ctconf --channels"),
+            "{stderr}"
+        );
         daemon.admin(transport, &["--terminate-channel", "all"]);
         assert_eq!(
             common::rv(session.get_session_info()),
@@ -434,14 +497,56 @@ fn the_administrator_ends_channels_and_applications_carry_on() {
         third.generate_random_vec(4).unwrap();
         let events = daemon.admin(transport, &["-e"]);
         for kind in [
-            "channel-opened",
+            "channel-count",
             "channel-closed",
             "channels-terminated",
-            "policy-refusal",
             "the security flags changed",
         ] {
             assert!(events.contains(kind), "{kind} missing:\n{events}");
         }
+        // Legitimate clients under flags never try a session call in the clear (a policy
+        // refusal means a misconfigured or hostile client), and channels opened and closed
+        // by their clients are counted, not logged one by one.
+        for kind in ["policy-refusal", "channel-opened", ": connection closed"] {
+            assert!(!events.contains(kind), "{kind} logged:\n{events}");
+        }
+    }
+}
+
+#[test]
+fn a_policy_refusal_in_the_event_log_means_a_client_that_tried_in_the_clear() {
+    for transport in TRANSPORTS {
+        let daemon = Daemon::start();
+        prepare(&daemon, transport, "nu");
+        let servers = daemon.server_list(transport);
+        // A legitimate client that never met this device (no known-devices record, no SMPR):
+        // the device's word that its flags require a channel sends every session call
+        // through one, none in the clear first.
+        for round in 0..3 {
+            let fresh = daemon.dir().join(format!("fresh-known-{round}"));
+            let device = secured(
+                &daemon,
+                &servers,
+                &[("ET_PTKC_KNOWN_DEVICES_USER", fresh.to_str().unwrap())],
+            );
+            let (session, g) = user(&device);
+            call(&device, g, Request::GenerateRandom { session, len: 8 });
+        }
+        let events = daemon.admin(transport, &["-e"]);
+        assert!(!events.contains("policy-refusal"), "{events}");
+        // A client that sends a session call in the clear is what the entry means.
+        let clear = tessera_client::Device::new(
+            tessera_config::ServerAddress::parse(&servers).unwrap(),
+            std::time::Duration::from_secs(3),
+            std::time::Duration::from_secs(3),
+        );
+        let flags = tessera_core::ck::CKF_SERIAL_SESSION as u64;
+        assert_eq!(
+            code(clear.call(None, Request::OpenSession { slot: 0, flags })),
+            Rv::BadProtection.code()
+        );
+        let events = daemon.admin(transport, &["-e"]);
+        assert_eq!(events.matches("policy-refusal").count(), 1, "{events}");
     }
 }
 
@@ -627,10 +732,13 @@ fn an_idle_channel_is_closed_by_the_library_and_a_new_session_opens_a_new_one() 
     );
     let (session, g) = user(&device);
     call(&device, g, Request::GenerateRandom { session, len: 8 });
-    // The device saw the old channel close with its connection.
-    assert!(daemon
-        .admin(transport, &["-e"])
-        .contains("connection closed"));
+    // The device saw the old channel close with its connection (counted, not logged one by
+    // one: see the event log's `channel-count`).
+    let events = daemon.admin(transport, &["-e"]);
+    assert!(
+        events.contains("channel-count") && !events.contains(", 0 closed by their clients"),
+        "{events}"
+    );
 }
 
 #[test]

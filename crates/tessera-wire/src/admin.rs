@@ -76,7 +76,7 @@ pub enum AdminCommand {
 pub struct ChannelSummary {
     /// Channel id.
     pub id: u64,
-    /// The peer (socket address or Unix peer).
+    /// The peer: a network address, or `pid=PID(PROGRAM)` for a local-socket application.
     pub peer: String,
     /// Seconds since it opened.
     pub age: u64,

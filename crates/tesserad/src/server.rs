@@ -111,6 +111,48 @@ impl Tune for tokio::net::UnixStream {
     fn tune(&self) {}
 }
 
+/// How a connection's peer is named in `ctconf --channels` and in the event log.
+trait Named {
+    /// `address` is what `accept` gave.
+    fn named(&self, address: &dyn std::fmt::Debug) -> String;
+}
+
+impl Named for tokio::net::TcpStream {
+    fn named(&self, address: &dyn std::fmt::Debug) -> String {
+        format!("{address:?}")
+    }
+}
+
+impl Named for tokio::net::UnixStream {
+    /// A local peer has no address worth showing: its process id and program name
+    /// (`SO_PEERCRED`, then `/proc/PID/comm`) say which application it is, as
+    /// `pid=1234(pkcs11-tool)` (one word, as the columns of `ctconf --channels` need).
+    fn named(&self, _address: &dyn std::fmt::Debug) -> String {
+        let Ok(credentials) = self.peer_cred() else {
+            return "local(unknown)".into();
+        };
+        let Some(pid) = credentials.pid() else {
+            return format!("local(uid={})", credentials.uid());
+        };
+        format!("pid={pid}({})", program_name(pid))
+    }
+}
+
+/// The program name of process `pid` as the kernel keeps it (at most 15 bytes, set by the
+/// process itself: only printable characters of it are shown, a space as `_`).
+fn program_name(pid: i32) -> String {
+    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Ok(name) => name
+            .trim_end_matches('\n')
+            .chars()
+            .filter(|c| !c.is_control())
+            .map(|c| if c.is_whitespace() { '_' } else { c })
+            .take(16)
+            .collect(),
+        Err(_) => "unknown".into(),
+    }
+}
+
 /// What identifies one version of the access list file: inode, modification time and size
 /// (`None`: no file). `psesh` replaces the file by a rename, which changes the inode.
 type Stamp = Option<(u64, i64, i64, u64)>;
@@ -160,6 +202,34 @@ fn admitted(list: Option<&Path>, peer: &dyn PeerAddress) -> bool {
             false
         }
     }
+}
+
+/// Ends a connection the client access list does not admit, after one frame: request id 0
+/// (never a request's), `CKR_ACCESS_DENIED`, so that the library can log that the access list
+/// refused it rather than a lost connection. What the client sends meanwhile is read and
+/// dropped (closing with unread data would reset the connection, and the notice with it),
+/// for one second at most.
+async fn refuse_with_notice<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
+    let frame = encode_response(&ResponseEnvelope {
+        version: PROTOCOL_VERSION,
+        id: 0,
+        channel: None,
+        result: Err(tessera_core::Rv::AccessDenied.code()),
+    });
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        stream.write_all(&frame).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
 }
 
 /// Holds the data directory's lock for the daemon's lifetime.
@@ -395,7 +465,7 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
     let last = hsm.clone();
     let _ = tokio::task::spawn_blocking(move || {
         tally.report(&last);
-        last.flush_events()
+        last.close_events()
     })
     .await;
     for path in sockets {
@@ -606,11 +676,14 @@ macro_rules! accept_loop {
                 let (stream, peer, ip) = match accepted {
                     Ok((stream, peer)) => {
                         if !admitted(client_access.as_deref(), &peer) {
-                            drop(stream);
+                            // Told why, so that its library can say so: the connection's only
+                            // frame is the notice.
+                            tokio::spawn(refuse_with_notice(stream));
                             continue;
                         }
                         stream.tune();
-                        (stream, PeerAddress::name(&peer), PeerAddress::ip(&peer))
+                        let name = stream.named(&peer);
+                        (stream, name, PeerAddress::ip(&peer))
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");

@@ -181,6 +181,28 @@ fn command_line() -> String {
         .join(" ")
 }
 
+/// Flags that make the device require a secure channel are set only once this client has
+/// made one: otherwise every later change, clearing the flags included, would be refused.
+/// A device without identity is left to refuse such flags itself (with the command to run).
+fn check_channel_first(
+    target: &Target,
+    current: &tessera_wire::DeviceStatus,
+    bits: u64,
+) -> Result<(), Failure> {
+    let requires = tessera_channel::Policy::from_device_flags(bits).requires_channel();
+    if !requires || !current.identity {
+        return Ok(());
+    }
+    target.check_channel().map_err(|failure| {
+        Failure::new(format!(
+            "not setting the flags ({}): device {} would then require a secure channel, and this client cannot make one, so every later change (even -f0) would be refused. {}",
+            flags::describe(bits),
+            target.number,
+            failure.message
+        ))
+    })
+}
+
 fn run(args: &Args) -> Result<u8, Failure> {
     if args.check_config {
         return tessera_admin::check::run();
@@ -271,6 +293,9 @@ fn run(args: &Args) -> Result<u8, Failure> {
             &format!("if that is what you want, run `{} --yes`", command_line()),
         )?;
     }
+    if let Some(bits) = new_flags {
+        check_channel_first(&target, &current, bits)?;
+    }
     let session = AdminSession::login(&target, &current, &admin_pin)?;
     let mut code = 0;
     if let Some(bits) = new_flags {
@@ -332,6 +357,17 @@ fn run(args: &Args) -> Result<u8, Failure> {
         }
     }
     if let Some(which) = terminate {
+        if let Some(id) = which {
+            // The device refuses an id it does not know with CKR_ARGUMENTS_BAD: say which.
+            let listed = session.run(AdminCommand::Channels)?;
+            let known = matches!(&listed, Reply::Channels(list) if list.iter().any(|c| c.id == id));
+            if !known {
+                return Err(Failure::new(format!(
+                    "no channel has id {id} on device {}; `ctconf --channels` lists them",
+                    args.device
+                )));
+            }
+        }
         if let Reply::Number(count) = session.run(AdminCommand::TerminateChannels(which))? {
             println!("{count} channel(s) terminated.");
         }

@@ -140,6 +140,7 @@ fn answer(request: &Request, counters: &Counters) -> Result<Reply, u64> {
             firmware: Version { major: 1, minor: 0 },
             hardware: Version { major: 1, minor: 0 },
             slot_count: 1,
+            channel_required: false,
         }),
         Request::OpenSession { .. } => Reply::Handle(7),
         Request::OperationUpdate {
