@@ -208,6 +208,13 @@ fn counts_labels_and_names_read_as_sentences() {
         ("from", "UTC", "to", "UTC"),
         "{detail}"
     );
-    assert!(events.contains(" (unnamed), policy S"), "{events}");
-    assert!(!events.contains("((unnamed))"), "{events}");
+    // A local peer is named by its process, in one word (pid=N(program)), never "((unnamed))".
+    assert!(
+        channels.contains("pid=") && channels.contains("(ctconf)"),
+        "{channels}"
+    );
+    assert!(
+        !channels.contains("unnamed") && !events.contains("unnamed"),
+        "{events}"
+    );
 }

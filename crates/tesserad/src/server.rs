@@ -65,32 +65,17 @@ pub struct Config {
 trait PeerAddress: std::fmt::Debug {
     /// The network address, or `None` for a local socket (never filtered).
     fn ip(&self) -> Option<std::net::IpAddr>;
-    /// How the event log and `ctconf --channels` name the peer: `ADDRESS:PORT`, or for a local
-    /// socket its path, `unnamed` when it has none (a client's socket usually has none;
-    /// `channel 6 (unnamed)`, not the `(unnamed)` of `Debug` in parentheses again).
-    fn name(&self) -> String;
 }
 
 impl PeerAddress for std::net::SocketAddr {
     fn ip(&self) -> Option<std::net::IpAddr> {
         Some(std::net::SocketAddr::ip(self))
     }
-
-    fn name(&self) -> String {
-        self.to_string()
-    }
 }
 
 impl PeerAddress for tokio::net::unix::SocketAddr {
     fn ip(&self) -> Option<std::net::IpAddr> {
         None
-    }
-
-    fn name(&self) -> String {
-        match self.as_pathname() {
-            Some(path) => path.display().to_string(),
-            None => "unnamed".into(),
-        }
     }
 }
 
