@@ -227,19 +227,28 @@ fn a_passphrase_asked_on_the_terminal_is_not_echoed() {
             .stderr(Stdio::null())
             .spawn()
             .expect("script (bsdutils)");
+        // Read on a thread of its own, so that a daemon that never prompts (or never ends)
+        // cannot hold the test: everything below is bounded by the deadline.
         let mut out = script.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
         let mut shown = Vec::new();
-        let mut buf = [0u8; 4096];
         let mut typed_yet = false;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let mut ready = false;
         // Typed only once the prompt is up (as a person would): echo is off by then.
-        while std::time::Instant::now() < deadline {
-            let n = out.read(&mut buf).unwrap_or(0);
-            if n == 0 {
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            let Ok(chunk) = rx.recv_timeout(left) else {
                 break;
-            }
-            shown.extend_from_slice(&buf[..n]);
+            };
+            shown.extend_from_slice(&chunk);
             let text = String::from_utf8_lossy(&shown);
             if !typed_yet && text.contains("Tessera device key passphrase:") {
                 let stdin = script.stdin.as_mut().unwrap();
@@ -252,6 +261,7 @@ fn a_passphrase_asked_on_the_terminal_is_not_echoed() {
                 break;
             }
         }
+        drop(script.stdin.take());
         let _ = script.kill();
         let _ = Command::new("pkill")
             .args(["-f", &dir.path().display().to_string()])

@@ -282,6 +282,11 @@ fn run(args: &Args) -> Result<u8, Failure> {
             args.yes,
         )?;
     }
+    // A change this client could not make through the channel it would need is refused
+    // before anything is asked.
+    if let Some(bits) = new_flags {
+        check_channel_first(&target, &current, bits)?;
+    }
     let locking = new_flags.is_some_and(|bits| bits & flags::MODE_LOCKED != 0);
     if locking {
         pin::confirm_or(
@@ -292,9 +297,6 @@ fn run(args: &Args) -> Result<u8, Failure> {
             args.yes,
             &format!("if that is what you want, run `{} --yes`", command_line()),
         )?;
-    }
-    if let Some(bits) = new_flags {
-        check_channel_first(&target, &current, bits)?;
     }
     let session = AdminSession::login(&target, &current, &admin_pin)?;
     let mut code = 0;
