@@ -3,11 +3,7 @@
 use tessera_core::flags;
 use tessera_wire::DeviceStatus;
 
-/// `YYYY-MM-DD hh:mm:ss UTC` for seconds since the Unix epoch.
-pub fn clock(seconds: u64) -> String {
-    let (year, month, day, hour, minute, second) = tessera_core::time::civil(seconds);
-    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02} UTC")
-}
+pub use tessera_core::time::clock;
 
 /// The name of a transport mode.
 pub fn transport_mode(mode: u8) -> &'static str {
