@@ -611,7 +611,9 @@ mod tests {
         fresh_unique_id(&mut attributes);
         let id = attributes.get(ck::CKA_UNIQUE_ID as u64).unwrap().to_vec();
         assert_eq!(id.len(), 32);
-        assert!(id.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c)));
+        assert!(id
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c)));
     }
 
     #[test]
