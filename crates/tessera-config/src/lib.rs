@@ -10,6 +10,8 @@
 //! | default | built in ([`default_value`]) |
 //!
 //! Files hold `NAME=value` lines; `#` starts a comment line; a value may be quoted with `"`.
+//!
+//! [`atomic`] is the one way every Tessera crate replaces a file.
 #![forbid(unsafe_code)]
 
 pub mod access;
