@@ -3,10 +3,7 @@
 use tessera_core::flags;
 use tessera_wire::DeviceStatus;
 
-/// `YYYY-MM-DD hh:mm:ss UTC` for seconds since the Unix epoch.
-pub fn clock(seconds: u64) -> String {
-    tessera_core::time::readable(seconds)
-}
+pub use tessera_core::time::clock;
 
 /// The name of a transport mode.
 pub fn transport_mode(mode: u8) -> &'static str {

@@ -11,9 +11,12 @@
 //! | default | built in ([`default_value`]) |
 //!
 //! Files hold `NAME=value` lines; `#` starts a comment line; a value may be quoted with `"`.
+//!
+//! [`atomic`] is the one way every Tessera crate replaces a file.
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod atomic;
 pub mod items;
 pub mod listen;
 mod server;
@@ -291,31 +294,11 @@ pub fn parse(file: &str, text: &str) -> Result<HashMap<String, String>, ConfigEr
     Ok(items)
 }
 
-/// Replaces `path` with `text`: written to a temporary file of this process beside it (with
-/// `mode`, whatever the umask), flushed to disk, then renamed over it, so a crash or a second
-/// writer leaves a whole file, old or new.
+/// Replaces `path` with `text` through [`atomic::write`] (with `mode`, whatever the umask), so a
+/// crash or a second writer leaves a whole file, old or new.
 pub fn write_atomically(path: &Path, text: &str, mode: u32) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let temporary = path.with_extension(format!("new.{}", std::process::id()));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&temporary)
-        .and_then(|mut file| {
-            // `mode` whatever the umask (tesserad runs with 077).
-            use std::os::unix::fs::PermissionsExt;
-            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-            file.write_all(text.as_bytes())?;
-            file.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&temporary, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&temporary);
-            format!("cannot write {}: {e}", path.display())
-        })
+    atomic::write(path, text.as_bytes(), atomic::Mode::Exactly(mode))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 #[cfg(test)]

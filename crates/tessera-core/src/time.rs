@@ -1,4 +1,8 @@
-//! The clock, and civil UTC time from Unix seconds without a calendar dependency.
+//! The clock, and Unix seconds shown as UTC dates (the `time` crate's calendar).
+
+use time::format_description::BorrowedFormatItem;
+use time::macros::{datetime, format_description};
+use time::OffsetDateTime;
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn now() -> u64 {
@@ -8,40 +12,55 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// `(year, month, day, hour, minute, second)` of a Unix time, UTC (Howard Hinnant's
-/// days-to-civil algorithm).
-pub fn civil(seconds: u64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = (seconds / 86_400) as i64;
-    let rest = (seconds % 86_400) as u32;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day, rest / 3600, rest % 3600 / 60, rest % 60)
+/// The UTC date and time of a Unix time. A time past the end of the year 9999 (only a clock
+/// set that far by hand) is shown as the last second of 9999.
+pub fn utc(seconds: u64) -> OffsetDateTime {
+    i64::try_from(seconds)
+        .ok()
+        .and_then(|seconds| OffsetDateTime::from_unix_timestamp(seconds).ok())
+        .unwrap_or(datetime!(9999-12-31 23:59:59 UTC))
 }
 
-/// `YYYY-MM-DD hh:mm:ss UTC` of a Unix time, as the tools and the event log show times.
-pub fn readable(seconds: u64) -> String {
-    let (year, month, day, hour, minute, second) = civil(seconds);
-    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02} UTC")
+fn format(seconds: u64, description: &[BorrowedFormatItem<'_>]) -> String {
+    utc(seconds)
+        .format(description)
+        .expect("a UTC date and time has every component these descriptions name")
+}
+
+/// `YYYYMMDDhhmmss00`, the `utcTime` of `CK_TOKEN_INFO`.
+pub fn token_time(seconds: u64) -> String {
+    format(
+        seconds,
+        format_description!("[year][month][day][hour][minute][second]00"),
+    )
+}
+
+/// `YYYY-MM-DD hh:mm:ss UTC`, as the tools and the event log show times.
+pub fn clock(seconds: u64) -> String {
+    format(
+        seconds,
+        format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC"),
+    )
 }
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn readable_times() {
-        assert_eq!(super::readable(1_795_740_245), "2026-11-27 00:44:05 UTC");
-    }
+    use super::*;
 
     #[test]
     fn known_dates() {
-        assert_eq!(super::civil(0), (1970, 1, 1, 0, 0, 0));
-        assert_eq!(super::civil(951_782_400), (2000, 2, 29, 0, 0, 0));
-        assert_eq!(super::civil(1_795_740_245), (2026, 11, 27, 0, 44, 5));
+        assert_eq!(token_time(0), "1970010100000000");
+        assert_eq!(token_time(951_782_400), "2000022900000000");
+        assert_eq!(token_time(1_795_740_245), "2026112700440500");
+        assert_eq!(clock(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(clock(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(clock(1_795_740_245), "2026-11-27 00:44:05 UTC");
+    }
+
+    #[test]
+    fn a_clock_past_the_year_9999_shows_its_last_second() {
+        assert_eq!(token_time(253_402_300_799), "9999123123595900");
+        assert_eq!(token_time(253_402_300_800), "9999123123595900");
+        assert_eq!(clock(u64::MAX), "9999-12-31 23:59:59 UTC");
     }
 }

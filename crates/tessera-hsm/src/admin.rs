@@ -245,8 +245,8 @@ impl Hsm {
                 state.device = device;
                 let detail = format!(
                     "from {} to {}",
-                    tessera_core::time::readable(before),
-                    tessera_core::time::readable(time)
+                    tessera_core::time::clock(before),
+                    tessera_core::time::clock(time)
                 );
                 self.event(&state, "Administrator", "clock-changed", detail);
                 Ok(Reply::Done)

@@ -260,7 +260,6 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
         pepper,
         witness,
         protection: opened.description,
-        random: Default::default(),
         requests: Default::default(),
         pik_cache: Default::default(),
         pin_checked: Default::default(),

@@ -24,7 +24,6 @@ mod object_set;
 mod objects;
 mod operations;
 mod protection;
-mod random;
 mod rollback;
 mod time;
 mod tokens;
@@ -175,7 +174,6 @@ pub struct Hsm {
     events: events::EventLog,
     channels: channels::Channels,
     limits: Limits,
-    random: random::Mixer,
     /// Requests served since the device started.
     requests: std::sync::atomic::AtomicU64,
     /// The PIK, parsed, with the sealed record it came from (see `identity_signature`).
@@ -465,7 +463,7 @@ impl Hsm {
                 if len > (8 << 20) {
                     return Err(Rv::DataLenRange);
                 }
-                self.random.generate(len as usize).map(Reply::Bytes)
+                crypto::random(len as usize).map(Reply::Bytes)
             }
             R::WrapKey {
                 session,
@@ -503,9 +501,10 @@ impl Hsm {
             R::Handshake(_) | R::HandshakeFinish(_) | R::Protected(_) | R::Rekey => {
                 Err(Rv::FunctionNotSupported)
             }
-            R::SeedRandom { session, seed } => {
+            // The system generator takes no seed from outside, and PKCS#11 lets a token ignore
+            // one: a seed is accepted on a valid session (CKR_OK) and dropped, wiped.
+            R::SeedRandom { session, seed: _ } => {
                 self.lock().session(client, session)?;
-                self.random.seed(seed.expose());
                 Ok(Reply::Done)
             }
         }

@@ -513,13 +513,8 @@ fn complete_key(
 
 /// Gives an object a new `CKA_UNIQUE_ID` (128 random bits as hex).
 pub fn fresh_unique_id(attributes: &mut Attributes) {
-    use std::fmt::Write;
     let bytes = crate::crypto::random(16).unwrap_or_default();
-    let mut id = String::with_capacity(2 * bytes.len());
-    for b in &bytes {
-        let _ = write!(id, "{b:02x}");
-    }
-    attributes.set(ck::CKA_UNIQUE_ID as u64, id.into_bytes());
+    attributes.set(ck::CKA_UNIQUE_ID as u64, hex::encode(bytes).into_bytes());
 }
 
 /// Fails with `CKR_TEMPLATE_INCOMPLETE` unless every type is present.
@@ -608,6 +603,17 @@ mod tests {
         let mut attributes = from_template(&Template(template), ck::CKO_SECRET_KEY).unwrap();
         complete(&mut attributes, None, 0).unwrap();
         attributes
+    }
+
+    #[test]
+    fn unique_ids_are_32_lower_case_hex_digits() {
+        let mut attributes = secret_key(vec![]);
+        fresh_unique_id(&mut attributes);
+        let id = attributes.get(ck::CKA_UNIQUE_ID as u64).unwrap().to_vec();
+        assert_eq!(id.len(), 32);
+        assert!(id
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c)));
     }
 
     #[test]

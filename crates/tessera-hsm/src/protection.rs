@@ -130,28 +130,10 @@ fn inside(path: &Path, dir: &Path) -> bool {
     parent.starts_with(dir)
 }
 
-/// Writes `bytes` to `path` atomically (a temporary file, synced, renamed, directory synced).
+/// Writes `bytes` to `path` atomically, mode 0600 ([`tessera_config::atomic::write`]).
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), HsmError> {
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".new");
-    let temporary = PathBuf::from(temporary);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
-        .map_err(|e| error(&temporary, e))?;
-    file.write_all(bytes)
-        .and_then(|_| file.sync_all())
-        .map_err(|e| error(&temporary, e))?;
-    std::fs::rename(&temporary, path).map_err(|e| error(path, e))?;
-    if let Some(dir) = path.parent() {
-        if let Ok(dir) = std::fs::File::open(dir) {
-            let _ = dir.sync_all();
-        }
-    }
-    Ok(())
+    use tessera_config::atomic::{write, Mode};
+    write(path, bytes, Mode::Exactly(0o600)).map_err(|e| error(path, e))
 }
 
 /// The secret (and KDF iterations) that wraps the device key under `protection`. `create`

@@ -1,12 +1,6 @@
-//! Civil UTC time without a calendar dependency.
+//! The device clock.
 
-pub use tessera_core::time::now;
-
-/// `YYYYMMDDhhmmss00`, the `utcTime` of `CK_TOKEN_INFO`.
-pub fn utc_time(seconds: u64) -> String {
-    let (year, month, day, hour, minute, second) = tessera_core::time::civil(seconds);
-    format!("{year:04}{month:02}{day:02}{hour:02}{minute:02}{second:02}00")
-}
+pub use tessera_core::time::{now, token_time as utc_time};
 
 #[cfg(test)]
 mod tests {

@@ -246,6 +246,29 @@ fn bad_requests_get_the_specified_return_values() {
         ),
         Ok(Reply::Done)
     ));
+    // A seed is ignored, but only on a session of this client.
+    assert!(matches!(
+        hsm.handle(
+            client,
+            false,
+            Request::SeedRandom {
+                session: 999,
+                seed: pin("x")
+            }
+        ),
+        Err(Rv::SessionHandleInvalid)
+    ));
+    assert!(matches!(
+        hsm.handle(
+            hsm.connect(),
+            false,
+            Request::SeedRandom {
+                session,
+                seed: pin("x")
+            }
+        ),
+        Err(Rv::SessionHandleInvalid)
+    ));
     assert!(matches!(
         hsm.handle(
             client,

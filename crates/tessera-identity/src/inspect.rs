@@ -41,14 +41,14 @@ pub fn fingerprint(der: &[u8]) -> String {
     digest
         .as_ref()
         .iter()
-        .map(|b| format!("{b:02X}"))
+        .map(|b| hex::encode_upper([*b]))
         .collect::<Vec<_>>()
         .join(":")
 }
 
 /// The fingerprint without separators, lower case (file names, prefixes).
 pub fn fingerprint_id(der: &[u8]) -> String {
-    fingerprint(der).replace(':', "").to_ascii_lowercase()
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der))
 }
 
 /// Parses a DER certificate.
@@ -77,11 +77,7 @@ impl CertificateInfo {
             subject_der: tbs.subject.as_raw().to_vec(),
             issuer_der: tbs.issuer.as_raw().to_vec(),
             serial_number,
-            certificate_serial: tbs
-                .raw_serial()
-                .iter()
-                .map(|b| format!("{b:02X}"))
-                .collect(),
+            certificate_serial: hex::encode_upper(tbs.raw_serial()),
             not_before: tbs.validity.not_before.timestamp(),
             not_after: tbs.validity.not_after.timestamp(),
             fingerprint: fingerprint(der),
@@ -105,5 +101,22 @@ impl CertificateInfo {
             }
         }
         Ok(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fingerprints_are_sha_256_in_hex() {
+        // FIPS 180-2's "abc" vector.
+        assert_eq!(
+            super::fingerprint(b"abc"),
+            "BA:78:16:BF:8F:01:CF:EA:41:41:40:DE:5D:AE:22:23:\
+             B0:03:61:A3:96:17:7A:9C:B4:10:FF:61:F2:00:15:AD"
+        );
+        assert_eq!(
+            super::fingerprint_id(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

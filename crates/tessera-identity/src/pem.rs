@@ -1,78 +1,43 @@
-//! PEM armour for certificates and requests.
+//! PEM armour for certificates and requests: `rustls-pki-types` reads it (strict base64: a `=`
+//! only as the final padding), `pem` writes it (64-column lines, `\n` endings).
+
+use rustls_pki_types::pem::{self as pki_pem, PemObject, SectionKind};
 
 /// Encodes DER as PEM with `label` (`CERTIFICATE`, `CERTIFICATE REQUEST`).
 pub fn encode(label: &str, der: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut body = String::new();
-    for chunk in der.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                body.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                body.push('=');
-            }
-        }
-    }
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in body.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+    let block = pem::Pem::new(label, der);
+    pem::encode_config(
+        &block,
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 /// Every block with `label` in a PEM text, decoded; a text that is not PEM is taken as DER.
+/// Blocks with other labels are skipped.
 pub fn decode_all(text: &[u8], label: &str) -> Result<Vec<Vec<u8>>, String> {
-    let Ok(text) = std::str::from_utf8(text) else {
+    if std::str::from_utf8(text).is_err() {
         return Ok(vec![text.to_vec()]);
-    };
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    if !text.contains(&begin) {
-        return Err(format!("no {label} PEM block found"));
     }
+    let wanted = SectionKind::try_from(label.as_bytes())
+        .map_err(|()| format!("{label} is not a PEM label Tessera reads"))?;
     let mut blocks = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find(&begin) {
-        let after = &rest[start + begin.len()..];
-        let stop = after
-            .find(&end)
-            .ok_or_else(|| format!("a {label} block is not terminated"))?;
-        blocks.push(base64(&after[..stop])?);
-        rest = &after[stop + end.len()..];
-    }
-    Ok(blocks)
-}
-
-fn base64(text: &str) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    let mut buffer = 0u32;
-    let mut bits = 0;
-    for c in text.chars().filter(|c| !c.is_whitespace()) {
-        let value = match c {
-            'A'..='Z' => c as u32 - 'A' as u32,
-            'a'..='z' => c as u32 - 'a' as u32 + 26,
-            '0'..='9' => c as u32 - '0' as u32 + 52,
-            '+' => 62,
-            '/' => 63,
-            '=' => continue,
-            _ => return Err(format!("invalid character {c:?} in PEM")),
-        };
-        buffer = (buffer << 6) | value;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buffer >> bits) as u8);
+    for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(text) {
+        match section {
+            Ok((kind, der)) if kind == wanted => blocks.push(der),
+            Ok(_) => {}
+            Err(pki_pem::Error::MissingSectionEnd { .. }) => {
+                return Err(format!("a {label} block is not terminated"))
+            }
+            Err(pki_pem::Error::Base64Decode(e)) => {
+                return Err(format!("a {label} block is not valid base64 ({e})"))
+            }
+            Err(e) => return Err(format!("a {label} block is not valid PEM ({e})")),
         }
     }
-    Ok(out)
+    if blocks.is_empty() {
+        return Err(format!("no {label} PEM block found"));
+    }
+    Ok(blocks)
 }
 
 #[cfg(test)]
@@ -95,6 +60,52 @@ mod tests {
         assert_eq!(
             decode_all(&[0x30, 0xff], "CERTIFICATE").unwrap(),
             vec![vec![0x30, 0xff]]
+        );
+    }
+
+    #[test]
+    fn lines_of_64_columns_ending_in_newline() {
+        let pem = encode("CERTIFICATE REQUEST", &[0xab; 100]);
+        let expected = format!(
+            "-----BEGIN CERTIFICATE REQUEST-----\n{}\n{}\n{}\n-----END CERTIFICATE REQUEST-----\n",
+            "q6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6ur",
+            "q6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6ur",
+            "q6urqw=="
+        );
+        assert_eq!(pem, expected);
+        assert!(!pem.contains('\r'));
+        assert!(pem.ends_with("-----\n"));
+    }
+
+    #[test]
+    fn padding_inside_the_base64_is_refused() {
+        // "YQ==" is "a"; the old reader skipped every `=` and read "YQ==YmM=" as "abc".
+        let text = "-----BEGIN CERTIFICATE-----\nYQ==YmM=\n-----END CERTIFICATE-----\n";
+        let error = decode_all(text.as_bytes(), "CERTIFICATE").unwrap_err();
+        assert!(error.contains("not valid base64"), "{error}");
+        let text = "-----BEGIN CERTIFICATE-----\nYW=Jj\n-----END CERTIFICATE-----\n";
+        assert!(decode_all(text.as_bytes(), "CERTIFICATE").is_err());
+    }
+
+    #[test]
+    fn a_block_without_its_end_is_refused() {
+        let text = "-----BEGIN CERTIFICATE-----\nYWJj\n";
+        assert_eq!(
+            decode_all(text.as_bytes(), "CERTIFICATE").unwrap_err(),
+            "a CERTIFICATE block is not terminated"
+        );
+    }
+
+    #[test]
+    fn blocks_of_other_labels_are_skipped() {
+        let text = encode("CERTIFICATE REQUEST", b"req") + &encode("CERTIFICATE", b"cert");
+        assert_eq!(
+            decode_all(text.as_bytes(), "CERTIFICATE").unwrap(),
+            vec![b"cert".to_vec()]
+        );
+        assert_eq!(
+            decode_all(text.as_bytes(), "CERTIFICATE REQUEST").unwrap(),
+            vec![b"req".to_vec()]
         );
     }
 }

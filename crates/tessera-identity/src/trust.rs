@@ -95,10 +95,10 @@ impl TrustStore {
         CertificateInfo::parse(der).map_err(TrustError::NotACertificate)?;
         std::fs::create_dir_all(&self.dir).map_err(|e| file_error(&self.dir, e))?;
         let path = self.dir.join(format!("{}.pem", fingerprint_id(der)));
-        let temporary = self.dir.join(format!(".{}.tmp", fingerprint_id(der)));
-        std::fs::write(&temporary, pem::encode("CERTIFICATE", der))
-            .map_err(|e| file_error(&temporary, e))?;
-        std::fs::rename(&temporary, &path).map_err(|e| file_error(&path, e))?;
+        // Certificates are public: readable by every account the umask lets read them.
+        let mode = tessera_config::atomic::Mode::LessUmask(0o666);
+        tessera_config::atomic::write(&path, pem::encode("CERTIFICATE", der).as_bytes(), mode)
+            .map_err(|e| file_error(&path, e))?;
         Ok(path)
     }
 
