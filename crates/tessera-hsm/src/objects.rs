@@ -474,7 +474,7 @@ impl Hsm {
         for change in template.iter() {
             attributes.set(change.ty, change.value.clone());
         }
-        object::fresh_unique_id(&mut attributes);
+        object::fresh_unique_id(&mut attributes)?;
         let token_id = Self::check_create(&state, client, session, &attributes)?;
         self.insert(&mut state, client, session, token_id, attributes)
             .map(Reply::Handle)
