@@ -214,14 +214,10 @@ fn unlock_secret(
             };
             let bytes = SecretBytes::new(bytes);
             read.map_err(|e| error(path, e))?;
-            Ok((
-                passphrase(bytes).map_err(|e| error(path, e))?,
-                iterations.max(1),
-            ))
+            Ok((passphrase(bytes).map_err(|e| error(path, e))?, iterations.max(1)))
         }
         DeviceKeyProtection::Passphrase(given) => {
-            let bytes =
-                passphrase(given.duplicate()).map_err(|e| error(Path::new("the terminal"), e))?;
+            let bytes = passphrase(given.duplicate()).map_err(|e| error(Path::new("the terminal"), e))?;
             Ok((bytes, iterations.max(1)))
         }
     }

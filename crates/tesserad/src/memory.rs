@@ -58,13 +58,10 @@ impl Dumps {
 /// One line on the memory that holds PINs and key values: locked, or why not and what to do.
 fn log_locked_memory(report: &tessera_core::locked::Report) {
     match &report.error {
-        None => {
-            tracing::info!("PINs and key values are held in locked memory, left out of core dumps")
-        }
+        None => tracing::info!("PINs and key values are held in locked memory, left out of core dumps"),
         Some(error) => {
             let limit = rustix::process::getrlimit(rustix::process::Resource::Memlock);
-            let shown =
-                |v: Option<u64>| v.map_or("unlimited".to_owned(), |b| format!("{} KiB", b / 1024));
+            let shown = |v: Option<u64>| v.map_or("unlimited".to_owned(), |b| format!("{} KiB", b / 1024));
             tracing::warn!(
                 %error,
                 rlimit_memlock = %shown(limit.current),
