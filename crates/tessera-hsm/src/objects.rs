@@ -778,8 +778,9 @@ impl Hsm {
             public.set(ck::CKA_PUBLIC_KEY_INFO as u64, info.clone());
             private.set(ck::CKA_PUBLIC_KEY_INFO as u64, info);
         }
-        for (ty, value) in private_parts {
-            private.set(ty as u64, value);
+        for (ty, mut value) in private_parts {
+            // Moved, not copied: the attributes wipe the value when they are dropped.
+            private.set(ty as u64, std::mem::take(&mut *value));
         }
         object::complete(&mut public, Some(mechanism.ty), flags)?;
         object::complete(&mut private, Some(mechanism.ty), flags)?;
