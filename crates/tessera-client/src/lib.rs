@@ -615,6 +615,7 @@ impl Device {
             answer.discard();
             return Err(ClientError::StaleSession);
         };
+        // For the log lines only.
         let serial = state.serial.as_deref().unwrap_or_default();
         match channel.open_reply(id, answer, self, serial) {
             Ok(Opened::Answer(result)) => Ok((id, Ok(result))),

@@ -169,6 +169,7 @@ pub(crate) fn derive(
             if base.class() != ck::CKO_DATA as u64 {
                 return Err(Rv::KeyTypeInconsistent);
             }
+            // A data object's value defaults to empty (v3.0 §4.5): empty input keying material.
             let ikm = base.get(ck::CKA_VALUE).unwrap_or_default();
             hsm.hkdf(client, session, &mechanism.parameter, ikm, length)
         }

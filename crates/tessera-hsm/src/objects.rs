@@ -858,7 +858,7 @@ fn check_imported_key(
             let material = attributes
                 .get(needed)
                 .map(crypto::edwards::raw_point)
-                .unwrap_or_default();
+                .ok_or(Rv::TemplateIncomplete)?;
             if material.len() != 32 {
                 return Err(Rv::AttributeValueInvalid);
             }
@@ -885,7 +885,10 @@ fn check_imported_key(
             if template.find(ck::CKA_MODULUS_BITS).is_some() {
                 return Err(Rv::TemplateInconsistent);
             }
-            let bits = crypto::bit_len(attributes.get(ck::CKA_MODULUS).unwrap_or_default());
+            let modulus = attributes
+                .get(ck::CKA_MODULUS)
+                .ok_or(Rv::TemplateIncomplete)?;
+            let bits = crypto::bit_len(modulus);
             attributes.set_ulong(ck::CKA_MODULUS_BITS, bits);
         }
         (ck::CKO_PRIVATE_KEY, ck::CKK_RSA) => {
