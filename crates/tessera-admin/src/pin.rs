@@ -26,7 +26,7 @@ pub fn from_file(path: &Path, what: &str) -> Result<SecretBytes, Failure> {
         .expose()
         .split(|b| *b == b'\n')
         .next()
-        .unwrap_or_default();
+        .expect("split yields at least one piece");
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.is_empty() {
         return Err(Failure::new(format!(

@@ -99,6 +99,9 @@ pub enum HandshakeError {
     /// The random generator failed.
     #[error("the random generator failed")]
     Random,
+    /// The channel keys could not be derived (no channel is made without them).
+    #[error("{0}")]
+    KeyDerivation(#[from] crate::keys::KeyDerivationError),
 }
 
 fn random32() -> Result<Vec<u8>, HandshakeError> {
@@ -130,9 +133,11 @@ fn transcript(client: &ClientHello, server: &ServerHello) -> Vec<u8> {
     );
     let mut context = digest::Context::new(&digest::SHA384);
     context.update(LABEL);
+    // Both are plain structs of sized fields, which postcard always encodes into a `Vec`.
+    let encode = "postcard encodes a hello into a Vec";
     for part in [
-        postcard::to_stdvec(client).unwrap_or_default(),
-        postcard::to_stdvec(&core).unwrap_or_default(),
+        postcard::to_stdvec(client).expect(encode),
+        postcard::to_stdvec(&core).expect(encode),
     ] {
         context.update(&(part.len() as u64).to_be_bytes());
         context.update(&part);
@@ -149,7 +154,7 @@ fn agree(
         private,
         UnparsedPublicKey::new(&X25519, peer),
         HandshakeError::KeyAgreement,
-        |shared| Ok(keys::handshake(shared, hash)),
+        |shared| Ok(keys::handshake(shared, hash)?),
     )
 }
 
@@ -228,7 +233,7 @@ impl ExpectServerHello {
             &[&hash, &server.signature, &server.finished],
         );
         let policy = self.hello.policy.union(server.policy);
-        let channel = Channel::new(server.channel, Side::Client, policy, keys.traffic);
+        let channel = Channel::new(server.channel, Side::Client, policy, keys.traffic)?;
         Ok((
             channel,
             ClientFinished {
@@ -275,7 +280,7 @@ impl ServerStart {
             &[&hash, &hello.signature, &hello.finished],
         ));
         let effective = client.policy.union(policy);
-        let channel = Channel::new(channel, Side::Device, effective, keys.traffic);
+        let channel = Channel::new(channel, Side::Device, effective, keys.traffic)?;
         Ok((ExpectClientFinished { channel, expected }, hello))
     }
 }

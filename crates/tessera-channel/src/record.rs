@@ -12,7 +12,7 @@ use aws_lc_rs::aead::{Aad, Nonce, Tag, NONCE_LEN};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::keys::{Generation, Side};
+use crate::keys::{Generation, KeyDerivationError, Side};
 use crate::Policy;
 
 /// Which way a record travels.
@@ -105,6 +105,9 @@ pub enum RecordError {
         /// What arrived.
         got: Protection,
     },
+    /// A key of the channel could not be derived: the channel is not used without it.
+    #[error("{0}")]
+    KeyDerivation(#[from] crate::keys::KeyDerivationError),
 }
 
 /// One end of an established channel.
@@ -149,8 +152,9 @@ impl AsRef<[u8]> for HeaderBytes {
 
 fn header_bytes(header: &RecordHeader) -> HeaderBytes {
     let mut bytes = [0u8; 32];
-    // The buffer holds the largest header, so encoding cannot fail.
-    let len = postcard::to_slice(header, &mut bytes).map_or(0, |used| used.len());
+    let len = postcard::to_slice(header, &mut bytes)
+        .expect("the buffer holds the largest header (a test encodes it)")
+        .len();
     HeaderBytes { bytes, len }
 }
 
@@ -174,19 +178,24 @@ fn nonce(sequence: u64) -> Nonce {
 }
 
 impl Channel {
-    pub(crate) fn new(id: u64, side: Side, policy: Policy, traffic: Zeroizing<Vec<u8>>) -> Channel {
-        Channel {
+    pub(crate) fn new(
+        id: u64,
+        side: Side,
+        policy: Policy,
+        traffic: Zeroizing<Vec<u8>>,
+    ) -> Result<Channel, KeyDerivationError> {
+        Ok(Channel {
             id,
             side,
             policy,
             generation: 0,
-            keys: Some(Generation::new(traffic, side)),
+            keys: Some(Generation::new(traffic, side)?),
             failed: false,
             send_sequence: 0,
             receive_sequence: 0,
             messages: 0,
             bytes: 0,
-        }
+        })
     }
 
     /// The channel id the device gave.
@@ -365,7 +374,7 @@ impl Channel {
         let keys = self.keys.as_ref().ok_or(RecordError::Closed)?;
         let mut signed = aad.as_ref().to_vec();
         signed.extend_from_slice(message);
-        keys.send_mac()
+        keys.send_mac()?
             .seal_in_place_separate_tag(nonce(sequence), Aad::from(&signed), &mut [])
             .map_err(|_| RecordError::Closed)
     }
@@ -467,7 +476,7 @@ impl Channel {
                 let mut signed = aad.as_ref().to_vec();
                 signed.extend_from_slice(body);
                 let mut tag = mac.to_vec();
-                keys.receive_mac()
+                keys.receive_mac()?
                     .open_in_place(nonce(header.sequence), Aad::from(&signed), &mut tag)
                     .map_err(|_| RecordError::Authentication(header.sequence))?;
                 body.len()
@@ -502,7 +511,8 @@ impl Channel {
             return Err(RecordError::Closed);
         }
         let keys = self.keys.take().ok_or(RecordError::Closed)?;
-        self.keys = Some(Generation::new(keys.secret.clone(), self.side));
+        // On failure the keys stay gone: the channel is closed, not left on zero keys.
+        self.keys = Some(Generation::new(keys.secret.clone(), self.side)?);
         self.generation += 1;
         self.messages = 0;
         self.bytes = 0;
@@ -544,11 +554,11 @@ mod tests {
     /// bytes) and the device end.
     fn twins() -> (Channel, Channel, Channel) {
         let secret = || Zeroizing::new(vec![0x5a; 48]);
-        let client = || Channel::new(9, Side::Client, Policy(0), secret());
+        let client = || Channel::new(9, Side::Client, Policy(0), secret()).unwrap();
         (
             client(),
             client(),
-            Channel::new(9, Side::Device, Policy(0), secret()),
+            Channel::new(9, Side::Device, Policy(0), secret()).unwrap(),
         )
     }
 

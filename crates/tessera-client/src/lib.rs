@@ -29,7 +29,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLock
 use std::time::Duration;
 
 use tessera_config::ServerAddress;
-use tessera_core::Rv;
+use tessera_core::{Rv, SecretBytes};
 use tessera_wire::{Reply, Request};
 
 use secure::{ChannelState, Opened};
@@ -507,12 +507,10 @@ impl Device {
         clear: bool,
         session_generation: Option<u64>,
         request: &Request,
-    ) -> Option<Vec<u8>> {
+    ) -> Option<SecretBytes> {
         let may_retry =
             clear && !request.is_public() && session_generation.is_none() && self.secure.is_some();
-        may_retry
-            .then(|| postcard::to_stdvec(request).ok())
-            .flatten()
+        may_retry.then(|| retry_copy_of(request)).flatten()
     }
 
     /// The device refused a call in the clear (`CKR_BAD_PROTECTION`): it requires secure
@@ -523,12 +521,12 @@ impl Device {
         &self,
         state: &mut State,
         code: u64,
-        retry: Option<Vec<u8>>,
+        retry: Option<SecretBytes>,
     ) -> Result<(Reply, u64), ClientError> {
         // A clear refusal may only raise protection, never lower it.
         state.requires_channel = true;
         state.clear_ok = false;
-        match retry.and_then(|bytes| postcard::from_bytes::<Request>(&bytes).ok()) {
+        match retry.and_then(|bytes| postcard::from_bytes::<Request>(bytes.expose()).ok()) {
             Some(request) => self.call_protected(state, None, request),
             None => Err(ClientError::Returned(code)),
         }
@@ -689,6 +687,7 @@ impl Device {
             answer.discard();
             return Err(ClientError::StaleSession);
         };
+        // For the log lines only.
         let serial = state.serial.as_deref().unwrap_or_default();
         match channel.open_reply(id, answer, self, serial) {
             Ok(Opened::Answer(result)) => Ok((id, Ok(result))),
@@ -716,5 +715,41 @@ impl Device {
         state.stream = None;
         state.broken.store(false, Ordering::Relaxed);
         *self.inbox() = Inbox::default();
+    }
+}
+
+/// The encoding of `request` kept to send it again: such a call may carry a PIN (`C_InitToken`'s
+/// SO PIN, an administration PIN), so it is written once into a secret buffer of its exact size
+/// (locked memory, wiped when dropped), never into a growing `Vec` that would leave copies.
+fn retry_copy_of(request: &Request) -> Option<SecretBytes> {
+    let size = postcard::experimental::serialized_size(request).ok()?;
+    let mut copy = SecretBytes::new(vec![0; size]);
+    postcard::to_slice(request, copy.expose_mut()).ok()?;
+    Some(copy)
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    /// The retry copy of `C_InitToken` holds the SO PIN in a type that wipes it, and decodes
+    /// to the same call.
+    #[test]
+    fn the_retry_copy_of_an_so_pin_is_a_wiping_secret_that_decodes_to_the_call() {
+        fn wiped_when_dropped<T: zeroize::ZeroizeOnDrop>(_: &T) {}
+        let request = Request::InitToken {
+            slot: 3,
+            so_pin: SecretBytes::from_slice(b"SO-PIN-retried"),
+            label: vec![b' '; 32],
+        };
+        let copy = retry_copy_of(&request).expect("a retry copy");
+        wiped_when_dropped(&copy);
+        assert_eq!(copy.len(), postcard::to_stdvec(&request).unwrap().len());
+        let Ok(Request::InitToken { slot, so_pin, .. }) = postcard::from_bytes(copy.expose())
+        else {
+            panic!("the retry copy does not decode to the call");
+        };
+        assert_eq!(slot, 3);
+        assert_eq!(so_pin.expose(), b"SO-PIN-retried");
     }
 }

@@ -63,6 +63,8 @@ pub(crate) fn verify(
     let config = match secure {
         Some(settings) => settings.config(),
         None => {
+            // Unreadable: no server user is named, so only this process's user and root are
+            // admitted (stricter, not weaker).
             loaded = Config::load().unwrap_or_default();
             &loaded
         }

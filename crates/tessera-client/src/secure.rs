@@ -179,6 +179,7 @@ impl SecureSettings {
         self.config
             .item(&format!("ET_PTKC_{serial}_SMPR"))
             .and_then(|(value, _)| Policy::from_smpr(&value).ok())
+            // Unset: no requirement. A bad value cannot reach here: `from_config` refused it.
             .unwrap_or_default()
     }
 
@@ -771,6 +772,7 @@ impl Device {
                 return Err(self.failure_in_channel(true, failure));
             }
         };
+        // For the log lines only.
         let serial = state.serial.clone().unwrap_or_default();
         let Some(current) = state.channel_mut() else {
             return Err(ClientError::StaleSession);
@@ -824,6 +826,7 @@ impl Device {
                     }
                 }
                 _ => {
+                    // For the log line only.
                     let serial = state.serial.clone().unwrap_or_default();
                     self.report(&serial, "key rollover failed; the channel is closed");
                     self.kill(state, true);

@@ -277,7 +277,7 @@ impl Stream {
                 return Ok(());
             }
             let batch = if frames.len() == 1 {
-                frames.into_iter().next().unwrap_or_default()
+                frames.into_iter().next().expect("one frame")
             } else {
                 frames.concat()
             };

@@ -186,6 +186,7 @@ impl Config {
     pub fn server_user(&self) -> Result<Option<u32>, ConfigError> {
         match self.item(SERVER_USER) {
             None => Ok(None),
+            // Unreadable: every name is unknown, an error naming the item (never a guess).
             Some(_) => {
                 self.server_user_in(&std::fs::read_to_string(users::PASSWD).unwrap_or_default())
             }

@@ -49,6 +49,8 @@ pub fn describe(uid: u32) -> String {
     }
 }
 
+/// An unreadable file reads as empty: every name is then unknown (an error naming it) and
+/// uids are described by number.
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }

@@ -117,6 +117,8 @@ pub fn report() -> Report {
     if let Some(slot) = take(1) {
         give(slot);
     }
+    // The pool stayed busy (another thread between its attempts): nothing known yet, said as
+    // nothing locked; the daemon asks once at start, before any other thread uses it.
     pool().map(|pool| pool.report.clone()).unwrap_or_default()
 }
 

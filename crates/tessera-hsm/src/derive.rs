@@ -3,6 +3,7 @@
 
 use aws_lc_rs::{agreement, hmac};
 use tessera_core::{ck, der, Mechanism, MechanismParameter, Rv, SecretBytes};
+use zeroize::Zeroizing;
 
 use crate::crypto::edwards;
 use crate::object::Attributes;
@@ -127,14 +128,15 @@ impl Hsm {
         }
         let key = hmac::Key::new(algorithm, prk.expose());
         let mut okm = SecretBytes::default();
-        let mut previous: Vec<u8> = Vec::new();
+        // Each block T(i) is output key material: held in a wiping buffer between rounds.
+        let mut previous = Zeroizing::new(Vec::new());
         let mut counter = 1u8;
         while okm.len() < wanted {
             let mut context = hmac::Context::with_key(&key);
             context.update(&previous);
             context.update(info);
             context.update(&[counter]);
-            previous = context.sign().as_ref().to_vec();
+            previous = Zeroizing::new(context.sign().as_ref().to_vec());
             okm.extend_from_slice(&previous);
             counter = counter.wrapping_add(1);
         }
@@ -167,6 +169,7 @@ pub(crate) fn derive(
             if base.class() != ck::CKO_DATA as u64 {
                 return Err(Rv::KeyTypeInconsistent);
             }
+            // A data object's value defaults to empty (v3.0 §4.5): empty input keying material.
             let ikm = base.get(ck::CKA_VALUE).unwrap_or_default();
             hsm.hkdf(client, session, &mechanism.parameter, ikm, length)
         }

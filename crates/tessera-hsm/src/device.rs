@@ -179,6 +179,12 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
             options.user_slots
         )));
     }
+    if options.kdf_iterations == 0 {
+        // Refused rather than raised to 1 behind the operator's back.
+        return Err(HsmError::Options(
+            "PBKDF2 needs at least 1 iteration, not 0 (the default is the safe choice)".into(),
+        ));
+    }
     let store = Store::open(&data_dir.join("tessera.redb"))?;
     let opened =
         crate::protection::open_device_key(data_dir, &options.device_key, options.kdf_iterations)?;
@@ -263,7 +269,7 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
         requests: Default::default(),
         pik_cache: Default::default(),
         pin_checked: Default::default(),
-        kdf_iterations: options.kdf_iterations.max(1),
+        kdf_iterations: options.kdf_iterations,
         events,
         channels: crate::channels::Channels::new(options.max_channels),
         limits: options.limits,

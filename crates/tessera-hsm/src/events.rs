@@ -63,7 +63,7 @@ fn fields(record: &EventRecord) -> Vec<u8> {
         &record.detail,
         &record.previous,
     );
-    postcard::to_stdvec(&fields).unwrap_or_default()
+    postcard::to_stdvec(&fields).expect("postcard encodes numbers, strings and bytes into a Vec")
 }
 
 impl EventLog {

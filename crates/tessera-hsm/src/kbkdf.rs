@@ -169,7 +169,8 @@ pub(crate) fn derive(
         for (segment, fixed) in data.iter().zip(&fixed) {
             match segment {
                 KbkdfData::Iteration(Some(format)) | KbkdfData::Counter(format) => {
-                    mac.update(&encode(i, *format).unwrap_or_default())?
+                    // Fits: the largest counter, `rounds`, was checked above.
+                    mac.update(&encode(i, *format).ok_or(Rv::KeySizeRange)?)?
                 }
                 KbkdfData::Iteration(None) => mac.update(chain)?,
                 _ => mac.update(fixed)?,

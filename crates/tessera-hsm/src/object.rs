@@ -402,7 +402,7 @@ pub fn complete(attributes: &mut Attributes, generated: Option<u64>, flags: u64)
     if attributes.has(ck::CKA_UNIQUE_ID) {
         return Err(Rv::AttributeReadOnly);
     }
-    fresh_unique_id(attributes);
+    fresh_unique_id(attributes)?;
     for ty in TEMPLATES {
         if let Some(value) = attributes.get(ty) {
             Template::from_nested(value)?;
@@ -511,10 +511,19 @@ fn complete_key(
     Ok(())
 }
 
-/// Gives an object a new `CKA_UNIQUE_ID` (128 random bits as hex).
-pub fn fresh_unique_id(attributes: &mut Attributes) {
-    let bytes = crate::crypto::random(16).unwrap_or_default();
+/// Gives an object a new `CKA_UNIQUE_ID` (128 random bits as hex). A failed random generator
+/// fails the call (`CKR_FUNCTION_FAILED`): an empty id would not be unique.
+pub fn fresh_unique_id(attributes: &mut Attributes) -> Result<(), Rv> {
+    unique_id_from(attributes, crate::crypto::random)
+}
+
+fn unique_id_from(
+    attributes: &mut Attributes,
+    random: impl FnOnce(usize) -> Result<Vec<u8>, Rv>,
+) -> Result<(), Rv> {
+    let bytes = random(16)?;
     attributes.set(ck::CKA_UNIQUE_ID as u64, hex::encode(bytes).into_bytes());
+    Ok(())
 }
 
 /// Fails with `CKR_TEMPLATE_INCOMPLETE` unless every type is present.
@@ -605,10 +614,27 @@ mod tests {
         attributes
     }
 
+    /// A random generator that fails leaves no (empty, hence shared) `CKA_UNIQUE_ID`: the
+    /// call fails instead.
+    #[test]
+    fn a_failed_random_generator_fails_the_unique_id() {
+        let mut attributes = Attributes::default();
+        assert_eq!(
+            unique_id_from(&mut attributes, |_| Err(Rv::FunctionFailed)),
+            Err(Rv::FunctionFailed)
+        );
+        assert!(!attributes.has(ck::CKA_UNIQUE_ID));
+        unique_id_from(&mut attributes, |len| Ok(vec![0xab; len])).unwrap();
+        assert_eq!(
+            attributes.get(ck::CKA_UNIQUE_ID),
+            Some("ab".repeat(16).as_bytes())
+        );
+    }
+
     #[test]
     fn unique_ids_are_32_lower_case_hex_digits() {
         let mut attributes = secret_key(vec![]);
-        fresh_unique_id(&mut attributes);
+        fresh_unique_id(&mut attributes).unwrap();
         let id = attributes.get(ck::CKA_UNIQUE_ID as u64).unwrap().to_vec();
         assert_eq!(id.len(), 32);
         assert!(id

@@ -474,7 +474,7 @@ impl Hsm {
         for change in template.iter() {
             attributes.set(change.ty, change.value.clone());
         }
-        object::fresh_unique_id(&mut attributes);
+        object::fresh_unique_id(&mut attributes)?;
         let token_id = Self::check_create(&state, client, session, &attributes)?;
         self.insert(&mut state, client, session, token_id, attributes)
             .map(Reply::Handle)
@@ -778,8 +778,9 @@ impl Hsm {
             public.set(ck::CKA_PUBLIC_KEY_INFO as u64, info.clone());
             private.set(ck::CKA_PUBLIC_KEY_INFO as u64, info);
         }
-        for (ty, value) in private_parts {
-            private.set(ty as u64, value);
+        for (ty, mut value) in private_parts {
+            // Moved, not copied: the attributes wipe the value when they are dropped.
+            private.set(ty as u64, std::mem::take(&mut *value));
         }
         object::complete(&mut public, Some(mechanism.ty), flags)?;
         object::complete(&mut private, Some(mechanism.ty), flags)?;
@@ -857,7 +858,7 @@ fn check_imported_key(
             let material = attributes
                 .get(needed)
                 .map(crypto::edwards::raw_point)
-                .unwrap_or_default();
+                .ok_or(Rv::TemplateIncomplete)?;
             if material.len() != 32 {
                 return Err(Rv::AttributeValueInvalid);
             }
@@ -884,7 +885,10 @@ fn check_imported_key(
             if template.find(ck::CKA_MODULUS_BITS).is_some() {
                 return Err(Rv::TemplateInconsistent);
             }
-            let bits = crypto::bit_len(attributes.get(ck::CKA_MODULUS).unwrap_or_default());
+            let modulus = attributes
+                .get(ck::CKA_MODULUS)
+                .ok_or(Rv::TemplateIncomplete)?;
+            let bits = crypto::bit_len(modulus);
             attributes.set_ulong(ck::CKA_MODULUS_BITS, bits);
         }
         (ck::CKO_PRIVATE_KEY, ck::CKK_RSA) => {

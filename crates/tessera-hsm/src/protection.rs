@@ -238,7 +238,8 @@ fn encode(protection: &DeviceKeyProtection, record: PinRecord) -> Vec<u8> {
         hint: hint_of(protection),
         record,
     };
-    [MAGIC, &postcard::to_stdvec(&file).unwrap_or_default()].concat()
+    let encoded = postcard::to_stdvec(&file).expect("postcard encodes a key file's fields");
+    [MAGIC, &encoded].concat()
 }
 
 /// Opens (or creates) `data_dir/device.key` under `protection`. A format-1 file (wrapped under

@@ -84,7 +84,10 @@ impl Witness {
     }
 
     fn write(&self, recorded: &Recorded) -> Result<(), HsmError> {
-        let plain = postcard::to_stdvec(recorded).unwrap_or_default();
+        let plain = postcard::to_stdvec(recorded).map_err(|e| HsmError::File {
+            path: self.path.clone(),
+            reason: format!("cannot encode the rollback state: {e}"),
+        })?;
         let sealed = self.key.seal(AAD, &plain).map_err(|e| HsmError::File {
             path: self.path.clone(),
             reason: e.to_string(),

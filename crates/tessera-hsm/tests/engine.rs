@@ -122,6 +122,24 @@ fn secrets_are_sealed_at_rest_and_reopen_after_a_restart() {
     assert!(matches!(value(private_key), AttributeAnswer::Value(v) if v == private_value));
 }
 
+/// Zero PBKDF2 iterations are refused when the device opens, not quietly made 1.
+#[test]
+fn zero_kdf_iterations_are_refused_when_the_device_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let zero = HsmOptions {
+        kdf_iterations: 0,
+        ..options()
+    };
+    let Err(error) = Hsm::open(dir.path(), &zero) else {
+        panic!("a device opened with 0 PBKDF2 iterations");
+    };
+    assert!(
+        error.to_string().contains("at least 1 iteration"),
+        "{error}"
+    );
+    assert!(Hsm::open(dir.path(), &options()).is_ok());
+}
+
 #[test]
 fn a_disconnecting_client_loses_its_sessions_logins_and_session_objects() {
     let dir = tempfile::tempdir().unwrap();

@@ -64,6 +64,10 @@ pub enum StoreError {
     /// A stored record does not decode: the file is damaged or from an incompatible version.
     #[error("token store record {0} is damaged or from an incompatible version")]
     Corrupt(String),
+    /// A record could not be encoded: nothing was written (an empty record would read back as
+    /// damaged).
+    #[error("token store: a record could not be encoded ({0}); nothing was written")]
+    Encode(String),
 }
 
 fn storage(e: impl Into<redb::Error>) -> StoreError {
@@ -156,11 +160,11 @@ impl Store {
         self.write(|txn| {
             let mut tokens = txn.open_table(TOKENS)?;
             for (token, record) in put {
-                tokens.insert(*token, encode(*record).as_slice())?;
+                tokens.insert(*token, encode(*record)?.as_slice())?;
             }
             let mut table = txn.open_table(OBJECTS)?;
             for (token, id, object) in objects {
-                table.insert((*token, *id), encode(*object).as_slice())?;
+                table.insert((*token, *id), encode(*object)?.as_slice())?;
             }
             let mut meta = txn.open_table(META)?;
             meta.insert(FORMAT_KEY, format.to_le_bytes().as_slice())?;
@@ -173,7 +177,7 @@ impl Store {
         self.write(|txn| {
             let mut table = txn.open_table(OBJECTS)?;
             for (token, id, object) in objects {
-                table.insert((*token, *id), encode(*object).as_slice())?;
+                table.insert((*token, *id), encode(*object)?.as_slice())?;
             }
             Ok(())
         })
@@ -244,7 +248,7 @@ impl Store {
     pub fn put_device(&self, device: &DeviceRecord) -> Result<(), StoreError> {
         self.write(|txn| {
             let mut table = txn.open_table(META)?;
-            table.insert(DEVICE_KEY, encode(device).as_slice())?;
+            table.insert(DEVICE_KEY, encode(device)?.as_slice())?;
             Ok(())
         })
     }
@@ -266,7 +270,7 @@ impl Store {
     pub fn put_token(&self, token_id: u64, token: &TokenRecord) -> Result<(), StoreError> {
         self.write(|txn| {
             let mut table = txn.open_table(TOKENS)?;
-            table.insert(token_id, encode(token).as_slice())?;
+            table.insert(token_id, encode(token)?.as_slice())?;
             Ok(())
         })
     }
@@ -275,7 +279,7 @@ impl Store {
     pub fn reset_token(&self, token_id: u64, token: &TokenRecord) -> Result<(), StoreError> {
         self.write(|txn| {
             let mut tokens = txn.open_table(TOKENS)?;
-            tokens.insert(token_id, encode(token).as_slice())?;
+            tokens.insert(token_id, encode(token)?.as_slice())?;
             let mut objects = txn.open_table(OBJECTS)?;
             objects.retain_in((token_id, 0)..=(token_id, u64::MAX), |_, _| false)?;
             Ok(())
@@ -321,7 +325,7 @@ impl Store {
                 None => return Err(StoreError::Storage("object builder used twice".into()).into()),
             };
             let mut objects = txn.open_table(OBJECTS)?;
-            objects.insert((token_id, next), encode(&object).as_slice())?;
+            objects.insert((token_id, next), encode(&object)?.as_slice())?;
             allocated = next;
             Ok(())
         })?;
@@ -337,7 +341,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.write(|txn| {
             let mut objects = txn.open_table(OBJECTS)?;
-            objects.insert((token_id, id), encode(object).as_slice())?;
+            objects.insert((token_id, id), encode(object)?.as_slice())?;
             Ok(())
         })
     }
@@ -363,10 +367,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.write(|txn| {
             let mut meta = txn.open_table(META)?;
-            meta.insert(DEVICE_KEY, encode(device).as_slice())?;
+            meta.insert(DEVICE_KEY, encode(device)?.as_slice())?;
             let mut tokens = txn.open_table(TOKENS)?;
             for (token, record) in put {
-                tokens.insert(*token, encode(*record).as_slice())?;
+                tokens.insert(*token, encode(*record)?.as_slice())?;
             }
             for token in remove {
                 tokens.remove(*token)?;
@@ -426,7 +430,7 @@ impl Store {
         self.write_inner(durability, durable, head, |txn| {
             let mut table = txn.open_table(EVENTS)?;
             for event in events {
-                table.insert(event.sequence, encode(event).as_slice())?;
+                table.insert(event.sequence, encode(event)?.as_slice())?;
             }
             let oldest_kept = newest.saturating_add(1).saturating_sub(keep.max(1));
             table.retain_in(0..oldest_kept, |_, _| false)?;
@@ -441,7 +445,7 @@ impl Store {
         self.write_inner(redb::Durability::Immediate, false, None, |txn| {
             let mut table = txn.open_table(EVENTS)?;
             for event in events {
-                table.insert(event.sequence, encode(event).as_slice())?;
+                table.insert(event.sequence, encode(event)?.as_slice())?;
             }
             Ok(())
         })
@@ -454,7 +458,7 @@ impl Store {
             let mut table = txn.open_table(EVENTS)?;
             table.retain(|_, _| false)?;
             for event in events {
-                table.insert(event.sequence, encode(event).as_slice())?;
+                table.insert(event.sequence, encode(event)?.as_slice())?;
             }
             Ok(())
         })
@@ -526,8 +530,8 @@ impl From<StoreError> for WriteError {
     }
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_stdvec(value).unwrap_or_default()
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_stdvec(value).map_err(|e| StoreError::Encode(e.to_string()))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
@@ -547,6 +551,20 @@ mod tests {
             )]),
             sealed: None,
         }
+    }
+
+    /// A value postcard cannot encode (a sequence of unknown length) is an error, not an
+    /// empty record.
+    #[test]
+    fn a_record_that_does_not_encode_is_an_error_not_an_empty_record() {
+        struct UnknownLength;
+        impl serde::Serialize for UnknownLength {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq((0u8..3).filter(|n| n % 2 == 0))
+            }
+        }
+        assert!(matches!(encode(&UnknownLength), Err(StoreError::Encode(_))));
+        assert_eq!(encode(&Vec::from([1u8, 2])).unwrap(), vec![2, 1, 2]);
     }
 
     #[test]

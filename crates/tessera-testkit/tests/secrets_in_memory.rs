@@ -354,6 +354,71 @@ fn nothing_left_after_the_session(channel: bool) {
     );
 }
 
+/// An EC private key is encoded (RFC 5915) for every check and every signature: that encoding,
+/// and the parts it is built from, must be wiped too. The scalar is a marker (any 32 bytes
+/// below the order of P-256 are a key); nothing of it may be left once the key is destroyed.
+#[test]
+fn no_private_key_encoding_is_left_in_the_daemons_memory_after_signing() {
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+
+    const SCALAR: &[u8; 32] = b"ECSCALAR-marker-0123456789abcdef";
+    const P256: &[u8] = &[0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
+    let _serial = common::serialise();
+    let daemon = Daemon::start();
+    let pkcs11 = common::load(&daemon.server_list(tessera_testkit::Transport::Unix));
+    let slot = pkcs11.get_slots_with_token().unwrap()[0];
+    let so_pin = AuthPin::new("so-pin-1234".into());
+    let user_pin = AuthPin::new("user-pin-1234".into());
+    pkcs11.init_token(slot, &so_pin, "ec markers").unwrap();
+    {
+        let session = pkcs11.open_rw_session(slot).unwrap();
+        session.login(UserType::So, Some(&so_pin)).unwrap();
+        session.init_pin(&user_pin).unwrap();
+        session.logout().unwrap();
+        session.login(UserType::User, Some(&user_pin)).unwrap();
+        for token in [false, true] {
+            let key = session
+                .create_object(&[
+                    Attribute::Class(ObjectClass::PRIVATE_KEY),
+                    Attribute::KeyType(KeyType::EC),
+                    Attribute::Token(token),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Sign(true),
+                    Attribute::EcParams(P256.to_vec()),
+                    Attribute::Value(SCALAR.to_vec()),
+                ])
+                .unwrap();
+            for _ in 0..3 {
+                session.sign(&Mechanism::Ecdsa, key, &[9u8; 32]).unwrap();
+            }
+            session.destroy_object(key).unwrap();
+        }
+        session.logout().unwrap();
+    }
+    pkcs11.finalize();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let found = loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let found = scan(daemon.pid().unwrap(), &[SCALAR]);
+        if found.is_empty() || std::time::Instant::now() >= deadline {
+            break found;
+        }
+    };
+    let report: Vec<String> = found
+        .iter()
+        .map(|(_, region, count)| format!("the EC private key x{count} in {region}"))
+        .collect();
+    assert!(
+        report.is_empty(),
+        "left in the daemon's memory:\n{}",
+        report.join("\n")
+    );
+}
+
 /// The `VmFlags` of the mapping of process `pid` that starts at the start of `maps_line`.
 fn vm_flags(pid: u32, maps_line: &str) -> String {
     let start = maps_line.split_whitespace().next().unwrap_or_default();

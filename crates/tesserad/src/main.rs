@@ -169,7 +169,7 @@ struct Args {
     appliance: bool,
 
     /// PBKDF2-HMAC-SHA256 iterations for new PIN records. Lower only for tests.
-    #[arg(long, default_value_t = tessera_hsm::DEFAULT_KDF_ITERATIONS, value_name = "N")]
+    #[arg(long, default_value_t = tessera_hsm::DEFAULT_KDF_ITERATIONS, value_name = "N", value_parser = kdf_iterations)]
     kdf_iterations: u32,
 
     /// Protect the device key (device.key) with this key file, kept outside the data directory
@@ -227,6 +227,23 @@ fn with_local_socket(mut listen: Vec<Listen>) -> Vec<Listen> {
         listen.insert(0, Listen::Unix(default_socket_path()));
     }
     listen
+}
+
+/// `--kdf-iterations N`: 1 or more, checked when the command line is read (0 is refused, not
+/// quietly raised to 1).
+fn kdf_iterations(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(0) => Err(format!(
+            "PBKDF2 needs at least 1 iteration: give --kdf-iterations 1 or more, or leave it out \
+             for the default of {}",
+            tessera_hsm::DEFAULT_KDF_ITERATIONS
+        )),
+        Ok(iterations) => Ok(iterations),
+        Err(e) => Err(format!(
+            "{e}: give a whole number of iterations from 1 to {}",
+            u32::MAX
+        )),
+    }
 }
 
 fn main() -> ExitCode {
@@ -389,5 +406,30 @@ fn main() -> ExitCode {
             eprintln!("tesserad: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_kdf_iterations_are_refused_when_the_command_line_is_read() {
+        let parse = |value: &str| {
+            Args::try_parse_from(["tesserad", "--kdf-iterations", value])
+                .map(|args| args.kdf_iterations)
+                .map_err(|e| e.to_string())
+        };
+        let refused = parse("0").unwrap_err();
+        assert!(
+            refused.contains("--kdf-iterations") && refused.contains("at least 1 iteration"),
+            "{refused}"
+        );
+        assert!(parse("many").unwrap_err().contains("from 1 to"));
+        assert_eq!(parse("1"), Ok(1));
+        assert_eq!(
+            Args::try_parse_from(["tesserad"]).unwrap().kdf_iterations,
+            tessera_hsm::DEFAULT_KDF_ITERATIONS
+        );
     }
 }

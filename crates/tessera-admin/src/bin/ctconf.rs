@@ -308,6 +308,7 @@ fn run(args: &Args) -> Result<u8, Failure> {
         }
     }
     if let (Some(slot), Some(so_pin)) = (args.init_token, token_so_pin) {
+        // No --label: a blank label, as C_InitToken pads it.
         let label = args.label.clone().unwrap_or_default();
         if label.len() > 32 {
             return Err(Failure::usage(format!(

@@ -387,7 +387,14 @@ fn run(args: &Args) -> Result<(), Failure> {
             let Reply::Bytes(pic) = session.run(AdminCommand::SignRequest(request))? else {
                 return Err(Failure::new("unexpected answer to a signing request"));
             };
-            let poc = identity(&target)?.poc.unwrap_or_default();
+            // The POC goes with the PIC (an empty certificate would be a broken chain).
+            let poc = identity(&target)?.poc.ok_or_else(|| {
+                Failure::new(format!(
+                    "device {} signed the request but has no POC to send with it; create one \
+                     with `ctident gen-selfsigned poc`",
+                    args.device
+                ))
+            })?;
             write_file(
                 out,
                 &(pem::encode("CERTIFICATE", &pic) + &pem::encode("CERTIFICATE", &poc)),

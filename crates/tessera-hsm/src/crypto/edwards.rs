@@ -7,6 +7,7 @@ use aws_lc_rs::agreement;
 use aws_lc_rs::encoding::AsBigEndian;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use tessera_core::{ck, der, Rv, SecretBytes};
+use zeroize::Zeroizing;
 
 use super::keys::GeneratedPair;
 use crate::object::Attributes;
@@ -59,8 +60,8 @@ pub(crate) fn generate_ed25519(params: &[u8]) -> Result<GeneratedPair, Rv> {
             (ck::CKA_EC_POINT, point),
         ],
         vec![
-            (ck::CKA_EC_PARAMS, params.to_vec()),
-            (ck::CKA_VALUE, seed.as_ref().to_vec()),
+            (ck::CKA_EC_PARAMS, Zeroizing::new(params.to_vec())),
+            (ck::CKA_VALUE, Zeroizing::new(seed.as_ref().to_vec())),
         ],
     ))
 }
@@ -83,8 +84,8 @@ pub(crate) fn generate_x25519(params: &[u8]) -> Result<GeneratedPair, Rv> {
             ),
         ],
         vec![
-            (ck::CKA_EC_PARAMS, params.to_vec()),
-            (ck::CKA_VALUE, bytes.as_ref().to_vec()),
+            (ck::CKA_EC_PARAMS, Zeroizing::new(params.to_vec())),
+            (ck::CKA_VALUE, Zeroizing::new(bytes.as_ref().to_vec())),
         ],
     ))
 }

@@ -8,7 +8,9 @@ use aws_lc_rs::digest;
 use aws_lc_rs::encoding::{AsBigEndian, AsDer};
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
-use tessera_core::{ck, der, Rv, SecretBytes};
+use tessera_core::der::{self, Part};
+use tessera_core::{ck, Rv, SecretBytes};
+use zeroize::Zeroizing;
 
 use super::{Output, RsaCipher};
 use crate::object::{Attributes, RSA_PRIVATE_PARTS};
@@ -82,10 +84,11 @@ pub fn check_curve(params: Option<&[u8]>, allow_explicit: bool) -> Result<(), Rv
     curve(params, allow_explicit).map(|_| ())
 }
 
-/// A generated key pair: (public attributes, private attributes), key material only.
+/// A generated key pair: (public attributes, private attributes), key material only. The
+/// private values are wiped if dropped before they are moved into the key's attributes.
 pub type GeneratedPair = (
     Vec<(ck::CK_ATTRIBUTE_TYPE, Vec<u8>)>,
-    Vec<(ck::CK_ATTRIBUTE_TYPE, Vec<u8>)>,
+    Vec<(ck::CK_ATTRIBUTE_TYPE, Zeroizing<Vec<u8>>)>,
 );
 
 /// Generates an EC key pair on the curve named by `params`.
@@ -93,12 +96,13 @@ pub fn generate_ec(params: Option<&[u8]>, allow_explicit: bool) -> Result<Genera
     let curve = curve(params, allow_explicit)?;
     let pair = EcdsaKeyPair::generate(curve.signing).map_err(|_| Rv::FunctionFailed)?;
     let point = pair.public_key().as_ref().to_vec();
-    let scalar = pair
-        .private_key()
-        .as_be_bytes()
-        .map_err(|_| Rv::FunctionFailed)?
-        .as_ref()
-        .to_vec();
+    let scalar = Zeroizing::new(
+        pair.private_key()
+            .as_be_bytes()
+            .map_err(|_| Rv::FunctionFailed)?
+            .as_ref()
+            .to_vec(),
+    );
     // Keep the parameters as the application gave them.
     let params = params.unwrap_or(curve.params).to_vec();
     Ok((
@@ -106,7 +110,10 @@ pub fn generate_ec(params: Option<&[u8]>, allow_explicit: bool) -> Result<Genera
             (ck::CKA_EC_PARAMS, params.clone()),
             (ck::CKA_EC_POINT, der::element(der::OCTET_STRING, &point)),
         ],
-        vec![(ck::CKA_EC_PARAMS, params), (ck::CKA_VALUE, scalar)],
+        vec![
+            (ck::CKA_EC_PARAMS, Zeroizing::new(params)),
+            (ck::CKA_VALUE, scalar),
+        ],
     ))
 }
 
@@ -126,8 +133,9 @@ pub fn generate_rsa(bits: u64, exponent: Option<&[u8]>) -> Result<GeneratedPair,
     }
     let pair = RsaKeyPair::generate(size).map_err(|_| Rv::FunctionFailed)?;
     let pkcs8 = pair.as_der().map_err(|_| Rv::FunctionFailed)?;
-    // PrivateKeyInfo ::= SEQUENCE { version, algorithm, OCTET STRING RSAPrivateKey }
-    let parse = || -> Result<Vec<Vec<u8>>, der::DerError> {
+    // PrivateKeyInfo ::= SEQUENCE { version, algorithm, OCTET STRING RSAPrivateKey } (aws-lc
+    // wipes `pkcs8` when it is dropped; each part is copied once, into a wiping buffer).
+    let parse = || -> Result<Vec<Zeroizing<Vec<u8>>>, der::DerError> {
         let info = der::single(pkcs8.as_ref(), der::SEQUENCE)?;
         let mut reader = der::Reader::new(info);
         reader.expect(der::INTEGER)?;
@@ -136,13 +144,17 @@ pub fn generate_rsa(bits: u64, exponent: Option<&[u8]>) -> Result<GeneratedPair,
         let mut reader = der::Reader::new(inner);
         reader.expect(der::INTEGER)?;
         (0..8)
-            .map(|_| reader.unsigned_integer().map(<[u8]>::to_vec))
+            .map(|_| {
+                reader
+                    .unsigned_integer()
+                    .map(|part| Zeroizing::new(part.to_vec()))
+            })
             .collect()
     };
     let parts = parse().map_err(|_| Rv::FunctionFailed)?;
     let public = vec![
-        (ck::CKA_MODULUS, parts[0].clone()),
-        (ck::CKA_PUBLIC_EXPONENT, parts[1].clone()),
+        (ck::CKA_MODULUS, parts[0].to_vec()),
+        (ck::CKA_PUBLIC_EXPONENT, parts[1].to_vec()),
     ];
     let private = RSA_PRIVATE_PARTS.iter().copied().zip(parts).collect();
     Ok((public, private))
@@ -220,23 +232,23 @@ fn spki(algorithm: Vec<u8>, key_bits: &[u8]) -> Vec<u8> {
     der::sequence(&[algorithm, der::element(0x03, &bits)])
 }
 
+/// The PKCS#8 `PrivateKeyInfo` of an RSA private key, only ever in a wiping buffer.
 pub(crate) fn rsa_private_pkcs8(key: &Attributes) -> Result<SecretBytes, Rv> {
     let pkcs1 = rsa_private_pkcs1(key)?;
-    Ok(SecretBytes::new(der::sequence(&[
-        der::unsigned_integer(&[0]),
-        RSA_ALGORITHM.to_vec(),
-        der::element(der::OCTET_STRING, pkcs1.expose()),
-    ])))
+    Ok(der::secret_sequence(&[
+        Part::Integer(&[0]),
+        Part::Encoded(RSA_ALGORITHM),
+        Part::Element(der::OCTET_STRING, pkcs1.expose()),
+    ]))
 }
 
+/// The PKCS#1 `RSAPrivateKey` of an RSA private key, only ever in a wiping buffer.
 pub(crate) fn rsa_private_pkcs1(key: &Attributes) -> Result<SecretBytes, Rv> {
-    let mut parts = vec![der::unsigned_integer(&[0])];
-    for ty in RSA_PRIVATE_PARTS {
-        parts.push(der::unsigned_integer(
-            key.get(ty).ok_or(Rv::KeyTypeInconsistent)?,
-        ));
+    let mut parts = [Part::Integer(&[0]); 1 + RSA_PRIVATE_PARTS.len()];
+    for (part, ty) in parts[1..].iter_mut().zip(RSA_PRIVATE_PARTS) {
+        *part = Part::Integer(key.get(ty).ok_or(Rv::KeyTypeInconsistent)?);
     }
-    Ok(SecretBytes::new(der::sequence(&parts)))
+    Ok(der::secret_sequence(&parts))
 }
 
 pub(crate) fn finish_rsa(cipher: RsaCipher, data: &SecretBytes) -> Result<Output, Rv> {
@@ -310,15 +322,15 @@ pub(crate) fn ec_private_key(key: &Attributes) -> Result<(Arc<EcdsaKeyPair>, &'s
     if scalar.len() > curve.bytes {
         return Err(Rv::KeyTypeInconsistent);
     }
-    let mut padded = vec![0u8; curve.bytes - scalar.len()];
+    let mut padded = SecretBytes::with_capacity(curve.bytes);
+    padded.extend_from_slice(&vec![0u8; curve.bytes - scalar.len()]);
     padded.extend_from_slice(scalar);
-    let padded = SecretBytes::new(padded);
-    // RFC 5915 ECPrivateKey { version 1, privateKey, [0] parameters }
-    let rfc5915 = SecretBytes::new(der::sequence(&[
-        der::unsigned_integer(&[1]),
-        der::element(der::OCTET_STRING, padded.expose()),
-        der::element(0xA0, curve.params),
-    ]));
+    // RFC 5915 ECPrivateKey { version 1, privateKey, [0] parameters }, only in a wiping buffer.
+    let rfc5915 = der::secret_sequence(&[
+        Part::Integer(&[1]),
+        Part::Element(der::OCTET_STRING, padded.expose()),
+        Part::Element(0xA0, curve.params),
+    ]);
     let pair = cached(&EC_KEYS, rfc5915.expose(), || {
         EcdsaKeyPair::from_private_key_der(curve.signing, rfc5915.expose())
             .map_err(|_| Rv::KeyTypeInconsistent)
