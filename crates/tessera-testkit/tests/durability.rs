@@ -1,7 +1,10 @@
 //! A `kill -9` during heavy object creation loses no object whose creation returned `CKR_OK`
-//! and leaves no half-written object behind; a full disk fails writes cleanly.
+//! and leaves no half-written object behind; a full disk fails writes cleanly; a SIGTERM lets
+//! every connection finish its clean-up before the last event-log entries are written, for
+//! five seconds at most.
 
 mod common;
+mod raw;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -11,7 +14,11 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::{AuthPin, Ulong};
-use tessera_testkit::{wait_until, Transport};
+use tessera_client::Device;
+use tessera_config::ServerAddress;
+use tessera_core::SecretBytes;
+use tessera_testkit::{sm, wait_until, Daemon, Transport};
+use tessera_wire::{Reply, Request};
 
 #[test]
 fn kill_9_during_heavy_creation_loses_nothing_that_was_acknowledged() {
@@ -296,4 +303,120 @@ fn running(pid: u32) -> bool {
             Some(state != "Z" && state != "X")
         })
         .unwrap_or(false)
+}
+
+/// A client whose channel has a call running when SIGTERM arrives: the daemon answers the
+/// call, closes the channel (and the sessions and logins in it), and only then writes the
+/// event log's last entries. The channel's closing is counted in the `channel-count` entry
+/// written at shutdown, which the next start reads back.
+#[test]
+fn a_sigterm_waits_for_each_connection_to_close_its_channel_before_the_last_events() {
+    // A slow PIN KDF: initialising a token takes about a second, long enough for the call to
+    // be running when the signal arrives (and far less than the five seconds shutdown waits).
+    let mut daemon = Daemon::start_with(&["--kdf-iterations", "1500000"]);
+    daemon.identify(Transport::Unix, &[]);
+    let device = Device::new(
+        ServerAddress::Unix(daemon.socket()),
+        Duration::from_secs(5),
+        Duration::from_secs(60),
+    )
+    .with_security(sm::settings(&daemon, &[]));
+    device.open_channel().expect("a channel");
+    let running = std::thread::spawn(move || {
+        let answer = device.call(
+            None,
+            Request::InitToken {
+                slot: 0,
+                so_pin: SecretBytes::from_slice(b"so-pin-at-shutdown"),
+                label: vec![b' '; 32],
+            },
+        );
+        (answer, device)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(daemon.stop().success(), "{}", daemon.log());
+    let (answer, _device) = running.join().unwrap();
+    assert!(
+        matches!(answer, Ok((Reply::Done, _))),
+        "the call running at shutdown was answered: {answer:?}\n{}",
+        daemon.log()
+    );
+
+    daemon.restart();
+    let events = daemon.admin(Transport::Unix, &["-e"]);
+    let counts: Vec<(u64, u64)> = events
+        .lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line
+                .split_once("channel-count")?
+                .1
+                .split_whitespace()
+                .collect();
+            match words.as_slice() {
+                [opened, "opened,", closed, "closed", ..] => {
+                    Some((opened.parse().ok()?, closed.parse().ok()?))
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    // The last count is this start's, made as ctconf read the log: its own channel, open.
+    let Some((last, before)) = counts.split_last() else {
+        panic!("no channel-count entry:\n{events}\n{}", daemon.log());
+    };
+    assert_eq!(*last, (1, 0), "ctconf's own channel:\n{events}");
+    // Before it, every channel the first run opened was closed by its client, the one that
+    // had a call running at shutdown too.
+    let opened: u64 = before.iter().map(|c| c.0).sum();
+    let closed: u64 = before.iter().map(|c| c.1).sum();
+    assert!(opened >= 1, "{events}");
+    assert_eq!(
+        opened,
+        closed,
+        "a channel open at shutdown was not counted as closed:\n{events}\n{}",
+        daemon.log()
+    );
+}
+
+/// A client that never reads its replies holds its connection's clean-up up forever (the
+/// replies cannot be written): shutdown waits five seconds for it, says so, and ends anyway.
+#[test]
+fn a_connection_that_never_finishes_holds_a_sigterm_up_for_five_seconds_at_most() {
+    use std::io::Write;
+    let mut daemon = Daemon::start();
+    let stream = std::os::unix::net::UnixStream::connect(daemon.socket()).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    // Requests, and never a reply read: the daemon's writes fill the socket and block.
+    std::thread::spawn(move || {
+        let request = raw::frame(Request::DeviceInfo);
+        while writer.write_all(&request).is_ok() {}
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = daemon.pid().unwrap().to_string();
+    let signalled = std::time::Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let ended = wait_until(Duration::from_secs(15), || !running(pid.parse().unwrap()));
+    let took = signalled.elapsed();
+    if !ended {
+        daemon.kill9();
+        panic!("shutdown hung on the connection:\n{}", daemon.log());
+    }
+    assert!(daemon.wait_exit().success(), "{}", daemon.log());
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(10),
+        "shutdown took {took:?}, not the five seconds it waits:\n{}",
+        daemon.log()
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("1 connection did not finish its clean-up within 5 s"),
+        "{}",
+        daemon.log()
+    );
+    drop(stream);
 }

@@ -58,6 +58,29 @@ pub fn prepare(dir: &Path, allow_group: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// Prepares the data directory ([`prepare`]) and takes its lock (`tesserad.lock`), held for
+/// as long as the returned file is open: one daemon per data directory.
+pub fn lock(data_dir: &Path, allow_group: bool) -> Result<std::fs::File, String> {
+    prepare(data_dir, allow_group)?;
+    let path = data_dir.join("tesserad.lock");
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "the data directory {} is in use by another tesserad (lock {} is held); \
+             stop that daemon or choose another --data-dir",
+            data_dir.display(),
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
 /// The test of [`prepare`] on the directory's owner and mode.
 fn check(dir: &Path, owner: u32, mode: u32, own: u32, allow_group: bool) -> Result<(), String> {
     let shown = dir.display();

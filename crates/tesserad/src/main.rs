@@ -9,14 +9,20 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod connection;
 mod datadir;
+mod dispatch;
 mod guard;
+mod listener;
 mod local;
 mod logfile;
 mod memory;
+mod poller;
 mod prompt;
 mod secure;
 mod server;
+mod shutdown;
+mod tally;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -28,6 +28,14 @@ struct Pending {
     info: Arc<ChannelInfo>,
 }
 
+/// Locks a connection's channel state (a lock poisoned by a panicked call is taken as it is:
+/// the call was answered `CKR_GENERAL_ERROR`).
+pub fn lock(secure: &std::sync::Mutex<Secure>) -> std::sync::MutexGuard<'_, Secure> {
+    secure
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A connection's secure-messaging state.
 pub struct Secure {
     hsm: Arc<Hsm>,

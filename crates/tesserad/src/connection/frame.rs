@@ -1,0 +1,206 @@
+//! Reading a connection's frames: the deadlines (idle, slowloris), the size limit, the memory
+//! for unfinished frames shared by every connection, and a read buffer that can be wiped.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_wire::{FrameError, FRAME_HEADER_LEN};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use zeroize::Zeroize;
+
+use crate::tally::Tally;
+
+/// What waiting for the next frame gave.
+pub(crate) enum Read {
+    Frame(Vec<u8>),
+    /// The peer closed the connection between frames.
+    Closed,
+    /// No frame began within the idle timeout.
+    Idle,
+}
+
+/// Reads one frame. Waiting for a frame to begin is limited by `idle` only (clients keep idle
+/// connections), but once its first byte is in, the rest must come within `timeout`: a client
+/// that trickles bytes (slowloris) is cut off. A frame over `max_len` bytes is refused, and the
+/// body of a large one is read into a buffer that grows as its bytes arrive, its memory taken
+/// from `memory` until the frame is complete: a declared length allocates nothing by itself.
+pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    timeout: Duration,
+    idle: Option<Duration>,
+    max_len: usize,
+    memory: &FrameMemory,
+) -> Result<Read, FrameError> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    let first = stream.read_exact(&mut header[..1]);
+    let first = match idle {
+        // Cancelled while waiting, the read has taken nothing.
+        Some(idle) => match tokio::time::timeout(idle, first).await {
+            Ok(first) => first,
+            Err(_) => return Ok(Read::Idle),
+        },
+        None => first.await,
+    };
+    match first {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Read::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let rest = async {
+        stream.read_exact(&mut header[1..]).await?;
+        let len = tessera_wire::frame_body_len(header)?;
+        if len > max_len {
+            return Err(FrameError::TooLarge(len));
+        }
+        // A small body is read into fresh capacity (no zeroing pass first); a large one into
+        // capacity taken as the bytes come (from 1 MiB, doubling: a few copies at most).
+        let mut taken: Option<OwnedSemaphorePermit> = None;
+        let mut body = if len <= UNCOUNTED {
+            Vec::with_capacity(len)
+        } else {
+            let first = len.min(1 << 20);
+            taken = Some(memory.take(first).await?);
+            Vec::with_capacity(first)
+        };
+        let mut room = body.capacity().min(len);
+        while body.len() < len {
+            if body.len() == room {
+                let more = len.min(room * 2) - room;
+                let permit = memory.take(more).await?;
+                match taken.as_mut() {
+                    Some(taken) => taken.merge(permit),
+                    None => taken = Some(permit),
+                }
+                body.reserve_exact(room + more - body.len());
+                room += more;
+            }
+            let wanted = (room - body.len()) as u64;
+            if (&mut *stream).take(wanted).read_buf(&mut body).await? == 0 {
+                return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+        drop(taken);
+        Ok(body)
+    };
+    match tokio::time::timeout(timeout, rest).await {
+        Ok(body) => body.map(Read::Frame),
+        Err(_) => Err(FrameError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "a frame took longer than {} s to arrive",
+                timeout.as_secs_f32()
+            ),
+        ))),
+    }
+}
+
+/// The memory for unfinished frames, all connections together (`--max-frame-memory`): a frame
+/// over [`UNCOUNTED`] bytes is read into a buffer that grows as its bytes arrive, each growth
+/// taken from here and given back once the frame is complete. A connection that finds none
+/// waits (its frame must still arrive within `--frame-timeout`); the others go on.
+pub(crate) struct FrameMemory {
+    bytes: Arc<Semaphore>,
+    exhausted: AtomicBool,
+    tally: Arc<Tally>,
+}
+
+/// Frames up to this size are read without counting against [`FrameMemory`] (every connection
+/// may hold one).
+const UNCOUNTED: usize = 64 * 1024;
+
+impl FrameMemory {
+    /// `bytes` for unfinished frames; a connection that waits for them is counted in `tally`.
+    pub(crate) fn new(bytes: usize, tally: Arc<Tally>) -> FrameMemory {
+        FrameMemory {
+            bytes: Arc::new(Semaphore::new(bytes)),
+            exhausted: AtomicBool::new(false),
+            tally,
+        }
+    }
+
+    async fn take(&self, bytes: usize) -> Result<OwnedSemaphorePermit, FrameError> {
+        let closed = || FrameError::Io(std::io::ErrorKind::BrokenPipe.into());
+        let n = u32::try_from(bytes).map_err(|_| FrameError::TooLarge(bytes))?;
+        match self.bytes.clone().try_acquire_many_owned(n) {
+            Ok(permit) => {
+                if self.exhausted.swap(false, Ordering::Relaxed) {
+                    tracing::info!("memory for unfinished frames is available again");
+                }
+                Ok(permit)
+            }
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                Tally::count(&self.tally.frame_memory);
+                if !self.exhausted.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "the memory for unfinished frames is taken (--max-frame-memory): large frames wait"
+                    );
+                }
+                self.bytes
+                    .clone()
+                    .acquire_many_owned(n)
+                    .await
+                    .map_err(|_| closed())
+            }
+            Err(tokio::sync::TryAcquireError::Closed) => Err(closed()),
+        }
+    }
+}
+
+/// The read buffer of a connection: a small request arrives whole in one read; a larger one is
+/// read past it, straight into its own buffer. Kept small, as every idle connection holds one.
+const READ_BUFFER: usize = 1024;
+
+/// The connection's read buffer: a small request arrives whole in one read and is taken from
+/// here; a read at least as large as the buffer goes straight to its destination. Unlike
+/// tokio's `BufReader`, what it has handed out can be wiped ([`WipingReader::wipe_consumed`]):
+/// a PIN sent in the clear does not stay in the buffer until later requests overwrite it.
+pub(crate) struct WipingReader<R> {
+    inner: R,
+    buffer: Box<[u8]>,
+    /// Handed out up to here.
+    position: usize,
+    /// Read from the peer up to here.
+    filled: usize,
+}
+
+impl<R> WipingReader<R> {
+    pub(crate) fn new(inner: R) -> Self {
+        WipingReader {
+            inner,
+            buffer: vec![0; READ_BUFFER].into_boxed_slice(),
+            position: 0,
+            filled: 0,
+        }
+    }
+
+    /// Zeroes everything in the buffer but the bytes not yet handed out.
+    pub(crate) fn wipe_consumed(&mut self) {
+        self.buffer[..self.position].zeroize();
+        self.buffer[self.filled..].zeroize();
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for WipingReader<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.position == this.filled {
+            if out.remaining() >= this.buffer.len() {
+                return std::pin::Pin::new(&mut this.inner).poll_read(cx, out);
+            }
+            let mut fill = tokio::io::ReadBuf::new(&mut this.buffer);
+            std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut fill))?;
+            this.filled = fill.filled().len();
+            this.position = 0;
+        }
+        let n = (this.filled - this.position).min(out.remaining());
+        out.put_slice(&this.buffer[this.position..this.position + n]);
+        this.position += n;
+        std::task::Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,443 @@
+//! One connection: its frames read in order ([`frame`]), its requests run concurrently (up to
+//! [`IN_FLIGHT`], placed by [`crate::dispatch`]), its replies written as they are ready
+//! ([`outbox`]), and its clean-up once it ends — calls still running answered, the channel
+//! closed, the client's sessions and logins ended, the thread's stack scrubbed.
+//!
+//! Each reply carries its request's id. Inside a channel, records are opened in the order they
+//! arrive and replies sealed in the order they are written, which is all the record layer
+//! needs. A handshake or a key rollover waits until nothing else runs on the connection.
+
+pub(crate) mod frame;
+pub(crate) mod outbox;
+
+use std::net::IpAddr;
+use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tessera_hsm::Hsm;
+use tessera_wire::{
+    encode_response, find_sealed_request, Reply, Request, ResponseEnvelope, SealedFrame,
+    PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+use zeroize::Zeroize;
+
+use crate::dispatch::{self, off_thread, on_channel, Call, SMALL};
+use crate::guard::Guard;
+use crate::poller::Poller;
+use crate::secure::{self, KeyLimits, Secure};
+use crate::shutdown::Notice;
+use crate::tally::Tally;
+use frame::{read_frame, FrameMemory, Read, WipingReader};
+use outbox::{respond, respond_sealed, spawn_writer, Outbox};
+
+/// Requests of one connection that may run at once; the connection's next request waits for
+/// one of them to be answered (and written), which also bounds the replies queued for a client
+/// that does not read.
+const IN_FLIGHT: u32 = 32;
+
+/// What every connection shares.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) hsm: Arc<Hsm>,
+    pub(crate) guard: Arc<Guard>,
+    pub(crate) key_limits: KeyLimits,
+    pub(crate) frame_timeout: Duration,
+    pub(crate) poller: Arc<Poller>,
+    /// Changes when the flags come to require a channel: connections without one close (see
+    /// [`Connection::next_frame`]).
+    pub(crate) clear_ended: watch::Receiver<u64>,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_frame_len: usize,
+    pub(crate) frames: Arc<FrameMemory>,
+    pub(crate) tally: Arc<Tally>,
+}
+
+/// Serves one connection until its client closes it, it fails, idles out, or the daemon
+/// stops; then cleans up (see the module's documentation).
+pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
+    peer: String,
+    ip: Option<IpAddr>,
+    shared: Shared,
+    stop: Notice,
+) {
+    let mut connection = Connection::new(stream, peer, ip, shared, stop);
+    while let Some(body) = connection.next_frame().await {
+        let Some((id, request)) = connection.read_request(body).await else {
+            break;
+        };
+        if connection.handle(id, request).await.is_break() {
+            break;
+        }
+    }
+    connection.close().await;
+}
+
+/// A request as read: a sealed record found in its frame, or a decoded envelope's request.
+enum Incoming {
+    Sealed(SealedFrame, Vec<u8>),
+    Decoded(Request),
+}
+
+/// What to do with a request: answer it in the clear, or run what a record held (or answer
+/// why it could not be opened).
+enum Next {
+    Clear(Request),
+    Opened(Result<(Request, u64), u64>),
+}
+
+/// One connection's state.
+struct Connection<S> {
+    hsm: Arc<Hsm>,
+    guard: Arc<Guard>,
+    frame_timeout: Duration,
+    poller: Arc<Poller>,
+    clear_ended: watch::Receiver<u64>,
+    idle_timeout: Duration,
+    /// `--idle-timeout`, `None` when it is zero (no limit).
+    idle: Option<Duration>,
+    max_frame_len: usize,
+    frames: Arc<FrameMemory>,
+    tally: Arc<Tally>,
+    stop: Notice,
+    /// The engine's client id of the requests in the clear.
+    client: u64,
+    /// How the peer is named in the logs and `ctconf --channels`.
+    peer: String,
+    /// The peer's network address (`None`: a local socket), for the per-address limits.
+    ip: Option<IpAddr>,
+    /// Set when the flags came to require a channel while this connection had none: it closes
+    /// once what runs has answered, with a notice the library reads before it would send a PIN.
+    notice: bool,
+    secure: Arc<Mutex<Secure>>,
+    /// Buffered: a frame usually arrives whole, and is then taken in one read.
+    reader: WipingReader<ReadHalf<S>>,
+    out: Outbox,
+    /// The writer task, which ends once every sender of `out` is gone.
+    writing: JoinHandle<()>,
+    /// One permit per request that may run ([`IN_FLIGHT`]); a reply gives its own back once
+    /// written.
+    slots: Arc<Semaphore>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
+    fn new(stream: S, peer: String, ip: Option<IpAddr>, shared: Shared, stop: Notice) -> Self {
+        let Shared {
+            hsm,
+            guard,
+            key_limits,
+            frame_timeout,
+            poller,
+            mut clear_ended,
+            idle_timeout,
+            max_frame_len,
+            frames,
+            tally,
+        } = shared;
+        clear_ended.mark_unchanged();
+        let client = hsm.connect();
+        let secure = Arc::new(Mutex::new(Secure::new(
+            hsm.clone(),
+            peer.clone(),
+            key_limits,
+        )));
+        let (reader, writer) = tokio::io::split(stream);
+        let (out, writing) = spawn_writer(writer, client);
+        tracing::debug!(client, peer, "client connected");
+        Connection {
+            hsm,
+            guard,
+            frame_timeout,
+            poller,
+            clear_ended,
+            idle_timeout,
+            idle: (!idle_timeout.is_zero()).then_some(idle_timeout),
+            max_frame_len,
+            frames,
+            tally,
+            stop,
+            client,
+            peer,
+            ip,
+            notice: false,
+            secure,
+            reader: WipingReader::new(reader),
+            out,
+            writing,
+            slots: Arc::new(Semaphore::new(IN_FLIGHT as usize)),
+        }
+    }
+
+    /// The next frame; `None` when the connection is to end: its client closed it or sent a
+    /// bad frame, it idled out without sessions, a handshake was not finished in time, the
+    /// daemon stops, or (for a connection without a channel) the flags came to require one.
+    async fn next_frame(&mut self) -> Option<Vec<u8>> {
+        let (client, peer) = (self.client, self.peer.as_str());
+        loop {
+            // An answered handshake must be finished in time.
+            let pending = secure::lock(&self.secure).is_pending();
+            let (reader, frames) = (&mut self.reader, &*self.frames);
+            let (timeout, idle, max_len) = (self.frame_timeout, self.idle, self.max_frame_len);
+            let next = async {
+                if pending {
+                    tokio::time::timeout(
+                        timeout,
+                        read_frame(reader, timeout, None, max_len, frames),
+                    )
+                    .await
+                    .ok()
+                } else {
+                    Some(read_frame(reader, timeout, idle, max_len, frames).await)
+                }
+            };
+            // Only a connection without a channel listens for the end of clear sessions: it
+            // closes then, so a read cut short here is never resumed.
+            let clear = !pending && secure::lock(&self.secure).channel_id().is_none();
+            if !clear {
+                // A change seen while the connection has a channel is not this connection's
+                // business (its channel was ended on its own): it must not fire once it has
+                // none.
+                self.clear_ended.mark_unchanged();
+            }
+            let frame = tokio::select! {
+                frame = self.poller.promptly(next) => frame,
+                _ = self.stop.received() => return None,
+                _ = self.clear_ended.changed(), if clear => {
+                    self.notice = true;
+                    return None;
+                }
+            };
+            match frame {
+                Some(Ok(Read::Frame(body))) => return Some(body),
+                Some(Ok(Read::Closed)) => return None,
+                Some(Ok(Read::Idle)) => {
+                    // Kept while it has sessions (its own or its channel's) or calls running.
+                    let channel_client = secure::lock(&self.secure).channel_client();
+                    let busy = self.slots.available_permits() < IN_FLIGHT as usize
+                        || self.hsm.has_sessions(client)
+                        || channel_client.is_some_and(|c| self.hsm.has_sessions(c));
+                    if busy {
+                        tracing::debug!(
+                            client,
+                            peer,
+                            "idle, kept: it has sessions or calls running"
+                        );
+                        continue;
+                    }
+                    Tally::count(&self.tally.idle);
+                    tracing::debug!(
+                        client,
+                        peer,
+                        "closing connection: idle without sessions for {} s (--idle-timeout)",
+                        self.idle_timeout.as_secs_f32()
+                    );
+                    return None;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(client, peer, reason = %e, "closing connection");
+                    return None;
+                }
+                None => {
+                    tracing::debug!(
+                        client,
+                        peer,
+                        "closing connection: handshake not finished in time"
+                    );
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The request in a frame, with its id: a sealed request is found where it lies in the
+    /// frame, anything else is decoded. `None` (logged) when it cannot be decoded.
+    async fn read_request(&mut self, body: Vec<u8>) -> Option<(u64, Incoming)> {
+        if let Some(sealed) = find_sealed_request(&body) {
+            return Some((sealed.id, Incoming::Sealed(sealed, body)));
+        }
+        let (mut body, decoded) = dispatch::decode(body).await;
+        // A PIN or key value sent in the clear: the frame and what the read buffer still holds
+        // of it are wiped now (the decoded request wipes itself).
+        if decoded
+            .as_ref()
+            .map_or(true, |envelope| envelope.request.carries_secret())
+        {
+            body.zeroize();
+            self.reader.wipe_consumed();
+        }
+        match decoded {
+            Ok(envelope) => Some((envelope.id, Incoming::Decoded(envelope.request))),
+            Err(e) => {
+                let (client, peer) = (self.client, self.peer.as_str());
+                tracing::warn!(client, peer, reason = %e, "closing connection");
+                None
+            }
+        }
+    }
+
+    /// Runs one request, or starts it (its reply is queued when it is done); `Break` when the
+    /// connection is to end.
+    async fn handle(&mut self, id: u64, request: Incoming) -> ControlFlow<()> {
+        let (hsm, guard, ip, out, secure) =
+            (&self.hsm, &self.guard, self.ip, &self.out, &self.secure);
+        // A slot for this request: one, or all of them for what must run alone.
+        let alone = matches!(
+            request,
+            Incoming::Decoded(Request::Handshake(_) | Request::HandshakeFinish(_))
+        );
+        let wanted = if alone { IN_FLIGHT } else { 1 };
+        let Ok(slot) = self.slots.clone().acquire_many_owned(wanted).await else {
+            return ControlFlow::Break(());
+        };
+        // A record is opened before this connection's next request is read; a large one on
+        // the blocking pool (the I/O thread serves the other connections meanwhile).
+        let next = match request {
+            Incoming::Sealed(sealed, mut frame) => {
+                let large = sealed.body.len() > SMALL;
+                Next::Opened(
+                    on_channel(secure, large, move |current| {
+                        current.open_framed(&sealed, &mut frame)
+                    })
+                    .await,
+                )
+            }
+            Incoming::Decoded(Request::Protected(record)) => {
+                let large = record.body.len() > SMALL;
+                Next::Opened(
+                    on_channel(secure, large, move |current| {
+                        current.open_record(id, record)
+                    })
+                    .await,
+                )
+            }
+            Incoming::Decoded(request) => Next::Clear(request),
+        };
+        match next {
+            Next::Clear(Request::Handshake(_)) if !guard.may_handshake(ip) => respond(
+                out,
+                id,
+                None,
+                Err(tessera_core::Rv::HandshakeRateLimited.code()),
+                slot,
+            ),
+            Next::Clear(Request::Handshake(hello)) => {
+                if secure::lock(secure).is_pending() {
+                    guard.failed(ip, "a handshake was abandoned for another");
+                }
+                // The key agreement and the identity signature run on the blocking pool: a
+                // flood of handshakes does not hold up the calls of other connections.
+                let answer = off_thread(secure, move |current| current.handshake(&hello)).await;
+                if answer.is_err() {
+                    guard.failed(ip, "the handshake was refused");
+                }
+                respond(out, id, None, answer, slot);
+            }
+            Next::Clear(Request::HandshakeFinish(finished)) => {
+                let answer = secure::lock(secure).finish(&finished);
+                if answer.is_err() {
+                    guard.failed(ip, "the key confirmation failed");
+                }
+                respond(out, id, None, answer, slot);
+            }
+            Next::Opened(opened) => {
+                match opened {
+                    Ok((Request::Rekey, _)) => {
+                        // Every earlier reply is sealed and queued before the keys change.
+                        drop(slot);
+                        let Ok(all) = self.slots.clone().acquire_many_owned(IN_FLIGHT).await else {
+                            return ControlFlow::Break(());
+                        };
+                        let mut current = secure::lock(secure);
+                        respond_sealed(out, id, &mut current, &Ok(Reply::Done), all);
+                        current.rekey();
+                    }
+                    Ok((request, channel_client)) => {
+                        let call = Call {
+                            hsm,
+                            channel: Some(secure),
+                            out,
+                            client: channel_client,
+                            id,
+                        };
+                        call.run(request, slot);
+                    }
+                    // The channel was ended refusing the request: the refusal is its last
+                    // record, sealed and queued under the lock like any reply.
+                    Err(code) => {
+                        let mut current = secure::lock(secure);
+                        let frame = current.seal_end(id, code);
+                        let _ = out.send((frame, slot, false));
+                        drop(current);
+                    }
+                }
+            }
+            Next::Clear(request) => {
+                let call = Call {
+                    hsm,
+                    channel: None,
+                    out,
+                    client: self.client,
+                    id,
+                };
+                call.run(request, slot);
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Ends the connection: what runs finishes (its replies may no longer reach anyone), the
+    /// last replies are written, the channel is closed (its end recorded) and the client's
+    /// sessions and logins end.
+    async fn close(self) {
+        let Connection {
+            hsm,
+            guard,
+            client,
+            peer,
+            ip,
+            notice,
+            secure,
+            out,
+            writing,
+            slots,
+            ..
+        } = self;
+        let _all = slots.acquire_many(IN_FLIGHT).await;
+        if notice {
+            // The connection's last frame, after every reply: request id 0 (never a
+            // request's), `CKR_BAD_PROTECTION`. Unauthenticated, so the library only ever
+            // raises protection on it.
+            tracing::info!(
+                client,
+                peer,
+                "closing a clear connection: the flags now require a secure channel"
+            );
+            let frame = encode_response(&ResponseEnvelope {
+                version: PROTOCOL_VERSION,
+                id: 0,
+                channel: None,
+                result: Err(tessera_core::Rv::BadProtection.code()),
+            });
+            if let Ok(permit) = Arc::new(Semaphore::new(1)).acquire_owned().await {
+                let _ = out.send((frame, permit, false));
+            }
+        }
+        drop(out);
+        let _ = writing.await;
+        let mut current = secure::lock(&secure);
+        if current.is_pending() {
+            guard.failed(ip, "the handshake was abandoned");
+        }
+        current.close();
+        drop(current);
+        hsm.disconnect(client);
+        // The connection's sessions are gone: so is what their calls left on this thread's
+        // stack.
+        dispatch::scrub_stack();
+        tracing::debug!(client, "client disconnected");
+    }
+}

@@ -1,0 +1,114 @@
+//! A connection's replies on their way out: queued by whichever thread answered (the
+//! connection's task or the blocking pool), sealed first when they belong to the channel, and
+//! written in queue order by the connection's writer task.
+
+use std::sync::Mutex;
+
+use tessera_wire::{encode_response, Reply, ResponseEnvelope, PROTOCOL_VERSION};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::JoinHandle;
+use zeroize::Zeroize;
+
+use crate::secure::{self, Secure};
+
+/// A reply frame on its way to the writer, with the slot it frees once written and whether it
+/// carries a secret in the clear ([`Reply::carries_secret`]): such a frame is wiped once
+/// written.
+pub(crate) type Outgoing = (Vec<u8>, OwnedSemaphorePermit, bool);
+
+/// Where a connection's replies are queued.
+pub(crate) type Outbox = UnboundedSender<Outgoing>;
+
+/// Starts the task that writes what is queued in the returned outbox to `writer`, in order,
+/// until every sender is gone or the client goes away.
+pub(crate) fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(
+    mut writer: W,
+    client: u64,
+) -> (Outbox, JoinHandle<()>) {
+    let (out, mut outbox) = unbounded_channel::<Outgoing>();
+    let writing = tokio::spawn(async move {
+        while let Some((mut frame, slot, mut secret)) = outbox.recv().await {
+            // Replies that are ready together go out in one write (small ones only; a large
+            // one is written as it is).
+            let mut slots = vec![slot];
+            while frame.len() < 64 * 1024 {
+                match outbox.try_recv() {
+                    Ok((mut more, slot, more_secret)) => {
+                        frame.extend_from_slice(&more);
+                        if more_secret {
+                            more.zeroize();
+                        }
+                        secret |= more_secret;
+                        slots.push(slot);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let written = writer.write_all(&frame).await;
+            if secret {
+                // Its whole capacity: growing it may have left earlier copies nowhere else.
+                frame.zeroize();
+            }
+            drop(slots);
+            if let Err(e) = written {
+                tracing::debug!(client, reason = %e, "client went away");
+                break;
+            }
+        }
+    });
+    (out, writing)
+}
+
+/// Queues one response.
+pub(crate) fn respond(
+    out: &Outbox,
+    id: u64,
+    channel: Option<u64>,
+    result: Result<Reply, u64>,
+    slot: OwnedSemaphorePermit,
+) {
+    let secret = matches!(&result, Ok(reply) if reply.carries_secret());
+    let frame = encode_response(&ResponseEnvelope {
+        version: PROTOCOL_VERSION,
+        id,
+        channel,
+        result,
+    });
+    let _ = out.send((frame, slot, secret));
+}
+
+/// Queues the reply to request `id` sealed in the connection's channel, under its lock (so
+/// that replies are written in the order of their sequence numbers); when the channel is gone,
+/// the error in the clear.
+pub(crate) fn respond_sealed(
+    out: &Outbox,
+    id: u64,
+    current: &mut Secure,
+    result: &Result<Reply, u64>,
+    slot: OwnedSemaphorePermit,
+) {
+    match current.seal(id, result) {
+        Ok(frame) => {
+            let _ = out.send((frame, slot, false));
+        }
+        Err(code) => respond(out, id, current.channel_id(), Err(code), slot),
+    }
+}
+
+/// Queues the reply to request `id`, sealed when it came through the channel: sealed and
+/// queued under the channel's lock, replies are written in the order of their sequence numbers.
+pub(crate) fn answer(
+    out: &Outbox,
+    channel: Option<&Mutex<Secure>>,
+    id: u64,
+    result: Result<Reply, tessera_core::Rv>,
+    slot: OwnedSemaphorePermit,
+) {
+    let result = result.map_err(|rv| rv.code());
+    match channel {
+        Some(channel) => respond_sealed(out, id, &mut secure::lock(channel), &result, slot),
+        None => respond(out, id, None, result, slot),
+    }
+}

@@ -1,0 +1,239 @@
+//! Which call runs where: quick calls are answered on the connection's own task, the others
+//! (PIN checks, disk writes, RSA, key generation, large data) on the blocking pool, where a
+//! slow one holds up nothing else; large frames and records are decoded and opened there too.
+//! And what a call leaves on the stack of the thread that ran it ([`StackUse`]) is scrubbed.
+
+use std::sync::{Arc, Mutex};
+
+use tessera_hsm::Hsm;
+use tessera_wire::{decode_request, FrameError, Request, RequestEnvelope};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::connection::outbox::{answer, Outbox};
+use crate::secure::{self, Secure};
+
+/// Data up to this size is handled on the I/O thread; larger runs on the blocking pool.
+pub(crate) const SMALL: usize = 16 * 1024;
+
+/// Templates and attribute lists up to this many entries are handled on the I/O thread; work
+/// on longer ones (matching every object against every attribute) runs on the blocking pool.
+const FEW: usize = 64;
+
+/// Decodes a request frame: a large one on the blocking pool (decoding a template of 500 000
+/// attributes takes tens of milliseconds, which the I/O thread spends on other connections).
+/// The frame is handed back with the result, for the caller to wipe when it carried a secret.
+pub(crate) async fn decode(body: Vec<u8>) -> (Vec<u8>, Result<RequestEnvelope, FrameError>) {
+    if body.len() <= SMALL {
+        let decoded = decode_request(&body);
+        return (body, decoded);
+    }
+    tokio::task::spawn_blocking(move || {
+        let decoded = decode_request(&body);
+        (body, decoded)
+    })
+    .await
+    .unwrap_or_else(|_| {
+        (
+            Vec::new(),
+            Err(FrameError::Io(std::io::Error::other(
+                "decoding the request failed",
+            ))),
+        )
+    })
+}
+
+/// Whether a template is small enough to be handled on the I/O thread.
+fn small_template(template: &tessera_core::Template) -> bool {
+    template.0.len() <= FEW && template.iter().map(|a| a.value.len()).sum::<usize>() <= SMALL
+}
+
+/// Whether a request is answered at once, on the connection's own task: calls that only touch
+/// memory and do little work. The others run on the blocking pool (PIN checks, disk writes,
+/// RSA, key generation, large data), where a slow one holds up nothing else.
+fn quick(request: &Request) -> bool {
+    match request {
+        Request::DeviceInfo
+        | Request::SlotInfo { .. }
+        | Request::TokenInfo { .. }
+        | Request::MechanismList { .. }
+        | Request::MechanismInfo { .. }
+        | Request::OpenSession { .. }
+        | Request::CloseSession { .. }
+        | Request::SessionInfo { .. }
+        | Request::ObjectSize { .. }
+        | Request::FindObjects { .. }
+        | Request::FindObjectsFinal { .. } => true,
+        // Work in proportion to the client's input: quick only when that is small.
+        Request::GetAttributes { types, .. } => types.len() <= FEW,
+        Request::FindObjectsInit { template, .. } | Request::FindObjectsFirst { template, .. } => {
+            small_template(template)
+        }
+        Request::GenerateRandom { len, .. } => *len as usize <= SMALL,
+        // Session objects live in memory only; token objects are written to disk.
+        Request::GenerateKey { template, .. } | Request::CreateObject { template, .. } => {
+            !matches!(template.bool(tessera_core::ck::CKA_TOKEN), Ok(Some(true)))
+                && small_template(template)
+        }
+        Request::DestroyObject { object, .. } => *object >= tessera_hsm::SESSION_OBJECT_BASE,
+        Request::OperationOnce {
+            mechanism, data, ..
+        } => data.len() <= SMALL && !tessera_hsm::uses_rsa(mechanism.ty),
+        _ => false,
+    }
+}
+
+/// One request to answer, in the clear or inside a channel.
+pub(crate) struct Call<'a> {
+    pub(crate) hsm: &'a Arc<Hsm>,
+    pub(crate) channel: Option<&'a Arc<Mutex<Secure>>>,
+    pub(crate) out: &'a Outbox,
+    pub(crate) client: u64,
+    pub(crate) id: u64,
+}
+
+impl Call<'_> {
+    /// Answers a quick request at once; runs any other on the blocking pool, where a slow one
+    /// holds up nothing else and its reply is sealed and queued (large ones off the I/O thread).
+    pub(crate) fn run(self, request: Request, slot: OwnedSemaphorePermit) {
+        let protected = self.channel.is_some();
+        let stack = StackUse::of(&request);
+        if quick(&request) {
+            let result = self.hsm.handle(self.client, protected, request);
+            let secret_reply = matches!(&result, Ok(reply) if reply.carries_secret());
+            answer(self.out, self.channel.map(|c| &**c), self.id, result, slot);
+            stack.after(secret_reply);
+            return;
+        }
+        // The I/O thread decoded this request (a PIN or key value passed through its stack) or
+        // may hold the marks of key use that this call ends: it scrubs its own stack too.
+        if matches!(stack, StackUse::Secret | StackUse::Ending) {
+            stack.after(false);
+        }
+        let (hsm, channel, out) = (self.hsm.clone(), self.channel.cloned(), self.out.clone());
+        let (client, id) = (self.client, self.id);
+        tokio::task::spawn_blocking(move || {
+            let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                hsm.handle(client, protected, request)
+            }));
+            let result = handled.unwrap_or_else(|_| {
+                tracing::error!(client, "request handler failed");
+                Err(tessera_core::Rv::GeneralError)
+            });
+            let secret_reply = matches!(&result, Ok(reply) if reply.carries_secret());
+            answer(&out, channel.as_deref(), id, result, slot);
+            stack.after(secret_reply);
+        });
+    }
+}
+
+/// Runs `work` on the connection's channel state on the blocking pool and waits for it, so that
+/// the I/O thread serves other connections meanwhile (a panic answers CKR_GENERAL_ERROR).
+pub(crate) async fn off_thread<T: Send + 'static>(
+    secure: &Arc<Mutex<Secure>>,
+    work: impl FnOnce(&mut Secure) -> Result<T, u64> + Send + 'static,
+) -> Result<T, u64> {
+    let secure = secure.clone();
+    tokio::task::spawn_blocking(move || work(&mut secure::lock(&secure)))
+        .await
+        .unwrap_or(Err(tessera_core::Rv::GeneralError.code()))
+}
+
+/// Runs `work` on the connection's channel state: on the blocking pool when it is `large`
+/// (see [`off_thread`]), else at once on the I/O thread.
+pub(crate) async fn on_channel<T: Send + 'static>(
+    secure: &Arc<Mutex<Secure>>,
+    large: bool,
+    work: impl FnOnce(&mut Secure) -> Result<T, u64> + Send + 'static,
+) -> Result<T, u64> {
+    if large {
+        off_thread(secure, work).await
+    } else {
+        work(&mut secure::lock(secure))
+    }
+}
+
+/// What a call leaves on the stack of the thread that runs it, and when that is overwritten
+/// ([`scrub_stack`], a memset of [`SCRUBBED_STACK`]: microseconds and the caches' contents,
+/// so not after every call).
+#[derive(Clone, Copy)]
+enum StackUse {
+    /// A PIN or a key value came in the request: scrubbed as soon as it is answered.
+    Secret,
+    /// Keys were used or made (key schedules, generated values): the stack is marked, and
+    /// scrubbed when the use of keys or PINs ends (the next `Ending` call on this thread).
+    Keys,
+    /// The end of a use of keys or PINs (logout, destroy, session close): scrubs a marked
+    /// stack.
+    Ending,
+    /// Nothing of the kind.
+    Plain,
+}
+
+thread_local! {
+    /// Keys were used on this thread since its stack was last scrubbed.
+    static KEYS_ON_STACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl StackUse {
+    fn of(request: &Request) -> StackUse {
+        use Request as R;
+        match request {
+            R::Login { .. }
+            | R::InitPin { .. }
+            | R::SetPin { .. }
+            | R::InitToken { .. }
+            | R::CreateObject { .. }
+            | R::UnwrapKey { .. }
+            | R::AdminSetup { .. }
+            | R::Admin { .. } => StackUse::Secret,
+            R::OperationInit { .. }
+            | R::OperationSingle { .. }
+            | R::OperationUpdate { .. }
+            | R::OperationFinal { .. }
+            | R::OperationOnce { .. }
+            | R::GenerateKey { .. }
+            | R::GenerateKeyPair { .. }
+            | R::WrapKey { .. }
+            | R::DeriveKey { .. }
+            | R::DigestKey { .. }
+            | R::CopyObject { .. }
+            | R::GetAttributes { .. }
+            | R::SeedRandom { .. } => StackUse::Keys,
+            R::Logout { .. }
+            | R::DestroyObject { .. }
+            | R::CloseSession { .. }
+            | R::CloseAllSessions { .. } => StackUse::Ending,
+            _ => StackUse::Plain,
+        }
+    }
+
+    /// After the call has been answered (`secret_reply`: its reply carried a secret).
+    fn after(self, secret_reply: bool) {
+        let marked = KEYS_ON_STACK.with(|k| k.get());
+        let scrub = match self {
+            StackUse::Secret => true,
+            StackUse::Ending => marked,
+            StackUse::Keys | StackUse::Plain => secret_reply,
+        };
+        if scrub {
+            scrub_stack();
+            KEYS_ON_STACK.with(|k| k.set(false));
+        } else if matches!(self, StackUse::Keys) {
+            KEYS_ON_STACK.with(|k| k.set(true));
+        }
+    }
+}
+
+/// How much of the stack below the caller [`scrub_stack`] overwrites: deeper than the engine's
+/// calls go on it (the memory scan of `tests/secrets_in_memory.rs` finds no marker with it).
+const SCRUBBED_STACK: usize = 32 * 1024;
+
+/// Overwrites the stack below the caller with zeros: what a call that handled a PIN or a key
+/// left in the frames of the functions it ran (key schedules, copies made on the way) is
+/// overwritten before the thread serves anything else.
+#[inline(never)]
+pub(crate) fn scrub_stack() {
+    let mut area = [0u8; SCRUBBED_STACK];
+    // The compiler must write the zeros: the area escapes.
+    std::hint::black_box(&mut area);
+}

@@ -1,0 +1,62 @@
+//! Busy polling (`--busy-poll`): after answering a request, a connection may poll for its
+//! client's next one for a short window instead of sleeping at once. A sleeping daemon is woken
+//! by an interrupt to an idle (halted) CPU, which on a virtual machine takes longer than a small
+//! call; a polling one sees the request at once. One connection polls at a time, so polling
+//! never takes both cores, and it yields the CPU to other threads between polls.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// The polling window, and whether a connection is polling now.
+pub(crate) struct Poller {
+    window: Duration,
+    busy: AtomicBool,
+}
+
+impl Poller {
+    /// Polls for up to `window` (zero: never polls).
+    pub(crate) fn new(window: Duration) -> Poller {
+        Poller {
+            window,
+            busy: AtomicBool::new(false),
+        }
+    }
+
+    /// Waits for `future`, polling it (and yielding) for up to the window first when no other
+    /// connection is polling.
+    pub(crate) async fn promptly<F: std::future::Future>(&self, future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        if self.window.is_zero()
+            || self
+                .busy
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            return future.await;
+        }
+        struct Turn<'a>(&'a AtomicBool);
+        impl Drop for Turn<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let turn = Turn(&self.busy);
+        let start = std::time::Instant::now();
+        loop {
+            let polled =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(future.as_mut().poll(cx))).await;
+            if let std::task::Poll::Ready(output) = polled {
+                return output;
+            }
+            if start.elapsed() >= self.window {
+                break;
+            }
+            // Other threads of this CPU first, then the runtime's other tasks and its I/O
+            // readiness (a yielded task runs again after the runtime polls for events).
+            std::thread::yield_now();
+            tokio::task::yield_now().await;
+        }
+        drop(turn);
+        future.await
+    }
+}
