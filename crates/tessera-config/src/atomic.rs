@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-/// The permissions of a file [`write`] makes.
+/// The permissions of a file [`write()`] makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Exactly these bits, whatever the umask: secrets' 0600, the appliance's group-shared 0660
