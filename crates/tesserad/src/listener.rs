@@ -16,8 +16,8 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use crate::config::Config;
 use crate::connection::{self, Shared};
-use crate::server::Config;
 use crate::shutdown::{Connections, Notice, Shutdown};
 use crate::tally::Tally;
 

@@ -3,70 +3,24 @@
 //! ([`crate::shutdown`]) the listeners ended, every connection's clean-up awaited (for
 //! [`shutdown::DEADLINE`] at most), the last events written and the sockets removed.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_config::listen::Listen;
-use tessera_hsm::{Hsm, HsmOptions};
+use tessera_hsm::Hsm;
 use tokio::sync::{watch, Semaphore};
 
+pub use crate::config::Config;
 use crate::connection::frame::FrameMemory;
 use crate::connection::Shared;
 use crate::guard::Guard;
 use crate::listener::Admission;
 use crate::poller::Poller;
-use crate::secure::KeyLimits;
 use crate::shutdown::{self, Shutdown};
 use crate::tally::Tally;
 
 /// The signal a process gets when a file would grow past its size limit (Linux).
 const SIGXFSZ: i32 = 25;
-
-/// What the daemon serves.
-pub struct Config {
-    pub data_dir: PathBuf,
-    pub listen: Vec<Listen>,
-    pub max_connections: usize,
-    pub options: HsmOptions,
-    pub key_limits: KeyLimits,
-    /// Limits for network peers.
-    pub peer_limits: crate::guard::Limits,
-    /// How long a frame may take to arrive once it has begun, and a handshake to be finished
-    /// once answered.
-    pub frame_timeout: Duration,
-    /// How long a connection without sessions may wait for its next request
-    /// (`--idle-timeout`; zero: without limit).
-    pub idle_timeout: Duration,
-    /// Connections only local-socket clients may take (`--local-connections`): network
-    /// clients may hold `max_connections - local_reserve`.
-    pub local_reserve: usize,
-    /// The largest frame one connection may send (`--max-frame-len`).
-    pub max_frame_len: usize,
-    /// Bytes buffered for unfinished frames, all connections together (`--max-frame-memory`).
-    pub frame_memory: usize,
-    /// Threads that serve connections (`--io-threads`).
-    pub io_threads: usize,
-    /// How long a connection polls for the next request after answering one (`--busy-poll`;
-    /// with one I/O thread only).
-    pub busy_poll: Duration,
-    /// The appliance's client access list, read at every network connection; `None` outside
-    /// appliance mode.
-    pub client_access: Option<PathBuf>,
-    /// With `--exit-with-parent`: the process id of tesserad's parent at start; the daemon
-    /// shuts down once it has another.
-    pub parent: Option<u32>,
-    /// `--allow-group-access` (or `--appliance`): the data directory and the Unix sockets are
-    /// open to the group.
-    pub allow_group_access: bool,
-}
-
-impl Config {
-    /// One thread owns the event loop, and connections may busy-poll (see [`Poller`]).
-    fn one_io_thread(&self) -> bool {
-        self.io_threads <= 1
-    }
-}
 
 /// Runs the daemon until SIGINT or SIGTERM (or, with `--exit-with-parent`, its parent's end).
 pub fn run(config: Config) -> Result<(), String> {
