@@ -35,10 +35,11 @@ impl Drop for EchoOff {
 
 /// Asks for the passphrase on the terminal. The line's end is not part of it.
 pub fn ask_passphrase() -> Result<SecretBytes, String> {
+    // Echo off before the prompt shows: whatever is typed once the prompt is up is not echoed.
+    let echo = EchoOff::new().map_err(|e| format!("cannot turn the terminal's echo off: {e}"))?;
     let mut stderr = std::io::stderr();
     let _ = write!(stderr, "Tessera device key passphrase: ");
     let _ = stderr.flush();
-    let echo = EchoOff::new().map_err(|e| format!("cannot turn the terminal's echo off: {e}"))?;
     let mut passphrase = SecretBytes::with_capacity(64);
     let mut byte = [0u8; 1];
     loop {
