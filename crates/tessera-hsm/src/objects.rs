@@ -23,6 +23,12 @@ fn seal(
     id: u64,
     attributes: &Attributes,
 ) -> Result<StoredObject, Rv> {
+    seal_with(key, &seal_aad(token_id, id), attributes)
+}
+
+/// Public attributes in the clear, secrets sealed under `key` with `aad` (a token object's
+/// stored form, or a session object's held one).
+fn seal_with(key: &MasterKey, aad: &[u8], attributes: &Attributes) -> Result<StoredObject, Rv> {
     let (public, secret) = attributes.split();
     let sealed = if secret.0.is_empty() {
         None
@@ -31,7 +37,7 @@ fn seal(
             postcard::to_stdvec(&secret).map_err(|_| Rv::GeneralError)?,
         );
         Some(
-            key.seal(&seal_aad(token_id, id), plain.expose())
+            key.seal(aad, plain.expose())
                 .map_err(|_| Rv::FunctionFailed)?,
         )
     };
@@ -339,22 +345,14 @@ impl Hsm {
         attributes: &Attributes,
         owner: (u64, u64),
     ) -> Result<Object, Rv> {
-        let (public, secret) = attributes.split();
-        let sealed = if secret.0.is_empty() {
-            None
-        } else {
-            let plain = tessera_core::SecretBytes::new(
-                postcard::to_stdvec(&secret).map_err(|_| Rv::GeneralError)?,
-            );
-            let sealed = self
-                .session_key
-                .seal(&session_aad(token_id, handle), plain.expose())
-                .map_err(|_| Rv::FunctionFailed)?;
-            Some(sealed)
-        };
+        let stored = seal_with(
+            &self.session_key,
+            &session_aad(token_id, handle),
+            attributes,
+        )?;
         Ok(Object {
-            attributes: Attributes::join(&public, &Template::default()),
-            sealed,
+            attributes: Attributes::join(&stored.public, &Template::default()),
+            sealed: stored.sealed,
             owner: Some(owner),
         })
     }
