@@ -211,6 +211,18 @@ impl Zeroize for SecretBytes {
 
 impl ZeroizeOnDrop for SecretBytes {}
 
+/// Appending bytes one by one (an encoder writing a secret record straight into a secret, with
+/// `postcard::to_extend`): growth moves the secret and wipes the old buffer.
+impl Extend<u8> for SecretBytes {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
+        let bytes = bytes.into_iter();
+        self.reserve(bytes.size_hint().0);
+        for byte in bytes {
+            self.extend_from_slice(&[byte]);
+        }
+    }
+}
+
 impl PartialEq for SecretBytes {
     fn eq(&self, other: &Self) -> bool {
         self.expose().ct_eq(other.expose()).into()
@@ -271,6 +283,15 @@ impl<'de> Deserialize<'de> for SecretBytes {
 mod tests {
     use super::*;
     use crate::locked::tests::vm_flags;
+
+    #[test]
+    fn an_encoder_writes_a_record_straight_into_a_secret() {
+        let values: Vec<Vec<u8>> = vec![vec![0x11; 40], vec![0x22; 300], vec![0x33; 5000]];
+        let encoded = postcard::to_extend(&values, SecretBytes::default()).expect("encoded");
+        assert_eq!(encoded.expose(), postcard::to_stdvec(&values).unwrap());
+        let flags = vm_flags(encoded.expose().as_ptr() as usize);
+        assert!(flags.split(' ').any(|f| f == "dd"), "{flags}");
+    }
 
     #[test]
     fn debug_never_shows_the_secret() {

@@ -261,7 +261,7 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
         store,
         serial: device.serial.clone(),
         device_key,
-        session_key: MasterKey::generate()
+        session_key: tessera_store::HeldKey::generate()
             .map_err(|_| HsmError::Options("random generator failed".into()))?,
         pepper,
         witness,

@@ -34,7 +34,7 @@ use std::path::Path;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use tessera_core::Rv;
-use tessera_store::{DeviceRecord, MasterKey, Store, TokenRecord};
+use tessera_store::{DeviceRecord, HeldKey, MasterKey, Store, TokenRecord};
 use tessera_wire::{Reply, Request};
 
 pub use admin::{
@@ -161,9 +161,9 @@ pub struct Hsm {
     serial: String,
     /// Seals the secrets of public token objects (private ones use the token master key).
     device_key: MasterKey,
-    /// Seals the secrets of session objects while they are held: a fresh key per start, in
-    /// locked memory, so that a session key's value is in the clear only while it is used.
-    session_key: MasterKey,
+    /// Seals the secrets of session objects while they are held: a fresh key per start, never
+    /// stored, so that a session key's value is in the clear only while it is used.
+    session_key: HeldKey,
     /// Seals PIN records once more, so that the store file alone cannot test a PIN guess.
     pepper: MasterKey,
     /// Records every durable commit outside the store (rollback detection).

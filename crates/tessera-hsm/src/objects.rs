@@ -5,7 +5,7 @@
 
 use tessera_core::ck;
 use tessera_core::{Mechanism, MechanismParameter, Rv, Template};
-use tessera_store::{MasterKey, StoredObject};
+use tessera_store::{MasterKey, Seal, StoredObject};
 use tessera_wire::{AttributeAnswer, Reply};
 
 use crate::object::{self, Attributes};
@@ -28,14 +28,14 @@ fn seal(
 
 /// Public attributes in the clear, secrets sealed under `key` with `aad` (a token object's
 /// stored form, or a session object's held one).
-fn seal_with(key: &MasterKey, aad: &[u8], attributes: &Attributes) -> Result<StoredObject, Rv> {
+fn seal_with(key: &dyn Seal, aad: &[u8], attributes: &Attributes) -> Result<StoredObject, Rv> {
     let (public, secret) = attributes.split();
     let sealed = if secret.0.is_empty() {
         None
     } else {
-        let plain = tessera_core::SecretBytes::new(
-            postcard::to_stdvec(&secret).map_err(|_| Rv::GeneralError)?,
-        );
+        // Encoded straight into a secret: a growing plain buffer would leave copies behind.
+        let plain = postcard::to_extend(&secret, tessera_core::SecretBytes::default())
+            .map_err(|_| Rv::GeneralError)?;
         Some(
             key.seal(aad, plain.expose())
                 .map_err(|_| Rv::FunctionFailed)?,
@@ -226,7 +226,7 @@ impl Hsm {
     ) -> Result<Attributes, Rv> {
         let mut attributes = object.attributes.clone();
         if let Some(sealed) = &object.sealed {
-            let (key, aad) = match object.owner {
+            let (key, aad): (&dyn Seal, _) = match object.owner {
                 Some(_) => (&self.session_key, session_aad(token_id, id)),
                 None => (
                     self.sealing_key(token, object.attributes.flag(ck::CKA_PRIVATE))?,

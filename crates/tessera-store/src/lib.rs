@@ -11,7 +11,7 @@ mod records;
 mod seal;
 
 pub use records::{DeviceRecord, EventRecord, PinRecord, StoredObject, TokenRecord};
-pub use seal::{pepper_record, MasterKey, SealError, DEFAULT_KDF_ITERATIONS};
+pub use seal::{pepper_record, HeldKey, MasterKey, Seal, SealError, DEFAULT_KDF_ITERATIONS};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -4,6 +4,7 @@
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tessera_core::SecretBytes;
 
 use crate::PinRecord;
@@ -62,15 +63,20 @@ fn seal_with(key: &[u8], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealEr
 }
 
 fn open_with(key: &[u8], aad: &[u8], sealed: &[u8]) -> Result<SecretBytes, SealError> {
+    open_under(&aead_key(key)?, aad, sealed)
+}
+
+/// Opens `nonce || ciphertext || tag` under a prepared key, into a secret (wiped on every path).
+fn open_under(key: &LessSafeKey, aad: &[u8], sealed: &[u8]) -> Result<SecretBytes, SealError> {
     if sealed.len() < NONCE_LEN {
         return Err(SealError::Authentication);
     }
     let (nonce_bytes, ciphertext) = sealed.split_at(NONCE_LEN);
     let nonce =
         Nonce::try_assume_unique_for_key(nonce_bytes).map_err(|_| SealError::Authentication)?;
-    // Decrypt inside a SecretBytes so the plaintext is wiped on every path.
-    let mut plain = SecretBytes::new(ciphertext.to_vec());
-    let len = aead_key(key)?
+    let mut plain = SecretBytes::with_capacity(ciphertext.len());
+    plain.extend_from_slice(ciphertext);
+    let len = key
         .open_in_place(nonce, Aad::from(aad), plain.expose_mut())
         .map_err(|_| SealError::Authentication)?
         .len();
@@ -186,6 +192,91 @@ impl MasterKey {
     }
 }
 
+/// What seals an object's secrets: a token's or the device's [`MasterKey`] for what is stored,
+/// the [`HeldKey`] for what lives only in memory.
+pub trait Seal {
+    /// `nonce || ciphertext || tag` of `plaintext`, bound to `aad`.
+    fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError>;
+    /// The plaintext of what [`Seal::seal`] sealed with the same `aad`.
+    fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<SecretBytes, SealError>;
+}
+
+impl Seal for MasterKey {
+    fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+        MasterKey::seal(self, aad, plaintext)
+    }
+    fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<SecretBytes, SealError> {
+        MasterKey::open(self, aad, sealed)
+    }
+}
+
+impl Seal for HeldKey {
+    fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+        HeldKey::seal(self, aad, plaintext)
+    }
+    fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<SecretBytes, SealError> {
+        HeldKey::open(self, aad, sealed)
+    }
+}
+
+/// The key that seals the secrets of objects held only in memory (session objects): made at
+/// random when the device starts and never stored, so nothing sealed under it outlives the
+/// process. Unlike a [`MasterKey`] it is prepared once (the AES key schedule, kept by the crypto
+/// library) and its nonces are a counter, as one is used for every session object a client
+/// makes and at every use of one: a fresh key schedule and a random nonce cost more than the
+/// sealing itself.
+pub struct HeldKey {
+    key: LessSafeKey,
+    /// Records sealed so far: the next nonce (a nonce is never used twice under one key).
+    sealed: AtomicU64,
+}
+
+impl std::fmt::Debug for HeldKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeldKey(redacted)")
+    }
+}
+
+impl HeldKey {
+    /// A fresh random key.
+    pub fn generate() -> Result<HeldKey, SealError> {
+        let bytes = SecretBytes::new(random(KEY_LEN)?);
+        Ok(HeldKey {
+            key: aead_key(bytes.expose())?,
+            sealed: AtomicU64::new(0),
+        })
+    }
+
+    /// Seals `plaintext` bound to `aad`: `nonce || ciphertext || tag`, as [`MasterKey::seal`].
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+        let count = self.sealed.fetch_add(1, Ordering::Relaxed);
+        if count == u64::MAX {
+            // 2^64 records: never in practice, but a repeated nonce must be impossible.
+            return Err(SealError::Random);
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[NONCE_LEN - 8..].copy_from_slice(&count.to_be_bytes());
+        let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut out[NONCE_LEN..],
+            )
+            .map_err(|_| SealError::Authentication)?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
+    /// Opens what [`HeldKey::seal`] sealed with the same `aad`.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<SecretBytes, SealError> {
+        open_under(&self.key, aad, sealed)
+    }
+}
+
 fn pepper_aad(salt: &[u8]) -> Vec<u8> {
     [PEPPER_AAD, salt].concat()
 }
@@ -227,6 +318,29 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn held_records_open_only_unaltered_with_their_own_data_and_key() {
+        let key = HeldKey::generate().unwrap();
+        let a = key.seal(b"session object 7", b"marker secret").unwrap();
+        let b = key.seal(b"session object 7", b"marker secret").unwrap();
+        // A counter nonce: the same secret sealed twice gives two records.
+        assert_ne!(a[..NONCE_LEN], b[..NONCE_LEN]);
+        assert_ne!(a, b);
+        assert!(!a.windows(13).any(|w| w == b"marker secret"));
+        assert_eq!(
+            key.open(b"session object 7", &a).unwrap().expose(),
+            b"marker secret"
+        );
+        assert!(key.open(b"session object 8", &a).is_err());
+        let mut altered = a.clone();
+        let last = altered.len() - 1;
+        altered[last] ^= 1;
+        assert!(key.open(b"session object 7", &altered).is_err());
+        assert!(key.open(b"session object 7", &a[..NONCE_LEN - 1]).is_err());
+        let other = HeldKey::generate().unwrap();
+        assert!(other.open(b"session object 7", &a).is_err());
+    }
 
     #[test]
     fn wrong_pin_and_moved_or_altered_secrets_fail() {
