@@ -1,4 +1,4 @@
-//! The frame reader, every request and response decoder (one `Request` / `Reply` enum each)
+//! The frame reader, every request and response decoder (one `Call` / `Reply` enum each)
 //! and the finders of sealed records, given any bytes: refused or decoded, never a panic,
 //! never an allocation past the frame cap (the length is checked before the body is
 //! allocated); a sealed record found in a frame is the one the full decoder reads.

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tessera_client::{ClientError, Device};
 use tessera_config::{Config, CONNECT_TIMEOUT, REPLY_TIMEOUT};
 use tessera_core::{ck, Rv, SecretBytes};
-use tessera_wire::{AdminCommand, DeviceStatus, Reply, Request};
+use tessera_wire::{AdminCommand, Call, DeviceStatus, Reply};
 
 use crate::Failure;
 
@@ -49,7 +49,7 @@ impl Target {
     }
 
     /// Sends a request outside any session.
-    pub fn call(&self, request: Request) -> Result<Reply, Failure> {
+    pub fn call(&self, request: Call) -> Result<Reply, Failure> {
         self.device
             .call(None, request)
             .map(|(reply, _)| reply)
@@ -58,7 +58,7 @@ impl Target {
 
     /// The device status.
     pub fn status(&self) -> Result<DeviceStatus, Failure> {
-        match self.call(Request::DeviceStatus)? {
+        match self.call(Call::DeviceStatus)? {
             Reply::Status(status) => Ok(status),
             other => Err(Failure::new(format!(
                 "device {} answered {other:?} to a status request",
@@ -117,7 +117,7 @@ pub fn ensure_admin_ready(
     );
     let aso = crate::pin::read_new(aso_file, "ASO PIN")?;
     let admin = crate::pin::read_new(admin_file, "Administrator PIN")?;
-    target.call(Request::AdminSetup {
+    target.call(Call::AdminSetup {
         aso_pin: aso,
         admin_pin: admin,
     })?;
@@ -186,7 +186,7 @@ impl<'a> AdminSession<'a> {
             .device
             .call(
                 None,
-                Request::OpenSession {
+                Call::OpenSession {
                     slot: admin_slot,
                     flags,
                 },
@@ -197,7 +197,7 @@ impl<'a> AdminSession<'a> {
                 "the device answered an open-session request wrongly",
             ));
         };
-        let login = Request::Login {
+        let login = Call::Login {
             session,
             user_type: ck::CKU_USER as u64,
             pin: pin.duplicate(),
@@ -222,7 +222,7 @@ impl<'a> AdminSession<'a> {
             .device
             .call(
                 Some(self.generation),
-                Request::Admin {
+                Call::Admin {
                     session: self.session,
                     command,
                 },

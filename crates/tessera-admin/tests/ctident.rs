@@ -573,7 +573,7 @@ fn no_clear_pins_rules_once_an_identity_exists() {
     use tessera_client::{Device, SecureSettings};
     use tessera_config::{Config, ServerAddress};
     use tessera_core::{ck, Attribute, Rv, SecretBytes, Template};
-    use tessera_wire::{Reply, Request};
+    use tessera_wire::{Call, Reply};
     let daemon = Daemon::start();
     let client = Client::new(&[&daemon], Transport::Unix);
     client.ctident(&["gen-selfsigned", "all"]);
@@ -585,7 +585,7 @@ fn no_clear_pins_rules_once_an_identity_exists() {
         Duration::from_secs(3),
         Duration::from_secs(10),
     );
-    let init = || Request::InitToken {
+    let init = || Call::InitToken {
         slot: 0,
         so_pin: SecretBytes::from_slice(b"token-so-pin"),
         label: b"x".to_vec(),
@@ -620,7 +620,7 @@ fn no_clear_pins_rules_once_an_identity_exists() {
     )
     .with_security(std::sync::Arc::new(settings));
     // Plain C_InitToken is refused with the vendor code CKR_ACCESS_DENIED...
-    let init = Request::InitToken {
+    let init = Call::InitToken {
         slot: 0,
         so_pin: SecretBytes::from_slice(b"token-so-pin"),
         label: b"x".to_vec(),
@@ -645,18 +645,18 @@ fn no_clear_pins_rules_once_an_identity_exists() {
     );
     let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
     let Ok((Reply::Handle(session), generation)) =
-        device.call(None, Request::OpenSession { slot: 0, flags })
+        device.call(None, Call::OpenSession { slot: 0, flags })
     else {
         panic!("no session")
     };
-    let so_login = Request::Login {
+    let so_login = Call::Login {
         session,
         user_type: ck::CKU_SO as u64,
         pin: SecretBytes::from_slice(b"token-so-pin"),
     };
     device.call(Some(generation), so_login).unwrap();
     // Secret keys are always sensitive, even when the template asks otherwise.
-    let key = Request::CreateObject {
+    let key = Call::CreateObject {
         session,
         template: Template(vec![
             Attribute::ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY),
@@ -669,7 +669,7 @@ fn no_clear_pins_rules_once_an_identity_exists() {
     let Ok((Reply::Handle(object), _)) = device.call(Some(generation), key) else {
         panic!("create failed")
     };
-    let get = Request::GetAttributes {
+    let get = Call::GetAttributes {
         session,
         object,
         types: vec![ck::CKA_SENSITIVE as u64],

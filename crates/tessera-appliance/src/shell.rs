@@ -11,7 +11,7 @@ use tessera_config::listen;
 use tessera_core::time::now;
 use tessera_core::{ck, Rv, SecretBytes};
 use tessera_identity::trust::{Level, TrustStore};
-use tessera_wire::{AdminCommand, DeviceStatus, Reply, Request};
+use tessera_wire::{AdminCommand, Call, DeviceStatus, Reply};
 use zeroize::Zeroizing;
 
 use crate::audit::AuditLog;
@@ -700,7 +700,7 @@ impl Shell<'_> {
     /// and closed on the Admin slot (which needs the channel under secure messaging).
     fn ready_channel(&self, target: &Target, status: &DeviceStatus) -> Result<()> {
         let slot = status.info.slot_count.saturating_sub(1);
-        let open = Request::OpenSession {
+        let open = Call::OpenSession {
             slot,
             flags: ck::CKF_SERIAL_SESSION as u64,
         };
@@ -708,7 +708,7 @@ impl Shell<'_> {
             Ok((Reply::Handle(session), generation)) => {
                 let _ = target
                     .device
-                    .call(Some(generation), Request::CloseSession { session });
+                    .call(Some(generation), Call::CloseSession { session });
                 Ok(())
             }
             Ok(_) => Err("the HSM answered an open-session request wrongly".into()),
@@ -824,7 +824,7 @@ impl Shell<'_> {
             }
             _ => {
                 let target = Target::open(0).map_err(|f| f.message)?;
-                let identity = match target.call(Request::Identity).map_err(|f| f.message)? {
+                let identity = match target.call(Call::Identity).map_err(|f| f.message)? {
                     Reply::Identity(identity) => identity,
                     other => {
                         return Err(format!("the HSM answered {other:?} to an identity request"))

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tessera_client::{ClientError, Device};
 use tessera_config::ServerAddress;
 use tessera_testkit::{binary, tool, Daemon, Transport, ADMIN_PIN};
-use tessera_wire::{Reply, Request};
+use tessera_wire::{Call, Reply};
 
 const PASSWORDS: [(&str, &str); 3] = [
     ("admin", "admin-password-1"),
@@ -346,7 +346,7 @@ fn the_client_access_list_is_enforced_by_the_daemon() {
             Duration::from_secs(2),
             Duration::from_secs(2),
         );
-        device.call(None, Request::DeviceInfo)
+        device.call(None, Call::DeviceInfo)
     };
     assert!(matches!(reach(), Ok((Reply::Device(_), _))));
     let (ok, out, err) = appliance.run("pseoperator", "clients add 192.0.2.0/24\nclients show\n");
@@ -542,7 +542,7 @@ fn network_settings_apply_when_the_daemon_next_starts() {
             Duration::from_secs(2),
         );
         if matches!(
-            device.call(None, Request::DeviceInfo),
+            device.call(None, Call::DeviceInfo),
             Ok((Reply::Device(_), _))
         ) {
             reached = true;

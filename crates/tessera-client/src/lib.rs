@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use tessera_config::ServerAddress;
 use tessera_core::{Rv, SecretBytes};
-use tessera_wire::{Reply, Request};
+use tessera_wire::{Call, Inner, Message, Reply};
 
 use secure::{ChannelState, Opened};
 use stream::{Answer, Failure, Stream};
@@ -360,7 +360,7 @@ impl Device {
     pub(crate) fn exchange(
         &self,
         state: &mut State,
-        request: Request,
+        message: Message,
     ) -> Result<Reply, ClientError> {
         self.connected(state)?;
         let id = state.next_id();
@@ -368,7 +368,7 @@ impl Device {
             return Err(ClientError::StaleSession);
         };
         match stream
-            .exchange(id, Stream::clear_frame(id, request))
+            .exchange(id, Stream::clear_frame(id, message))
             .map(Answer::into_clear)
         {
             Ok(Ok(reply)) => Ok(reply),
@@ -412,10 +412,34 @@ impl Device {
     /// With `session_generation` set, the call is refused with [`ClientError::StaleSession`]
     /// unless the current connection and channel are the session's own. The reply comes with
     /// the current generation.
+    /// A reply of a shape the call never answers with (`tessera_wire::Traits::reply`) is the
+    /// device's fault: [`ClientError::BadReply`], here, once for every call.
     pub fn call(
         &self,
         session_generation: Option<u64>,
-        request: Request,
+        request: Call,
+    ) -> Result<(Reply, u64), ClientError> {
+        let expected = request.traits().reply;
+        let (reply, generation) = self.call_unchecked(session_generation, request)?;
+        let shape = reply.shape();
+        if !expected.contains(&shape) {
+            let reason = format!("a {shape:?} reply to a call that answers {expected:?}");
+            self.report(
+                "?",
+                &format!("the device answered with a bad reply: {reason}"),
+            );
+            return Err(ClientError::BadReply {
+                address: self.address.to_string(),
+                reason,
+            });
+        }
+        Ok((reply, generation))
+    }
+
+    fn call_unchecked(
+        &self,
+        session_generation: Option<u64>,
+        request: Call,
     ) -> Result<(Reply, u64), ClientError> {
         // Too large for a frame: refused here, so that the connection (and the application's
         // other sessions on it) stays.
@@ -467,7 +491,7 @@ impl Device {
     fn call_alone(
         &self,
         session_generation: Option<u64>,
-        request: Request,
+        request: Call,
     ) -> Result<(Reply, u64), ClientError> {
         let mut state = self.exclusive();
         let state = &mut *state;
@@ -489,7 +513,7 @@ impl Device {
             return Err(ClientError::StaleSession);
         }
         let retry = self.retry_copy(true, session_generation, &request);
-        match self.exchange(state, request) {
+        match self.exchange(state, Message::Call(request)) {
             Ok(reply) => Ok((reply, state.generation)),
             Err(ClientError::Returned(code))
                 if code == Rv::BadProtection.code() && self.secure.is_some() =>
@@ -506,7 +530,7 @@ impl Device {
         &self,
         clear: bool,
         session_generation: Option<u64>,
-        request: &Request,
+        request: &Call,
     ) -> Option<SecretBytes> {
         let may_retry =
             clear && !request.is_public() && session_generation.is_none() && self.secure.is_some();
@@ -526,7 +550,7 @@ impl Device {
         // A clear refusal may only raise protection, never lower it.
         state.requires_channel = true;
         state.clear_ok = false;
-        match retry.and_then(|bytes| postcard::from_bytes::<Request>(bytes.expose()).ok()) {
+        match retry.and_then(|bytes| postcard::from_bytes::<Call>(bytes.expose()).ok()) {
             Some(request) => self.call_protected(state, None, request),
             None => Err(ClientError::Returned(code)),
         }
@@ -538,7 +562,7 @@ impl Device {
     /// the clear (the device may now require a channel: `Stream::closed_by_device`), or a call
     /// without a session after a quiet spell of [`stream::QUIET`] (the device closes idle
     /// connections without sessions).
-    fn device_left(&self, state: &State, request: &Request, sessionless: bool) -> bool {
+    fn device_left(&self, state: &State, request: &Call, sessionless: bool) -> bool {
         let Some(stream) = state.stream.as_ref() else {
             return false;
         };
@@ -549,12 +573,7 @@ impl Device {
     }
 
     /// Sends a request on the shared connection and waits for its reply.
-    fn pipelined(
-        &self,
-        state: &State,
-        route: Route,
-        request: Request,
-    ) -> Result<Reply, ClientError> {
+    fn pipelined(&self, state: &State, route: Route, request: Call) -> Result<Reply, ClientError> {
         let Some(stream) = state.stream.as_ref() else {
             return Err(ClientError::StaleSession);
         };
@@ -562,7 +581,7 @@ impl Device {
         let sent = match route {
             Route::Clear => {
                 self.inbox().waiting.insert(id, false);
-                stream.send(id, request)
+                stream.send(id, Message::Call(request))
             }
             Route::Channel => {
                 // Sealed and queued under the channel's lock: the device opens records in the
@@ -571,8 +590,9 @@ impl Device {
                 let Some(mut channel) = state.channel_lock() else {
                     return Err(ClientError::StaleSession);
                 };
-                let frame = channel.seal(id, &request)?;
-                request.recycle();
+                let inner = Inner::Call(request);
+                let frame = channel.seal(id, &inner)?;
+                inner.recycle();
                 self.inbox().waiting.insert(id, true);
                 stream.queue(frame);
                 drop(channel);
@@ -721,7 +741,7 @@ impl Device {
 /// The encoding of `request` kept to send it again: such a call may carry a PIN (`C_InitToken`'s
 /// SO PIN, an administration PIN), so it is written once into a secret buffer of its exact size
 /// (locked memory, wiped when dropped), never into a growing `Vec` that would leave copies.
-fn retry_copy_of(request: &Request) -> Option<SecretBytes> {
+fn retry_copy_of(request: &Call) -> Option<SecretBytes> {
     let size = postcard::experimental::serialized_size(request).ok()?;
     let mut copy = SecretBytes::new(vec![0; size]);
     postcard::to_slice(request, copy.expose_mut()).ok()?;
@@ -737,7 +757,7 @@ mod retry_tests {
     #[test]
     fn the_retry_copy_of_an_so_pin_is_a_wiping_secret_that_decodes_to_the_call() {
         fn wiped_when_dropped<T: zeroize::ZeroizeOnDrop>(_: &T) {}
-        let request = Request::InitToken {
+        let request = Call::InitToken {
             slot: 3,
             so_pin: SecretBytes::from_slice(b"SO-PIN-retried"),
             label: vec![b' '; 32],
@@ -745,8 +765,7 @@ mod retry_tests {
         let copy = retry_copy_of(&request).expect("a retry copy");
         wiped_when_dropped(&copy);
         assert_eq!(copy.len(), postcard::to_stdvec(&request).unwrap().len());
-        let Ok(Request::InitToken { slot, so_pin, .. }) = postcard::from_bytes(copy.expose())
-        else {
+        let Ok(Call::InitToken { slot, so_pin, .. }) = postcard::from_bytes(copy.expose()) else {
             panic!("the retry copy does not decode to the call");
         };
         assert_eq!(slot, 3);

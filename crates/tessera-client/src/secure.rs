@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tessera_channel::{Channel, ExpectServerHello, HandshakeError, Policy};
 use tessera_config::Config;
 use tessera_core::Rv;
-use tessera_wire::{Reply, Request};
+use tessera_wire::{Call, Inner, Message, Reply};
 
 use crate::known::{ChannelUse, KnownDevice, KnownDevices, Level as KnownLevel};
 use crate::stream::{Answer, SealedReply};
@@ -317,7 +317,7 @@ impl ChannelState {
     }
 
     /// Protects request `id`: its frame, the request sealed straight into it.
-    pub(crate) fn seal(&mut self, id: u64, request: &Request) -> Result<Vec<u8>, ClientError> {
+    pub(crate) fn seal(&mut self, id: u64, request: &Inner) -> Result<Vec<u8>, ClientError> {
         let protection = self
             .channel
             .policy()
@@ -484,7 +484,7 @@ impl Device {
         if let Some(serial) = &state.serial {
             return Ok(serial.clone());
         }
-        match self.exchange(state, Request::DeviceInfo)? {
+        match self.exchange(state, Message::Call(Call::DeviceInfo))? {
             Reply::Device(info) => {
                 state.serial = Some(info.serial.clone());
                 state.claimed_required = info.channel_required;
@@ -616,7 +616,7 @@ impl Device {
         };
         let (expect, hello) = ExpectServerHello::start(&serial, settings.smpr(&serial))
             .map_err(|_| ClientError::Returned(Rv::CannotDeriveKeys.code()))?;
-        let answer = match self.exchange(state, Request::Handshake(hello)) {
+        let answer = match self.exchange(state, Message::Handshake(hello)) {
             Ok(Reply::ServerHello(answer)) => answer,
             Ok(_) => {
                 self.report(
@@ -709,7 +709,7 @@ impl Device {
                 return Err(ClientError::Returned(Rv::CannotDeriveKeys.code()));
             }
         };
-        match self.exchange(state, Request::HandshakeFinish(finished)) {
+        match self.exchange(state, Message::HandshakeFinish(finished)) {
             Ok(Reply::Done) => {}
             Ok(_) => return Err(ClientError::Returned(Rv::BadReply.code())),
             Err(ClientError::Returned(code)) => {
@@ -755,7 +755,7 @@ impl Device {
     fn protected_exchange(
         &self,
         state: &mut State,
-        request: &Request,
+        request: &Inner,
     ) -> Result<Result<Reply, u64>, ClientError> {
         let id = state.next_id();
         let Some(current) = state.channel_mut() else {
@@ -796,7 +796,7 @@ impl Device {
         &self,
         state: &mut State,
         session_generation: Option<u64>,
-        request: Request,
+        request: Call,
     ) -> Result<(Reply, u64), ClientError> {
         let settings = self.settings()?;
         // An idle channel is closed (with its connection, so the device forgets it too); its
@@ -815,7 +815,7 @@ impl Device {
             return Err(ClientError::StaleSession);
         }
         if state.channel_mut().is_some_and(|c| c.due(settings)) {
-            match self.protected_exchange(state, &Request::Rekey) {
+            match self.protected_exchange(state, &Inner::Rekey) {
                 Ok(Ok(Reply::Done)) => {
                     if let Some(current) = state.channel_mut() {
                         let renewed = current.channel.rekey();
@@ -837,7 +837,7 @@ impl Device {
         if let Some(current) = state.channel_mut() {
             current.last_used = Instant::now();
         }
-        match self.protected_exchange(state, &request)? {
+        match self.protected_exchange(state, &Inner::Call(request))? {
             Ok(reply) => Ok((reply, state.generation)),
             Err(code) => Err(ClientError::Returned(code)),
         }

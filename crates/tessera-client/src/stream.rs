@@ -12,7 +12,7 @@ use rustix::net::RecvFlags;
 use tessera_config::ServerAddress;
 use tessera_core::Rv;
 use tessera_wire::{
-    decode_response, encode_request, find_sealed_response, read_frame, Reply, Request,
+    decode_response, encode_request, find_sealed_response, read_frame, Message, Reply,
     RequestEnvelope, SealedFrame, PROTOCOL_VERSION,
 };
 
@@ -232,22 +232,22 @@ impl Stream {
         })
     }
 
-    /// Sends one request in the clear.
-    pub(crate) fn send(&self, id: u64, request: Request) -> Result<(), Failure> {
-        self.queue(Self::clear_frame(id, request));
+    /// Sends one message in the clear.
+    pub(crate) fn send(&self, id: u64, message: Message) -> Result<(), Failure> {
+        self.queue(Self::clear_frame(id, message));
         self.flush()
     }
 
-    /// The frame of a request in the clear; its spent bulk buffers go back to the pool.
-    pub(crate) fn clear_frame(id: u64, request: Request) -> Vec<u8> {
+    /// The frame of a message in the clear; its spent bulk buffers go back to the pool.
+    pub(crate) fn clear_frame(id: u64, message: Message) -> Vec<u8> {
         let envelope = RequestEnvelope {
             version: PROTOCOL_VERSION,
             id,
             channel: None,
-            request,
+            message,
         };
         let frame = encode_request(&envelope);
-        envelope.request.recycle();
+        envelope.message.recycle();
         frame
     }
 

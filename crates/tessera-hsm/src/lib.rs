@@ -1,7 +1,7 @@
 //! The HSM engine: one device with its slots, tokens, sessions, objects and mechanisms.
 //!
 //! Typed requests in, typed replies out: [`Hsm::handle`] executes one
-//! [`tessera_wire::Request`] for one client and returns the reply or the `CKR_*` error. It does
+//! [`tessera_wire::Call`] for one client and returns the reply or the `CKR_*` error. It does
 //! no network I/O; the daemon owns the sockets. Every change to token state is written to the
 //! token store before the call returns.
 //!
@@ -35,7 +35,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 
 use tessera_core::Rv;
 use tessera_store::{DeviceRecord, HeldKey, MasterKey, Store, TokenRecord};
-use tessera_wire::{Reply, Request};
+use tessera_wire::{Call, Reply};
 
 pub use admin::{
     CKA_TESSERA_SECURITY_FLAGS, CKA_TESSERA_SERIAL, CKH_TESSERA_DEVICE, DEVICE_OBJECT,
@@ -303,8 +303,8 @@ impl Hsm {
     /// Executes one request for `client`; `protected` when it arrived inside a secure-messaging
     /// channel. A device whose flags require secure messaging refuses every call but the public
     /// ones in the clear (`CKR_BAD_PROTECTION`).
-    pub fn handle(&self, client: u64, protected: bool, request: Request) -> Result<Reply, Rv> {
-        use Request as R;
+    pub fn handle(&self, client: u64, protected: bool, request: Call) -> Result<Reply, Rv> {
+        use Call as R;
         self.requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if !protected && !request.is_public() && self.device_policy().requires_channel() {
@@ -497,10 +497,6 @@ impl Hsm {
             R::Identity => Ok(Reply::Identity(self.identity())),
             R::AdminSetup { aso_pin, admin_pin } => self.admin_setup(&aso_pin, &admin_pin),
             R::Admin { session, command } => self.admin(client, session, command),
-            // Secure-messaging frames are the daemon's; they never reach the engine.
-            R::Handshake(_) | R::HandshakeFinish(_) | R::Protected(_) | R::Rekey => {
-                Err(Rv::FunctionNotSupported)
-            }
             // The system generator takes no seed from outside, and PKCS#11 lets a token ignore
             // one: a seed is accepted on a valid session (CKR_OK) and dropped, wiped.
             R::SeedRandom { session, seed: _ } => {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use tessera_core::{ck, Attribute, Mechanism, Rv, Template};
 use tessera_hsm::{DeviceKeyProtection, Hsm, HsmError, HsmOptions};
 use tessera_store::{DeviceRecord, MasterKey, PinRecord, Store, StoredObject, TokenRecord};
-use tessera_wire::{AttributeAnswer, Reply, Request};
+use tessera_wire::{AttributeAnswer, Call, Reply};
 
 fn options() -> HsmOptions {
     HsmOptions {
@@ -32,7 +32,7 @@ fn get(hsm: &Hsm, client: u64, session: u64, object: u64, ty: ck::CK_ATTRIBUTE_T
     match hsm.handle(
         client,
         false,
-        Request::GetAttributes {
+        Call::GetAttributes {
             session,
             object,
             types: vec![ty as u64],
@@ -47,17 +47,13 @@ fn get(hsm: &Hsm, client: u64, session: u64, object: u64, ty: ck::CK_ATTRIBUTE_T
 }
 
 fn find(hsm: &Hsm, client: u64, session: u64, template: Template) -> Vec<u64> {
-    hsm.handle(
-        client,
-        false,
-        Request::FindObjectsInit { session, template },
-    )
-    .unwrap();
-    let found = match hsm.handle(client, false, Request::FindObjects { session, max: 100 }) {
+    hsm.handle(client, false, Call::FindObjectsInit { session, template })
+        .unwrap();
+    let found = match hsm.handle(client, false, Call::FindObjects { session, max: 100 }) {
         Ok(Reply::Handles(h)) => h,
         other => panic!("{other:?}"),
     };
-    hsm.handle(client, false, Request::FindObjectsFinal { session })
+    hsm.handle(client, false, Call::FindObjectsFinal { session })
         .unwrap();
     found
 }
@@ -153,7 +149,7 @@ fn key_pair(hsm: &Hsm, client: u64, session: u64, rsa: bool, private: bool) -> (
     match hsm.handle(
         client,
         false,
-        Request::GenerateKeyPair {
+        Call::GenerateKeyPair {
             session,
             mechanism: Mechanism::plain(mechanism as u64),
             public_template: Template(public_template),
@@ -179,7 +175,7 @@ fn every_class(
         let h = handle(hsm.handle(
             client,
             false,
-            Request::CreateObject {
+            Call::CreateObject {
                 session,
                 template: data("d", &value, private),
             },
@@ -194,7 +190,7 @@ fn every_class(
         let h = handle(hsm.handle(
             client,
             false,
-            Request::CreateObject {
+            Call::CreateObject {
                 session,
                 template: certificate("c", &value, private),
             },
@@ -210,7 +206,7 @@ fn every_class(
         let h = handle(hsm.handle(
             client,
             false,
-            Request::CreateObject {
+            Call::CreateObject {
                 session,
                 template: secret_key(&value, private),
             },
@@ -436,8 +432,7 @@ fn a_rolled_back_store_is_refused_with_an_event_and_accepted_only_on_request() {
     {
         let hsm = Hsm::open(dir.path(), &options()).unwrap();
         let (client, session) = ready(&hsm);
-        hsm.handle(client, false, Request::Logout { session })
-            .unwrap();
+        hsm.handle(client, false, Call::Logout { session }).unwrap();
         assert_eq!(
             login(&hsm, client, session, ck::CKU_USER, "wrong").unwrap_err(),
             Rv::PinIncorrect
@@ -690,7 +685,7 @@ fn a_format_1_directory_is_migrated_at_first_start_with_nothing_lost() {
             get(&hsm, client2, session2, key[0], ck::CKA_VALUE),
             b"OLD-AES-KEY-MARKER-0123456789abc"
         );
-        hsm.handle(client2, false, Request::Logout { session: session2 })
+        hsm.handle(client2, false, Call::Logout { session: session2 })
             .unwrap();
         login(&hsm, client2, session2, ck::CKU_SO, "old-so-pin").unwrap();
     }

@@ -6,7 +6,7 @@ use common::{handle, pin, ready};
 
 use tessera_core::{ck, Attribute, Mechanism, Rv, Template};
 use tessera_hsm::{Hsm, HsmOptions, MAX_PIN_FAILURES};
-use tessera_wire::{AttributeAnswer, Reply, Request};
+use tessera_wire::{AttributeAnswer, Call, Reply};
 
 fn options() -> HsmOptions {
     HsmOptions {
@@ -46,7 +46,7 @@ fn secrets_are_sealed_at_rest_and_reopen_after_a_restart() {
         private_key = handle(hsm.handle(
             client,
             false,
-            Request::CreateObject {
+            Call::CreateObject {
                 session,
                 template: aes_template(&private_value, true),
             },
@@ -54,7 +54,7 @@ fn secrets_are_sealed_at_rest_and_reopen_after_a_restart() {
         public_key = handle(hsm.handle(
             client,
             false,
-            Request::CreateObject {
+            Call::CreateObject {
                 session,
                 template: aes_template(&public_value, false),
             },
@@ -78,7 +78,7 @@ fn secrets_are_sealed_at_rest_and_reopen_after_a_restart() {
     let session = handle(hsm.handle(
         client,
         false,
-        Request::OpenSession {
+        Call::OpenSession {
             slot: 0,
             flags: ck::CKF_SERIAL_SESSION as u64,
         },
@@ -86,7 +86,7 @@ fn secrets_are_sealed_at_rest_and_reopen_after_a_restart() {
     let value = |object| match hsm.handle(
         client,
         false,
-        Request::GetAttributes {
+        Call::GetAttributes {
             session,
             object,
             types: vec![ck::CKA_VALUE as u64],
@@ -100,7 +100,7 @@ fn secrets_are_sealed_at_rest_and_reopen_after_a_restart() {
         hsm.handle(
             client,
             false,
-            Request::GetAttributes {
+            Call::GetAttributes {
                 session,
                 object: private_key,
                 types: vec![]
@@ -112,7 +112,7 @@ fn secrets_are_sealed_at_rest_and_reopen_after_a_restart() {
     hsm.handle(
         client,
         false,
-        Request::Login {
+        Call::Login {
             session,
             user_type: ck::CKU_USER as u64,
             pin: pin("user-pin"),
@@ -146,11 +146,11 @@ fn a_disconnecting_client_loses_its_sessions_logins_and_session_objects() {
     let hsm = Hsm::open(dir.path(), &options()).unwrap();
     let (client, session) = ready(&hsm);
     let template = Template(vec![Attribute::ulong(ck::CKA_CLASS, ck::CKO_DATA)]);
-    let object = handle(hsm.handle(client, false, Request::CreateObject { session, template }));
+    let object = handle(hsm.handle(client, false, Call::CreateObject { session, template }));
     let other = hsm.connect();
     // Another client sees neither the session nor the session object.
     assert!(matches!(
-        hsm.handle(other, false, Request::SessionInfo { session }),
+        hsm.handle(other, false, Call::SessionInfo { session }),
         Err(Rv::SessionHandleInvalid)
     ));
     assert_eq!(hsm.session_count(), 1);
@@ -160,7 +160,7 @@ fn a_disconnecting_client_loses_its_sessions_logins_and_session_objects() {
     let session = handle(hsm.handle(
         again,
         false,
-        Request::OpenSession {
+        Call::OpenSession {
             slot: 0,
             flags: ck::CKF_SERIAL_SESSION as u64,
         },
@@ -169,7 +169,7 @@ fn a_disconnecting_client_loses_its_sessions_logins_and_session_objects() {
         hsm.handle(
             again,
             false,
-            Request::GetAttributes {
+            Call::GetAttributes {
                 session,
                 object,
                 types: vec![]
@@ -179,7 +179,7 @@ fn a_disconnecting_client_loses_its_sessions_logins_and_session_objects() {
     ));
     // Not logged in any more.
     assert!(matches!(
-        hsm.handle(again, false, Request::Logout { session }),
+        hsm.handle(again, false, Call::Logout { session }),
         Err(Rv::UserNotLoggedIn)
     ));
 }
@@ -193,7 +193,7 @@ fn bad_requests_get_the_specified_return_values() {
         hsm.handle(
             client,
             false,
-            Request::OperationInit {
+            Call::OperationInit {
                 session,
                 operation: tessera_wire::Operation::Sign,
                 mechanism,
@@ -206,7 +206,7 @@ fn bad_requests_get_the_specified_return_values() {
         hsm.handle(
             client,
             false,
-            Request::InitToken {
+            Call::InitToken {
                 slot: 2,
                 so_pin: pin("so-pin"),
                 label: vec![]
@@ -215,11 +215,11 @@ fn bad_requests_get_the_specified_return_values() {
         Err(Rv::AccessDenied)
     ));
     assert!(matches!(
-        hsm.handle(client, false, Request::SlotInfo { slot: 9 }),
+        hsm.handle(client, false, Call::SlotInfo { slot: 9 }),
         Err(Rv::SlotIdInvalid)
     ));
     assert!(matches!(
-        hsm.handle(client, false, Request::OpenSession { slot: 0, flags: 0 }),
+        hsm.handle(client, false, Call::OpenSession { slot: 0, flags: 0 }),
         Err(Rv::SessionParallelNotSupported)
     ));
     assert!(matches!(
@@ -230,7 +230,7 @@ fn bad_requests_get_the_specified_return_values() {
         hsm.handle(
             client,
             false,
-            Request::GenerateKey {
+            Call::GenerateKey {
                 session,
                 mechanism: Mechanism::plain(0x8000_1234),
                 template: Template::default()
@@ -239,14 +239,14 @@ fn bad_requests_get_the_specified_return_values() {
         Err(Rv::MechanismInvalid)
     ));
     assert!(matches!(
-        hsm.handle(client, false, Request::FindObjects { session, max: 5 }),
+        hsm.handle(client, false, Call::FindObjects { session, max: 5 }),
         Err(Rv::OperationNotInitialized)
     ));
     assert!(matches!(
         hsm.handle(
             client,
             false,
-            Request::GenerateRandom {
+            Call::GenerateRandom {
                 session: 999,
                 len: 1
             }
@@ -257,7 +257,7 @@ fn bad_requests_get_the_specified_return_values() {
         hsm.handle(
             client,
             false,
-            Request::SeedRandom {
+            Call::SeedRandom {
                 session,
                 seed: pin("x")
             }
@@ -269,7 +269,7 @@ fn bad_requests_get_the_specified_return_values() {
         hsm.handle(
             client,
             false,
-            Request::SeedRandom {
+            Call::SeedRandom {
                 session: 999,
                 seed: pin("x")
             }
@@ -280,7 +280,7 @@ fn bad_requests_get_the_specified_return_values() {
         hsm.handle(
             hsm.connect(),
             false,
-            Request::SeedRandom {
+            Call::SeedRandom {
                 session,
                 seed: pin("x")
             }
@@ -291,7 +291,7 @@ fn bad_requests_get_the_specified_return_values() {
         hsm.handle(
             client,
             false,
-            Request::Login {
+            Call::Login {
                 session,
                 user_type: 7,
                 pin: pin("user-pin")
@@ -307,25 +307,25 @@ fn close_all_sessions_closes_only_this_clients_sessions_on_that_slot() {
     let hsm = Hsm::open(dir.path(), &options()).unwrap();
     let (client, first) = ready(&hsm);
     let flags = ck::CKF_SERIAL_SESSION as u64;
-    let second = handle(hsm.handle(client, false, Request::OpenSession { slot: 0, flags }));
+    let second = handle(hsm.handle(client, false, Call::OpenSession { slot: 0, flags }));
     let other_client = hsm.connect();
-    let foreign = handle(hsm.handle(other_client, false, Request::OpenSession { slot: 0, flags }));
+    let foreign = handle(hsm.handle(other_client, false, Call::OpenSession { slot: 0, flags }));
     hsm.handle(
         client,
         false,
-        Request::InitToken {
+        Call::InitToken {
             slot: 1,
             so_pin: pin("so-pin"),
             label: vec![],
         },
     )
     .unwrap();
-    let other_slot = handle(hsm.handle(client, false, Request::OpenSession { slot: 1, flags }));
-    hsm.handle(client, false, Request::CloseAllSessions { slot: 0 })
+    let other_slot = handle(hsm.handle(client, false, Call::OpenSession { slot: 1, flags }));
+    hsm.handle(client, false, Call::CloseAllSessions { slot: 0 })
         .unwrap();
     for gone in [first, second] {
         assert!(matches!(
-            hsm.handle(client, false, Request::SessionInfo { session: gone }),
+            hsm.handle(client, false, Call::SessionInfo { session: gone }),
             Err(Rv::SessionHandleInvalid)
         ));
     }
@@ -333,21 +333,17 @@ fn close_all_sessions_closes_only_this_clients_sessions_on_that_slot() {
         .handle(
             client,
             false,
-            Request::SessionInfo {
+            Call::SessionInfo {
                 session: other_slot
             }
         )
         .is_ok());
     assert!(hsm
-        .handle(
-            other_client,
-            false,
-            Request::SessionInfo { session: foreign }
-        )
+        .handle(other_client, false, Call::SessionInfo { session: foreign })
         .is_ok());
     // Closing the last session on the token logged the application out.
-    let again = handle(hsm.handle(client, false, Request::OpenSession { slot: 0, flags }));
-    match hsm.handle(client, false, Request::SessionInfo { session: again }) {
+    let again = handle(hsm.handle(client, false, Call::OpenSession { slot: 0, flags }));
+    match hsm.handle(client, false, Call::SessionInfo { session: again }) {
         Ok(Reply::Session(info)) => assert_eq!(info.state, ck::CKS_RO_PUBLIC_SESSION as u64),
         other => panic!("{other:?}"),
     }
@@ -420,7 +416,7 @@ fn ready_for_guessing(hsm: &Hsm) {
     hsm.handle(
         client,
         false,
-        Request::AdminSetup {
+        Call::AdminSetup {
             aso_pin: pin("aso-pin"),
             admin_pin: pin("admin-pin"),
         },
@@ -436,7 +432,7 @@ fn burst(
     hsm: &Hsm,
     slot: u64,
     before: impl Fn(u64, u64) + Sync,
-    guess: impl Fn(u64) -> Request + Sync,
+    guess: impl Fn(u64) -> Call + Sync,
 ) -> Vec<Result<Reply, Rv>> {
     let start = StartLine::new(BURST);
     let (before, guess, start) = (&before, &guess, &start);
@@ -447,7 +443,7 @@ fn burst(
                     let client = hsm.connect();
                     let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
                     let session =
-                        handle(hsm.handle(client, false, Request::OpenSession { slot, flags }));
+                        handle(hsm.handle(client, false, Call::OpenSession { slot, flags }));
                     before(client, session);
                     start.wait();
                     let answer = hsm.handle(client, false, guess(session));
@@ -478,8 +474,8 @@ fn assert_lockout_held(answers: &[Result<Reply, Rv>]) {
     );
 }
 
-fn login(session: u64, user_type: ck::CK_USER_TYPE, text: &str) -> Request {
-    Request::Login {
+fn login(session: u64, user_type: ck::CK_USER_TYPE, text: &str) -> Call {
+    Call::Login {
         session,
         user_type: user_type as u64,
         pin: pin(text),
@@ -490,7 +486,7 @@ fn login(session: u64, user_type: ck::CK_USER_TYPE, text: &str) -> Request {
 fn right_login(hsm: &Hsm, slot: u64, user_type: ck::CK_USER_TYPE, right: &str) -> Result<(), Rv> {
     let client = hsm.connect();
     let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
-    let session = handle(hsm.handle(client, false, Request::OpenSession { slot, flags }));
+    let session = handle(hsm.handle(client, false, Call::OpenSession { slot, flags }));
     let answer = hsm
         .handle(client, false, login(session, user_type, right))
         .map(|_| ());
@@ -550,7 +546,7 @@ fn bursts_of_wrong_pins_in_set_pin_and_init_token_are_held_to_the_lockout() {
         hsm.handle(client, false, login(session, ck::CKU_USER, "user-pin"))
             .unwrap();
     };
-    let set_pin = |session| Request::SetPin {
+    let set_pin = |session| Call::SetPin {
         session,
         old_pin: pin("wrong-pin"),
         new_pin: pin("new-user-pin"),
@@ -567,7 +563,7 @@ fn bursts_of_wrong_pins_in_set_pin_and_init_token_are_held_to_the_lockout() {
     hsm.handle(
         client,
         false,
-        Request::InitToken {
+        Call::InitToken {
             slot: 1,
             so_pin: pin("so-pin"),
             label: vec![],
@@ -575,7 +571,7 @@ fn bursts_of_wrong_pins_in_set_pin_and_init_token_are_held_to_the_lockout() {
     )
     .unwrap();
     hsm.disconnect(client);
-    let init_token = |_| Request::InitToken {
+    let init_token = |_| Call::InitToken {
         slot: 0,
         so_pin: pin("wrong-pin"),
         label: b"taken".to_vec(),

@@ -24,7 +24,7 @@ use tessera_client::{ClientError, Device};
 use tessera_config::{Config, ConfigError, CONNECT_TIMEOUT, REPLY_TIMEOUT};
 use tessera_core::info::{SessionInfo, SlotInfo, Version};
 use tessera_core::Rv;
-use tessera_wire::{Operation, Reply, Request};
+use tessera_wire::{Call, Operation, Reply};
 
 use crate::ids::{SessionId, SlotId, MAX_LOCAL_SLOTS};
 use crate::CkResult;
@@ -43,7 +43,7 @@ pub use operations::{
     session_cancel, update_output, wrap_key, Dual,
 };
 use pending::Pending;
-pub use pending::{Call, Stage};
+pub use pending::{Producer, Stage};
 
 /// The one holder of the library's state (`None` before `C_Initialize`, after `C_Finalize`).
 static LIBRARY: Mutex<Option<Library>> = Mutex::new(None);
@@ -286,7 +286,7 @@ fn failure(error: ClientError) -> u64 {
 
 /// Asks a device for its slot count.
 fn probe(number: usize, device: &Device) -> DeviceSlots {
-    match device.call(None, Request::DeviceInfo) {
+    match device.call(None, Call::DeviceInfo) {
         Ok((Reply::Device(info), _)) => {
             device.saw_serial(&info.serial);
             if info.slot_count > MAX_LOCAL_SLOTS {
@@ -301,7 +301,7 @@ fn probe(number: usize, device: &Device) -> DeviceSlots {
         Ok((reply, _)) => {
             tracing::warn!(
                 device = number,
-                reply = shape(&reply),
+                reply = ?reply.shape(),
                 "bad DeviceInfo reply"
             );
             DeviceSlots::Down
@@ -401,7 +401,7 @@ pub fn unreachable_slot_info(device: usize) -> SlotInfo {
 pub fn slot_info(raw: u64) -> CkResult<SlotInfo> {
     match route(raw)? {
         SlotRoute::Token(device, local) => {
-            match device.call(None, Request::SlotInfo { slot: local }) {
+            match device.call(None, Call::SlotInfo { slot: local }) {
                 Ok((Reply::Slot(info), _)) => Ok(info),
                 Ok((reply, _)) => Err(unexpected(&reply)),
                 Err(error) => Err(failure(error)),
@@ -412,7 +412,7 @@ pub fn slot_info(raw: u64) -> CkResult<SlotInfo> {
 }
 
 /// A call about a slot's token (`build` gets the device's own slot number).
-pub fn slot_call(raw: u64, build: impl FnOnce(u64) -> Request) -> CkResult<Reply> {
+pub fn slot_call(raw: u64, build: impl FnOnce(u64) -> Call) -> CkResult<Reply> {
     match route(raw)? {
         SlotRoute::Token(device, local) => device
             .call(None, build(local))
@@ -430,13 +430,13 @@ pub fn open_session(raw: u64, flags: u64) -> CkResult<u64> {
         SlotRoute::Absent => return Err(Rv::TokenNotPresent.code()),
     };
     let (reply, generation) = device
-        .call(None, Request::OpenSession { slot: local, flags })
+        .call(None, Call::OpenSession { slot: local, flags })
         .map_err(failure)?;
     let remote = into_handle(reply)?;
     let Some(id) = SessionId::new(slot.device, remote) else {
         tracing::warn!(remote, "device issued a session handle outside 1..2^32");
         // Best effort: do not leave the session open on the device.
-        let _ = device.call(Some(generation), Request::CloseSession { session: remote });
+        let _ = device.call(Some(generation), Call::CloseSession { session: remote });
         return Err(Rv::DeviceError.code());
     };
     let handle = id.raw();
@@ -457,7 +457,7 @@ pub fn open_session(raw: u64, flags: u64) -> CkResult<u64> {
 
 /// A call on a session (`build` gets the device's own session handle). A session whose
 /// connection is gone, or that the device no longer knows, leaves the table.
-pub fn session_call(handle: u64, build: impl FnOnce(u64) -> Request) -> CkResult<Reply> {
+pub fn session_call(handle: u64, build: impl FnOnce(u64) -> Call) -> CkResult<Reply> {
     let target = with(|library| library.target(handle))?;
     match target
         .device
@@ -476,7 +476,7 @@ pub fn session_call(handle: u64, build: impl FnOnce(u64) -> Request) -> CkResult
 
 /// `C_CloseSession`: the handle is gone afterwards, whatever the device says.
 pub fn close_session(handle: u64) -> CkResult {
-    let result = session_call(handle, |session| Request::CloseSession { session });
+    let result = session_call(handle, |session| Call::CloseSession { session });
     with(|library| Ok(library.sessions.remove(&handle)))?;
     expect_done(result?)
 }
@@ -491,7 +491,7 @@ pub fn close_all_sessions(raw: u64) -> CkResult {
     })?;
     match route {
         SlotRoute::Token(device, local) => {
-            match device.call(None, Request::CloseAllSessions { slot: local }) {
+            match device.call(None, Call::CloseAllSessions { slot: local }) {
                 Ok((reply, _)) => expect_done(reply),
                 Err(error) => Err(failure(error)),
             }
@@ -502,7 +502,7 @@ pub fn close_all_sessions(raw: u64) -> CkResult {
 
 /// `C_GetSessionInfo`, with the slot as a global slot ID.
 pub fn session_info(handle: u64) -> CkResult<SessionInfo> {
-    match session_call(handle, |session| Request::SessionInfo { session })? {
+    match session_call(handle, |session| Call::SessionInfo { session })? {
         Reply::Session(mut info) => {
             let device = SessionId::from_raw(handle).device;
             info.slot = SlotId::new(device, info.slot)
@@ -514,40 +514,10 @@ pub fn session_info(handle: u64) -> CkResult<SessionInfo> {
     }
 }
 
-/// The name of a reply's shape, for logs (a reply may carry secrets; its shape does not).
-pub fn shape(reply: &Reply) -> &'static str {
-    match reply {
-        Reply::Done => "Done",
-        Reply::Handle(_) => "Handle",
-        Reply::HandlePair(..) => "HandlePair",
-        Reply::Handles(_) => "Handles",
-        Reply::Bytes(_) => "Bytes",
-        Reply::Secret(_) => "Secret",
-        Reply::Number(_) => "Number",
-        Reply::Verified => "Verified",
-        Reply::Device(_) => "Device",
-        Reply::Slot(_) => "Slot",
-        Reply::Token(_) => "Token",
-        Reply::Session(_) => "Session",
-        Reply::Mechanisms(_) => "Mechanisms",
-        Reply::Mechanism(_) => "Mechanism",
-        Reply::Attributes(_) => "Attributes",
-        Reply::Status(_) => "Status",
-        Reply::Events(..) => "Events",
-        Reply::Identity(_) => "Identity",
-        Reply::Certificates(_) => "Certificates",
-        Reply::ServerHello(_) => "ServerHello",
-        Reply::Protected(_) => "Protected",
-        Reply::Channels(_) => "Channels",
-        Reply::Found { .. } => "Found",
-        Reply::ChannelEnded(_) => "ChannelEnded",
-    }
-}
-
 /// A reply of the wrong shape is the device's fault: `CKR_DEVICE_ERROR`.
 pub fn unexpected(reply: &Reply) -> u64 {
     tracing::warn!(
-        reply = shape(reply),
+        reply = ?reply.shape(),
         "the device answered with an unexpected reply"
     );
     Rv::DeviceError.code()
@@ -608,7 +578,7 @@ mod tests {
     #[test]
     fn reply_shapes_are_named_without_their_contents() {
         let secret = Reply::Secret(SecretBytes::from_slice(b"plaintext"));
-        assert_eq!(shape(&secret), "Secret");
+        assert_eq!(format!("{:?}", secret.shape()), "Secret");
         assert_eq!(expect_done(Reply::Done), Ok(()));
         assert_eq!(expect_done(secret), Err(Rv::DeviceError.code()));
         assert_eq!(into_handle(Reply::Handle(5)), Ok(5));

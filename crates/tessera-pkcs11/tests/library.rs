@@ -9,7 +9,7 @@ use cryptoki_sys as ck;
 use tessera_core::{Mechanism, MechanismParameter, Rv, SecretBytes};
 use tessera_pkcs11::library::{self, Dual};
 use tessera_pkcs11::message::{GcmMessage, Iv};
-use tessera_wire::{Operation, Request};
+use tessera_wire::{Call, Operation};
 
 use fake::{FakeDevice, TAG};
 
@@ -19,21 +19,21 @@ fn code(rv: Rv) -> u64 {
 
 /// The operations of the requests, in order: `(operation, kind)` where kind is "init",
 /// "update" or "single", and other requests by name.
-fn steps(requests: &[Request]) -> Vec<String> {
+fn steps(requests: &[Call]) -> Vec<String> {
     requests
         .iter()
         .map(|request| match request {
-            Request::OperationInit { operation, .. } => format!("{operation:?} init"),
-            Request::OperationUpdate { operation, .. } => format!("{operation:?} update"),
-            Request::OperationSingle { operation, .. } => format!("{operation:?} single"),
-            Request::OperationOnce { operation, .. } => format!("{operation:?} once"),
-            Request::FindObjectsFirst { max, .. } => format!("find first {max}"),
-            Request::FindObjects { max, .. } => format!("find {max}"),
-            Request::FindObjectsFinal { .. } => "find final".to_string(),
-            Request::OperationFinal { operation, .. } => format!("{operation:?} final"),
-            Request::GenerateRandom { len, .. } => format!("random {len}"),
-            Request::WrapKey { key, .. } => format!("wrap {key}"),
-            Request::SessionCancel { flags, .. } => format!("cancel {flags:#x}"),
+            Call::OperationInit { operation, .. } => format!("{operation:?} init"),
+            Call::OperationUpdate { operation, .. } => format!("{operation:?} update"),
+            Call::OperationSingle { operation, .. } => format!("{operation:?} single"),
+            Call::OperationOnce { operation, .. } => format!("{operation:?} once"),
+            Call::FindObjectsFirst { max, .. } => format!("find first {max}"),
+            Call::FindObjects { max, .. } => format!("find {max}"),
+            Call::FindObjectsFinal { .. } => "find final".to_string(),
+            Call::OperationFinal { operation, .. } => format!("{operation:?} final"),
+            Call::GenerateRandom { len, .. } => format!("random {len}"),
+            Call::WrapKey { key, .. } => format!("wrap {key}"),
+            Call::SessionCancel { flags, .. } => format!("cancel {flags:#x}"),
             other => format!("{other:?}"),
         })
         .collect()
@@ -54,6 +54,7 @@ fn composed_calls() {
     gcm_messages(&device, session);
     signature_messages(&device, session);
     session_cancel(&device, session);
+    a_reply_of_the_wrong_shape(&device, session);
 
     library::finalize().unwrap();
 }
@@ -68,7 +69,7 @@ fn one_round_trip_per_single_part_call(device: &FakeDevice, session: u64) {
     assert_eq!(steps(&device.take()), ["Sign once"]);
     // A length query and the call that takes the output: still one round trip.
     library::operation_init(session, Operation::Sign, mechanism(), 5).unwrap();
-    let call = library::Call::Operation(Operation::Sign, library::Stage::Single);
+    let call = library::Producer::Operation(Operation::Sign, library::Stage::Single);
     let run = || {
         library::output(library::single(
             session,
@@ -78,7 +79,7 @@ fn one_round_trip_per_single_part_call(device: &FakeDevice, session: u64) {
         )?)
     };
     let query = library::produce(session, call, None, run).unwrap();
-    let call = library::Call::Operation(Operation::Sign, library::Stage::Single);
+    let call = library::Producer::Operation(Operation::Sign, library::Stage::Single);
     let taken = library::produce(session, call, Some(64), run).unwrap();
     assert_eq!(query, taken);
     assert_eq!(steps(&device.take()), ["Sign once"]);
@@ -148,7 +149,7 @@ fn dual_function_updates(device: &FakeDevice, session: u64) {
     let requests = device.take();
     assert_eq!(steps(&requests), ["Decrypt update", "Verify update"]);
     assert!(
-        matches!(&requests[1], Request::OperationUpdate { data, .. } if data == &[0xFF, 0xF0]),
+        matches!(&requests[1], Call::OperationUpdate { data, .. } if data == &[0xFF, 0xF0]),
         "the plaintext is verified: {requests:?}"
     );
     library::dual_update(session, Dual::SignEncrypt, b"x", Some(1)).unwrap();
@@ -222,7 +223,7 @@ fn gcm_messages(device: &FakeDevice, session: u64) {
         },
     };
     assert!(
-        matches!(&requests[1], Request::OperationOnce { mechanism, key: 42, .. } if *mechanism == expected),
+        matches!(&requests[1], Call::OperationOnce { mechanism, key: 42, .. } if *mechanism == expected),
         "{requests:?}"
     );
     // A tag length that does not match the device's output is the device's fault.
@@ -246,7 +247,7 @@ fn gcm_messages(device: &FakeDevice, session: u64) {
     assert_eq!(opened, SecretBytes::from_slice(b"secret"));
     let requests = device.take();
     assert!(
-        matches!(&requests[0], Request::OperationOnce { data, .. } if data.ends_with(&TAG)),
+        matches!(&requests[0], Call::OperationOnce { data, .. } if data.ends_with(&TAG)),
         "ciphertext || tag: {requests:?}"
     );
     let outcome = library::open(session, &context, message(), &sealed.ciphertext, &[0; 16]);
@@ -289,6 +290,17 @@ fn signature_messages(device: &FakeDevice, session: u64) {
         Err(ck::CKR_SIGNATURE_INVALID as u64)
     );
     assert_eq!(steps(&device.take()), ["Verify once", "Verify once"]);
+}
+
+/// A reply the call never answers with is refused once, centrally (the client compares its
+/// shape with the call's row in the call table): CKR_DEVICE_ERROR, and the session goes on.
+fn a_reply_of_the_wrong_shape(device: &FakeDevice, session: u64) {
+    assert_eq!(
+        library::random(session, fake::WRONG_SHAPE as usize),
+        Err(code(Rv::DeviceError))
+    );
+    assert_eq!(library::random(session, 4), Ok(vec![0x5A; 4]));
+    assert_eq!(steps(&device.take()), ["random 13", "random 4"]);
 }
 
 fn session_cancel(device: &FakeDevice, session: u64) {

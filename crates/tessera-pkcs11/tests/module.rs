@@ -16,7 +16,7 @@ use cryptoki::object::{Attribute, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki_sys as ck;
 use tessera_core::MechanismParameter;
-use tessera_wire::Request;
+use tessera_wire::Call;
 
 use fake::{FakeDevice, TAG};
 
@@ -51,7 +51,7 @@ fn new_entry_points_through_the_module() {
     assert_eq!(wrapped, format!("wrapped {target} #1").into_bytes());
     let requests = device.take();
     assert_eq!(requests.len(), 1, "{requests:?}");
-    assert!(matches!(&requests[0], Request::WrapKey { mechanism, .. }
+    assert!(matches!(&requests[0], Call::WrapKey { mechanism, .. }
         if mechanism.ty == ck::CKM_AES_KEY_WRAP_PAD as u64
             && mechanism.parameter == MechanismParameter::None));
 
@@ -62,7 +62,7 @@ fn new_entry_points_through_the_module() {
     assert_eq!(unwrapped.to_string(), "102");
     let requests = device.take();
     assert!(
-        matches!(&requests[0], Request::UnwrapKey { wrapped: sent, template, .. }
+        matches!(&requests[0], Call::UnwrapKey { wrapped: sent, template, .. }
             if *sent == wrapped && template.bool(ck::CKA_TOKEN) == Ok(Some(false))),
         "{requests:?}"
     );
@@ -81,7 +81,7 @@ fn new_entry_points_through_the_module() {
         .unwrap();
     let requests = device.take();
     assert!(
-        matches!(&requests[0], Request::DeriveKey { mechanism, .. }
+        matches!(&requests[0], Call::DeriveKey { mechanism, .. }
         if mechanism.parameter == MechanismParameter::Ecdh {
             kdf: ck::CKD_NULL as u64,
             shared_data: Vec::new(),
@@ -90,7 +90,7 @@ fn new_entry_points_through_the_module() {
         "{requests:?}"
     );
     assert!(
-        matches!(&requests[1], Request::DeriveKey { mechanism, .. }
+        matches!(&requests[1], Call::DeriveKey { mechanism, .. }
         if mechanism.parameter == MechanismParameter::Hkdf {
             extract: true,
             expand: true,
@@ -104,7 +104,7 @@ fn new_entry_points_through_the_module() {
     );
 
     session.digest_key(target).unwrap();
-    assert!(matches!(&device.take()[..], [Request::DigestKey { key, .. }] if *key == 101));
+    assert!(matches!(&device.take()[..], [Call::DigestKey { key, .. }] if *key == 101));
 
     // AES-GCM messages: a random IV below the fixed bits, written back; the tag apart. The
     // init gets a CK_GCM_MESSAGE_PARAMS, as cryptoki passes it.
@@ -140,8 +140,8 @@ fn new_entry_points_through_the_module() {
         matches!(
             &requests[..],
             [
-                Request::GenerateRandom { len: 12, .. },
-                Request::OperationOnce { key, .. },
+                Call::GenerateRandom { len: 12, .. },
+                Call::OperationOnce { key, .. },
             ] if *key == 101
         ),
         "one encryption for the length query and the call: {requests:?}"

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tessera_client::{Device, SecureSettings};
 use tessera_config::{Config, ServerAddress};
 use tessera_core::{ck, SecretBytes};
-use tessera_wire::{Reply, Request};
+use tessera_wire::{Call, Reply};
 
 use crate::{Daemon, Transport};
 
@@ -35,13 +35,13 @@ pub fn init_token(daemon: &Daemon, transport: Transport) {
     daemon.admin(transport, &["-n0", "--label", "sm", "--so-pin-file", &so]);
     let device = secured(daemon, &daemon.server_list(transport), &[]);
     let (session, g) = open(&device);
-    let so_login = Request::Login {
+    let so_login = Call::Login {
         session,
         user_type: ck::CKU_SO as u64,
         pin: pin(SO_PIN),
     };
     call(&device, g, so_login);
-    let user_pin = Request::InitPin {
+    let user_pin = Call::InitPin {
         session,
         pin: pin(USER_PIN),
     };
@@ -78,7 +78,7 @@ pub fn pin(text: &str) -> SecretBytes {
 }
 
 /// A call that must succeed; its reply.
-pub fn call(device: &Device, generation: u64, request: Request) -> Reply {
+pub fn call(device: &Device, generation: u64, request: Call) -> Reply {
     match device.call(Some(generation), request) {
         Ok((reply, _)) => reply,
         Err(e) => panic!("call failed: {e} (0x{:08X})", e.rv()),
@@ -88,7 +88,7 @@ pub fn call(device: &Device, generation: u64, request: Request) -> Reply {
 /// A R/W session: (handle, generation).
 pub fn open(device: &Device) -> (u64, u64) {
     let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
-    match device.call(None, Request::OpenSession { slot: 0, flags }) {
+    match device.call(None, Call::OpenSession { slot: 0, flags }) {
         Ok((Reply::Handle(h), g)) => (h, g),
         other => panic!("open session: {other:?}"),
     }
@@ -97,7 +97,7 @@ pub fn open(device: &Device) -> (u64, u64) {
 /// A user session.
 pub fn user(device: &Device) -> (u64, u64) {
     let (session, g) = open(device);
-    let login = Request::Login {
+    let login = Call::Login {
         session,
         user_type: ck::CKU_USER as u64,
         pin: pin(USER_PIN),

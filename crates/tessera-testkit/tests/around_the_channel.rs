@@ -15,7 +15,7 @@ use sm_common::*;
 use tessera_core::{ck, Attribute, Mechanism, MechanismParameter, Rv, Template};
 use tessera_testkit::relay::{Frame, Recorder, Relay, Way};
 use tessera_testkit::{Daemon, Transport, TRANSPORTS};
-use tessera_wire::{Operation, Reply, Request, ResponseEnvelope, PROTOCOL_VERSION};
+use tessera_wire::{Call, Message, Operation, Reply, ResponseEnvelope, PROTOCOL_VERSION};
 
 const HMAC_KEY: &[u8] = b"HMAC-KEY-THAT-MUST-NOT-LEAK-0123";
 
@@ -64,15 +64,15 @@ fn only_public_in_the_clear(recorder: &Recorder, connection: usize) {
     for body in recorder.frames(connection, Way::ToDevice) {
         let envelope = request(&body);
         assert!(
-            envelope.request.is_public(),
+            envelope.message.is_public(),
             "a session call went out in the clear: {:?}",
-            envelope.request
+            envelope.message
         );
     }
 }
 
-fn hmac_key(session: u64) -> Request {
-    Request::CreateObject {
+fn hmac_key(session: u64) -> Call {
+    Call::CreateObject {
         session,
         template: Template(vec![
             Attribute::ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY),
@@ -138,7 +138,7 @@ fn a_clear_answer_to_a_protected_call_is_refused_as_forged() {
             let Reply::Handle(key) = call(&device, g, hmac_key(session)) else {
                 panic!("no key")
             };
-            let init = Request::OperationInit {
+            let init = Call::OperationInit {
                 session,
                 operation: Operation::Verify,
                 mechanism: Mechanism {
@@ -148,7 +148,7 @@ fn a_clear_answer_to_a_protected_call_is_refused_as_forged() {
                 key,
             };
             call(&device, g, init);
-            let verify = Request::OperationSingle {
+            let verify = Call::OperationSingle {
                 session,
                 operation: Operation::Verify,
                 data: b"message".to_vec(),
@@ -162,7 +162,7 @@ fn a_clear_answer_to_a_protected_call_is_refused_as_forged() {
             );
             // The channel is gone with its sessions.
             assert_eq!(
-                code(device.call(Some(g), Request::SessionInfo { session })),
+                code(device.call(Some(g), Call::SessionInfo { session })),
                 Rv::SessionClosed.code()
             );
             // A second attempt on a fresh channel: DestroyObject dropped and answered in the
@@ -170,7 +170,7 @@ fn a_clear_answer_to_a_protected_call_is_refused_as_forged() {
             let (session, g) = user(&device);
             let outcome = code(device.call(
                 Some(g),
-                Request::DestroyObject {
+                Call::DestroyObject {
                     session,
                     object: key,
                 },
@@ -216,10 +216,10 @@ fn destroy_all(daemon: &Daemon, transport: Transport, label: &str) {
     let device = secured(daemon, &daemon.server_list(transport), &[]);
     let (session, g) = user(&device);
     let template = Template(vec![Attribute::bytes(ck::CKA_LABEL, label.as_bytes())]);
-    call(&device, g, Request::FindObjectsInit { session, template });
-    if let Reply::Handles(handles) = call(&device, g, Request::FindObjects { session, max: 100 }) {
+    call(&device, g, Call::FindObjectsInit { session, template });
+    if let Reply::Handles(handles) = call(&device, g, Call::FindObjects { session, max: 100 }) {
         for object in handles {
-            call(&device, g, Request::DestroyObject { session, object });
+            call(&device, g, Call::DestroyObject { session, object });
         }
     }
 }
@@ -232,7 +232,7 @@ fn renaming_relay(daemon: &Daemon, transport: Transport, refuse: bool) -> Relay 
         transport,
         Arc::new(move |frame: &Frame, _: &Recorder| {
             let envelope = request(&frame.body);
-            if refuse && matches!(envelope.request, Request::Handshake(_)) {
+            if refuse && matches!(envelope.message, Message::Handshake(_)) {
                 return vec![];
             }
             vec![frame.body.clone()]
@@ -268,7 +268,7 @@ fn a_device_renamed_in_the_clear_phase_gets_no_session_call() {
         let relay = renaming_relay(&daemon, transport, refuse);
         let device = secured(&daemon, &relay.address, &[(&item, "SRPEDT")]);
         let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
-        let outcome = code(device.call(None, Request::OpenSession { slot: 0, flags }));
+        let outcome = code(device.call(None, Call::OpenSession { slot: 0, flags }));
         let expected = if refuse {
             Rv::NoSessionKeys.code()
         } else {
@@ -352,7 +352,7 @@ fn a_known_device_is_only_talked_to_through_a_channel_to_that_device() {
     );
     let device = secured(&daemon, &stripping.address, &[]);
     let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
-    let outcome = code(device.call(None, Request::OpenSession { slot: 0, flags }));
+    let outcome = code(device.call(None, Call::OpenSession { slot: 0, flags }));
     assert_eq!(outcome, Rv::NoSessionKeys.code());
     only_public_in_the_clear(&stripping.recorder, 0);
     assert_logged(
@@ -385,7 +385,7 @@ fn a_known_device_is_only_talked_to_through_a_channel_to_that_device() {
     );
     assert!(added.status.success());
     let device = secured(&daemon, &impostor.address, &[]);
-    let outcome = code(device.call(None, Request::OpenSession { slot: 0, flags }));
+    let outcome = code(device.call(None, Call::OpenSession { slot: 0, flags }));
     assert_eq!(outcome, Rv::CertNotValidated.code());
     assert!(!impostor.recorder.contains(USER_PIN.as_bytes()));
     only_public_in_the_clear(&impostor.recorder, 0);
@@ -396,7 +396,7 @@ fn a_known_device_is_only_talked_to_through_a_channel_to_that_device() {
     assert!(forgot.status.success());
     let device = secured(&daemon, &impostor.address, &[]);
     assert!(device
-        .call(None, Request::OpenSession { slot: 0, flags })
+        .call(None, Call::OpenSession { slot: 0, flags })
         .is_ok());
     let other_serial = other.serial(transport);
     let known = std::fs::read_to_string(daemon.known_devices()).unwrap();
@@ -532,8 +532,8 @@ fn sealed_replies_swapped_between_calls_in_flight_are_refused() {
     armed.store(true, std::sync::atomic::Ordering::SeqCst);
     let outcomes: Vec<Result<Reply, u64>> = std::thread::scope(|scope| {
         let calls = [
-            Request::GenerateRandom { session, len: 16 },
-            Request::SessionInfo { session },
+            Call::GenerateRandom { session, len: 16 },
+            Call::SessionInfo { session },
         ];
         let handles: Vec<_> = calls
             .into_iter()
@@ -620,7 +620,7 @@ fn another_trusted_device_is_not_taken_for_an_unrecorded_entry() {
     let relay = Relay::transparent(&b, transport);
     let device = secured(&a, &relay.address, &[(&item, "SRPEDT")]);
     let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
-    let outcome = code(device.call(None, Request::OpenSession { slot: 0, flags }));
+    let outcome = code(device.call(None, Call::OpenSession { slot: 0, flags }));
     assert_eq!(outcome, Rv::CertNotValidated.code());
     only_public_in_the_clear(&relay.recorder, 0);
     assert!(!relay.recorder.contains(USER_PIN.as_bytes()));
@@ -664,7 +664,7 @@ fn another_trusted_device_is_not_taken_for_an_unrecorded_entry() {
     );
     let device = secured(&a, &relay.address, &[(&item, "SRPEDT")]);
     assert!(device
-        .call(None, Request::OpenSession { slot: 0, flags })
+        .call(None, Call::OpenSession { slot: 0, flags })
         .is_ok());
 }
 
@@ -731,7 +731,7 @@ fn login_on_the_clear_session_is_stopped(
     generation: u64,
     sent: &Mutex<Vec<u8>>,
 ) {
-    let login = Request::Login {
+    let login = Call::Login {
         session,
         user_type: ck::CKU_USER as u64,
         pin: pin(USER_PIN),
@@ -762,7 +762,7 @@ fn a_notice_read_with_the_last_reply_still_stops_the_pin() {
         let device = device.clone();
         std::thread::spawn(move || {
             device
-                .call(Some(g), Request::SessionInfo { session })
+                .call(Some(g), Call::SessionInfo { session })
                 .map(|_| ())
                 .map_err(|e| e.rv())
         })
@@ -775,7 +775,7 @@ fn a_notice_read_with_the_last_reply_still_stops_the_pin() {
     // The notice was read, not only the close: a call with a PIN and no session (which a
     // new connection would otherwise carry in the clear first) goes through a channel.
     const NEW_SO_PIN: &str = "new-so-pin-5678";
-    let init = Request::InitToken {
+    let init = Call::InitToken {
         slot: 0,
         so_pin: pin(NEW_SO_PIN),
         label: [b"renewed".as_slice(), &[b' '; 25]].concat(),

@@ -18,7 +18,7 @@ use tessera_client::Device;
 use tessera_config::ServerAddress;
 use tessera_core::SecretBytes;
 use tessera_testkit::{sm, wait_until, Daemon, Transport};
-use tessera_wire::{Reply, Request};
+use tessera_wire::{Call, Reply};
 
 #[test]
 fn kill_9_during_heavy_creation_loses_nothing_that_was_acknowledged() {
@@ -325,7 +325,7 @@ fn a_sigterm_waits_for_each_connection_to_close_its_channel_before_the_last_even
     let running = std::thread::spawn(move || {
         let answer = device.call(
             None,
-            Request::InitToken {
+            Call::InitToken {
                 slot: 0,
                 so_pin: SecretBytes::from_slice(b"so-pin-at-shutdown"),
                 label: vec![b' '; 32],
@@ -388,7 +388,7 @@ fn a_connection_that_never_finishes_holds_a_sigterm_up_for_five_seconds_at_most(
     let mut writer = stream.try_clone().unwrap();
     // Requests, and never a reply read: the daemon's writes fill the socket and block.
     std::thread::spawn(move || {
-        let request = raw::frame(Request::DeviceInfo);
+        let request = raw::frame(Call::DeviceInfo);
         while writer.write_all(&request).is_ok() {}
     });
     std::thread::sleep(Duration::from_secs(1));

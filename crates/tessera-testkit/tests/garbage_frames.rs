@@ -8,7 +8,7 @@ use std::time::Duration;
 use tessera_client::Device;
 use tessera_config::ServerAddress;
 use tessera_testkit::{wait_until, Daemon};
-use tessera_wire::{Reply, Request};
+use tessera_wire::{Call, Reply};
 
 fn good_client(daemon: &Daemon) -> Device {
     Device::new(
@@ -19,7 +19,7 @@ fn good_client(daemon: &Daemon) -> Device {
 }
 
 fn device_info(device: &Device) -> String {
-    match device.call(None, Request::DeviceInfo) {
+    match device.call(None, Call::DeviceInfo) {
         Ok((Reply::Device(info), _)) => info.serial,
         other => panic!("device info failed: {other:?}"),
     }
@@ -65,7 +65,7 @@ fn garbage_frames_close_only_their_connection() {
     wait_for_log(&daemon, "empty frame");
 
     // Malformed body: valid length, random bytes with the right version prefix.
-    let mut malformed = vec![0, 0, 0, 9, 1];
+    let mut malformed = vec![0, 0, 0, 9, tessera_wire::PROTOCOL_VERSION as u8];
     malformed.extend_from_slice(&[0xFF; 8]);
     send_and_expect_close(&daemon, &malformed, false);
     wait_for_log(&daemon, "malformed envelope");
@@ -139,7 +139,7 @@ fn the_connection_limit_refuses_extra_clients_and_logs_it() {
     let first = good_client(&daemon);
     device_info(&first);
     let second = good_client(&daemon);
-    assert!(second.call(None, Request::DeviceInfo).is_err());
+    assert!(second.call(None, Call::DeviceInfo).is_err());
     wait_for_log(&daemon, "connection limit");
     first.disconnect();
     std::thread::sleep(Duration::from_millis(100));

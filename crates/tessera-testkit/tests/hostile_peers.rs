@@ -18,7 +18,7 @@ use sm_common::{prepare, secured};
 use tessera_channel::{ClientFinished, ExpectServerHello, Policy};
 use tessera_core::Rv;
 use tessera_testkit::{Daemon, Transport};
-use tessera_wire::{Reply, Request};
+use tessera_wire::{Call, Message, Reply};
 
 /// Waits until the daemon closes `stream`; returns how long that took.
 fn closed_within(stream: &mut TcpStream) -> Duration {
@@ -36,7 +36,7 @@ fn closed_within(stream: &mut TcpStream) -> Duration {
 
 fn serial(daemon: &Daemon) -> String {
     let mut stream = connect_from(daemon, "127.0.0.1");
-    send(&mut stream, Request::DeviceInfo);
+    send(&mut stream, Call::DeviceInfo);
     match receive(&mut stream) {
         Ok(Reply::Device(info)) => info.serial,
         other => panic!("{other:?}"),
@@ -46,7 +46,7 @@ fn serial(daemon: &Daemon) -> String {
 /// Sends a client hello; the daemon's answer.
 fn hello(stream: &mut TcpStream, serial: &str) -> Result<Reply, u64> {
     let (_state, hello) = ExpectServerHello::start(serial, Policy(0)).unwrap();
-    send(stream, Request::Handshake(hello));
+    send(stream, Message::Handshake(hello));
     receive(stream)
 }
 
@@ -56,7 +56,7 @@ fn honest_calls(daemon: &Daemon, calls: usize) {
     let device = secured(daemon, &daemon.server_list(Transport::Tcp), &[]);
     for _ in 0..calls {
         let started = Instant::now();
-        match device.call(None, Request::DeviceInfo) {
+        match device.call(None, Call::DeviceInfo) {
             Ok((Reply::Device(_), _)) => {}
             other => panic!("the honest client failed: {other:?}"),
         }
@@ -117,7 +117,7 @@ fn slow_half_open_and_crowding_peers_do_not_starve_others() {
     let crowd: Vec<TcpStream> = (0..30)
         .map(|_| {
             let mut stream = connect_from(&daemon, "127.0.0.2");
-            send(&mut stream, Request::DeviceInfo);
+            send(&mut stream, Call::DeviceInfo);
             assert!(matches!(receive(&mut stream), Ok(Reply::Device(_))));
             stream
         })
@@ -153,7 +153,7 @@ fn failed_handshakes_are_rate_limited_per_address_and_logged_once() {
             Ok(Reply::ServerHello(server)) => {
                 send(
                     &mut stream,
-                    Request::HandshakeFinish(ClientFinished {
+                    Message::HandshakeFinish(ClientFinished {
                         channel: server.channel,
                         finished: vec![0; 48],
                     }),
@@ -196,7 +196,7 @@ fn pin_guessing_through_the_channel_hits_the_lockout() {
         device
             .call(
                 Some(generation),
-                Request::Login {
+                Call::Login {
                     session,
                     user_type: tessera_core::ck::CKU_USER as u64,
                     pin: sm_common::pin(pin),

@@ -23,7 +23,7 @@ use tessera_config::ServerAddress;
 use tessera_core::secret::SecretBytes;
 use tessera_core::Rv;
 use tessera_testkit::{binary, pkcs11_module, wait_until};
-use tessera_wire::Request;
+use tessera_wire::Call;
 
 const NOBODY: u32 = 65534;
 /// The PIN the application logs in with: it must never reach the impostor.
@@ -289,7 +289,7 @@ fn login_with_marker(socket: &Path) -> Result<(), u64> {
     device
         .call(
             None,
-            Request::Login {
+            Call::Login {
                 session: 1,
                 user_type: CKU_USER,
                 pin: SecretBytes::from_slice(MARKER_PIN.as_bytes()),

@@ -7,7 +7,7 @@ mod sm_common;
 use sm_common::{call, code, prepare, secured, user};
 use tessera_core::{ck, Attribute, Mechanism, MechanismParameter, Rv, Template};
 use tessera_testkit::{Daemon, Transport, TRANSPORTS};
-use tessera_wire::{AttributeAnswer, Operation, Reply, Request};
+use tessera_wire::{AttributeAnswer, Call, Operation, Reply};
 
 fn hex(text: &str) -> Vec<u8> {
     (0..text.len())
@@ -29,12 +29,12 @@ impl Token {
         Token { device, session, g }
     }
 
-    fn call(&self, request: Request) -> Reply {
+    fn call(&self, request: Call) -> Reply {
         call(&self.device, self.g, request)
     }
 
     fn create(&self, attributes: Vec<Attribute>) -> u64 {
-        match self.call(Request::CreateObject {
+        match self.call(Call::CreateObject {
             session: self.session,
             template: Template(attributes),
         }) {
@@ -61,7 +61,7 @@ impl Token {
         data: &[u8],
         signature: &[u8],
     ) -> Result<Vec<u8>, u64> {
-        self.call(Request::OperationInit {
+        self.call(Call::OperationInit {
             session: self.session,
             operation,
             mechanism,
@@ -69,7 +69,7 @@ impl Token {
         });
         match self.device.call(
             Some(self.g),
-            Request::OperationSingle {
+            Call::OperationSingle {
                 session: self.session,
                 operation,
                 data: data.to_vec(),
@@ -85,7 +85,7 @@ impl Token {
     }
 
     fn value(&self, key: u64) -> Vec<u8> {
-        match self.call(Request::GetAttributes {
+        match self.call(Call::GetAttributes {
             session: self.session,
             object: key,
             types: vec![ck::CKA_VALUE as u64],
@@ -107,7 +107,7 @@ impl Token {
         ]);
         match self.device.call(
             Some(self.g),
-            Request::DeriveKey {
+            Call::DeriveKey {
                 session: self.session,
                 mechanism,
                 base_key: base,
@@ -344,7 +344,7 @@ fn digests_macs_and_aes_modes_match_published_vectors() {
         for tag_bits in [64u64, 100, 136] {
             let init = t.device.call(
                 Some(t.g),
-                Request::OperationInit {
+                Call::OperationInit {
                     session: t.session,
                     operation: Operation::Encrypt,
                     mechanism: gcm(tag_bits),
@@ -359,7 +359,7 @@ fn digests_macs_and_aes_modes_match_published_vectors() {
         }
         // Key generation for generic secrets.
         let template = Template(vec![Attribute::ulong(ck::CKA_VALUE_LEN, 48)]);
-        let Reply::Handle(generated) = t.call(Request::GenerateKey {
+        let Reply::Handle(generated) = t.call(Call::GenerateKey {
             session: t.session,
             mechanism: plain(ck::CKM_GENERIC_SECRET_KEY_GEN),
             template,
@@ -376,14 +376,14 @@ fn digests_macs_and_aes_modes_match_published_vectors() {
         .unwrap();
         // The SHA key generators make keys typed for their HMAC.
         let template = Template(vec![Attribute::ulong(ck::CKA_VALUE_LEN, 32)]);
-        let Reply::Handle(typed) = t.call(Request::GenerateKey {
+        let Reply::Handle(typed) = t.call(Call::GenerateKey {
             session: t.session,
             mechanism: plain(ck::CKM_SHA256_KEY_GEN),
             template,
         }) else {
             panic!()
         };
-        let Reply::Attributes(answers) = t.call(Request::GetAttributes {
+        let Reply::Attributes(answers) = t.call(Call::GetAttributes {
             session: t.session,
             object: typed,
             types: vec![ck::CKA_KEY_TYPE as u64],
@@ -421,7 +421,7 @@ fn key_wrap_unwrap_with_aes_and_oaep() {
         let target = t.secret(ck::CKK_AES, &hex("00112233445566778899AABBCCDDEEFF"));
         let wrap = |mechanism: ck::CK_MECHANISM_TYPE, wrapping: u64, key: u64| match t.device.call(
             Some(t.g),
-            Request::WrapKey {
+            Call::WrapKey {
                 session: t.session,
                 mechanism: plain(mechanism),
                 wrapping_key: wrapping,
@@ -445,7 +445,7 @@ fn key_wrap_unwrap_with_aes_and_oaep() {
             ]);
             match t.device.call(
                 Some(t.g),
-                Request::UnwrapKey {
+                Call::UnwrapKey {
                     session: t.session,
                     mechanism: plain(mechanism),
                     unwrapping_key: unwrapping,
@@ -476,7 +476,7 @@ fn key_wrap_unwrap_with_aes_and_oaep() {
             ]);
             let Ok((Reply::Handle(back), _)) = t.device.call(
                 Some(t.g),
-                Request::UnwrapKey {
+                Call::UnwrapKey {
                     session: t.session,
                     mechanism: plain(mechanism),
                     unwrapping_key: kek,
@@ -501,7 +501,7 @@ fn key_wrap_unwrap_with_aes_and_oaep() {
         );
         // RSA-OAEP: encrypt/decrypt and wrap/unwrap.
         let template = Template(vec![Attribute::ulong(ck::CKA_MODULUS_BITS, 2048)]);
-        let Reply::HandlePair(public, private) = t.call(Request::GenerateKeyPair {
+        let Reply::HandlePair(public, private) = t.call(Call::GenerateKeyPair {
             session: t.session,
             mechanism: plain(ck::CKM_RSA_PKCS_KEY_PAIR_GEN),
             public_template: template,
@@ -526,7 +526,7 @@ fn key_wrap_unwrap_with_aes_and_oaep() {
                 .unwrap(),
             b"secret"
         );
-        let wrapped = match t.call(Request::WrapKey {
+        let wrapped = match t.call(Call::WrapKey {
             session: t.session,
             mechanism: oaep.clone(),
             wrapping_key: public,
@@ -540,7 +540,7 @@ fn key_wrap_unwrap_with_aes_and_oaep() {
             Attribute::ulong(ck::CKA_KEY_TYPE, ck::CKK_AES),
             Attribute::bool(ck::CKA_SENSITIVE, false),
         ]);
-        let Reply::Handle(back) = t.call(Request::UnwrapKey {
+        let Reply::Handle(back) = t.call(Call::UnwrapKey {
             session: t.session,
             mechanism: oaep.clone(),
             unwrapping_key: private,
@@ -552,7 +552,7 @@ fn key_wrap_unwrap_with_aes_and_oaep() {
         assert_eq!(t.value(back), hex("00112233445566778899AABBCCDDEEFF"));
         // A key for wrapping only does not encrypt or decrypt: C_Decrypt would hand out the
         // value of every key wrapped for it.
-        let Reply::HandlePair(wrap_only, unwrap_only) = t.call(Request::GenerateKeyPair {
+        let Reply::HandlePair(wrap_only, unwrap_only) = t.call(Call::GenerateKeyPair {
             session: t.session,
             mechanism: plain(ck::CKM_RSA_PKCS_KEY_PAIR_GEN),
             public_template: Template(vec![
@@ -571,7 +571,7 @@ fn key_wrap_unwrap_with_aes_and_oaep() {
             (Operation::Encrypt, wrap_only),
             (Operation::Decrypt, unwrap_only),
         ] {
-            let init = Request::OperationInit {
+            let init = Call::OperationInit {
                 session: t.session,
                 operation,
                 mechanism: oaep.clone(),
@@ -635,7 +635,7 @@ fn ed25519_x25519_ecdh_and_hkdf_match_published_vectors() {
             Err(Rv::SignatureInvalid.code())
         );
         // Generated Ed25519 pairs sign and verify.
-        let Reply::HandlePair(gp, gs) = t.call(Request::GenerateKeyPair {
+        let Reply::HandlePair(gp, gs) = t.call(Call::GenerateKeyPair {
             session: t.session,
             mechanism: plain(ck::CKM_EC_EDWARDS_KEY_PAIR_GEN),
             public_template: Template(vec![Attribute::bytes(ck::CKA_EC_PARAMS, &ed_oid)]),
@@ -683,7 +683,7 @@ fn ed25519_x25519_ecdh_and_hkdf_match_published_vectors() {
 
         // ECDH on P-256 between two generated pairs agrees.
         let pair = || {
-            let Reply::HandlePair(p, s) = t.call(Request::GenerateKeyPair {
+            let Reply::HandlePair(p, s) = t.call(Call::GenerateKeyPair {
                 session: t.session,
                 mechanism: plain(ck::CKM_EC_KEY_PAIR_GEN),
                 public_template: Template(vec![Attribute::bytes(
@@ -694,7 +694,7 @@ fn ed25519_x25519_ecdh_and_hkdf_match_published_vectors() {
             }) else {
                 panic!()
             };
-            let point = match t.call(Request::GetAttributes {
+            let point = match t.call(Call::GetAttributes {
                 session: t.session,
                 object: p,
                 types: vec![ck::CKA_EC_POINT as u64],
@@ -741,7 +741,7 @@ fn ed25519_x25519_ecdh_and_hkdf_match_published_vectors() {
         ]);
         let _ = code(t.device.call(
             Some(t.g),
-            Request::DigestKey {
+            Call::DigestKey {
                 session: t.session,
                 key: no_derive,
             },
@@ -759,7 +759,7 @@ fn always_authenticate_unique_ids_and_public_key_info() {
     let transport = Transport::Unix;
     prepare(&daemon, transport, "");
     let t = Token::new(&daemon, transport);
-    let Reply::HandlePair(public, private) = t.call(Request::GenerateKeyPair {
+    let Reply::HandlePair(public, private) = t.call(Call::GenerateKeyPair {
         session: t.session,
         mechanism: plain(ck::CKM_EC_KEY_PAIR_GEN),
         public_template: Template(vec![Attribute::bytes(
@@ -771,14 +771,14 @@ fn always_authenticate_unique_ids_and_public_key_info() {
         panic!()
     };
     // Each use of the key needs a context-specific login.
-    let init = Request::OperationInit {
+    let init = Call::OperationInit {
         session: t.session,
         operation: Operation::Sign,
         mechanism: plain(ck::CKM_ECDSA_SHA256),
         key: private,
     };
     t.call(init);
-    let sign = || Request::OperationSingle {
+    let sign = || Call::OperationSingle {
         session: t.session,
         operation: Operation::Sign,
         data: b"m".to_vec(),
@@ -789,7 +789,7 @@ fn always_authenticate_unique_ids_and_public_key_info() {
         Rv::UserNotLoggedIn.code()
     );
     // Starting another operation in the session does not lift the wait.
-    t.call(Request::OperationInit {
+    t.call(Call::OperationInit {
         session: t.session,
         operation: Operation::Digest,
         mechanism: plain(ck::CKM_SHA256),
@@ -799,7 +799,7 @@ fn always_authenticate_unique_ids_and_public_key_info() {
         code(t.device.call(Some(t.g), sign())),
         Rv::UserNotLoggedIn.code()
     );
-    let login = Request::Login {
+    let login = Call::Login {
         session: t.session,
         user_type: ck::CKU_CONTEXT_SPECIFIC as u64,
         pin: sm_common::pin(sm_common::USER_PIN),
@@ -807,7 +807,7 @@ fn always_authenticate_unique_ids_and_public_key_info() {
     t.call(login);
     assert!(matches!(t.call(sign()), Reply::Bytes(s) if s.len() == 64));
     // Unique ids: given by the token, distinct, read-only.
-    let ids = |object| match t.call(Request::GetAttributes {
+    let ids = |object| match t.call(Call::GetAttributes {
         session: t.session,
         object,
         types: vec![ck::CKA_UNIQUE_ID as u64, ck::CKA_PUBLIC_KEY_INFO as u64],
@@ -838,7 +838,7 @@ fn always_authenticate_unique_ids_and_public_key_info() {
         "{}",
         String::from_utf8_lossy(&parsed.stderr)
     );
-    let with_id = Request::CreateObject {
+    let with_id = Call::CreateObject {
         session: t.session,
         template: Template(vec![
             Attribute::ulong(ck::CKA_CLASS, ck::CKO_DATA),

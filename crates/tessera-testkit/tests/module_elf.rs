@@ -46,14 +46,14 @@ fn the_slot_count_is_chosen_at_creation_and_kept() {
     use std::time::Duration;
     use tessera_client::Device;
     use tessera_config::ServerAddress;
-    use tessera_wire::{Reply, Request};
+    use tessera_wire::{Call, Reply};
     let slots = |daemon: &tessera_testkit::Daemon| {
         let device = Device::new(
             ServerAddress::Unix(daemon.socket()),
             Duration::from_secs(3),
             Duration::from_secs(10),
         );
-        match device.call(None, Request::DeviceInfo) {
+        match device.call(None, Call::DeviceInfo) {
             Ok((Reply::Device(info), _)) => (info.slot_count, info.serial),
             other => panic!("{other:?}"),
         }

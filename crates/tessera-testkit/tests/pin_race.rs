@@ -16,7 +16,7 @@ use tessera_config::ServerAddress;
 use tessera_core::{ck, Rv};
 use tessera_testkit::sm::{self, SO_PIN, USER_PIN};
 use tessera_testkit::{Daemon, Transport, ADMIN_PIN};
-use tessera_wire::{Reply, Request};
+use tessera_wire::{Call, Reply};
 
 /// `tessera_hsm::MAX_PIN_FAILURES`: consecutive wrong PINs that lock a PIN.
 const MAX_PIN_FAILURES: usize = 10;
@@ -42,7 +42,7 @@ fn connection(daemon: &Daemon) -> Device {
 /// One C_Login on a new connection's R/W session on `slot`; `Ok` or the `CKR_*`.
 fn login_on(device: &Device, slot: u64, user_type: ck::CK_USER_TYPE, pin: &str) -> Result<(), u64> {
     let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
-    let (session, generation) = match device.call(None, Request::OpenSession { slot, flags }) {
+    let (session, generation) = match device.call(None, Call::OpenSession { slot, flags }) {
         Ok((Reply::Handle(h), g)) => (h, g),
         other => panic!("open session: {other:?}"),
     };
@@ -56,7 +56,7 @@ fn login(
     user_type: ck::CK_USER_TYPE,
     pin: &str,
 ) -> Result<(), u64> {
-    let request = Request::Login {
+    let request = Call::Login {
         session,
         user_type: user_type as u64,
         pin: sm::pin(pin),
@@ -87,7 +87,7 @@ fn burst(
                     let device = connection(daemon);
                     let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
                     let (session, generation) =
-                        match device.call(None, Request::OpenSession { slot, flags }) {
+                        match device.call(None, Call::OpenSession { slot, flags }) {
                             Ok((Reply::Handle(h), g)) => (h, g),
                             other => panic!("open session: {other:?}"),
                         };

@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 use raw::{call, connect_from, frame, receive};
 use tessera_core::{ck, Attribute, Rv, Template};
 use tessera_testkit::{quantile, wait_until, Daemon};
-use tessera_wire::{Reply, Request};
+use tessera_wire::{Call, Reply};
 
 fn works<S: Read + Write>(stream: &mut S) {
-    match call(stream, Request::DeviceInfo) {
+    match call(stream, Call::DeviceInfo) {
         Ok(Reply::Device(info)) => assert_eq!(info.serial.len(), 10),
         other => panic!("{other:?}"),
     }
@@ -44,7 +44,7 @@ fn init_token<S: Read + Write>(stream: &mut S) {
     label.resize(32, b' ');
     let reply = call(
         stream,
-        Request::InitToken {
+        Call::InitToken {
             slot: 0,
             so_pin: tessera_core::SecretBytes::new(b"so-pin-1234".to_vec()),
             label,
@@ -55,7 +55,7 @@ fn init_token<S: Read + Write>(stream: &mut S) {
 
 fn open_session<S: Read + Write>(stream: &mut S) -> Result<u64, u64> {
     let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
-    match call(stream, Request::OpenSession { slot: 0, flags }) {
+    match call(stream, Call::OpenSession { slot: 0, flags }) {
         Ok(Reply::Handle(handle)) => Ok(handle),
         Ok(other) => panic!("{other:?}"),
         Err(code) => Err(code),
@@ -73,7 +73,7 @@ fn data_object(len: usize, token: bool) -> Template {
 }
 
 fn create<S: Read + Write>(stream: &mut S, session: u64, template: Template) -> Result<u64, u64> {
-    match call(stream, Request::CreateObject { session, template }) {
+    match call(stream, Call::CreateObject { session, template }) {
         Ok(Reply::Handle(handle)) => Ok(handle),
         Ok(other) => panic!("{other:?}"),
         Err(code) => Err(code),
@@ -114,7 +114,7 @@ fn idle_network_connections_leave_local_room_and_time_out_unless_they_hold_sessi
     // The network's share is taken: a further network client is refused...
     let mut late = connect_from(&daemon, "127.0.0.3");
     late.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let _ = late.write_all(&frame(Request::DeviceInfo));
+    let _ = late.write_all(&frame(Call::DeviceInfo));
     assert!(
         closed(&mut late),
         "a network client got past the network's share"
@@ -141,7 +141,7 @@ fn idle_network_connections_leave_local_room_and_time_out_unless_they_hold_sessi
     );
     // ...the one with a session is kept and still works...
     assert!(matches!(
-        call(&mut holder, Request::SessionInfo { session }),
+        call(&mut holder, Call::SessionInfo { session }),
         Ok(Reply::Session(_))
     ));
     // ...and the network may connect again.
@@ -202,7 +202,7 @@ fn session_object_bytes_are_limited_per_connection_and_the_others_go_on() {
     // Destroyed objects give their bytes back.
     let reply = call(
         &mut greedy,
-        Request::DestroyObject {
+        Call::DestroyObject {
             session,
             object: made[0],
         },
@@ -326,8 +326,8 @@ fn a_search_with_a_huge_template_does_not_stall_other_clients() {
             .map(|i| Attribute::bytes(ck::CKA_VENDOR_DEFINED as u64 + i, &[1]))
             .collect(),
     );
-    let init = frame(Request::FindObjectsInit { session, template });
-    let finish = frame(Request::FindObjectsFinal { session });
+    let init = frame(Call::FindObjectsInit { session, template });
+    let finish = frame(Call::FindObjectsFinal { session });
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flood = {
         let stop = stop.clone();

@@ -16,13 +16,13 @@ use cryptoki::session::Session;
 use tessera_client::Device;
 use tessera_config::ServerAddress;
 use tessera_testkit::{Daemon, Transport};
-use tessera_wire::{Reply, Request};
+use tessera_wire::{Call, Reply};
 
 /// Requests the device has served.
 fn served(daemon: &Daemon) -> u64 {
     let address = ServerAddress::parse(&daemon.server_list(Transport::Unix)).unwrap();
     let device = Device::new(address, Duration::from_secs(3), Duration::from_secs(3));
-    match device.call(None, Request::DeviceStatus) {
+    match device.call(None, Call::DeviceStatus) {
         Ok((Reply::Status(status), _)) => status.requests,
         other => panic!("{other:?}"),
     }

@@ -17,7 +17,7 @@ use sm_common::{call, code, open, prepare, secured, user, SO_PIN, USER_PIN};
 use tessera_core::Rv;
 use tessera_testkit::relay::{Frame, Recorder, Relay};
 use tessera_testkit::{pkcs11_module, tool, Daemon, Transport, TRANSPORTS};
-use tessera_wire::{Reply, Request};
+use tessera_wire::{Call, Reply};
 
 const FLAG_SETS: [&str; 5] = ["n", "u", "N", "U", "nuNU"];
 
@@ -420,7 +420,7 @@ fn a_device_without_identity_says_so_and_what_to_run() {
     let device = secured(&daemon, &daemon.server_list(transport), &[(&item, "T")]).with_position(0);
     let flags = tessera_core::ck::CKF_SERIAL_SESSION as u64;
     assert_eq!(
-        code(device.call(None, Request::OpenSession { slot: 0, flags })),
+        code(device.call(None, Call::OpenSession { slot: 0, flags })),
         Rv::NoSessionKeys.code()
     );
     let log = std::fs::read_to_string(daemon.client_log()).unwrap();
@@ -530,7 +530,7 @@ fn a_policy_refusal_in_the_event_log_means_a_client_that_tried_in_the_clear() {
                 &[("ET_PTKC_KNOWN_DEVICES_USER", fresh.to_str().unwrap())],
             );
             let (session, g) = user(&device);
-            call(&device, g, Request::GenerateRandom { session, len: 8 });
+            call(&device, g, Call::GenerateRandom { session, len: 8 });
         }
         let events = daemon.admin(transport, &["-e"]);
         assert!(!events.contains("policy-refusal"), "{events}");
@@ -542,7 +542,7 @@ fn a_policy_refusal_in_the_event_log_means_a_client_that_tried_in_the_clear() {
         );
         let flags = tessera_core::ck::CKF_SERIAL_SESSION as u64;
         assert_eq!(
-            code(clear.call(None, Request::OpenSession { slot: 0, flags })),
+            code(clear.call(None, Call::OpenSession { slot: 0, flags })),
             Rv::BadProtection.code()
         );
         let events = daemon.admin(transport, &["-e"]);
@@ -596,16 +596,13 @@ fn a_thousand_channels_at_once_and_a_clear_error_past_the_limit() {
     let more: Vec<_> = (0..60).map(|_| secured(&daemon, &servers, &[])).collect();
     let refused = more
         .iter()
-        .map(|d| d.call(None, Request::OpenSession { slot: 0, flags: 4 }))
+        .map(|d| d.call(None, Call::OpenSession { slot: 0, flags: 4 }))
         .filter(|r| r.is_err())
         .count();
     assert!(refused >= 10, "{refused} refused");
     let failure = more
         .iter()
-        .find_map(|d| {
-            d.call(None, Request::OpenSession { slot: 0, flags: 4 })
-                .err()
-        })
+        .find_map(|d| d.call(None, Call::OpenSession { slot: 0, flags: 4 }).err())
         .unwrap();
     assert_eq!(failure.rv(), Rv::ChannelLimit.code());
     let log = std::fs::read_to_string(daemon.client_log()).unwrap();
@@ -623,7 +620,7 @@ fn keys_roll_over_transparently_and_limits_are_enforced() {
         let device = secured(&daemon, &servers, &[("ET_PTKC_SMS_MAX_MESSAGES", "6")]);
         let (session, g) = user(&device);
         for round in 0..30 {
-            if let Err(e) = device.call(Some(g), Request::GenerateRandom { session, len: 8 }) {
+            if let Err(e) = device.call(Some(g), Call::GenerateRandom { session, len: 8 }) {
                 panic!("round {round}: {e}\n{}", daemon.admin(transport, &["-e"]));
             }
         }
@@ -643,14 +640,14 @@ fn keys_roll_over_transparently_and_limits_are_enforced() {
         let (session, g) = user(&lazy);
         let mut ended = None;
         for _ in 0..40 {
-            if let Err(e) = lazy.call(Some(g), Request::GenerateRandom { session, len: 8 }) {
+            if let Err(e) = lazy.call(Some(g), Call::GenerateRandom { session, len: 8 }) {
                 ended = Some(e.rv());
                 break;
             }
         }
         assert_eq!(ended, Some(Rv::SessionClosed.code()), "{transport:?}");
         let (session, g) = user(&lazy);
-        call(&lazy, g, Request::GenerateRandom { session, len: 8 });
+        call(&lazy, g, Call::GenerateRandom { session, len: 8 });
         assert!(daemon.admin(transport, &["-e"]).contains("key-use limits"));
 
         // A rollover that fails (the relay corrupts the rekey request) gives CKR_KEY_ROLLOVER.
@@ -679,7 +676,7 @@ fn keys_roll_over_transparently_and_limits_are_enforced() {
             &[("ET_PTKC_SMS_MAX_MESSAGES", "4")],
         );
         let (session, g) = open(&through);
-        let login = Request::Login {
+        let login = Call::Login {
             session,
             user_type: 1,
             pin: sm_common::pin(USER_PIN),
@@ -724,14 +721,14 @@ fn an_idle_channel_is_closed_by_the_library_and_a_new_session_opens_a_new_one() 
         &[("ET_PTKC_SMS_IDLE_SECONDS", "1")],
     );
     let (session, g) = user(&device);
-    call(&device, g, Request::GenerateRandom { session, len: 8 });
+    call(&device, g, Call::GenerateRandom { session, len: 8 });
     std::thread::sleep(std::time::Duration::from_millis(1500));
     assert_eq!(
-        code(device.call(Some(g), Request::GenerateRandom { session, len: 8 })),
+        code(device.call(Some(g), Call::GenerateRandom { session, len: 8 })),
         Rv::SessionClosed.code()
     );
     let (session, g) = user(&device);
-    call(&device, g, Request::GenerateRandom { session, len: 8 });
+    call(&device, g, Call::GenerateRandom { session, len: 8 });
     // The device saw the old channel close with its connection (counted, not logged one by
     // one: see the event log's `channel-count`).
     let events = daemon.admin(transport, &["-e"]);
@@ -751,7 +748,7 @@ fn an_smpr_uses_a_channel_where_the_device_does_not_require_one_and_t_refuses_to
         // T, and the device has no identity: the library refuses rather than run in the clear.
         let strict = secured(&daemon, &daemon.server_list(transport), &[(&item, "T")]);
         assert_eq!(
-            code(strict.call(None, Request::OpenSession { slot: 0, flags: 4 })),
+            code(strict.call(None, Call::OpenSession { slot: 0, flags: 4 })),
             Rv::NoSessionKeys.code()
         );
         // With an identity the library uses a channel; the device itself requires none.
@@ -759,7 +756,7 @@ fn an_smpr_uses_a_channel_where_the_device_does_not_require_one_and_t_refuses_to
         let relay = Relay::transparent(&daemon, transport);
         let careful = secured(&daemon, &relay.address, &[(&item, "PT")]);
         let (session, g) = user(&careful);
-        call(&careful, g, Request::GenerateRandom { session, len: 8 });
+        call(&careful, g, Call::GenerateRandom { session, len: 8 });
         assert!(
             !relay.recorder.contains(USER_PIN.as_bytes()),
             "P encrypts the PIN"
@@ -787,7 +784,7 @@ fn keys_also_roll_over_on_time() {
     let (session, g) = user(&device);
     for _ in 0..3 {
         std::thread::sleep(std::time::Duration::from_millis(1100));
-        call(&device, g, Request::GenerateRandom { session, len: 8 });
+        call(&device, g, Call::GenerateRandom { session, len: 8 });
     }
     let events = daemon.admin(transport, &["-e"]);
     assert!(events.matches("channel-rekey").count() >= 3, "{events}");

@@ -10,7 +10,7 @@ use tessera_channel::Policy;
 use tessera_core::{ck, Rv};
 use tessera_testkit::relay::{Frame, Recorder, Relay, Way};
 use tessera_testkit::{Daemon, Transport, TRANSPORTS};
-use tessera_wire::{Reply, Request};
+use tessera_wire::{Call, Message, Reply};
 
 const KEY: &[u8] = b"KEY-VALUE-THAT-MUST-NOT-LEAK-32b";
 const PLAINTEXT: &[u8] = b"PLAINTEXT-OF-C_ENCRYPT-0123456789";
@@ -95,7 +95,7 @@ fn attacked(
     let outcome = code(device.call(Some(g), data_object(session, "victim")));
     // After the attack the session is gone, and a new session makes a new channel.
     assert_eq!(
-        code(device.call(Some(g), Request::SessionInfo { session })),
+        code(device.call(Some(g), Call::SessionInfo { session })),
         Rv::SessionClosed.code()
     );
     (daemon, outcome, relay)
@@ -124,7 +124,7 @@ fn altered_replayed_truncated_dropped_and_moved_requests_fail_closed() {
         let (daemon, outcome, _) = attacked(transport, |frame, _, index| {
             let mut envelope = request(&frame.body);
             if index == 2 {
-                if let Request::Protected(record) = &mut envelope.request {
+                if let Message::Protected(record) = &mut envelope.message {
                     let keep = record.body.len() - 5;
                     record.body.truncate(keep);
                 }
@@ -148,7 +148,7 @@ fn altered_replayed_truncated_dropped_and_moved_requests_fail_closed() {
                     .nth(1)
                     .unwrap();
                 let mut envelope = request(&frame.body);
-                envelope.request = request(&earlier).request;
+                envelope.message = request(&earlier).message;
                 return vec![body(&envelope)];
             }
             vec![frame.body.clone()]
@@ -199,7 +199,7 @@ fn replies_replayed_or_reordered_are_refused_by_the_client() {
         for _ in 0..4 {
             outcomes.push(
                 device
-                    .call(Some(g), Request::SessionInfo { session })
+                    .call(Some(g), Call::SessionInfo { session })
                     .map(|_| ())
                     .map_err(|e| e.rv()),
             );
@@ -295,7 +295,7 @@ fn a_record_moved_to_another_channel_is_refused() {
                         .find(|b| is_protected(b))
                         .unwrap();
                     let mut envelope = request(&frame.body);
-                    envelope.request = request(&other).request;
+                    envelope.message = request(&other).message;
                     return vec![body(&envelope)];
                 }
                 vec![frame.body.clone()]
@@ -329,7 +329,7 @@ fn a_downgraded_handshake_is_detected() {
             transport,
             Arc::new(|frame: &Frame, _: &Recorder| {
                 let mut envelope = request(&frame.body);
-                if let Request::Handshake(hello) = &mut envelope.request {
+                if let Message::Handshake(hello) = &mut envelope.message {
                     hello.policy = Policy(0);
                 }
                 vec![body(&envelope)]
@@ -340,7 +340,7 @@ fn a_downgraded_handshake_is_detected() {
         let item = format!("ET_PTKC_{serial}_SMPR");
         let device = secured(&daemon, &relay.address, &[(&item, "E")]);
         let flags = (ck::CKF_SERIAL_SESSION) as u64;
-        let outcome = code(device.call(None, Request::OpenSession { slot: 0, flags }));
+        let outcome = code(device.call(None, Call::OpenSession { slot: 0, flags }));
         assert_eq!(outcome, Rv::CannotDeriveKeys.code(), "{transport:?}");
         let log = std::fs::read_to_string(daemon.client_log()).unwrap();
         assert!(log.contains("altered in transit"), "{log}");

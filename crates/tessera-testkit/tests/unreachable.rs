@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use tessera_testkit::{pkcs11_module, tool, Daemon, Transport};
-use tessera_wire::Request;
+use tessera_wire::Call;
 
 /// `pkcs11-tool --list-slots` through the library against `servers`, with `daemon`'s client
 /// environment; returns what it printed.
@@ -99,11 +99,11 @@ fn a_stopped_daemon_is_a_slot_without_a_token_and_the_log_says_why() {
     std::fs::remove_file(daemon.client_log()).unwrap();
     let device = tessera_testkit::sm::secured(&daemon, &tcp, &[]);
     for _ in 0..3 {
-        assert!(device.call(None, Request::DeviceInfo).is_err());
+        assert!(device.call(None, Call::DeviceInfo).is_err());
     }
     daemon.restart();
-    assert!(device.call(None, Request::DeviceInfo).is_ok());
-    assert!(device.call(None, Request::DeviceInfo).is_ok());
+    assert!(device.call(None, Call::DeviceInfo).is_ok());
+    assert!(device.call(None, Call::DeviceInfo).is_ok());
     let log = client_log(&daemon);
     assert_eq!(lines_with(&log, "connection refused by"), 1, "{log}");
     assert_eq!(lines_with(&log, "reachable again"), 1, "{log}");

@@ -1,4 +1,4 @@
-//! The calls: one `Request` variant per Cryptoki call that reaches the HSM, and the `Reply`
+//! The calls: one `Call` variant per Cryptoki call that reaches the HSM, and the `Reply`
 //! shapes they answer with.
 //!
 //! Handles are the device's own: slot numbers of this device, session handles it issued,
@@ -10,9 +10,34 @@ use serde::{Deserialize, Serialize};
 use tessera_core::info::{DeviceInfo, MechanismInfo, SessionInfo, SlotInfo, TokenInfo};
 use tessera_core::{Mechanism, SecretBytes, Template};
 
-/// One Cryptoki call.
+/// What a request frame carries: a call in the clear, or a message of the secure-messaging
+/// transport. The engine only ever sees a [`Call`]; the transport's messages are the daemon's.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum Request {
+pub enum Message {
+    /// A call in the clear.
+    Call(Call),
+    /// Secure messaging: open a channel.
+    Handshake(tessera_channel::ClientHello),
+    /// Secure messaging: confirm the channel keys.
+    HandshakeFinish(tessera_channel::ClientFinished),
+    /// Secure messaging: a sealed record, whose message is an [`Inner`] (a call, or the
+    /// channel's request for new keys).
+    Protected(tessera_channel::Record),
+}
+
+/// What a channel's record carries to the device: a call, or the channel's own request to move
+/// to its next generation of keys.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Inner {
+    /// A call, protected.
+    Call(Call),
+    /// Move to the next generation of keys.
+    Rekey,
+}
+
+/// One Cryptoki or administration call: what the engine answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Call {
     /// Device facts (serial, model, versions, slot count). Never needs a session.
     DeviceInfo,
     /// `C_GetSlotInfo`.
@@ -299,14 +324,6 @@ pub enum Request {
     DeviceStatus,
     /// The device's identity certificates (public; no login needed).
     Identity,
-    /// Secure messaging: open a channel.
-    Handshake(tessera_channel::ClientHello),
-    /// Secure messaging: confirm the channel keys.
-    HandshakeFinish(tessera_channel::ClientFinished),
-    /// Secure messaging: a protected request (its payload is a `Request`).
-    Protected(tessera_channel::Record),
-    /// Secure messaging, inside a channel: move to the next generation of keys.
-    Rekey,
     /// First-time set-up of the Admin token: ASO PIN and Administrator PIN. Refused once done.
     AdminSetup {
         /// The Admin token SO (ASO) PIN.
@@ -444,7 +461,7 @@ pub enum Reply {
 /// (generous: a few dozen bytes in fact).
 pub const ENVELOPE_ROOM: usize = 1024;
 
-impl Request {
+impl Call {
     /// Whether this request is too large for one frame ([`crate::MAX_FRAME_LEN`]) and with what
     /// code the library refuses it without sending it (a frame over the limit would cost the
     /// connection, and with it every session of the application):
@@ -470,7 +487,7 @@ impl Request {
 
     /// The templates this request carries.
     fn templates(&self) -> Vec<&Template> {
-        use Request as R;
+        use Call as R;
         match self {
             R::CreateObject { template, .. }
             | R::CopyObject { template, .. }
@@ -489,55 +506,259 @@ impl Request {
         }
     }
 
-    /// Calls that work in the clear even when the device requires secure messaging: they let
-    /// applications discover devices and set up channels.
-    pub fn is_public(&self) -> bool {
-        matches!(
-            self,
-            Request::DeviceInfo
-                | Request::SlotInfo { .. }
-                | Request::TokenInfo { .. }
-                | Request::MechanismList { .. }
-                | Request::MechanismInfo { .. }
-                | Request::DeviceStatus
-                | Request::Identity
-                | Request::Handshake(_)
-                | Request::HandshakeFinish(_)
-                | Request::Protected(_)
-        )
-    }
-
-    /// Hands the request's bulk buffers (input data, a record's body) to the pool of
-    /// `tessera_core::bytes` once the request is encoded or sealed.
-    pub fn recycle(self) {
-        match self {
-            Request::OperationSingle { data, .. }
-            | Request::OperationUpdate { data, .. }
-            | Request::OperationOnce { data, .. } => tessera_core::bytes::give(data),
-            Request::Protected(record) => tessera_core::bytes::give(record.body),
-            _ => {}
+    /// What every layer needs to know about this call: its row in the table below, the one
+    /// place that classifies calls.
+    pub fn traits(&self) -> Traits {
+        use Call as C;
+        use Keys::{Brings, Ends, Uses};
+        use Work::{ByInput, Heavy, Light};
+        const PUBLIC: bool = true;
+        const SECRET: bool = true;
+        const NO: bool = false;
+        let none = Keys::None;
+        use Shape as S;
+        const DONE: &[Shape] = &[S::Done];
+        const HANDLE: &[Shape] = &[S::Handle];
+        // An operation's output: data, a secret (a decryption), or a verification's outcome.
+        const OUTPUT: &[Shape] = &[S::Bytes, S::Secret, S::Verified];
+        const ADMIN: &[Shape] = &[
+            S::Done,
+            S::Number,
+            S::Bytes,
+            S::Events,
+            S::Channels,
+            S::Certificates,
+        ];
+        let (public, secret, keys, work, reply): (bool, bool, Keys, Work, &[Shape]) = match self {
+            // call => (public, secret, keys, work, reply shapes)
+            C::DeviceInfo => (PUBLIC, NO, none, Light, &[S::Device]),
+            C::SlotInfo { .. } => (PUBLIC, NO, none, Light, &[S::Slot]),
+            C::TokenInfo { .. } => (PUBLIC, NO, none, Light, &[S::Token]),
+            C::MechanismList { .. } => (PUBLIC, NO, none, Light, &[S::Mechanisms]),
+            C::MechanismInfo { .. } => (PUBLIC, NO, none, Light, &[S::Mechanism]),
+            C::DeviceStatus => (PUBLIC, NO, none, Heavy, &[S::Status]),
+            C::Identity => (PUBLIC, NO, none, Heavy, &[S::Identity]),
+            C::InitToken { .. } => (NO, SECRET, Brings, Heavy, DONE),
+            C::OpenSession { .. } => (NO, NO, none, Light, HANDLE),
+            C::CloseSession { .. } => (NO, NO, Ends, Light, DONE),
+            C::CloseAllSessions { .. } => (NO, NO, Ends, Heavy, DONE),
+            C::SessionInfo { .. } => (NO, NO, none, Light, &[S::Session]),
+            C::Login { .. } => (NO, SECRET, Brings, Heavy, DONE),
+            C::Logout { .. } => (NO, NO, Ends, Heavy, DONE),
+            C::InitPin { .. } => (NO, SECRET, Brings, Heavy, DONE),
+            C::SetPin { .. } => (NO, SECRET, Brings, Heavy, DONE),
+            C::CreateObject { .. } => (NO, SECRET, Brings, ByInput, HANDLE),
+            C::CopyObject { .. } => (NO, NO, Uses, Heavy, HANDLE),
+            C::DestroyObject { .. } => (NO, NO, Ends, ByInput, DONE),
+            C::ObjectSize { .. } => (NO, NO, none, Light, &[S::Number]),
+            C::GetAttributes { .. } => (NO, NO, Uses, ByInput, &[S::Attributes]),
+            C::SetAttributes { .. } => (NO, NO, none, Heavy, DONE),
+            C::FindObjectsInit { .. } => (NO, NO, none, ByInput, DONE),
+            C::FindObjects { .. } => (NO, NO, none, Light, &[S::Handles]),
+            C::FindObjectsFinal { .. } => (NO, NO, none, Light, DONE),
+            C::FindObjectsFirst { .. } => (NO, NO, none, ByInput, &[S::Found]),
+            C::OperationInit { .. } => (NO, NO, Uses, Heavy, DONE),
+            C::OperationSingle { .. } => (NO, NO, Uses, Heavy, OUTPUT),
+            C::OperationUpdate { .. } => (NO, NO, Uses, Heavy, &[S::Bytes, S::Done]),
+            C::OperationFinal { .. } => (NO, NO, Uses, Heavy, OUTPUT),
+            C::OperationOnce { .. } => (NO, NO, Uses, ByInput, OUTPUT),
+            C::GenerateKey { .. } => (NO, SECRET, Uses, ByInput, HANDLE),
+            C::GenerateKeyPair { .. } => (NO, NO, Uses, Heavy, &[S::HandlePair]),
+            C::WrapKey { .. } => (NO, NO, Uses, Heavy, &[S::Bytes]),
+            C::UnwrapKey { .. } => (NO, SECRET, Brings, Heavy, HANDLE),
+            C::DeriveKey { .. } => (NO, NO, Uses, Heavy, &[S::Handle, S::Handles]),
+            C::DigestKey { .. } => (NO, NO, Uses, Heavy, &[S::Bytes, S::Done]),
+            C::SessionCancel { .. } => (NO, NO, none, Heavy, DONE),
+            C::GenerateRandom { .. } => (NO, NO, none, ByInput, &[S::Bytes]),
+            C::SeedRandom { .. } => (NO, SECRET, Uses, Heavy, DONE),
+            C::AdminSetup { .. } => (NO, SECRET, Brings, Heavy, DONE),
+            C::Admin { .. } => (NO, SECRET, Brings, Heavy, ADMIN),
+        };
+        Traits {
+            public,
+            secret,
+            keys,
+            work,
+            reply,
         }
     }
 
-    /// Calls that carry PINs or secret values (flag `n`, docs/reference.md).
+    /// Calls that work in the clear even when the device requires secure messaging: they let
+    /// applications discover devices and set up channels ([`Traits::public`]).
+    pub fn is_public(&self) -> bool {
+        self.traits().public
+    }
+
+    /// Calls that carry PINs or secret values ([`Traits::secret`]).
     pub fn carries_secret(&self) -> bool {
-        matches!(
-            self,
-            Request::Login { .. }
-                | Request::InitPin { .. }
-                | Request::SetPin { .. }
-                | Request::InitToken { .. }
-                | Request::CreateObject { .. }
-                | Request::GenerateKey { .. }
-                | Request::UnwrapKey { .. }
-                | Request::SeedRandom { .. }
-                | Request::AdminSetup { .. }
-                | Request::Admin { .. }
-        )
+        self.traits().secret
+    }
+
+    /// Hands the call's bulk buffers (input data) to the pool of `tessera_core::bytes` once
+    /// the call is encoded or sealed.
+    pub fn recycle(self) {
+        match self {
+            Call::OperationSingle { data, .. }
+            | Call::OperationUpdate { data, .. }
+            | Call::OperationOnce { data, .. } => tessera_core::bytes::give(data),
+            _ => {}
+        }
     }
 }
 
+/// A call's row in [`Call::traits`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Traits {
+    /// Served in the clear even where the device requires secure messaging: discovery, and
+    /// what an application needs to set up a channel.
+    pub public: bool,
+    /// Carries a PIN or a secret value in its arguments (flag `n`, docs/reference.md).
+    pub secret: bool,
+    /// What it leaves of keys and PINs on the stack of the thread that runs it.
+    pub keys: Keys,
+    /// How much work it is, for where the daemon runs it.
+    pub work: Work,
+    /// The shapes of reply it answers with: any other is the device's fault, refused by the
+    /// library as one bad reply.
+    pub reply: &'static [Shape],
+}
+
+/// What a call does with keys and PINs, for when the daemon scrubs the stack that ran it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keys {
+    /// Brings a PIN or a key value: the stack is scrubbed as soon as it is answered.
+    Brings,
+    /// Uses or makes keys (key schedules, generated values): the stack is marked.
+    Uses,
+    /// Ends a use of keys or PINs (logout, destroy, session close): a marked stack is scrubbed.
+    Ends,
+    /// Nothing of the kind.
+    None,
+}
+
+/// How much work a call is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// Touches memory only, a bounded amount: answered at once on the I/O thread.
+    Light,
+    /// Light or not depending on its input (sizes, a session or a token object): the daemon
+    /// looks at the input.
+    ByInput,
+    /// PIN checks, disk writes, public-key operations, or unbounded work: off the I/O thread.
+    Heavy,
+}
+
+impl From<Call> for Message {
+    fn from(call: Call) -> Message {
+        Message::Call(call)
+    }
+}
+
+impl From<Call> for Inner {
+    fn from(call: Call) -> Inner {
+        Inner::Call(call)
+    }
+}
+
+impl Inner {
+    /// Whether the record's message carries a PIN or a secret value.
+    pub fn carries_secret(&self) -> bool {
+        match self {
+            Inner::Call(call) => call.carries_secret(),
+            Inner::Rekey => false,
+        }
+    }
+
+    /// Hands a call's bulk buffers back to the pool once it is sealed.
+    pub fn recycle(self) {
+        if let Inner::Call(call) = self {
+            call.recycle();
+        }
+    }
+}
+
+impl Message {
+    /// Whether the message works in the clear where the device requires secure messaging:
+    /// every transport message (they set channels up), and the public calls.
+    pub fn is_public(&self) -> bool {
+        match self {
+            Message::Call(call) => call.is_public(),
+            Message::Handshake(_) | Message::HandshakeFinish(_) | Message::Protected(_) => true,
+        }
+    }
+
+    /// Hands the message's bulk buffers (a call's input data, a record's body) back to the
+    /// pool of `tessera_core::bytes` once it is encoded.
+    pub fn recycle(self) {
+        match self {
+            Message::Call(call) => call.recycle(),
+            Message::Protected(record) => tessera_core::bytes::give(record.body),
+            Message::Handshake(_) | Message::HandshakeFinish(_) => {}
+        }
+    }
+}
+
+/// What kind of [`Reply`] a reply is, without its contents (which may be secret).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Shape {
+    Done,
+    Handle,
+    HandlePair,
+    Handles,
+    Bytes,
+    Secret,
+    Number,
+    Verified,
+    Device,
+    Slot,
+    Token,
+    Session,
+    Mechanisms,
+    Mechanism,
+    Attributes,
+    Status,
+    Events,
+    Identity,
+    Certificates,
+    ServerHello,
+    Protected,
+    Channels,
+    Found,
+    ChannelEnded,
+}
+
 impl Reply {
+    /// The reply's shape, for checks and logs.
+    pub fn shape(&self) -> Shape {
+        match self {
+            Reply::Done => Shape::Done,
+            Reply::Handle(_) => Shape::Handle,
+            Reply::HandlePair(..) => Shape::HandlePair,
+            Reply::Handles(_) => Shape::Handles,
+            Reply::Bytes(_) => Shape::Bytes,
+            Reply::Secret(_) => Shape::Secret,
+            Reply::Number(_) => Shape::Number,
+            Reply::Verified => Shape::Verified,
+            Reply::Device(_) => Shape::Device,
+            Reply::Slot(_) => Shape::Slot,
+            Reply::Token(_) => Shape::Token,
+            Reply::Session(_) => Shape::Session,
+            Reply::Mechanisms(_) => Shape::Mechanisms,
+            Reply::Mechanism(_) => Shape::Mechanism,
+            Reply::Attributes(_) => Shape::Attributes,
+            Reply::Status(_) => Shape::Status,
+            Reply::Events(..) => Shape::Events,
+            Reply::Identity(_) => Shape::Identity,
+            Reply::Certificates(_) => Shape::Certificates,
+            Reply::ServerHello(_) => Shape::ServerHello,
+            Reply::Protected(_) => Shape::Protected,
+            Reply::Channels(_) => Shape::Channels,
+            Reply::Found { .. } => Shape::Found,
+            Reply::ChannelEnded(_) => Shape::ChannelEnded,
+        }
+    }
+
     /// Replies that may carry secret values (plaintexts, readable key values).
     pub fn carries_secret(&self) -> bool {
         matches!(self, Reply::Secret(_) | Reply::Attributes(_))

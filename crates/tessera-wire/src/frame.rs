@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use tessera_channel::{Direction, Protection, Record, RecordHeader};
 
-use crate::{Reply, Request, RequestEnvelope, ResponseEnvelope, PROTOCOL_VERSION};
+use crate::{Message, Reply, RequestEnvelope, ResponseEnvelope, PROTOCOL_VERSION};
 
 /// Bytes of the length prefix.
 pub const FRAME_HEADER_LEN: usize = 4;
@@ -107,7 +107,7 @@ impl AsRef<[u8]> for FramePrefix {
     }
 }
 
-/// The encoding of the enum variants that wrap a record, `Request::Protected` and
+/// The encoding of the enum variants that wrap a record, `Message::Protected` and
 /// `Ok(Reply::Protected)`: what the derived encoding writes before the record itself (learnt
 /// once from the encoder, so that it follows the enums' declarations).
 fn record_tag(wrapped: fn(Record) -> Vec<u8>) -> Vec<u8> {
@@ -146,7 +146,7 @@ fn frame_prefix(id: u64, channel: u64, tag: &[u8]) -> FramePrefix {
 fn request_record_tag() -> &'static [u8] {
     static TAG: OnceLock<Vec<u8>> = OnceLock::new();
     TAG.get_or_init(|| {
-        record_tag(|record| postcard::to_stdvec(&Request::Protected(record)).unwrap_or_default())
+        record_tag(|record| postcard::to_stdvec(&Message::Protected(record)).unwrap_or_default())
     })
 }
 
@@ -210,7 +210,7 @@ impl SealedFrame {
 }
 
 /// Finds the sealed record in a request frame body: `None` unless the body is a valid
-/// envelope of this protocol version whose request is `Request::Protected`, which is then
+/// envelope of this protocol version whose request is `Message::Protected`, which is then
 /// decoded exactly as [`decode_request`] would (the same bytes, nothing after the record).
 pub fn find_sealed_request(body: &[u8]) -> Option<SealedFrame> {
     find_sealed(body, request_record_tag())
@@ -260,8 +260,8 @@ fn find_sealed(frame: &[u8], tag: &[u8]) -> Option<SealedFrame> {
 /// caller then decodes in full). The invariant the property tests and the `frames` fuzz
 /// target check on any bytes.
 pub fn finders_agree_with_decoders(body: &[u8]) -> bool {
-    let request = decode_request(body).ok().and_then(|e| match e.request {
-        Request::Protected(record) => e.channel.map(|channel| (e.id, channel, record)),
+    let request = decode_request(body).ok().and_then(|e| match e.message {
+        Message::Protected(record) => e.channel.map(|channel| (e.id, channel, record)),
         _ => None,
     });
     let response = decode_response(body).ok().and_then(|e| match e.result {
@@ -306,21 +306,21 @@ pub fn decode_response(body: &[u8]) -> Result<ResponseEnvelope, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Reply, Request};
+    use crate::{Call, Message, Reply};
     use proptest::prelude::*;
 
-    fn envelope(request: Request) -> RequestEnvelope {
+    fn envelope(call: Call) -> RequestEnvelope {
         RequestEnvelope {
             version: PROTOCOL_VERSION,
             id: 7,
             channel: None,
-            request,
+            message: Message::Call(call),
         }
     }
 
     #[test]
     fn request_round_trips_through_a_frame() {
-        let frame = encode_request(&envelope(Request::GenerateRandom {
+        let frame = encode_request(&envelope(Call::GenerateRandom {
             session: 3,
             len: 32,
         }));
@@ -328,11 +328,11 @@ mod tests {
         let decoded = decode_request(&body).unwrap();
         assert_eq!(decoded.id, 7);
         assert!(matches!(
-            decoded.request,
-            Request::GenerateRandom {
+            decoded.message,
+            Message::Call(Call::GenerateRandom {
                 session: 3,
                 len: 32
-            }
+            })
         ));
     }
 
@@ -356,7 +356,7 @@ mod tests {
         .unwrap();
         assert!(matches!(
             decode_response(&body),
-            Err(FrameError::Version(2))
+            Err(FrameError::Version(v)) if v == PROTOCOL_VERSION + 1
         ));
         body[0] = PROTOCOL_VERSION as u8;
         body.push(0);
@@ -404,7 +404,7 @@ mod tests {
         assert!(found.parts(&mut []).is_none());
     }
 
-    /// A frame the finder does not recognise — here the variant tag of `Request::Protected`
+    /// A frame the finder does not recognise — here the variant tag of `Message::Protected`
     /// padded to two bytes, which the decoder still reads — is left to the decoder (the
     /// daemon and the library then open the decoded record).
     #[test]
@@ -419,7 +419,7 @@ mod tests {
         body.extend(postcard::to_stdvec(&sealed).unwrap());
         assert_eq!(find_sealed_request(&body), None);
         let decoded = decode_request(&body).unwrap();
-        assert!(matches!(decoded.request, Request::Protected(r) if r == sealed));
+        assert!(matches!(decoded.message, Message::Protected(r) if r == sealed));
     }
 
     proptest! {
@@ -442,11 +442,11 @@ mod tests {
                 version: PROTOCOL_VERSION,
                 id,
                 channel: Some(channel),
-                request: Request::Protected(sealed.clone()),
+                message: Message::Protected(sealed.clone()),
             });
             prop_assert_eq!(&frame, &whole);
             let decoded = decode_request(&read_frame(&mut frame.as_slice()).unwrap()).unwrap();
-            prop_assert!(matches!(decoded.request, Request::Protected(ref r) if *r == sealed));
+            prop_assert!(matches!(decoded.message, Message::Protected(ref r) if *r == sealed));
             let body = &frame[FRAME_HEADER_LEN..];
             prop_assert!(find_sealed_request(body).is_some() && find_sealed_response(body).is_none());
             prop_assert!(finders_agree_with_decoders(body));

@@ -8,12 +8,16 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod call;
 mod frame;
-mod request;
 
 pub use admin::{
     AdminCommand, ChannelSummary, DeviceStatus, Event, Identity, IdentityTarget, KeyState,
     SlotStatus,
+};
+pub use call::{
+    AttributeAnswer, Call, Inner, Keys, Message, Operation, Reply, Shape, Traits, Work,
+    ENVELOPE_ROOM,
 };
 pub use frame::{
     body_len as frame_body_len, decode_request, decode_response, encode_request, encode_response,
@@ -21,12 +25,11 @@ pub use frame::{
     protected_request_prefix, protected_response_prefix, read_frame, write_frame, FrameError,
     FramePrefix, SealedFrame, FRAME_HEADER_LEN, MAX_FRAME_LEN,
 };
-pub use request::{AttributeAnswer, Operation, Reply, Request, ENVELOPE_ROOM};
 
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// A request as sent by a client.
 #[derive(Debug, Serialize, Deserialize)]
@@ -37,8 +40,8 @@ pub struct RequestEnvelope {
     pub id: u64,
     /// The secure-messaging channel, or `None` in the clear.
     pub channel: Option<u64>,
-    /// The call.
-    pub request: Request,
+    /// The call in the clear, or a message of the secure-messaging transport.
+    pub message: Message,
 }
 
 /// A response as sent by the HSM.

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use tessera_hsm::Hsm;
-use tessera_wire::{decode_request, FrameError, Request, RequestEnvelope};
+use tessera_wire::{decode_request, Call, FrameError, Keys, RequestEnvelope, Work};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::connection::outbox::{answer, Outbox};
@@ -47,35 +47,33 @@ fn small_template(template: &tessera_core::Template) -> bool {
     template.0.len() <= FEW && template.iter().map(|a| a.value.len()).sum::<usize>() <= SMALL
 }
 
-/// Whether a request is answered at once, on the connection's own task: calls that only touch
-/// memory and do little work. The others run on the blocking pool (PIN checks, disk writes,
-/// RSA, key generation, large data), where a slow one holds up nothing else.
-fn quick(request: &Request) -> bool {
-    match request {
-        Request::DeviceInfo
-        | Request::SlotInfo { .. }
-        | Request::TokenInfo { .. }
-        | Request::MechanismList { .. }
-        | Request::MechanismInfo { .. }
-        | Request::OpenSession { .. }
-        | Request::CloseSession { .. }
-        | Request::SessionInfo { .. }
-        | Request::ObjectSize { .. }
-        | Request::FindObjects { .. }
-        | Request::FindObjectsFinal { .. } => true,
-        // Work in proportion to the client's input: quick only when that is small.
-        Request::GetAttributes { types, .. } => types.len() <= FEW,
-        Request::FindObjectsInit { template, .. } | Request::FindObjectsFirst { template, .. } => {
+/// Whether a call is answered at once, on the connection's own task: the light ones of the
+/// call table (`tessera_wire::Traits::work`), and those whose work depends on their input when
+/// that input is small. The others run on the blocking pool (PIN checks, disk writes, RSA, key
+/// generation, large data), where a slow one holds up nothing else.
+fn quick(call: &Call) -> bool {
+    match call.traits().work {
+        Work::Light => true,
+        Work::Heavy => false,
+        Work::ByInput => light_input(call),
+    }
+}
+
+/// For the calls whose work depends on their input: whether this input keeps it light.
+fn light_input(call: &Call) -> bool {
+    match call {
+        Call::GetAttributes { types, .. } => types.len() <= FEW,
+        Call::FindObjectsInit { template, .. } | Call::FindObjectsFirst { template, .. } => {
             small_template(template)
         }
-        Request::GenerateRandom { len, .. } => *len as usize <= SMALL,
+        Call::GenerateRandom { len, .. } => *len as usize <= SMALL,
         // Session objects live in memory only; token objects are written to disk.
-        Request::GenerateKey { template, .. } | Request::CreateObject { template, .. } => {
+        Call::GenerateKey { template, .. } | Call::CreateObject { template, .. } => {
             !matches!(template.bool(tessera_core::ck::CKA_TOKEN), Ok(Some(true)))
                 && small_template(template)
         }
-        Request::DestroyObject { object, .. } => *object >= tessera_hsm::SESSION_OBJECT_BASE,
-        Request::OperationOnce {
+        Call::DestroyObject { object, .. } => *object >= tessera_hsm::SESSION_OBJECT_BASE,
+        Call::OperationOnce {
             mechanism, data, ..
         } => data.len() <= SMALL && !tessera_hsm::uses_rsa(mechanism.ty),
         _ => false,
@@ -83,7 +81,7 @@ fn quick(request: &Request) -> bool {
 }
 
 /// One request to answer, in the clear or inside a channel.
-pub(crate) struct Call<'a> {
+pub(crate) struct Job<'a> {
     pub(crate) hsm: &'a Arc<Hsm>,
     pub(crate) channel: Option<&'a Arc<Mutex<Secure>>>,
     pub(crate) out: &'a Outbox,
@@ -91,10 +89,10 @@ pub(crate) struct Call<'a> {
     pub(crate) id: u64,
 }
 
-impl Call<'_> {
+impl Job<'_> {
     /// Answers a quick request at once; runs any other on the blocking pool, where a slow one
     /// holds up nothing else and its reply is sealed and queued (large ones off the I/O thread).
-    pub(crate) fn run(self, request: Request, slot: OwnedSemaphorePermit) {
+    pub(crate) fn run(self, request: Call, slot: OwnedSemaphorePermit) {
         let protected = self.channel.is_some();
         let stack = StackUse::of(&request);
         if quick(&request) {
@@ -175,35 +173,12 @@ thread_local! {
 }
 
 impl StackUse {
-    fn of(request: &Request) -> StackUse {
-        use Request as R;
-        match request {
-            R::Login { .. }
-            | R::InitPin { .. }
-            | R::SetPin { .. }
-            | R::InitToken { .. }
-            | R::CreateObject { .. }
-            | R::UnwrapKey { .. }
-            | R::AdminSetup { .. }
-            | R::Admin { .. } => StackUse::Secret,
-            R::OperationInit { .. }
-            | R::OperationSingle { .. }
-            | R::OperationUpdate { .. }
-            | R::OperationFinal { .. }
-            | R::OperationOnce { .. }
-            | R::GenerateKey { .. }
-            | R::GenerateKeyPair { .. }
-            | R::WrapKey { .. }
-            | R::DeriveKey { .. }
-            | R::DigestKey { .. }
-            | R::CopyObject { .. }
-            | R::GetAttributes { .. }
-            | R::SeedRandom { .. } => StackUse::Keys,
-            R::Logout { .. }
-            | R::DestroyObject { .. }
-            | R::CloseSession { .. }
-            | R::CloseAllSessions { .. } => StackUse::Ending,
-            _ => StackUse::Plain,
+    fn of(call: &Call) -> StackUse {
+        match call.traits().keys {
+            Keys::Brings => StackUse::Secret,
+            Keys::Uses => StackUse::Keys,
+            Keys::Ends => StackUse::Ending,
+            Keys::None => StackUse::Plain,
         }
     }
 

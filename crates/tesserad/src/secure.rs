@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tessera_channel::{Channel, ExpectClientFinished, Record, RecordHeader, ServerStart};
 use tessera_core::Rv;
 use tessera_hsm::{ChannelInfo, Hsm};
-use tessera_wire::{Reply, Request, SealedFrame};
+use tessera_wire::{Inner, Reply, SealedFrame};
 
 /// Hard limits on one generation of channel keys; past them the device ends the channel (the
 /// library renews its keys well before, at its own, lower limits).
@@ -189,7 +189,7 @@ impl Secure {
         &mut self,
         sealed: &SealedFrame,
         frame: &mut [u8],
-    ) -> Result<(Request, u64), u64> {
+    ) -> Result<(Inner, u64), u64> {
         let Some((body, mac)) = sealed.parts(frame) else {
             return Err(Rv::BadRequestSignature.code());
         };
@@ -198,7 +198,7 @@ impl Secure {
 
     /// As [`Secure::open_framed`], for a record decoded on its own.
     /// `id` is the envelope's request id.
-    pub fn open_record(&mut self, id: u64, record: Record) -> Result<(Request, u64), u64> {
+    pub fn open_record(&mut self, id: u64, record: Record) -> Result<(Inner, u64), u64> {
         let Record { header, body, mac } = record;
         let mut body = zeroize::Zeroizing::new(body);
         self.open(id, header, &mut body, &mac)
@@ -210,7 +210,7 @@ impl Secure {
         header: RecordHeader,
         body: &mut [u8],
         mac: &[u8],
-    ) -> Result<(Request, u64), u64> {
+    ) -> Result<(Inner, u64), u64> {
         let Some(active) = self.active.as_mut() else {
             return Err(Rv::SessionClosed.code());
         };
@@ -233,7 +233,7 @@ impl Secure {
             }
         };
         let plain = &mut body[..len];
-        let decoded = postcard::from_bytes::<tessera_wire::Bound<Request>>(plain);
+        let decoded = postcard::from_bytes::<tessera_wire::Bound<Inner>>(plain);
         // The plaintext is wiped where it lies when it held a PIN or a key value (a request
         // without one — its other secrets are in wiping types of their own — need not be
         // wiped byte by byte), or when it did not decode.

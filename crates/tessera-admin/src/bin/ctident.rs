@@ -11,7 +11,7 @@ use tessera_admin::{eprintln, pin, print, println, status, AdminSession, Failure
 use tessera_identity::inspect::CertificateInfo;
 use tessera_identity::pem;
 use tessera_identity::trust::{Level, TrustStore};
-use tessera_wire::{AdminCommand, Identity, IdentityTarget, KeyState, Reply, Request};
+use tessera_wire::{AdminCommand, Call, Identity, IdentityTarget, KeyState, Reply};
 
 /// Manage the identity of Tessera devices and the certificates this client trusts.
 ///
@@ -297,7 +297,7 @@ fn key_state(state: KeyState, curve: &Option<String>, pending: &str) -> String {
 }
 
 fn identity(target: &Target) -> Result<Identity, Failure> {
-    match target.call(Request::Identity)? {
+    match target.call(Call::Identity)? {
         Reply::Identity(identity) => Ok(identity),
         other => Err(Failure::new(format!("unexpected answer {other:?}"))),
     }

@@ -3,7 +3,7 @@
 
 use tessera_core::{ck, Rv, SecretBytes};
 use tessera_hsm::Hsm;
-use tessera_wire::{Reply, Request};
+use tessera_wire::{Call, Reply};
 
 pub fn handle(reply: Result<Reply, Rv>) -> u64 {
     match reply {
@@ -18,7 +18,7 @@ pub fn pin(text: &str) -> SecretBytes {
 
 pub fn session(hsm: &Hsm, client: u64) -> u64 {
     let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
-    handle(hsm.handle(client, false, Request::OpenSession { slot: 0, flags }))
+    handle(hsm.handle(client, false, Call::OpenSession { slot: 0, flags }))
 }
 
 pub fn login(
@@ -31,7 +31,7 @@ pub fn login(
     hsm.handle(
         client,
         false,
-        Request::Login {
+        Call::Login {
             session,
             user_type: user_type as u64,
             pin: pin(text),
@@ -45,7 +45,7 @@ pub fn ready(hsm: &Hsm) -> (u64, u64) {
     hsm.handle(
         client,
         false,
-        Request::InitToken {
+        Call::InitToken {
             slot: 0,
             so_pin: pin("so-pin"),
             label: b"t".to_vec(),
@@ -57,14 +57,13 @@ pub fn ready(hsm: &Hsm) -> (u64, u64) {
     hsm.handle(
         client,
         false,
-        Request::InitPin {
+        Call::InitPin {
             session,
             pin: pin("user-pin"),
         },
     )
     .unwrap();
-    hsm.handle(client, false, Request::Logout { session })
-        .unwrap();
+    hsm.handle(client, false, Call::Logout { session }).unwrap();
     login(hsm, client, session, ck::CKU_USER, "user-pin").unwrap();
     (client, session)
 }

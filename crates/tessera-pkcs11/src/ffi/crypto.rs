@@ -6,11 +6,11 @@
 
 use cryptoki_sys::{CK_BYTE, CK_MECHANISM, CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CK_ULONG};
 use tessera_core::SecretBytes;
-use tessera_wire::{Operation, Request};
+use tessera_wire::{Call, Operation};
 
 use super::mechanism::mechanism;
 use super::{bytes, length, Output};
-use crate::library::{self, expect_done, verified, Call, Dual, Stage};
+use crate::library::{self, expect_done, verified, Dual, Producer, Stage};
 use crate::CkResult;
 
 /// `C_*Init`.
@@ -46,7 +46,7 @@ unsafe fn produce(
     // SAFETY: forwarded contract.
     let output = unsafe { Output::new(out, out_len) }?;
     let handle = session as u64;
-    let call = Call::Operation(operation, stage);
+    let call = Producer::Operation(operation, stage);
     let mut produced = library::produce(handle, call, output.capacity()?, || run(handle))?;
     let delivered = output.deliver(produced.expose());
     // The spent buffer goes back to the pool for the next bulk call. Ciphertexts, signatures
@@ -410,7 +410,7 @@ entry_points! {
     fn C_SeedRandom(session: CK_SESSION_HANDLE, seed: *mut CK_BYTE, seed_len: CK_ULONG) {
         // SAFETY: pSeed holds ulSeedLen bytes (§5.15.1).
         let seed = tessera_core::SecretBytes::from_slice(unsafe { bytes(seed, seed_len) }?);
-        expect_done(library::session_call(session as u64, |session| Request::SeedRandom {
+        expect_done(library::session_call(session as u64, |session| Call::SeedRandom {
             session,
             seed,
         })?)

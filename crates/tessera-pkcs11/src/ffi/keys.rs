@@ -4,7 +4,7 @@
 use cryptoki_sys::{
     CK_ATTRIBUTE, CK_BYTE, CK_MECHANISM, CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CK_ULONG,
 };
-use tessera_wire::{Reply, Request};
+use tessera_wire::{Call, Reply};
 
 use super::convert::template;
 use super::mechanism::{derived_key_places, mechanism};
@@ -26,7 +26,7 @@ entry_points! {
         let mechanism = unsafe { mechanism(mechanism_pointer) }?;
         // SAFETY: pTemplate is NULL or holds ulCount attributes (§5.14.1).
         let template = unsafe { template(attributes, count) }?;
-        let request = |session| Request::GenerateKey {
+        let request = |session| Call::GenerateKey {
             session,
             mechanism,
             template,
@@ -57,7 +57,7 @@ entry_points! {
         let public_template = unsafe { template(public_attributes, public_count) }?;
         // SAFETY: pPrivateKeyTemplate is NULL or holds ulPrivateKeyAttributeCount attributes.
         let private_template = unsafe { template(private_attributes, private_count) }?;
-        let request = |session| Request::GenerateKeyPair {
+        let request = |session| Call::GenerateKeyPair {
             session,
             mechanism,
             public_template,
@@ -117,7 +117,7 @@ entry_points! {
         let wrapped = unsafe { bytes(wrapped, wrapped_len) }?.to_vec();
         // SAFETY: pTemplate is NULL or holds ulAttributeCount attributes (§5.14.4).
         let template = unsafe { template(attributes, count) }?;
-        let request = |session| Request::UnwrapKey {
+        let request = |session| Call::UnwrapKey {
             session,
             mechanism,
             unwrapping_key: unwrapping_key as u64,
@@ -148,7 +148,7 @@ entry_points! {
         let additional = unsafe { derived_key_places(mechanism_pointer) }?;
         // SAFETY: pTemplate is NULL or holds ulAttributeCount attributes (§5.14.5).
         let template = unsafe { template(attributes, count) }?;
-        let request = |session| Request::DeriveKey {
+        let request = |session| Call::DeriveKey {
             session,
             mechanism,
             base_key: base_key as u64,

@@ -5,7 +5,7 @@ use cryptoki_sys::{
 };
 use tessera_core::attribute::{kind, AttributeKind};
 use tessera_core::{Rv, Template};
-use tessera_wire::{AttributeAnswer, Reply, Request};
+use tessera_wire::{AttributeAnswer, Call, Reply};
 
 use super::convert::template;
 use super::{length, slice_mut, Place};
@@ -104,7 +104,7 @@ entry_points! {
         let place = unsafe { Place::new(object) }?;
         // SAFETY: pTemplate is NULL or holds ulCount attributes (§5.7.1).
         let template = unsafe { template(attributes, count) }?;
-        let reply = library::session_call(session as u64, |session| Request::CreateObject {
+        let reply = library::session_call(session as u64, |session| Call::CreateObject {
             session,
             template,
         })?;
@@ -124,7 +124,7 @@ entry_points! {
         let place = unsafe { Place::new(new_object) }?;
         // SAFETY: pTemplate is NULL or holds ulCount attributes (§5.7.2).
         let template = unsafe { template(attributes, count) }?;
-        let reply = library::session_call(session as u64, |session| Request::CopyObject {
+        let reply = library::session_call(session as u64, |session| Call::CopyObject {
             session,
             object: object as u64,
             template,
@@ -136,7 +136,7 @@ entry_points! {
     /// `C_DestroyObject` (§5.7.3).
     fn C_DestroyObject(session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE) {
         expect_done(library::session_call(session as u64, |session| {
-            Request::DestroyObject {
+            Call::DestroyObject {
                 session,
                 object: object as u64,
             }
@@ -147,7 +147,7 @@ entry_points! {
     fn C_GetObjectSize(session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE, size: *mut CK_ULONG) {
         // SAFETY: pulSize is NULL or points to a CK_ULONG to fill (§5.7.4).
         let place = unsafe { Place::new(size) }?;
-        let request = |session| Request::ObjectSize {
+        let request = |session| Call::ObjectSize {
             session,
             object: object as u64,
         };
@@ -171,7 +171,7 @@ entry_points! {
         // updates in place (§5.7.5).
         let attributes = unsafe { slice_mut(attributes, count) }?;
         let types = attributes.iter().map(|a| a.type_ as u64).collect();
-        let request = |session| Request::GetAttributes {
+        let request = |session| Call::GetAttributes {
             session,
             object: object as u64,
             types,
@@ -192,7 +192,7 @@ entry_points! {
         // SAFETY: pTemplate is NULL or holds ulCount attributes (§5.7.6).
         let template = unsafe { template(attributes, count) }?;
         expect_done(library::session_call(session as u64, |session| {
-            Request::SetAttributes {
+            Call::SetAttributes {
                 session,
                 object: object as u64,
                 template,

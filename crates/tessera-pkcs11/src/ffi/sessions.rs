@@ -7,7 +7,7 @@ use cryptoki_sys::{
     CK_ULONG, CK_USER_TYPE, CK_UTF8CHAR,
 };
 use tessera_core::{Rv, SecretBytes};
-use tessera_wire::Request;
+use tessera_wire::Call;
 
 use super::{bytes, convert, Place};
 use crate::library::{self, expect_done};
@@ -27,7 +27,7 @@ unsafe fn login(
     // SAFETY: forwarded contract.
     let pin = SecretBytes::from_slice(unsafe { bytes(pin, pin_len) }?);
     expect_done(library::session_call(session as u64, |session| {
-        Request::Login {
+        Call::Login {
             session,
             user_type: user_type as u64,
             pin,
@@ -40,7 +40,7 @@ entry_points! {
     fn C_InitPIN(session: CK_SESSION_HANDLE, pin: *mut CK_UTF8CHAR, pin_len: CK_ULONG) {
         // SAFETY: pPin is NULL or holds ulPinLen bytes (§5.5.8).
         let pin = SecretBytes::from_slice(unsafe { bytes(pin, pin_len) }?);
-        expect_done(library::session_call(session as u64, |session| Request::InitPin {
+        expect_done(library::session_call(session as u64, |session| Call::InitPin {
             session,
             pin,
         })?)
@@ -58,7 +58,7 @@ entry_points! {
         let old_pin = SecretBytes::from_slice(unsafe { bytes(old_pin, old_len) }?);
         // SAFETY: pNewPin is NULL or holds ulNewLen bytes (§5.5.9).
         let new_pin = SecretBytes::from_slice(unsafe { bytes(new_pin, new_len) }?);
-        expect_done(library::session_call(session as u64, |session| Request::SetPin {
+        expect_done(library::session_call(session as u64, |session| Call::SetPin {
             session,
             old_pin,
             new_pin,
@@ -129,7 +129,7 @@ entry_points! {
 
     /// `C_Logout` (§5.6.10).
     fn C_Logout(session: CK_SESSION_HANDLE) {
-        expect_done(library::session_call(session as u64, |session| Request::Logout {
+        expect_done(library::session_call(session as u64, |session| Call::Logout {
             session,
         })?)
     }

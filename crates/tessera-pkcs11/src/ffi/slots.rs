@@ -5,7 +5,7 @@ use cryptoki_sys::{
     CK_TOKEN_INFO, CK_ULONG, CK_UTF8CHAR,
 };
 use tessera_core::SecretBytes;
-use tessera_wire::{Reply, Request};
+use tessera_wire::{Call, Reply};
 
 use super::{bytes, convert, slice, Output, Place};
 use crate::library::{self, expect_done, unexpected};
@@ -39,7 +39,7 @@ entry_points! {
     fn C_GetTokenInfo(slot: CK_SLOT_ID, info: *mut CK_TOKEN_INFO) {
         // SAFETY: pInfo is NULL or points to a CK_TOKEN_INFO to fill (§5.5.3).
         let place = unsafe { Place::new(info) }?;
-        match library::slot_call(slot as u64, |slot| Request::TokenInfo { slot })? {
+        match library::slot_call(slot as u64, |slot| Call::TokenInfo { slot })? {
             Reply::Token(info) => {
                 place.set(convert::token_info(&info));
                 Ok(())
@@ -57,7 +57,7 @@ entry_points! {
         // SAFETY: pMechanismList is NULL or holds *pulCount entries; pulCount is NULL or
         // points to a CK_ULONG (§5.5.5).
         let output = unsafe { Output::new(mechanisms, count) }?;
-        match library::slot_call(slot as u64, |slot| Request::MechanismList { slot })? {
+        match library::slot_call(slot as u64, |slot| Call::MechanismList { slot })? {
             Reply::Mechanisms(list) => {
                 let list: Vec<CK_MECHANISM_TYPE> =
                     list.into_iter().map(|ty| ty as CK_MECHANISM_TYPE).collect();
@@ -75,7 +75,7 @@ entry_points! {
     ) {
         // SAFETY: pInfo is NULL or points to a CK_MECHANISM_INFO to fill (§5.5.6).
         let place = unsafe { Place::new(info) }?;
-        let request = |slot| Request::MechanismInfo {
+        let request = |slot| Call::MechanismInfo {
             slot,
             mechanism: mechanism as u64,
         };
@@ -102,7 +102,7 @@ entry_points! {
         }
         // SAFETY: a non-NULL pLabel points to 32 bytes (§5.5.7).
         let label = unsafe { slice(label as *const CK_UTF8CHAR, LABEL_LEN) }?.to_vec();
-        expect_done(library::slot_call(slot as u64, |slot| Request::InitToken {
+        expect_done(library::slot_call(slot as u64, |slot| Call::InitToken {
             slot,
             so_pin,
             label,

@@ -2,9 +2,9 @@
 //! `C_FindObjectsInit` are held in the session entry and travel with the call that follows.
 //!
 //! - `C_EncryptInit` + `C_Encrypt` (and decrypt, digest, sign, verify) is one request,
-//!   [`Request::OperationOnce`]; a multi-part call (`C_*Update`, `C_*Final`, the dual-function
+//!   [`Call::OperationOnce`]; a multi-part call (`C_*Update`, `C_*Final`, the dual-function
 //!   updates, `C_DigestKey`) first sends the held init on its own.
-//! - `C_FindObjectsInit` + `C_FindObjects` is one request, [`Request::FindObjectsFirst`]; when
+//! - `C_FindObjectsInit` + `C_FindObjects` is one request, [`Call::FindObjectsFirst`]; when
 //!   every result fits, the device closes the search and `C_FindObjectsFinal` is answered here.
 //!
 //! What PKCS#11 lets the library check, it checks at the init (the session handle, the
@@ -16,7 +16,7 @@
 //! not seen it end).
 
 use tessera_core::{Mechanism, Rv, Template};
-use tessera_wire::{Operation, Reply, Request};
+use tessera_wire::{Call, Operation, Reply};
 
 use super::{expect_done, session_call, unexpected, with};
 use crate::CkResult;
@@ -68,7 +68,7 @@ fn deferred<T>(handle: u64, f: impl FnOnce(&mut Deferred) -> T) -> CkResult<T> {
 
 /// Sends an init to the device now.
 fn send_init(handle: u64, operation: Operation, mechanism: Mechanism, key: u64) -> CkResult {
-    expect_done(session_call(handle, |session| Request::OperationInit {
+    expect_done(session_call(handle, |session| Call::OperationInit {
         session,
         operation,
         mechanism,
@@ -150,7 +150,7 @@ pub fn single(
     let held = deferred(handle, |d| d.take(operation))?;
     let result = match held {
         Some((mechanism, key)) => once(handle, operation, mechanism, key, data, signature),
-        None => session_call(handle, |session| Request::OperationSingle {
+        None => session_call(handle, |session| Call::OperationSingle {
             session,
             operation,
             data,
@@ -171,7 +171,7 @@ pub(super) fn once(
     data: Vec<u8>,
     signature: Vec<u8>,
 ) -> CkResult<Reply> {
-    session_call(handle, |session| Request::OperationOnce {
+    session_call(handle, |session| Call::OperationOnce {
         session,
         operation,
         mechanism,
@@ -200,7 +200,7 @@ pub fn find(handle: u64, max: u64) -> CkResult<Vec<u64>> {
         Find::Idle => return Err(Rv::OperationNotInitialized.code()),
         Find::Exhausted => (Vec::new(), Find::Exhausted),
         Find::Held(template) => {
-            let reply = session_call(handle, |session| Request::FindObjectsFirst {
+            let reply = session_call(handle, |session| Call::FindObjectsFirst {
                 session,
                 template,
                 max,
@@ -218,7 +218,7 @@ pub fn find(handle: u64, max: u64) -> CkResult<Vec<u64>> {
             }
         }
         Find::Remote => {
-            let reply = session_call(handle, |session| Request::FindObjects { session, max });
+            let reply = session_call(handle, |session| Call::FindObjects { session, max });
             let reply = match reply {
                 Ok(reply) => reply,
                 Err(code) => {
@@ -241,7 +241,7 @@ pub fn find_final(handle: u64) -> CkResult {
     match deferred(handle, |d| std::mem::take(&mut d.find))? {
         Find::Idle => Err(Rv::OperationNotInitialized.code()),
         Find::Held(_) | Find::Exhausted => Ok(()),
-        Find::Remote => expect_done(session_call(handle, |session| Request::FindObjectsFinal {
+        Find::Remote => expect_done(session_call(handle, |session| Call::FindObjectsFinal {
             session,
         })?),
     }

@@ -11,7 +11,7 @@ use cryptoki_sys as ck;
 use tessera_core::{Mechanism, MechanismParameter, Rv, SecretBytes};
 use tessera_wire::Operation;
 
-use super::{output, produce, random, verified, with, Call};
+use super::{output, produce, random, verified, with, Producer};
 use crate::message::{generated_iv, join_tag, split_tag, tag_len, GcmMessage, Iv, Sealed};
 use crate::CkResult;
 
@@ -81,7 +81,7 @@ pub fn message_final(handle: u64, operation: Operation) -> CkResult {
         if operation == Operation::Sign {
             session
                 .pending
-                .forget(|call| matches!(call, Call::SignMessage(_)));
+                .forget(|call| matches!(call, Producer::SignMessage(_)));
         }
         Ok(())
     })
@@ -182,7 +182,7 @@ pub fn sign_message(
     data: &[u8],
     capacity: Option<usize>,
 ) -> CkResult<SecretBytes> {
-    let call = Call::SignMessage(SecretBytes::from_slice(data));
+    let call = Producer::SignMessage(SecretBytes::from_slice(data));
     produce(handle, call, capacity, || {
         let mechanism = context.mechanism.clone();
         let reply = super::deferred::once(

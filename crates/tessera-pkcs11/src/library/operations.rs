@@ -3,17 +3,17 @@
 //! ([`produce`]), the dual-function updates, `C_WrapKey`, `C_SessionCancel`, random bytes.
 
 use tessera_core::{Mechanism, Rv, SecretBytes};
-use tessera_wire::{Operation, Reply, Request};
+use tessera_wire::{Call, Operation, Reply};
 
 use super::deferred;
 use super::pending::{self, MESSAGE_FLAGS};
-use super::{expect_done, session_call, unexpected, with, Call, Stage};
+use super::{expect_done, session_call, unexpected, with, Producer, Stage};
 use crate::CkResult;
 
 /// A multi-part update that produces output (`C_EncryptUpdate`, `C_DecryptUpdate`).
 pub fn update_output(handle: u64, operation: Operation, data: Vec<u8>) -> CkResult<SecretBytes> {
     deferred::continuing(handle, operation, || {
-        output_of(handle, |session| Request::OperationUpdate {
+        output_of(handle, |session| Call::OperationUpdate {
             session,
             operation,
             data,
@@ -24,7 +24,7 @@ pub fn update_output(handle: u64, operation: Operation, data: Vec<u8>) -> CkResu
 /// A final call (`C_EncryptFinal`, `C_SignFinal`, `C_VerifyFinal`, ...): the operation ends.
 pub fn final_call(handle: u64, operation: Operation, signature: Vec<u8>) -> CkResult<Reply> {
     deferred::flush(handle, operation)?;
-    let result = session_call(handle, |session| Request::OperationFinal {
+    let result = session_call(handle, |session| Call::OperationFinal {
         session,
         operation,
         signature,
@@ -36,7 +36,7 @@ pub fn final_call(handle: u64, operation: Operation, signature: Vec<u8>) -> CkRe
 /// `C_DigestKey`: the held digest init goes first.
 pub fn digest_key(handle: u64, key: u64) -> CkResult {
     deferred::continuing(handle, Operation::Digest, || {
-        expect_done(session_call(handle, |session| Request::DigestKey {
+        expect_done(session_call(handle, |session| Call::DigestKey {
             session,
             key,
         })?)
@@ -49,7 +49,7 @@ pub fn digest_key(handle: u64, key: u64) -> CkResult {
 /// caller applies the two-call convention to the bytes returned.
 pub fn produce(
     handle: u64,
-    call: Call,
+    call: Producer,
     capacity: Option<usize>,
     run: impl FnOnce() -> CkResult<SecretBytes>,
 ) -> CkResult<SecretBytes> {
@@ -77,14 +77,14 @@ pub fn output(reply: Reply) -> CkResult<SecretBytes> {
 }
 
 /// A session call that produces output bytes.
-pub fn output_of(handle: u64, build: impl FnOnce(u64) -> Request) -> CkResult<SecretBytes> {
+pub fn output_of(handle: u64, build: impl FnOnce(u64) -> Call) -> CkResult<SecretBytes> {
     output(session_call(handle, build)?)
 }
 
 /// A multi-part update without output (`C_DigestUpdate`, `C_SignUpdate`, `C_VerifyUpdate`).
 pub fn absorb(handle: u64, operation: Operation, data: Vec<u8>) -> CkResult {
     deferred::continuing(handle, operation, || {
-        let request = |session| Request::OperationUpdate {
+        let request = |session| Call::OperationUpdate {
             session,
             operation,
             data,
@@ -148,7 +148,7 @@ pub fn dual_update(
     data: &[u8],
     capacity: Option<usize>,
 ) -> CkResult<SecretBytes> {
-    let call = Call::Operation(dual.cipher(), Stage::Update);
+    let call = Producer::Operation(dual.cipher(), Stage::Update);
     produce(handle, call, capacity, || {
         if dual.plaintext_is_input() {
             absorb(handle, dual.absorber(), data.to_vec())?;
@@ -170,13 +170,13 @@ pub fn wrap_key(
     key: u64,
     capacity: Option<usize>,
 ) -> CkResult<SecretBytes> {
-    let call = Call::WrapKey {
+    let call = Producer::WrapKey {
         mechanism: mechanism.clone(),
         wrapping_key,
         key,
     };
     produce(handle, call, capacity, || {
-        let request = |session| Request::WrapKey {
+        let request = |session| Call::WrapKey {
             session,
             mechanism,
             wrapping_key,
@@ -208,7 +208,7 @@ pub fn session_cancel(handle: u64, flags: u64) -> CkResult {
     if flags == 0 {
         return Ok(());
     }
-    expect_done(session_call(handle, |session| Request::SessionCancel {
+    expect_done(session_call(handle, |session| Call::SessionCancel {
         session,
         flags,
     })?)
@@ -216,7 +216,7 @@ pub fn session_cancel(handle: u64, flags: u64) -> CkResult {
 
 /// `len` random bytes from the device (`C_GenerateRandom`, generated IVs).
 pub fn random(handle: u64, len: usize) -> CkResult<Vec<u8>> {
-    let request = |session| Request::GenerateRandom {
+    let request = |session| Call::GenerateRandom {
         session,
         len: len as u64,
     };

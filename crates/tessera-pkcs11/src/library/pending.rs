@@ -23,7 +23,7 @@ pub enum Stage {
 
 /// The call an output belongs to. A kept output is handed to the next call that equals it.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Call {
+pub enum Producer {
     /// A call of the session's operation: the operation's state says which input it is for.
     Operation(Operation, Stage),
     /// `C_WrapKey`, which has no state: its arguments say which output it is.
@@ -68,13 +68,13 @@ pub const MESSAGE_FLAGS: u64 = (ck::CKF_MESSAGE_ENCRYPT
     | ck::CKF_MESSAGE_SIGN
     | ck::CKF_MESSAGE_VERIFY) as u64;
 
-impl Call {
+impl Producer {
     /// Calls that share one place: a new output of one replaces the kept output of the other.
-    fn same_place(&self, other: &Call) -> bool {
+    fn same_place(&self, other: &Producer) -> bool {
         match (self, other) {
-            (Call::Operation(a, x), Call::Operation(b, y)) => a == b && x == y,
-            (Call::WrapKey { .. }, Call::WrapKey { .. }) => true,
-            (Call::SignMessage(_), Call::SignMessage(_)) => true,
+            (Producer::Operation(a, x), Producer::Operation(b, y)) => a == b && x == y,
+            (Producer::WrapKey { .. }, Producer::WrapKey { .. }) => true,
+            (Producer::SignMessage(_), Producer::SignMessage(_)) => true,
             _ => false,
         }
     }
@@ -82,17 +82,17 @@ impl Call {
     /// The operation whose state the output belongs to.
     pub fn operation(&self) -> Option<Operation> {
         match self {
-            Call::Operation(operation, _) => Some(*operation),
-            Call::WrapKey { .. } | Call::SignMessage(_) => None,
+            Producer::Operation(operation, _) => Some(*operation),
+            Producer::WrapKey { .. } | Producer::SignMessage(_) => None,
         }
     }
 
     /// Whether `C_SessionCancel` with these flags ends what the output belongs to.
     pub fn cancelled_by(&self, flags: u64) -> bool {
         let flag = match self {
-            Call::Operation(operation, _) => operation_flag(*operation),
-            Call::WrapKey { .. } => ck::CKF_WRAP as u64,
-            Call::SignMessage(_) => ck::CKF_MESSAGE_SIGN as u64,
+            Producer::Operation(operation, _) => operation_flag(*operation),
+            Producer::WrapKey { .. } => ck::CKF_WRAP as u64,
+            Producer::SignMessage(_) => ck::CKF_MESSAGE_SIGN as u64,
         };
         flags & flag != 0
     }
@@ -100,13 +100,13 @@ impl Call {
 
 /// The kept outputs of one session; wiped on drop.
 #[derive(Debug, Default)]
-pub struct Pending(Vec<(Call, SecretBytes)>);
+pub struct Pending(Vec<(Producer, SecretBytes)>);
 
 impl Pending {
     /// The kept output of `call`, if any: handed over (and forgotten) when it fits `capacity`,
     /// copied (and still kept) when the application only asks for its length again or its
     /// buffer is still too small.
-    pub fn take(&mut self, call: &Call, capacity: Option<usize>) -> Option<SecretBytes> {
+    pub fn take(&mut self, call: &Producer, capacity: Option<usize>) -> Option<SecretBytes> {
         let index = self.0.iter().position(|(kept, _)| kept == call)?;
         let output = &self.0[index].1;
         Some(if fit(output.len(), capacity) == Fit::Fits {
@@ -118,7 +118,7 @@ impl Pending {
 
     /// Keeps `output` of `call` when it does not fit `capacity`; either way forgets the older
     /// output of the same place, which the application has given up.
-    pub fn keep(&mut self, call: Call, output: &SecretBytes, capacity: Option<usize>) {
+    pub fn keep(&mut self, call: Producer, output: &SecretBytes, capacity: Option<usize>) {
         self.0.retain(|(kept, _)| !kept.same_place(&call));
         if fit(output.len(), capacity) != Fit::Fits {
             self.0.push((call, output.duplicate()));
@@ -126,7 +126,7 @@ impl Pending {
     }
 
     /// Forgets the outputs of the calls for which `forget` says so.
-    pub fn forget(&mut self, mut forget: impl FnMut(&Call) -> bool) {
+    pub fn forget(&mut self, mut forget: impl FnMut(&Producer) -> bool) {
         self.0.retain(|(call, _)| !forget(call));
     }
 }
@@ -142,33 +142,33 @@ mod tests {
     #[test]
     fn outputs_wait_until_they_fit() {
         let mut pending = Pending::default();
-        let call = Call::Operation(Operation::Encrypt, Stage::Single);
+        let call = Producer::Operation(Operation::Encrypt, Stage::Single);
         assert_eq!(pending.take(&call, None), None);
         pending.keep(
-            Call::Operation(Operation::Encrypt, Stage::Single),
+            Producer::Operation(Operation::Encrypt, Stage::Single),
             &bytes(b"abc"),
             None,
         );
         // Asked again for the length, then with too small a buffer: still kept.
         assert_eq!(pending.take(&call, None), Some(bytes(b"abc")));
         assert_eq!(pending.take(&call, Some(2)), Some(bytes(b"abc")));
-        let other = Call::Operation(Operation::Encrypt, Stage::Final);
+        let other = Producer::Operation(Operation::Encrypt, Stage::Final);
         assert_eq!(pending.take(&other, Some(64)), None);
         assert_eq!(pending.take(&call, Some(3)), Some(bytes(b"abc")));
         assert_eq!(pending.take(&call, Some(3)), None, "delivered once");
         // An output that fits is not kept.
         pending.keep(
-            Call::Operation(Operation::Sign, Stage::Final),
+            Producer::Operation(Operation::Sign, Stage::Final),
             &bytes(b"sig"),
             Some(3),
         );
-        let sign = Call::Operation(Operation::Sign, Stage::Final);
+        let sign = Producer::Operation(Operation::Sign, Stage::Final);
         assert_eq!(pending.take(&sign, None), None);
     }
 
     #[test]
     fn stateless_calls_match_on_their_arguments() {
-        let wrap = |key| Call::WrapKey {
+        let wrap = |key| Producer::WrapKey {
             mechanism: Mechanism::plain(ck::CKM_AES_KEY_WRAP_PAD as u64),
             wrapping_key: 1,
             key,
@@ -181,7 +181,7 @@ mod tests {
         assert_eq!(pending.take(&wrap(2), Some(64)), None);
         assert_eq!(pending.take(&wrap(3), Some(64)), Some(bytes(b"wrapped 3")));
 
-        let message = |data: &[u8]| Call::SignMessage(bytes(data));
+        let message = |data: &[u8]| Producer::SignMessage(bytes(data));
         pending.keep(message(b"one"), &bytes(b"signature"), None);
         assert_eq!(pending.take(&message(b"two"), Some(64)), None);
         assert_eq!(
@@ -194,24 +194,24 @@ mod tests {
     fn cancel_and_init_forget_outputs() {
         let mut pending = Pending::default();
         pending.keep(
-            Call::Operation(Operation::Encrypt, Stage::Update),
+            Producer::Operation(Operation::Encrypt, Stage::Update),
             &bytes(b"c"),
             None,
         );
         pending.keep(
-            Call::Operation(Operation::Digest, Stage::Final),
+            Producer::Operation(Operation::Digest, Stage::Final),
             &bytes(b"d"),
             None,
         );
-        pending.keep(Call::SignMessage(bytes(b"m")), &bytes(b"s"), None);
+        pending.keep(Producer::SignMessage(bytes(b"m")), &bytes(b"s"), None);
         pending.forget(|call| call.cancelled_by(ck::CKF_ENCRYPT as u64));
-        let encrypt = Call::Operation(Operation::Encrypt, Stage::Update);
+        let encrypt = Producer::Operation(Operation::Encrypt, Stage::Update);
         assert_eq!(pending.take(&encrypt, None), None);
-        let digest = Call::Operation(Operation::Digest, Stage::Final);
+        let digest = Producer::Operation(Operation::Digest, Stage::Final);
         assert_eq!(pending.take(&digest, None), Some(bytes(b"d")));
         pending.forget(|call| call.operation() == Some(Operation::Digest));
         assert_eq!(pending.take(&digest, None), None);
-        let message = Call::SignMessage(bytes(b"m"));
+        let message = Producer::SignMessage(bytes(b"m"));
         assert!(!message.cancelled_by(ck::CKF_SIGN as u64));
         assert!(message.cancelled_by(MESSAGE_FLAGS));
         assert_eq!(message_flag(Operation::Digest), 0);

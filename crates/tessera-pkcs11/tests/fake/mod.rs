@@ -21,7 +21,7 @@ use cryptoki_sys as ck;
 use tessera_core::info::{DeviceInfo, Version};
 use tessera_core::SecretBytes;
 use tessera_wire::{
-    decode_request, encode_response, read_frame, Operation, Reply, Request, ResponseEnvelope,
+    decode_request, encode_response, read_frame, Call, Message, Operation, Reply, ResponseEnvelope,
     PROTOCOL_VERSION,
 };
 
@@ -32,7 +32,7 @@ pub const TAG: [u8; 16] = [0xA5; 16];
 pub struct FakeDevice {
     /// Its socket.
     pub path: PathBuf,
-    log: Arc<Mutex<Vec<Request>>>,
+    log: Arc<Mutex<Vec<Call>>>,
 }
 
 impl FakeDevice {
@@ -66,10 +66,13 @@ impl FakeDevice {
     }
 
     /// The requests received since the last call.
-    pub fn take(&self) -> Vec<Request> {
+    pub fn take(&self) -> Vec<Call> {
         std::mem::take(&mut *self.log.lock().unwrap())
     }
 }
+
+/// The length of random data for which the fake device answers with a handle.
+pub const WRONG_SHAPE: u64 = 13;
 
 #[derive(Default)]
 struct Counters {
@@ -77,13 +80,17 @@ struct Counters {
     objects: AtomicU64,
 }
 
-fn serve(mut stream: UnixStream, log: &Mutex<Vec<Request>>, counters: &Counters) {
+fn serve(mut stream: UnixStream, log: &Mutex<Vec<Call>>, counters: &Counters) {
     loop {
         let Ok(body) = read_frame(&mut stream) else {
             return;
         };
         let envelope = decode_request(&body).unwrap();
-        let result = answer(&envelope.request, counters);
+        // The fake device speaks in the clear only.
+        let Message::Call(call) = envelope.message else {
+            panic!("the fake device got a secure-messaging message");
+        };
+        let result = answer(&call, counters);
         let frame = encode_response(&ResponseEnvelope {
             version: PROTOCOL_VERSION,
             id: envelope.id,
@@ -91,7 +98,7 @@ fn serve(mut stream: UnixStream, log: &Mutex<Vec<Request>>, counters: &Counters)
             result,
         });
         // Logged before the answer leaves, so the log is complete when the call returns.
-        log.lock().unwrap().push(envelope.request);
+        log.lock().unwrap().push(call);
         if stream.write_all(&frame).is_err() {
             return;
         }
@@ -108,8 +115,8 @@ fn signature(data: &[u8]) -> Vec<u8> {
     signature
 }
 
-fn answer(request: &Request, counters: &Counters) -> Result<Reply, u64> {
-    if let Request::OperationOnce {
+fn answer(request: &Call, counters: &Counters) -> Result<Reply, u64> {
+    if let Call::OperationOnce {
         session,
         operation,
         data,
@@ -118,7 +125,7 @@ fn answer(request: &Request, counters: &Counters) -> Result<Reply, u64> {
     } = request
     {
         // Init and single-part call in one: the call's answer.
-        let single = Request::OperationSingle {
+        let single = Call::OperationSingle {
             session: *session,
             operation: *operation,
             data: data.clone(),
@@ -127,13 +134,13 @@ fn answer(request: &Request, counters: &Counters) -> Result<Reply, u64> {
         return answer(&single, counters);
     }
     Ok(match request {
-        Request::FindObjectsFirst { max, .. } => Reply::Found {
+        Call::FindObjectsFirst { max, .. } => Reply::Found {
             handles: (1..=(*max).min(2)).collect(),
             exhausted: *max >= 2,
         },
-        Request::FindObjects { .. } => Reply::Handles(Vec::new()),
-        Request::OperationFinal { .. } => Reply::Bytes(b"final".to_vec()),
-        Request::DeviceInfo => Reply::Device(DeviceInfo {
+        Call::FindObjects { .. } => Reply::Handles(Vec::new()),
+        Call::OperationFinal { .. } => Reply::Bytes(b"final".to_vec()),
+        Call::DeviceInfo => Reply::Device(DeviceInfo {
             serial: "1".into(),
             model: "fake".into(),
             manufacturer: "Tessera".into(),
@@ -142,13 +149,13 @@ fn answer(request: &Request, counters: &Counters) -> Result<Reply, u64> {
             slot_count: 1,
             channel_required: false,
         }),
-        Request::OpenSession { .. } => Reply::Handle(7),
-        Request::OperationUpdate {
+        Call::OpenSession { .. } => Reply::Handle(7),
+        Call::OperationUpdate {
             operation: Operation::Encrypt | Operation::Decrypt,
             data,
             ..
         } => Reply::Bytes(flip(data)),
-        Request::OperationSingle {
+        Call::OperationSingle {
             operation: Operation::Encrypt,
             data,
             ..
@@ -157,7 +164,7 @@ fn answer(request: &Request, counters: &Counters) -> Result<Reply, u64> {
             sealed.extend_from_slice(&TAG);
             Reply::Bytes(sealed)
         }
-        Request::OperationSingle {
+        Call::OperationSingle {
             operation: Operation::Decrypt,
             data,
             ..
@@ -167,12 +174,12 @@ fn answer(request: &Request, counters: &Counters) -> Result<Reply, u64> {
             };
             Reply::Secret(SecretBytes::new(flip(ciphertext)))
         }
-        Request::OperationSingle {
+        Call::OperationSingle {
             operation: Operation::Sign,
             data,
             ..
         } => Reply::Bytes(signature(data)),
-        Request::OperationSingle {
+        Call::OperationSingle {
             operation: Operation::Verify,
             data,
             signature: given,
@@ -183,26 +190,30 @@ fn answer(request: &Request, counters: &Counters) -> Result<Reply, u64> {
             }
             Reply::Verified
         }
-        Request::GenerateRandom { len, .. } => Reply::Bytes(vec![0x5A; *len as usize]),
-        Request::WrapKey { key, .. } => {
+        // A device that answers with the wrong shape of reply (for the library's check).
+        Call::GenerateRandom {
+            len: WRONG_SHAPE, ..
+        } => Reply::Handle(1),
+        Call::GenerateRandom { len, .. } => Reply::Bytes(vec![0x5A; *len as usize]),
+        Call::WrapKey { key, .. } => {
             let n = counters.wraps.fetch_add(1, Ordering::SeqCst) + 1;
             Reply::Bytes(format!("wrapped {key} #{n}").into_bytes())
         }
-        Request::GenerateKey { .. }
-        | Request::UnwrapKey { .. }
-        | Request::DeriveKey { .. }
-        | Request::CreateObject { .. } => {
+        Call::GenerateKey { .. }
+        | Call::UnwrapKey { .. }
+        | Call::DeriveKey { .. }
+        | Call::CreateObject { .. } => {
             Reply::Handle(100 + counters.objects.fetch_add(1, Ordering::SeqCst))
         }
-        Request::OperationInit { .. }
-        | Request::OperationUpdate { .. }
-        | Request::DigestKey { .. }
-        | Request::SessionCancel { .. }
-        | Request::Login { .. }
-        | Request::Logout { .. }
-        | Request::CloseSession { .. }
-        | Request::CloseAllSessions { .. }
-        | Request::FindObjectsFinal { .. } => Reply::Done,
+        Call::OperationInit { .. }
+        | Call::OperationUpdate { .. }
+        | Call::DigestKey { .. }
+        | Call::SessionCancel { .. }
+        | Call::Login { .. }
+        | Call::Logout { .. }
+        | Call::CloseSession { .. }
+        | Call::CloseAllSessions { .. }
+        | Call::FindObjectsFinal { .. } => Reply::Done,
         _ => return Err(ck::CKR_FUNCTION_NOT_SUPPORTED as u64),
     })
 }

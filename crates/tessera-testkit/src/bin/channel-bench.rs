@@ -21,7 +21,7 @@ use tessera_client::{Device, SecureSettings};
 use tessera_config::ServerAddress;
 use tessera_core::ck;
 use tessera_testkit::{Daemon, Transport};
-use tessera_wire::{Reply, Request};
+use tessera_wire::{Call, Reply};
 
 /// A new connection with a new channel, in which a session is opened (and, for an idle
 /// channel, closed again: a token has a session limit, channels do not).
@@ -30,13 +30,13 @@ fn channel(daemon: &Daemon, settings: &Arc<SecureSettings>, keep_session: bool) 
     let device = Device::new(address, Duration::from_secs(5), Duration::from_secs(30))
         .with_security(settings.clone());
     let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
-    let (session, generation) = match device.call(None, Request::OpenSession { slot: 0, flags }) {
+    let (session, generation) = match device.call(None, Call::OpenSession { slot: 0, flags }) {
         Ok((Reply::Handle(session), generation)) => (session, generation),
         other => panic!("no channel: {other:?}"),
     };
     if !keep_session {
         device
-            .call(Some(generation), Request::CloseSession { session })
+            .call(Some(generation), Call::CloseSession { session })
             .expect("the session closes");
     }
     device

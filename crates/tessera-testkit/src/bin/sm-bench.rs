@@ -17,7 +17,7 @@ use tessera_config::ServerAddress;
 use tessera_core::{ck, Attribute, Mechanism, MechanismParameter, Template};
 use tessera_testkit::sm::{call, open as session, prepare, settings, user};
 use tessera_testkit::{Daemon, Transport};
-use tessera_wire::{Operation, Reply, Request};
+use tessera_wire::{Call, Operation, Reply};
 
 /// A client of `daemon` with its trust store (generous reply timeout: 1 MiB calls on a busy
 /// machine).
@@ -147,7 +147,7 @@ fn main() {
             call(
                 &d,
                 g,
-                Request::GenerateRandom {
+                Call::GenerateRandom {
                     session: s,
                     len: 32,
                 },
@@ -157,7 +157,7 @@ fn main() {
         let Reply::Handle(key) = call(
             &d,
             g,
-            Request::GenerateKey {
+            Call::GenerateKey {
                 session: s,
                 mechanism: Mechanism::plain(ck::CKM_AES_KEY_GEN as u64),
                 template,
@@ -178,7 +178,7 @@ fn main() {
             call(
                 &d,
                 g,
-                Request::OperationOnce {
+                Call::OperationOnce {
                     session: s,
                     operation: Operation::Encrypt,
                     mechanism,
@@ -240,7 +240,7 @@ fn find_objects(transport: Transport) {
         call(
             &d,
             g,
-            Request::CreateObject {
+            Call::CreateObject {
                 session: s,
                 template,
             },
@@ -252,7 +252,7 @@ fn find_objects(transport: Transport) {
         call(
             &d,
             g,
-            Request::FindObjectsInit {
+            Call::FindObjectsInit {
                 session: s,
                 template,
             },
@@ -260,14 +260,14 @@ fn find_objects(transport: Transport) {
         let Reply::Handles(found) = call(
             &d,
             g,
-            Request::FindObjects {
+            Call::FindObjects {
                 session: s,
                 max: 10,
             },
         ) else {
             panic!("find")
         };
-        call(&d, g, Request::FindObjectsFinal { session: s });
+        call(&d, g, Call::FindObjectsFinal { session: s });
         found.len()
     };
     assert_eq!(find("object-77777"), 1);
@@ -279,12 +279,12 @@ fn find_objects(transport: Transport) {
         call(
             &d,
             g,
-            Request::FindObjectsInit {
+            Call::FindObjectsInit {
                 session: s,
                 template,
             },
         );
-        call(&d, g, Request::FindObjectsFinal { session: s });
+        call(&d, g, Call::FindObjectsFinal { session: s });
     });
     println!(
         "\nfind objects on a token with {count} objects (created in {:.1} s):",
@@ -377,17 +377,17 @@ fn message_cost(client: &mut tessera_channel::Channel, device: &mut tessera_chan
         decode_request, decode_response, encode_request, encode_response, RequestEnvelope,
         ResponseEnvelope, PROTOCOL_VERSION,
     };
-    let request = || Request::GenerateRandom {
+    let request = || Call::GenerateRandom {
         session: 1,
         len: 32,
     };
     let reply = || Ok(Reply::Bytes(vec![0x5a; 32]));
-    let send = |request: Request, channel: Option<u64>| {
+    let send = |request: Call, channel: Option<u64>| {
         encode_request(&RequestEnvelope {
             version: PROTOCOL_VERSION,
             id: 7,
             channel,
-            request,
+            message: request.into(),
         })
     };
     let answer = |result: Result<Reply, u64>, channel: Option<u64>| {
@@ -416,14 +416,14 @@ fn message_cost(client: &mut tessera_channel::Channel, device: &mut tessera_chan
             .seal_value_framed(
                 &tessera_wire::Bound {
                     id: 7,
-                    message: request(),
+                    message: tessera_wire::Inner::Call(request()),
                 },
                 Encrypted,
                 prefix.as_ref(),
             )
             .expect("seal");
         tessera_wire::finish_frame(&mut frame);
-        let received: tessera_wire::Bound<Request> = postcard::from_bytes(open_framed(
+        let received: tessera_wire::Bound<tessera_wire::Inner> = postcard::from_bytes(open_framed(
             device,
             tessera_wire::find_sealed_request(&frame[4..]).expect("a sealed request"),
             &mut frame[4..],

@@ -9,7 +9,7 @@ use std::time::Duration;
 use socket2::{Domain, Socket, Type};
 use tessera_testkit::Daemon;
 use tessera_wire::{
-    encode_request, Reply, Request, RequestEnvelope, ResponseEnvelope, PROTOCOL_VERSION,
+    encode_request, Message, Reply, RequestEnvelope, ResponseEnvelope, PROTOCOL_VERSION,
 };
 
 /// A TCP connection to the daemon from loopback address `from`.
@@ -26,18 +26,18 @@ pub fn connect_from(daemon: &Daemon, from: &str) -> TcpStream {
     stream
 }
 
-/// A request in the clear, as a whole frame (length prefix included), with id 1.
-pub fn frame(request: Request) -> Vec<u8> {
+/// A call or message in the clear, as a whole frame (length prefix included), with id 1.
+pub fn frame(message: impl Into<Message>) -> Vec<u8> {
     encode_request(&RequestEnvelope {
         version: PROTOCOL_VERSION,
         id: 1,
         channel: None,
-        request,
+        message: message.into(),
     })
 }
 
-/// Writes one request.
-pub fn send<S: Write>(stream: &mut S, request: Request) {
+/// Writes one call or message.
+pub fn send<S: Write>(stream: &mut S, request: impl Into<Message>) {
     stream.write_all(&frame(request)).unwrap();
 }
 
@@ -52,7 +52,7 @@ pub fn receive<S: Read>(stream: &mut S) -> Result<Reply, u64> {
 }
 
 /// One request and its reply.
-pub fn call<S: Read + Write>(stream: &mut S, request: Request) -> Result<Reply, u64> {
+pub fn call<S: Read + Write>(stream: &mut S, request: impl Into<Message>) -> Result<Reply, u64> {
     send(stream, request);
     receive(stream)
 }

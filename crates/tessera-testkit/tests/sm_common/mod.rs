@@ -4,12 +4,12 @@
 use tessera_client::{ClientError, Device};
 use tessera_core::{ck, Attribute, Mechanism, MechanismParameter, Template};
 use tessera_testkit::{Daemon, Transport};
-use tessera_wire::{Operation, Reply, Request, RequestEnvelope};
+use tessera_wire::{Call, Message, Operation, Reply, RequestEnvelope};
 
 pub use tessera_testkit::sm::*;
 
-pub fn data_object(session: u64, label: &str) -> Request {
-    Request::CreateObject {
+pub fn data_object(session: u64, label: &str) -> Call {
+    Call::CreateObject {
         session,
         template: Template(vec![
             Attribute::ulong(ck::CKA_CLASS, ck::CKO_DATA),
@@ -19,8 +19,8 @@ pub fn data_object(session: u64, label: &str) -> Request {
     }
 }
 
-pub fn aes_key(session: u64, value: &[u8]) -> Request {
-    Request::CreateObject {
+pub fn aes_key(session: u64, value: &[u8]) -> Call {
+    Call::CreateObject {
         session,
         template: Template(vec![
             Attribute::ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY),
@@ -38,14 +38,14 @@ pub fn encrypt(device: &Device, g: u64, session: u64, key: u64, plaintext: &[u8]
     call(
         device,
         g,
-        Request::OperationInit {
+        Call::OperationInit {
             session,
             operation: Operation::Encrypt,
             mechanism,
             key,
         },
     );
-    let single = Request::OperationSingle {
+    let single = Call::OperationSingle {
         session,
         operation: Operation::Encrypt,
         data: plaintext.to_vec(),
@@ -62,8 +62,8 @@ pub fn count(daemon: &Daemon, transport: Transport, label: &str) -> usize {
     let device = secured(daemon, &daemon.server_list(transport), &[]);
     let (session, g) = user(&device);
     let template = Template(vec![Attribute::bytes(ck::CKA_LABEL, label.as_bytes())]);
-    call(&device, g, Request::FindObjectsInit { session, template });
-    match call(&device, g, Request::FindObjects { session, max: 100 }) {
+    call(&device, g, Call::FindObjectsInit { session, template });
+    match call(&device, g, Call::FindObjects { session, max: 100 }) {
         Reply::Handles(h) => h.len(),
         other => panic!("{other:?}"),
     }
@@ -87,7 +87,7 @@ pub fn body(envelope: &RequestEnvelope) -> Vec<u8> {
 }
 
 pub fn is_protected(body: &[u8]) -> bool {
-    matches!(request(body).request, Request::Protected(_))
+    matches!(request(body).message, Message::Protected(_))
 }
 
 /// Decodes a response frame body.

@@ -17,15 +17,15 @@ use std::time::Duration;
 
 use tessera_hsm::Hsm;
 use tessera_wire::{
-    encode_response, find_sealed_request, Reply, Request, ResponseEnvelope, SealedFrame,
-    PROTOCOL_VERSION,
+    encode_response, find_sealed_request, Call, Inner, Message, Reply, ResponseEnvelope,
+    SealedFrame, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use zeroize::Zeroize;
 
-use crate::dispatch::{self, off_thread, on_channel, Call, SMALL};
+use crate::dispatch::{self, off_thread, on_channel, Job, SMALL};
 use crate::guard::Guard;
 use crate::poller::Poller;
 use crate::secure::{self, KeyLimits, Secure};
@@ -77,17 +77,19 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     connection.close().await;
 }
 
-/// A request as read: a sealed record found in its frame, or a decoded envelope's request.
+/// A request as read: a sealed record found in its frame, or a decoded envelope's message.
 enum Incoming {
     Sealed(SealedFrame, Vec<u8>),
-    Decoded(Request),
+    Decoded(Message),
 }
 
-/// What to do with a request: answer it in the clear, or run what a record held (or answer
-/// why it could not be opened).
+/// What to do with a request: a step of a handshake, a call in the clear, or what a record
+/// held (or why it could not be opened).
 enum Next {
-    Clear(Request),
-    Opened(Result<(Request, u64), u64>),
+    Handshake(Box<tessera_channel::ClientHello>),
+    Finish(tessera_channel::ClientFinished),
+    Clear(Call),
+    Opened(Result<(Inner, u64), u64>),
 }
 
 /// One connection's state.
@@ -264,13 +266,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
         // of it are wiped now (the decoded request wipes itself).
         if decoded
             .as_ref()
-            .map_or(true, |envelope| envelope.request.carries_secret())
+            .map_or(true, |envelope| match &envelope.message {
+                Message::Call(call) => call.carries_secret(),
+                _ => false,
+            })
         {
             body.zeroize();
             self.reader.wipe_consumed();
         }
         match decoded {
-            Ok(envelope) => Some((envelope.id, Incoming::Decoded(envelope.request))),
+            Ok(envelope) => Some((envelope.id, Incoming::Decoded(envelope.message))),
             Err(e) => {
                 let (client, peer) = (self.client, self.peer.as_str());
                 tracing::warn!(client, peer, reason = %e, "closing connection");
@@ -287,7 +292,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
         // A slot for this request: one, or all of them for what must run alone.
         let alone = matches!(
             request,
-            Incoming::Decoded(Request::Handshake(_) | Request::HandshakeFinish(_))
+            Incoming::Decoded(Message::Handshake(_) | Message::HandshakeFinish(_))
         );
         let wanted = if alone { IN_FLIGHT } else { 1 };
         let Ok(slot) = self.slots.clone().acquire_many_owned(wanted).await else {
@@ -305,7 +310,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                     .await,
                 )
             }
-            Incoming::Decoded(Request::Protected(record)) => {
+            Incoming::Decoded(Message::Protected(record)) => {
                 let large = record.body.len() > SMALL;
                 Next::Opened(
                     on_channel(secure, large, move |current| {
@@ -314,17 +319,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                     .await,
                 )
             }
-            Incoming::Decoded(request) => Next::Clear(request),
+            Incoming::Decoded(Message::Handshake(hello)) => Next::Handshake(Box::new(hello)),
+            Incoming::Decoded(Message::HandshakeFinish(finished)) => Next::Finish(finished),
+            Incoming::Decoded(Message::Call(call)) => Next::Clear(call),
         };
         match next {
-            Next::Clear(Request::Handshake(_)) if !guard.may_handshake(ip) => respond(
+            Next::Handshake(_) if !guard.may_handshake(ip) => respond(
                 out,
                 id,
                 None,
                 Err(tessera_core::Rv::HandshakeRateLimited.code()),
                 slot,
             ),
-            Next::Clear(Request::Handshake(hello)) => {
+            Next::Handshake(hello) => {
                 if secure::lock(secure).is_pending() {
                     guard.failed(ip, "a handshake was abandoned for another");
                 }
@@ -336,7 +343,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 }
                 respond(out, id, None, answer, slot);
             }
-            Next::Clear(Request::HandshakeFinish(finished)) => {
+            Next::Finish(finished) => {
                 let answer = secure::lock(secure).finish(&finished);
                 if answer.is_err() {
                     guard.failed(ip, "the key confirmation failed");
@@ -345,7 +352,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             }
             Next::Opened(opened) => {
                 match opened {
-                    Ok((Request::Rekey, _)) => {
+                    Ok((Inner::Rekey, _)) => {
                         // Every earlier reply is sealed and queued before the keys change.
                         drop(slot);
                         let Ok(all) = self.slots.clone().acquire_many_owned(IN_FLIGHT).await else {
@@ -355,8 +362,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                         respond_sealed(out, id, &mut current, &Ok(Reply::Done), all);
                         current.rekey();
                     }
-                    Ok((request, channel_client)) => {
-                        let call = Call {
+                    Ok((Inner::Call(request), channel_client)) => {
+                        let call = Job {
                             hsm,
                             channel: Some(secure),
                             out,
@@ -376,7 +383,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 }
             }
             Next::Clear(request) => {
-                let call = Call {
+                let call = Job {
                     hsm,
                     channel: None,
                     out,
