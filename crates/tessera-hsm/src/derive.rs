@@ -1,9 +1,8 @@
 //! Key derivation: ECDH (`CKM_ECDH1_DERIVE`, `CKM_ECDH1_COFACTOR_DERIVE`) on P-256/384/521 and
 //! X25519 keys with the null KDF, and HKDF (`CKM_HKDF_DERIVE`, `CKM_HKDF_DATA`, RFC 5869).
 
-use aws_lc_rs::{agreement, hmac};
+use aws_lc_rs::{agreement, hkdf, hmac};
 use tessera_core::{ck, der, Mechanism, MechanismParameter, Rv, SecretBytes};
-use zeroize::Zeroizing;
 
 use crate::crypto::edwards;
 use crate::object::Attributes;
@@ -68,12 +67,23 @@ fn ecdh(
     fit(shared, length)
 }
 
-fn prf(mechanism: u64) -> Result<(hmac::Algorithm, usize), Rv> {
+/// HKDF's hash: HMAC for the extract step, aws-lc's HKDF for the expand step, and the hash's
+/// length.
+fn prf(mechanism: u64) -> Result<(hmac::Algorithm, hkdf::Algorithm, usize), Rv> {
     match mechanism as ck::CK_MECHANISM_TYPE {
-        ck::CKM_SHA256 => Ok((hmac::HMAC_SHA256, 32)),
-        ck::CKM_SHA384 => Ok((hmac::HMAC_SHA384, 48)),
-        ck::CKM_SHA512 => Ok((hmac::HMAC_SHA512, 64)),
+        ck::CKM_SHA256 => Ok((hmac::HMAC_SHA256, hkdf::HKDF_SHA256, 32)),
+        ck::CKM_SHA384 => Ok((hmac::HMAC_SHA384, hkdf::HKDF_SHA384, 48)),
+        ck::CKM_SHA512 => Ok((hmac::HMAC_SHA512, hkdf::HKDF_SHA512, 64)),
         _ => Err(Rv::MechanismParamInvalid),
+    }
+}
+
+/// The length of HKDF output wanted (aws-lc's expand takes it as a key type).
+struct Length(usize);
+
+impl hkdf::KeyType for Length {
+    fn len(&self) -> usize {
+        self.0
     }
 }
 
@@ -101,7 +111,7 @@ impl Hsm {
         if !extract && !expand {
             return Err(Rv::MechanismParamInvalid);
         }
-        let (algorithm, hash_len) = prf(*hash)?;
+        let (algorithm, expansion, hash_len) = prf(*hash)?;
         let prk = if *extract {
             let salt = match *salt_type as ck::CK_FLAGS {
                 ck::CKF_HKDF_SALT_NULL => SecretBytes::new(vec![0u8; hash_len]),
@@ -126,21 +136,13 @@ impl Hsm {
         if wanted == 0 || wanted > 255 * hash_len {
             return Err(Rv::TemplateInconsistent);
         }
-        let key = hmac::Key::new(algorithm, prk.expose());
-        let mut okm = SecretBytes::default();
-        // Each block T(i) is output key material: held in a wiping buffer between rounds.
-        let mut previous = Zeroizing::new(Vec::new());
-        let mut counter = 1u8;
-        while okm.len() < wanted {
-            let mut context = hmac::Context::with_key(&key);
-            context.update(&previous);
-            context.update(info);
-            context.update(&[counter]);
-            previous = Zeroizing::new(context.sign().as_ref().to_vec());
-            okm.extend_from_slice(&previous);
-            counter = counter.wrapping_add(1);
-        }
-        okm.truncate(wanted);
+        // The expand step is aws-lc's (RFC 5869 section 2.3), written straight into the secret.
+        let mut okm = SecretBytes::with_capacity(wanted);
+        okm.extend_from_slice(&vec![0u8; wanted]);
+        hkdf::Prk::new_less_safe(expansion, prk.expose())
+            .expand(&[info.as_slice()], Length(wanted))
+            .and_then(|expanded| expanded.fill(okm.expose_mut()))
+            .map_err(|_| Rv::FunctionFailed)?;
         Ok(okm)
     }
 }

@@ -71,14 +71,20 @@ pub fn write_frame(writer: &mut (impl Write + ?Sized), frame: &[u8]) -> Result<(
     Ok(())
 }
 
+/// The invariant behind every encoding here: postcard writes any of the protocol's types into a
+/// `Vec` (every sequence has a known length, no `Serialize` of ours fails, and a `Vec` grows
+/// without limit), so an encoder that failed would be a bug, not a bad input. An empty frame
+/// in its place would be sent as a valid one and misread.
+const ENCODES: &str = "postcard encodes every protocol type into a Vec";
+
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     // Serialised straight after room for the header, into a buffer sized first (pooled when
     // large, see `tessera_core::bytes::take`): a large body is neither copied a second time nor
-    // grown by doubling. Serialising owned, in-memory values into a Vec cannot fail.
+    // grown by doubling.
     let size = postcard::experimental::serialized_size(value).unwrap_or(0);
     let mut out = tessera_core::bytes::take(FRAME_HEADER_LEN + size);
     out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
-    let mut out = postcard::to_extend(value, out).unwrap_or_default();
+    let mut out = postcard::to_extend(value, out).expect(ENCODES);
     finish_frame(&mut out);
     out
 }
@@ -122,7 +128,7 @@ fn record_tag(wrapped: fn(Record) -> Vec<u8>) -> Vec<u8> {
         body: Vec::new(),
         mac: Vec::new(),
     };
-    let alone = postcard::to_stdvec(&record).unwrap_or_default().len();
+    let alone = postcard::to_stdvec(&record).expect(ENCODES).len();
     let mut whole = wrapped(record);
     whole.truncate(whole.len().saturating_sub(alone));
     whole
@@ -146,7 +152,7 @@ fn frame_prefix(id: u64, channel: u64, tag: &[u8]) -> FramePrefix {
 fn request_record_tag() -> &'static [u8] {
     static TAG: OnceLock<Vec<u8>> = OnceLock::new();
     TAG.get_or_init(|| {
-        record_tag(|record| postcard::to_stdvec(&Message::Protected(record)).unwrap_or_default())
+        record_tag(|record| postcard::to_stdvec(&Message::Protected(record)).expect(ENCODES))
     })
 }
 
@@ -154,7 +160,7 @@ fn response_record_tag() -> &'static [u8] {
     static TAG: OnceLock<Vec<u8>> = OnceLock::new();
     TAG.get_or_init(|| {
         record_tag(|record| {
-            postcard::to_stdvec(&Ok::<Reply, u64>(Reply::Protected(record))).unwrap_or_default()
+            postcard::to_stdvec(&Ok::<Reply, u64>(Reply::Protected(record))).expect(ENCODES)
         })
     })
 }

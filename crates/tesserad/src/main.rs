@@ -69,7 +69,7 @@ struct Args {
     slots: u64,
 
     /// Most client connections served at once; more are refused (and logged).
-    #[arg(long, default_value_t = 256, value_name = "N")]
+    #[arg(long, default_value_t = 256, value_name = "N", value_parser = max_connections)]
     max_connections: usize,
 
     /// Connections one network address may hold at once (local-socket clients are not
@@ -236,6 +236,22 @@ fn with_local_socket(mut listen: Vec<Listen>) -> Vec<Listen> {
     listen
 }
 
+/// `--max-connections N`: 1 or more, checked when the command line is read (a daemon that may
+/// serve no connection is a mistake, not a request; 0 was quietly raised to 1).
+fn max_connections(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err(
+            "a daemon must serve at least 1 connection: give --max-connections 1 or more, or \
+             leave it out for the default of 256"
+                .into(),
+        ),
+        Ok(count) => Ok(count),
+        Err(e) => Err(format!(
+            "{e}: give a whole number of connections, 1 or more"
+        )),
+    }
+}
+
 /// `--kdf-iterations N`: 1 or more, checked when the command line is read (0 is refused, not
 /// quietly raised to 1).
 fn kdf_iterations(text: &str) -> Result<u32, String> {
@@ -348,7 +364,7 @@ fn main() -> ExitCode {
     let config = server::Config {
         data_dir,
         listen,
-        max_connections: args.max_connections.max(1),
+        max_connections: args.max_connections,
         options: tessera_hsm::HsmOptions {
             user_slots: args.slots,
             kdf_iterations: args.kdf_iterations,
@@ -437,6 +453,26 @@ mod tests {
         assert_eq!(
             Args::try_parse_from(["tesserad"]).unwrap().kdf_iterations,
             tessera_hsm::DEFAULT_KDF_ITERATIONS
+        );
+    }
+
+    #[test]
+    fn zero_connections_are_refused_when_the_command_line_is_read() {
+        let parse = |value: &str| {
+            Args::try_parse_from(["tesserad", "--max-connections", value])
+                .map(|args| args.max_connections)
+                .map_err(|e| e.to_string())
+        };
+        let refused = parse("0").unwrap_err();
+        assert!(
+            refused.contains("--max-connections") && refused.contains("at least 1 connection"),
+            "{refused}"
+        );
+        assert!(parse("many").unwrap_err().contains("1 or more"));
+        assert_eq!(parse("1"), Ok(1));
+        assert_eq!(
+            Args::try_parse_from(["tesserad"]).unwrap().max_connections,
+            256
         );
     }
 }
