@@ -61,7 +61,9 @@ pub fn run() -> Result<u8, Failure> {
         tessera_client::dumps::allowed(&config)
             .err()
             .map(|e| e.to_string()),
-        tessera_client::SecureSettings::from_config(config.clone()).err(),
+        tessera_client::SecureSettings::from_config(config.clone())
+            .err()
+            .map(|e| e.to_string()),
     ];
     let invalid = checks.iter().any(Option::is_some);
     problems.extend(checks.into_iter().flatten());

@@ -40,7 +40,7 @@ impl Target {
             .seconds(REPLY_TIMEOUT)
             .map_err(|e| Failure::new(e.to_string()))?;
         let secure = tessera_client::SecureSettings::from_config(config)
-            .map_err(Failure::new)?
+            .map_err(|e| Failure::new(e.to_string()))?
             .for_tool();
         let device = Device::new(address, connect, reply.max(Duration::from_secs(1)))
             .with_position(number)

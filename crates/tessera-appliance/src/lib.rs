@@ -141,7 +141,7 @@ pub fn share_file(path: &Path) -> Result<(), String> {
 
 /// Replaces `path` with `text` atomically, group-shared ([`FILE_MODE`]).
 pub fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
-    tessera_config::write_atomically(path, text, FILE_MODE)
+    tessera_config::write_atomically(path, text, FILE_MODE).map_err(|e| e.to_string())
 }
 
 /// Moves a log aside as `<name>.<unix time>` (or `.<time>-<n>` if taken: the link fails

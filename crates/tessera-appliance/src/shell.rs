@@ -482,7 +482,7 @@ impl Shell<'_> {
     fn clients(&mut self, sub: &str, rest: &[&str]) -> Result<()> {
         let path = self.access_path();
         let exists = path.exists();
-        let mut list = ClientAccess::read(&path)?;
+        let mut list = ClientAccess::read(&path).map_err(|e| e.to_string())?;
         match sub {
             "show" => {
                 if !exists {
@@ -501,7 +501,7 @@ impl Shell<'_> {
                 let text = rest
                     .first()
                     .ok_or_else(|| format!("usage: clients {sub} ADDRESS (an address, a network like 192.0.2.0/24, or any)"))?;
-                let entry = AccessEntry::parse(text)?;
+                let entry = AccessEntry::parse(text).map_err(|e| e.to_string())?;
                 if !exists {
                     list.entries.clear();
                 }
@@ -519,7 +519,7 @@ impl Shell<'_> {
                         ));
                     }
                 }
-                list.write(&path)?;
+                list.write(&path).map_err(|e| e.to_string())?;
                 self.record(&format!("clients {sub} {entry}"))?;
                 println!(
                     "Client access list: {}",
@@ -551,7 +551,8 @@ impl Shell<'_> {
                 ClientAccess {
                     entries: Vec::new(),
                 }
-                .write(&path)?;
+                .write(&path)
+                .map_err(|e| e.to_string())?;
                 self.record("clients clear")?;
                 println!("Client access list cleared: only the local socket is served.");
                 Ok(())
@@ -561,7 +562,7 @@ impl Shell<'_> {
 
     fn network(&mut self, sub: &str, rest: &[&str]) -> Result<()> {
         let file = self.state.join("listen");
-        let configured = listen::read_file(&file)?;
+        let configured = listen::read_file(&file).map_err(|e| e.to_string())?;
         // Without a `listen` file the daemon serves its defaults; what it serves now (the
         // daemon's own default socket path, not this user's) is where changes start from.
         let serving = listen::read_file(&self.state.join("listening"))
@@ -621,7 +622,7 @@ impl Shell<'_> {
         let text = rest
             .first()
             .ok_or_else(|| format!("usage: network {sub} ADDRESS (tcp:HOST:PORT or unix:PATH)"))?;
-        let address = listen::parse(text)?;
+        let address = listen::parse(text).map_err(|e| e.to_string())?;
         if sub == "add" {
             if addresses.contains(&address) {
                 return Err(format!("{address} is already served"));

@@ -124,16 +124,77 @@ pub fn identity_of(pic: &[u8]) -> String {
     tessera_identity::inspect::fingerprint_id(pic)
 }
 
-fn parse_line(file: &Path, number: usize, line: &str) -> Result<Option<KnownDevice>, String> {
+/// What is wrong with a known-devices file, a record of it, or a change to it.
+#[derive(Debug, thiserror::Error)]
+pub enum KnownError {
+    /// A line of a file is not a record.
+    #[error("{}:{line}: {problem}: expected ENTRY SERIAL sha256:HEX|none required|used|clear, found {text:?}", file.display())]
+    Line {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// Which part is wrong.
+        problem: &'static str,
+        /// The line.
+        text: String,
+    },
+    /// A record to parse is empty.
+    #[error("an empty record")]
+    Empty,
+    /// A record to write would not read back as itself.
+    #[error("not a valid record: {0:?} (an entry or serial with spaces, an identity that is not 64 hex digits, or an identity with `clear`)")]
+    Invalid(String),
+    /// The file or its directory belongs to another user than this one or root.
+    #[error("known-devices {what} {} belongs to uid {owner}, not to this user (uid {own}) or root: a record planted there could let a device be talked to in the clear; remove it or give it to its user", place.display())]
+    ForeignOwner {
+        /// `file` or `directory`.
+        what: &'static str,
+        /// Which.
+        place: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// This process's user.
+        own: u32,
+    },
+    /// The file or its directory can be written by group or others.
+    #[error("known-devices {what} {} can be written by group or others (mode {mode:04o}): a record planted there could let a device be talked to in the clear; chmod go-w it", place.display())]
+    Writable {
+        /// `file` or `directory`.
+        what: &'static str,
+        /// Which.
+        place: PathBuf,
+        /// Its mode.
+        mode: u32,
+    },
+    /// This process has no user-level file to change.
+    #[error("(no user-level file: set {} or HOME)", USER_ITEM)]
+    NoUserFile,
+    /// A file could not be read, made, opened, locked or written.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// To which file or directory.
+        path: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The file could not be written.
+    #[error(transparent)]
+    Write(#[from] tessera_config::FileError),
+}
+
+fn parse_line(file: &Path, number: usize, line: &str) -> Result<Option<KnownDevice>, KnownError> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return Ok(None);
     }
-    let bad = |why: &str| {
-        format!(
-            "{}:{number}: {why}: expected ENTRY SERIAL sha256:HEX|none required|used|clear, found {line:?}",
-            file.display()
-        )
+    let bad = |problem: &'static str| KnownError::Line {
+        file: file.into(),
+        line: number,
+        problem,
+        text: line.into(),
     };
     let fields: Vec<&str> = line.split_whitespace().collect();
     let [entry, serial, identity, channel] = fields[..] else {
@@ -173,13 +234,13 @@ fn parse_line(file: &Path, number: usize, line: &str) -> Result<Option<KnownDevi
 
 /// Parses one record as the file writes it (`ENTRY SERIAL IDENTITY CHANNEL`); the error
 /// says what is wrong.
-pub fn parse_record(line: &str) -> Result<KnownDevice, String> {
-    parse_line(Path::new("record"), 1, line)?.ok_or_else(|| "an empty record".to_string())
+pub fn parse_record(line: &str) -> Result<KnownDevice, KnownError> {
+    parse_line(Path::new("record"), 1, line)?.ok_or(KnownError::Empty)
 }
 
 /// Refuses a file or directory that another user than this process's (or root) owns, or that
 /// group or others can write.
-fn owned_safely(path: &Path) -> Result<(), String> {
+fn owned_safely(path: &Path) -> Result<(), KnownError> {
     use std::os::unix::fs::MetadataExt;
     let own = rustix::process::geteuid().as_raw();
     for (what, place) in [("file", Some(path)), ("directory", path.parent())] {
@@ -191,19 +252,22 @@ fn owned_safely(path: &Path) -> Result<(), String> {
         };
         let (owner, mode) = (meta.uid(), meta.mode() & 0o7777);
         if owner != own && owner != 0 {
-            return Err(format!(
-                "known-devices {what} {} belongs to uid {owner}, not to this user (uid {own}) or root: a record planted there could let a device be talked to in the clear; remove it or give it to its user",
-                place.display()
-            ));
+            return Err(KnownError::ForeignOwner {
+                what,
+                place: place.into(),
+                owner,
+                own,
+            });
         }
         // A sticky directory others can write (such as /tmp) still lets nobody replace the
         // file of its owner; any other group- or world-writable place does.
         let sticky = what == "directory" && mode & 0o1000 != 0;
         if mode & 0o022 != 0 && !sticky {
-            return Err(format!(
-                "known-devices {what} {} can be written by group or others (mode {mode:04o}): a record planted there could let a device be talked to in the clear; chmod go-w it",
-                place.display()
-            ));
+            return Err(KnownError::Writable {
+                what,
+                place: place.into(),
+                mode,
+            });
         }
     }
     Ok(())
@@ -259,7 +323,7 @@ impl KnownDevices {
     }
 
     /// Every record of `level` (a missing file has none).
-    pub fn list(&self, level: Level) -> Result<Vec<KnownDevice>, String> {
+    pub fn list(&self, level: Level) -> Result<Vec<KnownDevice>, KnownError> {
         let Some(path) = self.path(level) else {
             return Ok(Vec::new());
         };
@@ -267,7 +331,13 @@ impl KnownDevices {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            Err(source) => {
+                return Err(KnownError::Io {
+                    action: "read",
+                    path: path.into(),
+                    source,
+                })
+            }
         };
         let mut records = Vec::new();
         for (index, line) in text.lines().enumerate() {
@@ -279,7 +349,7 @@ impl KnownDevices {
     }
 
     /// The record of `entry`: the user's, else the system's.
-    pub fn lookup(&self, entry: &str) -> Result<Option<(KnownDevice, Level)>, String> {
+    pub fn lookup(&self, entry: &str) -> Result<Option<(KnownDevice, Level)>, KnownError> {
         for level in [Level::User, Level::System] {
             if let Some(record) = self.list(level)?.into_iter().find(|r| r.entry == entry) {
                 return Ok(Some((record, level)));
@@ -290,12 +360,9 @@ impl KnownDevices {
 
     /// Records (or replaces) the record of its entry at `level`. The record must read back
     /// as itself: nothing is written that would make the file unreadable.
-    pub fn record(&self, level: Level, device: &KnownDevice) -> Result<(), String> {
-        if parse_record(&device.line()).as_ref() != Ok(device) {
-            return Err(format!(
-                "not a valid record: {:?} (an entry or serial with spaces, an identity that is not 64 hex digits, or an identity with `clear`)",
-                device.line()
-            ));
+    pub fn record(&self, level: Level, device: &KnownDevice) -> Result<(), KnownError> {
+        if parse_record(&device.line()).ok().as_ref() != Some(device) {
+            return Err(KnownError::Invalid(device.line()));
         }
         self.change(level, |records| {
             records.retain(|r| r.entry != device.entry);
@@ -305,7 +372,7 @@ impl KnownDevices {
     }
 
     /// Removes the record of `entry` at `level`; whether there was one.
-    pub fn forget(&self, level: Level, entry: &str) -> Result<bool, String> {
+    pub fn forget(&self, level: Level, entry: &str) -> Result<bool, KnownError> {
         let mut found = false;
         self.change(level, |records| {
             let before = records.len();
@@ -322,15 +389,19 @@ impl KnownDevices {
         &self,
         level: Level,
         change: impl FnOnce(&mut Vec<KnownDevice>) -> bool,
-    ) -> Result<(), String> {
-        let path = self.path(level).ok_or_else(|| self.shown(level))?;
+    ) -> Result<(), KnownError> {
+        let path = self.path(level).ok_or(KnownError::NoUserFile)?;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(parent)
-                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+                .map_err(|source| KnownError::Io {
+                    action: "create",
+                    path: parent.into(),
+                    source,
+                })?;
         }
         let lock_path = path.with_extension("lock");
         let lock = {
@@ -341,10 +412,19 @@ impl KnownDevices {
                 .write(true)
                 .mode(0o600)
                 .open(&lock_path)
-                .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?
+                .map_err(|source| KnownError::Io {
+                    action: "open",
+                    path: lock_path.clone(),
+                    source,
+                })?
         };
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|errno| {
+            KnownError::Io {
+                action: "lock",
+                path: lock_path.clone(),
+                source: errno.into(),
+            }
+        })?;
         let mut records = self.list(level)?;
         if !change(&mut records) {
             return Ok(());
@@ -357,7 +437,7 @@ impl KnownDevices {
             text.push('\n');
         }
         // The lock is released when `lock` closes, after the rename.
-        tessera_config::write_atomically(path, &text, 0o600)
+        Ok(tessera_config::write_atomically(path, &text, 0o600)?)
     }
 }
 
@@ -431,7 +511,8 @@ mod tests {
         ] {
             std::fs::write(dir.path().join("system"), format!("# c\n{bad}\n")).unwrap();
             let error = known.lookup("h:1").unwrap_err();
-            assert!(error.contains("system:2"), "{error}");
+            assert!(matches!(error, KnownError::Line { line: 2, .. }), "{error}");
+            assert!(error.to_string().contains("system:2"), "{error}");
         }
         std::fs::write(dir.path().join("system"), "h:1 123 none clear\n").unwrap();
         assert!(known.lookup("h:1").unwrap().unwrap().0.allows_clear());
@@ -463,7 +544,8 @@ mod tests {
         let path = known.path(Level::User).unwrap().to_path_buf();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
         let error = known.lookup("h:1").unwrap_err();
-        assert!(error.contains("chmod go-w"), "{error}");
+        assert!(matches!(error, KnownError::Writable { .. }), "{error}");
+        assert!(error.to_string().contains("chmod go-w"), "{error}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let parent = path.parent().unwrap();
         std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o777)).unwrap();

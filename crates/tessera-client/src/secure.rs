@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tessera_channel::{Channel, ExpectServerHello, HandshakeError, Policy};
-use tessera_config::Config;
+use tessera_config::{Config, ConfigError};
 use tessera_core::Rv;
 use tessera_wire::{Call, Inner, Message, Reply};
 
@@ -81,7 +81,7 @@ struct Verified {
 /// catches a certificate that expired meanwhile).
 const VERIFIED_SECONDS: i64 = 60;
 
-fn number(config: &Config, item: &str, default: u64) -> Result<u64, String> {
+fn number(config: &Config, item: &str, default: u64) -> Result<u64, ConfigError> {
     match config.item(item) {
         None => Ok(default),
         Some((value, level)) => value
@@ -89,22 +89,28 @@ fn number(config: &Config, item: &str, default: u64) -> Result<u64, String> {
             .parse::<u64>()
             .ok()
             .filter(|n| *n > 0)
-            .ok_or_else(|| format!("configuration item {item} (from the {level:?} level): {value:?} is not a positive number")),
+            .ok_or_else(|| ConfigError::Invalid {
+                item: item.into(),
+                level,
+                reason: format!("{value:?} is not a positive number"),
+            }),
     }
 }
 
 impl SecureSettings {
     /// Reads the settings, checking every `ET_PTKC_<serial>_SMPR` item; the error names the
     /// item and the letter at fault.
-    pub fn from_config(config: Config) -> Result<SecureSettings, String> {
+    pub fn from_config(config: Config) -> Result<SecureSettings, ConfigError> {
         let mut channel_anywhere = false;
         for name in config.names() {
             if name.starts_with("ET_PTKC_") && name.ends_with("_SMPR") {
                 let Some((value, level)) = config.item(&name) else {
                     continue;
                 };
-                let policy = Policy::from_smpr(&value).map_err(|e| {
-                    format!("configuration item {name} (from the {level:?} level): {e}")
+                let policy = Policy::from_smpr(&value).map_err(|e| ConfigError::Invalid {
+                    item: name.clone(),
+                    level,
+                    reason: e.to_string(),
                 })?;
                 channel_anywhere |= policy.requires_channel();
             }

@@ -6,6 +6,7 @@
 //! no network client in (the local socket is never filtered). An IPv4-mapped IPv6 peer is
 //! matched as its IPv4 address.
 
+use crate::error::{AddressError, FileError};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
@@ -26,7 +27,7 @@ pub enum AccessEntry {
 
 impl AccessEntry {
     /// Parses `any`, an address, or `address/prefix`.
-    pub fn parse(text: &str) -> Result<AccessEntry, String> {
+    pub fn parse(text: &str) -> Result<AccessEntry, AddressError> {
         let text = text.trim();
         if text.eq_ignore_ascii_case("any") {
             return Ok(AccessEntry::Any);
@@ -35,24 +36,26 @@ impl AccessEntry {
             Some((address, prefix)) => (address, Some(prefix)),
             None => (text, None),
         };
-        let network: IpAddr = address.parse().map_err(|_| {
-            format!("\"{text}\" is not an IP address, a network like 192.0.2.0/24, or \"any\"")
-        })?;
+        let network: IpAddr = address
+            .parse()
+            .map_err(|_| AddressError::NotAnAddress(text.into()))?;
         let network = canonical(network);
         let bits = if network.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => bits,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= bits)
-                .ok_or_else(|| format!("\"{text}\": the prefix length must be 0-{bits}"))?,
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= bits).ok_or_else(|| {
+                AddressError::BadPrefix {
+                    text: text.into(),
+                    bits,
+                }
+            })?,
         };
         if mask(network, prefix) != network {
-            return Err(format!(
-                "\"{text}\": host bits are set below the /{prefix} prefix (the network is {}/{prefix})",
-                mask(network, prefix)
-            ));
+            return Err(AddressError::HostBits {
+                text: text.into(),
+                prefix,
+                network: mask(network, prefix),
+            });
         }
         Ok(AccessEntry::Network { network, prefix })
     }
@@ -132,31 +135,37 @@ impl ClientAccess {
         }
     }
 
-    /// Parses the file's text; an error names the line.
-    pub fn parse(text: &str) -> Result<ClientAccess, String> {
+    /// Parses the file's text; an error names the line (and `path`, the file it came from).
+    pub fn parse_in(path: &Path, text: &str) -> Result<ClientAccess, FileError> {
         let mut entries = Vec::new();
         for (number, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            entries
-                .push(AccessEntry::parse(line).map_err(|e| format!("line {}: {e}", number + 1))?);
+            entries.push(AccessEntry::parse(line).map_err(|error| FileError::Line {
+                path: path.into(),
+                line: number + 1,
+                error,
+            })?);
         }
         Ok(ClientAccess { entries })
     }
 
     /// Reads the list at `path` (missing: [`ClientAccess::open_to_all`]).
-    pub fn read(path: &Path) -> Result<ClientAccess, String> {
+    pub fn read(path: &Path) -> Result<ClientAccess, FileError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => ClientAccess::parse(&text).map_err(|e| format!("{}: {e}", path.display())),
+            Ok(text) => ClientAccess::parse_in(path, &text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ClientAccess::open_to_all()),
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+            Err(source) => Err(FileError::Read {
+                path: path.into(),
+                source,
+            }),
         }
     }
 
     /// Writes the list to `path` atomically (a temporary file renamed over it).
-    pub fn write(&self, path: &Path) -> Result<(), String> {
+    pub fn write(&self, path: &Path) -> Result<(), FileError> {
         let mut text = String::from(
             "# Tessera client access list: one address, network or \"any\" per line.\n",
         );
@@ -179,28 +188,36 @@ mod tests {
 
     #[test]
     fn entries_parse_match_and_name_what_is_wrong() {
-        let list = ClientAccess::parse("# office\n192.0.2.0/24\n2001:db8::1\n\n").unwrap();
+        let list = ClientAccess::parse_in(
+            Path::new("clients"),
+            "# office\n192.0.2.0/24\n2001:db8::1\n\n",
+        )
+        .unwrap();
         assert!(list.admits("192.0.2.77".parse().unwrap()));
         assert!(list.admits("::ffff:192.0.2.5".parse().unwrap()));
         assert!(!list.admits("192.0.3.1".parse().unwrap()));
         assert!(list.admits("2001:db8::1".parse().unwrap()));
         assert!(!list.admits("2001:db8::2".parse().unwrap()));
-        assert!(!ClientAccess::parse("")
+        assert!(!ClientAccess::parse_in(Path::new("clients"), "")
             .unwrap()
             .admits("127.0.0.1".parse().unwrap()));
-        assert!(ClientAccess::parse("ANY")
+        assert!(ClientAccess::parse_in(Path::new("clients"), "ANY")
             .unwrap()
             .admits("10.1.2.3".parse().unwrap()));
         assert_eq!(
-            AccessEntry::parse("192.0.2.1/24").unwrap_err(),
+            AccessEntry::parse("192.0.2.1/24").unwrap_err().to_string(),
             "\"192.0.2.1/24\": host bits are set below the /24 prefix (the network is 192.0.2.0/24)"
         );
         assert!(AccessEntry::parse("10.0.0.0/33")
             .unwrap_err()
+            .to_string()
             .contains("0-32"));
-        assert!(ClientAccess::parse("10.0.0.1\nexample.com")
-            .unwrap_err()
-            .starts_with("line 2:"));
+        assert!(
+            ClientAccess::parse_in(Path::new("clients"), "10.0.0.1\nexample.com")
+                .unwrap_err()
+                .to_string()
+                .starts_with("clients: line 2:")
+        );
         assert_eq!(
             AccessEntry::parse("0.0.0.0/0").unwrap().to_string(),
             "0.0.0.0/0"
@@ -218,7 +235,7 @@ mod tests {
             ClientAccess::read(&path).unwrap(),
             ClientAccess::open_to_all()
         );
-        let list = ClientAccess::parse("127.0.0.1\n10.0.0.0/8").unwrap();
+        let list = ClientAccess::parse_in(Path::new("clients"), "127.0.0.1\n10.0.0.0/8").unwrap();
         list.write(&path).unwrap();
         assert_eq!(ClientAccess::read(&path).unwrap(), list);
     }

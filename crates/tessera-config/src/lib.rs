@@ -17,11 +17,13 @@
 
 pub mod access;
 pub mod atomic;
+pub mod error;
 pub mod items;
 pub mod listen;
 mod server;
 pub mod users;
 
+pub use error::{AddressError, FileError, UnknownUser};
 pub use server::{default_data_dir, default_socket_path, ServerAddress, DEFAULT_TCP_PORT};
 
 use std::collections::HashMap;
@@ -75,6 +77,16 @@ pub enum ConfigError {
     /// A problem described in full by its message (it names the item).
     #[error("{0}")]
     Message(String),
+    /// An item names an address that is wrong.
+    #[error("configuration item {item} (from the {level:?} level): {error}")]
+    Address {
+        /// The item.
+        item: String,
+        /// The level it came from.
+        level: Level,
+        /// What is wrong with the address.
+        error: AddressError,
+    },
     /// An item's value is invalid.
     #[error("configuration item {item} (from the {level:?} level): {reason}")]
     Invalid {
@@ -165,11 +177,11 @@ impl Config {
         let servers = value
             .split_whitespace()
             .map(ServerAddress::parse)
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(|reason| ConfigError::Invalid {
+            .collect::<Result<Vec<_>, AddressError>>()
+            .map_err(|error| ConfigError::Address {
                 item: SERVER_LIST.into(),
                 level,
-                reason,
+                error,
             })?;
         if servers.is_empty() {
             return Err(ConfigError::Invalid {
@@ -197,13 +209,15 @@ impl Config {
     pub fn server_user_in(&self, passwd: &str) -> Result<Option<u32>, ConfigError> {
         match self.item(SERVER_USER) {
             Some((value, _)) if value.trim().is_empty() => Ok(None),
-            Some((value, level)) => users::resolve_in(passwd, &value)
-                .map(Some)
-                .map_err(|reason| ConfigError::Invalid {
-                    item: SERVER_USER.into(),
-                    level,
-                    reason,
-                }),
+            Some((value, level)) => {
+                users::resolve_in(passwd, &value)
+                    .map(Some)
+                    .map_err(|unknown| ConfigError::Invalid {
+                        item: SERVER_USER.into(),
+                        level,
+                        reason: unknown.to_string(),
+                    })
+            }
             None => Ok(None),
         }
     }
@@ -297,9 +311,13 @@ pub fn parse(file: &str, text: &str) -> Result<HashMap<String, String>, ConfigEr
 
 /// Replaces `path` with `text` through [`atomic::write`] (with `mode`, whatever the umask), so a
 /// crash or a second writer leaves a whole file, old or new.
-pub fn write_atomically(path: &Path, text: &str, mode: u32) -> Result<(), String> {
-    atomic::write(path, text.as_bytes(), atomic::Mode::Exactly(mode))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+pub fn write_atomically(path: &Path, text: &str, mode: u32) -> Result<(), FileError> {
+    atomic::write(path, text.as_bytes(), atomic::Mode::Exactly(mode)).map_err(|source| {
+        FileError::Write {
+            path: path.into(),
+            source,
+        }
+    })
 }
 
 #[cfg(test)]

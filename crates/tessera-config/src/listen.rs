@@ -1,5 +1,6 @@
 //! The addresses the daemon serves (`--listen`, and an appliance's `listen` file).
 
+use crate::error::{AddressError, FileError};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -24,16 +25,16 @@ impl fmt::Display for Listen {
 }
 
 /// Parses `unix:PATH` or `tcp:HOST[:PORT]` (port 12396 when none is given).
-pub fn parse(text: &str) -> Result<Listen, String> {
+pub fn parse(text: &str) -> Result<Listen, AddressError> {
     if let Some(path) = text.strip_prefix("unix:") {
         if path.is_empty() {
-            return Err("unix: needs a path, e.g. unix:/run/tessera/tesserad.sock".into());
+            return Err(AddressError::UnixWithoutPath);
         }
         return Ok(Listen::Unix(PathBuf::from(path)));
     }
     if let Some(address) = text.strip_prefix("tcp:") {
         if address.is_empty() {
-            return Err("tcp: needs a host, e.g. tcp:0.0.0.0:12396".into());
+            return Err(AddressError::TcpWithoutHost);
         }
         let with_port = if address
             .rsplit_once(':')
@@ -45,28 +46,35 @@ pub fn parse(text: &str) -> Result<Listen, String> {
         };
         let host = with_port.rsplit_once(':').map_or("", |(h, _)| h);
         if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
-            return Err(format!(
-                "{text:?}: an IPv6 host goes in brackets (tcp:[::1]:12396), and a port is one number"
-            ));
+            return Err(AddressError::UnbracketedHost(text.into()));
         }
         return Ok(Listen::Tcp(with_port));
     }
-    Err(format!("{text:?}: expected unix:PATH or tcp:HOST:PORT"))
+    Err(AddressError::UnknownScheme(text.into()))
 }
 
 /// Reads an appliance's `listen` file: one address per line, `#` comments. `Ok(None)` when
 /// the file does not exist; an error names the line.
-pub fn read_file(path: &std::path::Path) -> Result<Option<Vec<Listen>>, String> {
+pub fn read_file(path: &std::path::Path) -> Result<Option<Vec<Listen>>, FileError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        Err(source) => {
+            return Err(FileError::Read {
+                path: path.into(),
+                source,
+            })
+        }
     };
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
         .map(|(n, l)| {
-            parse(l.trim()).map_err(|e| format!("{} line {}: {e}", path.display(), n + 1))
+            parse(l.trim()).map_err(|error| FileError::Line {
+                path: path.into(),
+                line: n + 1,
+                error,
+            })
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
@@ -87,14 +95,23 @@ mod tests {
             parse("unix:/run/t.sock").unwrap().to_string(),
             "unix:/run/t.sock"
         );
+        assert_eq!(
+            parse("udp:1.2.3.4"),
+            Err(AddressError::UnknownScheme("udp:1.2.3.4".into()))
+        );
         assert!(parse("udp:1.2.3.4")
             .unwrap_err()
+            .to_string()
             .contains("expected unix:PATH or tcp:HOST:PORT"));
-        assert!(parse("unix:").is_err());
-        assert!(parse("tcp:0.0.0.0:12396:7")
+        assert_eq!(parse("unix:"), Err(AddressError::UnixWithoutPath));
+        assert!(matches!(
+            parse("tcp:0.0.0.0:12396:7"),
+            Err(AddressError::UnbracketedHost(_))
+        ));
+        assert!(parse("tcp:::1")
             .unwrap_err()
+            .to_string()
             .contains("in brackets"));
-        assert!(parse("tcp:::1").unwrap_err().contains("in brackets"));
         assert_eq!(
             parse("tcp:[::1]").unwrap(),
             Listen::Tcp("[::1]:12396".into())
@@ -103,8 +120,13 @@ mod tests {
         let file = dir.path().join("listen");
         assert_eq!(read_file(&file).unwrap(), None);
         std::fs::write(&file, "# served\ntcp:127.0.0.1:1\nbogus\n").unwrap();
-        assert!(read_file(&file)
-            .unwrap_err()
+        let refused = read_file(&file).unwrap_err();
+        assert!(
+            matches!(refused, FileError::Line { line: 3, .. }),
+            "{refused}"
+        );
+        assert!(refused
+            .to_string()
             .ends_with("line 3: \"bogus\": expected unix:PATH or tcp:HOST:PORT"));
     }
 }

@@ -1,5 +1,6 @@
 //! Server addresses of the server list, and the default local socket.
 
+use crate::error::AddressError;
 use std::path::PathBuf;
 
 /// The TCP port of the network mode when a server entry names none.
@@ -21,12 +22,14 @@ pub enum ServerAddress {
 
 impl ServerAddress {
     /// Parses one entry; the error says what is wrong with it.
-    pub fn parse(entry: &str) -> Result<ServerAddress, String> {
+    pub fn parse(entry: &str) -> Result<ServerAddress, AddressError> {
         if entry.starts_with('/') || entry.starts_with('.') {
             return Ok(ServerAddress::Unix(PathBuf::from(entry)));
         }
-        let bad_port =
-            |port: &str| format!("entry {entry:?}: port {port:?} is not a number 1-65535");
+        let bad_port = |port: &str| AddressError::BadPort {
+            entry: entry.into(),
+            port: port.into(),
+        };
         let parse_port = |port: &str| {
             port.parse::<u16>()
                 .ok()
@@ -36,11 +39,16 @@ impl ServerAddress {
         if let Some(rest) = entry.strip_prefix('[') {
             let (host, tail) = rest
                 .split_once(']')
-                .ok_or_else(|| format!("entry {entry:?}: missing ']' after an IPv6 address"))?;
+                .ok_or_else(|| AddressError::MissingBracket(entry.into()))?;
             let port = match tail.strip_prefix(':') {
                 Some(port) => parse_port(port)?,
                 None if tail.is_empty() => DEFAULT_TCP_PORT,
-                None => return Err(format!("entry {entry:?}: unexpected {tail:?} after ']'")),
+                None => {
+                    return Err(AddressError::AfterBracket {
+                        entry: entry.into(),
+                        tail: tail.into(),
+                    })
+                }
             };
             return Ok(ServerAddress::Tcp {
                 host: host.into(),
@@ -50,7 +58,7 @@ impl ServerAddress {
         match entry.rsplit_once(':') {
             Some((host, port)) if !host.contains(':') => {
                 if host.is_empty() {
-                    return Err(format!("entry {entry:?}: host is empty"));
+                    return Err(AddressError::EmptyHost(entry.into()));
                 }
                 Ok(ServerAddress::Tcp {
                     host: host.into(),

@@ -1,6 +1,7 @@
 //! Users by name or number, as `/etc/passwd` lists them (no NSS lookup: no `unsafe`, no
 //! new crate; a user that only a directory service knows is given by number instead).
 
+use crate::error::UnknownUser;
 use std::path::Path;
 
 /// The password file read by [`uid_of`] and [`describe`].
@@ -27,17 +28,19 @@ pub fn name_in(passwd: &str, uid: u32) -> Option<String> {
 }
 
 /// A user given as a number or a name: its uid, or why it is not a user.
-pub fn resolve_in(passwd: &str, user: &str) -> Result<u32, String> {
+pub fn resolve_in(passwd: &str, user: &str) -> Result<u32, UnknownUser> {
     let user = user.trim();
     if let Ok(uid) = user.parse::<u32>() {
         return Ok(uid);
     }
-    uid_in(passwd, user)
-        .ok_or_else(|| format!("no user {user:?} in {PASSWD}; give the user's number instead"))
+    uid_in(passwd, user).ok_or_else(|| UnknownUser {
+        user: user.into(),
+        passwd: PASSWD,
+    })
 }
 
 /// [`resolve_in`] against `/etc/passwd`.
-pub fn uid_of(user: &str) -> Result<u32, String> {
+pub fn uid_of(user: &str) -> Result<u32, UnknownUser> {
     resolve_in(&read(Path::new(PASSWD)), user)
 }
 
@@ -71,6 +74,8 @@ mod tests {
         assert_eq!(resolve_in(PASSWD_TEXT, "4242"), Ok(4242));
         assert_eq!(resolve_in(PASSWD_TEXT, "0"), Ok(0));
         let unknown = resolve_in(PASSWD_TEXT, "mallory").unwrap_err();
+        assert_eq!(unknown.user, "mallory");
+        let unknown = unknown.to_string();
         assert!(
             unknown.contains("\"mallory\"") && unknown.contains(PASSWD),
             "{unknown}"

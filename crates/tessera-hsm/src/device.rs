@@ -92,7 +92,8 @@ fn migrate(store: &Store, device_key: &MasterKey, pepper: &MasterKey) -> Result<
         record.so_pin = pepper_of(record.so_pin.take())?;
         record.user_pin = pepper_of(record.user_pin.take())?;
         for (id, stored) in store.objects(token_id)? {
-            if let Some(resealed) = crate::objects::reseal_public(device_key, token_id, id, &stored)
+            if let Some(resealed) =
+                crate::object_calls::reseal_public(device_key, token_id, id, &stored)
             {
                 objects.push((token_id, id, resealed));
             }
@@ -241,7 +242,7 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
         })?;
         let mut objects = crate::object_set::ObjectSet::default();
         for (id, stored) in store.objects(token_id)? {
-            objects.insert(id, crate::objects::in_memory(stored));
+            objects.insert(id, crate::object_calls::in_memory(stored));
         }
         tokens.insert(
             token_id,

@@ -17,11 +17,11 @@ mod device;
 mod events;
 mod identity;
 mod kbkdf;
-mod keys;
+mod key_calls;
 mod mechanisms;
 mod object;
+mod object_calls;
 mod object_set;
-mod objects;
 mod operations;
 mod protection;
 mod rollback;
@@ -130,7 +130,7 @@ pub(crate) struct Session {
     token_id: u64,
     read_write: bool,
     find: Option<Vec<u64>>,
-    operations: HashMap<tessera_wire::Operation, crypto::Operation>,
+    operations: HashMap<tessera_wire::Operation, crypto::ActiveOperation>,
     /// Operations on a `CKA_ALWAYS_AUTHENTICATE` key that wait for a context-specific login,
     /// the most recently initialised last (a context-specific login is for that one).
     authenticate: Vec<tessera_wire::Operation>,

@@ -41,7 +41,7 @@ impl Hsm {
         }
         let weak = flags & tessera_core::flags::WEAK_MECHANISMS != 0;
         let (active, key_needs_login) = if operation == Operation::Digest {
-            (crypto::Operation::digest(mechanism)?, false)
+            (crypto::ActiveOperation::digest(mechanism)?, false)
         } else {
             let attributes = self.key_attributes(&state, client, session, key)?;
             if let Some(allowed) = attributes
@@ -57,13 +57,17 @@ impl Hsm {
             }
             let active = match operation {
                 Operation::Encrypt => {
-                    crypto::Operation::cipher(mechanism, &attributes, true, weak)?
+                    crypto::ActiveOperation::cipher(mechanism, &attributes, true, weak)?
                 }
                 Operation::Decrypt => {
-                    crypto::Operation::cipher(mechanism, &attributes, false, weak)?
+                    crypto::ActiveOperation::cipher(mechanism, &attributes, false, weak)?
                 }
-                Operation::Sign => crypto::Operation::signature(mechanism, &attributes, false)?,
-                Operation::Verify => crypto::Operation::signature(mechanism, &attributes, true)?,
+                Operation::Sign => {
+                    crypto::ActiveOperation::signature(mechanism, &attributes, false)?
+                }
+                Operation::Verify => {
+                    crypto::ActiveOperation::signature(mechanism, &attributes, true)?
+                }
                 Operation::Digest => return Err(Rv::GeneralError),
             };
             (active, attributes.flag(ck::CKA_ALWAYS_AUTHENTICATE))
@@ -83,7 +87,7 @@ impl Hsm {
         client: u64,
         session: u64,
         operation: Operation,
-    ) -> Result<crypto::Operation, Rv> {
+    ) -> Result<crypto::ActiveOperation, Rv> {
         let mut state = self.lock();
         let current = state.session_mut(client, session)?;
         if current.authenticate.contains(&operation) && current.operations.contains_key(&operation)

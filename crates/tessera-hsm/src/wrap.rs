@@ -4,7 +4,7 @@
 use aws_lc_rs::key_wrap::{KeyEncryptionKey, KeyWrap, KeyWrapPadded, AES_128, AES_256};
 use tessera_core::{ck, Mechanism, MechanismParameter, Rv, SecretBytes};
 
-use crate::crypto::{Operation, Output};
+use crate::crypto::{ActiveOperation, Output};
 use crate::object::Attributes;
 
 fn kek(
@@ -96,7 +96,7 @@ pub(crate) fn wrap(
             if !wrapping.flag(ck::CKA_WRAP) {
                 return Err(Rv::KeyFunctionNotPermitted);
             }
-            let mut operation = Operation::oaep(mechanism, wrapping, true, ck::CKA_WRAP)?;
+            let mut operation = ActiveOperation::oaep(mechanism, wrapping, true, ck::CKA_WRAP)?;
             operation.update(value)?;
             match operation.finish(&[])? {
                 Output::Bytes(bytes) => Ok(bytes),
@@ -158,7 +158,8 @@ pub(crate) fn unwrap(
             if !unwrapping.flag(ck::CKA_UNWRAP) {
                 return Err(Rv::KeyFunctionNotPermitted);
             }
-            let mut operation = Operation::oaep(mechanism, unwrapping, false, ck::CKA_UNWRAP)?;
+            let mut operation =
+                ActiveOperation::oaep(mechanism, unwrapping, false, ck::CKA_UNWRAP)?;
             operation.update(wrapped)?;
             match operation.finish(&[]) {
                 Ok(Output::Secret(secret)) => Ok(secret),

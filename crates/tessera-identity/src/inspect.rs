@@ -51,18 +51,29 @@ pub fn fingerprint_id(der: &[u8]) -> String {
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der))
 }
 
+/// What is wrong with bytes given as a DER certificate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertificateError {
+    /// Bytes follow the certificate.
+    #[error("trailing bytes after the certificate")]
+    Trailing,
+    /// Not a certificate (the parser's reason).
+    #[error("not an X.509 certificate: {0}")]
+    NotX509(String),
+}
+
 /// Parses a DER certificate.
-pub fn parse(der: &[u8]) -> Result<X509Certificate<'_>, String> {
+pub fn parse(der: &[u8]) -> Result<X509Certificate<'_>, CertificateError> {
     match X509Certificate::from_der(der) {
         Ok(([], certificate)) => Ok(certificate),
-        Ok(_) => Err("trailing bytes after the certificate".into()),
-        Err(e) => Err(format!("not an X.509 certificate: {e}")),
+        Ok(_) => Err(CertificateError::Trailing),
+        Err(e) => Err(CertificateError::NotX509(e.to_string())),
     }
 }
 
 impl CertificateInfo {
     /// Reads a DER certificate.
-    pub fn parse(der: &[u8]) -> Result<CertificateInfo, String> {
+    pub fn parse(der: &[u8]) -> Result<CertificateInfo, CertificateError> {
         let certificate = parse(der)?;
         let tbs = &certificate.tbs_certificate;
         let serial_oid = x509_parser::oid_registry::OID_X509_SERIALNUMBER;

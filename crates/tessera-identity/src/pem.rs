@@ -12,30 +12,68 @@ pub fn encode(label: &str, der: &[u8]) -> String {
     )
 }
 
+/// What is wrong with a PEM text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PemError {
+    /// The label asked for is not one Tessera reads.
+    #[error("{0} is not a PEM label Tessera reads")]
+    UnknownLabel(String),
+    /// A block has no end line.
+    #[error("a {0} block is not terminated")]
+    Unterminated(String),
+    /// A block's body is not base64.
+    #[error("a {label} block is not valid base64 ({reason})")]
+    Base64 {
+        /// The label.
+        label: String,
+        /// The decoder's reason.
+        reason: String,
+    },
+    /// A block is otherwise malformed.
+    #[error("a {label} block is not valid PEM ({reason})")]
+    Invalid {
+        /// The label.
+        label: String,
+        /// The reader's reason.
+        reason: String,
+    },
+    /// No block has the label.
+    #[error("no {0} PEM block found")]
+    Missing(String),
+}
+
 /// Every block with `label` in a PEM text, decoded; a text that is not PEM is taken as DER.
 /// Blocks with other labels are skipped.
-pub fn decode_all(text: &[u8], label: &str) -> Result<Vec<Vec<u8>>, String> {
+pub fn decode_all(text: &[u8], label: &str) -> Result<Vec<Vec<u8>>, PemError> {
     if std::str::from_utf8(text).is_err() {
         return Ok(vec![text.to_vec()]);
     }
     let wanted = SectionKind::try_from(label.as_bytes())
-        .map_err(|()| format!("{label} is not a PEM label Tessera reads"))?;
+        .map_err(|()| PemError::UnknownLabel(label.into()))?;
     let mut blocks = Vec::new();
     for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(text) {
         match section {
             Ok((kind, der)) if kind == wanted => blocks.push(der),
             Ok(_) => {}
             Err(pki_pem::Error::MissingSectionEnd { .. }) => {
-                return Err(format!("a {label} block is not terminated"))
+                return Err(PemError::Unterminated(label.into()))
             }
             Err(pki_pem::Error::Base64Decode(e)) => {
-                return Err(format!("a {label} block is not valid base64 ({e})"))
+                return Err(PemError::Base64 {
+                    label: label.into(),
+                    reason: e.to_string(),
+                })
             }
-            Err(e) => return Err(format!("a {label} block is not valid PEM ({e})")),
+            Err(e) => {
+                return Err(PemError::Invalid {
+                    label: label.into(),
+                    reason: e.to_string(),
+                })
+            }
         }
     }
     if blocks.is_empty() {
-        return Err(format!("no {label} PEM block found"));
+        return Err(PemError::Missing(label.into()));
     }
     Ok(blocks)
 }
@@ -82,7 +120,8 @@ mod tests {
         // "YQ==" is "a"; the old reader skipped every `=` and read "YQ==YmM=" as "abc".
         let text = "-----BEGIN CERTIFICATE-----\nYQ==YmM=\n-----END CERTIFICATE-----\n";
         let error = decode_all(text.as_bytes(), "CERTIFICATE").unwrap_err();
-        assert!(error.contains("not valid base64"), "{error}");
+        assert!(matches!(error, PemError::Base64 { .. }), "{error}");
+        assert!(error.to_string().contains("not valid base64"), "{error}");
         let text = "-----BEGIN CERTIFICATE-----\nYW=Jj\n-----END CERTIFICATE-----\n";
         assert!(decode_all(text.as_bytes(), "CERTIFICATE").is_err());
     }
@@ -91,7 +130,9 @@ mod tests {
     fn a_block_without_its_end_is_refused() {
         let text = "-----BEGIN CERTIFICATE-----\nYWJj\n";
         assert_eq!(
-            decode_all(text.as_bytes(), "CERTIFICATE").unwrap_err(),
+            decode_all(text.as_bytes(), "CERTIFICATE")
+                .unwrap_err()
+                .to_string(),
             "a CERTIFICATE block is not terminated"
         );
     }

@@ -52,7 +52,7 @@ pub enum TrustError {
     },
     /// A given file is not a certificate.
     #[error("{0}")]
-    NotACertificate(String),
+    NotACertificate(#[from] crate::inspect::CertificateError),
     /// No certificate or several match a fingerprint prefix.
     #[error("{0}")]
     NoMatch(String),

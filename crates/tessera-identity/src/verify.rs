@@ -23,7 +23,7 @@ pub enum Refusal {
         /// Position in the chain (0 = the device's PIC).
         index: usize,
         /// What is wrong.
-        reason: String,
+        reason: crate::inspect::CertificateError,
     },
     /// Neither the PIC nor an owner certificate that signed it is in the trust store.
     #[error("{subject} is not trusted: neither it nor its issuer {issuer} is in the trust store")]

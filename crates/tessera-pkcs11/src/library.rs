@@ -168,9 +168,7 @@ impl Library {
         config.server_user()?;
         // Secure messaging settings: trust store, SMPR per serial (checked here), limits, log.
         let allow_dumps = tessera_client::dumps::allowed(&config)?;
-        let secure = Arc::new(
-            tessera_client::SecureSettings::from_config(config).map_err(ConfigError::Message)?,
-        );
+        let secure = Arc::new(tessera_client::SecureSettings::from_config(config)?);
         secure.report_configuration();
         // Before any PIN or key passes through: a crash must not write them to a core file.
         if allow_dumps {

@@ -370,7 +370,7 @@ fn access_list(path: &Path) -> Result<tessera_config::access::ClientAccess, Stri
             return Ok(list.clone());
         }
     }
-    let list = tessera_config::access::ClientAccess::read(path)?;
+    let list = tessera_config::access::ClientAccess::read(path).map_err(|e| e.to_string())?;
     *cache = Some((path.to_path_buf(), current, list.clone()));
     Ok(list)
 }

@@ -329,14 +329,16 @@ fn main() -> ExitCode {
             .map(with_local_socket)
     } else if args.appliance {
         // The addresses set with `psesh network`, else the local socket and every interface.
-        tessera_config::listen::read_file(&state.join("listen")).map(|configured| {
-            configured.unwrap_or_else(|| {
-                vec![
-                    Listen::Unix(default_socket_path()),
-                    Listen::Tcp(format!("0.0.0.0:{DEFAULT_TCP_PORT}")),
-                ]
+        tessera_config::listen::read_file(&state.join("listen"))
+            .map(|configured| {
+                configured.unwrap_or_else(|| {
+                    vec![
+                        Listen::Unix(default_socket_path()),
+                        Listen::Tcp(format!("0.0.0.0:{DEFAULT_TCP_PORT}")),
+                    ]
+                })
             })
-        })
+            .map_err(|e| e.to_string())
     } else {
         Ok(vec![Listen::Unix(default_socket_path())])
     };

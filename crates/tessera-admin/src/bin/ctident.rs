@@ -577,7 +577,10 @@ fn identity_changed(target: &Target) -> Result<(), Failure> {
     let files = tessera_client::known::KnownDevices::from_config(&config);
     let entry = target.device.address().entry();
     let level = tessera_client::known::Level::User;
-    if files.forget(level, &entry).map_err(Failure::new)? {
+    if files
+        .forget(level, &entry)
+        .map_err(|e| Failure::new(e.to_string()))?
+    {
         println!(
             "The identity changed: forgot the known-devices record of {entry} in {}. Other users and machines that talk to it must run `ctident known-devices forget {entry}` (and trust the new identity if needed).",
             files.shown(level)
@@ -601,14 +604,17 @@ fn run_known(known: &Known) -> Result<(), Failure> {
         Known::List => {
             for (level, name) in [(KnownLevel::User, "user"), (KnownLevel::System, "system")] {
                 println!("{name}: {}", files.shown(level));
-                for record in files.list(level).map_err(Failure::new)? {
+                for record in files.list(level).map_err(|e| Failure::new(e.to_string()))? {
                     println!("  {}", record.line());
                 }
             }
         }
         Known::Forget { entry, system } => {
             let level = level(*system);
-            if !files.forget(level, entry).map_err(Failure::new)? {
+            if !files
+                .forget(level, entry)
+                .map_err(|e| Failure::new(e.to_string()))?
+            {
                 return Err(Failure::new(format!(
                     "{} has no record of {entry:?}; `ctident known-devices list` shows the entries",
                     files.shown(level)

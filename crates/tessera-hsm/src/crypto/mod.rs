@@ -273,21 +273,21 @@ enum Inner {
 }
 
 /// An active operation of a session.
-pub struct Operation {
+pub struct ActiveOperation {
     inner: Inner,
 }
 
 /// The largest input a cipher operation accumulates (a 16 MiB frame holds it with room).
 const MAX_CIPHER_INPUT: usize = 8 << 20;
 
-impl Operation {
+impl ActiveOperation {
     /// Starts a digest.
-    pub fn digest(mechanism: &Mechanism) -> Result<Operation, Rv> {
+    pub fn digest(mechanism: &Mechanism) -> Result<ActiveOperation, Rv> {
         if mechanism.parameter != MechanismParameter::None {
             return Err(Rv::MechanismParamInvalid);
         }
         let algorithm = digest_algorithm(mechanism.ty).ok_or(Rv::MechanismInvalid)?;
-        Ok(Operation {
+        Ok(ActiveOperation {
             inner: Inner::Digest(Context::new(algorithm)),
         })
     }
@@ -297,7 +297,7 @@ impl Operation {
         mechanism: &Mechanism,
         key: &Attributes,
         verify: bool,
-    ) -> Result<Operation, Rv> {
+    ) -> Result<ActiveOperation, Rv> {
         let m = mechanism.ty as ck::CK_MECHANISM_TYPE;
         if mac::is_mac(mechanism.ty) {
             let usage = if verify { ck::CKA_VERIFY } else { ck::CKA_SIGN };
@@ -305,7 +305,7 @@ impl Operation {
             if !key.flag(usage) {
                 return Err(Rv::KeyFunctionNotPermitted);
             }
-            return Ok(Operation {
+            return Ok(ActiveOperation {
                 inner: Inner::Mac {
                     mac: Box::new(mac),
                     verify,
@@ -335,7 +335,7 @@ impl Operation {
             if !key.flag(if verify { ck::CKA_VERIFY } else { ck::CKA_SIGN }) {
                 return Err(Rv::KeyFunctionNotPermitted);
             }
-            return Ok(Operation {
+            return Ok(ActiveOperation {
                 inner: Inner::Eddsa {
                     key: key.clone(),
                     data: Vec::new(),
@@ -452,7 +452,7 @@ impl Operation {
             (Some(scheme), false) => SignKey::Rsa(rsa_private_key(key)?, scheme),
             (Some(scheme), true) => SignKey::RsaPublic(rsa_public_key(key)?, scheme),
         };
-        Ok(Operation {
+        Ok(ActiveOperation {
             inner: Inner::Signature { key, input },
         })
     }
@@ -464,7 +464,7 @@ impl Operation {
         key: &Attributes,
         encrypt: bool,
         weak_allowed: bool,
-    ) -> Result<Operation, Rv> {
+    ) -> Result<ActiveOperation, Rv> {
         let usage = if encrypt {
             ck::CKA_ENCRYPT
         } else {
@@ -539,7 +539,7 @@ impl Operation {
         if !matches!(value.len(), 16 | 24 | 32) {
             return Err(Rv::KeyTypeInconsistent);
         }
-        Ok(Operation {
+        Ok(ActiveOperation {
             inner: Inner::Aes {
                 key: SecretBytes::from_slice(value),
                 mode,
@@ -556,7 +556,7 @@ impl Operation {
         key: &Attributes,
         encrypt: bool,
         usage: ck::CK_ATTRIBUTE_TYPE,
-    ) -> Result<Operation, Rv> {
+    ) -> Result<ActiveOperation, Rv> {
         use aws_lc_rs::rsa;
         let MechanismParameter::Oaep { hash, mgf, label } = &mechanism.parameter else {
             return Err(Rv::MechanismParamInvalid);
@@ -594,7 +594,7 @@ impl Operation {
             OaepCipher::Decrypt(rsa::OaepPrivateDecryptingKey::new(private).map_err(inconsistent)?)
         };
         let data = SecretBytes::default();
-        Ok(Operation {
+        Ok(ActiveOperation {
             inner: Inner::Oaep {
                 cipher,
                 algorithm,
@@ -610,7 +610,7 @@ impl Operation {
         encrypt: bool,
         weak_allowed: bool,
         usage: ck::CK_ATTRIBUTE_TYPE,
-    ) -> Result<Operation, Rv> {
+    ) -> Result<ActiveOperation, Rv> {
         if mechanism.parameter != MechanismParameter::None {
             return Err(Rv::MechanismParamInvalid);
         }
@@ -645,7 +645,7 @@ impl Operation {
             )
         };
         let data = SecretBytes::default();
-        Ok(Operation {
+        Ok(ActiveOperation {
             inner: Inner::Rsa { cipher, data },
         })
     }
