@@ -1,12 +1,13 @@
 //! Creating and opening a device, and the info records of the device, its slots and tokens.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tessera_core::ck;
 use tessera_core::info::{DeviceInfo, SlotInfo, TokenInfo, Version};
 use tessera_core::Rv;
 use tessera_store::{DeviceRecord, MasterKey, Store, StoreError, TokenRecord};
 
+use crate::error::HsmError;
 pub use crate::protection::DeviceKeyProtection;
 use crate::{Hsm, State, Token, MAX_PIN_FAILURES, MAX_PIN_LEN, MAX_SESSIONS, MIN_PIN_LEN};
 
@@ -47,32 +48,6 @@ impl Default for HsmOptions {
             accept_rollback: false,
         }
     }
-}
-
-/// Why a device could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum HsmError {
-    /// The token store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A file of the data directory could not be read or written.
-    #[error("{path}: {reason}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
-    /// The options are invalid.
-    #[error("{0}")]
-    Options(String),
-    /// The store is older than the recorded state: it was rolled back.
-    #[error(
-        "refusing to serve: {0}. Put back the newest tessera.redb; to serve this one \
-             anyway (its older PIN counters, flags and events become current), start once with \
-             --accept-rollback"
-    )]
-    Rollback(String),
 }
 
 /// Migrates a format-1 store: PIN records are peppered (without the PINs: the wrapped key is

@@ -14,6 +14,7 @@ mod channels;
 mod crypto;
 mod derive;
 mod device;
+mod error;
 mod events;
 mod identity;
 mod kbkdf;
@@ -41,7 +42,8 @@ pub use admin::{
     CKA_TESSERA_SECURITY_FLAGS, CKA_TESSERA_SERIAL, CKH_TESSERA_DEVICE, DEVICE_OBJECT,
 };
 pub use channels::{ChannelInfo, DEFAULT_MAX_CHANNELS};
-pub use device::{DeviceKeyProtection, HsmError, HsmOptions};
+pub use device::{DeviceKeyProtection, HsmOptions};
+pub use error::HsmError;
 pub use events::DEFAULT_EVENT_LOG_SIZE;
 pub use mechanisms::uses_rsa;
 pub use tessera_store::DEFAULT_KDF_ITERATIONS;

@@ -13,6 +13,24 @@ pub const UNAVAILABLE: u64 = u64::MAX;
 #[derive(Clone, Default)]
 pub struct Attributes(BTreeMap<u64, Vec<u8>>);
 
+impl crate::crypto::Key for Attributes {
+    fn get(&self, ty: ck::CK_ATTRIBUTE_TYPE) -> Option<&[u8]> {
+        Attributes::get(self, ty)
+    }
+    fn flag(&self, ty: ck::CK_ATTRIBUTE_TYPE) -> bool {
+        Attributes::flag(self, ty)
+    }
+    fn class(&self) -> u64 {
+        Attributes::class(self)
+    }
+    fn key_type(&self) -> u64 {
+        Attributes::key_type(self)
+    }
+    fn owned(&self) -> Box<dyn crate::crypto::Key> {
+        Box::new(self.clone())
+    }
+}
+
 impl Attributes {
     /// The value of an attribute.
     pub fn get(&self, ty: ck::CK_ATTRIBUTE_TYPE) -> Option<&[u8]> {
@@ -116,17 +134,7 @@ impl Drop for Attributes {
     }
 }
 
-/// The components of an RSA private key, in `RSAPrivateKey` order; the first two are public.
-pub const RSA_PRIVATE_PARTS: [ck::CK_ATTRIBUTE_TYPE; 8] = [
-    ck::CKA_MODULUS,
-    ck::CKA_PUBLIC_EXPONENT,
-    ck::CKA_PRIVATE_EXPONENT,
-    ck::CKA_PRIME_1,
-    ck::CKA_PRIME_2,
-    ck::CKA_EXPONENT_1,
-    ck::CKA_EXPONENT_2,
-    ck::CKA_COEFFICIENT,
-];
+pub use crate::crypto::RSA_PRIVATE_PARTS;
 
 /// Attributes that hold key material: sealed at rest, never readable when the key is
 /// sensitive or unextractable.

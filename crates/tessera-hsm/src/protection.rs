@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tessera_core::SecretBytes;
 use tessera_store::{MasterKey, PinRecord};
 
-use crate::device::HsmError;
+use crate::error::HsmError;
 
 /// Where the secret that unwraps `device.key` comes from. Chosen when the device is set up;
 /// a device created with the embedded default can be moved to another protection by starting

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use tessera_store::{Commit, EventRecord, MasterKey};
 
-use crate::device::HsmError;
+use crate::error::HsmError;
 
 const AAD: &[u8] = b"tessera device state v1";
 

@@ -3,14 +3,14 @@
 //! curve (OID or printable string), `CKA_EC_POINT` is the raw public key in a DER OCTET STRING,
 //! and the private `CKA_VALUE` is the 32-byte private key.
 
+use super::Key;
 use aws_lc_rs::agreement;
 use aws_lc_rs::encoding::AsBigEndian;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use tessera_core::{ck, der, Rv, SecretBytes};
 use zeroize::Zeroizing;
 
-use super::keys::GeneratedPair;
-use crate::object::Attributes;
+use super::GeneratedPair;
 
 /// `id-Ed25519`, 1.3.101.112.
 pub(crate) const ED25519_OID: &[u8] = &[0x06, 0x03, 0x2B, 0x65, 0x70];
@@ -91,7 +91,7 @@ pub(crate) fn generate_x25519(params: &[u8]) -> Result<GeneratedPair, Rv> {
 }
 
 /// Signs with an Ed25519 private key.
-pub(crate) fn sign(key: &Attributes, message: &[u8]) -> Result<Vec<u8>, Rv> {
+pub(crate) fn sign(key: &dyn Key, message: &[u8]) -> Result<Vec<u8>, Rv> {
     let seed = SecretBytes::from_slice(key.get(ck::CKA_VALUE).ok_or(Rv::KeyTypeInconsistent)?);
     let pair =
         Ed25519KeyPair::from_seed_unchecked(seed.expose()).map_err(|_| Rv::KeyTypeInconsistent)?;
@@ -99,7 +99,7 @@ pub(crate) fn sign(key: &Attributes, message: &[u8]) -> Result<Vec<u8>, Rv> {
 }
 
 /// Verifies with an Ed25519 public key.
-pub(crate) fn verify(key: &Attributes, message: &[u8], signature: &[u8]) -> Result<(), Rv> {
+pub(crate) fn verify(key: &dyn Key, message: &[u8], signature: &[u8]) -> Result<(), Rv> {
     if signature.len() != 64 {
         return Err(Rv::SignatureLenRange);
     }

@@ -1,6 +1,7 @@
 //! Key material: the supported curves, key generation, and the conversions between PKCS#11
 //! attributes and the key structures of `aws-lc-rs` (PKCS#1, PKCS#8, RFC 5915, SPKI).
 
+use super::{GeneratedPair, Key};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -13,7 +14,6 @@ use tessera_core::{ck, Rv, SecretBytes};
 use zeroize::Zeroizing;
 
 use super::{Output, RsaCipher};
-use crate::object::{Attributes, RSA_PRIVATE_PARTS};
 
 pub(crate) struct Curve {
     pub(crate) params: &'static [u8],
@@ -61,6 +61,18 @@ pub(crate) const CURVES: &[Curve] = &[
     },
 ];
 
+/// The components of an RSA private key, in `RSAPrivateKey` order; the first two are public.
+pub const RSA_PRIVATE_PARTS: [ck::CK_ATTRIBUTE_TYPE; 8] = [
+    ck::CKA_MODULUS,
+    ck::CKA_PUBLIC_EXPONENT,
+    ck::CKA_PRIVATE_EXPONENT,
+    ck::CKA_PRIME_1,
+    ck::CKA_PRIME_2,
+    ck::CKA_EXPONENT_1,
+    ck::CKA_EXPONENT_2,
+    ck::CKA_COEFFICIENT,
+];
+
 /// The curve named by `CKA_EC_PARAMS`. Explicit parameters are accepted only with
 /// `allow_explicit` (the `E` flag) and only when they describe a supported curve.
 pub(crate) fn curve(params: Option<&[u8]>, allow_explicit: bool) -> Result<&'static Curve, Rv> {
@@ -83,13 +95,6 @@ pub(crate) fn curve(params: Option<&[u8]>, allow_explicit: bool) -> Result<&'sta
 pub fn check_curve(params: Option<&[u8]>, allow_explicit: bool) -> Result<(), Rv> {
     curve(params, allow_explicit).map(|_| ())
 }
-
-/// A generated key pair: (public attributes, private attributes), key material only. The
-/// private values are wiped if dropped before they are moved into the key's attributes.
-pub type GeneratedPair = (
-    Vec<(ck::CK_ATTRIBUTE_TYPE, Vec<u8>)>,
-    Vec<(ck::CK_ATTRIBUTE_TYPE, Zeroizing<Vec<u8>>)>,
-);
 
 /// Generates an EC key pair on the curve named by `params`.
 pub fn generate_ec(params: Option<&[u8]>, allow_explicit: bool) -> Result<GeneratedPair, Rv> {
@@ -209,7 +214,7 @@ pub(crate) fn forget_parsed_keys() {
     }
 }
 
-pub(crate) fn rsa_private_key(key: &Attributes) -> Result<Arc<RsaKeyPair>, Rv> {
+pub(crate) fn rsa_private_key(key: &dyn Key) -> Result<Arc<RsaKeyPair>, Rv> {
     let pkcs1 = rsa_private_pkcs1(key)?;
     cached(&RSA_KEYS, pkcs1.expose(), || {
         RsaKeyPair::from_der(pkcs1.expose()).map_err(|_| Rv::KeyTypeInconsistent)
@@ -221,7 +226,7 @@ const RSA_ALGORITHM: &[u8] = &[
     0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
 ];
 
-pub(crate) fn rsa_public_spki(key: &Attributes) -> Result<Vec<u8>, Rv> {
+pub(crate) fn rsa_public_spki(key: &dyn Key) -> Result<Vec<u8>, Rv> {
     Ok(spki(RSA_ALGORITHM.to_vec(), &rsa_public_key(key)?))
 }
 
@@ -233,7 +238,7 @@ fn spki(algorithm: Vec<u8>, key_bits: &[u8]) -> Vec<u8> {
 }
 
 /// The PKCS#8 `PrivateKeyInfo` of an RSA private key, only ever in a wiping buffer.
-pub(crate) fn rsa_private_pkcs8(key: &Attributes) -> Result<SecretBytes, Rv> {
+pub(crate) fn rsa_private_pkcs8(key: &dyn Key) -> Result<SecretBytes, Rv> {
     let pkcs1 = rsa_private_pkcs1(key)?;
     Ok(der::secret_sequence(&[
         Part::Integer(&[0]),
@@ -243,7 +248,7 @@ pub(crate) fn rsa_private_pkcs8(key: &Attributes) -> Result<SecretBytes, Rv> {
 }
 
 /// The PKCS#1 `RSAPrivateKey` of an RSA private key, only ever in a wiping buffer.
-pub(crate) fn rsa_private_pkcs1(key: &Attributes) -> Result<SecretBytes, Rv> {
+pub(crate) fn rsa_private_pkcs1(key: &dyn Key) -> Result<SecretBytes, Rv> {
     let mut parts = [Part::Integer(&[0]); 1 + RSA_PRIVATE_PARTS.len()];
     for (part, ty) in parts[1..].iter_mut().zip(RSA_PRIVATE_PARTS) {
         *part = Part::Integer(key.get(ty).ok_or(Rv::KeyTypeInconsistent)?);
@@ -280,7 +285,7 @@ pub(crate) fn finish_rsa(cipher: RsaCipher, data: &SecretBytes) -> Result<Output
     }
 }
 
-pub(crate) fn rsa_public_key(key: &Attributes) -> Result<Vec<u8>, Rv> {
+pub(crate) fn rsa_public_key(key: &dyn Key) -> Result<Vec<u8>, Rv> {
     let modulus = key.get(ck::CKA_MODULUS).ok_or(Rv::KeyTypeInconsistent)?;
     let exponent = key
         .get(ck::CKA_PUBLIC_EXPONENT)
@@ -292,13 +297,13 @@ pub(crate) fn rsa_public_key(key: &Attributes) -> Result<Vec<u8>, Rv> {
 }
 
 /// Checks an imported RSA private key and returns its modulus size in bits.
-pub fn check_rsa_private(key: &Attributes) -> Result<u64, Rv> {
+pub fn check_rsa_private(key: &dyn Key) -> Result<u64, Rv> {
     let pair = rsa_private_key(key).map_err(|_| Rv::AttributeValueInvalid)?;
     Ok(pair.public_modulus_len() as u64 * 8)
 }
 
 /// Checks an imported EC private key.
-pub fn check_ec_private(key: &Attributes) -> Result<(), Rv> {
+pub fn check_ec_private(key: &dyn Key) -> Result<(), Rv> {
     ec_private_key(key)
         .map(|_| ())
         .map_err(|_| Rv::AttributeValueInvalid)
@@ -316,7 +321,7 @@ pub fn bit_len(magnitude: &[u8]) -> u64 {
     }
 }
 
-pub(crate) fn ec_private_key(key: &Attributes) -> Result<(Arc<EcdsaKeyPair>, &'static Curve), Rv> {
+pub(crate) fn ec_private_key(key: &dyn Key) -> Result<(Arc<EcdsaKeyPair>, &'static Curve), Rv> {
     let curve = curve(key.get(ck::CKA_EC_PARAMS), true).map_err(|_| Rv::KeyTypeInconsistent)?;
     let scalar = key.get(ck::CKA_VALUE).ok_or(Rv::KeyTypeInconsistent)?;
     if scalar.len() > curve.bytes {
@@ -338,7 +343,7 @@ pub(crate) fn ec_private_key(key: &Attributes) -> Result<(Arc<EcdsaKeyPair>, &'s
     Ok((pair, curve))
 }
 
-pub(crate) fn ec_point(key: &Attributes) -> Result<(Vec<u8>, &'static Curve), Rv> {
+pub(crate) fn ec_point(key: &dyn Key) -> Result<(Vec<u8>, &'static Curve), Rv> {
     let curve = curve(key.get(ck::CKA_EC_PARAMS), true).map_err(|_| Rv::KeyTypeInconsistent)?;
     let raw = key.get(ck::CKA_EC_POINT).ok_or(Rv::KeyTypeInconsistent)?;
     // CKA_EC_POINT is a DER OCTET STRING; accept the bare point too, as many tools send it.
@@ -347,7 +352,7 @@ pub(crate) fn ec_point(key: &Attributes) -> Result<(Vec<u8>, &'static Curve), Rv
 }
 
 /// The SubjectPublicKeyInfo DER of a public key object (RSA, EC, Ed25519, X25519).
-pub fn public_key_info(key: &Attributes) -> Option<Vec<u8>> {
+pub fn public_key_info(key: &dyn Key) -> Option<Vec<u8>> {
     let algorithm: Vec<u8>;
     let key_bits: Vec<u8>;
     match key.key_type() as ck::CK_KEY_TYPE {

@@ -1,11 +1,10 @@
 //! MACs as signatures with secret keys: HMAC-SHA-1/224/256/384/512 (and `_GENERAL` with a shorter
 //! length) and AES-CMAC (and `CMAC_GENERAL`).
 
+use super::Key;
 use aws_lc_rs::{cmac, hmac};
 use subtle::ConstantTimeEq;
 use tessera_core::{ck, Mechanism, MechanismParameter, Rv};
-
-use crate::object::Attributes;
 
 enum Context {
     Hmac(Box<hmac::Context>),
@@ -62,7 +61,7 @@ pub(crate) fn is_mac(mechanism: u64) -> bool {
 }
 
 impl Mac {
-    pub(crate) fn new(mechanism: &Mechanism, key: &Attributes) -> Result<Mac, Rv> {
+    pub(crate) fn new(mechanism: &Mechanism, key: &dyn Key) -> Result<Mac, Rv> {
         let m = mechanism.ty as ck::CK_MECHANISM_TYPE;
         let hmac = hmac_of(m);
         let (full, general) = match (m, hmac) {

@@ -17,8 +17,6 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::signature::{self, EcdsaKeyPair, RsaKeyPair, UnparsedPublicKey};
 use tessera_core::{ck, der, Mechanism, MechanismParameter, Rv, SecretBytes};
 
-use crate::object::Attributes;
-
 pub(crate) mod edwards;
 mod keys;
 pub(crate) use keys::forget_parsed_keys;
@@ -26,12 +24,35 @@ pub(crate) mod mac;
 
 pub use keys::{
     bit_len, check_curve, check_ec_private, check_rsa_private, generate_ec, generate_rsa,
-    public_key_info,
+    public_key_info, RSA_PRIVATE_PARTS,
 };
 use keys::{
     ec_point, ec_private_key, finish_rsa, rsa_private_key, rsa_private_pkcs8, rsa_public_key,
     rsa_public_spki, Curve,
 };
+
+/// What the algorithms read of a key object: its attributes by type. The object model
+/// (`crate::object::Attributes`) provides it; the algorithms import nothing of the object model
+/// (keys and data in, bytes out).
+pub(crate) trait Key: Send + Sync {
+    /// The value of attribute `ty`, if the key has it.
+    fn get(&self, ty: ck::CK_ATTRIBUTE_TYPE) -> Option<&[u8]>;
+    /// A boolean attribute (`CKA_SIGN`, ...); false when absent.
+    fn flag(&self, ty: ck::CK_ATTRIBUTE_TYPE) -> bool;
+    /// `CKA_CLASS`.
+    fn class(&self) -> u64;
+    /// `CKA_KEY_TYPE`.
+    fn key_type(&self) -> u64;
+    /// A copy the algorithm keeps (EdDSA holds its key until the data is complete).
+    fn owned(&self) -> Box<dyn Key>;
+}
+
+/// A generated key pair: (public attributes, private attributes), key material only. The
+/// private values are wiped if dropped before they are moved into the key's attributes.
+pub type GeneratedPair = (
+    Vec<(ck::CK_ATTRIBUTE_TYPE, Vec<u8>)>,
+    Vec<(ck::CK_ATTRIBUTE_TYPE, zeroize::Zeroizing<Vec<u8>>)>,
+);
 
 /// The result of finishing an operation.
 pub enum Output {
@@ -246,7 +267,7 @@ enum Inner {
         verify: bool,
     },
     Eddsa {
-        key: Attributes,
+        key: Box<dyn Key>,
         data: Vec<u8>,
         verify: bool,
     },
@@ -295,7 +316,7 @@ impl ActiveOperation {
     /// Starts a signature (`verify` false) or a verification with `key`.
     pub fn signature(
         mechanism: &Mechanism,
-        key: &Attributes,
+        key: &dyn Key,
         verify: bool,
     ) -> Result<ActiveOperation, Rv> {
         let m = mechanism.ty as ck::CK_MECHANISM_TYPE;
@@ -337,7 +358,7 @@ impl ActiveOperation {
             }
             return Ok(ActiveOperation {
                 inner: Inner::Eddsa {
-                    key: key.clone(),
+                    key: key.owned(),
                     data: Vec::new(),
                     verify,
                 },
@@ -461,7 +482,7 @@ impl ActiveOperation {
     /// RSA key (decryption only when `weak_allowed`: it is a padding oracle).
     pub fn cipher(
         mechanism: &Mechanism,
-        key: &Attributes,
+        key: &dyn Key,
         encrypt: bool,
         weak_allowed: bool,
     ) -> Result<ActiveOperation, Rv> {
@@ -553,7 +574,7 @@ impl ActiveOperation {
     /// C_Decrypt, CKA_WRAP / CKA_UNWRAP for wrapping).
     pub(crate) fn oaep(
         mechanism: &Mechanism,
-        key: &Attributes,
+        key: &dyn Key,
         encrypt: bool,
         usage: ck::CK_ATTRIBUTE_TYPE,
     ) -> Result<ActiveOperation, Rv> {
@@ -606,7 +627,7 @@ impl ActiveOperation {
 
     fn rsa_cipher(
         mechanism: &Mechanism,
-        key: &Attributes,
+        key: &dyn Key,
         encrypt: bool,
         weak_allowed: bool,
         usage: ck::CK_ATTRIBUTE_TYPE,
@@ -699,12 +720,12 @@ impl ActiveOperation {
                 key,
                 data,
                 verify: false,
-            } => edwards::sign(&key, &data).map(Output::Bytes),
+            } => edwards::sign(&*key, &data).map(Output::Bytes),
             Inner::Eddsa {
                 key,
                 data,
                 verify: true,
-            } => edwards::verify(&key, &data, signature).map(|_| Output::Verified),
+            } => edwards::verify(&*key, &data, signature).map(|_| Output::Verified),
             Inner::Oaep {
                 cipher,
                 algorithm,
