@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use tessera_config::ServerAddress;
 use tessera_core::{Rv, SecretBytes};
-use tessera_wire::{Call, Inner, Message, Reply};
+use tessera_wire::{Call, Inner, Message, Reply, Response};
 
 use secure::{ChannelState, Opened};
 use stream::{Answer, Failure, Stream};
@@ -361,7 +361,7 @@ impl Device {
         &self,
         state: &mut State,
         message: Message,
-    ) -> Result<Reply, ClientError> {
+    ) -> Result<Response, ClientError> {
         self.connected(state)?;
         let id = state.next_id();
         let Some(stream) = state.stream.as_ref() else {
@@ -371,13 +371,29 @@ impl Device {
             .exchange(id, Stream::clear_frame(id, message))
             .map(Answer::into_clear)
         {
-            Ok(Ok(reply)) => Ok(reply),
+            Ok(Ok(response)) => Ok(response),
             Ok(Err(code)) => Err(ClientError::Returned(code)),
             Err(failure) => {
                 self.drop_stream(state);
                 state.channel = None;
                 Err(self.failure(failure))
             }
+        }
+    }
+
+    /// One call and its reply in the clear (see [`Device::exchange`]): a transport message in
+    /// answer to a call is a bad reply.
+    pub(crate) fn exchange_call(
+        &self,
+        state: &mut State,
+        call: Call,
+    ) -> Result<Reply, ClientError> {
+        match self.exchange(state, Message::Call(call))? {
+            Response::Reply(reply) => Ok(reply),
+            _ => Err(ClientError::BadReply {
+                address: self.address.to_string(),
+                reason: "a secure-messaging message in answer to a call in the clear".into(),
+            }),
         }
     }
 
@@ -513,7 +529,7 @@ impl Device {
             return Err(ClientError::StaleSession);
         }
         let retry = self.retry_copy(true, session_generation, &request);
-        match self.exchange(state, Message::Call(request)) {
+        match self.exchange_call(state, request) {
             Ok(reply) => Ok((reply, state.generation)),
             Err(ClientError::Returned(code))
                 if code == Rv::BadProtection.code() && self.secure.is_some() =>
@@ -701,7 +717,7 @@ impl Device {
             });
         };
         if !protected {
-            return Ok((id, Ok(answer.into_clear())));
+            return Ok((id, Ok(answer.into_clear_reply())));
         }
         let Some(mut channel) = state.channel_lock() else {
             answer.discard();

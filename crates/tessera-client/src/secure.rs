@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tessera_channel::{Channel, ExpectServerHello, HandshakeError, Policy};
 use tessera_config::{Config, ConfigError};
 use tessera_core::Rv;
-use tessera_wire::{Call, Inner, Message, Reply};
+use tessera_wire::{Call, Inner, Message, Reply, Response};
 
 use crate::known::{ChannelUse, KnownDevice, KnownDevices, Level as KnownLevel};
 use crate::stream::{Answer, SealedReply};
@@ -490,7 +490,7 @@ impl Device {
         if let Some(serial) = &state.serial {
             return Ok(serial.clone());
         }
-        match self.exchange(state, Message::Call(Call::DeviceInfo))? {
+        match self.exchange_call(state, Call::DeviceInfo)? {
             Reply::Device(info) => {
                 state.serial = Some(info.serial.clone());
                 state.claimed_required = info.channel_required;
@@ -623,7 +623,7 @@ impl Device {
         let (expect, hello) = ExpectServerHello::start(&serial, settings.smpr(&serial))
             .map_err(|_| ClientError::Returned(Rv::CannotDeriveKeys.code()))?;
         let answer = match self.exchange(state, Message::Handshake(hello)) {
-            Ok(Reply::ServerHello(answer)) => answer,
+            Ok(Response::ServerHello(answer)) => answer,
             Ok(_) => {
                 self.report(
                     &serial,
@@ -716,7 +716,7 @@ impl Device {
             }
         };
         match self.exchange(state, Message::HandshakeFinish(finished)) {
-            Ok(Reply::Done) => {}
+            Ok(Response::Reply(Reply::Done)) => {}
             Ok(_) => return Err(ClientError::Returned(Rv::BadReply.code())),
             Err(ClientError::Returned(code)) => {
                 self.report(&serial, "the device refused the key confirmation (the handshake was altered in transit)");

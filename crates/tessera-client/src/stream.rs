@@ -12,8 +12,8 @@ use rustix::net::RecvFlags;
 use tessera_config::ServerAddress;
 use tessera_core::Rv;
 use tessera_wire::{
-    decode_response, encode_request, find_sealed_response, read_frame, Message, Reply,
-    RequestEnvelope, SealedFrame, PROTOCOL_VERSION,
+    decode_response, encode_request, find_sealed_response, read_frame, Message, RequestEnvelope,
+    Response, SealedFrame, PROTOCOL_VERSION,
 };
 
 /// What a connection lost on the device's notice that its flags now require a channel says.
@@ -425,7 +425,7 @@ impl Stream {
 /// A response: in the clear, or a sealed reply still in its frame body (see
 /// [`tessera_wire::find_sealed_response`]).
 pub(crate) enum Answer {
-    Clear(Result<Reply, u64>),
+    Clear(Result<Response, u64>),
     Sealed(SealedFrame, Vec<u8>),
 }
 
@@ -445,20 +445,28 @@ impl Answer {
     pub(crate) fn into_sealed(self) -> Result<SealedReply, String> {
         match self {
             Answer::Sealed(sealed, frame) => Ok(SealedReply::Framed(sealed, frame)),
-            Answer::Clear(Ok(Reply::Protected(record))) => Ok(SealedReply::Decoded(record)),
+            Answer::Clear(Ok(Response::Protected(record))) => Ok(SealedReply::Decoded(record)),
             Answer::Clear(Ok(_)) => Err("a reply in the clear".into()),
             Answer::Clear(Err(code)) => Err(format!("a clear error code 0x{code:08X}")),
         }
     }
 
     /// The answer to a request sent in the clear: a sealed one is not an answer to it.
-    pub(crate) fn into_clear(self) -> Result<Reply, u64> {
+    pub(crate) fn into_clear(self) -> Result<Response, u64> {
         match self {
             Answer::Clear(result) => result,
             sealed => {
                 sealed.discard();
                 Err(Rv::BadReply.code())
             }
+        }
+    }
+
+    /// As [`Answer::into_clear`], for a call: anything but a reply is a bad reply.
+    pub(crate) fn into_clear_reply(self) -> Result<tessera_wire::Reply, u64> {
+        match self.into_clear()? {
+            Response::Reply(reply) => Ok(reply),
+            _ => Err(Rv::BadReply.code()),
         }
     }
 

@@ -15,7 +15,7 @@ use sm_common::*;
 use tessera_core::{ck, Attribute, Mechanism, MechanismParameter, Rv, Template};
 use tessera_testkit::relay::{Frame, Recorder, Relay, Way};
 use tessera_testkit::{Daemon, Transport, TRANSPORTS};
-use tessera_wire::{Call, Message, Operation, Reply, ResponseEnvelope, PROTOCOL_VERSION};
+use tessera_wire::{Call, Message, Operation, Reply, Response, ResponseEnvelope, PROTOCOL_VERSION};
 
 const HMAC_KEY: &[u8] = b"HMAC-KEY-THAT-MUST-NOT-LEAK-0123";
 
@@ -37,7 +37,7 @@ fn forged(id: u64, result: Result<Reply, u64>) -> Vec<u8> {
         version: PROTOCOL_VERSION,
         id,
         channel: None,
-        result,
+        result: result.map(Response::Reply),
     })
 }
 
@@ -243,7 +243,7 @@ fn renaming_relay(daemon: &Daemon, transport: Transport, refuse: bool) -> Relay 
                 return forged(id, Err(Rv::NoSessionKeys.code()));
             }
             let mut envelope = response(&frame.body);
-            if let Ok(Reply::Device(info)) = &mut envelope.result {
+            if let Ok(Response::Reply(Reply::Device(info))) = &mut envelope.result {
                 info.serial = "0000000001".into();
             }
             response_body(&envelope)

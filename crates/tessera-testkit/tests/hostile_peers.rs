@@ -18,7 +18,7 @@ use sm_common::{prepare, secured};
 use tessera_channel::{ClientFinished, ExpectServerHello, Policy};
 use tessera_core::Rv;
 use tessera_testkit::{Daemon, Transport};
-use tessera_wire::{Call, Message, Reply};
+use tessera_wire::{Call, Message, Reply, Response};
 
 /// Waits until the daemon closes `stream`; returns how long that took.
 fn closed_within(stream: &mut TcpStream) -> Duration {
@@ -38,13 +38,13 @@ fn serial(daemon: &Daemon) -> String {
     let mut stream = connect_from(daemon, "127.0.0.1");
     send(&mut stream, Call::DeviceInfo);
     match receive(&mut stream) {
-        Ok(Reply::Device(info)) => info.serial,
+        Ok(Response::Reply(Reply::Device(info))) => info.serial,
         other => panic!("{other:?}"),
     }
 }
 
 /// Sends a client hello; the daemon's answer.
-fn hello(stream: &mut TcpStream, serial: &str) -> Result<Reply, u64> {
+fn hello(stream: &mut TcpStream, serial: &str) -> Result<Response, u64> {
     let (_state, hello) = ExpectServerHello::start(serial, Policy(0)).unwrap();
     send(stream, Message::Handshake(hello));
     receive(stream)
@@ -88,7 +88,7 @@ fn slow_half_open_and_crowding_peers_do_not_starve_others() {
             let mut stream = connect_from(&daemon, "127.0.0.2");
             assert!(matches!(
                 hello(&mut stream, &serial),
-                Ok(Reply::ServerHello(_))
+                Ok(Response::ServerHello(_))
             ));
             stream
         })
@@ -118,7 +118,10 @@ fn slow_half_open_and_crowding_peers_do_not_starve_others() {
         .map(|_| {
             let mut stream = connect_from(&daemon, "127.0.0.2");
             send(&mut stream, Call::DeviceInfo);
-            assert!(matches!(receive(&mut stream), Ok(Reply::Device(_))));
+            assert!(matches!(
+                receive(&mut stream),
+                Ok(Response::Reply(Reply::Device(_)))
+            ));
             stream
         })
         .collect();
@@ -150,7 +153,7 @@ fn failed_handshakes_are_rate_limited_per_address_and_logged_once() {
     for _ in 0..30 {
         let mut stream = connect_from(&daemon, "127.0.0.3");
         match hello(&mut stream, &serial) {
-            Ok(Reply::ServerHello(server)) => {
+            Ok(Response::ServerHello(server)) => {
                 send(
                     &mut stream,
                     Message::HandshakeFinish(ClientFinished {

@@ -319,7 +319,8 @@ fn untrusted_wrong_serial_and_expired_devices_are_refused_with_the_reason_logged
             Arc::new(|frame: &Frame, _: &Recorder| vec![frame.body.clone()]),
             Arc::new(move |frame: &Frame, _: &Recorder| {
                 let mut envelope = sm_common::response(&frame.body);
-                if let Ok(Reply::Device(info)) = &mut envelope.result {
+                if let Ok(tessera_wire::Response::Reply(Reply::Device(info))) = &mut envelope.result
+                {
                     info.serial = serial_for_hook.clone();
                 }
                 sm_common::response_body(&envelope)

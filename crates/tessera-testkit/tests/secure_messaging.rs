@@ -10,7 +10,7 @@ use tessera_channel::Policy;
 use tessera_core::{ck, Rv};
 use tessera_testkit::relay::{Frame, Recorder, Relay, Way};
 use tessera_testkit::{Daemon, Transport, TRANSPORTS};
-use tessera_wire::{Call, Message, Reply};
+use tessera_wire::{Call, Message, Reply, Response};
 
 const KEY: &[u8] = b"KEY-VALUE-THAT-MUST-NOT-LEAK-32b";
 const PLAINTEXT: &[u8] = b"PLAINTEXT-OF-C_ENCRYPT-0123456789";
@@ -247,7 +247,7 @@ fn records_in_frames_the_finders_do_not_recognise_are_decoded_in_full() {
                 vec![padded]
             }),
             Arc::new(|frame: &Frame, _: &Recorder| {
-                if !matches!(response(&frame.body).result, Ok(Reply::Protected(_))) {
+                if !matches!(response(&frame.body).result, Ok(Response::Protected(_))) {
                     return frame.body.clone();
                 }
                 assert!(tessera_wire::find_sealed_response(&frame.body).is_some());

@@ -437,10 +437,6 @@ pub enum Reply {
     Identity(crate::Identity),
     /// Certificates (DER).
     Certificates(Vec<Vec<u8>>),
-    /// Secure messaging: the device's handshake answer.
-    ServerHello(tessera_channel::ServerHello),
-    /// Secure messaging: a protected reply (its payload is a `Result<Reply, u64>`).
-    Protected(tessera_channel::Record),
     /// The device's secure-messaging channels.
     Channels(Vec<crate::ChannelSummary>),
     /// The first objects of a search, and whether that was all (the search is then closed).
@@ -721,8 +717,6 @@ pub enum Shape {
     Events,
     Identity,
     Certificates,
-    ServerHello,
-    Protected,
     Channels,
     Found,
     ChannelEnded,
@@ -751,8 +745,6 @@ impl Reply {
             Reply::Events(..) => Shape::Events,
             Reply::Identity(_) => Shape::Identity,
             Reply::Certificates(_) => Shape::Certificates,
-            Reply::ServerHello(_) => Shape::ServerHello,
-            Reply::Protected(_) => Shape::Protected,
             Reply::Channels(_) => Shape::Channels,
             Reply::Found { .. } => Shape::Found,
             Reply::ChannelEnded(_) => Shape::ChannelEnded,

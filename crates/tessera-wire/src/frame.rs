@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use tessera_channel::{Direction, Protection, Record, RecordHeader};
 
-use crate::{Message, Reply, RequestEnvelope, ResponseEnvelope, PROTOCOL_VERSION};
+use crate::{Message, RequestEnvelope, Response, ResponseEnvelope, PROTOCOL_VERSION};
 
 /// Bytes of the length prefix.
 pub const FRAME_HEADER_LEN: usize = 4;
@@ -114,7 +114,7 @@ impl AsRef<[u8]> for FramePrefix {
 }
 
 /// The encoding of the enum variants that wrap a record, `Message::Protected` and
-/// `Ok(Reply::Protected)`: what the derived encoding writes before the record itself (learnt
+/// `Ok(Response::Protected)`: what the derived encoding writes before the record itself (learnt
 /// once from the encoder, so that it follows the enums' declarations).
 fn record_tag(wrapped: fn(Record) -> Vec<u8>) -> Vec<u8> {
     let record = Record {
@@ -160,7 +160,7 @@ fn response_record_tag() -> &'static [u8] {
     static TAG: OnceLock<Vec<u8>> = OnceLock::new();
     TAG.get_or_init(|| {
         record_tag(|record| {
-            postcard::to_stdvec(&Ok::<Reply, u64>(Reply::Protected(record))).expect(ENCODES)
+            postcard::to_stdvec(&Ok::<Response, u64>(Response::Protected(record))).expect(ENCODES)
         })
     })
 }
@@ -222,7 +222,7 @@ pub fn find_sealed_request(body: &[u8]) -> Option<SealedFrame> {
     find_sealed(body, request_record_tag())
 }
 
-/// As [`find_sealed_request`], for a response carrying `Ok(Reply::Protected)`.
+/// As [`find_sealed_request`], for a response carrying `Ok(Response::Protected)`.
 pub fn find_sealed_response(body: &[u8]) -> Option<SealedFrame> {
     find_sealed(body, response_record_tag())
 }
@@ -271,7 +271,7 @@ pub fn finders_agree_with_decoders(body: &[u8]) -> bool {
         _ => None,
     });
     let response = decode_response(body).ok().and_then(|e| match e.result {
-        Ok(Reply::Protected(record)) => e.channel.map(|channel| (e.id, channel, record)),
+        Ok(Response::Protected(record)) => e.channel.map(|channel| (e.id, channel, record)),
         _ => None,
     });
     let agrees =
@@ -312,7 +312,7 @@ pub fn decode_response(body: &[u8]) -> Result<ResponseEnvelope, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Call, Message, Reply};
+    use crate::{Call, Message, Reply, Response};
     use proptest::prelude::*;
 
     fn envelope(call: Call) -> RequestEnvelope {
@@ -357,7 +357,7 @@ mod tests {
             version: PROTOCOL_VERSION + 1,
             id: 1,
             channel: None,
-            result: Ok(Reply::Done),
+            result: Ok(Response::Reply(Reply::Done)),
         })
         .unwrap();
         assert!(matches!(
@@ -464,11 +464,11 @@ mod tests {
                 version: PROTOCOL_VERSION,
                 id,
                 channel: Some(channel),
-                result: Ok(Reply::Protected(sealed.clone())),
+                result: Ok(Response::Protected(sealed.clone())),
             });
             prop_assert_eq!(&frame, &whole);
             let decoded = decode_response(&read_frame(&mut frame.as_slice()).unwrap()).unwrap();
-            prop_assert!(matches!(decoded.result, Ok(Reply::Protected(ref r)) if *r == sealed));
+            prop_assert!(matches!(decoded.result, Ok(Response::Protected(ref r)) if *r == sealed));
             let body = &frame[FRAME_HEADER_LEN..];
             prop_assert!(find_sealed_response(body).is_some() && find_sealed_request(body).is_none());
             prop_assert!(finders_agree_with_decoders(body));

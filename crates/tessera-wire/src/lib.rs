@@ -53,10 +53,28 @@ pub struct ResponseEnvelope {
     pub id: u64,
     /// The secure-messaging channel, or `None` in the clear.
     pub channel: Option<u64>,
-    /// The reply, or a `CK_RV` error code (an open number: unknown codes pass through, but
+    /// The response, or a `CK_RV` error code (an open number: unknown codes pass through, but
     /// `0`, `CKR_OK`, is never an error: a frame carrying `Err(0)` does not decode).
     #[serde(deserialize_with = "nonzero_error")]
-    pub result: Result<Reply, u64>,
+    pub result: Result<Response, u64>,
+}
+
+/// What a response frame carries: a call's reply in the clear, or a message of the
+/// secure-messaging transport. The engine only ever answers with a [`Reply`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// A call's reply, in the clear.
+    Reply(Reply),
+    /// Secure messaging: the device's half of the handshake.
+    ServerHello(tessera_channel::ServerHello),
+    /// Secure messaging: a sealed record, whose message is an [`Outcome`].
+    Protected(tessera_channel::Record),
+}
+
+impl From<Reply> for Response {
+    fn from(reply: Reply) -> Response {
+        Response::Reply(reply)
+    }
 }
 
 /// What a reply record carries, as the library opens it: the reply or a `CK_RV` error code,
@@ -80,10 +98,10 @@ pub struct Bound<T> {
 
 /// Decodes a reply's result, refusing `Err(0)`: an error code of `CKR_OK` would let a forger
 /// turn any refusal into a success where a caller maps codes to outcomes.
-fn nonzero_error<'de, D: serde::Deserializer<'de>>(
+fn nonzero_error<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
     deserializer: D,
-) -> Result<Result<Reply, u64>, D::Error> {
-    match Result::<Reply, u64>::deserialize(deserializer)? {
+) -> Result<Result<T, u64>, D::Error> {
+    match Result::<T, u64>::deserialize(deserializer)? {
         Err(0) => Err(serde::de::Error::custom(
             "error code 0 (CKR_OK) is not an error",
         )),

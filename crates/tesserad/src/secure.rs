@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tessera_channel::{Channel, ExpectClientFinished, Record, RecordHeader, ServerStart};
 use tessera_core::Rv;
 use tessera_hsm::{ChannelInfo, Hsm};
-use tessera_wire::{Inner, Reply, SealedFrame};
+use tessera_wire::{Inner, Reply, Response, SealedFrame};
 
 /// Hard limits on one generation of channel keys; past them the device ends the channel (the
 /// library renews its keys well before, at its own, lower limits).
@@ -120,7 +120,7 @@ impl Secure {
     }
 
     /// Answers a client hello; a previous channel of this connection is replaced.
-    pub fn handshake(&mut self, hello: &tessera_channel::ClientHello) -> Result<Reply, u64> {
+    pub fn handshake(&mut self, hello: &tessera_channel::ClientHello) -> Result<Response, u64> {
         self.end("Library", "replaced by a new channel");
         if let Some(pending) = self.pending.take() {
             self.hsm
@@ -139,7 +139,7 @@ impl Secure {
         match answer {
             Ok((state, server_hello)) => {
                 self.pending = Some(Pending { state, info });
-                Ok(Reply::ServerHello(server_hello))
+                Ok(Response::ServerHello(server_hello))
             }
             Err(e) => {
                 tracing::warn!(peer = %self.peer, error = %e, "handshake refused");

@@ -21,8 +21,8 @@ use cryptoki_sys as ck;
 use tessera_core::info::{DeviceInfo, Version};
 use tessera_core::SecretBytes;
 use tessera_wire::{
-    decode_request, encode_response, read_frame, Call, Message, Operation, Reply, ResponseEnvelope,
-    PROTOCOL_VERSION,
+    decode_request, encode_response, read_frame, Call, Message, Operation, Reply, Response,
+    ResponseEnvelope, PROTOCOL_VERSION,
 };
 
 /// The tag of a single-part encryption.
@@ -95,7 +95,7 @@ fn serve(mut stream: UnixStream, log: &Mutex<Vec<Call>>, counters: &Counters) {
             version: PROTOCOL_VERSION,
             id: envelope.id,
             channel: None,
-            result,
+            result: result.map(Response::Reply),
         });
         // Logged before the answer leaves, so the log is complete when the call returns.
         log.lock().unwrap().push(call);

@@ -395,7 +395,7 @@ fn message_cost(client: &mut tessera_channel::Channel, device: &mut tessera_chan
             version: PROTOCOL_VERSION,
             id: 7,
             channel,
-            result,
+            result: result.map(tessera_wire::Response::Reply),
         })
     };
     let rounds = 200_000u32;

@@ -9,7 +9,8 @@ use std::time::Duration;
 use socket2::{Domain, Socket, Type};
 use tessera_testkit::Daemon;
 use tessera_wire::{
-    encode_request, Message, Reply, RequestEnvelope, ResponseEnvelope, PROTOCOL_VERSION,
+    encode_request, Call, Message, Reply, RequestEnvelope, Response, ResponseEnvelope,
+    PROTOCOL_VERSION,
 };
 
 /// A TCP connection to the daemon from loopback address `from`.
@@ -41,8 +42,8 @@ pub fn send<S: Write>(stream: &mut S, request: impl Into<Message>) {
     stream.write_all(&frame(request)).unwrap();
 }
 
-/// Reads one reply.
-pub fn receive<S: Read>(stream: &mut S) -> Result<Reply, u64> {
+/// Reads one response.
+pub fn receive<S: Read>(stream: &mut S) -> Result<Response, u64> {
     let mut header = [0u8; 4];
     stream.read_exact(&mut header).expect("a reply");
     let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
@@ -51,8 +52,11 @@ pub fn receive<S: Read>(stream: &mut S) -> Result<Reply, u64> {
     envelope.result
 }
 
-/// One request and its reply.
-pub fn call<S: Read + Write>(stream: &mut S, request: impl Into<Message>) -> Result<Reply, u64> {
+/// One call and its reply (a transport message in answer fails the test).
+pub fn call<S: Read + Write>(stream: &mut S, request: Call) -> Result<Reply, u64> {
     send(stream, request);
-    receive(stream)
+    receive(stream).map(|response| match response {
+        Response::Reply(reply) => reply,
+        other => panic!("a call was answered with {other:?}"),
+    })
 }

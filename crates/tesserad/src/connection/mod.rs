@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tessera_hsm::Hsm;
 use tessera_wire::{
-    encode_response, find_sealed_request, Call, Inner, Message, Reply, ResponseEnvelope,
+    encode_response, find_sealed_request, Call, Inner, Message, Reply, Response, ResponseEnvelope,
     SealedFrame, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf};
@@ -348,7 +348,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 if answer.is_err() {
                     guard.failed(ip, "the key confirmation failed");
                 }
-                respond(out, id, None, answer, slot);
+                respond(out, id, None, answer.map(Response::Reply), slot);
             }
             Next::Opened(opened) => {
                 match opened {

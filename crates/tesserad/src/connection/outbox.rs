@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use tessera_wire::{encode_response, Reply, ResponseEnvelope, PROTOCOL_VERSION};
+use tessera_wire::{encode_response, Reply, Response, ResponseEnvelope, PROTOCOL_VERSION};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio::sync::OwnedSemaphorePermit;
@@ -66,10 +66,10 @@ pub(crate) fn respond(
     out: &Outbox,
     id: u64,
     channel: Option<u64>,
-    result: Result<Reply, u64>,
+    result: Result<Response, u64>,
     slot: OwnedSemaphorePermit,
 ) {
-    let secret = matches!(&result, Ok(reply) if reply.carries_secret());
+    let secret = matches!(&result, Ok(Response::Reply(reply)) if reply.carries_secret());
     let frame = encode_response(&ResponseEnvelope {
         version: PROTOCOL_VERSION,
         id,
@@ -109,6 +109,6 @@ pub(crate) fn answer(
     let result = result.map_err(|rv| rv.code());
     match channel {
         Some(channel) => respond_sealed(out, id, &mut secure::lock(channel), &result, slot),
-        None => respond(out, id, None, result, slot),
+        None => respond(out, id, None, result.map(Response::Reply), slot),
     }
 }
