@@ -414,7 +414,10 @@ impl ChannelState {
         // secret (or did not decode): one with nothing secret in it, a ciphertext or a
         // signature, needs no pass.
         let secret = match &decoded {
-            Ok(bound) => matches!(&bound.message.0, Ok(reply) if reply.carries_secret()),
+            Ok(bound) => matches!(
+                &bound.message,
+                tessera_wire::Outcome::Answer(Ok(reply)) if reply.carries_secret()
+            ),
             Err(_) => true,
         };
         if secret {
@@ -438,14 +441,17 @@ impl ChannelState {
             );
             return Err(ClientError::Returned(Rv::BadReplySignature.code()));
         }
-        let tessera_wire::Outcome(result) = bound.message;
         let required = self.channel.policy().reply_protection(secret);
         if let Err(e) = self.channel.require(protection, required) {
             self.channel.close();
             device.report(serial, &format!("reply refused: {e}"));
             return Err(ClientError::Returned(Rv::BadProtection.code()));
         }
-        if let Ok(Reply::ChannelEnded(0)) = result {
+        let code = match bound.message {
+            tessera_wire::Outcome::Answer(result) => return Ok(Opened::Answer(result)),
+            tessera_wire::Outcome::Ended(code) => code,
+        };
+        if code == 0 {
             self.channel.close();
             device.report(
                 serial,
@@ -453,18 +459,15 @@ impl ChannelState {
             );
             return Err(ClientError::Returned(Rv::BadReply.code()));
         }
-        if let Ok(Reply::ChannelEnded(code)) = result {
-            self.ended = true;
-            self.channel.close();
-            let reason =
-                Rv::from_code(code).map_or(format!("0x{code:08X}"), |rv| rv.name().to_string());
-            device.report(
-                serial,
-                &format!("the device ended the secure channel: {reason}"),
-            );
-            return Ok(Opened::Ended(code));
-        }
-        Ok(Opened::Answer(result))
+        self.ended = true;
+        self.channel.close();
+        let reason =
+            Rv::from_code(code).map_or(format!("0x{code:08X}"), |rv| rv.name().to_string());
+        device.report(
+            serial,
+            &format!("the device ended the secure channel: {reason}"),
+        );
+        Ok(Opened::Ended(code))
     }
 }
 

@@ -446,11 +446,6 @@ pub enum Reply {
         /// No more objects: the device closed the search.
         exhausted: bool,
     },
-    /// Secure messaging, sealed only: the device ended this channel and did not run the call;
-    /// the `CK_RV` says why (`CKR_SESSION_CLOSED`, `CKR_BAD_REQ_SIGNATURE`,
-    /// `CKR_BAD_PROTECTION`). It is the channel's last record: the library believes an end of
-    /// its channel only from the channel itself.
-    ChannelEnded(u64),
 }
 
 /// Room the envelope, and a channel's record around it, may add to a request's own encoding
@@ -719,7 +714,6 @@ pub enum Shape {
     Certificates,
     Channels,
     Found,
-    ChannelEnded,
 }
 
 impl Reply {
@@ -747,7 +741,6 @@ impl Reply {
             Reply::Certificates(_) => Shape::Certificates,
             Reply::Channels(_) => Shape::Channels,
             Reply::Found { .. } => Shape::Found,
-            Reply::ChannelEnded(_) => Shape::ChannelEnded,
         }
     }
 

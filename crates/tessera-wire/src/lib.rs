@@ -77,11 +77,27 @@ impl From<Reply> for Response {
     }
 }
 
-/// What a reply record carries, as the library opens it: the reply or a `CK_RV` error code,
-/// never `Err(0)` (see [`ResponseEnvelope::result`]).
+/// What a reply record carries, as the library opens it: the call's outcome — its reply or a
+/// `CK_RV` error code, never `Err(0)` (see [`ResponseEnvelope::result`]) — or the device's
+/// word that it ends the channel, with the code of the refusal that ended it (the channel's
+/// last record).
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Outcome(#[serde(deserialize_with = "nonzero_error")] pub Result<Reply, u64>);
+pub enum Outcome {
+    /// The call's reply or error code.
+    Answer(#[serde(deserialize_with = "nonzero_error")] Result<Reply, u64>),
+    /// The device ended the channel, refusing the call with this code.
+    Ended(u64),
+}
+
+/// [`Outcome`] as the device seals it, without a copy of the reply (the same encoding: the
+/// variants in the same order).
+#[derive(Debug, Serialize)]
+pub enum OutcomeRef<'a> {
+    /// See [`Outcome::Answer`].
+    Answer(&'a Result<Reply, u64>),
+    /// See [`Outcome::Ended`].
+    Ended(u64),
+}
 
 /// The message inside a record: the id of the request it belongs to, then the request or the
 /// reply. The envelope's id (which routes a reply to the thread that waits for it) is outside
@@ -106,5 +122,29 @@ fn nonzero_error<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
             "error code 0 (CKR_OK) is not an error",
         )),
         result => Ok(result),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The device seals an [`OutcomeRef`]; the library opens an [`Outcome`]: the same bytes.
+    #[test]
+    fn an_outcome_sealed_by_reference_opens_as_an_outcome() {
+        let answer: Result<Reply, u64> = Ok(Reply::Handle(7));
+        let bytes = postcard::to_stdvec(&OutcomeRef::Answer(&answer)).unwrap();
+        assert!(matches!(
+            postcard::from_bytes::<Outcome>(&bytes),
+            Ok(Outcome::Answer(Ok(Reply::Handle(7))))
+        ));
+        let bytes = postcard::to_stdvec(&OutcomeRef::Ended(0x80000383)).unwrap();
+        assert!(matches!(
+            postcard::from_bytes::<Outcome>(&bytes),
+            Ok(Outcome::Ended(0x80000383))
+        ));
+        // CKR_OK is never an error code, inside a record as outside.
+        let bytes = postcard::to_stdvec(&OutcomeRef::Answer(&Err(0))).unwrap();
+        assert!(postcard::from_bytes::<Outcome>(&bytes).is_err());
     }
 }

@@ -94,7 +94,7 @@ impl Secure {
     }
 
     /// The frame answering request `id` with `code` after [`Secure::open_framed`] or
-    /// [`Secure::open_record`] refused it: sealed as `Reply::ChannelEnded` under the keys of
+    /// [`Secure::open_record`] refused it: sealed as `Outcome::Ended` under the keys of
     /// the channel that was just ended (then gone), or in the clear when there was no channel
     /// left to seal with — which the library takes as a forgery, as it should.
     pub fn seal_end(&mut self, id: u64, code: u64) -> Vec<u8> {
@@ -102,7 +102,7 @@ impl Secure {
             let prefix = tessera_wire::protected_response_prefix(id, channel.id());
             let ended = tessera_wire::Bound {
                 id,
-                message: Ok::<Reply, u64>(Reply::ChannelEnded(code)),
+                message: tessera_wire::OutcomeRef::Ended(code),
             };
             let protection = channel.policy().reply_protection(false);
             let sealed = channel.seal_last(&ended, protection, prefix.as_ref());
@@ -301,7 +301,7 @@ impl Secure {
         // Encrypted in the frame when the policy says so: no plaintext copy is left behind.
         let bound = tessera_wire::Bound {
             id,
-            message: result,
+            message: tessera_wire::OutcomeRef::Answer(result),
         };
         let mut frame = channel
             .seal_value_framed(&bound, protection, prefix.as_ref())

@@ -435,7 +435,9 @@ fn message_cost(client: &mut tessera_channel::Channel, device: &mut tessera_chan
             .seal_value_framed(
                 &tessera_wire::Bound {
                     id: 7,
-                    message: Ok::<Reply, u64>(reply().expect("reply")),
+                    message: tessera_wire::OutcomeRef::Answer(&Ok::<Reply, u64>(
+                        reply().expect("reply"),
+                    )),
                 },
                 Encrypted,
                 prefix.as_ref(),
