@@ -51,14 +51,32 @@ fn aead_key(key: &[u8]) -> Result<LessSafeKey, SealError> {
 }
 
 fn seal_with(key: &[u8], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
-    let key = aead_key(key)?;
-    let nonce_bytes = random(NONCE_LEN)?;
-    let nonce = Nonce::try_assume_unique_for_key(&nonce_bytes).map_err(|_| SealError::Random)?;
-    let mut buffer = plaintext.to_vec();
-    key.seal_in_place_append_tag(nonce, Aad::from(aad), &mut buffer)
+    let mut nonce = [0u8; NONCE_LEN];
+    SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| SealError::Random)?;
+    seal_under(&aead_key(key)?, nonce, aad, plaintext)
+}
+
+/// Seals under a prepared key with `nonce` into `nonce || ciphertext || tag` (what
+/// [`open_under`] opens).
+fn seal_under(
+    key: &LessSafeKey,
+    nonce: [u8; NONCE_LEN],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, SealError> {
+    let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plaintext);
+    let tag = key
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut out[NONCE_LEN..],
+        )
         .map_err(|_| SealError::Authentication)?;
-    let mut out = nonce_bytes;
-    out.append(&mut buffer);
+    out.extend_from_slice(tag.as_ref());
     Ok(out)
 }
 
@@ -256,19 +274,7 @@ impl HeldKey {
         }
         let mut nonce = [0u8; NONCE_LEN];
         nonce[NONCE_LEN - 8..].copy_from_slice(&count.to_be_bytes());
-        let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(plaintext);
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut out[NONCE_LEN..],
-            )
-            .map_err(|_| SealError::Authentication)?;
-        out.extend_from_slice(tag.as_ref());
-        Ok(out)
+        seal_under(&self.key, nonce, aad, plaintext)
     }
 
     /// Opens what [`HeldKey::seal`] sealed with the same `aad`.

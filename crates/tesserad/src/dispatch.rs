@@ -1,7 +1,7 @@
 //! Which call runs where: quick calls are answered on the connection's own task, the others
 //! (PIN checks, disk writes, RSA, key generation, large data) on the blocking pool, where a
 //! slow one holds up nothing else; large frames and records are decoded and opened there too.
-//! And what a call leaves on the stack of the thread that ran it ([`StackUse`]) is scrubbed.
+//! And what a call leaves on the stack of the thread that ran it ([`after`]) is scrubbed.
 
 use std::sync::{Arc, Mutex};
 
@@ -51,8 +51,8 @@ fn small_template(template: &tessera_core::Template) -> bool {
 /// call table (`tessera_wire::Traits::work`), and those whose work depends on their input when
 /// that input is small. The others run on the blocking pool (PIN checks, disk writes, RSA, key
 /// generation, large data), where a slow one holds up nothing else.
-fn quick(call: &Call) -> bool {
-    match call.traits().work {
+fn quick(call: &Call, work: Work) -> bool {
+    match work {
         Work::Light => true,
         Work::Heavy => false,
         Work::ByInput => light_input(call),
@@ -94,18 +94,19 @@ impl Job<'_> {
     /// holds up nothing else and its reply is sealed and queued (large ones off the I/O thread).
     pub(crate) fn run(self, request: Call, slot: OwnedSemaphorePermit) {
         let protected = self.channel.is_some();
-        let stack = StackUse::of(&request);
-        if quick(&request) {
+        let traits = request.traits();
+        let keys = traits.keys;
+        if quick(&request, traits.work) {
             let result = self.hsm.handle(self.client, protected, request);
             let secret_reply = matches!(&result, Ok(reply) if reply.carries_secret());
             answer(self.out, self.channel.map(|c| &**c), self.id, result, slot);
-            stack.after(secret_reply);
+            after(keys, secret_reply);
             return;
         }
         // The I/O thread decoded this request (a PIN or key value passed through its stack) or
         // may hold the marks of key use that this call ends: it scrubs its own stack too.
-        if matches!(stack, StackUse::Secret | StackUse::Ending) {
-            stack.after(false);
+        if matches!(keys, Keys::Brings | Keys::Ends) {
+            after(keys, false);
         }
         let (hsm, channel, out) = (self.hsm.clone(), self.channel.cloned(), self.out.clone());
         let (client, id) = (self.client, self.id);
@@ -119,7 +120,7 @@ impl Job<'_> {
             });
             let secret_reply = matches!(&result, Ok(reply) if reply.carries_secret());
             answer(&out, channel.as_deref(), id, result, slot);
-            stack.after(secret_reply);
+            after(keys, secret_reply);
         });
     }
 }
@@ -150,52 +151,29 @@ pub(crate) async fn on_channel<T: Send + 'static>(
     }
 }
 
-/// What a call leaves on the stack of the thread that runs it, and when that is overwritten
-/// ([`scrub_stack`], a memset of [`SCRUBBED_STACK`]: microseconds and the caches' contents,
-/// so not after every call).
-#[derive(Clone, Copy)]
-enum StackUse {
-    /// A PIN or a key value came in the request: scrubbed as soon as it is answered.
-    Secret,
-    /// Keys were used or made (key schedules, generated values): the stack is marked, and
-    /// scrubbed when the use of keys or PINs ends (the next `Ending` call on this thread).
-    Keys,
-    /// The end of a use of keys or PINs (logout, destroy, session close): scrubs a marked
-    /// stack.
-    Ending,
-    /// Nothing of the kind.
-    Plain,
-}
-
 thread_local! {
     /// Keys were used on this thread since its stack was last scrubbed.
     static KEYS_ON_STACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-impl StackUse {
-    fn of(call: &Call) -> StackUse {
-        match call.traits().keys {
-            Keys::Brings => StackUse::Secret,
-            Keys::Uses => StackUse::Keys,
-            Keys::Ends => StackUse::Ending,
-            Keys::None => StackUse::Plain,
-        }
-    }
-
-    /// After the call has been answered (`secret_reply`: its reply carried a secret).
-    fn after(self, secret_reply: bool) {
-        let marked = KEYS_ON_STACK.with(|k| k.get());
-        let scrub = match self {
-            StackUse::Secret => true,
-            StackUse::Ending => marked,
-            StackUse::Keys | StackUse::Plain => secret_reply,
-        };
-        if scrub {
-            scrub_stack();
-            KEYS_ON_STACK.with(|k| k.set(false));
-        } else if matches!(self, StackUse::Keys) {
-            KEYS_ON_STACK.with(|k| k.set(true));
-        }
+/// What a call left on the stack of the thread that ran it is overwritten ([`scrub_stack`], a
+/// memset of [`SCRUBBED_STACK`]: microseconds and the caches' contents, so not after every
+/// call), by what the call does with keys (`tessera_wire::Keys`, its row in the call table) and
+/// whether its reply carried a secret: a call that brought a PIN or key value is scrubbed at
+/// once; one that used or made keys marks the stack; the end of a use (logout, destroy, session
+/// close) scrubs a marked stack.
+fn after(keys: Keys, secret_reply: bool) {
+    let marked = KEYS_ON_STACK.with(|k| k.get());
+    let scrub = match keys {
+        Keys::Brings => true,
+        Keys::Ends => marked,
+        Keys::Uses | Keys::None => secret_reply,
+    };
+    if scrub {
+        scrub_stack();
+        KEYS_ON_STACK.with(|k| k.set(false));
+    } else if keys == Keys::Uses {
+        KEYS_ON_STACK.with(|k| k.set(true));
     }
 }
 
