@@ -81,9 +81,9 @@ pub enum HandshakeError {
     /// The peer speaks another version.
     #[error("the peer speaks secure messaging version {0}, this build speaks {PROTOCOL_VERSION}")]
     Version(u16),
-    /// The device's certificate chain is not trusted (the reason is the verification's).
-    #[error("the device is not trusted: {0}")]
-    Untrusted(String),
+    /// The device presented no certificate.
+    #[error("the device presented no certificate")]
+    NoCertificate,
     /// The device's signature over the transcript does not verify.
     #[error("the device's signature over the handshake does not verify (altered in transit?)")]
     BadSignature,
@@ -93,15 +93,25 @@ pub enum HandshakeError {
     /// Key agreement failed (a malformed public key).
     #[error("key agreement failed")]
     KeyAgreement,
-    /// The device has no identity to sign with, or signing failed.
-    #[error("the device cannot sign the handshake: {0}")]
-    Signing(String),
     /// The random generator failed.
     #[error("the random generator failed")]
     Random,
     /// The channel keys could not be derived (no channel is made without them).
     #[error("{0}")]
     KeyDerivation(#[from] crate::keys::KeyDerivationError),
+}
+
+/// Why a handshake step that asks its caller failed: the handshake's own checks, or the
+/// caller's answer (`E`: why the library's chain check refused the device, or why the device's
+/// signer could not sign), kept as the caller's own type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StepError<E> {
+    /// The handshake's own checks failed.
+    #[error("{0}")]
+    Handshake(#[from] HandshakeError),
+    /// The caller refused (the chain) or failed (the signature).
+    #[error("{0}")]
+    Caller(E),
 }
 
 fn random32() -> Result<Vec<u8>, HandshakeError> {
@@ -205,35 +215,33 @@ impl ExpectServerHello {
     /// the dialled serial), the signature by the PIC's key (`verify_signature(pic, message,
     /// signature)`), and the key confirmation. Returns the open channel and the message that
     /// confirms the keys to the device.
-    pub fn handle(
+    pub fn handle<E>(
         self,
         server: &ServerHello,
-        verify_chain: impl FnOnce(&[Vec<u8>]) -> Result<(), String>,
+        verify_chain: impl FnOnce(&[Vec<u8>]) -> Result<(), E>,
         verify_signature: impl FnOnce(&[u8], &[u8], &[u8]) -> bool,
-    ) -> Result<(Channel, ClientFinished), HandshakeError> {
+    ) -> Result<(Channel, ClientFinished), StepError<E>> {
         if server.version != PROTOCOL_VERSION {
-            return Err(HandshakeError::Version(server.version));
+            return Err(HandshakeError::Version(server.version).into());
         }
-        verify_chain(&server.chain).map_err(HandshakeError::Untrusted)?;
+        verify_chain(&server.chain).map_err(StepError::Caller)?;
         let hash = transcript(&self.hello, server);
-        let pic = server
-            .chain
-            .first()
-            .ok_or_else(|| HandshakeError::Untrusted("no certificate".into()))?;
+        let pic = server.chain.first().ok_or(HandshakeError::NoCertificate)?;
         if !verify_signature(pic, &hash, &server.signature) {
-            return Err(HandshakeError::BadSignature);
+            return Err(HandshakeError::BadSignature.into());
         }
         let keys = agree(self.private, &server.ephemeral, &hash)?;
         let expected = mac(&keys.device_finished, &[&hash, &server.signature]);
         if !same(&expected, &server.finished) {
-            return Err(HandshakeError::BadConfirmation);
+            return Err(HandshakeError::BadConfirmation.into());
         }
         let finished = mac(
             &keys.client_finished,
             &[&hash, &server.signature, &server.finished],
         );
         let policy = self.hello.policy.union(server.policy);
-        let channel = Channel::new(server.channel, Side::Client, policy, keys.traffic)?;
+        let channel = Channel::new(server.channel, Side::Client, policy, keys.traffic)
+            .map_err(HandshakeError::from)?;
         Ok((
             channel,
             ClientFinished {
@@ -250,15 +258,15 @@ pub struct ServerStart;
 impl ServerStart {
     /// Answers `client` as channel `channel`, requiring `policy`, presenting `chain` and signing
     /// the transcript hash with `sign` (the PIK).
-    pub fn respond(
+    pub fn respond<E>(
         client: &ClientHello,
         channel: u64,
         policy: Policy,
         chain: Vec<Vec<u8>>,
-        sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>,
-    ) -> Result<(ExpectClientFinished, ServerHello), HandshakeError> {
+        sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, E>,
+    ) -> Result<(ExpectClientFinished, ServerHello), StepError<E>> {
         if client.version != PROTOCOL_VERSION {
-            return Err(HandshakeError::Version(client.version));
+            return Err(HandshakeError::Version(client.version).into());
         }
         let (private, public) = ephemeral()?;
         let mut hello = ServerHello {
@@ -272,7 +280,7 @@ impl ServerStart {
             finished: Vec::new(),
         };
         let hash = transcript(client, &hello);
-        hello.signature = sign(&hash).map_err(HandshakeError::Signing)?;
+        hello.signature = sign(&hash).map_err(StepError::Caller)?;
         let keys = agree(private, &client.ephemeral, &hash)?;
         hello.finished = mac(&keys.device_finished, &[&hash, &hello.signature]);
         let expected = Zeroizing::new(mac(
@@ -280,7 +288,8 @@ impl ServerStart {
             &[&hash, &hello.signature, &hello.finished],
         ));
         let effective = client.policy.union(policy);
-        let channel = Channel::new(channel, Side::Device, effective, keys.traffic)?;
+        let channel = Channel::new(channel, Side::Device, effective, keys.traffic)
+            .map_err(HandshakeError::from)?;
         Ok((ExpectClientFinished { channel, expected }, hello))
     }
 }
@@ -326,11 +335,10 @@ mod tests {
             }
         }
 
-        fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        fn sign(&self, message: &[u8]) -> Result<Vec<u8>, aws_lc_rs::error::Unspecified> {
             self.key
                 .sign(&SystemRandom::new(), message)
                 .map(|s| s.as_ref().to_vec())
-                .map_err(|e| e.to_string())
         }
 
         /// The "certificate" in these tests is the raw public key.
@@ -351,7 +359,7 @@ mod tests {
         let (waiting, answer) =
             ServerStart::respond(&hello, 7, device_policy, device.chain(), |h| device.sign(h))
                 .unwrap();
-        let (client, finished) = state.handle(&answer, |_| Ok(()), verify).unwrap();
+        let (client, finished) = state.handle(&answer, |_| Ok::<(), ()>(()), verify).unwrap();
         let server = waiting.handle(&finished).unwrap();
         (client, server)
     }
@@ -472,8 +480,10 @@ mod tests {
             ServerStart::respond(&lowered, 1, Policy(0), device.chain(), |h| device.sign(h))
                 .unwrap();
         assert_eq!(
-            state.handle(&answer, |_| Ok(()), verify).unwrap_err(),
-            HandshakeError::BadSignature
+            state
+                .handle(&answer, |_| Ok::<(), ()>(()), verify)
+                .unwrap_err(),
+            StepError::Handshake(HandshakeError::BadSignature)
         );
         // The relay lowers the device's policy on the way back.
         let (state, hello) = ExpectServerHello::start("123", Policy(0)).unwrap();
@@ -487,26 +497,41 @@ mod tests {
         .unwrap();
         answer.policy = Policy(0);
         assert_eq!(
-            state.handle(&answer, |_| Ok(()), verify).unwrap_err(),
-            HandshakeError::BadSignature
+            state
+                .handle(&answer, |_| Ok::<(), ()>(()), verify)
+                .unwrap_err(),
+            StepError::Handshake(HandshakeError::BadSignature)
         );
         // A wrong client confirmation.
         let (state, hello) = ExpectServerHello::start("123", Policy(0)).unwrap();
         let (waiting, answer) =
             ServerStart::respond(&hello, 1, Policy(0), device.chain(), |h| device.sign(h)).unwrap();
-        let (_, mut finished) = state.handle(&answer, |_| Ok(()), verify).unwrap();
+        let (_, mut finished) = state.handle(&answer, |_| Ok::<(), ()>(()), verify).unwrap();
         finished.finished[0] ^= 1;
         assert!(matches!(
             waiting.handle(&finished),
             Err(HandshakeError::BadConfirmation)
         ));
-        // An untrusted chain is refused with the verifier's reason.
+        // An untrusted chain is refused with the verifier's own reason.
         let (state, hello) = ExpectServerHello::start("123", Policy(0)).unwrap();
         let (_, answer) =
             ServerStart::respond(&hello, 1, Policy(0), device.chain(), |h| device.sign(h)).unwrap();
         let error = state
-            .handle(&answer, |_| Err("unknown issuer".into()), verify)
+            .handle(&answer, |_| Err("unknown issuer"), verify)
             .unwrap_err();
-        assert_eq!(error, HandshakeError::Untrusted("unknown issuer".into()));
+        assert_eq!(error, StepError::Caller("unknown issuer"));
+        // So is a device that presents no certificate at all.
+        let (state, hello) = ExpectServerHello::start("123", Policy(0)).unwrap();
+        let (_, answer) =
+            ServerStart::respond(&hello, 1, Policy(0), Vec::new(), |h| device.sign(h)).unwrap();
+        let error = state.handle(&answer, |_| Ok::<(), ()>(()), verify);
+        assert_eq!(
+            error.unwrap_err(),
+            StepError::Handshake(HandshakeError::NoCertificate)
+        );
+        // A device that cannot sign answers nothing; the signer's reason is the error.
+        let (_, hello) = ExpectServerHello::start("123", Policy(0)).unwrap();
+        let refused = ServerStart::respond(&hello, 1, Policy(0), device.chain(), |_| Err("no key"));
+        assert_eq!(refused.err(), Some(StepError::Caller("no key")));
     }
 }

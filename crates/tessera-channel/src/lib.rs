@@ -14,7 +14,7 @@ mod record;
 
 pub use handshake::{
     ClientFinished, ClientHello, ExpectClientFinished, ExpectServerHello, HandshakeError,
-    ServerHello, ServerStart, PROTOCOL_VERSION,
+    ServerHello, ServerStart, StepError, PROTOCOL_VERSION,
 };
 pub use keys::Side;
 pub use policy::{Policy, PolicyError};

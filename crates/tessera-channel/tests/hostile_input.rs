@@ -38,7 +38,7 @@ fn pair() -> (Channel, Channel) {
     let chain = vec![key.public_key().as_ref().to_vec()];
     let (waiting, answer) =
         ServerStart::respond(&hello, 7, Policy(0), chain, |h| sign(&key, h)).unwrap();
-    let (client, finished) = state.handle(&answer, |_| Ok(()), verify).unwrap();
+    let (client, finished) = state.handle(&answer, |_| Ok::<(), ()>(()), verify).unwrap();
     (client, waiting.handle(&finished).unwrap())
 }
 
@@ -115,7 +115,7 @@ proptest! {
         trusting in any::<bool>(),
     ) {
         let (state, _hello) = ExpectServerHello::start("123", Policy(0)).unwrap();
-        let outcome = state.handle(&answer, |_| Ok(()), |_, _, _| trusting);
+        let outcome = state.handle(&answer, |_| Ok::<(), ()>(()), |_, _, _| trusting);
         prop_assert!(outcome.is_err());
     }
 
@@ -139,7 +139,7 @@ proptest! {
         };
         let at = index % target.len();
         target[at] ^= flip;
-        prop_assert!(state.handle(&answer, |_| Ok(()), verify).is_err());
+        prop_assert!(state.handle(&answer, |_| Ok::<(), ()>(()), verify).is_err());
     }
 
     /// Arbitrary records never open, and never panic; a refused record kills the channel.

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tessera_channel::{Channel, ExpectServerHello, HandshakeError, Policy};
+use tessera_channel::{Channel, ExpectServerHello, HandshakeError, Policy, StepError};
 use tessera_config::{Config, ConfigError};
 use tessera_core::Rv;
 use tessera_wire::{Call, Inner, Message, Reply, Response};
@@ -95,6 +95,15 @@ fn number(config: &Config, item: &str, default: u64) -> Result<u64, ConfigError>
                 reason: format!("{value:?} is not a positive number"),
             }),
     }
+}
+
+/// Why the library refused the chain a device presented in a handshake.
+enum ChainRefusal {
+    /// This client's records (known devices, SMPR) do not allow this device here: the reason,
+    /// worded with its fix.
+    Records(String),
+    /// The trust store does not vouch for the chain.
+    Distrusted(tessera_identity::Refusal),
 }
 
 impl SecureSettings {
@@ -659,9 +668,6 @@ impl Device {
             .chain
             .first()
             .map(|pic| crate::known::identity_of(pic));
-        // Why the trust store did not vouch for the chain (as opposed to the checks of the
-        // known devices and SMPR before it, whose reasons carry their own fix).
-        let distrust: std::cell::RefCell<Option<tessera_identity::Refusal>> = Default::default();
         let verify_chain = |chain: &[Vec<u8>]| {
             if known.is_none()
                 && settings.channel_anywhere
@@ -670,10 +676,10 @@ impl Device {
                 // The clear phase named a device this client has no policy for, while it has
                 // policies for others: a relay may have sent this entry's connection to another
                 // device it also trusts (which would then get this entry's PINs).
-                return Err(format!(
+                return Err(ChainRefusal::Records(format!(
                     "entry {entry} is not recorded, and the device there is serial {serial}, which no SMPR of this client names while others are named: it may not be the device this entry was meant for. If it is, record it: `ctident known-devices add {entry} --serial {serial} --identity sha256:{}`, or set ET_PTKC_{serial}_SMPR",
                     identity.as_deref().unwrap_or("none")
-                ));
+                )));
             }
             if let Some(record) = known.filter(|r| !r.allows_clear()) {
                 if record.identity != identity {
@@ -686,16 +692,15 @@ impl Device {
                         "the device there now presents serial {shown}, identity sha256:{}",
                         identity.as_deref().unwrap_or("none")
                     );
-                    return Err(format!("another device or identity{}", recorded(&seen)));
+                    return Err(ChainRefusal::Records(format!(
+                        "another device or identity{}",
+                        recorded(&seen)
+                    )));
                 }
             }
             settings
                 .check_chain(chain, &anchors, &serial, now)
-                .map_err(|refusal| {
-                    let shown = refusal.to_string();
-                    *distrust.borrow_mut() = Some(refusal);
-                    shown
-                })
+                .map_err(ChainRefusal::Distrusted)
         };
         let verified = expect.handle(
             &answer,
@@ -704,15 +709,26 @@ impl Device {
         );
         let (channel, finished) = match verified {
             Ok(done) => done,
-            Err(HandshakeError::Untrusted(reason)) => {
-                let line = match distrust.take() {
-                    Some(refusal) => self.untrusted(settings, &answer.chain, &refusal),
-                    None => format!("secure channel refused (CKR_CERT_NOT_VALIDATED): {reason}"),
+            Err(StepError::Caller(refusal)) => {
+                let line = match refusal {
+                    ChainRefusal::Distrusted(refusal) => {
+                        self.untrusted(settings, &answer.chain, &refusal)
+                    }
+                    ChainRefusal::Records(reason) => {
+                        format!("secure channel refused (CKR_CERT_NOT_VALIDATED): {reason}")
+                    }
                 };
                 self.refuse(&serial, &line);
                 return Err(ClientError::Returned(Rv::CertNotValidated.code()));
             }
-            Err(e) => {
+            Err(StepError::Handshake(HandshakeError::NoCertificate)) => {
+                self.refuse(
+                    &serial,
+                    "secure channel refused (CKR_CERT_NOT_VALIDATED): the device presented no certificate",
+                );
+                return Err(ClientError::Returned(Rv::CertNotValidated.code()));
+            }
+            Err(StepError::Handshake(e)) => {
                 self.refuse(&serial, &format!("secure channel refused: {e}"));
                 self.kill(state, true);
                 return Err(ClientError::Returned(Rv::CannotDeriveKeys.code()));

@@ -1,10 +1,7 @@
-//! A minimal, panic-free DER codec: just what PKCS#11 attribute values need (EC parameters and
-//! points, RSA key structures, `DigestInfo`).
-//!
-//! Private keys are encoded with [`secret_sequence`], which writes straight into one
-//! [`SecretBytes`] sized in advance: no intermediate copy of key material is left unwiped.
-
-use crate::SecretBytes;
+//! A minimal, panic-free DER reader: just what PKCS#11 attribute values need read (EC
+//! parameters and points, RSA key structures, `DigestInfo`), fuzzed on any bytes. Structures
+//! are written with the `der`, `pkcs1`, `pkcs8`, `sec1` and `spki` crates (where private keys
+//! are encoded straight into a wiping buffer).
 
 /// DER tag of INTEGER.
 pub const INTEGER: u8 = 0x02;
@@ -95,201 +92,37 @@ pub fn single(data: &[u8], tag: u8) -> Result<&[u8], DerError> {
     }
 }
 
-/// A tag and a definite length: at most 1 + 1 + 8 bytes.
-struct Header {
-    bytes: [u8; 10],
-    len: usize,
-}
-
-impl Header {
-    fn new(tag: u8, contents: usize) -> Header {
-        let mut bytes = [0u8; 10];
-        bytes[0] = tag;
-        let len = if contents < 0x80 {
-            bytes[1] = contents as u8;
-            2
-        } else {
-            let be = contents.to_be_bytes();
-            let skip = be.iter().position(|b| *b != 0).unwrap_or(be.len() - 1);
-            let count = be.len() - skip;
-            bytes[1] = 0x80 | count as u8;
-            bytes[2..2 + count].copy_from_slice(&be[skip..]);
-            2 + count
-        };
-        Header { bytes, len }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-}
-
-/// Where encoded bytes go: a `Vec` for public structures, a [`SecretBytes`] for private keys.
-trait Sink {
-    fn put(&mut self, bytes: &[u8]);
-}
-
-impl Sink for Vec<u8> {
-    fn put(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
-    }
-}
-
-impl Sink for SecretBytes {
-    fn put(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
-    }
-}
-
-/// One element of a SEQUENCE encoded by [`secret_sequence`].
-#[derive(Debug, Clone, Copy)]
-pub enum Part<'a> {
-    /// An INTEGER of an unsigned big-endian magnitude (leading zeros dropped, a zero byte added
-    /// when the top bit is set).
-    Integer(&'a [u8]),
-    /// An element of this tag with these contents.
-    Element(u8, &'a [u8]),
-    /// An element encoded already.
-    Encoded(&'a [u8]),
-}
-
-impl Part<'_> {
-    /// The header (none for an encoded part), the sign byte (if any) and the contents.
-    fn layout(&self) -> (Option<Header>, &'static [u8], &[u8]) {
-        match *self {
-            Part::Integer(magnitude) => {
-                let start = magnitude
-                    .iter()
-                    .position(|b| *b != 0)
-                    .unwrap_or(magnitude.len());
-                let trimmed = &magnitude[start..];
-                let sign: &'static [u8] = if trimmed.first().is_none_or(|b| b & 0x80 != 0) {
-                    &[0]
-                } else {
-                    &[]
-                };
-                let header = Header::new(INTEGER, sign.len() + trimmed.len());
-                (Some(header), sign, trimmed)
-            }
-            Part::Element(tag, contents) => (Some(Header::new(tag, contents.len())), &[], contents),
-            Part::Encoded(bytes) => (None, &[], bytes),
-        }
-    }
-
-    fn encoded_len(&self) -> usize {
-        let (header, sign, contents) = self.layout();
-        header.map_or(0, |h| h.len) + sign.len() + contents.len()
-    }
-
-    fn write(&self, out: &mut impl Sink) {
-        let (header, sign, contents) = self.layout();
-        if let Some(header) = header {
-            out.put(header.as_bytes());
-        }
-        out.put(sign);
-        out.put(contents);
-    }
-
-    fn to_vec(self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.encoded_len());
-        self.write(&mut out);
-        out
-    }
-}
-
-/// Encodes one element.
-pub fn element(tag: u8, contents: &[u8]) -> Vec<u8> {
-    Part::Element(tag, contents).to_vec()
-}
-
-/// Encodes an unsigned big-endian magnitude as an INTEGER.
-pub fn unsigned_integer(magnitude: &[u8]) -> Vec<u8> {
-    Part::Integer(magnitude).to_vec()
-}
-
-/// Encodes a SEQUENCE of already-encoded elements (public structures).
-pub fn sequence(parts: &[Vec<u8>]) -> Vec<u8> {
-    element(SEQUENCE, &parts.concat())
-}
-
-/// Encodes a SEQUENCE of `parts` into one secret buffer, sized before the first byte is
-/// written: a private key's encoding (PKCS#1, PKCS#8, RFC 5915) exists only there, wiped when
-/// it is dropped, with no intermediate copy.
-pub fn secret_sequence(parts: &[Part<'_>]) -> SecretBytes {
-    let contents: usize = parts.iter().map(Part::encoded_len).sum();
-    let header = Header::new(SEQUENCE, contents);
-    let mut out = SecretBytes::with_capacity(header.len + contents);
-    out.put(header.as_bytes());
-    for part in parts {
-        part.write(&mut out);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
     #[test]
-    fn integers_round_trip_with_sign_padding() {
-        let encoded = unsigned_integer(&[0x00, 0x80, 0x01]);
-        assert_eq!(encoded, vec![0x02, 0x03, 0x00, 0x80, 0x01]);
+    fn integers_are_read_without_their_sign_padding() {
+        let encoded = [0x02, 0x03, 0x00, 0x80, 0x01];
         assert_eq!(
             Reader::new(&encoded).unsigned_integer().unwrap(),
             &[0x80, 0x01]
         );
-        assert_eq!(unsigned_integer(&[]), vec![0x02, 0x01, 0x00]);
+        assert_eq!(
+            Reader::new(&[0x02, 0x01, 0x00]).unsigned_integer().unwrap(),
+            &[] as &[u8]
+        );
     }
 
     #[test]
     fn long_lengths_and_truncation() {
-        let big = element(OCTET_STRING, &[7u8; 300]);
-        assert_eq!(&big[..4], &[0x04, 0x82, 0x01, 0x2C]);
+        let mut big = vec![0x04, 0x82, 0x01, 0x2C];
+        big.extend_from_slice(&[7u8; 300]);
         assert_eq!(single(&big, OCTET_STRING).unwrap().len(), 300);
         assert_eq!(single(&big[..big.len() - 1], OCTET_STRING), Err(DerError));
         assert_eq!(single(&[0x04, 0x80], OCTET_STRING), Err(DerError));
-    }
-
-    #[test]
-    fn a_secret_sequence_is_the_sequence_of_its_parts() {
-        let long = [0x91u8; 300];
-        let parts = [
-            Part::Integer(&[0]),
-            Part::Integer(&[0x00, 0x80, 0x01]),
-            Part::Integer(&long),
-            Part::Element(OCTET_STRING, &long),
-            Part::Element(0xA0, P256_PARAMS),
-            Part::Encoded(P384_PARAMS),
-        ];
-        let secret = secret_sequence(&parts);
-        let plain = sequence(&[
-            unsigned_integer(&[0]),
-            unsigned_integer(&[0x00, 0x80, 0x01]),
-            unsigned_integer(&long),
-            element(OCTET_STRING, &long),
-            element(0xA0, P256_PARAMS),
-            P384_PARAMS.to_vec(),
-        ]);
-        assert_eq!(secret.expose(), plain.as_slice());
-        let mut reader = Reader::new(single(secret.expose(), SEQUENCE).unwrap());
-        assert_eq!(reader.unsigned_integer().unwrap(), &[] as &[u8]);
-        assert_eq!(reader.unsigned_integer().unwrap(), &[0x80, 0x01]);
-        assert_eq!(reader.unsigned_integer().unwrap(), &long[..]);
-        assert_eq!(reader.expect(OCTET_STRING).unwrap(), &long[..]);
+        let mut trailing = big.clone();
+        trailing.push(0);
+        assert_eq!(single(&trailing, OCTET_STRING), Err(DerError));
     }
 
     proptest! {
-        #[test]
-        fn secret_and_plain_encodings_agree(
-            magnitude in proptest::collection::vec(any::<u8>(), 0..300),
-            contents in proptest::collection::vec(any::<u8>(), 0..300),
-        ) {
-            let secret = secret_sequence(&[Part::Integer(&magnitude), Part::Element(0x04, &contents)]);
-            let plain = sequence(&[unsigned_integer(&magnitude), element(0x04, &contents)]);
-            prop_assert_eq!(secret.expose(), plain.as_slice());
-        }
-
         #[test]
         fn reader_never_panics(data in proptest::collection::vec(any::<u8>(), 0..64)) {
             let mut reader = Reader::new(&data);
@@ -297,8 +130,14 @@ mod tests {
         }
 
         #[test]
-        fn elements_round_trip(contents in proptest::collection::vec(any::<u8>(), 0..400)) {
-            let encoded = element(OCTET_STRING, &contents);
+        fn short_and_long_form_lengths_read_alike(contents in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let mut encoded = vec![OCTET_STRING];
+            match contents.len() {
+                n if n < 0x80 => encoded.push(n as u8),
+                n if n < 0x100 => encoded.extend_from_slice(&[0x81, n as u8]),
+                n => encoded.extend_from_slice(&[0x82, (n >> 8) as u8, n as u8]),
+            }
+            encoded.extend_from_slice(&contents);
             prop_assert_eq!(single(&encoded, OCTET_STRING).unwrap(), contents.as_slice());
         }
     }

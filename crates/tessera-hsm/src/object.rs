@@ -110,6 +110,21 @@ impl Attributes {
         (Template(public), Template(secret))
     }
 
+    /// Takes out the attributes that are sealed at rest (their values moved, not copied),
+    /// leaving the public ones: a session object's secrets, to seal.
+    pub fn take_sealed(&mut self) -> Template {
+        let class = self.class();
+        let sealed: Vec<u64> = (self.0.keys().copied())
+            .filter(|ty| sealed_at_rest(class, *ty))
+            .collect();
+        Template(
+            sealed
+                .into_iter()
+                .filter_map(|ty| self.0.remove(&ty).map(|value| Attribute { ty, value }))
+                .collect(),
+        )
+    }
+
     /// Joins stored public and secret templates.
     pub fn join(public: &Template, secret: &Template) -> Attributes {
         let mut attributes = Attributes::default();

@@ -30,18 +30,23 @@ fn seal(
 /// stored form, or a session object's held one).
 fn seal_with(key: &dyn Seal, aad: &[u8], attributes: &Attributes) -> Result<StoredObject, Rv> {
     let (public, secret) = attributes.split();
-    let sealed = if secret.0.is_empty() {
-        None
-    } else {
-        // Encoded straight into a secret: a growing plain buffer would leave copies behind.
-        let plain = postcard::to_extend(&secret, tessera_core::SecretBytes::default())
-            .map_err(|_| Rv::GeneralError)?;
-        Some(
-            key.seal(aad, plain.expose())
-                .map_err(|_| Rv::FunctionFailed)?,
-        )
-    };
-    Ok(StoredObject { public, sealed })
+    Ok(StoredObject {
+        public,
+        sealed: seal_secrets(key, aad, &secret)?,
+    })
+}
+
+/// `secret` encoded and sealed under `key` with `aad`; `None` when there is nothing to seal.
+fn seal_secrets(key: &dyn Seal, aad: &[u8], secret: &Template) -> Result<Option<Vec<u8>>, Rv> {
+    if secret.0.is_empty() {
+        return Ok(None);
+    }
+    // Encoded straight into a secret: a growing plain buffer would leave copies behind.
+    let plain = postcard::to_extend(secret, tessera_core::SecretBytes::default())
+        .map_err(|_| Rv::GeneralError)?;
+    key.seal(aad, plain.expose())
+        .map(Some)
+        .map_err(|_| Rv::FunctionFailed)
 }
 
 /// The object sealed again if it holds values in the clear that are now sealed at rest (a
@@ -102,9 +107,14 @@ pub(crate) fn in_memory(stored: StoredObject) -> Object {
     }
 }
 
-/// The additional data that binds a session object's sealed secrets to its token and handle.
-fn session_aad(token_id: u64, handle: u64) -> Vec<u8> {
-    format!("tessera session object {token_id}/{handle}").into_bytes()
+/// The additional data that binds a session object's sealed secrets to its token and handle
+/// (held in memory only, under a key made at each start: no stored format depends on it).
+fn session_aad(token_id: u64, handle: u64) -> [u8; 38] {
+    let mut aad = [0u8; 38];
+    aad[..22].copy_from_slice(b"tessera session object");
+    aad[22..30].copy_from_slice(&token_id.to_be_bytes());
+    aad[30..].copy_from_slice(&handle.to_be_bytes());
+    aad
 }
 
 pub(crate) fn visible(token: &Token, client: u64, object: &Object) -> bool {
@@ -226,21 +236,21 @@ impl Hsm {
     ) -> Result<Attributes, Rv> {
         let mut attributes = object.attributes.clone();
         if let Some(sealed) = &object.sealed {
-            let (key, aad): (&dyn Seal, _) = match object.owner {
-                Some(_) => (&self.session_key, session_aad(token_id, id)),
-                None => (
-                    self.sealing_key(token, object.attributes.flag(ck::CKA_PRIVATE))?,
-                    seal_aad(token_id, id),
-                ),
+            let opened = match object.owner {
+                Some(_) => (self.session_key).open(&session_aad(token_id, id), sealed),
+                None => self
+                    .sealing_key(token, object.attributes.flag(ck::CKA_PRIVATE))?
+                    .open(&seal_aad(token_id, id), sealed),
             };
-            let plain = key.open(&aad, sealed).map_err(|_| {
+            let plain = opened.map_err(|_| {
                 tracing::error!(token_id, id, "a stored object failed authentication");
                 Rv::DeviceError
             })?;
-            let secrets: Template =
+            let mut secrets: Template =
                 postcard::from_bytes(plain.expose()).map_err(|_| Rv::DeviceError)?;
-            for a in secrets.iter() {
-                attributes.set(a.ty, a.value.clone());
+            // Moved, not copied: the decoded template wipes what is left of it.
+            for a in secrets.0.iter_mut() {
+                attributes.set(a.ty, std::mem::take(&mut a.value));
             }
         }
         Ok(attributes)
@@ -342,17 +352,14 @@ impl Hsm {
         &self,
         token_id: u64,
         handle: u64,
-        attributes: &Attributes,
+        mut attributes: Attributes,
         owner: (u64, u64),
     ) -> Result<Object, Rv> {
-        let stored = seal_with(
-            &self.session_key,
-            &session_aad(token_id, handle),
-            attributes,
-        )?;
+        let secret = attributes.take_sealed();
+        let sealed = seal_secrets(&self.session_key, &session_aad(token_id, handle), &secret)?;
         Ok(Object {
-            attributes: Attributes::join(&stored.public, &Template::default()),
-            sealed: stored.sealed,
+            attributes,
+            sealed,
             owner: Some(owner),
         })
     }
@@ -370,7 +377,7 @@ impl Hsm {
             self.check_session_bytes(state, client, attributes.size(), 0)?;
             state.next_session_object += 1;
             let handle = state.next_session_object;
-            let object = self.session_object(token_id, handle, &attributes, (client, session))?;
+            let object = self.session_object(token_id, handle, attributes, (client, session))?;
             state.token_mut(token_id)?.objects.insert(handle, object);
             return Ok(handle);
         }
@@ -418,7 +425,7 @@ impl Hsm {
         if let Some(owner) = object.owner {
             let old = object.held_bytes();
             self.check_session_bytes(state, owner.0, attributes.size(), old)?;
-            let object = self.session_object(token_id, handle, &attributes, owner)?;
+            let object = self.session_object(token_id, handle, attributes, owner)?;
             state.token_mut(token_id)?.objects.insert(handle, object);
             return Ok(());
         }

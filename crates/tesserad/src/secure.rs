@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use tessera_channel::{Channel, ExpectClientFinished, Record, RecordHeader, ServerStart};
+use tessera_channel::{
+    Channel, ExpectClientFinished, Record, RecordHeader, ServerStart, StepError,
+};
 use tessera_core::Rv;
 use tessera_hsm::{ChannelInfo, Hsm};
 use tessera_wire::{Inner, Reply, Response, SealedFrame};
@@ -16,6 +18,17 @@ pub struct KeyLimits {
     pub messages: u64,
     /// Bytes of payload (both directions).
     pub bytes: u64,
+}
+
+/// Why the device could not sign a handshake.
+#[derive(Debug, thiserror::Error)]
+enum CannotSign {
+    /// It has no identity certificate yet.
+    #[error("the device has no identity certificate (ctident gen-selfsigned)")]
+    NoIdentity,
+    /// Signing with its identity key failed.
+    #[error("signing with the identity key failed: {0}")]
+    Failed(Rv),
 }
 
 struct Active {
@@ -130,11 +143,9 @@ impl Secure {
         let policy = self.hsm.device_policy();
         let answer = match self.hsm.handshake_chain() {
             Ok(chain) => ServerStart::respond(hello, info.id, policy, chain, |hash| {
-                self.hsm.sign_handshake(hash).map_err(|rv| rv.to_string())
+                self.hsm.sign_handshake(hash).map_err(CannotSign::Failed)
             }),
-            Err(_) => Err(tessera_channel::HandshakeError::Signing(
-                "the device has no identity certificate (ctident gen-selfsigned)".into(),
-            )),
+            Err(_) => Err(StepError::Caller(CannotSign::NoIdentity)),
         };
         match answer {
             Ok((state, server_hello)) => {

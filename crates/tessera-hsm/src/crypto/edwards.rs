@@ -17,18 +17,18 @@ pub(crate) const ED25519_OID: &[u8] = &[0x06, 0x03, 0x2B, 0x65, 0x70];
 /// `id-X25519`, 1.3.101.110.
 pub(crate) const X25519_OID: &[u8] = &[0x06, 0x03, 0x2B, 0x65, 0x6E];
 
-fn printable(name: &str) -> Vec<u8> {
-    der::element(0x13, name.as_bytes())
-}
+/// The curve names PKCS#11 3.0 also allows in `CKA_EC_PARAMS`, as DER PrintableStrings.
+const EDWARDS25519_NAME: &[u8] = b"\x13\x0cedwards25519";
+const CURVE25519_NAME: &[u8] = b"\x13\x0acurve25519";
 
 /// Whether `CKA_EC_PARAMS` names Ed25519.
 pub(crate) fn is_ed25519(params: Option<&[u8]>) -> bool {
-    params.is_some_and(|p| p == ED25519_OID || p == printable("edwards25519"))
+    params.is_some_and(|p| p == ED25519_OID || p == EDWARDS25519_NAME)
 }
 
 /// Whether `CKA_EC_PARAMS` names X25519.
 pub(crate) fn is_x25519(params: Option<&[u8]>) -> bool {
-    params.is_some_and(|p| p == X25519_OID || p == printable("curve25519"))
+    params.is_some_and(|p| p == X25519_OID || p == CURVE25519_NAME)
 }
 
 /// Whether `CKA_EC_PARAMS` names the curve of this Edwards (Ed25519) or Montgomery (X25519)
@@ -53,7 +53,7 @@ pub(crate) fn generate_ed25519(params: &[u8]) -> Result<GeneratedPair, Rv> {
         .seed()
         .and_then(|s| s.as_be_bytes())
         .map_err(|_| Rv::FunctionFailed)?;
-    let point = der::element(der::OCTET_STRING, pair.public_key().as_ref());
+    let point = super::keys::octet_string(pair.public_key().as_ref())?;
     Ok((
         vec![
             (ck::CKA_EC_PARAMS, params.to_vec()),
@@ -80,7 +80,7 @@ pub(crate) fn generate_x25519(params: &[u8]) -> Result<GeneratedPair, Rv> {
             (ck::CKA_EC_PARAMS, params.to_vec()),
             (
                 ck::CKA_EC_POINT,
-                der::element(der::OCTET_STRING, public.as_ref()),
+                super::keys::octet_string(public.as_ref())?,
             ),
         ],
         vec![
@@ -107,4 +107,23 @@ pub(crate) fn verify(key: &dyn Key, message: &[u8], signature: &[u8]) -> Result<
     UnparsedPublicKey::new(&ED25519, point)
         .verify(message, signature)
         .map_err(|_| Rv::SignatureInvalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::der::Encode;
+
+    #[test]
+    fn the_curve_names_are_their_der_printable_strings() {
+        let name = |s| {
+            ::der::asn1::PrintableStringRef::new(s)
+                .unwrap()
+                .to_der()
+                .unwrap()
+        };
+        assert_eq!(EDWARDS25519_NAME, name("edwards25519"));
+        assert_eq!(CURVE25519_NAME, name("curve25519"));
+        assert!(is_ed25519(Some(EDWARDS25519_NAME)) && is_x25519(Some(CURVE25519_NAME)));
+    }
 }

@@ -5,11 +5,13 @@ use super::{GeneratedPair, Key};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use ::der::asn1::{AnyRef, BitStringRef, ObjectIdentifier, OctetStringRef, UintRef};
+use ::der::{Decode, Encode};
 use aws_lc_rs::digest;
 use aws_lc_rs::encoding::{AsBigEndian, AsDer};
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
-use tessera_core::der::{self, Part};
+use tessera_core::der;
 use tessera_core::{ck, Rv, SecretBytes};
 use zeroize::Zeroizing;
 
@@ -113,7 +115,7 @@ pub fn generate_ec(params: Option<&[u8]>, allow_explicit: bool) -> Result<Genera
     Ok((
         vec![
             (ck::CKA_EC_PARAMS, params.clone()),
-            (ck::CKA_EC_POINT, der::element(der::OCTET_STRING, &point)),
+            (ck::CKA_EC_POINT, octet_string(&point)?),
         ],
         vec![
             (ck::CKA_EC_PARAMS, Zeroizing::new(params)),
@@ -221,39 +223,76 @@ pub(crate) fn rsa_private_key(key: &dyn Key) -> Result<Arc<RsaKeyPair>, Rv> {
     })
 }
 
-/// `rsaEncryption` AlgorithmIdentifier.
-const RSA_ALGORITHM: &[u8] = &[
-    0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
-];
-
 pub(crate) fn rsa_public_spki(key: &dyn Key) -> Result<Vec<u8>, Rv> {
-    Ok(spki(RSA_ALGORITHM.to_vec(), &rsa_public_key(key)?))
+    spki(
+        pkcs1::ALGORITHM_OID,
+        Some(AnyRef::NULL),
+        &rsa_public_key(key)?,
+    )
+    .ok_or(Rv::KeyTypeInconsistent)
 }
 
-/// A SubjectPublicKeyInfo: the algorithm identifier and the key as a BIT STRING.
-fn spki(algorithm: Vec<u8>, key_bits: &[u8]) -> Vec<u8> {
-    let mut bits = vec![0u8];
-    bits.extend_from_slice(key_bits);
-    der::sequence(&[algorithm, der::element(0x03, &bits)])
+/// A SubjectPublicKeyInfo: the algorithm (its OID and parameters) and the key as a BIT STRING;
+/// `None` if a part cannot be encoded.
+fn spki(oid: ObjectIdentifier, parameters: Option<AnyRef<'_>>, key: &[u8]) -> Option<Vec<u8>> {
+    spki::SubjectPublicKeyInfo {
+        algorithm: spki::AlgorithmIdentifier { oid, parameters },
+        subject_public_key: BitStringRef::from_bytes(key).ok()?,
+    }
+    .to_der()
+    .ok()
+}
+
+/// `bytes` as a DER OCTET STRING (`CKA_EC_POINT` holds the public point so).
+pub(crate) fn octet_string(bytes: &[u8]) -> Result<Vec<u8>, Rv> {
+    (OctetStringRef::new(bytes).and_then(|o| o.to_der())).map_err(|_| Rv::FunctionFailed)
+}
+
+/// A private key structure encoded straight into one wiping buffer sized first: its encoding
+/// exists nowhere else (`der` writes into the slice it is given).
+fn secret_der(value: &impl Encode) -> Result<SecretBytes, Rv> {
+    let len = value.encoded_len().map_err(|_| Rv::KeyTypeInconsistent)?;
+    let len = usize::try_from(len).map_err(|_| Rv::KeyTypeInconsistent)?;
+    let mut out = SecretBytes::new(vec![0u8; len]);
+    let written = value
+        .encode_to_slice(out.expose_mut())
+        .map_err(|_| Rv::KeyTypeInconsistent)?
+        .len();
+    out.truncate(written);
+    Ok(out)
 }
 
 /// The PKCS#8 `PrivateKeyInfo` of an RSA private key, only ever in a wiping buffer.
 pub(crate) fn rsa_private_pkcs8(key: &dyn Key) -> Result<SecretBytes, Rv> {
     let pkcs1 = rsa_private_pkcs1(key)?;
-    Ok(der::secret_sequence(&[
-        Part::Integer(&[0]),
-        Part::Encoded(RSA_ALGORITHM),
-        Part::Element(der::OCTET_STRING, pkcs1.expose()),
-    ]))
+    secret_der(&pkcs8::PrivateKeyInfo {
+        algorithm: spki::AlgorithmIdentifier {
+            oid: pkcs1::ALGORITHM_OID,
+            parameters: Some(AnyRef::NULL),
+        },
+        private_key: OctetStringRef::new(pkcs1.expose()).map_err(|_| Rv::KeyTypeInconsistent)?,
+        public_key: None::<BitStringRef<'_>>,
+    })
 }
 
 /// The PKCS#1 `RSAPrivateKey` of an RSA private key, only ever in a wiping buffer.
 pub(crate) fn rsa_private_pkcs1(key: &dyn Key) -> Result<SecretBytes, Rv> {
-    let mut parts = [Part::Integer(&[0]); 1 + RSA_PRIVATE_PARTS.len()];
-    for (part, ty) in parts[1..].iter_mut().zip(RSA_PRIVATE_PARTS) {
-        *part = Part::Integer(key.get(ty).ok_or(Rv::KeyTypeInconsistent)?);
-    }
-    Ok(der::secret_sequence(&parts))
+    let part = |ty| {
+        let magnitude = key.get(ty).ok_or(Rv::KeyTypeInconsistent)?;
+        UintRef::new(magnitude).map_err(|_| Rv::KeyTypeInconsistent)
+    };
+    let [n, e, d, p, q, dp, dq, qinv] = RSA_PRIVATE_PARTS;
+    secret_der(&pkcs1::RsaPrivateKey {
+        modulus: part(n)?,
+        public_exponent: part(e)?,
+        private_exponent: part(d)?,
+        prime1: part(p)?,
+        prime2: part(q)?,
+        exponent1: part(dp)?,
+        exponent2: part(dq)?,
+        coefficient: part(qinv)?,
+        other_prime_infos: None,
+    })
 }
 
 pub(crate) fn finish_rsa(cipher: RsaCipher, data: &SecretBytes) -> Result<Output, Rv> {
@@ -290,10 +329,13 @@ pub(crate) fn rsa_public_key(key: &dyn Key) -> Result<Vec<u8>, Rv> {
     let exponent = key
         .get(ck::CKA_PUBLIC_EXPONENT)
         .ok_or(Rv::KeyTypeInconsistent)?;
-    Ok(der::sequence(&[
-        der::unsigned_integer(modulus),
-        der::unsigned_integer(exponent),
-    ]))
+    let integer = |magnitude| UintRef::new(magnitude).map_err(|_| Rv::KeyTypeInconsistent);
+    pkcs1::RsaPublicKey {
+        modulus: integer(modulus)?,
+        public_exponent: integer(exponent)?,
+    }
+    .to_der()
+    .map_err(|_| Rv::KeyTypeInconsistent)
 }
 
 /// Checks an imported RSA private key and returns its modulus size in bits.
@@ -331,11 +373,12 @@ pub(crate) fn ec_private_key(key: &dyn Key) -> Result<(Arc<EcdsaKeyPair>, &'stat
     padded.extend_from_slice(&vec![0u8; curve.bytes - scalar.len()]);
     padded.extend_from_slice(scalar);
     // RFC 5915 ECPrivateKey { version 1, privateKey, [0] parameters }, only in a wiping buffer.
-    let rfc5915 = der::secret_sequence(&[
-        Part::Integer(&[1]),
-        Part::Element(der::OCTET_STRING, padded.expose()),
-        Part::Element(0xA0, curve.params),
-    ]);
+    let named = ObjectIdentifier::from_der(curve.params).map_err(|_| Rv::KeyTypeInconsistent)?;
+    let rfc5915 = secret_der(&sec1::EcPrivateKey {
+        private_key: padded.expose(),
+        parameters: Some(sec1::EcParameters::NamedCurve(named)),
+        public_key: None,
+    })?;
     let pair = cached(&EC_KEYS, rfc5915.expose(), || {
         EcdsaKeyPair::from_private_key_der(curve.signing, rfc5915.expose())
             .map_err(|_| Rv::KeyTypeInconsistent)
@@ -353,18 +396,14 @@ pub(crate) fn ec_point(key: &dyn Key) -> Result<(Vec<u8>, &'static Curve), Rv> {
 
 /// The SubjectPublicKeyInfo DER of a public key object (RSA, EC, Ed25519, X25519).
 pub fn public_key_info(key: &dyn Key) -> Option<Vec<u8>> {
-    let algorithm: Vec<u8>;
-    let key_bits: Vec<u8>;
     match key.key_type() as ck::CK_KEY_TYPE {
-        ck::CKK_RSA => return rsa_public_spki(key).ok(),
+        ck::CKK_RSA => rsa_public_spki(key).ok(),
         ck::CKK_EC => {
-            let params = key.get(ck::CKA_EC_PARAMS)?;
-            let ec_public_key = [0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01];
-            algorithm = der::sequence(&[ec_public_key.to_vec(), params.to_vec()]);
+            // The curve as the key names it: a named curve's OID or explicit parameters.
+            let params = AnyRef::from_der(key.get(ck::CKA_EC_PARAMS)?).ok()?;
             let point = key.get(ck::CKA_EC_POINT)?;
-            key_bits = der::single(point, der::OCTET_STRING)
-                .unwrap_or(point)
-                .to_vec();
+            let point = der::single(point, der::OCTET_STRING).unwrap_or(point);
+            spki(ID_EC_PUBLIC_KEY, Some(params), point)
         }
         ck::CKK_EC_EDWARDS | ck::CKK_EC_MONTGOMERY => {
             let oid = if key.key_type() == ck::CKK_EC_EDWARDS as u64 {
@@ -372,13 +411,15 @@ pub fn public_key_info(key: &dyn Key) -> Option<Vec<u8>> {
             } else {
                 super::edwards::X25519_OID
             };
-            algorithm = der::sequence(&[oid.to_vec()]);
-            key_bits = super::edwards::raw_point(key.get(ck::CKA_EC_POINT)?).to_vec();
+            let point = super::edwards::raw_point(key.get(ck::CKA_EC_POINT)?);
+            spki(ObjectIdentifier::from_der(oid).ok()?, None, point)
         }
-        _ => return None,
+        _ => None,
     }
-    Some(spki(algorithm, &key_bits))
 }
+
+/// `id-ecPublicKey` (RFC 5480).
+const ID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 
 #[cfg(test)]
 mod forget_tests {

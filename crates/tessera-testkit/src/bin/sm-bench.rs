@@ -324,7 +324,9 @@ fn record_cost(messages_only: bool) {
             .verify(m, s)
             .is_ok()
     };
-    let (mut client, finished) = state.handle(&answer, |_| Ok(()), verify).expect("client");
+    let (mut client, finished) = state
+        .handle(&answer, |_| Ok::<(), ()>(()), verify)
+        .expect("client");
     let mut device = waiting.handle(&finished).expect("device");
     message_cost(&mut client, &mut device);
     if messages_only {
