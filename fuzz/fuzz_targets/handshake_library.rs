@@ -21,5 +21,5 @@ fuzz_target!(|input: Answer| {
         finished,
     };
     let (state, _hello) = ExpectServerHello::start("123", Policy(0)).unwrap();
-    assert!(state.handle(&answer, |_| Ok(()), |_, _, _| trust).is_err());
+    assert!(state.handle(&answer, |_| Ok::<(), ()>(()), |_, _, _| trust).is_err());
 });

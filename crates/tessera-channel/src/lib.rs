@@ -18,4 +18,7 @@ pub use handshake::{
 };
 pub use keys::Side;
 pub use policy::{Policy, PolicyError};
-pub use record::{Channel, Direction, Protection, Record, RecordError, RecordHeader};
+pub use record::{
+    find_record, Channel, Direction, FoundRecord, Protection, Record, RecordError, RecordHeader,
+    RECORD_HEADER_LEN,
+};

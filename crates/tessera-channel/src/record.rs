@@ -7,16 +7,21 @@
 //! as associated data (authenticated encryption, so they are signed too). The receiver accepts
 //! only the next sequence number of its direction and channel: a replayed, reordered, dropped,
 //! truncated, redirected or altered record is refused, and the channel dies with its keys.
+//!
+//! A record is sent as `header | body | mac`: the header's [`RECORD_HEADER_LEN`] fixed bytes
+//! (big-endian; the same bytes are the associated data of its protection), then the body, then
+//! a signed record's 16-byte GMAC (an encrypted body ends with its GCM tag, and has no MAC).
+//! This crate owns that layout ([`Record::encode_into`], [`find_record`]); the frame around it
+//! is the wire's.
 
 use aws_lc_rs::aead::{Aad, Nonce, Tag, NONCE_LEN};
-use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::keys::{Generation, KeyDerivationError, Side};
 use crate::Policy;
 
 /// Which way a record travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     /// From the library to the device.
     ToDevice,
@@ -25,7 +30,7 @@ pub enum Direction {
 }
 
 /// How a record is protected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Protection {
     /// Authenticated (GMAC under the signing key), readable.
     Signed,
@@ -34,7 +39,7 @@ pub enum Protection {
 }
 
 /// The authenticated header of a record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordHeader {
     /// Channel id.
     pub channel: u64,
@@ -48,17 +53,120 @@ pub struct RecordHeader {
     pub protection: Protection,
 }
 
+/// Bytes of a record header as sent: channel (8), direction (1), sequence (8), generation (4)
+/// and protection (1), big-endian.
+pub const RECORD_HEADER_LEN: usize = 22;
+
+impl RecordHeader {
+    /// The header as sent, and as its record's protection authenticates it.
+    pub fn to_bytes(&self) -> [u8; RECORD_HEADER_LEN] {
+        let mut bytes = [0u8; RECORD_HEADER_LEN];
+        bytes[..8].copy_from_slice(&self.channel.to_be_bytes());
+        bytes[8] = match self.direction {
+            Direction::ToDevice => 0,
+            Direction::ToClient => 1,
+        };
+        bytes[9..17].copy_from_slice(&self.sequence.to_be_bytes());
+        bytes[17..21].copy_from_slice(&self.generation.to_be_bytes());
+        bytes[21] = match self.protection {
+            Protection::Signed => 0,
+            Protection::Encrypted => 1,
+        };
+        bytes
+    }
+
+    /// Reads a header; `None` unless `bytes` is one (a direction or protection other than 0
+    /// or 1 is none).
+    pub fn from_bytes(bytes: &[u8; RECORD_HEADER_LEN]) -> Option<RecordHeader> {
+        let u64_at = |at: usize| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_be_bytes(word)
+        };
+        let mut generation = [0u8; 4];
+        generation.copy_from_slice(&bytes[17..21]);
+        Some(RecordHeader {
+            channel: u64_at(0),
+            direction: match bytes[8] {
+                0 => Direction::ToDevice,
+                1 => Direction::ToClient,
+                _ => return None,
+            },
+            sequence: u64_at(9),
+            generation: u32::from_be_bytes(generation),
+            protection: match bytes[21] {
+                0 => Protection::Signed,
+                1 => Protection::Encrypted,
+                _ => return None,
+            },
+        })
+    }
+}
+
 /// A protected message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// Header.
     pub header: RecordHeader,
     /// Body: the message, or its ciphertext with the GCM tag.
-    #[serde(with = "tessera_core::bytes")]
     pub body: Vec<u8>,
     /// The GMAC tag of header and body (signed records).
-    #[serde(with = "tessera_core::bytes")]
     pub mac: Vec<u8>,
+}
+
+impl Record {
+    /// Bytes of the record as sent.
+    pub fn encoded_len(&self) -> usize {
+        RECORD_HEADER_LEN + self.body.len() + self.mac.len()
+    }
+
+    /// Appends the record as sent: `header | body | mac`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.header.to_bytes());
+        out.extend_from_slice(&self.body);
+        out.extend_from_slice(&self.mac);
+    }
+
+    /// The record that `bytes` are, all of them ([`find_record`]); `None` if they are none.
+    pub fn decode(bytes: &[u8]) -> Option<Record> {
+        let found = find_record(bytes)?;
+        Some(Record {
+            header: found.header,
+            body: bytes.get(found.body)?.to_vec(),
+            mac: bytes.get(found.mac)?.to_vec(),
+        })
+    }
+}
+
+/// A record found where it lies: its header, and where its body and MAC are in the bytes it
+/// was found in — so that it is opened there ([`Channel::open_in_place`]), without a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundRecord {
+    /// The record's header.
+    pub header: RecordHeader,
+    /// The body, as a range of the bytes.
+    pub body: std::ops::Range<usize>,
+    /// The MAC, as a range of the bytes (empty for an encrypted record).
+    pub mac: std::ops::Range<usize>,
+}
+
+/// Finds the record that `bytes` are, all of them: a valid header, then a body and (signed) a
+/// MAC of [`TAG`] bytes; an encrypted body holds at least its tag. `None` otherwise.
+pub fn find_record(bytes: &[u8]) -> Option<FoundRecord> {
+    let header = RecordHeader::from_bytes(bytes.get(..RECORD_HEADER_LEN)?.try_into().ok()?)?;
+    let mac_len = match header.protection {
+        Protection::Signed => TAG,
+        Protection::Encrypted => 0,
+    };
+    let mac_start = bytes.len().checked_sub(mac_len)?;
+    if mac_start < RECORD_HEADER_LEN || bytes.len() < RECORD_HEADER_LEN + TAG {
+        return None;
+    }
+    Some(FoundRecord {
+        header,
+        body: RECORD_HEADER_LEN..mac_start,
+        mac: mac_start..bytes.len(),
+    })
 }
 
 /// Why a record was refused or could not be made.
@@ -137,39 +245,11 @@ impl std::fmt::Debug for Channel {
     }
 }
 
-/// A header's postcard encoding, on the stack (at most 27 bytes: three varints and two tags):
-/// the AAD of every record, made twice per call.
-struct HeaderBytes {
-    bytes: [u8; 32],
-    len: usize,
-}
-
-impl AsRef<[u8]> for HeaderBytes {
-    fn as_ref(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-}
-
-fn header_bytes(header: &RecordHeader) -> HeaderBytes {
-    let mut bytes = [0u8; 32];
-    let len = postcard::to_slice(header, &mut bytes)
-        .expect("the buffer holds the largest header (a test encodes it)")
-        .len();
-    HeaderBytes { bytes, len }
-}
+/// A header as sent: the associated data of its record's protection.
+type HeaderBytes = [u8; RECORD_HEADER_LEN];
 
 /// Bytes of an AES-GCM tag (and of a GMAC).
-const TAG: usize = 16;
-
-/// Appends `value` as postcard writes a length: LEB128, seven bits a byte.
-fn push_varint(out: &mut Vec<u8>, value: usize) {
-    let mut value = value as u64;
-    while value >= 0x80 {
-        out.push(value as u8 | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
+pub const TAG: usize = 16;
 
 fn nonce(sequence: u64) -> Nonce {
     let mut bytes = [0u8; NONCE_LEN];
@@ -286,11 +366,11 @@ impl Channel {
         let length = message.len() as u64;
         let (body, mac) = match protection {
             Protection::Signed => {
-                let tag = self.sign(header.sequence, &header_bytes(&header), &message)?;
+                let tag = self.sign(header.sequence, &header.to_bytes(), &message)?;
                 (message, tag.as_ref().to_vec())
             }
             Protection::Encrypted => {
-                let tag = self.encrypt(header.sequence, &header_bytes(&header), &mut message)?;
+                let tag = self.encrypt(header.sequence, &header.to_bytes(), &mut message)?;
                 message.extend_from_slice(tag.as_ref());
                 (message, Vec::new())
             }
@@ -300,12 +380,12 @@ impl Channel {
     }
 
     /// Seals the postcard encoding of `value` into a frame: returns `prefix` followed by the
-    /// encoding of the record that [`Channel::seal_value`] would make (the bytes
-    /// `postcard::to_extend(&record, ..)` appends), with the message written straight into
-    /// the frame — no message buffer, no record. An encrypted message is encrypted there (no
-    /// plaintext copy anywhere); a signed one is sent as it is, and its GMAC is computed over
-    /// a copy of header and message, as for [`Channel::seal_vec`].
-    /// `prefix` is what precedes the record in the frame (length placeholder, envelope fields).
+    /// record that [`Channel::seal_value`] would make, as sent ([`Record::encode_into`]), with
+    /// the message written straight into the frame — no message buffer, no record. An
+    /// encrypted message is encrypted there (no plaintext copy anywhere); a signed one is sent
+    /// as it is, and its GMAC is computed over a copy of header and message, as for
+    /// [`Channel::seal_vec`]. `prefix` is what precedes the record in the frame (the frame's
+    /// own header).
     pub fn seal_value_framed<T: serde::Serialize>(
         &mut self,
         value: &T,
@@ -315,40 +395,23 @@ impl Channel {
         let size =
             postcard::experimental::serialized_size(value).map_err(|_| RecordError::Closed)?;
         let header = self.next_header(protection).ok_or(RecordError::Closed)?;
-        let aad = header_bytes(&header);
-        // Prefix, header, body length, body (message and, encrypted, its tag), MAC length and
-        // MAC: varints take at most 10 bytes.
-        let mut frame = tessera_core::bytes::take(prefix.len() + aad.len + size + 2 * (10 + TAG));
+        let aad = header.to_bytes();
+        // Prefix, header, message, and its tag (a signed record's MAC, an encrypted one's GCM
+        // tag: 16 bytes either way).
+        let mut frame = tessera_core::bytes::take(prefix.len() + RECORD_HEADER_LEN + size + TAG);
         frame.extend_from_slice(prefix);
-        frame.extend_from_slice(aad.as_ref());
-        let body_len = match protection {
-            Protection::Signed => size,
-            Protection::Encrypted => size + TAG,
-        };
-        push_varint(&mut frame, body_len);
+        frame.extend_from_slice(&aad);
         let start = frame.len();
         let mut frame = postcard::to_extend(value, frame).map_err(|_| RecordError::Closed)?;
-        if frame.len() - start != size {
-            // The length written before the message would be wrong.
+        let sealed = match protection {
+            Protection::Signed => self.sign(header.sequence, &aad, &frame[start..]),
+            Protection::Encrypted => self.encrypt(header.sequence, &aad, &mut frame[start..]),
+        };
+        let Ok(tag) = sealed else {
             zeroize::Zeroize::zeroize(&mut frame);
             return Err(RecordError::Closed);
-        }
-        match protection {
-            Protection::Signed => {
-                let tag = self.sign(header.sequence, &aad, &frame[start..])?;
-                push_varint(&mut frame, tag.as_ref().len());
-                frame.extend_from_slice(tag.as_ref());
-            }
-            Protection::Encrypted => {
-                let sealed = self.encrypt(header.sequence, &aad, &mut frame[start..]);
-                let Ok(tag) = sealed else {
-                    zeroize::Zeroize::zeroize(&mut frame);
-                    return Err(RecordError::Closed);
-                };
-                frame.extend_from_slice(tag.as_ref());
-                push_varint(&mut frame, 0);
-            }
-        }
+        };
+        frame.extend_from_slice(tag.as_ref());
         self.sent(size as u64);
         Ok(frame)
     }
@@ -372,7 +435,7 @@ impl Channel {
     /// data.
     fn sign(&self, sequence: u64, aad: &HeaderBytes, message: &[u8]) -> Result<Tag, RecordError> {
         let keys = self.keys.as_ref().ok_or(RecordError::Closed)?;
-        let mut signed = aad.as_ref().to_vec();
+        let mut signed = aad.to_vec();
         signed.extend_from_slice(message);
         keys.send_mac()?
             .seal_in_place_separate_tag(nonce(sequence), Aad::from(&signed), &mut [])
@@ -470,10 +533,10 @@ impl Channel {
                 got: header.sequence,
             });
         }
-        let aad = header_bytes(&header);
+        let aad = header.to_bytes();
         let len = match header.protection {
             Protection::Signed => {
-                let mut signed = aad.as_ref().to_vec();
+                let mut signed = aad.to_vec();
                 signed.extend_from_slice(body);
                 let mut tag = mac.to_vec();
                 keys.receive_mac()?
@@ -525,7 +588,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_largest_header_fits_its_stack_buffer_and_round_trips() {
+    fn headers_round_trip_and_only_known_tags_read() {
         for header in [
             RecordHeader {
                 channel: u64::MAX,
@@ -542,11 +605,27 @@ mod tests {
                 protection: Protection::Signed,
             },
         ] {
-            let encoded = header_bytes(&header);
-            assert!(encoded.len > 0, "the header was not encoded");
-            assert_eq!(encoded.as_ref(), postcard::to_stdvec(&header).unwrap());
-            let decoded: RecordHeader = postcard::from_bytes(encoded.as_ref()).unwrap();
-            assert_eq!(decoded, header);
+            let encoded = header.to_bytes();
+            assert_eq!(RecordHeader::from_bytes(&encoded), Some(header));
+            for at in [8, 21] {
+                let mut unknown = encoded;
+                unknown[at] = 2;
+                assert_eq!(RecordHeader::from_bytes(&unknown), None);
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_is_found_only_whole() {
+        let (mut client, _, _) = twins();
+        for protection in [Protection::Signed, Protection::Encrypted] {
+            let record = client.seal(b"message", protection).unwrap();
+            let mut bytes = Vec::new();
+            record.encode_into(&mut bytes);
+            assert_eq!(bytes.len(), record.encoded_len());
+            assert_eq!(Record::decode(&bytes), Some(record));
+            // Shorter than a header and a tag: nothing.
+            assert_eq!(find_record(&bytes[..RECORD_HEADER_LEN + TAG - 1]), None);
         }
     }
 
@@ -577,15 +656,16 @@ mod tests {
             let (mut framed, mut alone, mut device) = twins();
             for (mut message, encrypted) in messages {
                 if large {
-                    // Lengths over 16 KiB take three varint bytes.
                     message.resize(20_000 + message.len(), 0x33);
                 }
                 let protection = if encrypted { Protection::Encrypted } else { Protection::Signed };
                 let frame = framed.seal_value_framed(&message, protection, &prefix).unwrap();
                 let record = alone.seal_value(&message, protection).unwrap();
                 let mut expected = prefix.clone();
-                expected.extend(postcard::to_stdvec(&record).unwrap());
+                record.encode_into(&mut expected);
                 proptest::prop_assert_eq!(&frame, &expected);
+                let found = find_record(&frame[prefix.len()..]).unwrap();
+                proptest::prop_assert_eq!(found.header, record.header);
                 let (opened, got) = device.open_record(record).unwrap();
                 proptest::prop_assert_eq!(got, protection);
                 let decoded: Vec<u8> = postcard::from_bytes(&opened).unwrap();

@@ -8,6 +8,7 @@
 //! back to the system (glibc trims the top of its heap) and the next call's buffer then costs a
 //! page fault per 4 KiB as it is filled, which halved 1 MiB AES-GCM through a channel. The
 //! PKCS#11 library runs under its host's allocator, so it keeps its own bulk buffers instead.
+//! A buffer is wiped as it enters the pool: nothing a call carried waits there.
 
 use std::fmt;
 use std::sync::Mutex;
@@ -100,10 +101,13 @@ impl Pool {
         Vec::with_capacity(capacity)
     }
 
-    fn give(&self, buffer: Vec<u8>) {
+    fn give(&self, mut buffer: Vec<u8>) {
         if buffer.capacity() < POOLED || buffer.capacity() > POOL_BYTES / 2 {
             return;
         }
+        // What it carried (a message, a record's plaintext) does not wait in the pool for the
+        // buffer's next use: its whole capacity is wiped, what was ever written there.
+        zeroize::Zeroize::zeroize(&mut buffer);
         let Some(mut buffers) = self.buffers() else {
             return;
         };
@@ -131,9 +135,9 @@ pub fn copy(bytes: &[u8]) -> Vec<u8> {
     buffer
 }
 
-/// Hands a spent buffer back for reuse (a small one is simply freed). Its contents stay as
-/// they are: a buffer that held a secret must be zeroized first, as it would be before a drop.
-/// When the pool is full, the smallest buffers go.
+/// Hands a spent buffer back for reuse (a small one is simply freed, as any buffer is: one that
+/// held a secret must be zeroized first). A pooled buffer is wiped, its whole capacity, before
+/// it waits for its next use. When the pool is full, the smallest buffers go.
 pub fn give(buffer: Vec<u8>) {
     POOL.give(buffer)
 }

@@ -122,11 +122,12 @@ fn a_clear_answer_to_a_protected_call_is_refused_as_forged() {
                     let id = last_request_id(recorder, frame.connection);
                     if frame.body.is_empty() || (frame.connection == 0 && index == 5) {
                         let template = replace.lock().unwrap().clone().unwrap();
-                        let mut envelope: ResponseEnvelope = match postcard::from_bytes(&template) {
-                            Ok(envelope) => envelope,
-                            // Err(0) does not decode: patch the id into its encoding.
-                            Err(_) => return forged_err0(id),
-                        };
+                        let mut envelope: ResponseEnvelope =
+                            match tessera_wire::decode_response(&template) {
+                                Ok(envelope) => envelope,
+                                // Err(0) does not decode: patch the id into its encoding.
+                                Err(_) => return forged_err0(id),
+                            };
                         envelope.id = id;
                         return response_body(&envelope);
                     }
@@ -207,8 +208,16 @@ fn clone(result: &Result<Reply, u64>) -> Result<Reply, u64> {
 /// `ResponseEnvelope { id, channel: None, result: Err(0) }` as an encoder would write it (it
 /// does not decode, on purpose).
 fn forged_err0(id: u64) -> Vec<u8> {
-    let mut body = postcard::to_stdvec(&(PROTOCOL_VERSION, id, None::<u64>)).unwrap();
-    body.extend(postcard::to_stdvec(&Err::<(), u64>(0)).unwrap());
+    // The frame of `Err(1)` in the clear, its code (postcard's last byte, a varint) made 0.
+    let mut body = response_body(&ResponseEnvelope {
+        version: PROTOCOL_VERSION,
+        id,
+        channel: None,
+        result: Err(1),
+    });
+    let code = body.len() - 1;
+    assert_eq!(body[code], 1);
+    body[code] = 0;
     body
 }
 

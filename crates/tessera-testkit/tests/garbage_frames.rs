@@ -64,14 +64,24 @@ fn garbage_frames_close_only_their_connection() {
     send_and_expect_close(&daemon, &[0, 0, 0, 0], false);
     wait_for_log(&daemon, "empty frame");
 
-    // Malformed body: valid length, random bytes with the right version prefix.
-    let mut malformed = vec![0, 0, 0, 9, tessera_wire::PROTOCOL_VERSION as u8];
+    // Malformed body: a valid length and envelope header (this version, a message in the
+    // clear, no channel), then bytes that are no message.
+    let mut malformed = 28u32.to_be_bytes().to_vec();
+    malformed.extend_from_slice(&tessera_wire::PROTOCOL_VERSION.to_be_bytes());
+    malformed.extend_from_slice(&[0; tessera_wire::ENVELOPE_HEADER_LEN - 2]);
     malformed.extend_from_slice(&[0xFF; 8]);
     send_and_expect_close(&daemon, &malformed, false);
     wait_for_log(&daemon, "malformed envelope");
 
-    // Wrong protocol version.
-    send_and_expect_close(&daemon, &[0, 0, 0, 3, 9, 1, 0], false);
+    // An envelope header that is cut short.
+    let mut short = 6u32.to_be_bytes().to_vec();
+    short.extend_from_slice(&tessera_wire::PROTOCOL_VERSION.to_be_bytes());
+    short.extend_from_slice(&[0; 4]);
+    send_and_expect_close(&daemon, &short, false);
+    wait_for_log(&daemon, "shorter than its header");
+
+    // Wrong protocol version (the first two bytes of the envelope header).
+    send_and_expect_close(&daemon, &[0, 0, 0, 3, 0, 9, 1], false);
     wait_for_log(&daemon, "protocol version 9");
 
     // Truncated: the header promises 100 bytes, 10 arrive, then the client stops sending.

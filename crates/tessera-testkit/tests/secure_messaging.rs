@@ -10,7 +10,7 @@ use tessera_channel::Policy;
 use tessera_core::{ck, Rv};
 use tessera_testkit::relay::{Frame, Recorder, Relay, Way};
 use tessera_testkit::{Daemon, Transport, TRANSPORTS};
-use tessera_wire::{Call, Message, Reply, Response};
+use tessera_wire::{Call, Message, Reply};
 
 const KEY: &[u8] = b"KEY-VALUE-THAT-MUST-NOT-LEAK-32b";
 const PLAINTEXT: &[u8] = b"PLAINTEXT-OF-C_ENCRYPT-0123456789";
@@ -213,67 +213,41 @@ fn replies_replayed_or_reordered_are_refused_by_the_client() {
     }
 }
 
-/// The frame body with the one-byte variant tag `skip` bytes after the envelope's first three
-/// fields padded to two bytes (`0x28` as `0xa8 0x00`): the same message to the decoder, but not
-/// a frame the sealed-record finders recognise.
-fn padded_tag(body: &[u8], skip: usize) -> Vec<u8> {
-    let (_, rest) = postcard::take_from_bytes::<(u16, u64, Option<u64>)>(body).unwrap();
-    let at = body.len() - rest.len() + skip;
-    assert!(body[at] < 0x80, "a one-byte tag");
-    let mut padded = body[..at].to_vec();
-    padded.extend([body[at] | 0x80, 0x00]);
-    padded.extend(&body[at + 1..]);
-    padded
-}
-
-/// Both ends find a sealed record in its frame and open it there; a frame the finders do not
-/// recognise (here every protected request and reply with a padded variant tag) is decoded
-/// in full and its record opened as such, on both ends: the calls work as before.
+/// One record path: a sealed record is read as one only from a frame whose envelope says so,
+/// and where it lies. A relay that relabels the envelope of a sealed request — as a message in
+/// the clear, as a body kind or a channel flag the header does not define — gets the frame
+/// refused: the call fails, and what it carried never happens.
 #[test]
-fn records_in_frames_the_finders_do_not_recognise_are_decoded_in_full() {
+fn a_sealed_record_relabelled_in_its_envelope_is_refused() {
     for transport in TRANSPORTS {
-        let daemon = Daemon::start();
-        prepare(&daemon, transport, "nuNU");
-        let relay = Relay::start(
-            &daemon,
-            transport,
-            Arc::new(|frame: &Frame, _: &Recorder| {
-                if !is_protected(&frame.body) {
-                    return vec![frame.body.clone()];
-                }
-                assert!(tessera_wire::find_sealed_request(&frame.body).is_some());
-                let padded = padded_tag(&frame.body, 0);
-                assert!(tessera_wire::find_sealed_request(&padded).is_none());
-                vec![padded]
-            }),
-            Arc::new(|frame: &Frame, _: &Recorder| {
-                if !matches!(response(&frame.body).result, Ok(Response::Protected(_))) {
-                    return frame.body.clone();
-                }
-                assert!(tessera_wire::find_sealed_response(&frame.body).is_some());
-                // After the `Ok` tag.
-                let padded = padded_tag(&frame.body, 1);
-                assert!(tessera_wire::find_sealed_response(&padded).is_none());
-                padded
-            }),
-        );
-        let device = secured(&daemon, &relay.address, &[]);
-        let (session, g) = user(&device);
-        call(&device, g, data_object(session, "padded"));
-        let Reply::Handle(key) = call(&device, g, aes_key(session, KEY)) else {
-            panic!("no key")
-        };
-        let ciphertext = encrypt(&device, g, session, key, PLAINTEXT);
-        assert_ne!(ciphertext, PLAINTEXT, "{transport:?}");
-        assert_eq!(count(&daemon, transport, "padded"), 1, "{transport:?}");
-        // Recorded as the client sent them, before the hook padded them.
-        let padded = (relay.recorder.frames(0, Way::ToDevice).iter())
-            .filter(|b| is_protected(b))
-            .count();
-        assert!(
-            padded >= 5,
-            "{transport:?}: only {padded} protected requests"
-        );
+        // The envelope header (after the frame's length): version (2), body kind, channel flag.
+        for (at, value) in [(2usize, 0u8), (2, 7), (3, 0), (3, 2)] {
+            let daemon = Daemon::start();
+            prepare(&daemon, transport, "nuNU");
+            let relay = Relay::start(
+                &daemon,
+                transport,
+                Arc::new(move |frame: &Frame, recorder: &Recorder| {
+                    let mut body = frame.body.clone();
+                    // Protected requests: 0 OpenSession, 1 Login, 2 CreateObject.
+                    if protected_index(frame, recorder) == Some(2) {
+                        assert_eq!(body[2], 1, "a sealed record's body kind");
+                        body[at] = value;
+                    }
+                    vec![body]
+                }),
+                Arc::new(|frame: &Frame, _: &Recorder| frame.body.clone()),
+            );
+            let device = secured(&daemon, &relay.address, &[]);
+            let (session, g) = user(&device);
+            let refused = code(device.call(Some(g), data_object(session, "relabelled")));
+            assert_ne!(refused, 0, "{transport:?}, byte {at} = {value}");
+            assert_eq!(
+                count(&daemon, transport, "relabelled"),
+                0,
+                "{transport:?}, byte {at} = {value}"
+            );
+        }
     }
 }
 

@@ -21,7 +21,9 @@ pub enum Message {
     /// Secure messaging: confirm the channel keys.
     HandshakeFinish(tessera_channel::ClientFinished),
     /// Secure messaging: a sealed record, whose message is an [`Inner`] (a call, or the
-    /// channel's request for new keys).
+    /// channel's request for new keys). Sent as the channel lays it out, never in postcard (so
+    /// a message in the clear cannot be one).
+    #[serde(skip)]
     Protected(tessera_channel::Record),
 }
 

@@ -1,10 +1,11 @@
 //! The Tessera wire protocol: versioned request/response envelopes carrying typed Cryptoki
 //! calls, in length-prefixed frames whose size is checked before anything is allocated.
 //!
-//! A frame is a 4-byte big-endian length followed by that many bytes of `postcard`. Every
-//! envelope starts with the protocol version, a request id that pairs a response with its
-//! request, and a channel id: `None` for a message in the clear, `Some(id)` for one that belongs
-//! to a secure-messaging channel (added by a later protocol version without reshaping calls).
+//! A frame is a 4-byte big-endian length, then a fixed envelope header — the protocol version,
+//! what the body is, a request id that pairs a response with its request, and a channel id
+//! (none for a message in the clear, the channel's for one that belongs to a secure-messaging
+//! channel) — then the body: a message in the clear in `postcard`, or a sealed record, opaque
+//! here, laid out by the channel (`tessera_channel::Record`).
 #![forbid(unsafe_code)]
 
 mod admin;
@@ -23,16 +24,16 @@ pub use frame::{
     body_len as frame_body_len, decode_request, decode_response, encode_request, encode_response,
     find_sealed_request, find_sealed_response, finders_agree_with_decoders, finish_frame,
     protected_request_prefix, protected_response_prefix, read_frame, write_frame, FrameError,
-    FramePrefix, SealedFrame, FRAME_HEADER_LEN, MAX_FRAME_LEN,
+    FramePrefix, SealedFrame, ENVELOPE_HEADER_LEN, FRAME_HEADER_LEN, MAX_FRAME_LEN,
 };
 
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
-/// A request as sent by a client.
-#[derive(Debug, Serialize, Deserialize)]
+/// A request as sent by a client (encoded by [`encode_request`], read by [`decode_request`]).
+#[derive(Debug)]
 pub struct RequestEnvelope {
     /// Protocol version ([`PROTOCOL_VERSION`]).
     pub version: u16,
@@ -44,8 +45,9 @@ pub struct RequestEnvelope {
     pub message: Message,
 }
 
-/// A response as sent by the HSM.
-#[derive(Debug, Serialize, Deserialize)]
+/// A response as sent by the HSM (encoded by [`encode_response`], read by
+/// [`decode_response`]).
+#[derive(Debug)]
 pub struct ResponseEnvelope {
     /// Protocol version ([`PROTOCOL_VERSION`]).
     pub version: u16,
@@ -55,7 +57,6 @@ pub struct ResponseEnvelope {
     pub channel: Option<u64>,
     /// The response, or a `CK_RV` error code (an open number: unknown codes pass through, but
     /// `0`, `CKR_OK`, is never an error: a frame carrying `Err(0)` does not decode).
-    #[serde(deserialize_with = "nonzero_error")]
     pub result: Result<Response, u64>,
 }
 
@@ -67,7 +68,9 @@ pub enum Response {
     Reply(Reply),
     /// Secure messaging: the device's half of the handshake.
     ServerHello(tessera_channel::ServerHello),
-    /// Secure messaging: a sealed record, whose message is an [`Outcome`].
+    /// Secure messaging: a sealed record, whose message is an [`Outcome`]. Sent as the
+    /// channel lays it out, never in postcard (so a message in the clear cannot be one).
+    #[serde(skip)]
     Protected(tessera_channel::Record),
 }
 
