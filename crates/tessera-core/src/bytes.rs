@@ -106,8 +106,13 @@ impl Pool {
             return;
         }
         // What it carried (a message, a record's plaintext) does not wait in the pool for the
-        // buffer's next use: its whole capacity is wiped, what was ever written there.
-        zeroize::Zeroize::zeroize(&mut buffer);
+        // buffer's next use: its whole capacity is wiped, what was ever written there. One fill
+        // at memset speed (`zeroize` writes a byte at a time, volatile: 1 MiB cost about a
+        // millisecond, a quarter of a 1 MiB AES-GCM call); the writes stay, as the buffer stays
+        // reachable in the pool.
+        buffer.clear();
+        buffer.resize(buffer.capacity(), 0);
+        buffer.clear();
         let Some(mut buffers) = self.buffers() else {
             return;
         };
