@@ -87,11 +87,7 @@ impl Hsm {
                         .to_string(),
                     initialized: token.record.so_pin.is_some(),
                     user_pin: token.record.user_pin.is_some(),
-                    sessions: state
-                        .sessions
-                        .values()
-                        .filter(|s| s.token_id == *id)
-                        .count() as u64,
+                    sessions: state.sessions.on_token(*id).count() as u64,
                     objects: token
                         .objects
                         .keys()
@@ -404,7 +400,7 @@ impl Hsm {
         if state.device.user_tokens.len() == 1 {
             return Err(Rv::ArgumentsBad);
         }
-        if state.sessions.values().any(|s| s.token_id == token_id) {
+        if state.sessions.on_token(token_id).next().is_some() {
             return Err(Rv::SessionExists);
         }
         let mut device = state.device.clone();

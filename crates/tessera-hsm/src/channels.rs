@@ -84,7 +84,7 @@ impl Channels {
 impl Hsm {
     /// The secure-messaging policy the device's flags demand.
     pub fn device_policy(&self) -> Policy {
-        Policy::from_device_flags(self.lock().flags())
+        Policy::from_device_flags(self.lock_state().flags())
     }
 
     /// Registers a new channel for `peer`; refused when the device holds its limit.
@@ -143,11 +143,9 @@ impl Hsm {
             .map(|info| info.client)
             .collect();
         let mut state = self.lock();
-        let clear: Vec<(u64, u64)> = state
-            .sessions
-            .iter()
+        let clear: Vec<(u64, u64)> = (state.sessions.iter())
             .filter(|(_, session)| !in_channels.contains(&session.client))
-            .map(|(handle, session)| (*handle, session.client))
+            .map(|(handle, session)| (handle, session.client))
             .collect();
         for (handle, client) in &clear {
             state.close_session(*handle);

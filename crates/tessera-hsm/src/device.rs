@@ -245,6 +245,7 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
         requests: Default::default(),
         pik_cache: Default::default(),
         pin_checked: Default::default(),
+        sessions: Default::default(),
         kdf_iterations: options.kdf_iterations,
         events,
         channels: crate::channels::Channels::new(options.max_channels),
@@ -253,12 +254,9 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
             device,
             identity,
             tokens,
-            sessions: Default::default(),
-            next_session: 0,
             next_session_object: crate::SESSION_OBJECT_BASE,
             next_client: 0,
             pin_checks: Default::default(),
-            client_sessions: Default::default(),
             limits_reported: Default::default(),
         }),
     };
@@ -334,7 +332,7 @@ impl Hsm {
             ck::CKF_SO_PIN_FINAL_TRY,
             ck::CKF_SO_PIN_LOCKED,
         );
-        let sessions = state.sessions.values().filter(|s| s.token_id == token_id);
+        let sessions = state.sessions.on_token(token_id);
         let (count, rw) = sessions.fold((0, 0), |(c, rw), s| (c + 1, rw + u64::from(s.read_write)));
         let label = String::from_utf8_lossy(&record.label)
             .trim_end()

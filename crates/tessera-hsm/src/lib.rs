@@ -26,6 +26,7 @@ mod object_set;
 mod operations;
 mod protection;
 mod rollback;
+mod sessions;
 mod time;
 mod tokens;
 mod wrap;
@@ -37,6 +38,8 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use tessera_core::Rv;
 use tessera_store::{DeviceRecord, HeldKey, MasterKey, Store, TokenRecord};
 use tessera_wire::{Call, Reply};
+
+pub(crate) use sessions::Session;
 
 pub use admin::{
     CKA_TESSERA_SECURITY_FLAGS, CKA_TESSERA_SERIAL, CKH_TESSERA_DEVICE, DEVICE_OBJECT,
@@ -127,17 +130,6 @@ pub(crate) struct Token {
     objects: object_set::ObjectSet,
 }
 
-pub(crate) struct Session {
-    client: u64,
-    token_id: u64,
-    read_write: bool,
-    find: Option<Vec<u64>>,
-    operations: HashMap<tessera_wire::Operation, crypto::ActiveOperation>,
-    /// Operations on a `CKA_ALWAYS_AUTHENTICATE` key that wait for a context-specific login,
-    /// the most recently initialised last (a context-specific login is for that one).
-    authenticate: Vec<tessera_wire::Operation>,
-}
-
 pub(crate) struct State {
     /// The device record (slots, flags, clock, transport mode).
     device: DeviceRecord,
@@ -145,14 +137,10 @@ pub(crate) struct State {
     identity: identity::IdentityRecord,
     /// Tokens by token id.
     tokens: BTreeMap<u64, Token>,
-    sessions: HashMap<u64, Session>,
-    next_session: u64,
     next_session_object: u64,
     next_client: u64,
     /// PIN guesses counted and still being checked, by token id and role (`true`: SO).
     pin_checks: HashMap<(u64, bool), u32>,
-    /// Open sessions by client.
-    client_sessions: HashMap<u64, u64>,
     /// Limits a client has reached and that are in the event log (once per client and limit).
     limits_reported: std::collections::HashSet<(u64, &'static str)>,
 }
@@ -181,6 +169,8 @@ pub struct Hsm {
     /// The PIK, parsed, with the sealed record it came from (see `identity_signature`).
     pik_cache: PikCache,
     state: Mutex<State>,
+    /// The sessions: an aggregate with its own lock, taken after `state` when both are needed.
+    sessions: Mutex<sessions::Sessions>,
     /// Signalled (with `state`) when a PIN check ends: a guess at a PIN whose count is full
     /// waits for the checks in flight, one of which may be the right PIN (see `verify_pin`).
     pin_checked: Condvar,
@@ -241,12 +231,7 @@ impl Hsm {
     /// Ends a client: closes its sessions and logs it out everywhere.
     pub fn disconnect(&self, client: u64) {
         let mut state = self.lock();
-        let sessions: Vec<u64> = state
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.client == client)
-            .map(|(h, _)| *h)
-            .collect();
+        let sessions = state.sessions.handles(|s| s.client == client);
         for handle in sessions {
             state.close_session(handle);
         }
@@ -286,18 +271,39 @@ impl Hsm {
 
     /// Whether `client` has a session open.
     pub fn has_sessions(&self, client: u64) -> bool {
-        self.lock().client_sessions.contains_key(&client)
+        self.sessions().held_by(client) > 0
     }
 
     /// The number of sessions open on the device.
     pub fn session_count(&self) -> usize {
-        self.lock().sessions.len()
+        self.sessions().len()
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+    /// The device's state and its sessions, locked in that order (the one order: whoever holds
+    /// the sessions alone never waits for the state).
+    pub(crate) fn lock(&self) -> Locked<'_> {
+        let state = self.lock_state();
+        Locked {
+            state,
+            sessions: self.sessions(),
+        }
+    }
+
+    /// The device's state alone (the device, its tokens, the PIN checks in flight): for what
+    /// touches no session (counting a PIN guess, which waits on `pin_checked` with it).
+    pub(crate) fn lock_state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock is a bug of ours; the state is still consistent
         // because every change is applied after its checks, so carry on.
         self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The sessions alone: for what only concerns a session (its running operations, its
+    /// search), so that it waits for no other client's object or token work. Never taken
+    /// while holding them, nor before the state (see [`Hsm::lock`]).
+    pub(crate) fn sessions(&self) -> MutexGuard<'_, sessions::Sessions> {
+        self.sessions
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -348,12 +354,8 @@ impl Hsm {
             R::CloseAllSessions { slot } => {
                 let mut state = self.lock();
                 let token_id = state.slot_token(slot)?;
-                let handles: Vec<u64> = state
-                    .sessions
-                    .iter()
-                    .filter(|(_, s)| s.client == client && s.token_id == token_id)
-                    .map(|(h, _)| *h)
-                    .collect();
+                let handles =
+                    (state.sessions).handles(|s| s.client == client && s.token_id == token_id);
                 for handle in handles {
                     state.close_session(handle);
                 }
@@ -412,8 +414,8 @@ impl Hsm {
                 self.operation_single(client, session, operation, &data, &signature)
             }
             R::FindObjectsFinal { session } => {
-                let mut state = self.lock();
-                let session = state.session_mut(client, session)?;
+                let mut sessions = self.sessions();
+                let session = sessions.get_mut(client, session)?;
                 session.find.take().ok_or(Rv::OperationNotInitialized)?;
                 Ok(Reply::Done)
             }
@@ -502,28 +504,62 @@ impl Hsm {
             // The system generator takes no seed from outside, and PKCS#11 lets a token ignore
             // one: a seed is accepted on a valid session (CKR_OK) and dropped, wiped.
             R::SeedRandom { session, seed: _ } => {
-                self.lock().session(client, session)?;
+                self.sessions().get(client, session)?;
                 Ok(Reply::Done)
             }
         }
     }
 }
 
-impl State {
+/// The state and the sessions, locked together for a call that needs both ([`Hsm::lock`]);
+/// it reads as the [`State`] it holds.
+pub(crate) struct Locked<'a> {
+    state: MutexGuard<'a, State>,
+    pub(crate) sessions: MutexGuard<'a, sessions::Sessions>,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+}
+
+impl Locked<'_> {
     pub(crate) fn session(&self, client: u64, handle: u64) -> Result<&Session, Rv> {
-        self.sessions
-            .get(&handle)
-            .filter(|s| s.client == client)
-            .ok_or(Rv::SessionHandleInvalid)
+        self.sessions.get(client, handle)
     }
 
     pub(crate) fn session_mut(&mut self, client: u64, handle: u64) -> Result<&mut Session, Rv> {
-        self.sessions
-            .get_mut(&handle)
-            .filter(|s| s.client == client)
-            .ok_or(Rv::SessionHandleInvalid)
+        self.sessions.get_mut(client, handle)
     }
 
+    /// Closes a session and destroys the session objects it created.
+    pub(crate) fn close_session(&mut self, handle: u64) {
+        let Locked { state, sessions } = self;
+        if let Some(session) = sessions.remove(handle) {
+            if let Some(token) = state.tokens.get_mut(&session.token_id) {
+                token
+                    .objects
+                    .retain(|_, o| o.owner != Some((session.client, handle)));
+                let still_open =
+                    (sessions.on_token(session.token_id)).any(|s| s.client == session.client);
+                if !still_open {
+                    // The last session of an application on a token logs it out (§5.6).
+                    token.logout(session.client);
+                }
+            }
+        }
+    }
+}
+
+impl State {
     pub(crate) fn token(&self, token_id: u64) -> Result<&Token, Rv> {
         self.tokens.get(&token_id).ok_or(Rv::SlotIdInvalid)
     }
@@ -583,31 +619,6 @@ impl State {
     /// True for the Admin token.
     pub(crate) fn is_admin(&self, token_id: u64) -> bool {
         token_id == self.device.admin_token
-    }
-
-    /// Closes a session and destroys the session objects it created.
-    pub(crate) fn close_session(&mut self, handle: u64) {
-        if let Some(session) = self.sessions.remove(&handle) {
-            if let Some(count) = self.client_sessions.get_mut(&session.client) {
-                *count = count.saturating_sub(1);
-                if *count == 0 {
-                    self.client_sessions.remove(&session.client);
-                }
-            }
-            if let Some(token) = self.tokens.get_mut(&session.token_id) {
-                token
-                    .objects
-                    .retain(|_, o| o.owner != Some((session.client, handle)));
-                let still_open = self
-                    .sessions
-                    .values()
-                    .any(|s| s.client == session.client && s.token_id == session.token_id);
-                if !still_open {
-                    // The last session of an application on a token logs it out (§5.6).
-                    token.logout(session.client);
-                }
-            }
-        }
     }
 }
 

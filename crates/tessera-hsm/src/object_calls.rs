@@ -9,7 +9,7 @@ use tessera_store::{MasterKey, Seal, StoredObject};
 use tessera_wire::{AttributeAnswer, Reply};
 
 use crate::object::{self, Attributes};
-use crate::{crypto, Hsm, Login, Object, State, Token};
+use crate::{crypto, Hsm, Locked, Login, Object, State, Token};
 
 fn seal_aad(token_id: u64, id: u64) -> Vec<u8> {
     format!("tessera object {token_id}/{id}").into_bytes()
@@ -257,12 +257,12 @@ impl Hsm {
     }
 
     /// Finds a visible object of the session's token.
-    fn object_of(
-        state: &State,
+    fn object_of<'a>(
+        state: &'a Locked<'_>,
         client: u64,
         session: u64,
         handle: u64,
-    ) -> Result<(u64, &Token, &Object), Rv> {
+    ) -> Result<(u64, &'a Token, &'a Object), Rv> {
         let token_id = state.session(client, session)?.token_id;
         let token = state.token(token_id)?;
         let object = token
@@ -277,7 +277,7 @@ impl Hsm {
     /// when it sees none of that handle).
     pub(crate) fn key_attributes(
         &self,
-        state: &State,
+        state: &Locked<'_>,
         client: u64,
         session: u64,
         key: u64,
@@ -292,7 +292,7 @@ impl Hsm {
 
     /// Checks that the client may create an object with these attributes in this session.
     fn check_create(
-        state: &State,
+        state: &Locked<'_>,
         client: u64,
         session: u64,
         attributes: &Attributes,

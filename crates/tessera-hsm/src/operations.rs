@@ -1,8 +1,9 @@
 //! Cryptographic operation calls: init, single-part, update and final for encrypt, decrypt,
 //! digest, sign and verify.
 //!
-//! An active operation is taken out of its session while it computes, so the state lock is
-//! not held during the cryptography; an error ends the operation (v3.0 §5.2).
+//! An active operation is taken out of its session while it computes, so no lock is held
+//! during the cryptography, and taken and put back under the sessions' lock alone; an error
+//! ends the operation (v3.0 §5.2).
 
 use tessera_core::ck;
 use tessera_core::{Mechanism, Rv};
@@ -88,8 +89,9 @@ impl Hsm {
         session: u64,
         operation: Operation,
     ) -> Result<crypto::ActiveOperation, Rv> {
-        let mut state = self.lock();
-        let current = state.session_mut(client, session)?;
+        // The session's own business: its lock alone.
+        let mut sessions = self.sessions();
+        let current = sessions.get_mut(client, session)?;
         if current.authenticate.contains(&operation) && current.operations.contains_key(&operation)
         {
             return Err(Rv::UserNotLoggedIn);
@@ -122,9 +124,9 @@ impl Hsm {
     ) -> Result<Reply, Rv> {
         let mut active = self.take(client, session, operation)?;
         active.update(data)?;
-        let mut state = self.lock();
+        let mut sessions = self.sessions();
         // The session may have closed meanwhile; then the operation ends with it.
-        let session = state.session_mut(client, session)?;
+        let session = sessions.get_mut(client, session)?;
         session.operations.insert(operation, active);
         Ok(match operation {
             Operation::Encrypt | Operation::Decrypt => Reply::Bytes(Vec::new()),

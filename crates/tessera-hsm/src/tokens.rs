@@ -44,7 +44,7 @@ struct PinCheck<'a> {
 
 impl Drop for PinCheck<'_> {
     fn drop(&mut self) {
-        let mut state = self.hsm.lock();
+        let mut state = self.hsm.lock_state();
         if let Some(checks) = state.pin_checks.get_mut(&self.key) {
             *checks -= 1;
             if *checks == 0 {
@@ -100,7 +100,7 @@ impl Hsm {
         token_id: u64,
         so: bool,
     ) -> Result<(PinRecord, u32, PinCheck<'_>), Rv> {
-        let mut state = self.lock();
+        let mut state = self.lock_state();
         while failures(&state.token(token_id)?.record, so) >= MAX_PIN_FAILURES {
             if !state.pin_checks.contains_key(&(token_id, so)) {
                 let (role, slot) = (state.role(token_id, so), state.slot_of(token_id));
@@ -196,7 +196,7 @@ impl Hsm {
         }
         {
             let state = self.lock();
-            if state.sessions.values().any(|s| s.token_id == token_id) {
+            if state.sessions.on_token(token_id).next().is_some() {
                 return Err(Rv::SessionExists);
             }
             if state.token(token_id)?.record.so_pin.is_none() {
@@ -230,7 +230,7 @@ impl Hsm {
             user_failures: 0,
         };
         let mut state = self.lock();
-        if state.sessions.values().any(|s| s.token_id == token_id) {
+        if state.sessions.on_token(token_id).next().is_some() {
             return Err(Rv::SessionExists);
         }
         self.store.reset_token(token_id, &record).map_err(|e| {
@@ -264,7 +264,7 @@ impl Hsm {
         if state.sessions.len() as u64 >= MAX_SESSIONS {
             return Err(Rv::SessionCount);
         }
-        let held = state.client_sessions.get(&client).copied().unwrap_or(0);
+        let held = state.sessions.held_by(client);
         if held >= self.limits.sessions_per_client {
             return Err(self.limit_reached(
                 &mut state,
@@ -273,31 +273,7 @@ impl Hsm {
                 Rv::SessionCount,
             ));
         }
-        *state.client_sessions.entry(client).or_default() += 1;
-        // Handles stay below 2^32 so the library can put its device number above them.
-        let mut handle = state.next_session;
-        loop {
-            handle = if handle >= u64::from(u32::MAX) {
-                1
-            } else {
-                handle + 1
-            };
-            if !state.sessions.contains_key(&handle) {
-                break;
-            }
-        }
-        state.next_session = handle;
-        state.sessions.insert(
-            handle,
-            Session {
-                client,
-                token_id,
-                read_write,
-                find: None,
-                operations: Default::default(),
-                authenticate: Vec::new(),
-            },
-        );
+        let handle = (state.sessions).open(Session::new(client, token_id, read_write));
         Ok(Reply::Handle(handle))
     }
 
@@ -344,10 +320,8 @@ impl Hsm {
                         Some(Login::User) => return Err(Rv::UserAnotherAlreadyLoggedIn),
                         None => {}
                     }
-                    let read_only = state
-                        .sessions
-                        .values()
-                        .any(|s| s.client == client && s.token_id == token_id && !s.read_write);
+                    let read_only = (state.sessions.on_token(token_id))
+                        .any(|s| s.client == client && !s.read_write);
                     if read_only {
                         return Err(Rv::SessionReadOnlyExists);
                     }
@@ -392,11 +366,7 @@ impl Hsm {
         }
         token.logout(client);
         // Operations on private keys cannot outlive the login.
-        for session in state
-            .sessions
-            .values_mut()
-            .filter(|s| s.client == client && s.token_id == token_id)
-        {
+        for session in state.sessions.of_client_on(client, token_id) {
             session.operations.clear();
             session.find = None;
         }
