@@ -222,28 +222,17 @@ fn a_sealed_record_relabelled_in_its_envelope_is_refused() {
     for transport in TRANSPORTS {
         // The envelope header (after the frame's length): version (2), body kind, channel flag.
         for (at, value) in [(2usize, 0u8), (2, 7), (3, 0), (3, 2)] {
-            let daemon = Daemon::start();
-            prepare(&daemon, transport, "nuNU");
-            let relay = Relay::start(
-                &daemon,
-                transport,
-                Arc::new(move |frame: &Frame, recorder: &Recorder| {
-                    let mut body = frame.body.clone();
-                    // Protected requests: 0 OpenSession, 1 Login, 2 CreateObject.
-                    if protected_index(frame, recorder) == Some(2) {
-                        assert_eq!(body[2], 1, "a sealed record's body kind");
-                        body[at] = value;
-                    }
-                    vec![body]
-                }),
-                Arc::new(|frame: &Frame, _: &Recorder| frame.body.clone()),
-            );
-            let device = secured(&daemon, &relay.address, &[]);
-            let (session, g) = user(&device);
-            let refused = code(device.call(Some(g), data_object(session, "relabelled")));
-            assert_ne!(refused, 0, "{transport:?}, byte {at} = {value}");
+            let (daemon, outcome, _) = attacked(transport, move |frame, _, index| {
+                let mut body = frame.body.clone();
+                if index == 2 {
+                    assert_eq!(body[2], 1, "a sealed record's body kind");
+                    body[at] = value;
+                }
+                vec![body]
+            });
+            assert_ne!(outcome, 0, "{transport:?}, byte {at} = {value}");
             assert_eq!(
-                count(&daemon, transport, "relabelled"),
+                count(&daemon, transport, "victim"),
                 0,
                 "{transport:?}, byte {at} = {value}"
             );
