@@ -49,6 +49,13 @@ impl SecretBytes {
         }
     }
 
+    /// An empty secret that stays on the heap (wiped when dropped or moved, as any secret, but
+    /// never in a locked slot): an application's bulk data on its way through a cipher, which
+    /// is not key material and would only be copied out of a slot to be transformed in place.
+    pub fn unlocked() -> Self {
+        Self(Store::Heap(Vec::new()))
+    }
+
     /// An empty secret with room for `capacity` bytes.
     pub fn with_capacity(capacity: usize) -> Self {
         let mut secret = Self::default();
@@ -281,6 +288,19 @@ impl<'de> Deserialize<'de> for SecretBytes {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_unlocked_secret_stays_on_the_heap_and_moves_out_without_a_copy() {
+        let mut data = SecretBytes::unlocked();
+        data.extend_from_slice(&[7; 100]);
+        data.reserve(16);
+        let address = data.expose().as_ptr();
+        let taken = data.take_bytes();
+        assert_eq!(taken.as_ptr(), address, "moved, not copied out of a slot");
+        assert_eq!(taken, vec![7; 100]);
+        assert!(data.is_empty());
+    }
+
     use super::*;
     use crate::locked::tests::vm_flags;
 

@@ -565,7 +565,10 @@ impl ActiveOperation {
                 key: SecretBytes::from_slice(value),
                 mode,
                 encrypt,
-                data: SecretBytes::default(),
+                // The data goes through the cipher in its own buffer: kept out of the locked
+                // slots (it is the application's data, not key material), it is encrypted or
+                // decrypted where it lies instead of being copied out of one first.
+                data: SecretBytes::unlocked(),
             },
         })
     }
