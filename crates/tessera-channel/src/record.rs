@@ -151,7 +151,7 @@ pub struct FoundRecord {
 }
 
 /// Finds the record that `bytes` are, all of them: a valid header, then a body and (signed) a
-/// MAC of [`TAG`] bytes; an encrypted body holds at least its tag. `None` otherwise.
+/// MAC of 16 bytes; an encrypted body holds at least its 16-byte tag. `None` otherwise.
 pub fn find_record(bytes: &[u8]) -> Option<FoundRecord> {
     let header = RecordHeader::from_bytes(bytes.get(..RECORD_HEADER_LEN)?.try_into().ok()?)?;
     let mac_len = match header.protection {
@@ -249,7 +249,7 @@ impl std::fmt::Debug for Channel {
 type HeaderBytes = [u8; RECORD_HEADER_LEN];
 
 /// Bytes of an AES-GCM tag (and of a GMAC).
-pub const TAG: usize = 16;
+pub(crate) const TAG: usize = 16;
 
 fn nonce(sequence: u64) -> Nonce {
     let mut bytes = [0u8; NONCE_LEN];

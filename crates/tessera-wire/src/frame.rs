@@ -84,8 +84,8 @@ pub fn write_frame(writer: &mut (impl Write + ?Sized), frame: &[u8]) -> Result<(
 const ENCODES: &str = "postcard encodes every message in the clear into a Vec";
 
 /// Bytes of the envelope header, after the length: the protocol version (2), what the body is
-/// (1: [`CLEAR`] or [`SEALED`]), whether a channel is named (1: 0 or 1), the request id (8) and
-/// the channel id (8, zero when none is named), big-endian.
+/// (1: 0 for a message in the clear, 1 for a sealed record), whether a channel is named (1: 0
+/// or 1), the request id (8) and the channel id (8, zero when none is named), big-endian.
 pub const ENVELOPE_HEADER_LEN: usize = 20;
 
 /// The body is a message in the clear, in postcard: a request's [`Message`] or a response's
