@@ -9,7 +9,7 @@ use tessera_config::{listen, parse, ServerAddress};
 fuzz_target!(|text: &str| {
     let _ = parse("fuzz", text);
     let _ = ServerAddress::parse(text);
-    let _ = ClientAccess::parse(text);
+    let _ = ClientAccess::parse_in(std::path::Path::new("fuzz"), text);
     if let Ok(address) = listen::parse(text) {
         assert_eq!(listen::parse(&address.to_string()), Ok(address));
     }
