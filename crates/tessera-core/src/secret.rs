@@ -218,15 +218,34 @@ impl Zeroize for SecretBytes {
 
 impl ZeroizeOnDrop for SecretBytes {}
 
-/// Appending bytes one by one (an encoder writing a secret record straight into a secret, with
-/// `postcard::to_extend`): growth moves the secret and wipes the old buffer.
-impl Extend<u8> for SecretBytes {
-    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
-        let bytes = bytes.into_iter();
-        self.reserve(bytes.size_hint().0);
-        for byte in bytes {
-            self.extend_from_slice(&[byte]);
-        }
+impl SecretBytes {
+    /// The postcard encoding of `value`, written straight into a secret sized first (a secret
+    /// record: no plain buffer holds it on the way), each byte string copied in one piece.
+    pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<SecretBytes, postcard::Error> {
+        let size = postcard::experimental::serialized_size(value)?;
+        postcard::serialize_with_flavor(value, IntoSecret(SecretBytes::with_capacity(size)))
+    }
+}
+
+/// postcard's writer into a secret: a slice in one piece (`postcard::to_extend` hands slices
+/// over a byte at a time, each then a bounds-checked append).
+struct IntoSecret(SecretBytes);
+
+impl postcard::ser_flavors::Flavor for IntoSecret {
+    type Output = SecretBytes;
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.extend_from_slice(&[data]);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<SecretBytes> {
+        Ok(self.0)
     }
 }
 
@@ -289,6 +308,9 @@ impl<'de> Deserialize<'de> for SecretBytes {
 #[cfg(test)]
 mod tests {
 
+    use super::*;
+    use crate::locked::tests::vm_flags;
+
     #[test]
     fn an_unlocked_secret_stays_on_the_heap_and_moves_out_without_a_copy() {
         let mut data = SecretBytes::unlocked();
@@ -301,13 +323,10 @@ mod tests {
         assert!(data.is_empty());
     }
 
-    use super::*;
-    use crate::locked::tests::vm_flags;
-
     #[test]
     fn an_encoder_writes_a_record_straight_into_a_secret() {
         let values: Vec<Vec<u8>> = vec![vec![0x11; 40], vec![0x22; 300], vec![0x33; 5000]];
-        let encoded = postcard::to_extend(&values, SecretBytes::default()).expect("encoded");
+        let encoded = SecretBytes::encode(&values).expect("encoded");
         assert_eq!(encoded.expose(), postcard::to_stdvec(&values).unwrap());
         let flags = vm_flags(encoded.expose().as_ptr() as usize);
         assert!(flags.split(' ').any(|f| f == "dd"), "{flags}");

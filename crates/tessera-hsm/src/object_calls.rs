@@ -36,38 +36,13 @@ fn seal_with(key: &dyn Seal, aad: &[u8], attributes: &Attributes) -> Result<Stor
     })
 }
 
-/// postcard writing into a secret: a slice (an attribute's value) in one piece, where
-/// `postcard::to_extend` hands it over a byte at a time.
-struct IntoSecret(tessera_core::SecretBytes);
-
-impl postcard::ser_flavors::Flavor for IntoSecret {
-    type Output = tessera_core::SecretBytes;
-
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
-        Ok(())
-    }
-
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.extend_from_slice(&[data]);
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<tessera_core::SecretBytes> {
-        Ok(self.0)
-    }
-}
-
 /// `secret` encoded and sealed under `key` with `aad`; `None` when there is nothing to seal.
 fn seal_secrets(key: &dyn Seal, aad: &[u8], secret: &Template) -> Result<Option<Vec<u8>>, Rv> {
     if secret.0.is_empty() {
         return Ok(None);
     }
-    // Encoded straight into a secret sized first: a growing plain buffer would leave copies
-    // behind.
-    let size = postcard::experimental::serialized_size(secret).map_err(|_| Rv::GeneralError)?;
-    let into = IntoSecret(tessera_core::SecretBytes::with_capacity(size));
-    let plain = postcard::serialize_with_flavor(secret, into).map_err(|_| Rv::GeneralError)?;
+    // Encoded straight into a secret: a growing plain buffer would leave copies behind.
+    let plain = tessera_core::SecretBytes::encode(secret).map_err(|_| Rv::GeneralError)?;
     key.seal(aad, plain.expose())
         .map(Some)
         .map_err(|_| Rv::FunctionFailed)
@@ -927,21 +902,4 @@ fn check_imported_key(
         _ => return Err(Rv::AttributeValueInvalid),
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_template_encoded_into_a_secret_is_its_postcard_encoding() {
-        let template = Template(vec![
-            tessera_core::Attribute::bytes(ck::CKA_VALUE, &[0x5a; 300]),
-            tessera_core::Attribute::bytes(ck::CKA_PRIVATE_EXPONENT, b"d"),
-        ]);
-        let size = postcard::experimental::serialized_size(&template).unwrap();
-        let into = IntoSecret(tessera_core::SecretBytes::with_capacity(size));
-        let secret = postcard::serialize_with_flavor(&template, into).unwrap();
-        assert_eq!(secret.expose(), postcard::to_stdvec(&template).unwrap());
-    }
 }
