@@ -337,7 +337,7 @@ impl ChannelState {
             .channel
             .policy()
             .request_protection(request.carries_secret());
-        let prefix = tessera_wire::protected_request_prefix(id, self.channel.id());
+        let prefix = tessera_wire::protected_prefix(id, self.channel.id());
         // Encrypted in the frame when the policy says so: no plaintext copy is left behind.
         let mut frame = self
             .channel

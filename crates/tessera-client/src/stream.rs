@@ -12,8 +12,8 @@ use rustix::net::RecvFlags;
 use tessera_config::ServerAddress;
 use tessera_core::Rv;
 use tessera_wire::{
-    decode_response, encode_request, find_sealed_response, read_frame, Message, RequestEnvelope,
-    Response, SealedFrame, PROTOCOL_VERSION,
+    decode_response, encode_request, find_sealed, read_frame, Message, RequestEnvelope, Response,
+    SealedFrame, PROTOCOL_VERSION,
 };
 
 /// What a connection lost on the device's notice that its flags now require a channel says.
@@ -312,7 +312,7 @@ impl Stream {
             tessera_wire::FrameError::Io(e) => Failure::Io(e.to_string()),
             other => Failure::Bad(other.to_string()),
         })?;
-        if let Some(sealed) = find_sealed_response(&body) {
+        if let Some(sealed) = find_sealed(&body) {
             return Ok((sealed.id, Answer::Sealed(sealed, body)));
         }
         let envelope = decode_response(&body).map_err(|e| Failure::Bad(e.to_string()));
@@ -423,7 +423,7 @@ impl Stream {
 }
 
 /// A response: in the clear, or a sealed reply still in its frame body (see
-/// [`tessera_wire::find_sealed_response`]).
+/// [`tessera_wire::find_sealed`]).
 pub(crate) enum Answer {
     Clear(Result<Response, u64>),
     Sealed(SealedFrame, Vec<u8>),

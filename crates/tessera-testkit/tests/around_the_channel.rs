@@ -528,7 +528,7 @@ fn sealed_replies_swapped_between_calls_in_flight_are_refused() {
         holding(
             armed.clone(),
             2,
-            |frame| tessera_wire::find_sealed_response(frame).is_some(),
+            |frame| tessera_wire::find_sealed(frame).is_some(),
             |frames| {
                 let (mut first, mut second) = (response(&frames[0]), response(&frames[1]));
                 std::mem::swap(&mut first.id, &mut second.id);

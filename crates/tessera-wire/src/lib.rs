@@ -22,9 +22,9 @@ pub use call::{
 };
 pub use frame::{
     body_len as frame_body_len, decode_request, decode_response, encode_request, encode_response,
-    find_sealed_request, find_sealed_response, finders_agree_with_decoders, finish_frame,
-    protected_request_prefix, protected_response_prefix, read_frame, write_frame, FrameError,
-    FramePrefix, SealedFrame, ENVELOPE_HEADER_LEN, FRAME_HEADER_LEN, MAX_FRAME_LEN,
+    find_sealed, finders_agree_with_decoders, finish_frame, protected_prefix, read_frame,
+    write_frame, FrameError, FramePrefix, SealedFrame, ENVELOPE_HEADER_LEN, FRAME_HEADER_LEN,
+    MAX_FRAME_LEN,
 };
 
 use serde::{Deserialize, Serialize};

@@ -112,7 +112,7 @@ impl Secure {
     /// left to seal with — which the library takes as a forgery, as it should.
     pub fn seal_end(&mut self, id: u64, code: u64) -> Vec<u8> {
         if let Some(mut channel) = self.ended.take() {
-            let prefix = tessera_wire::protected_response_prefix(id, channel.id());
+            let prefix = tessera_wire::protected_prefix(id, channel.id());
             let ended = tessera_wire::Bound {
                 id,
                 message: tessera_wire::OutcomeRef::Ended(code),
@@ -308,7 +308,7 @@ impl Secure {
         };
         let secret = matches!(result, Ok(reply) if reply.carries_secret());
         let protection = channel.policy().reply_protection(secret);
-        let prefix = tessera_wire::protected_response_prefix(id, channel.id());
+        let prefix = tessera_wire::protected_prefix(id, channel.id());
         // Encrypted in the frame when the policy says so: no plaintext copy is left behind.
         let bound = tessera_wire::Bound {
             id,

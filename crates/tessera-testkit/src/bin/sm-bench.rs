@@ -413,7 +413,7 @@ fn message_cost(client: &mut tessera_channel::Channel, device: &mut tessera_chan
     let plain = start.elapsed() / rounds;
     let start = Instant::now();
     for _ in 0..rounds {
-        let prefix = tessera_wire::protected_request_prefix(7, client.id());
+        let prefix = tessera_wire::protected_prefix(7, client.id());
         let mut frame = client
             .seal_value_framed(
                 &tessera_wire::Bound {
@@ -427,12 +427,12 @@ fn message_cost(client: &mut tessera_channel::Channel, device: &mut tessera_chan
         tessera_wire::finish_frame(&mut frame);
         let received: tessera_wire::Bound<tessera_wire::Inner> = postcard::from_bytes(open_framed(
             device,
-            tessera_wire::find_sealed_request(&frame[4..]).expect("a sealed request"),
+            tessera_wire::find_sealed(&frame[4..]).expect("a sealed request"),
             &mut frame[4..],
         ))
         .expect("decode");
         std::hint::black_box(received);
-        let prefix = tessera_wire::protected_response_prefix(7, device.id());
+        let prefix = tessera_wire::protected_prefix(7, device.id());
         let mut frame = device
             .seal_value_framed(
                 &tessera_wire::Bound {
@@ -449,7 +449,7 @@ fn message_cost(client: &mut tessera_channel::Channel, device: &mut tessera_chan
         let received: tessera_wire::Bound<tessera_wire::Outcome> =
             postcard::from_bytes(open_framed(
                 client,
-                tessera_wire::find_sealed_response(&frame[4..]).expect("a sealed reply"),
+                tessera_wire::find_sealed(&frame[4..]).expect("a sealed reply"),
                 &mut frame[4..],
             ))
             .expect("decode");

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tessera_hsm::Hsm;
 use tessera_wire::{
-    encode_response, find_sealed_request, Call, Inner, Message, Reply, Response, ResponseEnvelope,
+    encode_response, find_sealed, Call, Inner, Message, Reply, Response, ResponseEnvelope,
     SealedFrame, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf};
@@ -258,7 +258,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
     /// The request in a frame, with its id: a sealed request is found where it lies in the
     /// frame, anything else is decoded. `None` (logged) when it cannot be decoded.
     async fn read_request(&mut self, body: Vec<u8>) -> Option<(u64, Incoming)> {
-        if let Some(sealed) = find_sealed_request(&body) {
+        if let Some(sealed) = find_sealed(&body) {
             return Some((sealed.id, Incoming::Sealed(sealed, body)));
         }
         let (mut body, decoded) = dispatch::decode(body).await;
