@@ -610,7 +610,7 @@ impl Device {
                 let frame = channel.seal(id, &inner)?;
                 inner.recycle();
                 self.inbox().waiting.insert(id, true);
-                stream.queue(frame);
+                stream.queue(stream::Frame::sealed(frame));
                 drop(channel);
                 stream.flush()
             }

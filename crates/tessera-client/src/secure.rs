@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use tessera_channel::{Channel, ExpectServerHello, HandshakeError, Policy, StepError};
 use tessera_config::{Config, ConfigError};
+use tessera_core::bytes::Held;
 use tessera_core::Rv;
 use tessera_wire::{Call, Inner, Message, Reply, Response};
 
 use crate::known::{ChannelUse, KnownDevice, KnownDevices, Level as KnownLevel};
-use crate::stream::{Answer, SealedReply};
+use crate::stream::{Answer, Frame, SealedReply};
 use crate::{ClientError, Device, State};
 
 /// Item: where the library writes its one-line reports (`stderr`, or a file path).
@@ -408,7 +409,7 @@ impl ChannelState {
                     })
             }
         };
-        let (mut buffer, plain, protection) = match opened {
+        let (buffer, plain, protection) = match opened {
             Ok(opened) => opened,
             Err(e) => {
                 self.channel.close();
@@ -416,12 +417,11 @@ impl ChannelState {
                 return Err(ClientError::Returned(Rv::BadReplySignature.code()));
             }
         };
-        let decoded = postcard::from_bytes::<tessera_wire::Bound<tessera_wire::Outcome>>(
-            &buffer[plain.clone()],
-        );
-        // The spent buffer goes back to the pool; the message is wiped first when it held a
-        // secret (or did not decode): one with nothing secret in it, a ciphertext or a
-        // signature, needs no pass.
+        let decoded =
+            postcard::from_bytes::<tessera_wire::Bound<tessera_wire::Outcome>>(&buffer[plain]);
+        // The spent buffer goes back to the pool, wiped first when its message held a secret
+        // (or did not decode): one with nothing secret in it, a ciphertext or a signature,
+        // needs no pass.
         let secret = match &decoded {
             Ok(bound) => matches!(
                 &bound.message,
@@ -429,10 +429,11 @@ impl ChannelState {
             ),
             Err(_) => true,
         };
-        if secret {
-            zeroize::Zeroize::zeroize(&mut buffer[plain]);
-        }
-        tessera_core::bytes::give(buffer);
+        let held = match secret {
+            true => Held::Secret,
+            false => Held::Data,
+        };
+        tessera_core::bytes::give(buffer, held);
         let Ok(bound) = decoded else {
             self.channel.close();
             device.report(serial, "a reply record did not decode; channel closed");
@@ -790,7 +791,7 @@ impl Device {
         let Some(stream) = state.stream.as_ref() else {
             return Err(ClientError::StaleSession);
         };
-        let answer = match stream.exchange(id, frame) {
+        let answer = match stream.exchange(id, Frame::sealed(frame)) {
             Ok(answer) => answer,
             Err(failure) => {
                 self.kill(state, true);

@@ -10,10 +10,11 @@ use std::time::Duration;
 use crate::SecureSettings;
 use rustix::net::RecvFlags;
 use tessera_config::ServerAddress;
+use tessera_core::bytes::Held;
 use tessera_core::Rv;
 use tessera_wire::{
     decode_response, encode_request, find_sealed, read_frame, Message, RequestEnvelope, Response,
-    SealedFrame, PROTOCOL_VERSION,
+    ResponseEnvelope, SealedFrame, PROTOCOL_VERSION,
 };
 
 /// What a connection lost on the device's notice that its flags now require a channel says.
@@ -64,6 +65,23 @@ fn tcp_failure(address: std::net::SocketAddr, timeout: Duration, error: &std::io
     }
 }
 
+/// A frame to send, with what it holds: once written, its buffer goes back to the pool of
+/// `tessera_core::bytes`, wiped first if it carried a PIN or a key value in the clear.
+pub(crate) struct Frame {
+    bytes: Vec<u8>,
+    held: Held,
+}
+
+impl Frame {
+    /// A sealed record's frame: ciphertext only.
+    pub(crate) fn sealed(bytes: Vec<u8>) -> Frame {
+        Frame {
+            bytes,
+            held: Held::Data,
+        }
+    }
+}
+
 /// A failed exchange.
 pub(crate) enum Failure {
     /// The connection broke or timed out.
@@ -91,7 +109,7 @@ pub(crate) struct Stream {
     reading: Mutex<ReadBuffer>,
     writing: Mutex<()>,
     /// Frames sent and not written yet.
-    outbox: Mutex<Vec<Vec<u8>>>,
+    outbox: Mutex<Vec<Frame>>,
     /// Reads left that sleep at once, after a poll that timed out (see [`SPIN_BACKOFF`]).
     no_spin: AtomicU32,
     /// The device closed the connection with its notice that a channel is now required.
@@ -239,21 +257,25 @@ impl Stream {
     }
 
     /// The frame of a message in the clear; its spent bulk buffers go back to the pool.
-    pub(crate) fn clear_frame(id: u64, message: Message) -> Vec<u8> {
+    pub(crate) fn clear_frame(id: u64, message: Message) -> Frame {
+        let held = match message.carries_secret() {
+            true => Held::Secret,
+            false => Held::Data,
+        };
         let envelope = RequestEnvelope {
             version: PROTOCOL_VERSION,
             id,
             channel: None,
             message,
         };
-        let frame = encode_request(&envelope);
+        let bytes = encode_request(&envelope);
         envelope.message.recycle();
-        frame
+        Frame { bytes, held }
     }
 
     /// Queues one frame for the next [`Stream::flush`]: frames go out in the order they were
     /// queued.
-    pub(crate) fn queue(&self, frame: Vec<u8>) {
+    pub(crate) fn queue(&self, frame: Frame) {
         // Queued in the caller's order (which, for the channel, is the records' order), then
         // written by whichever sender holds the writing turn: a sender never waits for another
         // one's write, and frames queued meanwhile go out together in one write.
@@ -276,17 +298,27 @@ impl Stream {
                 }
                 return Ok(());
             }
+            let secret = frames.iter().any(|frame| frame.held == Held::Secret);
+            let held = if secret { Held::Secret } else { Held::Data };
             let batch = if frames.len() == 1 {
-                frames.into_iter().next().expect("one frame")
+                frames.into_iter().next().expect("one frame").bytes
             } else {
-                frames.concat()
+                let batch = frames
+                    .iter()
+                    .map(|f| &f.bytes[..])
+                    .collect::<Vec<_>>()
+                    .concat();
+                for frame in frames {
+                    tessera_core::bytes::give(frame.bytes, frame.held);
+                }
+                batch
             };
             let written = match &self.socket {
                 Socket::Unix(s) => (&mut &*s).write_all(&batch),
                 Socket::Tcp(s) => (&mut &*s).write_all(&batch),
             };
+            tessera_core::bytes::give(batch, held);
             written.map_err(|e| Failure::Io(e.to_string()))?;
-            tessera_core::bytes::give(batch);
         }
     }
 
@@ -303,6 +335,14 @@ impl Stream {
             socket: &self.socket,
             buffer: &mut buffer,
         });
+        if body.as_ref().is_ok_and(|body| find_sealed(body).is_none()) {
+            // A reply in the clear may be a decryption's plaintext or a key value: what the
+            // read buffer has handed out of it (up to its whole size) is wiped now, before the
+            // buffer waits for the next reply.
+            let consumed = buffer.start;
+            buffer.data[..consumed].fill(0);
+            std::hint::black_box(&mut buffer.data);
+        }
         drop(buffer);
         if body.is_ok() {
             let now = self.opened.elapsed().as_millis() as u64;
@@ -316,7 +356,20 @@ impl Stream {
             return Ok((sealed.id, Answer::Sealed(sealed, body)));
         }
         let envelope = decode_response(&body).map_err(|e| Failure::Bad(e.to_string()));
-        tessera_core::bytes::give(body);
+        // Readable attributes or a decryption's plaintext (or bytes that did not decode) are
+        // wiped before the buffer is kept or freed.
+        let held = match &envelope {
+            Ok(ResponseEnvelope {
+                result: Ok(Response::Reply(reply)),
+                ..
+            }) if !reply.carries_secret() => Held::Data,
+            Ok(ResponseEnvelope {
+                result: Ok(Response::ServerHello(_)) | Err(_),
+                ..
+            }) => Held::Data,
+            _ => Held::Secret,
+        };
+        tessera_core::bytes::give(body, held);
         let envelope = envelope?;
         if envelope.id == 0 && envelope.result.as_ref().err() == Some(&Rv::BadProtection.code()) {
             // The device's notice before it closes a clear connection: its flags now require
@@ -408,7 +461,7 @@ impl Stream {
     }
 
     /// Sends one request's frame and reads its response (with nothing else in flight).
-    pub(crate) fn exchange(&self, id: u64, frame: Vec<u8>) -> Result<Answer, Failure> {
+    pub(crate) fn exchange(&self, id: u64, frame: Frame) -> Result<Answer, Failure> {
         self.queue(frame);
         self.flush()?;
         let (for_id, answer) = self.receive(true)?;
@@ -473,7 +526,7 @@ impl Answer {
     /// Drops an answer that will not be opened; its frame goes back to the pool.
     pub(crate) fn discard(self) {
         if let Answer::Sealed(_, frame) = self {
-            tessera_core::bytes::give(frame);
+            tessera_core::bytes::give(frame, Held::Data);
         }
     }
 }

@@ -8,7 +8,9 @@
 //! back to the system (glibc trims the top of its heap) and the next call's buffer then costs a
 //! page fault per 4 KiB as it is filled, which halved 1 MiB AES-GCM through a channel. The
 //! PKCS#11 library runs under its host's allocator, so it keeps its own bulk buffers instead.
-//! A buffer is wiped as it enters the pool: nothing a call carried waits there.
+//! Whoever hands a buffer back says what it held ([`Held`]): one that held a secret is wiped,
+//! its whole capacity, before it is kept or freed; application data and ciphertexts are not
+//! (the application holds the same bytes in its own memory).
 
 use std::fmt;
 use std::sync::Mutex;
@@ -101,17 +103,13 @@ impl Pool {
         Vec::with_capacity(capacity)
     }
 
-    fn give(&self, mut buffer: Vec<u8>) {
+    fn give(&self, mut buffer: Vec<u8>, held: Held) {
+        if held == Held::Secret {
+            wipe(&mut buffer);
+        }
         if buffer.capacity() < POOLED || buffer.capacity() > POOL_BYTES / 2 {
             return;
         }
-        // What it carried (a message, a record's plaintext) does not wait in the pool for the
-        // buffer's next use: its whole capacity is wiped, what was ever written there. One fill
-        // at memset speed (`zeroize` writes a byte at a time, volatile: 1 MiB cost about a
-        // millisecond, a quarter of a 1 MiB AES-GCM call); the writes stay, as the buffer stays
-        // reachable in the pool.
-        buffer.clear();
-        buffer.resize(buffer.capacity(), 0);
         buffer.clear();
         let Some(mut buffers) = self.buffers() else {
             return;
@@ -140,11 +138,35 @@ pub fn copy(bytes: &[u8]) -> Vec<u8> {
     buffer
 }
 
-/// Hands a spent buffer back for reuse (a small one is simply freed, as any buffer is: one that
-/// held a secret must be zeroized first). A pooled buffer is wiped, its whole capacity, before
-/// it waits for its next use. When the pool is full, the smallest buffers go.
-pub fn give(buffer: Vec<u8>) {
-    POOL.give(buffer)
+/// What a spent buffer held, as the call table classifies it (`tessera_wire::Traits::secret`,
+/// `Reply::carries_secret`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Held {
+    /// A PIN, a key value, a decryption's plaintext, readable attributes, or bytes that did not
+    /// decode (which may be any of these): wiped before the buffer is kept or freed.
+    Secret,
+    /// Application data on its way to an operation, a ciphertext, a signature, a sealed record:
+    /// kept as it is (the application has the same bytes; wiping a megabyte costs a tenth of
+    /// a 1 MiB AES-GCM call).
+    Data,
+}
+
+/// Hands a spent buffer back for reuse; a small one, or one the full pool cannot keep, is
+/// freed. A buffer that [`Held::Secret`] is wiped first, its whole capacity (whatever was ever
+/// written there). When the pool is full, the smallest buffers go.
+pub fn give(buffer: Vec<u8>, held: Held) {
+    POOL.give(buffer, held)
+}
+
+/// Overwrites the buffer's whole capacity with zeros and leaves it empty. One fill at memset
+/// speed (`zeroize` writes a byte at a time, volatile: 1 MiB cost about a millisecond); the
+/// buffer is then handed to an opaque barrier, so the writes are not dropped as dead stores
+/// even when it is freed next.
+pub fn wipe(buffer: &mut Vec<u8>) {
+    buffer.clear();
+    buffer.resize(buffer.capacity(), 0);
+    std::hint::black_box(buffer.as_mut_slice());
+    buffer.clear();
 }
 
 #[cfg(test)]
@@ -173,7 +195,7 @@ mod tests {
         let mut buffer = pool.take(200_000);
         buffer.extend_from_slice(&[7; 200_000]);
         let address = buffer.as_ptr();
-        pool.give(buffer);
+        pool.give(buffer, super::Held::Data);
         // Too large for it: a fresh buffer, its capacity rounded up to whole pool units, and
         // the pooled one stays.
         assert_eq!(pool.take(300_000).capacity(), 5 * POOLED);
@@ -182,16 +204,16 @@ mod tests {
         assert!(again.is_empty(), "a reused buffer comes back empty");
         assert_eq!(again.as_ptr(), address, "the spent buffer is reused");
         // The smallest buffer that fits is chosen.
-        pool.give(Vec::with_capacity(1024 * 1024));
-        pool.give(again);
+        pool.give(Vec::with_capacity(1024 * 1024), super::Held::Data);
+        pool.give(again, super::Held::Data);
         let smallest = pool.take(100_000);
         assert_eq!(smallest.as_ptr(), address);
         // Bounded: small buffers and ones over half the pool are never kept, and the total
         // stays under the cap however many are given.
-        pool.give(Vec::with_capacity(1000));
-        pool.give(Vec::with_capacity(POOL_BYTES));
+        pool.give(Vec::with_capacity(1000), super::Held::Data);
+        pool.give(Vec::with_capacity(POOL_BYTES), super::Held::Data);
         for _ in 0..20 {
-            pool.give(Vec::with_capacity(3 * 1024 * 1024));
+            pool.give(Vec::with_capacity(3 * 1024 * 1024), super::Held::Data);
         }
         let buffers = pool.buffers().unwrap();
         let kept: usize = buffers.iter().map(Vec::capacity).sum();
@@ -208,11 +230,11 @@ mod tests {
     fn a_held_pool_makes_no_one_wait() {
         use super::Pool;
         let pool = Pool::new();
-        pool.give(Vec::with_capacity(100_000));
+        pool.give(Vec::with_capacity(100_000), super::Held::Data);
         let held = pool.buffers().unwrap();
         // Another thread holds the buffers: a fresh buffer comes at once, a spent one is freed.
         assert!(pool.take(100_000).capacity() >= 100_000);
-        pool.give(Vec::with_capacity(200_000));
+        pool.give(Vec::with_capacity(200_000), super::Held::Data);
         drop(held);
         let buffers = pool.buffers().unwrap();
         assert_eq!(

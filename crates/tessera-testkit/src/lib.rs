@@ -74,6 +74,10 @@ pub fn tool(name: &str) -> PathBuf {
 
 /// Compiles the C test program `tests/c/<name>.c` (a C application that dlopens the module)
 /// into `dir`, once; panics with the compiler's message if it fails. Returns the program.
+/// Linked with immediate binding (`-z now`, as hardened distribution builds are): with lazy
+/// binding, the dynamic linker saves the CPU's vector registers on the stack at a program's
+/// first call of each function, and they hold the last bytes any `memcpy` moved — which would
+/// put an application's own data on its stack whatever a library does with its buffers.
 pub fn compile_c(name: &str, dir: &Path) -> PathBuf {
     let program = dir.join(name);
     if program.exists() {
@@ -83,7 +87,7 @@ pub fn compile_c(name: &str, dir: &Path) -> PathBuf {
         .join("tests/c")
         .join(format!("{name}.c"));
     let compiled = Command::new(tool("cc"))
-        .args(["-O1", "-o"])
+        .args(["-O1", "-Wl,-z,now", "-o"])
         .arg(&program)
         .arg(&source)
         .arg("-ldl")

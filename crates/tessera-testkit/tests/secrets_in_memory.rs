@@ -539,3 +539,82 @@ fn a_daemon_that_cannot_lock_memory_says_so_and_how_to_fix_it() {
         "{log}"
     );
 }
+
+/// A 1 MiB decryption through the library, in a C application: once the application has wiped
+/// its output, no copy of the plaintext may be left in the library's memory — the reply's
+/// frame, the opened record, the decoded reply and the output buffer held a secret and are
+/// wiped as they are spent, even those the library keeps for the next bulk call. In the clear
+/// and through a channel (`nuNU`). The plaintext is a marker, encrypted beforehand by the
+/// test; the application is scanned while its own copy is still there (the marker must be
+/// found: the scan sees the heap), then after it wiped it.
+#[test]
+fn a_decryptions_plaintext_is_not_left_in_the_librarys_memory() {
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    use std::io::{BufRead, Write};
+    use std::process::Stdio;
+
+    const MARKER: &[u8; 32] = b"PLAINTEXT-marker-7d41c2e9b0a5f38";
+    for channel in [false, true] {
+        let fixture = if channel {
+            common::secured_fixture(tessera_testkit::Transport::Unix, "nuNU")
+        } else {
+            common::fixture(tessera_testkit::Transport::Unix)
+        };
+        let dir = fixture.daemon.dir().to_path_buf();
+        let session = fixture.user_session();
+        let key = session
+            .create_object(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::Token(true),
+                Attribute::Label(b"bulk".to_vec()),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+                Attribute::Value(vec![0x5a; 32]),
+            ])
+            .unwrap();
+        let plaintext = MARKER.repeat(32 * 1024);
+        let ciphertext = session
+            .encrypt(&Mechanism::AesEcb, key, &plaintext)
+            .unwrap();
+        drop(plaintext);
+        let file = dir.join("ciphertext");
+        std::fs::write(&file, &ciphertext).unwrap();
+
+        let program = compile_c("decrypt_wipe", &dir);
+        let mut host = Command::new(&program)
+            .arg(pkcs11_module())
+            .args([common::USER_PIN, "bulk"])
+            .arg(&file)
+            // Dumpable, so that this test (its user) may read its memory.
+            .env("ET_PTKC_GENERAL_ALLOW_CORE_DUMPS", "YES")
+            .env("ET_PTKC_GENERAL_LOG", dir.join("host.log"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = host.stdin.take().unwrap();
+        let mut output = std::io::BufReader::new(host.stdout.take().unwrap());
+        let mut line = String::new();
+        output.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), format!("decrypted=0x0 len={}", 1 << 20));
+        let held = scan(host.id(), &[MARKER]);
+        let copies: usize = held.iter().map(|(_, _, count)| count).sum();
+        assert!(
+            copies >= 32 * 1024,
+            "the application's output holds the plaintext, and the scan must see it: {held:?}"
+        );
+        writeln!(input, "wipe").unwrap();
+        line.clear();
+        output.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "wiped");
+        let left = scan(host.id(), &[MARKER]);
+        writeln!(input, "end").unwrap();
+        assert!(host.wait().unwrap().success());
+        assert!(
+            left.is_empty(),
+            "a decryption's plaintext was left in the library's memory (channel: {channel}): {left:?}"
+        );
+    }
+}

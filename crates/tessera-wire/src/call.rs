@@ -7,6 +7,7 @@
 //! attributes, so they are wiped once decoded and used.
 
 use serde::{Deserialize, Serialize};
+use tessera_core::bytes::Held;
 use tessera_core::info::{DeviceInfo, MechanismInfo, SessionInfo, SlotInfo, TokenInfo};
 use tessera_core::{Mechanism, SecretBytes, Template};
 
@@ -593,7 +594,7 @@ impl Call {
         match self {
             Call::OperationSingle { data, .. }
             | Call::OperationUpdate { data, .. }
-            | Call::OperationOnce { data, .. } => tessera_core::bytes::give(data),
+            | Call::OperationOnce { data, .. } => tessera_core::bytes::give(data, Held::Data),
             _ => {}
         }
     }
@@ -680,12 +681,21 @@ impl Message {
         }
     }
 
+    /// Whether the message carries a PIN or a secret value ([`Traits::secret`]): transport
+    /// messages carry public keys, signatures and sealed records only.
+    pub fn carries_secret(&self) -> bool {
+        match self {
+            Message::Call(call) => call.carries_secret(),
+            Message::Handshake(_) | Message::HandshakeFinish(_) | Message::Protected(_) => false,
+        }
+    }
+
     /// Hands the message's bulk buffers (a call's input data, a record's body) back to the
     /// pool of `tessera_core::bytes` once it is encoded.
     pub fn recycle(self) {
         match self {
             Message::Call(call) => call.recycle(),
-            Message::Protected(record) => tessera_core::bytes::give(record.body),
+            Message::Protected(record) => tessera_core::bytes::give(record.body, Held::Data),
             Message::Handshake(_) | Message::HandshakeFinish(_) => {}
         }
     }

@@ -5,6 +5,7 @@
 //! the output in the session ([`library::produce`]) for the next call.
 
 use cryptoki_sys::{CK_BYTE, CK_MECHANISM, CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CK_ULONG};
+use tessera_core::bytes::Held;
 use tessera_core::SecretBytes;
 use tessera_wire::{Call, Operation};
 
@@ -50,12 +51,12 @@ unsafe fn produce(
     let mut produced = library::produce(handle, call, output.capacity()?, || run(handle))?;
     let delivered = output.deliver(produced.expose());
     // The spent buffer goes back to the pool for the next bulk call. Ciphertexts, signatures
-    // and digests are not secret: a large one need not be wiped byte by byte first.
-    let mut spent = produced.take_bytes();
-    if operation == Operation::Decrypt {
-        zeroize::Zeroize::zeroize(&mut spent);
-    }
-    tessera_core::bytes::give(spent);
+    // and digests are not secret: only a decryption's plaintext is wiped first.
+    let held = match operation {
+        Operation::Decrypt => Held::Secret,
+        Operation::Encrypt | Operation::Digest | Operation::Sign | Operation::Verify => Held::Data,
+    };
+    tessera_core::bytes::give(produced.take_bytes(), held);
     delivered
 }
 

@@ -1,13 +1,18 @@
 //! Reading a connection's frames: the deadlines (idle, slowloris), the size limit, the memory
 //! for unfinished frames shared by every connection, and a read buffer that can be wiped.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tessera_wire::{FrameError, FRAME_HEADER_LEN};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::error::Elapsed;
+use tokio::time::{Instant, Sleep};
 use zeroize::Zeroize;
 
 use crate::tally::Tally;
@@ -21,6 +26,62 @@ pub(crate) enum Read {
     Idle,
 }
 
+/// The idle deadline of a connection: how long it may wait for a frame to begin. One timer
+/// for the connection's life, set when it first waits and moved only when it fires early (a
+/// frame came meanwhile): arming a fresh timer for every frame cost a lock of the runtime's
+/// timer wheel twice per call, a tenth of what the daemon does for a small call outside the
+/// engine.
+pub(crate) struct IdleClock {
+    limit: Duration,
+    /// When the current wait began.
+    since: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl IdleClock {
+    pub(crate) fn new(limit: Duration) -> IdleClock {
+        IdleClock {
+            limit,
+            since: Instant::now(),
+            timer: None,
+        }
+    }
+
+    /// Starts a wait: the idle limit counts from now.
+    fn begin(&mut self) {
+        self.since = Instant::now();
+    }
+
+    /// Completes once the current wait has lasted the whole limit.
+    async fn expired(&mut self) {
+        loop {
+            let due = self.since + self.limit;
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+            if timer.deadline() < due {
+                // Set for an earlier wait, which a frame ended: moved to this one's end.
+                timer.as_mut().reset(due);
+            }
+            timer.as_mut().await;
+            if Instant::now() >= self.since + self.limit {
+                return;
+            }
+        }
+    }
+}
+
+/// `future`, within `limit` (as `tokio::time::timeout`), except that a future ready at its
+/// first poll sets no timer: a frame that arrived whole is taken without one.
+async fn within<F: Future>(limit: Duration, future: F) -> Result<F::Output, Elapsed> {
+    let mut future = std::pin::pin!(future);
+    let first = std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(output) => Ok(output),
+        Poll::Pending => tokio::time::timeout(limit, future).await,
+    }
+}
+
 /// Reads one frame. Waiting for a frame to begin is limited by `idle` only (clients keep idle
 /// connections), but once its first byte is in, the rest must come within `timeout`: a client
 /// that trickles bytes (slowloris) is cut off. A frame over `max_len` bytes is refused, and the
@@ -29,7 +90,7 @@ pub(crate) enum Read {
 pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
     stream: &mut S,
     timeout: Duration,
-    idle: Option<Duration>,
+    idle: Option<&mut IdleClock>,
     max_len: usize,
     memory: &FrameMemory,
 ) -> Result<Read, FrameError> {
@@ -37,10 +98,14 @@ pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
     let first = stream.read_exact(&mut header[..1]);
     let first = match idle {
         // Cancelled while waiting, the read has taken nothing.
-        Some(idle) => match tokio::time::timeout(idle, first).await {
-            Ok(first) => first,
-            Err(_) => return Ok(Read::Idle),
-        },
+        Some(idle) => {
+            idle.begin();
+            tokio::select! {
+                biased;
+                first = first => first,
+                _ = idle.expired() => return Ok(Read::Idle),
+            }
+        }
         None => first.await,
     };
     match first {
@@ -84,7 +149,7 @@ pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
         drop(taken);
         Ok(body)
     };
-    match tokio::time::timeout(timeout, rest).await {
+    match within(timeout, rest).await {
         Ok(body) => body.map(Read::Frame),
         Err(_) => Err(FrameError::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,

@@ -31,7 +31,7 @@ use crate::poller::Poller;
 use crate::secure::{self, KeyLimits, Secure};
 use crate::shutdown::Notice;
 use crate::tally::Tally;
-use frame::{read_frame, FrameMemory, Read, WipingReader};
+use frame::{read_frame, FrameMemory, IdleClock, Read, WipingReader};
 use outbox::{respond, respond_sealed, spawn_writer, Outbox};
 
 /// Requests of one connection that may run at once; the connection's next request waits for
@@ -101,7 +101,7 @@ struct Connection<S> {
     clear_ended: watch::Receiver<u64>,
     idle_timeout: Duration,
     /// `--idle-timeout`, `None` when it is zero (no limit).
-    idle: Option<Duration>,
+    idle: Option<IdleClock>,
     max_frame_len: usize,
     frames: Arc<FrameMemory>,
     tally: Arc<Tally>,
@@ -157,7 +157,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             poller,
             clear_ended,
             idle_timeout,
-            idle: (!idle_timeout.is_zero()).then_some(idle_timeout),
+            idle: (!idle_timeout.is_zero()).then(|| IdleClock::new(idle_timeout)),
             max_frame_len,
             frames,
             tally,
@@ -183,7 +183,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             // An answered handshake must be finished in time.
             let pending = secure::lock(&self.secure).is_pending();
             let (reader, frames) = (&mut self.reader, &*self.frames);
-            let (timeout, idle, max_len) = (self.frame_timeout, self.idle, self.max_frame_len);
+            let (timeout, idle, max_len) =
+                (self.frame_timeout, self.idle.as_mut(), self.max_frame_len);
             let next = async {
                 if pending {
                     tokio::time::timeout(
