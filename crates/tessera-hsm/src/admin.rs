@@ -30,21 +30,15 @@ fn pin_length(pin: &SecretBytes) -> Result<(), Rv> {
 }
 
 impl Hsm {
-    /// Records a security event stamped with the device clock.
-    pub(crate) fn event(&self, state: &State, role: &str, kind: &str, detail: String) {
+    /// Records a security event stamped with the device clock (written with the next batch,
+    /// or on disk when this returns, as the kind asks: see the event log).
+    pub(crate) fn event(&self, role: &str, kind: &str, detail: String) {
         self.events
-            .record(&self.store, self.clock(state), role, kind, detail);
-    }
-
-    /// Records a security event without holding the device's state lock while the log is
-    /// written (the write is durable, so it waits for the disk): other calls go on meanwhile.
-    pub(crate) fn event_now(&self, role: &str, kind: &str, detail: String) {
-        let time = self.clock(&self.lock());
-        self.events.record(&self.store, time, role, kind, detail);
+            .record(&self.store, self.clock(), role, kind, detail);
     }
 
     /// Rebuilds the device object of every token (after the flags change).
-    pub(crate) fn refresh_device_objects(&self, state: &mut State) {
+    pub(crate) fn refresh_device_objects(&self, state: &mut State, flags: u64) {
         let mut attributes = Attributes::default();
         attributes.set_ulong(ck::CKA_CLASS, ck::CKO_HW_FEATURE as u64);
         attributes.set_ulong(ck::CKA_HW_FEATURE_TYPE, CKH_TESSERA_DEVICE);
@@ -54,10 +48,7 @@ impl Hsm {
         attributes.set_flag(ck::CKA_COPYABLE, false);
         attributes.set_flag(ck::CKA_DESTROYABLE, false);
         attributes.set(ck::CKA_LABEL as u64, b"Tessera device".to_vec());
-        attributes.set(
-            CKA_TESSERA_SECURITY_FLAGS,
-            state.device.flags.to_le_bytes().to_vec(),
-        );
+        attributes.set(CKA_TESSERA_SECURITY_FLAGS, flags.to_le_bytes().to_vec());
         attributes.set(CKA_TESSERA_SERIAL, self.serial.as_bytes().to_vec());
         for token in state.tokens.values_mut() {
             let object = Object {
@@ -102,13 +93,13 @@ impl Hsm {
             .is_some_and(|t| t.record.so_pin.is_some() && t.record.user_pin.is_some());
         DeviceStatus {
             info,
-            clock: self.clock(&state),
+            clock: self.clock(),
             flags: state.device.flags,
             transport_mode: state.device.transport_mode,
             sessions: state.sessions.len() as u64,
             admin_ready,
-            identity: state.identity.fingerprint().is_some(),
-            identity_fingerprint: state.identity.fingerprint(),
+            identity: state.device.identity.fingerprint().is_some(),
+            identity_fingerprint: state.device.identity.fingerprint(),
             events: self.store.events().map(|e| e.len() as u64).unwrap_or(0),
             slots,
             requests: self.requests.load(std::sync::atomic::Ordering::Relaxed),
@@ -153,7 +144,6 @@ impl Hsm {
             .map_err(crate::store_failure)?;
         state.token_mut(admin)?.record = record;
         self.event(
-            &state,
             "ASO",
             "admin-setup",
             "ASO and Administrator PINs set".into(),
@@ -171,7 +161,7 @@ impl Hsm {
         {
             let state = self.lock();
             let current = state.session(client, session)?;
-            if !state.is_admin(current.token_id) {
+            if !state.device.is_admin(current.token_id) {
                 return Err(Rv::AccessDenied);
             }
             if state.token(current.token_id)?.login_of(client) != Some(Login::User) {
@@ -188,7 +178,7 @@ impl Hsm {
             AdminCommand::AddSlots(count) => self.add_slots(count),
             AdminCommand::DeleteSlot(slot) => self.delete_slot(slot),
             AdminCommand::Events => {
-                let time = self.clock(&self.lock());
+                let time = self.clock();
                 self.events.count_channels(&self.store, time, true);
                 let (events, verification) = self
                     .events
@@ -224,43 +214,39 @@ impl Hsm {
                 Ok(Reply::Events(shown, problem, checked))
             }
             AdminCommand::PurgeEvents => {
-                let state = self.lock();
                 self.events
-                    .purge(&self.store, self.clock(&state), "Administrator")
+                    .purge(&self.store, self.clock(), "Administrator")
                     .map_err(crate::store_failure)?;
                 Ok(Reply::Done)
             }
             AdminCommand::SetClock(time) => {
-                let mut state = self.lock();
-                let before = self.clock(&state);
-                let mut device = state.device.clone();
-                device.clock_offset = time as i64 - crate::time::now() as i64;
+                let mut change = self.device.change();
+                let before = self.clock();
+                change.record.clock_offset = time as i64 - crate::time::now() as i64;
                 self.store
-                    .update_device(&device, &[], &[], &[])
+                    .update_device(&change.record, &[], &[], &[])
                     .map_err(crate::store_failure)?;
-                state.device = device;
+                change.publish();
                 let detail = format!(
                     "from {} to {}",
                     tessera_core::time::clock(before),
                     tessera_core::time::clock(time)
                 );
-                self.event(&state, "Administrator", "clock-changed", detail);
+                self.event("Administrator", "clock-changed", detail);
                 Ok(Reply::Done)
             }
             AdminCommand::SetTransportMode(mode) => {
                 if mode > 2 {
                     return Err(Rv::ArgumentsBad);
                 }
-                let mut state = self.lock();
-                let mut device = state.device.clone();
-                let before = device.transport_mode;
-                device.transport_mode = mode;
+                let mut change = self.device.change();
+                let before = change.transport_mode;
+                change.record.transport_mode = mode;
                 self.store
-                    .update_device(&device, &[], &[], &[])
+                    .update_device(&change.record, &[], &[], &[])
                     .map_err(crate::store_failure)?;
-                state.device = device;
+                change.publish();
                 self.event(
-                    &state,
                     "Administrator",
                     "transport-mode-changed",
                     format!("{before} -> {mode}"),
@@ -285,9 +271,7 @@ impl Hsm {
                 if which.is_some() && count == 0 {
                     return Err(Rv::ArgumentsBad);
                 }
-                let state = self.lock();
                 self.event(
-                    &state,
                     "Administrator",
                     "channels-terminated",
                     format!("{count} channel(s)"),
@@ -302,29 +286,29 @@ impl Hsm {
         if bits & !known != 0 {
             return Err(Rv::ArgumentsBad);
         }
+        let change = self.device.change();
         let mut state = self.lock();
-        let before = state.device.flags;
+        let before = change.flags;
         if before & flags::MODE_LOCKED != 0 {
             self.event(
-                &state,
                 "Administrator",
                 "flags-change-refused",
                 "Mode Locked".into(),
             );
             return Err(Rv::ModeLocked);
         }
-        if bits & flags::NEED_IDENTITY != 0 && state.identity.fingerprint().is_none() {
+        if bits & flags::NEED_IDENTITY != 0 && change.identity.fingerprint().is_none() {
             return Err(Rv::IdentityRequired);
         }
-        let mut device = state.device.clone();
-        device.flags = bits;
+        let mut change = change;
+        change.record.flags = bits;
         self.store
-            .update_device(&device, &[], &[], &[])
+            .update_device(&change.record, &[], &[], &[])
             .map_err(crate::store_failure)?;
-        state.device = device;
-        self.refresh_device_objects(&mut state);
+        state.publish(change);
+        self.refresh_device_objects(&mut state, bits);
         let detail = format!("{:?} -> {:?}", flags::letters(before), flags::letters(bits));
-        self.event(&state, "Administrator", "flags-changed", detail);
+        self.event("Administrator", "flags-changed", detail);
         drop(state);
         // Channels were agreed under the old policy (the Administrator's own carries on).
         self.terminate_channels_except(None, Some(client), "the security flags changed");
@@ -332,9 +316,7 @@ impl Hsm {
         // must not go on to send a PIN on one (its connection is closed with a notice).
         if tessera_channel::Policy::from_device_flags(bits).requires_channel() {
             let ended = self.end_clear_sessions();
-            let state = self.lock();
             self.event(
-                &state,
                 "Administrator",
                 "clear-sessions-ended",
                 format!(
@@ -353,8 +335,8 @@ impl Hsm {
         }
         let token_id = {
             let state = self.lock();
-            let token_id = state.slot_token(slot)?;
-            if state.is_admin(token_id) {
+            let token_id = state.device.slot_token(slot)?;
+            if state.device.is_admin(token_id) {
                 return Err(Rv::SlotIdInvalid);
             }
             token_id
@@ -363,27 +345,28 @@ impl Hsm {
     }
 
     fn add_slots(&self, count: u64) -> Result<Reply, Rv> {
+        let mut change = self.device.change();
         let mut state = self.lock();
-        let total = state.device.user_tokens.len() as u64 + count;
+        let total = change.user_tokens.len() as u64 + count;
         if count == 0 || total > MAX_USER_SLOTS {
             return Err(Rv::ArgumentsBad);
         }
-        let mut device = state.device.clone();
         let blank = TokenRecord::default();
+        let device = &mut change.record;
         let new: Vec<u64> = (device.next_token..device.next_token + count).collect();
         device.next_token += count;
         device.user_tokens.extend(&new);
         let put: Vec<(u64, &TokenRecord)> = new.iter().map(|t| (*t, &blank)).collect();
         self.store
-            .update_device(&device, &put, &new, &[])
+            .update_device(device, &put, &new, &[])
             .map_err(crate::store_failure)?;
         for token_id in &new {
             state.tokens.insert(*token_id, crate::Token::blank());
         }
-        state.device = device;
-        self.refresh_device_objects(&mut state);
+        let flags = change.flags;
+        state.publish(change);
+        self.refresh_device_objects(&mut state, flags);
         self.event(
-            &state,
             "Administrator",
             "slots-added",
             format!("{count} added, {total} user slots"),
@@ -392,27 +375,26 @@ impl Hsm {
     }
 
     fn delete_slot(&self, slot: u64) -> Result<Reply, Rv> {
+        let mut change = self.device.change();
         let mut state = self.lock();
-        let token_id = state.slot_token(slot)?;
-        if state.is_admin(token_id) {
+        let token_id = state.device.slot_token(slot)?;
+        if state.device.is_admin(token_id) {
             return Err(Rv::SlotIdInvalid);
         }
-        if state.device.user_tokens.len() == 1 {
+        if change.user_tokens.len() == 1 {
             return Err(Rv::ArgumentsBad);
         }
         if state.sessions.on_token(token_id).next().is_some() {
             return Err(Rv::SessionExists);
         }
-        let mut device = state.device.clone();
-        device.user_tokens.retain(|t| *t != token_id);
+        change.record.user_tokens.retain(|t| *t != token_id);
         self.store
-            .update_device(&device, &[], &[], &[token_id])
+            .update_device(&change.record, &[], &[], &[token_id])
             .map_err(crate::store_failure)?;
         state.tokens.remove(&token_id);
-        state.device = device;
+        state.publish(change);
         let left = state.device.user_tokens.len();
         self.event(
-            &state,
             "Administrator",
             "slot-deleted",
             format!("slot {slot} deleted, {left} user slots"),
@@ -424,23 +406,23 @@ impl Hsm {
     /// PINs, the flags return to Default Mode (Mode Locked cleared), every session ends.
     /// Identity keys and certificates are kept.
     pub(crate) fn tamper(&self, role: &str, cause: &str) -> Result<Reply, Rv> {
+        let mut change = self.device.change();
         let mut state = self.lock();
-        let mut device = state.device.clone();
-        device.flags = 0;
-        let all: Vec<u64> = state.slot_tokens().collect();
+        change.record.flags = 0;
+        let all: Vec<u64> = state.device.slot_tokens().collect();
         let blank = TokenRecord::default();
         let put: Vec<(u64, &TokenRecord)> = all.iter().map(|t| (*t, &blank)).collect();
         self.store
-            .update_device(&device, &put, &all, &[])
+            .update_device(&change.record, &put, &all, &[])
             .map_err(crate::store_failure)?;
         state.sessions.clear();
         for token_id in &all {
             state.tokens.insert(*token_id, crate::Token::blank());
         }
-        state.device = device;
-        self.refresh_device_objects(&mut state);
+        state.publish(change);
+        self.refresh_device_objects(&mut state, 0);
         crate::crypto::forget_parsed_keys();
-        self.event(&state, role, "tamper", cause.into());
+        self.event(role, "tamper", cause.into());
         drop(state);
         self.terminate_channels(None, "tamper");
         Ok(Reply::Done)

@@ -84,7 +84,7 @@ impl Channels {
 impl Hsm {
     /// The secure-messaging policy the device's flags demand.
     pub fn device_policy(&self) -> Policy {
-        Policy::from_device_flags(self.lock_state().flags())
+        Policy::from_device_flags(self.device.now().flags)
     }
 
     /// Registers a new channel for `peer`; refused when the device holds its limit.
@@ -92,7 +92,7 @@ impl Hsm {
         let mut map = self.channels.map();
         if map.len() >= self.channels.limit {
             drop(map);
-            self.event_now(
+            self.event(
                 "Device",
                 "channel-refused",
                 format!("limit of {} channels reached ({peer})", self.channels.limit),
@@ -118,7 +118,7 @@ impl Hsm {
     pub fn close_channel(&self, info: &ChannelInfo, by: &str, why: &str) {
         if self.channels.map().remove(&info.id).is_some() {
             self.disconnect(info.client);
-            self.event_now(
+            self.event(
                 by,
                 "channel-closed",
                 format!("channel {} ({}): {why}", info.id, info.peer),
@@ -162,7 +162,7 @@ impl Hsm {
 
     /// Records a channel event (open, rollover, integrity failure, policy refusal).
     pub fn channel_event(&self, role: &str, kind: &str, detail: String) {
-        self.event_now(role, kind, detail);
+        self.event(role, kind, detail);
     }
 
     /// Marks channels terminated (all when `which` is `None`); each connection notices before

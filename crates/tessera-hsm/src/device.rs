@@ -1,6 +1,7 @@
 //! Creating and opening a device, and the info records of the device, its slots and tokens.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use tessera_core::ck;
 use tessera_core::info::{DeviceInfo, SlotInfo, TokenInfo, Version};
@@ -8,8 +9,134 @@ use tessera_core::Rv;
 use tessera_store::{DeviceRecord, MasterKey, Store, StoreError, TokenRecord};
 
 use crate::error::HsmError;
+use crate::identity::IdentityRecord;
 pub use crate::protection::DeviceKeyProtection;
 use crate::{Hsm, State, Token, MAX_PIN_FAILURES, MAX_PIN_LEN, MAX_SESSIONS, MIN_PIN_LEN};
+
+/// The device aggregate: its record (flags, slots, clock, transport mode) and its identity.
+/// A call reads one consistent value of it, an `Arc` taken without waiting for administration
+/// ([`Device::now`]); a change is made on a copy, stored, then published ([`Device::change`]).
+/// Changes take the device's turn first: the engine's lock order is device, then tokens
+/// ([`crate::State`]), then sessions. A change that touches tokens too (flags, slots, tamper)
+/// publishes while it holds the tokens, so whoever holds them reads a device that matches.
+pub(crate) struct Device {
+    current: RwLock<Arc<DeviceView>>,
+    changing: Mutex<()>,
+}
+
+/// One value of the device: what it records and its identity. Reads as its [`DeviceRecord`].
+#[derive(Clone)]
+pub(crate) struct DeviceView {
+    pub(crate) record: DeviceRecord,
+    pub(crate) identity: IdentityRecord,
+}
+
+impl DeviceView {
+    /// The token ids in slot order: the user slots, then the Admin slot.
+    pub(crate) fn slot_tokens(&self) -> impl Iterator<Item = u64> + '_ {
+        self.user_tokens
+            .iter()
+            .copied()
+            .chain(std::iter::once(self.admin_token))
+    }
+
+    /// The token id in a slot.
+    pub(crate) fn slot_token(&self, slot: u64) -> Result<u64, Rv> {
+        usize::try_from(slot)
+            .ok()
+            .and_then(|index| self.slot_tokens().nth(index))
+            .ok_or(Rv::SlotIdInvalid)
+    }
+
+    /// The slot a token is in now.
+    pub(crate) fn slot_of(&self, token_id: u64) -> u64 {
+        self.slot_tokens()
+            .position(|t| t == token_id)
+            .unwrap_or(usize::MAX) as u64
+    }
+
+    /// The name of a role on a token, for the event log.
+    pub(crate) fn role(&self, token_id: u64, so: bool) -> &'static str {
+        match (self.is_admin(token_id), so) {
+            (true, true) => "ASO",
+            (true, false) => "Administrator",
+            (false, true) => "SO",
+            (false, false) => "User",
+        }
+    }
+
+    /// True for the Admin token.
+    pub(crate) fn is_admin(&self, token_id: u64) -> bool {
+        token_id == self.admin_token
+    }
+}
+
+impl std::ops::Deref for DeviceView {
+    type Target = DeviceRecord;
+    fn deref(&self) -> &DeviceRecord {
+        &self.record
+    }
+}
+
+/// A change of the device in progress: a copy of its current value, published when done
+/// ([`DeviceChange::publish`]); dropped unpublished, it changed nothing. Only one is in
+/// progress at a time.
+pub(crate) struct DeviceChange<'a> {
+    device: &'a Device,
+    _turn: MutexGuard<'a, ()>,
+    view: DeviceView,
+}
+
+impl Device {
+    pub(crate) fn new(record: DeviceRecord, identity: IdentityRecord) -> Device {
+        Device {
+            current: RwLock::new(Arc::new(DeviceView { record, identity })),
+            changing: Mutex::new(()),
+        }
+    }
+
+    /// The device as it is now.
+    pub(crate) fn now(&self) -> Arc<DeviceView> {
+        // A panic while a change was published is a bug of ours; the value it left is whole.
+        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Starts a change, waiting for one in progress to end.
+    pub(crate) fn change(&self) -> DeviceChange<'_> {
+        let turn = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        DeviceChange {
+            device: self,
+            _turn: turn,
+            view: DeviceView::clone(&self.now()),
+        }
+    }
+}
+
+impl DeviceChange<'_> {
+    /// Makes the changed value the device's (after it is stored) and returns it.
+    pub(crate) fn publish(self) -> Arc<DeviceView> {
+        let view = Arc::new(self.view);
+        *self
+            .device
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::clone(&view);
+        view
+    }
+}
+
+impl std::ops::Deref for DeviceChange<'_> {
+    type Target = DeviceView;
+    fn deref(&self) -> &DeviceView {
+        &self.view
+    }
+}
+
+impl std::ops::DerefMut for DeviceChange<'_> {
+    fn deref_mut(&mut self) -> &mut DeviceView {
+        &mut self.view
+    }
+}
 
 /// Model string of every Tessera device.
 pub const MODEL: &str = "Tessera HSM";
@@ -250,9 +377,8 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
         events,
         channels: crate::channels::Channels::new(options.max_channels),
         limits: options.limits,
+        device: Device::new(device, identity),
         state: std::sync::Mutex::new(State {
-            device,
-            identity,
             tokens,
             next_session_object: crate::SESSION_OBJECT_BASE,
             next_client: 0,
@@ -260,7 +386,8 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
             limits_reported: Default::default(),
         }),
     };
-    hsm.refresh_device_objects(&mut hsm.lock());
+    let flags = hsm.device.now().flags;
+    hsm.refresh_device_objects(&mut hsm.lock(), flags);
     Ok(hsm)
 }
 
@@ -272,28 +399,28 @@ fn version() -> Version {
 
 impl Hsm {
     pub(crate) fn device_info(&self) -> DeviceInfo {
-        let state = self.lock();
+        let device = self.device.now();
         DeviceInfo {
             serial: self.serial.clone(),
-            model: state.device.model.clone(),
+            model: device.model.clone(),
             manufacturer: MANUFACTURER.into(),
             firmware: version(),
             hardware: Version { major: 1, minor: 0 },
-            slot_count: state.device.user_tokens.len() as u64 + 1,
-            channel_required: tessera_channel::Policy::from_device_flags(state.flags())
+            slot_count: device.user_tokens.len() as u64 + 1,
+            channel_required: tessera_channel::Policy::from_device_flags(device.flags)
                 .requires_channel(),
         }
     }
 
     /// The device clock: the host clock plus the offset the Administrator set.
-    pub(crate) fn clock(&self, state: &State) -> u64 {
-        crate::time::now().saturating_add_signed(state.device.clock_offset)
+    pub(crate) fn clock(&self) -> u64 {
+        crate::time::now().saturating_add_signed(self.device.now().clock_offset)
     }
 
     pub(crate) fn slot_info(&self, slot: u64) -> Result<SlotInfo, Rv> {
         let state = self.lock();
-        let token_id = state.slot_token(slot)?;
-        let description = if state.is_admin(token_id) {
+        let token_id = state.device.slot_token(slot)?;
+        let description = if state.device.is_admin(token_id) {
             format!("Tessera {} Admin slot", self.serial)
         } else {
             format!("Tessera {} slot {slot}", self.serial)
@@ -310,7 +437,7 @@ impl Hsm {
 
     pub(crate) fn token_info(&self, slot: u64) -> Result<TokenInfo, Rv> {
         let state = self.lock();
-        let token_id = state.slot_token(slot)?;
+        let token_id = state.device.slot_token(slot)?;
         let token = state.token(token_id)?;
         let record = &token.record;
         let mut flags = ck::CKF_RNG | ck::CKF_LOGIN_REQUIRED | ck::CKF_RESTORE_KEY_NOT_NEEDED;
@@ -337,7 +464,7 @@ impl Hsm {
         let label = String::from_utf8_lossy(&record.label)
             .trim_end()
             .to_string();
-        let model = if state.is_admin(token_id) {
+        let model = if state.device.is_admin(token_id) {
             "Tessera Admin"
         } else {
             MODEL
@@ -355,7 +482,7 @@ impl Hsm {
             min_pin_len: MIN_PIN_LEN as u64,
             hardware: Version { major: 1, minor: 0 },
             firmware: version(),
-            utc_time: crate::time::utc_time(self.clock(&state)),
+            utc_time: crate::time::utc_time(self.clock()),
         })
     }
 }
@@ -371,5 +498,84 @@ fn pin_count_flags(
         f if f >= MAX_PIN_FAILURES => locked,
         f if f + 1 == MAX_PIN_FAILURES => low | final_try,
         _ => low,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use tessera_core::SecretBytes;
+    use tessera_wire::{Call, Reply};
+
+    fn device(dir: &std::path::Path) -> Arc<crate::Hsm> {
+        let options = crate::HsmOptions {
+            user_slots: 1,
+            kdf_iterations: 1000,
+            ..Default::default()
+        };
+        Arc::new(crate::Hsm::open(dir, &options).unwrap())
+    }
+
+    /// The device is an aggregate of its own: while the Administrator's change of it is in
+    /// progress (an identity key being generated, say), token and session calls read the
+    /// device as it is and go on, instead of waiting for it.
+    #[test]
+    fn calls_go_on_while_the_device_is_being_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let hsm = device(dir.path());
+        let client = hsm.connect();
+        let init = Call::InitToken {
+            slot: 0,
+            so_pin: SecretBytes::from_slice(b"so-pin"),
+            label: b"t".to_vec(),
+        };
+        hsm.handle(client, true, init).unwrap();
+
+        let change = hsm.device.change();
+        let worker = {
+            let hsm = hsm.clone();
+            std::thread::spawn(move || {
+                hsm.handle(client, true, Call::DeviceInfo)?;
+                hsm.handle(client, true, Call::SlotInfo { slot: 0 })?;
+                hsm.handle(client, true, Call::TokenInfo { slot: 0 })?;
+                let flags = tessera_core::ck::CKF_SERIAL_SESSION as u64;
+                let Reply::Handle(session) =
+                    hsm.handle(client, true, Call::OpenSession { slot: 0, flags })?
+                else {
+                    panic!("no session")
+                };
+                hsm.handle(client, true, Call::GenerateRandom { session, len: 16 })?;
+                hsm.handle(client, true, Call::CloseSession { session })
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !worker.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let finished = worker.is_finished();
+        drop(change);
+        assert!(finished, "the calls waited for the device's change");
+        assert!(matches!(worker.join().unwrap(), Ok(Reply::Done)));
+    }
+
+    /// A change is made on a copy: dropped unpublished it changed nothing; published, the next
+    /// call reads it, and one that had read the device before keeps the value it read.
+    #[test]
+    fn a_device_change_counts_only_once_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let hsm = device(dir.path());
+        let before = hsm.device.now();
+        let mut change = hsm.device.change();
+        change.record.clock_offset = 3600;
+        drop(change);
+        assert_eq!(hsm.device.now().clock_offset, 0, "an unpublished change");
+        let mut change = hsm.device.change();
+        change.record.clock_offset = 3600;
+        change.publish();
+        assert_eq!(hsm.device.now().clock_offset, 3600);
+        assert_eq!(hsm.lock().device.clock_offset, 3600);
+        assert_eq!(before.clock_offset, 0, "a value read before is its own");
     }
 }

@@ -10,7 +10,8 @@ use tessera_identity::issue::{self, Curve};
 use tessera_wire::{Identity, IdentityTarget, KeyState, Reply};
 use zeroize::Zeroizing;
 
-use crate::{Hsm, State};
+use crate::device::DeviceChange;
+use crate::Hsm;
 
 const RECORD_KEY: &str = "identity";
 
@@ -21,7 +22,7 @@ struct SealedKey {
 }
 
 /// What the store keeps.
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Clone, Serialize, Deserialize, Default)]
 pub(crate) struct IdentityRecord {
     pik: Option<SealedKey>,
     pic: Option<Vec<u8>>,
@@ -98,17 +99,23 @@ impl Hsm {
         Ok(Zeroizing::new(plain.expose().to_vec()))
     }
 
-    fn save_identity(&self, state: &mut State, record: IdentityRecord) -> Result<(), Rv> {
+    /// Stores the changed identity and publishes it; unstored, the device keeps the one it had.
+    fn save_identity(
+        &self,
+        mut change: DeviceChange<'_>,
+        record: IdentityRecord,
+    ) -> Result<(), Rv> {
         let bytes = postcard::to_stdvec(&record).map_err(failed)?;
         self.store
             .put_meta(RECORD_KEY, &bytes)
             .map_err(crate::store_failure)?;
-        state.identity = record;
+        change.identity = record;
+        change.publish();
         Ok(())
     }
 
     pub(crate) fn identity(&self) -> Identity {
-        self.lock().identity.public(&self.serial)
+        self.device.now().identity.public(&self.serial)
     }
 
     pub(crate) fn generate_identity(
@@ -118,8 +125,8 @@ impl Hsm {
         replace: bool,
     ) -> Result<Reply, Rv> {
         let curve = curve(curve_name)?;
-        let mut state = self.lock();
-        let current = &state.identity;
+        let change = self.device.change();
+        let current = &change.identity;
         let exists = match target {
             IdentityTarget::All => current.pik.is_some() || current.pok.is_some(),
             IdentityTarget::Pic => current.pik.is_some(),
@@ -128,7 +135,7 @@ impl Hsm {
         if exists && !replace {
             return Err(Rv::IdentityExists);
         }
-        let mut record = std::mem::take(&mut state.identity);
+        let mut record = change.identity.clone();
         if matches!(target, IdentityTarget::All | IdentityTarget::Poc) {
             let pok = issue::generate_key(curve).map_err(failed)?;
             record.poc = Some(issue::owner_certificate(&pok, curve, &self.serial).map_err(failed)?);
@@ -154,40 +161,39 @@ impl Hsm {
             }
             record.pik = Some(self.seal_key(curve, &pik, "pik")?);
         }
-        self.save_identity(&mut state, record)?;
+        self.save_identity(change, record)?;
         let detail = format!(
             "{target:?} on {}{}",
             curve.name(),
             if replace { ", replacing" } else { "" }
         );
-        self.event(&state, "Administrator", "identity-generated", detail);
+        self.event("Administrator", "identity-generated", detail);
         Ok(Reply::Done)
     }
 
     pub(crate) fn pik_request(&self, curve_name: &str, replace: bool) -> Result<Reply, Rv> {
         let curve = curve(curve_name)?;
-        let mut state = self.lock();
-        if state.identity.pic.is_some() && !replace {
+        let change = self.device.change();
+        if change.identity.pic.is_some() && !replace {
             return Err(Rv::IdentityExists);
         }
         // A pending PIK (request made, PIC not yet imported) is reused: asking twice gives a
         // request for the same key.
-        let reuse = state.identity.pic.is_none() && !replace && state.identity.pik.is_some();
+        let reuse = change.identity.pic.is_none() && !replace && change.identity.pik.is_some();
         let (pik, pik_curve) = if reuse {
-            let key = state.identity.pik.as_ref().ok_or(Rv::GeneralError)?;
+            let key = change.identity.pik.as_ref().ok_or(Rv::GeneralError)?;
             (self.open_key(key, "pik")?, key.curve)
         } else {
             let pik = issue::generate_key(curve).map_err(failed)?;
-            let mut record = std::mem::take(&mut state.identity);
+            let mut record = change.identity.clone();
             record.pik = Some(self.seal_key(curve, &pik, "pik")?);
             record.pic = None;
             record.chain = Vec::new();
-            self.save_identity(&mut state, record)?;
+            self.save_identity(change, record)?;
             (pik, curve)
         };
         let request = issue::identity_request(&pik, pik_curve, &self.serial).map_err(failed)?;
         self.event(
-            &state,
             "Administrator",
             "pik-request",
             format!("PIK on {} pending", pik_curve.name()),
@@ -196,8 +202,9 @@ impl Hsm {
     }
 
     pub(crate) fn sign_identity_request(&self, request: &[u8]) -> Result<Reply, Rv> {
-        let mut state = self.lock();
-        let (Some(pok_key), Some(poc)) = (state.identity.pok.as_ref(), state.identity.poc.clone())
+        let change = self.device.change();
+        let (Some(pok_key), Some(poc)) =
+            (change.identity.pok.as_ref(), change.identity.poc.clone())
         else {
             return Err(Rv::OwnerKeyRequired);
         };
@@ -207,13 +214,12 @@ impl Hsm {
                 tracing::warn!(error = %e, "refused an identity request");
                 Rv::DataInvalid
             })?;
-        if !state.identity.poc_signed {
-            let mut record = std::mem::take(&mut state.identity);
+        if !change.identity.poc_signed {
+            let mut record = change.identity.clone();
             record.poc_signed = true;
-            self.save_identity(&mut state, record)?;
+            self.save_identity(change, record)?;
         }
         self.event(
-            &state,
             "Administrator",
             "pik-signed",
             format!("PIC for device {serial}"),
@@ -222,8 +228,12 @@ impl Hsm {
     }
 
     pub(crate) fn import_pic(&self, pic: &[u8], chain: Vec<Vec<u8>>) -> Result<Reply, Rv> {
-        let mut state = self.lock();
-        let key = state.identity.pik.as_ref().ok_or(Rv::CertificateMismatch)?;
+        let change = self.device.change();
+        let key = change
+            .identity
+            .pik
+            .as_ref()
+            .ok_or(Rv::CertificateMismatch)?;
         let pik = self.open_key(key, "pik")?;
         let expected = issue::public_key(&pik, key.curve).map_err(failed)?;
         let info = CertificateInfo::parse(pic).map_err(|_| Rv::DataInvalid)?;
@@ -246,24 +256,23 @@ impl Hsm {
                 Rv::CertNotValidated
             },
         )?;
-        let mut record = std::mem::take(&mut state.identity);
+        let mut record = change.identity.clone();
         record.pic = Some(pic.to_vec());
         record.chain = chain;
-        self.save_identity(&mut state, record)?;
-        self.event(&state, "Administrator", "pic-imported", info.fingerprint);
+        self.save_identity(change, record)?;
+        self.event("Administrator", "pic-imported", info.fingerprint);
         Ok(Reply::Done)
     }
 
     pub(crate) fn add_peer(&self, certificate: &[u8]) -> Result<Reply, Rv> {
         let info = CertificateInfo::parse(certificate).map_err(|_| Rv::DataInvalid)?;
-        let mut state = self.lock();
-        if !state.identity.peers.iter().any(|p| p == certificate) {
-            let mut record = std::mem::take(&mut state.identity);
+        let change = self.device.change();
+        if !change.identity.peers.iter().any(|p| p == certificate) {
+            let mut record = change.identity.clone();
             record.peers.push(certificate.to_vec());
-            self.save_identity(&mut state, record)?;
+            self.save_identity(change, record)?;
         }
         self.event(
-            &state,
             "Administrator",
             "peer-added",
             format!("{} {}", info.subject, info.fingerprint),
@@ -273,8 +282,8 @@ impl Hsm {
 
     pub(crate) fn remove_peer(&self, prefix: &str) -> Result<Reply, Rv> {
         let wanted = prefix.replace(':', "").to_ascii_lowercase();
-        let mut state = self.lock();
-        let matching: Vec<usize> = state
+        let change = self.device.change();
+        let matching: Vec<usize> = change
             .identity
             .peers
             .iter()
@@ -285,11 +294,10 @@ impl Hsm {
         let [index] = matching.as_slice() else {
             return Err(Rv::ArgumentsBad);
         };
-        let mut record = std::mem::take(&mut state.identity);
+        let mut record = change.identity.clone();
         let removed = record.peers.remove(*index);
-        self.save_identity(&mut state, record)?;
+        self.save_identity(change, record)?;
         self.event(
-            &state,
             "Administrator",
             "peer-removed",
             tessera_identity::inspect::fingerprint(&removed),
@@ -299,20 +307,26 @@ impl Hsm {
 
     /// The PIC followed by its issuer chain.
     pub(crate) fn identity_chain(&self) -> Result<Vec<Vec<u8>>, Rv> {
-        let state = self.lock();
-        let pic = state.identity.pic.clone().ok_or(Rv::NoSessionKeys)?;
+        let device = self.device.now();
+        let pic = device.identity.pic.clone().ok_or(Rv::NoSessionKeys)?;
         let mut chain = vec![pic];
-        chain.extend(state.identity.chain.iter().cloned());
+        chain.extend(device.identity.chain.iter().cloned());
         Ok(chain)
     }
 
     /// The PIK's signature over `message`.
     ///
     /// The PIK is unsealed and parsed once and kept (as long as the stored key is the same), and
-    /// the signature is made outside the device's state lock: handshakes neither wait for each
-    /// other here nor hold up the other calls.
+    /// the signature is made outside every lock: handshakes neither wait for each other here
+    /// nor hold up the other calls.
     pub(crate) fn identity_signature(&self, message: &[u8]) -> Result<Vec<u8>, Rv> {
-        let pik = self.lock().identity.pik.clone().ok_or(Rv::NoSessionKeys)?;
+        let pik = self
+            .device
+            .now()
+            .identity
+            .pik
+            .clone()
+            .ok_or(Rv::NoSessionKeys)?;
         let cached = {
             let cache = self.pik_cache.lock().unwrap_or_else(|e| e.into_inner());
             cache
@@ -335,6 +349,6 @@ impl Hsm {
     }
 
     pub(crate) fn peers(&self) -> Reply {
-        Reply::Certificates(self.lock().identity.peers.clone())
+        Reply::Certificates(self.device.now().identity.peers.clone())
     }
 }

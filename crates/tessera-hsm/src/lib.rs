@@ -33,10 +33,10 @@ mod wrap;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use tessera_core::Rv;
-use tessera_store::{DeviceRecord, HeldKey, MasterKey, Store, TokenRecord};
+use tessera_store::{HeldKey, MasterKey, Store, TokenRecord};
 use tessera_wire::{Call, Reply};
 
 pub(crate) use sessions::Session;
@@ -130,11 +130,10 @@ pub(crate) struct Token {
     objects: object_set::ObjectSet,
 }
 
+/// The tokens (their PINs and logins, objects and store records) behind one lock, second in
+/// the engine's order (device, tokens, sessions), with the PIN checks in flight and what is
+/// counted per client.
 pub(crate) struct State {
-    /// The device record (slots, flags, clock, transport mode).
-    device: DeviceRecord,
-    /// The device identity (kept apart from the tokens: a tamper leaves it).
-    identity: identity::IdentityRecord,
     /// Tokens by token id.
     tokens: BTreeMap<u64, Token>,
     next_session_object: u64,
@@ -168,6 +167,9 @@ pub struct Hsm {
     requests: std::sync::atomic::AtomicU64,
     /// The PIK, parsed, with the sealed record it came from (see `identity_signature`).
     pik_cache: PikCache,
+    /// The device (flags, slots, clock, identity): read as one value, changed by the
+    /// Administrator; first in the lock order.
+    device: device::Device,
     state: Mutex<State>,
     /// The sessions: an aggregate with its own lock, taken after `state` when both are needed.
     sessions: Mutex<sessions::Sessions>,
@@ -215,7 +217,7 @@ impl Hsm {
     /// Writes the event-log entries held back (channel openings and closings); the daemon
     /// calls it periodically and when it stops.
     pub fn flush_events(&self) {
-        let time = self.clock(&self.lock());
+        let time = self.clock();
         self.events.count_channels(&self.store, time, false);
         self.events.flush(&self.store);
     }
@@ -223,7 +225,7 @@ impl Hsm {
     /// Writes what the event log holds back, the counts of channels included: the daemon
     /// calls it when it stops.
     pub fn close_events(&self) {
-        let time = self.clock(&self.lock());
+        let time = self.clock();
         self.events.count_channels(&self.store, time, true);
         self.events.flush(&self.store);
     }
@@ -254,7 +256,6 @@ impl Hsm {
         if state.limits_reported.insert((client, limit)) {
             tracing::warn!(client, limit, code = rv.name(), "a client reached a limit");
             self.event(
-                state,
                 "Public",
                 "limit-reached",
                 format!("client {client}: {limit} ({})", rv.name()),
@@ -266,7 +267,7 @@ impl Hsm {
     /// Records a `limit-reached` event for a limit of the daemon's (connections, frame memory,
     /// idle time); batched like channel events.
     pub fn limit_event(&self, detail: String) {
-        self.event_now("Public", "limit-reached", detail);
+        self.event("Public", "limit-reached", detail);
     }
 
     /// Whether `client` has a session open.
@@ -284,6 +285,9 @@ impl Hsm {
     pub(crate) fn lock(&self) -> Locked<'_> {
         let state = self.lock_state();
         Locked {
+            // Read while the tokens are held: a change of the device that touches them is
+            // published before it lets them go, so the two match.
+            device: self.device.now(),
             state,
             sessions: self.sessions(),
         }
@@ -329,13 +333,13 @@ impl Hsm {
             R::TokenInfo { slot } => self.token_info(slot).map(Reply::Token),
             R::MechanismList { slot } => {
                 let state = self.lock();
-                state.slot_token(slot)?;
-                Ok(Reply::Mechanisms(mechanisms::list(state.flags())))
+                state.device.slot_token(slot)?;
+                Ok(Reply::Mechanisms(mechanisms::list(state.device.flags)))
             }
             R::MechanismInfo { slot, mechanism } => {
                 let state = self.lock();
-                state.slot_token(slot)?;
-                mechanisms::info(mechanism, state.flags())
+                state.device.slot_token(slot)?;
+                mechanisms::info(mechanism, state.device.flags)
                     .map(Reply::Mechanism)
                     .ok_or(Rv::MechanismInvalid)
             }
@@ -353,7 +357,7 @@ impl Hsm {
             }
             R::CloseAllSessions { slot } => {
                 let mut state = self.lock();
-                let token_id = state.slot_token(slot)?;
+                let token_id = state.device.slot_token(slot)?;
                 let handles =
                     (state.sessions).handles(|s| s.client == client && s.token_id == token_id);
                 for handle in handles {
@@ -511,9 +515,10 @@ impl Hsm {
     }
 }
 
-/// The state and the sessions, locked together for a call that needs both ([`Hsm::lock`]);
-/// it reads as the [`State`] it holds.
+/// The tokens and the sessions, locked together for a call that needs both ([`Hsm::lock`]),
+/// with the device as it was when they were taken; it reads as the [`State`] it holds.
 pub(crate) struct Locked<'a> {
+    pub(crate) device: Arc<device::DeviceView>,
     state: MutexGuard<'a, State>,
     pub(crate) sessions: MutexGuard<'a, sessions::Sessions>,
 }
@@ -532,6 +537,20 @@ impl std::ops::DerefMut for Locked<'_> {
 }
 
 impl Locked<'_> {
+    /// With No Public Crypto (`c`), crypto and object writes need a login on the token.
+    pub(crate) fn check_public_crypto(&self, client: u64, token_id: u64) -> Result<(), Rv> {
+        let logged_in = self.token(token_id)?.login_of(client).is_some();
+        if self.device.flags & tessera_core::flags::NO_PUBLIC_CRYPTO != 0 && !logged_in {
+            return Err(Rv::UserNotLoggedIn);
+        }
+        Ok(())
+    }
+
+    /// A change of the device, published: what is read from here on is the new value.
+    pub(crate) fn publish(&mut self, change: device::DeviceChange<'_>) {
+        self.device = change.publish();
+    }
+
     pub(crate) fn session(&self, client: u64, handle: u64) -> Result<&Session, Rv> {
         self.sessions.get(client, handle)
     }
@@ -542,7 +561,9 @@ impl Locked<'_> {
 
     /// Closes a session and destroys the session objects it created.
     pub(crate) fn close_session(&mut self, handle: u64) {
-        let Locked { state, sessions } = self;
+        let Locked {
+            state, sessions, ..
+        } = self;
         if let Some(session) = sessions.remove(handle) {
             if let Some(token) = state.tokens.get_mut(&session.token_id) {
                 token
@@ -566,59 +587,6 @@ impl State {
 
     pub(crate) fn token_mut(&mut self, token_id: u64) -> Result<&mut Token, Rv> {
         self.tokens.get_mut(&token_id).ok_or(Rv::SlotIdInvalid)
-    }
-
-    /// The token ids in slot order: the user slots, then the Admin slot.
-    pub(crate) fn slot_tokens(&self) -> impl Iterator<Item = u64> + '_ {
-        self.device
-            .user_tokens
-            .iter()
-            .copied()
-            .chain(std::iter::once(self.device.admin_token))
-    }
-
-    /// The token id in a slot.
-    pub(crate) fn slot_token(&self, slot: u64) -> Result<u64, Rv> {
-        usize::try_from(slot)
-            .ok()
-            .and_then(|index| self.slot_tokens().nth(index))
-            .ok_or(Rv::SlotIdInvalid)
-    }
-
-    /// The slot a token is in now.
-    pub(crate) fn slot_of(&self, token_id: u64) -> u64 {
-        self.slot_tokens()
-            .position(|t| t == token_id)
-            .unwrap_or(usize::MAX) as u64
-    }
-
-    /// The name of a role on a token, for the event log.
-    pub(crate) fn role(&self, token_id: u64, so: bool) -> &'static str {
-        match (self.is_admin(token_id), so) {
-            (true, true) => "ASO",
-            (true, false) => "Administrator",
-            (false, true) => "SO",
-            (false, false) => "User",
-        }
-    }
-
-    /// The device flags.
-    pub(crate) fn flags(&self) -> u64 {
-        self.device.flags
-    }
-
-    /// With No Public Crypto (`c`), crypto and object writes need a login on the token.
-    pub(crate) fn check_public_crypto(&self, client: u64, token_id: u64) -> Result<(), Rv> {
-        let logged_in = self.token(token_id)?.login_of(client).is_some();
-        if self.device.flags & tessera_core::flags::NO_PUBLIC_CRYPTO != 0 && !logged_in {
-            return Err(Rv::UserNotLoggedIn);
-        }
-        Ok(())
-    }
-
-    /// True for the Admin token.
-    pub(crate) fn is_admin(&self, token_id: u64) -> bool {
-        token_id == self.device.admin_token
     }
 }
 

@@ -165,7 +165,7 @@ impl Hsm {
             }
         }
         let mut state = self.lock();
-        object::complete(&mut attributes, None, state.flags())?;
+        object::complete(&mut attributes, None, state.device.flags)?;
         let token_id = Self::check_create(&state, client, session, &attributes)?;
         self.insert(&mut state, client, session, token_id, attributes)
             .map(Reply::Handle)
@@ -451,8 +451,8 @@ impl Hsm {
             .ok_or(Rv::TemplateIncomplete)?;
         let mut attributes = object::from_template(template, class)?;
         let mut state = self.lock();
-        object::complete(&mut attributes, None, state.flags())?;
-        check_imported_key(&mut attributes, template, state.flags())?;
+        object::complete(&mut attributes, None, state.device.flags)?;
+        check_imported_key(&mut attributes, template, state.device.flags)?;
         let token_id = Self::check_create(&state, client, session, &attributes)?;
         self.insert(&mut state, client, session, token_id, attributes)
             .map(Reply::Handle)
@@ -473,7 +473,7 @@ impl Hsm {
         let so = token.login_of(client) == Some(Login::So);
         let mut attributes = self.full_attributes(token, token_id, handle, object)?;
         for change in template.iter() {
-            object::check_change(&attributes, change, true, so, state.flags())?;
+            object::check_change(&attributes, change, true, so, state.device.flags)?;
         }
         for change in template.iter() {
             attributes.set(change.ty, change.value.clone());
@@ -575,7 +575,7 @@ impl Hsm {
         let so = token.login_of(client) == Some(Login::So);
         let mut attributes = self.full_attributes(token, token_id, handle, object)?;
         for change in template.iter() {
-            object::check_change(&attributes, change, false, so, state.flags())?;
+            object::check_change(&attributes, change, false, so, state.device.flags)?;
         }
         for change in template.iter() {
             attributes.set(change.ty, change.value.clone());
@@ -701,7 +701,7 @@ impl Hsm {
         attributes.set_ulong(ck::CKA_KEY_TYPE, chosen);
         attributes.set(ck::CKA_VALUE as u64, crypto::random(length as usize)?);
         let mut state = self.lock();
-        object::complete(&mut attributes, Some(mechanism.ty), state.flags())?;
+        object::complete(&mut attributes, Some(mechanism.ty), state.device.flags)?;
         let token_id = Self::check_create(&state, client, session, &attributes)?;
         self.insert(&mut state, client, session, token_id, attributes)
             .map(Reply::Handle)
@@ -742,7 +742,7 @@ impl Hsm {
             Self::check_create(&state, client, session, &public)?;
             Self::check_create(&state, client, session, &private)?;
         }
-        let flags = self.lock().flags();
+        let flags = self.device.now().flags;
         let (public_parts, private_parts) =
             if matches!(key_type, ck::CKK_EC_EDWARDS | ck::CKK_EC_MONTGOMERY) {
                 let params = public

@@ -36,7 +36,7 @@ impl Hsm {
         }
         let token_id = current.token_id;
         state.check_public_crypto(client, token_id)?;
-        let flags = state.flags();
+        let flags = state.device.flags;
         if !crate::mechanisms::allowed(mechanism.ty, flags) {
             return Err(Rv::MechanismInvalid);
         }

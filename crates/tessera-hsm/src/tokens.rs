@@ -103,9 +103,10 @@ impl Hsm {
         let mut state = self.lock_state();
         while failures(&state.token(token_id)?.record, so) >= MAX_PIN_FAILURES {
             if !state.pin_checks.contains_key(&(token_id, so)) {
-                let (role, slot) = (state.role(token_id, so), state.slot_of(token_id));
                 drop(state);
-                self.event_now(role, "login-refused", format!("slot {slot}, PIN locked"));
+                let device = self.device.now();
+                let (role, slot) = (device.role(token_id, so), device.slot_of(token_id));
+                self.event(role, "login-refused", format!("slot {slot}, PIN locked"));
                 return Err(Rv::PinLocked);
             }
             // The count is full, but a guess still being checked may be the right PIN, which
@@ -156,19 +157,18 @@ impl Hsm {
     /// last one allowed (unless a right PIN checked meanwhile has put the count back to 0).
     fn pin_failure_events(&self, token_id: u64, so: bool, ordinal: u32) {
         let state = self.lock();
-        let role = state.role(token_id, so);
-        let slot = state.slot_of(token_id);
+        let role = state.device.role(token_id, so);
+        let slot = state.device.slot_of(token_id);
         let locked = state
             .token(token_id)
             .is_ok_and(|token| failures(&token.record, so) >= MAX_PIN_FAILURES);
         self.event(
-            &state,
             role,
             "login-failure",
             format!("slot {slot}, {ordinal} consecutive"),
         );
         if ordinal == MAX_PIN_FAILURES && locked {
-            self.event(&state, role, "pin-locked", format!("slot {slot}"));
+            self.event(role, "pin-locked", format!("slot {slot}"));
         }
     }
 
@@ -180,10 +180,10 @@ impl Hsm {
     ) -> Result<Reply, Rv> {
         let token_id = {
             let state = self.lock();
-            let token_id = state.slot_token(slot)?;
+            let token_id = state.device.slot_token(slot)?;
             // The Admin token is set up by `ctconf`; under No Clear PINs a plain C_InitToken
             // would carry the SO PIN in the clear, so only the admin path may initialise.
-            if state.is_admin(token_id)
+            if state.device.is_admin(token_id)
                 || state.device.flags & tessera_core::flags::NO_CLEAR_PINS != 0
             {
                 return Err(Rv::AccessDenied);
@@ -242,14 +242,15 @@ impl Hsm {
         token.objects.clear();
         token.logins.clear();
         token.master = None;
-        self.refresh_device_objects(&mut state);
-        let slot = state.slot_of(token_id);
-        self.event(&state, role, "token-initialised", format!("slot {slot}"));
+        let flags = state.device.flags;
+        self.refresh_device_objects(&mut state, flags);
+        let slot = state.device.slot_of(token_id);
+        self.event(role, "token-initialised", format!("slot {slot}"));
         Ok(Reply::Done)
     }
 
     pub(crate) fn open_session(&self, client: u64, slot: u64, flags: u64) -> Result<Reply, Rv> {
-        let token_id = self.lock().slot_token(slot)?;
+        let token_id = self.device.now().slot_token(slot)?;
         if flags & ck::CKF_SERIAL_SESSION as u64 == 0 {
             return Err(Rv::SessionParallelNotSupported);
         }
@@ -293,7 +294,7 @@ impl Hsm {
             flags |= ck::CKF_RW_SESSION;
         }
         Ok(SessionInfo {
-            slot: state.slot_of(session.token_id),
+            slot: state.device.slot_of(session.token_id),
             state: state_code as u64,
             flags: flags as u64,
             device_error: 0,
