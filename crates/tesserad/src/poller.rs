@@ -22,17 +22,25 @@ impl Poller {
         }
     }
 
-    /// Waits for `future`, polling it (and yielding) for up to the window first when no other
-    /// connection is polling.
-    pub(crate) async fn promptly<F: std::future::Future>(&self, future: F) -> F::Output {
-        let mut future = std::pin::pin!(future);
+    /// Polls `future` once, then again and again (yielding between polls) for up to the window
+    /// when no other connection is polling; `None` if it is still pending then: the caller waits for it
+    /// (beside whatever else it waits for).
+    pub(crate) async fn promptly_or_pending<F: std::future::Future>(
+        &self,
+        mut future: std::pin::Pin<&mut F>,
+    ) -> Option<F::Output> {
+        let polled =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(future.as_mut().poll(cx))).await;
+        if let std::task::Poll::Ready(output) = polled {
+            return Some(output);
+        }
         if self.window.is_zero()
             || self
                 .busy
                 .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                 .is_err()
         {
-            return future.await;
+            return None;
         }
         struct Turn<'a>(&'a AtomicBool);
         impl Drop for Turn<'_> {
@@ -40,23 +48,19 @@ impl Poller {
                 self.0.store(false, Ordering::Release);
             }
         }
-        let turn = Turn(&self.busy);
+        let _turn = Turn(&self.busy);
         let start = std::time::Instant::now();
-        loop {
-            let polled =
-                std::future::poll_fn(|cx| std::task::Poll::Ready(future.as_mut().poll(cx))).await;
-            if let std::task::Poll::Ready(output) = polled {
-                return output;
-            }
-            if start.elapsed() >= self.window {
-                break;
-            }
+        while start.elapsed() < self.window {
             // Other threads of this CPU first, then the runtime's other tasks and its I/O
             // readiness (a yielded task runs again after the runtime polls for events).
             std::thread::yield_now();
             tokio::task::yield_now().await;
+            let polled =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(future.as_mut().poll(cx))).await;
+            if let std::task::Poll::Ready(output) = polled {
+                return Some(output);
+            }
         }
-        drop(turn);
-        future.await
+        None
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tessera_config::listen::Listen;
 use tessera_hsm::Hsm;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 
 pub use crate::config::Config;
 use crate::connection::frame::FrameMemory;
@@ -55,15 +55,13 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
     let _file_size_signal =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ));
     let shutdown = Shutdown::new();
-    let (clear_sender, clear_ended) = watch::channel(0u64);
-    hsm.on_clear_sessions_ended(move || clear_sender.send_modify(|count| *count += 1));
+    hsm.on_clear_sessions_ended(shutdown.clear_sessions_ended());
     let tally = Arc::new(Tally::default());
     let shared = Shared {
         idle_timeout: config.idle_timeout,
         max_frame_len: config.max_frame_len,
         frames: Arc::new(FrameMemory::new(config.frame_memory, tally.clone())),
         tally: tally.clone(),
-        clear_ended,
         hsm: hsm.clone(),
         guard: Arc::new(Guard::new(config.peer_limits)),
         key_limits: config.key_limits,

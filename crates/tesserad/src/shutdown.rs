@@ -15,18 +15,64 @@ pub(crate) const DEADLINE: Duration = Duration::from_secs(5);
 
 /// The daemon's stop: the notice, and the count of connections not yet cleaned up.
 pub(crate) struct Shutdown {
-    notice: watch::Sender<bool>,
+    notice: Arc<watch::Sender<Signals>>,
     running: Arc<watch::Sender<usize>>,
+}
+
+/// What the daemon tells listeners and connections: that it stops, and how many times the
+/// flags came to require a channel and ended the sessions opened without one. One channel for
+/// both, so that a connection waiting for its next request waits for one notice, not two.
+#[derive(Clone, Copy, Default)]
+struct Signals {
+    stopping: bool,
+    clear_ended: u64,
+}
+
+/// Why [`Notice::stop_or_clear_ended`] returned.
+pub(crate) enum Signal {
+    /// The daemon stops.
+    Stop,
+    /// Sessions opened without a channel were ended: a connection without one closes.
+    ClearEnded,
 }
 
 /// What listeners and connections watch: stop accepting, stop reading.
 #[derive(Clone)]
-pub(crate) struct Notice(watch::Receiver<bool>);
+pub(crate) struct Notice {
+    signals: watch::Receiver<Signals>,
+    /// The endings of clear sessions already seen or ignored.
+    seen: u64,
+}
 
 impl Notice {
     /// Returns once the daemon stops (at once if it already does).
     pub(crate) async fn received(&mut self) {
-        let _ = self.0.wait_for(|stop| *stop).await;
+        let _ = self.signals.wait_for(|signals| signals.stopping).await;
+    }
+
+    /// Treats the endings of clear sessions so far as seen: they were not this holder's
+    /// business (a connection with a channel).
+    pub(crate) fn ignore_clear_ended(&mut self) {
+        self.seen = self.signals.borrow().clear_ended;
+    }
+
+    /// Returns once the daemon stops or, when `clear`, once clear sessions were ended since
+    /// they were last seen or ignored. Anything else wakes it only to wait again.
+    pub(crate) async fn stop_or_clear_ended(&mut self, clear: bool) -> Signal {
+        loop {
+            let now = *self.signals.borrow_and_update();
+            if now.stopping {
+                return Signal::Stop;
+            }
+            if clear && now.clear_ended != self.seen {
+                self.seen = now.clear_ended;
+                return Signal::ClearEnded;
+            }
+            if self.signals.changed().await.is_err() {
+                // The daemon is gone without a word: nothing more will come.
+                return Signal::Stop;
+            }
+        }
     }
 }
 
@@ -54,14 +100,22 @@ impl Drop for Running {
 impl Shutdown {
     pub(crate) fn new() -> Shutdown {
         Shutdown {
-            notice: watch::Sender::new(false),
+            notice: Arc::new(watch::Sender::new(Signals::default())),
             running: Arc::new(watch::Sender::new(0)),
         }
     }
 
     /// The notice, for a listener or a connection.
     pub(crate) fn notice(&self) -> Notice {
-        Notice(self.notice.subscribe())
+        let signals = self.notice.subscribe();
+        let seen = signals.borrow().clear_ended;
+        Notice { signals, seen }
+    }
+
+    /// What tells the connections that sessions opened without a channel were ended.
+    pub(crate) fn clear_sessions_ended(&self) -> impl Fn() + Send + Sync + 'static {
+        let notice = self.notice.clone();
+        move || notice.send_modify(|signals| signals.clear_ended += 1)
     }
 
     /// The count of running connections, for a listener.
@@ -72,7 +126,7 @@ impl Shutdown {
     /// Tells every listener to stop accepting and every connection to stop reading and clean
     /// up.
     pub(crate) fn begin(&self) {
-        self.notice.send_replace(true);
+        self.notice.send_modify(|signals| signals.stopping = true);
     }
 
     /// Waits until every connection has finished its clean-up, for [`DEADLINE`] at most; the

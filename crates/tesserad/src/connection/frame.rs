@@ -52,21 +52,21 @@ impl IdleClock {
         self.since = Instant::now();
     }
 
-    /// Completes once the current wait has lasted the whole limit.
+    /// Completes once the current wait has lasted the whole limit. The timer is set once and
+    /// moved only when it fires before that (frames came meanwhile): waits that end in a frame
+    /// leave it alone.
     async fn expired(&mut self) {
+        let since = self.since;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(since + self.limit)));
         loop {
-            let due = self.since + self.limit;
-            let timer = self
-                .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-            if timer.deadline() < due {
-                // Set for an earlier wait, which a frame ended: moved to this one's end.
-                timer.as_mut().reset(due);
-            }
             timer.as_mut().await;
-            if Instant::now() >= self.since + self.limit {
+            let due = self.since + self.limit;
+            if Instant::now() >= due {
                 return;
             }
+            timer.as_mut().reset(due);
         }
     }
 }
@@ -120,12 +120,14 @@ pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
             return Err(FrameError::TooLarge(len));
         }
         // A small body is read into fresh capacity (no zeroing pass first); a large one into
-        // capacity taken as the bytes come (from 1 MiB, doubling: a few copies at most).
+        // capacity taken as the bytes come (from 1 MiB and its headers, doubling: a few copies
+        // at most). A 1 MiB call's frame (data, call, record and envelope headers) fits the
+        // first: growing it by a few bytes copied the whole megabyte into a new buffer.
         let mut taken: Option<OwnedSemaphorePermit> = None;
         let mut body = if len <= UNCOUNTED {
             Vec::with_capacity(len)
         } else {
-            let first = len.min(1 << 20);
+            let first = len.min(FIRST_LARGE);
             taken = Some(memory.take(first).await?);
             Vec::with_capacity(first)
         };
@@ -170,6 +172,9 @@ pub(crate) struct FrameMemory {
     exhausted: AtomicBool,
     tally: Arc<Tally>,
 }
+
+/// The first buffer of a large frame: 1 MiB of data with room for its headers.
+const FIRST_LARGE: usize = (1 << 20) + 4096;
 
 /// Frames up to this size are read without counting against [`FrameMemory`] (every connection
 /// may hold one).

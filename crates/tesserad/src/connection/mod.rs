@@ -21,7 +21,7 @@ use tessera_wire::{
     SealedFrame, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use zeroize::Zeroize;
 
@@ -29,7 +29,7 @@ use crate::dispatch::{self, off_thread, on_channel, Job, SMALL};
 use crate::guard::Guard;
 use crate::poller::Poller;
 use crate::secure::{self, KeyLimits, Secure};
-use crate::shutdown::Notice;
+use crate::shutdown::{Notice, Signal};
 use crate::tally::Tally;
 use frame::{read_frame, FrameMemory, IdleClock, Read, WipingReader};
 use outbox::{respond, respond_sealed, spawn_writer, Outbox};
@@ -49,7 +49,6 @@ pub(crate) struct Shared {
     pub(crate) poller: Arc<Poller>,
     /// Changes when the flags come to require a channel: connections without one close (see
     /// [`Connection::next_frame`]).
-    pub(crate) clear_ended: watch::Receiver<u64>,
     pub(crate) idle_timeout: Duration,
     pub(crate) max_frame_len: usize,
     pub(crate) frames: Arc<FrameMemory>,
@@ -98,7 +97,6 @@ struct Connection<S> {
     guard: Arc<Guard>,
     frame_timeout: Duration,
     poller: Arc<Poller>,
-    clear_ended: watch::Receiver<u64>,
     idle_timeout: Duration,
     /// `--idle-timeout`, `None` when it is zero (no limit).
     idle: Option<IdleClock>,
@@ -127,20 +125,20 @@ struct Connection<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
-    fn new(stream: S, peer: String, ip: Option<IpAddr>, shared: Shared, stop: Notice) -> Self {
+    fn new(stream: S, peer: String, ip: Option<IpAddr>, shared: Shared, mut stop: Notice) -> Self {
+        // Sessions ended before this connection came are none of its business.
+        stop.ignore_clear_ended();
         let Shared {
             hsm,
             guard,
             key_limits,
             frame_timeout,
             poller,
-            mut clear_ended,
             idle_timeout,
             max_frame_len,
             frames,
             tally,
         } = shared;
-        clear_ended.mark_unchanged();
         let client = hsm.connect();
         let secure = Arc::new(Mutex::new(Secure::new(
             hsm.clone(),
@@ -155,7 +153,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             guard,
             frame_timeout,
             poller,
-            clear_ended,
             idle_timeout,
             idle: (!idle_timeout.is_zero()).then(|| IdleClock::new(idle_timeout)),
             max_frame_len,
@@ -180,8 +177,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
     async fn next_frame(&mut self) -> Option<Vec<u8>> {
         let (client, peer) = (self.client, self.peer.as_str());
         loop {
-            // An answered handshake must be finished in time.
-            let pending = secure::lock(&self.secure).is_pending();
+            // An answered handshake must be finished in time; only a connection without a
+            // channel listens for the end of clear sessions: it closes then, so a read cut
+            // short here is never resumed.
+            let (pending, clear) = {
+                let secure = secure::lock(&self.secure);
+                let pending = secure.is_pending();
+                (pending, !pending && secure.channel_id().is_none())
+            };
             let (reader, frames) = (&mut self.reader, &*self.frames);
             let (timeout, idle, max_len) =
                 (self.frame_timeout, self.idle.as_mut(), self.max_frame_len);
@@ -197,22 +200,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                     Some(read_frame(reader, timeout, idle, max_len, frames).await)
                 }
             };
-            // Only a connection without a channel listens for the end of clear sessions: it
-            // closes then, so a read cut short here is never resumed.
-            let clear = !pending && secure::lock(&self.secure).channel_id().is_none();
             if !clear {
-                // A change seen while the connection has a channel is not this connection's
+                // An ending seen while the connection has a channel is not this connection's
                 // business (its channel was ended on its own): it must not fire once it has
                 // none.
-                self.clear_ended.mark_unchanged();
+                self.stop.ignore_clear_ended();
             }
-            let frame = tokio::select! {
-                frame = self.poller.promptly(next) => frame,
-                _ = self.stop.received() => return None,
-                _ = self.clear_ended.changed(), if clear => {
-                    self.notice = true;
-                    return None;
-                }
+            // The next request usually comes within the polling window (or is there already):
+            // taken then without setting up the wait for the daemon's stop and the end of
+            // clear sessions, which a request that comes later waits beside.
+            let mut next = std::pin::pin!(next);
+            let frame = match self.poller.promptly_or_pending(next.as_mut()).await {
+                Some(frame) => frame,
+                None => tokio::select! {
+                    frame = next => frame,
+                    signal = self.stop.stop_or_clear_ended(clear) => {
+                        if matches!(signal, Signal::ClearEnded) {
+                            self.notice = true;
+                        }
+                        return None;
+                    }
+                },
             };
             match frame {
                 Some(Ok(Read::Frame(body))) => return Some(body),
