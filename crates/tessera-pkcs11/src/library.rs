@@ -277,6 +277,12 @@ pub fn ensure_initialized() -> CkResult {
     with(|_| Ok(()))
 }
 
+/// As [`ensure_initialized`], and `CKR_SESSION_HANDLE_INVALID` unless this process has the
+/// session `handle`: checked before an entry point reads its other arguments.
+pub fn ensure_session(handle: u64) -> CkResult {
+    with(|library| library.session_mut(handle).map(|_| ()))
+}
+
 fn failure(error: ClientError) -> u64 {
     tracing::debug!(%error, "device call failed");
     error.rv()

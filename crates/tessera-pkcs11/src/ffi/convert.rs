@@ -10,7 +10,7 @@ use tessera_core::attribute::{kind, AttributeKind};
 use tessera_core::info::{MechanismInfo, SessionInfo, SlotInfo, TokenInfo, Version};
 use tessera_core::{Attribute, Rv, Template};
 
-use super::{bytes, slice};
+use super::{bytes, slice, MAX_INPUT};
 use crate::attribute::to_wire;
 use crate::buffer::padded;
 use crate::CkResult;
@@ -25,10 +25,15 @@ pub(crate) unsafe fn template(
     attributes: *const CK_ATTRIBUTE,
     count: CK_ULONG,
 ) -> CkResult<Template> {
+    let mut budget = MAX_INPUT;
     // SAFETY: forwarded contract.
-    unsafe { converted(attributes, count, true) }
+    unsafe { converted(attributes, count, true, &mut budget) }
 }
 
+/// The values of a template, nested ones included, hold at most `budget` bytes together (what
+/// one frame can carry): a value over what is left is `CKR_ATTRIBUTE_VALUE_INVALID`, refused
+/// before it is read.
+///
 /// # Safety
 ///
 /// As for [`template`]; an attribute array's `pValue` holds `ulValueLen` bytes of
@@ -37,12 +42,17 @@ unsafe fn converted(
     attributes: *const CK_ATTRIBUTE,
     count: CK_ULONG,
     outer: bool,
+    budget: &mut usize,
 ) -> CkResult<Template> {
     // SAFETY: forwarded contract.
     let attributes = unsafe { slice(attributes, count) }?;
     let mut template = Vec::with_capacity(attributes.len());
     for attribute in attributes {
         let ty = attribute.type_ as u64;
+        let len = usize::try_from(attribute.ulValueLen as u64).unwrap_or(usize::MAX);
+        *budget = budget
+            .checked_sub(len)
+            .ok_or(Rv::AttributeValueInvalid.code())?;
         let value = if kind(ty) == AttributeKind::AttributeArray {
             // A template in a template (CKA_WRAP_TEMPLATE, ...): one level only.
             let size = std::mem::size_of::<CK_ATTRIBUTE>() as CK_ULONG;
@@ -51,7 +61,7 @@ unsafe fn converted(
             }
             let inner = attribute.pValue as *const CK_ATTRIBUTE;
             // SAFETY: forwarded contract: the array holds ulValueLen / size attributes.
-            unsafe { converted(inner, attribute.ulValueLen / size, false) }?.to_nested()
+            unsafe { converted(inner, attribute.ulValueLen / size, false, budget) }?.to_nested()
         } else {
             // SAFETY: `pValue` is NULL or valid for `ulValueLen` bytes (caller's contract); a
             // NULL with a non-zero length is refused with CKR_ARGUMENTS_BAD.

@@ -10,7 +10,7 @@ use tessera_core::SecretBytes;
 use tessera_wire::{Call, Operation};
 
 use super::mechanism::mechanism;
-use super::{bytes, length, Output};
+use super::{bytes, input, length, Output};
 use crate::library::{self, expect_done, verified, Dual, Producer, Stage};
 use crate::CkResult;
 
@@ -74,7 +74,7 @@ unsafe fn single(
     out_len: *mut CK_ULONG,
 ) -> CkResult {
     // SAFETY: forwarded contract.
-    let data = unsafe { bytes(data, data_len) }?;
+    let data = unsafe { input(data, data_len) }?;
     let run = |handle| {
         library::output(library::single(
             handle,
@@ -101,7 +101,7 @@ unsafe fn update_with_output(
     out_len: *mut CK_ULONG,
 ) -> CkResult {
     // SAFETY: forwarded contract.
-    let data = unsafe { bytes(part, part_len) }?;
+    let data = unsafe { input(part, part_len) }?;
     let run = |handle| library::update_output(handle, operation, tessera_core::bytes::copy(data));
     // SAFETY: forwarded contract.
     unsafe { produce(session, operation, Stage::Update, out, out_len, run) }
@@ -119,7 +119,7 @@ unsafe fn update(
     part_len: CK_ULONG,
 ) -> CkResult {
     // SAFETY: forwarded contract.
-    let data = tessera_core::bytes::copy(unsafe { bytes(part, part_len) }?);
+    let data = tessera_core::bytes::copy(unsafe { input(part, part_len) }?);
     library::absorb(session as u64, operation, data)
 }
 
@@ -154,7 +154,7 @@ unsafe fn dual(
     out_len: *mut CK_ULONG,
 ) -> CkResult {
     // SAFETY: forwarded contract.
-    let data = unsafe { bytes(part, part_len) }?;
+    let data = unsafe { input(part, part_len) }?;
     // SAFETY: forwarded contract.
     let output = unsafe { Output::new(out, out_len) }?;
     let produced = library::dual_update(session as u64, dual, data, output.capacity()?)?;
@@ -332,7 +332,7 @@ entry_points! {
         signature_len: CK_ULONG,
     ) {
         // SAFETY: pData holds ulDataLen bytes (§5.12.2).
-        let data = unsafe { bytes(data, data_len) }?.to_vec();
+        let data = unsafe { input(data, data_len) }?.to_vec();
         // SAFETY: pSignature holds ulSignatureLen bytes (§5.12.2).
         let signature = unsafe { bytes(signature, signature_len) }?.to_vec();
         verified(library::single(session as u64, Operation::Verify, data, signature)?)
@@ -420,6 +420,10 @@ entry_points! {
     /// `C_GenerateRandom` (§5.15.2).
     fn C_GenerateRandom(session: CK_SESSION_HANDLE, random: *mut CK_BYTE, random_len: CK_ULONG) {
         let wanted = length(random_len)?;
+        if wanted > super::MAX_INPUT {
+            // More than one reply can carry: refused before anything is asked or written.
+            return Err(tessera_core::Rv::ArgumentsBad.code());
+        }
         // SAFETY: pRandomData is NULL or holds ulRandomLen writable bytes (§5.15.2).
         let place = unsafe { super::Fill::new(random, wanted) }?;
         place.fill(&library::random(session as u64, wanted)?)

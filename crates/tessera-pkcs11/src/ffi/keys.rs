@@ -1,9 +1,7 @@
 //! Key management (PKCS#11 3.0 §5.14): generation, wrapping, unwrapping and derivation.
 //! Templates are converted as for `C_CreateObject`; the new key's handle is the device's own.
 
-use cryptoki_sys::{
-    CK_ATTRIBUTE, CK_BYTE, CK_MECHANISM, CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CK_ULONG,
-};
+use cryptoki_sys::{CK_ATTRIBUTE, CK_BYTE, CK_MECHANISM, CK_OBJECT_HANDLE, CK_ULONG};
 use tessera_wire::{Call, Reply};
 
 use super::convert::template;

@@ -48,6 +48,11 @@ const MAC_GENERAL: &[ck::CK_MECHANISM_TYPE] = &[
     ck::CKM_AES_CMAC_GENERAL,
 ];
 
+/// The most data segments and additional derived keys one SP 800-108 derivation may have
+/// (a real one has a handful): more is `CKR_MECHANISM_PARAM_INVALID`, refused before the
+/// arrays are read.
+const KBKDF_MOST: u64 = 64;
+
 fn invalid() -> u64 {
     Rv::MechanismParamInvalid.code()
 }
@@ -151,7 +156,7 @@ pub(crate) unsafe fn embedded(data: *const u8, len: CK_ULONG) -> CkResult<Vec<u8
 /// See above.
 unsafe fn raw(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismParameter> {
     // SAFETY: forwarded contract.
-    let raw = unsafe { bytes(pointer as *const u8, len) }?;
+    let raw = unsafe { bytes(pointer as *const u8, len) }.map_err(|_| invalid())?;
     Ok(MechanismParameter::Bytes(raw.to_vec()))
 }
 
@@ -402,6 +407,9 @@ unsafe fn kbkdf_feedback(pointer: *const c_void, len: CK_ULONG) -> CkResult<Mech
 ///
 /// The arrays, IV and templates `p` points to are valid for their lengths (see above).
 unsafe fn kbkdf_parameter(p: Sp800108) -> CkResult<MechanismParameter> {
+    if p.data.1 as u64 > KBKDF_MOST || p.additional.1 as u64 > KBKDF_MOST {
+        return Err(invalid());
+    }
     // SAFETY: forwarded contract: the arrays hold their counts of elements.
     let segments = unsafe { slice(p.data.0, p.data.1) }.map_err(|_| invalid())?;
     let mut data = Vec::with_capacity(segments.len());
@@ -480,6 +488,9 @@ pub(crate) unsafe fn derived_key_places<'a>(
     let Some(p) = unsafe { sp800_108(m.mechanism, m.pParameter, m.ulParameterLen) }? else {
         return Ok(Vec::new());
     };
+    if p.additional.1 as u64 > KBKDF_MOST {
+        return Err(invalid());
+    }
     // SAFETY: forwarded contract.
     let keys = unsafe { slice(p.additional.0, p.additional.1) }.map_err(|_| invalid())?;
     keys.iter()

@@ -20,7 +20,7 @@ use tessera_core::{ck, Mechanism, Rv};
 use tessera_wire::Operation;
 
 use super::mechanism::{embedded, mechanism, structure};
-use super::{bytes, length, Fill, Output};
+use super::{bytes, input, length, Fill, Output};
 use crate::library;
 use crate::message::{fixed_len, tag_len, GcmMessage, Iv};
 use crate::CkResult;
@@ -196,7 +196,7 @@ entry_points! {
         // and pTag the application lends us for the call (§5.8.6).
         let encryption = unsafe { encryption(parameter, parameter_len, aad) }?;
         // SAFETY: pPlaintext holds ulPlaintextLen bytes (§5.8.6).
-        let plaintext = unsafe { bytes(plaintext, plaintext_len) }?;
+        let plaintext = unsafe { input(plaintext, plaintext_len) }?;
         // SAFETY: the ciphertext buffer follows the two-call convention (§5.8.6).
         let output = unsafe { Output::new(ciphertext, ciphertext_len) }?;
         if !output.has_room(plaintext.len())? {
@@ -244,7 +244,7 @@ entry_points! {
         // SAFETY: pParameter holds ulParameterLen bytes, a CK_GCM_MESSAGE_PARAMS (§5.9.6).
         let (message, tag) = unsafe { decryption(parameter, parameter_len, aad) }?;
         // SAFETY: pCiphertext holds ulCiphertextLen bytes (§5.9.6).
-        let ciphertext = unsafe { bytes(ciphertext, ciphertext_len) }?;
+        let ciphertext = unsafe { input(ciphertext, ciphertext_len) }?;
         // SAFETY: the plaintext buffer follows the two-call convention (§5.9.6).
         let output = unsafe { Output::new(plaintext, plaintext_len) }?;
         if !output.has_room(ciphertext.len())? {
@@ -283,7 +283,7 @@ entry_points! {
         let context = library::message_context(handle, Operation::Sign)?;
         no_parameter(parameter, parameter_len)?;
         // SAFETY: pData holds ulDataLen bytes (§5.11.8).
-        let data = unsafe { bytes(data, data_len) }?;
+        let data = unsafe { input(data, data_len) }?;
         // SAFETY: the signature buffer follows the two-call convention (§5.11.8).
         let output = unsafe { Output::new(signature, signature_len) }?;
         let produced = library::sign_message(handle, &context, data, output.capacity()?)?;
@@ -321,7 +321,7 @@ entry_points! {
         let context = library::message_context(handle, Operation::Verify)?;
         no_parameter(parameter, parameter_len)?;
         // SAFETY: pData holds ulDataLen bytes (§5.12.8).
-        let data = unsafe { bytes(data, data_len) }?;
+        let data = unsafe { input(data, data_len) }?;
         // SAFETY: pSignature holds ulSignatureLen bytes (§5.12.8).
         let signature = unsafe { bytes(signature, signature_len) }?;
         library::verify_message(handle, &context, data, signature)

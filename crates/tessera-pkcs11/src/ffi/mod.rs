@@ -17,12 +17,43 @@ use tessera_core::Rv;
 use crate::buffer::{fit, Fit};
 use crate::CkResult;
 
-/// Generates exported `C_*` functions from bodies that return [`CkResult`].
+/// Generates exported `C_*` functions from bodies that return [`CkResult`]. Before a body reads
+/// a single argument, the library's state is checked: `CKR_CRYPTOKI_NOT_INITIALIZED` before
+/// `C_Initialize` (but for the functions that work then, [`works_uninitialized`]), and for a
+/// function whose first argument is a `CK_SESSION_HANDLE`, `CKR_SESSION_HANDLE_INVALID` for a
+/// session this process does not have: a garbage length passed to a call that cannot run reaches nothing.
 macro_rules! entry_points {
-    ($(
+    () => {};
+    (
+        $(#[doc = $doc:literal])*
+        fn $name:ident($session:ident: CK_SESSION_HANDLE $(, $arg:ident: $ty:ty)* $(,)?) {
+            $($body:tt)*
+        }
+        $($rest:tt)*
+    ) => {
+        $(#[doc = $doc])*
+        ///
+        /// # Safety
+        ///
+        /// Called from C: each pointer argument must be NULL or valid as the PKCS#11 3.0
+        /// specification describes for this function.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            $session: cryptoki_sys::CK_SESSION_HANDLE
+            $(, $arg: $ty)*
+        ) -> cryptoki_sys::CK_RV {
+            $crate::ffi::run(stringify!($name), || -> $crate::CkResult {
+                $crate::library::ensure_session($session as u64)?;
+                $($body)*
+            })
+        }
+        entry_points! { $($rest)* }
+    };
+    (
         $(#[doc = $doc:literal])*
         fn $name:ident($($arg:ident: $ty:ty),* $(,)?) { $($body:tt)* }
-    )*) => {$(
+        $($rest:tt)*
+    ) => {
         $(#[doc = $doc])*
         ///
         /// # Safety
@@ -31,9 +62,28 @@ macro_rules! entry_points {
         /// specification describes for this function.
         #[no_mangle]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> cryptoki_sys::CK_RV {
-            $crate::ffi::run(stringify!($name), || -> $crate::CkResult { $($body)* })
+            $crate::ffi::run(stringify!($name), || -> $crate::CkResult {
+                if !$crate::ffi::works_uninitialized(stringify!($name)) {
+                    $crate::library::ensure_initialized()?;
+                }
+                $($body)*
+            })
         }
-    )*};
+        entry_points! { $($rest)* }
+    };
+}
+
+/// The functions an application may call before `C_Initialize` (or after `C_Finalize`): they
+/// check the state themselves, or need none.
+pub(crate) fn works_uninitialized(name: &str) -> bool {
+    matches!(
+        name,
+        "C_Initialize"
+            | "C_Finalize"
+            | "C_GetFunctionList"
+            | "C_GetInterfaceList"
+            | "C_GetInterface"
+    )
 }
 // The submodules below see the macro by textual scope, so they are declared after it.
 
@@ -76,8 +126,21 @@ pub(crate) fn length(len: CK_ULONG) -> CkResult<usize> {
     usize::try_from(len as u64).map_err(|_| Rv::ArgumentsBad.code())
 }
 
+/// The most bytes one input may hold: nothing larger fits in a frame to the device
+/// (`tessera_wire::MAX_FRAME_LEN`). A longer one is refused before it is read or copied, so a
+/// garbage length (say 140 TB) never becomes an allocation that aborts the application.
+pub(crate) const MAX_INPUT: usize = tessera_wire::MAX_FRAME_LEN;
+
+/// Whether `count` elements of `T` stay within [`MAX_INPUT`] bytes.
+fn within_input<T>(count: usize) -> bool {
+    count
+        .checked_mul(std::mem::size_of::<T>().max(1))
+        .is_some_and(|bytes| bytes <= MAX_INPUT)
+}
+
 /// The `count` elements at `data`: empty when `count` is 0 (whatever `data`),
-/// `CKR_ARGUMENTS_BAD` when `data` is NULL and `count` is not 0.
+/// `CKR_ARGUMENTS_BAD` when `data` is NULL and `count` is not 0, or when they would be more
+/// than [`MAX_INPUT`] bytes.
 ///
 /// # Safety
 ///
@@ -88,7 +151,7 @@ pub(crate) unsafe fn slice<'a, T>(data: *const T, count: CK_ULONG) -> CkResult<&
     if count == 0 {
         return Ok(&[]);
     }
-    if data.is_null() || count > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
+    if data.is_null() || !within_input::<T>(count) {
         return arguments_bad();
     }
     // SAFETY: non-NULL, and the caller guarantees `count` valid elements for 'a.
@@ -105,19 +168,33 @@ pub(crate) unsafe fn slice_mut<'a, T>(data: *mut T, count: CK_ULONG) -> CkResult
     if count == 0 {
         return Ok(&mut []);
     }
-    if data.is_null() || count > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
+    if data.is_null() || !within_input::<T>(count) {
         return arguments_bad();
     }
     // SAFETY: non-NULL, and the caller guarantees `count` valid, exclusive elements for 'a.
     Ok(unsafe { std::slice::from_raw_parts_mut(data, count) })
 }
 
-/// Input bytes (data, PINs, seeds): see [`slice`].
+/// Input bytes (PINs, seeds, signatures, wrapped keys): see [`slice`].
 ///
 /// # Safety
 ///
 /// As for [`slice`].
 pub(crate) unsafe fn bytes<'a>(data: *const u8, len: CK_ULONG) -> CkResult<&'a [u8]> {
+    // SAFETY: forwarded contract.
+    unsafe { slice(data, len) }
+}
+
+/// An operation's input data: as [`bytes`], but more than [`MAX_INPUT`] bytes is
+/// `CKR_DATA_LEN_RANGE` (what the operation can take), refused before a byte is read.
+///
+/// # Safety
+///
+/// As for [`slice`].
+pub(crate) unsafe fn input<'a>(data: *const u8, len: CK_ULONG) -> CkResult<&'a [u8]> {
+    if length(len)? > MAX_INPUT {
+        return Err(Rv::DataLenRange.code());
+    }
     // SAFETY: forwarded contract.
     unsafe { slice(data, len) }
 }

@@ -1,8 +1,6 @@
 //! Object management (PKCS#11 3.0 §5.7). Object handles are the device's own.
 
-use cryptoki_sys::{
-    CK_ATTRIBUTE, CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CK_ULONG, CK_UNAVAILABLE_INFORMATION,
-};
+use cryptoki_sys::{CK_ATTRIBUTE, CK_OBJECT_HANDLE, CK_ULONG, CK_UNAVAILABLE_INFORMATION};
 use tessera_core::attribute::{kind, AttributeKind};
 use tessera_core::{Rv, Template};
 use tessera_wire::{AttributeAnswer, Call, Reply};

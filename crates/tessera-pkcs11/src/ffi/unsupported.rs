@@ -14,9 +14,7 @@
 
 use std::ffi::c_void;
 
-use cryptoki_sys::{
-    CK_BYTE, CK_FLAGS, CK_MECHANISM, CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CK_SLOT_ID, CK_ULONG,
-};
+use cryptoki_sys::{CK_BYTE, CK_FLAGS, CK_MECHANISM, CK_OBJECT_HANDLE, CK_SLOT_ID, CK_ULONG};
 use tessera_core::Rv;
 
 use crate::{library, CkResult};
