@@ -600,6 +600,11 @@ impl Hsm {
             return Err(Rv::OperationActive);
         }
         let token = state.token(current.token_id)?;
+        // PKCS#11 3.0 §4.3: "When searching using C_FindObjectsInit and C_FindObjects,
+        // hardware feature objects are not returned unless the CKA_CLASS attribute in the
+        // template has the value CKO_HW_FEATURE."
+        let hardware = ck::CKO_HW_FEATURE as u64;
+        let asks_hardware = (wanted.as_ref()).is_some_and(|w| w.ulong(ck::CKA_CLASS) == Ok(Some(hardware)));
         let found: Vec<u64> = match (&wanted, &keys) {
             (Some(wanted), Some(keys)) => token
                 .objects
@@ -609,6 +614,9 @@ impl Hsm {
                         return false;
                     }
                     let class = o.attributes.class();
+                    if class == hardware && !asks_hardware {
+                        return false;
+                    }
                     if o.sealed.is_some() && asks_sealed(class, wanted) {
                         // A data object's or certificate's value is sealed at rest: match on
                         // it unsealed.

@@ -8,7 +8,7 @@ use cryptoki::error::RvError;
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use cryptoki::types::Ulong;
-use tessera_testkit::TRANSPORTS;
+use tessera_testkit::{Transport, TRANSPORTS};
 
 const CKA_TESSERA_SECURITY_FLAGS: u64 = 0x8000_0000 + 0x5453_0001;
 
@@ -52,6 +52,23 @@ fn flags_are_visible_to_applications_through_the_device_object() {
             RvError::ActionProhibited
         );
     }
+}
+
+/// PKCS#11 3.0 §4.3: "When searching using C_FindObjectsInit and C_FindObjects, hardware
+/// feature objects are not returned unless the CKA_CLASS attribute in the template has the
+/// value CKO_HW_FEATURE." An application that lists every object (an empty template), or
+/// looks for one by its label, does not meet the device object.
+#[test]
+fn the_device_object_is_found_only_by_its_class() {
+    let f = fixture(Transport::Unix);
+    let session = f.pkcs11.open_ro_session(f.slot).unwrap();
+    assert_eq!(session.find_objects(&[]).unwrap(), vec![], "an empty template");
+    let by_label = [Attribute::Label(b"Tessera device".to_vec())];
+    assert_eq!(session.find_objects(&by_label).unwrap(), vec![], "by its label");
+    let by_class = [Attribute::Class(ObjectClass::HARDWARE_FEATURE)];
+    assert_eq!(session.find_objects(&by_class).unwrap().len(), 1, "by its class");
+    let both = [by_class[0].clone(), by_label[0].clone()];
+    assert_eq!(session.find_objects(&both).unwrap().len(), 1, "by class and label");
 }
 
 #[test]
