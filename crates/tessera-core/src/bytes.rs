@@ -138,6 +138,19 @@ pub fn copy(bytes: &[u8]) -> Vec<u8> {
     buffer
 }
 
+/// As [`copy`], but `None` where the memory cannot be had, instead of aborting the process:
+/// for what an application hands the PKCS#11 library, which must never take its host down.
+pub fn try_copy(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut buffer = if bytes.len() < POOLED {
+        Vec::new()
+    } else {
+        take(bytes.len())
+    };
+    buffer.try_reserve_exact(bytes.len()).ok()?;
+    buffer.extend_from_slice(bytes);
+    Some(buffer)
+}
+
 /// What a spent buffer held, as the call table classifies it (`tessera_wire::Traits::secret`,
 /// `Reply::carries_secret`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

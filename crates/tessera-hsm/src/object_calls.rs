@@ -604,7 +604,8 @@ impl Hsm {
         // hardware feature objects are not returned unless the CKA_CLASS attribute in the
         // template has the value CKO_HW_FEATURE."
         let hardware = ck::CKO_HW_FEATURE as u64;
-        let asks_hardware = (wanted.as_ref()).is_some_and(|w| w.ulong(ck::CKA_CLASS) == Ok(Some(hardware)));
+        let asks_hardware =
+            (wanted.as_ref()).is_some_and(|w| w.ulong(ck::CKA_CLASS) == Ok(Some(hardware)));
         let found: Vec<u64> = match (&wanted, &keys) {
             (Some(wanted), Some(keys)) => token
                 .objects

@@ -62,13 +62,29 @@ fn flags_are_visible_to_applications_through_the_device_object() {
 fn the_device_object_is_found_only_by_its_class() {
     let f = fixture(Transport::Unix);
     let session = f.pkcs11.open_ro_session(f.slot).unwrap();
-    assert_eq!(session.find_objects(&[]).unwrap(), vec![], "an empty template");
+    assert_eq!(
+        session.find_objects(&[]).unwrap(),
+        vec![],
+        "an empty template"
+    );
     let by_label = [Attribute::Label(b"Tessera device".to_vec())];
-    assert_eq!(session.find_objects(&by_label).unwrap(), vec![], "by its label");
+    assert_eq!(
+        session.find_objects(&by_label).unwrap(),
+        vec![],
+        "by its label"
+    );
     let by_class = [Attribute::Class(ObjectClass::HARDWARE_FEATURE)];
-    assert_eq!(session.find_objects(&by_class).unwrap().len(), 1, "by its class");
+    assert_eq!(
+        session.find_objects(&by_class).unwrap().len(),
+        1,
+        "by its class"
+    );
     let both = [by_class[0].clone(), by_label[0].clone()];
-    assert_eq!(session.find_objects(&both).unwrap().len(), 1, "by class and label");
+    assert_eq!(
+        session.find_objects(&both).unwrap().len(),
+        1,
+        "by class and label"
+    );
 }
 
 #[test]

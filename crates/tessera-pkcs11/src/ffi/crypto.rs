@@ -73,18 +73,34 @@ unsafe fn single(
     out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> CkResult {
-    // SAFETY: forwarded contract.
-    let data = unsafe { input(data, data_len) }?;
-    let run = |handle| {
-        library::output(library::single(
-            handle,
-            operation,
-            tessera_core::bytes::copy(data),
-            Vec::new(),
-        )?)
-    };
-    // SAFETY: forwarded contract.
-    unsafe { produce(session, operation, Stage::Single, out, out_len, run) }
+    let result = (|| {
+        // SAFETY: forwarded contract.
+        let data = unsafe { input(data, data_len) }?;
+        let run = |handle| {
+            library::output(library::single(
+                handle,
+                operation,
+                super::copied(data)?,
+                Vec::new(),
+            )?)
+        };
+        // SAFETY: forwarded contract.
+        unsafe { produce(session, operation, Stage::Single, out, out_len, run) }
+    })();
+    ends_on_error(session, operation, result)
+}
+
+/// What a failed single-part, update or final call leaves: no operation (PKCS#11 3.0 §5.8 and
+/// its siblings), unless it failed with `CKR_BUFFER_TOO_SMALL` (the two-call convention) — the
+/// device ended what it answered; what the library refused before sending, it ends here
+/// ([`library::abandon`]).
+fn ends_on_error(session: CK_SESSION_HANDLE, operation: Operation, result: CkResult) -> CkResult {
+    if let Err(code) = result {
+        if code != tessera_core::Rv::BufferTooSmall.code() {
+            library::abandon(session as u64, operation);
+        }
+    }
+    result
 }
 
 /// A multi-part update that produces output (`C_EncryptUpdate`, `C_DecryptUpdate`).
@@ -100,11 +116,14 @@ unsafe fn update_with_output(
     out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> CkResult {
-    // SAFETY: forwarded contract.
-    let data = unsafe { input(part, part_len) }?;
-    let run = |handle| library::update_output(handle, operation, tessera_core::bytes::copy(data));
-    // SAFETY: forwarded contract.
-    unsafe { produce(session, operation, Stage::Update, out, out_len, run) }
+    let result = (|| {
+        // SAFETY: forwarded contract.
+        let data = unsafe { input(part, part_len) }?;
+        let run = |handle| library::update_output(handle, operation, super::copied(data)?);
+        // SAFETY: forwarded contract.
+        unsafe { produce(session, operation, Stage::Update, out, out_len, run) }
+    })();
+    ends_on_error(session, operation, result)
 }
 
 /// A multi-part update without output (`C_DigestUpdate`, `C_SignUpdate`, `C_VerifyUpdate`).
@@ -118,9 +137,12 @@ unsafe fn update(
     part: *const CK_BYTE,
     part_len: CK_ULONG,
 ) -> CkResult {
-    // SAFETY: forwarded contract.
-    let data = tessera_core::bytes::copy(unsafe { input(part, part_len) }?);
-    library::absorb(session as u64, operation, data)
+    let result = (|| {
+        // SAFETY: forwarded contract.
+        let data = super::copied(unsafe { input(part, part_len) }?)?;
+        library::absorb(session as u64, operation, data)
+    })();
+    ends_on_error(session, operation, result)
 }
 
 /// A final call that produces output (`C_EncryptFinal`, `C_DecryptFinal`, `C_DigestFinal`,
@@ -137,7 +159,8 @@ unsafe fn final_with_output(
 ) -> CkResult {
     let run = |handle| library::output(library::final_call(handle, operation, Vec::new())?);
     // SAFETY: forwarded contract.
-    unsafe { produce(session, operation, Stage::Final, out, out_len, run) }
+    let result = unsafe { produce(session, operation, Stage::Final, out, out_len, run) };
+    ends_on_error(session, operation, result)
 }
 
 /// A dual-function update (§5.13): the cipher's output follows the two-call convention.
@@ -331,11 +354,14 @@ entry_points! {
         signature: *mut CK_BYTE,
         signature_len: CK_ULONG,
     ) {
-        // SAFETY: pData holds ulDataLen bytes (§5.12.2).
-        let data = unsafe { input(data, data_len) }?.to_vec();
-        // SAFETY: pSignature holds ulSignatureLen bytes (§5.12.2).
-        let signature = unsafe { bytes(signature, signature_len) }?.to_vec();
-        verified(library::single(session as u64, Operation::Verify, data, signature)?)
+        let result = (|| {
+            // SAFETY: pData holds ulDataLen bytes (§5.12.2).
+            let data = super::copied(unsafe { input(data, data_len) }?)?;
+            // SAFETY: pSignature holds ulSignatureLen bytes (§5.12.2).
+            let signature = super::copied(unsafe { bytes(signature, signature_len) }?)?;
+            verified(library::single(session as u64, Operation::Verify, data, signature)?)
+        })();
+        ends_on_error(session, Operation::Verify, result)
     }
 
     /// `C_VerifyUpdate` (§5.12.3).
@@ -346,9 +372,12 @@ entry_points! {
 
     /// `C_VerifyFinal` (§5.12.4): `CKR_OK` only when the device says the signature is valid.
     fn C_VerifyFinal(session: CK_SESSION_HANDLE, signature: *mut CK_BYTE, signature_len: CK_ULONG) {
-        // SAFETY: pSignature holds ulSignatureLen bytes (§5.12.4).
-        let signature = unsafe { bytes(signature, signature_len) }?.to_vec();
-        verified(library::final_call(session as u64, Operation::Verify, signature)?)
+        let result = (|| {
+            // SAFETY: pSignature holds ulSignatureLen bytes (§5.12.4).
+            let signature = super::copied(unsafe { bytes(signature, signature_len) }?)?;
+            verified(library::final_call(session as u64, Operation::Verify, signature)?)
+        })();
+        ends_on_error(session, Operation::Verify, result)
     }
 
     /// `C_DigestEncryptUpdate` (§5.13.1): a digest update with the input, then an encryption

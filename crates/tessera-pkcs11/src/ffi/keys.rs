@@ -112,7 +112,7 @@ entry_points! {
         // SAFETY: pMechanism is NULL or a valid CK_MECHANISM (§5.14.4).
         let mechanism = unsafe { mechanism(mechanism_pointer) }?;
         // SAFETY: pWrappedKey holds ulWrappedKeyLen bytes (§5.14.4).
-        let wrapped = unsafe { bytes(wrapped, wrapped_len) }?.to_vec();
+        let wrapped = super::copied(unsafe { bytes(wrapped, wrapped_len) }?)?;
         // SAFETY: pTemplate is NULL or holds ulAttributeCount attributes (§5.14.4).
         let template = unsafe { template(attributes, count) }?;
         let request = |session| Call::UnwrapKey {

@@ -140,9 +140,8 @@ pub(crate) unsafe fn structure<T: Copy>(pointer: *const c_void, len: CK_ULONG) -
 /// `data` must be NULL or valid for `len` bytes.
 pub(crate) unsafe fn embedded(data: *const u8, len: CK_ULONG) -> CkResult<Vec<u8>> {
     // SAFETY: forwarded contract.
-    unsafe { bytes(data, len) }
-        .map(<[u8]>::to_vec)
-        .map_err(|_| invalid())
+    let data = unsafe { bytes(data, len) }.map_err(|_| invalid())?;
+    super::copied(data)
 }
 
 // The decoders. Safety contract of each: `pointer` is NULL or valid for `len` bytes, and when
@@ -157,7 +156,7 @@ pub(crate) unsafe fn embedded(data: *const u8, len: CK_ULONG) -> CkResult<Vec<u8
 unsafe fn raw(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismParameter> {
     // SAFETY: forwarded contract.
     let raw = unsafe { bytes(pointer as *const u8, len) }.map_err(|_| invalid())?;
-    Ok(MechanismParameter::Bytes(raw.to_vec()))
+    Ok(MechanismParameter::Bytes(super::copied(raw)?))
 }
 
 /// `CK_GCM_PARAMS`.

@@ -191,7 +191,7 @@ entry_points! {
         let handle = session as u64;
         let context = library::message_context(handle, Operation::Encrypt)?;
         // SAFETY: pAssociatedData holds ulAssociatedDataLen bytes (§5.8.6).
-        let aad = unsafe { bytes(associated, associated_len) }?.to_vec();
+        let aad = super::copied(unsafe { bytes(associated, associated_len) }?)?;
         // SAFETY: pParameter holds ulParameterLen bytes, a CK_GCM_MESSAGE_PARAMS whose pIv
         // and pTag the application lends us for the call (§5.8.6).
         let encryption = unsafe { encryption(parameter, parameter_len, aad) }?;
@@ -240,7 +240,7 @@ entry_points! {
         let handle = session as u64;
         let context = library::message_context(handle, Operation::Decrypt)?;
         // SAFETY: pAssociatedData holds ulAssociatedDataLen bytes (§5.9.6).
-        let aad = unsafe { bytes(associated, associated_len) }?.to_vec();
+        let aad = super::copied(unsafe { bytes(associated, associated_len) }?)?;
         // SAFETY: pParameter holds ulParameterLen bytes, a CK_GCM_MESSAGE_PARAMS (§5.9.6).
         let (message, tag) = unsafe { decryption(parameter, parameter_len, aad) }?;
         // SAFETY: pCiphertext holds ulCiphertextLen bytes (§5.9.6).

@@ -133,6 +133,31 @@ pub fn continuing<T>(
     result
 }
 
+/// After a call of `operation` that failed with anything but `CKR_BUFFER_TOO_SMALL`: the
+/// operation ends, as PKCS#11 3.0 says of every single-part, update and final call ("A call to
+/// C_EncryptUpdate which results in an error terminates the current encryption operation";
+/// C_Encrypt "always terminates the active encryption operation unless it returns
+/// CKR_BUFFER_TOO_SMALL or is a successful call ... to determine the length of the buffer").
+/// A call the device answered ended it there already; one the library refused before sending
+/// it (an argument it could not take) did not: a held init is forgotten, kept output too, and
+/// an operation the device runs is cancelled there.
+pub fn abandon(handle: u64, operation: Operation) {
+    let live = with(|library| {
+        let session = library.session_mut(handle)?;
+        session
+            .pending
+            .forget(|call| call.operation() == Some(operation));
+        let deferred = &mut session.deferred;
+        let live = deferred.live.contains(&operation);
+        deferred.cancel(|o| o == operation);
+        Ok(live)
+    });
+    if live == Ok(true) {
+        let flags = super::pending::operation_flag(operation);
+        let _ = session_call(handle, |session| Call::SessionCancel { session, flags });
+    }
+}
+
 /// After a call that ends `operation` on the device (a single-part or final call, whatever its
 /// outcome, or a failed update).
 pub fn ended(handle: u64, operation: Operation) {
