@@ -153,6 +153,7 @@ impl Hsm {
         for (flag, operation) in kinds {
             if flags & flag as u64 != 0 {
                 current.operations.remove(&operation);
+                current.multi_part.retain(|o| *o != operation);
             }
         }
         if flags & ck::CKF_FIND_OBJECTS as u64 != 0 {

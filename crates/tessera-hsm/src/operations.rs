@@ -75,6 +75,7 @@ impl Hsm {
         };
         let current = state.session_mut(client, session)?;
         current.operations.insert(operation, active);
+        current.multi_part.retain(|o| *o != operation);
         // Another operation's wait for its login is left as it is.
         current.authenticate.retain(|waiting| *waiting != operation);
         if key_needs_login {
@@ -83,11 +84,15 @@ impl Hsm {
         Ok(Reply::Done)
     }
 
+    /// The session's active `operation`, taken out while it computes; a single-part call
+    /// (`single`) is refused with `CKR_OPERATION_ACTIVE`, the operation left as it was, once
+    /// the operation has had an update. A call that does not put it back ends it.
     fn take(
         &self,
         client: u64,
         session: u64,
         operation: Operation,
+        single: bool,
     ) -> Result<crypto::ActiveOperation, Rv> {
         // The session's own business: its lock alone.
         let mut sessions = self.sessions();
@@ -96,6 +101,11 @@ impl Hsm {
         {
             return Err(Rv::UserNotLoggedIn);
         }
+        let multi_part = current.multi_part.contains(&operation);
+        if single && multi_part && current.operations.contains_key(&operation) {
+            return Err(Rv::OperationActive);
+        }
+        current.multi_part.retain(|o| *o != operation);
         current
             .operations
             .remove(&operation)
@@ -110,7 +120,7 @@ impl Hsm {
         data: &[u8],
         signature: &[u8],
     ) -> Result<Reply, Rv> {
-        let mut active = self.take(client, session, operation)?;
+        let mut active = self.take(client, session, operation, true)?;
         active.update(data)?;
         active.finish(signature).map(reply)
     }
@@ -122,12 +132,13 @@ impl Hsm {
         operation: Operation,
         data: &[u8],
     ) -> Result<Reply, Rv> {
-        let mut active = self.take(client, session, operation)?;
+        let mut active = self.take(client, session, operation, false)?;
         active.update(data)?;
         let mut sessions = self.sessions();
         // The session may have closed meanwhile; then the operation ends with it.
         let session = sessions.get_mut(client, session)?;
         session.operations.insert(operation, active);
+        session.multi_part.push(operation);
         Ok(match operation {
             Operation::Encrypt | Operation::Decrypt => Reply::Bytes(Vec::new()),
             _ => Reply::Done,
@@ -141,7 +152,7 @@ impl Hsm {
         operation: Operation,
         signature: &[u8],
     ) -> Result<Reply, Rv> {
-        let active = self.take(client, session, operation)?;
+        let active = self.take(client, session, operation, false)?;
         active.finish(signature).map(reply)
     }
 }

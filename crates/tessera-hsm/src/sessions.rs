@@ -18,6 +18,10 @@ pub(crate) struct Session {
     /// Operations on a `CKA_ALWAYS_AUTHENTICATE` key that wait for a context-specific login,
     /// the most recently initialised last (a context-specific login is for that one).
     pub(crate) authenticate: Vec<tessera_wire::Operation>,
+    /// Operations that have had an update: they are multi-part now, and only their updates
+    /// and final call may go on (PKCS#11 3.0 §5.8: C_Encrypt "cannot be used to terminate a
+    /// multi-part operation").
+    pub(crate) multi_part: Vec<tessera_wire::Operation>,
 }
 
 impl Session {
@@ -30,6 +34,7 @@ impl Session {
             find: None,
             operations: Default::default(),
             authenticate: Vec::new(),
+            multi_part: Vec::new(),
         }
     }
 }

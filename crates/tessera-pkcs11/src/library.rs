@@ -34,7 +34,10 @@ mod messages;
 mod operations;
 mod pending;
 
-pub use deferred::{abandon, find, find_final, find_init, operation_init, single};
+pub use deferred::{
+    abandon, find, find_final, find_init, flush_held, not_waiting_for_single, operation_init,
+    single,
+};
 pub use messages::{
     message_context, message_final, message_init, open, seal, sign_message, verify_message, Context,
 };

@@ -94,9 +94,12 @@ unsafe fn single(
 /// its siblings), unless it failed with `CKR_BUFFER_TOO_SMALL` (the two-call convention) — the
 /// device ended what it answered; what the library refused before sending, it ends here
 /// ([`library::abandon`]).
+/// A call refused with `CKR_OPERATION_ACTIVE` (a single-part call of a multi-part operation,
+/// or the reverse) leaves the operation as it was.
 fn ends_on_error(session: CK_SESSION_HANDLE, operation: Operation, result: CkResult) -> CkResult {
+    use tessera_core::Rv;
     if let Err(code) = result {
-        if code != tessera_core::Rv::BufferTooSmall.code() {
+        if code != Rv::BufferTooSmall.code() && code != Rv::OperationActive.code() {
             library::abandon(session as u64, operation);
         }
     }
@@ -117,6 +120,7 @@ unsafe fn update_with_output(
     out_len: *mut CK_ULONG,
 ) -> CkResult {
     let result = (|| {
+        library::not_waiting_for_single(session as u64, operation)?;
         // SAFETY: forwarded contract.
         let data = unsafe { input(part, part_len) }?;
         let run = |handle| library::update_output(handle, operation, super::copied(data)?);
@@ -138,6 +142,7 @@ unsafe fn update(
     part_len: CK_ULONG,
 ) -> CkResult {
     let result = (|| {
+        library::not_waiting_for_single(session as u64, operation)?;
         // SAFETY: forwarded contract.
         let data = super::copied(unsafe { input(part, part_len) }?)?;
         library::absorb(session as u64, operation, data)
@@ -157,9 +162,11 @@ unsafe fn final_with_output(
     out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> CkResult {
-    let run = |handle| library::output(library::final_call(handle, operation, Vec::new())?);
-    // SAFETY: forwarded contract.
-    let result = unsafe { produce(session, operation, Stage::Final, out, out_len, run) };
+    let result = library::not_waiting_for_single(session as u64, operation).and_then(|()| {
+        let run = |handle| library::output(library::final_call(handle, operation, Vec::new())?);
+        // SAFETY: forwarded contract.
+        unsafe { produce(session, operation, Stage::Final, out, out_len, run) }
+    });
     ends_on_error(session, operation, result)
 }
 

@@ -26,6 +26,10 @@ unsafe fn login(
 ) -> CkResult {
     // SAFETY: forwarded contract.
     let pin = SecretBytes::from_slice(unsafe { bytes(pin, pin_len) }?);
+    if user_type == cryptoki_sys::CKU_CONTEXT_SPECIFIC {
+        // The operation this login is for must be on the device first.
+        library::flush_held(session as u64)?;
+    }
     expect_done(library::session_call(session as u64, |session| {
         Call::Login {
             session,

@@ -118,6 +118,19 @@ pub fn flush(handle: u64, operation: Operation) -> CkResult {
     }
 }
 
+/// Before a context-specific login (`CKU_CONTEXT_SPECIFIC`, for a key with
+/// `CKA_ALWAYS_AUTHENTICATE`): the session's held inits go to the device first, so that the
+/// login finds the operation it is for (PKCS#11 3.0 §5.6: the login comes between the init and
+/// the call that uses the key). An init the device refuses leaves no operation, which the
+/// next call of it reports.
+pub fn flush_held(handle: u64) -> CkResult {
+    let held = deferred(handle, |d| std::mem::take(&mut d.held))?;
+    for (operation, mechanism, key) in held {
+        let _ = send_init(handle, operation, mechanism, key);
+    }
+    Ok(())
+}
+
 /// A multi-part call of `operation` (an update, `C_DigestKey`): the held init goes first, and
 /// a failed call ends the operation.
 pub fn continuing<T>(
@@ -131,6 +144,18 @@ pub fn continuing<T>(
         ended(handle, operation);
     }
     result
+}
+
+/// Before an update or final call of `operation`: `CKR_OPERATION_ACTIVE` while the output of
+/// its single-part call is kept for the application (it asked its length: the operation waits
+/// for that call, PKCS#11 3.0 §5.2, and single-part and multi-part calls do not mix).
+pub fn not_waiting_for_single(handle: u64, operation: Operation) -> CkResult {
+    let single = super::Producer::Operation(operation, super::Stage::Single);
+    let waiting = with(|library| Ok(library.session_mut(handle)?.pending.holds(&single)))?;
+    match waiting {
+        true => Err(Rv::OperationActive.code()),
+        false => Ok(()),
+    }
 }
 
 /// After a call of `operation` that failed with anything but `CKR_BUFFER_TOO_SMALL`: the
@@ -182,7 +207,10 @@ pub fn single(
             signature,
         }),
     };
-    ended(handle, operation);
+    // A multi-part operation refuses a single-part call and goes on; anything else ends it.
+    if !matches!(result, Err(code) if code == Rv::OperationActive.code()) {
+        ended(handle, operation);
+    }
     result
 }
 

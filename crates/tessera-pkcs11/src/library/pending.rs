@@ -125,6 +125,12 @@ impl Pending {
         }
     }
 
+    /// Whether an output of `call`'s kind is kept (a single-part call's output the
+    /// application asked the length of: its operation still waits for that call).
+    pub fn holds(&self, call: &Producer) -> bool {
+        self.0.iter().any(|(kept, _)| kept.same_place(call))
+    }
+
     /// Forgets the outputs of the calls for which `forget` says so.
     pub fn forget(&mut self, mut forget: impl FnMut(&Producer) -> bool) {
         self.0.retain(|(call, _)| !forget(call));

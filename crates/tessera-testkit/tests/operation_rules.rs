@@ -1,0 +1,129 @@
+//! A call that fails ends its operation (PKCS#11 3.0 §5.2: "A call to C_EncryptUpdate which
+//! results in an error terminates the current encryption operation"; C_Encrypt "always
+//! terminates the active encryption operation unless it returns CKR_BUFFER_TOO_SMALL or is a
+//! successful call ... to determine the length of the buffer needed"), also when the library
+//! refused it before it reached the device: the next `C_*Init` starts a new operation instead
+//! of getting `CKR_OPERATION_ACTIVE`. And a key that always authenticates is used after its
+//! context-specific login. A C application makes the calls, as one would.
+
+mod common;
+
+use std::process::Command;
+
+use tessera_testkit::{compile_c, pkcs11_module, Transport};
+
+#[test]
+fn a_call_refused_for_its_arguments_ends_its_operation() {
+    let f = common::fixture(Transport::Unix);
+    let dir = f.daemon.dir().to_path_buf();
+    let program = compile_c("failed_call", &dir);
+    let output = Command::new(&program)
+        .arg(pkcs11_module())
+        .arg(common::USER_PIN)
+        .env(
+            "ET_HSM_NETCLIENT_SERVERLIST",
+            f.daemon.server_list(Transport::Unix),
+        )
+        .env("ET_PTKC_GENERAL_LOG", dir.join("failed_call.log"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let expected = [
+        "setup=0x0",
+        // The init the library held for the next call; C_Encrypt without its length pointer.
+        "held_init=0x0",
+        "held_encrypt_null_len=0x7",
+        "held_init_again=0x0",
+        "held_encrypt=0x0",
+        // An operation the device runs; an update with a length no frame can carry.
+        "live_init=0x0",
+        "live_update=0x0",
+        "live_update_huge=0x21",
+        "live_init_again=0x0",
+        "live_encrypt=0x0",
+        // A digest with a length no frame can carry.
+        "digest_init=0x0",
+        "digest_huge=0x21",
+        "digest_init_again=0x0",
+        "digest=0x0",
+    ];
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines, expected, "{stdout}");
+}
+
+/// A key with `CKA_ALWAYS_AUTHENTICATE` (PKCS#11 3.0 §4.9: "the user has to supply the PIN for
+/// each use (sign or decrypt) with the key") signs after `C_SignInit`,
+/// `C_Login(CKU_CONTEXT_SPECIFIC)`, `C_Sign` — the library held the init for the next call, so
+/// the device saw the login before the operation existed — and not without that login.
+#[test]
+fn a_key_that_always_authenticates_signs_after_a_context_specific_login() {
+    let f = common::fixture(Transport::Unix);
+    let dir = f.daemon.dir().to_path_buf();
+    let program = compile_c("always_authenticate", &dir);
+    let output = Command::new(&program)
+        .arg(pkcs11_module())
+        .arg(common::USER_PIN)
+        .env(
+            "ET_HSM_NETCLIENT_SERVERLIST",
+            f.daemon.server_list(Transport::Unix),
+        )
+        .env("ET_PTKC_GENERAL_LOG", dir.join("always_authenticate.log"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let expected = [
+        "setup=0x0",
+        "init=0x0",
+        "context_login=0x0",
+        "sign=0x0",
+        "init_again=0x0",
+        // CKR_USER_NOT_LOGGED_IN: this use had no login of its own.
+        "sign_without_login=0x101",
+    ];
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines, expected, "{stdout}");
+}
+
+/// Single-part and multi-part calls of one operation do not mix (PKCS#11 3.0 §5.8: C_Encrypt
+/// "cannot be used to terminate a multi-part operation, and must be called after C_EncryptInit
+/// without intervening C_EncryptUpdate calls"): `C_Encrypt` after an update is
+/// `CKR_OPERATION_ACTIVE` and the multi-part operation goes on; an update or final call after a
+/// `C_Encrypt` length query is `CKR_OPERATION_ACTIVE` and the `C_Encrypt` that follows gets its
+/// output.
+#[test]
+fn single_part_and_multi_part_calls_do_not_mix() {
+    let f = common::fixture(Transport::Unix);
+    let dir = f.daemon.dir().to_path_buf();
+    let program = compile_c("mixed_calls", &dir);
+    let output = Command::new(&program)
+        .arg(pkcs11_module())
+        .arg(common::USER_PIN)
+        .env(
+            "ET_HSM_NETCLIENT_SERVERLIST",
+            f.daemon.server_list(Transport::Unix),
+        )
+        .env("ET_PTKC_GENERAL_LOG", dir.join("mixed_calls.log"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let expected = [
+        "setup=0x0",
+        "multi_init=0x0",
+        "multi_update=0x0",
+        "multi_encrypt=0x90",
+        "multi_encrypt_query=0x90",
+        "multi_final=0x0",
+        "single_init=0x0",
+        "single_query=0x0 len=16",
+        "single_update=0x90",
+        "single_final=0x90",
+        "single_encrypt=0x0 len=16",
+        "init_after=0x0",
+        "encrypt_after=0x0",
+    ];
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines, expected, "{stdout}");
+}
