@@ -1,7 +1,9 @@
 //! Key derivation: ECDH (`CKM_ECDH1_DERIVE`, `CKM_ECDH1_COFACTOR_DERIVE`) on P-256/384/521 and
-//! X25519 keys with the null KDF, and HKDF (`CKM_HKDF_DERIVE`, `CKM_HKDF_DATA`, RFC 5869).
+//! X25519 keys with the null KDF or the ANSI X9.63 KDFs (`CKD_SHA1_KDF` ... `CKD_SHA512_KDF`,
+//! `CKD_SHA3_256_KDF` ... `CKD_SHA3_512_KDF`), and HKDF (`CKM_HKDF_DERIVE`, `CKM_HKDF_DATA`,
+//! RFC 5869).
 
-use aws_lc_rs::{agreement, hkdf, hmac};
+use aws_lc_rs::{agreement, digest, hkdf, hmac};
 use tessera_core::{ck, der, Mechanism, MechanismParameter, Rv, SecretBytes};
 
 use crate::crypto::edwards;
@@ -31,7 +33,9 @@ fn ecdh(
     else {
         return Err(Rv::MechanismParamInvalid);
     };
-    if *kdf != ck::CKD_NULL as u64 || !shared_data.is_empty() {
+    let kdf = x963_hash(*kdf)?;
+    if kdf.is_none() && !shared_data.is_empty() {
+        // PKCS#11 3.0 §6.3.16: with CKD_NULL, pSharedData must be NULL.
         return Err(Rv::MechanismParamInvalid);
     }
     if base.class() != ck::CKO_PRIVATE_KEY as u64 {
@@ -64,7 +68,58 @@ fn ecdh(
         Rv::MechanismParamInvalid,
         |s| Ok(SecretBytes::from_slice(s)),
     )?;
-    fit(shared, length)
+    match kdf {
+        None => fit(shared, length),
+        Some(hash) => {
+            let wanted = length.unwrap_or(hash.output_len() as u64);
+            x963(hash, shared.expose(), shared_data, wanted)
+        }
+    }
+}
+
+/// The hash of an ECDH KDF; `None` for `CKD_NULL`. SHA3-224 (`CKD_SHA3_224_KDF`) and the
+/// SP 800-56C KDFs are not offered: `CKR_MECHANISM_PARAM_INVALID`.
+fn x963_hash(kdf: u64) -> Result<Option<&'static digest::Algorithm>, Rv> {
+    Ok(Some(match kdf as ck::CK_EC_KDF_TYPE {
+        ck::CKD_NULL => return Ok(None),
+        ck::CKD_SHA1_KDF => &digest::SHA1_FOR_LEGACY_USE_ONLY,
+        ck::CKD_SHA224_KDF => &digest::SHA224,
+        ck::CKD_SHA256_KDF => &digest::SHA256,
+        ck::CKD_SHA384_KDF => &digest::SHA384,
+        ck::CKD_SHA512_KDF => &digest::SHA512,
+        ck::CKD_SHA3_256_KDF => &digest::SHA3_256,
+        ck::CKD_SHA3_384_KDF => &digest::SHA3_384,
+        ck::CKD_SHA3_512_KDF => &digest::SHA3_512,
+        _ => return Err(Rv::MechanismParamInvalid),
+    }))
+}
+
+/// The ANSI X9.63 KDF (SEC 1 v2 §3.6.1): Hash(Z ‖ counter ‖ SharedInfo) for the counters 1, 2,
+/// ... (32 bits, big-endian), concatenated and cut to `length` bytes.
+fn x963(
+    hash: &'static digest::Algorithm,
+    z: &[u8],
+    shared_info: &[u8],
+    length: u64,
+) -> Result<SecretBytes, Rv> {
+    let length = usize::try_from(length).map_err(|_| Rv::TemplateInconsistent)?;
+    // The standard's bound: fewer than 2^32 - 1 blocks; a key is far shorter.
+    if length == 0 || length > 255 * hash.output_len() {
+        return Err(Rv::TemplateInconsistent);
+    }
+    let mut out = SecretBytes::with_capacity(length);
+    let mut counter: u32 = 1;
+    while out.len() < length {
+        let mut context = digest::Context::new(hash);
+        context.update(z);
+        context.update(&counter.to_be_bytes());
+        context.update(shared_info);
+        let block = context.finish();
+        let take = (length - out.len()).min(block.as_ref().len());
+        out.extend_from_slice(&block.as_ref()[..take]);
+        counter += 1;
+    }
+    Ok(out)
 }
 
 /// HKDF's hash: HMAC for the extract step, aws-lc's HKDF for the expand step, and the hash's

@@ -681,6 +681,59 @@ fn ed25519_x25519_ecdh_and_hkdf_match_published_vectors() {
             hex("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742")
         );
 
+        // The ANSI X9.63 KDFs over that agreed value Z (SEC 1 v2 §3.6.1): the key is
+        // Hash(Z || counter || SharedInfo) for the counters 1, 2, ... (32-bit big-endian),
+        // computed here from the standard's definition.
+        let z = hex("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742");
+        let x963 = |hash: &'static aws_lc_rs::digest::Algorithm, info: &[u8], len: usize| {
+            let mut out = Vec::new();
+            for counter in 1u32.. {
+                if out.len() >= len {
+                    break;
+                }
+                let block = [z.as_slice(), &counter.to_be_bytes(), info].concat();
+                out.extend_from_slice(aws_lc_rs::digest::digest(hash, &block).as_ref());
+            }
+            out.truncate(len);
+            out
+        };
+        let with_kdf = |kdf: ck::CK_EC_KDF_TYPE, info: &[u8]| Mechanism {
+            ty: ck::CKM_ECDH1_DERIVE as u64,
+            parameter: MechanismParameter::Ecdh {
+                kdf: kdf as u64,
+                shared_data: info.to_vec(),
+                public_data: hex(
+                    "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f",
+                ),
+            },
+        };
+        let sha256 = t
+            .derive(with_kdf(ck::CKD_SHA256_KDF, b"abc"), alice, 32)
+            .unwrap();
+        let expected = x963(&aws_lc_rs::digest::SHA256, b"abc", 32);
+        assert_eq!(t.value(sha256), expected, "CKD_SHA256_KDF");
+        // Two blocks of SHA-1 for 32 bytes.
+        let sha1 = t
+            .derive(with_kdf(ck::CKD_SHA1_KDF, b""), alice, 32)
+            .unwrap();
+        let expected = x963(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, b"", 32);
+        assert_eq!(t.value(sha1), expected, "CKD_SHA1_KDF");
+        let sha3 = t
+            .derive(with_kdf(ck::CKD_SHA3_512_KDF, b"x"), alice, 24)
+            .unwrap();
+        let expected = x963(&aws_lc_rs::digest::SHA3_512, b"x", 24);
+        assert_eq!(t.value(sha3), expected, "CKD_SHA3_512_KDF");
+        // The null KDF takes no shared data; SHA3-224 is not offered.
+        for (kdf, info) in [
+            (ck::CKD_NULL, b"abc".as_slice()),
+            (ck::CKD_SHA3_224_KDF, b""),
+        ] {
+            assert_eq!(
+                t.derive(with_kdf(kdf, info), alice, 32),
+                Err(Rv::MechanismParamInvalid.code())
+            );
+        }
+
         // ECDH on P-256 between two generated pairs agrees.
         let pair = || {
             let Reply::HandlePair(p, s) = t.call(Call::GenerateKeyPair {
