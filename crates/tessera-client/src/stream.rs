@@ -140,6 +140,9 @@ struct ReadBuffer {
     data: Vec<u8>,
     start: usize,
     end: usize,
+    /// How far fills have written since the buffer was last wiped: a shorter fill leaves
+    /// what a longer one wrote beyond its end.
+    high: usize,
 }
 
 impl ReadBuffer {
@@ -165,6 +168,7 @@ impl Read for Buffered<'_> {
                 return self.socket.read(out);
             }
             buffer.end = self.socket.read(&mut buffer.data)?;
+            buffer.high = buffer.high.max(buffer.end);
             buffer.start = 0;
         }
         let n = out.len().min(buffer.end - buffer.start);
@@ -240,6 +244,7 @@ impl Stream {
                 data: vec![0; ReadBuffer::SIZE],
                 start: 0,
                 end: 0,
+                high: 0,
             }),
             writing: Mutex::new(()),
             outbox: Mutex::new(Vec::new()),
@@ -337,10 +342,14 @@ impl Stream {
         });
         if body.as_ref().is_ok_and(|body| find_sealed(body).is_none()) {
             // A reply in the clear may be a decryption's plaintext or a key value: what the
-            // read buffer has handed out of it (up to its whole size) is wiped now, before the
-            // buffer waits for the next reply.
-            let consumed = buffer.start;
-            buffer.data[..consumed].fill(0);
+            // read buffer has handed out of it, and what earlier, longer fills left beyond the
+            // bytes not read yet, is wiped now, before the buffer waits for the next reply.
+            let (start, end, high) = (buffer.start, buffer.end, buffer.high);
+            buffer.data[..start].fill(0);
+            if high > end {
+                buffer.data[end..high].fill(0);
+            }
+            buffer.high = end;
             std::hint::black_box(&mut buffer.data);
         }
         drop(buffer);
@@ -447,6 +456,7 @@ impl Stream {
                 Ok((n, _)) if n > 0 => {
                     buffer.start = 0;
                     buffer.end = n;
+                    buffer.high = buffer.high.max(n);
                     return;
                 }
                 // Yield rather than spin: the device may be waiting for this very CPU.

@@ -59,6 +59,13 @@ const POOLED: usize = 64 * 1024;
 /// The most the pool keeps, in bytes of capacity: a few 1 MiB calls in flight.
 const POOL_BYTES: usize = 8 * 1024 * 1024;
 
+/// The capacity of a new bulk buffer: rounded up to a whole number of pool units, so that a
+/// later call whose frame is a few bytes longer (another id, another header) still finds it
+/// large enough.
+fn rounded(len: usize) -> usize {
+    len.div_ceil(POOLED) * POOLED
+}
+
 /// Spent bulk buffers, kept for the next ones.
 struct Pool(Mutex<Vec<Vec<u8>>>);
 
@@ -84,23 +91,24 @@ impl Pool {
         if len < POOLED {
             return Vec::with_capacity(len);
         }
-        // A new bulk buffer's capacity is rounded up to a whole number of pool units, so that a
-        // later call whose frame is a few bytes longer (another id, another header) still
-        // finds it large enough.
-        let capacity = len.div_ceil(POOLED) * POOLED;
-        let Some(mut buffers) = self.buffers() else {
-            return Vec::with_capacity(capacity);
-        };
+        self.take_kept(len)
+            .unwrap_or_else(|| Vec::with_capacity(rounded(len)))
+    }
+
+    /// The smallest kept buffer with room for `len` bytes, if there is one (nothing is
+    /// allocated).
+    fn take_kept(&self, len: usize) -> Option<Vec<u8>> {
+        if len < POOLED {
+            return None;
+        }
+        let mut buffers = self.buffers()?;
         let best = (buffers.iter().enumerate())
             .filter(|(_, buffer)| buffer.capacity() >= len)
             .min_by_key(|(_, buffer)| buffer.capacity())
-            .map(|(i, _)| i);
-        if let Some(i) = best {
-            let mut buffer = buffers.swap_remove(i);
-            buffer.clear();
-            return buffer;
-        }
-        Vec::with_capacity(capacity)
+            .map(|(i, _)| i)?;
+        let mut buffer = buffers.swap_remove(best);
+        buffer.clear();
+        Some(buffer)
     }
 
     fn give(&self, mut buffer: Vec<u8>, held: Held) {
@@ -141,12 +149,17 @@ pub fn copy(bytes: &[u8]) -> Vec<u8> {
 /// As [`copy`], but `None` where the memory cannot be had, instead of aborting the process:
 /// for what an application hands the PKCS#11 library, which must never take its host down.
 pub fn try_copy(bytes: &[u8]) -> Option<Vec<u8>> {
-    let mut buffer = if bytes.len() < POOLED {
-        Vec::new()
-    } else {
-        take(bytes.len())
+    // A pooled buffer when one is large enough; never a new allocation that can abort.
+    let len = bytes.len();
+    let mut buffer = match POOL.take_kept(len) {
+        Some(kept) => kept,
+        None => {
+            let mut fresh = Vec::new();
+            let room = if len < POOLED { len } else { rounded(len) };
+            fresh.try_reserve_exact(room).ok()?;
+            fresh
+        }
     };
-    buffer.try_reserve_exact(bytes.len()).ok()?;
     buffer.extend_from_slice(bytes);
     Some(buffer)
 }

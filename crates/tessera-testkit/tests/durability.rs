@@ -420,3 +420,51 @@ fn a_connection_that_never_finishes_holds_a_sigterm_up_for_five_seconds_at_most(
     );
     drop(stream);
 }
+
+/// A client whose next request is always there already (it writes requests without waiting
+/// for the replies, and reads the replies as they come) still has its connection stop with
+/// the daemon: the daemon looks for its stop before every request, not only while it waits
+/// for one, so a SIGTERM ends it well within the five seconds shutdown would wait.
+#[test]
+fn a_connection_whose_requests_never_pause_still_stops_with_the_daemon() {
+    use std::io::{Read, Write};
+    let mut daemon = Daemon::start();
+    let stream = std::os::unix::net::UnixStream::connect(daemon.socket()).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = stream.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let request = raw::frame(Call::DeviceInfo);
+        let batch = request.repeat(16);
+        while writer.write_all(&batch).is_ok() {}
+    });
+    std::thread::spawn(move || {
+        let mut sink = vec![0u8; 64 * 1024];
+        while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = daemon.pid().unwrap().to_string();
+    let signalled = std::time::Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let ended = wait_until(Duration::from_secs(15), || !running(pid.parse().unwrap()));
+    let took = signalled.elapsed();
+    if !ended {
+        daemon.kill9();
+        panic!("shutdown hung on the connection:\n{}", daemon.log());
+    }
+    assert!(daemon.wait_exit().success(), "{}", daemon.log());
+    assert!(
+        took < Duration::from_secs(3),
+        "shutdown took {took:?}: the busy connection did not see the stop:\n{}",
+        daemon.log()
+    );
+    assert!(
+        !daemon.log().contains("did not finish its clean-up"),
+        "{}",
+        daemon.log()
+    );
+    drop(stream);
+}

@@ -56,17 +56,27 @@ impl Notice {
         self.seen = self.signals.borrow().clear_ended;
     }
 
+    /// What has been signalled and not yet seen, without waiting: the daemon's stop, or (when
+    /// `clear`) an end of clear sessions. A connection looks before each request, so that one
+    /// whose requests never stop coming still notices.
+    pub(crate) fn signalled(&mut self, clear: bool) -> Option<Signal> {
+        let now = *self.signals.borrow_and_update();
+        if now.stopping {
+            return Some(Signal::Stop);
+        }
+        if clear && now.clear_ended != self.seen {
+            self.seen = now.clear_ended;
+            return Some(Signal::ClearEnded);
+        }
+        None
+    }
+
     /// Returns once the daemon stops or, when `clear`, once clear sessions were ended since
     /// they were last seen or ignored. Anything else wakes it only to wait again.
     pub(crate) async fn stop_or_clear_ended(&mut self, clear: bool) -> Signal {
         loop {
-            let now = *self.signals.borrow_and_update();
-            if now.stopping {
-                return Signal::Stop;
-            }
-            if clear && now.clear_ended != self.seen {
-                self.seen = now.clear_ended;
-                return Signal::ClearEnded;
+            if let Some(signal) = self.signalled(clear) {
+                return signal;
             }
             if self.signals.changed().await.is_err() {
                 // The daemon is gone without a word: nothing more will come.

@@ -27,7 +27,22 @@ pub(crate) unsafe fn template(
 ) -> CkResult<Template> {
     let mut budget = MAX_INPUT;
     // SAFETY: forwarded contract.
-    unsafe { converted(attributes, count, true, &mut budget) }
+    unsafe { template_within(attributes, count, &mut budget) }
+}
+
+/// As [`template`], with the values' bytes taken from `budget`, which several templates of one
+/// call share (what is left goes down as they are read).
+///
+/// # Safety
+///
+/// As for [`template`].
+pub(crate) unsafe fn template_within(
+    attributes: *const CK_ATTRIBUTE,
+    count: CK_ULONG,
+    budget: &mut usize,
+) -> CkResult<Template> {
+    // SAFETY: forwarded contract.
+    unsafe { converted(attributes, count, true, budget) }
 }
 
 /// The values of a template, nested ones included, hold at most `budget` bytes together (what

@@ -183,12 +183,22 @@ unsafe fn dual(
     out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> CkResult {
-    // SAFETY: forwarded contract.
-    let data = unsafe { input(part, part_len) }?;
-    // SAFETY: forwarded contract.
-    let output = unsafe { Output::new(out, out_len) }?;
-    let produced = library::dual_update(session as u64, dual, data, output.capacity()?)?;
-    output.deliver(produced.expose())
+    // Both operations follow the rules of their own updates: a call refused for its
+    // arguments ends them, and neither may be a single-part call's kept output.
+    let operations = [dual.cipher(), dual.absorber()];
+    let result = (|| {
+        for operation in operations {
+            library::not_waiting_for_single(session as u64, operation)?;
+        }
+        // SAFETY: forwarded contract.
+        let data = unsafe { input(part, part_len) }?;
+        // SAFETY: forwarded contract.
+        let output = unsafe { Output::new(out, out_len) }?;
+        let produced = library::dual_update(session as u64, dual, data, output.capacity()?)?;
+        output.deliver(produced.expose())
+    })();
+    let result = ends_on_error(session, operations[0], result);
+    ends_on_error(session, operations[1], result)
 }
 
 entry_points! {

@@ -20,7 +20,7 @@ use cryptoki_sys::{
 use tessera_core::ck;
 use tessera_core::{KbkdfData, KbkdfFormat, Mechanism, MechanismParameter, Rv};
 
-use super::convert::template;
+use super::convert::template_within;
 use super::{bytes, slice, Place};
 use crate::CkResult;
 
@@ -411,6 +411,17 @@ unsafe fn kbkdf_parameter(p: Sp800108) -> CkResult<MechanismParameter> {
     }
     // SAFETY: forwarded contract: the arrays hold their counts of elements.
     let segments = unsafe { slice(p.data.0, p.data.1) }.map_err(|_| invalid())?;
+    // The segments' values together are one input: no more than a frame carries, counted
+    // before any is read.
+    let total = segments.iter().try_fold(0usize, |total, segment| {
+        let len = usize::try_from(segment.ulValueLen as u64).ok()?;
+        total
+            .checked_add(len)
+            .filter(|total| *total <= super::MAX_INPUT)
+    });
+    if total.is_none() {
+        return Err(invalid());
+    }
     let mut data = Vec::with_capacity(segments.len());
     for segment in segments {
         // SAFETY: forwarded contract: each segment's value is valid for its length.
@@ -419,9 +430,12 @@ unsafe fn kbkdf_parameter(p: Sp800108) -> CkResult<MechanismParameter> {
     // SAFETY: forwarded contract.
     let keys = unsafe { slice(p.additional.0, p.additional.1) }.map_err(|_| invalid())?;
     let mut additional = Vec::with_capacity(keys.len());
+    // The additional keys' templates share one budget of a frame's size.
+    let mut budget = super::MAX_INPUT;
     for key in keys {
         // SAFETY: forwarded contract: each template holds its count of attributes.
-        additional.push(unsafe { template(key.pTemplate, key.ulAttributeCount) }?);
+        let template = unsafe { template_within(key.pTemplate, key.ulAttributeCount, &mut budget) };
+        additional.push(template.map_err(|_| invalid())?);
     }
     Ok(MechanismParameter::Kbkdf {
         prf: p.prf as u64,

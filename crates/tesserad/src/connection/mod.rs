@@ -206,6 +206,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 // none.
                 self.stop.ignore_clear_ended();
             }
+            // Looked at before every request, not only while waiting for one: a connection
+            // whose next request is always there already still stops with the daemon, and a
+            // clear one still gets its notice.
+            if let Some(signal) = self.stop.signalled(clear) {
+                if matches!(signal, Signal::ClearEnded) {
+                    self.notice = true;
+                }
+                return None;
+            }
             // The next request usually comes within the polling window (or is there already):
             // taken then without setting up the wait for the daemon's stop and the end of
             // clear sessions, which a request that comes later waits beside.
