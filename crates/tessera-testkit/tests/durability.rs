@@ -378,20 +378,9 @@ fn a_sigterm_waits_for_each_connection_to_close_its_channel_before_the_last_even
     );
 }
 
-/// A client that never reads its replies holds its connection's clean-up up forever (the
-/// replies cannot be written): shutdown waits five seconds for it, says so, and ends anyway.
-#[test]
-fn a_connection_that_never_finishes_holds_a_sigterm_up_for_five_seconds_at_most() {
-    use std::io::Write;
-    let mut daemon = Daemon::start();
-    let stream = std::os::unix::net::UnixStream::connect(daemon.socket()).unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    // Requests, and never a reply read: the daemon's writes fill the socket and block.
-    std::thread::spawn(move || {
-        let request = raw::frame(Call::DeviceInfo);
-        while writer.write_all(&request).is_ok() {}
-    });
-    std::thread::sleep(Duration::from_secs(1));
+/// Sends the daemon SIGTERM and waits for it to end (15 s at most, else it is killed and the
+/// test fails); it must exit successfully. How long it took.
+fn sigterm(daemon: &mut Daemon) -> Duration {
     let pid = daemon.pid().unwrap().to_string();
     let signalled = std::time::Instant::now();
     let status = std::process::Command::new("kill")
@@ -406,6 +395,24 @@ fn a_connection_that_never_finishes_holds_a_sigterm_up_for_five_seconds_at_most(
         panic!("shutdown hung on the connection:\n{}", daemon.log());
     }
     assert!(daemon.wait_exit().success(), "{}", daemon.log());
+    took
+}
+
+/// A client that never reads its replies holds its connection's clean-up up forever (the
+/// replies cannot be written): shutdown waits five seconds for it, says so, and ends anyway.
+#[test]
+fn a_connection_that_never_finishes_holds_a_sigterm_up_for_five_seconds_at_most() {
+    use std::io::Write;
+    let mut daemon = Daemon::start();
+    let stream = std::os::unix::net::UnixStream::connect(daemon.socket()).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    // Requests, and never a reply read: the daemon's writes fill the socket and block.
+    std::thread::spawn(move || {
+        let request = raw::frame(Call::DeviceInfo);
+        while writer.write_all(&request).is_ok() {}
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let took = sigterm(&mut daemon);
     assert!(
         took >= Duration::from_secs(4) && took < Duration::from_secs(10),
         "shutdown took {took:?}, not the five seconds it waits:\n{}",
@@ -442,20 +449,7 @@ fn a_connection_whose_requests_never_pause_still_stops_with_the_daemon() {
         while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
     });
     std::thread::sleep(Duration::from_millis(500));
-    let pid = daemon.pid().unwrap().to_string();
-    let signalled = std::time::Instant::now();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let ended = wait_until(Duration::from_secs(15), || !running(pid.parse().unwrap()));
-    let took = signalled.elapsed();
-    if !ended {
-        daemon.kill9();
-        panic!("shutdown hung on the connection:\n{}", daemon.log());
-    }
-    assert!(daemon.wait_exit().success(), "{}", daemon.log());
+    let took = sigterm(&mut daemon);
     assert!(
         took < Duration::from_secs(3),
         "shutdown took {took:?}: the busy connection did not see the stop:\n{}",

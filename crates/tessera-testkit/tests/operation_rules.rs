@@ -12,23 +12,33 @@ use std::process::Command;
 
 use tessera_testkit::{compile_c, pkcs11_module, Transport};
 
-#[test]
-fn a_call_refused_for_its_arguments_ends_its_operation() {
+/// Runs the C application `program` (in `tests/c`) with the module, the user PIN and `args`
+/// against a fresh daemon with an initialised token; its output lines.
+fn run_c(program: &str, args: &[&str]) -> Vec<String> {
     let f = common::fixture(Transport::Unix);
     let dir = f.daemon.dir().to_path_buf();
-    let program = compile_c("failed_call", &dir);
-    let output = Command::new(&program)
+    let compiled = compile_c(program, &dir);
+    let output = Command::new(&compiled)
         .arg(pkcs11_module())
         .arg(common::USER_PIN)
+        .args(args)
         .env(
             "ET_HSM_NETCLIENT_SERVERLIST",
             f.daemon.server_list(Transport::Unix),
         )
-        .env("ET_PTKC_GENERAL_LOG", dir.join("failed_call.log"))
+        .env("ET_PTKC_GENERAL_LOG", dir.join(format!("{program}.log")))
         .output()
         .unwrap();
     assert!(output.status.success(), "{output:?}");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_call_refused_for_its_arguments_ends_its_operation() {
+    let lines = run_c("operation_rules", &["failed"]);
     let expected = [
         "setup=0x0",
         // The init the library held for the next call; C_Encrypt without its length pointer.
@@ -48,8 +58,7 @@ fn a_call_refused_for_its_arguments_ends_its_operation() {
         "digest_init_again=0x0",
         "digest=0x0",
     ];
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines, expected, "{stdout}");
+    assert_eq!(lines, expected);
 }
 
 /// A key with `CKA_ALWAYS_AUTHENTICATE` (PKCS#11 3.0 §4.9: "the user has to supply the PIN for
@@ -58,21 +67,7 @@ fn a_call_refused_for_its_arguments_ends_its_operation() {
 /// the device saw the login before the operation existed — and not without that login.
 #[test]
 fn a_key_that_always_authenticates_signs_after_a_context_specific_login() {
-    let f = common::fixture(Transport::Unix);
-    let dir = f.daemon.dir().to_path_buf();
-    let program = compile_c("always_authenticate", &dir);
-    let output = Command::new(&program)
-        .arg(pkcs11_module())
-        .arg(common::USER_PIN)
-        .env(
-            "ET_HSM_NETCLIENT_SERVERLIST",
-            f.daemon.server_list(Transport::Unix),
-        )
-        .env("ET_PTKC_GENERAL_LOG", dir.join("always_authenticate.log"))
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines = run_c("always_authenticate", &[]);
     let expected = [
         "setup=0x0",
         "init=0x0",
@@ -82,8 +77,7 @@ fn a_key_that_always_authenticates_signs_after_a_context_specific_login() {
         // CKR_USER_NOT_LOGGED_IN: this use had no login of its own.
         "sign_without_login=0x101",
     ];
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines, expected, "{stdout}");
+    assert_eq!(lines, expected);
 }
 
 /// Single-part and multi-part calls of one operation do not mix (PKCS#11 3.0 §5.8: C_Encrypt
@@ -94,21 +88,7 @@ fn a_key_that_always_authenticates_signs_after_a_context_specific_login() {
 /// output.
 #[test]
 fn single_part_and_multi_part_calls_do_not_mix() {
-    let f = common::fixture(Transport::Unix);
-    let dir = f.daemon.dir().to_path_buf();
-    let program = compile_c("mixed_calls", &dir);
-    let output = Command::new(&program)
-        .arg(pkcs11_module())
-        .arg(common::USER_PIN)
-        .env(
-            "ET_HSM_NETCLIENT_SERVERLIST",
-            f.daemon.server_list(Transport::Unix),
-        )
-        .env("ET_PTKC_GENERAL_LOG", dir.join("mixed_calls.log"))
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines = run_c("operation_rules", &["mixed"]);
     let expected = [
         "setup=0x0",
         "multi_init=0x0",
@@ -124,6 +104,5 @@ fn single_part_and_multi_part_calls_do_not_mix() {
         "init_after=0x0",
         "encrypt_after=0x0",
     ];
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines, expected, "{stdout}");
+    assert_eq!(lines, expected);
 }
