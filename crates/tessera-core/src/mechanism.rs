@@ -124,6 +124,8 @@ pub enum MechanismParameter {
         /// Templates of the additional keys, derived from the key material after the first.
         additional: Vec<crate::Template>,
     },
+    /// A `CK_OBJECT_HANDLE`: the other key of `CKM_CONCATENATE_BASE_AND_KEY`.
+    Key(u64),
 }
 
 /// How a counter or a length is written into the PRF input of SP 800-108

@@ -1,7 +1,8 @@
 //! Key derivation: ECDH (`CKM_ECDH1_DERIVE`, `CKM_ECDH1_COFACTOR_DERIVE`) on P-256/384/521 and
 //! X25519 keys with the null KDF or the ANSI X9.63 KDFs (`CKD_SHA1_KDF` ... `CKD_SHA512_KDF`,
-//! `CKD_SHA3_256_KDF` ... `CKD_SHA3_512_KDF`), and HKDF (`CKM_HKDF_DERIVE`, `CKM_HKDF_DATA`,
-//! RFC 5869).
+//! `CKD_SHA3_256_KDF` ... `CKD_SHA3_512_KDF`), HKDF (`CKM_HKDF_DERIVE`, `CKM_HKDF_DATA`,
+//! RFC 5869), and the derivations that join values (`CKM_CONCATENATE_BASE_AND_KEY`,
+//! `CKM_CONCATENATE_BASE_AND_DATA`, `CKM_CONCATENATE_DATA_AND_BASE`, `CKM_XOR_BASE_AND_DATA`).
 
 use aws_lc_rs::{agreement, digest, hkdf, hmac};
 use tessera_core::{ck, der, Mechanism, MechanismParameter, Rv, SecretBytes};
@@ -233,8 +234,55 @@ pub(crate) fn derive(
         ck::CKM_AES_ECB_ENCRYPT_DATA | ck::CKM_AES_CBC_ENCRYPT_DATA => {
             encrypt_data(mechanism, base, length)
         }
+        ck::CKM_CONCATENATE_BASE_AND_DATA
+        | ck::CKM_CONCATENATE_DATA_AND_BASE
+        | ck::CKM_XOR_BASE_AND_DATA
+        | ck::CKM_CONCATENATE_BASE_AND_KEY => {
+            let value = secret_value(base)?;
+            let joined = match (mechanism.ty as ck::CK_MECHANISM_TYPE, &mechanism.parameter) {
+                (ck::CKM_CONCATENATE_BASE_AND_DATA, MechanismParameter::Bytes(data)) => {
+                    [value, data.as_slice()].concat()
+                }
+                (ck::CKM_CONCATENATE_DATA_AND_BASE, MechanismParameter::Bytes(data)) => {
+                    [data.as_slice(), value].concat()
+                }
+                // PKCS#11 3.0 §6.37.5: as long as the shorter of the two.
+                (ck::CKM_XOR_BASE_AND_DATA, MechanismParameter::Bytes(data)) => {
+                    value.iter().zip(data).map(|(a, b)| a ^ b).collect()
+                }
+                (ck::CKM_CONCATENATE_BASE_AND_KEY, MechanismParameter::Key(other)) => {
+                    let other = hsm.usable_key(client, session, *other)?;
+                    [value, secret_value(&other)?].concat()
+                }
+                _ => return Err(Rv::MechanismParamInvalid),
+            };
+            if joined.is_empty() {
+                return Err(Rv::MechanismParamInvalid);
+            }
+            fit(SecretBytes::new(joined), length)
+        }
         _ => Err(Rv::MechanismInvalid),
     }
+}
+
+/// Whether `mechanism` derives a key that holds the values it joins (concatenation, XOR):
+/// the new key keeps the protection of the keys it came from.
+pub(crate) fn joins_values(mechanism: u64) -> bool {
+    matches!(
+        mechanism as ck::CK_MECHANISM_TYPE,
+        ck::CKM_CONCATENATE_BASE_AND_KEY
+            | ck::CKM_CONCATENATE_BASE_AND_DATA
+            | ck::CKM_CONCATENATE_DATA_AND_BASE
+            | ck::CKM_XOR_BASE_AND_DATA
+    )
+}
+
+/// The value of a secret key, for the derivations that join values (PKCS#11 3.0 §6.37).
+fn secret_value(key: &Attributes) -> Result<&[u8], Rv> {
+    if key.class() != ck::CKO_SECRET_KEY as u64 {
+        return Err(Rv::KeyTypeInconsistent);
+    }
+    key.get(ck::CKA_VALUE).ok_or(Rv::KeyTypeInconsistent)
 }
 
 /// `CKM_AES_ECB_ENCRYPT_DATA` and `CKM_AES_CBC_ENCRYPT_DATA`: the new key's value is the

@@ -2,7 +2,7 @@
 //! and `C_SessionCancel`.
 
 use tessera_core::ck;
-use tessera_core::{Mechanism, MechanismParameter, Rv, Template};
+use tessera_core::{Attribute, Mechanism, MechanismParameter, Rv, Template};
 use tessera_wire::{Operation, Reply};
 
 use crate::object::{constrained, Attributes};
@@ -72,7 +72,24 @@ impl Hsm {
         if crate::kbkdf::is_kbkdf(mechanism.ty) {
             return self.derive_keys(client, session, mechanism, &base, template);
         }
-        let template = constrained(template, &base, ck::CKA_DERIVE_TEMPLATE)?;
+        let mut template = constrained(template, &base, ck::CKA_DERIVE_TEMPLATE)?;
+        if crate::derive::joins_values(mechanism.ty) {
+            // The new key holds the values it joins: it is at least as protected as each of
+            // them (PKCS#11 3.0 §6.37: "If the original key has its CKA_SENSITIVE attribute
+            // set to CK_TRUE, so does the derived key"; likewise CKA_EXTRACTABLE false) —
+            // whatever the template asks, or a sensitive value would read out of the new key.
+            let other = match mechanism.parameter {
+                MechanismParameter::Key(other) => Some(self.usable_key(client, session, other)?),
+                _ => None,
+            };
+            let sources = || std::iter::once(&base).chain(other.as_ref());
+            if sources().any(|k| k.flag(ck::CKA_SENSITIVE)) {
+                template.set(Attribute::bool(ck::CKA_SENSITIVE, true));
+            }
+            if sources().any(|k| !k.flag(ck::CKA_EXTRACTABLE)) {
+                template.set(Attribute::bool(ck::CKA_EXTRACTABLE, false));
+            }
+        }
         let length = template.ulong(ck::CKA_VALUE_LEN)?;
         let value = crate::derive::derive(self, client, session, mechanism, &base, length)?;
         self.create_secret_key(client, session, &template, value.expose(), true)

@@ -903,3 +903,86 @@ fn always_authenticate_unique_ids_and_public_key_info() {
         Rv::AttributeReadOnly.code()
     );
 }
+
+/// The derivations that join values (PKCS#11 3.0 §6.37): the new key's value is the base's
+/// and the data's (or the other key's) concatenated, or their XOR (as long as the shorter);
+/// and, as the standard says, the new key is sensitive if either source is and not
+/// extractable if either is not — else a sensitive value would read straight out of a key
+/// made from it (the attacker asks for a non-sensitive result in the template).
+#[test]
+fn joining_derivations_join_values_and_keep_their_protection() {
+    let daemon = Daemon::start();
+    let transport = Transport::Unix;
+    prepare(&daemon, transport, "");
+    let t = Token::new(&daemon, transport);
+    let base = t.secret(ck::CKK_GENERIC_SECRET, b"BASE");
+    let other = t.secret(ck::CKK_GENERIC_SECRET, b"other");
+    let with_data = |ty: ck::CK_MECHANISM_TYPE, data: &[u8]| Mechanism {
+        ty: ty as u64,
+        parameter: MechanismParameter::Bytes(data.to_vec()),
+    };
+    let derived = |mechanism, length| t.value(t.derive(mechanism, base, length).unwrap());
+    let data = b"-data";
+    assert_eq!(
+        derived(with_data(ck::CKM_CONCATENATE_BASE_AND_DATA, data), 9),
+        b"BASE-data"
+    );
+    assert_eq!(
+        derived(with_data(ck::CKM_CONCATENATE_DATA_AND_BASE, data), 9),
+        b"-dataBASE"
+    );
+    let xor: Vec<u8> = b"BASE".iter().zip(data).map(|(a, b)| a ^ b).collect();
+    assert_eq!(derived(with_data(ck::CKM_XOR_BASE_AND_DATA, data), 4), xor);
+    let and_key = Mechanism {
+        ty: ck::CKM_CONCATENATE_BASE_AND_KEY as u64,
+        parameter: MechanismParameter::Key(other),
+    };
+    assert_eq!(derived(and_key.clone(), 9), b"BASEother");
+    // Cut to CKA_VALUE_LEN.
+    assert_eq!(
+        derived(with_data(ck::CKM_CONCATENATE_BASE_AND_DATA, data), 6),
+        b"BASE-d"
+    );
+
+    // The attack: a sensitive key joined with known data (or as the other key), the result
+    // asked for non-sensitive (Token::derive's template says CKA_SENSITIVE false).
+    let secret = t.create(vec![
+        Attribute::ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY),
+        Attribute::ulong(ck::CKA_KEY_TYPE, ck::CKK_GENERIC_SECRET),
+        Attribute::bool(ck::CKA_SENSITIVE, true),
+        Attribute::bool(ck::CKA_DERIVE, true),
+        Attribute::bytes(ck::CKA_VALUE, b"SECRET-marker"),
+    ]);
+    let through_data = t
+        .derive(
+            with_data(ck::CKM_CONCATENATE_BASE_AND_DATA, b"x"),
+            secret,
+            14,
+        )
+        .unwrap();
+    let as_other = Mechanism {
+        ty: ck::CKM_CONCATENATE_BASE_AND_KEY as u64,
+        parameter: MechanismParameter::Key(secret),
+    };
+    let through_key = t.derive(as_other, base, 17).unwrap();
+    for key in [through_data, through_key] {
+        let answer = t.call(Call::GetAttributes {
+            session: t.session,
+            object: key,
+            types: vec![ck::CKA_VALUE as u64, ck::CKA_SENSITIVE as u64],
+        });
+        let Reply::Attributes(answers) = answer else {
+            panic!("{answer:?}")
+        };
+        assert!(
+            matches!(answers[0], AttributeAnswer::Sensitive),
+            "the joined value reads out: {:?}",
+            answers[0]
+        );
+        assert!(
+            matches!(&answers[1], AttributeAnswer::Value(v) if v == &[1]),
+            "{:?}",
+            answers[1]
+        );
+    }
+}

@@ -104,6 +104,10 @@ unsafe fn decode(mechanism: &CK_MECHANISM) -> CkResult<MechanismParameter> {
         ck::CKM_HKDF_DERIVE | ck::CKM_HKDF_DATA => hkdf,
         ck::CKM_EDDSA => eddsa,
         ck::CKM_AES_ECB_ENCRYPT_DATA => ecb_encrypt_data,
+        ck::CKM_CONCATENATE_BASE_AND_DATA
+        | ck::CKM_CONCATENATE_DATA_AND_BASE
+        | ck::CKM_XOR_BASE_AND_DATA => string_data,
+        ck::CKM_CONCATENATE_BASE_AND_KEY => other_key,
         ck::CKM_AES_CBC_ENCRYPT_DATA => cbc_encrypt_data,
         ck::CKM_SP800_108_COUNTER_KDF | ck::CKM_SP800_108_DOUBLE_PIPELINE_KDF => kbkdf,
         ck::CKM_SP800_108_FEEDBACK_KDF => kbkdf_feedback,
@@ -271,6 +275,32 @@ unsafe fn ecb_encrypt_data(pointer: *const c_void, len: CK_ULONG) -> CkResult<Me
         // SAFETY: forwarded contract.
         data: unsafe { embedded(string.pData, string.ulLen) }?,
     })
+}
+
+/// `CK_KEY_DERIVATION_STRING_DATA` of `CKM_CONCATENATE_BASE_AND_DATA`,
+/// `CKM_CONCATENATE_DATA_AND_BASE` and `CKM_XOR_BASE_AND_DATA`: the data.
+///
+/// # Safety
+///
+/// As for [`decode`].
+unsafe fn string_data(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismParameter> {
+    // SAFETY: forwarded contract.
+    let string: CK_KEY_DERIVATION_STRING_DATA = unsafe { structure(pointer, len) }?;
+    // SAFETY: forwarded contract.
+    Ok(MechanismParameter::Bytes(unsafe {
+        embedded(string.pData, string.ulLen)
+    }?))
+}
+
+/// The `CK_OBJECT_HANDLE` of `CKM_CONCATENATE_BASE_AND_KEY`: the other key.
+///
+/// # Safety
+///
+/// As for [`decode`].
+unsafe fn other_key(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismParameter> {
+    // SAFETY: forwarded contract.
+    let key: CK_OBJECT_HANDLE = unsafe { structure(pointer, len) }?;
+    Ok(MechanismParameter::Key(key as u64))
 }
 
 /// `CK_AES_CBC_ENCRYPT_DATA_PARAMS` of `CKM_AES_CBC_ENCRYPT_DATA`.
