@@ -429,11 +429,7 @@ impl ChannelState {
             ),
             Err(_) => true,
         };
-        let held = match secret {
-            true => Held::Secret,
-            false => Held::Data,
-        };
-        tessera_core::bytes::give(buffer, held);
+        tessera_core::bytes::give(buffer, Held::secret_if(secret));
         let Ok(bound) = decoded else {
             self.channel.close();
             device.report(serial, "a reply record did not decode; channel closed");

@@ -263,10 +263,7 @@ impl Stream {
 
     /// The frame of a message in the clear; its spent bulk buffers go back to the pool.
     pub(crate) fn clear_frame(id: u64, message: Message) -> Frame {
-        let held = match message.carries_secret() {
-            true => Held::Secret,
-            false => Held::Data,
-        };
+        let held = Held::secret_if(message.carries_secret());
         let envelope = RequestEnvelope {
             version: PROTOCOL_VERSION,
             id,
@@ -303,8 +300,7 @@ impl Stream {
                 }
                 return Ok(());
             }
-            let secret = frames.iter().any(|frame| frame.held == Held::Secret);
-            let held = if secret { Held::Secret } else { Held::Data };
+            let held = Held::secret_if(frames.iter().any(|frame| frame.held == Held::Secret));
             let batch = if frames.len() == 1 {
                 frames.into_iter().next().expect("one frame").bytes
             } else {

@@ -177,6 +177,17 @@ pub enum Held {
     Data,
 }
 
+impl Held {
+    /// `Secret` when `secret`, else `Data`.
+    pub fn secret_if(secret: bool) -> Held {
+        if secret {
+            Held::Secret
+        } else {
+            Held::Data
+        }
+    }
+}
+
 /// Hands a spent buffer back for reuse; a small one, or one the full pool cannot keep, is
 /// freed. A buffer that [`Held::Secret`] is wiped first, its whole capacity (whatever was ever
 /// written there). When the pool is full, the smallest buffers go.
@@ -188,7 +199,7 @@ pub fn give(buffer: Vec<u8>, held: Held) {
 /// speed (`zeroize` writes a byte at a time, volatile: 1 MiB cost about a millisecond); the
 /// buffer is then handed to an opaque barrier, so the writes are not dropped as dead stores
 /// even when it is freed next.
-pub fn wipe(buffer: &mut Vec<u8>) {
+fn wipe(buffer: &mut Vec<u8>) {
     buffer.clear();
     buffer.resize(buffer.capacity(), 0);
     std::hint::black_box(buffer.as_mut_slice());

@@ -203,15 +203,24 @@ impl Hsm {
     }
 }
 
-/// Derives the value of a new secret key from `base`.
+/// The keys a derivation starts from: the base key, and the other key of
+/// `CKM_CONCATENATE_BASE_AND_KEY` (loaded once, by the caller, which also judges the new key's
+/// protection by it).
+pub(crate) struct Keys<'a> {
+    pub(crate) base: &'a Attributes,
+    pub(crate) other: Option<&'a Attributes>,
+}
+
+/// Derives the value of a new secret key from `keys`.
 pub(crate) fn derive(
     hsm: &Hsm,
     client: u64,
     session: u64,
     mechanism: &Mechanism,
-    base: &Attributes,
+    keys: Keys<'_>,
     length: Option<u64>,
 ) -> Result<SecretBytes, Rv> {
+    let base = keys.base;
     match mechanism.ty as ck::CK_MECHANISM_TYPE {
         ck::CKM_ECDH1_DERIVE | ck::CKM_ECDH1_COFACTOR_DERIVE => {
             ecdh(&mechanism.parameter, base, length)
@@ -250,9 +259,9 @@ pub(crate) fn derive(
                 (ck::CKM_XOR_BASE_AND_DATA, MechanismParameter::Bytes(data)) => {
                     value.iter().zip(data).map(|(a, b)| a ^ b).collect()
                 }
-                (ck::CKM_CONCATENATE_BASE_AND_KEY, MechanismParameter::Key(other)) => {
-                    let other = hsm.usable_key(client, session, *other)?;
-                    [value, secret_value(&other)?].concat()
+                (ck::CKM_CONCATENATE_BASE_AND_KEY, MechanismParameter::Key(_)) => {
+                    let other = keys.other.ok_or(Rv::MechanismParamInvalid)?;
+                    [value, secret_value(other)?].concat()
                 }
                 _ => return Err(Rv::MechanismParamInvalid),
             };

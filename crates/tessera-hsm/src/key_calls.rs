@@ -73,15 +73,16 @@ impl Hsm {
             return self.derive_keys(client, session, mechanism, &base, template);
         }
         let mut template = constrained(template, &base, ck::CKA_DERIVE_TEMPLATE)?;
+        // The other key a derivation joins to the base (CKM_CONCATENATE_BASE_AND_KEY).
+        let other = match mechanism.parameter {
+            MechanismParameter::Key(other) => Some(self.usable_key(client, session, other)?),
+            _ => None,
+        };
         if crate::derive::joins_values(mechanism.ty) {
             // The new key holds the values it joins: it is at least as protected as each of
             // them (PKCS#11 3.0 §6.37: "If the original key has its CKA_SENSITIVE attribute
             // set to CK_TRUE, so does the derived key"; likewise CKA_EXTRACTABLE false) —
             // whatever the template asks, or a sensitive value would read out of the new key.
-            let other = match mechanism.parameter {
-                MechanismParameter::Key(other) => Some(self.usable_key(client, session, other)?),
-                _ => None,
-            };
             let sources = || std::iter::once(&base).chain(other.as_ref());
             if sources().any(|k| k.flag(ck::CKA_SENSITIVE)) {
                 template.set(Attribute::bool(ck::CKA_SENSITIVE, true));
@@ -91,7 +92,11 @@ impl Hsm {
             }
         }
         let length = template.ulong(ck::CKA_VALUE_LEN)?;
-        let value = crate::derive::derive(self, client, session, mechanism, &base, length)?;
+        let keys = crate::derive::Keys {
+            base: &base,
+            other: other.as_ref(),
+        };
+        let value = crate::derive::derive(self, client, session, mechanism, keys, length)?;
         self.create_secret_key(client, session, &template, value.expose(), true)
     }
 

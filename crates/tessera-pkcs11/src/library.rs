@@ -121,6 +121,17 @@ struct Session {
     deferred: deferred::Deferred,
 }
 
+impl Session {
+    /// Forgets, here, what of the session's operations `flags` (`C_SessionCancel`'s) names:
+    /// their kept outputs, held inits and live marks, and the message-based ones (which live
+    /// here only). What the device runs is the caller's to cancel there.
+    fn cancel_here(&mut self, flags: u64) {
+        self.pending.forget(|call| call.cancelled_by(flags));
+        (self.deferred).cancel(|operation| flags & pending::operation_flag(operation) != 0);
+        (self.messages).retain(|(operation, _)| flags & pending::message_flag(*operation) == 0);
+    }
+}
+
 /// What a session call needs, cloned out of the table.
 struct Target {
     device: Arc<Device>,

@@ -113,7 +113,6 @@ entry_points! {
     fn C_GetInfo(info: *mut CK_INFO) {
         // SAFETY: pInfo is NULL or points to a CK_INFO to fill (§5.4.3).
         let info = unsafe { Place::new(info) }?;
-        library::ensure_initialized()?;
         info.set(library_info());
         Ok(())
     }

@@ -441,16 +441,12 @@ unsafe fn kbkdf_parameter(p: Sp800108) -> CkResult<MechanismParameter> {
     }
     // SAFETY: forwarded contract: the arrays hold their counts of elements.
     let segments = unsafe { slice(p.data.0, p.data.1) }.map_err(|_| invalid())?;
-    // The segments' values together are one input: no more than a frame carries, counted
-    // before any is read.
-    let total = segments.iter().try_fold(0usize, |total, segment| {
-        let len = usize::try_from(segment.ulValueLen as u64).ok()?;
-        total
-            .checked_add(len)
-            .filter(|total| *total <= super::MAX_INPUT)
-    });
-    if total.is_none() {
-        return Err(invalid());
+    // The segments' values and the additional keys' templates are one input: no more than a
+    // frame carries, counted before any is read.
+    let mut budget = super::MAX_INPUT;
+    for segment in segments {
+        let len = usize::try_from(segment.ulValueLen as u64).unwrap_or(usize::MAX);
+        budget = budget.checked_sub(len).ok_or_else(invalid)?;
     }
     let mut data = Vec::with_capacity(segments.len());
     for segment in segments {
@@ -460,8 +456,6 @@ unsafe fn kbkdf_parameter(p: Sp800108) -> CkResult<MechanismParameter> {
     // SAFETY: forwarded contract.
     let keys = unsafe { slice(p.additional.0, p.additional.1) }.map_err(|_| invalid())?;
     let mut additional = Vec::with_capacity(keys.len());
-    // The additional keys' templates share one budget of a frame's size.
-    let mut budget = super::MAX_INPUT;
     for key in keys {
         // SAFETY: forwarded contract: each template holds its count of attributes.
         let template = unsafe { template_within(key.pTemplate, key.ulAttributeCount, &mut budget) };

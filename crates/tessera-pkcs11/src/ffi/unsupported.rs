@@ -17,15 +17,13 @@ use std::ffi::c_void;
 use cryptoki_sys::{CK_BYTE, CK_FLAGS, CK_MECHANISM, CK_OBJECT_HANDLE, CK_SLOT_ID, CK_ULONG};
 use tessera_core::Rv;
 
-use crate::{library, CkResult};
+use crate::CkResult;
 
 fn not_supported() -> CkResult {
-    library::ensure_initialized()?;
     Err(Rv::FunctionNotSupported.code())
 }
 
 fn not_parallel() -> CkResult {
-    library::ensure_initialized()?;
     Err(cryptoki_sys::CKR_FUNCTION_NOT_PARALLEL as u64)
 }
 

@@ -167,18 +167,14 @@ pub fn not_waiting_for_single(handle: u64, operation: Operation) -> CkResult {
 /// it (an argument it could not take) did not: a held init is forgotten, kept output too, and
 /// an operation the device runs is cancelled there.
 pub fn abandon(handle: u64, operation: Operation) {
+    let flags = super::pending::operation_flag(operation);
     let live = with(|library| {
         let session = library.session_mut(handle)?;
-        session
-            .pending
-            .forget(|call| call.operation() == Some(operation));
-        let deferred = &mut session.deferred;
-        let live = deferred.live.contains(&operation);
-        deferred.cancel(|o| o == operation);
+        let live = session.deferred.live.contains(&operation);
+        session.cancel_here(flags);
         Ok(live)
     });
     if live == Ok(true) {
-        let flags = super::pending::operation_flag(operation);
         let _ = session_call(handle, |session| Call::SessionCancel { session, flags });
     }
 }

@@ -6,7 +6,7 @@ use tessera_core::{Mechanism, Rv, SecretBytes};
 use tessera_wire::{Call, Operation, Reply};
 
 use super::deferred;
-use super::pending::{self, MESSAGE_FLAGS};
+use super::pending::MESSAGE_FLAGS;
 use super::{expect_done, session_call, unexpected, with, Producer, Stage};
 use crate::CkResult;
 
@@ -194,14 +194,7 @@ pub fn wrap_key(
 /// device runs each message as a whole operation and has nothing to cancel for them).
 pub fn session_cancel(handle: u64, flags: u64) -> CkResult {
     with(|library| {
-        let session = library.session_mut(handle)?;
-        session.pending.forget(|call| call.cancelled_by(flags));
-        session
-            .deferred
-            .cancel(|operation| flags & pending::operation_flag(operation) != 0);
-        session
-            .messages
-            .retain(|(operation, _)| flags & pending::message_flag(*operation) == 0);
+        library.session_mut(handle)?.cancel_here(flags);
         Ok(())
     })?;
     let flags = flags & !MESSAGE_FLAGS;

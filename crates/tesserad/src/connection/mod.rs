@@ -47,8 +47,6 @@ pub(crate) struct Shared {
     pub(crate) key_limits: KeyLimits,
     pub(crate) frame_timeout: Duration,
     pub(crate) poller: Arc<Poller>,
-    /// Changes when the flags come to require a channel: connections without one close (see
-    /// [`Connection::next_frame`]).
     pub(crate) idle_timeout: Duration,
     pub(crate) max_frame_len: usize,
     pub(crate) frames: Arc<FrameMemory>,
@@ -206,30 +204,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 // none.
                 self.stop.ignore_clear_ended();
             }
-            // Looked at before every request, not only while waiting for one: a connection
-            // whose next request is always there already still stops with the daemon, and a
-            // clear one still gets its notice.
-            if let Some(signal) = self.stop.signalled(clear) {
-                if matches!(signal, Signal::ClearEnded) {
-                    self.notice = true;
-                }
-                return None;
-            }
-            // The next request usually comes within the polling window (or is there already):
-            // taken then without setting up the wait for the daemon's stop and the end of
-            // clear sessions, which a request that comes later waits beside.
+            // The signals are looked at before every request, not only while waiting for one:
+            // a connection whose next request is always there already still stops with the
+            // daemon, and a clear one still gets its notice. The next request usually comes
+            // within the polling window (or is there already): taken then without setting up
+            // the wait for the signals, which a request that comes later waits beside.
             let mut next = std::pin::pin!(next);
-            let frame = match self.poller.promptly_or_pending(next.as_mut()).await {
-                Some(frame) => frame,
-                None => tokio::select! {
-                    frame = next => frame,
-                    signal = self.stop.stop_or_clear_ended(clear) => {
-                        if matches!(signal, Signal::ClearEnded) {
-                            self.notice = true;
-                        }
-                        return None;
-                    }
+            let frame = match self.stop.signalled(clear) {
+                Some(signal) => Err(signal),
+                None => match self.poller.promptly_or_pending(next.as_mut()).await {
+                    Some(frame) => Ok(frame),
+                    None => tokio::select! {
+                        frame = next => Ok(frame),
+                        signal = self.stop.stop_or_clear_ended(clear) => Err(signal),
+                    },
                 },
+            };
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(signal) => {
+                    if matches!(signal, Signal::ClearEnded) {
+                        self.notice = true;
+                    }
+                    return None;
+                }
             };
             match frame {
                 Some(Ok(Read::Frame(body))) => return Some(body),
