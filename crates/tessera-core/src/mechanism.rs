@@ -25,6 +25,59 @@ impl Mechanism {
     }
 }
 
+impl MechanismParameter {
+    /// Whether `other` is valid wherever this parameter is: the same variant with the same
+    /// numbers and byte strings of the same lengths, whatever the bytes of the data that an
+    /// operation takes afresh each time (IVs, counter blocks, additional data, OAEP labels,
+    /// EdDSA contexts). A parameter of another kind (a derivation's) is the same shape only
+    /// when it is equal. An operation's init that the device accepted with one parameter is
+    /// accepted with any parameter of the same shape, on the same key.
+    pub fn same_shape(&self, other: &MechanismParameter) -> bool {
+        use MechanismParameter as P;
+        match (self, other) {
+            (P::None, P::None) => true,
+            (P::Bytes(a), P::Bytes(b)) => a.len() == b.len(),
+            (
+                P::Gcm {
+                    iv: a, tag_bits: x, ..
+                },
+                P::Gcm {
+                    iv: b, tag_bits: y, ..
+                },
+            ) => a.len() == b.len() && x == y,
+            (
+                P::Oaep {
+                    hash: h1, mgf: m1, ..
+                },
+                P::Oaep {
+                    hash: h2, mgf: m2, ..
+                },
+            ) => h1 == h2 && m1 == m2,
+            (
+                P::Ctr {
+                    counter_bits: x,
+                    block: a,
+                },
+                P::Ctr {
+                    counter_bits: y,
+                    block: b,
+                },
+            ) => x == y && a.len() == b.len(),
+            (
+                P::Eddsa {
+                    prehash: x,
+                    context: a,
+                },
+                P::Eddsa {
+                    prehash: y,
+                    context: b,
+                },
+            ) => x == y && a.len() == b.len(),
+            (a, b) => a == b,
+        }
+    }
+}
+
 /// The parameter of a mechanism, decoded from its C structure.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MechanismParameter {
@@ -155,4 +208,50 @@ pub enum KbkdfData {
     },
     /// `CK_SP800_108_BYTE_ARRAY`: fixed bytes (label, separator, context).
     Bytes(Vec<u8>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MechanismParameter as P;
+
+    #[test]
+    fn shapes_ignore_the_data_but_not_its_lengths_or_numbers() {
+        let gcm = |iv: &[u8], aad: &[u8], tag_bits| P::Gcm {
+            iv: iv.to_vec(),
+            aad: aad.to_vec(),
+            tag_bits,
+        };
+        assert!(gcm(&[1; 12], b"", 128).same_shape(&gcm(&[2; 12], b"header", 128)));
+        assert!(!gcm(&[1; 12], b"", 128).same_shape(&gcm(&[1; 16], b"", 128)));
+        assert!(!gcm(&[1; 12], b"", 128).same_shape(&gcm(&[1; 12], b"", 96)));
+        assert!(P::Bytes(vec![0; 16]).same_shape(&P::Bytes(vec![9; 16])));
+        assert!(!P::Bytes(vec![0; 16]).same_shape(&P::Bytes(vec![0; 15])));
+        assert!(!P::Bytes(Vec::new()).same_shape(&P::None));
+        let ctr = |bits, block: &[u8]| P::Ctr {
+            counter_bits: bits,
+            block: block.to_vec(),
+        };
+        assert!(ctr(32, &[0; 16]).same_shape(&ctr(32, &[5; 16])));
+        assert!(!ctr(32, &[0; 16]).same_shape(&ctr(33, &[0; 16])));
+        let pss = |salt_len| P::Pss {
+            hash: 0x250,
+            mgf: 2,
+            salt_len,
+        };
+        assert!(pss(32).same_shape(&pss(32)));
+        assert!(!pss(32).same_shape(&pss(33)), "numbers must be equal");
+        let oaep = |label: &[u8]| P::Oaep {
+            hash: 0x250,
+            mgf: 2,
+            label: label.to_vec(),
+        };
+        assert!(oaep(b"").same_shape(&oaep(b"label")));
+        let eddsa = |context: &[u8]| P::Eddsa {
+            prehash: false,
+            context: context.to_vec(),
+        };
+        assert!(!eddsa(b"").same_shape(&eddsa(b"c")));
+        assert!(P::Key(3).same_shape(&P::Key(3)));
+        assert!(!P::Key(3).same_shape(&P::Key(4)));
+    }
 }

@@ -84,6 +84,25 @@ impl Hsm {
         Ok(Reply::Done)
     }
 
+    /// Whether the next call of the session's active `operation`, with `more` bytes of input,
+    /// is light enough to answer on the connection's own thread (no RSA, at most `limit` bytes
+    /// to process: `ActiveOperation::is_light`). False without such an operation: the call
+    /// then fails at once wherever it runs, and this cannot tell.
+    pub fn light_operation(
+        &self,
+        client: u64,
+        session: u64,
+        operation: Operation,
+        more: usize,
+        limit: usize,
+    ) -> bool {
+        let sessions = self.sessions();
+        let active = sessions.get(client, session).ok();
+        active
+            .and_then(|current| current.operations.get(&operation))
+            .is_some_and(|active| active.is_light(more, limit))
+    }
+
     /// The session's active `operation`, taken out while it computes; a single-part call
     /// (`single`) is refused with `CKR_OPERATION_ACTIVE`, the operation left as it was, once
     /// the operation has had an update. A call that does not put it back ends it.

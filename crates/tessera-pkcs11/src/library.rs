@@ -134,6 +134,7 @@ impl Session {
 
 /// What a session call needs, cloned out of the table.
 struct Target {
+    number: usize,
     device: Arc<Device>,
     remote: u64,
     generation: u64,
@@ -157,16 +158,21 @@ pub struct Library {
     slots: Vec<DeviceSlots>,
     /// Open sessions, by global handle.
     sessions: HashMap<u64, Session>,
+    /// By device number: the calls this process made that can change what the verdict of an
+    /// init depends on (objects, logins; see `deferred`).
+    changes: Vec<deferred::Changes>,
 }
 
 impl Library {
     /// State over these devices (device number = position), owned by this process.
     pub fn new(devices: Vec<Device>) -> Library {
+        let devices_len = devices.len();
         Library {
             owner: Owner::this_process(),
             slots: vec![DeviceSlots::Unknown; devices.len()],
             devices: devices.into_iter().map(Arc::new).collect(),
             sessions: HashMap::new(),
+            changes: (0..devices_len).map(|_| Default::default()).collect(),
         }
     }
 
@@ -217,10 +223,21 @@ impl Library {
             .get(session.id.device)
             .ok_or(Rv::GeneralError.code())?;
         Ok(Target {
+            number: session.id.device,
             device: Arc::clone(device),
             remote: session.id.remote,
             generation: session.generation,
         })
+    }
+
+    /// Session `handle` and the changes of its device.
+    fn session_and_changes(&mut self, handle: u64) -> CkResult<(&mut Session, &deferred::Changes)> {
+        let session = self
+            .sessions
+            .get_mut(&handle)
+            .ok_or(Rv::SessionHandleInvalid.code())?;
+        let changes = (self.changes.get(session.id.device)).ok_or(Rv::GeneralError.code())?;
+        Ok((session, changes))
     }
 
     fn session_mut(&mut self, handle: u64) -> CkResult<&mut Session> {
@@ -432,10 +449,12 @@ pub fn slot_info(raw: u64) -> CkResult<SlotInfo> {
 /// A call about a slot's token (`build` gets the device's own slot number).
 pub fn slot_call(raw: u64, build: impl FnOnce(u64) -> Call) -> CkResult<Reply> {
     match route(raw)? {
-        SlotRoute::Token(device, local) => device
-            .call(None, build(local))
-            .map(|(reply, _)| reply)
-            .map_err(failure),
+        SlotRoute::Token(device, local) => {
+            let number = SlotId::from_raw(raw).device;
+            device_call(number, &device, None, build(local))
+                .map(|(reply, _)| reply)
+                .map_err(failure)
+        }
         SlotRoute::Absent => Err(Rv::TokenNotPresent.code()),
     }
 }
@@ -473,14 +492,50 @@ pub fn open_session(raw: u64, flags: u64) -> CkResult<u64> {
     })
 }
 
+/// Whether `call` can change what the verdict of an init depends on, and on which key:
+/// `Some(Some(key))` when it destroys or changes that object, `Some(None)` when it ends a login
+/// or may destroy objects it does not name (a login only makes more keys usable).
+fn changes_verdicts(call: &Call) -> Option<Option<u64>> {
+    match call {
+        Call::DestroyObject { object, .. } | Call::SetAttributes { object, .. } => {
+            Some(Some(*object))
+        }
+        Call::Logout { .. }
+        | Call::CloseSession { .. }
+        | Call::CloseAllSessions { .. }
+        | Call::InitToken { .. }
+        | Call::Admin { .. } => Some(None),
+        _ => None,
+    }
+}
+
+/// A call to device `number` (`generation`: the connection it must go over, if any). One that
+/// [`changes_verdicts`] is recorded once it is answered, whatever the answer.
+fn device_call(
+    number: usize,
+    device: &Device,
+    generation: Option<u64>,
+    call: Call,
+) -> Result<(Reply, u64), ClientError> {
+    let changes = changes_verdicts(&call);
+    let result = device.call(generation, call);
+    if let Some(key) = changes {
+        let _ = with(|library| {
+            if let Some(changes) = library.changes.get_mut(number) {
+                changes.record(key);
+            }
+            Ok(())
+        });
+    }
+    result
+}
+
 /// A call on a session (`build` gets the device's own session handle). A session whose
 /// connection is gone, or that the device no longer knows, leaves the table.
 pub fn session_call(handle: u64, build: impl FnOnce(u64) -> Call) -> CkResult<Reply> {
     let target = with(|library| library.target(handle))?;
-    match target
-        .device
-        .call(Some(target.generation), build(target.remote))
-    {
+    let call = build(target.remote);
+    match device_call(target.number, &target.device, Some(target.generation), call) {
         Ok((reply, _)) => Ok(reply),
         Err(error) => {
             let rv = failure(error);
@@ -509,7 +564,8 @@ pub fn close_all_sessions(raw: u64) -> CkResult {
     })?;
     match route {
         SlotRoute::Token(device, local) => {
-            match device.call(None, Call::CloseAllSessions { slot: local }) {
+            let call = Call::CloseAllSessions { slot: local };
+            match device_call(slot.device, &device, None, call) {
                 Ok((reply, _)) => expect_done(reply),
                 Err(error) => Err(failure(error)),
             }

@@ -61,7 +61,12 @@ fn composed_calls() {
 
 fn one_round_trip_per_single_part_call(device: &FakeDevice, session: u64) {
     let mechanism = || Mechanism::plain(ck::CKM_ECDSA_SHA256 as u64);
-    // Init and call travel together; the init alone sends nothing.
+    // The first init of a key goes to the device, which judges it; its call follows alone.
+    library::operation_init(session, Operation::Sign, mechanism(), 5).unwrap();
+    assert_eq!(steps(&device.take()), ["Sign init"], "judged by the device");
+    library::single(session, Operation::Sign, b"m".to_vec(), Vec::new()).unwrap();
+    assert_eq!(steps(&device.take()), ["Sign single"]);
+    // The same init again is held: init and call travel together.
     library::operation_init(session, Operation::Sign, mechanism(), 5).unwrap();
     assert!(device.take().is_empty(), "the init is held");
     let signature = library::single(session, Operation::Sign, b"m".to_vec(), Vec::new()).unwrap();
@@ -98,11 +103,63 @@ fn one_round_trip_per_single_part_call(device: &FakeDevice, session: u64) {
     library::final_call(session, Operation::Sign, Vec::new()).unwrap();
     library::operation_init(session, Operation::Sign, mechanism(), 5).unwrap();
     assert_eq!(steps(&device.take()), ["Sign final"]);
-    // Two inits in a row: the held one goes first, then the second, for the device to judge.
+    // A second init while one is held: the held one is active (PKCS#11 3.0 §5.2), answered
+    // here.
+    assert_eq!(
+        library::operation_init(session, Operation::Sign, mechanism(), 5),
+        Err(code(Rv::OperationActive))
+    );
+    assert!(device.take().is_empty());
+    library::single(session, Operation::Sign, b"m".to_vec(), Vec::new()).unwrap();
+    assert_eq!(steps(&device.take()), ["Sign once"]);
+    // Another key, or a parameter of another shape, is judged by the device again.
     library::operation_init(session, Operation::Sign, mechanism(), 6).unwrap();
-    assert_eq!(steps(&device.take()), ["Sign init", "Sign init"]);
+    assert_eq!(steps(&device.take()), ["Sign init"]);
     library::final_call(session, Operation::Sign, Vec::new()).unwrap();
     device.take();
+    let cbc = |iv: &[u8]| Mechanism {
+        ty: ck::CKM_AES_CBC as u64,
+        parameter: MechanismParameter::Bytes(iv.to_vec()),
+    };
+    library::operation_init(session, Operation::Encrypt, cbc(&[1; 16]), 7).unwrap();
+    library::final_call(session, Operation::Encrypt, Vec::new()).unwrap();
+    library::operation_init(session, Operation::Encrypt, cbc(&[2; 16]), 7).unwrap();
+    library::final_call(session, Operation::Encrypt, Vec::new()).unwrap();
+    library::operation_init(session, Operation::Encrypt, cbc(&[1; 8]), 7).unwrap();
+    library::final_call(session, Operation::Encrypt, Vec::new()).unwrap();
+    assert_eq!(
+        steps(&device.take()),
+        [
+            "Encrypt init",
+            "Encrypt final",
+            // A fresh IV of the same length: the same init, held for the final call.
+            "Encrypt init",
+            "Encrypt final",
+            "Encrypt init",
+            "Encrypt final"
+        ]
+    );
+    // A call that may change what the device judged makes the next init go to the device
+    // again: C_DestroyObject (or C_SetAttributeValue) of the key, not of another object; a
+    // call that may change any key (C_Logout, C_CloseSession, ...).
+    let signs = |device: &FakeDevice| {
+        library::operation_init(session, Operation::Sign, mechanism(), 5).unwrap();
+        library::single(session, Operation::Sign, b"m".to_vec(), Vec::new()).unwrap();
+        steps(&device.take())
+    };
+    assert_eq!(signs(device), ["Sign once"]);
+    let destroy = |object| {
+        library::session_call(session, |session| Call::DestroyObject { session, object }).unwrap();
+        device.take();
+    };
+    destroy(99);
+    assert_eq!(signs(device), ["Sign once"], "another object");
+    destroy(5);
+    assert_eq!(signs(device), ["Sign init", "Sign single"]);
+    assert_eq!(signs(device), ["Sign once"]);
+    library::session_call(session, |session| Call::Logout { session }).unwrap();
+    device.take();
+    assert_eq!(signs(device), ["Sign init", "Sign single"]);
 
     // A small search: one round trip for init, objects and final.
     library::find_init(session, tessera_core::Template::default()).unwrap();

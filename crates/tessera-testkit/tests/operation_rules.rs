@@ -106,3 +106,53 @@ fn single_part_and_multi_part_calls_do_not_mix() {
     ];
     assert_eq!(lines, expected);
 }
+
+/// Every error the standard lists for an init is returned by that init (PKCS#11 3.0 §5.8
+/// C_EncryptInit: "CKR_KEY_FUNCTION_NOT_PERMITTED, CKR_KEY_HANDLE_INVALID, CKR_KEY_SIZE_RANGE,
+/// CKR_KEY_TYPE_INCONSISTENT, CKR_MECHANISM_INVALID, CKR_MECHANISM_PARAM_INVALID,
+/// CKR_OPERATION_ACTIVE, ..."; likewise §5.9–5.12 for decrypt, digest, sign and verify), on
+/// first use and on repeated use: an init accepted before is accepted again only with a
+/// parameter of the same shape and while nothing this application did changed the key. A key
+/// another application changed is caught by the device at the call that carries the init:
+/// nothing is encrypted, and the next init is judged again.
+#[test]
+fn each_init_returns_its_own_errors() {
+    let lines = run_c("operation_rules", &["inits"]);
+    let expected = [
+        "setup=0x0",
+        // CKR_MECHANISM_INVALID (0x70), CKR_KEY_TYPE_INCONSISTENT (0x63),
+        // CKR_MECHANISM_PARAM_INVALID (0x71), CKR_KEY_HANDLE_INVALID (0x60),
+        // CKR_KEY_FUNCTION_NOT_PERMITTED (0x68).
+        "unknown_mechanism=0x70",
+        "unknown_digest=0x70",
+        "wrong_key_type=0x63",
+        "short_iv=0x71",
+        "no_such_key=0x60",
+        "not_permitted=0x68",
+        "cbc_init=0x0",
+        "cbc_encrypt=0x0",
+        "cbc_again=0x0",
+        // CKR_OPERATION_ACTIVE: the held init is an active operation.
+        "cbc_init_while_active=0x90",
+        "cbc_again_encrypt=0x0",
+        "cbc_short_again=0x71",
+        "digest_again=0x70",
+        "forbid=0x0",
+        "after_forbid=0x68",
+        "allow=0x0",
+        "after_allow=0x0",
+        "after_allow_encrypt=0x0",
+        "destroy=0x0",
+        "after_destroy=0x60",
+        "token_key=0x0",
+        "token_init=0x0",
+        "token_encrypt=0x0",
+        "other_forbids=0",
+        "stale_init=0x0",
+        "stale_encrypt=0x68",
+        "stale_output_untouched=1",
+        "judged_again=0x68",
+        "cleanup=0x0",
+    ];
+    assert_eq!(lines, expected);
+}

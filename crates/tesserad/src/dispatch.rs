@@ -51,17 +51,34 @@ fn small_template(template: &tessera_core::Template) -> bool {
 /// call table (`tessera_wire::Traits::work`), and those whose work depends on their input when
 /// that input is small. The others run on the blocking pool (PIN checks, disk writes, RSA, key
 /// generation, large data), where a slow one holds up nothing else.
-fn quick(call: &Call, work: Work) -> bool {
+fn quick(hsm: &Hsm, client: u64, call: &Call, work: Work) -> bool {
     match work {
         Work::Light => true,
         Work::Heavy => false,
-        Work::ByInput => light_input(call),
+        Work::ByInput => light_input(hsm, client, call),
     }
 }
 
-/// For the calls whose work depends on their input: whether this input keeps it light.
-fn light_input(call: &Call) -> bool {
+/// For the calls whose work depends on their input: whether this input keeps it light. An
+/// operation's calls depend on its mechanism too (RSA is heavy), and the calls after its init
+/// on what it gathered: the device's session says.
+fn light_input(hsm: &Hsm, client: u64, call: &Call) -> bool {
     match call {
+        Call::OperationInit { mechanism, .. } => !tessera_hsm::uses_rsa(mechanism.ty),
+        Call::OperationSingle {
+            session,
+            operation,
+            data,
+            ..
+        }
+        | Call::OperationUpdate {
+            session,
+            operation,
+            data,
+        } => hsm.light_operation(client, *session, *operation, data.len(), SMALL),
+        Call::OperationFinal {
+            session, operation, ..
+        } => hsm.light_operation(client, *session, *operation, 0, SMALL),
         Call::GetAttributes { types, .. } => types.len() <= FEW,
         Call::FindObjectsInit { template, .. } | Call::FindObjectsFirst { template, .. } => {
             small_template(template)
@@ -96,7 +113,7 @@ impl Job<'_> {
         let protected = self.channel.is_some();
         let traits = request.traits();
         let keys = traits.keys;
-        if quick(&request, traits.work) {
+        if quick(self.hsm, self.client, &request, traits.work) {
             let result = self.hsm.handle(self.client, protected, request);
             let secret_reply = matches!(&result, Ok(reply) if reply.carries_secret());
             answer(self.out, self.channel.map(|c| &**c), self.id, result, slot);

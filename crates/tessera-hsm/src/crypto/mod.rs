@@ -302,6 +302,27 @@ pub struct ActiveOperation {
 const MAX_CIPHER_INPUT: usize = 8 << 20;
 
 impl ActiveOperation {
+    /// Whether the call that continues this operation with `more` bytes of input is light: no
+    /// RSA, and at most `limit` bytes to process at once (what the operation gathered so far
+    /// and the new input; a running hash or MAC has gathered nothing).
+    pub fn is_light(&self, more: usize, limit: usize) -> bool {
+        let gathered = match &self.inner {
+            Inner::Oaep { .. } | Inner::Rsa { .. } => return false,
+            Inner::Signature {
+                key: SignKey::Rsa(..) | SignKey::RsaPublic(..),
+                ..
+            } => return false,
+            Inner::Signature {
+                input: Input::Raw(buffer, _),
+                ..
+            } => buffer.len(),
+            Inner::Signature { .. } | Inner::Digest(_) | Inner::Mac { .. } => 0,
+            Inner::Eddsa { data, .. } => data.len(),
+            Inner::Aes { data, .. } => data.len(),
+        };
+        gathered.saturating_add(more) <= limit
+    }
+
     /// Starts a digest.
     pub fn digest(mechanism: &Mechanism) -> Result<ActiveOperation, Rv> {
         if mechanism.parameter != MechanismParameter::None {

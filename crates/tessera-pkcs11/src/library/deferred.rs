@@ -1,19 +1,30 @@
-//! One round trip per single-part operation and per small search: `C_*Init` and
-//! `C_FindObjectsInit` are held in the session entry and travel with the call that follows.
+//! One round trip per single-part operation and per small search, and every error of a
+//! `C_*Init` returned by that `C_*Init`.
 //!
-//! - `C_EncryptInit` + `C_Encrypt` (and decrypt, digest, sign, verify) is one request,
-//!   [`Call::OperationOnce`]; a multi-part call (`C_*Update`, `C_*Final`, the dual-function
-//!   updates, `C_DigestKey`) first sends the held init on its own.
+//! - An init of an operation goes to the device, which judges it (the mechanism, its parameter,
+//!   the key and what the key may do) and answers with the init's own errors. The library
+//!   remembers the inits the device accepted, as [`Verdict`]s: the same init again (the same
+//!   operation, mechanism and key, with a parameter of the same shape: a fresh IV of the same
+//!   length is the same init) is accepted here and held in the session entry, to travel with
+//!   the call that follows. `C_EncryptInit` + `C_Encrypt` (and decrypt, digest, sign, verify) is
+//!   then one request, [`Call::OperationOnce`]; a multi-part call (`C_*Update`, `C_*Final`, the
+//!   dual-function updates, `C_DigestKey`) first sends the held init on its own.
+//! - A verdict lasts while nothing this process did could change the answer: `C_DestroyObject`
+//!   and `C_SetAttributeValue` end the verdicts on their object; a call that ends a login or
+//!   may destroy objects it does not name (`C_Logout`, `C_CloseSession`, `C_CloseAllSessions`,
+//!   `C_InitToken`, an administration call) ends every verdict of its device ([`Changes`]). What another application does to a key, or the administrator to the
+//!   device's flags, can make a remembered verdict stale; the device judges the held init again
+//!   when it arrives with its call, so nothing is ever done that the device would refuse, and
+//!   that call reports the init's error (and the verdict is forgotten).
 //! - `C_FindObjectsInit` + `C_FindObjects` is one request, [`Call::FindObjectsFirst`]; when
 //!   every result fits, the device closes the search and `C_FindObjectsFinal` is answered here.
 //!
-//! What PKCS#11 lets the library check, it checks at the init (the session handle, the
-//! mechanism's parameter, a search already active); what only the device knows (the key handle
-//! and what the key may do) is reported by the call that carries the init. A second init of an
-//! operation whose init was held sends the first one, then the second, so the device answers
-//! `CKR_OPERATION_ACTIVE` at the second init as the standard says; so does an init of an
-//! operation the device may still be running (its init went to the device and the library has
-//! not seen it end).
+//! A held init is one the device would accept: a second init of its operation gets
+//! `CKR_OPERATION_ACTIVE` here. An init of an operation the device may still be running (its
+//! init went to the device and the library has not seen it end) goes to the device, which
+//! answers the same.
+
+use std::collections::VecDeque;
 
 use tessera_core::{Mechanism, Rv, Template};
 use tessera_wire::{Call, Operation, Reply};
@@ -35,11 +46,68 @@ pub enum Find {
     Exhausted,
 }
 
-/// Inits held in a session entry, and the operations whose init reached the device.
+/// The calls this process made to one device that can change what the verdict of an init
+/// depends on, numbered: the latest ones, each with the key it changed (`None`: any key).
+#[derive(Debug, Default)]
+pub struct Changes {
+    count: u64,
+    recent: VecDeque<(u64, Option<u64>)>,
+}
+
+/// The changes a device's [`Changes`] remembers; a verdict older than them all lapses.
+const RECENT_CHANGES: usize = 64;
+
+impl Changes {
+    /// Records a change of `key` (`None`: of any key).
+    pub fn record(&mut self, key: Option<u64>) {
+        self.count += 1;
+        self.recent.push_back((self.count, key));
+        if self.recent.len() > RECENT_CHANGES {
+            self.recent.pop_front();
+        }
+    }
+
+    /// The number of the latest change.
+    pub fn now(&self) -> u64 {
+        self.count
+    }
+
+    /// Whether no change after change number `since` touched `key`.
+    fn untouched(&self, key: u64, since: u64) -> bool {
+        if since == self.count {
+            return true;
+        }
+        match self.recent.front() {
+            Some((oldest, _)) if *oldest <= since + 1 => self
+                .recent
+                .iter()
+                .filter(|(number, _)| *number > since)
+                .all(|(_, changed)| matches!(changed, Some(changed) if *changed != key)),
+            // Changes after `since` were forgotten: any of them may have touched it.
+            _ => false,
+        }
+    }
+}
+
+/// An init the device accepted, judged after change number `since` of its device.
+#[derive(Debug)]
+struct Verdict {
+    operation: Operation,
+    mechanism: Mechanism,
+    key: u64,
+    since: u64,
+}
+
+/// The verdicts a session remembers; the oldest goes first.
+const MAX_VERDICTS: usize = 16;
+
+/// Inits held in a session entry, the operations whose init reached the device, and the inits
+/// the device accepted.
 #[derive(Debug, Default)]
 pub struct Deferred {
     held: Vec<(Operation, Mechanism, u64)>,
     live: Vec<Operation>,
+    verdicts: Vec<Verdict>,
     /// The session's search.
     pub find: Find,
 }
@@ -60,54 +128,106 @@ impl Deferred {
         self.held.retain(|(o, ..)| !cancelled(*o));
         self.live.retain(|o| !cancelled(*o));
     }
+
+    /// Whether the device accepted this init (or one of the same shape), on a key that no
+    /// change since touched.
+    fn accepted(
+        &self,
+        operation: Operation,
+        mechanism: &Mechanism,
+        key: u64,
+        changes: &Changes,
+    ) -> bool {
+        self.verdicts.iter().any(|v| {
+            v.operation == operation
+                && v.key == key
+                && v.mechanism.ty == mechanism.ty
+                && v.mechanism.parameter.same_shape(&mechanism.parameter)
+                && changes.untouched(key, v.since)
+        })
+    }
+
+    /// Remembers that the device accepted this init, judged after change number `since`.
+    fn remember(&mut self, operation: Operation, mechanism: &Mechanism, key: u64, since: u64) {
+        self.verdicts.retain(|v| {
+            !(v.operation == operation
+                && v.key == key
+                && v.mechanism.ty == mechanism.ty
+                && v.mechanism.parameter.same_shape(&mechanism.parameter))
+        });
+        if self.verdicts.len() >= MAX_VERDICTS {
+            self.verdicts.remove(0);
+        }
+        self.verdicts.push(Verdict {
+            operation,
+            mechanism: mechanism.clone(),
+            key,
+            since,
+        });
+    }
+
+    /// Forgets the verdicts on `key` for `operation` (a held init the device refused).
+    fn overruled(&mut self, operation: Operation, key: u64) {
+        self.verdicts
+            .retain(|v| !(v.operation == operation && v.key == key));
+    }
 }
 
 fn deferred<T>(handle: u64, f: impl FnOnce(&mut Deferred) -> T) -> CkResult<T> {
     with(|library| Ok(f(&mut library.session_mut(handle)?.deferred)))
 }
 
-/// Sends an init to the device now.
+/// Sends an init to the device now. A refused init forgets the verdicts it was held on.
 fn send_init(handle: u64, operation: Operation, mechanism: Mechanism, key: u64) -> CkResult {
-    expect_done(session_call(handle, |session| Call::OperationInit {
+    let sent = session_call(handle, |session| Call::OperationInit {
         session,
         operation,
         mechanism,
         key,
-    })?)?;
+    })
+    .and_then(expect_done);
+    if let Err(code) = sent {
+        let _ = deferred(handle, |d| d.overruled(operation, key));
+        return Err(code);
+    }
     deferred(handle, |d| d.live.push(operation))
 }
 
-/// `C_*Init` of an operation: forgets undelivered output of an earlier one, and is held for
-/// the call that follows, unless the device may still run this operation (all in one turn of
-/// the library's lock).
+/// `C_*Init` of an operation: forgets undelivered output of an earlier one; held for the call
+/// that follows when the device accepted the same init before on a key nothing changed since,
+/// else sent to the device now, whose answer is the init's.
 pub fn operation_init(
     handle: u64,
     operation: Operation,
     mechanism: Mechanism,
     key: u64,
 ) -> CkResult {
-    let not_held = with(|library| {
-        let session = library.session_mut(handle)?;
+    let unjudged = with(|library| {
+        let (session, changes) = library.session_and_changes(handle)?;
         session
             .pending
             .forget(|call| call.operation() == Some(operation));
         let deferred = &mut session.deferred;
-        let earlier = deferred.take(operation);
-        if earlier.is_none() && !deferred.live.contains(&operation) {
+        if deferred.held.iter().any(|(o, ..)| *o == operation) {
+            // A held init is one the device accepted: its operation is active.
+            return Err(Rv::OperationActive.code());
+        }
+        if deferred.live.contains(&operation) {
+            // The device may still run it: it answers (CKR_OPERATION_ACTIVE if it does).
+            return Ok(Some((mechanism, changes.now())));
+        }
+        if deferred.accepted(operation, &mechanism, key, changes) {
             deferred.held.push((operation, mechanism, key));
             return Ok(None);
         }
-        Ok(Some((earlier, mechanism)))
+        Ok(Some((mechanism, changes.now())))
     })?;
-    let Some((earlier, mechanism)) = not_held else {
+    let Some((mechanism, since)) = unjudged else {
         return Ok(());
     };
-    if let Some((earlier_mechanism, earlier_key)) = earlier {
-        // The earlier init was answered CKR_OK; it reaches the device now, so that this one
-        // gets the device's answer (CKR_OPERATION_ACTIVE when the earlier one took).
-        let _ = send_init(handle, operation, earlier_mechanism, earlier_key);
-    }
-    send_init(handle, operation, mechanism, key)
+    let judged = mechanism.clone();
+    send_init(handle, operation, mechanism, key)?;
+    deferred(handle, |d| d.remember(operation, &judged, key, since))
 }
 
 /// Before a multi-part call of `operation`: the held init goes to the device first.
@@ -195,7 +315,15 @@ pub fn single(
 ) -> CkResult<Reply> {
     let held = deferred(handle, |d| d.take(operation))?;
     let result = match held {
-        Some((mechanism, key)) => once(handle, operation, mechanism, key, data, signature),
+        Some((mechanism, key)) => {
+            let result = once(handle, operation, mechanism, key, data, signature);
+            if result.is_err() {
+                // The device may have refused the init itself (another application changed
+                // the key): judged afresh next time.
+                let _ = deferred(handle, |d| d.overruled(operation, key));
+            }
+            result
+        }
         None => session_call(handle, |session| Call::OperationSingle {
             session,
             operation,
@@ -293,5 +421,54 @@ pub fn find_final(handle: u64) -> CkResult {
         Find::Remote => expect_done(session_call(handle, |session| Call::FindObjectsFinal {
             session,
         })?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_lapse_with_changes_of_their_key() {
+        let mut changes = Changes::default();
+        let since = changes.now();
+        assert!(changes.untouched(5, since));
+        changes.record(Some(6));
+        assert!(changes.untouched(5, since), "another key");
+        changes.record(Some(5));
+        assert!(!changes.untouched(5, since));
+        let since = changes.now();
+        changes.record(None);
+        assert!(!changes.untouched(5, since), "a change of any key");
+        // A verdict older than every change remembered lapses.
+        let since = changes.now();
+        for _ in 0..RECENT_CHANGES {
+            changes.record(Some(7));
+        }
+        assert!(changes.untouched(5, since));
+        changes.record(Some(7));
+        assert!(!changes.untouched(5, since));
+    }
+
+    #[test]
+    fn a_verdict_covers_parameters_of_the_same_shape() {
+        let cbc = |iv: &[u8]| Mechanism {
+            ty: 0x1082,
+            parameter: tessera_core::MechanismParameter::Bytes(iv.to_vec()),
+        };
+        let changes = Changes::default();
+        let mut deferred = Deferred::default();
+        deferred.remember(Operation::Encrypt, &cbc(&[1; 16]), 3, changes.now());
+        assert!(deferred.accepted(Operation::Encrypt, &cbc(&[2; 16]), 3, &changes));
+        assert!(!deferred.accepted(Operation::Encrypt, &cbc(&[2; 8]), 3, &changes));
+        assert!(!deferred.accepted(Operation::Decrypt, &cbc(&[2; 16]), 3, &changes));
+        assert!(!deferred.accepted(Operation::Encrypt, &cbc(&[2; 16]), 4, &changes));
+        deferred.overruled(Operation::Encrypt, 3);
+        assert!(!deferred.accepted(Operation::Encrypt, &cbc(&[2; 16]), 3, &changes));
+        for key in 0..=MAX_VERDICTS as u64 {
+            deferred.remember(Operation::Sign, &cbc(&[0; 16]), key, changes.now());
+        }
+        assert_eq!(deferred.verdicts.len(), MAX_VERDICTS, "bounded");
+        assert!(!deferred.accepted(Operation::Sign, &cbc(&[0; 16]), 0, &changes));
     }
 }

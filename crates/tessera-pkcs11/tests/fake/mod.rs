@@ -211,6 +211,7 @@ fn answer(request: &Call, counters: &Counters) -> Result<Reply, u64> {
         | Call::SessionCancel { .. }
         | Call::Login { .. }
         | Call::Logout { .. }
+        | Call::DestroyObject { .. }
         | Call::CloseSession { .. }
         | Call::CloseAllSessions { .. }
         | Call::FindObjectsFinal { .. } => Reply::Done,

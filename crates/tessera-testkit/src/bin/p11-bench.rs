@@ -53,7 +53,15 @@ const OPERATIONS: &[&str] = &[
     "rsa2048",
     "aes-keygen",
     "find",
+    "sha256",
+    "gcm64-first",
+    "ecdsa-first",
+    "sha256-first",
 ];
+
+/// The operations measured at their first use: `NAME-first` opens a session, runs `NAME` once
+/// and closes the session (so it costs `open-close` more than `NAME`'s first use).
+const FIRST_USE: &str = "-first";
 
 struct Options {
     seconds: f64,
@@ -293,6 +301,11 @@ fn run_once(
             .map(|_| ())
             .map_err(|e| e.to_string())
     };
+    if let Some(base) = operation.strip_suffix(FIRST_USE) {
+        let fresh = pkcs11.open_ro_session(slot).map_err(|e| e.to_string())?;
+        let base = if base == "ecdsa" { "ecdsa-p256" } else { base };
+        return run_once(pkcs11, slot, &fresh, keys, base, payload);
+    }
     match operation {
         "open-close" => pkcs11
             .open_ro_session(slot)
@@ -303,6 +316,10 @@ fn run_once(
             .map(|_| ())
             .map_err(|e| e.to_string()),
         "gcm64" => gcm(&payload[..64]),
+        "sha256" => session
+            .digest(&Mechanism::Sha256, &payload[..64])
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
         "gcm4k" => gcm(&payload[..4096]),
         "gcm1m" => gcm(payload),
         // AES-ECB: an encryption without a mechanism parameter, which p11-kit's RPC carries
@@ -714,7 +731,9 @@ Options:
   --seconds S        time per case (default 1, at most 60)
   --threads 1,2,16   client thread counts (default 1,2,16)
   --ops LIST         operations, comma-separated (default all):
-                     open-close,random32,gcm64,gcm4k,gcm1m,ecb4k,ecdsa-p256,rsa2048,aes-keygen,find
+                     open-close,random32,gcm64,gcm4k,gcm1m,ecb4k,ecdsa-p256,rsa2048,aes-keygen,find,
+                     sha256, and the first uses gcm64-first,ecdsa-first,sha256-first (each:
+                     open a session, the operation once, close it; compare with open-close)
   --systems LIST     systems by letter, e.g. c,d,e
   --rounds N         measure every system in turn N times (1-9) and print each row's median
   --busy-poll MICROS start the Tessera daemons with this --busy-poll (default: theirs, 50);

@@ -3,7 +3,11 @@
  * - failed: calls fail on arguments the library refuses before they reach the device, then the
  *   same operation starts again (PKCS#11 3.0 §5.2: a failed call ends its operation);
  * - mixed: single-part and multi-part calls of one operation (§5.8: C_Encrypt "cannot be used
- *   to terminate a multi-part operation"). */
+ *   to terminate a multi-part operation");
+ * - inits: each C_*Init returns its own errors, also when it was accepted before with another
+ *   parameter or before this application or another one changed the key. */
+#include <sys/wait.h>
+#include <unistd.h>
 #include <dlfcn.h>
 #include <stdio.h>
 #include <string.h>
@@ -20,9 +24,17 @@ typedef CK_RV (*fn_generate_key)(CK_ULONG, CK_MECHANISM *, CK_ATTRIBUTE *, CK_UL
 typedef CK_RV (*fn_init)(CK_ULONG, CK_MECHANISM *, CK_ULONG);
 typedef CK_RV (*fn_digest_init)(CK_ULONG, CK_MECHANISM *);
 typedef CK_RV (*fn_single)(CK_ULONG, unsigned char *, CK_ULONG, unsigned char *, CK_ULONG *);
+typedef CK_RV (*fn_set)(CK_ULONG, CK_ULONG, CK_ATTRIBUTE *, CK_ULONG);
+typedef CK_RV (*fn_destroy)(CK_ULONG, CK_ULONG);
+typedef CK_RV (*fn_find_init)(CK_ULONG, CK_ATTRIBUTE *, CK_ULONG);
+typedef CK_RV (*fn_find)(CK_ULONG, CK_ULONG *, CK_ULONG, CK_ULONG *);
 
 #define CKM_AES_KEY_GEN 0x1080
 #define CKM_AES_ECB 0x1081
+#define CKM_AES_CBC 0x1082
+#define CKM_ECDSA 0x1041
+#define CKA_LABEL 0x3
+#define CKA_DECRYPT 0x105
 #define CKM_SHA256 0x250
 #define CKA_TOKEN 0x1
 #define CKA_ENCRYPT 0x104
@@ -30,7 +42,7 @@ typedef CK_RV (*fn_single)(CK_ULONG, unsigned char *, CK_ULONG, unsigned char *,
 #define HUGE (1UL << 47)
 
 int main(int argc, char **argv) {
-    if (argc != 4) { fprintf(stderr, "usage: operation_rules MODULE PIN failed|mixed\n"); return 2; }
+    if (argc != 4) { fprintf(stderr, "usage: operation_rules MODULE PIN failed|mixed|inits\n"); return 2; }
     void *module = dlopen(argv[1], RTLD_NOW);
     if (!module) { fprintf(stderr, "%s\n", dlerror()); return 3; }
 #define F(type, name) ((type)dlsym(module, name))
@@ -44,10 +56,11 @@ int main(int argc, char **argv) {
     CK_ULONG value_len = 32;
     CK_ATTRIBUTE template[] = {
         {CKA_TOKEN, &no, 1}, {CKA_ENCRYPT, &yes, 1}, {CKA_VALUE_LEN, &value_len, sizeof value_len},
+        {CKA_DECRYPT, &no, 1},
     };
     CK_MECHANISM keygen = {CKM_AES_KEY_GEN, NULL, 0}, ecb = {CKM_AES_ECB, NULL, 0},
                  sha = {CKM_SHA256, NULL, 0};
-    if (!rv) rv = F(fn_generate_key, "C_GenerateKey")(session, &keygen, template, 3, &key);
+    if (!rv) rv = F(fn_generate_key, "C_GenerateKey")(session, &keygen, template, 4, &key);
     printf("setup=0x%lx\n", rv);
     fn_init encrypt_init = F(fn_init, "C_EncryptInit");
     fn_single encrypt = F(fn_single, "C_Encrypt");
@@ -109,6 +122,79 @@ int main(int argc, char **argv) {
         printf("init_after=0x%lx\n", encrypt_init(session, &ecb, key));
         len = sizeof out;
         printf("encrypt_after=0x%lx\n", encrypt(session, data, 16, out, &len));
+    } else if (strcmp(argv[3], "inits") == 0) {
+        fn_init sign_init = F(fn_init, "C_SignInit");
+        fn_init decrypt_init = F(fn_init, "C_DecryptInit");
+        fn_set set_attribute = F(fn_set, "C_SetAttributeValue");
+        fn_destroy destroy = F(fn_destroy, "C_DestroyObject");
+        unsigned char iv[16] = {0};
+        CK_MECHANISM unknown = {0x80001234UL, NULL, 0}, ecdsa = {CKM_ECDSA, NULL, 0},
+                     cbc = {CKM_AES_CBC, iv, 16}, cbc_short = {CKM_AES_CBC, iv, 8};
+        CK_ATTRIBUTE forbid[] = {{CKA_ENCRYPT, &no, 1}}, allow[] = {{CKA_ENCRYPT, &yes, 1}};
+#define ENCRYPT(name) \
+    do { len = sizeof out; printf(name "=0x%lx\n", encrypt(session, data, 16, out, &len)); } while (0)
+
+        /* First use: each error the standard lists for the init. */
+        printf("unknown_mechanism=0x%lx\n", encrypt_init(session, &unknown, key));
+        printf("unknown_digest=0x%lx\n", digest_init(session, &unknown));
+        printf("wrong_key_type=0x%lx\n", sign_init(session, &ecdsa, key));
+        printf("short_iv=0x%lx\n", encrypt_init(session, &cbc_short, key));
+        printf("no_such_key=0x%lx\n", encrypt_init(session, &ecb, 0x7777));
+        printf("not_permitted=0x%lx\n", decrypt_init(session, &ecb, key));
+
+        /* Accepted once: the same init with a fresh IV is accepted; a short IV is not. */
+        printf("cbc_init=0x%lx\n", encrypt_init(session, &cbc, key));
+        ENCRYPT("cbc_encrypt");
+        iv[0] = 1;
+        printf("cbc_again=0x%lx\n", encrypt_init(session, &cbc, key));
+        printf("cbc_init_while_active=0x%lx\n", encrypt_init(session, &cbc, key));
+        ENCRYPT("cbc_again_encrypt");
+        printf("cbc_short_again=0x%lx\n", encrypt_init(session, &cbc_short, key));
+        printf("digest_again=0x%lx\n", digest_init(session, &unknown));
+
+        /* Changed by this application: judged again. */
+        printf("forbid=0x%lx\n", set_attribute(session, key, forbid, 1));
+        printf("after_forbid=0x%lx\n", encrypt_init(session, &cbc, key));
+        printf("allow=0x%lx\n", set_attribute(session, key, allow, 1));
+        printf("after_allow=0x%lx\n", encrypt_init(session, &cbc, key));
+        ENCRYPT("after_allow_encrypt");
+        printf("destroy=0x%lx\n", destroy(session, key));
+        printf("after_destroy=0x%lx\n", encrypt_init(session, &cbc, key));
+
+        /* Changed by another application (a child process with its own connection): the
+         * remembered verdict lets the init through, but the device judges it again with the
+         * call, which does nothing and reports the init's error; the next init is judged. */
+        CK_ATTRIBUTE shared[] = {
+            {CKA_TOKEN, &yes, 1}, {CKA_ENCRYPT, &yes, 1}, {CKA_LABEL, "shared", 6},
+            {CKA_VALUE_LEN, &value_len, sizeof value_len},
+        };
+        CK_ULONG token_key = 0;
+        printf("token_key=0x%lx\n", F(fn_generate_key, "C_GenerateKey")(session, &keygen, shared, 4, &token_key));
+        printf("token_init=0x%lx\n", encrypt_init(session, &cbc, token_key));
+        ENCRYPT("token_encrypt");
+        fflush(stdout);
+        pid_t child = fork();
+        if (child == 0) {
+            CK_ULONG other = 0, found = 0, n = 0;
+            CK_RV r = F(fn_initialize, "C_Initialize")(NULL);
+            if (!r) r = F(fn_open_session, "C_OpenSession")(slots[0], 6, NULL, NULL, &other);
+            CK_RV l = r ? r : F(fn_login, "C_Login")(other, 1, (unsigned char *)argv[2], strlen(argv[2]));
+            if (l && l != 0x100) r = l;
+            if (!r) r = F(fn_find_init, "C_FindObjectsInit")(other, shared + 2, 1);
+            if (!r) r = F(fn_find, "C_FindObjects")(other, &found, 1, &n);
+            if (!r && n != 1) r = 0xFFFF;
+            if (!r) r = set_attribute(other, found, forbid, 1);
+            _exit(r ? 1 : 0);
+        }
+        int status = 0;
+        waitpid(child, &status, 0);
+        printf("other_forbids=%d\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        printf("stale_init=0x%lx\n", encrypt_init(session, &cbc, token_key));
+        memset(out, 0xEE, sizeof out);
+        ENCRYPT("stale_encrypt");
+        printf("stale_output_untouched=%d\n", out[0] == 0xEE && out[15] == 0xEE);
+        printf("judged_again=0x%lx\n", encrypt_init(session, &cbc, token_key));
+        printf("cleanup=0x%lx\n", destroy(session, token_key));
     } else {
         fprintf(stderr, "unknown mode %s\n", argv[3]);
         return 2;
