@@ -139,9 +139,8 @@ impl Hsm {
         data: &[u8],
         signature: &[u8],
     ) -> Result<Reply, Rv> {
-        let mut active = self.take(client, session, operation, true)?;
-        active.update(data)?;
-        active.finish(signature).map(reply)
+        let active = self.take(client, session, operation, true)?;
+        active.single(data, signature).map(reply)
     }
 
     pub(crate) fn operation_update(
@@ -152,15 +151,16 @@ impl Hsm {
         data: &[u8],
     ) -> Result<Reply, Rv> {
         let mut active = self.take(client, session, operation, false)?;
-        active.update(data)?;
+        let output = active.update(data)?;
         let mut sessions = self.sessions();
         // The session may have closed meanwhile; then the operation ends with it.
         let session = sessions.get_mut(client, session)?;
         session.operations.insert(operation, active);
         session.multi_part.push(operation);
-        Ok(match operation {
-            Operation::Encrypt | Operation::Decrypt => Reply::Bytes(Vec::new()),
-            _ => Reply::Done,
+        Ok(match (output, operation) {
+            (Some(output), _) => reply(output),
+            (None, Operation::Encrypt | Operation::Decrypt) => Reply::Bytes(Vec::new()),
+            (None, _) => Reply::Done,
         })
     }
 

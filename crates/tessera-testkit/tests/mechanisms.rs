@@ -269,6 +269,48 @@ fn digests_macs_and_aes_modes_match_published_vectors() {
             t.single(Operation::Encrypt, short(16), aes, &[0; 257 * 16 + 1], &[]),
             Err(Rv::DataLenRange.code())
         );
+        // CTR in parts (PKCS#11 3.0 §5.8, C_EncryptUpdate "processing another data part"):
+        // each update returns its whole blocks, the final call the last partial one, and the
+        // key stream is the single-part call's. The counter's wrap is checked across parts.
+        let data = [5u8; 37];
+        let whole = t
+            .single(Operation::Encrypt, short(128), aes, &data, &[])
+            .unwrap();
+        t.call(Call::OperationInit {
+            session: t.session,
+            operation: Operation::Encrypt,
+            mechanism: short(128),
+            key: aes,
+        });
+        let mut outputs = Vec::new();
+        for part in [&data[..7], &data[7..35], &data[35..]] {
+            outputs.push(
+                match t.call(Call::OperationUpdate {
+                    session: t.session,
+                    operation: Operation::Encrypt,
+                    data: part.to_vec(),
+                }) {
+                    Reply::Bytes(bytes) => bytes,
+                    other => panic!("{other:?}"),
+                },
+            );
+        }
+        outputs.push(
+            match t.call(Call::OperationFinal {
+                session: t.session,
+                operation: Operation::Encrypt,
+                signature: Vec::new(),
+            }) {
+                Reply::Bytes(bytes) => bytes,
+                other => panic!("{other:?}"),
+            },
+        );
+        assert_eq!(
+            outputs.iter().map(Vec::len).collect::<Vec<_>>(),
+            [0, 32, 0, 5],
+            "7, 28 and 2 bytes: nothing, two blocks, nothing; the last 5 bytes at the final call"
+        );
+        assert_eq!(outputs.concat(), whole);
         // Key derivation by encryption: the new value is the SP 800-38A F.1.1 / F.2.1 block.
         for (iv, expected) in [
             (Vec::new(), "3ad77bb40d7a3660a89ecaf32466ef97"),

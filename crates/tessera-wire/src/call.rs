@@ -553,7 +553,7 @@ impl Call {
             C::FindObjectsFirst { .. } => (NO, NO, none, ByInput, &[S::Found]),
             C::OperationInit { .. } => (NO, NO, Uses, ByInput, DONE),
             C::OperationSingle { .. } => (NO, NO, Uses, ByInput, OUTPUT),
-            C::OperationUpdate { .. } => (NO, NO, Uses, ByInput, &[S::Bytes, S::Done]),
+            C::OperationUpdate { .. } => (NO, NO, Uses, ByInput, &[S::Bytes, S::Secret, S::Done]),
             C::OperationFinal { .. } => (NO, NO, Uses, ByInput, OUTPUT),
             C::OperationOnce { .. } => (NO, NO, Uses, ByInput, OUTPUT),
             C::GenerateKey { .. } => (NO, SECRET, Uses, ByInput, HANDLE),

@@ -3,16 +3,13 @@
 //!
 //! Signing mechanisms that hash (`CKM_ECDSA_SHA256`, `CKM_SHA256_RSA_PKCS`, ...) hash
 //! incrementally and sign the digest; the raw ones (`CKM_ECDSA`, `CKM_RSA_PKCS`) take the digest
-//! (or `DigestInfo`) from the caller. Ciphers accumulate their input and produce all output at
-//! the final call, which PKCS#11 allows (an update may return zero bytes).
+//! (or `DigestInfo`) from the caller. AES in the block modes streams ([`stream`]): each update
+//! returns the output of the whole blocks it can. The other ciphers (AES-GCM, RSA) gather
+//! their input and produce all output at the final call, which PKCS#11 allows (an update may
+//! return zero bytes; an AEAD decryption releases no plaintext before the tag is checked).
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
-use aws_lc_rs::cipher::{
-    DecryptionContext, EncryptionContext, PaddedBlockDecryptingKey, PaddedBlockEncryptingKey,
-    UnboundCipherKey, AES_128, AES_192, AES_256,
-};
 use aws_lc_rs::digest::{self, Context, Digest};
-use aws_lc_rs::iv::FixedLength;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::signature::{self, EcdsaKeyPair, RsaKeyPair, UnparsedPublicKey};
 use tessera_core::{ck, der, Mechanism, MechanismParameter, Rv, SecretBytes};
@@ -21,6 +18,9 @@ pub(crate) mod edwards;
 mod keys;
 pub(crate) use keys::forget_parsed_keys;
 pub(crate) mod mac;
+mod stream;
+
+use stream::{BlockStream, Mode, Piece};
 
 pub use keys::{
     bit_len, check_curve, check_ec_private, check_rsa_private, generate_ec, generate_rsa,
@@ -237,19 +237,6 @@ impl Input {
     }
 }
 
-enum AesMode {
-    CbcPad([u8; 16]),
-    Ecb,
-    Cbc([u8; 16]),
-    /// The initial counter block and how many of its low bits are the counter.
-    Ctr([u8; 16], u32),
-    Gcm {
-        iv: Vec<u8>,
-        aad: Vec<u8>,
-        tag_len: usize,
-    },
-}
-
 enum OaepCipher {
     Encrypt(aws_lc_rs::rsa::OaepPublicEncryptingKey),
     Decrypt(aws_lc_rs::rsa::OaepPrivateDecryptingKey),
@@ -285,9 +272,13 @@ enum Inner {
         key: SignKey,
         input: Input,
     },
-    Aes {
+    /// AES in a block mode (ECB, CBC, CBC-PAD, CTR).
+    Stream(BlockStream),
+    Gcm {
         key: SecretBytes,
-        mode: AesMode,
+        iv: Vec<u8>,
+        aad: Vec<u8>,
+        tag_len: usize,
         encrypt: bool,
         data: SecretBytes,
     },
@@ -318,7 +309,8 @@ impl ActiveOperation {
             } => buffer.len(),
             Inner::Signature { .. } | Inner::Digest(_) | Inner::Mac { .. } => 0,
             Inner::Eddsa { data, .. } => data.len(),
-            Inner::Aes { data, .. } => data.len(),
+            Inner::Gcm { data, .. } => data.len(),
+            Inner::Stream(stream) => stream.held(),
         };
         gathered.saturating_add(more) <= limit
     }
@@ -524,12 +516,9 @@ impl ActiveOperation {
                 .try_into()
                 .map_err(|_| Rv::MechanismParamInvalid)
         };
+        // A block mode with its IV or first counter block, or GCM's parameters.
         let mode = match (mechanism.ty as ck::CK_MECHANISM_TYPE, &mechanism.parameter) {
-            (ck::CKM_AES_CBC_PAD, MechanismParameter::Bytes(iv)) => AesMode::CbcPad(
-                iv.as_slice()
-                    .try_into()
-                    .map_err(|_| Rv::MechanismParamInvalid)?,
-            ),
+            (ck::CKM_AES_CBC_PAD, MechanismParameter::Bytes(iv)) => Ok((Mode::CbcPad, block(iv)?)),
             (ck::CKM_AES_GCM, MechanismParameter::Gcm { iv, aad, tag_bits }) => {
                 // 96-bit IVs only (the GHASH-derived counter of other lengths is not offered);
                 // tags of 96 to 128 bits in whole bytes (SP 800-38D §5.2.1.2).
@@ -539,16 +528,12 @@ impl ActiveOperation {
                 {
                     return Err(Rv::MechanismParamInvalid);
                 }
-                AesMode::Gcm {
-                    iv: iv.clone(),
-                    aad: aad.clone(),
-                    tag_len: (*tag_bits / 8) as usize,
-                }
+                Err((iv.clone(), aad.clone(), (*tag_bits / 8) as usize))
             }
-            (ck::CKM_AES_ECB, MechanismParameter::None) => AesMode::Ecb,
-            (ck::CKM_AES_CBC, MechanismParameter::Bytes(iv)) => AesMode::Cbc(block(iv)?),
+            (ck::CKM_AES_ECB, MechanismParameter::None) => Ok((Mode::Ecb, [0; 16])),
+            (ck::CKM_AES_CBC, MechanismParameter::Bytes(iv)) => Ok((Mode::Cbc, block(iv)?)),
             // The low `counter_bits` bits of the block are the counter; data that would make it
-            // wrap (and so repeat the key stream) is refused when the operation finishes.
+            // wrap (and so repeat the key stream) is refused.
             (
                 ck::CKM_AES_CTR,
                 MechanismParameter::Ctr {
@@ -559,7 +544,7 @@ impl ActiveOperation {
                 if !(1..=128).contains(counter_bits) {
                     return Err(Rv::MechanismParamInvalid);
                 }
-                AesMode::Ctr(block(counter)?, *counter_bits as u32)
+                Ok((Mode::Ctr(*counter_bits as u32), block(counter)?))
             }
             (
                 ck::CKM_AES_CBC_PAD
@@ -581,17 +566,21 @@ impl ActiveOperation {
         if !matches!(value.len(), 16 | 24 | 32) {
             return Err(Rv::KeyTypeInconsistent);
         }
-        Ok(ActiveOperation {
-            inner: Inner::Aes {
+        let inner = match mode {
+            Ok((mode, iv)) => Inner::Stream(BlockStream::new(value, mode, encrypt, iv)),
+            Err((iv, aad, tag_len)) => Inner::Gcm {
                 key: SecretBytes::from_slice(value),
-                mode,
+                iv,
+                aad,
+                tag_len,
                 encrypt,
                 // The data goes through the cipher in its own buffer: kept out of the locked
                 // slots (it is the application's data, not key material), it is encrypted or
                 // decrypted where it lies instead of being copied out of one first.
                 data: SecretBytes::unlocked(),
             },
-        })
+        };
+        Ok(ActiveOperation { inner })
     }
 
     /// RSA-OAEP with `key`, which must allow `usage` (CKA_ENCRYPT / CKA_DECRYPT for C_Encrypt /
@@ -695,23 +684,25 @@ impl ActiveOperation {
         })
     }
 
-    /// Feeds input; ciphers return no output until the final call.
-    pub fn update(&mut self, data: &[u8]) -> Result<(), Rv> {
+    /// Feeds input; returns the output made now: a block-mode cipher's, `None` for the
+    /// others (which produce their output at the final call).
+    pub fn update(&mut self, data: &[u8]) -> Result<Option<Output>, Rv> {
         match &mut self.inner {
+            Inner::Stream(stream) => stream.update(data).map(|piece| Some(piece.into())),
             Inner::Digest(context) => {
                 context.update(data);
-                Ok(())
+                Ok(None)
             }
-            Inner::Signature { input, .. } => input.update(data),
-            Inner::Mac { mac, .. } => mac.update(data),
+            Inner::Signature { input, .. } => input.update(data).map(|()| None),
+            Inner::Mac { mac, .. } => mac.update(data).map(|()| None),
             Inner::Eddsa { data: buffer, .. } => {
                 if buffer.len() + data.len() > MAX_CIPHER_INPUT {
                     return Err(Rv::DataLenRange);
                 }
                 buffer.extend_from_slice(data);
-                Ok(())
+                Ok(None)
             }
-            Inner::Aes { data: buffer, .. }
+            Inner::Gcm { data: buffer, .. }
             | Inner::Rsa { data: buffer, .. }
             | Inner::Oaep { data: buffer, .. } => {
                 if buffer.len() + data.len() > MAX_CIPHER_INPUT {
@@ -721,9 +712,27 @@ impl ActiveOperation {
                 // (leaving a copy behind) when the operation finishes in place.
                 buffer.reserve(data.len() + 16);
                 buffer.extend_from_slice(data);
-                Ok(())
+                Ok(None)
             }
         }
+    }
+
+    /// A single-part call: `data`, then the final call; the two outputs joined.
+    pub fn single(mut self, data: &[u8], signature: &[u8]) -> Result<Output, Rv> {
+        let head = self.update(data)?;
+        let tail = self.finish(signature)?;
+        Ok(match (head, tail) {
+            (None, tail) => tail,
+            (Some(Output::Bytes(mut head)), Output::Bytes(tail)) => {
+                head.extend_from_slice(&tail);
+                Output::Bytes(head)
+            }
+            (Some(Output::Secret(mut head)), Output::Secret(tail)) => {
+                head.extend_from_slice(tail.expose());
+                Output::Secret(head)
+            }
+            _ => return Err(Rv::GeneralError),
+        })
     }
 
     /// Finishes: the digest, signature, cipher output, or the verification result.
@@ -731,12 +740,15 @@ impl ActiveOperation {
         match self.inner {
             Inner::Digest(context) => Ok(Output::Bytes(context.finish().as_ref().to_vec())),
             Inner::Signature { key, input } => finish_signature(key, input, signature),
-            Inner::Aes {
+            Inner::Stream(stream) => stream.finish().map(Output::from),
+            Inner::Gcm {
                 key,
-                mode,
+                iv,
+                aad,
+                tag_len,
                 encrypt,
                 data,
-            } => finish_aes(&key, mode, encrypt, data),
+            } => gcm(key.expose(), &iv, &aad, tag_len, encrypt, data),
             Inner::Rsa { cipher, data } => finish_rsa(cipher, &data),
             Inner::Mac { mac, verify: false } => mac.sign().map(Output::Bytes),
             Inner::Mac { mac, verify: true } => mac.verify(signature).map(|_| Output::Verified),
@@ -864,138 +876,21 @@ pub(crate) fn aes_encrypt_blocks(
     iv: Option<[u8; 16]>,
     data: &[u8],
 ) -> Result<Vec<u8>, Rv> {
-    let mode = iv.map_or(AesMode::Ecb, AesMode::Cbc);
-    match finish_block_mode(key, &mode, true, SecretBytes::from_slice(data))? {
-        Output::Bytes(out) => Ok(out),
+    let (mode, iv) = iv.map_or((Mode::Ecb, [0; 16]), |iv| (Mode::Cbc, iv));
+    let mut stream = BlockStream::new(key, mode, true, iv);
+    let head = stream.update(data)?;
+    match (head, stream.finish()?) {
+        (Piece::Cipher(head), Piece::Cipher(tail)) if tail.is_empty() => Ok(head),
         _ => Err(Rv::GeneralError),
     }
 }
 
-/// Whether `len` bytes of CTR key stream fit before the low `bits` bits of `block` (the
-/// counter, big-endian) wrap around.
-fn ctr_fits(block: &[u8; 16], bits: u32, len: usize) -> bool {
-    if bits >= 128 {
-        return true;
-    }
-    let counter = u128::from_be_bytes(*block) & ((1u128 << bits) - 1);
-    let available = (1u128 << bits) - counter;
-    (len as u128).div_ceil(16) <= available
-}
-
-fn finish_block_mode(
-    key: &[u8],
-    mode: &AesMode,
-    encrypt: bool,
-    mut data: SecretBytes,
-) -> Result<Output, Rv> {
-    use aws_lc_rs::cipher::{DecryptingKey, EncryptingKey};
-    let algorithm = match key.len() {
-        16 => &AES_128,
-        24 => &AES_192,
-        _ => &AES_256,
-    };
-    let unbound = || UnboundCipherKey::new(algorithm, key).map_err(|_| Rv::KeyTypeInconsistent);
-    let (iv, whole_blocks) = match mode {
-        AesMode::Ecb => (None, true),
-        AesMode::Cbc(iv) => (Some(*iv), true),
-        AesMode::Ctr(block, bits) => {
-            if !ctr_fits(block, *bits, data.len()) {
-                return Err(if encrypt {
-                    Rv::DataLenRange
-                } else {
-                    Rv::EncryptedDataLenRange
-                });
-            }
-            (Some(*block), false)
+impl From<Piece> for Output {
+    fn from(piece: Piece) -> Output {
+        match piece {
+            Piece::Cipher(bytes) => Output::Bytes(bytes),
+            Piece::Plain(secret) => Output::Secret(secret),
         }
-        _ => return Err(Rv::GeneralError),
-    };
-    if whole_blocks && !data.len().is_multiple_of(16) {
-        return Err(if encrypt {
-            Rv::DataLenRange
-        } else {
-            Rv::EncryptedDataLenRange
-        });
-    }
-    if encrypt {
-        let cipher = match mode {
-            AesMode::Ecb => EncryptingKey::ecb(unbound()?),
-            AesMode::Cbc(_) => EncryptingKey::cbc(unbound()?),
-            _ => EncryptingKey::ctr(unbound()?),
-        }
-        .map_err(|_| Rv::FunctionFailed)?;
-        let context = iv.map_or(EncryptionContext::None, |iv| {
-            EncryptionContext::Iv128(FixedLength::from(iv))
-        });
-        let mut out = data.expose().to_vec();
-        cipher
-            .less_safe_encrypt(&mut out, context)
-            .map_err(|_| Rv::FunctionFailed)?;
-        Ok(Output::Bytes(out))
-    } else {
-        let cipher = match mode {
-            AesMode::Ecb => DecryptingKey::ecb(unbound()?),
-            AesMode::Cbc(_) => DecryptingKey::cbc(unbound()?),
-            _ => DecryptingKey::ctr(unbound()?),
-        }
-        .map_err(|_| Rv::FunctionFailed)?;
-        let context = iv.map_or(DecryptionContext::None, |iv| {
-            DecryptionContext::Iv128(FixedLength::from(iv))
-        });
-        cipher
-            .decrypt(data.expose_mut(), context)
-            .map_err(|_| Rv::EncryptedDataInvalid)?;
-        Ok(Output::Secret(data))
-    }
-}
-
-fn finish_aes(
-    key: &SecretBytes,
-    mode: AesMode,
-    encrypt: bool,
-    mut data: SecretBytes,
-) -> Result<Output, Rv> {
-    let key_bytes = key.expose();
-    if matches!(mode, AesMode::Ecb | AesMode::Cbc(_) | AesMode::Ctr(..)) {
-        return finish_block_mode(key_bytes, &mode, encrypt, data);
-    }
-    match mode {
-        AesMode::CbcPad(iv) => {
-            let algorithm = match key_bytes.len() {
-                16 => &AES_128,
-                24 => &AES_192,
-                _ => &AES_256,
-            };
-            let unbound =
-                || UnboundCipherKey::new(algorithm, key_bytes).map_err(|_| Rv::KeyTypeInconsistent);
-            if encrypt {
-                let cipher = PaddedBlockEncryptingKey::cbc_pkcs7(unbound()?)
-                    .map_err(|_| Rv::FunctionFailed)?;
-                let mut out = data.expose().to_vec();
-                cipher
-                    .less_safe_encrypt(&mut out, EncryptionContext::Iv128(FixedLength::from(iv)))
-                    .map_err(|_| Rv::FunctionFailed)?;
-                Ok(Output::Bytes(out))
-            } else {
-                let length = data.len();
-                if length == 0 || !length.is_multiple_of(16) {
-                    return Err(Rv::EncryptedDataLenRange);
-                }
-                let cipher = PaddedBlockDecryptingKey::cbc_pkcs7(unbound()?)
-                    .map_err(|_| Rv::FunctionFailed)?;
-                let plain_len = cipher
-                    .decrypt(
-                        data.expose_mut(),
-                        DecryptionContext::Iv128(FixedLength::from(iv)),
-                    )
-                    .map_err(|_| Rv::EncryptedDataInvalid)?
-                    .len();
-                data.truncate(plain_len);
-                Ok(Output::Secret(data))
-            }
-        }
-        AesMode::Ecb | AesMode::Cbc(_) | AesMode::Ctr(..) => Err(Rv::GeneralError),
-        AesMode::Gcm { iv, aad, tag_len } => gcm(key_bytes, &iv, &aad, tag_len, encrypt, data),
     }
 }
 
@@ -1046,12 +941,14 @@ fn gcm(
     let mut counter = [0u8; 16];
     counter[..aead::NONCE_LEN].copy_from_slice(iv);
     counter[15] = 2;
-    let ciphertext = SecretBytes::new(data.expose()[..cipher_len].to_vec());
-    let Output::Secret(plain) =
-        finish_block_mode(key, &AesMode::Ctr(counter, 32), false, ciphertext)?
-    else {
+    let mut stream = BlockStream::new(key, Mode::Ctr(32), false, counter);
+    let (Piece::Plain(mut plain), Piece::Plain(tail)) = (
+        stream.update(&data.expose()[..cipher_len])?,
+        stream.finish()?,
+    ) else {
         return Err(Rv::GeneralError);
     };
+    plain.extend_from_slice(tail.expose());
     let mut resealed = plain.expose().to_vec();
     aead_key
         .seal_in_place_append_tag(nonce()?, Aad::from(aad), &mut resealed)

@@ -139,7 +139,7 @@ impl Dual {
 /// A dual-function update. The cipher's output follows the two-call convention like that of
 /// `C_EncryptUpdate` / `C_DecryptUpdate`; both updates run once, on the first call, so a
 /// length query does not feed the input to the digest or signature twice. Tessera's cipher
-/// updates may return no output (the input is processed at the final call): then the
+/// updates that gather their input (AES-GCM) return no output: then the
 /// plaintext comes from `C_DecryptFinal`, and the application digests or verifies it itself,
 /// as the specification describes for outputs held back until the final call.
 pub fn dual_update(
