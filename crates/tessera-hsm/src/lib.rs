@@ -7,7 +7,7 @@
 //!
 //! A *client* is one connection of one application: PKCS#11 login state is per application and
 //! token, so it is kept per client and slot; all of a client's sessions end when it disconnects.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod admin;
 mod channels;

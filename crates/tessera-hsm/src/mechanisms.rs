@@ -102,6 +102,16 @@ const TABLE: &[(ck::CK_MECHANISM_TYPE, u64, u64, ck::CK_FLAGS)] = &[
         ck::CKF_GENERATE_KEY_PAIR,
     ),
     (ck::CKM_RSA_PKCS, 2048, 4096, SIGN_VERIFY | CIPHER),
+    // The legacy mechanisms (crypto/legacy.rs), none of them under the `a` flag.
+    (ck::CKM_MD5, 0, 0, ck::CKF_DIGEST),
+    (ck::CKM_MD5_HMAC, 1, 512, SIGN_VERIFY),
+    (ck::CKM_DES2_KEY_GEN, 16, 16, ck::CKF_GENERATE),
+    (ck::CKM_DES3_KEY_GEN, 24, 24, ck::CKF_GENERATE),
+    (ck::CKM_DES3_ECB, 16, 24, CIPHER),
+    (ck::CKM_DES3_CBC, 16, 24, CIPHER),
+    (ck::CKM_DES3_CBC_PAD, 16, 24, CIPHER),
+    (ck::CKM_DES3_CMAC, 16, 24, SIGN_VERIFY),
+    (ck::CKM_RSA_X_509, 2048, 4096, SIGN_VERIFY | CIPHER),
     (ck::CKM_SHA256_RSA_PKCS, 2048, 4096, SIGN_VERIFY),
     (ck::CKM_SHA384_RSA_PKCS, 2048, 4096, SIGN_VERIFY),
     (ck::CKM_SHA512_RSA_PKCS, 2048, 4096, SIGN_VERIFY),
@@ -112,8 +122,35 @@ const TABLE: &[(ck::CK_MECHANISM_TYPE, u64, u64, ck::CK_FLAGS)] = &[
 ];
 
 /// Mechanisms that are not approved: hidden and refused under the `a` flag (FIPS Algorithms
-/// Only). SHA-1 is kept for legacy digests and legacy ECDSA verification.
-const NOT_APPROVED: &[ck::CK_MECHANISM_TYPE] = &[ck::CKM_SHA_1, ck::CKM_ECDSA_SHA1];
+/// Only). SHA-1 is kept for legacy digests and legacy ECDSA verification; MD5, triple DES and
+/// raw RSA for payments and older PKI.
+const NOT_APPROVED: &[ck::CK_MECHANISM_TYPE] = &[
+    ck::CKM_SHA_1,
+    ck::CKM_ECDSA_SHA1,
+    ck::CKM_MD5,
+    ck::CKM_MD5_HMAC,
+    ck::CKM_DES2_KEY_GEN,
+    ck::CKM_DES3_KEY_GEN,
+    ck::CKM_DES3_ECB,
+    ck::CKM_DES3_CBC,
+    ck::CKM_DES3_CBC_PAD,
+    ck::CKM_DES3_CMAC,
+    ck::CKM_RSA_X_509,
+];
+
+/// Whether a mechanism's parameter may be used under the device flags: under the `a` flag,
+/// AES-GCM takes 96-bit IVs only (the length SP 800-38D recommends) and EdDSA is plain
+/// Ed25519 (the other GCM IV lengths and Ed25519ctx/ph go through the legacy module).
+pub fn parameter_allowed(mechanism: &tessera_core::Mechanism, flags: u64) -> bool {
+    use tessera_core::MechanismParameter;
+    let fips = flags & tessera_core::flags::FIPS_ALGORITHMS != 0;
+    match &mechanism.parameter {
+        MechanismParameter::Gcm { iv, .. } if fips => iv.len() == 12,
+        // Ed25519ctx and Ed25519ph come from the legacy module.
+        MechanismParameter::Eddsa { prehash, context } if fips => !prehash && context.is_empty(),
+        _ => true,
+    }
+}
 
 /// Whether a mechanism may be used under the device flags.
 pub fn allowed(mechanism: u64, flags: u64) -> bool {

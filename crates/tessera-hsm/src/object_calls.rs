@@ -148,7 +148,8 @@ impl Hsm {
             .ulong(ck::CKA_VALUE_LEN)
             .is_some_and(|n| n != value.len() as u64);
         let not_aes = key_type == ck::CKK_AES as u64 && !matches!(value.len(), 16 | 24 | 32);
-        if length_differs || not_aes {
+        let not_des = des_length(key_type) != 0 && des_length(key_type) != value.len();
+        if length_differs || not_aes || not_des {
             return Err(if derived {
                 Rv::TemplateInconsistent
             } else {
@@ -669,6 +670,8 @@ impl Hsm {
     ) -> Result<Reply, Rv> {
         let key_type = match mechanism.ty as ck::CK_MECHANISM_TYPE {
             ck::CKM_AES_KEY_GEN => ck::CKK_AES,
+            ck::CKM_DES2_KEY_GEN => ck::CKK_DES2,
+            ck::CKM_DES3_KEY_GEN => ck::CKK_DES3,
             ck::CKM_GENERIC_SECRET_KEY_GEN => ck::CKK_GENERIC_SECRET,
             ck::CKM_SHA_1_KEY_GEN => ck::CKK_SHA_1_HMAC,
             ck::CKM_SHA224_KEY_GEN => ck::CKK_SHA224_HMAC,
@@ -677,6 +680,9 @@ impl Hsm {
             ck::CKM_SHA512_KEY_GEN => ck::CKK_SHA512_HMAC,
             _ => return Err(Rv::MechanismInvalid),
         };
+        if !crate::mechanisms::allowed(mechanism.ty, self.device.now().flags) {
+            return Err(Rv::MechanismInvalid);
+        }
         if mechanism.parameter != MechanismParameter::None {
             return Err(Rv::MechanismParamInvalid);
         }
@@ -696,10 +702,16 @@ impl Hsm {
         if attributes.has(ck::CKA_VALUE) {
             return Err(Rv::TemplateInconsistent);
         }
-        let length = attributes
-            .ulong(ck::CKA_VALUE_LEN)
-            .ok_or(Rv::TemplateIncomplete)?;
-        let valid = if key_type == ck::CKK_AES {
+        let fixed = des_length(key_type as u64) as u64;
+        let length = match attributes.ulong(ck::CKA_VALUE_LEN) {
+            // A triple-DES key's length is its type's; a template that says otherwise is wrong.
+            Some(asked) if fixed != 0 && asked != fixed => return Err(Rv::TemplateInconsistent),
+            None if fixed != 0 => fixed,
+            asked => asked.ok_or(Rv::TemplateIncomplete)?,
+        };
+        let valid = if fixed != 0 {
+            true
+        } else if key_type == ck::CKK_AES {
             matches!(length, 16 | 24 | 32)
         } else {
             (1..=512).contains(&length)
@@ -708,7 +720,9 @@ impl Hsm {
             return Err(Rv::AttributeValueInvalid);
         }
         attributes.set_ulong(ck::CKA_KEY_TYPE, chosen);
-        attributes.set(ck::CKA_VALUE as u64, crypto::random(length as usize)?);
+        let value = crypto::random(length as usize)?;
+        let value = if fixed != 0 { odd_parity(value) } else { value };
+        attributes.set(ck::CKA_VALUE as u64, value);
         let mut state = self.lock();
         object::complete(&mut attributes, Some(mechanism.ty), state.device.flags)?;
         let token_id = Self::check_create(&state, client, session, &attributes)?;
@@ -820,6 +834,25 @@ impl Hsm {
     }
 }
 
+/// The value length of a triple-DES key type (`CKK_DES2`: 16 bytes, `CKK_DES3`: 24), 0 for
+/// other types.
+fn des_length(key_type: u64) -> usize {
+    match key_type as ck::CK_KEY_TYPE {
+        ck::CKK_DES2 => 16,
+        ck::CKK_DES3 => 24,
+        _ => 0,
+    }
+}
+
+/// `bytes` with each byte's low bit set for odd parity, as DES keys carry it.
+fn odd_parity(mut bytes: Vec<u8>) -> Vec<u8> {
+    for byte in &mut bytes {
+        let high = *byte & 0xfe;
+        *byte = high | u8::from(high.count_ones() % 2 == 0);
+    }
+    bytes
+}
+
 /// Checks the key material of a key created with `C_CreateObject` and fills derived attributes.
 fn check_imported_key(
     attributes: &mut Attributes,
@@ -892,6 +925,18 @@ fn check_imported_key(
                 .ok_or(Rv::TemplateIncomplete)?
                 .len();
             attributes.set_ulong(ck::CKA_VALUE_LEN, length as u64);
+        }
+        (ck::CKO_SECRET_KEY, ck::CKK_DES2 | ck::CKK_DES3) => {
+            if template.find(ck::CKA_VALUE_LEN).is_some() {
+                return Err(Rv::TemplateInconsistent);
+            }
+            let length = attributes
+                .get(ck::CKA_VALUE)
+                .ok_or(Rv::TemplateIncomplete)?
+                .len();
+            if length != des_length(key_type as u64) {
+                return Err(Rv::AttributeValueInvalid);
+            }
         }
         (ck::CKO_PUBLIC_KEY, ck::CKK_RSA) => {
             object::require(attributes, &[ck::CKA_MODULUS, ck::CKA_PUBLIC_EXPONENT])?;

@@ -40,6 +40,9 @@ impl Hsm {
         if !crate::mechanisms::allowed(mechanism.ty, flags) {
             return Err(Rv::MechanismInvalid);
         }
+        if !crate::mechanisms::parameter_allowed(mechanism, flags) {
+            return Err(Rv::MechanismParamInvalid);
+        }
         let weak = flags & tessera_core::flags::WEAK_MECHANISMS != 0;
         let (active, key_needs_login) = if operation == Operation::Digest {
             (crypto::ActiveOperation::digest(mechanism)?, false)

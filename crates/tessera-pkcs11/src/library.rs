@@ -518,6 +518,11 @@ fn device_call(
     call: Call,
 ) -> Result<(Reply, u64), ClientError> {
     let changes = changes_verdicts(&call);
+    if let Some(key) = changes {
+        // An init held on a verdict reaches the device before the change, as it would have
+        // without the verdict: the operation exists there when the key changes.
+        deferred::send_held(number, key);
+    }
     let result = device.call(generation, call);
     if let Some(key) = changes {
         let _ = with(|library| {

@@ -1028,3 +1028,251 @@ fn joining_derivations_join_values_and_keep_their_protection() {
         );
     }
 }
+
+/// The legacy mechanisms (crypto/legacy.rs, aws-lc through aws-lc-sys) against published
+/// vectors, over the wire: MD5 (RFC 1321), HMAC-MD5 (RFC 2202), three-key and two-key triple
+/// DES (SP 800-67), triple-DES CMAC (SP 800-38B D.4), AES-GCM with a 60-byte and a 1-byte IV
+/// (the GCM specification's test case 6). Under the `a` flag none is accepted.
+#[test]
+fn legacy_mechanisms_match_published_vectors() {
+    let daemon = Daemon::start();
+    prepare(&daemon, Transport::Unix, "");
+    let t = Token::new(&daemon, Transport::Unix);
+    let md5 = t
+        .single(
+            Operation::Digest,
+            plain(ck::CKM_MD5),
+            0,
+            b"message digest",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(md5, hex("f96b697d7cb7938d525a2f31aaf161d0"));
+    let jefe = t.secret(ck::CKK_GENERIC_SECRET, b"Jefe");
+    let mac = t
+        .single(
+            Operation::Sign,
+            plain(ck::CKM_MD5_HMAC),
+            jefe,
+            b"what do ya want for nothing?",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(mac, hex("750c783e6ab0b503eaa86e310a5db738"));
+    let des3 = t.secret(
+        ck::CKK_DES3,
+        &hex("0123456789abcdef23456789abcdef01456789abcdef0123"),
+    );
+    assert_eq!(
+        t.single(
+            Operation::Encrypt,
+            plain(ck::CKM_DES3_ECB),
+            des3,
+            &hex("5468652071756663"),
+            &[]
+        )
+        .unwrap(),
+        hex("a826fd8ce53b855f")
+    );
+    // A two-key key is K1 K2 K1.
+    let des2 = t.secret(ck::CKK_DES2, &hex("0123456789abcdef23456789abcdef01"));
+    let des2_as_3 = t.secret(
+        ck::CKK_DES3,
+        &hex("0123456789abcdef23456789abcdef010123456789abcdef"),
+    );
+    let cbc_pad = || Mechanism {
+        ty: ck::CKM_DES3_CBC_PAD as u64,
+        parameter: MechanismParameter::Bytes(vec![7; 8]),
+    };
+    let sealed = t
+        .single(Operation::Encrypt, cbc_pad(), des2, b"eleven byte", &[])
+        .unwrap();
+    assert_eq!(sealed.len(), 16);
+    assert_eq!(
+        t.single(
+            Operation::Encrypt,
+            cbc_pad(),
+            des2_as_3,
+            b"eleven byte",
+            &[]
+        )
+        .unwrap(),
+        sealed
+    );
+    assert_eq!(
+        t.single(Operation::Decrypt, cbc_pad(), des2, &sealed, &[])
+            .unwrap(),
+        b"eleven byte"
+    );
+    let init = |operation, mechanism, key| {
+        t.device
+            .call(
+                Some(t.g),
+                Call::OperationInit {
+                    session: t.session,
+                    operation,
+                    mechanism,
+                    key,
+                },
+            )
+            .map(|_| ())
+            .map_err(|e| e.rv())
+    };
+    assert_eq!(
+        init(Operation::Encrypt, cbc_pad(), jefe),
+        Err(Rv::KeyTypeInconsistent.code()),
+        "an HMAC key is no DES key"
+    );
+    let cmac_key = t.secret(
+        ck::CKK_DES3,
+        &hex("8aa83bf8cbda10620bc1bf19fbb6cd58bc313d4a371ca8b5"),
+    );
+    assert_eq!(
+        t.single(
+            Operation::Sign,
+            plain(ck::CKM_DES3_CMAC),
+            cmac_key,
+            &hex("6bc1bee22e409f96"),
+            &[]
+        )
+        .unwrap(),
+        hex("8e8f293136283797")
+    );
+    let aes = t.secret(ck::CKK_AES, &hex("feffe9928665731c6d6a8f9467308308"));
+    let gcm = |iv: Vec<u8>, aad: Vec<u8>| Mechanism {
+        ty: ck::CKM_AES_GCM as u64,
+        parameter: MechanismParameter::Gcm {
+            iv,
+            aad,
+            tag_bits: 128,
+        },
+    };
+    let iv60 = hex(concat!(
+        "9313225df88406e555909c5aff5269aa6a7a9538534f7da1e4c303d2a318a728",
+        "c3c0c95156809539fcf0e2429a6b525416aedbf5a0de6a57a637b39b"
+    ));
+    let aad = hex("feedfacedeadbeeffeedfacedeadbeefabaddad2");
+    let plain_text = hex(concat!(
+        "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72",
+        "1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39"
+    ));
+    let expected = hex(concat!(
+        "8ce24998625615b603a033aca13fb894be9112a5c3a211a8ba262a3cca7e2ca7",
+        "01e4a9a4fba43c90ccdcb281d48c7c6fd62875d2aca417034c34aee5",
+        "619cc5aefffe0bfa462af43c1699d050"
+    ));
+    assert_eq!(
+        t.single(
+            Operation::Encrypt,
+            gcm(iv60.clone(), aad.clone()),
+            aes,
+            &plain_text,
+            &[]
+        )
+        .unwrap(),
+        expected
+    );
+    assert_eq!(
+        t.single(
+            Operation::Decrypt,
+            gcm(iv60.clone(), aad.clone()),
+            aes,
+            &expected,
+            &[]
+        )
+        .unwrap(),
+        plain_text
+    );
+    let one = t
+        .single(
+            Operation::Encrypt,
+            gcm(vec![1], Vec::new()),
+            aes,
+            b"hello",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        t.single(Operation::Decrypt, gcm(vec![1], Vec::new()), aes, &one, &[])
+            .unwrap(),
+        b"hello"
+    );
+
+    // FIPS Algorithms Only: none of them, and GCM with 96-bit IVs only (the mechanism is
+    // judged before the key, so the old session's key handles serve).
+    daemon.admin(Transport::Unix, &["-fa"]);
+    let t = Token::new(&daemon, Transport::Unix);
+    let refused = |operation, mechanism, key| {
+        t.device
+            .call(
+                Some(t.g),
+                Call::OperationInit {
+                    session: t.session,
+                    operation,
+                    mechanism,
+                    key,
+                },
+            )
+            .map(|_| ())
+            .map_err(|e| e.rv())
+    };
+    assert_eq!(
+        refused(Operation::Digest, plain(ck::CKM_MD5), 0),
+        Err(Rv::MechanismInvalid.code())
+    );
+    assert_eq!(
+        refused(Operation::Sign, plain(ck::CKM_MD5_HMAC), jefe),
+        Err(Rv::MechanismInvalid.code())
+    );
+    assert_eq!(
+        refused(Operation::Encrypt, plain(ck::CKM_DES3_ECB), des3),
+        Err(Rv::MechanismInvalid.code())
+    );
+    assert_eq!(
+        refused(Operation::Encrypt, gcm(iv60, aad), aes),
+        Err(Rv::MechanismParamInvalid.code())
+    );
+    let aes = t.secret(ck::CKK_AES, &[7; 16]);
+    assert!(t
+        .single(
+            Operation::Encrypt,
+            gcm(vec![1; 12], Vec::new()),
+            aes,
+            b"data",
+            &[]
+        )
+        .is_ok());
+    let list = match t.call(Call::MechanismList { slot: 0 }) {
+        Reply::Mechanisms(list) => list,
+        other => panic!("{other:?}"),
+    };
+    for legacy in [
+        ck::CKM_MD5,
+        ck::CKM_MD5_HMAC,
+        ck::CKM_DES2_KEY_GEN,
+        ck::CKM_DES3_KEY_GEN,
+        ck::CKM_DES3_ECB,
+        ck::CKM_DES3_CBC,
+        ck::CKM_DES3_CBC_PAD,
+        ck::CKM_DES3_CMAC,
+        ck::CKM_RSA_X_509,
+    ] {
+        assert!(
+            !list.contains(&(legacy as u64)),
+            "{legacy:#x} listed under a"
+        );
+    }
+    assert!(list.contains(&(ck::CKM_AES_GCM as u64)));
+    let generated = t.device.call(
+        Some(t.g),
+        Call::GenerateKey {
+            session: t.session,
+            mechanism: plain(ck::CKM_DES3_KEY_GEN),
+            template: Template(vec![Attribute::bool(ck::CKA_TOKEN, false)]),
+        },
+    );
+    assert_eq!(
+        generated.map(|_| ()).map_err(|e| e.rv()),
+        Err(Rv::MechanismInvalid.code())
+    );
+}

@@ -132,6 +132,16 @@ fn pkcs11_tool_initialises_generates_signs_encrypts_and_keys_survive_a_restart()
                 "aes-key",
                 "--usage-decrypt",
             ]);
+            // The tool's own self-test runs to its end: digests (MD5 included), RSA-X-509,
+            // RSA-PKCS (raw input) and hashing signatures, verification, OAEP decryption.
+            let selftest = t.user(&["--test"]);
+            assert!(selftest.contains("No errors"), "{selftest}");
+            for passed in ["MD5: OK", "RSA-X-509: OK", "RSA-PKCS: OK"] {
+                assert!(
+                    selftest.contains(passed),
+                    "{passed} missing from:\n{selftest}"
+                );
+            }
             // A forked child initialises its own library state and works (fork-awareness).
             let forked = t.ok(&["--test-fork"]);
             assert!(forked.contains("forked child"), "{forked}");

@@ -109,6 +109,26 @@ pub(crate) fn verify(key: &dyn Key, message: &[u8], signature: &[u8]) -> Result<
         .map_err(|_| Rv::SignatureInvalid)
 }
 
+/// Ed25519ctx or Ed25519ph (legacy module): a signature, or a verification's outcome.
+pub(crate) fn variant(
+    key: &dyn Key,
+    variant: &super::legacy::Ed25519Variant,
+    message: &[u8],
+    verify: bool,
+    signature: &[u8],
+) -> Result<super::Output, Rv> {
+    if verify {
+        let point = raw_point(key.get(ck::CKA_EC_POINT).ok_or(Rv::KeyTypeInconsistent)?);
+        return variant
+            .verify(point, message, signature)
+            .map(|()| super::Output::Verified);
+    }
+    let seed = SecretBytes::from_slice(key.get(ck::CKA_VALUE).ok_or(Rv::KeyTypeInconsistent)?);
+    variant
+        .sign(seed.expose(), message)
+        .map(super::Output::Bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -178,6 +178,7 @@ const KEY_CACHE_LIMIT: usize = 512;
 
 static RSA_KEYS: KeyCache<RsaKeyPair> = std::sync::OnceLock::new();
 static EC_KEYS: KeyCache<EcdsaKeyPair> = std::sync::OnceLock::new();
+static RAW_RSA_KEYS: KeyCache<super::legacy::RawRsa> = std::sync::OnceLock::new();
 
 fn cached<T>(
     cache: &'static KeyCache<T>,
@@ -214,6 +215,17 @@ pub(crate) fn forget_parsed_keys() {
     if let Some(map) = EC_KEYS.get() {
         map.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
+    if let Some(map) = RAW_RSA_KEYS.get() {
+        map.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// An RSA private key for the raw operations (legacy module), parsed once like the others.
+pub(crate) fn raw_rsa_private(key: &dyn Key) -> Result<Arc<super::legacy::RawRsa>, Rv> {
+    let pkcs1 = rsa_private_pkcs1(key)?;
+    cached(&RAW_RSA_KEYS, pkcs1.expose(), || {
+        super::legacy::RawRsa::private(pkcs1.expose())
+    })
 }
 
 pub(crate) fn rsa_private_key(key: &dyn Key) -> Result<Arc<RsaKeyPair>, Rv> {

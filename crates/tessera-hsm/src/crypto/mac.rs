@@ -1,6 +1,8 @@
 //! MACs as signatures with secret keys: HMAC-SHA-1/224/256/384/512 (and `_GENERAL` with a shorter
-//! length) and AES-CMAC (and `CMAC_GENERAL`).
+//! length) and AES-CMAC (and `CMAC_GENERAL`); HMAC-MD5 and triple-DES CMAC from the legacy
+//! module.
 
+use super::legacy;
 use super::Key;
 use aws_lc_rs::{cmac, hmac};
 use subtle::ConstantTimeEq;
@@ -9,6 +11,8 @@ use tessera_core::{ck, Mechanism, MechanismParameter, Rv};
 enum Context {
     Hmac(Box<hmac::Context>),
     Cmac(Box<cmac::Context>),
+    HmacMd5(legacy::HmacMd5),
+    Des3Cmac(legacy::Des3Cmac),
 }
 
 /// A running MAC computation.
@@ -57,7 +61,11 @@ pub(crate) fn prf_length(mechanism: u64) -> Option<usize> {
 /// Whether a mechanism is a MAC this module serves.
 pub(crate) fn is_mac(mechanism: u64) -> bool {
     let m = mechanism as ck::CK_MECHANISM_TYPE;
-    hmac_of(m).is_some() || matches!(m, ck::CKM_AES_CMAC | ck::CKM_AES_CMAC_GENERAL)
+    hmac_of(m).is_some()
+        || matches!(
+            m,
+            ck::CKM_AES_CMAC | ck::CKM_AES_CMAC_GENERAL | ck::CKM_MD5_HMAC | ck::CKM_DES3_CMAC
+        )
 }
 
 impl Mac {
@@ -69,6 +77,8 @@ impl Mac {
             (ck::CKM_AES_CMAC | ck::CKM_AES_CMAC_GENERAL, None) => {
                 (16, m == ck::CKM_AES_CMAC_GENERAL)
             }
+            (ck::CKM_MD5_HMAC, None) => (legacy::Md5::LEN, false),
+            (ck::CKM_DES3_CMAC, None) => (legacy::DES_BLOCK, false),
             _ => return Err(Rv::MechanismInvalid),
         };
         let length = match (&mechanism.parameter, general) {
@@ -82,7 +92,17 @@ impl Mac {
             return Err(Rv::KeyTypeInconsistent);
         }
         let value = key.get(ck::CKA_VALUE).ok_or(Rv::KeyTypeInconsistent)?;
-        let context = if let Some((algorithm, _, _)) = hmac {
+        let context = if m == ck::CKM_MD5_HMAC {
+            if !HMAC_KEY_TYPES.iter().any(|t| *t as u64 == key.key_type()) {
+                return Err(Rv::KeyTypeInconsistent);
+            }
+            Context::HmacMd5(legacy::HmacMd5::new(value)?)
+        } else if m == ck::CKM_DES3_CMAC {
+            if !super::is_des3(key) {
+                return Err(Rv::KeyTypeInconsistent);
+            }
+            Context::Des3Cmac(legacy::Des3Cmac::new(value)?)
+        } else if let Some((algorithm, _, _)) = hmac {
             if !HMAC_KEY_TYPES.iter().any(|t| *t as u64 == key.key_type()) {
                 return Err(Rv::KeyTypeInconsistent);
             }
@@ -109,6 +129,8 @@ impl Mac {
         match &mut self.context {
             Context::Hmac(c) => c.update(data),
             Context::Cmac(c) => c.update(data).map_err(|_| Rv::FunctionFailed)?,
+            Context::HmacMd5(c) => c.update(data),
+            Context::Des3Cmac(c) => c.update(data),
         }
         Ok(())
     }
@@ -117,6 +139,8 @@ impl Mac {
         let mut tag = match self.context {
             Context::Hmac(c) => c.sign().as_ref().to_vec(),
             Context::Cmac(c) => c.sign().map_err(|_| Rv::FunctionFailed)?.as_ref().to_vec(),
+            Context::HmacMd5(c) => c.finish()?,
+            Context::Des3Cmac(c) => c.finish()?,
         };
         tag.truncate(self.length);
         Ok(tag)

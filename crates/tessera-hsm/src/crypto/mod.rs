@@ -16,6 +16,9 @@ use tessera_core::{ck, der, Mechanism, MechanismParameter, Rv, SecretBytes};
 
 pub(crate) mod edwards;
 mod keys;
+// The one module with `unsafe` code: aws-lc's legacy mechanisms.
+#[allow(unsafe_code)]
+pub(crate) mod legacy;
 pub(crate) use keys::forget_parsed_keys;
 pub(crate) mod mac;
 mod stream;
@@ -257,6 +260,8 @@ enum Inner {
         key: Box<dyn Key>,
         data: Vec<u8>,
         verify: bool,
+        /// Ed25519ctx or Ed25519ph (legacy module); plain Ed25519 when `None`.
+        variant: Option<legacy::Ed25519Variant>,
     },
     Oaep {
         cipher: OaepCipher,
@@ -274,6 +279,16 @@ enum Inner {
     },
     /// AES in a block mode (ECB, CBC, CBC-PAD, CTR).
     Stream(BlockStream),
+    /// MD5 (legacy).
+    Md5(legacy::Md5),
+    /// Triple DES in a block mode (legacy); whether it encrypts.
+    Des3(legacy::Des3, bool),
+    /// Raw RSA, and PKCS #1 v1.5 signatures of the data as given (legacy).
+    RawRsa {
+        key: std::sync::Arc<legacy::RawRsa>,
+        use_: RawUse,
+        data: SecretBytes,
+    },
     Gcm {
         key: SecretBytes,
         iv: Vec<u8>,
@@ -282,6 +297,29 @@ enum Inner {
         encrypt: bool,
         data: SecretBytes,
     },
+}
+
+/// What a raw RSA operation does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RawUse {
+    /// `CKM_RSA_PKCS` signature: block type 1 padding of the data as given.
+    SignPkcs1,
+    /// `CKM_RSA_PKCS` verification.
+    VerifyPkcs1,
+    /// `CKM_RSA_X_509` signature or decryption: the private operation.
+    Private,
+    /// `CKM_RSA_X_509` verification: the public operation, compared with the data.
+    VerifyX509,
+    /// `CKM_RSA_X_509` encryption: the public operation.
+    Public,
+}
+
+/// Whether `key` is a triple-DES secret key (`CKK_DES2` of 16 bytes, `CKK_DES3` of 24).
+pub(crate) fn is_des3(key: &dyn Key) -> bool {
+    let length = key.get(ck::CKA_VALUE).map_or(0, <[u8]>::len);
+    key.class() == ck::CKO_SECRET_KEY as u64
+        && ((key.key_type() == ck::CKK_DES2 as u64 && length == 16)
+            || (key.key_type() == ck::CKK_DES3 as u64 && length == 24))
 }
 
 /// An active operation of a session.
@@ -311,6 +349,8 @@ impl ActiveOperation {
             Inner::Eddsa { data, .. } => data.len(),
             Inner::Gcm { data, .. } => data.len(),
             Inner::Stream(stream) => stream.held(),
+            Inner::Md5(_) | Inner::Des3(..) => 0,
+            Inner::RawRsa { .. } => return false,
         };
         gathered.saturating_add(more) <= limit
     }
@@ -319,6 +359,11 @@ impl ActiveOperation {
     pub fn digest(mechanism: &Mechanism) -> Result<ActiveOperation, Rv> {
         if mechanism.parameter != MechanismParameter::None {
             return Err(Rv::MechanismParamInvalid);
+        }
+        if mechanism.ty == ck::CKM_MD5 as u64 {
+            return Ok(ActiveOperation {
+                inner: Inner::Md5(legacy::Md5::new()?),
+            });
         }
         let algorithm = digest_algorithm(mechanism.ty).ok_or(Rv::MechanismInvalid)?;
         Ok(ActiveOperation {
@@ -347,14 +392,17 @@ impl ActiveOperation {
             });
         }
         if m == ck::CKM_EDDSA {
-            match &mechanism.parameter {
-                MechanismParameter::None => {}
+            let variant = match &mechanism.parameter {
+                MechanismParameter::None => None,
                 MechanismParameter::Eddsa {
                     prehash: false,
                     context,
-                } if context.is_empty() => {}
+                } if context.is_empty() => None,
+                MechanismParameter::Eddsa { prehash, context } => {
+                    Some(legacy::Ed25519Variant::new(*prehash, context)?)
+                }
                 _ => return Err(Rv::MechanismParamInvalid),
-            }
+            };
             let class = if verify {
                 ck::CKO_PUBLIC_KEY
             } else {
@@ -374,8 +422,19 @@ impl ActiveOperation {
                     key: key.owned(),
                     data: Vec::new(),
                     verify,
+                    variant,
                 },
             });
+        }
+        if m == ck::CKM_RSA_PKCS || m == ck::CKM_RSA_X_509 {
+            let use_ = match (m == ck::CKM_RSA_PKCS, verify) {
+                (true, false) => RawUse::SignPkcs1,
+                (true, true) => RawUse::VerifyPkcs1,
+                (false, false) => RawUse::Private,
+                (false, true) => RawUse::VerifyX509,
+            };
+            let usage = if verify { ck::CKA_VERIFY } else { ck::CKA_SIGN };
+            return Self::raw_rsa(mechanism, key, use_, usage);
         }
         let expected_class = if verify {
             ck::CKO_PUBLIC_KEY
@@ -413,11 +472,6 @@ impl ActiveOperation {
                 ck::CKK_EC,
                 Input::Hashing(Context::new(&digest::SHA512)),
                 None,
-            ),
-            ck::CKM_RSA_PKCS => (
-                ck::CKK_RSA,
-                Input::Raw(Vec::new(), None),
-                Some(RsaScheme::Pkcs1),
             ),
             ck::CKM_SHA256_RSA_PKCS => (
                 ck::CKK_RSA,
@@ -510,6 +564,17 @@ impl ActiveOperation {
         if mechanism.ty == ck::CKM_RSA_PKCS_OAEP as u64 {
             return Self::oaep(mechanism, key, encrypt, usage);
         }
+        if mechanism.ty == ck::CKM_RSA_X_509 as u64 {
+            let use_ = if encrypt {
+                RawUse::Public
+            } else {
+                RawUse::Private
+            };
+            return Self::raw_rsa(mechanism, key, use_, usage);
+        }
+        if let Some(mode) = des3_mode(mechanism.ty) {
+            return Self::des3(mechanism, mode, key, encrypt, usage);
+        }
         let block = |bytes: &Vec<u8>| -> Result<[u8; 16], Rv> {
             bytes
                 .as_slice()
@@ -520,9 +585,10 @@ impl ActiveOperation {
         let mode = match (mechanism.ty as ck::CK_MECHANISM_TYPE, &mechanism.parameter) {
             (ck::CKM_AES_CBC_PAD, MechanismParameter::Bytes(iv)) => Ok((Mode::CbcPad, block(iv)?)),
             (ck::CKM_AES_GCM, MechanismParameter::Gcm { iv, aad, tag_bits }) => {
-                // 96-bit IVs only (the GHASH-derived counter of other lengths is not offered);
+                // IVs of 1 to 256 bytes (96 bits is the fast path; other lengths derive the
+                // counter from GHASH of the IV, SP 800-38D §7.1, through the legacy module);
                 // tags of 96 to 128 bits in whole bytes (SP 800-38D §5.2.1.2).
-                if iv.len() != aead::NONCE_LEN
+                if !(1..=MAX_GCM_IV).contains(&iv.len())
                     || !(96..=128).contains(tag_bits)
                     || !tag_bits.is_multiple_of(8)
                 {
@@ -581,6 +647,71 @@ impl ActiveOperation {
             },
         };
         Ok(ActiveOperation { inner })
+    }
+
+    /// Triple DES (`CKM_DES3_ECB`, `_CBC`, `_CBC_PAD`) with a `CKK_DES2` or `CKK_DES3` key.
+    fn des3(
+        mechanism: &Mechanism,
+        mode: legacy::DesMode,
+        key: &dyn Key,
+        encrypt: bool,
+        usage: ck::CK_ATTRIBUTE_TYPE,
+    ) -> Result<ActiveOperation, Rv> {
+        let iv = match (mode, &mechanism.parameter) {
+            (legacy::DesMode::Ecb, MechanismParameter::None) => [0; legacy::DES_BLOCK],
+            (legacy::DesMode::Cbc | legacy::DesMode::CbcPad, MechanismParameter::Bytes(iv)) => iv
+                .as_slice()
+                .try_into()
+                .map_err(|_| Rv::MechanismParamInvalid)?,
+            _ => return Err(Rv::MechanismParamInvalid),
+        };
+        if !is_des3(key) {
+            return Err(Rv::KeyTypeInconsistent);
+        }
+        if !key.flag(usage) {
+            return Err(Rv::KeyFunctionNotPermitted);
+        }
+        let value = key.get(ck::CKA_VALUE).ok_or(Rv::KeyTypeInconsistent)?;
+        Ok(ActiveOperation {
+            inner: Inner::Des3(legacy::Des3::new(value, mode, encrypt, iv)?, encrypt),
+        })
+    }
+
+    /// Raw RSA (`CKM_RSA_X_509`) and `CKM_RSA_PKCS` signatures of the data as given, with an
+    /// RSA key of the class `use_` needs, which must allow `usage`.
+    fn raw_rsa(
+        mechanism: &Mechanism,
+        key: &dyn Key,
+        use_: RawUse,
+        usage: ck::CK_ATTRIBUTE_TYPE,
+    ) -> Result<ActiveOperation, Rv> {
+        if mechanism.parameter != MechanismParameter::None {
+            return Err(Rv::MechanismParamInvalid);
+        }
+        let private = matches!(use_, RawUse::SignPkcs1 | RawUse::Private);
+        let class = if private {
+            ck::CKO_PRIVATE_KEY
+        } else {
+            ck::CKO_PUBLIC_KEY
+        };
+        if key.class() != class as u64 || key.key_type() != ck::CKK_RSA as u64 {
+            return Err(Rv::KeyTypeInconsistent);
+        }
+        if !key.flag(usage) {
+            return Err(Rv::KeyFunctionNotPermitted);
+        }
+        let raw = if private {
+            keys::raw_rsa_private(key)?
+        } else {
+            std::sync::Arc::new(legacy::RawRsa::public(&rsa_public_key(key)?)?)
+        };
+        Ok(ActiveOperation {
+            inner: Inner::RawRsa {
+                key: raw,
+                use_,
+                data: SecretBytes::default(),
+            },
+        })
     }
 
     /// RSA-OAEP with `key`, which must allow `usage` (CKA_ENCRYPT / CKA_DECRYPT for C_Encrypt /
@@ -689,6 +820,22 @@ impl ActiveOperation {
     pub fn update(&mut self, data: &[u8]) -> Result<Option<Output>, Rv> {
         match &mut self.inner {
             Inner::Stream(stream) => stream.update(data).map(|piece| Some(piece.into())),
+            Inner::Des3(stream, encrypt) => {
+                let out = stream.update(data)?;
+                Ok(Some(cipher_output(out, *encrypt)))
+            }
+            Inner::Md5(md5) => {
+                md5.update(data);
+                Ok(None)
+            }
+            Inner::RawRsa { data: buffer, .. } => {
+                // Raw RSA takes at most one modulus (4096 bits); more is refused at the end.
+                if buffer.len() + data.len() > 1024 {
+                    return Err(Rv::DataLenRange);
+                }
+                buffer.extend_from_slice(data);
+                Ok(None)
+            }
             Inner::Digest(context) => {
                 context.update(data);
                 Ok(None)
@@ -741,6 +888,9 @@ impl ActiveOperation {
             Inner::Digest(context) => Ok(Output::Bytes(context.finish().as_ref().to_vec())),
             Inner::Signature { key, input } => finish_signature(key, input, signature),
             Inner::Stream(stream) => stream.finish().map(Output::from),
+            Inner::Des3(stream, encrypt) => stream.finish().map(|out| cipher_output(out, encrypt)),
+            Inner::Md5(md5) => md5.finish().map(Output::Bytes),
+            Inner::RawRsa { key, use_, data } => finish_raw_rsa(&key, use_, &data, signature),
             Inner::Gcm {
                 key,
                 iv,
@@ -748,19 +898,40 @@ impl ActiveOperation {
                 tag_len,
                 encrypt,
                 data,
-            } => gcm(key.expose(), &iv, &aad, tag_len, encrypt, data),
+            } if iv.len() == aead::NONCE_LEN => {
+                gcm(key.expose(), &iv, &aad, tag_len, encrypt, data)
+            }
+            Inner::Gcm {
+                key,
+                iv,
+                aad,
+                tag_len,
+                encrypt,
+                data,
+            } => {
+                let out = legacy::gcm(key.expose(), &iv, &aad, tag_len, encrypt, data.expose())?;
+                Ok(cipher_output(out, encrypt))
+            }
             Inner::Rsa { cipher, data } => finish_rsa(cipher, &data),
             Inner::Mac { mac, verify: false } => mac.sign().map(Output::Bytes),
             Inner::Mac { mac, verify: true } => mac.verify(signature).map(|_| Output::Verified),
             Inner::Eddsa {
                 key,
                 data,
+                verify,
+                variant: Some(variant),
+            } => edwards::variant(&*key, &variant, &data, verify, signature),
+            Inner::Eddsa {
+                key,
+                data,
                 verify: false,
+                variant: None,
             } => edwards::sign(&*key, &data).map(Output::Bytes),
             Inner::Eddsa {
                 key,
                 data,
                 verify: true,
+                variant: None,
             } => edwards::verify(&*key, &data, signature).map(|_| Output::Verified),
             Inner::Oaep {
                 cipher,
@@ -866,6 +1037,73 @@ fn finish_oaep(
                 .len();
             out.truncate(len);
             Ok(Output::Secret(out))
+        }
+    }
+}
+
+/// The longest AES-GCM IV taken, in bytes (PKCS#11 allows up to 2^32 − 1; no one uses more).
+const MAX_GCM_IV: usize = 256;
+
+/// The triple-DES mode of a mechanism.
+fn des3_mode(mechanism: u64) -> Option<legacy::DesMode> {
+    Some(match mechanism as ck::CK_MECHANISM_TYPE {
+        ck::CKM_DES3_ECB => legacy::DesMode::Ecb,
+        ck::CKM_DES3_CBC => legacy::DesMode::Cbc,
+        ck::CKM_DES3_CBC_PAD => legacy::DesMode::CbcPad,
+        _ => return None,
+    })
+}
+
+/// A legacy cipher's output: ciphertext is public, plaintext secret.
+fn cipher_output(mut out: SecretBytes, encrypt: bool) -> Output {
+    if encrypt {
+        Output::Bytes(out.take_bytes())
+    } else {
+        Output::Secret(out)
+    }
+}
+
+/// Finishes a raw RSA operation on the gathered `data`.
+fn finish_raw_rsa(
+    key: &legacy::RawRsa,
+    use_: RawUse,
+    data: &SecretBytes,
+    signature: &[u8],
+) -> Result<Output, Rv> {
+    use subtle::ConstantTimeEq;
+    match use_ {
+        RawUse::SignPkcs1 => key.sign_pkcs1(data.expose()).map(Output::Bytes),
+        RawUse::VerifyPkcs1 => {
+            let carried = key.recover_pkcs1(signature)?;
+            match bool::from(carried.as_slice().ct_eq(data.expose())) {
+                true => Ok(Output::Verified),
+                false => Err(Rv::SignatureInvalid),
+            }
+        }
+        RawUse::Private => {
+            // A signature's input may be shorter than the modulus; a decryption's ciphertext
+            // is the modulus's length at most.
+            key.private_raw(data.expose(), Rv::DataLenRange)
+                .map(Output::Secret)
+        }
+        RawUse::Public => key
+            .public_raw(data.expose(), Rv::DataLenRange)
+            .map(Output::Bytes),
+        RawUse::VerifyX509 => {
+            if signature.len() != key.len() {
+                return Err(Rv::SignatureLenRange);
+            }
+            let recovered = key.public_raw(signature, Rv::SignatureInvalid)?;
+            let k = key.len();
+            if data.len() > k {
+                return Err(Rv::DataLenRange);
+            }
+            let mut expected = vec![0u8; k - data.len()];
+            expected.extend_from_slice(data.expose());
+            match bool::from(recovered.as_slice().ct_eq(&expected)) {
+                true => Ok(Output::Verified),
+                false => Err(Rv::SignatureInvalid),
+            }
         }
     }
 }

@@ -178,15 +178,17 @@ impl BlockStream {
             last
         };
         let piece = if self.encrypt {
-            let mut out = tessera_core::bytes::take(len);
-            out.extend_from_slice(first);
-            out.extend_from_slice(second);
+            // The cipher first: the plaintext is copied only into a buffer it then overwrites.
             let cipher = match self.mode {
                 Mode::Ecb => EncryptingKey::ecb(self.unbound()?),
                 Mode::Cbc | Mode::CbcPad => EncryptingKey::cbc(self.unbound()?),
                 Mode::Ctr(_) => EncryptingKey::ctr(self.unbound()?),
             }
             .map_err(|_| Rv::FunctionFailed)?;
+            // Room for a last block too, which a single-part call appends without a move.
+            let mut out = tessera_core::bytes::take(len + BLOCK);
+            out.extend_from_slice(first);
+            out.extend_from_slice(second);
             let context = context.map_or(EncryptionContext::None, |iv| {
                 EncryptionContext::Iv128(FixedLength::from(iv))
             });
@@ -199,7 +201,7 @@ impl BlockStream {
             Piece::Cipher(out)
         } else {
             let mut out = SecretBytes::unlocked();
-            out.reserve(len);
+            out.reserve(len + BLOCK);
             out.extend_from_slice(first);
             out.extend_from_slice(second);
             if matches!(self.mode, Mode::Cbc | Mode::CbcPad) {
@@ -234,6 +236,15 @@ impl BlockStream {
         }
         self.blocks += blocks;
         Ok(piece)
+    }
+}
+
+impl Drop for BlockStream {
+    fn drop(&mut self) {
+        // The chaining value is the last ciphertext block, which a key derivation by
+        // encryption (CKM_AES_CBC_ENCRYPT_DATA) makes key material.
+        zeroize::Zeroize::zeroize(&mut self.chain);
+        zeroize::Zeroize::zeroize(&mut self.start);
     }
 }
 

@@ -177,6 +177,22 @@ fn deferred<T>(handle: u64, f: impl FnOnce(&mut Deferred) -> T) -> CkResult<T> {
     with(|library| Ok(f(&mut library.session_mut(handle)?.deferred)))
 }
 
+/// Whether `code` is an answer about the init (its mechanism, parameter, key or login), which
+/// makes the verdict it was held on lapse; an answer about the data does not.
+fn judges_the_init(code: u64) -> bool {
+    [
+        Rv::MechanismInvalid,
+        Rv::MechanismParamInvalid,
+        Rv::KeyHandleInvalid,
+        Rv::KeyTypeInconsistent,
+        Rv::KeyFunctionNotPermitted,
+        Rv::KeySizeRange,
+        Rv::UserNotLoggedIn,
+    ]
+    .iter()
+    .any(|rv| rv.code() == code)
+}
+
 /// Sends an init to the device now. A refused init forgets the verdicts it was held on.
 fn send_init(handle: u64, operation: Operation, mechanism: Mechanism, key: u64) -> CkResult {
     let sent = session_call(handle, |session| Call::OperationInit {
@@ -251,6 +267,33 @@ pub fn flush_held(handle: u64) -> CkResult {
     Ok(())
 }
 
+/// Before a call to device `number` that changes `key` (`None`: any key): the inits held on
+/// it in the device's sessions go to the device first, so that the change finds their
+/// operations where an init without a verdict would have put them (a key destroyed or
+/// changed after its init, or a logout after it, then does to the operation what the device
+/// does, whatever the library remembered).
+pub(super) fn send_held(number: usize, key: Option<u64>) {
+    let held = with(|library| {
+        let mut held = Vec::new();
+        for (handle, session) in library.sessions.iter_mut() {
+            if session.id.device != number {
+                continue;
+            }
+            let deferred = &mut session.deferred;
+            let (now, later) = std::mem::take(&mut deferred.held)
+                .into_iter()
+                .partition(|(_, _, k)| key.is_none_or(|key| key == *k));
+            deferred.held = later;
+            let now: Vec<(Operation, Mechanism, u64)> = now;
+            held.extend(now.into_iter().map(|init| (*handle, init)));
+        }
+        Ok(held)
+    });
+    for (handle, (operation, mechanism, key)) in held.unwrap_or_default() {
+        let _ = send_init(handle, operation, mechanism, key);
+    }
+}
+
 /// A multi-part call of `operation` (an update, `C_DigestKey`): the held init goes first, and
 /// a failed call ends the operation.
 pub fn continuing<T>(
@@ -317,9 +360,9 @@ pub fn single(
     let result = match held {
         Some((mechanism, key)) => {
             let result = once(handle, operation, mechanism, key, data, signature);
-            if result.is_err() {
-                // The device may have refused the init itself (another application changed
-                // the key): judged afresh next time.
+            if matches!(result, Err(code) if judges_the_init(code)) {
+                // The device refused the init itself (another application changed the key):
+                // judged afresh next time.
                 let _ = deferred(handle, |d| d.overruled(operation, key));
             }
             result

@@ -152,8 +152,11 @@ int main(int argc, char **argv) {
         printf("cbc_short_again=0x%lx\n", encrypt_init(session, &cbc_short, key));
         printf("digest_again=0x%lx\n", digest_init(session, &unknown));
 
-        /* Changed by this application: judged again. */
+        /* Changed by this application: an init held before the change reaches the device
+         * first (its operation runs, as an init sent at once would); the next is judged. */
+        printf("held_before_forbid=0x%lx\n", encrypt_init(session, &cbc, key));
         printf("forbid=0x%lx\n", set_attribute(session, key, forbid, 1));
+        ENCRYPT("held_encrypt_after_forbid");
         printf("after_forbid=0x%lx\n", encrypt_init(session, &cbc, key));
         printf("allow=0x%lx\n", set_attribute(session, key, allow, 1));
         printf("after_allow=0x%lx\n", encrypt_init(session, &cbc, key));
