@@ -53,7 +53,8 @@ impl Hsm {
             .usable_key(client, session, unwrapping_key)
             .map_err(|_| Rv::UnwrappingKeyHandleInvalid)?;
         let template = constrained(template, &unwrapping, ck::CKA_UNWRAP_TEMPLATE)?;
-        let value = crate::wrap::unwrap(mechanism, &unwrapping, wrapped)?;
+        let weak = self.device.now().flags & tessera_core::flags::WEAK_MECHANISMS != 0;
+        let value = crate::wrap::unwrap(mechanism, &unwrapping, wrapped, weak)?;
         self.create_secret_key(client, session, &template, value.expose(), false)
     }
 

@@ -97,11 +97,11 @@ const TABLE: &[(ck::CK_MECHANISM_TYPE, u64, u64, ck::CK_FLAGS)] = &[
     (ck::CKM_ECDSA_SHA512, 256, 521, SIGN_VERIFY | EC_FLAGS),
     (
         ck::CKM_RSA_PKCS_KEY_PAIR_GEN,
-        2048,
+        1024,
         4096,
         ck::CKF_GENERATE_KEY_PAIR,
     ),
-    (ck::CKM_RSA_PKCS, 2048, 4096, SIGN_VERIFY | CIPHER),
+    (ck::CKM_RSA_PKCS, 1024, 4096, SIGN_VERIFY | CIPHER | WRAP),
     // The legacy mechanisms (crypto/legacy.rs), none of them under the `a` flag.
     (ck::CKM_MD5, 0, 0, ck::CKF_DIGEST),
     (ck::CKM_MD5_HMAC, 1, 512, SIGN_VERIFY),
@@ -111,7 +111,7 @@ const TABLE: &[(ck::CK_MECHANISM_TYPE, u64, u64, ck::CK_FLAGS)] = &[
     (ck::CKM_DES3_CBC, 16, 24, CIPHER),
     (ck::CKM_DES3_CBC_PAD, 16, 24, CIPHER),
     (ck::CKM_DES3_CMAC, 16, 24, SIGN_VERIFY),
-    (ck::CKM_RSA_X_509, 2048, 4096, SIGN_VERIFY | CIPHER),
+    (ck::CKM_RSA_X_509, 1024, 4096, SIGN_VERIFY | CIPHER),
     (ck::CKM_SHA256_RSA_PKCS, 2048, 4096, SIGN_VERIFY),
     (ck::CKM_SHA384_RSA_PKCS, 2048, 4096, SIGN_VERIFY),
     (ck::CKM_SHA512_RSA_PKCS, 2048, 4096, SIGN_VERIFY),
@@ -159,11 +159,11 @@ pub fn allowed(mechanism: u64, flags: u64) -> bool {
 }
 
 /// Whether a mechanism works with RSA keys, whose private-key operations take a millisecond or
-/// more (the table's rows with modulus sizes: RSA is the only family sized from 2048).
+/// more (the table's rows with modulus sizes up to 4096 bits: RSA is the only such family).
 pub fn uses_rsa(mechanism: u64) -> bool {
     TABLE
         .iter()
-        .any(|(m, min, ..)| *m as u64 == mechanism && *min >= 2048)
+        .any(|(m, _, max, _)| *m as u64 == mechanism && *max >= 4096)
 }
 
 /// Every mechanism offered under the device flags.
@@ -182,16 +182,22 @@ pub fn info(mechanism: u64, flags: u64) -> Option<MechanismInfo> {
         return None;
     }
     let weak = flags & tessera_core::flags::WEAK_MECHANISMS != 0;
+    let fips = flags & tessera_core::flags::FIPS_ALGORITHMS != 0;
     TABLE
         .iter()
         .find(|(m, ..)| *m as u64 == mechanism)
         .map(|(m, min, max, flags)| {
             let mut flags = *flags | ck::CKF_HW;
             if *m == ck::CKM_RSA_PKCS && !weak {
-                flags &= !ck::CKF_DECRYPT;
+                flags &= !(ck::CKF_DECRYPT | ck::CKF_UNWRAP);
             }
+            // RSA below 2048 bits is not approved.
+            let min = match *max >= 4096 && fips {
+                true => (*min).max(2048),
+                false => *min,
+            };
             MechanismInfo {
-                min_key_size: *min,
+                min_key_size: min,
                 max_key_size: *max,
                 flags: flags as u64,
             }

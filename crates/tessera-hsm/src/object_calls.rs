@@ -787,6 +787,10 @@ impl Hsm {
                     .ulong(ck::CKA_MODULUS_BITS)
                     .ok_or(Rv::TemplateIncomplete)?;
                 public.set_ulong(ck::CKA_MODULUS_BITS, bits);
+                // RSA below 2048 bits is not approved: not under the `a` flag.
+                if bits < 2048 && flags & tessera_core::flags::FIPS_ALGORITHMS != 0 {
+                    return Err(Rv::KeySizeRange);
+                }
                 crypto::generate_rsa(bits, public.get(ck::CKA_PUBLIC_EXPONENT))?
             };
         for (ty, value) in public_parts {

@@ -48,6 +48,10 @@ impl Hsm {
             (crypto::ActiveOperation::digest(mechanism)?, false)
         } else {
             let attributes = self.key_attributes(&state, client, session, key)?;
+            // RSA below 2048 bits is not approved: not used under the `a` flag.
+            if flags & tessera_core::flags::FIPS_ALGORITHMS != 0 && crypto::small_rsa(&attributes) {
+                return Err(Rv::KeySizeRange);
+            }
             if let Some(allowed) = attributes
                 .get(ck::CKA_ALLOWED_MECHANISMS)
                 .filter(|a| !a.is_empty())

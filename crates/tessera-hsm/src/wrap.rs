@@ -92,6 +92,15 @@ pub(crate) fn wrap(
             out.truncate(len);
             Ok(out)
         }
+        ck::CKM_RSA_PKCS => {
+            let mut operation =
+                ActiveOperation::rsa_cipher(mechanism, wrapping, true, false, ck::CKA_WRAP)?;
+            operation.update(value)?;
+            match operation.finish(&[])? {
+                Output::Bytes(bytes) => Ok(bytes),
+                _ => Err(Rv::GeneralError),
+            }
+        }
         ck::CKM_RSA_PKCS_OAEP => {
             if !wrapping.flag(ck::CKA_WRAP) {
                 return Err(Rv::KeyFunctionNotPermitted);
@@ -108,12 +117,33 @@ pub(crate) fn wrap(
 }
 
 /// Recovers a key value wrapped with `unwrapping`.
+/// `weak_allowed`: the `w` flag, without which PKCS #1 v1.5 unwrapping (a padding oracle, as
+/// its decryption is) is refused.
 pub(crate) fn unwrap(
     mechanism: &Mechanism,
     unwrapping: &Attributes,
     wrapped: &[u8],
+    weak_allowed: bool,
 ) -> Result<SecretBytes, Rv> {
     match mechanism.ty as ck::CK_MECHANISM_TYPE {
+        ck::CKM_RSA_PKCS => {
+            let mut operation = ActiveOperation::rsa_cipher(
+                mechanism,
+                unwrapping,
+                false,
+                weak_allowed,
+                ck::CKA_UNWRAP,
+            )?;
+            operation.update(wrapped)?;
+            match operation.finish(&[]) {
+                Ok(Output::Secret(secret)) => Ok(secret),
+                Ok(_) => Err(Rv::GeneralError),
+                Err(Rv::EncryptedDataInvalid | Rv::EncryptedDataLenRange) => {
+                    Err(Rv::WrappedKeyInvalid)
+                }
+                Err(e) => Err(e),
+            }
+        }
         ck::CKM_AES_KEY_WRAP | ck::CKM_AES_KEY_WRAP_PAD => {
             no_parameter(mechanism)?;
             if wrapped.len() < 24 || !wrapped.len().is_multiple_of(8) {

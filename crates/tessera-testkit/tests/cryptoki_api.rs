@@ -70,7 +70,7 @@ fn library_slots_tokens_and_mechanisms() {
             .pkcs11
             .get_mechanism_info(f.slot, MechanismType::RSA_PKCS_KEY_PAIR_GEN)
             .unwrap();
-        assert_eq!((rsa.min_key_size(), rsa.max_key_size()), (2048, 4096));
+        assert_eq!((rsa.min_key_size(), rsa.max_key_size()), (1024, 4096));
         // Single DES is not offered (triple DES is, from the legacy module).
         assert_eq!(
             rv(f.pkcs11.get_mechanism_info(f.slot, MechanismType::DES_CBC)),
@@ -768,10 +768,11 @@ fn rsa_2048_pkcs1_pss_and_raw_digest_info() {
         session.sign_update(b"docu").unwrap();
         session.sign_update(b"ment").unwrap();
         assert_eq!(session.sign_final().unwrap(), signature);
+        // Sizes other than 1024 (legacy module), 2048, 3072 and 4096 bits are refused.
         assert_eq!(
             rv(session.generate_key_pair(
                 &Mechanism::RsaPkcsKeyPairGen,
-                &[Attribute::ModulusBits(Ulong::from(1024))],
+                &[Attribute::ModulusBits(Ulong::from(1536))],
                 &[]
             )),
             RvError::KeySizeRange

@@ -1,6 +1,7 @@
 //! The legacy mechanisms through the real library, as an application uses them (the
 //! known-answer vectors are in tests/mechanisms.rs): triple-DES keys generated with odd parity
-//! and used in parts; `CKM_RSA_PKCS` signing any input up to k − 11 bytes (a DigestInfo signed
+//! and used in parts; RSA-1024 generated and used with every RSA signature mechanism;
+//! `CKM_RSA_PKCS` signing any input up to k − 11 bytes (a DigestInfo signed
 //! raw is the `CKM_SHA256_RSA_PKCS` signature of its message); raw RSA (`CKM_RSA_X_509`); AES-GCM
 //! with a 1-byte and a 60-byte IV.
 
@@ -126,6 +127,45 @@ fn triple_des_keys_rsa_raw_and_gcm_with_any_iv() {
     );
     assert_eq!(&decrypted[56..], &value[..]);
 
+    // RSA-1024 (legacy module): generated, then every RSA mechanism works with it.
+    let (public, private) = session
+        .generate_key_pair(
+            &Mechanism::RsaPkcsKeyPairGen,
+            &[
+                Attribute::ModulusBits(1024.into()),
+                Attribute::Verify(true),
+                Attribute::Encrypt(true),
+            ],
+            &[Attribute::Token(false), Attribute::Sign(true)],
+        )
+        .unwrap();
+    for mechanism in [
+        Mechanism::Sha256RsaPkcs,
+        Mechanism::RsaPkcs,
+        Mechanism::Sha256RsaPkcsPss(cryptoki::mechanism::rsa::PkcsPssParams {
+            hash_alg: cryptoki::mechanism::MechanismType::SHA256,
+            mgf: cryptoki::mechanism::rsa::PkcsMgfType::MGF1_SHA256,
+            s_len: 32.into(),
+        }),
+    ] {
+        let signature = session.sign(&mechanism, private, b"1024 bits").unwrap();
+        assert_eq!(signature.len(), 128);
+        session
+            .verify(&mechanism, public, b"1024 bits", &signature)
+            .unwrap();
+        assert_eq!(
+            common::rv(session.verify(&mechanism, public, b"1025 bits", &signature)),
+            RvError::SignatureInvalid
+        );
+    }
+    assert_eq!(
+        session
+            .encrypt(&Mechanism::RsaPkcs, public, b"k")
+            .unwrap()
+            .len(),
+        128
+    );
+
     // AES-GCM with IVs of other lengths than 12 bytes.
     let aes = common::aes_key(&session).unwrap();
     for iv_len in [1, 8, 60] {
@@ -143,4 +183,27 @@ fn triple_des_keys_rsa_raw_and_gcm_with_any_iv() {
             RvError::EncryptedDataInvalid
         );
     }
+
+    // Under FIPS Algorithms Only, RSA below 2048 bits is neither made nor used.
+    f.daemon.admin(Transport::Unix, &["-fa"]);
+    assert_eq!(
+        common::rv(session.sign(&Mechanism::Sha256RsaPkcs, private, b"1024 bits")),
+        RvError::KeySizeRange
+    );
+    assert_eq!(
+        common::rv(session.generate_key_pair(
+            &Mechanism::RsaPkcsKeyPairGen,
+            &[Attribute::ModulusBits(1024.into())],
+            &[Attribute::Token(false)],
+        )),
+        RvError::KeySizeRange
+    );
+    assert_eq!(
+        common::rv(
+            session
+                .digest(&Mechanism::Sha256, b"x")
+                .and_then(|_| { session.encrypt(&Mechanism::Des3Ecb, private, &[0; 8]) })
+        ),
+        RvError::MechanismInvalid
+    );
 }

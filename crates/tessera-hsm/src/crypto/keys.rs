@@ -127,9 +127,10 @@ pub fn generate_ec(params: Option<&[u8]>, allow_explicit: bool) -> Result<Genera
 /// Generates an RSA key pair (`bits` 2048, 3072 or 4096; public exponent 65537).
 pub fn generate_rsa(bits: u64, exponent: Option<&[u8]>) -> Result<GeneratedPair, Rv> {
     let size = match bits {
-        2048 => KeySize::Rsa2048,
-        3072 => KeySize::Rsa3072,
-        4096 => KeySize::Rsa4096,
+        1024 => None,
+        2048 => Some(KeySize::Rsa2048),
+        3072 => Some(KeySize::Rsa3072),
+        4096 => Some(KeySize::Rsa4096),
         _ => return Err(Rv::KeySizeRange),
     };
     if let Some(e) = exponent {
@@ -138,16 +139,34 @@ pub fn generate_rsa(bits: u64, exponent: Option<&[u8]>) -> Result<GeneratedPair,
             return Err(Rv::TemplateInconsistent);
         }
     }
-    let pair = RsaKeyPair::generate(size).map_err(|_| Rv::FunctionFailed)?;
-    let pkcs8 = pair.as_der().map_err(|_| Rv::FunctionFailed)?;
+    // RSA-1024 (the size aws-lc-rs does not make) from the legacy module, as PKCS#1 DER.
+    let small = match size {
+        None => Some(super::legacy::RawRsa::generate(1024)?),
+        Some(_) => None,
+    };
+    let pair = match size {
+        Some(size) => Some(RsaKeyPair::generate(size).map_err(|_| Rv::FunctionFailed)?),
+        None => None,
+    };
+    let pkcs8 = match &pair {
+        Some(pair) => Some(pair.as_der().map_err(|_| Rv::FunctionFailed)?),
+        None => None,
+    };
     // PrivateKeyInfo ::= SEQUENCE { version, algorithm, OCTET STRING RSAPrivateKey } (aws-lc
     // wipes `pkcs8` when it is dropped; each part is copied once, into a wiping buffer).
     let parse = || -> Result<Vec<Zeroizing<Vec<u8>>>, der::DerError> {
-        let info = der::single(pkcs8.as_ref(), der::SEQUENCE)?;
-        let mut reader = der::Reader::new(info);
-        reader.expect(der::INTEGER)?;
-        reader.expect(der::SEQUENCE)?;
-        let inner = der::single(reader.expect(der::OCTET_STRING)?, der::SEQUENCE)?;
+        let pkcs1 = match (&pkcs8, &small) {
+            (Some(pkcs8), _) => {
+                let info = der::single(pkcs8.as_ref(), der::SEQUENCE)?;
+                let mut reader = der::Reader::new(info);
+                reader.expect(der::INTEGER)?;
+                reader.expect(der::SEQUENCE)?;
+                reader.expect(der::OCTET_STRING)?
+            }
+            (None, Some(small)) => small.expose(),
+            (None, None) => return Err(der::DerError),
+        };
+        let inner = der::single(pkcs1, der::SEQUENCE)?;
         let mut reader = der::Reader::new(inner);
         reader.expect(der::INTEGER)?;
         (0..8)
@@ -309,6 +328,8 @@ pub(crate) fn rsa_private_pkcs1(key: &dyn Key) -> Result<SecretBytes, Rv> {
 
 pub(crate) fn finish_rsa(cipher: RsaCipher, data: &SecretBytes) -> Result<Output, Rv> {
     match cipher {
+        RsaCipher::Small(key, true) => key.encrypt_pkcs1(data.expose()).map(Output::Bytes),
+        RsaCipher::Small(key, false) => key.decrypt_pkcs1(data.expose()).map(Output::Secret),
         RsaCipher::Encrypt(key) => {
             if data.len() > key.max_plaintext_size() {
                 return Err(Rv::DataLenRange);
@@ -352,6 +373,14 @@ pub(crate) fn rsa_public_key(key: &dyn Key) -> Result<Vec<u8>, Rv> {
 
 /// Checks an imported RSA private key and returns its modulus size in bits.
 pub fn check_rsa_private(key: &dyn Key) -> Result<u64, Rv> {
+    if super::small_rsa(key) {
+        // From 1024 bits, through the legacy module (aws-lc checks the key as it parses it).
+        let raw = raw_rsa_private(key).map_err(|_| Rv::AttributeValueInvalid)?;
+        return match raw.len() * 8 {
+            bits if bits >= 1024 => Ok(bits as u64),
+            _ => Err(Rv::KeySizeRange),
+        };
+    }
     let pair = rsa_private_key(key).map_err(|_| Rv::AttributeValueInvalid)?;
     Ok(pair.public_modulus_len() as u64 * 8)
 }

@@ -604,6 +604,30 @@ impl Ed25519Variant {
     }
 }
 
+/// The hashes of the RSA signature mechanisms, as aws-lc names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hash {
+    /// SHA-256.
+    Sha256,
+    /// SHA-384.
+    Sha384,
+    /// SHA-512.
+    Sha512,
+}
+
+impl Hash {
+    fn md(self) -> *const sys::EVP_MD {
+        // SAFETY: static method tables.
+        unsafe {
+            match self {
+                Hash::Sha256 => sys::EVP_sha256(),
+                Hash::Sha384 => sys::EVP_sha384(),
+                Hash::Sha512 => sys::EVP_sha512(),
+            }
+        }
+    }
+}
+
 /// An RSA key for the raw operations, parsed from PKCS #1 DER.
 pub(crate) struct RawRsa(*mut sys::RSA);
 
@@ -633,6 +657,43 @@ impl RawRsa {
             return Err(Rv::KeyTypeInconsistent);
         }
         Ok(RawRsa(rsa))
+    }
+
+    /// A new RSA key of `bits` bits (1024: the size aws-lc-rs does not generate) with public
+    /// exponent 65537: its PKCS #1 `RSAPrivateKey` DER, in a wiping buffer.
+    pub(crate) fn generate(bits: u32) -> Result<SecretBytes, Rv> {
+        let bits = c_int::try_from(bits).map_err(|_| Rv::KeySizeRange)?;
+        // SAFETY: allocates a key; NULL on failure, checked below.
+        let key = RawRsa::from(unsafe { sys::RSA_new() }).map_err(|_| Rv::HostMemory)?;
+        // SAFETY: allocates a number; NULL on failure, checked below.
+        let exponent = unsafe { sys::BN_new() };
+        if exponent.is_null() {
+            return Err(Rv::HostMemory);
+        }
+        // SAFETY: a live number and a live, empty key; no callback.
+        let result = unsafe {
+            let set = sys::BN_set_word(exponent, 65537);
+            let made = if set == OK {
+                sys::RSA_generate_key_ex(key.0, bits, exponent, std::ptr::null_mut())
+            } else {
+                set
+            };
+            sys::BN_free(exponent);
+            made
+        };
+        check(result, Rv::FunctionFailed)?;
+        let mut der: *mut u8 = std::ptr::null_mut();
+        let mut len = 0usize;
+        // SAFETY: a live, generated key; aws-lc allocates the encoding and sets `der`.
+        let result = unsafe { sys::RSA_private_key_to_bytes(&mut der, &mut len, key.0) };
+        check(result, Rv::FunctionFailed)?;
+        // SAFETY: aws-lc wrote `len` bytes at `der`, which it allocated.
+        let encoded = unsafe { std::slice::from_raw_parts_mut(der, len) };
+        let copy = SecretBytes::from_slice(encoded);
+        encoded.zeroize();
+        // SAFETY: allocated by aws-lc (OPENSSL_malloc) for this encoding, freed once here.
+        unsafe { sys::OPENSSL_free(der.cast()) };
+        Ok(copy)
     }
 
     /// The modulus length in bytes (k).
@@ -718,6 +779,83 @@ impl RawRsa {
             Rv::FunctionFailed,
         )
         .map(|out| out.expose().to_vec())
+    }
+
+    /// A PKCS #1 v1.5 encryption (block type 2) of `input`, up to k − 11 bytes.
+    pub(crate) fn encrypt_pkcs1(&self, input: &[u8]) -> Result<Vec<u8>, Rv> {
+        if input.len() + 11 > self.len() {
+            return Err(Rv::DataLenRange);
+        }
+        self.run(
+            sys::RSA_encrypt,
+            input,
+            sys::RSA_PKCS1_PADDING,
+            Rv::FunctionFailed,
+        )
+        .map(|out| out.expose().to_vec())
+    }
+
+    /// The plaintext of a PKCS #1 v1.5 encryption (block type 2).
+    pub(crate) fn decrypt_pkcs1(&self, input: &[u8]) -> Result<SecretBytes, Rv> {
+        if input.len() != self.len() {
+            return Err(Rv::EncryptedDataLenRange);
+        }
+        self.run(
+            sys::RSA_decrypt,
+            input,
+            sys::RSA_PKCS1_PADDING,
+            Rv::EncryptedDataInvalid,
+        )
+    }
+
+    /// An RSASSA-PSS signature of `digest` (made with `hash`), MGF1 with the same hash, a salt
+    /// as long as the hash.
+    pub(crate) fn sign_pss(&self, hash: Hash, digest: &[u8]) -> Result<Vec<u8>, Rv> {
+        let k = self.len();
+        let mut out = vec![0u8; k];
+        let mut len = 0usize;
+        let md = hash.md();
+        // SAFETY: a live key; `out` has room for k bytes; the digest is valid for its length;
+        // `md` is a static method table; salt length -1 is the hash's length.
+        let result = unsafe {
+            sys::RSA_sign_pss_mgf1(
+                self.0,
+                &mut len,
+                out.as_mut_ptr(),
+                k,
+                digest.as_ptr(),
+                digest.len(),
+                md,
+                md,
+                -1,
+            )
+        };
+        check(result, Rv::FunctionFailed)?;
+        out.truncate(len);
+        Ok(out)
+    }
+
+    /// Checks an RSASSA-PSS signature of `digest`, as [`RawRsa::sign_pss`] makes them.
+    pub(crate) fn verify_pss(&self, hash: Hash, digest: &[u8], signature: &[u8]) -> Result<(), Rv> {
+        if signature.len() != self.len() {
+            return Err(Rv::SignatureLenRange);
+        }
+        let md = hash.md();
+        // SAFETY: a live key; the digest and signature are valid for their lengths; `md` is a
+        // static method table; salt length -1 is the hash's length.
+        let result = unsafe {
+            sys::RSA_verify_pss_mgf1(
+                self.0,
+                digest.as_ptr(),
+                digest.len(),
+                md,
+                md,
+                -1,
+                signature.as_ptr(),
+                signature.len(),
+            )
+        };
+        check(result, Rv::SignatureInvalid)
     }
 
     /// The data a PKCS #1 v1.5 signature (block type 1) carries, if its padding is right.
@@ -917,6 +1055,35 @@ mod tests {
         assert_eq!(
             Ed25519Variant::new(false, b"").err(),
             Some(Rv::MechanismParamInvalid)
+        );
+    }
+
+    #[test]
+    fn rsa_1024_generated_signs_encrypts_and_checks() {
+        let der = RawRsa::generate(1024).unwrap();
+        let private = RawRsa::private(der.expose()).unwrap();
+        assert_eq!(private.len(), 128);
+        let signature = private.sign_pkcs1(b"DigestInfo or anything").unwrap();
+        assert_eq!(
+            private.recover_pkcs1(&signature).unwrap(),
+            b"DigestInfo or anything"
+        );
+        let sealed = private.encrypt_pkcs1(b"a wrapped key").unwrap();
+        assert_eq!(
+            private.decrypt_pkcs1(&sealed).unwrap().expose(),
+            b"a wrapped key"
+        );
+        let digest = [7u8; 32];
+        let pss = private.sign_pss(Hash::Sha256, &digest).unwrap();
+        private.verify_pss(Hash::Sha256, &digest, &pss).unwrap();
+        assert_eq!(
+            private.verify_pss(Hash::Sha256, &[8u8; 32], &pss),
+            Err(Rv::SignatureInvalid)
+        );
+        assert_eq!(
+            private.encrypt_pkcs1(&[0; 118]),
+            Err(Rv::DataLenRange),
+            "k - 11 = 117"
         );
     }
 }

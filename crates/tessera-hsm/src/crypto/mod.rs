@@ -217,6 +217,46 @@ enum SignKey {
     Rsa(std::sync::Arc<RsaKeyPair>, RsaScheme),
     EcPublic(Vec<u8>, &'static Curve),
     RsaPublic(Vec<u8>, RsaScheme),
+    /// An RSA key below 2048 bits (legacy module): private to sign, public to verify (true).
+    SmallRsa(std::sync::Arc<legacy::RawRsa>, RsaScheme, bool),
+}
+
+/// Whether an RSA key's modulus is below 2048 bits: aws-lc-rs takes it not, the legacy
+/// module does (from 1024 bits, which key generation and import enforce).
+pub(crate) fn small_rsa(key: &dyn Key) -> bool {
+    key.key_type() == ck::CKK_RSA as u64
+        && key
+            .get(ck::CKA_MODULUS)
+            .is_some_and(|modulus| bit_len(modulus) < 2048)
+}
+
+/// A small RSA key (see [`small_rsa`]) for the legacy module: the private key when `private`.
+fn small_rsa_key(key: &dyn Key, private: bool) -> Result<std::sync::Arc<legacy::RawRsa>, Rv> {
+    if private {
+        keys::raw_rsa_private(key)
+    } else {
+        Ok(std::sync::Arc::new(legacy::RawRsa::public(
+            &rsa_public_key(key)?,
+        )?))
+    }
+}
+
+/// The legacy module's name of a SHA-2 digest algorithm, and its DigestInfo prefix.
+fn small_rsa_hash(
+    algorithm: &'static digest::Algorithm,
+) -> Result<(legacy::Hash, &'static [u8]), Rv> {
+    let hash = match algorithm.output_len() {
+        32 => legacy::Hash::Sha256,
+        48 => legacy::Hash::Sha384,
+        64 => legacy::Hash::Sha512,
+        _ => return Err(Rv::MechanismInvalid),
+    };
+    let prefix = DIGEST_INFO
+        .iter()
+        .find(|(_, a)| *a == algorithm)
+        .map(|(prefix, _)| *prefix)
+        .ok_or(Rv::MechanismInvalid)?;
+    Ok((hash, prefix))
 }
 
 /// Accumulated input: a running hash, or the raw bytes for mechanisms that take a digest.
@@ -248,6 +288,9 @@ enum OaepCipher {
 enum RsaCipher {
     Encrypt(aws_lc_rs::rsa::Pkcs1PublicEncryptingKey),
     Decrypt(aws_lc_rs::rsa::Pkcs1PrivateDecryptingKey),
+    /// A key below 2048 bits (legacy module): encryption with the public key, decryption with
+    /// the private one.
+    Small(std::sync::Arc<legacy::RawRsa>, bool),
 }
 
 enum Inner {
@@ -338,7 +381,7 @@ impl ActiveOperation {
         let gathered = match &self.inner {
             Inner::Oaep { .. } | Inner::Rsa { .. } => return false,
             Inner::Signature {
-                key: SignKey::Rsa(..) | SignKey::RsaPublic(..),
+                key: SignKey::Rsa(..) | SignKey::RsaPublic(..) | SignKey::SmallRsa(..),
                 ..
             } => return false,
             Inner::Signature {
@@ -536,6 +579,9 @@ impl ActiveOperation {
             (None, true) => {
                 let (point, curve) = ec_point(key)?;
                 SignKey::EcPublic(point, curve)
+            }
+            (Some(scheme), verify) if small_rsa(key) => {
+                SignKey::SmallRsa(small_rsa_key(key, !verify)?, scheme, verify)
             }
             (Some(scheme), false) => SignKey::Rsa(rsa_private_key(key)?, scheme),
             (Some(scheme), true) => SignKey::RsaPublic(rsa_public_key(key)?, scheme),
@@ -769,7 +815,7 @@ impl ActiveOperation {
         })
     }
 
-    fn rsa_cipher(
+    pub(crate) fn rsa_cipher(
         mechanism: &Mechanism,
         key: &dyn Key,
         encrypt: bool,
@@ -794,7 +840,9 @@ impl ActiveOperation {
             return Err(Rv::KeyFunctionNotPermitted);
         }
         let inconsistent = |_| Rv::KeyTypeInconsistent;
-        let cipher = if encrypt {
+        let cipher = if small_rsa(key) {
+            RsaCipher::Small(small_rsa_key(key, !encrypt)?, encrypt)
+        } else if encrypt {
             let spki = rsa_public_spki(key)?;
             let public = aws_lc_rs::rsa::PublicEncryptingKey::from_der(&spki)
                 .map_err(|_| Rv::KeyTypeInconsistent)?;
@@ -962,6 +1010,27 @@ fn rsa_input_digest(input: Input) -> Result<Digest, Rv> {
 
 fn finish_signature(key: SignKey, input: Input, signature: &[u8]) -> Result<Output, Rv> {
     match key {
+        SignKey::SmallRsa(key, scheme, verify) => {
+            use subtle::ConstantTimeEq;
+            let digest = rsa_input_digest(input)?;
+            let (hash, prefix) = small_rsa_hash(digest.algorithm())?;
+            let mut info = prefix.to_vec();
+            info.extend_from_slice(digest.as_ref());
+            match (scheme, verify) {
+                (RsaScheme::Pkcs1, false) => key.sign_pkcs1(&info).map(Output::Bytes),
+                (RsaScheme::Pss, false) => key.sign_pss(hash, digest.as_ref()).map(Output::Bytes),
+                (RsaScheme::Pkcs1, true) => {
+                    let carried = key.recover_pkcs1(signature)?;
+                    match bool::from(carried.as_slice().ct_eq(&info)) {
+                        true => Ok(Output::Verified),
+                        false => Err(Rv::SignatureInvalid),
+                    }
+                }
+                (RsaScheme::Pss, true) => key
+                    .verify_pss(hash, digest.as_ref(), signature)
+                    .map(|()| Output::Verified),
+            }
+        }
         SignKey::Ec(pair, curve) => {
             let digest = ec_input_digest(curve, input)?;
             let signature = pair.sign_digest(&digest).map_err(|_| Rv::FunctionFailed)?;
