@@ -179,6 +179,8 @@ pub enum MechanismParameter {
     },
     /// A `CK_OBJECT_HANDLE`: the other key of `CKM_CONCATENATE_BASE_AND_KEY`.
     Key(u64),
+    /// `CK_EXTRACT_PARAMS`: the bit of the base key where `CKM_EXTRACT_KEY_FROM_KEY` starts.
+    BitIndex(u64),
 }
 
 /// How a counter or a length is written into the PRF input of SP 800-108

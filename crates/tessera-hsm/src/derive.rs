@@ -71,34 +71,67 @@ fn ecdh(
     )?;
     match kdf {
         None => fit(shared, length),
-        Some(hash) => {
+        Some((hash, order)) => {
             let wanted = length.unwrap_or(hash.output_len() as u64);
-            x963(hash, shared.expose(), shared_data, wanted)
+            x963(hash, order, shared.expose(), shared_data, wanted)
         }
     }
 }
 
-/// The hash of an ECDH KDF; `None` for `CKD_NULL`. SHA3-224 (`CKD_SHA3_224_KDF`) and the
-/// SP 800-56C KDFs are not offered: `CKR_MECHANISM_PARAM_INVALID`.
-fn x963_hash(kdf: u64) -> Result<Option<&'static digest::Algorithm>, Rv> {
-    Ok(Some(match kdf as ck::CK_EC_KDF_TYPE {
-        ck::CKD_NULL => return Ok(None),
-        ck::CKD_SHA1_KDF => &digest::SHA1_FOR_LEGACY_USE_ONLY,
-        ck::CKD_SHA224_KDF => &digest::SHA224,
-        ck::CKD_SHA256_KDF => &digest::SHA256,
-        ck::CKD_SHA384_KDF => &digest::SHA384,
-        ck::CKD_SHA512_KDF => &digest::SHA512,
-        ck::CKD_SHA3_256_KDF => &digest::SHA3_256,
-        ck::CKD_SHA3_384_KDF => &digest::SHA3_384,
-        ck::CKD_SHA3_512_KDF => &digest::SHA3_512,
+/// The SP 800-56C KDF types (`CKD_SHA1_KDF_SP800` ... `CKD_SHA3_512_KDF_SP800`, PKCS#11 3.0),
+/// which cryptoki-sys 0.4 does not name.
+const CKD_SHA1_KDF_SP800: u64 = 0x0e;
+const CKD_SHA224_KDF_SP800: u64 = 0x0f;
+const CKD_SHA256_KDF_SP800: u64 = 0x10;
+const CKD_SHA384_KDF_SP800: u64 = 0x11;
+const CKD_SHA512_KDF_SP800: u64 = 0x12;
+const CKD_SHA3_256_KDF_SP800: u64 = 0x14;
+const CKD_SHA3_384_KDF_SP800: u64 = 0x15;
+const CKD_SHA3_512_KDF_SP800: u64 = 0x16;
+
+/// Where a hash KDF puts its counter: after the shared secret (ANSI X9.63) or before it (the
+/// one-step KDF of NIST SP 800-56C, §4.1 option 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CounterAt {
+    /// Hash(Z ‖ counter ‖ SharedInfo).
+    X963,
+    /// Hash(counter ‖ Z ‖ FixedInfo).
+    Sp800,
+}
+
+/// The hash of an ECDH KDF and where its counter goes; `None` for `CKD_NULL`. SHA3-224
+/// (`CKD_SHA3_224_KDF`, `_SP800`) is not offered (aws-lc-rs has no SHA3-224):
+/// `CKR_MECHANISM_PARAM_INVALID`.
+fn x963_hash(kdf: u64) -> Result<Option<(&'static digest::Algorithm, CounterAt)>, Rv> {
+    use CounterAt::{Sp800, X963};
+    Ok(Some(match kdf {
+        k if k == ck::CKD_NULL as u64 => return Ok(None),
+        k if k == ck::CKD_SHA1_KDF as u64 => (&digest::SHA1_FOR_LEGACY_USE_ONLY, X963),
+        k if k == ck::CKD_SHA224_KDF as u64 => (&digest::SHA224, X963),
+        k if k == ck::CKD_SHA256_KDF as u64 => (&digest::SHA256, X963),
+        k if k == ck::CKD_SHA384_KDF as u64 => (&digest::SHA384, X963),
+        k if k == ck::CKD_SHA512_KDF as u64 => (&digest::SHA512, X963),
+        k if k == ck::CKD_SHA3_256_KDF as u64 => (&digest::SHA3_256, X963),
+        k if k == ck::CKD_SHA3_384_KDF as u64 => (&digest::SHA3_384, X963),
+        k if k == ck::CKD_SHA3_512_KDF as u64 => (&digest::SHA3_512, X963),
+        CKD_SHA1_KDF_SP800 => (&digest::SHA1_FOR_LEGACY_USE_ONLY, Sp800),
+        CKD_SHA224_KDF_SP800 => (&digest::SHA224, Sp800),
+        CKD_SHA256_KDF_SP800 => (&digest::SHA256, Sp800),
+        CKD_SHA384_KDF_SP800 => (&digest::SHA384, Sp800),
+        CKD_SHA512_KDF_SP800 => (&digest::SHA512, Sp800),
+        CKD_SHA3_256_KDF_SP800 => (&digest::SHA3_256, Sp800),
+        CKD_SHA3_384_KDF_SP800 => (&digest::SHA3_384, Sp800),
+        CKD_SHA3_512_KDF_SP800 => (&digest::SHA3_512, Sp800),
         _ => return Err(Rv::MechanismParamInvalid),
     }))
 }
 
 /// The ANSI X9.63 KDF (SEC 1 v2 §3.6.1): Hash(Z ‖ counter ‖ SharedInfo) for the counters 1, 2,
-/// ... (32 bits, big-endian), concatenated and cut to `length` bytes.
+/// ... (32 bits, big-endian), concatenated and cut to `length` bytes; with the counter first,
+/// the one-step KDF of SP 800-56C.
 fn x963(
     hash: &'static digest::Algorithm,
+    order: CounterAt,
     z: &[u8],
     shared_info: &[u8],
     length: u64,
@@ -112,8 +145,16 @@ fn x963(
     let mut counter: u32 = 1;
     while out.len() < length {
         let mut context = digest::Context::new(hash);
-        context.update(z);
-        context.update(&counter.to_be_bytes());
+        match order {
+            CounterAt::X963 => {
+                context.update(z);
+                context.update(&counter.to_be_bytes());
+            }
+            CounterAt::Sp800 => {
+                context.update(&counter.to_be_bytes());
+                context.update(z);
+            }
+        }
         context.update(shared_info);
         let block = context.finish();
         let take = (length - out.len()).min(block.as_ref().len());
@@ -270,12 +311,44 @@ pub(crate) fn derive(
             }
             fit(SecretBytes::new(joined), length)
         }
+        ck::CKM_EXTRACT_KEY_FROM_KEY => {
+            let MechanismParameter::BitIndex(index) = mechanism.parameter else {
+                return Err(Rv::MechanismParamInvalid);
+            };
+            let length = length.ok_or(Rv::TemplateIncomplete)?;
+            extract(secret_value(base)?, index, length).map(SecretBytes::new)
+        }
         _ => Err(Rv::MechanismInvalid),
     }
 }
 
-/// Whether `mechanism` derives a key that holds the values it joins (concatenation, XOR):
-/// the new key keeps the protection of the keys it came from.
+/// `CKM_EXTRACT_KEY_FROM_KEY` (PKCS#11 3.0 §6.37.7): `length` bytes of the base key's value
+/// read as a bit string from bit `index` (bit 0 the most significant of the first byte),
+/// wrapping around to its start.
+fn extract(value: &[u8], index: u64, length: u64) -> Result<Vec<u8>, Rv> {
+    let bits = value.len() as u64 * 8;
+    if bits == 0 || length == 0 || length > MAX_EXTRACTED {
+        return Err(Rv::TemplateInconsistent);
+    }
+    let bit = |at: u64| {
+        let at = at % bits;
+        (value[(at / 8) as usize] >> (7 - at % 8)) & 1
+    };
+    Ok((0..length)
+        .map(|byte| {
+            (0..8).fold(0u8, |out, i| {
+                (out << 1) | bit(index.wrapping_add(byte * 8 + i))
+            })
+        })
+        .collect())
+}
+
+/// The longest key `CKM_EXTRACT_KEY_FROM_KEY` makes, in bytes.
+const MAX_EXTRACTED: u64 = 512;
+
+/// Whether `mechanism` derives a key that holds the values it joins or extracts
+/// (concatenation, XOR, extraction): the new key keeps the protection of the keys it came
+/// from.
 pub(crate) fn joins_values(mechanism: u64) -> bool {
     matches!(
         mechanism as ck::CK_MECHANISM_TYPE,
@@ -283,6 +356,7 @@ pub(crate) fn joins_values(mechanism: u64) -> bool {
             | ck::CKM_CONCATENATE_BASE_AND_DATA
             | ck::CKM_CONCATENATE_DATA_AND_BASE
             | ck::CKM_XOR_BASE_AND_DATA
+            | ck::CKM_EXTRACT_KEY_FROM_KEY
     )
 }
 
@@ -320,4 +394,21 @@ fn encrypt_data(
     };
     let value = crate::crypto::aes_encrypt_blocks(key, iv, data)?;
     fit(SecretBytes::new(value), length)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extract_key_from_key_reads_bits_and_wraps() {
+        // PKCS#11's example: 0x329F84A9 from bit 21, two bytes: 0x95, 0x26 (wrapped around).
+        assert_eq!(
+            extract(&[0x32, 0x9f, 0x84, 0xa9], 21, 2),
+            Ok(vec![0x95, 0x26])
+        );
+        assert_eq!(extract(&[0xab], 0, 1), Ok(vec![0xab]));
+        assert_eq!(extract(&[0xab], 8, 2), Ok(vec![0xab, 0xab]));
+        assert_eq!(extract(&[], 0, 1), Err(Rv::TemplateInconsistent));
+    }
 }

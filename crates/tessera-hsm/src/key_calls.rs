@@ -66,6 +66,9 @@ impl Hsm {
         base_key: u64,
         template: &Template,
     ) -> Result<Reply, Rv> {
+        if !crate::mechanisms::allowed(mechanism.ty, self.device.now().flags) {
+            return Err(Rv::MechanismInvalid);
+        }
         let base = self.usable_key(client, session, base_key)?;
         if !base.flag(ck::CKA_DERIVE) {
             return Err(Rv::KeyFunctionNotPermitted);
@@ -90,6 +93,12 @@ impl Hsm {
             }
             if sources().any(|k| !k.flag(ck::CKA_EXTRACTABLE)) {
                 template.set(Attribute::bool(ck::CKA_EXTRACTABLE, false));
+            }
+            // "If no length or key type is provided in the template, then the key produced by
+            // this mechanism will be a generic secret key" (§2.43.2 and its siblings), as long
+            // as the joined value.
+            if template.ulong(ck::CKA_KEY_TYPE)?.is_none() {
+                template.set(Attribute::ulong(ck::CKA_KEY_TYPE, ck::CKK_GENERIC_SECRET));
             }
         }
         let length = template.ulong(ck::CKA_VALUE_LEN)?;

@@ -72,6 +72,7 @@ const TABLE: &[(ck::CK_MECHANISM_TYPE, u64, u64, ck::CK_FLAGS)] = &[
     (ck::CKM_CONCATENATE_BASE_AND_DATA, 1, 512, ck::CKF_DERIVE),
     (ck::CKM_CONCATENATE_DATA_AND_BASE, 1, 512, ck::CKF_DERIVE),
     (ck::CKM_XOR_BASE_AND_DATA, 1, 512, ck::CKF_DERIVE),
+    (ck::CKM_EXTRACT_KEY_FROM_KEY, 1, 512, ck::CKF_DERIVE),
     (ck::CKM_SP800_108_COUNTER_KDF, 1, 512, ck::CKF_DERIVE),
     (ck::CKM_SP800_108_FEEDBACK_KDF, 1, 512, ck::CKF_DERIVE),
     (
@@ -154,6 +155,12 @@ pub fn parameter_allowed(mechanism: &tessera_core::Mechanism, flags: u64) -> boo
 
 /// Whether a mechanism may be used under the device flags.
 pub fn allowed(mechanism: u64, flags: u64) -> bool {
+    // Increased Security Level: no key is derived by extracting another's bits.
+    if mechanism == ck::CKM_EXTRACT_KEY_FROM_KEY as u64
+        && flags & tessera_core::flags::INCREASED_SECURITY != 0
+    {
+        return false;
+    }
     flags & tessera_core::flags::FIPS_ALGORITHMS == 0
         || !NOT_APPROVED.iter().any(|m| *m as u64 == mechanism)
 }

@@ -93,24 +93,16 @@ pub(crate) fn wrap(
             Ok(out)
         }
         ck::CKM_RSA_PKCS => {
-            let mut operation =
+            let operation =
                 ActiveOperation::rsa_cipher(mechanism, wrapping, true, false, ck::CKA_WRAP)?;
-            operation.update(value)?;
-            match operation.finish(&[])? {
-                Output::Bytes(bytes) => Ok(bytes),
-                _ => Err(Rv::GeneralError),
-            }
+            wrapped(operation, value)
         }
         ck::CKM_RSA_PKCS_OAEP => {
             if !wrapping.flag(ck::CKA_WRAP) {
                 return Err(Rv::KeyFunctionNotPermitted);
             }
-            let mut operation = ActiveOperation::oaep(mechanism, wrapping, true, ck::CKA_WRAP)?;
-            operation.update(value)?;
-            match operation.finish(&[])? {
-                Output::Bytes(bytes) => Ok(bytes),
-                _ => Err(Rv::GeneralError),
-            }
+            let operation = ActiveOperation::oaep(mechanism, wrapping, true, ck::CKA_WRAP)?;
+            wrapped(operation, value)
         }
         _ => Err(Rv::MechanismInvalid),
     }
@@ -127,22 +119,14 @@ pub(crate) fn unwrap(
 ) -> Result<SecretBytes, Rv> {
     match mechanism.ty as ck::CK_MECHANISM_TYPE {
         ck::CKM_RSA_PKCS => {
-            let mut operation = ActiveOperation::rsa_cipher(
+            let operation = ActiveOperation::rsa_cipher(
                 mechanism,
                 unwrapping,
                 false,
                 weak_allowed,
                 ck::CKA_UNWRAP,
             )?;
-            operation.update(wrapped)?;
-            match operation.finish(&[]) {
-                Ok(Output::Secret(secret)) => Ok(secret),
-                Ok(_) => Err(Rv::GeneralError),
-                Err(Rv::EncryptedDataInvalid | Rv::EncryptedDataLenRange) => {
-                    Err(Rv::WrappedKeyInvalid)
-                }
-                Err(e) => Err(e),
-            }
+            unwrapped(operation, wrapped)
         }
         ck::CKM_AES_KEY_WRAP | ck::CKM_AES_KEY_WRAP_PAD => {
             no_parameter(mechanism)?;
@@ -188,18 +172,30 @@ pub(crate) fn unwrap(
             if !unwrapping.flag(ck::CKA_UNWRAP) {
                 return Err(Rv::KeyFunctionNotPermitted);
             }
-            let mut operation =
-                ActiveOperation::oaep(mechanism, unwrapping, false, ck::CKA_UNWRAP)?;
-            operation.update(wrapped)?;
-            match operation.finish(&[]) {
-                Ok(Output::Secret(secret)) => Ok(secret),
-                Ok(_) => Err(Rv::GeneralError),
-                Err(Rv::EncryptedDataInvalid | Rv::EncryptedDataLenRange) => {
-                    Err(Rv::WrappedKeyInvalid)
-                }
-                Err(e) => Err(e),
-            }
+            let operation = ActiveOperation::oaep(mechanism, unwrapping, false, ck::CKA_UNWRAP)?;
+            unwrapped(operation, wrapped)
         }
         _ => Err(Rv::MechanismInvalid),
+    }
+}
+
+/// The wrapped value of `value` by an RSA encryption `operation`.
+fn wrapped(mut operation: ActiveOperation, value: &[u8]) -> Result<Vec<u8>, Rv> {
+    operation.update(value)?;
+    match operation.finish(&[])? {
+        Output::Bytes(bytes) => Ok(bytes),
+        _ => Err(Rv::GeneralError),
+    }
+}
+
+/// The key value in `wrapped`, by an RSA decryption `operation`; a ciphertext it cannot open is
+/// `CKR_WRAPPED_KEY_INVALID`.
+fn unwrapped(mut operation: ActiveOperation, wrapped: &[u8]) -> Result<SecretBytes, Rv> {
+    operation.update(wrapped)?;
+    match operation.finish(&[]) {
+        Ok(Output::Secret(secret)) => Ok(secret),
+        Ok(_) => Err(Rv::GeneralError),
+        Err(Rv::EncryptedDataInvalid | Rv::EncryptedDataLenRange) => Err(Rv::WrappedKeyInvalid),
+        Err(e) => Err(e),
     }
 }

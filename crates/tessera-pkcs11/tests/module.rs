@@ -6,7 +6,7 @@ mod fake;
 
 use std::path::PathBuf;
 
-use cryptoki::context::{CInitializeArgs, Pkcs11};
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::aead::{GcmMessageParams, GeneratorFunction};
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
@@ -38,7 +38,9 @@ fn new_entry_points_through_the_module() {
     let device = FakeDevice::start("module");
     device.configure();
     let pkcs11 = Pkcs11::new(module()).unwrap();
-    pkcs11.initialize(CInitializeArgs::OsThreads).unwrap();
+    pkcs11
+        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
     let slot = pkcs11.get_slots_with_token().unwrap()[0];
     let session = pkcs11.open_rw_session(slot).unwrap();
     let (wrapping, target) = (key(&session), key(&session));
@@ -175,5 +177,5 @@ fn new_entry_points_through_the_module() {
     session.message_decrypt_final().unwrap();
 
     drop(session);
-    pkcs11.finalize();
+    pkcs11.finalize().expect("C_Finalize");
 }

@@ -184,6 +184,38 @@ fn triple_des_keys_rsa_raw_and_gcm_with_any_iv() {
         );
     }
 
+    // CKM_EXTRACT_KEY_FROM_KEY (PKCS#11 3.0 §6.37.7): the standard's example, 0x329F84A9 from
+    // bit 21, two bytes, wrapping around: 0x9526. Never under the `i` flag.
+    let base = session
+        .create_object(&[
+            Attribute::Class(cryptoki::object::ObjectClass::SECRET_KEY),
+            Attribute::KeyType(cryptoki::object::KeyType::GENERIC_SECRET),
+            Attribute::Value(vec![0x32, 0x9f, 0x84, 0xa9]),
+            Attribute::Sensitive(false),
+            Attribute::Derive(true),
+        ])
+        .unwrap();
+    let extract = Mechanism::ExtractKeyFromKey(cryptoki::mechanism::misc::ExtractParams::new(21));
+    let template = [
+        Attribute::Class(cryptoki::object::ObjectClass::SECRET_KEY),
+        Attribute::KeyType(cryptoki::object::KeyType::GENERIC_SECRET),
+        Attribute::ValueLen(2.into()),
+        Attribute::Sensitive(false),
+    ];
+    let extracted = session.derive_key(&extract, base, &template).unwrap();
+    match &session
+        .get_attributes(extracted, &[cryptoki::object::AttributeType::Value])
+        .unwrap()[0]
+    {
+        Attribute::Value(value) => assert_eq!(value, &[0x95, 0x26]),
+        other => panic!("{other:?}"),
+    }
+    f.daemon.admin(Transport::Unix, &["-fi"]);
+    assert_eq!(
+        common::rv(session.derive_key(&extract, base, &template)),
+        RvError::MechanismInvalid
+    );
+
     // Under FIPS Algorithms Only, RSA below 2048 bits is neither made nor used.
     f.daemon.admin(Transport::Unix, &["-fa"]);
     assert_eq!(

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use cryptoki::context::{CInitializeArgs, Pkcs11};
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::RvError;
 use tessera_client::Device;
 use tessera_config::ServerAddress;
@@ -412,7 +412,7 @@ fn an_unknown_server_user_fails_c_initialize() {
     let _serial = common::serialise();
     std::env::set_var("ET_HSM_NETCLIENT_SERVER_USER", "no-such-tessera-user");
     let pkcs11 = Pkcs11::new(pkcs11_module()).expect("the module loads");
-    let outcome = pkcs11.initialize(CInitializeArgs::OsThreads);
+    let outcome = pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
     std::env::remove_var("ET_HSM_NETCLIENT_SERVER_USER");
     assert!(
         matches!(

@@ -150,7 +150,7 @@ fn single_part_calls_and_small_searches_take_one_round_trip() {
 fn check_open_close(f: &common::Fixture) {
     let opened = round_trips(&f.daemon, || {
         let session = f.pkcs11.open_ro_session(f.slot).unwrap();
-        session.close();
+        session.close().expect("C_CloseSession");
     });
     assert_eq!(opened, 2, "C_OpenSession + C_CloseSession");
 }

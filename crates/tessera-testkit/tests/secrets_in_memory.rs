@@ -330,9 +330,9 @@ fn nothing_left_after_the_session(channel: bool) {
             .unwrap();
         session.logout().unwrap();
     }
-    pkcs11.finalize();
-    // The daemon sees the connection end (and scrubs) soon after: scanned until nothing is
-    // left, for at most 5 s (a loaded machine may take a while to run the daemon).
+    drop(pkcs11); // C_Finalize: the connection ends
+                  // The daemon sees the connection end (and scrubs) soon after: scanned until nothing is
+                  // left, for at most 5 s (a loaded machine may take a while to run the daemon).
     let markers: [&[u8]; 3] = [SO.as_bytes(), USER.as_bytes(), VALUE];
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let found = loop {
@@ -399,7 +399,7 @@ fn no_private_key_encoding_is_left_in_the_daemons_memory_after_signing() {
         }
         session.logout().unwrap();
     }
-    pkcs11.finalize();
+    drop(pkcs11); // C_Finalize: the connection ends
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let found = loop {
         std::thread::sleep(std::time::Duration::from_millis(100));

@@ -221,6 +221,23 @@ enum SignKey {
     SmallRsa(std::sync::Arc<legacy::RawRsa>, RsaScheme, bool),
 }
 
+/// Checks that `key` is an RSA key of the class an operation needs (private when `private`)
+/// that allows `usage`.
+fn rsa_key_for(key: &dyn Key, private: bool, usage: ck::CK_ATTRIBUTE_TYPE) -> Result<(), Rv> {
+    let class = if private {
+        ck::CKO_PRIVATE_KEY
+    } else {
+        ck::CKO_PUBLIC_KEY
+    };
+    if key.class() != class as u64 || key.key_type() != ck::CKK_RSA as u64 {
+        return Err(Rv::KeyTypeInconsistent);
+    }
+    if !key.flag(usage) {
+        return Err(Rv::KeyFunctionNotPermitted);
+    }
+    Ok(())
+}
+
 /// Whether an RSA key's modulus is below 2048 bits: aws-lc-rs takes it not, the legacy
 /// module does (from 1024 bits, which key generation and import enforce).
 pub(crate) fn small_rsa(key: &dyn Key) -> bool {
@@ -735,17 +752,7 @@ impl ActiveOperation {
             return Err(Rv::MechanismParamInvalid);
         }
         let private = matches!(use_, RawUse::SignPkcs1 | RawUse::Private);
-        let class = if private {
-            ck::CKO_PRIVATE_KEY
-        } else {
-            ck::CKO_PUBLIC_KEY
-        };
-        if key.class() != class as u64 || key.key_type() != ck::CKK_RSA as u64 {
-            return Err(Rv::KeyTypeInconsistent);
-        }
-        if !key.flag(usage) {
-            return Err(Rv::KeyFunctionNotPermitted);
-        }
+        rsa_key_for(key, private, usage)?;
         let raw = if private {
             keys::raw_rsa_private(key)?
         } else {
@@ -782,17 +789,7 @@ impl ActiveOperation {
             (ck::CKM_SHA512, ck::CKG_MGF1_SHA512) => &rsa::OAEP_SHA512_MGF1SHA512,
             _ => return Err(Rv::MechanismParamInvalid),
         };
-        let class = if encrypt {
-            ck::CKO_PUBLIC_KEY
-        } else {
-            ck::CKO_PRIVATE_KEY
-        };
-        if key.class() != class as u64 || key.key_type() != ck::CKK_RSA as u64 {
-            return Err(Rv::KeyTypeInconsistent);
-        }
-        if !key.flag(usage) {
-            return Err(Rv::KeyFunctionNotPermitted);
-        }
+        rsa_key_for(key, !encrypt, usage)?;
         let inconsistent = |_| Rv::KeyTypeInconsistent;
         let cipher = if encrypt {
             let public = rsa::PublicEncryptingKey::from_der(&rsa_public_spki(key)?)
@@ -828,17 +825,7 @@ impl ActiveOperation {
         if !encrypt && !weak_allowed {
             return Err(Rv::MechanismInvalid);
         }
-        let class = if encrypt {
-            ck::CKO_PUBLIC_KEY
-        } else {
-            ck::CKO_PRIVATE_KEY
-        };
-        if key.class() != class as u64 || key.key_type() != ck::CKK_RSA as u64 {
-            return Err(Rv::KeyTypeInconsistent);
-        }
-        if !key.flag(usage) {
-            return Err(Rv::KeyFunctionNotPermitted);
-        }
+        rsa_key_for(key, !encrypt, usage)?;
         let inconsistent = |_| Rv::KeyTypeInconsistent;
         let cipher = if small_rsa(key) {
             RsaCipher::Small(small_rsa_key(key, !encrypt)?, encrypt)

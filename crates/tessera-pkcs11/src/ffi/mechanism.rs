@@ -108,6 +108,7 @@ unsafe fn decode(mechanism: &CK_MECHANISM) -> CkResult<MechanismParameter> {
         | ck::CKM_CONCATENATE_DATA_AND_BASE
         | ck::CKM_XOR_BASE_AND_DATA => string_data,
         ck::CKM_CONCATENATE_BASE_AND_KEY => other_key,
+        ck::CKM_EXTRACT_KEY_FROM_KEY => bit_index,
         ck::CKM_AES_CBC_ENCRYPT_DATA => cbc_encrypt_data,
         ck::CKM_SP800_108_COUNTER_KDF | ck::CKM_SP800_108_DOUBLE_PIPELINE_KDF => kbkdf,
         ck::CKM_SP800_108_FEEDBACK_KDF => kbkdf_feedback,
@@ -301,6 +302,17 @@ unsafe fn other_key(pointer: *const c_void, len: CK_ULONG) -> CkResult<Mechanism
     // SAFETY: forwarded contract.
     let key: CK_OBJECT_HANDLE = unsafe { structure(pointer, len) }?;
     Ok(MechanismParameter::Key(key as u64))
+}
+
+/// `CK_EXTRACT_PARAMS` of `CKM_EXTRACT_KEY_FROM_KEY`: a `CK_ULONG`, the first bit to take.
+///
+/// # Safety
+///
+/// As for [`decode`].
+unsafe fn bit_index(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismParameter> {
+    // SAFETY: forwarded contract.
+    let index: ck::CK_EXTRACT_PARAMS = unsafe { structure(pointer, len) }?;
+    Ok(MechanismParameter::BitIndex(index as u64))
 }
 
 /// `CK_AES_CBC_ENCRYPT_DATA_PARAMS` of `CKM_AES_CBC_ENCRYPT_DATA`.

@@ -26,7 +26,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use cryptoki::context::{CInitializeArgs, Pkcs11};
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
@@ -355,7 +355,7 @@ fn run_once(
 fn worker(module: &str, options: &Options) -> Result<(), String> {
     let pkcs11 = Arc::new(Pkcs11::new(module).map_err(|e| format!("{module}: {e}"))?);
     pkcs11
-        .initialize(CInitializeArgs::OsThreads)
+        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .map_err(|e| format!("C_Initialize: {e}"))?;
     let slot = bench_slot(&pkcs11)?;
     let setup = pkcs11.open_rw_session(slot).map_err(|e| e.to_string())?;

@@ -7,7 +7,7 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use cryptoki::context::{CInitializeArgs, Pkcs11};
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectHandle};
@@ -21,25 +21,44 @@ pub const USER_PIN: &str = "user-pin-1234";
 
 static LIBRARY: Mutex<()> = Mutex::new(());
 
+/// The loaded and initialised module, finalised when dropped (`cryptoki` 0.12 leaves
+/// `C_Finalize` to the application; the module stays loaded, `-z nodelete`, so the next test's
+/// `C_Initialize` needs it).
+pub struct Module(Pkcs11);
+
+impl std::ops::Deref for Module {
+    type Target = Pkcs11;
+
+    fn deref(&self) -> &Pkcs11 {
+        &self.0
+    }
+}
+
+impl Drop for Module {
+    fn drop(&mut self) {
+        let _ = self.0.clone().finalize();
+    }
+}
+
 /// One test's daemon and loaded library.
 pub struct Fixture {
     pub daemon: Daemon,
-    pub pkcs11: Pkcs11,
+    pub pkcs11: Module,
     pub slot: Slot,
     pub serial: MutexGuard<'static, ()>,
 }
 
-pub fn load(server_list: &str) -> Pkcs11 {
+pub fn load(server_list: &str) -> Module {
     std::env::set_var("ET_HSM_NETCLIENT_SERVERLIST", server_list);
     let pkcs11 = Pkcs11::new(pkcs11_module()).expect("the module loads");
     pkcs11
-        .initialize(CInitializeArgs::OsThreads)
+        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .expect("C_Initialize");
-    pkcs11
+    Module(pkcs11)
 }
 
 /// Loads the library for `daemon` with this test's trust stores (for secure messaging).
-pub fn load_secured(daemon: &Daemon, transport: Transport) -> Pkcs11 {
+pub fn load_secured(daemon: &Daemon, transport: Transport) -> Module {
     for (key, value) in daemon.trust_env() {
         std::env::set_var(key, value);
     }
