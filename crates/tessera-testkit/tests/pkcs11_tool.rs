@@ -142,6 +142,26 @@ fn pkcs11_tool_initialises_generates_signs_encrypts_and_keys_survive_a_restart()
                     "{passed} missing from:\n{selftest}"
                 );
             }
+            // Threads that initialise the library concurrently (CKF_OS_LOCKING_OK), list slots
+            // and ask for its info; the tool waits 30 s for them, so over one transport only.
+            if transport == Transport::Unix {
+                let output = t.run(&[
+                    "--test-threads",
+                    "ILGISLGI",
+                    "--test-threads",
+                    "ILGISLGI",
+                    "--test-threads",
+                    "ILSLGI",
+                ]);
+                // The tool reports its threads on stderr.
+                let threads = String::from_utf8_lossy(&output.stderr).to_string()
+                    + &String::from_utf8_lossy(&output.stdout);
+                assert!(
+                    output.status.success()
+                        && threads.contains("all threads have ended with CKR_OK"),
+                    "{threads}"
+                );
+            }
             // A forked child initialises its own library state and works (fork-awareness).
             let forked = t.ok(&["--test-fork"]);
             assert!(forked.contains("forked child"), "{forked}");
