@@ -873,7 +873,19 @@ fn check_imported_key(
     }
     let key_type = attributes.key_type() as ck::CK_KEY_TYPE;
     match (class, key_type) {
-        (ck::CKO_SECRET_KEY, ck::CKK_AES | ck::CKK_GENERIC_SECRET | ck::CKK_HKDF) => {
+        (
+            ck::CKO_SECRET_KEY,
+            ck::CKK_AES
+            | ck::CKK_GENERIC_SECRET
+            | ck::CKK_HKDF
+            | ck::CKK_SHA_1_HMAC
+            | ck::CKK_SHA224_HMAC
+            | ck::CKK_SHA256_HMAC
+            | ck::CKK_SHA384_HMAC
+            | ck::CKK_SHA512_HMAC
+            | ck::CKK_DES2
+            | ck::CKK_DES3,
+        ) => {
             if template.find(ck::CKA_VALUE_LEN).is_some() {
                 return Err(Rv::TemplateInconsistent);
             }
@@ -881,10 +893,20 @@ fn check_imported_key(
                 .get(ck::CKA_VALUE)
                 .ok_or(Rv::TemplateIncomplete)?
                 .len();
-            if (key_type == ck::CKK_AES && !matches!(length, 16 | 24 | 32)) || length == 0 {
+            let des = des_length(key_type as u64);
+            let valid = match key_type {
+                ck::CKK_AES => matches!(length, 16 | 24 | 32),
+                ck::CKK_DES2 | ck::CKK_DES3 => length == des,
+                ck::CKK_GENERIC_SECRET | ck::CKK_HKDF => length != 0,
+                _ => true,
+            };
+            if !valid {
                 return Err(Rv::AttributeValueInvalid);
             }
-            attributes.set_ulong(ck::CKA_VALUE_LEN, length as u64);
+            // Triple-DES keys have no CKA_VALUE_LEN: their type says their length.
+            if des == 0 {
+                attributes.set_ulong(ck::CKA_VALUE_LEN, length as u64);
+            }
         }
         (ck::CKO_PUBLIC_KEY, ck::CKK_EC) => {
             object::require(attributes, &[ck::CKA_EC_PARAMS, ck::CKA_EC_POINT])?;
@@ -910,35 +932,6 @@ fn check_imported_key(
                 .map(crypto::edwards::raw_point)
                 .ok_or(Rv::TemplateIncomplete)?;
             if material.len() != 32 {
-                return Err(Rv::AttributeValueInvalid);
-            }
-        }
-        (
-            ck::CKO_SECRET_KEY,
-            ck::CKK_SHA_1_HMAC
-            | ck::CKK_SHA224_HMAC
-            | ck::CKK_SHA256_HMAC
-            | ck::CKK_SHA384_HMAC
-            | ck::CKK_SHA512_HMAC,
-        ) => {
-            if template.find(ck::CKA_VALUE_LEN).is_some() {
-                return Err(Rv::TemplateInconsistent);
-            }
-            let length = attributes
-                .get(ck::CKA_VALUE)
-                .ok_or(Rv::TemplateIncomplete)?
-                .len();
-            attributes.set_ulong(ck::CKA_VALUE_LEN, length as u64);
-        }
-        (ck::CKO_SECRET_KEY, ck::CKK_DES2 | ck::CKK_DES3) => {
-            if template.find(ck::CKA_VALUE_LEN).is_some() {
-                return Err(Rv::TemplateInconsistent);
-            }
-            let length = attributes
-                .get(ck::CKA_VALUE)
-                .ok_or(Rv::TemplateIncomplete)?
-                .len();
-            if length != des_length(key_type as u64) {
                 return Err(Rv::AttributeValueInvalid);
             }
         }

@@ -166,13 +166,12 @@ pub struct Library {
 impl Library {
     /// State over these devices (device number = position), owned by this process.
     pub fn new(devices: Vec<Device>) -> Library {
-        let devices_len = devices.len();
         Library {
             owner: Owner::this_process(),
             slots: vec![DeviceSlots::Unknown; devices.len()],
+            changes: devices.iter().map(|_| Default::default()).collect(),
             devices: devices.into_iter().map(Arc::new).collect(),
             sessions: HashMap::new(),
-            changes: (0..devices_len).map(|_| Default::default()).collect(),
         }
     }
 

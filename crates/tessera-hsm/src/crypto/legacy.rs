@@ -223,11 +223,7 @@ impl Des3 {
     }
 
     fn length_error(&self) -> Rv {
-        if self.encrypt {
-            Rv::DataLenRange
-        } else {
-            Rv::EncryptedDataLenRange
-        }
+        super::length_error(self.encrypt)
     }
 
     /// Feeds `data`; the output of the blocks done.
@@ -355,13 +351,7 @@ pub(crate) fn gcm(
     encrypt: bool,
     data: &[u8],
 ) -> Result<SecretBytes, Rv> {
-    let too_long = |_| {
-        if encrypt {
-            Rv::DataLenRange
-        } else {
-            Rv::EncryptedDataLenRange
-        }
-    };
+    let too_long = |_| super::length_error(encrypt);
     if iv.is_empty() || !(1..=16).contains(&tag_len) {
         return Err(Rv::MechanismParamInvalid);
     }

@@ -933,20 +933,7 @@ impl ActiveOperation {
                 tag_len,
                 encrypt,
                 data,
-            } if iv.len() == aead::NONCE_LEN => {
-                gcm(key.expose(), &iv, &aad, tag_len, encrypt, data)
-            }
-            Inner::Gcm {
-                key,
-                iv,
-                aad,
-                tag_len,
-                encrypt,
-                data,
-            } => {
-                let out = legacy::gcm(key.expose(), &iv, &aad, tag_len, encrypt, data.expose())?;
-                Ok(cipher_output(out, encrypt))
-            }
+            } => gcm(key.expose(), &iv, &aad, tag_len, encrypt, data),
             Inner::Rsa { cipher, data } => finish_rsa(cipher, &data),
             Inner::Mac { mac, verify: false } => mac.sign().map(Output::Bytes),
             Inner::Mac { mac, verify: true } => mac.verify(signature).map(|_| Output::Verified),
@@ -1110,6 +1097,16 @@ fn des3_mode(mechanism: u64) -> Option<legacy::DesMode> {
     })
 }
 
+/// The error for input of a length a cipher cannot take: `CKR_DATA_LEN_RANGE` when it
+/// encrypts, `CKR_ENCRYPTED_DATA_LEN_RANGE` when it decrypts.
+pub(crate) fn length_error(encrypt: bool) -> Rv {
+    if encrypt {
+        Rv::DataLenRange
+    } else {
+        Rv::EncryptedDataLenRange
+    }
+}
+
 /// A legacy cipher's output: ciphertext is public, plaintext secret.
 fn cipher_output(mut out: SecretBytes, encrypt: bool) -> Output {
     if encrypt {
@@ -1191,7 +1188,8 @@ impl From<Piece> for Output {
 /// AES-GCM with a tag of `tag_len` bytes. Encryption truncates the full tag. Decryption with a
 /// full tag is aws-lc's; with a truncated one the plaintext comes from the GCM counter stream
 /// (CTR from `IV || 00000002`), the tag is recomputed over it, and the first `tag_len` bytes are
-/// compared in constant time before any plaintext is released.
+/// compared in constant time before any plaintext is released. An IV of another length than
+/// 96 bits goes through the legacy module (aws-lc-rs takes 96-bit nonces only).
 fn gcm(
     key: &[u8],
     iv: &[u8],
@@ -1202,6 +1200,10 @@ fn gcm(
 ) -> Result<Output, Rv> {
     use subtle::ConstantTimeEq;
     use zeroize::Zeroize;
+    if iv.len() != aead::NONCE_LEN {
+        let out = legacy::gcm(key, iv, aad, tag_len, encrypt, data.expose())?;
+        return Ok(cipher_output(out, encrypt));
+    }
     let algorithm = match key.len() {
         16 => &aead::AES_128_GCM,
         24 => &aead::AES_192_GCM,

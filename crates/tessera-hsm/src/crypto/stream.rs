@@ -73,11 +73,7 @@ impl BlockStream {
 
     /// The error for input of a length the mode cannot take.
     fn length_error(&self) -> Rv {
-        if self.encrypt {
-            Rv::DataLenRange
-        } else {
-            Rv::EncryptedDataLenRange
-        }
+        super::length_error(self.encrypt)
     }
 
     /// Feeds `data`; returns the output of the whole blocks that can be processed now.

@@ -12,8 +12,9 @@
 //! - A verdict lasts while nothing this process did could change the answer: `C_DestroyObject`
 //!   and `C_SetAttributeValue` end the verdicts on their object; a call that ends a login or
 //!   may destroy objects it does not name (`C_Logout`, `C_CloseSession`, `C_CloseAllSessions`,
-//!   `C_InitToken`, an administration call) ends every verdict of its device ([`Changes`]). What another application does to a key, or the administrator to the
-//!   device's flags, can make a remembered verdict stale; the device judges the held init again
+//!   `C_InitToken`, an administration call) ends every verdict of its device ([`Changes`]).
+//!   What another application does to a key, or the administrator to the device's flags, can
+//!   make a remembered verdict stale; the device judges the held init again
 //!   when it arrives with its call, so nothing is ever done that the device would refuse, and
 //!   that call reports the init's error (and the verdict is forgotten).
 //! - `C_FindObjectsInit` + `C_FindObjects` is one request, [`Call::FindObjectsFirst`]; when
@@ -98,6 +99,17 @@ struct Verdict {
     since: u64,
 }
 
+impl Verdict {
+    /// Whether this verdict is about the same init: operation, key, mechanism and the shape of
+    /// its parameter.
+    fn covers(&self, operation: Operation, mechanism: &Mechanism, key: u64) -> bool {
+        self.operation == operation
+            && self.key == key
+            && self.mechanism.ty == mechanism.ty
+            && self.mechanism.parameter.same_shape(&mechanism.parameter)
+    }
+}
+
 /// The verdicts a session remembers; the oldest goes first.
 const MAX_VERDICTS: usize = 16;
 
@@ -138,23 +150,14 @@ impl Deferred {
         key: u64,
         changes: &Changes,
     ) -> bool {
-        self.verdicts.iter().any(|v| {
-            v.operation == operation
-                && v.key == key
-                && v.mechanism.ty == mechanism.ty
-                && v.mechanism.parameter.same_shape(&mechanism.parameter)
-                && changes.untouched(key, v.since)
-        })
+        (self.verdicts.iter())
+            .any(|v| v.covers(operation, mechanism, key) && changes.untouched(key, v.since))
     }
 
     /// Remembers that the device accepted this init, judged after change number `since`.
     fn remember(&mut self, operation: Operation, mechanism: &Mechanism, key: u64, since: u64) {
-        self.verdicts.retain(|v| {
-            !(v.operation == operation
-                && v.key == key
-                && v.mechanism.ty == mechanism.ty
-                && v.mechanism.parameter.same_shape(&mechanism.parameter))
-        });
+        self.verdicts
+            .retain(|v| !v.covers(operation, mechanism, key));
         if self.verdicts.len() >= MAX_VERDICTS {
             self.verdicts.remove(0);
         }
@@ -228,11 +231,10 @@ pub fn operation_init(
             // A held init is one the device accepted: its operation is active.
             return Err(Rv::OperationActive.code());
         }
-        if deferred.live.contains(&operation) {
-            // The device may still run it: it answers (CKR_OPERATION_ACTIVE if it does).
-            return Ok(Some((mechanism, changes.now())));
-        }
-        if deferred.accepted(operation, &mechanism, key, changes) {
+        // An operation the device may still run goes there, which answers
+        // (CKR_OPERATION_ACTIVE if it does).
+        let live = deferred.live.contains(&operation);
+        if !live && deferred.accepted(operation, &mechanism, key, changes) {
             deferred.held.push((operation, mechanism, key));
             return Ok(None);
         }
@@ -280,11 +282,10 @@ pub(super) fn send_held(number: usize, key: Option<u64>) {
                 continue;
             }
             let deferred = &mut session.deferred;
-            let (now, later) = std::mem::take(&mut deferred.held)
+            let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut deferred.held)
                 .into_iter()
                 .partition(|(_, _, k)| key.is_none_or(|key| key == *k));
             deferred.held = later;
-            let now: Vec<(Operation, Mechanism, u64)> = now;
             held.extend(now.into_iter().map(|init| (*handle, init)));
         }
         Ok(held)
