@@ -70,6 +70,26 @@ impl SecretBytes {
         secret
     }
 
+    /// As [`SecretBytes::from_slice`], but `None` where the memory cannot be had, instead of
+    /// aborting the process: for what an application hands the PKCS#11 library (a PIN, a seed),
+    /// which must never take its host down.
+    pub fn try_from_slice(bytes: &[u8]) -> Option<Self> {
+        if bytes.is_empty() {
+            return Some(Self::default());
+        }
+        if let Some(mut slot) = locked::take(bytes.len()) {
+            slot.bytes_mut()[..bytes.len()].copy_from_slice(bytes);
+            return Some(Self(Store::Locked {
+                slot,
+                len: bytes.len(),
+            }));
+        }
+        let mut heap = Vec::new();
+        heap.try_reserve_exact(bytes.len()).ok()?;
+        heap.extend_from_slice(bytes);
+        Some(Self(Store::Heap(heap)))
+    }
+
     /// The secret bytes.
     pub fn expose(&self) -> &[u8] {
         match &self.0 {
@@ -330,6 +350,17 @@ mod tests {
         assert_eq!(encoded.expose(), postcard::to_stdvec(&values).unwrap());
         let flags = vm_flags(encoded.expose().as_ptr() as usize);
         assert!(flags.split(' ').any(|f| f == "dd"), "{flags}");
+    }
+
+    #[test]
+    fn a_fallible_copy_is_the_same_secret_in_the_same_memory() {
+        let pin = SecretBytes::try_from_slice(b"123456").expect("memory");
+        assert_eq!(pin.expose(), b"123456");
+        let flags = vm_flags(pin.expose().as_ptr() as usize);
+        assert!(flags.split(' ').any(|f| f == "dd"), "{flags}");
+        let big = SecretBytes::try_from_slice(&[9; 1 << 20]).expect("memory");
+        assert_eq!(big.expose(), &[9; 1 << 20][..]);
+        assert!(SecretBytes::try_from_slice(&[]).expect("memory").is_empty());
     }
 
     #[test]

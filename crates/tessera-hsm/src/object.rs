@@ -510,8 +510,12 @@ fn complete_key(
         attributes.default_flag(ck::CKA_TRUSTED, false);
         attributes.default_bytes(ck::CKA_SUBJECT);
     } else {
-        // Keys made or held by an HSM are sensitive unless the application says otherwise.
-        attributes.default_flag(ck::CKA_SENSITIVE, true);
+        // The standard fixes a secret key's default (PKCS#11 3.0 §4.10, common secret key
+        // attributes: "CK_TRUE if object is sensitive (default CK_FALSE)") and leaves a private
+        // key's to the token (§4.9, footnote 9: "Default value is token-specific"): a private
+        // key made or held here is sensitive unless the application says otherwise. The `n`
+        // flag below makes both always sensitive.
+        attributes.default_flag(ck::CKA_SENSITIVE, class == ck::CKO_PRIVATE_KEY as u64);
         if flags & tessera_core::flags::NO_CLEAR_PINS != 0 {
             // No Clear PINs (`n`): secret and private keys are always sensitive, whatever the
             // template asks.
@@ -665,9 +669,33 @@ mod tests {
             .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c)));
     }
 
+    /// PKCS#11 3.0 §4.10 (common secret key attributes): "CKA_SENSITIVE … CK_TRUE if object is
+    /// sensitive (default CK_FALSE)"; §4.9 (private keys), footnote 9: "Default value is
+    /// token-specific" — Tessera's is true. Under No Clear PINs (`n`) both are always sensitive.
+    #[test]
+    fn sensitive_defaults_follow_the_standard_and_the_n_flag() {
+        let key = secret_key(vec![]);
+        assert!(key.flag(ck::CKA_PRIVATE) && !key.flag(ck::CKA_SENSITIVE));
+        let template = Template(vec![
+            Attribute::ulong(ck::CKA_KEY_TYPE, ck::CKK_AES),
+            Attribute::bytes(ck::CKA_VALUE, &[0u8; 16]),
+        ]);
+        let mut forced = from_template(&template, ck::CKO_SECRET_KEY).unwrap();
+        complete(&mut forced, None, tessera_core::flags::NO_CLEAR_PINS).unwrap();
+        assert!(forced.flag(ck::CKA_SENSITIVE));
+        let template = Template(vec![
+            Attribute::ulong(ck::CKA_KEY_TYPE, ck::CKK_EC),
+            Attribute::bytes(ck::CKA_EC_PARAMS, &[6, 8, 42, 134, 72, 206, 61, 3, 1, 7]),
+            Attribute::bytes(ck::CKA_VALUE, &[1u8; 32]),
+        ]);
+        let mut private = from_template(&template, ck::CKO_PRIVATE_KEY).unwrap();
+        complete(&mut private, None, 0).unwrap();
+        assert!(private.flag(ck::CKA_SENSITIVE));
+    }
+
     #[test]
     fn defaults_and_one_way_rules() {
-        let key = secret_key(vec![]);
+        let key = secret_key(vec![Attribute::bool(ck::CKA_SENSITIVE, true)]);
         assert!(key.flag(ck::CKA_PRIVATE) && key.flag(ck::CKA_SENSITIVE));
         assert!(!key.flag(ck::CKA_LOCAL) && !key.flag(ck::CKA_ALWAYS_SENSITIVE));
         assert_eq!(key.ulong(ck::CKA_KEY_GEN_MECHANISM), Some(UNAVAILABLE));

@@ -26,7 +26,11 @@ pub fn to_wire(ty: u64, value: &[u8]) -> Result<Vec<u8>, Rv> {
         AttributeKind::Bool => Err(Rv::AttributeValueInvalid),
         AttributeKind::Ulong => ulongs_to_wire(value, true),
         AttributeKind::MechanismArray => ulongs_to_wire(value, false),
-        AttributeKind::Bytes | AttributeKind::Date => Ok(value.to_vec()),
+        // An application's value (up to the frame's 16 MiB): copied without an allocation that
+        // can abort its host.
+        AttributeKind::Bytes | AttributeKind::Date => {
+            tessera_core::bytes::try_copy(value).ok_or(Rv::HostMemory)
+        }
         AttributeKind::AttributeArray => Err(Rv::AttributeTypeInvalid),
     }
 }
@@ -50,7 +54,9 @@ fn ulongs_to_wire(value: &[u8], exactly_one: bool) -> Result<Vec<u8>, Rv> {
     if !whole || (exactly_one && value.len() != ULONG_SIZE) {
         return Err(Rv::AttributeValueInvalid);
     }
-    let mut wire = Vec::with_capacity(value.len() / ULONG_SIZE * WIRE_ULONG_SIZE);
+    let mut wire = Vec::new();
+    wire.try_reserve_exact(value.len() / ULONG_SIZE * WIRE_ULONG_SIZE)
+        .map_err(|_| Rv::HostMemory)?;
     for chunk in value.chunks_exact(ULONG_SIZE) {
         let mut word = [0u8; ULONG_SIZE];
         word.copy_from_slice(chunk);

@@ -73,5 +73,17 @@ pub mod message;
 /// returns reach the application unchanged.
 pub type CkResult<T = ()> = Result<T, u64>;
 
+/// A copy of an application's input, `CKR_HOST_MEMORY` where the memory cannot be had: never
+/// an allocation that aborts the application (inputs are bounded by `ffi::MAX_INPUT` first).
+pub(crate) fn copied(input: &[u8]) -> CkResult<Vec<u8>> {
+    tessera_core::bytes::try_copy(input).ok_or(tessera_core::Rv::HostMemory.code())
+}
+
+/// As [`copied`], for a secret (a PIN, a seed, a plaintext): locked memory where there is a
+/// slot, wiped when dropped.
+pub(crate) fn secret_copied(input: &[u8]) -> CkResult<tessera_core::SecretBytes> {
+    tessera_core::SecretBytes::try_from_slice(input).ok_or(tessera_core::Rv::HostMemory.code())
+}
+
 // Session and slot numbering put the device number above bit 32; see the crate doc.
 const _: () = assert!(std::mem::size_of::<cryptoki_sys::CK_ULONG>() == 8);

@@ -95,12 +95,15 @@ pub fn split_tag(sealed: &[u8], plaintext_len: usize, tag_len: usize) -> Option<
     Some(sealed.split_at(plaintext_len))
 }
 
-/// `ciphertext || tag`, the input the device decrypts.
-pub fn join_tag(ciphertext: &[u8], tag: &[u8]) -> Vec<u8> {
-    let mut joined = Vec::with_capacity(ciphertext.len() + tag.len());
+/// `ciphertext || tag`, the input the device decrypts; `None` where the memory cannot be had.
+pub fn join_tag(ciphertext: &[u8], tag: &[u8]) -> Option<Vec<u8>> {
+    let mut joined = Vec::new();
+    joined
+        .try_reserve_exact(ciphertext.len().checked_add(tag.len())?)
+        .ok()?;
     joined.extend_from_slice(ciphertext);
     joined.extend_from_slice(tag);
-    joined
+    Some(joined)
 }
 
 #[cfg(test)]
@@ -127,8 +130,8 @@ mod tests {
         assert_eq!(split_tag(&sealed, 3, 3), None, "output too short");
         assert_eq!(split_tag(&sealed, 2, 2), None, "output too long");
         assert_eq!(split_tag(&sealed, usize::MAX, 2), None);
-        assert_eq!(join_tag(&[1, 2, 3], &[9, 9]), sealed);
-        assert_eq!(join_tag(&[], &[9]), vec![9]);
+        assert_eq!(join_tag(&[1, 2, 3], &[9, 9]), Some(sealed.to_vec()));
+        assert_eq!(join_tag(&[], &[9]), Some(vec![9]));
     }
 
     #[test]

@@ -234,17 +234,24 @@ fn objects_visibility_attributes_and_find() {
                 Attribute::KeyType(KeyType::AES),
                 Attribute::Token(true),
                 Attribute::Label(b"secret".to_vec()),
+                Attribute::Sensitive(true),
                 Attribute::Value(vec![7u8; 32]),
             ])
             .unwrap();
+        // PKCS#11 3.0 §4.10, common secret key attributes: "CKA_SENSITIVE … CK_TRUE if object
+        // is sensitive (default CK_FALSE)".
         let plain = user
             .create_object(&[
                 Attribute::Class(ObjectClass::SECRET_KEY),
                 Attribute::KeyType(KeyType::AES),
-                Attribute::Sensitive(false),
                 Attribute::Value(vec![9u8; 16]),
             ])
             .unwrap();
+        assert_eq!(
+            user.get_attributes(plain, &[AttributeType::Sensitive])
+                .unwrap(),
+            vec![Attribute::Sensitive(false)]
+        );
         // Defaults and derived attributes.
         let attrs = user
             .get_attributes(
@@ -504,7 +511,11 @@ fn aes_cbc_pad_and_gcm_known_answers_and_round_trips() {
         let generated = session
             .generate_key(
                 &Mechanism::AesKeyGen,
-                &[Attribute::ValueLen(Ulong::from(32)), Attribute::Token(true)],
+                &[
+                    Attribute::ValueLen(Ulong::from(32)),
+                    Attribute::Token(true),
+                    Attribute::Sensitive(true),
+                ],
             )
             .unwrap();
         let attrs = session

@@ -18,21 +18,6 @@ const KNOWN: &[(&str, &str)] = &[
         "expects a public key to have no CKA_ALLOWED_MECHANISMS (unless the module is SoftHSM2); \
          PKCS#11 3.0 §4.7 lists it among the common key attributes, which Tessera gives (empty)",
     ),
-    // Not sided by the standard (docs/pkcs11.md): Tessera's keys default to CKA_SENSITIVE true,
-    // where PKCS#11 2.20 Table 31 says "default CK_FALSE"; these tests make a base key without
-    // it and read the derived key's value, which a sensitive base makes sensitive (§2.43).
-    (
-        "derive_key_concatenation_key_and_data",
-        "CKA_SENSITIVE defaults to true (not standard)",
-    ),
-    (
-        "derive_key_xor_key_and_data",
-        "CKA_SENSITIVE defaults to true (not standard)",
-    ),
-    (
-        "derive_key_extract_from_key",
-        "CKA_SENSITIVE defaults to true (not standard)",
-    ),
     (
         "unique_id",
         "expects CKR_ATTRIBUTE_TYPE_INVALID for CKA_UNIQUE_ID in a template; PKCS#11 3.0 \

@@ -10,7 +10,7 @@ use tessera_core::SecretBytes;
 use tessera_wire::{Call, Operation};
 
 use super::mechanism::mechanism;
-use super::{bytes, input, length, Output};
+use super::{bytes, input, length, secret_copied, Output};
 use crate::library::{self, expect_done, verified, Dual, Producer, Stage};
 use crate::CkResult;
 
@@ -456,7 +456,7 @@ entry_points! {
     /// `C_SeedRandom` (§5.15.1).
     fn C_SeedRandom(session: CK_SESSION_HANDLE, seed: *mut CK_BYTE, seed_len: CK_ULONG) {
         // SAFETY: pSeed holds ulSeedLen bytes (§5.15.1).
-        let seed = tessera_core::SecretBytes::from_slice(unsafe { bytes(seed, seed_len) }?);
+        let seed = secret_copied(unsafe { bytes(seed, seed_len) }?)?;
         expect_done(library::session_call(session as u64, |session| Call::SeedRandom {
             session,
             seed,

@@ -199,11 +199,7 @@ pub(crate) unsafe fn input<'a>(data: *const u8, len: CK_ULONG) -> CkResult<&'a [
     unsafe { slice(data, len) }
 }
 
-/// A copy of an application's input, `CKR_HOST_MEMORY` where the memory cannot be had: never
-/// an allocation that aborts the application (inputs are bounded by [`MAX_INPUT`] first).
-pub(crate) fn copied(input: &[u8]) -> CkResult<Vec<u8>> {
-    tessera_core::bytes::try_copy(input).ok_or(Rv::HostMemory.code())
-}
+pub(crate) use crate::{copied, secret_copied};
 
 /// A place where the function stores one value (`*phSession`, `pInfo`, ...).
 ///

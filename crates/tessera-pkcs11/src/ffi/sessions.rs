@@ -6,10 +6,10 @@ use cryptoki_sys::{
     CKF_SERIAL_SESSION, CK_FLAGS, CK_NOTIFY, CK_SESSION_HANDLE, CK_SESSION_INFO, CK_SLOT_ID,
     CK_ULONG, CK_USER_TYPE, CK_UTF8CHAR,
 };
-use tessera_core::{Rv, SecretBytes};
+use tessera_core::Rv;
 use tessera_wire::Call;
 
-use super::{bytes, convert, Place};
+use super::{bytes, convert, secret_copied, Place};
 use crate::library::{self, expect_done};
 use crate::CkResult;
 
@@ -25,7 +25,7 @@ unsafe fn login(
     pin_len: CK_ULONG,
 ) -> CkResult {
     // SAFETY: forwarded contract.
-    let pin = SecretBytes::from_slice(unsafe { bytes(pin, pin_len) }?);
+    let pin = secret_copied(unsafe { bytes(pin, pin_len) }?)?;
     if user_type == cryptoki_sys::CKU_CONTEXT_SPECIFIC {
         // The operation this login is for must be on the device first.
         library::flush_held(session as u64)?;
@@ -43,7 +43,7 @@ entry_points! {
     /// `C_InitPIN` (§5.5.8).
     fn C_InitPIN(session: CK_SESSION_HANDLE, pin: *mut CK_UTF8CHAR, pin_len: CK_ULONG) {
         // SAFETY: pPin is NULL or holds ulPinLen bytes (§5.5.8).
-        let pin = SecretBytes::from_slice(unsafe { bytes(pin, pin_len) }?);
+        let pin = secret_copied(unsafe { bytes(pin, pin_len) }?)?;
         expect_done(library::session_call(session as u64, |session| Call::InitPin {
             session,
             pin,
@@ -59,9 +59,9 @@ entry_points! {
         new_len: CK_ULONG,
     ) {
         // SAFETY: pOldPin is NULL or holds ulOldLen bytes (§5.5.9).
-        let old_pin = SecretBytes::from_slice(unsafe { bytes(old_pin, old_len) }?);
+        let old_pin = secret_copied(unsafe { bytes(old_pin, old_len) }?)?;
         // SAFETY: pNewPin is NULL or holds ulNewLen bytes (§5.5.9).
-        let new_pin = SecretBytes::from_slice(unsafe { bytes(new_pin, new_len) }?);
+        let new_pin = secret_copied(unsafe { bytes(new_pin, new_len) }?)?;
         expect_done(library::session_call(session as u64, |session| Call::SetPin {
             session,
             old_pin,

@@ -4,10 +4,9 @@ use cryptoki_sys::{
     CK_BBOOL, CK_FALSE, CK_MECHANISM_INFO, CK_MECHANISM_TYPE, CK_SLOT_ID, CK_SLOT_INFO,
     CK_TOKEN_INFO, CK_ULONG, CK_UTF8CHAR,
 };
-use tessera_core::SecretBytes;
 use tessera_wire::{Call, Reply};
 
-use super::{bytes, convert, slice, Output, Place};
+use super::{bytes, convert, secret_copied, slice, Output, Place};
 use crate::library::{self, expect_done, unexpected};
 
 /// Length of a token label (`C_InitToken`).
@@ -96,7 +95,7 @@ entry_points! {
         label: *mut CK_UTF8CHAR,
     ) {
         // SAFETY: pPin is NULL or holds ulPinLen bytes (§5.5.7).
-        let so_pin = SecretBytes::from_slice(unsafe { bytes(pin, pin_len) }?);
+        let so_pin = secret_copied(unsafe { bytes(pin, pin_len) }?)?;
         if label.is_null() {
             return super::arguments_bad();
         }

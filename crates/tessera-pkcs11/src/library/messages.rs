@@ -122,7 +122,7 @@ pub fn seal(
         Operation::Encrypt,
         mechanism,
         context.key,
-        plaintext.to_vec(),
+        crate::copied(plaintext)?,
         Vec::new(),
     )?;
     let sealed = output(reply)?;
@@ -136,8 +136,8 @@ pub fn seal(
     };
     Ok(Sealed {
         iv,
-        ciphertext: ciphertext.to_vec(),
-        tag: tag.to_vec(),
+        ciphertext: crate::copied(ciphertext)?,
+        tag: crate::copied(tag)?,
     })
 }
 
@@ -159,7 +159,7 @@ pub fn open(
         Operation::Decrypt,
         mechanism,
         context.key,
-        join_tag(ciphertext, tag),
+        join_tag(ciphertext, tag).ok_or(Rv::HostMemory.code())?,
         Vec::new(),
     )?;
     let plaintext = output(reply)?;
@@ -182,7 +182,7 @@ pub fn sign_message(
     data: &[u8],
     capacity: Option<usize>,
 ) -> CkResult<SecretBytes> {
-    let call = Producer::SignMessage(SecretBytes::from_slice(data));
+    let call = Producer::SignMessage(crate::secret_copied(data)?);
     produce(handle, call, capacity, || {
         let mechanism = context.mechanism.clone();
         let reply = super::deferred::once(
@@ -190,7 +190,7 @@ pub fn sign_message(
             Operation::Sign,
             mechanism,
             context.key,
-            data.to_vec(),
+            crate::copied(data)?,
             Vec::new(),
         )?;
         output(reply)
@@ -205,7 +205,7 @@ pub fn verify_message(handle: u64, context: &Context, data: &[u8], signature: &[
         Operation::Verify,
         mechanism,
         context.key,
-        data.to_vec(),
-        signature.to_vec(),
+        crate::copied(data)?,
+        crate::copied(signature)?,
     )?)
 }

@@ -151,11 +151,11 @@ pub fn dual_update(
     let call = Producer::Operation(dual.cipher(), Stage::Update);
     produce(handle, call, capacity, || {
         if dual.plaintext_is_input() {
-            absorb(handle, dual.absorber(), data.to_vec())?;
+            absorb(handle, dual.absorber(), crate::copied(data)?)?;
         }
-        let output = update_output(handle, dual.cipher(), data.to_vec())?;
+        let output = update_output(handle, dual.cipher(), crate::copied(data)?)?;
         if !dual.plaintext_is_input() {
-            absorb(handle, dual.absorber(), output.expose().to_vec())?;
+            absorb(handle, dual.absorber(), crate::copied(output.expose())?)?;
         }
         Ok(output)
     })
