@@ -50,6 +50,8 @@ pub fn kind(ty: u64) -> AttributeKind {
         ck::CKA_DESTROYABLE,
         ck::CKA_ALWAYS_AUTHENTICATE,
         ck::CKA_WRAP_WITH_TRUSTED,
+        ck::CKA_ENCAPSULATE,
+        ck::CKA_DECAPSULATE,
     ];
     const ULONGS: &[ck::CK_ATTRIBUTE_TYPE] = &[
         ck::CKA_CLASS,
@@ -64,6 +66,7 @@ pub fn kind(ty: u64) -> AttributeKind {
         ck::CKA_NAME_HASH_ALGORITHM,
         ck::CKA_JAVA_MIDP_SECURITY_DOMAIN,
         ck::CKA_PROFILE_ID,
+        ck::CKA_PARAMETER_SET,
     ];
     let ty = ty as ck::CK_ATTRIBUTE_TYPE;
     if BOOLS.contains(&ty) {

@@ -181,6 +181,14 @@ pub enum MechanismParameter {
     Key(u64),
     /// `CK_EXTRACT_PARAMS`: the bit of the base key where `CKM_EXTRACT_KEY_FROM_KEY` starts.
     BitIndex(u64),
+    /// `CK_SIGN_ADDITIONAL_CONTEXT` (PKCS#11 3.2, `CKM_ML_DSA`): hedged or deterministic
+    /// signing, and the context string.
+    SignContext {
+        /// `CKH_HEDGE_PREFERRED`, `CKH_HEDGE_REQUIRED` or `CKH_DETERMINISTIC_REQUIRED`.
+        hedge: u64,
+        /// The context string (at most 255 bytes).
+        context: Vec<u8>,
+    },
 }
 
 /// How a counter or a length is written into the PRF input of SP 800-108

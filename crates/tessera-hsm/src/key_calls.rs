@@ -110,6 +110,83 @@ impl Hsm {
         self.create_secret_key(client, session, &template, value.expose(), true)
     }
 
+    /// `C_EncapsulateKey` (PKCS#11 3.2, `CKM_ML_KEM`): a ciphertext for the public key and a
+    /// new secret key from the template holding the shared secret. With no room for the
+    /// ciphertext, nothing is made and the reply is its length.
+    pub(crate) fn encapsulate_key(
+        &self,
+        client: u64,
+        session: u64,
+        mechanism: &Mechanism,
+        public_key: u64,
+        template: &Template,
+        room: Option<u64>,
+    ) -> Result<Reply, Rv> {
+        let public = self.kem_key(client, session, mechanism, public_key, false)?;
+        let needed = crate::crypto::pq::ciphertext_len(
+            public.ulong(ck::CKA_PARAMETER_SET).unwrap_or_default(),
+        )?;
+        if room.is_none_or(|room| room < needed as u64) {
+            return Ok(Reply::Number(needed as u64));
+        }
+        let (ciphertext, secret) = crate::crypto::pq::encapsulate(&public)?;
+        let template = kem_secret_template(template)?;
+        let key = shared_secret(&template, secret.expose())?;
+        match self.create_secret_key(client, session, &template, key, true)? {
+            Reply::Handle(handle) => Ok(Reply::Encapsulated { ciphertext, handle }),
+            _ => Err(Rv::GeneralError),
+        }
+    }
+
+    /// `C_DecapsulateKey` (PKCS#11 3.2, `CKM_ML_KEM`): the secret key of a ciphertext.
+    pub(crate) fn decapsulate_key(
+        &self,
+        client: u64,
+        session: u64,
+        mechanism: &Mechanism,
+        private_key: u64,
+        template: &Template,
+        ciphertext: &[u8],
+    ) -> Result<Reply, Rv> {
+        let private = self.kem_key(client, session, mechanism, private_key, true)?;
+        let secret = crate::crypto::pq::decapsulate(&private, ciphertext)?;
+        let template = kem_secret_template(template)?;
+        let key = shared_secret(&template, secret.expose())?;
+        self.create_secret_key(client, session, &template, key, true)
+    }
+
+    /// The ML-KEM key of an encapsulation (public) or decapsulation (private), checked as an
+    /// operation's init checks its key.
+    fn kem_key(
+        &self,
+        client: u64,
+        session: u64,
+        mechanism: &Mechanism,
+        key: u64,
+        private: bool,
+    ) -> Result<Attributes, Rv> {
+        if mechanism.ty != ck::CKM_ML_KEM as u64
+            || !crate::mechanisms::allowed(mechanism.ty, self.device.now().flags)
+        {
+            return Err(Rv::MechanismInvalid);
+        }
+        if mechanism.parameter != MechanismParameter::None {
+            return Err(Rv::MechanismParamInvalid);
+        }
+        let key = self.usable_key(client, session, key)?;
+        let (class, usage) = match private {
+            true => (ck::CKO_PRIVATE_KEY, ck::CKA_DECAPSULATE),
+            false => (ck::CKO_PUBLIC_KEY, ck::CKA_ENCAPSULATE),
+        };
+        if key.class() != class as u64 || key.key_type() != ck::CKK_ML_KEM as u64 {
+            return Err(Rv::KeyTypeInconsistent);
+        }
+        if !key.flag(usage) {
+            return Err(Rv::KeyFunctionNotPermitted);
+        }
+        Ok(key)
+    }
+
     /// SP 800-108: the template's key and the parameter's additional keys, all or none.
     fn derive_keys(
         &self,
@@ -192,5 +269,24 @@ impl Hsm {
             current.find = None;
         }
         Ok(Reply::Done)
+    }
+}
+
+/// The template of an encapsulated key: a generic secret unless it says otherwise.
+fn kem_secret_template(template: &Template) -> Result<Template, Rv> {
+    let mut template = template.clone();
+    if template.ulong(ck::CKA_KEY_TYPE)?.is_none() {
+        template.set(Attribute::ulong(ck::CKA_KEY_TYPE, ck::CKK_GENERIC_SECRET));
+    }
+    Ok(template)
+}
+
+/// The new key's value: the 32-byte shared secret, or its first `CKA_VALUE_LEN` bytes where
+/// the template asks for fewer (an AES-128 key, say).
+fn shared_secret<'a>(template: &Template, secret: &'a [u8]) -> Result<&'a [u8], Rv> {
+    match template.ulong(ck::CKA_VALUE_LEN)? {
+        Some(n) if n == 0 || n > secret.len() as u64 => Err(Rv::TemplateInconsistent),
+        Some(n) => Ok(&secret[..n as usize]),
+        None => Ok(secret),
     }
 }

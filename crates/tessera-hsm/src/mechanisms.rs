@@ -103,6 +103,17 @@ const TABLE: &[(ck::CK_MECHANISM_TYPE, u64, u64, ck::CK_FLAGS)] = &[
         ck::CKF_GENERATE_KEY_PAIR,
     ),
     (ck::CKM_RSA_PKCS, 1024, 4096, SIGN_VERIFY | CIPHER | WRAP),
+    // PKCS#11 3.2, post-quantum (FIPS 203, 204): key sizes are the parameter sets offered
+    // (CKP_ML_KEM_512 … _1024, CKP_ML_DSA_44 … _87).
+    (ck::CKM_ML_KEM_KEY_PAIR_GEN, 1, 3, ck::CKF_GENERATE_KEY_PAIR),
+    (
+        ck::CKM_ML_KEM,
+        1,
+        3,
+        ck::CKF_ENCAPSULATE | ck::CKF_DECAPSULATE,
+    ),
+    (ck::CKM_ML_DSA_KEY_PAIR_GEN, 1, 3, ck::CKF_GENERATE_KEY_PAIR),
+    (ck::CKM_ML_DSA, 1, 3, SIGN_VERIFY),
     // The legacy mechanisms (crypto/legacy.rs), none of them under the `a` flag.
     (ck::CKM_MD5, 0, 0, ck::CKF_DIGEST),
     (ck::CKM_MD5_HMAC, 1, 512, SIGN_VERIFY),

@@ -157,7 +157,9 @@ pub fn is_secret(class: u64, ty: u64) -> bool {
     let ty = ty as ck::CK_ATTRIBUTE_TYPE;
     match class as ck::CK_OBJECT_CLASS {
         ck::CKO_SECRET_KEY => ty == ck::CKA_VALUE,
-        ck::CKO_PRIVATE_KEY => ty == ck::CKA_VALUE || RSA_PRIVATE_PARTS[2..].contains(&ty),
+        ck::CKO_PRIVATE_KEY => {
+            ty == ck::CKA_VALUE || ty == ck::CKA_SEED || RSA_PRIVATE_PARTS[2..].contains(&ty)
+        }
         _ => false,
     }
 }
@@ -229,6 +231,10 @@ const PUBLIC_KEY: &[ck::CK_ATTRIBUTE_TYPE] = &[
     ck::CKA_EC_PARAMS,
     ck::CKA_EC_POINT,
     ck::CKA_WRAP_TEMPLATE,
+    // PKCS#11 3.2: ML-KEM and ML-DSA public keys.
+    ck::CKA_VALUE,
+    ck::CKA_PARAMETER_SET,
+    ck::CKA_ENCAPSULATE,
 ];
 const PRIVATE_KEY: &[ck::CK_ATTRIBUTE_TYPE] = &[
     ck::CKA_SUBJECT,
@@ -254,6 +260,10 @@ const PRIVATE_KEY: &[ck::CK_ATTRIBUTE_TYPE] = &[
     ck::CKA_EC_PARAMS,
     ck::CKA_VALUE,
     ck::CKA_UNWRAP_TEMPLATE,
+    // PKCS#11 3.2: ML-KEM and ML-DSA private keys.
+    ck::CKA_PARAMETER_SET,
+    ck::CKA_SEED,
+    ck::CKA_DECAPSULATE,
 ];
 const DATA: &[ck::CK_ATTRIBUTE_TYPE] = &[ck::CKA_APPLICATION, ck::CKA_OBJECT_ID, ck::CKA_VALUE];
 const CERTIFICATE: &[ck::CK_ATTRIBUTE_TYPE] = &[
@@ -315,6 +325,8 @@ const SETTABLE: &[ck::CK_ATTRIBUTE_TYPE] = &[
     ck::CKA_OBJECT_ID,
     ck::CKA_TRUSTED,
     ck::CKA_WRAP_WITH_TRUSTED,
+    ck::CKA_ENCAPSULATE,
+    ck::CKA_DECAPSULATE,
 ];
 
 /// Attributes that `C_CopyObject` may change in addition to the settable ones.
@@ -498,8 +510,16 @@ fn complete_key(
     // EC and Edwards keys sign and verify; Montgomery keys only derive. Neither encrypts or
     // wraps, so those default to false.
     let key_type = attributes.key_type() as ck::CK_KEY_TYPE;
-    let signing_only = matches!(key_type, ck::CKK_EC | ck::CKK_EC_EDWARDS);
-    let derive_only = key_type == ck::CKK_EC_MONTGOMERY;
+    let signing_only = matches!(key_type, ck::CKK_EC | ck::CKK_EC_EDWARDS | ck::CKK_ML_DSA);
+    // ML-KEM keys only encapsulate and decapsulate (PKCS#11 3.2).
+    let derive_only = matches!(key_type, ck::CKK_EC_MONTGOMERY | ck::CKK_ML_KEM);
+    if key_type == ck::CKK_ML_KEM {
+        let usage = match class as ck::CK_OBJECT_CLASS {
+            ck::CKO_PUBLIC_KEY => ck::CKA_ENCAPSULATE,
+            _ => ck::CKA_DECAPSULATE,
+        };
+        attributes.default_flag(usage, true);
+    }
     for ty in usage {
         let can = !derive_only && (!signing_only || matches!(*ty, ck::CKA_SIGN | ck::CKA_VERIFY));
         attributes.default_flag(*ty, can);

@@ -748,6 +748,8 @@ impl Hsm {
             ck::CKM_RSA_PKCS_KEY_PAIR_GEN => ck::CKK_RSA,
             ck::CKM_EC_EDWARDS_KEY_PAIR_GEN => ck::CKK_EC_EDWARDS,
             ck::CKM_EC_MONTGOMERY_KEY_PAIR_GEN => ck::CKK_EC_MONTGOMERY,
+            ck::CKM_ML_KEM_KEY_PAIR_GEN => ck::CKK_ML_KEM,
+            ck::CKM_ML_DSA_KEY_PAIR_GEN => ck::CKK_ML_DSA,
             _ => return Err(Rv::MechanismInvalid),
         };
         for attributes in [&mut public, &mut private] {
@@ -766,33 +768,49 @@ impl Hsm {
             Self::check_create(&state, client, session, &private)?;
         }
         let flags = self.device.now().flags;
-        let (public_parts, private_parts) =
-            if matches!(key_type, ck::CKK_EC_EDWARDS | ck::CKK_EC_MONTGOMERY) {
-                let params = public
-                    .get(ck::CKA_EC_PARAMS)
-                    .ok_or(Rv::TemplateIncomplete)?;
-                if !crypto::edwards::names_curve(key_type, Some(params)) {
-                    return Err(Rv::CurveNotSupported);
-                }
-                if key_type == ck::CKK_EC_EDWARDS {
-                    crypto::edwards::generate_ed25519(params)?
-                } else {
-                    crypto::edwards::generate_x25519(params)?
-                }
-            } else if key_type == ck::CKK_EC {
-                let explicit = flags & tessera_core::flags::USER_ECC_PARAMETERS != 0;
-                crypto::generate_ec(public.get(ck::CKA_EC_PARAMS), explicit)?
-            } else {
-                let bits = public
-                    .ulong(ck::CKA_MODULUS_BITS)
-                    .ok_or(Rv::TemplateIncomplete)?;
-                public.set_ulong(ck::CKA_MODULUS_BITS, bits);
-                // RSA below 2048 bits is not approved: not under the `a` flag.
-                if bits < 2048 && flags & tessera_core::flags::FIPS_ALGORITHMS != 0 {
-                    return Err(Rv::KeySizeRange);
-                }
-                crypto::generate_rsa(bits, public.get(ck::CKA_PUBLIC_EXPONENT))?
+        let (public_parts, private_parts) = if matches!(key_type, ck::CKK_ML_KEM | ck::CKK_ML_DSA) {
+            // PKCS#11 3.2: the parameter set is in the public template (or the private one);
+            // where both give it, they agree.
+            let sets = [
+                public.ulong(ck::CKA_PARAMETER_SET),
+                private.ulong(ck::CKA_PARAMETER_SET),
+            ];
+            let set = match sets {
+                [Some(a), Some(b)] if a != b => return Err(Rv::TemplateInconsistent),
+                [Some(a), _] | [None, Some(a)] => a,
+                [None, None] => return Err(Rv::TemplateIncomplete),
             };
+            if key_type == ck::CKK_ML_KEM {
+                crypto::pq::generate_ml_kem(set)?
+            } else {
+                crypto::pq::generate_ml_dsa(set)?
+            }
+        } else if matches!(key_type, ck::CKK_EC_EDWARDS | ck::CKK_EC_MONTGOMERY) {
+            let params = public
+                .get(ck::CKA_EC_PARAMS)
+                .ok_or(Rv::TemplateIncomplete)?;
+            if !crypto::edwards::names_curve(key_type, Some(params)) {
+                return Err(Rv::CurveNotSupported);
+            }
+            if key_type == ck::CKK_EC_EDWARDS {
+                crypto::edwards::generate_ed25519(params)?
+            } else {
+                crypto::edwards::generate_x25519(params)?
+            }
+        } else if key_type == ck::CKK_EC {
+            let explicit = flags & tessera_core::flags::USER_ECC_PARAMETERS != 0;
+            crypto::generate_ec(public.get(ck::CKA_EC_PARAMS), explicit)?
+        } else {
+            let bits = public
+                .ulong(ck::CKA_MODULUS_BITS)
+                .ok_or(Rv::TemplateIncomplete)?;
+            public.set_ulong(ck::CKA_MODULUS_BITS, bits);
+            // RSA below 2048 bits is not approved: not under the `a` flag.
+            if bits < 2048 && flags & tessera_core::flags::FIPS_ALGORITHMS != 0 {
+                return Err(Rv::KeySizeRange);
+            }
+            crypto::generate_rsa(bits, public.get(ck::CKA_PUBLIC_EXPONENT))?
+        };
         for (ty, value) in public_parts {
             public.set(ty as u64, value);
         }
@@ -933,6 +951,21 @@ fn check_imported_key(
                 .ok_or(Rv::TemplateIncomplete)?;
             if material.len() != 32 {
                 return Err(Rv::AttributeValueInvalid);
+            }
+        }
+        (ck::CKO_PUBLIC_KEY | ck::CKO_PRIVATE_KEY, ck::CKK_ML_KEM | ck::CKK_ML_DSA) => {
+            let set = attributes
+                .ulong(ck::CKA_PARAMETER_SET)
+                .ok_or(Rv::TemplateIncomplete)?;
+            let expanded = crypto::pq::check_import(
+                key_type,
+                class == ck::CKO_PRIVATE_KEY,
+                set,
+                attributes.get(ck::CKA_VALUE),
+                attributes.get(ck::CKA_SEED),
+            )?;
+            if let Some(value) = expanded {
+                attributes.set(ck::CKA_VALUE as u64, value);
             }
         }
         (ck::CKO_PUBLIC_KEY, ck::CKK_RSA) => {

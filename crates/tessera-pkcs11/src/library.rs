@@ -117,6 +117,10 @@ struct Session {
     /// The message-based operations in progress (`C_MessageEncryptInit`, ...), at most one
     /// per operation. They live here only: each message is one operation on the device.
     messages: Vec<(Operation, Context)>,
+    /// The signature given to `C_VerifySignatureInit` (PKCS#11 3.2), while that operation is
+    /// in progress: it runs on the device as a verification whose signature the library adds
+    /// to the last call.
+    signature: Option<Vec<u8>>,
     /// Inits held for the call that follows, and the session's search.
     deferred: deferred::Deferred,
 }
@@ -129,6 +133,9 @@ impl Session {
         self.pending.forget(|call| call.cancelled_by(flags));
         (self.deferred).cancel(|operation| flags & pending::operation_flag(operation) != 0);
         (self.messages).retain(|(operation, _)| flags & pending::message_flag(*operation) == 0);
+        if flags & pending::operation_flag(Operation::Verify) != 0 {
+            self.signature = None;
+        }
     }
 }
 
@@ -300,6 +307,31 @@ pub fn finalize() -> CkResult {
         device.disconnect();
     }
     Ok(())
+}
+
+/// Records which verification the session's verify operation is: `Some(signature)` for
+/// `C_VerifySignatureInit`, `None` for `C_VerifyInit` (PKCS#11 3.2 §5.15).
+pub fn set_verify_signature(handle: u64, signature: Option<Vec<u8>>) -> CkResult {
+    with(|library| {
+        library.session_mut(handle)?.signature = signature;
+        Ok(())
+    })
+}
+
+/// Checks that the session's verification is the kind the call belongs to (`signature`: a
+/// `C_VerifySignature*` call) and, for a call that ends it (`take`), hands over the signature
+/// of `C_VerifySignatureInit`. A call of the other kind is `CKR_OPERATION_NOT_INITIALIZED`.
+pub fn verify_signature(handle: u64, signature: bool, take: bool) -> CkResult<Vec<u8>> {
+    with(|library| {
+        let session = library.session_mut(handle)?;
+        if session.signature.is_some() != signature {
+            return Err(Rv::OperationNotInitialized.code());
+        }
+        Ok(match take {
+            true => session.signature.take().unwrap_or_default(),
+            false => Vec::new(),
+        })
+    })
 }
 
 /// `CKR_CRYPTOKI_NOT_INITIALIZED` unless this process initialised the library.
@@ -483,6 +515,7 @@ pub fn open_session(raw: u64, flags: u64) -> CkResult<u64> {
             generation,
             pending: Pending::default(),
             messages: Vec::new(),
+            signature: None,
             deferred: deferred::Deferred::default(),
         };
         // A stale entry with the same handle belonged to a lost connection: replace it.

@@ -370,6 +370,35 @@ pub enum Call {
         /// Most handles to return.
         max: u64,
     },
+    /// `C_EncapsulateKey` (PKCS#11 3.2): a ciphertext for the public key and a new secret key
+    /// holding the shared secret. With `room` too small for the ciphertext (`None`: a length
+    /// query) nothing is made and the reply is the ciphertext's length.
+    EncapsulateKey {
+        /// Session.
+        session: u64,
+        /// Mechanism (`CKM_ML_KEM`).
+        mechanism: Mechanism,
+        /// The public key.
+        public_key: u64,
+        /// Template of the new key.
+        template: Template,
+        /// Room the application has for the ciphertext.
+        room: Option<u64>,
+    },
+    /// `C_DecapsulateKey` (PKCS#11 3.2): the secret key of a ciphertext, with the private key.
+    DecapsulateKey {
+        /// Session.
+        session: u64,
+        /// Mechanism (`CKM_ML_KEM`).
+        mechanism: Mechanism,
+        /// The private key.
+        private_key: u64,
+        /// Template of the new key.
+        template: Template,
+        /// The ciphertext.
+        #[serde(with = "tessera_core::bytes")]
+        ciphertext: Vec<u8>,
+    },
 }
 
 /// The cryptographic operation a session runs.
@@ -449,6 +478,14 @@ pub enum Reply {
         /// No more objects: the device closed the search.
         exhausted: bool,
     },
+    /// `C_EncapsulateKey`'s ciphertext and the handle of the new key.
+    Encapsulated {
+        /// The ciphertext.
+        #[serde(with = "tessera_core::bytes")]
+        ciphertext: Vec<u8>,
+        /// The new secret key.
+        handle: u64,
+    },
 }
 
 /// Room the envelope, and a channel's record around it, may add to a request's own encoding
@@ -490,6 +527,8 @@ impl Call {
             | R::GenerateKey { template, .. }
             | R::UnwrapKey { template, .. }
             | R::DeriveKey { template, .. }
+            | R::EncapsulateKey { template, .. }
+            | R::DecapsulateKey { template, .. }
             | R::FindObjectsFirst { template, .. } => vec![template],
             R::GenerateKeyPair {
                 public_template,
@@ -567,6 +606,8 @@ impl Call {
             C::SeedRandom { .. } => (NO, SECRET, Uses, Heavy, DONE),
             C::AdminSetup { .. } => (NO, SECRET, Brings, Heavy, DONE),
             C::Admin { .. } => (NO, SECRET, Brings, Heavy, ADMIN),
+            C::EncapsulateKey { .. } => (NO, NO, Uses, Heavy, &[S::Number, S::Encapsulated]),
+            C::DecapsulateKey { .. } => (NO, NO, Uses, Heavy, HANDLE),
         };
         Traits {
             public,
@@ -726,6 +767,7 @@ pub enum Shape {
     Certificates,
     Channels,
     Found,
+    Encapsulated,
 }
 
 impl Reply {
@@ -753,6 +795,7 @@ impl Reply {
             Reply::Certificates(_) => Shape::Certificates,
             Reply::Channels(_) => Shape::Channels,
             Reply::Found { .. } => Shape::Found,
+            Reply::Encapsulated { .. } => Shape::Encapsulated,
         }
     }
 

@@ -16,6 +16,7 @@ use tessera_core::{ck, der, Mechanism, MechanismParameter, Rv, SecretBytes};
 
 pub(crate) mod edwards;
 mod keys;
+pub(crate) mod pq;
 // The one module with `unsafe` code: aws-lc's legacy mechanisms.
 #[allow(unsafe_code)]
 pub(crate) mod legacy;
@@ -323,6 +324,12 @@ enum Inner {
         /// Ed25519ctx or Ed25519ph (legacy module); plain Ed25519 when `None`.
         variant: Option<legacy::Ed25519Variant>,
     },
+    /// ML-DSA (FIPS 204): the message is gathered, then signed or verified whole.
+    MlDsa {
+        key: Box<dyn Key>,
+        data: Vec<u8>,
+        verify: bool,
+    },
     Oaep {
         cipher: OaepCipher,
         algorithm: &'static aws_lc_rs::rsa::OaepAlgorithm,
@@ -396,7 +403,7 @@ impl ActiveOperation {
     /// and the new input; a running hash or MAC has gathered nothing).
     pub fn is_light(&self, more: usize, limit: usize) -> bool {
         let gathered = match &self.inner {
-            Inner::Oaep { .. } | Inner::Rsa { .. } => return false,
+            Inner::Oaep { .. } | Inner::Rsa { .. } | Inner::MlDsa { .. } => return false,
             Inner::Signature {
                 key: SignKey::Rsa(..) | SignKey::RsaPublic(..) | SignKey::SmallRsa(..),
                 ..
@@ -483,6 +490,35 @@ impl ActiveOperation {
                     data: Vec::new(),
                     verify,
                     variant,
+                },
+            });
+        }
+        if m == ck::CKM_ML_DSA {
+            // CK_SIGN_ADDITIONAL_CONTEXT: hedged signing (FIPS 204's default) with an empty
+            // context is what aws-lc-rs offers; a context string or deterministic signing is
+            // refused (docs/pkcs11.md).
+            match &mechanism.parameter {
+                MechanismParameter::None => {}
+                MechanismParameter::SignContext { hedge, context }
+                    if context.is_empty() && *hedge != ck::CKH_DETERMINISTIC_REQUIRED as u64 => {}
+                _ => return Err(Rv::MechanismParamInvalid),
+            }
+            let class = if verify {
+                ck::CKO_PUBLIC_KEY
+            } else {
+                ck::CKO_PRIVATE_KEY
+            };
+            if key.class() != class as u64 || key.key_type() != ck::CKK_ML_DSA as u64 {
+                return Err(Rv::KeyTypeInconsistent);
+            }
+            if !key.flag(if verify { ck::CKA_VERIFY } else { ck::CKA_SIGN }) {
+                return Err(Rv::KeyFunctionNotPermitted);
+            }
+            return Ok(ActiveOperation {
+                inner: Inner::MlDsa {
+                    key: key.owned(),
+                    data: Vec::new(),
+                    verify,
                 },
             });
         }
@@ -877,7 +913,7 @@ impl ActiveOperation {
             }
             Inner::Signature { input, .. } => input.update(data).map(|()| None),
             Inner::Mac { mac, .. } => mac.update(data).map(|()| None),
-            Inner::Eddsa { data: buffer, .. } => {
+            Inner::Eddsa { data: buffer, .. } | Inner::MlDsa { data: buffer, .. } => {
                 if buffer.len() + data.len() > MAX_CIPHER_INPUT {
                     return Err(Rv::DataLenRange);
                 }
@@ -961,6 +997,16 @@ impl ActiveOperation {
                 label,
                 data,
             } => finish_oaep(cipher, algorithm, &label, &data),
+            Inner::MlDsa {
+                key,
+                data,
+                verify: false,
+            } => pq::sign(&*key, &data).map(Output::Bytes),
+            Inner::MlDsa {
+                key,
+                data,
+                verify: true,
+            } => pq::verify(&*key, &data, signature).map(|_| Output::Verified),
         }
     }
 }

@@ -106,6 +106,16 @@ fn ends_on_error(session: CK_SESSION_HANDLE, operation: Operation, result: CkRes
     result
 }
 
+/// The end of a `C_VerifySignature*` call: the operation ends with the call, as any failed
+/// verification's (the signature was taken when the call began).
+fn verification_ends(session: CK_SESSION_HANDLE, result: CkResult) -> CkResult {
+    let ended = ends_on_error(session, Operation::Verify, result);
+    if ended.is_err() {
+        library::set_verify_signature(session as u64, None)?;
+    }
+    ended
+}
+
 /// A multi-part update that produces output (`C_EncryptUpdate`, `C_DecryptUpdate`).
 ///
 /// # Safety
@@ -360,7 +370,8 @@ entry_points! {
         key: CK_OBJECT_HANDLE,
     ) {
         // SAFETY: pMechanism is NULL or a valid CK_MECHANISM (§5.12.1).
-        unsafe { init(session, Operation::Verify, mechanism, key) }
+        unsafe { init(session, Operation::Verify, mechanism, key) }?;
+        library::set_verify_signature(session as u64, None)
     }
 
     /// `C_Verify` (§5.12.2): `CKR_OK` only when the device says the signature is valid.
@@ -371,6 +382,7 @@ entry_points! {
         signature: *mut CK_BYTE,
         signature_len: CK_ULONG,
     ) {
+        library::verify_signature(session as u64, false, false)?;
         let result = (|| {
             // SAFETY: pData holds ulDataLen bytes (§5.12.2).
             let data = super::copied(unsafe { input(data, data_len) }?)?;
@@ -383,18 +395,70 @@ entry_points! {
 
     /// `C_VerifyUpdate` (§5.12.3).
     fn C_VerifyUpdate(session: CK_SESSION_HANDLE, part: *mut CK_BYTE, part_len: CK_ULONG) {
+        library::verify_signature(session as u64, false, false)?;
         // SAFETY: pPart holds ulPartLen bytes (§5.12.3).
         unsafe { update(session, Operation::Verify, part, part_len) }
     }
 
     /// `C_VerifyFinal` (§5.12.4): `CKR_OK` only when the device says the signature is valid.
     fn C_VerifyFinal(session: CK_SESSION_HANDLE, signature: *mut CK_BYTE, signature_len: CK_ULONG) {
+        library::verify_signature(session as u64, false, false)?;
         let result = (|| {
             // SAFETY: pSignature holds ulSignatureLen bytes (§5.12.4).
             let signature = super::copied(unsafe { bytes(signature, signature_len) }?)?;
             verified(library::final_call(session as u64, Operation::Verify, signature)?)
         })();
         ends_on_error(session, Operation::Verify, result)
+    }
+
+    /// `C_VerifySignatureInit` (PKCS#11 3.2 §5.15.1): a verification whose signature comes
+    /// first. The init is judged as `C_VerifyInit`'s; the signature waits in the library for
+    /// the call that ends the operation.
+    fn C_VerifySignatureInit(
+        session: CK_SESSION_HANDLE,
+        mechanism: *mut CK_MECHANISM,
+        key: CK_OBJECT_HANDLE,
+        signature: *mut CK_BYTE,
+        signature_len: CK_ULONG,
+    ) {
+        // SAFETY: pSignature holds ulSignatureLen bytes (§5.15.1).
+        let signature = super::copied(unsafe { bytes(signature, signature_len) }?)?;
+        // SAFETY: pMechanism is NULL or a valid CK_MECHANISM (§5.15.1).
+        unsafe { init(session, Operation::Verify, mechanism, key) }?;
+        library::set_verify_signature(session as u64, Some(signature))
+    }
+
+    /// `C_VerifySignature` (§5.15.2): `CKR_OK` only when the device says the signature given
+    /// at the init is valid for the data.
+    fn C_VerifySignature(session: CK_SESSION_HANDLE, data: *mut CK_BYTE, data_len: CK_ULONG) {
+        library::verify_signature(session as u64, true, false)?;
+        let result = (|| {
+            // SAFETY: pData holds ulDataLen bytes (§5.15.2).
+            let data = super::copied(unsafe { input(data, data_len) }?)?;
+            let signature = library::verify_signature(session as u64, true, true)?;
+            verified(library::single(session as u64, Operation::Verify, data, signature)?)
+        })();
+        verification_ends(session, result)
+    }
+
+    /// `C_VerifySignatureUpdate` (§5.15.3).
+    fn C_VerifySignatureUpdate(session: CK_SESSION_HANDLE, part: *mut CK_BYTE, part_len: CK_ULONG) {
+        library::verify_signature(session as u64, true, false)?;
+        // SAFETY: pPart holds ulPartLen bytes (§5.15.3).
+        let result = unsafe { update(session, Operation::Verify, part, part_len) };
+        if result.is_err() {
+            library::set_verify_signature(session as u64, None)?;
+        }
+        result
+    }
+
+    /// `C_VerifySignatureFinal` (§5.15.4): `CKR_OK` only when the device says the signature
+    /// given at the init is valid for the parts.
+    fn C_VerifySignatureFinal(session: CK_SESSION_HANDLE) {
+        let signature = library::verify_signature(session as u64, true, true)?;
+        let result = library::final_call(session as u64, Operation::Verify, signature)
+            .and_then(verified);
+        verification_ends(session, result)
     }
 
     /// `C_DigestEncryptUpdate` (§5.13.1): a digest update with the input, then an encryption

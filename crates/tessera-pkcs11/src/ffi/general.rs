@@ -68,10 +68,10 @@ fn map_fork_marker() {
     });
 }
 
-/// `CK_INFO` of this library.
-pub(crate) fn library_info() -> CK_INFO {
+/// `CK_INFO` of this library, as a table of `version` reports it.
+pub(crate) fn library_info(version: CK_VERSION) -> CK_INFO {
     CK_INFO {
-        cryptokiVersion: CK_VERSION { major: 3, minor: 0 },
+        cryptokiVersion: version,
         manufacturerID: padded("Tessera"),
         flags: 0,
         libraryDescription: padded("Tessera PKCS#11"),
@@ -113,10 +113,52 @@ entry_points! {
     fn C_GetInfo(info: *mut CK_INFO) {
         // SAFETY: pInfo is NULL or points to a CK_INFO to fill (§5.4.3).
         let info = unsafe { Place::new(info) }?;
-        info.set(library_info());
+        info.set(library_info(CK_VERSION { major: 3, minor: 0 }));
         Ok(())
     }
 
+}
+
+/// `C_GetInfo` of the version 2.40 table (`C_GetFunctionList`): reports 2.40. Not exported:
+/// the exported `C_GetInfo` is the 3.0 table's, as it always was.
+///
+/// # Safety
+///
+/// As for [`C_GetInfo`].
+pub(crate) unsafe extern "C" fn get_info_2_40(info: *mut CK_INFO) -> cryptoki_sys::CK_RV {
+    // SAFETY: forwarded contract.
+    unsafe {
+        info_of_version(
+            info,
+            CK_VERSION {
+                major: 2,
+                minor: 40,
+            },
+        )
+    }
+}
+
+/// `C_GetInfo` of the version 3.2 table: reports 3.2.
+///
+/// # Safety
+///
+/// As for [`C_GetInfo`].
+pub(crate) unsafe extern "C" fn get_info_3_2(info: *mut CK_INFO) -> cryptoki_sys::CK_RV {
+    // SAFETY: forwarded contract.
+    unsafe { info_of_version(info, CK_VERSION { major: 3, minor: 2 }) }
+}
+
+/// # Safety
+///
+/// `info` is NULL or points to a `CK_INFO` to fill (§5.4.3).
+unsafe fn info_of_version(info: *mut CK_INFO, version: CK_VERSION) -> cryptoki_sys::CK_RV {
+    super::run("C_GetInfo", || {
+        library::ensure_initialized()?;
+        // SAFETY: forwarded contract.
+        let info = unsafe { Place::new(info) }?;
+        info.set(library_info(version));
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -142,7 +184,7 @@ mod tests {
 
     #[test]
     fn library_info_is_padded_and_versioned() {
-        let info = library_info();
+        let info = library_info(CK_VERSION { major: 3, minor: 0 });
         assert_eq!(
             (info.cryptokiVersion.major, info.cryptokiVersion.minor),
             (3, 0)

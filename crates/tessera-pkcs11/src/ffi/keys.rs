@@ -164,4 +164,76 @@ entry_points! {
         }
         Ok(())
     }
+
+    /// `C_EncapsulateKey` (PKCS#11 3.2 §5.18.8): the ciphertext follows the two-call
+    /// convention; the new key is made only when the ciphertext is delivered, so a length
+    /// query (which may pass a NULL `phKey`) or a buffer too small makes nothing.
+    fn C_EncapsulateKey(
+        session: CK_SESSION_HANDLE,
+        mechanism_pointer: *mut CK_MECHANISM,
+        public_key: CK_OBJECT_HANDLE,
+        attributes: *mut CK_ATTRIBUTE,
+        count: CK_ULONG,
+        ciphertext: *mut CK_BYTE,
+        ciphertext_len: *mut CK_ULONG,
+        key: *mut CK_OBJECT_HANDLE,
+    ) {
+        // SAFETY: pCiphertext is NULL or holds *pulCiphertextLen bytes; pulCiphertextLen is
+        // NULL or points to a CK_ULONG (§5.18.8).
+        let output = unsafe { Output::new(ciphertext, ciphertext_len) }?;
+        let room = output.capacity()?;
+        // SAFETY: phKey is NULL or points to a handle to fill (§5.18.8).
+        let place = room.map(|_| unsafe { Place::new(key) }).transpose()?;
+        // SAFETY: pMechanism is NULL or a valid CK_MECHANISM (§5.18.8).
+        let mechanism = unsafe { mechanism(mechanism_pointer) }?;
+        // SAFETY: pTemplate is NULL or holds ulAttributeCount attributes (§5.18.8).
+        let template = unsafe { template(attributes, count) }?;
+        let request = |session| Call::EncapsulateKey {
+            session,
+            mechanism,
+            public_key: public_key as u64,
+            template,
+            room: room.map(|n| n as u64),
+        };
+        match (library::session_call(session as u64, request)?, place) {
+            (Reply::Number(needed), _) => output.has_room(needed as usize).map(drop),
+            (Reply::Encapsulated { ciphertext, handle }, Some(place)) => {
+                output.deliver(&ciphertext)?;
+                place.set(handle as CK_OBJECT_HANDLE);
+                Ok(())
+            }
+            (reply, _) => Err(unexpected(&reply)),
+        }
+    }
+
+    /// `C_DecapsulateKey` (PKCS#11 3.2 §5.18.9).
+    fn C_DecapsulateKey(
+        session: CK_SESSION_HANDLE,
+        mechanism_pointer: *mut CK_MECHANISM,
+        private_key: CK_OBJECT_HANDLE,
+        attributes: *mut CK_ATTRIBUTE,
+        count: CK_ULONG,
+        ciphertext: *mut CK_BYTE,
+        ciphertext_len: CK_ULONG,
+        key: *mut CK_OBJECT_HANDLE,
+    ) {
+        // SAFETY: phKey is NULL or points to a handle to fill (§5.18.9).
+        let place = unsafe { Place::new(key) }?;
+        // SAFETY: pMechanism is NULL or a valid CK_MECHANISM (§5.18.9).
+        let mechanism = unsafe { mechanism(mechanism_pointer) }?;
+        // SAFETY: pCiphertext holds ulCiphertextLen bytes (§5.18.9).
+        let ciphertext = super::copied(unsafe { bytes(ciphertext, ciphertext_len) }?)?;
+        // SAFETY: pTemplate is NULL or holds ulAttributeCount attributes (§5.18.9).
+        let template = unsafe { template(attributes, count) }?;
+        let request = |session| Call::DecapsulateKey {
+            session,
+            mechanism,
+            private_key: private_key as u64,
+            template,
+            ciphertext,
+        };
+        let handle = into_handle(library::session_call(session as u64, request)?)?;
+        place.set(handle as CK_OBJECT_HANDLE);
+        Ok(())
+    }
 }

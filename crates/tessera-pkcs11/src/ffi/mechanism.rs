@@ -103,6 +103,7 @@ unsafe fn decode(mechanism: &CK_MECHANISM) -> CkResult<MechanismParameter> {
         ck::CKM_ECDH1_DERIVE | ck::CKM_ECDH1_COFACTOR_DERIVE => ecdh,
         ck::CKM_HKDF_DERIVE | ck::CKM_HKDF_DATA => hkdf,
         ck::CKM_EDDSA => eddsa,
+        ck::CKM_ML_DSA => sign_context,
         ck::CKM_AES_ECB_ENCRYPT_DATA => ecb_encrypt_data,
         ck::CKM_CONCATENATE_BASE_AND_DATA
         | ck::CKM_CONCATENATE_DATA_AND_BASE
@@ -364,6 +365,21 @@ unsafe fn eddsa(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismPara
         prehash: eddsa.phFlag != CK_FALSE,
         // SAFETY: forwarded contract.
         context: unsafe { embedded(eddsa.pContextData, eddsa.ulContextDataLen) }?,
+    })
+}
+
+/// `CK_SIGN_ADDITIONAL_CONTEXT` (PKCS#11 3.2, `CKM_ML_DSA`).
+///
+/// # Safety
+///
+/// As for [`eddsa`].
+unsafe fn sign_context(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismParameter> {
+    // SAFETY: forwarded contract.
+    let given: ck::CK_SIGN_ADDITIONAL_CONTEXT = unsafe { structure(pointer, len) }?;
+    Ok(MechanismParameter::SignContext {
+        hedge: given.hedgeVariant as u64,
+        // SAFETY: forwarded contract.
+        context: unsafe { embedded(given.pContext, given.ulContextLen) }?,
     })
 }
 

@@ -4,12 +4,12 @@
 use std::ffi::{c_char, c_void, CStr};
 
 use cryptoki_sys::{
-    CK_CHAR, CK_FLAGS, CK_FUNCTION_LIST, CK_FUNCTION_LIST_3_0, CK_INTERFACE, CK_ULONG, CK_UTF8CHAR,
-    CK_VERSION,
+    CK_CHAR, CK_FLAGS, CK_FUNCTION_LIST, CK_FUNCTION_LIST_3_0, CK_FUNCTION_LIST_3_2, CK_INTERFACE,
+    CK_ULONG, CK_UTF8CHAR, CK_VERSION,
 };
 
 use super::crypto::*;
-use super::general::{C_Finalize, C_GetInfo, C_Initialize};
+use super::general::{get_info_2_40, get_info_3_2, C_Finalize, C_GetInfo, C_Initialize};
 use super::keys::*;
 use super::messages::*;
 use super::objects::*;
@@ -20,25 +20,42 @@ use super::{arguments_bad, read, Output, Place};
 use crate::CkResult;
 
 macro_rules! function_tables {
-    (version_2_40: [$($base:ident),* $(,)?], added_in_3_0: [$($added:ident),* $(,)?] $(,)?) => {
+    (
+        version_2_40: [$($base:ident),* $(,)?],
+        added_in_3_0: [$($added:ident),* $(,)?],
+        added_in_3_2: [$($newest:ident),* $(,)?] $(,)?
+    ) => {
         /// The version 2.40 function list (`C_GetFunctionList`).
         pub static FUNCTION_LIST: CK_FUNCTION_LIST = CK_FUNCTION_LIST {
             version: CK_VERSION { major: 2, minor: 40 },
+            C_GetInfo: Some(get_info_2_40),
             $($base: Some($base),)*
         };
 
         /// The version 3.0 function list (`C_GetInterface`).
         pub static FUNCTION_LIST_3_0: CK_FUNCTION_LIST_3_0 = CK_FUNCTION_LIST_3_0 {
             version: CK_VERSION { major: 3, minor: 0 },
+            C_GetInfo: Some(C_GetInfo),
             $($base: Some($base),)*
             $($added: Some($added),)*
+        };
+
+        /// The version 3.2 function list (`C_GetInterface`): the 3.0 functions, then those
+        /// PKCS#11 3.2 adds.
+        pub static FUNCTION_LIST_3_2: CK_FUNCTION_LIST_3_2 = CK_FUNCTION_LIST_3_2 {
+            version: CK_VERSION { major: 3, minor: 2 },
+            C_GetInfo: Some(get_info_3_2),
+            $($base: Some($base),)*
+            $($added: Some($added),)*
+            $($newest: Some($newest),)*
         };
     };
 }
 
+// `C_GetInfo` is in each table apart: each reports the version of its own table.
 function_tables! {
     version_2_40: [
-        C_Initialize, C_Finalize, C_GetInfo, C_GetFunctionList, C_GetSlotList, C_GetSlotInfo,
+        C_Initialize, C_Finalize, C_GetFunctionList, C_GetSlotList, C_GetSlotInfo,
         C_GetTokenInfo, C_GetMechanismList, C_GetMechanismInfo, C_InitToken, C_InitPIN,
         C_SetPIN, C_OpenSession, C_CloseSession, C_CloseAllSessions, C_GetSessionInfo,
         C_GetOperationState, C_SetOperationState, C_Login, C_Logout, C_CreateObject,
@@ -61,6 +78,12 @@ function_tables! {
         C_SignMessageBegin, C_SignMessageNext, C_MessageSignFinal, C_MessageVerifyInit,
         C_VerifyMessage, C_VerifyMessageBegin, C_VerifyMessageNext, C_MessageVerifyFinal,
     ],
+    added_in_3_2: [
+        C_EncapsulateKey, C_DecapsulateKey, C_VerifySignatureInit, C_VerifySignature,
+        C_VerifySignatureUpdate, C_VerifySignatureFinal, C_GetSessionValidationFlags,
+        C_AsyncComplete, C_AsyncGetID, C_AsyncJoin, C_WrapKeyAuthenticated,
+        C_UnwrapKeyAuthenticated,
+    ],
 }
 
 /// A `CK_INTERFACE` that may live in a static.
@@ -73,6 +96,13 @@ unsafe impl Sync for Interface {}
 
 /// "PKCS 11", NUL-terminated.
 static NAME: [CK_CHAR; 8] = *b"PKCS 11\0";
+
+/// The "PKCS 11" interface, version 3.2.
+pub static INTERFACE_3_2: Interface = Interface(CK_INTERFACE {
+    pInterfaceName: NAME.as_ptr() as *mut CK_CHAR,
+    pFunctionList: &FUNCTION_LIST_3_2 as *const CK_FUNCTION_LIST_3_2 as *mut c_void,
+    flags: 0,
+});
 
 /// The "PKCS 11" interface, version 3.0.
 pub static INTERFACE_3_0: Interface = Interface(CK_INTERFACE {
@@ -89,7 +119,7 @@ pub static INTERFACE_2_40: Interface = Interface(CK_INTERFACE {
 });
 
 /// The interfaces of `C_GetInterfaceList`, newest first.
-pub static INTERFACES: [&Interface; 2] = [&INTERFACE_3_0, &INTERFACE_2_40];
+pub static INTERFACES: [&Interface; 3] = [&INTERFACE_3_2, &INTERFACE_3_0, &INTERFACE_2_40];
 
 /// The interface name of PKCS#11 (without its terminating NUL).
 pub const INTERFACE_NAME: &[u8] = b"PKCS 11";
@@ -104,7 +134,8 @@ pub(crate) fn choose_interface(
         return arguments_bad();
     }
     match version {
-        None | Some((3, 0)) => Ok(&INTERFACE_3_0.0),
+        None | Some((3, 2)) => Ok(&INTERFACE_3_2.0),
+        Some((3, 0)) => Ok(&INTERFACE_3_0.0),
         Some((2, 40)) => Ok(&INTERFACE_2_40.0),
         Some(_) => arguments_bad(),
     }
@@ -169,8 +200,13 @@ mod tests {
     fn interfaces_by_version() {
         let newest = choose_interface(None, 0).unwrap();
         assert_eq!(
-            newest.pFunctionList as *const CK_FUNCTION_LIST_3_0,
-            &super::super::tables::FUNCTION_LIST_3_0 as *const CK_FUNCTION_LIST_3_0
+            newest.pFunctionList as *const CK_FUNCTION_LIST_3_2,
+            &FUNCTION_LIST_3_2 as *const CK_FUNCTION_LIST_3_2
+        );
+        let three = choose_interface(Some((3, 0)), 0).unwrap();
+        assert_eq!(
+            three.pFunctionList as *const CK_FUNCTION_LIST_3_0,
+            &FUNCTION_LIST_3_0 as *const CK_FUNCTION_LIST_3_0
         );
         let old = choose_interface(Some((2, 40)), 0).unwrap();
         assert_eq!(
@@ -197,7 +233,7 @@ mod tests {
         let mut count: CK_ULONG = 0;
         // SAFETY: NULL list (a count query) and a valid count.
         let rv = unsafe { C_GetInterfaceList(std::ptr::null_mut(), &mut count) };
-        assert_eq!((rv, count), (0, 2));
+        assert_eq!((rv, count), (0, 3));
         let mut one = [CK_INTERFACE {
             pInterfaceName: std::ptr::null_mut(),
             pFunctionList: std::ptr::null_mut(),
@@ -218,6 +254,20 @@ mod tests {
         let table = unsafe { &*((*interface).pFunctionList as *const CK_FUNCTION_LIST_3_0) };
         assert_eq!((table.version.major, table.version.minor), (3, 0));
         assert!(table.C_MessageVerifyFinal.is_some());
+        // The 3.2 table begins as the 3.0 one (an application that reads it as 3.0 works), and
+        // goes on with the functions 3.2 adds.
+        version.minor = 2;
+        // SAFETY: valid name, version and place.
+        let rv = unsafe { C_GetInterface(name.as_mut_ptr(), &mut version, &mut interface, 0) };
+        assert_eq!(rv, 0);
+        // SAFETY: the library returned a pointer to its static interface.
+        let newest = unsafe { &*((*interface).pFunctionList as *const CK_FUNCTION_LIST_3_2) };
+        assert_eq!((newest.version.major, newest.version.minor), (3, 2));
+        assert!(newest.C_EncapsulateKey.is_some() && newest.C_UnwrapKeyAuthenticated.is_some());
+        assert_eq!(
+            std::mem::offset_of!(CK_FUNCTION_LIST_3_2, C_MessageVerifyFinal),
+            std::mem::offset_of!(CK_FUNCTION_LIST_3_0, C_MessageVerifyFinal)
+        );
         let mut other = *b"Vendor\0";
         // SAFETY: as above.
         let rv = unsafe { C_GetInterface(other.as_mut_ptr(), &mut version, &mut interface, 0) };

@@ -9,6 +9,12 @@
 //! - `C_EncryptMessageBegin`, `C_EncryptMessageNext`, and the same for decryption, signatures
 //!   and verification: messages are processed whole ([`super::messages`]).
 //!
+//! - `C_GetSessionValidationFlags` (3.2): Tessera claims no validation of its operations.
+//! - `C_AsyncComplete`, `C_AsyncGetID`, `C_AsyncJoin` (3.2): every call completes before it
+//!   returns.
+//! - `C_WrapKeyAuthenticated`, `C_UnwrapKeyAuthenticated` (3.2): key wrapping with associated
+//!   data is not offered; `C_WrapKey` / `C_UnwrapKey` with `CKM_AES_KEY_WRAP_KWP` or GCM are.
+//!
 //! `C_GetFunctionStatus` and `C_CancelFunction` are legacy functions that every library answers
 //! with `CKR_FUNCTION_NOT_PARALLEL` (§5.17).
 
@@ -193,6 +199,74 @@ entry_points! {
         _data_len: CK_ULONG,
         _signature: *mut CK_BYTE,
         _signature_len: CK_ULONG,
+    ) {
+        not_supported()
+    }
+
+    /// `C_GetSessionValidationFlags` (3.2 §5.6.7): not supported.
+    fn C_GetSessionValidationFlags(
+        _session: CK_SESSION_HANDLE,
+        _kind: cryptoki_sys::CK_SESSION_VALIDATION_FLAGS_TYPE,
+        _flags: *mut CK_FLAGS,
+    ) {
+        not_supported()
+    }
+
+    /// `C_AsyncComplete` (3.2 §5.20.1): not supported.
+    fn C_AsyncComplete(
+        _session: CK_SESSION_HANDLE,
+        _function: *mut cryptoki_sys::CK_UTF8CHAR,
+        _result: *mut cryptoki_sys::CK_ASYNC_DATA,
+    ) {
+        not_supported()
+    }
+
+    /// `C_AsyncGetID` (3.2 §5.20.2): not supported.
+    fn C_AsyncGetID(
+        _session: CK_SESSION_HANDLE,
+        _function: *mut cryptoki_sys::CK_UTF8CHAR,
+        _id: *mut CK_ULONG,
+    ) {
+        not_supported()
+    }
+
+    /// `C_AsyncJoin` (3.2 §5.20.3): not supported.
+    fn C_AsyncJoin(
+        _session: CK_SESSION_HANDLE,
+        _function: *mut cryptoki_sys::CK_UTF8CHAR,
+        _id: CK_ULONG,
+        _data: *mut CK_BYTE,
+        _data_len: CK_ULONG,
+    ) {
+        not_supported()
+    }
+
+    /// `C_WrapKeyAuthenticated` (3.2 §5.18.6): not supported.
+    fn C_WrapKeyAuthenticated(
+        _session: CK_SESSION_HANDLE,
+        _mechanism: *mut CK_MECHANISM,
+        _wrapping_key: CK_OBJECT_HANDLE,
+        _key: CK_OBJECT_HANDLE,
+        _associated_data: *mut CK_BYTE,
+        _associated_data_len: CK_ULONG,
+        _wrapped: *mut CK_BYTE,
+        _wrapped_len: *mut CK_ULONG,
+    ) {
+        not_supported()
+    }
+
+    /// `C_UnwrapKeyAuthenticated` (3.2 §5.18.7): not supported.
+    fn C_UnwrapKeyAuthenticated(
+        _session: CK_SESSION_HANDLE,
+        _mechanism: *mut CK_MECHANISM,
+        _unwrapping_key: CK_OBJECT_HANDLE,
+        _wrapped: *mut CK_BYTE,
+        _wrapped_len: CK_ULONG,
+        _template: *mut cryptoki_sys::CK_ATTRIBUTE,
+        _count: CK_ULONG,
+        _associated_data: *mut CK_BYTE,
+        _associated_data_len: CK_ULONG,
+        _key: *mut CK_OBJECT_HANDLE,
     ) {
         not_supported()
     }

@@ -1,0 +1,292 @@
+//! PKCS#11 3.2's post-quantum mechanisms through the real library, as an application uses
+//! them: ML-KEM (FIPS 203) key pairs, `C_EncapsulateKey` / `C_DecapsulateKey`, and ML-DSA
+//! (FIPS 204) signatures, single- and multi-part and through `C_VerifySignature*`. Each result
+//! is checked against aws-lc-rs called in-process on the key material the token exports (the
+//! public keys), and the attacks are made: a forged ciphertext, a tampered signature, a key of
+//! the wrong kind.
+
+mod common;
+
+use aws_lc_rs::kem::{EncapsulationKey, ML_KEM_1024, ML_KEM_512, ML_KEM_768};
+use aws_lc_rs::signature::{UnparsedPublicKey, ML_DSA_44, ML_DSA_65, ML_DSA_87};
+use cryptoki::error::{Error, RvError};
+use cryptoki::mechanism::dsa::{HedgeType, SignAdditionalContext};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{
+    Attribute, AttributeType, KeyType, MlDsaParameterSetType, MlKemParameterSetType, ObjectClass,
+    ObjectHandle,
+};
+use cryptoki::session::Session;
+use tessera_testkit::Transport;
+
+fn rv<T: std::fmt::Debug>(result: Result<T, Error>) -> RvError {
+    match result {
+        Err(Error::Pkcs11(rv, _)) => rv,
+        other => panic!("expected a PKCS#11 error, got {other:?}"),
+    }
+}
+
+fn value(session: &Session, key: ObjectHandle) -> Vec<u8> {
+    match &session
+        .get_attributes(key, &[AttributeType::Value])
+        .unwrap()[..]
+    {
+        [Attribute::Value(value)] => value.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn secret_keys(session: &Session) -> usize {
+    session
+        .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
+        .unwrap()
+        .len()
+}
+
+/// A readable generic secret: what the shared secret becomes, so that both ends compare it.
+fn readable() -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::Token(false),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+    ]
+}
+
+#[test]
+fn ml_kem_encapsulates_and_decapsulates_one_secret() {
+    let f = common::fixture(Transport::Unix);
+    let session = f.user_session();
+    let sets = [
+        (MlKemParameterSetType::ML_KEM_512, &ML_KEM_512, 768),
+        (MlKemParameterSetType::ML_KEM_768, &ML_KEM_768, 1088),
+        (MlKemParameterSetType::ML_KEM_1024, &ML_KEM_1024, 1568),
+    ];
+    for (set, algorithm, ciphertext_len) in sets {
+        let (public, private) = session
+            .generate_key_pair(
+                &Mechanism::MlKemKeyPairGen,
+                &[Attribute::Token(false), Attribute::ParameterSet(set.into())],
+                &[Attribute::Token(false)],
+            )
+            .unwrap();
+        // cryptoki asks the ciphertext's length first: that query makes no key.
+        let before = secret_keys(&session);
+        let (ciphertext, ours) = session
+            .encapsulate_key(&Mechanism::MlKem, public, &readable())
+            .unwrap();
+        assert_eq!(secret_keys(&session), before + 1, "one key, not two");
+        assert_eq!(ciphertext.len(), ciphertext_len);
+        let theirs = session
+            .decapsulate_key(&Mechanism::MlKem, private, &readable(), &ciphertext)
+            .unwrap();
+        let secret = value(&session, ours);
+        assert_eq!(secret.len(), 32);
+        assert_eq!(value(&session, theirs), secret);
+
+        // A second implementation's encapsulation, to the public key the token exports, gives
+        // the token the same secret (aws-lc-rs in-process, FIPS 203's encoding).
+        let exported = value(&session, public);
+        let outside = EncapsulationKey::new(algorithm, &exported).unwrap();
+        let (their_ciphertext, their_secret) = outside.encapsulate().unwrap();
+        let got = session
+            .decapsulate_key(
+                &Mechanism::MlKem,
+                private,
+                &readable(),
+                their_ciphertext.as_ref(),
+            )
+            .unwrap();
+        assert_eq!(value(&session, got), their_secret.as_ref());
+
+        // A forged ciphertext of the right length decapsulates to an unrelated secret
+        // (implicit rejection): nothing tells the forger whether it was valid.
+        let mut forged = ciphertext.clone();
+        forged[7] ^= 1;
+        let rejected = session
+            .decapsulate_key(&Mechanism::MlKem, private, &readable(), &forged)
+            .unwrap();
+        assert_ne!(value(&session, rejected), secret);
+        // One of the wrong length is refused, and makes no key.
+        let before = secret_keys(&session);
+        assert_eq!(
+            rv(session.decapsulate_key(&Mechanism::MlKem, private, &readable(), &ciphertext[1..])),
+            RvError::EncryptedDataLenRange
+        );
+        assert_eq!(secret_keys(&session), before);
+    }
+}
+
+#[test]
+fn ml_kem_secrets_obey_their_template_and_keys_their_kind() {
+    let f = common::fixture(Transport::Unix);
+    let session = f.user_session();
+    let (public, private) = session
+        .generate_key_pair(
+            &Mechanism::MlKemKeyPairGen,
+            &[
+                Attribute::Token(false),
+                Attribute::ParameterSet(MlKemParameterSetType::ML_KEM_768.into()),
+            ],
+            &[Attribute::Token(false)],
+        )
+        .unwrap();
+    // A sensitive AES-128 key: its first 16 bytes, never readable.
+    let aes = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(16.into()),
+        Attribute::Sensitive(true),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+        Attribute::Token(false),
+    ];
+    let (ciphertext, ours) = session
+        .encapsulate_key(&Mechanism::MlKem, public, &aes)
+        .unwrap();
+    let theirs = session
+        .decapsulate_key(&Mechanism::MlKem, private, &aes, &ciphertext)
+        .unwrap();
+    // Sensitive: its value is never returned (cryptoki leaves such attributes out).
+    assert!(session
+        .get_attributes(ours, &[AttributeType::Value])
+        .unwrap()
+        .is_empty());
+    let data = [0x42u8; 32];
+    let sealed = session.encrypt(&Mechanism::AesEcb, ours, &data).unwrap();
+    assert_eq!(
+        session
+            .decrypt(&Mechanism::AesEcb, theirs, &sealed)
+            .unwrap(),
+        data
+    );
+    // The private key does not encapsulate, the public one does not decapsulate, and neither
+    // signs.
+    assert_eq!(
+        rv(session.encapsulate_key(&Mechanism::MlKem, private, &readable())),
+        RvError::KeyTypeInconsistent
+    );
+    assert_eq!(
+        rv(session.decapsulate_key(&Mechanism::MlKem, public, &readable(), &ciphertext)),
+        RvError::KeyTypeInconsistent
+    );
+    let hedged = Mechanism::MlDsa(SignAdditionalContext::new(HedgeType::Preferred, None));
+    assert!(session.sign(&hedged, private, b"data").is_err());
+    // The usage flags rule: a public key made without CKA_ENCAPSULATE does not encapsulate.
+    let (barred, _) = session
+        .generate_key_pair(
+            &Mechanism::MlKemKeyPairGen,
+            &[
+                Attribute::Token(false),
+                Attribute::ParameterSet(MlKemParameterSetType::ML_KEM_768.into()),
+                Attribute::Encapsulate(false),
+            ],
+            &[Attribute::Token(false)],
+        )
+        .unwrap();
+    assert_eq!(
+        rv(session.encapsulate_key(&Mechanism::MlKem, barred, &readable())),
+        RvError::KeyFunctionNotPermitted
+    );
+}
+
+#[test]
+fn ml_dsa_signs_single_and_multi_part_and_refuses_tampering() {
+    let f = common::fixture(Transport::Unix);
+    let session = f.user_session();
+    let sets = [
+        (MlDsaParameterSetType::ML_DSA_44, &ML_DSA_44),
+        (MlDsaParameterSetType::ML_DSA_65, &ML_DSA_65),
+        (MlDsaParameterSetType::ML_DSA_87, &ML_DSA_87),
+    ];
+    let message: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+    for (set, algorithm) in sets {
+        let (public, private) = session
+            .generate_key_pair(
+                &Mechanism::MlDsaKeyPairGen,
+                &[Attribute::Token(false), Attribute::ParameterSet(set.into())],
+                &[Attribute::Token(false)],
+            )
+            .unwrap();
+        for mechanism in [
+            Mechanism::MlDsa(SignAdditionalContext::new(HedgeType::Preferred, None)),
+            Mechanism::MlDsa(SignAdditionalContext::new(HedgeType::Required, None)),
+        ] {
+            let single = session.sign(&mechanism, private, &message).unwrap();
+            session.sign_init(&mechanism, private).unwrap();
+            for part in message.chunks(1000) {
+                session.sign_update(part).unwrap();
+            }
+            let parts = session.sign_final().unwrap();
+            // Hedged: two signatures of one message differ; both verify, here and outside.
+            assert_ne!(single, parts);
+            let exported = value(&session, public);
+            for signature in [&single, &parts] {
+                session
+                    .verify(&mechanism, public, &message, signature)
+                    .unwrap();
+                UnparsedPublicKey::new(algorithm, &exported)
+                    .verify(&message, signature)
+                    .unwrap();
+                session
+                    .verify_signature_init(&mechanism, public, signature)
+                    .unwrap();
+                session.verify_signature(&message).unwrap();
+            }
+            // A tampered signature or message is refused, in each API.
+            let mut tampered = single.clone();
+            tampered[100] ^= 0x40;
+            assert_eq!(
+                rv(session.verify(&mechanism, public, &message, &tampered)),
+                RvError::SignatureInvalid
+            );
+            session
+                .verify_signature_init(&mechanism, public, &single)
+                .unwrap();
+            session.verify_signature_update(&message[..10]).unwrap();
+            assert_eq!(
+                rv(session.verify_signature_final()),
+                RvError::SignatureInvalid
+            );
+            assert_eq!(
+                rv(session.verify(&mechanism, public, &single[1..], &single)),
+                RvError::SignatureInvalid
+            );
+            assert_eq!(
+                rv(session.verify(&mechanism, public, &message, &single[1..])),
+                RvError::SignatureLenRange
+            );
+        }
+        // What aws-lc cannot do is refused, never done another way: deterministic signing and
+        // context strings (docs/pkcs11.md).
+        let deterministic = Mechanism::MlDsa(SignAdditionalContext::new(
+            HedgeType::DeterministicRequired,
+            None,
+        ));
+        assert_eq!(
+            rv(session.sign(&deterministic, private, &message)),
+            RvError::MechanismParamInvalid
+        );
+        let context = Mechanism::MlDsa(SignAdditionalContext::new(
+            HedgeType::Preferred,
+            Some(b"context"),
+        ));
+        assert_eq!(
+            rv(session.sign(&context, private, &message)),
+            RvError::MechanismParamInvalid
+        );
+    }
+}
+
+#[test]
+fn the_library_offers_the_3_2_interface_and_reports_its_version() {
+    let f = common::fixture(Transport::Unix);
+    // cryptoki loads the newest interface it knows, 3.2.
+    let info = f.pkcs11.get_library_info().unwrap();
+    let version = info.cryptoki_version();
+    assert_eq!((version.major(), version.minor()), (3, 2));
+    assert!(f
+        .pkcs11
+        .is_fn_supported(cryptoki::context::Function::EncapsulateKey));
+}
