@@ -18,13 +18,7 @@ const KNOWN: &[(&str, &str)] = &[
         "expects a public key to have no CKA_ALLOWED_MECHANISMS (unless the module is SoftHSM2); \
          PKCS#11 3.0 §4.7 lists it among the common key attributes, which Tessera gives (empty)",
     ),
-    // PKCS#11 3.2 (the suite's ml_dsa.rs): aws-lc offers hedged ML-DSA with an empty
-    // context, no deterministic signing and no pre-hash (HashML-DSA); docs/pkcs11.md.
-    (
-        "ml_dsa",
-        "signs with CKH_DETERMINISTIC_REQUIRED and a context string: aws-lc signs hedged, \
-         with an empty context only (CKR_MECHANISM_PARAM_INVALID, as §6.67 allows)",
-    ),
+    // PKCS#11 3.2 (the suite's ml_dsa.rs): aws-lc has no pre-hash ML-DSA; docs/pkcs11.md.
     (
         "ml_dsa_hash",
         "CKM_HASH_ML_DSA: aws-lc offers no pre-hash ML-DSA",

@@ -258,22 +258,40 @@ fn ml_dsa_signs_single_and_multi_part_and_refuses_tampering() {
                 RvError::SignatureLenRange
             );
         }
-        // What aws-lc cannot do is refused, never done another way: deterministic signing and
-        // context strings (docs/pkcs11.md).
+        // CK_SIGN_ADDITIONAL_CONTEXT's other choices: deterministic signing repeats itself,
+        // and a context binds a signature to it (FIPS 204's external ML-DSA).
         let deterministic = Mechanism::MlDsa(SignAdditionalContext::new(
             HedgeType::DeterministicRequired,
-            None,
-        ));
-        assert_eq!(
-            rv(session.sign(&deterministic, private, &message)),
-            RvError::MechanismParamInvalid
-        );
-        let context = Mechanism::MlDsa(SignAdditionalContext::new(
-            HedgeType::Preferred,
             Some(b"context"),
         ));
+        let once = session.sign(&deterministic, private, &message).unwrap();
+        let again = session.sign(&deterministic, private, &message).unwrap();
+        assert_eq!(once, again);
+        session
+            .verify(&deterministic, public, &message, &once)
+            .unwrap();
+        let plain = Mechanism::MlDsa(SignAdditionalContext::new(HedgeType::Preferred, None));
+        let other = Mechanism::MlDsa(SignAdditionalContext::new(
+            HedgeType::Preferred,
+            Some(b"other"),
+        ));
+        for wrong in [&plain, &other] {
+            assert_eq!(
+                rv(session.verify(wrong, public, &message, &once)),
+                RvError::SignatureInvalid
+            );
+        }
+        let exported = value(&session, public);
+        assert!(UnparsedPublicKey::new(algorithm, &exported)
+            .verify(&message, &once)
+            .is_err());
+        let too_long = [0u8; 256];
+        let refused = Mechanism::MlDsa(SignAdditionalContext::new(
+            HedgeType::Preferred,
+            Some(&too_long),
+        ));
         assert_eq!(
-            rv(session.sign(&context, private, &message)),
+            rv(session.sign(&refused, private, &message)),
             RvError::MechanismParamInvalid
         );
     }

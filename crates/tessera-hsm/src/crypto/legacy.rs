@@ -1,7 +1,9 @@
 //! The legacy mechanisms that aws-lc-rs does not expose, from aws-lc itself (`aws-lc-sys`, the
 //! library aws-lc-rs is built on): MD5 and HMAC-MD5, two- and three-key triple DES (ECB, CBC,
 //! CBC with PKCS #7 padding, CMAC), AES-GCM with IVs of any length, and raw RSA (the private
-//! operation blinded, as aws-lc does). Real deployments (payments, older PKI) and the PKCS#11
+//! operation blinded, as aws-lc does); and, not legacy but not in aws-lc-rs either, ML-DSA
+//! with a context string or deterministic signing ([`MlDsaVariant`], approved, so offered
+//! under every flag). Real deployments (payments, older PKI) and the PKCS#11
 //! conformance suites still need them; under the `a` flag (FIPS Algorithms Only) none of them
 //! is offered (`mechanisms::NOT_APPROVED`).
 //!
@@ -871,6 +873,169 @@ impl Drop for RawRsa {
     }
 }
 
+/// aws-lc's ML-DSA functions that take FIPS 204's inputs directly: the message prefix (the
+/// context string's encoding) and the 32-byte `rnd` that makes signing hedged (random) or
+/// deterministic (zero). aws-lc exports them (`OPENSSL_EXPORT` in its `ml_dsa.h`) but
+/// `aws-lc-sys` generates no bindings for that header, so they are declared here under their
+/// prefixed names: an `aws-lc-sys` of another version fails to link, never calls a stranger.
+mod ml_dsa_ffi {
+    use std::os::raw::c_int;
+
+    macro_rules! ml_dsa_functions {
+        ($($sign:ident, $sign_name:literal, $verify:ident, $verify_name:literal;)*) => {
+            extern "C" {
+                $(
+                    #[link_name = $sign_name]
+                    pub(super) fn $sign(
+                        private_key: *const u8,
+                        sig: *mut u8,
+                        sig_len: *mut usize,
+                        message: *const u8,
+                        message_len: usize,
+                        pre: *const u8,
+                        pre_len: usize,
+                        rnd: *const u8,
+                    ) -> c_int;
+                    #[link_name = $verify_name]
+                    pub(super) fn $verify(
+                        public_key: *const u8,
+                        sig: *const u8,
+                        sig_len: usize,
+                        message: *const u8,
+                        message_len: usize,
+                        pre: *const u8,
+                        pre_len: usize,
+                    ) -> c_int;
+                )*
+            }
+        };
+    }
+
+    ml_dsa_functions! {
+        sign_44, "aws_lc_0_47_0_ml_dsa_44_sign_internal",
+        verify_44, "aws_lc_0_47_0_ml_dsa_44_verify_internal";
+        sign_65, "aws_lc_0_47_0_ml_dsa_65_sign_internal",
+        verify_65, "aws_lc_0_47_0_ml_dsa_65_verify_internal";
+        sign_87, "aws_lc_0_47_0_ml_dsa_87_sign_internal",
+        verify_87, "aws_lc_0_47_0_ml_dsa_87_verify_internal";
+    }
+}
+
+/// ML-DSA with a context string or deterministic signing (`CK_SIGN_ADDITIONAL_CONTEXT`), which
+/// aws-lc-rs does not offer: FIPS 204's ML-DSA.Sign / ML-DSA.Verify (Algorithms 2 and 3), the
+/// message prefixed with `0 || len(ctx) || ctx` and signed with `rnd` random (hedged) or zero
+/// (deterministic).
+pub(crate) struct MlDsaVariant {
+    /// Deterministic (`CKH_DETERMINISTIC_REQUIRED`) rather than hedged.
+    pub(crate) deterministic: bool,
+    /// `0 || len(ctx) || ctx`.
+    prefix: Vec<u8>,
+}
+
+type MlDsaSign = unsafe extern "C" fn(
+    *const u8,
+    *mut u8,
+    *mut usize,
+    *const u8,
+    usize,
+    *const u8,
+    usize,
+    *const u8,
+) -> c_int;
+type MlDsaVerify =
+    unsafe extern "C" fn(*const u8, *const u8, usize, *const u8, usize, *const u8, usize) -> c_int;
+
+/// (sign, verify, private key length, public key length, signature length) of a parameter set
+/// (FIPS 204, Table 2; `CKP_ML_DSA_44/65/87`).
+fn ml_dsa_set(set: u64) -> Result<(MlDsaSign, MlDsaVerify, usize, usize, usize), Rv> {
+    use tessera_core::ck;
+    match set as ck::CK_ULONG {
+        ck::CKP_ML_DSA_44 => Ok((ml_dsa_ffi::sign_44, ml_dsa_ffi::verify_44, 2560, 1312, 2420)),
+        ck::CKP_ML_DSA_65 => Ok((ml_dsa_ffi::sign_65, ml_dsa_ffi::verify_65, 4032, 1952, 3309)),
+        ck::CKP_ML_DSA_87 => Ok((ml_dsa_ffi::sign_87, ml_dsa_ffi::verify_87, 4896, 2592, 4627)),
+        _ => Err(Rv::KeyTypeInconsistent),
+    }
+}
+
+impl MlDsaVariant {
+    /// The variant, if the context fits (at most 255 bytes, FIPS 204).
+    pub(crate) fn new(deterministic: bool, context: &[u8]) -> Result<MlDsaVariant, Rv> {
+        let len = u8::try_from(context.len()).map_err(|_| Rv::MechanismParamInvalid)?;
+        let mut prefix = vec![0, len];
+        prefix.extend_from_slice(context);
+        Ok(MlDsaVariant {
+            deterministic,
+            prefix,
+        })
+    }
+
+    /// Signs `message` with the expanded private key of parameter set `set`.
+    pub(crate) fn sign(&self, set: u64, private_key: &[u8], message: &[u8]) -> Result<Vec<u8>, Rv> {
+        let (sign, _, private_len, _, signature_len) = ml_dsa_set(set)?;
+        if private_key.len() != private_len {
+            return Err(Rv::KeyTypeInconsistent);
+        }
+        let mut rnd = zeroize::Zeroizing::new([0u8; 32]);
+        if !self.deterministic {
+            rnd.copy_from_slice(&super::random(32)?);
+        }
+        let mut signature = vec![0u8; signature_len];
+        let mut written = signature.len();
+        // SAFETY: the private key has the set's length (checked above); the signature buffer
+        // has the set's signature length, which `written` says; the message, the prefix and
+        // the 32-byte rnd are valid for their lengths.
+        let result = unsafe {
+            sign(
+                private_key.as_ptr(),
+                signature.as_mut_ptr(),
+                &mut written,
+                message.as_ptr(),
+                message.len(),
+                self.prefix.as_ptr(),
+                self.prefix.len(),
+                rnd.as_ptr(),
+            )
+        };
+        if result != OK || written != signature_len {
+            // SAFETY: clears this thread's aws-lc error queue; no arguments.
+            unsafe { sys::ERR_clear_error() };
+            return Err(Rv::FunctionFailed);
+        }
+        Ok(signature)
+    }
+
+    /// Verifies `signature` of `message` with the public key of parameter set `set`.
+    pub(crate) fn verify(
+        &self,
+        set: u64,
+        public_key: &[u8],
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), Rv> {
+        let (_, verify, _, public_len, signature_len) = ml_dsa_set(set)?;
+        if public_key.len() != public_len {
+            return Err(Rv::KeyTypeInconsistent);
+        }
+        if signature.len() != signature_len {
+            return Err(Rv::SignatureLenRange);
+        }
+        // SAFETY: the public key and the signature have the set's lengths (checked above); the
+        // message and the prefix are valid for their lengths.
+        let result = unsafe {
+            verify(
+                public_key.as_ptr(),
+                signature.as_ptr(),
+                signature.len(),
+                message.as_ptr(),
+                message.len(),
+                self.prefix.as_ptr(),
+                self.prefix.len(),
+            )
+        };
+        check(result, Rv::SignatureInvalid)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1074,6 +1239,61 @@ mod tests {
             private.encrypt_pkcs1(&[0; 118]),
             Err(Rv::DataLenRange),
             "k - 11 = 117"
+        );
+    }
+
+    /// FIPS 204's external ML-DSA: with an empty context, the prefix `0 || 0` makes these
+    /// signatures the ones aws-lc-rs checks (a wrong prefix would fail there); deterministic
+    /// signing repeats itself, hedged does not; a context binds the signature to it.
+    #[test]
+    fn ml_dsa_contexts_and_deterministic_signing() {
+        use aws_lc_rs::encoding::AsRawBytes;
+        use aws_lc_rs::signature::{KeyPair, PqdsaKeyPair, UnparsedPublicKey};
+        use aws_lc_rs::signature::{ML_DSA_44, ML_DSA_44_SIGNING, ML_DSA_65, ML_DSA_65_SIGNING};
+        use tessera_core::ck;
+        let sets = [
+            (ck::CKP_ML_DSA_44, &ML_DSA_44_SIGNING, &ML_DSA_44),
+            (ck::CKP_ML_DSA_65, &ML_DSA_65_SIGNING, &ML_DSA_65),
+        ];
+        for (set, signing, verification) in sets {
+            let set = set as u64;
+            let pair = PqdsaKeyPair::from_seed(signing, &[7u8; 32]).unwrap();
+            let private = pair.private_key().as_raw_bytes().unwrap();
+            let public = pair.public_key().as_ref().to_vec();
+            let message = b"the message";
+
+            let deterministic = MlDsaVariant::new(true, b"").unwrap();
+            let one = deterministic.sign(set, private.as_ref(), message).unwrap();
+            let two = deterministic.sign(set, private.as_ref(), message).unwrap();
+            assert_eq!(one, two, "deterministic");
+            UnparsedPublicKey::new(verification, &public)
+                .verify(message, &one)
+                .expect("aws-lc-rs verifies it: the empty context's prefix is FIPS 204's");
+            deterministic.verify(set, &public, message, &one).unwrap();
+
+            let hedged = MlDsaVariant::new(false, b"context").unwrap();
+            let first = hedged.sign(set, private.as_ref(), message).unwrap();
+            let second = hedged.sign(set, private.as_ref(), message).unwrap();
+            assert_ne!(first, second, "hedged");
+            hedged.verify(set, &public, message, &first).unwrap();
+            hedged.verify(set, &public, message, &second).unwrap();
+            let other = MlDsaVariant::new(false, b"other").unwrap();
+            assert_eq!(
+                other.verify(set, &public, message, &first),
+                Err(Rv::SignatureInvalid)
+            );
+            assert!(UnparsedPublicKey::new(verification, &public)
+                .verify(message, &first)
+                .is_err());
+            assert_eq!(
+                hedged.verify(set, &public, message, &first[1..]),
+                Err(Rv::SignatureLenRange)
+            );
+        }
+        assert!(MlDsaVariant::new(false, &[0; 255]).is_ok());
+        assert_eq!(
+            MlDsaVariant::new(false, &[0; 256]).err(),
+            Some(Rv::MechanismParamInvalid)
         );
     }
 }

@@ -329,6 +329,9 @@ enum Inner {
         key: Box<dyn Key>,
         data: Vec<u8>,
         verify: bool,
+        /// A context string or deterministic signing (legacy module); plain hedged ML-DSA
+        /// when `None`.
+        variant: Option<legacy::MlDsaVariant>,
     },
     Oaep {
         cipher: OaepCipher,
@@ -495,14 +498,23 @@ impl ActiveOperation {
         }
         if m == ck::CKM_ML_DSA {
             // CK_SIGN_ADDITIONAL_CONTEXT: hedged signing (FIPS 204's default) with an empty
-            // context is what aws-lc-rs offers; a context string or deterministic signing is
-            // refused (docs/pkcs11.md).
-            match &mechanism.parameter {
-                MechanismParameter::None => {}
-                MechanismParameter::SignContext { hedge, context }
-                    if context.is_empty() && *hedge != ck::CKH_DETERMINISTIC_REQUIRED as u64 => {}
+            // context through aws-lc-rs; a context string or deterministic signing through
+            // aws-lc's own functions (legacy module).
+            let variant = match &mechanism.parameter {
+                MechanismParameter::None => None,
+                MechanismParameter::SignContext { hedge, context } => {
+                    let deterministic = match *hedge as ck::CK_ULONG {
+                        ck::CKH_HEDGE_PREFERRED | ck::CKH_HEDGE_REQUIRED => false,
+                        ck::CKH_DETERMINISTIC_REQUIRED => true,
+                        _ => return Err(Rv::MechanismParamInvalid),
+                    };
+                    match deterministic || !context.is_empty() {
+                        true => Some(legacy::MlDsaVariant::new(deterministic, context)?),
+                        false => None,
+                    }
+                }
                 _ => return Err(Rv::MechanismParamInvalid),
-            }
+            };
             let class = if verify {
                 ck::CKO_PUBLIC_KEY
             } else {
@@ -519,6 +531,7 @@ impl ActiveOperation {
                     key: key.owned(),
                     data: Vec::new(),
                     verify,
+                    variant,
                 },
             });
         }
@@ -1000,12 +1013,20 @@ impl ActiveOperation {
             Inner::MlDsa {
                 key,
                 data,
+                verify,
+                variant: Some(variant),
+            } => pq::variant(&*key, &variant, &data, verify, signature),
+            Inner::MlDsa {
+                key,
+                data,
                 verify: false,
+                variant: None,
             } => pq::sign(&*key, &data).map(Output::Bytes),
             Inner::MlDsa {
                 key,
                 data,
                 verify: true,
+                variant: None,
             } => pq::verify(&*key, &data, signature).map(|_| Output::Verified),
         }
     }

@@ -201,6 +201,27 @@ pub(crate) fn verify(key: &dyn Key, message: &[u8], signature: &[u8]) -> Result<
         .map_err(|_| Rv::SignatureInvalid)
 }
 
+/// ML-DSA with a context string or deterministic signing (legacy module): a signature, or a
+/// verification's outcome.
+pub(crate) fn variant(
+    key: &dyn Key,
+    variant: &super::legacy::MlDsaVariant,
+    message: &[u8],
+    verify: bool,
+    signature: &[u8],
+) -> Result<super::Output, Rv> {
+    let set = parameter_set(key)?;
+    if verify {
+        return variant
+            .verify(set, value(key)?, message, signature)
+            .map(|()| super::Output::Verified);
+    }
+    let secret = SecretBytes::from_slice(value(key)?);
+    variant
+        .sign(set, secret.expose(), message)
+        .map(super::Output::Bytes)
+}
+
 /// `C_EncapsulateKey`: the ciphertext for an ML-KEM public key and the shared secret.
 pub(crate) fn encapsulate(key: &dyn Key) -> Result<(Vec<u8>, SecretBytes), Rv> {
     let algorithm = ml_kem(parameter_set(key)?).map_err(|_| Rv::KeyTypeInconsistent)?;
