@@ -1,17 +1,27 @@
-//! The handshake (SIGMA-I with ephemeral X25519), one type per state.
+//! The handshake (SIGMA-I with ephemeral X25519, and ML-KEM-768 beside it), one type per
+//! state.
 //!
 //! ```text
 //!  library                                            device
-//!  ClientHello{version, eC, nonceC, policyC, serial} ──▶
-//!                                                     channel id; eD, nonceD, policyD, chain
+//!  ClientHello{version, eC, nonceC = rC | ekC, policyC, serial} ──▶
+//!                                                     channel id; eD; (ct, kK) = Encaps(ekC)
+//!                                                     nonceD = rD | ct, policyD, chain
 //!                                                     H = SHA-384(label | ClientHello | ServerHello core)
 //!                                                     sig = Sign_PIK(H)
-//!                                                     keys = HKDF(salt H, X25519(eD, eC))
+//!                                                     keys = HKDF(salt H, kK | X25519(eD, eC))
 //!                  ◀── ServerHello{..., chain, sig, finishedD = HMAC(kD, H | sig)}
-//!  verify chain (trust store, dialled serial), sig, finishedD
+//!  verify chain (trust store, dialled serial), sig; kK = Decaps(ct); finishedD
 //!  ClientFinished{finishedC = HMAC(kC, H | sig | finishedD)} ──▶
 //!                                                     verify finishedC: channel open
 //! ```
+//!
+//! The hybrid part is TLS's `X25519MLKEM768` construction: the ML-KEM shared secret first,
+//! then the X25519 one, both into the key schedule, the encapsulation key and the ciphertext
+//! in the transcript. They travel after the 32 random bytes of each side's nonce, which a
+//! device or library of the classical protocol reads as a longer nonce and hashes like any: a
+//! classical device answers an offer with a classical hello (a 32-byte nonce) that it signed
+//! over the offer, so the library can tell it from a relay, which can neither remove the offer
+//! nor the ciphertext without breaking the signature.
 //!
 //! Both policies are in `H`, so a change in transit breaks the signature and the key
 //! confirmation; the effective policy is their union.
@@ -19,6 +29,7 @@
 use aws_lc_rs::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
 use aws_lc_rs::digest;
 use aws_lc_rs::hmac;
+use aws_lc_rs::kem::{Ciphertext, DecapsulationKey, EncapsulationKey, ML_KEM_768};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -29,6 +40,12 @@ use crate::{Channel, Policy};
 /// The secure-messaging protocol version.
 pub const PROTOCOL_VERSION: u16 = 1;
 const LABEL: &[u8] = b"tessera secure messaging v1";
+/// The random part of a nonce.
+const RANDOM_LEN: usize = 32;
+/// An ML-KEM-768 encapsulation key (FIPS 203), the library's hybrid offer.
+const OFFER_LEN: usize = 1184;
+/// An ML-KEM-768 ciphertext, the device's answer to the offer.
+const CIPHERTEXT_LEN: usize = 1088;
 
 /// The library's opening message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +110,15 @@ pub enum HandshakeError {
     /// Key agreement failed (a malformed public key).
     #[error("key agreement failed")]
     KeyAgreement,
+    /// A policy requires a hybrid (post-quantum) channel and the other side offered none.
+    #[error(
+        "a post-quantum hybrid channel is required (device flag q or SMPR letter Q) and the \
+         other side offers only the classical one: upgrade it, or drop the requirement"
+    )]
+    HybridRequired,
+    /// A nonce of a length neither protocol uses.
+    #[error("the handshake carried a malformed nonce ({0} bytes)")]
+    Nonce(usize),
     /// The random generator failed.
     #[error("the random generator failed")]
     Random,
@@ -155,17 +181,32 @@ fn transcript(client: &ClientHello, server: &ServerHello) -> Vec<u8> {
     context.finish().as_ref().to_vec()
 }
 
+/// The handshake keys from the X25519 agreement and, for a hybrid channel, the ML-KEM shared
+/// secret before it (as `X25519MLKEM768` orders them).
 fn agree(
     private: EphemeralPrivateKey,
     peer: &[u8],
+    kem: Option<&[u8]>,
     hash: &[u8],
 ) -> Result<keys::HandshakeKeys, HandshakeError> {
     agreement::agree_ephemeral(
         private,
         UnparsedPublicKey::new(&X25519, peer),
         HandshakeError::KeyAgreement,
-        |shared| Ok(keys::handshake(shared, hash)?),
+        |shared| {
+            let mut secret = Zeroizing::new(Vec::with_capacity(64));
+            secret.extend_from_slice(kem.unwrap_or_default());
+            secret.extend_from_slice(shared);
+            Ok(keys::handshake(&secret, hash)?)
+        },
     )
+}
+
+/// A nonce's parts: its 32 random bytes and what follows them (the hybrid offer or answer).
+fn split_nonce(nonce: &[u8]) -> Result<&[u8], HandshakeError> {
+    nonce
+        .get(RANDOM_LEN..)
+        .ok_or(HandshakeError::Nonce(nonce.len()))
 }
 
 fn mac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
@@ -185,26 +226,54 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 /// The library, waiting for the device's answer.
 pub struct ExpectServerHello {
     private: EphemeralPrivateKey,
+    /// The ML-KEM-768 key of the hybrid offer (`None`: a classical hello).
+    kem: Option<DecapsulationKey>,
     hello: ClientHello,
 }
 
 impl ExpectServerHello {
-    /// Starts a handshake with the device of `serial`, requiring `policy`.
+    /// Starts a handshake with the device of `serial`, requiring `policy`, offering the hybrid
+    /// channel.
     pub fn start(
         serial: &str,
         policy: Policy,
     ) -> Result<(ExpectServerHello, ClientHello), HandshakeError> {
+        Self::start_with(serial, policy, true)
+    }
+
+    /// As [`ExpectServerHello::start`], with the hybrid offer (`hybrid`) or without it, as a
+    /// library of the classical protocol starts (for measurements and compatibility tests).
+    pub fn start_with(
+        serial: &str,
+        policy: Policy,
+        hybrid: bool,
+    ) -> Result<(ExpectServerHello, ClientHello), HandshakeError> {
         let (private, public) = ephemeral()?;
+        let mut nonce = random32()?;
+        let kem = match hybrid {
+            true => {
+                let key =
+                    DecapsulationKey::generate(&ML_KEM_768).map_err(|_| HandshakeError::Random)?;
+                let offer = key
+                    .encapsulation_key()
+                    .and_then(|k| k.key_bytes())
+                    .map_err(|_| HandshakeError::KeyAgreement)?;
+                nonce.extend_from_slice(offer.as_ref());
+                Some(key)
+            }
+            false => None,
+        };
         let hello = ClientHello {
             version: PROTOCOL_VERSION,
             ephemeral: public,
-            nonce: random32()?,
+            nonce,
             policy,
             serial: serial.into(),
         };
         Ok((
             ExpectServerHello {
                 private,
+                kem,
                 hello: hello.clone(),
             },
             hello,
@@ -213,8 +282,8 @@ impl ExpectServerHello {
 
     /// Checks the device's answer: the chain (`verify_chain`, which applies the trust store and
     /// the dialled serial), the signature by the PIC's key (`verify_signature(pic, message,
-    /// signature)`), and the key confirmation. Returns the open channel and the message that
-    /// confirms the keys to the device.
+    /// signature)`), the hybrid part, and the key confirmation. Returns the open channel and
+    /// the message that confirms the keys to the device.
     pub fn handle<E>(
         self,
         server: &ServerHello,
@@ -230,7 +299,21 @@ impl ExpectServerHello {
         if !verify_signature(pic, &hash, &server.signature) {
             return Err(HandshakeError::BadSignature.into());
         }
-        let keys = agree(self.private, &server.ephemeral, &hash)?;
+        // The device signed our hello, offer included: a classical answer to it comes from a
+        // device of the classical protocol, not from a relay.
+        let policy = self.hello.policy.union(server.policy);
+        let answer = split_nonce(&server.nonce)?;
+        let kem_secret = match (&self.kem, answer.len()) {
+            (_, 0) if policy.requires_hybrid() => return Err(HandshakeError::HybridRequired.into()),
+            (_, 0) => None,
+            (Some(key), CIPHERTEXT_LEN) => Some(
+                key.decapsulate(Ciphertext::from(answer))
+                    .map_err(|_| HandshakeError::KeyAgreement)?,
+            ),
+            _ => return Err(HandshakeError::Nonce(server.nonce.len()).into()),
+        };
+        let kem = kem_secret.as_ref().map(|s| s.as_ref());
+        let keys = agree(self.private, &server.ephemeral, kem, &hash)?;
         let expected = mac(&keys.device_finished, &[&hash, &server.signature]);
         if !same(&expected, &server.finished) {
             return Err(HandshakeError::BadConfirmation.into());
@@ -239,9 +322,9 @@ impl ExpectServerHello {
             &keys.client_finished,
             &[&hash, &server.signature, &server.finished],
         );
-        let policy = self.hello.policy.union(server.policy);
         let channel = Channel::new(server.channel, Side::Client, policy, keys.traffic)
-            .map_err(HandshakeError::from)?;
+            .map_err(HandshakeError::from)?
+            .with_hybrid(kem.is_some());
         Ok((
             channel,
             ClientFinished {
@@ -257,7 +340,8 @@ pub struct ServerStart;
 
 impl ServerStart {
     /// Answers `client` as channel `channel`, requiring `policy`, presenting `chain` and signing
-    /// the transcript hash with `sign` (the PIK).
+    /// the transcript hash with `sign` (the PIK). A hybrid offer is always taken; a hello
+    /// without one gets the classical channel unless `policy` requires hybrid.
     pub fn respond<E>(
         client: &ClientHello,
         channel: u64,
@@ -265,15 +349,48 @@ impl ServerStart {
         chain: Vec<Vec<u8>>,
         sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, E>,
     ) -> Result<(ExpectClientFinished, ServerHello), StepError<E>> {
+        Self::respond_with(client, channel, policy, chain, sign, true)
+    }
+
+    /// As [`ServerStart::respond`]; with `take_offer` false, as a device of the classical
+    /// protocol answers (a hybrid offer read as a longer nonce), for compatibility tests.
+    pub(crate) fn respond_with<E>(
+        client: &ClientHello,
+        channel: u64,
+        policy: Policy,
+        chain: Vec<Vec<u8>>,
+        sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, E>,
+        take_offer: bool,
+    ) -> Result<(ExpectClientFinished, ServerHello), StepError<E>> {
         if client.version != PROTOCOL_VERSION {
             return Err(HandshakeError::Version(client.version).into());
         }
+        let offer = match take_offer {
+            true => split_nonce(&client.nonce)?,
+            false => &[],
+        };
+        let effective = client.policy.union(policy);
+        let mut nonce = random32()?;
+        let kem_secret = match offer.len() {
+            0 if effective.requires_hybrid() => return Err(HandshakeError::HybridRequired.into()),
+            0 => None,
+            OFFER_LEN => {
+                let key = EncapsulationKey::new(&ML_KEM_768, offer)
+                    .map_err(|_| HandshakeError::KeyAgreement)?;
+                let (ciphertext, secret) = key
+                    .encapsulate()
+                    .map_err(|_| HandshakeError::KeyAgreement)?;
+                nonce.extend_from_slice(ciphertext.as_ref());
+                Some(secret)
+            }
+            _ => return Err(HandshakeError::Nonce(client.nonce.len()).into()),
+        };
         let (private, public) = ephemeral()?;
         let mut hello = ServerHello {
             version: PROTOCOL_VERSION,
             channel,
             ephemeral: public,
-            nonce: random32()?,
+            nonce,
             policy,
             chain,
             signature: Vec::new(),
@@ -281,15 +398,16 @@ impl ServerStart {
         };
         let hash = transcript(client, &hello);
         hello.signature = sign(&hash).map_err(StepError::Caller)?;
-        let keys = agree(private, &client.ephemeral, &hash)?;
+        let kem = kem_secret.as_ref().map(|s| s.as_ref());
+        let keys = agree(private, &client.ephemeral, kem, &hash)?;
         hello.finished = mac(&keys.device_finished, &[&hash, &hello.signature]);
         let expected = Zeroizing::new(mac(
             &keys.client_finished,
             &[&hash, &hello.signature, &hello.finished],
         ));
-        let effective = client.policy.union(policy);
         let channel = Channel::new(channel, Side::Device, effective, keys.traffic)
-            .map_err(HandshakeError::from)?;
+            .map_err(HandshakeError::from)?
+            .with_hybrid(kem.is_some());
         Ok((ExpectClientFinished { channel, expected }, hello))
     }
 }
@@ -362,6 +480,128 @@ mod tests {
         let (client, finished) = state.handle(&answer, |_| Ok::<(), ()>(()), verify).unwrap();
         let server = waiting.handle(&finished).unwrap();
         (client, server)
+    }
+
+    /// A handshake whose messages `relay` may change: the client's hello before the device
+    /// reads it, the device's hello before the client reads it.
+    struct Relay {
+        hello: fn(&mut ClientHello),
+        answer: fn(&mut ServerHello),
+    }
+
+    const PASS: Relay = Relay {
+        hello: |_| {},
+        answer: |_| {},
+    };
+
+    fn handshake(
+        hybrid_client: bool,
+        classical_device: bool,
+        client_policy: Policy,
+        device_policy: Policy,
+        relay: Relay,
+    ) -> Result<(Channel, Channel), HandshakeError> {
+        let device = Device::new();
+        let (state, mut hello) =
+            ExpectServerHello::start_with("123", client_policy, hybrid_client).unwrap();
+        (relay.hello)(&mut hello);
+        let respond = ServerStart::respond_with(
+            &hello,
+            7,
+            device_policy,
+            device.chain(),
+            |h| device.sign(h),
+            !classical_device,
+        );
+        let (waiting, mut answer) = respond.map_err(|e| match e {
+            StepError::Handshake(e) => e,
+            StepError::Caller(_) => panic!("signing failed"),
+        })?;
+        (relay.answer)(&mut answer);
+        let (client, finished) = state
+            .handle(&answer, |_| Ok::<(), ()>(()), verify)
+            .map_err(|e| match e {
+                StepError::Handshake(e) => e,
+                StepError::Caller(()) => panic!("chain refused"),
+            })?;
+        Ok((client, waiting.handle(&finished)?))
+    }
+
+    #[test]
+    fn the_hybrid_channel_is_the_default_and_each_old_side_still_gets_a_classical_one() {
+        let none = Policy(0);
+        let (mut client, mut server) = handshake(true, false, none, none, PASS).unwrap();
+        assert!(client.is_hybrid() && server.is_hybrid());
+        let record = client.seal(b"C_Login 1234", Protection::Encrypted).unwrap();
+        assert_eq!(server.open(&record).unwrap().0.as_slice(), b"C_Login 1234");
+        // A library of the classical protocol with a new device, and a new library with a
+        // device of the classical protocol (which reads the offer as a longer nonce).
+        for (hybrid_client, classical_device) in [(false, false), (true, true)] {
+            let (mut client, mut server) =
+                handshake(hybrid_client, classical_device, none, none, PASS).unwrap();
+            assert!(!client.is_hybrid() && !server.is_hybrid());
+            let record = client.seal(b"message", Protection::Encrypted).unwrap();
+            assert_eq!(server.open(&record).unwrap().0.as_slice(), b"message");
+        }
+    }
+
+    #[test]
+    fn a_required_hybrid_channel_is_never_classical() {
+        let none = Policy(0);
+        let q = Policy::from_device_flags(tessera_core::flags::HYBRID_CHANNEL);
+        assert!(q.requires_hybrid() && q.requires_channel());
+        let smpr = Policy::from_smpr("Q").unwrap();
+        assert_eq!(smpr.letters(), "TQ");
+        // The device (flag q) refuses a classical hello; the library (SMPR Q) refuses a
+        // classical device.
+        assert_eq!(
+            handshake(false, false, none, q, PASS).err(),
+            Some(HandshakeError::HybridRequired)
+        );
+        assert_eq!(
+            handshake(true, true, smpr, none, PASS).err(),
+            Some(HandshakeError::HybridRequired)
+        );
+        let (client, _) = handshake(true, false, smpr, q, PASS).unwrap();
+        assert!(client.is_hybrid());
+    }
+
+    /// A relay between two hybrid ends cannot make them settle for X25519 alone: the offer and
+    /// the answer are in the signed transcript.
+    #[test]
+    fn a_relay_cannot_strip_the_hybrid_offer_or_its_answer() {
+        let none = Policy(0);
+        let strip_offer = Relay {
+            hello: |hello| hello.nonce.truncate(RANDOM_LEN),
+            answer: |_| {},
+        };
+        let strip_answer = Relay {
+            hello: |_| {},
+            answer: |answer| answer.nonce.truncate(RANDOM_LEN),
+        };
+        let swap_answer = Relay {
+            hello: |_| {},
+            answer: |answer| {
+                let other = DecapsulationKey::generate(&ML_KEM_768).unwrap();
+                let (ciphertext, _) = other.encapsulation_key().unwrap().encapsulate().unwrap();
+                answer.nonce.truncate(RANDOM_LEN);
+                answer.nonce.extend_from_slice(ciphertext.as_ref());
+            },
+        };
+        let garble_offer = Relay {
+            hello: |hello| hello.nonce.truncate(RANDOM_LEN + 10),
+            answer: |_| {},
+        };
+        for relay in [strip_offer, strip_answer, swap_answer] {
+            assert_eq!(
+                handshake(true, false, none, none, relay).err(),
+                Some(HandshakeError::BadSignature)
+            );
+        }
+        assert_eq!(
+            handshake(true, false, none, none, garble_offer).err(),
+            Some(HandshakeError::Nonce(RANDOM_LEN + 10))
+        );
     }
 
     #[test]

@@ -22,6 +22,8 @@ impl Policy {
     pub const ENCRYPT_REPLIES: u8 = 0x10;
     /// Fail rather than run without a channel (`T`; any device flag implies it).
     pub const REQUIRE_CHANNEL: u8 = 0x20;
+    /// Only a hybrid channel, X25519 and ML-KEM-768 (`q`, `Q`).
+    pub const REQUIRE_HYBRID: u8 = 0x40;
 
     /// The policy the device's security flags demand.
     pub fn from_device_flags(bits: u64) -> Policy {
@@ -38,13 +40,16 @@ impl Policy {
         if bits & flags::FULL_SM_SIGNING != 0 {
             policy |= Self::SIGN_REQUESTS | Self::SIGN_REPLIES;
         }
+        if bits & flags::HYBRID_CHANNEL != 0 {
+            policy |= Self::REQUIRE_HYBRID;
+        }
         if policy != 0 {
             policy |= Self::REQUIRE_CHANNEL;
         }
         Policy(policy)
     }
 
-    /// Parses an SMPR value (`ET_PTKC_<serial>_SMPR`): letters of `S R P E D T`.
+    /// Parses an SMPR value (`ET_PTKC_<serial>_SMPR`): letters of `S R P E D T Q`.
     pub fn from_smpr(letters: &str) -> Result<Policy, PolicyError> {
         let mut policy = 0;
         for letter in letters.trim().chars() {
@@ -55,6 +60,7 @@ impl Policy {
                 'E' => Self::ENCRYPT_REQUESTS,
                 'D' => Self::ENCRYPT_REPLIES,
                 'T' => Self::REQUIRE_CHANNEL,
+                'Q' => Self::REQUIRE_HYBRID,
                 other => return Err(PolicyError(other)),
             };
         }
@@ -72,6 +78,11 @@ impl Policy {
     /// True if a channel is required.
     pub fn requires_channel(self) -> bool {
         self.0 & Self::REQUIRE_CHANNEL != 0
+    }
+
+    /// True if only a hybrid (post-quantum) channel will do.
+    pub fn requires_hybrid(self) -> bool {
+        self.0 & Self::REQUIRE_HYBRID != 0
     }
 
     fn has(self, bit: u8) -> bool {
@@ -107,6 +118,7 @@ impl Policy {
             (Self::ENCRYPT_REQUESTS, 'E'),
             (Self::ENCRYPT_REPLIES, 'D'),
             (Self::REQUIRE_CHANNEL, 'T'),
+            (Self::REQUIRE_HYBRID, 'Q'),
         ]
         .iter()
         .filter(|(bit, _)| self.has(*bit))
@@ -115,9 +127,9 @@ impl Policy {
     }
 }
 
-/// An SMPR letter that is not one of `S R P E D T`.
+/// An SMPR letter that is not one of `S R P E D T Q`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("unknown SMPR letter {0:?}; valid letters are S R P E D T")]
+#[error("unknown SMPR letter {0:?}; valid letters are S R P E D T Q")]
 pub struct PolicyError(pub char);
 
 #[cfg(test)]

@@ -223,6 +223,8 @@ pub struct Channel {
     id: u64,
     side: Side,
     policy: Policy,
+    /// Keys from X25519 and ML-KEM-768 together (the hybrid handshake), not X25519 alone.
+    hybrid: bool,
     generation: u32,
     keys: Option<Generation>,
     /// A record failed to open: nothing more is opened, and only one last record may be
@@ -268,6 +270,7 @@ impl Channel {
             id,
             side,
             policy,
+            hybrid: false,
             generation: 0,
             keys: Some(Generation::new(traffic, side)?),
             failed: false,
@@ -281,6 +284,17 @@ impl Channel {
     /// The channel id the device gave.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Whether the channel's keys came from the hybrid handshake (X25519 and ML-KEM-768), so
+    /// that a recording of it stays unreadable to whoever later breaks X25519 alone.
+    pub fn is_hybrid(&self) -> bool {
+        self.hybrid
+    }
+
+    pub(crate) fn with_hybrid(mut self, hybrid: bool) -> Channel {
+        self.hybrid = hybrid;
+        self
     }
 
     /// The effective policy (union of both sides').

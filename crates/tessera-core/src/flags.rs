@@ -40,6 +40,8 @@ pub const USER_ECC_PARAMETERS: u64 = 0x800;
 pub const WEAK_MECHANISMS: u64 = 0x10000;
 /// PCI audit logs.
 pub const PCI_AUDIT: u64 = 0x20000;
+/// Post-Quantum Channel: channels must be hybrid (X25519 and ML-KEM-768).
+pub const HYBRID_CHANNEL: u64 = 0x40000;
 /// Mode Locked.
 pub const MODE_LOCKED: u64 = 0x1000_0000;
 
@@ -114,6 +116,11 @@ pub const FLAGS: &[Flag] = &[
         letter: 'b',
         bit: PCI_AUDIT,
         name: "PCI audit logs",
+    },
+    Flag {
+        letter: 'q',
+        bit: HYBRID_CHANNEL,
+        name: "Post-Quantum Channel",
     },
     Flag {
         letter: 'l',
@@ -197,6 +204,7 @@ mod tests {
             "No Public Crypto, Mode Locked"
         );
         assert_eq!(letters(FIPS_MODE), "nuctal");
-        assert_eq!(valid_letters().len(), 16);
+        assert_eq!(valid_letters().len(), 17);
+        assert_eq!(parse("q"), Ok(HYBRID_CHANNEL));
     }
 }

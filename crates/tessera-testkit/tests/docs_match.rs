@@ -255,6 +255,6 @@ fn the_reference_gives_the_smpr_letters_and_the_flags_that_require_the_same() {
         }
     }
     // All the letters, and only those: any other is refused.
-    assert_eq!(letters, "SRPEDT");
+    assert_eq!(letters, "SRPEDTQ");
     assert!(Policy::from_smpr("X").is_err());
 }

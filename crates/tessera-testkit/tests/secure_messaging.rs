@@ -309,3 +309,120 @@ fn a_downgraded_handshake_is_detected() {
         assert!(log.contains("altered in transit"), "{log}");
     }
 }
+
+/// The hello's nonce: 32 random bytes, then the hybrid offer (an ML-KEM-768 encapsulation key)
+/// or answer (a ciphertext).
+const RANDOM: usize = 32;
+
+#[test]
+fn the_channel_is_hybrid_by_default_and_a_relay_cannot_strip_it() {
+    for transport in TRANSPORTS {
+        // Through a transparent relay: the offer and the answer are on the wire.
+        let daemon = Daemon::start();
+        prepare(&daemon, transport, "n");
+        let relay = Relay::transparent(&daemon, transport);
+        let device = secured(&daemon, &relay.address, &[]);
+        let (session, _) = user(&device);
+        assert!(session > 0);
+        let hellos: Vec<usize> = (0..4)
+            .flat_map(|c| relay.recorder.frames(c, Way::ToDevice))
+            .filter_map(|b| match request(&b).message {
+                Message::Handshake(hello) => Some(hello.nonce.len()),
+                _ => None,
+            })
+            .collect();
+        let answers: Vec<usize> = (0..4)
+            .flat_map(|c| relay.recorder.frames(c, Way::ToClient))
+            .filter_map(|b| match response(&b).result {
+                Ok(tessera_wire::Response::ServerHello(hello)) => Some(hello.nonce.len()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(hellos, vec![RANDOM + 1184], "{transport:?}");
+        assert_eq!(answers, vec![RANDOM + 1088], "{transport:?}");
+
+        // A relay that removes the offer, or the answer, leaves no channel: the device signed
+        // what it saw, and the client checks it against what it sent.
+        let strip_offer = |frame: &Frame, _: &Recorder| {
+            let mut envelope = request(&frame.body);
+            if let Message::Handshake(hello) = &mut envelope.message {
+                hello.nonce.truncate(RANDOM);
+            }
+            vec![body(&envelope)]
+        };
+        let strip_answer = |frame: &Frame, _: &Recorder| {
+            let mut envelope = response(&frame.body);
+            if let Ok(tessera_wire::Response::ServerHello(hello)) = &mut envelope.result {
+                hello.nonce.truncate(RANDOM);
+            }
+            response_body(&envelope)
+        };
+        let pass = |frame: &Frame, _: &Recorder| vec![frame.body.clone()];
+        let pass_back = |frame: &Frame, _: &Recorder| frame.body.clone();
+        type ToDevice = Arc<dyn Fn(&Frame, &Recorder) -> Vec<Vec<u8>> + Send + Sync>;
+        type ToClient = Arc<dyn Fn(&Frame, &Recorder) -> Vec<u8> + Send + Sync>;
+        let attacks: [(&str, ToDevice, ToClient); 2] = [
+            ("offer", Arc::new(strip_offer), Arc::new(pass_back)),
+            ("answer", Arc::new(pass), Arc::new(strip_answer)),
+        ];
+        for (what, to_device, to_client) in attacks {
+            let daemon = Daemon::start();
+            prepare(&daemon, transport, "n");
+            let relay = Relay::start(&daemon, transport, to_device, to_client);
+            let device = secured(&daemon, &relay.address, &[]);
+            let flags = (ck::CKF_SERIAL_SESSION) as u64;
+            let outcome = code(device.call(None, Call::OpenSession { slot: 0, flags }));
+            assert_eq!(outcome, Rv::CannotDeriveKeys.code(), "{what} {transport:?}");
+            let log = std::fs::read_to_string(daemon.client_log()).unwrap();
+            assert!(log.contains("altered in transit"), "{what}: {log}");
+        }
+    }
+}
+
+#[test]
+fn a_device_with_flag_q_refuses_a_classical_hello() {
+    let transport = Transport::Unix;
+    // A hybrid client works with it.
+    let daemon = Daemon::start();
+    prepare(&daemon, transport, "q");
+    let device = secured(&daemon, &daemon.server_list(transport), &[]);
+    let (session, _) = user(&device);
+    assert!(session > 0);
+    // A hello without the offer (what a library of the classical protocol sends; here a relay
+    // removes it) is refused by the device before it signs anything.
+    let daemon = Daemon::start();
+    prepare(&daemon, transport, "q");
+    let relay = Relay::start(
+        &daemon,
+        transport,
+        Arc::new(|frame: &Frame, _: &Recorder| {
+            let mut envelope = request(&frame.body);
+            if let Message::Handshake(hello) = &mut envelope.message {
+                hello.nonce.truncate(RANDOM);
+            }
+            vec![body(&envelope)]
+        }),
+        Arc::new(|frame: &Frame, _: &Recorder| frame.body.clone()),
+    );
+    let device = secured(&daemon, &relay.address, &[]);
+    let flags = (ck::CKF_SERIAL_SESSION) as u64;
+    let outcome = code(device.call(None, Call::OpenSession { slot: 0, flags }));
+    assert_eq!(outcome, Rv::NoSessionKeys.code());
+    let answers = (0..4)
+        .flat_map(|c| relay.recorder.frames(c, Way::ToClient))
+        .filter(|b| {
+            matches!(
+                response(b).result,
+                Ok(tessera_wire::Response::ServerHello(_))
+            )
+        })
+        .count();
+    assert_eq!(answers, 0, "no signed answer to a classical hello");
+    assert!(
+        daemon
+            .log()
+            .contains("post-quantum hybrid channel is required"),
+        "{}",
+        daemon.log()
+    );
+}

@@ -168,10 +168,14 @@ impl Secure {
             Ok(channel) => {
                 pending.info.set_policy(channel.policy());
                 let detail = format!(
-                    "channel {} ({}), policy {}",
+                    "channel {} ({}), policy {}, keys {}",
                     channel.id(),
                     self.peer,
-                    channel.policy().letters()
+                    channel.policy().letters(),
+                    match channel.is_hybrid() {
+                        true => "X25519+ML-KEM-768",
+                        false => "X25519",
+                    }
                 );
                 self.hsm.channel_event("Library", "channel-opened", detail);
                 self.active = Some(Active {
