@@ -59,6 +59,9 @@ pub struct SecureSettings {
     /// [`SecureSettings::saw_serial`]).
     entries: Vec<String>,
     serials: std::sync::Mutex<Serials>,
+    /// Handshakes offer no ML-KEM, as a library of the classical protocol's do
+    /// ([`SecureSettings::classical`]).
+    classical: bool,
 }
 
 /// The serials the devices of the server list gave, until each has given one.
@@ -149,7 +152,17 @@ impl SecureSettings {
             serials: std::sync::Mutex::new(Serials::default()),
             config,
             verified: std::sync::Mutex::new(None),
+            classical: false,
         })
+    }
+
+    /// These settings with handshakes that offer no ML-KEM: the classical X25519 channel, as a
+    /// library of the classical protocol makes it. Not a configuration item: the hybrid channel
+    /// is what every application gets; this is for measuring the difference and for testing
+    /// what a device does with an older library.
+    pub fn classical(mut self) -> SecureSettings {
+        self.classical = true;
+        self
     }
 
     /// Whether `chain` is trusted for `serial` given `anchors` (the trust store as read for
@@ -629,8 +642,10 @@ impl Device {
                 )
             })
         };
-        let (expect, hello) = ExpectServerHello::start(&serial, settings.smpr(&serial))
-            .map_err(|_| ClientError::Returned(Rv::CannotDeriveKeys.code()))?;
+        let hybrid = !settings.classical;
+        let (expect, hello) =
+            ExpectServerHello::start_with(&serial, settings.smpr(&serial), hybrid)
+                .map_err(|_| ClientError::Returned(Rv::CannotDeriveKeys.code()))?;
         let answer = match self.exchange(state, Message::Handshake(hello)) {
             Ok(Response::ServerHello(answer)) => answer,
             Ok(_) => {

@@ -52,6 +52,16 @@ pub fn init_token(daemon: &Daemon, transport: Transport) {
 /// The library's secure-messaging settings with `daemon`'s trust store and extra
 /// configuration items.
 pub fn settings(daemon: &Daemon, extra: &[(&str, &str)]) -> Arc<SecureSettings> {
+    Arc::new(own_settings(daemon, extra))
+}
+
+/// As [`settings`], with handshakes that offer no ML-KEM, as a library of the classical
+/// protocol's do.
+pub fn classical_settings(daemon: &Daemon, extra: &[(&str, &str)]) -> Arc<SecureSettings> {
+    Arc::new(own_settings(daemon, extra).classical())
+}
+
+fn own_settings(daemon: &Daemon, extra: &[(&str, &str)]) -> SecureSettings {
     let mut environment: HashMap<String, String> = daemon.trust_env().into_iter().collect();
     for (k, v) in extra {
         environment.insert(k.to_string(), v.to_string());
@@ -62,7 +72,7 @@ pub fn settings(daemon: &Daemon, extra: &[(&str, &str)]) -> Arc<SecureSettings> 
         HashMap::new(),
     ))
     .expect("valid secure-messaging settings");
-    Arc::new(settings)
+    settings
 }
 
 /// A client with secure messaging, `daemon`'s trust store and extra configuration items.

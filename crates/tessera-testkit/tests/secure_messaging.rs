@@ -382,12 +382,32 @@ fn the_channel_is_hybrid_by_default_and_a_relay_cannot_strip_it() {
 #[test]
 fn a_device_with_flag_q_refuses_a_classical_hello() {
     let transport = Transport::Unix;
-    // A hybrid client works with it.
+    // A hybrid client works with it; a library of the classical protocol (the same client
+    // code, offering no ML-KEM) works with a device without q, and is refused by one with q.
     let daemon = Daemon::start();
     prepare(&daemon, transport, "q");
     let device = secured(&daemon, &daemon.server_list(transport), &[]);
     let (session, _) = user(&device);
     assert!(session > 0);
+    let old = |daemon: &Daemon| {
+        let address = tessera_config::ServerAddress::parse(&daemon.server_list(transport)).unwrap();
+        tessera_client::Device::new(
+            address,
+            std::time::Duration::from_secs(3),
+            std::time::Duration::from_secs(3),
+        )
+        .with_security(tessera_testkit::sm::classical_settings(daemon, &[]))
+    };
+    let flags = (ck::CKF_SERIAL_SESSION) as u64;
+    let open = || Call::OpenSession { slot: 0, flags };
+    assert_eq!(
+        code(old(&daemon).call(None, open())),
+        Rv::NoSessionKeys.code()
+    );
+    let without_q = Daemon::start();
+    prepare(&without_q, transport, "n");
+    let opened = old(&without_q).call(None, open());
+    assert!(matches!(opened, Ok((Reply::Handle(_), _))), "{opened:?}");
     // A hello without the offer (what a library of the classical protocol sends; here a relay
     // removes it) is refused by the device before it signs anything.
     let daemon = Daemon::start();

@@ -198,6 +198,7 @@ const KEY_CACHE_LIMIT: usize = 512;
 static RSA_KEYS: KeyCache<RsaKeyPair> = std::sync::OnceLock::new();
 static EC_KEYS: KeyCache<EcdsaKeyPair> = std::sync::OnceLock::new();
 static RAW_RSA_KEYS: KeyCache<super::legacy::RawRsa> = std::sync::OnceLock::new();
+static ML_DSA_KEYS: KeyCache<aws_lc_rs::signature::PqdsaKeyPair> = std::sync::OnceLock::new();
 
 fn cached<T>(
     cache: &'static KeyCache<T>,
@@ -237,6 +238,21 @@ pub(crate) fn forget_parsed_keys() {
     if let Some(map) = RAW_RSA_KEYS.get() {
         map.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
+    if let Some(map) = ML_DSA_KEYS.get() {
+        map.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// An ML-DSA private key (its expanded `CKA_VALUE`), parsed once like the others: parsing
+/// expands the public matrix, which costs about what a signature does.
+pub(crate) fn ml_dsa_private(
+    signing: &'static aws_lc_rs::signature::PqdsaSigningAlgorithm,
+    value: &[u8],
+) -> Result<Arc<aws_lc_rs::signature::PqdsaKeyPair>, Rv> {
+    cached(&ML_DSA_KEYS, value, || {
+        aws_lc_rs::signature::PqdsaKeyPair::from_raw_private_key(signing, value)
+            .map_err(|_| Rv::KeyTypeInconsistent)
+    })
 }
 
 /// An RSA private key for the raw operations (legacy module), parsed once like the others.

@@ -20,7 +20,7 @@ pub(crate) mod pq;
 // The one module with `unsafe` code: aws-lc's legacy mechanisms.
 #[allow(unsafe_code)]
 pub(crate) mod legacy;
-pub(crate) use keys::forget_parsed_keys;
+pub(crate) use keys::{forget_parsed_keys, ml_dsa_private};
 pub(crate) mod mac;
 mod stream;
 

@@ -5,7 +5,11 @@
 //!   full handshake (chain and signature checked against the trust store) and a
 //!   `C_OpenSession` inside the new channel;
 //! - the daemon's memory per idle channel: its resident memory before and after opening N
-//!   channels that then stay idle.
+//!   channels that then stay idle;
+//!
+//! each for the hybrid channel (X25519 and ML-KEM-768, the default) and the classical one (the
+//! client offering no ML-KEM, as a library of the classical protocol does). The classical idle
+//! figure comes second, on a daemon whose allocator kept what the hybrid channels freed.
 //!
 //! Client and daemon share this machine's cores, as the issue asks.
 //!
@@ -47,9 +51,10 @@ const HELP: &str = "\
 channel-bench: secure-messaging channels at scale, against a daemon with a P-521 identity that
 requires full secure messaging (nuNU)
 
-Measures handshakes per second with 1, 2, 4 and 8 client threads (each a new connection, a full
-handshake checked against the trust store and a C_OpenSession inside the channel), then the
-daemon's resident memory per idle channel.
+Measures the daemon's resident memory per idle channel, then handshakes per second with 1, 2, 4
+and 8 client threads (each a new connection, a full handshake checked against the trust store
+and a C_OpenSession inside the channel); each for the hybrid channel (X25519 and ML-KEM-768, the
+default) and for the classical one (X25519 alone, as a library of the classical protocol makes).
 
 Options:
   --seconds S   time per thread count (default 2, from 0.1 to 60)
@@ -118,64 +123,20 @@ fn main() {
     println!("channel-bench: P-521 identity, flags nuNU, Unix socket, {seconds} s per case");
     // Idle channels first, on the fresh daemon (opened by 4 threads, then held): what they
     // cost, not what bursts of handshakes left in the allocator's per-thread caches.
-    std::thread::sleep(Duration::from_millis(300));
-    let before = daemon.rss_kib().expect("daemon memory");
-    let started = Instant::now();
-    let held: Vec<Device> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..4)
-            .map(|w| {
-                let (daemon, settings) = (&daemon, &settings);
-                scope.spawn(move || {
-                    (0..idle)
-                        .filter(|i| i % 4 == w)
-                        .map(|_| channel(daemon, settings, false))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().expect("a worker"))
-            .collect()
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    let after = daemon.rss_kib().expect("daemon memory");
-    let listed = daemon.admin(transport, &["--channels"]);
-    let count = listed
-        .lines()
-        .rev()
-        .find_map(|l| l.split(" channel(s)").next()?.trim().parse::<usize>().ok())
-        .unwrap_or(0);
-    println!(
-        "{} idle channels (device lists {count}) opened in {:.1} s: daemon RSS {:.1} MiB -> {:.1} MiB, {:.1} KiB per channel, {:.1} MiB for 10 000",
-        held.len(),
-        started.elapsed().as_secs_f64(),
-        before as f64 / 1024.0,
-        after as f64 / 1024.0,
-        (after.saturating_sub(before)) as f64 / held.len() as f64,
-        (after.saturating_sub(before)) as f64 / held.len() as f64 * 10_000.0 / 1024.0
-    );
-    drop(held);
-    // The daemon closes them (and forgets their channels) before the handshakes are timed.
-    std::thread::sleep(Duration::from_millis(500));
-
-    println!("{:<10} {:>14} {:>10}", "threads", "handshakes/s", "p50 ms");
-    for threads in [1usize, 2, 4, 8] {
-        let done = AtomicU64::new(0);
-        let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let classical = tessera_testkit::sm::classical_settings(&daemon, &[]);
+    for (kind, settings) in [("hybrid", &settings), ("classical", &classical)] {
+        std::thread::sleep(Duration::from_millis(300));
+        let before = daemon.rss_kib().expect("daemon memory");
         let started = Instant::now();
-        let mut samples: Vec<Duration> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..threads)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut samples = Vec::new();
-                        while Instant::now() < deadline {
-                            let t = Instant::now();
-                            drop(channel(&daemon, &settings, true));
-                            samples.push(t.elapsed());
-                            done.fetch_add(1, Ordering::Relaxed);
-                        }
-                        samples
+        let held: Vec<Device> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..4)
+                .map(|w| {
+                    let (daemon, settings) = (&daemon, &settings);
+                    scope.spawn(move || {
+                        (0..idle)
+                            .filter(|i| i % 4 == w)
+                            .map(|_| channel(daemon, settings, false))
+                            .collect::<Vec<_>>()
                     })
                 })
                 .collect();
@@ -184,14 +145,70 @@ fn main() {
                 .flat_map(|w| w.join().expect("a worker"))
                 .collect()
         });
-        let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
-        samples.sort();
-        let p50 = tessera_testkit::quantile(&samples, 0.5).unwrap_or_default();
+        std::thread::sleep(Duration::from_millis(500));
+        let after = daemon.rss_kib().expect("daemon memory");
+        let listed = daemon.admin(transport, &["--channels"]);
+        let count = listed
+            .lines()
+            .rev()
+            .find_map(|l| l.split(" channel(s)").next()?.trim().parse::<usize>().ok())
+            .unwrap_or(0);
         println!(
-            "{:<10} {:>14.0} {:>10.2}",
-            threads,
-            rate,
-            p50.as_secs_f64() * 1e3
-        );
+        "{} idle {kind} channels (device lists {count}) opened in {:.1} s: daemon RSS {:.1} MiB -> {:.1} MiB, {:.1} KiB per channel, {:.1} MiB for 10 000",
+        held.len(),
+        started.elapsed().as_secs_f64(),
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        (after.saturating_sub(before)) as f64 / held.len() as f64,
+        (after.saturating_sub(before)) as f64 / held.len() as f64 * 10_000.0 / 1024.0
+    );
+        drop(held);
+        // The daemon closes them (and forgets their channels) before the next figure.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    println!(
+        "{:<24} {:<10} {:>14} {:>10}",
+        "channel", "threads", "handshakes/s", "p50 ms"
+    );
+    for (name, settings) in [
+        ("hybrid X25519+ML-KEM-768", &settings),
+        ("classical X25519", &classical),
+    ] {
+        for threads in [1usize, 2, 4, 8] {
+            let done = AtomicU64::new(0);
+            let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+            let started = Instant::now();
+            let mut samples: Vec<Duration> = std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            let mut samples = Vec::new();
+                            while Instant::now() < deadline {
+                                let t = Instant::now();
+                                drop(channel(&daemon, &settings, true));
+                                samples.push(t.elapsed());
+                                done.fetch_add(1, Ordering::Relaxed);
+                            }
+                            samples
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .flat_map(|w| w.join().expect("a worker"))
+                    .collect()
+            });
+            let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+            samples.sort();
+            let p50 = tessera_testkit::quantile(&samples, 0.5).unwrap_or_default();
+            println!(
+                "{:<24} {:<10} {:>14.0} {:>10.2}",
+                name,
+                threads,
+                rate,
+                p50.as_secs_f64() * 1e3
+            );
+        }
     }
 }

@@ -57,6 +57,19 @@ const OPERATIONS: &[&str] = &[
     "gcm64-first",
     "ecdsa-first",
     "sha256-first",
+    "mldsa65-sign",
+    "mldsa65-verify",
+    "mlkem768-encaps",
+    "mlkem768-decaps",
+];
+
+/// The post-quantum operations (PKCS#11 3.2), also measured with aws-lc-rs called in-process
+/// ((f), the physical limit of this design).
+const POST_QUANTUM: &[&str] = &[
+    "mldsa65-sign",
+    "mldsa65-verify",
+    "mlkem768-encaps",
+    "mlkem768-decaps",
 ];
 
 /// The operations measured at their first use: `NAME-first` opens a session, runs `NAME` once
@@ -176,6 +189,77 @@ struct Keys {
     aes: ObjectHandle,
     ec: ObjectHandle,
     rsa: ObjectHandle,
+    /// ML-DSA-65 and ML-KEM-768 keys, with a signature and a ciphertext to check; `None` for a
+    /// module without PKCS#11 3.2's post-quantum mechanisms.
+    pq: Option<PqKeys>,
+}
+
+struct PqKeys {
+    dsa_public: ObjectHandle,
+    dsa_private: ObjectHandle,
+    signature: Vec<u8>,
+    kem_public: ObjectHandle,
+    kem_private: ObjectHandle,
+    ciphertext: Vec<u8>,
+}
+
+/// What the encapsulated secret becomes: a session key, destroyed after each measured call.
+fn kem_secret_template() -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(cryptoki::object::KeyType::GENERIC_SECRET),
+        Attribute::Token(false),
+    ]
+}
+
+/// The ML-DSA-65 and ML-KEM-768 bench keys, made the first time.
+fn pq_keys(session: &Session, message: &[u8]) -> Result<PqKeys, String> {
+    use cryptoki::object::ParameterSetType;
+    use cryptoki::object::{MlDsaParameterSetType, MlKemParameterSetType};
+    let pair = |label: &str, mechanism: Mechanism, set: ParameterSetType| -> Result<_, String> {
+        let found = (
+            find_one(session, label, ObjectClass::PUBLIC_KEY),
+            find_one(session, label, ObjectClass::PRIVATE_KEY),
+        );
+        if let (Some(public), Some(private)) = found {
+            return Ok((public, private));
+        }
+        session
+            .generate_key_pair(
+                &mechanism,
+                &[
+                    Attribute::Token(true),
+                    Attribute::Label(label.into()),
+                    Attribute::ParameterSet(set),
+                ],
+                &[Attribute::Token(true), Attribute::Label(label.into())],
+            )
+            .map_err(|e| format!("{label}: {e}"))
+    };
+    let dsa65: ParameterSetType = MlDsaParameterSetType::ML_DSA_65.into();
+    let kem768: ParameterSetType = MlKemParameterSetType::ML_KEM_768.into();
+    let (dsa_public, dsa_private) = pair("bench-mldsa", Mechanism::MlDsaKeyPairGen, dsa65)?;
+    let (kem_public, kem_private) = pair("bench-mlkem", Mechanism::MlKemKeyPairGen, kem768)?;
+    let signature = session
+        .sign(&ml_dsa(), dsa_private, message)
+        .map_err(|e| e.to_string())?;
+    let (ciphertext, secret) = session
+        .encapsulate_key(&Mechanism::MlKem, kem_public, &kem_secret_template())
+        .map_err(|e| e.to_string())?;
+    session.destroy_object(secret).map_err(|e| e.to_string())?;
+    Ok(PqKeys {
+        dsa_public,
+        dsa_private,
+        signature,
+        kem_public,
+        kem_private,
+        ciphertext,
+    })
+}
+
+fn ml_dsa() -> Mechanism<'static> {
+    use cryptoki::mechanism::dsa::{HedgeType, SignAdditionalContext};
+    Mechanism::MlDsa(SignAdditionalContext::new(HedgeType::Preferred, None))
 }
 
 fn find_one(session: &Session, label: &str, class: ObjectClass) -> Option<ObjectHandle> {
@@ -281,7 +365,10 @@ fn keys(session: &Session) -> Result<Keys, String> {
                 .1
         }
     };
-    Ok(Keys { aes, ec, rsa })
+    // A module without the post-quantum mechanisms skips their rows.
+    let message: Vec<u8> = (0..64u8).collect();
+    let pq = pq_keys(session, &message).ok();
+    Ok(Keys { aes, ec, rsa, pq })
 }
 
 /// Runs `operation` once.
@@ -343,6 +430,31 @@ fn run_once(
             )
             .and_then(|key| session.destroy_object(key))
             .map_err(|e| e.to_string()),
+        "mldsa65-sign" | "mldsa65-verify" | "mlkem768-encaps" | "mlkem768-decaps" => {
+            let pq = keys
+                .pq
+                .as_ref()
+                .ok_or("the module offers no ML-DSA / ML-KEM (PKCS#11 3.2)")?;
+            let message = &payload[..64];
+            let result = match operation {
+                "mldsa65-sign" => session.sign(&ml_dsa(), pq.dsa_private, message).map(drop),
+                "mldsa65-verify" => {
+                    session.verify(&ml_dsa(), pq.dsa_public, message, &pq.signature)
+                }
+                "mlkem768-encaps" => session
+                    .encapsulate_key(&Mechanism::MlKem, pq.kem_public, &kem_secret_template())
+                    .and_then(|(_, key)| session.destroy_object(key)),
+                _ => session
+                    .decapsulate_key(
+                        &Mechanism::MlKem,
+                        pq.kem_private,
+                        &kem_secret_template(),
+                        &pq.ciphertext,
+                    )
+                    .and_then(|key| session.destroy_object(key)),
+            };
+            result.map_err(|e| e.to_string())
+        }
         "find" => match session.find_objects(&[Attribute::Label("bench-aes".into())]) {
             Ok(found) if found.len() == 1 => Ok(()),
             Ok(found) => Err(format!("found {} objects", found.len())),
@@ -710,9 +822,78 @@ fn main() {
 /// else is one.
 fn round_trips(operation: &str) -> u32 {
     match operation {
-        "open-close" | "aes-keygen" => 2,
+        "open-close" | "aes-keygen" | "mlkem768-encaps" | "mlkem768-decaps" => 2,
         _ => 1,
     }
+}
+
+/// A post-quantum operation with aws-lc-rs in this process, `threads` at once for `seconds`.
+fn in_process(operation: &str, threads: usize, seconds: f64) -> Result<Measured, String> {
+    use aws_lc_rs::kem::{DecapsulationKey, ML_KEM_768};
+    use aws_lc_rs::signature::{
+        KeyPair, PqdsaKeyPair, UnparsedPublicKey, ML_DSA_65, ML_DSA_65_SIGNING,
+    };
+    let dsa = Arc::new(PqdsaKeyPair::generate(&ML_DSA_65_SIGNING).map_err(|e| e.to_string())?);
+    let kem = Arc::new(DecapsulationKey::generate(&ML_KEM_768).map_err(|e| e.to_string())?);
+    let message = [7u8; 64];
+    let mut signature = vec![0u8; ML_DSA_65_SIGNING.signature_len()];
+    dsa.sign(&message, &mut signature)
+        .map_err(|e| e.to_string())?;
+    let encapsulation = kem.encapsulation_key().map_err(|e| e.to_string())?;
+    let (ciphertext, _) = encapsulation.encapsulate().map_err(|e| e.to_string())?;
+    let ciphertext = Arc::new(ciphertext.as_ref().to_vec());
+    let signature = Arc::new(signature);
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (dsa, kem) = (dsa.clone(), kem.clone());
+            let (signature, ciphertext) = (signature.clone(), ciphertext.clone());
+            let barrier = barrier.clone();
+            let operation = operation.to_string();
+            std::thread::spawn(move || -> Result<Vec<f64>, String> {
+                let public = dsa.public_key().as_ref().to_vec();
+                let encapsulation = kem.encapsulation_key().map_err(|e| e.to_string())?;
+                let mut out = vec![0u8; signature.len()];
+                let once = |out: &mut Vec<u8>| -> Result<(), String> {
+                    let failed = |_| "aws-lc-rs failed".to_string();
+                    match operation.as_str() {
+                        "mldsa65-sign" => dsa.sign(&message, out).map(drop).map_err(failed),
+                        "mldsa65-verify" => UnparsedPublicKey::new(&ML_DSA_65, &public)
+                            .verify(&message, &signature)
+                            .map_err(failed),
+                        "mlkem768-encaps" => encapsulation.encapsulate().map(drop).map_err(failed),
+                        _ => kem
+                            .decapsulate(ciphertext.as_slice().into())
+                            .map(drop)
+                            .map_err(failed),
+                    }
+                };
+                once(&mut out)?;
+                barrier.wait();
+                let mut latencies = Vec::new();
+                let start = Instant::now();
+                let budget = Duration::from_secs_f64(seconds);
+                while start.elapsed() < budget && latencies.len() < 1_000_000 {
+                    let t = Instant::now();
+                    once(&mut out)?;
+                    latencies.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut all = Vec::new();
+    for handle in handles {
+        all.extend(handle.join().map_err(|_| "a thread panicked")??);
+    }
+    let elapsed = started.elapsed().as_secs_f64().max(seconds);
+    all.sort_by(f64::total_cmp);
+    Ok(Measured {
+        ops_per_second: all.len() as f64 / elapsed,
+        p50: percentile(&all, 0.5),
+        p99: percentile(&all, 0.99),
+    })
 }
 
 /// What `--help` prints.
@@ -733,7 +914,11 @@ Options:
   --ops LIST         operations, comma-separated (default all):
                      open-close,random32,gcm64,gcm4k,gcm1m,ecb4k,ecdsa-p256,rsa2048,aes-keygen,find,
                      sha256, and the first uses gcm64-first,ecdsa-first,sha256-first (each:
-                     open a session, the operation once, close it; compare with open-close)
+                     open a session, the operation once, close it; compare with open-close);
+                     post-quantum (PKCS#11 3.2; SoftHSM2 has none): mldsa65-sign,
+                     mldsa65-verify, mlkem768-encaps, mlkem768-decaps (each encapsulation
+                     makes a session key, destroyed in the same measured call), also measured
+                     as (f), aws-lc-rs called in this process
   --systems LIST     systems by letter, e.g. c,d,e
   --rounds N         measure every system in turn N times (1-9) and print each row's median
   --busy-poll MICROS start the Tessera daemons with this --busy-poll (default: theirs, 50);
@@ -880,7 +1065,7 @@ fn run(args: &[String]) -> Result<(), String> {
         println!("  ({}) {}", system.key, system.name);
     }
     println!(
-        "{:<11} {:>3} {:>4}  {:>10} {:>9} {:>9}  {:>7} {:>7}",
+        "{:<15} {:>3} {:>4}  {:>10} {:>9} {:>9}  {:>7} {:>7}",
         "operation", "thr", "sys", "ops/s", "p50 us", "p99 us", "vs (b)", "vs (a)"
     );
     for operation in &options.operations {
@@ -898,7 +1083,7 @@ fn run(args: &[String]) -> Result<(), String> {
                         let reason = reason.rsplit(": ").next().unwrap_or(reason);
                         let reason: String = reason.chars().take(70).collect();
                         println!(
-                            "{operation:<11} {threads:>3} {:>4}  n/a: {reason}",
+                            "{operation:<15} {threads:>3} {:>4}  n/a: {reason}",
                             format!("({})", system.key)
                         );
                     }
@@ -914,7 +1099,7 @@ fn run(args: &[String]) -> Result<(), String> {
                     }
                 };
                 println!(
-                    "{:<11} {:>3} {:>4}  {:>10.0} {:>9.1} {:>9.1}  {:>7} {:>7}",
+                    "{:<15} {:>3} {:>4}  {:>10.0} {:>9.1} {:>9.1}  {:>7} {:>7}",
                     operation,
                     threads,
                     format!("({})", system.key),
@@ -949,7 +1134,7 @@ fn run(args: &[String]) -> Result<(), String> {
                 .join(" ")
         };
         println!(
-            "  {operation:<11} (d)/(c) {}   (e)/(d) {}",
+            "  {operation:<15} (d)/(c) {}   (e)/(d) {}",
             row(3, 2),
             row(4, 3)
         );
@@ -979,6 +1164,38 @@ fn run(args: &[String]) -> Result<(), String> {
              a bare round trip's, polling: {bare_extra:+.1}",
             extra.join(", ")
         );
+    }
+    // The post-quantum rows against aws-lc-rs called in this process: what the same
+    // computation costs with no library, wire, channel or daemon around it.
+    let pq: Vec<&String> = (options.operations.iter())
+        .filter(|o| POST_QUANTUM.contains(&o.as_str()))
+        .collect();
+    if !pq.is_empty() {
+        println!("(f) aws-lc-rs in-process (the same computation, no PKCS#11 around it):");
+        println!(
+            "{:<15} {:>3}  {:>10} {:>9}  {:>7} {:>7}",
+            "operation", "thr", "ops/s", "p50 us", "(c)/(f)", "(d)/(f)"
+        );
+        for operation in pq {
+            for &threads in &options.threads {
+                let f = in_process(operation, threads, options.seconds)?;
+                let share = |i: usize| {
+                    results[i]
+                        .0
+                        .get(&(operation.clone(), threads))
+                        .map_or("-".to_string(), |m| {
+                            format!("{:.2}", m.ops_per_second / f.ops_per_second)
+                        })
+                };
+                println!(
+                    "{operation:<15} {threads:>3}  {:>10.0} {:>9.1}  {:>7} {:>7}",
+                    f.ops_per_second,
+                    f.p50,
+                    share(2),
+                    share(3)
+                );
+            }
+        }
     }
     println!(
         "p50 of random32 with one thread over (d) / bare round trip: {:.2}",
