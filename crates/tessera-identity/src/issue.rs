@@ -15,7 +15,8 @@ use zeroize::Zeroizing;
 /// OID of the X.520 `serialNumber` attribute.
 pub const SERIAL_NUMBER_OID: [u64; 4] = [2, 5, 4, 5];
 
-/// The curve of an identity or owner key.
+/// The algorithm of an identity or owner key: an ECDSA curve, or ML-DSA (FIPS 204, the IETF
+/// LAMPS certificate identifiers), so that a device's identity outlives a quantum adversary too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Curve {
     /// NIST P-256 with SHA-256.
@@ -24,6 +25,10 @@ pub enum Curve {
     P384,
     /// NIST P-521 with SHA-512 (the default, as in the product we model).
     P521,
+    /// ML-DSA-65.
+    MlDsa65,
+    /// ML-DSA-87.
+    MlDsa87,
 }
 
 impl Curve {
@@ -32,15 +37,30 @@ impl Curve {
             Curve::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
             Curve::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
             Curve::P521 => &rcgen::PKCS_ECDSA_P521_SHA512,
+            Curve::MlDsa65 => &rcgen::PKCS_ML_DSA_65,
+            Curve::MlDsa87 => &rcgen::PKCS_ML_DSA_87,
         }
     }
 
-    /// Parses `p256`, `p384`, `p521` (any case, with or without a dash).
+    /// The ML-DSA parameter set, for an ML-DSA key.
+    fn ml_dsa(self) -> Option<&'static aws_lc_rs::signature::PqdsaSigningAlgorithm> {
+        use aws_lc_rs::signature::{ML_DSA_65_SIGNING, ML_DSA_87_SIGNING};
+        match self {
+            Curve::MlDsa65 => Some(&ML_DSA_65_SIGNING),
+            Curve::MlDsa87 => Some(&ML_DSA_87_SIGNING),
+            _ => None,
+        }
+    }
+
+    /// Parses `p256`, `p384`, `p521`, `ml-dsa-65`, `ml-dsa-87` (any case, with or without
+    /// dashes).
     pub fn parse(text: &str) -> Option<Curve> {
         match text.to_ascii_lowercase().replace('-', "").as_str() {
             "p256" => Some(Curve::P256),
             "p384" => Some(Curve::P384),
             "p521" => Some(Curve::P521),
+            "mldsa65" => Some(Curve::MlDsa65),
+            "mldsa87" => Some(Curve::MlDsa87),
             _ => None,
         }
     }
@@ -51,7 +71,84 @@ impl Curve {
             Curve::P256 => "P-256",
             Curve::P384 => "P-384",
             Curve::P521 => "P-521",
+            Curve::MlDsa65 => "ML-DSA-65",
+            Curve::MlDsa87 => "ML-DSA-87",
         }
+    }
+}
+
+/// A private key that signs certificates and requests: rcgen's own (ECDSA), or an ML-DSA key
+/// from aws-lc-rs (rcgen writes ML-DSA certificates but reads no ML-DSA PKCS#8).
+enum Key {
+    Rcgen(KeyPair),
+    MlDsa {
+        pair: aws_lc_rs::signature::PqdsaKeyPair,
+        algorithm: &'static rcgen::SignatureAlgorithm,
+    },
+}
+
+impl rcgen::PublicKeyData for Key {
+    fn der_bytes(&self) -> &[u8] {
+        use aws_lc_rs::signature::KeyPair as _;
+        match self {
+            Key::Rcgen(key) => key.der_bytes(),
+            Key::MlDsa { pair, .. } => pair.public_key().as_ref(),
+        }
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        match self {
+            Key::Rcgen(key) => key.algorithm(),
+            Key::MlDsa { algorithm, .. } => algorithm,
+        }
+    }
+}
+
+impl rcgen::SigningKey for Key {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        match self {
+            Key::Rcgen(key) => key.sign(message),
+            Key::MlDsa { pair, .. } => {
+                ml_dsa_sign(pair, message).map_err(|_| rcgen::Error::RingUnspecified)
+            }
+        }
+    }
+}
+
+fn ml_dsa_sign(
+    pair: &aws_lc_rs::signature::PqdsaKeyPair,
+    message: &[u8],
+) -> Result<Vec<u8>, aws_lc_rs::error::Unspecified> {
+    let mut signature = vec![0u8; pair.algorithm().signature_len()];
+    let len = pair.sign(message, &mut signature)?;
+    signature.truncate(len);
+    Ok(signature)
+}
+
+/// The public key of a request, for the certificate that certifies it: its algorithm read
+/// from the SubjectPublicKeyInfo's OID (rcgen's own reader knows no ML-DSA).
+struct RequestKey {
+    algorithm: &'static rcgen::SignatureAlgorithm,
+    raw: Vec<u8>,
+}
+
+impl rcgen::PublicKeyData for RequestKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.raw
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.algorithm
+    }
+}
+
+impl RequestKey {
+    fn from_spki(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Option<RequestKey> {
+        let curve = crate::verify::key_algorithm(spki)?;
+        Some(RequestKey {
+            algorithm: curve.algorithm(),
+            raw: spki.subject_public_key.data.to_vec(),
+        })
     }
 }
 
@@ -84,9 +181,19 @@ pub fn generate_key(curve: Curve) -> Result<Zeroizing<Vec<u8>>, IdentityError> {
     Ok(Zeroizing::new(key.serialize_der()))
 }
 
-fn key_pair(pkcs8: &[u8], curve: Curve) -> Result<KeyPair, IdentityError> {
+fn key_pair(pkcs8: &[u8], curve: Curve) -> Result<Key, IdentityError> {
+    if let Some(signing) = curve.ml_dsa() {
+        let pair = aws_lc_rs::signature::PqdsaKeyPair::from_pkcs8(signing, pkcs8)
+            .map_err(|e| IdentityError::Generation(e.to_string()))?;
+        return Ok(Key::MlDsa {
+            pair,
+            algorithm: curve.algorithm(),
+        });
+    }
     let der = rustls_pki_der(pkcs8);
-    KeyPair::from_pkcs8_der_and_sign_algo(&der, curve.algorithm()).map_err(generation)
+    KeyPair::from_pkcs8_der_and_sign_algo(&der, curve.algorithm())
+        .map(Key::Rcgen)
+        .map_err(generation)
 }
 
 fn rustls_pki_der(pkcs8: &[u8]) -> rustls_pki_types::PrivatePkcs8KeyDer<'_> {
@@ -210,7 +317,7 @@ pub fn sign_request_with_validity(
         return Err(malformed("trailing bytes".into()));
     }
     let info = &csr.certification_request_info;
-    let proven = crate::verify::ecdsa_verify(
+    let proven = crate::verify::signature_verifies(
         &info.subject_pki,
         &csr.signature_algorithm.algorithm,
         info.raw,
@@ -227,8 +334,9 @@ pub fn sign_request_with_validity(
         .next()
         .and_then(|a| a.as_str().ok().map(str::to_string))
         .ok_or(IdentityError::NoSerial)?;
-    let public = rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw)
-        .map_err(|e| malformed(e.to_string()))?;
+    let public = RequestKey::from_spki(&info.subject_pki).ok_or_else(|| {
+        malformed("its key is neither ECDSA (P-256, P-384, P-521) nor ML-DSA".into())
+    })?;
     let mut params = params(false, 10)?;
     params.not_after = time::OffsetDateTime::now_utc() + valid_for;
     params.distinguished_name = subject("HSM", &serial);
@@ -265,6 +373,53 @@ mod tests {
         }
     }
 
+    /// ML-DSA identities (IETF LAMPS identifiers), alone and mixed with ECDSA: every chain is
+    /// trusted through its owner certificate, every PIK's handshake signature verifies with
+    /// its PIC, and what another key signed does not.
+    #[test]
+    fn ml_dsa_identities_and_mixed_chains() {
+        use crate::verify::verify_with_certificate;
+        let serial = "4242424242";
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let cases = [
+            (Curve::MlDsa87, Curve::MlDsa87),
+            (Curve::P521, Curve::MlDsa65),
+            (Curve::MlDsa65, Curve::P256),
+        ];
+        for (owner, identity) in cases {
+            let pok = generate_key(owner).unwrap();
+            let poc = owner_certificate(&pok, owner, serial).unwrap();
+            let pik = generate_key(identity).unwrap();
+            let request = identity_request(&pik, identity, serial).unwrap();
+            let (pic, _) = sign_request(&request, &pok, owner, &poc)
+                .unwrap_or_else(|e| panic!("{owner:?} signing {identity:?}: {e}"));
+            let chain = [pic.clone(), poc.clone()];
+            crate::verify_chain(&chain, std::slice::from_ref(&poc), serial, now)
+                .unwrap_or_else(|e| panic!("{owner:?}/{identity:?}: {e}"));
+            let signature = sign(&pik, identity, b"transcript").unwrap();
+            assert!(verify_with_certificate(&pic, b"transcript", &signature));
+            assert!(!verify_with_certificate(&pic, b"another", &signature));
+            // Another owner of the same algorithm did not sign this PIC.
+            let stranger = generate_key(owner).unwrap();
+            let other = owner_certificate(&stranger, owner, serial).unwrap();
+            assert!(crate::verify_chain(&chain, &[other], serial, now).is_err());
+        }
+        let pik = generate_key(Curve::MlDsa87).unwrap();
+        let pic = self_signed_identity(&pik, Curve::MlDsa87, serial).unwrap();
+        crate::verify_chain(
+            std::slice::from_ref(&pic),
+            std::slice::from_ref(&pic),
+            serial,
+            now,
+        )
+        .unwrap();
+        assert_eq!(Curve::parse("ml-dsa-87"), Some(Curve::MlDsa87));
+        assert_eq!(
+            Curve::parse("ML-DSA-65").map(Curve::name),
+            Some("ML-DSA-65")
+        );
+    }
+
     #[test]
     fn bad_requests_are_refused() {
         let pok = generate_key(Curve::P256).unwrap();
@@ -285,34 +440,52 @@ mod tests {
 }
 
 /// Signs `message` with a private key (the PIK signing a handshake transcript): ECDSA with the
-/// hash that goes with the curve, ASN.1 signature.
+/// hash that goes with the curve (ASN.1 signature), or ML-DSA.
 pub fn sign(pkcs8: &[u8], curve: Curve, message: &[u8]) -> Result<Vec<u8>, IdentityError> {
     sign_with(&signing_key(pkcs8, curve)?, message)
 }
 
-/// A key (PKCS#8) ready to sign many messages: parsing and checking it is costly, so a signer
-/// that signs often (the device's PIK, at every handshake) keeps it.
-pub fn signing_key(
-    pkcs8: &[u8],
-    curve: Curve,
-) -> Result<aws_lc_rs::signature::EcdsaKeyPair, IdentityError> {
-    use aws_lc_rs::signature::{self, EcdsaKeyPair};
+/// A key ready to sign many messages (the device's PIK, at every handshake): parsing and
+/// checking it is costly, so a signer that signs often keeps it.
+pub enum SigningKey {
+    /// ECDSA.
+    Ecdsa(aws_lc_rs::signature::EcdsaKeyPair),
+    /// ML-DSA.
+    MlDsa(aws_lc_rs::signature::PqdsaKeyPair),
+}
+
+/// A key (PKCS#8) ready to sign many messages, see [`SigningKey`].
+pub fn signing_key(pkcs8: &[u8], curve: Curve) -> Result<SigningKey, IdentityError> {
+    use aws_lc_rs::signature::{self, EcdsaKeyPair, PqdsaKeyPair};
+    let failed = |e: aws_lc_rs::error::KeyRejected| IdentityError::Generation(e.to_string());
     let algorithm = match curve {
         Curve::P256 => &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
         Curve::P384 => &signature::ECDSA_P384_SHA384_ASN1_SIGNING,
         Curve::P521 => &signature::ECDSA_P521_SHA512_ASN1_SIGNING,
+        Curve::MlDsa65 | Curve::MlDsa87 => {
+            let signing = curve
+                .ml_dsa()
+                .ok_or(IdentityError::Generation("no ML-DSA parameter set".into()))?;
+            return PqdsaKeyPair::from_pkcs8(signing, pkcs8)
+                .map(SigningKey::MlDsa)
+                .map_err(failed);
+        }
     };
-    EcdsaKeyPair::from_pkcs8(algorithm, pkcs8).map_err(|e| IdentityError::Generation(e.to_string()))
+    EcdsaKeyPair::from_pkcs8(algorithm, pkcs8)
+        .map(SigningKey::Ecdsa)
+        .map_err(failed)
 }
 
-/// Signs `message` (ECDSA, DER) with a key from [`signing_key`].
-pub fn sign_with(
-    key: &aws_lc_rs::signature::EcdsaKeyPair,
-    message: &[u8],
-) -> Result<Vec<u8>, IdentityError> {
-    key.sign(&aws_lc_rs::rand::SystemRandom::new(), message)
-        .map(|s| s.as_ref().to_vec())
-        .map_err(|e| IdentityError::Generation(e.to_string()))
+/// Signs `message` with a key from [`signing_key`]: ECDSA (DER) or ML-DSA.
+pub fn sign_with(key: &SigningKey, message: &[u8]) -> Result<Vec<u8>, IdentityError> {
+    let failed = |e: aws_lc_rs::error::Unspecified| IdentityError::Generation(e.to_string());
+    match key {
+        SigningKey::Ecdsa(key) => key
+            .sign(&aws_lc_rs::rand::SystemRandom::new(), message)
+            .map(|s| s.as_ref().to_vec())
+            .map_err(failed),
+        SigningKey::MlDsa(pair) => ml_dsa_sign(pair, message).map_err(failed),
+    }
 }
 
 #[cfg(test)]

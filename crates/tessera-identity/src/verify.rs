@@ -116,6 +116,68 @@ fn validity(info: &CertificateInfo, now: i64) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// The ML-DSA algorithm identifiers (IETF LAMPS, `id-ml-dsa-44/65/87`), which name the key
+/// and the signature alike.
+const ML_DSA_OIDS: [(&[u64], crate::Curve); 2] = [
+    (&[2, 16, 840, 1, 101, 3, 4, 3, 18], crate::Curve::MlDsa65),
+    (&[2, 16, 840, 1, 101, 3, 4, 3, 19], crate::Curve::MlDsa87),
+];
+
+fn ml_dsa_of(oid: &x509_parser::der_parser::oid::Oid<'_>) -> Option<crate::Curve> {
+    let arcs: Vec<u64> = oid.iter()?.collect();
+    ML_DSA_OIDS
+        .iter()
+        .find(|(known, _)| *known == arcs.as_slice())
+        .map(|(_, curve)| *curve)
+}
+
+/// The algorithm of the key in `spki`: an ECDSA curve or an ML-DSA parameter set.
+pub(crate) fn key_algorithm(
+    spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>,
+) -> Option<crate::Curve> {
+    if let Some(curve) = ml_dsa_of(&spki.algorithm.algorithm) {
+        // ML-DSA keys have no parameters (absent, RFC 9881).
+        return spki.algorithm.parameters.is_none().then_some(curve);
+    }
+    let curve = spki.algorithm.parameters.as_ref()?.as_oid().ok()?;
+    if curve == oids::OID_EC_P256 {
+        Some(crate::Curve::P256)
+    } else if curve == oids::OID_NIST_EC_P384 {
+        Some(crate::Curve::P384)
+    } else if curve == oids::OID_NIST_EC_P521 {
+        Some(crate::Curve::P521)
+    } else {
+        None
+    }
+}
+
+/// Whether `signature` (by `signature_algorithm`) of `message` verifies with the key in
+/// `spki`: ECDSA with SHA-256/384/512 on P-256/384/521, or ML-DSA (the signature's algorithm
+/// must then be the key's own).
+pub(crate) fn signature_verifies(
+    spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>,
+    signature_algorithm: &x509_parser::der_parser::oid::Oid<'_>,
+    message: &[u8],
+    signature: &[u8],
+) -> bool {
+    let key = spki.subject_public_key.data.as_ref();
+    match key_algorithm(spki) {
+        Some(crate::Curve::MlDsa65) | Some(crate::Curve::MlDsa87) => {
+            let algorithm: &dyn signature::VerificationAlgorithm =
+                match ml_dsa_of(signature_algorithm) {
+                    Some(c) if Some(c) != key_algorithm(spki) => return false,
+                    Some(crate::Curve::MlDsa65) => &signature::ML_DSA_65,
+                    Some(crate::Curve::MlDsa87) => &signature::ML_DSA_87,
+                    _ => return false,
+                };
+            UnparsedPublicKey::new(algorithm, key)
+                .verify(message, signature)
+                .is_ok()
+        }
+        _ => ecdsa_verify(spki, signature_algorithm, message, signature),
+    }
+}
+
 /// Verifies an ECDSA signature (`signature_algorithm` from the signed structure) over
 /// `message` with the key in `spki`.
 pub(crate) fn ecdsa_verify(
@@ -175,7 +237,7 @@ fn signed_by(child: &[u8], issuer: &[u8]) -> bool {
     let (Ok(child), Ok(issuer)) = (inspect::parse(child), inspect::parse(issuer)) else {
         return false;
     };
-    ecdsa_verify(
+    signature_verifies(
         &issuer.tbs_certificate.subject_pki,
         &child.signature_algorithm.algorithm,
         child.tbs_certificate.as_ref(),
@@ -248,22 +310,23 @@ pub fn verify_chain(
 }
 
 /// Verifies a signature made by the key of certificate `der` (the handshake signature of a
-/// device's PIK): ECDSA with the hash that goes with the key's curve.
+/// device's PIK): ECDSA with the hash that goes with the key's curve, or ML-DSA.
 pub fn verify_with_certificate(der: &[u8], message: &[u8], signature: &[u8]) -> bool {
     let Ok(certificate) = inspect::parse(der) else {
         return false;
     };
     let spki = &certificate.tbs_certificate.subject_pki;
-    let curve = spki
-        .algorithm
-        .parameters
-        .as_ref()
-        .and_then(|p| p.as_oid().ok());
-    let hash = match curve {
-        Some(c) if c == oids::OID_EC_P256 => oids::OID_SIG_ECDSA_WITH_SHA256,
-        Some(c) if c == oids::OID_NIST_EC_P384 => oids::OID_SIG_ECDSA_WITH_SHA384,
-        Some(c) if c == oids::OID_NIST_EC_P521 => oids::OID_SIG_ECDSA_WITH_SHA512,
-        _ => return false,
-    };
-    ecdsa_verify(spki, &hash, message, signature)
+    match key_algorithm(spki) {
+        Some(crate::Curve::P256) => {
+            ecdsa_verify(spki, &oids::OID_SIG_ECDSA_WITH_SHA256, message, signature)
+        }
+        Some(crate::Curve::P384) => {
+            ecdsa_verify(spki, &oids::OID_SIG_ECDSA_WITH_SHA384, message, signature)
+        }
+        Some(crate::Curve::P521) => {
+            ecdsa_verify(spki, &oids::OID_SIG_ECDSA_WITH_SHA512, message, signature)
+        }
+        Some(_) => signature_verifies(spki, &spki.algorithm.algorithm, message, signature),
+        None => false,
+    }
 }

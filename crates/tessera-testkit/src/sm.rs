@@ -66,13 +66,12 @@ fn own_settings(daemon: &Daemon, extra: &[(&str, &str)]) -> SecureSettings {
     for (k, v) in extra {
         environment.insert(k.to_string(), v.to_string());
     }
-    let settings = SecureSettings::from_config(Config::from_levels(
+    SecureSettings::from_config(Config::from_levels(
         environment,
         HashMap::new(),
         HashMap::new(),
     ))
-    .expect("valid secure-messaging settings");
-    settings
+    .expect("valid secure-messaging settings")
 }
 
 /// A client with secure messaging, `daemon`'s trust store and extra configuration items.

@@ -446,3 +446,50 @@ fn a_device_with_flag_q_refuses_a_classical_hello() {
         daemon.log()
     );
 }
+
+/// Post-quantum identities: a device whose POK and PIK are ML-DSA-87 (`ctident gen-selfsigned
+/// all --algorithm ml-dsa-87`), and one whose P-521 owner key certifies an ML-DSA-65 PIK
+/// through the offline flow (request, sign-request, import): the library checks either chain
+/// and the PIK's handshake signature as it checks ECDSA ones, and the channel opens (hybrid).
+#[test]
+fn ml_dsa_identities_and_a_mixed_chain_open_channels() {
+    let transport = Transport::Unix;
+    let all_ml_dsa = Daemon::start();
+    all_ml_dsa.identify(transport, &["--algorithm", "ml-dsa-87"]);
+    let shown = all_ml_dsa.ctident(transport, &["show"]);
+    assert!(shown.contains("ML-DSA-87"), "{shown}");
+
+    let mixed = Daemon::start();
+    mixed.ctident(transport, &["gen-selfsigned", "poc", "--curve", "p521"]);
+    let csr = mixed.dir().join("pik.csr");
+    let pic = mixed.dir().join("pic.pem");
+    let (csr_path, pic_path) = (csr.to_str().unwrap(), pic.to_str().unwrap());
+    mixed.ctident(
+        transport,
+        &["request", "--out", csr_path, "--algorithm", "ml-dsa-65"],
+    );
+    mixed.ctident(
+        transport,
+        &["sign-request", "--in", csr_path, "--out", pic_path],
+    );
+    mixed.ctident(transport, &["import", "--in", pic_path]);
+    mixed.ctident(transport, &["trust", "add", "--from-device", "--yes"]);
+    let shown = mixed.ctident(transport, &["show"]);
+    assert!(
+        shown.contains("ML-DSA-65") && shown.contains("P-521"),
+        "{shown}"
+    );
+
+    for daemon in [&all_ml_dsa, &mixed] {
+        daemon.admin(transport, &["-fn"]);
+        init_token(daemon, transport);
+        let relay = Relay::transparent(daemon, transport);
+        let device = secured(daemon, &relay.address, &[]);
+        let (session, _) = user(&device);
+        assert!(session > 0);
+        assert!(
+            !relay.recorder.contains(USER_PIN.as_bytes()),
+            "the PIN went in the channel"
+        );
+    }
+}

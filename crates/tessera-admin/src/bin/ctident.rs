@@ -67,12 +67,13 @@ struct Args {
 enum Command {
     /// Generate keys and self-signed certificates: `all` (a POC and a PIC signed by it),
     /// `pic` (a self-signed PIC), `poc` (an owner key and POC, pending until it signs a PIK).
-    /// Example: ctident gen-selfsigned all --curve p384
+    /// Example: ctident gen-selfsigned all --curve p384, or --algorithm ml-dsa-87 for a
+    /// post-quantum identity (ML-DSA certificates, the IETF LAMPS identifiers).
     GenSelfsigned {
         /// What to generate.
         what: What,
-        /// Curve: p521 (default), p384, p256.
-        #[arg(long, default_value = "p521")]
+        /// Key algorithm: p521 (default), p384, p256 (ECDSA), ml-dsa-65, ml-dsa-87 (ML-DSA).
+        #[arg(long, visible_alias = "algorithm", default_value = "p521")]
         curve: String,
         /// Replace existing keys (asks for confirmation; --yes for scripts).
         #[arg(long)]
@@ -84,8 +85,8 @@ enum Command {
         /// Where to write the request (PEM).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
-        /// Curve of the new PIK.
-        #[arg(long, default_value = "p521")]
+        /// Key algorithm of the new PIK: p521 (default), p384, p256, ml-dsa-65, ml-dsa-87.
+        #[arg(long, visible_alias = "algorithm", default_value = "p521")]
         curve: String,
         /// Replace a working identity (asks for confirmation).
         #[arg(long)]
@@ -120,8 +121,8 @@ enum Command {
         /// File with TARGET's Administrator PIN (else asked).
         #[arg(long, value_name = "PATH")]
         target_pin_file: Option<PathBuf>,
-        /// Curve of TARGET's new PIK.
-        #[arg(long, default_value = "p521")]
+        /// Key algorithm of TARGET's new PIK: p521 (default), p384, p256, ml-dsa-65, ml-dsa-87.
+        #[arg(long, visible_alias = "algorithm", default_value = "p521")]
         curve: String,
         /// Replace TARGET's working identity (asks for confirmation).
         #[arg(long)]

@@ -1,5 +1,5 @@
-//! `channel-bench`: secure-messaging channels at scale, against a daemon whose identity key is
-//! P-521 and whose flags require full secure messaging (`nuNU`):
+//! `channel-bench`: secure-messaging channels at scale, against daemons whose identity key is
+//! P-521 or ML-DSA-87 and whose flags require full secure messaging (`nuNU`):
 //!
 //! - handshakes per second with 1, 2, 4 and 8 client threads, each handshake a new connection, a
 //!   full handshake (chain and signature checked against the trust store) and a
@@ -48,8 +48,8 @@ fn channel(daemon: &Daemon, settings: &Arc<SecureSettings>, keep_session: bool) 
 
 /// What `--help` prints.
 const HELP: &str = "\
-channel-bench: secure-messaging channels at scale, against a daemon with a P-521 identity that
-requires full secure messaging (nuNU)
+channel-bench: secure-messaging channels at scale, against daemons with a P-521 and an ML-DSA-87
+identity that require full secure messaging (nuNU)
 
 Measures the daemon's resident memory per idle channel, then handshakes per second with 1, 2, 4
 and 8 client threads (each a new connection, a full handshake checked against the trust store
@@ -120,7 +120,7 @@ fn main() {
     let settings = tessera_testkit::sm::settings(&daemon, &[]);
     drop(channel(&daemon, &settings, true));
 
-    println!("channel-bench: P-521 identity, flags nuNU, Unix socket, {seconds} s per case");
+    println!("channel-bench: flags nuNU, Unix socket, {seconds} s per case; idle channels with a P-521 identity");
     // Idle channels first, on the fresh daemon (opened by 4 threads, then held): what they
     // cost, not what bursts of handshakes left in the allocator's per-thread caches.
     let classical = tessera_testkit::sm::classical_settings(&daemon, &[]);
@@ -167,13 +167,29 @@ fn main() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    // The same with an ML-DSA-87 identity (a post-quantum signature in every handshake).
+    let ml_dsa = Daemon::start();
+    ml_dsa.identify(transport, &["--algorithm", "ml-dsa-87"]);
+    ml_dsa.admin(transport, &["-fnuNU"]);
+    tessera_testkit::sm::init_token(&ml_dsa, transport);
+    let ml_dsa_settings = tessera_testkit::sm::settings(&ml_dsa, &[]);
+    let ml_dsa_classical = tessera_testkit::sm::classical_settings(&ml_dsa, &[]);
+    drop(channel(&ml_dsa, &ml_dsa_settings, true));
+
     println!(
-        "{:<24} {:<10} {:>14} {:>10}",
-        "channel", "threads", "handshakes/s", "p50 ms"
+        "{:<10} {:<24} {:<8} {:>14} {:>10}",
+        "identity", "channel", "threads", "handshakes/s", "p50 ms"
     );
-    for (name, settings) in [
-        ("hybrid X25519+ML-KEM-768", &settings),
-        ("classical X25519", &classical),
+    for (identity, daemon, name, settings) in [
+        ("P-521", &daemon, "hybrid X25519+ML-KEM-768", &settings),
+        ("P-521", &daemon, "classical X25519", &classical),
+        (
+            "ML-DSA-87",
+            &ml_dsa,
+            "hybrid X25519+ML-KEM-768",
+            &ml_dsa_settings,
+        ),
+        ("ML-DSA-87", &ml_dsa, "classical X25519", &ml_dsa_classical),
     ] {
         for threads in [1usize, 2, 4, 8] {
             let done = AtomicU64::new(0);
@@ -186,7 +202,7 @@ fn main() {
                             let mut samples = Vec::new();
                             while Instant::now() < deadline {
                                 let t = Instant::now();
-                                drop(channel(&daemon, &settings, true));
+                                drop(channel(daemon, settings, true));
                                 samples.push(t.elapsed());
                                 done.fetch_add(1, Ordering::Relaxed);
                             }
@@ -203,7 +219,8 @@ fn main() {
             samples.sort();
             let p50 = tessera_testkit::quantile(&samples, 0.5).unwrap_or_default();
             println!(
-                "{:<24} {:<10} {:>14.0} {:>10.2}",
+                "{:<10} {:<24} {:<8} {:>14.0} {:>10.2}",
+                identity,
                 name,
                 threads,
                 rate,
