@@ -308,3 +308,113 @@ fn the_library_offers_the_3_2_interface_and_reports_its_version() {
         .pkcs11
         .is_fn_supported(cryptoki::context::Function::EncapsulateKey));
 }
+
+/// A second implementation (RustCrypto's `ml-dsa` and `ml-kem`, test-only) against the token:
+/// the same ML-DSA-65 key from one seed on both sides; the token's deterministic signature with
+/// a context is byte for byte RustCrypto's (FIPS 204's deterministic variant is a known answer);
+/// each side verifies the other's hedged signatures; ML-KEM-768 secrets agree both ways.
+#[test]
+fn a_second_implementation_agrees() {
+    use ml_dsa::{EncodedSignature, ExpandedSigningKey, MlDsa65, Signature};
+    use ml_kem::kem::{Decapsulate, KeyExport, TryKeyInit};
+    use ml_kem::MlKem768;
+    let f = common::fixture(Transport::Unix);
+    let session = f.user_session();
+
+    // ML-DSA-65 from one seed: the token expands it (CKA_SEED), RustCrypto too.
+    let seed = [0x5Au8; 32];
+    let theirs = ExpandedSigningKey::<MlDsa65>::from_seed(&seed.into());
+    let their_public = theirs.verifying_key().encode().to_vec();
+    let set = Attribute::ParameterSet(MlDsaParameterSetType::ML_DSA_65.into());
+    let private = session
+        .create_object(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::KeyType(KeyType::ML_DSA),
+            set.clone(),
+            Attribute::Seed(seed.to_vec()),
+            Attribute::Sign(true),
+            Attribute::Token(false),
+        ])
+        .unwrap();
+    let public = session
+        .create_object(&[
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::KeyType(KeyType::ML_DSA),
+            set,
+            Attribute::Value(their_public.clone()),
+            Attribute::Verify(true),
+            Attribute::Token(false),
+        ])
+        .unwrap();
+    let message = b"interoperability";
+    let deterministic = Mechanism::MlDsa(SignAdditionalContext::new(
+        HedgeType::DeterministicRequired,
+        Some(b"tessera"),
+    ));
+    let ours = session.sign(&deterministic, private, message).unwrap();
+    let expected = theirs
+        .sign_deterministic(message, b"tessera")
+        .unwrap()
+        .encode()
+        .to_vec();
+    assert_eq!(ours, expected, "FIPS 204 deterministic signature");
+    let hedged = Mechanism::MlDsa(SignAdditionalContext::new(HedgeType::Required, None));
+    let ours = session.sign(&hedged, private, message).unwrap();
+    let decoded =
+        Signature::<MlDsa65>::decode(&EncodedSignature::<MlDsa65>::try_from(&ours[..]).unwrap())
+            .expect("a well-formed signature");
+    assert!(theirs
+        .verifying_key()
+        .verify_with_context(message, b"", &decoded));
+    let their_signature = theirs
+        .sign_deterministic(b"theirs", b"")
+        .unwrap()
+        .encode()
+        .to_vec();
+    session
+        .verify(&hedged, public, b"theirs", &their_signature)
+        .unwrap();
+
+    // ML-KEM-768: their encapsulation to the token's key, the token's to theirs.
+    let (token_public, token_private) = session
+        .generate_key_pair(
+            &Mechanism::MlKemKeyPairGen,
+            &[
+                Attribute::Token(false),
+                Attribute::ParameterSet(MlKemParameterSetType::ML_KEM_768.into()),
+            ],
+            &[Attribute::Token(false)],
+        )
+        .unwrap();
+    let key = ml_kem::EncapsulationKey::<MlKem768>::new_from_slice(&value(&session, token_public))
+        .unwrap();
+    let (ciphertext, shared) = key.encapsulate_deterministic(&[0x33u8; 32].into());
+    let got = session
+        .decapsulate_key(
+            &Mechanism::MlKem,
+            token_private,
+            &readable(),
+            ciphertext.as_slice(),
+        )
+        .unwrap();
+    assert_eq!(value(&session, got), shared.as_slice());
+    let their_private = ml_kem::DecapsulationKey::<MlKem768>::from_seed([0x77u8; 64].into());
+    let their_public = their_private.encapsulation_key();
+    let imported = session
+        .create_object(&[
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::KeyType(KeyType::ML_KEM),
+            Attribute::ParameterSet(MlKemParameterSetType::ML_KEM_768.into()),
+            Attribute::Value(their_public.to_bytes().to_vec()),
+            Attribute::Token(false),
+        ])
+        .unwrap();
+    let (ciphertext, ours) = session
+        .encapsulate_key(&Mechanism::MlKem, imported, &readable())
+        .unwrap();
+    let ciphertext = ml_kem::Ciphertext::<MlKem768>::try_from(&ciphertext[..]).unwrap();
+    assert_eq!(
+        their_private.decapsulate(&ciphertext).as_slice(),
+        value(&session, ours)
+    );
+}
