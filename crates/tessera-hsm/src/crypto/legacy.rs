@@ -29,31 +29,42 @@ fn check(result: c_int, error: Rv) -> Result<(), Rv> {
     }
 }
 
-/// A running MD5 digest.
-pub(crate) struct Md5(*mut sys::EVP_MD_CTX);
+/// A running digest that aws-lc-rs does not offer: MD5, or SHA3-224 (for HashML-DSA).
+pub(crate) struct EvpDigest(*mut sys::EVP_MD_CTX);
 
 // SAFETY: the context is owned by this value alone and aws-lc's digest contexts have no
 // thread affinity.
-unsafe impl Send for Md5 {}
+unsafe impl Send for EvpDigest {}
 // SAFETY: no method takes `&self` to touch the context; shared references do nothing.
-unsafe impl Sync for Md5 {}
+unsafe impl Sync for EvpDigest {}
 
-impl Md5 {
-    /// The digest's length in bytes.
-    pub(crate) const LEN: usize = 16;
+/// The length of an MD5 digest in bytes.
+pub(crate) const MD5_LEN: usize = 16;
 
+impl EvpDigest {
     /// A new MD5 digest.
-    pub(crate) fn new() -> Result<Md5, Rv> {
+    pub(crate) fn md5() -> Result<EvpDigest, Rv> {
+        // SAFETY: EVP_md5 takes no arguments and returns a static method table.
+        Self::new(unsafe { sys::EVP_md5() })
+    }
+
+    /// A new SHA3-224 digest.
+    pub(crate) fn sha3_224() -> Result<EvpDigest, Rv> {
+        // SAFETY: EVP_sha3_224 takes no arguments and returns a static method table.
+        Self::new(unsafe { sys::EVP_sha3_224() })
+    }
+
+    fn new(md: *const sys::EVP_MD) -> Result<EvpDigest, Rv> {
         // SAFETY: allocates a context; NULL on failure, checked below.
         let ctx = unsafe { sys::EVP_MD_CTX_new() };
         if ctx.is_null() {
             return Err(Rv::HostMemory);
         }
-        let md5 = Md5(ctx);
-        // SAFETY: `ctx` is a live context; EVP_md5 returns a static method table.
-        let result = unsafe { sys::EVP_DigestInit_ex(ctx, sys::EVP_md5(), std::ptr::null_mut()) };
+        let digest = EvpDigest(ctx);
+        // SAFETY: `ctx` is a live context; `md` is one of aws-lc's static method tables.
+        let result = unsafe { sys::EVP_DigestInit_ex(ctx, md, std::ptr::null_mut()) };
         check(result, Rv::FunctionFailed)?;
-        Ok(md5)
+        Ok(digest)
     }
 
     /// Feeds data.
@@ -64,9 +75,9 @@ impl Md5 {
 
     /// The digest.
     pub(crate) fn finish(self) -> Result<Vec<u8>, Rv> {
-        let mut out = vec![0u8; Md5::LEN];
+        let mut out = vec![0u8; sys::EVP_MAX_MD_SIZE as usize];
         let mut len: c_uint = 0;
-        // SAFETY: `out` has room for an MD5 digest (16 bytes), `len` is a valid pointer.
+        // SAFETY: `out` has room for any digest (EVP_MAX_MD_SIZE), `len` is a valid pointer.
         let result = unsafe { sys::EVP_DigestFinal_ex(self.0, out.as_mut_ptr(), &mut len) };
         check(result, Rv::FunctionFailed)?;
         out.truncate(len as usize);
@@ -74,7 +85,7 @@ impl Md5 {
     }
 }
 
-impl Drop for Md5 {
+impl Drop for EvpDigest {
     fn drop(&mut self) {
         // SAFETY: the context was allocated by EVP_MD_CTX_new and is freed once, here.
         unsafe { sys::EVP_MD_CTX_free(self.0) };
@@ -84,9 +95,9 @@ impl Drop for Md5 {
 /// A running HMAC-MD5.
 pub(crate) struct HmacMd5(*mut sys::HMAC_CTX);
 
-// SAFETY: as for `Md5`: owned alone, no thread affinity.
+// SAFETY: as for `EvpDigest`: owned alone, no thread affinity.
 unsafe impl Send for HmacMd5 {}
-// SAFETY: as for `Md5`.
+// SAFETY: as for `EvpDigest`.
 unsafe impl Sync for HmacMd5 {}
 
 impl HmacMd5 {
@@ -120,7 +131,7 @@ impl HmacMd5 {
 
     /// The MAC (16 bytes).
     pub(crate) fn finish(self) -> Result<Vec<u8>, Rv> {
-        let mut out = vec![0u8; Md5::LEN];
+        let mut out = vec![0u8; MD5_LEN];
         let mut len: c_uint = 0;
         // SAFETY: `out` has room for an MD5-sized MAC; `len` is a valid pointer.
         let result = unsafe { sys::HMAC_Final(self.0, out.as_mut_ptr(), &mut len) };
@@ -174,9 +185,9 @@ pub(crate) struct Des3 {
     fed: usize,
 }
 
-// SAFETY: as for `Md5`: owned alone, no thread affinity.
+// SAFETY: as for `EvpDigest`: owned alone, no thread affinity.
 unsafe impl Send for Des3 {}
-// SAFETY: as for `Md5`.
+// SAFETY: as for `EvpDigest`.
 unsafe impl Sync for Des3 {}
 
 impl Des3 {
@@ -288,9 +299,9 @@ impl Drop for Des3 {
 /// A running triple-DES CMAC (`CKM_DES3_CMAC`, NIST SP 800-38B), 8 bytes.
 pub(crate) struct Des3Cmac(*mut sys::CMAC_CTX);
 
-// SAFETY: as for `Md5`: owned alone, no thread affinity.
+// SAFETY: as for `EvpDigest`: owned alone, no thread affinity.
 unsafe impl Send for Des3Cmac {}
-// SAFETY: as for `Md5`.
+// SAFETY: as for `EvpDigest`.
 unsafe impl Sync for Des3Cmac {}
 
 impl Des3Cmac {
@@ -1047,7 +1058,7 @@ mod tests {
     #[test]
     fn md5_and_hmac_md5_known_answers() {
         // RFC 1321 §A.5.
-        let mut md5 = Md5::new().unwrap();
+        let mut md5 = EvpDigest::md5().unwrap();
         md5.update(b"message ");
         md5.update(b"digest");
         assert_eq!(
@@ -1055,7 +1066,7 @@ mod tests {
             hex("f96b697d7cb7938d525a2f31aaf161d0")
         );
         assert_eq!(
-            Md5::new().unwrap().finish().unwrap(),
+            EvpDigest::md5().unwrap().finish().unwrap(),
             hex("d41d8cd98f00b204e9800998ecf8427e")
         );
         // RFC 2104 / RFC 2202 test case 2.

@@ -77,7 +77,7 @@ impl Mac {
             (ck::CKM_AES_CMAC | ck::CKM_AES_CMAC_GENERAL, None) => {
                 (16, m == ck::CKM_AES_CMAC_GENERAL)
             }
-            (ck::CKM_MD5_HMAC, None) => (legacy::Md5::LEN, false),
+            (ck::CKM_MD5_HMAC, None) => (legacy::MD5_LEN, false),
             (ck::CKM_DES3_CMAC, None) => (legacy::DES_BLOCK, false),
             _ => return Err(Rv::MechanismInvalid),
         };

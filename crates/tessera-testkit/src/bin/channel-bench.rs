@@ -8,8 +8,8 @@
 //!   channels that then stay idle;
 //!
 //! each for the hybrid channel (X25519 and ML-KEM-768, the default) and the classical one (the
-//! client offering no ML-KEM, as a library of the classical protocol does). The classical idle
-//! figure comes second, on a daemon whose allocator kept what the hybrid channels freed.
+//! client offering no ML-KEM, as a library of the classical protocol does), each idle figure
+//! on a fresh daemon.
 //!
 //! Client and daemon share this machine's cores, as the issue asks.
 //!
@@ -102,29 +102,36 @@ fn main() {
         }
     };
     let limit = (idle + 200).to_string();
-    let daemon = Daemon::start_with(&[
-        "--max-connections",
-        &limit,
-        "--max-connections-per-peer",
-        &limit,
-        "--max-channels",
-        &limit,
-        // Idle channels are what is measured: kept however long the run.
-        "--idle-timeout",
-        "0",
-    ]);
     let transport = Transport::Unix;
-    daemon.identify(transport, &["--curve", "p521"]);
-    daemon.admin(transport, &["-fnuNU"]);
-    tessera_testkit::sm::init_token(&daemon, transport);
-    let settings = tessera_testkit::sm::settings(&daemon, &[]);
-    drop(channel(&daemon, &settings, true));
+    // A fresh daemon with `identity`, flags nuNU, and a token.
+    let device = |identity: &str| {
+        let daemon = Daemon::start_with(&[
+            "--max-connections",
+            &limit,
+            "--max-connections-per-peer",
+            &limit,
+            "--max-channels",
+            &limit,
+            // Idle channels are what is measured: kept however long the run.
+            "--idle-timeout",
+            "0",
+        ]);
+        daemon.identify(transport, &["--algorithm", identity]);
+        daemon.admin(transport, &["-fnuNU"]);
+        tessera_testkit::sm::init_token(&daemon, transport);
+        daemon
+    };
 
     println!("channel-bench: flags nuNU, Unix socket, {seconds} s per case; idle channels with a P-521 identity");
-    // Idle channels first, on the fresh daemon (opened by 4 threads, then held): what they
-    // cost, not what bursts of handshakes left in the allocator's per-thread caches.
-    let classical = tessera_testkit::sm::classical_settings(&daemon, &[]);
-    for (kind, settings) in [("hybrid", &settings), ("classical", &classical)] {
+    // Idle channels first, each kind on a fresh daemon (opened by 4 threads, then held): what
+    // they cost, not what bursts of handshakes (or the other kind) left in the allocator.
+    for kind in ["hybrid", "classical"] {
+        let daemon = device("p521");
+        let settings = match kind {
+            "hybrid" => tessera_testkit::sm::settings(&daemon, &[]),
+            _ => tessera_testkit::sm::classical_settings(&daemon, &[]),
+        };
+        drop(channel(&daemon, &settings, true));
         std::thread::sleep(Duration::from_millis(300));
         let before = daemon.rss_kib().expect("daemon memory");
         let started = Instant::now();
@@ -167,14 +174,16 @@ fn main() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    let daemon = device("p521");
+    let settings = tessera_testkit::sm::settings(&daemon, &[]);
+    let classical = tessera_testkit::sm::classical_settings(&daemon, &[]);
     // The same with an ML-DSA-87 identity (a post-quantum signature in every handshake).
-    let ml_dsa = Daemon::start();
-    ml_dsa.identify(transport, &["--algorithm", "ml-dsa-87"]);
-    ml_dsa.admin(transport, &["-fnuNU"]);
-    tessera_testkit::sm::init_token(&ml_dsa, transport);
+    let ml_dsa = device("ml-dsa-87");
     let ml_dsa_settings = tessera_testkit::sm::settings(&ml_dsa, &[]);
     let ml_dsa_classical = tessera_testkit::sm::classical_settings(&ml_dsa, &[]);
-    drop(channel(&ml_dsa, &ml_dsa_settings, true));
+    for (daemon, settings) in [(&daemon, &settings), (&ml_dsa, &ml_dsa_settings)] {
+        drop(channel(daemon, settings, true));
+    }
 
     println!(
         "{:<10} {:<24} {:<8} {:>14} {:>10}",
