@@ -189,6 +189,16 @@ pub enum MechanismParameter {
         /// The context string (at most 255 bytes).
         context: Vec<u8>,
     },
+    /// `CK_HASH_SIGN_ADDITIONAL_CONTEXT` (PKCS#11 3.2, `CKM_HASH_ML_DSA`): as `SignContext`,
+    /// and the hash that made the data signed.
+    HashSignContext {
+        /// `CKH_HEDGE_PREFERRED`, `CKH_HEDGE_REQUIRED` or `CKH_DETERMINISTIC_REQUIRED`.
+        hedge: u64,
+        /// The context string (at most 255 bytes).
+        context: Vec<u8>,
+        /// The hash mechanism (`CKM_SHA256`, ...).
+        hash: u64,
+    },
 }
 
 /// How a counter or a length is written into the PRF input of SP 800-108

@@ -18,15 +18,6 @@ const KNOWN: &[(&str, &str)] = &[
         "expects a public key to have no CKA_ALLOWED_MECHANISMS (unless the module is SoftHSM2); \
          PKCS#11 3.0 §4.7 lists it among the common key attributes, which Tessera gives (empty)",
     ),
-    // PKCS#11 3.2 (the suite's ml_dsa.rs): aws-lc has no pre-hash ML-DSA; docs/pkcs11.md.
-    (
-        "ml_dsa_hash",
-        "CKM_HASH_ML_DSA: aws-lc offers no pre-hash ML-DSA",
-    ),
-    (
-        "ml_dsa_hashes",
-        "CKM_HASH_ML_DSA_SHA3_224 and the other pre-hash variants: aws-lc offers none",
-    ),
     (
         "unique_id",
         "expects CKR_ATTRIBUTE_TYPE_INVALID for CKA_UNIQUE_ID in a template; PKCS#11 3.0 \

@@ -418,3 +418,72 @@ fn a_second_implementation_agrees() {
         value(&session, ours)
     );
 }
+
+/// HashML-DSA (FIPS 204, Algorithms 4 and 5): `CKM_HASH_ML_DSA` signs a hash the application
+/// gives (one part only), `CKM_HASH_ML_DSA_<hash>` hashes the data itself (in parts too). Signed
+/// deterministically, the two give the same bytes for the same message; a HashML-DSA signature
+/// is not a pure ML-DSA one (domain separation), nor one under another hash.
+#[test]
+fn hash_ml_dsa_signs_given_and_computed_hashes_alike() {
+    use cryptoki::mechanism::dsa::HashSignAdditionalContext;
+    use cryptoki::mechanism::MechanismType;
+    let f = common::fixture(Transport::Unix);
+    let session = f.user_session();
+    let (public, private) = session
+        .generate_key_pair(
+            &Mechanism::MlDsaKeyPairGen,
+            &[
+                Attribute::Token(false),
+                Attribute::ParameterSet(MlDsaParameterSetType::ML_DSA_44.into()),
+            ],
+            &[Attribute::Token(false)],
+        )
+        .unwrap();
+    let message: Vec<u8> = (0..1000u32).map(|i| (i * 13) as u8).collect();
+    let digest = session.digest(&Mechanism::Sha256, &message).unwrap();
+    let deterministic =
+        || SignAdditionalContext::new(HedgeType::DeterministicRequired, Some(b"ctx"));
+    let given = Mechanism::HashMlDsa(HashSignAdditionalContext::new(
+        HedgeType::DeterministicRequired,
+        Some(b"ctx"),
+        MechanismType::SHA256,
+    ));
+    let computed = Mechanism::HashMlDsaSha256(deterministic());
+    let from_hash = session.sign(&given, private, &digest).unwrap();
+    let from_message = session.sign(&computed, private, &message).unwrap();
+    assert_eq!(from_hash, from_message);
+    session.sign_init(&computed, private).unwrap();
+    for part in message.chunks(300) {
+        session.sign_update(part).unwrap();
+    }
+    assert_eq!(session.sign_final().unwrap(), from_hash);
+    session
+        .verify(&computed, public, &message, &from_hash)
+        .unwrap();
+    session.verify(&given, public, &digest, &from_hash).unwrap();
+    // Not a pure ML-DSA signature of the message, nor one of the same message under SHA-512.
+    let pure = Mechanism::MlDsa(deterministic());
+    assert_eq!(
+        rv(session.verify(&pure, public, &message, &from_hash)),
+        RvError::SignatureInvalid
+    );
+    let sha512 = Mechanism::HashMlDsaSha512(deterministic());
+    assert_eq!(
+        rv(session.verify(&sha512, public, &message, &from_hash)),
+        RvError::SignatureInvalid
+    );
+    // SHA3-224 (from aws-lc itself) works the same way.
+    let sha3 = Mechanism::HashMlDsaSha3_224(deterministic());
+    let signature = session.sign(&sha3, private, &message).unwrap();
+    session.verify(&sha3, public, &message, &signature).unwrap();
+    // A given hash of the wrong length is refused; the given hash takes no parts.
+    assert_eq!(
+        rv(session.sign(&given, private, &digest[1..])),
+        RvError::DataLenRange
+    );
+    session.sign_init(&given, private).unwrap();
+    assert_eq!(
+        rv(session.sign_update(&digest)),
+        RvError::OperationNotInitialized
+    );
+}

@@ -939,7 +939,7 @@ mod ml_dsa_ffi {
 pub(crate) struct MlDsaVariant {
     /// Deterministic (`CKH_DETERMINISTIC_REQUIRED`) rather than hedged.
     pub(crate) deterministic: bool,
-    /// `0 || len(ctx) || ctx`.
+    /// `0 || len(ctx) || ctx`, or HashML-DSA's `1 || len(ctx) || ctx || OID`.
     prefix: Vec<u8>,
 }
 
@@ -971,9 +971,30 @@ fn ml_dsa_set(set: u64) -> Result<(MlDsaSign, MlDsaVerify, usize, usize, usize),
 impl MlDsaVariant {
     /// The variant, if the context fits (at most 255 bytes, FIPS 204).
     pub(crate) fn new(deterministic: bool, context: &[u8]) -> Result<MlDsaVariant, Rv> {
+        Self::with_domain(0, deterministic, context, &[])
+    }
+
+    /// HashML-DSA (FIPS 204, Algorithms 4 and 5): the prefix `1 || len(ctx) || ctx || OID`,
+    /// where `oid` is the DER of the pre-hash function's identifier; the message signed is
+    /// then the pre-hash itself.
+    pub(crate) fn prehashed(
+        deterministic: bool,
+        context: &[u8],
+        oid: &[u8],
+    ) -> Result<MlDsaVariant, Rv> {
+        Self::with_domain(1, deterministic, context, oid)
+    }
+
+    fn with_domain(
+        domain: u8,
+        deterministic: bool,
+        context: &[u8],
+        oid: &[u8],
+    ) -> Result<MlDsaVariant, Rv> {
         let len = u8::try_from(context.len()).map_err(|_| Rv::MechanismParamInvalid)?;
-        let mut prefix = vec![0, len];
+        let mut prefix = vec![domain, len];
         prefix.extend_from_slice(context);
+        prefix.extend_from_slice(oid);
         Ok(MlDsaVariant {
             deterministic,
             prefix,

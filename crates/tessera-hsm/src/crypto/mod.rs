@@ -97,7 +97,7 @@ fn ecdsa_digest(curve: &Curve, hash: &[u8]) -> Result<Digest, Rv> {
     Digest::import_less_safe(&fitted, curve.digest).map_err(|_| Rv::DataLenRange)
 }
 
-fn digest_algorithm(mechanism: u64) -> Option<&'static digest::Algorithm> {
+pub(crate) fn digest_algorithm(mechanism: u64) -> Option<&'static digest::Algorithm> {
     match mechanism as ck::CK_MECHANISM_TYPE {
         ck::CKM_SHA_1 => Some(&digest::SHA1_FOR_LEGACY_USE_ONLY),
         ck::CKM_SHA224 => Some(&digest::SHA224),
@@ -329,9 +329,11 @@ enum Inner {
         key: Box<dyn Key>,
         data: Vec<u8>,
         verify: bool,
-        /// A context string or deterministic signing (legacy module); plain hedged ML-DSA
-        /// when `None`.
+        /// A context string or deterministic signing, or HashML-DSA (legacy module); plain
+        /// hedged ML-DSA when `None`.
         variant: Option<legacy::MlDsaVariant>,
+        /// HashML-DSA's pre-hash.
+        hashing: Option<pq::Hashing>,
     },
     Oaep {
         cipher: OaepCipher,
@@ -497,24 +499,47 @@ impl ActiveOperation {
                 },
             });
         }
-        if m == ck::CKM_ML_DSA {
+        let pre_hash = match (m, &mechanism.parameter) {
+            (ck::CKM_HASH_ML_DSA, MechanismParameter::HashSignContext { hash, .. }) => {
+                Some(pq::pre_hash_of_hash(*hash).ok_or(Rv::MechanismParamInvalid)?)
+            }
+            (ck::CKM_HASH_ML_DSA, _) => return Err(Rv::MechanismParamInvalid),
+            _ => pq::pre_hash_of_mechanism(mechanism.ty),
+        };
+        if m == ck::CKM_ML_DSA || pre_hash.is_some() {
             // CK_SIGN_ADDITIONAL_CONTEXT: hedged signing (FIPS 204's default) with an empty
             // context through aws-lc-rs; a context string or deterministic signing through
             // aws-lc's own functions (legacy module).
-            let variant = match &mechanism.parameter {
-                MechanismParameter::None => None,
-                MechanismParameter::SignContext { hedge, context } => {
-                    let deterministic = match *hedge as ck::CK_ULONG {
-                        ck::CKH_HEDGE_PREFERRED | ck::CKH_HEDGE_REQUIRED => false,
-                        ck::CKH_DETERMINISTIC_REQUIRED => true,
-                        _ => return Err(Rv::MechanismParamInvalid),
-                    };
-                    match deterministic || !context.is_empty() {
-                        true => Some(legacy::MlDsaVariant::new(deterministic, context)?),
-                        false => None,
-                    }
+            let (hedge, context) = match &mechanism.parameter {
+                MechanismParameter::None => (ck::CKH_HEDGE_PREFERRED as u64, &[][..]),
+                MechanismParameter::SignContext { hedge, context }
+                | MechanismParameter::HashSignContext { hedge, context, .. } => {
+                    (*hedge, &context[..])
                 }
                 _ => return Err(Rv::MechanismParamInvalid),
+            };
+            let deterministic = match hedge as ck::CK_ULONG {
+                ck::CKH_HEDGE_PREFERRED | ck::CKH_HEDGE_REQUIRED => false,
+                ck::CKH_DETERMINISTIC_REQUIRED => true,
+                _ => return Err(Rv::MechanismParamInvalid),
+            };
+            let (variant, hashing) = match &pre_hash {
+                Some(pre_hash) => (
+                    Some(legacy::MlDsaVariant::prehashed(
+                        deterministic,
+                        context,
+                        &pre_hash.oid,
+                    )?),
+                    Some(match m {
+                        ck::CKM_HASH_ML_DSA => pq::Hashing::Given(pre_hash.len),
+                        _ => pq::Hashing::running(pre_hash)?,
+                    }),
+                ),
+                None if deterministic || !context.is_empty() => (
+                    Some(legacy::MlDsaVariant::new(deterministic, context)?),
+                    None,
+                ),
+                None => (None, None),
             };
             let class = if verify {
                 ck::CKO_PUBLIC_KEY
@@ -533,6 +558,7 @@ impl ActiveOperation {
                     data: Vec::new(),
                     verify,
                     variant,
+                    hashing,
                 },
             });
         }
@@ -927,6 +953,25 @@ impl ActiveOperation {
             }
             Inner::Signature { input, .. } => input.update(data).map(|()| None),
             Inner::Mac { mac, .. } => mac.update(data).map(|()| None),
+            // CKM_HASH_ML_DSA signs a given hash in one part only (PKCS#11 3.2).
+            Inner::MlDsa {
+                hashing: Some(pq::Hashing::Given(_)),
+                ..
+            } => Err(Rv::OperationNotInitialized),
+            Inner::MlDsa {
+                hashing: Some(pq::Hashing::Running(context)),
+                ..
+            } => {
+                context.update(data);
+                Ok(None)
+            }
+            Inner::MlDsa {
+                hashing: Some(pq::Hashing::Legacy(digest)),
+                ..
+            } => {
+                digest.update(data);
+                Ok(None)
+            }
             Inner::Eddsa { data: buffer, .. } | Inner::MlDsa { data: buffer, .. } => {
                 if buffer.len() + data.len() > MAX_CIPHER_INPUT {
                     return Err(Rv::DataLenRange);
@@ -951,6 +996,16 @@ impl ActiveOperation {
 
     /// A single-part call: `data`, then the final call; the two outputs joined.
     pub fn single(mut self, data: &[u8], signature: &[u8]) -> Result<Output, Rv> {
+        if let Inner::MlDsa {
+            hashing: Some(pq::Hashing::Given(_)),
+            data: buffer,
+            ..
+        } = &mut self.inner
+        {
+            // The given hash, whole (its updates are refused).
+            buffer.extend_from_slice(data);
+            return self.finish(signature);
+        }
         let head = self.update(data)?;
         let tail = self.finish(signature)?;
         Ok(match (head, tail) {
@@ -1016,18 +1071,27 @@ impl ActiveOperation {
                 data,
                 verify,
                 variant: Some(variant),
-            } => pq::variant(&*key, &variant, &data, verify, signature),
+                hashing,
+            } => {
+                let message = match hashing {
+                    Some(hashing) => hashing.finish(&data)?,
+                    None => data,
+                };
+                pq::variant(&*key, &variant, &message, verify, signature)
+            }
             Inner::MlDsa {
                 key,
                 data,
                 verify: false,
                 variant: None,
+                ..
             } => pq::sign(&*key, &data).map(Output::Bytes),
             Inner::MlDsa {
                 key,
                 data,
                 verify: true,
                 variant: None,
+                ..
             } => pq::verify(&*key, &data, signature).map(|_| Output::Verified),
         }
     }

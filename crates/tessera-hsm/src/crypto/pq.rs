@@ -220,6 +220,81 @@ pub(crate) fn variant(
         .map(super::Output::Bytes)
 }
 
+/// HashML-DSA's pre-hash functions (FIPS 204, section 5.4): (hash mechanism, HashML-DSA
+/// mechanism, last arc of the hash's identifier under 2.16.840.1.101.3.4.2, hash length).
+const PRE_HASHES: &[(ck::CK_MECHANISM_TYPE, ck::CK_MECHANISM_TYPE, u8, usize)] = &[
+    (ck::CKM_SHA224, ck::CKM_HASH_ML_DSA_SHA224, 4, 28),
+    (ck::CKM_SHA256, ck::CKM_HASH_ML_DSA_SHA256, 1, 32),
+    (ck::CKM_SHA384, ck::CKM_HASH_ML_DSA_SHA384, 2, 48),
+    (ck::CKM_SHA512, ck::CKM_HASH_ML_DSA_SHA512, 3, 64),
+    (ck::CKM_SHA3_224, ck::CKM_HASH_ML_DSA_SHA3_224, 7, 28),
+    (ck::CKM_SHA3_256, ck::CKM_HASH_ML_DSA_SHA3_256, 8, 32),
+    (ck::CKM_SHA3_384, ck::CKM_HASH_ML_DSA_SHA3_384, 9, 48),
+    (ck::CKM_SHA3_512, ck::CKM_HASH_ML_DSA_SHA3_512, 10, 64),
+];
+
+/// A HashML-DSA pre-hash: its hash mechanism, the DER of its identifier, its length.
+pub(crate) struct PreHash {
+    pub(crate) hash: u64,
+    pub(crate) oid: [u8; 11],
+    pub(crate) len: usize,
+}
+
+fn pre_hash_where(found: impl Fn(&(u64, u64)) -> bool) -> Option<PreHash> {
+    let (hash, _, arc, len) = PRE_HASHES
+        .iter()
+        .find(|(hash, mechanism, _, _)| found(&(*hash as u64, *mechanism as u64)))?;
+    let oid = [
+        0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, *arc,
+    ];
+    Some(PreHash {
+        hash: *hash as u64,
+        oid,
+        len: *len,
+    })
+}
+
+/// The pre-hash of a `CKM_HASH_ML_DSA_<hash>` mechanism.
+pub(crate) fn pre_hash_of_mechanism(mechanism: u64) -> Option<PreHash> {
+    pre_hash_where(|(_, m)| *m == mechanism)
+}
+
+/// The pre-hash `CKM_HASH_ML_DSA`'s parameter names.
+pub(crate) fn pre_hash_of_hash(hash: u64) -> Option<PreHash> {
+    pre_hash_where(|(h, _)| *h == hash)
+}
+
+/// The pre-hash of a HashML-DSA operation, as its data comes.
+pub(crate) enum Hashing {
+    /// `CKM_HASH_ML_DSA`: the application gives the hash, whole, of this length.
+    Given(usize),
+    /// `CKM_HASH_ML_DSA_<hash>`: the device hashes the data as it comes.
+    Running(aws_lc_rs::digest::Context),
+    /// The same, for SHA3-224 (aws-lc itself: aws-lc-rs has no SHA3-224).
+    Legacy(super::legacy::EvpDigest),
+}
+
+impl Hashing {
+    /// The device's running hash for `pre_hash`.
+    pub(crate) fn running(pre_hash: &PreHash) -> Result<Hashing, Rv> {
+        if pre_hash.hash == ck::CKM_SHA3_224 as u64 {
+            return super::legacy::EvpDigest::sha3_224().map(Hashing::Legacy);
+        }
+        let algorithm = super::digest_algorithm(pre_hash.hash).ok_or(Rv::MechanismInvalid)?;
+        Ok(Hashing::Running(aws_lc_rs::digest::Context::new(algorithm)))
+    }
+
+    /// The pre-hash of `data` (gathered whole for [`Hashing::Given`]).
+    pub(crate) fn finish(self, data: &[u8]) -> Result<Vec<u8>, Rv> {
+        match self {
+            Hashing::Given(len) if data.len() == len => Ok(data.to_vec()),
+            Hashing::Given(_) => Err(Rv::DataLenRange),
+            Hashing::Running(context) => Ok(context.finish().as_ref().to_vec()),
+            Hashing::Legacy(digest) => digest.finish(),
+        }
+    }
+}
+
 /// `C_EncapsulateKey`: the ciphertext for an ML-KEM public key and the shared secret.
 pub(crate) fn encapsulate(key: &dyn Key) -> Result<(Vec<u8>, SecretBytes), Rv> {
     let algorithm = ml_kem(parameter_set(key)?).map_err(|_| Rv::KeyTypeInconsistent)?;

@@ -103,7 +103,16 @@ unsafe fn decode(mechanism: &CK_MECHANISM) -> CkResult<MechanismParameter> {
         ck::CKM_ECDH1_DERIVE | ck::CKM_ECDH1_COFACTOR_DERIVE => ecdh,
         ck::CKM_HKDF_DERIVE | ck::CKM_HKDF_DATA => hkdf,
         ck::CKM_EDDSA => eddsa,
-        ck::CKM_ML_DSA => sign_context,
+        ck::CKM_ML_DSA
+        | ck::CKM_HASH_ML_DSA_SHA224
+        | ck::CKM_HASH_ML_DSA_SHA256
+        | ck::CKM_HASH_ML_DSA_SHA384
+        | ck::CKM_HASH_ML_DSA_SHA512
+        | ck::CKM_HASH_ML_DSA_SHA3_224
+        | ck::CKM_HASH_ML_DSA_SHA3_256
+        | ck::CKM_HASH_ML_DSA_SHA3_384
+        | ck::CKM_HASH_ML_DSA_SHA3_512 => sign_context,
+        ck::CKM_HASH_ML_DSA => hash_sign_context,
         ck::CKM_AES_ECB_ENCRYPT_DATA => ecb_encrypt_data,
         ck::CKM_CONCATENATE_BASE_AND_DATA
         | ck::CKM_CONCATENATE_DATA_AND_BASE
@@ -380,6 +389,22 @@ unsafe fn sign_context(pointer: *const c_void, len: CK_ULONG) -> CkResult<Mechan
         hedge: given.hedgeVariant as u64,
         // SAFETY: forwarded contract.
         context: unsafe { embedded(given.pContext, given.ulContextLen) }?,
+    })
+}
+
+/// `CK_HASH_SIGN_ADDITIONAL_CONTEXT` (PKCS#11 3.2, `CKM_HASH_ML_DSA`).
+///
+/// # Safety
+///
+/// As for [`eddsa`].
+unsafe fn hash_sign_context(pointer: *const c_void, len: CK_ULONG) -> CkResult<MechanismParameter> {
+    // SAFETY: forwarded contract.
+    let given: ck::CK_HASH_SIGN_ADDITIONAL_CONTEXT = unsafe { structure(pointer, len) }?;
+    Ok(MechanismParameter::HashSignContext {
+        hedge: given.hedgeVariant as u64,
+        // SAFETY: forwarded contract.
+        context: unsafe { embedded(given.pContext, given.ulContextLen) }?,
+        hash: given.hash as u64,
     })
 }
 
