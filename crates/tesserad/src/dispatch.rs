@@ -196,7 +196,10 @@ fn after(keys: Keys, secret_reply: bool) {
 
 /// How much of the stack below the caller [`scrub_stack`] overwrites: deeper than the engine's
 /// calls go on it (the memory scan of `tests/secrets_in_memory.rs` finds no marker with it).
-const SCRUBBED_STACK: usize = 32 * 1024;
+/// 32 KiB was just enough for the debug build until HashML-DSA's paths deepened the operation
+/// calls' frames; 64 KiB leaves room (a memset of about 3 us, paid only by calls that bring a
+/// secret, return one, or end a key's use).
+const SCRUBBED_STACK: usize = 64 * 1024;
 
 /// Overwrites the stack below the caller with zeros: what a call that handled a PIN or a key
 /// left in the frames of the functions it ran (key schedules, copies made on the way) is

@@ -332,8 +332,9 @@ enum Inner {
         /// A context string or deterministic signing, or HashML-DSA (legacy module); plain
         /// hedged ML-DSA when `None`.
         variant: Option<legacy::MlDsaVariant>,
-        /// HashML-DSA's pre-hash.
-        hashing: Option<pq::Hashing>,
+        /// HashML-DSA's pre-hash (boxed: a hash context is large, and every frame that holds
+        /// an operation would grow by it, below what the daemon's stack scrub reaches).
+        hashing: Option<Box<pq::Hashing>>,
     },
     Oaep {
         cipher: OaepCipher,
@@ -530,10 +531,10 @@ impl ActiveOperation {
                         context,
                         &pre_hash.oid,
                     )?),
-                    Some(match m {
+                    Some(Box::new(match m {
                         ck::CKM_HASH_ML_DSA => pq::Hashing::Given(pre_hash.len),
                         _ => pq::Hashing::running(pre_hash)?,
-                    }),
+                    })),
                 ),
                 None if deterministic || !context.is_empty() => (
                     Some(legacy::MlDsaVariant::new(deterministic, context)?),
@@ -955,23 +956,9 @@ impl ActiveOperation {
             Inner::Mac { mac, .. } => mac.update(data).map(|()| None),
             // CKM_HASH_ML_DSA signs a given hash in one part only (PKCS#11 3.2).
             Inner::MlDsa {
-                hashing: Some(pq::Hashing::Given(_)),
+                hashing: Some(hashing),
                 ..
-            } => Err(Rv::OperationNotInitialized),
-            Inner::MlDsa {
-                hashing: Some(pq::Hashing::Running(context)),
-                ..
-            } => {
-                context.update(data);
-                Ok(None)
-            }
-            Inner::MlDsa {
-                hashing: Some(pq::Hashing::Legacy(digest)),
-                ..
-            } => {
-                digest.update(data);
-                Ok(None)
-            }
+            } => hashing.update(data).map(|()| None),
             Inner::Eddsa { data: buffer, .. } | Inner::MlDsa { data: buffer, .. } => {
                 if buffer.len() + data.len() > MAX_CIPHER_INPUT {
                     return Err(Rv::DataLenRange);
@@ -997,14 +984,16 @@ impl ActiveOperation {
     /// A single-part call: `data`, then the final call; the two outputs joined.
     pub fn single(mut self, data: &[u8], signature: &[u8]) -> Result<Output, Rv> {
         if let Inner::MlDsa {
-            hashing: Some(pq::Hashing::Given(_)),
+            hashing: Some(hashing),
             data: buffer,
             ..
         } = &mut self.inner
         {
-            // The given hash, whole (its updates are refused).
-            buffer.extend_from_slice(data);
-            return self.finish(signature);
+            if matches!(**hashing, pq::Hashing::Given(_)) {
+                // The given hash, whole (its updates are refused).
+                buffer.extend_from_slice(data);
+                return self.finish(signature);
+            }
         }
         let head = self.update(data)?;
         let tail = self.finish(signature)?;

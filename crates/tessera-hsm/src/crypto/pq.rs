@@ -284,6 +284,22 @@ impl Hashing {
         Ok(Hashing::Running(aws_lc_rs::digest::Context::new(algorithm)))
     }
 
+    /// Feeds data; a given hash takes no parts (PKCS#11 3.2: `CKM_HASH_ML_DSA` is single-part,
+    /// `CKR_OPERATION_NOT_INITIALIZED` for an update).
+    pub(crate) fn update(&mut self, data: &[u8]) -> Result<(), Rv> {
+        match self {
+            Hashing::Given(_) => Err(Rv::OperationNotInitialized),
+            Hashing::Running(context) => {
+                context.update(data);
+                Ok(())
+            }
+            Hashing::Legacy(digest) => {
+                digest.update(data);
+                Ok(())
+            }
+        }
+    }
+
     /// The pre-hash of `data` (gathered whole for [`Hashing::Given`]).
     pub(crate) fn finish(self, data: &[u8]) -> Result<Vec<u8>, Rv> {
         match self {
