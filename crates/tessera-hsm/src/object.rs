@@ -510,6 +510,19 @@ fn complete_key(
     // EC and Edwards keys sign and verify; Montgomery keys only derive. Neither encrypts or
     // wraps, so those default to false.
     let key_type = attributes.key_type() as ck::CK_KEY_TYPE;
+    // The PKCS#11 3.2 attributes belong to ML-KEM and ML-DSA keys only (a public key's
+    // CKA_VALUE is theirs too).
+    let post_quantum = matches!(key_type, ck::CKK_ML_KEM | ck::CKK_ML_DSA);
+    let theirs = [
+        ck::CKA_PARAMETER_SET,
+        ck::CKA_SEED,
+        ck::CKA_ENCAPSULATE,
+        ck::CKA_DECAPSULATE,
+    ];
+    let public_value = class == ck::CKO_PUBLIC_KEY as u64 && attributes.has(ck::CKA_VALUE);
+    if !post_quantum && (public_value || theirs.iter().any(|ty| attributes.has(*ty))) {
+        return Err(Rv::AttributeTypeInvalid);
+    }
     let signing_only = matches!(key_type, ck::CKK_EC | ck::CKK_EC_EDWARDS | ck::CKK_ML_DSA);
     // ML-KEM keys only encapsulate and decapsulate (PKCS#11 3.2).
     let derive_only = matches!(key_type, ck::CKK_EC_MONTGOMERY | ck::CKK_ML_KEM);

@@ -282,30 +282,36 @@ pub fn verify_chain(
             info.subject_der == pic.issuer_der && info.fingerprint != pic.fingerprint
         })
         .collect();
-    let Some((issuer_der, issuer)) = issuers.first() else {
+    let Some((_, first)) = issuers.first() else {
         return Err(Refusal::UnknownIssuer {
             subject: pic.subject,
             issuer: pic.issuer,
         });
     };
-    validity(issuer, now)?;
-    if !issuer.key_cert_sign || !issuer.is_ca {
+    // Several anchors may share a name (an owner that changed its key or algorithm keeps its
+    // name): the one whose key verifies must itself be valid and a CA.
+    let fit =
+        |info: &CertificateInfo| validity(info, now).is_ok() && info.key_cert_sign && info.is_ca;
+    if let Some((_, issuer)) = issuers
+        .iter()
+        .find(|(der, info)| fit(info) && signed_by(pic_der, der))
+    {
+        return Ok(Trusted {
+            pic: pic.fingerprint,
+            anchor: issuer.fingerprint.clone(),
+        });
+    }
+    // None does: the reason, from the first of that name.
+    validity(first, now)?;
+    if !first.key_cert_sign || !first.is_ca {
         return Err(Refusal::WrongKeyUsage {
-            subject: issuer.subject.clone(),
+            subject: first.subject.clone(),
             needed: "signing certificates",
         });
     }
-    // Several anchors may share a name; any one whose key verifies will do.
-    if !issuers.iter().any(|(der, _)| signed_by(pic_der, der)) {
-        return Err(Refusal::BadSignature {
-            subject: pic.subject,
-            issuer: issuer.subject.clone(),
-        });
-    }
-    let _ = issuer_der;
-    Ok(Trusted {
-        pic: pic.fingerprint,
-        anchor: issuer.fingerprint.clone(),
+    Err(Refusal::BadSignature {
+        subject: pic.subject,
+        issuer: first.subject.clone(),
     })
 }
 

@@ -235,3 +235,21 @@ fn the_production_certificates_verify() {
         verify_chain(&[alone.clone()], &[alone], SERIAL, now()).unwrap();
     }
 }
+
+/// Two anchors of one name (an owner that changed its key keeps its name): the one whose key
+/// signed the PIC must itself be fit to, whatever the other is. Here a stale owner certificate
+/// that may not sign certificates signed the PIC, and a valid owner of the same name is listed
+/// first: refused (before, the first one's fitness was checked and any one's signature taken).
+#[test]
+fn only_a_fit_anchor_of_that_name_may_have_signed() {
+    let current = owner(vec![KeyUsagePurpose::KeyCertSign]);
+    let stale = owner(vec![KeyUsagePurpose::DigitalSignature]);
+    let signed_by_stale = pic(&stale, SERIAL, |_| {});
+    let anchors = [current.der.clone(), stale.der.clone()];
+    assert!(verify_chain(&[signed_by_stale], &anchors, SERIAL, now()).is_err());
+    // The current owner's PIC is trusted through the same anchors, in either order.
+    let signed_by_current = pic(&current, SERIAL, |_| {});
+    for anchors in [anchors.clone(), [stale.der.clone(), current.der.clone()]] {
+        verify_chain(&[signed_by_current.clone()], &anchors, SERIAL, now()).unwrap();
+    }
+}

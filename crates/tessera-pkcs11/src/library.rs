@@ -319,18 +319,17 @@ pub fn set_verify_signature(handle: u64, signature: Option<Vec<u8>>) -> CkResult
 }
 
 /// Checks that the session's verification is the kind the call belongs to (`signature`: a
-/// `C_VerifySignature*` call) and, for a call that ends it (`take`), hands over the signature
-/// of `C_VerifySignatureInit`. A call of the other kind is `CKR_OPERATION_NOT_INITIALIZED`.
-pub fn verify_signature(handle: u64, signature: bool, take: bool) -> CkResult<Vec<u8>> {
+/// `C_VerifySignature*` call) and, for a call that needs it (`read`), gives a copy of the
+/// signature of `C_VerifySignatureInit` (it stays until the operation ends:
+/// [`set_verify_signature`]). A call of the other kind is `CKR_OPERATION_NOT_INITIALIZED`.
+pub fn verify_signature(handle: u64, signature: bool, read: bool) -> CkResult<Vec<u8>> {
     with(|library| {
         let session = library.session_mut(handle)?;
-        if session.signature.is_some() != signature {
-            return Err(Rv::OperationNotInitialized.code());
+        match (&session.signature, signature, read) {
+            (Some(_), false, _) | (None, true, _) => Err(Rv::OperationNotInitialized.code()),
+            (Some(given), true, true) => crate::copied(given),
+            _ => Ok(Vec::new()),
         }
-        Ok(match take {
-            true => session.signature.take().unwrap_or_default(),
-            false => Vec::new(),
-        })
     })
 }
 

@@ -189,6 +189,31 @@ fn ml_kem_secrets_obey_their_template_and_keys_their_kind() {
         rv(session.encapsulate_key(&Mechanism::MlKem, barred, &readable())),
         RvError::KeyFunctionNotPermitted
     );
+    // The 3.2 attributes belong to their key types: no CKA_VALUE on an EC public key, no
+    // unchecked seed on an ML-KEM private key (aws-lc-rs makes no ML-KEM key from a seed).
+    let p256 = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let mut point = vec![0x04, 0x41, 0x04];
+    point.extend([1u8; 64]);
+    assert_eq!(
+        rv(session.create_object(&[
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::KeyType(KeyType::EC),
+            Attribute::EcParams(p256),
+            Attribute::EcPoint(point),
+            Attribute::Value(vec![1; 32]),
+        ])),
+        RvError::AttributeTypeInvalid
+    );
+    assert_eq!(
+        rv(session.create_object(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::KeyType(KeyType::ML_KEM),
+            Attribute::ParameterSet(MlKemParameterSetType::ML_KEM_768.into()),
+            Attribute::Seed(vec![1; 64]),
+            Attribute::Token(false),
+        ])),
+        RvError::AttributeTypeInvalid
+    );
 }
 
 #[test]
@@ -253,6 +278,17 @@ fn ml_dsa_signs_single_and_multi_part_and_refuses_tampering() {
                 rv(session.verify(&mechanism, public, &single[1..], &single)),
                 RvError::SignatureInvalid
             );
+            // A single-part call in the middle of a multi-part verification is refused and
+            // leaves it as it was (PKCS#11 3.0 §5.2: CKR_OPERATION_ACTIVE); it still finishes.
+            session
+                .verify_signature_init(&mechanism, public, &single)
+                .unwrap();
+            session.verify_signature_update(&message).unwrap();
+            assert_eq!(
+                rv(session.verify_signature(&message)),
+                RvError::OperationActive
+            );
+            session.verify_signature_final().unwrap();
             assert_eq!(
                 rv(session.verify(&mechanism, public, &message, &single[1..])),
                 RvError::SignatureLenRange

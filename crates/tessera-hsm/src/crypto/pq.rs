@@ -127,6 +127,11 @@ pub(crate) fn check_import(
 ) -> Result<Option<Vec<u8>>, Rv> {
     let bad = |_| Rv::AttributeValueInvalid;
     if key_type == ck::CKK_ML_KEM {
+        // aws-lc-rs makes no ML-KEM key from its seed, so a seed could not be checked against
+        // the key: refused rather than kept unchecked.
+        if seed.is_some() {
+            return Err(Rv::AttributeTypeInvalid);
+        }
         let algorithm = ml_kem(set)?;
         let value = value.ok_or(Rv::TemplateIncomplete)?;
         match private {

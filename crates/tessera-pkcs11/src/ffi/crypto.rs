@@ -110,10 +110,17 @@ fn ends_on_error(session: CK_SESSION_HANDLE, operation: Operation, result: CkRes
 /// verification's (the signature was taken when the call began).
 fn verification_ends(session: CK_SESSION_HANDLE, result: CkResult) -> CkResult {
     let ended = ends_on_error(session, Operation::Verify, result);
-    if ended.is_err() {
+    if operation_over(&ended) {
         library::set_verify_signature(session as u64, None)?;
     }
     ended
+}
+
+/// Whether a call's outcome ends its operation: success of a final or single-part call, or any
+/// error but `CKR_BUFFER_TOO_SMALL` and `CKR_OPERATION_ACTIVE` (which leave it as it was).
+fn operation_over(result: &CkResult) -> bool {
+    use tessera_core::Rv;
+    !matches!(result, Err(code) if *code == Rv::BufferTooSmall.code() || *code == Rv::OperationActive.code())
 }
 
 /// A multi-part update that produces output (`C_EncryptUpdate`, `C_DecryptUpdate`).
@@ -435,6 +442,7 @@ entry_points! {
         let result = (|| {
             // SAFETY: pData holds ulDataLen bytes (§5.15.2).
             let data = super::copied(unsafe { input(data, data_len) }?)?;
+            // Read, not taken: the signature stays while the operation does.
             let signature = library::verify_signature(session as u64, true, true)?;
             verified(library::single(session as u64, Operation::Verify, data, signature)?)
         })();
@@ -446,7 +454,7 @@ entry_points! {
         library::verify_signature(session as u64, true, false)?;
         // SAFETY: pPart holds ulPartLen bytes (§5.15.3).
         let result = unsafe { update(session, Operation::Verify, part, part_len) };
-        if result.is_err() {
+        if result.is_err() && operation_over(&result) {
             library::set_verify_signature(session as u64, None)?;
         }
         result
@@ -455,6 +463,7 @@ entry_points! {
     /// `C_VerifySignatureFinal` (§5.15.4): `CKR_OK` only when the device says the signature
     /// given at the init is valid for the parts.
     fn C_VerifySignatureFinal(session: CK_SESSION_HANDLE) {
+        // Read, not taken: the signature stays while the operation does.
         let signature = library::verify_signature(session as u64, true, true)?;
         let result = library::final_call(session as u64, Operation::Verify, signature)
             .and_then(verified);
@@ -513,6 +522,8 @@ entry_points! {
         part_len: *mut CK_ULONG,
     ) {
         let kind = Dual::DecryptVerify;
+        // Not into a verification that C_VerifySignatureInit began.
+        library::verify_signature(session as u64, false, false)?;
         // SAFETY: the buffers follow §5.13.4 and the two-call convention.
         unsafe { dual(session, kind, encrypted, encrypted_len, part, part_len) }
     }

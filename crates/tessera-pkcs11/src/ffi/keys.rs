@@ -2,6 +2,7 @@
 //! Templates are converted as for `C_CreateObject`; the new key's handle is the device's own.
 
 use cryptoki_sys::{CK_ATTRIBUTE, CK_BYTE, CK_MECHANISM, CK_OBJECT_HANDLE, CK_ULONG};
+use tessera_core::Rv;
 use tessera_wire::{Call, Reply};
 
 use super::convert::template;
@@ -196,7 +197,12 @@ entry_points! {
             room: room.map(|n| n as u64),
         };
         match (library::session_call(session as u64, request)?, place) {
-            (Reply::Number(needed), _) => output.has_room(needed as usize).map(drop),
+            // The device answers with the length only when the room was short: a length with
+            // room enough is the device's fault, not a ciphertext of none.
+            (Reply::Number(needed), _) => match output.has_room(needed as usize)? {
+                false => Ok(()),
+                true => Err(Rv::DeviceError.code()),
+            },
             (Reply::Encapsulated { ciphertext, handle }, Some(place)) => {
                 output.deliver(&ciphertext)?;
                 place.set(handle as CK_OBJECT_HANDLE);
