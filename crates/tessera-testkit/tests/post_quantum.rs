@@ -43,6 +43,21 @@ fn secret_keys(session: &Session) -> usize {
         .len()
 }
 
+/// A session key pair of `mechanism` (ML-KEM or ML-DSA key pair generation) and parameter set.
+fn pair(
+    session: &Session,
+    mechanism: Mechanism,
+    set: cryptoki::object::ParameterSetType,
+) -> (ObjectHandle, ObjectHandle) {
+    session
+        .generate_key_pair(
+            &mechanism,
+            &[Attribute::Token(false), Attribute::ParameterSet(set)],
+            &[Attribute::Token(false)],
+        )
+        .unwrap()
+}
+
 /// A readable generic secret: what the shared secret becomes, so that both ends compare it.
 fn readable() -> Vec<Attribute> {
     vec![
@@ -64,13 +79,7 @@ fn ml_kem_encapsulates_and_decapsulates_one_secret() {
         (MlKemParameterSetType::ML_KEM_1024, &ML_KEM_1024, 1568),
     ];
     for (set, algorithm, ciphertext_len) in sets {
-        let (public, private) = session
-            .generate_key_pair(
-                &Mechanism::MlKemKeyPairGen,
-                &[Attribute::Token(false), Attribute::ParameterSet(set.into())],
-                &[Attribute::Token(false)],
-            )
-            .unwrap();
+        let (public, private) = pair(&session, Mechanism::MlKemKeyPairGen, set.into());
         // cryptoki asks the ciphertext's length first: that query makes no key.
         let before = secret_keys(&session);
         let (ciphertext, ours) = session
@@ -122,16 +131,11 @@ fn ml_kem_encapsulates_and_decapsulates_one_secret() {
 fn ml_kem_secrets_obey_their_template_and_keys_their_kind() {
     let f = common::fixture(Transport::Unix);
     let session = f.user_session();
-    let (public, private) = session
-        .generate_key_pair(
-            &Mechanism::MlKemKeyPairGen,
-            &[
-                Attribute::Token(false),
-                Attribute::ParameterSet(MlKemParameterSetType::ML_KEM_768.into()),
-            ],
-            &[Attribute::Token(false)],
-        )
-        .unwrap();
+    let (public, private) = pair(
+        &session,
+        Mechanism::MlKemKeyPairGen,
+        MlKemParameterSetType::ML_KEM_768.into(),
+    );
     // A sensitive AES-128 key: its first 16 bytes, never readable.
     let aes = vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
@@ -227,13 +231,7 @@ fn ml_dsa_signs_single_and_multi_part_and_refuses_tampering() {
     ];
     let message: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
     for (set, algorithm) in sets {
-        let (public, private) = session
-            .generate_key_pair(
-                &Mechanism::MlDsaKeyPairGen,
-                &[Attribute::Token(false), Attribute::ParameterSet(set.into())],
-                &[Attribute::Token(false)],
-            )
-            .unwrap();
+        let (public, private) = pair(&session, Mechanism::MlDsaKeyPairGen, set.into());
         for mechanism in [
             Mechanism::MlDsa(SignAdditionalContext::new(HedgeType::Preferred, None)),
             Mechanism::MlDsa(SignAdditionalContext::new(HedgeType::Required, None)),
@@ -412,16 +410,11 @@ fn a_second_implementation_agrees() {
         .unwrap();
 
     // ML-KEM-768: their encapsulation to the token's key, the token's to theirs.
-    let (token_public, token_private) = session
-        .generate_key_pair(
-            &Mechanism::MlKemKeyPairGen,
-            &[
-                Attribute::Token(false),
-                Attribute::ParameterSet(MlKemParameterSetType::ML_KEM_768.into()),
-            ],
-            &[Attribute::Token(false)],
-        )
-        .unwrap();
+    let (token_public, token_private) = pair(
+        &session,
+        Mechanism::MlKemKeyPairGen,
+        MlKemParameterSetType::ML_KEM_768.into(),
+    );
     let key = ml_kem::EncapsulationKey::<MlKem768>::new_from_slice(&value(&session, token_public))
         .unwrap();
     let (ciphertext, shared) = key.encapsulate_deterministic(&[0x33u8; 32].into());
@@ -465,16 +458,11 @@ fn hash_ml_dsa_signs_given_and_computed_hashes_alike() {
     use cryptoki::mechanism::MechanismType;
     let f = common::fixture(Transport::Unix);
     let session = f.user_session();
-    let (public, private) = session
-        .generate_key_pair(
-            &Mechanism::MlDsaKeyPairGen,
-            &[
-                Attribute::Token(false),
-                Attribute::ParameterSet(MlDsaParameterSetType::ML_DSA_44.into()),
-            ],
-            &[Attribute::Token(false)],
-        )
-        .unwrap();
+    let (public, private) = pair(
+        &session,
+        Mechanism::MlDsaKeyPairGen,
+        MlDsaParameterSetType::ML_DSA_44.into(),
+    );
     let message: Vec<u8> = (0..1000u32).map(|i| (i * 13) as u8).collect();
     let digest = session.digest(&Mechanism::Sha256, &message).unwrap();
     let deterministic =

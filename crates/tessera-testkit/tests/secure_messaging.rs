@@ -314,6 +314,15 @@ fn a_downgraded_handshake_is_detected() {
 /// or answer (a ciphertext).
 const RANDOM: usize = 32;
 
+/// A relay's request hook that removes the hybrid offer from the library's hello.
+fn strip_offer(frame: &Frame, _: &Recorder) -> Vec<Vec<u8>> {
+    let mut envelope = request(&frame.body);
+    if let Message::Handshake(hello) = &mut envelope.message {
+        hello.nonce.truncate(RANDOM);
+    }
+    vec![body(&envelope)]
+}
+
 #[test]
 fn the_channel_is_hybrid_by_default_and_a_relay_cannot_strip_it() {
     for transport in TRANSPORTS {
@@ -343,13 +352,6 @@ fn the_channel_is_hybrid_by_default_and_a_relay_cannot_strip_it() {
 
         // A relay that removes the offer, or the answer, leaves no channel: the device signed
         // what it saw, and the client checks it against what it sent.
-        let strip_offer = |frame: &Frame, _: &Recorder| {
-            let mut envelope = request(&frame.body);
-            if let Message::Handshake(hello) = &mut envelope.message {
-                hello.nonce.truncate(RANDOM);
-            }
-            vec![body(&envelope)]
-        };
         let strip_answer = |frame: &Frame, _: &Recorder| {
             let mut envelope = response(&frame.body);
             if let Ok(tessera_wire::Response::ServerHello(hello)) = &mut envelope.result {
@@ -415,13 +417,7 @@ fn a_device_with_flag_q_refuses_a_classical_hello() {
     let relay = Relay::start(
         &daemon,
         transport,
-        Arc::new(|frame: &Frame, _: &Recorder| {
-            let mut envelope = request(&frame.body);
-            if let Message::Handshake(hello) = &mut envelope.message {
-                hello.nonce.truncate(RANDOM);
-            }
-            vec![body(&envelope)]
-        }),
+        Arc::new(strip_offer),
         Arc::new(|frame: &Frame, _: &Recorder| frame.body.clone()),
     );
     let device = secured(&daemon, &relay.address, &[]);

@@ -464,6 +464,26 @@ fn run_once(
     }
 }
 
+/// One thread's measurement: `once` to warm up (connection, channel, caches), then, after every
+/// thread is ready, as often as `seconds` allow (at most a million times); the latencies in us.
+fn timed(
+    seconds: f64,
+    barrier: &Barrier,
+    mut once: impl FnMut() -> Result<(), String>,
+) -> Result<Vec<f64>, String> {
+    once()?;
+    barrier.wait();
+    let mut latencies = Vec::new();
+    let start = Instant::now();
+    let budget = Duration::from_secs_f64(seconds);
+    while start.elapsed() < budget && latencies.len() < 1_000_000 {
+        let t = Instant::now();
+        once()?;
+        latencies.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(latencies)
+}
+
 fn worker(module: &str, options: &Options) -> Result<(), String> {
     let pkcs11 = Arc::new(Pkcs11::new(module).map_err(|e| format!("{module}: {e}"))?);
     pkcs11
@@ -498,18 +518,9 @@ fn worker(module: &str, options: &Options) -> Result<(), String> {
                     std::thread::spawn(move || -> Result<Vec<f64>, String> {
                         let session = pkcs11.open_ro_session(slot).map_err(|e| e.to_string())?;
                         let keys = keys(&session)?;
-                        // Warm up (connection, channel, caches).
-                        run_once(&pkcs11, slot, &session, &keys, &operation, &payload)?;
-                        barrier.wait();
-                        let mut latencies = Vec::new();
-                        let start = Instant::now();
-                        let budget = Duration::from_secs_f64(seconds);
-                        while start.elapsed() < budget && latencies.len() < 1_000_000 {
-                            let t = Instant::now();
-                            run_once(&pkcs11, slot, &session, &keys, &operation, &payload)?;
-                            latencies.push(t.elapsed().as_secs_f64() * 1e6);
-                        }
-                        Ok(latencies)
+                        timed(seconds, &barrier, || {
+                            run_once(&pkcs11, slot, &session, &keys, &operation, &payload)
+                        })
                     })
                 })
                 .collect();
@@ -868,17 +879,7 @@ fn in_process(operation: &str, threads: usize, seconds: f64) -> Result<Measured,
                             .map_err(failed),
                     }
                 };
-                once(&mut out)?;
-                barrier.wait();
-                let mut latencies = Vec::new();
-                let start = Instant::now();
-                let budget = Duration::from_secs_f64(seconds);
-                while start.elapsed() < budget && latencies.len() < 1_000_000 {
-                    let t = Instant::now();
-                    once(&mut out)?;
-                    latencies.push(t.elapsed().as_secs_f64() * 1e6);
-                }
-                Ok(latencies)
+                timed(seconds, &barrier, || once(&mut out))
             })
         })
         .collect();
