@@ -238,7 +238,7 @@ fn flags_are_set_replaced_cleared_refused_and_locked() {
             unknown.contains("unknown flag letter 'z'") && unknown.contains("enucti"),
             "{unknown}"
         );
-        for needs_identity in ["-fu", "-fn", "-fN", "-fU", "-fF"] {
+        for needs_identity in ["-fu", "-fn", "-fN", "-fU", "-fF", "-fq"] {
             // --yes: -fF sets Mode Locked, which is confirmed first.
             let refused = ctconf.refused(&[needs_identity, "--yes"], 1);
             assert!(

@@ -137,9 +137,10 @@ pub const FIPS_MODE: u64 = FIPS_ALGORITHMS
     | TAMPER_BEFORE_UPGRADE
     | AUTH_PROTECTION;
 
-/// Flags that need an identity key and certificate on the device (`u n N U`, and so `F`).
+/// Flags that need an identity key and certificate on the device (`u n N U q`, and so `F`):
+/// each makes the device require a channel, which it cannot make without one.
 pub const NEED_IDENTITY: u64 =
-    AUTH_PROTECTION | NO_CLEAR_PINS | FULL_SM_ENCRYPTION | FULL_SM_SIGNING;
+    AUTH_PROTECTION | NO_CLEAR_PINS | FULL_SM_ENCRYPTION | FULL_SM_SIGNING | HYBRID_CHANNEL;
 
 /// Every valid letter, for messages.
 pub fn valid_letters() -> String {

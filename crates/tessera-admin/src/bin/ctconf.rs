@@ -51,7 +51,7 @@ struct Args {
     )]
     device: usize,
 
-    /// Set the security flags: letters of e n u c t i a N U p d E w b l, or F (= a c l n t u);
+    /// Set the security flags: letters of e n u c t i a N U p d E w b q l, or F (= a c l n t u);
     /// the new set replaces the old; 0 clears all.
     #[arg(short = 'f', long = "flags", value_name = "LETTERS")]
     flags: Option<String>,
