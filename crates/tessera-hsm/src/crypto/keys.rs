@@ -244,12 +244,19 @@ pub(crate) fn forget_parsed_keys() {
 }
 
 /// An ML-DSA private key (its expanded `CKA_VALUE`), parsed once like the others: parsing
-/// expands the public matrix, which costs about what a signature does.
+/// expands the public matrix, which costs about what a signature does. The cache finds it by
+/// its 32-byte seed where the key has one (the seed makes the whole key, FIPS 204 Algorithm 6,
+/// and a key's seed and value are checked to agree when it is made): hashing the 4 KB value
+/// at every signature cost about a tenth of one.
 pub(crate) fn ml_dsa_private(
     signing: &'static aws_lc_rs::signature::PqdsaSigningAlgorithm,
     value: &[u8],
+    seed: Option<&[u8]>,
 ) -> Result<Arc<aws_lc_rs::signature::PqdsaKeyPair>, Rv> {
-    cached(&ML_DSA_KEYS, value, || {
+    let mut id = zeroize::Zeroizing::new(Vec::with_capacity(40));
+    id.extend_from_slice(&(signing.signature_len() as u64).to_le_bytes());
+    id.extend_from_slice(seed.unwrap_or(value));
+    cached(&ML_DSA_KEYS, &id, || {
         aws_lc_rs::signature::PqdsaKeyPair::from_raw_private_key(signing, value)
             .map_err(|_| Rv::KeyTypeInconsistent)
     })

@@ -183,7 +183,7 @@ pub(crate) fn check_import(
 /// Signs with an ML-DSA private key (hedged: FIPS 204's default, with fresh randomness).
 pub(crate) fn sign(key: &dyn Key, message: &[u8]) -> Result<Vec<u8>, Rv> {
     let (signing, _) = ml_dsa(parameter_set(key)?).map_err(|_| Rv::KeyTypeInconsistent)?;
-    let pair = super::ml_dsa_private(signing, value(key)?)?;
+    let pair = super::ml_dsa_private(signing, value(key)?, key.get(ck::CKA_SEED))?;
     let mut signature = vec![0u8; signing.signature_len()];
     let len = pair
         .sign(message, &mut signature)
