@@ -380,6 +380,24 @@ fn a_second_implementation_agrees() {
             Attribute::Token(false),
         ])
         .unwrap();
+    // A seed with the value it makes (RustCrypto's encoding of it) is one key; with another
+    // key's value, it is refused (the parsed-key cache finds keys by their seed).
+    let with_value = |value: Vec<u8>| {
+        session.create_object(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::KeyType(KeyType::ML_DSA),
+            Attribute::ParameterSet(MlDsaParameterSetType::ML_DSA_65.into()),
+            Attribute::Seed(seed.to_vec()),
+            Attribute::Value(value),
+            Attribute::Token(false),
+        ])
+    };
+    with_value(theirs.to_expanded().to_vec()).unwrap();
+    let other = ExpandedSigningKey::<MlDsa65>::from_seed(&[0x11u8; 32].into());
+    assert_eq!(
+        rv(with_value(other.to_expanded().to_vec())),
+        RvError::TemplateInconsistent
+    );
     let message = b"interoperability";
     let deterministic = Mechanism::MlDsa(SignAdditionalContext::new(
         HedgeType::DeterministicRequired,

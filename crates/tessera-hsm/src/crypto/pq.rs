@@ -162,9 +162,16 @@ pub(crate) fn check_import(
         .map_err(bad)?;
     match (seeded, given) {
         (None, None) => Err(Rv::TemplateIncomplete),
-        // Both given: they must be the same key.
-        (Some(seeded), Some(given)) => {
-            match seeded.public_key().as_ref() == given.public_key().as_ref() {
+        // Both given: the value must be the one the seed makes, byte for byte (the parsed-key
+        // cache finds a key by its seed).
+        (Some(seeded), Some(_)) => {
+            use subtle::ConstantTimeEq;
+            let expanded = seeded
+                .private_key()
+                .as_raw_bytes()
+                .map_err(|_| Rv::AttributeValueInvalid)?;
+            let given = value.unwrap_or_default();
+            match bool::from(expanded.as_ref().ct_eq(given)) {
                 true => Ok(None),
                 false => Err(Rv::TemplateInconsistent),
             }
