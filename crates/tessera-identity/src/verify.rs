@@ -162,10 +162,10 @@ pub(crate) fn signature_verifies(
 ) -> bool {
     let key = spki.subject_public_key.data.as_ref();
     match key_algorithm(spki) {
-        Some(crate::Curve::MlDsa65) | Some(crate::Curve::MlDsa87) => {
+        Some(curve @ (crate::Curve::MlDsa65 | crate::Curve::MlDsa87)) => {
             let algorithm: &dyn signature::VerificationAlgorithm =
                 match ml_dsa_of(signature_algorithm) {
-                    Some(c) if Some(c) != key_algorithm(spki) => return false,
+                    Some(c) if c != curve => return false,
                     Some(crate::Curve::MlDsa65) => &signature::ML_DSA_65,
                     Some(crate::Curve::MlDsa87) => &signature::ML_DSA_87,
                     _ => return false,

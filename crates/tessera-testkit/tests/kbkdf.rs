@@ -9,7 +9,7 @@ mod common;
 use std::num::NonZeroUsize;
 
 use aws_lc_rs::hmac;
-use common::{fixture, rv};
+use common::{fixture, rv, value};
 use cryptoki::error::RvError;
 use cryptoki::mechanism::kbkdf::{
     DerivedKey, Endianness, KbkdfCounterFormat, KbkdfDkmLengthFormat, KbkdfDkmLengthMethod,
@@ -40,25 +40,9 @@ fn base_key(session: &Session, key_type: KeyType, value: &[u8]) -> ObjectHandle 
 }
 
 fn readable(length: usize) -> Vec<Attribute> {
-    vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::GENERIC_SECRET),
-        Attribute::Token(false),
-        Attribute::Sensitive(false),
-        Attribute::Extractable(true),
-        Attribute::ValueLen((length as u64).into()),
-    ]
-}
-
-fn value(session: &Session, key: ObjectHandle) -> Vec<u8> {
-    match session
-        .get_attributes(key, &[AttributeType::Value])
-        .unwrap()
-        .remove(0)
-    {
-        Attribute::Value(v) => v,
-        other => panic!("{other:?}"),
-    }
+    let mut template = common::readable_secret();
+    template.push(Attribute::ValueLen((length as u64).into()));
+    template
 }
 
 fn counter(bits: usize) -> KbkdfCounterFormat {

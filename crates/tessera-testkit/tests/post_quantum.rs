@@ -9,7 +9,8 @@ mod common;
 
 use aws_lc_rs::kem::{EncapsulationKey, ML_KEM_1024, ML_KEM_512, ML_KEM_768};
 use aws_lc_rs::signature::{UnparsedPublicKey, ML_DSA_44, ML_DSA_65, ML_DSA_87};
-use cryptoki::error::{Error, RvError};
+use common::{readable_secret, rv, value};
+use cryptoki::error::RvError;
 use cryptoki::mechanism::dsa::{HedgeType, SignAdditionalContext};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{
@@ -18,23 +19,6 @@ use cryptoki::object::{
 };
 use cryptoki::session::Session;
 use tessera_testkit::Transport;
-
-fn rv<T: std::fmt::Debug>(result: Result<T, Error>) -> RvError {
-    match result {
-        Err(Error::Pkcs11(rv, _)) => rv,
-        other => panic!("expected a PKCS#11 error, got {other:?}"),
-    }
-}
-
-fn value(session: &Session, key: ObjectHandle) -> Vec<u8> {
-    match &session
-        .get_attributes(key, &[AttributeType::Value])
-        .unwrap()[..]
-    {
-        [Attribute::Value(value)] => value.clone(),
-        other => panic!("{other:?}"),
-    }
-}
 
 fn secret_keys(session: &Session) -> usize {
     session
@@ -58,17 +42,6 @@ fn pair(
         .unwrap()
 }
 
-/// A readable generic secret: what the shared secret becomes, so that both ends compare it.
-fn readable() -> Vec<Attribute> {
-    vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::GENERIC_SECRET),
-        Attribute::Token(false),
-        Attribute::Sensitive(false),
-        Attribute::Extractable(true),
-    ]
-}
-
 #[test]
 fn ml_kem_encapsulates_and_decapsulates_one_secret() {
     let f = common::fixture(Transport::Unix);
@@ -83,12 +56,12 @@ fn ml_kem_encapsulates_and_decapsulates_one_secret() {
         // cryptoki asks the ciphertext's length first: that query makes no key.
         let before = secret_keys(&session);
         let (ciphertext, ours) = session
-            .encapsulate_key(&Mechanism::MlKem, public, &readable())
+            .encapsulate_key(&Mechanism::MlKem, public, &readable_secret())
             .unwrap();
         assert_eq!(secret_keys(&session), before + 1, "one key, not two");
         assert_eq!(ciphertext.len(), ciphertext_len);
         let theirs = session
-            .decapsulate_key(&Mechanism::MlKem, private, &readable(), &ciphertext)
+            .decapsulate_key(&Mechanism::MlKem, private, &readable_secret(), &ciphertext)
             .unwrap();
         let secret = value(&session, ours);
         assert_eq!(secret.len(), 32);
@@ -103,7 +76,7 @@ fn ml_kem_encapsulates_and_decapsulates_one_secret() {
             .decapsulate_key(
                 &Mechanism::MlKem,
                 private,
-                &readable(),
+                &readable_secret(),
                 their_ciphertext.as_ref(),
             )
             .unwrap();
@@ -114,13 +87,18 @@ fn ml_kem_encapsulates_and_decapsulates_one_secret() {
         let mut forged = ciphertext.clone();
         forged[7] ^= 1;
         let rejected = session
-            .decapsulate_key(&Mechanism::MlKem, private, &readable(), &forged)
+            .decapsulate_key(&Mechanism::MlKem, private, &readable_secret(), &forged)
             .unwrap();
         assert_ne!(value(&session, rejected), secret);
         // One of the wrong length is refused, and makes no key.
         let before = secret_keys(&session);
         assert_eq!(
-            rv(session.decapsulate_key(&Mechanism::MlKem, private, &readable(), &ciphertext[1..])),
+            rv(session.decapsulate_key(
+                &Mechanism::MlKem,
+                private,
+                &readable_secret(),
+                &ciphertext[1..]
+            )),
             RvError::EncryptedDataLenRange
         );
         assert_eq!(secret_keys(&session), before);
@@ -168,11 +146,11 @@ fn ml_kem_secrets_obey_their_template_and_keys_their_kind() {
     // The private key does not encapsulate, the public one does not decapsulate, and neither
     // signs.
     assert_eq!(
-        rv(session.encapsulate_key(&Mechanism::MlKem, private, &readable())),
+        rv(session.encapsulate_key(&Mechanism::MlKem, private, &readable_secret())),
         RvError::KeyTypeInconsistent
     );
     assert_eq!(
-        rv(session.decapsulate_key(&Mechanism::MlKem, public, &readable(), &ciphertext)),
+        rv(session.decapsulate_key(&Mechanism::MlKem, public, &readable_secret(), &ciphertext)),
         RvError::KeyTypeInconsistent
     );
     let hedged = Mechanism::MlDsa(SignAdditionalContext::new(HedgeType::Preferred, None));
@@ -190,7 +168,7 @@ fn ml_kem_secrets_obey_their_template_and_keys_their_kind() {
         )
         .unwrap();
     assert_eq!(
-        rv(session.encapsulate_key(&Mechanism::MlKem, barred, &readable())),
+        rv(session.encapsulate_key(&Mechanism::MlKem, barred, &readable_secret())),
         RvError::KeyFunctionNotPermitted
     );
     // The 3.2 attributes belong to their key types: no CKA_VALUE on an EC public key, no
@@ -445,7 +423,7 @@ fn a_second_implementation_agrees() {
         .decapsulate_key(
             &Mechanism::MlKem,
             token_private,
-            &readable(),
+            &readable_secret(),
             ciphertext.as_slice(),
         )
         .unwrap();
@@ -462,7 +440,7 @@ fn a_second_implementation_agrees() {
         ])
         .unwrap();
     let (ciphertext, ours) = session
-        .encapsulate_key(&Mechanism::MlKem, imported, &readable())
+        .encapsulate_key(&Mechanism::MlKem, imported, &readable_secret())
         .unwrap();
     let ciphertext = ml_kem::Ciphertext::<MlKem768>::try_from(&ciphertext[..]).unwrap();
     assert_eq!(

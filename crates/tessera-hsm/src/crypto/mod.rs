@@ -477,20 +477,8 @@ impl ActiveOperation {
                 }
                 _ => return Err(Rv::MechanismParamInvalid),
             };
-            let class = if verify {
-                ck::CKO_PUBLIC_KEY
-            } else {
-                ck::CKO_PRIVATE_KEY
-            };
-            if key.class() != class as u64
-                || key.key_type() != ck::CKK_EC_EDWARDS as u64
-                || !edwards::is_ed25519(key.get(ck::CKA_EC_PARAMS))
-            {
-                return Err(Rv::KeyTypeInconsistent);
-            }
-            if !key.flag(if verify { ck::CKA_VERIFY } else { ck::CKA_SIGN }) {
-                return Err(Rv::KeyFunctionNotPermitted);
-            }
+            let ed25519 = edwards::is_ed25519(key.get(ck::CKA_EC_PARAMS));
+            signing_key(key, verify, ck::CKK_EC_EDWARDS, ed25519)?;
             return Ok(ActiveOperation {
                 inner: Inner::Eddsa {
                     key: key.owned(),
@@ -542,17 +530,7 @@ impl ActiveOperation {
                 ),
                 None => (None, None),
             };
-            let class = if verify {
-                ck::CKO_PUBLIC_KEY
-            } else {
-                ck::CKO_PRIVATE_KEY
-            };
-            if key.class() != class as u64 || key.key_type() != ck::CKK_ML_DSA as u64 {
-                return Err(Rv::KeyTypeInconsistent);
-            }
-            if !key.flag(if verify { ck::CKA_VERIFY } else { ck::CKA_SIGN }) {
-                return Err(Rv::KeyFunctionNotPermitted);
-            }
+            signing_key(key, verify, ck::CKK_ML_DSA, true)?;
             return Ok(ActiveOperation {
                 inner: Inner::MlDsa {
                     key: key.owned(),
@@ -1084,6 +1062,27 @@ impl ActiveOperation {
             } => pq::verify(&*key, &data, signature).map(|_| Output::Verified),
         }
     }
+}
+
+/// Checks the key of a signature (a private key) or verification (a public key) of `key_type`
+/// (`fits`: whatever else the mechanism asks of it, such as its curve), then its usage flag.
+fn signing_key(
+    key: &dyn Key,
+    verify: bool,
+    key_type: ck::CK_KEY_TYPE,
+    fits: bool,
+) -> Result<(), Rv> {
+    let (class, usage) = match verify {
+        true => (ck::CKO_PUBLIC_KEY, ck::CKA_VERIFY),
+        false => (ck::CKO_PRIVATE_KEY, ck::CKA_SIGN),
+    };
+    if key.class() != class as u64 || key.key_type() != key_type as u64 || !fits {
+        return Err(Rv::KeyTypeInconsistent);
+    }
+    if !key.flag(usage) {
+        return Err(Rv::KeyFunctionNotPermitted);
+    }
+    Ok(())
 }
 
 fn ec_input_digest(curve: &Curve, input: Input) -> Result<Digest, Rv> {

@@ -438,12 +438,11 @@ entry_points! {
     /// `C_VerifySignature` (§5.15.2): `CKR_OK` only when the device says the signature given
     /// at the init is valid for the data.
     fn C_VerifySignature(session: CK_SESSION_HANDLE, data: *mut CK_BYTE, data_len: CK_ULONG) {
-        library::verify_signature(session as u64, true, false)?;
+        // Read, not taken: the signature stays while the operation does.
+        let signature = library::verify_signature(session as u64, true, true)?;
         let result = (|| {
             // SAFETY: pData holds ulDataLen bytes (§5.15.2).
             let data = super::copied(unsafe { input(data, data_len) }?)?;
-            // Read, not taken: the signature stays while the operation does.
-            let signature = library::verify_signature(session as u64, true, true)?;
             verified(library::single(session as u64, Operation::Verify, data, signature)?)
         })();
         verification_ends(session, result)

@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, ObjectHandle};
+use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
@@ -147,4 +147,28 @@ pub fn rv<T: std::fmt::Debug>(result: Result<T, Error>) -> RvError {
         Err(Error::Pkcs11(rv, _)) => rv,
         other => panic!("expected a PKCS#11 error, got {other:?}"),
     }
+}
+
+/// The `CKA_VALUE` of a readable object.
+pub fn value(session: &Session, key: ObjectHandle) -> Vec<u8> {
+    match session
+        .get_attributes(key, &[cryptoki::object::AttributeType::Value])
+        .unwrap()
+        .remove(0)
+    {
+        Attribute::Value(value) => value,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The template of a session generic secret whose value can be read (derived or encapsulated
+/// keys the test compares).
+pub fn readable_secret() -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(cryptoki::object::KeyType::GENERIC_SECRET),
+        Attribute::Token(false),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+    ]
 }
