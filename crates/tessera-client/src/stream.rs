@@ -90,14 +90,87 @@ pub(crate) enum Failure {
     Bad(String),
 }
 
-/// How long a reader polls for a reply before it sleeps in `read`. Waking a sleeping thread
-/// costs tens of microseconds on a virtual machine's idle CPU, more than most calls take.
-const SPIN: Duration = Duration::from_micros(60);
+/// How long a reader polls for a reply before it sleeps in `read`, at least and at most. Waking
+/// a sleeping thread costs tens of microseconds on a virtual machine's idle CPU, more than most
+/// calls take, and a third of an ML-DSA signature's. The window in between adapts to the replies
+/// (see [`Spin`]): calls that take longer than the shortest window but less than the longest
+/// (signatures, key generation) are polled for as long as they typically take.
+const SPIN_MIN: Duration = Duration::from_micros(60);
+const SPIN_MAX: Duration = Duration::from_micros(500);
 
-/// After a poll that saw nothing for all of [`SPIN`], this many reads sleep at once: replies
-/// that come late (the device and another client thread share the CPUs) would only lose the
-/// poller's CPU to them. Adaptive, as a spinning mutex is.
+/// After [`LATE_STREAK`] replies in a row came later than [`SPIN_MAX`], this many reads sleep at
+/// once: replies that come late (the device and another client thread share the CPUs, or the
+/// device does slow work) would only lose the poller's CPU to them. Adaptive, as a spinning
+/// mutex is. One late reply is not enough: a signature's time has a tail (ML-DSA's rejection
+/// sampling), and a call in that tail says nothing of the next.
 const SPIN_BACKOFF: u32 = 8;
+const LATE_STREAK: u32 = 3;
+
+/// How a connection polls for its replies: the current window, and the reads left that sleep
+/// at once.
+struct Spin {
+    /// Microseconds a reader polls before it sleeps, between [`SPIN_MIN`] and [`SPIN_MAX`].
+    window: AtomicU32,
+    /// Replies in a row that came later than [`SPIN_MAX`].
+    late: AtomicU32,
+    /// Reads left that sleep at once (see [`SPIN_BACKOFF`]).
+    skip: AtomicU32,
+}
+
+/// What a poll for a reply saw.
+enum Polled {
+    /// Data arrived, or the stream ended (the read that follows reports it).
+    Done,
+    /// Nothing arrived within the window (which began at this instant); the reader sleeps.
+    TimedOut(std::time::Instant),
+    /// The poll was skipped (see [`SPIN_BACKOFF`]).
+    Skipped,
+}
+
+impl Spin {
+    fn new() -> Spin {
+        Spin {
+            window: AtomicU32::new(SPIN_MIN.as_micros() as u32),
+            late: AtomicU32::new(0),
+            skip: AtomicU32::new(0),
+        }
+    }
+
+    fn window(&self) -> Duration {
+        Duration::from_micros(u64::from(self.window.load(Ordering::Relaxed)))
+    }
+
+    /// A poll saw its reply after `took`: the window drifts down towards twice that, slowly
+    /// (a thirty-second of the difference a reply), so that a run of quick calls after slow
+    /// ones does not keep polling for long, while a mix of quick and slow calls keeps it.
+    fn arrived_within(&self, took: Duration) {
+        self.late.store(0, Ordering::Relaxed);
+        let window = self.window.load(Ordering::Relaxed);
+        let wanted = (took.as_micros() as u32)
+            .saturating_mul(2)
+            .max(SPIN_MIN.as_micros() as u32);
+        if wanted < window {
+            self.window
+                .store(window - (window - wanted).div_ceil(32), Ordering::Relaxed);
+        }
+    }
+
+    /// A reply came after the poll gave up, `took` after the poll began: a reply that the
+    /// longest window would have caught widens the window to it, with half as much to spare;
+    /// [`LATE_STREAK`] later ones in a row send the next reads to sleep at once.
+    fn arrived_after(&self, took: Duration) {
+        if took <= SPIN_MAX {
+            self.late.store(0, Ordering::Relaxed);
+            let widened = (took + took / 2).min(SPIN_MAX).as_micros() as u32;
+            self.window.fetch_max(widened, Ordering::Relaxed);
+        } else if self.late.fetch_add(1, Ordering::Relaxed) + 1 >= LATE_STREAK {
+            self.late.store(0, Ordering::Relaxed);
+            self.window
+                .store(SPIN_MIN.as_micros() as u32, Ordering::Relaxed);
+            self.skip.store(SPIN_BACKOFF, Ordering::Relaxed);
+        }
+    }
+}
 
 /// A connection. One thread may write a request while another reads replies (requests are
 /// pipelined; see the crate documentation): reads and writes each take their own lock, on the
@@ -110,8 +183,8 @@ pub(crate) struct Stream {
     writing: Mutex<()>,
     /// Frames sent and not written yet.
     outbox: Mutex<Vec<Frame>>,
-    /// Reads left that sleep at once, after a poll that timed out (see [`SPIN_BACKOFF`]).
-    no_spin: AtomicU32,
+    /// How readers poll for replies before they sleep.
+    spin: Spin,
     /// The device closed the connection with its notice that a channel is now required.
     notice: AtomicBool,
     /// When the connection was made, and milliseconds after it that the last reply came (see
@@ -248,7 +321,7 @@ impl Stream {
             }),
             writing: Mutex::new(()),
             outbox: Mutex::new(Vec::new()),
-            no_spin: AtomicU32::new(0),
+            spin: Spin::new(),
             notice: AtomicBool::new(false),
             opened: std::time::Instant::now(),
             last_reply: std::sync::atomic::AtomicU64::new(0),
@@ -329,13 +402,18 @@ impl Stream {
     /// reply stays in its frame, for the channel to open it there.
     pub(crate) fn receive(&self, spin: bool) -> Result<(u64, Answer), Failure> {
         let mut buffer = locked(&self.reading);
-        if spin && buffer.is_empty() {
-            self.spin_for_data(&mut buffer);
-        }
+        let polled = if spin && buffer.is_empty() {
+            self.spin_for_data(&mut buffer)
+        } else {
+            Polled::Skipped
+        };
         let body = read_frame(&mut Buffered {
             socket: &self.socket,
             buffer: &mut buffer,
         });
+        if let (Polled::TimedOut(start), Ok(_)) = (&polled, &body) {
+            self.spin.arrived_after(start.elapsed());
+        }
         if body.as_ref().is_ok_and(|body| find_sealed(body).is_none()) {
             // A reply in the clear may be a decryption's plaintext or a key value: what the
             // read buffer has handed out of it, and what earlier, longer fills left beyond the
@@ -431,19 +509,25 @@ impl Stream {
     }
 
     /// Polls for a reply for a few microseconds before the caller sleeps in `read` (see
-    /// [`SPIN`]). Each poll is a read that does not wait (`MSG_DONTWAIT`, leaving the socket's
+    /// [`Spin`]). Each poll is a read that does not wait (`MSG_DONTWAIT`, leaving the socket's
     /// own flags alone: another thread may be writing on it) into the read buffer, so the
     /// reply that ends the poll is already read: one system call, not a peek and a read.
-    fn spin_for_data(&self, buffer: &mut ReadBuffer) {
+    fn spin_for_data(&self, buffer: &mut ReadBuffer) -> Polled {
         if self
-            .no_spin
+            .spin
+            .skip
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .is_ok()
         {
-            return;
+            return Polled::Skipped;
         }
         let start = std::time::Instant::now();
-        while start.elapsed() < SPIN {
+        let window = self.spin.window();
+        loop {
+            let took = start.elapsed();
+            if took >= window {
+                return Polled::TimedOut(start);
+            }
             let read = match &self.socket {
                 Socket::Unix(s) => rustix::net::recv(s, &mut buffer.data, RecvFlags::DONTWAIT),
                 Socket::Tcp(s) => rustix::net::recv(s, &mut buffer.data, RecvFlags::DONTWAIT),
@@ -453,17 +537,17 @@ impl Stream {
                     buffer.start = 0;
                     buffer.end = n;
                     buffer.high = buffer.high.max(n);
-                    return;
+                    self.spin.arrived_within(took);
+                    return Polled::Done;
                 }
                 // Yield rather than spin: the device may be waiting for this very CPU.
                 Err(rustix::io::Errno::AGAIN) => std::thread::yield_now(),
                 Err(rustix::io::Errno::INTR) => {}
                 // The end of the stream or an error: the blocking read sees it (again) and
                 // reports it.
-                _ => return,
+                _ => return Polled::Done,
             }
         }
-        self.no_spin.store(SPIN_BACKOFF, Ordering::Relaxed);
     }
 
     /// Sends one request's frame and reads its response (with nothing else in flight).
@@ -534,5 +618,45 @@ impl Answer {
         if let Answer::Sealed(_, frame) = self {
             tessera_core::bytes::give(frame, Held::Data);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(spin: &Spin) -> u32 {
+        spin.window.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn the_polling_window_follows_the_replies() {
+        let spin = Spin::new();
+        assert_eq!(window(&spin), 60);
+        // A 150 µs signature, missed by the shortest window: the next poll waits for it.
+        spin.arrived_after(Duration::from_micros(150));
+        assert_eq!(window(&spin), 225);
+        assert_eq!(spin.skip.load(Ordering::Relaxed), 0);
+        // Quick replies after it bring the window back down, a step at a time.
+        spin.arrived_within(Duration::from_micros(5));
+        assert_eq!(window(&spin), 219);
+        for _ in 0..200 {
+            spin.arrived_within(Duration::from_micros(5));
+        }
+        assert_eq!(window(&spin), 60);
+        // Replies later than the longest window: one or two leave the window as it was (a
+        // signature's tail), a third in a row sends the next reads to sleep at once.
+        spin.arrived_after(Duration::from_micros(200));
+        for _ in 0..2 {
+            spin.arrived_after(Duration::from_millis(3));
+            assert_eq!(window(&spin), 300);
+            assert_eq!(spin.skip.load(Ordering::Relaxed), 0);
+        }
+        spin.arrived_after(Duration::from_millis(3));
+        assert_eq!(window(&spin), 60);
+        assert_eq!(spin.skip.load(Ordering::Relaxed), SPIN_BACKOFF);
+        // Never wider than the longest window.
+        spin.arrived_after(SPIN_MAX);
+        assert_eq!(window(&spin), SPIN_MAX.as_micros() as u32);
     }
 }
