@@ -7,7 +7,7 @@ use tessera_store::{MasterKey, TokenRecord};
 use tessera_wire::{AdminCommand, DeviceStatus, Event, Reply, SlotStatus};
 
 use crate::object::Attributes;
-use crate::{Hsm, Login, Object, State, MAX_PIN_LEN, MIN_PIN_LEN};
+use crate::{Hsm, Locked, Login, Object, MAX_PIN_LEN, MIN_PIN_LEN};
 
 /// The handle of the device object every token shows (class `CKO_HW_FEATURE`).
 pub const DEVICE_OBJECT: u64 = (1 << 40) - 1;
@@ -37,8 +37,8 @@ impl Hsm {
             .record(&self.store, self.clock(), role, kind, detail);
     }
 
-    /// Rebuilds the device object of every token (after the flags change).
-    pub(crate) fn refresh_device_objects(&self, state: &mut State, flags: u64) {
+    /// Rebuilds the device object of every token the call holds (after the flags change).
+    pub(crate) fn refresh_device_objects(&self, state: &mut Locked<'_>, flags: u64) {
         let mut attributes = Attributes::default();
         attributes.set_ulong(ck::CKA_CLASS, ck::CKO_HW_FEATURE as u64);
         attributes.set_ulong(ck::CKA_HW_FEATURE_TYPE, CKH_TESSERA_DEVICE);
@@ -50,7 +50,7 @@ impl Hsm {
         attributes.set(ck::CKA_LABEL as u64, b"Tessera device".to_vec());
         attributes.set(CKA_TESSERA_SECURITY_FLAGS, flags.to_le_bytes().to_vec());
         attributes.set(CKA_TESSERA_SERIAL, self.serial.as_bytes().to_vec());
-        for token in state.tokens.values_mut() {
+        for (_, token) in state.tokens_mut() {
             let object = Object {
                 attributes: attributes.clone(),
                 sealed: None,
@@ -63,14 +63,15 @@ impl Hsm {
     pub(crate) fn device_status(&self) -> DeviceStatus {
         self.events.flush(&self.store);
         let info = self.device_info();
-        let state = self.lock();
+        let tokens = self.all_tokens();
+        let state = tokens.lock(self);
         let slots = state
             .device
             .user_tokens
             .iter()
             .enumerate()
             .filter_map(|(slot, id)| {
-                let token = state.tokens.get(id)?;
+                let token = state.token(*id).ok()?;
                 Some(SlotStatus {
                     slot: slot as u64,
                     label: String::from_utf8_lossy(&token.record.label)
@@ -78,7 +79,7 @@ impl Hsm {
                         .to_string(),
                     initialized: token.record.so_pin.is_some(),
                     user_pin: token.record.user_pin.is_some(),
-                    sessions: state.sessions.on_token(*id).count() as u64,
+                    sessions: state.sessions().on_token(*id).count() as u64,
                     objects: token
                         .objects
                         .keys()
@@ -88,15 +89,14 @@ impl Hsm {
             })
             .collect();
         let admin_ready = state
-            .tokens
-            .get(&state.device.admin_token)
-            .is_some_and(|t| t.record.so_pin.is_some() && t.record.user_pin.is_some());
+            .token(state.device.admin_token)
+            .is_ok_and(|t| t.record.so_pin.is_some() && t.record.user_pin.is_some());
         DeviceStatus {
             info,
             clock: self.clock(),
             flags: state.device.flags,
             transport_mode: state.device.transport_mode,
-            sessions: state.sessions.len() as u64,
+            sessions: state.sessions().len() as u64,
             admin_ready,
             identity: state.device.identity.fingerprint().is_some(),
             identity_fingerprint: state.device.identity.fingerprint(),
@@ -134,7 +134,8 @@ impl Hsm {
             so_failures: 0,
             user_failures: 0,
         };
-        let mut state = self.lock();
+        let tokens = self.tokens_of(self.device.now().admin_token)?;
+        let mut state = tokens.lock(self);
         let admin = state.device.admin_token;
         if state.token(admin)?.record.so_pin.is_some() {
             return Err(Rv::AdminAlreadySetUp);
@@ -159,7 +160,8 @@ impl Hsm {
         command: AdminCommand,
     ) -> Result<Reply, Rv> {
         {
-            let state = self.lock();
+            let tokens = self.tokens_of_session(client, session)?;
+            let state = tokens.lock(self);
             let current = state.session(client, session)?;
             if !state.device.is_admin(current.token_id) {
                 return Err(Rv::AccessDenied);
@@ -287,7 +289,8 @@ impl Hsm {
             return Err(Rv::ArgumentsBad);
         }
         let change = self.device.change();
-        let mut state = self.lock();
+        let tokens = self.all_tokens();
+        let mut state = tokens.lock(self);
         let before = change.flags;
         if before & flags::MODE_LOCKED != 0 {
             self.event(
@@ -334,9 +337,9 @@ impl Hsm {
             return Err(Rv::ArgumentsBad);
         }
         let token_id = {
-            let state = self.lock();
-            let token_id = state.device.slot_token(slot)?;
-            if state.device.is_admin(token_id) {
+            let device = self.device.now();
+            let token_id = device.slot_token(slot)?;
+            if device.is_admin(token_id) {
                 return Err(Rv::SlotIdInvalid);
             }
             token_id
@@ -346,7 +349,6 @@ impl Hsm {
 
     fn add_slots(&self, count: u64) -> Result<Reply, Rv> {
         let mut change = self.device.change();
-        let mut state = self.lock();
         let total = change.user_tokens.len() as u64 + count;
         if count == 0 || total > MAX_USER_SLOTS {
             return Err(Rv::ArgumentsBad);
@@ -360,9 +362,16 @@ impl Hsm {
         self.store
             .update_device(device, &put, &new, &[])
             .map_err(crate::store_failure)?;
+        let mut map = self.token_map_mut();
         for token_id in &new {
-            state.tokens.insert(*token_id, crate::Token::blank());
+            let token = crate::Token::blank(&self.ledger);
+            map.insert(*token_id, crate::locked::TokenCell::new(token));
         }
+        drop(map);
+        // The new tokens are held while the change is published (no call can use them
+        // before), and get their device object.
+        let tokens = self.all_tokens();
+        let mut state = tokens.lock(self);
         let flags = change.flags;
         state.publish(change);
         self.refresh_device_objects(&mut state, flags);
@@ -376,7 +385,8 @@ impl Hsm {
 
     fn delete_slot(&self, slot: u64) -> Result<Reply, Rv> {
         let mut change = self.device.change();
-        let mut state = self.lock();
+        let tokens = self.all_tokens();
+        let mut state = tokens.lock(self);
         let token_id = state.device.slot_token(slot)?;
         if state.device.is_admin(token_id) {
             return Err(Rv::SlotIdInvalid);
@@ -384,14 +394,16 @@ impl Hsm {
         if change.user_tokens.len() == 1 {
             return Err(Rv::ArgumentsBad);
         }
-        if state.sessions.on_token(token_id).next().is_some() {
+        if state.sessions().on_token(token_id).next().is_some() {
             return Err(Rv::SessionExists);
         }
         change.record.user_tokens.retain(|t| *t != token_id);
         self.store
             .update_device(&change.record, &[], &[], &[token_id])
             .map_err(crate::store_failure)?;
-        state.tokens.remove(&token_id);
+        // A call that fetched the token before finds it gone once it gets its lock.
+        state.set_token(token_id, None)?;
+        self.token_map_mut().remove(&token_id);
         state.publish(change);
         let left = state.device.user_tokens.len();
         self.event(
@@ -407,7 +419,8 @@ impl Hsm {
     /// Identity keys and certificates are kept.
     pub(crate) fn tamper(&self, role: &str, cause: &str) -> Result<Reply, Rv> {
         let mut change = self.device.change();
-        let mut state = self.lock();
+        let tokens = self.all_tokens();
+        let mut state = tokens.lock(self);
         change.record.flags = 0;
         let all: Vec<u64> = state.device.slot_tokens().collect();
         let blank = TokenRecord::default();
@@ -415,9 +428,9 @@ impl Hsm {
         self.store
             .update_device(&change.record, &put, &all, &[])
             .map_err(crate::store_failure)?;
-        state.sessions.clear();
+        state.sessions_mut().clear();
         for token_id in &all {
-            state.tokens.insert(*token_id, crate::Token::blank());
+            state.set_token(*token_id, Some(crate::Token::blank(&self.ledger)))?;
         }
         state.publish(change);
         self.refresh_device_objects(&mut state, 0);

@@ -142,14 +142,15 @@ impl Hsm {
             .values()
             .map(|info| info.client)
             .collect();
-        let mut state = self.lock();
-        let clear: Vec<(u64, u64)> = (state.sessions.iter())
+        let tokens = self.all_tokens();
+        let mut state = tokens.lock(self);
+        let clear: Vec<(u64, u64)> = (state.sessions().iter())
             .filter(|(_, session)| !in_channels.contains(&session.client))
             .map(|(handle, session)| (handle, session.client))
             .collect();
         for (handle, client) in &clear {
             state.close_session(*handle);
-            for token in state.tokens.values_mut() {
+            for (_, token) in state.tokens_mut() {
                 token.logout(*client);
             }
         }

@@ -11,13 +11,13 @@ use tessera_store::{DeviceRecord, MasterKey, Store, StoreError, TokenRecord};
 use crate::error::HsmError;
 use crate::identity::IdentityRecord;
 pub use crate::protection::DeviceKeyProtection;
-use crate::{Hsm, State, Token, MAX_PIN_FAILURES, MAX_PIN_LEN, MAX_SESSIONS, MIN_PIN_LEN};
+use crate::{Hsm, Token, MAX_PIN_FAILURES, MAX_PIN_LEN, MAX_SESSIONS, MIN_PIN_LEN};
 
 /// The device aggregate: its record (flags, slots, clock, transport mode) and its identity.
 /// A call reads one consistent value of it, an `Arc` taken without waiting for administration
 /// ([`Device::now`]); a change is made on a copy, stored, then published ([`Device::change`]).
 /// Changes take the device's turn first: the engine's lock order is device, then tokens
-/// ([`crate::State`]), then sessions. A change that touches tokens too (flags, slots, tamper)
+/// (each behind its own lock, see `crate::locked`), then sessions. A change that touches tokens too (flags, slots, tamper)
 /// publishes while it holds the tokens, so whoever holds them reads a device that matches.
 pub(crate) struct Device {
     current: RwLock<Arc<DeviceView>>,
@@ -329,6 +329,7 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
     };
     let mut records: std::collections::BTreeMap<u64, TokenRecord> =
         store.tokens()?.into_iter().collect();
+    let ledger = std::sync::Arc::new(crate::locked::Ledger::default());
     let mut tokens = std::collections::BTreeMap::new();
     let token_ids: Vec<u64> = device
         .user_tokens
@@ -342,18 +343,13 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
                 "token {token_id} of the slot list"
             )))
         })?;
-        let mut objects = crate::object_set::ObjectSet::default();
+        let mut objects = crate::object_set::ObjectSet::counted_in(&ledger);
         for (id, stored) in store.objects(token_id)? {
             objects.insert(id, crate::object_calls::in_memory(stored));
         }
         tokens.insert(
             token_id,
-            Token {
-                record,
-                master: None,
-                logins: Default::default(),
-                objects,
-            },
+            crate::locked::TokenCell::new(Token::new(record, objects)),
         );
     }
     let events = crate::events::EventLog::open(&store, &device_key, options.event_log_size)?;
@@ -371,23 +367,22 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
         protection: opened.description,
         requests: Default::default(),
         pik_cache: Default::default(),
-        pin_checked: Default::default(),
         sessions: Default::default(),
         kdf_iterations: options.kdf_iterations,
         events,
         channels: crate::channels::Channels::new(options.max_channels),
         limits: options.limits,
         device: Device::new(device, identity),
-        state: std::sync::Mutex::new(State {
-            tokens,
-            next_session_object: crate::SESSION_OBJECT_BASE,
-            next_client: 0,
-            pin_checks: Default::default(),
-            limits_reported: Default::default(),
-        }),
+        tokens: std::sync::RwLock::new(tokens),
+        ledger,
+        next_client: Default::default(),
+        next_session_object: crate::SESSION_OBJECT_BASE.into(),
+        limits_reported: Default::default(),
     };
     let flags = hsm.device.now().flags;
-    hsm.refresh_device_objects(&mut hsm.lock(), flags);
+    let tokens = hsm.all_tokens();
+    hsm.refresh_device_objects(&mut tokens.lock(&hsm), flags);
+    drop(tokens);
     Ok(hsm)
 }
 
@@ -418,9 +413,9 @@ impl Hsm {
     }
 
     pub(crate) fn slot_info(&self, slot: u64) -> Result<SlotInfo, Rv> {
-        let state = self.lock();
-        let token_id = state.device.slot_token(slot)?;
-        let description = if state.device.is_admin(token_id) {
+        let device = self.device.now();
+        let token_id = device.slot_token(slot)?;
+        let description = if device.is_admin(token_id) {
             format!("Tessera {} Admin slot", self.serial)
         } else {
             format!("Tessera {} slot {slot}", self.serial)
@@ -436,8 +431,9 @@ impl Hsm {
     }
 
     pub(crate) fn token_info(&self, slot: u64) -> Result<TokenInfo, Rv> {
-        let state = self.lock();
-        let token_id = state.device.slot_token(slot)?;
+        let tokens = self.tokens_of_slot(slot)?;
+        let state = tokens.lock(self);
+        let token_id = state.slot_token(slot)?;
         let token = state.token(token_id)?;
         let record = &token.record;
         let mut flags = ck::CKF_RNG | ck::CKF_LOGIN_REQUIRED | ck::CKF_RESTORE_KEY_NOT_NEEDED;
@@ -459,7 +455,7 @@ impl Hsm {
             ck::CKF_SO_PIN_FINAL_TRY,
             ck::CKF_SO_PIN_LOCKED,
         );
-        let sessions = state.sessions.on_token(token_id);
+        let sessions = state.sessions().on_token(token_id);
         let (count, rw) = sessions.fold((0, 0), |(c, rw), s| (c + 1, rw + u64::from(s.read_write)));
         let label = String::from_utf8_lossy(&record.label)
             .trim_end()
@@ -575,7 +571,7 @@ mod tests {
         change.record.clock_offset = 3600;
         change.publish();
         assert_eq!(hsm.device.now().clock_offset, 3600);
-        assert_eq!(hsm.lock().device.clock_offset, 3600);
+        assert_eq!(hsm.all_tokens().lock(&hsm).device.clock_offset, 3600);
         assert_eq!(before.clock_offset, 0, "a value read before is its own");
     }
 }

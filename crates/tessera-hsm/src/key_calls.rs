@@ -19,7 +19,8 @@ impl Hsm {
         session: u64,
         key: u64,
     ) -> Result<crate::object::Attributes, Rv> {
-        let state = self.lock();
+        let tokens = self.tokens_of_session(client, session)?;
+        let state = tokens.lock(self);
         let token_id = state.session(client, session)?.token_id;
         state.check_public_crypto(client, token_id)?;
         self.key_attributes(&state, client, session, key)
@@ -250,8 +251,8 @@ impl Hsm {
         session: u64,
         flags: u64,
     ) -> Result<Reply, Rv> {
-        let mut state = self.lock();
-        let current = state.session_mut(client, session)?;
+        let mut sessions = self.sessions();
+        let current = sessions.get_mut(client, session)?;
         let kinds = [
             (ck::CKF_ENCRYPT, Operation::Encrypt),
             (ck::CKF_DECRYPT, Operation::Decrypt),

@@ -19,6 +19,7 @@ mod events;
 mod identity;
 mod kbkdf;
 mod key_calls;
+mod locked;
 mod mechanisms;
 mod object;
 mod object_calls;
@@ -31,14 +32,16 @@ mod time;
 mod tokens;
 mod wrap;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tessera_core::Rv;
 use tessera_store::{HeldKey, MasterKey, Store, TokenRecord};
 use tessera_wire::{Call, Reply};
 
+pub(crate) use locked::Locked;
 pub(crate) use sessions::Session;
 
 pub use admin::{
@@ -128,20 +131,8 @@ pub(crate) struct Token {
     master: Option<MasterKey>,
     logins: HashMap<u64, Login>,
     objects: object_set::ObjectSet,
-}
-
-/// The tokens (their PINs and logins, objects and store records) behind one lock, second in
-/// the engine's order (device, tokens, sessions), with the PIN checks in flight and what is
-/// counted per client.
-pub(crate) struct State {
-    /// Tokens by token id.
-    tokens: BTreeMap<u64, Token>,
-    next_session_object: u64,
-    next_client: u64,
-    /// PIN guesses counted and still being checked, by token id and role (`true`: SO).
-    pin_checks: HashMap<(u64, bool), u32>,
-    /// Limits a client has reached and that are in the event log (once per client and limit).
-    limits_reported: std::collections::HashSet<(u64, &'static str)>,
+    /// PIN guesses counted and still being checked: the user's, the SO's.
+    checking: [u32; 2],
 }
 
 /// One HSM device backed by its data directory.
@@ -170,12 +161,17 @@ pub struct Hsm {
     /// The device (flags, slots, clock, identity): read as one value, changed by the
     /// Administrator; first in the lock order.
     device: device::Device,
-    state: Mutex<State>,
-    /// The sessions: an aggregate with its own lock, taken after `state` when both are needed.
+    /// The tokens, each behind its own lock (see [`locked`]); second in the lock order.
+    tokens: locked::TokenMap,
+    /// The sessions: an aggregate with its own lock, taken after the tokens when both are
+    /// needed.
     sessions: Mutex<sessions::Sessions>,
-    /// Signalled (with `state`) when a PIN check ends: a guess at a PIN whose count is full
-    /// waits for the checks in flight, one of which may be the right PIN (see `verify_pin`).
-    pin_checked: Condvar,
+    /// Bytes of session objects by client and in all, kept by the tokens' object sets.
+    ledger: Arc<locked::Ledger>,
+    next_client: AtomicU64,
+    next_session_object: AtomicU64,
+    /// Limits a client has reached and that are in the event log (once per client and limit).
+    limits_reported: Mutex<std::collections::HashSet<(u64, &'static str)>>,
 }
 
 /// The code for a failed store operation, logged: `CKR_DEVICE_MEMORY` when the disk is full
@@ -209,9 +205,7 @@ impl Hsm {
 
     /// Registers a new client (a connection) and returns its id.
     pub fn connect(&self) -> u64 {
-        let mut state = self.lock();
-        state.next_client += 1;
-        state.next_client
+        self.next_client.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Writes the event-log entries held back (channel openings and closings); the daemon
@@ -230,30 +224,28 @@ impl Hsm {
         self.events.flush(&self.store);
     }
 
-    /// Ends a client: closes its sessions and logs it out everywhere.
+    /// Ends a client: closes its sessions and logs it out everywhere, a token at a time.
     pub fn disconnect(&self, client: u64) {
-        let mut state = self.lock();
-        let sessions = state.sessions.handles(|s| s.client == client);
-        for handle in sessions {
-            state.close_session(handle);
+        for tokens in self.all_tokens().one_by_one() {
+            let mut state = tokens.lock(self);
+            let held: Vec<u64> = state.tokens_mut().map(|(id, _)| id).collect();
+            let sessions =
+                (state.sessions()).handles(|s| s.client == client && held.contains(&s.token_id));
+            for handle in sessions {
+                state.close_session(handle);
+            }
+            for (_, token) in state.tokens_mut() {
+                token.logout(client);
+            }
         }
-        for token in state.tokens.values_mut() {
-            token.logout(client);
-        }
-        state.limits_reported.retain(|(c, _)| *c != client);
+        locked::lock(&self.limits_reported).retain(|(c, _)| *c != client);
     }
 
     /// Refuses a call with `rv` because `client` reached `limit`; the first time for this
     /// client and limit, records a `limit-reached` event (written with the next batch: a flood
     /// of refusals never becomes a flood of disk writes).
-    pub(crate) fn limit_reached(
-        &self,
-        state: &mut State,
-        client: u64,
-        limit: &'static str,
-        rv: Rv,
-    ) -> Rv {
-        if state.limits_reported.insert((client, limit)) {
+    pub(crate) fn limit_reached(&self, client: u64, limit: &'static str, rv: Rv) -> Rv {
+        if locked::lock(&self.limits_reported).insert((client, limit)) {
             tracing::warn!(client, limit, code = rv.name(), "a client reached a limit");
             self.event(
                 "Public",
@@ -280,36 +272,11 @@ impl Hsm {
         self.sessions().len()
     }
 
-    /// The device's state and its sessions, locked in that order (the one order: whoever holds
-    /// the sessions alone never waits for the state).
-    pub(crate) fn lock(&self) -> Locked<'_> {
-        let state = self.lock_state();
-        Locked {
-            // Read while the tokens are held: a change of the device that touches them is
-            // published before it lets them go, so the two match.
-            device: self.device.now(),
-            state,
-            sessions: self.sessions(),
-        }
-    }
-
-    /// The device's state alone (the device, its tokens, the PIN checks in flight): for what
-    /// touches no session (counting a PIN guess, which waits on `pin_checked` with it).
-    pub(crate) fn lock_state(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock is a bug of ours; the state is still consistent
-        // because every change is applied after its checks, so carry on.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// The sessions alone: for what only concerns a session (its running operations, its
-    /// search), so that it waits for no other client's object or token work. Never taken
-    /// while holding them, nor before the state (see [`Hsm::lock`]).
+    /// search), so that it waits for no token. Never taken while holding them, nor before a
+    /// token (see [`locked`]).
     pub(crate) fn sessions(&self) -> MutexGuard<'_, sessions::Sessions> {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        locked::lock(&self.sessions)
     }
 
     /// Executes one request for `client`; `protected` when it arrived inside a secure-messaging
@@ -332,14 +299,14 @@ impl Hsm {
             R::SlotInfo { slot } => self.slot_info(slot).map(Reply::Slot),
             R::TokenInfo { slot } => self.token_info(slot).map(Reply::Token),
             R::MechanismList { slot } => {
-                let state = self.lock();
-                state.device.slot_token(slot)?;
-                Ok(Reply::Mechanisms(mechanisms::list(state.device.flags)))
+                let device = self.device.now();
+                device.slot_token(slot)?;
+                Ok(Reply::Mechanisms(mechanisms::list(device.flags)))
             }
             R::MechanismInfo { slot, mechanism } => {
-                let state = self.lock();
-                state.device.slot_token(slot)?;
-                mechanisms::info(mechanism, state.device.flags)
+                let device = self.device.now();
+                device.slot_token(slot)?;
+                mechanisms::info(mechanism, device.flags)
                     .map(Reply::Mechanism)
                     .ok_or(Rv::MechanismInvalid)
             }
@@ -350,16 +317,18 @@ impl Hsm {
             } => self.init_token(slot, &so_pin, &label),
             R::OpenSession { slot, flags } => self.open_session(client, slot, flags),
             R::CloseSession { session } => {
-                let mut state = self.lock();
+                let tokens = self.tokens_of_session(client, session)?;
+                let mut state = tokens.lock(self);
                 state.session(client, session)?;
                 state.close_session(session);
                 Ok(Reply::Done)
             }
             R::CloseAllSessions { slot } => {
-                let mut state = self.lock();
-                let token_id = state.device.slot_token(slot)?;
+                let tokens = self.tokens_of_slot(slot)?;
+                let mut state = tokens.lock(self);
+                let token_id = state.slot_token(slot)?;
                 let handles =
-                    (state.sessions).handles(|s| s.client == client && s.token_id == token_id);
+                    (state.sessions()).handles(|s| s.client == client && s.token_id == token_id);
                 for handle in handles {
                     state.close_session(handle);
                 }
@@ -464,7 +433,8 @@ impl Hsm {
             ),
             R::GenerateRandom { session, len } => {
                 {
-                    let state = self.lock();
+                    let tokens = self.tokens_of_session(client, session)?;
+                    let state = tokens.lock(self);
                     let token_id = state.session(client, session)?.token_id;
                     state.check_public_crypto(client, token_id)?;
                 }
@@ -536,27 +506,6 @@ impl Hsm {
     }
 }
 
-/// The tokens and the sessions, locked together for a call that needs both ([`Hsm::lock`]),
-/// with the device as it was when they were taken; it reads as the [`State`] it holds.
-pub(crate) struct Locked<'a> {
-    pub(crate) device: Arc<device::DeviceView>,
-    state: MutexGuard<'a, State>,
-    pub(crate) sessions: MutexGuard<'a, sessions::Sessions>,
-}
-
-impl std::ops::Deref for Locked<'_> {
-    type Target = State;
-    fn deref(&self) -> &State {
-        &self.state
-    }
-}
-
-impl std::ops::DerefMut for Locked<'_> {
-    fn deref_mut(&mut self) -> &mut State {
-        &mut self.state
-    }
-}
-
 impl Locked<'_> {
     /// With No Public Crypto (`c`), crypto and object writes need a login on the token.
     pub(crate) fn check_public_crypto(&self, client: u64, token_id: u64) -> Result<(), Rv> {
@@ -567,57 +516,41 @@ impl Locked<'_> {
         Ok(())
     }
 
-    /// A change of the device, published: what is read from here on is the new value.
-    pub(crate) fn publish(&mut self, change: device::DeviceChange<'_>) {
-        self.device = change.publish();
-    }
-
-    pub(crate) fn session(&self, client: u64, handle: u64) -> Result<&Session, Rv> {
-        self.sessions.get(client, handle)
-    }
-
-    pub(crate) fn session_mut(&mut self, client: u64, handle: u64) -> Result<&mut Session, Rv> {
-        self.sessions.get_mut(client, handle)
-    }
-
     /// Closes a session and destroys the session objects it created.
     pub(crate) fn close_session(&mut self, handle: u64) {
-        let Locked {
-            state, sessions, ..
-        } = self;
-        if let Some(session) = sessions.remove(handle) {
-            if let Some(token) = state.tokens.get_mut(&session.token_id) {
-                token
-                    .objects
-                    .retain(|_, o| o.owner != Some((session.client, handle)));
-                let still_open =
-                    (sessions.on_token(session.token_id)).any(|s| s.client == session.client);
-                if !still_open {
-                    // The last session of an application on a token logs it out (§5.6).
-                    token.logout(session.client);
-                }
+        let Some(session) = self.sessions_mut().remove(handle) else {
+            return;
+        };
+        let still_open =
+            (self.sessions().on_token(session.token_id)).any(|s| s.client == session.client);
+        if let Ok(token) = self.token_mut(session.token_id) {
+            token
+                .objects
+                .retain(|_, o| o.owner != Some((session.client, handle)));
+            if !still_open {
+                // The last session of an application on a token logs it out (§5.6).
+                token.logout(session.client);
             }
         }
     }
 }
 
-impl State {
-    pub(crate) fn token(&self, token_id: u64) -> Result<&Token, Rv> {
-        self.tokens.get(&token_id).ok_or(Rv::SlotIdInvalid)
-    }
-
-    pub(crate) fn token_mut(&mut self, token_id: u64) -> Result<&mut Token, Rv> {
-        self.tokens.get_mut(&token_id).ok_or(Rv::SlotIdInvalid)
-    }
-}
-
 impl Token {
-    pub(crate) fn blank() -> Token {
+    /// A token with nothing in it, whose session objects count in `ledger`.
+    pub(crate) fn blank(ledger: &Arc<locked::Ledger>) -> Token {
+        Token::new(
+            TokenRecord::default(),
+            object_set::ObjectSet::counted_in(ledger),
+        )
+    }
+
+    pub(crate) fn new(record: TokenRecord, objects: object_set::ObjectSet) -> Token {
         Token {
-            record: TokenRecord::default(),
+            record,
             master: None,
             logins: HashMap::new(),
-            objects: Default::default(),
+            objects,
+            checking: [0, 0],
         }
     }
 

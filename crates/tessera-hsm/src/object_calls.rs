@@ -3,13 +3,15 @@
 //! Visibility (v3.0 §4.1.3, §5.6): private objects exist for a client only while it is logged
 //! in as the user; session objects only for the client whose session created them.
 
+use std::sync::atomic::Ordering;
+
 use tessera_core::ck;
 use tessera_core::{Mechanism, MechanismParameter, Rv, Template};
 use tessera_store::{MasterKey, Seal, StoredObject};
 use tessera_wire::{AttributeAnswer, Reply};
 
 use crate::object::{self, Attributes};
-use crate::{crypto, Hsm, Locked, Login, Object, State, Token};
+use crate::{crypto, Hsm, Locked, Login, Object, Token};
 
 fn seal_aad(token_id: u64, id: u64) -> Vec<u8> {
     format!("tessera object {token_id}/{id}").into_bytes()
@@ -165,7 +167,8 @@ impl Hsm {
                 attributes.default_flag(usage, false);
             }
         }
-        let mut state = self.lock();
+        let tokens = self.tokens_of_session(client, session)?;
+        let mut state = tokens.lock(self);
         object::complete(&mut attributes, None, state.device.flags)?;
         let token_id = Self::check_create(&state, client, session, &attributes)?;
         self.insert(&mut state, client, session, token_id, attributes)
@@ -182,7 +185,7 @@ impl Hsm {
 
     /// Seals the values that a format-1 store kept in the clear in the token's private objects,
     /// now that the user's login has brought the token master key (see `device::migrate`).
-    pub(crate) fn reseal_private_objects(&self, state: &mut State, token_id: u64) {
+    pub(crate) fn reseal_private_objects(&self, state: &mut Locked<'_>, token_id: u64) {
         let Ok(token) = state.token(token_id) else {
             return;
         };
@@ -312,39 +315,31 @@ impl Hsm {
         Ok(session.token_id)
     }
 
-    /// Refuses (`CKR_DEVICE_MEMORY`) a session object of `bytes` for `client`, in place of one
-    /// of `replaced` bytes, past the client's or the device's limit on session-object memory.
-    fn check_session_bytes(
+    /// Reserves room for a session object of `bytes` for `client`, in place of one of
+    /// `replaced` bytes; refused (`CKR_DEVICE_MEMORY`) past the client's or the device's limit
+    /// on session-object memory. The room is the client's until the reservation is dropped,
+    /// after the object is counted: calls on several tokens at once cannot pass a limit
+    /// together.
+    fn reserve_session_bytes(
         &self,
-        state: &mut State,
         client: u64,
         bytes: u64,
         replaced: u64,
-    ) -> Result<(), Rv> {
-        let (mine, all) = state.tokens.values().fold((0u64, 0u64), |(mine, all), t| {
-            (
-                mine + t.objects.session_bytes_of(client),
-                all + t.objects.session_bytes(),
-            )
-        });
-        let growth = bytes.saturating_sub(replaced);
-        if mine.saturating_sub(replaced) + bytes > self.limits.session_object_bytes_per_client {
-            return Err(self.limit_reached(
-                state,
-                client,
-                "session-object bytes per connection",
-                Rv::DeviceMemory,
-            ));
-        }
-        if all + growth > self.limits.session_object_bytes {
-            return Err(self.limit_reached(
-                state,
-                client,
-                "session-object bytes of the device",
-                Rv::DeviceMemory,
-            ));
-        }
-        Ok(())
+    ) -> Result<crate::locked::Reservation, Rv> {
+        let reserved = self.ledger.reserve(
+            client,
+            bytes,
+            replaced,
+            self.limits.session_object_bytes_per_client,
+            self.limits.session_object_bytes,
+        );
+        reserved.map_err(|over| {
+            let limit = match over {
+                crate::locked::OverLimit::Client => "session-object bytes per connection",
+                crate::locked::OverLimit::Device => "session-object bytes of the device",
+            };
+            self.limit_reached(client, limit, Rv::DeviceMemory)
+        })
     }
 
     /// A session object as held: its secrets sealed under the session key (see [`Hsm`]).
@@ -367,27 +362,27 @@ impl Hsm {
     /// Stores a new object (token objects durably) and returns its handle.
     fn insert(
         &self,
-        state: &mut State,
+        state: &mut Locked<'_>,
         client: u64,
         session: u64,
         token_id: u64,
         attributes: Attributes,
     ) -> Result<u64, Rv> {
         if !attributes.flag(ck::CKA_TOKEN) {
-            self.check_session_bytes(state, client, attributes.size(), 0)?;
-            state.next_session_object += 1;
-            let handle = state.next_session_object;
+            let _room = self.reserve_session_bytes(client, attributes.size(), 0)?;
+            let handle = 1 + (self.next_session_object).fetch_add(1, Ordering::Relaxed);
             let object = self.session_object(token_id, handle, attributes, (client, session))?;
             state.token_mut(token_id)?.objects.insert(handle, object);
             return Ok(handle);
         }
+        // The store write below is the slow part: other tokens' calls go on meanwhile.
+        state.release_sessions();
         let token = state.token(token_id)?;
         if !attributes.flag(ck::CKA_PRIVATE)
             && token.login_of(client).is_none()
             && token.objects.public_count() >= self.limits.public_objects_per_token
         {
             return Err(self.limit_reached(
-                state,
                 client,
                 "public token objects created without a login",
                 Rv::DeviceMemory,
@@ -415,7 +410,7 @@ impl Hsm {
 
     fn replace(
         &self,
-        state: &mut State,
+        state: &mut Locked<'_>,
         token_id: u64,
         handle: u64,
         attributes: Attributes,
@@ -424,11 +419,13 @@ impl Hsm {
         let object = token.objects.get(&handle).ok_or(Rv::ObjectHandleInvalid)?;
         if let Some(owner) = object.owner {
             let old = object.held_bytes();
-            self.check_session_bytes(state, owner.0, attributes.size(), old)?;
+            let _room = self.reserve_session_bytes(owner.0, attributes.size(), old)?;
             let object = self.session_object(token_id, handle, attributes, owner)?;
             state.token_mut(token_id)?.objects.insert(handle, object);
             return Ok(());
         }
+        state.release_sessions();
+        let token = state.token(token_id)?;
         let key = self.sealing_key(token, attributes.flag(ck::CKA_PRIVATE))?;
         let stored = seal(key, token_id, handle, &attributes)?;
         self.store
@@ -451,7 +448,8 @@ impl Hsm {
             .ulong(ck::CKA_CLASS)?
             .ok_or(Rv::TemplateIncomplete)?;
         let mut attributes = object::from_template(template, class)?;
-        let mut state = self.lock();
+        let tokens = self.tokens_of_session(client, session)?;
+        let mut state = tokens.lock(self);
         object::complete(&mut attributes, None, state.device.flags)?;
         check_imported_key(&mut attributes, template, state.device.flags)?;
         let token_id = Self::check_create(&state, client, session, &attributes)?;
@@ -466,7 +464,8 @@ impl Hsm {
         handle: u64,
         template: &Template,
     ) -> Result<Reply, Rv> {
-        let mut state = self.lock();
+        let tokens = self.tokens_of_session(client, session)?;
+        let mut state = tokens.lock(self);
         let (token_id, token, object) = Self::object_of(&state, client, session, handle)?;
         if !object.attributes.flag(ck::CKA_COPYABLE) {
             return Err(Rv::ActionProhibited);
@@ -491,7 +490,8 @@ impl Hsm {
         session: u64,
         handle: u64,
     ) -> Result<Reply, Rv> {
-        let mut state = self.lock();
+        let tokens = self.tokens_of_session(client, session)?;
+        let mut state = tokens.lock(self);
         let (token_id, _, object) = Self::object_of(&state, client, session, handle)?;
         if !object.attributes.flag(ck::CKA_DESTROYABLE) {
             return Err(Rv::ActionProhibited);
@@ -515,7 +515,8 @@ impl Hsm {
     }
 
     pub(crate) fn object_size(&self, client: u64, session: u64, handle: u64) -> Result<Reply, Rv> {
-        let state = self.lock();
+        let tokens = self.tokens_of_session(client, session)?;
+        let state = tokens.lock(self);
         let (_, _, object) = Self::object_of(&state, client, session, handle)?;
         Ok(Reply::Number(object.held_bytes()))
     }
@@ -527,7 +528,8 @@ impl Hsm {
         handle: u64,
         types: &[u64],
     ) -> Result<Reply, Rv> {
-        let state = self.lock();
+        let tokens = self.tokens_of_session(client, session)?;
+        let state = tokens.lock(self);
         let (token_id, token, object) = Self::object_of(&state, client, session, handle)?;
         let class = object.attributes.class();
         let hidden = object.attributes.flag(ck::CKA_SENSITIVE)
@@ -564,7 +566,8 @@ impl Hsm {
         handle: u64,
         template: &Template,
     ) -> Result<Reply, Rv> {
-        let mut state = self.lock();
+        let tokens = self.tokens_of_session(client, session)?;
+        let mut state = tokens.lock(self);
         let (token_id, token, object) = Self::object_of(&state, client, session, handle)?;
         if object.owner.is_none() && !state.session(client, session)?.read_write {
             return Err(Rv::SessionReadOnly);
@@ -595,12 +598,16 @@ impl Hsm {
         // `object::normalise`).
         let wanted = object::normalise(template);
         let keys = wanted.as_ref().map(crate::object_set::index_keys);
-        let mut state = self.lock();
+        let tokens = self.tokens_of_session(client, session)?;
+        let mut state = tokens.lock(self);
         let current = state.session(client, session)?;
         if current.find.is_some() {
             return Err(Rv::OperationActive);
         }
-        let token = state.token(current.token_id)?;
+        let token_id = current.token_id;
+        // A search of many objects takes a while: other tokens' calls go on meanwhile.
+        state.release_sessions();
+        let token = state.token(token_id)?;
         // PKCS#11 3.0 §4.3: "When searching using C_FindObjectsInit and C_FindObjects,
         // hardware feature objects are not returned unless the CKA_CLASS attribute in the
         // template has the value CKO_HW_FEATURE."
@@ -623,7 +630,7 @@ impl Hsm {
                         // A data object's or certificate's value is sealed at rest: match on
                         // it unsealed.
                         return self
-                            .full_attributes(token, current.token_id, **h, o)
+                            .full_attributes(token, token_id, **h, o)
                             .is_ok_and(|full| object::matches(&full, wanted, false));
                     }
                     object::matches(&o.attributes, wanted, false)
@@ -632,14 +639,19 @@ impl Hsm {
                 .collect(),
             _ => Vec::new(),
         };
-        state.session_mut(client, session)?.find = Some(found);
+        let current = state.session_mut(client, session)?;
+        // The session's own other call may have begun a search meanwhile.
+        if current.find.is_some() {
+            return Err(Rv::OperationActive);
+        }
+        current.find = Some(found);
         Ok(Reply::Done)
     }
 
     pub(crate) fn find_next(&self, client: u64, session: u64, max: u64) -> Result<Reply, Rv> {
-        let mut state = self.lock();
-        let found = state
-            .session_mut(client, session)?
+        let mut sessions = self.sessions();
+        let found = sessions
+            .get_mut(client, session)?
             .find
             .as_mut()
             .ok_or(Rv::OperationNotInitialized)?;
@@ -649,8 +661,8 @@ impl Hsm {
 
     /// The first `max` results of the search just begun; a search with nothing left is closed.
     pub(crate) fn find_first(&self, client: u64, session: u64, max: u64) -> Result<Reply, Rv> {
-        let mut state = self.lock();
-        let current = state.session_mut(client, session)?;
+        let mut sessions = self.sessions();
+        let current = sessions.get_mut(client, session)?;
         let found = current.find.as_mut().ok_or(Rv::OperationNotInitialized)?;
         let take = (max as usize).min(found.len());
         let handles: Vec<u64> = found.drain(..take).collect();
@@ -723,7 +735,8 @@ impl Hsm {
         let value = crypto::random(length as usize)?;
         let value = if fixed != 0 { odd_parity(value) } else { value };
         attributes.set(ck::CKA_VALUE as u64, value);
-        let mut state = self.lock();
+        let tokens = self.tokens_of_session(client, session)?;
+        let mut state = tokens.lock(self);
         object::complete(&mut attributes, Some(mechanism.ty), state.device.flags)?;
         let token_id = Self::check_create(&state, client, session, &attributes)?;
         self.insert(&mut state, client, session, token_id, attributes)
@@ -763,7 +776,8 @@ impl Hsm {
         }
         // Check the session and rights before the (possibly slow) generation.
         {
-            let state = self.lock();
+            let tokens = self.tokens_of_session(client, session)?;
+            let state = tokens.lock(self);
             Self::check_create(&state, client, session, &public)?;
             Self::check_create(&state, client, session, &private)?;
         }
@@ -833,7 +847,8 @@ impl Hsm {
         }
         object::complete(&mut public, Some(mechanism.ty), flags)?;
         object::complete(&mut private, Some(mechanism.ty), flags)?;
-        let mut state = self.lock();
+        let tokens = self.tokens_of_session(client, session)?;
+        let mut state = tokens.lock(self);
         let token_id = Self::check_create(&state, client, session, &public)?;
         Self::check_create(&state, client, session, &private)?;
         let public_handle = self.insert(&mut state, client, session, token_id, public)?;

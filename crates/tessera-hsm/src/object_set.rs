@@ -4,8 +4,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use std::sync::Arc;
+
 use tessera_core::{ck, Template};
 
+use crate::locked::Ledger;
 use crate::Object;
 
 const INDEXED: [ck::CK_ATTRIBUTE_TYPE; 3] = [ck::CKA_LABEL, ck::CKA_ID, ck::CKA_UNIQUE_ID];
@@ -22,9 +25,11 @@ pub(crate) fn index_keys(template: &Template) -> Template {
     )
 }
 
-/// Objects by handle, with the index kept in step by every change.
+/// Objects by handle, with the index kept in step by every change, and the device's count of
+/// session-object bytes (its [`Ledger`], shared by every token's set).
 #[derive(Default)]
 pub(crate) struct ObjectSet {
+    ledger: Option<Arc<Ledger>>,
     objects: BTreeMap<u64, Object>,
     index: HashMap<(ck::CK_ATTRIBUTE_TYPE, Vec<u8>), BTreeSet<u64>>,
     /// Bytes of session objects by the client that owns them.
@@ -45,14 +50,15 @@ fn charge(handle: u64, object: &Object) -> Option<Result<(u64, u64), ()>> {
 }
 
 impl ObjectSet {
-    /// Bytes of session objects `client` holds here.
-    pub(crate) fn session_bytes_of(&self, client: u64) -> u64 {
-        self.session_bytes.get(&client).copied().unwrap_or(0)
-    }
-
-    /// Bytes of session objects held here, all clients.
-    pub(crate) fn session_bytes(&self) -> u64 {
-        self.session_bytes.values().sum()
+    /// An empty set whose session objects count in `ledger`.
+    pub(crate) fn counted_in(ledger: &Arc<Ledger>) -> ObjectSet {
+        ObjectSet {
+            ledger: Some(ledger.clone()),
+            objects: BTreeMap::new(),
+            index: HashMap::new(),
+            session_bytes: HashMap::new(),
+            public: 0,
+        }
     }
 
     /// Public token objects held here.
@@ -63,6 +69,9 @@ impl ObjectSet {
     fn count(&mut self, handle: u64, object: &Object, add: bool) {
         match charge(handle, object) {
             Some(Ok((client, bytes))) => {
+                if let Some(ledger) = &self.ledger {
+                    ledger.count(client, bytes, add);
+                }
                 let held = self.session_bytes.entry(client).or_default();
                 if add {
                     *held += bytes;
@@ -131,8 +140,17 @@ impl ObjectSet {
     pub(crate) fn clear(&mut self) {
         self.objects.clear();
         self.index.clear();
-        self.session_bytes.clear();
+        self.uncount_session_bytes();
         self.public = 0;
+    }
+
+    /// Takes this set's session objects out of the device's count.
+    fn uncount_session_bytes(&mut self) {
+        for (client, bytes) in self.session_bytes.drain() {
+            if let Some(ledger) = &self.ledger {
+                ledger.count(client, bytes, false);
+            }
+        }
     }
 
     pub(crate) fn get(&self, handle: &u64) -> Option<&Object> {
@@ -162,5 +180,13 @@ impl ObjectSet {
             Some(Some(set)) => Box::new(set.iter().filter_map(|h| self.objects.get_key_value(h))),
             None => Box::new(self.objects.iter()),
         }
+    }
+}
+
+impl Drop for ObjectSet {
+    /// A token that goes (its slot deleted, or blanked by a tamper) takes its session objects
+    /// out of the device's count.
+    fn drop(&mut self) {
+        self.uncount_session_bytes();
     }
 }

@@ -29,7 +29,8 @@ impl Hsm {
         mechanism: &Mechanism,
         key: u64,
     ) -> Result<Reply, Rv> {
-        let mut state = self.lock();
+        let tokens = self.tokens_of_session(client, session)?;
+        let mut state = tokens.lock(self);
         let current = state.session(client, session)?;
         if current.operations.contains_key(&operation) {
             return Err(Rv::OperationActive);

@@ -210,7 +210,9 @@ mod tests {
         };
         hsm.handle(client, true, init).unwrap();
 
-        let held = hsm.lock_state();
+        // The session's token held, as a slow call on it would hold it.
+        let tokens = hsm.tokens_of_session(client, session).unwrap();
+        let held = tokens.lock(&hsm);
         let worker = {
             let hsm = hsm.clone();
             std::thread::spawn(move || {
@@ -234,7 +236,7 @@ mod tests {
         }
         let finished = worker.is_finished();
         drop(held);
-        assert!(finished, "the operation waited for the state lock");
+        assert!(finished, "the operation waited for its token's lock");
         let Ok(Reply::Bytes(hash)) = worker.join().unwrap() else {
             panic!("no digest")
         };

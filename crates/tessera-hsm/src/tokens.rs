@@ -7,6 +7,9 @@ use tessera_core::{Rv, SecretBytes};
 use tessera_store::{MasterKey, PinRecord, TokenRecord};
 use tessera_wire::Reply;
 
+use std::sync::Arc;
+
+use crate::locked::{lock, TokenCell};
 use crate::{Hsm, Login, Session, MAX_PIN_FAILURES, MAX_PIN_LEN, MAX_SESSIONS, MIN_PIN_LEN};
 
 fn check_pin_length(pin: &SecretBytes) -> Result<(), Rv> {
@@ -35,24 +38,20 @@ fn failure_counter(record: &mut TokenRecord, so: bool) -> &mut u32 {
     }
 }
 
-/// A counted PIN guess being checked (token id, SO). However the check ends, dropping this
-/// takes it out of the checks in flight and wakes the guesses waiting for it.
-struct PinCheck<'a> {
-    hsm: &'a Hsm,
-    key: (u64, bool),
+/// A counted PIN guess being checked, of a token's SO (`so`) or user. However the check ends,
+/// dropping this takes it out of the token's checks in flight and wakes the guesses waiting.
+struct PinCheck {
+    cell: Arc<TokenCell>,
+    so: bool,
 }
 
-impl Drop for PinCheck<'_> {
+impl Drop for PinCheck {
     fn drop(&mut self) {
-        let mut state = self.hsm.lock_state();
-        if let Some(checks) = state.pin_checks.get_mut(&self.key) {
-            *checks -= 1;
-            if *checks == 0 {
-                state.pin_checks.remove(&self.key);
-            }
+        if let Some(token) = lock(&self.cell.token).as_mut() {
+            let checking = &mut token.checking[usize::from(self.so)];
+            *checking = checking.saturating_sub(1);
         }
-        drop(state);
-        self.hsm.pin_checked.notify_all();
+        self.cell.pin_checked.notify_all();
     }
 }
 
@@ -65,7 +64,7 @@ impl Hsm {
 
     /// Checks a PIN against the SO (`so`) or user PIN record of a token.
     ///
-    /// The guess is counted before it is checked. Under the state lock it is refused
+    /// The guess is counted before it is checked. Under the token's lock it is refused
     /// (`CKR_PIN_LOCKED`, no KDF) when the count is full, else the count is raised and written
     /// to the store, and only then is the lock released for the KDF (slow on purpose). A right
     /// PIN puts the count back to 0; a wrong one leaves it, as it was counted already. Checking
@@ -95,15 +94,16 @@ impl Hsm {
     /// check in flight. Refused (`CKR_PIN_LOCKED`) when `MAX_PIN_FAILURES` guesses were counted
     /// since the last right PIN and none of them is still being checked, and refused when the
     /// count cannot be written: a guess that is not on disk is not checked.
-    fn count_pin_guess(
-        &self,
-        token_id: u64,
-        so: bool,
-    ) -> Result<(PinRecord, u32, PinCheck<'_>), Rv> {
-        let mut state = self.lock_state();
-        while failures(&state.token(token_id)?.record, so) >= MAX_PIN_FAILURES {
-            if !state.pin_checks.contains_key(&(token_id, so)) {
-                drop(state);
+    fn count_pin_guess(&self, token_id: u64, so: bool) -> Result<(PinRecord, u32, PinCheck), Rv> {
+        let cell = self.cell(token_id)?;
+        let mut held = lock(&cell.token);
+        loop {
+            let token = held.as_ref().ok_or(Rv::SlotIdInvalid)?;
+            if failures(&token.record, so) < MAX_PIN_FAILURES {
+                break;
+            }
+            if token.checking[usize::from(so)] == 0 {
+                drop(held);
                 let device = self.device.now();
                 let (role, slot) = (device.role(token_id, so), device.slot_of(token_id));
                 self.event(role, "login-refused", format!("slot {slot}, PIN locked"));
@@ -113,12 +113,12 @@ impl Hsm {
             // ends the cycle: wait for the answers rather than refuse a right PIN (say, one of
             // many applications logging in at once) for guesses not known to be wrong. No
             // guess is counted while the count is full, so this waits one KDF at most.
-            state = self
+            held = cell
                 .pin_checked
-                .wait(state)
+                .wait(held)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
-        let token = state.token(token_id)?;
+        let token = held.as_mut().ok_or(Rv::SlotIdInvalid)?;
         let pin_record = if so {
             &token.record.so_pin
         } else {
@@ -134,18 +134,16 @@ impl Hsm {
         let mut record = token.record.clone();
         *failure_counter(&mut record, so) = ordinal;
         self.persist_token(token_id, &record)?;
-        state.token_mut(token_id)?.record = record;
-        *state.pin_checks.entry((token_id, so)).or_default() += 1;
-        let check = PinCheck {
-            hsm: self,
-            key: (token_id, so),
-        };
-        Ok((pin_record, ordinal, check))
+        token.record = record;
+        token.checking[usize::from(so)] += 1;
+        drop(held);
+        Ok((pin_record, ordinal, PinCheck { cell, so }))
     }
 
     /// Sets a PIN's failure count and writes it.
     fn set_pin_failures(&self, token_id: u64, so: bool, failures: u32) -> Result<(), Rv> {
-        let mut state = self.lock();
+        let tokens = self.tokens_of(token_id)?;
+        let mut state = tokens.lock(self);
         let mut record = state.token(token_id)?.record.clone();
         *failure_counter(&mut record, so) = failures;
         self.persist_token(token_id, &record)?;
@@ -156,7 +154,10 @@ impl Hsm {
     /// Logs a wrong PIN that was the `ordinal`-th guess counted, and the lock when it was the
     /// last one allowed (unless a right PIN checked meanwhile has put the count back to 0).
     fn pin_failure_events(&self, token_id: u64, so: bool, ordinal: u32) {
-        let state = self.lock();
+        let Ok(tokens) = self.tokens_of(token_id) else {
+            return;
+        };
+        let state = tokens.lock(self);
         let role = state.device.role(token_id, so);
         let slot = state.device.slot_of(token_id);
         let locked = state
@@ -179,13 +180,11 @@ impl Hsm {
         label: &[u8],
     ) -> Result<Reply, Rv> {
         let token_id = {
-            let state = self.lock();
-            let token_id = state.device.slot_token(slot)?;
+            let device = self.device.now();
+            let token_id = device.slot_token(slot)?;
             // The Admin token is set up by `ctconf`; under No Clear PINs a plain C_InitToken
             // would carry the SO PIN in the clear, so only the admin path may initialise.
-            if state.device.is_admin(token_id)
-                || state.device.flags & tessera_core::flags::NO_CLEAR_PINS != 0
-            {
+            if device.is_admin(token_id) || device.flags & tessera_core::flags::NO_CLEAR_PINS != 0 {
                 return Err(Rv::AccessDenied);
             }
             token_id
@@ -195,8 +194,9 @@ impl Hsm {
             return Err(Rv::ArgumentsBad);
         }
         {
-            let state = self.lock();
-            if state.sessions.on_token(token_id).next().is_some() {
+            let tokens = self.tokens_of(token_id)?;
+            let state = tokens.lock(self);
+            if state.sessions().on_token(token_id).next().is_some() {
                 return Err(Rv::SessionExists);
             }
             if state.token(token_id)?.record.so_pin.is_none() {
@@ -229,10 +229,13 @@ impl Hsm {
             so_failures: 0,
             user_failures: 0,
         };
-        let mut state = self.lock();
-        if state.sessions.on_token(token_id).next().is_some() {
+        let tokens = self.tokens_of(token_id)?;
+        let mut state = tokens.lock(self);
+        state.token(token_id)?;
+        if state.sessions().on_token(token_id).next().is_some() {
             return Err(Rv::SessionExists);
         }
+        state.release_sessions();
         self.store.reset_token(token_id, &record).map_err(|e| {
             tracing::error!(token_id, error = %e, "cannot reset the token");
             Rv::DeviceError
@@ -255,31 +258,32 @@ impl Hsm {
             return Err(Rv::SessionParallelNotSupported);
         }
         let read_write = flags & ck::CKF_RW_SESSION as u64 != 0;
-        let mut state = self.lock();
+        let tokens = self.tokens_of(token_id)?;
+        let mut state = tokens.lock(self);
+        // Looked up again with the token held: a slot deleted meanwhile shifts the others.
+        let token_id = state.slot_token(slot)?;
         if state.token(token_id)?.record.so_pin.is_none() {
             return Err(Rv::TokenNotRecognized);
         }
         if !read_write && state.token(token_id)?.login_of(client) == Some(Login::So) {
             return Err(Rv::SessionReadWriteSoExists);
         }
-        if state.sessions.len() as u64 >= MAX_SESSIONS {
+        if state.sessions().len() as u64 >= MAX_SESSIONS {
             return Err(Rv::SessionCount);
         }
-        let held = state.sessions.held_by(client);
+        let held = state.sessions().held_by(client);
         if held >= self.limits.sessions_per_client {
-            return Err(self.limit_reached(
-                &mut state,
-                client,
-                "sessions per connection",
-                Rv::SessionCount,
-            ));
+            return Err(self.limit_reached(client, "sessions per connection", Rv::SessionCount));
         }
-        let handle = (state.sessions).open(Session::new(client, token_id, read_write));
+        let handle = state
+            .sessions_mut()
+            .open(Session::new(client, token_id, read_write));
         Ok(Reply::Handle(handle))
     }
 
     pub(crate) fn session_info(&self, client: u64, handle: u64) -> Result<SessionInfo, Rv> {
-        let state = self.lock();
+        let tokens = self.tokens_of_session(client, handle)?;
+        let state = tokens.lock(self);
         let session = state.session(client, handle)?;
         let login = state.token(session.token_id)?.login_of(client);
         let state_code = match (login, session.read_write) {
@@ -309,7 +313,8 @@ impl Hsm {
         pin: &SecretBytes,
     ) -> Result<Reply, Rv> {
         let token_id = {
-            let state = self.lock();
+            let tokens = self.tokens_of_session(client, handle)?;
+            let state = tokens.lock(self);
             let session = state.session(client, handle)?;
             let token_id = session.token_id;
             let token = state.token(token_id)?;
@@ -321,7 +326,7 @@ impl Hsm {
                         Some(Login::User) => return Err(Rv::UserAnotherAlreadyLoggedIn),
                         None => {}
                     }
-                    let read_only = (state.sessions.on_token(token_id))
+                    let read_only = (state.sessions().on_token(token_id))
                         .any(|s| s.client == client && !s.read_write);
                     if read_only {
                         return Err(Rv::SessionReadOnlyExists);
@@ -345,10 +350,11 @@ impl Hsm {
         let master = self.verify_pin(token_id, so, pin)?;
         if user_type == ck::CKU_CONTEXT_SPECIFIC as u64 {
             // The waiting operation may go on (v3.0 §5.11, CKA_ALWAYS_AUTHENTICATE).
-            self.lock().session_mut(client, handle)?.authenticate.pop();
+            self.sessions().get_mut(client, handle)?.authenticate.pop();
             return Ok(Reply::Done);
         }
-        let mut state = self.lock();
+        let tokens = self.tokens_of(token_id)?;
+        let mut state = tokens.lock(self);
         let token = state.token_mut(token_id)?;
         token
             .logins
@@ -359,7 +365,8 @@ impl Hsm {
     }
 
     pub(crate) fn logout(&self, client: u64, handle: u64) -> Result<Reply, Rv> {
-        let mut state = self.lock();
+        let tokens = self.tokens_of_session(client, handle)?;
+        let mut state = tokens.lock(self);
         let token_id = state.session(client, handle)?.token_id;
         let token = state.token_mut(token_id)?;
         if token.login_of(client).is_none() {
@@ -367,7 +374,7 @@ impl Hsm {
         }
         token.logout(client);
         // Operations on private keys cannot outlive the login.
-        for session in state.sessions.of_client_on(client, token_id) {
+        for session in state.sessions_mut().of_client_on(client, token_id) {
             session.operations.clear();
             session.find = None;
         }
@@ -381,9 +388,12 @@ impl Hsm {
         pin: &SecretBytes,
     ) -> Result<Reply, Rv> {
         check_pin_length(pin)?;
-        let mut state = self.lock();
+        let tokens = self.tokens_of_session(client, handle)?;
+        let mut state = tokens.lock(self);
         let session = state.session(client, handle)?;
         let (token_id, read_write) = (session.token_id, session.read_write);
+        // The key derivation below is slow on purpose: other tokens' calls go on meanwhile.
+        state.release_sessions();
         let token = state.token_mut(token_id)?;
         if token.login_of(client) != Some(Login::So) || !read_write {
             return Err(Rv::UserNotLoggedIn);
@@ -408,7 +418,8 @@ impl Hsm {
     ) -> Result<Reply, Rv> {
         check_pin_length(new)?;
         let (token_id, so) = {
-            let state = self.lock();
+            let tokens = self.tokens_of_session(client, handle)?;
+            let state = tokens.lock(self);
             let session = state.session(client, handle)?;
             if !session.read_write {
                 return Err(Rv::SessionReadOnly);
@@ -420,7 +431,8 @@ impl Hsm {
         let record = master
             .wrap_peppered(new.expose(), self.kdf_iterations, &self.pepper)
             .map_err(|_| Rv::FunctionFailed)?;
-        let mut state = self.lock();
+        let tokens = self.tokens_of(token_id)?;
+        let mut state = tokens.lock(self);
         let token = state.token_mut(token_id)?;
         if so {
             token.record.so_pin = Some(record);

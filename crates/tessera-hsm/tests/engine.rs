@@ -349,7 +349,7 @@ fn close_all_sessions_closes_only_this_clients_sessions_on_that_slot() {
     }
 }
 
-// PIN guessing raced from many clients at once. Each guess runs PBKDF2 outside the state lock,
+// PIN guessing raced from many clients at once. Each guess runs PBKDF2 outside its token's lock,
 // so a counter checked before the KDF and raised after it let every guess of a burst through.
 // The KDF is made slow enough here (tens of milliseconds) that a burst is in flight together.
 
