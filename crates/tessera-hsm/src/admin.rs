@@ -71,7 +71,8 @@ impl Hsm {
             .iter()
             .enumerate()
             .filter_map(|(slot, id)| {
-                let token = state.token(*id).ok()?;
+                // A slot added since the tokens were fetched is left out (see `held`).
+                let token = state.held(*id)?;
                 Some(SlotStatus {
                     slot: slot as u64,
                     label: String::from_utf8_lossy(&token.record.label)
@@ -89,8 +90,8 @@ impl Hsm {
             })
             .collect();
         let admin_ready = state
-            .token(state.device.admin_token)
-            .is_ok_and(|t| t.record.so_pin.is_some() && t.record.user_pin.is_some());
+            .held(state.device.admin_token)
+            .is_some_and(|t| t.record.so_pin.is_some() && t.record.user_pin.is_some());
         DeviceStatus {
             info,
             clock: self.clock(),
@@ -430,7 +431,10 @@ impl Hsm {
             .map_err(crate::store_failure)?;
         state.sessions_mut().clear();
         for token_id in &all {
-            state.set_token(*token_id, Some(crate::Token::blank(&self.ledger)))?;
+            let mut blank = crate::Token::blank(&self.ledger);
+            // PIN checks still running end on the new token: their count goes on.
+            blank.checking = state.token(*token_id).map_or([0, 0], |t| t.checking);
+            state.set_token(*token_id, Some(blank))?;
         }
         state.publish(change);
         self.refresh_device_objects(&mut state, 0);

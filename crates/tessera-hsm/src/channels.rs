@@ -144,7 +144,11 @@ impl Hsm {
             .collect();
         let tokens = self.all_tokens();
         let mut state = tokens.lock(self);
+        // Every token was fetched; a slot added since has no session opened in the clear
+        // (the flags refuse it), so the tokens held are those to look at.
+        let held: Vec<u64> = state.tokens_mut().map(|(id, _)| id).collect();
         let clear: Vec<(u64, u64)> = (state.sessions().iter())
+            .filter(|(_, session)| held.contains(&session.token_id))
             .filter(|(_, session)| !in_channels.contains(&session.client))
             .map(|(handle, session)| (handle, session.client))
             .collect();

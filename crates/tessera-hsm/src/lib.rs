@@ -518,6 +518,15 @@ impl Locked<'_> {
 
     /// Closes a session and destroys the session objects it created.
     pub(crate) fn close_session(&mut self, handle: u64) {
+        // A session on a token this call does not hold is not its to close (its objects are
+        // in that token).
+        let token_id = match self.sessions().iter().find(|(h, _)| *h == handle) {
+            Some((_, session)) => session.token_id,
+            None => return,
+        };
+        if self.held(token_id).is_none() {
+            return;
+        }
         let Some(session) = self.sessions_mut().remove(handle) else {
             return;
         };

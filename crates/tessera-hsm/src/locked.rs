@@ -161,6 +161,14 @@ impl<'t> Locked<'t> {
         }
     }
 
+    /// A token this call holds, `None` if it holds none of that id: for the calls that fetched
+    /// every token and read a device that has one more (a slot added since the fetch, which
+    /// they leave out as if they had come a moment earlier).
+    pub(crate) fn held(&self, token_id: u64) -> Option<&Token> {
+        let held = self.tokens.iter().find(|(id, _)| *id == token_id);
+        held.and_then(|(_, token)| token.as_ref())
+    }
+
     /// Every token this call holds, with its id.
     pub(crate) fn tokens_mut(&mut self) -> impl Iterator<Item = (u64, &mut Token)> + use<'_, 't> {
         (self.tokens.iter_mut()).filter_map(|(id, token)| token.as_mut().map(|t| (*id, t)))
@@ -292,12 +300,15 @@ impl Ledger {
         if counts.total + bytes.saturating_sub(replaced) > device {
             return Err(OverLimit::Device);
         }
-        add(&mut counts.reserved, client, bytes);
-        counts.total += bytes;
+        // The object replaced still counts until its successor does: only the growth is
+        // reserved.
+        let growth = bytes.saturating_sub(replaced);
+        add(&mut counts.reserved, client, growth);
+        counts.total += growth;
         Ok(Reservation {
             ledger: self.clone(),
             client,
-            bytes,
+            bytes: growth,
         })
     }
 }
@@ -422,8 +433,22 @@ mod tests {
         ));
         let other = ledger.reserve(2, 8_000, 0, 10_000, 10_000).ok().unwrap();
         drop((held, other));
-        // A replacement counts only what it adds.
-        assert!(ledger.reserve(1, 1000, 600, 1000, 10_000).is_ok());
+        // A replacement counts only what it adds, and reserves only that: two same-size
+        // replacements at once fit at the limit (client 1 holds 600 + 400 of its 1 000) ...
+        ledger.count(1, 400, true);
+        let first = ledger.reserve(1, 600, 600, 1000, 10_000).ok().unwrap();
+        let second = ledger.reserve(1, 400, 400, 1000, 10_000);
+        assert!(
+            second.is_ok(),
+            "a same-size replacement at the limit was refused"
+        );
+        // ... and one that grows does not.
+        assert!(matches!(
+            ledger.reserve(1, 401, 400, 1000, 10_000),
+            Err(OverLimit::Client)
+        ));
+        drop((first, second));
+        ledger.count(1, 400, false);
         ledger.count(1, 600, false);
         assert_eq!(lock(&ledger.counts).total, 0);
         assert!(lock(&ledger.counts).held.is_empty());

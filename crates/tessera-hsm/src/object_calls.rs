@@ -497,15 +497,16 @@ impl Hsm {
             return Err(Rv::ActionProhibited);
         }
         let token_object = object.owner.is_none();
+        let private_key = object.attributes.ulong(ck::CKA_CLASS) == Some(ck::CKO_PRIVATE_KEY);
         if token_object {
             if !state.session(client, session)?.read_write {
                 return Err(Rv::SessionReadOnly);
             }
+            state.release_sessions();
             self.store
                 .remove_object(token_id, handle)
                 .map_err(crate::store_failure)?;
         }
-        let private_key = object.attributes.ulong(ck::CKA_CLASS) == Some(ck::CKO_PRIVATE_KEY);
         state.token_mut(token_id)?.objects.remove(&handle);
         if private_key {
             // Its parsed form must not outlive it.
