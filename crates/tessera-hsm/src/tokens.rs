@@ -1,13 +1,13 @@
 //! Token life cycle and roles: `C_InitToken`, sessions, `C_Login`/`C_Logout`, `C_InitPIN`,
 //! `C_SetPIN`, and the PIN retry counters.
 
+use std::sync::Arc;
+
 use tessera_core::ck;
 use tessera_core::info::SessionInfo;
 use tessera_core::{Rv, SecretBytes};
 use tessera_store::{MasterKey, PinRecord, TokenRecord};
 use tessera_wire::Reply;
-
-use std::sync::Arc;
 
 use crate::locked::{lock, TokenCell};
 use crate::{Hsm, Login, Session, MAX_PIN_FAILURES, MAX_PIN_LEN, MAX_SESSIONS, MIN_PIN_LEN};
