@@ -51,11 +51,7 @@ impl Hsm {
         attributes.set(CKA_TESSERA_SECURITY_FLAGS, flags.to_le_bytes().to_vec());
         attributes.set(CKA_TESSERA_SERIAL, self.serial.as_bytes().to_vec());
         for (_, token) in state.tokens_mut() {
-            let object = Object {
-                attributes: attributes.clone(),
-                sealed: None,
-                owner: None,
-            };
+            let object = Object::new(attributes.clone(), None, None);
             token.objects.insert(DEVICE_OBJECT, object);
         }
     }

@@ -116,12 +116,29 @@ pub(crate) struct Object {
     sealed: Option<Vec<u8>>,
     /// Session objects: the client and session that created it.
     owner: Option<(u64, u64)>,
+    /// Bytes it holds, counted once when it is made (an object is never changed in place: a
+    /// change makes a new one).
+    held: u64,
 }
 
 impl Object {
+    pub(crate) fn new(
+        attributes: object::Attributes,
+        sealed: Option<Vec<u8>>,
+        owner: Option<(u64, u64)>,
+    ) -> Object {
+        let held = attributes.size() + sealed.as_ref().map_or(0, |s| s.len() as u64);
+        Object {
+            attributes,
+            sealed,
+            owner,
+            held,
+        }
+    }
+
     /// Bytes the object holds: its attributes in the clear and its sealed secrets.
     pub(crate) fn held_bytes(&self) -> u64 {
-        self.attributes.size() + self.sealed.as_ref().map_or(0, |s| s.len() as u64)
+        self.held
     }
 }
 

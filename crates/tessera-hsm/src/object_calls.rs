@@ -101,11 +101,11 @@ fn asks_sealed(class: u64, template: &Template) -> bool {
 
 /// A token object as held in memory: the secrets stay sealed until used.
 pub(crate) fn in_memory(stored: StoredObject) -> Object {
-    Object {
-        attributes: Attributes::join(&stored.public, &Template::default()),
-        sealed: stored.sealed,
-        owner: None,
-    }
+    Object::new(
+        Attributes::join(&stored.public, &Template::default()),
+        stored.sealed,
+        None,
+    )
 }
 
 /// The additional data that binds a session object's sealed secrets to its token and handle
@@ -352,11 +352,7 @@ impl Hsm {
     ) -> Result<Object, Rv> {
         let secret = attributes.take_sealed();
         let sealed = seal_secrets(&self.session_key, &session_aad(token_id, handle), &secret)?;
-        Ok(Object {
-            attributes,
-            sealed,
-            owner: Some(owner),
-        })
+        Ok(Object::new(attributes, sealed, Some(owner)))
     }
 
     /// Stores a new object (token objects durably) and returns its handle.

@@ -32,8 +32,6 @@ pub(crate) struct ObjectSet {
     ledger: Option<Arc<Ledger>>,
     objects: BTreeMap<u64, Object>,
     index: HashMap<(ck::CK_ATTRIBUTE_TYPE, Vec<u8>), BTreeSet<u64>>,
-    /// Bytes of session objects by the client that owns them.
-    session_bytes: HashMap<u64, u64>,
     /// Public token objects (the device object aside).
     public: u64,
 }
@@ -56,7 +54,6 @@ impl ObjectSet {
             ledger: Some(ledger.clone()),
             objects: BTreeMap::new(),
             index: HashMap::new(),
-            session_bytes: HashMap::new(),
             public: 0,
         }
     }
@@ -71,15 +68,6 @@ impl ObjectSet {
             Some(Ok((client, bytes))) => {
                 if let Some(ledger) = &self.ledger {
                     ledger.count(client, bytes, add);
-                }
-                let held = self.session_bytes.entry(client).or_default();
-                if add {
-                    *held += bytes;
-                } else {
-                    *held = held.saturating_sub(bytes);
-                    if *held == 0 {
-                        self.session_bytes.remove(&client);
-                    }
                 }
             }
             Some(Err(())) if add => self.public += 1,
@@ -138,17 +126,21 @@ impl ObjectSet {
     }
 
     pub(crate) fn clear(&mut self) {
+        self.uncount_session_bytes();
         self.objects.clear();
         self.index.clear();
-        self.uncount_session_bytes();
         self.public = 0;
     }
 
-    /// Takes this set's session objects out of the device's count.
+    /// Takes this set's session objects out of the device's count (a rare, whole-token
+    /// event: a reset, a tamper, a deleted slot).
     fn uncount_session_bytes(&mut self) {
-        for (client, bytes) in self.session_bytes.drain() {
-            if let Some(ledger) = &self.ledger {
-                ledger.count(client, bytes, false);
+        let Some(ledger) = &self.ledger else {
+            return;
+        };
+        for object in self.objects.values() {
+            if let Some((client, _)) = object.owner {
+                ledger.count(client, object.held_bytes(), false);
             }
         }
     }
