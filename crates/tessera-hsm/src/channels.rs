@@ -34,10 +34,7 @@ pub struct ChannelInfo {
 impl ChannelInfo {
     /// Why the device terminated the channel, if it did.
     pub fn terminated(&self) -> Option<String> {
-        self.terminated
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        crate::locked::lock(&self.terminated).clone()
     }
 
     /// Counts a message.
@@ -52,7 +49,7 @@ impl ChannelInfo {
 
     /// Records the effective policy once the handshake is done.
     pub fn set_policy(&self, policy: Policy) {
-        *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = policy;
+        *crate::locked::lock(&self.policy) = policy;
     }
 }
 
@@ -77,7 +74,7 @@ impl Channels {
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ChannelInfo>>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+        crate::locked::lock(&self.map)
     }
 }
 
@@ -146,9 +143,8 @@ impl Hsm {
         let mut state = tokens.lock(self);
         // Every token was fetched; a slot added since has no session opened in the clear
         // (the flags refuse it), so the tokens held are those to look at.
-        let held: Vec<u64> = state.tokens_mut().map(|(id, _)| id).collect();
         let clear: Vec<(u64, u64)> = (state.sessions().iter())
-            .filter(|(_, session)| held.contains(&session.token_id))
+            .filter(|(_, session)| state.held(session.token_id).is_some())
             .filter(|(_, session)| !in_channels.contains(&session.client))
             .map(|(handle, session)| (handle, session.client))
             .collect();
@@ -189,7 +185,7 @@ impl Hsm {
         let chosen =
             |i: &&Arc<ChannelInfo>| which.is_none_or(|id| id == i.id) && Some(i.client) != spare;
         for info in map.values().filter(chosen) {
-            *info.terminated.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.into());
+            *crate::locked::lock(&info.terminated) = Some(reason.into());
             // The sessions end now, not at the next message.
             self.disconnect(info.client);
             count += 1;
@@ -208,7 +204,7 @@ impl Hsm {
                 age: i.opened.elapsed().as_secs(),
                 messages: i.messages.load(Ordering::Relaxed),
                 generation: i.generation.load(Ordering::Relaxed),
-                policy: i.policy.lock().unwrap_or_else(|p| p.into_inner()).letters(),
+                policy: crate::locked::lock(&i.policy).letters(),
             })
             .collect();
         list.sort_by_key(|c| c.id);

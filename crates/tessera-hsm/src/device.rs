@@ -16,9 +16,10 @@ use crate::{Hsm, Token, MAX_PIN_FAILURES, MAX_PIN_LEN, MAX_SESSIONS, MIN_PIN_LEN
 /// The device aggregate: its record (flags, slots, clock, transport mode) and its identity.
 /// A call reads one consistent value of it, an `Arc` taken without waiting for administration
 /// ([`Device::now`]); a change is made on a copy, stored, then published ([`Device::change`]).
-/// Changes take the device's turn first: the engine's lock order is device, then tokens
-/// (each behind its own lock, see `crate::locked`), then sessions. A change that touches tokens too (flags, slots, tamper)
-/// publishes while it holds the tokens, so whoever holds them reads a device that matches.
+/// Changes take the device's turn first: the engine's lock order is device, then tokens (each
+/// behind its own lock, see `crate::locked`), then sessions. A change that touches tokens too
+/// (flags, slots, tamper) publishes while it holds the tokens, so whoever holds them reads a
+/// device that matches.
 pub(crate) struct Device {
     current: RwLock<Arc<DeviceView>>,
     changing: Mutex<()>,
@@ -103,7 +104,7 @@ impl Device {
 
     /// Starts a change, waiting for one in progress to end.
     pub(crate) fn change(&self) -> DeviceChange<'_> {
-        let turn = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let turn = crate::locked::lock(&self.changing);
         DeviceChange {
             device: self,
             _turn: turn,

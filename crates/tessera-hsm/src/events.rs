@@ -118,7 +118,7 @@ impl EventLog {
                 detail,
                 "channel event (counted in the event log)"
             );
-            let mut counts = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+            let mut counts = crate::locked::lock(&self.counted);
             if kind == "channel-opened" {
                 counts.opened += 1;
             } else {
@@ -128,9 +128,9 @@ impl EventLog {
         }
         let batched = matches!(kind, "channel-closed" | "limit-reached");
         let batch = {
-            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            let mut last = crate::locked::lock(&self.last);
             let record = self.chain(&mut last, time, role, kind, detail);
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pending = crate::locked::lock(&self.pending);
             pending.push(record);
             if batched && pending.len() < PENDING_LIMIT {
                 return;
@@ -151,7 +151,7 @@ impl EventLog {
         kind: &str,
         detail: String,
     ) {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = crate::locked::lock(&self.last);
         let record = self.chain(&mut last, time, role, kind, detail);
         if let Err(e) = store.append_events_uncounted(std::slice::from_ref(&record)) {
             tracing::error!(error = %e, "cannot write the event log");
@@ -183,14 +183,14 @@ impl EventLog {
     }
 
     fn writing(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.writing.lock().unwrap_or_else(|p| p.into_inner())
+        crate::locked::lock(&self.writing)
     }
 
     /// Writes the counts of channels as one `channel-count` entry, if there are any and
     /// `always` or [`COUNT_PERIOD`] has passed since the last one.
     pub(crate) fn count_channels(&self, store: &Store, time: u64, always: bool) {
         let (opened, closed) = {
-            let mut counts = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+            let mut counts = crate::locked::lock(&self.counted);
             let due = always || counts.last.elapsed() >= COUNT_PERIOD;
             if !due || (counts.opened == 0 && counts.closed == 0) {
                 return;
@@ -212,13 +212,13 @@ impl EventLog {
 
     /// Writes the entries held back.
     pub(crate) fn flush(&self, store: &Store) {
-        let _last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let _last = crate::locked::lock(&self.last);
         self.write_pending(store);
     }
 
     /// Writes the entries held back; the caller holds `last`.
     fn write_pending(&self, store: &Store) {
-        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let batch = std::mem::take(&mut *crate::locked::lock(&self.pending));
         let _writing = self.writing();
         self.write(store, &batch, false);
     }
@@ -229,7 +229,7 @@ impl EventLog {
         &self,
         store: &Store,
     ) -> Result<(Vec<EventRecord>, Verification), StoreError> {
-        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let last = crate::locked::lock(&self.last);
         self.write_pending(store);
         let events = store.events()?;
         let verification = Self::check(&self.key, &events, last.0);
@@ -244,11 +244,8 @@ impl EventLog {
 
     /// Replaces the log with one entry saying it was purged.
     pub(crate) fn purge(&self, store: &Store, time: u64, role: &str) -> Result<(), StoreError> {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        let mut last = crate::locked::lock(&self.last);
+        crate::locked::lock(&self.pending).clear();
         let _writing = self.writing();
         let record = self.seal(EventRecord {
             sequence: last.0 + 1,
@@ -268,7 +265,7 @@ impl EventLog {
     /// one this daemon last wrote.
     #[cfg(test)]
     pub(crate) fn verify(&self, events: &[EventRecord]) -> Verification {
-        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).0;
+        let last = crate::locked::lock(&self.last).0;
         Self::check(&self.key, events, last)
     }
 

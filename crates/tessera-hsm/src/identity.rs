@@ -328,7 +328,7 @@ impl Hsm {
             .clone()
             .ok_or(Rv::NoSessionKeys)?;
         let cached = {
-            let cache = self.pik_cache.lock().unwrap_or_else(|e| e.into_inner());
+            let cache = crate::locked::lock(&self.pik_cache);
             cache
                 .as_ref()
                 .filter(|(for_sealed, _)| *for_sealed == pik.sealed)
@@ -340,8 +340,7 @@ impl Hsm {
                 let pkcs8 = self.open_key(&pik, "pik")?;
                 let key =
                     std::sync::Arc::new(issue::signing_key(&pkcs8, pik.curve).map_err(failed)?);
-                *self.pik_cache.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some((pik.sealed, key.clone()));
+                *crate::locked::lock(&self.pik_cache) = Some((pik.sealed, key.clone()));
                 key
             }
         };

@@ -245,9 +245,8 @@ impl Hsm {
     pub fn disconnect(&self, client: u64) {
         for tokens in self.all_tokens().one_by_one() {
             let mut state = tokens.lock(self);
-            let held: Vec<u64> = state.tokens_mut().map(|(id, _)| id).collect();
-            let sessions =
-                (state.sessions()).handles(|s| s.client == client && held.contains(&s.token_id));
+            let sessions = (state.sessions())
+                .handles(|s| s.client == client && state.held(s.token_id).is_some());
             for handle in sessions {
                 state.close_session(handle);
             }
@@ -537,12 +536,9 @@ impl Locked<'_> {
     pub(crate) fn close_session(&mut self, handle: u64) {
         // A session on a token this call does not hold is not its to close (its objects are
         // in that token).
-        let token_id = match self.sessions().iter().find(|(h, _)| *h == handle) {
-            Some((_, session)) => session.token_id,
-            None => return,
-        };
-        if self.held(token_id).is_none() {
-            return;
+        match self.sessions().token_of(handle) {
+            Some(token_id) if self.held(token_id).is_some() => {}
+            _ => return,
         }
         let Some(session) = self.sessions_mut().remove(handle) else {
             return;

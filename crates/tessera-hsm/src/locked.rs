@@ -136,37 +136,43 @@ pub(crate) struct Locked<'t> {
 }
 
 impl<'t> Locked<'t> {
+    /// The place of token `token_id` if this call holds it (`None` in it: its slot was
+    /// deleted).
+    fn place(&self, token_id: u64) -> Option<&Option<Token>> {
+        let found = self.tokens.iter().find(|(id, _)| *id == token_id);
+        found.map(|(_, token)| &**token)
+    }
+
+    fn place_mut(&mut self, token_id: u64) -> Option<&mut Option<Token>> {
+        let found = self.tokens.iter_mut().find(|(id, _)| *id == token_id);
+        found.map(|(_, token)| &mut **token)
+    }
+
     /// A token this call holds (`CKR_SLOT_ID_INVALID` when its slot was deleted meanwhile).
     pub(crate) fn token(&self, token_id: u64) -> Result<&Token, Rv> {
-        match self.tokens.iter().find(|(id, _)| *id == token_id) {
-            Some((_, token)) => token.as_ref().ok_or(Rv::SlotIdInvalid),
-            None => Err(not_held(token_id)),
-        }
+        let place = self.place(token_id).ok_or_else(|| not_held(token_id))?;
+        place.as_ref().ok_or(Rv::SlotIdInvalid)
     }
 
     pub(crate) fn token_mut(&mut self, token_id: u64) -> Result<&mut Token, Rv> {
-        match self.tokens.iter_mut().find(|(id, _)| *id == token_id) {
-            Some((_, token)) => token.as_mut().ok_or(Rv::SlotIdInvalid),
-            None => Err(not_held(token_id)),
-        }
+        let place = self.place_mut(token_id).ok_or_else(|| not_held(token_id))?;
+        place.as_mut().ok_or(Rv::SlotIdInvalid)
     }
 
     /// The token of a slot, if this call holds it (`CKR_SLOT_ID_INVALID` when the slot now
     /// names another token: a slot before it was deleted since the token was fetched).
     pub(crate) fn slot_token(&self, slot: u64) -> Result<u64, Rv> {
         let token_id = self.device.slot_token(slot)?;
-        match self.tokens.iter().any(|(id, _)| *id == token_id) {
-            true => Ok(token_id),
-            false => Err(Rv::SlotIdInvalid),
-        }
+        self.place(token_id)
+            .map(|_| token_id)
+            .ok_or(Rv::SlotIdInvalid)
     }
 
     /// A token this call holds, `None` if it holds none of that id: for the calls that fetched
     /// every token and read a device that has one more (a slot added since the fetch, which
     /// they leave out as if they had come a moment earlier).
     pub(crate) fn held(&self, token_id: u64) -> Option<&Token> {
-        let held = self.tokens.iter().find(|(id, _)| *id == token_id);
-        held.and_then(|(_, token)| token.as_ref())
+        self.place(token_id).and_then(Option::as_ref)
     }
 
     /// Every token this call holds, with its id.
@@ -177,13 +183,9 @@ impl<'t> Locked<'t> {
     /// Puts `token` in place of the token of that id (a tamper), or takes it away (`None`: its
     /// slot is deleted).
     pub(crate) fn set_token(&mut self, token_id: u64, token: Option<Token>) -> Result<(), Rv> {
-        match self.tokens.iter_mut().find(|(id, _)| *id == token_id) {
-            Some((_, held)) => {
-                **held = token;
-                Ok(())
-            }
-            None => Err(not_held(token_id)),
-        }
+        let place = self.place_mut(token_id).ok_or_else(|| not_held(token_id))?;
+        *place = token;
+        Ok(())
     }
 
     /// The sessions, locked now if this call had not looked at them yet.
@@ -294,15 +296,15 @@ impl Ledger {
         let mut counts = lock(&self.counts);
         let mine = counts.held.get(&client).copied().unwrap_or(0)
             + counts.reserved.get(&client).copied().unwrap_or(0);
+        // The object replaced still counts until its successor does: only the growth is
+        // checked against the device and reserved.
+        let growth = bytes.saturating_sub(replaced);
         if mine.saturating_sub(replaced) + bytes > per_client {
             return Err(OverLimit::Client);
         }
-        if counts.total + bytes.saturating_sub(replaced) > device {
+        if counts.total + growth > device {
             return Err(OverLimit::Device);
         }
-        // The object replaced still counts until its successor does: only the growth is
-        // reserved.
-        let growth = bytes.saturating_sub(replaced);
         add(&mut counts.reserved, client, growth);
         counts.total += growth;
         Ok(Reservation {

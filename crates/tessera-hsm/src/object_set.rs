@@ -27,9 +27,8 @@ pub(crate) fn index_keys(template: &Template) -> Template {
 
 /// Objects by handle, with the index kept in step by every change, and the device's count of
 /// session-object bytes (its [`Ledger`], shared by every token's set).
-#[derive(Default)]
 pub(crate) struct ObjectSet {
-    ledger: Option<Arc<Ledger>>,
+    ledger: Arc<Ledger>,
     objects: BTreeMap<u64, Object>,
     index: HashMap<(ck::CK_ATTRIBUTE_TYPE, Vec<u8>), BTreeSet<u64>>,
     /// Public token objects (the device object aside).
@@ -51,7 +50,7 @@ impl ObjectSet {
     /// An empty set whose session objects count in `ledger`.
     pub(crate) fn counted_in(ledger: &Arc<Ledger>) -> ObjectSet {
         ObjectSet {
-            ledger: Some(ledger.clone()),
+            ledger: ledger.clone(),
             objects: BTreeMap::new(),
             index: HashMap::new(),
             public: 0,
@@ -66,9 +65,7 @@ impl ObjectSet {
     fn count(&mut self, handle: u64, object: &Object, add: bool) {
         match charge(handle, object) {
             Some(Ok((client, bytes))) => {
-                if let Some(ledger) = &self.ledger {
-                    ledger.count(client, bytes, add);
-                }
+                self.ledger.count(client, bytes, add);
             }
             Some(Err(())) if add => self.public += 1,
             Some(Err(())) => self.public = self.public.saturating_sub(1),
@@ -135,12 +132,9 @@ impl ObjectSet {
     /// Takes this set's session objects out of the device's count (a rare, whole-token
     /// event: a reset, a tamper, a deleted slot).
     fn uncount_session_bytes(&mut self) {
-        let Some(ledger) = &self.ledger else {
-            return;
-        };
-        for object in self.objects.values() {
-            if let Some((client, _)) = object.owner {
-                ledger.count(client, object.held_bytes(), false);
+        for (handle, object) in &self.objects {
+            if let Some(Ok((client, bytes))) = charge(*handle, object) {
+                self.ledger.count(client, bytes, false);
             }
         }
     }

@@ -77,10 +77,7 @@ impl Witness {
     }
 
     pub(crate) fn recorded(&self) -> Recorded {
-        self.recorded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        crate::locked::lock(&self.recorded).clone()
     }
 
     fn write(&self, recorded: &Recorded) -> Result<(), HsmError> {
@@ -97,7 +94,7 @@ impl Witness {
 
     /// Records a durable commit (called by the store after it is on disk).
     pub(crate) fn commit(&self, commit: &Commit) {
-        let mut recorded = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
+        let mut recorded = crate::locked::lock(&self.recorded);
         let mut next = recorded.clone();
         next.generation = next.generation.max(commit.generation);
         if let Some((sequence, mac)) = &commit.event_head {

@@ -121,6 +121,11 @@ impl Sessions {
         handle
     }
 
+    /// The token session `handle` is open on, whoever's it is.
+    pub(crate) fn token_of(&self, handle: u64) -> Option<u64> {
+        self.open.get(&handle).map(|session| session.token_id)
+    }
+
     /// Removes session `handle` and returns it.
     pub(crate) fn remove(&mut self, handle: u64) -> Option<Session> {
         let session = self.open.remove(&handle)?;
