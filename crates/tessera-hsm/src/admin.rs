@@ -114,12 +114,12 @@ impl Hsm {
         let master = MasterKey::generate().map_err(|_| Rv::FunctionFailed)?;
         let so_pin = Some(
             master
-                .wrap_peppered(aso_pin.expose(), self.kdf_iterations, &self.pepper)
+                .wrap_peppered(aso_pin.expose(), self.kdf_iterations, self.pepper())
                 .map_err(|_| Rv::FunctionFailed)?,
         );
         let user_pin = Some(
             master
-                .wrap_peppered(admin_pin.expose(), self.kdf_iterations, &self.pepper)
+                .wrap_peppered(admin_pin.expose(), self.kdf_iterations, self.pepper())
                 .map_err(|_| Rv::FunctionFailed)?,
         );
         let mut label = b"Admin Token".to_vec();
@@ -137,8 +137,7 @@ impl Hsm {
         if state.token(admin)?.record.so_pin.is_some() {
             return Err(Rv::AdminAlreadySetUp);
         }
-        self.store
-            .reset_token(admin, &record)
+        self.store_reset_token(admin, &record)
             .map_err(crate::store_failure)?;
         state.token_mut(admin)?.record = record;
         self.event(

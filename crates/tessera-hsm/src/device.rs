@@ -379,6 +379,7 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
         next_client: Default::default(),
         next_session_object: crate::SESSION_OBJECT_BASE.into(),
         limits_reported: Default::default(),
+        cluster: Default::default(),
     };
     let flags = hsm.device.now().flags;
     let tokens = hsm.all_tokens();

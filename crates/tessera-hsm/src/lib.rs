@@ -11,6 +11,7 @@
 
 mod admin;
 mod channels;
+mod cluster;
 mod crypto;
 mod derive;
 mod device;
@@ -189,12 +190,22 @@ pub struct Hsm {
     next_session_object: AtomicU64,
     /// Limits a client has reached and that are in the event log (once per client and limit).
     limits_reported: Mutex<std::collections::HashSet<(u64, &'static str)>>,
+    /// The cluster this device is a node of (`cluster.rs`): set once, when it joins.
+    cluster: std::sync::OnceLock<cluster::Clustered>,
 }
 
 /// The code for a failed store operation, logged: `CKR_DEVICE_MEMORY` when the disk is full
 /// (or the file may grow no more), `CKR_DEVICE_ERROR` otherwise. The failed write changed
 /// nothing (its transaction was aborted).
 pub(crate) fn store_failure(e: tessera_store::StoreError) -> Rv {
+    match &e {
+        tessera_store::StoreError::Gone(..) => return Rv::ObjectHandleInvalid,
+        tessera_store::StoreError::Unavailable(reason) => {
+            tracing::error!(reason = %reason, "the cluster store cannot commit or answer: the call was refused and nothing changed");
+            return Rv::DeviceError;
+        }
+        _ => {}
+    }
     if let tessera_store::StoreError::Full(reason) = &e {
         tracing::error!(reason = %reason, "the token store is full: the write was refused and nothing changed");
         return Rv::DeviceMemory;
@@ -313,7 +324,10 @@ impl Hsm {
         match request {
             R::DeviceInfo => Ok(Reply::Device(self.device_info())),
             R::SlotInfo { slot } => self.slot_info(slot).map(Reply::Slot),
-            R::TokenInfo { slot } => self.token_info(slot).map(Reply::Token),
+            R::TokenInfo { slot } => {
+                self.catch_up()?;
+                self.token_info(slot).map(Reply::Token)
+            }
             R::MechanismList { slot } => {
                 let device = self.device.now();
                 device.slot_token(slot)?;
@@ -331,7 +345,10 @@ impl Hsm {
                 so_pin,
                 label,
             } => self.init_token(slot, &so_pin, &label),
-            R::OpenSession { slot, flags } => self.open_session(client, slot, flags),
+            R::OpenSession { slot, flags } => {
+                self.catch_up()?;
+                self.open_session(client, slot, flags)
+            }
             R::CloseSession { session } => {
                 let tokens = self.tokens_of_session(client, session)?;
                 let mut state = tokens.lock(self);
@@ -381,7 +398,10 @@ impl Hsm {
                 object,
                 template,
             } => self.set_attributes(client, session, object, &template),
-            R::FindObjectsInit { session, template } => self.find_init(client, session, &template),
+            R::FindObjectsInit { session, template } => {
+                self.catch_up()?;
+                self.find_init(client, session, &template)
+            }
             R::FindObjects { session, max } => self.find_next(client, session, max),
             R::FindObjectsFirst {
                 session,

@@ -179,7 +179,7 @@ impl Hsm {
         if private {
             token.master.as_ref().ok_or(Rv::UserNotLoggedIn)
         } else {
-            Ok(&self.device_key)
+            Ok(self.public_key())
         }
     }
 
@@ -388,8 +388,7 @@ impl Hsm {
         let key = self.sealing_key(token, attributes.flag(ck::CKA_PRIVATE))?;
         let mut stored = None;
         let id = self
-            .store
-            .insert_object(token_id, |id| {
+            .store_insert_object(token_id, |id| {
                 let object = seal(key, token_id, id, &attributes)
                     .map_err(|_| tessera_store::StoreError::Storage("sealing failed".into()))?;
                 stored = Some(object.clone());
@@ -424,8 +423,7 @@ impl Hsm {
         let token = state.token(token_id)?;
         let key = self.sealing_key(token, attributes.flag(ck::CKA_PRIVATE))?;
         let stored = seal(key, token_id, handle, &attributes)?;
-        self.store
-            .replace_object(token_id, handle, &stored)
+        self.store_replace_object(token_id, handle, &stored)
             .map_err(crate::store_failure)?;
         state
             .token_mut(token_id)?
@@ -499,8 +497,7 @@ impl Hsm {
                 return Err(Rv::SessionReadOnly);
             }
             state.release_sessions();
-            self.store
-                .remove_object(token_id, handle)
+            self.store_remove_object(token_id, handle)
                 .map_err(crate::store_failure)?;
         }
         state.token_mut(token_id)?.objects.remove(&handle);
@@ -859,7 +856,7 @@ impl Hsm {
                         .remove(&public_handle)
                         .is_some_and(|o| o.owner.is_none())
                     {
-                        let _ = self.store.remove_object(token_id, public_handle);
+                        let _ = self.store_remove_object(token_id, public_handle);
                     }
                 }
                 Err(rv)

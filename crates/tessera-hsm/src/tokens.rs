@@ -56,10 +56,28 @@ impl Drop for PinCheck {
 }
 
 impl Hsm {
-    fn persist_token(&self, token_id: u64, record: &TokenRecord) -> Result<(), Rv> {
-        self.store
-            .put_token(token_id, record)
-            .map_err(crate::store_failure)
+    /// Changes a token's record with `change` and writes it, then keeps it. On a node of a
+    /// cluster, a record changed meanwhile by another node is taken and changed again (the
+    /// write compares the record it replaces).
+    fn write_token(
+        &self,
+        token: &mut crate::Token,
+        token_id: u64,
+        change: impl Fn(&mut TokenRecord),
+    ) -> Result<(), Rv> {
+        for _ in 0..STALE_RETRIES {
+            let mut record = token.record.clone();
+            change(&mut record);
+            match self.store_token(token_id, &record) {
+                Ok(()) => {
+                    token.record = record;
+                    return Ok(());
+                }
+                Err(tessera_store::StoreError::Stale(_, newer)) => token.record = *newer,
+                Err(e) => return Err(crate::store_failure(e)),
+            }
+        }
+        Err(contended(token_id))
     }
 
     /// Checks a PIN against the SO (`so`) or user PIN record of a token.
@@ -75,7 +93,7 @@ impl Hsm {
     fn verify_pin(&self, token_id: u64, so: bool, pin: &SecretBytes) -> Result<MasterKey, Rv> {
         let (record, ordinal, _check) = self.count_pin_guess(token_id, so)?;
         // `_check` ends after the count is settled below, then wakes the guesses waiting.
-        match MasterKey::unwrap_peppered(&record, pin.expose(), &self.pepper) {
+        match MasterKey::unwrap_peppered(&record, pin.expose(), self.pepper()) {
             // A right PIN ends the lockout cycle (the guesses counted in it, this one too, are
             // forgotten); if that cannot be written the login is refused and the count stays.
             Ok(key) => {
@@ -97,58 +115,71 @@ impl Hsm {
     fn count_pin_guess(&self, token_id: u64, so: bool) -> Result<(PinRecord, u32, PinCheck), Rv> {
         let cell = self.cell(token_id)?;
         let mut held = lock(&cell.token);
-        loop {
-            let token = held.as_ref().ok_or(Rv::SlotIdInvalid)?;
-            if failures(&token.record, so) < MAX_PIN_FAILURES {
-                break;
+        // On a node of a cluster the count is written only over the record it was decided on:
+        // a guess counted meanwhile on another node makes this one decide again on the newer
+        // count, so that the cluster as a whole allows `MAX_PIN_FAILURES` guesses.
+        for _ in 0..STALE_RETRIES {
+            loop {
+                let token = held.as_ref().ok_or(Rv::SlotIdInvalid)?;
+                if failures(&token.record, so) < MAX_PIN_FAILURES {
+                    break;
+                }
+                if token.checking[usize::from(so)] == 0 {
+                    drop(held);
+                    let device = self.device.now();
+                    let (role, slot) = (device.role(token_id, so), device.slot_of(token_id));
+                    self.event(role, "login-refused", format!("slot {slot}, PIN locked"));
+                    return Err(Rv::PinLocked);
+                }
+                // The count is full, but a guess still being checked may be the right PIN,
+                // which ends the cycle: wait for the answers rather than refuse a right PIN
+                // (say, one of many applications logging in at once) for guesses not known to
+                // be wrong. No guess is counted while the count is full, so this waits one KDF
+                // at most.
+                held = cell
+                    .pin_checked
+                    .wait(held)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
             }
-            if token.checking[usize::from(so)] == 0 {
-                drop(held);
-                let device = self.device.now();
-                let (role, slot) = (device.role(token_id, so), device.slot_of(token_id));
-                self.event(role, "login-refused", format!("slot {slot}, PIN locked"));
-                return Err(Rv::PinLocked);
+            let token = held.as_mut().ok_or(Rv::SlotIdInvalid)?;
+            let pin_record = if so {
+                &token.record.so_pin
+            } else {
+                &token.record.user_pin
+            };
+            let pin_record = match pin_record {
+                Some(pin_record) => pin_record.clone(),
+                None if so => return Err(Rv::TokenNotRecognized),
+                None => return Err(Rv::UserPinNotInitialized),
+            };
+            let ordinal = failures(&token.record, so) + 1;
+            // Written before the state changes: a failed write leaves the count as it was.
+            let mut record = token.record.clone();
+            *failure_counter(&mut record, so) = ordinal;
+            match self.store_token(token_id, &record) {
+                Ok(()) => {}
+                Err(tessera_store::StoreError::Stale(_, newer)) => {
+                    token.record = *newer;
+                    continue;
+                }
+                Err(e) => return Err(crate::store_failure(e)),
             }
-            // The count is full, but a guess still being checked may be the right PIN, which
-            // ends the cycle: wait for the answers rather than refuse a right PIN (say, one of
-            // many applications logging in at once) for guesses not known to be wrong. No
-            // guess is counted while the count is full, so this waits one KDF at most.
-            held = cell
-                .pin_checked
-                .wait(held)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            token.record = record;
+            token.checking[usize::from(so)] += 1;
+            drop(held);
+            return Ok((pin_record, ordinal, PinCheck { cell, so }));
         }
-        let token = held.as_mut().ok_or(Rv::SlotIdInvalid)?;
-        let pin_record = if so {
-            &token.record.so_pin
-        } else {
-            &token.record.user_pin
-        };
-        let pin_record = match pin_record {
-            Some(pin_record) => pin_record.clone(),
-            None if so => return Err(Rv::TokenNotRecognized),
-            None => return Err(Rv::UserPinNotInitialized),
-        };
-        let ordinal = failures(&token.record, so) + 1;
-        // Written before the state changes: a failed write leaves the count as it was.
-        let mut record = token.record.clone();
-        *failure_counter(&mut record, so) = ordinal;
-        self.persist_token(token_id, &record)?;
-        token.record = record;
-        token.checking[usize::from(so)] += 1;
-        drop(held);
-        Ok((pin_record, ordinal, PinCheck { cell, so }))
+        Err(contended(token_id))
     }
 
     /// Sets a PIN's failure count and writes it.
     fn set_pin_failures(&self, token_id: u64, so: bool, failures: u32) -> Result<(), Rv> {
         let tokens = self.tokens_of(token_id)?;
         let mut state = tokens.lock(self);
-        let mut record = state.token(token_id)?.record.clone();
-        *failure_counter(&mut record, so) = failures;
-        self.persist_token(token_id, &record)?;
-        state.token_mut(token_id)?.record = record;
-        Ok(())
+        let token = state.token_mut(token_id)?;
+        self.write_token(token, token_id, |record| {
+            *failure_counter(record, so) = failures;
+        })
     }
 
     /// Logs a wrong PIN that was the `ordinal`-th guess counted, and the lock when it was the
@@ -218,7 +249,7 @@ impl Hsm {
     ) -> Result<Reply, Rv> {
         let master = MasterKey::generate().map_err(|_| Rv::FunctionFailed)?;
         let so_record = master
-            .wrap_peppered(so_pin.expose(), self.kdf_iterations, &self.pepper)
+            .wrap_peppered(so_pin.expose(), self.kdf_iterations, self.pepper())
             .map_err(|_| Rv::FunctionFailed)?;
         let mut label = label.to_vec();
         label.resize(32, b' ');
@@ -236,7 +267,7 @@ impl Hsm {
             return Err(Rv::SessionExists);
         }
         state.release_sessions();
-        self.store.reset_token(token_id, &record).map_err(|e| {
+        self.store_reset_token(token_id, &record).map_err(|e| {
             tracing::error!(token_id, error = %e, "cannot reset the token");
             Rv::DeviceError
         })?;
@@ -399,13 +430,13 @@ impl Hsm {
             return Err(Rv::UserNotLoggedIn);
         }
         let master = token.master.as_ref().ok_or(Rv::UserNotLoggedIn)?;
-        let record = master
-            .wrap_peppered(pin.expose(), self.kdf_iterations, &self.pepper)
+        let pin_record = master
+            .wrap_peppered(pin.expose(), self.kdf_iterations, self.pepper())
             .map_err(|_| Rv::FunctionFailed)?;
-        token.record.user_pin = Some(record);
-        token.record.user_failures = 0;
-        let record = token.record.clone();
-        self.persist_token(token_id, &record)?;
+        self.write_token(token, token_id, |record| {
+            record.user_pin = Some(pin_record.clone());
+            record.user_failures = 0;
+        })?;
         Ok(Reply::Done)
     }
 
@@ -429,18 +460,30 @@ impl Hsm {
         };
         let master = self.verify_pin(token_id, so, old)?;
         let record = master
-            .wrap_peppered(new.expose(), self.kdf_iterations, &self.pepper)
+            .wrap_peppered(new.expose(), self.kdf_iterations, self.pepper())
             .map_err(|_| Rv::FunctionFailed)?;
         let tokens = self.tokens_of(token_id)?;
         let mut state = tokens.lock(self);
         let token = state.token_mut(token_id)?;
-        if so {
-            token.record.so_pin = Some(record);
-        } else {
-            token.record.user_pin = Some(record);
-        }
-        let record = token.record.clone();
-        self.persist_token(token_id, &record)?;
+        let pin_record = record;
+        self.write_token(token, token_id, |record| {
+            if so {
+                record.so_pin = Some(pin_record.clone());
+            } else {
+                record.user_pin = Some(pin_record.clone());
+            }
+        })?;
         Ok(Reply::Done)
     }
+}
+
+/// How often a write of a token record is decided again after another node changed it.
+const STALE_RETRIES: u32 = 64;
+
+fn contended(token_id: u64) -> Rv {
+    tracing::error!(
+        token_id,
+        "a token record changed on other nodes at every one of {STALE_RETRIES} tries"
+    );
+    Rv::DeviceError
 }

@@ -9,6 +9,7 @@
 
 mod records;
 mod seal;
+pub mod shared;
 
 pub use records::{DeviceRecord, EventRecord, PinRecord, StoredObject, TokenRecord};
 pub use seal::{pepper_record, HeldKey, MasterKey, Seal, SealError, DEFAULT_KDF_ITERATIONS};
@@ -68,6 +69,16 @@ pub enum StoreError {
     /// damaged).
     #[error("token store: a record could not be encoded ({0}); nothing was written")]
     Encode(String),
+    /// A shared token record was changed by another device since this one read it: the newer
+    /// record (nothing was written).
+    #[error("token {0}: changed by another device meanwhile; nothing was written")]
+    Stale(u64, Box<TokenRecord>),
+    /// A shared object was destroyed by another device meanwhile.
+    #[error("object {1} of token {0}: destroyed by another device meanwhile")]
+    Gone(u64, u64),
+    /// The shared store cannot commit now (a cluster without quorum): nothing was written.
+    #[error("the cluster store cannot commit now: {0}")]
+    Unavailable(String),
 }
 
 fn storage(e: impl Into<redb::Error>) -> StoreError {
@@ -530,11 +541,14 @@ impl From<StoreError> for WriteError {
     }
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+/// A record's stored bytes (postcard), as this store writes them (a shared store writes the
+/// same bytes, sealed).
+pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     postcard::to_stdvec(value).map_err(|e| StoreError::Encode(e.to_string()))
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
+/// A record from its stored bytes; `what` names it in the error.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
     postcard::from_bytes(bytes).map_err(|_| StoreError::Corrupt(what.into()))
 }
 

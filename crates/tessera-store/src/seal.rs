@@ -204,6 +204,17 @@ impl MasterKey {
         SecretBytes::from_slice(aws_lc_rs::hmac::sign(&key, label).as_ref())
     }
 
+    /// This key sealed under `key`, bound to `aad` (a cluster key kept by a device under its
+    /// device key, or handed to a joining device under a key agreed with it).
+    pub fn sealed_under(&self, key: &MasterKey, aad: &[u8]) -> Result<Vec<u8>, SealError> {
+        key.seal(aad, self.0.expose())
+    }
+
+    /// Opens a key that [`MasterKey::sealed_under`] sealed under `key` with the same `aad`.
+    pub fn opened_from(key: &MasterKey, aad: &[u8], sealed: &[u8]) -> Result<MasterKey, SealError> {
+        MasterKey::from_secret(key.open(aad, sealed)?)
+    }
+
     /// An explicit copy (a token keeps one while a user is logged in).
     pub fn duplicate(&self) -> MasterKey {
         MasterKey(self.0.duplicate())

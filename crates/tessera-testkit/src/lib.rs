@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod etcd;
 pub mod relay;
 pub mod sm;
 
@@ -124,7 +125,8 @@ pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
-fn free_port() -> u16 {
+/// A loopback port that was free when asked.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -359,6 +361,12 @@ impl Daemon {
             self.stop();
         }
         self.try_spawn()
+    }
+
+    /// Replaces the extra command-line arguments of the next starts (a device that becomes a
+    /// node of a cluster, say).
+    pub fn set_args(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
     }
 
     /// Starts the daemon again on the same directory, socket and port.

@@ -9,6 +9,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod cluster;
 mod config;
 mod connection;
 mod datadir;
@@ -224,6 +225,28 @@ struct Args {
     /// write keys and PINs to disk. Logged as a warning.
     #[arg(long)]
     allow_core_dumps: bool,
+
+    /// Be a node of cluster NAME: the tokens (records, PINs and their failure counts, objects)
+    /// live in etcd (--etcd), sealed under the cluster's key, and every node serves them. The
+    /// first node founds the cluster (with blank tokens); another device joins once a member
+    /// trusts its identity (`ctident peer add`) and it trusts a member: give it an identity
+    /// first. See docs/cluster.md.
+    #[arg(long, value_name = "NAME", requires = "etcd")]
+    cluster: Option<String>,
+
+    /// The etcd endpoints of the cluster, comma-separated. Example:
+    /// --etcd http://10.0.0.1:2379,http://10.0.0.2:2379,http://10.0.0.3:2379
+    #[arg(long, value_name = "URLS", value_delimiter = ',', requires = "cluster")]
+    etcd: Vec<String>,
+
+    /// How long a device that joins a cluster waits for a member to admit it, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    join_wait: u64,
+
+    /// How long one etcd request may take before the call fails (CKR_DEVICE_ERROR), in
+    /// milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    etcd_timeout: u64,
 }
 
 /// `listen`, with the default local socket first unless it names a Unix socket: serving the
@@ -424,6 +447,12 @@ fn main() -> ExitCode {
         client_access,
         parent,
         allow_group_access: args.allow_group_access || args.appliance,
+        cluster: args.cluster.clone().map(|name| cluster::ClusterConfig {
+            name,
+            endpoints: args.etcd.clone(),
+            join_wait: std::time::Duration::from_secs(args.join_wait.max(1)),
+            timeout: std::time::Duration::from_millis(args.etcd_timeout.max(10)),
+        }),
     };
     match server::run(config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,7 +31,11 @@ pub fn run(config: Config) -> Result<(), String> {
         }
     }
     let _lock = crate::datadir::lock(&config.data_dir, config.allow_group_access)?;
-    let hsm = Hsm::open(&config.data_dir, &config.options).map_err(|e| e.to_string())?;
+    let hsm = Arc::new(Hsm::open(&config.data_dir, &config.options).map_err(|e| e.to_string())?);
+    // A node serves once it holds the cluster's tokens, caught up.
+    if let Some(cluster) = &config.cluster {
+        crate::cluster::join(&hsm, cluster)?;
+    }
     // One I/O thread owns the runtime's event loop, so a connection that polls for its next
     // request (`Poller`) sees it as soon as it arrives; with several, readiness reaches the
     // thread that waits for events, and polling would only wake the others.
@@ -46,7 +50,7 @@ pub fn run(config: Config) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(serve(Arc::new(hsm), config))
+    runtime.block_on(serve(hsm, config))
 }
 
 async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {

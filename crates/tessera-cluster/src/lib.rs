@@ -1,0 +1,294 @@
+//! A cluster of Tessera devices whose token state lives in etcd.
+//!
+//! Every device (node) keeps its own identity and its own store for itself; the tokens — their
+//! records (labels, PIN records, failure counts) and their objects — live in etcd under one
+//! prefix, `/tessera/<cluster>/`, each value sealed (AES-256-GCM, bound to its key's name)
+//! under a key derived from the **cluster key**. Only devices admitted to the cluster hold that
+//! key: the founding device makes it, and a device that joins receives it from a member that
+//! trusts its identity certificate, over a key agreement both identities sign
+//! ([`join`]).
+//!
+//! etcd does the consensus: every write is one transaction that etcd commits on a quorum
+//! before the call returns, and writes that decide (a PIN failure count, an object that must
+//! still exist) compare the revision they replace. Each node keeps the tokens in memory and a
+//! watch keeps them current ([`store::ClusterStore`]).
+//!
+//! The etcd client is asynchronous; the node runs it on a small runtime of its own and the
+//! engine's threads wait for its answers, so the engine stays synchronous.
+#![forbid(unsafe_code)]
+
+pub mod join;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tessera_store::MasterKey;
+
+pub use join::NodeIdentity;
+pub use store::ClusterStore;
+
+/// Why a cluster operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// etcd did not answer in time or could not be reached (no quorum, wrong endpoints).
+    #[error("etcd is unavailable ({0}); check the endpoints given with --etcd and that a quorum of etcd members runs")]
+    Unavailable(String),
+    /// Something in etcd does not open with this cluster key, or does not decode.
+    #[error("{0}")]
+    Refused(String),
+    /// A bad argument (cluster name, endpoints).
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// The slots of the cluster's tokens: fixed when the cluster is founded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    /// The user tokens, in slot order.
+    pub user_tokens: Vec<u64>,
+    /// The Admin token.
+    pub admin_token: u64,
+}
+
+/// The founding record: the layout, sealed under the cluster key (opening it proves a key).
+#[derive(Serialize, Deserialize)]
+struct Founding {
+    layout: Layout,
+    founder: String,
+}
+
+/// One node's connection to the cluster's etcd.
+pub struct Node {
+    name: String,
+    prefix: String,
+    runtime: tokio::runtime::Runtime,
+    client: etcd_client::Client,
+    timeout: Duration,
+}
+
+/// The pause before a request that failed at the transport is sent again.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Whether an etcd error is the transport's (the request can go to another member): a member
+/// that is down or unreachable, or no leader yet. A refusal of the request itself is not.
+fn retryable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        // Unknown (2), DeadlineExceeded (4), Unavailable (14): gRPC's codes.
+        etcd_client::Error::GRpcStatus(status) => matches!(status.code() as i32, 2 | 4 | 14),
+        _ => false,
+    }
+}
+
+/// How long one etcd request may take before the call fails (`CKR_DEVICE_ERROR`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Node {
+    /// Connects to etcd for cluster `name` (letters, digits, `-`, `_`; it names the prefix).
+    pub fn connect(
+        name: &str,
+        endpoints: &[String],
+        timeout: Duration,
+    ) -> Result<Arc<Node>, ClusterError> {
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ClusterError::Usage(format!(
+                "cluster name {name:?}: use 1 to 64 letters, digits, '-' or '_'"
+            )));
+        }
+        if endpoints.is_empty() {
+            return Err(ClusterError::Usage(
+                "no etcd endpoint: give --etcd http://host:2379[,http://host2:2379...]".into(),
+            ));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("cluster")
+            .enable_all()
+            .build()
+            .map_err(|e| ClusterError::Usage(format!("cannot start the cluster runtime: {e}")))?;
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout);
+        let endpoints = endpoints.to_vec();
+        let client = runtime
+            .block_on(async move {
+                tokio::time::timeout(
+                    timeout,
+                    etcd_client::Client::connect(endpoints, Some(options)),
+                )
+                .await
+            })
+            .map_err(|_| ClusterError::Unavailable("no endpoint answered".into()))?
+            .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+        Ok(Arc::new(Node {
+            name: name.to_string(),
+            prefix: format!("/tessera/{name}/"),
+            runtime,
+            client,
+            timeout,
+        }))
+    }
+
+    /// The cluster's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The key of `suffix` under the cluster's prefix.
+    pub(crate) fn key(&self, suffix: &str) -> Vec<u8> {
+        format!("{}{suffix}", self.prefix).into_bytes()
+    }
+
+    /// Runs one etcd request on the node's runtime and waits for it (from any thread, also one
+    /// of another runtime), bounded by the node's timeout. A request that fails at the
+    /// transport (a member that is down, a leader being elected) is sent again, to the next
+    /// endpoint, until the timeout.
+    pub(crate) fn call<T, F>(
+        &self,
+        request: impl Fn(etcd_client::Client) -> F + Send + 'static,
+    ) -> Result<T, ClusterError>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let client = self.client.clone();
+        let timeout = self.timeout;
+        let (answer, wait) = std::sync::mpsc::sync_channel(1);
+        self.runtime.spawn(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            let result = loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match tokio::time::timeout(left, request(client.clone())).await {
+                    Ok(Ok(value)) => break Ok(value),
+                    Ok(Err(e)) if retryable(&e) && tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                    Ok(Err(e)) => break Err(ClusterError::Unavailable(e.to_string())),
+                    Err(_) => {
+                        break Err(ClusterError::Unavailable(format!(
+                            "no answer within {} ms",
+                            timeout.as_millis()
+                        )))
+                    }
+                }
+            };
+            let _ = answer.send(result);
+        });
+        wait.recv()
+            .map_err(|_| ClusterError::Unavailable("the cluster runtime stopped".into()))?
+    }
+
+    /// A linearizable read of `key` (with `options`).
+    pub(crate) fn get(
+        &self,
+        key: Vec<u8>,
+        options: Option<etcd_client::GetOptions>,
+    ) -> Result<etcd_client::GetResponse, ClusterError> {
+        self.call(move |mut c| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { c.get(key, options).await }
+        })
+    }
+
+    /// One transaction.
+    pub(crate) fn txn(
+        &self,
+        txn: etcd_client::Txn,
+    ) -> Result<etcd_client::TxnResponse, ClusterError> {
+        self.call(move |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+    }
+
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.runtime
+    }
+
+    pub(crate) fn client(&self) -> etcd_client::Client {
+        self.client.clone()
+    }
+
+    /// Whether the cluster exists (its founding record is in etcd).
+    pub fn is_founded(&self) -> Result<bool, ClusterError> {
+        let key = self.key("founded");
+        let found = self.get(key, None)?;
+        Ok(!found.kvs().is_empty())
+    }
+
+    /// Founds the cluster with a new key and blank tokens in `layout`, unless another node
+    /// founded it first (then `None`: join it).
+    pub fn found(&self, layout: &Layout, founder: &str) -> Result<Option<MasterKey>, ClusterError> {
+        let key = MasterKey::generate()
+            .map_err(|e| ClusterError::Refused(format!("cannot make a cluster key: {e}")))?;
+        let values = store::Values::new(&key)?;
+        let founding = Founding {
+            layout: layout.clone(),
+            founder: founder.to_string(),
+        };
+        let founded_key = self.key("founded");
+        let mut puts = vec![etcd_client::TxnOp::put(
+            founded_key.clone(),
+            values.seal(&founded_key, &founding)?,
+            None,
+        )];
+        let blank = tessera_store::TokenRecord::default();
+        for token in layout
+            .user_tokens
+            .iter()
+            .chain(std::iter::once(&layout.admin_token))
+        {
+            let name = self.key(&store::token_key(*token));
+            puts.push(etcd_client::TxnOp::put(
+                name.clone(),
+                values.seal(&name, &blank)?,
+                None,
+            ));
+        }
+        let head = self.key(store::HEAD);
+        puts.push(etcd_client::TxnOp::put(
+            head.clone(),
+            values.seal(&head, &0u64)?,
+            None,
+        ));
+        let txn = etcd_client::Txn::new()
+            .when([etcd_client::Compare::create_revision(
+                founded_key,
+                etcd_client::CompareOp::Equal,
+                0,
+            )])
+            .and_then(puts);
+        let done = self.txn(txn)?;
+        Ok(done.succeeded().then_some(key))
+    }
+
+    /// Opens the founding record with `key`: the cluster's layout, or a refusal when `key` is
+    /// not this cluster's key (a node removed from the cluster after a rotation).
+    pub fn layout(&self, key: &MasterKey) -> Result<Layout, ClusterError> {
+        let name = self.key("founded");
+        let lookup = name.clone();
+        let found = self.get(lookup, None)?;
+        let kv = found.kvs().first().ok_or_else(|| {
+            ClusterError::Refused(format!("cluster {} is not founded", self.name))
+        })?;
+        let founding: Founding =
+            store::Values::new(key)?
+                .open(&name, kv.value())
+                .map_err(|_| {
+                    ClusterError::Refused(format!(
+                "this device's cluster key does not open cluster {}'s records: the key was \
+                 rotated without this device (removed from the cluster?)",
+                self.name
+            ))
+                })?;
+        Ok(founding.layout)
+    }
+}

@@ -1,0 +1,518 @@
+//! The cluster's token state in etcd, as a [`Shared`] store for the engine.
+//!
+//! Keys, under the cluster's prefix:
+//!
+//! | key | value (sealed) |
+//! | --- | --- |
+//! | `state/token/<id>` | a token record |
+//! | `state/object/<token>/<id>` | an object |
+//! | `state/head` | written by every change: its revision is the newest change's |
+//! | `ids` | the next free block of object ids |
+//!
+//! Each node remembers the revision of every key it has seen (from the snapshot, its own
+//! writes and the watch). The watch tells the engine of a change only when it is newer than
+//! what the node has seen, so the engine's own writes are not applied twice and an old event
+//! never undoes a newer state. [`ClusterStore::catch_up`] reads `state/head` from a quorum and
+//! waits until the watch has applied it: what any node committed before is then visible here.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tessera_store::shared::{Change, Listener, Shared, Snapshot};
+use tessera_store::{MasterKey, StoreError, StoredObject, TokenRecord};
+
+use crate::{ClusterError, Node};
+
+pub(crate) const HEAD: &str = "state/head";
+const STATE: &str = "state/";
+const IDS: &str = "ids";
+/// Object ids a node takes at once (one compare-and-swap per block).
+const ID_BLOCK: u64 = 256;
+
+pub(crate) fn token_key(token: u64) -> String {
+    format!("state/token/{token:020}")
+}
+
+fn object_key(token: u64, id: u64) -> String {
+    format!("state/object/{token:020}/{id:020}")
+}
+
+fn objects_of(token: u64) -> String {
+    format!("state/object/{token:020}/")
+}
+
+/// Seals and opens values under the cluster key's value subkey, each bound to its key name.
+pub(crate) struct Values(MasterKey);
+
+impl Values {
+    pub(crate) fn new(cluster_key: &MasterKey) -> Result<Values, ClusterError> {
+        MasterKey::from_secret(cluster_key.derive(b"tessera cluster values v1"))
+            .map(Values)
+            .map_err(|e| ClusterError::Refused(e.to_string()))
+    }
+
+    pub(crate) fn seal<T: Serialize>(
+        &self,
+        name: &[u8],
+        value: &T,
+    ) -> Result<Vec<u8>, ClusterError> {
+        let plain = tessera_core::SecretBytes::encode(value)
+            .map_err(|e| ClusterError::Refused(e.to_string()))?;
+        self.0
+            .seal(name, plain.expose())
+            .map_err(|e| ClusterError::Refused(e.to_string()))
+    }
+
+    pub(crate) fn open<T: DeserializeOwned>(
+        &self,
+        name: &[u8],
+        sealed: &[u8],
+    ) -> Result<T, ClusterError> {
+        let what = String::from_utf8_lossy(name).into_owned();
+        let plain = self.0.open(name, sealed).map_err(|_| {
+            ClusterError::Refused(format!("{what} does not open with the cluster key"))
+        })?;
+        tessera_store::decode(plain.expose(), &what)
+            .map_err(|e| ClusterError::Refused(e.to_string()))
+    }
+}
+
+fn unavailable(e: ClusterError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// What the node has applied, and who waits for it.
+#[derive(Default)]
+struct Progress {
+    /// Every change up to this revision has been told to the engine.
+    applied: i64,
+    /// The watch stopped for good (compaction): catch-up fails until a restart.
+    broken: Option<String>,
+}
+
+/// The cluster's token state, for one node.
+pub struct ClusterStore {
+    me: std::sync::Weak<ClusterStore>,
+    node: Arc<Node>,
+    values: Values,
+    /// The revision of every key this node has seen (0: absent).
+    seen: Mutex<HashMap<Vec<u8>, i64>>,
+    progress: Mutex<Progress>,
+    progressed: Condvar,
+    listener: OnceLock<Listener>,
+    /// Object ids taken and not used yet: next, end.
+    ids: Mutex<(u64, u64)>,
+    /// How long a catch-up may wait for the watch.
+    catch_up_limit: Duration,
+}
+
+impl ClusterStore {
+    /// The store of the cluster `node` belongs to, with its cluster key.
+    pub fn new(node: Arc<Node>, key: &MasterKey) -> Result<Arc<ClusterStore>, ClusterError> {
+        let values = Values::new(key)?;
+        Ok(Arc::new_cyclic(|me| ClusterStore {
+            me: me.clone(),
+            values,
+            catch_up_limit: node.timeout,
+            node,
+            seen: Mutex::default(),
+            progress: Mutex::default(),
+            progressed: Condvar::new(),
+            listener: OnceLock::new(),
+            ids: Mutex::default(),
+        }))
+    }
+
+    /// The newest revision applied here.
+    pub fn applied(&self) -> i64 {
+        lock(&self.progress).applied
+    }
+
+    fn saw(&self, name: &[u8], revision: i64) {
+        let mut seen = lock(&self.seen);
+        let entry = seen.entry(name.to_vec()).or_insert(0);
+        *entry = (*entry).max(revision);
+    }
+
+    fn seen(&self, name: &[u8]) -> i64 {
+        lock(&self.seen).get(name).copied().unwrap_or(0)
+    }
+
+    /// Decodes one key and value of the state into a change.
+    fn change_of(&self, name: &[u8], value: Option<&[u8]>) -> Result<Option<Change>, ClusterError> {
+        let text = String::from_utf8_lossy(name);
+        let Some(rest) = text.strip_prefix(&self.node.prefix) else {
+            return Ok(None);
+        };
+        let number = |s: &str| s.parse::<u64>().ok();
+        if let Some(id) = rest.strip_prefix("state/token/").and_then(number) {
+            return match value {
+                Some(v) => Ok(Some(Change::Token(id, self.values.open(name, v)?))),
+                None => Ok(None),
+            };
+        }
+        if let Some(path) = rest.strip_prefix("state/object/") {
+            let mut parts = path.split('/');
+            let (Some(token), Some(id)) =
+                (parts.next().and_then(number), parts.next().and_then(number))
+            else {
+                return Ok(None);
+            };
+            return Ok(Some(match value {
+                Some(v) => Change::Object {
+                    token,
+                    id,
+                    object: self.values.open(name, v)?,
+                },
+                None => Change::ObjectGone { token, id },
+            }));
+        }
+        Ok(None)
+    }
+
+    /// A transaction's puts of `name` and of the head, sealed.
+    fn with_head<T: Serialize>(&self, name: &[u8], value: &T) -> Result<Vec<TxnOp>, StoreError> {
+        Ok(vec![
+            TxnOp::put(
+                name.to_vec(),
+                self.values.seal(name, value).map_err(unavailable)?,
+                None,
+            ),
+            self.head_put()?,
+        ])
+    }
+
+    fn head_put(&self) -> Result<TxnOp, StoreError> {
+        let head = self.node.key(HEAD);
+        let sealed = self.values.seal(&head, &0u64).map_err(unavailable)?;
+        Ok(TxnOp::put(head, sealed, None))
+    }
+
+    fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, StoreError> {
+        self.node.txn(txn).map_err(unavailable)
+    }
+
+    fn revision_of(response: &etcd_client::TxnResponse) -> i64 {
+        response.header().map_or(0, |h| h.revision())
+    }
+
+    /// The next object id: from the node's block, or a new block taken by compare-and-swap.
+    fn next_id(&self) -> Result<u64, StoreError> {
+        let mut ids = lock(&self.ids);
+        if ids.0 < ids.1 {
+            ids.0 += 1;
+            return Ok(ids.0 - 1);
+        }
+        let name = self.node.key(IDS);
+        for _ in 0..32 {
+            let lookup = name.clone();
+            let found = self.node.get(lookup, None).map_err(unavailable)?;
+            let (next, revision) = match found.kvs().first() {
+                Some(kv) => (
+                    self.values
+                        .open::<u64>(&name, kv.value())
+                        .map_err(unavailable)?,
+                    kv.mod_revision(),
+                ),
+                None => (1, 0),
+            };
+            let end = next.saturating_add(ID_BLOCK);
+            let sealed = self.values.seal(&name, &end).map_err(unavailable)?;
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    name.clone(),
+                    CompareOp::Equal,
+                    revision,
+                )])
+                .and_then([TxnOp::put(name.clone(), sealed, None)]);
+            if self.txn(txn)?.succeeded() {
+                *ids = (next + 1, end);
+                return Ok(next);
+            }
+        }
+        Err(StoreError::Unavailable(
+            "object ids: too many nodes took a block at once; try again".into(),
+        ))
+    }
+
+    /// Starts the watch from the revision after `from`, on the node's runtime; its events are
+    /// applied on a thread of their own (the engine's locks are not for a runtime's workers).
+    fn watch(&self, from: i64) {
+        let (events, receive) =
+            std::sync::mpsc::channel::<(Vec<(Vec<u8>, Option<Vec<u8>>, i64)>, i64)>();
+        let me = self.me.clone();
+        let _ = std::thread::Builder::new()
+            .name("cluster-apply".into())
+            .spawn(move || {
+                while let Ok((batch, revision)) = receive.recv() {
+                    let Some(store) = me.upgrade() else { return };
+                    store.apply(batch, revision);
+                }
+            });
+        let prefix = self.node.key(STATE);
+        let client = self.node.client();
+        let me = self.me.clone();
+        self.node.runtime().spawn(async move {
+            let mut next = from + 1;
+            loop {
+                let options = WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(next)
+                    .with_progress_notify();
+                let mut stream = match client.clone().watch(prefix.clone(), Some(options)).await {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cluster watch: etcd unavailable; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                };
+                while let Ok(Some(response)) = stream.message().await {
+                    if response.canceled() {
+                        let Some(store) = me.upgrade() else { return };
+                        let reason = format!(
+                            "the watch was cancelled at revision {} (compacted: {}): restart this node to reload",
+                            next,
+                            response.compact_revision()
+                        );
+                        tracing::error!("cluster watch: {reason}");
+                        lock(&store.progress).broken = Some(reason);
+                        store.progressed.notify_all();
+                        return;
+                    }
+                    // The answer to the watch's creation carries the store's revision, not the
+                    // events up to it, which follow: it says nothing of progress.
+                    if response.created() && response.events().is_empty() {
+                        continue;
+                    }
+                    // Without events, a progress notice: every change up to its revision has
+                    // been sent.
+                    let mut newest = if response.events().is_empty() {
+                        response.header().map_or(0, |h| h.revision())
+                    } else {
+                        0
+                    };
+                    let mut batch = Vec::new();
+                    for event in response.events() {
+                        let Some(kv) = event.kv() else { continue };
+                        let value = match event.event_type() {
+                            EventType::Put => Some(kv.value().to_vec()),
+                            EventType::Delete => None,
+                        };
+                        newest = newest.max(kv.mod_revision());
+                        batch.push((kv.key().to_vec(), value, kv.mod_revision()));
+                    }
+                    if newest >= next {
+                        next = newest + 1;
+                    }
+                    if events.send((batch, newest)).is_err() {
+                        return;
+                    }
+                }
+                if me.upgrade().is_none() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+
+    /// Tells the engine of the changes (it applies those that [`Shared::accept`] finds newer
+    /// than what it holds), then counts them as applied.
+    fn apply(&self, batch: Vec<(Vec<u8>, Option<Vec<u8>>, i64)>, revision: i64) {
+        let mut changes = Vec::new();
+        for (name, value, at) in batch {
+            match self.change_of(&name, value.as_deref()) {
+                Ok(Some(change)) => changes.push((change, at)),
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "cluster watch: a change was refused"),
+            }
+        }
+        if !changes.is_empty() {
+            if let Some(listener) = self.listener.get() {
+                listener(changes);
+            }
+        }
+        let mut progress = lock(&self.progress);
+        progress.applied = progress.applied.max(revision);
+        drop(progress);
+        self.progressed.notify_all();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared for ClusterStore {
+    fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let prefix = self.node.key(STATE);
+        let found = self
+            .node
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .map_err(unavailable)?;
+        let revision = found.header().map_or(0, |h| h.revision());
+        let mut snapshot = Snapshot::default();
+        for kv in found.kvs() {
+            self.saw(kv.key(), kv.mod_revision());
+            match self
+                .change_of(kv.key(), Some(kv.value()))
+                .map_err(unavailable)?
+            {
+                Some(Change::Token(id, record)) => snapshot.tokens.push((id, record)),
+                Some(Change::Object { token, id, object }) => {
+                    snapshot.objects.push((token, id, object))
+                }
+                _ => {}
+            }
+        }
+        lock(&self.progress).applied = revision;
+        Ok(snapshot)
+    }
+
+    /// Sets the listener and starts the watch from the snapshot's revision: no change made
+    /// after the snapshot is missed, none before it is told.
+    fn listen(&self, listener: Listener) {
+        if self.listener.set(listener).is_ok() {
+            self.watch(self.applied());
+        }
+    }
+
+    fn accept(&self, change: &Change, revision: i64) -> bool {
+        let name = self.node.key(&match change {
+            Change::Token(token, _) => token_key(*token),
+            Change::Object { token, id, .. } | Change::ObjectGone { token, id } => {
+                object_key(*token, *id)
+            }
+        });
+        let mut seen = lock(&self.seen);
+        let held = seen.entry(name).or_insert(0);
+        if *held >= revision {
+            return false;
+        }
+        *held = revision;
+        true
+    }
+
+    fn put_token(&self, token: u64, record: &TokenRecord) -> Result<(), StoreError> {
+        let name = self.node.key(&token_key(token));
+        let expected = self.seen(&name);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                name.clone(),
+                CompareOp::Equal,
+                expected,
+            )])
+            .and_then(self.with_head(&name, record)?)
+            .or_else([TxnOp::get(name.clone(), None)]);
+        let done = self.txn(txn)?;
+        if done.succeeded() {
+            self.saw(&name, ClusterStore::revision_of(&done));
+            return Ok(());
+        }
+        for response in done.op_responses() {
+            if let etcd_client::TxnOpResponse::Get(get) = response {
+                if let Some(kv) = get.kvs().first() {
+                    let newer: TokenRecord =
+                        self.values.open(&name, kv.value()).map_err(unavailable)?;
+                    self.saw(&name, kv.mod_revision());
+                    return Err(StoreError::Stale(token, Box::new(newer)));
+                }
+            }
+        }
+        Err(StoreError::Corrupt(format!(
+            "token {token} is not in the cluster"
+        )))
+    }
+
+    fn reset_token(&self, token: u64, record: &TokenRecord) -> Result<(), StoreError> {
+        let name = self.node.key(&token_key(token));
+        let mut ops = self.with_head(&name, record)?;
+        ops.push(TxnOp::delete(
+            self.node.key(&objects_of(token)),
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        ));
+        let done = self.txn(Txn::new().and_then(ops))?;
+        self.saw(&name, ClusterStore::revision_of(&done));
+        Ok(())
+    }
+
+    fn insert_object(
+        &self,
+        token: u64,
+        build: &mut dyn FnMut(u64) -> Result<StoredObject, StoreError>,
+    ) -> Result<u64, StoreError> {
+        let id = self.next_id()?;
+        let object = build(id)?;
+        let name = self.node.key(&object_key(token, id));
+        let txn = Txn::new()
+            .when([Compare::create_revision(name.clone(), CompareOp::Equal, 0)])
+            .and_then(self.with_head(&name, &object)?);
+        let done = self.txn(txn)?;
+        if !done.succeeded() {
+            return Err(StoreError::Storage(format!(
+                "object id {id} of token {token} is taken: the id block was handed out twice"
+            )));
+        }
+        self.saw(&name, ClusterStore::revision_of(&done));
+        Ok(id)
+    }
+
+    fn replace_object(&self, token: u64, id: u64, object: &StoredObject) -> Result<(), StoreError> {
+        let name = self.node.key(&object_key(token, id));
+        let txn = Txn::new()
+            .when([Compare::version(name.clone(), CompareOp::Greater, 0)])
+            .and_then(self.with_head(&name, object)?);
+        let done = self.txn(txn)?;
+        if !done.succeeded() {
+            return Err(StoreError::Gone(token, id));
+        }
+        self.saw(&name, ClusterStore::revision_of(&done));
+        Ok(())
+    }
+
+    fn remove_object(&self, token: u64, id: u64) -> Result<(), StoreError> {
+        let name = self.node.key(&object_key(token, id));
+        let txn = Txn::new()
+            .when([Compare::version(name.clone(), CompareOp::Greater, 0)])
+            .and_then([TxnOp::delete(name.clone(), None), self.head_put()?]);
+        let done = self.txn(txn)?;
+        if !done.succeeded() {
+            return Err(StoreError::Gone(token, id));
+        }
+        self.saw(&name, ClusterStore::revision_of(&done));
+        Ok(())
+    }
+
+    fn catch_up(&self) -> Result<(), StoreError> {
+        let head = self.node.key(HEAD);
+        let found = self.node.get(head, None).map_err(unavailable)?;
+        let wanted = found.kvs().first().map_or(0, |kv| kv.mod_revision());
+        let deadline = Instant::now() + self.catch_up_limit;
+        let mut progress = lock(&self.progress);
+        loop {
+            if let Some(reason) = &progress.broken {
+                return Err(StoreError::Unavailable(reason.clone()));
+            }
+            if progress.applied >= wanted {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(StoreError::Unavailable(format!(
+                    "this node has applied the cluster's changes up to revision {} of {}: the watch is behind",
+                    progress.applied, wanted
+                )));
+            }
+            progress = self
+                .progressed
+                .wait_timeout(progress, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}

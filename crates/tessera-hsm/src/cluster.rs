@@ -1,0 +1,301 @@
+//! A device that is a node of a cluster: its tokens live in a [`Shared`] store (etcd, through
+//! `tessera-cluster`), written there before a call returns, and changes made by the other
+//! nodes are applied to the tokens held here as they are told.
+//!
+//! What stays the node's own: its identity, its peers, its event log, its flags and its store
+//! file (where it keeps the cluster key, sealed under its device key). What the cluster
+//! shares: the token records (labels, PIN records, failure counts) and the token objects. The
+//! secrets of public objects are sealed under a key derived from the cluster key, and PIN
+//! records peppered with another, so that every node opens what any node wrote.
+
+use std::sync::{Arc, Weak};
+
+use tessera_core::Rv;
+use tessera_store::shared::{Change, Shared};
+use tessera_store::{MasterKey, StoreError, StoredObject, TokenRecord};
+
+use crate::{Hsm, HsmError};
+
+/// The cluster a node has joined.
+pub(crate) struct Clustered {
+    name: String,
+    shared: Arc<dyn Shared>,
+    /// Seals public objects' secrets (in place of the device key).
+    public_key: MasterKey,
+    /// Peppers PIN records (in place of the device's pepper).
+    pepper: MasterKey,
+}
+
+/// The `meta` record holding the key of cluster `name`, sealed under the device key.
+fn key_record(name: &str) -> String {
+    format!("cluster-key/{name}")
+}
+
+fn key_aad(name: &str) -> Vec<u8> {
+    format!("tessera cluster key of {name}, kept by a node").into_bytes()
+}
+
+fn subkey(key: &MasterKey, label: &[u8]) -> Result<MasterKey, HsmError> {
+    MasterKey::from_secret(key.derive(label)).map_err(|e| HsmError::Options(e.to_string()))
+}
+
+impl Hsm {
+    fn clustered(&self) -> Option<&Clustered> {
+        self.cluster.get()
+    }
+
+    /// The key that seals public token objects' secrets.
+    pub(crate) fn public_key(&self) -> &MasterKey {
+        self.clustered().map_or(&self.device_key, |c| &c.public_key)
+    }
+
+    /// The pepper of PIN records.
+    pub(crate) fn pepper(&self) -> &MasterKey {
+        self.clustered().map_or(&self.pepper, |c| &c.pepper)
+    }
+
+    /// The cluster this node has joined, if any.
+    pub fn cluster_name(&self) -> Option<&str> {
+        self.clustered().map(|c| c.name.as_str())
+    }
+
+    /// Writes a token record where the tokens live.
+    pub(crate) fn store_token(&self, token: u64, record: &TokenRecord) -> Result<(), StoreError> {
+        match self.clustered() {
+            Some(c) => c.shared.put_token(token, record),
+            None => self.store.put_token(token, record),
+        }
+    }
+
+    /// Writes a token record and drops its objects.
+    pub(crate) fn store_reset_token(
+        &self,
+        token: u64,
+        record: &TokenRecord,
+    ) -> Result<(), StoreError> {
+        match self.clustered() {
+            Some(c) => c.shared.reset_token(token, record),
+            None => self.store.reset_token(token, record),
+        }
+    }
+
+    /// Allocates an id and stores the object `build` makes for it.
+    pub(crate) fn store_insert_object(
+        &self,
+        token: u64,
+        build: impl FnOnce(u64) -> Result<StoredObject, StoreError>,
+    ) -> Result<u64, StoreError> {
+        match self.clustered() {
+            Some(c) => {
+                let mut build = Some(build);
+                c.shared.insert_object(token, &mut |id| match build.take() {
+                    Some(build) => build(id),
+                    None => Err(StoreError::Storage("object builder used twice".into())),
+                })
+            }
+            None => self.store.insert_object(token, build),
+        }
+    }
+
+    /// Replaces a stored object.
+    pub(crate) fn store_replace_object(
+        &self,
+        token: u64,
+        id: u64,
+        object: &StoredObject,
+    ) -> Result<(), StoreError> {
+        match self.clustered() {
+            Some(c) => c.shared.replace_object(token, id, object),
+            None => self.store.replace_object(token, id, object),
+        }
+    }
+
+    /// Removes a stored object.
+    pub(crate) fn store_remove_object(&self, token: u64, id: u64) -> Result<(), StoreError> {
+        match self.clustered() {
+            Some(c) => c.shared.remove_object(token, id),
+            None => self.store.remove_object(token, id),
+        }
+    }
+
+    /// Before a call that reads token state another node may have changed (opening a
+    /// session, a login, a search, the token's information): waits until every change
+    /// committed in the cluster before it is applied here. Nothing on a single device.
+    pub(crate) fn catch_up(&self) -> Result<(), Rv> {
+        match self.clustered() {
+            Some(c) => c.shared.catch_up().map_err(crate::store_failure),
+            None => Ok(()),
+        }
+    }
+
+    /// The key of cluster `name` this device keeps, if it has joined it before.
+    pub fn cluster_key(&self, name: &str) -> Result<Option<MasterKey>, HsmError> {
+        let Some(sealed) = self.store.meta(&key_record(name))? else {
+            return Ok(None);
+        };
+        MasterKey::opened_from(&self.device_key, &key_aad(name), &sealed)
+            .map(Some)
+            .map_err(|_| {
+                HsmError::Options(format!(
+                    "the key of cluster {name} kept in the store does not open with this \
+                     device key"
+                ))
+            })
+    }
+
+    /// Keeps the key of cluster `name` (sealed under the device key), for the next start.
+    pub fn keep_cluster_key(&self, name: &str, key: &MasterKey) -> Result<(), HsmError> {
+        let sealed = key
+            .sealed_under(&self.device_key, &key_aad(name))
+            .map_err(|e| HsmError::Options(e.to_string()))?;
+        self.store.put_meta(&key_record(name), &sealed)?;
+        Ok(())
+    }
+
+    /// The slots of this device: its user tokens in slot order, and its Admin token.
+    pub fn slot_layout(&self) -> (Vec<u64>, u64) {
+        let device = self.device.now();
+        (device.user_tokens.clone(), device.admin_token)
+    }
+
+    /// Becomes a node of cluster `name`: the tokens are replaced by the cluster's (every session
+    /// ends), and from now on token state is written to `shared` and changes told by it are
+    /// applied here. The cluster's slots must be this device's (`user_tokens`, `admin_token`).
+    pub fn join_cluster(
+        self: &Arc<Self>,
+        name: &str,
+        shared: Arc<dyn Shared>,
+        key: &MasterKey,
+        user_tokens: &[u64],
+        admin_token: u64,
+    ) -> Result<(), HsmError> {
+        let (mine, my_admin) = self.slot_layout();
+        if mine != user_tokens || my_admin != admin_token {
+            return Err(HsmError::Options(format!(
+                "cluster {name} has {} user slots (tokens {user_tokens:?}, Admin token \
+                 {admin_token}) and this device {} (tokens {mine:?}, Admin token {my_admin}): \
+                 a node has the cluster's slots; start it with a new data directory and \
+                 --user-slots {}",
+                user_tokens.len(),
+                mine.len(),
+                user_tokens.len()
+            )));
+        }
+        let clustered = Clustered {
+            name: name.to_string(),
+            shared: shared.clone(),
+            public_key: subkey(key, b"tessera cluster public objects v1")?,
+            pepper: subkey(key, b"tessera cluster PIN pepper v1")?,
+        };
+        let snapshot = shared.snapshot()?;
+        let mut records: std::collections::BTreeMap<u64, TokenRecord> =
+            snapshot.tokens.into_iter().collect();
+        let all = self.all_tokens();
+        let mut state = all.lock(self);
+        state.sessions_mut().clear();
+        let ids: Vec<u64> = state.device.slot_tokens().collect();
+        for token_id in ids {
+            let record = records.remove(&token_id).ok_or_else(|| {
+                HsmError::Store(StoreError::Corrupt(format!(
+                    "token {token_id} is not in cluster {name}"
+                )))
+            })?;
+            let mut objects = crate::object_set::ObjectSet::counted_in(&self.ledger);
+            for (_, id, stored) in snapshot.objects.iter().filter(|(t, _, _)| *t == token_id) {
+                objects.insert(*id, crate::object_calls::in_memory(stored.clone()));
+            }
+            let mut token = crate::Token::new(record, objects);
+            token.checking = state.token(token_id).map_or([0, 0], |t| t.checking);
+            state
+                .set_token(token_id, Some(token))
+                .map_err(|rv| HsmError::Options(format!("token {token_id}: {}", rv.name())))?;
+        }
+        if self.cluster.set(clustered).is_err() {
+            return Err(HsmError::Options(
+                "this device has joined a cluster already".into(),
+            ));
+        }
+        let flags = state.device.flags;
+        self.refresh_device_objects(&mut state, flags);
+        drop(state);
+        crate::crypto::forget_parsed_keys();
+        let me: Weak<Hsm> = Arc::downgrade(self);
+        shared.listen(Box::new(move |changes| {
+            if let Some(hsm) = me.upgrade() {
+                hsm.apply_changes(changes);
+            }
+        }));
+        self.event(
+            "Administrator",
+            "cluster-joined",
+            format!("node {} serves the tokens of cluster {name}", self.serial),
+        );
+        Ok(())
+    }
+
+    /// Applies changes made by other nodes to the tokens held here.
+    fn apply_changes(&self, changes: Vec<(Change, i64)>) {
+        let Some(clustered) = self.clustered() else {
+            return;
+        };
+        let mut forget_keys = false;
+        for (change, revision) in changes {
+            let token_id = match &change {
+                Change::Token(token, _) => *token,
+                Change::Object { token, .. } | Change::ObjectGone { token, .. } => *token,
+            };
+            let Ok(cell) = self.cell(token_id) else {
+                continue;
+            };
+            let mut held = crate::locked::lock(&cell.token);
+            let Some(token) = held.as_mut() else {
+                continue;
+            };
+            // Decided under the token's lock, where this node's own writes of the token are
+            // made: a change told after a newer one was written here is not applied.
+            if !clustered.shared.accept(&change, revision) {
+                continue;
+            }
+            match change {
+                Change::Token(_, record) => token.record = record,
+                Change::Object { id, object, .. } => {
+                    forget_keys |= token.objects.get(&id).is_some();
+                    token
+                        .objects
+                        .insert(id, crate::object_calls::in_memory(object));
+                }
+                Change::ObjectGone { id, .. } => {
+                    forget_keys |= token.objects.remove(&id).is_some();
+                }
+            }
+        }
+        if forget_keys {
+            // A parsed private key must not outlive its object.
+            crate::crypto::forget_parsed_keys();
+        }
+    }
+
+    /// This node's identity chain (PIC first), for the cluster's admission.
+    pub fn node_chain(&self) -> Option<Vec<Vec<u8>>> {
+        self.identity_chain().ok()
+    }
+
+    /// The PIK's signature over `message`, for the cluster's admission.
+    pub fn node_sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        self.identity_signature(message)
+            .map_err(|rv| format!("the identity key cannot sign ({})", rv.name()))
+    }
+
+    /// The certificates of the devices this device trusts (`ctident peer`).
+    pub fn node_peers(&self) -> Vec<Vec<u8>> {
+        match self.peers() {
+            tessera_wire::Reply::Certificates(peers) => peers,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Records an event of the cluster (a node admitted, a refusal) in this node's log.
+    pub fn cluster_event(&self, kind: &str, detail: String) {
+        self.event("Administrator", kind, detail);
+    }
+}

@@ -1,0 +1,78 @@
+//! Token state shared by the devices of a cluster (see `tessera-cluster`): the trait the engine
+//! writes through when its tokens live in a replicated store rather than in this device's own
+//! file, and the changes the replicated store tells the engine of.
+//!
+//! Every write returns only once it is committed (for etcd: by a quorum). Writes of a token
+//! record compare what they replace: a record changed meanwhile by another device is refused
+//! with [`StoreError::Stale`], carrying the newer record, and the engine decides again on it
+//! (a PIN guess counted on one device counts on all).
+
+use crate::{StoreError, StoredObject, TokenRecord};
+
+/// A change made by another device (or told again for one of ours), in commit order.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A token record was written.
+    Token(u64, TokenRecord),
+    /// An object was created or replaced.
+    Object {
+        /// Its token.
+        token: u64,
+        /// Its id (the PKCS#11 handle).
+        id: u64,
+        /// What is stored.
+        object: StoredObject,
+    },
+    /// An object was destroyed.
+    ObjectGone {
+        /// Its token.
+        token: u64,
+        /// Its id.
+        id: u64,
+    },
+}
+
+/// Where changes are told, each with the revision it was committed at: the engine applies
+/// each one that [`Shared::accept`] accepts, under the lock of its token.
+pub type Listener = Box<dyn Fn(Vec<(Change, i64)>) + Send + Sync>;
+
+/// The token state at one point in the shared history.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    /// The token records, by token id.
+    pub tokens: Vec<(u64, TokenRecord)>,
+    /// The objects: token id, object id, object.
+    pub objects: Vec<(u64, u64, StoredObject)>,
+}
+
+/// A store of token records and token objects that several devices share.
+pub trait Shared: Send + Sync {
+    /// Everything, consistent at one revision; changes after it go to the listener.
+    fn snapshot(&self) -> Result<Snapshot, StoreError>;
+    /// Sets the function told of every later change (once).
+    fn listen(&self, listener: Listener);
+    /// Whether a change told at `revision` is newer than what this device holds of its record
+    /// (and if so, records it as held). Called under the lock of the change's token, as every
+    /// write of that token is made, so that a change told late never undoes a newer state,
+    /// and a write never compares a revision newer than what the device decided on.
+    fn accept(&self, change: &Change, revision: i64) -> bool;
+    /// Writes a token record if the stored one is the one this device last saw.
+    fn put_token(&self, token: u64, record: &TokenRecord) -> Result<(), StoreError>;
+    /// Writes a token record and deletes all of its objects, in one commit.
+    fn reset_token(&self, token: u64, record: &TokenRecord) -> Result<(), StoreError>;
+    /// Allocates an object id, unique in the cluster, and stores what `build` makes for it.
+    fn insert_object(
+        &self,
+        token: u64,
+        build: &mut dyn FnMut(u64) -> Result<StoredObject, StoreError>,
+    ) -> Result<u64, StoreError>;
+    /// Replaces an object that exists (`CKR_OBJECT_HANDLE_INVALID` for one destroyed
+    /// meanwhile: [`StoreError::Gone`]).
+    fn replace_object(&self, token: u64, id: u64, object: &StoredObject) -> Result<(), StoreError>;
+    /// Destroys an object ([`StoreError::Gone`] if another device destroyed it first).
+    fn remove_object(&self, token: u64, id: u64) -> Result<(), StoreError>;
+    /// Returns once every change committed before the call has been told to the listener
+    /// (read-your-writes across devices: called before a call reads token state that another
+    /// device may have changed).
+    fn catch_up(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,408 @@
+//! A cluster of three devices on a real three-member etcd (Debian's `etcd-server`), all on
+//! loopback: the tokens are shared, etcd holds only ciphertext, a PIN guessed on one node
+//! counts on all, only trusted devices get the cluster key, and faults (a node killed, an etcd
+//! member killed, quorum lost) do what docs/cluster.md says.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{load, rv, serialise, Module, SO_PIN, USER_PIN};
+use cryptoki::error::RvError;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use tessera_testkit::etcd::Etcd;
+use tessera_testkit::{Daemon, Transport};
+
+const CLUSTER: &str = "test-cluster";
+const MARKER: &[u8] = b"MARKER-cluster-private-data-7f3a9c";
+
+/// Three nodes of one cluster, with their etcd.
+struct Cluster {
+    etcd: Etcd,
+    nodes: Vec<Daemon>,
+}
+
+/// A device with a self-signed identity, its owner certificate written to `poc.pem` in its
+/// test directory.
+fn device_with_identity() -> Daemon {
+    let daemon = Daemon::start();
+    daemon.identify(Transport::Unix, &[]);
+    let poc = daemon.dir().join("poc.pem");
+    daemon.ctident(
+        Transport::Unix,
+        &["export", "poc", "--out", poc.to_str().unwrap()],
+    );
+    daemon
+}
+
+fn trust(truster: &Daemon, trusted: &Daemon) {
+    let poc = trusted.dir().join("poc.pem");
+    truster.ctident(
+        Transport::Unix,
+        &["peer", "add", poc.to_str().unwrap(), "--yes"],
+    );
+}
+
+fn cluster_args(etcd: &Etcd, join_wait: &str) -> Vec<String> {
+    [
+        "--cluster",
+        CLUSTER,
+        "--etcd",
+        &etcd.endpoints(),
+        "--join-wait",
+        join_wait,
+        "--etcd-timeout",
+        "2000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Makes `daemon` a node of the cluster (it restarts with the cluster's arguments).
+fn join(daemon: &mut Daemon, etcd: &Etcd) -> Result<(), String> {
+    daemon.stop();
+    let args = cluster_args(etcd, "15");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    daemon.set_args(&args);
+    daemon.try_restart()
+}
+
+impl Cluster {
+    /// Three devices that trust each other's owner, then a cluster of them.
+    fn start() -> Cluster {
+        let etcd = Etcd::start(3);
+        let mut nodes: Vec<Daemon> = (0..3).map(|_| device_with_identity()).collect();
+        for a in 0..3 {
+            for b in 0..3 {
+                if a != b {
+                    trust(&nodes[a], &nodes[b]);
+                }
+            }
+        }
+        for node in &mut nodes {
+            join(node, &etcd).unwrap_or_else(|log| panic!("a node did not join: {log}"));
+        }
+        Cluster { etcd, nodes }
+    }
+
+    /// The library over the three nodes (device i is node i).
+    fn library(&self) -> Module {
+        let list: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| n.server_list(Transport::Unix))
+            .collect();
+        load(&list.join(" "))
+    }
+}
+
+/// Slot 0 of node `device` (a global slot ID packs the device's place in the server list).
+fn slot(module: &Module, device: u64) -> Slot {
+    let wanted = device << 16;
+    module
+        .get_all_slots()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.id() == wanted)
+        .unwrap_or_else(|| panic!("no slot {wanted:#x}"))
+}
+
+fn user_session(module: &Module, device: u64) -> Session {
+    let session = module.open_rw_session(slot(module, device)).unwrap();
+    session
+        .login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
+        .unwrap();
+    session
+}
+
+/// Initialises slot 0's token through node 0 (SO and user PINs).
+fn init_token(module: &Module) {
+    let so = AuthPin::new(SO_PIN.into());
+    module
+        .init_token(slot(module, 0), &so, "cluster token")
+        .unwrap();
+    let session = module.open_rw_session(slot(module, 0)).unwrap();
+    session.login(UserType::So, Some(&so)).unwrap();
+    session.init_pin(&AuthPin::new(USER_PIN.into())).unwrap();
+}
+
+fn find_by_label(session: &Session, label: &str) -> Vec<ObjectHandle> {
+    session
+        .find_objects(&[Attribute::Label(label.as_bytes().to_vec())])
+        .unwrap()
+}
+
+fn private_data(session: &Session, label: &str, value: &[u8]) -> ObjectHandle {
+    session
+        .create_object(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Value(value.to_vec()),
+        ])
+        .unwrap()
+}
+
+fn token_aes_key(session: &Session, label: &str) -> ObjectHandle {
+    session
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::ValueLen(32.into()),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ],
+        )
+        .unwrap()
+}
+
+const IV: [u8; 16] = [7; 16];
+
+fn encrypt(session: &Session, key: ObjectHandle, data: &[u8]) -> Vec<u8> {
+    session
+        .encrypt(&Mechanism::AesCbcPad(IV), key, data)
+        .unwrap()
+}
+
+/// Whether any file under `dir` holds `needle`.
+fn files_hold(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap().flatten() {
+                stack.push(entry.path());
+            }
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn three_nodes_serve_one_set_of_tokens_and_etcd_holds_only_ciphertext() {
+    let _serial = serialise();
+    let cluster = Cluster::start();
+    let module = cluster.library();
+    init_token(&module);
+
+    // Written on node 0; read, used and destroyed on the others at their next call
+    // (read-your-writes across nodes).
+    let on_0 = user_session(&module, 0);
+    private_data(&on_0, "secret-data", MARKER);
+    let key = token_aes_key(&on_0, "shared-aes");
+    let ciphertext = encrypt(&on_0, key, b"across the cluster");
+
+    let on_1 = user_session(&module, 1);
+    let found = find_by_label(&on_1, "secret-data");
+    assert_eq!(found.len(), 1, "node 1 sees node 0's object");
+    let value = on_1
+        .get_attributes(found[0], &[AttributeType::Value])
+        .unwrap();
+    assert_eq!(value, vec![Attribute::Value(MARKER.to_vec())]);
+
+    let on_2 = user_session(&module, 2);
+    let key_on_2 = find_by_label(&on_2, "shared-aes");
+    assert_eq!(key_on_2, vec![key], "a handle is the same on every node");
+    let plain = on_2
+        .decrypt(&Mechanism::AesCbcPad(IV), key_on_2[0], &ciphertext)
+        .unwrap();
+    assert_eq!(plain, b"across the cluster");
+
+    on_2.destroy_object(key_on_2[0]).unwrap();
+    assert!(
+        find_by_label(&on_0, "shared-aes").is_empty(),
+        "destroyed everywhere"
+    );
+    assert_eq!(
+        rv(on_1.encrypt(&Mechanism::AesCbcPad(IV), key, b"x")),
+        RvError::KeyHandleInvalid
+    );
+
+    // What etcd keeps on disk (its write-ahead log and database): never a value or a PIN in
+    // the clear.
+    for needle in [MARKER, USER_PIN.as_bytes(), SO_PIN.as_bytes()] {
+        for dir in cluster.etcd.data_dirs() {
+            let holders = files_hold(&dir, needle);
+            assert!(
+                holders.is_empty(),
+                "{} is in the clear in {holders:?}",
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+    // ... but the values are there, sealed: the scan can see what etcd wrote.
+    let names = cluster
+        .etcd
+        .data_dirs()
+        .iter()
+        .map(|d| files_hold(d, format!("/tessera/{CLUSTER}/state/object/").as_bytes()).len())
+        .sum::<usize>();
+    assert!(names > 0, "the scan reads etcd's files");
+}
+
+#[test]
+fn a_pin_guessed_on_one_node_counts_on_every_node() {
+    let _serial = serialise();
+    let cluster = Cluster::start();
+    let module = cluster.library();
+    init_token(&module);
+    let wrong = AuthPin::new("wrong-pin-0000".into());
+    // Six guesses on each of the three nodes at once: the cluster allows ten.
+    let results: Vec<RvError> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..3u64)
+            .map(|device| {
+                let (module, wrong) = (&module, &wrong);
+                scope.spawn(move || {
+                    (0..6)
+                        .map(|_| {
+                            let session = module.open_rw_session(slot(module, device)).unwrap();
+                            rv(session.login(UserType::User, Some(wrong)))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let incorrect = results
+        .iter()
+        .filter(|r| **r == RvError::PinIncorrect)
+        .count();
+    let locked = results.iter().filter(|r| **r == RvError::PinLocked).count();
+    assert_eq!(
+        (incorrect, locked),
+        (10, 8),
+        "ten guesses checked in the whole cluster, the rest refused: {results:?}"
+    );
+    // The right PIN is refused on every node now.
+    for device in 0..3 {
+        let session = module.open_rw_session(slot(&module, device)).unwrap();
+        assert_eq!(
+            rv(session.login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))),
+            RvError::PinLocked,
+            "node {device}"
+        );
+    }
+}
+
+#[test]
+fn only_devices_that_trust_each_other_share_the_cluster_key() {
+    let _serial = serialise();
+    let etcd = Etcd::start(1);
+    let mut founder = device_with_identity();
+    // A device the founder does not trust asks to join: no member answers.
+    let mut stranger = device_with_identity();
+    trust(&stranger, &founder);
+    // A device the founder trusts that trusts no member refuses the key it is offered (a
+    // grant from a device it does not know could come from anyone who can write to etcd).
+    let mut wary = device_with_identity();
+    trust(&founder, &wary);
+    join(&mut founder, &etcd).expect("the founder starts");
+
+    let short = |d: &mut Daemon| {
+        d.stop();
+        let args = cluster_args(&etcd, "3");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        d.set_args(&args);
+        d.try_restart()
+    };
+    let log = short(&mut stranger).expect_err("an untrusted device is not admitted");
+    assert!(log.contains("no member of cluster"), "{log}");
+    let log = short(&mut wary).expect_err("a grant from an unknown device is refused");
+    assert!(log.contains("does not trust"), "{log}");
+    assert!(founder.log().contains("refused a device's request to join"));
+    assert!(
+        !stranger.log().contains("serving the cluster's tokens")
+            && !wary.log().contains("serving the cluster's tokens")
+    );
+}
+
+#[test]
+fn faults_a_node_killed_an_etcd_member_killed_and_quorum_lost() {
+    let _serial = serialise();
+    let mut cluster = Cluster::start();
+    init_token(&cluster.library());
+
+    // A node killed misses writes and catches up before it serves again.
+    cluster.nodes[1].kill9();
+    {
+        let module = cluster.library_without(1);
+        let on_0 = user_session(&module, 0);
+        for i in 0..5 {
+            private_data(&on_0, &format!("while-1-was-down-{i}"), b"x");
+        }
+    }
+    cluster.nodes[1].restart();
+    let module = cluster.library();
+    let on_1 = user_session(&module, 1);
+    for i in 0..5 {
+        assert_eq!(
+            find_by_label(&on_1, &format!("while-1-was-down-{i}")).len(),
+            1
+        );
+    }
+
+    // One etcd member killed: nothing changes for applications.
+    cluster.etcd.kill9(0);
+    let on_0 = user_session(&module, 0);
+    let key = token_aes_key(&on_0, "made-with-one-member-down");
+    let on_2 = user_session(&module, 2);
+    assert_eq!(find_by_label(&on_2, "made-with-one-member-down"), vec![key]);
+
+    // Quorum lost: writes fail with CKR_DEVICE_ERROR within the etcd timeout; encryption with
+    // an existing key goes on from the node's memory.
+    cluster.etcd.kill9(1);
+    let started = Instant::now();
+    assert_eq!(
+        rv(on_0.create_object(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Label(b"no quorum".to_vec()),
+        ])),
+        RvError::DeviceError
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let ciphertext = encrypt(&on_2, key, b"still signing");
+    let plain = on_0
+        .decrypt(&Mechanism::AesCbcPad(IV), key, &ciphertext)
+        .unwrap();
+    assert_eq!(plain, b"still signing");
+}
+
+impl Cluster {
+    /// The library over the nodes but `skip` (a node that is down).
+    fn library_without(&self, skip: usize) -> Module {
+        let list: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                if i == skip {
+                    // Keeps the device numbers: a socket that nobody serves.
+                    n.dir().join("down.sock").display().to_string()
+                } else {
+                    n.server_list(Transport::Unix)
+                }
+            })
+            .collect();
+        load(&list.join(" "))
+    }
+}

@@ -1,0 +1,141 @@
+//! `--cluster NAME --etcd URLS`: the device becomes a node of a cluster before it serves.
+//!
+//! A node that kept the cluster's key (it joined before) opens the cluster with it; the first
+//! node of a cluster founds it; any other asks to join and waits for a member to admit it
+//! (`tessera_cluster::join`). Then the engine takes the cluster's tokens, and a thread answers
+//! the join requests of other devices for as long as the node runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_cluster::{ClusterStore, Layout, Node, NodeIdentity};
+use tessera_hsm::Hsm;
+
+/// What the command line asks of the cluster.
+pub struct ClusterConfig {
+    pub name: String,
+    pub endpoints: Vec<String>,
+    /// How long a joining device waits for a member's grant (`--join-wait`).
+    pub join_wait: Duration,
+    /// How long one etcd request may take (`--etcd-timeout`).
+    pub timeout: Duration,
+}
+
+/// The engine, as the cluster's admission sees it.
+struct Identity(Arc<Hsm>);
+
+impl NodeIdentity for Identity {
+    fn serial(&self) -> String {
+        self.0.serial().to_string()
+    }
+    fn chain(&self) -> Option<Vec<Vec<u8>>> {
+        self.0.node_chain()
+    }
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        self.0.node_sign(message)
+    }
+    fn peers(&self) -> Vec<Vec<u8>> {
+        self.0.node_peers()
+    }
+}
+
+/// How often a member looks for join requests.
+const ADMIT_EVERY: Duration = Duration::from_millis(500);
+
+/// Makes `hsm` a node of the cluster: found, open with the kept key, or join.
+pub fn join(hsm: &Arc<Hsm>, config: &ClusterConfig) -> Result<(), String> {
+    let node = Node::connect(&config.name, &config.endpoints, config.timeout)
+        .map_err(|e| format!("cluster {}: {e}", config.name))?;
+    let (user_tokens, admin_token) = hsm.slot_layout();
+    let identity = Identity(hsm.clone());
+    let key = match hsm.cluster_key(&config.name).map_err(|e| e.to_string())? {
+        Some(key) => {
+            tracing::info!(cluster = %config.name, "opening the cluster with the key this node kept");
+            key
+        }
+        None if !node.is_founded().map_err(|e| e.to_string())? => {
+            let layout = Layout {
+                user_tokens: user_tokens.clone(),
+                admin_token,
+            };
+            match node
+                .found(&layout, hsm.serial())
+                .map_err(|e| e.to_string())?
+            {
+                Some(key) => {
+                    tracing::info!(cluster = %config.name, slots = user_tokens.len(), "founded the cluster: its tokens are blank");
+                    hsm.cluster_event("cluster-founded", format!("cluster {}", config.name));
+                    key
+                }
+                None => join_as_new(&node, &identity, config)?,
+            }
+        }
+        None => join_as_new(&node, &identity, config)?,
+    };
+    let layout = node.layout(&key).map_err(|e| e.to_string())?;
+    hsm.keep_cluster_key(&config.name, &key)
+        .map_err(|e| e.to_string())?;
+    let store = ClusterStore::new(node.clone(), &key).map_err(|e| e.to_string())?;
+    hsm.join_cluster(
+        &config.name,
+        store,
+        &key,
+        &layout.user_tokens,
+        layout.admin_token,
+    )
+    .map_err(|e| e.to_string())?;
+    tracing::info!(cluster = %config.name, serial = %hsm.serial(), "serving the cluster's tokens");
+    let weak = Arc::downgrade(hsm);
+    std::thread::Builder::new()
+        .name("cluster-admit".into())
+        .spawn(move || admit_loop(node, weak, key))
+        .map_err(|e| format!("cannot start the admission thread: {e}"))?;
+    Ok(())
+}
+
+fn join_as_new(
+    node: &Node,
+    identity: &Identity,
+    config: &ClusterConfig,
+) -> Result<tessera_store::MasterKey, String> {
+    let key = node
+        .join(identity, config.join_wait, &|message| {
+            tracing::info!("{message}")
+        })
+        .map_err(|e| format!("cluster {}: {e}", config.name))?;
+    identity
+        .0
+        .cluster_event("cluster-admitted", format!("cluster {}", config.name));
+    Ok(key)
+}
+
+/// A member's duty, for as long as the engine lives: answers join requests from trusted
+/// devices, and records refusals once each.
+fn admit_loop(node: Arc<Node>, hsm: std::sync::Weak<Hsm>, key: tessera_store::MasterKey) {
+    let mut refused = std::collections::HashSet::new();
+    loop {
+        std::thread::sleep(ADMIT_EVERY);
+        let Some(hsm) = hsm.upgrade() else { return };
+        let identity = Identity(hsm.clone());
+        match node.admit_pending(&identity, &key) {
+            Ok(answers) => {
+                for answer in answers {
+                    match answer {
+                        Ok(serial) => {
+                            tracing::info!(serial = %serial, "admitted a device to the cluster");
+                            hsm.cluster_event("cluster-admit", format!("device {serial}"));
+                        }
+                        Err(e) => {
+                            let reason = e.to_string();
+                            if refused.insert(reason.clone()) {
+                                tracing::warn!(reason = %reason, "refused a device's request to join the cluster");
+                                hsm.cluster_event("cluster-refused", reason);
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot look for join requests"),
+        }
+    }
+}
