@@ -60,6 +60,9 @@ pub fn render(status: &DeviceStatus, verbose: bool) -> String {
     if !verbose && !status.admin_ready {
         line(&mut out, "Admin Token", "not set up");
     }
+    if let Some(cluster) = &status.cluster {
+        render_cluster(&mut out, cluster, status.clock, &info.serial);
+    }
     if verbose {
         line(
             &mut out,
@@ -101,6 +104,45 @@ pub fn render(status: &DeviceStatus, verbose: bool) -> String {
         );
     }
     out
+}
+
+/// A member is healthy when it reported within this many seconds (nodes report every second).
+pub const MEMBER_HEALTHY_WITHIN: u64 = 5;
+
+/// The cluster lines: its name, then one line per member with its health.
+fn render_cluster(out: &mut String, cluster: &tessera_wire::ClusterStatus, now: u64, me: &str) {
+    let count = cluster.members.len();
+    let title = match &cluster.unavailable {
+        Some(reason) => format!("{} (members unknown: {reason})", cluster.name),
+        None => format!(
+            "{}, {count} {}",
+            cluster.name,
+            plural(count, "member", "members")
+        ),
+    };
+    line(out, "Cluster", title);
+    for member in &cluster.members {
+        let ago = now.saturating_sub(member.last_seen);
+        let health = if ago <= MEMBER_HEALTHY_WITHIN {
+            "healthy".to_string()
+        } else {
+            format!("not heard from for {ago} s")
+        };
+        let this = if member.serial == me {
+            ", this node"
+        } else {
+            ""
+        };
+        line(
+            out,
+            &format!("Member {}", member.serial),
+            format!(
+                "{health}, applied revision {}, serving since {}{this}",
+                member.applied,
+                clock(member.since)
+            ),
+        );
+    }
 }
 
 /// The event log, one line per entry: sequence, time, role, kind, detail.

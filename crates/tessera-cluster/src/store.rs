@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tessera_store::shared::{Change, Listener, Shared, Snapshot};
+use tessera_store::shared::{Change, Listener, Member, Shared, Snapshot};
 use tessera_store::{MasterKey, StoreError, StoredObject, TokenRecord};
 
 use crate::{ClusterError, Node};
@@ -92,7 +92,15 @@ struct Progress {
     applied: i64,
     /// The watch stopped for good (compaction): catch-up fails until a restart.
     broken: Option<String>,
+    /// When etcd last answered this node (a read, a write, the watch).
+    contact: Option<Instant>,
+    /// When a catch-up last found etcd unavailable (the next ones do not wait for it again
+    /// for a second).
+    failed: Option<Instant>,
 }
+
+/// How long a failed catch-up is not tried again.
+const RETRY_CATCH_UP_AFTER: Duration = Duration::from_secs(1);
 
 /// The cluster's token state, for one node.
 pub struct ClusterStore {
@@ -108,14 +116,24 @@ pub struct ClusterStore {
     ids: Mutex<(u64, u64)>,
     /// How long a catch-up may wait for the watch.
     catch_up_limit: Duration,
+    /// How old the node's tokens may be (since etcd last answered) and still be served when
+    /// etcd cannot be reached.
+    stale_limit: Duration,
 }
 
 impl ClusterStore {
-    /// The store of the cluster `node` belongs to, with its cluster key.
-    pub fn new(node: Arc<Node>, key: &MasterKey) -> Result<Arc<ClusterStore>, ClusterError> {
+    /// The store of the cluster `node` belongs to, with its cluster key; `stale_limit`: how
+    /// long after etcd last answered the node still serves from its memory when etcd cannot be
+    /// reached (see [`Shared::catch_up`]).
+    pub fn new(
+        node: Arc<Node>,
+        key: &MasterKey,
+        stale_limit: Duration,
+    ) -> Result<Arc<ClusterStore>, ClusterError> {
         let values = Values::new(key)?;
         Ok(Arc::new_cyclic(|me| ClusterStore {
             me: me.clone(),
+            stale_limit,
             values,
             catch_up_limit: node.timeout,
             node,
@@ -130,6 +148,34 @@ impl ClusterStore {
     /// The newest revision applied here.
     pub fn applied(&self) -> i64 {
         lock(&self.progress).applied
+    }
+
+    /// Notes that etcd answered.
+    fn contact(&self) {
+        let mut progress = lock(&self.progress);
+        progress.contact = Some(Instant::now());
+        progress.failed = None;
+    }
+
+    /// Reports this node as a member: its serial, since when it serves, now, and what it
+    /// applied.
+    /// The daemon calls it every second; `ctconf` shows a member not heard from for a few
+    /// seconds as such.
+    pub fn heartbeat(&self, serial: &str, since: u64) -> Result<(), ClusterError> {
+        let name = self.node.key(&format!("members/{serial}"));
+        let member = Member {
+            serial: serial.to_string(),
+            since,
+            last_seen: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            applied: self.applied(),
+        };
+        let sealed = self.values.seal(&name, &member)?;
+        self.node
+            .txn(Txn::new().and_then([TxnOp::put(name, sealed, None)]))?;
+        self.contact();
+        Ok(())
     }
 
     fn saw(&self, name: &[u8], revision: i64) {
@@ -193,7 +239,9 @@ impl ClusterStore {
     }
 
     fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, StoreError> {
-        self.node.txn(txn).map_err(unavailable)
+        let done = self.node.txn(txn).map_err(unavailable)?;
+        self.contact();
+        Ok(done)
     }
 
     fn revision_of(response: &etcd_client::TxnResponse) -> i64 {
@@ -339,6 +387,7 @@ impl ClusterStore {
         }
         let mut progress = lock(&self.progress);
         progress.applied = progress.applied.max(revision);
+        progress.contact = Some(Instant::now());
         drop(progress);
         self.progressed.notify_all();
     }
@@ -488,9 +537,67 @@ impl Shared for ClusterStore {
         Ok(())
     }
 
+    fn name(&self) -> String {
+        self.node.name().to_string()
+    }
+
+    fn members(&self) -> Result<Vec<Member>, StoreError> {
+        let found = self
+            .node
+            .get(
+                self.node.key("members/"),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .map_err(unavailable)?;
+        found
+            .kvs()
+            .iter()
+            .map(|kv| self.values.open(kv.key(), kv.value()).map_err(unavailable))
+            .collect()
+    }
+
+    /// When etcd cannot be reached (no quorum), the node goes on serving what it holds as
+    /// long as etcd answered it less than the stale limit ago (each such call logged), and
+    /// refuses (`CKR_DEVICE_ERROR`) once its tokens are older than that.
     fn catch_up(&self) -> Result<(), StoreError> {
-        let head = self.node.key(HEAD);
-        let found = self.node.get(head, None).map_err(unavailable)?;
+        let recently_failed = lock(&self.progress)
+            .failed
+            .is_some_and(|at| at.elapsed() < RETRY_CATCH_UP_AFTER);
+        let found = if recently_failed {
+            Err(StoreError::Unavailable(
+                "etcd did not answer a second ago".into(),
+            ))
+        } else {
+            self.node
+                .get(self.node.key(HEAD), None)
+                .map_err(unavailable)
+        };
+        let found = match found {
+            Ok(found) => {
+                self.contact();
+                found
+            }
+            Err(e) => {
+                let mut progress = lock(&self.progress);
+                if !recently_failed {
+                    progress.failed = Some(Instant::now());
+                }
+                let age = progress.contact.map(|at| at.elapsed());
+                return match age {
+                    Some(age) if age < self.stale_limit => {
+                        tracing::warn!(
+                            age_ms = age.as_millis() as u64,
+                            "etcd cannot be reached: serving this node's tokens as they were"
+                        );
+                        Ok(())
+                    }
+                    _ => Err(StoreError::Unavailable(format!(
+                        "{e}; this node's tokens are older than the stale limit ({} s): refused",
+                        self.stale_limit.as_secs()
+                    ))),
+                };
+            }
+        };
         let wanted = found.kvs().first().map_or(0, |kv| kv.mod_revision());
         let deadline = Instant::now() + self.catch_up_limit;
         let mut progress = lock(&self.progress);

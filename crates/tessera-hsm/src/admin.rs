@@ -59,6 +59,8 @@ impl Hsm {
     pub(crate) fn device_status(&self) -> DeviceStatus {
         self.events.flush(&self.store);
         let info = self.device_info();
+        // Asked of etcd before any token is held: no token waits for the cluster's answer.
+        let cluster = self.cluster_status();
         let tokens = self.all_tokens();
         let state = tokens.lock(self);
         let slots = state
@@ -98,6 +100,7 @@ impl Hsm {
             identity: state.device.identity.fingerprint().is_some(),
             identity_fingerprint: state.device.identity.fingerprint(),
             events: self.store.events().map(|e| e.len() as u64).unwrap_or(0),
+            cluster,
             slots,
             requests: self.requests.load(std::sync::atomic::Ordering::Relaxed),
         }

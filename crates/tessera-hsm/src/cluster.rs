@@ -275,6 +275,28 @@ impl Hsm {
         }
     }
 
+    /// The cluster and its members, for the device status (`None` on a single device).
+    pub(crate) fn cluster_status(&self) -> Option<Box<tessera_wire::ClusterStatus>> {
+        let clustered = self.clustered()?;
+        let (members, unavailable) = match clustered.shared.members() {
+            Ok(members) => (members, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        Some(Box::new(tessera_wire::ClusterStatus {
+            name: clustered.name.clone(),
+            unavailable,
+            members: members
+                .into_iter()
+                .map(|m| tessera_wire::MemberStatus {
+                    serial: m.serial,
+                    since: m.since,
+                    last_seen: m.last_seen,
+                    applied: m.applied,
+                })
+                .collect(),
+        }))
+    }
+
     /// This node's identity chain (PIC first), for the cluster's admission.
     pub fn node_chain(&self) -> Option<Vec<Vec<u8>>> {
         self.identity_chain().ok()

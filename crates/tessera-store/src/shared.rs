@@ -36,6 +36,19 @@ pub enum Change {
 /// each one that [`Shared::accept`] accepts, under the lock of its token.
 pub type Listener = Box<dyn Fn(Vec<(Change, i64)>) + Send + Sync>;
 
+/// A node of the cluster, as it last reported itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Member {
+    /// The node's device serial.
+    pub serial: String,
+    /// Since when it serves (its last start; seconds since the Unix epoch, its clock).
+    pub since: u64,
+    /// When it last reported (seconds since the Unix epoch, its clock).
+    pub last_seen: u64,
+    /// The newest change it had applied then (etcd revision).
+    pub applied: i64,
+}
+
 /// The token state at one point in the shared history.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
@@ -75,4 +88,8 @@ pub trait Shared: Send + Sync {
     /// (read-your-writes across devices: called before a call reads token state that another
     /// device may have changed).
     fn catch_up(&self) -> Result<(), StoreError>;
+    /// The cluster's name.
+    fn name(&self) -> String;
+    /// The members, as each last reported itself.
+    fn members(&self) -> Result<Vec<Member>, StoreError>;
 }

@@ -25,6 +25,7 @@ const MARKER: &[u8] = b"MARKER-cluster-private-data-7f3a9c";
 struct Cluster {
     etcd: Etcd,
     nodes: Vec<Daemon>,
+    serials: Vec<String>,
 }
 
 /// A device with a self-signed identity, its owner certificate written to `poc.pem` in its
@@ -57,7 +58,9 @@ fn cluster_args(etcd: &Etcd, join_wait: &str) -> Vec<String> {
         "--join-wait",
         join_wait,
         "--etcd-timeout",
-        "2000",
+        "1000",
+        "--cluster-stale-after",
+        "6",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -85,10 +88,15 @@ impl Cluster {
                 }
             }
         }
+        let serials = nodes.iter().map(|n| n.serial(Transport::Unix)).collect();
         for node in &mut nodes {
             join(node, &etcd).unwrap_or_else(|log| panic!("a node did not join: {log}"));
         }
-        Cluster { etcd, nodes }
+        Cluster {
+            etcd,
+            nodes,
+            serials,
+        }
     }
 
     /// The library over the three nodes (device i is node i).
@@ -341,7 +349,16 @@ fn faults_a_node_killed_an_etcd_member_killed_and_quorum_lost() {
     let mut cluster = Cluster::start();
     init_token(&cluster.library());
 
+    // Every node sees the others as healthy members.
+    let status = cluster.nodes[2].admin(Transport::Unix, &[]);
+    assert!(
+        status.contains(&format!("{CLUSTER}, 3 members")),
+        "{status}"
+    );
+    assert_eq!(status.matches(": healthy").count(), 3, "{status}");
+
     // A node killed misses writes and catches up before it serves again.
+    let serial_1 = cluster.serials[1].clone();
     cluster.nodes[1].kill9();
     {
         let module = cluster.library_without(1);
@@ -350,6 +367,15 @@ fn faults_a_node_killed_an_etcd_member_killed_and_quorum_lost() {
             private_data(&on_0, &format!("while-1-was-down-{i}"), b"x");
         }
     }
+    // The others see that it is gone.
+    assert!(tessera_testkit::wait_until(Duration::from_secs(15), || {
+        cluster.nodes[0]
+            .admin(Transport::Unix, &[])
+            .lines()
+            .any(|l| {
+                l.starts_with(&format!("Member {serial_1} ")) && l.contains(": not heard from")
+            })
+    }));
     cluster.nodes[1].restart();
     let module = cluster.library();
     let on_1 = user_session(&module, 1);
@@ -385,6 +411,36 @@ fn faults_a_node_killed_an_etcd_member_killed_and_quorum_lost() {
         .decrypt(&Mechanism::AesCbcPad(IV), key, &ciphertext)
         .unwrap();
     assert_eq!(plain, b"still signing");
+    // Sessions, logins and searches go on from the nodes' memory for the stale limit (6 s
+    // here, since etcd last answered), then are refused until the quorum is back.
+    let lost = Instant::now();
+    // (The application is logged in on node 2 already: a new session is too.)
+    let on_2_again = module.open_rw_session(slot(&module, 2)).unwrap();
+    assert_eq!(
+        find_by_label(&on_2_again, "made-with-one-member-down"),
+        vec![key]
+    );
+    assert!(
+        lost.elapsed() < Duration::from_secs(3),
+        "served from memory without waiting"
+    );
+    std::thread::sleep(Duration::from_secs(7).saturating_sub(started.elapsed()));
+    assert_eq!(
+        rv(module.open_rw_session(slot(&module, 2))),
+        RvError::DeviceError,
+        "tokens older than the stale limit are not served"
+    );
+    let ciphertext = encrypt(&on_2, key, b"keys found before still work");
+    assert_eq!(
+        on_0.decrypt(&Mechanism::AesCbcPad(IV), key, &ciphertext)
+            .unwrap(),
+        b"keys found before still work"
+    );
+    // The quorum back, the node serves again.
+    cluster.etcd.restart(1);
+    assert!(tessera_testkit::wait_until(Duration::from_secs(20), || {
+        module.open_rw_session(slot(&module, 2)).is_ok()
+    }));
 }
 
 impl Cluster {

@@ -174,6 +174,32 @@ pub struct DeviceStatus {
     pub slots: Vec<SlotStatus>,
     /// Requests the device has served since it started (every round trip that reached it).
     pub requests: u64,
+    /// The cluster this device is a node of, if any.
+    pub cluster: Option<Box<ClusterStatus>>,
+}
+
+/// A cluster and its members, as one node sees them (`ctconf -a<n>`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// The cluster's name.
+    pub name: String,
+    /// Why the members could not be read (etcd unavailable), if they could not.
+    pub unavailable: Option<String>,
+    /// The members.
+    pub members: Vec<MemberStatus>,
+}
+
+/// One member of a cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// Its device serial.
+    pub serial: String,
+    /// Since when it serves (its last start; seconds since the Unix epoch).
+    pub since: u64,
+    /// When it last reported (seconds since the Unix epoch, its clock).
+    pub last_seen: u64,
+    /// The newest change it had applied then.
+    pub applied: i64,
 }
 
 /// One event log entry as shown.

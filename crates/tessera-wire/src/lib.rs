@@ -13,8 +13,8 @@ mod call;
 mod frame;
 
 pub use admin::{
-    AdminCommand, ChannelSummary, DeviceStatus, Event, Identity, IdentityTarget, KeyState,
-    SlotStatus,
+    AdminCommand, ChannelSummary, ClusterStatus, DeviceStatus, Event, Identity, IdentityTarget,
+    KeyState, MemberStatus, SlotStatus,
 };
 pub use call::{
     AttributeAnswer, Call, Inner, Keys, Message, Operation, Reply, Shape, Traits, Work,

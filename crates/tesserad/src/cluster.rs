@@ -19,6 +19,9 @@ pub struct ClusterConfig {
     pub join_wait: Duration,
     /// How long one etcd request may take (`--etcd-timeout`).
     pub timeout: Duration,
+    /// How old the node's tokens may be and still be served while etcd cannot be reached
+    /// (`--cluster-stale-after`).
+    pub stale_after: Duration,
 }
 
 /// The engine, as the cluster's admission sees it.
@@ -41,6 +44,8 @@ impl NodeIdentity for Identity {
 
 /// How often a member looks for join requests.
 const ADMIT_EVERY: Duration = Duration::from_millis(500);
+/// How often a member reports itself.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// Makes `hsm` a node of the cluster: found, open with the kept key, or join.
 pub fn join(hsm: &Arc<Hsm>, config: &ClusterConfig) -> Result<(), String> {
@@ -75,21 +80,28 @@ pub fn join(hsm: &Arc<Hsm>, config: &ClusterConfig) -> Result<(), String> {
     let layout = node.layout(&key).map_err(|e| e.to_string())?;
     hsm.keep_cluster_key(&config.name, &key)
         .map_err(|e| e.to_string())?;
-    let store = ClusterStore::new(node.clone(), &key).map_err(|e| e.to_string())?;
+    let store =
+        ClusterStore::new(node.clone(), &key, config.stale_after).map_err(|e| e.to_string())?;
     hsm.join_cluster(
         &config.name,
-        store,
+        store.clone(),
         &key,
         &layout.user_tokens,
         layout.admin_token,
     )
     .map_err(|e| e.to_string())?;
     tracing::info!(cluster = %config.name, serial = %hsm.serial(), "serving the cluster's tokens");
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if let Err(e) = store.heartbeat(hsm.serial(), since) {
+        tracing::warn!(error = %e, "cannot report this node as a member");
+    }
     let weak = Arc::downgrade(hsm);
     std::thread::Builder::new()
-        .name("cluster-admit".into())
-        .spawn(move || admit_loop(node, weak, key))
-        .map_err(|e| format!("cannot start the admission thread: {e}"))?;
+        .name("cluster-member".into())
+        .spawn(move || member_loop(node, store, weak, key, since))
+        .map_err(|e| format!("cannot start the cluster member thread: {e}"))?;
     Ok(())
 }
 
@@ -109,13 +121,27 @@ fn join_as_new(
     Ok(key)
 }
 
-/// A member's duty, for as long as the engine lives: answers join requests from trusted
-/// devices, and records refusals once each.
-fn admit_loop(node: Arc<Node>, hsm: std::sync::Weak<Hsm>, key: tessera_store::MasterKey) {
+/// A member's duties, for as long as the engine lives: reports itself every second (its
+/// health in `ctconf`), and answers join requests from trusted devices, recording refusals
+/// once each.
+fn member_loop(
+    node: Arc<Node>,
+    store: Arc<ClusterStore>,
+    hsm: std::sync::Weak<Hsm>,
+    key: tessera_store::MasterKey,
+    since: u64,
+) {
     let mut refused = std::collections::HashSet::new();
+    let mut reported = std::time::Instant::now();
     loop {
         std::thread::sleep(ADMIT_EVERY);
         let Some(hsm) = hsm.upgrade() else { return };
+        if reported.elapsed() >= REPORT_EVERY {
+            reported = std::time::Instant::now();
+            if let Err(e) = store.heartbeat(hsm.serial(), since) {
+                tracing::debug!(error = %e, "cannot report this node as a member");
+            }
+        }
         let identity = Identity(hsm.clone());
         match node.admit_pending(&identity, &key) {
             Ok(answers) => {

@@ -247,6 +247,13 @@ struct Args {
     /// milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     etcd_timeout: u64,
+
+    /// While etcd cannot be reached (no quorum), how long after it last answered a node still
+    /// opens sessions, logs in and searches on the tokens it holds, in seconds; then these
+    /// calls fail with CKR_DEVICE_ERROR. Calls on keys already found go on either way; writes
+    /// fail at once.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    cluster_stale_after: u64,
 }
 
 /// `listen`, with the default local socket first unless it names a Unix socket: serving the
@@ -452,6 +459,7 @@ fn main() -> ExitCode {
             endpoints: args.etcd.clone(),
             join_wait: std::time::Duration::from_secs(args.join_wait.max(1)),
             timeout: std::time::Duration::from_millis(args.etcd_timeout.max(10)),
+            stale_after: std::time::Duration::from_secs(args.cluster_stale_after),
         }),
     };
     match server::run(config) {
