@@ -49,9 +49,9 @@ pub const ITEMS: &[Item] = &[
     ),
     item("ET_PTKC_KNOWN_DEVICES_SYSTEM", "/etc/tessera/known_devices"),
     item("ET_PTKC_GENERAL_LIBRARY_MODE", "NORMAL"),
-    reserved("ET_PTKC_WLD_SLOT_<n>"),
-    reserved("ET_PTKC_HA_RECOVER_DELAY"),
-    reserved("ET_PTKC_HA_RECOVER_WAIT"),
+    item("ET_PTKC_WLD_SLOT_<n>", "none"),
+    item("ET_PTKC_HA_RECOVER_DELAY", "60"),
+    item("ET_PTKC_HA_RECOVER_WAIT", "10"),
 ];
 
 const fn item(name: &'static str, default: &'static str) -> Item {
@@ -59,14 +59,6 @@ const fn item(name: &'static str, default: &'static str) -> Item {
         name,
         default,
         used: true,
-    }
-}
-
-const fn reserved(name: &'static str) -> Item {
-    Item {
-        name,
-        default: "none",
-        used: false,
     }
 }
 
@@ -238,7 +230,7 @@ impl Config {
                 Name::Known(item) if item.used => continue,
                 Name::Smpr(_) => continue,
                 Name::Known(_) => {
-                    "Tessera has no WLD or HA library mode yet: this item has no effect".to_string()
+                    "kept for a mode Tessera does not have: this item has no effect".to_string()
                 }
                 Name::Malformed(why) => format!("not an item name, ignored: {why}"),
                 Name::Unknown(Some(nearest)) => {
@@ -308,7 +300,7 @@ mod tests {
             classify("ET_PTKC_1234567890_SMPR"),
             Name::Smpr("1234567890".into())
         );
-        assert!(matches!(classify("ET_PTKC_WLD_SLOT_3"), Name::Known(i) if !i.used));
+        assert!(matches!(classify("ET_PTKC_WLD_SLOT_3"), Name::Known(i) if i.used));
         // A typo in the item of an SMPR.
         assert_eq!(
             classify("ET_PTKC_1234567890_SMRP"),
@@ -342,20 +334,12 @@ mod tests {
         ]);
         let problems = config.problems();
         let items: Vec<&str> = problems.iter().map(|p| p.item.as_str()).collect();
-        assert_eq!(
-            items,
-            [
-                "ET_PTKC_1234567890_SMRP",
-                "ET_PTKC_HA_RECOVER_WAIT",
-                "ET_PTKC_SMPR"
-            ]
-        );
+        assert_eq!(items, ["ET_PTKC_1234567890_SMRP", "ET_PTKC_SMPR"]);
         assert!(problems.iter().all(|p| p.place == "environment"));
         assert!(problems[0]
             .to_string()
             .contains("did you mean ET_PTKC_1234567890_SMPR?"));
-        assert!(problems[1].message.contains("no effect"));
-        assert!(problems[2].message.contains("serial"));
+        assert!(problems[1].message.contains("serial"));
         assert!(env(&[("ET_PTKC_1_SMPR", "T")]).problems().is_empty());
     }
 

@@ -20,10 +20,12 @@ pub mod atomic;
 pub mod error;
 pub mod items;
 pub mod listen;
+pub mod modes;
 mod server;
 pub mod users;
 
 pub use error::{AddressError, FileError, UnknownUser};
+pub use modes::{LibraryMode, WldSlot};
 pub use server::{default_data_dir, default_socket_path, ServerAddress, DEFAULT_TCP_PORT};
 
 use std::collections::HashMap;

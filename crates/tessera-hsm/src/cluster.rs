@@ -24,6 +24,24 @@ pub(crate) struct Clustered {
     public_key: MasterKey,
     /// Peppers PIN records (in place of the device's pepper).
     pepper: MasterKey,
+    /// The first digits of the token serials, the same on every node (a device's own tokens
+    /// start with the device serial): a token has one serial in the whole cluster, which the
+    /// library's virtual slots may name.
+    serial: String,
+}
+
+/// A 10-digit number of the cluster's name, as device serials are.
+fn cluster_serial(name: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        format!("tessera cluster serial of {name}").as_bytes(),
+    );
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    format!(
+        "{}",
+        1_000_000_000 + u64::from_le_bytes(first) % 9_000_000_000
+    )
 }
 
 /// The `meta` record holding the key of cluster `name`, sealed under the device key.
@@ -52,6 +70,13 @@ impl Hsm {
     /// The pepper of PIN records.
     pub(crate) fn pepper(&self) -> &MasterKey {
         self.clustered().map_or(&self.pepper, |c| &c.pepper)
+    }
+
+    /// The serial number of token `token_id`: the device's serial (or, on a node, the
+    /// cluster's) and the token's id.
+    pub(crate) fn token_serial(&self, token_id: u64) -> String {
+        let base = self.clustered().map_or(&self.serial, |c| &c.serial);
+        format!("{base}{token_id:02}")
     }
 
     /// The cluster this node has joined, if any.
@@ -186,6 +211,7 @@ impl Hsm {
             shared: shared.clone(),
             public_key: subkey(key, b"tessera cluster public objects v1")?,
             pepper: subkey(key, b"tessera cluster PIN pepper v1")?,
+            serial: cluster_serial(name),
         };
         let snapshot = shared.snapshot()?;
         let mut records: std::collections::BTreeMap<u64, TokenRecord> =

@@ -471,7 +471,7 @@ impl Hsm {
             label,
             manufacturer: MANUFACTURER.into(),
             model: model.into(),
-            serial: format!("{}{:02}", self.serial, token_id),
+            serial: self.token_serial(token_id),
             flags: flags as u64,
             session_count: count,
             rw_session_count: rw,

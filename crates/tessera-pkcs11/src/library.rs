@@ -33,6 +33,7 @@ mod deferred;
 mod messages;
 mod operations;
 mod pending;
+mod spread;
 
 pub use deferred::{
     abandon, find, find_final, find_init, flush_held, not_waiting_for_single, operation_init,
@@ -47,6 +48,7 @@ pub use operations::{
 };
 use pending::Pending;
 pub use pending::{Producer, Stage};
+pub use spread::Spread;
 
 /// The one holder of the library's state (`None` before `C_Initialize`, after `C_Finalize`).
 static LIBRARY: Mutex<Option<Library>> = Mutex::new(None);
@@ -107,8 +109,10 @@ pub enum DeviceSlots {
 struct Session {
     /// Device and remote handle.
     id: SessionId,
-    /// The slot it was opened on.
+    /// The slot it was opened on (the device's, in WLD and HA the member's).
     slot: SlotId,
+    /// The slot ID the application opened it on (in WLD and HA, the virtual slot).
+    raw_slot: u64,
     /// The connection that carries it.
     generation: u64,
     /// Output the device produced that the application has not taken yet (it asked for the
@@ -149,8 +153,9 @@ struct Target {
 
 /// Where the calls of a slot go.
 enum SlotRoute {
-    /// A slot of a reachable device: the device and its own slot number.
-    Token(Arc<Device>, u64),
+    /// A slot of a reachable device: the device's number and the device, and its own slot
+    /// number.
+    Token(usize, Arc<Device>, u64),
     /// The placeholder slot of a device that is down.
     Absent,
 }
@@ -168,6 +173,8 @@ pub struct Library {
     /// By device number: the calls this process made that can change what the verdict of an
     /// init depends on (objects, logins; see `deferred`).
     changes: Vec<deferred::Changes>,
+    /// The virtual slots of WLD and HA (`None`: `NORMAL`, every device's slots).
+    spread: Option<Spread>,
 }
 
 impl Library {
@@ -179,7 +186,14 @@ impl Library {
             changes: devices.iter().map(|_| Default::default()).collect(),
             devices: devices.into_iter().map(Arc::new).collect(),
             sessions: HashMap::new(),
+            spread: None,
         }
+    }
+
+    /// The same, showing virtual slots (WLD, HA).
+    pub fn spread_over(mut self, spread: Spread) -> Library {
+        self.spread = Some(spread);
+        self
     }
 
     /// State over the devices of the configuration (`ET_HSM_NETCLIENT_SERVERLIST`), with its
@@ -189,6 +203,9 @@ impl Library {
         let servers = config.servers()?;
         let connect = config.seconds(CONNECT_TIMEOUT)?;
         let reply = config.seconds(REPLY_TIMEOUT)?;
+        let mode = config.library_mode()?;
+        let virtual_slots = config.wld_slots()?;
+        let (recover_delay, recover_wait) = config.ha_timings()?;
         // Checked at every local connection (tessera-client's `peer`); a name that is no user
         // fails C_Initialize here, naming the item.
         config.server_user()?;
@@ -216,7 +233,16 @@ impl Library {
                     .with_security(secure.clone())
             })
             .collect();
-        Ok(Library::new(devices))
+        let library = Library::new(devices);
+        Ok(match mode {
+            tessera_config::LibraryMode::Normal => library,
+            mode => library.spread_over(Spread::new(
+                mode,
+                virtual_slots,
+                recover_delay,
+                recover_wait,
+            )),
+        })
     }
 
     fn target(&self, handle: u64) -> CkResult<Target> {
@@ -401,6 +427,9 @@ pub fn slot_ids(states: &[DeviceSlots], token_present: bool) -> Vec<u64> {
 
 /// `C_GetSlotList`: asks every device for its slot count (a device's slots all hold a token).
 pub fn slot_list(token_present: bool) -> CkResult<Vec<u64>> {
+    if with(|library| Ok(library.spread.is_some()))? {
+        return spread::slot_list(token_present);
+    }
     let devices = with(|library| Ok(library.devices.clone()))?;
     let states: Vec<DeviceSlots> = devices
         .iter()
@@ -417,6 +446,12 @@ pub fn slot_list(token_present: bool) -> CkResult<Vec<u64>> {
 }
 
 fn route(raw: u64) -> CkResult<SlotRoute> {
+    if with(|library| Ok(library.spread.is_some()))? {
+        return Ok(match spread::member(raw)? {
+            Some((number, device, local)) => SlotRoute::Token(number, device, local),
+            None => SlotRoute::Absent,
+        });
+    }
     let slot = SlotId::from_raw(raw);
     let (device, state) = with(|library| {
         let device = library
@@ -445,7 +480,9 @@ fn route(raw: u64) -> CkResult<SlotRoute> {
         known => known,
     };
     match state {
-        DeviceSlots::Up(count) if slot.local < count => Ok(SlotRoute::Token(device, slot.local)),
+        DeviceSlots::Up(count) if slot.local < count => {
+            Ok(SlotRoute::Token(slot.device, device, slot.local))
+        }
         DeviceSlots::Down if slot.local == 0 => Ok(SlotRoute::Absent),
         _ => Err(Rv::SlotIdInvalid.code()),
     }
@@ -465,11 +502,11 @@ pub fn unreachable_slot_info(device: usize) -> SlotInfo {
 /// `C_GetSlotInfo`.
 pub fn slot_info(raw: u64) -> CkResult<SlotInfo> {
     match route(raw)? {
-        SlotRoute::Token(device, local) => {
+        SlotRoute::Token(number, device, local) => {
             match device.call(None, Call::SlotInfo { slot: local }) {
                 Ok((Reply::Slot(info), _)) => Ok(info),
                 Ok((reply, _)) => Err(unexpected(&reply)),
-                Err(error) => Err(failure(error)),
+                Err(error) => Err(spread::member_failure(number, error)),
             }
         }
         SlotRoute::Absent => Ok(unreachable_slot_info(SlotId::from_raw(raw).device)),
@@ -479,26 +516,39 @@ pub fn slot_info(raw: u64) -> CkResult<SlotInfo> {
 /// A call about a slot's token (`build` gets the device's own slot number).
 pub fn slot_call(raw: u64, build: impl FnOnce(u64) -> Call) -> CkResult<Reply> {
     match route(raw)? {
-        SlotRoute::Token(device, local) => {
-            let number = SlotId::from_raw(raw).device;
-            device_call(number, &device, None, build(local))
-                .map(|(reply, _)| reply)
-                .map_err(failure)
-        }
+        SlotRoute::Token(number, device, local) => device_call(number, &device, None, build(local))
+            .map(|(reply, _)| reply)
+            .map_err(|error| spread::member_failure(number, error)),
         SlotRoute::Absent => Err(Rv::TokenNotPresent.code()),
     }
 }
 
 /// `C_OpenSession`: the global handle of the new session.
 pub fn open_session(raw: u64, flags: u64) -> CkResult<u64> {
-    let slot = SlotId::from_raw(raw);
-    let (device, local) = match route(raw)? {
-        SlotRoute::Token(device, local) => (device, local),
-        SlotRoute::Absent => return Err(Rv::TokenNotPresent.code()),
+    // In WLD and HA a member that fails is left out and the next one is tried.
+    let mut tries = with(|library| Ok(library.devices.len()))?.max(1);
+    let (number, device, local, reply, generation) = loop {
+        let (number, device, local) = match route(raw)? {
+            SlotRoute::Token(number, device, local) => (number, device, local),
+            SlotRoute::Absent => return Err(Rv::TokenNotPresent.code()),
+        };
+        match device.call(None, Call::OpenSession { slot: local, flags }) {
+            Ok((reply, generation)) => break (number, device, local, reply, generation),
+            Err(error) => {
+                let spreading = with(|library| Ok(library.spread.is_some()))?;
+                tries -= 1;
+                if spreading && spread::device_failed(&error) && tries > 0 {
+                    spread::drop_device(number);
+                    continue;
+                }
+                return Err(spread::member_failure(number, error));
+            }
+        }
     };
-    let (reply, generation) = device
-        .call(None, Call::OpenSession { slot: local, flags })
-        .map_err(failure)?;
+    let slot = SlotId {
+        device: number,
+        local,
+    };
     let remote = into_handle(reply)?;
     let Some(id) = SessionId::new(slot.device, remote) else {
         tracing::warn!(remote, "device issued a session handle outside 1..2^32");
@@ -511,6 +561,7 @@ pub fn open_session(raw: u64, flags: u64) -> CkResult<u64> {
         let session = Session {
             id,
             slot,
+            raw_slot: raw,
             generation,
             pending: Pending::default(),
             messages: Vec::new(),
@@ -574,13 +625,53 @@ pub fn session_call(handle: u64, build: impl FnOnce(u64) -> Call) -> CkResult<Re
     match device_call(target.number, &target.device, Some(target.generation), call) {
         Ok((reply, _)) => Ok(reply),
         Err(error) => {
-            let rv = failure(error);
+            let rv = spread::member_failure(target.number, error);
             if rv == Rv::SessionHandleInvalid.code() || rv == Rv::SessionClosed.code() {
                 let _ = with(|library| Ok(library.sessions.remove(&handle)));
             }
             Err(rv)
         }
     }
+}
+
+/// `C_Login` (and `C_LoginUser`) on session `handle`. On a virtual slot, a user or SO login
+/// reaches every member (see `spread`); a context-specific login stays with the session.
+pub fn login(handle: u64, user_type: u64, pin: tessera_core::SecretBytes) -> CkResult {
+    let spread_to = with(|library| {
+        Ok(library.spread.as_ref().and_then(|_| {
+            library
+                .sessions
+                .get(&handle)
+                .map(|s| (s.raw_slot, s.id.device))
+        }))
+    })?;
+    let copy = spread_to.map(|_| pin.duplicate());
+    expect_done(session_call(handle, |session| Call::Login {
+        session,
+        user_type,
+        pin,
+    })?)?;
+    if let (Some((raw, on)), Some(pin)) = (spread_to, copy) {
+        if user_type != ck::CKU_CONTEXT_SPECIFIC as u64 {
+            spread::spread_login(raw, on, user_type, &pin)?;
+        }
+    }
+    Ok(())
+}
+
+/// `C_Logout` on session `handle`; on a virtual slot, on every member.
+pub fn logout(handle: u64) -> CkResult {
+    let raw = with(|library| {
+        Ok(library
+            .spread
+            .as_ref()
+            .and_then(|_| library.sessions.get(&handle).map(|s| s.raw_slot)))
+    })?;
+    let result = session_call(handle, |session| Call::Logout { session });
+    if let Some(raw) = raw {
+        spread::spread_logout(raw);
+    }
+    expect_done(result?)
 }
 
 /// `C_CloseSession`: the handle is gone afterwards, whatever the device says.
@@ -592,6 +683,23 @@ pub fn close_session(handle: u64) -> CkResult {
 
 /// `C_CloseAllSessions`: this process's sessions on the slot.
 pub fn close_all_sessions(raw: u64) -> CkResult {
+    if with(|library| Ok(library.spread.is_some()))? {
+        // A virtual slot's sessions are on several members: each is closed, then the
+        // keepers (which ends the login, as closing a token's last session does).
+        let handles: Vec<u64> = with(|library| {
+            Ok(library
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.raw_slot == raw)
+                .map(|(h, _)| *h)
+                .collect())
+        })?;
+        for handle in handles {
+            let _ = close_session(handle);
+        }
+        spread::spread_logout(raw);
+        return Ok(());
+    }
     let slot = SlotId::from_raw(raw);
     let route = route(raw)?;
     with(|library| {
@@ -599,7 +707,7 @@ pub fn close_all_sessions(raw: u64) -> CkResult {
         Ok(())
     })?;
     match route {
-        SlotRoute::Token(device, local) => {
+        SlotRoute::Token(_, device, local) => {
             let call = Call::CloseAllSessions { slot: local };
             match device_call(slot.device, &device, None, call) {
                 Ok((reply, _)) => expect_done(reply),
@@ -614,10 +722,21 @@ pub fn close_all_sessions(raw: u64) -> CkResult {
 pub fn session_info(handle: u64) -> CkResult<SessionInfo> {
     match session_call(handle, |session| Call::SessionInfo { session })? {
         Reply::Session(mut info) => {
-            let device = SessionId::from_raw(handle).device;
-            info.slot = SlotId::new(device, info.slot)
-                .ok_or(Rv::DeviceError.code())?
-                .raw();
+            let shown = with(|library| {
+                Ok(library
+                    .spread
+                    .as_ref()
+                    .and_then(|_| library.sessions.get(&handle).map(|s| s.raw_slot)))
+            })?;
+            info.slot = match shown {
+                Some(raw) => raw,
+                None => {
+                    let device = SessionId::from_raw(handle).device;
+                    SlotId::new(device, info.slot)
+                        .ok_or(Rv::DeviceError.code())?
+                        .raw()
+                }
+            };
             Ok(info)
         }
         reply => Err(unexpected(&reply)),

@@ -462,3 +462,147 @@ impl Cluster {
         load(&list.join(" "))
     }
 }
+
+/// Sets environment items for the library while it lives (the tests that load the library
+/// run one at a time).
+struct Items(Vec<&'static str>);
+
+impl Items {
+    fn set(items: &[(&'static str, &str)]) -> Items {
+        for (name, value) in items {
+            std::env::set_var(name, value);
+        }
+        Items(items.iter().map(|(name, _)| *name).collect())
+    }
+}
+
+impl Drop for Items {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            std::env::remove_var(name);
+        }
+    }
+}
+
+/// The sessions open on a node, as `ctconf` shows them.
+fn open_sessions(node: &Daemon) -> u64 {
+    let status = node.admin(Transport::Unix, &[]);
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Open Session Count"))
+        .and_then(|rest| rest.trim_start_matches([' ', ':']).trim().parse().ok())
+        .unwrap_or_else(|| panic!("no session count in {status}"))
+}
+
+#[test]
+fn wld_spreads_sessions_over_the_nodes_and_leaves_a_failed_one_out() {
+    let _serial = serialise();
+    let mut cluster = Cluster::start();
+    let serial_of_token = {
+        let module = cluster.library();
+        init_token(&module);
+        let on_0 = user_session(&module, 0);
+        token_aes_key(&on_0, "wld-key");
+        // A token has one serial in the whole cluster.
+        let serials: Vec<String> = (0..3)
+            .map(|d| {
+                module
+                    .get_token_info(slot(&module, d))
+                    .unwrap()
+                    .serial_number()
+                    .to_string()
+            })
+            .collect();
+        assert!(serials.iter().all(|s| *s == serials[0]), "{serials:?}");
+        serials[0].clone()
+    };
+    let before: Vec<u64> = cluster.nodes.iter().map(open_sessions).collect();
+    let _items = Items::set(&[
+        ("ET_PTKC_GENERAL_LIBRARY_MODE", "WLD"),
+        (
+            "ET_PTKC_WLD_SLOT_7",
+            &format!("cluster token,{serial_of_token}"),
+        ),
+        ("ET_PTKC_WLD_SLOT_8", "no such token"),
+    ]);
+    let module = cluster.library();
+    assert_eq!(
+        module
+            .get_slots_with_token()
+            .unwrap()
+            .iter()
+            .map(|s| s.id())
+            .collect::<Vec<_>>(),
+        vec![7],
+        "the virtual slots with a member"
+    );
+    assert_eq!(module.get_all_slots().unwrap().len(), 2);
+    let virtual_slot = module.get_slots_with_token().unwrap()[0];
+
+    // 30 sessions: 10 on each node.
+    let sessions: Vec<Session> = (0..30)
+        .map(|_| module.open_rw_session(virtual_slot).unwrap())
+        .collect();
+    let after: Vec<u64> = cluster.nodes.iter().map(open_sessions).collect();
+    let added: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(added, vec![10, 10, 10], "sessions spread evenly");
+    assert_eq!(
+        sessions[0].get_session_info().unwrap().slot_id(),
+        virtual_slot,
+        "a session shows its virtual slot"
+    );
+
+    // One login reaches every node: every session uses the private key.
+    sessions[0]
+        .login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
+        .unwrap();
+    for session in &sessions {
+        let key = find_by_label(session, "wld-key");
+        assert_eq!(key.len(), 1);
+        encrypt(session, key[0], b"spread");
+    }
+
+    // A node that fails is left out: new sessions go to the others.
+    let before: Vec<u64> = [0, 2]
+        .iter()
+        .map(|i| open_sessions(&cluster.nodes[*i]))
+        .collect();
+    cluster.nodes[1].kill9();
+    // WLD does not move sessions: the killed node's fail (the first call finds the device
+    // gone, the others their connection's sessions closed), and the node is left out.
+    let failed: Vec<RvError> = sessions
+        .iter()
+        .filter_map(|s| {
+            s.find_objects(&[Attribute::Label(b"wld-key".to_vec())])
+                .err()
+                .map(|e| match e {
+                    cryptoki::error::Error::Pkcs11(rv, _) => rv,
+                    other => panic!("{other:?}"),
+                })
+        })
+        .collect();
+    assert_eq!(failed.len(), 10, "{failed:?}");
+    assert!(
+        failed.iter().all(|rv| matches!(
+            rv,
+            RvError::DeviceError | RvError::DeviceRemoved | RvError::SessionClosed
+        )),
+        "{failed:?}"
+    );
+    let more: Vec<Session> = (0..6)
+        .map(|_| module.open_rw_session(virtual_slot).unwrap())
+        .collect();
+    let after: Vec<u64> = [0, 2]
+        .iter()
+        .map(|i| open_sessions(&cluster.nodes[*i]))
+        .collect();
+    assert_eq!(
+        after.iter().sum::<u64>() - before.iter().sum::<u64>(),
+        6,
+        "every new session is on a live node"
+    );
+    for session in &more {
+        let key = find_by_label(session, "wld-key");
+        encrypt(session, key[0], b"still spread");
+    }
+}

@@ -30,13 +30,7 @@ unsafe fn login(
         // The operation this login is for must be on the device first.
         library::flush_held(session as u64)?;
     }
-    expect_done(library::session_call(session as u64, |session| {
-        Call::Login {
-            session,
-            user_type: user_type as u64,
-            pin,
-        }
-    })?)
+    library::login(session as u64, user_type as u64, pin)
 }
 
 entry_points! {
@@ -133,9 +127,7 @@ entry_points! {
 
     /// `C_Logout` (§5.6.10).
     fn C_Logout(session: CK_SESSION_HANDLE) {
-        expect_done(library::session_call(session as u64, |session| Call::Logout {
-            session,
-        })?)
+        library::logout(session as u64)
     }
 
     /// `C_SessionCancel` (§5.6.11): ends the operations that `flags` names (`CKF_ENCRYPT`,
