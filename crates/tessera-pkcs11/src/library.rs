@@ -30,6 +30,7 @@ use crate::ids::{SessionId, SlotId, MAX_LOCAL_SLOTS};
 use crate::CkResult;
 
 mod deferred;
+mod ha;
 mod messages;
 mod operations;
 mod pending;
@@ -127,6 +128,10 @@ struct Session {
     signature: Option<Vec<u8>>,
     /// Inits held for the call that follows, and the session's search.
     deferred: deferred::Deferred,
+    /// The flags it was opened with (HA opens it again with them on another device).
+    flags: u64,
+    /// What it has running on its device, for HA to replay on another.
+    journal: ha::Journal,
 }
 
 impl Session {
@@ -562,6 +567,8 @@ pub fn open_session(raw: u64, flags: u64) -> CkResult<u64> {
             id,
             slot,
             raw_slot: raw,
+            flags,
+            journal: ha::Journal::default(),
             generation,
             pending: Pending::default(),
             messages: Vec::new(),
@@ -620,8 +627,12 @@ fn device_call(
 /// A call on a session (`build` gets the device's own session handle). A session whose
 /// connection is gone, or that the device no longer knows, leaves the table.
 pub fn session_call(handle: u64, build: impl FnOnce(u64) -> Call) -> CkResult<Reply> {
-    let target = with(|library| library.target(handle))?;
+    let (target, high_availability) =
+        with(|library| Ok((library.target(handle)?, library.high_availability())))?;
     let call = build(target.remote);
+    if high_availability {
+        return ha::call(handle, target, call);
+    }
     match device_call(target.number, &target.device, Some(target.generation), call) {
         Ok((reply, _)) => Ok(reply),
         Err(error) => {

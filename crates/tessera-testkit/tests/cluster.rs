@@ -606,3 +606,106 @@ fn wld_spreads_sessions_over_the_nodes_and_leaves_a_failed_one_out() {
         encrypt(session, key[0], b"still spread");
     }
 }
+
+#[test]
+fn ha_moves_sessions_off_a_killed_node_and_the_application_sees_no_error() {
+    let _serial = serialise();
+    let mut cluster = Cluster::start();
+    {
+        let module = cluster.library();
+        init_token(&module);
+        let on_0 = user_session(&module, 0);
+        token_aes_key(&on_0, "ha-key");
+        for i in 0..3 {
+            private_data(&on_0, "ha-data", format!("value {i}").as_bytes());
+        }
+    }
+    let _items = Items::set(&[
+        ("ET_PTKC_GENERAL_LIBRARY_MODE", "HA"),
+        ("ET_PTKC_WLD_SLOT_1", "cluster token"),
+        ("ET_PTKC_HA_RECOVER_WAIT", "10"),
+    ]);
+    let module = cluster.library();
+    let virtual_slot = module.get_slots_with_token().unwrap()[0];
+    let first = module.open_rw_session(virtual_slot).unwrap();
+    first
+        .login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
+        .unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let rounds = std::sync::atomic::AtomicU64::new(0);
+    let errors = std::sync::Mutex::new(Vec::<String>::new());
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..16 {
+            scope.spawn(|| {
+                let session = module.open_rw_session(virtual_slot).unwrap();
+                let fail = |what: &str, e: cryptoki::error::Error| {
+                    errors.lock().unwrap().push(format!("{what}: {e}"));
+                };
+                #[allow(non_upper_case_globals)]
+                const Unexpected: cryptoki::error::Error = cryptoki::error::Error::NotSupported;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = match session.find_objects(&[Attribute::Label(b"ha-key".to_vec())]) {
+                        Ok(found) if found.len() == 1 => found[0],
+                        Ok(found) => {
+                            return fail(&format!("find found {}", found.len()), Unexpected)
+                        }
+                        Err(e) => return fail("find", e),
+                    };
+                    // Single-part: the init travels with the call.
+                    let single = match session.encrypt(&Mechanism::AesCbcPad(IV), key, &[7u8; 96]) {
+                        Ok(c) => c,
+                        Err(e) => return fail("encrypt", e),
+                    };
+                    // Multi-part: init, three updates, final (the journal's replay); the same
+                    // ciphertext as in one part.
+                    let multi = (|| -> Result<Vec<u8>, cryptoki::error::Error> {
+                        let mut parts = Vec::new();
+                        session.encrypt_init(&Mechanism::AesCbcPad(IV), key)?;
+                        for _ in 0..3 {
+                            parts.extend(session.encrypt_update(&[7u8; 32])?);
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                        parts.extend(session.encrypt_final()?);
+                        Ok(parts)
+                    })();
+                    match multi {
+                        Ok(c) if c == single => {}
+                        Ok(_) => return fail("multi-part differs from single-part", Unexpected),
+                        Err(e) => return fail("multi-part encrypt", e),
+                    }
+                    // A search read a handle at a time (the search's replay).
+                    let found = (|| -> Result<usize, cryptoki::error::Error> {
+                        let one = std::num::NonZeroUsize::new(1).unwrap();
+                        let mut n = 0;
+                        for handle in session.iter_objects_with_cache_size(
+                            &[Attribute::Label(b"ha-data".to_vec())],
+                            one,
+                        )? {
+                            handle?;
+                            n += 1;
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                        Ok(n)
+                    })();
+                    match found {
+                        Ok(3) => {}
+                        Ok(n) => return fail(&format!("search found {n}"), Unexpected),
+                        Err(e) => return fail("search", e),
+                    }
+                    rounds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let before = rounds.load(std::sync::atomic::Ordering::Relaxed);
+        cluster.nodes[1].kill9();
+        std::thread::sleep(Duration::from_secs(4));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(before > 0, "the load ran before the kill");
+    });
+    let errors = errors.into_inner().unwrap();
+    assert!(errors.is_empty(), "the application saw errors: {errors:?}");
+    assert!(rounds.into_inner() > 16, "the load went on after the kill");
+    assert!(started.elapsed() < Duration::from_secs(60));
+}

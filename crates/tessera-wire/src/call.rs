@@ -516,6 +516,48 @@ impl Call {
         })
     }
 
+    /// The session this call is on, to change (the library's High Availability moves a
+    /// session to another device, and sends its calls again there).
+    pub fn session_mut(&mut self) -> Option<&mut u64> {
+        use Call as C;
+        match self {
+            C::CloseSession { session, .. }
+            | C::SessionInfo { session, .. }
+            | C::Login { session, .. }
+            | C::Logout { session, .. }
+            | C::InitPin { session, .. }
+            | C::SetPin { session, .. }
+            | C::CreateObject { session, .. }
+            | C::CopyObject { session, .. }
+            | C::DestroyObject { session, .. }
+            | C::ObjectSize { session, .. }
+            | C::GetAttributes { session, .. }
+            | C::SetAttributes { session, .. }
+            | C::FindObjectsInit { session, .. }
+            | C::FindObjects { session, .. }
+            | C::FindObjectsFinal { session, .. }
+            | C::OperationInit { session, .. }
+            | C::OperationSingle { session, .. }
+            | C::OperationUpdate { session, .. }
+            | C::OperationFinal { session, .. }
+            | C::GenerateKey { session, .. }
+            | C::GenerateKeyPair { session, .. }
+            | C::WrapKey { session, .. }
+            | C::UnwrapKey { session, .. }
+            | C::DeriveKey { session, .. }
+            | C::DigestKey { session, .. }
+            | C::SessionCancel { session, .. }
+            | C::GenerateRandom { session, .. }
+            | C::SeedRandom { session, .. }
+            | C::Admin { session, .. }
+            | C::OperationOnce { session, .. }
+            | C::FindObjectsFirst { session, .. }
+            | C::EncapsulateKey { session, .. }
+            | C::DecapsulateKey { session, .. } => Some(session),
+            _ => None,
+        }
+    }
+
     /// The templates this request carries.
     fn templates(&self) -> Vec<&Template> {
         use Call as R;
