@@ -23,6 +23,15 @@ mod stream;
 
 pub use secure::{LogTarget, SecureSettings};
 
+/// A new request id for [`tessera_wire::Call::Once`] (16 random bytes); `None` if the system
+/// random generator fails.
+pub fn request_id() -> Option<[u8; 16]> {
+    use aws_lc_rs::rand::SecureRandom;
+    let mut id = [0u8; 16];
+    aws_lc_rs::rand::SystemRandom::new().fill(&mut id).ok()?;
+    Some(id)
+}
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};

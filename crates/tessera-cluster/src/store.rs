@@ -45,6 +45,34 @@ fn objects_of(token: u64) -> String {
     format!("state/object/{token:020}/")
 }
 
+/// What a request made: recorded under `requests/<request>/<place>` in the commit of the
+/// object.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Made {
+    place: u32,
+    token: u64,
+    id: u64,
+    /// When (seconds since the Unix epoch): records older than [`REQUESTS_KEPT`] are removed.
+    time: u64,
+}
+
+/// How long a request's record is kept (a library sends a request again within seconds).
+pub const REQUESTS_KEPT: Duration = Duration::from_secs(600);
+
+fn requests_of(request: &[u8; 16]) -> String {
+    format!("requests/{}/", hex::encode(request))
+}
+
+fn request_key(request: &[u8; 16], place: u32) -> String {
+    format!("{}{place:04}", requests_of(request))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Seals and opens values under the cluster key's value subkey, each bound to its key name.
 pub(crate) struct Values(MasterKey);
 
@@ -155,6 +183,34 @@ impl ClusterStore {
         let mut progress = lock(&self.progress);
         progress.contact = Some(Instant::now());
         progress.failed = None;
+    }
+
+    /// Removes the records of requests older than [`REQUESTS_KEPT`] (any member may; the
+    /// daemon's member thread does it every minute). Returns how many.
+    pub fn forget_old_requests(&self) -> Result<usize, ClusterError> {
+        let found = self.node.get(
+            self.node.key("requests/"),
+            Some(GetOptions::new().with_prefix()),
+        )?;
+        let cutoff = now().saturating_sub(REQUESTS_KEPT.as_secs());
+        let old: Vec<Vec<u8>> = found
+            .kvs()
+            .iter()
+            .filter(|kv| {
+                self.values
+                    .open::<Made>(kv.key(), kv.value())
+                    .is_ok_and(|made| made.time < cutoff)
+            })
+            .map(|kv| kv.key().to_vec())
+            .collect();
+        for chunk in old.chunks(64) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|k| TxnOp::delete(k.clone(), None))
+                .collect();
+            self.node.txn(Txn::new().and_then(ops))?;
+        }
+        Ok(old.len())
     }
 
     /// Reports this node as a member: its serial, since when it serves, now, and what it
@@ -493,14 +549,30 @@ impl Shared for ClusterStore {
     fn insert_object(
         &self,
         token: u64,
+        request: Option<([u8; 16], u32)>,
         build: &mut dyn FnMut(u64) -> Result<StoredObject, StoreError>,
     ) -> Result<u64, StoreError> {
         let id = self.next_id()?;
         let object = build(id)?;
         let name = self.node.key(&object_key(token, id));
+        let mut ops = self.with_head(&name, &object)?;
+        if let Some((request, place)) = request {
+            let record = self.node.key(&request_key(&request, place));
+            let made = Made {
+                place,
+                token,
+                id,
+                time: now(),
+            };
+            ops.push(TxnOp::put(
+                record.clone(),
+                self.values.seal(&record, &made).map_err(unavailable)?,
+                None,
+            ));
+        }
         let txn = Txn::new()
             .when([Compare::create_revision(name.clone(), CompareOp::Equal, 0)])
-            .and_then(self.with_head(&name, &object)?);
+            .and_then(ops);
         let done = self.txn(txn)?;
         if !done.succeeded() {
             return Err(StoreError::Storage(format!(
@@ -559,6 +631,25 @@ impl Shared for ClusterStore {
     /// When etcd cannot be reached (no quorum), the node goes on serving what it holds as
     /// long as etcd answered it less than the stale limit ago (each such call logged), and
     /// refuses (`CKR_DEVICE_ERROR`) once its tokens are older than that.
+    fn recall(&self, request: &[u8; 16]) -> Result<Vec<(u32, u64)>, StoreError> {
+        let prefix = self.node.key(&requests_of(request));
+        let found = self
+            .node
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .map_err(unavailable)?;
+        found
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let made: Made = self
+                    .values
+                    .open(kv.key(), kv.value())
+                    .map_err(unavailable)?;
+                Ok((made.place, made.id))
+            })
+            .collect()
+    }
+
     fn catch_up(&self) -> Result<(), StoreError> {
         let recently_failed = lock(&self.progress)
             .failed

@@ -44,6 +44,12 @@ fn cluster_serial(name: &str) -> String {
     )
 }
 
+thread_local! {
+    /// The request being carried out on this thread (`Call::Once`), and how many token objects
+    /// it has made so far: each object it stores is recorded under it, in the same commit.
+    static REQUEST: std::cell::Cell<Option<([u8; 16], u32)>> = const { std::cell::Cell::new(None) };
+}
+
 /// The `meta` record holding the key of cluster `name`, sealed under the device key.
 fn key_record(name: &str) -> String {
     format!("cluster-key/{name}")
@@ -113,10 +119,18 @@ impl Hsm {
         match self.clustered() {
             Some(c) => {
                 let mut build = Some(build);
-                c.shared.insert_object(token, &mut |id| match build.take() {
-                    Some(build) => build(id),
-                    None => Err(StoreError::Storage("object builder used twice".into())),
-                })
+                let request = REQUEST.with(|r| {
+                    let current = r.get();
+                    if let Some((id, place)) = current {
+                        r.set(Some((id, place + 1)));
+                    }
+                    current
+                });
+                c.shared
+                    .insert_object(token, request, &mut |id| match build.take() {
+                        Some(build) => build(id),
+                        None => Err(StoreError::Storage("object builder used twice".into())),
+                    })
             }
             None => self.store.insert_object(token, build),
         }
@@ -151,6 +165,54 @@ impl Hsm {
             Some(c) => c.shared.catch_up().map_err(crate::store_failure),
             None => Ok(()),
         }
+    }
+
+    /// A call that makes objects, under a request id (`Call::Once`): on a node of a cluster, a
+    /// request carried out before (on any node: the library sent it again after its node
+    /// failed) is answered with the objects it made, which exist; else the call runs, and each
+    /// token object it makes is recorded under the request in the commit that stores it. On a
+    /// single device the call just runs.
+    pub(crate) fn once(
+        &self,
+        client: u64,
+        protected: bool,
+        request: [u8; 16],
+        call: tessera_wire::Call,
+    ) -> Result<tessera_wire::Reply, Rv> {
+        use tessera_wire::{Call, Reply};
+        if matches!(call, Call::Once { .. }) {
+            return Err(Rv::ArgumentsBad);
+        }
+        if let Some(clustered) = self.clustered() {
+            let mut made = clustered
+                .shared
+                .recall(&request)
+                .map_err(crate::store_failure)?;
+            made.sort_unstable();
+            let ids: Vec<u64> = made.iter().map(|(_, id)| *id).collect();
+            let answer = match (&call, ids.as_slice()) {
+                (_, []) => None,
+                (Call::GenerateKeyPair { .. }, [public, private]) => {
+                    Some(Reply::HandlePair(*public, *private))
+                }
+                // A pair of which only the public key was stored: made again (the first one
+                // stays, unused).
+                (Call::GenerateKeyPair { .. }, _) => None,
+                (Call::DeriveKey { .. }, [one]) => Some(Reply::Handle(*one)),
+                (Call::DeriveKey { .. }, many) => Some(Reply::Handles(many.to_vec())),
+                (_, [first, ..]) => Some(Reply::Handle(*first)),
+            };
+            if let Some(answer) = answer {
+                // The objects are in the cluster: here too before the answer.
+                self.catch_up()?;
+                tracing::info!("a request carried out before was sent again: answered with the objects it made");
+                return Ok(answer);
+            }
+        }
+        REQUEST.with(|r| r.set(Some((request, 0))));
+        let result = self.handle(client, protected, call);
+        REQUEST.with(|r| r.set(None));
+        result
     }
 
     /// The key of cluster `name` this device keeps, if it has joined it before.

@@ -528,6 +528,7 @@ impl Hsm {
                 &ciphertext,
             ),
             R::SessionCancel { session, flags } => self.session_cancel(client, session, flags),
+            R::Once { request, call } => self.once(client, protected, request, *call),
             R::DeviceStatus => Ok(Reply::Status(self.device_status())),
             R::Identity => Ok(Reply::Identity(self.identity())),
             R::AdminSetup { aso_pin, admin_pin } => self.admin_setup(&aso_pin, &admin_pin),

@@ -73,12 +73,17 @@ pub trait Shared: Send + Sync {
     fn put_token(&self, token: u64, record: &TokenRecord) -> Result<(), StoreError>;
     /// Writes a token record and deletes all of its objects, in one commit.
     fn reset_token(&self, token: u64, record: &TokenRecord) -> Result<(), StoreError>;
-    /// Allocates an object id, unique in the cluster, and stores what `build` makes for it.
+    /// Allocates an object id, unique in the cluster, and stores what `build` makes for it;
+    /// with `request` (a request's id and the object's place among the objects it makes),
+    /// records in the same commit that the request made it ([`Shared::recall`]).
     fn insert_object(
         &self,
         token: u64,
+        request: Option<([u8; 16], u32)>,
         build: &mut dyn FnMut(u64) -> Result<StoredObject, StoreError>,
     ) -> Result<u64, StoreError>;
+    /// The objects request `request` made, by their place (empty: it made none yet).
+    fn recall(&self, request: &[u8; 16]) -> Result<Vec<(u32, u64)>, StoreError>;
     /// Replaces an object that exists (`CKR_OBJECT_HANDLE_INVALID` for one destroyed
     /// meanwhile: [`StoreError::Gone`]).
     fn replace_object(&self, token: u64, id: u64, object: &StoredObject) -> Result<(), StoreError>;

@@ -634,10 +634,13 @@ fn ha_moves_sessions_off_a_killed_node_and_the_application_sees_no_error() {
     let stop = std::sync::atomic::AtomicBool::new(false);
     let rounds = std::sync::atomic::AtomicU64::new(0);
     let errors = std::sync::Mutex::new(Vec::<String>::new());
+    let acknowledged = std::sync::Mutex::new(Vec::<(String, ObjectHandle)>::new());
     let started = Instant::now();
     std::thread::scope(|scope| {
-        for _ in 0..16 {
-            scope.spawn(|| {
+        for thread in 0..16 {
+            let (errors, acknowledged, rounds, stop) = (&errors, &acknowledged, &rounds, &stop);
+            let module = &module;
+            scope.spawn(move || {
                 let session = module.open_rw_session(virtual_slot).unwrap();
                 let fail = |what: &str, e: cryptoki::error::Error| {
                     errors.lock().unwrap().push(format!("{what}: {e}"));
@@ -693,7 +696,18 @@ fn ha_moves_sessions_off_a_killed_node_and_the_application_sees_no_error() {
                         Ok(n) => return fail(&format!("search found {n}"), Unexpected),
                         Err(e) => return fail("search", e),
                     }
-                    rounds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // A token object: acknowledged, it must be there once.
+                    let round = rounds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let label = format!("ha-made-{thread}-{round}");
+                    match session.create_object(&[
+                        Attribute::Class(ObjectClass::DATA),
+                        Attribute::Token(true),
+                        Attribute::Private(true),
+                        Attribute::Label(label.clone().into_bytes()),
+                    ]) {
+                        Ok(handle) => acknowledged.lock().unwrap().push((label, handle)),
+                        Err(e) => return fail("create", e),
+                    }
                 }
             });
         }
@@ -708,4 +722,131 @@ fn ha_moves_sessions_off_a_killed_node_and_the_application_sees_no_error() {
     assert!(errors.is_empty(), "the application saw errors: {errors:?}");
     assert!(rounds.into_inner() > 16, "the load went on after the kill");
     assert!(started.elapsed() < Duration::from_secs(60));
+    // Every object acknowledged is there, once (none lost, none made twice).
+    let acknowledged = acknowledged.into_inner().unwrap();
+    let check = module.open_ro_session(virtual_slot).unwrap();
+    for (label, handle) in &acknowledged {
+        assert_eq!(
+            find_by_label(&check, label),
+            vec![*handle],
+            "{label}: the acknowledged object, once"
+        );
+    }
+    let all = check
+        .find_objects(&[Attribute::Class(ObjectClass::DATA)])
+        .unwrap()
+        .len();
+    assert_eq!(
+        all,
+        acknowledged.len() + 3,
+        "no object beyond those acknowledged"
+    );
+}
+
+/// A relay on loopback TCP to `node`'s socket that forwards every frame both ways, except
+/// that the first request holding `cut` reaches the node and its reply does not come back:
+/// the relay closes the client's connection instead (a node that dies after its commit,
+/// before its answer). Returns the relay's address and whether it has cut.
+fn cutting_relay(
+    node: &Daemon,
+    cut: &'static [u8],
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let socket = node.socket();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cut_done = done.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let Ok(mut device) = std::os::unix::net::UnixStream::connect(&socket) else {
+                continue;
+            };
+            let done = cut_done.clone();
+            std::thread::spawn(move || {
+                let frame = |stream: &mut dyn Read| -> Option<Vec<u8>> {
+                    let mut header = [0u8; 4];
+                    stream.read_exact(&mut header).ok()?;
+                    let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
+                    stream.read_exact(&mut body).ok()?;
+                    let mut whole = header.to_vec();
+                    whole.extend(body);
+                    Some(whole)
+                };
+                loop {
+                    let Some(request) = frame(&mut client) else {
+                        return;
+                    };
+                    if device.write_all(&request).is_err() {
+                        return;
+                    }
+                    let Some(reply) = frame(&mut device) else {
+                        return;
+                    };
+                    let holds = request.windows(cut.len()).any(|w| w == cut);
+                    if holds && !done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                        // Committed on the node; the answer is lost with the connection.
+                        return;
+                    }
+                    if client.write_all(&reply).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (address, done)
+}
+
+#[test]
+fn ha_sends_a_create_again_and_the_cluster_does_not_make_it_twice() {
+    let _serial = serialise();
+    let cluster = Cluster::start();
+    init_token(&cluster.library());
+    let (relay, cut) = cutting_relay(&cluster.nodes[1], b"made-once-1");
+    let _items = Items::set(&[
+        ("ET_PTKC_GENERAL_LIBRARY_MODE", "HA"),
+        ("ET_PTKC_WLD_SLOT_1", "cluster token"),
+    ]);
+    // Device 1 is node 1 through the relay (TCP).
+    let module = load(&format!(
+        "{} {relay} {}",
+        cluster.nodes[0].server_list(Transport::Unix),
+        cluster.nodes[2].server_list(Transport::Unix)
+    ));
+    let virtual_slot = module.get_slots_with_token().unwrap()[0];
+    // One session on each node (the fewest sessions first).
+    let sessions: Vec<Session> = (0..3)
+        .map(|_| module.open_rw_session(virtual_slot).unwrap())
+        .collect();
+    sessions[0]
+        .login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
+        .unwrap();
+    let mut handles = Vec::new();
+    for (i, session) in sessions.iter().enumerate() {
+        // The session on node 1 creates "made-once-1": the node commits it, its answer is lost
+        // with the connection, the session moves and the library sends the create again.
+        handles.push(private_data(session, &format!("made-once-{i}"), b"v"));
+    }
+    assert!(
+        cut.load(std::sync::atomic::Ordering::SeqCst),
+        "the relay cut the create's answer"
+    );
+    for (i, handle) in handles.iter().enumerate() {
+        let found = find_by_label(&sessions[0], &format!("made-once-{i}"));
+        assert_eq!(
+            found,
+            vec![*handle],
+            "made-once-{i}: one object, the one answered"
+        );
+    }
+    assert!(
+        cluster.nodes[0]
+            .log()
+            .contains("answered with the objects it made")
+            || cluster.nodes[2]
+                .log()
+                .contains("answered with the objects it made")
+    );
 }

@@ -399,6 +399,16 @@ pub enum Call {
         #[serde(with = "tessera_core::bytes")]
         ciphertext: Vec<u8>,
     },
+    /// A call that makes objects (`C_CreateObject`, `C_GenerateKey`, ...), with an id that
+    /// the library's High Availability sends again with it when it sends it again: a node of a
+    /// cluster answers a request it has already carried out (on any node) with the objects it
+    /// made then, rather than making them again.
+    Once {
+        /// The request's id (random, the library's).
+        request: [u8; 16],
+        /// The call.
+        call: Box<Call>,
+    },
 }
 
 /// The cryptographic operation a session runs.
@@ -521,6 +531,7 @@ impl Call {
     pub fn session_mut(&mut self) -> Option<&mut u64> {
         use Call as C;
         match self {
+            C::Once { call, .. } => call.session_mut(),
             C::CloseSession { session, .. }
             | C::SessionInfo { session, .. }
             | C::Login { session, .. }
@@ -562,6 +573,7 @@ impl Call {
     fn templates(&self) -> Vec<&Template> {
         use Call as R;
         match self {
+            R::Once { call, .. } => call.templates(),
             R::CreateObject { template, .. }
             | R::CopyObject { template, .. }
             | R::SetAttributes { template, .. }
@@ -605,6 +617,7 @@ impl Call {
             S::Certificates,
         ];
         let (public, secret, keys, work, reply): (bool, bool, Keys, Work, &[Shape]) = match self {
+            C::Once { call, .. } => return call.traits(),
             // call => (public, secret, keys, work, reply shapes)
             C::DeviceInfo => (PUBLIC, NO, none, Light, &[S::Device]),
             C::SlotInfo { .. } => (PUBLIC, NO, none, Light, &[S::Slot]),

@@ -46,6 +46,8 @@ impl NodeIdentity for Identity {
 const ADMIT_EVERY: Duration = Duration::from_millis(500);
 /// How often a member reports itself.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// How often a member removes the records of old requests (`Call::Once`).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Makes `hsm` a node of the cluster: found, open with the kept key, or join.
 pub fn join(hsm: &Arc<Hsm>, config: &ClusterConfig) -> Result<(), String> {
@@ -133,6 +135,7 @@ fn member_loop(
 ) {
     let mut refused = std::collections::HashSet::new();
     let mut reported = std::time::Instant::now();
+    let mut swept = std::time::Instant::now();
     loop {
         std::thread::sleep(ADMIT_EVERY);
         let Some(hsm) = hsm.upgrade() else { return };
@@ -140,6 +143,14 @@ fn member_loop(
             reported = std::time::Instant::now();
             if let Err(e) = store.heartbeat(hsm.serial(), since) {
                 tracing::debug!(error = %e, "cannot report this node as a member");
+            }
+        }
+        if swept.elapsed() >= SWEEP_EVERY {
+            swept = std::time::Instant::now();
+            match store.forget_old_requests() {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(records = n, "removed the records of old requests"),
+                Err(e) => tracing::debug!(error = %e, "cannot remove the records of old requests"),
             }
         }
         let identity = Identity(hsm.clone());

@@ -52,6 +52,21 @@ fn small_template(template: &tessera_core::Template) -> bool {
 /// that input is small. The others run on the blocking pool (PIN checks, disk writes, RSA, key
 /// generation, large data), where a slow one holds up nothing else.
 fn quick(hsm: &Hsm, client: u64, call: &Call, work: Work) -> bool {
+    // On a node of a cluster, the calls that catch up with the cluster, or may answer from
+    // it, wait for etcd: never on the I/O thread.
+    if hsm.cluster_name().is_some()
+        && matches!(
+            call,
+            Call::OpenSession { .. }
+                | Call::TokenInfo { .. }
+                | Call::FindObjectsInit { .. }
+                | Call::FindObjectsFirst { .. }
+                | Call::Once { .. }
+                | Call::DeviceStatus
+        )
+    {
+        return false;
+    }
     match work {
         Work::Light => true,
         Work::Heavy => false,

@@ -135,6 +135,22 @@ impl Journal {
     }
 }
 
+/// Whether `call` makes token objects (sent as `Call::Once`). `C_EncapsulateKey` is not
+/// among them: its answer, a ciphertext, cannot be given again.
+fn makes_objects(call: &Call) -> bool {
+    use Call as C;
+    matches!(
+        call,
+        C::CreateObject { .. }
+            | C::CopyObject { .. }
+            | C::GenerateKey { .. }
+            | C::GenerateKeyPair { .. }
+            | C::UnwrapKey { .. }
+            | C::DeriveKey { .. }
+            | C::DecapsulateKey { .. }
+    )
+}
+
 /// Whether `call` changes the journal (the others need no copy kept).
 fn journaled(call: &Call) -> bool {
     use Call as C;
@@ -176,6 +192,17 @@ impl Library {
 /// A session call in HA mode: sent, recorded in the journal, and on a lost device sent again
 /// on the member the session moved to.
 pub(super) fn call(handle: u64, target: Target, call: Call) -> CkResult<Reply> {
+    // A call that makes objects goes with a request id, the same when it is sent again: a
+    // node that carried it out before the failure answers with what it made then.
+    let call = if makes_objects(&call) {
+        let request = tessera_client::request_id().ok_or(Rv::FunctionFailed.code())?;
+        Call::Once {
+            request,
+            call: Box::new(call),
+        }
+    } else {
+        call
+    };
     let encoded = SecretBytes::encode(&call).map_err(|_| Rv::GeneralError.code())?;
     let journal = journaled(&call).then(|| (decode(&encoded), encoded.duplicate()));
     let mut target = target;
