@@ -4,7 +4,8 @@
 //! (a) SoftHSM2 in-process, (b) SoftHSM2 behind p11-kit's remote RPC (`p11-kit server` on a
 //! Unix socket, `p11-kit-client.so`), (c) Tessera over a Unix socket without a channel,
 //! (d) Tessera over a Unix socket with full secure messaging (`nuNU`), (e) the same over
-//! loopback TCP. Plus the bare round trip between two processes over a Unix socket and over
+//! loopback TCP, (g) Tessera over a Unix socket without a channel, the device a node of a
+//! cluster on a three-member etcd (its writes committed by etcd). Plus the bare round trip between two processes over a Unix socket and over
 //! loopback TCP, each with both sides sleeping in `read` and with both polling.
 //!
 //! Each system runs in a worker process of this binary (so that every module gets a clean
@@ -52,6 +53,8 @@ const OPERATIONS: &[&str] = &[
     "ecdsa-p256",
     "rsa2048",
     "aes-keygen",
+    "token-keygen",
+    "create",
     "find",
     "sha256",
     "gcm64-first",
@@ -94,7 +97,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         seconds: 1.0,
         threads: vec![1, 2, 16],
         operations: OPERATIONS.iter().map(|s| s.to_string()).collect(),
-        systems: "abcde".into(),
+        systems: "abcdeg".into(),
         rounds: 1,
         busy_poll: None,
     };
@@ -137,9 +140,9 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             }
             "--systems" => {
                 options.systems = value.split(',').collect();
-                if let Some(bad) = options.systems.chars().find(|c| !"abcde".contains(*c)) {
+                if let Some(bad) = options.systems.chars().find(|c| !"abcdeg".contains(*c)) {
                     return Err(format!(
-                        "unknown system {bad:?}; the systems are a,b,c,d,e (see the table's legend)"
+                        "unknown system {bad:?}; the systems are a,b,c,d,e,g (see the table's legend)"
                     ));
                 }
             }
@@ -430,6 +433,28 @@ fn run_once(
             )
             .and_then(|key| session.destroy_object(key))
             .map_err(|e| e.to_string()),
+        // Two writes of token state each (the store's, or on a cluster node etcd's commits):
+        // a token AES key made and destroyed; a token data object created and destroyed.
+        "token-keygen" => session
+            .generate_key(
+                &Mechanism::AesKeyGen,
+                &[
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::ValueLen(32.into()),
+                ],
+            )
+            .and_then(|key| session.destroy_object(key))
+            .map_err(|e| e.to_string()),
+        "create" => session
+            .create_object(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Value(payload[..32].to_vec()),
+            ])
+            .and_then(|object| session.destroy_object(object))
+            .map_err(|e| e.to_string()),
         "mldsa65-sign" | "mldsa65-verify" | "mlkem768-encaps" | "mlkem768-decaps" => {
             let pq = keys
                 .pq
@@ -516,7 +541,14 @@ fn worker(module: &str, options: &Options) -> Result<(), String> {
                     let operation = operation.clone();
                     let seconds = options.seconds;
                     std::thread::spawn(move || -> Result<Vec<f64>, String> {
-                        let session = pkcs11.open_ro_session(slot).map_err(|e| e.to_string())?;
+                        // Token objects are written in read-write sessions only.
+                        let writes = matches!(operation.as_str(), "token-keygen" | "create");
+                        let session = if writes {
+                            pkcs11.open_rw_session(slot)
+                        } else {
+                            pkcs11.open_ro_session(slot)
+                        }
+                        .map_err(|e| e.to_string())?;
                         let keys = keys(&session)?;
                         timed(seconds, &barrier, || {
                             run_once(&pkcs11, slot, &session, &keys, &operation, &payload)
@@ -833,7 +865,8 @@ fn main() {
 /// else is one.
 fn round_trips(operation: &str) -> u32 {
     match operation {
-        "open-close" | "aes-keygen" | "mlkem768-encaps" | "mlkem768-decaps" => 2,
+        "open-close" | "aes-keygen" | "token-keygen" | "create" | "mlkem768-encaps"
+        | "mlkem768-decaps" => 2,
         _ => 1,
     }
 }
@@ -907,14 +940,17 @@ Systems (pick with --systems, default all):
   c  Tessera over a Unix socket, no channel
   d  Tessera over a Unix socket, full secure messaging (nuNU)
   e  Tessera over loopback TCP, full secure messaging (nuNU)
+  g  Tessera over a Unix socket, no channel, the device a node of a cluster (a three-member
+     etcd on loopback, started here; needs Debian's etcd-server, else left out)
 Also measured: the bare round trip between two processes (Unix and TCP, sleeping and polling).
 
 Options:
   --seconds S        time per case (default 1, at most 60)
   --threads 1,2,16   client thread counts (default 1,2,16)
   --ops LIST         operations, comma-separated (default all):
-                     open-close,random32,gcm64,gcm4k,gcm1m,ecb4k,ecdsa-p256,rsa2048,aes-keygen,find,
-                     sha256, and the first uses gcm64-first,ecdsa-first,sha256-first (each:
+                     open-close,random32,gcm64,gcm4k,gcm1m,ecb4k,ecdsa-p256,rsa2048,aes-keygen,
+                     token-keygen and create (a token key or data object made and destroyed:
+                     two writes of token state), find, sha256, and the first uses gcm64-first,ecdsa-first,sha256-first (each:
                      open a session, the operation once, close it; compare with open-close);
                      post-quantum (PKCS#11 3.2; SoftHSM2 has none): mldsa65-sign,
                      mldsa65-verify, mlkem768-encaps, mlkem768-decaps (each encapsulation
@@ -974,6 +1010,24 @@ fn run(args: &[String]) -> Result<(), String> {
     };
     let plain = Daemon::start_with(&daemon_options);
     let secure = Daemon::start_with(&daemon_options);
+    // (g): a node of a cluster, alone on a three-member etcd (its writes are etcd's commits;
+    // what it serves from memory is what a single device serves).
+    let clustered = if options.systems.contains('g') && tessera_testkit::etcd::binary().exists() {
+        let etcd = tessera_testkit::etcd::Etcd::start(3);
+        let endpoints = etcd.endpoints();
+        let mut args = daemon_options.clone();
+        args.extend(["--cluster", "bench", "--etcd", endpoints.as_str()]);
+        let node = Daemon::start_with(&args);
+        Some((etcd, node))
+    } else {
+        if options.systems.contains('g') {
+            eprintln!(
+                "p11-bench: (g) left out: no etcd at {}",
+                tessera_testkit::etcd::binary().display()
+            );
+        }
+        None
+    };
     let tessera_env = |daemon: &Daemon, transport: Transport| {
         let mut env = daemon.trust_env();
         env.push((
@@ -1030,8 +1084,17 @@ fn run(args: &[String]) -> Result<(), String> {
         System {
             key: "e",
             name: "Tessera TCP, nuNU channel",
-            module,
+            module: module.clone(),
             env: tessera_env(&secure, Transport::Tcp),
+        },
+        System {
+            key: "g",
+            name: "Tessera Unix, no channel, a cluster node (3-member etcd)",
+            module,
+            env: match &clustered {
+                Some((_, node)) => tessera_env(node, Transport::Unix),
+                None => Vec::new(),
+            },
         },
     ];
     let bare = bare_round_trips()?;
@@ -1044,7 +1107,7 @@ fn run(args: &[String]) -> Result<(), String> {
             eprintln!("p11-bench: round {round} of {}", options.rounds);
         }
         for (i, system) in systems.iter().enumerate() {
-            if options.systems.contains(system.key) {
+            if options.systems.contains(system.key) && (system.key != "g" || clustered.is_some()) {
                 rounds[i].push(run_worker(system, args)?);
             }
         }
@@ -1124,7 +1187,7 @@ fn run(args: &[String]) -> Result<(), String> {
         }
     };
     println!(
-        "(d)/(c) full secure messaging against no channel, (e)/(d) TCP against Unix, by threads {}:",
+        "(d)/(c) full secure messaging against no channel, (e)/(d) TCP against Unix, (g)/(c) a cluster node against a single device, by threads {}:",
         options.threads.iter().map(|t| t.to_string()).collect::<Vec<_>>().join("/")
     );
     for operation in &options.operations {
@@ -1135,9 +1198,10 @@ fn run(args: &[String]) -> Result<(), String> {
                 .join(" ")
         };
         println!(
-            "  {operation:<15} (d)/(c) {}   (e)/(d) {}",
+            "  {operation:<15} (d)/(c) {}   (e)/(d) {}   (g)/(c) {}",
             row(3, 2),
-            row(4, 3)
+            row(4, 3),
+            row(5, 2)
         );
     }
     println!(
