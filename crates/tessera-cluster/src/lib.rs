@@ -226,7 +226,12 @@ impl Node {
 
     /// Founds the cluster with a new key and blank tokens in `layout`, unless another node
     /// founded it first (then `None`: join it).
-    pub fn found(&self, layout: &Layout, founder: &str) -> Result<Option<MasterKey>, ClusterError> {
+    pub fn found(
+        &self,
+        layout: &Layout,
+        founder: &str,
+        flags: u64,
+    ) -> Result<Option<MasterKey>, ClusterError> {
         let key = MasterKey::generate()
             .map_err(|e| ClusterError::Refused(format!("cannot make a cluster key: {e}")))?;
         let values = store::Values::new(&key)?;
@@ -253,6 +258,12 @@ impl Node {
                 None,
             ));
         }
+        let flags_key = self.key(store::FLAGS);
+        puts.push(etcd_client::TxnOp::put(
+            flags_key.clone(),
+            values.seal(&flags_key, &flags)?,
+            None,
+        ));
         let head = self.key(store::HEAD);
         puts.push(etcd_client::TxnOp::put(
             head.clone(),

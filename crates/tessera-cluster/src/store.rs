@@ -28,6 +28,7 @@ use tessera_store::{MasterKey, StoreError, StoredObject, TokenRecord};
 use crate::{ClusterError, Node};
 
 pub(crate) const HEAD: &str = "state/head";
+pub(crate) const FLAGS: &str = "state/flags";
 const STATE: &str = "state/";
 const IDS: &str = "ids";
 /// Object ids a node takes at once (one compare-and-swap per block).
@@ -251,6 +252,12 @@ impl ClusterStore {
             return Ok(None);
         };
         let number = |s: &str| s.parse::<u64>().ok();
+        if rest == FLAGS {
+            return match value {
+                Some(v) => Ok(Some(Change::Flags(self.values.open(name, v)?))),
+                None => Ok(None),
+            };
+        }
         if let Some(id) = rest.strip_prefix("state/token/").and_then(number) {
             return match value {
                 Some(v) => Ok(Some(Change::Token(id, self.values.open(name, v)?))),
@@ -472,6 +479,7 @@ impl Shared for ClusterStore {
                 Some(Change::Object { token, id, object }) => {
                     snapshot.objects.push((token, id, object))
                 }
+                Some(Change::Flags(flags)) => snapshot.flags = Some(flags),
                 _ => {}
             }
         }
@@ -490,6 +498,7 @@ impl Shared for ClusterStore {
     fn accept(&self, change: &Change, revision: i64) -> bool {
         let name = self.node.key(&match change {
             Change::Token(token, _) => token_key(*token),
+            Change::Flags(_) => FLAGS.to_string(),
             Change::Object { token, id, .. } | Change::ObjectGone { token, id } => {
                 object_key(*token, *id)
             }
@@ -532,6 +541,34 @@ impl Shared for ClusterStore {
         Err(StoreError::Corrupt(format!(
             "token {token} is not in the cluster"
         )))
+    }
+
+    fn put_flags(&self, flags: u64) -> Result<(), StoreError> {
+        let name = self.node.key(FLAGS);
+        let expected = self.seen(&name);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                name.clone(),
+                CompareOp::Equal,
+                expected,
+            )])
+            .and_then(self.with_head(&name, &flags)?)
+            .or_else([TxnOp::get(name.clone(), None)]);
+        let done = self.txn(txn)?;
+        if done.succeeded() {
+            self.saw(&name, ClusterStore::revision_of(&done));
+            return Ok(());
+        }
+        for response in done.op_responses() {
+            if let etcd_client::TxnOpResponse::Get(get) = response {
+                if let Some(kv) = get.kvs().first() {
+                    let newer: u64 = self.values.open(&name, kv.value()).map_err(unavailable)?;
+                    self.saw(&name, kv.mod_revision());
+                    return Err(StoreError::StaleFlags(newer));
+                }
+            }
+        }
+        Err(StoreError::Corrupt("the cluster's flags".into()))
     }
 
     fn reset_token(&self, token: u64, record: &TokenRecord) -> Result<(), StoreError> {

@@ -303,6 +303,20 @@ impl Hsm {
             return Err(Rv::IdentityRequired);
         }
         let mut change = change;
+        // On a node of a cluster the flags are the cluster's: written there first, over the
+        // flags this decision was made on (a change made meanwhile on another node is taken,
+        // and this one decided again on it).
+        match self.store_flags(bits) {
+            Ok(()) => {}
+            Err(tessera_store::StoreError::StaleFlags(newer)) => {
+                drop(state);
+                drop(tokens);
+                drop(change);
+                self.take_flags(newer, "set on another node of the cluster");
+                return self.set_flags(bits, client);
+            }
+            Err(e) => return Err(crate::store_failure(e)),
+        }
         change.record.flags = bits;
         self.store
             .update_device(&change.record, &[], &[], &[])
@@ -312,8 +326,16 @@ impl Hsm {
         let detail = format!("{:?} -> {:?}", flags::letters(before), flags::letters(bits));
         self.event("Administrator", "flags-changed", detail);
         drop(state);
+        self.after_flags_changed(bits, Some(client));
+        Ok(Reply::Done)
+    }
+
+    /// What follows a change of the flags: the channels end, as they were agreed under the old
+    /// policy (the Administrator's own carries on: `except`), and sessions opened in the clear
+    /// when a channel is now required.
+    pub(crate) fn after_flags_changed(&self, bits: u64, except: Option<u64>) {
         // Channels were agreed under the old policy (the Administrator's own carries on).
-        self.terminate_channels_except(None, Some(client), "the security flags changed");
+        self.terminate_channels_except(None, except, "the security flags changed");
         // Sessions opened in the clear end too when a channel is now required: a library
         // must not go on to send a PIN on one (its connection is closed with a notice).
         if tessera_channel::Policy::from_device_flags(bits).requires_channel() {
@@ -327,7 +349,6 @@ impl Hsm {
                 ),
             );
         }
-        Ok(Reply::Done)
     }
 
     fn admin_init_token(&self, slot: u64, label: &[u8], so_pin: &SecretBytes) -> Result<Reply, Rv> {
@@ -347,6 +368,7 @@ impl Hsm {
     }
 
     fn add_slots(&self, count: u64) -> Result<Reply, Rv> {
+        self.slots_are_fixed()?;
         let mut change = self.device.change();
         let total = change.user_tokens.len() as u64 + count;
         if count == 0 || total > MAX_USER_SLOTS {
@@ -383,6 +405,7 @@ impl Hsm {
     }
 
     fn delete_slot(&self, slot: u64) -> Result<Reply, Rv> {
+        self.slots_are_fixed()?;
         let mut change = self.device.change();
         let tokens = self.all_tokens();
         let mut state = tokens.lock(self);
@@ -413,10 +436,29 @@ impl Hsm {
         Ok(Reply::Done)
     }
 
+    /// A cluster's slots are fixed when it is founded (every node has them):
+    /// `CKR_FUNCTION_NOT_SUPPORTED` on a node.
+    fn slots_are_fixed(&self) -> Result<(), Rv> {
+        match self.cluster_name() {
+            Some(name) => {
+                tracing::warn!(cluster = %name, "slots cannot be added or deleted on a node of a cluster");
+                self.event(
+                    "Administrator",
+                    "slots-change-refused",
+                    format!("a node of cluster {name}: the cluster's slots are fixed"),
+                );
+                Err(Rv::FunctionNotSupported)
+            }
+            None => Ok(()),
+        }
+    }
+
     /// What a hardware tamper does: every token (the Admin token too) loses its objects and
     /// PINs, the flags return to Default Mode (Mode Locked cleared), every session ends.
     /// Identity keys and certificates are kept.
     pub(crate) fn tamper(&self, role: &str, cause: &str) -> Result<Reply, Rv> {
+        // A node of a cluster leaves it first: the blank tokens below are this node's only.
+        self.leave_cluster_at_tamper();
         let mut change = self.device.change();
         let tokens = self.all_tokens();
         let mut state = tokens.lock(self);

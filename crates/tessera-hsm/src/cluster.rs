@@ -18,6 +18,8 @@ use crate::{Hsm, HsmError};
 
 /// The cluster a node has joined.
 pub(crate) struct Clustered {
+    /// Set by a tamper: the node no longer writes to the cluster, nor takes its changes.
+    detached: std::sync::atomic::AtomicBool,
     name: String,
     shared: Arc<dyn Shared>,
     /// Seals public objects' secrets (in place of the device key).
@@ -68,6 +70,36 @@ impl Hsm {
         self.cluster.get()
     }
 
+    /// The cluster, for a write: refused once the node was tampered with.
+    fn attached(&self) -> Result<Option<&Clustered>, StoreError> {
+        match self.clustered() {
+            Some(c) if c.detached.load(std::sync::atomic::Ordering::Acquire) => {
+                Err(StoreError::Unavailable(format!(
+                    "this node left cluster {} at a tamper: it serves no token of the cluster                      until it is admitted again (restart it)",
+                    c.name
+                )))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// What a tamper does to a node of a cluster, besides what it does to any device: the
+    /// node forgets the cluster key it kept and stops writing to the cluster and taking its
+    /// changes (its tokens are blank, as on any tampered device; the cluster's stay as they
+    /// are on the other nodes). Restarted, it must be admitted again.
+    pub(crate) fn leave_cluster_at_tamper(&self) {
+        let Some(clustered) = self.clustered() else {
+            return;
+        };
+        clustered
+            .detached
+            .store(true, std::sync::atomic::Ordering::Release);
+        if let Err(e) = self.store.remove_meta(&key_record(&clustered.name)) {
+            tracing::error!(error = %e, "a tamper could not remove the cluster key kept in the store");
+        }
+        tracing::warn!(cluster = %clustered.name, "tamper: this node left the cluster and forgot its key");
+    }
+
     /// The key that seals public token objects' secrets.
     pub(crate) fn public_key(&self) -> &MasterKey {
         self.clustered().map_or(&self.device_key, |c| &c.public_key)
@@ -90,9 +122,18 @@ impl Hsm {
         self.clustered().map(|c| c.name.as_str())
     }
 
+    /// Writes the security flags where the cluster keeps them (nothing on a single device:
+    /// its store's device record is written by the caller).
+    pub(crate) fn store_flags(&self, bits: u64) -> Result<(), StoreError> {
+        match self.attached()? {
+            Some(c) => c.shared.put_flags(bits),
+            None => Ok(()),
+        }
+    }
+
     /// Writes a token record where the tokens live.
     pub(crate) fn store_token(&self, token: u64, record: &TokenRecord) -> Result<(), StoreError> {
-        match self.clustered() {
+        match self.attached()? {
             Some(c) => c.shared.put_token(token, record),
             None => self.store.put_token(token, record),
         }
@@ -104,7 +145,7 @@ impl Hsm {
         token: u64,
         record: &TokenRecord,
     ) -> Result<(), StoreError> {
-        match self.clustered() {
+        match self.attached()? {
             Some(c) => c.shared.reset_token(token, record),
             None => self.store.reset_token(token, record),
         }
@@ -116,7 +157,7 @@ impl Hsm {
         token: u64,
         build: impl FnOnce(u64) -> Result<StoredObject, StoreError>,
     ) -> Result<u64, StoreError> {
-        match self.clustered() {
+        match self.attached()? {
             Some(c) => {
                 let mut build = Some(build);
                 let request = REQUEST.with(|r| {
@@ -143,7 +184,7 @@ impl Hsm {
         id: u64,
         object: &StoredObject,
     ) -> Result<(), StoreError> {
-        match self.clustered() {
+        match self.attached()? {
             Some(c) => c.shared.replace_object(token, id, object),
             None => self.store.replace_object(token, id, object),
         }
@@ -151,7 +192,7 @@ impl Hsm {
 
     /// Removes a stored object.
     pub(crate) fn store_remove_object(&self, token: u64, id: u64) -> Result<(), StoreError> {
-        match self.clustered() {
+        match self.attached()? {
             Some(c) => c.shared.remove_object(token, id),
             None => self.store.remove_object(token, id),
         }
@@ -161,7 +202,7 @@ impl Hsm {
     /// session, a login, a search, the token's information): waits until every change
     /// committed in the cluster before it is applied here. Nothing on a single device.
     pub(crate) fn catch_up(&self) -> Result<(), Rv> {
-        match self.clustered() {
+        match self.attached().map_err(crate::store_failure)? {
             Some(c) => c.shared.catch_up().map_err(crate::store_failure),
             None => Ok(()),
         }
@@ -239,6 +280,11 @@ impl Hsm {
         Ok(())
     }
 
+    /// The device's security flags.
+    pub fn flags(&self) -> u64 {
+        self.device.now().flags
+    }
+
     /// The slots of this device: its user tokens in slot order, and its Admin token.
     pub fn slot_layout(&self) -> (Vec<u64>, u64) {
         let device = self.device.now();
@@ -269,6 +315,7 @@ impl Hsm {
             )));
         }
         let clustered = Clustered {
+            detached: Default::default(),
             name: name.to_string(),
             shared: shared.clone(),
             public_key: subkey(key, b"tessera cluster public objects v1")?,
@@ -306,7 +353,12 @@ impl Hsm {
         let flags = state.device.flags;
         self.refresh_device_objects(&mut state, flags);
         drop(state);
+        drop(all);
         crate::crypto::forget_parsed_keys();
+        // The cluster's flags are every node's.
+        if let Some(flags) = snapshot.flags {
+            self.take_flags(flags, "on joining the cluster");
+        }
         let me: Weak<Hsm> = Arc::downgrade(self);
         shared.listen(Box::new(move |changes| {
             if let Some(hsm) = me.upgrade() {
@@ -321,14 +373,52 @@ impl Hsm {
         Ok(())
     }
 
+    /// Takes security flags set elsewhere in the cluster (another node, or a change that a
+    /// write of this node's met): as a change by the Administrator here, without its checks
+    /// (they were made where the flags were set), every channel ended.
+    pub(crate) fn take_flags(&self, bits: u64, how: &str) {
+        let mut change = self.device.change();
+        let before = change.flags;
+        if before == bits {
+            return;
+        }
+        let tokens = self.all_tokens();
+        let mut state = tokens.lock(self);
+        change.record.flags = bits;
+        if let Err(e) = self.store.update_device(&change.record, &[], &[], &[]) {
+            tracing::warn!(error = %e, "cannot keep the cluster's flags in this node's store");
+        }
+        state.publish(change);
+        self.refresh_device_objects(&mut state, bits);
+        let detail = format!(
+            "{:?} -> {:?} ({how})",
+            tessera_core::flags::letters(before),
+            tessera_core::flags::letters(bits)
+        );
+        self.event("Administrator", "flags-changed", detail);
+        drop(state);
+        drop(tokens);
+        self.after_flags_changed(bits, None);
+    }
+
     /// Applies changes made by other nodes to the tokens held here.
     fn apply_changes(&self, changes: Vec<(Change, i64)>) {
-        let Some(clustered) = self.clustered() else {
+        let Ok(Some(clustered)) = self.attached() else {
             return;
         };
         let mut forget_keys = false;
         for (change, revision) in changes {
             let token_id = match &change {
+                Change::Flags(bits) => {
+                    // Under the device's change turn, where this node writes its flags.
+                    let turn = self.device.change();
+                    let newer = clustered.shared.accept(&change, revision);
+                    drop(turn);
+                    if newer {
+                        self.take_flags(*bits, "set on another node of the cluster");
+                    }
+                    continue;
+                }
                 Change::Token(token, _) => *token,
                 Change::Object { token, .. } | Change::ObjectGone { token, .. } => *token,
             };
@@ -345,6 +435,7 @@ impl Hsm {
                 continue;
             }
             match change {
+                Change::Flags(_) => {}
                 Change::Token(_, record) => token.record = record,
                 Change::Object { id, object, .. } => {
                     forget_keys |= token.objects.get(&id).is_some();

@@ -73,6 +73,10 @@ pub enum StoreError {
     /// record (nothing was written).
     #[error("token {0}: changed by another device meanwhile; nothing was written")]
     Stale(u64, Box<TokenRecord>),
+    /// The shared security flags were changed by another device since this one read them:
+    /// the newer flags (nothing was written).
+    #[error("the security flags were changed by another device meanwhile; nothing was written")]
+    StaleFlags(u64),
     /// A shared object was destroyed by another device meanwhile.
     #[error("object {1} of token {0}: destroyed by another device meanwhile")]
     Gone(u64, u64),
@@ -236,6 +240,15 @@ impl Store {
         let table = txn.open_table(META).map_err(storage)?;
         let value = table.get(DEVICE_KEY).map_err(storage)?;
         value.map(|v| decode(v.value(), "device")).transpose()
+    }
+
+    /// Removes a named record of the `meta` table (nothing if there is none).
+    pub fn remove_meta(&self, key: &str) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut meta = txn.open_table(META)?;
+            meta.remove(key)?;
+            Ok(())
+        })
     }
 
     /// A named record of the `meta` table (e.g. the device identity), if written.

@@ -23,6 +23,8 @@ pub enum Change {
         /// What is stored.
         object: StoredObject,
     },
+    /// The security flags of the cluster were set.
+    Flags(u64),
     /// An object was destroyed.
     ObjectGone {
         /// Its token.
@@ -56,6 +58,9 @@ pub struct Snapshot {
     pub tokens: Vec<(u64, TokenRecord)>,
     /// The objects: token id, object id, object.
     pub objects: Vec<(u64, u64, StoredObject)>,
+    /// The security flags of the cluster (`None`: never set since the founding, which set them
+    /// to the founder's).
+    pub flags: Option<u64>,
 }
 
 /// A store of token records and token objects that several devices share.
@@ -71,6 +76,9 @@ pub trait Shared: Send + Sync {
     fn accept(&self, change: &Change, revision: i64) -> bool;
     /// Writes a token record if the stored one is the one this device last saw.
     fn put_token(&self, token: u64, record: &TokenRecord) -> Result<(), StoreError>;
+    /// Sets the cluster's security flags if they are still those this device last saw; else
+    /// [`StoreError::StaleFlags`] with the newer ones.
+    fn put_flags(&self, flags: u64) -> Result<(), StoreError>;
     /// Writes a token record and deletes all of its objects, in one commit.
     fn reset_token(&self, token: u64, record: &TokenRecord) -> Result<(), StoreError>;
     /// Allocates an object id, unique in the cluster, and stores what `build` makes for it;

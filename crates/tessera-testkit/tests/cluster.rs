@@ -850,3 +850,82 @@ fn ha_sends_a_create_again_and_the_cluster_does_not_make_it_twice() {
                 .contains("answered with the objects it made")
     );
 }
+
+/// Runs `ctconf` against `node` with its PIN files; its exit status and what it printed.
+fn ctconf(node: &Daemon, args: &[&str]) -> (bool, String) {
+    let dir = node.dir();
+    let output = std::process::Command::new(tessera_testkit::binary("ctconf"))
+        .envs(node.trust_env())
+        .env(
+            "ET_HSM_NETCLIENT_SERVERLIST",
+            node.server_list(Transport::Unix),
+        )
+        .args(args)
+        .arg("--pin-file")
+        .arg(dir.join("admin.pin"))
+        .arg("--aso-pin-file")
+        .arg(dir.join("aso.pin"))
+        .arg("--admin-pin-file")
+        .arg(dir.join("admin.pin"))
+        .arg("--yes")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+#[test]
+fn administration_is_cluster_wide_and_a_tampered_node_leaves() {
+    let _serial = serialise();
+    let cluster = Cluster::start();
+    // The Admin token is the cluster's: set up once, through node 0.
+    let (ok, out) = ctconf(&cluster.nodes[0], &["-v"]);
+    assert!(ok, "{out}");
+    // Flags set on node 0 are every node's.
+    let (ok, out) = ctconf(&cluster.nodes[0], &["-fc"]);
+    assert!(ok, "{out}");
+    for node in &cluster.nodes[1..] {
+        assert!(
+            tessera_testkit::wait_until(Duration::from_secs(10), || {
+                ctconf(node, &["-v"]).1.contains("No Public Crypto")
+            }),
+            "the flag reached every node"
+        );
+    }
+    assert!(cluster.nodes[2]
+        .log()
+        .contains("set on another node of the cluster"));
+    // The cluster's slots are fixed.
+    let (ok, out) = ctconf(&cluster.nodes[1], &["-c", "1"]);
+    assert!(!ok && out.contains("CKR_FUNCTION_NOT_SUPPORTED"), "{out}");
+
+    // A token initialised through node 1; then node 2 is tampered with.
+    {
+        let module = cluster.library();
+        init_token(&module);
+        let on_1 = user_session(&module, 1);
+        private_data(&on_1, "survives a tamper", b"x");
+    }
+    let (ok, out) = ctconf(&cluster.nodes[2], &["--tamper"]);
+    assert!(ok, "{out}");
+    // Node 2 forgot the cluster: its tokens are blank and it writes nothing to the cluster
+    // (even its blank Admin token's set-up goes nowhere)...
+    let module = cluster.library();
+    assert_eq!(
+        rv(module.open_rw_session(slot(&module, 2))),
+        RvError::DeviceError,
+        "a tampered node serves no token of the cluster"
+    );
+    // ... while the cluster's tokens are intact on the others.
+    let on_0 = user_session(&module, 0);
+    assert_eq!(find_by_label(&on_0, "survives a tamper").len(), 1);
+    let (ok, out) = ctconf(&cluster.nodes[0], &["-v"]);
+    assert!(ok && out.contains("No Public Crypto"), "{out}");
+}

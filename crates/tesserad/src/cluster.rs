@@ -66,7 +66,7 @@ pub fn join(hsm: &Arc<Hsm>, config: &ClusterConfig) -> Result<(), String> {
                 admin_token,
             };
             match node
-                .found(&layout, hsm.serial())
+                .found(&layout, hsm.serial(), hsm.flags())
                 .map_err(|e| e.to_string())?
             {
                 Some(key) => {
