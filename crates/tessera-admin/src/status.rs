@@ -137,7 +137,8 @@ fn render_cluster(out: &mut String, cluster: &tessera_wire::ClusterStatus, now: 
             out,
             &format!("Member {}", member.serial),
             format!(
-                "{health}, applied revision {}, serving since {}{this}",
+                "{health}, key epoch {}, applied revision {}, serving since {}{this}",
+                member.epoch,
                 member.applied,
                 clock(member.since)
             ),

@@ -25,7 +25,7 @@ use aws_lc_rs::rand::SystemRandom;
 use serde::{Deserialize, Serialize};
 use tessera_store::MasterKey;
 
-use crate::{ClusterError, Node};
+use crate::{ClusterError, ClusterKey, Node};
 
 /// What a device of the cluster knows of itself and trusts (the engine answers).
 pub trait NodeIdentity: Send + Sync {
@@ -53,6 +53,8 @@ struct Request {
 
 #[derive(Serialize, Deserialize)]
 struct Grant {
+    /// The epoch of the key granted.
+    epoch: u32,
     serial: String,
     chain: Vec<Vec<u8>>,
     public: Vec<u8>,
@@ -82,8 +84,15 @@ fn request_message(cluster: &str, serial: &str, public: &[u8], time: u64) -> Vec
 }
 
 /// What the member signs: the whole request, then its answer.
-fn grant_message(request: &[u8], serial: &str, public: &[u8], sealed_key: &[u8]) -> Vec<u8> {
+fn grant_message(
+    request: &[u8],
+    epoch: u32,
+    serial: &str,
+    public: &[u8],
+    sealed_key: &[u8],
+) -> Vec<u8> {
     let mut m = b"tessera cluster grant v1\0".to_vec();
+    m.extend_from_slice(&epoch.to_be_bytes());
     for part in [request, serial.as_bytes(), public, sealed_key] {
         m.extend_from_slice(&(part.len() as u32).to_be_bytes());
         m.extend_from_slice(part);
@@ -144,8 +153,8 @@ fn check(
     Ok(())
 }
 
-fn key_aad(cluster: &str) -> Vec<u8> {
-    format!("tessera cluster key of {cluster}").into_bytes()
+fn key_aad(cluster: &str, epoch: u32) -> Vec<u8> {
+    format!("tessera cluster key of {cluster}, epoch {epoch}").into_bytes()
 }
 
 impl Node {
@@ -156,7 +165,7 @@ impl Node {
         me: &dyn NodeIdentity,
         wait: Duration,
         progress: &dyn Fn(&str),
-    ) -> Result<MasterKey, ClusterError> {
+    ) -> Result<ClusterKey, ClusterError> {
         let serial = me.serial();
         let chain = me.chain().ok_or_else(|| {
             ClusterError::Usage(format!(
@@ -210,7 +219,13 @@ impl Node {
                     &grant.chain,
                     &me.peers(),
                     &grant.serial,
-                    &grant_message(&message, &grant.serial, &grant.public, &grant.sealed_key),
+                    &grant_message(
+                        &message,
+                        grant.epoch,
+                        &grant.serial,
+                        &grant.public,
+                        &grant.sealed_key,
+                    ),
                     &grant.signature,
                 )
                 .map_err(|e| {
@@ -224,9 +239,16 @@ impl Node {
                     .take()
                     .ok_or_else(|| refused("a grant came twice"))?;
                 let transport = transport_key(private, &grant.public, &message, &grant.public)?;
-                let key =
-                    MasterKey::opened_from(&transport, &key_aad(&self.name), &grant.sealed_key)
-                        .map_err(|_| refused("the granted cluster key does not open"))?;
+                let key = MasterKey::opened_from(
+                    &transport,
+                    &key_aad(&self.name, grant.epoch),
+                    &grant.sealed_key,
+                )
+                .map_err(|_| refused("the granted cluster key does not open"))?;
+                let key = ClusterKey {
+                    epoch: grant.epoch,
+                    key,
+                };
                 self.layout(&key)?;
                 let (r, g) = (request_name.clone(), grant_name.clone());
                 let _ = self.txn(etcd_client::Txn::new().and_then([
@@ -254,7 +276,7 @@ impl Node {
     pub fn admit_pending(
         &self,
         me: &dyn NodeIdentity,
-        key: &MasterKey,
+        key: &ClusterKey,
     ) -> Result<Vec<Result<String, ClusterError>>, ClusterError> {
         let prefix = self.key("join/");
         let found = self.get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))?;
@@ -278,10 +300,17 @@ impl Node {
     fn admit(
         &self,
         me: &dyn NodeIdentity,
-        key: &MasterKey,
+        key: &ClusterKey,
         request: &Request,
         grant_name: Vec<u8>,
     ) -> Result<String, ClusterError> {
+        // A device removed from the cluster is never admitted again, whoever trusts it.
+        if self.read_epoch(key)?.removed.contains(&request.serial) {
+            return Err(refused(format!(
+                "device {} was removed from the cluster: it is not admitted again",
+                request.serial
+            )));
+        }
         let message = request_message(&self.name, &request.serial, &request.public, request.time);
         check(
             &request.chain,
@@ -310,13 +339,21 @@ impl Node {
             .to_vec();
         let transport = transport_key(private, &request.public, &message, &public)?;
         let sealed_key = key
-            .sealed_under(&transport, &key_aad(&self.name))
+            .key
+            .sealed_under(&transport, &key_aad(&self.name, key.epoch))
             .map_err(refused)?;
         let serial = me.serial();
         let signature = me
-            .sign(&grant_message(&message, &serial, &public, &sealed_key))
+            .sign(&grant_message(
+                &message,
+                key.epoch,
+                &serial,
+                &public,
+                &sealed_key,
+            ))
             .map_err(refused)?;
         let grant = Grant {
+            epoch: key.epoch,
             serial,
             chain,
             public,

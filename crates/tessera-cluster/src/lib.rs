@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod join;
+pub mod keys;
 pub mod store;
 
 use std::future::Future;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tessera_store::MasterKey;
 
 pub use join::NodeIdentity;
+pub use keys::ClusterKey;
 pub use store::ClusterStore;
 
 /// Why a cluster operation failed.
@@ -53,11 +55,28 @@ pub struct Layout {
     pub admin_token: u64,
 }
 
-/// The founding record: the layout, sealed under the cluster key (opening it proves a key).
+/// The founding record: the layout and the token key, sealed under the cluster key (opening
+/// it proves a key).
 #[derive(Serialize, Deserialize)]
 struct Founding {
     layout: Layout,
     founder: String,
+    /// Seals public objects' secrets and peppers PIN records (through keys derived from it):
+    /// fixed for the cluster's life, so that a rotation of the cluster key (which seals what
+    /// etcd holds) need not open the tokens.
+    token_key: tessera_core::SecretBytes,
+}
+
+/// The epoch record (`epoch`): the current epoch, the devices removed from the cluster (never
+/// admitted again), and the first epoch whose values still open (those before are retired).
+#[derive(Serialize, Deserialize, Default, Clone, Debug)]
+pub struct EpochRecord {
+    /// The current epoch.
+    pub epoch: u32,
+    /// The serials of the devices removed.
+    pub removed: Vec<String>,
+    /// Values of epochs before this one no longer open.
+    pub oldest: u32,
 }
 
 /// One node's connection to the cluster's etcd.
@@ -231,13 +250,21 @@ impl Node {
         layout: &Layout,
         founder: &str,
         flags: u64,
-    ) -> Result<Option<MasterKey>, ClusterError> {
-        let key = MasterKey::generate()
-            .map_err(|e| ClusterError::Refused(format!("cannot make a cluster key: {e}")))?;
-        let values = store::Values::new(&key)?;
+    ) -> Result<Option<ClusterKey>, ClusterError> {
+        let new_key = || {
+            MasterKey::generate()
+                .map_err(|e| ClusterError::Refused(format!("cannot make a cluster key: {e}")))
+        };
+        let key = ClusterKey {
+            epoch: 0,
+            key: new_key()?,
+        };
+        let values = keys::Keyring::new(&key)?;
+        let token_key = new_key()?;
         let founding = Founding {
             layout: layout.clone(),
             founder: founder.to_string(),
+            token_key: token_key.export(),
         };
         let founded_key = self.key("founded");
         let mut puts = vec![etcd_client::TxnOp::put(
@@ -281,9 +308,10 @@ impl Node {
         Ok(done.succeeded().then_some(key))
     }
 
-    /// Opens the founding record with `key`: the cluster's layout, or a refusal when `key` is
-    /// not this cluster's key (a node removed from the cluster after a rotation).
-    pub fn layout(&self, key: &MasterKey) -> Result<Layout, ClusterError> {
+    /// Opens the founding record with `key`: the cluster's layout and token key, or a refusal
+    /// when `key` is not this cluster's current key (a node removed from the cluster after a
+    /// rotation).
+    pub fn layout(&self, key: &ClusterKey) -> Result<(Layout, MasterKey), ClusterError> {
         let name = self.key("founded");
         let lookup = name.clone();
         let found = self.get(lookup, None)?;
@@ -291,15 +319,35 @@ impl Node {
             ClusterError::Refused(format!("cluster {} is not founded", self.name))
         })?;
         let founding: Founding =
-            store::Values::new(key)?
+            keys::Keyring::new(key)?
                 .open(&name, kv.value())
                 .map_err(|_| {
                     ClusterError::Refused(format!(
-                "this device's cluster key does not open cluster {}'s records: the key was \
-                 rotated without this device (removed from the cluster?)",
-                self.name
-            ))
+                        "this device's cluster key (epoch {}) does not open cluster {}'s records: \
+                     the key was rotated since (this device must be admitted again, unless it \
+                     was removed from the cluster)",
+                        key.epoch, self.name
+                    ))
                 })?;
-        Ok(founding.layout)
+        let token_key = MasterKey::from_secret(founding.token_key)
+            .map_err(|e| ClusterError::Refused(format!("the cluster's token key: {e}")))?;
+        Ok((founding.layout, token_key))
+    }
+
+    /// The epoch record as stored: its epoch (readable without a key) and the record sealed.
+    pub fn epoch_record(&self) -> Result<Option<(u32, Vec<u8>)>, ClusterError> {
+        let found = self.get(self.key(store::EPOCH), None)?;
+        Ok(found
+            .kvs()
+            .first()
+            .and_then(|kv| keys::epoch_of(kv.value()).map(|e| (e, kv.value().to_vec()))))
+    }
+
+    /// The epoch record, opened with `key` (the default record before any rotation).
+    pub fn read_epoch(&self, key: &ClusterKey) -> Result<EpochRecord, ClusterError> {
+        match self.epoch_record()? {
+            None => Ok(EpochRecord::default()),
+            Some((_, sealed)) => keys::Keyring::new(key)?.open(&self.key(store::EPOCH), &sealed),
+        }
     }
 }

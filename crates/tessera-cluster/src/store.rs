@@ -20,15 +20,16 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions};
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tessera_store::shared::{Change, Listener, Member, Shared, Snapshot};
-use tessera_store::{MasterKey, StoreError, StoredObject, TokenRecord};
+use tessera_store::{StoreError, StoredObject, TokenRecord};
 
 use crate::{ClusterError, Node};
 
 pub(crate) const HEAD: &str = "state/head";
 pub(crate) const FLAGS: &str = "state/flags";
+/// The epoch record: the current epoch, the members removed, the epochs retired.
+pub(crate) const EPOCH: &str = "epoch";
 const STATE: &str = "state/";
 const IDS: &str = "ids";
 /// Object ids a node takes at once (one compare-and-swap per block).
@@ -74,45 +75,12 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Seals and opens values under the cluster key's value subkey, each bound to its key name.
-pub(crate) struct Values(MasterKey);
-
-impl Values {
-    pub(crate) fn new(cluster_key: &MasterKey) -> Result<Values, ClusterError> {
-        MasterKey::from_secret(cluster_key.derive(b"tessera cluster values v1"))
-            .map(Values)
-            .map_err(|e| ClusterError::Refused(e.to_string()))
-    }
-
-    pub(crate) fn seal<T: Serialize>(
-        &self,
-        name: &[u8],
-        value: &T,
-    ) -> Result<Vec<u8>, ClusterError> {
-        let plain = tessera_core::SecretBytes::encode(value)
-            .map_err(|e| ClusterError::Refused(e.to_string()))?;
-        self.0
-            .seal(name, plain.expose())
-            .map_err(|e| ClusterError::Refused(e.to_string()))
-    }
-
-    pub(crate) fn open<T: DeserializeOwned>(
-        &self,
-        name: &[u8],
-        sealed: &[u8],
-    ) -> Result<T, ClusterError> {
-        let what = String::from_utf8_lossy(name).into_owned();
-        let plain = self.0.open(name, sealed).map_err(|_| {
-            ClusterError::Refused(format!("{what} does not open with the cluster key"))
-        })?;
-        tessera_store::decode(plain.expose(), &what)
-            .map_err(|e| ClusterError::Refused(e.to_string()))
-    }
-}
-
 fn unavailable(e: ClusterError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
+
+/// A change as the watch tells it: the key, the value (`None`: deleted), the revision.
+type Event = (Vec<u8>, Option<Vec<u8>>, i64);
 
 /// What the node has applied, and who waits for it.
 #[derive(Default)]
@@ -128,6 +96,9 @@ struct Progress {
     failed: Option<Instant>,
 }
 
+/// How long a rotation waits for the members to take the new key.
+pub const REKEY_WAIT: Duration = Duration::from_secs(30);
+
 /// How long a failed catch-up is not tried again.
 const RETRY_CATCH_UP_AFTER: Duration = Duration::from_secs(1);
 
@@ -135,7 +106,13 @@ const RETRY_CATCH_UP_AFTER: Duration = Duration::from_secs(1);
 pub struct ClusterStore {
     me: std::sync::Weak<ClusterStore>,
     node: Arc<Node>,
-    values: Values,
+    /// The keys of the epochs this node can open, and the one it seals under.
+    values: std::sync::RwLock<crate::keys::Keyring>,
+    /// The cluster key of the current epoch (what this member hands to a device it admits).
+    key: Mutex<crate::keys::ClusterKey>,
+    /// Changes whose values are sealed under an epoch this node has no key of yet (during a
+    /// rotation, until it is admitted to the new epoch): applied once it is.
+    pending: Mutex<Vec<Event>>,
     /// The revision of every key this node has seen (0: absent).
     seen: Mutex<HashMap<Vec<u8>, i64>>,
     progress: Mutex<Progress>,
@@ -156,14 +133,16 @@ impl ClusterStore {
     /// reached (see [`Shared::catch_up`]).
     pub fn new(
         node: Arc<Node>,
-        key: &MasterKey,
+        key: &crate::keys::ClusterKey,
         stale_limit: Duration,
     ) -> Result<Arc<ClusterStore>, ClusterError> {
-        let values = Values::new(key)?;
+        let values = std::sync::RwLock::new(crate::keys::Keyring::new(key)?);
         Ok(Arc::new_cyclic(|me| ClusterStore {
             me: me.clone(),
             stale_limit,
             values,
+            key: Mutex::new(key.duplicate()),
+            pending: Mutex::default(),
             catch_up_limit: node.timeout,
             node,
             seen: Mutex::default(),
@@ -172,6 +151,201 @@ impl ClusterStore {
             listener: OnceLock::new(),
             ids: Mutex::default(),
         }))
+    }
+
+    fn ring(&self) -> std::sync::RwLockReadGuard<'_, crate::keys::Keyring> {
+        self.values.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cluster key of the current epoch.
+    pub fn current_key(&self) -> crate::keys::ClusterKey {
+        lock(&self.key).duplicate()
+    }
+
+    /// The epoch this node seals under.
+    pub fn epoch(&self) -> u32 {
+        self.ring().current()
+    }
+
+    /// Takes the key of a newer epoch (this node was admitted to it): seals under it from
+    /// now on, and applies the changes that waited for it.
+    pub fn install(&self, key: &crate::keys::ClusterKey) -> Result<(), ClusterError> {
+        self.values
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .advance(key)?;
+        *lock(&self.key) = key.duplicate();
+        let waiting = std::mem::take(&mut *lock(&self.pending));
+        if !waiting.is_empty() {
+            let newest = waiting.iter().map(|(_, _, at)| *at).max().unwrap_or(0);
+            self.apply(waiting, newest);
+        }
+        Ok(())
+    }
+
+    /// Reads the epoch record with this node's keys: notes its revision (writes compare it)
+    /// and retires the epochs it retires. Nothing to do while the record is of an epoch this
+    /// node has no key of (it must be admitted to it first: [`ClusterStore::install`]).
+    pub fn sync_epoch(&self) -> Result<(), ClusterError> {
+        let name = self.node.key(EPOCH);
+        let found = self.node.get(name.clone(), None)?;
+        let Some(kv) = found.kvs().first() else {
+            return Ok(());
+        };
+        if !self.ring().can_open(kv.value()) {
+            return Ok(());
+        }
+        let record: crate::EpochRecord = self.ring().open(&name, kv.value())?;
+        self.values
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retire_before(record.oldest);
+        self.saw(&name, kv.mod_revision());
+        Ok(())
+    }
+
+    /// Whether the cluster moved to an epoch this node has no key of (a rotation: it must be
+    /// admitted again), judged by the epoch record's tag.
+    pub fn behind(&self) -> Result<bool, ClusterError> {
+        Ok(self
+            .node
+            .epoch_record()?
+            .is_some_and(|(epoch, _)| epoch > self.epoch()))
+    }
+
+    /// Removes member `remove` (see [`Shared::remove_member`]): run by the Administrator on a
+    /// member. Waits up to [`REKEY_WAIT`] for the other members to take the new key (they ask
+    /// to be admitted again, and this node's member thread admits them); a member that does
+    /// not meanwhile (it is down) asks when it is back, as a restarted node does.
+    pub fn rotate(&self, remove: &str) -> Result<crate::keys::ClusterKey, ClusterError> {
+        let members =
+            Shared::members(self).map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+        if !members.iter().any(|m| m.serial == remove) {
+            let known: Vec<&str> = members.iter().map(|m| m.serial.as_str()).collect();
+            return Err(ClusterError::Usage(format!(
+                "no member of cluster {} has serial {remove} (its members: {})",
+                self.node.name(),
+                known.join(", ")
+            )));
+        }
+        let current = self.current_key();
+        let mut record = self.node.read_epoch(&current)?;
+        let new = crate::keys::ClusterKey {
+            epoch: current.epoch + 1,
+            key: tessera_store::MasterKey::generate()
+                .map_err(|e| ClusterError::Refused(e.to_string()))?,
+        };
+        record.epoch = new.epoch;
+        if !record.removed.iter().any(|s| s == remove) {
+            record.removed.push(remove.to_string());
+        }
+        self.install(&new)?;
+        // It is a member no more (its last report goes).
+        self.node.txn(Txn::new().and_then([TxnOp::delete(
+            self.node.key(&format!("members/{remove}")),
+            None,
+        )]))?;
+        // Sealed again first (the founding record among them, which a member proves the new
+        // key on), then announced: members see the new epoch and ask for its key.
+        self.reseal_pass(new.epoch)?;
+        let name = self.node.key(EPOCH);
+        self.put_epoch(&name, &record)?;
+        // Everything sealed again under the new key, pass after pass, until no value of an
+        // older epoch is left and the members heard from lately hold the new key.
+        let deadline = Instant::now() + REKEY_WAIT;
+        loop {
+            let resealed = self.reseal_pass(new.epoch)?;
+            let members =
+                Shared::members(self).map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let waiting: Vec<&str> = members
+                .iter()
+                .filter(|m| m.serial != remove && !record.removed.contains(&m.serial))
+                .filter(|m| now.saturating_sub(m.last_seen) <= 5 && m.epoch < new.epoch)
+                .map(|m| m.serial.as_str())
+                .collect();
+            if resealed == 0 && waiting.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(waiting = ?waiting, "rotation: members that did not take the new key in time ask for it when they can");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        // Values of the old epochs no longer open anywhere: a writer that kept the old key
+        // writes nothing that the cluster reads.
+        record.oldest = new.epoch;
+        self.put_epoch(&name, &record)?;
+        self.reseal_pass(new.epoch)?;
+        self.values
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retire_before(new.epoch);
+        Ok(new)
+    }
+
+    fn put_epoch(&self, name: &[u8], record: &crate::EpochRecord) -> Result<(), ClusterError> {
+        let sealed = self.ring().seal(name, record)?;
+        let done = self
+            .node
+            .txn(Txn::new().and_then([TxnOp::put(name.to_vec(), sealed, None)]))?;
+        self.saw(name, done.header().map_or(0, |h| h.revision()));
+        Ok(())
+    }
+
+    /// Seals again under `epoch` every value of an older epoch (each compared with the
+    /// revision read, so that a value written meanwhile is taken at the next pass). Returns
+    /// how many were left of older epochs.
+    fn reseal_pass(&self, epoch: u32) -> Result<usize, ClusterError> {
+        let prefix = self.node.key("");
+        let found = self
+            .node
+            .get(prefix, Some(GetOptions::new().with_prefix()))?;
+        let unsealed = [self.node.key("join/"), self.node.key("grant/")];
+        let epoch_name = self.node.key(EPOCH);
+        let mut ops = Vec::new();
+        let mut compares = Vec::new();
+        let mut left = 0;
+        for kv in found.kvs() {
+            if unsealed.iter().any(|p| kv.key().starts_with(p)) || kv.key() == epoch_name {
+                continue;
+            }
+            if crate::keys::epoch_of(kv.value()).is_none_or(|e| e >= epoch) {
+                continue;
+            }
+            left += 1;
+            let value = match self.ring().open_plain(kv.key(), kv.value()) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "rotation: a value does not open; left as it is");
+                    continue;
+                }
+            };
+            compares.push(Compare::mod_revision(
+                kv.key().to_vec(),
+                CompareOp::Equal,
+                kv.mod_revision(),
+            ));
+            ops.push(TxnOp::put(
+                kv.key().to_vec(),
+                self.ring().seal_plain(kv.key(), value.expose())?,
+                None,
+            ));
+            if ops.len() == 32 {
+                let _ = self.node.txn(
+                    Txn::new()
+                        .when(std::mem::take(&mut compares))
+                        .and_then(std::mem::take(&mut ops)),
+                )?;
+            }
+        }
+        if !ops.is_empty() {
+            let _ = self.node.txn(Txn::new().when(compares).and_then(ops))?;
+        }
+        Ok(left)
     }
 
     /// The newest revision applied here.
@@ -198,7 +372,7 @@ impl ClusterStore {
             .kvs()
             .iter()
             .filter(|kv| {
-                self.values
+                self.ring()
                     .open::<Made>(kv.key(), kv.value())
                     .is_ok_and(|made| made.time < cutoff)
             })
@@ -227,8 +401,9 @@ impl ClusterStore {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             applied: self.applied(),
+            epoch: self.epoch(),
         };
-        let sealed = self.values.seal(&name, &member)?;
+        let sealed = self.ring().seal(&name, &member)?;
         self.node
             .txn(Txn::new().and_then([TxnOp::put(name, sealed, None)]))?;
         self.contact();
@@ -254,13 +429,13 @@ impl ClusterStore {
         let number = |s: &str| s.parse::<u64>().ok();
         if rest == FLAGS {
             return match value {
-                Some(v) => Ok(Some(Change::Flags(self.values.open(name, v)?))),
+                Some(v) => Ok(Some(Change::Flags(self.ring().open(name, v)?))),
                 None => Ok(None),
             };
         }
         if let Some(id) = rest.strip_prefix("state/token/").and_then(number) {
             return match value {
-                Some(v) => Ok(Some(Change::Token(id, self.values.open(name, v)?))),
+                Some(v) => Ok(Some(Change::Token(id, self.ring().open(name, v)?))),
                 None => Ok(None),
             };
         }
@@ -275,7 +450,7 @@ impl ClusterStore {
                 Some(v) => Change::Object {
                     token,
                     id,
-                    object: self.values.open(name, v)?,
+                    object: self.ring().open(name, v)?,
                 },
                 None => Change::ObjectGone { token, id },
             }));
@@ -288,7 +463,7 @@ impl ClusterStore {
         Ok(vec![
             TxnOp::put(
                 name.to_vec(),
-                self.values.seal(name, value).map_err(unavailable)?,
+                self.ring().seal(name, value).map_err(unavailable)?,
                 None,
             ),
             self.head_put()?,
@@ -297,14 +472,36 @@ impl ClusterStore {
 
     fn head_put(&self) -> Result<TxnOp, StoreError> {
         let head = self.node.key(HEAD);
-        let sealed = self.values.seal(&head, &0u64).map_err(unavailable)?;
+        let sealed = self.ring().seal(&head, &0u64).map_err(unavailable)?;
         Ok(TxnOp::put(head, sealed, None))
     }
 
+    /// A write's transaction. Every write also compares the epoch record with the one this
+    /// node last saw: during a rotation (a member removed), nothing is written under a key
+    /// that is being retired; the write fails (`CKR_DEVICE_ERROR`) until this node has the
+    /// new epoch's key, within a second or two.
     fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, StoreError> {
         let done = self.node.txn(txn).map_err(unavailable)?;
         self.contact();
+        if !done.succeeded() {
+            let name = self.node.key(EPOCH);
+            let found = self.node.get(name.clone(), None).map_err(unavailable)?;
+            let now = found.kvs().first().map_or(0, |kv| kv.mod_revision());
+            if now != self.seen(&name) {
+                return Err(StoreError::Unavailable(
+                    "the cluster key is being rotated: this node writes again once it holds the new key"
+                        .into(),
+                ));
+            }
+        }
         Ok(done)
+    }
+
+    /// Compares the epoch record with the one this node last saw (see [`ClusterStore::txn`]).
+    fn epoch_guard(&self) -> Compare {
+        let name = self.node.key(EPOCH);
+        let seen = self.seen(&name);
+        Compare::mod_revision(name, CompareOp::Equal, seen)
     }
 
     fn revision_of(response: &etcd_client::TxnResponse) -> i64 {
@@ -324,7 +521,7 @@ impl ClusterStore {
             let found = self.node.get(lookup, None).map_err(unavailable)?;
             let (next, revision) = match found.kvs().first() {
                 Some(kv) => (
-                    self.values
+                    self.ring()
                         .open::<u64>(&name, kv.value())
                         .map_err(unavailable)?,
                     kv.mod_revision(),
@@ -332,13 +529,12 @@ impl ClusterStore {
                 None => (1, 0),
             };
             let end = next.saturating_add(ID_BLOCK);
-            let sealed = self.values.seal(&name, &end).map_err(unavailable)?;
+            let sealed = self.ring().seal(&name, &end).map_err(unavailable)?;
             let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    name.clone(),
-                    CompareOp::Equal,
-                    revision,
-                )])
+                .when([
+                    Compare::mod_revision(name.clone(), CompareOp::Equal, revision),
+                    self.epoch_guard(),
+                ])
                 .and_then([TxnOp::put(name.clone(), sealed, None)]);
             if self.txn(txn)?.succeeded() {
                 *ids = (next + 1, end);
@@ -353,8 +549,7 @@ impl ClusterStore {
     /// Starts the watch from the revision after `from`, on the node's runtime; its events are
     /// applied on a thread of their own (the engine's locks are not for a runtime's workers).
     fn watch(&self, from: i64) {
-        let (events, receive) =
-            std::sync::mpsc::channel::<(Vec<(Vec<u8>, Option<Vec<u8>>, i64)>, i64)>();
+        let (events, receive) = std::sync::mpsc::channel::<(Vec<Event>, i64)>();
         let me = self.me.clone();
         let _ = std::thread::Builder::new()
             .name("cluster-apply".into())
@@ -434,9 +629,16 @@ impl ClusterStore {
 
     /// Tells the engine of the changes (it applies those that [`Shared::accept`] finds newer
     /// than what it holds), then counts them as applied.
-    fn apply(&self, batch: Vec<(Vec<u8>, Option<Vec<u8>>, i64)>, revision: i64) {
+    fn apply(&self, batch: Vec<Event>, revision: i64) {
         let mut changes = Vec::new();
         for (name, value, at) in batch {
+            if let Some(v) = &value {
+                let newer_epoch = crate::keys::epoch_of(v).is_some_and(|e| e > self.epoch());
+                if newer_epoch && !self.ring().can_open(v) {
+                    lock(&self.pending).push((name, value, at));
+                    continue;
+                }
+            }
             match self.change_of(&name, value.as_deref()) {
                 Ok(Some(change)) => changes.push((change, at)),
                 Ok(None) => {}
@@ -484,6 +686,7 @@ impl Shared for ClusterStore {
             }
         }
         lock(&self.progress).applied = revision;
+        self.sync_epoch().map_err(unavailable)?;
         Ok(snapshot)
     }
 
@@ -516,11 +719,10 @@ impl Shared for ClusterStore {
         let name = self.node.key(&token_key(token));
         let expected = self.seen(&name);
         let txn = Txn::new()
-            .when([Compare::mod_revision(
-                name.clone(),
-                CompareOp::Equal,
-                expected,
-            )])
+            .when([
+                Compare::mod_revision(name.clone(), CompareOp::Equal, expected),
+                self.epoch_guard(),
+            ])
             .and_then(self.with_head(&name, record)?)
             .or_else([TxnOp::get(name.clone(), None)]);
         let done = self.txn(txn)?;
@@ -532,7 +734,7 @@ impl Shared for ClusterStore {
             if let etcd_client::TxnOpResponse::Get(get) = response {
                 if let Some(kv) = get.kvs().first() {
                     let newer: TokenRecord =
-                        self.values.open(&name, kv.value()).map_err(unavailable)?;
+                        self.ring().open(&name, kv.value()).map_err(unavailable)?;
                     self.saw(&name, kv.mod_revision());
                     return Err(StoreError::Stale(token, Box::new(newer)));
                 }
@@ -547,11 +749,10 @@ impl Shared for ClusterStore {
         let name = self.node.key(FLAGS);
         let expected = self.seen(&name);
         let txn = Txn::new()
-            .when([Compare::mod_revision(
-                name.clone(),
-                CompareOp::Equal,
-                expected,
-            )])
+            .when([
+                Compare::mod_revision(name.clone(), CompareOp::Equal, expected),
+                self.epoch_guard(),
+            ])
             .and_then(self.with_head(&name, &flags)?)
             .or_else([TxnOp::get(name.clone(), None)]);
         let done = self.txn(txn)?;
@@ -562,7 +763,7 @@ impl Shared for ClusterStore {
         for response in done.op_responses() {
             if let etcd_client::TxnOpResponse::Get(get) = response {
                 if let Some(kv) = get.kvs().first() {
-                    let newer: u64 = self.values.open(&name, kv.value()).map_err(unavailable)?;
+                    let newer: u64 = self.ring().open(&name, kv.value()).map_err(unavailable)?;
                     self.saw(&name, kv.mod_revision());
                     return Err(StoreError::StaleFlags(newer));
                 }
@@ -578,7 +779,7 @@ impl Shared for ClusterStore {
             self.node.key(&objects_of(token)),
             Some(etcd_client::DeleteOptions::new().with_prefix()),
         ));
-        let done = self.txn(Txn::new().and_then(ops))?;
+        let done = self.txn(Txn::new().when([self.epoch_guard()]).and_then(ops))?;
         self.saw(&name, ClusterStore::revision_of(&done));
         Ok(())
     }
@@ -603,12 +804,15 @@ impl Shared for ClusterStore {
             };
             ops.push(TxnOp::put(
                 record.clone(),
-                self.values.seal(&record, &made).map_err(unavailable)?,
+                self.ring().seal(&record, &made).map_err(unavailable)?,
                 None,
             ));
         }
         let txn = Txn::new()
-            .when([Compare::create_revision(name.clone(), CompareOp::Equal, 0)])
+            .when([
+                Compare::create_revision(name.clone(), CompareOp::Equal, 0),
+                self.epoch_guard(),
+            ])
             .and_then(ops);
         let done = self.txn(txn)?;
         if !done.succeeded() {
@@ -623,7 +827,10 @@ impl Shared for ClusterStore {
     fn replace_object(&self, token: u64, id: u64, object: &StoredObject) -> Result<(), StoreError> {
         let name = self.node.key(&object_key(token, id));
         let txn = Txn::new()
-            .when([Compare::version(name.clone(), CompareOp::Greater, 0)])
+            .when([
+                Compare::version(name.clone(), CompareOp::Greater, 0),
+                self.epoch_guard(),
+            ])
             .and_then(self.with_head(&name, object)?);
         let done = self.txn(txn)?;
         if !done.succeeded() {
@@ -636,7 +843,10 @@ impl Shared for ClusterStore {
     fn remove_object(&self, token: u64, id: u64) -> Result<(), StoreError> {
         let name = self.node.key(&object_key(token, id));
         let txn = Txn::new()
-            .when([Compare::version(name.clone(), CompareOp::Greater, 0)])
+            .when([
+                Compare::version(name.clone(), CompareOp::Greater, 0),
+                self.epoch_guard(),
+            ])
             .and_then([TxnOp::delete(name.clone(), None), self.head_put()?]);
         let done = self.txn(txn)?;
         if !done.succeeded() {
@@ -661,7 +871,7 @@ impl Shared for ClusterStore {
         found
             .kvs()
             .iter()
-            .map(|kv| self.values.open(kv.key(), kv.value()).map_err(unavailable))
+            .map(|kv| self.ring().open(kv.key(), kv.value()).map_err(unavailable))
             .collect()
     }
 
@@ -679,12 +889,20 @@ impl Shared for ClusterStore {
             .iter()
             .map(|kv| {
                 let made: Made = self
-                    .values
+                    .ring()
                     .open(kv.key(), kv.value())
                     .map_err(unavailable)?;
                 Ok((made.place, made.id))
             })
             .collect()
+    }
+
+    fn remove_member(&self, serial: &str) -> Result<(u32, tessera_store::MasterKey), StoreError> {
+        let new = self.rotate(serial).map_err(|e| match e {
+            ClusterError::Usage(m) => StoreError::Refused(m),
+            other => StoreError::Unavailable(other.to_string()),
+        })?;
+        Ok((new.epoch, new.key))
     }
 
     fn catch_up(&self) -> Result<(), StoreError> {
@@ -733,7 +951,7 @@ impl Shared for ClusterStore {
             if let Some(reason) = &progress.broken {
                 return Err(StoreError::Unavailable(reason.clone()));
             }
-            if progress.applied >= wanted {
+            if progress.applied >= wanted && lock(&self.pending).is_empty() {
                 return Ok(());
             }
             let left = deadline.saturating_duration_since(Instant::now());

@@ -266,6 +266,7 @@ impl Hsm {
             AdminCommand::AddPeer(certificate) => self.add_peer(&certificate),
             AdminCommand::RemovePeer(prefix) => self.remove_peer(&prefix),
             AdminCommand::Peers => Ok(self.peers()),
+            AdminCommand::RemoveMember(serial) => self.remove_member(&serial),
             AdminCommand::Channels => Ok(self.channel_list()),
             AdminCommand::TerminateChannels(which) => {
                 let count = self.terminate_channels(which, "terminated by the Administrator");

@@ -57,8 +57,8 @@ fn key_record(name: &str) -> String {
     format!("cluster-key/{name}")
 }
 
-fn key_aad(name: &str) -> Vec<u8> {
-    format!("tessera cluster key of {name}, kept by a node").into_bytes()
+fn key_aad(name: &str, epoch: u32) -> Vec<u8> {
+    format!("tessera cluster key of {name}, epoch {epoch}, kept by a node").into_bytes()
 }
 
 fn subkey(key: &MasterKey, label: &[u8]) -> Result<MasterKey, HsmError> {
@@ -256,28 +256,97 @@ impl Hsm {
         result
     }
 
-    /// The key of cluster `name` this device keeps, if it has joined it before.
-    pub fn cluster_key(&self, name: &str) -> Result<Option<MasterKey>, HsmError> {
-        let Some(sealed) = self.store.meta(&key_record(name))? else {
+    /// The key of cluster `name` this device keeps, with its epoch, if it has joined it
+    /// before.
+    pub fn cluster_key(&self, name: &str) -> Result<Option<(u32, MasterKey)>, HsmError> {
+        let Some(kept) = self.store.meta(&key_record(name))? else {
             return Ok(None);
         };
-        MasterKey::opened_from(&self.device_key, &key_aad(name), &sealed)
-            .map(Some)
-            .map_err(|_| {
-                HsmError::Options(format!(
-                    "the key of cluster {name} kept in the store does not open with this \
-                     device key"
-                ))
-            })
+        let bad = || {
+            HsmError::Options(format!(
+                "the key of cluster {name} kept in the store does not open with this device key"
+            ))
+        };
+        let (epoch, sealed) = kept.split_at_checked(4).ok_or_else(bad)?;
+        let epoch = u32::from_be_bytes(epoch.try_into().map_err(|_| bad())?);
+        MasterKey::opened_from(&self.device_key, &key_aad(name, epoch), sealed)
+            .map(|key| Some((epoch, key)))
+            .map_err(|_| bad())
     }
 
-    /// Keeps the key of cluster `name` (sealed under the device key), for the next start.
-    pub fn keep_cluster_key(&self, name: &str, key: &MasterKey) -> Result<(), HsmError> {
+    /// Keeps the key of cluster `name` and its epoch (sealed under the device key), for the
+    /// next start.
+    pub fn keep_cluster_key(
+        &self,
+        name: &str,
+        epoch: u32,
+        key: &MasterKey,
+    ) -> Result<(), HsmError> {
         let sealed = key
-            .sealed_under(&self.device_key, &key_aad(name))
+            .sealed_under(&self.device_key, &key_aad(name, epoch))
             .map_err(|e| HsmError::Options(e.to_string()))?;
-        self.store.put_meta(&key_record(name), &sealed)?;
+        let mut kept = epoch.to_be_bytes().to_vec();
+        kept.extend(sealed);
+        self.store.put_meta(&key_record(name), &kept)?;
         Ok(())
+    }
+
+    /// `ctconf --remove-member SERIAL`: the cluster's key is rotated without that member (see
+    /// `tessera_cluster::ClusterStore::rotate`); this node keeps the new key.
+    pub(crate) fn remove_member(&self, serial: &str) -> Result<tessera_wire::Reply, Rv> {
+        let clustered = self
+            .attached()
+            .map_err(crate::store_failure)?
+            .ok_or_else(|| {
+                tracing::warn!("--remove-member on a device that is no node of a cluster");
+                Rv::FunctionNotSupported
+            })?;
+        if serial == self.serial {
+            // A node does not remove itself: another member must, so that the rotation's key
+            // is made where it stays.
+            return Err(Rv::ArgumentsBad);
+        }
+        let (epoch, key) = clustered
+            .shared
+            .remove_member(serial)
+            .map_err(crate::store_failure)?;
+        self.keep_cluster_key(&clustered.name, epoch, &key)
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot keep the rotated cluster key");
+                Rv::DeviceError
+            })?;
+        self.event(
+            "Administrator",
+            "member-removed",
+            format!(
+                "device {serial} removed from cluster {}; key epoch {epoch}",
+                clustered.name
+            ),
+        );
+        Ok(tessera_wire::Reply::Done)
+    }
+
+    /// Leaves the cluster for good (this node was removed: it was not admitted to the
+    /// cluster's new key): forgets the key it kept, ends every session and forgets the
+    /// cluster's tokens (blank tokens until it is set up again, or admitted as a new device).
+    pub fn leave_cluster(&self, reason: &str) {
+        self.leave_cluster_at_tamper();
+        let tokens = self.all_tokens();
+        let mut state = tokens.lock(self);
+        state.sessions_mut().clear();
+        let ids: Vec<u64> = state.device.slot_tokens().collect();
+        for token_id in ids {
+            let mut blank = crate::Token::blank(&self.ledger);
+            blank.checking = state.token(token_id).map_or([0, 0], |t| t.checking);
+            let _ = state.set_token(token_id, Some(blank));
+        }
+        let flags = state.device.flags;
+        self.refresh_device_objects(&mut state, flags);
+        drop(state);
+        drop(tokens);
+        crate::crypto::forget_parsed_keys();
+        self.event("Administrator", "cluster-left", reason.to_string());
+        self.terminate_channels(None, "this node left its cluster");
     }
 
     /// The device's security flags.
@@ -298,7 +367,7 @@ impl Hsm {
         self: &Arc<Self>,
         name: &str,
         shared: Arc<dyn Shared>,
-        key: &MasterKey,
+        token_key: &MasterKey,
         user_tokens: &[u64],
         admin_token: u64,
     ) -> Result<(), HsmError> {
@@ -318,8 +387,8 @@ impl Hsm {
             detached: Default::default(),
             name: name.to_string(),
             shared: shared.clone(),
-            public_key: subkey(key, b"tessera cluster public objects v1")?,
-            pepper: subkey(key, b"tessera cluster PIN pepper v1")?,
+            public_key: subkey(token_key, b"tessera cluster public objects v1")?,
+            pepper: subkey(token_key, b"tessera cluster PIN pepper v1")?,
             serial: cluster_serial(name),
         };
         let snapshot = shared.snapshot()?;
@@ -471,6 +540,7 @@ impl Hsm {
                     since: m.since,
                     last_seen: m.last_seen,
                     applied: m.applied,
+                    epoch: m.epoch,
                 })
                 .collect(),
         }))

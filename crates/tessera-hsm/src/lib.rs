@@ -200,6 +200,10 @@ pub struct Hsm {
 pub(crate) fn store_failure(e: tessera_store::StoreError) -> Rv {
     match &e {
         tessera_store::StoreError::Gone(..) => return Rv::ObjectHandleInvalid,
+        tessera_store::StoreError::Refused(reason) => {
+            tracing::warn!(reason = %reason, "the cluster store refused the request");
+            return Rv::ArgumentsBad;
+        }
         tessera_store::StoreError::Unavailable(reason) => {
             tracing::error!(reason = %reason, "the cluster store cannot commit or answer: the call was refused and nothing changed");
             return Rv::DeviceError;

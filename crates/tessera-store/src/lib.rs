@@ -80,6 +80,10 @@ pub enum StoreError {
     /// A shared object was destroyed by another device meanwhile.
     #[error("object {1} of token {0}: destroyed by another device meanwhile")]
     Gone(u64, u64),
+    /// The shared store refused the request as asked (an argument that names nothing there):
+    /// nothing was written.
+    #[error("{0}")]
+    Refused(String),
     /// The shared store cannot commit now (a cluster without quorum): nothing was written.
     #[error("the cluster store cannot commit now: {0}")]
     Unavailable(String),

@@ -215,6 +215,12 @@ impl MasterKey {
         MasterKey::from_secret(key.open(aad, sealed)?)
     }
 
+    /// The key's bytes, for a sealed record that carries it (a cluster's token key, inside
+    /// the cluster's founding record).
+    pub fn export(&self) -> SecretBytes {
+        self.0.duplicate()
+    }
+
     /// An explicit copy (a token keeps one while a user is logged in).
     pub fn duplicate(&self) -> MasterKey {
         MasterKey(self.0.duplicate())

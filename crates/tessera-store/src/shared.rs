@@ -49,6 +49,8 @@ pub struct Member {
     pub last_seen: u64,
     /// The newest change it had applied then (etcd revision).
     pub applied: i64,
+    /// The epoch of the cluster key it held then.
+    pub epoch: u32,
 }
 
 /// The token state at one point in the shared history.
@@ -105,4 +107,8 @@ pub trait Shared: Send + Sync {
     fn name(&self) -> String;
     /// The members, as each last reported itself.
     fn members(&self) -> Result<Vec<Member>, StoreError>;
+    /// Removes member `serial`: a new cluster key (epoch) that the other members get and it
+    /// does not, everything in etcd sealed again under it, the old one retired; the device is
+    /// never admitted again. Returns the new key's epoch and key, for this device to keep.
+    fn remove_member(&self, serial: &str) -> Result<(u32, crate::MasterKey), StoreError>;
 }

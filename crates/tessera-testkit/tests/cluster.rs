@@ -929,3 +929,70 @@ fn administration_is_cluster_wide_and_a_tampered_node_leaves() {
     let (ok, out) = ctconf(&cluster.nodes[0], &["-v"]);
     assert!(ok && out.contains("No Public Crypto"), "{out}");
 }
+
+#[test]
+fn a_removed_member_gets_no_later_key_and_is_never_admitted_again() {
+    let _serial = serialise();
+    let mut cluster = Cluster::start();
+    let (ok, out) = ctconf(&cluster.nodes[0], &["-v"]);
+    assert!(ok, "{out}");
+    {
+        let module = cluster.library();
+        init_token(&module);
+        private_data(&user_session(&module, 0), "before the rotation", MARKER);
+    }
+    let removed = cluster.serials[2].clone();
+    let (ok, out) = ctconf(&cluster.nodes[0], &["--remove-member", &removed]);
+    assert!(ok, "{out}");
+
+    // Node 1 takes the new key; node 2 gets none and leaves the cluster.
+    assert!(tessera_testkit::wait_until(Duration::from_secs(20), || {
+        cluster.nodes[1]
+            .log()
+            .contains("took the cluster's new key")
+    }));
+    assert!(
+        tessera_testkit::wait_until(Duration::from_secs(40), || {
+            cluster.nodes[2].log().contains("it leaves the cluster")
+        }),
+        "{}",
+        cluster.nodes[2].log()
+    );
+    assert!(cluster.nodes[0]
+        .log()
+        .contains(&format!("device {removed} was removed from the cluster")));
+
+    // The others go on, on the new key: what was there and what is written now.
+    let module = cluster.library();
+    let on_1 = user_session(&module, 1);
+    assert_eq!(find_by_label(&on_1, "before the rotation").len(), 1);
+    private_data(&on_1, "after the rotation", b"y");
+    let on_0 = user_session(&module, 0);
+    assert_eq!(find_by_label(&on_0, "after the rotation").len(), 1);
+    let status = ctconf(&cluster.nodes[0], &["-v"]).1;
+    assert!(
+        status.contains(&format!("{CLUSTER}, 2 members")),
+        "{status}"
+    );
+    assert_eq!(status.matches("key epoch 1").count(), 2, "{status}");
+
+    // The removed node serves none of the cluster's tokens (its own are blank).
+    let session = module.open_rw_session(slot(&module, 2));
+    let refused = match session {
+        Err(_) => true,
+        Ok(session) => session
+            .login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
+            .is_err(),
+    };
+    assert!(
+        refused,
+        "the removed node does not serve the cluster's token"
+    );
+    drop(module);
+
+    // Restarted, it is not admitted again, though the members still trust its identity.
+    let log = cluster.nodes[2]
+        .try_restart()
+        .expect_err("a removed device is not admitted again");
+    assert!(log.contains("no member of cluster"), "{log}");
+}

@@ -69,6 +69,9 @@ pub enum AdminCommand {
     Channels,
     /// Terminate one channel, or all of them.
     TerminateChannels(Option<u64>),
+    /// Remove a member from the cluster this device is a node of, by its serial: the cluster
+    /// key is rotated without it, and it is never admitted again.
+    RemoveMember(String),
 }
 
 /// One secure-messaging channel, as the Administrator sees it.
@@ -200,6 +203,8 @@ pub struct MemberStatus {
     pub last_seen: u64,
     /// The newest change it had applied then.
     pub applied: i64,
+    /// The epoch of the cluster key it held then.
+    pub epoch: u32,
 }
 
 /// One event log entry as shown.

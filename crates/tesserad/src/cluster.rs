@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_cluster::{ClusterStore, Layout, Node, NodeIdentity};
+use tessera_cluster::{ClusterKey, ClusterStore, Layout, Node, NodeIdentity};
 use tessera_hsm::Hsm;
 
 /// What the command line asks of the cluster.
@@ -56,9 +56,17 @@ pub fn join(hsm: &Arc<Hsm>, config: &ClusterConfig) -> Result<(), String> {
     let (user_tokens, admin_token) = hsm.slot_layout();
     let identity = Identity(hsm.clone());
     let key = match hsm.cluster_key(&config.name).map_err(|e| e.to_string())? {
-        Some(key) => {
-            tracing::info!(cluster = %config.name, "opening the cluster with the key this node kept");
-            key
+        Some((epoch, key)) => {
+            let key = ClusterKey { epoch, key };
+            if node.layout(&key).is_ok() {
+                tracing::info!(cluster = %config.name, epoch, "opening the cluster with the key this node kept");
+                key
+            } else {
+                // The key was rotated while this node was down: admitted again (unless it
+                // was removed meanwhile).
+                tracing::info!(cluster = %config.name, epoch, "the cluster key was rotated since this node kept it: asking to be admitted again");
+                join_as_new(&node, &identity, config)?
+            }
         }
         None if !node.is_founded().map_err(|e| e.to_string())? => {
             let layout = Layout {
@@ -79,15 +87,15 @@ pub fn join(hsm: &Arc<Hsm>, config: &ClusterConfig) -> Result<(), String> {
         }
         None => join_as_new(&node, &identity, config)?,
     };
-    let layout = node.layout(&key).map_err(|e| e.to_string())?;
-    hsm.keep_cluster_key(&config.name, &key)
+    let (layout, token_key) = node.layout(&key).map_err(|e| e.to_string())?;
+    hsm.keep_cluster_key(&config.name, key.epoch, &key.key)
         .map_err(|e| e.to_string())?;
     let store =
         ClusterStore::new(node.clone(), &key, config.stale_after).map_err(|e| e.to_string())?;
     hsm.join_cluster(
         &config.name,
         store.clone(),
-        &key,
+        &token_key,
         &layout.user_tokens,
         layout.admin_token,
     )
@@ -100,9 +108,10 @@ pub fn join(hsm: &Arc<Hsm>, config: &ClusterConfig) -> Result<(), String> {
         tracing::warn!(error = %e, "cannot report this node as a member");
     }
     let weak = Arc::downgrade(hsm);
+    let join_wait = config.join_wait;
     std::thread::Builder::new()
         .name("cluster-member".into())
-        .spawn(move || member_loop(node, store, weak, key, since))
+        .spawn(move || member_loop(node, store, weak, since, join_wait))
         .map_err(|e| format!("cannot start the cluster member thread: {e}"))?;
     Ok(())
 }
@@ -111,7 +120,7 @@ fn join_as_new(
     node: &Node,
     identity: &Identity,
     config: &ClusterConfig,
-) -> Result<tessera_store::MasterKey, String> {
+) -> Result<ClusterKey, String> {
     let key = node
         .join(identity, config.join_wait, &|message| {
             tracing::info!("{message}")
@@ -130,8 +139,8 @@ fn member_loop(
     node: Arc<Node>,
     store: Arc<ClusterStore>,
     hsm: std::sync::Weak<Hsm>,
-    key: tessera_store::MasterKey,
     since: u64,
+    join_wait: Duration,
 ) {
     let mut refused = std::collections::HashSet::new();
     let mut reported = std::time::Instant::now();
@@ -139,6 +148,49 @@ fn member_loop(
     loop {
         std::thread::sleep(ADMIT_EVERY);
         let Some(hsm) = hsm.upgrade() else { return };
+        // A rotation: this node asks for the new key as a joining device does. A node that
+        // no member admits (it was removed) leaves the cluster.
+        match store.behind() {
+            Ok(true) => {
+                let identity = Identity(hsm.clone());
+                let name = node.name().to_string();
+                match node.join(&identity, join_wait, &|message| tracing::info!("{message}")) {
+                    Ok(key) => {
+                        let installed = store
+                            .install(&key)
+                            .and_then(|()| store.sync_epoch())
+                            .map_err(|e| e.to_string())
+                            .and_then(|()| {
+                                hsm.keep_cluster_key(&name, key.epoch, &key.key)
+                                    .map_err(|e| e.to_string())
+                            });
+                        match installed {
+                            Ok(()) => {
+                                tracing::info!(epoch = key.epoch, "took the cluster's new key");
+                                hsm.cluster_event(
+                                    "cluster-rekeyed",
+                                    format!("cluster {name}, key epoch {}", key.epoch),
+                                );
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot take the cluster's new key")
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "no member gave this node the cluster's new key: it leaves the cluster");
+                        hsm.leave_cluster(&format!(
+                            "cluster {name}: not admitted to the rotated key (removed from the cluster?): {e}"
+                        ));
+                        return;
+                    }
+                }
+            }
+            Ok(false) => {
+                let _ = store.sync_epoch();
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read the cluster's epoch"),
+        }
         if reported.elapsed() >= REPORT_EVERY {
             reported = std::time::Instant::now();
             if let Err(e) = store.heartbeat(hsm.serial(), since) {
@@ -154,7 +206,7 @@ fn member_loop(
             }
         }
         let identity = Identity(hsm.clone());
-        match node.admit_pending(&identity, &key) {
+        match node.admit_pending(&identity, &store.current_key()) {
             Ok(answers) => {
                 for answer in answers {
                     match answer {

@@ -101,6 +101,13 @@ struct Args {
     #[arg(long, value_name = "ID|all")]
     terminate_channel: Option<String>,
 
+    /// On a node of a cluster: remove the member with this serial (see the status view's
+    /// members). The cluster key is rotated without it: the other members get the new key,
+    /// everything in etcd is sealed again under it, and the removed device is never admitted
+    /// again. Asks for confirmation; --yes for scripts. Example: ctconf --remove-member 4416795495
+    #[arg(long, value_name = "SERIAL")]
+    remove_member: Option<String>,
+
     /// Software tamper: erase all tokens, objects, PINs and flags as a hardware tamper does
     /// (identity keys survive). Asks for confirmation; --yes for scripts.
     #[arg(long)]
@@ -149,6 +156,7 @@ impl Args {
             || self.tamper
             || self.channels
             || self.terminate_channel.is_some()
+            || self.remove_member.is_some()
     }
 }
 
@@ -273,6 +281,15 @@ fn run(args: &Args) -> Result<u8, Failure> {
             args.yes,
         )?;
     }
+    if let Some(serial) = &args.remove_member {
+        pin::confirm(
+            &format!(
+                "Remove device {serial} from the cluster of device {}: rotate the cluster key without it, never to admit it again?",
+                args.device
+            ),
+            args.yes,
+        )?;
+    }
     if args.tamper {
         pin::confirm(
             &format!(
@@ -374,6 +391,12 @@ fn run(args: &Args) -> Result<u8, Failure> {
         if let Reply::Number(count) = session.run(AdminCommand::TerminateChannels(which))? {
             println!("{count} channel(s) terminated.");
         }
+    }
+    if let Some(serial) = &args.remove_member {
+        session.run(AdminCommand::RemoveMember(serial.clone()))?;
+        println!(
+            "Device {serial} removed from the cluster; the cluster key was rotated without it."
+        );
     }
     if args.purge_events {
         session.run(AdminCommand::PurgeEvents)?;
