@@ -79,6 +79,20 @@ pub struct EpochRecord {
     pub oldest: u32,
 }
 
+/// How a node proves itself to etcd and checks etcd: what etcd's own TLS and authentication
+/// ask for in production (docs/cluster.md). All optional: the tests run etcd on loopback
+/// without them.
+#[derive(Default)]
+pub struct EtcdSecurity {
+    /// The CA certificates (PEM) that etcd's server certificate must chain to; with it the
+    /// endpoints are `https://`.
+    pub ca: Option<Vec<u8>>,
+    /// This node's client certificate and key (PEM), for etcd's `--client-cert-auth`.
+    pub identity: Option<(Vec<u8>, tessera_core::SecretBytes)>,
+    /// An etcd user and its password, for etcd's authentication (`etcdctl auth enable`).
+    pub user: Option<(String, tessera_core::SecretBytes)>,
+}
+
 /// One node's connection to the cluster's etcd.
 pub struct Node {
     name: String,
@@ -111,6 +125,7 @@ impl Node {
         name: &str,
         endpoints: &[String],
         timeout: Duration,
+        security: &EtcdSecurity,
     ) -> Result<Arc<Node>, ClusterError> {
         if name.is_empty()
             || name.len() > 64
@@ -133,9 +148,34 @@ impl Node {
             .enable_all()
             .build()
             .map_err(|e| ClusterError::Usage(format!("cannot start the cluster runtime: {e}")))?;
-        let options = etcd_client::ConnectOptions::new()
+        let mut options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout);
+        if security.ca.is_some() || security.identity.is_some() {
+            let mut tls = etcd_client::TlsOptions::new();
+            if let Some(ca) = &security.ca {
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(ca));
+            }
+            if let Some((certificate, key)) = &security.identity {
+                tls = tls.identity(etcd_client::Identity::from_pem(certificate, key.expose()));
+            }
+            options = options.with_tls(tls);
+            if let Some(plain) = endpoints.iter().find(|e| e.starts_with("http://")) {
+                return Err(ClusterError::Usage(format!(
+                    "etcd endpoint {plain} is http:// but TLS is asked for (--etcd-ca, \
+                     --etcd-cert): give https:// endpoints"
+                )));
+            }
+        }
+        if let Some((user, password)) = &security.user {
+            // The etcd client keeps the password as a String of its own (it sends it to get
+            // a token, and again when the token expires); this copy is wiped.
+            let password = zeroize::Zeroizing::new(
+                String::from_utf8(password.expose().to_vec())
+                    .map_err(|_| ClusterError::Usage("the etcd password is not UTF-8".into()))?,
+            );
+            options = options.with_user(user.clone(), password.as_str());
+        }
         let endpoints = endpoints.to_vec();
         let client = runtime
             .block_on(async move {

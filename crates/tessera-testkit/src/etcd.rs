@@ -17,6 +17,20 @@ struct Member {
 pub struct Etcd {
     dir: tempfile::TempDir,
     members: Vec<Member>,
+    /// Client TLS: the server certificate and key, and the CA that client certificates must
+    /// chain to (`--client-cert-auth`).
+    tls: Option<Tls>,
+}
+
+/// The files of an etcd that serves its clients over TLS and asks them for a certificate.
+#[derive(Clone)]
+pub struct Tls {
+    /// The CA (PEM) of the server's and the clients' certificates.
+    pub ca: PathBuf,
+    /// The server's certificate (PEM, for 127.0.0.1).
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
 }
 
 /// The etcd server binary.
@@ -27,6 +41,11 @@ pub fn binary() -> PathBuf {
 impl Etcd {
     /// Starts `count` members and waits until the cluster answers (a leader is elected).
     pub fn start(count: usize) -> Etcd {
+        Etcd::start_with(count, None)
+    }
+
+    /// Starts `count` members; with `tls`, clients reach them over TLS with a certificate.
+    pub fn start_with(count: usize, tls: Option<Tls>) -> Etcd {
         assert!(
             binary().exists(),
             "etcd is not installed at {} (Debian package etcd-server; .ci/run installs it)",
@@ -41,7 +60,7 @@ impl Etcd {
                 child: None,
             })
             .collect();
-        let mut etcd = Etcd { dir, members };
+        let mut etcd = Etcd { dir, members, tls };
         for i in 0..count {
             etcd.spawn(i);
         }
@@ -74,15 +93,29 @@ impl Etcd {
             )
             .expect("a log file");
         let m = &self.members[index];
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let tls_args: Vec<String> = match &self.tls {
+            Some(tls) => vec![
+                "--cert-file".into(),
+                tls.cert.display().to_string(),
+                "--key-file".into(),
+                tls.key.display().to_string(),
+                "--client-cert-auth".into(),
+                "--trusted-ca-file".into(),
+                tls.ca.display().to_string(),
+            ],
+            None => Vec::new(),
+        };
         let child = Command::new(binary())
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
             .arg(&data)
             .arg("--listen-client-urls")
-            .arg(format!("http://127.0.0.1:{}", m.client_port))
+            .arg(format!("{scheme}://127.0.0.1:{}", m.client_port))
             .arg("--advertise-client-urls")
-            .arg(format!("http://127.0.0.1:{}", m.client_port))
+            .arg(format!("{scheme}://127.0.0.1:{}", m.client_port))
+            .args(tls_args)
             .arg("--listen-peer-urls")
             .arg(format!("http://127.0.0.1:{}", m.peer_port))
             .arg("--initial-advertise-peer-urls")
@@ -108,7 +141,16 @@ impl Etcd {
     fn wait_ready(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         for m in self.members.iter().filter(|m| m.child.is_some()) {
-            while !health(m.client_port) {
+            let ready = || match &self.tls {
+                // Over TLS, the member's log says when it serves its clients.
+                Some(_) => {
+                    self.log(&m.name)
+                        .contains("serving client traffic securely")
+                        || self.log(&m.name).contains("ready to serve client requests")
+                }
+                None => health(m.client_port),
+            };
+            while !ready() {
                 assert!(
                     Instant::now() < deadline,
                     "etcd member {} was not healthy in {} s: {}",
@@ -128,9 +170,10 @@ impl Etcd {
 
     /// The client endpoints of all members, comma-separated (for `tesserad --etcd`).
     pub fn endpoints(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{scheme}://127.0.0.1:{}", m.client_port))
             .collect::<Vec<_>>()
             .join(",")
     }

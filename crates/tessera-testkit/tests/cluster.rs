@@ -996,3 +996,154 @@ fn a_removed_member_gets_no_later_key_and_is_never_admitted_again() {
         .expect_err("a removed device is not admitted again");
     assert!(log.contains("no member of cluster"), "{log}");
 }
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made with `openssl`.
+fn certificates(
+    dir: &Path,
+) -> (
+    tessera_testkit::etcd::Tls,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test etcd CA",
+    ]);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, subject, ext) in [
+        ("server", "/CN=127.0.0.1", "server.ext"),
+        ("client", "/CN=tessera-node", "client.ext"),
+    ] {
+        run(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}-key.pem"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            subject,
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+        ]);
+    }
+    (
+        tessera_testkit::etcd::Tls {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server-key.pem"),
+        },
+        dir.join("client.pem"),
+        dir.join("client-key.pem"),
+    )
+}
+
+#[test]
+fn a_cluster_on_an_etcd_with_tls_and_client_certificates() {
+    let _serial = serialise();
+    let certs = tempfile::tempdir().unwrap();
+    let (tls, client_cert, client_key) = certificates(certs.path());
+    let etcd = Etcd::start_with(1, Some(tls.clone()));
+    let endpoints = etcd.endpoints();
+    assert!(endpoints.starts_with("https://"));
+    let args = |cert: &Path, key: &Path| -> Vec<String> {
+        [
+            "--cluster",
+            CLUSTER,
+            "--etcd",
+            &endpoints,
+            "--etcd-timeout",
+            "2000",
+            "--etcd-ca",
+            tls.ca.to_str().unwrap(),
+            "--etcd-cert",
+            cert.to_str().unwrap(),
+            "--etcd-key",
+            key.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    // With the CA and a client certificate: the node founds the cluster over TLS and serves.
+    let with_certificate = args(&client_cert, &client_key);
+    let with_certificate: Vec<&str> = with_certificate.iter().map(String::as_str).collect();
+    let node = Daemon::start_with(&with_certificate);
+    let module = load(&node.server_list(Transport::Unix));
+    init_token(&module);
+    private_data(&user_session(&module, 0), "over tls", MARKER);
+    drop(module);
+    // A node whose certificate etcd's CA did not sign is refused by etcd: it does not start.
+    let other = tempfile::tempdir().unwrap();
+    let (_, stranger_cert, stranger_key) = certificates(other.path());
+    let stranger = args(&stranger_cert, &stranger_key);
+    let stranger: Vec<&str> = stranger.iter().map(String::as_str).collect();
+    let log = match Daemon::start_prepared(None, |_| {}, &stranger) {
+        Ok(_) => panic!("a node with a certificate of another CA reached etcd"),
+        Err(log) => log,
+    };
+    assert!(log.contains("etcd is unavailable"), "{log}");
+    // Without TLS the endpoints are refused for what they are.
+    let plain: Vec<String> = [
+        "--cluster",
+        CLUSTER,
+        "--etcd",
+        &endpoints.replace("https", "http"),
+        "--etcd-timeout",
+        "2000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let plain: Vec<&str> = plain.iter().map(String::as_str).collect();
+    assert!(Daemon::start_prepared(None, |_| {}, &plain).is_err());
+}

@@ -11,9 +11,62 @@ use std::time::Duration;
 use tessera_cluster::{ClusterKey, ClusterStore, Layout, Node, NodeIdentity};
 use tessera_hsm::Hsm;
 
+/// The files of `--etcd-ca`, `--etcd-cert`, `--etcd-key`, `--etcd-user` and
+/// `--etcd-password-file`.
+pub struct EtcdFiles {
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+    pub user: Option<String>,
+    pub password_file: Option<std::path::PathBuf>,
+}
+
+impl EtcdFiles {
+    /// Reads the files, naming the one that cannot be read.
+    fn read(&self) -> Result<tessera_cluster::EtcdSecurity, String> {
+        let read = |path: &std::path::Path, what: &str| {
+            std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+        };
+        let ca = self
+            .ca
+            .as_deref()
+            .map(|p| read(p, "the etcd CA certificate (--etcd-ca)"))
+            .transpose()?;
+        let identity = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some((
+                read(cert, "the etcd client certificate (--etcd-cert)")?,
+                tessera_core::SecretBytes::new(read(key, "the etcd client key (--etcd-key)")?),
+            )),
+            _ => None,
+        };
+        let user = match (&self.user, &self.password_file) {
+            (Some(user), Some(file)) => {
+                let mut all = tessera_core::SecretBytes::new(read(
+                    file,
+                    "the etcd password file (--etcd-password-file)",
+                )?);
+                let end = all
+                    .expose()
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .unwrap_or(all.len());
+                all.truncate(end);
+                if all.expose().last() == Some(&b'\r') {
+                    all.truncate(end - 1);
+                }
+                Some((user.clone(), all))
+            }
+            _ => None,
+        };
+        Ok(tessera_cluster::EtcdSecurity { ca, identity, user })
+    }
+}
+
 /// What the command line asks of the cluster.
 pub struct ClusterConfig {
     pub name: String,
+    /// TLS and authentication to etcd.
+    pub security: EtcdFiles,
     pub endpoints: Vec<String>,
     /// How long a joining device waits for a member's grant (`--join-wait`).
     pub join_wait: Duration,
@@ -51,8 +104,10 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Makes `hsm` a node of the cluster: found, open with the kept key, or join.
 pub fn join(hsm: &Arc<Hsm>, config: &ClusterConfig) -> Result<(), String> {
-    let node = Node::connect(&config.name, &config.endpoints, config.timeout)
+    let security = config.security.read()?;
+    let node = Node::connect(&config.name, &config.endpoints, config.timeout, &security)
         .map_err(|e| format!("cluster {}: {e}", config.name))?;
+    drop(security);
     let (user_tokens, admin_token) = hsm.slot_layout();
     let identity = Identity(hsm.clone());
     let key = match hsm.cluster_key(&config.name).map_err(|e| e.to_string())? {

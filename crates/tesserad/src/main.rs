@@ -254,6 +254,29 @@ struct Args {
     /// fail at once.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     cluster_stale_after: u64,
+
+    /// The CA certificate(s), PEM, that etcd's server certificates must chain to: TLS to etcd
+    /// (the endpoints are then https://).
+    #[arg(long, value_name = "PATH", requires = "cluster")]
+    etcd_ca: Option<PathBuf>,
+
+    /// This node's client certificate for etcd (PEM), with --etcd-key: for an etcd that runs
+    /// with --client-cert-auth.
+    #[arg(long, value_name = "PATH", requires_all = ["etcd_key", "etcd_ca"])]
+    etcd_cert: Option<PathBuf>,
+
+    /// The private key of --etcd-cert (PEM, mode 0600).
+    #[arg(long, value_name = "PATH", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+
+    /// The etcd user this node authenticates as (etcd's `auth enable`), with
+    /// --etcd-password-file.
+    #[arg(long, value_name = "NAME", requires_all = ["etcd_password_file", "cluster"])]
+    etcd_user: Option<String>,
+
+    /// File whose first line is the password of --etcd-user.
+    #[arg(long, value_name = "PATH", requires = "etcd_user")]
+    etcd_password_file: Option<PathBuf>,
 }
 
 /// `listen`, with the default local socket first unless it names a Unix socket: serving the
@@ -456,6 +479,13 @@ fn main() -> ExitCode {
         allow_group_access: args.allow_group_access || args.appliance,
         cluster: args.cluster.clone().map(|name| cluster::ClusterConfig {
             name,
+            security: cluster::EtcdFiles {
+                ca: args.etcd_ca.clone(),
+                cert: args.etcd_cert.clone(),
+                key: args.etcd_key.clone(),
+                user: args.etcd_user.clone(),
+                password_file: args.etcd_password_file.clone(),
+            },
             endpoints: args.etcd.clone(),
             join_wait: std::time::Duration::from_secs(args.join_wait.max(1)),
             timeout: std::time::Duration::from_millis(args.etcd_timeout.max(10)),
