@@ -39,6 +39,17 @@ pub trait NodeIdentity: Send + Sync {
     fn peers(&self) -> Vec<Vec<u8>>;
 }
 
+/// A member's answer to one device's request: its serial, and whether it was admitted.
+pub type Answer = (String, Result<(), ClusterError>);
+
+/// How one request for the key ended.
+enum Attempt {
+    Admitted(ClusterKey),
+    /// A grant came that does not hold: why.
+    Refused(String),
+    TimedOut,
+}
+
 /// How far a request's time may be from a member's clock.
 const FRESH: Duration = Duration::from_secs(600);
 
@@ -160,12 +171,51 @@ fn key_aad(cluster: &str, epoch: u32) -> Vec<u8> {
 impl Node {
     /// Asks to join: writes a request and waits up to `wait` for a member's grant, telling
     /// `progress` what it waits for. Returns the cluster key, proven against the cluster.
+    ///
+    /// A grant that does not hold (from a device this one does not trust, a key that does not
+    /// open the cluster's records, a device removed from the cluster) is refused and removed,
+    /// and a new request made: whoever can write to etcd cannot end the wait with a forgery.
     pub fn join(
         &self,
         me: &dyn NodeIdentity,
         wait: Duration,
         progress: &dyn Fn(&str),
     ) -> Result<ClusterKey, ClusterError> {
+        let serial = me.serial();
+        let deadline = Instant::now() + wait;
+        progress(&format!(
+            "asking to join cluster {} as device {serial}; waiting up to {} s for a member that \
+             trusts this device's identity (on a member: ctident peer add <this device's PIC or POC>)",
+            self.name,
+            wait.as_secs()
+        ));
+        let mut last_refusal: Option<String> = None;
+        loop {
+            match self.join_once(me, deadline)? {
+                Attempt::Admitted(key) => return Ok(key),
+                Attempt::Refused(why) => {
+                    progress(&format!("refused a grant: {why}"));
+                    last_refusal = Some(why);
+                }
+                Attempt::TimedOut => {
+                    let refusal = last_refusal
+                        .map(|why| format!(" (the last grant was refused: {why})"))
+                        .unwrap_or_default();
+                    return Err(ClusterError::Refused(format!(
+                        "no member of cluster {} admitted device {serial} within {} s{refusal}: \
+                         on a member, trust this device (ctident peer add <its PIC or POC>), and \
+                         here trust a member (ctident peer add <a member's PIC or POC>), then \
+                         start again",
+                        self.name,
+                        wait.as_secs()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// One request, and the wait for its grant until `deadline`.
+    fn join_once(&self, me: &dyn NodeIdentity, deadline: Instant) -> Result<Attempt, ClusterError> {
         let serial = me.serial();
         let chain = me.chain().ok_or_else(|| {
             ClusterError::Usage(format!(
@@ -196,75 +246,98 @@ impl Node {
         let grant_name = self.key(&format!("grant/{serial}"));
         let encoded = postcard::to_stdvec(&request).map_err(refused)?;
         // An old grant answered an older request: it is removed with the new request written.
-        let (put_name, drop_name) = (request_name.clone(), grant_name.clone());
         self.txn(etcd_client::Txn::new().and_then([
-            etcd_client::TxnOp::delete(drop_name, None),
-            etcd_client::TxnOp::put(put_name, encoded, None),
+            etcd_client::TxnOp::delete(grant_name.clone(), None),
+            etcd_client::TxnOp::put(request_name.clone(), encoded, None),
         ]))?;
-        progress(&format!(
-            "asked to join cluster {} as device {serial}; waiting up to {} s for a member that \
-             trusts this device's identity (on a member: ctident peer add <this device's PIC or POC>)",
-            self.name,
-            wait.as_secs()
-        ));
-        let deadline = Instant::now() + wait;
-        let mut private = Some(private);
+        let forget = |kv: &etcd_client::KeyValue| {
+            // Only the grant read, not one written since.
+            let _ = self.txn(
+                etcd_client::Txn::new()
+                    .when([etcd_client::Compare::mod_revision(
+                        grant_name.clone(),
+                        etcd_client::CompareOp::Equal,
+                        kv.mod_revision(),
+                    )])
+                    .and_then([etcd_client::TxnOp::delete(grant_name.clone(), None)]),
+            );
+        };
         loop {
-            let lookup = grant_name.clone();
-            let found = self.get(lookup, None)?;
+            let found = self.get(grant_name.clone(), None)?;
             if let Some(kv) = found.kvs().first() {
-                let grant: Grant = postcard::from_bytes(kv.value())
-                    .map_err(|_| refused("a grant does not decode"))?;
-                check(
+                let Ok(grant) = postcard::from_bytes::<Grant>(kv.value()) else {
+                    forget(kv);
+                    return Ok(Attempt::Refused("a grant does not decode".into()));
+                };
+                let signed = grant_message(
+                    &message,
+                    grant.epoch,
+                    &grant.serial,
+                    &grant.public,
+                    &grant.sealed_key,
+                );
+                if let Err(e) = check(
                     &grant.chain,
                     &me.peers(),
                     &grant.serial,
-                    &grant_message(
-                        &message,
-                        grant.epoch,
-                        &grant.serial,
-                        &grant.public,
-                        &grant.sealed_key,
-                    ),
+                    &signed,
                     &grant.signature,
-                )
-                .map_err(|e| {
-                    refused(format!(
+                ) {
+                    forget(kv);
+                    return Ok(Attempt::Refused(format!(
                         "a grant came from device {}, which this device does not trust: {e} \
                          (trust the members: ctident peer add <a member's PIC or POC>)",
                         grant.serial
-                    ))
-                })?;
-                let private = private
-                    .take()
-                    .ok_or_else(|| refused("a grant came twice"))?;
+                    )));
+                }
                 let transport = transport_key(private, &grant.public, &message, &grant.public)?;
-                let key = MasterKey::opened_from(
+                let opened = MasterKey::opened_from(
                     &transport,
                     &key_aad(&self.name, grant.epoch),
                     &grant.sealed_key,
-                )
-                .map_err(|_| refused("the granted cluster key does not open"))?;
+                );
+                let Ok(key) = opened else {
+                    forget(kv);
+                    return Ok(Attempt::Refused(
+                        "the granted cluster key does not open".into(),
+                    ));
+                };
                 let key = ClusterKey {
                     epoch: grant.epoch,
                     key,
                 };
-                self.layout(&key)?;
-                let (r, g) = (request_name.clone(), grant_name.clone());
+                // The key must open the cluster as it is now, and the granting device must
+                // still be a member.
+                let current = self.layout(&key).and_then(|_| self.read_epoch(&key));
+                match current {
+                    Ok(record) if !record.removed.contains(&grant.serial) => {}
+                    Ok(_) => {
+                        forget(kv);
+                        return Ok(Attempt::Refused(format!(
+                            "a grant came from device {}, removed from the cluster",
+                            grant.serial
+                        )));
+                    }
+                    Err(e) => {
+                        forget(kv);
+                        return Ok(Attempt::Refused(format!(
+                            "the key granted by device {} does not open the cluster: {e}",
+                            grant.serial
+                        )));
+                    }
+                }
                 let _ = self.txn(etcd_client::Txn::new().and_then([
-                    etcd_client::TxnOp::delete(r, None),
-                    etcd_client::TxnOp::delete(g, None),
+                    etcd_client::TxnOp::delete(request_name.clone(), None),
+                    etcd_client::TxnOp::delete(grant_name.clone(), None),
                 ]));
-                return Ok(key);
+                return Ok(Attempt::Admitted(key));
             }
             if Instant::now() >= deadline {
-                return Err(ClusterError::Refused(format!(
-                    "no member of cluster {} admitted device {serial} within {} s: on a member, \
-                     trust this device (ctident peer add <its PIC or POC>), and here trust a \
-                     member (ctident peer add <a member's PIC or POC>), then start again",
-                    self.name,
-                    wait.as_secs()
-                )));
+                let _ = self.txn(
+                    etcd_client::Txn::new()
+                        .and_then([etcd_client::TxnOp::delete(request_name.clone(), None)]),
+                );
+                return Ok(Attempt::TimedOut);
             }
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -277,22 +350,37 @@ impl Node {
         &self,
         me: &dyn NodeIdentity,
         key: &ClusterKey,
-    ) -> Result<Vec<Result<String, ClusterError>>, ClusterError> {
+    ) -> Result<Vec<Answer>, ClusterError> {
         let prefix = self.key("join/");
         let found = self.get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))?;
         let mut out = Vec::new();
         for kv in found.kvs() {
-            let Ok(request) = postcard::from_bytes::<Request>(kv.value()) else {
-                out.push(Err(refused("a join request does not decode")));
+            let decoded = postcard::from_bytes::<Request>(kv.value());
+            let stale = decoded
+                .as_ref()
+                .map_or(true, |r| now().abs_diff(r.time) > FRESH.as_secs());
+            if stale {
+                // A request nobody answered in time (its device gave up) or that does not
+                // decode: removed, once, by whichever member sees it.
+                let _ = self.txn(
+                    etcd_client::Txn::new()
+                        .when([etcd_client::Compare::mod_revision(
+                            kv.key().to_vec(),
+                            etcd_client::CompareOp::Equal,
+                            kv.mod_revision(),
+                        )])
+                        .and_then([etcd_client::TxnOp::delete(kv.key().to_vec(), None)]),
+                );
                 continue;
-            };
+            }
+            let Ok(request) = decoded else { continue };
             let grant_name = self.key(&format!("grant/{}", request.serial));
-            let lookup = grant_name.clone();
-            let answered = self.get(lookup, None)?;
+            let answered = self.get(grant_name.clone(), None)?;
             if !answered.kvs().is_empty() {
                 continue;
             }
-            out.push(self.admit(me, key, &request, grant_name));
+            let outcome = self.admit(me, key, &request, kv, grant_name);
+            out.push((request.serial.clone(), outcome));
         }
         Ok(out)
     }
@@ -302,8 +390,9 @@ impl Node {
         me: &dyn NodeIdentity,
         key: &ClusterKey,
         request: &Request,
+        read: &etcd_client::KeyValue,
         grant_name: Vec<u8>,
-    ) -> Result<String, ClusterError> {
+    ) -> Result<(), ClusterError> {
         // A device removed from the cluster is never admitted again, whoever trusts it.
         if self.read_epoch(key)?.removed.contains(&request.serial) {
             return Err(refused(format!(
@@ -319,13 +408,6 @@ impl Node {
             &message,
             &request.signature,
         )?;
-        if now().abs_diff(request.time) > FRESH.as_secs() {
-            return Err(refused(format!(
-                "device {}'s request is {} s away from this device's clock",
-                request.serial,
-                now().abs_diff(request.time)
-            )));
-        }
         let chain = me
             .chain()
             .ok_or_else(|| refused("this member has no identity to sign a grant with"))?;
@@ -361,9 +443,24 @@ impl Node {
             signature,
         };
         let encoded = postcard::to_stdvec(&grant).map_err(refused)?;
+        // Only for the request read (not a newer one of the device), and only if no member
+        // answered it meanwhile.
         self.txn(
-            etcd_client::Txn::new().and_then([etcd_client::TxnOp::put(grant_name, encoded, None)]),
+            etcd_client::Txn::new()
+                .when([
+                    etcd_client::Compare::mod_revision(
+                        read.key().to_vec(),
+                        etcd_client::CompareOp::Equal,
+                        read.mod_revision(),
+                    ),
+                    etcd_client::Compare::create_revision(
+                        grant_name.clone(),
+                        etcd_client::CompareOp::Equal,
+                        0,
+                    ),
+                ])
+                .and_then([etcd_client::TxnOp::put(grant_name, encoded, None)]),
         )?;
-        Ok(request.serial.clone())
+        Ok(())
     }
 }

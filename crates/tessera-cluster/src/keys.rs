@@ -71,7 +71,7 @@ impl Keyring {
         self.current
     }
 
-    /// Adds a newer epoch's key and seals under it from now on.
+    /// Adds an epoch's key; seals under it from now on if it is the newest.
     pub(crate) fn advance(&mut self, key: &ClusterKey) -> Result<(), ClusterError> {
         self.keys.insert(key.epoch, value_key(&key.key)?);
         self.current = self.current.max(key.epoch);

@@ -105,13 +105,22 @@ pub struct Node {
 /// The pause before a request that failed at the transport is sent again.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
-/// Whether an etcd error is the transport's (the request can go to another member): a member
-/// that is down or unreachable, or no leader yet. A refusal of the request itself is not.
-fn retryable(e: &etcd_client::Error) -> bool {
+/// Whether an etcd error lets the request go again, to another member: for a read, any
+/// failure of the transport or of the member (a member down or unreachable, no leader yet);
+/// for a write (`write`), only the failures where etcd did not carry it out (no connection,
+/// `Unavailable`): a write whose outcome is unknown (`Unknown`, `DeadlineExceeded`, a
+/// connection lost on the way) is not sent again, as it may have been committed (a PIN guess
+/// counted twice, an object made twice). The call fails instead (`CKR_DEVICE_ERROR`).
+fn retryable(e: &etcd_client::Error, write: bool) -> bool {
     match e {
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::IoError(_) => !write,
         // Unknown (2), DeadlineExceeded (4), Unavailable (14): gRPC's codes.
-        etcd_client::Error::GRpcStatus(status) => matches!(status.code() as i32, 2 | 4 | 14),
+        etcd_client::Error::GRpcStatus(status) => match status.code() as i32 {
+            14 => true,
+            2 | 4 => !write,
+            _ => false,
+        },
         _ => false,
     }
 }
@@ -212,6 +221,7 @@ impl Node {
     /// endpoint, until the timeout.
     pub(crate) fn call<T, F>(
         &self,
+        write: bool,
         request: impl Fn(etcd_client::Client) -> F + Send + 'static,
     ) -> Result<T, ClusterError>
     where
@@ -227,7 +237,9 @@ impl Node {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 match tokio::time::timeout(left, request(client.clone())).await {
                     Ok(Ok(value)) => break Ok(value),
-                    Ok(Err(e)) if retryable(&e) && tokio::time::Instant::now() < deadline => {
+                    Ok(Err(e))
+                        if retryable(&e, write) && tokio::time::Instant::now() < deadline =>
+                    {
                         tokio::time::sleep(RETRY_PAUSE).await;
                     }
                     Ok(Err(e)) => break Err(ClusterError::Unavailable(e.to_string())),
@@ -251,7 +263,7 @@ impl Node {
         key: Vec<u8>,
         options: Option<etcd_client::GetOptions>,
     ) -> Result<etcd_client::GetResponse, ClusterError> {
-        self.call(move |mut c| {
+        self.call(false, move |mut c| {
             let (key, options) = (key.clone(), options.clone());
             async move { c.get(key, options).await }
         })
@@ -262,7 +274,7 @@ impl Node {
         &self,
         txn: etcd_client::Txn,
     ) -> Result<etcd_client::TxnResponse, ClusterError> {
-        self.call(move |mut c| {
+        self.call(true, move |mut c| {
             let txn = txn.clone();
             async move { c.txn(txn).await }
         })
@@ -372,6 +384,18 @@ impl Node {
         let token_key = MasterKey::from_secret(founding.token_key)
             .map_err(|e| ClusterError::Refused(format!("the cluster's token key: {e}")))?;
         Ok((founding.layout, token_key))
+    }
+
+    /// [`Node::layout`] with whichever of `keys` the founding record is sealed under.
+    pub fn layout_any(&self, keys: &[ClusterKey]) -> Result<(Layout, MasterKey), ClusterError> {
+        let mut last = ClusterError::Refused("no cluster key kept".into());
+        for key in keys {
+            match self.layout(key) {
+                Ok(found) => return Ok(found),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     /// The epoch record as stored: its epoch (readable without a key) and the record sealed.

@@ -30,6 +30,19 @@ pub(crate) const HEAD: &str = "state/head";
 pub(crate) const FLAGS: &str = "state/flags";
 /// The epoch record: the current epoch, the members removed, the epochs retired.
 pub(crate) const EPOCH: &str = "epoch";
+/// Present while a rotation runs: a [`Rotation`].
+const ROTATION: &str = "rotation";
+
+/// What a rotation is about, and who runs it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Rotation {
+    epoch: u32,
+    remove: String,
+    by: String,
+}
+
+/// Keeps the cluster keys on this node's disk (the engine, sealed under the device key).
+pub type Keeper = Box<dyn Fn(&[crate::keys::ClusterKey]) -> Result<(), String> + Send + Sync>;
 const STATE: &str = "state/";
 const IDS: &str = "ids";
 /// Object ids a node takes at once (one compare-and-swap per block).
@@ -105,6 +118,10 @@ const RETRY_CATCH_UP_AFTER: Duration = Duration::from_secs(1);
 /// The cluster's token state, for one node.
 pub struct ClusterStore {
     me: std::sync::Weak<ClusterStore>,
+    /// This node's serial.
+    serial: String,
+    /// Where the keys are kept on disk, before a rotation seals anything under a new one.
+    keeper: OnceLock<Keeper>,
     node: Arc<Node>,
     /// The keys of the epochs this node can open, and the one it seals under.
     values: std::sync::RwLock<crate::keys::Keyring>,
@@ -133,12 +150,23 @@ impl ClusterStore {
     /// reached (see [`Shared::catch_up`]).
     pub fn new(
         node: Arc<Node>,
-        key: &crate::keys::ClusterKey,
+        serial: &str,
+        keys: &[crate::keys::ClusterKey],
         stale_limit: Duration,
     ) -> Result<Arc<ClusterStore>, ClusterError> {
-        let values = std::sync::RwLock::new(crate::keys::Keyring::new(key)?);
+        let key = keys
+            .iter()
+            .max_by_key(|k| k.epoch)
+            .ok_or_else(|| ClusterError::Refused("no cluster key".into()))?;
+        let mut ring = crate::keys::Keyring::new(key)?;
+        for older in keys {
+            ring.advance(older)?;
+        }
+        let values = std::sync::RwLock::new(ring);
         Ok(Arc::new_cyclic(|me| ClusterStore {
             me: me.clone(),
+            serial: serial.to_string(),
+            keeper: OnceLock::new(),
             stale_limit,
             values,
             key: Mutex::new(key.duplicate()),
@@ -157,6 +185,11 @@ impl ClusterStore {
         self.values.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Sets where the keys are kept on disk (once).
+    pub fn set_keeper(&self, keeper: Keeper) {
+        let _ = self.keeper.set(keeper);
+    }
+
     /// The cluster key of the current epoch.
     pub fn current_key(&self) -> crate::keys::ClusterKey {
         lock(&self.key).duplicate()
@@ -170,12 +203,15 @@ impl ClusterStore {
     /// Takes the key of a newer epoch (this node was admitted to it): seals under it from
     /// now on, and applies the changes that waited for it.
     pub fn install(&self, key: &crate::keys::ClusterKey) -> Result<(), ClusterError> {
-        self.values
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .advance(key)?;
-        *lock(&self.key) = key.duplicate();
-        let waiting = std::mem::take(&mut *lock(&self.pending));
+        let waiting = {
+            let mut pending = lock(&self.pending);
+            self.values
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .advance(key)?;
+            *lock(&self.key) = key.duplicate();
+            std::mem::take(&mut *pending)
+        };
         if !waiting.is_empty() {
             let newest = waiting.iter().map(|(_, _, at)| *at).max().unwrap_or(0);
             self.apply(waiting, newest);
@@ -229,17 +265,111 @@ impl ClusterStore {
             )));
         }
         let current = self.current_key();
-        let mut record = self.node.read_epoch(&current)?;
         let new = crate::keys::ClusterKey {
             epoch: current.epoch + 1,
             key: tessera_store::MasterKey::generate()
                 .map_err(|e| ClusterError::Refused(e.to_string()))?,
         };
+        // One rotation at a time: the marker is made only where there is none. It names the
+        // node that rotates, which finishes the rotation if it stops in the middle.
+        let marker = self.node.key(ROTATION);
+        let intent = Rotation {
+            epoch: new.epoch,
+            remove: remove.to_string(),
+            by: self.serial.clone(),
+        };
+        let taken = self.node.txn(
+            Txn::new()
+                .when([Compare::create_revision(
+                    marker.clone(),
+                    CompareOp::Equal,
+                    0,
+                )])
+                .and_then([TxnOp::put(
+                    marker.clone(),
+                    self.ring().seal(&marker, &intent)?,
+                    None,
+                )]),
+        )?;
+        if !taken.succeeded() {
+            return Err(ClusterError::Usage(format!(
+                "another rotation of cluster {} is under way: wait for it to end",
+                self.node.name()
+            )));
+        }
+        // Both keys kept on this node's disk before anything is sealed under the new one: a
+        // crash from here on is finished at the next start (`resume_rotation`).
+        if let Some(keep) = self.keeper.get() {
+            if let Err(e) = keep(&[current.duplicate(), new.duplicate()]) {
+                let _ = self
+                    .node
+                    .txn(Txn::new().and_then([TxnOp::delete(marker, None)]));
+                return Err(ClusterError::Refused(format!(
+                    "cannot keep the new key: {e}"
+                )));
+            }
+        }
+        self.install(&new)?;
+        self.finish_rotation(&new, remove)?;
+        Ok(new)
+    }
+
+    /// A rotation that this node began and did not finish (it stopped in the middle): finished
+    /// now, with the keys it kept. One that never got as far as sealing anything is abandoned.
+    /// Returns the epoch finished, if any.
+    pub fn resume_rotation(&self) -> Result<Option<u32>, ClusterError> {
+        let marker = self.node.key(ROTATION);
+        let found = self.node.get(marker.clone(), None)?;
+        let Some(kv) = found.kvs().first() else {
+            return Ok(None);
+        };
+        let Ok(intent) = self.ring().open::<Rotation>(&marker, kv.value()) else {
+            return Ok(None);
+        };
+        if intent.by != self.serial {
+            return Ok(None);
+        }
+        if self.epoch() < intent.epoch {
+            // The new key was never kept: nothing was sealed under it.
+            tracing::warn!(
+                epoch = intent.epoch,
+                "a rotation this node began never sealed anything: abandoned"
+            );
+            self.node
+                .txn(Txn::new().and_then([TxnOp::delete(marker, None)]))?;
+            return Ok(None);
+        }
+        tracing::warn!(
+            epoch = intent.epoch,
+            "finishing the rotation this node began before it stopped"
+        );
+        let new = self.current_key();
+        self.finish_rotation(&new, &intent.remove)?;
+        Ok(Some(intent.epoch))
+    }
+
+    /// A rotation to `new` (installed here), without device `remove`: sealed again, announced,
+    /// members re-keyed, the old epochs retired, the marker removed.
+    fn finish_rotation(
+        &self,
+        new: &crate::keys::ClusterKey,
+        remove: &str,
+    ) -> Result<(), ClusterError> {
+        let mut record = match self.node.epoch_record()? {
+            Some((epoch, _)) if epoch == new.epoch => self.node.read_epoch(new)?,
+            _ => {
+                // The record as it was, opened with the key of its epoch.
+                let name = self.node.key(EPOCH);
+                match self.node.epoch_record()? {
+                    Some((_, sealed)) => self.ring().open(&name, &sealed)?,
+                    None => crate::EpochRecord::default(),
+                }
+            }
+        };
         record.epoch = new.epoch;
         if !record.removed.iter().any(|s| s == remove) {
             record.removed.push(remove.to_string());
         }
-        self.install(&new)?;
         // It is a member no more (its last report goes).
         self.node.txn(Txn::new().and_then([TxnOp::delete(
             self.node.key(&format!("members/{remove}")),
@@ -284,7 +414,14 @@ impl ClusterStore {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retire_before(new.epoch);
-        Ok(new)
+        if let Some(keep) = self.keeper.get() {
+            if let Err(e) = keep(&[new.duplicate()]) {
+                tracing::warn!(error = %e, "cannot drop the old key kept on disk");
+            }
+        }
+        self.node
+            .txn(Txn::new().and_then([TxnOp::delete(self.node.key(ROTATION), None)]))?;
+        Ok(())
     }
 
     fn put_epoch(&self, name: &[u8], record: &crate::EpochRecord) -> Result<(), ClusterError> {
@@ -316,7 +453,6 @@ impl ClusterStore {
             if crate::keys::epoch_of(kv.value()).is_none_or(|e| e >= epoch) {
                 continue;
             }
-            left += 1;
             let value = match self.ring().open_plain(kv.key(), kv.value()) {
                 Ok(v) => v,
                 Err(e) => {
@@ -324,6 +460,7 @@ impl ClusterStore {
                     continue;
                 }
             };
+            left += 1;
             compares.push(Compare::mod_revision(
                 kv.key().to_vec(),
                 CompareOp::Equal,
@@ -633,9 +770,12 @@ impl ClusterStore {
         let mut changes = Vec::new();
         for (name, value, at) in batch {
             if let Some(v) = &value {
+                // Decided under the pending list's lock, which `install` holds while it
+                // takes a new key: a change is either opened or handed to the next install.
+                let mut pending = lock(&self.pending);
                 let newer_epoch = crate::keys::epoch_of(v).is_some_and(|e| e > self.epoch());
                 if newer_epoch && !self.ring().can_open(v) {
-                    lock(&self.pending).push((name, value, at));
+                    pending.push((name, value, at));
                     continue;
                 }
             }

@@ -313,7 +313,7 @@ impl Hsm {
                 drop(state);
                 drop(tokens);
                 drop(change);
-                self.take_flags(newer, "set on another node of the cluster");
+                self.take_flags(newer, "set on another node of the cluster", || true);
                 return self.set_flags(bits, client);
             }
             Err(e) => return Err(crate::store_failure(e)),

@@ -256,37 +256,50 @@ impl Hsm {
         result
     }
 
-    /// The key of cluster `name` this device keeps, with its epoch, if it has joined it
-    /// before.
-    pub fn cluster_key(&self, name: &str) -> Result<Option<(u32, MasterKey)>, HsmError> {
+    /// The keys of cluster `name` this device keeps, with their epochs (one; two while a
+    /// rotation this node runs is not finished), if it has joined it before.
+    pub fn cluster_keys(&self, name: &str) -> Result<Vec<(u32, MasterKey)>, HsmError> {
         let Some(kept) = self.store.meta(&key_record(name))? else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
         let bad = || {
             HsmError::Options(format!(
                 "the key of cluster {name} kept in the store does not open with this device key"
             ))
         };
-        let (epoch, sealed) = kept.split_at_checked(4).ok_or_else(bad)?;
-        let epoch = u32::from_be_bytes(epoch.try_into().map_err(|_| bad())?);
-        MasterKey::opened_from(&self.device_key, &key_aad(name, epoch), sealed)
-            .map(|key| Some((epoch, key)))
-            .map_err(|_| bad())
+        let mut keys = Vec::new();
+        let mut rest = kept.as_slice();
+        while !rest.is_empty() {
+            let (head, tail) = rest.split_at_checked(6).ok_or_else(bad)?;
+            let epoch = u32::from_be_bytes(head[..4].try_into().map_err(|_| bad())?);
+            let len = usize::from(u16::from_be_bytes(head[4..].try_into().map_err(|_| bad())?));
+            let (sealed, tail) = tail.split_at_checked(len).ok_or_else(bad)?;
+            let key = MasterKey::opened_from(&self.device_key, &key_aad(name, epoch), sealed)
+                .map_err(|_| bad())?;
+            keys.push((epoch, key));
+            rest = tail;
+        }
+        Ok(keys)
     }
 
-    /// Keeps the key of cluster `name` and its epoch (sealed under the device key), for the
-    /// next start.
-    pub fn keep_cluster_key(
+    /// Keeps the keys of cluster `name` with their epochs (sealed under the device key), for
+    /// the next start; replaces what was kept.
+    pub fn keep_cluster_keys(
         &self,
         name: &str,
-        epoch: u32,
-        key: &MasterKey,
+        keys: &[(u32, &MasterKey)],
     ) -> Result<(), HsmError> {
-        let sealed = key
-            .sealed_under(&self.device_key, &key_aad(name, epoch))
-            .map_err(|e| HsmError::Options(e.to_string()))?;
-        let mut kept = epoch.to_be_bytes().to_vec();
-        kept.extend(sealed);
+        let mut kept = Vec::new();
+        for (epoch, key) in keys {
+            let sealed = key
+                .sealed_under(&self.device_key, &key_aad(name, *epoch))
+                .map_err(|e| HsmError::Options(e.to_string()))?;
+            let len = u16::try_from(sealed.len())
+                .map_err(|_| HsmError::Options("a sealed key is too long".into()))?;
+            kept.extend_from_slice(&epoch.to_be_bytes());
+            kept.extend_from_slice(&len.to_be_bytes());
+            kept.extend(sealed);
+        }
         self.store.put_meta(&key_record(name), &kept)?;
         Ok(())
     }
@@ -306,15 +319,12 @@ impl Hsm {
             // is made where it stays.
             return Err(Rv::ArgumentsBad);
         }
-        let (epoch, key) = clustered
+        // The new key is kept on disk by the cluster store before anything is sealed under
+        // it (its keeper, set by the daemon).
+        let (epoch, _key) = clustered
             .shared
             .remove_member(serial)
             .map_err(crate::store_failure)?;
-        self.keep_cluster_key(&clustered.name, epoch, &key)
-            .map_err(|e| {
-                tracing::error!(error = %e, "cannot keep the rotated cluster key");
-                Rv::DeviceError
-            })?;
         self.event(
             "Administrator",
             "member-removed",
@@ -326,27 +336,36 @@ impl Hsm {
         Ok(tessera_wire::Reply::Done)
     }
 
-    /// Leaves the cluster for good (this node was removed: it was not admitted to the
-    /// cluster's new key): forgets the key it kept, ends every session and forgets the
-    /// cluster's tokens (blank tokens until it is set up again, or admitted as a new device).
-    pub fn leave_cluster(&self, reason: &str) {
-        self.leave_cluster_at_tamper();
+    /// Stops serving the cluster (this node was not admitted to the cluster's new key: it was
+    /// removed, or no member answered): it writes nothing to the cluster and takes none of its
+    /// changes, every session and login ends, and calls that need the cluster get
+    /// `CKR_DEVICE_ERROR`. The key it kept stays on disk (no good without the new one): a
+    /// restart asks to be admitted again.
+    pub fn suspend_cluster(&self, reason: &str) {
+        let Some(clustered) = self.clustered() else {
+            return;
+        };
+        clustered
+            .detached
+            .store(true, std::sync::atomic::Ordering::Release);
         let tokens = self.all_tokens();
         let mut state = tokens.lock(self);
         state.sessions_mut().clear();
-        let ids: Vec<u64> = state.device.slot_tokens().collect();
-        for token_id in ids {
-            let mut blank = crate::Token::blank(&self.ledger);
-            blank.checking = state.token(token_id).map_or([0, 0], |t| t.checking);
-            let _ = state.set_token(token_id, Some(blank));
+        for (_, token) in state.tokens_mut() {
+            token.logins.clear();
+            token.master = None;
         }
-        let flags = state.device.flags;
-        self.refresh_device_objects(&mut state, flags);
         drop(state);
         drop(tokens);
         crate::crypto::forget_parsed_keys();
         self.event("Administrator", "cluster-left", reason.to_string());
-        self.terminate_channels(None, "this node left its cluster");
+        self.terminate_channels(None, "this node stopped serving its cluster");
+    }
+
+    /// Whether this node stopped serving its cluster (a tamper, or not admitted to a new key).
+    pub fn cluster_detached(&self) -> bool {
+        self.clustered()
+            .is_some_and(|c| c.detached.load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// The device's security flags.
@@ -426,7 +445,7 @@ impl Hsm {
         crate::crypto::forget_parsed_keys();
         // The cluster's flags are every node's.
         if let Some(flags) = snapshot.flags {
-            self.take_flags(flags, "on joining the cluster");
+            self.take_flags(flags, "on joining the cluster", || true);
         }
         let me: Weak<Hsm> = Arc::downgrade(self);
         shared.listen(Box::new(move |changes| {
@@ -445,8 +464,13 @@ impl Hsm {
     /// Takes security flags set elsewhere in the cluster (another node, or a change that a
     /// write of this node's met): as a change by the Administrator here, without its checks
     /// (they were made where the flags were set), every channel ended.
-    pub(crate) fn take_flags(&self, bits: u64, how: &str) {
+    pub(crate) fn take_flags(&self, bits: u64, how: &str, accept: impl FnOnce() -> bool) {
         let mut change = self.device.change();
+        // Decided under the device's change turn, where this node writes its flags: a change
+        // told late never undoes a newer one written here.
+        if !accept() {
+            return;
+        }
         let before = change.flags;
         if before == bits {
             return;
@@ -479,13 +503,9 @@ impl Hsm {
         for (change, revision) in changes {
             let token_id = match &change {
                 Change::Flags(bits) => {
-                    // Under the device's change turn, where this node writes its flags.
-                    let turn = self.device.change();
-                    let newer = clustered.shared.accept(&change, revision);
-                    drop(turn);
-                    if newer {
-                        self.take_flags(*bits, "set on another node of the cluster");
-                    }
+                    self.take_flags(*bits, "set on another node of the cluster", || {
+                        clustered.shared.accept(&change, revision)
+                    });
                     continue;
                 }
                 Change::Token(token, _) => *token,
@@ -505,7 +525,27 @@ impl Hsm {
             }
             match change {
                 Change::Flags(_) => {}
-                Change::Token(_, record) => token.record = record,
+                Change::Token(_, record) => {
+                    // Initialised again on another node (a new SO PIN record, a new token
+                    // master key): the logins here were to the old token and end, with its
+                    // sessions, as C_InitToken ends them on a single device.
+                    if record.so_pin != token.record.so_pin {
+                        token.logins.clear();
+                        token.master = None;
+                        let mut sessions = self.sessions();
+                        let on_token = sessions.handles(|s| s.token_id == token_id);
+                        for handle in &on_token {
+                            sessions.remove(*handle);
+                        }
+                        drop(sessions);
+                        // Their session objects go with them.
+                        token
+                            .objects
+                            .retain(|_, o| o.owner.is_none_or(|(_, s)| !on_token.contains(&s)));
+                        forget_keys = true;
+                    }
+                    token.record = record;
+                }
                 Change::Object { id, object, .. } => {
                     forget_keys |= token.objects.get(&id).is_some();
                     token

@@ -376,7 +376,10 @@ impl Hsm {
                 session,
                 user_type,
                 pin,
-            } => self.login(client, session, user_type, &pin),
+            } => {
+                self.catch_up()?;
+                self.login(client, session, user_type, &pin)
+            }
             R::Logout { session } => self.logout(client, session),
             R::InitPin { session, pin } => self.init_pin(client, session, &pin),
             R::SetPin {
@@ -412,6 +415,7 @@ impl Hsm {
                 template,
                 max,
             } => {
+                self.catch_up()?;
                 self.find_init(client, session, &template)?;
                 self.find_first(client, session, max)
             }

@@ -554,7 +554,23 @@ pub fn open_session(raw: u64, flags: u64) -> CkResult<u64> {
         device: number,
         local,
     };
-    let remote = into_handle(reply)?;
+    let mut remote = into_handle(reply)?;
+    // A session that HA moved keeps the handle it had on its first device; a new session
+    // there (restarted, numbering from 1 again) may get the same number: it takes another.
+    for _ in 0..8 {
+        let taken = SessionId::new(number, remote).is_some_and(|id| {
+            with(|library| Ok(library.sessions.contains_key(&id.raw()))).unwrap_or(false)
+        });
+        if !taken {
+            break;
+        }
+        let again = device.call(Some(generation), Call::OpenSession { slot: local, flags });
+        let _ = device.call(Some(generation), Call::CloseSession { session: remote });
+        remote = match again {
+            Ok((reply, _)) => into_handle(reply)?,
+            Err(error) => return Err(spread::member_failure(number, error)),
+        };
+    }
     let Some(id) = SessionId::new(slot.device, remote) else {
         tracing::warn!(remote, "device issued a session handle outside 1..2^32");
         // Best effort: do not leave the session open on the device.
@@ -688,7 +704,20 @@ pub fn logout(handle: u64) -> CkResult {
 /// `C_CloseSession`: the handle is gone afterwards, whatever the device says.
 pub fn close_session(handle: u64) -> CkResult {
     let result = session_call(handle, |session| Call::CloseSession { session });
-    with(|library| Ok(library.sessions.remove(&handle)))?;
+    let last_of_virtual_slot = with(|library| {
+        let raw = library.sessions.remove(&handle).map(|s| s.raw_slot);
+        Ok(match (&library.spread, raw) {
+            (Some(_), Some(raw)) if !library.sessions.values().any(|s| s.raw_slot == raw) => {
+                Some(raw)
+            }
+            _ => None,
+        })
+    })?;
+    // The application's last session of a virtual slot: its login ends on every member, as
+    // closing a token's last session ends it on one device.
+    if let Some(raw) = last_of_virtual_slot {
+        spread::spread_logout(raw);
+    }
     expect_done(result?)
 }
 

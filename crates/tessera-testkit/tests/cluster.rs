@@ -1147,3 +1147,75 @@ fn a_cluster_on_an_etcd_with_tls_and_client_certificates() {
     let plain: Vec<&str> = plain.iter().map(String::as_str).collect();
     assert!(Daemon::start_prepared(None, |_| {}, &plain).is_err());
 }
+
+#[test]
+fn a_rotation_cut_by_a_crash_is_finished_when_its_node_starts_again() {
+    let _serial = serialise();
+    let mut cluster = Cluster::start();
+    let (ok, out) = ctconf(&cluster.nodes[0], &["-v"]);
+    assert!(ok, "{out}");
+    {
+        let module = cluster.library();
+        init_token(&module);
+        private_data(&user_session(&module, 0), "across the crash", MARKER);
+    }
+    let removed = cluster.serials[2].clone();
+    // The removal runs; node 0, which rotates, is killed in the middle of it.
+    let asked = cluster.nodes[1].log().matches("asking to join").count();
+    let dir = cluster.nodes[0].dir().to_path_buf();
+    let list = cluster.nodes[0].server_list(Transport::Unix);
+    let env = cluster.nodes[0].trust_env();
+    let mut removal = std::process::Command::new(tessera_testkit::binary("ctconf"))
+        .envs(env)
+        .env("ET_HSM_NETCLIENT_SERVERLIST", list)
+        .args(["--remove-member", &removed, "--yes", "--pin-file"])
+        .arg(dir.join("admin.pin"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Once node 1 asks for the new key (it asked once already, to join), node 0 has
+    // announced it and waits for the members.
+    assert!(tessera_testkit::wait_until(Duration::from_secs(20), || {
+        cluster.nodes[1].log().matches("asking to join").count() > asked
+    }));
+    cluster.nodes[0].kill9();
+    let _ = removal.wait();
+    // Started again, node 0 finishes what it began: node 1 gets the new key, the removed
+    // node gets none, and what was written before is there.
+    cluster.nodes[0].restart();
+    assert!(
+        tessera_testkit::wait_until(Duration::from_secs(40), || {
+            cluster.nodes[1]
+                .log()
+                .contains("took the cluster's new key")
+        }),
+        "node 0: {}\nnode 1: {}",
+        cluster.nodes[0]
+            .log()
+            .lines()
+            .filter(|l| !l.contains("DEBUG"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        cluster.nodes[1]
+            .log()
+            .lines()
+            .filter(|l| !l.contains("DEBUG"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(tessera_testkit::wait_until(Duration::from_secs(40), || {
+        cluster.nodes[2].log().contains("it leaves the cluster")
+    }));
+    let module = cluster.library();
+    let on_1 = user_session(&module, 1);
+    assert_eq!(find_by_label(&on_1, "across the crash").len(), 1);
+    private_data(&on_1, "after the crash", b"z");
+    let on_0 = user_session(&module, 0);
+    assert_eq!(find_by_label(&on_0, "after the crash").len(), 1);
+    assert!(cluster.nodes[0]
+        .log()
+        .contains("finishing the rotation this node began"));
+    let status = ctconf(&cluster.nodes[0], &["-v"]).1;
+    assert!(status.contains("key epoch 1"), "{status}");
+}

@@ -110,17 +110,22 @@ pub fn join(hsm: &Arc<Hsm>, config: &ClusterConfig) -> Result<(), String> {
     drop(security);
     let (user_tokens, admin_token) = hsm.slot_layout();
     let identity = Identity(hsm.clone());
-    let key = match hsm.cluster_key(&config.name).map_err(|e| e.to_string())? {
-        Some((epoch, key)) => {
-            let key = ClusterKey { epoch, key };
-            if node.layout(&key).is_ok() {
+    let kept: Vec<ClusterKey> = hsm
+        .cluster_keys(&config.name)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|(epoch, key)| ClusterKey { epoch, key })
+        .collect();
+    let keys: Vec<ClusterKey> = match kept.iter().map(|k| k.epoch).max() {
+        Some(epoch) => {
+            if node.layout_any(&kept).is_ok() {
                 tracing::info!(cluster = %config.name, epoch, "opening the cluster with the key this node kept");
-                key
+                kept
             } else {
                 // The key was rotated while this node was down: admitted again (unless it
                 // was removed meanwhile).
                 tracing::info!(cluster = %config.name, epoch, "the cluster key was rotated since this node kept it: asking to be admitted again");
-                join_as_new(&node, &identity, config)?
+                vec![join_as_new(&node, &identity, config)?]
             }
         }
         None if !node.is_founded().map_err(|e| e.to_string())? => {
@@ -135,18 +140,29 @@ pub fn join(hsm: &Arc<Hsm>, config: &ClusterConfig) -> Result<(), String> {
                 Some(key) => {
                     tracing::info!(cluster = %config.name, slots = user_tokens.len(), "founded the cluster: its tokens are blank");
                     hsm.cluster_event("cluster-founded", format!("cluster {}", config.name));
-                    key
+                    vec![key]
                 }
-                None => join_as_new(&node, &identity, config)?,
+                None => vec![join_as_new(&node, &identity, config)?],
             }
         }
-        None => join_as_new(&node, &identity, config)?,
+        None => vec![join_as_new(&node, &identity, config)?],
     };
-    let (layout, token_key) = node.layout(&key).map_err(|e| e.to_string())?;
-    hsm.keep_cluster_key(&config.name, key.epoch, &key.key)
+    let (layout, token_key) = node.layout_any(&keys).map_err(|e| e.to_string())?;
+    let kept: Vec<(u32, &tessera_store::MasterKey)> =
+        keys.iter().map(|k| (k.epoch, &k.key)).collect();
+    hsm.keep_cluster_keys(&config.name, &kept)
         .map_err(|e| e.to_string())?;
-    let store =
-        ClusterStore::new(node.clone(), &key, config.stale_after).map_err(|e| e.to_string())?;
+    let store = ClusterStore::new(node.clone(), hsm.serial(), &keys, config.stale_after)
+        .map_err(|e| e.to_string())?;
+    let keeper_hsm = Arc::downgrade(hsm);
+    let keeper_name = config.name.clone();
+    store.set_keeper(Box::new(move |keys| {
+        let hsm = keeper_hsm.upgrade().ok_or("the device is closing")?;
+        let kept: Vec<(u32, &tessera_store::MasterKey)> =
+            keys.iter().map(|k| (k.epoch, &k.key)).collect();
+        hsm.keep_cluster_keys(&keeper_name, &kept)
+            .map_err(|e| e.to_string())
+    }));
     hsm.join_cluster(
         &config.name,
         store.clone(),
@@ -162,6 +178,16 @@ pub fn join(hsm: &Arc<Hsm>, config: &ClusterConfig) -> Result<(), String> {
     if let Err(e) = store.heartbeat(hsm.serial(), since) {
         tracing::warn!(error = %e, "cannot report this node as a member");
     }
+    // A rotation this node began and did not finish (it stopped in the middle) is finished
+    // now, beside the member thread (which admits the members to the new key meanwhile).
+    let resuming = store.clone();
+    let _ = std::thread::Builder::new()
+        .name("cluster-resume".into())
+        .spawn(move || match resuming.resume_rotation() {
+            Ok(Some(epoch)) => tracing::info!(epoch, "finished the rotation this node began"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "cannot finish the rotation this node began"),
+        });
     let weak = Arc::downgrade(hsm);
     let join_wait = config.join_wait;
     std::thread::Builder::new()
@@ -203,6 +229,12 @@ fn member_loop(
     loop {
         std::thread::sleep(ADMIT_EVERY);
         let Some(hsm) = hsm.upgrade() else { return };
+        // A node that stopped serving the cluster (a tamper, or not admitted to a new key)
+        // admits nobody, reports nothing and asks for nothing more.
+        if hsm.cluster_detached() {
+            tracing::warn!("this node stopped serving its cluster: the member thread ends");
+            return;
+        }
         // A rotation: this node asks for the new key as a joining device does. A node that
         // no member admits (it was removed) leaves the cluster.
         match store.behind() {
@@ -216,7 +248,7 @@ fn member_loop(
                             .and_then(|()| store.sync_epoch())
                             .map_err(|e| e.to_string())
                             .and_then(|()| {
-                                hsm.keep_cluster_key(&name, key.epoch, &key.key)
+                                hsm.keep_cluster_keys(&name, &[(key.epoch, &key.key)])
                                     .map_err(|e| e.to_string())
                             });
                         match installed {
@@ -233,8 +265,8 @@ fn member_loop(
                         }
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "no member gave this node the cluster's new key: it leaves the cluster");
-                        hsm.leave_cluster(&format!(
+                        tracing::error!(error = %e, "no member gave this node the cluster's new key: it leaves the cluster (it stops serving it; restart it to ask again)");
+                        hsm.suspend_cluster(&format!(
                             "cluster {name}: not admitted to the rotated key (removed from the cluster?): {e}"
                         ));
                         return;
@@ -263,19 +295,21 @@ fn member_loop(
         let identity = Identity(hsm.clone());
         match node.admit_pending(&identity, &store.current_key()) {
             Ok(answers) => {
-                for answer in answers {
+                for (serial, answer) in answers {
                     match answer {
-                        Ok(serial) => {
+                        Ok(()) => {
+                            refused.remove(&serial);
                             tracing::info!(serial = %serial, "admitted a device to the cluster");
                             hsm.cluster_event("cluster-admit", format!("device {serial}"));
                         }
-                        Err(e) => {
+                        // Once per device (its requests come every quarter second), in a set
+                        // that cannot grow past the devices that ask.
+                        Err(e) if refused.len() < 1024 && refused.insert(serial.clone()) => {
                             let reason = e.to_string();
-                            if refused.insert(reason.clone()) {
-                                tracing::warn!(reason = %reason, "refused a device's request to join the cluster");
-                                hsm.cluster_event("cluster-refused", reason);
-                            }
+                            tracing::warn!(serial = %serial, reason = %reason, "refused a device's request to join the cluster");
+                            hsm.cluster_event("cluster-refused", reason);
                         }
+                        Err(_) => {}
                     }
                 }
             }

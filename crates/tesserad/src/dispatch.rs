@@ -62,6 +62,7 @@ fn quick(hsm: &Hsm, client: u64, call: &Call, work: Work) -> bool {
                 | Call::FindObjectsInit { .. }
                 | Call::FindObjectsFirst { .. }
                 | Call::Once { .. }
+                | Call::Login { .. }
                 | Call::DeviceStatus
         )
     {

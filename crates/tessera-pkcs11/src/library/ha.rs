@@ -20,7 +20,7 @@ use tessera_client::ClientError;
 use tessera_core::{Rv, SecretBytes, Template};
 use tessera_wire::{Call, Operation, Reply};
 
-use super::spread::{device_failed, drop_device, member};
+use super::spread::{device_failed, drop_device};
 use super::{device_call, failure, with, Library, Target};
 use crate::ids::{SessionId, SlotId};
 use crate::CkResult;
@@ -79,8 +79,17 @@ impl Journal {
     fn record(&mut self, call: &Call, encoded: SecretBytes, outcome: Result<&Reply, u64>) {
         use Call as C;
         match call {
-            C::OperationInit { operation, .. } if outcome.is_ok() => {
-                self.push(*operation, encoded, true)
+            // An operation on a session object cannot move: its journal is marked so.
+            C::OperationInit { operation, key, .. } if outcome.is_ok() => {
+                self.push(*operation, encoded, true);
+                if *key >= SESSION_OBJECT_BASE {
+                    if let Some((_, calls)) =
+                        self.operations.iter_mut().find(|(op, _)| op == operation)
+                    {
+                        *calls = None;
+                    }
+                    self.recount();
+                }
             }
             C::OperationUpdate { operation, .. } if outcome.is_ok() => {
                 self.push(*operation, encoded, false)
@@ -151,6 +160,46 @@ fn makes_objects(call: &Call) -> bool {
     )
 }
 
+/// The first handle of session objects on a device (`tessera_hsm::SESSION_OBJECT_BASE`):
+/// each device numbers its own, so such a handle names another key, or none, on another device.
+const SESSION_OBJECT_BASE: u64 = 1 << 40;
+
+/// Whether `call` names a session object (it lives on its device only: the call cannot move).
+fn names_session_object(call: &Call) -> bool {
+    use Call as C;
+    let handles: &[u64] = match call {
+        C::Once { call, .. } => return names_session_object(call),
+        C::OperationInit { key, .. } | C::OperationOnce { key, .. } | C::DigestKey { key, .. } => {
+            &[*key]
+        }
+        C::CopyObject { object, .. }
+        | C::DestroyObject { object, .. }
+        | C::ObjectSize { object, .. }
+        | C::GetAttributes { object, .. }
+        | C::SetAttributes { object, .. } => &[*object],
+        C::WrapKey {
+            wrapping_key, key, ..
+        } => return *wrapping_key >= SESSION_OBJECT_BASE || *key >= SESSION_OBJECT_BASE,
+        C::UnwrapKey { unwrapping_key, .. } => &[*unwrapping_key],
+        C::DeriveKey { base_key, .. } => &[*base_key],
+        C::EncapsulateKey { public_key, .. } => &[*public_key],
+        C::DecapsulateKey { private_key, .. } => &[*private_key],
+        _ => &[],
+    };
+    handles.iter().any(|h| *h >= SESSION_OBJECT_BASE)
+}
+
+/// Whether `call`, once it may have been carried out on the failed device, must not be sent
+/// again on another: the session moves, and the call fails (`CKR_DEVICE_ERROR`) as in WLD.
+/// A PIN change sent again would be checked against the new PIN; a logout is done with the
+/// device; `C_InitToken` is not sent twice.
+fn not_again(call: &Call) -> bool {
+    matches!(
+        call,
+        Call::SetPin { .. } | Call::InitPin { .. } | Call::Logout { .. } | Call::InitToken { .. }
+    )
+}
+
 /// Whether `call` changes the journal (the others need no copy kept).
 fn journaled(call: &Call) -> bool {
     use Call as C;
@@ -205,6 +254,12 @@ pub(super) fn call(handle: u64, target: Target, call: Call) -> CkResult<Reply> {
     };
     let encoded = SecretBytes::encode(&call).map_err(|_| Rv::GeneralError.code())?;
     let journal = journaled(&call).then(|| (decode(&encoded), encoded.duplicate()));
+    let movable = !names_session_object(&call);
+    let again = !not_again(&call);
+    let kind = (
+        matches!(call, Call::Login { .. }),
+        matches!(call, Call::DestroyObject { .. }),
+    );
     let mut target = target;
     let mut call = Some(call);
     let wait = with(|library| {
@@ -214,6 +269,7 @@ pub(super) fn call(handle: u64, target: Target, call: Call) -> CkResult<Reply> {
             .map_or(Duration::ZERO, |s| s.recover_wait))
     })?;
     let deadline = Instant::now() + wait;
+    let mut moved = false;
     loop {
         let this = match call.take() {
             Some(call) => call,
@@ -231,6 +287,22 @@ pub(super) fn call(handle: u64, target: Target, call: Call) -> CkResult<Reply> {
                 note(handle, &journal, Ok(&reply));
                 return Ok(reply);
             }
+            // Sent again after a move, a login finds the user logged in (the keeper's), a
+            // destruction the object gone: what the first sending did.
+            Err(ClientError::Returned(code))
+                if moved
+                    && ((kind.0 && code == Rv::UserAlreadyLoggedIn.code())
+                        || (kind.1 && code == Rv::ObjectHandleInvalid.code())) =>
+            {
+                return Ok(Reply::Done);
+            }
+            Err(error) if session_lost(&error) && !movable => {
+                // A session object lives on its device: the call fails as in WLD.
+                if device_failed(&error) {
+                    drop_device(target.number);
+                }
+                return Err(failure(error));
+            }
             Err(error) if session_lost(&error) => {
                 tracing::warn!(device = target.number, error = %error, "HA: the session's device failed; moving the session");
                 if device_failed(&error) {
@@ -240,6 +312,10 @@ pub(super) fn call(handle: u64, target: Target, call: Call) -> CkResult<Reply> {
                     // gone there; the device stays in unless it fails again.
                 }
                 target = failover(handle, target.number, deadline)?;
+                moved = true;
+                if !again {
+                    return Err(Rv::DeviceError.code());
+                }
             }
             Err(error) => {
                 let rv = failure(error);
@@ -302,7 +378,7 @@ fn failover(handle: u64, failed: usize, deadline: Instant) -> CkResult<Target> {
                 session.journal.find.clone(),
             ))
         })?;
-        let candidate = member(raw)?.filter(|(number, _, _)| *number != failed);
+        let candidate = super::spread::member_except(raw, failed)?;
         let Some((number, device, local)) = candidate else {
             std::thread::sleep(Duration::from_millis(100));
             continue;
@@ -357,6 +433,8 @@ fn failover(handle: u64, failed: usize, deadline: Instant) -> CkResult<Target> {
             }
         }
         if !replayed {
+            // The session opened for the move goes (it would stay open, maybe logged in).
+            let _ = device.call(Some(generation), Call::CloseSession { session: remote });
             std::thread::sleep(Duration::from_millis(50));
             continue;
         }

@@ -99,7 +99,7 @@ impl Spread {
                 "a device of the virtual slots failed: left out until the recovery delay is over"
             );
         }
-        self.keepers.retain(|(_, d), _| *d != device);
+        // Its keepers stay listed: a logout still ends them there if the device is back.
     }
 }
 
@@ -211,6 +211,34 @@ impl Library {
 pub(super) fn member(raw: u64) -> CkResult<Option<(usize, Arc<Device>, u64)>> {
     let pick = |library: &mut Library| -> CkResult<Option<(usize, Arc<Device>, u64)>> {
         Ok(library.least_loaded(raw)?.and_then(|(number, local)| {
+            library
+                .devices
+                .get(number)
+                .map(|device| (number, Arc::clone(device), local))
+        }))
+    };
+    if let Some(found) = with(pick)? {
+        return Ok(Some(found));
+    }
+    let devices = with(|library| Ok(library.devices.clone()))?;
+    refresh(&devices)?;
+    with(pick)
+}
+
+/// The least loaded live member of virtual slot `raw` other than device `except` (HA moves a
+/// session off `except`, which may still count as live: its connection was lost).
+pub(super) fn member_except(
+    raw: u64,
+    except: usize,
+) -> CkResult<Option<(usize, Arc<Device>, u64)>> {
+    let pick = |library: &mut Library| -> CkResult<Option<(usize, Arc<Device>, u64)>> {
+        let spread = library.spread.as_ref().ok_or(Rv::GeneralError.code())?;
+        let best = spread
+            .live_members(raw)
+            .into_iter()
+            .filter(|(device, _)| *device != except)
+            .min_by_key(|(device, _)| (library.sessions_on(*device), *device));
+        Ok(best.and_then(|(number, local)| {
             library
                 .devices
                 .get(number)
