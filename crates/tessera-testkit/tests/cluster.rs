@@ -1219,3 +1219,86 @@ fn a_rotation_cut_by_a_crash_is_finished_when_its_node_starts_again() {
     let status = ctconf(&cluster.nodes[0], &["-v"]).1;
     assert!(status.contains("key epoch 1"), "{status}");
 }
+
+#[test]
+fn ha_over_secure_messaging_moves_a_session_into_a_new_channel() {
+    let _serial = serialise();
+    let mut cluster = Cluster::start();
+    // The token and a key first; then the cluster's flags require full secure messaging.
+    {
+        let module = cluster.library();
+        init_token(&module);
+        token_aes_key(&user_session(&module, 0), "sm-key");
+    }
+    let (ok, out) = ctconf(&cluster.nodes[0], &["-v"]);
+    assert!(ok, "{out}");
+    let (ok, out) = ctconf(&cluster.nodes[0], &["-fnuNU"]);
+    assert!(ok, "{out}");
+    for node in &cluster.nodes {
+        assert!(tessera_testkit::wait_until(Duration::from_secs(10), || {
+            ctconf(node, &["-v"])
+                .1
+                .contains("Full Secure Message Encryption")
+        }));
+    }
+    // One trust store (node 0's test directory) that trusts every node's identity.
+    for node in &cluster.nodes {
+        let out = std::process::Command::new(tessera_testkit::binary("ctident"))
+            .envs(cluster.nodes[0].trust_env())
+            .env(
+                "ET_HSM_NETCLIENT_SERVERLIST",
+                node.server_list(Transport::Unix),
+            )
+            .args(["trust", "add", "--from-device", "--yes"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let trust = cluster.nodes[0].trust_env();
+    for (name, value) in &trust {
+        std::env::set_var(name, value);
+    }
+    // Gone with the test, whatever its end.
+    struct Unset(Vec<(String, String)>);
+    impl Drop for Unset {
+        fn drop(&mut self) {
+            for (name, _) in &self.0 {
+                std::env::remove_var(name);
+            }
+        }
+    }
+    let _trust = Unset(trust);
+    let _items = Items::set(&[
+        ("ET_PTKC_GENERAL_LIBRARY_MODE", "HA"),
+        ("ET_PTKC_WLD_SLOT_1", "cluster token"),
+    ]);
+    let module = cluster.library();
+    let virtual_slot = module.get_slots_with_token().unwrap()[0];
+    let sessions: Vec<Session> = (0..6)
+        .map(|_| module.open_rw_session(virtual_slot).unwrap())
+        .collect();
+    sessions[0]
+        .login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
+        .unwrap();
+    let key = find_by_label(&sessions[0], "sm-key")[0];
+    let before: Vec<Vec<u8>> = sessions
+        .iter()
+        .map(|s| encrypt(s, key, b"sealed"))
+        .collect();
+    // A node dies: its sessions move, each into a channel to another node, and go on.
+    cluster.nodes[1].kill9();
+    for (session, expected) in sessions.iter().zip(&before) {
+        assert_eq!(&encrypt(session, key, b"sealed"), expected);
+    }
+    // Every call went inside channels: the nodes refuse calls in the clear.
+    for node in [&cluster.nodes[0], &cluster.nodes[2]] {
+        assert!(
+            !node.log().contains("policy-refusal"),
+            "a call in the clear reached a node"
+        );
+    }
+}
