@@ -250,18 +250,8 @@ impl Node {
             etcd_client::TxnOp::delete(grant_name.clone(), None),
             etcd_client::TxnOp::put(request_name.clone(), encoded, None),
         ]))?;
-        let forget = |kv: &etcd_client::KeyValue| {
-            // Only the grant read, not one written since.
-            let _ = self.txn(
-                etcd_client::Txn::new()
-                    .when([etcd_client::Compare::mod_revision(
-                        grant_name.clone(),
-                        etcd_client::CompareOp::Equal,
-                        kv.mod_revision(),
-                    )])
-                    .and_then([etcd_client::TxnOp::delete(grant_name.clone(), None)]),
-            );
-        };
+        // Only the grant read, not one written since.
+        let forget = |kv: &etcd_client::KeyValue| self.delete_if_unchanged(kv);
         loop {
             let found = self.get(grant_name.clone(), None)?;
             if let Some(kv) = found.kvs().first() {
@@ -343,6 +333,19 @@ impl Node {
         }
     }
 
+    /// Deletes what `kv` read, unless it was written again since.
+    fn delete_if_unchanged(&self, kv: &etcd_client::KeyValue) {
+        let _ = self.txn(
+            etcd_client::Txn::new()
+                .when([etcd_client::Compare::mod_revision(
+                    kv.key().to_vec(),
+                    etcd_client::CompareOp::Equal,
+                    kv.mod_revision(),
+                )])
+                .and_then([etcd_client::TxnOp::delete(kv.key().to_vec(), None)]),
+        );
+    }
+
     /// A member's duty: answers the join requests in etcd from devices `me` trusts, with
     /// `key`. Returns the serials admitted; refusals are logged (and returned to the caller's
     /// log as `Err` per request).
@@ -362,15 +365,7 @@ impl Node {
             if stale {
                 // A request nobody answered in time (its device gave up) or that does not
                 // decode: removed, once, by whichever member sees it.
-                let _ = self.txn(
-                    etcd_client::Txn::new()
-                        .when([etcd_client::Compare::mod_revision(
-                            kv.key().to_vec(),
-                            etcd_client::CompareOp::Equal,
-                            kv.mod_revision(),
-                        )])
-                        .and_then([etcd_client::TxnOp::delete(kv.key().to_vec(), None)]),
-                );
+                self.delete_if_unchanged(kv);
                 continue;
             }
             let Ok(request) = decoded else { continue };

@@ -595,6 +595,41 @@ impl ClusterStore {
         Ok(None)
     }
 
+    /// Writes `value` at `name` if the stored value is the one this node last saw; else the
+    /// newer value (nothing written), which this node has now seen.
+    fn swap<T: Serialize + serde::de::DeserializeOwned>(
+        &self,
+        name: &[u8],
+        value: &T,
+    ) -> Result<Option<T>, StoreError> {
+        let expected = self.seen(name);
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(name.to_vec(), CompareOp::Equal, expected),
+                self.epoch_guard(),
+            ])
+            .and_then(self.with_head(name, value)?)
+            .or_else([TxnOp::get(name.to_vec(), None)]);
+        let done = self.txn(txn)?;
+        if done.succeeded() {
+            self.saw(name, ClusterStore::revision_of(&done));
+            return Ok(None);
+        }
+        for response in done.op_responses() {
+            if let etcd_client::TxnOpResponse::Get(get) = response {
+                if let Some(kv) = get.kvs().first() {
+                    let newer: T = self.ring().open(name, kv.value()).map_err(unavailable)?;
+                    self.saw(name, kv.mod_revision());
+                    return Ok(Some(newer));
+                }
+            }
+        }
+        Err(StoreError::Corrupt(format!(
+            "{} is not in the cluster",
+            String::from_utf8_lossy(name)
+        )))
+    }
+
     /// A transaction's puts of `name` and of the head, sealed.
     fn with_head<T: Serialize>(&self, name: &[u8], value: &T) -> Result<Vec<TxnOp>, StoreError> {
         Ok(vec![
@@ -857,59 +892,15 @@ impl Shared for ClusterStore {
 
     fn put_token(&self, token: u64, record: &TokenRecord) -> Result<(), StoreError> {
         let name = self.node.key(&token_key(token));
-        let expected = self.seen(&name);
-        let txn = Txn::new()
-            .when([
-                Compare::mod_revision(name.clone(), CompareOp::Equal, expected),
-                self.epoch_guard(),
-            ])
-            .and_then(self.with_head(&name, record)?)
-            .or_else([TxnOp::get(name.clone(), None)]);
-        let done = self.txn(txn)?;
-        if done.succeeded() {
-            self.saw(&name, ClusterStore::revision_of(&done));
-            return Ok(());
-        }
-        for response in done.op_responses() {
-            if let etcd_client::TxnOpResponse::Get(get) = response {
-                if let Some(kv) = get.kvs().first() {
-                    let newer: TokenRecord =
-                        self.ring().open(&name, kv.value()).map_err(unavailable)?;
-                    self.saw(&name, kv.mod_revision());
-                    return Err(StoreError::Stale(token, Box::new(newer)));
-                }
-            }
-        }
-        Err(StoreError::Corrupt(format!(
-            "token {token} is not in the cluster"
-        )))
+        self.swap(&name, record)?.map_or(Ok(()), |newer| {
+            Err(StoreError::Stale(token, Box::new(newer)))
+        })
     }
 
     fn put_flags(&self, flags: u64) -> Result<(), StoreError> {
         let name = self.node.key(FLAGS);
-        let expected = self.seen(&name);
-        let txn = Txn::new()
-            .when([
-                Compare::mod_revision(name.clone(), CompareOp::Equal, expected),
-                self.epoch_guard(),
-            ])
-            .and_then(self.with_head(&name, &flags)?)
-            .or_else([TxnOp::get(name.clone(), None)]);
-        let done = self.txn(txn)?;
-        if done.succeeded() {
-            self.saw(&name, ClusterStore::revision_of(&done));
-            return Ok(());
-        }
-        for response in done.op_responses() {
-            if let etcd_client::TxnOpResponse::Get(get) = response {
-                if let Some(kv) = get.kvs().first() {
-                    let newer: u64 = self.ring().open(&name, kv.value()).map_err(unavailable)?;
-                    self.saw(&name, kv.mod_revision());
-                    return Err(StoreError::StaleFlags(newer));
-                }
-            }
-        }
-        Err(StoreError::Corrupt("the cluster's flags".into()))
+        self.swap(&name, &flags)?
+            .map_or(Ok(()), |newer| Err(StoreError::StaleFlags(newer)))
     }
 
     fn reset_token(&self, token: u64, record: &TokenRecord) -> Result<(), StoreError> {

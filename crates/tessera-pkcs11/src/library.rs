@@ -686,14 +686,19 @@ pub fn login(handle: u64, user_type: u64, pin: tessera_core::SecretBytes) -> CkR
     Ok(())
 }
 
-/// `C_Logout` on session `handle`; on a virtual slot, on every member.
-pub fn logout(handle: u64) -> CkResult {
-    let raw = with(|library| {
+/// The virtual slot of session `handle` (WLD, HA); `None` in `NORMAL`.
+fn virtual_slot_of(handle: u64) -> CkResult<Option<u64>> {
+    with(|library| {
         Ok(library
             .spread
             .as_ref()
             .and_then(|_| library.sessions.get(&handle).map(|s| s.raw_slot)))
-    })?;
+    })
+}
+
+/// `C_Logout` on session `handle`; on a virtual slot, on every member.
+pub fn logout(handle: u64) -> CkResult {
+    let raw = virtual_slot_of(handle)?;
     let result = session_call(handle, |session| Call::Logout { session });
     if let Some(raw) = raw {
         spread::spread_logout(raw);
@@ -762,13 +767,7 @@ pub fn close_all_sessions(raw: u64) -> CkResult {
 pub fn session_info(handle: u64) -> CkResult<SessionInfo> {
     match session_call(handle, |session| Call::SessionInfo { session })? {
         Reply::Session(mut info) => {
-            let shown = with(|library| {
-                Ok(library
-                    .spread
-                    .as_ref()
-                    .and_then(|_| library.sessions.get(&handle).map(|s| s.raw_slot)))
-            })?;
-            info.slot = match shown {
+            info.slot = match virtual_slot_of(handle)? {
                 Some(raw) => raw,
                 None => {
                     let device = SessionId::from_raw(handle).device;

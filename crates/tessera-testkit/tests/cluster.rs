@@ -930,18 +930,25 @@ fn administration_is_cluster_wide_and_a_tampered_node_leaves() {
     assert!(ok && out.contains("No Public Crypto"), "{out}");
 }
 
-#[test]
-fn a_removed_member_gets_no_later_key_and_is_never_admitted_again() {
-    let _serial = serialise();
-    let mut cluster = Cluster::start();
+/// A cluster with its Admin token set up and a token holding an object labelled `label`, made
+/// through node 0; and node 2's serial, the member the test removes.
+fn ready_to_remove_node_2(label: &str) -> (Cluster, String) {
+    let cluster = Cluster::start();
     let (ok, out) = ctconf(&cluster.nodes[0], &["-v"]);
     assert!(ok, "{out}");
     {
         let module = cluster.library();
         init_token(&module);
-        private_data(&user_session(&module, 0), "before the rotation", MARKER);
+        private_data(&user_session(&module, 0), label, MARKER);
     }
     let removed = cluster.serials[2].clone();
+    (cluster, removed)
+}
+
+#[test]
+fn a_removed_member_gets_no_later_key_and_is_never_admitted_again() {
+    let _serial = serialise();
+    let (mut cluster, removed) = ready_to_remove_node_2("before the rotation");
     let (ok, out) = ctconf(&cluster.nodes[0], &["--remove-member", &removed]);
     assert!(ok, "{out}");
 
@@ -1151,15 +1158,7 @@ fn a_cluster_on_an_etcd_with_tls_and_client_certificates() {
 #[test]
 fn a_rotation_cut_by_a_crash_is_finished_when_its_node_starts_again() {
     let _serial = serialise();
-    let mut cluster = Cluster::start();
-    let (ok, out) = ctconf(&cluster.nodes[0], &["-v"]);
-    assert!(ok, "{out}");
-    {
-        let module = cluster.library();
-        init_token(&module);
-        private_data(&user_session(&module, 0), "across the crash", MARKER);
-    }
-    let removed = cluster.serials[2].clone();
+    let (mut cluster, removed) = ready_to_remove_node_2("across the crash");
     // The removal runs; node 0, which rotates, is killed in the middle of it.
     let asked = cluster.nodes[1].log().matches("asking to join").count();
     let dir = cluster.nodes[0].dir().to_path_buf();

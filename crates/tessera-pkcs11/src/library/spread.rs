@@ -194,35 +194,12 @@ impl Library {
             .filter(|s| s.id.device == device)
             .count()
     }
-
-    /// The member of virtual slot `number` with the fewest of this application's sessions.
-    pub(super) fn least_loaded(&self, number: u64) -> CkResult<Option<(usize, u64)>> {
-        let spread = self.spread.as_ref().ok_or(Rv::GeneralError.code())?;
-        spread.slot(number).ok_or(Rv::SlotIdInvalid.code())?;
-        Ok(spread
-            .live_members(number)
-            .into_iter()
-            .min_by_key(|(device, _)| (self.sessions_on(*device), *device)))
-    }
 }
 
 /// The member a call on virtual slot `raw` goes to (looking for members again if it has
 /// none left): device number, device, the device's slot.
 pub(super) fn member(raw: u64) -> CkResult<Option<(usize, Arc<Device>, u64)>> {
-    let pick = |library: &mut Library| -> CkResult<Option<(usize, Arc<Device>, u64)>> {
-        Ok(library.least_loaded(raw)?.and_then(|(number, local)| {
-            library
-                .devices
-                .get(number)
-                .map(|device| (number, Arc::clone(device), local))
-        }))
-    };
-    if let Some(found) = with(pick)? {
-        return Ok(Some(found));
-    }
-    let devices = with(|library| Ok(library.devices.clone()))?;
-    refresh(&devices)?;
-    with(pick)
+    member_except(raw, usize::MAX)
 }
 
 /// The least loaded live member of virtual slot `raw` other than device `except` (HA moves a
@@ -233,6 +210,7 @@ pub(super) fn member_except(
 ) -> CkResult<Option<(usize, Arc<Device>, u64)>> {
     let pick = |library: &mut Library| -> CkResult<Option<(usize, Arc<Device>, u64)>> {
         let spread = library.spread.as_ref().ok_or(Rv::GeneralError.code())?;
+        spread.slot(raw).ok_or(Rv::SlotIdInvalid.code())?;
         let best = spread
             .live_members(raw)
             .into_iter()
