@@ -119,6 +119,18 @@ impl hkdf::KeyType for TransportKeyLen {
     }
 }
 
+/// A fresh X25519 key pair for one exchange: the private key and the public key's bytes.
+fn ephemeral() -> Result<(EphemeralPrivateKey, Vec<u8>), ClusterError> {
+    let private = EphemeralPrivateKey::generate(&X25519, &SystemRandom::new())
+        .map_err(|_| refused("the random generator failed"))?;
+    let public = private
+        .compute_public_key()
+        .map_err(|_| refused("key generation failed"))?
+        .as_ref()
+        .to_vec();
+    Ok((private, public))
+}
+
 /// The transport key from the X25519 agreement, bound to the request and the member's key.
 fn transport_key(
     private: EphemeralPrivateKey,
@@ -224,14 +236,7 @@ impl Node {
                  sign-device), and have a member trust it (ctident peer add)"
             ))
         })?;
-        let random = SystemRandom::new();
-        let private = EphemeralPrivateKey::generate(&X25519, &random)
-            .map_err(|_| refused("the random generator failed"))?;
-        let public = private
-            .compute_public_key()
-            .map_err(|_| refused("key generation failed"))?
-            .as_ref()
-            .to_vec();
+        let (private, public) = ephemeral()?;
         let time = now();
         let message = request_message(&self.name, &serial, &public, time);
         let signature = me.sign(&message).map_err(refused)?;
@@ -406,14 +411,7 @@ impl Node {
         let chain = me
             .chain()
             .ok_or_else(|| refused("this member has no identity to sign a grant with"))?;
-        let random = SystemRandom::new();
-        let private = EphemeralPrivateKey::generate(&X25519, &random)
-            .map_err(|_| refused("the random generator failed"))?;
-        let public = private
-            .compute_public_key()
-            .map_err(|_| refused("key generation failed"))?
-            .as_ref()
-            .to_vec();
+        let (private, public) = ephemeral()?;
         let transport = transport_key(private, &request.public, &message, &public)?;
         let sealed_key = key
             .key
