@@ -106,6 +106,41 @@ impl Keyring {
         Ok(out)
     }
 
+    /// Seals a value of the token state with its version: one more than the version of the
+    /// value it replaces. A node refuses a value older than the one it holds, so that an older
+    /// sealed value put back in etcd (by whoever can write there) undoes nothing.
+    pub(crate) fn seal_versioned<T: Serialize>(
+        &self,
+        name: &[u8],
+        value: &T,
+        version: u64,
+    ) -> Result<Vec<u8>, ClusterError> {
+        let encoded =
+            SecretBytes::encode(value).map_err(|e| ClusterError::Refused(e.to_string()))?;
+        let mut plain = SecretBytes::with_capacity(8 + encoded.len());
+        plain.extend_from_slice(&version.to_be_bytes());
+        plain.extend_from_slice(encoded.expose());
+        self.seal_plain(name, plain.expose())
+    }
+
+    /// Opens what [`Keyring::seal_versioned`] sealed: the version and the value.
+    pub(crate) fn open_versioned<T: DeserializeOwned>(
+        &self,
+        name: &[u8],
+        sealed: &[u8],
+    ) -> Result<(u64, T), ClusterError> {
+        let what = String::from_utf8_lossy(name).into_owned();
+        let plain = self.open_plain(name, sealed)?;
+        let (version, encoded) = plain
+            .expose()
+            .split_at_checked(8)
+            .ok_or_else(|| ClusterError::Refused(format!("{what} has no version")))?;
+        let version = u64::from_be_bytes(version.try_into().unwrap_or([0xff; 8]));
+        let value = tessera_store::decode(encoded, &what)
+            .map_err(|e| ClusterError::Refused(e.to_string()))?;
+        Ok((version, value))
+    }
+
     /// Whether this member has the key of the epoch `sealed` was sealed under.
     pub(crate) fn can_open(&self, sealed: &[u8]) -> bool {
         epoch_of(sealed).is_some_and(|e| self.keys.contains_key(&e))

@@ -333,14 +333,14 @@ impl Node {
             let name = self.key(&store::token_key(*token));
             puts.push(etcd_client::TxnOp::put(
                 name.clone(),
-                values.seal(&name, &blank)?,
+                values.seal_versioned(&name, &blank, 1)?,
                 None,
             ));
         }
         let flags_key = self.key(store::FLAGS);
         puts.push(etcd_client::TxnOp::put(
             flags_key.clone(),
-            values.seal(&flags_key, &flags)?,
+            values.seal_versioned(&flags_key, &flags, 1)?,
             None,
         ));
         let head = self.key(store::HEAD);

@@ -88,6 +88,17 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// What is logged, and refused, when a value older than the one this node holds appears.
+fn put_back(name: &[u8], found: u64, held: u64) -> String {
+    let message = format!(
+        "{} in etcd is version {found}, older than version {held} this node holds: an older \
+         value was put back (by whoever can write to etcd); refused",
+        String::from_utf8_lossy(name)
+    );
+    tracing::error!("{message}");
+    message
+}
+
 fn unavailable(e: ClusterError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -131,7 +142,8 @@ pub struct ClusterStore {
     /// rotation, until it is admitted to the new epoch): applied once it is.
     pending: Mutex<Vec<Event>>,
     /// The revision of every key this node has seen (0: absent).
-    seen: Mutex<HashMap<Vec<u8>, i64>>,
+    /// And the version of its value (token state: see [`Keyring::seal_versioned`]).
+    seen: Mutex<HashMap<Vec<u8>, (i64, u64)>>,
     progress: Mutex<Progress>,
     progressed: Condvar,
     listener: OnceLock<Listener>,
@@ -549,16 +561,39 @@ impl ClusterStore {
 
     fn saw(&self, name: &[u8], revision: i64) {
         let mut seen = lock(&self.seen);
-        let entry = seen.entry(name.to_vec()).or_insert(0);
-        *entry = (*entry).max(revision);
+        let entry = seen.entry(name.to_vec()).or_insert((0, 0));
+        entry.0 = entry.0.max(revision);
+    }
+
+    /// Records the revision and version of a value of the token state this node holds.
+    fn saw_version(&self, name: &[u8], revision: i64, version: u64) {
+        let mut seen = lock(&self.seen);
+        let entry = seen.entry(name.to_vec()).or_insert((0, 0));
+        entry.0 = entry.0.max(revision);
+        entry.1 = entry.1.max(version);
     }
 
     fn seen(&self, name: &[u8]) -> i64 {
-        lock(&self.seen).get(name).copied().unwrap_or(0)
+        lock(&self.seen)
+            .get(name)
+            .map_or(0, |(revision, _)| *revision)
+    }
+
+    /// The version of the value at `name` this node holds (0: none).
+    fn version(&self, name: &[u8]) -> u64 {
+        lock(&self.seen)
+            .get(name)
+            .map_or(0, |(_, version)| *version)
     }
 
     /// Decodes one key and value of the state into a change.
-    fn change_of(&self, name: &[u8], value: Option<&[u8]>) -> Result<Option<Change>, ClusterError> {
+    /// Decodes one key and value of the state into a change and its value's version (0 for a
+    /// deletion).
+    fn change_of(
+        &self,
+        name: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<Option<(Change, u64)>, ClusterError> {
         let text = String::from_utf8_lossy(name);
         let Some(rest) = text.strip_prefix(&self.node.prefix) else {
             return Ok(None);
@@ -566,13 +601,19 @@ impl ClusterStore {
         let number = |s: &str| s.parse::<u64>().ok();
         if rest == FLAGS {
             return match value {
-                Some(v) => Ok(Some(Change::Flags(self.ring().open(name, v)?))),
+                Some(v) => {
+                    let (version, flags) = self.ring().open_versioned(name, v)?;
+                    Ok(Some((Change::Flags(flags), version)))
+                }
                 None => Ok(None),
             };
         }
         if let Some(id) = rest.strip_prefix("state/token/").and_then(number) {
             return match value {
-                Some(v) => Ok(Some(Change::Token(id, self.ring().open(name, v)?))),
+                Some(v) => {
+                    let (version, record) = self.ring().open_versioned(name, v)?;
+                    Ok(Some((Change::Token(id, record), version)))
+                }
                 None => Ok(None),
             };
         }
@@ -584,12 +625,11 @@ impl ClusterStore {
                 return Ok(None);
             };
             return Ok(Some(match value {
-                Some(v) => Change::Object {
-                    token,
-                    id,
-                    object: self.ring().open(name, v)?,
-                },
-                None => Change::ObjectGone { token, id },
+                Some(v) => {
+                    let (version, object) = self.ring().open_versioned(name, v)?;
+                    (Change::Object { token, id, object }, version)
+                }
+                None => (Change::ObjectGone { token, id }, 0),
             }));
         }
         Ok(None)
@@ -603,23 +643,34 @@ impl ClusterStore {
         value: &T,
     ) -> Result<Option<T>, StoreError> {
         let expected = self.seen(name);
+        let version = self.version(name) + 1;
         let txn = Txn::new()
             .when([
                 Compare::mod_revision(name.to_vec(), CompareOp::Equal, expected),
                 self.epoch_guard(),
             ])
-            .and_then(self.with_head(name, value)?)
+            .and_then(self.with_head(name, value, version)?)
             .or_else([TxnOp::get(name.to_vec(), None)]);
         let done = self.txn(txn)?;
         if done.succeeded() {
-            self.saw(name, ClusterStore::revision_of(&done));
+            self.saw_version(name, ClusterStore::revision_of(&done), version);
             return Ok(None);
         }
         for response in done.op_responses() {
             if let etcd_client::TxnOpResponse::Get(get) = response {
                 if let Some(kv) = get.kvs().first() {
-                    let newer: T = self.ring().open(name, kv.value()).map_err(unavailable)?;
-                    self.saw(name, kv.mod_revision());
+                    let (held, newer): (u64, T) = self
+                        .ring()
+                        .open_versioned(name, kv.value())
+                        .map_err(unavailable)?;
+                    if held < self.version(name) {
+                        return Err(StoreError::Unavailable(put_back(
+                            name,
+                            held,
+                            self.version(name),
+                        )));
+                    }
+                    self.saw_version(name, kv.mod_revision(), held);
                     return Ok(Some(newer));
                 }
             }
@@ -630,12 +681,20 @@ impl ClusterStore {
         )))
     }
 
-    /// A transaction's puts of `name` and of the head, sealed.
-    fn with_head<T: Serialize>(&self, name: &[u8], value: &T) -> Result<Vec<TxnOp>, StoreError> {
+    /// A transaction's puts of `name` (the token state's value, sealed with version
+    /// `version`) and of the head.
+    fn with_head<T: Serialize>(
+        &self,
+        name: &[u8],
+        value: &T,
+        version: u64,
+    ) -> Result<Vec<TxnOp>, StoreError> {
         Ok(vec![
             TxnOp::put(
                 name.to_vec(),
-                self.ring().seal(name, value).map_err(unavailable)?,
+                self.ring()
+                    .seal_versioned(name, value, version)
+                    .map_err(unavailable)?,
                 None,
             ),
             self.head_put()?,
@@ -815,7 +874,7 @@ impl ClusterStore {
                 }
             }
             match self.change_of(&name, value.as_deref()) {
-                Ok(Some(change)) => changes.push((change, at)),
+                Ok(Some((change, version))) => changes.push((change, at, version)),
                 Ok(None) => {}
                 Err(e) => tracing::error!(error = %e, "cluster watch: a change was refused"),
             }
@@ -848,16 +907,18 @@ impl Shared for ClusterStore {
         let mut snapshot = Snapshot::default();
         for kv in found.kvs() {
             self.saw(kv.key(), kv.mod_revision());
-            match self
+            let Some((change, version)) = self
                 .change_of(kv.key(), Some(kv.value()))
                 .map_err(unavailable)?
-            {
-                Some(Change::Token(id, record)) => snapshot.tokens.push((id, record)),
-                Some(Change::Object { token, id, object }) => {
-                    snapshot.objects.push((token, id, object))
-                }
-                Some(Change::Flags(flags)) => snapshot.flags = Some(flags),
-                _ => {}
+            else {
+                continue;
+            };
+            self.saw_version(kv.key(), kv.mod_revision(), version);
+            match change {
+                Change::Token(id, record) => snapshot.tokens.push((id, record)),
+                Change::Object { token, id, object } => snapshot.objects.push((token, id, object)),
+                Change::Flags(flags) => snapshot.flags = Some(flags),
+                Change::ObjectGone { .. } => {}
             }
         }
         lock(&self.progress).applied = revision;
@@ -873,7 +934,7 @@ impl Shared for ClusterStore {
         }
     }
 
-    fn accept(&self, change: &Change, revision: i64) -> bool {
+    fn accept(&self, change: &Change, revision: i64, version: u64) -> bool {
         let name = self.node.key(&match change {
             Change::Token(token, _) => token_key(*token),
             Change::Flags(_) => FLAGS.to_string(),
@@ -882,11 +943,23 @@ impl Shared for ClusterStore {
             }
         });
         let mut seen = lock(&self.seen);
-        let held = seen.entry(name).or_insert(0);
-        if *held >= revision {
+        let held = seen.entry(name.clone()).or_insert((0, 0));
+        if held.0 >= revision {
             return false;
         }
-        *held = revision;
+        // A value older than the one held was put back in etcd: refused (the revision is
+        // not taken either, so a write of this node over it fails rather than undoing more).
+        let gone = matches!(change, Change::ObjectGone { .. });
+        if !gone && version < held.1 {
+            let held_version = held.1;
+            drop(seen);
+            put_back(&name, version, held_version);
+            return false;
+        }
+        held.0 = revision;
+        if !gone {
+            held.1 = version;
+        }
         true
     }
 
@@ -905,13 +978,14 @@ impl Shared for ClusterStore {
 
     fn reset_token(&self, token: u64, record: &TokenRecord) -> Result<(), StoreError> {
         let name = self.node.key(&token_key(token));
-        let mut ops = self.with_head(&name, record)?;
+        let version = self.version(&name) + 1;
+        let mut ops = self.with_head(&name, record, version)?;
         ops.push(TxnOp::delete(
             self.node.key(&objects_of(token)),
             Some(etcd_client::DeleteOptions::new().with_prefix()),
         ));
         let done = self.txn(Txn::new().when([self.epoch_guard()]).and_then(ops))?;
-        self.saw(&name, ClusterStore::revision_of(&done));
+        self.saw_version(&name, ClusterStore::revision_of(&done), version);
         Ok(())
     }
 
@@ -924,7 +998,7 @@ impl Shared for ClusterStore {
         let id = self.next_id()?;
         let object = build(id)?;
         let name = self.node.key(&object_key(token, id));
-        let mut ops = self.with_head(&name, &object)?;
+        let mut ops = self.with_head(&name, &object, 1)?;
         if let Some((request, place)) = request {
             let record = self.node.key(&request_key(&request, place));
             let made = Made {
@@ -951,23 +1025,24 @@ impl Shared for ClusterStore {
                 "object id {id} of token {token} is taken: the id block was handed out twice"
             )));
         }
-        self.saw(&name, ClusterStore::revision_of(&done));
+        self.saw_version(&name, ClusterStore::revision_of(&done), 1);
         Ok(id)
     }
 
     fn replace_object(&self, token: u64, id: u64, object: &StoredObject) -> Result<(), StoreError> {
         let name = self.node.key(&object_key(token, id));
+        let version = self.version(&name) + 1;
         let txn = Txn::new()
             .when([
                 Compare::version(name.clone(), CompareOp::Greater, 0),
                 self.epoch_guard(),
             ])
-            .and_then(self.with_head(&name, object)?);
+            .and_then(self.with_head(&name, object, version)?);
         let done = self.txn(txn)?;
         if !done.succeeded() {
             return Err(StoreError::Gone(token, id));
         }
-        self.saw(&name, ClusterStore::revision_of(&done));
+        self.saw_version(&name, ClusterStore::revision_of(&done), version);
         Ok(())
     }
 

@@ -495,16 +495,16 @@ impl Hsm {
     }
 
     /// Applies changes made by other nodes to the tokens held here.
-    fn apply_changes(&self, changes: Vec<(Change, i64)>) {
+    fn apply_changes(&self, changes: Vec<(Change, i64, u64)>) {
         let Ok(Some(clustered)) = self.attached() else {
             return;
         };
         let mut forget_keys = false;
-        for (change, revision) in changes {
+        for (change, revision, version) in changes {
             let token_id = match &change {
                 Change::Flags(bits) => {
                     self.take_flags(*bits, "set on another node of the cluster", || {
-                        clustered.shared.accept(&change, revision)
+                        clustered.shared.accept(&change, revision, version)
                     });
                     continue;
                 }
@@ -520,7 +520,7 @@ impl Hsm {
             };
             // Decided under the token's lock, where this node's own writes of the token are
             // made: a change told after a newer one was written here is not applied.
-            if !clustered.shared.accept(&change, revision) {
+            if !clustered.shared.accept(&change, revision, version) {
                 continue;
             }
             match change {

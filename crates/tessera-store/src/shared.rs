@@ -34,9 +34,10 @@ pub enum Change {
     },
 }
 
-/// Where changes are told, each with the revision it was committed at: the engine applies
-/// each one that [`Shared::accept`] accepts, under the lock of its token.
-pub type Listener = Box<dyn Fn(Vec<(Change, i64)>) + Send + Sync>;
+/// Where changes are told, each with the revision it was committed at and the version of its
+/// value (one more at each write of that record; 0 for a deletion): the engine applies each
+/// one that [`Shared::accept`] accepts, under the lock of its token.
+pub type Listener = Box<dyn Fn(Vec<(Change, i64, u64)>) + Send + Sync>;
 
 /// A node of the cluster, as it last reported itself.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -75,7 +76,10 @@ pub trait Shared: Send + Sync {
     /// (and if so, records it as held). Called under the lock of the change's token, as every
     /// write of that token is made, so that a change told late never undoes a newer state,
     /// and a write never compares a revision newer than what the device decided on.
-    fn accept(&self, change: &Change, revision: i64) -> bool;
+    ///
+    /// A value whose version is older than the one this device holds was put back in the
+    /// store (a copy of an older value, by whoever can write there): refused, and logged.
+    fn accept(&self, change: &Change, revision: i64, version: u64) -> bool;
     /// Writes a token record if the stored one is the one this device last saw.
     fn put_token(&self, token: u64, record: &TokenRecord) -> Result<(), StoreError>;
     /// Sets the cluster's security flags if they are still those this device last saw; else

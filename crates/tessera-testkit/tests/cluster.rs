@@ -1301,3 +1301,88 @@ fn ha_over_secure_messaging_moves_a_session_into_a_new_channel() {
         );
     }
 }
+
+/// One request to etcd's JSON gateway (`/v3/kv/range`, `/v3/kv/put`) on loopback: the
+/// answer's body.
+fn etcd_json(endpoint: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let address = endpoint.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn an_older_value_put_back_in_etcd_undoes_nothing() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let _serial = serialise();
+    let cluster = Cluster::start();
+    let module = cluster.library();
+    init_token(&module);
+    let wrong = AuthPin::new("wrong-pin-0000".into());
+    let guess = |device: u64| {
+        let session = module.open_rw_session(slot(&module, device)).unwrap();
+        rv(session.login(UserType::User, Some(&wrong)))
+    };
+    for _ in 0..3 {
+        assert_eq!(guess(0), RvError::PinIncorrect);
+    }
+    // A writer of etcd (stolen etcd credentials, no cluster key) copies the token record as
+    // it is after 3 wrong guesses ...
+    let endpoint = cluster
+        .etcd
+        .endpoints()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    let key = b64.encode(format!("/tessera/{CLUSTER}/state/token/{:020}", 0));
+    let read = etcd_json(&endpoint, "/v3/kv/range", &format!("{{\"key\":\"{key}\"}}"));
+    let value = read
+        .split("\"value\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no value in {read}"))
+        .to_string();
+    for _ in 0..6 {
+        assert_eq!(guess(1), RvError::PinIncorrect);
+    }
+    // ... and puts it back after 9, hoping for 7 more guesses.
+    let put = etcd_json(
+        &endpoint,
+        "/v3/kv/put",
+        &format!("{{\"key\":\"{key}\",\"value\":\"{value}\"}}"),
+    );
+    assert!(put.contains("header"), "{put}");
+    std::thread::sleep(Duration::from_millis(500));
+    let answers: Vec<RvError> = (0..6).map(|i| guess(i % 3)).collect();
+    let checked = answers
+        .iter()
+        .filter(|a| **a == RvError::PinIncorrect)
+        .count();
+    assert!(
+        checked <= 1,
+        "the count went back: {checked} more guesses were checked ({answers:?})"
+    );
+    assert!(
+        cluster
+            .nodes
+            .iter()
+            .any(|n| n.log().contains("an older value was put back")),
+        "a node says what it refused"
+    );
+    // The right PIN is still refused or, at most, what the honest count allows.
+    let session = module.open_rw_session(slot(&module, 2)).unwrap();
+    assert_ne!(
+        rv(session.login(UserType::User, Some(&wrong))),
+        RvError::PinIncorrect
+    );
+}
