@@ -231,17 +231,21 @@ impl ClusterStore {
         Ok(())
     }
 
-    /// Reads the epoch record with this node's keys: notes its revision (writes compare it)
-    /// and retires the epochs it retires. Nothing to do while the record is of an epoch this
-    /// node has no key of (it must be admitted to it first: [`ClusterStore::install`]).
-    pub fn sync_epoch(&self) -> Result<(), ClusterError> {
+    /// Reads the epoch record once. Of an epoch this node has a key of: notes its revision
+    /// (writes compare it) and retires the epochs it retires. Of a newer epoch (a rotation):
+    /// `true`, this node must be admitted to it first ([`ClusterStore::install`]), judged by
+    /// the record's tag.
+    pub fn sync_epoch(&self) -> Result<bool, ClusterError> {
         let name = self.node.key(EPOCH);
         let found = self.node.get(name.clone(), None)?;
         let Some(kv) = found.kvs().first() else {
-            return Ok(());
+            return Ok(false);
         };
+        if crate::keys::epoch_of(kv.value()).is_some_and(|epoch| epoch > self.epoch()) {
+            return Ok(true);
+        }
         if !self.ring().can_open(kv.value()) {
-            return Ok(());
+            return Ok(false);
         }
         let record: crate::EpochRecord = self.ring().open(&name, kv.value())?;
         self.values
@@ -249,16 +253,7 @@ impl ClusterStore {
             .unwrap_or_else(|e| e.into_inner())
             .retire_before(record.oldest);
         self.saw(&name, kv.mod_revision());
-        Ok(())
-    }
-
-    /// Whether the cluster moved to an epoch this node has no key of (a rotation: it must be
-    /// admitted again), judged by the epoch record's tag.
-    pub fn behind(&self) -> Result<bool, ClusterError> {
-        Ok(self
-            .node
-            .epoch_record()?
-            .is_some_and(|(epoch, _)| epoch > self.epoch()))
+        Ok(false)
     }
 
     /// Removes member `remove` (see [`Shared::remove_member`]): run by the Administrator on a
@@ -1060,10 +1055,6 @@ impl Shared for ClusterStore {
         }
         self.saw(&name, ClusterStore::revision_of(&done));
         Ok(())
-    }
-
-    fn name(&self) -> String {
-        self.node.name().to_string()
     }
 
     fn members(&self) -> Result<Vec<Member>, StoreError> {

@@ -221,8 +221,7 @@ pub(crate) fn store_failure(e: tessera_store::StoreError) -> Rv {
 /// The device's identity key ready to sign, and the sealed form it was opened from.
 type PikCache = Mutex<Option<(Vec<u8>, std::sync::Arc<tessera_identity::issue::SigningKey>)>>;
 
-/// The first handle given to session objects; token object ids stay below it.
-pub const SESSION_OBJECT_BASE: u64 = 1 << 40;
+pub use tessera_wire::SESSION_OBJECT_BASE;
 
 impl Hsm {
     /// Opens the device in `data_dir`, creating it on first use.

@@ -107,8 +107,6 @@ pub trait Shared: Send + Sync {
     /// (read-your-writes across devices: called before a call reads token state that another
     /// device may have changed).
     fn catch_up(&self) -> Result<(), StoreError>;
-    /// The cluster's name.
-    fn name(&self) -> String;
     /// The members, as each last reported itself.
     fn members(&self) -> Result<Vec<Member>, StoreError>;
     /// Removes member `serial`: a new cluster key (epoch) that the other members get and it

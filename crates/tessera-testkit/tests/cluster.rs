@@ -465,15 +465,33 @@ impl Cluster {
 
 /// Sets environment items for the library while it lives (the tests that load the library
 /// run one at a time).
-struct Items(Vec<&'static str>);
+struct Items(Vec<String>);
 
 impl Items {
-    fn set(items: &[(&'static str, &str)]) -> Items {
+    fn set<N: AsRef<str>, V: AsRef<str>>(items: &[(N, V)]) -> Items {
         for (name, value) in items {
-            std::env::set_var(name, value);
+            std::env::set_var(name.as_ref(), value.as_ref());
         }
-        Items(items.iter().map(|(name, _)| *name).collect())
+        Items(
+            items
+                .iter()
+                .map(|(name, _)| name.as_ref().to_string())
+                .collect(),
+        )
     }
+}
+
+/// `count` sessions of the library's first virtual slot, the first logged in as the user
+/// (which logs the application in on every node).
+fn virtual_sessions(module: &Module, count: usize) -> (Slot, Vec<Session>) {
+    let virtual_slot = module.get_slots_with_token().unwrap()[0];
+    let sessions: Vec<Session> = (0..count)
+        .map(|_| module.open_rw_session(virtual_slot).unwrap())
+        .collect();
+    sessions[0]
+        .login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
+        .unwrap();
+    (virtual_slot, sessions)
 }
 
 impl Drop for Items {
@@ -626,11 +644,8 @@ fn ha_moves_sessions_off_a_killed_node_and_the_application_sees_no_error() {
         ("ET_PTKC_HA_RECOVER_WAIT", "10"),
     ]);
     let module = cluster.library();
-    let virtual_slot = module.get_slots_with_token().unwrap()[0];
-    let first = module.open_rw_session(virtual_slot).unwrap();
-    first
-        .login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
-        .unwrap();
+    // The login (kept by the first session) is every session's.
+    let (virtual_slot, _first) = virtual_sessions(&module, 1);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let rounds = std::sync::atomic::AtomicU64::new(0);
     let errors = std::sync::Mutex::new(Vec::<String>::new());
@@ -815,14 +830,8 @@ fn ha_sends_a_create_again_and_the_cluster_does_not_make_it_twice() {
         cluster.nodes[0].server_list(Transport::Unix),
         cluster.nodes[2].server_list(Transport::Unix)
     ));
-    let virtual_slot = module.get_slots_with_token().unwrap()[0];
     // One session on each node (the fewest sessions first).
-    let sessions: Vec<Session> = (0..3)
-        .map(|_| module.open_rw_session(virtual_slot).unwrap())
-        .collect();
-    sessions[0]
-        .login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
-        .unwrap();
+    let (_, sessions) = virtual_sessions(&module, 3);
     let mut handles = Vec::new();
     for (i, session) in sessions.iter().enumerate() {
         // The session on node 1 creates "made-once-1": the node commits it, its answer is lost
@@ -1257,32 +1266,13 @@ fn ha_over_secure_messaging_moves_a_session_into_a_new_channel() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let trust = cluster.nodes[0].trust_env();
-    for (name, value) in &trust {
-        std::env::set_var(name, value);
-    }
-    // Gone with the test, whatever its end.
-    struct Unset(Vec<(String, String)>);
-    impl Drop for Unset {
-        fn drop(&mut self) {
-            for (name, _) in &self.0 {
-                std::env::remove_var(name);
-            }
-        }
-    }
-    let _trust = Unset(trust);
+    let _trust = Items::set(&cluster.nodes[0].trust_env());
     let _items = Items::set(&[
         ("ET_PTKC_GENERAL_LIBRARY_MODE", "HA"),
         ("ET_PTKC_WLD_SLOT_1", "cluster token"),
     ]);
     let module = cluster.library();
-    let virtual_slot = module.get_slots_with_token().unwrap()[0];
-    let sessions: Vec<Session> = (0..6)
-        .map(|_| module.open_rw_session(virtual_slot).unwrap())
-        .collect();
-    sessions[0]
-        .login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
-        .unwrap();
+    let (_, sessions) = virtual_sessions(&module, 6);
     let key = find_by_label(&sessions[0], "sm-key")[0];
     let before: Vec<Vec<u8>> = sessions
         .iter()

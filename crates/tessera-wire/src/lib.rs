@@ -9,6 +9,12 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+
+/// The first handle of session objects; token object ids stay below it. Each device numbers
+/// its own session objects, so such a handle names a key of one device only (the library's HA
+/// never moves a call that names one).
+pub const SESSION_OBJECT_BASE: u64 = 1 << 40;
+
 mod call;
 mod frame;
 

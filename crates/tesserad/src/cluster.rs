@@ -237,7 +237,7 @@ fn member_loop(
         }
         // A rotation: this node asks for the new key as a joining device does. A node that
         // no member admits (it was removed) leaves the cluster.
-        match store.behind() {
+        match store.sync_epoch() {
             Ok(true) => {
                 let identity = Identity(hsm.clone());
                 let name = node.name().to_string();
@@ -245,7 +245,7 @@ fn member_loop(
                     Ok(key) => {
                         let installed = store
                             .install(&key)
-                            .and_then(|()| store.sync_epoch())
+                            .and_then(|()| store.sync_epoch().map(drop))
                             .map_err(|e| e.to_string())
                             .and_then(|()| {
                                 hsm.keep_cluster_keys(&name, &[(key.epoch, &key.key)])
@@ -273,9 +273,7 @@ fn member_loop(
                     }
                 }
             }
-            Ok(false) => {
-                let _ = store.sync_epoch();
-            }
+            Ok(false) => {}
             Err(e) => tracing::debug!(error = %e, "cannot read the cluster's epoch"),
         }
         if reported.elapsed() >= REPORT_EVERY {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tessera_client::ClientError;
 use tessera_core::{Rv, SecretBytes, Template};
-use tessera_wire::{Call, Operation, Reply};
+use tessera_wire::{Call, Operation, Reply, SESSION_OBJECT_BASE};
 
 use super::spread::{device_failed, drop_device};
 use super::{device_call, failure, with, Library, Target};
@@ -160,10 +160,6 @@ fn makes_objects(call: &Call) -> bool {
     )
 }
 
-/// The first handle of session objects on a device (`tessera_hsm::SESSION_OBJECT_BASE`):
-/// each device numbers its own, so such a handle names another key, or none, on another device.
-const SESSION_OBJECT_BASE: u64 = 1 << 40;
-
 /// Whether `call` names a session object (it lives on its device only: the call cannot move).
 fn names_session_object(call: &Call) -> bool {
     use Call as C;
@@ -179,7 +175,7 @@ fn names_session_object(call: &Call) -> bool {
         | C::SetAttributes { object, .. } => &[*object],
         C::WrapKey {
             wrapping_key, key, ..
-        } => return *wrapping_key >= SESSION_OBJECT_BASE || *key >= SESSION_OBJECT_BASE,
+        } => &[*wrapping_key, *key],
         C::UnwrapKey { unwrapping_key, .. } => &[*unwrapping_key],
         C::DeriveKey { base_key, .. } => &[*base_key],
         C::EncapsulateKey { public_key, .. } => &[*public_key],

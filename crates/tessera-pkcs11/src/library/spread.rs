@@ -117,10 +117,14 @@ pub(super) fn device_failed(error: &ClientError) -> bool {
 
 /// Finds the members of every virtual slot: asks each device that is not left out for its
 /// slots and their tokens' labels and serials.
-fn discover(devices: &[Arc<Device>], spread: &Spread) -> HashMap<u64, Vec<(usize, u64)>> {
+fn discover(
+    devices: &[Arc<Device>],
+    slots: &[WldSlot],
+    left_out: &[usize],
+) -> HashMap<u64, Vec<(usize, u64)>> {
     let mut members: HashMap<u64, Vec<(usize, u64)>> = HashMap::new();
     for (number, device) in devices.iter().enumerate() {
-        if spread.is_dropped(number) {
+        if left_out.contains(&number) {
             continue;
         }
         let DeviceSlots::Up(count) = probe(number, device) else {
@@ -133,7 +137,7 @@ fn discover(devices: &[Arc<Device>], spread: &Spread) -> HashMap<u64, Vec<(usize
             };
             let label = info.label.trim_end();
             let serial = info.serial.trim_end();
-            for slot in &spread.slots {
+            for slot in slots {
                 let matches = slot.label == label
                     && slot.serial.as_deref().is_none_or(|wanted| wanted == serial);
                 if matches {
@@ -149,20 +153,16 @@ fn discover(devices: &[Arc<Device>], spread: &Spread) -> HashMap<u64, Vec<(usize
 }
 
 /// Looks for the members again (at `C_GetSlotList`, and when a virtual slot has none left).
-pub(super) fn refresh(library_devices: &[Arc<Device>]) -> CkResult {
-    let spread_view = with(|library| {
+pub(super) fn refresh() -> CkResult {
+    // What it asks about, taken under the lock; the asking is done outside it.
+    let (devices, slots, left_out) = with(|library| {
         let spread = library.spread.as_ref().ok_or(Rv::GeneralError.code())?;
-        Ok(Spread {
-            mode: spread.mode,
-            slots: spread.slots.clone(),
-            members: HashMap::new(),
-            dropped: spread.dropped.clone(),
-            recover_delay: spread.recover_delay,
-            recover_wait: spread.recover_wait,
-            keepers: HashMap::new(),
-        })
+        let left_out: Vec<usize> = (0..library.devices.len())
+            .filter(|d| spread.is_dropped(*d))
+            .collect();
+        Ok((library.devices.clone(), spread.slots.clone(), left_out))
     })?;
-    let members = discover(library_devices, &spread_view);
+    let members = discover(&devices, &slots, &left_out);
     with(|library| {
         if let Some(spread) = library.spread.as_mut() {
             spread.members = members;
@@ -173,8 +173,7 @@ pub(super) fn refresh(library_devices: &[Arc<Device>]) -> CkResult {
 
 /// `C_GetSlotList` of the virtual slots: with `token_present`, those with a member.
 pub(super) fn slot_list(token_present: bool) -> CkResult<Vec<u64>> {
-    let devices = with(|library| Ok(library.devices.clone()))?;
-    refresh(&devices)?;
+    refresh()?;
     with(|library| {
         let spread = library.spread.as_ref().ok_or(Rv::GeneralError.code())?;
         Ok(spread
@@ -226,8 +225,7 @@ pub(super) fn member_except(
     if let Some(found) = with(pick)? {
         return Ok(Some(found));
     }
-    let devices = with(|library| Ok(library.devices.clone()))?;
-    refresh(&devices)?;
+    refresh()?;
     with(pick)
 }
 
