@@ -35,6 +35,7 @@ macro_rules! eprintln {
 }
 
 pub mod check;
+pub mod cli;
 pub mod output;
 pub mod pin;
 pub mod session;

@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod cli;
 pub mod shell;
 pub mod users;
 
