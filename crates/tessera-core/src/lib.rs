@@ -9,6 +9,7 @@ pub mod attribute;
 pub mod bytes;
 pub mod der;
 pub mod flags;
+pub mod histogram;
 pub mod info;
 pub mod locked;
 pub mod mechanism;

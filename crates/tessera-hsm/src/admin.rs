@@ -33,6 +33,10 @@ impl Hsm {
     /// Records a security event stamped with the device clock (written with the next batch,
     /// or on disk when this returns, as the kind asks: see the event log).
     pub(crate) fn event(&self, role: &str, kind: &str, detail: String) {
+        if kind == "pin-locked" {
+            self.pin_lockouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         self.events
             .record(&self.store, self.clock(), role, kind, detail);
     }

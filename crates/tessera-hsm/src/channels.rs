@@ -84,6 +84,11 @@ impl Hsm {
         Policy::from_device_flags(self.device.now().flags)
     }
 
+    /// The number of secure-messaging channels open.
+    pub fn channel_count(&self) -> usize {
+        self.channels.map().len()
+    }
+
     /// Registers a new channel for `peer`; refused when the device holds its limit.
     pub fn open_channel(&self, peer: &str) -> Result<Arc<ChannelInfo>, Rv> {
         let mut map = self.channels.map();

@@ -367,6 +367,7 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
         witness,
         protection: opened.description,
         requests: Default::default(),
+        pin_lockouts: Default::default(),
         pik_cache: Default::default(),
         sessions: Default::default(),
         kdf_iterations: options.kdf_iterations,

@@ -174,6 +174,8 @@ pub struct Hsm {
     limits: Limits,
     /// Requests served since the device started.
     requests: std::sync::atomic::AtomicU64,
+    /// PINs locked by wrong guesses since the device started (`pin-locked` events).
+    pin_lockouts: std::sync::atomic::AtomicU64,
     /// The PIK, parsed, with the sealed record it came from (see `identity_signature`).
     pik_cache: PikCache,
     /// The device (flags, slots, clock, identity): read as one value, changed by the
@@ -300,6 +302,11 @@ impl Hsm {
     /// The number of sessions open on the device.
     pub fn session_count(&self) -> usize {
         self.sessions().len()
+    }
+
+    /// PINs locked by wrong guesses since the device started.
+    pub fn pin_lockouts(&self) -> u64 {
+        self.pin_lockouts.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The sessions alone: for what only concerns a session (its running operations, its

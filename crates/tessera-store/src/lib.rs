@@ -106,6 +106,10 @@ fn storage(e: impl Into<redb::Error>) -> StoreError {
 const ENOSPC: i32 = 28;
 const EFBIG: i32 = 27;
 
+/// How long the store's commits took (every write transaction, durable or not), for the
+/// daemon's metrics.
+pub static COMMITS: tessera_core::histogram::Histogram = tessera_core::histogram::Histogram::new();
+
 /// An open token store.
 ///
 /// After a failed write (a full disk, an I/O error) redb refuses every later operation until
@@ -526,7 +530,12 @@ impl Store {
                 Ok(())
             })
             .map_err(|e| e.0)
-            .and_then(|()| txn.commit().map_err(storage));
+            .and_then(|()| {
+                let started = std::time::Instant::now();
+                let committed = txn.commit().map_err(storage);
+                COMMITS.record(started.elapsed());
+                committed
+            });
         if let Err(StoreError::Full(_) | StoreError::Storage(_)) = &result {
             // redb refuses everything after an I/O error until it is opened again.
             self.reopen.store(true, Ordering::Release);

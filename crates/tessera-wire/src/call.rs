@@ -616,55 +616,112 @@ impl Call {
             S::Channels,
             S::Certificates,
         ];
-        let (public, secret, keys, work, reply): (bool, bool, Keys, Work, &[Shape]) = match self {
+        use Family::{Admin, Crypto, Find, Info, Keys as KeyCalls, Login, Object, Random, Session};
+        /// A row: (public, secret, keys, work, reply shapes).
+        type Row = (bool, bool, Keys, Work, &'static [Shape]);
+        let (name, family, (public, secret, keys, work, reply)): (&str, Family, Row) = match self {
             C::Once { call, .. } => return call.traits(),
-            // call => (public, secret, keys, work, reply shapes)
-            C::DeviceInfo => (PUBLIC, NO, none, Light, &[S::Device]),
-            C::SlotInfo { .. } => (PUBLIC, NO, none, Light, &[S::Slot]),
-            C::TokenInfo { .. } => (PUBLIC, NO, none, Light, &[S::Token]),
-            C::MechanismList { .. } => (PUBLIC, NO, none, Light, &[S::Mechanisms]),
-            C::MechanismInfo { .. } => (PUBLIC, NO, none, Light, &[S::Mechanism]),
-            C::DeviceStatus => (PUBLIC, NO, none, Heavy, &[S::Status]),
-            C::Identity => (PUBLIC, NO, none, Heavy, &[S::Identity]),
-            C::InitToken { .. } => (NO, SECRET, Brings, Heavy, DONE),
-            C::OpenSession { .. } => (NO, NO, none, Light, HANDLE),
-            C::CloseSession { .. } => (NO, NO, Ends, Light, DONE),
-            C::CloseAllSessions { .. } => (NO, NO, Ends, Heavy, DONE),
-            C::SessionInfo { .. } => (NO, NO, none, Light, &[S::Session]),
-            C::Login { .. } => (NO, SECRET, Brings, Heavy, DONE),
-            C::Logout { .. } => (NO, NO, Ends, Heavy, DONE),
-            C::InitPin { .. } => (NO, SECRET, Brings, Heavy, DONE),
-            C::SetPin { .. } => (NO, SECRET, Brings, Heavy, DONE),
-            C::CreateObject { .. } => (NO, SECRET, Brings, ByInput, HANDLE),
-            C::CopyObject { .. } => (NO, NO, Uses, Heavy, HANDLE),
-            C::DestroyObject { .. } => (NO, NO, Ends, ByInput, DONE),
-            C::ObjectSize { .. } => (NO, NO, none, Light, &[S::Number]),
-            C::GetAttributes { .. } => (NO, NO, Uses, ByInput, &[S::Attributes]),
-            C::SetAttributes { .. } => (NO, NO, none, Heavy, DONE),
-            C::FindObjectsInit { .. } => (NO, NO, none, ByInput, DONE),
-            C::FindObjects { .. } => (NO, NO, none, Light, &[S::Handles]),
-            C::FindObjectsFinal { .. } => (NO, NO, none, Light, DONE),
-            C::FindObjectsFirst { .. } => (NO, NO, none, ByInput, &[S::Found]),
-            C::OperationInit { .. } => (NO, NO, Uses, ByInput, DONE),
-            C::OperationSingle { .. } => (NO, NO, Uses, ByInput, OUTPUT),
-            C::OperationUpdate { .. } => (NO, NO, Uses, ByInput, &[S::Bytes, S::Secret, S::Done]),
-            C::OperationFinal { .. } => (NO, NO, Uses, ByInput, OUTPUT),
-            C::OperationOnce { .. } => (NO, NO, Uses, ByInput, OUTPUT),
-            C::GenerateKey { .. } => (NO, SECRET, Uses, ByInput, HANDLE),
-            C::GenerateKeyPair { .. } => (NO, NO, Uses, Heavy, &[S::HandlePair]),
-            C::WrapKey { .. } => (NO, NO, Uses, Heavy, &[S::Bytes]),
-            C::UnwrapKey { .. } => (NO, SECRET, Brings, Heavy, HANDLE),
-            C::DeriveKey { .. } => (NO, NO, Uses, Heavy, &[S::Handle, S::Handles]),
-            C::DigestKey { .. } => (NO, NO, Uses, Heavy, &[S::Bytes, S::Done]),
-            C::SessionCancel { .. } => (NO, NO, none, Heavy, DONE),
-            C::GenerateRandom { .. } => (NO, NO, none, ByInput, &[S::Bytes]),
-            C::SeedRandom { .. } => (NO, SECRET, Uses, Heavy, DONE),
-            C::AdminSetup { .. } => (NO, SECRET, Brings, Heavy, DONE),
-            C::Admin { .. } => (NO, SECRET, Brings, Heavy, ADMIN),
-            C::EncapsulateKey { .. } => (NO, NO, Uses, Heavy, &[S::Number, S::Encapsulated]),
-            C::DecapsulateKey { .. } => (NO, NO, Uses, Heavy, HANDLE),
+            // call => (name, family, (public, secret, keys, work, reply shapes))
+            C::DeviceInfo => ("DeviceInfo", Info, (PUBLIC, NO, none, Light, &[S::Device])),
+            C::SlotInfo { .. } => ("SlotInfo", Info, (PUBLIC, NO, none, Light, &[S::Slot])),
+            C::TokenInfo { .. } => ("TokenInfo", Info, (PUBLIC, NO, none, Light, &[S::Token])),
+            C::MechanismList { .. } => (
+                "MechanismList",
+                Info,
+                (PUBLIC, NO, none, Light, &[S::Mechanisms]),
+            ),
+            C::MechanismInfo { .. } => (
+                "MechanismInfo",
+                Info,
+                (PUBLIC, NO, none, Light, &[S::Mechanism]),
+            ),
+            C::DeviceStatus => (
+                "DeviceStatus",
+                Info,
+                (PUBLIC, NO, none, Heavy, &[S::Status]),
+            ),
+            C::Identity => ("Identity", Info, (PUBLIC, NO, none, Heavy, &[S::Identity])),
+            C::InitToken { .. } => ("InitToken", Login, (NO, SECRET, Brings, Heavy, DONE)),
+            C::OpenSession { .. } => ("OpenSession", Session, (NO, NO, none, Light, HANDLE)),
+            C::CloseSession { .. } => ("CloseSession", Session, (NO, NO, Ends, Light, DONE)),
+            C::CloseAllSessions { .. } => {
+                ("CloseAllSessions", Session, (NO, NO, Ends, Heavy, DONE))
+            }
+            C::SessionInfo { .. } => ("SessionInfo", Info, (NO, NO, none, Light, &[S::Session])),
+            C::Login { .. } => ("Login", Login, (NO, SECRET, Brings, Heavy, DONE)),
+            C::Logout { .. } => ("Logout", Login, (NO, NO, Ends, Heavy, DONE)),
+            C::InitPin { .. } => ("InitPin", Login, (NO, SECRET, Brings, Heavy, DONE)),
+            C::SetPin { .. } => ("SetPin", Login, (NO, SECRET, Brings, Heavy, DONE)),
+            C::CreateObject { .. } => (
+                "CreateObject",
+                Object,
+                (NO, SECRET, Brings, ByInput, HANDLE),
+            ),
+            C::CopyObject { .. } => ("CopyObject", Object, (NO, NO, Uses, Heavy, HANDLE)),
+            C::DestroyObject { .. } => ("DestroyObject", Object, (NO, NO, Ends, ByInput, DONE)),
+            C::ObjectSize { .. } => ("ObjectSize", Object, (NO, NO, none, Light, &[S::Number])),
+            C::GetAttributes { .. } => (
+                "GetAttributes",
+                Object,
+                (NO, NO, Uses, ByInput, &[S::Attributes]),
+            ),
+            C::SetAttributes { .. } => ("SetAttributes", Object, (NO, NO, none, Heavy, DONE)),
+            C::FindObjectsInit { .. } => ("FindObjectsInit", Find, (NO, NO, none, ByInput, DONE)),
+            C::FindObjects { .. } => ("FindObjects", Find, (NO, NO, none, Light, &[S::Handles])),
+            C::FindObjectsFinal { .. } => ("FindObjectsFinal", Find, (NO, NO, none, Light, DONE)),
+            C::FindObjectsFirst { .. } => (
+                "FindObjectsFirst",
+                Find,
+                (NO, NO, none, ByInput, &[S::Found]),
+            ),
+            C::OperationInit { .. } => ("OperationInit", Crypto, (NO, NO, Uses, ByInput, DONE)),
+            C::OperationSingle { .. } => {
+                ("OperationSingle", Crypto, (NO, NO, Uses, ByInput, OUTPUT))
+            }
+            C::OperationUpdate { .. } => (
+                "OperationUpdate",
+                Crypto,
+                (NO, NO, Uses, ByInput, &[S::Bytes, S::Secret, S::Done]),
+            ),
+            C::OperationFinal { .. } => ("OperationFinal", Crypto, (NO, NO, Uses, ByInput, OUTPUT)),
+            C::OperationOnce { .. } => ("OperationOnce", Crypto, (NO, NO, Uses, ByInput, OUTPUT)),
+            C::GenerateKey { .. } => ("GenerateKey", KeyCalls, (NO, SECRET, Uses, ByInput, HANDLE)),
+            C::GenerateKeyPair { .. } => (
+                "GenerateKeyPair",
+                KeyCalls,
+                (NO, NO, Uses, Heavy, &[S::HandlePair]),
+            ),
+            C::WrapKey { .. } => ("WrapKey", KeyCalls, (NO, NO, Uses, Heavy, &[S::Bytes])),
+            C::UnwrapKey { .. } => ("UnwrapKey", KeyCalls, (NO, SECRET, Brings, Heavy, HANDLE)),
+            C::DeriveKey { .. } => (
+                "DeriveKey",
+                KeyCalls,
+                (NO, NO, Uses, Heavy, &[S::Handle, S::Handles]),
+            ),
+            C::DigestKey { .. } => (
+                "DigestKey",
+                Crypto,
+                (NO, NO, Uses, Heavy, &[S::Bytes, S::Done]),
+            ),
+            C::SessionCancel { .. } => ("SessionCancel", Session, (NO, NO, none, Heavy, DONE)),
+            C::GenerateRandom { .. } => (
+                "GenerateRandom",
+                Random,
+                (NO, NO, none, ByInput, &[S::Bytes]),
+            ),
+            C::SeedRandom { .. } => ("SeedRandom", Random, (NO, SECRET, Uses, Heavy, DONE)),
+            C::AdminSetup { .. } => ("AdminSetup", Admin, (NO, SECRET, Brings, Heavy, DONE)),
+            C::Admin { .. } => ("Admin", Admin, (NO, SECRET, Brings, Heavy, ADMIN)),
+            C::EncapsulateKey { .. } => (
+                "EncapsulateKey",
+                KeyCalls,
+                (NO, NO, Uses, Heavy, &[S::Number, S::Encapsulated]),
+            ),
+            C::DecapsulateKey { .. } => ("DecapsulateKey", KeyCalls, (NO, NO, Uses, Heavy, HANDLE)),
         };
         Traits {
+            name,
+            family,
             public,
             secret,
             keys,
@@ -699,6 +756,10 @@ impl Call {
 /// A call's row in [`Call::traits`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Traits {
+    /// The call's name, as the daemon's metrics label it (`Login`, `OperationSingle`).
+    pub name: &'static str,
+    /// The kind of work it is, for latency by family.
+    pub family: Family,
     /// Served in the clear even where the device requires secure messaging: discovery, and
     /// what an application needs to set up a channel.
     pub public: bool,
@@ -711,6 +772,64 @@ pub struct Traits {
     /// The shapes of reply it answers with: any other is the device's fault, refused by the
     /// library as one bad reply.
     pub reply: &'static [Shape],
+}
+
+/// The families of calls, for the daemon's latency histograms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// Device, slot, token, mechanism and session facts.
+    Info,
+    /// Opening and closing sessions.
+    Session,
+    /// Logins, logouts, PINs and token initialisation: the PIN checks.
+    Login,
+    /// Creating, copying, destroying and reading objects.
+    Object,
+    /// Searches.
+    Find,
+    /// Encryption, decryption, digests, signatures and verifications.
+    Crypto,
+    /// Generating, wrapping, unwrapping, deriving and encapsulating keys.
+    Keys,
+    /// Random numbers.
+    Random,
+    /// Device administration.
+    Admin,
+}
+
+impl Family {
+    /// Every family, in a fixed order ([`Family::index`]).
+    pub const ALL: [Family; 9] = [
+        Family::Info,
+        Family::Session,
+        Family::Login,
+        Family::Object,
+        Family::Find,
+        Family::Crypto,
+        Family::Keys,
+        Family::Random,
+        Family::Admin,
+    ];
+
+    /// The family's name as a metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Info => "info",
+            Family::Session => "session",
+            Family::Login => "login",
+            Family::Object => "object",
+            Family::Find => "find",
+            Family::Crypto => "crypto",
+            Family::Keys => "keys",
+            Family::Random => "random",
+            Family::Admin => "admin",
+        }
+    }
+
+    /// Its position in [`Family::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// What a call does with keys and PINs, for when the daemon scrubs the stack that ran it.

@@ -23,7 +23,7 @@ pub use admin::{
     KeyState, MemberStatus, SlotStatus,
 };
 pub use call::{
-    AttributeAnswer, Call, Inner, Keys, Message, Operation, Reply, Shape, Traits, Work,
+    AttributeAnswer, Call, Family, Inner, Keys, Message, Operation, Reply, Shape, Traits, Work,
     ENVELOPE_ROOM,
 };
 pub use frame::{

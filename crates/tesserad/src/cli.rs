@@ -198,6 +198,20 @@ pub struct Args {
     #[arg(long)]
     pub allow_core_dumps: bool,
 
+    /// Serve metrics in Prometheus text format at http://HOST:PORT/metrics: requests by call
+    /// and result code, latency by call family, connections, sessions, channels, handshakes
+    /// and their failures, PIN lockouts, the store's size and commit latency, refusals by
+    /// limit. Off by default; no secret, label or peer address is in them. Keep it on a
+    /// loopback or management address. Example: --metrics tcp:127.0.0.1:9412
+    #[arg(long, value_name = "tcp:HOST:PORT")]
+    pub metrics: Option<String>,
+
+    /// How log lines are written to standard error: `text` (the default) or `json` (one
+    /// object per line, with the fields of each event: its level, target, message, and for
+    /// security events their role, kind and detail).
+    #[arg(long, value_name = "text|json", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
     /// Be a node of cluster NAME: the tokens (records, PINs and their failure counts, objects)
     /// live in etcd (--etcd), sealed under the cluster's key, and every node serves them. The
     /// first node founds the cluster (with blank tokens); another device joins once a member

@@ -45,6 +45,8 @@ pub struct Config {
     /// `--allow-group-access` (or `--appliance`): the data directory and the Unix sockets are
     /// open to the group.
     pub allow_group_access: bool,
+    /// `--metrics`: where to serve the Prometheus metrics (HOST:PORT), if anywhere.
+    pub metrics: Option<String>,
     /// `--cluster` and `--etcd`: the cluster this device is a node of.
     pub cluster: Option<crate::cluster::ClusterConfig>,
 }

@@ -113,6 +113,16 @@ fn light_input(hsm: &Hsm, client: u64, call: &Call) -> bool {
     }
 }
 
+/// Counts an answered request in the metrics (when they are on).
+fn count(
+    traits: &tessera_wire::Traits,
+    result: &Result<tessera_wire::Reply, tessera_core::Rv>,
+    started: std::time::Instant,
+) {
+    let outcome = result.as_ref().map(|_| ()).map_err(|rv| rv.code());
+    crate::metrics::request(traits, outcome, started.elapsed());
+}
+
 /// One request to answer, in the clear or inside a channel.
 pub(crate) struct Job<'a> {
     pub(crate) hsm: &'a Arc<Hsm>,
@@ -130,7 +140,9 @@ impl Job<'_> {
         let traits = request.traits();
         let keys = traits.keys;
         if quick(self.hsm, self.client, &request, traits.work) {
+            let started = std::time::Instant::now();
             let result = self.hsm.handle(self.client, protected, request);
+            count(&traits, &result, started);
             let secret_reply = matches!(&result, Ok(reply) if reply.carries_secret());
             answer(self.out, self.channel.map(|c| &**c), self.id, result, slot);
             after(keys, secret_reply);
@@ -144,6 +156,7 @@ impl Job<'_> {
         let (hsm, channel, out) = (self.hsm.clone(), self.channel.cloned(), self.out.clone());
         let (client, id) = (self.client, self.id);
         tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 hsm.handle(client, protected, request)
             }));
@@ -151,6 +164,7 @@ impl Job<'_> {
                 tracing::error!(client, "request handler failed");
                 Err(tessera_core::Rv::GeneralError)
             });
+            count(&traits, &result, started);
             let secret_reply = matches!(&result, Ok(reply) if reply.carries_secret());
             answer(&out, channel.as_deref(), id, result, slot);
             after(keys, secret_reply);

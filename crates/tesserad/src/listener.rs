@@ -225,7 +225,7 @@ async fn accept_loop<L: Accept>(
             Some(network) => match network.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
-                    Tally::count(&shared.tally.network_full);
+                    Tally::count(&shared.tally.network_full, "network-connections");
                     if !refusing {
                         tracing::warn!(peer, "network connection refused: the network share of the connections is taken (--max-connections minus --local-connections)");
                         refusing = true;
@@ -238,7 +238,7 @@ async fn accept_loop<L: Accept>(
         let permit = match admission.limit.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                Tally::count(&shared.tally.all_full);
+                Tally::count(&shared.tally.all_full, "connections");
                 if !refusing {
                     tracing::warn!(
                         peer,

@@ -19,6 +19,7 @@ mod listener;
 mod local;
 mod logfile;
 mod memory;
+mod metrics;
 mod poller;
 mod prompt;
 mod secure;
@@ -86,14 +87,18 @@ fn main() -> ExitCode {
     }
     // In appliance mode the log also goes to appliance/tesserad.log (psesh `log`).
     let log_file = args.appliance.then(|| state.join("tesserad.log"));
-    tracing_subscriber::fmt()
-        .with_ansi(log_file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    let colour = log_file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logger = tracing_subscriber::fmt()
         .with_writer(logfile::Tee { file: log_file })
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+        );
+    match args.log_format.as_str() {
+        // One object per line, the event's fields at its top level.
+        "json" => logger.json().flatten_event(true).init(),
+        _ => logger.with_ansi(colour).init(),
+    }
     dumps.log();
     let listen = if !args.listen.is_empty() {
         args.listen
@@ -137,6 +142,14 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let max_frame_len = args.max_frame_len;
+    let metrics = match args.metrics.as_deref().map(metrics::parse_address) {
+        Some(Err(message)) => {
+            eprintln!("tesserad: {message}");
+            return ExitCode::from(2);
+        }
+        Some(Ok(address)) => Some(address),
+        None => None,
+    };
     let config = server::Config {
         data_dir,
         listen,
@@ -198,6 +211,7 @@ fn main() -> ExitCode {
         client_access,
         parent,
         allow_group_access: args.allow_group_access || args.appliance,
+        metrics,
         cluster: args.cluster.clone().map(|name| cluster::ClusterConfig {
             name,
             security: cluster::EtcdFiles {

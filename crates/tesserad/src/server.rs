@@ -87,6 +87,9 @@ async fn serve(hsm: Arc<Hsm>, config: Config) -> Result<(), String> {
         client_access: config.client_access.clone(),
     });
     let bound = crate::listener::bind(&config).await?;
+    if let Some(address) = &config.metrics {
+        crate::metrics::serve(address.clone(), hsm.clone(), config.data_dir.clone()).await?;
+    }
     let (shown, sockets) = (bound.shown.clone(), bound.sockets.clone());
     let listeners = bound.spawn(&shared, &admission, &shutdown);
     drop(shared);

@@ -20,9 +20,10 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
-    /// Counts one more of `counter`'s kind.
-    pub(crate) fn count(counter: &AtomicU64) {
+    /// Counts one more of `counter`'s kind (`kind` names it in the metrics).
+    pub(crate) fn count(counter: &AtomicU64, kind: &'static str) {
         counter.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::limit(kind);
     }
 
     /// Records one `limit-reached` event per limit counted since the last report.

@@ -201,7 +201,7 @@ impl FrameMemory {
                 Ok(permit)
             }
             Err(tokio::sync::TryAcquireError::NoPermits) => {
-                Tally::count(&self.tally.frame_memory);
+                Tally::count(&self.tally.frame_memory, "frame-memory");
                 if !self.exhausted.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         "the memory for unfinished frames is taken (--max-frame-memory): large frames wait"

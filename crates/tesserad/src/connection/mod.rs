@@ -63,6 +63,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stop: Notice,
 ) {
     let mut connection = Connection::new(stream, peer, ip, shared, stop);
+    crate::metrics::connection(true);
     while let Some(body) = connection.next_frame().await {
         let Some((id, request)) = connection.read_request(body).await else {
             break;
@@ -72,6 +73,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         }
     }
     connection.close().await;
+    crate::metrics::connection(false);
 }
 
 /// A request as read: a sealed record found in its frame, or a decoded envelope's message.
@@ -246,7 +248,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                         );
                         continue;
                     }
-                    Tally::count(&self.tally.idle);
+                    Tally::count(&self.tally.idle, "idle-timeout");
                     tracing::debug!(
                         client,
                         peer,
@@ -340,13 +342,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             Incoming::Decoded(Message::Call(call)) => Next::Clear(call),
         };
         match next {
-            Next::Handshake(_) if !guard.may_handshake(ip) => respond(
-                out,
-                id,
-                None,
-                Err(tessera_core::Rv::HandshakeRateLimited.code()),
-                slot,
-            ),
+            Next::Handshake(_) if !guard.may_handshake(ip) => {
+                crate::metrics::handshake(Err("rate-limited"));
+                respond(
+                    out,
+                    id,
+                    None,
+                    Err(tessera_core::Rv::HandshakeRateLimited.code()),
+                    slot,
+                )
+            }
             Next::Handshake(hello) => {
                 if secure::lock(secure).is_pending() {
                     guard.failed(ip, "a handshake was abandoned for another");
@@ -354,15 +359,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 // The key agreement and the identity signature run on the blocking pool: a
                 // flood of handshakes does not hold up the calls of other connections.
                 let answer = off_thread(secure, move |current| current.handshake(&hello)).await;
-                if answer.is_err() {
+                if let Err(code) = &answer {
                     guard.failed(ip, "the handshake was refused");
+                    crate::metrics::handshake(Err(crate::metrics::handshake_reason(*code)));
                 }
                 respond(out, id, None, answer, slot);
             }
             Next::Finish(finished) => {
                 let answer = secure::lock(secure).finish(&finished);
-                if answer.is_err() {
-                    guard.failed(ip, "the key confirmation failed");
+                match &answer {
+                    Ok(_) => crate::metrics::handshake(Ok(())),
+                    Err(_) => {
+                        guard.failed(ip, "the key confirmation failed");
+                        crate::metrics::handshake(Err("key-confirmation"));
+                    }
                 }
                 respond(out, id, None, answer.map(Response::Reply), slot);
             }
