@@ -38,6 +38,7 @@ pub mod check;
 pub mod cli;
 pub mod output;
 pub mod pin;
+pub mod progress;
 pub mod session;
 pub mod status;
 

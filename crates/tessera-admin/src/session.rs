@@ -117,10 +117,15 @@ pub fn ensure_admin_ready(
     );
     let aso = crate::pin::read_new(aso_file, "ASO PIN")?;
     let admin = crate::pin::read_new(admin_file, "Administrator PIN")?;
-    target.call(Call::AdminSetup {
-        aso_pin: aso,
-        admin_pin: admin,
-    })?;
+    crate::progress::run(
+        &format!("device {}: setting up the Admin token", target.number),
+        || {
+            target.call(Call::AdminSetup {
+                aso_pin: aso,
+                admin_pin: admin,
+            })
+        },
+    )?;
     println!("Admin token set up: ASO and Administrator PINs are set.");
     target.status()
 }
@@ -202,7 +207,11 @@ impl<'a> AdminSession<'a> {
             user_type: ck::CKU_USER as u64,
             pin: pin.duplicate(),
         };
-        match target.device.call(Some(generation), login) {
+        let checked = crate::progress::run(
+            &format!("device {}: checking the Administrator PIN", target.number),
+            || target.device.call(Some(generation), login),
+        );
+        match checked {
             Ok(_) => Ok(AdminSession { target, session, generation }),
             Err(ClientError::Returned(code)) if code == Rv::PinIncorrect.code() => Err(Failure::new(format!(
                 "device {}: wrong Administrator PIN; nothing was changed (wrong PINs count toward the lock-out)",
@@ -214,6 +223,14 @@ impl<'a> AdminSession<'a> {
             ))),
             Err(e) => Err(target.explain(e)),
         }
+    }
+
+    /// Runs an Administrator command, showing `what` while it runs if it takes long (see
+    /// [`crate::progress`]).
+    pub fn run_showing(&self, what: &str, command: AdminCommand) -> Result<Reply, Failure> {
+        crate::progress::run(&format!("device {}: {what}", self.target.number), || {
+            self.run(command)
+        })
     }
 
     /// Runs an Administrator command.

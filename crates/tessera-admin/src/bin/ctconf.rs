@@ -181,11 +181,14 @@ fn run(args: &Args) -> Result<u8, Failure> {
                 "label {label:?} is longer than 32 bytes"
             )));
         }
-        session.run(AdminCommand::InitToken {
-            slot,
-            label: label.into_bytes(),
-            so_pin,
-        })?;
+        session.run_showing(
+            "initialising the token",
+            AdminCommand::InitToken {
+                slot,
+                label: label.into_bytes(),
+                so_pin,
+            },
+        )?;
         println!("Token in slot {slot} initialised.");
     }
     if let Some(count) = args.add_slots {
@@ -193,7 +196,10 @@ fn run(args: &Args) -> Result<u8, Failure> {
         println!("{count} {} added.", status::plural(count, "slot", "slots"));
     }
     if let Some(slot) = args.delete_slot {
-        session.run(AdminCommand::DeleteSlot(slot))?;
+        session.run_showing(
+            "deleting the slot and its token",
+            AdminCommand::DeleteSlot(slot),
+        )?;
         println!("Slot {slot} deleted.");
     }
     if args.set_clock {
@@ -206,7 +212,9 @@ fn run(args: &Args) -> Result<u8, Failure> {
         println!("Transport mode set to {}.", status::transport_mode(mode));
     }
     if args.events {
-        if let Reply::Events(events, problem, checked) = session.run(AdminCommand::Events)? {
+        if let Reply::Events(events, problem, checked) =
+            session.run_showing("reading and checking the event log", AdminCommand::Events)?
+        {
             print!("{}", status::render_events(&events));
             for line in &checked {
                 println!("Checked: {line}");
@@ -242,17 +250,20 @@ fn run(args: &Args) -> Result<u8, Failure> {
         }
     }
     if let Some(serial) = &args.remove_member {
-        session.run(AdminCommand::RemoveMember(serial.clone()))?;
+        session.run_showing(
+            "removing the member and rotating the cluster key",
+            AdminCommand::RemoveMember(serial.clone()),
+        )?;
         println!(
             "Device {serial} removed from the cluster; the cluster key was rotated without it."
         );
     }
     if args.purge_events {
-        session.run(AdminCommand::PurgeEvents)?;
+        session.run_showing("purging the event log", AdminCommand::PurgeEvents)?;
         println!("Event log purged.");
     }
     if args.tamper {
-        session.run(AdminCommand::Tamper)?;
+        session.run_showing("erasing every token, PIN and flag", AdminCommand::Tamper)?;
         println!(
             "Device {} tampered: tokens, PINs and flags erased; run ctconf to set it up again.",
             args.device

@@ -103,7 +103,7 @@ fn run(args: &Args) -> Result<(), Failure> {
                 curve: curve.clone(),
                 replace: *replace,
             };
-            session.run(command)?;
+            session.run_showing("generating the keys and certificates", command)?;
             println!("Generated {what:?} on device {}.", args.device);
             if !matches!(what, What::Poc) {
                 identity_changed(&target)?;

@@ -154,9 +154,16 @@ fn setup(state: &Path, passwords_file: Option<&Path>, iterations: u32) -> Result
         }
         chosen.push((role, password));
     }
-    for (role, password) in &chosen {
-        users.set_password(*role, password.as_bytes(), iterations)?;
-    }
+    // Each password record is stretched with PBKDF2: seconds at the default iterations.
+    tessera_admin::progress::run(
+        "setting the passwords of admin, pseoperator and audit",
+        || -> Result<(), String> {
+            for (role, password) in &chosen {
+                users.set_password(*role, password.as_bytes(), iterations)?;
+            }
+            Ok(())
+        },
+    )?;
     AuditLog::new(state).record(
         "-",
         "first-time set-up: passwords set for admin, pseoperator, audit",
