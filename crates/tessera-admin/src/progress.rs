@@ -1,7 +1,7 @@
-//! Progress of long work, on standard error: on a terminal a spinner (or a bar for counted
-//! steps) with the elapsed time, drawn by `indicatif`; otherwise a plain line when the work
-//! starts and one when it ends, so that a script's log shows what took the time. Work that
-//! ends within [`DELAY`] shows nothing.
+//! Progress of long work, on standard error: on a terminal a spinner with the elapsed time,
+//! drawn by `indicatif`; otherwise a plain line when the work starts and one when it ends, so
+//! that a script's log shows what took the time. Work that ends within [`DELAY`] shows
+//! nothing.
 
 use std::io::IsTerminal;
 use std::sync::mpsc;
@@ -52,58 +52,4 @@ pub fn run<T>(what: &str, work: impl FnOnce() -> T) -> T {
         crate::eprintln!("{what}: done in {:.1} s", started.elapsed().as_secs_f64());
     }
     result
-}
-
-/// Counted steps of one piece of work: a bar on a terminal, a line per step otherwise.
-pub struct Steps {
-    bar: Option<ProgressBar>,
-    what: String,
-    total: u64,
-    done: u64,
-    started: Instant,
-}
-
-impl Steps {
-    /// Starts `total` steps of `what`.
-    pub fn new(what: &str, total: u64) -> Steps {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new(total).with_message(what.to_string());
-            bar.set_style(
-                ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed})")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            bar
-        });
-        Steps {
-            bar,
-            what: what.to_string(),
-            total,
-            done: 0,
-            started: Instant::now(),
-        }
-    }
-
-    /// Starts the next step, named `step`.
-    pub fn step(&mut self, step: &str) {
-        self.done += 1;
-        match &self.bar {
-            Some(bar) => {
-                bar.set_message(format!("{}: {step}", self.what));
-                bar.set_position(self.done - 1);
-            }
-            None => crate::eprintln!("{}: {}/{}: {step}", self.what, self.done, self.total),
-        }
-    }
-
-    /// Ends the work.
-    pub fn finish(self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-        crate::eprintln!(
-            "{}: done in {:.1} s",
-            self.what,
-            self.started.elapsed().as_secs_f64()
-        );
-    }
 }
