@@ -1,7 +1,7 @@
 //! The Debian package `tessera`: the daemon and the tools, the PKCS#11 library in the multiarch
 //! PKCS#11 directory with its p11-kit module file, man pages, shell completions, the systemd
-//! units, the `tessera` account (sysusers) and its data directory (tmpfiles), and the system
-//! client configuration. Laid out in a folder and built with `dpkg-deb`, so that a machine
+//! units, the `tessera` account (sysusers) and its data directory (made by the postinst), and
+//! the system client configuration. Laid out in a folder and built with `dpkg-deb`, so that a machine
 //! with Debian's tools needs nothing else.
 
 use std::io::Write;
@@ -25,7 +25,7 @@ pub struct Options {
 
 /// Files of the package besides the programs, the library, the man pages and the completions:
 /// (path in the package, content, mode).
-const FILES: [(&str, &str, u32); 7] = [
+const FILES: [(&str, &str, u32); 6] = [
     (
         "usr/lib/systemd/system/tessera.service",
         include_str!("../../../packaging/debian/tessera.service"),
@@ -39,11 +39,6 @@ const FILES: [(&str, &str, u32); 7] = [
     (
         "usr/lib/sysusers.d/tessera.conf",
         include_str!("../../../packaging/debian/sysusers.conf"),
-        0o644,
-    ),
-    (
-        "usr/lib/tmpfiles.d/tessera.conf",
-        include_str!("../../../packaging/debian/tmpfiles.conf"),
         0o644,
     ),
     (
@@ -200,6 +195,10 @@ pub fn build(options: &Options, mut step: impl FnMut(&str)) -> Result<PathBuf, S
         0o644,
     )?;
 
+    // Whatever the umask of the build: directories 0755, files 0644, programs and scripts 0755
+    // (dpkg-deb refuses a control directory that others cannot read).
+    normalize_modes(&staging).map_err(io(&staging))?;
+
     step("control files");
     let control = staging.join("DEBIAN");
     for (name, text) in SCRIPTS {
@@ -212,13 +211,19 @@ pub fn build(options: &Options, mut step: impl FnMut(&str)) -> Result<PathBuf, S
         .collect();
     write(&control.join("conffiles"), conffiles.as_bytes(), 0o644)?;
     let size_kib = tree_size(&staging).map_err(io(&staging))?.div_ceil(1024);
+    let glibc = glibc_needed(
+        programs
+            .iter()
+            .map(|p| staging.join(p.dir).join(p.name))
+            .chain([library.clone()]),
+    )?;
     let text = format!(
         "Package: tessera\n\
          Version: {version}\n\
          Architecture: {arch}\n\
          Maintainer: Tessera authors <tessera@localhost>\n\
          Installed-Size: {size_kib}\n\
-         Depends: libc6 (>= 2.34), libgcc-s1\n\
+         Depends: libc6 (>= {glibc}), libgcc-s1, systemd | adduser\n\
          Recommends: p11-kit\n\
          Suggests: opensc, gnutls-bin\n\
          Section: admin\n\
@@ -234,6 +239,8 @@ pub fn build(options: &Options, mut step: impl FnMut(&str)) -> Result<PathBuf, S
     );
     write(&control.join("control"), text.as_bytes(), 0o644)?;
 
+    normalize_modes(&control).map_err(io(&control))?;
+
     step("dpkg-deb --build");
     let package = package_path(options)?;
     run(Command::new("dpkg-deb")
@@ -243,6 +250,59 @@ pub fn build(options: &Options, mut step: impl FnMut(&str)) -> Result<PathBuf, S
         .arg(&staging)
         .arg(&package))?;
     Ok(package)
+}
+
+/// The newest glibc symbol version the binaries need (`GLIBC_2.34` → `2.34`), for the
+/// package's dependency on libc6: read from their dynamic symbol tables with `objdump -T`.
+fn glibc_needed(binaries: impl Iterator<Item = PathBuf>) -> Result<String, String> {
+    let mut newest: Vec<u32> = vec![2, 17];
+    for binary in binaries {
+        let output = Command::new("objdump")
+            .arg("-T")
+            .arg(&binary)
+            .output()
+            .map_err(|e| format!("cannot run objdump (binutils): {e}"))?;
+        if !output.status.success() {
+            return Err(format!("objdump -T {} failed", binary.display()));
+        }
+        for word in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+            let Some(version) = word.strip_prefix("(GLIBC_").or(word.strip_prefix("GLIBC_")) else {
+                continue;
+            };
+            let parsed: Option<Vec<u32>> = version
+                .trim_end_matches(')')
+                .split('.')
+                .map(|part| part.parse().ok())
+                .collect();
+            if let Some(parsed) = parsed {
+                newest = newest.max(parsed);
+            }
+        }
+    }
+    Ok(newest
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join("."))
+}
+
+fn normalize_modes(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            normalize_modes(&entry.path())?;
+        } else {
+            let mode = match meta.permissions().mode() & 0o100 {
+                0 => 0o644,
+                _ => 0o755,
+            };
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode))?;
+        }
+    }
+    Ok(())
 }
 
 fn install(from: &Path, to: &Path, mode: u32) -> Result<(), String> {
@@ -294,5 +354,48 @@ fn run(command: &mut Command) -> Result<(), String> {
             output.status,
             String::from_utf8_lossy(&output.stderr).trim()
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_version_is_refused_with_what_a_version_is() {
+        for good in ["0.1.0-1", "1.2+b3~rc1"] {
+            assert_eq!(check_version(good), Ok(()));
+        }
+        for bad in ["", "v0.1.0", "0.1 0", "0.1.0_1", "0.1.0-1/x"] {
+            let refused = check_version(bad).unwrap_err();
+            assert!(refused.contains("start with a digit"), "{bad}: {refused}");
+        }
+    }
+
+    #[test]
+    fn missing_binaries_and_a_bad_compression_are_named_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            binaries: dir.path().join("nowhere"),
+            version: "0.1.0-1".into(),
+            out: dir.path().join("out"),
+            compression: "xz".into(),
+        };
+        let refused = build(&options, |_| {}).unwrap_err();
+        assert!(refused.contains("tesserad is missing"), "{refused}");
+        assert!(
+            refused.contains("cargo build --release --workspace"),
+            "{refused}"
+        );
+        let refused = build(
+            &Options {
+                compression: "lzma".into(),
+                ..options.clone()
+            },
+            |_| {},
+        )
+        .unwrap_err();
+        assert!(refused.contains("give xz, gzip or none"), "{refused}");
+        assert!(!options.out.exists(), "nothing written");
     }
 }

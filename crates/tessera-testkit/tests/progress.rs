@@ -44,6 +44,7 @@ fn long_work_shows_a_spinner_on_a_terminal_and_lines_otherwise() {
 
     // Short work shows nothing.
     let status = ctconf(&[]).output().unwrap();
+    assert!(status.status.success());
     let quiet = String::from_utf8_lossy(&status.stderr);
     assert!(!quiet.contains("done in"), "{quiet}");
 

@@ -113,14 +113,16 @@ fn light_input(hsm: &Hsm, client: u64, call: &Call) -> bool {
     }
 }
 
-/// Counts an answered request in the metrics (when they are on).
+/// Counts an answered request in the metrics; `started` is `None` when they are off.
 fn count(
     traits: &tessera_wire::Traits,
     result: &Result<tessera_wire::Reply, tessera_core::Rv>,
-    started: std::time::Instant,
+    started: Option<std::time::Instant>,
 ) {
-    let outcome = result.as_ref().map(|_| ()).map_err(|rv| rv.code());
-    crate::metrics::request(traits, outcome, started.elapsed());
+    if let Some(started) = started {
+        let outcome = result.as_ref().map(|_| ()).map_err(|rv| rv.code());
+        crate::metrics::request(traits, outcome, started.elapsed());
+    }
 }
 
 /// One request to answer, in the clear or inside a channel.
@@ -136,11 +138,13 @@ impl Job<'_> {
     /// Answers a quick request at once; runs any other on the blocking pool, where a slow one
     /// holds up nothing else and its reply is sealed and queued (large ones off the I/O thread).
     pub(crate) fn run(self, request: Call, slot: OwnedSemaphorePermit) {
+        // From here (the request decoded, or its record opened) to its result, the wait for
+        // the worker pool included.
+        let started = crate::metrics::start();
         let protected = self.channel.is_some();
         let traits = request.traits();
         let keys = traits.keys;
         if quick(self.hsm, self.client, &request, traits.work) {
-            let started = std::time::Instant::now();
             let result = self.hsm.handle(self.client, protected, request);
             count(&traits, &result, started);
             let secret_reply = matches!(&result, Ok(reply) if reply.carries_secret());
@@ -156,7 +160,6 @@ impl Job<'_> {
         let (hsm, channel, out) = (self.hsm.clone(), self.channel.cloned(), self.out.clone());
         let (client, id) = (self.client, self.id);
         tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
             let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 hsm.handle(client, protected, request)
             }));

@@ -39,6 +39,15 @@ pub(crate) struct Metrics {
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
 
+/// Scrapes served at once; more connections are answered 503 at once.
+const SCRAPES: usize = 16;
+
+/// How long a scraper may take to send its request; slower ones are closed.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(1);
+
+/// How long one scrape may take, from its connection to its last byte.
+const SCRAPE_DEADLINE: Duration = Duration::from_secs(5);
+
 /// The counters, when `--metrics` is on.
 pub(crate) fn get() -> Option<&'static Metrics> {
     METRICS.get()
@@ -66,6 +75,11 @@ fn limit_of(code: u64) -> Option<&'static str> {
     }
 }
 
+/// The time a request starts, when the metrics are on (a clock read saved otherwise).
+pub(crate) fn start() -> Option<std::time::Instant> {
+    get().map(|_| std::time::Instant::now())
+}
+
 /// Counts an answered request.
 pub(crate) fn request(traits: &Traits, result: Result<(), u64>, elapsed: Duration) {
     let Some(metrics) = get() else { return };
@@ -84,13 +98,23 @@ pub(crate) fn limit(kind: &'static str) {
     }
 }
 
-/// Counts a connection that opens (`true`) or closes.
-pub(crate) fn connection(open: bool) {
-    if let Some(metrics) = get() {
-        if open {
-            metrics.connections.fetch_add(1, Ordering::Relaxed);
-            metrics.accepted.fetch_add(1, Ordering::Relaxed);
-        } else {
+/// Counts a connection while it lives: open from here until the value is dropped, whatever
+/// ends it.
+pub(crate) struct Open(Option<&'static Metrics>);
+
+/// Counts a connection that opens.
+pub(crate) fn connection() -> Open {
+    let metrics = get();
+    if let Some(metrics) = metrics {
+        metrics.connections.fetch_add(1, Ordering::Relaxed);
+        metrics.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+    Open(metrics)
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(metrics) = self.0 {
             metrics.connections.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -106,8 +130,10 @@ pub(crate) fn handshake(outcome: Result<(), &'static str>) {
         }
         Err(reason) => {
             bump(&metrics.handshake_failures, reason);
-            if reason == "rate-limited" {
-                bump(&metrics.limits, "handshake-rate");
+            match reason {
+                "rate-limited" => bump(&metrics.limits, "handshake-rate"),
+                "channel-limit" => bump(&metrics.limits, "channels"),
+                _ => {}
             }
         }
     }
@@ -295,31 +321,50 @@ pub(crate) async fn serve(address: String, hsm: Arc<Hsm>, data_dir: PathBuf) -> 
     let shown = listener.local_addr().map_or(address, |a| a.to_string());
     tracing::info!(address = %shown, "metrics served at http://{shown}/metrics");
     let store = data_dir.join("tessera.redb");
+    // A few scrapes at once, each within a deadline: a flood of connections to this port
+    // takes no more than that from the daemon (the others are answered 503 at once).
+    let scrapes = Arc::new(tokio::sync::Semaphore::new(SCRAPES));
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let Ok(permit) = scrapes.clone().try_acquire_owned() else {
+                // Without waiting: a short answer fits the socket's buffer, or is dropped.
+                let _ = stream.try_write(BUSY);
                 continue;
             };
             let (hsm, store) = (hsm.clone(), store.clone());
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(5), scrape(stream, &hsm, &store))
-                    .await;
+                let _ = tokio::time::timeout(SCRAPE_DEADLINE, scrape(stream, &hsm, &store)).await;
+                drop(permit);
             });
         }
     });
     Ok(())
 }
 
+/// The answer when every scrape slot is taken.
+const BUSY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
 /// Answers one HTTP request: `GET /metrics`, else 404 (the request is read up to its blank
-/// line, 8 KiB at most).
+/// line, 8 KiB at most, within [`REQUEST_DEADLINE`]).
 async fn scrape(mut stream: tokio::net::TcpStream, hsm: &Hsm, store: &std::path::Path) {
     let mut request = Vec::with_capacity(512);
-    let mut buffer = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-        match stream.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => request.extend_from_slice(&buffer[..n]),
+    let read = async {
+        let mut buffer = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => request.extend_from_slice(&buffer[..n]),
+            }
         }
+        true
+    };
+    if !matches!(tokio::time::timeout(REQUEST_DEADLINE, read).await, Ok(true)) {
+        return;
     }
     let wanted = request.starts_with(b"GET /metrics ") || request.starts_with(b"GET /metrics?");
     let (status, body) = match (wanted, get()) {

@@ -63,7 +63,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stop: Notice,
 ) {
     let mut connection = Connection::new(stream, peer, ip, shared, stop);
-    crate::metrics::connection(true);
+    let _open = crate::metrics::connection();
     while let Some(body) = connection.next_frame().await {
         let Some((id, request)) = connection.read_request(body).await else {
             break;
@@ -73,7 +73,6 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         }
     }
     connection.close().await;
-    crate::metrics::connection(false);
 }
 
 /// A request as read: a sealed record found in its frame, or a decoded envelope's message.
