@@ -37,11 +37,19 @@ use tesserad::cli::Args;
 /// `listen`, with the default local socket first unless it names a Unix socket: serving the
 /// network too must not take the local socket away from `ctconf` and the local applications,
 /// which dial it when no server list is configured.
+/// An address given twice is served once (binding it twice would find the first binding and
+/// refuse to start, as if another daemon served it).
 fn with_local_socket(mut listen: Vec<Listen>) -> Vec<Listen> {
     if !listen.iter().any(|l| matches!(l, Listen::Unix(_))) {
         listen.insert(0, Listen::Unix(default_socket_path()));
     }
-    listen
+    let mut once: Vec<Listen> = Vec::with_capacity(listen.len());
+    for address in listen {
+        if !once.contains(&address) {
+            once.push(address);
+        }
+    }
+    once
 }
 
 fn main() -> ExitCode {
@@ -239,6 +247,16 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_given_twice_is_served_once() {
+        let socket = Listen::Unix("/run/tessera/tesserad.sock".into());
+        let tcp = Listen::Tcp("127.0.0.1:12396".into());
+        assert_eq!(
+            with_local_socket(vec![socket.clone(), tcp.clone(), socket.clone()]),
+            vec![socket, tcp]
+        );
+    }
 
     #[test]
     fn zero_kdf_iterations_are_refused_when_the_command_line_is_read() {
