@@ -53,8 +53,10 @@ pub struct ClientHello {
     /// Protocol version.
     pub version: u16,
     /// Ephemeral X25519 public key.
+    #[serde(with = "tessera_core::bytes")]
     pub ephemeral: Vec<u8>,
     /// 32 random bytes.
+    #[serde(with = "tessera_core::bytes")]
     pub nonce: Vec<u8>,
     /// What the client requires (SMPR).
     pub policy: Policy,
@@ -70,16 +72,21 @@ pub struct ServerHello {
     /// The channel id.
     pub channel: u64,
     /// Ephemeral X25519 public key.
+    #[serde(with = "tessera_core::bytes")]
     pub ephemeral: Vec<u8>,
     /// 32 random bytes.
+    #[serde(with = "tessera_core::bytes")]
     pub nonce: Vec<u8>,
     /// What the device requires (its flags).
     pub policy: Policy,
     /// The device's PIC and its issuers (DER).
+    #[serde(with = "tessera_core::bytes::list")]
     pub chain: Vec<Vec<u8>>,
     /// The PIK's signature over the transcript hash.
+    #[serde(with = "tessera_core::bytes")]
     pub signature: Vec<u8>,
     /// The device's key confirmation.
+    #[serde(with = "tessera_core::bytes")]
     pub finished: Vec<u8>,
 }
 
@@ -89,6 +96,7 @@ pub struct ClientFinished {
     /// The channel id.
     pub channel: u64,
     /// HMAC over the transcript, the signature and the device's confirmation.
+    #[serde(with = "tessera_core::bytes")]
     pub finished: Vec<u8>,
 }
 

@@ -54,6 +54,66 @@ pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>
     deserializer.deserialize_byte_buf(BytesVisitor)
 }
 
+/// `#[serde(with = "tessera_core::bytes::list")]` for `Vec<Vec<u8>>` fields (a certificate
+/// chain): each element a byte string, the wire format unchanged.
+pub mod list {
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+    use serde::ser::{SerializeSeq, Serializer};
+    use std::fmt;
+
+    /// One element, as a byte string.
+    struct Element<'a>(&'a [u8]);
+
+    impl serde::Serialize for Element<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.serialize_bytes(self.0)
+        }
+    }
+
+    /// One element read back.
+    struct Owned(Vec<u8>);
+
+    impl<'de> serde::Deserialize<'de> for Owned {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            super::deserialize(deserializer).map(Owned)
+        }
+    }
+
+    /// Serializes the list, each element as a byte string.
+    pub fn serialize<S: Serializer>(list: &[Vec<u8>], serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(list.len()))?;
+        for element in list {
+            seq.serialize_element(&Element(element))?;
+        }
+        seq.end()
+    }
+
+    struct ListVisitor;
+
+    impl<'de> Visitor<'de> for ListVisitor {
+        type Value = Vec<Vec<u8>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of byte strings")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Vec<u8>>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+            while let Some(Owned(element)) = seq.next_element()? {
+                out.push(element);
+            }
+            Ok(out)
+        }
+    }
+
+    /// Deserializes a list of byte strings.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<Vec<u8>>, D::Error> {
+        deserializer.deserialize_seq(ListVisitor)
+    }
+}
+
 /// Buffers smaller than this are left to the allocator (they come from its free lists).
 const POOLED: usize = 64 * 1024;
 /// The most the pool keeps, in bytes of capacity: a few 1 MiB calls in flight.
@@ -222,6 +282,29 @@ mod tests {
             let plain = postcard::to_stdvec(&Plain(data.clone())).unwrap();
             assert_eq!(fast, plain, "length {len}");
             assert_eq!(postcard::from_bytes::<Fast>(&plain).unwrap(), Fast(data));
+        }
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct FastList(#[serde(with = "crate::bytes::list")] Vec<Vec<u8>>);
+
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct PlainList(Vec<Vec<u8>>);
+
+    #[test]
+    fn a_list_of_byte_strings_is_encoded_as_the_plain_list() {
+        for lens in [vec![], vec![0], vec![5, 1500, 0, 128], vec![7000; 3]] {
+            let list: Vec<Vec<u8>> = lens
+                .iter()
+                .map(|&len| (0..len).map(|i| (i * 3) as u8).collect())
+                .collect();
+            let fast = postcard::to_stdvec(&FastList(list.clone())).unwrap();
+            let plain = postcard::to_stdvec(&PlainList(list.clone())).unwrap();
+            assert_eq!(fast, plain, "lengths {lens:?}");
+            assert_eq!(
+                postcard::from_bytes::<FastList>(&plain).unwrap(),
+                FastList(list)
+            );
         }
     }
 

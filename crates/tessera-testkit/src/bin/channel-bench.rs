@@ -46,6 +46,139 @@ fn channel(daemon: &Daemon, settings: &Arc<SecureSettings>, keep_session: bool) 
     device
 }
 
+/// The cryptography of one handshake, timed in this process with aws-lc-rs (the library both
+/// ends use), in seconds per operation: what the machine allows, beside what the channel does.
+struct Crypto {
+    /// The device's identity signature of the transcript.
+    sign: f64,
+    /// The client's check of it (the chain itself is checked once per trust store and minute).
+    verify: f64,
+    /// An X25519 key pair (each end makes one).
+    x25519_keygen: f64,
+    /// An X25519 agreement (each end makes one).
+    x25519_agree: f64,
+    /// ML-KEM-768: the client's key pair, the device's encapsulation, the client's
+    /// decapsulation (hybrid channels only).
+    kem: f64,
+}
+
+/// Seconds per call of `op`: run for about 0.3 s after a warm-up, on this thread.
+fn per_op(mut op: impl FnMut()) -> f64 {
+    for _ in 0..5 {
+        op();
+    }
+    let started = Instant::now();
+    let mut count = 0u32;
+    while count < 20 || started.elapsed() < Duration::from_millis(300) {
+        op();
+        count += 1;
+    }
+    started.elapsed().as_secs_f64() / f64::from(count)
+}
+
+impl Crypto {
+    /// Times the operations of a handshake with an identity of `identity` ("P-521" or
+    /// "ML-DSA-87").
+    fn measure(identity: &str) -> Crypto {
+        use aws_lc_rs::agreement::{
+            agree_ephemeral, EphemeralPrivateKey, UnparsedPublicKey, X25519,
+        };
+        use aws_lc_rs::kem::{DecapsulationKey, ML_KEM_768};
+        use aws_lc_rs::rand::SystemRandom;
+        use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, PqdsaKeyPair};
+        let rng = SystemRandom::new();
+        // A transcript hash's worth of message, as the handshake signs.
+        let message = [0x5au8; 64];
+        let (sign, verify) = match identity {
+            "ML-DSA-87" => {
+                let pair = PqdsaKeyPair::generate(&signature::ML_DSA_87_SIGNING).expect("a key");
+                let mut sig = vec![0u8; signature::ML_DSA_87_SIGNING.signature_len()];
+                let sign = per_op(|| {
+                    pair.sign(&message, &mut sig).expect("a signature");
+                });
+                let public = pair.public_key().as_ref().to_vec();
+                let key = signature::UnparsedPublicKey::new(&signature::ML_DSA_87, &public);
+                let verify = per_op(|| key.verify(&message, &sig).expect("valid"));
+                (sign, verify)
+            }
+            _ => {
+                let pkcs8 =
+                    EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P521_SHA512_ASN1_SIGNING, &rng)
+                        .expect("a key");
+                let pair = EcdsaKeyPair::from_pkcs8(
+                    &signature::ECDSA_P521_SHA512_ASN1_SIGNING,
+                    pkcs8.as_ref(),
+                )
+                .expect("a key");
+                let mut sig = pair.sign(&rng, &message).expect("a signature");
+                let sign = per_op(|| sig = pair.sign(&rng, &message).expect("a signature"));
+                let public = pair.public_key().as_ref().to_vec();
+                let key =
+                    signature::UnparsedPublicKey::new(&signature::ECDSA_P521_SHA512_ASN1, &public);
+                let verify = per_op(|| key.verify(&message, sig.as_ref()).expect("valid"));
+                (sign, verify)
+            }
+        };
+        let x25519_keygen = per_op(|| {
+            let private = EphemeralPrivateKey::generate(&X25519, &rng).expect("a key");
+            private.compute_public_key().expect("a public key");
+        });
+        let peer = EphemeralPrivateKey::generate(&X25519, &rng)
+            .and_then(|k| k.compute_public_key())
+            .expect("a key");
+        let keys: Vec<EphemeralPrivateKey> = (0..20_000)
+            .map(|_| EphemeralPrivateKey::generate(&X25519, &rng).expect("a key"))
+            .collect();
+        let mut keys = keys.into_iter();
+        // Each agreement consumes its key: keys made beforehand, so that only the agreement
+        // is timed.
+        let x25519_agree = per_op(|| {
+            let key = keys.next().expect("keys enough for 0.3 s");
+            agree_ephemeral(
+                key,
+                UnparsedPublicKey::new(&X25519, peer.as_ref()),
+                (),
+                |_| Ok(()),
+            )
+            .expect("an agreement");
+        });
+        let decapsulation = DecapsulationKey::generate(&ML_KEM_768).expect("a key");
+        let encapsulation = decapsulation.encapsulation_key().expect("a key");
+        let kem_keygen = per_op(|| {
+            DecapsulationKey::generate(&ML_KEM_768)
+                .and_then(|k| k.encapsulation_key())
+                .expect("a key");
+        });
+        let (ciphertext, _) = encapsulation.encapsulate().expect("a ciphertext");
+        let kem_encaps = per_op(|| {
+            encapsulation.encapsulate().expect("a ciphertext");
+        });
+        let kem_decaps = per_op(|| {
+            decapsulation
+                .decapsulate(ciphertext.as_ref().into())
+                .expect("a secret");
+        });
+        Crypto {
+            sign,
+            verify,
+            x25519_keygen,
+            x25519_agree,
+            kem: kem_keygen + kem_encaps + kem_decaps,
+        }
+    }
+
+    /// CPU seconds of one handshake's cryptography, both ends together.
+    fn per_handshake(&self, hybrid: bool) -> f64 {
+        let classical = self.sign + self.verify + 2.0 * (self.x25519_keygen + self.x25519_agree);
+        classical + if hybrid { self.kem } else { 0.0 }
+    }
+}
+
+/// The machine's cores (the daemon and the clients share them).
+fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+}
+
 /// What `--help` prints.
 const HELP: &str = "\
 channel-bench: secure-messaging channels at scale, against daemons with a P-521 and an ML-DSA-87
@@ -55,6 +188,9 @@ Measures the daemon's resident memory per idle channel, then handshakes per seco
 and 8 client threads (each a new connection, a full handshake checked against the trust store
 and a C_OpenSession inside the channel); each for the hybrid channel (X25519 and ML-KEM-768, the
 default) and for the classical one (X25519 alone, as a library of the classical protocol makes).
+Beside each figure, its limit: the machine's cores over the crypto of one handshake (the
+identity signature, its check, the X25519 and ML-KEM-768 operations), timed with aws-lc-rs in
+this process in the same run; with one thread, the handshake's time against that crypto's.
 
 Options:
   --seconds S   time per thread count (default 2, from 0.1 to 60)
@@ -185,9 +321,34 @@ fn main() {
         drop(channel(daemon, settings, true));
     }
 
+    // The limits, measured now, on this machine.
+    let p521 = Crypto::measure("P-521");
+    let ml_dsa_87 = Crypto::measure("ML-DSA-87");
+    for (name, crypto) in [("P-521", &p521), ("ML-DSA-87", &ml_dsa_87)] {
+        println!(
+            "crypto (aws-lc-rs, one thread): {name} sign {:.3} ms, verify {:.3} ms; X25519 key pair {:.3} ms, agreement {:.3} ms; ML-KEM-768 key pair + encapsulation + decapsulation {:.3} ms",
+            crypto.sign * 1e3,
+            crypto.verify * 1e3,
+            crypto.x25519_keygen * 1e3,
+            crypto.x25519_agree * 1e3,
+            crypto.kem * 1e3,
+        );
+    }
     println!(
-        "{:<10} {:<24} {:<8} {:>14} {:>10}",
-        "identity", "channel", "threads", "handshakes/s", "p50 ms"
+        "limit = {} cores / the crypto of one handshake (a signature, its check, two X25519 key pairs and agreements, and for hybrid the ML-KEM-768 three); crypto ms = that crypto on one thread",
+        cores()
+    );
+    println!(
+        "{:<10} {:<24} {:<8} {:>14} {:>9} {:>8} {:>9} {:>10} {:>10}",
+        "identity",
+        "channel",
+        "threads",
+        "handshakes/s",
+        "limit/s",
+        "×limit",
+        "p50 ms",
+        "crypto ms",
+        "p50/crypto"
     );
     for (identity, daemon, name, settings) in [
         ("P-521", &daemon, "hybrid X25519+ML-KEM-768", &settings),
@@ -200,6 +361,12 @@ fn main() {
         ),
         ("ML-DSA-87", &ml_dsa, "classical X25519", &ml_dsa_classical),
     ] {
+        let crypto = match identity {
+            "P-521" => &p521,
+            _ => &ml_dsa_87,
+        }
+        .per_handshake(name.starts_with("hybrid"));
+        let limit = cores() / crypto;
         for threads in [1usize, 2, 4, 8] {
             let done = AtomicU64::new(0);
             let deadline = Instant::now() + Duration::from_secs_f64(seconds);
@@ -227,13 +394,23 @@ fn main() {
             let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
             samples.sort();
             let p50 = tessera_testkit::quantile(&samples, 0.5).unwrap_or_default();
+            // With one thread a handshake's time is its crypto plus everything else; with more,
+            // its latency also holds the waits for the shared cores.
+            let against = match threads {
+                1 => format!("{:.2}", p50.as_secs_f64() / crypto),
+                _ => "-".to_string(),
+            };
             println!(
-                "{:<10} {:<24} {:<8} {:>14.0} {:>10.2}",
+                "{:<10} {:<24} {:<8} {:>14.0} {:>9.0} {:>8.2} {:>9.2} {:>10.2} {:>10}",
                 identity,
                 name,
                 threads,
                 rate,
-                p50.as_secs_f64() * 1e3
+                limit,
+                rate / limit,
+                p50.as_secs_f64() * 1e3,
+                crypto * 1e3,
+                against
             );
         }
     }

@@ -8,6 +8,11 @@
 //! cluster on a three-member etcd (its writes committed by etcd). Plus the bare round trip between two processes over a Unix socket and over
 //! loopback TCP, each with both sides sleeping in `read` and with both polling.
 //!
+//! Limits printed beside the figures, measured in the same run: the bare round trips (TCP rows:
+//! what TCP adds to a call against what it adds to a bare polling round trip), and for the
+//! bulk rows AES-256-GCM timed in this process (one pass for a call without a channel, five
+//! through one), with and without the bare round trip of 1 MiB each way over a Unix socket.
+//!
 //! Each system runs in a worker process of this binary (so that every module gets a clean
 //! process and environment); the parent sets the systems up, collects the workers' lines and
 //! prints one table with ratios to (b) and (a).
@@ -588,15 +593,19 @@ struct RoundTrips {
     unix_polling: f64,
     /// Loopback TCP, polling.
     tcp_polling: f64,
+    /// 1 MiB each way over a Unix socket, sleeping: what moving a bulk call's data costs
+    /// before any work is done on it.
+    unix_1m: f64,
 }
 
 /// Runs each ping-pong against an echo process of this binary.
 fn bare_round_trips() -> Result<RoundTrips, String> {
     Ok(RoundTrips {
-        unix: ping_pong("unix", false)?,
-        tcp: ping_pong("tcp", false)?,
-        unix_polling: ping_pong("unix", true)?,
-        tcp_polling: ping_pong("tcp", true)?,
+        unix: ping_pong("unix", false, 32)?,
+        tcp: ping_pong("tcp", false, 32)?,
+        unix_polling: ping_pong("unix", true, 32)?,
+        tcp_polling: ping_pong("tcp", true, 32)?,
+        unix_1m: ping_pong("unix", false, 1 << 20)?,
     })
 }
 
@@ -632,9 +641,9 @@ fn read_all(link: &mut dyn Link, buffer: &mut [u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Echoes 32-byte messages until the peer leaves.
-fn echo(link: &mut dyn Link, polling: bool) {
-    let mut buffer = [0u8; 32];
+/// Echoes `size`-byte messages until the peer leaves.
+fn echo(link: &mut dyn Link, polling: bool, size: usize) {
+    let mut buffer = vec![0u8; size];
     if link.set_nonblocking(polling).is_err() {
         return;
     }
@@ -645,14 +654,40 @@ fn echo(link: &mut dyn Link, polling: bool) {
     }
 }
 
-/// The p50 of 20 000 round trips through `transport` ("unix" or "tcp") to an echo process.
-fn ping_pong(transport: &str, polling: bool) -> Result<f64, String> {
+/// Seconds one AES-256-GCM encryption of `size` bytes takes in this process (aws-lc-rs, the
+/// library the device uses), over about 0.3 s after a warm-up.
+fn gcm_pass_seconds(size: usize) -> f64 {
+    use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7u8; 32]).expect("a key"));
+    let mut data = vec![0x5au8; size];
+    let mut once = || {
+        let nonce = Nonce::assume_unique_for_key([7u8; 12]);
+        let _tag = key
+            .seal_in_place_separate_tag(nonce, Aad::from(b"aad"), &mut data)
+            .expect("sealed");
+    };
+    for _ in 0..3 {
+        once();
+    }
+    let started = Instant::now();
+    let mut count = 0u32;
+    while count < 10 || started.elapsed() < Duration::from_millis(300) {
+        once();
+        count += 1;
+    }
+    started.elapsed().as_secs_f64() / f64::from(count)
+}
+
+/// The p50 of round trips of `size` bytes each way through `transport` ("unix" or "tcp") to
+/// an echo process (20 000 of 32 bytes; fewer of larger messages).
+fn ping_pong(transport: &str, polling: bool, size: usize) -> Result<f64, String> {
     let mut echo = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
         .args(["--echo", transport, if polling { "poll" } else { "sleep" }])
+        .arg(size.to_string())
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| e.to_string())?;
-    let measured = measure_echo(&mut echo, transport, polling);
+    let measured = measure_echo(&mut echo, transport, polling, size);
     // Gone once its peer leaves; killed if the measurement failed before connecting.
     if measured.is_err() {
         let _ = echo.kill();
@@ -662,7 +697,12 @@ fn ping_pong(transport: &str, polling: bool) -> Result<f64, String> {
 }
 
 /// The ping-pong itself, against a started echo process.
-fn measure_echo(echo: &mut Child, transport: &str, polling: bool) -> Result<f64, String> {
+fn measure_echo(
+    echo: &mut Child,
+    transport: &str,
+    polling: bool,
+    size: usize,
+) -> Result<f64, String> {
     // The echo process says where it listens.
     let mut address = String::new();
     BufReader::new(echo.stdout.take().ok_or("no echo output")?)
@@ -678,9 +718,9 @@ fn measure_echo(echo: &mut Child, transport: &str, polling: bool) -> Result<f64,
         }
     };
     link.set_nonblocking(polling).map_err(|e| e.to_string())?;
-    let mut buffer = [0u8; 32];
+    let mut buffer = vec![0u8; size];
     let mut latencies = Vec::new();
-    for _ in 0..20_000 {
+    for _ in 0..(20_000 * 32 / size).clamp(1000, 20_000) {
         let t = Instant::now();
         link.write_all(&buffer).map_err(|e| e.to_string())?;
         read_all(&mut *link, &mut buffer).map_err(|e| e.to_string())?;
@@ -692,7 +732,7 @@ fn measure_echo(echo: &mut Child, transport: &str, polling: bool) -> Result<f64,
 
 /// `--echo unix|tcp sleep|poll`: listens (a Unix socket in a fresh directory, or loopback TCP
 /// on a free port), prints the address, and echoes one connection.
-fn echo_server(transport: &str, polling: bool) {
+fn echo_server(transport: &str, polling: bool, size: usize) {
     match transport {
         "unix" => {
             let Ok(dir) = tempfile::tempdir() else { return };
@@ -702,7 +742,7 @@ fn echo_server(transport: &str, polling: bool) {
             };
             println!("{}", path.display());
             if let Ok((mut stream, _)) = listener.accept() {
-                echo(&mut stream, polling);
+                echo(&mut stream, polling, size);
             }
         }
         _ => {
@@ -715,7 +755,7 @@ fn echo_server(transport: &str, polling: bool) {
             println!("{address}");
             if let Ok((mut stream, _)) = listener.accept() {
                 let _ = stream.set_nodelay(true);
-                echo(&mut stream, polling);
+                echo(&mut stream, polling, size);
             }
         }
     }
@@ -842,7 +882,12 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--echo") {
         let transport = args.get(1).map(String::as_str).unwrap_or("unix");
-        echo_server(transport, args.get(2).map(String::as_str) == Some("poll"));
+        let size = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(32);
+        echo_server(
+            transport,
+            args.get(2).map(String::as_str) == Some("poll"),
+            size,
+        );
         return;
     }
     if args.first().map(String::as_str) == Some("--worker") {
@@ -942,7 +987,9 @@ Systems (pick with --systems, default all):
   e  Tessera over loopback TCP, full secure messaging (nuNU)
   g  Tessera over a Unix socket, no channel, the device a node of a cluster (a three-member
      etcd on loopback, started here; needs Debian's etcd-server, else left out)
-Also measured: the bare round trip between two processes (Unix and TCP, sleeping and polling).
+Also measured: the bare round trip between two processes (Unix and TCP, sleeping and polling;
+and 1 MiB each way over a Unix socket), and AES-256-GCM in this process: the limits printed
+beside the TCP and bulk rows.
 
 Options:
   --seconds S        time per case (default 1, at most 60)
@@ -1220,15 +1267,72 @@ fn run(args: &[String]) -> Result<(), String> {
         .filter_map(|operation| {
             let p50 = |i: usize| results[i].0.get(&(operation.clone(), 1)).map(|m| m.p50);
             let added = (p50(4)? - p50(3)?) / round_trips(operation) as f64;
-            Some(format!("{operation} {added:+.1}"))
+            Some(format!(
+                "{operation} {added:+.1} ({:.2}x)",
+                added / bare_extra
+            ))
         })
         .collect();
     if !extra.is_empty() {
         println!(
-            "TCP's extra p50 per round trip with one thread, (e) - (d), in us: {}; \
-             a bare round trip's, polling: {bare_extra:+.1}",
+            "TCP's extra p50 per round trip with one thread, (e) - (d), in us, and its ratio to \
+             the limit (what TCP adds to a bare round trip, polling: {bare_extra:+.1} us): {}",
             extra.join(", ")
         );
+    }
+    // The bulk rows against what the machine allows: AES-256-GCM timed in this process. A
+    // call without a channel needs one pass over the data (the operation); one through the
+    // channel five (client seal, device open, the operation, device seal, client open).
+    let bulk: Vec<(&String, usize)> = (options.operations.iter())
+        .filter_map(|o| match o.as_str() {
+            "gcm4k" => Some((o, 4096)),
+            "gcm1m" => Some((o, 1 << 20)),
+            _ => None,
+        })
+        .collect();
+    if !bulk.is_empty() {
+        println!(
+            "bulk limits (aws-lc-rs AES-256-GCM in this process, one thread): one pass for (c), \
+             five for (d) and (e); and with the bare round trip of the same bytes over a Unix \
+             socket added (+rtt: 1 MiB each way took {:.1} us, sleeping), what a call over a \
+             socket can reach:",
+            bare.unix_1m
+        );
+        println!(
+            "{:<15} {:>9} {:>11} {:>11}  {:>7} {:>7} {:>7}  {:>11} {:>11}",
+            "operation",
+            "pass us",
+            "limit (c)",
+            "limit (d)",
+            "(c)/lim",
+            "(d)/lim",
+            "(e)/lim",
+            "(c)/+rtt",
+            "(d)/+rtt"
+        );
+        for (operation, size) in bulk {
+            let pass = gcm_pass_seconds(size);
+            let (one, five) = (1.0 / pass, 1.0 / (5.0 * pass));
+            // With the bare round trip of the same bytes (measured for 1 MiB).
+            let rtt = (size == 1 << 20).then_some(bare.unix_1m * 1e-6);
+            let share = |i: usize, limit: f64| {
+                results[i]
+                    .0
+                    .get(&(operation.clone(), 1))
+                    .map_or("-".to_string(), |m| {
+                        format!("{:.2}", m.ops_per_second / limit)
+                    })
+            };
+            println!(
+                "{operation:<15} {:>9.1} {one:>11.0} {five:>11.0}  {:>7} {:>7} {:>7}  {:>11} {:>11}",
+                pass * 1e6,
+                share(2, one),
+                share(3, five),
+                share(4, five),
+                rtt.map_or("-".into(), |rtt| share(2, 1.0 / (pass + rtt))),
+                rtt.map_or("-".into(), |rtt| share(3, 1.0 / (5.0 * pass + rtt)))
+            );
+        }
     }
     // The post-quantum rows against aws-lc-rs called in this process: what the same
     // computation costs with no library, wire, channel or daemon around it.
