@@ -376,10 +376,13 @@ impl Device {
         let Some(stream) = state.stream.as_ref() else {
             return Err(ClientError::StaleSession);
         };
-        match stream
-            .exchange(id, Stream::clear_frame(id, message))
-            .map(Answer::into_clear)
-        {
+        let handshake = matches!(message, Message::Handshake(_));
+        let frame = Stream::clear_frame(id, message);
+        let answer = match handshake {
+            true => stream.exchange_handshake(id, frame),
+            false => stream.exchange(id, frame),
+        };
+        match answer.map(Answer::into_clear) {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(code)) => Err(ClientError::Returned(code)),
             Err(failure) => {

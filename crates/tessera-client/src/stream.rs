@@ -127,8 +127,13 @@ enum Polled {
     Skipped,
 }
 
+/// The window for handshake replies, learned across connections: a connection makes one
+/// handshake, and its own window, fresh, would let the reply (a signature away) find the reader
+/// asleep every time.
+static HANDSHAKES: Spin = Spin::new();
+
 impl Spin {
-    fn new() -> Spin {
+    const fn new() -> Spin {
         Spin {
             window: AtomicU32::new(SPIN_MIN.as_micros() as u32),
             late: AtomicU32::new(0),
@@ -401,18 +406,22 @@ impl Stream {
     /// replies come often, and polling would only take a core from the device). A sealed
     /// reply stays in its frame, for the channel to open it there.
     pub(crate) fn receive(&self, spin: bool) -> Result<(u64, Answer), Failure> {
+        self.receive_polling(spin.then_some(&self.spin))
+    }
+
+    /// [`Stream::receive`], polling first with `spin`'s window (and teaching it), if any.
+    fn receive_polling(&self, spin: Option<&Spin>) -> Result<(u64, Answer), Failure> {
         let mut buffer = locked(&self.reading);
-        let polled = if spin && buffer.is_empty() {
-            self.spin_for_data(&mut buffer)
-        } else {
-            Polled::Skipped
+        let polled = match spin {
+            Some(spin) if buffer.is_empty() => self.spin_for_data(spin, &mut buffer),
+            _ => Polled::Skipped,
         };
         let body = read_frame(&mut Buffered {
             socket: &self.socket,
             buffer: &mut buffer,
         });
-        if let (Polled::TimedOut(start), Ok(_)) = (&polled, &body) {
-            self.spin.arrived_after(start.elapsed());
+        if let (Polled::TimedOut(start), Ok(_), Some(spin)) = (&polled, &body, spin) {
+            spin.arrived_after(start.elapsed());
         }
         if body.as_ref().is_ok_and(|body| find_sealed(body).is_none()) {
             // A reply in the clear may be a decryption's plaintext or a key value: what the
@@ -512,9 +521,8 @@ impl Stream {
     /// [`Spin`]). Each poll is a read that does not wait (`MSG_DONTWAIT`, leaving the socket's
     /// own flags alone: another thread may be writing on it) into the read buffer, so the
     /// reply that ends the poll is already read: one system call, not a peek and a read.
-    fn spin_for_data(&self, buffer: &mut ReadBuffer) -> Polled {
-        if self
-            .spin
+    fn spin_for_data(&self, spin: &Spin, buffer: &mut ReadBuffer) -> Polled {
+        if spin
             .skip
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .is_ok()
@@ -522,7 +530,7 @@ impl Stream {
             return Polled::Skipped;
         }
         let start = std::time::Instant::now();
-        let window = self.spin.window();
+        let window = spin.window();
         loop {
             let took = start.elapsed();
             if took >= window {
@@ -537,7 +545,7 @@ impl Stream {
                     buffer.start = 0;
                     buffer.end = n;
                     buffer.high = buffer.high.max(n);
-                    self.spin.arrived_within(took);
+                    spin.arrived_within(took);
                     return Polled::Done;
                 }
                 // Yield rather than spin: the device may be waiting for this very CPU.
@@ -552,9 +560,19 @@ impl Stream {
 
     /// Sends one request's frame and reads its response (with nothing else in flight).
     pub(crate) fn exchange(&self, id: u64, frame: Frame) -> Result<Answer, Failure> {
+        self.exchange_polling(id, frame, &self.spin)
+    }
+
+    /// Sends a handshake's opening and waits for the device's answer, polling for it with the
+    /// window learned from earlier handshakes of this process.
+    pub(crate) fn exchange_handshake(&self, id: u64, frame: Frame) -> Result<Answer, Failure> {
+        self.exchange_polling(id, frame, &HANDSHAKES)
+    }
+
+    fn exchange_polling(&self, id: u64, frame: Frame, spin: &Spin) -> Result<Answer, Failure> {
         self.queue(frame);
         self.flush()?;
-        let (for_id, answer) = self.receive(true)?;
+        let (for_id, answer) = self.receive_polling(Some(spin))?;
         if for_id != id {
             answer.discard();
             return Err(Failure::Bad(format!(
