@@ -103,6 +103,21 @@ pub fn compile_c(name: &str, dir: &Path) -> PathBuf {
     program
 }
 
+/// Seconds one call of `op` takes on this thread: a few calls to warm up, then as many as run
+/// in 0.3 s (at least 20). The benchmarks' in-process limits.
+pub fn seconds_per_call(mut op: impl FnMut()) -> f64 {
+    for _ in 0..5 {
+        op();
+    }
+    let started = Instant::now();
+    let mut count = 0u32;
+    while count < 20 || started.elapsed() < Duration::from_millis(300) {
+        op();
+        count += 1;
+    }
+    started.elapsed().as_secs_f64() / f64::from(count)
+}
+
 /// The `q` quantile (0 to 1) of sorted samples, nearest rank; `None` without samples. The
 /// benchmarks' p50 and p99.
 pub fn quantile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {

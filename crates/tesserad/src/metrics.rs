@@ -181,7 +181,7 @@ impl Metrics {
             &mut out,
             "tessera_request_duration_seconds",
             "histogram",
-            "Time from a request's decoding to its answer, by call family.",
+            "Time from a request's decoding to its result, the wait for the worker pool included, by call family.",
         );
         for f in Family::ALL {
             self.latency[f.index()].write_prometheus(
@@ -190,7 +190,7 @@ impl Metrics {
                 &format!("family=\"{}\"", f.as_str()),
             );
         }
-        let gauges: [(&str, &str, &str, f64); 5] = [
+        let single: [(&str, &str, &str, f64); 7] = [
             (
                 "tessera_connections_open",
                 "gauge",
@@ -221,8 +221,20 @@ impl Metrics {
                 "Secure-messaging handshakes completed.",
                 self.handshakes.load(Ordering::Relaxed) as f64,
             ),
+            (
+                "tessera_pin_lockouts_total",
+                "counter",
+                "PINs locked by wrong guesses since the start.",
+                hsm.pin_lockouts() as f64,
+            ),
+            (
+                "tessera_store_bytes",
+                "gauge",
+                "Size of the token store file.",
+                std::fs::metadata(store).map_or(0.0, |m| m.len() as f64),
+            ),
         ];
-        for (name, kind, help, value) in gauges {
+        for (name, kind, help, value) in single {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
         }
@@ -238,24 +250,6 @@ impl Metrics {
             "reason",
             &self.handshake_failures,
         );
-        let more: [(&str, &str, &str, f64); 2] = [
-            (
-                "tessera_pin_lockouts_total",
-                "counter",
-                "PINs locked by wrong guesses since the start.",
-                hsm.pin_lockouts() as f64,
-            ),
-            (
-                "tessera_store_bytes",
-                "gauge",
-                "Size of the token store file.",
-                std::fs::metadata(store).map_or(0.0, |m| m.len() as f64),
-            ),
-        ];
-        for (name, kind, help, value) in more {
-            header(&mut out, name, kind, help);
-            let _ = writeln!(out, "{name} {value}");
-        }
         header(
             &mut out,
             "tessera_store_commit_duration_seconds",

@@ -62,20 +62,6 @@ struct Crypto {
     kem: f64,
 }
 
-/// Seconds per call of `op`: run for about 0.3 s after a warm-up, on this thread.
-fn per_op(mut op: impl FnMut()) -> f64 {
-    for _ in 0..5 {
-        op();
-    }
-    let started = Instant::now();
-    let mut count = 0u32;
-    while count < 20 || started.elapsed() < Duration::from_millis(300) {
-        op();
-        count += 1;
-    }
-    started.elapsed().as_secs_f64() / f64::from(count)
-}
-
 impl Crypto {
     /// Times the operations of a handshake with an identity of `identity` ("P-521" or
     /// "ML-DSA-87").
@@ -93,12 +79,14 @@ impl Crypto {
             "ML-DSA-87" => {
                 let pair = PqdsaKeyPair::generate(&signature::ML_DSA_87_SIGNING).expect("a key");
                 let mut sig = vec![0u8; signature::ML_DSA_87_SIGNING.signature_len()];
-                let sign = per_op(|| {
+                let sign = tessera_testkit::seconds_per_call(|| {
                     pair.sign(&message, &mut sig).expect("a signature");
                 });
                 let public = pair.public_key().as_ref().to_vec();
                 let key = signature::UnparsedPublicKey::new(&signature::ML_DSA_87, &public);
-                let verify = per_op(|| key.verify(&message, &sig).expect("valid"));
+                let verify = tessera_testkit::seconds_per_call(|| {
+                    key.verify(&message, &sig).expect("valid")
+                });
                 (sign, verify)
             }
             _ => {
@@ -111,15 +99,19 @@ impl Crypto {
                 )
                 .expect("a key");
                 let mut sig = pair.sign(&rng, &message).expect("a signature");
-                let sign = per_op(|| sig = pair.sign(&rng, &message).expect("a signature"));
+                let sign = tessera_testkit::seconds_per_call(|| {
+                    sig = pair.sign(&rng, &message).expect("a signature")
+                });
                 let public = pair.public_key().as_ref().to_vec();
                 let key =
                     signature::UnparsedPublicKey::new(&signature::ECDSA_P521_SHA512_ASN1, &public);
-                let verify = per_op(|| key.verify(&message, sig.as_ref()).expect("valid"));
+                let verify = tessera_testkit::seconds_per_call(|| {
+                    key.verify(&message, sig.as_ref()).expect("valid")
+                });
                 (sign, verify)
             }
         };
-        let x25519_keygen = per_op(|| {
+        let x25519_keygen = tessera_testkit::seconds_per_call(|| {
             let private = EphemeralPrivateKey::generate(&X25519, &rng).expect("a key");
             private.compute_public_key().expect("a public key");
         });
@@ -132,7 +124,7 @@ impl Crypto {
         let mut keys = keys.into_iter();
         // Each agreement consumes its key: keys made beforehand, so that only the agreement
         // is timed.
-        let x25519_agree = per_op(|| {
+        let x25519_agree = tessera_testkit::seconds_per_call(|| {
             let key = keys.next().expect("keys enough for 0.3 s");
             agree_ephemeral(
                 key,
@@ -144,16 +136,16 @@ impl Crypto {
         });
         let decapsulation = DecapsulationKey::generate(&ML_KEM_768).expect("a key");
         let encapsulation = decapsulation.encapsulation_key().expect("a key");
-        let kem_keygen = per_op(|| {
+        let kem_keygen = tessera_testkit::seconds_per_call(|| {
             DecapsulationKey::generate(&ML_KEM_768)
                 .and_then(|k| k.encapsulation_key())
                 .expect("a key");
         });
         let (ciphertext, _) = encapsulation.encapsulate().expect("a ciphertext");
-        let kem_encaps = per_op(|| {
+        let kem_encaps = tessera_testkit::seconds_per_call(|| {
             encapsulation.encapsulate().expect("a ciphertext");
         });
-        let kem_decaps = per_op(|| {
+        let kem_decaps = tessera_testkit::seconds_per_call(|| {
             decapsulation
                 .decapsulate(ciphertext.as_ref().into())
                 .expect("a secret");

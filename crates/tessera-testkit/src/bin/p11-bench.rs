@@ -660,22 +660,12 @@ fn gcm_pass_seconds(size: usize) -> f64 {
     use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
     let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7u8; 32]).expect("a key"));
     let mut data = vec![0x5au8; size];
-    let mut once = || {
+    tessera_testkit::seconds_per_call(|| {
         let nonce = Nonce::assume_unique_for_key([7u8; 12]);
         let _tag = key
             .seal_in_place_separate_tag(nonce, Aad::from(b"aad"), &mut data)
             .expect("sealed");
-    };
-    for _ in 0..3 {
-        once();
-    }
-    let started = Instant::now();
-    let mut count = 0u32;
-    while count < 10 || started.elapsed() < Duration::from_millis(300) {
-        once();
-        count += 1;
-    }
-    started.elapsed().as_secs_f64() / f64::from(count)
+    })
 }
 
 /// The p50 of round trips of `size` bytes each way through `transport` ("unix" or "tcp") to
