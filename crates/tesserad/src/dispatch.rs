@@ -175,6 +175,34 @@ impl Job<'_> {
     }
 }
 
+/// Requests being handled by the I/O threads now, all connections together (a request counts
+/// from its reading until it is answered or handed to the pool).
+static HANDLING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One request counted in [`HANDLING`] while it lives.
+pub(crate) struct Handling(());
+
+impl Handling {
+    /// Counts a request that the I/O thread starts handling.
+    pub(crate) fn enter() -> Handling {
+        HANDLING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Handling(())
+    }
+
+    /// Whether this is the only request being handled: then slow work for it (a handshake's
+    /// signature) may run on the I/O thread, sparing two thread hand-offs, as no other
+    /// connection waits for that thread; under load it goes to the pool.
+    pub(crate) fn alone(&self) -> bool {
+        HANDLING.load(std::sync::atomic::Ordering::Relaxed) == 1
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        HANDLING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Runs `work` on the connection's channel state on the blocking pool and waits for it, so that
 /// the I/O thread serves other connections meanwhile (a panic answers CKR_GENERAL_ERROR).
 pub(crate) async fn off_thread<T: Send + 'static>(

@@ -304,6 +304,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
     /// Runs one request, or starts it (its reply is queued when it is done); `Break` when the
     /// connection is to end.
     async fn handle(&mut self, id: u64, request: Incoming) -> ControlFlow<()> {
+        let handling = crate::dispatch::Handling::enter();
         let (hsm, guard, ip, out, secure) =
             (&self.hsm, &self.guard, self.ip, &self.out, &self.secure);
         // A slot for this request: one, or all of them for what must run alone.
@@ -356,8 +357,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                     guard.failed(ip, "a handshake was abandoned for another");
                 }
                 // The key agreement and the identity signature run on the blocking pool: a
-                // flood of handshakes does not hold up the calls of other connections.
-                let answer = off_thread(secure, move |current| current.handshake(&hello)).await;
+                // flood of handshakes does not hold up the calls of other connections. Alone,
+                // a handshake runs here (a request that arrives meanwhile waits for one
+                // signature at most).
+                let answer = match handling.alone() {
+                    true => secure::lock(secure).handshake(&hello),
+                    false => off_thread(secure, move |current| current.handshake(&hello)).await,
+                };
                 if let Err(code) = &answer {
                     guard.failed(ip, "the handshake was refused");
                     crate::metrics::handshake(Err(crate::metrics::handshake_reason(*code)));
