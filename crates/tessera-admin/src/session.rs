@@ -5,7 +5,7 @@ use std::time::Duration;
 use tessera_client::{ClientError, Device};
 use tessera_config::{Config, CONNECT_TIMEOUT, REPLY_TIMEOUT};
 use tessera_core::{ck, Rv, SecretBytes};
-use tessera_wire::{AdminCommand, Call, DeviceStatus, Reply};
+use tessera_wire::{AdminCommand, Call, DeviceStatus, KeepCommand, Reply};
 
 use crate::Failure;
 
@@ -186,43 +186,18 @@ impl<'a> AdminSession<'a> {
             return Err(Failure::new(describe(Rv::AdminNotSetUp.code())));
         }
         let admin_slot = status.info.slot_count - 1;
-        let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
-        let (reply, generation) = target
-            .device
-            .call(
-                None,
-                Call::OpenSession {
-                    slot: admin_slot,
-                    flags,
-                },
-            )
-            .map_err(|e| target.explain(e))?;
-        let Reply::Handle(session) = reply else {
-            return Err(Failure::new(
-                "the device answered an open-session request wrongly",
-            ));
-        };
-        let login = Call::Login {
+        let (session, generation) = open_and_login(
+            target,
+            admin_slot,
+            ck::CKU_USER as u64,
+            pin,
+            "Administrator PIN",
+        )?;
+        Ok(AdminSession {
+            target,
             session,
-            user_type: ck::CKU_USER as u64,
-            pin: pin.duplicate(),
-        };
-        let checked = crate::progress::run(
-            &format!("device {}: checking the Administrator PIN", target.number),
-            || target.device.call(Some(generation), login),
-        );
-        match checked {
-            Ok(_) => Ok(AdminSession { target, session, generation }),
-            Err(ClientError::Returned(code)) if code == Rv::PinIncorrect.code() => Err(Failure::new(format!(
-                "device {}: wrong Administrator PIN; nothing was changed (wrong PINs count toward the lock-out)",
-                target.number
-            ))),
-            Err(ClientError::Returned(code)) if code == Rv::PinLocked.code() => Err(Failure::new(format!(
-                "device {}: the Administrator PIN is locked after too many wrong PINs",
-                target.number
-            ))),
-            Err(e) => Err(target.explain(e)),
-        }
+            generation,
+        })
     }
 
     /// Runs an Administrator command, showing `what` while it runs if it takes long (see
@@ -246,5 +221,98 @@ impl<'a> AdminSession<'a> {
             )
             .map(|(reply, _)| reply)
             .map_err(|e| self.target.explain(e))
+    }
+}
+
+/// Opens a R/W session on `slot` and logs in as `user_type` with `pin` (named `what` in
+/// messages); returns the session and the connection generation it belongs to.
+fn open_and_login(
+    target: &Target,
+    slot: u64,
+    user_type: u64,
+    pin: &SecretBytes,
+    what: &str,
+) -> Result<(u64, u64), Failure> {
+    let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
+    let (reply, generation) = target
+        .device
+        .call(None, Call::OpenSession { slot, flags })
+        .map_err(|e| target.explain(e))?;
+    let Reply::Handle(session) = reply else {
+        return Err(Failure::new(
+            "the device answered an open-session request wrongly",
+        ));
+    };
+    let login = Call::Login {
+        session,
+        user_type,
+        pin: pin.duplicate(),
+    };
+    let checked = crate::progress::run(
+        &format!("device {}: checking the {what}", target.number),
+        || target.device.call(Some(generation), login),
+    );
+    match checked {
+        Ok(_) => Ok((session, generation)),
+        Err(ClientError::Returned(code)) if code == Rv::PinIncorrect.code() => Err(Failure::new(format!(
+            "device {}: wrong {what}; nothing was changed (wrong PINs count toward the lock-out)",
+            target.number
+        ))),
+        Err(ClientError::Returned(code)) if code == Rv::PinLocked.code() => Err(Failure::new(format!(
+            "device {}: the {what} is locked after too many wrong PINs",
+            target.number
+        ))),
+        Err(ClientError::Returned(code)) if code == Rv::UserPinNotInitialized.code() || code == Rv::TokenNotRecognized.code() => Err(Failure::new(format!(
+            "device {}: the token in slot {slot} is not initialised; initialise it with `ctconf -a{} -n{slot}` first",
+            target.number, target.number
+        ))),
+        Err(e) => Err(target.explain(e)),
+    }
+}
+
+/// A session on a token in which its Security Officer is logged in (`ctkmu`).
+pub struct SoSession<'a> {
+    target: &'a Target,
+    session: u64,
+    generation: u64,
+}
+
+impl<'a> SoSession<'a> {
+    /// Opens a R/W session on `slot` and logs in as its SO.
+    pub fn login(target: &'a Target, slot: u64, pin: &SecretBytes) -> Result<Self, Failure> {
+        let (session, generation) = open_and_login(
+            target,
+            slot,
+            ck::CKU_SO as u64,
+            pin,
+            &format!("SO PIN of the token in slot {slot}"),
+        )?;
+        Ok(SoSession {
+            target,
+            session,
+            generation,
+        })
+    }
+
+    /// Runs a keeping command, showing `what` while it runs if it takes long; the device's
+    /// return code is left to the caller, who knows what it means there.
+    pub fn keep(&self, what: &str, command: KeepCommand) -> Result<Reply, ClientError> {
+        crate::progress::run(&format!("device {}: {what}", self.target.number), || {
+            self.target
+                .device
+                .call(
+                    Some(self.generation),
+                    Call::Keep {
+                        session: self.session,
+                        command,
+                    },
+                )
+                .map(|(reply, _)| reply)
+        })
+    }
+
+    /// The device this session is on.
+    pub fn target(&self) -> &Target {
+        self.target
     }
 }

@@ -25,8 +25,17 @@ pub enum AttributeKind {
     MechanismArray,
 }
 
+/// `CKA_TESSERA_BACKUP` (`CK_BBOOL`, secret and private keys): whether the key may go into a
+/// backup file (`ctkmu backup`). True: it may, even if it is not extractable; false: it never
+/// does, even if it is; absent: it follows `CKA_EXTRACTABLE`. Set true only when the key is
+/// made; it may change from true to false.
+pub const CKA_TESSERA_BACKUP: u64 = ck::CKA_VENDOR_DEFINED as u64 + 0x5453_0010;
+
 /// The C layout of an attribute type. Unknown types are treated as byte strings.
 pub fn kind(ty: u64) -> AttributeKind {
+    if ty == CKA_TESSERA_BACKUP {
+        return AttributeKind::Bool;
+    }
     const BOOLS: &[ck::CK_ATTRIBUTE_TYPE] = &[
         ck::CKA_TOKEN,
         ck::CKA_PRIVATE,

@@ -234,7 +234,7 @@ pub fn build(options: &Options, mut step: impl FnMut(&str)) -> Result<PathBuf, S
          secure-messaging channel proven by the device's identity certificate, and a\n \
          PKCS#11 library that applications load (registered with p11-kit).\n \
          .\n \
-         Also the administration tools ctconf and ctident, and the appliance shell psesh.\n",
+         Also the administration tools ctconf, ctident and ctkmu (backup, restore and\n replication of tokens), and the appliance shell psesh.\n",
         version = options.version,
     );
     write(&control.join("control"), text.as_bytes(), 0o644)?;

@@ -44,6 +44,12 @@ pub fn programs() -> Vec<Program> {
             command: tessera_admin::cli::ctident::Args::command(),
         },
         Program {
+            name: "ctkmu",
+            section: "1",
+            dir: "usr/bin",
+            command: tessera_admin::cli::ctkmu::Args::command(),
+        },
+        Program {
             name: "psesh",
             section: "1",
             dir: "usr/bin",

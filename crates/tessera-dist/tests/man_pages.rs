@@ -114,6 +114,19 @@ fn the_docs_name_every_option_and_command() {
             "docs/appliance.md lacks {option}"
         );
     }
+    let backup = read("docs/backup.md");
+    for command in commands_of(&help("ctkmu", &[])) {
+        assert!(
+            backup.contains(&format!("`ctkmu {command}")),
+            "docs/backup.md lacks the command {command}"
+        );
+        for option in options_of(&help("ctkmu", &[command.as_str()])) {
+            assert!(
+                backup.contains(&option),
+                "docs/backup.md lacks {option} of ctkmu {command}"
+            );
+        }
+    }
     let ctident = read("docs/ctident.md");
     for command in commands_of(&help("ctident", &[])) {
         assert!(

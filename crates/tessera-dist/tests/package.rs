@@ -312,6 +312,7 @@ fn the_package_installs_upgrades_and_purges_in_a_throwaway_root() {
         "./usr/sbin/tesserad",
         "./usr/bin/ctconf",
         "./usr/bin/ctident",
+        "./usr/bin/ctkmu",
         "./usr/bin/psesh",
         "./usr/share/p11-kit/modules/tessera.module",
         "./usr/lib/systemd/system/tessera.service",

@@ -177,6 +177,24 @@ impl Hsm {
         }
     }
 
+    /// Stores several objects in one transaction (a restore, a replica): all or none. A node
+    /// of a cluster refuses: restore into a single device, then let it found or join.
+    pub(crate) fn store_insert_objects(
+        &self,
+        token: u64,
+        count: usize,
+        build: impl FnMut(usize, u64) -> Result<StoredObject, StoreError>,
+    ) -> Result<Vec<u64>, StoreError> {
+        match self.attached()? {
+            Some(_) => Err(StoreError::Refused(
+                "a restore or replica into a node of a cluster is not offered: restore into a \
+                 single device, then found the cluster from it"
+                    .into(),
+            )),
+            None => self.store.insert_objects(token, count, build),
+        }
+    }
+
     /// Replaces a stored object.
     pub(crate) fn store_replace_object(
         &self,

@@ -369,6 +369,7 @@ pub(crate) fn open(data_dir: &Path, options: &HsmOptions) -> Result<Hsm, HsmErro
         requests: Default::default(),
         pin_lockouts: Default::default(),
         pik_cache: Default::default(),
+        replicas: Default::default(),
         sessions: Default::default(),
         kdf_iterations: options.kdf_iterations,
         events,

@@ -348,6 +348,11 @@ impl Hsm {
     }
 
     pub(crate) fn peers(&self) -> Reply {
-        Reply::Certificates(self.device.now().identity.peers.clone())
+        Reply::Certificates(self.peer_certificates())
+    }
+
+    /// The certificates of the devices this device trusts (`ctident peer`).
+    pub(crate) fn peer_certificates(&self) -> Vec<Vec<u8>> {
+        self.device.now().identity.peers.clone()
     }
 }

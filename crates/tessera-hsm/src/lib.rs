@@ -19,6 +19,7 @@ mod error;
 mod events;
 mod identity;
 mod kbkdf;
+mod keep;
 mod key_calls;
 mod locked;
 mod mechanisms;
@@ -27,6 +28,7 @@ mod object_calls;
 mod object_set;
 mod operations;
 mod protection;
+mod replica;
 mod rollback;
 mod sessions;
 mod time;
@@ -178,6 +180,8 @@ pub struct Hsm {
     pin_lockouts: std::sync::atomic::AtomicU64,
     /// The PIK, parsed, with the sealed record it came from (see `identity_signature`).
     pik_cache: PikCache,
+    /// Replication requests this device made, waiting for their replicas.
+    replicas: replica::Requests,
     /// The device (flags, slots, clock, identity): read as one value, changed by the
     /// Administrator; first in the lock order.
     device: device::Device,
@@ -399,6 +403,7 @@ impl Hsm {
                 object,
                 template,
             } => self.copy_object(client, session, object, &template),
+            R::Keep { session, command } => self.keep(client, session, command),
             R::DestroyObject { session, object } => self.destroy_object(client, session, object),
             R::ObjectSize { session, object } => self.object_size(client, session, object),
             R::GetAttributes {

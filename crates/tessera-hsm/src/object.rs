@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use tessera_core::attribute::CKA_TESSERA_BACKUP;
 use tessera_core::ck;
 use tessera_core::{Attribute, Rv, Template};
 
@@ -216,6 +217,7 @@ const SECRET_KEY: &[ck::CK_ATTRIBUTE_TYPE] = &[
     ck::CKA_VALUE_LEN,
     ck::CKA_WRAP_TEMPLATE,
     ck::CKA_UNWRAP_TEMPLATE,
+    CKA_TESSERA_BACKUP as ck::CK_ATTRIBUTE_TYPE,
 ];
 const PUBLIC_KEY: &[ck::CK_ATTRIBUTE_TYPE] = &[
     ck::CKA_SUBJECT,
@@ -264,6 +266,7 @@ const PRIVATE_KEY: &[ck::CK_ATTRIBUTE_TYPE] = &[
     ck::CKA_PARAMETER_SET,
     ck::CKA_SEED,
     ck::CKA_DECAPSULATE,
+    CKA_TESSERA_BACKUP as ck::CK_ATTRIBUTE_TYPE,
 ];
 const DATA: &[ck::CK_ATTRIBUTE_TYPE] = &[ck::CKA_APPLICATION, ck::CKA_OBJECT_ID, ck::CKA_VALUE];
 const CERTIFICATE: &[ck::CK_ATTRIBUTE_TYPE] = &[
@@ -327,6 +330,7 @@ const SETTABLE: &[ck::CK_ATTRIBUTE_TYPE] = &[
     ck::CKA_WRAP_WITH_TRUSTED,
     ck::CKA_ENCAPSULATE,
     ck::CKA_DECAPSULATE,
+    CKA_TESSERA_BACKUP as ck::CK_ATTRIBUTE_TYPE,
 ];
 
 /// Attributes that `C_CopyObject` may change in addition to the settable ones.
@@ -337,6 +341,8 @@ const COPY_SETTABLE: &[ck::CK_ATTRIBUTE_TYPE] = &[
     ck::CKA_COPYABLE,
     ck::CKA_DESTROYABLE,
 ];
+
+const BACKUP: ck::CK_ATTRIBUTE_TYPE = CKA_TESSERA_BACKUP as ck::CK_ATTRIBUTE_TYPE;
 
 /// Checks one change of an existing object's attribute (`copy`: in `C_CopyObject`).
 pub fn check_change(
@@ -370,6 +376,8 @@ pub fn check_change(
         // extractable only to FALSE, copyable and modifiable only to FALSE.
         ck::CKA_SENSITIVE if old && new == Some(false) => Err(Rv::AttributeReadOnly),
         ck::CKA_EXTRACTABLE if !old && new == Some(true) => Err(Rv::AttributeReadOnly),
+        // Whether a key may go into a backup file: set true only when the key is made.
+        BACKUP if !old && new == Some(true) => Err(Rv::AttributeReadOnly),
         ck::CKA_COPYABLE if !old && new == Some(true) => Err(Rv::AttributeReadOnly),
         // A copy may make a read-only object modifiable, except at Increased Security (`i`).
         ck::CKA_MODIFIABLE

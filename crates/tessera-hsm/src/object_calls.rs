@@ -19,7 +19,7 @@ fn seal_aad(token_id: u64, id: u64) -> Vec<u8> {
 
 /// The stored form of a token object: public attributes in the clear, secrets sealed under
 /// `key` and bound to the token_id and id.
-fn seal(
+pub(crate) fn seal(
     key: &MasterKey,
     token_id: u64,
     id: u64,

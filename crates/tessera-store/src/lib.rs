@@ -364,6 +364,38 @@ impl Store {
         Ok(allocated)
     }
 
+    /// Allocates ids for `count` objects and stores what `build` makes for each (its place in
+    /// the list and its id), all in one transaction: all of them are stored, or none (a
+    /// restore).
+    pub fn insert_objects(
+        &self,
+        token_id: u64,
+        count: usize,
+        mut build: impl FnMut(usize, u64) -> Result<StoredObject, StoreError>,
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut allocated = Vec::with_capacity(count);
+        self.write(|txn| {
+            let mut meta = txn.open_table(META)?;
+            let first = match meta.get(NEXT_ID_KEY)? {
+                Some(v) => <[u8; 8]>::try_from(v.value())
+                    .map(u64::from_le_bytes)
+                    .unwrap_or(1),
+                None => 1,
+            };
+            let next = first.saturating_add(count as u64);
+            meta.insert(NEXT_ID_KEY, next.to_le_bytes().as_slice())?;
+            let mut objects = txn.open_table(OBJECTS)?;
+            for place in 0..count {
+                let id = first + place as u64;
+                let object = build(place, id)?;
+                objects.insert((token_id, id), encode(&object)?.as_slice())?;
+                allocated.push(id);
+            }
+            Ok(())
+        })?;
+        Ok(allocated)
+    }
+
     /// Replaces an existing object.
     pub fn replace_object(
         &self,

@@ -221,3 +221,78 @@ pub struct Event {
     /// Details.
     pub detail: String,
 }
+
+/// What a token's Security Officer asks of [`crate::Call::Keep`]: the token's keys kept safe
+/// over time (`ctkmu`): a backup to a file, its restore, and replication to a peer device.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum KeepCommand {
+    /// Write every object of the token that may be backed up into one sealed file, under a
+    /// fresh backup key that `lock` protects; answered with [`crate::Reply::Backup`].
+    Backup {
+        /// What protects the backup key.
+        lock: BackupLock,
+    },
+    /// Restore a backup file into this token, all or nothing; answered with the number of
+    /// objects restored.
+    Restore {
+        /// The file, as `Backup` wrote it.
+        #[serde(with = "tessera_core::bytes")]
+        file: Vec<u8>,
+        /// What opens its backup key.
+        unlock: BackupUnlock,
+    },
+    /// On the device that receives a replica: a replication request, signed by this device's
+    /// identity key, holding a fresh key-agreement key kept for the answer (`Bytes`).
+    ReplicaRequest,
+    /// On the device that sends: the token's objects sealed for the device that made
+    /// `request`, if this device trusts it as a peer (`Bytes`: the replica).
+    Replicate {
+        /// The receiving device's request.
+        #[serde(with = "tessera_core::bytes")]
+        request: Vec<u8>,
+    },
+    /// On the device that receives: take the replica into this token, all or nothing, if its
+    /// sender is a trusted peer and it answers this device's pending request (`Number`).
+    AcceptReplica {
+        /// The replica.
+        #[serde(with = "tessera_core::bytes")]
+        replica: Vec<u8>,
+    },
+}
+
+/// What protects a backup's key.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum BackupLock {
+    /// One custodian's passphrase (PBKDF2-HMAC-SHA256, see docs/backup.md).
+    Passphrase(SecretBytes),
+    /// Split into `count` shares, any `threshold` of which restore it.
+    Shares {
+        /// Shares needed (2 or more).
+        threshold: u8,
+        /// Shares made (at least `threshold`, at most 16).
+        count: u8,
+    },
+}
+
+/// What opens a backup's key.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum BackupUnlock {
+    /// The custodian's passphrase.
+    Passphrase(SecretBytes),
+    /// Shares as printed ([`crate::share`]), one per custodian.
+    Shares(Vec<SecretBytes>),
+}
+
+/// A backup written.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BackupWritten {
+    /// The file.
+    #[serde(with = "tessera_core::bytes")]
+    pub file: Vec<u8>,
+    /// The shares, printable ([`crate::share`]); empty for a passphrase.
+    pub shares: Vec<SecretBytes>,
+    /// Objects in the file.
+    pub objects: u64,
+    /// The objects left out because their attributes forbid a backup: label, class and why.
+    pub refused: Vec<String>,
+}

@@ -409,6 +409,14 @@ pub enum Call {
         /// The call.
         call: Box<Call>,
     },
+    /// Backup, restore and replication of the session's token, by its Security Officer
+    /// (logged in in this session).
+    Keep {
+        /// Session on the token, in which its SO is logged in.
+        session: u64,
+        /// What to do.
+        command: crate::KeepCommand,
+    },
 }
 
 /// The cryptographic operation a session runs.
@@ -496,6 +504,8 @@ pub enum Reply {
         /// The new secret key.
         handle: u64,
     },
+    /// A backup written (the file and, for a split key, its shares).
+    Backup(Box<crate::BackupWritten>),
 }
 
 /// Room the envelope, and a channel's record around it, may add to a request's own encoding
@@ -718,6 +728,11 @@ impl Call {
                 (NO, NO, Uses, Heavy, &[S::Number, S::Encapsulated]),
             ),
             C::DecapsulateKey { .. } => ("DecapsulateKey", KeyCalls, (NO, NO, Uses, Heavy, HANDLE)),
+            C::Keep { .. } => (
+                "Keep",
+                Admin,
+                (NO, SECRET, Brings, Heavy, &[S::Backup, S::Bytes, S::Number]),
+            ),
         };
         Traits {
             name,
@@ -942,6 +957,7 @@ pub enum Shape {
     Channels,
     Found,
     Encapsulated,
+    Backup,
 }
 
 impl Reply {
@@ -970,11 +986,15 @@ impl Reply {
             Reply::Channels(_) => Shape::Channels,
             Reply::Found { .. } => Shape::Found,
             Reply::Encapsulated { .. } => Shape::Encapsulated,
+            Reply::Backup(_) => Shape::Backup,
         }
     }
 
     /// Replies that may carry secret values (plaintexts, readable key values).
     pub fn carries_secret(&self) -> bool {
-        matches!(self, Reply::Secret(_) | Reply::Attributes(_))
+        matches!(
+            self,
+            Reply::Secret(_) | Reply::Attributes(_) | Reply::Backup(_)
+        )
     }
 }

@@ -15,12 +15,14 @@ mod admin;
 /// never moves a call that names one).
 pub const SESSION_OBJECT_BASE: u64 = 1 << 40;
 
+pub mod backup;
 mod call;
 mod frame;
+pub mod share;
 
 pub use admin::{
-    AdminCommand, ChannelSummary, ClusterStatus, DeviceStatus, Event, Identity, IdentityTarget,
-    KeyState, MemberStatus, SlotStatus,
+    AdminCommand, BackupLock, BackupUnlock, BackupWritten, ChannelSummary, ClusterStatus,
+    DeviceStatus, Event, Identity, IdentityTarget, KeepCommand, KeyState, MemberStatus, SlotStatus,
 };
 pub use call::{
     AttributeAnswer, Call, Family, Inner, Keys, Message, Operation, Reply, Shape, Traits, Work,

@@ -3,3 +3,4 @@
 
 pub mod ctconf;
 pub mod ctident;
+pub mod ctkmu;

@@ -45,8 +45,15 @@ impl Block {
 
 /// The hosts a step may name.
 pub const HOSTS: [&str; 2] = ["hsm", "client"];
-/// The procedures a step may name.
-pub const PROCEDURES: [&str; 2] = ["local", "network"];
+/// The procedures a step may name: enabling secure messaging (docs/secure-messaging.md) and
+/// keeping a token's keys (docs/backup.md).
+pub const PROCEDURES: [&str; 5] = [
+    "local",
+    "network",
+    "backup-passphrase",
+    "backup-shares",
+    "replication",
+];
 
 /// Every marked block of `markdown`, in order; `Err` names the line of a malformed marker.
 pub fn blocks(markdown: &str) -> Result<Vec<Block>, String> {

@@ -1,0 +1,548 @@
+//! Keeping a token's keys over time (`Call::Keep`, by the token's Security Officer; the
+//! `ctkmu` tool): a backup to a file under a fresh backup key that one custodian's passphrase
+//! or M of N custodians' shares protect, its restore into a token of this device or another,
+//! and replication to a peer device (`replica.rs`).
+//!
+//! What may go into a backup file: every object but secret and private keys, which go in when
+//! `CKA_TESSERA_BACKUP` is true, or when it is absent and `CKA_EXTRACTABLE` is true; a key
+//! whose `CKA_TESSERA_BACKUP` is false never does. A replica carries every object (docs/backup.md).
+
+use serde::{Deserialize, Serialize};
+use tessera_core::attribute::CKA_TESSERA_BACKUP;
+use tessera_core::{ck, Rv, SecretBytes, Template};
+use tessera_store::{MasterKey, StoredObject};
+use tessera_wire::backup::{BackupFile, Header, Lock, ManifestEntry, FORMAT};
+use tessera_wire::share::Share;
+use tessera_wire::{BackupLock, BackupUnlock, BackupWritten, KeepCommand, Reply};
+
+use crate::locked::Locked;
+use crate::object::Attributes;
+use crate::{Hsm, Login};
+
+/// PBKDF2-HMAC-SHA256 iterations for a custodian's passphrase (OWASP's figure for
+/// PBKDF2-HMAC-SHA256, 2023).
+pub const PASSPHRASE_ITERATIONS: u32 = 600_000;
+/// Most shares a backup key is split into.
+pub const MAX_SHARES: u8 = 16;
+/// Shortest passphrase accepted.
+pub const MIN_PASSPHRASE_LEN: usize = 12;
+
+/// One object as a backup or a replica carries it.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Carried {
+    pub public: Template,
+    pub secret: Template,
+}
+
+/// A token's objects taken out for a backup or a replica: what goes, its manifest, and what
+/// stays (with why).
+pub(crate) struct TakenOut {
+    pub carried: Vec<Carried>,
+    pub manifest: Vec<ManifestEntry>,
+    pub refused: Vec<String>,
+    pub label: String,
+    pub serial: String,
+    pub model: String,
+}
+
+/// Why a key may not go into a backup file, or `None` if it may.
+pub(crate) fn backup_refusal(attributes: &Attributes) -> Option<&'static str> {
+    let class = attributes.class() as ck::CK_OBJECT_CLASS;
+    if class != ck::CKO_SECRET_KEY && class != ck::CKO_PRIVATE_KEY {
+        return None;
+    }
+    match attributes.get(CKA_TESSERA_BACKUP as ck::CK_ATTRIBUTE_TYPE) {
+        Some([1]) => None,
+        Some(_) => Some("CKA_TESSERA_BACKUP is false"),
+        None if attributes.flag(ck::CKA_EXTRACTABLE) => None,
+        None => Some("it is not extractable and CKA_TESSERA_BACKUP is not true"),
+    }
+}
+
+fn text(value: Option<&[u8]>) -> String {
+    String::from_utf8_lossy(value.unwrap_or_default()).into_owned()
+}
+
+/// The manifest line of an object.
+fn entry(attributes: &Attributes) -> ManifestEntry {
+    let class = attributes.class();
+    let is_key = [ck::CKO_SECRET_KEY, ck::CKO_PRIVATE_KEY, ck::CKO_PUBLIC_KEY]
+        .contains(&(class as ck::CK_OBJECT_CLASS));
+    ManifestEntry {
+        class,
+        key_type: is_key.then(|| attributes.key_type()),
+        label: text(attributes.get(ck::CKA_LABEL)),
+        id: hex::encode(attributes.get(ck::CKA_ID).unwrap_or_default()),
+        private: attributes.flag(ck::CKA_PRIVATE),
+    }
+}
+
+/// Random bytes from the device's generator for the share split (`vsss-rs` asks for a
+/// `rand_core` generator); a failure of the generator is kept and checked after the split.
+struct DeviceRandom {
+    failed: bool,
+}
+
+impl rand_core::RngCore for DeviceRandom {
+    fn next_u32(&mut self) -> u32 {
+        rand_core::impls::next_u32_via_fill(self)
+    }
+    fn next_u64(&mut self) -> u64 {
+        rand_core::impls::next_u64_via_fill(self)
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        if aws_lc_rs::rand::fill(dest).is_err() {
+            self.failed = true;
+        }
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl rand_core::CryptoRng for DeviceRandom {}
+
+/// The backup key split into `count` printable shares, any `threshold` of which restore it.
+fn split(key: &MasterKey, id: &[u8; 16], threshold: u8, count: u8) -> Result<Vec<SecretBytes>, Rv> {
+    let secret = key.export();
+    let mut random = DeviceRandom { failed: false };
+    let mut parts = vsss_rs::Gf256::split_array(
+        threshold as usize,
+        count as usize,
+        secret.expose(),
+        &mut random,
+    )
+    .map_err(|_| Rv::FunctionFailed)?;
+    let backup: [u8; 8] = id[..8].try_into().map_err(|_| Rv::GeneralError)?;
+    let shares = parts
+        .iter()
+        .map(|part| {
+            Share {
+                backup,
+                index: part[0],
+                threshold,
+                count,
+                value: SecretBytes::from_slice(part),
+            }
+            .to_text()
+        })
+        .collect();
+    for part in parts.iter_mut() {
+        zeroize::Zeroize::zeroize(part);
+    }
+    if random.failed {
+        return Err(Rv::FunctionFailed);
+    }
+    Ok(shares)
+}
+
+/// The backup key from the custodians' shares, checked against the file's header.
+fn combine(header: &Header, texts: &[SecretBytes]) -> Result<MasterKey, Rv> {
+    let Lock::Shares { threshold, count } = header.lock else {
+        return Err(Rv::ArgumentsBad);
+    };
+    let mut parts: Vec<Vec<u8>> = Vec::with_capacity(texts.len());
+    let mut seen = Vec::new();
+    for text in texts {
+        let share = Share::parse(text.expose()).map_err(|_| Rv::ArgumentsBad)?;
+        let ours = share.backup[..] == header.id[..8]
+            && share.threshold == threshold
+            && share.count == count;
+        if !ours || seen.contains(&share.index) {
+            return Err(Rv::ArgumentsBad);
+        }
+        seen.push(share.index);
+        parts.push(share.value.expose().to_vec());
+    }
+    if parts.len() < threshold as usize {
+        for part in parts.iter_mut() {
+            zeroize::Zeroize::zeroize(part);
+        }
+        return Err(Rv::ArgumentsBad);
+    }
+    let combined = vsss_rs::Gf256::combine_array(&parts);
+    for part in parts.iter_mut() {
+        zeroize::Zeroize::zeroize(part);
+    }
+    let mut combined = combined.map_err(|_| Rv::WrappedKeyInvalid)?;
+    let secret = SecretBytes::from_slice(&combined);
+    zeroize::Zeroize::zeroize(&mut combined);
+    MasterKey::from_secret(secret).map_err(|_| Rv::WrappedKeyInvalid)
+}
+
+fn key_check(key: &MasterKey, id: &[u8; 16]) -> Vec<u8> {
+    let mut label = b"tessera backup key check ".to_vec();
+    label.extend_from_slice(id);
+    key.derive(&label).expose().to_vec()
+}
+
+impl Hsm {
+    /// Answers `Call::Keep`.
+    pub(crate) fn keep(
+        &self,
+        client: u64,
+        session: u64,
+        command: KeepCommand,
+    ) -> Result<Reply, Rv> {
+        match command {
+            KeepCommand::Backup { lock } => self.backup(client, session, lock),
+            KeepCommand::Restore { file, unlock } => self.restore(client, session, &file, unlock),
+            KeepCommand::ReplicaRequest => self.replica_request(client, session),
+            KeepCommand::Replicate { request } => self.replicate(client, session, &request),
+            KeepCommand::AcceptReplica { replica } => {
+                self.accept_replica(client, session, &replica)
+            }
+        }
+    }
+
+    /// The session's token, if its SO is logged in (in a R/W session when `write`); the Admin
+    /// token is refused (it holds the device's administration, not application keys).
+    pub(crate) fn so_token(
+        &self,
+        state: &Locked<'_>,
+        client: u64,
+        session: u64,
+        write: bool,
+    ) -> Result<u64, Rv> {
+        let session = state.session(client, session)?;
+        let token_id = session.token_id;
+        if state.token(token_id)?.login_of(client) != Some(Login::So) {
+            return Err(Rv::UserNotLoggedIn);
+        }
+        if write && !session.read_write {
+            return Err(Rv::SessionReadOnly);
+        }
+        if state.device.is_admin(token_id) {
+            return Err(Rv::TokenNotRecognized);
+        }
+        Ok(token_id)
+    }
+
+    /// The token's objects with their secrets, for a backup (`for_file`: only those that may
+    /// go into a file) or a replica (all of them).
+    pub(crate) fn take_out(
+        &self,
+        client: u64,
+        session: u64,
+        for_file: bool,
+    ) -> Result<TakenOut, Rv> {
+        let tokens = self.tokens_of_session(client, session)?;
+        let state = tokens.lock(self);
+        let token_id = self.so_token(&state, client, session, false)?;
+        let token = state.token(token_id)?;
+        let mut out = TakenOut {
+            carried: Vec::new(),
+            manifest: Vec::new(),
+            refused: Vec::new(),
+            label: String::from_utf8_lossy(&token.record.label)
+                .trim_end()
+                .to_string(),
+            serial: self.token_serial(token_id),
+            model: crate::device::MODEL.to_string(),
+        };
+        let mut ids: Vec<u64> = token.objects.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let Some(object) = token.objects.get(&id) else {
+                continue;
+            };
+            let class = object.attributes.class() as ck::CK_OBJECT_CLASS;
+            if object.owner.is_some() || class == ck::CKO_HW_FEATURE {
+                continue;
+            }
+            let full = self.full_attributes(token, token_id, id, object)?;
+            if let Some(why) = backup_refusal(&full).filter(|_| for_file) {
+                let entry = entry(&full);
+                out.refused.push(format!(
+                    "{:?} ({}): {why}",
+                    entry.label,
+                    crate::keep::class_name(entry.class)
+                ));
+                continue;
+            }
+            out.manifest.push(entry(&full));
+            let (public, secret) = full.split();
+            out.carried.push(Carried { public, secret });
+        }
+        Ok(out)
+    }
+
+    fn backup(&self, client: u64, session: u64, lock: BackupLock) -> Result<Reply, Rv> {
+        match &lock {
+            BackupLock::Passphrase(p) if p.len() < MIN_PASSPHRASE_LEN => {
+                return Err(Rv::PinLenRange)
+            }
+            BackupLock::Shares { threshold, count }
+                if *threshold < 2 || threshold > count || *count > MAX_SHARES =>
+            {
+                return Err(Rv::ArgumentsBad)
+            }
+            _ => {}
+        }
+        let taken = self.take_out(client, session, true)?;
+        // The slow work (the passphrase's derivation, sealing) holds no lock.
+        let key = MasterKey::generate().map_err(|_| Rv::FunctionFailed)?;
+        let mut id = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut id).map_err(|_| Rv::FunctionFailed)?;
+        let (lock, shares, how) = match lock {
+            BackupLock::Passphrase(passphrase) => {
+                let record = key
+                    .wrap(passphrase.expose(), PASSPHRASE_ITERATIONS)
+                    .map_err(|_| Rv::FunctionFailed)?;
+                let lock = Lock::Passphrase {
+                    salt: record.salt,
+                    iterations: record.iterations,
+                    wrapped: record.wrapped,
+                };
+                (lock, Vec::new(), "one custodian's passphrase".to_string())
+            }
+            BackupLock::Shares { threshold, count } => (
+                Lock::Shares { threshold, count },
+                split(&key, &id, threshold, count)?,
+                format!("{threshold} of {count} shares"),
+            ),
+        };
+        let header = Header {
+            format: FORMAT,
+            id,
+            device_serial: self.serial.clone(),
+            token_label: taken.label.clone(),
+            token_serial: taken.serial.clone(),
+            token_model: taken.model.clone(),
+            created: self.clock(),
+            manifest: taken.manifest,
+            lock,
+            key_check: key_check(&key, &id),
+        };
+        let mut file = BackupFile::authenticated(&header);
+        let payload = SecretBytes::encode(&taken.carried).map_err(|_| Rv::GeneralError)?;
+        let sealed = key
+            .seal(&file, payload.expose())
+            .map_err(|_| Rv::FunctionFailed)?;
+        file.extend_from_slice(&sealed);
+        let objects = taken.carried.len() as u64;
+        self.event(
+            "SO",
+            "token-backup",
+            format!(
+                "token {} ({:?}): {objects} objects, {} refused, under {how}; file {}",
+                taken.serial,
+                taken.label,
+                taken.refused.len(),
+                BackupFile::fingerprint(&file)
+            ),
+        );
+        Ok(Reply::Backup(Box::new(BackupWritten {
+            file,
+            shares,
+            objects,
+            refused: taken.refused,
+        })))
+    }
+
+    fn restore(
+        &self,
+        client: u64,
+        session: u64,
+        bytes: &[u8],
+        unlock: BackupUnlock,
+    ) -> Result<Reply, Rv> {
+        let file = BackupFile::parse(bytes).map_err(|_| Rv::DataInvalid)?;
+        let header = &file.header;
+        if header.token_model != crate::device::MODEL {
+            return Err(Rv::TokenNotRecognized);
+        }
+        let key = match (&header.lock, unlock) {
+            (
+                Lock::Passphrase {
+                    salt,
+                    iterations,
+                    wrapped,
+                },
+                BackupUnlock::Passphrase(passphrase),
+            ) => {
+                let record = tessera_store::PinRecord {
+                    salt: salt.clone(),
+                    iterations: *iterations,
+                    wrapped: wrapped.clone(),
+                };
+                MasterKey::unwrap(&record, passphrase.expose()).map_err(|_| Rv::PinIncorrect)?
+            }
+            (Lock::Shares { .. }, BackupUnlock::Shares(texts)) => combine(header, &texts)?,
+            _ => return Err(Rv::ArgumentsBad),
+        };
+        let check = key_check(&key, &header.id);
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            &check[..],
+            &header.key_check[..],
+        )) {
+            return Err(Rv::WrappedKeyInvalid);
+        }
+        let payload = key
+            .open(&file.authenticated, &file.sealed)
+            .map_err(|_| Rv::EncryptedDataInvalid)?;
+        let carried: Vec<Carried> =
+            postcard::from_bytes(payload.expose()).map_err(|_| Rv::EncryptedDataInvalid)?;
+        if carried.len() != header.manifest.len() {
+            return Err(Rv::EncryptedDataInvalid);
+        }
+        let (token_id, serial, restored) = self.put_in(client, session, carried)?;
+        self.event(
+            "SO",
+            "token-restore",
+            format!(
+                "token {serial}: {restored} objects from the backup of token {} ({:?}) of device {}; file {}",
+                header.token_serial,
+                header.token_label,
+                header.device_serial,
+                BackupFile::fingerprint(bytes)
+            ),
+        );
+        tracing::info!(token_id, restored, "restored a backup");
+        Ok(Reply::Number(restored))
+    }
+
+    /// Puts carried objects into the session's token (its SO logged in, R/W), sealed under
+    /// this device's keys, in one store transaction: all or none. Returns the token, its
+    /// serial and how many.
+    pub(crate) fn put_in(
+        &self,
+        client: u64,
+        session: u64,
+        carried: Vec<Carried>,
+    ) -> Result<(u64, String, u64), Rv> {
+        let tokens = self.tokens_of_session(client, session)?;
+        let mut state = tokens.lock(self);
+        let token_id = self.so_token(&state, client, session, true)?;
+        let mut objects = Vec::with_capacity(carried.len());
+        for c in &carried {
+            let mut attributes = Attributes::join(&c.public, &c.secret);
+            // A fresh CKA_UNIQUE_ID: ids are unique on a token, and a token may hold the
+            // same backup twice.
+            crate::object::fresh_unique_id(&mut attributes)?;
+            if !attributes.flag(ck::CKA_TOKEN) {
+                return Err(Rv::EncryptedDataInvalid);
+            }
+            objects.push(attributes);
+        }
+        state.release_sessions();
+        let token = state.token(token_id)?;
+        let master = token.master.as_ref().ok_or(Rv::UserNotLoggedIn)?;
+        let mut stored: Vec<StoredObject> = Vec::with_capacity(objects.len());
+        let ids = self
+            .store_insert_objects(token_id, objects.len(), |place, id| {
+                let attributes = &objects[place];
+                let key = match attributes.flag(ck::CKA_PRIVATE) {
+                    true => master,
+                    false => self.public_key(),
+                };
+                let object = crate::object_calls::seal(key, token_id, id, attributes)
+                    .map_err(|_| tessera_store::StoreError::Storage("sealing failed".into()))?;
+                stored.push(object.clone());
+                Ok(object)
+            })
+            .map_err(|e| match e {
+                tessera_store::StoreError::Refused(_) => Rv::FunctionNotSupported,
+                other => crate::store_failure(other),
+            })?;
+        let token = state.token_mut(token_id)?;
+        for (id, object) in ids.iter().zip(stored) {
+            token
+                .objects
+                .insert(*id, crate::object_calls::in_memory(object));
+        }
+        Ok((token_id, self.token_serial(token_id), ids.len() as u64))
+    }
+}
+
+/// A class's name, for messages.
+pub(crate) fn class_name(class: u64) -> &'static str {
+    match class as ck::CK_OBJECT_CLASS {
+        ck::CKO_DATA => "data",
+        ck::CKO_CERTIFICATE => "certificate",
+        ck::CKO_PUBLIC_KEY => "public key",
+        ck::CKO_PRIVATE_KEY => "private key",
+        ck::CKO_SECRET_KEY => "secret key",
+        _ => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header_for(key: &MasterKey, id: [u8; 16], threshold: u8, count: u8) -> Header {
+        Header {
+            format: FORMAT,
+            id,
+            device_serial: "1".into(),
+            token_label: "t".into(),
+            token_serial: "101".into(),
+            token_model: crate::device::MODEL.into(),
+            created: 0,
+            manifest: vec![],
+            lock: Lock::Shares { threshold, count },
+            key_check: key_check(key, &id),
+        }
+    }
+
+    /// Every subset of a 3-of-5 split: those of three or more give the key back, those of
+    /// two give a key that fails the check (or are refused as too few).
+    #[test]
+    fn any_three_of_five_shares_restore_the_key_and_no_two_do() {
+        let key = MasterKey::generate().unwrap();
+        let id = [5u8; 16];
+        let shares = split(&key, &id, 3, 5).unwrap();
+        let header = header_for(&key, id, 3, 5);
+        let mut opened = 0;
+        for mask in 1u32..32 {
+            let chosen: Vec<SecretBytes> = (0..5)
+                .filter(|i| mask & (1 << i) != 0)
+                .map(|i| shares[i].duplicate())
+                .collect();
+            let result = combine(&header, &chosen);
+            if chosen.len() >= 3 {
+                let got = result.unwrap();
+                assert_eq!(key_check(&got, &id), header.key_check, "mask {mask:05b}");
+                opened += 1;
+            } else {
+                assert!(result.is_err(), "mask {mask:05b}");
+            }
+        }
+        assert_eq!(opened, 10 + 5 + 1);
+        // Two shares given as three (one twice) are refused, not combined.
+        let twice = vec![
+            shares[0].duplicate(),
+            shares[1].duplicate(),
+            shares[0].duplicate(),
+        ];
+        assert_eq!(combine(&header, &twice).err(), Some(Rv::ArgumentsBad));
+    }
+
+    /// Below the threshold the interpolation gives some key, never this one: shown by
+    /// combining two shares as if two were enough.
+    #[test]
+    fn two_shares_of_a_three_share_split_say_nothing_of_the_key() {
+        let key = MasterKey::generate().unwrap();
+        let id = [6u8; 16];
+        let shares = split(&key, &id, 3, 5).unwrap();
+        let mut parts: Vec<Vec<u8>> = shares[..2]
+            .iter()
+            .map(|t| Share::parse(t.expose()).unwrap().value.expose().to_vec())
+            .collect();
+        let wrong = vsss_rs::Gf256::combine_array(&parts).unwrap();
+        assert_ne!(wrong, key.export().expose());
+        parts.clear();
+    }
+
+    #[test]
+    fn a_share_of_another_backup_is_refused() {
+        let key = MasterKey::generate().unwrap();
+        let shares = split(&key, &[1; 16], 2, 3).unwrap();
+        let other = split(&key, &[2; 16], 2, 3).unwrap();
+        let header = header_for(&key, [1; 16], 2, 3);
+        let mixed = vec![shares[0].duplicate(), other[1].duplicate()];
+        assert_eq!(combine(&header, &mixed).err(), Some(Rv::ArgumentsBad));
+    }
+}

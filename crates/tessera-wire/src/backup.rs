@@ -1,0 +1,199 @@
+//! The backup file's layout (`ctkmu backup`): what a tool can read without the backup key —
+//! the token it came from and its manifest — and the sealed objects it cannot.
+//!
+//! ```text
+//! "TSBACKUP" | header length (u32, big endian) | header (postcard) | sealed objects
+//! ```
+//!
+//! The sealed part is AES-256-GCM under the backup key with everything before it as
+//! associated data: a change to any byte of the file, the header included, or a cut anywhere,
+//! is refused when the file is restored. The device alone seals and opens it.
+
+use serde::{Deserialize, Serialize};
+
+/// The file's first bytes.
+pub const MAGIC: &[u8; 8] = b"TSBACKUP";
+/// The layout this build writes and reads.
+pub const FORMAT: u32 = 1;
+
+/// What a backup file says of itself, in the clear (and authenticated by the sealed part).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Header {
+    /// [`FORMAT`].
+    pub format: u32,
+    /// A random id; a share names the backup by its first 8 bytes.
+    pub id: [u8; 16],
+    /// The serial number of the device that wrote it.
+    pub device_serial: String,
+    /// The token's label.
+    pub token_label: String,
+    /// The token's serial number.
+    pub token_serial: String,
+    /// The token's model (`CK_TOKEN_INFO.model`): a backup is restored only into a token of
+    /// the same model.
+    pub token_model: String,
+    /// When it was written (the device clock, seconds since the Unix epoch).
+    pub created: u64,
+    /// One entry per object in the file.
+    pub manifest: Vec<ManifestEntry>,
+    /// What protects the backup key.
+    pub lock: Lock,
+    /// HMAC-SHA256 of the backup key over the id: tells a wrong key (a wrong passphrase,
+    /// shares of too few custodians) from a damaged file, and says nothing of the key.
+    pub key_check: Vec<u8>,
+}
+
+/// One object in the manifest (public facts only).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ManifestEntry {
+    /// `CKA_CLASS`.
+    pub class: u64,
+    /// `CKA_KEY_TYPE`, for keys.
+    pub key_type: Option<u64>,
+    /// `CKA_LABEL`.
+    pub label: String,
+    /// `CKA_ID`, in hex.
+    pub id: String,
+    /// `CKA_PRIVATE`.
+    pub private: bool,
+}
+
+/// What protects the backup key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Lock {
+    /// Wrapped under a key derived from one custodian's passphrase (PBKDF2-HMAC-SHA256).
+    Passphrase {
+        /// The salt.
+        salt: Vec<u8>,
+        /// PBKDF2's iterations.
+        iterations: u32,
+        /// The wrapped backup key.
+        wrapped: Vec<u8>,
+    },
+    /// Split into `count` shares, any `threshold` of which restore it.
+    Shares {
+        /// Shares needed.
+        threshold: u8,
+        /// Shares made.
+        count: u8,
+    },
+}
+
+/// Why bytes are not a backup file this build can read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BackupFileError {
+    /// Not a backup file.
+    #[error("this is not a Tessera backup file (it does not start with TSBACKUP)")]
+    NotABackup,
+    /// Cut short.
+    #[error("the backup file is truncated ({0} bytes): copy it again from where it was kept")]
+    Truncated(usize),
+    /// Damaged header.
+    #[error("the backup file's header is damaged: the file was altered")]
+    Damaged,
+    /// A newer layout.
+    #[error("the backup file has format {0}; this build reads format {FORMAT}: restore it with a newer Tessera")]
+    Format(u32),
+}
+
+/// A backup file, read.
+#[derive(Debug)]
+pub struct BackupFile {
+    /// What it says of itself.
+    pub header: Header,
+    /// Everything before the sealed part: the associated data of the seal.
+    pub authenticated: Vec<u8>,
+    /// The sealed objects.
+    pub sealed: Vec<u8>,
+}
+
+/// The shortest sealed part: the seal's nonce and tag around at least one byte.
+const SEALED_MIN: usize = 12 + 16 + 1;
+
+impl BackupFile {
+    /// Reads a file's layout (not its sealed part).
+    pub fn parse(bytes: &[u8]) -> Result<BackupFile, BackupFileError> {
+        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+            return Err(BackupFileError::NotABackup);
+        }
+        let truncated = || BackupFileError::Truncated(bytes.len());
+        let start = MAGIC.len() + 4;
+        let len = bytes
+            .get(MAGIC.len()..start)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(truncated)? as usize;
+        let end = start.checked_add(len).ok_or(BackupFileError::Damaged)?;
+        let header_bytes = bytes.get(start..end).ok_or_else(truncated)?;
+        if bytes.len() < end + SEALED_MIN {
+            return Err(truncated());
+        }
+        let header: Header =
+            postcard::from_bytes(header_bytes).map_err(|_| BackupFileError::Damaged)?;
+        if header.format != FORMAT {
+            return Err(BackupFileError::Format(header.format));
+        }
+        Ok(BackupFile {
+            header,
+            authenticated: bytes[..end].to_vec(),
+            sealed: bytes[end..].to_vec(),
+        })
+    }
+
+    /// The layout's first part for a header: what the seal authenticates.
+    pub fn authenticated(header: &Header) -> Vec<u8> {
+        let encoded = postcard::to_stdvec(header).unwrap_or_default();
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+        out.extend_from_slice(&encoded);
+        out
+    }
+
+    /// The SHA-256 fingerprint of a file's bytes, in hex (what the event log records).
+    pub fn fingerprint(bytes: &[u8]) -> String {
+        hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file() -> Vec<u8> {
+        let header = Header {
+            format: FORMAT,
+            id: [7; 16],
+            device_serial: "1".into(),
+            token_label: "t".into(),
+            token_serial: "101".into(),
+            token_model: "m".into(),
+            created: 0,
+            manifest: vec![],
+            lock: Lock::Shares {
+                threshold: 2,
+                count: 3,
+            },
+            key_check: vec![1; 32],
+        };
+        let mut bytes = BackupFile::authenticated(&header);
+        bytes.extend_from_slice(&[9; 40]);
+        bytes
+    }
+
+    #[test]
+    fn every_cut_of_a_file_is_refused_and_the_whole_is_read() {
+        let bytes = file();
+        let read = BackupFile::parse(&bytes).unwrap();
+        assert_eq!(read.header.id, [7; 16]);
+        assert_eq!(read.sealed, vec![9; 40]);
+        for cut in 0..bytes.len() - 40 + SEALED_MIN - 1 {
+            assert!(BackupFile::parse(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut other = bytes.clone();
+        other[0] = b'X';
+        assert_eq!(
+            BackupFile::parse(&other).err(),
+            Some(BackupFileError::NotABackup)
+        );
+    }
+}
