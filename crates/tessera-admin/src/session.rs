@@ -270,24 +270,33 @@ fn open_and_login(
     }
 }
 
-/// A session on a token in which its Security Officer is logged in (`ctkmu`).
-pub struct SoSession<'a> {
+/// A session on a token in which its Security Officer or its user is logged in (`ctkmu`).
+pub struct TokenSession<'a> {
     target: &'a Target,
     session: u64,
     generation: u64,
 }
 
-impl<'a> SoSession<'a> {
-    /// Opens a R/W session on `slot` and logs in as its SO.
-    pub fn login(target: &'a Target, slot: u64, pin: &SecretBytes) -> Result<Self, Failure> {
+impl<'a> TokenSession<'a> {
+    /// Opens a R/W session on `slot` and logs in as its SO (`so`) or its user.
+    pub fn login(
+        target: &'a Target,
+        slot: u64,
+        so: bool,
+        pin: &SecretBytes,
+    ) -> Result<Self, Failure> {
+        let (user_type, who) = match so {
+            true => (ck::CKU_SO, "SO PIN"),
+            false => (ck::CKU_USER, "user PIN"),
+        };
         let (session, generation) = open_and_login(
             target,
             slot,
-            ck::CKU_SO as u64,
+            user_type as u64,
             pin,
-            &format!("SO PIN of the token in slot {slot}"),
+            &format!("{who} of the token in slot {slot}"),
         )?;
-        Ok(SoSession {
+        Ok(TokenSession {
             target,
             session,
             generation,

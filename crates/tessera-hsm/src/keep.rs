@@ -1,11 +1,13 @@
-//! Keeping a token's keys over time (`Call::Keep`, by the token's Security Officer; the
-//! `ctkmu` tool): a backup to a file under a fresh backup key that one custodian's passphrase
-//! or M of N custodians' shares protect, its restore into a token of this device or another,
-//! and replication to a peer device (`replica.rs`).
+//! Keeping a token's keys over time (`Call::Keep`; the `ctkmu` tool): a backup to a file, by
+//! the token's user (the owner of its private objects), under a fresh backup key that one
+//! custodian's passphrase or M of N custodians' shares protect, signed by the device's identity
+//! key; its restore, by the SO of a token of this device or of another that trusts the
+//! writer's identity; and replication to a peer device, by the SO (`replica.rs`).
 //!
 //! What may go into a backup file: every object but secret and private keys, which go in when
-//! `CKA_TESSERA_BACKUP` is true, or when it is absent and `CKA_EXTRACTABLE` is true; a key
-//! whose `CKA_TESSERA_BACKUP` is false never does. A replica carries every object (docs/backup.md).
+//! `CKA_TESSERA_BACKUP` is true, or when it is absent, `CKA_EXTRACTABLE` is true and
+//! `CKA_WRAP_WITH_TRUSTED` false; a key whose `CKA_TESSERA_BACKUP` is false never does. A
+//! replica carries every object (docs/backup.md).
 
 use serde::{Deserialize, Serialize};
 use tessera_core::attribute::CKA_TESSERA_BACKUP;
@@ -52,10 +54,16 @@ pub(crate) fn backup_refusal(attributes: &Attributes) -> Option<&'static str> {
         return None;
     }
     match attributes.get(CKA_TESSERA_BACKUP as ck::CK_ATTRIBUTE_TYPE) {
-        Some([1]) => None,
-        Some(_) => Some("CKA_TESSERA_BACKUP is false"),
-        None if attributes.flag(ck::CKA_EXTRACTABLE) => None,
-        None => Some("it is not extractable and CKA_TESSERA_BACKUP is not true"),
+        Some([0]) => Some("CKA_TESSERA_BACKUP is false"),
+        Some(_) => None,
+        None if !attributes.flag(ck::CKA_EXTRACTABLE) => {
+            Some("it is not extractable and CKA_TESSERA_BACKUP is not true")
+        }
+        // Only a trusted key may wrap it: a file under a custodian's secret would go around.
+        None if attributes.flag(ck::CKA_WRAP_WITH_TRUSTED) => {
+            Some("CKA_WRAP_WITH_TRUSTED is true and CKA_TESSERA_BACKUP is not true")
+        }
+        None => None,
     }
 }
 
@@ -137,12 +145,23 @@ fn split(key: &MasterKey, id: &[u8; 16], threshold: u8, count: u8) -> Result<Vec
     Ok(shares)
 }
 
+/// Share values on their way to the combination, wiped however it ends.
+struct Parts(Vec<Vec<u8>>);
+
+impl Drop for Parts {
+    fn drop(&mut self) {
+        for part in self.0.iter_mut() {
+            zeroize::Zeroize::zeroize(part);
+        }
+    }
+}
+
 /// The backup key from the custodians' shares, checked against the file's header.
 fn combine(header: &Header, texts: &[SecretBytes]) -> Result<MasterKey, Rv> {
     let Lock::Shares { threshold, count } = header.lock else {
         return Err(Rv::ArgumentsBad);
     };
-    let mut parts: Vec<Vec<u8>> = Vec::with_capacity(texts.len());
+    let mut parts = Parts(Vec::with_capacity(texts.len()));
     let mut seen = Vec::new();
     for text in texts {
         let share = Share::parse(text.expose()).map_err(|_| Rv::ArgumentsBad)?;
@@ -153,18 +172,16 @@ fn combine(header: &Header, texts: &[SecretBytes]) -> Result<MasterKey, Rv> {
             return Err(Rv::ArgumentsBad);
         }
         seen.push(share.index);
-        parts.push(share.value.expose().to_vec());
+        // Made at its full size: no reallocation leaves a copy behind.
+        let mut part = Vec::with_capacity(share.value.len());
+        part.extend_from_slice(share.value.expose());
+        parts.0.push(part);
     }
-    if parts.len() < threshold as usize {
-        for part in parts.iter_mut() {
-            zeroize::Zeroize::zeroize(part);
-        }
+    if parts.0.len() < threshold as usize {
         return Err(Rv::ArgumentsBad);
     }
-    let combined = vsss_rs::Gf256::combine_array(&parts);
-    for part in parts.iter_mut() {
-        zeroize::Zeroize::zeroize(part);
-    }
+    let combined = vsss_rs::Gf256::combine_array(&parts.0);
+    drop(parts);
     let mut combined = combined.map_err(|_| Rv::WrappedKeyInvalid)?;
     let secret = SecretBytes::from_slice(&combined);
     zeroize::Zeroize::zeroize(&mut combined);
@@ -185,6 +202,8 @@ impl Hsm {
         session: u64,
         command: KeepCommand,
     ) -> Result<Reply, Rv> {
+        // A node of a cluster reads the token as the cluster has it.
+        self.catch_up()?;
         match command {
             KeepCommand::Backup { lock } => self.backup(client, session, lock),
             KeepCommand::Restore { file, unlock } => self.restore(client, session, &file, unlock),
@@ -196,18 +215,19 @@ impl Hsm {
         }
     }
 
-    /// The session's token, if its SO is logged in (in a R/W session when `write`); the Admin
-    /// token is refused (it holds the device's administration, not application keys).
-    pub(crate) fn so_token(
+    /// The session's token, if `role` is logged in to it (in a R/W session when `write`); the
+    /// Admin token is refused (it holds the device's administration, not application keys).
+    pub(crate) fn token_for(
         &self,
         state: &Locked<'_>,
         client: u64,
         session: u64,
+        role: Login,
         write: bool,
     ) -> Result<u64, Rv> {
         let session = state.session(client, session)?;
         let token_id = session.token_id;
-        if state.token(token_id)?.login_of(client) != Some(Login::So) {
+        if state.token(token_id)?.login_of(client) != Some(role) {
             return Err(Rv::UserNotLoggedIn);
         }
         if write && !session.read_write {
@@ -219,8 +239,22 @@ impl Hsm {
         Ok(token_id)
     }
 
-    /// The token's objects with their secrets, for a backup (`for_file`: only those that may
-    /// go into a file) or a replica (all of them).
+    /// The session's token if `role` is logged in to it (see [`Hsm::token_for`]), checked
+    /// under its lock and let go.
+    pub(crate) fn logged_in_token(
+        &self,
+        client: u64,
+        session: u64,
+        role: Login,
+        write: bool,
+    ) -> Result<u64, Rv> {
+        let tokens = self.tokens_of_session(client, session)?;
+        let state = tokens.lock(self);
+        self.token_for(&state, client, session, role, write)
+    }
+
+    /// The token's objects with their secrets: for a backup file (by its user: only those
+    /// that may go into a file) or a replica (by its SO: all of them).
     pub(crate) fn take_out(
         &self,
         client: u64,
@@ -228,8 +262,11 @@ impl Hsm {
         for_file: bool,
     ) -> Result<TakenOut, Rv> {
         let tokens = self.tokens_of_session(client, session)?;
-        let state = tokens.lock(self);
-        let token_id = self.so_token(&state, client, session, false)?;
+        let mut state = tokens.lock(self);
+        let role = if for_file { Login::User } else { Login::So };
+        let token_id = self.token_for(&state, client, session, role, false)?;
+        // Unsealing every object is slow: the other sessions' calls go on meanwhile.
+        state.release_sessions();
         let token = state.token(token_id)?;
         let mut out = TakenOut {
             carried: Vec::new(),
@@ -247,8 +284,7 @@ impl Hsm {
             let Some(object) = token.objects.get(&id) else {
                 continue;
             };
-            let class = object.attributes.class() as ck::CK_OBJECT_CLASS;
-            if object.owner.is_some() || class == ck::CKO_HW_FEATURE {
+            if object.owner.is_some() || !carried_class(object.attributes.class()) {
                 continue;
             }
             let full = self.full_attributes(token, token_id, id, object)?;
@@ -257,7 +293,7 @@ impl Hsm {
                 out.refused.push(format!(
                     "{:?} ({}): {why}",
                     entry.label,
-                    crate::keep::class_name(entry.class)
+                    class_name(entry.class)
                 ));
                 continue;
             }
@@ -280,6 +316,8 @@ impl Hsm {
             }
             _ => {}
         }
+        // The file is signed by the device's identity: without one there is no backup.
+        let chain = self.identity_chain()?;
         let taken = self.take_out(client, session, true)?;
         // The slow work (the passphrase's derivation, sealing) holds no lock.
         let key = MasterKey::generate().map_err(|_| Rv::FunctionFailed)?;
@@ -314,16 +352,18 @@ impl Hsm {
             manifest: taken.manifest,
             lock,
             key_check: key_check(&key, &id),
+            chain,
         };
-        let mut file = BackupFile::authenticated(&header);
+        let authenticated = BackupFile::authenticated(&header);
         let payload = SecretBytes::encode(&taken.carried).map_err(|_| Rv::GeneralError)?;
         let sealed = key
-            .seal(&file, payload.expose())
+            .seal(&authenticated, payload.expose())
             .map_err(|_| Rv::FunctionFailed)?;
-        file.extend_from_slice(&sealed);
+        let signature = self.identity_signature(&BackupFile::signed(&authenticated, &sealed))?;
+        let file = BackupFile::encode(&authenticated, &signature, &sealed);
         let objects = taken.carried.len() as u64;
         self.event(
-            "SO",
+            "User",
             "token-backup",
             format!(
                 "token {} ({:?}): {objects} objects, {} refused, under {how}; file {}",
@@ -341,6 +381,17 @@ impl Hsm {
         })))
     }
 
+    /// A restore refused after the SO was checked: an event (with the file's fingerprint),
+    /// then the code.
+    fn restore_refused(&self, bytes: &[u8], why: &str, rv: Rv) -> Rv {
+        self.event(
+            "SO",
+            "restore-refused",
+            format!("{why}; file {}", BackupFile::fingerprint(bytes)),
+        );
+        rv
+    }
+
     fn restore(
         &self,
         client: u64,
@@ -348,10 +399,43 @@ impl Hsm {
         bytes: &[u8],
         unlock: BackupUnlock,
     ) -> Result<Reply, Rv> {
-        let file = BackupFile::parse(bytes).map_err(|_| Rv::DataInvalid)?;
+        // Who asks comes first: nothing of the file is worked on for anyone but the SO.
+        self.logged_in_token(client, session, Login::So, true)?;
+        let refused = |why: &str, rv: Rv| self.restore_refused(bytes, why, rv);
+        let file =
+            BackupFile::parse(bytes).map_err(|e| refused(&e.to_string(), Rv::DataInvalid))?;
         let header = &file.header;
         if header.token_model != crate::device::MODEL {
-            return Err(Rv::TokenNotRecognized);
+            return Err(refused(
+                "a backup of another token type",
+                Rv::TokenNotRecognized,
+            ));
+        }
+        // Only files that this device, or a device it trusts, wrote and signed.
+        let mut anchors = self.identity_chain().unwrap_or_default();
+        anchors.extend(self.peer_certificates());
+        let trusted = tessera_identity::verify::verify_chain(
+            &header.chain,
+            &anchors,
+            &header.device_serial,
+            self.clock() as i64,
+        );
+        if let Err(refusal) = trusted {
+            return Err(refused(
+                &format!(
+                    "written by device {:?}, which this device does not trust: {refusal}",
+                    header.device_serial
+                ),
+                Rv::CertNotValidated,
+            ));
+        }
+        let signed = BackupFile::signed(&file.authenticated, &file.sealed);
+        let pic = header.chain.first().map(Vec::as_slice).unwrap_or_default();
+        if !tessera_identity::verify::verify_with_certificate(pic, &signed, &file.signature) {
+            return Err(refused(
+                "the file's signature does not verify",
+                Rv::SignatureInvalid,
+            ));
         }
         let key = match (&header.lock, unlock) {
             (
@@ -362,14 +446,19 @@ impl Hsm {
                 },
                 BackupUnlock::Passphrase(passphrase),
             ) => {
+                if *iterations != PASSPHRASE_ITERATIONS {
+                    return Err(refused("an unexpected key derivation", Rv::DataInvalid));
+                }
                 let record = tessera_store::PinRecord {
                     salt: salt.clone(),
                     iterations: *iterations,
                     wrapped: wrapped.clone(),
                 };
-                MasterKey::unwrap(&record, passphrase.expose()).map_err(|_| Rv::PinIncorrect)?
+                MasterKey::unwrap(&record, passphrase.expose())
+                    .map_err(|_| refused("a wrong passphrase", Rv::PinIncorrect))?
             }
-            (Lock::Shares { .. }, BackupUnlock::Shares(texts)) => combine(header, &texts)?,
+            (Lock::Shares { .. }, BackupUnlock::Shares(texts)) => combine(header, &texts)
+                .map_err(|rv| refused("shares that do not fit this backup", rv))?,
             _ => return Err(Rv::ArgumentsBad),
         };
         let check = key_check(&key, &header.id);
@@ -377,15 +466,25 @@ impl Hsm {
             &check[..],
             &header.key_check[..],
         )) {
-            return Err(Rv::WrappedKeyInvalid);
+            return Err(refused(
+                "shares that do not open this backup",
+                Rv::WrappedKeyInvalid,
+            ));
         }
+        let damaged = || refused("sealed objects that do not open", Rv::EncryptedDataInvalid);
         let payload = key
             .open(&file.authenticated, &file.sealed)
-            .map_err(|_| Rv::EncryptedDataInvalid)?;
+            .map_err(|_| damaged())?;
         let carried: Vec<Carried> =
-            postcard::from_bytes(payload.expose()).map_err(|_| Rv::EncryptedDataInvalid)?;
-        if carried.len() != header.manifest.len() {
-            return Err(Rv::EncryptedDataInvalid);
+            postcard::from_bytes(payload.expose()).map_err(|_| damaged())?;
+        // The manifest that `ctkmu show` prints is what comes back, object by object.
+        let listed = carried.len() == header.manifest.len()
+            && carried
+                .iter()
+                .zip(&header.manifest)
+                .all(|(c, m)| entry(&Attributes::join(&c.public, &c.secret)) == *m);
+        if !listed {
+            return Err(damaged());
         }
         let (token_id, serial, restored) = self.put_in(client, session, carried)?;
         self.event(
@@ -404,7 +503,8 @@ impl Hsm {
     }
 
     /// Puts carried objects into the session's token (its SO logged in, R/W), sealed under
-    /// this device's keys, in one store transaction: all or none. Returns the token, its
+    /// this device's keys, in one store transaction: all or none. Each is checked as an
+    /// object of its class, and made to follow this device's flags. Returns the token, its
     /// serial and how many.
     pub(crate) fn put_in(
         &self,
@@ -414,16 +514,28 @@ impl Hsm {
     ) -> Result<(u64, String, u64), Rv> {
         let tokens = self.tokens_of_session(client, session)?;
         let mut state = tokens.lock(self);
-        let token_id = self.so_token(&state, client, session, true)?;
+        let token_id = self.token_for(&state, client, session, Login::So, true)?;
+        let flags = state.device.flags;
         let mut objects = Vec::with_capacity(carried.len());
         for c in &carried {
             let mut attributes = Attributes::join(&c.public, &c.secret);
+            let class = attributes.class();
+            let well_formed = carried_class(class)
+                && attributes.flag(ck::CKA_TOKEN)
+                && attributes
+                    .types()
+                    .all(|ty| crate::object::valid_for_class(class, ty));
+            if !well_formed {
+                return Err(Rv::EncryptedDataInvalid);
+            }
+            let key = [ck::CKO_SECRET_KEY, ck::CKO_PRIVATE_KEY].contains(&(class as _));
+            if key && flags & tessera_core::flags::NO_CLEAR_PINS != 0 {
+                // As for every key made here under `n`: always sensitive.
+                attributes.set_flag(ck::CKA_SENSITIVE, true);
+            }
             // A fresh CKA_UNIQUE_ID: ids are unique on a token, and a token may hold the
             // same backup twice.
             crate::object::fresh_unique_id(&mut attributes)?;
-            if !attributes.flag(ck::CKA_TOKEN) {
-                return Err(Rv::EncryptedDataInvalid);
-            }
             objects.push(attributes);
         }
         state.release_sessions();
@@ -456,6 +568,18 @@ impl Hsm {
     }
 }
 
+/// The classes a backup or a replica carries (not the device object, `CKO_HW_FEATURE`).
+fn carried_class(class: u64) -> bool {
+    [
+        ck::CKO_DATA,
+        ck::CKO_CERTIFICATE,
+        ck::CKO_PUBLIC_KEY,
+        ck::CKO_PRIVATE_KEY,
+        ck::CKO_SECRET_KEY,
+    ]
+    .contains(&(class as ck::CK_OBJECT_CLASS))
+}
+
 /// A class's name, for messages.
 pub(crate) fn class_name(class: u64) -> &'static str {
     match class as ck::CK_OBJECT_CLASS {
@@ -484,6 +608,7 @@ mod tests {
             manifest: vec![],
             lock: Lock::Shares { threshold, count },
             key_check: key_check(key, &id),
+            chain: vec![],
         }
     }
 

@@ -95,6 +95,13 @@ impl Hsm {
             if sources().any(|k| !k.flag(ck::CKA_EXTRACTABLE)) {
                 template.set(Attribute::bool(ck::CKA_EXTRACTABLE, false));
             }
+            // Nor may it go into a backup file if one of them may not (docs/backup.md).
+            if sources().any(|k| crate::keep::backup_refusal(k).is_some()) {
+                template.set(Attribute::bool(
+                    tessera_core::attribute::CKA_TESSERA_BACKUP as ck::CK_ATTRIBUTE_TYPE,
+                    false,
+                ));
+            }
             // "If no length or key type is provided in the template, then the key produced by
             // this mechanism will be a generic secret key" (§2.43.2 and its siblings), as long
             // as the joined value.

@@ -75,6 +75,11 @@ impl Attributes {
         self.0.entry(ty as u64).or_default();
     }
 
+    /// The types of the attributes it has.
+    pub fn types(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0.keys().copied()
+    }
+
     /// True if the type is present.
     pub fn has(&self, ty: ck::CK_ATTRIBUTE_TYPE) -> bool {
         self.0.contains_key(&(ty as u64))
@@ -567,7 +572,12 @@ fn complete_key(
         let sensitive = attributes.flag(ck::CKA_SENSITIVE);
         let extractable = attributes.flag(ck::CKA_EXTRACTABLE);
         attributes.set_flag(ck::CKA_ALWAYS_SENSITIVE, generated && sensitive);
-        attributes.set_flag(ck::CKA_NEVER_EXTRACTABLE, generated && !extractable);
+        // A key that may go into a backup file (CKA_TESSERA_BACKUP) can leave the device.
+        let backup = attributes.get(BACKUP).is_some_and(|v| v != [0]);
+        attributes.set_flag(
+            ck::CKA_NEVER_EXTRACTABLE,
+            generated && !extractable && !backup,
+        );
         if class == ck::CKO_PRIVATE_KEY as u64 {
             attributes.default_flag(ck::CKA_SIGN_RECOVER, false);
             attributes.default_flag(ck::CKA_ALWAYS_AUTHENTICATE, false);

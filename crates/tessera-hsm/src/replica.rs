@@ -30,14 +30,16 @@ use tessera_store::MasterKey;
 use tessera_wire::Reply;
 
 use crate::keep::Carried;
-use crate::Hsm;
+use crate::{Hsm, Login};
 
 /// How long a request waits for its replica.
 const PENDING_FOR: Duration = Duration::from_secs(600);
 /// How far a request's time may be from the sender's clock.
 const FRESH: u64 = 600;
-/// Most requests waiting at once (older ones are dropped).
-const MAX_PENDING: usize = 16;
+/// Most requests waiting at once on the device.
+const MAX_PENDING: usize = 64;
+/// Most requests waiting at once for one token (its oldest is dropped for a new one).
+const MAX_PENDING_PER_TOKEN: usize = 4;
 
 /// A request waiting for its replica.
 pub(crate) struct Pending {
@@ -178,7 +180,10 @@ impl Hsm {
             self.event(
                 "SO",
                 "replica-refused",
-                format!("device {serial} is not a trusted peer: {refusal}"),
+                format!(
+                    "device {serial:?} is not a trusted peer: {:?}",
+                    refusal.to_string()
+                ),
             );
             return Err(Rv::CertNotValidated);
         }
@@ -187,7 +192,7 @@ impl Hsm {
             self.event(
                 "SO",
                 "replica-refused",
-                format!("device {serial}'s signature does not verify"),
+                format!("device {serial:?}: its signature does not verify"),
             );
             return Err(Rv::SignatureInvalid);
         }
@@ -195,11 +200,7 @@ impl Hsm {
     }
 
     pub(crate) fn replica_request(&self, client: u64, session: u64) -> Result<Reply, Rv> {
-        let token_id = {
-            let tokens = self.tokens_of_session(client, session)?;
-            let state = tokens.lock(self);
-            self.so_token(&state, client, session, true)?
-        };
+        let token_id = self.logged_in_token(client, session, Login::So, true)?;
         let chain = self.identity_chain()?;
         let (private, public) = ephemeral()?;
         let mut nonce = [0u8; 16];
@@ -218,8 +219,14 @@ impl Hsm {
         let bytes = postcard::to_stdvec(&request).map_err(|_| Rv::GeneralError)?;
         let mut pending = crate::locked::lock(&self.replicas.0);
         pending.retain(|p| p.made.elapsed() < PENDING_FOR);
-        if pending.len() >= MAX_PENDING {
-            pending.remove(0);
+        // A token's SO drops its own oldest request, never another token's.
+        let of_token = pending.iter().filter(|p| p.token_id == token_id).count();
+        if of_token >= MAX_PENDING_PER_TOKEN {
+            if let Some(oldest) = pending.iter().position(|p| p.token_id == token_id) {
+                pending.remove(oldest);
+            }
+        } else if pending.len() >= MAX_PENDING {
+            return Err(Rv::SessionCount);
         }
         pending.push(Pending {
             nonce,
@@ -231,7 +238,13 @@ impl Hsm {
     }
 
     pub(crate) fn replicate(&self, client: u64, session: u64, bytes: &[u8]) -> Result<Reply, Rv> {
+        // Who asks comes first: nothing of the request is worked on for anyone but the SO.
+        self.logged_in_token(client, session, Login::So, false)?;
         let request: Request = postcard::from_bytes(bytes).map_err(|_| Rv::DataInvalid)?;
+        if request.serial == self.serial {
+            // A device does not replicate to itself (its own identity would vouch for it).
+            return Err(Rv::DataInvalid);
+        }
         self.check_peer(
             &request.chain,
             &request.serial,
@@ -282,20 +295,19 @@ impl Hsm {
         session: u64,
         bytes: &[u8],
     ) -> Result<Reply, Rv> {
+        let token_id = self.logged_in_token(client, session, Login::So, true)?;
         let replica: Replica = postcard::from_bytes(bytes).map_err(|_| Rv::DataInvalid)?;
         let request: Request =
             postcard::from_bytes(&replica.request).map_err(|_| Rv::DataInvalid)?;
+        if replica.serial == self.serial {
+            return Err(Rv::DataInvalid);
+        }
         self.check_peer(
             &replica.chain,
             &replica.serial,
             &replica_message(&replica),
             &replica.signature,
         )?;
-        let token_id = {
-            let tokens = self.tokens_of_session(client, session)?;
-            let state = tokens.lock(self);
-            self.so_token(&state, client, session, true)?
-        };
         // Only an answer to a request this device made, for this token, in the last ten
         // minutes; taken out, so a replica is taken once.
         let pending = {

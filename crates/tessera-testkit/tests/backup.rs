@@ -51,11 +51,17 @@ fn ctkmu(daemon: &Daemon, args: &[&str]) -> String {
     text(&output)
 }
 
+/// `ctkmu` with the PIN its command needs: the user's for a backup, the SO's otherwise.
 fn ctkmu_may_fail(daemon: &Daemon, args: &[&str]) -> Output {
     let so = so_pin_file(daemon);
+    let user = daemon.dir().join("user.pin");
+    std::fs::write(&user, format!("{}\n", sm::USER_PIN)).unwrap();
+    let user = user.display().to_string();
     let mut all: Vec<&str> = args.to_vec();
-    if args[0] != "show" {
-        all.extend(["--so-pin-file", &so]);
+    match args[0] {
+        "show" => {}
+        "backup" => all.extend(["--user-pin-file", &user]),
+        _ => all.extend(["--so-pin-file", &so]),
     }
     tool(daemon, &daemon.server_list(Transport::Unix), "ctkmu", &all)
 }
@@ -284,7 +290,7 @@ fn make(session: &Session) -> Proofs {
         ])
         .unwrap();
     // Not for a file: unextractable with no CKA_TESSERA_BACKUP, and extractable but barred.
-    session
+    let kept_back = session
         .generate_key(
             &Mechanism::AesKeyGen,
             &key(
@@ -292,6 +298,26 @@ fn make(session: &Session) -> Proofs {
                 &[
                     Attribute::ValueLen(32.into()),
                     Attribute::Extractable(false),
+                    Attribute::Derive(true),
+                ],
+            ),
+        )
+        .unwrap();
+    // A copy of it joined to one byte, asking to be backed up: it holds the kept-back value,
+    // so it is kept back too.
+    let one = [1u8];
+    session
+        .derive_key(
+            &Mechanism::ConcatenateBaseAndData(
+                cryptoki::mechanism::misc::KeyDerivationStringData::new(&one),
+            ),
+            kept_back,
+            &key(
+                "kept-back-3",
+                &[
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(KeyType::GENERIC_SECRET),
+                    backup_allowed(true),
                 ],
             ),
         )
@@ -454,7 +480,10 @@ fn a_token_backed_up_survives_a_tamper_and_its_keys_do_what_they_did() {
     );
     assert!(out.contains("Backed up 14 objects"), "{out}");
     assert!(
-        out.contains("Left out (2)") && out.contains("kept-back-1") && out.contains("kept-back-2"),
+        out.contains("Left out (3)")
+            && out.contains("kept-back-1")
+            && out.contains("kept-back-2")
+            && out.contains("kept-back-3"),
         "{out}"
     );
     let sealed = dir.join("sealed.tbk");
@@ -516,7 +545,9 @@ fn a_token_backed_up_survives_a_tamper_and_its_keys_do_what_they_did() {
         let session = common::user_session(&pkcs11, slot);
         check(&session, &proofs);
         assert_eq!(
-            found(&session, "kept-back-1") + found(&session, "kept-back-2"),
+            found(&session, "kept-back-1")
+                + found(&session, "kept-back-2")
+                + found(&session, "kept-back-3"),
             0
         );
     }
@@ -538,7 +569,7 @@ fn a_token_backed_up_survives_a_tamper_and_its_keys_do_what_they_did() {
     let events = daemon.admin(Transport::Unix, &["-e"]);
     let fingerprint = BackupFile::fingerprint(&std::fs::read(&split).unwrap());
     for (kind, what) in [
-        ("token-backup", "14 objects, 2 refused, under 3 of 5 shares"),
+        ("token-backup", "14 objects, 3 refused, under 3 of 5 shares"),
         ("token-backup", "under one custodian's passphrase"),
         ("token-restore", "14 objects from the backup"),
     ] {
@@ -742,8 +773,11 @@ fn altered_truncated_and_foreign_files_and_wrong_secrets_change_nothing() {
     // A file of another token type (its model rewritten; the seal is checked after).
     let mut parsed = BackupFile::parse(&good).unwrap();
     parsed.header.token_model = "Tessera Admin".into();
-    let mut foreign = BackupFile::authenticated(&parsed.header);
-    foreign.extend_from_slice(&parsed.sealed);
+    let foreign = BackupFile::encode(
+        &BackupFile::authenticated(&parsed.header),
+        &parsed.signature,
+        &parsed.sealed,
+    );
     assert!(try_restore(&foreign, &passphrase).contains("another token type"));
     // The right file and passphrase restore, all or nothing.
     ctkmu(
@@ -758,6 +792,70 @@ fn altered_truncated_and_foreign_files_and_wrong_secrets_change_nothing() {
         ],
     );
     assert_eq!(objects_in_slot_0(&daemon), 4);
+    // A file that another device wrote is restored only once this device trusts that one: a
+    // custodian who can open a file cannot make one that a device takes.
+    let other = secured_daemon();
+    {
+        let device = sm::secured(&other, &other.server_list(Transport::Unix), &[]);
+        let (session, g) = sm::user(&device);
+        let template = data_template();
+        sm::call(&device, g, Call::CreateObject { session, template });
+        device.disconnect();
+    }
+    let foreign = other.dir().join("other.tbk");
+    ctkmu(
+        &other,
+        &[
+            "backup",
+            "-s0",
+            "--out",
+            foreign.to_str().unwrap(),
+            "--passphrase",
+            "--passphrase-file",
+            &passphrase,
+        ],
+    );
+    let refused = ctkmu_may_fail(
+        &daemon,
+        &[
+            "restore",
+            "-s0",
+            "--in",
+            foreign.to_str().unwrap(),
+            "--passphrase-file",
+            &passphrase,
+        ],
+    );
+    assert!(
+        !refused.status.success()
+            && text(&refused).contains("does not trust the device that wrote this"),
+        "{}",
+        text(&refused)
+    );
+    assert_eq!(objects_in_slot_0(&daemon), 4);
+    let events = daemon.admin(Transport::Unix, &["-e"]);
+    assert!(events.contains("restore-refused"), "{events}");
+    let poc = other.dir().join("poc.pem");
+    other.ctident(
+        Transport::Unix,
+        &["export", "poc", "--out", poc.to_str().unwrap()],
+    );
+    daemon.ctident(
+        Transport::Unix,
+        &["peer", "add", poc.to_str().unwrap(), "--yes"],
+    );
+    ctkmu(
+        &daemon,
+        &[
+            "restore",
+            "-s0",
+            "--in",
+            foreign.to_str().unwrap(),
+            "--passphrase-file",
+            &passphrase,
+        ],
+    );
+    assert_eq!(objects_in_slot_0(&daemon), 5);
 }
 
 #[test]
@@ -868,11 +966,11 @@ fn a_token_replicates_to_a_trusted_peer_under_full_secure_messaging() {
     assert!(output.status.success(), "{}", text(&output));
     // Every object, those that may not go into a file included.
     assert!(
-        text(&output).contains("Replicated 16 objects"),
+        text(&output).contains("Replicated 17 objects"),
         "{}",
         text(&output)
     );
-    assert_eq!(objects_in_slot_0(&b), 16);
+    assert_eq!(objects_in_slot_0(&b), 17);
     let pkcs11 = common::load_secured(&b, Transport::Unix);
     {
         let session = common::user_session(&pkcs11, slot);
@@ -911,25 +1009,57 @@ fn a_relay_that_alters_or_replays_a_replica_and_an_untrusted_device_get_nothing(
         Ok(Reply::Bytes(b)) => b,
         other => panic!("{other:?}"),
     };
-    // The token's user is not its SO: no backup, no replica, no request.
+    // The token's user is not its SO: no restore, no replica, no request — refused before
+    // anything sent is looked at (a restore naming a billion PBKDF2 iterations costs nothing).
+    // The SO is not the user: no backup of the user's keys.
     {
         let user = device(&a);
         let (session, g) = sm::user(&user);
+        let costly = tessera_wire::backup::Header {
+            format: tessera_wire::backup::FORMAT,
+            id: [1; 16],
+            device_serial: "1".into(),
+            token_label: String::new(),
+            token_serial: String::new(),
+            token_model: "Tessera HSM".into(),
+            created: 0,
+            manifest: vec![],
+            lock: tessera_wire::backup::Lock::Passphrase {
+                salt: vec![0; 16],
+                iterations: u32::MAX,
+                wrapped: vec![0; 60],
+            },
+            key_check: vec![],
+            chain: vec![],
+        };
+        let file = BackupFile::encode(&BackupFile::authenticated(&costly), &[0; 8], &[0; 64]);
         for command in [
-            KeepCommand::Backup {
-                lock: tessera_wire::BackupLock::Shares {
-                    threshold: 2,
-                    count: 3,
-                },
+            KeepCommand::Restore {
+                file,
+                unlock: tessera_wire::BackupUnlock::Passphrase(sm::pin("a long passphrase")),
             },
             KeepCommand::ReplicaRequest,
+            KeepCommand::Replicate { request: vec![1] },
+            KeepCommand::AcceptReplica { replica: vec![1] },
         ] {
+            let started = std::time::Instant::now();
             assert_eq!(
                 keep(&user, g, session, command).err(),
                 Some(ck::CKR_USER_NOT_LOGGED_IN as u64)
             );
+            assert!(started.elapsed() < std::time::Duration::from_secs(5));
         }
         user.disconnect();
+        let backup = KeepCommand::Backup {
+            lock: tessera_wire::BackupLock::Shares {
+                threshold: 2,
+                count: 3,
+            },
+        };
+        assert_eq!(
+            keep(&from, from_g, from_session, backup).err(),
+            Some(ck::CKR_USER_NOT_LOGGED_IN as u64)
+        );
     }
     let request = bytes(keep(&to, to_g, to_session, KeepCommand::ReplicaRequest));
     let replica = bytes(keep(

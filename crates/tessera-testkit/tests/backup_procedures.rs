@@ -2,8 +2,8 @@
 //! Markdown (`procedure_kit/markdown.rs` says how), run with `sh -e` in a working directory of
 //! their own with the built tools on `PATH`, and each step's output must hold every line of the
 //! `expect` block after it. The test gives what the docs say is already there: test devices
-//! with full secure messaging, slot 0 initialised and holding objects, the SO PIN in `so.pin`
-//! and the custodian's passphrase in `custodian.txt`; between the backup and the restore of
+//! with full secure messaging, slot 0 initialised and holding objects, the user and SO PINs in
+//! `user.pin` and `so.pin` and the custodian's passphrase in `custodian.txt`; between the backup and the restore of
 //! the single-custodian procedure it tampers the device and sets it up again, as the docs say
 //! the Administrator does.
 
@@ -130,6 +130,7 @@ fn workdir(daemon: &Daemon) -> std::path::PathBuf {
     let work = daemon.dir().join("work");
     std::fs::create_dir(&work).unwrap();
     std::fs::write(work.join("so.pin"), format!("{}\n", sm::SO_PIN)).unwrap();
+    std::fs::write(work.join("user.pin"), format!("{}\n", sm::USER_PIN)).unwrap();
     std::fs::write(work.join("custodian.txt"), "a long custodian passphrase\n").unwrap();
     work
 }

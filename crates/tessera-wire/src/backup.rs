@@ -2,12 +2,16 @@
 //! the token it came from and its manifest — and the sealed objects it cannot.
 //!
 //! ```text
-//! "TSBACKUP" | header length (u32, big endian) | header (postcard) | sealed objects
+//! "TSBACKUP" | header length (u32, BE) | header (postcard) | signature length (u32, BE) |
+//! signature | sealed objects
 //! ```
 //!
-//! The sealed part is AES-256-GCM under the backup key with everything before it as
-//! associated data: a change to any byte of the file, the header included, or a cut anywhere,
-//! is refused when the file is restored. The device alone seals and opens it.
+//! The sealed part is AES-256-GCM under the backup key with the magic, the header's length and
+//! the header as associated data; the signature, by the identity key of the device that wrote
+//! the file (its chain is in the header), covers the same and a SHA-256 of the sealed part. A
+//! change to any byte of the file, or a cut anywhere, is refused when the file is restored; so
+//! is a file that a device this one does not trust did not sign — whoever holds the passphrase
+//! or the shares can open a file, but cannot make one that a device restores.
 
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +45,8 @@ pub struct Header {
     /// HMAC-SHA256 of the backup key over the id: tells a wrong key (a wrong passphrase,
     /// shares of too few custodians) from a damaged file, and says nothing of the key.
     pub key_check: Vec<u8>,
+    /// The identity chain (DER, PIC first) of the device that wrote and signed the file.
+    pub chain: Vec<Vec<u8>>,
 }
 
 /// One object in the manifest (public facts only).
@@ -101,8 +107,10 @@ pub enum BackupFileError {
 pub struct BackupFile {
     /// What it says of itself.
     pub header: Header,
-    /// Everything before the sealed part: the associated data of the seal.
+    /// The magic, the header's length and the header: the associated data of the seal.
     pub authenticated: Vec<u8>,
+    /// The writing device's signature over [`BackupFile::signed`].
+    pub signature: Vec<u8>,
     /// The sealed objects.
     pub sealed: Vec<u8>,
 }
@@ -125,7 +133,16 @@ impl BackupFile {
             .ok_or_else(truncated)? as usize;
         let end = start.checked_add(len).ok_or(BackupFileError::Damaged)?;
         let header_bytes = bytes.get(start..end).ok_or_else(truncated)?;
-        if bytes.len() < end + SEALED_MIN {
+        let signature_len = bytes
+            .get(end..end + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(truncated)? as usize;
+        let sealed_at = (end + 4)
+            .checked_add(signature_len)
+            .ok_or(BackupFileError::Damaged)?;
+        let signature = bytes.get(end + 4..sealed_at).ok_or_else(truncated)?;
+        if bytes.len() < sealed_at.saturating_add(SEALED_MIN) {
             return Err(truncated());
         }
         let header: Header =
@@ -136,8 +153,30 @@ impl BackupFile {
         Ok(BackupFile {
             header,
             authenticated: bytes[..end].to_vec(),
-            sealed: bytes[end..].to_vec(),
+            signature: signature.to_vec(),
+            sealed: bytes[sealed_at..].to_vec(),
         })
+    }
+
+    /// What the writing device signs: a label, the authenticated part, and a SHA-256 of the
+    /// sealed part.
+    pub fn signed(authenticated: &[u8], sealed: &[u8]) -> Vec<u8> {
+        let mut message = b"tessera backup file v1\0".to_vec();
+        message.extend_from_slice(authenticated);
+        message.extend_from_slice(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, sealed).as_ref(),
+        );
+        message
+    }
+
+    /// The file's bytes from its parts.
+    pub fn encode(authenticated: &[u8], signature: &[u8], sealed: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(authenticated.len() + 4 + signature.len() + sealed.len());
+        out.extend_from_slice(authenticated);
+        out.extend_from_slice(&(signature.len() as u32).to_be_bytes());
+        out.extend_from_slice(signature);
+        out.extend_from_slice(sealed);
+        out
     }
 
     /// The layout's first part for a header: what the seal authenticates.
@@ -174,10 +213,9 @@ mod tests {
                 count: 3,
             },
             key_check: vec![1; 32],
+            chain: vec![vec![3; 10]],
         };
-        let mut bytes = BackupFile::authenticated(&header);
-        bytes.extend_from_slice(&[9; 40]);
-        bytes
+        BackupFile::encode(&BackupFile::authenticated(&header), &[5; 8], &[9; 40])
     }
 
     #[test]
@@ -186,7 +224,8 @@ mod tests {
         let read = BackupFile::parse(&bytes).unwrap();
         assert_eq!(read.header.id, [7; 16]);
         assert_eq!(read.sealed, vec![9; 40]);
-        for cut in 0..bytes.len() - 40 + SEALED_MIN - 1 {
+        assert_eq!(read.signature, vec![5; 8]);
+        for cut in 0..bytes.len() - 40 + SEALED_MIN {
             assert!(BackupFile::parse(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         let mut other = bytes.clone();

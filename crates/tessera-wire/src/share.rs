@@ -51,20 +51,23 @@ fn checksum(body: &str) -> String {
 impl Share {
     /// The share as one printable line (a secret: it is one part of a backup key).
     pub fn to_text(&self) -> SecretBytes {
-        let value = data_encoding::BASE32_NOPAD.encode(self.value.expose());
-        let mut body = format!(
-            "{PREFIX}-{}-{}-{}of{}-{value}",
+        let value =
+            zeroize::Zeroizing::new(data_encoding::BASE32_NOPAD.encode(self.value.expose()));
+        let head = format!(
+            "{PREFIX}-{}-{}-{}of{}-",
             hex::encode(self.backup),
             self.index,
             self.threshold,
             self.count
         );
+        // Made at its full size: no reallocation leaves a copy of the value behind.
+        let mut body = zeroize::Zeroizing::new(String::with_capacity(head.len() + value.len() + 9));
+        body.push_str(&head);
+        body.push_str(&value);
         let sum = checksum(&body);
         body.push('-');
         body.push_str(&sum);
-        let text = SecretBytes::from_slice(body.as_bytes());
-        zeroize::Zeroize::zeroize(&mut body);
-        text
+        SecretBytes::from_slice(body.as_bytes())
     }
 
     /// Reads a share's line back, checking its checksum.
@@ -89,11 +92,11 @@ impl Share {
         if prefix != PREFIX {
             return Err(ShareError::Layout("it does not start with TS1"));
         }
-        let printed = format!(
+        let printed = zeroize::Zeroizing::new(format!(
             "{prefix}-{}-{index}-{}-{value}",
             backup.to_ascii_lowercase(),
             shares.to_ascii_lowercase()
-        );
+        ));
         if !bool::from(subtle::ConstantTimeEq::ct_eq(
             checksum(&printed).as_bytes(),
             sum.to_ascii_lowercase().as_bytes(),

@@ -6,10 +6,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tessera_admin::cli::ctkmu::{Args, Command};
-use tessera_admin::session::SoSession;
+use tessera_admin::session::TokenSession;
 use tessera_admin::{eprintln, pin, print, println, Failure, Target};
 use tessera_client::ClientError;
-use tessera_config::atomic::{self, Mode};
 use tessera_core::{Rv, SecretBytes};
 use tessera_wire::backup::{BackupFile, Lock};
 use tessera_wire::share::Share;
@@ -39,7 +38,7 @@ fn run(args: &Args) -> Result<(), Failure> {
             shares,
             shares_dir,
             passphrase_file,
-            so_pin_file,
+            user_pin_file,
         } => backup(
             args.device,
             *slot,
@@ -47,7 +46,7 @@ fn run(args: &Args) -> Result<(), Failure> {
             shares.as_deref(),
             shares_dir.as_deref(),
             passphrase_file.as_deref(),
-            so_pin_file.as_deref(),
+            user_pin_file.as_deref(),
         ),
         Command::Restore {
             slot,
@@ -99,8 +98,10 @@ fn explain(target: &Target, error: ClientError, slot: u64, shares: bool) -> Fail
             Some(Rv::UserNotLoggedIn) => format!("device {device} slot {slot}: the token's SO is not logged in"),
             Some(Rv::PinLenRange) => format!("a passphrase has at least {MIN_PASSPHRASE} characters"),
             Some(Rv::FunctionNotSupported) => format!("device {device} is a node of a cluster, which takes no restore or replica: restore into a single device, then found the cluster from it"),
-            Some(Rv::CertNotValidated) => "the other device is not a trusted peer: add its identity certificate with `ctident peer add` on both devices (see docs/backup.md); nothing was copied".to_string(),
-            Some(Rv::SignatureInvalid) => "the other device's signature does not verify: the message was altered on its way; nothing was copied".to_string(),
+            Some(Rv::CertNotValidated) => format!("device {device} does not trust the device that wrote this (its identity is not this device's, nor a peer's): add that device's owner certificate with `ctident -a{device} peer add FILE` (docs/backup.md); nothing was restored or copied"),
+            Some(Rv::SignatureInvalid) => "the signature of the file or message does not verify: it was altered on its way; nothing was restored or copied".to_string(),
+            Some(Rv::NoSessionKeys) => format!("device {device} has no identity, and a backup file is signed by the device's identity key: run `ctident -a{device} gen-selfsigned all` first"),
+            Some(Rv::SessionCount) => format!("device {device} has too many replication requests waiting; try again in ten minutes"),
             _ => return target.explain(error),
         },
         _ => return target.explain(error),
@@ -203,6 +204,21 @@ fn so_pin(file: Option<&Path>, slot: u64) -> Result<SecretBytes, Failure> {
     pin::read(file, &format!("SO PIN of the token in slot {slot}"))
 }
 
+/// Writes a new file, mode 0600, refusing one that exists (a backup never overwrites).
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let failed = |e: std::io::Error| Failure::new(format!("cannot write {}: {e}", path.display()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(failed)?;
+    file.write_all(bytes).map_err(failed)?;
+    file.sync_all().map_err(failed)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn backup(
     device: usize,
@@ -211,7 +227,7 @@ fn backup(
     shares: Option<&str>,
     shares_dir: Option<&Path>,
     passphrase_file: Option<&Path>,
-    so_pin_file: Option<&Path>,
+    user_pin_file: Option<&Path>,
 ) -> Result<(), Failure> {
     if out.exists() {
         return Err(Failure::usage(format!(
@@ -245,18 +261,51 @@ fn backup(
         }
     };
     let target = Target::open(device)?;
-    let pin = so_pin(so_pin_file, slot)?;
-    let session = SoSession::login(&target, slot, &pin)?;
+    let pin = pin::read(
+        user_pin_file,
+        &format!("user PIN of the token in slot {slot}"),
+    )?;
+    let session = TokenSession::login(&target, slot, false, &pin)?;
     let reply = session
         .keep("sealing the token's objects", KeepCommand::Backup { lock })
         .map_err(|e| explain(&target, e, slot, split.is_some()))?;
     let Reply::Backup(written) = reply else {
         return Err(Failure::new("the device answered the backup wrongly"));
     };
-    atomic::write(out, &written.file, Mode::Exactly(0o600))
-        .map_err(|e| Failure::new(format!("cannot write {}: {e}", out.display())))?;
+    let Some((threshold, count)) = split else {
+        write_file(out, &written)?;
+        println!("The backup key is protected by the passphrase: keep it apart from the file.");
+        return Ok(());
+    };
+    match shares_dir {
+        Some(dir) => {
+            // The shares first: a file is never left without its shares.
+            for (k, share) in written.shares.iter().enumerate() {
+                write_new(&share_path(dir, k as u8 + 1, count), share.expose())?;
+            }
+            write_file(out, &written)?;
+            println!(
+                "{count} shares written to {} (share-K-of-{count}.txt); any {threshold} restore the backup. Give each custodian one.",
+                dir.display()
+            );
+        }
+        None => {
+            write_file(out, &written)?;
+            println!("The backup key is split into {count} shares; any {threshold} restore it. Give each custodian one line:");
+            for (k, share) in written.shares.iter().enumerate() {
+                print!("  custodian {}: ", k + 1);
+                println!("{}", String::from_utf8_lossy(share.expose()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the backup file and says what it holds and what was left out.
+fn write_file(out: &Path, written: &tessera_wire::BackupWritten) -> Result<(), Failure> {
+    write_new(out, &written.file)?;
     println!(
-        "Backed up {} objects of the token in slot {slot} of device {device} to {} (fingerprint {}).",
+        "Backed up {} objects to {} (fingerprint {}).",
         written.objects,
         out.display(),
         BackupFile::fingerprint(&written.file)
@@ -268,30 +317,6 @@ fn backup(
         );
         for line in &written.refused {
             println!("  {line}");
-        }
-    }
-    let Some((threshold, count)) = split else {
-        println!("The backup key is protected by the passphrase: keep it apart from the file.");
-        return Ok(());
-    };
-    match shares_dir {
-        Some(dir) => {
-            for (k, share) in written.shares.iter().enumerate() {
-                let path = share_path(dir, k as u8 + 1, count);
-                atomic::write(&path, share.expose(), Mode::Exactly(0o600))
-                    .map_err(|e| Failure::new(format!("cannot write {}: {e}", path.display())))?;
-            }
-            println!(
-                "{count} shares written to {} (share-K-of-{count}.txt); any {threshold} restore the backup. Give each custodian one.",
-                dir.display()
-            );
-        }
-        None => {
-            println!("The backup key is split into {count} shares; any {threshold} restore it. Give each custodian one line:");
-            for (k, share) in written.shares.iter().enumerate() {
-                print!("  custodian {}: ", k + 1);
-                println!("{}", String::from_utf8_lossy(share.expose()));
-            }
         }
     }
     Ok(())
@@ -387,7 +412,7 @@ fn restore(
     };
     let target = Target::open(device)?;
     let pin = so_pin(so_pin_file, slot)?;
-    let session = SoSession::login(&target, slot, &pin)?;
+    let session = TokenSession::login(&target, slot, true, &pin)?;
     let reply = session
         .keep(
             "opening the backup and storing its objects",
@@ -428,8 +453,8 @@ fn replicate(
         to_so_pin_file,
         &format!("SO PIN of the token in slot {to_slot} of device {to_device}"),
     )?;
-    let receiver = SoSession::login(&to, to_slot, &to_pin)?;
-    let sender = SoSession::login(&from, slot, &from_pin)?;
+    let receiver = TokenSession::login(&to, to_slot, true, &to_pin)?;
+    let sender = TokenSession::login(&from, slot, true, &from_pin)?;
     let Reply::Bytes(request) = receiver
         .keep("making a replication request", KeepCommand::ReplicaRequest)
         .map_err(|e| explain(&to, e, to_slot, false))?

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 /// Keep a token's keys over time: back them up to a file, restore them, replicate the token to
-/// a peer device. Every command needs the token's Security Officer (its SO PIN, asked without
-/// echo or read from --so-pin-file).
+/// a peer device. A backup is made by the token's user (the owner of its private keys: the
+/// user PIN, asked without echo or read from --user-pin-file); a restore and a replication by
+/// the token's Security Officer (--so-pin-file). The device signs each backup file with its
+/// identity key, and restores only files that it, or a peer device it trusts, signed.
 ///
 /// A backup file is sealed under a fresh backup key, which one custodian's passphrase protects
 /// (--passphrase) or which is split into N shares of which any M restore it (--shares M/N).
@@ -16,7 +18,7 @@ use clap::{Parser, Subcommand};
 ///
 /// Examples:
 ///
-///   ctkmu backup -s0 --out payments.tbk --passphrase
+///   ctkmu backup -s0 --out payments.tbk --passphrase     (asks the user PIN and the passphrase)
 ///
 ///   ctkmu backup -s0 --out payments.tbk --shares 3/5 --shares-dir /media/custodians
 ///
@@ -68,9 +70,9 @@ pub enum Command {
         /// File whose first line is the passphrase.
         #[arg(long, value_name = "PATH", requires = "passphrase")]
         passphrase_file: Option<PathBuf>,
-        /// File whose first line is the token's SO PIN.
+        /// File whose first line is the token's user PIN.
         #[arg(long, value_name = "PATH")]
-        so_pin_file: Option<PathBuf>,
+        user_pin_file: Option<PathBuf>,
     },
     /// Restore a backup file into the (initialised) token in a slot; all objects or none.
     Restore {
