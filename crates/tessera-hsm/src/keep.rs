@@ -290,11 +290,8 @@ impl Hsm {
             let full = self.full_attributes(token, token_id, id, object)?;
             if let Some(why) = backup_refusal(&full).filter(|_| for_file) {
                 let entry = entry(&full);
-                out.refused.push(format!(
-                    "{:?} ({}): {why}",
-                    entry.label,
-                    class_name(entry.class)
-                ));
+                out.refused
+                    .push(format!("{:?} ({}): {why}", entry.label, entry.class_name()));
                 continue;
             }
             out.manifest.push(entry(&full));
@@ -411,8 +408,12 @@ impl Hsm {
                 Rv::TokenNotRecognized,
             ));
         }
-        // Only files that this device, or a device it trusts, wrote and signed.
-        let mut anchors = self.identity_chain().unwrap_or_default();
+        // Only files that this device (its own identity certificate, not whatever else its
+        // owner signed) or a peer it trusts wrote and signed.
+        let mut anchors: Vec<Vec<u8>> = self
+            .identity_chain()
+            .map(|chain| chain.into_iter().take(1).collect())
+            .unwrap_or_default();
         anchors.extend(self.peer_certificates());
         let trusted = tessera_identity::verify::verify_chain(
             &header.chain,
@@ -423,8 +424,9 @@ impl Hsm {
         if let Err(refusal) = trusted {
             return Err(refused(
                 &format!(
-                    "written by device {:?}, which this device does not trust: {refusal}",
-                    header.device_serial
+                    "written by device {:?}, which this device does not trust: {:?}",
+                    header.device_serial,
+                    refusal.to_string()
                 ),
                 Rv::CertNotValidated,
             ));
@@ -578,18 +580,6 @@ fn carried_class(class: u64) -> bool {
         ck::CKO_SECRET_KEY,
     ]
     .contains(&(class as ck::CK_OBJECT_CLASS))
-}
-
-/// A class's name, for messages.
-pub(crate) fn class_name(class: u64) -> &'static str {
-    match class as ck::CK_OBJECT_CLASS {
-        ck::CKO_DATA => "data",
-        ck::CKO_CERTIFICATE => "certificate",
-        ck::CKO_PUBLIC_KEY => "public key",
-        ck::CKO_PRIVATE_KEY => "private key",
-        ck::CKO_SECRET_KEY => "secret key",
-        _ => "object",
-    }
 }
 
 #[cfg(test)]

@@ -95,6 +95,10 @@ impl Hsm {
             if sources().any(|k| !k.flag(ck::CKA_EXTRACTABLE)) {
                 template.set(Attribute::bool(ck::CKA_EXTRACTABLE, false));
             }
+            // Only a trusted key wraps it if only a trusted key wraps one of them.
+            if sources().any(|k| k.flag(ck::CKA_WRAP_WITH_TRUSTED)) {
+                template.set(Attribute::bool(ck::CKA_WRAP_WITH_TRUSTED, true));
+            }
             // Nor may it go into a backup file if one of them may not (docs/backup.md).
             if sources().any(|k| crate::keep::backup_refusal(k).is_some()) {
                 template.set(Attribute::bool(

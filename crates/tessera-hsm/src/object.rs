@@ -381,6 +381,8 @@ pub fn check_change(
         // extractable only to FALSE, copyable and modifiable only to FALSE.
         ck::CKA_SENSITIVE if old && new == Some(false) => Err(Rv::AttributeReadOnly),
         ck::CKA_EXTRACTABLE if !old && new == Some(true) => Err(Rv::AttributeReadOnly),
+        // Once true, read-only ("Attribute cannot be changed once set to CK_TRUE").
+        ck::CKA_WRAP_WITH_TRUSTED if old && new == Some(false) => Err(Rv::AttributeReadOnly),
         // Whether a key may go into a backup file: set true only when the key is made.
         BACKUP if !old && new == Some(true) => Err(Rv::AttributeReadOnly),
         ck::CKA_COPYABLE if !old && new == Some(true) => Err(Rv::AttributeReadOnly),
@@ -571,9 +573,10 @@ fn complete_key(
         attributes.default_flag(ck::CKA_WRAP_WITH_TRUSTED, false);
         let sensitive = attributes.flag(ck::CKA_SENSITIVE);
         let extractable = attributes.flag(ck::CKA_EXTRACTABLE);
-        attributes.set_flag(ck::CKA_ALWAYS_SENSITIVE, generated && sensitive);
-        // A key that may go into a backup file (CKA_TESSERA_BACKUP) can leave the device.
+        // A key that may go into a backup file (CKA_TESSERA_BACKUP) can leave the device: its
+        // value is in the clear to whoever opens the file.
         let backup = attributes.get(BACKUP).is_some_and(|v| v != [0]);
+        attributes.set_flag(ck::CKA_ALWAYS_SENSITIVE, generated && sensitive && !backup);
         attributes.set_flag(
             ck::CKA_NEVER_EXTRACTABLE,
             generated && !extractable && !backup,

@@ -342,26 +342,13 @@ impl Store {
         build: impl FnOnce(u64) -> Result<StoredObject, StoreError>,
     ) -> Result<u64, StoreError> {
         let mut build = Some(build);
-        let mut allocated = 0;
-        self.write(|txn| {
-            let mut meta = txn.open_table(META)?;
-            let next = match meta.get(NEXT_ID_KEY)? {
-                Some(v) => <[u8; 8]>::try_from(v.value())
-                    .map(u64::from_le_bytes)
-                    .unwrap_or(1),
-                None => 1,
-            };
-            meta.insert(NEXT_ID_KEY, next.saturating_add(1).to_le_bytes().as_slice())?;
-            let object = match build.take() {
-                Some(build) => build(next)?,
-                None => return Err(StoreError::Storage("object builder used twice".into()).into()),
-            };
-            let mut objects = txn.open_table(OBJECTS)?;
-            objects.insert((token_id, next), encode(&object)?.as_slice())?;
-            allocated = next;
-            Ok(())
+        let ids = self.insert_objects(token_id, 1, |_, id| match build.take() {
+            Some(build) => build(id),
+            None => Err(StoreError::Storage("object builder used twice".into())),
         })?;
-        Ok(allocated)
+        ids.first()
+            .copied()
+            .ok_or_else(|| StoreError::Storage("no id allocated".into()))
     }
 
     /// Allocates ids for `count` objects and stores what `build` makes for each (its place in

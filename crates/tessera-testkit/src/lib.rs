@@ -493,6 +493,51 @@ impl Daemon {
     }
 }
 
+/// Trust between test devices (their identities made by [`Daemon::identify`]).
+impl Daemon {
+    /// This device's owner certificate, exported once to its test directory.
+    fn owner_certificate(&self) -> PathBuf {
+        let poc = self.dir().join("owner-poc.pem");
+        if !poc.exists() {
+            self.ctident(
+                Transport::Unix,
+                &[
+                    "export",
+                    "poc",
+                    "--out",
+                    poc.to_str().expect("a UTF-8 path"),
+                ],
+            );
+        }
+        poc
+    }
+
+    /// Makes this device trust `other` as a peer (HSM to HSM: `ctident peer add` of its owner
+    /// certificate).
+    pub fn trust_peer(&self, other: &Daemon) {
+        let poc = other.owner_certificate();
+        let poc = poc.to_str().expect("a UTF-8 path");
+        self.ctident(Transport::Unix, &["peer", "add", poc, "--yes"]);
+    }
+
+    /// Makes this test's clients trust `other`'s identity too (its owner certificate in this
+    /// test's trust store), so that one client reaches both devices under secure messaging.
+    pub fn clients_trust(&self, other: &Daemon) {
+        let poc = other.owner_certificate();
+        let output = Command::new(binary("ctident"))
+            .envs(self.trust_env())
+            .args(["trust", "add", poc.to_str().expect("a UTF-8 path"), "--yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("ctident runs");
+        assert!(
+            output.status.success(),
+            "ctident trust add: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
 /// The Administrator PIN that [`Daemon::admin`] sets up.
 pub const ADMIN_PIN: &str = "admin-pin-1234";
 

@@ -335,6 +335,38 @@ fn make(session: &Session) -> Proofs {
             ),
         )
         .unwrap();
+    // Only a trusted key wraps it: no file either; and that stays so.
+    let trusted_only = session
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &key(
+                "kept-back-4",
+                &[
+                    Attribute::ValueLen(32.into()),
+                    Attribute::Extractable(true),
+                    Attribute::WrapWithTrusted(true),
+                ],
+            ),
+        )
+        .unwrap();
+    assert_eq!(
+        common::rv(session.update_attributes(trusted_only, &[Attribute::WrapWithTrusted(false)])),
+        cryptoki::error::RvError::AttributeReadOnly
+    );
+    // A key that may go into a file can leave the device: never "never extractable".
+    match &session
+        .get_attributes(
+            hmac,
+            &[
+                AttributeType::NeverExtractable,
+                AttributeType::AlwaysSensitive,
+            ],
+        )
+        .unwrap()[..]
+    {
+        [Attribute::NeverExtractable(false), Attribute::AlwaysSensitive(false)] => {}
+        other => panic!("a backup-able key says {other:?}"),
+    }
     let (ml_kem_ciphertext, secret) = session
         .encapsulate_key(&Mechanism::MlKem, ml_kem_public, &hmac_secret())
         .unwrap();
@@ -480,10 +512,11 @@ fn a_token_backed_up_survives_a_tamper_and_its_keys_do_what_they_did() {
     );
     assert!(out.contains("Backed up 14 objects"), "{out}");
     assert!(
-        out.contains("Left out (3)")
+        out.contains("Left out (4)")
             && out.contains("kept-back-1")
             && out.contains("kept-back-2")
-            && out.contains("kept-back-3"),
+            && out.contains("kept-back-3")
+            && out.contains("kept-back-4"),
         "{out}"
     );
     let sealed = dir.join("sealed.tbk");
@@ -547,7 +580,8 @@ fn a_token_backed_up_survives_a_tamper_and_its_keys_do_what_they_did() {
         assert_eq!(
             found(&session, "kept-back-1")
                 + found(&session, "kept-back-2")
-                + found(&session, "kept-back-3"),
+                + found(&session, "kept-back-3")
+                + found(&session, "kept-back-4"),
             0
         );
     }
@@ -569,7 +603,7 @@ fn a_token_backed_up_survives_a_tamper_and_its_keys_do_what_they_did() {
     let events = daemon.admin(Transport::Unix, &["-e"]);
     let fingerprint = BackupFile::fingerprint(&std::fs::read(&split).unwrap());
     for (kind, what) in [
-        ("token-backup", "14 objects, 3 refused, under 3 of 5 shares"),
+        ("token-backup", "14 objects, 4 refused, under 3 of 5 shares"),
         ("token-backup", "under one custodian's passphrase"),
         ("token-restore", "14 objects from the backup"),
     ] {
@@ -770,6 +804,36 @@ fn altered_truncated_and_foreign_files_and_wrong_secrets_change_nothing() {
             "cut {cut}: {said}"
         );
     }
+    // A custodian opens the file with the passphrase, changes an object, seals it again under
+    // the same key and keeps the device's signature: the signature covers the sealed part.
+    let parsed = BackupFile::parse(&good).unwrap();
+    let tessera_wire::backup::Lock::Passphrase {
+        salt,
+        iterations,
+        wrapped,
+    } = parsed.header.lock.clone()
+    else {
+        panic!("a passphrase backup")
+    };
+    let record = tessera_store::PinRecord {
+        salt,
+        iterations,
+        wrapped,
+    };
+    let key = tessera_store::MasterKey::unwrap(&record, PASSPHRASE.as_bytes()).unwrap();
+    let mut payload = key
+        .open(&parsed.authenticated, &parsed.sealed)
+        .unwrap()
+        .expose()
+        .to_vec();
+    let at = payload
+        .windows(DATA_MARKER.len())
+        .position(|w| w == DATA_MARKER)
+        .expect("the custodian sees the object's value");
+    payload[at] ^= 0x20;
+    let resealed = key.seal(&parsed.authenticated, &payload).unwrap();
+    let forged = BackupFile::encode(&parsed.authenticated, &parsed.signature, &resealed);
+    assert!(try_restore(&forged, &passphrase).contains("signature"));
     // A file of another token type (its model rewritten; the seal is checked after).
     let mut parsed = BackupFile::parse(&good).unwrap();
     parsed.header.token_model = "Tessera Admin".into();
@@ -835,15 +899,7 @@ fn altered_truncated_and_foreign_files_and_wrong_secrets_change_nothing() {
     assert_eq!(objects_in_slot_0(&daemon), 4);
     let events = daemon.admin(Transport::Unix, &["-e"]);
     assert!(events.contains("restore-refused"), "{events}");
-    let poc = other.dir().join("poc.pem");
-    other.ctident(
-        Transport::Unix,
-        &["export", "poc", "--out", poc.to_str().unwrap()],
-    );
-    daemon.ctident(
-        Transport::Unix,
-        &["peer", "add", poc.to_str().unwrap(), "--yes"],
-    );
+    daemon.trust_peer(&other);
     ctkmu(
         &daemon,
         &[
@@ -901,30 +957,9 @@ fn a_whole_device_put_back_serves_only_by_the_explicit_act_which_is_logged() {
 fn two_peers() -> (Daemon, Daemon, String) {
     let a = secured_daemon();
     let b = secured_daemon();
-    for (truster, trusted) in [(&a, &b), (&b, &a)] {
-        let poc = trusted.dir().join("poc.pem");
-        trusted.ctident(
-            Transport::Unix,
-            &["export", "poc", "--out", poc.to_str().unwrap()],
-        );
-        truster.ctident(
-            Transport::Unix,
-            &["peer", "add", poc.to_str().unwrap(), "--yes"],
-        );
-    }
-    // a's clients trust b's identity too.
-    let pic = b.dir().join("pic.pem");
-    b.ctident(
-        Transport::Unix,
-        &["export", "pic", "--out", pic.to_str().unwrap()],
-    );
-    let output = tool(
-        &a,
-        &a.server_list(Transport::Unix),
-        "ctident",
-        &["trust", "add", pic.to_str().unwrap(), "--yes"],
-    );
-    assert!(output.status.success(), "{}", text(&output));
+    a.trust_peer(&b);
+    b.trust_peer(&a);
+    a.clients_trust(&b);
     let servers = format!(
         "{} {}",
         a.server_list(Transport::Unix),
@@ -966,11 +1001,11 @@ fn a_token_replicates_to_a_trusted_peer_under_full_secure_messaging() {
     assert!(output.status.success(), "{}", text(&output));
     // Every object, those that may not go into a file included.
     assert!(
-        text(&output).contains("Replicated 17 objects"),
+        text(&output).contains("Replicated 18 objects"),
         "{}",
         text(&output)
     );
-    assert_eq!(objects_in_slot_0(&b), 17);
+    assert_eq!(objects_in_slot_0(&b), 18);
     let pkcs11 = common::load_secured(&b, Transport::Unix);
     {
         let session = common::user_session(&pkcs11, slot);
@@ -1070,6 +1105,16 @@ fn a_relay_that_alters_or_replays_a_replica_and_an_untrusted_device_get_nothing(
             request: request.clone(),
         },
     ));
+    // A device does not answer its own request (its own identity would vouch for it).
+    let own = keep(
+        &to,
+        to_g,
+        to_session,
+        KeepCommand::Replicate {
+            request: request.clone(),
+        },
+    );
+    assert_eq!(own.err(), Some(ck::CKR_DATA_INVALID as u64));
     // The relay flips one byte anywhere: a signature or the seal breaks.
     for at in [10, replica.len() / 2, replica.len() - 10] {
         let mut altered = replica.clone();

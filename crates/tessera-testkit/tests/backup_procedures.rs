@@ -171,28 +171,9 @@ fn a_token_replicates_to_a_peer_as_documented() {
     let a = device();
     let b = Daemon::start();
     sm::prepare(&b, Transport::Unix, "nuNU");
-    for (truster, trusted) in [(&a, &b), (&b, &a)] {
-        let poc = trusted.dir().join("poc.pem");
-        trusted.ctident(
-            Transport::Unix,
-            &["export", "poc", "--out", poc.to_str().unwrap()],
-        );
-        truster.ctident(
-            Transport::Unix,
-            &["peer", "add", poc.to_str().unwrap(), "--yes"],
-        );
-    }
-    let pic = b.dir().join("pic.pem");
-    b.ctident(
-        Transport::Unix,
-        &["export", "pic", "--out", pic.to_str().unwrap()],
-    );
-    let trusted = Command::new(binary("ctident"))
-        .envs(a.trust_env())
-        .args(["trust", "add", pic.to_str().unwrap(), "--yes"])
-        .output()
-        .unwrap();
-    assert!(trusted.status.success(), "{trusted:?}");
+    a.trust_peer(&b);
+    b.trust_peer(&a);
+    a.clients_trust(&b);
     let work = workdir(&a);
     let servers = format!(
         "{} {}",

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 /// The file's first bytes.
 pub const MAGIC: &[u8; 8] = b"TSBACKUP";
 /// The layout this build writes and reads.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 /// What a backup file says of itself, in the clear (and authenticated by the sealed part).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -62,6 +62,21 @@ pub struct ManifestEntry {
     pub id: String,
     /// `CKA_PRIVATE`.
     pub private: bool,
+}
+
+impl ManifestEntry {
+    /// The class's name, for people.
+    pub fn class_name(&self) -> &'static str {
+        use tessera_core::ck;
+        match self.class as ck::CK_OBJECT_CLASS {
+            ck::CKO_DATA => "data",
+            ck::CKO_CERTIFICATE => "certificate",
+            ck::CKO_PUBLIC_KEY => "public key",
+            ck::CKO_PRIVATE_KEY => "private key",
+            ck::CKO_SECRET_KEY => "secret key",
+            _ => "object",
+        }
+    }
 }
 
 /// What protects the backup key.

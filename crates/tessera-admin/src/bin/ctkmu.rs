@@ -95,7 +95,7 @@ fn explain(target: &Target, error: ClientError, slot: u64, shares: bool) -> Fail
             Some(Rv::DataInvalid) => format!("the device refused the file or message as malformed, stale or not answering its request; {nothing}"),
             Some(Rv::ArgumentsBad) => format!("the shares or parameters do not fit this backup; {nothing}"),
             Some(Rv::TokenNotRecognized) => format!("device {device} slot {slot}: the file is for another token type, or this is the Admin token (backups are of application tokens, restored into a token of the same model)"),
-            Some(Rv::UserNotLoggedIn) => format!("device {device} slot {slot}: the token's SO is not logged in"),
+            Some(Rv::UserNotLoggedIn) => format!("device {device} slot {slot}: not logged in as the token's user (a backup) or its SO (a restore, a replication)"),
             Some(Rv::PinLenRange) => format!("a passphrase has at least {MIN_PASSPHRASE} characters"),
             Some(Rv::FunctionNotSupported) => format!("device {device} is a node of a cluster, which takes no restore or replica: restore into a single device, then found the cluster from it"),
             Some(Rv::CertNotValidated) => format!("device {device} does not trust the device that wrote this (its identity is not this device's, nor a peer's): add that device's owner certificate with `ctident -a{device} peer add FILE` (docs/backup.md); nothing was restored or copied"),
@@ -145,7 +145,7 @@ fn show(path: &Path) -> Result<(), Failure> {
     for e in &h.manifest {
         println!(
             "    {:<12} {:<10} {:<6} label {:?} id {}",
-            class_name(e.class),
+            e.class_name(),
             e.key_type.map(key_type_name).unwrap_or_default(),
             if e.private { "private" } else { "public" },
             e.label,
@@ -153,18 +153,6 @@ fn show(path: &Path) -> Result<(), Failure> {
         );
     }
     Ok(())
-}
-
-fn class_name(class: u64) -> &'static str {
-    use tessera_core::ck;
-    match class as ck::CK_OBJECT_CLASS {
-        ck::CKO_DATA => "data",
-        ck::CKO_CERTIFICATE => "certificate",
-        ck::CKO_PUBLIC_KEY => "public key",
-        ck::CKO_PRIVATE_KEY => "private key",
-        ck::CKO_SECRET_KEY => "secret key",
-        _ => "object",
-    }
 }
 
 fn key_type_name(key_type: u64) -> String {
