@@ -19,9 +19,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
-use aws_lc_rs::hkdf;
-use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::agreement::EphemeralPrivateKey;
 use serde::{Deserialize, Serialize};
 use tessera_store::MasterKey;
 
@@ -111,24 +109,9 @@ fn grant_message(
     m
 }
 
-struct TransportKeyLen;
-
-impl hkdf::KeyType for TransportKeyLen {
-    fn len(&self) -> usize {
-        32
-    }
-}
-
 /// A fresh X25519 key pair for one exchange: the private key and the public key's bytes.
 fn ephemeral() -> Result<(EphemeralPrivateKey, Vec<u8>), ClusterError> {
-    let private = EphemeralPrivateKey::generate(&X25519, &SystemRandom::new())
-        .map_err(|_| refused("the random generator failed"))?;
-    let public = private
-        .compute_public_key()
-        .map_err(|_| refused("key generation failed"))?
-        .as_ref()
-        .to_vec();
-    Ok((private, public))
+    tessera_store::agreement::ephemeral().map_err(refused)
 }
 
 /// The transport key from the X25519 agreement, bound to the request and the member's key.
@@ -138,23 +121,14 @@ fn transport_key(
     request: &[u8],
     member_public: &[u8],
 ) -> Result<MasterKey, ClusterError> {
-    agreement::agree_ephemeral(
+    tessera_store::agreement::transport_key(
         private,
-        UnparsedPublicKey::new(&X25519, peer_public),
-        refused("key agreement failed (a malformed public key)"),
-        |shared| {
-            let mut salt = request.to_vec();
-            salt.extend_from_slice(member_public);
-            let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, &salt);
-            let info: &[&[u8]] = &[b"tessera cluster key transport v1"];
-            let mut out = tessera_core::SecretBytes::from_slice(&[0u8; 32]);
-            salt.extract(shared)
-                .expand(info, TransportKeyLen)
-                .and_then(|okm| okm.fill(out.expose_mut()))
-                .map_err(|_| refused("key derivation failed"))?;
-            MasterKey::from_secret(out).map_err(refused)
-        },
+        peer_public,
+        request,
+        member_public,
+        b"tessera cluster key transport v1",
     )
+    .map_err(refused)
 }
 
 /// Checks that `chain` is trusted for `serial` by `anchors` and signed `message`.

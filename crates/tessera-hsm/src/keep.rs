@@ -36,6 +36,13 @@ pub(crate) struct Carried {
     pub secret: Template,
 }
 
+impl Carried {
+    /// The object's attributes, whole.
+    pub(crate) fn attributes(&self) -> Attributes {
+        Attributes::join(&self.public, &self.secret)
+    }
+}
+
 /// A token's objects taken out for a backup or a replica: what goes, its manifest, and what
 /// stays (with why).
 pub(crate) struct TakenOut {
@@ -479,16 +486,17 @@ impl Hsm {
             .map_err(|_| damaged())?;
         let carried: Vec<Carried> =
             postcard::from_bytes(payload.expose()).map_err(|_| damaged())?;
+        let objects: Vec<Attributes> = carried.iter().map(Carried::attributes).collect();
         // The manifest that `ctkmu show` prints is what comes back, object by object.
-        let listed = carried.len() == header.manifest.len()
-            && carried
+        let listed = objects.len() == header.manifest.len()
+            && objects
                 .iter()
                 .zip(&header.manifest)
-                .all(|(c, m)| entry(&Attributes::join(&c.public, &c.secret)) == *m);
+                .all(|(o, m)| entry(o) == *m);
         if !listed {
             return Err(damaged());
         }
-        let (token_id, serial, restored) = self.put_in(client, session, carried)?;
+        let (token_id, serial, restored) = self.put_in(client, session, objects)?;
         self.event(
             "SO",
             "token-restore",
@@ -504,7 +512,7 @@ impl Hsm {
         Ok(Reply::Number(restored))
     }
 
-    /// Puts carried objects into the session's token (its SO logged in, R/W), sealed under
+    /// Puts objects that a backup or a replica carried into the session's token (its SO logged in, R/W), sealed under
     /// this device's keys, in one store transaction: all or none. Each is checked as an
     /// object of its class, and made to follow this device's flags. Returns the token, its
     /// serial and how many.
@@ -512,15 +520,13 @@ impl Hsm {
         &self,
         client: u64,
         session: u64,
-        carried: Vec<Carried>,
+        mut objects: Vec<Attributes>,
     ) -> Result<(u64, String, u64), Rv> {
         let tokens = self.tokens_of_session(client, session)?;
         let mut state = tokens.lock(self);
         let token_id = self.token_for(&state, client, session, Login::So, true)?;
         let flags = state.device.flags;
-        let mut objects = Vec::with_capacity(carried.len());
-        for c in &carried {
-            let mut attributes = Attributes::join(&c.public, &c.secret);
+        for attributes in objects.iter_mut() {
             let class = attributes.class();
             let well_formed = carried_class(class)
                 && attributes.flag(ck::CKA_TOKEN)
@@ -537,8 +543,7 @@ impl Hsm {
             }
             // A fresh CKA_UNIQUE_ID: ids are unique on a token, and a token may hold the
             // same backup twice.
-            crate::object::fresh_unique_id(&mut attributes)?;
-            objects.push(attributes);
+            crate::object::fresh_unique_id(attributes)?;
         }
         state.release_sessions();
         let token = state.token(token_id)?;

@@ -22,10 +22,10 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use aws_lc_rs::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
-use aws_lc_rs::hkdf;
+use aws_lc_rs::agreement::EphemeralPrivateKey;
 use serde::{Deserialize, Serialize};
 use tessera_core::{Rv, SecretBytes};
+use tessera_store::agreement::AgreementError;
 use tessera_store::MasterKey;
 use tessera_wire::Reply;
 
@@ -118,14 +118,6 @@ fn replica_message(r: &Replica) -> Vec<u8> {
     )
 }
 
-struct KeyLen;
-
-impl hkdf::KeyType for KeyLen {
-    fn len(&self) -> usize {
-        32
-    }
-}
-
 /// The transport key of one replica, bound to the request and the sender's public key.
 fn transport_key(
     private: EphemeralPrivateKey,
@@ -133,34 +125,25 @@ fn transport_key(
     request: &[u8],
     sender_public: &[u8],
 ) -> Result<MasterKey, Rv> {
-    agreement::agree_ephemeral(
+    tessera_store::agreement::transport_key(
         private,
-        UnparsedPublicKey::new(&X25519, peer_public),
-        Rv::DataInvalid,
-        |shared| {
-            let mut salt = request.to_vec();
-            salt.extend_from_slice(sender_public);
-            let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, &salt);
-            let info: &[&[u8]] = &[b"tessera token replica v1"];
-            let mut out = SecretBytes::from_slice(&[0u8; 32]);
-            salt.extract(shared)
-                .expand(info, KeyLen)
-                .and_then(|okm| okm.fill(out.expose_mut()))
-                .map_err(|_| Rv::FunctionFailed)?;
-            MasterKey::from_secret(out).map_err(|_| Rv::FunctionFailed)
-        },
+        peer_public,
+        request,
+        sender_public,
+        b"tessera token replica v1",
     )
+    .map_err(agreement_failure)
+}
+
+fn agreement_failure(e: AgreementError) -> Rv {
+    match e {
+        AgreementError::PublicKey => Rv::DataInvalid,
+        AgreementError::Failed => Rv::FunctionFailed,
+    }
 }
 
 fn ephemeral() -> Result<(EphemeralPrivateKey, Vec<u8>), Rv> {
-    let private = EphemeralPrivateKey::generate(&X25519, &aws_lc_rs::rand::SystemRandom::new())
-        .map_err(|_| Rv::FunctionFailed)?;
-    let public = private
-        .compute_public_key()
-        .map_err(|_| Rv::FunctionFailed)?
-        .as_ref()
-        .to_vec();
-    Ok((private, public))
+    tessera_store::agreement::ephemeral().map_err(agreement_failure)
 }
 
 impl Hsm {
@@ -336,7 +319,8 @@ impl Hsm {
         if carried.len() as u64 != replica.objects {
             return Err(Rv::EncryptedDataInvalid);
         }
-        let (_, serial, count) = self.put_in(client, session, carried)?;
+        let objects = carried.iter().map(Carried::attributes).collect();
+        let (_, serial, count) = self.put_in(client, session, objects)?;
         self.event(
             "SO",
             "token-replica-taken",

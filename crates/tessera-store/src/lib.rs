@@ -7,6 +7,7 @@
 //! store never sees key material in the clear.
 #![forbid(unsafe_code)]
 
+pub mod agreement;
 mod records;
 mod seal;
 pub mod shared;
