@@ -354,6 +354,67 @@ fn nothing_left_after_the_session(channel: bool) {
     );
 }
 
+/// What a call answered on the I/O thread leaves on that thread's stack is scrubbed once the
+/// reply is on its way, not at once: a session key made, used and destroyed on a connection
+/// that then stays open, the destruction the last call of all, must leave nothing once the
+/// daemon goes idle (without busy polling, going idle is the only turn the thread takes).
+#[test]
+fn no_key_value_is_left_in_the_daemons_memory_while_the_connection_stays_open() {
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+
+    const VALUE: &[u8; 32] = b"KEYVALUE-marker-idle-0123456789a";
+    let _serial = common::serialise();
+    let daemon = Daemon::start_with(&["--busy-poll", "0"]);
+    let pkcs11 = common::load(&daemon.server_list(tessera_testkit::Transport::Unix));
+    let slot = pkcs11.get_slots_with_token().unwrap()[0];
+    let so_pin = AuthPin::new("so-pin-1234".into());
+    let user_pin = AuthPin::new("user-pin-1234".into());
+    pkcs11.init_token(slot, &so_pin, "idle").unwrap();
+    let session = pkcs11.open_rw_session(slot).unwrap();
+    session.login(UserType::So, Some(&so_pin)).unwrap();
+    session.init_pin(&user_pin).unwrap();
+    session.logout().unwrap();
+    session.login(UserType::User, Some(&user_pin)).unwrap();
+    let key = session
+        .create_object(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::Token(false),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Encrypt(true),
+            Attribute::Value(VALUE.to_vec()),
+        ])
+        .unwrap();
+    session
+        .encrypt(&Mechanism::AesEcb, key, &[7u8; 32])
+        .unwrap();
+    session.destroy_object(key).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let found = loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let found = scan(daemon.pid().unwrap(), &[VALUE]);
+        if found.is_empty() || std::time::Instant::now() >= deadline {
+            break found;
+        }
+    };
+    let report: Vec<String> = found
+        .iter()
+        .map(|(_, region, count)| format!("the key value x{count} in {region}"))
+        .collect();
+    assert!(
+        report.is_empty(),
+        "left in the daemon's memory while the connection stays open:\n{}",
+        report.join("\n")
+    );
+    // The same connection and session, open all along, still serve.
+    assert_eq!(session.get_session_info().unwrap().slot_id(), slot);
+    session.logout().unwrap();
+}
+
 /// An EC private key is encoded (RFC 5915) for every check and every signature: that encoding,
 /// and the parts it is built from, must be wiped too. The scalar is a marker (any 32 bytes
 /// below the order of P-256 are a key); nothing of it may be left once the key is destroyed.

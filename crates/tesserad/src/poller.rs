@@ -60,6 +60,9 @@ impl Poller {
             if let std::task::Poll::Ready(output) = polled {
                 return Some(output);
             }
+            // The last reply has had its turn to be written: the time its client takes to
+            // send the next request pays for the scrub that reply's call owes.
+            crate::dispatch::pay_scrub();
         }
         None
     }

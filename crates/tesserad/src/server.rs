@@ -46,7 +46,9 @@ pub fn run(config: Config) -> Result<(), String> {
         builder.worker_threads(config.io_threads);
         builder
     };
+    // An I/O thread that goes idle first scrubs what an answered call left on its stack.
     let runtime = builder
+        .on_thread_park(crate::dispatch::pay_scrub)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;

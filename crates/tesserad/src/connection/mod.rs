@@ -304,6 +304,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
     /// Runs one request, or starts it (its reply is queued when it is done); `Break` when the
     /// connection is to end.
     async fn handle(&mut self, id: u64, request: Incoming) -> ControlFlow<()> {
+        // What an earlier call on this thread left on its stack goes before this one is served.
+        crate::dispatch::pay_scrub();
         let handling = crate::dispatch::Handling::enter();
         let (hsm, guard, ip, out, secure) =
             (&self.hsm, &self.guard, self.ip, &self.out, &self.secure);
