@@ -263,7 +263,7 @@ impl Device {
         if state.channel.is_none() {
             self.handshake(state)?;
         }
-        Ok(())
+        self.confirm(state)
     }
 
     fn exclusive(&self) -> RwLockWriteGuard<'_, State> {

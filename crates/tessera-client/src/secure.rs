@@ -306,6 +306,25 @@ pub(crate) struct ChannelState {
     rekey_bytes: u64,
     /// The device ended the channel, in a record of the channel (see [`Opened::Ended`]).
     ended: bool,
+    /// The handshake's key confirmation, sent and not answered yet ([`Device::confirm`]).
+    confirming: Option<Confirming>,
+}
+
+/// A handshake's key confirmation on its way: it goes out with the channel's first request, in
+/// the same write, and its answer is read before that request's, sparing a round trip per
+/// channel (as a TLS 1.3 client sends data behind its Finished). The request is safe to send
+/// first: it is sealed under keys that only the device whose signature and chain were just
+/// checked can derive. What the handshake learnt (the serial proven, the device's own
+/// requirement, the known-devices record) takes effect only once the device confirms.
+pub(crate) struct Confirming {
+    /// The confirmation's request id.
+    id: u64,
+    /// The serial that the chain proved.
+    serial: String,
+    /// The device's policy, in the signed transcript, requires a channel.
+    requires_channel: bool,
+    /// The entry to record in the user's known devices, when it changes.
+    record: Option<KnownDevice>,
 }
 
 impl ChannelState {
@@ -317,6 +336,7 @@ impl ChannelState {
             rekey_messages: jitter(settings.max_messages),
             rekey_bytes: jitter(settings.max_bytes),
             ended: false,
+            confirming: None,
         }
     }
 
@@ -333,9 +353,10 @@ impl ChannelState {
     }
 
     /// Whether the channel must be looked after before the next call (closed when idle too
-    /// long, renewed before its limits), which needs the connection to itself.
+    /// long, renewed before its limits, its key confirmation read), which needs the connection
+    /// to itself.
     pub(crate) fn needs_care(&self, settings: &SecureSettings) -> bool {
-        self.idle(settings) || self.due(settings)
+        self.confirming.is_some() || self.idle(settings) || self.due(settings)
     }
 
     /// Unused for longer than `ET_PTKC_SMS_IDLE_SECONDS` allows.
@@ -746,45 +767,88 @@ impl Device {
                 return Err(ClientError::Returned(Rv::CannotDeriveKeys.code()));
             }
         };
-        match self.exchange(state, Message::HandshakeFinish(finished)) {
-            Ok(Response::Reply(Reply::Done)) => {}
-            Ok(_) => return Err(ClientError::Returned(Rv::BadReply.code())),
-            Err(ClientError::Returned(code)) => {
-                self.report(&serial, "the device refused the key confirmation (the handshake was altered in transit)");
-                return Err(ClientError::Returned(code));
-            }
-            Err(e) => return Err(e),
-        }
-        // The serial is proven now (the chain names it), and so is the device's own
-        // requirement (its policy is in the signed transcript).
-        state.serial = Some(serial.clone());
-        state.serial_proven = true;
-        if answer.policy.requires_channel() {
-            state.requires_channel = true;
-        }
-        let channel_use = if answer.policy.requires_channel() {
-            ChannelUse::Required
-        } else {
-            ChannelUse::Used
+        // The key confirmation goes out with the channel's first request ([`Confirming`]).
+        let id = state.next_id();
+        let Some(stream) = state.stream.as_ref() else {
+            return Err(ClientError::StaleSession);
+        };
+        stream.queue(crate::stream::Stream::clear_frame(
+            id,
+            Message::HandshakeFinish(finished),
+        ));
+        let requires_channel = answer.policy.requires_channel();
+        let channel_use = match requires_channel {
+            true => ChannelUse::Required,
+            false => ChannelUse::Used,
         };
         let stale = known.is_none_or(|record| {
             record.allows_clear()
                 || (record.channel == ChannelUse::Used && channel_use == ChannelUse::Required)
         });
-        if let (true, Some(identity)) = (stale, identity) {
-            let record = KnownDevice {
-                entry,
-                serial: serial.clone(),
-                identity: Some(identity),
-                channel: channel_use,
-            };
+        let record = identity.filter(|_| stale).map(|identity| KnownDevice {
+            entry,
+            serial: serial.clone(),
+            identity: Some(identity),
+            channel: channel_use,
+        });
+        let mut current = ChannelState::new(channel, settings);
+        current.confirming = Some(Confirming {
+            id,
+            serial,
+            requires_channel,
+            record,
+        });
+        state.channel = Some(std::sync::Mutex::new(current));
+        state.generations += 1;
+        state.generation = state.generations;
+        Ok(())
+    }
+
+    /// Reads the device's answer to the handshake's key confirmation, if it is still due
+    /// (sending it first with whatever is queued behind it); then what the handshake learnt
+    /// takes effect. A refusal ends the channel and its connection.
+    pub(crate) fn confirm(&self, state: &mut State) -> Result<(), ClientError> {
+        let Some(confirming) = state.channel_mut().and_then(|c| c.confirming.take()) else {
+            return Ok(());
+        };
+        let Some(stream) = state.stream.as_ref() else {
+            return Err(ClientError::StaleSession);
+        };
+        let answer = match stream
+            .flush()
+            .and_then(|()| stream.receive_for(confirming.id))
+        {
+            Ok(answer) => answer.into_clear(),
+            Err(failure) => {
+                self.kill(state, true);
+                return Err(self.failure(failure));
+            }
+        };
+        let serial = confirming.serial;
+        match answer {
+            Ok(Response::Reply(Reply::Done)) => {}
+            Ok(_) => {
+                self.kill(state, true);
+                return Err(ClientError::Returned(Rv::BadReply.code()));
+            }
+            Err(code) => {
+                self.report(&serial, "the device refused the key confirmation (the handshake was altered in transit)");
+                self.kill(state, true);
+                return Err(ClientError::Returned(code));
+            }
+        }
+        // The serial is proven now (the chain names it), and so is the device's own
+        // requirement (its policy is in the signed transcript).
+        if confirming.requires_channel {
+            state.requires_channel = true;
+        }
+        if let (Some(record), Ok(settings)) = (confirming.record, self.settings()) {
             if let Err(e) = settings.known.record(crate::known::Level::User, &record) {
                 self.report(&serial, &format!("cannot record the known device: {e}"));
             }
         }
-        state.channel = Some(std::sync::Mutex::new(ChannelState::new(channel, settings)));
-        state.generations += 1;
-        state.generation = state.generations;
+        state.serial = Some(serial);
+        state.serial_proven = true;
         Ok(())
     }
 
@@ -799,10 +863,22 @@ impl Device {
             return Err(ClientError::StaleSession);
         };
         let frame = current.seal(id, request)?;
+        let confirming = current.confirming.is_some();
         let Some(stream) = state.stream.as_ref() else {
             return Err(ClientError::StaleSession);
         };
-        let answer = match stream.exchange(id, Frame::sealed(frame)) {
+        let answer = if confirming {
+            // Written with the key confirmation, whose answer comes first.
+            stream.queue(Frame::sealed(frame));
+            self.confirm(state)?;
+            let Some(stream) = state.stream.as_ref() else {
+                return Err(ClientError::StaleSession);
+            };
+            stream.receive_for(id)
+        } else {
+            stream.exchange(id, Frame::sealed(frame))
+        };
+        let answer = match answer {
             Ok(answer) => answer,
             Err(failure) => {
                 self.kill(state, true);

@@ -572,6 +572,16 @@ impl Stream {
     fn exchange_polling(&self, id: u64, frame: Frame, spin: &Spin) -> Result<Answer, Failure> {
         self.queue(frame);
         self.flush()?;
+        self.receive_polling_for(id, spin)
+    }
+
+    /// Reads the response to request `id`, sent already, with nothing else in flight before it
+    /// but what has been read.
+    pub(crate) fn receive_for(&self, id: u64) -> Result<Answer, Failure> {
+        self.receive_polling_for(id, &self.spin)
+    }
+
+    fn receive_polling_for(&self, id: u64, spin: &Spin) -> Result<Answer, Failure> {
         let (for_id, answer) = self.receive_polling(Some(spin))?;
         if for_id != id {
             answer.discard();

@@ -310,6 +310,82 @@ fn a_downgraded_handshake_is_detected() {
     }
 }
 
+/// Sessions open on the device.
+fn sessions(daemon: &Daemon, transport: Transport) -> u64 {
+    let device = secured(daemon, &daemon.server_list(transport), &[]);
+    match device.call(None, Call::DeviceStatus) {
+        Ok((Reply::Status(status), _)) => status.sessions,
+        other => panic!("device status: {other:?}"),
+    }
+}
+
+/// The key confirmation travels with the channel's first request, in one write (a round trip
+/// less per channel). A relay that alters the confirmation gets the channel refused, and the
+/// request sealed behind it, for a channel the device never opened, never runs: no session is
+/// opened, the client says why, and the next call makes a channel that works.
+#[test]
+fn a_request_sent_behind_an_altered_key_confirmation_never_runs() {
+    for transport in TRANSPORTS {
+        let daemon = Daemon::start();
+        prepare(&daemon, transport, "nuNU");
+        let relay = Relay::start(
+            &daemon,
+            transport,
+            Arc::new(|frame: &Frame, _: &Recorder| {
+                let mut envelope = request(&frame.body);
+                if let (0, Message::HandshakeFinish(finished)) =
+                    (frame.connection, &mut envelope.message)
+                {
+                    finished.finished[0] ^= 0x01;
+                }
+                vec![body(&envelope)]
+            }),
+            Arc::new(|frame: &Frame, _: &Recorder| frame.body.clone()),
+        );
+        let device = secured(&daemon, &relay.address, &[]);
+        let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
+        let outcome = code(device.call(None, Call::OpenSession { slot: 0, flags }));
+        assert_eq!(outcome, Rv::CannotDeriveKeys.code(), "{transport:?}");
+        let log = std::fs::read_to_string(daemon.client_log()).unwrap_or_default();
+        assert!(log.contains("refused the key confirmation"), "{log}");
+        // The request went right behind the confirmation, before its answer: the relay got it
+        // and passed it on (after the clear question for the device's serial, the first time).
+        let sent = || {
+            relay
+                .recorder
+                .frames(0, Way::ToDevice)
+                .iter()
+                .map(|b| request(b).message)
+                .collect::<Vec<_>>()
+        };
+        let protected = || sent().iter().any(|m| matches!(m, Message::Protected(_)));
+        assert!(
+            tessera_testkit::wait_until(std::time::Duration::from_secs(5), protected),
+            "{transport:?}: {} frames",
+            sent().len()
+        );
+        assert!(
+            matches!(
+                sent().as_slice(),
+                [
+                    ..,
+                    Message::Handshake(_),
+                    Message::HandshakeFinish(_),
+                    Message::Protected(_)
+                ]
+            ),
+            "{transport:?}"
+        );
+        // The device had it once the relay's connection to it ends (it refuses the record and
+        // closes the channel's connection); then no session was opened.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(sessions(&daemon, transport), 0, "{transport:?}");
+        let (session, _) = open(&device);
+        assert!(session > 0);
+        assert_eq!(sessions(&daemon, transport), 1, "{transport:?}");
+    }
+}
+
 /// The hello's nonce: 32 random bytes, then the hybrid offer (an ML-KEM-768 encapsulation key)
 /// or answer (a ciphertext).
 const RANDOM: usize = 32;
