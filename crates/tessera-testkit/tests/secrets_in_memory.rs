@@ -247,6 +247,38 @@ fn scan(pid: u32, markers: &[&[u8]]) -> Vec<(usize, String, usize)> {
     found
 }
 
+/// [`scan`] again until no marker is left, for at most 5 s (the daemon wipes and scrubs soon
+/// after a call, but a loaded machine may take a while to run it): what is left then.
+fn left_after_a_while(pid: u32, markers: &[&[u8]]) -> Vec<(usize, String, usize)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let found = scan(pid, markers);
+        if found.is_empty() || std::time::Instant::now() >= deadline {
+            return found;
+        }
+    }
+}
+
+/// Token `label` set up with the SO PIN `so` and the user PIN `user`, and a R/W session
+/// logged in as its user.
+fn user_session(
+    pkcs11: &cryptoki::context::Pkcs11,
+    slot: cryptoki::slot::Slot,
+    label: &str,
+    so: &cryptoki::types::AuthPin,
+    user: &cryptoki::types::AuthPin,
+) -> cryptoki::session::Session {
+    use cryptoki::session::UserType;
+    pkcs11.init_token(slot, so, label).unwrap();
+    let session = pkcs11.open_rw_session(slot).unwrap();
+    session.login(UserType::So, Some(so)).unwrap();
+    session.init_pin(user).unwrap();
+    session.logout().unwrap();
+    session.login(UserType::User, Some(user)).unwrap();
+    session
+}
+
 /// A clear-mode workload with marker PINs and a marker key value; then nothing of them may be
 /// left in the daemon's memory once the object is destroyed and the sessions logged out and
 /// closed.
@@ -334,14 +366,7 @@ fn nothing_left_after_the_session(channel: bool) {
                   // The daemon sees the connection end (and scrubs) soon after: scanned until nothing is
                   // left, for at most 5 s (a loaded machine may take a while to run the daemon).
     let markers: [&[u8]; 3] = [SO.as_bytes(), USER.as_bytes(), VALUE];
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let found = loop {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let found = scan(daemon.pid().unwrap(), &markers);
-        if found.is_empty() || std::time::Instant::now() >= deadline {
-            break found;
-        }
-    };
+    let found = left_after_a_while(daemon.pid().unwrap(), &markers);
     let names = ["the SO PIN", "the user PIN", "the key value"];
     let report: Vec<String> = found
         .iter()
@@ -362,7 +387,6 @@ fn nothing_left_after_the_session(channel: bool) {
 fn no_key_value_is_left_in_the_daemons_memory_while_the_connection_stays_open() {
     use cryptoki::mechanism::Mechanism;
     use cryptoki::object::{Attribute, KeyType, ObjectClass};
-    use cryptoki::session::UserType;
     use cryptoki::types::AuthPin;
 
     const VALUE: &[u8; 32] = b"KEYVALUE-marker-idle-0123456789a";
@@ -372,12 +396,7 @@ fn no_key_value_is_left_in_the_daemons_memory_while_the_connection_stays_open() 
     let slot = pkcs11.get_slots_with_token().unwrap()[0];
     let so_pin = AuthPin::new("so-pin-1234".into());
     let user_pin = AuthPin::new("user-pin-1234".into());
-    pkcs11.init_token(slot, &so_pin, "idle").unwrap();
-    let session = pkcs11.open_rw_session(slot).unwrap();
-    session.login(UserType::So, Some(&so_pin)).unwrap();
-    session.init_pin(&user_pin).unwrap();
-    session.logout().unwrap();
-    session.login(UserType::User, Some(&user_pin)).unwrap();
+    let session = user_session(&pkcs11, slot, "idle", &so_pin, &user_pin);
     let key = session
         .create_object(&[
             Attribute::Class(ObjectClass::SECRET_KEY),
@@ -393,14 +412,7 @@ fn no_key_value_is_left_in_the_daemons_memory_while_the_connection_stays_open() 
         .encrypt(&Mechanism::AesEcb, key, &[7u8; 32])
         .unwrap();
     session.destroy_object(key).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let found = loop {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let found = scan(daemon.pid().unwrap(), &[VALUE]);
-        if found.is_empty() || std::time::Instant::now() >= deadline {
-            break found;
-        }
-    };
+    let found = left_after_a_while(daemon.pid().unwrap(), &[VALUE]);
     let report: Vec<String> = found
         .iter()
         .map(|(_, region, count)| format!("the key value x{count} in {region}"))
@@ -422,7 +434,6 @@ fn no_key_value_is_left_in_the_daemons_memory_while_the_connection_stays_open() 
 fn no_private_key_encoding_is_left_in_the_daemons_memory_after_signing() {
     use cryptoki::mechanism::Mechanism;
     use cryptoki::object::{Attribute, KeyType, ObjectClass};
-    use cryptoki::session::UserType;
     use cryptoki::types::AuthPin;
 
     const SCALAR: &[u8; 32] = b"ECSCALAR-marker-0123456789abcdef";
@@ -433,13 +444,8 @@ fn no_private_key_encoding_is_left_in_the_daemons_memory_after_signing() {
     let slot = pkcs11.get_slots_with_token().unwrap()[0];
     let so_pin = AuthPin::new("so-pin-1234".into());
     let user_pin = AuthPin::new("user-pin-1234".into());
-    pkcs11.init_token(slot, &so_pin, "ec markers").unwrap();
     {
-        let session = pkcs11.open_rw_session(slot).unwrap();
-        session.login(UserType::So, Some(&so_pin)).unwrap();
-        session.init_pin(&user_pin).unwrap();
-        session.logout().unwrap();
-        session.login(UserType::User, Some(&user_pin)).unwrap();
+        let session = user_session(&pkcs11, slot, "ec markers", &so_pin, &user_pin);
         for token in [false, true] {
             let key = session
                 .create_object(&[
@@ -461,14 +467,7 @@ fn no_private_key_encoding_is_left_in_the_daemons_memory_after_signing() {
         session.logout().unwrap();
     }
     drop(pkcs11); // C_Finalize: the connection ends
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let found = loop {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let found = scan(daemon.pid().unwrap(), &[SCALAR]);
-        if found.is_empty() || std::time::Instant::now() >= deadline {
-            break found;
-        }
-    };
+    let found = left_after_a_while(daemon.pid().unwrap(), &[SCALAR]);
     let report: Vec<String> = found
         .iter()
         .map(|(_, region, count)| format!("the EC private key x{count} in {region}"))
@@ -508,7 +507,6 @@ fn vm_flags(pid: u32, maps_line: &str) -> String {
 fn a_key_in_use_is_held_only_in_locked_memory_left_out_of_dumps() {
     use cryptoki::mechanism::Mechanism;
     use cryptoki::object::{Attribute, KeyType, ObjectClass};
-    use cryptoki::session::UserType;
     use cryptoki::types::AuthPin;
 
     const SO: &str = "SOPIN-marker-77c1d0";
@@ -520,14 +518,7 @@ fn a_key_in_use_is_held_only_in_locked_memory_left_out_of_dumps() {
     let pkcs11 = common::load(&daemon.server_list(tessera_testkit::Transport::Unix));
     let slot = pkcs11.get_slots_with_token().unwrap()[0];
     let so_pin = AuthPin::new(SO.into());
-    pkcs11.init_token(slot, &so_pin, "held").unwrap();
-    let session = pkcs11.open_rw_session(slot).unwrap();
-    session.login(UserType::So, Some(&so_pin)).unwrap();
-    session.init_pin(&AuthPin::new(USER.into())).unwrap();
-    session.logout().unwrap();
-    session
-        .login(UserType::User, Some(&AuthPin::new(USER.into())))
-        .unwrap();
+    let session = user_session(&pkcs11, slot, "held", &so_pin, &AuthPin::new(USER.into()));
     let mut keys = Vec::new();
     for token in [false, true] {
         let key = session
