@@ -812,6 +812,7 @@ impl Device {
             return Ok(());
         };
         let Some(stream) = state.stream.as_ref() else {
+            self.kill(state, true);
             return Err(ClientError::StaleSession);
         };
         let answer = match stream
@@ -862,8 +863,18 @@ impl Device {
         let Some(current) = state.channel_mut() else {
             return Err(ClientError::StaleSession);
         };
-        let frame = current.seal(id, request)?;
         let confirming = current.confirming.is_some();
+        let frame = match (current.seal(id, request), state.stream.is_some()) {
+            (Ok(frame), true) => frame,
+            (sealed, _) => {
+                // A key confirmation left queued would go out with another call: the new
+                // channel goes, with its connection.
+                if confirming {
+                    self.kill(state, true);
+                }
+                return Err(sealed.err().unwrap_or(ClientError::StaleSession));
+            }
+        };
         let Some(stream) = state.stream.as_ref() else {
             return Err(ClientError::StaleSession);
         };

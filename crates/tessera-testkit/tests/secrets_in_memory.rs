@@ -380,9 +380,10 @@ fn nothing_left_after_the_session(channel: bool) {
 }
 
 /// What a call answered on the I/O thread leaves on that thread's stack is scrubbed once the
-/// reply is on its way, not at once: a session key made, used and destroyed on a connection
-/// that then stays open, the destruction the last call of all, must leave nothing once the
-/// daemon goes idle (without busy polling, going idle is the only turn the thread takes).
+/// reply is on its way, not at once: an AES key and an EC key made, used and destroyed on a
+/// connection that then stays open, the destruction the last call of all, must leave nothing
+/// once the daemon goes idle (without busy polling, going idle is the only turn the thread
+/// takes, and the scrub runs from the runtime's park hook, higher on the stack).
 #[test]
 fn no_key_value_is_left_in_the_daemons_memory_while_the_connection_stays_open() {
     use cryptoki::mechanism::Mechanism;
@@ -390,6 +391,8 @@ fn no_key_value_is_left_in_the_daemons_memory_while_the_connection_stays_open() 
     use cryptoki::types::AuthPin;
 
     const VALUE: &[u8; 32] = b"KEYVALUE-marker-idle-0123456789a";
+    const SCALAR: &[u8; 32] = b"ECSCALAR-marker-idle-0123456789a";
+    const P256: &[u8] = &[0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
     let _serial = common::serialise();
     let daemon = Daemon::start_with(&["--busy-poll", "0"]);
     let pkcs11 = common::load(&daemon.server_list(tessera_testkit::Transport::Unix));
@@ -397,6 +400,24 @@ fn no_key_value_is_left_in_the_daemons_memory_while_the_connection_stays_open() 
     let so_pin = AuthPin::new("so-pin-1234".into());
     let user_pin = AuthPin::new("user-pin-1234".into());
     let session = user_session(&pkcs11, slot, "idle", &so_pin, &user_pin);
+    // An EC key's signatures go deeper into the stack (its encoding is parsed at every one);
+    // then the AES key, whose destruction is the last call.
+    let ec = session
+        .create_object(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::KeyType(KeyType::EC),
+            Attribute::Token(false),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Sign(true),
+            Attribute::EcParams(P256.to_vec()),
+            Attribute::Value(SCALAR.to_vec()),
+        ])
+        .unwrap();
+    for _ in 0..3 {
+        session.sign(&Mechanism::Ecdsa, ec, &[9u8; 32]).unwrap();
+    }
+    session.destroy_object(ec).unwrap();
     let key = session
         .create_object(&[
             Attribute::Class(ObjectClass::SECRET_KEY),
@@ -412,10 +433,13 @@ fn no_key_value_is_left_in_the_daemons_memory_while_the_connection_stays_open() 
         .encrypt(&Mechanism::AesEcb, key, &[7u8; 32])
         .unwrap();
     session.destroy_object(key).unwrap();
-    let found = left_after_a_while(daemon.pid().unwrap(), &[VALUE]);
+    let found = left_after_a_while(daemon.pid().unwrap(), &[VALUE, SCALAR]);
     let report: Vec<String> = found
         .iter()
-        .map(|(_, region, count)| format!("the key value x{count} in {region}"))
+        .map(|(i, region, count)| {
+            let name = ["the AES key value", "the EC private key"][*i];
+            format!("{name} x{count} in {region}")
+        })
         .collect();
     assert!(
         report.is_empty(),

@@ -48,7 +48,7 @@ pub fn run(config: Config) -> Result<(), String> {
     };
     // An I/O thread that goes idle first scrubs what an answered call left on its stack.
     let runtime = builder
-        .on_thread_park(crate::dispatch::pay_scrub)
+        .on_thread_park(crate::dispatch::pay_scrub_when_idle)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;

@@ -363,8 +363,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 // a handshake runs here (a request that arrives meanwhile waits for one
                 // signature at most).
                 let answer = match handling.alone() {
-                    true => secure::lock(secure).handshake(&hello),
-                    false => off_thread(secure, move |current| current.handshake(&hello)).await,
+                    true => {
+                        let answer = secure::lock(secure).handshake(&hello);
+                        crate::dispatch::after_channel_keys(false);
+                        answer
+                    }
+                    false => {
+                        off_thread(secure, move |current| {
+                            let answer = current.handshake(&hello);
+                            crate::dispatch::after_channel_keys(true);
+                            answer
+                        })
+                        .await
+                    }
                 };
                 if let Err(code) = &answer {
                     guard.failed(ip, "the handshake was refused");
@@ -374,6 +385,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             }
             Next::Finish(finished) => {
                 let answer = secure::lock(secure).finish(&finished);
+                crate::dispatch::after_channel_keys(false);
                 match &answer {
                     Ok(_) => crate::metrics::handshake(Ok(())),
                     Err(_) => {
@@ -394,6 +406,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                         let mut current = secure::lock(secure);
                         respond_sealed(out, id, &mut current, &Ok(Reply::Done), all);
                         current.rekey();
+                        crate::dispatch::after_channel_keys(false);
                     }
                     Ok((Inner::Call(request), channel_client)) => {
                         let call = Job {
