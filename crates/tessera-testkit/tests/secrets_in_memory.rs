@@ -279,6 +279,53 @@ fn user_session(
     session
 }
 
+/// An AES key of value `value` made in `session` (a token object or not), an encryption with
+/// it, and its destruction.
+fn encrypt_with_aes_marker(session: &cryptoki::session::Session, value: &[u8], token: bool) {
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    let key = session
+        .create_object(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::Token(token),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Encrypt(true),
+            Attribute::Value(value.to_vec()),
+        ])
+        .unwrap();
+    session
+        .encrypt(&Mechanism::AesEcb, key, &[7u8; 32])
+        .unwrap();
+    session.destroy_object(key).unwrap();
+}
+
+/// A P-256 private key whose scalar is `scalar` (any 32 bytes below the group order are a
+/// key) made in `session` (a token object or not), three ECDSA signatures with it, and its
+/// destruction.
+fn sign_with_ec_marker(session: &cryptoki::session::Session, scalar: &[u8], token: bool) {
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    const P256: &[u8] = &[0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
+    let key = session
+        .create_object(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::KeyType(KeyType::EC),
+            Attribute::Token(token),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Sign(true),
+            Attribute::EcParams(P256.to_vec()),
+            Attribute::Value(scalar.to_vec()),
+        ])
+        .unwrap();
+    for _ in 0..3 {
+        session.sign(&Mechanism::Ecdsa, key, &[9u8; 32]).unwrap();
+    }
+    session.destroy_object(key).unwrap();
+}
+
 /// A clear-mode workload with marker PINs and a marker key value; then nothing of them may be
 /// left in the daemon's memory once the object is destroyed and the sessions logged out and
 /// closed.
@@ -295,8 +342,6 @@ fn no_pin_or_key_value_is_left_in_the_daemons_memory_after_a_session_on_a_channe
 }
 
 fn nothing_left_after_the_session(channel: bool) {
-    use cryptoki::mechanism::Mechanism;
-    use cryptoki::object::{Attribute, KeyType, ObjectClass};
     use cryptoki::session::UserType;
     use cryptoki::types::AuthPin;
 
@@ -336,21 +381,7 @@ fn nothing_left_after_the_session(channel: bool) {
             .login(UserType::User, Some(&AuthPin::new(USER.into())))
             .unwrap();
         for token in [false, true] {
-            let key = session
-                .create_object(&[
-                    Attribute::Class(ObjectClass::SECRET_KEY),
-                    Attribute::KeyType(KeyType::AES),
-                    Attribute::Token(token),
-                    Attribute::Private(true),
-                    Attribute::Sensitive(true),
-                    Attribute::Encrypt(true),
-                    Attribute::Value(VALUE.to_vec()),
-                ])
-                .unwrap();
-            session
-                .encrypt(&Mechanism::AesEcb, key, &[7u8; 32])
-                .unwrap();
-            session.destroy_object(key).unwrap();
+            encrypt_with_aes_marker(&session, VALUE, token);
         }
         session.logout().unwrap();
     }
@@ -386,13 +417,10 @@ fn nothing_left_after_the_session(channel: bool) {
 /// takes, and the scrub runs from the runtime's park hook, higher on the stack).
 #[test]
 fn no_key_value_is_left_in_the_daemons_memory_while_the_connection_stays_open() {
-    use cryptoki::mechanism::Mechanism;
-    use cryptoki::object::{Attribute, KeyType, ObjectClass};
     use cryptoki::types::AuthPin;
 
     const VALUE: &[u8; 32] = b"KEYVALUE-marker-idle-0123456789a";
     const SCALAR: &[u8; 32] = b"ECSCALAR-marker-idle-0123456789a";
-    const P256: &[u8] = &[0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
     let _serial = common::serialise();
     let daemon = Daemon::start_with(&["--busy-poll", "0"]);
     let pkcs11 = common::load(&daemon.server_list(tessera_testkit::Transport::Unix));
@@ -402,37 +430,8 @@ fn no_key_value_is_left_in_the_daemons_memory_while_the_connection_stays_open() 
     let session = user_session(&pkcs11, slot, "idle", &so_pin, &user_pin);
     // An EC key's signatures go deeper into the stack (its encoding is parsed at every one);
     // then the AES key, whose destruction is the last call.
-    let ec = session
-        .create_object(&[
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-            Attribute::KeyType(KeyType::EC),
-            Attribute::Token(false),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Sign(true),
-            Attribute::EcParams(P256.to_vec()),
-            Attribute::Value(SCALAR.to_vec()),
-        ])
-        .unwrap();
-    for _ in 0..3 {
-        session.sign(&Mechanism::Ecdsa, ec, &[9u8; 32]).unwrap();
-    }
-    session.destroy_object(ec).unwrap();
-    let key = session
-        .create_object(&[
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::AES),
-            Attribute::Token(false),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Encrypt(true),
-            Attribute::Value(VALUE.to_vec()),
-        ])
-        .unwrap();
-    session
-        .encrypt(&Mechanism::AesEcb, key, &[7u8; 32])
-        .unwrap();
-    session.destroy_object(key).unwrap();
+    sign_with_ec_marker(&session, SCALAR, false);
+    encrypt_with_aes_marker(&session, VALUE, false);
     let found = left_after_a_while(daemon.pid().unwrap(), &[VALUE, SCALAR]);
     let report: Vec<String> = found
         .iter()
@@ -456,12 +455,9 @@ fn no_key_value_is_left_in_the_daemons_memory_while_the_connection_stays_open() 
 /// below the order of P-256 are a key); nothing of it may be left once the key is destroyed.
 #[test]
 fn no_private_key_encoding_is_left_in_the_daemons_memory_after_signing() {
-    use cryptoki::mechanism::Mechanism;
-    use cryptoki::object::{Attribute, KeyType, ObjectClass};
     use cryptoki::types::AuthPin;
 
     const SCALAR: &[u8; 32] = b"ECSCALAR-marker-0123456789abcdef";
-    const P256: &[u8] = &[0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
     let _serial = common::serialise();
     let daemon = Daemon::start();
     let pkcs11 = common::load(&daemon.server_list(tessera_testkit::Transport::Unix));
@@ -471,22 +467,7 @@ fn no_private_key_encoding_is_left_in_the_daemons_memory_after_signing() {
     {
         let session = user_session(&pkcs11, slot, "ec markers", &so_pin, &user_pin);
         for token in [false, true] {
-            let key = session
-                .create_object(&[
-                    Attribute::Class(ObjectClass::PRIVATE_KEY),
-                    Attribute::KeyType(KeyType::EC),
-                    Attribute::Token(token),
-                    Attribute::Private(true),
-                    Attribute::Sensitive(true),
-                    Attribute::Sign(true),
-                    Attribute::EcParams(P256.to_vec()),
-                    Attribute::Value(SCALAR.to_vec()),
-                ])
-                .unwrap();
-            for _ in 0..3 {
-                session.sign(&Mechanism::Ecdsa, key, &[9u8; 32]).unwrap();
-            }
-            session.destroy_object(key).unwrap();
+            sign_with_ec_marker(&session, SCALAR, token);
         }
         session.logout().unwrap();
     }
