@@ -166,6 +166,61 @@ impl Crypto {
     }
 }
 
+/// CPU seconds a process has used so far, (user, system): fields 14 and 15 of
+/// `/proc/PID/stat`, in the kernel's user-visible ticks (`USER_HZ`, 100 a second on Linux).
+fn cpu_seconds(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: the fields after its ')' start at field 3.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let seconds = |field: usize| Some(fields.get(field - 3)?.parse::<f64>().ok()? / 100.0);
+    Some((seconds(14)?, seconds(15)?))
+}
+
+/// The CPU that one thread count's handshakes cost both ends, per handshake, against the
+/// crypto's: where a handshake's time goes when the cores are what limits it.
+struct CpuShare {
+    row: String,
+    /// (user, system) seconds per handshake, the library's process and the daemon.
+    library: (f64, f64),
+    daemon: (f64, f64),
+    crypto: f64,
+}
+
+impl CpuShare {
+    fn print_header() {
+        println!(
+            "{:<10} {:<24} {:<8} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10} {:>13}",
+            "identity",
+            "channel",
+            "threads",
+            "lib user us",
+            "lib sys us",
+            "dev user us",
+            "dev sys us",
+            "total us",
+            "crypto us",
+            "crypto/total"
+        );
+    }
+
+    fn print(&self) {
+        let (lu, ls) = self.library;
+        let (du, ds) = self.daemon;
+        let total = lu + ls + du + ds;
+        println!(
+            "{} {:>12.0} {:>12.0} {:>12.0} {:>12.0} {:>10.0} {:>10.0} {:>13.2}",
+            self.row,
+            lu * 1e6,
+            ls * 1e6,
+            du * 1e6,
+            ds * 1e6,
+            total * 1e6,
+            self.crypto * 1e6,
+            self.crypto / total
+        );
+    }
+}
+
 /// The machine's cores (the daemon and the clients share them).
 fn cores() -> f64 {
     std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
@@ -183,6 +238,8 @@ default) and for the classical one (X25519 alone, as a library of the classical 
 Beside each figure, its limit: the machine's cores over the crypto of one handshake (the
 identity signature, its check, the X25519 and ML-KEM-768 operations), timed with aws-lc-rs in
 this process in the same run; with one thread, the handshake's time against that crypto's.
+Then, for each run, the CPU both ends used per handshake (user and system, the library's process
+and the daemon) against that crypto: where the rest of a handshake's time goes.
 
 Options:
   --seconds S   time per thread count (default 2, from 0.1 to 60)
@@ -342,6 +399,7 @@ fn main() {
         "crypto ms",
         "p50/crypto"
     );
+    let mut shares = Vec::new();
     for (identity, daemon, name, settings) in [
         ("P-521", &daemon, "hybrid X25519+ML-KEM-768", &settings),
         ("P-521", &daemon, "classical X25519", &classical),
@@ -362,6 +420,8 @@ fn main() {
         for threads in [1usize, 2, 4, 8] {
             let done = AtomicU64::new(0);
             let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+            let daemon_pid = daemon.pid().expect("the daemon runs");
+            let cpu_before = (cpu_seconds(std::process::id()), cpu_seconds(daemon_pid));
             let started = Instant::now();
             let mut samples: Vec<Duration> = std::thread::scope(|scope| {
                 let workers: Vec<_> = (0..threads)
@@ -384,6 +444,17 @@ fn main() {
                     .collect()
             });
             let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+            let handshakes = done.load(Ordering::Relaxed).max(1) as f64;
+            let per = |before: Option<(f64, f64)>, after: Option<(f64, f64)>| {
+                let ((bu, bs), (au, as_)) = (before.unwrap_or_default(), after.unwrap_or_default());
+                ((au - bu) / handshakes, (as_ - bs) / handshakes)
+            };
+            shares.push(CpuShare {
+                row: format!("{:<10} {:<24} {:<8}", identity, name, threads),
+                library: per(cpu_before.0, cpu_seconds(std::process::id())),
+                daemon: per(cpu_before.1, cpu_seconds(daemon_pid)),
+                crypto,
+            });
             samples.sort();
             let p50 = tessera_testkit::quantile(&samples, 0.5).unwrap_or_default();
             // With one thread a handshake's time is its crypto plus everything else; with more,
@@ -405,5 +476,12 @@ fn main() {
                 against
             );
         }
+    }
+    println!(
+        "CPU per handshake, both ends (from /proc/PID/stat, 10 ms ticks over each run): the library's process (its client threads) and the daemon, user and system time, against the crypto timed above; with the cores busy, crypto/total is what x limit can reach"
+    );
+    CpuShare::print_header();
+    for share in &shares {
+        share.print();
     }
 }
