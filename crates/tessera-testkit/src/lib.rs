@@ -118,6 +118,19 @@ pub fn seconds_per_call(mut op: impl FnMut()) -> f64 {
     started.elapsed().as_secs_f64() / f64::from(count)
 }
 
+/// Field `field` of `/proc/PID/stat`, numbered as proc(5) numbers them (3 the state, 10 the
+/// minor faults, 14 and 15 the user and system time in ticks); `None` when the process is gone
+/// or the field is not there. The command name (field 2) is in parentheses and may hold
+/// spaces: the fields are counted after its closing one.
+pub fn proc_stat_field(pid: u32, field: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(')')?.1;
+    after_name
+        .split_whitespace()
+        .nth(field.checked_sub(3)?)
+        .map(str::to_string)
+}
+
 /// The `q` quantile (0 to 1) of sorted samples, nearest rank; `None` without samples. The
 /// benchmarks' p50 and p99.
 pub fn quantile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {

@@ -15,10 +15,10 @@ use tessera_testkit::Transport;
 
 /// Minor page faults of this process so far (`minflt`, field 10 of `/proc/self/stat`).
 fn minor_faults() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    // The command name (field 2) is in parentheses and may hold spaces: count after it.
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    after.split(' ').nth(7).unwrap().parse().unwrap()
+    tessera_testkit::proc_stat_field(std::process::id(), 10)
+        .expect("this process's stat")
+        .parse()
+        .unwrap()
 }
 
 #[test]

@@ -290,19 +290,7 @@ fn a_daemon_started_with_exit_with_parent_ends_with_its_parent() {
 
 /// Whether process `pid` still runs (a zombie, ended but not yet reaped, does not).
 fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            // The state follows the command name's closing parenthesis.
-            let state = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .next()?
-                .to_string();
-            Some(state != "Z" && state != "X")
-        })
-        .unwrap_or(false)
+    tessera_testkit::proc_stat_field(pid, 3).is_some_and(|state| state != "Z" && state != "X")
 }
 
 /// A client whose channel has a call running when SIGTERM arrives: the daemon answers the

@@ -241,7 +241,7 @@ thread_local! {
 /// already on its way; on an I/O thread the reply is written by the connection's writer task,
 /// which runs on this thread only after the call's task yields, so the scrub waits for it.
 #[derive(Clone, Copy)]
-enum Thread {
+pub(crate) enum Thread {
     Io,
     Pool,
 }
@@ -261,10 +261,7 @@ fn after(keys: Keys, secret_reply: bool, thread: Thread) {
     };
     if scrub {
         KEYS_ON_STACK.with(|k| k.set(false));
-        match thread {
-            Thread::Pool => scrub_stack(),
-            Thread::Io => SCRUB_OWED.with(|o| o.set(true)),
-        }
+        scrub_after(thread);
     } else if keys == Keys::Uses {
         KEYS_ON_STACK.with(|k| k.set(true));
     }
@@ -289,13 +286,13 @@ pub(crate) fn pay_scrub_when_idle() {
     }
 }
 
-/// Work on the connection's channel keys (a handshake's signature and key agreements, the key
-/// confirmation, a rekey) ran on this thread: on the blocking pool it scrubs at once, on the
-/// I/O thread it owes the scrub ([`pay_scrub`]).
-pub(crate) fn after_channel_keys(on_pool: bool) {
-    match on_pool {
-        true => scrub_stack(),
-        false => SCRUB_OWED.with(|o| o.set(true)),
+/// Key material was handled on this thread (a call's, or the channel's own: a handshake's
+/// signature and key agreements, the key confirmation, a rekey): on the blocking pool it
+/// scrubs at once, on the I/O thread it owes the scrub ([`pay_scrub`]).
+pub(crate) fn scrub_after(thread: Thread) {
+    match thread {
+        Thread::Pool => scrub_stack(),
+        Thread::Io => SCRUB_OWED.with(|o| o.set(true)),
     }
 }
 

@@ -169,10 +169,14 @@ impl Crypto {
 /// CPU seconds a process has used so far, (user, system): fields 14 and 15 of
 /// `/proc/PID/stat`, in the kernel's user-visible ticks (`USER_HZ`, 100 a second on Linux).
 fn cpu_seconds(pid: u32) -> Option<(f64, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces: the fields after its ')' start at field 3.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let seconds = |field: usize| Some(fields.get(field - 3)?.parse::<f64>().ok()? / 100.0);
+    let seconds = |field| {
+        Some(
+            tessera_testkit::proc_stat_field(pid, field)?
+                .parse::<f64>()
+                .ok()?
+                / 100.0,
+        )
+    };
     Some((seconds(14)?, seconds(15)?))
 }
 

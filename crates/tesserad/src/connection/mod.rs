@@ -365,13 +365,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 let answer = match handling.alone() {
                     true => {
                         let answer = secure::lock(secure).handshake(&hello);
-                        crate::dispatch::after_channel_keys(false);
+                        crate::dispatch::scrub_after(crate::dispatch::Thread::Io);
                         answer
                     }
                     false => {
                         off_thread(secure, move |current| {
                             let answer = current.handshake(&hello);
-                            crate::dispatch::after_channel_keys(true);
+                            crate::dispatch::scrub_after(crate::dispatch::Thread::Pool);
                             answer
                         })
                         .await
@@ -385,7 +385,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             }
             Next::Finish(finished) => {
                 let answer = secure::lock(secure).finish(&finished);
-                crate::dispatch::after_channel_keys(false);
+                crate::dispatch::scrub_after(crate::dispatch::Thread::Io);
                 match &answer {
                     Ok(_) => crate::metrics::handshake(Ok(())),
                     Err(_) => {
@@ -406,7 +406,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                         let mut current = secure::lock(secure);
                         respond_sealed(out, id, &mut current, &Ok(Reply::Done), all);
                         current.rekey();
-                        crate::dispatch::after_channel_keys(false);
+                        crate::dispatch::scrub_after(crate::dispatch::Thread::Io);
                     }
                     Ok((Inner::Call(request), channel_client)) => {
                         let call = Job {
