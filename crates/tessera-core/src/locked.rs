@@ -7,10 +7,15 @@
 //! Locking may fail (`RLIMIT_MEMLOCK` too small): the slot is then still excluded from dumps,
 //! and [`report`] says what could not be locked and why, for the daemon to warn about.
 //!
-//! Nothing here blocks for long or can deadlock a forked child: the pool is taken with a
-//! bounded number of `try_lock` attempts, and a caller that does not get it (or a failed
-//! mapping) falls back to the heap, where the secret is still wiped when dropped.
+//! Nothing here can deadlock a forked child. In the process that last held the pool, a thread
+//! waits for it (its holder is a live thread that only pushes, pops or maps one chunk): a
+//! secret never goes to the heap because other threads were busy with theirs. In a forked
+//! child, where a thread that held the pool at the fork no longer exists, the pool is taken
+//! with a bounded number of `try_lock` attempts; a caller that does not get it there (or a
+//! failed mapping anywhere) falls back to the heap, where the secret is still wiped when
+//! dropped.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use memmap2::{Advice, MmapMut, MmapOptions};
@@ -25,7 +30,7 @@ pub const LARGEST: usize = CLASSES[CLASSES.len() - 1];
 /// Bytes mapped at a time for one slot size.
 const CHUNK: usize = 64 * 1024;
 
-/// Attempts at the pool's lock before falling back to the heap.
+/// Attempts at the pool's lock in a forked child before falling back to the heap.
 const ATTEMPTS: usize = 64;
 
 /// One slot of locked memory, owned by one secret.
@@ -73,12 +78,31 @@ static POOL: Mutex<Pool> = Mutex::new(Pool {
     },
 });
 
+/// The process that last held the pool (0: none yet). A thread of that process may wait for
+/// the pool; a forked child, whose copy of the lock may belong to a thread it does not have,
+/// may not until it has held the pool itself.
+static HOLDER: AtomicU32 = AtomicU32::new(0);
+
 fn pool() -> Option<MutexGuard<'static, Pool>> {
+    let held = |pool: MutexGuard<'static, Pool>| {
+        HOLDER.store(std::process::id(), Ordering::Relaxed);
+        Some(pool)
+    };
+    match POOL.try_lock() {
+        Ok(pool) => return held(pool),
+        Err(TryLockError::Poisoned(poisoned)) => return held(poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) => {}
+    }
+    if HOLDER.load(Ordering::Relaxed) == std::process::id() {
+        // Its holder is a thread of this process: it lets go after a push, a pop or a mapping.
+        return Some(POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+    }
     for _ in 0..ATTEMPTS {
+        std::thread::yield_now();
         match POOL.try_lock() {
-            Ok(pool) => return Some(pool),
-            Err(TryLockError::Poisoned(poisoned)) => return Some(poisoned.into_inner()),
-            Err(TryLockError::WouldBlock) => std::thread::yield_now(),
+            Ok(pool) => return held(pool),
+            Err(TryLockError::Poisoned(poisoned)) => return held(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => {}
         }
     }
     None
@@ -105,7 +129,7 @@ pub fn give(slot: Slot) {
     let Some(class) = class_of(slot.capacity()) else {
         return;
     };
-    // Without the pool's lock (a forked child, or a long wait) the wiped slot is left unused.
+    // Without the pool's lock (a forked child) the wiped slot is left unused.
     if let Some(mut pool) = pool() {
         pool.free[class].push(slot.0);
     }
@@ -117,8 +141,8 @@ pub fn report() -> Report {
     if let Some(slot) = take(1) {
         give(slot);
     }
-    // The pool stayed busy (another thread between its attempts): nothing known yet, said as
-    // nothing locked; the daemon asks once at start, before any other thread uses it.
+    // No pool (a forked child whose copy of it stayed busy): nothing known, said as nothing
+    // locked; the daemon asks once at start, before any other thread uses it.
     pool().map(|pool| pool.report.clone()).unwrap_or_default()
 }
 
@@ -210,6 +234,30 @@ pub(crate) mod tests {
             "slot at {address:?} not wiped"
         );
         give(again);
+    }
+
+    #[test]
+    fn a_secret_waits_for_a_busy_pool_rather_than_going_to_the_heap() {
+        give(take(20).expect("a slot"));
+        let busy = pool().expect("the pool");
+        let (started, waiting) = std::sync::mpsc::channel();
+        let taker = std::thread::spawn(move || {
+            started.send(()).expect("send");
+            let slot = take(20);
+            let flags = slot.as_ref().map(|s| vm_flags(s.bytes().as_ptr() as usize));
+            slot.map(give);
+            flags
+        });
+        waiting.recv().expect("the taker started");
+        // Far longer than 64 yields: the taker must still be waiting when the pool is free.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!taker.is_finished(), "take() gave up on a busy pool");
+        drop(busy);
+        let flags = taker
+            .join()
+            .expect("join")
+            .expect("a locked slot, not the heap");
+        assert!(flags.split(' ').any(|f| f == "dd"), "not a slot: {flags}");
     }
 
     #[test]
