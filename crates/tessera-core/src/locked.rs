@@ -245,7 +245,9 @@ pub(crate) mod tests {
             started.send(()).expect("send");
             let slot = take(20);
             let flags = slot.as_ref().map(|s| vm_flags(s.bytes().as_ptr() as usize));
-            slot.map(give);
+            if let Some(slot) = slot {
+                give(slot);
+            }
             flags
         });
         waiting.recv().expect("the taker started");
