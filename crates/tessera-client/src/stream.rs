@@ -289,6 +289,12 @@ impl Stream {
                 })?;
                 stream.set_read_timeout(Some(reply)).ok();
                 stream.set_write_timeout(Some(reply)).ok();
+                // A bulk request crosses in one piece (the device asks the same for replies).
+                rustix::net::sockopt::set_socket_send_buffer_size(
+                    &stream,
+                    tessera_wire::UNIX_SEND_BUFFER,
+                )
+                .ok();
                 Socket::Unix(stream)
             }
             ServerAddress::Tcp { host, port } => {

@@ -17,6 +17,14 @@ pub const FRAME_HEADER_LEN: usize = 4;
 /// fits many times over, a hostile length does not exhaust memory).
 pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 
+/// The send buffer both ends ask for on a Unix socket (`SO_SNDBUF`; Linux doubles it for its
+/// bookkeeping and caps it at `net.core.wmem_max`). A Unix stream socket holds at most its
+/// sender's buffer in flight: with the default (about 208 KiB) a 1 MiB bulk frame crosses in
+/// five pieces, each a wake-up of the reader and of the writer, and a bare 1 MiB round trip
+/// took twice as long as with this. It is a ceiling, not an allocation: the kernel holds only
+/// what is written and not yet read. TCP keeps the kernel's own tuning, which does better.
+pub const UNIX_SEND_BUFFER: usize = 512 * 1024;
+
 /// Why a frame could not be read or decoded. Every variant is the peer's fault except `Io`.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {

@@ -297,7 +297,12 @@ impl Tune for tokio::net::TcpStream {
 }
 
 impl Tune for tokio::net::UnixStream {
-    fn tune(&self) {}
+    /// A bulk reply crosses in one piece rather than five (see [`tessera_wire::UNIX_SEND_BUFFER`]);
+    /// the library asks the same for its requests. Without it the connection still works.
+    fn tune(&self) {
+        let _ =
+            rustix::net::sockopt::set_socket_send_buffer_size(self, tessera_wire::UNIX_SEND_BUFFER);
+    }
 }
 
 /// How a connection's peer is named in `ctconf --channels` and in the event log.

@@ -700,7 +700,9 @@ fn measure_echo(
         .map_err(|e| e.to_string())?;
     let address = address.trim();
     let mut link: Box<dyn Link> = match transport {
-        "unix" => Box::new(UnixStream::connect(address).map_err(|e| format!("{address}: {e}"))?),
+        "unix" => Box::new(bulk_ready(
+            UnixStream::connect(address).map_err(|e| format!("{address}: {e}"))?,
+        )),
         _ => {
             let stream = TcpStream::connect(address).map_err(|e| format!("{address}: {e}"))?;
             stream.set_nodelay(true).map_err(|e| e.to_string())?;
@@ -720,6 +722,14 @@ fn measure_echo(
     Ok(percentile(&latencies, 0.5))
 }
 
+/// A Unix socket with the send buffer that the library and the device ask for
+/// ([`tessera_wire::UNIX_SEND_BUFFER`]), so that the bare round trip moves a megabyte as
+/// their calls do.
+fn bulk_ready(stream: UnixStream) -> UnixStream {
+    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(tessera_wire::UNIX_SEND_BUFFER);
+    stream
+}
+
 /// `--echo unix|tcp sleep|poll`: listens (a Unix socket in a fresh directory, or loopback TCP
 /// on a free port), prints the address, and echoes one connection.
 fn echo_server(transport: &str, polling: bool, size: usize) {
@@ -731,8 +741,8 @@ fn echo_server(transport: &str, polling: bool, size: usize) {
                 return;
             };
             println!("{}", path.display());
-            if let Ok((mut stream, _)) = listener.accept() {
-                echo(&mut stream, polling, size);
+            if let Ok((stream, _)) = listener.accept() {
+                echo(&mut bulk_ready(stream), polling, size);
             }
         }
         _ => {
