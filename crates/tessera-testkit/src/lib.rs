@@ -171,6 +171,9 @@ pub struct Daemon {
     /// A shell command line that ends with what runs tesserad (`sh -c '<launcher> "$@"' sh
     /// tesserad ARGS…`, for example `umask 022; exec` or `ulimit -c unlimited; exec`), if any.
     launcher: Option<String>,
+    /// Whether the daemon logs at debug level (tests read its log), or at its own default
+    /// (benchmarks: a debug line per connection is work an installed daemon does not do).
+    debug_log: bool,
 }
 
 impl Daemon {
@@ -185,6 +188,12 @@ impl Daemon {
         Daemon::start_prepared(None, |_| {}, extra).unwrap_or_else(|log| panic!("{log}"))
     }
 
+    /// Starts a daemon for a benchmark: as [`Daemon::start_with`], but logging at the daemon's
+    /// own default level (info), as an installed one does, not at the tests' debug level.
+    pub fn start_for_benchmark(extra: &[&str]) -> Daemon {
+        Daemon::start_configured(None, |_| {}, extra, false).unwrap_or_else(|log| panic!("{log}"))
+    }
+
     /// Starts a daemon through `launcher` (see [`Daemon`]'s field; `None`: directly) after
     /// `prepare` has run on the test's directory (where the data directory `data` is to be);
     /// `Err` is the daemon's log when it exits before it is ready. The daemon's working
@@ -194,6 +203,15 @@ impl Daemon {
         prepare: impl FnOnce(&Path),
         extra: &[&str],
     ) -> Result<Daemon, String> {
+        Daemon::start_configured(launcher, prepare, extra, true)
+    }
+
+    fn start_configured(
+        launcher: Option<&str>,
+        prepare: impl FnOnce(&Path),
+        extra: &[&str],
+        debug_log: bool,
+    ) -> Result<Daemon, String> {
         let dir = tempfile::tempdir().expect("a temporary directory");
         prepare(dir.path());
         let mut daemon = Daemon {
@@ -202,6 +220,7 @@ impl Daemon {
             port: free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             launcher: launcher.map(str::to_string),
+            debug_log,
         };
         // The free port may be taken by another test between its choice and the bind: then
         // another port.
@@ -295,7 +314,7 @@ impl Daemon {
             // No daemon outlives a test run that is killed before its `Drop` runs.
             .arg("--exit-with-parent")
             .args(&self.extra)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", if self.debug_log { "debug" } else { "info" })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

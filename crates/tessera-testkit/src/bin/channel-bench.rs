@@ -294,7 +294,7 @@ fn main() {
     let transport = Transport::Unix;
     // A fresh daemon with `identity`, flags nuNU, and a token.
     let device = |identity: &str| {
-        let daemon = Daemon::start_with(&[
+        let daemon = Daemon::start_for_benchmark(&[
             "--max-connections",
             &limit,
             "--max-connections-per-peer",

@@ -1055,8 +1055,8 @@ fn run(args: &[String]) -> Result<(), String> {
         Some(micros) => vec!["--busy-poll", micros.as_str()],
         None => vec![],
     };
-    let plain = Daemon::start_with(&daemon_options);
-    let secure = Daemon::start_with(&daemon_options);
+    let plain = Daemon::start_for_benchmark(&daemon_options);
+    let secure = Daemon::start_for_benchmark(&daemon_options);
     // (g): a node of a cluster, alone on a three-member etcd (its writes are etcd's commits;
     // what it serves from memory is what a single device serves).
     let clustered = if options.systems.contains('g') && tessera_testkit::etcd::binary().exists() {
@@ -1064,7 +1064,7 @@ fn run(args: &[String]) -> Result<(), String> {
         let endpoints = etcd.endpoints();
         let mut args = daemon_options.clone();
         args.extend(["--cluster", "bench", "--etcd", endpoints.as_str()]);
-        let node = Daemon::start_with(&args);
+        let node = Daemon::start_for_benchmark(&args);
         Some((etcd, node))
     } else {
         if options.systems.contains('g') {

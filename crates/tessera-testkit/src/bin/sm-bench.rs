@@ -139,7 +139,7 @@ fn main() {
         ("N", "N"),
         ("nuNU", "nuNU"),
     ] {
-        let daemon = Daemon::start();
+        let daemon = Daemon::start_for_benchmark(&[]);
         prepare(&daemon, transport, flags);
         let d = device(&daemon, transport);
         let (s, g) = user(&d);
@@ -226,7 +226,7 @@ fn main() {
 
 /// `C_FindObjects` by label on a token holding 100 000 objects.
 fn find_objects(transport: Transport) {
-    let daemon = Daemon::start();
+    let daemon = Daemon::start_for_benchmark(&[]);
     prepare(&daemon, transport, "");
     let d = device(&daemon, transport);
     let (s, g) = session(&d);
