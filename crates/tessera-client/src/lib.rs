@@ -112,6 +112,10 @@ pub(crate) struct State {
     /// This connection may carry session calls in the clear (decided once per connection by
     /// `Device::wants_channel`).
     pub(crate) clear_ok: bool,
+    /// What the known-devices files said of this entry earlier in the same call (forgotten
+    /// at the start of every call): the call's handshake takes it instead of reading the
+    /// files a second time a few microseconds later.
+    pub(crate) known_read: Option<Option<(known::KnownDevice, known::Level)>>,
     /// A pipelined call found the connection or channel failed: the next call cleans up.
     broken: AtomicBool,
 }
@@ -219,6 +223,7 @@ impl Device {
                 serial: None,
                 serial_proven: false,
                 clear_ok: false,
+                known_read: None,
                 broken: AtomicBool::new(false),
             }),
             inbox: Mutex::new(Inbox::default()),
@@ -258,6 +263,7 @@ impl Device {
     pub fn open_channel(&self) -> Result<(), ClientError> {
         let mut state = self.exclusive();
         let state = &mut *state;
+        state.known_read = None;
         self.forget_if_broken(state);
         self.connected(state)?;
         if state.channel.is_none() {
@@ -523,6 +529,7 @@ impl Device {
     ) -> Result<(Reply, u64), ClientError> {
         let mut state = self.exclusive();
         let state = &mut *state;
+        state.known_read = None;
         self.forget_if_broken(state);
         if session_generation.is_some() && state.stream.is_none() {
             return Err(ClientError::StaleSession);

@@ -587,7 +587,9 @@ impl Device {
         if state.clear_ok {
             return Ok(false);
         }
-        let clear = match self.known(settings)? {
+        let found = self.known(settings)?;
+        state.known_read = Some(found.clone());
+        let clear = match found {
             Some((record, level)) if record.allows_clear() => {
                 let claimed = self.claimed_serial(state)?;
                 if claimed != record.serial {
@@ -647,7 +649,10 @@ impl Device {
     /// chain proves the serial either way. The first channel to an entry records it.
     pub(crate) fn handshake(&self, state: &mut State) -> Result<(), ClientError> {
         let settings = self.settings()?;
-        let found = self.known(settings)?;
+        let found = match state.known_read.take() {
+            Some(found) => found,
+            None => self.known(settings)?,
+        };
         let known = found.as_ref().map(|(record, _)| record);
         let serial = match known {
             Some(record) if !record.allows_clear() => record.serial.clone(),

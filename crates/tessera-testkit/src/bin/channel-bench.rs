@@ -347,7 +347,11 @@ fn main() {
         let count = listed
             .lines()
             .rev()
-            .find_map(|l| l.split(" channel(s)").next()?.trim().parse::<usize>().ok())
+            .find_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+                // ctconf's count line: "50 channels" (or "1 channel").
+                [count, "channel" | "channels"] => count.parse::<usize>().ok(),
+                _ => None,
+            })
             .unwrap_or(0);
         println!(
         "{} idle {kind} channels (device lists {count}) opened in {:.1} s: daemon RSS {:.1} MiB -> {:.1} MiB, {:.1} KiB per channel, {:.1} MiB for 10 000",
@@ -388,7 +392,7 @@ fn main() {
         );
     }
     println!(
-        "limit = {} cores / the crypto of one handshake (a signature, its check, two X25519 key pairs and agreements, and for hybrid the ML-KEM-768 three); crypto ms = that crypto on one thread",
+        "limit = {} cores / the crypto of one handshake (a signature, its check, two X25519 key pairs and agreements, and for hybrid the ML-KEM-768 three); crypto ms = that crypto on one thread, timed again before and after each row (the mean of the two: the host's speed moves during a run)",
         cores()
     );
     println!(
@@ -415,12 +419,14 @@ fn main() {
         ),
         ("ML-DSA-87", &ml_dsa, "classical X25519", &ml_dsa_classical),
     ] {
-        let crypto = match identity {
+        let hybrid = name.starts_with("hybrid");
+        // The host's speed moves during a run (a slow spell halves it): the crypto is timed
+        // again before and after every row, and the row is set against the mean of the two.
+        let mut crypto_before = match identity {
             "P-521" => &p521,
             _ => &ml_dsa_87,
         }
-        .per_handshake(name.starts_with("hybrid"));
-        let limit = cores() / crypto;
+        .per_handshake(hybrid);
         for threads in [1usize, 2, 4, 8] {
             let done = AtomicU64::new(0);
             let deadline = Instant::now() + Duration::from_secs_f64(seconds);
@@ -449,14 +455,19 @@ fn main() {
             });
             let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
             let handshakes = done.load(Ordering::Relaxed).max(1) as f64;
+            let cpu_after = (cpu_seconds(std::process::id()), cpu_seconds(daemon_pid));
+            let crypto_after = Crypto::measure(identity).per_handshake(hybrid);
+            let crypto = (crypto_before + crypto_after) / 2.0;
+            crypto_before = crypto_after;
+            let limit = cores() / crypto;
             let per = |before: Option<(f64, f64)>, after: Option<(f64, f64)>| {
                 let ((bu, bs), (au, as_)) = (before.unwrap_or_default(), after.unwrap_or_default());
                 ((au - bu) / handshakes, (as_ - bs) / handshakes)
             };
             shares.push(CpuShare {
                 row: format!("{:<10} {:<24} {:<8}", identity, name, threads),
-                library: per(cpu_before.0, cpu_seconds(std::process::id())),
-                daemon: per(cpu_before.1, cpu_seconds(daemon_pid)),
+                library: per(cpu_before.0, cpu_after.0),
+                daemon: per(cpu_before.1, cpu_after.1),
                 crypto,
             });
             samples.sort();
@@ -482,7 +493,7 @@ fn main() {
         }
     }
     println!(
-        "CPU per handshake, both ends (from /proc/PID/stat, 10 ms ticks over each run): the library's process (its client threads) and the daemon, user and system time, against the crypto timed above; with the cores busy, crypto/total is what x limit can reach"
+        "CPU per handshake, both ends (from /proc/PID/stat, 10 ms ticks over each run): the library's process (its client threads) and the daemon, user and system time, against the crypto of its row; with the cores busy, crypto/total is what x limit can reach"
     );
     CpuShare::print_header();
     for share in &shares {

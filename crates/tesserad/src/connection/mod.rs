@@ -21,7 +21,7 @@ use tessera_wire::{
     SealedFrame, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use zeroize::Zeroize;
 
@@ -38,6 +38,16 @@ use outbox::{respond, respond_sealed, spawn_writer, Outbox};
 /// one of them to be answered (and written), which also bounds the replies queued for a client
 /// that does not read.
 const IN_FLIGHT: u32 = 32;
+
+/// The slot of a request that ran alone, once its reply is queued: one of the slots it took
+/// is kept until the reply is written, the others go back at once. Nothing else ran while it
+/// did, and the outbox writes in queue order, so the next request may run now: the library's
+/// first request behind its key confirmation is answered in the same write as the
+/// confirmation, not one write (and one wake-up of the library) later.
+fn done_alone(mut slot: OwnedSemaphorePermit) -> OwnedSemaphorePermit {
+    drop(slot.split(slot.num_permits().saturating_sub(1)));
+    slot
+}
 
 /// What every connection shares.
 #[derive(Clone)]
@@ -381,7 +391,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                     guard.failed(ip, "the handshake was refused");
                     crate::metrics::handshake(Err(crate::metrics::handshake_reason(*code)));
                 }
-                respond(out, id, None, answer, slot);
+                respond(out, id, None, answer, done_alone(slot));
             }
             Next::Finish(finished) => {
                 let answer = secure::lock(secure).finish(&finished);
@@ -393,7 +403,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                         crate::metrics::handshake(Err("key-confirmation"));
                     }
                 }
-                respond(out, id, None, answer.map(Response::Reply), slot);
+                respond(out, id, None, answer.map(Response::Reply), done_alone(slot));
             }
             Next::Opened(opened) => {
                 match opened {
