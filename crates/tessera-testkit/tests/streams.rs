@@ -152,3 +152,32 @@ fn four_gib_in_one_mib_parts_keep_memory_flat() {
         "the application's peak grew from {me_before} KiB to {me_after} KiB"
     );
 }
+
+/// A bulk ciphertext in the clear leaves the daemon in two writes (its frame's start, then the
+/// payload behind it, not copied into the frame): what arrives is the whole reply, byte for
+/// byte, also when a small reply is queued just before or after it.
+#[test]
+fn a_bulk_reply_written_in_two_parts_arrives_whole() {
+    let f = common::fixture(Transport::Unix);
+    let session = f.user_session();
+    let key = common::aes_key(&session).unwrap();
+    let data: Vec<u8> = (0..(1u32 << 20) + 5).map(|i| (i % 253) as u8).collect();
+    let mut iv = [5u8; 12];
+    let gcm = Mechanism::AesGcm(GcmParams::new(&mut iv, b"aad", 128.into()).unwrap());
+    let sealed = session.encrypt(&gcm, key, &data).unwrap();
+    assert_eq!(sealed.len(), data.len() + 16);
+    // Small calls between and around: the outbox batches them with the large frame's start.
+    let random = session.generate_random_vec(32).unwrap();
+    assert_eq!(random.len(), 32);
+    assert_eq!(
+        session.encrypt(&gcm, key, &data).unwrap(),
+        sealed,
+        "the same key, nonce and data give the same ciphertext"
+    );
+    assert_eq!(session.decrypt(&gcm, key, &sealed).unwrap(), data);
+    // Just above and below the size at which a reply is split.
+    for len in [64 * 1024 - 17, 64 * 1024 - 16, 64 * 1024] {
+        let sealed = session.encrypt(&gcm, key, &data[..len]).unwrap();
+        assert_eq!(session.decrypt(&gcm, key, &sealed).unwrap(), &data[..len]);
+    }
+}

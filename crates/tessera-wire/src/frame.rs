@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 
 use tessera_channel::{Record, RecordHeader};
 
-use crate::{Message, RequestEnvelope, Response, ResponseEnvelope, PROTOCOL_VERSION};
+use crate::{Message, Reply, RequestEnvelope, Response, ResponseEnvelope, PROTOCOL_VERSION};
 
 /// Bytes of the length prefix.
 pub const FRAME_HEADER_LEN: usize = 4;
@@ -246,6 +246,38 @@ pub fn encode_response(envelope: &ResponseEnvelope) -> Vec<u8> {
     }
 }
 
+/// Payloads at least this large end a reply frame written in two parts
+/// ([`encode_response_split`]).
+pub const SPLIT_PAYLOAD: usize = 64 * 1024;
+
+/// [`encode_response`] in two parts when the reply is in the clear and ends with a large
+/// payload (`Reply::Bytes` of at least [`SPLIT_PAYLOAD`] bytes: a bulk ciphertext): the frame
+/// up to the payload, whose length prefix counts the payload too, and the payload itself, to be
+/// written behind it rather than copied into it. Written one after the other they are byte for
+/// byte what `encode_response` writes. Any other reply: the whole frame, and no payload.
+pub fn encode_response_split(mut envelope: ResponseEnvelope) -> (Vec<u8>, Vec<u8>) {
+    let payload = match &mut envelope.result {
+        Ok(Response::Reply(Reply::Bytes(data))) if data.len() >= SPLIT_PAYLOAD => {
+            std::mem::take(data)
+        }
+        _ => return (encode_response(&envelope), Vec::new()),
+    };
+    let mut head = encode_response(&envelope);
+    // The empty byte string ends the encoding: its length, a varint 0, is the frame's last
+    // byte. It becomes the payload's length, and the length prefix counts the payload.
+    if head.last() != Some(&0) {
+        if let Ok(Response::Reply(Reply::Bytes(data))) = &mut envelope.result {
+            *data = payload;
+        }
+        return (encode_response(&envelope), Vec::new());
+    }
+    head.pop();
+    let mut head = postcard::to_extend(&(payload.len() as u64), head).expect(ENCODES);
+    let len = (head.len() - FRAME_HEADER_LEN + payload.len()) as u32;
+    head[..FRAME_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    (head, payload)
+}
+
 /// A frame body that carries a sealed record, found where it lies: the envelope's id and
 /// channel, the record's header, and where its body and MAC are in the frame body — so that
 /// the channel opens the record there (`Channel::open_in_place`), without a copy.
@@ -383,6 +415,46 @@ mod tests {
             channel: None,
             message: Message::Call(call),
         }
+    }
+
+    #[test]
+    fn a_split_reply_is_the_whole_frame_in_two_parts() {
+        let reply = |len: usize| ResponseEnvelope {
+            version: PROTOCOL_VERSION,
+            id: 77,
+            channel: None,
+            result: Ok(Response::Reply(Reply::Bytes(
+                (0..len).map(|i| (i % 251) as u8).collect(),
+            ))),
+        };
+        for len in [
+            0,
+            100,
+            SPLIT_PAYLOAD - 1,
+            SPLIT_PAYLOAD,
+            SPLIT_PAYLOAD + 1,
+            (1 << 20) + 16,
+            2_097_153,
+        ] {
+            let whole = encode_response(&reply(len));
+            let (head, payload) = encode_response_split(reply(len));
+            if len >= SPLIT_PAYLOAD {
+                assert_eq!(payload.len(), len);
+                assert!(head.len() < 64, "{len}: the head is {} bytes", head.len());
+            } else {
+                assert!(payload.is_empty(), "{len}: split below the threshold");
+            }
+            assert_eq!([head, payload].concat(), whole, "{len} bytes");
+        }
+        // Anything but a large `Reply::Bytes` is one part.
+        let done = || ResponseEnvelope {
+            result: Ok(Response::Reply(Reply::Done)),
+            ..reply(0)
+        };
+        assert_eq!(
+            encode_response_split(done()),
+            (encode_response(&done()), Vec::new())
+        );
     }
 
     #[test]

@@ -30,9 +30,9 @@ pub use call::{
 };
 pub use frame::{
     body_len as frame_body_len, decode_request, decode_response, encode_request, encode_response,
-    find_sealed, finders_agree_with_decoders, finish_frame, protected_prefix, read_frame,
-    write_frame, FrameError, FramePrefix, SealedFrame, ENVELOPE_HEADER_LEN, FRAME_HEADER_LEN,
-    MAX_FRAME_LEN, UNIX_SEND_BUFFER,
+    encode_response_split, find_sealed, finders_agree_with_decoders, finish_frame,
+    protected_prefix, read_frame, write_frame, FrameError, FramePrefix, SealedFrame,
+    ENVELOPE_HEADER_LEN, FRAME_HEADER_LEN, MAX_FRAME_LEN, SPLIT_PAYLOAD, UNIX_SEND_BUFFER,
 };
 
 use serde::{Deserialize, Serialize};

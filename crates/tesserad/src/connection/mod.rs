@@ -32,7 +32,7 @@ use crate::secure::{self, KeyLimits, Secure};
 use crate::shutdown::{Notice, Signal};
 use crate::tally::Tally;
 use frame::{read_frame, FrameMemory, IdleClock, Read, WipingReader};
-use outbox::{respond, respond_sealed, spawn_writer, Outbox};
+use outbox::{respond, respond_sealed, spawn_writer, Outbox, Outgoing};
 
 /// Requests of one connection that may run at once; the connection's next request waits for
 /// one of them to be answered (and written), which also bounds the replies queued for a client
@@ -433,7 +433,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                     Err(code) => {
                         let mut current = secure::lock(secure);
                         let frame = current.seal_end(id, code);
-                        let _ = out.send((frame, slot, false));
+                        let _ = out.send(Outgoing::frame(frame, slot, false));
                         drop(current);
                     }
                 }
@@ -486,7 +486,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 result: Err(tessera_core::Rv::BadProtection.code()),
             });
             if let Ok(permit) = Arc::new(Semaphore::new(1)).acquire_owned().await {
-                let _ = out.send((frame, permit, false));
+                let _ = out.send(Outgoing::frame(frame, permit, false));
             }
         }
         drop(out);

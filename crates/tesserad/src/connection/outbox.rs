@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use tessera_wire::{encode_response, Reply, Response, ResponseEnvelope, PROTOCOL_VERSION};
+use tessera_wire::{encode_response_split, Reply, Response, ResponseEnvelope, PROTOCOL_VERSION};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio::sync::OwnedSemaphorePermit;
@@ -16,7 +16,26 @@ use crate::secure::{self, Secure};
 /// A reply frame on its way to the writer, with the slot it frees once written and whether it
 /// carries a secret in the clear ([`Reply::carries_secret`]): such a frame is wiped once
 /// written.
-pub(crate) type Outgoing = (Vec<u8>, OwnedSemaphorePermit, bool);
+pub(crate) struct Outgoing {
+    frame: Vec<u8>,
+    /// A large payload that ends the frame, written behind it rather than copied into it
+    /// ([`tessera_wire::encode_response_split`]); empty for most replies.
+    tail: Vec<u8>,
+    slot: OwnedSemaphorePermit,
+    secret: bool,
+}
+
+impl Outgoing {
+    /// A whole frame.
+    pub(crate) fn frame(frame: Vec<u8>, slot: OwnedSemaphorePermit, secret: bool) -> Outgoing {
+        Outgoing {
+            frame,
+            tail: Vec::new(),
+            slot,
+            secret,
+        }
+    }
+}
 
 /// Where a connection's replies are queued.
 pub(crate) type Outbox = UnboundedSender<Outgoing>;
@@ -29,27 +48,39 @@ pub(crate) fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(
 ) -> (Outbox, JoinHandle<()>) {
     let (out, mut outbox) = unbounded_channel::<Outgoing>();
     let writing = tokio::spawn(async move {
-        while let Some((mut frame, slot, mut secret)) = outbox.recv().await {
+        while let Some(first) = outbox.recv().await {
+            let Outgoing {
+                mut frame,
+                mut tail,
+                slot,
+                mut secret,
+            } = first;
             // Replies that are ready together go out in one write (small ones only; a large
-            // one is written as it is).
+            // one is written as it is). A frame with a tail ends the batch: the tail follows
+            // it in the next write.
             let mut slots = vec![slot];
-            while frame.len() < 64 * 1024 {
+            while tail.is_empty() && frame.len() < 64 * 1024 {
                 match outbox.try_recv() {
-                    Ok((mut more, slot, more_secret)) => {
-                        frame.extend_from_slice(&more);
-                        if more_secret {
-                            more.zeroize();
+                    Ok(mut more) => {
+                        frame.extend_from_slice(&more.frame);
+                        if more.secret {
+                            more.frame.zeroize();
                         }
-                        secret |= more_secret;
-                        slots.push(slot);
+                        secret |= more.secret;
+                        tail = std::mem::take(&mut more.tail);
+                        slots.push(more.slot);
                     }
                     Err(_) => break,
                 }
             }
-            let written = writer.write_all(&frame).await;
+            let mut written = writer.write_all(&frame).await;
+            if written.is_ok() && !tail.is_empty() {
+                written = writer.write_all(&tail).await;
+            }
             if secret {
                 // Its whole capacity: growing it may have left earlier copies nowhere else.
                 frame.zeroize();
+                tail.zeroize();
             }
             drop(slots);
             if let Err(e) = written {
@@ -70,13 +101,19 @@ pub(crate) fn respond(
     slot: OwnedSemaphorePermit,
 ) {
     let secret = matches!(&result, Ok(Response::Reply(reply)) if reply.carries_secret());
-    let frame = encode_response(&ResponseEnvelope {
+    // A bulk ciphertext is written behind its frame's start, not copied into the frame.
+    let (frame, tail) = encode_response_split(ResponseEnvelope {
         version: PROTOCOL_VERSION,
         id,
         channel,
         result,
     });
-    let _ = out.send((frame, slot, secret));
+    let _ = out.send(Outgoing {
+        frame,
+        tail,
+        slot,
+        secret,
+    });
 }
 
 /// Queues the reply to request `id` sealed in the connection's channel, under its lock (so
@@ -91,7 +128,7 @@ pub(crate) fn respond_sealed(
 ) {
     match current.seal(id, result) {
         Ok(frame) => {
-            let _ = out.send((frame, slot, false));
+            let _ = out.send(Outgoing::frame(frame, slot, false));
         }
         Err(code) => respond(out, id, current.channel_id(), Err(code), slot),
     }
