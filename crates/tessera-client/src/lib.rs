@@ -112,9 +112,9 @@ pub(crate) struct State {
     /// This connection may carry session calls in the clear (decided once per connection by
     /// `Device::wants_channel`).
     pub(crate) clear_ok: bool,
-    /// What the known-devices files said of this entry earlier in the same call (forgotten
-    /// at the start of every call): the call's handshake takes it instead of reading the
-    /// files a second time a few microseconds later.
+    /// What the known-devices files said of this entry earlier under the same exclusive hold
+    /// of the state (forgotten whenever it is taken: [`Device::exclusive`]): that hold's
+    /// handshake takes it instead of reading the files a second time a few microseconds later.
     pub(crate) known_read: Option<Option<(known::KnownDevice, known::Level)>>,
     /// A pipelined call found the connection or channel failed: the next call cleans up.
     broken: AtomicBool,
@@ -263,7 +263,6 @@ impl Device {
     pub fn open_channel(&self) -> Result<(), ClientError> {
         let mut state = self.exclusive();
         let state = &mut *state;
-        state.known_read = None;
         self.forget_if_broken(state);
         self.connected(state)?;
         if state.channel.is_none() {
@@ -272,10 +271,16 @@ impl Device {
         self.confirm(state)
     }
 
+    /// The state, for one caller alone. What an earlier holder read of the known-devices
+    /// files is forgotten here, on every way in: only the handshake of the same hold may
+    /// use it (a record read by one call must not stand in for the files at a later one).
     fn exclusive(&self) -> RwLockWriteGuard<'_, State> {
-        self.state
+        let mut state = self
+            .state
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.known_read = None;
+        state
     }
 
     fn shared(&self) -> RwLockReadGuard<'_, State> {
@@ -529,7 +534,6 @@ impl Device {
     ) -> Result<(Reply, u64), ClientError> {
         let mut state = self.exclusive();
         let state = &mut *state;
-        state.known_read = None;
         self.forget_if_broken(state);
         if session_generation.is_some() && state.stream.is_none() {
             return Err(ClientError::StaleSession);
@@ -805,5 +809,22 @@ mod retry_tests {
         };
         assert_eq!(slot, 3);
         assert_eq!(so_pin.expose(), b"SO-PIN-retried");
+    }
+
+    /// What one hold of the state read of the known-devices files never reaches a later hold's
+    /// handshake: a record made meanwhile (an operator pinning the entry) must be read, or a
+    /// retry in a channel after a clear call would take the entry for an unrecorded one.
+    #[test]
+    fn a_known_devices_read_does_not_outlive_its_hold_of_the_state() {
+        let device = Device::new(
+            ServerAddress::parse("127.0.0.1:1").expect("an address"),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        device.exclusive().known_read = Some(None);
+        assert!(
+            device.exclusive().known_read.is_none(),
+            "a later hold sees an earlier hold's read of the known-devices files"
+        );
     }
 }

@@ -8,11 +8,11 @@
 //! and [`report`] says what could not be locked and why, for the daemon to warn about.
 //!
 //! Nothing here can deadlock a forked child. In the process that last held the pool, a thread
-//! waits for it (its holder is a live thread that only pushes, pops or maps one chunk): a
-//! secret never goes to the heap because other threads were busy with theirs. In a forked
-//! child, where a thread that held the pool at the fork no longer exists, the pool is taken
-//! with a bounded number of `try_lock` attempts; a caller that does not get it there (or a
-//! failed mapping anywhere) falls back to the heap, where the secret is still wiped when
+//! waits for it, up to a second (its holder is a live thread that only pushes, pops or maps
+//! one chunk): a secret does not go to the heap because other threads were busy with theirs.
+//! In a forked child, where a thread that held the pool at the fork no longer exists, the pool
+//! is taken with a bounded number of `try_lock` attempts; a caller that does not get it there
+//! (or a failed mapping anywhere) falls back to the heap, where the secret is still wiped when
 //! dropped.
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -30,8 +30,12 @@ pub const LARGEST: usize = CLASSES[CLASSES.len() - 1];
 /// Bytes mapped at a time for one slot size.
 const CHUNK: usize = 64 * 1024;
 
-/// Attempts at the pool's lock in a forked child before falling back to the heap.
+/// Attempts at the pool's lock in a forked child before falling back to the heap (and the
+/// attempts that only yield, before a waiting thread sleeps between attempts).
 const ATTEMPTS: usize = 64;
+
+/// How long a thread of the process that last held the pool waits for it.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One slot of locked memory, owned by one secret.
 pub struct Slot(&'static mut [u8]);
@@ -79,8 +83,8 @@ static POOL: Mutex<Pool> = Mutex::new(Pool {
 });
 
 /// The process that last held the pool (0: none yet). A thread of that process may wait for
-/// the pool; a forked child, whose copy of the lock may belong to a thread it does not have,
-/// may not until it has held the pool itself.
+/// the pool (up to [`WAIT`]); a forked child, whose copy of the lock may belong to a thread it
+/// does not have, may not until it has held the pool itself.
 static HOLDER: AtomicU32 = AtomicU32::new(0);
 
 fn pool() -> Option<MutexGuard<'static, Pool>> {
@@ -93,12 +97,22 @@ fn pool() -> Option<MutexGuard<'static, Pool>> {
         Err(TryLockError::Poisoned(poisoned)) => return held(poisoned.into_inner()),
         Err(TryLockError::WouldBlock) => {}
     }
-    if HOLDER.load(Ordering::Relaxed) == std::process::id() {
-        // Its holder is a thread of this process: it lets go after a push, a pop or a mapping.
-        return Some(POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
-    }
-    for _ in 0..ATTEMPTS {
-        std::thread::yield_now();
+    // Its holder is a thread of this process: it lets go after a push, a pop or a mapping, so
+    // waiting up to a second never gives up on a live one. The deadline only matters when
+    // the pid merely looks like this process's (a child in a new pid namespace, a recycled
+    // pid) and the lock is a copy held by no one: a second per secret then, not a hang.
+    let this_process = HOLDER.load(Ordering::Relaxed) == std::process::id();
+    let started = std::time::Instant::now();
+    for attempt in 0.. {
+        let waited = started.elapsed();
+        if (this_process && waited > WAIT) || (!this_process && attempt >= ATTEMPTS) {
+            return None;
+        }
+        if attempt < ATTEMPTS {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
         match POOL.try_lock() {
             Ok(pool) => return held(pool),
             Err(TryLockError::Poisoned(poisoned)) => return held(poisoned.into_inner()),

@@ -155,7 +155,8 @@ fn four_gib_in_one_mib_parts_keep_memory_flat() {
 
 /// A bulk ciphertext in the clear leaves the daemon in two writes (its frame's start, then the
 /// payload behind it, not copied into the frame): what arrives is the whole reply, byte for
-/// byte, also when a small reply is queued just before or after it.
+/// byte, and the connection's next replies follow it intact. (Batching of small replies with
+/// a split one is not exercised here: these calls are one at a time.)
 #[test]
 fn a_bulk_reply_written_in_two_parts_arrives_whole() {
     let f = common::fixture(Transport::Unix);
@@ -166,7 +167,7 @@ fn a_bulk_reply_written_in_two_parts_arrives_whole() {
     let gcm = Mechanism::AesGcm(GcmParams::new(&mut iv, b"aad", 128.into()).unwrap());
     let sealed = session.encrypt(&gcm, key, &data).unwrap();
     assert_eq!(sealed.len(), data.len() + 16);
-    // Small calls between and around: the outbox batches them with the large frame's start.
+    // A small call after it on the same connection.
     let random = session.generate_random_vec(32).unwrap();
     assert_eq!(random.len(), 32);
     assert_eq!(

@@ -422,11 +422,7 @@ fn main() {
         let hybrid = name.starts_with("hybrid");
         // The host's speed moves during a run (a slow spell halves it): the crypto is timed
         // again before and after every row, and the row is set against the mean of the two.
-        let mut crypto_before = match identity {
-            "P-521" => &p521,
-            _ => &ml_dsa_87,
-        }
-        .per_handshake(hybrid);
+        let mut crypto_before = Crypto::measure(identity).per_handshake(hybrid);
         for threads in [1usize, 2, 4, 8] {
             let done = AtomicU64::new(0);
             let deadline = Instant::now() + Duration::from_secs_f64(seconds);

@@ -62,6 +62,15 @@ pub(crate) fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(
             while tail.is_empty() && frame.len() < 64 * 1024 {
                 match outbox.try_recv() {
                     Ok(mut more) => {
+                        if secret && frame.capacity() - frame.len() < more.frame.len() {
+                            // Growing would free the secret's buffer unwiped: it moves to a
+                            // larger one by hand and is wiped.
+                            let mut larger =
+                                Vec::with_capacity((frame.len() + more.frame.len()).max(4096) * 2);
+                            larger.extend_from_slice(&frame);
+                            frame.zeroize();
+                            frame = larger;
+                        }
                         frame.extend_from_slice(&more.frame);
                         if more.secret {
                             more.frame.zeroize();
