@@ -823,3 +823,90 @@ fn a_flag_change_ends_clear_sessions_before_a_pin_leaves() {
     let events = daemon.admin(transport, &["-e"]);
     assert!(events.contains("clear-sessions-ended"), "{events}");
 }
+
+/// An entry pinned while a client talks to it in the clear. The client opened a session in the
+/// clear through a relay to a device it trusts but has no record of; the operator then records
+/// that entry for another device. The relay forges a clear `CKR_BAD_PROTECTION` for the next
+/// `C_OpenSession`, which sends the library into a channel at once: that handshake must read
+/// the files as they are now (not what the library read before the first call), so the device
+/// behind the relay, not the recorded one, is refused and no session opens.
+#[test]
+fn an_entry_pinned_during_a_clear_connection_binds_its_next_handshake() {
+    let transport = Transport::Tcp;
+    let real = Daemon::start();
+    prepare(&real, transport, "nuNU");
+    let serial = real.serial(transport);
+    let other = identified_without_flags(transport);
+    // The client trusts both devices.
+    for entry in std::fs::read_dir(other.trust_dir()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), real.trust_dir().join(entry.file_name())).unwrap();
+    }
+    // The real device's identity, as a first channel to it records it.
+    let direct = secured(&real, &real.server_list(transport), &[]);
+    user(&direct);
+    direct.disconnect();
+    let known = std::fs::read_to_string(real.known_devices()).expect("a known-devices file");
+    let identity = known
+        .lines()
+        .find(|l| l.contains(&serial))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or_else(|| panic!("the real device recorded: {known}"))
+        .to_string();
+
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let arm = armed.clone();
+    let relay = Relay::start(
+        &other,
+        transport,
+        Arc::new(|frame: &Frame, _: &Recorder| vec![frame.body.clone()]),
+        Arc::new(move |frame: &Frame, recorder: &Recorder| {
+            let frames = recorder.frames(frame.connection, Way::ToDevice);
+            let Some(last) = frames.last().filter(|b| !is_protected(b)) else {
+                return frame.body.clone();
+            };
+            let asked = request(last);
+            let opening = matches!(asked.message, Message::Call(Call::OpenSession { .. }));
+            if opening && arm.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                return forged(asked.id, Err(Rv::BadProtection.code()));
+            }
+            frame.body.clone()
+        }),
+    );
+    let device = secured(&real, &relay.address, &[]);
+    open(&device);
+    assert_eq!(protected_count(&relay.recorder, 0), 0, "a clear session");
+
+    let added = ctident(
+        &real,
+        &[
+            "known-devices",
+            "add",
+            &relay.address,
+            "--serial",
+            &serial,
+            "--identity",
+            &identity,
+            "--required",
+        ],
+    );
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
+    let outcome = code(device.call(None, Call::OpenSession { slot: 0, flags }));
+    assert!(
+        !armed.load(std::sync::atomic::Ordering::SeqCst),
+        "the relay forged the refusal"
+    );
+    assert_eq!(
+        outcome,
+        Rv::CertNotValidated.code(),
+        "the device behind the relay was taken for the entry's recorded one"
+    );
+    assert_logged(&real, "another device or identity");
+    assert!(!relay.recorder.contains(USER_PIN.as_bytes()));
+}
