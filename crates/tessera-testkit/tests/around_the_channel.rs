@@ -313,6 +313,37 @@ fn ctident(daemon: &Daemon, args: &[&str]) -> std::process::Output {
         .expect("ctident runs")
 }
 
+/// The operator records `entry` for the device of `serial` and `identity`, a channel required
+/// (`ctident known-devices add ... --required`, in `daemon`'s client configuration).
+fn record_required(daemon: &Daemon, entry: &str, serial: &str, identity: &str) {
+    let added = ctident(
+        daemon,
+        &[
+            "known-devices",
+            "add",
+            entry,
+            "--serial",
+            serial,
+            "--identity",
+            identity,
+            "--required",
+        ],
+    );
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+}
+
+/// `daemon`'s clients trust `other`'s identity too.
+fn trust_also(daemon: &Daemon, other: &Daemon) {
+    for entry in std::fs::read_dir(other.trust_dir()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), daemon.trust_dir().join(entry.file_name())).unwrap();
+    }
+}
+
 /// Known devices: after a first channel through entry R1, a device at a recorded entry that
 /// offers no channel, or that is another (trusted) device, is refused with the record named;
 /// `ctident known-devices forget` accepts a legitimate change.
@@ -341,24 +372,7 @@ fn a_known_device_is_only_talked_to_through_a_channel_to_that_device() {
 
     // The same device, provisioned at a second entry whose relay strips the channel.
     let stripping = renaming_relay(&daemon, transport, true);
-    let added = ctident(
-        &daemon,
-        &[
-            "known-devices",
-            "add",
-            &stripping.address,
-            "--serial",
-            &serial,
-            "--identity",
-            &identity,
-            "--required",
-        ],
-    );
-    assert!(
-        added.status.success(),
-        "{}",
-        String::from_utf8_lossy(&added.stderr)
-    );
+    record_required(&daemon, &stripping.address, &serial, &identity);
     let device = secured(&daemon, &stripping.address, &[]);
     let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
     let outcome = code(device.call(None, Call::OpenSession { slot: 0, flags }));
@@ -373,26 +387,9 @@ fn a_known_device_is_only_talked_to_through_a_channel_to_that_device() {
     // Another device, trusted by the same client, behind an entry recorded for the first.
     let other = Daemon::start();
     prepare(&other, transport, "nuNU");
-    let other_pic = other.trust_dir();
-    for entry in std::fs::read_dir(&other_pic).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), daemon.trust_dir().join(entry.file_name())).unwrap();
-    }
+    trust_also(&daemon, &other);
     let impostor = Relay::transparent(&other, transport);
-    let added = ctident(
-        &daemon,
-        &[
-            "known-devices",
-            "add",
-            &impostor.address,
-            "--serial",
-            &serial,
-            "--identity",
-            &identity,
-            "--required",
-        ],
-    );
-    assert!(added.status.success());
+    record_required(&daemon, &impostor.address, &serial, &identity);
     let device = secured(&daemon, &impostor.address, &[]);
     let outcome = code(device.call(None, Call::OpenSession { slot: 0, flags }));
     assert_eq!(outcome, Rv::CertNotValidated.code());
@@ -621,10 +618,7 @@ fn another_trusted_device_is_not_taken_for_an_unrecorded_entry() {
     let a = identified_without_flags(transport);
     let b = identified_without_flags(transport);
     // The client trusts both.
-    for entry in std::fs::read_dir(b.trust_dir()).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), a.trust_dir().join(entry.file_name())).unwrap();
-    }
+    trust_also(&a, &b);
     let item = format!("ET_PTKC_{}_SMPR", a.serial(transport));
     let relay = Relay::transparent(&b, transport);
     let device = secured(&a, &relay.address, &[(&item, "SRPEDT")]);
@@ -838,10 +832,7 @@ fn an_entry_pinned_during_a_clear_connection_binds_its_next_handshake() {
     let serial = real.serial(transport);
     let other = identified_without_flags(transport);
     // The client trusts both devices.
-    for entry in std::fs::read_dir(other.trust_dir()).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), real.trust_dir().join(entry.file_name())).unwrap();
-    }
+    trust_also(&real, &other);
     // The real device's identity, as a first channel to it records it.
     let direct = secured(&real, &real.server_list(transport), &[]);
     user(&direct);
@@ -877,24 +868,7 @@ fn an_entry_pinned_during_a_clear_connection_binds_its_next_handshake() {
     open(&device);
     assert_eq!(protected_count(&relay.recorder, 0), 0, "a clear session");
 
-    let added = ctident(
-        &real,
-        &[
-            "known-devices",
-            "add",
-            &relay.address,
-            "--serial",
-            &serial,
-            "--identity",
-            &identity,
-            "--required",
-        ],
-    );
-    assert!(
-        added.status.success(),
-        "{}",
-        String::from_utf8_lossy(&added.stderr)
-    );
+    record_required(&real, &relay.address, &serial, &identity);
     armed.store(true, std::sync::atomic::Ordering::SeqCst);
     let flags = (ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION) as u64;
     let outcome = code(device.call(None, Call::OpenSession { slot: 0, flags }));
