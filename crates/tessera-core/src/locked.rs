@@ -88,36 +88,36 @@ static POOL: Mutex<Pool> = Mutex::new(Pool {
 static HOLDER: AtomicU32 = AtomicU32::new(0);
 
 fn pool() -> Option<MutexGuard<'static, Pool>> {
-    let held = |pool: MutexGuard<'static, Pool>| {
-        HOLDER.store(std::process::id(), Ordering::Relaxed);
-        Some(pool)
-    };
-    match POOL.try_lock() {
-        Ok(pool) => return held(pool),
-        Err(TryLockError::Poisoned(poisoned)) => return held(poisoned.into_inner()),
-        Err(TryLockError::WouldBlock) => {}
-    }
-    // Its holder is a thread of this process: it lets go after a push, a pop or a mapping, so
-    // waiting up to a second never gives up on a live one. The deadline only matters when
-    // the pid merely looks like this process's (a child in a new pid namespace, a recycled
-    // pid) and the lock is a copy held by no one: a second per secret then, not a hang.
-    let this_process = HOLDER.load(Ordering::Relaxed) == std::process::id();
-    let started = std::time::Instant::now();
+    // Set at the first busy attempt: whether the pool's last holder is this process (then its
+    // holder is a live thread that lets go after a push, a pop or a mapping, so waiting up to
+    // [`WAIT`] never gives up on a live one; the deadline only matters when the pid merely
+    // looks like this process's — a child in a new pid namespace, a recycled pid — and the
+    // lock is a copy held by no one: a second per secret then, not a hang), and since when.
+    let mut busy: Option<(bool, std::time::Instant)> = None;
     for attempt in 0.. {
-        let waited = started.elapsed();
-        if (this_process && waited > WAIT) || (!this_process && attempt >= ATTEMPTS) {
-            return None;
-        }
-        if attempt < ATTEMPTS {
-            std::thread::yield_now();
-        } else {
-            std::thread::sleep(std::time::Duration::from_micros(50));
-        }
-        match POOL.try_lock() {
-            Ok(pool) => return held(pool),
-            Err(TryLockError::Poisoned(poisoned)) => return held(poisoned.into_inner()),
-            Err(TryLockError::WouldBlock) => {}
-        }
+        let pool = match POOL.try_lock() {
+            Ok(pool) => pool,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                let (this_process, started) = *busy.get_or_insert_with(|| {
+                    let this_process = HOLDER.load(Ordering::Relaxed) == std::process::id();
+                    (this_process, std::time::Instant::now())
+                });
+                if (this_process && started.elapsed() > WAIT)
+                    || (!this_process && attempt >= ATTEMPTS)
+                {
+                    return None;
+                }
+                if attempt < ATTEMPTS {
+                    std::thread::yield_now();
+                } else {
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                }
+                continue;
+            }
+        };
+        HOLDER.store(std::process::id(), Ordering::Relaxed);
+        return Some(pool);
     }
     None
 }
