@@ -13,8 +13,9 @@ use tessera_config::ServerAddress;
 use tessera_core::bytes::Held;
 use tessera_core::Rv;
 use tessera_wire::{
-    decode_response, encode_request, find_sealed, read_frame, Message, RequestEnvelope, Response,
-    ResponseEnvelope, SealedFrame, PROTOCOL_VERSION,
+    decode_response, decode_response_split, encode_request, find_sealed, frame_body_len,
+    split_response_head, FrameError, Message, RequestEnvelope, Response, ResponseEnvelope,
+    SealedFrame, FRAME_HEADER_LEN, PROTOCOL_VERSION, SPLIT_PAYLOAD,
 };
 
 /// What a connection lost on the device's notice that its flags now require a channel says.
@@ -263,6 +264,69 @@ impl Socket {
             Socket::Tcp(s) => (&mut &*s).read(out),
         }
     }
+
+    /// Appends the next `len` bytes to `out` (fewer at the end of the stream), read into its
+    /// spare capacity as it is: std's sockets read into uninitialised memory, where a reader
+    /// of ours (which only has `read`) has it zero-filled first — a pass over a megabyte.
+    fn read_into(&self, out: &mut Vec<u8>, len: usize) -> std::io::Result<usize> {
+        match self {
+            Socket::Unix(s) => (&mut &*s).take(len as u64).read_to_end(out),
+            Socket::Tcp(s) => (&mut &*s).take(len as u64).read_to_end(out),
+        }
+    }
+}
+
+/// A frame as read: its body, or a bulk reply read in two parts.
+enum Arrived {
+    Body(Vec<u8>),
+    /// A `Reply::Bytes` of [`SPLIT_PAYLOAD`] bytes or more, its payload read into a buffer of
+    /// its own (see [`tessera_wire::split_response_head`]).
+    Bulk(ResponseEnvelope),
+}
+
+/// Reads the next frame: its start through the read buffer, the rest of a large body straight
+/// from the socket ([`read_body`]); a bulk reply's payload into a buffer of its own that
+/// becomes the reply's bytes, without the copy that decoding the whole body makes.
+fn read_reply(socket: &Socket, buffer: &mut ReadBuffer) -> Result<Arrived, FrameError> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    Buffered { socket, buffer }.read_exact(&mut header)?;
+    let len = frame_body_len(header)?;
+    if len >= SPLIT_PAYLOAD {
+        // The head is in the read buffer when the frame's first read brought it (else the body
+        // is read whole: nothing lost but the copy).
+        let start = &buffer.data[buffer.start..buffer.end];
+        if let Some(head_len) = split_response_head(start, len) {
+            let head = start[..head_len].to_vec();
+            buffer.start += head_len;
+            let payload = read_body(socket, buffer, len - head_len)?;
+            return Ok(Arrived::Bulk(decode_response_split(&head, payload)?));
+        }
+    }
+    read_body(socket, buffer, len).map(Arrived::Body)
+}
+
+/// Reads `len` bytes of a body into a buffer of its own (pooled when large, see
+/// `tessera_core::bytes::take`): what the read buffer holds of it first, then a remainder as
+/// large as the read buffer straight from the socket, a smaller one through the read buffer
+/// (which also takes whatever replies follow it in the same read).
+fn read_body(socket: &Socket, buffer: &mut ReadBuffer, len: usize) -> Result<Vec<u8>, FrameError> {
+    let mut body = tessera_core::bytes::take(len);
+    let buffered = (buffer.end - buffer.start).min(len);
+    body.extend_from_slice(&buffer.data[buffer.start..buffer.start + buffered]);
+    buffer.start += buffered;
+    let rest = len - buffered;
+    if rest >= ReadBuffer::SIZE {
+        socket.read_into(&mut body, rest)?;
+    } else {
+        (Buffered { socket, buffer })
+            .take(rest as u64)
+            .read_to_end(&mut body)?;
+    }
+    if body.len() != len {
+        tessera_core::bytes::give(body, Held::Secret);
+        return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    Ok(body)
 }
 
 impl Stream {
@@ -422,14 +486,14 @@ impl Stream {
             Some(spin) if buffer.is_empty() => self.spin_for_data(spin, &mut buffer),
             _ => Polled::Skipped,
         };
-        let body = read_frame(&mut Buffered {
-            socket: &self.socket,
-            buffer: &mut buffer,
-        });
-        if let (Polled::TimedOut(start), Ok(_), Some(spin)) = (&polled, &body, spin) {
+        let arrived = read_reply(&self.socket, &mut buffer);
+        if let (Polled::TimedOut(start), Ok(_), Some(spin)) = (&polled, &arrived, spin) {
             spin.arrived_after(start.elapsed());
         }
-        if body.as_ref().is_ok_and(|body| find_sealed(body).is_none()) {
+        if arrived.as_ref().is_ok_and(|arrived| match arrived {
+            Arrived::Body(body) => find_sealed(body).is_none(),
+            Arrived::Bulk(_) => true,
+        }) {
             // A reply in the clear may be a decryption's plaintext or a key value: what the
             // read buffer has handed out of it, and what earlier, longer fills left beyond the
             // bytes not read yet, is wiped now, before the buffer waits for the next reply.
@@ -442,14 +506,19 @@ impl Stream {
             std::hint::black_box(&mut buffer.data);
         }
         drop(buffer);
-        if body.is_ok() {
+        if arrived.is_ok() {
             let now = self.opened.elapsed().as_millis() as u64;
             self.last_reply.store(now, Ordering::Relaxed);
         }
-        let body = body.map_err(|e| match e {
+        let arrived = arrived.map_err(|e| match e {
             tessera_wire::FrameError::Io(e) => Failure::Io(e.to_string()),
             other => Failure::Bad(other.to_string()),
         })?;
+        let body = match arrived {
+            Arrived::Body(body) => body,
+            // Bytes, never an error code: none of the notices below.
+            Arrived::Bulk(envelope) => return Ok((envelope.id, Answer::Clear(envelope.result))),
+        };
         if let Some(sealed) = find_sealed(&body) {
             return Ok((sealed.id, Answer::Sealed(sealed, body)));
         }
@@ -658,6 +727,102 @@ impl Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reply(id: u64, reply: tessera_wire::Reply) -> Vec<u8> {
+        tessera_wire::encode_response(&ResponseEnvelope {
+            version: PROTOCOL_VERSION,
+            id,
+            channel: None,
+            result: Ok(Response::Reply(reply)),
+        })
+    }
+
+    fn bytes_of(arrived: Arrived) -> (u64, Vec<u8>) {
+        let envelope = match arrived {
+            Arrived::Bulk(envelope) => envelope,
+            Arrived::Body(body) => decode_response(&body).expect("a reply"),
+        };
+        match envelope.result {
+            Ok(Response::Reply(tessera_wire::Reply::Bytes(bytes))) => (envelope.id, bytes),
+            other => panic!("not bytes: {other:?}"),
+        }
+    }
+
+    /// Bulk replies are read with their payload in a buffer of its own when their head came
+    /// with the frame's first read, whole otherwise, and either way the same reply; the
+    /// replies behind them are read as they came.
+    #[test]
+    fn a_bulk_reply_is_read_whole_however_its_bytes_arrive() {
+        let (device, library) = UnixStream::pair().expect("a socket pair");
+        let payload = |seed: u8| -> Vec<u8> {
+            (0..(1usize << 20) + 16)
+                .map(|i| (i % 253) as u8 ^ seed)
+                .collect()
+        };
+        let writer = std::thread::spawn(move || {
+            let mut device = device;
+            // Whole, then a small reply in the same write.
+            let bulk = reply(1, tessera_wire::Reply::Bytes(payload(1)));
+            let done = reply(2, tessera_wire::Reply::Done);
+            device.write_all(&[bulk, done].concat()).expect("written");
+            // Its head cut short by the first write: the reader cannot divide it.
+            let bulk = reply(3, tessera_wire::Reply::Bytes(payload(3)));
+            device
+                .write_all(&bulk[..FRAME_HEADER_LEN + 5])
+                .expect("written");
+            std::thread::sleep(Duration::from_millis(50));
+            device
+                .write_all(&bulk[FRAME_HEADER_LEN + 5..])
+                .expect("written");
+            // A payload of exactly the threshold, and one below it.
+            for (id, len) in [(4, SPLIT_PAYLOAD), (5, SPLIT_PAYLOAD - 40)] {
+                let bytes = vec![id as u8; len];
+                device
+                    .write_all(&reply(id, tessera_wire::Reply::Bytes(bytes)))
+                    .expect("written");
+            }
+            // Cut off in the middle of a payload.
+            let bulk = reply(6, tessera_wire::Reply::Bytes(payload(6)));
+            device.write_all(&bulk[..bulk.len() / 2]).expect("written");
+        });
+        let socket = Socket::Unix(library);
+        let mut buffer = ReadBuffer {
+            data: vec![0; ReadBuffer::SIZE],
+            start: 0,
+            end: 0,
+            high: 0,
+        };
+        let first = read_reply(&socket, &mut buffer).expect("a reply");
+        assert!(matches!(first, Arrived::Bulk(_)), "not divided");
+        assert_eq!(bytes_of(first), (1, payload(1)));
+        let second = read_reply(&socket, &mut buffer).expect("a reply");
+        let Arrived::Body(body) = second else {
+            panic!("a small reply divided")
+        };
+        assert!(matches!(
+            decode_response(&body).map(|e| (e.id, e.result)),
+            Ok((2, Ok(Response::Reply(tessera_wire::Reply::Done))))
+        ));
+        let third = read_reply(&socket, &mut buffer).expect("a reply");
+        assert!(
+            matches!(third, Arrived::Body(_)),
+            "divided without its head"
+        );
+        assert_eq!(bytes_of(third), (3, payload(3)));
+        let fourth = read_reply(&socket, &mut buffer).expect("a reply");
+        assert!(matches!(fourth, Arrived::Bulk(_)));
+        assert_eq!(bytes_of(fourth), (4, vec![4; SPLIT_PAYLOAD]));
+        let fifth = read_reply(&socket, &mut buffer).expect("a reply");
+        assert!(matches!(fifth, Arrived::Body(_)));
+        assert_eq!(bytes_of(fifth), (5, vec![5; SPLIT_PAYLOAD - 40]));
+        let cut = read_reply(&socket, &mut buffer);
+        writer.join().expect("the writer");
+        assert!(
+            matches!(cut, Err(FrameError::Io(ref e)) if e.kind() == std::io::ErrorKind::UnexpectedEof),
+            "a cut reply: {:?}",
+            cut.map(|_| ())
+        );
+    }
 
     fn window(spin: &Spin) -> u32 {
         spin.window.load(Ordering::Relaxed)

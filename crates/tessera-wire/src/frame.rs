@@ -278,6 +278,57 @@ pub fn encode_response_split(mut envelope: ResponseEnvelope) -> (Vec<u8>, Vec<u8
     (head, payload)
 }
 
+/// The encoding of `Ok(Response::Reply(Reply::Bytes(..)))` before the bytes' length: what
+/// follows the envelope header in the body of a bulk reply.
+fn bulk_reply_tags() -> Vec<u8> {
+    let empty: Result<Response, u64> = Ok(Response::Reply(Reply::Bytes(Vec::new())));
+    let mut tags = postcard::to_allocvec(&empty).expect(ENCODES);
+    // The empty byte string's length, a varint 0, ends it.
+    tags.pop();
+    tags
+}
+
+/// Where a response body written in two parts by [`encode_response_split`] divides, for a
+/// reader that takes the payload into a buffer of its own ([`decode_response_split`]): given
+/// the body's length and its first bytes (as many as have arrived), the length of its head —
+/// the envelope header, the tags of a `Reply::Bytes` and the bytes' length, which must account
+/// for the rest of the body. `None` for any other body, or when too few bytes have arrived to
+/// tell.
+pub fn split_response_head(start: &[u8], body_len: usize) -> Option<usize> {
+    let (header, rest) = EnvelopeHeader::read(start).ok()?;
+    if header.kind != CLEAR {
+        return None;
+    }
+    let after_tags = rest.strip_prefix(&bulk_reply_tags()[..])?;
+    let (payload_len, after_len) = postcard::take_from_bytes::<u64>(after_tags).ok()?;
+    let head_len = start.len() - after_len.len();
+    let whole = head_len.checked_add(usize::try_from(payload_len).ok()?)?;
+    (whole == body_len).then_some(head_len)
+}
+
+/// The response whose body is `head` (as [`split_response_head`] found it) and then `payload`,
+/// read into a buffer of its own: the payload becomes the reply's bytes as it is, without the
+/// copy a decode of the whole body makes. The head is read by [`decode_response`], as the body
+/// of the same reply with no bytes: one decoder for both.
+pub fn decode_response_split(
+    head: &[u8],
+    payload: Vec<u8>,
+) -> Result<ResponseEnvelope, FrameError> {
+    let not_a_head = FrameError::Header("not the head of a bulk reply");
+    if split_response_head(head, head.len() + payload.len()) != Some(head.len()) {
+        return Err(not_a_head);
+    }
+    let tags_end = ENVELOPE_HEADER_LEN + bulk_reply_tags().len();
+    let mut empty = head[..tags_end].to_vec();
+    empty.push(0);
+    let mut envelope = decode_response(&empty)?;
+    match &mut envelope.result {
+        Ok(Response::Reply(Reply::Bytes(data))) => *data = payload,
+        _ => return Err(not_a_head),
+    }
+    Ok(envelope)
+}
+
 /// A frame body that carries a sealed record, found where it lies: the envelope's id and
 /// channel, the record's header, and where its body and MAC are in the frame body — so that
 /// the channel opens the record there (`Channel::open_in_place`), without a copy.
@@ -351,7 +402,31 @@ pub fn finders_agree_with_decoders(body: &[u8]) -> bool {
             _ => false,
         };
     let found = find_sealed(body);
-    agrees(found.clone(), request) && agrees(found, response)
+    agrees(found.clone(), request) && agrees(found, response) && splits_agree(body)
+}
+
+/// Whether a body that [`split_response_head`] divides is, read in two parts, the reply that
+/// [`decode_response`] reads whole (same id, channel and bytes); one it does not divide is
+/// read whole anyway.
+fn splits_agree(body: &[u8]) -> bool {
+    let Some(head_len) = split_response_head(body, body.len()) else {
+        return true;
+    };
+    let (head, payload) = body.split_at(head_len);
+    match (
+        decode_response_split(head, payload.to_vec()),
+        decode_response(body),
+    ) {
+        (Ok(split), Ok(whole)) => {
+            (split.id, split.channel) == (whole.id, whole.channel)
+                && matches!(
+                    (split.result, whole.result),
+                    (Ok(Response::Reply(Reply::Bytes(a))), Ok(Response::Reply(Reply::Bytes(b))))
+                        if a == b && a == payload
+                )
+        }
+        _ => false,
+    }
 }
 
 /// Reads a clear body: exactly one `T`, nothing after it.
@@ -446,6 +521,35 @@ mod tests {
             }
             assert_eq!([head, payload].concat(), whole, "{len} bytes");
         }
+        // A reader divides it where the writer did, from the head alone, and reads the same
+        // reply as from the whole body.
+        for len in [0, 100, SPLIT_PAYLOAD, (1 << 20) + 16] {
+            let whole = encode_response(&reply(len));
+            let body = &whole[FRAME_HEADER_LEN..];
+            let (head, _) = encode_response_split(reply(len));
+            let head_len = split_response_head(&body[..64.min(body.len())], body.len());
+            if len >= SPLIT_PAYLOAD {
+                assert_eq!(head_len, Some(head.len() - FRAME_HEADER_LEN), "{len} bytes");
+            }
+            let head_len = head_len.expect("a bulk reply's head");
+            assert_eq!(
+                split_response_head(&body[..head_len], body.len()),
+                Some(head_len)
+            );
+            // Too few bytes to tell, or a body of another length: not divided.
+            assert_eq!(split_response_head(&body[..head_len - 1], body.len()), None);
+            assert_eq!(split_response_head(body, body.len() + 1), None);
+            let split = decode_response_split(&body[..head_len], body[head_len..].to_vec())
+                .expect("the reply");
+            assert_eq!(split.id, 77);
+            assert!(
+                matches!(split.result, Ok(Response::Reply(Reply::Bytes(ref b))) if b[..] == body[head_len..]),
+                "{len} bytes"
+            );
+            assert!(splits_agree(body));
+            // A payload of another length than the head says is refused.
+            assert!(decode_response_split(&body[..head_len], vec![0; len + 1]).is_err());
+        }
         // Anything but a large `Reply::Bytes` is one part.
         let done = || ResponseEnvelope {
             result: Ok(Response::Reply(Reply::Done)),
@@ -455,6 +559,21 @@ mod tests {
             encode_response_split(done()),
             (encode_response(&done()), Vec::new())
         );
+        // Nor is it divided by a reader.
+        for other in [
+            Ok(Response::Reply(Reply::Done)),
+            Ok(Response::Reply(Reply::Secret(
+                tessera_core::SecretBytes::new(vec![5; 100]),
+            ))),
+            Err(0x101),
+        ] {
+            let whole = encode_response(&ResponseEnvelope {
+                result: other,
+                ..reply(0)
+            });
+            let body = &whole[FRAME_HEADER_LEN..];
+            assert_eq!(split_response_head(body, body.len()), None);
+        }
     }
 
     #[test]
@@ -664,6 +783,35 @@ mod tests {
             }
             let frame = if use_garbage { garbage } else { frame };
             prop_assert!(finders_agree_with_decoders(&frame));
+        }
+    }
+
+    proptest! {
+        /// Damaged bulk replies: a head the reader divides is read as the whole body's decoder
+        /// reads it; a head it does not divide is read whole.
+        #[test]
+        fn dividing_a_bulk_reply_agrees_with_decoding(
+            id in any::<u64>(),
+            channel in proptest::option::of(any::<u64>()),
+            payload in proptest::collection::vec(any::<u8>(), 0..300),
+            damage in proptest::collection::vec((0usize..40, any::<u8>()), 0..3),
+            cut in 0usize..3,
+        ) {
+            let whole = encode_response(&ResponseEnvelope {
+                version: PROTOCOL_VERSION,
+                id,
+                channel,
+                result: Ok(Response::Reply(Reply::Bytes(payload))),
+            });
+            let mut body = whole[FRAME_HEADER_LEN..].to_vec();
+            prop_assert!(split_response_head(&body, body.len()).is_some());
+            prop_assert!(splits_agree(&body));
+            for (at, byte) in &damage {
+                let at = at % body.len();
+                body[at] ^= byte;
+            }
+            body.truncate(body.len() - cut.min(body.len()));
+            prop_assert!(finders_agree_with_decoders(&body));
         }
     }
 
