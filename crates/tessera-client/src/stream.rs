@@ -1,6 +1,6 @@
 //! The socket to a device: Unix or TCP, blocking, with timeouts.
 
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -13,8 +13,8 @@ use tessera_config::ServerAddress;
 use tessera_core::bytes::Held;
 use tessera_core::Rv;
 use tessera_wire::{
-    decode_response, decode_response_split, encode_request, find_sealed, frame_body_len,
-    split_response_head, FrameError, Message, RequestEnvelope, Response, ResponseEnvelope,
+    decode_response, decode_response_split, encode_request_split, find_sealed, frame_body_len,
+    split_response_head, Bulk, FrameError, Message, RequestEnvelope, Response, ResponseEnvelope,
     SealedFrame, FRAME_HEADER_LEN, PROTOCOL_VERSION, SPLIT_PAYLOAD,
 };
 
@@ -66,10 +66,13 @@ fn tcp_failure(address: std::net::SocketAddr, timeout: Duration, error: &std::io
     }
 }
 
-/// A frame to send, with what it holds: once written, its buffer goes back to the pool of
-/// `tessera_core::bytes`, wiped first if it carried a PIN or a key value in the clear.
+/// A frame to send, with what it holds: once written, its buffers go back to the pool of
+/// `tessera_core::bytes`, wiped first if they carried a PIN or a key value in the clear.
 pub(crate) struct Frame {
     bytes: Vec<u8>,
+    /// A call's bulk input, written in its place in `bytes` rather than copied there (see
+    /// [`tessera_wire::encode_request_split`]).
+    bulk: Option<Bulk>,
     held: Held,
 }
 
@@ -78,9 +81,51 @@ impl Frame {
     pub(crate) fn sealed(bytes: Vec<u8>) -> Frame {
         Frame {
             bytes,
+            bulk: None,
             held: Held::Data,
         }
     }
+
+    /// The frame's parts in the order they are written.
+    fn parts(&self) -> impl Iterator<Item = IoSlice<'_>> {
+        let (before, payload, after) = match &self.bulk {
+            Some(bulk) => {
+                let (before, after) = self.bytes.split_at(bulk.at.min(self.bytes.len()));
+                (before, &bulk.payload[..], after)
+            }
+            None => (&self.bytes[..], &[][..], &[][..]),
+        };
+        [before, payload, after]
+            .into_iter()
+            .filter(|part| !part.is_empty())
+            .map(IoSlice::new)
+    }
+
+    /// Hands the spent buffers back.
+    fn give(self) {
+        tessera_core::bytes::give(self.bytes, self.held);
+        if let Some(bulk) = self.bulk {
+            tessera_core::bytes::give(bulk.payload, self.held);
+        }
+    }
+}
+
+/// Writes every part, in order, with as few vectored writes as the socket takes; on an error,
+/// `parts` is what is left to write.
+fn write_all_parts(socket: &Socket, parts: &mut &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    while !parts.is_empty() {
+        let written = match socket {
+            Socket::Unix(s) => (&mut &*s).write_vectored(parts),
+            Socket::Tcp(s) => (&mut &*s).write_vectored(parts),
+        };
+        match written {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(parts, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A failed exchange.
@@ -412,15 +457,15 @@ impl Stream {
     /// The frame of a message in the clear; its spent bulk buffers go back to the pool.
     pub(crate) fn clear_frame(id: u64, message: Message) -> Frame {
         let held = Held::secret_if(message.carries_secret());
-        let envelope = RequestEnvelope {
+        let mut envelope = RequestEnvelope {
             version: PROTOCOL_VERSION,
             id,
             channel: None,
             message,
         };
-        let bytes = encode_request(&envelope);
+        let (bytes, bulk) = encode_request_split(&mut envelope);
         envelope.message.recycle();
-        Frame { bytes, held }
+        Frame { bytes, bulk, held }
     }
 
     /// Queues one frame for the next [`Stream::flush`]: frames go out in the order they were
@@ -448,25 +493,12 @@ impl Stream {
                 }
                 return Ok(());
             }
-            let held = Held::secret_if(frames.iter().any(|frame| frame.held == Held::Secret));
-            let batch = if frames.len() == 1 {
-                frames.into_iter().next().expect("one frame").bytes
-            } else {
-                let batch = frames
-                    .iter()
-                    .map(|f| &f.bytes[..])
-                    .collect::<Vec<_>>()
-                    .concat();
-                for frame in frames {
-                    tessera_core::bytes::give(frame.bytes, frame.held);
-                }
-                batch
-            };
-            let written = match &self.socket {
-                Socket::Unix(s) => (&mut &*s).write_all(&batch),
-                Socket::Tcp(s) => (&mut &*s).write_all(&batch),
-            };
-            tessera_core::bytes::give(batch, held);
+            // Frames queued together go out in one vectored write, none copied into another
+            // buffer (std writes at most the system's limit of parts at a time).
+            let mut parts: Vec<IoSlice<'_>> = frames.iter().flat_map(Frame::parts).collect();
+            let written = write_all_parts(&self.socket, &mut &mut parts[..]);
+            drop(parts);
+            frames.into_iter().for_each(Frame::give);
             written.map_err(|e| Failure::Io(e.to_string()))?;
         }
     }
@@ -822,6 +854,97 @@ mod tests {
             "a cut reply: {:?}",
             cut.map(|_| ())
         );
+    }
+
+    /// Frames queued together, a bulk input among them, arrive as their whole encodings, in
+    /// order, also when the socket takes them a piece at a time (a send timeout makes a write
+    /// stop partway while the reader pauses).
+    #[test]
+    fn frames_with_a_bulk_input_are_written_whole_and_in_order() {
+        use tessera_wire::{Call, Operation};
+        let data = || {
+            (0..(1usize << 20) + 3)
+                .map(|i| (i % 241) as u8)
+                .collect::<Vec<u8>>()
+        };
+        let encrypt = || {
+            Message::Call(Call::OperationSingle {
+                session: 5,
+                operation: Operation::Encrypt,
+                data: data(),
+                signature: Vec::new(),
+            })
+        };
+        let random = || {
+            Message::Call(Call::GenerateRandom {
+                session: 5,
+                len: 32,
+            })
+        };
+        let whole = |id: u64, message: Message| {
+            tessera_wire::encode_request(&RequestEnvelope {
+                version: PROTOCOL_VERSION,
+                id,
+                channel: None,
+                message,
+            })
+        };
+        let expected = [
+            whole(1, random()),
+            whole(2, encrypt()),
+            whole(3, random()),
+            whole(4, encrypt()),
+        ]
+        .concat();
+        let frames = [
+            Stream::clear_frame(1, random()),
+            Stream::clear_frame(2, encrypt()),
+            Stream::clear_frame(3, random()),
+            Stream::clear_frame(4, encrypt()),
+        ];
+        assert!(frames[1].bulk.is_some() && frames[3].bulk.is_some());
+        let (library, device) = UnixStream::pair().expect("a socket pair");
+        library
+            .set_write_timeout(Some(Duration::from_millis(30)))
+            .expect("a send timeout");
+        let len = expected.len();
+        device
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("a receive timeout");
+        let reader = std::thread::spawn(move || {
+            let mut device = device;
+            let mut got = Vec::new();
+            let mut chunk = vec![0u8; 96 * 1024];
+            for round in 0.. {
+                if got.len() >= len {
+                    break;
+                }
+                // Now and then longer than the send timeout: the write in progress stops.
+                let pause = if round % 4 == 1 { 70 } else { 2 };
+                std::thread::sleep(Duration::from_millis(pause));
+                let n = device.read(&mut chunk).expect("read");
+                assert!(n > 0, "the stream ended after {} bytes", got.len());
+                got.extend_from_slice(&chunk[..n]);
+            }
+            got
+        });
+        let socket = Socket::Unix(library);
+        let mut parts: Vec<IoSlice<'_>> = frames.iter().flat_map(Frame::parts).collect();
+        assert_eq!(parts.len(), 8);
+        let mut parts = &mut parts[..];
+        let mut written = Ok(());
+        // A write that timed out with nothing taken is retried, as the stream's own timeout
+        // would not be here.
+        for _ in 0..200 {
+            written = write_all_parts(&socket, &mut parts);
+            match &written {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                _ => break,
+            }
+        }
+        written.expect("written");
+        let got = reader.join().expect("the reader");
+        assert!(got == expected, "the bytes differ");
     }
 
     fn window(spin: &Spin) -> u32 {

@@ -756,6 +756,16 @@ impl Call {
         self.traits().secret
     }
 
+    /// The call's bulk input (the data of an operation), where it has one.
+    pub fn bulk_mut(&mut self) -> Option<&mut Vec<u8>> {
+        match self {
+            Call::OperationSingle { data, .. }
+            | Call::OperationUpdate { data, .. }
+            | Call::OperationOnce { data, .. } => Some(data),
+            _ => None,
+        }
+    }
+
     /// Hands the call's bulk buffers (input data) to the pool of `tessera_core::bytes` once
     /// the call is encoded or sealed.
     pub fn recycle(self) {

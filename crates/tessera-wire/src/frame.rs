@@ -278,6 +278,88 @@ pub fn encode_response_split(mut envelope: ResponseEnvelope) -> (Vec<u8>, Vec<u8
     (head, payload)
 }
 
+/// A request's bulk input, left out of its frame's buffer ([`encode_request_split`]): written
+/// at `at` of it, between the bytes before and after (a vectored write), never copied into it.
+#[derive(Debug)]
+pub struct Bulk {
+    /// Where the payload goes in the frame.
+    pub at: usize,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+/// A postcard output that leaves out one byte string — the one at `expected`'s address, of its
+/// length — and remembers where it went.
+struct Holed {
+    out: Vec<u8>,
+    expected: (usize, usize),
+    at: Option<usize>,
+}
+
+impl postcard::ser_flavors::Flavor for Holed {
+    type Output = Holed;
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.out.push(byte);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        // The very field by its address, not any string of its length (a GCM AAD may have it).
+        if self.at.is_none() && (data.as_ptr() as usize, data.len()) == self.expected {
+            self.at = Some(self.out.len());
+        } else {
+            self.out.extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Holed> {
+        Ok(self)
+    }
+}
+
+/// Encodes a request envelope as a complete frame, as [`encode_request`] does, but a call's
+/// bulk input of [`SPLIT_PAYLOAD`] bytes or more is moved out of the call into [`Bulk`] rather
+/// than copied into the frame: the frame is `frame[..at]`, the payload, `frame[at..]` (its
+/// length counts the payload). Anything else is one buffer, as [`encode_request`] makes it.
+pub fn encode_request_split(envelope: &mut RequestEnvelope) -> (Vec<u8>, Option<Bulk>) {
+    let expected = match &mut envelope.message {
+        Message::Call(call) => call
+            .bulk_mut()
+            .filter(|data| data.len() >= SPLIT_PAYLOAD)
+            .map(|data| (data.as_ptr() as usize, data.len())),
+        _ => None,
+    };
+    let Some(expected) = expected else {
+        return (encode_request(envelope), None);
+    };
+    let header = EnvelopeHeader {
+        kind: CLEAR,
+        id: envelope.id,
+        channel: envelope.channel,
+    };
+    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + ENVELOPE_HEADER_LEN + 64);
+    out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+    out.extend_from_slice(&header.to_bytes());
+    let holed = Holed {
+        out,
+        expected,
+        at: None,
+    };
+    let holed = postcard::serialize_with_flavor(&envelope.message, holed).expect(ENCODES);
+    let (Some(at), Message::Call(call)) = (holed.at, &mut envelope.message) else {
+        return (encode_request(envelope), None);
+    };
+    let Some(payload) = call.bulk_mut().map(std::mem::take) else {
+        return (encode_request(envelope), None);
+    };
+    let mut frame = holed.out;
+    let len = (frame.len() - FRAME_HEADER_LEN + payload.len()) as u32;
+    frame[..FRAME_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    (frame, Some(Bulk { at, payload }))
+}
+
 /// The encoding of `Ok(Response::Reply(Reply::Bytes(..)))` before the bytes' length: what
 /// follows the envelope header in the body of a bulk reply.
 fn bulk_reply_tags() -> Vec<u8> {
@@ -490,6 +572,100 @@ mod tests {
             channel: None,
             message: Message::Call(call),
         }
+    }
+
+    /// A request's bulk input left out of its frame is the frame [`encode_request`] makes, once
+    /// written in its place; the call keeps nothing of it; a GCM AAD of the data's length (a
+    /// sequence in the encoding), or a smaller input, stays in the frame.
+    #[test]
+    fn a_split_request_is_the_whole_frame_in_three_parts() {
+        use crate::call::Operation;
+        use tessera_core::{Mechanism, MechanismParameter};
+        let data = |len: usize| (0..len).map(|i| (i % 249) as u8).collect::<Vec<u8>>();
+        let calls = |len: usize| {
+            [
+                Call::OperationSingle {
+                    session: 1,
+                    operation: Operation::Encrypt,
+                    data: data(len),
+                    signature: vec![9; 3],
+                },
+                Call::OperationUpdate {
+                    session: 2,
+                    operation: Operation::Digest,
+                    data: data(len),
+                },
+                Call::OperationOnce {
+                    session: 3,
+                    operation: Operation::Encrypt,
+                    mechanism: Mechanism {
+                        ty: 0x1087,
+                        // As long as the data, and before it in the encoding.
+                        parameter: MechanismParameter::Gcm {
+                            iv: vec![1; 12],
+                            aad: data(len).into_iter().rev().collect(),
+                            tag_bits: 128,
+                        },
+                    },
+                    key: 4,
+                    data: data(len),
+                    signature: Vec::new(),
+                },
+            ]
+        };
+        for len in [0, SPLIT_PAYLOAD - 1, SPLIT_PAYLOAD, (1 << 20) + 3] {
+            for (call, original) in calls(len).into_iter().zip(calls(len)) {
+                let whole = encode_request(&envelope(original));
+                let mut split = envelope(call);
+                let (frame, bulk) = encode_request_split(&mut split);
+                let Some(bulk) = bulk else {
+                    assert!(len < SPLIT_PAYLOAD, "{len}: not split");
+                    assert_eq!(frame, whole);
+                    continue;
+                };
+                assert!(len >= SPLIT_PAYLOAD, "{len}: split below the threshold");
+                assert_eq!(bulk.payload, data(len));
+                // Nothing of the data is left in the frame (the AAD is).
+                let aad = match &split.message {
+                    Message::Call(Call::OperationOnce { .. }) => len,
+                    _ => 0,
+                };
+                assert!(frame.len() < 64 + aad, "{len}: {} bytes", frame.len());
+                let written = [&frame[..bulk.at], &bulk.payload[..], &frame[bulk.at..]].concat();
+                assert_eq!(written, whole, "{len} bytes");
+                let Message::Call(mut call) = split.message else {
+                    panic!("not a call")
+                };
+                assert_eq!(call.bulk_mut().map(|d| d.len()), Some(0));
+            }
+        }
+    }
+
+    /// The string left out is the field itself, found by its address: another byte string of
+    /// its length before it (no call has one today) stays in the output.
+    #[test]
+    fn the_payload_left_out_is_the_field_itself() {
+        #[derive(serde::Serialize)]
+        struct Two {
+            #[serde(with = "tessera_core::bytes")]
+            first: Vec<u8>,
+            #[serde(with = "tessera_core::bytes")]
+            second: Vec<u8>,
+        }
+        let two = Two {
+            first: vec![1; 100],
+            second: vec![2; 100],
+        };
+        let holed = Holed {
+            out: Vec::new(),
+            expected: (two.second.as_ptr() as usize, two.second.len()),
+            at: None,
+        };
+        let holed = postcard::serialize_with_flavor(&two, holed).expect("encoded");
+        // The first string with its length, then the second's length; the second left out.
+        assert_eq!(holed.at, Some(102));
+        assert_eq!(holed.out.len(), 102);
+        assert_eq!(&holed.out[1..101], &[1; 100][..]);
     }
 
     #[test]

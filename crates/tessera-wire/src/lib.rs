@@ -30,9 +30,9 @@ pub use call::{
 };
 pub use frame::{
     body_len as frame_body_len, decode_request, decode_response, decode_response_split,
-    encode_request, encode_response, encode_response_split, find_sealed,
+    encode_request, encode_request_split, encode_response, encode_response_split, find_sealed,
     finders_agree_with_decoders, finish_frame, protected_prefix, read_frame, split_response_head,
-    write_frame, FrameError, FramePrefix, SealedFrame, ENVELOPE_HEADER_LEN, FRAME_HEADER_LEN,
+    write_frame, Bulk, FrameError, FramePrefix, SealedFrame, ENVELOPE_HEADER_LEN, FRAME_HEADER_LEN,
     MAX_FRAME_LEN, SPLIT_PAYLOAD, UNIX_SEND_BUFFER,
 };
 
