@@ -1,6 +1,6 @@
 //! The socket to a device: Unix or TCP, blocking, with timeouts.
 
-use std::io::{IoSlice, Read, Write};
+use std::io::{IoSlice, Read};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -100,24 +100,32 @@ impl Frame {
             .filter(|part| !part.is_empty())
             .map(IoSlice::new)
     }
+}
 
-    /// Hands the spent buffers back.
-    fn give(self) {
-        tessera_core::bytes::give(self.bytes, self.held);
-        if let Some(bulk) = self.bulk {
+/// A frame's buffers go back to the pool when it is written — or dropped unwritten (queued
+/// behind a write that failed): wiped first if they held a secret.
+impl Drop for Frame {
+    fn drop(&mut self) {
+        tessera_core::bytes::give(std::mem::take(&mut self.bytes), self.held);
+        if let Some(bulk) = self.bulk.take() {
             tessera_core::bytes::give(bulk.payload, self.held);
         }
     }
 }
 
 /// Writes every part, in order, with as few vectored writes as the socket takes; on an error,
-/// `parts` is what is left to write.
+/// `parts` is what is left to write. Each write is a `sendmsg` with `MSG_NOSIGNAL`: std's
+/// `write_vectored` is a `writev`, and a `writev` to a connection the device has closed raises
+/// `SIGPIPE`, which ends a host that keeps the signal's default action (most C programs).
 fn write_all_parts(socket: &Socket, parts: &mut &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    use rustix::net::{sendmsg, SendAncillaryBuffer, SendFlags};
     while !parts.is_empty() {
+        let mut control = SendAncillaryBuffer::default();
         let written = match socket {
-            Socket::Unix(s) => (&mut &*s).write_vectored(parts),
-            Socket::Tcp(s) => (&mut &*s).write_vectored(parts),
-        };
+            Socket::Unix(s) => sendmsg(s, parts, &mut control, SendFlags::NOSIGNAL),
+            Socket::Tcp(s) => sendmsg(s, parts, &mut control, SendFlags::NOSIGNAL),
+        }
+        .map_err(std::io::Error::from);
         match written {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => IoSlice::advance_slices(parts, n),
@@ -310,6 +318,14 @@ impl Socket {
         }
     }
 
+    /// Ends the connection both ways (the descriptor stays until the stream is dropped).
+    fn shut_down(&self) {
+        let _ = match self {
+            Socket::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+            Socket::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+        };
+    }
+
     /// Appends the next `len` bytes to `out` (fewer at the end of the stream), read into its
     /// spare capacity as it is: std's sockets read into uninitialised memory, where a reader
     /// of ours (which only has `read`) has it zero-filled first — a pass over a megabyte.
@@ -324,8 +340,8 @@ impl Socket {
 /// A frame as read: its body, or a bulk reply read in two parts.
 enum Arrived {
     Body(Vec<u8>),
-    /// A `Reply::Bytes` of [`SPLIT_PAYLOAD`] bytes or more, its payload read into a buffer of
-    /// its own (see [`tessera_wire::split_response_head`]).
+    /// A `Reply::Bytes` in a body of [`SPLIT_PAYLOAD`] bytes or more, its payload read into a
+    /// buffer of its own (see [`tessera_wire::split_response_head`]).
     Bulk(ResponseEnvelope),
 }
 
@@ -360,18 +376,23 @@ fn read_body(socket: &Socket, buffer: &mut ReadBuffer, len: usize) -> Result<Vec
     body.extend_from_slice(&buffer.data[buffer.start..buffer.start + buffered]);
     buffer.start += buffered;
     let rest = len - buffered;
-    if rest >= ReadBuffer::SIZE {
-        socket.read_into(&mut body, rest)?;
+    let read = if rest >= ReadBuffer::SIZE {
+        socket.read_into(&mut body, rest)
     } else {
         (Buffered { socket, buffer })
             .take(rest as u64)
-            .read_to_end(&mut body)?;
+            .read_to_end(&mut body)
+    };
+    match read {
+        Ok(_) if body.len() == len => Ok(body),
+        // Part of a reply that may be a plaintext: wiped before it goes.
+        failed => {
+            tessera_core::bytes::give(body, Held::Secret);
+            Err(FrameError::Io(failed.err().unwrap_or_else(|| {
+                std::io::ErrorKind::UnexpectedEof.into()
+            })))
+        }
     }
-    if body.len() != len {
-        tessera_core::bytes::give(body, Held::Secret);
-        return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-    }
-    Ok(body)
 }
 
 impl Stream {
@@ -480,8 +501,10 @@ impl Stream {
     /// Writes what is queued, unless another sender is writing (it will write it).
     pub(crate) fn flush(&self) -> Result<(), Failure> {
         loop {
-            let Ok(writing) = self.writing.try_lock() else {
-                return Ok(());
+            let writing = match self.writing.try_lock() {
+                Ok(writing) => writing,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
             };
             let frames = std::mem::take(&mut *locked(&self.outbox));
             if frames.is_empty() {
@@ -498,8 +521,15 @@ impl Stream {
             let mut parts: Vec<IoSlice<'_>> = frames.iter().flat_map(Frame::parts).collect();
             let written = write_all_parts(&self.socket, &mut &mut parts[..]);
             drop(parts);
-            frames.into_iter().for_each(Frame::give);
-            written.map_err(|e| Failure::Io(e.to_string()))?;
+            drop(frames);
+            if let Err(e) = written {
+                // Part of a frame may have gone out: nothing may follow it on this connection
+                // (the device would read the next frames as the rest of it), and the frames
+                // queued meanwhile go with it.
+                self.socket.shut_down();
+                drop(std::mem::take(&mut *locked(&self.outbox)));
+                return Err(Failure::Io(e.to_string()));
+            }
         }
     }
 
@@ -525,10 +555,12 @@ impl Stream {
         if arrived.as_ref().is_ok_and(|arrived| match arrived {
             Arrived::Body(body) => find_sealed(body).is_none(),
             Arrived::Bulk(_) => true,
-        }) {
-            // A reply in the clear may be a decryption's plaintext or a key value: what the
-            // read buffer has handed out of it, and what earlier, longer fills left beyond the
-            // bytes not read yet, is wiped now, before the buffer waits for the next reply.
+        }) || arrived.is_err()
+        {
+            // A reply in the clear (or one that broke off: whatever it was) may be a
+            // decryption's plaintext or a key value: what the read buffer has handed out of it,
+            // and what earlier, longer fills left beyond the bytes not read yet, is wiped now,
+            // before the buffer waits for the next reply.
             let (start, end, high) = (buffer.start, buffer.end, buffer.high);
             buffer.data[..start].fill(0);
             if high > end {
@@ -759,6 +791,7 @@ impl Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn reply(id: u64, reply: tessera_wire::Reply) -> Vec<u8> {
         tessera_wire::encode_response(&ResponseEnvelope {

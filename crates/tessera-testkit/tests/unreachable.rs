@@ -134,3 +134,63 @@ fn a_client_the_access_list_refuses_is_told_so_in_the_log() {
     std::fs::write(&list, "127.0.0.1\n").unwrap();
     assert!(list_slots(&daemon, &tcp).contains("token state"));
 }
+
+/// A device that goes away between two calls of a C application that keeps `SIGPIPE`'s
+/// default action: the next call, written to the connection the device closed, fails with a
+/// return value; the library never ends its host with the signal (its writes are `sendmsg`
+/// with `MSG_NOSIGNAL`; std's vectored write is a plain `writev`).
+#[test]
+fn a_device_gone_between_calls_does_not_end_its_host_with_sigpipe() {
+    use std::io::{BufRead, Write};
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let mut daemon = Daemon::start();
+    tessera_testkit::sm::init_token(&daemon, Transport::Unix);
+    let program = tessera_testkit::compile_c("after_close", daemon.dir());
+    let mut child = Command::new(&program)
+        .arg(pkcs11_module())
+        .env(
+            "ET_HSM_NETCLIENT_SERVERLIST",
+            daemon.server_list(Transport::Unix),
+        )
+        .envs(daemon.trust_env())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    if line.trim() != "ready" {
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        panic!("the application did not start: {err}");
+    }
+    daemon.stop();
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the application hangs"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(
+        status.signal(),
+        None,
+        "the application was ended by signal {:?} (13 is SIGPIPE)",
+        status.signal()
+    );
+    assert_eq!(status.code(), Some(0));
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert!(
+        line.starts_with("random 0x") && line.trim() != "random 0x0",
+        "the call on the closed connection: {line}"
+    );
+}

@@ -68,8 +68,8 @@ pub fn read_frame(reader: &mut (impl Read + ?Sized)) -> Result<Vec<u8>, FrameErr
     let mut header = [0u8; FRAME_HEADER_LEN];
     reader.read_exact(&mut header)?;
     let len = body_len(header)?;
-    // Read into capacity (no zeroing pass over a large body first), pooled for a large body
-    // (see `tessera_core::bytes::take`).
+    // Read into a buffer pooled for a large body (see `tessera_core::bytes::take`); std fills
+    // its capacity with zeros first unless the reader is one of std's own (a socket, a file).
     let mut body = tessera_core::bytes::take(len);
     (&mut *reader).take(len as u64).read_to_end(&mut body)?;
     if body.len() != len {
@@ -382,9 +382,10 @@ pub fn split_response_head(start: &[u8], body_len: usize) -> Option<usize> {
         return None;
     }
     let after_tags = rest.strip_prefix(&bulk_reply_tags()[..])?;
-    let (payload_len, after_len) = postcard::take_from_bytes::<u64>(after_tags).ok()?;
+    // Read as the decoder reads a byte string's length (a `usize` varint).
+    let (payload_len, after_len) = postcard::take_from_bytes::<usize>(after_tags).ok()?;
     let head_len = start.len() - after_len.len();
-    let whole = head_len.checked_add(usize::try_from(payload_len).ok()?)?;
+    let whole = head_len.checked_add(payload_len)?;
     (whole == body_len).then_some(head_len)
 }
 
@@ -735,7 +736,21 @@ mod tests {
             encode_response_split(done()),
             (encode_response(&done()), Vec::new())
         );
-        // Nor is it divided by a reader.
+        // Nor is it divided by a reader: a large sealed record (opened where it lies) above all.
+        let sealed = encode_response(&ResponseEnvelope {
+            version: PROTOCOL_VERSION,
+            id: 77,
+            channel: Some(3),
+            result: Ok(Response::Protected(record(
+                1,
+                true,
+                vec![0; SPLIT_PAYLOAD * 2],
+                Vec::new(),
+            ))),
+        });
+        let body = &sealed[FRAME_HEADER_LEN..];
+        assert!(find_sealed(body).is_some());
+        assert_eq!(split_response_head(body, body.len()), None);
         for other in [
             Ok(Response::Reply(Reply::Done)),
             Ok(Response::Reply(Reply::Secret(
