@@ -199,9 +199,13 @@ pub fn take(len: usize) -> Vec<u8> {
     POOL.take(len)
 }
 
-/// `bytes` copied into a buffer from [`take`].
+/// Room left after a decoded byte string: a cipher that adopts the buffer (a single-part
+/// AES-GCM) appends its tag, or a block of padding, there instead of moving the bytes.
+pub const ROOM: usize = 16;
+
+/// `bytes` copied into a buffer from [`take`], with [`ROOM`] to spare.
 pub fn copy(bytes: &[u8]) -> Vec<u8> {
-    let mut buffer = take(bytes.len());
+    let mut buffer = take(bytes.len() + ROOM);
     buffer.extend_from_slice(bytes);
     buffer
 }

@@ -56,6 +56,13 @@ impl SecretBytes {
         Self(Store::Heap(Vec::new()))
     }
 
+    /// Application data adopted as it is, on the heap as [`SecretBytes::unlocked`] keeps it
+    /// (wiped when dropped or moved): a single-part cipher's input, transformed where it
+    /// arrived instead of being copied into a buffer of the operation's first.
+    pub fn unlocked_from(bytes: Vec<u8>) -> Self {
+        Self(Store::Heap(bytes))
+    }
+
     /// An empty secret with room for `capacity` bytes.
     pub fn with_capacity(capacity: usize) -> Self {
         let mut secret = Self::default();

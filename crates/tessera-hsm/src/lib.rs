@@ -439,7 +439,7 @@ impl Hsm {
                 signature,
             } => {
                 self.operation_init(client, session, operation, &mechanism, key)?;
-                self.operation_single(client, session, operation, &data, &signature)
+                self.operation_single(client, session, operation, data, &signature)
             }
             R::FindObjectsFinal { session } => {
                 let mut sessions = self.sessions();
@@ -458,7 +458,7 @@ impl Hsm {
                 operation,
                 data,
                 signature,
-            } => self.operation_single(client, session, operation, &data, &signature),
+            } => self.operation_single(client, session, operation, data, &signature),
             R::OperationUpdate {
                 session,
                 operation,

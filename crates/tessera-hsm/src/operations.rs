@@ -144,11 +144,11 @@ impl Hsm {
         client: u64,
         session: u64,
         operation: Operation,
-        data: &[u8],
+        data: Vec<u8>,
         signature: &[u8],
     ) -> Result<Reply, Rv> {
         let active = self.take(client, session, operation, true)?;
-        active.single(data, signature).map(reply)
+        active.single_owned(data, signature).map(reply)
     }
 
     pub(crate) fn operation_update(

@@ -596,3 +596,123 @@ fn many_right_pins_at_once_all_log_in() {
         "{answers:?}"
     );
 }
+
+/// A single-part AES-GCM works where the call's data arrived: the ciphertext comes back in the
+/// request's own buffer (no copy into a buffer of the operation's), it is what aws-lc-rs makes
+/// of the data and what the multi-part path, which gathers the data, makes; decryption in the
+/// adopted buffer gives the data back; data decoded without room for the tag still works.
+#[test]
+fn a_single_part_gcm_works_in_the_calls_own_buffer() {
+    use tessera_core::MechanismParameter;
+    use tessera_wire::Operation;
+    let dir = tempfile::tempdir().unwrap();
+    let hsm = Hsm::open(dir.path(), &options()).unwrap();
+    let (client, session) = ready(&hsm);
+    let value = [0x42u8; 32];
+    let mut template = aes_template(&value, true);
+    template.0.push(Attribute::bool(ck::CKA_ENCRYPT, true));
+    template.0.push(Attribute::bool(ck::CKA_DECRYPT, true));
+    let key = handle(hsm.handle(client, false, Call::CreateObject { session, template }));
+    let iv = [7u8; 12];
+    let gcm = || Mechanism {
+        ty: ck::CKM_AES_GCM,
+        parameter: MechanismParameter::Gcm {
+            iv: iv.to_vec(),
+            aad: b"header".to_vec(),
+            tag_bits: 128,
+        },
+    };
+    let plain: Vec<u8> = (0..(1usize << 20) + 5).map(|i| (i % 239) as u8).collect();
+    let expected = {
+        use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &value).unwrap());
+        let mut out = plain.clone();
+        key.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(iv),
+            Aad::from(b"header"),
+            &mut out,
+        )
+        .unwrap();
+        out
+    };
+    let once = |operation: Operation, data: Vec<u8>| {
+        hsm.handle(
+            client,
+            false,
+            Call::OperationOnce {
+                session,
+                operation,
+                mechanism: gcm(),
+                key,
+                data,
+                signature: Vec::new(),
+            },
+        )
+    };
+    // As the daemon decodes it: with room for the tag.
+    let data = tessera_core::bytes::copy(&plain);
+    let at = data.as_ptr() as usize;
+    let Ok(Reply::Bytes(sealed)) = once(Operation::Encrypt, data) else {
+        panic!("no ciphertext")
+    };
+    assert!(sealed == expected, "not the ciphertext");
+    assert_eq!(
+        sealed.as_ptr() as usize,
+        at,
+        "copied out of the call's buffer"
+    );
+    // Without room: the same result (the buffer grows).
+    let Ok(Reply::Bytes(again)) = once(Operation::Encrypt, plain.clone()) else {
+        panic!("no ciphertext")
+    };
+    assert!(again == expected, "not the ciphertext");
+    // Multi-part, gathered: the same.
+    hsm.handle(
+        client,
+        false,
+        Call::OperationInit {
+            session,
+            operation: Operation::Encrypt,
+            mechanism: gcm(),
+            key,
+        },
+    )
+    .unwrap();
+    let (first, second) = plain.split_at(1000);
+    for part in [first, second] {
+        hsm.handle(
+            client,
+            false,
+            Call::OperationUpdate {
+                session,
+                operation: Operation::Encrypt,
+                data: part.to_vec(),
+            },
+        )
+        .unwrap();
+    }
+    let Ok(Reply::Bytes(gathered)) = hsm.handle(
+        client,
+        false,
+        Call::OperationFinal {
+            session,
+            operation: Operation::Encrypt,
+            signature: Vec::new(),
+        },
+    ) else {
+        panic!("no ciphertext")
+    };
+    assert!(gathered == expected, "the multi-part ciphertext differs");
+    // Decrypted in the adopted buffer; a damaged tag is refused.
+    let opened = once(Operation::Decrypt, tessera_core::bytes::copy(&sealed));
+    assert!(
+        matches!(&opened, Ok(Reply::Secret(p)) if p.expose() == &plain[..]),
+        "not the plaintext"
+    );
+    let mut damaged = sealed.clone();
+    *damaged.last_mut().unwrap() ^= 1;
+    assert!(matches!(
+        once(Operation::Decrypt, damaged),
+        Err(Rv::EncryptedDataInvalid)
+    ));
+}

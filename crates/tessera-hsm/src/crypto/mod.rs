@@ -959,6 +959,24 @@ impl ActiveOperation {
         }
     }
 
+    /// [`ActiveOperation::single`] with the call's own buffer: a single-part AES-GCM adopts it
+    /// and works where the data arrived (the decoder left room for the tag), instead of
+    /// copying it into a buffer of its own first. Other operations read it as `single` does.
+    pub fn single_owned(mut self, data: Vec<u8>, signature: &[u8]) -> Result<Output, Rv> {
+        if let Inner::Gcm { data: buffer, .. } = &mut self.inner {
+            if buffer.is_empty() {
+                // As `update` refuses it.
+                if data.len() > MAX_CIPHER_INPUT {
+                    return Err(Rv::DataLenRange);
+                }
+                *buffer = SecretBytes::unlocked_from(data);
+                buffer.reserve(16);
+                return self.finish(signature);
+            }
+        }
+        self.single(&data, signature)
+    }
+
     /// A single-part call: `data`, then the final call; the two outputs joined.
     pub fn single(mut self, data: &[u8], signature: &[u8]) -> Result<Output, Rv> {
         if let Inner::MlDsa {
