@@ -199,13 +199,16 @@ pub fn take(len: usize) -> Vec<u8> {
     POOL.take(len)
 }
 
-/// Room left after a decoded byte string: a cipher that adopts the buffer (a single-part
+/// Room left after a decoded bulk byte string: a cipher that adopts the buffer (a single-part
 /// AES-GCM) appends its tag, or a block of padding, there instead of moving the bytes.
 pub const ROOM: usize = 16;
 
-/// `bytes` copied into a buffer from [`take`], with [`ROOM`] to spare.
+/// `bytes` copied into a buffer from [`take`]; a bulk one (64 KiB or more) with
+/// [`ROOM`] to spare. A smaller one gets none: a key value or PIN decoded here may be moved
+/// into a locked slot sized by the buffer's capacity (`SecretBytes::new`), which must not grow.
 pub fn copy(bytes: &[u8]) -> Vec<u8> {
-    let mut buffer = take(bytes.len() + ROOM);
+    let room = if bytes.len() >= POOLED { ROOM } else { 0 };
+    let mut buffer = take(bytes.len() + room);
     buffer.extend_from_slice(bytes);
     buffer
 }
@@ -272,6 +275,22 @@ fn wipe(buffer: &mut Vec<u8>) {
 
 #[cfg(test)]
 mod tests {
+    use super::{copy, POOLED, ROOM};
+
+    /// A bulk byte string is decoded with room for a tag; a small one (a key value, a PIN that
+    /// may move into a locked slot sized by the capacity) with none.
+    #[test]
+    fn only_bulk_byte_strings_get_room_to_spare() {
+        for len in [0, 32, 16_384, POOLED - 1] {
+            assert_eq!(copy(&vec![3; len]).capacity(), len, "{len} bytes");
+        }
+        for len in [POOLED, POOLED + 1, 1 << 20] {
+            let copied = copy(&vec![3; len]);
+            assert!(copied.capacity() >= len + ROOM, "{len} bytes");
+            assert_eq!(copied.len(), len);
+        }
+    }
+
     #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
     struct Fast(#[serde(with = "crate::bytes")] Vec<u8>);
 
