@@ -113,6 +113,9 @@ impl Drop for Frame {
     }
 }
 
+/// Linux's `IOV_MAX`: the most parts one `sendmsg` takes.
+const IOV_MAX: usize = 1024;
+
 /// Writes every part, in order, with as few vectored writes as the socket takes; on an error,
 /// `parts` is what is left to write. Each write is a `sendmsg` with `MSG_NOSIGNAL`: std's
 /// `write_vectored` is a `writev`, and a `writev` to a connection the device has closed raises
@@ -121,9 +124,11 @@ fn write_all_parts(socket: &Socket, parts: &mut &mut [IoSlice<'_>]) -> std::io::
     use rustix::net::{sendmsg, SendAncillaryBuffer, SendFlags};
     while !parts.is_empty() {
         let mut control = SendAncillaryBuffer::default();
+        // The kernel takes at most IOV_MAX parts a call (more is EMSGSIZE); the rest go next.
+        let some = &parts[..parts.len().min(IOV_MAX)];
         let written = match socket {
-            Socket::Unix(s) => sendmsg(s, parts, &mut control, SendFlags::NOSIGNAL),
-            Socket::Tcp(s) => sendmsg(s, parts, &mut control, SendFlags::NOSIGNAL),
+            Socket::Unix(s) => sendmsg(s, some, &mut control, SendFlags::NOSIGNAL),
+            Socket::Tcp(s) => sendmsg(s, some, &mut control, SendFlags::NOSIGNAL),
         }
         .map_err(std::io::Error::from);
         match written {
@@ -503,8 +508,12 @@ impl Stream {
         loop {
             let writing = match self.writing.try_lock() {
                 Ok(writing) => writing,
-                Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
                 Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+                // A writer that panicked may have left a torn frame: the connection ends.
+                Err(std::sync::TryLockError::Poisoned(_)) => {
+                    self.socket.shut_down();
+                    return Err(Failure::Io("an earlier write broke off".into()));
+                }
             };
             let frames = std::mem::take(&mut *locked(&self.outbox));
             if frames.is_empty() {
@@ -516,8 +525,8 @@ impl Stream {
                 }
                 return Ok(());
             }
-            // Frames queued together go out in one vectored write, none copied into another
-            // buffer (std writes at most the system's limit of parts at a time).
+            // Frames queued together go out in one vectored write (IOV_MAX parts at a time),
+            // none copied into another buffer.
             let mut parts: Vec<IoSlice<'_>> = frames.iter().flat_map(Frame::parts).collect();
             let written = write_all_parts(&self.socket, &mut &mut parts[..]);
             drop(parts);
@@ -978,6 +987,41 @@ mod tests {
         written.expect("written");
         let got = reader.join().expect("the reader");
         assert!(got == expected, "the bytes differ");
+    }
+
+    /// More frames queued than one `sendmsg` takes parts (IOV_MAX) go out whole, in order.
+    #[test]
+    fn more_queued_frames_than_one_write_takes_go_out_in_order() {
+        let frames: Vec<Frame> = (0..1100u64)
+            .map(|id| {
+                Stream::clear_frame(
+                    id,
+                    Message::Call(tessera_wire::Call::GenerateRandom {
+                        session: 1,
+                        len: 32,
+                    }),
+                )
+            })
+            .collect();
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.bytes.clone()).collect();
+        let (library, device) = UnixStream::pair().expect("a socket pair");
+        device
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("a receive timeout");
+        let len = expected.len();
+        let reader = std::thread::spawn(move || {
+            let mut device = device;
+            let mut got = vec![0u8; len];
+            device.read_exact(&mut got).expect("every frame");
+            got
+        });
+        let mut parts: Vec<IoSlice<'_>> = frames.iter().flat_map(Frame::parts).collect();
+        assert_eq!(parts.len(), 1100);
+        write_all_parts(&Socket::Unix(library), &mut &mut parts[..]).expect("written");
+        assert!(
+            reader.join().expect("the reader") == expected,
+            "the bytes differ"
+        );
     }
 
     fn window(spin: &Spin) -> u32 {

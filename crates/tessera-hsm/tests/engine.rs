@@ -661,7 +661,7 @@ fn a_single_part_gcm_works_in_the_calls_own_buffer() {
         at,
         "copied out of the call's buffer"
     );
-    // Without room: the same result (the buffer grows).
+    // Without room: the same result (gathered in a buffer of its own, as before).
     let Ok(Reply::Bytes(again)) = once(Operation::Encrypt, plain.clone()) else {
         panic!("no ciphertext")
     };

@@ -963,8 +963,16 @@ impl ActiveOperation {
     /// and works where the data arrived (the decoder left room for the tag), instead of
     /// copying it into a buffer of its own first. Other operations read it as `single` does.
     pub fn single_owned(mut self, data: Vec<u8>, signature: &[u8]) -> Result<Output, Rv> {
-        if let Inner::Gcm { data: buffer, .. } = &mut self.inner {
-            if buffer.is_empty() {
+        if let Inner::Gcm {
+            data: buffer,
+            encrypt,
+            ..
+        } = &mut self.inner
+        {
+            // Adopted where it fits: an encryption's tag in the room the decoder left (a
+            // buffer grown here would be a copy anyway); a decryption shrinks.
+            let fits = !*encrypt || data.capacity() - data.len() >= 16;
+            if buffer.is_empty() && fits {
                 // As `update` refuses it.
                 if data.len() > MAX_CIPHER_INPUT {
                     return Err(Rv::DataLenRange);
