@@ -457,7 +457,12 @@ impl Stream {
                 Socket::Tcp(connected.ok_or_else(|| unlogged(last))?)
             }
         };
-        Ok(Stream {
+        Ok(Stream::over(socket))
+    }
+
+    /// A stream over a connected socket.
+    fn over(socket: Socket) -> Stream {
+        Stream {
             socket,
             reading: Mutex::new(ReadBuffer {
                 data: vec![0; ReadBuffer::SIZE],
@@ -471,7 +476,7 @@ impl Stream {
             notice: AtomicBool::new(false),
             opened: std::time::Instant::now(),
             last_reply: std::sync::atomic::AtomicU64::new(0),
-        })
+        }
     }
 
     /// Sends one message in the clear.
@@ -987,6 +992,67 @@ mod tests {
         written.expect("written");
         let got = reader.join().expect("the reader");
         assert!(got == expected, "the bytes differ");
+    }
+
+    /// A write that breaks off partway (a send timeout while the device reads nothing) ends
+    /// the connection: a later call, with room in the socket again, fails instead of being
+    /// written behind the torn frame (where the device would read it as the rest of that
+    /// frame: a PIN as data), and the device sees the connection end right after the part
+    /// that went out.
+    #[test]
+    fn nothing_is_written_behind_a_torn_frame() {
+        use tessera_wire::{Call, Operation};
+        let (library, device) = UnixStream::pair().expect("a socket pair");
+        library
+            .set_write_timeout(Some(Duration::from_millis(30)))
+            .expect("a send timeout");
+        device
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("a receive timeout");
+        let stream = Stream::over(Socket::Unix(library));
+        let encrypt = Message::Call(Call::OperationSingle {
+            session: 5,
+            operation: Operation::Encrypt,
+            data: vec![0x11; 4 << 20],
+            signature: Vec::new(),
+        });
+        let torn_len = 4 << 20;
+        stream.queue(Stream::clear_frame(1, encrypt));
+        assert!(
+            stream.flush().is_err(),
+            "4 MiB went into a socket nobody reads"
+        );
+        // The device reads what is there; then the application's next call, with a PIN.
+        let mut device = device;
+        device.set_nonblocking(true).expect("non-blocking");
+        let mut got = 0usize;
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match device.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        let login = Message::Call(Call::Login {
+            session: 5,
+            user_type: 1,
+            pin: tessera_core::SecretBytes::from_slice(b"marker-pin-4242"),
+        });
+        assert!(
+            stream.send(2, login).is_err(),
+            "a call was written behind a torn frame"
+        );
+        device.set_nonblocking(false).expect("blocking");
+        let mut rest = Vec::new();
+        device.read_to_end(&mut rest).expect("the connection ends");
+        got += rest.len();
+        assert!(got < torn_len, "the whole frame went out ({got} bytes)");
+        assert!(
+            !rest.windows(15).any(|w| w == b"marker-pin-4242"),
+            "the PIN crossed behind the torn frame"
+        );
     }
 
     /// More frames queued than one `sendmsg` takes parts (IOV_MAX) go out whole, in order.
