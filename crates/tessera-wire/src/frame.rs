@@ -159,7 +159,13 @@ impl EnvelopeHeader {
 /// Writes a frame's length into its header (the first [`FRAME_HEADER_LEN`] bytes), once the
 /// body after it is complete.
 pub fn finish_frame(frame: &mut [u8]) {
-    let len = frame.len().saturating_sub(FRAME_HEADER_LEN) as u32;
+    finish_frame_around(frame, 0);
+}
+
+/// [`finish_frame`] for a frame of which `outside` bytes (a bulk payload) are written from
+/// another buffer, in their place, rather than copied into `frame`: the length counts them too.
+fn finish_frame_around(frame: &mut [u8], outside: usize) {
+    let len = (frame.len().saturating_sub(FRAME_HEADER_LEN) + outside) as u32;
     if let Some(header) = frame.get_mut(..FRAME_HEADER_LEN) {
         header.copy_from_slice(&len.to_be_bytes());
     }
@@ -273,8 +279,7 @@ pub fn encode_response_split(mut envelope: ResponseEnvelope) -> (Vec<u8>, Vec<u8
     }
     head.pop();
     let mut head = postcard::to_extend(&(payload.len() as u64), head).expect(ENCODES);
-    let len = (head.len() - FRAME_HEADER_LEN + payload.len()) as u32;
-    head[..FRAME_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    finish_frame_around(&mut head, payload.len());
     (head, payload)
 }
 
@@ -339,35 +344,39 @@ pub fn encode_request_split(envelope: &mut RequestEnvelope) -> (Vec<u8>, Option<
         id: envelope.id,
         channel: envelope.channel,
     };
-    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + ENVELOPE_HEADER_LEN + 64);
-    out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
-    out.extend_from_slice(&header.to_bytes());
-    let holed = Holed {
-        out,
-        expected,
-        at: None,
-    };
-    let holed = postcard::serialize_with_flavor(&envelope.message, holed).expect(ENCODES);
-    let (Some(at), Message::Call(call)) = (holed.at, &mut envelope.message) else {
+    let mut at = None;
+    // The call's fields but its data: a few dozen bytes.
+    let mut head = frame(header, 64, |out| {
+        let holed = Holed {
+            out,
+            expected,
+            at: None,
+        };
+        let holed = postcard::serialize_with_flavor(&envelope.message, holed).expect(ENCODES);
+        at = holed.at;
+        holed.out
+    });
+    let (Some(at), Message::Call(call)) = (at, &mut envelope.message) else {
         return (encode_request(envelope), None);
     };
     let Some(payload) = call.bulk_mut().map(std::mem::take) else {
         return (encode_request(envelope), None);
     };
-    let mut frame = holed.out;
-    let len = (frame.len() - FRAME_HEADER_LEN + payload.len()) as u32;
-    frame[..FRAME_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
-    (frame, Some(Bulk { at, payload }))
+    finish_frame_around(&mut head, payload.len());
+    (head, Some(Bulk { at, payload }))
 }
 
 /// The encoding of `Ok(Response::Reply(Reply::Bytes(..)))` before the bytes' length: what
-/// follows the envelope header in the body of a bulk reply.
-fn bulk_reply_tags() -> Vec<u8> {
-    let empty: Result<Response, u64> = Ok(Response::Reply(Reply::Bytes(Vec::new())));
-    let mut tags = postcard::to_allocvec(&empty).expect(ENCODES);
-    // The empty byte string's length, a varint 0, ends it.
-    tags.pop();
-    tags
+/// follows the envelope header in the body of a bulk reply. Encoded once, when first needed.
+fn bulk_reply_tags() -> &'static [u8] {
+    static TAGS: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        let empty: Result<Response, u64> = Ok(Response::Reply(Reply::Bytes(Vec::new())));
+        let mut tags = postcard::to_allocvec(&empty).expect(ENCODES);
+        // The empty byte string's length, a varint 0, ends it.
+        tags.pop();
+        tags
+    });
+    &TAGS
 }
 
 /// Where a response body written in two parts by [`encode_response_split`] divides, for a
@@ -381,7 +390,7 @@ pub fn split_response_head(start: &[u8], body_len: usize) -> Option<usize> {
     if header.kind != CLEAR {
         return None;
     }
-    let after_tags = rest.strip_prefix(&bulk_reply_tags()[..])?;
+    let after_tags = rest.strip_prefix(bulk_reply_tags())?;
     // Read as the decoder reads a byte string's length (a `usize` varint).
     let (payload_len, after_len) = postcard::take_from_bytes::<usize>(after_tags).ok()?;
     let head_len = start.len() - after_len.len();

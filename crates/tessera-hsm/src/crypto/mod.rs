@@ -971,14 +971,13 @@ impl ActiveOperation {
         {
             // Adopted where it fits: an encryption's tag in the room the decoder left (a
             // buffer grown here would be a copy anyway); a decryption shrinks.
-            let fits = !*encrypt || data.capacity() - data.len() >= 16;
+            let fits = !*encrypt || data.capacity() - data.len() >= tessera_core::bytes::ROOM;
             if buffer.is_empty() && fits {
                 // As `update` refuses it.
                 if data.len() > MAX_CIPHER_INPUT {
                     return Err(Rv::DataLenRange);
                 }
                 *buffer = SecretBytes::unlocked_from(data);
-                buffer.reserve(16);
                 return self.finish(signature);
             }
         }
