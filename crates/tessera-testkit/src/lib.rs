@@ -191,7 +191,14 @@ impl Daemon {
     /// Starts a daemon for a benchmark: as [`Daemon::start_with`], but logging at the daemon's
     /// own default level (info), as an installed one does, not at the tests' debug level.
     pub fn start_for_benchmark(extra: &[&str]) -> Daemon {
-        Daemon::start_configured(None, |_| {}, extra, false).unwrap_or_else(|log| panic!("{log}"))
+        Daemon::start_for_benchmark_through(None, extra)
+    }
+
+    /// As [`Daemon::start_for_benchmark`], the daemon started through `launcher` (a shell
+    /// command prefix, such as `exec valgrind --tool=callgrind`), if any.
+    pub fn start_for_benchmark_through(launcher: Option<&str>, extra: &[&str]) -> Daemon {
+        Daemon::start_configured(launcher, |_| {}, extra, false)
+            .unwrap_or_else(|log| panic!("{log}"))
     }
 
     /// Starts a daemon through `launcher` (see [`Daemon`]'s field; `None`: directly) after
@@ -321,7 +328,9 @@ impl Daemon {
             .spawn()
             .expect("tesserad starts");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // A daemon under a launcher may start slowly (valgrind: tens of seconds).
+        let ready_within = Duration::from_secs(if self.launcher.is_some() { 120 } else { 20 });
+        let deadline = Instant::now() + ready_within;
         while !self
             .log()
             .get(seen..)
@@ -338,7 +347,11 @@ impl Daemon {
                 }
             }
             if Instant::now() >= deadline {
-                return Err(format!("tesserad was not ready in 20 s:\n{}", self.log()));
+                return Err(format!(
+                    "tesserad was not ready in {} s:\n{}",
+                    ready_within.as_secs(),
+                    self.log()
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -225,6 +225,157 @@ impl CpuShare {
     }
 }
 
+/// The sizes on the wire of a handshake's four messages in bytes (read off `strace` of this
+/// build's `--profile 1`): the client's hello, the device's answer (with its certificate and
+/// signature), the key confirmation sent with the first request (`C_OpenSession`), and the
+/// device's answers to both, which leave in one write.
+const HYBRID_SIZES: [usize; 4] = [1289, 2609, 126, 94];
+const CLASSICAL_SIZES: [usize; 4] = [104, 1519, 126, 94];
+
+/// The floor a fresh connection puts under a handshake: the same exchange as a channel's (a
+/// new Unix connection, two round trips of a handshake's sizes, the close) between this process
+/// and a server process that does nothing else (`--bare-server`, blocking threads, no
+/// parsing, no crypto). What it costs both ends is the kernel's (and the wake-ups'), not
+/// Tessera's: the handshake rows are also set against their limit with it added.
+struct Bare {
+    server: std::process::Child,
+    socket: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// One measurement of the floor with some number of threads.
+struct Floor {
+    per_second: f64,
+    p50: Duration,
+    /// CPU seconds per connection, both processes, user and system together.
+    cpu: f64,
+}
+
+impl Bare {
+    fn start() -> Bare {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let socket = dir.path().join("bare.sock");
+        let server = std::process::Command::new(std::env::current_exe().expect("this program"))
+            .arg("--bare-server")
+            .arg(&socket)
+            .spawn()
+            .expect("the bare server starts");
+        let ready = tessera_testkit::wait_until(Duration::from_secs(10), || socket.exists());
+        assert!(ready, "the bare server did not listen within 10 s");
+        Bare {
+            server,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    /// One connection: the two round trips of a handshake with `sizes`, then the close.
+    fn connection(&self, sizes: [usize; 4]) {
+        use std::io::{Read, Write};
+        let mut stream =
+            std::os::unix::net::UnixStream::connect(&self.socket).expect("the bare server");
+        let mut buffer = vec![0u8; sizes.iter().copied().max().unwrap_or(0)];
+        for (ask, answer) in [(sizes[0], sizes[1]), (sizes[2], sizes[3])] {
+            // Each message says its own length and its answer's (the server reads nothing
+            // else from it).
+            buffer[..4].copy_from_slice(&(ask as u32).to_be_bytes());
+            buffer[4..8].copy_from_slice(&(answer as u32).to_be_bytes());
+            stream.write_all(&buffer[..ask]).expect("a bare send");
+            stream
+                .read_exact(&mut buffer[..answer])
+                .expect("a bare answer");
+        }
+    }
+
+    /// Connections with `threads` threads for `seconds`: their rate, median time and the CPU
+    /// both processes spent on each.
+    fn measure(&self, sizes: [usize; 4], threads: usize, seconds: f64) -> Floor {
+        let before = (
+            cpu_seconds(std::process::id()),
+            cpu_seconds(self.server.id()),
+        );
+        let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+        let started = Instant::now();
+        let mut samples: Vec<Duration> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut samples = Vec::new();
+                        while Instant::now() < deadline {
+                            let t = Instant::now();
+                            self.connection(sizes);
+                            samples.push(t.elapsed());
+                        }
+                        samples
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("a worker"))
+                .collect()
+        });
+        let elapsed = started.elapsed().as_secs_f64();
+        let after = (
+            cpu_seconds(std::process::id()),
+            cpu_seconds(self.server.id()),
+        );
+        let spent = |b: Option<(f64, f64)>, a: Option<(f64, f64)>| {
+            let ((bu, bs), (au, as_)) = (b.unwrap_or_default(), a.unwrap_or_default());
+            (au - bu) + (as_ - bs)
+        };
+        let count = samples.len().max(1) as f64;
+        samples.sort();
+        Floor {
+            per_second: count / elapsed,
+            p50: tessera_testkit::quantile(&samples, 0.5).unwrap_or_default(),
+            cpu: (spent(before.0, after.0) + spent(before.1, after.1)) / count,
+        }
+    }
+}
+
+impl Drop for Bare {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// `--bare-server PATH`: the far end of [`Bare`]. Eight threads accept connections on a Unix
+/// socket at PATH; each message names its own length and its answer's, and is answered with
+/// that many bytes, until the client closes. Ends with its parent (it is killed).
+fn bare_server(path: &std::path::Path) -> ! {
+    use std::io::{Read, Write};
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap_or_else(|e| {
+        eprintln!("channel-bench: cannot listen on {}: {e}", path.display());
+        std::process::exit(1)
+    });
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                let mut buffer = vec![0u8; 64 * 1024];
+                while let Ok((mut stream, _)) = listener.accept() {
+                    let mut head = [0u8; 8];
+                    while stream.read_exact(&mut head).is_ok() {
+                        let ask = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+                        let answer = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+                        let (ask, answer) = (ask as usize, answer as usize);
+                        if !(8..=buffer.len()).contains(&ask) || answer > buffer.len() {
+                            break;
+                        }
+                        if stream.read_exact(&mut buffer[8..ask]).is_err()
+                            || stream.write_all(&buffer[..answer]).is_err()
+                        {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    std::process::exit(0)
+}
+
 /// The machine's cores (the daemon and the clients share them).
 fn cores() -> f64 {
     std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
@@ -248,68 +399,190 @@ and the daemon) against that crypto: where the rest of a handshake's time goes.
 Options:
   --seconds S   time per thread count (default 2, from 0.1 to 60)
   --idle N      idle channels to open for the memory figure (default 10000, at most 15000)
+  --profile N   only N handshakes with one thread (P-521 identity, hybrid channel) after three
+                to warm up, for a profiler: the client's are made in profiled_handshakes; with
+                --daemon-launcher 'exec valgrind --tool=callgrind ...' the daemon runs under
+                callgrind and its counters are zeroed before them and dumped after them
+                (callgrind_control). scripts/cg-handshake does both and prints where a
+                handshake's instructions go
+  --classical   with --profile: the classical channel (X25519 alone)
+  --daemon-launcher CMD
+                with --profile: a shell command prefix the daemon is started through
+  --bare-server PATH
+                (internal) the far end of the bare connections the rows are set against
   --help        this text
 ";
 
-fn arguments() -> Result<(f64, usize), String> {
-    let mut seconds = 2.0;
-    let mut idle = 10_000;
+/// What the command line asked for.
+struct Arguments {
+    seconds: f64,
+    idle: usize,
+    /// `--profile N`: only N handshakes, for a profiler.
+    profile: Option<u64>,
+    classical: bool,
+    daemon_launcher: Option<String>,
+}
+
+fn arguments() -> Result<Arguments, String> {
+    let mut parsed = Arguments {
+        seconds: 2.0,
+        idle: 10_000,
+        profile: None,
+        classical: false,
+        daemon_launcher: None,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        if arg == "--help" || arg == "-h" {
-            print!("{HELP}");
-            std::process::exit(0);
+        match arg.as_str() {
+            "--help" | "-h" => {
+                print!("{HELP}");
+                std::process::exit(0);
+            }
+            "--classical" => {
+                parsed.classical = true;
+                continue;
+            }
+            _ => {}
         }
         let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
         match arg.as_str() {
             "--seconds" => {
-                seconds = value
+                parsed.seconds = value
                     .parse()
                     .ok()
                     .filter(|s| (0.1..=60.0).contains(s))
                     .ok_or("--seconds takes a number of seconds from 0.1 to 60")?
             }
             "--idle" => {
-                idle = value
+                parsed.idle = value
                     .parse()
                     .ok()
                     .filter(|n| (1..=15_000).contains(n))
                     .ok_or("--idle takes a number of channels from 1 to 15000")?
             }
-            _ => return Err(format!("unknown argument {arg} (known: --seconds, --idle)")),
+            "--profile" => {
+                parsed.profile = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=100_000).contains(n))
+                        .ok_or("--profile takes a number of handshakes from 1 to 100000")?,
+                )
+            }
+            "--daemon-launcher" => parsed.daemon_launcher = Some(value),
+            _ => {
+                return Err(format!(
+                    "unknown argument {arg} (known: --seconds, --idle, --profile, --classical, --daemon-launcher; --help explains them)"
+                ))
+            }
         }
     }
-    Ok((seconds, idle))
+    if parsed.profile.is_none() && (parsed.classical || parsed.daemon_launcher.is_some()) {
+        return Err("--classical and --daemon-launcher go with --profile N".into());
+    }
+    Ok(parsed)
+}
+
+/// A fresh daemon with a P-521 or ML-DSA-87 `identity` (as `ctident` names them), flags nuNU
+/// and a token, started through `launcher` if any.
+fn device(identity: &str, launcher: Option<&str>, extra: &[&str]) -> Daemon {
+    let daemon = Daemon::start_for_benchmark_through(launcher, extra);
+    daemon.identify(Transport::Unix, &["--algorithm", identity]);
+    daemon.admin(Transport::Unix, &["-fnuNU"]);
+    tessera_testkit::sm::init_token(&daemon, Transport::Unix);
+    daemon
+}
+
+/// `--profile N`: N handshakes with one thread, nothing else timed or printed but their count
+/// and time; a daemon under callgrind has its counters zeroed before them and dumped after.
+fn profile(arguments: &Arguments, count: u64) {
+    let launcher = arguments.daemon_launcher.as_deref();
+    // No busy polling in the daemon: a poll's spinning, counted as instructions, would
+    // measure how long the client took, not what the daemon did.
+    let daemon = device("p521", launcher, &["--busy-poll", "0"]);
+    let settings = match arguments.classical {
+        true => tessera_testkit::sm::classical_settings(&daemon, &[]),
+        false => tessera_testkit::sm::settings(&daemon, &[]),
+    };
+    // Warm: the chain's check cached, the allocator's pools and the daemon's tasks made.
+    for _ in 0..3 {
+        drop(channel(&daemon, &settings, true));
+    }
+    let pid = daemon.pid().expect("the daemon runs").to_string();
+    let callgrind = launcher.is_some_and(|l| l.contains("callgrind"));
+    let control = |what: &str| {
+        if callgrind {
+            let status = std::process::Command::new("callgrind_control")
+                .args([what, &pid])
+                .stdout(std::process::Stdio::null())
+                .status();
+            if !status.as_ref().is_ok_and(|s| s.success()) {
+                eprintln!("channel-bench: callgrind_control {what} {pid} failed: {status:?}");
+                std::process::exit(1);
+            }
+        }
+    };
+    control("-z");
+    let started = Instant::now();
+    profiled_handshakes(&daemon, &settings, count);
+    let took = started.elapsed();
+    control("-d");
+    println!(
+        "{count} handshakes ({}) in {:.3} s, {:.3} ms each",
+        match arguments.classical {
+            true => "classical X25519",
+            false => "hybrid X25519+ML-KEM-768",
+        },
+        took.as_secs_f64(),
+        took.as_secs_f64() * 1e3 / count as f64
+    );
+}
+
+/// `count` handshakes, one after another, each a new connection, a channel and a
+/// `C_OpenSession` in it (a profiler of the client collects inside this function).
+#[inline(never)]
+fn profiled_handshakes(daemon: &Daemon, settings: &Arc<SecureSettings>, count: u64) {
+    for _ in 0..count {
+        drop(channel(daemon, settings, true));
+    }
 }
 
 fn main() {
-    let (seconds, idle) = match arguments() {
+    if std::env::args().nth(1).as_deref() == Some("--bare-server") {
+        match std::env::args_os().nth(2) {
+            Some(path) => bare_server(std::path::Path::new(&path)),
+            None => {
+                eprintln!("channel-bench: --bare-server needs a socket path");
+                std::process::exit(2);
+            }
+        }
+    }
+    let arguments = match arguments() {
         Ok(parsed) => parsed,
         Err(message) => {
             eprintln!("channel-bench: {message}");
             std::process::exit(2);
         }
     };
+    if let Some(count) = arguments.profile {
+        profile(&arguments, count);
+        return;
+    }
+    let (seconds, idle) = (arguments.seconds, arguments.idle);
     let limit = (idle + 200).to_string();
     let transport = Transport::Unix;
-    // A fresh daemon with `identity`, flags nuNU, and a token.
-    let device = |identity: &str| {
-        let daemon = Daemon::start_for_benchmark(&[
-            "--max-connections",
-            &limit,
-            "--max-connections-per-peer",
-            &limit,
-            "--max-channels",
-            &limit,
-            // Idle channels are what is measured: kept however long the run.
-            "--idle-timeout",
-            "0",
-        ]);
-        daemon.identify(transport, &["--algorithm", identity]);
-        daemon.admin(transport, &["-fnuNU"]);
-        tessera_testkit::sm::init_token(&daemon, transport);
-        daemon
-    };
+    let connections = [
+        "--max-connections",
+        &limit,
+        "--max-connections-per-peer",
+        &limit,
+        "--max-channels",
+        &limit,
+        // Idle channels are what is measured: kept however long the run.
+        "--idle-timeout",
+        "0",
+    ];
+    let device = |identity: &str| device(identity, None, &connections);
 
     println!("channel-bench: flags nuNU, Unix socket, {seconds} s per case; idle channels with a P-521 identity");
     // Idle channels first, each kind on a fresh daemon (opened by 4 threads, then held): what
@@ -396,7 +669,10 @@ fn main() {
         cores()
     );
     println!(
-        "{:<10} {:<24} {:<8} {:>14} {:>9} {:>8} {:>9} {:>10} {:>10}",
+        "with a fresh connection's floor: conn us = the CPU (both ends) of a bare connection with a handshake's two round trips and sizes and no work, measured beside each row; ×lim+conn = handshakes/s against cores / (crypto + conn us); with one thread, p50/(c+conn) = p50 against the crypto plus that bare connection's p50"
+    );
+    println!(
+        "{:<10} {:<24} {:<8} {:>14} {:>9} {:>8} {:>9} {:>10} {:>10} {:>8} {:>10} {:>11}",
         "identity",
         "channel",
         "threads",
@@ -405,8 +681,13 @@ fn main() {
         "×limit",
         "p50 ms",
         "crypto ms",
-        "p50/crypto"
+        "p50/crypto",
+        "conn us",
+        "×lim+conn",
+        "p50/(c+conn)"
     );
+    let bare = Bare::start();
+    let mut floors = Vec::new();
     let mut shares = Vec::new();
     for (identity, daemon, name, settings) in [
         ("P-521", &daemon, "hybrid X25519+ML-KEM-768", &settings),
@@ -424,6 +705,11 @@ fn main() {
         // again before and after every row, and the row is set against the mean of the two.
         let mut crypto_before = Crypto::measure(identity).per_handshake(hybrid);
         for threads in [1usize, 2, 4, 8] {
+            let sizes = match hybrid {
+                true => HYBRID_SIZES,
+                false => CLASSICAL_SIZES,
+            };
+            let floor = bare.measure(sizes, threads, seconds / 2.0);
             let done = AtomicU64::new(0);
             let deadline = Instant::now() + Duration::from_secs_f64(seconds);
             let daemon_pid = daemon.pid().expect("the daemon runs");
@@ -470,12 +756,19 @@ fn main() {
             let p50 = tessera_testkit::quantile(&samples, 0.5).unwrap_or_default();
             // With one thread a handshake's time is its crypto plus everything else; with more,
             // its latency also holds the waits for the shared cores.
-            let against = match threads {
-                1 => format!("{:.2}", p50.as_secs_f64() / crypto),
-                _ => "-".to_string(),
+            let (against, against_floor) = match threads {
+                1 => (
+                    format!("{:.2}", p50.as_secs_f64() / crypto),
+                    format!(
+                        "{:.2}",
+                        p50.as_secs_f64() / (crypto + floor.p50.as_secs_f64())
+                    ),
+                ),
+                _ => ("-".to_string(), "-".to_string()),
             };
+            let limit_with_floor = cores() / (crypto + floor.cpu);
             println!(
-                "{:<10} {:<24} {:<8} {:>14.0} {:>9.0} {:>8.2} {:>9.2} {:>10.2} {:>10}",
+                "{:<10} {:<24} {:<8} {:>14.0} {:>9.0} {:>8.2} {:>9.2} {:>10.2} {:>10} {:>8.0} {:>10.2} {:>11}",
                 identity,
                 name,
                 threads,
@@ -484,8 +777,22 @@ fn main() {
                 rate / limit,
                 p50.as_secs_f64() * 1e3,
                 crypto * 1e3,
-                against
+                against,
+                floor.cpu * 1e6,
+                rate / limit_with_floor,
+                against_floor
             );
+            floors.push((
+                format!(
+                    "{:<10} {:<8}",
+                    match hybrid {
+                        true => "hybrid",
+                        false => "classical",
+                    },
+                    threads
+                ),
+                floor,
+            ));
         }
     }
     println!(
@@ -494,5 +801,20 @@ fn main() {
     CpuShare::print_header();
     for share in &shares {
         share.print();
+    }
+    println!(
+        "the floor beside each row: a bare Unix connection with a handshake's two round trips and sizes (hybrid {HYBRID_SIZES:?}, classical {CLASSICAL_SIZES:?} bytes), blocking reads, no work, to a server process of eight threads"
+    );
+    println!(
+        "{:<10} {:<8} {:>14} {:>9} {:>12}",
+        "sizes", "threads", "connections/s", "p50 us", "CPU us/conn"
+    );
+    for (row, floor) in &floors {
+        println!(
+            "{row} {:>14.0} {:>9.1} {:>12.1}",
+            floor.per_second,
+            floor.p50.as_secs_f64() * 1e6,
+            floor.cpu * 1e6
+        );
     }
 }
