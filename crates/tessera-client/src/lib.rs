@@ -382,6 +382,20 @@ impl Device {
         state: &mut State,
         message: Message,
     ) -> Result<Response, ClientError> {
+        self.exchange_meanwhile(state, message, || ())
+            .map(|((), response)| response)
+    }
+
+    /// As [`Device::exchange`], running `meanwhile` once a handshake's opening has left and
+    /// before its answer is read: work of this end that does not need the answer (reading the
+    /// trust store) is done while the device signs, not after. For any other message it runs
+    /// after the reply. It does not run when the request could not be sent.
+    pub(crate) fn exchange_meanwhile<T>(
+        &self,
+        state: &mut State,
+        message: Message,
+        meanwhile: impl FnOnce() -> T,
+    ) -> Result<(T, Response), ClientError> {
         self.connected(state)?;
         let id = state.next_id();
         let Some(stream) = state.stream.as_ref() else {
@@ -390,12 +404,14 @@ impl Device {
         let handshake = matches!(message, Message::Handshake(_));
         let frame = Stream::clear_frame(id, message);
         let answer = match handshake {
-            true => stream.exchange_handshake(id, frame),
-            false => stream.exchange(id, frame),
+            true => stream.exchange_handshake(id, frame, meanwhile),
+            false => stream
+                .exchange(id, frame)
+                .map(|answer| (meanwhile(), answer)),
         };
-        match answer.map(Answer::into_clear) {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(code)) => Err(ClientError::Returned(code)),
+        match answer.map(|(done, answer)| (done, answer.into_clear())) {
+            Ok((done, Ok(response))) => Ok((done, response)),
+            Ok((_, Err(code))) => Err(ClientError::Returned(code)),
             Err(failure) => {
                 self.drop_stream(state);
                 state.channel = None;

@@ -672,32 +672,36 @@ impl Device {
         let (expect, hello) =
             ExpectServerHello::start_with(&serial, settings.smpr(&serial), hybrid)
                 .map_err(|_| ClientError::Returned(Rv::CannotDeriveKeys.code()))?;
-        let answer = match self.exchange(state, Message::Handshake(hello)) {
-            Ok(Response::ServerHello(answer)) => answer,
-            Ok(_) => {
-                self.report(
-                    &serial,
-                    &format!(
-                        "the device answered the handshake with something else{}",
-                        recorded("and the device there offers no secure channel now")
-                    ),
-                );
-                return Err(ClientError::Returned(Rv::BadReply.code()));
-            }
-            Err(ClientError::Returned(code)) => {
-                let reason = self.hello_refused(code);
-                self.refuse(
-                    &serial,
-                    &format!(
-                        "the device refused a secure channel: {reason}{}",
-                        recorded("and the device there offers no secure channel now")
-                    ),
-                );
-                return Err(ClientError::Returned(code));
-            }
-            Err(e) => return Err(e),
-        };
-        let anchors = tessera_identity::trust::anchors(&settings.config).unwrap_or_else(|e| {
+        // The trust store is read while the device answers (it signs meanwhile): the same
+        // files, read as fresh, the wait spent on them instead of after it.
+        let read_anchors = || tessera_identity::trust::anchors(&settings.config);
+        let (anchors, answer) =
+            match self.exchange_meanwhile(state, Message::Handshake(hello), read_anchors) {
+                Ok((anchors, Response::ServerHello(answer))) => (anchors, answer),
+                Ok(_) => {
+                    self.report(
+                        &serial,
+                        &format!(
+                            "the device answered the handshake with something else{}",
+                            recorded("and the device there offers no secure channel now")
+                        ),
+                    );
+                    return Err(ClientError::Returned(Rv::BadReply.code()));
+                }
+                Err(ClientError::Returned(code)) => {
+                    let reason = self.hello_refused(code);
+                    self.refuse(
+                        &serial,
+                        &format!(
+                            "the device refused a secure channel: {reason}{}",
+                            recorded("and the device there offers no secure channel now")
+                        ),
+                    );
+                    return Err(ClientError::Returned(code));
+                }
+                Err(e) => return Err(e),
+            };
+        let anchors = anchors.unwrap_or_else(|e| {
             self.report(&serial, &format!("cannot read the trust store: {e}"));
             Vec::new()
         });

@@ -716,10 +716,20 @@ impl Stream {
         self.exchange_polling(id, frame, &self.spin)
     }
 
-    /// Sends a handshake's opening and waits for the device's answer, polling for it with the
-    /// window learned from earlier handshakes of this process.
-    pub(crate) fn exchange_handshake(&self, id: u64, frame: Frame) -> Result<Answer, Failure> {
-        self.exchange_polling(id, frame, &HANDSHAKES)
+    /// Sends a handshake's opening, runs `meanwhile` while the device works on it, then waits
+    /// for the device's answer, polling for it with the window learned from earlier handshakes
+    /// of this process.
+    pub(crate) fn exchange_handshake<T>(
+        &self,
+        id: u64,
+        frame: Frame,
+        meanwhile: impl FnOnce() -> T,
+    ) -> Result<(T, Answer), Failure> {
+        self.queue(frame);
+        self.flush()?;
+        let done = meanwhile();
+        self.receive_polling_for(id, &HANDSHAKES)
+            .map(|answer| (done, answer))
     }
 
     fn exchange_polling(&self, id: u64, frame: Frame, spin: &Spin) -> Result<Answer, Failure> {
@@ -1053,6 +1063,47 @@ mod tests {
             !rest.windows(15).any(|w| w == b"marker-pin-4242"),
             "the PIN crossed behind the torn frame"
         );
+    }
+
+    /// A handshake's own work (`meanwhile`: the library reads its trust store there) runs
+    /// once the opening has reached the device and before the answer is read. The device
+    /// here answers only once that work has run: after it, the exchange gets request 1's
+    /// answer; with the work left until after the answer (as it was), the device would wait
+    /// two seconds and answer for request 99 (which fails the exchange), and the work would
+    /// not have seen the opening arrive.
+    #[test]
+    fn a_handshake_does_its_own_work_while_the_device_answers() {
+        let (library, device) = UnixStream::pair().expect("a socket pair");
+        let stream = Stream::over(Socket::Unix(library));
+        let (opening_arrived, arrival) = std::sync::mpsc::channel();
+        let (work_done, done) = std::sync::mpsc::channel();
+        let device = std::thread::spawn(move || {
+            let mut device = device;
+            let frame = tessera_wire::read_frame(&mut device).expect("the opening");
+            opening_arrived.send(frame.len()).expect("told");
+            let ran = done.recv_timeout(Duration::from_secs(2)).is_ok();
+            let id = if ran { 1 } else { 99 };
+            device
+                .write_all(&reply(id, tessera_wire::Reply::Done))
+                .expect("answered");
+        });
+        let opening = Message::Call(tessera_wire::Call::DeviceInfo);
+        let (seen, answer) = stream
+            .exchange_handshake(1, Stream::clear_frame(1, opening), || {
+                let seen = arrival.recv_timeout(Duration::from_secs(2)).ok();
+                work_done.send(()).expect("told");
+                seen
+            })
+            .unwrap_or_else(|_| panic!("the answer to request 1"));
+        assert!(
+            seen.is_some_and(|len| len > 0),
+            "the work ran before the opening reached the device"
+        );
+        assert!(matches!(
+            answer,
+            Answer::Clear(Ok(Response::Reply(tessera_wire::Reply::Done)))
+        ));
+        device.join().expect("the device");
     }
 
     /// More frames queued than one `sendmsg` takes parts (IOV_MAX) go out whole, in order.
