@@ -42,7 +42,7 @@ use tessera_core::{Rv, SecretBytes};
 use tessera_wire::{Call, Inner, Message, Reply, Response};
 
 use secure::{ChannelState, Opened};
-use stream::{Answer, Failure, Stream};
+use stream::{Failure, Stream};
 
 /// Why a call did not produce a reply.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -236,7 +236,10 @@ const CLASSICAL_SIZES: [usize; 4] = [104, 1519, 126, 94];
 /// new Unix connection, two round trips of a handshake's sizes, the close) between this process
 /// and a server process that does nothing else (`--bare-server`, blocking threads, no
 /// parsing, no crypto). What it costs both ends is the kernel's (and the wake-ups'), not
-/// Tessera's: the handshake rows are also set against their limit with it added.
+/// Tessera's: the handshake rows are also set against their limit with it added. Its CPU is
+/// measured with both ends sleeping in their reads (the cheapest way), its time with one
+/// thread also with both ends polling (the quickest way: the library and the daemon poll for
+/// a while before they sleep).
 struct Bare {
     server: std::process::Child,
     socket: std::path::PathBuf,
@@ -247,8 +250,61 @@ struct Bare {
 struct Floor {
     per_second: f64,
     p50: Duration,
+    /// The p50 with both ends polling (one thread only).
+    p50_polling: Option<Duration>,
     /// CPU seconds per connection, both processes, user and system together.
     cpu: f64,
+}
+
+/// The flag in a bare message's answer length that asks the server to poll for the rest of
+/// the connection.
+const POLL: u32 = 1 << 31;
+
+/// How long a polling bare read or write waits at most.
+const BARE_WAIT: Duration = Duration::from_secs(5);
+
+/// Fills `buffer` from `stream`: blocking, or polling it (non-blocking reads in a loop, at most
+/// [`BARE_WAIT`]).
+fn bare_read(
+    stream: &mut std::os::unix::net::UnixStream,
+    buffer: &mut [u8],
+    poll: bool,
+) -> std::io::Result<()> {
+    use std::io::{ErrorKind, Read};
+    if !poll {
+        return stream.read_exact(buffer);
+    }
+    let deadline = Instant::now() + BARE_WAIT;
+    let mut done = 0;
+    while done < buffer.len() {
+        match stream.read(&mut buffer[done..]) {
+            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::hint::spin_loop()
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `stream`, blocking or not (a full socket is retried, at most
+/// [`BARE_WAIT`]).
+fn bare_write(stream: &mut std::os::unix::net::UnixStream, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::{ErrorKind, Write};
+    let deadline = Instant::now() + BARE_WAIT;
+    let mut done = 0;
+    while done < bytes.len() {
+        match stream.write(&bytes[done..]) {
+            Ok(n) => done += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::hint::spin_loop()
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl Bare {
@@ -269,27 +325,33 @@ impl Bare {
         }
     }
 
-    /// One connection: the two round trips of a handshake with `sizes`, then the close.
-    fn connection(&self, sizes: [usize; 4]) {
-        use std::io::{Read, Write};
+    /// One connection: the two round trips of a handshake with `sizes`, then the close; both
+    /// ends polling for their reads if `poll`.
+    fn connection(&self, sizes: [usize; 4], poll: bool) {
         let mut stream =
             std::os::unix::net::UnixStream::connect(&self.socket).expect("the bare server");
+        stream.set_nonblocking(poll).expect("the socket's mode");
         let mut buffer = vec![0u8; sizes.iter().copied().max().unwrap_or(0)];
         for (ask, answer) in [(sizes[0], sizes[1]), (sizes[2], sizes[3])] {
             // Each message says its own length and its answer's (the server reads nothing
             // else from it).
+            let flag = if poll { POLL } else { 0 };
             buffer[..4].copy_from_slice(&(ask as u32).to_be_bytes());
-            buffer[4..8].copy_from_slice(&(answer as u32).to_be_bytes());
-            stream.write_all(&buffer[..ask]).expect("a bare send");
-            stream
-                .read_exact(&mut buffer[..answer])
-                .expect("a bare answer");
+            buffer[4..8].copy_from_slice(&(answer as u32 | flag).to_be_bytes());
+            bare_write(&mut stream, &buffer[..ask]).expect("a bare send");
+            bare_read(&mut stream, &mut buffer[..answer], poll).expect("a bare answer");
         }
     }
 
-    /// Connections with `threads` threads for `seconds`: their rate, median time and the CPU
-    /// both processes spent on each.
-    fn measure(&self, sizes: [usize; 4], threads: usize, seconds: f64) -> Floor {
+    /// Connections with `threads` threads for `seconds`, both ends polling if `poll`: their
+    /// rate, their times (sorted) and the CPU both processes spent on each.
+    fn run(
+        &self,
+        sizes: [usize; 4],
+        threads: usize,
+        seconds: f64,
+        poll: bool,
+    ) -> (f64, Vec<Duration>, f64) {
         let before = (
             cpu_seconds(std::process::id()),
             cpu_seconds(self.server.id()),
@@ -303,7 +365,7 @@ impl Bare {
                         let mut samples = Vec::new();
                         while Instant::now() < deadline {
                             let t = Instant::now();
-                            self.connection(sizes);
+                            self.connection(sizes, poll);
                             samples.push(t.elapsed());
                         }
                         samples
@@ -326,10 +388,23 @@ impl Bare {
         };
         let count = samples.len().max(1) as f64;
         samples.sort();
+        let cpu = (spent(before.0, after.0) + spent(before.1, after.1)) / count;
+        (count / elapsed, samples, cpu)
+    }
+
+    /// The floor with `threads` threads: sleeping reads for `seconds`, and with one thread
+    /// polling ones for as long again.
+    fn measure(&self, sizes: [usize; 4], threads: usize, seconds: f64) -> Floor {
+        let (per_second, samples, cpu) = self.run(sizes, threads, seconds, false);
+        let p50_polling = (threads == 1).then(|| {
+            let (_, samples, _) = self.run(sizes, threads, seconds, true);
+            tessera_testkit::quantile(&samples, 0.5).unwrap_or_default()
+        });
         Floor {
-            per_second: count / elapsed,
+            per_second,
             p50: tessera_testkit::quantile(&samples, 0.5).unwrap_or_default(),
-            cpu: (spent(before.0, after.0) + spent(before.1, after.1)) / count,
+            p50_polling,
+            cpu,
         }
     }
 }
@@ -343,9 +418,9 @@ impl Drop for Bare {
 
 /// `--bare-server PATH`: the far end of [`Bare`]. Eight threads accept connections on a Unix
 /// socket at PATH; each message names its own length and its answer's, and is answered with
-/// that many bytes, until the client closes. Ends with its parent (it is killed).
+/// that many bytes, until the client closes; a message whose answer length carries [`POLL`]
+/// makes it poll for the rest of that connection. Ends with its parent (it is killed).
 fn bare_server(path: &std::path::Path) -> ! {
-    use std::io::{Read, Write};
     let listener = std::os::unix::net::UnixListener::bind(path).unwrap_or_else(|e| {
         eprintln!("channel-bench: cannot listen on {}: {e}", path.display());
         std::process::exit(1)
@@ -356,15 +431,19 @@ fn bare_server(path: &std::path::Path) -> ! {
                 let mut buffer = vec![0u8; 64 * 1024];
                 while let Ok((mut stream, _)) = listener.accept() {
                     let mut head = [0u8; 8];
-                    while stream.read_exact(&mut head).is_ok() {
+                    let mut poll = false;
+                    while bare_read(&mut stream, &mut head, poll).is_ok() {
                         let ask = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
                         let answer = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-                        let (ask, answer) = (ask as usize, answer as usize);
+                        if answer & POLL != 0 && !poll {
+                            poll = stream.set_nonblocking(true).is_ok();
+                        }
+                        let (ask, answer) = (ask as usize, (answer & !POLL) as usize);
                         if !(8..=buffer.len()).contains(&ask) || answer > buffer.len() {
                             break;
                         }
-                        if stream.read_exact(&mut buffer[8..ask]).is_err()
-                            || stream.write_all(&buffer[..answer]).is_err()
+                        if bare_read(&mut stream, &mut buffer[8..ask], poll).is_err()
+                            || bare_write(&mut stream, &buffer[..answer]).is_err()
                         {
                             break;
                         }
@@ -669,7 +748,7 @@ fn main() {
         cores()
     );
     println!(
-        "with a fresh connection's floor: conn us = the CPU (both ends) of a bare connection with a handshake's two round trips and sizes and no work, measured beside each row; ×lim+conn = handshakes/s against cores / (crypto + conn us); with one thread, p50/(c+conn) = p50 against the crypto plus that bare connection's p50"
+        "with a fresh connection's floor: conn us = the CPU (both ends) of a bare connection with a handshake's two round trips and sizes and no work, measured beside each row; ×lim+conn = handshakes/s against cores / (crypto + conn us); with one thread, p50/(c+conn) = p50 against the crypto plus that bare connection's p50 with both ends polling"
     );
     println!(
         "{:<10} {:<24} {:<8} {:>14} {:>9} {:>8} {:>9} {:>10} {:>10} {:>8} {:>10} {:>11}",
@@ -761,7 +840,8 @@ fn main() {
                     format!("{:.2}", p50.as_secs_f64() / crypto),
                     format!(
                         "{:.2}",
-                        p50.as_secs_f64() / (crypto + floor.p50.as_secs_f64())
+                        p50.as_secs_f64()
+                            / (crypto + floor.p50_polling.unwrap_or(floor.p50).as_secs_f64())
                     ),
                 ),
                 _ => ("-".to_string(), "-".to_string()),
@@ -803,18 +883,21 @@ fn main() {
         share.print();
     }
     println!(
-        "the floor beside each row: a bare Unix connection with a handshake's two round trips and sizes (hybrid {HYBRID_SIZES:?}, classical {CLASSICAL_SIZES:?} bytes), blocking reads, no work, to a server process of eight threads"
+        "the floor beside each row: a bare Unix connection with a handshake's two round trips and sizes (hybrid {HYBRID_SIZES:?}, classical {CLASSICAL_SIZES:?} bytes), no work, to a server process of eight threads; both ends sleeping in their reads, and with one thread also both polling"
     );
     println!(
-        "{:<10} {:<8} {:>14} {:>9} {:>12}",
-        "sizes", "threads", "connections/s", "p50 us", "CPU us/conn"
+        "{:<10} {:<8} {:>14} {:>9} {:>12} {:>16}",
+        "sizes", "threads", "connections/s", "p50 us", "CPU us/conn", "p50 polling us"
     );
     for (row, floor) in &floors {
         println!(
-            "{row} {:>14.0} {:>9.1} {:>12.1}",
+            "{row} {:>14.0} {:>9.1} {:>12.1} {:>16}",
             floor.per_second,
             floor.p50.as_secs_f64() * 1e6,
-            floor.cpu * 1e6
+            floor.cpu * 1e6,
+            floor
+                .p50_polling
+                .map_or("-".into(), |p| format!("{:.1}", p.as_secs_f64() * 1e6))
         );
     }
 }
