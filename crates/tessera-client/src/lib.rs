@@ -389,7 +389,8 @@ impl Device {
     /// As [`Device::exchange`], running `meanwhile` once a handshake's opening has left and
     /// before its answer is read: work of this end that does not need the answer (reading the
     /// trust store) is done while the device signs, not after. For any other message it runs
-    /// after the reply. It does not run when the request could not be sent.
+    /// after the reply. It does not run when the request could not be sent, nor, for another
+    /// message, when no reply came.
     pub(crate) fn exchange_meanwhile<T>(
         &self,
         state: &mut State,

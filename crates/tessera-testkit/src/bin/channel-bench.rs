@@ -246,13 +246,17 @@ struct Bare {
     _dir: tempfile::TempDir,
 }
 
+/// The bare messages' header: their own length and their answer's (each at least this long).
+const BARE_HEADER: usize = 8;
+
 /// One measurement of the floor with some number of threads.
 struct Floor {
     per_second: f64,
     p50: Duration,
     /// The p50 with both ends polling (one thread only).
     p50_polling: Option<Duration>,
-    /// CPU seconds per connection, both processes, user and system together.
+    /// CPU seconds per connection, both processes, user and system together (NaN when
+    /// `/proc` could not be read).
     cpu: f64,
 }
 
@@ -263,7 +267,8 @@ const POLL: u32 = 1 << 31;
 /// How long a polling bare read or write waits at most.
 const BARE_WAIT: Duration = Duration::from_secs(5);
 
-/// Fills `buffer` from `stream`: blocking, or polling it (non-blocking reads in a loop, at most
+/// Fills `buffer` from `stream`: blocking (the client's socket times out after [`BARE_WAIT`]), or polling
+/// it as the library does (non-blocking reads, yielding the CPU between them, at most
 /// [`BARE_WAIT`]).
 fn bare_read(
     stream: &mut std::os::unix::net::UnixStream,
@@ -281,7 +286,7 @@ fn bare_read(
             Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
             Ok(n) => done += n,
             Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
-                std::hint::spin_loop()
+                std::thread::yield_now()
             }
             Err(e) => return Err(e),
         }
@@ -297,6 +302,7 @@ fn bare_write(stream: &mut std::os::unix::net::UnixStream, bytes: &[u8]) -> std:
     let mut done = 0;
     while done < bytes.len() {
         match stream.write(&bytes[done..]) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
             Ok(n) => done += n,
             Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
                 std::hint::spin_loop()
@@ -311,13 +317,19 @@ impl Bare {
     fn start() -> Bare {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let socket = dir.path().join("bare.sock");
-        let server = std::process::Command::new(std::env::current_exe().expect("this program"))
+        // Its standard input is a pipe from this process: it ends when this process does,
+        // however that ends, and the server exits then.
+        let mut server = std::process::Command::new(std::env::current_exe().expect("this program"))
             .arg("--bare-server")
             .arg(&socket)
+            .stdin(std::process::Stdio::piped())
             .spawn()
             .expect("the bare server starts");
-        let ready = tessera_testkit::wait_until(Duration::from_secs(10), || socket.exists());
-        assert!(ready, "the bare server did not listen within 10 s");
+        if !tessera_testkit::wait_until(Duration::from_secs(10), || socket.exists()) {
+            let _ = server.kill();
+            let _ = server.wait();
+            panic!("the bare server did not listen within 10 s");
+        }
         Bare {
             server,
             socket,
@@ -328,16 +340,23 @@ impl Bare {
     /// One connection: the two round trips of a handshake with `sizes`, then the close; both
     /// ends polling for their reads if `poll`.
     fn connection(&self, sizes: [usize; 4], poll: bool) {
+        assert!(
+            sizes.iter().all(|&size| size >= BARE_HEADER),
+            "a bare message holds at least its header"
+        );
         let mut stream =
             std::os::unix::net::UnixStream::connect(&self.socket).expect("the bare server");
-        stream.set_nonblocking(poll).expect("the socket's mode");
+        match poll {
+            true => stream.set_nonblocking(true).expect("the socket's mode"),
+            false => bare_timeouts(&stream),
+        }
         let mut buffer = vec![0u8; sizes.iter().copied().max().unwrap_or(0)];
         for (ask, answer) in [(sizes[0], sizes[1]), (sizes[2], sizes[3])] {
             // Each message says its own length and its answer's (the server reads nothing
             // else from it).
             let flag = if poll { POLL } else { 0 };
             buffer[..4].copy_from_slice(&(ask as u32).to_be_bytes());
-            buffer[4..8].copy_from_slice(&(answer as u32 | flag).to_be_bytes());
+            buffer[4..BARE_HEADER].copy_from_slice(&(answer as u32 | flag).to_be_bytes());
             bare_write(&mut stream, &buffer[..ask]).expect("a bare send");
             bare_read(&mut stream, &mut buffer[..answer], poll).expect("a bare answer");
         }
@@ -383,12 +402,15 @@ impl Bare {
             cpu_seconds(self.server.id()),
         );
         let spent = |b: Option<(f64, f64)>, a: Option<(f64, f64)>| {
-            let ((bu, bs), (au, as_)) = (b.unwrap_or_default(), a.unwrap_or_default());
-            (au - bu) + (as_ - bs)
+            let ((bu, bs), (au, as_)) = (b?, a?);
+            Some((au - bu) + (as_ - bs))
         };
         let count = samples.len().max(1) as f64;
         samples.sort();
-        let cpu = (spent(before.0, after.0) + spent(before.1, after.1)) / count;
+        let cpu = match (spent(before.0, after.0), spent(before.1, after.1)) {
+            (Some(client), Some(server)) => (client + server) / count,
+            _ => f64::NAN,
+        };
         (count / elapsed, samples, cpu)
     }
 
@@ -416,21 +438,38 @@ impl Drop for Bare {
     }
 }
 
+/// Blocking reads and writes of a bare connection's client wait [`BARE_WAIT`] at most (the
+/// library sets both timeouts too).
+fn bare_timeouts(stream: &std::os::unix::net::UnixStream) {
+    let _ = stream.set_read_timeout(Some(BARE_WAIT));
+    let _ = stream.set_write_timeout(Some(BARE_WAIT));
+}
+
 /// `--bare-server PATH`: the far end of [`Bare`]. Eight threads accept connections on a Unix
 /// socket at PATH; each message names its own length and its answer's, and is answered with
 /// that many bytes, until the client closes; a message whose answer length carries [`POLL`]
-/// makes it poll for the rest of that connection. Ends with its parent (it is killed).
+/// makes it poll for the rest of that connection. Exits when its standard input ends (the
+/// bench that started it is gone) or it is killed.
 fn bare_server(path: &std::path::Path) -> ! {
     let listener = std::os::unix::net::UnixListener::bind(path).unwrap_or_else(|e| {
         eprintln!("channel-bench: cannot listen on {}: {e}", path.display());
         std::process::exit(1)
     });
+    std::thread::spawn(|| {
+        use std::io::Read;
+        let mut sink = [0u8; 64];
+        while std::io::stdin().read(&mut sink).is_ok_and(|n| n > 0) {}
+        std::process::exit(0)
+    });
     std::thread::scope(|scope| {
         for _ in 0..8 {
             scope.spawn(|| {
                 let mut buffer = vec![0u8; 64 * 1024];
+                // No timeouts here (they would add two system calls a connection to the
+                // floor): a client that stops answering holds a thread until the bench ends,
+                // and the server with it.
                 while let Ok((mut stream, _)) = listener.accept() {
-                    let mut head = [0u8; 8];
+                    let mut head = [0u8; BARE_HEADER];
                     let mut poll = false;
                     while bare_read(&mut stream, &mut head, poll).is_ok() {
                         let ask = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
@@ -439,10 +478,10 @@ fn bare_server(path: &std::path::Path) -> ! {
                             poll = stream.set_nonblocking(true).is_ok();
                         }
                         let (ask, answer) = (ask as usize, (answer & !POLL) as usize);
-                        if !(8..=buffer.len()).contains(&ask) || answer > buffer.len() {
+                        if !(BARE_HEADER..=buffer.len()).contains(&ask) || answer > buffer.len() {
                             break;
                         }
-                        if bare_read(&mut stream, &mut buffer[8..ask], poll).is_err()
+                        if bare_read(&mut stream, &mut buffer[BARE_HEADER..ask], poll).is_err()
                             || bare_write(&mut stream, &buffer[..answer]).is_err()
                         {
                             break;
@@ -595,10 +634,11 @@ fn profile(arguments: &Arguments, count: u64) {
                 .args([what, &pid])
                 .stdout(std::process::Stdio::null())
                 .status();
-            if !status.as_ref().is_ok_and(|s| s.success()) {
-                eprintln!("channel-bench: callgrind_control {what} {pid} failed: {status:?}");
-                std::process::exit(1);
-            }
+            // A panic, not an exit: the daemon and its directory go with the unwinding.
+            assert!(
+                status.as_ref().is_ok_and(|s| s.success()),
+                "callgrind_control {what} {pid} failed: {status:?}"
+            );
         }
     };
     control("-z");
