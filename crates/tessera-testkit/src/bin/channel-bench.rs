@@ -17,7 +17,6 @@
 //! [--idle N]` (defaults: 2 s per thread count, 10 000 idle channels).
 #![forbid(unsafe_code)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -267,25 +266,21 @@ const POLL: u32 = 1 << 31;
 /// How long a polling bare read or write waits at most.
 const BARE_WAIT: Duration = Duration::from_secs(5);
 
-/// Fills `buffer` from `stream`: blocking (the client's socket times out after [`BARE_WAIT`]), or polling
-/// it as the library does (non-blocking reads, yielding the CPU between them, at most
-/// [`BARE_WAIT`]).
-fn bare_read(
-    stream: &mut std::os::unix::net::UnixStream,
-    buffer: &mut [u8],
-    poll: bool,
+/// Moves `len` bytes with `step` (a read or a write from an offset, which says how many it
+/// moved), retrying while the socket is not ready, yielding the CPU between tries as the
+/// library's polling does, for [`BARE_WAIT`] at most; a step that moves nothing is `ended`.
+fn bare_loop(
+    len: usize,
+    ended: std::io::ErrorKind,
+    mut step: impl FnMut(usize) -> std::io::Result<usize>,
 ) -> std::io::Result<()> {
-    use std::io::{ErrorKind, Read};
-    if !poll {
-        return stream.read_exact(buffer);
-    }
     let deadline = Instant::now() + BARE_WAIT;
     let mut done = 0;
-    while done < buffer.len() {
-        match stream.read(&mut buffer[done..]) {
-            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+    while done < len {
+        match step(done) {
+            Ok(0) => return Err(ended.into()),
             Ok(n) => done += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
                 std::thread::yield_now()
             }
             Err(e) => return Err(e),
@@ -294,23 +289,29 @@ fn bare_read(
     Ok(())
 }
 
-/// Writes `bytes` to `stream`, blocking or not (a full socket is retried, at most
-/// [`BARE_WAIT`]).
-fn bare_write(stream: &mut std::os::unix::net::UnixStream, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::{ErrorKind, Write};
-    let deadline = Instant::now() + BARE_WAIT;
-    let mut done = 0;
-    while done < bytes.len() {
-        match stream.write(&bytes[done..]) {
-            Ok(0) => return Err(ErrorKind::WriteZero.into()),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
-                std::hint::spin_loop()
-            }
-            Err(e) => return Err(e),
-        }
+/// Fills `buffer` from `stream`: blocking (the client's socket times out after
+/// [`BARE_WAIT`]), or polling it ([`bare_loop`]).
+fn bare_read(
+    stream: &mut std::os::unix::net::UnixStream,
+    buffer: &mut [u8],
+    poll: bool,
+) -> std::io::Result<()> {
+    use std::io::Read;
+    if !poll {
+        return stream.read_exact(buffer);
     }
-    Ok(())
+    let len = buffer.len();
+    bare_loop(len, std::io::ErrorKind::UnexpectedEof, |done| {
+        stream.read(&mut buffer[done..])
+    })
+}
+
+/// Writes `bytes` to `stream`, blocking or not ([`bare_loop`]).
+fn bare_write(stream: &mut std::os::unix::net::UnixStream, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    bare_loop(bytes.len(), std::io::ErrorKind::WriteZero, |done| {
+        stream.write(&bytes[done..])
+    })
 }
 
 impl Bare {
@@ -375,28 +376,8 @@ impl Bare {
             cpu_seconds(std::process::id()),
             cpu_seconds(self.server.id()),
         );
-        let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-        let started = Instant::now();
-        let mut samples: Vec<Duration> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..threads)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut samples = Vec::new();
-                        while Instant::now() < deadline {
-                            let t = Instant::now();
-                            self.connection(sizes, poll);
-                            samples.push(t.elapsed());
-                        }
-                        samples
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| w.join().expect("a worker"))
-                .collect()
-        });
-        let elapsed = started.elapsed().as_secs_f64();
+        let (samples, elapsed) = on_threads(threads, seconds, || self.connection(sizes, poll));
+        let elapsed = elapsed.as_secs_f64();
         let after = (
             cpu_seconds(std::process::id()),
             cpu_seconds(self.server.id()),
@@ -406,7 +387,6 @@ impl Bare {
             Some((au - bu) + (as_ - bs))
         };
         let count = samples.len().max(1) as f64;
-        samples.sort();
         let cpu = match (spent(before.0, after.0), spent(before.1, after.1)) {
             (Some(client), Some(server)) => (client + server) / count,
             _ => f64::NAN,
@@ -492,6 +472,35 @@ fn bare_server(path: &std::path::Path) -> ! {
         }
     });
     std::process::exit(0)
+}
+
+/// Runs `op` on `threads` threads, each again and again until `seconds` have passed: every
+/// call's time, sorted, and the whole run's time.
+fn on_threads(threads: usize, seconds: f64, op: impl Fn() + Sync) -> (Vec<Duration>, Duration) {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut samples: Vec<Duration> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut samples = Vec::new();
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        op();
+                        samples.push(t.elapsed());
+                    }
+                    samples
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a worker"))
+            .collect()
+    });
+    let elapsed = started.elapsed();
+    samples.sort();
+    (samples, elapsed)
 }
 
 /// The machine's cores (the daemon and the clients share them).
@@ -829,33 +838,13 @@ fn main() {
                 false => CLASSICAL_SIZES,
             };
             let floor = bare.measure(sizes, threads, seconds / 2.0);
-            let done = AtomicU64::new(0);
-            let deadline = Instant::now() + Duration::from_secs_f64(seconds);
             let daemon_pid = daemon.pid().expect("the daemon runs");
             let cpu_before = (cpu_seconds(std::process::id()), cpu_seconds(daemon_pid));
-            let started = Instant::now();
-            let mut samples: Vec<Duration> = std::thread::scope(|scope| {
-                let workers: Vec<_> = (0..threads)
-                    .map(|_| {
-                        scope.spawn(|| {
-                            let mut samples = Vec::new();
-                            while Instant::now() < deadline {
-                                let t = Instant::now();
-                                drop(channel(daemon, settings, true));
-                                samples.push(t.elapsed());
-                                done.fetch_add(1, Ordering::Relaxed);
-                            }
-                            samples
-                        })
-                    })
-                    .collect();
-                workers
-                    .into_iter()
-                    .flat_map(|w| w.join().expect("a worker"))
-                    .collect()
+            let (samples, elapsed) = on_threads(threads, seconds, || {
+                drop(channel(daemon, settings, true));
             });
-            let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
-            let handshakes = done.load(Ordering::Relaxed).max(1) as f64;
+            let rate = samples.len() as f64 / elapsed.as_secs_f64();
+            let handshakes = samples.len().max(1) as f64;
             let cpu_after = (cpu_seconds(std::process::id()), cpu_seconds(daemon_pid));
             let crypto_after = Crypto::measure(identity).per_handshake(hybrid);
             let crypto = (crypto_before + crypto_after) / 2.0;
@@ -871,7 +860,6 @@ fn main() {
                 daemon: per(cpu_before.1, cpu_after.1),
                 crypto,
             });
-            samples.sort();
             let p50 = tessera_testkit::quantile(&samples, 0.5).unwrap_or_default();
             // With one thread a handshake's time is its crypto plus everything else; with more,
             // its latency also holds the waits for the shared cores.
