@@ -624,9 +624,15 @@ fn device(identity: &str, launcher: Option<&str>, extra: &[&str]) -> Daemon {
 /// and time; a daemon under callgrind has its counters zeroed before them and dumped after.
 fn profile(arguments: &Arguments, count: u64) {
     let launcher = arguments.daemon_launcher.as_deref();
-    // No busy polling in the daemon: a poll's spinning, counted as instructions, would
-    // measure how long the client took, not what the daemon did.
-    let daemon = device("p521", launcher, &["--busy-poll", "0"]);
+    let callgrind = launcher.is_some_and(|l| l.contains("callgrind"));
+    // No busy polling in a daemon under callgrind: a poll's spinning, counted as
+    // instructions, would measure how long the client took, not what the daemon did.
+    // Otherwise the daemon polls as it does by default.
+    let extra: &[&str] = match callgrind {
+        true => &["--busy-poll", "0"],
+        false => &[],
+    };
+    let daemon = device("p521", launcher, extra);
     let settings = match arguments.classical {
         true => tessera_testkit::sm::classical_settings(&daemon, &[]),
         false => tessera_testkit::sm::settings(&daemon, &[]),
@@ -636,7 +642,6 @@ fn profile(arguments: &Arguments, count: u64) {
         drop(channel(&daemon, &settings, true));
     }
     let pid = daemon.pid().expect("the daemon runs").to_string();
-    let callgrind = launcher.is_some_and(|l| l.contains("callgrind"));
     let control = |what: &str| {
         if callgrind {
             let status = std::process::Command::new("callgrind_control")
