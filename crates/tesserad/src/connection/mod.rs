@@ -223,7 +223,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             let mut next = std::pin::pin!(next);
             let frame = match self.stop.signalled(clear) {
                 Some(signal) => Err(signal),
-                None => match self.poller.promptly_or_pending(next.as_mut(), pending).await {
+                None => match self
+                    .poller
+                    .promptly_or_pending(next.as_mut(), pending)
+                    .await
+                {
                     Some(frame) => Ok(frame),
                     None => tokio::select! {
                         frame = next => Ok(frame),
