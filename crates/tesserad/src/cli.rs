@@ -119,10 +119,10 @@ pub struct Args {
     /// Microseconds a connection keeps polling for its client's next request after answering
     /// one, before it sleeps (one connection at a time). Waking a sleeping daemon costs tens of
     /// microseconds on a virtual machine, more than a small call; polling keeps that cost off
-    /// a busy client's calls, for at most this much CPU per answered request. A connection
-    /// whose handshake was answered polls up to 1 ms for the key confirmation (the client
-    /// checks the signature first), unless another connection asks to poll. 0: never poll.
-    /// Only with --io-threads 1.
+    /// a busy client's calls, for at most this much CPU per answered request; after answering
+    /// a handshake over a Unix socket, for up to 1 ms (or this, if longer) while the client
+    /// checks the signature, unless another connection asks to poll. 0: never poll. Only
+    /// with --io-threads 1.
     #[arg(long, default_value_t = 50, value_name = "MICROS")]
     pub busy_poll: u64,
 

@@ -7,12 +7,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// How long a connection whose handshake was answered polls for the key confirmation (when
-/// polling is on at all, and no other connection asks to poll meanwhile): the client checks
-/// the device's signature before it answers (0.3–0.5 ms for a P-521 identity on a 2-core
-/// virtual machine), longer than the usual window, so without this the confirmation found the
-/// daemon asleep and paid for waking it (35–40 µs a handshake there, measured from the
-/// library).
+/// How long a connection over a Unix socket whose handshake was answered polls for the key
+/// confirmation (when polling is on at all, and no other connection asks to poll meanwhile):
+/// the client checks the device's signature before it answers (0.4–0.6 ms for a P-521
+/// identity on a 2-core virtual machine), longer than the usual window, so without this the
+/// confirmation found the daemon asleep and paid for waking it (35–40 µs a handshake there,
+/// measured from the library). Over TCP a network's round trip comes on top, and the window
+/// would often be spent for nothing: TCP connections keep the usual one.
 pub(crate) const HANDSHAKE_WINDOW: Duration = Duration::from_millis(1);
 
 /// The polling window, and whether a connection is polling now.
@@ -41,8 +42,9 @@ impl Poller {
     /// when no other connection is polling; `None` if it is still pending then: the caller waits for it
     /// (beside whatever else it waits for). `confirming`: the connection waits for a key
     /// confirmation, and polls for [`HANDSHAKE_WINDOW`] if polling is on, or for the usual
-    /// window once another connection has asked to poll: a handshake's wait does not keep
-    /// the poller from the others' quick calls.
+    /// window once another connection has asked to poll: the long wait is spent only while
+    /// the daemon has nothing else to poll for (the others' requests are served meanwhile
+    /// either way; giving up saves the CPU).
     pub(crate) async fn promptly_or_pending<F: std::future::Future>(
         &self,
         mut future: std::pin::Pin<&mut F>,
@@ -103,19 +105,19 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
-    /// A poller with a usual window of 2 ms and 300 ms for a key confirmation: margins wide
+    /// A poller with a usual window of 2 ms and 1 s for a key confirmation: margins wide
     /// enough that a busy test machine does not decide the outcome.
     fn poller() -> Poller {
         Poller {
-            confirmation_window: Duration::from_millis(300),
+            confirmation_window: Duration::from_secs(1),
             ..Poller::new(Duration::from_millis(2))
         }
     }
 
-    /// A future ready 60 ms after its first poll (after the usual window, within the
+    /// A future ready 150 ms after it is made (after the usual window, within the
     /// confirmation's); `on_poll` runs at each of its polls with the poll's number.
     fn ready_later(mut on_poll: impl FnMut(u32)) -> impl std::future::Future<Output = ()> {
-        let due = Instant::now() + Duration::from_millis(60);
+        let due = Instant::now() + Duration::from_millis(150);
         let mut polls = 0;
         std::future::poll_fn(move |_| {
             polls += 1;
@@ -131,6 +133,23 @@ mod tests {
         tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("a runtime")
+    }
+
+    /// Polls `future` once with a waker that does nothing: its output if it was ready.
+    fn poll_once<F: std::future::Future>(future: F) -> Option<F::Output> {
+        let mut future = std::pin::pin!(future);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        }
+    }
+
+    /// Another connection's request while the poller is busy: refused (it sleeps instead).
+    fn refused_meanwhile(poller: &Poller) {
+        let other = std::pin::pin!(std::future::pending::<()>());
+        let refused = poll_once(poller.promptly_or_pending(other, false));
+        assert_eq!(refused, Some(None), "the busy poller was not refused");
     }
 
     /// A key confirmation that comes after the usual window but within the handshake's is
@@ -150,18 +169,16 @@ mod tests {
     }
 
     /// Another connection that asks for the poller (and is refused: it is busy) ends a
-    /// confirmation's long poll once the usual window has passed: the confirmation, 60 ms
-    /// later, is then left to the wait. With polling off nothing polls, whatever it waits for.
+    /// confirmation's long poll once the usual window has passed: the confirmation, 150 ms
+    /// later, is then left to the wait. The wish ends with that turn: the next confirmation
+    /// polls long again. With polling off nothing polls, whatever it waits for.
     #[test]
     fn a_confirmation_gives_the_poller_up_to_other_connections() {
         let poller = poller();
         runtime().block_on(async {
             let confirmation = std::pin::pin!(ready_later(|poll| {
                 if poll == 2 {
-                    // Another connection's request, while the confirmation is polled for.
-                    let other = std::pin::pin!(std::future::pending::<()>());
-                    let refused = poll_once(poller.promptly_or_pending(other, false));
-                    assert_eq!(refused, Some(None), "the busy poller was not refused");
+                    refused_meanwhile(&poller);
                 }
             }));
             assert!(poller
@@ -169,24 +186,19 @@ mod tests {
                 .await
                 .is_none());
             assert!(!poller.busy.load(Ordering::Relaxed));
+            let next = std::pin::pin!(ready_later(|_| {}));
+            assert!(
+                poller.promptly_or_pending(next, true).await.is_some(),
+                "an old wish cut a later confirmation's poll short"
+            );
         });
         let off = Poller {
-            confirmation_window: Duration::from_millis(300),
+            confirmation_window: Duration::from_secs(1),
             ..Poller::new(Duration::ZERO)
         };
         runtime().block_on(async {
             let confirmation = std::pin::pin!(ready_later(|_| {}));
             assert!(off.promptly_or_pending(confirmation, true).await.is_none());
         });
-    }
-
-    /// Polls `future` once with a waker that does nothing: its output if it was ready.
-    fn poll_once<F: std::future::Future>(future: F) -> Option<F::Output> {
-        let mut future = std::pin::pin!(future);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match future.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(output) => Some(output),
-            std::task::Poll::Pending => None,
-        }
     }
 }

@@ -225,7 +225,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 Some(signal) => Err(signal),
                 None => match self
                     .poller
-                    .promptly_or_pending(next.as_mut(), pending)
+                    .promptly_or_pending(next.as_mut(), pending && self.ip.is_none())
                     .await
                 {
                     Some(frame) => Ok(frame),
