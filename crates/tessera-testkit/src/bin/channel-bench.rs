@@ -855,9 +855,13 @@ fn main() {
             let crypto = (crypto_before + crypto_after) / 2.0;
             crypto_before = crypto_after;
             let limit = cores() / crypto;
-            let per = |before: Option<(f64, f64)>, after: Option<(f64, f64)>| {
-                let ((bu, bs), (au, as_)) = (before.unwrap_or_default(), after.unwrap_or_default());
-                ((au - bu) / handshakes, (as_ - bs) / handshakes)
+            // A process whose `/proc` could not be read gives NaN, not a figure.
+            let per = |before: Option<(f64, f64)>, after: Option<(f64, f64)>| match (before, after)
+            {
+                (Some((bu, bs)), Some((au, as_))) => {
+                    ((au - bu) / handshakes, (as_ - bs) / handshakes)
+                }
+                _ => (f64::NAN, f64::NAN),
             };
             shares.push(CpuShare {
                 row: format!("{:<10} {:<24} {:<8}", identity, name, threads),
