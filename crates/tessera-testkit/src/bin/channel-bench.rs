@@ -179,6 +179,13 @@ fn cpu_seconds(pid: u32) -> Option<(f64, f64)> {
     Some((seconds(14)?, seconds(15)?))
 }
 
+/// The (user, system) CPU seconds spent between two readings of [`cpu_seconds`]; `None` when
+/// either could not be read.
+fn cpu_spent(before: Option<(f64, f64)>, after: Option<(f64, f64)>) -> Option<(f64, f64)> {
+    let ((bu, bs), (au, as_)) = (before?, after?);
+    Some((au - bu, as_ - bs))
+}
+
 /// The CPU that one thread count's handshakes cost both ends, per handshake, against the
 /// crypto's: where a handshake's time goes when the cores are what limits it.
 struct CpuShare {
@@ -382,13 +389,9 @@ impl Bare {
             cpu_seconds(std::process::id()),
             cpu_seconds(self.server.id()),
         );
-        let spent = |b: Option<(f64, f64)>, a: Option<(f64, f64)>| {
-            let ((bu, bs), (au, as_)) = (b?, a?);
-            Some((au - bu) + (as_ - bs))
-        };
         let count = samples.len().max(1) as f64;
-        let cpu = match (spent(before.0, after.0), spent(before.1, after.1)) {
-            (Some(client), Some(server)) => (client + server) / count,
+        let cpu = match (cpu_spent(before.0, after.0), cpu_spent(before.1, after.1)) {
+            (Some((cu, cs)), Some((su, ss))) => (cu + cs + su + ss) / count,
             _ => f64::NAN,
         };
         (count / elapsed, samples, cpu)
@@ -837,11 +840,11 @@ fn main() {
         // The host's speed moves during a run (a slow spell halves it): the crypto is timed
         // again before and after every row, and the row is set against the mean of the two.
         let mut crypto_before = Crypto::measure(identity).per_handshake(hybrid);
+        let sizes = match hybrid {
+            true => HYBRID_SIZES,
+            false => CLASSICAL_SIZES,
+        };
         for threads in [1usize, 2, 4, 8] {
-            let sizes = match hybrid {
-                true => HYBRID_SIZES,
-                false => CLASSICAL_SIZES,
-            };
             let floor = bare.measure(sizes, threads, seconds / 2.0);
             let daemon_pid = daemon.pid().expect("the daemon runs");
             let cpu_before = (cpu_seconds(std::process::id()), cpu_seconds(daemon_pid));
@@ -856,12 +859,10 @@ fn main() {
             crypto_before = crypto_after;
             let limit = cores() / crypto;
             // A process whose `/proc` could not be read gives NaN, not a figure.
-            let per = |before: Option<(f64, f64)>, after: Option<(f64, f64)>| match (before, after)
-            {
-                (Some((bu, bs)), Some((au, as_))) => {
-                    ((au - bu) / handshakes, (as_ - bs) / handshakes)
-                }
-                _ => (f64::NAN, f64::NAN),
+            let per = |before, after| {
+                cpu_spent(before, after).map_or((f64::NAN, f64::NAN), |(u, s)| {
+                    (u / handshakes, s / handshakes)
+                })
             };
             shares.push(CpuShare {
                 row: format!("{:<10} {:<24} {:<8}", identity, name, threads),
