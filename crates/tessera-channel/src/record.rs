@@ -360,7 +360,7 @@ impl Channel {
     ) -> Result<Record, RecordError> {
         let size =
             postcard::experimental::serialized_size(value).map_err(|_| RecordError::Closed)?;
-        let message = postcard::to_extend(value, tessera_core::bytes::take(size + 16))
+        let message = tessera_core::bytes::encode_into(value, tessera_core::bytes::take(size + 16))
             .map_err(|_| RecordError::Closed)?;
         self.seal_vec(message, protection)
     }
@@ -416,7 +416,8 @@ impl Channel {
         frame.extend_from_slice(prefix);
         frame.extend_from_slice(&aad);
         let start = frame.len();
-        let mut frame = postcard::to_extend(value, frame).map_err(|_| RecordError::Closed)?;
+        let mut frame =
+            tessera_core::bytes::encode_into(value, frame).map_err(|_| RecordError::Closed)?;
         let sealed = match protection {
             Protection::Signed => self.sign(header.sequence, &aad, &frame[start..]),
             Protection::Encrypted => self.encrypt(header.sequence, &aad, &mut frame[start..]),

@@ -75,6 +75,8 @@ pub type CkResult<T = ()> = Result<T, u64>;
 
 /// A copy of an application's input, `CKR_HOST_MEMORY` where the memory cannot be had: never
 /// an allocation that aborts the application (inputs are bounded by `ffi::MAX_INPUT` first).
+/// Never inlined, as [`tessera_core::bytes::try_copy`].
+#[inline(never)]
 pub(crate) fn copied(input: &[u8]) -> CkResult<Vec<u8>> {
     tessera_core::bytes::try_copy(input).ok_or(tessera_core::Rv::HostMemory.code())
 }

@@ -218,7 +218,7 @@ fn clear_frame<T: serde::Serialize>(id: u64, channel: Option<u64>, value: &T) ->
         channel,
     };
     frame(header, size, |out| {
-        postcard::to_extend(value, out).expect(ENCODES)
+        tessera_core::bytes::encode_into(value, out).expect(ENCODES)
     })
 }
 
@@ -278,7 +278,7 @@ pub fn encode_response_split(mut envelope: ResponseEnvelope) -> (Vec<u8>, Vec<u8
         return (encode_response(&envelope), Vec::new());
     }
     head.pop();
-    let mut head = postcard::to_extend(&(payload.len() as u64), head).expect(ENCODES);
+    let mut head = tessera_core::bytes::encode_into(&(payload.len() as u64), head).expect(ENCODES);
     finish_frame_around(&mut head, payload.len());
     (head, payload)
 }
