@@ -37,6 +37,10 @@ impl Outgoing {
     }
 }
 
+/// Frames smaller than this are written together when ready together; a larger one is written
+/// by itself.
+const BATCHED: usize = 64 * 1024;
+
 /// Where a connection's replies are queued.
 pub(crate) type Outbox = UnboundedSender<Outgoing>;
 
@@ -48,7 +52,16 @@ pub(crate) fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(
 ) -> (Outbox, JoinHandle<()>) {
     let (out, mut outbox) = unbounded_channel::<Outgoing>();
     let writing = tokio::spawn(async move {
-        while let Some(first) = outbox.recv().await {
+        // A large frame found while batching: the next write's start.
+        let mut held: Option<Outgoing> = None;
+        loop {
+            let first = match held.take() {
+                Some(first) => first,
+                None => match outbox.recv().await {
+                    Some(first) => first,
+                    None => break,
+                },
+            };
             let Outgoing {
                 mut frame,
                 mut tail,
@@ -56,11 +69,15 @@ pub(crate) fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(
                 mut secret,
             } = first;
             // Replies that are ready together go out in one write (small ones only; a large
-            // one is written as it is). A frame with a tail ends the batch: the tail follows
-            // it in the next write.
+            // one is written as it is, from its own buffer, not copied behind a small one). A
+            // frame with a tail ends the batch: the tail follows it in the next write.
             let mut slots = vec![slot];
-            while tail.is_empty() && frame.len() < 64 * 1024 {
+            while tail.is_empty() && frame.len() < BATCHED {
                 match outbox.try_recv() {
+                    Ok(more) if more.frame.len() >= BATCHED => {
+                        held = Some(more);
+                        break;
+                    }
                     Ok(mut more) => {
                         if secret && frame.capacity() - frame.len() < more.frame.len() {
                             // Growing would free the secret's buffer unwiped: it moves to a
@@ -156,5 +173,83 @@ pub(crate) fn answer(
     match channel {
         Some(channel) => respond_sealed(out, id, &mut secure::lock(channel), &result, slot),
         None => respond(out, id, None, result.map(Response::Reply), slot),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+
+    use tokio::io::AsyncWrite;
+    use tokio::sync::Semaphore;
+
+    use super::{spawn_writer, Outgoing, BATCHED};
+
+    /// A writer that keeps what was written, and where each write's bytes came from.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        written: Arc<Mutex<Vec<u8>>>,
+        /// (address, length) of each write's buffer.
+        writes: Arc<Mutex<Vec<(usize, usize)>>>,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.writes
+                .lock()
+                .unwrap()
+                .push((buf.as_ptr() as usize, buf.len()));
+            self.written.lock().unwrap().extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A large frame queued behind small ones (a sealed 1 MiB reply behind a small reply) is
+    /// written from its own buffer, in order, not copied onto the end of the small ones' batch;
+    /// small frames ready together still go out in one write.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_large_frame_is_written_from_its_own_buffer_not_batched_behind_small_ones() {
+        let recorder = Recorder::default();
+        let (out, writing) = spawn_writer(recorder.clone(), 1);
+        let slots = Arc::new(Semaphore::new(8));
+        let large = vec![7u8; 1 << 20];
+        let large_at = large.as_ptr() as usize;
+        let frames = [vec![1u8; 100], vec![2u8; 200], large, vec![3u8; 50]];
+        let expected: Vec<u8> = frames.concat();
+        // Queued before the writer first runs (a current-thread runtime runs it at the await
+        // below): all four are ready together.
+        for frame in frames {
+            let slot = slots.clone().acquire_owned().await.unwrap();
+            out.send(Outgoing::frame(frame, slot, false)).ok().unwrap();
+        }
+        drop(out);
+        writing.await.unwrap();
+        assert_eq!(*recorder.written.lock().unwrap(), expected);
+        let writes = recorder.writes.lock().unwrap().clone();
+        assert_eq!(
+            writes[0].1, 300,
+            "the two small frames in one write: {writes:?}"
+        );
+        assert!(
+            writes
+                .iter()
+                .any(|&(at, len)| at == large_at && len >= BATCHED),
+            "the large frame written from its own buffer: {writes:?}"
+        );
+        assert_eq!(slots.available_permits(), 8, "every slot given back");
     }
 }
