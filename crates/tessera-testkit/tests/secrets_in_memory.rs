@@ -678,3 +678,75 @@ fn a_decryptions_plaintext_is_not_left_in_the_librarys_memory() {
         );
     }
 }
+
+/// A 1 MiB decryption's plaintext is not left in the daemon's memory once the reply is written:
+/// in the clear the daemon writes it behind its reply frame's head (not copied into the frame)
+/// and wipes it there once written; through a channel it is sealed in its record. The
+/// ciphertext is made in this process (AES-256-ECB, aws-lc-rs, the key's value known to the
+/// test), so the plaintext never reaches the daemon but as the decryption's result; the
+/// daemon's memory is scanned after the application has ended.
+#[test]
+fn a_bulk_decryptions_plaintext_is_not_left_in_the_daemons_memory() {
+    use aws_lc_rs::cipher::{EncryptingKey, UnboundCipherKey, AES_256};
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    use std::io::{BufRead, Write};
+    use std::process::Stdio;
+
+    const MARKER: &[u8; 32] = b"DAEMON-PLAINTEXT-4f0e9a17c2b8d65";
+    const KEY: [u8; 32] = [0x3c; 32];
+    for channel in [false, true] {
+        let fixture = if channel {
+            common::secured_fixture(tessera_testkit::Transport::Unix, "nuNU")
+        } else {
+            common::fixture(tessera_testkit::Transport::Unix)
+        };
+        let dir = fixture.daemon.dir().to_path_buf();
+        let session = fixture.user_session();
+        session
+            .create_object(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::Token(true),
+                Attribute::Label(b"bulk".to_vec()),
+                Attribute::Decrypt(true),
+                Attribute::Value(KEY.to_vec()),
+            ])
+            .unwrap();
+        let mut ciphertext = MARKER.repeat(32 * 1024);
+        EncryptingKey::ecb(UnboundCipherKey::new(&AES_256, &KEY).unwrap())
+            .unwrap()
+            .encrypt(&mut ciphertext)
+            .unwrap();
+        let file = dir.join("ciphertext");
+        std::fs::write(&file, &ciphertext).unwrap();
+        let daemon = fixture.daemon.pid().unwrap();
+        assert!(scan(daemon, &[MARKER]).is_empty(), "no plaintext before");
+
+        let program = compile_c("decrypt_wipe", &dir);
+        let mut host = Command::new(&program)
+            .arg(pkcs11_module())
+            .args([common::USER_PIN, "bulk"])
+            .arg(&file)
+            .env("ET_PTKC_GENERAL_LOG", dir.join("host.log"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = host.stdin.take().unwrap();
+        let mut output = std::io::BufReader::new(host.stdout.take().unwrap());
+        let mut line = String::new();
+        output.read_line(&mut line).unwrap();
+        assert_eq!(
+            line.trim(),
+            format!("decrypted=0x0 len={}", ciphertext.len())
+        );
+        writeln!(input, "wipe").unwrap();
+        writeln!(input, "end").unwrap();
+        assert!(host.wait().unwrap().success());
+        let left = left_after_a_while(daemon, &[MARKER]);
+        assert!(
+            left.is_empty(),
+            "a decryption's plaintext was left in the daemon's memory (channel: {channel}): {left:?}"
+        );
+    }
+}

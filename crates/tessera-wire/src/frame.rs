@@ -257,14 +257,19 @@ pub fn encode_response(envelope: &ResponseEnvelope) -> Vec<u8> {
 pub const SPLIT_PAYLOAD: usize = 64 * 1024;
 
 /// [`encode_response`] in two parts when the reply is in the clear and ends with a large
-/// payload (`Reply::Bytes` of at least [`SPLIT_PAYLOAD`] bytes: a bulk ciphertext): the frame
-/// up to the payload, whose length prefix counts the payload too, and the payload itself, to be
-/// written behind it rather than copied into it. Written one after the other they are byte for
-/// byte what `encode_response` writes. Any other reply: the whole frame, and no payload.
+/// payload (`Reply::Bytes` of at least [`SPLIT_PAYLOAD`] bytes: a bulk ciphertext; or a
+/// `Reply::Secret` as large: a bulk decryption's plaintext, moved out of its secret without a
+/// copy, which the caller must wipe once written): the frame up to the payload, whose length
+/// prefix counts the payload too, and the payload itself, to be written behind it rather than
+/// copied into it. Written one after the other they are byte for byte what `encode_response`
+/// writes. Any other reply: the whole frame, and no payload.
 pub fn encode_response_split(mut envelope: ResponseEnvelope) -> (Vec<u8>, Vec<u8>) {
     let payload = match &mut envelope.result {
         Ok(Response::Reply(Reply::Bytes(data))) if data.len() >= SPLIT_PAYLOAD => {
             std::mem::take(data)
+        }
+        Ok(Response::Reply(Reply::Secret(secret))) if secret.len() >= SPLIT_PAYLOAD => {
+            secret.take_bytes()
         }
         _ => return (encode_response(&envelope), Vec::new()),
     };
@@ -272,8 +277,12 @@ pub fn encode_response_split(mut envelope: ResponseEnvelope) -> (Vec<u8>, Vec<u8
     // The empty byte string ends the encoding: its length, a varint 0, is the frame's last
     // byte. It becomes the payload's length, and the length prefix counts the payload.
     if head.last() != Some(&0) {
-        if let Ok(Response::Reply(Reply::Bytes(data))) = &mut envelope.result {
-            *data = payload;
+        match &mut envelope.result {
+            Ok(Response::Reply(Reply::Bytes(data))) => *data = payload,
+            Ok(Response::Reply(Reply::Secret(secret))) => {
+                *secret = tessera_core::SecretBytes::unlocked_from(payload)
+            }
+            _ => {}
         }
         return (encode_response(&envelope), Vec::new());
     }
@@ -676,6 +685,37 @@ mod tests {
         assert_eq!(holed.at, Some(102));
         assert_eq!(holed.out.len(), 102);
         assert_eq!(&holed.out[1..101], &[1; 100][..]);
+    }
+
+    #[test]
+    fn a_secret_reply_splits_as_a_ciphertext_does() {
+        let reply = |len: usize| ResponseEnvelope {
+            version: PROTOCOL_VERSION,
+            id: 78,
+            channel: None,
+            result: Ok(Response::Reply(Reply::Secret(
+                tessera_core::SecretBytes::from_slice(
+                    &(0..len).map(|i| (i % 249) as u8).collect::<Vec<u8>>(),
+                ),
+            ))),
+        };
+        for len in [0, 100, SPLIT_PAYLOAD - 1, SPLIT_PAYLOAD, (1 << 20) + 16] {
+            let whole = encode_response(&reply(len));
+            let (head, payload) = encode_response_split(reply(len));
+            if len >= SPLIT_PAYLOAD {
+                assert_eq!(payload.len(), len);
+                assert!(head.len() < 64, "{len}: the head is {} bytes", head.len());
+            } else {
+                assert!(payload.is_empty(), "{len}: split below the threshold");
+            }
+            assert_eq!([head, payload].concat(), whole, "{len} bytes");
+            // A reader of bulk ciphertexts does not take it for one: it reads it whole.
+            let body = &whole[FRAME_HEADER_LEN..];
+            assert_eq!(
+                split_response_head(&body[..64.min(body.len())], body.len()),
+                None
+            );
+        }
     }
 
     #[test]

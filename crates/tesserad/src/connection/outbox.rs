@@ -14,14 +14,16 @@ use zeroize::Zeroize;
 use crate::secure::{self, Secure};
 
 /// A reply frame on its way to the writer, with the slot it frees once written and whether it
-/// carries a secret in the clear ([`Reply::carries_secret`]): such a frame is wiped once
-/// written.
+/// carries a secret in the clear ([`Reply::carries_secret`]): such a frame, and its tail, are
+/// wiped when the reply is dropped — once written, or unwritten when the client went away with
+/// replies still queued.
 pub(crate) struct Outgoing {
     frame: Vec<u8>,
     /// A large payload that ends the frame, written behind it rather than copied into it
     /// ([`tessera_wire::encode_response_split`]); empty for most replies.
     tail: Vec<u8>,
-    slot: OwnedSemaphorePermit,
+    /// Held until the reply is dropped (written, or given up): the slot frees then.
+    _slot: OwnedSemaphorePermit,
     secret: bool,
 }
 
@@ -31,8 +33,18 @@ impl Outgoing {
         Outgoing {
             frame,
             tail: Vec::new(),
-            slot,
+            _slot: slot,
             secret,
+        }
+    }
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        if self.secret {
+            // Their whole capacity: a batch's buffer may have grown into its own.
+            self.frame.zeroize();
+            self.tail.zeroize();
         }
     }
 }
@@ -62,53 +74,44 @@ pub(crate) fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(
                     None => break,
                 },
             };
-            let Outgoing {
-                mut frame,
-                mut tail,
-                slot,
-                mut secret,
-            } = first;
             // Replies that are ready together go out in one write (small ones only; a large
             // one is written as it is, from its own buffer, not copied behind a small one). A
             // frame with a tail ends the batch: the tail follows it in the next write.
-            let mut slots = vec![slot];
-            while tail.is_empty() && frame.len() < BATCHED {
+            let mut first = first;
+            let mut batched = Vec::new();
+            while first.tail.is_empty() && first.frame.len() < BATCHED {
                 match outbox.try_recv() {
                     Ok(more) if more.frame.len() >= BATCHED => {
                         held = Some(more);
                         break;
                     }
                     Ok(mut more) => {
-                        if secret && frame.capacity() - frame.len() < more.frame.len() {
+                        let room = first.frame.capacity() - first.frame.len();
+                        if first.secret && room < more.frame.len() {
                             // Growing would free the secret's buffer unwiped: it moves to a
                             // larger one by hand and is wiped.
-                            let mut larger =
-                                Vec::with_capacity((frame.len() + more.frame.len()).max(4096) * 2);
-                            larger.extend_from_slice(&frame);
-                            frame.zeroize();
-                            frame = larger;
+                            let len = first.frame.len() + more.frame.len();
+                            let mut larger = Vec::with_capacity(len.max(4096) * 2);
+                            larger.extend_from_slice(&first.frame);
+                            first.frame.zeroize();
+                            first.frame = larger;
                         }
-                        frame.extend_from_slice(&more.frame);
-                        if more.secret {
-                            more.frame.zeroize();
-                        }
-                        secret |= more.secret;
-                        tail = std::mem::take(&mut more.tail);
-                        slots.push(more.slot);
+                        first.frame.extend_from_slice(&more.frame);
+                        first.secret |= more.secret;
+                        first.tail = std::mem::take(&mut more.tail);
+                        // Its slot is freed, and its frame wiped if secret, with the batch.
+                        batched.push(more);
                     }
                     Err(_) => break,
                 }
             }
-            let mut written = writer.write_all(&frame).await;
-            if written.is_ok() && !tail.is_empty() {
-                written = writer.write_all(&tail).await;
+            let mut written = writer.write_all(&first.frame).await;
+            if written.is_ok() && !first.tail.is_empty() {
+                written = writer.write_all(&first.tail).await;
             }
-            if secret {
-                // Its whole capacity: growing it may have left earlier copies nowhere else.
-                frame.zeroize();
-                tail.zeroize();
-            }
-            drop(slots);
+            // Written: the slots are freed, a secret's buffers wiped.
+            drop(first);
+            drop(batched);
             if let Err(e) = written {
                 tracing::debug!(client, reason = %e, "client went away");
                 break;
@@ -137,7 +140,7 @@ pub(crate) fn respond(
     let _ = out.send(Outgoing {
         frame,
         tail,
-        slot,
+        _slot: slot,
         secret,
     });
 }
