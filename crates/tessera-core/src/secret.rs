@@ -205,9 +205,11 @@ impl SecretBytes {
         Some(last)
     }
 
-    /// Moves the bytes out into a plain buffer, for a result that stops being secret once it is
-    /// transformed in place (a plaintext about to be encrypted). A large secret's buffer moves
-    /// without a copy; a small one is copied out of its slot, which is wiped.
+    /// Moves the bytes out into a plain buffer: for a result that stops being secret once it is
+    /// transformed in place (a plaintext about to be encrypted), or a secret written out as it
+    /// is (a decryption's plaintext behind its reply frame's head), which the caller then wipes.
+    /// A large secret's buffer moves without a copy; a small one is copied out of its slot,
+    /// which is wiped.
     pub fn take_bytes(&mut self) -> Vec<u8> {
         let bytes = match &mut self.0 {
             Store::Heap(bytes) => std::mem::take(bytes),

@@ -684,24 +684,31 @@ fn a_decryptions_plaintext_is_not_left_in_the_librarys_memory() {
 /// and wipes it there once written; through a channel it is sealed in its record. The
 /// ciphertext is made in this process (AES-256-ECB, aws-lc-rs, the key's value known to the
 /// test), so the plaintext never reaches the daemon but as the decryption's result; the
-/// daemon's memory is scanned after the application has ended.
+/// application is scanned first (it must hold the plaintext: the decryption made it), the
+/// daemon after the application has ended. The daemon's allocator is told never to give freed
+/// memory back (`MIMALLOC_PURGE_DELAY=-1`): a 1 MiB buffer freed unwiped would otherwise be
+/// returned to the system, zeroed, within about a second, and the scan find nothing.
 #[test]
 fn a_bulk_decryptions_plaintext_is_not_left_in_the_daemons_memory() {
     use aws_lc_rs::cipher::{EncryptingKey, UnboundCipherKey, AES_256};
     use cryptoki::object::{Attribute, KeyType, ObjectClass};
     use std::io::{BufRead, Write};
     use std::process::Stdio;
+    use tessera_testkit::Transport;
 
     const MARKER: &[u8; 32] = b"DAEMON-PLAINTEXT-4f0e9a17c2b8d65";
     const KEY: [u8; 32] = [0x3c; 32];
-    for channel in [false, true] {
-        let fixture = if channel {
-            common::secured_fixture(tessera_testkit::Transport::Unix, "nuNU")
-        } else {
-            common::fixture(tessera_testkit::Transport::Unix)
-        };
-        let dir = fixture.daemon.dir().to_path_buf();
-        let session = fixture.user_session();
+    const BLOCKS: usize = 32 * 1024;
+    for flags in ["", "nuNU"] {
+        let _serial = common::serialise();
+        let daemon =
+            Daemon::start_prepared(Some("export MIMALLOC_PURGE_DELAY=-1; exec"), |_| {}, &[])
+                .unwrap_or_else(|log| panic!("{log}"));
+        tessera_testkit::sm::prepare(&daemon, Transport::Unix, flags);
+        let pkcs11 = common::load_secured(&daemon, Transport::Unix);
+        let slot = pkcs11.get_slots_with_token().unwrap()[0];
+        let dir = daemon.dir().to_path_buf();
+        let session = common::user_session(&pkcs11, slot);
         session
             .create_object(&[
                 Attribute::Class(ObjectClass::SECRET_KEY),
@@ -712,22 +719,22 @@ fn a_bulk_decryptions_plaintext_is_not_left_in_the_daemons_memory() {
                 Attribute::Value(KEY.to_vec()),
             ])
             .unwrap();
-        let mut ciphertext = MARKER.repeat(32 * 1024);
+        let mut ciphertext = MARKER.repeat(BLOCKS);
         EncryptingKey::ecb(UnboundCipherKey::new(&AES_256, &KEY).unwrap())
             .unwrap()
             .encrypt(&mut ciphertext)
             .unwrap();
         let file = dir.join("ciphertext");
         std::fs::write(&file, &ciphertext).unwrap();
-        let daemon = fixture.daemon.pid().unwrap();
-        assert!(scan(daemon, &[MARKER]).is_empty(), "no plaintext before");
+        let pid = daemon.pid().unwrap();
 
         let program = compile_c("decrypt_wipe", &dir);
         let mut host = Command::new(&program)
             .arg(pkcs11_module())
             .args([common::USER_PIN, "bulk"])
             .arg(&file)
-            .env("ET_PTKC_GENERAL_LOG", dir.join("host.log"))
+            // Dumpable, so that this test (its user) may read its memory.
+            .env("ET_PTKC_GENERAL_ALLOW_CORE_DUMPS", "YES")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -740,13 +747,18 @@ fn a_bulk_decryptions_plaintext_is_not_left_in_the_daemons_memory() {
             line.trim(),
             format!("decrypted=0x0 len={}", ciphertext.len())
         );
+        let held: usize = scan(host.id(), &[MARKER]).iter().map(|f| f.2).sum();
+        assert!(
+            held >= BLOCKS,
+            "the application's output holds the plaintext: {held} markers"
+        );
         writeln!(input, "wipe").unwrap();
         writeln!(input, "end").unwrap();
         assert!(host.wait().unwrap().success());
-        let left = left_after_a_while(daemon, &[MARKER]);
+        let left = left_after_a_while(pid, &[MARKER]);
         assert!(
             left.is_empty(),
-            "a decryption's plaintext was left in the daemon's memory (channel: {channel}): {left:?}"
+            "a decryption's plaintext was left in the daemon's memory (flags {flags:?}): {left:?}"
         );
     }
 }
