@@ -597,6 +597,48 @@ fn a_daemon_that_cannot_lock_memory_says_so_and_how_to_fix_it() {
     );
 }
 
+/// The C application `decrypt_wipe` (`tests/c`) started on the ciphertext in `file`, with the
+/// key labelled `bulk` in `dir`'s daemon, once it has decrypted it: the process, its input and
+/// its output. It is dumpable, so that this test (its user) may read its memory, and it must
+/// hold at least `blocks` copies of `marker` (the plaintext it made: the scan must see them).
+fn decrypted(
+    dir: &Path,
+    file: &Path,
+    marker: &[u8],
+    blocks: usize,
+) -> (
+    std::process::Child,
+    std::process::ChildStdin,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let program = compile_c("decrypt_wipe", dir);
+    let mut host = Command::new(&program)
+        .arg(pkcs11_module())
+        .args([common::USER_PIN, "bulk"])
+        .arg(file)
+        .env("ET_PTKC_GENERAL_ALLOW_CORE_DUMPS", "YES")
+        .env("ET_PTKC_GENERAL_LOG", dir.join("host.log"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = host.stdin.take().unwrap();
+    let mut output = std::io::BufReader::new(host.stdout.take().unwrap());
+    let mut line = String::new();
+    output.read_line(&mut line).unwrap();
+    let len = std::fs::metadata(file).unwrap().len();
+    assert_eq!(line.trim(), format!("decrypted=0x0 len={len}"));
+    let held = scan(host.id(), &[marker]);
+    let copies: usize = held.iter().map(|(_, _, count)| count).sum();
+    assert!(
+        copies >= blocks,
+        "the application's output holds the plaintext, and the scan must see it: {held:?}"
+    );
+    (host, input, output)
+}
+
 /// A 1 MiB (and a 20 KiB) decryption through the library, in a C application: once the application has wiped
 /// its output, no copy of the plaintext may be left in the library's memory — the reply's
 /// frame, the opened record, the decoded reply and the output buffer held a secret and are
@@ -609,7 +651,6 @@ fn a_decryptions_plaintext_is_not_left_in_the_librarys_memory() {
     use cryptoki::mechanism::Mechanism;
     use cryptoki::object::{Attribute, KeyType, ObjectClass};
     use std::io::{BufRead, Write};
-    use std::process::Stdio;
 
     const MARKER: &[u8; 32] = b"PLAINTEXT-marker-7d41c2e9b0a5f38";
     // 1 MiB, and 20 KiB: a reply a little longer than the library's 16 KiB read buffer, whose
@@ -641,31 +682,9 @@ fn a_decryptions_plaintext_is_not_left_in_the_librarys_memory() {
         let file = dir.join("ciphertext");
         std::fs::write(&file, &ciphertext).unwrap();
 
-        let program = compile_c("decrypt_wipe", &dir);
-        let mut host = Command::new(&program)
-            .arg(pkcs11_module())
-            .args([common::USER_PIN, "bulk"])
-            .arg(&file)
-            // Dumpable, so that this test (its user) may read its memory.
-            .env("ET_PTKC_GENERAL_ALLOW_CORE_DUMPS", "YES")
-            .env("ET_PTKC_GENERAL_LOG", dir.join("host.log"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = host.stdin.take().unwrap();
-        let mut output = std::io::BufReader::new(host.stdout.take().unwrap());
-        let mut line = String::new();
-        output.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), format!("decrypted=0x0 len={}", blocks * 32));
-        let held = scan(host.id(), &[MARKER]);
-        let copies: usize = held.iter().map(|(_, _, count)| count).sum();
-        assert!(
-            copies >= blocks,
-            "the application's output holds the plaintext, and the scan must see it: {held:?}"
-        );
+        let (mut host, mut input, mut output) = decrypted(&dir, &file, MARKER, blocks);
         writeln!(input, "wipe").unwrap();
-        line.clear();
+        let mut line = String::new();
         output.read_line(&mut line).unwrap();
         assert_eq!(line.trim(), "wiped");
         let left = scan(host.id(), &[MARKER]);
@@ -692,8 +711,7 @@ fn a_decryptions_plaintext_is_not_left_in_the_librarys_memory() {
 fn a_bulk_decryptions_plaintext_is_not_left_in_the_daemons_memory() {
     use aws_lc_rs::cipher::{EncryptingKey, UnboundCipherKey, AES_256};
     use cryptoki::object::{Attribute, KeyType, ObjectClass};
-    use std::io::{BufRead, Write};
-    use std::process::Stdio;
+    use std::io::Write;
     use tessera_testkit::Transport;
 
     const MARKER: &[u8; 32] = b"DAEMON-PLAINTEXT-4f0e9a17c2b8d65";
@@ -728,30 +746,7 @@ fn a_bulk_decryptions_plaintext_is_not_left_in_the_daemons_memory() {
         std::fs::write(&file, &ciphertext).unwrap();
         let pid = daemon.pid().unwrap();
 
-        let program = compile_c("decrypt_wipe", &dir);
-        let mut host = Command::new(&program)
-            .arg(pkcs11_module())
-            .args([common::USER_PIN, "bulk"])
-            .arg(&file)
-            // Dumpable, so that this test (its user) may read its memory.
-            .env("ET_PTKC_GENERAL_ALLOW_CORE_DUMPS", "YES")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = host.stdin.take().unwrap();
-        let mut output = std::io::BufReader::new(host.stdout.take().unwrap());
-        let mut line = String::new();
-        output.read_line(&mut line).unwrap();
-        assert_eq!(
-            line.trim(),
-            format!("decrypted=0x0 len={}", ciphertext.len())
-        );
-        let held: usize = scan(host.id(), &[MARKER]).iter().map(|f| f.2).sum();
-        assert!(
-            held >= BLOCKS,
-            "the application's output holds the plaintext: {held} markers"
-        );
+        let (mut host, mut input, _output) = decrypted(&dir, &file, MARKER, BLOCKS);
         writeln!(input, "wipe").unwrap();
         writeln!(input, "end").unwrap();
         assert!(host.wait().unwrap().success());

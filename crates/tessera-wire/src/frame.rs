@@ -699,7 +699,23 @@ mod tests {
                 ),
             ))),
         };
-        for len in [0, 100, SPLIT_PAYLOAD - 1, SPLIT_PAYLOAD, (1 << 20) + 16] {
+        let lengths = [0, 100, SPLIT_PAYLOAD - 1, SPLIT_PAYLOAD, (1 << 20) + 16];
+        splits_into_the_whole_frame(reply, &lengths);
+        // A reader of bulk ciphertexts does not take it for one: it reads it whole.
+        for len in lengths {
+            let whole = encode_response(&reply(len));
+            let body = &whole[FRAME_HEADER_LEN..];
+            assert_eq!(
+                split_response_head(&body[..64.min(body.len())], body.len()),
+                None
+            );
+        }
+    }
+
+    /// The reply `reply(len)` makes, for each of `lengths`, is split from [`SPLIT_PAYLOAD`]
+    /// bytes on into a short head and its payload, which together are the whole frame.
+    fn splits_into_the_whole_frame(reply: impl Fn(usize) -> ResponseEnvelope, lengths: &[usize]) {
+        for &len in lengths {
             let whole = encode_response(&reply(len));
             let (head, payload) = encode_response_split(reply(len));
             if len >= SPLIT_PAYLOAD {
@@ -709,12 +725,6 @@ mod tests {
                 assert!(payload.is_empty(), "{len}: split below the threshold");
             }
             assert_eq!([head, payload].concat(), whole, "{len} bytes");
-            // A reader of bulk ciphertexts does not take it for one: it reads it whole.
-            let body = &whole[FRAME_HEADER_LEN..];
-            assert_eq!(
-                split_response_head(&body[..64.min(body.len())], body.len()),
-                None
-            );
         }
     }
 
@@ -728,25 +738,18 @@ mod tests {
                 (0..len).map(|i| (i % 251) as u8).collect(),
             ))),
         };
-        for len in [
-            0,
-            100,
-            SPLIT_PAYLOAD - 1,
-            SPLIT_PAYLOAD,
-            SPLIT_PAYLOAD + 1,
-            (1 << 20) + 16,
-            2_097_153,
-        ] {
-            let whole = encode_response(&reply(len));
-            let (head, payload) = encode_response_split(reply(len));
-            if len >= SPLIT_PAYLOAD {
-                assert_eq!(payload.len(), len);
-                assert!(head.len() < 64, "{len}: the head is {} bytes", head.len());
-            } else {
-                assert!(payload.is_empty(), "{len}: split below the threshold");
-            }
-            assert_eq!([head, payload].concat(), whole, "{len} bytes");
-        }
+        splits_into_the_whole_frame(
+            reply,
+            &[
+                0,
+                100,
+                SPLIT_PAYLOAD - 1,
+                SPLIT_PAYLOAD,
+                SPLIT_PAYLOAD + 1,
+                (1 << 20) + 16,
+                2_097_153,
+            ],
+        );
         // A reader divides it where the writer did, from the head alone, and reads the same
         // reply as from the whole body.
         for len in [0, 100, SPLIT_PAYLOAD, (1 << 20) + 16] {
