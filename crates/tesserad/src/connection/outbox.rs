@@ -69,7 +69,7 @@ pub(crate) fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(
         // A large frame found while batching: the next write's start.
         let mut held: Option<Outgoing> = None;
         loop {
-            let first = match held.take() {
+            let mut first = match held.take() {
                 Some(first) => first,
                 None => match outbox.recv().await {
                     Some(first) => first,
@@ -79,7 +79,6 @@ pub(crate) fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(
             // Replies that are ready together go out in one write (small ones only; a large
             // one is written as it is, from its own buffer, not copied behind a small one). A
             // frame with a tail ends the batch: the tail follows it in the next write.
-            let mut first = first;
             let mut batched = Vec::new();
             while first.tail.is_empty() && first.frame.len() < BATCHED {
                 match outbox.try_recv() {
