@@ -191,9 +191,11 @@ mod tests {
 
     use super::{spawn_writer, Outgoing, BATCHED};
 
-    /// A writer that keeps what was written, and where each write's bytes came from.
+    /// A writer that keeps what was written, and where each write's bytes came from; or, `gone`,
+    /// one whose client has gone: every write fails.
     #[derive(Clone, Default)]
     struct Recorder {
+        gone: bool,
         written: Arc<Mutex<Vec<u8>>>,
         /// (address, length) of each write's buffer.
         writes: Arc<Mutex<Vec<(usize, usize)>>>,
@@ -205,6 +207,9 @@ mod tests {
             _: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<std::io::Result<usize>> {
+            if self.gone {
+                return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+            }
             self.writes
                 .lock()
                 .unwrap()
@@ -222,24 +227,11 @@ mod tests {
         }
     }
 
-    /// A writer whose client has gone: every write fails.
-    struct Gone;
-
-    impl AsyncWrite for Gone {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            _: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
+    /// Queues `frames` (each with whether it is secret), each with a slot of `slots`.
+    async fn queue(out: &super::Outbox, slots: &Arc<Semaphore>, frames: Vec<(Vec<u8>, bool)>) {
+        for (frame, secret) in frames {
+            let slot = slots.clone().acquire_owned().await.unwrap();
+            out.send(Outgoing::frame(frame, slot, secret)).ok().unwrap();
         }
     }
 
@@ -248,16 +240,18 @@ mod tests {
     /// (a connection's close waits for all of them).
     #[tokio::test(flavor = "current_thread")]
     async fn replies_queued_when_the_client_went_away_give_their_slots_back() {
-        let (out, writing) = spawn_writer(Gone, 1);
+        let gone = Recorder {
+            gone: true,
+            ..Recorder::default()
+        };
+        let (out, writing) = spawn_writer(gone, 1);
         let slots = Arc::new(Semaphore::new(8));
-        for (frame, secret) in [
+        let frames = vec![
             (vec![1u8; 100], true),
             (vec![2u8; 1 << 20], false),
             (vec![3u8; 50], true),
-        ] {
-            let slot = slots.clone().acquire_owned().await.unwrap();
-            out.send(Outgoing::frame(frame, slot, secret)).ok().unwrap();
-        }
+        ];
+        queue(&out, &slots, frames).await;
         writing.await.unwrap();
         // The writer is gone: a reply queued now is refused, and dropped with its slot.
         let slot = slots.clone().acquire_owned().await.unwrap();
@@ -281,10 +275,12 @@ mod tests {
         let expected: Vec<u8> = frames.concat();
         // Queued before the writer first runs (a current-thread runtime runs it at the await
         // below): all four are ready together.
-        for frame in frames {
-            let slot = slots.clone().acquire_owned().await.unwrap();
-            out.send(Outgoing::frame(frame, slot, false)).ok().unwrap();
-        }
+        queue(
+            &out,
+            &slots,
+            frames.into_iter().map(|frame| (frame, false)).collect(),
+        )
+        .await;
         drop(out);
         writing.await.unwrap();
         assert_eq!(*recorder.written.lock().unwrap(), expected);
