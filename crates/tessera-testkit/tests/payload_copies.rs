@@ -110,7 +110,8 @@ fn profile(flags: &str) -> (Vec<Site>, Vec<Site>) {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success()
-            && stdout.contains("encrypted=0x0 len=1048592")
+            // The ciphertext and its 16-byte tag.
+            && stdout.contains(&format!("encrypted=0x0 len={}", SIZE + 16))
             && stdout.contains("same=1"),
         "{output:?}"
     );
@@ -144,7 +145,7 @@ fn kind(site: &Site) -> Option<&'static str> {
     } else if has("bytes::copy") {
         "decoded out of a frame or record"
     } else if has("open_within") {
-        "opened in place (moved onto itself)"
+        IN_PLACE
     } else {
         "unknown"
     })
