@@ -37,8 +37,9 @@ use zeroize::Zeroizing;
 use crate::keys::{self, Side};
 use crate::{Channel, Policy};
 
-/// The secure-messaging protocol version.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The secure-messaging protocol version: 2 since a record's message ends with the length of a
+/// bulk payload at its start (`message_parts`).
+pub const PROTOCOL_VERSION: u16 = 2;
 const LABEL: &[u8] = b"tessera secure messaging v1";
 /// The random part of a nonce.
 const RANDOM_LEN: usize = 32;

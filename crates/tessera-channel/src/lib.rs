@@ -19,6 +19,6 @@ pub use handshake::{
 pub use keys::Side;
 pub use policy::{Policy, PolicyError};
 pub use record::{
-    find_record, Channel, Direction, FoundRecord, Protection, Record, RecordError, RecordHeader,
-    RECORD_HEADER_LEN,
+    find_record, find_record_of, message_parts, Channel, Direction, FoundRecord, MessageParts,
+    Protection, Record, RecordError, RecordHeader, BULK_LEN, RECORD_HEADER_LEN,
 };

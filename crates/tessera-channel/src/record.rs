@@ -13,6 +13,13 @@
 //! a signed record's 16-byte GMAC (an encrypted body ends with its GCM tag, and has no MAC).
 //! This crate owns that layout ([`Record::encode_into`], [`find_record`]); the frame around it
 //! is the wire's.
+//!
+//! A record's message — what its body protects — ends with a 4-byte big-endian length
+//! ([`BULK_LEN`]): that of a bulk payload at the message's start, 0 for none. Between the two
+//! lies the encoding of the message itself. A message with a large payload (a 1 MiB
+//! ciphertext) is sealed with the payload first ([`Channel::seal_split`]), so that it is
+//! sealed in the payload's own buffer and, once opened in a buffer of its own, is that buffer
+//! cut short ([`message_parts`]): neither end copies the payload into or out of its record.
 
 use aws_lc_rs::aead::{Aad, Nonce, Tag, NONCE_LEN};
 use zeroize::Zeroizing;
@@ -51,6 +58,33 @@ pub struct RecordHeader {
     pub generation: u32,
     /// Protection of the body.
     pub protection: Protection,
+}
+
+/// Bytes that end every record's message: the length of the bulk payload that starts it
+/// (big-endian; 0 for none). See [`message_parts`].
+pub const BULK_LEN: usize = 4;
+
+/// Where the parts of an opened record's message lie: its bulk payload (`..bulk`, empty for
+/// most messages), then the encoding of the message itself (`rest`), then the payload's
+/// length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageParts {
+    /// Bytes of bulk payload at the message's start.
+    pub bulk: usize,
+    /// Where the message's own encoding lies.
+    pub rest: std::ops::Range<usize>,
+}
+
+/// The parts of `message`, an opened record's message: `None` unless it ends with a payload
+/// length that fits before it.
+pub fn message_parts(message: &[u8]) -> Option<MessageParts> {
+    let end = message.len().checked_sub(BULK_LEN)?;
+    let len: [u8; BULK_LEN] = message.get(end..)?.try_into().ok()?;
+    let bulk = usize::try_from(u32::from_be_bytes(len)).ok()?;
+    (bulk <= end).then_some(MessageParts {
+        bulk,
+        rest: bulk..end,
+    })
 }
 
 /// Bytes of a record header as sent: channel (8), direction (1), sequence (8), generation (4)
@@ -153,19 +187,25 @@ pub struct FoundRecord {
 /// Finds the record that `bytes` are, all of them: a valid header, then a body and (signed) a
 /// MAC of 16 bytes; an encrypted body holds at least its 16-byte tag. `None` otherwise.
 pub fn find_record(bytes: &[u8]) -> Option<FoundRecord> {
-    let header = RecordHeader::from_bytes(bytes.get(..RECORD_HEADER_LEN)?.try_into().ok()?)?;
+    find_record_of(bytes, bytes.len())
+}
+
+/// [`find_record`] for a record of `len` bytes of which `start` holds the first ones (at least
+/// its header): what a reader needs to know before it reads the rest into a buffer of its own.
+pub fn find_record_of(start: &[u8], len: usize) -> Option<FoundRecord> {
+    let header = RecordHeader::from_bytes(start.get(..RECORD_HEADER_LEN)?.try_into().ok()?)?;
     let mac_len = match header.protection {
         Protection::Signed => TAG,
         Protection::Encrypted => 0,
     };
-    let mac_start = bytes.len().checked_sub(mac_len)?;
-    if mac_start < RECORD_HEADER_LEN || bytes.len() < RECORD_HEADER_LEN + TAG {
+    let mac_start = len.checked_sub(mac_len)?;
+    if mac_start < RECORD_HEADER_LEN || len < RECORD_HEADER_LEN + TAG {
         return None;
     }
     Some(FoundRecord {
         header,
         body: RECORD_HEADER_LEN..mac_start,
-        mac: mac_start..bytes.len(),
+        mac: mac_start..len,
     })
 }
 
@@ -213,6 +253,9 @@ pub enum RecordError {
         /// What arrived.
         got: Protection,
     },
+    /// A message too large for a record (its payload's length must fit in [`BULK_LEN`] bytes).
+    #[error("a message of {0} bytes is more than a record carries")]
+    TooLarge(usize),
     /// A key of the channel could not be derived: the channel is not used without it.
     #[error("{0}")]
     KeyDerivation(#[from] crate::keys::KeyDerivationError),
@@ -351,8 +394,9 @@ impl Channel {
         self.seal_vec(message.to_vec(), protection)
     }
 
-    /// Protects the postcard encoding of `value`, written straight into a buffer with room for
-    /// the tag (a large message is neither copied nor moved).
+    /// Protects the postcard encoding of `value` as a record's message with no bulk payload
+    /// (see [`message_parts`]), written straight into a buffer with room for the tag (a large
+    /// message is neither copied nor moved).
     pub fn seal_value<T: serde::Serialize>(
         &mut self,
         value: &T,
@@ -360,9 +404,56 @@ impl Channel {
     ) -> Result<Record, RecordError> {
         let size =
             postcard::experimental::serialized_size(value).map_err(|_| RecordError::Closed)?;
-        let message = tessera_core::bytes::encode_into(value, tessera_core::bytes::take(size + 16))
-            .map_err(|_| RecordError::Closed)?;
+        let buffer = tessera_core::bytes::take(size + BULK_LEN + TAG);
+        let mut message =
+            tessera_core::bytes::encode_into(value, buffer).map_err(|_| RecordError::Closed)?;
+        message.extend_from_slice(&[0; BULK_LEN]);
         self.seal_vec(message, protection)
+    }
+
+    /// Seals a message whose bulk payload travels first: the record's message is `bulk`, then
+    /// the postcard encoding of `value` (whose own bulk field the caller has emptied), then the
+    /// payload's length ([`message_parts`]) — written behind the payload in its own buffer and
+    /// sealed there, so that the payload is not copied (a buffer with room for the rest and the
+    /// tag is not moved either). Returns the frame's start, `prefix` and the record's header,
+    /// and the rest of the frame, the record's body and MAC: written one after the other, they
+    /// are the frame [`Channel::seal_value_framed`] would make of the same message.
+    pub fn seal_split<T: serde::Serialize>(
+        &mut self,
+        value: &T,
+        bulk: Vec<u8>,
+        protection: Protection,
+        prefix: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>), RecordError> {
+        let mut message = bulk;
+        let Ok(len) = u32::try_from(message.len()) else {
+            zeroize::Zeroize::zeroize(&mut message);
+            return Err(RecordError::TooLarge(message.capacity()));
+        };
+        let size =
+            postcard::experimental::serialized_size(value).map_err(|_| RecordError::Closed)?;
+        let room = size + BULK_LEN + TAG;
+        if message.capacity() - message.len() < room {
+            // Moved to a larger buffer by hand, and the old one wiped: growing it would free a
+            // payload that may be a plaintext (a decryption's) unwiped.
+            let mut larger = tessera_core::bytes::take(message.len() + room);
+            larger.extend_from_slice(&message);
+            tessera_core::bytes::give(message, tessera_core::bytes::Held::Secret);
+            message = larger;
+        }
+        let mut message =
+            tessera_core::bytes::encode_into(value, message).map_err(|_| RecordError::Closed)?;
+        message.extend_from_slice(&len.to_be_bytes());
+        let Record {
+            header,
+            body: mut rest,
+            mac,
+        } = self.seal_vec(message, protection)?;
+        rest.extend_from_slice(&mac);
+        let mut start = Vec::with_capacity(prefix.len() + RECORD_HEADER_LEN);
+        start.extend_from_slice(prefix);
+        start.extend_from_slice(&header.to_bytes());
+        Ok((start, rest))
     }
 
     /// Protects a message given by value: an encrypted record is encrypted in place (no copy of
@@ -393,7 +484,8 @@ impl Channel {
         Ok(Record { header, body, mac })
     }
 
-    /// Seals the postcard encoding of `value` into a frame: returns `prefix` followed by the
+    /// Seals the postcard encoding of `value`, as a message with no bulk payload, into a frame:
+    /// returns `prefix` followed by the
     /// record that [`Channel::seal_value`] would make, as sent ([`Record::encode_into`]), with
     /// the message written straight into the frame — no message buffer, no record. An
     /// encrypted message is encrypted there (no plaintext copy anywhere); a signed one is sent
@@ -410,14 +502,17 @@ impl Channel {
             postcard::experimental::serialized_size(value).map_err(|_| RecordError::Closed)?;
         let header = self.next_header(protection).ok_or(RecordError::Closed)?;
         let aad = header.to_bytes();
-        // Prefix, header, message, and its tag (a signed record's MAC, an encrypted one's GCM
-        // tag: 16 bytes either way).
-        let mut frame = tessera_core::bytes::take(prefix.len() + RECORD_HEADER_LEN + size + TAG);
+        // Prefix, header, message (its encoding and an empty payload's length), and its tag (a
+        // signed record's MAC, an encrypted one's GCM tag: 16 bytes either way).
+        let mut frame =
+            tessera_core::bytes::take(prefix.len() + RECORD_HEADER_LEN + size + BULK_LEN + TAG);
         frame.extend_from_slice(prefix);
         frame.extend_from_slice(&aad);
         let start = frame.len();
         let mut frame =
             tessera_core::bytes::encode_into(value, frame).map_err(|_| RecordError::Closed)?;
+        frame.extend_from_slice(&[0; BULK_LEN]);
+        let length = frame.len() - start;
         let sealed = match protection {
             Protection::Signed => self.sign(header.sequence, &aad, &frame[start..]),
             Protection::Encrypted => self.encrypt(header.sequence, &aad, &mut frame[start..]),
@@ -427,7 +522,7 @@ impl Channel {
             return Err(RecordError::Closed);
         };
         frame.extend_from_slice(tag.as_ref());
-        self.sent(size as u64);
+        self.sent(length as u64);
         Ok(frame)
     }
 
@@ -683,11 +778,71 @@ mod tests {
                 proptest::prop_assert_eq!(found.header, record.header);
                 let (opened, got) = device.open_record(record).unwrap();
                 proptest::prop_assert_eq!(got, protection);
-                let decoded: Vec<u8> = postcard::from_bytes(&opened).unwrap();
+                let parts = message_parts(&opened).unwrap();
+                proptest::prop_assert_eq!(parts.bulk, 0);
+                let decoded: Vec<u8> = postcard::from_bytes(&opened[parts.rest]).unwrap();
                 proptest::prop_assert_eq!(decoded, message);
             }
             proptest::prop_assert_eq!(framed.usage(), alone.usage());
         }
+
+        /// A message sealed with its payload first is, written in its two parts, the frame
+        /// whose message is the payload, the value's encoding and the payload's length; the
+        /// payload is sealed in its own buffer (one with room is not moved), and the other end
+        /// finds the parts where they were.
+        #[test]
+        fn a_message_sealed_payload_first_opens_into_its_parts(
+            payload in proptest::collection::vec(0u8..=255, 0..3000),
+            value in proptest::collection::vec(0u8..=255, 0..40),
+            encrypted in proptest::bool::ANY,
+            room in proptest::bool::ANY,
+            prefix in proptest::collection::vec(0u8..=255, 0..40),
+        ) {
+            let (mut split, mut alone, mut device) = twins();
+            let protection = if encrypted { Protection::Encrypted } else { Protection::Signed };
+            let spare = if room { 64 + BULK_LEN + TAG } else { 0 };
+            let mut bulk = Vec::with_capacity(payload.len() + spare);
+            bulk.extend_from_slice(&payload);
+            let address = bulk.as_ptr();
+            let (start, rest) = split.seal_split(&value, bulk, protection, &prefix).unwrap();
+            // Sealed where it lay when there was room (else moved, the old buffer wiped).
+            proptest::prop_assert_eq!(rest.as_ptr() == address, room);
+            let mut message = payload.clone();
+            message.extend_from_slice(&postcard::to_stdvec(&value).unwrap());
+            message.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            let mut expected = prefix.clone();
+            alone.seal(&message, protection).unwrap().encode_into(&mut expected);
+            let frame = [start, rest].concat();
+            proptest::prop_assert_eq!(&frame, &expected);
+            let record = Record::decode(&frame[prefix.len()..]).unwrap();
+            let (opened, got) = device.open_record(record).unwrap();
+            proptest::prop_assert_eq!(got, protection);
+            let parts = message_parts(&opened).unwrap();
+            proptest::prop_assert_eq!(&opened[..parts.bulk], &payload[..]);
+            let decoded: Vec<u8> = postcard::from_bytes(&opened[parts.rest]).unwrap();
+            proptest::prop_assert_eq!(decoded, value);
+        }
+    }
+
+    #[test]
+    fn a_message_is_read_only_with_a_payload_length_that_fits() {
+        assert_eq!(message_parts(&[0, 0, 0]), None);
+        assert_eq!(
+            message_parts(&[7, 0, 0, 0, 0]),
+            Some(MessageParts {
+                bulk: 0,
+                rest: 0..1
+            })
+        );
+        assert_eq!(
+            message_parts(&[7, 8, 0, 0, 0, 2]),
+            Some(MessageParts {
+                bulk: 2,
+                rest: 2..2
+            })
+        );
+        assert_eq!(message_parts(&[7, 8, 0, 0, 0, 3]), None);
+        assert_eq!(message_parts(&[0xff, 0xff, 0xff, 0xff]), None);
     }
 
     #[test]

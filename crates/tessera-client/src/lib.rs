@@ -646,11 +646,11 @@ impl Device {
                 let Some(mut channel) = state.channel_lock() else {
                     return Err(ClientError::StaleSession);
                 };
-                let inner = Inner::Call(request);
-                let frame = channel.seal(id, &inner)?;
+                let mut inner = Inner::Call(request);
+                let frame = channel.seal(id, &mut inner)?;
                 inner.recycle();
                 self.inbox().waiting.insert(id, true);
-                stream.queue(stream::Frame::sealed(frame));
+                stream.queue(frame);
                 drop(channel);
                 stream.flush()
             }

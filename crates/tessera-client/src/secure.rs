@@ -366,28 +366,21 @@ impl ChannelState {
             .is_some_and(|limit| self.last_used.elapsed() >= limit)
     }
 
-    /// Protects request `id`: its frame, the request sealed straight into it.
-    pub(crate) fn seal(&mut self, id: u64, request: &Inner) -> Result<Vec<u8>, ClientError> {
+    /// Protects request `id`: its frame, the request sealed straight into it; a call's bulk
+    /// input is moved out of `request` and sealed where it lies, written behind the frame's
+    /// start.
+    pub(crate) fn seal(&mut self, id: u64, request: &mut Inner) -> Result<Frame, ClientError> {
         let protection = self
             .channel
             .policy()
             .request_protection(request.carries_secret());
-        let prefix = tessera_wire::protected_prefix(id, self.channel.id());
         // Encrypted in the frame when the policy says so: no plaintext copy is left behind.
-        let mut frame = self
-            .channel
-            .seal_value_framed(
-                &tessera_wire::Bound {
-                    id,
-                    message: request,
-                },
-                protection,
-                prefix.as_ref(),
-            )
+        let secret = request.carries_secret();
+        let (frame, rest) = tessera_wire::seal_message(&mut self.channel, id, request, protection)
             .map_err(|_| ClientError::StaleSession)?;
-        tessera_wire::finish_frame(&mut frame);
         self.last_used = Instant::now();
-        Ok(frame)
+        let held = Held::secret_if(secret && protection == tessera_channel::Protection::Signed);
+        Ok(Frame::sealed(frame, rest, held))
     }
 
     /// Opens the device's answer to a protected request: only a record of this channel that
@@ -435,12 +428,13 @@ impl ChannelState {
                 })
             }
             SealedReply::Decoded(record) => {
-                self.channel
-                    .open_record(record)
-                    .map(|(mut plain, protection)| {
-                        let len = plain.len();
-                        (std::mem::take(&mut *plain), 0..len, protection)
-                    })
+                let tessera_channel::Record {
+                    header,
+                    mut body,
+                    mac,
+                } = record;
+                let opened = self.channel.open_in_place(header, &mut body, &mac);
+                opened.map(|(len, protection)| (body, 0..len, protection))
             }
         };
         let (buffer, plain, protection) = match opened {
@@ -451,19 +445,17 @@ impl ChannelState {
                 return Err(ClientError::Returned(Rv::BadReplySignature.code()));
             }
         };
-        let decoded =
-            postcard::from_bytes::<tessera_wire::Bound<tessera_wire::Outcome>>(&buffer[plain]);
-        // The spent buffer goes back to the pool, wiped first when its message held a secret
-        // (or did not decode): one with nothing secret in it, a ciphertext or a signature,
-        // needs no pass.
-        let secret = match &decoded {
-            Ok(bound) => matches!(
-                &bound.message,
-                tessera_wire::Outcome::Answer(Ok(reply)) if reply.carries_secret()
-            ),
-            Err(_) => true,
-        };
-        tessera_core::bytes::give(buffer, Held::secret_if(secret));
+        // A bulk output that starts its buffer becomes the reply's bytes as it is; what the
+        // buffer holds of a message with a secret (or of one that did not decode) is wiped.
+        let (decoded, spent) =
+            tessera_wire::open_message::<tessera_wire::Bound<tessera_wire::Outcome>>(buffer, plain);
+        if let Some(spent) = spent {
+            tessera_core::bytes::give(spent, Held::Data);
+        }
+        let secret = matches!(
+            &decoded,
+            Ok(bound) if tessera_wire::Bulky::carries_secret(bound)
+        );
         let Ok(bound) = decoded else {
             self.channel.close();
             device.report(serial, "a reply record did not decode; channel closed");
@@ -866,7 +858,7 @@ impl Device {
     fn protected_exchange(
         &self,
         state: &mut State,
-        request: &Inner,
+        request: &mut Inner,
     ) -> Result<Result<Reply, u64>, ClientError> {
         let id = state.next_id();
         let Some(current) = state.channel_mut() else {
@@ -889,14 +881,14 @@ impl Device {
         };
         let answer = if confirming {
             // Written with the key confirmation, whose answer comes first.
-            stream.queue(Frame::sealed(frame));
+            stream.queue(frame);
             self.confirm(state)?;
             let Some(stream) = state.stream.as_ref() else {
                 return Err(ClientError::StaleSession);
             };
             stream.receive_for(id)
         } else {
-            stream.exchange(id, Frame::sealed(frame))
+            stream.exchange(id, frame)
         };
         let answer = match answer {
             Ok(answer) => answer,
@@ -948,7 +940,7 @@ impl Device {
             return Err(ClientError::StaleSession);
         }
         if state.channel_mut().is_some_and(|c| c.due(settings)) {
-            match self.protected_exchange(state, &Inner::Rekey) {
+            match self.protected_exchange(state, &mut Inner::Rekey) {
                 Ok(Ok(Reply::Done)) => {
                     if let Some(current) = state.channel_mut() {
                         let renewed = current.channel.rekey();
@@ -970,7 +962,7 @@ impl Device {
         if let Some(current) = state.channel_mut() {
             current.last_used = Instant::now();
         }
-        match self.protected_exchange(state, &Inner::Call(request))? {
+        match self.protected_exchange(state, &mut Inner::Call(request))? {
             Ok(reply) => Ok((reply, state.generation)),
             Err(code) => Err(ClientError::Returned(code)),
         }

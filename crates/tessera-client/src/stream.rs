@@ -13,9 +13,10 @@ use tessera_config::ServerAddress;
 use tessera_core::bytes::Held;
 use tessera_core::Rv;
 use tessera_wire::{
-    decode_response, decode_response_split, encode_request_split, find_sealed, frame_body_len,
-    split_response_head, Bulk, FrameError, Message, RequestEnvelope, Response, ResponseEnvelope,
-    SealedFrame, FRAME_HEADER_LEN, PROTOCOL_VERSION, SPLIT_PAYLOAD,
+    decode_response, decode_response_split, encode_request_split, find_sealed, find_sealed_start,
+    frame_body_len, split_response_head, Bulk, FrameError, Message, RequestEnvelope, Response,
+    ResponseEnvelope, SealedFrame, FRAME_HEADER_LEN, PROTOCOL_VERSION, SEALED_START_LEN,
+    SPLIT_PAYLOAD,
 };
 
 /// What a connection lost on the device's notice that its flags now require a channel says.
@@ -77,13 +78,16 @@ pub(crate) struct Frame {
 }
 
 impl Frame {
-    /// A sealed record's frame: ciphertext only.
-    pub(crate) fn sealed(bytes: Vec<u8>) -> Frame {
-        Frame {
-            bytes,
-            bulk: None,
-            held: Held::Data,
-        }
+    /// A sealed record's frame, and the rest of it when its message had a bulk payload first
+    /// (sealed in its own buffer: written behind the frame's start, not copied there).
+    /// `held` says what they hold: a secret only in a signed record (the policy did not
+    /// encrypt it).
+    pub(crate) fn sealed(bytes: Vec<u8>, rest: Vec<u8>, held: Held) -> Frame {
+        let bulk = (!rest.is_empty()).then_some(Bulk {
+            at: bytes.len(),
+            payload: rest,
+        });
+        Frame { bytes, bulk, held }
     }
 
     /// The frame's parts in the order they are written.
@@ -345,6 +349,11 @@ impl Socket {
 /// A frame as read: its body, or a bulk reply read in two parts.
 enum Arrived {
     Body(Vec<u8>),
+    /// A sealed record in a body of [`SPLIT_PAYLOAD`] bytes or more, its envelope's and
+    /// record's headers read first and the rest into a buffer of its own (see
+    /// [`tessera_wire::find_sealed_start`]): opened there, a bulk output that starts its
+    /// message becomes the reply's bytes as it is.
+    Sealed(SealedFrame, Vec<u8>),
     /// A `Reply::Bytes` in a body of [`SPLIT_PAYLOAD`] bytes or more, its payload read into a
     /// buffer of its own (see [`tessera_wire::split_response_head`]).
     Bulk(ResponseEnvelope),
@@ -366,6 +375,11 @@ fn read_reply(socket: &Socket, buffer: &mut ReadBuffer) -> Result<Arrived, Frame
             buffer.start += head_len;
             let payload = read_body(socket, buffer, len - head_len)?;
             return Ok(Arrived::Bulk(decode_response_split(&head, payload)?));
+        }
+        if let Some(sealed) = find_sealed_start(start, len) {
+            buffer.start += SEALED_START_LEN;
+            let record = read_body(socket, buffer, len - SEALED_START_LEN)?;
+            return Ok(Arrived::Sealed(sealed, record));
         }
     }
     read_body(socket, buffer, len).map(Arrived::Body)
@@ -568,6 +582,7 @@ impl Stream {
         }
         if arrived.as_ref().is_ok_and(|arrived| match arrived {
             Arrived::Body(body) => find_sealed(body).is_none(),
+            Arrived::Sealed(..) => false,
             Arrived::Bulk(_) => true,
         }) || arrived.is_err()
         {
@@ -594,6 +609,9 @@ impl Stream {
         })?;
         let body = match arrived {
             Arrived::Body(body) => body,
+            Arrived::Sealed(sealed, record) => {
+                return Ok((sealed.id, Answer::Sealed(sealed, record)))
+            }
             // Bytes, never an error code: none of the notices below.
             Arrived::Bulk(envelope) => return Ok((envelope.id, Answer::Clear(envelope.result))),
         };
@@ -826,10 +844,36 @@ mod tests {
         })
     }
 
+    /// A record whose body is `len` bytes (not sealed by any channel: the reader only finds it).
+    fn record(id: u64, len: usize) -> tessera_channel::Record {
+        tessera_channel::Record {
+            header: tessera_channel::RecordHeader {
+                channel: 9,
+                direction: tessera_channel::Direction::ToClient,
+                sequence: id,
+                generation: 0,
+                protection: tessera_channel::Protection::Encrypted,
+            },
+            body: (0..len).map(|i| (i % 247) as u8).collect(),
+            mac: Vec::new(),
+        }
+    }
+
+    /// The frame of a sealed reply to request `id` whose record's body is `len` bytes.
+    fn sealed(id: u64, len: usize) -> Vec<u8> {
+        tessera_wire::encode_response(&ResponseEnvelope {
+            version: PROTOCOL_VERSION,
+            id,
+            channel: Some(9),
+            result: Ok(Response::Protected(record(id, len))),
+        })
+    }
+
     fn bytes_of(arrived: Arrived) -> (u64, Vec<u8>) {
         let envelope = match arrived {
             Arrived::Bulk(envelope) => envelope,
             Arrived::Body(body) => decode_response(&body).expect("a reply"),
+            Arrived::Sealed(..) => panic!("a sealed record, not bytes"),
         };
         match envelope.result {
             Ok(Response::Reply(tessera_wire::Reply::Bytes(bytes))) => (envelope.id, bytes),
@@ -870,6 +914,10 @@ mod tests {
                     .write_all(&reply(id, tessera_wire::Reply::Bytes(bytes)))
                     .expect("written");
             }
+            // A large sealed record, then a small one.
+            for (id, len) in [(7, (1usize << 20) + 40), (8, 100)] {
+                device.write_all(&sealed(id, len)).expect("written");
+            }
             // Cut off in the middle of a payload.
             let bulk = reply(6, tessera_wire::Reply::Bytes(payload(6)));
             device.write_all(&bulk[..bulk.len() / 2]).expect("written");
@@ -904,6 +952,27 @@ mod tests {
         let fifth = read_reply(&socket, &mut buffer).expect("a reply");
         assert!(matches!(fifth, Arrived::Body(_)));
         assert_eq!(bytes_of(fifth), (5, vec![5; SPLIT_PAYLOAD - 40]));
+        // The large record's rest in a buffer of its own, its parts where the finder says.
+        let seventh = read_reply(&socket, &mut buffer).expect("a reply");
+        let Arrived::Sealed(found, rest) = seventh else {
+            panic!("a large sealed record read whole")
+        };
+        let whole = sealed(7, (1 << 20) + 40);
+        assert_eq!(
+            rest,
+            whole[FRAME_HEADER_LEN + SEALED_START_LEN..],
+            "the record's rest"
+        );
+        assert_eq!(found.id, 7);
+        assert_eq!(
+            &rest[found.body.clone()],
+            &record(7, (1 << 20) + 40).body[..]
+        );
+        let eighth = read_reply(&socket, &mut buffer).expect("a reply");
+        let Arrived::Body(body) = eighth else {
+            panic!("a small sealed record divided")
+        };
+        assert_eq!(find_sealed(&body).map(|found| found.id), Some(8));
         let cut = read_reply(&socket, &mut buffer);
         writer.join().expect("the writer");
         assert!(

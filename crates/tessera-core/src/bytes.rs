@@ -199,9 +199,11 @@ pub fn take(len: usize) -> Vec<u8> {
     POOL.take(len)
 }
 
-/// Room left after a decoded bulk byte string: a cipher that adopts the buffer (a single-part
-/// AES-GCM) appends its tag, or a block of padding, there instead of moving the bytes.
-pub const ROOM: usize = 16;
+/// Room left after a bulk byte string copied in ([`copy`], [`try_copy`]): a cipher that adopts
+/// the buffer (a single-part AES-GCM) appends its tag, or a block of padding, there, and a
+/// record sealed around it as its payload (`tessera_channel::Channel::seal_split`) the rest of
+/// its message and its own tag, instead of moving the bytes to a larger buffer.
+pub const ROOM: usize = 256;
 
 /// `bytes` copied into a buffer from [`take`]; a bulk one (64 KiB or more) with
 /// [`ROOM`] to spare. A smaller one gets none: a key value or PIN decoded here may be moved
@@ -224,12 +226,17 @@ pub fn copy(bytes: &[u8]) -> Vec<u8> {
 pub fn try_copy(bytes: &[u8]) -> Option<Vec<u8>> {
     // A pooled buffer when one is large enough; never a new allocation that can abort.
     let len = bytes.len();
-    let mut buffer = match POOL.take_kept(len) {
+    let room = if len >= POOLED { ROOM } else { 0 };
+    let mut buffer = match POOL.take_kept(len + room) {
         Some(kept) => kept,
         None => {
             let mut fresh = Vec::new();
-            let room = if len < POOLED { len } else { rounded(len) };
-            fresh.try_reserve_exact(room).ok()?;
+            let capacity = if len < POOLED {
+                len
+            } else {
+                rounded(len + room)
+            };
+            fresh.try_reserve_exact(capacity).ok()?;
             fresh
         }
     };

@@ -164,7 +164,7 @@ pub fn finish_frame(frame: &mut [u8]) {
 
 /// [`finish_frame`] for a frame of which `outside` bytes (a bulk payload) are written from
 /// another buffer, in their place, rather than copied into `frame`: the length counts them too.
-fn finish_frame_around(frame: &mut [u8], outside: usize) {
+pub(crate) fn finish_frame_around(frame: &mut [u8], outside: usize) {
     let len = (frame.len().saturating_sub(FRAME_HEADER_LEN) + outside) as u32;
     if let Some(header) = frame.get_mut(..FRAME_HEADER_LEN) {
         header.copy_from_slice(&len.to_be_bytes());
@@ -479,6 +479,32 @@ pub fn find_sealed(frame: &[u8]) -> Option<SealedFrame> {
     })
 }
 
+/// Bytes at the start of a sealed frame's body before its record's body: the envelope header
+/// and the record's header. A reader that has them knows whether a large body is a sealed
+/// record ([`find_sealed_start`]) before it reads the rest.
+pub const SEALED_START_LEN: usize = ENVELOPE_HEADER_LEN + tessera_channel::RECORD_HEADER_LEN;
+
+/// [`find_sealed`] for a body of `body_len` bytes of which `start` holds the first
+/// [`SEALED_START_LEN`]: the record found, with its body and MAC as ranges of the rest of the
+/// frame body (what follows those bytes), for a reader that reads the rest into a buffer of
+/// its own — where the record is then opened, its message starting the buffer.
+pub fn find_sealed_start(start: &[u8], body_len: usize) -> Option<SealedFrame> {
+    let (header, rest) = EnvelopeHeader::read(start.get(..SEALED_START_LEN)?).ok()?;
+    if header.kind != SEALED {
+        return None;
+    }
+    let record_len = body_len.checked_sub(ENVELOPE_HEADER_LEN)?;
+    let found = tessera_channel::find_record_of(rest, record_len)?;
+    let at = tessera_channel::RECORD_HEADER_LEN;
+    Some(SealedFrame {
+        id: header.id,
+        channel: header.channel?,
+        header: found.header,
+        body: found.body.start - at..found.body.end - at,
+        mac: found.mac.start - at..found.mac.end - at,
+    })
+}
+
 /// Whether what [`find_sealed`] finds in `body` is what the full decoders read: a record found in
 /// it is the one [`decode_request`] and [`decode_response`] read, with the same id, channel,
 /// header, body and MAC; a body the decoders read as a sealed record is one it finds.
@@ -503,7 +529,17 @@ pub fn finders_agree_with_decoders(body: &[u8]) -> bool {
             _ => false,
         };
     let found = find_sealed(body);
-    agrees(found.clone(), request) && agrees(found, response) && splits_agree(body)
+    // Found from its start alone, it is the same record, its parts where they lie after it.
+    let from_start = find_sealed_start(body, body.len()).map(|mut sealed| {
+        let at = SEALED_START_LEN;
+        sealed.body = sealed.body.start + at..sealed.body.end + at;
+        sealed.mac = sealed.mac.start + at..sealed.mac.end + at;
+        sealed
+    });
+    from_start == found
+        && agrees(found.clone(), request)
+        && agrees(found, response)
+        && splits_agree(body)
 }
 
 /// Whether a body that [`split_response_head`] divides is, read in two parts, the reply that

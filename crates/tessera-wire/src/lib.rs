@@ -18,6 +18,7 @@ pub const SESSION_OBJECT_BASE: u64 = 1 << 40;
 pub mod backup;
 mod call;
 mod frame;
+mod protected;
 pub mod share;
 
 pub use admin::{
@@ -31,10 +32,13 @@ pub use call::{
 pub use frame::{
     body_len as frame_body_len, decode_request, decode_response, decode_response_split,
     encode_request, encode_request_split, encode_response, encode_response_split, find_sealed,
-    finders_agree_with_decoders, finish_frame, protected_prefix, read_frame, split_response_head,
-    write_frame, Bulk, FrameError, FramePrefix, SealedFrame, ENVELOPE_HEADER_LEN, FRAME_HEADER_LEN,
-    MAX_FRAME_LEN, SPLIT_PAYLOAD, UNIX_SEND_BUFFER,
+    find_sealed_start, finders_agree_with_decoders, finish_frame, protected_prefix, read_frame,
+    split_response_head, write_frame, Bulk, FrameError, FramePrefix, SealedFrame,
+    ENVELOPE_HEADER_LEN, FRAME_HEADER_LEN, MAX_FRAME_LEN, SEALED_START_LEN, SPLIT_PAYLOAD,
+    UNIX_SEND_BUFFER,
 };
+
+pub use protected::{open_message, seal_answer, seal_message, Bulky, Unreadable};
 
 use serde::{Deserialize, Serialize};
 

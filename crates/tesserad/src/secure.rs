@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use tessera_channel::{
-    Channel, ExpectClientFinished, Record, RecordHeader, ServerStart, StepError,
+    Channel, ExpectClientFinished, Protection, Record, RecordHeader, ServerStart, StepError,
 };
 use tessera_core::Rv;
 use tessera_hsm::{ChannelInfo, Hsm};
@@ -203,29 +203,38 @@ impl Secure {
     pub fn open_framed(
         &mut self,
         sealed: &SealedFrame,
-        frame: &mut [u8],
+        frame: Vec<u8>,
     ) -> Result<(Inner, u64), u64> {
-        let Some((body, mac)) = sealed.parts(frame) else {
+        let mut frame = frame;
+        let Some((body, mac)) = sealed.parts(&mut frame) else {
             return Err(Rv::BadRequestSignature.code());
         };
-        self.open(sealed.id, sealed.header, body, mac)
+        let opened = self.open_in_place(sealed.header, body, mac)?;
+        let start = sealed.body.start;
+        self.read(sealed.id, frame, start..start + opened.0, opened.1)
     }
 
-    /// As [`Secure::open_framed`], for a record decoded on its own.
+    /// As [`Secure::open_framed`], for a record decoded on its own (its body a buffer of its
+    /// own: a bulk payload that starts it becomes the call's data as it is).
     /// `id` is the envelope's request id.
     pub fn open_record(&mut self, id: u64, record: Record) -> Result<(Inner, u64), u64> {
-        let Record { header, body, mac } = record;
-        let mut body = zeroize::Zeroizing::new(body);
-        self.open(id, header, &mut body, &mac)
+        let Record {
+            header,
+            mut body,
+            mac,
+        } = record;
+        let opened = self.open_in_place(header, &mut body, &mac)?;
+        self.read(id, body, 0..opened.0, opened.1)
     }
 
-    fn open(
+    /// Checks the channel's state and limits, and opens the record in place: the length of
+    /// its message and its protection.
+    fn open_in_place(
         &mut self,
-        id: u64,
         header: RecordHeader,
         body: &mut [u8],
         mac: &[u8],
-    ) -> Result<(Inner, u64), u64> {
+    ) -> Result<(usize, Protection), u64> {
         let Some(active) = self.active.as_mut() else {
             return Err(Rv::SessionClosed.code());
         };
@@ -238,25 +247,32 @@ impl Secure {
             self.end_refusing("Device", "key-use limits reached without a rollover");
             return Err(Rv::SessionClosed.code());
         }
-        let (len, protection) = match active.channel.open_in_place(header, body, mac) {
-            Ok(opened) => opened,
+        match active.channel.open_in_place(header, body, mac) {
+            Ok(opened) => Ok(opened),
             Err(e) => {
                 self.hsm
                     .channel_event("Library", "channel-integrity-failure", e.to_string());
                 self.end_refusing("Device", &format!("integrity failure: {e}"));
-                return Err(Rv::BadRequestSignature.code());
+                Err(Rv::BadRequestSignature.code())
             }
-        };
-        let plain = &mut body[..len];
-        let decoded = postcard::from_bytes::<tessera_wire::Bound<Inner>>(plain);
-        // The plaintext is wiped where it lies when it held a PIN or a key value (a request
-        // without one — its other secrets are in wiping types of their own — need not be
-        // wiped byte by byte), or when it did not decode.
-        if decoded
-            .as_ref()
-            .map_or(true, |bound| bound.message.carries_secret())
-        {
-            zeroize::Zeroize::zeroize(plain);
+        }
+    }
+
+    /// Reads the request in an opened record's message (`buffer[plain]`), and checks that it
+    /// belongs to envelope `id` and came with the protection the policy requires.
+    fn read(
+        &mut self,
+        id: u64,
+        buffer: Vec<u8>,
+        plain: std::ops::Range<usize>,
+        protection: Protection,
+    ) -> Result<(Inner, u64), u64> {
+        // What the buffer holds of a request with a PIN or key value, or of one that did not
+        // decode, is wiped where it lies (its other secrets are in wiping types of their own).
+        let (decoded, spent) =
+            tessera_wire::open_message::<tessera_wire::Bound<Inner>>(buffer, plain);
+        if let Some(spent) = spent {
+            tessera_core::bytes::give(spent, tessera_core::bytes::Held::Data);
         }
         let Ok(bound) = decoded else {
             self.end_refusing("Device", "a protected request did not decode");
@@ -270,6 +286,9 @@ impl Secure {
             self.end_refusing("Device", &format!("integrity failure: {why}"));
             return Err(Rv::BadRequestSignature.code());
         }
+        let Some(active) = self.active.as_mut() else {
+            return Err(Rv::SessionClosed.code());
+        };
         let request = bound.message;
         let required = active
             .channel
@@ -301,8 +320,15 @@ impl Secure {
     }
 
     /// Seals the reply to request `id` into its frame, or says why it cannot (the channel is
-    /// gone: the error then travels in the clear).
-    pub fn seal(&mut self, id: u64, result: &Result<Reply, u64>) -> Result<Vec<u8>, u64> {
+    /// gone: the error then travels in the clear). A bulk output is moved out of `result` and
+    /// sealed where it lies, as the rest of the frame (empty for any other reply). The flag says
+    /// whether the frame carries a secret readable (a plaintext in a signed record, where the
+    /// policy does not encrypt secrets): its buffers are then wiped once spent.
+    pub fn seal(
+        &mut self,
+        id: u64,
+        result: &mut Result<Reply, u64>,
+    ) -> Result<(Vec<u8>, Vec<u8>, bool), u64> {
         // A call that was running when the channel was ended by a refusal is still answered
         // under its keys, before the refusal's last record (see [`Secure::seal_end`]).
         let channel = match (self.active.as_mut(), self.ended.as_mut()) {
@@ -312,17 +338,11 @@ impl Secure {
         };
         let secret = matches!(result, Ok(reply) if reply.carries_secret());
         let protection = channel.policy().reply_protection(secret);
-        let prefix = tessera_wire::protected_prefix(id, channel.id());
-        // Encrypted in the frame when the policy says so: no plaintext copy is left behind.
-        let bound = tessera_wire::Bound {
-            id,
-            message: tessera_wire::OutcomeRef::Answer(result),
-        };
-        let mut frame = channel
-            .seal_value_framed(&bound, protection, prefix.as_ref())
+        // Encrypted in the frame, or in the payload's own buffer, when the policy says so: no
+        // plaintext copy is left behind.
+        let (frame, tail) = tessera_wire::seal_answer(channel, id, result, protection)
             .map_err(|_| Rv::SessionClosed.code())?;
-        tessera_wire::finish_frame(&mut frame);
-        Ok(frame)
+        Ok((frame, tail, secret && protection == Protection::Signed))
     }
 
     pub fn close(&mut self) {

@@ -971,7 +971,7 @@ impl ActiveOperation {
         {
             // Adopted where it fits: an encryption's tag in the room the decoder left (a
             // buffer grown here would be a copy anyway); a decryption shrinks.
-            let fits = !*encrypt || data.capacity() - data.len() >= tessera_core::bytes::ROOM;
+            let fits = !*encrypt || data.capacity() - data.len() >= aead::MAX_TAG_LEN;
             if buffer.is_empty() && fits {
                 // As `update` refuses it.
                 if data.len() > MAX_CIPHER_INPUT {

@@ -355,18 +355,22 @@ fn record_cost(messages_only: bool) {
     }
 }
 
-/// Opens a sealed record where it lies in its frame body, as the library and the daemon do:
-/// the message.
-fn open_framed<'a>(
+/// Opens a sealed record where it lies in its frame, as the library and the daemon do: the
+/// frame, and where the message lies in it.
+fn open_framed(
     channel: &mut tessera_channel::Channel,
-    sealed: tessera_wire::SealedFrame,
-    frame: &'a mut [u8],
-) -> &'a [u8] {
-    let (body, mac) = sealed.parts(frame).expect("the record's parts");
+    mut frame: Vec<u8>,
+) -> (Vec<u8>, std::ops::Range<usize>) {
+    let header = tessera_wire::FRAME_HEADER_LEN;
+    let sealed = tessera_wire::find_sealed(&frame[header..]).expect("a sealed record");
+    let (body, mac) = sealed
+        .parts(&mut frame[header..])
+        .expect("the record's parts");
     let (len, _) = channel
         .open_in_place(sealed.header, body, mac)
         .expect("open");
-    &frame[sealed.body.start..sealed.body.start + len]
+    let start = header + sealed.body.start;
+    (frame, start..start + len)
 }
 
 /// A small call's two messages as the library and the daemon make and read them (envelope,
@@ -413,47 +417,18 @@ fn message_cost(client: &mut tessera_channel::Channel, device: &mut tessera_chan
     let plain = start.elapsed() / rounds;
     let start = Instant::now();
     for _ in 0..rounds {
-        let prefix = tessera_wire::protected_prefix(7, client.id());
-        let mut frame = client
-            .seal_value_framed(
-                &tessera_wire::Bound {
-                    id: 7,
-                    message: tessera_wire::Inner::Call(request()),
-                },
-                Encrypted,
-                prefix.as_ref(),
-            )
-            .expect("seal");
-        tessera_wire::finish_frame(&mut frame);
-        let received: tessera_wire::Bound<tessera_wire::Inner> = postcard::from_bytes(open_framed(
-            device,
-            tessera_wire::find_sealed(&frame[4..]).expect("a sealed request"),
-            &mut frame[4..],
-        ))
-        .expect("decode");
-        std::hint::black_box(received);
-        let prefix = tessera_wire::protected_prefix(7, device.id());
-        let mut frame = device
-            .seal_value_framed(
-                &tessera_wire::Bound {
-                    id: 7,
-                    message: tessera_wire::OutcomeRef::Answer(&Ok::<Reply, u64>(
-                        reply().expect("reply"),
-                    )),
-                },
-                Encrypted,
-                prefix.as_ref(),
-            )
-            .expect("seal");
-        tessera_wire::finish_frame(&mut frame);
-        let received: tessera_wire::Bound<tessera_wire::Outcome> =
-            postcard::from_bytes(open_framed(
-                client,
-                tessera_wire::find_sealed(&frame[4..]).expect("a sealed reply"),
-                &mut frame[4..],
-            ))
-            .expect("decode");
-        let _ = std::hint::black_box(received);
+        let mut call = tessera_wire::Inner::Call(request());
+        let (frame, _) = tessera_wire::seal_message(client, 7, &mut call, Encrypted).expect("seal");
+        let (frame, plain) = open_framed(device, frame);
+        let (received, _) =
+            tessera_wire::open_message::<tessera_wire::Bound<tessera_wire::Inner>>(frame, plain);
+        let _ = std::hint::black_box(received.expect("decode"));
+        let (frame, _) =
+            tessera_wire::seal_answer(device, 7, &mut reply(), Encrypted).expect("seal");
+        let (frame, plain) = open_framed(client, frame);
+        let (received, _) =
+            tessera_wire::open_message::<tessera_wire::Bound<tessera_wire::Outcome>>(frame, plain);
+        let _ = std::hint::black_box(received.expect("decode"));
     }
     let sealed = start.elapsed() / rounds;
     println!(

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use tessera_wire::{FrameError, FRAME_HEADER_LEN};
+use tessera_wire::{
+    find_sealed_start, FrameError, SealedFrame, FRAME_HEADER_LEN, SEALED_START_LEN,
+};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::error::Elapsed;
@@ -19,11 +21,23 @@ use crate::tally::Tally;
 
 /// What waiting for the next frame gave.
 pub(crate) enum Read {
-    Frame(Vec<u8>),
+    Frame(Body),
     /// The peer closed the connection between frames.
     Closed,
     /// No frame began within the idle timeout.
     Idle,
+}
+
+/// A frame's body as read.
+pub(crate) enum Body {
+    /// The whole body.
+    Whole(Vec<u8>),
+    /// A large frame carrying a sealed record: its envelope's and record's headers were read
+    /// first (what was found in them: the ranges of the record's body and MAC are this
+    /// buffer's), and the rest of the record into a buffer of its own, with room behind it —
+    /// where it is opened, a payload that starts its message becomes the call's data as it
+    /// is, and the reply is sealed in it.
+    Sealed(SealedFrame, Vec<u8>),
 }
 
 /// The idle deadline of a connection: how long it may wait for a frame to begin. One timer
@@ -119,22 +133,42 @@ pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
         if len > max_len {
             return Err(FrameError::TooLarge(len));
         }
+        // A large body's first bytes say whether it is a sealed record, read then into a
+        // buffer of its own.
+        let mut start = [0u8; SEALED_START_LEN];
+        let mut sealed = None;
+        if len > UNCOUNTED {
+            stream.read_exact(&mut start).await?;
+            sealed = find_sealed_start(&start, len);
+        }
+        let wanted = match sealed {
+            Some(_) => len - SEALED_START_LEN,
+            None => len,
+        };
         // A small body is read into fresh capacity (no zeroing pass first); a large one into
         // capacity taken as the bytes come (from 1 MiB and its headers, doubling: a few copies
         // at most). A 1 MiB call's frame (data, call, record and envelope headers) fits the
-        // first: growing it by a few bytes copied the whole megabyte into a new buffer.
+        // first: growing it by a few bytes copied the whole megabyte into a new buffer. A
+        // record that fits it gets room behind it for the reply sealed there.
         let mut taken: Option<OwnedSemaphorePermit> = None;
-        let mut body = if len <= UNCOUNTED {
-            Vec::with_capacity(len)
+        let mut body = if wanted <= UNCOUNTED {
+            Vec::with_capacity(wanted)
         } else {
-            let first = len.min(FIRST_LARGE);
-            taken = Some(memory.take(first).await?);
-            Vec::with_capacity(first)
+            let first = wanted.min(FIRST_LARGE);
+            let behind = match sealed {
+                Some(_) if first == wanted => tessera_core::bytes::ROOM,
+                _ => 0,
+            };
+            taken = Some(memory.take(first + behind).await?);
+            Vec::with_capacity(first + behind)
         };
-        let mut room = body.capacity().min(len);
-        while body.len() < len {
+        if sealed.is_none() && len > UNCOUNTED {
+            body.extend_from_slice(&start);
+        }
+        let mut room = body.capacity().min(wanted);
+        while body.len() < wanted {
             if body.len() == room {
-                let more = len.min(room * 2) - room;
+                let more = wanted.min(room * 2) - room;
                 let permit = memory.take(more).await?;
                 match taken.as_mut() {
                     Some(taken) => taken.merge(permit),
@@ -149,7 +183,10 @@ pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
             }
         }
         drop(taken);
-        Ok(body)
+        Ok(match sealed {
+            Some(sealed) => Body::Sealed(sealed, body),
+            None => Body::Whole(body),
+        })
     };
     match within(timeout, rest).await {
         Ok(body) => body.map(Read::Frame),

@@ -31,7 +31,7 @@ use crate::poller::Poller;
 use crate::secure::{self, KeyLimits, Secure};
 use crate::shutdown::{Notice, Signal};
 use crate::tally::Tally;
-use frame::{read_frame, FrameMemory, IdleClock, Read, WipingReader};
+use frame::{read_frame, Body, FrameMemory, IdleClock, Read, WipingReader};
 use outbox::{respond, respond_sealed, spawn_writer, Outbox, Outgoing};
 
 /// Requests of one connection that may run at once; the connection's next request waits for
@@ -183,7 +183,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
     /// The next frame; `None` when the connection is to end: its client closed it or sent a
     /// bad frame, it idled out without sessions, a handshake was not finished in time, the
     /// daemon stops, or (for a connection without a channel) the flags came to require one.
-    async fn next_frame(&mut self) -> Option<Vec<u8>> {
+    async fn next_frame(&mut self) -> Option<Body> {
         let (client, peer) = (self.client, self.peer.as_str());
         loop {
             // An answered handshake must be finished in time; only a connection without a
@@ -288,7 +288,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
 
     /// The request in a frame, with its id: a sealed request is found where it lies in the
     /// frame, anything else is decoded. `None` (logged) when it cannot be decoded.
-    async fn read_request(&mut self, body: Vec<u8>) -> Option<(u64, Incoming)> {
+    async fn read_request(&mut self, body: Body) -> Option<(u64, Incoming)> {
+        let body = match body {
+            Body::Sealed(sealed, record) => {
+                return Some((sealed.id, Incoming::Sealed(sealed, record)))
+            }
+            Body::Whole(body) => body,
+        };
         if let Some(sealed) = find_sealed(&body) {
             return Some((sealed.id, Incoming::Sealed(sealed, body)));
         }
@@ -335,11 +341,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
         // A record is opened before this connection's next request is read; a large one on
         // the blocking pool (the I/O thread serves the other connections meanwhile).
         let next = match request {
-            Incoming::Sealed(sealed, mut frame) => {
+            Incoming::Sealed(sealed, frame) => {
                 let large = sealed.body.len() > SMALL;
                 Next::Opened(
                     on_channel(secure, large, move |current| {
-                        current.open_framed(&sealed, &mut frame)
+                        current.open_framed(&sealed, frame)
                     })
                     .await,
                 )
@@ -418,7 +424,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                             return ControlFlow::Break(());
                         };
                         let mut current = secure::lock(secure);
-                        respond_sealed(out, id, &mut current, &Ok(Reply::Done), all);
+                        respond_sealed(out, id, &mut current, Ok(Reply::Done), all);
                         current.rekey();
                         crate::dispatch::scrub_after(crate::dispatch::Thread::Io);
                     }

@@ -153,12 +153,17 @@ pub(crate) fn respond_sealed(
     out: &Outbox,
     id: u64,
     current: &mut Secure,
-    result: &Result<Reply, u64>,
+    mut result: Result<Reply, u64>,
     slot: OwnedSemaphorePermit,
 ) {
-    match current.seal(id, result) {
-        Ok(frame) => {
-            let _ = out.send(Outgoing::frame(frame, slot, false));
+    match current.seal(id, &mut result) {
+        Ok((frame, tail, secret)) => {
+            let _ = out.send(Outgoing {
+                frame,
+                tail,
+                _slot: slot,
+                secret,
+            });
         }
         Err(code) => respond(out, id, current.channel_id(), Err(code), slot),
     }
@@ -175,7 +180,7 @@ pub(crate) fn answer(
 ) {
     let result = result.map_err(|rv| rv.code());
     match channel {
-        Some(channel) => respond_sealed(out, id, &mut secure::lock(channel), &result, slot),
+        Some(channel) => respond_sealed(out, id, &mut secure::lock(channel), result, slot),
         None => respond(out, id, None, result.map(Response::Reply), slot),
     }
 }
