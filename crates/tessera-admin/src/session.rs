@@ -162,6 +162,7 @@ pub fn describe(code: u64) -> String {
         // device's refusal of a certificate given to it (`ctident import`, `peer add`).
         Some(Rv::CertNotValidated) => "the certificate does not verify with the chain given".into(),
         Some(Rv::NoSessionKeys) => "the device has no identity (key and certificate), so it cannot make a secure channel; run `ctident gen-selfsigned all` first".into(),
+        Some(Rv::ProtocolVersion) => "the device speaks another version of secure messaging than these tools; run the same Tessera release on both (`tesserad --version`)".into(),
         Some(Rv::DataInvalid) => "the request or certificate is malformed, or its signature does not verify".into(),
         Some(rv) => rv.to_string(),
         None => format!("error 0x{code:08X}"),

@@ -296,6 +296,16 @@ type HeaderBytes = [u8; RECORD_HEADER_LEN];
 /// Bytes of an AES-GCM tag (and of a GMAC).
 pub(crate) const TAG: usize = 16;
 
+/// A signed record's header and message, one after the other: what its GMAC covers (one slice
+/// of associated data). Sized whole first, so that it is never grown (which would free a copy
+/// of the message unwiped); the caller wipes it once used.
+fn header_and(aad: &HeaderBytes, message: &[u8]) -> Vec<u8> {
+    let mut signed = tessera_core::bytes::take(aad.len() + message.len());
+    signed.extend_from_slice(aad);
+    signed.extend_from_slice(message);
+    signed
+}
+
 fn nonce(sequence: u64) -> Nonce {
     let mut bytes = [0u8; NONCE_LEN];
     bytes[NONCE_LEN - 8..].copy_from_slice(&sequence.to_be_bytes());
@@ -426,12 +436,18 @@ impl Channel {
         prefix: &[u8],
     ) -> Result<(Vec<u8>, Vec<u8>), RecordError> {
         let mut message = bulk;
-        let Ok(len) = u32::try_from(message.len()) else {
-            zeroize::Zeroize::zeroize(&mut message);
-            return Err(RecordError::TooLarge(message.capacity()));
+        let wiped = |message: Vec<u8>, e: RecordError| {
+            // The payload may be a plaintext (a decryption's), not sealed.
+            tessera_core::bytes::give(message, tessera_core::bytes::Held::Secret);
+            Err(e)
         };
-        let size =
-            postcard::experimental::serialized_size(value).map_err(|_| RecordError::Closed)?;
+        let Ok(len) = u32::try_from(message.len()) else {
+            let too_large = RecordError::TooLarge(message.len());
+            return wiped(message, too_large);
+        };
+        let Ok(size) = postcard::experimental::serialized_size(value) else {
+            return wiped(message, RecordError::Closed);
+        };
         let room = size + BULK_LEN + TAG;
         if message.capacity() - message.len() < room {
             // Moved to a larger buffer by hand, and the old one wiped: growing it would free a
@@ -441,8 +457,14 @@ impl Channel {
             tessera_core::bytes::give(message, tessera_core::bytes::Held::Secret);
             message = larger;
         }
-        let mut message =
-            tessera_core::bytes::encode_into(value, message).map_err(|_| RecordError::Closed)?;
+        // The message's own encoding (a few dozen bytes for a call or a reply) is made apart:
+        // the payload's buffer is never handed to the encoder, so no error drops it unwiped.
+        let Ok(mut encoded) = tessera_core::bytes::encode_into(value, Vec::with_capacity(size))
+        else {
+            return wiped(message, RecordError::Closed);
+        };
+        message.extend_from_slice(&encoded);
+        zeroize::Zeroize::zeroize(&mut encoded);
         message.extend_from_slice(&len.to_be_bytes());
         let Record {
             header,
@@ -469,13 +491,23 @@ impl Channel {
             return Err(RecordError::Closed);
         };
         let length = message.len() as u64;
-        let (body, mac) = match protection {
-            Protection::Signed => {
-                let tag = self.sign(header.sequence, &header.to_bytes(), &message)?;
-                (message, tag.as_ref().to_vec())
-            }
+        let sealed = match protection {
+            Protection::Signed => self.sign(header.sequence, &header.to_bytes(), &message),
             Protection::Encrypted => {
-                let tag = self.encrypt(header.sequence, &header.to_bytes(), &mut message)?;
+                self.encrypt(header.sequence, &header.to_bytes(), &mut message)
+            }
+        };
+        let tag = match sealed {
+            Ok(tag) => tag,
+            Err(e) => {
+                // The message may be a plaintext, not sealed.
+                tessera_core::bytes::give(message, tessera_core::bytes::Held::Secret);
+                return Err(e);
+            }
+        };
+        let (body, mac) = match protection {
+            Protection::Signed => (message, tag.as_ref().to_vec()),
+            Protection::Encrypted => {
                 message.extend_from_slice(tag.as_ref());
                 (message, Vec::new())
             }
@@ -545,11 +577,14 @@ impl Channel {
     /// data.
     fn sign(&self, sequence: u64, aad: &HeaderBytes, message: &[u8]) -> Result<Tag, RecordError> {
         let keys = self.keys.as_ref().ok_or(RecordError::Closed)?;
-        let mut signed = aad.to_vec();
-        signed.extend_from_slice(message);
-        keys.send_mac()?
-            .seal_in_place_separate_tag(nonce(sequence), Aad::from(&signed), &mut [])
-            .map_err(|_| RecordError::Closed)
+        let signed = header_and(aad, message);
+        let tag = keys.send_mac().map_err(RecordError::from).and_then(|key| {
+            key.seal_in_place_separate_tag(nonce(sequence), Aad::from(&signed), &mut [])
+                .map_err(|_| RecordError::Closed)
+        });
+        // The copy may hold a plaintext (a policy that signs secrets without encrypting them).
+        tessera_core::bytes::give(signed, tessera_core::bytes::Held::Secret);
+        tag
     }
 
     /// Encrypts a message in place (the header's encoding `aad` as associated data) and
@@ -646,12 +681,19 @@ impl Channel {
         let aad = header.to_bytes();
         let len = match header.protection {
             Protection::Signed => {
-                let mut signed = aad.to_vec();
-                signed.extend_from_slice(body);
+                let signed = header_and(&aad, body);
                 let mut tag = mac.to_vec();
-                keys.receive_mac()?
-                    .open_in_place(nonce(header.sequence), Aad::from(&signed), &mut tag)
-                    .map_err(|_| RecordError::Authentication(header.sequence))?;
+                let checked = keys
+                    .receive_mac()
+                    .map_err(RecordError::from)
+                    .and_then(|key| {
+                        key.open_in_place(nonce(header.sequence), Aad::from(&signed), &mut tag)
+                            .map(|_| ())
+                            .map_err(|_| RecordError::Authentication(header.sequence))
+                    });
+                // As when signing: the copy may hold a plaintext.
+                tessera_core::bytes::give(signed, tessera_core::bytes::Held::Secret);
+                checked?;
                 body.len()
             }
             Protection::Encrypted => keys

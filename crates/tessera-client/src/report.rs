@@ -133,10 +133,15 @@ impl Device {
         let a = self.tool_option();
         match Rv::from_code(code) {
             Some(Rv::NoSessionKeys) => format!(
-                "CKR_NO_SESSION_KEYS: the device has no identity (key and certificate), so it cannot make one; run `ctident{a} gen-selfsigned all`, then trust it here with `ctident{a} trust add --from-device`"
+                "CKR_NO_SESSION_KEYS: the device has no identity (key and certificate), so it cannot make one; run `ctident{a} gen-selfsigned all`, then trust it here with `ctident{a} trust add --from-device` (a device of a release before secure messaging {} answers a newer library this way too: its log says \"handshake refused: the peer speaks secure messaging version\")",
+                tessera_channel::PROTOCOL_VERSION
             ),
             Some(Rv::ChannelLimit) => "CKR_TESSERA_CHANNEL_LIMIT: the device holds as many channels as it may (tesserad --max-channels); try again when others have closed, or raise the limit".into(),
             Some(Rv::HandshakeRateLimited) => "CKR_TESSERA_HANDSHAKE_RATE_LIMITED: too many failed handshakes from this address; wait, and fix what made them fail".into(),
+            Some(Rv::ProtocolVersion) => format!(
+                "CKR_TESSERA_PROTOCOL_VERSION: the device speaks another version of secure messaging than this library ({}); run the same Tessera release on both (`tesserad --version` on the device's host)",
+                tessera_channel::PROTOCOL_VERSION
+            ),
             Some(rv) => rv.name().to_string(),
             None => format!("0x{code:08X}"),
         }
@@ -187,5 +192,12 @@ mod tests {
         assert!(device(Some(0))
             .hello_refused(Rv::ChannelLimit.code())
             .contains("--max-channels"));
+        let line = device(Some(0)).hello_refused(Rv::ProtocolVersion.code());
+        assert!(
+            line.contains("another version of secure messaging")
+                && line.contains(&format!("({})", tessera_channel::PROTOCOL_VERSION))
+                && line.contains("same Tessera release"),
+            "{line}"
+        );
     }
 }

@@ -228,6 +228,9 @@ return_values! {
     /// Tessera: too many failed or abandoned handshakes from this network address lately; its
     /// handshakes are refused for a while.
     HandshakeRateLimited = VENDOR_DEFINED + 0x1009 => "CKR_TESSERA_HANDSHAKE_RATE_LIMITED",
+    /// Tessera: the library and the device speak different versions of secure messaging (one
+    /// of them is from another release).
+    ProtocolVersion = VENDOR_DEFINED + 0x100A => "CKR_TESSERA_PROTOCOL_VERSION",
 }
 
 impl std::fmt::Display for Rv {

@@ -187,6 +187,41 @@ fn failed_handshakes_are_rate_limited_per_address_and_logged_once() {
     honest_calls(&daemon, 5);
 }
 
+/// A library of another release, whose hello names another secure-messaging version (the
+/// record layout changed in version 2), is told so with its own code — not `CKR_NO_SESSION_KEYS`,
+/// which would send its operator to make an identity the device has — and the daemon's log
+/// names both versions. No channel is made, and the refusals, which cost the device no
+/// signature, do not count towards the handshake rate limit (which would hide the reason).
+#[test]
+fn a_hello_of_another_secure_messaging_version_is_refused_as_such() {
+    let daemon =
+        Daemon::start_with(&["--handshake-failure-limit", "3", "--handshake-window", "60"]);
+    prepare(&daemon, Transport::Tcp, "nuNU");
+    let serial = serial(&daemon);
+    // More than the failure limit: each is told the reason, none is rate-limited.
+    for version in [1, 1, 1, 1, 1, tessera_channel::PROTOCOL_VERSION + 1] {
+        let mut stream = connect_from(&daemon, "127.0.0.1");
+        let (_state, mut older) = ExpectServerHello::start(&serial, Policy(0)).unwrap();
+        older.version = version;
+        send(&mut stream, Message::Handshake(older));
+        assert_eq!(
+            receive(&mut stream).map(|_| ()),
+            Err(Rv::ProtocolVersion.code()),
+            "version {version}"
+        );
+    }
+    let log = daemon.log();
+    assert!(
+        log.contains(&format!(
+            "the peer speaks secure messaging version 1, this build speaks {}",
+            tessera_channel::PROTOCOL_VERSION
+        )),
+        "{log}"
+    );
+    // The same release still makes channels.
+    honest_calls(&daemon, 2);
+}
+
 /// PIN guessing through a channel hits the lockout like any other: after the allowed wrong
 /// PINs the PIN is locked, and even the right PIN is refused.
 #[test]

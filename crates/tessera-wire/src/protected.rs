@@ -236,7 +236,12 @@ where
     match message.put_bulk(payload) {
         Ok(()) => (Ok(message), spent),
         Err(payload) => {
+            // Not read: whatever it held is wiped, as for a message that did not decode.
             tessera_core::bytes::give(payload, tessera_core::bytes::Held::Secret);
+            let spent = spent.map(|mut buffer| {
+                wipe(&mut buffer, plain);
+                buffer
+            });
             (Err(Unreadable::Payload), spent)
         }
     }
@@ -267,4 +272,138 @@ where
         return Err(Unreadable::Payload);
     }
     Ok((decoded, parts.bulk))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Call, Operation};
+
+    /// The plaintext of a record whose message is `message`, its bulk payload first when it
+    /// travels so (what `Channel::seal_split` seals).
+    fn plaintext<T: serde::Serialize + Bulky>(mut message: T) -> Vec<u8> {
+        let bulk = message.take_bulk().unwrap_or_default();
+        let mut plain = bulk.clone();
+        plain.extend_from_slice(&postcard::to_stdvec(&message).unwrap());
+        plain.extend_from_slice(&(bulk.len() as u32).to_be_bytes());
+        plain
+    }
+
+    fn call(data: Vec<u8>) -> Bound<Inner> {
+        Bound {
+            id: 5,
+            message: Inner::Call(Call::OperationSingle {
+                session: 3,
+                operation: Operation::Encrypt,
+                data,
+                signature: vec![1, 2],
+            }),
+        }
+    }
+
+    fn data_of(bound: &Bound<Inner>) -> &[u8] {
+        match &bound.message {
+            Inner::Call(Call::OperationSingle { data, .. }) => data,
+            _ => panic!("not the call"),
+        }
+    }
+
+    proptest::proptest! {
+        /// A message is read alike from a buffer it starts (its payload adopted: the buffer,
+        /// cut short, is the call's data) and from the middle of a frame (its payload copied).
+        #[test]
+        fn a_message_reads_alike_adopted_and_copied(
+            len in proptest::sample::select(vec![0, 40, SPLIT_PAYLOAD - 1, SPLIT_PAYLOAD, SPLIT_PAYLOAD + 999]),
+            before in 1usize..50,
+            after in 0usize..50,
+        ) {
+            let data: Vec<u8> = (0..len).map(|i| (i % 239) as u8).collect();
+            let plain = plaintext(call(data.clone()));
+            let address = plain.as_ptr();
+            let end = plain.len();
+            let (adopted, spent) = open_message::<Bound<Inner>>(plain.clone(), 0..end);
+            let adopted = adopted.unwrap();
+            proptest::prop_assert_eq!(data_of(&adopted), &data[..]);
+            proptest::prop_assert_eq!(spent.is_none(), len >= SPLIT_PAYLOAD);
+            let mut framed = vec![0xee; before];
+            framed.extend_from_slice(&plain);
+            framed.extend_from_slice(&vec![0xdd; after]);
+            let (copied, spent) = open_message::<Bound<Inner>>(framed, before..before + end);
+            let copied = copied.unwrap();
+            proptest::prop_assert_eq!(data_of(&copied), &data[..]);
+            proptest::prop_assert!(spent.is_some());
+            // The adopted buffer is the very one read into.
+            let kept = open_message::<Bound<Inner>>(plain, 0..end).0.unwrap();
+            if len >= SPLIT_PAYLOAD {
+                proptest::prop_assert_eq!(data_of(&kept).as_ptr(), address);
+            }
+        }
+    }
+
+    /// Only a message whose parts fit, whose encoding is all there is, and whose payload has
+    /// its empty field and the size of one that travels first, is read; what was not read is
+    /// wiped where it lay.
+    #[test]
+    fn a_message_that_does_not_fit_its_parts_is_refused_and_wiped() {
+        let large = vec![7u8; SPLIT_PAYLOAD];
+        let refused = |plain: Vec<u8>| {
+            let end = plain.len();
+            let mut framed = vec![0xee; 3];
+            framed.extend_from_slice(&plain);
+            let (read, spent) = open_message::<Bound<Inner>>(framed, 3..3 + end);
+            let spent = spent.expect("the buffer back");
+            assert!(spent[3..].iter().all(|&b| b == 0), "not wiped");
+            read.map(|_| ()).unwrap_err()
+        };
+        // A payload length past the message.
+        let mut plain = plaintext(call(large.clone()));
+        let n = plain.len();
+        plain[n - 4..].copy_from_slice(&(n as u32).to_be_bytes());
+        assert_eq!(refused(plain), Unreadable::Parts);
+        // A byte after the encoding.
+        let mut plain = plaintext(call(vec![1; 10]));
+        plain.insert(plain.len() - 4, 0);
+        assert_eq!(refused(plain), Unreadable::Decode);
+        // A payload smaller than one that travels first.
+        let mut plain = vec![9u8; 100];
+        plain.extend_from_slice(&postcard::to_stdvec(&call(Vec::new())).unwrap());
+        plain.extend_from_slice(&100u32.to_be_bytes());
+        assert_eq!(refused(plain), Unreadable::Payload);
+        // A payload for a message with no field for it, and one whose field is not empty.
+        let mut plain = large.clone();
+        let rekey = Bound {
+            id: 5,
+            message: Inner::Rekey,
+        };
+        plain.extend_from_slice(&postcard::to_stdvec(&rekey).unwrap());
+        plain.extend_from_slice(&(large.len() as u32).to_be_bytes());
+        assert_eq!(refused(plain), Unreadable::Payload);
+        let mut plain = large.clone();
+        plain.extend_from_slice(&postcard::to_stdvec(&call(vec![1])).unwrap());
+        plain.extend_from_slice(&(large.len() as u32).to_be_bytes());
+        assert_eq!(refused(plain), Unreadable::Payload);
+    }
+
+    /// A decryption's plaintext is the reply's secret, and what the buffer held of it is
+    /// wiped once it is copied out of the middle of a frame.
+    #[test]
+    fn a_secret_payload_copied_out_is_wiped_where_it_lay() {
+        let secret = vec![0x5e; SPLIT_PAYLOAD + 3];
+        let reply = Bound {
+            id: 9,
+            message: Outcome::Answer(Ok(Reply::Secret(SecretBytes::from_slice(&secret)))),
+        };
+        let plain = plaintext(reply);
+        let end = plain.len();
+        let mut framed = vec![0xee; 10];
+        framed.extend_from_slice(&plain);
+        let (read, spent) = open_message::<Bound<Outcome>>(framed, 10..10 + end);
+        match read.unwrap().message {
+            Outcome::Answer(Ok(Reply::Secret(got))) => assert_eq!(got.expose(), &secret[..]),
+            other => panic!("{other:?}"),
+        }
+        let spent = spent.expect("the frame back");
+        assert!(spent[10..].iter().all(|&b| b == 0), "the plaintext left");
+        assert!(spent[..10].iter().all(|&b| b == 0xee));
+    }
 }

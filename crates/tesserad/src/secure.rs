@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use tessera_channel::{
-    Channel, ExpectClientFinished, Protection, Record, RecordHeader, ServerStart, StepError,
+    Channel, ExpectClientFinished, HandshakeError, Protection, Record, RecordHeader, ServerStart,
+    StepError,
 };
 use tessera_core::Rv;
 use tessera_hsm::{ChannelInfo, Hsm};
@@ -156,7 +157,12 @@ impl Secure {
                 tracing::warn!(peer = %self.peer, error = %e, "handshake refused");
                 self.hsm
                     .close_channel(&info, "Device", &format!("handshake failed: {e}"));
-                Err(Rv::NoSessionKeys.code())
+                // A library of another release is told so, not that the device has no keys.
+                let version = matches!(e, StepError::Handshake(HandshakeError::Version(_)));
+                Err(match version {
+                    true => Rv::ProtocolVersion.code(),
+                    false => Rv::NoSessionKeys.code(),
+                })
             }
         }
     }

@@ -165,6 +165,8 @@ pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
         if sealed.is_none() && len > UNCOUNTED {
             body.extend_from_slice(&start);
         }
+        // A clear call's first bytes may be a secret's (the future holding them lives on).
+        start.zeroize();
         let mut room = body.capacity().min(wanted);
         while body.len() < wanted {
             if body.len() == room {
@@ -311,5 +313,149 @@ impl<R: AsyncRead + Unpin> AsyncRead for WipingReader<R> {
         out.put_slice(&this.buffer[this.position..this.position + n]);
         this.position += n;
         std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tessera_wire::{
+        encode_response, find_sealed, Response, ResponseEnvelope, FRAME_HEADER_LEN,
+        PROTOCOL_VERSION, SEALED_START_LEN,
+    };
+    use tokio::io::AsyncWriteExt;
+
+    use super::{read_frame, Body, FrameError, FrameMemory, Read};
+
+    /// The frame of a sealed record on channel 9 whose body is `len` bytes (a reply's: the
+    /// reader only finds records, whichever way they go).
+    fn sealed(id: u64, len: usize) -> Vec<u8> {
+        let record = tessera_channel::Record {
+            header: tessera_channel::RecordHeader {
+                channel: 9,
+                direction: tessera_channel::Direction::ToDevice,
+                sequence: id,
+                generation: 0,
+                protection: tessera_channel::Protection::Encrypted,
+            },
+            body: (0..len).map(|i| (i % 251) as u8).collect(),
+            mac: Vec::new(),
+        };
+        encode_response(&ResponseEnvelope {
+            version: PROTOCOL_VERSION,
+            id,
+            channel: Some(9),
+            result: Ok(Response::Protected(record)),
+        })
+    }
+
+    /// A frame in the clear of about `len` bytes.
+    fn clear(id: u64, len: usize) -> Vec<u8> {
+        encode_response(&ResponseEnvelope {
+            version: PROTOCOL_VERSION,
+            id,
+            channel: None,
+            result: Ok(Response::Reply(tessera_wire::Reply::Bytes(vec![7; len]))),
+        })
+    }
+
+    const MEMORY: usize = 8 << 20;
+
+    /// Reads every frame the writer sends in small pieces (a pause between them), as the
+    /// connection reads them; the memory for unfinished frames is all given back after each.
+    async fn read_all(frames: Vec<Vec<u8>>, piece: usize) -> Vec<Result<Body, FrameError>> {
+        let (mut reader, mut writer) = tokio::io::duplex(64 * 1024);
+        let bytes = frames.concat();
+        let writing = tokio::spawn(async move {
+            for chunk in bytes.chunks(piece) {
+                writer.write_all(chunk).await.expect("written");
+                tokio::task::yield_now().await;
+            }
+        });
+        let memory = FrameMemory::new(MEMORY, Arc::default());
+        let mut read = Vec::new();
+        for _ in 0..frames.len() {
+            let frame = read_frame(&mut reader, Duration::from_secs(5), None, 16 << 20, &memory);
+            read.push(match frame.await {
+                Ok(Read::Frame(body)) => Ok(body),
+                Ok(_) => Err(FrameError::Header("no frame")),
+                Err(e) => Err(e),
+            });
+            assert_eq!(
+                memory.bytes.available_permits(),
+                MEMORY,
+                "memory given back"
+            );
+        }
+        writing.await.expect("the writer");
+        read
+    }
+
+    /// A large sealed frame is read as its record's rest in a buffer of its own, with room
+    /// behind it for the reply sealed there, its parts found from its first bytes exactly
+    /// where the finder of whole frames finds them; a large frame in the clear, and a small
+    /// sealed one, whole — however the bytes arrive.
+    #[tokio::test]
+    async fn a_large_sealed_frame_is_read_into_a_buffer_of_its_own() {
+        let frames = vec![
+            sealed(1, (1 << 20) + 40),
+            clear(2, 200_000),
+            sealed(3, 100),
+            sealed(4, 3 << 20),
+        ];
+        for piece in [7, 4096, 1 << 20] {
+            let read = read_all(frames.clone(), piece).await;
+            for (frame, body) in frames.iter().zip(read) {
+                let whole = &frame[FRAME_HEADER_LEN..];
+                let large = whole.len() > super::UNCOUNTED;
+                match (body, find_sealed(whole)) {
+                    (Ok(Body::Sealed(found, rest)), Some(expected)) if large => {
+                        assert_eq!(rest, &whole[SEALED_START_LEN..]);
+                        let shift = |r: std::ops::Range<usize>| {
+                            r.start + SEALED_START_LEN..r.end + SEALED_START_LEN
+                        };
+                        assert_eq!(
+                            (found.id, found.header, shift(found.body), shift(found.mac)),
+                            (expected.id, expected.header, expected.body, expected.mac)
+                        );
+                        if rest.len() <= super::FIRST_LARGE {
+                            assert!(
+                                rest.capacity() >= rest.len() + tessera_core::bytes::ROOM,
+                                "no room behind the record"
+                            );
+                        }
+                    }
+                    (Ok(Body::Whole(body)), _) if !large || find_sealed(whole).is_none() => {
+                        assert_eq!(body, whole)
+                    }
+                    (other, _) => panic!(
+                        "piece {piece}, frame of {} bytes: {:?}",
+                        whole.len(),
+                        other.map(|b| matches!(b, Body::Sealed(..)))
+                    ),
+                }
+            }
+        }
+    }
+
+    /// A large frame that ends within its first bytes, or within its record, is an error, and
+    /// what it took of the memory for unfinished frames is given back.
+    #[tokio::test]
+    async fn a_large_frame_cut_short_is_an_error() {
+        for cut in [
+            FRAME_HEADER_LEN + 10,
+            FRAME_HEADER_LEN + SEALED_START_LEN + 1000,
+        ] {
+            let mut frame = sealed(5, 1 << 20);
+            frame.truncate(cut);
+            let read = read_all(vec![frame], 4096).await;
+            assert!(
+                matches!(&read[0], Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof),
+                "cut at {cut}: {:?}",
+                read[0].as_ref().map(|_| ())
+            );
+        }
     }
 }

@@ -398,7 +398,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                     }
                 };
                 if let Err(code) = &answer {
-                    guard.failed(ip, "the handshake was refused");
+                    // A library of another release is refused before any signing, cheaply, and
+                    // told why each time (the rate limit would hide the reason from it).
+                    if *code != tessera_core::Rv::ProtocolVersion.code() {
+                        guard.failed(ip, "the handshake was refused");
+                    }
                     crate::metrics::handshake(Err(crate::metrics::handshake_reason(*code)));
                 }
                 respond(out, id, None, answer, done_alone(slot));
