@@ -375,31 +375,46 @@ pub fn encode_request_split(envelope: &mut RequestEnvelope) -> (Vec<u8>, Option<
     (head, Some(Bulk { at, payload }))
 }
 
-/// The encoding of `Ok(Response::Reply(Reply::Bytes(..)))` before the bytes' length: what
-/// follows the envelope header in the body of a bulk reply. Encoded once, when first needed.
-fn bulk_reply_tags() -> &'static [u8] {
-    static TAGS: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
-        let empty: Result<Response, u64> = Ok(Response::Reply(Reply::Bytes(Vec::new())));
-        let mut tags = postcard::to_allocvec(&empty).expect(ENCODES);
-        // The empty byte string's length, a varint 0, ends it.
-        tags.pop();
-        tags
+/// The encodings of `Ok(Response::Reply(Reply::Bytes(..)))` and of `Reply::Secret` (a
+/// decryption's plaintext) before the bytes' length: what follows the envelope header in the
+/// body of a bulk reply. Encoded once, when first needed.
+fn bulk_reply_tags() -> &'static [Vec<u8>; 2] {
+    static TAGS: std::sync::LazyLock<[Vec<u8>; 2]> = std::sync::LazyLock::new(|| {
+        let tags = |reply: Reply| {
+            let empty: Result<Response, u64> = Ok(Response::Reply(reply));
+            let mut tags = postcard::to_allocvec(&empty).expect(ENCODES);
+            // The empty byte string's length, a varint 0, ends it.
+            tags.pop();
+            tags
+        };
+        [
+            tags(Reply::Bytes(Vec::new())),
+            tags(Reply::Secret(tessera_core::SecretBytes::unlocked())),
+        ]
     });
     &TAGS
+}
+
+/// The tags of a bulk reply that `rest` (a body after its envelope header) starts with, and
+/// what follows them.
+fn strip_reply_tags(rest: &[u8]) -> Option<(&[u8], &[u8])> {
+    bulk_reply_tags()
+        .iter()
+        .find_map(|tags| Some((&tags[..], rest.strip_prefix(&tags[..])?)))
 }
 
 /// Where a response body written in two parts by [`encode_response_split`] divides, for a
 /// reader that takes the payload into a buffer of its own ([`decode_response_split`]): given
 /// the body's length and its first bytes (as many as have arrived), the length of its head —
-/// the envelope header, the tags of a `Reply::Bytes` and the bytes' length, which must account
-/// for the rest of the body. `None` for any other body, or when too few bytes have arrived to
-/// tell.
+/// the envelope header, the tags of a `Reply::Bytes` or a `Reply::Secret` and the bytes'
+/// length, which must account for the rest of the body. `None` for any other body, or when too
+/// few bytes have arrived to tell.
 pub fn split_response_head(start: &[u8], body_len: usize) -> Option<usize> {
     let (header, rest) = EnvelopeHeader::read(start).ok()?;
     if header.kind != CLEAR {
         return None;
     }
-    let after_tags = rest.strip_prefix(bulk_reply_tags())?;
+    let (_, after_tags) = strip_reply_tags(rest)?;
     // Read as the decoder reads a byte string's length (a `usize` varint).
     let (payload_len, after_len) = postcard::take_from_bytes::<usize>(after_tags).ok()?;
     let head_len = start.len() - after_len.len();
@@ -408,23 +423,187 @@ pub fn split_response_head(start: &[u8], body_len: usize) -> Option<usize> {
 }
 
 /// The response whose body is `head` (as [`split_response_head`] found it) and then `payload`,
-/// read into a buffer of its own: the payload becomes the reply's bytes as it is, without the
-/// copy a decode of the whole body makes. The head is read by [`decode_response`], as the body
-/// of the same reply with no bytes: one decoder for both.
+/// read into a buffer of its own: the payload becomes the reply's bytes (or its secret) as it
+/// is, without the copy a decode of the whole body makes. The head is read by
+/// [`decode_response`], as the body of the same reply with no bytes: one decoder for both.
 pub fn decode_response_split(
     head: &[u8],
     payload: Vec<u8>,
 ) -> Result<ResponseEnvelope, FrameError> {
-    let not_a_head = FrameError::Header("not the head of a bulk reply");
-    if split_response_head(head, head.len() + payload.len()) != Some(head.len()) {
-        return Err(not_a_head);
-    }
-    let tags_end = ENVELOPE_HEADER_LEN + bulk_reply_tags().len();
-    let mut empty = head[..tags_end].to_vec();
-    empty.push(0);
-    let mut envelope = decode_response(&empty)?;
+    let mut envelope = match reply_without_payload(head, payload.len()) {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            // It may be a decryption's plaintext: wiped before it goes.
+            tessera_core::bytes::give(payload, tessera_core::bytes::Held::Secret);
+            return Err(e);
+        }
+    };
     match &mut envelope.result {
         Ok(Response::Reply(Reply::Bytes(data))) => *data = payload,
+        Ok(Response::Reply(Reply::Secret(secret))) => {
+            *secret = tessera_core::SecretBytes::unlocked_from(payload)
+        }
+        _ => {
+            tessera_core::bytes::give(payload, tessera_core::bytes::Held::Secret);
+            return Err(FrameError::Header("not the head of a bulk reply"));
+        }
+    }
+    Ok(envelope)
+}
+
+/// The reply whose head is `head` and whose payload, of `len` bytes, is left out: decoded as
+/// the body of the same reply with no bytes.
+fn reply_without_payload(head: &[u8], len: usize) -> Result<ResponseEnvelope, FrameError> {
+    let not_a_head = FrameError::Header("not the head of a bulk reply");
+    if split_response_head(head, head.len() + len) != Some(head.len()) {
+        return Err(not_a_head);
+    }
+    let (tags, _) = strip_reply_tags(&head[ENVELOPE_HEADER_LEN..]).ok_or(not_a_head)?;
+    let mut empty = head[..ENVELOPE_HEADER_LEN + tags.len()].to_vec();
+    empty.push(0);
+    decode_response(&empty)
+}
+
+/// The calls whose data a reader takes into a buffer of its own, by the fields before it.
+#[derive(Clone, Copy)]
+enum BulkCall {
+    /// `OperationSingle`: session, operation, data, signature.
+    Single,
+    /// `OperationUpdate`: session, operation, data.
+    Update,
+    /// `OperationOnce`: session, operation, mechanism, key, data, signature.
+    Once,
+}
+
+/// The tags that start the encoding of a clear request `Message::Call(Call::OperationSingle
+/// ..)`, `OperationUpdate` or `OperationOnce`: what follows the envelope header, before the
+/// session. Encoded once, when first needed.
+fn bulk_request_tags() -> &'static [(Vec<u8>, BulkCall); 3] {
+    static TAGS: std::sync::LazyLock<[(Vec<u8>, BulkCall); 3]> = std::sync::LazyLock::new(|| {
+        use crate::{Call, Operation};
+        let operation = Operation::Encrypt;
+        let mechanism = tessera_core::Mechanism {
+            ty: 0,
+            parameter: tessera_core::MechanismParameter::None,
+        };
+        // What follows the tags of a call with session 0 and empty byte strings: the session
+        // (1), the operation, the mechanism and key (1), the data's length (1) and the
+        // signature's (1).
+        let length = |bytes: Vec<u8>| bytes.len();
+        let op = length(postcard::to_allocvec(&operation).expect(ENCODES));
+        let mech = length(postcard::to_allocvec(&mechanism).expect(ENCODES));
+        let tags = |call: Call, after: usize| {
+            let mut tags = postcard::to_allocvec(&Message::Call(call)).expect(ENCODES);
+            tags.truncate(tags.len() - after);
+            tags
+        };
+        [
+            (
+                tags(
+                    Call::OperationSingle {
+                        session: 0,
+                        operation,
+                        data: Vec::new(),
+                        signature: Vec::new(),
+                    },
+                    op + 3,
+                ),
+                BulkCall::Single,
+            ),
+            (
+                tags(
+                    Call::OperationUpdate {
+                        session: 0,
+                        operation,
+                        data: Vec::new(),
+                    },
+                    op + 2,
+                ),
+                BulkCall::Update,
+            ),
+            (
+                tags(
+                    Call::OperationOnce {
+                        session: 0,
+                        operation,
+                        mechanism,
+                        key: 0,
+                        data: Vec::new(),
+                        signature: Vec::new(),
+                    },
+                    op + mech + 4,
+                ),
+                BulkCall::Once,
+            ),
+        ]
+    });
+    &TAGS
+}
+
+/// Bytes a reader of a large clear request takes first, to find where its data starts
+/// ([`split_request_head`]): the envelope header and the fields before the data, with a
+/// mechanism's parameters (a GCM IV and a short AAD) in `OperationOnce`.
+pub const REQUEST_HEAD_LEN: usize = 256;
+
+/// Where a clear request's body divides for a reader that takes its bulk input into a buffer
+/// of its own ([`decode_request_split`]), from its first bytes (as many as have arrived) and
+/// its length: the head — the envelope header, the tags of an `OperationSingle`,
+/// `OperationUpdate` or `OperationOnce`, the fields before the data (session, operation, and
+/// for the last the mechanism and key) and the data's length, where the data starts — and the
+/// data's length, [`SPLIT_PAYLOAD`] bytes or more, which must fit in the body (what follows it,
+/// a signature's length and bytes, is the tail). `None` for any other body, or when too few
+/// bytes have arrived to tell.
+pub fn split_request_head(start: &[u8], body_len: usize) -> Option<(usize, usize)> {
+    let (header, rest) = EnvelopeHeader::read(start).ok()?;
+    if header.kind != CLEAR {
+        return None;
+    }
+    let (after, call) = bulk_request_tags()
+        .iter()
+        .find_map(|(tags, call)| Some((rest.strip_prefix(&tags[..])?, *call)))?;
+    let (_, after) = postcard::take_from_bytes::<u64>(after).ok()?;
+    let (_, mut after) = postcard::take_from_bytes::<crate::Operation>(after).ok()?;
+    if let BulkCall::Once = call {
+        let (_, rest) = postcard::take_from_bytes::<tessera_core::Mechanism>(after).ok()?;
+        let (_, rest) = postcard::take_from_bytes::<u64>(rest).ok()?;
+        after = rest;
+    }
+    let (data_len, after) = postcard::take_from_bytes::<usize>(after).ok()?;
+    let head_len = start.len() - after.len();
+    let end = head_len.checked_add(data_len)?;
+    // An update's data ends the body; the others' is followed by a signature.
+    let fits = match call {
+        BulkCall::Update => end == body_len,
+        BulkCall::Single | BulkCall::Once => end < body_len,
+    };
+    (data_len >= SPLIT_PAYLOAD && fits).then_some((head_len, data_len))
+}
+
+/// The request whose body is `head` (as [`split_request_head`] found it), then `payload` read
+/// into a buffer of its own, then `tail`: the payload becomes the call's data as it is,
+/// without the copy a decode of the whole body makes. The rest is read by [`decode_request`],
+/// as the body of the same call with no data: one decoder for both.
+pub fn decode_request_split(
+    head: &[u8],
+    payload: Vec<u8>,
+    tail: &[u8],
+) -> Result<RequestEnvelope, FrameError> {
+    let not_a_head = FrameError::Header("not the head of a bulk request");
+    let whole = head.len() + payload.len() + tail.len();
+    if split_request_head(head, whole) != Some((head.len(), payload.len())) {
+        return Err(not_a_head);
+    }
+    // The data's length, the head's last bytes, becomes a varint 0.
+    let length = postcard::to_allocvec(&payload.len()).expect(ENCODES).len();
+    let mut empty = head[..head.len() - length].to_vec();
+    empty.push(0);
+    empty.extend_from_slice(tail);
+    let mut envelope = decode_request(&empty)?;
+    match &mut envelope.message {
+        Message::Call(call) => match call.bulk_mut() {
+            Some(data) if data.is_empty() => *data = payload,
+            _ => return Err(not_a_head),
+        },
         _ => return Err(not_a_head),
     }
     Ok(envelope)
@@ -542,6 +721,31 @@ pub fn finders_agree_with_decoders(body: &[u8]) -> bool {
         && agrees(found.clone(), request)
         && agrees(found, response)
         && splits_agree(body)
+        && request_splits_agree(body)
+}
+
+/// Whether a body that [`split_request_head`] divides (from its first [`REQUEST_HEAD_LEN`]
+/// bytes, as the daemon's reader finds it) is, read in three parts, the request that
+/// [`decode_request`] reads whole — the same frame once encoded again — or refused by both.
+fn request_splits_agree(body: &[u8]) -> bool {
+    let start = &body[..body.len().min(REQUEST_HEAD_LEN)];
+    let Some((at, len)) = split_request_head(start, body.len()) else {
+        return true;
+    };
+    let (head, rest) = body.split_at(at);
+    let (payload, tail) = rest.split_at(len);
+    match (
+        decode_request_split(head, payload.to_vec(), tail),
+        decode_request(body),
+    ) {
+        (Ok(split), Ok(whole)) => {
+            let split = encode_request(&split);
+            split == encode_request(&whole) && split[FRAME_HEADER_LEN..] == *body
+        }
+        // Refused both ways (a head can say nothing of the signature after the data).
+        (Err(_), Err(_)) => true,
+        _ => false,
+    }
 }
 
 /// Whether a body that [`split_response_head`] divides is, read in two parts, the reply that
@@ -558,11 +762,17 @@ fn splits_agree(body: &[u8]) -> bool {
     ) {
         (Ok(split), Ok(whole)) => {
             (split.id, split.channel) == (whole.id, whole.channel)
-                && matches!(
-                    (split.result, whole.result),
-                    (Ok(Response::Reply(Reply::Bytes(a))), Ok(Response::Reply(Reply::Bytes(b))))
-                        if a == b && a == payload
-                )
+                && match (split.result, whole.result) {
+                    (
+                        Ok(Response::Reply(Reply::Bytes(a))),
+                        Ok(Response::Reply(Reply::Bytes(b))),
+                    ) => a == b && a == payload,
+                    (
+                        Ok(Response::Reply(Reply::Secret(a))),
+                        Ok(Response::Reply(Reply::Secret(b))),
+                    ) => a.expose() == b.expose() && a.expose() == payload,
+                    _ => false,
+                }
         }
         _ => false,
     }
@@ -739,14 +949,20 @@ mod tests {
         };
         let lengths = [0, 100, SPLIT_PAYLOAD - 1, SPLIT_PAYLOAD, (1 << 20) + 16];
         splits_into_the_whole_frame(reply, &lengths);
-        // A reader of bulk ciphertexts does not take it for one: it reads it whole.
+        // The library's reader divides it as it divides a ciphertext: the plaintext read into a
+        // buffer of its own becomes the reply's secret.
         for len in lengths {
             let whole = encode_response(&reply(len));
             let body = &whole[FRAME_HEADER_LEN..];
-            assert_eq!(
-                split_response_head(&body[..64.min(body.len())], body.len()),
-                None
-            );
+            let head =
+                split_response_head(&body[..64.min(body.len())], body.len()).expect("divided");
+            let split = decode_response_split(&body[..head], body[head..].to_vec()).unwrap();
+            match split.result {
+                Ok(Response::Reply(Reply::Secret(secret))) => {
+                    assert_eq!(secret.expose(), &body[head..])
+                }
+                other => panic!("{other:?}"),
+            }
         }
     }
 
@@ -843,9 +1059,7 @@ mod tests {
         assert_eq!(split_response_head(body, body.len()), None);
         for other in [
             Ok(Response::Reply(Reply::Done)),
-            Ok(Response::Reply(Reply::Secret(
-                tessera_core::SecretBytes::new(vec![5; 100]),
-            ))),
+            Ok(Response::Reply(Reply::Handles(vec![5; 100]))),
             Err(0x101),
         ] {
             let whole = encode_response(&ResponseEnvelope {
@@ -1094,6 +1308,135 @@ mod tests {
             body.truncate(body.len() - cut.min(body.len()));
             prop_assert!(finders_agree_with_decoders(&body));
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Bulk requests in the clear, damaged or not: a head the daemon's reader divides (from
+        /// the first bytes it reads) is read as the whole body's decoder reads it, data and
+        /// signature; one it does not divide is read whole.
+        #[test]
+        fn dividing_a_bulk_request_agrees_with_decoding(
+            id in any::<u64>(),
+            session in any::<u64>(),
+            operation in 0u8..5,
+            kind in 0u8..3,
+            aad in proptest::collection::vec(any::<u8>(), 0..100),
+            extra in 0usize..40,
+            signature in proptest::collection::vec(any::<u8>(), 0..300),
+            damage in proptest::collection::vec((0usize..48, any::<u8>()), 0..3),
+            cut in 0usize..3,
+        ) {
+            use crate::call::Operation;
+            let operation = [
+                Operation::Encrypt,
+                Operation::Decrypt,
+                Operation::Digest,
+                Operation::Sign,
+                Operation::Verify,
+            ][operation as usize];
+            let data: Vec<u8> = (0..SPLIT_PAYLOAD + extra).map(|i| (i % 247) as u8).collect();
+            let single = kind != 1;
+            let call = match kind {
+                0 => Call::OperationSingle { session, operation, data, signature },
+                1 => Call::OperationUpdate { session, operation, data },
+                _ => Call::OperationOnce {
+                    session,
+                    operation,
+                    mechanism: tessera_core::Mechanism {
+                        ty: 0x1087,
+                        parameter: tessera_core::MechanismParameter::Gcm {
+                            iv: vec![3; 12],
+                            aad,
+                            tag_bits: 128,
+                        },
+                    },
+                    key: session ^ 0x55,
+                    data,
+                    signature,
+                },
+            };
+            let whole = encode_request(&RequestEnvelope {
+                version: PROTOCOL_VERSION,
+                id,
+                channel: None,
+                message: Message::Call(call),
+            });
+            let mut body = whole[FRAME_HEADER_LEN..].to_vec();
+            let start = &body[..REQUEST_HEAD_LEN];
+            let (at, len) = split_request_head(start, body.len()).expect("divided");
+            prop_assert_eq!(len, SPLIT_PAYLOAD + extra);
+            prop_assert!(request_splits_agree(&body));
+            // A length that does not account for the body is no head: an update's data ends
+            // it, a single call's is followed by at least its signature's length.
+            match single {
+                true => prop_assert_eq!(split_request_head(start, at + len), None),
+                false => prop_assert_eq!(split_request_head(start, body.len() + 1), None),
+            }
+            prop_assert!(decode_request_split(&body[..at], vec![0; len + 1], &body[at + len..]).is_err());
+            for (at, byte) in &damage {
+                let at = at % body.len();
+                body[at] ^= byte;
+            }
+            body.truncate(body.len() - cut.min(body.len()));
+            prop_assert!(finders_agree_with_decoders(&body));
+        }
+    }
+
+    /// Only an `OperationSingle`, `OperationUpdate` or `OperationOnce` of [`SPLIT_PAYLOAD`]
+    /// bytes or more, whose head fits the bytes read first, is divided: a smaller input,
+    /// another call with a large byte string, a head too long, a reply, are not.
+    #[test]
+    fn only_a_bulk_operation_request_is_divided() {
+        use crate::call::Operation;
+        let body = |call: Call| encode_request(&envelope(call))[FRAME_HEADER_LEN..].to_vec();
+        let divided =
+            |body: &[u8]| split_request_head(&body[..REQUEST_HEAD_LEN.min(body.len())], body.len());
+        let small = body(Call::OperationSingle {
+            session: 1,
+            operation: Operation::Sign,
+            data: vec![1; SPLIT_PAYLOAD - 1],
+            signature: Vec::new(),
+        });
+        assert_eq!(divided(&small), None);
+        let seed = body(Call::SeedRandom {
+            session: 3,
+            seed: tessera_core::SecretBytes::from_slice(&[2; SPLIT_PAYLOAD]),
+        });
+        assert_eq!(divided(&seed), None);
+        // A GCM AAD as large as a payload, before the data: the head does not fit the bytes
+        // read first, and the call is read whole.
+        let aad = body(Call::OperationOnce {
+            session: 3,
+            operation: Operation::Encrypt,
+            mechanism: tessera_core::Mechanism {
+                ty: 0x1087,
+                parameter: tessera_core::MechanismParameter::Gcm {
+                    iv: vec![1; 12],
+                    aad: vec![5; SPLIT_PAYLOAD],
+                    tag_bits: 128,
+                },
+            },
+            key: 4,
+            data: vec![2; SPLIT_PAYLOAD],
+            signature: Vec::new(),
+        });
+        assert_eq!(divided(&aad), None);
+        let reply = encode_response(&ResponseEnvelope {
+            version: PROTOCOL_VERSION,
+            id: 7,
+            channel: None,
+            result: Ok(Response::Reply(Reply::Bytes(vec![3; SPLIT_PAYLOAD]))),
+        });
+        assert_eq!(divided(&reply[FRAME_HEADER_LEN..]), None);
+        let large = body(Call::OperationUpdate {
+            session: 1,
+            operation: Operation::Digest,
+            data: vec![4; SPLIT_PAYLOAD],
+        });
+        let (at, len) = divided(&large).expect("divided");
+        assert_eq!(len, SPLIT_PAYLOAD);
+        assert_eq!(at + len, large.len());
     }
 
     proptest! {

@@ -30,12 +30,12 @@ pub use call::{
     ENVELOPE_ROOM,
 };
 pub use frame::{
-    body_len as frame_body_len, decode_request, decode_response, decode_response_split,
-    encode_request, encode_request_split, encode_response, encode_response_split, find_sealed,
-    find_sealed_start, finders_agree_with_decoders, finish_frame, protected_prefix, read_frame,
-    split_response_head, write_frame, Bulk, FrameError, FramePrefix, SealedFrame,
-    ENVELOPE_HEADER_LEN, FRAME_HEADER_LEN, MAX_FRAME_LEN, SEALED_START_LEN, SPLIT_PAYLOAD,
-    UNIX_SEND_BUFFER,
+    body_len as frame_body_len, decode_request, decode_request_split, decode_response,
+    decode_response_split, encode_request, encode_request_split, encode_response,
+    encode_response_split, find_sealed, find_sealed_start, finders_agree_with_decoders,
+    finish_frame, protected_prefix, read_frame, split_request_head, split_response_head,
+    write_frame, Bulk, FrameError, FramePrefix, SealedFrame, ENVELOPE_HEADER_LEN, FRAME_HEADER_LEN,
+    MAX_FRAME_LEN, REQUEST_HEAD_LEN, SEALED_START_LEN, SPLIT_PAYLOAD, UNIX_SEND_BUFFER,
 };
 
 pub use protected::{open_message, seal_answer, seal_message, Bulky, Unreadable};

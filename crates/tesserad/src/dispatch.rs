@@ -43,6 +43,34 @@ pub(crate) async fn decode(body: Vec<u8>) -> (Vec<u8>, Result<RequestEnvelope, F
     })
 }
 
+/// Decodes a bulk call read in three parts (`tessera_wire::decode_request_split`): here when
+/// what is around its data is small, on the blocking pool when it is not (a large signature).
+/// The head and tail are handed back, for the caller to wipe when they carried a secret.
+pub(crate) async fn decode_split(
+    head: Vec<u8>,
+    payload: Vec<u8>,
+    tail: Vec<u8>,
+) -> (Vec<u8>, Vec<u8>, Result<RequestEnvelope, FrameError>) {
+    if head.len() + tail.len() <= SMALL {
+        let decoded = tessera_wire::decode_request_split(&head, payload, &tail);
+        return (head, tail, decoded);
+    }
+    tokio::task::spawn_blocking(move || {
+        let decoded = tessera_wire::decode_request_split(&head, payload, &tail);
+        (head, tail, decoded)
+    })
+    .await
+    .unwrap_or_else(|_| {
+        (
+            Vec::new(),
+            Vec::new(),
+            Err(FrameError::Io(std::io::Error::other(
+                "decoding the request failed",
+            ))),
+        )
+    })
+}
+
 /// Whether a template is small enough to be handled on the I/O thread.
 fn small_template(template: &tessera_core::Template) -> bool {
     template.0.len() <= FEW && template.iter().map(|a| a.value.len()).sum::<usize>() <= SMALL

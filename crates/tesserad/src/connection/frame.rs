@@ -9,7 +9,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tessera_wire::{
-    find_sealed_start, FrameError, SealedFrame, FRAME_HEADER_LEN, SEALED_START_LEN,
+    find_sealed_start, split_request_head, FrameError, SealedFrame, FRAME_HEADER_LEN,
+    REQUEST_HEAD_LEN, SEALED_START_LEN,
 };
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -38,6 +39,14 @@ pub(crate) enum Body {
     /// where it is opened, a payload that starts its message becomes the call's data as it
     /// is, and the reply is sealed in it.
     Sealed(SealedFrame, Vec<u8>),
+    /// A large `OperationSingle` or `OperationUpdate` in the clear, in three parts (see
+    /// `tessera_wire::split_request_head`): its head, its data read into a buffer of its own
+    /// with room behind it (which becomes the call's data), and what follows the data.
+    Call {
+        head: Vec<u8>,
+        payload: Vec<u8>,
+        tail: Vec<u8>,
+    },
 }
 
 /// The idle deadline of a connection: how long it may wait for a frame to begin. One timer
@@ -133,62 +142,47 @@ pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
         if len > max_len {
             return Err(FrameError::TooLarge(len));
         }
-        // A large body's first bytes say whether it is a sealed record, read then into a
-        // buffer of its own.
-        let mut start = [0u8; SEALED_START_LEN];
-        let mut sealed = None;
-        if len > UNCOUNTED {
-            stream.read_exact(&mut start).await?;
-            sealed = find_sealed_start(&start, len);
-        }
-        let wanted = match sealed {
-            Some(_) => len - SEALED_START_LEN,
-            None => len,
-        };
-        // A small body is read into fresh capacity (no zeroing pass first); a large one into
-        // capacity taken as the bytes come (from 1 MiB and its headers, doubling: a few copies
-        // at most). A 1 MiB call's frame (data, call, record and envelope headers) fits the
-        // first: growing it by a few bytes copied the whole megabyte into a new buffer. A
-        // record that fits it gets room behind it for the reply sealed there.
+        // What the frame holds until it is complete, of the memory for unfinished frames.
         let mut taken: Option<OwnedSemaphorePermit> = None;
-        let mut body = if wanted <= UNCOUNTED {
-            Vec::with_capacity(wanted)
+        if len <= UNCOUNTED {
+            let body = read_part(stream, len, &[], 0, memory, &mut taken).await?;
+            return Ok(Body::Whole(body));
+        }
+        // A large body's first bytes say whether it is a sealed record or a bulk call in the
+        // clear, whose record or data is then read into a buffer of its own, with room behind
+        // it (for the reply sealed there, or the tag of a cipher that works there). They may
+        // be a secret's (a key value in the clear): wiped once spent, whatever happens.
+        let mut start = zeroize::Zeroizing::new([0u8; REQUEST_HEAD_LEN]);
+        stream.read_exact(&mut start[..SEALED_START_LEN]).await?;
+        let room = tessera_core::bytes::ROOM;
+        let body = if let Some(sealed) = find_sealed_start(&start[..SEALED_START_LEN], len) {
+            let wanted = len - SEALED_START_LEN;
+            let record = read_part(stream, wanted, &[], room, memory, &mut taken).await?;
+            Body::Sealed(sealed, record)
         } else {
-            let first = wanted.min(FIRST_LARGE);
-            let behind = match sealed {
-                Some(_) if first == wanted => tessera_core::bytes::ROOM,
-                _ => 0,
-            };
-            taken = Some(memory.take(first + behind).await?);
-            Vec::with_capacity(first + behind)
-        };
-        if sealed.is_none() && len > UNCOUNTED {
-            body.extend_from_slice(&start);
-        }
-        // A clear call's first bytes may be a secret's (the future holding them lives on).
-        start.zeroize();
-        let mut room = body.capacity().min(wanted);
-        while body.len() < wanted {
-            if body.len() == room {
-                let more = wanted.min(room * 2) - room;
-                let permit = memory.take(more).await?;
-                match taken.as_mut() {
-                    Some(taken) => taken.merge(permit),
-                    None => taken = Some(permit),
+            // A call's head may be longer (an `OperationOnce`'s mechanism): a few more bytes,
+            // within the body (larger than these).
+            stream.read_exact(&mut start[SEALED_START_LEN..]).await?;
+            match split_request_head(&start[..], len) {
+                Some((at, data)) => {
+                    let first = &start[at..];
+                    let payload = read_part(stream, data, first, room, memory, &mut taken).await?;
+                    let rest = len - at - data;
+                    let tail = read_part(stream, rest, &[], 0, memory, &mut taken).await?;
+                    Body::Call {
+                        head: start[..at].to_vec(),
+                        payload,
+                        tail,
+                    }
                 }
-                body.reserve_exact(room + more - body.len());
-                room += more;
+                None => {
+                    let body = read_part(stream, len, &start[..], 0, memory, &mut taken).await?;
+                    Body::Whole(body)
+                }
             }
-            let wanted = (room - body.len()) as u64;
-            if (&mut *stream).take(wanted).read_buf(&mut body).await? == 0 {
-                return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-            }
-        }
+        };
         drop(taken);
-        Ok(match sealed {
-            Some(sealed) => Body::Sealed(sealed, body),
-            None => Body::Whole(body),
-        })
+        Ok(body)
     };
     match within(timeout, rest).await {
         Ok(body) => body.map(Read::Frame),
@@ -200,6 +194,50 @@ pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
             ),
         ))),
     }
+}
+
+/// Reads `wanted` bytes of a frame into a buffer of their own that starts with `first` (bytes
+/// of them read already). A small part is read into fresh capacity (no zeroing pass first); a
+/// large one into capacity taken from `memory` (into `taken`, held until the frame is
+/// complete) as the bytes come: from 1 MiB and a little (a 1 MiB call's frame, data and
+/// headers, fits the first: growing it by a few bytes copied the whole megabyte into a new
+/// buffer), doubling after that (a few copies at most). A part read in one piece gets `behind`
+/// bytes of room after it.
+async fn read_part<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    wanted: usize,
+    first: &[u8],
+    behind: usize,
+    memory: &FrameMemory,
+    taken: &mut Option<OwnedSemaphorePermit>,
+) -> Result<Vec<u8>, FrameError> {
+    let mut merge = |permit: OwnedSemaphorePermit| match taken.as_mut() {
+        Some(taken) => taken.merge(permit),
+        None => *taken = Some(permit),
+    };
+    let mut body = if wanted <= UNCOUNTED {
+        Vec::with_capacity(wanted)
+    } else {
+        let first = wanted.min(FIRST_LARGE);
+        let behind = if first == wanted { behind } else { 0 };
+        merge(memory.take(first + behind).await?);
+        Vec::with_capacity(first + behind)
+    };
+    body.extend_from_slice(&first[..first.len().min(wanted)]);
+    let mut room = body.capacity().min(wanted);
+    while body.len() < wanted {
+        if body.len() == room {
+            let more = wanted.min(room * 2) - room;
+            merge(memory.take(more).await?);
+            body.reserve_exact(room + more - body.len());
+            room += more;
+        }
+        let wanted = (room - body.len()) as u64;
+        if (&mut *stream).take(wanted).read_buf(&mut body).await? == 0 {
+            return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+    Ok(body)
 }
 
 /// The memory for unfinished frames, all connections together (`--max-frame-memory`): a frame
@@ -218,6 +256,9 @@ const FIRST_LARGE: usize = (1 << 20) + 4096;
 /// Frames up to this size are read without counting against [`FrameMemory`] (every connection
 /// may hold one).
 const UNCOUNTED: usize = 64 * 1024;
+
+// A large body holds the bytes read first to find a call's head.
+const _: () = assert!(REQUEST_HEAD_LEN < UNCOUNTED);
 
 impl FrameMemory {
     /// `bytes` for unfinished frames; a connection that waits for them is counted in `tally`.
@@ -361,6 +402,45 @@ mod tests {
         })
     }
 
+    /// A bulk call in the clear: `OperationSingle` with `len` bytes of data and a signature.
+    fn call(id: u64, len: usize) -> Vec<u8> {
+        tessera_wire::encode_request(&tessera_wire::RequestEnvelope {
+            version: PROTOCOL_VERSION,
+            id,
+            channel: None,
+            message: tessera_wire::Message::Call(tessera_wire::Call::OperationSingle {
+                session: 77,
+                operation: tessera_wire::Operation::Verify,
+                data: (0..len).map(|i| (i % 241) as u8).collect(),
+                signature: vec![0x51; 96],
+            }),
+        })
+    }
+
+    /// A bulk `OperationOnce` (init and call in one) in the clear, AES-GCM with an IV and AAD.
+    fn once(id: u64, len: usize) -> Vec<u8> {
+        tessera_wire::encode_request(&tessera_wire::RequestEnvelope {
+            version: PROTOCOL_VERSION,
+            id,
+            channel: None,
+            message: tessera_wire::Message::Call(tessera_wire::Call::OperationOnce {
+                session: 78,
+                operation: tessera_wire::Operation::Encrypt,
+                mechanism: tessera_core::Mechanism {
+                    ty: 0x1087,
+                    parameter: tessera_core::MechanismParameter::Gcm {
+                        iv: vec![9; 12],
+                        aad: vec![8; 40],
+                        tag_bits: 128,
+                    },
+                },
+                key: 5,
+                data: (0..len).map(|i| (i % 233) as u8).collect(),
+                signature: Vec::new(),
+            }),
+        })
+    }
+
     const MEMORY: usize = 8 << 20;
 
     /// Reads every frame the writer sends in small pieces (a pause between them), as the
@@ -395,8 +475,9 @@ mod tests {
 
     /// A large sealed frame is read as its record's rest in a buffer of its own, with room
     /// behind it for the reply sealed there, its parts found from its first bytes exactly
-    /// where the finder of whole frames finds them; a large frame in the clear, and a small
-    /// sealed one, whole — however the bytes arrive.
+    /// where the finder of whole frames finds them; a large bulk call in the clear in three
+    /// parts, its data alone in a buffer with room behind it; any other large frame, and a
+    /// small one, whole — however the bytes arrive.
     #[tokio::test]
     async fn a_large_sealed_frame_is_read_into_a_buffer_of_its_own() {
         let frames = vec![
@@ -404,12 +485,20 @@ mod tests {
             clear(2, 200_000),
             sealed(3, 100),
             sealed(4, 3 << 20),
+            call(5, 1 << 20),
+            call(6, 1000),
+            once(7, 1 << 20),
         ];
         for piece in [7, 4096, 1 << 20] {
             let read = read_all(frames.clone(), piece).await;
             for (frame, body) in frames.iter().zip(read) {
                 let whole = &frame[FRAME_HEADER_LEN..];
                 let large = whole.len() > super::UNCOUNTED;
+                let divided = tessera_wire::split_request_head(
+                    &whole[..tessera_wire::REQUEST_HEAD_LEN.min(whole.len())],
+                    whole.len(),
+                )
+                .is_some();
                 match (body, find_sealed(whole)) {
                     (Ok(Body::Sealed(found, rest)), Some(expected)) if large => {
                         assert_eq!(rest, &whole[SEALED_START_LEN..]);
@@ -427,7 +516,23 @@ mod tests {
                             );
                         }
                     }
-                    (Ok(Body::Whole(body)), _) if !large || find_sealed(whole).is_none() => {
+                    (
+                        Ok(Body::Call {
+                            head,
+                            payload,
+                            tail,
+                        }),
+                        None,
+                    ) if large => {
+                        assert_eq!([&head[..], &payload, &tail].concat(), whole);
+                        assert_eq!(payload.len(), 1 << 20, "the data alone");
+                        assert!(payload.starts_with(&[0, 1, 2]), "the data's first bytes");
+                        assert!(payload.capacity() >= payload.len() + tessera_core::bytes::ROOM);
+                        let envelope =
+                            tessera_wire::decode_request_split(&head, payload, &tail).unwrap();
+                        assert_eq!(tessera_wire::encode_request(&envelope), *frame);
+                    }
+                    (Ok(Body::Whole(body)), found) if !large || (found.is_none() && !divided) => {
                         assert_eq!(body, whole)
                     }
                     (other, _) => panic!(
@@ -444,11 +549,17 @@ mod tests {
     /// what it took of the memory for unfinished frames is given back.
     #[tokio::test]
     async fn a_large_frame_cut_short_is_an_error() {
-        for cut in [
-            FRAME_HEADER_LEN + 10,
-            FRAME_HEADER_LEN + SEALED_START_LEN + 1000,
-        ] {
-            let mut frame = sealed(5, 1 << 20);
+        let cuts = [
+            (sealed(5, 1 << 20), FRAME_HEADER_LEN + 10),
+            (
+                sealed(5, 1 << 20),
+                FRAME_HEADER_LEN + SEALED_START_LEN + 1000,
+            ),
+            (call(6, 1 << 20), FRAME_HEADER_LEN + 100),
+            (call(6, 1 << 20), FRAME_HEADER_LEN + 5000),
+            (call(6, 1 << 20), (1 << 20) + 40),
+        ];
+        for (mut frame, cut) in cuts {
             frame.truncate(cut);
             let read = read_all(vec![frame], 4096).await;
             assert!(

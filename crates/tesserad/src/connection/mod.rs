@@ -293,6 +293,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             Body::Sealed(sealed, record) => {
                 return Some((sealed.id, Incoming::Sealed(sealed, record)))
             }
+            Body::Call {
+                head,
+                payload,
+                tail,
+            } => {
+                // The data becomes the call's as it is; the rest (a few bytes, but for a large
+                // signature) is decoded here, or on the blocking pool when large.
+                let (mut head, mut tail, decoded) =
+                    dispatch::decode_split(head, payload, tail).await;
+                if decoded
+                    .as_ref()
+                    .map_or(true, |envelope| envelope.message.carries_secret())
+                {
+                    head.zeroize();
+                    tail.zeroize();
+                }
+                return match decoded {
+                    Ok(envelope) => Some((envelope.id, Incoming::Decoded(envelope.message))),
+                    Err(e) => {
+                        let (client, peer) = (self.client, self.peer.as_str());
+                        tracing::warn!(client, peer, reason = %e, "closing connection");
+                        None
+                    }
+                };
+            }
             Body::Whole(body) => body,
         };
         if let Some(sealed) = find_sealed(&body) {
