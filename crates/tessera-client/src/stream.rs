@@ -354,8 +354,8 @@ enum Arrived {
     /// [`tessera_wire::find_sealed_start`]): opened there, a bulk output that starts its
     /// message becomes the reply's bytes as it is.
     Sealed(SealedFrame, Vec<u8>),
-    /// A `Reply::Bytes` in a body of [`SPLIT_PAYLOAD`] bytes or more, its payload read into a
-    /// buffer of its own (see [`tessera_wire::split_response_head`]).
+    /// A `Reply::Bytes` or `Reply::Secret` in a body of [`SPLIT_PAYLOAD`] bytes or more, its
+    /// payload read into a buffer of its own (see [`tessera_wire::split_response_head`]).
     Bulk(ResponseEnvelope),
 }
 

@@ -244,34 +244,48 @@ pub fn try_copy(bytes: &[u8]) -> Option<Vec<u8>> {
     Some(buffer)
 }
 
-/// The postcard encoding of `value` appended to `out`, each byte string copied in one piece
-/// (`postcard::to_extend` hands a slice over as an iterator of bytes: a 1 MiB payload became a
-/// loop of a million appends, and a copy no `memcpy` profile sees).
-pub fn encode_into<T: serde::Serialize + ?Sized>(
+/// The postcard encoding of `value` appended to `out` (a plain buffer, or a secret's:
+/// [`Append`]), each byte string copied in one piece (`postcard::to_extend` hands a slice over
+/// as an iterator of bytes: a 1 MiB payload became a loop of a million appends, and a copy no
+/// `memcpy` profile sees).
+pub fn encode_into<T: serde::Serialize + ?Sized, B: Append>(
     value: &T,
-    out: Vec<u8>,
-) -> Result<Vec<u8>, postcard::Error> {
+    out: B,
+) -> Result<B, postcard::Error> {
     postcard::serialize_with_flavor(value, Extending(out))
 }
 
-/// postcard's writer onto the end of a buffer (see [`encode_into`]).
-struct Extending(Vec<u8>);
+/// A buffer that postcard's writer appends to ([`encode_into`]): a `Vec<u8>`, or a
+/// `SecretBytes` (a key value encoded for a record: no plain buffer holds it on the way).
+pub trait Append {
+    /// Appends `bytes`, in one piece.
+    fn append(&mut self, bytes: &[u8]);
+}
 
-impl postcard::ser_flavors::Flavor for Extending {
-    type Output = Vec<u8>;
+impl Append for Vec<u8> {
+    fn append(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// postcard's writer onto the end of a buffer (see [`encode_into`]).
+struct Extending<B>(B);
+
+impl<B: Append> postcard::ser_flavors::Flavor for Extending<B> {
+    type Output = B;
 
     #[inline(never)]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
+        self.0.append(data);
         Ok(())
     }
 
     fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.push(data);
+        self.0.append(&[data]);
         Ok(())
     }
 
-    fn finalize(self) -> postcard::Result<Vec<u8>> {
+    fn finalize(self) -> postcard::Result<B> {
         Ok(self.0)
     }
 }

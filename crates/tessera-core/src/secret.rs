@@ -252,29 +252,13 @@ impl SecretBytes {
     /// record: no plain buffer holds it on the way), each byte string copied in one piece.
     pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<SecretBytes, postcard::Error> {
         let size = postcard::experimental::serialized_size(value)?;
-        postcard::serialize_with_flavor(value, IntoSecret(SecretBytes::with_capacity(size)))
+        crate::bytes::encode_into(value, SecretBytes::with_capacity(size))
     }
 }
 
-/// postcard's writer into a secret: a slice in one piece (`postcard::to_extend` hands slices
-/// over a byte at a time, each then a bounds-checked append).
-struct IntoSecret(SecretBytes);
-
-impl postcard::ser_flavors::Flavor for IntoSecret {
-    type Output = SecretBytes;
-
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
-        Ok(())
-    }
-
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.extend_from_slice(&[data]);
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<SecretBytes> {
-        Ok(self.0)
+impl crate::bytes::Append for SecretBytes {
+    fn append(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
     }
 }
 

@@ -188,8 +188,29 @@ fn the_library_makes_its_host_not_dumpable_unless_told() {
     );
 }
 
+/// Whether process `pid` still has a readable mapping holding address `at` (its `/proc/PID/maps`
+/// read again).
+fn still_mapped(pid: u32, at: u64) -> bool {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    maps.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            return false;
+        };
+        let Some((start, end)) = range.split_once('-') else {
+            return false;
+        };
+        let parse = |hex: &str| u64::from_str_radix(hex, 16).unwrap_or(0);
+        perms.starts_with('r') && parse(start) <= at && at < parse(end)
+    })
+}
+
 /// Where `markers` occur in the readable memory of process `pid` (read as root through
-/// `/proc/PID/mem`, at most 8 GiB in all): (marker index, mapping line, count).
+/// `/proc/PID/mem`, at most 8 GiB in all): (marker index, mapping line, count). A scan that
+/// cannot read all of the process's anonymous memory (heap, stacks, allocator arenas) fails
+/// rather than report what it read as clean: a mapping it could not read that is still there,
+/// or more than the budget. A file's mapping that cannot be read past the file's end, or one
+/// unmapped while the scan ran, is passed over.
 fn scan(pid: u32, markers: &[&[u8]]) -> Vec<(usize, String, usize)> {
     use std::io::{Read, Seek, SeekFrom};
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
@@ -214,17 +235,33 @@ fn scan(pid: u32, markers: &[&[u8]]) -> Vec<(usize, String, usize)> {
         // Overlap between chunks so a marker across a boundary is seen.
         let mut carry: Vec<u8> = Vec::new();
         let mut counts = vec![0usize; markers.len()];
-        while at < end && budget > 0 {
+        // A mapping with a path is a file's (or `[vdso]`-like); `[heap]`, `[stack]` and the
+        // nameless ones are anonymous memory, where a process keeps what it computed.
+        let anonymous = match line.split_whitespace().nth(5) {
+            None => true,
+            Some(name) => {
+                name == "[heap]" || name.starts_with("[stack") || name.starts_with("[anon")
+            }
+        };
+        while at < end {
+            assert!(
+                budget > 0,
+                "more than 8 GiB of readable memory in process {pid}: the scan is incomplete"
+            );
             let len = ((end - at) as usize).min(chunk.len());
-            if mem.seek(SeekFrom::Start(at)).is_err() {
-                break;
-            }
-            let Ok(n) = mem.read(&mut chunk[..len]) else {
-                break;
+            let read = mem
+                .seek(SeekFrom::Start(at))
+                .and_then(|_| mem.read(&mut chunk[..len]));
+            let n = match read {
+                Ok(n) if n > 0 => n,
+                failed => {
+                    assert!(
+                        !anonymous || !still_mapped(pid, at),
+                        "could not read {line} at {at:#x} ({failed:?}): the scan would miss it"
+                    );
+                    break;
+                }
             };
-            if n == 0 {
-                break;
-            }
             let mut window = std::mem::take(&mut carry);
             window.extend_from_slice(&chunk[..n]);
             // The markers are ASCII, which lossy decoding keeps; std's optimised search

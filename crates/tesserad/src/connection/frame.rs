@@ -39,9 +39,9 @@ pub(crate) enum Body {
     /// where it is opened, a payload that starts its message becomes the call's data as it
     /// is, and the reply is sealed in it.
     Sealed(SealedFrame, Vec<u8>),
-    /// A large `OperationSingle` or `OperationUpdate` in the clear, in three parts (see
-    /// `tessera_wire::split_request_head`): its head, its data read into a buffer of its own
-    /// with room behind it (which becomes the call's data), and what follows the data.
+    /// A large `OperationSingle`, `OperationUpdate` or `OperationOnce` in the clear, in three
+    /// parts (see `tessera_wire::split_request_head`): its head, its data read into a buffer of
+    /// its own with room behind it (which becomes the call's data), and what follows the data.
     Call {
         head: Vec<u8>,
         payload: Vec<u8>,
@@ -145,7 +145,7 @@ pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
         // What the frame holds until it is complete, of the memory for unfinished frames.
         let mut taken: Option<OwnedSemaphorePermit> = None;
         if len <= UNCOUNTED {
-            let body = read_part(stream, len, &[], 0, memory, &mut taken).await?;
+            let body = read_part(stream, len, &[], 0, false, memory, &mut taken).await?;
             return Ok(Body::Whole(body));
         }
         // A large body's first bytes say whether it is a sealed record or a bulk call in the
@@ -157,7 +157,7 @@ pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
         let room = tessera_core::bytes::ROOM;
         let body = if let Some(sealed) = find_sealed_start(&start[..SEALED_START_LEN], len) {
             let wanted = len - SEALED_START_LEN;
-            let record = read_part(stream, wanted, &[], room, memory, &mut taken).await?;
+            let record = read_part(stream, wanted, &[], room, true, memory, &mut taken).await?;
             Body::Sealed(sealed, record)
         } else {
             // A call's head may be longer (an `OperationOnce`'s mechanism): a few more bytes,
@@ -166,9 +166,10 @@ pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
             match split_request_head(&start[..], len) {
                 Some((at, data)) => {
                     let first = &start[at..];
-                    let payload = read_part(stream, data, first, room, memory, &mut taken).await?;
+                    let payload =
+                        read_part(stream, data, first, room, true, memory, &mut taken).await?;
                     let rest = len - at - data;
-                    let tail = read_part(stream, rest, &[], 0, memory, &mut taken).await?;
+                    let tail = read_part(stream, rest, &[], 0, true, memory, &mut taken).await?;
                     Body::Call {
                         head: start[..at].to_vec(),
                         payload,
@@ -176,7 +177,8 @@ pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
                     }
                 }
                 None => {
-                    let body = read_part(stream, len, &start[..], 0, memory, &mut taken).await?;
+                    let body =
+                        read_part(stream, len, &start[..], 0, true, memory, &mut taken).await?;
                     Body::Whole(body)
                 }
             }
@@ -199,15 +201,16 @@ pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
 /// Reads `wanted` bytes of a frame into a buffer of their own that starts with `first` (bytes
 /// of them read already). A small part is read into fresh capacity (no zeroing pass first); a
 /// large one into capacity taken from `memory` (into `taken`, held until the frame is
-/// complete) as the bytes come: from 1 MiB and a little (a 1 MiB call's frame, data and
-/// headers, fits the first: growing it by a few bytes copied the whole megabyte into a new
-/// buffer), doubling after that (a few copies at most). A part read in one piece gets `behind`
-/// bytes of room after it.
+/// complete) as the bytes come, when `counted` (a part of a large frame): from 1 MiB and a
+/// little (a 1 MiB call's frame, data and headers, fits the first: growing it by a few bytes
+/// copied the whole megabyte into a new buffer), doubling after that (a few copies at most).
+/// A counted part read in one piece gets `behind` bytes of room after it.
 async fn read_part<S: AsyncRead + Unpin>(
     stream: &mut S,
     wanted: usize,
     first: &[u8],
     behind: usize,
+    counted: bool,
     memory: &FrameMemory,
     taken: &mut Option<OwnedSemaphorePermit>,
 ) -> Result<Vec<u8>, FrameError> {
@@ -215,7 +218,9 @@ async fn read_part<S: AsyncRead + Unpin>(
         Some(taken) => taken.merge(permit),
         None => *taken = Some(permit),
     };
-    let mut body = if wanted <= UNCOUNTED {
+    // Every part of a large frame counts, however small (its data, a record, what follows
+    // the data); a small frame, read whole, does not.
+    let mut body = if !counted {
         Vec::with_capacity(wanted)
     } else {
         let first = wanted.min(FIRST_LARGE);
@@ -488,17 +493,19 @@ mod tests {
             call(5, 1 << 20),
             call(6, 1000),
             once(7, 1 << 20),
+            // Data of exactly the size that is read apart.
+            call(8, tessera_wire::SPLIT_PAYLOAD),
         ];
         for piece in [7, 4096, 1 << 20] {
             let read = read_all(frames.clone(), piece).await;
             for (frame, body) in frames.iter().zip(read) {
                 let whole = &frame[FRAME_HEADER_LEN..];
                 let large = whole.len() > super::UNCOUNTED;
-                let divided = tessera_wire::split_request_head(
+                let division = tessera_wire::split_request_head(
                     &whole[..tessera_wire::REQUEST_HEAD_LEN.min(whole.len())],
                     whole.len(),
-                )
-                .is_some();
+                );
+                let divided = division.is_some();
                 match (body, find_sealed(whole)) {
                     (Ok(Body::Sealed(found, rest)), Some(expected)) if large => {
                         assert_eq!(rest, &whole[SEALED_START_LEN..]);
@@ -525,7 +532,7 @@ mod tests {
                         None,
                     ) if large => {
                         assert_eq!([&head[..], &payload, &tail].concat(), whole);
-                        assert_eq!(payload.len(), 1 << 20, "the data alone");
+                        assert_eq!(Some((head.len(), payload.len())), division);
                         assert!(payload.starts_with(&[0, 1, 2]), "the data's first bytes");
                         assert!(payload.capacity() >= payload.len() + tessera_core::bytes::ROOM);
                         let envelope =

@@ -308,6 +308,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 {
                     head.zeroize();
                     tail.zeroize();
+                    self.reader.wipe_consumed();
                 }
                 return match decoded {
                     Ok(envelope) => Some((envelope.id, Incoming::Decoded(envelope.message))),
