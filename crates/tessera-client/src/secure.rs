@@ -370,12 +370,9 @@ impl ChannelState {
     /// input is moved out of `request` and sealed where it lies, written behind the frame's
     /// start.
     pub(crate) fn seal(&mut self, id: u64, request: &mut Inner) -> Result<Frame, ClientError> {
-        let protection = self
-            .channel
-            .policy()
-            .request_protection(request.carries_secret());
-        // Encrypted in the frame when the policy says so: no plaintext copy is left behind.
         let secret = request.carries_secret();
+        let protection = self.channel.policy().request_protection(secret);
+        // Encrypted in the frame when the policy says so: no plaintext copy is left behind.
         let (frame, rest) = tessera_wire::seal_message(&mut self.channel, id, request, protection)
             .map_err(|_| ClientError::StaleSession)?;
         self.last_used = Instant::now();

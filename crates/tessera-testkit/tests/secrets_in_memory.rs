@@ -188,21 +188,25 @@ fn the_library_makes_its_host_not_dumpable_unless_told() {
     );
 }
 
+/// The address range of a line of `/proc/PID/maps`, when its mapping is readable.
+fn readable(line: &str) -> Option<(u64, u64)> {
+    let mut fields = line.split_whitespace();
+    let (range, perms) = (fields.next()?, fields.next()?);
+    if !perms.starts_with('r') {
+        return None;
+    }
+    let (start, end) = range.split_once('-').expect("an address range");
+    let hex = |address: &str| u64::from_str_radix(address, 16).expect("a hexadecimal address");
+    Some((hex(start), hex(end)))
+}
+
 /// Whether process `pid` still has a readable mapping holding address `at` (its `/proc/PID/maps`
 /// read again).
 fn still_mapped(pid: u32, at: u64) -> bool {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-    maps.lines().any(|line| {
-        let mut fields = line.split_whitespace();
-        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
-            return false;
-        };
-        let Some((start, end)) = range.split_once('-') else {
-            return false;
-        };
-        let parse = |hex: &str| u64::from_str_radix(hex, 16).unwrap_or(0);
-        perms.starts_with('r') && parse(start) <= at && at < parse(end)
-    })
+    maps.lines()
+        .filter_map(readable)
+        .any(|(start, end)| start <= at && at < end)
 }
 
 /// Where `markers` occur in the readable memory of process `pid` (read as root through
@@ -219,18 +223,12 @@ fn scan(pid: u32, markers: &[&[u8]]) -> Vec<(usize, String, usize)> {
     let mut budget: u64 = 8 << 30;
     let mut chunk = vec![0u8; 1 << 20];
     for line in maps.lines() {
-        let mut fields = line.split_whitespace();
-        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+        let Some((start, end)) = readable(line) else {
             continue;
         };
-        if !perms.starts_with('r') || line.contains("[vvar]") || line.contains("[vsyscall]") {
+        if line.contains("[vvar]") || line.contains("[vsyscall]") {
             continue;
         }
-        let (start, end) = range.split_once('-').unwrap();
-        let (start, end) = (
-            u64::from_str_radix(start, 16).unwrap(),
-            u64::from_str_radix(end, 16).unwrap(),
-        );
         let mut at = start;
         // Overlap between chunks so a marker across a boundary is seen.
         let mut carry: Vec<u8> = Vec::new();

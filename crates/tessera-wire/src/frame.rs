@@ -430,25 +430,41 @@ pub fn decode_response_split(
     head: &[u8],
     payload: Vec<u8>,
 ) -> Result<ResponseEnvelope, FrameError> {
-    let mut envelope = match reply_without_payload(head, payload.len()) {
+    let envelope = reply_without_payload(head, payload.len());
+    with_payload(
+        envelope,
+        payload,
+        "not the head of a bulk reply",
+        |envelope, payload| match &mut envelope.result {
+            Ok(Response::Reply(reply)) => crate::protected::put_reply(reply, payload),
+            _ => Err(payload),
+        },
+    )
+}
+
+/// `envelope`, decoded from a body with its payload left out, with `payload` put in its place
+/// by `put`; when it did not decode, or has no place for it, the payload (which may be a
+/// decryption's plaintext, or bytes that did not decode) is wiped before it goes.
+fn with_payload<E>(
+    envelope: Result<E, FrameError>,
+    payload: Vec<u8>,
+    not_a_head: &'static str,
+    put: impl FnOnce(&mut E, Vec<u8>) -> Result<(), Vec<u8>>,
+) -> Result<E, FrameError> {
+    let mut envelope = match envelope {
         Ok(envelope) => envelope,
         Err(e) => {
-            // It may be a decryption's plaintext: wiped before it goes.
             tessera_core::bytes::give(payload, tessera_core::bytes::Held::Secret);
             return Err(e);
         }
     };
-    match &mut envelope.result {
-        Ok(Response::Reply(Reply::Bytes(data))) => *data = payload,
-        Ok(Response::Reply(Reply::Secret(secret))) => {
-            *secret = tessera_core::SecretBytes::unlocked_from(payload)
-        }
-        _ => {
+    match put(&mut envelope, payload) {
+        Ok(()) => Ok(envelope),
+        Err(payload) => {
             tessera_core::bytes::give(payload, tessera_core::bytes::Held::Secret);
-            return Err(FrameError::Header("not the head of a bulk reply"));
+            Err(FrameError::Header(not_a_head))
         }
     }
-    Ok(envelope)
 }
 
 /// The reply whose head is `head` and whose payload, of `len` bytes, is left out: decoded as
@@ -595,22 +611,16 @@ pub fn decode_request_split(
     payload: Vec<u8>,
     tail: &[u8],
 ) -> Result<RequestEnvelope, FrameError> {
-    let mut envelope = match request_without_data(head, payload.len(), tail) {
-        Ok(envelope) => envelope,
-        Err(e) => {
-            // Bytes that did not decode: wiped, as a whole body that did not is.
-            tessera_core::bytes::give(payload, tessera_core::bytes::Held::Secret);
-            return Err(e);
-        }
-    };
-    if let Message::Call(call) = &mut envelope.message {
-        if let Some(data) = call.bulk_mut().filter(|data| data.is_empty()) {
-            *data = payload;
-            return Ok(envelope);
-        }
-    }
-    tessera_core::bytes::give(payload, tessera_core::bytes::Held::Secret);
-    Err(FrameError::Header("not the head of a bulk request"))
+    let envelope = request_without_data(head, payload.len(), tail);
+    with_payload(
+        envelope,
+        payload,
+        "not the head of a bulk request",
+        |envelope, payload| match &mut envelope.message {
+            Message::Call(call) => crate::protected::put_call(call, payload),
+            _ => Err(payload),
+        },
+    )
 }
 
 /// The request whose head is `head` and tail `tail`, its data of `len` bytes left out: decoded

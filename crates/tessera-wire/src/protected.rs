@@ -52,10 +52,26 @@ impl Bulky for Inner {
     }
 }
 
-fn put_call(call: &mut Call, bulk: Vec<u8>) -> Result<(), Vec<u8>> {
+/// Puts a payload into a call's empty bulk field ([`Bulky::put_bulk`]).
+pub(crate) fn put_call(call: &mut Call, bulk: Vec<u8>) -> Result<(), Vec<u8>> {
     match call.bulk_mut() {
         Some(data) if data.is_empty() => {
             *data = bulk;
+            Ok(())
+        }
+        _ => Err(bulk),
+    }
+}
+
+/// Puts a payload into a reply's empty bytes or secret ([`Bulky::put_bulk`]).
+pub(crate) fn put_reply(reply: &mut Reply, bulk: Vec<u8>) -> Result<(), Vec<u8>> {
+    match reply {
+        Reply::Bytes(data) if data.is_empty() => {
+            *data = bulk;
+            Ok(())
+        }
+        Reply::Secret(secret) if secret.is_empty() => {
+            *secret = SecretBytes::unlocked_from(bulk);
             Ok(())
         }
         _ => Err(bulk),
@@ -75,15 +91,8 @@ impl Bulky for Result<Reply, u64> {
 
     fn put_bulk(&mut self, bulk: Vec<u8>) -> Result<(), Vec<u8>> {
         match self {
-            Ok(Reply::Bytes(data)) if data.is_empty() => {
-                *data = bulk;
-                Ok(())
-            }
-            Ok(Reply::Secret(secret)) if secret.is_empty() => {
-                *secret = SecretBytes::unlocked_from(bulk);
-                Ok(())
-            }
-            _ => Err(bulk),
+            Ok(reply) => put_reply(reply, bulk),
+            Err(_) => Err(bulk),
         }
     }
 

@@ -24,51 +24,44 @@ const FEW: usize = 64;
 /// attributes takes tens of milliseconds, which the I/O thread spends on other connections).
 /// The frame is handed back with the result, for the caller to wipe when it carried a secret.
 pub(crate) async fn decode(body: Vec<u8>) -> (Vec<u8>, Result<RequestEnvelope, FrameError>) {
-    if body.len() <= SMALL {
-        let decoded = decode_request(&body);
-        return (body, decoded);
-    }
-    tokio::task::spawn_blocking(move || {
+    decoding(body.len() <= SMALL, move || {
         let decoded = decode_request(&body);
         (body, decoded)
     })
     .await
-    .unwrap_or_else(|_| {
-        (
-            Vec::new(),
-            Err(FrameError::Io(std::io::Error::other(
-                "decoding the request failed",
-            ))),
-        )
-    })
 }
 
-/// Decodes a bulk call read in three parts (`tessera_wire::decode_request_split`): here when
-/// what is around its data is small, on the blocking pool when it is not (a large signature).
-/// The head and tail are handed back, for the caller to wipe when they carried a secret.
+/// Decodes a bulk call read in three parts (`tessera_wire::decode_request_split`), as
+/// [`decode`] does a frame: on the blocking pool when what is around its data is large (a large
+/// signature). The head and tail are handed back, for the caller to wipe when they carried a
+/// secret.
 pub(crate) async fn decode_split(
     head: Vec<u8>,
     payload: Vec<u8>,
     tail: Vec<u8>,
-) -> (Vec<u8>, Vec<u8>, Result<RequestEnvelope, FrameError>) {
-    if head.len() + tail.len() <= SMALL {
+) -> ([Vec<u8>; 2], Result<RequestEnvelope, FrameError>) {
+    decoding(head.len() + tail.len() <= SMALL, move || {
         let decoded = tessera_wire::decode_request_split(&head, payload, &tail);
-        return (head, tail, decoded);
-    }
-    tokio::task::spawn_blocking(move || {
-        let decoded = tessera_wire::decode_request_split(&head, payload, &tail);
-        (head, tail, decoded)
+        ([head, tail], decoded)
     })
     .await
-    .unwrap_or_else(|_| {
-        (
-            Vec::new(),
-            Vec::new(),
-            Err(FrameError::Io(std::io::Error::other(
-                "decoding the request failed",
-            ))),
-        )
-    })
+}
+
+/// Runs `decode` here when its input is `small`, else on the blocking pool; what it hands
+/// back comes with its result (nothing, and an error, when the pool could not run it).
+async fn decoding<T: Default + Send + 'static>(
+    small: bool,
+    decode: impl FnOnce() -> (T, Result<RequestEnvelope, FrameError>) + Send + 'static,
+) -> (T, Result<RequestEnvelope, FrameError>) {
+    if small {
+        return decode();
+    }
+    tokio::task::spawn_blocking(decode)
+        .await
+        .unwrap_or_else(|_| {
+            let failed = std::io::Error::other("decoding the request failed");
+            (T::default(), Err(FrameError::Io(failed)))
+        })
 }
 
 /// Whether a template is small enough to be handled on the I/O thread.

@@ -289,52 +289,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
     /// The request in a frame, with its id: a sealed request is found where it lies in the
     /// frame, anything else is decoded. `None` (logged) when it cannot be decoded.
     async fn read_request(&mut self, body: Body) -> Option<(u64, Incoming)> {
-        let body = match body {
+        let (mut spent, decoded) = match body {
             Body::Sealed(sealed, record) => {
                 return Some((sealed.id, Incoming::Sealed(sealed, record)))
             }
+            Body::Whole(body) => {
+                if let Some(sealed) = find_sealed(&body) {
+                    return Some((sealed.id, Incoming::Sealed(sealed, body)));
+                }
+                let (body, decoded) = dispatch::decode(body).await;
+                ([body, Vec::new()], decoded)
+            }
+            // The data becomes the call's as it is; its head and what follows it are decoded.
             Body::Call {
                 head,
                 payload,
                 tail,
-            } => {
-                // The data becomes the call's as it is; the rest (a few bytes, but for a large
-                // signature) is decoded here, or on the blocking pool when large.
-                let (mut head, mut tail, decoded) =
-                    dispatch::decode_split(head, payload, tail).await;
-                if decoded
-                    .as_ref()
-                    .map_or(true, |envelope| envelope.message.carries_secret())
-                {
-                    head.zeroize();
-                    tail.zeroize();
-                    self.reader.wipe_consumed();
-                }
-                return match decoded {
-                    Ok(envelope) => Some((envelope.id, Incoming::Decoded(envelope.message))),
-                    Err(e) => {
-                        let (client, peer) = (self.client, self.peer.as_str());
-                        tracing::warn!(client, peer, reason = %e, "closing connection");
-                        None
-                    }
-                };
-            }
-            Body::Whole(body) => body,
+            } => dispatch::decode_split(head, payload, tail).await,
         };
-        if let Some(sealed) = find_sealed(&body) {
-            return Some((sealed.id, Incoming::Sealed(sealed, body)));
-        }
-        let (mut body, decoded) = dispatch::decode(body).await;
         // A PIN or key value sent in the clear: the frame and what the read buffer still holds
         // of it are wiped now (the decoded request wipes itself).
         if decoded
             .as_ref()
-            .map_or(true, |envelope| match &envelope.message {
-                Message::Call(call) => call.carries_secret(),
-                _ => false,
-            })
+            .map_or(true, |envelope| envelope.message.carries_secret())
         {
-            body.zeroize();
+            spent.iter_mut().for_each(|part| part.zeroize());
             self.reader.wipe_consumed();
         }
         match decoded {

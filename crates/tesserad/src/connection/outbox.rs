@@ -30,9 +30,14 @@ pub(crate) struct Outgoing {
 impl Outgoing {
     /// A whole frame.
     pub(crate) fn frame(frame: Vec<u8>, slot: OwnedSemaphorePermit, secret: bool) -> Outgoing {
+        Outgoing::split(frame, Vec::new(), slot, secret)
+    }
+
+    /// A frame and the payload written behind it (`tail`, empty for most replies).
+    fn split(frame: Vec<u8>, tail: Vec<u8>, slot: OwnedSemaphorePermit, secret: bool) -> Outgoing {
         Outgoing {
             frame,
-            tail: Vec::new(),
+            tail,
             _slot: slot,
             secret,
         }
@@ -138,12 +143,7 @@ pub(crate) fn respond(
         channel,
         result,
     });
-    let _ = out.send(Outgoing {
-        frame,
-        tail,
-        _slot: slot,
-        secret,
-    });
+    let _ = out.send(Outgoing::split(frame, tail, slot, secret));
 }
 
 /// Queues the reply to request `id` sealed in the connection's channel, under its lock (so
@@ -158,12 +158,7 @@ pub(crate) fn respond_sealed(
 ) {
     match current.seal(id, &mut result) {
         Ok((frame, tail, secret)) => {
-            let _ = out.send(Outgoing {
-                frame,
-                tail,
-                _slot: slot,
-                secret,
-            });
+            let _ = out.send(Outgoing::split(frame, tail, slot, secret));
         }
         Err(code) => respond(out, id, current.channel_id(), Err(code), slot),
     }
