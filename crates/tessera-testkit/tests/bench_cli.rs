@@ -34,7 +34,7 @@ fn help_lists_every_option() {
         ),
         (
             env!("CARGO_BIN_EXE_channel-bench"),
-            &["--seconds", "--idle"][..],
+            &["--seconds", "--idle", "--profile", "--threads"][..],
         ),
     ] {
         let out = run(binary, &["--help"]);
@@ -82,6 +82,16 @@ fn a_wrong_argument_is_named_and_nothing_runs() {
             env!("CARGO_BIN_EXE_channel-bench"),
             &["--idle", "0"][..],
             "--idle",
+        ),
+        (
+            env!("CARGO_BIN_EXE_channel-bench"),
+            &["--profile", "10", "--threads", "0"][..],
+            "--threads",
+        ),
+        (
+            env!("CARGO_BIN_EXE_channel-bench"),
+            &["--threads", "4"][..],
+            "--threads",
         ),
     ] {
         let out = run(binary, args);

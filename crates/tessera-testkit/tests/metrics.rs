@@ -233,3 +233,60 @@ fn metrics_move_as_the_workload_says_and_json_logs_are_json() {
     }
     assert!(events >= 3, "{log}");
 }
+
+/// Where handshakes are signed, as `tessera_handshake_signatures_total` counts them: one
+/// alone on the I/O thread (two thread hand-offs spared), a flood of them — eight client
+/// threads making handshakes back to back — on the worker pool, so that the I/O thread stays
+/// free for other connections' requests and the signatures use every core. (With only the
+/// requests being handled counted, each handshake of a flood was the one request the lone I/O
+/// thread was handling when it came, and all but a few were signed there.)
+#[test]
+fn a_lone_handshake_is_signed_on_the_io_thread_and_a_flood_on_the_pool() {
+    use tessera_testkit::sm;
+    let port = free_port();
+    let address = format!("tcp:127.0.0.1:{port}");
+    let daemon = Daemon::start_with(&["--metrics", &address]);
+    daemon.secure(Transport::Unix, "nuNU");
+    sm::init_token(&daemon, Transport::Unix);
+    let server = daemon.server_list(Transport::Unix);
+    let handshake = || {
+        let device = sm::secured(&daemon, &server, &[]);
+        sm::open(&device);
+    };
+    let signed = |text: &str| {
+        (
+            value(text, "tessera_handshake_signatures_total{thread=\"io\"}"),
+            value(text, "tessera_handshake_signatures_total{thread=\"pool\"}"),
+        )
+    };
+
+    let before = signed(&scrape(port, "/metrics"));
+    for _ in 0..5 {
+        handshake();
+    }
+    let alone = signed(&scrape(port, "/metrics"));
+    assert_eq!(
+        (alone.0 - before.0, alone.1 - before.1),
+        (5.0, 0.0),
+        "handshakes one after another (on the I/O thread, on the pool)"
+    );
+
+    const THREADS: usize = 8;
+    const EACH: usize = 20;
+    std::thread::scope(|scope| {
+        for _ in 0..THREADS {
+            scope.spawn(|| (0..EACH).for_each(|_| handshake()));
+        }
+    });
+    let flood = signed(&scrape(port, "/metrics"));
+    let (io, pool) = (flood.0 - alone.0, flood.1 - alone.1);
+    println!(
+        "a flood of {} handshakes: {io} signed on the I/O thread, {pool} on the pool",
+        THREADS * EACH
+    );
+    assert_eq!(io + pool, (THREADS * EACH) as f64);
+    assert!(
+        pool >= io,
+        "a flood of handshakes was signed on the I/O thread: {io} there, {pool} on the pool"
+    );
+}

@@ -33,6 +33,8 @@ pub(crate) struct Metrics {
     handshakes: AtomicU64,
     /// Handshakes refused, by reason.
     handshake_failures: Mutex<HashMap<&'static str, u64>>,
+    /// Handshakes answered, by the thread that signed them (`io` or `pool`).
+    handshake_signatures: Mutex<HashMap<&'static str, u64>>,
     /// Refusals by limit.
     limits: Mutex<HashMap<&'static str, u64>>,
 }
@@ -118,6 +120,19 @@ impl Drop for Open {
             metrics.connections.fetch_sub(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Counts a handshake's identity signature by where it was made: on the I/O thread (`here`:
+/// no other request handled and no other handshake underway) or on the worker pool.
+pub(crate) fn handshake_signed(here: bool) {
+    let Some(metrics) = get() else { return };
+    bump(
+        &metrics.handshake_signatures,
+        match here {
+            true => "io",
+            false => "pool",
+        },
+    );
 }
 
 /// Counts a handshake's outcome: `Ok` once the key confirmation passed, or the reason of its
@@ -249,6 +264,18 @@ impl Metrics {
             "tessera_handshake_failures_total",
             "reason",
             &self.handshake_failures,
+        );
+        header(
+            &mut out,
+            "tessera_handshake_signatures_total",
+            "counter",
+            "Handshakes signed, by thread: io (alone, on the I/O thread) or pool (under load, on the worker pool).",
+        );
+        write_map(
+            &mut out,
+            "tessera_handshake_signatures_total",
+            "thread",
+            &self.handshake_signatures,
         );
         header(
             &mut out,

@@ -16,6 +16,23 @@ use std::time::Duration;
 /// would often be spent for nothing: TCP connections keep the usual one.
 pub(crate) const HANDSHAKE_WINDOW: Duration = Duration::from_millis(1);
 
+/// What a connection waits for, which decides whether and how long it polls.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Wait {
+    /// Its client's next request: the usual window.
+    Request,
+    /// The key confirmation of the handshake it answered, over a Unix socket:
+    /// [`HANDSHAKE_WINDOW`].
+    Confirmation,
+    /// Anything, while other connections' handshakes wait for their confirmations: no polling.
+    /// Their clients are checking signatures, CPU-bound; a daemon that polls stays runnable on
+    /// its core behind them (the scheduler does not move a task that has just run), while the
+    /// other core may have nothing to run: on a 2-core machine, 8 client threads making
+    /// handshakes left the cores idle 7–8 % of the time with polling and 2–3 % without, and
+    /// made 6 % more handshakes without it (docs/BENCHMARKS.md, "Handshakes under load").
+    AmongHandshakes,
+}
+
 /// The polling window, and whether a connection is polling now.
 pub(crate) struct Poller {
     window: Duration,
@@ -40,22 +57,22 @@ impl Poller {
 
     /// Polls `future` once, then again and again (yielding between polls) for up to the window
     /// when no other connection is polling; `None` if it is still pending then: the caller waits for it
-    /// (beside whatever else it waits for). `confirming`: the connection waits for a key
-    /// confirmation, and polls for [`HANDSHAKE_WINDOW`] if polling is on, or for the usual
-    /// window once another connection has asked to poll: the long wait is spent only while
-    /// the daemon has nothing else to poll for (the others' requests are served meanwhile
-    /// either way; giving up saves the CPU).
+    /// (beside whatever else it waits for). What the connection waits for decides the window
+    /// ([`Wait`]): a key confirmation is polled for [`HANDSHAKE_WINDOW`] if polling is on, or
+    /// for the usual window once another connection has asked to poll (the long wait is spent
+    /// only while the daemon has nothing else to poll for; the others' requests are served
+    /// meanwhile either way, giving up saves the CPU); among other handshakes, not at all.
     pub(crate) async fn promptly_or_pending<F: std::future::Future>(
         &self,
         mut future: std::pin::Pin<&mut F>,
-        confirming: bool,
+        wait: Wait,
     ) -> Option<F::Output> {
         let polled =
             std::future::poll_fn(|cx| std::task::Poll::Ready(future.as_mut().poll(cx))).await;
         if let std::task::Poll::Ready(output) = polled {
             return Some(output);
         }
-        if self.window.is_zero() {
+        if self.window.is_zero() || wait == Wait::AmongHandshakes {
             return None;
         }
         if self
@@ -74,9 +91,9 @@ impl Poller {
             }
         }
         let _turn = Turn(&self.busy);
-        let window = match confirming {
-            true => self.window.max(self.confirmation_window),
-            false => self.window,
+        let window = match wait {
+            Wait::Confirmation => self.window.max(self.confirmation_window),
+            _ => self.window,
         };
         let start = std::time::Instant::now();
         while start.elapsed() < window {
@@ -148,7 +165,7 @@ mod tests {
     /// Another connection's request while the poller is busy: refused (it sleeps instead).
     fn refused_meanwhile(poller: &Poller) {
         let other = std::pin::pin!(std::future::pending::<()>());
-        let refused = poll_once(poller.promptly_or_pending(other, false));
+        let refused = poll_once(poller.promptly_or_pending(other, Wait::Request));
         assert_eq!(refused, Some(None), "the busy poller was not refused");
     }
 
@@ -159,10 +176,50 @@ mod tests {
         let poller = poller();
         runtime().block_on(async {
             let request = std::pin::pin!(ready_later(|_| {}));
-            assert!(poller.promptly_or_pending(request, false).await.is_none());
+            assert!(poller
+                .promptly_or_pending(request, Wait::Request)
+                .await
+                .is_none());
             let confirmation = std::pin::pin!(ready_later(|_| {}));
             assert!(poller
-                .promptly_or_pending(confirmation, true)
+                .promptly_or_pending(confirmation, Wait::Confirmation)
+                .await
+                .is_some());
+        });
+    }
+
+    /// Among other handshakes a connection does not poll: a request ready at its second poll
+    /// is left to the wait, and the poller is neither taken nor wished for (another connection
+    /// may still poll); the same request waited for as usual is taken by polling.
+    #[test]
+    fn among_other_handshakes_nothing_polls() {
+        let poller = poller();
+        runtime().block_on(async {
+            let mut polls = 0;
+            let request = std::pin::pin!(std::future::poll_fn(|_| {
+                polls += 1;
+                match polls >= 2 {
+                    true => std::task::Poll::Ready(()),
+                    false => std::task::Poll::Pending,
+                }
+            }));
+            assert!(poller
+                .promptly_or_pending(request, Wait::AmongHandshakes)
+                .await
+                .is_none());
+            assert_eq!(polls, 1, "it polled among other handshakes");
+            assert!(!poller.busy.load(Ordering::Relaxed));
+            assert!(!poller.wanted.load(Ordering::Relaxed));
+            let mut polls = 0;
+            let request = std::pin::pin!(std::future::poll_fn(|_| {
+                polls += 1;
+                match polls >= 2 {
+                    true => std::task::Poll::Ready(()),
+                    false => std::task::Poll::Pending,
+                }
+            }));
+            assert!(poller
+                .promptly_or_pending(request, Wait::Request)
                 .await
                 .is_some());
         });
@@ -182,13 +239,16 @@ mod tests {
                 }
             }));
             assert!(poller
-                .promptly_or_pending(confirmation, true)
+                .promptly_or_pending(confirmation, Wait::Confirmation)
                 .await
                 .is_none());
             assert!(!poller.busy.load(Ordering::Relaxed));
             let next = std::pin::pin!(ready_later(|_| {}));
             assert!(
-                poller.promptly_or_pending(next, true).await.is_some(),
+                poller
+                    .promptly_or_pending(next, Wait::Confirmation)
+                    .await
+                    .is_some(),
                 "an old wish cut a later confirmation's poll short"
             );
         });
@@ -198,7 +258,10 @@ mod tests {
         };
         runtime().block_on(async {
             let confirmation = std::pin::pin!(ready_later(|_| {}));
-            assert!(off.promptly_or_pending(confirmation, true).await.is_none());
+            assert!(off
+                .promptly_or_pending(confirmation, Wait::Confirmation)
+                .await
+                .is_none());
         });
     }
 }

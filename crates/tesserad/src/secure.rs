@@ -40,6 +40,33 @@ struct Active {
 struct Pending {
     state: ExpectClientFinished,
     info: Arc<ChannelInfo>,
+    _underway: Underway,
+}
+
+/// Handshakes answered whose key confirmation is awaited, all connections together.
+static UNDERWAY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One answered handshake counted in [`UNDERWAY`] while its key confirmation is awaited.
+struct Underway(());
+
+impl Underway {
+    fn new() -> Underway {
+        UNDERWAY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Underway(())
+    }
+}
+
+impl Drop for Underway {
+    fn drop(&mut self) {
+        UNDERWAY.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// How many handshakes, on all connections, were answered and wait for their key confirmation:
+/// their clients are checking the device's signature, and under load they are most of the
+/// clients (a handshake that finds none underway is most likely the only one).
+pub fn handshakes_underway() -> usize {
+    UNDERWAY.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Locks a connection's channel state (a lock poisoned by a panicked call is taken as it is:
@@ -150,7 +177,11 @@ impl Secure {
         };
         match answer {
             Ok((state, server_hello)) => {
-                self.pending = Some(Pending { state, info });
+                self.pending = Some(Pending {
+                    state,
+                    info,
+                    _underway: Underway::new(),
+                });
                 Ok(Response::ServerHello(server_hello))
             }
             Err(e) => {

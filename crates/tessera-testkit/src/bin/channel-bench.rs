@@ -506,6 +506,20 @@ fn on_threads(threads: usize, seconds: f64, op: impl Fn() + Sync) -> (Vec<Durati
     (samples, elapsed)
 }
 
+/// The seconds all cores have spent idle since boot (`/proc/stat`'s first line, idle and
+/// iowait, in clock ticks of 10 ms).
+fn idle_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    Some((fields.get(3)? + fields.get(4)?) / 100.0)
+}
+
 /// The machine's cores (the daemon and the clients share them).
 fn cores() -> f64 {
     std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
@@ -536,6 +550,8 @@ Options:
                 (callgrind_control). scripts/cg-handshake does both and prints where a
                 handshake's instructions go
   --classical   with --profile: the classical channel (X25519 alone)
+  --threads T   with --profile: the N handshakes spread over T client threads (default 1, at
+                most 64), to profile the cores busy
   --daemon-launcher CMD
                 with --profile: a shell command prefix the daemon is started through
   --bare-server PATH
@@ -549,6 +565,8 @@ struct Arguments {
     idle: usize,
     /// `--profile N`: only N handshakes, for a profiler.
     profile: Option<u64>,
+    /// `--threads T`: the profiled handshakes' client threads.
+    threads: usize,
     classical: bool,
     daemon_launcher: Option<String>,
 }
@@ -558,6 +576,7 @@ fn arguments() -> Result<Arguments, String> {
         seconds: 2.0,
         idle: 10_000,
         profile: None,
+        threads: 1,
         classical: false,
         daemon_launcher: None,
     };
@@ -599,16 +618,25 @@ fn arguments() -> Result<Arguments, String> {
                         .ok_or("--profile takes a number of handshakes from 1 to 100000")?,
                 )
             }
+            "--threads" => {
+                parsed.threads = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or("--threads takes a number of client threads from 1 to 64")?
+            }
             "--daemon-launcher" => parsed.daemon_launcher = Some(value),
             _ => {
                 return Err(format!(
-                    "unknown argument {arg} (known: --seconds, --idle, --profile, --classical, --daemon-launcher; --help explains them)"
+                    "unknown argument {arg} (known: --seconds, --idle, --profile, --threads, --classical, --daemon-launcher; --help explains them)"
                 ))
             }
         }
     }
-    if parsed.profile.is_none() && (parsed.classical || parsed.daemon_launcher.is_some()) {
-        return Err("--classical and --daemon-launcher go with --profile N".into());
+    if parsed.profile.is_none()
+        && (parsed.classical || parsed.daemon_launcher.is_some() || parsed.threads != 1)
+    {
+        return Err("--classical, --threads and --daemon-launcher go with --profile N".into());
     }
     Ok(parsed)
 }
@@ -659,18 +687,39 @@ fn profile(arguments: &Arguments, count: u64) {
         }
     };
     control("-z");
+    let threads = arguments.threads as u64;
+    let idle_before = idle_seconds();
     let started = Instant::now();
-    profiled_handshakes(&daemon, &settings, count);
+    std::thread::scope(|scope| {
+        for thread in 0..threads {
+            // The count spread as evenly as it goes: the first threads take one more.
+            let share = count / threads + u64::from(thread < count % threads);
+            let (daemon, settings) = (&daemon, &settings);
+            scope.spawn(move || profiled_handshakes(daemon, settings, share));
+        }
+    });
     let took = started.elapsed();
+    let idle = idle_seconds()
+        .zip(idle_before)
+        .map(|(after, before)| after - before);
     control("-d");
     println!(
-        "{count} handshakes ({}) in {:.3} s, {:.3} ms each",
+        "{count} handshakes ({}) on {threads} thread(s) in {:.3} s, {:.3} ms each, {:.0}/s; \
+         the cores idle {}",
         match arguments.classical {
             true => "classical X25519",
             false => "hybrid X25519+ML-KEM-768",
         },
         took.as_secs_f64(),
-        took.as_secs_f64() * 1e3 / count as f64
+        took.as_secs_f64() * 1e3 / count as f64,
+        count as f64 / took.as_secs_f64(),
+        match idle {
+            Some(idle) => format!(
+                "{:.0} % of the time",
+                100.0 * idle / (cores() * took.as_secs_f64())
+            ),
+            None => "for an unknown share (no /proc/stat)".into(),
+        }
     );
 }
 

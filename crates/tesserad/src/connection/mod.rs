@@ -27,7 +27,7 @@ use zeroize::Zeroize;
 
 use crate::dispatch::{self, off_thread, on_channel, Job, SMALL};
 use crate::guard::Guard;
-use crate::poller::Poller;
+use crate::poller::{Poller, Wait};
 use crate::secure::{self, KeyLimits, Secure};
 use crate::shutdown::{Notice, Signal};
 use crate::tally::Tally;
@@ -221,13 +221,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             // within the polling window (or is there already): taken then without setting up
             // the wait for the signals, which a request that comes later waits beside.
             let mut next = std::pin::pin!(next);
+            // Among other connections' handshakes (more than this one's own) the daemon does
+            // not poll: their clients are busy checking signatures and the cores are better
+            // left to the scheduler (`poller::Wait::AmongHandshakes`).
+            let wait = match secure::handshakes_underway() > usize::from(pending) {
+                true => Wait::AmongHandshakes,
+                false if pending && self.ip.is_none() => Wait::Confirmation,
+                false => Wait::Request,
+            };
             let frame = match self.stop.signalled(clear) {
                 Some(signal) => Err(signal),
-                None => match self
-                    .poller
-                    .promptly_or_pending(next.as_mut(), pending && self.ip.is_none())
-                    .await
-                {
+                None => match self.poller.promptly_or_pending(next.as_mut(), wait).await {
                     Some(frame) => Ok(frame),
                     None => tokio::select! {
                         frame = next => Ok(frame),
@@ -384,10 +388,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                     guard.failed(ip, "a handshake was abandoned for another");
                 }
                 // The key agreement and the identity signature run on the blocking pool: a
-                // flood of handshakes does not hold up the calls of other connections. Alone,
-                // a handshake runs here (a request that arrives meanwhile waits for one
-                // signature at most).
-                let answer = match handling.alone() {
+                // flood of handshakes does not hold up the calls of other connections, and
+                // the signatures use every core. Alone — no other request being handled and
+                // no other handshake waiting for its key confirmation — a handshake runs here
+                // (a request that arrives meanwhile waits for one signature at most). The
+                // handshakes underway tell load apart: with one I/O thread a handshake signed
+                // here is the only request being handled, so that count alone kept every
+                // handshake of a flood on this thread, one core for all their signatures.
+                let here = handling.alone() && secure::handshakes_underway() == 0;
+                crate::metrics::handshake_signed(here);
+                let answer = match here {
                     true => {
                         let answer = secure::lock(secure).handshake(&hello);
                         crate::dispatch::scrub_after(crate::dispatch::Thread::Io);
