@@ -1295,11 +1295,12 @@ fn run(args: &[String]) -> Result<(), String> {
             "bulk limits (aws-lc-rs AES-256-GCM in this process, one thread): one pass for (c), \
              five for (d) and (e); and with the bare round trip of the same bytes over a Unix \
              socket added (+rtt: 1 MiB each way took {:.1} us, sleeping), what a call over a \
-             socket can reach:",
+             socket can reach; cap (d) = the most (d)/lim can reach over this socket, with \
+             nothing but the five passes and the bare round trip (five / (five + rtt)):",
             bare.unix_1m
         );
         println!(
-            "{:<15} {:>9} {:>11} {:>11}  {:>7} {:>7} {:>7}  {:>11} {:>11}",
+            "{:<15} {:>9} {:>11} {:>11}  {:>7} {:>7} {:>7}  {:>11} {:>11} {:>8}",
             "operation",
             "pass us",
             "limit (c)",
@@ -1308,7 +1309,8 @@ fn run(args: &[String]) -> Result<(), String> {
             "(d)/lim",
             "(e)/lim",
             "(c)/+rtt",
-            "(d)/+rtt"
+            "(d)/+rtt",
+            "cap (d)"
         );
         for (operation, size) in bulk {
             let pass = gcm_pass_seconds(size);
@@ -1324,13 +1326,17 @@ fn run(args: &[String]) -> Result<(), String> {
                     })
             };
             println!(
-                "{operation:<15} {:>9.1} {one:>11.0} {five:>11.0}  {:>7} {:>7} {:>7}  {:>11} {:>11}",
+                "{operation:<15} {:>9.1} {one:>11.0} {five:>11.0}  {:>7} {:>7} {:>7}  {:>11} {:>11} {:>8}",
                 pass * 1e6,
                 share(2, one),
                 share(3, five),
                 share(4, five),
                 rtt.map_or("-".into(), |rtt| share(2, 1.0 / (pass + rtt))),
-                rtt.map_or("-".into(), |rtt| share(3, 1.0 / (5.0 * pass + rtt)))
+                rtt.map_or("-".into(), |rtt| share(3, 1.0 / (5.0 * pass + rtt))),
+                rtt.map_or("-".into(), |rtt| format!(
+                    "{:.2}",
+                    5.0 * pass / (5.0 * pass + rtt)
+                ))
             );
         }
     }

@@ -111,10 +111,7 @@ pub(crate) fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(
                     Err(_) => break,
                 }
             }
-            let mut written = writer.write_all(&first.frame).await;
-            if written.is_ok() && !first.tail.is_empty() {
-                written = writer.write_all(&first.tail).await;
-            }
+            let written = write_both(&mut writer, &first.frame, &first.tail).await;
             // Written: the slots are freed, a secret's buffers wiped.
             drop(first);
             drop(batched);
@@ -125,6 +122,28 @@ pub(crate) fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(
         }
     });
     (out, writing)
+}
+
+/// Writes `start`, then `rest` (a split reply's head and its payload; `rest` may be empty): as
+/// one vectored write where the writer takes one (one system call, and a client waiting for
+/// the reply woken once), else one after the other.
+async fn write_both<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    start: &[u8],
+    rest: &[u8],
+) -> std::io::Result<()> {
+    let mut slices = [std::io::IoSlice::new(start), std::io::IoSlice::new(rest)];
+    let mut left: &mut [std::io::IoSlice<'_>] = &mut slices;
+    // Leading empty slices go first, so an empty `left` means everything was written.
+    std::io::IoSlice::advance_slices(&mut left, 0);
+    while !left.is_empty() {
+        let written = writer.write_vectored(left).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut left, written);
+    }
+    Ok(())
 }
 
 /// Queues one response.
@@ -196,6 +215,10 @@ mod tests {
     #[derive(Clone, Default)]
     struct Recorder {
         gone: bool,
+        /// It takes vectored writes, as a socket does: each call one entry of `writes` (the
+        /// first buffer's address, the length of all), written up to `room` bytes if not 0.
+        vectored: bool,
+        room: usize,
         written: Arc<Mutex<Vec<u8>>>,
         /// (address, length) of each write's buffer.
         writes: Arc<Mutex<Vec<(usize, usize)>>>,
@@ -216,6 +239,39 @@ mod tests {
                 .push((buf.as_ptr() as usize, buf.len()));
             self.written.lock().unwrap().extend_from_slice(buf);
             Poll::Ready(Ok(buf.len()))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            if !self.vectored {
+                let first = bufs
+                    .iter()
+                    .find(|b| !b.is_empty())
+                    .map_or(&[][..], |b| &**b);
+                return self.poll_write(cx, first);
+            }
+            if self.gone {
+                return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+            }
+            let mut taken = Vec::new();
+            for buf in bufs {
+                let room = match self.room {
+                    0 => usize::MAX,
+                    room => room - taken.len(),
+                };
+                taken.extend_from_slice(&buf[..buf.len().min(room)]);
+            }
+            let at = bufs.first().map_or(0, |b| b.as_ptr() as usize);
+            self.writes.lock().unwrap().push((at, taken.len()));
+            self.written.lock().unwrap().extend_from_slice(&taken);
+            Poll::Ready(Ok(taken.len()))
         }
 
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -296,5 +352,40 @@ mod tests {
             "the large frame written from its own buffer: {writes:?}"
         );
         assert_eq!(slots.available_permits(), 8, "every slot given back");
+    }
+
+    /// A split reply (a frame's head and its payload apart) goes out in one vectored write to
+    /// a writer that takes them; one that takes part of it gets the rest, in order, from where
+    /// it stopped; one that takes no vectored writes gets the head, then the payload.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_split_reply_goes_out_in_one_vectored_write() {
+        let head = vec![1u8; 40];
+        let payload = vec![2u8; 1 << 20];
+        let expected = [&head[..], &payload[..]].concat();
+        for (vectored, room, writes) in [(true, 0, 1), (true, 300_000, 4), (false, 0, 2)] {
+            let recorder = Recorder {
+                vectored,
+                room,
+                ..Recorder::default()
+            };
+            let slots = Arc::new(Semaphore::new(1));
+            let (out, writing) = spawn_writer(recorder.clone(), 1);
+            let slot = slots.clone().acquire_owned().await.unwrap();
+            out.send(Outgoing::split(head.clone(), payload.clone(), slot, false))
+                .ok()
+                .unwrap();
+            drop(out);
+            writing.await.unwrap();
+            assert!(
+                *recorder.written.lock().unwrap() == expected,
+                "vectored {vectored}, room {room}: the bytes differ"
+            );
+            let made = recorder.writes.lock().unwrap().clone();
+            assert_eq!(
+                made.len(),
+                writes,
+                "vectored {vectored}, room {room}: {made:?}"
+            );
+        }
     }
 }
