@@ -122,8 +122,8 @@ pub struct Args {
     /// a busy client's calls, for at most this much CPU per answered request; after answering
     /// a handshake over a Unix socket, for up to 1 ms (or this, if longer) while the client
     /// checks the signature, unless another connection asks to poll. Not at all while other
-    /// connections' handshakes await their key confirmations (their clients are busy checking
-    /// signatures: the cores are better left to them). 0: never poll. Only with
+    /// local connections' handshakes await their key confirmations (their clients are busy
+    /// checking signatures: the cores are better left to them). 0: never poll. Only with
     /// --io-threads 1.
     #[arg(long, default_value_t = 50, value_name = "MICROS")]
     pub busy_poll: u64,

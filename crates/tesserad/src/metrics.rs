@@ -122,7 +122,7 @@ impl Drop for Open {
     }
 }
 
-/// Counts a handshake's identity signature by where it was made: on the I/O thread (`here`:
+/// Counts an answered handshake's identity signature by where it was made: on the I/O thread (`here`:
 /// no other request handled and no other handshake underway) or on the worker pool.
 pub(crate) fn handshake_signed(here: bool) {
     let Some(metrics) = get() else { return };

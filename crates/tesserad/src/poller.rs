@@ -24,12 +24,13 @@ pub(crate) enum Wait {
     /// The key confirmation of the handshake it answered, over a Unix socket:
     /// [`HANDSHAKE_WINDOW`].
     Confirmation,
-    /// Anything, while other connections' handshakes wait for their confirmations: no polling.
-    /// Their clients are checking signatures, CPU-bound; a daemon that polls stays runnable on
-    /// its core behind them (the scheduler does not move a task that has just run), while the
-    /// other core may have nothing to run: on a 2-core machine, 8 client threads making
-    /// handshakes left the cores idle 7–8 % of the time with polling and 2–3 % without, and
-    /// made 6 % more handshakes without it (docs/BENCHMARKS.md, "Handshakes under load").
+    /// Anything, while other local connections' handshakes wait for their confirmations: no
+    /// polling, and a long poll for a confirmation under way is cut to the usual window. Their
+    /// clients are checking signatures, CPU-bound; a daemon that polls stays runnable on its
+    /// core behind them (the scheduler does not move a task that has just run), while the other
+    /// core may have nothing to run: on a 2-core machine, 8 client threads making handshakes
+    /// left the cores idle 10–14 % of the time with polling and 8 % without, and made 5–7 %
+    /// more handshakes without it (docs/BENCHMARKS.md, "Handshakes under load").
     AmongHandshakes,
 }
 
@@ -72,7 +73,15 @@ impl Poller {
         if let std::task::Poll::Ready(output) = polled {
             return Some(output);
         }
-        if self.window.is_zero() || wait == Wait::AmongHandshakes {
+        if self.window.is_zero() {
+            return None;
+        }
+        if wait == Wait::AmongHandshakes {
+            // A key confirmation's long poll, begun while its handshake was alone, ends with
+            // its usual window now that other handshakes have come.
+            if self.busy.load(Ordering::Relaxed) {
+                self.wanted.store(true, Ordering::Relaxed);
+            }
             return None;
         }
         if self
@@ -190,38 +199,44 @@ mod tests {
 
     /// Among other handshakes a connection does not poll: a request ready at its second poll
     /// is left to the wait, and the poller is neither taken nor wished for (another connection
-    /// may still poll); the same request waited for as usual is taken by polling.
+    /// may still poll); the same request waited for as usual is taken by polling. A
+    /// confirmation's long poll under way when other handshakes come is cut short.
     #[test]
     fn among_other_handshakes_nothing_polls() {
         let poller = poller();
         runtime().block_on(async {
-            let mut polls = 0;
-            let request = std::pin::pin!(std::future::poll_fn(|_| {
-                polls += 1;
-                match polls >= 2 {
-                    true => std::task::Poll::Ready(()),
-                    false => std::task::Poll::Pending,
+            for (wait, polled) in [(Wait::AmongHandshakes, false), (Wait::Request, true)] {
+                let mut polls = 0;
+                let request = std::pin::pin!(std::future::poll_fn(|_| {
+                    polls += 1;
+                    match polls >= 2 {
+                        true => std::task::Poll::Ready(()),
+                        false => std::task::Poll::Pending,
+                    }
+                }));
+                let taken = poller.promptly_or_pending(request, wait).await.is_some();
+                assert_eq!(taken, polled, "{wait:?}");
+                if !polled {
+                    assert_eq!(polls, 1, "it polled among other handshakes");
+                    assert!(!poller.busy.load(Ordering::Relaxed));
+                    assert!(!poller.wanted.load(Ordering::Relaxed));
+                }
+            }
+        });
+        // A confirmation's long poll under way when other handshakes come is cut to the
+        // usual window: they ask for the poller as a connection refused it would.
+        runtime().block_on(async {
+            let confirmation = std::pin::pin!(ready_later(|poll| {
+                if poll == 2 {
+                    let other = std::pin::pin!(std::future::pending::<()>());
+                    let asked = poll_once(poller.promptly_or_pending(other, Wait::AmongHandshakes));
+                    assert_eq!(asked, Some(None));
                 }
             }));
             assert!(poller
-                .promptly_or_pending(request, Wait::AmongHandshakes)
+                .promptly_or_pending(confirmation, Wait::Confirmation)
                 .await
                 .is_none());
-            assert_eq!(polls, 1, "it polled among other handshakes");
-            assert!(!poller.busy.load(Ordering::Relaxed));
-            assert!(!poller.wanted.load(Ordering::Relaxed));
-            let mut polls = 0;
-            let request = std::pin::pin!(std::future::poll_fn(|_| {
-                polls += 1;
-                match polls >= 2 {
-                    true => std::task::Poll::Ready(()),
-                    false => std::task::Poll::Pending,
-                }
-            }));
-            assert!(poller
-                .promptly_or_pending(request, Wait::Request)
-                .await
-                .is_some());
         });
     }
 

@@ -43,22 +43,34 @@ struct Pending {
     _underway: Underway,
 }
 
-/// Handshakes answered whose key confirmation is awaited, all connections together.
-static UNDERWAY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Handshakes answered whose key confirmation is awaited, all connections together, and those
+/// of them whose clients share this machine (a Unix socket or a loopback address).
+static UNDERWAY: [std::sync::atomic::AtomicUsize; 2] = [
+    std::sync::atomic::AtomicUsize::new(0),
+    std::sync::atomic::AtomicUsize::new(0),
+];
 
 /// One answered handshake counted in [`UNDERWAY`] while its key confirmation is awaited.
-struct Underway(());
+struct Underway {
+    local: bool,
+}
 
 impl Underway {
-    fn new() -> Underway {
-        UNDERWAY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Underway(())
+    fn new(local: bool) -> Underway {
+        UNDERWAY[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if local {
+            UNDERWAY[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Underway { local }
     }
 }
 
 impl Drop for Underway {
     fn drop(&mut self) {
-        UNDERWAY.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        UNDERWAY[0].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if self.local {
+            UNDERWAY[1].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -66,7 +78,13 @@ impl Drop for Underway {
 /// their clients are checking the device's signature, and under load they are most of the
 /// clients (a handshake that finds none underway is most likely the only one).
 pub fn handshakes_underway() -> usize {
-    UNDERWAY.load(std::sync::atomic::Ordering::Relaxed)
+    UNDERWAY[0].load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// As [`handshakes_underway`], counting only the clients on this machine: those whose
+/// signature checks take this machine's cores.
+pub fn local_handshakes_underway() -> usize {
+    UNDERWAY[1].load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Locks a connection's channel state (a lock poisoned by a panicked call is taken as it is:
@@ -82,6 +100,8 @@ pub struct Secure {
     hsm: Arc<Hsm>,
     peer: String,
     limits: KeyLimits,
+    /// The client is on this machine (a Unix socket or a loopback address).
+    local: bool,
     active: Option<Active>,
     pending: Option<Pending>,
     /// A channel the device has just ended while refusing a request, kept only to seal that
@@ -92,11 +112,12 @@ pub struct Secure {
 
 impl Secure {
     /// No channel yet.
-    pub fn new(hsm: Arc<Hsm>, peer: String, limits: KeyLimits) -> Secure {
+    pub fn new(hsm: Arc<Hsm>, peer: String, limits: KeyLimits, local: bool) -> Secure {
         Secure {
             hsm,
             peer,
             limits,
+            local,
             active: None,
             pending: None,
             ended: None,
@@ -180,7 +201,7 @@ impl Secure {
                 self.pending = Some(Pending {
                     state,
                     info,
-                    _underway: Underway::new(),
+                    _underway: Underway::new(self.local),
                 });
                 Ok(Response::ServerHello(server_hello))
             }

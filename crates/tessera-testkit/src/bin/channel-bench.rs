@@ -506,9 +506,10 @@ fn on_threads(threads: usize, seconds: f64, op: impl Fn() + Sync) -> (Vec<Durati
     (samples, elapsed)
 }
 
-/// The seconds all cores have spent idle since boot (`/proc/stat`'s first line, idle and
-/// iowait, in clock ticks of 10 ms).
-fn idle_seconds() -> Option<f64> {
+/// The seconds all CPUs have spent idle since boot, and how many CPUs `/proc/stat` counts
+/// (its first line, idle and iowait, in clock ticks of 10 ms; a `cpuN` line per CPU: in a
+/// container these may be more than the cores this process may use).
+fn idle_seconds() -> Option<(f64, usize)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let fields: Vec<f64> = stat
         .lines()
@@ -517,7 +518,11 @@ fn idle_seconds() -> Option<f64> {
         .skip(1)
         .map(|f| f.parse().ok())
         .collect::<Option<_>>()?;
-    Some((fields.get(3)? + fields.get(4)?) / 100.0)
+    let cpus = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count();
+    Some(((fields.get(3)? + fields.get(4)?) / 100.0, cpus.max(1)))
 }
 
 /// The machine's cores (the daemon and the clients share them).
@@ -543,8 +548,8 @@ and the daemon) against that crypto: where the rest of a handshake's time goes.
 Options:
   --seconds S   time per thread count (default 2, from 0.1 to 60)
   --idle N      idle channels to open for the memory figure (default 10000, at most 15000)
-  --profile N   only N handshakes with one thread (P-521 identity, hybrid channel) after three
-                to warm up, for a profiler: the client's are made in profiled_handshakes; with
+  --profile N   only N handshakes (P-521 identity, hybrid channel; one client thread unless
+                --threads) after three to warm up, for a profiler: the client's are made in profiled_handshakes; with
                 --daemon-launcher 'exec valgrind --tool=callgrind ...' the daemon runs under
                 callgrind and its counters are zeroed before them and dumped after them
                 (callgrind_control). scripts/cg-handshake does both and prints where a
@@ -651,8 +656,8 @@ fn device(identity: &str, launcher: Option<&str>, extra: &[&str]) -> Daemon {
     daemon
 }
 
-/// `--profile N`: N handshakes with one thread, nothing else timed or printed but their count
-/// and time; a daemon under callgrind has its counters zeroed before them and dumped after.
+/// `--profile N`: N handshakes over `--threads` client threads (one by default), nothing else
+/// timed or printed but their count, time and the cores' idle share; a daemon under callgrind has its counters zeroed before them and dumped after.
 fn profile(arguments: &Arguments, count: u64) {
     let launcher = arguments.daemon_launcher.as_deref();
     let callgrind = launcher.is_some_and(|l| l.contains("callgrind"));
@@ -701,7 +706,7 @@ fn profile(arguments: &Arguments, count: u64) {
     let took = started.elapsed();
     let idle = idle_seconds()
         .zip(idle_before)
-        .map(|(after, before)| after - before);
+        .map(|((after, cpus), (before, _))| (after - before, cpus));
     control("-d");
     println!(
         "{count} handshakes ({}) on {threads} thread(s) in {:.3} s, {:.3} ms each, {:.0}/s; \
@@ -714,9 +719,9 @@ fn profile(arguments: &Arguments, count: u64) {
         took.as_secs_f64() * 1e3 / count as f64,
         count as f64 / took.as_secs_f64(),
         match idle {
-            Some(idle) => format!(
+            Some((idle, cpus)) => format!(
                 "{:.0} % of the time",
-                100.0 * idle / (cores() * took.as_secs_f64())
+                100.0 * idle / (cpus as f64 * took.as_secs_f64())
             ),
             None => "for an unknown share (no /proc/stat)".into(),
         }

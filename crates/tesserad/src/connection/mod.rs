@@ -153,6 +153,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             hsm.clone(),
             peer.clone(),
             key_limits,
+            ip.is_none_or(|ip| ip.is_loopback()),
         )));
         let (reader, writer) = tokio::io::split(stream);
         let (out, writing) = spawn_writer(writer, client);
@@ -221,10 +222,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             // within the polling window (or is there already): taken then without setting up
             // the wait for the signals, which a request that comes later waits beside.
             let mut next = std::pin::pin!(next);
-            // Among other connections' handshakes (more than this one's own) the daemon does
-            // not poll: their clients are busy checking signatures and the cores are better
-            // left to the scheduler (`poller::Wait::AmongHandshakes`).
-            let wait = match secure::handshakes_underway() > usize::from(pending) {
+            // Among other local connections' handshakes (more than this one's own) the daemon
+            // does not poll: their clients are busy checking signatures on this machine's
+            // cores, which are better left to the scheduler (`poller::Wait::AmongHandshakes`).
+            let local = self.ip.is_none_or(|ip| ip.is_loopback());
+            let own = usize::from(pending && local);
+            let wait = match secure::local_handshakes_underway() > own {
                 true => Wait::AmongHandshakes,
                 false if pending && self.ip.is_none() => Wait::Confirmation,
                 false => Wait::Request,
@@ -384,7 +387,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 )
             }
             Next::Handshake(hello) => {
-                if secure::lock(secure).is_pending() {
+                let abandoned = secure::lock(secure).is_pending();
+                if abandoned {
                     guard.failed(ip, "a handshake was abandoned for another");
                 }
                 // The key agreement and the identity signature run on the blocking pool: a
@@ -395,8 +399,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 // handshakes underway tell load apart: with one I/O thread a handshake signed
                 // here is the only request being handled, so that count alone kept every
                 // handshake of a flood on this thread, one core for all their signatures.
-                let here = handling.alone() && secure::handshakes_underway() == 0;
-                crate::metrics::handshake_signed(here);
+                // (This connection's own abandoned handshake, replaced now, does not count.)
+                let here =
+                    handling.alone() && secure::handshakes_underway() == usize::from(abandoned);
                 let answer = match here {
                     true => {
                         let answer = secure::lock(secure).handshake(&hello);
@@ -412,6 +417,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                         .await
                     }
                 };
+                if answer.is_ok() {
+                    crate::metrics::handshake_signed(here);
+                }
                 if let Err(code) = &answer {
                     // A library of another release is refused before any signing, cheaply, and
                     // told why each time (the rate limit would hide the reason from it).
