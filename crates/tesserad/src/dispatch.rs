@@ -213,7 +213,9 @@ impl Handling {
 
     /// Whether this is the only request being handled: then slow work for it (a handshake's
     /// signature) may run on the I/O thread, sparing two thread hand-offs, as no other
-    /// connection waits for that thread; under load it goes to the pool.
+    /// connection waits for that thread. Alone it does not tell load apart for work that runs
+    /// there: with one I/O thread, such work is always the only request being handled when it
+    /// comes (a handshake also asks that no other handshake be underway).
     pub(crate) fn alone(&self) -> bool {
         HANDLING.load(std::sync::atomic::Ordering::Relaxed) == 1
     }

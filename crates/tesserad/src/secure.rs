@@ -1,6 +1,7 @@
 //! The device end of secure messaging on one connection: the handshake, protected records,
 //! rollover, and the termination checks (docs/secure-messaging.md).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tessera_channel::{
@@ -43,12 +44,11 @@ struct Pending {
     _underway: Underway,
 }
 
-/// Handshakes answered whose key confirmation is awaited, all connections together, and those
-/// of them whose clients share this machine (a Unix socket or a loopback address).
-static UNDERWAY: [std::sync::atomic::AtomicUsize; 2] = [
-    std::sync::atomic::AtomicUsize::new(0),
-    std::sync::atomic::AtomicUsize::new(0),
-];
+/// Handshakes answered whose key confirmation is awaited, all connections together.
+static UNDERWAY: AtomicUsize = AtomicUsize::new(0);
+
+/// Those of [`UNDERWAY`] whose clients share this machine (a Unix socket or a loopback address).
+static LOCAL_UNDERWAY: AtomicUsize = AtomicUsize::new(0);
 
 /// One answered handshake counted in [`UNDERWAY`] while its key confirmation is awaited.
 struct Underway {
@@ -57,9 +57,9 @@ struct Underway {
 
 impl Underway {
     fn new(local: bool) -> Underway {
-        UNDERWAY[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        UNDERWAY.fetch_add(1, Ordering::Relaxed);
         if local {
-            UNDERWAY[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            LOCAL_UNDERWAY.fetch_add(1, Ordering::Relaxed);
         }
         Underway { local }
     }
@@ -67,9 +67,9 @@ impl Underway {
 
 impl Drop for Underway {
     fn drop(&mut self) {
-        UNDERWAY[0].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        UNDERWAY.fetch_sub(1, Ordering::Relaxed);
         if self.local {
-            UNDERWAY[1].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            LOCAL_UNDERWAY.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -78,13 +78,13 @@ impl Drop for Underway {
 /// their clients are checking the device's signature, and under load they are most of the
 /// clients (a handshake that finds none underway is most likely the only one).
 pub fn handshakes_underway() -> usize {
-    UNDERWAY[0].load(std::sync::atomic::Ordering::Relaxed)
+    UNDERWAY.load(Ordering::Relaxed)
 }
 
 /// As [`handshakes_underway`], counting only the clients on this machine: those whose
 /// signature checks take this machine's cores.
 pub fn local_handshakes_underway() -> usize {
-    UNDERWAY[1].load(std::sync::atomic::Ordering::Relaxed)
+    LOCAL_UNDERWAY.load(Ordering::Relaxed)
 }
 
 /// Locks a connection's channel state (a lock poisoned by a panicked call is taken as it is:
@@ -127,6 +127,11 @@ impl Secure {
     /// Whether a handshake was answered and its key confirmation is awaited.
     pub fn is_pending(&self) -> bool {
         self.pending.is_some()
+    }
+
+    /// Whether the client is on this machine (a Unix socket or a loopback address).
+    pub fn is_local(&self) -> bool {
+        self.local
     }
 
     /// The engine client of the active channel (its sessions are the channel's).

@@ -407,43 +407,45 @@ mod tests {
         })
     }
 
-    /// A bulk call in the clear: `OperationSingle` with `len` bytes of data and a signature.
-    fn call(id: u64, len: usize) -> Vec<u8> {
+    /// `call` in a request frame in the clear.
+    fn clear_request(id: u64, call: tessera_wire::Call) -> Vec<u8> {
         tessera_wire::encode_request(&tessera_wire::RequestEnvelope {
             version: PROTOCOL_VERSION,
             id,
             channel: None,
-            message: tessera_wire::Message::Call(tessera_wire::Call::OperationSingle {
-                session: 77,
-                operation: tessera_wire::Operation::Verify,
-                data: (0..len).map(|i| (i % 241) as u8).collect(),
-                signature: vec![0x51; 96],
-            }),
+            message: tessera_wire::Message::Call(call),
         })
+    }
+
+    /// A bulk call in the clear: `OperationSingle` with `len` bytes of data and a signature.
+    fn call(id: u64, len: usize) -> Vec<u8> {
+        let call = tessera_wire::Call::OperationSingle {
+            session: 77,
+            operation: tessera_wire::Operation::Verify,
+            data: (0..len).map(|i| (i % 241) as u8).collect(),
+            signature: vec![0x51; 96],
+        };
+        clear_request(id, call)
     }
 
     /// A bulk `OperationOnce` (init and call in one) in the clear, AES-GCM with an IV and AAD.
     fn once(id: u64, len: usize) -> Vec<u8> {
-        tessera_wire::encode_request(&tessera_wire::RequestEnvelope {
-            version: PROTOCOL_VERSION,
-            id,
-            channel: None,
-            message: tessera_wire::Message::Call(tessera_wire::Call::OperationOnce {
-                session: 78,
-                operation: tessera_wire::Operation::Encrypt,
-                mechanism: tessera_core::Mechanism {
-                    ty: 0x1087,
-                    parameter: tessera_core::MechanismParameter::Gcm {
-                        iv: vec![9; 12],
-                        aad: vec![8; 40],
-                        tag_bits: 128,
-                    },
+        let call = tessera_wire::Call::OperationOnce {
+            session: 78,
+            operation: tessera_wire::Operation::Encrypt,
+            mechanism: tessera_core::Mechanism {
+                ty: 0x1087,
+                parameter: tessera_core::MechanismParameter::Gcm {
+                    iv: vec![9; 12],
+                    aad: vec![8; 40],
+                    tag_bits: 128,
                 },
-                key: 5,
-                data: (0..len).map(|i| (i % 233) as u8).collect(),
-                signature: Vec::new(),
-            }),
-        })
+            },
+            key: 5,
+            data: (0..len).map(|i| (i % 233) as u8).collect(),
+            signature: Vec::new(),
+        };
+        clear_request(id, call)
     }
 
     const MEMORY: usize = 8 << 20;

@@ -190,10 +190,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             // An answered handshake must be finished in time; only a connection without a
             // channel listens for the end of clear sessions: it closes then, so a read cut
             // short here is never resumed.
-            let (pending, clear) = {
+            let (pending, clear, local) = {
                 let secure = secure::lock(&self.secure);
                 let pending = secure.is_pending();
-                (pending, !pending && secure.channel_id().is_none())
+                let clear = !pending && secure.channel_id().is_none();
+                (pending, clear, secure.is_local())
             };
             let (reader, frames) = (&mut self.reader, &*self.frames);
             let (timeout, idle, max_len) =
@@ -225,7 +226,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             // Among other local connections' handshakes (more than this one's own) the daemon
             // does not poll: their clients are busy checking signatures on this machine's
             // cores, which are better left to the scheduler (`poller::Wait::AmongHandshakes`).
-            let local = self.ip.is_none_or(|ip| ip.is_loopback());
             let own = usize::from(pending && local);
             let wait = match secure::local_handshakes_underway() > own {
                 true => Wait::AmongHandshakes,
